@@ -1,0 +1,57 @@
+"""The one statement of axis order, shift sign and units used throughout motionwatch.
+
+Axis order
+    Arrays follow numpy order: a movie is ``(n_frames, ny, nx)``; an image is ``(ny, nx)``.
+    ``y`` is the row index, ``x`` the column index. A two-component name states its order:
+    ``shifts_yx_px`` is ``(..., 2)`` with ``[dy, dx]``; the JSON motion record alone writes
+    ``[dx, dy]`` (``global_shifts_px``).
+
+Shift sign
+    A shift is the **displacement of the specimen** in a frame relative to the aligned sum, in
+    output pixels: a feature at ``(y0, x0)`` in the aligned sum is found at
+    ``(y0 + dy, x0 + dx)`` in that frame. ``+x`` is increasing column index, ``+y`` increasing
+    row index. To align a frame, it is shifted by ``-shift`` (see :func:`shift_to_apply`).
+    MotionCor2/3 and RELION store the shift to *apply* (``-shift``) in (x, y).
+
+Units
+    Lengths in pixels carry ``_px``, in Ångström ``_A``; doses ``_e_A2`` (electrons per Å²);
+    voltages ``_kV``; times ``_s``. Spatial frequency ``k`` is in 1/Å.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "SHIFT_CONVENTION",
+    "px_to_A",
+    "A_to_px",
+    "shift_to_apply",
+    "yx_to_xy",
+]
+
+SHIFT_CONVENTION = (
+    "global_shifts_px[i] = [dx, dy]: displacement of the specimen in frame i relative to the "
+    "aligned sum, in output pixels; +x = increasing column index, +y = increasing row index; "
+    "the frame is aligned by shifting it by [-dx, -dy]."
+)
+
+
+def px_to_A(length_px: np.ndarray | float, pixel_size_A: float) -> np.ndarray | float:
+    """Convert a length in pixels to Ångström."""
+    return length_px * pixel_size_A
+
+
+def A_to_px(length_A: np.ndarray | float, pixel_size_A: float) -> np.ndarray | float:
+    """Convert a length in Ångström to pixels."""
+    return length_A / pixel_size_A
+
+
+def shift_to_apply(shifts_yx_px: np.ndarray) -> np.ndarray:
+    """The shift that aligns a frame (MotionCor/RELION convention): minus the displacement."""
+    return -np.asarray(shifts_yx_px)
+
+
+def yx_to_xy(shifts_yx: np.ndarray) -> np.ndarray:
+    """Swap the last axis from ``[dy, dx]`` to ``[dx, dy]`` (for the JSON record only)."""
+    return np.asarray(shifts_yx)[..., ::-1]

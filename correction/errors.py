@@ -1,0 +1,54 @@
+"""Errors of the correction library: each names the file and what is wrong with it.
+
+``str(error)`` is one line, ``"<file name>: <reason>"``, fit for a log line or a terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "CorrectionError",
+    "UnreadableMovieError",
+    "TruncatedMovieError",
+    "UnsupportedFormatError",
+    "GainReferenceError",
+    "MissingPixelSizeError",
+    "ParameterError",
+]
+
+
+class CorrectionError(ValueError):
+    """A movie or reference cannot be corrected; carries the path and a one-line reason."""
+
+    def __init__(self, path: str | Path | None, reason: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.reason = " ".join(str(reason).split())  # always one line
+        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+
+
+class UnreadableMovieError(CorrectionError):
+    """The file is missing, unreadable, or not a movie of a known format."""
+
+
+class TruncatedMovieError(CorrectionError):
+    """The file is shorter than its header says (still being written, or cut)."""
+
+
+class UnsupportedFormatError(CorrectionError):
+    """A valid file of a variant motionwatch does not read (mode, compression, layout)."""
+
+
+class GainReferenceError(CorrectionError):
+    """A gain, dark or defect reference is unreadable or does not fit the movie."""
+
+
+class MissingPixelSizeError(CorrectionError):
+    """Neither the command line nor the movie header gives a pixel size."""
+
+
+class ParameterError(CorrectionError):
+    """A parameter value is out of range (raised by the parameter dataclasses)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, reason)

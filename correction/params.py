@@ -1,0 +1,202 @@
+"""Frozen parameter dataclasses of the correction library.
+
+Every value carries its unit in its name; ``__post_init__`` rejects bad values with a
+:class:`~correction.errors.ParameterError` naming the field, the value and the unit.
+:meth:`CorrectionParams.fingerprint` hashes everything that changes a result, for the daemon's
+state keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import ParameterError
+
+__all__ = [
+    "Flip",
+    "ReadParams",
+    "GainParams",
+    "AlignParams",
+    "DoseParams",
+    "CorrectionParams",
+]
+
+Flip = Literal["none", "updown", "leftright"]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ParameterError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadParams:
+    """How a movie is read and resampled to the output grid.
+
+    Attributes
+    ----------
+    pixel_size_A : float or None
+        Pixel size of the *movie as stored* in Å; ``None`` takes it from the header.
+    bin_factor : float
+        Fourier binning of every frame (super-resolution to physical pixels); 1 = none,
+        non-integer allowed. Output pixel size = ``pixel_size_A * bin_factor``.
+    throw_frames, trunc_frames : int
+        Frames skipped at the start / end of the movie (their dose still counts).
+    eer_group_frames : int or None
+        EER raw frames summed into one fraction; ``None`` uses ``eer_dose_per_fraction_e_A2``
+        or, failing that, 40 raw frames per fraction.
+    eer_dose_per_fraction_e_A2 : float or None
+        Target dose per EER fraction (e/Å²), used when ``eer_group_frames`` is None.
+    eer_sampling : int
+        1 decodes EER on the 4K grid, 2 on the 8K super-resolution grid.
+    """
+
+    pixel_size_A: float | None = None
+    bin_factor: float = 1.0
+    throw_frames: int = 0
+    trunc_frames: int = 0
+    eer_group_frames: int | None = None
+    eer_dose_per_fraction_e_A2: float | None = None
+    eer_sampling: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.pixel_size_A is None or self.pixel_size_A > 0,
+                 f"pixel_size_A must be > 0 Å, got {self.pixel_size_A}")
+        _require(self.bin_factor >= 1.0, f"bin_factor must be >= 1, got {self.bin_factor}")
+        _require(self.throw_frames >= 0, f"throw_frames must be >= 0, got {self.throw_frames}")
+        _require(self.trunc_frames >= 0, f"trunc_frames must be >= 0, got {self.trunc_frames}")
+        _require(self.eer_group_frames is None or self.eer_group_frames >= 1,
+                 f"eer_group_frames must be >= 1, got {self.eer_group_frames}")
+        _require(self.eer_dose_per_fraction_e_A2 is None or self.eer_dose_per_fraction_e_A2 > 0,
+                 f"eer_dose_per_fraction_e_A2 must be > 0 e/Å², got {self.eer_dose_per_fraction_e_A2}")
+        _require(self.eer_sampling in (1, 2), f"eer_sampling must be 1 or 2, got {self.eer_sampling}")
+
+
+@dataclass(frozen=True, slots=True)
+class GainParams:
+    """Gain, dark and defect references and how they are oriented.
+
+    ``corrected = (raw - dark) * gain``. The gain is rotated first by ``rotate_quarter_turns``
+    quarter turns counter-clockwise (as displayed with row 0 at the top, i.e. ``numpy.rot90``),
+    then flipped (``updown`` reverses rows, ``leftright`` reverses columns); the dark reference
+    and defect map get the same orientation.
+    """
+
+    gain_path: Path | None = None
+    dark_path: Path | None = None
+    rotate_quarter_turns: int = 0
+    flip: Flip = "none"
+    defects_path: Path | None = None
+    hot_pixel_sigma: float = 8.0
+    detect_hot_pixels: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.rotate_quarter_turns in (0, 1, 2, 3),
+                 f"rotate_quarter_turns must be 0-3, got {self.rotate_quarter_turns}")
+        _require(self.flip in ("none", "updown", "leftright"),
+                 f"flip must be none, updown or leftright, got {self.flip!r}")
+        _require(self.hot_pixel_sigma > 0, f"hot_pixel_sigma must be > 0, got {self.hot_pixel_sigma}")
+
+
+@dataclass(frozen=True, slots=True)
+class AlignParams:
+    """Whole-frame and patch alignment.
+
+    Attributes
+    ----------
+    align_size_px : int
+        Short side of the Fourier-cropped copy the correlations are computed on (pixels).
+    bfactor_px2 : float
+        Starting B-factor of the low-pass applied to correlations (in output pixels², on the
+        ``exp(-B k²/4)`` convention with k in 1/pixel); lowered over the iterations.
+    max_shift_px : float
+        Search window: largest displacement of a frame from the reference (output pixels).
+    max_iterations : int
+        Upper bound on refinement iterations.
+    tolerance_px : float
+        Iteration stops when no frame's shift changed by more than this (output pixels).
+    group_frames : int
+        Consecutive frames summed for the correlation (low dose); shifts are still per frame.
+    patches_x, patches_y : int
+        Patch grid for local motion; 0 or 1 in either means global only.
+    """
+
+    align_size_px: int = 1024
+    bfactor_px2: float = 500.0
+    max_shift_px: float = 80.0
+    max_iterations: int = 10
+    tolerance_px: float = 0.02
+    group_frames: int = 1
+    patches_x: int = 5
+    patches_y: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.align_size_px >= 64, f"align_size_px must be >= 64 px, got {self.align_size_px}")
+        _require(self.bfactor_px2 >= 0, f"bfactor_px2 must be >= 0 px², got {self.bfactor_px2}")
+        _require(self.max_shift_px > 0, f"max_shift_px must be > 0 px, got {self.max_shift_px}")
+        _require(self.max_iterations >= 1, f"max_iterations must be >= 1, got {self.max_iterations}")
+        _require(self.tolerance_px > 0, f"tolerance_px must be > 0 px, got {self.tolerance_px}")
+        _require(self.group_frames >= 1, f"group_frames must be >= 1, got {self.group_frames}")
+        _require(self.patches_x >= 0 and self.patches_y >= 0,
+                 f"patches must be >= 0, got {self.patches_x} x {self.patches_y}")
+
+    @property
+    def local_enabled(self) -> bool:
+        """True when a patch grid is asked for (more than one patch on each axis)."""
+        return self.patches_x > 1 and self.patches_y > 1
+
+
+@dataclass(frozen=True, slots=True)
+class DoseParams:
+    """Exposure of one movie and the dose-weighting model.
+
+    Exactly one of ``dose_per_frame_e_A2``, ``total_dose_e_A2`` or ``frame_doses_e_A2`` gives the
+    dose (all in e/Å² on the specimen, counted over *all* frames of the movie, including frames
+    skipped with throw/trunc). ``pre_exposure_e_A2`` is the dose the specimen had received before
+    this movie (earlier tilts of its series).
+    """
+
+    voltage_kV: float = 300.0
+    dose_per_frame_e_A2: float | None = None
+    total_dose_e_A2: float | None = None
+    frame_doses_e_A2: tuple[float, ...] | None = None
+    pre_exposure_e_A2: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.voltage_kV > 0, f"voltage_kV must be > 0 kV, got {self.voltage_kV}")
+        given = [v is not None for v in (self.dose_per_frame_e_A2, self.total_dose_e_A2,
+                                         self.frame_doses_e_A2)]
+        _require(sum(given) == 1,
+                 "give exactly one of dose_per_frame_e_A2, total_dose_e_A2, frame_doses_e_A2")
+        _require(self.dose_per_frame_e_A2 is None or self.dose_per_frame_e_A2 > 0,
+                 f"dose_per_frame_e_A2 must be > 0 e/Å², got {self.dose_per_frame_e_A2}")
+        _require(self.total_dose_e_A2 is None or self.total_dose_e_A2 > 0,
+                 f"total_dose_e_A2 must be > 0 e/Å², got {self.total_dose_e_A2}")
+        _require(self.frame_doses_e_A2 is None
+                 or (len(self.frame_doses_e_A2) > 0 and min(self.frame_doses_e_A2) >= 0),
+                 "frame_doses_e_A2 must be a non-empty list of doses >= 0 e/Å²")
+        _require(self.pre_exposure_e_A2 >= 0,
+                 f"pre_exposure_e_A2 must be >= 0 e/Å², got {self.pre_exposure_e_A2}")
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionParams:
+    """Everything that determines the result of correcting one movie."""
+
+    dose: DoseParams
+    read: ReadParams = field(default_factory=ReadParams)
+    gain: GainParams = field(default_factory=GainParams)
+    align: AlignParams = field(default_factory=AlignParams)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of all parameters (hex), for state keys and records."""
+        def default(value: object) -> str:
+            return str(value)
+
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=default)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,77 @@
+"""The ``motionwatch`` command: one subcommand per module, heavy imports deferred.
+
+Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``; its
+docstring's first paragraph is the command's help. ``main(argv=None)`` returns the exit status
+(see :mod:`daemon.exitcodes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__, exitcodes
+
+# subcommand name -> module (imported lazily, only the chosen one runs)
+COMMANDS: dict[str, str] = {
+    "correct": "daemon.correct_cmd",
+    "demo": "daemon.demo",
+    "watch": "daemon.service",
+    "status": "daemon.status",
+    "monitor": "daemon.monitor",
+}
+
+EPILOG = """examples:
+  motionwatch demo ./motionwatch-demo
+  motionwatch correct movie.tif --gain gain.mrc --dose-per-frame 1.2 --out corrected/
+  motionwatch watch /data/session --out /data/session/motioncorr --config session.toml
+  motionwatch status /data/session/motioncorr
+  motionwatch monitor tcp://127.0.0.1:5557
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="motionwatch",
+        description="Motion-correct cryo-EM / cryo-ET detector movies as they are written.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"motionwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # subcommand not present in this build
+        doc = (module.__doc__ or "").strip()
+        summary = doc.split("\n\n")[0].replace("\n", " ")
+        command_parser = sub.add_parser(
+            name,
+            help=summary,
+            description=doc,
+            epilog=getattr(module, "EXAMPLES", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``motionwatch``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args))
+    except KeyboardInterrupt:
+        print("motionwatch: interrupted", file=sys.stderr)
+        return exitcodes.INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Named exit statuses of the motionwatch command (sysexits-style where one applies)."""
+
+OK = 0
+SOME_FAILED = 1  # some movies failed; the others were written
+USAGE = 2  # bad command line (argparse's own status)
+CONFIG = 78  # EX_CONFIG: configuration error; systemd must not restart on it
+INTERRUPTED = 130  # stopped by Ctrl-C before finishing
