@@ -1,0 +1,153 @@
+"""Benchmark ``motionwatch correct`` against the floor, on synthetic movies with known motion.
+
+For each size (default 1024^2 and 4096^2, 10 frames, int16 MRC on disk, 1 e/px/frame, with a
+gain pattern, hot pixels and Poisson noise) this renders a movie and its gain reference once
+(cached in --workdir), then alternates, --repeats times, two measurements, each in a fresh
+subprocess that reports its own wall time (imports excluded) and peak RSS:
+
+* ``correct``: ``motionwatch correct MOVIE --gain GAIN --dose-per-frame D --out DIR``
+  (file to the four written images and the motion record);
+* ``floor``: the work no correction can skip: read the movie, apply the gain, one forward
+  rfft2 per frame, four irfft2, write four float32 MRCs.
+
+It prints the shift error (RMS over frames after removing the common offset, px), the best and
+median wall times, their ratio, and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
+
+    .venv/bin/python benchmarks/bench_correct.py [--sizes 1024 4096] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PIXEL_SIZE_A = 1.1
+E_PER_PX = 1.0
+
+
+def _render(workdir: Path, size: int, n_frames: int, seed: int) -> tuple[Path, Path, Path]:
+    import mrcfile
+
+    from correction.synthetic import render_movie
+
+    movie = workdir / f"movie_{size}x{n_frames}.mrc"
+    gain = workdir / f"gain_{size}.mrc"
+    truth = workdir / f"truth_{size}x{n_frames}.json"
+    if movie.exists() and gain.exists() and truth.exists():
+        return movie, gain, truth
+    t = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    syn = render_movie(rng, shape_yx=(size, size), n_frames=n_frames,
+                       electrons_per_px_per_frame=E_PER_PX, pixel_size_A=PIXEL_SIZE_A,
+                       n_hot_pixels=max(20, size * size // 50000), dtype=np.int16)
+    with mrcfile.new(movie, overwrite=True) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = PIXEL_SIZE_A
+    with mrcfile.new(gain, overwrite=True) as mrc:
+        mrc.set_data(syn.gain)
+    truth.write_text(json.dumps({"shifts_yx_px": syn.shifts_yx_px.tolist()}))
+    print(f"  rendered {movie.name} in {time.perf_counter() - t:.1f} s", flush=True)
+    return movie, gain, truth
+
+
+def _child_correct(movie: Path, gain: Path, out: Path) -> dict:
+    from daemon.cli import main
+
+    dose = E_PER_PX / PIXEL_SIZE_A**2
+    t = time.perf_counter()
+    status = main(["correct", str(movie), "--gain", str(gain), "--dose-per-frame", str(dose),
+                   "--out", str(out)])
+    wall = time.perf_counter() - t
+    record = json.loads((out / f"{movie.stem}.motion.json").read_text())
+    return {"status": status, "wall_s": wall, "shifts_xy_px": record["global_shifts_px"],
+            "timings_s": record["timings_s"]}
+
+
+def _child_floor(movie: Path, gain: Path, out: Path) -> dict:
+    import scipy.fft
+
+    from correction.gain import apply_gain, load_gain_reference
+    from correction.io import read_movie
+    from correction.params import GainParams
+    from correction.write import write_mrc_atomic
+
+    t = time.perf_counter()
+    m = read_movie(movie)
+    ref = load_gain_reference(GainParams(gain_path=gain))
+    buf = np.empty(m.shape_yx, np.float32)
+    total = None
+    for i in range(m.n_frames):
+        apply_gain(m.frames[i], ref, out=buf)
+        spec = scipy.fft.rfft2(buf, workers=-1)
+        total = spec if total is None else total.__iadd__(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("S", "S_DW", "S_EVN", "S_ODD"):
+        img = scipy.fft.irfft2(total, s=m.shape_yx, workers=-1)
+        write_mrc_atomic(out / f"{name}.mrc", img, pixel_size_A=m.pixel_size_A)
+    return {"status": 0, "wall_s": time.perf_counter() - t}
+
+
+def _run_child(kind: str, movie: Path, gain: Path, out: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, str(movie), str(gain),
+                           str(out)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/motionwatch-bench"))
+    parser.add_argument("--child", nargs=4, metavar=("KIND", "MOVIE", "GAIN", "OUT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        kind, movie, gain, out = args.child
+        fn = _child_correct if kind == "correct" else _child_floor
+        result = fn(Path(movie), Path(gain), Path(out))
+        result["maxrss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for size in args.sizes:
+        print(f"{size}x{size}x{args.frames} int16, {E_PER_PX} e/px/frame:", flush=True)
+        movie, gain, truth_path = _render(args.workdir, size, args.frames, args.seed)
+        truth = np.array(json.loads(truth_path.read_text())["shifts_yx_px"])
+        runs: dict[str, list[dict]] = {"floor": [], "correct": []}
+        for _ in range(args.repeats):
+            for kind in ("floor", "correct"):
+                runs[kind].append(_run_child(kind, movie, gain, args.workdir / f"out_{kind}"))
+        found = np.array(runs["correct"][-1]["shifts_xy_px"])[:, ::-1]
+        err = (found - found.mean(0)) - (truth - truth.mean(0))
+        rms = float(np.sqrt(np.mean(np.sum(err**2, axis=1))))
+        best = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
+        med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
+        rss = {k: max(r["maxrss_MB"] for r in v) for k, v in runs.items()}
+        print(f"  shift error (RMS, common offset removed): {rms:.4f} px")
+        print(f"  floor   best {best['floor']:.2f} s  median {med['floor']:.2f} s  "
+              f"peak RSS {rss['floor']:.0f} MB")
+        print(f"  correct best {best['correct']:.2f} s  median {med['correct']:.2f} s  "
+              f"peak RSS {rss['correct']:.0f} MB")
+        print(f"  ratio correct/floor: best {best['correct'] / best['floor']:.2f}  "
+              f"median {med['correct'] / med['floor']:.2f}")
+        print(f"  correct stages (last run): {json.dumps(runs['correct'][-1]['timings_s'])}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Whole-frame sub-pixel alignment of a stack of Fourier-transformed frames.
+
+The frames are transformed once by the caller (usually Fourier-cropped to about
+``AlignParams.align_size_px``); everything here works on their half spectra, so no frame is
+ever re-sampled in real space. Each iteration correlates every frame (or group of consecutive
+frames) with the sum of all *other* frames shifted by the current estimates (leave-one-out
+reference), under a Gaussian B-factor low-pass that is lowered from iteration to iteration. The
+first iteration searches the whole window ``max_shift_px``; later ones evaluate the correlation
+only on a 5 x 5 neighbourhood of the expected peak by a direct (matrix) DFT. The sub-pixel peak
+is a 3-point parabola per axis. Because each iteration re-centres the frames on the current
+estimate, the residual peak converges to zero offset, where the parabola's interpolation bias
+vanishes; iteration stops when no shift changed by more than ``tolerance_px``.
+
+Shifts follow :mod:`correction.conventions`: the displacement of the specimen in a frame
+relative to the aligned sum, ``[dy, dx]``, here in pixels of the grid of the given spectra.
+The common offset is removed so that the shifts average to zero over the frames: the aligned
+sum is placed at the mean position of the specimen during the movie.
+
+References
+----------
+Li, X. et al. (2013) Electron counting and beam-induced motion correction of
+macromolecules by cryo-EM. Nat. Methods 10, 584-590.
+Zheng, S. Q. et al. (2017) MotionCor2. Nat. Methods 14, 331-332.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fourier import bfactor_filter_1d, frequency_indices, irfft2, shift_ramps
+from .params import AlignParams
+
+__all__ = ["GlobalAlignment", "estimate_shifts", "frame_groups", "interpolate_group_shifts"]
+
+# B-factor schedule: B_i = B_0 * max(_B_FLOOR, _B_DECAY ** i) for iteration i.
+_B_DECAY = 0.6
+_B_FLOOR = 0.25
+_LOCAL_RADIUS = 2  # half-width (grid px) of the local correlation window after iteration 0
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalAlignment:
+    """Result of :func:`estimate_shifts`.
+
+    Attributes
+    ----------
+    shifts_yx_px : ndarray, shape (n_frames, 2), float64
+        Displacement ``[dy, dx]`` of the specimen in each frame relative to the aligned sum,
+        in pixels of the grid of the spectra given (see :mod:`correction.conventions`);
+        averages to zero over the frames.
+    peak_quality : ndarray, shape (n_frames,), float64
+        Normalised cross-correlation coefficient (-1..1) between each frame's group and its
+        leave-one-out reference at the found shift, under the last B-factor (DC excluded).
+        Frames of one group share a value. NaN when fewer than two groups exist.
+    iterations : int
+        Iterations run.
+    converged : bool
+        True when the last update was below the tolerance.
+    last_update_px : float
+        Largest change of a group shift in the last iteration (grid pixels).
+    """
+
+    shifts_yx_px: np.ndarray
+    peak_quality: np.ndarray
+    iterations: int
+    converged: bool
+    last_update_px: float
+
+
+def frame_groups(n_frames: int, group_frames: int) -> list[np.ndarray]:
+    """Split frame indices ``0..n_frames-1`` into consecutive groups of about ``group_frames``.
+
+    Groups differ in size by at most one frame (``numpy.array_split``); with
+    ``group_frames=1`` every frame is its own group.
+    """
+    n_groups = max(1, int(np.ceil(n_frames / max(1, group_frames))))
+    return [g for g in np.array_split(np.arange(n_frames), n_groups) if len(g)]
+
+
+def interpolate_group_shifts(groups: list[np.ndarray], group_shifts_yx_px: np.ndarray,
+                             n_frames: int) -> np.ndarray:
+    """Per-frame shifts from group shifts, linear in frame index between group centres.
+
+    Each group's shift is taken to be the shift at its mean frame index; frames before the
+    first or after the last centre are extrapolated linearly from the nearest two centres
+    (constant when there is one group).
+
+    Returns
+    -------
+    ndarray, shape (n_frames, 2), float64
+    """
+    group_shifts_yx_px = np.asarray(group_shifts_yx_px, dtype=np.float64)
+    if len(groups) == n_frames:
+        out = np.empty((n_frames, 2))
+        for g, s in zip(groups, group_shifts_yx_px):
+            out[g[0]] = s
+        return out
+    centres = np.array([g.mean() for g in groups])
+    t = np.arange(n_frames, dtype=np.float64)
+    out = np.empty((n_frames, 2))
+    if len(groups) == 1:
+        out[:] = group_shifts_yx_px[0]
+        return out
+    for axis in range(2):
+        v = group_shifts_yx_px[:, axis]
+        inner = np.interp(t, centres, v)
+        lo = v[0] + (t - centres[0]) * (v[1] - v[0]) / (centres[1] - centres[0])
+        hi = v[-1] + (t - centres[-1]) * (v[-1] - v[-2]) / (centres[-1] - centres[-2])
+        out[:, axis] = np.where(t < centres[0], lo, np.where(t > centres[-1], hi, inner))
+    return out
+
+
+def _parabola_offset(minus: float, centre: float, plus: float) -> float:
+    """Vertex of the parabola through (-1, minus), (0, centre), (1, plus), clamped to +-0.5."""
+    denom = minus - 2.0 * centre + plus
+    if denom >= 0 or not np.isfinite(denom):
+        return 0.0
+    return float(np.clip(0.5 * (minus - plus) / denom, -0.5, 0.5))
+
+
+def _full_map_peak(corr_spec: np.ndarray, shape: tuple[int, int], window_px: float,
+                   workers: int) -> np.ndarray:
+    """Peak of the full correlation map within ``|d| <= window_px`` of zero, sub-pixel."""
+    ny, nx = shape
+    cmap = irfft2(corr_spec, shape, workers=workers)
+    wy = int(min(np.floor(window_px), ny // 2 - 1))
+    wx = int(min(np.floor(window_px), nx // 2 - 1))
+    ys = np.arange(-wy, wy + 1)
+    xs = np.arange(-wx, wx + 1)
+    sub = cmap[np.ix_(ys % ny, xs % nx)]
+    iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    py, px = int(ys[iy]), int(xs[ix])
+    fy = _parabola_offset(cmap[(py - 1) % ny, px % nx], cmap[py % ny, px % nx],
+                          cmap[(py + 1) % ny, px % nx])
+    fx = _parabola_offset(cmap[py % ny, (px - 1) % nx], cmap[py % ny, px % nx],
+                          cmap[py % ny, (px + 1) % nx])
+    return np.array([py + fy, px + fx])
+
+
+def _local_dft_kernels(shape: tuple[int, int], radius: int, gy: np.ndarray, gx: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Matrices that evaluate a filtered correlation spectrum at integer offsets.
+
+    ``(ey @ X @ ex).real`` is the correlation map of half spectrum ``X`` (filtered by the
+    separable ``gy[:, None] * gx[None, :]``) at offsets ``-radius..radius`` on both axes, up to
+    the constant factor ``1 / (ny nx)``; the rfft column weights (1 for DC/Nyquist, 2 otherwise)
+    are folded into ``ex``.
+    """
+    ny, nx = shape
+    off = np.arange(-radius, radius + 1, dtype=np.float64)
+    ky = frequency_indices(ny)
+    kx = frequency_indices(nx, half=True)
+    col_w = np.full(kx.size, 2.0)
+    col_w[0] = 1.0
+    if nx % 2 == 0:
+        col_w[-1] = 1.0
+    ey = (np.exp(2j * np.pi * np.outer(off, ky) / ny) * gy[None, :]).astype(np.complex64)
+    ex = (np.exp(2j * np.pi * np.outer(kx, off) / nx) * (gx * col_w)[:, None]
+          ).astype(np.complex64)
+    return ey, ex
+
+
+def _local_peak(corr_spec: np.ndarray, ey: np.ndarray, ex: np.ndarray) -> np.ndarray | None:
+    """Sub-pixel peak of a correlation evaluated on a small grid of integer offsets.
+
+    Returns None when the maximum lies on the border of the window (the peak is further away:
+    search the full map instead).
+    """
+    radius = (ey.shape[0] - 1) // 2
+    c = (ey @ (corr_spec @ ex)).real
+    iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
+    if iy in (0, c.shape[0] - 1) or ix in (0, c.shape[1] - 1):
+        return None
+    fy = _parabola_offset(c[iy - 1, ix], c[iy, ix], c[iy + 1, ix])
+    fx = _parabola_offset(c[iy, ix - 1], c[iy, ix], c[iy, ix + 1])
+    return np.array([iy - radius + fy, ix - radius + fx])
+
+
+def _align_stack(spectra: np.ndarray, shifts_yx_px: np.ndarray, shape: tuple[int, int],
+                 out: np.ndarray) -> np.ndarray:
+    """Shift every spectrum by minus its shift into ``out``; return their sum."""
+    for i in range(spectra.shape[0]):
+        ry, rx = shift_ramps(shape, -shifts_yx_px[i])
+        np.multiply(spectra[i], ry[:, None], out=out[i])
+        out[i] *= rx[None, :]
+    return out.sum(axis=0)
+
+
+def _leave_one_out(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray]):
+    """Yield ``(group sum, sum of all other frames)`` of aligned spectra, group by group."""
+    for g in groups:
+        part = aligned[g].sum(axis=0) if len(g) > 1 else aligned[g[0]]
+        yield part, total - part
+
+
+def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
+                    shape_yx: tuple[int, int] | None = None,
+                    output_px_per_grid_px: float = 1.0,
+                    initial_shifts_yx_px: np.ndarray | None = None,
+                    workers: int = -1) -> GlobalAlignment:
+    """Estimate the whole-frame displacement of every frame of a Fourier-transformed stack.
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n_frames, ny, nx // 2 + 1), complex64
+        Half spectra (:func:`correction.fourier.rfft2`) of the frames, usually Fourier-cropped.
+        Not modified. Works for any size (whole frames or small patches).
+    params : AlignParams
+        ``bfactor_px2``, ``max_shift_px``, ``max_iterations``, ``tolerance_px`` and
+        ``group_frames`` are used; lengths are in *output* pixels and converted with
+        ``output_px_per_grid_px``. ``align_size_px`` is the caller's business.
+    shape_yx : (int, int), optional
+        Real-space shape of the frames; default ``(ny, 2 * (nx_half - 1))`` (even width).
+    output_px_per_grid_px : float
+        Size of a pixel of this grid in output pixels (the Fourier-crop factor, >= 1).
+    initial_shifts_yx_px : ndarray, shape (n_frames, 2), optional
+        Starting estimates in grid pixels (e.g. global shifts when aligning patches); the
+        first iteration then searches around them.
+    workers : int
+        Threads for :mod:`scipy.fft`.
+
+    Returns
+    -------
+    GlobalAlignment
+        Shifts in pixels of THIS grid (multiply by ``output_px_per_grid_px`` for output pixels),
+        sign per :mod:`correction.conventions`, mean zero over frames.
+    """
+    spectra = np.asarray(spectra)
+    if spectra.ndim != 3:
+        raise ValueError(f"spectra must be (n_frames, ny, nx//2+1), got shape {spectra.shape}")
+    n, ny, nxh = spectra.shape
+    shape = (int(ny), int(2 * (nxh - 1))) if shape_yx is None else tuple(int(s) for s in shape_yx)
+    if shape[0] != ny or shape[1] // 2 + 1 != nxh:
+        raise ValueError(f"shape_yx {shape} does not fit spectra of shape {spectra.shape}")
+    scale = float(output_px_per_grid_px)
+    groups = frame_groups(n, params.group_frames)
+    n_groups = len(groups)
+
+    shifts = np.zeros((n, 2)) if initial_shifts_yx_px is None else \
+        np.array(initial_shifts_yx_px, dtype=np.float64).reshape(n, 2)
+    shifts -= shifts.mean(axis=0)
+    if n_groups < 2:
+        if n > 1:
+            warnings.warn(f"{n} frames in one group of {params.group_frames}: nothing to align "
+                          "against; shifts left at their initial values", stacklevel=2)
+        return GlobalAlignment(shifts, np.full(n, np.nan), 0, True, 0.0)
+
+    b0 = params.bfactor_px2 / scale**2
+    window = params.max_shift_px / scale
+    tol = params.tolerance_px / scale
+    group_shifts = np.array([shifts[g].mean(axis=0) for g in groups])
+    aligned = np.empty_like(spectra)
+    update = np.inf
+    iteration = 0
+    gy = gx = None
+    for iteration in range(1, params.max_iterations + 1):
+        bfac = b0 * max(_B_FLOOR, _B_DECAY ** (iteration - 1))
+        gy, gx = bfactor_filter_1d(shape, bfac)
+        ey, ex = _local_dft_kernels(shape, _LOCAL_RADIUS, gy, gx)
+        total = _align_stack(spectra, shifts, shape, aligned)
+        residuals = np.zeros((n_groups, 2))
+        for j, (part, corr) in enumerate(_leave_one_out(aligned, total, groups)):
+            # corr <- part * conj(others): the cross-power spectrum (DC adds a constant only)
+            np.conjugate(corr, out=corr)
+            corr *= part
+            peak = _local_peak(corr, ey, ex) if iteration > 1 else None
+            if peak is None:
+                # search the whole window around zero displacement from the aligned sum
+                ry, rx = shift_ramps(shape, group_shifts[j])
+                corr *= (ry * gy.astype(np.float32))[:, None]
+                corr *= (rx * gx.astype(np.float32))[None, :]
+                corr[0, 0] = 0.0
+                peak = _full_map_peak(corr, shape, window, workers) - group_shifts[j]
+            residuals[j] = peak
+        group_shifts = group_shifts + residuals
+        shifts = interpolate_group_shifts(groups, group_shifts, n)
+        common = shifts.mean(axis=0)
+        shifts -= common
+        group_shifts -= common
+        update = float(np.max(np.abs(residuals)))
+        if update < tol and iteration > 1:
+            break
+
+    # quality: normalised correlation coefficient at the final shifts (Parseval, half spectrum)
+    total = _align_stack(spectra, shifts, shape, aligned)
+    weight = (gy[:, None] * gx[None, :]).astype(np.float32)
+    weight[:, 1:] *= 2.0
+    if shape[1] % 2 == 0:
+        weight[:, -1] /= 2.0
+    weight[0, 0] = 0.0
+    quality = np.full(n_groups, np.nan)
+    for j, (part, ref) in enumerate(_leave_one_out(aligned, total, groups)):
+        e_part = float(np.vdot(part, part * weight).real)
+        e_ref = float(np.vdot(ref, ref * weight).real)
+        c_peak = float(np.vdot(ref, part * weight).real)
+        if e_part > 0 and e_ref > 0:
+            quality[j] = c_peak / np.sqrt(e_part * e_ref)
+    del aligned
+
+    frame_quality = np.empty(n)
+    for j, g in enumerate(groups):
+        frame_quality[g] = quality[j]
+    return GlobalAlignment(shifts, frame_quality, iteration, bool(update < tol), update)

@@ -1,0 +1,674 @@
+"""Patch-based local motion: patch shifts on the globally aligned frames and a smooth model.
+
+Measurement
+    After whole-frame alignment the frames are shifted by their global shifts (exact Fourier
+    phase ramps on the Fourier-cropped spectra used for global alignment) and transformed back
+    to real space at that reduced resolution. An overlapping grid of ``patches_y x patches_x``
+    patches (about 50 % overlap, mean removed, raised-cosine taper over the outer eighth of each
+    side) is cut from every frame; each patch stack is Fourier-transformed and aligned with the
+    *same* iterative leave-one-out scheme as the global step
+    (:func:`correction.align_global.estimate_shifts`), with its own B-factor, a small search
+    window and optional grouping of consecutive frames for low dose. The result per patch is a
+    residual trajectory (the local motion left after global alignment) and a confidence, the
+    mean normalised correlation coefficient of its frames with their leave-one-out references.
+
+Model and why
+    The displacement field is a polynomial of low total degree in space times a polynomial in
+    time without a constant term (RELION-like, Zivanov et al. 2019)::
+
+        d(y, x, t) = sum_{a+b <= S} sum_{k=1..T} c_abk * u^a v^b * (tau^k - mean_t tau^k)
+
+    with ``u = x / nx - 1/2`` and ``v = y / ny - 1/2`` in [-1/2, 1/2], ``tau = t / (n - 1)`` and
+    ``S = 2``, ``T = 3`` by default (6 x 3 = 18 coefficients per axis). Each time basis function
+    averages to zero over the frames, so the model displaces every point by zero on average: the
+    corrected sum keeps the geometry of the aligned sum (the mean position of the specimen) and
+    the unknown constant of each patch's leave-one-out alignment never enters the model (a free
+    offset per patch is fitted alongside and discarded). Why polynomials rather than a B-spline
+    grid: beam-induced motion is smooth over the field of view (doming, a gentle swirl), and a
+    5 x 5 patch grid constrains only about a dozen spatial degrees of freedom; a global quadratic
+    uses six, is linear in its coefficients (one small least-squares problem, under a
+    millisecond), extrapolates to the frame corners without the overshoot of a free spline, and
+    cannot follow a single wrong patch. A coarse spline grid would need regularisation and more
+    patches to be better determined.
+
+Robust fit
+    Iteratively reweighted least squares with Tukey's biweight on every (patch, frame) residual
+    (scale from the median absolute residual), patches weighted by their confidence. A patch
+    whose residuals stay large (weights mostly zero, or RMS residual above four robust sigmas)
+    is rejected and reported.
+
+Low-dose safety rule
+    Local correction is applied only when the data say the model can be trusted: enough
+    patches accepted, a median patch confidence above ``min_confidence`` and a predicted RMS
+    error of the fitted displacements (from the least-squares covariance and the robust residual
+    scale) below ``max_predicted_error_px``. Otherwise the result says why, and the caller keeps
+    the global correction only. At tomography doses (0.1-0.5 e/px/frame) the patches carry too
+    little signal and the rule falls back.
+
+Shifts follow :mod:`correction.conventions`; arrays are ``[dy, dx]`` in output pixels.
+
+References
+----------
+Zheng, S. Q. et al. (2017) MotionCor2. Nat. Methods 14, 331-332.
+Zivanov, J., Nakane, T. & Scheres, S. H. W. (2019) A Bayesian approach to beam-induced motion
+correction in cryo-EM single-particle analysis. IUCrJ 6, 5-17.
+Tegunov, D. & Cramer, P. (2019) Real-time cryo-electron microscopy data preprocessing with
+Warp. Nat. Methods 16, 1146-1152.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .align_global import estimate_shifts
+from .conventions import yx_to_xy
+from .errors import ParameterError
+from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2, shift_ramps
+from .params import AlignParams
+
+__all__ = [
+    "LocalParams",
+    "PatchGrid",
+    "LocalMotionModel",
+    "ModelFit",
+    "LocalMotion",
+    "patch_grid",
+    "aligned_frames",
+    "measure_patch_shifts",
+    "fit_local_model",
+    "estimate_local_motion",
+    "local_motion_record",
+]
+
+_TUKEY_C = 4.685
+
+
+@dataclass(frozen=True, slots=True)
+class LocalParams:
+    """Options of the local (patch) step that are not in :class:`~correction.params.AlignParams`.
+
+    Attributes
+    ----------
+    spatial_degree : int
+        Total degree of the polynomial in x, y (0-3).
+    temporal_degree : int
+        Degree of the polynomial in time (1-3; capped at ``n_frames - 1``).
+    bfactor_px2 : float
+        Starting B-factor of the patch correlations (output pixels², see AlignParams).
+    max_shift_px : float
+        Search window for a patch's residual displacement after global alignment (output px).
+    group_frames : int or None
+        Consecutive frames summed for the patch correlations; None uses AlignParams.group_frames.
+    min_confidence : float
+        Median patch confidence (normalised correlation coefficient) below which local
+        correction is not applied.
+    max_predicted_error_px : float
+        Predicted RMS error of the fitted displacement (output px) above which local correction
+        is not applied.
+    min_patch_fraction : float
+        Fraction of patches that must be accepted by the robust fit.
+    patch_grid_px : int
+        Short side of the Fourier-cropped grid the patches are cut from (pixels); the
+        spectra given are cropped further when larger.
+    tile_px : int
+        Core size of the tiles local correction is applied on (output px; see local_apply).
+    tile_overlap_px : int
+        Extra pixels on each side of a tile, where neighbouring tiles are blended.
+    """
+
+    spatial_degree: int = 2
+    temporal_degree: int = 3
+    bfactor_px2: float = 500.0
+    max_shift_px: float = 12.0
+    group_frames: int | None = None
+    min_confidence: float = 0.02
+    max_predicted_error_px: float = 0.12
+    min_patch_fraction: float = 0.5
+    patch_grid_px: int = 512
+    tile_px: int = 512
+    tile_overlap_px: int = 32
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ParameterError(msg)
+        need(0 <= self.spatial_degree <= 3, f"spatial_degree must be 0-3, got {self.spatial_degree}")
+        need(1 <= self.temporal_degree <= 3,
+             f"temporal_degree must be 1-3, got {self.temporal_degree}")
+        need(self.bfactor_px2 >= 0, f"bfactor_px2 must be >= 0 px², got {self.bfactor_px2}")
+        need(self.max_shift_px > 0, f"max_shift_px must be > 0 px, got {self.max_shift_px}")
+        need(self.group_frames is None or self.group_frames >= 1,
+             f"group_frames must be >= 1, got {self.group_frames}")
+        need(0 < self.min_patch_fraction <= 1,
+             f"min_patch_fraction must be in (0, 1], got {self.min_patch_fraction}")
+        need(self.max_predicted_error_px > 0,
+             f"max_predicted_error_px must be > 0 px, got {self.max_predicted_error_px}")
+        need(self.patch_grid_px >= 64, f"patch_grid_px must be >= 64 px, got {self.patch_grid_px}")
+        need(self.tile_px >= 64, f"tile_px must be >= 64 px, got {self.tile_px}")
+        need(8 <= self.tile_overlap_px <= self.tile_px // 2,
+             f"tile_overlap_px must be 8..tile_px/2 px, got {self.tile_overlap_px}")
+
+
+# ----------------------------------------------------------------------------- patch grid
+
+@dataclass(frozen=True, slots=True)
+class PatchGrid:
+    """Overlapping patches on a (Fourier-cropped) grid.
+
+    Attributes
+    ----------
+    grid_shape_yx : (int, int)
+        Shape of the grid the patches are cut from.
+    output_shape_yx : (int, int)
+        Shape of the output (full-resolution) frames.
+    patch_shape_yx : (int, int)
+        Patch size in grid pixels.
+    origins_yx : ndarray, shape (n_patches, 2), int
+        Top-left corner of each patch (grid pixels); patches in row-major order (y slow).
+    n_patches_yx : (int, int)
+        Patches along y and x.
+    """
+
+    grid_shape_yx: tuple[int, int]
+    output_shape_yx: tuple[int, int]
+    patch_shape_yx: tuple[int, int]
+    origins_yx: np.ndarray
+    n_patches_yx: tuple[int, int]
+
+    @property
+    def output_px_per_grid_px_yx(self) -> np.ndarray:
+        """Output pixels per grid pixel along y and x (the Fourier-crop factors)."""
+        return np.array(self.output_shape_yx, dtype=np.float64) / np.array(self.grid_shape_yx)
+
+    @property
+    def centres_yx_px(self) -> np.ndarray:
+        """Patch centres in output pixels, shape (n_patches, 2).
+
+        Grid pixel ``j`` of a Fourier-cropped image samples output position ``j * factor``.
+        """
+        centre_grid = self.origins_yx + (np.array(self.patch_shape_yx) - 1) / 2.0
+        return centre_grid * self.output_px_per_grid_px_yx
+
+
+def patch_grid(grid_shape_yx: tuple[int, int], output_shape_yx: tuple[int, int],
+               n_patches_yx: tuple[int, int]) -> PatchGrid:
+    """Lay out ``n_patches_yx`` patches with about 50 % overlap covering the grid.
+
+    Patch side along an axis of length ``L`` with ``n`` patches: ``2 L / (n + 1)`` rounded up to
+    a fast FFT length; patches are spread evenly from edge to edge.
+    """
+    sizes = []
+    starts = []
+    for length, n in zip(grid_shape_yx, n_patches_yx):
+        size = min(fast_length(int(np.ceil(2 * length / (n + 1)))), length - length % 2)
+        sizes.append(size)
+        starts.append(np.round(np.linspace(0, length - size, n)).astype(np.int64))
+    oy, ox = np.meshgrid(starts[0], starts[1], indexing="ij")
+    return PatchGrid(tuple(int(v) for v in grid_shape_yx), tuple(int(v) for v in output_shape_yx),
+                     (sizes[0], sizes[1]), np.column_stack([oy.ravel(), ox.ravel()]),
+                     (int(n_patches_yx[0]), int(n_patches_yx[1])))
+
+
+def _taper(n: int) -> np.ndarray:
+    """1 in the middle, raised-cosine fall to ~0 over the outer eighth on each side."""
+    w = np.ones(n, dtype=np.float32)
+    m = max(2, n // 8)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
+    w[:m] = ramp
+    w[n - m:] = ramp[::-1]
+    return w
+
+
+def aligned_frames(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
+                   global_shifts_yx_px: np.ndarray, output_px_per_grid_px_yx: np.ndarray, *,
+                   workers: int = -1) -> np.ndarray:
+    """Globally aligned frames in real space on the grid of ``spectra`` (float32).
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n_frames, my, mx // 2 + 1), complex
+        Half spectra of the (Fourier-cropped) frames; not modified.
+    grid_shape_yx : (int, int)
+        ``(my, mx)``.
+    global_shifts_yx_px : ndarray, shape (n_frames, 2)
+        Global displacements in output pixels; each frame is moved by minus its shift.
+    output_px_per_grid_px_yx : ndarray, shape (2,)
+        Crop factors.
+    """
+    out = np.empty_like(spectra)
+    for i in range(spectra.shape[0]):
+        ry, rx = shift_ramps(grid_shape_yx, -np.asarray(global_shifts_yx_px[i])
+                             / output_px_per_grid_px_yx)
+        np.multiply(spectra[i], ry[:, None], out=out[i])
+        out[i] *= rx[None, :]
+    return irfft2(out, grid_shape_yx, workers=workers, overwrite_x=True).astype(np.float32,
+                                                                                 copy=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PatchShifts:
+    """Raw patch measurements (see :func:`measure_patch_shifts`).
+
+    Attributes
+    ----------
+    shifts_yx_px : ndarray, shape (n_patches, n_frames, 2)
+        Residual displacement of each patch in each frame after global alignment (output px),
+        mean zero over the frames of each patch.
+    confidence : ndarray, shape (n_patches,)
+        Mean normalised correlation coefficient of the patch's frames (groups) with their
+        leave-one-out references (-1..1).
+    group_frames : int
+        Frames per correlation group used.
+    """
+
+    shifts_yx_px: np.ndarray
+    confidence: np.ndarray
+    group_frames: int
+
+
+def measure_patch_shifts(frames_aligned: np.ndarray, grid: PatchGrid, *, params: AlignParams,
+                         local: LocalParams, workers: int = -1) -> PatchShifts:
+    """Align every patch stack with the global step's leave-one-out scheme.
+
+    Parameters
+    ----------
+    frames_aligned : ndarray, shape (n_frames, my, mx), float32
+        Globally aligned frames on the patch grid (:func:`aligned_frames`).
+    grid : PatchGrid
+    params : AlignParams
+        ``max_iterations`` and ``tolerance_px`` are used as for the global step.
+    local : LocalParams
+        ``bfactor_px2``, ``max_shift_px`` and ``group_frames`` for the patches.
+    """
+    n = frames_aligned.shape[0]
+    py, px = grid.patch_shape_yx
+    taper = _taper(py)[:, None] * _taper(px)[None, :]
+    n_patches = len(grid.origins_yx)
+    stack = np.empty((n_patches, n, py, px), dtype=np.float32)
+    for j, (oy, ox) in enumerate(grid.origins_yx):
+        stack[j] = frames_aligned[:, oy:oy + py, ox:ox + px]
+    stack -= stack.mean(axis=(-2, -1), keepdims=True)
+    stack *= taper
+    spectra = rfft2(stack, workers=workers, overwrite_x=True)
+    del stack
+    group = local.group_frames if local.group_frames is not None else params.group_frames
+    patch_params = dataclasses.replace(params, bfactor_px2=local.bfactor_px2,
+                                       max_shift_px=local.max_shift_px, group_frames=group)
+    factor = grid.output_px_per_grid_px_yx
+    shifts = np.zeros((n_patches, n, 2))
+    confidence = np.zeros(n_patches)
+    for j in range(n_patches):
+        res = estimate_shifts(spectra[j], params=patch_params, shape_yx=(py, px),
+                              output_px_per_grid_px=float(np.mean(factor)), workers=1)
+        shifts[j] = res.shifts_yx_px * factor[None, :]
+        confidence[j] = float(np.nan_to_num(np.nanmean(res.peak_quality), nan=0.0)) \
+            if np.any(np.isfinite(res.peak_quality)) else 0.0
+    return PatchShifts(shifts, confidence, int(group))
+
+
+# ----------------------------------------------------------------------------- the model
+
+def _spatial_terms(degree: int) -> list[tuple[int, int]]:
+    """Exponents ``(a, b)`` of ``u^a v^b`` with ``a + b <= degree``, low order first."""
+    return [(a, total - a) for total in range(degree + 1) for a in range(total, -1, -1)]
+
+
+def _spatial_basis(y: np.ndarray, x: np.ndarray, shape_yx: tuple[int, int], degree: int
+                   ) -> np.ndarray:
+    """Spatial basis values, shape ``S + (n_spatial,)`` for positions of shape ``S``."""
+    u = np.asarray(x, dtype=np.float64) / shape_yx[1] - 0.5
+    v = np.asarray(y, dtype=np.float64) / shape_yx[0] - 0.5
+    return np.stack([u**a * v**b for a, b in _spatial_terms(degree)], axis=-1)
+
+
+def _temporal_basis(n_frames: int, degree: int) -> np.ndarray:
+    """Time basis ``tau^k - mean(tau^k)``, k = 1..degree, shape (n_frames, degree)."""
+    tau = np.arange(n_frames, dtype=np.float64) / max(1, n_frames - 1)
+    basis = np.stack([tau**k for k in range(1, degree + 1)], axis=-1)
+    return basis - basis.mean(axis=0, keepdims=True)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalMotionModel:
+    """A smooth local displacement field (see module docstring for its form).
+
+    Attributes
+    ----------
+    shape_yx : (int, int)
+        Output frame shape the coordinates are normalised by.
+    n_frames : int
+    spatial_degree, temporal_degree : int
+    coefficients_yx : ndarray, shape (2, n_spatial, temporal_degree)
+        ``[dy, dx]`` coefficients in output pixels; spatial terms ordered as
+        ``[(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2), ...]`` = exponents of (u, v).
+    """
+
+    shape_yx: tuple[int, int]
+    n_frames: int
+    spatial_degree: int
+    temporal_degree: int
+    coefficients_yx: np.ndarray
+
+    name = "polynomial_xyt"
+
+    def displacement_yx_px(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Local displacement ``[dy, dx]`` at output positions ``(y, x)`` (pixels).
+
+        Returns
+        -------
+        ndarray, shape (n_frames,) + S + (2,), float64
+            Adds to the global shift of each frame; zero mean over the frames at every point.
+        """
+        s = _spatial_basis(y, x, self.shape_yx, self.spatial_degree)  # S + (ns,)
+        t = _temporal_basis(self.n_frames, self.temporal_degree)  # (n, nt)
+        # d[f, ..., axis] = sum_j sum_k c[axis, j, k] s[..., j] t[f, k]
+        per_axis = np.einsum("...j,ajk->...ak", s, self.coefficients_yx)  # S + (2, nt)
+        return np.einsum("fk,...ak->f...a", t, per_axis)
+
+    @staticmethod
+    def zero(shape_yx: tuple[int, int], n_frames: int) -> "LocalMotionModel":
+        """A model with no local motion."""
+        return LocalMotionModel(tuple(shape_yx), int(n_frames), 0, 1, np.zeros((2, 1, 1)))
+
+    def to_record(self) -> dict:
+        """JSON-ready description of the model and its coefficients."""
+        return {
+            "name": self.name,
+            "formula": ("d(x, y, t) = sum c[a][b][k] * u^a * v^b * (tau^k - mean_frames tau^k), "
+                        "u = x/nx - 0.5, v = y/ny - 0.5, tau = frame/(n_frames - 1), "
+                        "k = 1..temporal_degree, a + b <= spatial_degree; output pixels"),
+            "spatial_degree": self.spatial_degree,
+            "temporal_degree": self.temporal_degree,
+            "spatial_terms_uv": [list(t) for t in _spatial_terms(self.spatial_degree)],
+            "coefficients_x_px": np.round(self.coefficients_yx[1], 6).tolist(),
+            "coefficients_y_px": np.round(self.coefficients_yx[0], 6).tolist(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFit:
+    """Result of :func:`fit_local_model`.
+
+    Attributes
+    ----------
+    model : LocalMotionModel
+    fitted_yx_px : ndarray, shape (n_patches, n_frames, 2)
+        Model displacement at each patch centre (zero temporal mean).
+    measured_yx_px : ndarray, shape (n_patches, n_frames, 2)
+        Measurements minus each patch's fitted offset (comparable to ``fitted_yx_px``).
+    rejected : ndarray of bool, shape (n_patches,)
+        Patches the robust fit rejected (or that had no weight to begin with).
+    weights : ndarray, shape (n_patches, n_frames)
+        Final robust weights (0..1) times the patch weights.
+    residual_sigma_px : float
+        Robust scale of the per-component residuals of accepted patches (output px).
+    predicted_error_px : float
+        Predicted RMS error (vector length) of the fitted displacements at the patch centres,
+        from the least-squares covariance scaled by ``residual_sigma_px``.
+    """
+
+    model: LocalMotionModel
+    fitted_yx_px: np.ndarray
+    measured_yx_px: np.ndarray
+    rejected: np.ndarray
+    weights: np.ndarray
+    residual_sigma_px: float
+    predicted_error_px: float
+
+
+def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
+                    shape_yx: tuple[int, int], patch_weights: np.ndarray | None = None,
+                    spatial_degree: int = 2, temporal_degree: int = 3,
+                    iterations: int = 8) -> ModelFit:
+    """Fit the smooth model to patch trajectories by robust (IRLS, Tukey) least squares.
+
+    Parameters
+    ----------
+    centres_yx_px : ndarray, shape (n_patches, 2)
+        Patch centres in output pixels.
+    shifts_yx_px : ndarray, shape (n_patches, n_frames, 2)
+        Measured displacements (output px), each patch up to an unknown constant.
+    shape_yx : (int, int)
+        Output frame shape.
+    patch_weights : ndarray, shape (n_patches,), optional
+        Prior weight of each patch (>= 0; 0 excludes it); default 1.
+    spatial_degree, temporal_degree : int
+        Model order; the temporal degree is capped at ``n_frames - 1`` and the spatial degree
+        lowered until the accepted patches determine it.
+    iterations : int
+        Reweighting iterations.
+    """
+    centres = np.asarray(centres_yx_px, dtype=np.float64)
+    m = np.asarray(shifts_yx_px, dtype=np.float64)
+    n_p, n_f, _ = m.shape
+    pw = np.ones(n_p) if patch_weights is None else np.clip(np.asarray(patch_weights, float), 0, None)
+    temporal_degree = max(1, min(temporal_degree, n_f - 1))
+    usable = int(np.sum(pw > 0))
+    while spatial_degree > 0 and len(_spatial_terms(spatial_degree)) > max(1, usable - 2):
+        spatial_degree -= 1
+    s = _spatial_basis(centres[:, 0], centres[:, 1], shape_yx, spatial_degree)  # (P, ns)
+    t = _temporal_basis(n_f, temporal_degree)  # (F, nt)
+    ns, nt = s.shape[1], t.shape[1]
+    # columns: model terms (ns*nt), then one offset per patch
+    design_model = (s[:, None, :, None] * t[None, :, None, :]).reshape(n_p * n_f, ns * nt)
+    design_offset = np.repeat(np.eye(n_p), n_f, axis=0)
+    design = np.hstack([design_model, design_offset])
+    obs = m.reshape(n_p * n_f, 2)
+    w = np.repeat(pw, n_f).astype(np.float64)
+    base_w = w.copy()
+    coef = np.zeros((design.shape[1], 2))
+    sigma = np.inf
+    rejected = pw <= 0
+    for it in range(iterations + 1):
+        ww = w * np.repeat(~rejected, n_f)
+        sw = np.sqrt(ww)[:, None]
+        coef, *_ = np.linalg.lstsq(design * sw, obs * sw, rcond=None)
+        resid = obs - design @ coef
+        r = np.hypot(resid[:, 0], resid[:, 1])
+        active = np.repeat(~rejected, n_f) & (base_w > 0)
+        if not np.any(active):
+            break
+        # per-component robust scale; a 2-D residual norm of two N(0, s) components has
+        # median s * sqrt(2 ln 2)
+        sigma = max(float(np.median(r[active])) / np.sqrt(2 * np.log(2)), 1e-4)
+        if it == iterations:
+            break
+        z = r / (_TUKEY_C * sigma * np.sqrt(2.0))
+        w = base_w * np.where(z < 1, (1 - z * z) ** 2, 0.0)
+        patch_rms = np.sqrt(np.mean((r * r).reshape(n_p, n_f), axis=1))
+        patch_keep = w.reshape(n_p, n_f).sum(axis=1) / np.maximum(
+            base_w.reshape(n_p, n_f).sum(axis=1), 1e-12)
+        rejected = (pw <= 0) | (patch_keep < 0.5) | (patch_rms > 4.0 * sigma * np.sqrt(2.0))
+        if np.sum(~rejected) < max(ns + 1, 2):
+            rejected = pw <= 0
+    n_model = ns * nt
+    coeffs = coef[:n_model].T.reshape(2, ns, nt)
+    offsets = coef[n_model:]  # (P, 2)
+    model = LocalMotionModel(tuple(int(v) for v in shape_yx), n_f, spatial_degree,
+                             temporal_degree, coeffs)
+    fitted = (design_model @ coef[:n_model]).reshape(n_p, n_f, 2)
+    measured = m - offsets[:, None, :]
+    # predicted error: covariance of the model part under the final weights
+    ww = w * np.repeat(~rejected, n_f)
+    sw = np.sqrt(ww)[:, None]
+    a = design * sw
+    try:
+        cov = np.linalg.pinv(a.T @ a)
+        cov_model = cov[:n_model, :n_model]
+        acc = ~rejected
+        dm = design_model.reshape(n_p, n_f, n_model)[acc].reshape(-1, n_model)
+        var = np.einsum("ij,jk,ik->i", dm, cov_model, dm) if dm.size else np.array([np.inf])
+        predicted = float(sigma * np.sqrt(2.0 * np.mean(var)))
+    except np.linalg.LinAlgError:
+        predicted = float("inf")
+    return ModelFit(model, fitted, measured, rejected, ww.reshape(n_p, n_f), float(sigma),
+                    predicted)
+
+
+# ----------------------------------------------------------------------------- the step
+
+@dataclass(frozen=True, slots=True)
+class LocalMotion:
+    """Local motion of one movie: the model, the measurements, and whether to apply it.
+
+    Attributes
+    ----------
+    applied : bool
+        True when local correction should be (and, in the pipeline, was) applied.
+    reason : str
+        Why it is or is not applied (one line).
+    model : LocalMotionModel
+        The fitted model (the zero model when nothing was fitted).
+    grid : PatchGrid or None
+    patch_centres_yx_px : ndarray, shape (n_patches, 2)
+    measured_yx_px, fitted_yx_px : ndarray, shape (n_patches, n_frames, 2)
+        Residual displacements after global alignment (output px), zero temporal mean.
+    rejected : ndarray of bool, shape (n_patches,)
+    confidence : ndarray, shape (n_patches,)
+    residual_sigma_px, predicted_error_px : float
+    group_frames : int
+    time_s : float
+        Wall time of the estimation.
+    """
+
+    applied: bool
+    reason: str
+    model: LocalMotionModel
+    grid: PatchGrid | None
+    patch_centres_yx_px: np.ndarray
+    measured_yx_px: np.ndarray
+    fitted_yx_px: np.ndarray
+    rejected: np.ndarray
+    confidence: np.ndarray
+    residual_sigma_px: float
+    predicted_error_px: float
+    group_frames: int
+    time_s: float
+
+
+def _not_applied(reason: str, shape_yx: tuple[int, int], n_frames: int, t0: float
+                 ) -> LocalMotion:
+    empty = np.zeros((0, n_frames, 2))
+    return LocalMotion(False, reason, LocalMotionModel.zero(shape_yx, n_frames), None,
+                       np.zeros((0, 2)), empty, empty, np.zeros(0, bool), np.zeros(0),
+                       float("nan"), float("nan"), 0, time.perf_counter() - t0)
+
+
+def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
+                          output_shape_yx: tuple[int, int], global_shifts_yx_px: np.ndarray, *,
+                          params: AlignParams, local: LocalParams = LocalParams(),
+                          workers: int = -1) -> LocalMotion:
+    """Measure patch shifts on the globally aligned frames and fit the local model.
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n_frames, my, mx // 2 + 1), complex64
+        Half spectra of the frames Fourier-cropped to ``grid_shape_yx`` (e.g. the ones the
+        global alignment used); not modified.
+    grid_shape_yx : (int, int)
+        Real-space shape ``(my, mx)`` of that grid.
+    output_shape_yx : (int, int)
+        Shape of the output frames ``(ny, nx)``.
+    global_shifts_yx_px : ndarray, shape (n_frames, 2)
+        Global displacements in output pixels (:mod:`correction.conventions`).
+    params : AlignParams
+        ``patches_x``, ``patches_y`` give the grid (global only unless both > 1).
+    local : LocalParams
+    workers : int
+        Threads for :mod:`scipy.fft`.
+
+    Returns
+    -------
+    LocalMotion
+        ``applied`` False, with the reason, when the grid is off, the movie is too short, or
+        the low-dose safety rule rejects the fit.
+    """
+    t0 = time.perf_counter()
+    n = int(spectra.shape[0])
+    shape_out = tuple(int(v) for v in output_shape_yx)
+    if not params.local_enabled:
+        return _not_applied(f"patch grid {params.patches_x} x {params.patches_y}: global only",
+                            shape_out, n, t0)
+    group = local.group_frames if local.group_frames is not None else params.group_frames
+    n_groups = int(np.ceil(n / group))
+    if n_groups < 3:
+        return _not_applied(f"{n} frames in {n_groups} group(s) of {group}: too few to measure "
+                            "local motion", shape_out, n, t0)
+    grid_shape_yx = tuple(int(v) for v in grid_shape_yx)
+    short = min(grid_shape_yx)
+    if short > local.patch_grid_px:
+        factor = short / local.patch_grid_px
+        new_shape = (binned_length(grid_shape_yx[0], factor), binned_length(grid_shape_yx[1], factor))
+        spectra = fourier_crop(spectra, grid_shape_yx, new_shape)
+        grid_shape_yx = new_shape
+    grid = patch_grid(grid_shape_yx, shape_out, (params.patches_y, params.patches_x))
+    if min(grid.patch_shape_yx) < 32:
+        return _not_applied(f"patches of {grid.patch_shape_yx[0]} x {grid.patch_shape_yx[1]} "
+                            "grid px are too small to align", shape_out, n, t0)
+    frames = aligned_frames(spectra, grid.grid_shape_yx, np.asarray(global_shifts_yx_px),
+                            grid.output_px_per_grid_px_yx, workers=workers)
+    patches = measure_patch_shifts(frames, grid, params=params, local=local, workers=workers)
+    del frames
+    conf = patches.confidence
+    fit = fit_local_model(grid.centres_yx_px, patches.shifts_yx_px, shape_yx=shape_out,
+                          patch_weights=np.clip(conf, 0, None),
+                          spatial_degree=local.spatial_degree,
+                          temporal_degree=local.temporal_degree)
+    n_patches = len(conf)
+    n_acc = int(np.sum(~fit.rejected))
+    median_conf = float(np.median(conf))
+    if median_conf < local.min_confidence:
+        applied, reason = False, (f"too little signal in the patches (median confidence "
+                                  f"{median_conf:.3f} < {local.min_confidence}): global only")
+    elif n_acc < local.min_patch_fraction * n_patches:
+        applied, reason = False, (f"only {n_acc} of {n_patches} patches agree with a smooth "
+                                  "model: global only")
+    elif not fit.predicted_error_px <= local.max_predicted_error_px:
+        applied, reason = False, (f"local model too uncertain (predicted error "
+                                  f"{fit.predicted_error_px:.3f} px > "
+                                  f"{local.max_predicted_error_px} px): global only")
+    else:
+        applied, reason = True, (f"{n_acc} of {n_patches} patches fitted, predicted error "
+                                 f"{fit.predicted_error_px:.3f} px")
+    return LocalMotion(applied, reason, fit.model, grid, grid.centres_yx_px, fit.measured_yx_px,
+                       fit.fitted_yx_px, fit.rejected, conf, fit.residual_sigma_px,
+                       fit.predicted_error_px, patches.group_frames, time.perf_counter() - t0)
+
+
+def local_motion_record(local: LocalMotion, global_shifts_yx_px: np.ndarray) -> dict:
+    """The ``local`` object of ``motion.json``.
+
+    Per-patch shifts are total displacements (global + local) of the specimen at each patch
+    centre relative to that point's position in the aligned sum, ``[dx, dy]`` in output pixels,
+    as ``global_shifts_px`` (:data:`correction.conventions.SHIFT_CONVENTION`).
+    """
+    g = np.asarray(global_shifts_yx_px, dtype=np.float64)[None, :, :]
+
+    def xy(a: np.ndarray) -> list:
+        return np.round(yx_to_xy(a + g if a.size else a), 4).tolist()
+
+    record = {
+        "applied": bool(local.applied),
+        "reason": local.reason,
+        "model": local.model.to_record() if local.grid is not None else None,
+        "patches_xy": [local.grid.n_patches_yx[1], local.grid.n_patches_yx[0]]
+        if local.grid is not None else None,
+        "patch_centres_px": np.round(yx_to_xy(local.patch_centres_yx_px), 2).tolist(),
+        "shift_convention": ("measured_shifts_px[p][i] and fitted_shifts_px[p][i] = [dx, dy]: "
+                             "displacement of the specimen at patch centre p in frame i relative "
+                             "to its position in the aligned sum (global + local), output pixels"),
+        "measured_shifts_px": xy(local.measured_yx_px),
+        "fitted_shifts_px": xy(local.fitted_yx_px),
+        "rejected_patches": [int(i) for i in np.flatnonzero(local.rejected)],
+        "patch_confidence": np.round(local.confidence, 4).tolist(),
+        "group_frames": int(local.group_frames),
+        "residual_sigma_px": None if not np.isfinite(local.residual_sigma_px)
+        else round(float(local.residual_sigma_px), 4),
+        "predicted_error_px": None if not np.isfinite(local.predicted_error_px)
+        else round(float(local.predicted_error_px), 4),
+    }
+    return record

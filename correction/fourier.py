@@ -1,0 +1,228 @@
+"""Fourier-space helpers: real FFTs, Fourier cropping (binning), exact shifts and filters.
+
+All functions are pure and cache-free. Spectra are the half spectra of :func:`scipy.fft.rfft2`
+over the last two axes: an image of shape ``(ny, nx)`` has a spectrum of shape
+``(ny, nx // 2 + 1)``. Frequencies are in cycles per pixel of the grid the spectrum belongs to,
+unless a name says ``_per_A``. Shifts follow :mod:`correction.conventions` (``[dy, dx]`` order,
+``+`` = content moves towards increasing index).
+
+Scaling
+    The forward transform is unnormalised and the inverse divides by the number of pixels of
+    the *output* grid (scipy's ``norm="backward"``). Cropping a spectrum without rescaling
+    therefore preserves the **total** intensity of an image: Fourier-binning a counting
+    movie by 2 gives pixels that hold the electrons of the 2 x 2 pixels they replace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+__all__ = [
+    "rfft2",
+    "irfft2",
+    "fast_length",
+    "binned_length",
+    "fourier_crop",
+    "frequency_indices",
+    "shift_ramps",
+    "apply_shift",
+    "shift_image",
+    "radial_frequency_sq",
+    "bfactor_filter",
+    "bfactor_filter_1d",
+]
+
+
+def rfft2(image: np.ndarray, *, workers: int = -1, overwrite_x: bool = False) -> np.ndarray:
+    """Real 2-D FFT over the last two axes (float32 in -> complex64 out).
+
+    Parameters
+    ----------
+    image : ndarray, shape (..., ny, nx)
+        Real image(s). float32 gives complex64; float64 gives complex128.
+    workers : int
+        Threads for :mod:`scipy.fft` (-1 = all cores).
+    overwrite_x : bool
+        Allow scipy to overwrite ``image``.
+    """
+    return scipy.fft.rfft2(image, workers=workers, overwrite_x=overwrite_x)
+
+
+def irfft2(spectrum: np.ndarray, shape_yx: tuple[int, int], *, workers: int = -1,
+           overwrite_x: bool = False) -> np.ndarray:
+    """Inverse of :func:`rfft2` onto a real grid of ``shape_yx`` (complex64 -> float32)."""
+    return scipy.fft.irfft2(spectrum, s=tuple(int(s) for s in shape_yx), workers=workers,
+                            overwrite_x=overwrite_x)
+
+
+def fast_length(n: int) -> int:
+    """Smallest length >= ``n`` that :mod:`scipy.fft` transforms quickly (2, 3, 5, 7 smooth),
+    rounded up to an even number."""
+    m = scipy.fft.next_fast_len(int(n), real=True)
+    while m % 2:
+        m = scipy.fft.next_fast_len(m + 1, real=True)
+    return int(m)
+
+
+def binned_length(n: int, bin_factor: float) -> int:
+    """Length of an axis of ``n`` pixels after Fourier binning by ``bin_factor`` (>= 1).
+
+    The result is even (so the cropped half spectrum has a clean Nyquist column) unless
+    ``bin_factor`` is 1, where ``n`` is returned unchanged.
+    """
+    if bin_factor == 1:
+        return int(n)
+    m = int(round(n / bin_factor))
+    return max(2, m - (m % 2))
+
+
+def fourier_crop(spectrum: np.ndarray, shape_yx: tuple[int, int], out_shape_yx: tuple[int, int]
+                 ) -> np.ndarray:
+    """Fourier-crop a half spectrum: bin (low-pass and resample) an image without aliasing.
+
+    Parameters
+    ----------
+    spectrum : ndarray, shape (..., ny, nx // 2 + 1)
+        :func:`rfft2` of images of real shape ``shape_yx``.
+    shape_yx : (int, int)
+        Real-space shape ``(ny, nx)`` of the input grid.
+    out_shape_yx : (int, int)
+        Real-space shape ``(my, mx)`` of the output grid, ``my <= ny``, ``mx <= nx``. The pixel
+        of the output grid is ``ny / my`` (rows) by ``nx / mx`` (columns) input pixels; any ratio
+        >= 1 works (non-integer binning).
+
+    Returns
+    -------
+    ndarray, shape (..., my, mx // 2 + 1), same dtype
+        A new array; frequencies ``-(my // 2) .. (my - 1) // 2`` in y and ``0 .. mx // 2`` in x.
+        Not rescaled: the total intensity is preserved (see module docstring).
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    my, mx = (int(v) for v in out_shape_yx)
+    if my > ny or mx > nx:
+        raise ValueError(f"cannot Fourier-crop {ny}x{nx} to a larger {my}x{mx}")
+    if spectrum.shape[-2:] != (ny, nx // 2 + 1):
+        raise ValueError(f"spectrum shape {spectrum.shape[-2:]} does not fit a {ny}x{nx} image")
+    out = np.empty(spectrum.shape[:-2] + (my, mx // 2 + 1), dtype=spectrum.dtype)
+    top = my - my // 2  # rows with ky >= 0 (plus Nyquist for odd my)
+    out[..., :top, :] = spectrum[..., :top, : mx // 2 + 1]
+    if my // 2:
+        out[..., top:, :] = spectrum[..., ny - my // 2:, : mx // 2 + 1]
+    return out
+
+
+def frequency_indices(n: int, *, half: bool = False) -> np.ndarray:
+    """Integer frequency indices of an axis of ``n`` pixels (``fftfreq(n) * n``), float64.
+
+    ``half=True`` gives the ``n // 2 + 1`` non-negative indices of the rfft (last) axis.
+    """
+    if half:
+        return np.arange(n // 2 + 1, dtype=np.float64)
+    return np.fft.fftfreq(n, d=1.0 / n)
+
+
+def shift_ramps(shape_yx: tuple[int, int], shift_yx_px: tuple[float, float] | np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Separable phase ramps that move image content by ``shift_yx_px`` (pixels).
+
+    Multiplying a half spectrum by ``ramp_y[:, None] * ramp_x[None, :]`` moves the content of
+    the image by ``+shift`` (a feature at ``(y, x)`` goes to ``(y + dy, x + dx)``), circularly.
+    The shift is exact (band-limited interpolation) for any sub-pixel value.
+
+    Parameters
+    ----------
+    shape_yx : (int, int)
+        Real-space shape ``(ny, nx)``.
+    shift_yx_px : (float, float)
+        ``[dy, dx]`` in pixels of this grid.
+
+    Returns
+    -------
+    ramp_y : ndarray, shape (ny,), complex64
+    ramp_x : ndarray, shape (nx // 2 + 1,), complex64
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    dy, dx = (float(v) for v in np.asarray(shift_yx_px, dtype=np.float64).reshape(2))
+    ky = frequency_indices(ny)
+    kx = frequency_indices(nx, half=True)
+    ramp_y = np.exp(-2j * np.pi * ky * (dy / ny)).astype(np.complex64)
+    ramp_x = np.exp(-2j * np.pi * kx * (dx / nx)).astype(np.complex64)
+    return ramp_y, ramp_x
+
+
+def apply_shift(spectrum: np.ndarray, shape_yx: tuple[int, int],
+                shift_yx_px: tuple[float, float] | np.ndarray, *, out: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Move the content of a half spectrum by ``shift_yx_px`` (see :func:`shift_ramps`).
+
+    ``out`` may be ``spectrum`` itself (in place, no temporary of the full size).
+    """
+    ramp_y, ramp_x = shift_ramps(shape_yx, shift_yx_px)
+    if out is None:
+        out = spectrum * ramp_y[:, None]
+    else:
+        np.multiply(spectrum, ramp_y[:, None], out=out)
+    out *= ramp_x[None, :]
+    return out
+
+
+def shift_image(image: np.ndarray, shift_yx_px: tuple[float, float] | np.ndarray, *,
+                workers: int = -1) -> np.ndarray:
+    """Circularly shift a real image by ``shift_yx_px`` with a Fourier phase ramp (same dtype)."""
+    shape = image.shape[-2:]
+    spec = rfft2(image, workers=workers)
+    apply_shift(spec, shape, shift_yx_px, out=spec)
+    return irfft2(spec, shape, workers=workers).astype(image.dtype, copy=False)
+
+
+def radial_frequency_sq(shape_yx: tuple[int, int], *, scale_yx: tuple[float, float] = (1.0, 1.0)
+                        ) -> np.ndarray:
+    """Squared spatial frequency ``k^2`` on the half-spectrum grid, float32.
+
+    Parameters
+    ----------
+    shape_yx : (int, int)
+        Real-space shape ``(ny, nx)``.
+    scale_yx : (float, float)
+        Size of a pixel along y and x in the unit wanted: ``(1, 1)`` gives cycles/pixel;
+        ``(pixel_size_A, pixel_size_A)`` gives 1/Å.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx // 2 + 1), float32
+        ``(ky / (ny * sy))^2 + (kx / (nx * sx))^2``.
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    fy = (frequency_indices(ny) / (ny * scale_yx[0])).astype(np.float32)
+    fx = (frequency_indices(nx, half=True) / (nx * scale_yx[1])).astype(np.float32)
+    return fy[:, None] ** 2 + fx[None, :] ** 2
+
+
+def bfactor_filter(shape_yx: tuple[int, int], bfactor_px2: float) -> np.ndarray:
+    """Gaussian low-pass ``exp(-B k^2 / 4)`` on the half-spectrum grid, float32.
+
+    ``k`` in cycles per pixel of this grid, ``B`` in pixels². Built separably (an outer product
+    of two 1-D exponentials), so it costs one multiply per element.
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    fy = frequency_indices(ny) / ny
+    fx = frequency_indices(nx, half=True) / nx
+    gy = np.exp(-bfactor_px2 * fy * fy / 4.0).astype(np.float32)
+    gx = np.exp(-bfactor_px2 * fx * fx / 4.0).astype(np.float32)
+    return gy[:, None] * gx[None, :]
+
+
+def bfactor_filter_1d(shape_yx: tuple[int, int], bfactor_px2: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The two factors of :func:`bfactor_filter`: ``gy[:, None] * gx[None, :]`` (float64).
+
+    Returns
+    -------
+    gy : ndarray, shape (ny,)
+    gx : ndarray, shape (nx // 2 + 1,)
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    fy = frequency_indices(ny) / ny
+    fx = frequency_indices(nx, half=True) / nx
+    return np.exp(-bfactor_px2 * fy * fy / 4.0), np.exp(-bfactor_px2 * fx * fx / 4.0)

@@ -1,0 +1,270 @@
+"""Gain, dark and defect references: load, orient, check against a movie, apply to frames.
+
+``corrected = (raw - dark) * gain`` (multiplicative gain, as MotionCor, RELION and EER ``.gain``
+files have it). Orientation: the reference is rotated by ``rotate_quarter_turns`` quarter turns
+counter-clockwise as displayed with row 0 at the top (``numpy.rot90(ref, k)``), THEN flipped
+(``updown`` reverses the rows, ``leftright`` the columns); the dark reference and defect map get
+the same orientation. A defect list (``x y w h``) refers to the movie's pixel grid and is not
+reoriented.
+
+Defects are the union of the defect list or map, the gain's zero and non-finite pixels, and the
+dark's non-finite pixels; they are replaced in every frame by the mean of their valid
+neighbours (:mod:`correction.defects`), never left at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .defects import ReplacementPlan, defect_mask_from_image, plan_replacement, read_defect_list
+from .errors import CorrectionError, GainReferenceError
+from .params import Flip, GainParams
+
+__all__ = ["GainReference", "load_gain_reference", "apply_gain", "orient"]
+
+
+def orient(image: np.ndarray, *, rotate_quarter_turns: int = 0, flip: Flip = "none") -> np.ndarray:
+    """Rotate by quarter turns counter-clockwise, then flip; returns a C-contiguous copy.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+    rotate_quarter_turns : int
+        0-3; ``numpy.rot90(image, k)``.
+    flip : {"none", "updown", "leftright"}
+        Applied after the rotation.
+    """
+    out = np.rot90(image, int(rotate_quarter_turns))
+    if flip == "updown":
+        out = out[::-1, :]
+    elif flip == "leftright":
+        out = out[:, ::-1]
+    elif flip != "none":
+        raise ValueError(f"flip must be none, updown or leftright, got {flip!r}")
+    return np.ascontiguousarray(out)
+
+
+@dataclass(frozen=True, slots=True)
+class GainReference:
+    """An oriented gain reference, with optional dark reference and defects.
+
+    Build with :meth:`from_arrays` or :func:`load_gain_reference`.
+
+    Attributes
+    ----------
+    gain : ndarray of float32, shape (ny, nx)
+        Multiplicative gain in the movie's orientation; 0 at defects.
+    dark : ndarray of float32, shape (ny, nx), or None
+        Dark reference subtracted before the gain; 0 at defects.
+    defect_mask : ndarray of bool, shape (ny, nx), or None
+        All pixels replaced after gain correction; None when there are none.
+    gain_path, dark_path, defects_path : Path or None
+        Source files, for messages and records.
+    plan : ReplacementPlan or None
+        Precomputed replacement of ``defect_mask``.
+    """
+
+    gain: np.ndarray
+    dark: np.ndarray | None = None
+    defect_mask: np.ndarray | None = None
+    gain_path: Path | None = None
+    dark_path: Path | None = None
+    defects_path: Path | None = None
+    plan: ReplacementPlan | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_arrays(cls, gain: np.ndarray, *, dark: np.ndarray | None = None,
+                    defects: np.ndarray | None = None, gain_path: Path | None = None,
+                    dark_path: Path | None = None,
+                    defects_path: Path | None = None) -> GainReference:
+        """Build a reference from already oriented arrays.
+
+        Gain pixels that are 0 or non-finite, and dark pixels that are non-finite, are added
+        to the defects; gain and dark are set to 0 there so that no NaN reaches a frame.
+
+        Parameters
+        ----------
+        gain : ndarray, shape (ny, nx)
+        dark : ndarray, shape (ny, nx), optional
+        defects : ndarray of bool, shape (ny, nx), optional
+
+        Raises
+        ------
+        GainReferenceError
+            Shapes that differ, a gain that is not 2-D, or a gain with no valid pixel.
+        """
+        gain = np.array(gain, dtype=np.float32, order="C")
+        if gain.ndim != 2:
+            raise GainReferenceError(gain_path, f"gain must be a 2-D image, got shape {gain.shape}")
+        bad = ~np.isfinite(gain) | (gain == 0)
+        if dark is not None:
+            dark = np.array(dark, dtype=np.float32, order="C")
+            if dark.shape != gain.shape:
+                raise GainReferenceError(dark_path, f"dark reference is {_fmt(dark.shape)}, "
+                                                    f"gain is {_fmt(gain.shape)}")
+            bad |= ~np.isfinite(dark)
+        if defects is not None:
+            defects = np.asarray(defects, dtype=bool)
+            if defects.shape != gain.shape:
+                raise GainReferenceError(defects_path, f"defect map is {_fmt(defects.shape)}, "
+                                                       f"gain is {_fmt(gain.shape)}")
+            bad |= defects
+        if bad.all():
+            raise GainReferenceError(gain_path, "gain has no valid pixel (all 0, NaN or defect)")
+        mask = bad if bad.any() else None
+        if mask is not None:
+            gain[mask] = 0.0
+            if dark is not None:
+                dark[mask] = 0.0
+        plan = plan_replacement(mask) if mask is not None else None
+        return cls(gain=gain, dark=dark, defect_mask=mask, gain_path=gain_path,
+                   dark_path=dark_path, defects_path=defects_path, plan=plan)
+
+    @property
+    def shape_yx(self) -> tuple[int, int]:
+        """Shape (ny, nx) of the oriented reference."""
+        return int(self.gain.shape[0]), int(self.gain.shape[1])
+
+    def check_shape(self, shape_yx: tuple[int, int], movie_path: str | Path | None = None) -> None:
+        """Raise unless the reference fits frames of ``shape_yx``.
+
+        Raises
+        ------
+        GainReferenceError
+            Naming the gain file, the gain's shape (after orientation) and the movie's.
+        """
+        shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
+        if shape_yx != self.shape_yx:
+            movie = f" {Path(movie_path).name}" if movie_path is not None else ""
+            hint = ""
+            if shape_yx == self.shape_yx[::-1]:
+                hint = " (transposed: try a rotation by 1 or 3 quarter turns)"
+            elif (shape_yx[0] % self.shape_yx[0] == 0 and shape_yx[1] % self.shape_yx[1] == 0) \
+                    or (self.shape_yx[0] % shape_yx[0] == 0 and self.shape_yx[1] % shape_yx[1] == 0):
+                hint = " (super-resolution vs physical pixels?)"
+            raise GainReferenceError(
+                self.gain_path, f"gain is {_fmt(self.shape_yx)} (ny x nx, after orientation) "
+                                f"but movie{movie} frames are {_fmt(shape_yx)}{hint}")
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _read_reference(path: Path, what: str) -> np.ndarray:
+    from .io import read_image  # noqa: PLC0415 - io imports are heavier; keep gain light
+
+    try:
+        image, _ = read_image(path)
+    except CorrectionError as exc:
+        raise GainReferenceError(path, f"{what}: {exc.reason}") from None
+    if image.ndim != 2:
+        raise GainReferenceError(path, f"{what} must be a 2-D image, got shape {image.shape}")
+    return image
+
+
+def load_gain_reference(params: GainParams) -> GainReference | None:
+    """Load and orient the references named in ``params``.
+
+    Parameters
+    ----------
+    params : GainParams
+        ``gain_path`` (MRC, TIFF, EER ``.gain`` or ``.dm4``), optional ``dark_path``, optional
+        ``defects_path`` (a text defect list ``x y w h``, or a defect map image where non-zero
+        marks a defect), ``rotate_quarter_turns`` and ``flip``.
+
+    Returns
+    -------
+    GainReference or None
+        None when no gain, dark or defects are given. Without a gain (dark or defects only),
+        the gain is all ones.
+
+    Raises
+    ------
+    GainReferenceError
+        Naming the reference file that is missing, unreadable or does not fit.
+    """
+    if params.gain_path is None and params.dark_path is None and params.defects_path is None:
+        return None
+
+    def oriented(image: np.ndarray) -> np.ndarray:
+        return orient(image, rotate_quarter_turns=params.rotate_quarter_turns, flip=params.flip)
+
+    gain = dark = None
+    if params.gain_path is not None:
+        gain = oriented(_read_reference(Path(params.gain_path), "gain reference"))
+    if params.dark_path is not None:
+        dark = oriented(_read_reference(Path(params.dark_path), "dark reference"))
+    if gain is None:
+        if dark is None:
+            raise GainReferenceError(params.defects_path, "a defect list alone has no frame "
+                                                          "shape; give a gain or dark reference")
+        gain = np.ones(dark.shape, dtype=np.float32)
+    defects = None
+    if params.defects_path is not None:
+        dpath = Path(params.defects_path)
+        if _is_image(dpath):
+            defects = defect_mask_from_image(oriented(_read_reference(dpath, "defect map")))
+        else:
+            defects = read_defect_list(dpath, gain.shape)
+    return GainReference.from_arrays(
+        gain, dark=dark, defects=defects,
+        gain_path=Path(params.gain_path) if params.gain_path is not None else None,
+        dark_path=Path(params.dark_path) if params.dark_path is not None else None,
+        defects_path=Path(params.defects_path) if params.defects_path is not None else None)
+
+
+def _is_image(path: Path) -> bool:
+    """True for a defect map image, False for a text defect list."""
+    if path.suffix.lower() in {".txt", ".defects", ".list", ".dat"}:
+        return False
+    if path.suffix.lower() in {".mrc", ".tif", ".tiff", ".dm4", ".dm3", ".gain"}:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return b"\x00" in head
+
+
+def apply_gain(frame_raw: np.ndarray, ref: GainReference | None,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Gain-correct one frame: ``(raw - dark) * gain``, defects replaced; float32 out.
+
+    Parameters
+    ----------
+    frame_raw : ndarray, shape (ny, nx)
+        A frame in its stored dtype (any integer or float type, any byte order).
+    ref : GainReference or None
+        None only converts to float32.
+    out : ndarray of float32, shape (ny, nx), optional
+        Written in place and returned; may not alias ``frame_raw`` unless it is float32.
+
+    Returns
+    -------
+    ndarray of float32, shape (ny, nx)
+
+    Raises
+    ------
+    GainReferenceError
+        When the frame's shape differs from the reference's.
+    """
+    if out is None:
+        out = np.empty(frame_raw.shape, dtype=np.float32)
+    if ref is None:
+        np.copyto(out, frame_raw, casting="unsafe")
+        return out
+    if frame_raw.shape != ref.gain.shape:
+        ref.check_shape(frame_raw.shape)
+    if ref.dark is not None:
+        np.subtract(frame_raw, ref.dark, out=out, dtype=np.float32, casting="unsafe")
+        np.multiply(out, ref.gain, out=out)
+    else:
+        np.multiply(frame_raw, ref.gain, out=out, dtype=np.float32, casting="unsafe")
+    if ref.plan is not None:
+        ref.plan.apply(out)
+    return out

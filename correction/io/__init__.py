@@ -1,0 +1,156 @@
+"""Readers for detector movies and 2-D references, dispatched by file suffix and magic bytes.
+
+* MRC (``.mrc``, ``.mrcs``, ``.st``): modes 0, 1, 2, 6, 12 memory-mapped; 4-bit mode 101.
+* TIFF (``.tif``, ``.tiff``): one frame per page, uncompressed or LZW (K2/K3).
+* EER (``.eer``, or a TIFF whose pages use compression 65000-65002): raw frames grouped into
+  fractions while decoding (see :mod:`correction.io.eer`).
+
+Frames keep their stored dtype; nothing here converts to float or resamples. Throwing away
+frames (``ReadParams.throw_frames``/``trunc_frames``) and Fourier binning
+(``ReadParams.bin_factor``) are left to the pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UnreadableMovieError, UnsupportedFormatError
+from ..movie import Movie
+from ..params import ReadParams
+from .complete import Completeness, check_complete
+
+__all__ = ["read_movie", "read_image", "detect_format", "check_complete", "Completeness"]
+
+_MRC_SUFFIXES = {".mrc", ".mrcs", ".st", ".map", ".ali", ".rec"}
+_TIFF_SUFFIXES = {".tif", ".tiff", ".gain"}
+_EER_SUFFIXES = {".eer", ".ecc"}
+_DM_SUFFIXES = {".dm4", ".dm3"}
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def detect_format(path: str | Path) -> str:
+    """Say which reader a file needs: ``"mrc"``, ``"tiff"``, ``"eer"`` or ``"dm"``.
+
+    The magic bytes decide where they are clear (a TIFF signature; ``MAP `` at byte 208 of an
+    MRC2014 header); otherwise the suffix. A TIFF whose first page uses an EER compression is
+    ``"eer"`` whatever its suffix.
+
+    Raises
+    ------
+    UnreadableMovieError
+        Missing or unreadable file, or a format that is neither.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(224)
+    except FileNotFoundError:
+        raise UnreadableMovieError(path, "no such file") from None
+    except IsADirectoryError:
+        raise UnreadableMovieError(path, "is a directory, not a file") from None
+    except OSError as exc:
+        raise UnreadableMovieError(path, f"cannot open: {exc.strerror or exc}") from None
+    suffix = path.suffix.lower()
+    if head[:4] in _TIFF_MAGICS:
+        if suffix in _EER_SUFFIXES:
+            return "eer"
+        from .eer import is_eer  # noqa: PLC0415 - cheap, but keeps the dispatch readable
+
+        return "eer" if is_eer(path) else "tiff"
+    if head[208:212] == b"MAP " or suffix in _MRC_SUFFIXES:
+        return "mrc"
+    if suffix in _DM_SUFFIXES:
+        return "dm"
+    if len(head) == 0:
+        raise UnreadableMovieError(path, "file is empty")
+    if suffix in _TIFF_SUFFIXES or suffix in _EER_SUFFIXES:
+        raise UnreadableMovieError(path, f"not a TIFF: file starts with {head[:4]!r}")
+    raise UnreadableMovieError(path, f"unknown movie format (suffix {suffix or 'none'!r}, "
+                                     "not MRC, TIFF or EER)")
+
+
+def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
+    """Read a movie in its stored dtype, shape (n_frames, ny, nx).
+
+    Parameters
+    ----------
+    path : str or Path
+        An MRC, TIFF or EER movie.
+    params : ReadParams, optional
+        Used for EER grouping and sampling (``eer_group_frames``,
+        ``eer_dose_per_fraction_e_A2``, ``eer_sampling``). ``pixel_size_A`` given here
+        overrides the header's.
+
+    Returns
+    -------
+    Movie
+        MRC frames are memory-mapped (read-only); TIFF frames decoded in memory; EER frames
+        are fractions (sums of raw frames, uint16) with ``raw_frames_per_frame`` set.
+
+    Raises
+    ------
+    UnreadableMovieError, TruncatedMovieError, UnsupportedFormatError
+        Each with a one-line reason naming the file.
+    """
+    params = ReadParams() if params is None else params
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "mrc":
+        from .mrc import read_mrc  # noqa: PLC0415
+
+        movie = read_mrc(path)
+    elif kind == "tiff":
+        from .tiff import read_tiff  # noqa: PLC0415
+
+        movie = read_tiff(path)
+    elif kind == "eer":
+        from .eer import read_eer  # noqa: PLC0415
+
+        movie = read_eer(path, params=params)
+    else:
+        raise UnsupportedFormatError(path, f"a {kind.upper()} file is a reference image, "
+                                           "not a movie")
+    if params.pixel_size_A is not None and movie.pixel_size_A != params.pixel_size_A:
+        header = dict(movie.header, header_pixel_size_A=movie.pixel_size_A)
+        movie = Movie(frames=movie.frames, path=movie.path, pixel_size_A=params.pixel_size_A,
+                      voltage_kV=movie.voltage_kV,
+                      dose_per_frame_e_A2=movie.dose_per_frame_e_A2,
+                      raw_frames_per_frame=movie.raw_frames_per_frame, header=header)
+    return movie
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """Read a 2-D reference image (gain, dark, defect map) into memory.
+
+    Parameters
+    ----------
+    path : str or Path
+        MRC (one section), TIFF (one page; EER ``.gain`` files are such TIFFs) or Gatan
+        ``.dm4``/``.dm3``.
+
+    Returns
+    -------
+    image : ndarray, shape (ny, nx)
+        In the stored dtype, native byte order.
+    pixel_size_A : float or None
+        From the file, when it records one.
+
+    Raises
+    ------
+    UnreadableMovieError, TruncatedMovieError, UnsupportedFormatError
+    """
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == "mrc":
+        from .mrc import read_mrc_image  # noqa: PLC0415
+
+        return read_mrc_image(path)
+    if kind in ("tiff", "eer"):
+        from .tiff import read_tiff_image  # noqa: PLC0415
+
+        return read_tiff_image(path)
+    from .dm import read_dm_image  # noqa: PLC0415
+
+    return read_dm_image(path)

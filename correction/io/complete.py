@@ -1,0 +1,117 @@
+"""Cheap format-level completeness checks: is this movie fully written?
+
+Reads the header (MRC) or the page directory and the last page (TIFF, EER); never decodes the
+whole movie. Used by the daemon's validate stage after the file's size has settled.
+
+* MRC: the file size must equal exactly what the header asks for. SerialEM writes the header
+  with nz = the expected frame count at the first frame and rewrites it with the actual count
+  at the end, so a file shorter than its header is still being written (or was cut). A file
+  longer than its header says also fails: its header is not (yet) the final one.
+* TIFF / EER: every page's IFD is inside the file, the last page's next-IFD pointer is 0 and
+  the last page decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CorrectionError
+
+__all__ = ["Completeness", "check_complete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """Result of :func:`check_complete`.
+
+    Attributes
+    ----------
+    complete : bool
+        True when the file holds every frame its structure announces.
+    reason : str
+        One line: what was checked (complete) or what is missing (incomplete), without the
+        file name.
+    n_frames : int or None
+        Frames (pages, raw EER frames, MRC sections) found, when it could be told.
+    """
+
+    complete: bool
+    reason: str
+    n_frames: int | None
+
+
+def check_complete(path: str | Path) -> Completeness:
+    """Tell cheaply whether a movie file is completely written.
+
+    Parameters
+    ----------
+    path : str or Path
+        An MRC, TIFF or EER movie.
+
+    Returns
+    -------
+    Completeness
+        Never raises for a bad movie: a missing, unreadable or unsupported file is reported as
+        incomplete with the reason.
+    """
+    from . import detect_format  # noqa: PLC0415 - io/__init__ imports this module
+
+    path = Path(path)
+    try:
+        kind = detect_format(path)
+        if kind == "mrc":
+            return _check_mrc(path)
+        if kind in ("tiff", "eer"):
+            return _check_tiff(path, eer=kind == "eer")
+        return Completeness(False, f"{kind} files are references, not movies", None)
+    except CorrectionError as exc:
+        return Completeness(False, exc.reason, None)
+    except OSError as exc:
+        return Completeness(False, f"cannot read: {exc.strerror or exc}", None)
+
+
+def _check_mrc(path: Path) -> Completeness:
+    from .mrc import read_mrc_layout  # noqa: PLC0415
+
+    layout = read_mrc_layout(path)
+    if layout.file_size < layout.expected_size:
+        n_full = max(0, (layout.file_size - layout.data_offset) // max(layout.frame_bytes, 1))
+        return Completeness(False, layout.shortfall_reason() + f" ({n_full} complete)", n_full)
+    if layout.file_size > layout.expected_size:
+        return Completeness(False, f"file is {layout.file_size} bytes, more than the "
+                                   f"{layout.expected_size} its header gives for {layout.nz} "
+                                   f"frames of {layout.nx}x{layout.ny} mode {layout.mode}",
+                            layout.nz)
+    if layout.nz == 0:
+        return Completeness(False, "header gives 0 frames", 0)
+    return Completeness(True, f"size matches header: {layout.nz} frames of "
+                              f"{layout.nx}x{layout.ny} mode {layout.mode}", layout.nz)
+
+
+def _check_tiff(path: Path, *, eer: bool) -> Completeness:
+    from .tiff import open_tiff, scan_tiff  # noqa: PLC0415
+
+    with open_tiff(path) as tif:
+        layout = scan_tiff(tif, path, all_pages=False)
+        n = layout.n_pages
+        if layout.chain_cut_at is not None:
+            return Completeness(False, f"file cut at byte {layout.file_size}: {n} pages "
+                                       f"present, the next IFD would be at byte "
+                                       f"{layout.chain_cut_at}", n)
+        if layout.first_short_page is not None:
+            return Completeness(False, f"page {layout.first_short_page} of {n} runs past the "
+                                       f"end of the file ({layout.file_size} bytes)", n)
+        try:
+            if eer:
+                from .eer import decode_eer_page  # noqa: PLC0415
+
+                decode_eer_page(tif, n - 1, path)
+            else:
+                tif.pages[n - 1].asarray()
+        except CorrectionError as exc:
+            return Completeness(False, exc.reason, n)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means not complete
+            return Completeness(False, f"last page ({n - 1}) does not decode: {exc}", n)
+    what = "raw EER frames" if eer else "pages"
+    return Completeness(True, f"{n} {what}, last page decodes", n)

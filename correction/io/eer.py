@@ -1,0 +1,439 @@
+"""EER reader (Falcon 4/4i): raw electron-event frames decoded and grouped into fractions.
+
+An EER file is a BigTIFF with one page per raw frame, compressed with 65000 (8-bit run
+lengths), 65001 (7-bit) or 65002 (run-length and sub-pixel bit widths in tags 65007-65009).
+A page may be preceded by an uncompressed integrated image, which is skipped. tifffile parses
+the page directory; each raw frame's strips are read with ``os.pread`` and decoded by
+``imagecodecs.eer_decode`` into a reused boolean buffer that is added to the fraction it
+belongs to, so memory holds the fractions (uint8 when at most 255 raw frames are summed, else
+uint16) plus one raw frame per thread, never all raw frames.
+
+Grouping
+    ``ReadParams.eer_group_frames`` raw frames per fraction; else ``eer_dose_per_fraction_e_A2``
+    divided by the dose per raw frame (from the acquisition metadata ``totalDose`` in e/pixel
+    and the pixel size, else measured from the counts of the first raw frames); else 40. Raw
+    frames left over after the last full fraction form a fraction of their own when they are at
+    least half a group, else they join the last fraction. ``Movie.raw_frames_per_frame`` records
+    the grouping exactly.
+
+Sampling
+    ``eer_sampling=1`` decodes on the physical (4K) grid. ``eer_sampling=2`` decodes the first
+    sub-pixel bit of each event onto the 8K grid and returns 8K fractions with half the physical
+    pixel size; binning back to the physical grid (Fourier cropping by 2) is the pipeline's job
+    (``ReadParams.bin_factor = 2``); ``Movie.header["super_resolution_factor"]`` is 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+
+from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from ..movie import Movie
+from ..params import ReadParams
+from .tiff import EER_COMPRESSIONS, open_tiff
+
+__all__ = [
+    "EerLayout",
+    "is_eer",
+    "scan_eer",
+    "read_eer",
+    "decode_eer_page",
+    "group_sizes",
+    "parse_eer_metadata",
+    "DEFAULT_GROUP_FRAMES",
+]
+
+#: Raw frames per fraction when neither a count nor a dose per fraction is given (as RELION).
+DEFAULT_GROUP_FRAMES = 40
+_SAMPLE_FRAMES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class EerLayout:
+    """Where the raw frames of an EER file are and how they are coded.
+
+    Attributes
+    ----------
+    first_page : int
+        Index of the first raw-frame page (1 when an integrated image comes first).
+    n_raw : int
+        Number of raw frames.
+    shape_yx : tuple of int
+        Physical frame shape (sampling 1).
+    compression : int
+        65000, 65001 or 65002.
+    skip_bits, horz_bits, vert_bits : int
+        Run-length and sub-pixel bit widths.
+    strips : list of tuple
+        Per raw frame, ((offset, bytecount), ...) of its strips.
+    rows_per_strip : int
+    metadata : dict
+        Acquisition metadata items (name -> value, numbers as float) from tag 65001.
+    units : dict
+        Units of those items where given.
+    file_size : int
+    """
+
+    first_page: int
+    n_raw: int
+    shape_yx: tuple[int, int]
+    compression: int
+    skip_bits: int
+    horz_bits: int
+    vert_bits: int
+    strips: list[tuple[tuple[int, int], ...]]
+    rows_per_strip: int
+    metadata: dict
+    units: dict
+    file_size: int
+
+
+def is_eer(path: str | Path) -> bool:
+    """True when ``path`` is a TIFF whose first raw-frame page uses an EER compression."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = tif.pages
+            if len(pages) == 0:
+                return False
+            first = pages[0]
+            if first.compression in EER_COMPRESSIONS:
+                return True
+            return (first.compression == 1 and len(pages) > 1
+                    and pages[1].compression in EER_COMPRESSIONS)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not EER
+        return False
+
+
+def parse_eer_metadata(xml: bytes | str | None) -> tuple[dict, dict]:
+    """Parse EER acquisition metadata ``<metadata><item name=".." unit="..">v</item>..``.
+
+    Returns
+    -------
+    values : dict
+        Item name -> float where the text is a number, else the text.
+    units : dict
+        Item name -> unit, for items that have one.
+    """
+    if not xml:
+        return {}, {}
+    if isinstance(xml, bytes):
+        xml = xml.decode("utf-8", "replace")
+    xml = xml.strip("\x00 \r\n\t")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}, {}
+    values: dict = {}
+    units: dict = {}
+    for item in root.iter("item"):
+        name = item.get("name")
+        if not name:
+            continue
+        text = (item.text or "").strip()
+        try:
+            values[name] = float(text)
+        except ValueError:
+            values[name] = text
+        if item.get("unit"):
+            units[name] = item.get("unit")
+    return values, units
+
+
+def _bits(page: tifffile.TiffPage, compression: int) -> tuple[int, int, int]:
+    if compression == 65000:
+        return 8, 2, 2
+    if compression == 65001:
+        return 7, 2, 2
+    tags = page.tags
+    return (int(tags.valueof(65007, 7)), int(tags.valueof(65008, 2)),
+            int(tags.valueof(65009, 2)))
+
+
+def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True) -> EerLayout:
+    """Read the page directory of an EER file (no pixel decoding).
+
+    Raises
+    ------
+    UnreadableMovieError
+        No raw frames.
+    UnsupportedFormatError
+        A compression that is not EER, pages of different shapes or codings.
+    TruncatedMovieError
+        Strips past the end of the file (``all_pages``) or a cut page chain.
+    """
+    from .tiff import _next_ifd_offset  # noqa: PLC0415 - shared private helper
+
+    path = Path(path)
+    size = os.fstat(tif.filehandle.fileno()).st_size
+    pages = tif.pages
+    n_pages = len(pages)
+    if n_pages == 0:
+        raise UnreadableMovieError(path, "EER file has no pages")
+    first_page = 0
+    page0 = pages[0]
+    if page0.compression == 1 and n_pages > 1:
+        first_page = 1
+    key = pages[first_page]
+    compression = int(key.compression)
+    if compression not in EER_COMPRESSIONS:
+        raise UnsupportedFormatError(path, f"EER page {first_page} has compression "
+                                           f"{compression}; EER uses 65000, 65001 or 65002")
+    skip_bits, horz_bits, vert_bits = _bits(key, compression)
+    shape = (int(key.imagelength), int(key.imagewidth))
+    rows_per_strip = int(key.rowsperstrip) if key.rowsperstrip else shape[0]
+    xml = page0.tags.valueof(65001)
+    metadata, units = parse_eer_metadata(xml if isinstance(xml, (bytes, str)) else None)
+    strips: list[tuple[tuple[int, int], ...]] = []
+    indices = range(first_page, n_pages)
+    for i in indices:
+        try:
+            page = pages[i] if (all_pages or i in (first_page, n_pages - 1)) else None
+        except (tifffile.TiffFileError, ValueError, struct.error, OSError) as exc:
+            raise TruncatedMovieError(path, f"{i - first_page} of {n_pages - first_page} raw "
+                                            f"frames readable (page {i}: {exc})") from None
+        if page is None:
+            strips.append(())
+            continue
+        if int(page.compression) != compression:
+            if int(page.compression) in EER_COMPRESSIONS:
+                raise UnsupportedFormatError(path, f"EER pages mix compressions {compression} "
+                                                   f"and {page.compression} (page {i})")
+            raise UnsupportedFormatError(path, f"EER page {i} has compression "
+                                               f"{page.compression}, not an EER code")
+        if (int(page.imagelength), int(page.imagewidth)) != shape:
+            raise UnsupportedFormatError(path, f"EER pages differ: page {i} is "
+                                               f"{page.imagelength}x{page.imagewidth}, page "
+                                               f"{first_page} is {shape[0]}x{shape[1]}")
+        if compression == 65002 and _bits(page, compression) != (skip_bits, horz_bits,
+                                                                 vert_bits):
+            raise UnsupportedFormatError(path, f"EER page {i} changes its bit widths")
+        segs = tuple((int(o), int(c)) for o, c in zip(page.dataoffsets, page.databytecounts))
+        if segs and max(o + c for o, c in segs) > size:
+            raise TruncatedMovieError(path, f"{i - first_page} of {n_pages - first_page} raw "
+                                            f"frames readable (page {i} runs past the end of "
+                                            f"the file at byte {size})")
+        strips.append(segs)
+    nxt = _next_ifd_offset(tif, pages[n_pages - 1].offset)
+    if nxt != 0 and (nxt < 0 or nxt >= size):
+        raise TruncatedMovieError(path, f"file cut at byte {size}: {n_pages - first_page} raw "
+                                        f"frames readable, the next page's IFD would be at "
+                                        f"byte {nxt}")
+    return EerLayout(first_page=first_page, n_raw=n_pages - first_page, shape_yx=shape,
+                     compression=compression, skip_bits=skip_bits, horz_bits=horz_bits,
+                     vert_bits=vert_bits, strips=strips, rows_per_strip=rows_per_strip,
+                     metadata=metadata, units=units, file_size=size)
+
+
+def _decode_into(fd: int, layout: EerLayout, raw_index: int, buf: np.ndarray, superres: int,
+                 path: Path) -> None:
+    """Decode raw frame ``raw_index`` into the bool buffer ``buf`` (shape of the output grid)."""
+    factor = 2 if superres else 1
+    rows = layout.rows_per_strip * factor
+    for s, (offset, count) in enumerate(layout.strips[raw_index]):
+        data = os.pread(fd, count, offset)
+        if len(data) < count:
+            raise TruncatedMovieError(path, f"raw frame {raw_index} is cut short")
+        target = buf[s * rows:(s + 1) * rows]
+        target.fill(False)  # the decoder only sets the pixels that hold events
+        try:
+            imagecodecs.eer_decode(data, target.shape, layout.skip_bits, layout.horz_bits,
+                                   layout.vert_bits, superres=superres, out=target)
+        except Exception as exc:  # noqa: BLE001 - imagecodecs raises its own error types
+            raise UnreadableMovieError(path, f"raw frame {raw_index} does not decode "
+                                             f"(compression {layout.compression}): "
+                                             f"{exc}") from None
+
+
+def decode_eer_page(tif: tifffile.TiffFile, page_index: int, path: str | Path) -> np.ndarray:
+    """Decode one raw frame (index among the raw frames; negative counts from the end).
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        Electron events on the physical grid.
+    """
+    path = Path(path)
+    layout = scan_eer(tif, path, all_pages=False)
+    if page_index < 0:
+        page_index += layout.n_raw
+    if not layout.strips[page_index]:
+        page = tif.pages[layout.first_page + page_index]
+        segs = tuple((int(o), int(c)) for o, c in zip(page.dataoffsets, page.databytecounts))
+        strips = list(layout.strips)
+        strips[page_index] = segs
+        layout = dataclasses.replace(layout, strips=strips)
+    buf = np.zeros(layout.shape_yx, dtype=bool)
+    _decode_into(tif.filehandle.fileno(), layout, page_index, buf, 0, path)
+    return buf
+
+
+def group_sizes(n_raw: int, group: int) -> tuple[int, ...]:
+    """Raw frames per fraction for ``n_raw`` raw frames in groups of ``group``.
+
+    A remainder of at least half a group is a fraction of its own; a smaller one joins the
+    last fraction. Fewer raw frames than a group make one fraction.
+    """
+    if n_raw <= 0:
+        return ()
+    group = max(1, int(group))
+    n_full, rest = divmod(n_raw, group)
+    if n_full == 0:
+        return (n_raw,)
+    sizes = [group] * n_full
+    if rest * 2 >= group:
+        sizes.append(rest)
+    elif rest:
+        sizes[-1] += rest
+    return tuple(sizes)
+
+
+def _pixel_size_A(layout: EerLayout) -> float | None:
+    value = layout.metadata.get("sensorPixelSize.width")
+    unit = layout.units.get("sensorPixelSize.width", "m")
+    if not isinstance(value, float) or not value > 0:
+        return None
+    scale = {"m": 1e10, "nm": 10.0, "A": 1.0, "Å": 1.0}.get(unit)
+    if scale is None:
+        return None
+    pix = value * scale
+    return pix if 0.01 < pix < 100 else None
+
+
+def _metadata_dose_per_raw_e_px(layout: EerLayout) -> float | None:
+    total = layout.metadata.get("totalDose")
+    n = layout.metadata.get("numberOfFrames")
+    if isinstance(total, float) and total > 0 and isinstance(n, float) and n > 0:
+        return total / n
+    return None
+
+
+def read_eer(path: str | Path, *, params: ReadParams | None = None,
+             max_workers: int = 2) -> Movie:
+    """Read an EER movie as fractions of grouped raw frames.
+
+    Parameters
+    ----------
+    path : str or Path
+    params : ReadParams, optional
+        ``eer_group_frames``, ``eer_dose_per_fraction_e_A2``, ``eer_sampling`` and
+        ``pixel_size_A`` (physical pixel, Å; used for dose grouping when the file has none).
+    max_workers : int
+        Threads decoding raw frames (imagecodecs releases the GIL).
+
+    Returns
+    -------
+    Movie
+        ``frames`` (n_fractions, ny, nx) uint8 or uint16 counts on the 4K (sampling 1) or 8K
+        (sampling 2) grid; ``raw_frames_per_frame`` the grouping; ``pixel_size_A`` of the
+        returned grid; ``dose_per_frame_e_A2`` the mean dose per fraction when the metadata
+        gives the total dose and a pixel size is known.
+
+    Raises
+    ------
+    UnreadableMovieError, TruncatedMovieError, UnsupportedFormatError
+    """
+    params = ReadParams() if params is None else params
+    path = Path(path)
+    superres = 1 if params.eer_sampling == 2 else 0
+    with open_tiff(path) as tif:
+        layout = scan_eer(tif, path)
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read_frames(fd, layout, path, params, superres, max_workers)
+    finally:
+        os.close(fd)
+
+
+def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, superres: int,
+                 max_workers: int) -> Movie:
+    factor = 2 if superres else 1
+    if superres and (layout.horz_bits < 1 or layout.vert_bits < 1):
+        raise UnsupportedFormatError(path, "EER file has no sub-pixel bits; use sampling 1")
+    ny, nx = layout.shape_yx[0] * factor, layout.shape_yx[1] * factor
+    phys_pixel = params.pixel_size_A or _pixel_size_A(layout)
+    header: dict = {
+        "format": "eer",
+        "compression": layout.compression,
+        "raw_frames": layout.n_raw,
+        "eer_sampling": factor,
+        "super_resolution_factor": factor,
+        "physical_shape_yx": list(layout.shape_yx),
+        "eer_bits": [layout.skip_bits, layout.horz_bits, layout.vert_bits],
+        "eer_metadata": {k: v for k, v in layout.metadata.items()
+                         if isinstance(v, (float, str))},
+    }
+    dose_per_raw_e_px = _metadata_dose_per_raw_e_px(layout)
+    dose_source = "metadata" if dose_per_raw_e_px is not None else None
+    if params.eer_group_frames is not None:
+        group = params.eer_group_frames
+        header["eer_grouping"] = "frames"
+    elif params.eer_dose_per_fraction_e_A2 is not None:
+        if phys_pixel is None:
+            raise UnreadableMovieError(path, "cannot group EER frames by dose: no pixel size in "
+                                             "the file; give one")
+        if dose_per_raw_e_px is None:
+            dose_per_raw_e_px = _measure_counts(fd, layout, path)
+            dose_source = "counts"
+        dose_per_raw_e_A2 = dose_per_raw_e_px / phys_pixel ** 2
+        group = max(1, round(params.eer_dose_per_fraction_e_A2 / dose_per_raw_e_A2)) \
+            if dose_per_raw_e_A2 > 0 else layout.n_raw
+        header["eer_grouping"] = "dose"
+        header["eer_dose_per_raw_frame_e_A2"] = dose_per_raw_e_A2
+        header["eer_dose_source"] = dose_source
+    else:
+        group = DEFAULT_GROUP_FRAMES
+        header["eer_grouping"] = "default"
+    sizes = group_sizes(layout.n_raw, group)
+    header["eer_group_frames"] = int(group)
+    dtype = np.uint8 if max(sizes) <= 255 else np.uint16
+    frames = np.zeros((len(sizes), ny, nx), dtype=dtype)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+
+    def work(fraction: int) -> None:
+        buf = np.empty((ny, nx), dtype=bool)
+        target = frames[fraction]
+        for raw in range(starts[fraction], starts[fraction] + sizes[fraction]):
+            _decode_into(fd, layout, raw, buf, superres, path)
+            np.add(target, buf, out=target, casting="unsafe")
+
+    _run(work, range(len(sizes)), max_workers)
+    pixel = phys_pixel / factor if phys_pixel is not None else None
+    dose_per_fraction = None
+    if dose_per_raw_e_px is not None and phys_pixel is not None and dose_source == "metadata":
+        dose_per_fraction = dose_per_raw_e_px / phys_pixel ** 2 * layout.n_raw / len(sizes)
+    return Movie(frames=frames, path=path, pixel_size_A=pixel,
+                 dose_per_frame_e_A2=dose_per_fraction, raw_frames_per_frame=sizes,
+                 header=header)
+
+
+def _run(work, items: Sequence[int], max_workers: int) -> None:
+    items = list(items)
+    if max_workers <= 1 or len(items) <= 1:
+        for item in items:
+            work(item)
+        return
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        for future in [pool.submit(work, item) for item in items]:
+            future.result()
+
+
+def _measure_counts(fd: int, layout: EerLayout, path: Path) -> float:
+    """Mean events per physical pixel per raw frame over the first raw frames."""
+    n = min(_SAMPLE_FRAMES, layout.n_raw)
+    buf = np.empty(layout.shape_yx, dtype=bool)
+    total = 0
+    for raw in range(n):
+        _decode_into(fd, layout, raw, buf, 0, path)
+        total += int(np.count_nonzero(buf))
+    return total / (n * buf.size)

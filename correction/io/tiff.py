@@ -1,0 +1,258 @@
+"""TIFF movie reader: one frame per page, uint8/uint16 (K2/K3), uncompressed or LZW.
+
+tifffile parses the pages and imagecodecs decodes LZW. A TIFF cut while being written can
+look complete to tifffile, which silently stops at the first page whose IFD lies beyond the
+end of the file, so the reader checks three things itself without decoding: the last page's
+next-IFD pointer (non-zero past the end of the file means pages are missing), every page's
+strips lie inside the file, and all pages have one shape and dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from ..movie import Movie
+
+__all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image",
+           "EER_COMPRESSIONS"]
+
+#: TIFF compression codes used by EER files (Falcon 4/4i).
+EER_COMPRESSIONS = (65000, 65001, 65002)
+
+
+@dataclass(frozen=True, slots=True)
+class TiffLayout:
+    """What the IFDs of a TIFF say, checked without decoding pixels.
+
+    Attributes
+    ----------
+    n_pages : int
+        Pages tifffile found.
+    shape_yx : tuple of int
+        Shape of every page.
+    dtype : numpy.dtype
+        Sample dtype of every page.
+    compression : int
+        TIFF compression code of the first page.
+    chain_cut_at : int or None
+        Offset of a next IFD that lies beyond the end of the file (pages lost to truncation).
+    first_short_page : int or None
+        Index of the first page whose strips run past the end of the file.
+    file_size : int
+    """
+
+    n_pages: int
+    shape_yx: tuple[int, int]
+    dtype: np.dtype
+    compression: int
+    chain_cut_at: int | None
+    first_short_page: int | None
+    file_size: int
+
+
+def open_tiff(path: str | Path) -> tifffile.TiffFile:
+    """Open a TIFF, turning every failure into :class:`UnreadableMovieError` naming the file."""
+    path = Path(path)
+    try:
+        return tifffile.TiffFile(path)
+    except FileNotFoundError:
+        raise UnreadableMovieError(path, "no such file") from None
+    except (tifffile.TiffFileError, ValueError, struct.error, EOFError) as exc:
+        raise UnreadableMovieError(path, f"not a readable TIFF: {exc}") from None
+    except OSError as exc:
+        raise UnreadableMovieError(path, f"cannot open: {exc.strerror or exc}") from None
+
+
+def _next_ifd_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
+    """The next-IFD pointer stored after the IFD at ``page_offset`` (0 = last page)."""
+    fmt = tif.tiff
+    fh = tif.filehandle
+    fh.seek(page_offset)
+    raw = fh.read(fmt.tagnosize)
+    if len(raw) < fmt.tagnosize:
+        return -1
+    (ntags,) = struct.unpack(fmt.tagnoformat, raw)
+    fh.seek(page_offset + fmt.tagnosize + ntags * fmt.tagsize)
+    raw = fh.read(fmt.offsetsize)
+    if len(raw) < fmt.offsetsize:
+        return -1
+    return int(struct.unpack(fmt.offsetformat, raw)[0])
+
+
+def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
+              all_pages: bool = True) -> TiffLayout:
+    """Check the page structure of an open TIFF without decoding pixels.
+
+    Parameters
+    ----------
+    tif : tifffile.TiffFile
+    path : str or Path
+        Named in errors.
+    all_pages : bool
+        Check the shape and strips of every page (True) or of the first and last only (cheap
+        completeness check).
+
+    Raises
+    ------
+    UnreadableMovieError
+        No pages, or pages that are not single-channel 2-D images.
+    UnsupportedFormatError
+        Pages of different shapes or dtypes.
+    """
+    path = Path(path)
+    size = os.fstat(tif.filehandle.fileno()).st_size if hasattr(tif.filehandle, "fileno") \
+        else os.path.getsize(path)
+    pages = tif.pages
+    n = len(pages)
+    if n == 0:
+        raise UnreadableMovieError(path, "TIFF has no pages")
+    first = pages.first if hasattr(pages, "first") else pages[0]
+    if len(first.shape) != 2:
+        raise UnsupportedFormatError(path, f"TIFF page 0 has shape {first.shape}; "
+                                           "expected single-channel 2-D frames")
+    shape = tuple(int(v) for v in first.shape)
+    dtype = np.dtype(first.dtype)
+    indices = range(n) if all_pages else sorted({0, n - 1})
+    first_short = None
+    for i in indices:
+        try:
+            page = pages[i]
+        except (tifffile.TiffFileError, ValueError, struct.error, OSError) as exc:
+            raise TruncatedMovieError(path, f"{i} of {n} frames readable (page {i}: "
+                                            f"{exc})") from None
+        if tuple(page.shape) != shape or np.dtype(page.dtype) != dtype:
+            raise UnsupportedFormatError(
+                path, f"TIFF pages differ: page {i} is {'x'.join(map(str, page.shape))} "
+                      f"{np.dtype(page.dtype)}, page 0 is {shape[0]}x{shape[1]} {dtype}")
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+        if first_short is None and ends and max(ends) > size:
+            first_short = i
+    last_offset = pages[n - 1].offset
+    nxt = _next_ifd_offset(tif, last_offset)
+    chain_cut = nxt if (nxt != 0 and (nxt < 0 or nxt >= size)) else None
+    return TiffLayout(n_pages=n, shape_yx=(shape[0], shape[1]), dtype=dtype,
+                      compression=int(first.compression), chain_cut_at=chain_cut,
+                      first_short_page=first_short, file_size=size)
+
+
+def _truncation_reason(layout: TiffLayout, readable: int) -> str:
+    if layout.chain_cut_at is not None:
+        return (f"file cut at byte {layout.file_size}: {readable} frames readable, the next "
+                f"page's IFD would be at byte {layout.chain_cut_at}")
+    return f"{readable} of {layout.n_pages} frames readable"
+
+
+def read_tiff(path: str | Path) -> Movie:
+    """Read a multi-page TIFF movie into memory in its stored dtype.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    Movie
+        ``frames`` shape (n_pages, ny, nx), e.g. uint8 (K3 LZW) or uint16.
+
+    Raises
+    ------
+    UnreadableMovieError, TruncatedMovieError, UnsupportedFormatError
+    """
+    path = Path(path)
+    with open_tiff(path) as tif:
+        layout = scan_tiff(tif, path)
+        if layout.compression in EER_COMPRESSIONS:
+            raise UnsupportedFormatError(path, "TIFF holds EER frames; read it as EER")
+        if layout.first_short_page is not None:
+            raise TruncatedMovieError(path, _truncation_reason(layout, layout.first_short_page))
+        n = layout.n_pages
+        frames = np.empty((n, *layout.shape_yx), dtype=layout.dtype)
+        _require_decoder(path, layout.compression)
+        try:
+            tif.asarray(key=range(n), out=frames, maxworkers=2)
+        except Exception:  # noqa: BLE001 - find which page fails, then report it
+            for i in range(n):
+                try:
+                    tif.pages[i].asarray(out=frames[i])
+                except Exception as exc:  # noqa: BLE001 - a page that fails to decode
+                    raise TruncatedMovieError(
+                        path, f"{_truncation_reason(layout, i)} (page {i}: {exc})") from None
+            raise
+        if layout.chain_cut_at is not None:
+            raise TruncatedMovieError(path, _truncation_reason(layout, n))
+        pixel_size_A = _pixel_size_from_tags(tif.pages[0])
+        header = {
+            "format": "tiff",
+            "compression": layout.compression,
+            "dtype": layout.dtype.str,
+            "pages": n,
+        }
+    return Movie(frames=frames, path=path, pixel_size_A=pixel_size_A, header=header)
+
+
+def _require_decoder(path: Path, compression: int) -> None:
+    """Raise :class:`UnsupportedFormatError` for a compression tifffile cannot decode."""
+    try:
+        known = compression in tifffile.TIFF.DECOMPRESSORS
+    except Exception:  # noqa: BLE001 - an unknown code is simply not known
+        known = False
+    if not known:
+        raise UnsupportedFormatError(path, f"TIFF compression {compression} is not supported")
+
+
+def _pixel_size_from_tags(page: tifffile.TiffPage) -> float | None:
+    """Pixel size in Å from XResolution when the unit is centimetre and the value plausible.
+
+    Image writers that know nothing of pixel sizes leave 72 or 1 pixels per inch, or no unit;
+    those (and anything outside 0.1-100 Å) give None.
+    """
+    tags = page.tags
+    unit = tags.get("ResolutionUnit")
+    xres = tags.get("XResolution")
+    if unit is None or xres is None or int(unit.value) != 3:
+        return None
+    try:
+        num, den = xres.value
+        px_per_cm = num / den
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not px_per_cm > 0:
+        return None
+    pixel_A = 1e8 / px_per_cm
+    return float(pixel_A) if 0.1 <= pixel_A <= 100 else None
+
+
+def read_tiff_image(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """Read a single-page TIFF image (gain, dark, defect map, EER ``.gain``).
+
+    Returns
+    -------
+    image : ndarray, shape (ny, nx), stored dtype
+    pixel_size_A : float or None
+
+    Raises
+    ------
+    UnreadableMovieError, TruncatedMovieError, UnsupportedFormatError
+        Including a TIFF with more than one page.
+    """
+    path = Path(path)
+    with open_tiff(path) as tif:
+        layout = scan_tiff(tif, path)
+        if layout.n_pages != 1:
+            raise UnsupportedFormatError(path, f"expected one 2-D image, TIFF has "
+                                               f"{layout.n_pages} pages")
+        if layout.first_short_page is not None:
+            raise TruncatedMovieError(path, "image data runs past the end of the file")
+        _require_decoder(path, layout.compression)
+        try:
+            image = tif.pages[0].asarray()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is an unreadable file
+            raise UnreadableMovieError(path, f"cannot decode TIFF image: {exc}") from None
+        return np.asarray(image), _pixel_size_from_tags(tif.pages[0])

@@ -1,0 +1,412 @@
+"""The one sequencer of the correction library: movie file in, four images and a record out.
+
+Steps of :func:`correct_movie`:
+
+1. read the movie (:func:`correction.io.read_movie`, frames stay in their stored dtype,
+   memory-mapped for MRC); pixel size from ``ReadParams.pixel_size_A``, else the header, else
+   :class:`~correction.errors.MissingPixelSizeError`;
+2. drop ``throw_frames``/``trunc_frames`` (their dose still counts);
+3. hot pixels: detected once on ``(sum of raw frames - n dark) * gain``
+   (:func:`correction.defects.detect_hot_pixels`);
+4. frame by frame: ``(raw - dark) * gain`` with defects and hot pixels replanted from their
+   neighbours (:func:`correction.gain.apply_gain`), padded with the frame mean to a fast FFT
+   length at least ``max_shift_px`` (+2) larger on each axis (:func:`summation.pad_frame`), ONE
+   forward FFT, Fourier-cropped to the output grid (``bin_factor``) and, as a copy, to the
+   alignment grid (short side about ``align_size_px``);
+5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
+   scaled to output pixels; if any exceeds the padding the frames are redone with more padding
+   (so no content can wrap around);
+6. shifted, dose-weighted sums in Fourier space (:func:`summation.accumulate_sums`), four
+   inverse FFTs, crop;
+7. atomic writes: ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``, ``S_ODD.mrc`` (float32, pixel size in
+   the header) and, last, ``S.motion.json`` (:func:`report.motion_record`).
+
+Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
+the padded output grid) are kept, unless they would exceed ``_SPECTRA_BUDGET_BYTES``, in which
+case frames are transformed a second time for the sums instead of being kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .align_global import GlobalAlignment, estimate_shifts
+from .defects import detect_hot_pixels, plan_replacement
+from .dose import accumulated_dose_e_A2, frame_doses_e_A2
+from .errors import CorrectionError, MissingPixelSizeError, ParameterError
+from .fourier import binned_length, fast_length, fourier_crop, rfft2
+from .gain import GainReference, apply_gain, load_gain_reference
+from .params import CorrectionParams
+from .report import DriftStats, drift_stats, motion_record
+from .summation import SumImages, accumulate_sums, pad_frame, sums_to_images
+
+__all__ = ["CorrectedFrames", "CorrectionResult", "correct_frames", "correct_movie",
+           "output_names"]
+
+_SPECTRA_BUDGET_BYTES = 1_200_000_000
+_EXTRA_MARGIN_PX = 2
+
+#: output kind -> file name pattern (``{stem}`` = movie stem)
+_OUTPUT_PATTERNS = {"sum": "{stem}.mrc", "dw": "{stem}_DW.mrc", "even": "{stem}_EVN.mrc",
+                    "odd": "{stem}_ODD.mrc", "motion": "{stem}.motion.json"}
+
+
+def output_names(stem: str) -> dict[str, str]:
+    """File names of the five outputs of a movie with stem ``stem``."""
+    return {kind: pattern.format(stem=stem) for kind, pattern in _OUTPUT_PATTERNS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectedFrames:
+    """Result of :func:`correct_frames` (nothing written).
+
+    Attributes
+    ----------
+    images : SumImages
+        ``sum``, ``dw``, ``even``, ``odd``: float32, shape ``shape_yx``.
+    shifts_yx_px : ndarray, shape (n_used, 2)
+        Displacement of the specimen per frame used, output pixels
+        (:mod:`correction.conventions`), mean zero.
+    alignment : GlobalAlignment
+        The alignment result on its own grid.
+    pixel_size_A : float
+        Output pixel size (Å).
+    shape_yx : (int, int)
+        Output image shape.
+    frame_doses_e_A2 : ndarray, shape (n_frames_in_movie,)
+    frames_used : (int, int)
+        First and one-past-last frame index used.
+    n_hot_pixels : int
+    padding_px : (int, int)
+        Padding of the output grid on each axis (the largest shift that cannot wrap).
+    timings_s : dict
+    """
+
+    images: SumImages
+    shifts_yx_px: np.ndarray
+    alignment: GlobalAlignment
+    pixel_size_A: float
+    shape_yx: tuple[int, int]
+    frame_doses_e_A2: np.ndarray
+    frames_used: tuple[int, int]
+    n_hot_pixels: int
+    padding_px: tuple[int, int]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionResult:
+    """Result of :func:`correct_movie`.
+
+    Attributes
+    ----------
+    movie_path : Path
+    outputs : dict
+        ``"sum"``, ``"dw"``, ``"even"``, ``"odd"``, ``"motion"`` -> written Path.
+    record : dict
+        The motion record written to ``outputs["motion"]``.
+    shifts_yx_px : ndarray, shape (n_used, 2)
+        Output pixels, :mod:`correction.conventions`.
+    drift : DriftStats
+    timings_s : dict
+    """
+
+    movie_path: Path
+    outputs: dict[str, Path]
+    record: dict[str, Any]
+    shifts_yx_px: np.ndarray
+    drift: DriftStats
+    timings_s: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Grids:
+    frame_yx: tuple[int, int]    # input frame
+    padded_in: tuple[int, int]   # padded input grid (forward FFT)
+    padded_out: tuple[int, int]  # padded output grid (after Fourier binning)
+    out_yx: tuple[int, int]      # output image
+    align: tuple[int, int]       # alignment grid
+    out_px_per_align_px: tuple[float, float]
+    bin_yx: tuple[float, float]  # input px per output px, per axis
+
+
+def _grids(frame_yx: tuple[int, int], bin_factor: float, margin_out_px: int,
+           align_size_px: int) -> _Grids:
+    padded_in, padded_out, out_yx, bins = [], [], [], []
+    for n in frame_yx:
+        if bin_factor == 1:
+            q = fast_length(n + margin_out_px)
+            p = q
+        else:
+            q = fast_length(binned_length(n, bin_factor) + margin_out_px)
+            p = int(round(q * bin_factor))
+            p += p % 2
+            if p < n + int(np.ceil(margin_out_px * bin_factor)):
+                p = fast_length(n + int(np.ceil(margin_out_px * bin_factor)))
+                q = int(round(p / bin_factor))
+                q -= q % 2
+        padded_in.append(p)
+        padded_out.append(q)
+        out_yx.append(int(np.floor(n * q / p)))
+        bins.append(p / q)
+    scale = min(1.0, align_size_px / min(padded_out))
+    align = tuple(max(16, int(round(q * scale / 2)) * 2) for q in padded_out)
+    return _Grids(tuple(frame_yx), tuple(padded_in), tuple(padded_out), tuple(out_yx), align,
+                  (padded_out[0] / align[0], padded_out[1] / align[1]), tuple(bins))
+
+
+def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: CorrectionParams,
+                   gain_reference: GainReference | None = None,
+                   movie_path: str | Path | None = None, workers: int = -1) -> CorrectedFrames:
+    """Gain-correct, align, dose-weight and sum the frames of one movie (nothing written).
+
+    Parameters
+    ----------
+    frames : ndarray, shape (n_frames, ny, nx)
+        All frames of the movie in their stored dtype (may be a memmap); ``throw_frames`` and
+        ``trunc_frames`` of ``params.read`` are dropped here.
+    pixel_size_A : float
+        Pixel size of the frames as stored (Å).
+    params : CorrectionParams
+    gain_reference : GainReference, optional
+        Oriented gain/dark/defects (:func:`correction.gain.load_gain_reference`).
+    movie_path : str or Path, optional
+        Only for error messages.
+    workers : int
+        Threads for :mod:`scipy.fft`.
+
+    Returns
+    -------
+    CorrectedFrames
+
+    Raises
+    ------
+    GainReferenceError
+        Reference shape does not fit the frames.
+    ParameterError, CorrectionError
+        Bad dose list length, no frame left after throw/trunc.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if frames.ndim != 3:
+        raise CorrectionError(movie_path, f"movie must be 3-D (frames, ny, nx), got shape "
+                                          f"{frames.shape}")
+    n_all, ny, nx = (int(v) for v in frames.shape)
+    rp, ap, dp = params.read, params.align, params.dose
+    first, stop = rp.throw_frames, n_all - rp.trunc_frames
+    if stop - first < 1:
+        raise CorrectionError(movie_path, f"throw {rp.throw_frames} + trunc {rp.trunc_frames} "
+                                          f"frames leave none of {n_all}")
+    try:
+        doses_all = frame_doses_e_A2(dp, n_all)
+    except ParameterError as exc:
+        raise CorrectionError(movie_path, exc.reason) from None
+    dose_end = accumulated_dose_e_A2(doses_all, dp.pre_exposure_e_A2)[first:stop]
+    if gain_reference is not None:
+        gain_reference.check_shape((ny, nx), movie_path)
+    used = frames[first:stop]
+    n = stop - first
+
+    # hot pixels from the gain-corrected sum: (sum raw - n dark) * gain
+    hot_plan = None
+    n_hot = 0
+    if params.gain.detect_hot_pixels:
+        raw_sum = np.zeros((ny, nx), np.float32)
+        for i in range(n):
+            raw_sum += used[i]
+        if gain_reference is not None:
+            if gain_reference.dark is not None:
+                raw_sum -= np.float32(n) * gain_reference.dark
+            raw_sum *= gain_reference.gain
+            if gain_reference.plan is not None:
+                gain_reference.plan.apply(raw_sum)
+        hot = detect_hot_pixels(raw_sum, sigma=params.gain.hot_pixel_sigma)
+        if gain_reference is not None and gain_reference.defect_mask is not None:
+            hot &= ~gain_reference.defect_mask
+        n_hot = int(hot.sum())
+        if n_hot:
+            hot_plan = plan_replacement(hot)
+        del raw_sum, hot
+    timings["hot_pixels"] = time.perf_counter() - t0
+
+    margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
+    while True:
+        grids = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
+        result = _transform_align_sum(used, grids, params, gain_reference, hot_plan,
+                                      dose_end, pixel_size_A, workers, timings)
+        if result is not None:
+            break
+        margin = 2 * margin  # a shift exceeded the padding: redo with more
+    shifts_out, alignment, images = result
+    pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
+    timings["total"] = time.perf_counter() - t0
+    return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
+                           pixel_size_A=pixel_out, shape_yx=grids.out_yx,
+                           frame_doses_e_A2=doses_all, frames_used=(first, stop),
+                           n_hot_pixels=n_hot,
+                           padding_px=(grids.padded_out[0] - grids.out_yx[0],
+                                       grids.padded_out[1] - grids.out_yx[1]),
+                           timings_s=timings)
+
+
+def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionParams,
+                         gain_reference: GainReference | None, hot_plan: Any,
+                         dose_end: np.ndarray, pixel_size_A: float, workers: int,
+                         timings: dict[str, float]
+                         ) -> tuple[np.ndarray, GlobalAlignment, SumImages] | None:
+    """Steps 4-6 of the module docstring; None when a shift exceeds the padding."""
+    n = used.shape[0]
+    t = time.perf_counter()
+    frame_buf = np.empty(grids.frame_yx, np.float32)
+    pad_buf = np.empty(grids.padded_in, np.float32)
+    out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
+    keep = n * out_half[0] * out_half[1] * 8 <= _SPECTRA_BUDGET_BYTES
+
+    def spectrum(i: int) -> np.ndarray:
+        apply_gain(used[i], gain_reference, out=frame_buf)
+        if hot_plan is not None:
+            hot_plan.apply(frame_buf)
+        pad_frame(frame_buf, grids.padded_in, out=pad_buf)
+        spec = rfft2(pad_buf, workers=workers)
+        if grids.padded_in != grids.padded_out:
+            spec = fourier_crop(spec, grids.padded_in, grids.padded_out)
+        return spec
+
+    kept: list[np.ndarray] = []
+    align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
+    for i in range(n):
+        spec = spectrum(i)
+        align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
+        if keep:
+            kept.append(spec)
+        del spec
+    timings["fft"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scale_yx = np.array(grids.out_px_per_align_px)
+    alignment = estimate_shifts(align_spectra, params=params.align, shape_yx=grids.align,
+                                output_px_per_grid_px=float(np.sqrt(np.prod(scale_yx))),
+                                workers=workers)
+    del align_spectra
+    shifts_out = alignment.shifts_yx_px * scale_yx[None, :]
+    timings["align"] = time.perf_counter() - t
+    pad = np.array(grids.padded_out) - np.array(grids.out_yx)
+    if np.any(np.abs(shifts_out).max(axis=0) > pad):
+        return None
+
+    t = time.perf_counter()
+    source = iter(kept) if keep else (spectrum(i) for i in range(n))
+    sums = accumulate_sums(_consume(kept, source) if keep else source, shifts_out,
+                           padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
+                           pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
+                           voltage_kV=params.dose.voltage_kV)
+    del frame_buf, pad_buf
+    timings["sum"] = time.perf_counter() - t
+    t = time.perf_counter()
+    images = sums_to_images(sums, padded_shape_yx=grids.padded_out, shape_yx=grids.out_yx,
+                            workers=workers)
+    timings["ifft"] = time.perf_counter() - t
+    return shifts_out, alignment, images
+
+
+def _consume(kept: list[np.ndarray], source):
+    """Yield kept spectra and drop the list's reference to each (frees memory as we go)."""
+    for i, spec in enumerate(source):
+        kept[i] = None  # type: ignore[call-overload]
+        yield spec
+
+
+def correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
+                  gain_reference: GainReference | None = None, stem: str | None = None,
+                  extra_record: dict[str, Any] | None = None,
+                  workers: int = -1) -> CorrectionResult:
+    """Correct one movie file and write its four images and motion record atomically.
+
+    Parameters
+    ----------
+    movie_path : str or Path
+        MRC, TIFF or EER movie.
+    out_dir : str or Path
+        Output folder (created if missing).
+    params : CorrectionParams
+    gain_reference : GainReference, optional
+        Already loaded reference (load once for many movies); when None, the references named
+        in ``params.gain`` are loaded here (none named: no gain correction).
+    stem : str, optional
+        Output stem S; default the movie's file name without suffix.
+    extra_record : dict, optional
+        Extra top-level fields for ``motion.json`` (e.g. tilt-series facts).
+    workers : int
+        Threads for :mod:`scipy.fft`.
+
+    Returns
+    -------
+    CorrectionResult
+
+    Raises
+    ------
+    CorrectionError
+        Any subclass (unreadable/truncated movie, gain mismatch, missing pixel size, bad
+        parameters); ``str(error)`` is one line naming the file.
+    """
+    from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
+    from .write import write_json_atomic, write_mrc_atomic  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    movie_path = Path(movie_path)
+    out_dir = Path(out_dir)
+    movie = read_movie(movie_path, params=params.read)
+    pixel_size_A = params.read.pixel_size_A or movie.pixel_size_A
+    if not pixel_size_A or not pixel_size_A > 0:
+        raise MissingPixelSizeError(movie_path, "no pixel size in the header; give one with "
+                                                "--pixel-size (Å)")
+    if gain_reference is None:
+        gain_reference = load_gain_reference(params.gain)
+    t_read = time.perf_counter() - t0
+
+    corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A), params=params,
+                               gain_reference=gain_reference, movie_path=movie_path,
+                               workers=workers)
+    del movie
+
+    t = time.perf_counter()
+    stem = stem or movie_path.stem
+    names = output_names(stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {kind: out_dir / name for kind, name in names.items()}
+    label = (f"motionwatch: {movie_path.name}",)
+    img = corrected.images
+    for kind, image in (("sum", img.sum), ("dw", img.dw), ("even", img.even), ("odd", img.odd)):
+        write_mrc_atomic(outputs[kind], image, pixel_size_A=corrected.pixel_size_A,
+                         labels=label)
+    timings = {"read": t_read, **corrected.timings_s, "write_images": time.perf_counter() - t}
+    alignment = corrected.alignment
+    quality = [None if not np.isfinite(q) else round(float(q), 4)
+               for q in alignment.peak_quality]
+    record = motion_record(
+        movie=str(movie_path), shape_yx=corrected.shape_yx,
+        pixel_size_A=corrected.pixel_size_A, voltage_kV=params.dose.voltage_kV,
+        shifts_yx_px=corrected.shifts_yx_px, frame_doses_e_A2=corrected.frame_doses_e_A2,
+        pre_exposure_e_A2=params.dose.pre_exposure_e_A2,
+        outputs={k: str(p.name) for k, p in outputs.items()},
+        timings_s={**timings, "total": time.perf_counter() - t0},
+        frames_in_movie=len(corrected.frame_doses_e_A2),
+        throw_frames=params.read.throw_frames, trunc_frames=params.read.trunc_frames,
+        alignment={"iterations": alignment.iterations, "converged": alignment.converged,
+                   "last_update_px": round(float(alignment.last_update_px), 5),
+                   "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
+                   "bin_factor": params.read.bin_factor, "group_frames": params.align.group_frames,
+                   "params_fingerprint": params.fingerprint()},
+        extra=extra_record)
+    write_json_atomic(outputs["motion"], record)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    return CorrectionResult(movie_path=movie_path, outputs=outputs, record=record,
+                            shifts_yx_px=corrected.shifts_yx_px,
+                            drift=drift_stats(corrected.shifts_yx_px, corrected.pixel_size_A),
+                            timings_s=timings)

@@ -1,0 +1,155 @@
+"""Drift statistics and the ``motion.json`` record (schema ``motionwatch.motion/1``).
+
+Drift statistics are path lengths of the global trajectory (the specimen displacement of
+:mod:`correction.conventions`) in Å, over the frames aligned:
+
+``total_A``
+    path length over all frames: ``sum_i |s[i+1] - s[i]|``;
+``early_A``
+    path length over the first ``early_frames`` steps, ``max(1, ceil(0.2 * (n - 1)))`` (the first
+    fifth of the movie, where beam-induced motion is fastest);
+``late_A``
+    path length over the remaining steps (``early_A + late_A = total_A``);
+``max_frame_jump_A``
+    the largest single step between consecutive frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .conventions import SHIFT_CONVENTION, yx_to_xy
+
+__all__ = ["SCHEMA", "DriftStats", "drift_stats", "early_steps", "motion_record"]
+
+SCHEMA = "motionwatch.motion/1"
+
+
+@dataclass(frozen=True, slots=True)
+class DriftStats:
+    """Drift of one movie in Å (see module docstring for definitions)."""
+
+    total_A: float
+    early_A: float
+    late_A: float
+    max_frame_jump_A: float
+    early_frames: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"total_A": self.total_A, "early_A": self.early_A, "late_A": self.late_A,
+                "max_frame_jump_A": self.max_frame_jump_A, "early_frames": self.early_frames}
+
+
+def early_steps(n_frames: int) -> int:
+    """Number of frame-to-frame steps counted as early: ``max(1, ceil(0.2 * (n - 1)))``,
+    0 for a single frame."""
+    if n_frames < 2:
+        return 0
+    return max(1, math.ceil(0.2 * (n_frames - 1)))
+
+
+def drift_stats(shifts_yx_px: np.ndarray, pixel_size_A: float) -> DriftStats:
+    """Drift statistics of a trajectory.
+
+    Parameters
+    ----------
+    shifts_yx_px : ndarray, shape (n_frames, 2)
+        Displacements ``[dy, dx]`` in output pixels (:mod:`correction.conventions`).
+    pixel_size_A : float
+        Output pixel size in Å.
+    """
+    s = np.asarray(shifts_yx_px, dtype=np.float64).reshape(-1, 2)
+    steps = np.hypot(*np.diff(s, axis=0).T) * float(pixel_size_A) if len(s) > 1 else np.zeros(0)
+    m = early_steps(len(s))
+    return DriftStats(total_A=float(steps.sum()), early_A=float(steps[:m].sum()),
+                      late_A=float(steps[m:].sum()),
+                      max_frame_jump_A=float(steps.max(initial=0.0)), early_frames=m)
+
+
+def _r(x: float, digits: int = 4) -> float:
+    return float(round(float(x), digits))
+
+
+def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
+                  voltage_kV: float, shifts_yx_px: np.ndarray, frame_doses_e_A2: np.ndarray,
+                  pre_exposure_e_A2: float, outputs: dict[str, str],
+                  timings_s: dict[str, float], frames_in_movie: int | None = None,
+                  throw_frames: int = 0, trunc_frames: int = 0,
+                  alignment: dict[str, Any] | None = None, local: dict[str, Any] | None = None,
+                  resolution: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the JSON-serialisable ``motion.json`` record of one corrected movie.
+
+    Parameters
+    ----------
+    movie : str
+        The movie's path as given.
+    shape_yx : (int, int)
+        Output image shape ``(ny, nx)``.
+    pixel_size_A : float
+        Output pixel size (Å).
+    shifts_yx_px : ndarray, shape (n_frames, 2)
+        Global shifts of the frames aligned, output pixels, ``[dy, dx]``; written as
+        ``global_shifts_px`` ``[dx, dy]`` (:data:`correction.conventions.SHIFT_CONVENTION`).
+    frame_doses_e_A2 : ndarray, shape (frames_in_movie,)
+        Dose of every frame in the file, thrown/truncated ones included.
+    pre_exposure_e_A2 : float
+    outputs : dict
+        Output kind (``sum``, ``dw``, ``even``, ``odd``, ``motion``) -> file name.
+    timings_s : dict
+        Stage -> seconds.
+    frames_in_movie, throw_frames, trunc_frames : int
+        Frames in the file and frames skipped at its start / end.
+    alignment : dict, optional
+        Facts about the alignment (iterations, peak quality ...).
+    local, resolution : dict, optional
+        Local-motion and resolution-estimate objects added by later stages; included only
+        when given.
+    extra : dict, optional
+        Further top-level fields (e.g. tilt-series facts from the daemon); must not clash with
+        the schema's own keys.
+
+    Returns
+    -------
+    dict
+    """
+    s = np.asarray(shifts_yx_px, dtype=np.float64).reshape(-1, 2)
+    doses = np.asarray(frame_doses_e_A2, dtype=np.float64)
+    drift = drift_stats(s, pixel_size_A)
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "movie": str(movie),
+        "frames": int(len(s)),
+        "frames_in_movie": int(frames_in_movie if frames_in_movie is not None else len(s)),
+        "throw_frames": int(throw_frames),
+        "trunc_frames": int(trunc_frames),
+        "shape": [int(shape_yx[0]), int(shape_yx[1])],
+        "pixel_size_A": float(pixel_size_A),
+        "voltage_kV": float(voltage_kV),
+        "shift_convention": SHIFT_CONVENTION,
+        "global_shifts_px": [[_r(dx), _r(dy)] for dx, dy in yx_to_xy(s)],
+        "dose": {
+            "per_frame_e_A2": [_r(d, 6) for d in doses],
+            "pre_exposure_e_A2": float(pre_exposure_e_A2),
+            "total_e_A2": _r(doses.sum(), 6),
+        },
+        "drift": {k: (_r(v) if isinstance(v, float) else v) for k, v in drift.as_dict().items()},
+        "outputs": dict(outputs),
+        "timings_s": {k: _r(v, 3) for k, v in timings_s.items()},
+    }
+    if alignment is not None:
+        record["alignment"] = alignment
+    if local is not None:
+        record["local"] = local
+    if resolution is not None:
+        record["resolution"] = resolution
+    if extra:
+        clash = sorted(set(extra) & set(record))
+        if clash:
+            raise ValueError(f"extra record fields clash with schema keys: {clash}")
+        record.update(extra)
+    return record

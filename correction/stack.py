@@ -1,0 +1,340 @@
+"""Assemble a completed tilt series into angle-sorted stacks for tomography software.
+
+For a series ``S``, :func:`assemble_series` writes into ``OUT_DIR/S/``:
+
+* ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``, ``S_ODD.mrc``: the plain, dose-weighted, even and
+  odd sums of every tilt, one section per tilt, sorted by tilt angle (ties by acquisition
+  order), float32, pixel size in the header;
+* ``S_EF.mrc`` (optional): the plain sums exposure-filtered like IMOD's ``mtffilter``: each
+  tilt's Fourier amplitudes multiplied by ``exp(-D / (2 Ne(k)))`` with ``D`` the dose the
+  specimen had received at the end of that tilt (its pre-exposure plus its own dose) and
+  ``Ne(k)`` the critical exposure of :mod:`correction.dose`, so later tilts count less;
+* ``S.tlt``: one angle per line in stack order (IMOD, AreTomo ``-AngFile``);
+* ``S.csv``: one row per tilt in stack order (angle, acquisition order, dose, pre-exposure,
+  dose source, movie, drift...);
+* ``S.mrc.mdoc`` (and one per other stack): a SerialEM-style mdoc of the stack, one
+  ``[ZValue]`` per section in stack order with ``TiltAngle``, ``ExposureDose``,
+  ``PriorRecordDose`` (= the pre-exposure), ``SubFramePath`` (the movie) and ``DateTime`` when
+  known, as AreTomo3, RELION 5 and Warp read them.
+
+Memory: one tilt at a time (each stack is streamed section by section into a temporary file,
+its header written last, then renamed into place; see :func:`correction.write.atomic_write`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import mrcfile
+import numpy as np
+import scipy.fft
+
+from .dose import dose_weights
+from .errors import CorrectionError, ParameterError
+from .write import atomic_write, mrc_header_bytes
+
+__all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter"]
+
+#: Per-tilt output kind -> stack file suffix.
+STACK_KINDS: dict[str, str] = {"sum": "", "dw": "_DW", "even": "_EVN", "odd": "_ODD"}
+
+_HEADER_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StackTilt:
+    """One corrected tilt going into the stacks.
+
+    Attributes
+    ----------
+    movie : str
+        Movie file name.
+    tilt_deg : float
+        Tilt angle in degrees.
+    acquisition_index : int
+        Position in acquisition order (0 = first exposed).
+    dose_e_A2, pre_exposure_e_A2 : float
+        Dose of this tilt and dose received before it (e/Å²).
+    dose_source, order_source : str
+        Where the dose and the acquisition order came from.
+    outputs : mapping of str to Path
+        Per-tilt images by kind (``"sum"``, ``"dw"``, ``"even"``, ``"odd"``); each kind present
+        in any tilt must be present in all.
+    drift_total_A : float or None
+        Total drift of the movie (Å), for the table.
+    prior_record_dose_difference_e_A2 : float or None
+        ``pre_exposure - PriorRecordDose`` where SerialEM gave one.
+    acquired_at : str or None
+        ISO acquisition time (for the stack mdoc's ``DateTime``).
+    """
+
+    movie: str
+    tilt_deg: float
+    acquisition_index: int
+    dose_e_A2: float
+    pre_exposure_e_A2: float
+    dose_source: str
+    order_source: str
+    outputs: Mapping[str, Path]
+    drift_total_A: float | None = None
+    prior_record_dose_difference_e_A2: float | None = None
+    acquired_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StackResult:
+    """What :func:`assemble_series` wrote. ``order`` lists the movies in stack (angle) order."""
+
+    folder: Path
+    stacks: Mapping[str, Path]
+    tlt_path: Path
+    csv_path: Path
+    mdoc_paths: tuple[Path, ...]
+    order: tuple[str, ...]
+    angles_deg: tuple[float, ...]
+    pixel_size_A: float
+    warnings: tuple[str, ...] = field(default=())
+
+
+def exposure_filter(image: np.ndarray, *, pixel_size_A: float, dose_e_A2: float,
+                    voltage_kV: float = 300.0) -> np.ndarray:
+    """Attenuate ``image`` as a specimen that has received ``dose_e_A2`` would be.
+
+    Multiplies each Fourier component of frequency ``k`` (1/Å) by ``exp(-D / (2 Ne(k)))``
+    (:func:`correction.dose.dose_weights`); ``k = 0`` is unchanged. Float32 in, float32 out.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+    pixel_size_A : float
+    dose_e_A2 : float
+        Accumulated dose (e/Å²), >= 0.
+    voltage_kV : float
+    """
+    if not pixel_size_A > 0:
+        raise ParameterError(f"pixel_size_A must be > 0 Å, got {pixel_size_A}")
+    if not dose_e_A2 >= 0:
+        raise ParameterError(f"dose_e_A2 must be >= 0 e/Å², got {dose_e_A2}")
+    ny, nx = image.shape
+    ky = scipy.fft.fftfreq(ny, d=pixel_size_A)
+    kx = scipy.fft.rfftfreq(nx, d=pixel_size_A)
+    k = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+    w = dose_weights(k, float(dose_e_A2), voltage_kV).astype(np.float32)
+    spectrum = scipy.fft.rfft2(np.asarray(image, dtype=np.float32), workers=-1)
+    spectrum *= w
+    return scipy.fft.irfft2(spectrum, s=(ny, nx), workers=-1).astype(np.float32, copy=False)
+
+
+def _read_slice(path: Path) -> tuple[np.ndarray, float]:
+    try:
+        with mrcfile.open(path, mode="r", permissive=False) as mrc:
+            data = np.asarray(mrc.data, dtype=np.float32)
+            pixel = float(mrc.voxel_size.x)
+    except (OSError, ValueError) as exc:
+        raise CorrectionError(path, f"cannot read tilt image: {exc}") from None
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != 2:
+        raise CorrectionError(path, f"expected one 2-D image, got shape {data.shape}")
+    return data, pixel
+
+
+def _header_facts(path: Path) -> tuple[tuple[int, int], float]:
+    """(ny, nx) and pixel size (Å) of a single-image MRC, from its header only."""
+    try:
+        with mrcfile.open(path, mode="r", header_only=True) as mrc:
+            h = mrc.header
+            nz, ny, nx = int(h.nz), int(h.ny), int(h.nx)
+            pixel = float(mrc.voxel_size.x)
+    except (OSError, ValueError) as exc:
+        raise CorrectionError(path, f"cannot read tilt image: {exc}") from None
+    if nz != 1:
+        raise CorrectionError(path, f"expected one 2-D image, got {nz} sections")
+    return (ny, nx), pixel
+
+
+def _stream_stack(path: Path, sources: Sequence[Path], shape_yx: tuple[int, int],
+                  pixel_size_A: float, labels: tuple[str, ...], transform=None) -> None:
+    """Write ``sources`` (2-D MRCs) as one float32 stack, one section at a time."""
+    nz = len(sources)
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(b"\0" * _HEADER_BYTES)
+        lo, hi, total, total_sq, n = math.inf, -math.inf, 0.0, 0.0, 0
+        for i, src in enumerate(sources):
+            data, _ = _read_slice(src)
+            if data.shape != shape_yx:
+                raise CorrectionError(src, f"shape {data.shape} differs from the series' {shape_yx}")
+            if transform is not None:
+                data = transform(i, data)
+            data = np.ascontiguousarray(data, dtype=np.float32)
+            lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
+            flat = data.astype(np.float64).ravel()
+            total += float(flat.sum())
+            total_sq += float(np.dot(flat, flat))
+            n += flat.size
+            fh.write(memoryview(data).cast("B"))
+        mean = total / n
+        rms = math.sqrt(max(total_sq / n - mean * mean, 0.0))
+        header = mrc_header_bytes((nz, *shape_yx), pixel_size_A=pixel_size_A,
+                                  stats=(lo, hi, mean, rms), labels=labels)
+        fh.seek(0)
+        fh.write(header)
+
+    atomic_write(path, write)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _serialem_datetime(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(iso).strftime("%d-%b-%Y  %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: float,
+                voltage_kV: float, shape_yx: tuple[int, int], tilt_axis_deg: float | None) -> str:
+    out = io.StringIO()
+    out.write(f"PixelSpacing = {pixel_size_A:.6g}\nVoltage = {voltage_kV:g}\n")
+    out.write(f"ImageFile = {image_file}\nImageSize = {shape_yx[1]} {shape_yx[0]}\nDataMode = 2\n\n")
+    out.write("[T = motionwatch: tilt series assembled from motion-corrected movies, sorted by angle]\n\n")
+    if tilt_axis_deg is not None:
+        out.write(f"[T =     Tilt axis angle = {tilt_axis_deg:g}, binning = 1]\n\n")
+    for z, t in enumerate(ordered):
+        out.write(f"[ZValue = {z}]\n")
+        out.write(f"TiltAngle = {t.tilt_deg:.4f}\n")
+        out.write(f"ExposureDose = {t.dose_e_A2:.6g}\n")
+        out.write(f"PriorRecordDose = {t.pre_exposure_e_A2:.6g}\n")
+        out.write(f"PixelSpacing = {pixel_size_A:.6g}\n")
+        out.write(f"SubFramePath = {t.movie}\n")
+        dt = _serialem_datetime(t.acquired_at)
+        if dt:
+            out.write(f"DateTime = {dt}\n")
+        out.write("\n")
+    return out.getvalue()
+
+
+def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path, *,
+                    pixel_size_A: float | None = None, voltage_kV: float = 300.0,
+                    exposure_filtered: bool = False, tilt_axis_deg: float | None = None
+                    ) -> StackResult:
+    """Write the angle-sorted stacks, ``.tlt``, per-tilt CSV and mdocs of one series.
+
+    Parameters
+    ----------
+    series : str
+        Series name; files go to ``out_dir/series/``.
+    tilts : sequence of StackTilt
+        The corrected tilts, any order.
+    out_dir : str or Path
+        Output root (created if needed).
+    pixel_size_A : float or None
+        Pixel size of the per-tilt images (Å); ``None`` reads it from the first image header.
+    voltage_kV : float
+        For the exposure filter and the mdoc.
+    exposure_filtered : bool
+        Also write ``S_EF.mrc`` (plain sums attenuated by each tilt's accumulated dose).
+    tilt_axis_deg : float or None
+        Written into the stack mdoc title when known.
+
+    Returns
+    -------
+    StackResult
+
+    Raises
+    ------
+    CorrectionError
+        A tilt image is missing, unreadable or of another shape; a kind is missing for a tilt.
+    ParameterError
+        No tilts, or a bad series name.
+    """
+    if not tilts:
+        raise ParameterError(f"series {series!r} has no tilts to assemble")
+    if not series or "/" in series or "\\" in series or series in (".", ".."):
+        raise ParameterError(f"bad series name {series!r}")
+    ordered = sorted(tilts, key=lambda t: (t.tilt_deg, t.acquisition_index, t.movie))
+    kinds = [k for k in STACK_KINDS if any(k in t.outputs for t in ordered)]
+    if "sum" not in kinds:
+        raise ParameterError(f"series {series!r}: no plain sums ('sum' outputs) given")
+    for t in ordered:
+        for k in kinds:
+            if k not in t.outputs:
+                raise CorrectionError(Path(t.movie), f"no {k!r} output for this tilt of {series}")
+    # Check every input's header before writing anything: the series shape is the majority's.
+    headers = {Path(t.outputs[k]): _header_facts(Path(t.outputs[k])) for t in ordered for k in kinds}
+    shapes = [h[0] for h in headers.values()]
+    shape_yx = max(set(shapes), key=shapes.count)
+    for path, (shape, _) in headers.items():
+        if shape != shape_yx:
+            raise CorrectionError(path, f"image shape {shape} differs from the series' {shape_yx}")
+    first_pixel = headers[Path(ordered[0].outputs["sum"])][1]
+    warnings: list[str] = []
+    if pixel_size_A is None:
+        if not first_pixel > 0:
+            raise CorrectionError(Path(ordered[0].outputs["sum"]), "no pixel size in the header")
+        pixel_size_A = first_pixel
+    angles = [t.tilt_deg for t in ordered]
+    if len(set(angles)) < len(angles):
+        warnings.append(f"{series}: repeated tilt angles; ties kept in acquisition order")
+
+    folder = Path(out_dir) / series
+    folder.mkdir(parents=True, exist_ok=True)
+    stacks: dict[str, Path] = {}
+    for k in kinds:
+        path = folder / f"{series}{STACK_KINDS[k]}.mrc"
+        _stream_stack(path, [Path(t.outputs[k]) for t in ordered], shape_yx, pixel_size_A,
+                      (f"{series}: {k} sums sorted by tilt angle",))
+        stacks[k] = path
+    if exposure_filtered:
+        path = folder / f"{series}_EF.mrc"
+        accumulated = [t.pre_exposure_e_A2 + t.dose_e_A2 for t in ordered]
+
+        def ef(i: int, data: np.ndarray) -> np.ndarray:
+            return exposure_filter(data, pixel_size_A=pixel_size_A, dose_e_A2=accumulated[i],
+                                   voltage_kV=voltage_kV)
+
+        _stream_stack(path, [Path(t.outputs["sum"]) for t in ordered], shape_yx, pixel_size_A,
+                      (f"{series}: sums exposure-filtered by accumulated dose",), transform=ef)
+        stacks["exposure_filtered"] = path
+
+    tlt_text = "".join(f"{a:.2f}\n" for a in angles)
+    tlt_path = folder / f"{series}.tlt"
+    atomic_write(tlt_path, lambda fh: fh.write(tlt_text.encode()))
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["stack_index", "tilt_deg", "acquisition_index", "dose_e_A2", "pre_exposure_e_A2",
+                "accumulated_dose_e_A2", "dose_source", "order_source", "movie", "drift_total_A",
+                "prior_record_dose_difference_e_A2"])
+    for z, t in enumerate(ordered):
+        w.writerow([z, f"{t.tilt_deg:.4f}", t.acquisition_index, _fmt(t.dose_e_A2),
+                    _fmt(t.pre_exposure_e_A2), _fmt(t.pre_exposure_e_A2 + t.dose_e_A2),
+                    t.dose_source, t.order_source, t.movie, _fmt(t.drift_total_A, 3),
+                    _fmt(t.prior_record_dose_difference_e_A2)])
+    csv_path = folder / f"{series}.csv"
+    csv_bytes = buf.getvalue().encode()
+    atomic_write(csv_path, lambda fh: fh.write(csv_bytes))
+
+    mdoc_paths = []
+    for path in stacks.values():
+        text = _stack_mdoc(path.name, ordered, pixel_size_A, voltage_kV, shape_yx, tilt_axis_deg)
+        mdoc_path = path.with_name(path.name + ".mdoc")
+        payload = text.encode()
+        atomic_write(mdoc_path, lambda fh, p=payload: fh.write(p))
+        mdoc_paths.append(mdoc_path)
+    return StackResult(folder=folder, stacks=stacks, tlt_path=tlt_path, csv_path=csv_path,
+                       mdoc_paths=tuple(mdoc_paths), order=tuple(t.movie for t in ordered),
+                       angles_deg=tuple(angles), pixel_size_A=float(pixel_size_A),
+                       warnings=tuple(warnings))

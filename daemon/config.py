@@ -1,0 +1,386 @@
+"""The daemon's configuration: a frozen :class:`Config` from a TOML file, then command-line flags.
+
+Every command-line option ``--some-option`` of ``motionwatch watch`` (the correction options
+shared with ``motionwatch correct`` included) has the TOML key ``some_option`` (``some-option``
+is accepted too), at the top level of the file; flags given on the command line override the
+file. All problems (unknown keys, wrong types, out-of-range values, a missing gain reference, an
+unreadable watch folder, an output folder that cannot be written) are collected and reported
+together by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG),
+which systemd is told not to restart on.
+
+Example ``session.toml``::
+
+    out = "/data/session/motioncorr"
+    gain = "/data/session/gain.mrc"
+    dose_per_frame = 1.2
+    pixel_size = 0.83
+    workers = 2
+    settle_time = 5.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .discover import METADATA_PATTERNS, MOVIE_PATTERNS
+
+__all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` lists every one found (one line each)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``motionwatch watch`` runs with.
+
+    Attributes
+    ----------
+    watch_dir, out_dir, state_dir : Path
+        Watched folder; output folder; folder of the state database (default: ``out_dir``).
+    params : CorrectionParams
+        Base correction parameters (per-movie metadata may override the dose).
+    workers : int
+        Worker processes.
+    settle_time_s : float
+        Size and mtime must hold for this long (s) across >= 2 scans.
+    scan_interval_s : float
+        Period of the full rescan (s).
+    incomplete_grace_s : float
+        A settled movie that stays incomplete this long (s) is quarantined.
+    require_frame_mdoc : bool
+        Wait for SerialEM's per-movie frame ``.mdoc`` before reading a movie.
+    polling : {"auto", "on", "off"}
+    movie_patterns, metadata_patterns : tuple of str
+    movie_timeout_s : float
+        A worker running longer on one movie is killed (s).
+    max_attempts : int
+        Failures (crash, timeout, error) before a movie is quarantined.
+    retry_delay_s : float
+        Wait before retrying a failed movie (s); doubled per failure, capped at 300 s.
+    heartbeat_s : float
+        Period of heartbeat events and of the state written for ``motionwatch status`` (s).
+    log_level : str
+    exit_when_idle_s : float or None
+        Stop by itself after this long with nothing pending or running (tests, batch use).
+    """
+
+    watch_dir: Path
+    out_dir: Path
+    state_dir: Path
+    params: Any
+    workers: int = 1
+    settle_time_s: float = 5.0
+    scan_interval_s: float = 2.0
+    incomplete_grace_s: float = 120.0
+    require_frame_mdoc: bool = False
+    polling: str = "auto"
+    movie_patterns: tuple[str, ...] = MOVIE_PATTERNS
+    metadata_patterns: tuple[str, ...] = METADATA_PATTERNS
+    movie_timeout_s: float = 1800.0
+    max_attempts: int = 3
+    retry_delay_s: float = 10.0
+    heartbeat_s: float = 10.0
+    log_level: str = "info"
+    exit_when_idle_s: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration as JSON-serialisable values (logged at start-up)."""
+        import dataclasses
+
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "params":
+                value = dataclasses.asdict(value)
+                value["fingerprint"] = self.params.fingerprint()
+            out[f.name] = value
+        return _plain(out)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+_NOT_IN_TOML = {"config", "watch_dir", "help"}
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The daemon's own options (the correction options come from :mod:`daemon.options`)."""
+    g = parser.add_argument_group("watching")
+    g.add_argument("watch_dir", type=Path, metavar="WATCH_DIR", help="folder the detector writes to")
+    g.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder (may be inside WATCH_DIR; it is never watched)")
+    g.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="TOML file; every option has a key (--settle-time -> settle_time)")
+    g.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="folder of the state database (default: the output folder)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes (default 1)")
+    g.add_argument("--settle-time", type=float, default=5.0, metavar="S",
+                   help="size and mtime must hold this long across >= 2 scans (default 5 s)")
+    g.add_argument("--scan-interval", type=float, default=2.0, metavar="S",
+                   help="period of the full rescan (default 2 s)")
+    g.add_argument("--incomplete-grace", type=float, default=120.0, metavar="S",
+                   help="quarantine a movie incomplete and unchanged this long (default 120 s)")
+    g.add_argument("--require-frame-mdoc", action="store_true", default=False,
+                   help="wait for SerialEM's per-movie <movie>.mdoc before reading a movie")
+    g.add_argument("--polling", choices=("auto", "on", "off"), default="auto",
+                   help="rescans only (on), inotify events too (off), or by file system (auto)")
+    g.add_argument("--movie-patterns", nargs="+", default=list(MOVIE_PATTERNS), metavar="GLOB",
+                   help="movie file patterns (default: %(default)s)")
+    g.add_argument("--metadata-patterns", nargs="+", default=list(METADATA_PATTERNS),
+                   metavar="GLOB", help="metadata file patterns (default: %(default)s)")
+    g.add_argument("--movie-timeout", type=float, default=1800.0, metavar="S",
+                   help="kill a worker that spends longer on one movie (default 1800 s)")
+    g.add_argument("--max-attempts", type=int, default=3, metavar="N",
+                   help="failures before a movie is quarantined (default 3)")
+    g.add_argument("--retry-delay", type=float, default=10.0, metavar="S",
+                   help="first wait before a retry, doubled each time (default 10 s)")
+    g.add_argument("--heartbeat", type=float, default=10.0, metavar="S",
+                   help="heartbeat and status period (default 10 s)")
+    g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    g.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
+                   help="stop after S seconds with nothing to do (tests and batch runs)")
+
+
+def finalize_parser(parser: argparse.ArgumentParser) -> None:
+    """Make flags distinguishable from defaults, so a TOML value loses only to a given flag.
+
+    Call after every option is added. Each optional action's default moves into
+    ``args._config_defaults`` and the action's default becomes ``SUPPRESS`` (so the namespace
+    holds only flags really given); ``%(default)s`` in help texts is expanded first. Required
+    options and groups become optional: their value may come from the TOML file, and a missing
+    one is reported by :func:`load_config` with the other problems.
+    """
+    defaults: dict[str, Any] = {}
+    for action in parser._actions:  # noqa: SLF001
+        if not action.option_strings or action.dest in ("help", argparse.SUPPRESS):
+            continue
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):  # noqa: SLF001
+            continue
+        if action.help and "%(default)" in action.help:
+            action.help = action.help.replace("%(default)s", str(action.default))
+        if action.default is not argparse.SUPPRESS:
+            defaults[action.dest] = action.default
+        action.default = argparse.SUPPRESS
+        action.required = False
+    for group in parser._mutually_exclusive_groups:  # noqa: SLF001
+        group.required = False
+    parser.set_defaults(_config_defaults=defaults, _config_parser=parser)
+
+
+def _convert(action: argparse.Action, key: str, value: Any, problems: list[str], *,
+             as_flag: bool = False) -> Any:
+    """Turn a TOML value into what argparse would have produced for the flag."""
+    where = f"config key {key!r}"
+    if action.nargs == 0:  # store_true / store_false / store_const: the key holds the value
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false, got {value!r}")
+            return argparse.SUPPRESS
+        if as_flag:  # keyed by the flag's name (no_hot_pixels = true): true means "given"
+            return action.const if value else argparse.SUPPRESS
+        return value
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false, got {value!r}")
+            return argparse.SUPPRESS
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    items = value if isinstance(value, list) else [value]
+    if not many and isinstance(value, list):
+        problems.append(f"{where}: expected one value, got a list")
+        return argparse.SUPPRESS
+    converted = []
+    for item in items:
+        if isinstance(item, (dict, list)):
+            problems.append(f"{where}: unexpected {type(item).__name__} {item!r}")
+            return argparse.SUPPRESS
+        try:
+            if isinstance(item, bool) and action.type in (int, float):
+                raise ValueError(f"expected a number, got {item!r}")
+            if action.type is int and isinstance(item, float) and not item.is_integer():
+                raise ValueError(f"expected an integer, got {item!r}")
+            if action.type in (int, float):
+                item = action.type(item)
+            elif action.type is not None:
+                item = action.type(item if isinstance(item, str) else str(item))
+            else:
+                item = str(item)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            problems.append(f"{where}: {exc}")
+            return argparse.SUPPRESS
+        if action.choices is not None and item not in action.choices:
+            problems.append(f"{where}: {item!r} is not one of {', '.join(map(str, action.choices))}")
+            return argparse.SUPPRESS
+        converted.append(item)
+    return converted if many else converted[0]
+
+
+def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
+    if not path.exists():
+        problems.append(f"{what} {path}: does not exist")
+    elif not path.is_dir():
+        problems.append(f"{what} {path}: not a folder")
+    else:
+        try:
+            with os.scandir(path) as it:
+                next(it, None)
+        except OSError as exc:
+            problems.append(f"{what} {path}: cannot be listed ({exc.strerror or exc})")
+
+
+def _check_dir_writable(path: Path, what: str, problems: list[str]) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problems.append(f"{what} {path}: cannot be created ({exc.strerror or exc})")
+        return
+    if not path.is_dir():
+        problems.append(f"{what} {path}: not a folder")
+        return
+    probe = path / f".motionwatch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        problems.append(f"{what} {path}: not writable ({exc.strerror or exc})")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Merge defaults, the TOML file named by ``--config``, then the flags; validate everything.
+
+    Parameters
+    ----------
+    args : Namespace
+        Parsed by a parser prepared with :func:`add_watch_arguments`, the correction options
+        and :func:`finalize_parser` (which records the defaults and the actions: the actions
+        define the TOML keys and their types).
+
+    Raises
+    ------
+    ConfigError
+        With every problem found.
+    """
+    from .options import params_from_args
+
+    problems: list[str] = []
+    given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    merged = argparse.Namespace(**args._config_defaults)  # noqa: SLF001
+    parser = args._config_parser  # noqa: SLF001
+    keys: dict[str, tuple[argparse.Action, bool]] = {}
+    for action in parser._actions:  # noqa: SLF001
+        if action.dest in _NOT_IN_TOML or action.dest == argparse.SUPPRESS:
+            continue
+        keys[action.dest] = (action, False)
+        for option in action.option_strings:
+            name = option.lstrip("-").replace("-", "_")
+            keys.setdefault(name, (action, True))
+
+    config_file = getattr(args, "config", None)
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                table = tomllib.load(fh)
+        except OSError as exc:
+            problems.append(f"config file {config_file}: {exc.strerror or exc}")
+            table = {}
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"config file {config_file}: not valid TOML ({exc})")
+            table = {}
+        for raw_key, value in table.items():
+            dest = raw_key.replace("-", "_")
+            action, as_flag = keys.get(dest, (None, False))
+            if action is None:
+                problems.append(f"config key {raw_key!r}: unknown (known keys: the long option "
+                                f"names, e.g. settle_time for --settle-time)")
+                continue
+            converted = _convert(action, raw_key, value, problems, as_flag=as_flag)
+            if converted is not argparse.SUPPRESS:
+                setattr(merged, action.dest, converted)
+    for dest, value in given.items():
+        setattr(merged, dest, value)
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    need(merged.out is not None, "no output folder: give --out DIR (or out = ... in the config)")
+    need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
+    need(merged.settle_time >= 0, f"settle_time must be >= 0 s, got {merged.settle_time}")
+    need(merged.scan_interval > 0, f"scan_interval must be > 0 s, got {merged.scan_interval}")
+    need(merged.incomplete_grace >= 0,
+         f"incomplete_grace must be >= 0 s, got {merged.incomplete_grace}")
+    need(merged.movie_timeout > 0, f"movie_timeout must be > 0 s, got {merged.movie_timeout}")
+    need(merged.max_attempts >= 1, f"max_attempts must be >= 1, got {merged.max_attempts}")
+    need(merged.retry_delay >= 0, f"retry_delay must be >= 0 s, got {merged.retry_delay}")
+    need(merged.heartbeat > 0, f"heartbeat must be > 0 s, got {merged.heartbeat}")
+    need(merged.exit_when_idle is None or merged.exit_when_idle >= 0,
+         f"exit_when_idle must be >= 0 s, got {merged.exit_when_idle}")
+
+    params = None
+    try:
+        params = params_from_args(merged)
+    except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
+        problems.append(str(exc))
+
+    for name, what in (("gain", "gain reference"), ("dark", "dark reference"),
+                       ("defects", "defect map")):
+        ref = getattr(merged, name, None)
+        if ref is not None and not Path(ref).is_file():
+            problems.append(f"{what} {ref}: {'not a file' if Path(ref).exists() else 'does not exist'}")
+    gain_params = getattr(params, "gain", None)
+    if gain_params is not None and gain_params.gain_path is not None \
+            and Path(gain_params.gain_path).is_file():
+        try:
+            from correction.gain import load_gain_reference
+
+            load_gain_reference(gain_params)
+        except (ValueError, OSError) as exc:  # GainReferenceError is a ValueError
+            problems.append(str(exc))
+
+    watch_dir = Path(merged.watch_dir).expanduser().absolute()
+    _check_dir_readable(watch_dir, "watch folder", problems)
+    out_dir = state_dir = None
+    if merged.out is not None:
+        out_dir = Path(merged.out).expanduser().absolute()
+        _check_dir_writable(out_dir, "output folder", problems)
+        state_dir = Path(merged.state_dir).expanduser().absolute() if merged.state_dir else out_dir
+        if state_dir != out_dir:
+            _check_dir_writable(state_dir, "state folder", problems)
+        if out_dir == watch_dir:
+            problems.append(f"output folder {out_dir} is the watch folder: use a subfolder or "
+                            f"another folder")
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        watch_dir=watch_dir, out_dir=out_dir, state_dir=state_dir, params=params,
+        workers=merged.workers, settle_time_s=float(merged.settle_time),
+        scan_interval_s=float(merged.scan_interval),
+        incomplete_grace_s=float(merged.incomplete_grace),
+        require_frame_mdoc=bool(merged.require_frame_mdoc), polling=merged.polling,
+        movie_patterns=tuple(merged.movie_patterns),
+        metadata_patterns=tuple(merged.metadata_patterns),
+        movie_timeout_s=float(merged.movie_timeout), max_attempts=int(merged.max_attempts),
+        retry_delay_s=float(merged.retry_delay), heartbeat_s=float(merged.heartbeat),
+        log_level=merged.log_level,
+        exit_when_idle_s=None if merged.exit_when_idle is None else float(merged.exit_when_idle),
+    )

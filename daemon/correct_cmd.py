@@ -1,0 +1,103 @@
+"""Correct movies once: gain, align, dose-weight, and write the sums next to a motion record.
+
+For each MOVIE with stem S, writes into --out: S.mrc (aligned sum), S_DW.mrc (dose-weighted),
+S_EVN.mrc and S_ODD.mrc (dose-weighted sums of the even and odd frames) and S.motion.json.
+A movie that fails prints one line ``motionwatch: <file>: <reason>`` on stderr and the others
+are still corrected; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import exitcodes
+from .options import add_correction_arguments, params_from_args
+
+__all__ = ["add_arguments", "run"]
+
+EXAMPLES = """examples:
+  motionwatch correct movie.mrc --dose-per-frame 1.0 --out corrected/
+  motionwatch correct *.tif --gain gain.mrc --gain-rotate 1 --gain-flip updown \\
+      --pixel-size 0.83 --total-dose 50 --out corrected/ --json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``motionwatch correct``."""
+    parser.add_argument("movies", nargs="+", type=Path, metavar="MOVIE",
+                        help="movie files (MRC, TIFF, EER)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output folder (created if missing)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON summary line per movie on stdout")
+    add_correction_arguments(parser)
+
+
+def _fail(movie: Path, exc: BaseException) -> str:
+    """One-line error naming the movie (and the reference file, when that is the culprit)."""
+    from correction.errors import CorrectionError
+
+    if isinstance(exc, CorrectionError):
+        if exc.path is not None and Path(exc.path) == movie:
+            return str(exc)
+        return f"{movie}: {exc}"
+    if isinstance(exc, OSError):
+        return f"{movie}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    text = " ".join(str(exc).split())
+    return f"{movie}: internal error: {type(exc).__name__}: {text}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """``motionwatch correct``: returns 0 when all movies were corrected, 1 otherwise."""
+    from correction.errors import CorrectionError, ParameterError
+    from correction.gain import load_gain_reference
+    from correction.pipeline import correct_movie
+
+    try:
+        params = params_from_args(args)
+    except ParameterError as exc:
+        print(f"motionwatch correct: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    try:
+        gain = load_gain_reference(params.gain)  # once for all movies
+    except CorrectionError as exc:
+        print(f"motionwatch: {exc}", file=sys.stderr)
+        for movie in args.movies:
+            if args.json:
+                print(json.dumps({"movie": str(movie), "status": "failed",
+                                  "error": str(exc)}), flush=True)
+        return exitcodes.SOME_FAILED
+
+    failed = 0
+    for movie in args.movies:
+        t0 = time.perf_counter()
+        try:
+            result = correct_movie(movie, args.out, params, gain_reference=gain)
+        except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop the others
+            failed += 1
+            message = _fail(movie, exc)
+            print(f"motionwatch: {message}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"movie": str(movie), "status": "failed", "error": message}),
+                      flush=True)
+            continue
+        rec = result.record
+        wall = time.perf_counter() - t0
+        if args.json:
+            print(json.dumps({
+                "movie": str(movie), "status": "ok", "frames": rec["frames"],
+                "shape": rec["shape"], "pixel_size_A": rec["pixel_size_A"],
+                "drift": rec["drift"], "outputs": {k: str(p) for k, p in result.outputs.items()},
+                "wall_s": round(wall, 3)}), flush=True)
+        else:
+            d = rec["drift"]
+            print(f"{movie}: {rec['frames']} frames {rec['shape'][1]}x{rec['shape'][0]} "
+                  f"@ {rec['pixel_size_A']:.3f} Å, drift {d['total_A']:.1f} Å "
+                  f"(early {d['early_A']:.1f}, late {d['late_A']:.1f}, max jump "
+                  f"{d['max_frame_jump_A']:.1f}), {wall:.1f} s -> {result.outputs['sum']}",
+                  flush=True)
+    return exitcodes.SOME_FAILED if failed else exitcodes.OK

@@ -1,0 +1,340 @@
+"""Finds movies and metadata files: a periodic recursive rescan is the truth, events only wake it.
+
+:func:`scan` lists the tree once (races with the writer are expected: a file that vanishes or
+cannot be stat'ed between listing and stat is skipped, never the whole scan). :class:`Discovery`
+runs :func:`scan` every ``scan_interval_s`` and earlier when a watchdog event arrives; the event
+handler does nothing but wake the scanner. When the observer cannot start (inotify watch limit,
+ENOSPC), dies, or the kernel's event queue overflows, discovery logs it and carries on with the
+periodic rescans alone. On network file systems (cifs, smb, nfs, fuse, from ``/proc/mounts``)
+inotify sees nothing written by other machines, so ``polling="auto"`` uses rescans alone there.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .settle import Observation
+
+__all__ = [
+    "MOVIE_PATTERNS",
+    "METADATA_PATTERNS",
+    "ScanResult",
+    "Discovery",
+    "scan",
+    "is_temporary_name",
+    "filesystem_type",
+    "needs_polling",
+]
+
+MOVIE_PATTERNS: tuple[str, ...] = ("*.mrc", "*.mrcs", "*.tif", "*.tiff", "*.eer")
+METADATA_PATTERNS: tuple[str, ...] = ("*.mdoc",)
+NETWORK_FS_TYPES = frozenset({"cifs", "smb3", "smbfs", "nfs", "nfs4", "9p", "afs", "ceph", "lustre",
+                              "gpfs", "beegfs"})
+
+Polling = Literal["auto", "on", "off"]
+
+_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp",
+                  ".swx", ".lock", ".opents", "~")
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for dotfiles and names writers use while a file is incomplete.
+
+    Dotfiles (``.x.mrc``), editor/transfer temporaries (``x.mrc.tmp``, ``x.mrc.part``,
+    ``x.mrc~``, ``#x.mrc#``, ``~$x``) and SerialEM's ``.openTS`` lock files.
+    """
+    lower = name.lower()
+    return (name.startswith((".", "~", "#"))
+            or lower.endswith(_TEMP_SUFFIXES)
+            or (name.startswith("#") and name.endswith("#")))
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """One pass over the tree.
+
+    Attributes
+    ----------
+    observations : tuple of Observation
+        Regular files matching the movie or metadata patterns.
+    skipped : tuple of (Path, str)
+        Entries that look like movies but cannot be one (a directory named ``x.mrc``, a file
+        that cannot be stat'ed), with the reason.
+    errors : tuple of (Path, str)
+        Folders that could not be listed (permission, vanished), with the reason.
+    """
+
+    observations: tuple[Observation, ...] = ()
+    skipped: tuple[tuple[Path, str], ...] = ()
+    errors: tuple[tuple[Path, str], ...] = ()
+
+
+def _match(name: str, patterns: Sequence[str]) -> bool:
+    lower = name.lower()
+    return any(fnmatch.fnmatchcase(lower, p.lower()) for p in patterns)
+
+
+def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
+         metadata_patterns: Sequence[str] = METADATA_PATTERNS,
+         exclude: Iterable[Path] = ()) -> ScanResult:
+    """List ``root`` recursively once.
+
+    Parameters
+    ----------
+    root : Path
+        Folder to list.
+    movie_patterns, metadata_patterns : sequence of str
+        Shell patterns matched case-insensitively against file names.
+    exclude : iterable of Path
+        Folders not descended into (the output and state folders when inside ``root``).
+
+    Returns
+    -------
+    ScanResult
+        Observations sorted by ``(mtime_ns, path)`` (acquisition order), plus what was skipped.
+    """
+    excluded = {os.path.realpath(p) for p in exclude}
+    observations: list[Observation] = []
+    skipped: list[tuple[Path, str]] = []
+    errors: list[tuple[Path, str]] = []
+    stack = [Path(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                listing = list(entries)
+        except OSError as exc:
+            errors.append((folder, exc.strerror or str(exc)))
+            continue
+        for entry in listing:
+            name = entry.name
+            if is_temporary_name(name):
+                continue
+            path = Path(entry.path)
+            is_movie = _match(name, movie_patterns)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    if is_movie:
+                        skipped.append((path, "not a regular file (a directory with a movie's name)"))
+                    if os.path.realpath(path) not in excluded:
+                        stack.append(path)
+                    continue
+                if not (is_movie or _match(name, metadata_patterns)):
+                    continue
+                if not entry.is_file(follow_symlinks=True):
+                    skipped.append((path, "not a regular file"))
+                    continue
+                st = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                continue  # vanished between listing and stat: the next scan decides
+            except OSError as exc:
+                skipped.append((path, f"cannot stat: {exc.strerror or exc}"))
+                continue
+            observations.append(Observation(path, st.st_size, st.st_mtime_ns,
+                                            "movie" if is_movie else "metadata"))
+    observations.sort(key=lambda o: (o.mtime_ns, str(o.path)))
+    return ScanResult(tuple(observations), tuple(skipped), tuple(errors))
+
+
+def filesystem_type(path: Path, *, mounts_file: Path = Path("/proc/mounts")) -> str | None:
+    """File system type of the mount holding ``path`` (longest mount-point prefix), or None."""
+    try:
+        lines = mounts_file.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, best_type = mount, parts[2]
+    return best_type
+
+
+def needs_polling(fs_type: str | None) -> bool:
+    """True for network and FUSE file systems, where inotify misses other machines' writes."""
+    return fs_type is not None and (fs_type in NETWORK_FS_TYPES or fs_type.startswith("fuse"))
+
+
+class _OverflowHandler(logging.Handler):
+    """Catches watchdog's 'queue overflowed' warning (it reports overflow only by logging)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self._callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._callback()
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryState:
+    """What discovery is doing, for health checks and the start-up log."""
+
+    mode: str  # "events+rescan" or "rescan"
+    fs_type: str | None
+    reason: str
+    scans: int
+    last_scan_monotonic_s: float | None
+
+
+@dataclass(slots=True)
+class _Counters:
+    scans: int = 0
+    last_scan_s: float | None = None
+    overflows: int = 0
+    events: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Discovery:
+    """Periodic rescans of one folder, woken early by file-system events.
+
+    Parameters
+    ----------
+    root : Path
+        Watched folder.
+    exclude : iterable of Path
+        Folders never descended into (output, state).
+    polling : {"auto", "on", "off"}
+        ``"on"``: rescans only; ``"off"``: always try inotify events; ``"auto"``: rescans only on
+        network/FUSE file systems.
+    wake : callable
+        Called (from the observer thread) when an event or an overflow suggests a rescan now.
+        It must be cheap and thread-safe (the service writes a byte to a self-pipe).
+    log : callable(event: str, **fields)
+        Where discovery reports observer trouble.
+    """
+
+    def __init__(self, root: Path, *, exclude: Iterable[Path] = (),
+                 movie_patterns: Sequence[str] = MOVIE_PATTERNS,
+                 metadata_patterns: Sequence[str] = METADATA_PATTERNS,
+                 polling: Polling = "auto",
+                 wake: Callable[[], None] = lambda: None,
+                 log: Callable[..., None] = lambda event, **kw: None,
+                 mounts_file: Path = Path("/proc/mounts")) -> None:
+        self.root = Path(root)
+        self._exclude = tuple(Path(p) for p in exclude)
+        self._movie_patterns = tuple(movie_patterns)
+        self._metadata_patterns = tuple(metadata_patterns)
+        self._polling = polling
+        self._wake = wake
+        self._log = log
+        self._fs_type = filesystem_type(self.root, mounts_file=mounts_file)
+        self._observer = None
+        self._observer_failed = False
+        self._overflow_handler: _OverflowHandler | None = None
+        self._lock = threading.Lock()
+        self._counters = _Counters()
+        self._reason = ""
+
+    # --- observer -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the event observer if the mode and the file system allow; never raises."""
+        if self._polling == "on":
+            self._reason = "polling=on"
+            return
+        if self._polling == "auto" and needs_polling(self._fs_type):
+            self._reason = f"network/FUSE file system ({self._fs_type}): rescans only"
+            return
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError as exc:  # pragma: no cover - watchdog is a dependency
+            self._fallback(f"watchdog unavailable: {exc}")
+            return
+
+        discovery = self
+
+        class _Wake(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
+                try:
+                    discovery._counters.events += 1
+                    if not event.is_directory or event.event_type in ("created", "moved"):
+                        discovery._wake()
+                except Exception:  # an exception here would end watchdog's dispatcher thread
+                    pass
+
+        self._overflow_handler = _OverflowHandler(self._on_overflow)
+        logging.getLogger("watchdog.observers").addHandler(self._overflow_handler)
+        try:
+            observer = Observer()
+            observer.daemon = True
+            observer.schedule(_Wake(), str(self.root), recursive=True)
+            observer.start()
+        except OSError as exc:
+            self._fallback(f"event observer could not start ({exc}); rescans only")
+            return
+        except Exception as exc:  # noqa: BLE001 - any observer failure means rescans only
+            self._fallback(f"event observer could not start ({type(exc).__name__}: {exc}); rescans only")
+            return
+        self._observer = observer
+        self._reason = "inotify events wake the rescans"
+
+    def _fallback(self, reason: str) -> None:
+        self._observer_failed = True
+        self._reason = reason
+        self._log("discovery_fallback", reason=reason, root=str(self.root))
+
+    def _on_overflow(self) -> None:
+        self._counters.overflows += 1
+        self._log("discovery_event_overflow", root=str(self.root),
+                  note="kernel event queue overflowed; the next rescan finds what was missed")
+        self._wake()
+
+    def check_observer(self) -> None:
+        """Notice a dead observer thread; log once and continue with rescans only."""
+        observer = self._observer
+        if observer is not None and not observer.is_alive():
+            self._observer = None
+            self._fallback("event observer thread died; rescans only")
+
+    def stop(self) -> None:
+        """Stop the observer thread (if any) and detach the overflow handler."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            try:
+                observer.stop()
+                observer.join(timeout=5)
+            except Exception:  # noqa: BLE001 - stopping must not raise
+                pass
+        if self._overflow_handler is not None:
+            logging.getLogger("watchdog.observers").removeHandler(self._overflow_handler)
+            self._overflow_handler = None
+
+    def __enter__(self) -> Discovery:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- scanning -------------------------------------------------------------------------
+    def scan(self, *, now_s: float | None = None) -> ScanResult:
+        """Rescan the tree (the source of truth)."""
+        result = scan(self.root, movie_patterns=self._movie_patterns,
+                      metadata_patterns=self._metadata_patterns, exclude=self._exclude)
+        self._counters.scans += 1
+        self._counters.last_scan_s = now_s
+        return result
+
+    def state(self) -> DiscoveryState:
+        """Mode, file-system type and counters."""
+        mode = "events+rescan" if self._observer is not None else "rescan"
+        return DiscoveryState(mode, self._fs_type, self._reason, self._counters.scans,
+                              self._counters.last_scan_s)
+
+    @property
+    def uses_events(self) -> bool:
+        return self._observer is not None

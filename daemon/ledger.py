@@ -1,0 +1,289 @@
+"""Durable state of every movie: SQLite in WAL mode; the only module that writes SQL.
+
+A movie is keyed by ``(path, size, mtime_ns, fingerprint)``: the file as observed and the hash of
+the parameters that affect its result (:meth:`correction.params.CorrectionParams.fingerprint`).
+A changed file (new size or mtime) or new parameters make a new key, so a new row.
+
+Statuses: ``pending`` (ready, waiting for a worker), ``running`` (a worker has it), ``done``
+(outputs renamed into place, then the row written), ``failed`` (will be retried after
+``retry_after``), ``quarantined`` (given up, with the reason). ``attempts`` counts worker starts,
+``failures`` the failed ones that count towards quarantine.
+
+Start-up recovery (:meth:`Ledger.recover_running`): rows left ``running`` by a crash go back to
+``pending`` and are redone. The ``service_state`` table holds the daemon's heartbeat and
+counters for ``motionwatch status``, which reads the database while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES"]
+
+DB_NAME = "motionwatch.sqlite"
+STATUSES = ("pending", "running", "done", "failed", "quarantined")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS movies (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed','quarantined')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    outputs TEXT,
+    timings TEXT,
+    summary TEXT,
+    metadata TEXT,
+    first_seen REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL,
+    retry_after REAL,
+    UNIQUE (path, size, mtime_ns, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS movies_status ON movies (status, mtime_ns);
+CREATE TABLE IF NOT EXISTS service_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MovieKey:
+    """Identity of one movie version under one set of parameters."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class MovieRow:
+    """One row of the ``movies`` table, decoded."""
+
+    key: MovieKey
+    status: str
+    attempts: int
+    failures: int
+    error: str | None
+    outputs: dict[str, str]
+    timings: dict[str, float]
+    summary: dict[str, Any]
+    metadata: dict[str, Any]
+    first_seen: float
+    updated: float
+    finished: float | None
+    retry_after: float | None
+
+
+def _row(r: sqlite3.Row) -> MovieRow:
+    def j(text: str | None) -> dict:
+        return json.loads(text) if text else {}
+
+    return MovieRow(MovieKey(r["path"], r["size"], r["mtime_ns"], r["fingerprint"]), r["status"],
+                    r["attempts"], r["failures"], r["error"], j(r["outputs"]), j(r["timings"]),
+                    j(r["summary"]), j(r["metadata"]), r["first_seen"], r["updated"],
+                    r["finished"], r["retry_after"])
+
+
+_KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
+
+
+def _k(key: MovieKey) -> tuple:
+    return (key.path, key.size, key.mtime_ns, key.fingerprint)
+
+
+class Ledger:
+    """The state database of one output (or state) folder.
+
+    Parameters
+    ----------
+    path : Path
+        Database file (created with its folder's permissions if absent).
+    read_only : bool
+        Open for reading only (``motionwatch status``), safe beside a running daemon.
+    clock : callable
+        Wall clock (s since the epoch) for ``updated`` / ``finished`` stamps.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False, clock=time.time) -> None:  # noqa: ANN001
+        self.path = Path(path)
+        self._clock = clock
+        if read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"{self.path}: no motionwatch state database")
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10,
+                                       isolation_level=None)
+        else:
+            self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        self._db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- reads ----------------------------------------------------------------------------
+    def get(self, key: MovieKey) -> MovieRow | None:
+        r = self._db.execute(f"SELECT * FROM movies WHERE {_KEY_WHERE}", _k(key)).fetchone()
+        return None if r is None else _row(r)
+
+    def rows(self, *, status: str | None = None, path: str | None = None) -> list[MovieRow]:
+        """Rows (optionally of one status or one path) in acquisition order."""
+        sql, args = "SELECT * FROM movies", []
+        where = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if path is not None:
+            where.append("path = ?")
+            args.append(path)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY mtime_ns, path, id"
+        return [_row(r) for r in self._db.execute(sql, args)]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status (every status present, zero if none)."""
+        out = {s: 0 for s in STATUSES}
+        for r in self._db.execute("SELECT status, COUNT(*) AS n FROM movies GROUP BY status"):
+            out[r["status"]] = r["n"]
+        return out
+
+    def next_pending(self, *, now: float | None = None, exclude: frozenset[int] = frozenset()
+                     ) -> MovieRow | None:
+        """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry."""
+        now = self._clock() if now is None else now
+        r = self._db.execute(
+            "SELECT * FROM movies WHERE status = 'pending' "
+            "OR (status = 'failed' AND (retry_after IS NULL OR retry_after <= ?)) "
+            "ORDER BY mtime_ns, path, id LIMIT 1", (now,)).fetchone()
+        return None if r is None else _row(r)
+
+    def recent(self, status: str, limit: int = 10) -> list[MovieRow]:
+        """The latest rows of one status, newest first."""
+        return [_row(r) for r in self._db.execute(
+            "SELECT * FROM movies WHERE status = ? ORDER BY updated DESC, id DESC LIMIT ?",
+            (status, limit))]
+
+    def service_state(self) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in
+                self._db.execute("SELECT key, value FROM service_state")}
+
+    # --- writes ---------------------------------------------------------------------------
+    def add(self, key: MovieKey, *, status: str = "pending", error: str | None = None,
+            metadata: Mapping[str, Any] | None = None) -> MovieRow:
+        """Insert a new movie version (no-op if the key exists); return its row."""
+        if status not in ("pending", "quarantined"):
+            raise ValueError(f"a new row is pending or quarantined, not {status!r}")
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO movies (path, size, mtime_ns, fingerprint, status, error, "
+                "metadata, first_seen, updated, finished) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (*_k(key), status, error, json.dumps(dict(metadata or {})), now, now,
+                 now if status == "quarantined" else None))
+        row = self.get(key)
+        assert row is not None
+        return row
+
+    def adopt(self, key: MovieKey, *, outputs: Mapping[str, str], summary: Mapping[str, Any],
+              timings: Mapping[str, float]) -> None:
+        """Record a movie as done from outputs found on disk (written before a crash)."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO movies (path, size, mtime_ns, fingerprint, status, outputs, timings, "
+                "summary, first_seen, updated, finished, error) "
+                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET status='done', "
+                "outputs=excluded.outputs, timings=excluded.timings, summary=excluded.summary, "
+                "updated=excluded.updated, finished=excluded.finished, error=excluded.error",
+                (*_k(key), json.dumps(dict(outputs)), json.dumps(dict(timings)),
+                 json.dumps(dict(summary)), now, now, now, "adopted outputs found on disk"))
+
+    def claim(self, key: MovieKey) -> int:
+        """Mark a pending/failed movie running; returns its attempt number (1 = first)."""
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE movies SET status='running', attempts=attempts+1, updated=? "
+                f"WHERE {_KEY_WHERE} AND status IN ('pending','failed')", (self._clock(), *_k(key)))
+            if cur.rowcount != 1:
+                raise LookupError(f"{key.path}: not pending")
+            return db.execute(f"SELECT attempts FROM movies WHERE {_KEY_WHERE}",
+                              _k(key)).fetchone()[0]
+
+    def mark_done(self, key: MovieKey, *, outputs: Mapping[str, str],
+                  timings: Mapping[str, float], summary: Mapping[str, Any]) -> None:
+        """The outputs are renamed into place: say so."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE movies SET status='done', outputs=?, timings=?, summary=?, error=NULL, "
+                f"updated=?, finished=?, retry_after=NULL WHERE {_KEY_WHERE}",
+                (json.dumps(dict(outputs)), json.dumps(dict(timings)), json.dumps(dict(summary)),
+                 now, now, *_k(key)))
+
+    def mark_failed(self, key: MovieKey, error: str, *, quarantine: bool, count: bool = True,
+                    retry_delay_s: float = 0.0) -> str:
+        """Record a failure; returns the new status (``failed`` or ``quarantined``).
+
+        ``count=False`` (environmental trouble: full disk, missing output folder) retries
+        without bringing the movie closer to quarantine.
+        """
+        now = self._clock()
+        status = "quarantined" if quarantine else "failed"
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE movies SET status=?, error=?, failures=failures+?, updated=?, "
+                f"retry_after=?, finished=? WHERE {_KEY_WHERE}",
+                (status, error, 1 if count else 0, now, None if quarantine else now + retry_delay_s,
+                 now if quarantine else None, *_k(key)))
+        return status
+
+    def release(self, key: MovieKey) -> None:
+        """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""
+        with self._tx() as db:
+            db.execute(f"UPDATE movies SET status='pending', attempts=MAX(attempts-1, 0), updated=? "
+                       f"WHERE {_KEY_WHERE} AND status='running'", (self._clock(), *_k(key)))
+
+    def recover_running(self) -> list[MovieKey]:
+        """Start-up: rows left ``running`` by a crash go back to ``pending`` (to be redone)."""
+        with self._tx() as db:
+            rows = db.execute("SELECT path, size, mtime_ns, fingerprint FROM movies "
+                              "WHERE status='running'").fetchall()
+            db.execute("UPDATE movies SET status='pending', updated=? WHERE status='running'",
+                       (self._clock(),))
+        return [MovieKey(*r) for r in rows]
+
+    def set_service_state(self, values: Mapping[str, Any]) -> None:
+        """Upsert heartbeat/counter values (JSON-serialisable) for ``motionwatch status``."""
+        with self._tx() as db:
+            db.executemany("INSERT INTO service_state (key, value) VALUES (?, ?) "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           [(k, json.dumps(v)) for k, v in values.items()])

@@ -1,0 +1,91 @@
+"""structlog set-up for the daemon: JSON lines for machines, console output for people.
+
+:func:`configure_logging` renders JSON lines when the stream is not a terminal and structlog's
+console renderer when it is. Under systemd (``$JOURNAL_STREAM`` set) each line starts with a
+journald priority prefix ``<N>`` (3 = error, 4 = warning, 6 = info, 7 = debug) so that journald
+files it at the right level. Nothing happens at import: the service calls
+:func:`configure_logging` once. Movie events bind the movie's path (``log.bind(movie=...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger", "JOURNAL_PRIORITY", "running_under_journald"]
+
+JOURNAL_PRIORITY: Mapping[str, int] = {
+    "critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7,
+}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def running_under_journald(environ: Mapping[str, str] | None = None) -> bool:
+    """True when stdout/stderr are connected to journald (systemd sets ``$JOURNAL_STREAM``)."""
+    return bool((os.environ if environ is None else environ).get("JOURNAL_STREAM"))
+
+
+class _Render:
+    """Final processor: render with the inner renderer, then prefix ``<N>`` for journald."""
+
+    def __init__(self, inner: Any, journald: bool) -> None:
+        self._inner = inner
+        self._journald = journald
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> str:
+        level = str(event_dict.get("level", method)).lower()
+        text = self._inner(logger, method, event_dict)
+        if self._journald:
+            prefix = f"<{JOURNAL_PRIORITY.get(level, 6)}>"
+            text = "\n".join(prefix + line for line in str(text).splitlines() or [""])
+        return text
+
+
+def configure_logging(*, level: str = "info", stream: TextIO | None = None,
+                      json_lines: bool | None = None, journald: bool | None = None) -> None:
+    """Configure structlog for this process.
+
+    Parameters
+    ----------
+    level : {"debug", "info", "warning", "error"}
+        Lowest level emitted.
+    stream : text stream, optional
+        Where lines go (stdout by default).
+    json_lines : bool, optional
+        Force JSON (True) or console (False); default: JSON unless ``stream`` is a terminal.
+    journald : bool, optional
+        Force the ``<N>`` prefix on or off; default: on when ``$JOURNAL_STREAM`` is set.
+    """
+    stream = sys.stdout if stream is None else stream
+    if json_lines is None:
+        json_lines = not (hasattr(stream, "isatty") and stream.isatty())
+    if journald is None:
+        journald = running_under_journald()
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json_lines:
+        processors += [structlog.processors.dict_tracebacks,
+                       _Render(structlog.processors.JSONRenderer(sort_keys=False), journald)]
+    else:
+        processors.append(_Render(structlog.dev.ConsoleRenderer(colors=False if journald else None),
+                                  journald))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    """A structlog logger with ``bound`` context (e.g. ``movie=str(path)``)."""
+    return structlog.get_logger("motionwatch").bind(**bound)

@@ -1,0 +1,107 @@
+"""Correction options shared by ``motionwatch correct`` and ``motionwatch watch``.
+
+:func:`add_correction_arguments` adds the flags; :func:`params_from_args` turns a parsed
+namespace into :class:`correction.params.CorrectionParams`. Each flag's ``dest`` is its long
+name with ``_`` for ``-`` (``--dose-per-frame`` -> ``dose_per_frame``), which is also its TOML
+key in the daemon's config. To add a flag: add it to one of the groups below and read it in
+:func:`params_from_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_correction_arguments", "params_from_args"]
+
+
+def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: bool = True
+                             ) -> None:
+    """Add the correction flags to ``parser`` (in three argument groups).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    dose_required : bool
+        Require one of ``--dose-per-frame`` / ``--total-dose`` at parse time.
+    """
+    ref = parser.add_argument_group("gain and references")
+    ref.add_argument("--gain", type=Path, default=None, metavar="PATH",
+                     help="gain reference (MRC, TIFF, EER .gain, DM4); corrected = "
+                          "(raw - dark) * gain")
+    ref.add_argument("--gain-rotate", type=int, choices=(0, 1, 2, 3), default=0, metavar="0-3",
+                     help="rotate the gain (and dark, defects) by this many quarter turns "
+                          "counter-clockwise, before flipping (default %(default)s)")
+    ref.add_argument("--gain-flip", choices=("none", "updown", "leftright"), default="none",
+                     help="flip the gain after rotating it (default %(default)s)")
+    ref.add_argument("--dark", type=Path, default=None, metavar="PATH",
+                     help="dark reference, subtracted before the gain")
+    ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
+                     help="defect list ('x y w h' per line) or defect map image")
+    ref.add_argument("--no-hot-pixels", dest="hot_pixels", action="store_false", default=True,
+                     help="do not detect and replace hot pixels")
+
+    mov = parser.add_argument_group("movie")
+    mov.add_argument("--pixel-size", type=float, default=None, metavar="Å",
+                     help="pixel size of the movie as stored (Å); default from the header")
+    mov.add_argument("--voltage", type=float, default=300.0, metavar="kV",
+                     help="acceleration voltage (kV), scales dose weighting "
+                          "(default %(default)s)")
+    dose = mov.add_mutually_exclusive_group(required=dose_required)
+    dose.add_argument("--dose-per-frame", type=float, default=None, metavar="e/Å²",
+                      help="dose per frame on the specimen (e/Å²)")
+    dose.add_argument("--total-dose", type=float, default=None, metavar="e/Å²",
+                      help="dose of the whole movie (e/Å²), spread evenly over its frames")
+    mov.add_argument("--pre-exposure", type=float, default=0.0, metavar="e/Å²",
+                     help="dose the specimen received before this movie (e/Å²) "
+                          "(default %(default)s)")
+    mov.add_argument("--bin", type=float, default=1.0, metavar="F",
+                     help="Fourier binning of the output (e.g. 2 for super-resolution; "
+                          "non-integer allowed) (default %(default)s)")
+    mov.add_argument("--throw", type=int, default=0, metavar="N",
+                     help="skip N frames at the start (their dose still counts)")
+    mov.add_argument("--trunc", type=int, default=0, metavar="N",
+                     help="skip N frames at the end")
+
+    ali = parser.add_argument_group("alignment")
+    ali.add_argument("--group", type=int, default=1, metavar="N",
+                     help="correlate sums of N consecutive frames (very low dose) "
+                          "(default %(default)s)")
+    ali.add_argument("--max-shift", type=float, default=None, metavar="PX",
+                     help="largest displacement searched (output pixels)")
+
+
+def params_from_args(args: argparse.Namespace | Any):
+    """Build :class:`~correction.params.CorrectionParams` from parsed flags.
+
+    Raises
+    ------
+    correction.errors.ParameterError
+        A missing dose or an out-of-range value, as a one-line message naming it.
+    """
+    from correction.errors import ParameterError
+    from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
+                                   ReadParams)
+
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    if get("dose_per_frame") is None and get("total_dose") is None:
+        raise ParameterError("no dose given: use --dose-per-frame e/Å² or --total-dose e/Å²")
+    if get("dose_per_frame") is not None and get("total_dose") is not None:
+        raise ParameterError("give only one of --dose-per-frame and --total-dose")
+    dose = DoseParams(voltage_kV=float(get("voltage", 300.0)),
+                      dose_per_frame_e_A2=get("dose_per_frame"),
+                      total_dose_e_A2=get("total_dose"),
+                      pre_exposure_e_A2=float(get("pre_exposure", 0.0)))
+    read = ReadParams(pixel_size_A=get("pixel_size"), bin_factor=float(get("bin", 1.0)),
+                      throw_frames=int(get("throw", 0)), trunc_frames=int(get("trunc", 0)))
+    gain = GainParams(gain_path=get("gain"), dark_path=get("dark"),
+                      defects_path=get("defects"),
+                      rotate_quarter_turns=int(get("gain_rotate", 0)),
+                      flip=get("gain_flip", "none"),
+                      detect_hot_pixels=bool(get("hot_pixels", True)))
+    align_kwargs: dict[str, Any] = {"group_frames": int(get("group", 1))}
+    if get("max_shift") is not None:
+        align_kwargs["max_shift_px"] = float(get("max_shift"))
+    align = AlignParams(**align_kwargs)
+    return CorrectionParams(dose=dose, read=read, gain=gain, align=align)

@@ -1,0 +1,750 @@
+"""Tilt series: which series and tilt each movie is, its dose, and the dose before it.
+
+Pure logic: no files, no SQL, no threads, no clock. Inputs are parsed mdocs
+(:mod:`daemon.mdoc`), what the daemon observed of each movie, and a clock value; outputs are
+frozen records. Because every number is a pure function of the metadata, a restart, a
+re-read mdoc or a movie that arrives late can never double-count or skip a tilt's dose: the
+service simply resolves again and compares (:func:`assignment_change`).
+
+Matching, in order:
+
+1. ``series_mdoc``: a complete ``[ZValue]`` section of a tilt-series mdoc whose
+   ``SubFramePath`` basename is the movie's name. Series name = the mdoc's name without
+   ``.mdoc`` and the stack extension (``TS_01.mrc.mdoc`` -> ``TS_01``).
+2. ``frame_mdoc``: the movie's own ``[FrameSet]`` mdoc gives dose and time; the series name and
+   angle order come from the file-name pattern.
+3. ``filename``: after ``SeriesConfig.metadata_wait_s`` without metadata, the file-name pattern
+   (named groups ``series``, ``angle``, optional ``index``) and the configured dose per tilt.
+   A movie that matches nothing is ``standalone`` (single-particle; no pre-exposure).
+
+Dose per tilt, first that applies (the source is recorded): ``ExposureDose`` > 0; the sum of
+``FrameDosesAndNumber``; ``DoseRate x ExposureTime / (PixelSpacing / Binning)^2`` (DoseRate is
+electrons per *unbinned* camera pixel per second, measured at the camera: a lower bound of the
+specimen dose when the specimen or energy filter removes electrons); the configured dose per
+tilt. The series section is tried before the frame mdoc of the same movie. Per-frame doses
+come from ``FrameDosesAndNumber`` (scaled to the tilt dose when the two disagree, with a
+warning), else uniform.
+
+Pre-exposure of a tilt = sum of the doses of the tilts of its series acquired *before* it,
+ordered by ``TimeStamp`` when every tilt has one, else ``DateTime``, else the acquisition index
+(mdoc section order of a growing file, or the file-name ``index`` group, or file mtimes) -
+never ZValue after a re-sort, never angle. This is SerialEM's ``PriorRecordDose`` convention
+(dose before the exposure, not including it); where ``PriorRecordDose`` is present the
+difference is recorded. Tilts without any usable dose block the tilts after them (a reason is
+given) rather than producing a silently wrong pre-exposure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from correction.params import DoseParams
+
+from .mdoc import MdocFile, TiltSection
+
+__all__ = [
+    "DEFAULT_FILENAME_PATTERN",
+    "MdocObservation",
+    "MovieObservation",
+    "Resolution",
+    "SeriesConfig",
+    "SeriesObservation",
+    "SeriesState",
+    "SeriesSummary",
+    "TiltAssignment",
+    "assignment_change",
+    "classify_mdocs",
+    "dose_of_section",
+    "resolve",
+    "series_name_of_mdoc",
+    "update_series_state",
+]
+
+#: ``TS_01_003_-3.0.mrc``, ``TS_019_0000_8.0.mrc``, ``Position_10_001_-20.00_2023..._EER.eer``
+DEFAULT_FILENAME_PATTERN = (
+    r"^(?P<series>.+)_(?P<index>\d+)_(?P<angle>[-+]?\d+(?:\.\d+)?)(?:_[^/\\]*)?"
+    r"\.(?:mrc|mrcs|tif|tiff|eer)$")
+
+_STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesConfig:
+    """How movies are grouped into tilt series and when a series is complete.
+
+    Attributes
+    ----------
+    filename_pattern : str
+        Regular expression matched against the movie's file name (``re.search``), with named
+        groups ``series`` and ``angle`` (degrees) and optionally ``index`` (acquisition order).
+    dose_per_tilt_e_A2 : float or None
+        Dose of one tilt (e/Å²) used when the metadata gives none.
+    metadata_wait_s : float
+        How long a complete movie waits for its mdoc section or frame mdoc before the
+        file-name fallback is used; also how long a cut mdoc section is waited for.
+    missing_tilt_wait_s : float
+        In a series without series mdoc, a tilt whose file-name index comes after an index not
+        seen yet waits this long (from its own first sight) for that tilt, whose dose it needs.
+    mdoc_quiet_s : float
+        A series whose ``.openTS`` lock was never seen is "no longer written" once its mdoc
+        has been unchanged this long.
+    idle_timeout_s : float
+        A series with no new movie and no mdoc change for this long is completed anyway.
+    frame_dose_tolerance : float
+        Relative disagreement between the sum of ``FrameDosesAndNumber`` and the tilt dose
+        beyond which a warning is recorded (the frame doses are then scaled to the tilt dose).
+    change_tolerance_e_A2 : float
+        A dose, frame dose or pre-exposure that moves by more than this after a movie was
+        corrected makes :func:`assignment_change` report it (the service redoes the movie).
+    """
+
+    filename_pattern: str = DEFAULT_FILENAME_PATTERN
+    dose_per_tilt_e_A2: float | None = None
+    metadata_wait_s: float = 60.0
+    missing_tilt_wait_s: float = 300.0
+    mdoc_quiet_s: float = 120.0
+    idle_timeout_s: float = 1800.0
+    frame_dose_tolerance: float = 0.05
+    change_tolerance_e_A2: float = 0.01
+
+    def __post_init__(self) -> None:
+        try:
+            rx = re.compile(self.filename_pattern)
+        except re.error as exc:
+            raise ValueError(f"filename_pattern is not a regular expression: {exc}") from None
+        if not {"series", "angle"} <= set(rx.groupindex):
+            raise ValueError("filename_pattern needs named groups 'series' and 'angle', got "
+                             f"{sorted(rx.groupindex)}")
+        if self.dose_per_tilt_e_A2 is not None and not self.dose_per_tilt_e_A2 > 0:
+            raise ValueError(f"dose_per_tilt_e_A2 must be > 0 e/Å², got {self.dose_per_tilt_e_A2}")
+        for name in ("metadata_wait_s", "missing_tilt_wait_s", "mdoc_quiet_s", "idle_timeout_s", "frame_dose_tolerance",
+                     "change_tolerance_e_A2"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class MovieObservation:
+    """What the daemon knows of a movie file.
+
+    ``first_seen_s`` is on the daemon's clock (the one passed as ``now_s``); ``mtime_ns`` is the
+    file's mtime (camera clock), compared only with other movies' mtimes.
+    """
+
+    name: str
+    first_seen_s: float
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MdocObservation:
+    """A parsed series or frame mdoc and since when (daemon clock) its content is unchanged."""
+
+    mdoc: MdocFile
+    unchanged_since_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TiltAssignment:
+    """A movie's place in its tilt series and its dose history (all doses in e/Å²).
+
+    ``acquisition_index`` counts from 0 in acquisition order among the tilts of the series known
+    now; ``frame_doses_e_A2`` is per SerialEM sub-frame (``None`` = uniform);
+    ``prior_record_dose_difference_e_A2`` = ``pre_exposure_e_A2 - PriorRecordDose``.
+    """
+
+    movie: str
+    series: str
+    tilt_deg: float | None
+    acquisition_index: int
+    dose_e_A2: float
+    frame_doses_e_A2: tuple[float, ...] | None
+    pre_exposure_e_A2: float
+    dose_source: str
+    order_source: str
+    match_source: str
+    mdoc_path: str | None = None
+    z_value: int | None = None
+    prior_record_dose_e_A2: float | None = None
+    prior_record_dose_difference_e_A2: float | None = None
+    acquired_at: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def frame_doses_for(self, n_frames: int) -> tuple[float, ...]:
+        """Per-frame doses for a movie read as ``n_frames`` frames: the metadata's when their
+        count matches, else the tilt dose spread uniformly."""
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        if self.frame_doses_e_A2 is not None and len(self.frame_doses_e_A2) == n_frames:
+            return self.frame_doses_e_A2
+        return (self.dose_e_A2 / n_frames,) * n_frames
+
+    def dose_params(self, *, voltage_kV: float, n_frames: int | None = None) -> DoseParams:
+        """The :class:`~correction.params.DoseParams` for correcting this movie."""
+        if n_frames is not None:
+            frames = self.frame_doses_for(n_frames)
+            if sum(frames) > 0:
+                return DoseParams(voltage_kV=voltage_kV, frame_doses_e_A2=frames,
+                                  pre_exposure_e_A2=self.pre_exposure_e_A2)
+        return DoseParams(voltage_kV=voltage_kV, total_dose_e_A2=self.dose_e_A2,
+                          pre_exposure_e_A2=self.pre_exposure_e_A2)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready dict (for ``extra_record={"tilt": ...}`` in ``S.motion.json`` and the ledger)."""
+        return {
+            "series": self.series, "movie": self.movie, "tilt_deg": self.tilt_deg,
+            "acquisition_index": self.acquisition_index, "dose_e_A2": self.dose_e_A2,
+            "frame_doses_e_A2": list(self.frame_doses_e_A2) if self.frame_doses_e_A2 else None,
+            "pre_exposure_e_A2": self.pre_exposure_e_A2,
+            "pre_exposure_convention": "sum of the doses of the tilts acquired before this one",
+            "dose_source": self.dose_source, "order_source": self.order_source,
+            "match_source": self.match_source, "mdoc": self.mdoc_path, "z_value": self.z_value,
+            "prior_record_dose_e_A2": self.prior_record_dose_e_A2,
+            "prior_record_dose_difference_e_A2": self.prior_record_dose_difference_e_A2,
+            "acquired_at": self.acquired_at, "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    """A series as the metadata describes it now.
+
+    ``listed_movies``: movie names the metadata lists (sections with a ``SubFramePath``);
+    ``tilts``: (movie or None, tilt_deg, dose_e_A2 or None) in acquisition order.
+    """
+
+    name: str
+    match_source: str
+    mdoc_path: str | None
+    listed_movies: frozenset[str]
+    tilts: tuple[tuple[str | None, float | None, float | None], ...]
+    order_source: str
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Result of :func:`resolve`.
+
+    ``assignments``: movie name -> :class:`TiltAssignment`; ``pending``: movie name -> reason it
+    must wait (no metadata yet, no dose, an earlier tilt without dose, mdoc being written);
+    ``standalone``: movies that belong to no series (correct without pre-exposure);
+    ``series``: name -> :class:`SeriesSummary`; ``ignored_mdocs``: path -> reason (montages...).
+    """
+
+    assignments: Mapping[str, TiltAssignment]
+    pending: Mapping[str, str]
+    standalone: frozenset[str]
+    series: Mapping[str, SeriesSummary]
+    ignored_mdocs: Mapping[str, str]
+    warnings: tuple[str, ...] = ()
+
+
+def classify_mdocs(observations: Sequence[MdocObservation]
+                   ) -> tuple[list[MdocObservation], dict[str, MdocFile], dict[str, str]]:
+    """Split parsed mdocs into series mdocs, frame mdocs and ignored ones.
+
+    Returns ``(series_mdocs, frame_mdocs, ignored)``: the tilt-series observations (for
+    :func:`resolve`), frame mdocs keyed by their movie's file name (the mdoc's name without
+    ``.mdoc``, e.g. ``TS_019_0000_8.0.mrc``), and path -> reason for montages and empty files.
+    """
+    series: list[MdocObservation] = []
+    frames: dict[str, MdocFile] = {}
+    ignored: dict[str, str] = {}
+    for ob in observations:
+        md = ob.mdoc
+        key = str(md.path)
+        if md.kind == "frames":
+            name = md.path.name if md.path is not None else ""
+            movie = name[:-5] if name.lower().endswith(".mdoc") else md.sections[0].sub_frame_name
+            if movie:
+                frames[movie] = md
+            else:
+                ignored[key] = "frame mdoc without a movie name"
+        elif md.kind == "tilt_series":
+            series.append(ob)
+        else:
+            ignored[key] = "montage mdoc, not a tilt series" if md.kind == "montage" else "no section yet"
+    return series, frames, ignored
+
+
+def series_name_of_mdoc(mdoc: MdocFile) -> str:
+    """``TS_01.mrc.mdoc`` -> ``TS_01``; ``017.mdoc`` -> ``017``."""
+    name = mdoc.path.name if mdoc.path is not None else (mdoc.image_file or "series")
+    if name.lower().endswith(".mdoc"):
+        name = name[:-5]
+    for ext in _STACK_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def dose_of_section(section: TiltSection) -> tuple[float | None, str | None, str | None]:
+    """Dose of one section from its own fields: ``(dose_e_A2, source, note)``.
+
+    ``(None, None, reason)`` when none of ExposureDose, FrameDosesAndNumber, DoseRate gives one.
+    """
+    if section.exposure_dose_e_A2 is not None and section.exposure_dose_e_A2 > 0:
+        return section.exposure_dose_e_A2, "ExposureDose", None
+    if section.frame_doses_and_numbers:
+        total = sum(d * n for d, n in section.frame_doses_and_numbers)
+        if total > 0:
+            return total, "FrameDosesAndNumber", None
+    rate, t, px = section.dose_rate_e_px_s, section.exposure_time_s, section.pixel_spacing_A
+    if rate and t and px and rate > 0 and t > 0 and px > 0:
+        binning = section.binning if section.binning and section.binning > 0 else 1.0
+        unbinned_px_A = px / binning
+        return rate * t / unbinned_px_A ** 2, "DoseRate", None
+    reasons = []
+    reasons.append("ExposureDose missing" if section.exposure_dose_e_A2 is None
+                   else f"ExposureDose = {section.exposure_dose_e_A2:g}")
+    reasons.append("no FrameDosesAndNumber" if not section.frame_doses_and_numbers
+                   else "FrameDosesAndNumber sums to 0")
+    reasons.append("no usable DoseRate/ExposureTime/PixelSpacing")
+    return None, None, ", ".join(reasons)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution
+
+
+@dataclass(slots=True)
+class _Tilt:
+    """Working record of one tilt while resolving (mutable, private)."""
+
+    movie: str | None
+    tilt_deg: float | None
+    sections: tuple[TiltSection, ...]  # series section first, then frame-mdoc section
+    file_index: int
+    timestamp_s: int | None
+    datetime: Any
+    name_index: int | None
+    mtime_ns: int | None
+    prior_record_dose: float | None
+    match_source: str
+    mdoc_path: str | None
+    z_value: int | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObservation],
+            frame_mdocs: Mapping[str, MdocFile], *, config: SeriesConfig,
+            now_s: float) -> Resolution:
+    """Assign every movie to its series and tilt, with dose and pre-exposure.
+
+    Parameters
+    ----------
+    movies : sequence of MovieObservation
+        Every movie of the session the daemon knows (complete or not, done or not): the
+        result must not depend on which ones were already processed.
+    series_mdocs : sequence of MdocObservation
+        Every parsed series mdoc (montages and frame mdocs given here are ignored with a reason).
+    frame_mdocs : mapping of str to MdocFile
+        Movie file name -> its parsed ``[FrameSet]`` mdoc.
+    config : SeriesConfig
+    now_s : float
+        The daemon's clock (same clock as ``first_seen_s`` and ``unchanged_since_s``).
+
+    Returns
+    -------
+    Resolution
+    """
+    rx = re.compile(config.filename_pattern)
+    obs_by_name = {m.name: m for m in movies}
+    ignored: dict[str, str] = {}
+    warnings: list[str] = []
+    pending: dict[str, str] = {}
+    assignments: dict[str, TiltAssignment] = {}
+    summaries: dict[str, SeriesSummary] = {}
+
+    # 1. series mdocs -> series of tilts
+    listed: dict[str, tuple[str, MdocFile]] = {}
+    series_tilts: dict[str, list[_Tilt]] = {}
+    series_meta: dict[str, tuple[MdocFile, list[str]]] = {}
+    held_series: dict[str, str] = {}
+    for ob in sorted(series_mdocs, key=lambda o: str(o.mdoc.path)):
+        md = ob.mdoc
+        key = str(md.path)
+        if md.kind == "montage":
+            ignored[key] = "montage mdoc, not a tilt series"
+            continue
+        if md.kind == "frames":
+            ignored[key] = "frame mdoc given as a series mdoc"
+            continue
+        if md.kind == "empty":
+            ignored[key] = "no section yet"
+            continue
+        name = series_name_of_mdoc(md)
+        if name in series_tilts:
+            warnings.append(f"two series mdocs named {name}: {key} ignored")
+            ignored[key] = f"duplicate series name {name}"
+            continue
+        swarn = list(md.warnings)
+        incomplete = [s for s in md.sections if not s.complete]
+        use_incomplete = False
+        if incomplete:
+            cut = incomplete[-1]
+            label = f"{md.path.name if md.path else name} [ZValue = {cut.z_value}]"
+            if now_s - ob.unchanged_since_s < config.metadata_wait_s:
+                held_series[name] = f"mdoc section {label} is being written"
+            elif cut.tilt_deg is not None and cut.sub_frame_name is not None:
+                use_incomplete = True
+                swarn.append(f"incomplete section {label} used after the mdoc was unchanged for "
+                             f"{config.metadata_wait_s:g} s")
+            else:
+                swarn.append(f"incomplete section {label} (no TiltAngle or SubFramePath) left out")
+        if any(s.frame_ts_start_end for s in md.sections):
+            swarn.append(f"{name}: series recorded as one movie (FrameTSStartEndFrames) is not "
+                         "split into tilts; its tilts count for dose but match no movie")
+        tilts: list[_Tilt] = []
+        for s in md.sections:
+            if (not s.complete and not use_incomplete) or s.kind != "ZValue":
+                continue
+            swarn.extend(s.warnings)
+            movie = s.sub_frame_name
+            if movie is not None:
+                if movie in listed:
+                    swarn.append(f"{movie} listed by two mdocs; kept in {listed[movie][0]}")
+                    movie = None
+                else:
+                    listed[movie] = (name, md)
+            fm = frame_mdocs.get(movie) if movie else None
+            fsec = _frame_section(fm)
+            sections = (s,) + ((fsec,) if fsec is not None else ())
+            obs = obs_by_name.get(movie) if movie else None
+            tilts.append(_Tilt(
+                movie=movie, tilt_deg=s.tilt_deg, sections=sections, file_index=s.index,
+                timestamp_s=s.timestamp_s, datetime=s.datetime,
+                name_index=_name_index(rx, movie), mtime_ns=obs.mtime_ns if obs else None,
+                prior_record_dose=s.prior_record_dose_e_A2, match_source="series_mdoc",
+                mdoc_path=str(md.path) if md.path else None, z_value=s.z_value))
+        series_tilts[name] = tilts
+        series_meta[name] = (md, swarn)
+
+    # 2. movies not listed by a series mdoc: frame mdoc, file-name fallback or standalone
+    other: dict[str, list[_Tilt]] = {}
+    standalone: set[str] = set()
+    for mv in sorted(movies, key=lambda m: m.name):
+        if mv.name in listed:
+            continue
+        fm = frame_mdocs.get(mv.name)
+        fsec = _frame_section(fm)
+        m = rx.search(mv.name)
+        waited = now_s - mv.first_seen_s >= config.metadata_wait_s
+        if fsec is None and not waited:
+            pending[mv.name] = (f"waiting for metadata (series mdoc section or frame mdoc) until "
+                                f"{config.metadata_wait_s:g} s after first seen")
+            continue
+        if m is None:
+            standalone.add(mv.name)
+            continue
+        series = m.group("series")
+        if series in series_tilts and not waited:
+            pending[mv.name] = f"waiting for the series mdoc of {series} to list it"
+            continue
+        try:
+            angle = float(m.group("angle"))
+        except ValueError:
+            angle = None
+        t = _Tilt(movie=mv.name, tilt_deg=fsec.tilt_deg if fsec and fsec.tilt_deg is not None
+                  else angle, sections=(fsec,) if fsec is not None else (), file_index=0,
+                  timestamp_s=fsec.timestamp_s if fsec else None,
+                  datetime=fsec.datetime if fsec else None, name_index=_name_index(rx, mv.name),
+                  mtime_ns=mv.mtime_ns, prior_record_dose=fsec.prior_record_dose_e_A2 if fsec else None,
+                  match_source="frame_mdoc" if fsec is not None else "filename",
+                  mdoc_path=str(fm.path) if fm is not None and fm.path else None, z_value=None)
+        if fsec is not None:
+            t.warnings.extend(fsec.warnings)
+        if series in series_tilts:
+            t.warnings.append(f"series mdoc of {series} does not list {mv.name}: its pre-exposure "
+                              "counts only the tilts matched by file name or frame mdoc")
+        other.setdefault(series, []).append(t)
+
+    # 3. order, dose and pre-exposure per series
+    groups: list[tuple[str, list[_Tilt], str, bool, list[str], str | None]] = []
+    for name, tilts in series_tilts.items():
+        md, swarn = series_meta[name]
+        groups.append((name, tilts, "series_mdoc", True, swarn, str(md.path) if md.path else None))
+    for name, tilts in other.items():
+        src = "frame_mdoc" if any(t.match_source == "frame_mdoc" for t in tilts) else "filename"
+        groups.append((name, tilts, src, False, [], None))
+
+    for name, tilts, src, from_series_mdoc, swarn, mdoc_path in groups:
+        ordered, order_source, owarn = _order(tilts, from_series_mdoc)
+        swarn = swarn + owarn
+        if name in held_series:
+            for t in ordered:
+                if t.movie in obs_by_name:
+                    pending[t.movie] = held_series[name]
+            summaries[name] = _summary(name, src, mdoc_path, ordered, order_source, [], swarn)
+            continue
+        # Without a series mdoc nothing lists the tilts; a gap in the file-name index means a
+        # tilt not seen yet, whose dose the later tilts need: they wait for it (for a while).
+        gaps: list[int] = []
+        if not from_series_mdoc and all(t.name_index is not None for t in ordered) and ordered:
+            idx = {t.name_index for t in ordered}
+            gaps = sorted(set(range(min(idx), max(idx) + 1)) - idx)
+        running = 0.0
+        blocked: str | None = None
+        doses: list[float | None] = []
+        for i, t in enumerate(ordered):
+            dose, dsource, frames, dwarn = _dose(t, config)
+            doses.append(dose)
+            below = [g for g in gaps if t.name_index is not None and g < t.name_index]
+            if below and t.movie in obs_by_name:
+                if now_s - obs_by_name[t.movie].first_seen_s < config.missing_tilt_wait_s:
+                    pending[t.movie] = (f"waiting for tilt index {below[0]} of {name}: its dose "
+                                        "counts in this tilt's pre-exposure")
+                    running += dose or 0.0
+                    continue
+                dwarn = dwarn + [f"tilt index(es) {below[:5]} of {name} never seen: pre-exposure "
+                                 "counts only the tilts seen"]
+            if t.movie is not None and t.movie in obs_by_name:
+                if blocked is not None:
+                    pending[t.movie] = blocked
+                elif dose is None:
+                    pending[t.movie] = f"no dose for {t.movie}: {dwarn[-1] if dwarn else 'unknown'}"
+                else:
+                    diff = None
+                    if t.prior_record_dose is not None and t.prior_record_dose >= 0:
+                        diff = running - t.prior_record_dose
+                    acquired = t.sections[0].acquired_at if t.sections else None
+                    assignments[t.movie] = TiltAssignment(
+                        movie=t.movie, series=name, tilt_deg=t.tilt_deg, acquisition_index=i,
+                        dose_e_A2=dose, frame_doses_e_A2=frames, pre_exposure_e_A2=running,
+                        dose_source=dsource or "", order_source=order_source,
+                        match_source=t.match_source, mdoc_path=t.mdoc_path or mdoc_path,
+                        z_value=t.z_value, prior_record_dose_e_A2=t.prior_record_dose,
+                        prior_record_dose_difference_e_A2=diff,
+                        acquired_at=acquired.isoformat() if acquired else None,
+                        warnings=tuple(swarn + t.warnings + dwarn))
+            if dose is None:
+                if blocked is None:
+                    label = t.movie or f"section {t.z_value}"
+                    blocked = (f"earlier tilt {label} of {name} has no dose "
+                               f"({dwarn[-1] if dwarn else 'unknown'}): pre-exposure unknown")
+            else:
+                running += dose
+        summary = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn)
+        if name in summaries:  # movies the series mdoc does not list, matched by file name
+            prev = summaries[name]
+            summary = replace(prev, listed_movies=prev.listed_movies | summary.listed_movies,
+                              tilts=prev.tilts + summary.tilts,
+                              warnings=prev.warnings + summary.warnings)
+        summaries[name] = summary
+    return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
+                      series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings))
+
+
+def _summary(name: str, src: str, mdoc_path: str | None, ordered: list[_Tilt], order_source: str,
+             doses: list[float | None], swarn: list[str]) -> SeriesSummary:
+    doses = doses or [None] * len(ordered)
+    return SeriesSummary(
+        name=name, match_source=src, mdoc_path=mdoc_path,
+        listed_movies=frozenset(t.movie for t in ordered if t.movie is not None),
+        tilts=tuple((t.movie, t.tilt_deg, d) for t, d in zip(ordered, doses)),
+        order_source=order_source, warnings=tuple(dict.fromkeys(swarn)))
+
+
+def _frame_section(fm: MdocFile | None) -> TiltSection | None:
+    if fm is None:
+        return None
+    for s in fm.sections:
+        if s.kind == "FrameSet" and s.complete:
+            return s
+    return None
+
+
+def _name_index(rx: re.Pattern[str], name: str | None) -> int | None:
+    if name is None or "index" not in rx.groupindex:
+        return None
+    m = rx.search(name)
+    if m is None or m.group("index") is None:
+        return None
+    try:
+        return int(m.group("index"))
+    except ValueError:
+        return None
+
+
+def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str, list[str]]:
+    """Acquisition order: TimeStamp, else DateTime, else acquisition index."""
+    warn: list[str] = []
+    if not tilts:
+        return [], "none", warn
+    if all(t.timestamp_s is not None for t in tilts):
+        key, source = (lambda t: (t.timestamp_s, t.file_index, t.name_index or 0)), "TimeStamp"
+    elif all(t.datetime is not None for t in tilts):
+        key, source = (lambda t: (t.datetime, t.file_index, t.name_index or 0)), "DateTime"
+        times = [t.datetime for t in tilts]
+        if len(set(times)) < len(times):
+            warn.append("two tilts share a DateTime (1 s resolution): tie broken by "
+                        + ("section order" if from_series_mdoc else "file-name index"))
+    elif from_series_mdoc:
+        key, source = (lambda t: (t.file_index,)), "mdoc_section_order"
+        n_dt = sum(t.datetime is not None for t in tilts)
+        warn.append(f"only {n_dt} of {len(tilts)} sections have a DateTime/TimeStamp: acquisition "
+                    "order taken from the section order (wrong if the file was re-sorted by angle)")
+        angles = [t.tilt_deg for t in tilts if t.tilt_deg is not None]
+        if len(angles) > 2 and (angles == sorted(angles) or angles == sorted(angles, reverse=True)):
+            warn.append("sections are sorted by angle: the file may have been re-sorted, so the "
+                        "section order may not be the acquisition order")
+    elif all(t.name_index is not None for t in tilts):
+        key, source = (lambda t: (t.name_index, t.movie or "")), "filename_index"
+    elif all(t.mtime_ns is not None for t in tilts):
+        key, source = (lambda t: (t.mtime_ns, t.movie or "")), "file_mtime"
+    else:
+        key, source = (lambda t: (t.movie or "",)), "file_name"
+        warn.append("no acquisition time or index for every tilt: ordered by file name")
+    return sorted(tilts, key=key), source, warn
+
+
+def _dose(t: _Tilt, config: SeriesConfig
+          ) -> tuple[float | None, str | None, tuple[float, ...] | None, list[str]]:
+    """Dose of a tilt, its source, per-frame doses and warnings."""
+    warn: list[str] = []
+    dose = source = None
+    notes = []
+    for k, s in enumerate(t.sections):
+        d, src, note = dose_of_section(s)
+        if d is not None:
+            dose, source = d, src if k == 0 else f"{src} (frame mdoc)"
+            break
+        notes.append(note)
+    if dose is None and config.dose_per_tilt_e_A2 is not None:
+        dose, source = config.dose_per_tilt_e_A2, "configured"
+        if t.sections:
+            warn.append(f"{t.movie or 'tilt'}: no dose in the metadata ({notes[0]}); configured "
+                        f"dose per tilt {dose:g} e/Å² used")
+    if dose is None:
+        why = notes[0] if notes else "no metadata"
+        warn.append(f"{why}, and no dose_per_tilt_e_A2 configured")
+        return None, None, None, warn
+    if source and source.startswith("DoseRate"):
+        warn.append(f"{t.movie or 'tilt'}: dose {dose:.3f} e/Å² from DoseRate (measured at the camera)")
+    frames = None
+    for s in t.sections:
+        if s.frame_doses_and_numbers:
+            fd = s.frame_doses_e_A2
+            total = sum(fd) if fd else 0.0
+            if fd and total > 0:
+                if abs(total - dose) > config.frame_dose_tolerance * dose:
+                    warn.append(f"{t.movie or 'tilt'}: FrameDosesAndNumber sums to {total:.4g} but "
+                                f"the tilt dose is {dose:.4g} e/Å² ({source}): frame doses scaled")
+                    fd = tuple(x * dose / total for x in fd)
+                frames = tuple(fd)
+                break
+            if fd:
+                warn.append(f"{t.movie or 'tilt'}: FrameDosesAndNumber are all 0: uniform frame doses")
+    return dose, source, frames, warn
+
+
+# ----------------------------------------------------------------------------------------------
+# Change detection and completion
+
+
+def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *,
+                      tolerance_e_A2: float) -> str | None:
+    """Why a movie corrected with ``recorded`` (a :meth:`TiltAssignment.record` dict, e.g. from
+    the ledger) must be redone under ``new``; ``None`` when nothing that affects its result moved.
+
+    Dose, frame doses and pre-exposure all change the dose-weighted sums, so any change beyond
+    ``tolerance_e_A2`` means the outputs are wrong: the service redoes the movie (its file is
+    still there; the cost is one correction). Series or angle changes only affect the stack.
+    """
+    if recorded is None:
+        return "no tilt record"
+    def moved(a: Any, b: float) -> bool:
+        return a is None or not math.isfinite(float(a)) or abs(float(a) - b) > tolerance_e_A2
+    reasons = []
+    if moved(recorded.get("dose_e_A2"), new.dose_e_A2):
+        reasons.append(f"dose {recorded.get('dose_e_A2')} -> {new.dose_e_A2:.4f} e/Å²")
+    if moved(recorded.get("pre_exposure_e_A2"), new.pre_exposure_e_A2):
+        reasons.append(f"pre-exposure {recorded.get('pre_exposure_e_A2')} -> "
+                       f"{new.pre_exposure_e_A2:.4f} e/Å²")
+    old_fd = recorded.get("frame_doses_e_A2")
+    new_fd = new.frame_doses_e_A2
+    if (old_fd is None) != (new_fd is None) or (
+            old_fd is not None and new_fd is not None and (
+                len(old_fd) != len(new_fd)
+                or any(abs(float(a) - b) > tolerance_e_A2 for a, b in zip(old_fd, new_fd)))):
+        reasons.append("frame doses changed")
+    return "; ".join(reasons) or None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesState:
+    """Persisted completion state of one series (the service stores it in the ledger)."""
+
+    name: str
+    status: Literal["open", "complete"] = "open"
+    generation: int = 0
+    lock_seen: bool = False
+    assembled_movies: frozenset[str] = frozenset()
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesObservation:
+    """What the service sees of a series at one scan.
+
+    ``listed_movies``: names the metadata lists; ``known_movies``: movies of the series seen
+    on disk; ``finished_movies``: those done or quarantined; ``lock_present``: the stack's
+    ``.openTS`` exists; ``mdoc_unchanged_since_s``: daemon clock of the last mdoc change (None
+    without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock).
+    """
+
+    listed_movies: frozenset[str]
+    known_movies: frozenset[str]
+    finished_movies: frozenset[str]
+    lock_present: bool
+    mdoc_unchanged_since_s: float | None
+    last_activity_s: float
+
+
+def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: float,
+                        config: SeriesConfig) -> tuple[SeriesState, bool]:
+    """Advance a series' completion state; returns ``(new_state, assemble_now)``.
+
+    Complete when every listed and every known movie is finished and the series is no longer
+    written: its ``.openTS`` lock is gone (when a lock was ever seen), or its mdoc has been
+    unchanged for ``mdoc_quiet_s``. Or, whatever is missing, when nothing happened for
+    ``idle_timeout_s`` and no known movie is still in flight. A complete series re-opens when a
+    movie arrives that it was not assembled with.
+    """
+    lock_seen = state.lock_seen or obs.lock_present
+    state = replace(state, lock_seen=lock_seen)
+    if state.status == "complete":
+        new = obs.known_movies - state.assembled_movies
+        if new:
+            return replace(state, status="open",
+                           reason=f"re-opened: {len(new)} new movie(s), e.g. {sorted(new)[0]}"), False
+        return state, False
+    if not obs.known_movies:
+        return state, False
+    all_known_finished = obs.known_movies <= obs.finished_movies
+    all_listed_finished = obs.listed_movies <= obs.finished_movies
+    quiet = (obs.mdoc_unchanged_since_s is not None
+             and now_s - obs.mdoc_unchanged_since_s >= config.mdoc_quiet_s)
+    if obs.lock_present:
+        not_written, why = False, ""
+    elif lock_seen:
+        not_written, why = True, ".openTS lock gone"
+    else:
+        not_written, why = quiet, f"mdoc unchanged for {config.mdoc_quiet_s:g} s"
+    finished = frozenset(obs.known_movies & obs.finished_movies)
+    if all_known_finished and all_listed_finished and not_written and obs.listed_movies:
+        return replace(state, status="complete", generation=state.generation + 1,
+                       assembled_movies=finished, reason=f"all listed tilts corrected; {why}"), True
+    if all_known_finished and now_s - obs.last_activity_s >= config.idle_timeout_s:
+        missing = obs.listed_movies - obs.finished_movies
+        reason = f"idle for {config.idle_timeout_s:g} s"
+        if missing:
+            reason += f"; {len(missing)} listed tilt(s) never corrected"
+        return replace(state, status="complete", generation=state.generation + 1,
+                       assembled_movies=finished, reason=reason), True
+    return state, False

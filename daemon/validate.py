@@ -1,0 +1,126 @@
+"""Decides whether a settled movie may be read: ready, wait, or reject with a reason.
+
+A settled movie (size and mtime steady, see :mod:`daemon.settle`) is checked at the format level
+with :func:`correction.io.complete.check_complete` (an MRC's size against its header, a TIFF's or
+EER's last page decoding). Where SerialEM writes a per-movie frame ``.mdoc`` (``<movie>.mdoc``
+holding a ``[FrameSet = 0]`` section), it is written after the last frame, so its presence and its
+``NumSubFrames`` count are a further signal: a movie whose frame count disagrees waits. A movie
+that stays incomplete although its size has not changed for ``incomplete_grace_s`` is rejected
+(truncated, or a writer that gave up); the caller quarantines it with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["Verdict", "FrameMdoc", "read_frame_mdoc", "frame_mdoc_path", "validate"]
+
+Decision = Literal["ready", "wait", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Outcome of validating one movie.
+
+    Attributes
+    ----------
+    decision : {"ready", "wait", "reject"}
+    reason : str
+        Why (one line); empty when ready without remark.
+    n_frames : int or None
+        Frames the format check found, where it says.
+    """
+
+    decision: Decision
+    reason: str = ""
+    n_frames: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMdoc:
+    """The per-movie frame mdoc's facts that matter for completeness."""
+
+    path: Path
+    has_frameset: bool
+    num_subframes: int | None
+
+
+_SECTION = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
+_SUBFRAMES = re.compile(r"^\s*NumSubFrames\s*=\s*(\d+)", re.MULTILINE | re.IGNORECASE)
+
+
+def frame_mdoc_path(movie: Path) -> Path:
+    """``<movie>.mdoc``: SerialEM's per-movie frame metadata file name."""
+    return movie.with_name(movie.name + ".mdoc")
+
+
+def read_frame_mdoc(path: Path) -> FrameMdoc | None:
+    """Read a frame mdoc; None when absent or unreadable (it may be half-written)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    match = _SUBFRAMES.search(text)
+    return FrameMdoc(path, bool(_SECTION.search(text)), int(match.group(1)) if match else None)
+
+
+def _default_check(path: Path):  # noqa: ANN202 - Completeness from correction.io.complete
+    from correction.io.complete import check_complete
+
+    return check_complete(path)
+
+
+def validate(path: Path, *, stable_for_s: float, incomplete_grace_s: float,
+             require_frame_mdoc: bool = False,
+             check: Callable[[Path], object] = _default_check) -> Verdict:
+    """Validate one settled movie.
+
+    Parameters
+    ----------
+    path : Path
+        The movie.
+    stable_for_s : float
+        Local seconds its size and mtime have not changed.
+    incomplete_grace_s : float
+        How long (s) an incomplete but unchanging movie may wait before it is rejected.
+    require_frame_mdoc : bool
+        Wait for ``<movie>.mdoc`` (SerialEM's "save frame mdoc" on) before reading.
+    check : callable
+        Format-level check returning an object with ``complete``, ``reason``, ``n_frames``.
+
+    Returns
+    -------
+    Verdict
+    """
+    if not path.is_file():
+        return Verdict("reject", "not a regular file")
+    try:
+        completeness = check(path)
+    except Exception as exc:  # noqa: BLE001 - a reader bug must not stop the daemon
+        return Verdict("reject", f"completeness check failed: {type(exc).__name__}: {exc}")
+    n_frames = getattr(completeness, "n_frames", None)
+    if not completeness.complete:
+        reason = str(completeness.reason) or "incomplete"
+        if stable_for_s >= incomplete_grace_s:
+            return Verdict("reject", f"incomplete after {stable_for_s:.0f} s unchanged: {reason}",
+                           n_frames)
+        return Verdict("wait", reason, n_frames)
+
+    mdoc = read_frame_mdoc(frame_mdoc_path(path))
+    if mdoc is None or not mdoc.has_frameset:
+        if require_frame_mdoc:
+            if stable_for_s >= incomplete_grace_s:
+                return Verdict("reject", f"no frame mdoc {frame_mdoc_path(path).name} after "
+                               f"{stable_for_s:.0f} s", n_frames)
+            return Verdict("wait", f"waiting for {frame_mdoc_path(path).name}", n_frames)
+        return Verdict("ready", "", n_frames)
+    if mdoc.num_subframes is not None and n_frames is not None and mdoc.num_subframes != n_frames:
+        reason = f"frame mdoc says {mdoc.num_subframes} frames, file has {n_frames}"
+        if stable_for_s >= incomplete_grace_s:
+            return Verdict("reject", reason, n_frames)
+        return Verdict("wait", reason, n_frames)
+    return Verdict("ready", "frame mdoc agrees", n_frames)

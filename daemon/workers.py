@@ -1,0 +1,421 @@
+"""Worker processes that correct one movie each, with timeouts and crash isolation.
+
+Each worker is a separate ``spawn``-ed process with its own pipe; the parent gives a worker a
+:class:`Task` only when it is idle, so at most ``n_workers`` movies are in memory whatever the
+backlog. A worker that dies (segfault, out-of-memory kill) or runs past ``timeout_s`` is killed and
+replaced, and its task comes back as a failed :class:`Outcome`; the daemon goes on.
+
+Workers ignore SIGINT and SIGTERM (the parent decides when they stop, so a first signal can let
+the movie in hand finish) and die with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a
+parent-pid check), so a killed daemon leaves no orphan writing outputs. Signals are blocked in the
+parent while a worker starts. The gain reference is loaded once per worker and reused while the
+gain parameters stay the same. Workers never log: they return outcomes, the parent logs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait as mp_wait
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER"]
+
+DEFAULT_RUNNER = "correction.pipeline:correct_movie"
+
+OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error"]
+
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE})
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One movie for a worker.
+
+    Attributes
+    ----------
+    task_id : int
+        The parent's handle (the ledger row id).
+    movie_path : Path
+    out_dir : Path
+        Folder the outputs go to (created by the worker if absent, below ``out_root``).
+    out_root : Path
+        The output root; when it has vanished, failures are environmental, not the movie's.
+    params : CorrectionParams
+    stem : str or None
+    extra_record : dict
+        Merged into the motion record (source identity, series, tilt ...).
+    """
+
+    task_id: int
+    movie_path: Path
+    out_dir: Path
+    out_root: Path
+    params: Any
+    stem: str | None = None
+    extra_record: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one task.
+
+    Attributes
+    ----------
+    kind : {"done", "data", "environment", "crash", "timeout", "error"}
+        ``data``: the movie itself is bad (a ``CorrectionError``; retrying will not help);
+        ``environment``: full disk, read-only or vanished output folder (retry later, not the
+        movie's fault); ``crash``: the worker process died; ``timeout``: killed after
+        ``timeout_s``; ``error``: any other exception.
+    outputs : dict of str
+        Output name (``sum``, ``dw``, ``even``, ``odd``, ``motion``) -> path, when done.
+    record : dict
+        The motion record (JSON-serialisable), when done.
+    timings_s : dict
+        Stage timings reported by the pipeline, plus ``worker_wall`` (s).
+    """
+
+    task_id: int
+    kind: OutcomeKind
+    error: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=dict)
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    worker_pid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "done"
+
+
+# ------------------------------------------------------------------------------------------
+# worker side
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        pass
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(70)
+        time.sleep(1.0)
+
+
+def _resolve(runner: str) -> Callable[..., Any]:
+    module_name, _, attr = runner.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _classify(exc: BaseException, task: Task) -> OutcomeKind:
+    from correction.errors import CorrectionError
+
+    if isinstance(exc, CorrectionError):
+        return "data"
+    if isinstance(exc, OSError):
+        if exc.errno in _ENVIRONMENT_ERRNOS or not task.out_root.is_dir():
+            return "environment"
+    return "error"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _set_parent_death_signal()
+    if os.getppid() != parent_pid:
+        os._exit(70)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+    correct = _resolve(runner)
+    load_gain = _resolve(gain_loader) if gain_loader else None
+    gain_key: Any = None
+    gain_reference: Any = None
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        started = time.perf_counter()
+        try:
+            gain_params = getattr(task.params, "gain", None)
+            if load_gain is not None and getattr(gain_params, "gain_path", None) is not None:
+                if gain_params != gain_key:
+                    gain_reference, gain_key = None, None
+                    gain_reference = load_gain(gain_params)
+                    gain_key = gain_params
+            else:
+                gain_reference = None
+            task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
+            result = correct(task.movie_path, task.out_dir, task.params,
+                             gain_reference=gain_reference, stem=task.stem,
+                             extra_record=dict(task.extra_record))
+            timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}
+            timings["worker_wall"] = time.perf_counter() - started
+            outcome = Outcome(task.task_id, "done",
+                              outputs={k: str(v) for k, v in result.outputs.items()},
+                              record=_jsonable(dict(result.record)), timings_s=timings,
+                              worker_pid=os.getpid())
+        except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
+            kind = _classify(exc, task)
+            detail = _one_line(exc)
+            if kind == "error":
+                frame = traceback.extract_tb(exc.__traceback__)[-1:]
+                if frame:
+                    detail += f" (at {Path(frame[0].filename).name}:{frame[0].lineno})"
+            outcome = Outcome(task.task_id, kind, error=detail,
+                              timings_s={"worker_wall": time.perf_counter() - started},
+                              worker_pid=os.getpid())
+        del task
+        conn.send(outcome)
+
+
+# ------------------------------------------------------------------------------------------
+# parent side
+
+
+@dataclass(slots=True)
+class _Slot:
+    process: Any
+    conn: Connection
+    task: Task | None = None
+    started_s: float = 0.0
+    tasks_done: int = 0
+
+
+class WorkerPool:
+    """A fixed number of worker processes, each given one task at a time.
+
+    Parameters
+    ----------
+    n_workers : int
+        Worker processes (>= 1).
+    timeout_s : float or None
+        A task running longer is killed and reported as ``timeout``.
+    runner : str
+        ``"module:function"`` called as ``runner(movie_path, out_dir, params, *,
+        gain_reference, stem, extra_record)``, returning an object with ``outputs``, ``record``
+        and ``timings_s`` (:func:`correction.pipeline.correct_movie`).
+    gain_loader : str or None
+        ``"module:function"`` turning ``GainParams`` into the reference passed to the runner.
+    max_tasks_per_worker : int or None
+        Replace a worker after this many tasks (bounds slow memory growth); None = never.
+    start_method : str
+        ``"spawn"`` (default) or ``"forkserver"``.
+    clock : callable
+        Monotonic clock (s).
+    """
+
+    def __init__(self, n_workers: int, *, timeout_s: float | None = None,
+                 runner: str = DEFAULT_RUNNER,
+                 gain_loader: str | None = "correction.gain:load_gain_reference",
+                 max_tasks_per_worker: int | None = None, start_method: str = "spawn",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        self._n = n_workers
+        self._timeout_s = timeout_s
+        self._runner = runner
+        self._gain_loader = gain_loader
+        self._max_tasks = max_tasks_per_worker
+        self._ctx = multiprocessing.get_context(start_method)
+        self._clock = clock
+        self._slots: list[_Slot] = []
+        self.replaced = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def _spawn(self) -> _Slot:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_worker_main, name="motionwatch-worker", daemon=True,
+                                    args=(child_conn, os.getpid(), self._runner, self._gain_loader))
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        child_conn.close()
+        return _Slot(process, parent_conn)
+
+    def start(self) -> None:
+        """Start the worker processes."""
+        while len(self._slots) < self._n:
+            self._slots.append(self._spawn())
+
+    def __enter__(self) -> WorkerPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _kill(self, slot: _Slot) -> None:
+        try:
+            slot.process.kill()
+            slot.process.join(timeout=5)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        try:
+            slot.conn.close()
+        except OSError:
+            pass
+
+    def _replace(self, index: int) -> None:
+        self._kill(self._slots[index])
+        self._slots[index] = self._spawn()
+        self.replaced += 1
+
+    def stop(self, *, timeout_s: float = 5.0) -> None:
+        """Stop every worker: ask idle ones to exit, kill whatever remains after ``timeout_s``."""
+        for slot in self._slots:
+            if slot.task is None:
+                try:
+                    slot.conn.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for slot in self._slots:
+            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                self._kill(slot)
+            else:
+                slot.conn.close()
+        self._slots = []
+
+    def abandon(self) -> list[Task]:
+        """Kill workers that hold a task (immediate shutdown); return those tasks."""
+        tasks = []
+        for slot in self._slots:
+            if slot.task is not None:
+                tasks.append(slot.task)
+                slot.task = None
+                self._kill(slot)
+        self._slots = [s for s in self._slots if s.process.is_alive()]
+        return tasks
+
+    # --- work -----------------------------------------------------------------------------
+    @property
+    def idle(self) -> int:
+        """Workers free for a task now."""
+        return sum(1 for s in self._slots if s.task is None)
+
+    @property
+    def in_flight(self) -> list[Task]:
+        return [s.task for s in self._slots if s.task is not None]
+
+    def alive(self) -> int:
+        return sum(1 for s in self._slots if s.process.is_alive())
+
+    def submit(self, task: Task) -> None:
+        """Give a task to an idle worker (raises RuntimeError when none is idle)."""
+        for index, slot in enumerate(self._slots):
+            if slot.task is None:
+                if not slot.process.is_alive():
+                    self._replace(index)
+                    slot = self._slots[index]
+                try:
+                    slot.conn.send(task)
+                except OSError:
+                    self._replace(index)
+                    slot = self._slots[index]
+                    slot.conn.send(task)
+                slot.task = task
+                slot.started_s = self._clock()
+                return
+        raise RuntimeError("no idle worker")
+
+    def wait(self, timeout_s: float, *, also: Iterable[Any] = ()) -> list[Outcome]:
+        """Wait up to ``timeout_s`` for outcomes (or for one of ``also`` to be readable).
+
+        Handles dead and timed-out workers: their tasks come back as ``crash`` / ``timeout``
+        outcomes and the workers are replaced.
+        """
+        busy = [s for s in self._slots if s.task is not None]
+        if self._timeout_s is not None and busy:
+            now = self._clock()
+            nearest = min(s.started_s + self._timeout_s for s in busy) - now
+            timeout_s = max(0.0, min(timeout_s, nearest))
+        waitables: list[Any] = list(also)
+        for s in busy:
+            waitables += [s.conn, s.process.sentinel]
+        if waitables:
+            mp_wait(waitables, timeout=timeout_s)
+        elif timeout_s > 0:
+            time.sleep(timeout_s)
+        return self.collect()
+
+    def collect(self) -> list[Outcome]:
+        """Outcomes ready now, without blocking."""
+        outcomes: list[Outcome] = []
+        now = self._clock()
+        for index, slot in enumerate(list(self._slots)):
+            task = slot.task
+            if task is None:
+                if not slot.process.is_alive():
+                    self._replace(index)
+                continue
+            outcome: Outcome | None = None
+            try:
+                if slot.conn.poll():
+                    outcome = slot.conn.recv()
+            except (EOFError, OSError):
+                outcome = None
+            if outcome is not None:
+                slot.task = None
+                slot.tasks_done += 1
+                outcomes.append(outcome)
+                if self._max_tasks is not None and slot.tasks_done >= self._max_tasks:
+                    self._retire(index)
+                continue
+            if not slot.process.is_alive():
+                code = slot.process.exitcode
+                how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+                       else f"exit status {code}")
+                outcomes.append(Outcome(task.task_id, "crash", error=f"worker process died ({how})",
+                                        worker_pid=slot.process.pid))
+                slot.task = None
+                self._replace(index)
+            elif self._timeout_s is not None and now - slot.started_s > self._timeout_s:
+                outcomes.append(Outcome(task.task_id, "timeout",
+                                        error=f"timed out after {self._timeout_s:g} s; worker killed",
+                                        worker_pid=slot.process.pid))
+                slot.task = None
+                self._replace(index)
+        return outcomes
+
+    def _retire(self, index: int) -> None:
+        slot = self._slots[index]
+        try:
+            slot.conn.send(None)
+            slot.process.join(timeout=5)
+        except OSError:
+            pass
+        self._kill(slot)
+        self._slots[index] = self._spawn()

@@ -1,0 +1,59 @@
+"""check_complete: cheap format-level completeness for the daemon's validate stage."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import tifffile
+
+from correction.io import check_complete
+
+
+def _mrc(path, nz=10, shape=(32, 32)):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.zeros((nz, *shape), np.int16))
+    return path
+
+
+def test_mrc_of_exactly_the_header_size_is_complete(tmp_path):
+    result = check_complete(_mrc(tmp_path / "a.mrc"))
+    assert result.complete and result.n_frames == 10
+
+
+def test_mrc_being_written_by_serialem_is_incomplete_with_frames_so_far(tmp_path):
+    # SerialEM writes nz = the expected count first: 7 of 10 frames on disk so far.
+    path = _mrc(tmp_path / "a.mrc")
+    path.write_bytes(path.read_bytes()[:1024 + 7 * 32 * 32 * 2 + 100])
+    result = check_complete(path)
+    assert not result.complete
+    assert result.n_frames == 7
+    assert result.reason.startswith(f"file is {1024 + 7 * 2048 + 100} bytes, header needs "
+                                    f"{1024 + 10 * 2048} for 10 frames")
+
+
+def test_mrc_longer_than_its_header_is_not_complete(tmp_path):
+    path = _mrc(tmp_path / "a.mrc")
+    with open(path, "ab") as fh:
+        fh.write(b"\x00" * 2048)
+    result = check_complete(path)
+    assert not result.complete and "more than" in result.reason
+
+
+def test_tiff_complete_and_cut(tmp_path):
+    data = np.random.default_rng(0).integers(0, 4, (12, 64, 64)).astype(np.uint8)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, data, compression="lzw")
+    ok = check_complete(path)
+    assert ok.complete and ok.n_frames == 12
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * 0.7)])
+    cut = check_complete(path)
+    assert not cut.complete and cut.n_frames < 12
+
+
+def test_missing_or_empty_files_are_incomplete_not_errors(tmp_path):
+    missing = check_complete(tmp_path / "none.mrc")
+    assert not missing.complete and "no such file" in missing.reason
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    assert not check_complete(empty).complete

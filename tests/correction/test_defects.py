@@ -1,0 +1,154 @@
+"""Hot pixels, defect lists and maps, and their replacement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from correction.defects import (
+    defect_mask_from_image,
+    detect_hot_pixels,
+    plan_replacement,
+    read_defect_list,
+    replace_pixels,
+)
+from correction.errors import GainReferenceError
+from correction.gain import load_gain_reference
+from correction.params import GainParams
+
+
+def _specimen(shape, rng, n_blobs=300, sigma_px=1.0, contrast=1.0):
+    """Background 1 with bright Gaussian blobs peaking at 1 + contrast (sharp features)."""
+    ny, nx = shape
+    image = np.ones(shape)
+    yy, xx = np.mgrid[-4:5, -4:5]
+    kernel = contrast * np.exp(-(yy ** 2 + xx ** 2) / (2 * sigma_px ** 2))
+    centres = np.column_stack([rng.integers(5, ny - 5, n_blobs), rng.integers(5, nx - 5, n_blobs)])
+    for cy, cx in centres:
+        image[cy - 4:cy + 5, cx - 4:cx + 5] += kernel
+    return image, centres
+
+
+def _poisson_movie_with_hot_pixels(rng, *, n_frames=10, shape=(512, 512), dose_px=1.0,
+                                   n_hot=30, hot_rate=5.0):
+    specimen, centres = _specimen(shape, rng)
+    frames = rng.poisson(dose_px * specimen, size=(n_frames, *shape)).astype(np.float32)
+    hot_idx = rng.choice(shape[0] * shape[1], n_hot, replace=False)
+    hy, hx = np.unravel_index(hot_idx, shape)
+    frames[:, hy, hx] += rng.poisson(hot_rate, size=(n_frames, n_hot))
+    return frames, (hy, hx), centres
+
+
+def test_hot_pixels_injected_into_a_poisson_movie_are_all_found():
+    rng = np.random.default_rng(11)
+    frames, (hy, hx), _ = _poisson_movie_with_hot_pixels(rng)
+    mask = detect_hot_pixels(frames.sum(axis=0), sigma=8.0)
+    assert mask[hy, hx].all()
+    false_positives = int(mask.sum()) - len(hy)
+    assert false_positives <= 2
+
+
+def test_sharp_bright_specimen_features_at_normal_dose_are_not_flagged():
+    rng = np.random.default_rng(12)
+    specimen, centres = _specimen((512, 512), rng, n_blobs=600, sigma_px=1.0, contrast=1.0)
+    # 40 frames at 1 e/pixel: 40 counts of background, features up to 80.
+    summed = rng.poisson(40 * specimen).astype(np.float32)
+    mask = detect_hot_pixels(summed, sigma=8.0)
+    assert int(mask.sum()) == 0
+
+
+def test_adjacent_hot_pixels_are_both_found():
+    rng = np.random.default_rng(13)
+    summed = rng.poisson(20.0, (256, 256)).astype(np.float32)
+    summed[100, 100] += 400
+    summed[100, 101] += 300
+    mask = detect_hot_pixels(summed, sigma=8.0)
+    assert mask[100, 100] and mask[100, 101]
+
+
+def test_gain_scaled_sum_uses_the_measured_spread():
+    # The same counts times a gain of 0.01: the scale is measured, so the same pixels are hot.
+    rng = np.random.default_rng(14)
+    frames, (hy, hx), _ = _poisson_movie_with_hot_pixels(rng)
+    mask = detect_hot_pixels(frames.sum(axis=0) * 0.01, sigma=8.0)
+    assert mask[hy, hx].all() and int(mask.sum()) - len(hy) <= 2
+
+
+def test_replaced_pixels_take_the_mean_of_valid_neighbours_not_zero():
+    frame = np.arange(100, dtype=np.float32).reshape(10, 10) + 1
+    mask = np.zeros((10, 10), bool)
+    mask[4, 4] = mask[4, 5] = True          # a pair: each excludes the other
+    mask[0, 0] = True                       # a corner: 3 neighbours
+    out = replace_pixels(frame.copy(), mask)
+    expected_44 = np.mean([frame[3, 3], frame[3, 4], frame[3, 5], frame[4, 3],
+                           frame[5, 3], frame[5, 4], frame[5, 5]])
+    assert out[4, 4] == pytest.approx(expected_44)
+    assert out[0, 0] == pytest.approx(np.mean([frame[0, 1], frame[1, 0], frame[1, 1]]))
+    untouched = ~mask
+    np.testing.assert_array_equal(out[untouched], frame[untouched])
+
+
+def test_pixels_inside_a_large_defect_take_the_nearest_valid_pixel():
+    frame = np.full((20, 20), 7.0, np.float32)
+    frame[:, :5] = 3.0
+    mask = np.zeros((20, 20), bool)
+    mask[8:13, 5:12] = True                 # a 5 x 7 block: its core has no valid neighbour
+    out = replace_pixels(frame.copy(), mask)
+    assert np.all(out[mask] > 0)
+    assert out[10, 8] in (3.0, 7.0)          # core pixel: nearest valid value
+    assert out[10, 11] == pytest.approx(7.0)  # edge pixel: mean of valid neighbours
+
+
+def test_plan_is_reusable_across_frames():
+    mask = np.zeros((8, 8), bool)
+    mask[2, 2] = True
+    plan = plan_replacement(mask)
+    for value in (1.0, 5.0):
+        frame = np.full((8, 8), value, np.float32)
+        frame[2, 2] = 1000
+        assert plan.apply(frame)[2, 2] == pytest.approx(value)
+
+
+def test_defect_list_rectangles_become_a_mask(tmp_path):
+    path = tmp_path / "defects.txt"
+    path.write_text("# x y w h\n3 1 2 4\n\n0 9 10 1\n")
+    mask = read_defect_list(path, (10, 12))
+    expected = np.zeros((10, 12), bool)
+    expected[1:5, 3:5] = True
+    expected[9, 0:10] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_malformed_defect_list_line_is_quoted(tmp_path):
+    path = tmp_path / "defects.txt"
+    path.write_text("1 2 3 4\n5 six 7 8\n")
+    with pytest.raises(GainReferenceError, match=r"defects\.txt: defect list line 2 is not "
+                                                 r"'x y w h': '5 six 7 8'"):
+        read_defect_list(path, (10, 10))
+
+
+def test_defect_list_through_gain_params_is_replaced_in_frames(tmp_path):
+    tifffile.imwrite(tmp_path / "g.tif", np.ones((16, 16), np.float32))
+    (tmp_path / "d.txt").write_text("4 2 1 3\n")
+    ref = load_gain_reference(GainParams(gain_path=tmp_path / "g.tif",
+                                         defects_path=tmp_path / "d.txt"))
+    assert ref.defect_mask.sum() == 3 and ref.defect_mask[2:5, 4].all()
+
+
+def test_defect_map_image_is_oriented_like_the_gain(tmp_path):
+    tifffile.imwrite(tmp_path / "g.tif", np.ones((8, 12), np.float32))
+    defect_map = np.zeros((8, 12), np.uint8)
+    defect_map[0, 0] = 1
+    tifffile.imwrite(tmp_path / "map.tif", defect_map)
+    ref = load_gain_reference(GainParams(gain_path=tmp_path / "g.tif",
+                                         defects_path=tmp_path / "map.tif",
+                                         rotate_quarter_turns=1))
+    # Top-left turned a quarter counter-clockwise lands bottom-left of the 12 x 8 result.
+    assert ref.defect_mask.shape == (12, 8)
+    assert ref.defect_mask[11, 0] and ref.defect_mask.sum() == 1
+
+
+def test_defect_map_nonzero_and_nonfinite_are_defects():
+    image = np.array([[0.0, 1.0], [np.nan, 0.0]])
+    np.testing.assert_array_equal(defect_mask_from_image(image), [[False, True], [True, False]])

@@ -1,0 +1,136 @@
+"""Fourier ring correlation: values against known truths, ring bookkeeping, crossing rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from correction.errors import ParameterError
+from correction.frc import (
+    HALF_SET_THRESHOLD,
+    FRCCurve,
+    even_odd_resolution,
+    fourier_ring_correlation,
+    frc_against_truth,
+    full_set_frc,
+    resolution_from_frc,
+)
+
+
+def _band_limited(rng: np.random.Generator, shape: tuple[int, int], cutoff_per_px: float) -> np.ndarray:
+    """White noise with every Fourier coefficient beyond ``cutoff_per_px`` set to zero."""
+    ny, nx = shape
+    f = np.fft.rfft2(rng.standard_normal(shape))
+    k = np.hypot(np.fft.fftfreq(ny)[:, None], np.fft.rfftfreq(nx)[None, :])
+    f[k > cutoff_per_px] = 0
+    return np.fft.irfft2(f, s=shape)
+
+
+def test_frc_of_identical_images_is_one_at_every_ring_and_resolution_is_nyquist():
+    image = np.random.default_rng(1).standard_normal((256, 256)).astype(np.float32)
+    curve = fourier_ring_correlation(image, image, pixel_size_A=1.5)
+    assert curve.frc.shape == (129,)
+    np.testing.assert_allclose(curve.frc[1:], 1.0, atol=1e-6)
+    res = resolution_from_frc(curve)
+    assert res.status == "nyquist"
+    assert res.resolution_A == pytest.approx(3.0)  # 2 x pixel size: a bound
+
+
+def test_frc_of_independent_noise_is_zero_within_statistical_error_per_ring():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((2, 256, 256))
+    curve = fourier_ring_correlation(a, b)
+    sigma = 1.0 / np.sqrt(curve.n_coefficients[1:] / 2)  # independent complex pairs per ring
+    assert np.all(np.abs(curve.frc[1:]) < 5 * sigma)
+    assert abs(np.mean(curve.frc[10:])) < 0.01
+
+
+def test_frc_of_an_image_and_its_negative_is_minus_one_and_gives_no_resolution():
+    a = np.random.default_rng(3).standard_normal((128, 128))
+    curve = fourier_ring_correlation(a, -a)
+    np.testing.assert_allclose(curve.frc[1:], -1.0, atol=1e-9)
+    res = resolution_from_frc(curve)
+    assert res.status == "none" and res.resolution_A is None and res.frequency_per_px is None
+
+
+def test_band_limited_signal_in_white_noise_gives_snr_over_one_plus_snr_and_crosses_at_band_edge():
+    """Signal power P_s inside |k| < 0.2 cycles/px, noise power P_n everywhere, P_s = P_n:
+    FRC = P_s / (P_s + P_n) = 0.5 inside the band and 0 outside; the 1/7 crossing is the band
+    edge, 5 px (7.5 Å at 1.5 Å/px), within one ring width (1/512 cycles/px)."""
+    rng = np.random.default_rng(4)
+    shape = (512, 512)
+    cutoff = 0.2
+    # zeroing out-of-band coefficients leaves in-band power per coefficient equal to that of
+    # unit white noise: P_s = P_n inside the band
+    signal = _band_limited(rng, shape, cutoff)
+    half1 = signal + rng.standard_normal(shape)
+    half2 = signal + rng.standard_normal(shape)
+    res, curve = even_odd_resolution(half1, half2, pixel_size_A=1.5)
+    inside = (curve.frequency_per_px > 0.02) & (curve.frequency_per_px < cutoff - 0.01)
+    outside = curve.frequency_per_px > cutoff + 0.01
+    assert np.mean(curve.frc[inside]) == pytest.approx(0.5, abs=0.03)
+    assert abs(np.mean(curve.frc[outside])) < 0.02
+    assert res.status == "crossing"
+    assert res.frequency_per_px == pytest.approx(cutoff, abs=1.0 / 512 + 1e-9)
+    assert res.resolution_A == pytest.approx(1.5 / cutoff, rel=0.02)
+    record = res.to_record()
+    assert record["method"] == "even_odd_frc" and record["status"] == "crossing"
+    assert record["threshold"] == pytest.approx(1 / 7, abs=1e-6)
+
+
+def test_half_plane_sums_equal_the_full_plane_frc_for_odd_and_even_non_square_images():
+    rng = np.random.default_rng(5)
+    for shape in [(64, 96), (65, 81)]:
+        a = rng.standard_normal(shape)
+        b = a + rng.standard_normal(shape)
+        curve = fourier_ring_correlation(a, b)
+        fa, fb = np.fft.fft2(a), np.fft.fft2(b)
+        n_ref = min(shape)
+        ring = np.rint(np.hypot(np.fft.fftfreq(shape[0])[:, None],
+                                np.fft.fftfreq(shape[1])[None, :]) * n_ref).astype(int)
+        for r in (0, 1, 7, n_ref // 2):
+            m = ring == r
+            expected = np.sum((fa[m] * fb[m].conj()).real) / np.sqrt(
+                np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
+            assert curve.frc[r] == pytest.approx(expected, abs=1e-9)
+            assert curve.n_coefficients[r] == m.sum()
+
+
+def test_last_criterion_steps_over_a_ctf_like_dip_and_first_criterion_stops_at_it():
+    frc = np.full(101, 0.02)
+    frc[:41] = 0.9
+    frc[10:13] = 0.01  # a CTF zero: three rings below threshold
+    frc[41] = 0.0
+    curve = FRCCurve(frc=frc, frequency_per_px=np.arange(101) / 200, n_coefficients=np.ones(101, int),
+                     pixel_size_A=1.0)
+    last = resolution_from_frc(curve)
+    first = resolution_from_frc(curve, criterion="first")
+    # last: crossing between ring 40 (0.9) and 41 (0.0) at 0.9 - t*0.9 = 1/7
+    t = (0.9 - HALF_SET_THRESHOLD) / 0.9
+    assert last.frequency_per_px == pytest.approx((40 + t) / 200)
+    assert first.frequency_per_px == pytest.approx((9 + (0.9 - 1 / 7) / (0.9 - 0.01)) / 200)
+    # a single noisy ring above threshold at high frequency is not a run of three
+    frc2 = frc.copy()
+    frc2[80] = 0.5
+    curve2 = FRCCurve(frc=frc2, frequency_per_px=curve.frequency_per_px,
+                      n_coefficients=curve.n_coefficients, pixel_size_A=1.0)
+    assert resolution_from_frc(curve2).frequency_per_px == pytest.approx(last.frequency_per_px)
+
+
+def test_frc_against_truth_measures_a_blurred_copy_and_full_set_conversion_maps_one_seventh_to_quarter():
+    rng = np.random.default_rng(6)
+    truth = rng.standard_normal((256, 256))
+    f = np.fft.rfft2(truth)
+    k = np.hypot(np.fft.fftfreq(256)[:, None], np.fft.rfftfreq(256)[None, :])
+    blurred = np.fft.irfft2(f * (k <= 0.25), s=truth.shape) + 0.01 * rng.standard_normal(truth.shape)
+    res, curve = frc_against_truth(blurred, truth, pixel_size_A=1.0)
+    assert curve.mean_up_to(0.24) > 0.99
+    assert res.resolution_px == pytest.approx(4.0, abs=0.1)
+    assert full_set_frc(np.array([1 / 7]))[0] == pytest.approx(0.25)
+
+
+def test_frc_rejects_mismatched_or_tiny_images_with_a_clear_message():
+    with pytest.raises(ParameterError, match="one shape"):
+        fourier_ring_correlation(np.zeros((16, 16)), np.zeros((16, 17)))
+    with pytest.raises(ParameterError, match="at least 8"):
+        fourier_ring_correlation(np.zeros((4, 4)), np.zeros((4, 4)))

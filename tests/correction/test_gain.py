@@ -1,0 +1,147 @@
+"""Gain references: orientation (rotate, then flip), shape check, (raw - dark) * gain, defects.
+
+The orientation truth is written independently of numpy.rot90/flip, as a pixel-coordinate
+mapping: a quarter turn counter-clockwise (as displayed, row 0 at the top) moves the pixel at
+(row r, column c) of an ny x nx image to (nx - 1 - c, r); up-down maps (r, c) to (H - 1 - r, c);
+left-right maps (r, c) to (r, W - 1 - c).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import mrcfile
+import numpy as np
+import pytest
+import tifffile
+
+from correction.errors import GainReferenceError
+from correction.gain import GainReference, apply_gain, load_gain_reference
+from correction.params import GainParams
+
+
+def _truth_orient(image, k, flip):
+    out = image
+    for _ in range(k):
+        h, w = out.shape
+        turned = np.empty((w, h), dtype=out.dtype)
+        r, c = np.indices((h, w))
+        turned[w - 1 - c, r] = out[r, c]
+        out = turned
+    h, w = out.shape
+    r, c = np.indices((h, w))
+    flipped = np.empty_like(out)
+    if flip == "updown":
+        flipped[h - 1 - r, c] = out[r, c]
+    elif flip == "leftright":
+        flipped[r, w - 1 - c] = out[r, c]
+    else:
+        flipped = out
+    return flipped
+
+
+def _marked_gain(ny=12, nx=20):
+    gain = np.full((ny, nx), 1.0, dtype=np.float32)
+    gain[0, 0] = 5.0          # top-left corner marked
+    gain[0, 1] = 3.0          # and its right neighbour, so flips are not rotations
+    return gain
+
+
+def test_truth_mapping_agrees_with_the_display_meaning_of_counter_clockwise():
+    # A mark at the top-left, turned a quarter counter-clockwise, lands at the bottom-left.
+    gain = _marked_gain()
+    turned = _truth_orient(gain, 1, "none")
+    assert turned.shape == (20, 12)
+    assert turned[19, 0] == 5.0 and turned[18, 0] == 3.0
+
+
+@pytest.mark.parametrize("k, flip", list(itertools.product(range(4),
+                                                           ["none", "updown", "leftright"])))
+@pytest.mark.parametrize("fmt", ["mrc", "tif"])
+def test_gain_is_rotated_then_flipped_like_the_independent_truth(tmp_path, k, flip, fmt):
+    gain = _marked_gain()
+    gain[5, 7] = 2.0
+    path = tmp_path / f"gain.{fmt}"
+    if fmt == "mrc":
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(gain)
+    else:
+        tifffile.imwrite(path, gain)
+    ref = load_gain_reference(GainParams(gain_path=path, rotate_quarter_turns=k, flip=flip))
+    np.testing.assert_array_equal(ref.gain, _truth_orient(gain, k, flip))
+    assert ref.defect_mask is None
+
+
+def test_dark_reference_gets_the_same_orientation_and_is_subtracted(tmp_path):
+    rng = np.random.default_rng(3)
+    gain = rng.uniform(0.8, 1.2, (10, 14)).astype(np.float32)
+    dark = rng.uniform(0, 2, (10, 14)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "g.tif", gain)
+    tifffile.imwrite(tmp_path / "d.tif", dark)
+    ref = load_gain_reference(GainParams(gain_path=tmp_path / "g.tif", dark_path=tmp_path / "d.tif",
+                                         rotate_quarter_turns=3, flip="updown"))
+    raw = rng.integers(0, 50, (14, 10)).astype(np.uint16)
+    expected = (raw - _truth_orient(dark, 3, "updown")) * _truth_orient(gain, 3, "updown")
+    out = apply_gain(raw, ref)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_wrong_shape_error_names_gain_file_and_both_shapes(tmp_path):
+    path = tmp_path / "K3gain.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.ones((30, 20), np.float32))
+    ref = load_gain_reference(GainParams(gain_path=path))
+    with pytest.raises(GainReferenceError) as info:
+        ref.check_shape((40, 20), "movie_001.tif")
+    message = str(info.value)
+    assert message.startswith(f"{path}: gain is 30x20")
+    assert "movie_001.tif frames are 40x20" in message
+
+
+def test_transposed_gain_error_suggests_a_rotation(tmp_path):
+    ref = GainReference.from_arrays(np.ones((30, 20)), gain_path=tmp_path / "g.mrc")
+    with pytest.raises(GainReferenceError, match="try a rotation"):
+        ref.check_shape((20, 30))
+
+
+def test_missing_gain_file_is_named(tmp_path):
+    with pytest.raises(GainReferenceError, match=r"nogain\.mrc: gain reference: no such file"):
+        load_gain_reference(GainParams(gain_path=tmp_path / "nogain.mrc"))
+
+
+def test_no_references_gives_none():
+    assert load_gain_reference(GainParams()) is None
+
+
+def test_zero_and_nan_gain_pixels_become_defects_replaced_by_neighbour_mean():
+    gain = np.ones((8, 8), np.float32) * 2
+    gain[3, 4] = 0.0
+    gain[6, 1] = np.nan
+    ref = GainReference.from_arrays(gain)
+    assert ref.defect_mask.sum() == 2 and ref.defect_mask[3, 4] and ref.defect_mask[6, 1]
+    raw = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    out = apply_gain(raw, ref)
+    assert np.all(np.isfinite(out))
+    for y, x in [(3, 4), (6, 1)]:
+        neighbours = [2.0 * raw[y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                      if (dy, dx) != (0, 0)]
+        assert out[y, x] == pytest.approx(np.mean(neighbours))
+        assert out[y, x] != 0
+
+
+def test_apply_gain_writes_into_out_and_handles_big_endian_frames():
+    rng = np.random.default_rng(5)
+    gain = rng.uniform(0.5, 1.5, (16, 16)).astype(np.float32)
+    ref = GainReference.from_arrays(gain)
+    raw = rng.integers(0, 9, (16, 16)).astype(">i2")
+    out = np.empty((16, 16), np.float32)
+    result = apply_gain(raw, ref, out=out)
+    assert result is out
+    np.testing.assert_allclose(out, raw.astype(np.float32) * gain, rtol=1e-6)
+
+
+def test_apply_gain_refuses_a_frame_of_another_shape():
+    ref = GainReference.from_arrays(np.ones((16, 16)))
+    with pytest.raises(GainReferenceError, match="gain is 16x16"):
+        apply_gain(np.zeros((16, 8), np.uint8), ref)

@@ -1,0 +1,164 @@
+"""EER reader: raw frames written by an independent EER writer (tests/helpers/eer_writer.py,
+made from the format description) decode, group and super-sample to exact counts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from correction.errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from correction.io import check_complete, read_image, read_movie
+from correction.io.eer import group_sizes
+from correction.params import ReadParams
+
+
+def _load_writer():
+    path = Path(__file__).parents[1] / "helpers" / "eer_writer.py"
+    spec = importlib.util.spec_from_file_location("motionwatch_test_eer_writer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eer_writer = _load_writer()
+SHAPE = (48, 80)
+META = [("numberOfFrames", None, "30"), ("sensorPixelSize.width", "m", "8.3e-11"),
+        ("totalDose", "e/px", "1.5")]
+
+
+def _raw_frames(n=30, shape=SHAPE, rate=0.05, seed=4):
+    return np.random.default_rng(seed).random((n, *shape)) < rate
+
+
+@pytest.mark.parametrize("compression, bits, rows_per_strip", [
+    (65001, None, None), (65000, None, None), (65002, (7, 2, 2), 16), (65002, (8, 2, 2), None)])
+def test_each_eer_compression_decodes_and_groups_to_exact_counts(tmp_path, compression, bits,
+                                                                 rows_per_strip):
+    raw = _raw_frames()
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, compression=compression,
+                                bits=bits, rows_per_strip=rows_per_strip, metadata=META)
+    movie = read_movie(path, params=ReadParams(eer_group_frames=7))
+    # 30 raw frames in groups of 7: 4 full groups; the 2 left over join the last.
+    assert movie.raw_frames_per_frame == (7, 7, 7, 9)
+    expected = np.stack([raw[0:7].sum(0), raw[7:14].sum(0), raw[14:21].sum(0), raw[21:30].sum(0)])
+    np.testing.assert_array_equal(movie.frames, expected)
+    assert movie.frames.dtype == np.uint8
+    assert movie.header["compression"] == compression
+    assert movie.pixel_size_A == pytest.approx(0.83)
+
+
+def test_the_independent_writer_agrees_with_tifffile(tmp_path):
+    raw = _raw_frames(n=5)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_eer
+        np.testing.assert_array_equal(tif.asarray(), raw)
+
+
+def test_default_grouping_is_40_raw_frames(tmp_path):
+    raw = _raw_frames(n=100, rate=0.02)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META)
+    movie = read_movie(path)
+    assert movie.raw_frames_per_frame == (40, 40, 20)   # 20 left over: half a group or more
+    assert movie.frames.sum() == raw.sum()
+
+
+def test_grouping_by_target_dose_uses_metadata_dose(tmp_path):
+    # totalDose 1.5 e/px over 30 frames = 0.05 e/px per raw frame = 0.05/0.83² e/Å².
+    raw = _raw_frames()
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META)
+    per_raw = 0.05 / 0.83 ** 2
+    movie = read_movie(path, params=ReadParams(eer_dose_per_fraction_e_A2=6 * per_raw))
+    assert movie.raw_frames_per_frame == (6,) * 5
+    assert movie.dose_per_frame_e_A2 == pytest.approx(6 * per_raw)
+    assert movie.header["eer_dose_source"] == "metadata"
+
+
+def test_grouping_by_dose_without_metadata_dose_measures_counts(tmp_path):
+    raw = np.zeros((20, *SHAPE), bool)
+    raw.reshape(20, -1)[:, ::10] = True               # exactly 0.1 events per pixel per frame
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE,
+                                metadata=[("numberOfFrames", None, "20")])
+    movie = read_movie(path, params=ReadParams(pixel_size_A=1.0, eer_dose_per_fraction_e_A2=0.5))
+    assert movie.raw_frames_per_frame == (5, 5, 5, 5)
+    assert movie.header["eer_dose_source"] == "counts"
+
+
+def test_dose_grouping_without_any_pixel_size_is_a_clear_error(tmp_path):
+    path = eer_writer.write_eer(tmp_path / "m.eer", _raw_frames(n=4), shape_yx=SHAPE,
+                                metadata=[("numberOfFrames", None, "4")])
+    with pytest.raises(UnreadableMovieError, match=r"m\.eer: cannot group EER frames by dose"):
+        read_movie(path, params=ReadParams(eer_dose_per_fraction_e_A2=1.0))
+
+
+def test_sampling_2_places_events_by_their_first_subpixel_bit_on_the_8k_grid(tmp_path):
+    rng = np.random.default_rng(9)
+    raw = _raw_frames(n=6)
+    subpixels = [rng.integers(0, 4, (int(f.sum()), 2)) for f in raw]
+    path = eer_writer.write_eer(tmp_path / "s.eer", raw, shape_yx=SHAPE, subpixels=subpixels,
+                                metadata=META)
+    movie = read_movie(path, params=ReadParams(eer_group_frames=6, eer_sampling=2))
+    expected = np.zeros((2 * SHAPE[0], 2 * SHAPE[1]), np.int64)
+    for frame, sub in zip(raw, subpixels):
+        yy, xx = np.nonzero(frame)
+        np.add.at(expected, (2 * yy + (sub[:, 1] >> 1), 2 * xx + (sub[:, 0] >> 1)), 1)
+    assert movie.frames.shape == (1, 2 * SHAPE[0], 2 * SHAPE[1])
+    np.testing.assert_array_equal(movie.frames[0], expected)
+    assert movie.pixel_size_A == pytest.approx(0.415)
+    assert movie.header["super_resolution_factor"] == 2
+
+
+def test_integrated_image_page_before_the_raw_frames_is_skipped(tmp_path):
+    raw = _raw_frames(n=8)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META,
+                                integrated_image=raw.sum(0).astype(np.uint16))
+    movie = read_movie(path, params=ReadParams(eer_group_frames=4))
+    assert movie.header["raw_frames"] == 8
+    np.testing.assert_array_equal(movie.frames, [raw[:4].sum(0), raw[4:].sum(0)])
+
+
+def test_more_than_255_raw_frames_per_fraction_use_uint16(tmp_path):
+    raw = np.ones((300, 4, 6), bool)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(4, 6), metadata=META)
+    movie = read_movie(path, params=ReadParams(eer_group_frames=300))
+    assert movie.frames.dtype == np.uint16
+    assert np.all(movie.frames == 300)
+
+
+def test_eer_cut_while_being_written_is_truncated_and_incomplete(tmp_path):
+    path = eer_writer.write_eer(tmp_path / "cut.eer", _raw_frames(), shape_yx=SHAPE, metadata=META)
+    assert check_complete(path).complete
+    assert check_complete(path).n_frames == 30
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * 0.6)])
+    with pytest.raises(TruncatedMovieError, match=r"cut\.eer: .*raw frames readable"):
+        read_movie(path)
+    assert not check_complete(path).complete
+
+
+def test_unknown_eer_compression_is_unsupported(tmp_path):
+    path = eer_writer.write_eer(tmp_path / "new.eer", _raw_frames(n=2), shape_yx=SHAPE,
+                                compression=65003, metadata=META)
+    with pytest.raises(UnsupportedFormatError, match=r"new\.eer: EER page 0 has compression "
+                                                     r"65003"):
+        read_movie(path)
+
+
+def test_eer_gain_file_is_a_tiff_reference(tmp_path):
+    gain = np.random.default_rng(2).uniform(0.8, 1.2, SHAPE).astype(np.float32)
+    path = tmp_path / "20240101_gain.gain"
+    tifffile.imwrite(path, gain)
+    image, _ = read_image(path)
+    np.testing.assert_array_equal(image, gain)
+
+
+@pytest.mark.parametrize("n_raw, group, expected", [
+    (600, 40, (40,) * 15), (610, 40, (40,) * 14 + (50,)), (620, 40, (40,) * 15 + (20,)),
+    (30, 40, (30,)), (1, 1, (1,))])
+def test_group_sizes_cover_every_raw_frame(n_raw, group, expected):
+    sizes = group_sizes(n_raw, group)
+    assert sizes == expected and sum(sizes) == n_raw

@@ -1,0 +1,104 @@
+"""TIFF reader: K2/K3-style multi-page movies decode exactly; cut files and odd layouts fail
+with one-line errors naming the file. Fixtures are written with tifffile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from correction.errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from correction.io import read_image, read_movie
+
+
+def _movie(dtype, shape=(8, 48, 40), seed=7):
+    rng = np.random.default_rng(seed)
+    hi = 4 if dtype == np.uint8 else 3000
+    return rng.integers(0, hi, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("compression", [None, "lzw"])
+def test_multipage_tiff_decodes_exactly_in_stored_dtype(tmp_path, dtype, compression):
+    data = _movie(dtype)
+    path = tmp_path / "k3.tif"
+    tifffile.imwrite(path, data, compression=compression)
+    movie = read_movie(path)
+    assert movie.frames.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(movie.frames, data)
+    assert movie.header["compression"] == (5 if compression == "lzw" else 1)
+    assert movie.pixel_size_A is None
+
+
+def test_pages_written_one_by_one_as_serialem_does_are_one_movie(tmp_path):
+    data = _movie(np.uint8, shape=(5, 32, 32))
+    path = tmp_path / "frames.tiff"
+    with tifffile.TiffWriter(path) as tif:
+        for frame in data:
+            tif.write(frame, compression="lzw", contiguous=False)
+    np.testing.assert_array_equal(read_movie(path).frames, data)
+
+
+def test_pixel_size_from_centimetre_resolution_tags(tmp_path):
+    path = tmp_path / "p.tif"
+    tifffile.imwrite(path, _movie(np.uint16, shape=(2, 16, 16)),
+                     resolution=(1e8 / 1.1, 1e8 / 1.1), resolutionunit="CENTIMETER")
+    assert read_movie(path).pixel_size_A == pytest.approx(1.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("compression", [None, "lzw"])
+def test_tiff_cut_while_being_written_is_truncated_not_short(tmp_path, compression):
+    data = _movie(np.uint8, shape=(10, 64, 64))
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, data, compression=compression)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(len(raw) * 0.8)])
+    with pytest.raises(TruncatedMovieError, match=r"cut\.tif: .*frames readable"):
+        read_movie(path)
+
+
+def test_tiff_with_mixed_page_shapes_is_unsupported(tmp_path):
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.zeros((32, 32), np.uint8))
+        tif.write(np.zeros((16, 32), np.uint8))
+    with pytest.raises(UnsupportedFormatError, match=r"mixed\.tif: TIFF pages differ: page 1 "
+                                                     r"is 16x32 uint8, page 0 is 32x32 uint8"):
+        read_movie(path)
+
+
+def test_rgb_tiff_is_unsupported(tmp_path):
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(UnsupportedFormatError, match=r"rgb\.tif: .*single-channel"):
+        read_movie(path)
+
+
+def test_garbage_with_tif_suffix_is_unreadable(tmp_path):
+    path = tmp_path / "junk.tif"
+    path.write_bytes(b"this is not a tiff at all" * 10)
+    with pytest.raises(UnreadableMovieError, match=r"junk\.tif: not a TIFF"):
+        read_movie(path)
+
+
+def test_unknown_suffix_is_unreadable(tmp_path):
+    path = tmp_path / "movie.xyz"
+    path.write_bytes(b"\x01" * 2000)
+    with pytest.raises(UnreadableMovieError, match=r"movie\.xyz: unknown movie format"):
+        read_movie(path)
+
+
+def test_tiff_reference_image_reads_as_2d(tmp_path):
+    gain = np.linspace(0.9, 1.1, 30 * 20, dtype=np.float32).reshape(30, 20)
+    path = tmp_path / "gain.tif"
+    tifffile.imwrite(path, gain)
+    image, pix = read_image(path)
+    np.testing.assert_array_equal(image, gain)
+    assert pix is None
+
+
+def test_multipage_tiff_is_not_a_reference_image(tmp_path):
+    path = tmp_path / "gain.tif"
+    tifffile.imwrite(path, np.ones((2, 8, 8), np.float32))
+    with pytest.raises(UnsupportedFormatError, match=r"gain\.tif: expected one 2-D image"):
+        read_image(path)

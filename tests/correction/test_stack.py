@@ -1,0 +1,136 @@
+"""Assembly of a completed tilt series into angle-sorted stacks, .tlt, CSV and mdoc."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from correction.dose import dose_weights
+from correction.errors import CorrectionError
+from correction.stack import StackTilt, assemble_series, exposure_filter
+from daemon.mdoc import read_mdoc
+
+PIXEL_A = 2.0
+
+
+def _write(path: Path, data: np.ndarray) -> Path:
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(data.astype(np.float32))
+        m.voxel_size = PIXEL_A
+    return path
+
+
+def _series(tmp_path: Path, n=7, shape=(48, 64), dose=2.5):
+    """Dose-symmetric tilts 0, +3, -3, ...; each image is filled with values that identify
+    (kind, acquisition index), so the stack order can be checked pixel-exactly."""
+    angles = [0.0]
+    k = 1
+    while len(angles) < n:
+        angles += [3.0 * k, -3.0 * k]
+        k += 1
+    angles = angles[:n]
+    rng = np.random.default_rng(0)
+    tilts, images = [], {}
+    for i, a in enumerate(angles):
+        movie = f"TS_9_{i:03d}_{a:.1f}.tif"
+        outputs = {}
+        for j, kind in enumerate(("sum", "dw", "even", "odd")):
+            img = rng.normal(size=shape).astype(np.float32) + 100 * i + j
+            outputs[kind] = _write(tmp_path / f"{movie[:-4]}_{kind}.mrc", img)
+            images[(kind, movie)] = img
+        tilts.append(StackTilt(movie=movie, tilt_deg=a, acquisition_index=i, dose_e_A2=dose,
+                               pre_exposure_e_A2=dose * i, dose_source="ExposureDose",
+                               order_source="DateTime", outputs=outputs,
+                               drift_total_A=1.5 + i, prior_record_dose_difference_e_A2=-0.07,
+                               acquired_at=f"2024-05-17T10:{i:02d}:00"))
+    return tilts, images
+
+
+def test_assembled_stacks_are_sorted_by_angle_match_tlt_and_keep_pixel_size(tmp_path):
+    tilts, images = _series(tmp_path)
+    res = assemble_series("TS_9", tilts[::-1], tmp_path / "out")
+    expected = sorted(tilts, key=lambda t: t.tilt_deg)
+    assert res.order == tuple(t.movie for t in expected)
+    tlt = [float(x) for x in res.tlt_path.read_text().split()]
+    assert tlt == pytest.approx([t.tilt_deg for t in expected], abs=0.005)
+    assert tlt == sorted(tlt)
+    names = {"sum": "TS_9.mrc", "dw": "TS_9_DW.mrc", "even": "TS_9_EVN.mrc", "odd": "TS_9_ODD.mrc"}
+    for kind, name in names.items():
+        path = res.stacks[kind]
+        assert path == tmp_path / "out" / "TS_9" / name
+        with mrcfile.open(path, permissive=False) as m:
+            assert m.data.dtype == np.float32 and m.data.shape == (7, 48, 64)
+            assert float(m.voxel_size.x) == pytest.approx(PIXEL_A)
+            for z, t in enumerate(expected):
+                np.testing.assert_array_equal(m.data[z], images[(kind, t.movie)])
+            assert float(m.header.dmean) == pytest.approx(float(m.data.mean()), rel=1e-5)
+            assert float(m.header.dmax) == pytest.approx(float(m.data.max()))
+    assert not list((tmp_path / "out" / "TS_9").glob(".*"))  # no temporary files left
+
+
+def test_per_tilt_table_and_stack_mdoc_agree_with_the_inputs(tmp_path):
+    tilts, _ = _series(tmp_path)
+    res = assemble_series("TS_9", tilts, tmp_path / "out")
+    rows = list(csv.DictReader(res.csv_path.open()))
+    expected = sorted(tilts, key=lambda t: t.tilt_deg)
+    assert [r["movie"] for r in rows] == [t.movie for t in expected]
+    for z, (r, t) in enumerate(zip(rows, expected)):
+        assert int(r["stack_index"]) == z and int(r["acquisition_index"]) == t.acquisition_index
+        assert float(r["tilt_deg"]) == pytest.approx(t.tilt_deg)
+        assert float(r["dose_e_A2"]) == pytest.approx(t.dose_e_A2)
+        assert float(r["pre_exposure_e_A2"]) == pytest.approx(t.pre_exposure_e_A2)
+        assert float(r["accumulated_dose_e_A2"]) == pytest.approx(t.pre_exposure_e_A2 + t.dose_e_A2)
+        assert r["dose_source"] == "ExposureDose" and r["order_source"] == "DateTime"
+        assert float(r["drift_total_A"]) == pytest.approx(t.drift_total_A)
+    md = read_mdoc(res.stacks["sum"].with_name("TS_9.mrc.mdoc"))
+    assert md.kind == "tilt_series" and md.image_file == "TS_9.mrc"
+    assert [s.tilt_deg for s in md.sections] == pytest.approx([t.tilt_deg for t in expected], abs=1e-4)
+    assert [s.prior_record_dose_e_A2 for s in md.sections] == pytest.approx(
+        [t.pre_exposure_e_A2 for t in expected])
+    assert [s.sub_frame_name for s in md.sections] == [t.movie for t in expected]
+    assert all(s.complete and s.datetime is not None for s in md.sections)
+    assert len(res.mdoc_paths) == 4
+
+
+def test_exposure_filter_attenuates_each_frequency_by_the_critical_exposure_curve():
+    ny, nx = 64, 128
+    y, x = np.mgrid[0:ny, 0:nx]
+    cycles = 20  # along x: k = 20 / (128 * 2 A)
+    img = (5.0 + np.cos(2 * np.pi * cycles * x / nx)).astype(np.float32)
+    out = exposure_filter(img, pixel_size_A=PIXEL_A, dose_e_A2=30.0, voltage_kV=300.0)
+    assert out.dtype == np.float32
+    k = cycles / (nx * PIXEL_A)
+    amp = np.abs(np.fft.rfft(out[0] - out[0].mean()))[cycles] / (nx / 2)
+    assert amp == pytest.approx(float(dose_weights(k, 30.0, 300.0)), rel=1e-4)
+    assert float(out.mean()) == pytest.approx(5.0, rel=1e-5)  # k = 0 unchanged
+
+
+def test_exposure_filtered_stack_weakens_later_tilts_more(tmp_path):
+    tilts, images = _series(tmp_path, n=5)
+    res = assemble_series("TS_9", tilts, tmp_path / "out", exposure_filtered=True)
+    expected = sorted(tilts, key=lambda t: t.tilt_deg)
+    with mrcfile.open(res.stacks["exposure_filtered"]) as m:
+        for z, t in enumerate(expected):
+            ref = exposure_filter(images[("sum", t.movie)], pixel_size_A=PIXEL_A,
+                                  dose_e_A2=t.pre_exposure_e_A2 + t.dose_e_A2)
+            np.testing.assert_allclose(m.data[z], ref, atol=1e-4)
+            noise_in = np.std(images[("sum", t.movie)])
+            assert np.std(m.data[z]) < noise_in
+
+
+def test_tilt_of_another_shape_or_missing_output_is_an_error_naming_the_file(tmp_path):
+    tilts, _ = _series(tmp_path, n=3)
+    bad = _write(tmp_path / "bad.mrc", np.zeros((10, 10)))
+    odd_one = StackTilt(**{**{f: getattr(tilts[2], f) for f in StackTilt.__slots__},
+                           "outputs": {**tilts[2].outputs, "sum": bad}})
+    with pytest.raises(CorrectionError, match="bad.mrc"):
+        assemble_series("TS_9", [tilts[0], tilts[1], odd_one], tmp_path / "out")
+    missing = StackTilt(**{**{f: getattr(tilts[2], f) for f in StackTilt.__slots__},
+                           "outputs": {"sum": tilts[2].outputs["sum"]}})
+    with pytest.raises(CorrectionError, match="no 'dw' output"):
+        assemble_series("TS_9", [tilts[0], tilts[1], missing], tmp_path / "out")
+    assert not list((tmp_path / "out" / "TS_9").glob("*.mrc"))

@@ -1,0 +1,96 @@
+"""Atomic writers: results read back with mrcfile/json; a failed write leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+
+from correction.write import write_json_atomic, write_mrc_atomic
+
+
+def test_mrc_image_round_trips_with_pixel_size_and_valid_header(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(64, 48)).astype(np.float32)
+    path = write_mrc_atomic(tmp_path / "S.mrc", data, pixel_size_A=1.06)
+    with mrcfile.open(path, permissive=False) as mrc:
+        np.testing.assert_array_equal(mrc.data, data)
+        assert mrc.voxel_size.x == pytest.approx(1.06)
+        assert mrc.header.mode == 2
+        assert mrc.header.dmean == pytest.approx(data.mean(), abs=1e-5)
+        assert mrc.header.rms == pytest.approx(data.std(), rel=1e-5)
+    assert mrcfile.validate(str(path), print_file=open(os.devnull, "w"))
+
+
+def test_mrc_stack_round_trips(tmp_path):
+    data = np.arange(3 * 8 * 10, dtype=np.float64).reshape(3, 8, 10)
+    path = write_mrc_atomic(tmp_path / "stack.mrcs", data, pixel_size_A=2.0,
+                            labels=("source: movie_001.tif",))
+    with mrcfile.open(path) as mrc:
+        assert mrc.data.dtype == np.float32
+        np.testing.assert_array_equal(mrc.data, data.astype(np.float32))
+        assert mrc.header.nz == 3
+        assert b"movie_001.tif" in mrc.header.label[1]
+
+
+def test_unknown_pixel_size_is_written_as_zero(tmp_path):
+    path = write_mrc_atomic(tmp_path / "S.mrc", np.ones((4, 4)), pixel_size_A=None)
+    with mrcfile.open(path) as mrc:
+        assert mrc.voxel_size.x == 0
+
+
+def test_failure_mid_write_leaves_no_target_and_no_temp(tmp_path, monkeypatch):
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        write_mrc_atomic(tmp_path / "S.mrc", np.ones((16, 16)), pixel_size_A=1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_leaves_the_old_target_untouched(tmp_path, monkeypatch):
+    target = tmp_path / "S.motion.json"
+    write_json_atomic(target, {"version": 1})
+    before = target.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"version": 2})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["S.motion.json"]
+
+
+def test_temporary_file_is_a_dotfile_in_the_target_folder(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy_replace(src, dst):
+        seen.append((str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    write_json_atomic(tmp_path / "S.motion.json", {"a": 1})
+    (src, dst), = seen
+    assert os.path.dirname(src) == str(tmp_path)
+    assert os.path.basename(src) == f".S.motion.json.tmp-{os.getpid()}"
+    assert dst == str(tmp_path / "S.motion.json")
+
+
+def test_json_round_trips_numpy_values(tmp_path):
+    obj = {"frames": np.int64(10), "shifts": np.zeros((2, 2)), "pixel_size_A": np.float32(1.5)}
+    path = write_json_atomic(tmp_path / "S.motion.json", obj)
+    assert json.loads(path.read_text()) == {"frames": 10, "shifts": [[0.0, 0.0], [0.0, 0.0]],
+                                            "pixel_size_A": 1.5}
+
+
+def test_unserialisable_json_leaves_nothing(tmp_path):
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "S.motion.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []

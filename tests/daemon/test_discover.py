@@ -1,0 +1,145 @@
+"""Discovery: what a scan sees, what it ignores, and when polling is used."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.discover import Discovery, filesystem_type, is_temporary_name, needs_polling, scan
+
+
+def touch(path: Path, data: bytes = b"x", mtime_ns: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+@pytest.mark.parametrize("name", [".a.mrc", ".S.mrc.tmp-123", "a.mrc.tmp", "a.mrc.part", "a.mrc~",
+                                  "#a.mrc#", "~$a.tif", "stack.mrc.openTS", "a.tif.partial"])
+def test_temporary_names_and_dotfiles_are_recognised(name):
+    assert is_temporary_name(name)
+
+
+@pytest.mark.parametrize("name", ["a.mrc", "Position_1_001.tif", "x.eer", "a.mrc.mdoc", "tmp.mrc"])
+def test_ordinary_names_are_not_temporary(name):
+    assert not is_temporary_name(name)
+
+
+def test_scan_finds_movies_recursively_in_acquisition_order_and_skips_temporaries(tmp_path):
+    touch(tmp_path / "grid1" / "b.tif", mtime_ns=2_000_000_000)
+    touch(tmp_path / "a.mrc", mtime_ns=3_000_000_000)
+    touch(tmp_path / "grid1" / "sq2" / "c.EER", mtime_ns=1_000_000_000)
+    touch(tmp_path / "a.mrc.mdoc", mtime_ns=4_000_000_000)
+    touch(tmp_path / ".hidden.mrc")
+    touch(tmp_path / "d.mrc.part")
+    touch(tmp_path / ".trash" / "e.mrc")
+    touch(tmp_path / "notes.txt")
+    result = scan(tmp_path)
+    names = [(o.path.name, o.kind) for o in result.observations]
+    assert names == [("c.EER", "movie"), ("b.tif", "movie"), ("a.mrc", "movie"),
+                     ("a.mrc.mdoc", "metadata")]
+    assert result.skipped == () and result.errors == ()
+
+
+def test_scan_never_descends_into_the_output_folder_inside_the_watch_folder(tmp_path):
+    touch(tmp_path / "a.mrc")
+    touch(tmp_path / "motioncorr" / "a.mrc")  # an output with a movie's name
+    result = scan(tmp_path, exclude=[tmp_path / "motioncorr"])
+    assert [o.path for o in result.observations] == [tmp_path / "a.mrc"]
+
+
+def test_a_directory_with_a_movie_name_is_reported_as_skipped_with_a_reason(tmp_path):
+    (tmp_path / "x.mrc").mkdir()
+    result = scan(tmp_path)
+    assert result.observations == ()
+    assert result.skipped == ((tmp_path / "x.mrc", "not a regular file (a directory with a movie's name)"),)
+
+
+def test_a_dangling_symlink_does_not_drop_the_scan(tmp_path):
+    touch(tmp_path / "a.mrc")
+    (tmp_path / "b.mrc").symlink_to(tmp_path / "missing.mrc")
+    result = scan(tmp_path)
+    assert [o.path.name for o in result.observations] == ["a.mrc"]
+
+
+def test_filesystem_type_uses_the_longest_mount_prefix(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n//cam/share /mnt/camera cifs rw 0 0\n"
+                      "server:/x /mnt/cam nfs4 rw 0 0\n")
+    assert filesystem_type(Path("/mnt/camera/session"), mounts_file=mounts) == "cifs"
+    assert filesystem_type(Path("/mnt/cam/s"), mounts_file=mounts) == "nfs4"
+    assert filesystem_type(Path("/mnt/cameras"), mounts_file=mounts) == "ext4"
+
+
+@pytest.mark.parametrize("fs,expected", [("cifs", True), ("smb3", True), ("nfs", True),
+                                         ("nfs4", True), ("fuse.sshfs", True), ("ext4", False),
+                                         ("xfs", False), (None, False)])
+def test_network_and_fuse_file_systems_need_polling(fs, expected):
+    assert needs_polling(fs) is expected
+
+
+def test_auto_polling_on_a_network_mount_uses_rescans_only(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"//cam/share {tmp_path} cifs rw 0 0\n")
+    events = []
+    with Discovery(tmp_path, polling="auto", mounts_file=mounts,
+                   log=lambda e, **kw: events.append(e)) as discovery:
+        assert not discovery.uses_events
+        assert "cifs" in discovery.state().reason
+
+
+def test_inotify_events_wake_the_scanner(tmp_path):
+    import threading
+
+    woke = threading.Event()
+    with Discovery(tmp_path, polling="off", wake=woke.set) as discovery:
+        assert discovery.uses_events
+        touch(tmp_path / "new.mrc")
+        assert woke.wait(5.0)
+
+
+def test_observer_that_cannot_start_falls_back_to_rescans(tmp_path, monkeypatch):
+    import watchdog.observers
+
+    class Broken:
+        daemon = True
+
+        def schedule(self, *a, **k):
+            raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", Broken)
+    logged = []
+    with Discovery(tmp_path, polling="off", log=lambda e, **kw: logged.append((e, kw))) as d:
+        assert not d.uses_events
+        touch(tmp_path / "a.mrc")
+        assert [o.path.name for o in d.scan().observations] == ["a.mrc"]
+    assert logged and logged[0][0] == "discovery_fallback"
+    assert "watch limit" in logged[0][1]["reason"]
+
+
+def test_a_dead_observer_thread_is_noticed_and_rescans_continue(tmp_path):
+    logged = []
+    with Discovery(tmp_path, polling="off", log=lambda e, **kw: logged.append(e)) as d:
+        d._observer.stop()
+        d._observer.join(5)
+        d.check_observer()
+        assert not d.uses_events
+        assert logged == ["discovery_fallback"]
+        touch(tmp_path / "a.mrc")
+        assert len(d.scan().observations) == 1
+
+
+def test_an_event_queue_overflow_is_logged_and_wakes_a_rescan(tmp_path):
+    import logging
+    import threading
+
+    woke = threading.Event()
+    logged = []
+    with Discovery(tmp_path, polling="off", wake=woke.set,
+                   log=lambda e, **kw: logged.append(e)):
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        assert woke.is_set()
+    assert logged == ["discovery_event_overflow"]

@@ -1,0 +1,43 @@
+"""Logging: JSON lines off a terminal, journald priority prefixes under systemd."""
+
+import io
+import json
+
+import structlog
+
+from daemon.logs import configure_logging, get_logger, running_under_journald
+
+
+def test_json_lines_carry_the_movie_path_and_level():
+    out = io.StringIO()
+    configure_logging(stream=out, journald=False)
+    get_logger(movie="/d/a.mrc").warning("movie_failed", reason="x")
+    line = json.loads(out.getvalue())
+    assert (line["event"], line["movie"], line["level"]) == ("movie_failed", "/d/a.mrc", "warning")
+    structlog.reset_defaults()
+
+
+def test_under_journald_every_line_starts_with_its_priority():
+    out = io.StringIO()
+    configure_logging(stream=out, journald=True)
+    log = get_logger()
+    log.error("e")
+    log.warning("w")
+    log.info("i")
+    prefixes = [line[:3] for line in out.getvalue().splitlines()]
+    assert prefixes == ["<3>", "<4>", "<6>"]
+    assert json.loads(out.getvalue().splitlines()[0][3:])["event"] == "e"
+    structlog.reset_defaults()
+
+
+def test_journald_is_detected_from_journal_stream():
+    assert running_under_journald({"JOURNAL_STREAM": "8:1234"})
+    assert not running_under_journald({})
+
+
+def test_debug_events_are_filtered_at_info_level():
+    out = io.StringIO()
+    configure_logging(stream=out, level="info", journald=False)
+    get_logger().debug("hidden")
+    assert out.getvalue() == ""
+    structlog.reset_defaults()

@@ -1,0 +1,168 @@
+"""SerialEM mdoc parsing: real files (tests/data/mdoc, see PROVENANCE.md) and damaged variants."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from daemon.mdoc import (
+    TIMESTAMP_EPOCH,
+    frame_path_basename,
+    parse_datetime,
+    parse_mdoc,
+    parse_mdoc_text,
+    read_mdoc,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "mdoc"
+#: GPL-3 files are not copied into the project; read them next to the checkout when present.
+CRYOCAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "mdoc" / "cryocat"
+needs_cryocat = pytest.mark.skipif(
+    not CRYOCAT.is_dir(), reason=f"GPL-3 cryoCAT mdocs not found at {CRYOCAT} (not copied: licence)")
+
+
+def test_ts01_has_41_tilt_sections_with_two_digit_year_datetimes_and_windows_paths():
+    md = read_mdoc(DATA / "TS_01.mrc.mdoc")
+    assert md.kind == "tilt_series" and not md.is_montage
+    assert len(md.sections) == 41 and all(s.complete for s in md.sections)
+    s0 = md.sections[0]
+    assert s0.z_value == 0 and s0.tilt_deg == pytest.approx(0.000999877)
+    assert s0.exposure_dose_e_A2 == 0.0 and s0.dose_rate_e_px_s is None
+    assert s0.datetime == dt.datetime(2015, 11, 30, 15, 21, 38)
+    assert s0.sub_frame_name == "TS_01_000_0.0.mrc"
+    assert s0.num_subframes == 8 and s0.pixel_spacing_A == 5.4 and s0.exposure_time_s == 0.8
+    assert md.image_file == "TS_01.mrc" and md.warnings == ()
+
+
+def test_murfey_file_four_digit_years_unc_paths_dose_rate_and_zero_frame_doses():
+    md = read_mdoc(DATA / "test_1.mdoc")
+    assert md.kind == "tilt_series" and len(md.sections) == 11
+    s = md.sections[0]
+    assert s.datetime == dt.datetime(2022, 8, 1, 18, 58, 35)
+    assert s.sub_frame_name == "chrom_07_ts_010_167_000_-0.0.mrc"
+    assert s.dose_rate_e_px_s == pytest.approx(5.45454)
+    assert s.frame_doses_and_numbers == ((0.0, 7), (0.0, 3))
+    assert s.voltage_kV == 300  # from the global value
+
+
+def test_crlf_and_lf_versions_parse_to_the_same_sections():
+    raw = (DATA / "test_1.mdoc").read_bytes()
+    lf = parse_mdoc(raw)
+    crlf = parse_mdoc(raw.replace(b"\n", b"\r\n"))
+    assert [s.items for s in crlf.sections] == [s.items for s in lf.sections]
+    assert all(s.complete for s in crlf.sections)
+
+
+def _dose_fields(s):
+    return (s.tilt_deg, s.exposure_dose_e_A2, s.frame_doses_and_numbers, s.sub_frame_name,
+            s.datetime, s.prior_record_dose_e_A2, s.dose_rate_e_px_s, s.exposure_time_s,
+            s.pixel_spacing_A, s.binning, s.num_subframes, s.timestamp_s)
+
+
+@pytest.mark.parametrize("name, step", [("TS_01.mrc.mdoc", 61), ("test_1.mdoc", 29),
+                                        ("Position_10.mdoc", 3), ("frame_set_single.mdoc", 2)])
+def test_every_cut_point_keeps_complete_sections_exact_and_marks_the_cut_one(name, step):
+    """A file read while SerialEM appends: whatever the byte at which it is cut, the parser
+    never raises, every section it calls complete has the full file's values, and only the
+    last section can be incomplete. (Checked at every byte offset of these files once; the
+    test samples offsets to stay fast.)"""
+    raw = (DATA / name).read_bytes()
+    full = parse_mdoc(raw).sections
+    for cut in list(range(0, len(raw), step)) + [len(raw) - 1]:
+        md = parse_mdoc(raw[:cut])
+        incomplete = [s for s in md.sections if not s.complete]
+        assert len(incomplete) <= 1
+        if incomplete:
+            assert incomplete[0] is md.sections[-1] and incomplete[0].warnings
+        for s in md.sections:
+            if s.complete:
+                assert _dose_fields(s) == _dose_fields(full[s.index]), cut
+
+
+def test_file_without_final_newline_keeps_its_complete_last_section():
+    md = read_mdoc(DATA / "Position_10.mdoc")
+    assert len(md.sections) == 3 and all(s.complete for s in md.sections)
+    assert any("no newline" in w for w in md.warnings)
+    last = md.sections[-1]
+    assert last.sub_frame_name == "Position_10_003_-23.00_20230324_121457_EER.eer"
+    assert last.prior_record_dose_e_A2 == pytest.approx(13.58)
+    assert last.datetime == dt.datetime(2023, 3, 24, 12, 15, 0)
+
+
+def test_montage_mdoc_is_recognised_and_not_a_tilt_series():
+    md = read_mdoc(DATA / "montage_section.mdoc")
+    assert md.kind == "montage" and md.is_montage
+    text = "ImageFile = m.mrc\n\n[MontSection = 0]\nTiltAngle = 0\n\n[ZValue = 0]\nTiltAngle = 0\n"
+    assert parse_mdoc_text(text).kind == "montage"
+
+
+def test_frame_mdoc_is_kind_frames_with_expanded_frame_doses():
+    md = read_mdoc(DATA / "frame_set_single.mdoc")
+    assert md.kind == "frames" and len(md.sections) == 1
+    s = md.sections[0]
+    assert s.kind == "FrameSet" and s.complete
+    assert s.sub_frame_name == "s_mmm_00993_33.0_Oct08_07.39.05.tif"
+    assert s.frame_doses_e_A2 == (0.63824,) * 12 and s.num_subframes == 12
+    assert s.binning == 0.5 and s.exposure_dose_e_A2 == pytest.approx(7.65892)
+    assert md.titles and md.titles[0].startswith("SerialEM: UMass_Krios")
+
+
+def test_hand_edited_portal_mdoc_parses_with_sections_lacking_dose_and_time():
+    md = read_mdoc(DATA / "close-TS_run1.mdoc")
+    assert md.kind == "tilt_series" and len(md.sections) == 9
+    assert md.sections[0].exposure_dose_e_A2 == pytest.approx(2.35936)
+    rest = md.sections[1:]
+    assert all(s.exposure_dose_e_A2 is None and s.datetime is None for s in rest)
+    assert [s.sub_frame_name for s in rest] == [f"TS_run1_{i}.tiff" for i in range(2, 10)]
+
+
+def test_bad_values_become_warnings_not_errors():
+    text = ("[ZValue = 0]\nTiltAngle = abc\nExposureDose = 3\nFrameDosesAndNumber = 0.1 2 0.3\n"
+            "DateTime = 31-Foo-23 10:00:00\nnot a key value line\nExposureDose = 4\n")
+    md = parse_mdoc_text(text, path="x.mdoc")
+    s = md.sections[0]
+    assert s.tilt_deg is None and s.frame_doses_and_numbers is None and s.datetime is None
+    assert s.exposure_dose_e_A2 == 4.0  # the last value wins, with a warning
+    joined = " ".join(s.warnings)
+    for expected in ("TiltAngle", "FrameDosesAndNumber", "DateTime", "no '='", "repeats ExposureDose"):
+        assert expected in joined
+
+
+def test_timestamp_is_seconds_since_2020_and_preferred_for_acquisition_time():
+    text = "[ZValue = 0]\nTiltAngle = 0\nTimeStamp = 86461\nDateTime = 01-Jan-2020  00:00:00\n"
+    s = parse_mdoc_text(text).sections[0]
+    assert s.timestamp_s == 86461
+    assert s.acquired_at == TIMESTAMP_EPOCH + dt.timedelta(days=1, seconds=61)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("30-Nov-15  15:21:38", dt.datetime(2015, 11, 30, 15, 21, 38)),
+    ("01-Aug-2022  18:58:35", dt.datetime(2022, 8, 1, 18, 58, 35)),
+    ("6-Jun-23 23:19:46", dt.datetime(2023, 6, 6, 23, 19, 46)),
+    ("31-Feb-23 10:00:00", None), ("", None), ("yesterday", None)])
+def test_datetime_accepts_two_and_four_digit_years_and_rejects_nonsense(text, expected):
+    assert parse_datetime(text) == expected
+
+
+@pytest.mark.parametrize("path, name", [
+    (r"D:\DATA\Flo\frames\TS_01_000_0.0.mrc", "TS_01_000_0.0.mrc"),
+    (r"\\192.168.10.81\Storage\\x\chrom_000_-0.0.mrc", "chrom_000_-0.0.mrc"),
+    ("/data/frames/a.tif", "a.tif"), ("a.eer", "a.eer"), ("  ", None), (None, None)])
+def test_sub_frame_path_is_matched_on_its_basename(path, name):
+    assert frame_path_basename(path) == name
+
+
+@needs_cryocat
+def test_ts017_and_ts019_frame_mdocs_parse_completely():
+    md = read_mdoc(CRYOCAT / "017.mdoc")
+    assert md.kind == "tilt_series" and len(md.sections) == 60
+    assert all(s.complete and s.prior_record_dose_e_A2 is not None for s in md.sections)
+    assert md.sections[0].frame_doses_and_numbers == ((0.023687, 3), (0.035531, 7))
+    frames = sorted((CRYOCAT / "frames_mdoc").glob("*.mdoc"))
+    assert len(frames) == 61
+    for f in frames:
+        fm = read_mdoc(f)
+        assert fm.kind == "frames" and fm.sections[0].complete
+        assert fm.sections[0].sub_frame_name == f.name[: -len(".mdoc")]

@@ -1,0 +1,295 @@
+"""The ZeroMQ feed: envelope, seq, non-blocking publication, late joiners, security, messages."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from daemon.publish import (
+    SCHEMA,
+    DriftRules,
+    PublishConfig,
+    PublishConfigError,
+    Publisher,
+    PublishError,
+    Subscriber,
+    TiltInfo,
+    endpoint_is_local,
+    movie_message,
+    movie_warnings,
+)
+
+PIXEL_SIZE_A = 1.5
+
+
+def motion_record(name: str = "TS_01_000_0.0.tif", n_frames: int = 10, step_px: float = 0.5,
+                  total_A: float | None = None) -> dict:
+    """A motion record in the documented shape (schema motionwatch.motion/1)."""
+    shifts = [[i * step_px, -0.5 * i * step_px] for i in range(n_frames)]
+    total = total_A if total_A is not None else (n_frames - 1) * step_px * PIXEL_SIZE_A * 1.118
+    return {
+        "schema": "motionwatch.motion/1",
+        "movie": f"/data/session/{name}",
+        "pixel_size_A": PIXEL_SIZE_A,
+        "global_shifts_px": shifts,
+        "drift": {"total_A": total, "early_A": total / 3, "late_A": total / 2,
+                  "max_frame_jump_A": step_px * PIXEL_SIZE_A * 1.118},
+        "dose": {"per_frame_e_A2": 0.3, "total_e_A2": 0.3 * n_frames, "pre_exposure_e_A2": 0.0},
+        "local": {"applied": True, "mean_magnitude_A": 1.25,
+                  "patch_shifts_px": [[[0.0, 0.0]] * n_frames] * 4},
+        "resolution": {"method": "even_odd_frc", "resolution_A": 4.2, "status": "crossing",
+                       "threshold": 1 / 7},
+        "timings_s": {"read": 0.1, "align": 0.4, "total": 0.7},
+        "outputs": {"sum": f"/out/{name}.mrc", "record": f"/out/{name}.motion.json"},
+    }
+
+
+def receive_until(sub: Subscriber, done: Callable[[list], bool], timeout_s: float = 10.0) -> list:
+    """Messages received until ``done(messages)`` holds; fails the test after ``timeout_s``."""
+    got: list[tuple[str, dict]] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(got):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out; received {[t for t, _ in got]}"
+        msg = sub.receive(min(remaining, 0.5))
+        if msg is not None:
+            got.append(msg)
+    return got
+
+
+def has_topic(topic: str, n: int = 1) -> Callable[[list], bool]:
+    return lambda got: sum(t == topic for t, _ in got) >= n
+
+
+@pytest.fixture
+def publisher():
+    pub = Publisher(PublishConfig(endpoint="tcp://127.0.0.1:*"), host="test-host").start()
+    yield pub
+    pub.close()
+
+
+@pytest.fixture
+def short_dir():
+    """A short folder for ipc:// endpoints (socket paths are limited to ~100 characters)."""
+    path = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_real_sub_socket_receives_every_topic_with_schema_seq_time_host_and_session(publisher):
+    with Subscriber(publisher.endpoint) as sub:
+        receive_until(sub, has_topic("state"))  # the subscription has reached the publisher
+        publisher.series("started", "TS_01", n_done=0, n_expected=3)
+        publisher.movie(motion_record(), TiltInfo(series="TS_01", tilt_deg=0.0, acquisition_index=0))
+        publisher.heartbeat(backlog=2, done=1, failed=0, last_movie="/data/session/a.tif")
+        publisher.error("/data/session/bad.tif", "TruncatedMovieError: 38 of 40 frames\nreadable")
+        publisher.warning("dose_fallback", "no mdoc", path="/data/session/x.tif")
+        got = receive_until(sub, has_topic("warning"))
+    topics = [t for t, _ in got]
+    assert topics == ["series", "movie", "heartbeat", "error", "warning"]
+    seqs = [b["seq"] for _, b in got]
+    assert seqs == list(range(seqs[0], seqs[0] + 5))  # one counter across topics, no gaps
+    for _, body in got:
+        assert body["schema"] == SCHEMA
+        assert body["host"] == "test-host"
+        assert body["session"] == publisher.session and uuid.UUID(body["session"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["time"])
+        assert datetime.fromisoformat(body["time"]).utcoffset().total_seconds() == 0
+    heartbeat = got[2][1]
+    assert heartbeat["version"] and heartbeat["uptime_s"] >= 0 and heartbeat["backlog"] == 2
+    assert got[3][1]["reason"] == "TruncatedMovieError: 38 of 40 frames readable"  # one line
+
+
+def test_movie_message_values_equal_the_motion_record_with_shifts_converted_to_angstrom():
+    record = motion_record(n_frames=5, step_px=2.0)
+    tilt = TiltInfo(series="TS_01", tilt_deg=-3.0, acquisition_index=1, pre_exposure_e_A2=3.0,
+                    dose_source="series_mdoc")
+    body = movie_message(record, tilt)
+    assert body["path"] == "/data/session/TS_01_000_0.0.tif" and body["name"] == "TS_01_000_0.0.tif"
+    assert body["shifts_A"] == [[dx * PIXEL_SIZE_A, dy * PIXEL_SIZE_A]
+                                for dx, dy in record["global_shifts_px"]]
+    assert body["drift"] == record["drift"]
+    assert body["timings_s"] == record["timings_s"] and body["outputs"] == record["outputs"]
+    assert body["n_frames"] == 5 and body["tilt_deg"] == -3.0 and body["acquisition_index"] == 1
+    assert body["dose"] == {"per_frame_e_A2": 0.3, "total_e_A2": 1.5, "pre_exposure_e_A2": 3.0,
+                            "source": "series_mdoc", "fallback": None}
+    assert body["local"] == {"applied": True, "mean_magnitude_A": 1.25}  # arrays stay in the record
+    assert body["resolution"]["resolution_A"] == 4.2
+    with pytest.raises(ValueError, match="global_shifts_px"):
+        movie_message({k: v for k, v in record.items() if k != "global_shifts_px"})
+
+
+def test_drift_rules_warn_above_thresholds_and_on_dose_fallback_only():
+    rules = DriftRules(max_total_drift_A=40.0, max_frame_jump_A=10.0)
+    calm = movie_message(motion_record(total_A=12.0), TiltInfo(series="S"))
+    assert movie_warnings(calm, rules) == []
+    bad = movie_message(motion_record(total_A=55.5, step_px=8.0),
+                        TiltInfo(series="S", tilt_deg=30.0, dose_fallback="no ExposureDose in mdoc"))
+    warnings = movie_warnings(bad, rules)
+    assert [w["kind"] for w in warnings] == ["drift_total", "drift_jump", "dose_fallback"]
+    assert warnings[0]["value"] == 55.5 and warnings[0]["threshold"] == 40.0
+    assert "55.5 Å above 40 Å" in warnings[0]["message"] and warnings[0]["tilt_deg"] == 30.0
+    assert movie_warnings(bad, DriftRules(max_total_drift_A=None, max_frame_jump_A=None))[0][
+        "kind"] == "dose_fallback"
+
+
+def test_movie_with_excessive_drift_is_followed_by_a_warning_message(publisher):
+    with Subscriber(publisher.endpoint) as sub:
+        receive_until(sub, has_topic("state"))
+        publisher.movie(motion_record(total_A=80.0), TiltInfo(series="S", tilt_deg=12.0))
+        got = receive_until(sub, has_topic("warning"))
+    assert [t for t, _ in got] == ["movie", "warning"]
+    assert got[1][1]["kind"] == "drift_total" and got[1][1]["path"] == got[0][1]["path"]
+
+
+def test_malformed_record_publishes_an_error_instead_of_raising(publisher):
+    with Subscriber(publisher.endpoint) as sub:
+        receive_until(sub, has_topic("state"))
+        assert publisher.movie({"movie": "/d/a.tif"}) is False
+        got = receive_until(sub, has_topic("error"))
+    assert "motion record lacks" in got[-1][1]["reason"] and got[-1][1]["path"] == "/d/a.tif"
+
+
+def test_publishing_10000_movies_returns_with_no_subscriber_and_with_a_subscriber_that_never_reads():
+    record = motion_record(n_frames=20)
+    config = PublishConfig(endpoint="tcp://127.0.0.1:*", send_hwm=50, queue_size=1000)
+    with Publisher(config) as pub:
+        for i in range(10_000):  # no subscriber at all
+            pub.movie(record, TiltInfo(series="S", acquisition_index=i))
+        ctx = zmq.Context()
+        stuck = ctx.socket(zmq.SUB)  # connects, subscribes, never reads
+        stuck.setsockopt(zmq.RCVHWM, 10)
+        stuck.setsockopt(zmq.RCVBUF, 4096)
+        stuck.setsockopt(zmq.SUBSCRIBE, b"")
+        stuck.connect(pub.endpoint)
+        deadline = time.monotonic() + 10
+        while pub.stats.subscriptions < 1:
+            assert time.monotonic() < deadline, "stuck subscriber never subscribed"
+            time.sleep(0.01)
+        finished = threading.Event()
+
+        def flood() -> None:
+            for i in range(10_000):
+                pub.movie(record, TiltInfo(series="S", acquisition_index=i))
+            finished.set()
+
+        caller = threading.Thread(target=flood)
+        caller.start()
+        caller.join(60)  # generous: the point is that the calls return, not how fast
+        assert finished.is_set(), "publishing blocked behind a subscriber that never reads"
+        stats = pub.stats
+        assert stats.sent + stats.dropped + stats.queued == 20_000 + 1  # + the state snapshot
+        # the publisher still serves a healthy subscriber while the stuck one sits there
+        with Subscriber(pub.endpoint) as healthy:
+            receive_until(healthy, has_topic("state"))
+            pub.heartbeat(backlog=0, done=20_000, failed=0)
+            receive_until(healthy, has_topic("heartbeat"))
+        stuck.close(linger=0)
+        ctx.term()
+
+
+def test_queue_overflow_drops_oldest_counts_drops_and_shows_them_as_a_seq_gap(short_dir):
+    endpoint = f"ipc://{short_dir}/feed"
+    pub = Publisher(PublishConfig(endpoint=endpoint, queue_size=5))
+    for i in range(12):  # socket thread not started yet: the queue fills up
+        pub.heartbeat(backlog=i, done=0, failed=0)
+    assert pub.stats.dropped == 7 and pub.stats.queued == 5
+    with pub.start(), Subscriber(endpoint) as sub:
+        got = receive_until(sub, has_topic("state"))
+    heartbeats = [b for t, b in got if t == "heartbeat"]
+    assert all(b["backlog"] >= 7 for b in heartbeats)  # the oldest were dropped
+    assert got[-1][1]["seq"] == 13  # 7 dropped + 5 sent + the state: the gap is visible
+
+
+def test_late_subscriber_gets_state_with_open_series_and_their_tilts(publisher):
+    publisher.series("started", "TS_01", n_done=0, n_expected=41, accumulated_dose_e_A2=0.0)
+    for i, angle in enumerate([0.0, 3.0, -3.0]):
+        publisher.movie(motion_record(f"TS_01_{i:03d}_{angle}.tif", total_A=5.0 + i),
+                        TiltInfo(series="TS_01", tilt_deg=angle, acquisition_index=i))
+        publisher.series("updated", "TS_01", n_done=i + 1, n_expected=41,
+                         accumulated_dose_e_A2=3.0 * (i + 1))
+    publisher.series("started", "TS_00", n_done=0)
+    publisher.series("completed", "TS_00", n_done=0)
+    publisher.movie(motion_record("single.tif"))  # outside any series
+    deadline = time.monotonic() + 10
+    while publisher.stats.sent < 10:  # everything sent before the subscriber appears
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with Subscriber(publisher.endpoint) as sub:
+        topic, state = receive_until(sub, has_topic("state"))[0]
+    assert topic == "state" and state["session"] == publisher.session
+    series = {s["series"]: s for s in state["series"]}
+    assert series["TS_00"]["status"] == "completed"
+    ts = series["TS_01"]
+    assert ts["status"] == "open" and ts["n_done"] == 3 and ts["n_expected"] == 41
+    assert ts["accumulated_dose_e_A2"] == 9.0
+    assert [t["tilt_deg"] for t in ts["tilts"]] == [0.0, 3.0, -3.0]
+    assert [t["total_A"] for t in ts["tilts"]] == [5.0, 6.0, 7.0]
+    assert ts["tilts"][0]["name"] == "TS_01_000_0.0.tif" and ts["tilts"][0]["resolution_A"] == 4.2
+    assert [m["name"] for m in state["movies"]] == ["single.tif"]
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5557", "tcp://*:5557", "tcp://eth0:5557",
+                                      "tcp://192.168.1.20:5557", "tcp://microscope.lan:5557",
+                                      "epgm://eth0;239.192.1.1:5555"])
+def test_binding_a_non_loopback_endpoint_is_refused_without_the_explicit_flag(endpoint):
+    assert not endpoint_is_local(endpoint)
+    with pytest.raises(PublishConfigError, match="publish_allow_remote = true"):
+        PublishConfig(endpoint=endpoint)
+    assert PublishConfig(endpoint=endpoint, allow_remote=True).endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5557", "tcp://127.0.0.2:1", "tcp://[::1]:5557",
+                                      "tcp://localhost:5557", "tcp://lo:5557",
+                                      "ipc:///run/motionwatch/feed", "inproc://feed"])
+def test_loopback_ipc_and_inproc_endpoints_need_no_flag(endpoint):
+    assert PublishConfig(endpoint=endpoint).endpoint == endpoint
+
+
+def test_config_reports_every_problem_at_once(tmp_path):
+    with pytest.raises(PublishConfigError) as info:
+        PublishConfig(endpoint="localhost:5557", queue_size=0,
+                      curve_secret_key=tmp_path / "missing.key_secret")
+    assert len(info.value.problems) == 3
+    assert "transport://address" in str(info.value) and "no such file" in str(info.value)
+
+
+def test_binding_an_endpoint_in_use_raises_a_publish_error_naming_it(publisher):
+    with pytest.raises(PublishError, match=re.escape(publisher.endpoint)):
+        Publisher(PublishConfig(endpoint=publisher.endpoint)).start()
+
+
+def test_curve_round_trip_admits_an_authorized_client_and_shuts_out_others(tmp_path):
+    keys, authorized, other = tmp_path / "keys", tmp_path / "authorized", tmp_path / "other"
+    for folder in (keys, authorized, other):
+        folder.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(keys, "server")
+    client_public, client_secret = zmq.auth.create_certificates(keys, "client")
+    _, stranger_secret = zmq.auth.create_certificates(other, "stranger")
+    shutil.copy(client_public, authorized)
+    config = PublishConfig(endpoint="tcp://127.0.0.1:*", curve_secret_key=Path(server_secret),
+                           curve_authorized_keys=authorized)
+    with Publisher(config) as pub:
+        plain = Subscriber(pub.endpoint)
+        stranger = Subscriber(pub.endpoint, curve_server_key=Path(server_public),
+                              curve_client_key=Path(stranger_secret))
+        with Subscriber(pub.endpoint, curve_server_key=Path(server_public),
+                        curve_client_key=Path(client_secret)) as sub:
+            receive_until(sub, has_topic("state"))
+            pub.movie(motion_record(), TiltInfo(series="TS_01", tilt_deg=0.0))
+            got = receive_until(sub, has_topic("movie"))
+        assert got[-1][1]["name"] == "TS_01_000_0.0.tif"
+        assert plain.receive(0.5) is None and stranger.receive(0.5) is None
+        plain.close()
+        stranger.close()

@@ -1,0 +1,391 @@
+"""Tilt-series grouping, dose per tilt, pre-exposure and completion (pure logic)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.mdoc import parse_mdoc_text, read_mdoc
+from daemon.series import (
+    MdocObservation,
+    MovieObservation,
+    SeriesConfig,
+    SeriesObservation,
+    SeriesState,
+    assignment_change,
+    classify_mdocs,
+    resolve,
+    update_series_state,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "mdoc"
+CRYOCAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "mdoc" / "cryocat"
+needs_cryocat = pytest.mark.skipif(
+    not CRYOCAT.is_dir(), reason=f"GPL-3 cryoCAT mdocs not found at {CRYOCAT} (not copied: licence)")
+
+
+def _movies(md, first_seen_s=0.0):
+    return [MovieObservation(s.sub_frame_name, first_seen_s) for s in md.sections if s.sub_frame_name]
+
+
+def _resolve(md, *, config=SeriesConfig(), now_s=1000.0, movies=None, frame_mdocs=None):
+    return resolve(movies if movies is not None else _movies(md), [MdocObservation(md, 0.0)],
+                   frame_mdocs or {}, config=config, now_s=now_s)
+
+
+def _independent_sections(path):
+    """(movie, ExposureDose, PriorRecordDose, DateTime) read with a plain regex, to check the
+    module against an independent reading of the file."""
+    out = []
+    for block in re.split(r"\n(?=\[ZValue)", Path(path).read_text()):
+        if not block.startswith("[ZValue"):
+            continue
+        get = lambda key: re.search(rf"^{key} = (.*)$", block, re.M).group(1).strip()  # noqa: E731
+        out.append((re.split(r"[\\/]", get("SubFramePath"))[-1], float(get("ExposureDose")),
+                    float(get("PriorRecordDose")),
+                    dt.datetime.strptime(" ".join(get("DateTime").split()), "%d-%b-%y %H:%M:%S")))
+    return out
+
+
+def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
+                        n_sections=None):
+    """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart."""
+    angles = [0.0]
+    k = 1
+    while len(angles) < n_tilts:
+        angles += [k * step, -k * step]
+        k += 1
+    angles = angles[:n_tilts]
+    t0 = dt.datetime(2024, 5, 17, 9, 58, 10)
+    rows = []
+    for i, a in enumerate(angles):
+        t = t0 + dt.timedelta(seconds=40 * i)
+        rows.append((i, a, t))
+    if sort_by_angle:
+        rows.sort(key=lambda r: r[1])
+    rows = rows[:n_sections] if n_sections is not None else rows
+    lines = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", "",
+             "[T = SerialEM: simulated dose-symmetric series]", ""]
+    for z, (i, a, t) in enumerate(rows):
+        lines += [f"[ZValue = {z}]", f"TiltAngle = {a:.3f}", f"ExposureDose = {dose}",
+                  "PixelSpacing = 1.5", "ExposureTime = 1", "NumSubFrames = 10",
+                  f"FrameDosesAndNumber = {dose / 10:g} 10", f"PriorRecordDose = {dose * i:g}",
+                  rf"SubFramePath = X:\session\frames\TS_7_{i:03d}_{a:.1f}.tif"]
+        if timestamps:
+            lines.append(f"TimeStamp = {int((t - dt.datetime(2020, 1, 1)).total_seconds())}")
+        lines += [f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}", ""]
+    return parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc"), angles
+
+
+# ---------------------------------------------------------------------------- real files
+
+
+def test_ts01_dose_comes_from_configuration_and_order_from_datetime():
+    md = read_mdoc(DATA / "TS_01.mrc.mdoc")
+    res = _resolve(md, config=SeriesConfig(dose_per_tilt_e_A2=3.0))
+    assert len(res.assignments) == 41 and not res.pending
+    by_time = sorted(md.sections, key=lambda s: s.datetime)
+    for rank, s in enumerate(by_time):
+        a = res.assignments[s.sub_frame_name]
+        assert a.series == "TS_01" and a.match_source == "series_mdoc"
+        assert (a.dose_e_A2, a.dose_source, a.order_source) == (3.0, "configured", "DateTime")
+        assert a.acquisition_index == rank
+        assert a.pre_exposure_e_A2 == pytest.approx(3.0 * rank)
+        assert a.frame_doses_e_A2 is None and any("configured" in w for w in a.warnings)
+
+
+def test_ts01_without_a_configured_dose_waits_with_a_reason_instead_of_guessing():
+    res = _resolve(read_mdoc(DATA / "TS_01.mrc.mdoc"))
+    assert not res.assignments and len(res.pending) == 41
+    first = res.pending["TS_01_000_0.0.mrc"]
+    assert "ExposureDose = 0" in first and "dose_per_tilt_e_A2" in first
+
+
+def test_murfey_dose_comes_from_dose_rate_times_exposure_over_pixel_area():
+    md = read_mdoc(DATA / "test_1.mdoc")
+    res = _resolve(md, config=SeriesConfig(dose_per_tilt_e_A2=99.0))  # must not be used
+    assert len(res.assignments) == 11
+    running = 0.0
+    for s in sorted(md.sections, key=lambda s: s.datetime):
+        a = res.assignments[s.sub_frame_name]
+        expected = s.dose_rate_e_px_s * s.exposure_time_s / 1.94 ** 2
+        assert a.dose_source == "DoseRate" and a.dose_e_A2 == pytest.approx(expected, rel=1e-12)
+        assert 2.0 < a.dose_e_A2 < 2.4
+        assert a.pre_exposure_e_A2 == pytest.approx(running)
+        assert a.frame_doses_e_A2 is None  # FrameDosesAndNumber are zeros: uniform
+        running += expected
+
+
+def test_hand_edited_portal_mdoc_first_tilt_from_metadata_rest_blocked_or_configured():
+    md = read_mdoc(DATA / "close-TS_run1.mdoc")
+    res = _resolve(md)
+    assert set(res.assignments) == {"TS_run1_1.tiff"}
+    assert res.assignments["TS_run1_1.tiff"].dose_e_A2 == pytest.approx(2.35936)
+    assert "no dose" in res.pending["TS_run1_2.tiff"]
+    assert "earlier tilt TS_run1_2.tiff" in res.pending["TS_run1_5.tiff"]
+    res = _resolve(md, config=SeriesConfig(dose_per_tilt_e_A2=2.0))
+    assert len(res.assignments) == 9
+    a5 = res.assignments["TS_run1_5.tiff"]
+    assert a5.order_source == "mdoc_section_order" and a5.acquisition_index == 4
+    assert a5.pre_exposure_e_A2 == pytest.approx(2.35936 + 3 * 2.0)
+    assert any("only 1 of 9 sections" in w for w in a5.warnings)
+
+
+def test_ot2rec_prior_record_dose_difference_is_reported():
+    md = read_mdoc(DATA / "Position_10.mdoc")
+    res = _resolve(md)
+    a = [res.assignments[s.sub_frame_name] for s in md.sections]
+    assert [x.pre_exposure_e_A2 for x in a] == pytest.approx([0.0, 2.31, 4.61])
+    assert [x.prior_record_dose_difference_e_A2 for x in a] == pytest.approx(
+        [0.0, 2.31 - 4.52, 4.61 - 13.58])
+
+
+def test_montage_mdoc_is_ignored_with_a_reason():
+    md = read_mdoc(DATA / "montage_section.mdoc")
+    res = _resolve(md, movies=[])
+    assert "montage" in res.ignored_mdocs[str(md.path)] and not res.series
+
+
+@needs_cryocat
+def test_ts017_pre_exposure_is_running_exposure_dose_sum_in_datetime_order_not_file_order():
+    md = read_mdoc(CRYOCAT / "017.mdoc")
+    res = _resolve(md)
+    assert len(res.assignments) == 60 and not res.pending
+    truth = sorted(_independent_sections(CRYOCAT / "017.mdoc"), key=lambda r: r[3])
+    running = np.concatenate([[0.0], np.cumsum([r[1] for r in truth])[:-1]])
+    for (movie, _dose, prior, _t), pre in zip(truth, running):
+        a = res.assignments[movie]
+        assert a.dose_source == "ExposureDose" and a.order_source == "DateTime"
+        assert a.pre_exposure_e_A2 == pytest.approx(pre, abs=1e-9)
+        assert a.prior_record_dose_difference_e_A2 == pytest.approx(pre - prior, abs=1e-9)
+    # the file is sorted by angle: its first section (-52 deg) was acquired last
+    assert res.assignments["017_01.mrc"].acquisition_index == 59
+    # SerialEM counted 0.0728 e/A^2 before the first tilt, and one extra exposure before the
+    # last two tilts: the differences are reported, not hidden
+    diffs = sorted(a.prior_record_dose_difference_e_A2 for a in res.assignments.values())
+    assert diffs[0] == pytest.approx(-2.3116, abs=1e-3) and diffs[1] == pytest.approx(-2.3116, abs=1e-3)
+    assert all(d == pytest.approx(-0.0728, abs=1e-3) for d in diffs[2:])  # 6-digit rounding
+    # frame doses keep FrameDosesAndNumber's shape, scaled to ExposureDose, with a warning
+    fd = res.assignments["017_01.mrc"].frame_doses_e_A2
+    assert len(fd) == 10 and sum(fd) == pytest.approx(2.23843)
+    assert fd[0] / fd[-1] == pytest.approx(0.023687 / 0.035531)
+
+
+@needs_cryocat
+def test_ts019_frame_mdocs_alone_give_series_tilts_doses_and_pre_exposures():
+    frames = {p.name[:-5]: read_mdoc(p) for p in (CRYOCAT / "frames_mdoc").glob("*.mdoc")}
+    movies = [MovieObservation(n, 0.0) for n in frames]
+    res = resolve(movies, [], frames, config=SeriesConfig(), now_s=0.0)  # no wait needed
+    assert len(res.assignments) == 61 and not res.pending and set(res.series) == {"TS_019"}
+    ordered = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    times = [frames[a.movie].sections[0].datetime for a in ordered]
+    assert times == sorted(times)
+    running = 0.0
+    for a in ordered:
+        s = frames[a.movie].sections[0]
+        assert a.match_source == "frame_mdoc" and a.dose_source == "ExposureDose"
+        assert a.tilt_deg == s.tilt_deg and a.pre_exposure_e_A2 == pytest.approx(running)
+        assert a.prior_record_dose_difference_e_A2 == pytest.approx(running - s.prior_record_dose_e_A2)
+        running += s.exposure_dose_e_A2
+    assert ordered[0].movie == "TS_019_0000_8.0.mrc"
+
+
+# ---------------------------------------------------------------------------- simulated sessions
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_dose_symmetric_pre_exposures_are_exact_in_any_arrival_order_and_after_resort(timestamps):
+    md, angles = dose_symmetric_mdoc(13, timestamps=timestamps)
+    names = [f"TS_7_{i:03d}_{a:.1f}.tif" for i, a in enumerate(angles)]
+    expected = {n: 2.5 * i for i, n in enumerate(names)}
+    rng = random.Random(5)
+    for _ in range(5):
+        shuffled = names[:]
+        rng.shuffle(shuffled)
+        subset = shuffled[: rng.randint(1, len(names))]
+        res = _resolve(md, movies=[MovieObservation(n, 0.0) for n in subset])
+        assert {n: a.pre_exposure_e_A2 for n, a in res.assignments.items()} == pytest.approx(
+            {n: expected[n] for n in subset})
+    resorted, _ = dose_symmetric_mdoc(13, timestamps=timestamps, sort_by_angle=True)
+    res = _resolve(resorted, movies=[MovieObservation(n, 0.0) for n in names])
+    assert {n: a.pre_exposure_e_A2 for n, a in res.assignments.items()} == pytest.approx(expected)
+    assert res.assignments[names[1]].order_source == ("TimeStamp" if timestamps else "DateTime")
+
+
+def test_growing_mdoc_never_changes_an_assignment_already_made():
+    """Restart safety: resolving again from the metadata (after a restart, a re-read, or with
+    more sections) gives every earlier movie the same record, so nothing is counted twice."""
+    full, angles = dose_symmetric_mdoc(11)
+    names = [f"TS_7_{i:03d}_{a:.1f}.tif" for i, a in enumerate(angles)]
+    final = _resolve(full, movies=[MovieObservation(n, 0.0) for n in names]).assignments
+    for k in range(1, 12):
+        partial, _ = dose_symmetric_mdoc(11, n_sections=k)
+        res = _resolve(partial, movies=[MovieObservation(n, 0.0) for n in names], now_s=10.0)
+        assert set(res.assignments) == set(names[:k])
+        assert all("waiting" in res.pending[n] for n in names[k:])
+        for n, a in res.assignments.items():
+            assert assignment_change(a.record(), final[n], tolerance_e_A2=1e-9) is None
+
+
+def test_changed_metadata_after_correction_is_detected_for_redo():
+    md, angles = dose_symmetric_mdoc(5)
+    name = f"TS_7_002_{angles[2]:.1f}.tif"
+    before = _resolve(md).assignments[name].record()
+    changed, _ = dose_symmetric_mdoc(5, dose=3.0)
+    after = _resolve(changed).assignments[name]
+    why = assignment_change(before, after, tolerance_e_A2=0.01)
+    assert "dose" in why and "pre-exposure" in why and "frame doses" in why
+    assert assignment_change(None, after, tolerance_e_A2=0.01) == "no tilt record"
+
+
+def test_section_being_written_holds_its_series_then_is_used_after_the_wait():
+    md, angles = dose_symmetric_mdoc(4)
+    cut_text = _mdoc_text_cut_before_datetime_of_last(md)
+    cut = parse_mdoc_text(cut_text, path="/w/TS_7.mrc.mdoc")
+    assert not cut.sections[-1].complete
+    movies = [MovieObservation(f"TS_7_{i:03d}_{a:.1f}.tif", 0.0) for i, a in enumerate(angles)]
+    held = resolve(movies, [MdocObservation(cut, 100.0)], {}, config=SeriesConfig(), now_s=110.0)
+    assert not held.assignments and all("being written" in r for r in held.pending.values())
+    later = resolve(movies, [MdocObservation(cut, 100.0)], {}, config=SeriesConfig(), now_s=200.0)
+    assert len(later.assignments) == 4
+    last = later.assignments[movies[-1].name]
+    assert last.pre_exposure_e_A2 == pytest.approx(7.5)
+    assert any("incomplete section" in w for w in last.warnings)
+
+
+def _mdoc_text_cut_before_datetime_of_last(md):
+    lines = []
+    for s in md.sections:
+        lines.append(f"[ZValue = {s.z_value}]")
+        items = list(s.items)
+        if s is md.sections[-1]:
+            items = [kv for kv in items if kv[0] != "DateTime"]
+        lines += [f"{k} = {v}" for k, v in items] + [""]
+    return "\n".join(lines)
+
+
+def test_movie_without_metadata_waits_then_uses_file_name_and_configured_dose():
+    cfg = SeriesConfig(dose_per_tilt_e_A2=3.0, metadata_wait_s=30.0)
+    names = ["Pos3_002_3.0.tif", "Pos3_000_0.0.tif", "Pos3_001_-3.0.tif", "gridsquare_17.tif"]
+    movies = [MovieObservation(n, 100.0, mtime_ns=i) for i, n in enumerate(names)]
+    early = resolve(movies, [], {}, config=cfg, now_s=120.0)
+    assert not early.assignments and len(early.pending) == 4
+    late = resolve(movies, [], {}, config=cfg, now_s=131.0)
+    assert late.standalone == {"gridsquare_17.tif"}
+    a = late.assignments
+    assert {n: (x.series, x.tilt_deg, x.pre_exposure_e_A2) for n, x in a.items()} == {
+        "Pos3_000_0.0.tif": ("Pos3", 0.0, 0.0), "Pos3_001_-3.0.tif": ("Pos3", -3.0, 3.0),
+        "Pos3_002_3.0.tif": ("Pos3", 3.0, 6.0)}
+    assert all(x.match_source == "filename" and x.order_source == "filename_index"
+               and x.dose_source == "configured" for x in a.values())
+
+
+def test_assignment_gives_dose_params_with_frame_doses_when_counts_match():
+    md, angles = dose_symmetric_mdoc(3)
+    a = _resolve(md).assignments[f"TS_7_002_{angles[2]:.1f}.tif"]
+    p = a.dose_params(voltage_kV=300.0, n_frames=10)
+    assert p.frame_doses_e_A2 == pytest.approx((0.25,) * 10) and p.pre_exposure_e_A2 == 5.0
+    p = a.dose_params(voltage_kV=300.0, n_frames=7)  # e.g. EER fractions
+    assert p.frame_doses_e_A2 == pytest.approx((2.5 / 7,) * 7)
+    p = a.dose_params(voltage_kV=200.0)
+    assert p.total_dose_e_A2 == 2.5 and p.voltage_kV == 200.0
+    rec = a.record()
+    assert rec["pre_exposure_e_A2"] == 5.0 and rec["dose_source"] == "ExposureDose"
+
+
+def test_config_rejects_a_pattern_without_series_and_angle_groups():
+    with pytest.raises(ValueError, match="series"):
+        SeriesConfig(filename_pattern=r"^(?P<series>\w+)\.tif$")
+    with pytest.raises(ValueError, match="regular expression"):
+        SeriesConfig(filename_pattern="(")
+    with pytest.raises(ValueError, match="dose_per_tilt"):
+        SeriesConfig(dose_per_tilt_e_A2=0.0)
+
+
+# ---------------------------------------------------------------------------- completion
+
+
+def _obs(listed, known, finished, *, lock=False, mdoc_since=0.0, activity=0.0):
+    return SeriesObservation(frozenset(listed), frozenset(known), frozenset(finished), lock,
+                             mdoc_since, activity)
+
+
+def test_series_completes_when_all_tilts_done_and_lock_removed_and_reopens_on_new_movie():
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st = SeriesState("TS_7")
+    st, go = update_series_state(st, _obs("ab", "ab", "a", lock=True), now_s=10, config=cfg)
+    assert not go and st.lock_seen
+    st, go = update_series_state(st, _obs("ab", "ab", "ab", lock=True), now_s=500, config=cfg)
+    assert not go  # lock still there, mdoc quiet does not matter
+    st, go = update_series_state(st, _obs("ab", "ab", "ab"), now_s=501, config=cfg)
+    assert go and st.status == "complete" and st.generation == 1 and "lock gone" in st.reason
+    st, go = update_series_state(st, _obs("ab", "ab", "ab"), now_s=502, config=cfg)
+    assert not go and st.status == "complete"
+    st, go = update_series_state(st, _obs("abc", "abc", "ab"), now_s=600, config=cfg)
+    assert not go and st.status == "open" and "re-opened" in st.reason
+    st, go = update_series_state(st, _obs("abc", "abc", "abc"), now_s=601, config=cfg)
+    assert go and st.generation == 2 and st.assembled_movies == frozenset("abc")
+
+
+def test_series_without_lock_completes_only_after_the_mdoc_is_quiet():
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st = SeriesState("TS_1")
+    st, go = update_series_state(st, _obs("ab", "ab", "ab", mdoc_since=100.0), now_s=150, config=cfg)
+    assert not go  # all corrected, but the mdoc changed 50 s ago: more tilts may come
+    st, go = update_series_state(st, _obs("ab", "ab", "ab", mdoc_since=100.0), now_s=221, config=cfg)
+    assert go and "unchanged" in st.reason
+
+
+def test_series_with_missing_movies_completes_after_idle_timeout_only_when_nothing_in_flight():
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st = SeriesState("TS_2")
+    st, go = update_series_state(st, _obs("abc", "ab", "a", activity=0.0), now_s=2000, config=cfg)
+    assert not go  # b is still being corrected
+    st, go = update_series_state(st, _obs("abc", "ab", "ab", activity=0.0), now_s=2000, config=cfg)
+    assert go and "idle" in st.reason and "1 listed tilt(s) never corrected" in st.reason
+
+
+def test_classify_mdocs_separates_series_frame_and_montage_files():
+    obs = [MdocObservation(read_mdoc(DATA / n), 0.0)
+           for n in ("TS_01.mrc.mdoc", "frame_set_single.mdoc", "montage_section.mdoc")]
+    series, frames, ignored = classify_mdocs(obs)
+    assert [o.mdoc.path.name for o in series] == ["TS_01.mrc.mdoc"]
+    assert list(frames) == ["frame_set_single"]  # keyed by the mdoc's name without .mdoc
+    assert list(ignored.values()) == ["montage mdoc, not a tilt series"]
+
+
+def test_frame_mdoc_of_a_series_with_a_series_mdoc_waits_for_its_section():
+    md, angles = dose_symmetric_mdoc(3, n_sections=2)
+    late = f"TS_7_002_{angles[2]:.1f}.tif"
+    frame = parse_mdoc_text("[FrameSet = 0]\nTiltAngle = -3\nExposureDose = 2.5\n"
+                            f"SubFramePath = {late}\nDateTime = 17-May-2024  10:00:00\n",
+                            path=f"/w/{late}.mdoc")
+    movies = [MovieObservation(n, 0.0) for n in
+              [f"TS_7_{i:03d}_{a:.1f}.tif" for i, a in enumerate(angles)]]
+    res = resolve(movies, [MdocObservation(md, 0.0)], {late: frame},
+                  config=SeriesConfig(metadata_wait_s=60.0), now_s=10.0)
+    assert "series mdoc of TS_7" in res.pending[late]
+    full, _ = dose_symmetric_mdoc(3)
+    res = resolve(movies, [MdocObservation(full, 0.0)], {late: frame},
+                  config=SeriesConfig(metadata_wait_s=60.0), now_s=10.0)
+    assert res.assignments[late].match_source == "series_mdoc"
+    assert res.assignments[late].pre_exposure_e_A2 == pytest.approx(5.0)
+
+
+def test_late_tilt_in_a_series_without_mdoc_holds_later_tilts_then_they_get_exact_doses():
+    cfg = SeriesConfig(dose_per_tilt_e_A2=2.0, metadata_wait_s=30.0, missing_tilt_wait_s=100.0)
+    seen = [MovieObservation("S_000_0.0.tif", 0.0), MovieObservation("S_001_3.0.tif", 0.0),
+            MovieObservation("S_003_6.0.tif", 0.0)]  # S_002_-3.0 is late
+    res = resolve(seen, [], {}, config=cfg, now_s=40.0)
+    assert res.assignments["S_001_3.0.tif"].pre_exposure_e_A2 == 2.0
+    assert "waiting for tilt index 2" in res.pending["S_003_6.0.tif"]
+    res = resolve(seen + [MovieObservation("S_002_-3.0.tif", 45.0)], [], {}, config=cfg, now_s=80.0)
+    assert {n: a.pre_exposure_e_A2 for n, a in res.assignments.items()} == {
+        "S_000_0.0.tif": 0.0, "S_001_3.0.tif": 2.0, "S_002_-3.0.tif": 4.0, "S_003_6.0.tif": 6.0}
+    gave_up = resolve(seen, [], {}, config=cfg, now_s=101.0).assignments["S_003_6.0.tif"]
+    assert gave_up.pre_exposure_e_A2 == 4.0 and any("never seen" in w for w in gave_up.warnings)

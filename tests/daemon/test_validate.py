@@ -1,0 +1,70 @@
+"""Validation: a settled movie is read only when its format and frame mdoc say it is complete."""
+
+import numpy as np
+
+from daemon.simulate import write_frame_mdoc, write_movie_progressively
+from daemon.validate import read_frame_mdoc, validate
+
+
+def frames(n=4, shape=(64, 64)):
+    return np.random.default_rng(0).poisson(1.0, (n, *shape)).astype(np.int16)
+
+
+def no_sleep(_):
+    pass
+
+
+def test_a_complete_mrc_movie_is_ready(tmp_path):
+    path = tmp_path / "a.mrc"
+    write_movie_progressively(path, frames(), pixel_size_A=1.0, sleep=no_sleep)
+    verdict = validate(path, stable_for_s=1.0, incomplete_grace_s=60)
+    assert (verdict.decision, verdict.n_frames) == ("ready", 4)
+
+
+def test_a_movie_shorter_than_its_header_waits_then_is_rejected_after_the_grace_time(tmp_path):
+    path = tmp_path / "a.mrc"
+    write_movie_progressively(path, frames(6), pixel_size_A=1.0, stop_after=3, sleep=no_sleep)
+    waiting = validate(path, stable_for_s=1.0, incomplete_grace_s=60)
+    assert waiting.decision == "wait"
+    rejected = validate(path, stable_for_s=61.0, incomplete_grace_s=60)
+    assert rejected.decision == "reject" and "incomplete after 61 s" in rejected.reason
+
+
+def test_header_rewritten_with_fewer_frames_at_the_end_makes_the_movie_complete(tmp_path):
+    path = tmp_path / "a.mrc"
+    write_movie_progressively(path, frames(4), pixel_size_A=1.0, expected_frames=6, sleep=no_sleep)
+    assert validate(path, stable_for_s=0.0, incomplete_grace_s=60).n_frames == 4
+
+
+def test_garbage_with_a_movie_name_is_rejected_with_the_readers_reason(tmp_path):
+    path = tmp_path / "junk.mrc"
+    path.write_bytes(b"this is not a movie" * 100)
+    verdict = validate(path, stable_for_s=100.0, incomplete_grace_s=60)
+    assert verdict.decision == "reject" and verdict.reason
+
+
+def test_a_directory_with_a_movie_name_is_rejected(tmp_path):
+    (tmp_path / "x.mrc").mkdir()
+    verdict = validate(tmp_path / "x.mrc", stable_for_s=0, incomplete_grace_s=60)
+    assert (verdict.decision, verdict.reason) == ("reject", "not a regular file")
+
+
+def test_a_frame_mdoc_that_disagrees_with_the_frame_count_makes_the_movie_wait(tmp_path):
+    path = tmp_path / "a.mrc"
+    write_movie_progressively(path, frames(4), pixel_size_A=1.0, sleep=no_sleep)
+    write_frame_mdoc(path, 5, pixel_size_A=1.0, dose_per_frame_e_A2=1.0)
+    assert validate(path, stable_for_s=1, incomplete_grace_s=60).decision == "wait"
+    write_frame_mdoc(path, 4, pixel_size_A=1.0, dose_per_frame_e_A2=1.0)
+    verdict = validate(path, stable_for_s=1, incomplete_grace_s=60)
+    assert verdict.decision == "ready" and verdict.reason == "frame mdoc agrees"
+
+
+def test_required_frame_mdoc_is_waited_for(tmp_path):
+    path = tmp_path / "a.mrc"
+    write_movie_progressively(path, frames(4), pixel_size_A=1.0, sleep=no_sleep)
+    assert validate(path, stable_for_s=1, incomplete_grace_s=60,
+                    require_frame_mdoc=True).decision == "wait"
+    mdoc = write_frame_mdoc(path, 4, pixel_size_A=1.0, dose_per_frame_e_A2=1.0)
+    assert read_frame_mdoc(mdoc).num_subframes == 4
+    assert validate(path, stable_for_s=1, incomplete_grace_s=60,
+                    require_frame_mdoc=True).decision == "ready"

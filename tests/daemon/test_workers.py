@@ -1,0 +1,105 @@
+"""Worker pool: one movie per process, crashes and hangs isolated, memory bounded by n_workers."""
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.workers import Task, WorkerPool
+
+RUNNERS = '''
+import os, signal, time
+from types import SimpleNamespace
+from correction.errors import TruncatedMovieError
+
+def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
+    name = movie_path.name
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if name.startswith("hang"):
+        time.sleep(60)
+    if name.startswith("bad"):
+        raise TruncatedMovieError(movie_path, "3 of 6 frames")
+    if name.startswith("disk"):
+        raise OSError(28, "No space left on device")
+    if name.startswith("bug"):
+        raise KeyError("oops")
+    out = out_dir / (stem + ".txt")
+    out.write_text(f"{os.getpid()} {gain_reference} {extra_record}")
+    return SimpleNamespace(outputs={"sum": out}, record={"frames": 3, "pid": os.getpid()},
+                           timings_s={"total": 0.01})
+
+def load_gain(params):
+    return f"gain-loaded-in-{os.getpid()}"
+'''
+
+
+@pytest.fixture
+def runners(tmp_path, monkeypatch):
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    (folder / "fake_runners.py").write_text(textwrap.dedent(RUNNERS))
+    monkeypatch.syspath_prepend(str(folder))
+    return "fake_runners:correct"
+
+
+def task(tmp_path, n, name, params=None):
+    return Task(n, tmp_path / name, tmp_path / "out", tmp_path, params, Path(name).stem,
+                {"source": n})
+
+
+def run_all(pool, tasks, timeout_s=30):
+    pending, outcomes = list(tasks), []
+    deadline = time.monotonic() + timeout_s
+    while (pending or pool.in_flight) and time.monotonic() < deadline:
+        while pending and pool.idle:
+            pool.submit(pending.pop(0))
+        outcomes += pool.wait(1.0)
+    return {o.task_id: o for o in outcomes}
+
+
+def test_a_crashing_worker_is_replaced_and_later_movies_are_still_corrected(tmp_path, runners):
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "crash.mrc"), task(tmp_path, 1, "ok.mrc")])
+        assert results[0].kind == "crash" and "SIGKILL" in results[0].error
+        assert results[1].kind == "done"
+        assert Path(results[1].outputs["sum"]).read_text().endswith("{'source': 1}")
+        assert pool.replaced == 1
+
+
+def test_a_hanging_movie_is_killed_after_the_timeout(tmp_path, runners):
+    with WorkerPool(1, runner=runners, gain_loader=None, timeout_s=1.0) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "hang.mrc"), task(tmp_path, 1, "ok.mrc")])
+    assert results[0].kind == "timeout" and "1 s" in results[0].error
+    assert results[1].kind == "done"
+
+
+def test_errors_are_classified_for_the_retry_policy(tmp_path, runners):
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "bad.mrc"), task(tmp_path, 1, "disk.mrc"),
+                                 task(tmp_path, 2, "bug.mrc")])
+    assert results[0].kind == "data" and "3 of 6 frames" in results[0].error
+    assert results[1].kind == "environment" and "No space" in results[1].error
+    assert results[2].kind == "error" and "KeyError" in results[2].error
+
+
+def test_the_gain_reference_is_loaded_once_per_worker(tmp_path, runners):
+    from types import SimpleNamespace
+
+    params = SimpleNamespace(gain=SimpleNamespace(gain_path="g.mrc"))
+    with WorkerPool(1, runner=runners, gain_loader="fake_runners:load_gain") as pool:
+        results = run_all(pool, [task(tmp_path, i, f"ok{i}.mrc", params) for i in range(3)])
+    texts = {Path(r.outputs["sum"]).read_text().split()[1] for r in results.values()}
+    pids = {r.record["pid"] for r in results.values()}
+    assert len(pids) == 1 and texts == {f"gain-loaded-in-{pids.pop()}"}
+
+
+def test_no_more_tasks_are_in_flight_than_workers(tmp_path, runners):
+    with WorkerPool(2, runner=runners, gain_loader=None) as pool:
+        pool.submit(task(tmp_path, 0, "hang0.mrc"))
+        pool.submit(task(tmp_path, 1, "hang1.mrc"))
+        assert pool.idle == 0
+        with pytest.raises(RuntimeError, match="no idle worker"):
+            pool.submit(task(tmp_path, 2, "ok.mrc"))
+        assert len(pool.abandon()) == 2
