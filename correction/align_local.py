@@ -111,6 +111,9 @@ class LocalParams:
         is not applied.
     min_patch_fraction : float
         Fraction of patches that must be accepted by the robust fit.
+    min_significance : float
+        The RMS fitted local displacement must exceed this many times the predicted error;
+        otherwise there is no measurable local motion and the global result is kept as is.
     patch_grid_px : int
         Short side of the Fourier-cropped grid the patches are cut from (pixels); the
         spectra given are cropped further when larger.
@@ -128,6 +131,7 @@ class LocalParams:
     min_confidence: float = 0.02
     max_predicted_error_px: float = 0.12
     min_patch_fraction: float = 0.5
+    min_significance: float = 3.0
     patch_grid_px: int = 512
     tile_px: int = 512
     tile_overlap_px: int = 32
@@ -561,6 +565,7 @@ def _not_applied(reason: str, shape_yx: tuple[int, int], n_frames: int, t0: floa
 def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
                           output_shape_yx: tuple[int, int], global_shifts_yx_px: np.ndarray, *,
                           params: AlignParams, local: LocalParams = LocalParams(),
+                          frame_shape_yx: tuple[int, int] | None = None,
                           workers: int = -1) -> LocalMotion:
     """Measure patch shifts on the globally aligned frames and fit the local model.
 
@@ -572,7 +577,12 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     grid_shape_yx : (int, int)
         Real-space shape ``(my, mx)`` of that grid.
     output_shape_yx : (int, int)
-        Shape of the output frames ``(ny, nx)``.
+        Shape ``(ny, nx)`` of the output-pixel grid that ``grid_shape_yx`` is a Fourier crop
+        of (the crop factors are their ratios).
+    frame_shape_yx : (int, int), optional
+        The frame's own shape in output pixels when the grid is padded (the frame sits at the
+        origin, padding after it): patches are laid out over the frame only and the model is
+        normalised by the frame's shape. Default ``output_shape_yx``.
     global_shifts_yx_px : ndarray, shape (n_frames, 2)
         Global displacements in output pixels (:mod:`correction.conventions`).
     params : AlignParams
@@ -589,7 +599,8 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     """
     t0 = time.perf_counter()
     n = int(spectra.shape[0])
-    shape_out = tuple(int(v) for v in output_shape_yx)
+    padded_out = tuple(int(v) for v in output_shape_yx)
+    shape_out = padded_out if frame_shape_yx is None else tuple(int(v) for v in frame_shape_yx)
     if not params.local_enabled:
         return _not_applied(f"patch grid {params.patches_x} x {params.patches_y}: global only",
                             shape_out, n, t0)
@@ -605,7 +616,12 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
         new_shape = (binned_length(grid_shape_yx[0], factor), binned_length(grid_shape_yx[1], factor))
         spectra = fourier_crop(spectra, grid_shape_yx, new_shape)
         grid_shape_yx = new_shape
-    grid = patch_grid(grid_shape_yx, shape_out, (params.patches_y, params.patches_x))
+    factor_yx = np.array(padded_out, dtype=np.float64) / np.array(grid_shape_yx)
+    # the frame's part of the grid (patches never lie in the padding)
+    frame_grid = tuple(int(min(g, np.floor(s / f))) for g, s, f in
+                       zip(grid_shape_yx, shape_out, factor_yx))
+    grid = patch_grid(frame_grid, shape_out, (params.patches_y, params.patches_x))
+    grid = dataclasses.replace(grid, grid_shape_yx=grid_shape_yx, output_shape_yx=padded_out)
     if min(grid.patch_shape_yx) < 32:
         return _not_applied(f"patches of {grid.patch_shape_yx[0]} x {grid.patch_shape_yx[1]} "
                             "grid px are too small to align", shape_out, n, t0)
@@ -621,6 +637,7 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     n_patches = len(conf)
     n_acc = int(np.sum(~fit.rejected))
     median_conf = float(np.median(conf))
+    amplitude = float(np.sqrt(np.mean(np.sum(fit.fitted_yx_px ** 2, axis=-1))))
     if median_conf < local.min_confidence:
         applied, reason = False, (f"too little signal in the patches (median confidence "
                                   f"{median_conf:.3f} < {local.min_confidence}): global only")
@@ -631,8 +648,12 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
         applied, reason = False, (f"local model too uncertain (predicted error "
                                   f"{fit.predicted_error_px:.3f} px > "
                                   f"{local.max_predicted_error_px} px): global only")
+    elif not amplitude > local.min_significance * fit.predicted_error_px:
+        applied, reason = False, (f"no significant local motion (RMS {amplitude:.3f} px, "
+                                  f"predicted error {fit.predicted_error_px:.3f} px): global only")
     else:
-        applied, reason = True, (f"{n_acc} of {n_patches} patches fitted, predicted error "
+        applied, reason = True, (f"{n_acc} of {n_patches} patches fitted, local motion RMS "
+                                 f"{amplitude:.3f} px, predicted error "
                                  f"{fit.predicted_error_px:.3f} px")
     return LocalMotion(applied, reason, fit.model, grid, grid.centres_yx_px, fit.measured_yx_px,
                        fit.fitted_yx_px, fit.rejected, conf, fit.residual_sigma_px,

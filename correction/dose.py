@@ -45,6 +45,7 @@ __all__ = [
     "frame_doses_e_A2",
     "accumulated_dose_e_A2",
     "dose_weights",
+    "half_inverse_critical_exposure",
     "weight_normalisation",
 ]
 
@@ -79,6 +80,33 @@ def critical_exposure_e_A2(k_per_A: np.ndarray | float, voltage_kV: float = 300.
     with np.errstate(divide="ignore"):
         ne = CRITICAL_EXPOSURE_A * np.power(k, CRITICAL_EXPOSURE_B) + CRITICAL_EXPOSURE_C
     return ne * voltage_factor(voltage_kV)
+
+
+def half_inverse_critical_exposure(k2_per_A2: np.ndarray, voltage_kV: float = 300.0
+                                   ) -> np.ndarray:
+    """``1 / (2 Ne(k))`` in Å²/e from the squared frequency, float32, computed in place.
+
+    The weight of a frame with accumulated dose ``D`` is then ``exp(-D * result)``; 0 at
+    ``k = 0``. Same model as :func:`critical_exposure_e_A2`, evaluated in float32 for big
+    frequency grids.
+
+    Parameters
+    ----------
+    k2_per_A2 : ndarray, float32
+        Squared spatial frequency in 1/Å² (e.g. :func:`correction.fourier.radial_frequency_sq`
+        with the pixel size as scale). Overwritten with the result.
+    voltage_kV : float
+    """
+    out = np.asarray(k2_per_A2, dtype=np.float32)
+    with np.errstate(divide="ignore"):
+        np.log(out, out=out)  # ln k^2 (-inf at k = 0)
+    out *= np.float32(CRITICAL_EXPOSURE_B / 2.0)
+    np.exp(out, out=out)  # k^b (inf at k = 0)
+    out *= np.float32(CRITICAL_EXPOSURE_A)
+    out += np.float32(CRITICAL_EXPOSURE_C)
+    out *= np.float32(2.0 * voltage_factor(voltage_kV))
+    np.reciprocal(out, out=out)
+    return out
 
 
 def frame_doses_e_A2(params: DoseParams, n_frames: int) -> np.ndarray:

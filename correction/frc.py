@@ -193,24 +193,24 @@ def fourier_ring_correlation(image1: np.ndarray, image2: np.ndarray, *,
 
     n_ref = min(ny, nx)
     n_rings = n_ref // 2 + 1
-    ky = scipy.fft.fftfreq(ny)[:, None]
-    kx = scipy.fft.rfftfreq(nx)[None, :]
-    ring = np.rint(np.sqrt(ky * ky + kx * kx) * n_ref).astype(np.intp)
-    # conjugate-symmetric columns stand for two coefficients of the full plane
-    weight = np.full(kx.shape, 2.0)
-    weight[0, 0] = 1.0
-    if nx % 2 == 0:
-        weight[0, -1] = 1.0
-    weight = np.broadcast_to(weight, ring.shape)
-    keep = ring < n_rings
-    idx = ring[keep]
-    w = weight[keep]
-    c1 = f1[keep]
-    c2 = f2[keep]
-    cross = np.bincount(idx, weights=w * (c1.real * c2.real + c1.imag * c2.imag), minlength=n_rings)
-    p1 = np.bincount(idx, weights=w * (c1.real * c1.real + c1.imag * c1.imag), minlength=n_rings)
-    p2 = np.bincount(idx, weights=w * (c2.real * c2.real + c2.imag * c2.imag), minlength=n_rings)
-    count = np.bincount(idx, weights=w, minlength=n_rings).astype(np.int64)
+    ky = (scipy.fft.fftfreq(ny) * n_ref).astype(np.float32)[:, None]
+    kx = (scipy.fft.rfftfreq(nx) * n_ref).astype(np.float32)[None, :]
+    ring = np.rint(np.sqrt(ky * ky + kx * kx)).astype(np.intp)
+    np.minimum(ring, n_rings, out=ring)  # beyond Nyquist of the short side: one overflow bin
+    ring = ring.ravel()
+    # columns 1 .. nx/2 - 1 of the half plane stand for two coefficients of the full plane
+    interior = slice(1, nx // 2 if nx % 2 == 0 else nx // 2 + 1)
+
+    def ring_sums(values: np.ndarray) -> np.ndarray:
+        values[:, interior] *= 2
+        return np.bincount(ring, weights=values.ravel(), minlength=n_rings + 1)[:n_rings]
+
+    cross = ring_sums(f1.real * f2.real + f1.imag * f2.imag)
+    p1 = ring_sums(f1.real * f1.real + f1.imag * f1.imag)
+    p2 = ring_sums(f2.real * f2.real + f2.imag * f2.imag)
+    count = (np.bincount(ring, minlength=n_rings + 1)
+             + np.bincount(ring.reshape(f1.shape)[:, interior].ravel(), minlength=n_rings + 1))
+    count = count[:n_rings].astype(np.int64)
     denom = np.sqrt(p1 * p2)
     with np.errstate(invalid="ignore", divide="ignore"):
         frc = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), np.nan)

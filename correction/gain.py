@@ -150,6 +150,36 @@ class GainReference:
                                 f"but movie{movie} frames are {_fmt(shape_yx)}{hint}")
 
 
+    def fit_to(self, shape_yx: tuple[int, int],
+               movie_path: str | Path | None = None) -> GainReference:
+        """This reference for frames of ``shape_yx``: itself, or expanded to a finer grid.
+
+        When the frames are an integer multiple (2, 3 ...) of the reference on both axes,
+        as for EER movies decoded with ``eer_sampling=2`` against a physical-pixel ``.gain``,
+        every reference pixel is repeated over the sub-pixels it covers (they share its
+        gain, dark and defect state). Any other mismatch raises as :meth:`check_shape`.
+
+        Raises
+        ------
+        GainReferenceError
+        """
+        shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
+        if shape_yx == self.shape_yx:
+            return self
+        fy, ry = divmod(shape_yx[0], self.shape_yx[0])
+        fx, rx = divmod(shape_yx[1], self.shape_yx[1])
+        if ry or rx or fy != fx or fy < 2:
+            self.check_shape(shape_yx, movie_path)
+
+        def grow(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.repeat(np.repeat(a, fy, axis=0), fx, axis=1)
+
+        return GainReference.from_arrays(grow(self.gain), dark=grow(self.dark),
+                                         defects=grow(self.defect_mask),
+                                         gain_path=self.gain_path, dark_path=self.dark_path,
+                                         defects_path=self.defects_path)
+
+
 def _fmt(shape: tuple[int, ...]) -> str:
     return "x".join(str(int(s)) for s in shape)
 

@@ -29,6 +29,7 @@ Conventions: shifts per :mod:`correction.conventions`; dose weighting and its no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,16 +153,19 @@ def _blend(tiles: np.ndarray, layout: TileLayout) -> np.ndarray:
     return out
 
 
-def local_sums(frames: np.ndarray, global_shifts_yx_px: np.ndarray,
+def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: np.ndarray,
                model: LocalMotionModel | None, *, pixel_size_A: float,
                dose_end_e_A2: np.ndarray, voltage_kV: float = 300.0, tile_px: int = 512,
-               overlap_px: int = 32, workers: int = -1) -> LocalSums:
+               overlap_px: int = 32, fill: float | None = None,
+               shape_yx: tuple[int, int] | None = None, workers: int = -1) -> LocalSums:
     """Motion-corrected plain, dose-weighted, even and odd sums with global + local shifts.
 
     Parameters
     ----------
-    frames : ndarray, shape (n_frames, ny, nx)
-        Gain-corrected frames (any real dtype; read tile by tile as float32).
+    frames : ndarray, shape (n_frames, ny, nx), or a sequence of n_frames (ny, nx) arrays
+        Gain-corrected frames (any real dtype; cut into float32 tiles). A sequence is read
+        once per frame, in order, so it may produce frames lazily (e.g. gain-correct on
+        access).
     global_shifts_yx_px : ndarray, shape (n_frames, 2)
         Global displacements (output px, :mod:`correction.conventions`).
     model : LocalMotionModel or None
@@ -173,6 +177,10 @@ def local_sums(frames: np.ndarray, global_shifts_yx_px: np.ndarray,
     voltage_kV : float
     tile_px, overlap_px : int
         Tile core and overlap per side (pixels).
+    fill : float, optional
+        Value read outside the frame; default each frame's mean.
+    shape_yx : (int, int), optional
+        Frame shape; needed only when ``frames`` has no ``shape``.
     workers : int
         Threads for :mod:`scipy.fft`.
 
@@ -181,7 +189,8 @@ def local_sums(frames: np.ndarray, global_shifts_yx_px: np.ndarray,
     LocalSums
         Each sum has the frame's shape, float32. Even/odd are 0-based frame indices.
     """
-    n, ny, nx = frames.shape
+    n = len(frames)
+    ny, nx = (int(v) for v in (shape_yx if shape_yx is not None else frames.shape[1:]))
     g = np.asarray(global_shifts_yx_px, dtype=np.float64).reshape(n, 2)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64).reshape(n)
     layout = tile_layout((ny, nx), tile_px=tile_px, overlap_px=overlap_px)
@@ -201,12 +210,18 @@ def local_sums(frames: np.ndarray, global_shifts_yx_px: np.ndarray,
     acc_plain = np.zeros(half, dtype=np.complex64)
     acc_even = np.zeros(half, dtype=np.complex64)
     acc_odd = np.zeros(half, dtype=np.complex64)
+    # real weights interleaved (each value twice) to scale complex64 viewed as float32 pairs
+    weights = np.repeat(dose_weights(k_per_A, dose_end, voltage_kV).astype(np.float32), 2,
+                        axis=-1)  # (n, T, 2 * (T // 2 + 1))
     buf = np.empty((n_tiles, size, size), dtype=np.float32)
     ramps_y = np.empty((n_tiles, size), dtype=np.complex64)
     ramps_x = np.empty((n_tiles, size // 2 + 1), dtype=np.complex64)
     for i in range(n):
         frame = frames[i]
-        _cut_tiles(frame, layout.origins_yx + whole[i], size, float(frame.mean()), buf)
+        if frame.shape != (ny, nx):
+            raise ValueError(f"frame {i} has shape {frame.shape}, expected {(ny, nx)}")
+        value = float(frame.mean(dtype=np.float64)) if fill is None else float(fill)
+        _cut_tiles(frame, layout.origins_yx + whole[i], size, value, buf)
         spec = rfft2(buf, workers=workers)
         for t in range(n_tiles):
             # content at output q comes from q + shift: move the tile by -frac
@@ -214,8 +229,7 @@ def local_sums(frames: np.ndarray, global_shifts_yx_px: np.ndarray,
         spec *= ramps_y[:, :, None]
         spec *= ramps_x[:, None, :]
         acc_plain += spec
-        w = dose_weights(k_per_A, dose_end[i], voltage_kV).astype(np.float32)
-        spec *= w
+        spec.view(np.float32)[...] *= weights[i]
         (acc_even if even[i] else acc_odd).__iadd__(spec)
         del spec
     del buf
@@ -225,13 +239,16 @@ def local_sums(frames: np.ndarray, global_shifts_yx_px: np.ndarray,
 
     plain = to_image(acc_plain)
     del acc_plain
-    norm_all = weight_normalisation(k_per_A, dose_end, voltage_kV).astype(np.float32)
+    def normalise(acc: np.ndarray, selected: np.ndarray) -> None:
+        norm = weight_normalisation(k_per_A, dose_end[selected], voltage_kV)
+        acc.view(np.float32)[...] *= np.repeat(norm.astype(np.float32), 2, axis=-1)
+
     acc_all = acc_even + acc_odd
-    acc_all *= norm_all
+    normalise(acc_all, np.ones(n, bool))
     dose_weighted = to_image(acc_all)
     del acc_all
     if even.any():
-        acc_even *= weight_normalisation(k_per_A, dose_end[even], voltage_kV).astype(np.float32)
+        normalise(acc_even, even)
     if (~even).any():
-        acc_odd *= weight_normalisation(k_per_A, dose_end[~even], voltage_kV).astype(np.float32)
+        normalise(acc_odd, ~even)
     return LocalSums(plain, dose_weighted, to_image(acc_even), to_image(acc_odd))

@@ -28,6 +28,7 @@ case frames are transformed a second time for the sums instead of being kept.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from .fourier import binned_length, fast_length, fourier_crop, rfft2
 from .gain import GainReference, apply_gain, load_gain_reference
 from .params import CorrectionParams
 from .report import DriftStats, drift_stats, motion_record
-from .summation import SumImages, accumulate_sums, pad_frame, sums_to_images
+from .summation import SumImages, accumulate_sums, sums_to_images
 
 __all__ = ["CorrectedFrames", "CorrectionResult", "correct_frames", "correct_movie",
            "output_names"]
@@ -212,32 +213,35 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     used = frames[first:stop]
     n = stop - first
 
-    # hot pixels from the gain-corrected sum: (sum raw - n dark) * gain
-    hot_plan = None
+    # one pass over the raw frames: the gain-corrected sum, (sum raw - n dark) * gain, gives the
+    # hot pixels and the mean used to pad every frame
+    bad = gain_reference.defect_mask.copy() if gain_reference is not None and \
+        gain_reference.defect_mask is not None else None
     n_hot = 0
+    fill = None
     if params.gain.detect_hot_pixels:
-        raw_sum = np.zeros((ny, nx), np.float32)
-        for i in range(n):
-            raw_sum += used[i]
+        corrected_sum = _raw_sum(used)
         if gain_reference is not None:
             if gain_reference.dark is not None:
-                raw_sum -= np.float32(n) * gain_reference.dark
-            raw_sum *= gain_reference.gain
+                corrected_sum -= np.float32(n) * gain_reference.dark
+            corrected_sum *= gain_reference.gain
             if gain_reference.plan is not None:
-                gain_reference.plan.apply(raw_sum)
-        hot = detect_hot_pixels(raw_sum, sigma=params.gain.hot_pixel_sigma)
-        if gain_reference is not None and gain_reference.defect_mask is not None:
-            hot &= ~gain_reference.defect_mask
+                gain_reference.plan.apply(corrected_sum)
+        hot = detect_hot_pixels(corrected_sum, sigma=params.gain.hot_pixel_sigma)
+        if bad is not None:
+            hot &= ~bad
         n_hot = int(hot.sum())
         if n_hot:
-            hot_plan = plan_replacement(hot)
-        del raw_sum, hot
+            bad = hot if bad is None else (bad | hot)
+        good = ~bad if bad is not None else None
+        fill = float(corrected_sum[good].mean() if good is not None else corrected_sum.mean()) / n
+        del corrected_sum, hot, good
     timings["hot_pixels"] = time.perf_counter() - t0
 
     margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
     while True:
         grids = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
-        result = _transform_align_sum(used, grids, params, gain_reference, hot_plan,
+        result = _transform_align_sum(used, grids, params, gain_reference, bad, fill,
                                       dose_end, pixel_size_A, workers, timings)
         if result is not None:
             break
@@ -254,25 +258,51 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            timings_s=timings)
 
 
+def _raw_sum(frames: np.ndarray) -> np.ndarray:
+    """Sum of frames as float32 (integer frames are summed exactly in int32 first)."""
+    if frames.dtype.kind in "iub" and frames.dtype.itemsize <= 2 and frames.shape[0] < 32768:
+        acc = np.zeros(frames.shape[1:], np.int32)
+        for frame in frames:
+            np.add(acc, frame, out=acc)
+        return acc.astype(np.float32)
+    acc = np.zeros(frames.shape[1:], np.float32)
+    for frame in frames:
+        np.add(acc, frame, out=acc, casting="unsafe")
+    return acc
+
+
 def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionParams,
-                         gain_reference: GainReference | None, hot_plan: Any,
-                         dose_end: np.ndarray, pixel_size_A: float, workers: int,
-                         timings: dict[str, float]
+                         gain_reference: GainReference | None, bad: np.ndarray | None,
+                         fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
+                         workers: int, timings: dict[str, float]
                          ) -> tuple[np.ndarray, GlobalAlignment, SumImages] | None:
     """Steps 4-6 of the module docstring; None when a shift exceeds the padding."""
     n = used.shape[0]
     t = time.perf_counter()
-    frame_buf = np.empty(grids.frame_yx, np.float32)
-    pad_buf = np.empty(grids.padded_in, np.float32)
+    ny, nx = grids.frame_yx
+    py, px = grids.padded_in
+    pad_buf = np.empty((py, px), np.float32)
+    frame_view = pad_buf[:ny, :nx]
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     keep = n * out_half[0] * out_half[1] * 8 <= _SPECTRA_BUDGET_BYTES
+    # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
+    # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
+    plan = None
+    if bad is not None and bad.any():
+        bad_padded = np.zeros((py, px), bool)
+        bad_padded[:ny, :nx] = bad
+        plan = plan_replacement(bad_padded)
+        del bad_padded
+    arith = dataclasses.replace(gain_reference, plan=None) if gain_reference is not None else None
 
     def spectrum(i: int) -> np.ndarray:
-        apply_gain(used[i], gain_reference, out=frame_buf)
-        if hot_plan is not None:
-            hot_plan.apply(frame_buf)
-        pad_frame(frame_buf, grids.padded_in, out=pad_buf)
-        spec = rfft2(pad_buf, workers=workers)
+        apply_gain(used[i], arith, out=frame_view)
+        value = fill if fill is not None else float(frame_view.mean(dtype=np.float64))
+        pad_buf[:ny, nx:] = value
+        pad_buf[ny:, :] = value
+        if plan is not None:
+            plan.apply(pad_buf)
+        spec = rfft2(pad_buf, workers=workers, overwrite_x=True)
         if grids.padded_in != grids.padded_out:
             spec = fourier_crop(spec, grids.padded_in, grids.padded_out)
         return spec
@@ -305,7 +335,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV)
-    del frame_buf, pad_buf
+    del pad_buf
     timings["sum"] = time.perf_counter() - t
     t = time.perf_counter()
     images = sums_to_images(sums, padded_shape_yx=grids.padded_out, shape_yx=grids.out_yx,

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dose import critical_exposure_e_A2
+from .dose import half_inverse_critical_exposure
 from .fourier import irfft2, radial_frequency_sq, shift_ramps
+
+_BLOCK_ELEMENTS = 32768  # complex64 elements per block of rows (256 KiB)
 
 __all__ = ["SumSpectra", "SumImages", "pad_frame", "accumulate_sums", "sums_to_images"]
 
@@ -105,58 +107,93 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     """
     shifts = np.asarray(shifts_yx_px, dtype=np.float64)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64)
-    k = np.sqrt(radial_frequency_sq(padded_shape_yx, scale_yx=(pixel_size_A, pixel_size_A)))
-    with np.errstate(divide="ignore"):
-        inv_2ne = (0.5 / critical_exposure_e_A2(k, voltage_kV)).astype(np.float32)
-    del k
-    plain = even = odd = None
-    w2_even = np.zeros(inv_2ne.shape, np.float32)
-    w2_odd = np.zeros(inv_2ne.shape, np.float32)
-    w = np.empty_like(inv_2ne)
+    inv_2ne = half_inverse_critical_exposure(
+        radial_frequency_sq(padded_shape_yx, scale_yx=(pixel_size_A, pixel_size_A)), voltage_kV)
+    shape_half = inv_2ne.shape
+    rows, cols = shape_half
+    # Real weights are kept interleaved (each value twice) so that a complex64 array viewed as
+    # float32 pairs is weighted by one float32 multiply (numpy's complex-by-real multiply
+    # converts the real operand to complex first, ~3x slower).
+    inv_2ne = np.repeat(inv_2ne, 2, axis=1)
+    plain = np.zeros(shape_half, np.complex64)
+    even = np.zeros(shape_half, np.complex64)
+    odd = np.zeros(shape_half, np.complex64)
+    w2_even = np.zeros((rows, 2 * cols), np.float32)
+    w2_odd = np.zeros((rows, 2 * cols), np.float32)
+    # Work on blocks of rows that fit in cache, so every pass below runs from cache. With all
+    # spectra at hand (a sequence), each block goes through all frames before the next block;
+    # dose weights then follow the recursion w_i = w_(i-1) * exp(-(D_i - D_(i-1)) / 2Ne), one
+    # multiply per frame for even doses instead of an exp.
+    block = max(1, _BLOCK_ELEMENTS // cols)
+    w = np.empty((block, 2 * cols), np.float32)
+    q = np.empty_like(w)
+    w_sq = np.empty_like(w)
+    if isinstance(spectra, (list, tuple)):
+        chunks: Iterable[list[np.ndarray]] = [list(spectra)]
+    else:
+        chunks = ([spec] for spec in spectra)
     n = 0
-    for i, spec in enumerate(spectra):
-        if i >= len(shifts) or i >= len(dose_end):
+    for chunk in chunks:
+        first = n
+        n += len(chunk)
+        if n > len(shifts) or n > len(dose_end):
             raise ValueError(f"more spectra than shifts ({len(shifts)}) or doses ({len(dose_end)})")
-        ry, rx = shift_ramps(padded_shape_yx, -shifts[i])
-        spec *= ry[:, None]
-        spec *= rx[None, :]
-        if plain is None:
-            plain = spec.copy()
-            even = np.zeros_like(spec)
-            odd = np.zeros_like(spec)
-        else:
-            plain += spec
-        np.multiply(inv_2ne, np.float32(-dose_end[i]), out=w)
-        np.exp(w, out=w)
-        spec *= w
-        if i % 2 == 0:
-            even += spec
-            w2_even += w * w
-        else:
-            odd += spec
-            w2_odd += w * w
-        n += 1
+        for spec in chunk:
+            if spec.shape != shape_half or spec.dtype != np.complex64 \
+                    or not spec.flags.c_contiguous:
+                raise ValueError(f"spectra must be C-contiguous complex64 of shape {shape_half}, "
+                                 f"got {spec.dtype} {spec.shape}")
+        ramps = [shift_ramps(padded_shape_yx, -shifts[i]) for i in range(first, n)]
+        for r0 in range(0, rows, block):
+            r1 = min(rows, r0 + block)
+            m = r1 - r0
+            a_blk = inv_2ne[r0:r1]
+            wb, qb, sq = w[:m], q[:m], w_sq[:m]
+            q_step = None
+            for j, spec in enumerate(chunk):
+                i = first + j
+                ry, rx = ramps[j]
+                f = spec[r0:r1]
+                f *= ry[r0:r1, None]
+                f *= rx[None, :]
+                plain[r0:r1] += f
+                step = dose_end[i] - dose_end[i - 1] if j > 0 else None
+                if step is None:
+                    np.multiply(a_blk, np.float32(-dose_end[i]), out=wb)
+                    np.exp(wb, out=wb)
+                else:
+                    if q_step is None or step != q_step:
+                        np.multiply(a_blk, np.float32(-step), out=qb)
+                        np.exp(qb, out=qb)
+                        q_step = step
+                    wb *= qb
+                f_real = f.view(np.float32)
+                f_real *= wb
+                np.multiply(wb, wb, out=sq)
+                if i % 2 == 0:
+                    even[r0:r1] += f
+                    w2_even[r0:r1] += sq
+                else:
+                    odd[r0:r1] += f
+                    w2_odd[r0:r1] += sq
+        del chunk
     if n == 0:
         raise ValueError("no frames to sum")
     if n != len(shifts):
         raise ValueError(f"{n} spectra for {len(shifts)} shifts")
     n_even, n_odd = (n + 1) // 2, n // 2
-    # dw = (even_raw + odd_raw) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
-    dw = even + odd
-    total_w2 = w2_even + w2_odd
-    np.divide(n, total_w2, out=total_w2)
-    np.sqrt(total_w2, out=total_w2)
-    dw *= total_w2
-    del total_w2
-    np.divide(n_even, w2_even, out=w2_even)
-    np.sqrt(w2_even, out=w2_even)
-    even *= w2_even
-    del w2_even
-    if n_odd:
-        np.divide(n_odd, w2_odd, out=w2_odd)
-        np.sqrt(w2_odd, out=w2_odd)
-        odd *= w2_odd
-    del w2_odd
+    dw = np.empty_like(even)
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        we, wo = w2_even[r0:r1], w2_odd[r0:r1]
+        e, o, d = even[r0:r1], odd[r0:r1], dw[r0:r1]
+        # dw = (even_raw + odd_raw) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
+        np.add(e, o, out=d)
+        d.view(np.float32)[...] *= np.sqrt(n / (we + wo))
+        e.view(np.float32)[...] *= np.sqrt(n_even / we)
+        if n_odd:
+            o.view(np.float32)[...] *= np.sqrt(n_odd / wo)
+    del w2_even, w2_odd, inv_2ne
     return SumSpectra(sum=plain, dw=dw, even=even, odd=odd, n_frames=n)
 
 

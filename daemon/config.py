@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,10 @@ class Config:
     log_level : str
     exit_when_idle_s : float or None
         Stop by itself after this long with nothing pending or running (tests, batch use).
+    options : dict
+        Every merged option by ``dest`` (defaults, then TOML, then flags), including options
+        added to the ``watch`` parser by integrations (publisher, systemd): they build their own
+        settings from here.
     """
 
     watch_dir: Path
@@ -94,6 +98,7 @@ class Config:
     heartbeat_s: float = 10.0
     log_level: str = "info"
     exit_when_idle_s: float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration as JSON-serialisable values (logged at start-up)."""
@@ -105,6 +110,8 @@ class Config:
             if f.name == "params":
                 value = dataclasses.asdict(value)
                 value["fingerprint"] = self.params.fingerprint()
+            if f.name == "options":
+                continue  # the same values, already shown by field
             out[f.name] = value
         return _plain(out)
 
@@ -383,4 +390,5 @@ def load_config(args: argparse.Namespace) -> Config:
         retry_delay_s=float(merged.retry_delay), heartbeat_s=float(merged.heartbeat),
         log_level=merged.log_level,
         exit_when_idle_s=None if merged.exit_when_idle is None else float(merged.exit_when_idle),
+        options=dict(vars(merged)),
     )

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["add_arguments", "run", "DemoResult", "demo_single_movie"]
+__all__ = ["add_arguments", "run", "DemoResult", "demo_single_movie", "demo_session"]
 
 EXAMPLES = """examples:
   motionwatch demo
   motionwatch demo /tmp/mw-demo --size 512 --seed 3
+  motionwatch demo /tmp/mw-session --session --movies 8 --size 512
 """
 
 
@@ -114,6 +115,101 @@ def demo_single_movie(folder: Path, *, seed: int = 0, size_px: int = 1024, n_fra
                       rms_error_px=rms, wall_s=wall)
 
 
+def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int = 512,
+                 n_frames: int = 8, pixel_size_A: float = 1.1,
+                 electrons_per_px_per_frame: float = 1.0,
+                 say: Callable[[str], None] = print) -> int:
+    """Simulate an acquisition session watched and corrected by the daemon; return movies done.
+
+    A detector simulator (:func:`daemon.simulate.simulate_session`) writes ``n_movies``
+    synthetic movies into ``folder/frames`` the way SerialEM does (header first, frames appended
+    over time, header rewritten at the end, one movie arriving by rename, a frame ``.mdoc``
+    after each), while :class:`daemon.service.Service` watches the folder and corrects each
+    movie into ``folder/motioncorr``. Ends with a summary: per movie the drift and the RMS error
+    of the found shifts against the truth.
+    """
+    import threading
+    import time
+
+    import mrcfile
+    import numpy as np
+
+    from correction.params import CorrectionParams, DoseParams, GainParams
+    from correction.synthetic import gain_pattern
+
+    from .config import Config
+    from .logs import configure_logging
+    from .service import Service, ServiceObserver
+    from .simulate import simulate_session
+
+    folder = Path(folder)
+    watch, out = folder / "frames", folder / "motioncorr"
+    watch.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    gain = gain_pattern(rng, (size_px, size_px)).astype(np.float32)
+    gain_path = folder / "demo_gain.mrc"
+    with mrcfile.new(gain_path, overwrite=True) as mrc:
+        mrc.set_data(gain)
+    dose = electrons_per_px_per_frame / pixel_size_A**2
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose),
+                              gain=GainParams(gain_path=gain_path))
+    config = Config(watch, out, out, params, settle_time_s=0.5, scan_interval_s=0.25,
+                    heartbeat_s=0.5, incomplete_grace_s=30.0, log_level="warning")
+    configure_logging(level="warning", stream=sys.stderr)
+    simulated: list = []
+    writer = threading.Thread(target=lambda: simulated.extend(simulate_session(
+        watch, n_movies=n_movies, rng=rng, shape_yx=(size_px, size_px), n_frames=n_frames,
+        pixel_size_A=pixel_size_A, electrons_per_px_per_frame=electrons_per_px_per_frame,
+        frame_interval_s=0.1, movie_interval_s=0.3, rename_indices=(1,), frame_mdoc=True,
+        gain=gain, name="demo_{index:03d}.mrc")), daemon=True)
+    started = time.perf_counter()
+
+    class Report(ServiceObserver):
+        def on_ready(self, info):  # noqa: ANN001
+            say(f"daemon watching {watch} (discovery: {info.discovery_mode}); the simulator "
+                f"writes {n_movies} movies of {size_px}x{size_px}x{n_frames} frame by frame")
+            writer.start()
+
+        def on_movie_done(self, event):  # noqa: ANN001
+            drift = event.record.get("drift", {})
+            say(f"  corrected {event.path.name}: drift {drift.get('total_A', float('nan')):.1f} Å "
+                f"in {event.timings_s.get('worker_wall', 0.0):.2f} s")
+
+        def on_movie_failed(self, event):  # noqa: ANN001
+            say(f"  {event.status} {event.path.name}: {event.error}")
+
+        def on_heartbeat(self, beat):  # noqa: ANN001
+            finished = beat.counts.get("done", 0) + beat.counts.get("quarantined", 0)
+            if writer.ident and not writer.is_alive() and finished >= n_movies \
+                    and not beat.in_flight:
+                service.request_stop("demo session complete")
+
+    service = Service(config, observers=[Report()])
+    service.run()
+    writer.join(timeout=5)
+
+    import json
+
+    say(f"session summary ({time.perf_counter() - started:.1f} s):")
+    done = 0
+    for movie in simulated:
+        motion = out / f"{movie.path.stem}.motion.json"
+        if not motion.is_file():
+            say(f"  {movie.path.name}: not corrected")
+            continue
+        record = json.loads(motion.read_text())
+        found = np.array(record["global_shifts_px"], dtype=float)[:, ::-1]  # [dx,dy] -> [dy,dx]
+        truth = movie.shifts_yx_px
+        error = (found - found.mean(0)) - (truth - truth.mean(0))
+        rms = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+        done += 1
+        say(f"  {movie.path.name}: {record['frames']} frames, drift "
+            f"{record['drift']['total_A']:.1f} Å, shift error {rms:.3f} px RMS")
+    say(f"{done} of {n_movies} movies corrected into {out}; state: motionwatch status {out}")
+    return done
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``motionwatch demo``."""
     parser.add_argument("folder", nargs="?", type=Path, default=Path("motionwatch-demo"),
@@ -123,6 +219,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=1024, metavar="PX",
                         help="frame size in pixels (default 1024)")
     parser.add_argument("--frames", type=int, default=10, help="frames (default 10)")
+    parser.add_argument("--session", action="store_true",
+                        help="simulate an acquisition session: movies written frame by frame "
+                             "into FOLDER/frames while the watch daemon corrects them into "
+                             "FOLDER/motioncorr")
+    parser.add_argument("--movies", type=int, default=8, metavar="N",
+                        help="movies in the simulated session (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         print("motionwatch demo: --size must be >= 64 and --frames >= 2", file=sys.stderr)
         return exitcodes.USAGE
     try:
+        if args.session:
+            done = demo_session(args.folder, seed=args.seed, size_px=args.size,
+                                n_frames=args.frames, n_movies=args.movies)
+            return exitcodes.OK if done == args.movies else exitcodes.SOME_FAILED
         demo_single_movie(args.folder, seed=args.seed, size_px=args.size, n_frames=args.frames)
     except (CorrectionError, OSError) as exc:
         print(f"motionwatch demo: {exc}", file=sys.stderr)

@@ -576,6 +576,9 @@ class Publisher:
         self._dropped = 0  # total, for stats
         self._dropped_pending = 0  # not yet turned into a seq gap
         self._sent = 0
+        self._accepted = 0  # messages put on the queue
+        self._handled = 0  # messages taken off the queue by the socket thread (sent or not)
+        self._overflow = 0  # messages dropped from a full queue
         self._subscriptions = 0
         self._build_errors = 0
         self._closed = False
@@ -622,6 +625,23 @@ class Publisher:
                 os.close(fd)
             except OSError:
                 pass
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every message put before this call has left the queue (sent, or dropped).
+
+        For shutdown paths and tests; the daemon's normal calls never wait. Returns False on
+        timeout (e.g. the publisher was never started).
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            target = self._accepted
+        while True:
+            with self._lock:
+                if self._handled + self._overflow >= target:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def __enter__(self) -> Publisher:
         return self.start()
@@ -739,8 +759,10 @@ class Publisher:
             if len(self._queue) >= self.config.queue_size:
                 self._queue.popleft()
                 self._dropped += 1
+                self._overflow += 1
                 self._dropped_pending += 1
             self._queue.append((topic, body))
+            self._accepted += 1
 
     def _wake(self) -> None:
         try:
@@ -790,7 +812,7 @@ class Publisher:
         try:
             try:
                 sock, auth = self._setup(ctx)
-            except (zmq.ZMQError, OSError, ValueError) as exc:
+            except Exception as exc:  # reported to start(), which raises PublishError
                 self._start_error = exc
                 self._ready.set()
                 return
@@ -840,14 +862,17 @@ class Publisher:
             for topic, body in batch:
                 seq += 1
                 sent += self._send(sock, topic, body, seq)
-                feed.apply(topic, body)
+                try:
+                    feed.apply(topic, body)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    pass  # an odd body must not stop the socket thread; it was still sent
             if want_state:
                 seq += 1
                 state = {**feed.snapshot(), "time": _now_iso(self._clock())}
                 sent += self._send(sock, "state", state, seq)
-            if sent:
-                with self._lock:
-                    self._sent += sent
+            with self._lock:
+                self._sent += sent
+                self._handled += len(batch)
             if closing:
                 return
 

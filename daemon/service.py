@@ -35,7 +35,8 @@ from .workers import DEFAULT_RUNNER, Outcome, Task, WorkerPool
 __all__ = [
     "add_arguments", "run", "Service", "ServiceObserver", "MetadataResolver", "NoMetadata",
     "MovieMetadata", "MovieEvent", "Heartbeat", "Health", "ServiceInfo", "SOURCE_KEY",
-    "LOCK_NAME", "output_dir_for", "movie_stem",
+    "LOCK_NAME", "output_dir_for", "movie_stem", "build_observers", "build_resolver",
+    "find_adoptable_outputs", "clean_temporary_outputs",
 ]
 
 EXAMPLES = """examples:
@@ -79,8 +80,12 @@ class MovieMetadata:
 class MetadataResolver(Protocol):
     """Resolves per-movie metadata (issue 6's tilt-series/mdoc dose ledger plugs in here)."""
 
-    def observe(self, scan: ScanResult) -> None:
-        """See every scan (metadata files such as series ``.mdoc`` included)."""
+    def observe(self, scan: ScanResult) -> Iterable[Path] | None:
+        """See every scan (metadata files such as series ``.mdoc`` included).
+
+        Returns the movies whose metadata may have changed (a series mdoc rewritten): they are
+        resolved again at this scan, and a changed dose makes a new ledger key, so a redo.
+        """
 
     def resolve(self, movie: Observation, params: Any) -> MovieMetadata:
         """Metadata of one complete movie; ``params`` are the configured CorrectionParams."""
@@ -89,7 +94,7 @@ class MetadataResolver(Protocol):
 class NoMetadata:
     """The default resolver: every movie gets the configured parameters."""
 
-    def observe(self, scan: ScanResult) -> None:
+    def observe(self, scan: ScanResult) -> Iterable[Path] | None:
         return None
 
     def resolve(self, movie: Observation, params: Any) -> MovieMetadata:
@@ -442,7 +447,8 @@ class Service:
                                        polling=cfg.polling, wake=self.wake,
                                        log=lambda event, **kw: self._log.warning(event, **kw))
             self.discovery.start()
-            self.pool = WorkerPool(cfg.workers, timeout_s=cfg.movie_timeout_s, runner=self._runner)
+            self.pool = WorkerPool(cfg.workers, timeout_s=cfg.movie_timeout_s, runner=self._runner,
+                                   preload_gain=cfg.params.gain)
             self.pool.start()
             self._scan()
             state = self.discovery.state()
@@ -451,7 +457,11 @@ class Service:
                            recovered=self._recovered, counts=self.ledger.counts())
             self._notify("on_ready", ServiceInfo(cfg, os.getpid(), state.mode, state.reason,
                                                  self._recovered))
-            status = self._loop()
+            try:
+                status = self._loop()
+            except Exception:
+                self._log.exception("service_crashed")
+                raise
         finally:
             self._shutdown()
             self._restore_signals(previous)
@@ -594,9 +604,12 @@ class Service:
                 key = MovieKey(str(path), -1, -1, self._fingerprint)
                 self._safe(lambda: self.ledger.add(key, status="quarantined", error=reason))
         try:
-            self._resolver.observe(result)
+            changed = {str(p) for p in (self._resolver.observe(result) or ())}
         except Exception as exc:  # noqa: BLE001 - a resolver bug must not stop discovery
             self._log.error("metadata_observe_failed", error=f"{type(exc).__name__}: {exc}")
+            changed = set()
+        if changed:
+            self._handled = {h for h in self._handled if h[0] not in changed}
         movies = [o for o in result.observations if o.kind == "movie"]
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
@@ -633,7 +646,12 @@ class Service:
             return meta.wait_reason
         params = cfg.params if meta.dose is None else dataclasses.replace(cfg.params, dose=meta.dose)
         key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, params.fingerprint())
-        if self.ledger.get(key) is not None:
+        try:
+            known = self.ledger.get(key) is not None
+        except sqlite3.Error as exc:
+            self._report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
+            return "state database unavailable"
+        if known:
             self._handled.add(ident)
             return None
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
@@ -647,8 +665,9 @@ class Service:
                   "dose": None if meta.dose is None else dataclasses.asdict(meta.dose),
                   "n_frames": verdict.n_frames}
         if verdict.decision == "reject":
-            self._safe(lambda: self.ledger.add(key, status="quarantined", error=verdict.reason,
-                                               metadata=stored))
+            if self._safe(lambda: self.ledger.add(key, status="quarantined", error=verdict.reason,
+                                                  metadata=stored)) is None:
+                return "state database unavailable"
             self._handled.add(ident)
             log.warning("movie_quarantined", reason=verdict.reason, stage="validate")
             self._notify("on_movie_failed", MovieEvent(obs.path, key, "quarantined", 0,
@@ -661,11 +680,14 @@ class Service:
         out_dir = output_dir_for(obs.path, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
         adopted = find_adoptable_outputs(key, out_dir, movie_stem(obs.path))
         if adopted is not None:
-            self._safe(lambda: self.ledger.adopt(key, outputs=adopted, summary={}, timings={}))
+            if self._safe(lambda: self.ledger.adopt(key, outputs=adopted, summary={},
+                                                    timings={}) or True) is None:
+                return "state database unavailable"
             log.info("movie_adopted", outputs=adopted,
                      note="complete outputs of this movie version were already on disk")
         else:
-            self._safe(lambda: self.ledger.add(key, metadata=stored))
+            if self._safe(lambda: self.ledger.add(key, metadata=stored)) is None:
+                return "state database unavailable"
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
         self._handled.add(ident)
         return None
@@ -795,12 +817,26 @@ class Service:
 
 
 def add_arguments(parser: Any) -> None:
-    """Options of ``motionwatch watch``: the daemon's own, then the correction options."""
+    """Options of ``motionwatch watch``: the daemon's own, then the correction options.
+
+    Integrations add their options here, before :func:`finalize_parser` (which gives every
+    option its TOML key); their values arrive in ``Config.options``.
+    """
     from .options import add_correction_arguments
 
     add_watch_arguments(parser)
     add_correction_arguments(parser)
     finalize_parser(parser)
+
+
+def build_observers(config: Config) -> list[ServiceObserver]:
+    """The observers ``motionwatch watch`` runs with (publisher, systemd notify plug in here)."""
+    return []
+
+
+def build_resolver(config: Config) -> MetadataResolver:
+    """The metadata resolver ``motionwatch watch`` runs with (tilt series plug in here)."""
+    return NoMetadata()
 
 
 def run(args: Any) -> int:
@@ -813,4 +849,5 @@ def run(args: Any) -> int:
     from .logs import configure_logging
 
     configure_logging(level=config.log_level)
-    return Service(config).run()
+    return Service(config, observers=build_observers(config),
+                   resolver=build_resolver(config)).run()

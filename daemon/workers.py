@@ -144,7 +144,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None) -> None:
+def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None,
+                 preload_gain: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -157,6 +158,11 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
     load_gain = _resolve(gain_loader) if gain_loader else None
     gain_key: Any = None
     gain_reference: Any = None
+    if load_gain is not None and getattr(preload_gain, "gain_path", None) is not None:
+        try:  # ready before the first movie arrives; a failure shows up again at that movie
+            gain_reference, gain_key = load_gain(preload_gain), preload_gain
+        except Exception:  # noqa: BLE001
+            gain_reference, gain_key = None, None
     while True:
         try:
             task = conn.recv()
@@ -164,6 +170,7 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
             return
         if task is None:
             return
+        conn.send(("started", task.task_id))  # the parent's timeout clock starts now
         started = time.perf_counter()
         try:
             gain_params = getattr(task.params, "gain", None)
@@ -207,8 +214,14 @@ class _Slot:
     process: Any
     conn: Connection
     task: Task | None = None
-    started_s: float = 0.0
+    sent_s: float = 0.0  # when the task was sent
+    started_s: float | None = None  # when the worker said it began (after its start-up)
     tasks_done: int = 0
+
+    def deadline(self, timeout_s: float, startup_s: float) -> float:
+        if self.started_s is not None:
+            return self.started_s + timeout_s
+        return self.sent_s + startup_s + timeout_s
 
 
 class WorkerPool:
@@ -219,7 +232,10 @@ class WorkerPool:
     n_workers : int
         Worker processes (>= 1).
     timeout_s : float or None
-        A task running longer is killed and reported as ``timeout``.
+        A task running longer is killed and reported as ``timeout``. The clock starts when the
+        worker begins the task, so a worker's own start-up (imports, gain) does not count.
+    startup_s : float
+        How long a worker may take to start (imports, gain loading) before its task times out.
     runner : str
         ``"module:function"`` called as ``runner(movie_path, out_dir, params, *,
         gain_reference, stem, extra_record)``, returning an object with ``outputs``, ``record``
@@ -228,6 +244,8 @@ class WorkerPool:
         ``"module:function"`` turning ``GainParams`` into the reference passed to the runner.
     max_tasks_per_worker : int or None
         Replace a worker after this many tasks (bounds slow memory growth); None = never.
+    preload_gain : GainParams or None
+        Gain parameters each worker loads as soon as it starts (the configured ones).
     start_method : str
         ``"spawn"`` (default) or ``"forkserver"``.
     clock : callable
@@ -235,17 +253,20 @@ class WorkerPool:
     """
 
     def __init__(self, n_workers: int, *, timeout_s: float | None = None,
-                 runner: str = DEFAULT_RUNNER,
+                 startup_s: float = 120.0, runner: str = DEFAULT_RUNNER,
                  gain_loader: str | None = "correction.gain:load_gain_reference",
-                 max_tasks_per_worker: int | None = None, start_method: str = "spawn",
+                 max_tasks_per_worker: int | None = None, preload_gain: Any = None,
+                 start_method: str = "spawn",
                  clock: Callable[[], float] = time.monotonic) -> None:
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         self._n = n_workers
         self._timeout_s = timeout_s
+        self._startup_s = startup_s
         self._runner = runner
         self._gain_loader = gain_loader
         self._max_tasks = max_tasks_per_worker
+        self._preload_gain = preload_gain
         self._ctx = multiprocessing.get_context(start_method)
         self._clock = clock
         self._slots: list[_Slot] = []
@@ -255,7 +276,8 @@ class WorkerPool:
     def _spawn(self) -> _Slot:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, name="motionwatch-worker", daemon=True,
-                                    args=(child_conn, os.getpid(), self._runner, self._gain_loader))
+                                    args=(child_conn, os.getpid(), self._runner, self._gain_loader,
+                                          self._preload_gain))
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             process.start()
@@ -347,7 +369,8 @@ class WorkerPool:
                     slot = self._slots[index]
                     slot.conn.send(task)
                 slot.task = task
-                slot.started_s = self._clock()
+                slot.sent_s = self._clock()
+                slot.started_s = None
                 return
         raise RuntimeError("no idle worker")
 
@@ -360,7 +383,7 @@ class WorkerPool:
         busy = [s for s in self._slots if s.task is not None]
         if self._timeout_s is not None and busy:
             now = self._clock()
-            nearest = min(s.started_s + self._timeout_s for s in busy) - now
+            nearest = min(s.deadline(self._timeout_s, self._startup_s) for s in busy) - now
             timeout_s = max(0.0, min(timeout_s, nearest))
         waitables: list[Any] = list(also)
         for s in busy:
@@ -383,8 +406,12 @@ class WorkerPool:
                 continue
             outcome: Outcome | None = None
             try:
-                if slot.conn.poll():
-                    outcome = slot.conn.recv()
+                while outcome is None and slot.conn.poll():
+                    message = slot.conn.recv()
+                    if isinstance(message, tuple) and message[:1] == ("started",):
+                        slot.started_s = self._clock()
+                    else:
+                        outcome = message
             except (EOFError, OSError):
                 outcome = None
             if outcome is not None:
@@ -402,9 +429,12 @@ class WorkerPool:
                                         worker_pid=slot.process.pid))
                 slot.task = None
                 self._replace(index)
-            elif self._timeout_s is not None and now - slot.started_s > self._timeout_s:
-                outcomes.append(Outcome(task.task_id, "timeout",
-                                        error=f"timed out after {self._timeout_s:g} s; worker killed",
+            elif self._timeout_s is not None and now > slot.deadline(self._timeout_s,
+                                                                      self._startup_s):
+                error = (f"timed out after {self._timeout_s:g} s; worker killed"
+                         if slot.started_s is not None else
+                         f"worker did not start within {self._startup_s + self._timeout_s:g} s; killed")
+                outcomes.append(Outcome(task.task_id, "timeout", error=error,
                                         worker_pid=slot.process.pid))
                 slot.task = None
                 self._replace(index)

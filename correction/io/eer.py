@@ -402,10 +402,14 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
 
     def work(fraction: int) -> None:
         buf = np.empty((ny, nx), dtype=bool)
+        as_u8 = buf.view(np.uint8)          # 0/1 bytes: add without a cast
         target = frames[fraction]
         for raw in range(starts[fraction], starts[fraction] + sizes[fraction]):
             _decode_into(fd, layout, raw, buf, superres, path)
-            np.add(target, buf, out=target, casting="unsafe")
+            if target.dtype == np.uint8:
+                np.add(target, as_u8, out=target)
+            else:
+                np.add(target, as_u8, out=target, casting="unsafe")
 
     _run(work, range(len(sizes)), max_workers)
     pixel = phys_pixel / factor if phys_pixel is not None else None

@@ -145,3 +145,15 @@ def test_apply_gain_refuses_a_frame_of_another_shape():
     ref = GainReference.from_arrays(np.ones((16, 16)))
     with pytest.raises(GainReferenceError, match="gain is 16x16"):
         apply_gain(np.zeros((16, 8), np.uint8), ref)
+
+
+def test_physical_gain_expands_over_the_subpixels_of_a_super_resolution_movie():
+    gain = np.array([[1.0, 2.0], [0.0, 4.0]], np.float32)       # one defect
+    ref = GainReference.from_arrays(gain)
+    fine = ref.fit_to((4, 4))
+    np.testing.assert_array_equal(fine.gain, [[1, 1, 2, 2], [1, 1, 2, 2],
+                                              [0, 0, 4, 4], [0, 0, 4, 4]])
+    assert fine.defect_mask.sum() == 4 and fine.defect_mask[2:, :2].all()
+    assert ref.fit_to((2, 2)) is ref
+    with pytest.raises(GainReferenceError, match="gain is 2x2"):
+        ref.fit_to((4, 6))

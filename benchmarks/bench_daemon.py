@@ -1,0 +1,172 @@
+"""Does the watch daemon keep up? Backlog throughput against `motionwatch correct`, and memory.
+
+1. Throughput: a backlog of N synthetic 1024^2 x 10-frame int16 MRC movies (hard links of one
+   rendered movie, so disk use stays small) is corrected twice on the same files: once by
+   ``motionwatch correct`` (one process, all movies in one call) and once by ``motionwatch watch``
+   (daemon, 1 worker process, started on the full folder). Both wall times include interpreter
+   start-up; the daemon's ends at its last ``movie_done`` event (its idle wait is excluded) and
+   includes its settle time. Prints both rates and their ratio (goal: daemon within 20%).
+2. Memory: the daemon works through a backlog of M movies (default 200) while the resident
+   memory of the daemon and its workers is sampled; prints RSS against movies done (goal: flat).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_daemon.py [--movies 10] [--memory-movies 200]
+        [--size 1024] [--frames 10] [--memory-size 1024] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import psutil
+
+from correction.synthetic import render_movie
+
+PIXEL_SIZE_A = 1.1
+
+
+def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0) -> tuple[list[Path], Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    synthetic = render_movie(np.random.default_rng(seed), shape_yx=(size, size), n_frames=frames,
+                             pixel_size_A=PIXEL_SIZE_A, dtype=np.int16)
+    master = folder.parent / f"master_{size}.mrc"
+    gain = folder.parent / f"gain_{size}.mrc"
+    if not master.exists():
+        with mrcfile.new(master, overwrite=True) as mrc:
+            mrc.set_data(synthetic.frames)
+            mrc.voxel_size = PIXEL_SIZE_A
+        with mrcfile.new(gain, overwrite=True) as mrc:
+            mrc.set_data(synthetic.gain.astype(np.float32))
+    movies = []
+    for i in range(n):
+        path = folder / f"movie_{i:04d}.mrc"
+        os.link(master, path)
+        movies.append(path)
+    return movies, gain
+
+
+def correction_flags(gain: Path) -> list[str]:
+    return ["--gain", str(gain), "--dose-per-frame", f"{1.0 / PIXEL_SIZE_A**2:.4f}"]
+
+
+def time_correct(movies: list[Path], out: Path, gain: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "daemon", "correct", *map(str, movies), "--out", str(out),
+                    *correction_flags(gain)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: bool
+               ) -> tuple[float, list[tuple[int, float]]]:
+    log = out.parent / f"{out.name}.log"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
+           "--settle-time", "0.5", "--scan-interval", "0.25", "--exit-when-idle", "1",
+           "--heartbeat", "1", *correction_flags(gain)]
+    start_wall = time.time()
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    samples: list[tuple[int, float]] = []
+    db_path = out / "motionwatch.sqlite"
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        time.sleep(0.5)
+        if not sample_memory:
+            continue
+        try:
+            procs = [root, *root.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in procs if p.is_running())
+        except psutil.Error:
+            continue
+        done = 0
+        if db_path.exists():
+            try:
+                db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+                done = db.execute("SELECT COUNT(*) FROM movies WHERE status='done'").fetchone()[0]
+                db.close()
+            except sqlite3.Error:
+                pass
+        if rss > 0:
+            samples.append((done, rss / 2**20))
+    if proc.returncode != 0:
+        raise SystemExit(f"daemon exited {proc.returncode}; see {log}")
+    last_done = None
+    n_done = 0
+    for line in log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "movie_done":
+            n_done += 1
+            last_done = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+    if n_done != n or last_done is None:
+        raise SystemExit(f"daemon corrected {n_done} of {n} movies; see {log}")
+    return last_done - start_wall, samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--movies", type=int, default=10, help="throughput backlog (default 10)")
+    parser.add_argument("--memory-movies", type=int, default=200,
+                        help="movies in the memory run (default 200; 0 skips it)")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--frames", type=int, default=10)
+    parser.add_argument("--memory-size", type=int, default=1024)
+    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep")
+    args = parser.parse_args(argv)
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench_daemon_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"backlog of {args.movies} movies {args.size}^2 x {args.frames} int16 (in {work})")
+        movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames)
+        t_correct = time_correct(movies, work / "out_correct", gain)
+        t_daemon, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
+                                 sample_memory=False)
+        print(f"motionwatch correct: {t_correct:7.2f} s  ({args.movies / t_correct:.3f} movies/s)")
+        print(f"motionwatch watch:   {t_daemon:7.2f} s  ({args.movies / t_daemon:.3f} movies/s, "
+              f"1 worker, settle 0.5 s included)")
+        print(f"daemon / correct wall time: {t_daemon / t_correct:.3f} "
+              f"({'within' if t_daemon <= 1.2 * t_correct else 'NOT within'} 20%)")
+
+        if args.memory_movies:
+            print(f"memory: daemon over {args.memory_movies} movies "
+                  f"{args.memory_size}^2 x {args.frames}")
+            movies, gain = make_backlog(work / "memory", args.memory_movies, args.memory_size,
+                                        args.frames, seed=1)
+            t, samples = run_daemon(work / "memory", work / "out_memory", gain,
+                                    args.memory_movies, sample_memory=True)
+            print(f"  {args.memory_movies} movies in {t:.1f} s "
+                  f"({args.memory_movies / t:.3f} movies/s)")
+            print("  movies done   RSS daemon+workers (MiB)")
+            marks = sorted({int(f * args.memory_movies) for f in (0.05, 0.1, 0.25, 0.5, 0.75, 0.95)})
+            for mark in marks:
+                near = [rss for done, rss in samples if done >= mark]
+                if near:
+                    print(f"  {mark:11d}   {near[0]:8.1f}")
+            warm = [rss for done, rss in samples if done >= max(1, args.memory_movies // 10)]
+            if warm:
+                print(f"  after 10% done: min {min(warm):.1f}, max {max(warm):.1f} MiB, "
+                      f"growth {max(warm) - warm[0]:+.1f} MiB over the rest")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Benchmark the readers, gain application, hot-pixel detection and writers at 4096².
+
+Prints wall times (median of repeats) and peak RSS; not part of the test run. Fixtures are made
+with mrcfile and the test EER writer (tests/helpers/eer_writer.py) in a scratch folder.
+
+    python benchmarks/bench_io.py [--eer-frames 600] [--scratch /tmp/mw-bench-io]
+
+The EER figure is decode + grouping only (reading into fractions); correcting those fractions
+is the pipeline's benchmark (benchmarks/bench_correct.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from correction.defects import detect_hot_pixels  # noqa: E402
+from correction.gain import GainReference, apply_gain  # noqa: E402
+from correction.io import read_movie  # noqa: E402
+from correction.params import ReadParams  # noqa: E402
+from correction.write import write_mrc_atomic  # noqa: E402
+
+N = 4096
+
+
+def _load_eer_writer():
+    path = ROOT / "tests" / "helpers" / "eer_writer.py"
+    spec = importlib.util.spec_from_file_location("eer_writer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _time(fn, repeats=3):
+    times = []
+    result = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process (VmHWM, reset by exec unlike ru_maxrss)."""
+    with open("/proc/self/status") as fh:
+        line = next(x for x in fh if x.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024 ** 2
+
+
+def bench_in_process(scratch: Path) -> None:
+    rng = np.random.default_rng(0)
+    gain = rng.uniform(0.8, 1.2, (N, N)).astype(np.float32)
+    gain.reshape(-1)[rng.choice(N * N, 5000, replace=False)] = 0.0
+    gain[2000:2004, :] = 0.0
+    t, ref = _time(lambda: GainReference.from_arrays(gain), repeats=1)
+    print(f"GainReference.from_arrays 4096² ({ref.plan.n_pixels} defects): {t * 1e3:.0f} ms")
+    frame = rng.poisson(1.0, (N, N)).astype(np.uint16)
+    out = np.empty((N, N), np.float32)
+    t, _ = _time(lambda: apply_gain(frame, ref, out=out), repeats=5)
+    print(f"apply_gain 4096² uint16 (target < 60 ms): {t * 1e3:.0f} ms")
+    summed = rng.poisson(10.0, (N, N)).astype(np.float32)
+    t, mask = _time(lambda: detect_hot_pixels(summed, sigma=8.0), repeats=3)
+    print(f"detect_hot_pixels 4096² (target < 0.3 s): {t:.3f} s, {int(mask.sum())} flagged "
+          f"in pure Poisson")
+    image = rng.normal(size=(N, N)).astype(np.float32)
+    t, _ = _time(lambda: write_mrc_atomic(scratch / "w.mrc", image, pixel_size_A=1.0))
+    print(f"write_mrc_atomic 4096² float32 (with fsync): {t:.3f} s")
+
+    movie_path = scratch / "m.mrc"
+    if not movie_path.exists():
+        with mrcfile.new(movie_path, overwrite=True) as mrc:
+            mrc.set_data(rng.poisson(1.0, (10, N, N)).astype(np.int16))
+
+    def read_and_touch():
+        movie = read_movie(movie_path)
+        return sum(int(f[::64, ::64].sum()) for f in movie.frames) + int(
+            np.asarray(movie.frames).sum(dtype=np.int64) > -1)
+    t, _ = _time(read_and_touch, repeats=3)
+    print(f"read_movie MRC 4096² x 10 int16 + touch every byte: {t:.3f} s")
+    print(f"peak RSS so far: {_peak_rss_gb():.2f} GB")
+
+
+def bench_eer(scratch: Path, n_raw: int) -> None:
+    """Write (once) and read a 4096² EER movie in a child process to measure its peak RSS."""
+    path = scratch / f"m{n_raw}.eer"
+    if not path.exists():
+        writer = _load_eer_writer()
+        rng = np.random.default_rng(1)
+        rate = 0.046          # e/pixel per raw frame: ~27 e/px over 600 raw frames
+        t = time.perf_counter()
+
+        def frames():
+            for _ in range(n_raw):
+                yield np.flatnonzero(rng.random(N * N, dtype=np.float32) < rate)
+        writer.write_eer(path, frames(), shape_yx=(N, N), metadata=[
+            ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", "8.3e-11"),
+            ("totalDose", "e/px", str(rate * n_raw))])
+        print(f"(wrote {path.name}, {path.stat().st_size / 1e6:.0f} MB, in "
+              f"{time.perf_counter() - t:.0f} s)")
+    code = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from correction.io import read_movie\n"
+        "from correction.params import ReadParams\n"
+        "t = time.perf_counter()\n"
+        "m = read_movie(%r, params=ReadParams(eer_group_frames=%d))\n"
+        "dt = time.perf_counter() - t\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "rss = int(hwm.split()[1]) / 1024 ** 2\n"
+        "print(f'{dt:.2f} {rss:.2f} {m.frames.shape} {m.frames.dtype}')\n"
+    ) % (str(ROOT), str(path), max(1, n_raw // 20))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=2)
+    print(f"read_movie EER 4096² x {n_raw} raw frames -> 20 fractions: {float(out[0]):.2f} s "
+          f"({float(out[0]) / n_raw * 1e3:.1f} ms per raw frame), peak RSS {out[1]} GB, "
+          f"frames {out[2].strip()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eer-frames", type=int, default=600)
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/mw-bench-io"))
+    parser.add_argument("--skip-eer", action="store_true")
+    args = parser.parse_args(argv)
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    bench_in_process(args.scratch)
+    if not args.skip_eer:
+        bench_eer(args.scratch, args.eer_frames)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

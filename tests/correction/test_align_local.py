@@ -1,0 +1,290 @@
+"""Patch-based local motion: the model, its robust fit, the tile-wise application and the
+end-to-end accuracy against synthetic movies with a known deformation field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from correction.align_global import estimate_shifts
+from correction.align_local import (
+    LocalMotionModel,
+    LocalParams,
+    estimate_local_motion,
+    fit_local_model,
+    local_motion_record,
+    patch_grid,
+)
+from correction.dose import accumulated_dose_e_A2
+from correction.errors import ParameterError
+from correction.fourier import fast_length, fourier_crop, rfft2, shift_image
+from correction.local_apply import local_sums, tile_layout
+from correction.params import AlignParams
+from correction.summation import accumulate_sums, pad_frame, sums_to_images
+from correction.synthetic_local import (
+    LocalDeformation,
+    frc_band_against_truth,
+    render_local_movie,
+    smooth_global_drift,
+)
+
+ALIGN_SIZE = 1024
+
+
+def _rms(err: np.ndarray) -> float:
+    """RMS length of 2-vectors in the last axis."""
+    return float(np.sqrt(np.mean(np.sum(err * err, axis=-1))))
+
+
+def _global_then_local(frames: np.ndarray, params: AlignParams = AlignParams(),
+                       local: LocalParams = LocalParams()):
+    n, ny, nx = frames.shape
+    spectra = rfft2(frames.astype(np.float32), workers=2)
+    m = min(ALIGN_SIZE, ny)
+    cropped = fourier_crop(spectra, (ny, nx), (m, m))
+    del spectra
+    ga = estimate_shifts(cropped, params=params, output_px_per_grid_px=ny / m, workers=2)
+    shifts = ga.shifts_yx_px * (ny / m)
+    lm = estimate_local_motion(cropped, (m, m), (ny, nx), shifts, params=params, local=local,
+                               workers=2)
+    return shifts, lm
+
+
+def _error_at_patch_centres(movie, shifts, lm) -> tuple[float, float]:
+    """RMS error of (global + local) and of global only vs truth, temporal means removed."""
+    c = lm.patch_centres_yx_px
+    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
+    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
+    true -= true.mean(axis=0)
+    est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
+    est -= est.mean(axis=0)
+    glob = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
+    return _rms(est - true), _rms(glob - true)
+
+
+# ----------------------------------------------------------------------------- model + fit
+
+def _random_model(rng, shape, n_frames, amplitude=1.5) -> LocalMotionModel:
+    coeffs = rng.normal(scale=amplitude, size=(2, 6, 3))
+    return LocalMotionModel(shape, n_frames, 2, 3, coeffs)
+
+
+def test_model_displacement_has_zero_temporal_mean_and_zero_model_is_zero():
+    rng = np.random.default_rng(0)
+    model = _random_model(rng, (4096, 4096), 10)
+    y, x = np.meshgrid(np.linspace(0, 4095, 7), np.linspace(0, 4095, 5), indexing="ij")
+    d = model.displacement_yx_px(y, x)
+    assert d.shape == (10, 7, 5, 2)
+    np.testing.assert_allclose(d.mean(axis=0), 0.0, atol=1e-12)
+    assert np.abs(d).max() > 0.1
+    zero = LocalMotionModel.zero((4096, 4096), 10).displacement_yx_px(y, x)
+    assert zero.shape == (10, 7, 5, 2) and not zero.any()
+
+
+def test_model_fit_recovers_known_field_from_noisy_patch_shifts_with_outliers_within_0_03_px():
+    rng = np.random.default_rng(1)
+    shape, n_frames = (4096, 4096), 10
+    truth = _random_model(rng, shape, n_frames)
+    grid = patch_grid((1024, 1024), shape, (5, 5))
+    c = grid.centres_yx_px
+    true = truth.displacement_yx_px(c[:, 0], c[:, 1]).transpose(1, 0, 2)  # (P, F, 2)
+    measured = true + rng.normal(scale=0.05, size=true.shape)
+    measured += rng.normal(scale=3.0, size=(len(c), 1, 2))  # unknown constant per patch
+    bad_patches = [3, 11, 17]
+    measured[bad_patches] += rng.normal(scale=2.0, size=(3, n_frames, 2))
+    measured[20, 4] += [1.5, -2.0]  # one wrong peak in an otherwise good patch
+    fit = fit_local_model(c, measured, shape_yx=shape)
+    assert set(bad_patches) <= set(np.flatnonzero(fit.rejected))
+    assert np.sum(fit.rejected) <= 5
+    assert _rms(fit.fitted_yx_px - true) < 0.03
+    # the model evaluated anywhere matches the truth field, not just at the patch centres
+    y, x = np.meshgrid(np.linspace(500, 3600, 6), np.linspace(500, 3600, 6), indexing="ij")
+    assert _rms(fit.model.displacement_yx_px(y, x) - truth.displacement_yx_px(y, x)) < 0.05
+    assert 0.03 < fit.residual_sigma_px < 0.08
+    assert fit.predicted_error_px < 0.05
+
+
+def test_patch_grid_overlaps_and_covers_the_frame():
+    grid = patch_grid((512, 512), (4096, 4096), (5, 5))
+    size = grid.patch_shape_yx[0]
+    assert len(grid.origins_yx) == 25
+    assert grid.origins_yx.min() == 0 and grid.origins_yx.max() + size == 512
+    stride = np.diff(np.unique(grid.origins_yx[:, 0]))
+    assert np.all(stride <= size / 2 + 1)  # at least ~50 % overlap
+    np.testing.assert_allclose(grid.centres_yx_px[12], [(256 - 0.5) * 8] * 2, atol=8)
+
+
+def test_local_params_reject_bad_values_by_name():
+    with pytest.raises(ParameterError, match="spatial_degree"):
+        LocalParams(spatial_degree=5)
+    with pytest.raises(ParameterError, match="max_predicted_error_px"):
+        LocalParams(max_predicted_error_px=0)
+
+
+# ----------------------------------------------------------------------------- tile sums
+
+def test_tile_weights_form_a_partition_of_unity_over_the_frame():
+    layout = tile_layout((1000, 1300), tile_px=256, overlap_px=32)
+    total = np.zeros((1000, 1300))
+    size = layout.tile_size
+    for (oy, ox), wy, wx in zip(layout.origins_yx, layout.weights_y, layout.weights_x):
+        w = wy[:, None] * wx[None, :]
+        y0, x0 = max(oy, 0), max(ox, 0)
+        y1, x1 = min(oy + size, 1000), min(ox + size, 1300)
+        total[y0:y1, x0:x1] += w[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+def test_tile_sums_without_local_motion_equal_exact_global_fourier_shift_sums():
+    rng = np.random.default_rng(2)
+    n = 768
+    base = (gaussian_filter(rng.normal(size=(n, n)), 2.0) * 50 + 10).astype(np.float32)
+    shifts = rng.uniform(-6, 6, size=(6, 2))
+    frames = np.stack([shift_image(base, s) for s in shifts])  # circular, exact
+    dose_end = accumulated_dose_e_A2(np.full(6, 3.0))
+    sums = local_sums(frames, shifts, None, pixel_size_A=1.0, dose_end_e_A2=dose_end,
+                      tile_px=256, workers=2)
+    for image in (sums.plain, sums.dose_weighted, sums.even, sums.odd):
+        assert image.dtype == np.float32 and image.shape == (n, n)
+    inner = (slice(16, -16), slice(16, -16))  # the reference wraps at the frame edges
+    truth = 6 * base
+    err = np.abs(sums.plain - truth)[inner]
+    assert err.mean() < 0.003 * truth.std() and err.max() < 0.03 * truth.std()
+    # dose weighting keeps the mean (k = 0) and the halves sum to the whole at k = 0
+    assert sums.dose_weighted.mean() == pytest.approx(sums.plain.mean(), rel=1e-4)
+    assert (sums.even + sums.odd).mean() == pytest.approx(sums.plain.mean(), rel=1e-4)
+    assert sums.even[inner].mean() == pytest.approx(3 * base[inner].mean(), rel=1e-3)
+    assert sums.odd[inner].mean() == pytest.approx(3 * base[inner].mean(), rel=1e-3)
+
+
+def test_tile_sums_without_local_motion_match_the_global_summation_module():
+    """Same frames, same global shifts: tile sums == correction.summation's four sums."""
+    rng = np.random.default_rng(3)
+    n, n_frames = 640, 5
+    shifts = rng.uniform(-4, 4, size=(n_frames, 2))
+    base = (gaussian_filter(rng.normal(size=(n + 40, n + 40)), 1.5) * 40 + 20).astype(np.float32)
+    frames = np.stack([shift_image(base, s)[20:-20, 20:-20] for s in shifts])
+    dose_end = accumulated_dose_e_A2(np.full(n_frames, 4.0))
+    padded = (fast_length(n + 16), fast_length(n + 16))
+    spectra = [rfft2(pad_frame(f, padded)) for f in frames]
+    ref = sums_to_images(accumulate_sums(spectra, shifts, padded_shape_yx=padded,
+                                         dose_end_e_A2=dose_end, pixel_size_A=1.2),
+                         padded_shape_yx=padded, shape_yx=(n, n))
+    tiles = local_sums(frames, shifts, None, pixel_size_A=1.2, dose_end_e_A2=dose_end,
+                       tile_px=256, workers=2)
+    inner = (slice(16, -16), slice(16, -16))  # edges: different fill conventions
+    for mine, theirs in ((tiles.plain, ref.sum), (tiles.dose_weighted, ref.dw),
+                         (tiles.even, ref.even), (tiles.odd, ref.odd)):
+        err = np.abs(mine - theirs)[inner]
+        assert err.mean() < 0.003 * theirs.std() and err.max() < 0.03 * theirs.std()
+
+
+def test_tile_sums_move_a_bright_spot_by_minus_its_local_displacement():
+    """Sign pin: a spot displaced by +d in frame i lands back at its place in the sum."""
+    n, n_frames = 512, 4
+    model = LocalMotionModel((n, n), n_frames, 1, 1,
+                             np.array([[[0.0], [4.0], [0.0]], [[0.0], [0.0], [-6.0]]]))
+    spot = np.array([100.0, 400.0])  # (y, x) in the sum
+    yy, xx = np.mgrid[0:n, 0:n]
+    local = model.displacement_yx_px(spot[0], spot[1])  # (F, 2)
+    glob = np.array([[1.0, -2.0], [0.5, 0.5], [-0.25, 1.0], [-1.25, 0.5]])
+    frames = np.stack([np.exp(-((yy - spot[0] - d[0]) ** 2 + (xx - spot[1] - d[1]) ** 2) / 8.0)
+                       for d in glob + local]).astype(np.float32)
+    sums = local_sums(frames, glob, model, pixel_size_A=1.0,
+                      dose_end_e_A2=accumulated_dose_e_A2(np.full(n_frames, 1.0)),
+                      tile_px=128, workers=2)
+    peak = np.unravel_index(np.argmax(sums.plain), sums.plain.shape)
+    np.testing.assert_array_equal(peak, spot.astype(int))
+    reference = n_frames * np.exp(-((yy - spot[0]) ** 2 + (xx - spot[1]) ** 2) / 8.0)
+    assert np.abs(sums.plain - reference).max() < 0.02 * n_frames
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def deformed_movie():
+    """2048^2 x 10 frames at 1.5 e/px/frame, 8 px global drift, 3 px local field at corners."""
+    rng = np.random.default_rng(7)
+    shape = (2048, 2048)
+    field = LocalDeformation(shape, 10, corner_amplitude_px=3.0, seed=7)
+    drift = smooth_global_drift(10, total_px=8.0, rng=rng)
+    movie = render_local_movie(shape, 10, dose_per_pixel=1.5, deformation=field,
+                               global_shifts_yx_px=drift, rng=rng, contrast=0.2)
+    shifts, lm = _global_then_local(movie.frames)
+    return movie, shifts, lm
+
+
+def test_local_displacements_at_patch_centres_within_0_07_px_of_known_field(deformed_movie):
+    movie, shifts, lm = deformed_movie
+    assert lm.applied, lm.reason
+    local_err, global_err = _error_at_patch_centres(movie, shifts, lm)
+    assert local_err < 0.07
+    assert global_err > 0.2  # the field is really there and global alignment cannot take it
+
+
+def test_local_correction_sharpens_every_sum_against_noise_free_truth(deformed_movie):
+    movie, shifts, lm = deformed_movie
+    n = movie.frames.shape[0]
+    kw = dict(pixel_size_A=1.0, dose_end_e_A2=accumulated_dose_e_A2(np.full(n, 1.5)), workers=2)
+    with_local = local_sums(movie.frames, shifts, lm.model, **kw)
+    global_only = local_sums(movie.frames, shifts, None, **kw)
+    for name in ("plain", "dose_weighted"):
+        frc_local = frc_band_against_truth(getattr(with_local, name), movie.truth_sum)
+        frc_global = frc_band_against_truth(getattr(global_only, name), movie.truth_sum)
+        assert frc_local > frc_global + 0.01, name
+    half_local = frc_band_against_truth(with_local.even + with_local.odd, movie.truth_sum)
+    half_global = frc_band_against_truth(global_only.even + global_only.odd, movie.truth_sum)
+    assert half_local > half_global + 0.01
+
+
+def test_motion_record_local_object_has_measured_and_fitted_patch_shifts(deformed_movie):
+    movie, shifts, lm = deformed_movie
+    record = json.loads(json.dumps(local_motion_record(lm, shifts)))
+    assert record["applied"] is True and record["patches_xy"] == [5, 5]
+    assert record["model"]["name"] == "polynomial_xyt"
+    assert len(record["patch_centres_px"]) == 25
+    measured = np.array(record["measured_shifts_px"])
+    fitted = np.array(record["fitted_shifts_px"])
+    assert measured.shape == fitted.shape == (25, 10, 2)
+    # [dx, dy], total (global + local) displacement
+    np.testing.assert_allclose(fitted[:, :, 0],
+                               shifts[None, :, 1] + lm.fitted_yx_px[:, :, 1], atol=1e-3)
+    assert _rms(measured - fitted) < 0.2
+    assert isinstance(record["rejected_patches"], list)
+
+
+def test_without_local_motion_the_global_result_is_kept(tmp_path):
+    rng = np.random.default_rng(11)
+    shape = (1024, 1024)
+    movie = render_local_movie(shape, 10, dose_per_pixel=1.5,
+                               global_shifts_yx_px=smooth_global_drift(10, total_px=6.0, rng=rng),
+                               rng=rng, contrast=0.2)
+    shifts, lm = _global_then_local(movie.frames)
+    assert not lm.applied
+    assert "no significant local motion" in lm.reason
+    assert local_motion_record(lm, shifts)["applied"] is False
+
+
+def test_tomography_dose_falls_back_to_global_only_and_says_why():
+    rng = np.random.default_rng(12)
+    shape = (1024, 1024)
+    field = LocalDeformation(shape, 10, corner_amplitude_px=2.0, seed=12)
+    movie = render_local_movie(shape, 10, dose_per_pixel=0.2, deformation=field,
+                               global_shifts_yx_px=smooth_global_drift(10, total_px=6.0, rng=rng),
+                               rng=rng, contrast=0.1)
+    shifts, lm = _global_then_local(movie.frames)
+    assert not lm.applied
+    assert "global only" in lm.reason
+    record = local_motion_record(lm, shifts)
+    assert record["applied"] is False and record["reason"] == lm.reason
+
+
+def test_patch_grid_off_means_global_only():
+    spectra = np.zeros((10, 64, 33), dtype=np.complex64)
+    lm = estimate_local_motion(spectra, (64, 64), (256, 256), np.zeros((10, 2)),
+                               params=AlignParams(patches_x=1, patches_y=1))
+    assert not lm.applied and "global only" in lm.reason
+    assert not lm.model.displacement_yx_px(np.array([10.0]), np.array([10.0])).any()

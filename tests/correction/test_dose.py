@@ -1,0 +1,109 @@
+"""Dose weighting: the closed form (Grant & Grigorieff 2015) and its physics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from correction.dose import (accumulated_dose_e_A2, critical_exposure_e_A2, dose_weights,
+                             frame_doses_e_A2, half_inverse_critical_exposure, voltage_factor,
+                             weight_normalisation)
+from correction.errors import ParameterError
+from correction.fourier import radial_frequency_sq, rfft2
+from correction.params import DoseParams
+from correction.summation import accumulate_sums, sums_to_images
+from correction.synthetic import render_movie
+
+
+def test_critical_exposure_at_300_kV_is_0_245_k_pow_minus_1_665_plus_2_81():
+    k = np.array([0.05, 0.1, 0.25, 0.5])
+    np.testing.assert_allclose(critical_exposure_e_A2(k), 0.245 * k**-1.665 + 2.81)
+    assert critical_exposure_e_A2(0.0) == np.inf
+
+
+@pytest.mark.parametrize("kv, factor", [(300, 1.0), (200, 0.8), (100, 0.5), (120, 0.56),
+                                        (250, 0.9), (80, 0.5), (400, 1.0)])
+def test_voltage_factor_table(kv, factor):
+    assert voltage_factor(kv) == pytest.approx(factor)
+    assert critical_exposure_e_A2(0.2, kv) == pytest.approx(factor * critical_exposure_e_A2(0.2))
+
+
+def test_voltage_factor_follows_beta_squared_within_2_percent_between_100_and_300_kV():
+    def beta2(kv):
+        gamma = 1 + kv / 510.999
+        return 1 - 1 / gamma**2
+
+    for kv in (100, 120, 200, 300):
+        assert voltage_factor(kv) == pytest.approx(beta2(kv) / beta2(300), rel=0.02)
+
+
+def test_weights_use_dose_at_end_of_frame_plus_pre_exposure_counting_all_frames():
+    params = DoseParams(total_dose_e_A2=12.0, pre_exposure_e_A2=30.0)
+    doses = frame_doses_e_A2(params, 6)  # includes frames later thrown away
+    np.testing.assert_allclose(doses, 2.0)
+    d_end = accumulated_dose_e_A2(doses, params.pre_exposure_e_A2)
+    np.testing.assert_allclose(d_end, [32, 34, 36, 38, 40, 42])
+    k = np.array([0.0, 0.1, 0.3])
+    w = dose_weights(k, d_end[2:])  # throw 2 frames: their dose still counts
+    ne = 0.245 * np.array([np.inf, 0.1, 0.3]) ** -1.665 + 2.81
+    ne[0] = np.inf
+    np.testing.assert_allclose(w, np.exp(-d_end[2:, None] / (2 * ne[None, :])))
+    assert np.all(w[:, 0] == 1.0)
+
+
+def test_non_uniform_frame_doses_and_wrong_length_is_an_error():
+    params = DoseParams(frame_doses_e_A2=(1.0, 2.0, 0.5))
+    np.testing.assert_allclose(accumulated_dose_e_A2(frame_doses_e_A2(params, 3)), [1, 3, 3.5])
+    with pytest.raises(ParameterError, match="3 doses for a movie of 4 frames"):
+        frame_doses_e_A2(params, 4)
+
+
+def test_normalisation_is_sqrt_n_over_sum_of_squared_weights():
+    k = np.array([0.0, 0.05, 0.2, 0.4])
+    d = np.arange(1, 9) * 1.5
+    w = dose_weights(k, d, 200)
+    np.testing.assert_allclose(weight_normalisation(k, d, 200),
+                               np.sqrt(8 / np.sum(w**2, axis=0)))
+    assert weight_normalisation(k, d)[0] == pytest.approx(1.0)
+    # the normalised weights have the noise power of a plain sum at every frequency
+    norm = weight_normalisation(k, d, 200)
+    np.testing.assert_allclose(np.sum((w * norm) ** 2, axis=0), 8)
+
+
+def test_float32_half_inverse_critical_exposure_matches_closed_form():
+    k = np.array([0.0, 0.01, 0.1, 0.3, 0.5])
+    got = half_inverse_critical_exposure((k**2).astype(np.float32), 200)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, 0.5 / critical_exposure_e_A2(k, 200), rtol=1e-5)
+
+
+def _band_correlation(image: np.ndarray, truth: np.ndarray, pixel_size_A: float,
+                      k_lo: float, k_hi: float) -> float:
+    k = np.sqrt(radial_frequency_sq(image.shape, scale_yx=(pixel_size_A, pixel_size_A)))
+    band = (k >= k_lo) & (k < k_hi)
+    a, b = rfft2(image.astype(np.float64))[band], rfft2(truth.astype(np.float64))[band]
+    return float(np.real(np.vdot(a, b)) / np.sqrt(np.vdot(a, a).real * np.vdot(b, b).real))
+
+
+def test_dose_weighted_sum_is_closer_to_undamaged_truth_at_high_frequency_than_plain_sum():
+    """Frames attenuated by exp(-D/2Ne) (the same curve); 10 frames x 4 e/Å²."""
+    rng = np.random.default_rng(4)
+    pixel, n = 1.0, 10
+    movie = render_movie(rng, shape_yx=(256, 256), n_frames=n, shifts_yx_px=np.zeros((n, 2)),
+                         electrons_per_px_per_frame=4.0, pixel_size_A=pixel, gain=None,
+                         n_hot_pixels=0, damage=True, contrast=0.5)
+    shape = (256, 256)
+    spectra = [rfft2(f.astype(np.float32)) for f in movie.frames]
+    sums = accumulate_sums(spectra, np.zeros((n, 2)), padded_shape_yx=shape,
+                           dose_end_e_A2=accumulated_dose_e_A2(movie.frame_doses_e_A2),
+                           pixel_size_A=pixel)
+    images = sums_to_images(sums, padded_shape_yx=shape, shape_yx=shape)
+    high_plain = _band_correlation(images.sum, movie.truth, pixel, 0.25, 0.5)
+    high_dw = _band_correlation(images.dw, movie.truth, pixel, 0.25, 0.5)
+    assert high_dw > high_plain + 0.02, (high_dw, high_plain)
+    # at low frequency (little damage) both are equally good
+    low_plain = _band_correlation(images.sum, movie.truth, pixel, 0.01, 0.05)
+    low_dw = _band_correlation(images.dw, movie.truth, pixel, 0.01, 0.05)
+    assert low_dw == pytest.approx(low_plain, abs=0.01)
+    # the DW sum keeps the plain sum's mean (all weights are 1 at k = 0)
+    assert images.dw.mean() == pytest.approx(images.sum.mean(), rel=1e-4)

@@ -1,0 +1,91 @@
+"""Fourier helpers: shift sign, exactness, cropping (binning), filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from correction.fourier import (apply_shift, bfactor_filter, bfactor_filter_1d, binned_length,
+                                fast_length, fourier_crop, irfft2, radial_frequency_sq, rfft2,
+                                shift_image, shift_ramps)
+
+
+def test_fourier_shift_moves_one_bright_pixel_by_plus_dy_dx():
+    image = np.zeros((64, 80), np.float32)
+    image[10, 20] = 1.0
+    moved = shift_image(image, (3, -5))
+    assert np.unravel_index(np.argmax(moved), moved.shape) == (13, 15)
+    assert moved[13, 15] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_integer_fourier_shift_equals_roll_and_keeps_float32():
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((48, 50)).astype(np.float32)
+    moved = shift_image(image, (-7, 4))
+    assert moved.dtype == np.float32
+    np.testing.assert_allclose(moved, np.roll(image, (-7, 4), axis=(0, 1)), atol=1e-5)
+
+
+def test_subpixel_shift_moves_centroid_of_smooth_blob_exactly():
+    y, x = np.mgrid[:64, :64]
+    blob = np.exp(-((y - 30) ** 2 + (x - 33) ** 2) / (2 * 3.0**2)).astype(np.float32)
+    moved = shift_image(blob, (0.37, -1.81)).astype(np.float64)
+    cy = (moved * y).sum() / moved.sum()
+    cx = (moved * x).sum() / moved.sum()
+    assert cy == pytest.approx(30.37, abs=1e-3)
+    assert cx == pytest.approx(33 - 1.81, abs=1e-3)
+
+
+def test_shift_ramps_are_complex64_and_compose():
+    ry, rx = shift_ramps((32, 40), (1.25, -0.5))
+    assert ry.dtype == np.complex64 and rx.shape == (21,)
+    spec = rfft2(np.random.default_rng(1).standard_normal((32, 40)).astype(np.float32))
+    once = apply_shift(spec, (32, 40), (2.5, -1.0))
+    twice = apply_shift(apply_shift(spec, (32, 40), (1.25, -0.5)), (32, 40), (1.25, -0.5))
+    np.testing.assert_allclose(once, twice, atol=1e-3)
+
+
+def test_fourier_crop_by_two_preserves_total_counts_and_samples_smooth_image_at_even_pixels():
+    rng = np.random.default_rng(2)
+    k2 = radial_frequency_sq((128, 128))
+    smooth = irfft2(rfft2(rng.standard_normal((128, 128)).astype(np.float32))
+                    * np.exp(-k2 * 400).astype(np.float32), (128, 128)) + 5.0
+    binned = irfft2(fourier_crop(rfft2(smooth), (128, 128), (64, 64)), (64, 64))
+    assert binned.sum() == pytest.approx(smooth.sum(), rel=1e-5)
+    # output pixel (i, j) sits on input pixel (2i, 2j) and holds the counts of 2 x 2 pixels
+    np.testing.assert_allclose(binned, 4 * smooth[::2, ::2], rtol=1e-4)
+
+
+def test_non_integer_fourier_crop_preserves_total():
+    rng = np.random.default_rng(3)
+    image = rng.random((100, 90)).astype(np.float32)
+    out = irfft2(fourier_crop(rfft2(image), (100, 90), (80, 72)), (80, 72))
+    assert out.shape == (80, 72)
+    assert out.sum() == pytest.approx(image.sum(), rel=1e-4)
+    with pytest.raises(ValueError):
+        fourier_crop(rfft2(image), (100, 90), (120, 72))
+
+
+def test_binned_length_and_fast_length():
+    assert binned_length(4096, 1.0) == 4096
+    assert binned_length(8192, 2.0) == 4096
+    assert binned_length(1000, 1.5) % 2 == 0
+    assert fast_length(4178) >= 4178 and fast_length(4178) % 2 == 0
+    assert fast_length(1024) == 1024
+
+
+def test_bfactor_filter_is_exp_minus_b_k2_over_4_and_separable():
+    shape = (40, 50)
+    f = bfactor_filter(shape, 300.0)
+    k2 = radial_frequency_sq(shape)
+    np.testing.assert_allclose(f, np.exp(-300.0 * k2 / 4), rtol=1e-5)
+    gy, gx = bfactor_filter_1d(shape, 300.0)
+    np.testing.assert_allclose(f, gy[:, None] * gx[None, :], rtol=1e-5)
+    assert f.dtype == np.float32 and f[0, 0] == 1.0
+
+
+def test_radial_frequency_in_inverse_angstrom_uses_pixel_size():
+    k2 = radial_frequency_sq((100, 100), scale_yx=(2.0, 2.0))
+    # x Nyquist of a 2 Å pixel is 0.25 / Å
+    assert np.sqrt(k2[0, 50]) == pytest.approx(0.25)
+    assert np.sqrt(k2[10, 0]) == pytest.approx(10 / 200)

@@ -1,0 +1,56 @@
+"""Gatan DM4 gain references (K2/K3 from SerialEM/GMS), read through ncempy.
+
+Fixtures come from tests/helpers/dm4_writer.py, written from the format description."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from correction.errors import GainReferenceError, UnreadableMovieError
+from correction.gain import load_gain_reference
+from correction.io import read_image
+from correction.params import GainParams
+
+
+def _load_writer():
+    path = Path(__file__).parents[1] / "helpers" / "dm4_writer.py"
+    spec = importlib.util.spec_from_file_location("motionwatch_test_dm4_writer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+dm4_writer = _load_writer()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+@pytest.mark.parametrize("thumbnail", [True, False])
+def test_dm4_gain_reads_exactly_skipping_the_thumbnail(tmp_path, dtype, thumbnail):
+    gain = (np.random.default_rng(1).uniform(0.5, 1.5, (36, 50)) * 100).astype(dtype)
+    path = dm4_writer.write_dm4(tmp_path / "K3gain.dm4", gain, scale=0.083, unit="nm",
+                                thumbnail=thumbnail)
+    image, pixel_size_A = read_image(path)
+    assert image.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(image, gain)
+    assert pixel_size_A == pytest.approx(0.83)
+
+
+def test_dm4_gain_is_oriented_like_any_other(tmp_path):
+    gain = np.ones((6, 10), np.float32)
+    gain[0, 0] = 7.0
+    path = dm4_writer.write_dm4(tmp_path / "g.dm4", gain)
+    ref = load_gain_reference(GainParams(gain_path=path, rotate_quarter_turns=2))
+    assert ref.gain[5, 9] == 7.0
+
+
+def test_corrupt_dm4_is_named(tmp_path):
+    path = tmp_path / "bad.dm4"
+    path.write_bytes(b"\x00\x00\x00\x07" + b"\x00" * 40)
+    with pytest.raises(UnreadableMovieError, match=r"bad\.dm4: not a readable DM3/DM4 image"):
+        read_image(path)
+    with pytest.raises(GainReferenceError, match=r"bad\.dm4: gain reference: not a readable"):
+        load_gain_reference(GainParams(gain_path=path))

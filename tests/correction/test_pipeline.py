@@ -1,0 +1,104 @@
+"""correct_movie end to end: outputs, their format, the motion record and its sign."""
+
+from __future__ import annotations
+
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+
+from correction.errors import MissingPixelSizeError
+from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
+from correction.pipeline import correct_frames, correct_movie
+from correction.synthetic import render_movie
+
+PIXEL = 1.3
+
+
+def _write_movie(path, frames, pixel_size_A=PIXEL):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(frames)
+        if pixel_size_A is not None:
+            mrc.voxel_size = pixel_size_A
+
+
+@pytest.fixture(scope="module")
+def movie_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("movie")
+    rng = np.random.default_rng(11)
+    truth = np.stack([np.linspace(-3, 3, 8), np.linspace(2, -2, 8)], 1)
+    syn = render_movie(rng, shape_yx=(256, 320), n_frames=8, shifts_yx_px=truth,
+                       electrons_per_px_per_frame=2.0, pixel_size_A=PIXEL, n_hot_pixels=5)
+    _write_movie(folder / "mov.mrc", syn.frames)
+    with mrcfile.new(folder / "gain.mrc") as mrc:
+        mrc.set_data(syn.gain)
+    return folder, syn
+
+
+def test_correct_movie_writes_four_float32_mrcs_with_pixel_size_and_a_motion_record(
+        movie_files, tmp_path):
+    folder, syn = movie_files
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2, pre_exposure_e_A2=3.0,
+                                              voltage_kV=200),
+                              gain=GainParams(gain_path=folder / "gain.mrc"))
+    result = correct_movie(folder / "mov.mrc", tmp_path / "out", params,
+                           extra_record={"tilt_deg": 12.0})
+    names = {k: p.name for k, p in result.outputs.items()}
+    assert names == {"sum": "mov.mrc", "dw": "mov_DW.mrc", "even": "mov_EVN.mrc",
+                     "odd": "mov_ODD.mrc", "motion": "mov.motion.json"}
+    for kind in ("sum", "dw", "even", "odd"):
+        with mrcfile.open(result.outputs[kind]) as mrc:
+            assert mrc.data.dtype == np.float32 and mrc.data.shape == (256, 320)
+            assert float(mrc.voxel_size.x) == pytest.approx(PIXEL, rel=1e-5)
+            assert np.isfinite(mrc.data).all()
+    record = json.loads(result.outputs["motion"].read_text())
+    assert record == json.loads(json.dumps(result.record))
+    for key in ("schema", "movie", "frames", "shape", "pixel_size_A", "voltage_kV",
+                "shift_convention", "global_shifts_px", "dose", "drift", "outputs",
+                "timings_s"):
+        assert key in record, key
+    assert record["schema"] == "motionwatch.motion/1"
+    assert record["frames"] == 8 and record["shape"] == [256, 320]
+    assert record["voltage_kV"] == 200 and record["tilt_deg"] == 12.0
+    assert record["dose"] == {"per_frame_e_A2": [1.2] * 8, "pre_exposure_e_A2": 3.0,
+                              "total_e_A2": pytest.approx(9.6)}
+    assert set(record["drift"]) >= {"total_A", "early_A", "late_A", "max_frame_jump_A"}
+    # [dx, dy] per frame, the displacement of the specimen (+x = columns), mean zero
+    found_xy = np.array(record["global_shifts_px"])
+    truth_xy = syn.shifts_yx_px[:, ::-1] - syn.shifts_yx_px[:, ::-1].mean(0)
+    np.testing.assert_allclose(found_xy, truth_xy, atol=0.15)
+    path_A = np.sum(np.hypot(*np.diff(truth_xy, axis=0).T)) * PIXEL
+    assert record["drift"]["total_A"] == pytest.approx(path_A, rel=0.05)
+    assert result.shifts_yx_px.shape == (8, 2)
+
+
+def test_movie_without_pixel_size_in_header_or_params_is_an_error(movie_files, tmp_path):
+    folder, syn = movie_files
+    _write_movie(tmp_path / "nopix.mrc", syn.frames[:3], pixel_size_A=None)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    with pytest.raises(MissingPixelSizeError, match="nopix.mrc"):
+        correct_movie(tmp_path / "nopix.mrc", tmp_path / "out", params)
+    given = CorrectionParams(dose=params.dose, read=ReadParams(pixel_size_A=0.9))
+    result = correct_movie(tmp_path / "nopix.mrc", tmp_path / "out", given)
+    assert result.record["pixel_size_A"] == pytest.approx(0.9)
+
+
+def test_fourier_binning_by_two_halves_shape_doubles_pixel_size_and_scales_shifts(movie_files):
+    _, syn = movie_files
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(bin_factor=2.0))
+    out = correct_frames(syn.frames, pixel_size_A=PIXEL, params=params)
+    assert out.shape_yx == (128, 160) and out.pixel_size_A == pytest.approx(2 * PIXEL)
+    truth = syn.shifts_yx_px - syn.shifts_yx_px.mean(0)
+    np.testing.assert_allclose(out.shifts_yx_px, truth / 2, atol=0.1)
+    assert out.images.sum.dtype == np.float32
+
+
+def test_throw_and_trunc_frames_are_dropped_but_their_dose_counts(movie_files):
+    _, syn = movie_files
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(throw_frames=2, trunc_frames=1))
+    out = correct_frames(syn.frames, pixel_size_A=PIXEL, params=params)
+    assert out.shifts_yx_px.shape == (5, 2) and out.frames_used == (2, 7)
+    assert len(out.frame_doses_e_A2) == 8

@@ -1,0 +1,75 @@
+"""Shifted weighted sums: even/odd are disjoint halves, nothing wraps around, float32 out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from correction.fourier import fast_length, rfft2
+from correction.summation import accumulate_sums, pad_frame, sums_to_images
+
+
+def _sum_frames(frames, shifts, *, padding=0, dose_step=1e-6, pixel_size_A=1.0):
+    ny, nx = frames[0].shape
+    padded = (fast_length(ny + padding), fast_length(nx + padding)) if padding else (ny, nx)
+    spectra = [rfft2(pad_frame(f, padded)) for f in frames]
+    sums = accumulate_sums(spectra, shifts, padded_shape_yx=padded,
+                           dose_end_e_A2=dose_step * np.arange(1, len(frames) + 1),
+                           pixel_size_A=pixel_size_A)
+    return sums_to_images(sums, padded_shape_yx=padded, shape_yx=(ny, nx))
+
+
+def test_even_and_odd_sums_hold_disjoint_frames_0_2_4_and_1_3_5():
+    n, shape = 6, (64, 64)
+    frames = []
+    for i in range(n):
+        frame = np.full(shape, 1.0, np.float32)
+        frame[8 + 8 * i, 10] = 100.0  # marker of frame i
+        frames.append(frame)
+    images = _sum_frames(frames, np.zeros((n, 2)))
+    for i in range(n):
+        marker = (8 + 8 * i, 10)
+        even_has, odd_has = images.even[marker] > 50, images.odd[marker] > 50
+        assert (even_has, odd_has) == ((True, False) if i % 2 == 0 else (False, True)), i
+        assert images.sum[marker] == pytest.approx(100 + (n - 1), rel=1e-3)
+    for image in (images.sum, images.dw, images.even, images.odd):
+        assert image.dtype == np.float32 and image.shape == shape
+
+
+def test_dw_sum_equals_plain_sum_when_dose_is_negligible_and_halves_sum_their_own_frames():
+    rng = np.random.default_rng(0)
+    frames = [rng.poisson(5.0, (48, 40)).astype(np.float32) for _ in range(4)]
+    images = _sum_frames(frames, np.zeros((4, 2)), dose_step=1e-9)
+    np.testing.assert_allclose(images.dw, images.sum, rtol=1e-4, atol=1e-3)
+    # each half is the dose-weighted sum of its own frames (same per-frame scale)
+    np.testing.assert_allclose(images.even, frames[0] + frames[2], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(images.odd, frames[1] + frames[3], rtol=1e-4, atol=1e-3)
+
+
+def test_bright_feature_near_left_edge_does_not_wrap_to_right_edge_under_large_shift():
+    shape = (64, 96)
+    frame = np.full(shape, 1.0, np.float32)
+    frame[30:33, 2:5] = 500.0  # near the left edge
+    frames = [frame, frame]
+    # specimen displaced +30 px in x: aligning moves content 30 px to the left, off the frame
+    shifts = np.array([[0.0, 30.0], [0.0, 30.0]])
+    padded = _sum_frames(frames, shifts, padding=40)
+    assert padded.sum[:, 40:].max() < 5.0  # the right part of the frame stays empty
+    assert padded.sum.min() > 1.0  # uncovered pixels hold the frames' mean, not zeros
+    # without padding the same shift wraps the feature round to the right edge
+    wrapped = _sum_frames(frames, shifts)
+    assert wrapped.sum[:, 40:].max() > 500.0
+
+
+def test_pad_frame_fills_with_the_mean():
+    frame = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = pad_frame(frame, (5, 6))
+    np.testing.assert_array_equal(out[:3, :4], frame)
+    assert np.all(out[3:, :] == frame.mean()) and np.all(out[:, 4:] == frame.mean())
+
+
+def test_accumulate_rejects_more_spectra_than_shifts():
+    spec = rfft2(np.ones((8, 8), np.float32))
+    with pytest.raises(ValueError):
+        accumulate_sums([spec.copy(), spec.copy()], np.zeros((1, 2)), padded_shape_yx=(8, 8),
+                        dose_end_e_A2=np.ones(2), pixel_size_A=1.0)

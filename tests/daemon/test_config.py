@@ -1,0 +1,92 @@
+"""Configuration: TOML then flags, every problem reported at once, exit status 78."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from daemon import exitcodes
+from daemon.cli import main
+from daemon.config import ConfigError, load_config
+
+
+def parse(argv):
+    from daemon import service
+
+    parser = argparse.ArgumentParser()
+    service.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_toml_values_apply_and_flags_override_them(tmp_path):
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'out = "{tmp_path / "o"}"\ndose_per_frame = 1.5\nworkers = 3\n'
+                    f'settle-time = 0.25\npolling = "on"\npixel_size = 0.8\nhot_pixels = false\n'
+                    f'movie_patterns = ["*.tif"]\n')
+    config = load_config(parse([str(tmp_path / "w"), "--config", str(toml), "--workers", "2"]))
+    assert config.workers == 2  # the flag wins
+    assert config.settle_time_s == 0.25 and config.polling == "on"
+    assert config.params.dose.dose_per_frame_e_A2 == 1.5
+    assert config.params.read.pixel_size_A == 0.8
+    assert config.params.gain.detect_hot_pixels is False
+    assert config.movie_patterns == ("*.tif",)
+    assert config.out_dir == tmp_path / "o" and config.state_dir == config.out_dir
+
+
+def test_every_correction_option_has_a_toml_key(tmp_path):
+    """A value for each option of `motionwatch correct` is accepted from the config file."""
+    from daemon.options import add_correction_arguments
+
+    probe = argparse.ArgumentParser()
+    add_correction_arguments(probe)
+    dests = {a.dest for a in probe._actions if a.option_strings and a.dest != "help"}
+    args = parse([str(tmp_path)])
+    keys = {a.dest for a in args._config_parser._actions}
+    assert dests <= keys
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('workers = 0\nsettle_time = "soon"\nfrobnicate = 1\npolling = "sometimes"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "missing"), "--config", str(toml),
+                           "--gain", str(tmp_path / "gain.mrc"), "--out", str(tmp_path / "o")]))
+    text = "\n".join(info.value.problems)
+    for expected in ("workers must be >= 1", "'settle_time'", "'frobnicate': unknown",
+                     "'polling': 'sometimes' is not one of", "no dose given",
+                     "gain reference", "watch folder", "does not exist"):
+        assert expected in text, expected
+
+
+@pytest.mark.parametrize("extra", [
+    ["--workers", "0"],
+    ["--gain", "/nonexistent/gain.mrc"],
+    ["--max-attempts", "0"],
+])
+def test_bad_configuration_exits_78(tmp_path, capsys, extra):
+    (tmp_path / "w").mkdir()
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1", *extra])
+    assert status == exitcodes.CONFIG == 78
+    assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_unreadable_watch_folder_exits_78(tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    status = main(["watch", str(tmp_path / "file.txt"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1"])
+    assert status == 78 and "not a folder" in capsys.readouterr().err
+
+
+def test_invalid_toml_is_a_config_error(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "c.toml").write_text("workers = = 2")
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1", "--config", str(tmp_path / "c.toml")])
+    assert status == 78 and "not valid TOML" in capsys.readouterr().err
+
+
+def test_output_folder_equal_to_the_watch_folder_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="is the watch folder"):
+        load_config(parse([str(tmp_path), "--out", str(tmp_path), "--dose-per-frame", "1"]))

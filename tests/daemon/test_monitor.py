@@ -1,0 +1,208 @@
+"""The terminal monitor: its state model, its rendering, and the real command in a terminal."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from daemon.monitor import MonitorState, render, sparkline
+from daemon.publish import (
+    SCHEMA,
+    DriftRules,
+    PublishConfig,
+    Publisher,
+    TiltInfo,
+    movie_message,
+    movie_warnings,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(name: str, total_A: float, jump_A: float = 1.0) -> dict:
+    return {
+        "schema": "motionwatch.motion/1", "movie": f"/data/{name}", "pixel_size_A": 1.0,
+        "global_shifts_px": [[0.0, 0.0], [1.0, 0.5], [2.0, 1.0]],
+        "drift": {"total_A": total_A, "early_A": total_A / 2, "late_A": total_A / 4,
+                  "max_frame_jump_A": jump_A},
+        "dose": {"total_e_A2": 3.0}, "local": {"applied": False},
+        "resolution": {"resolution_A": 3.9}, "timings_s": {"total": 1.0}, "outputs": {},
+    }
+
+
+def envelope(body: dict, seq: int, session: str = "a" * 32) -> dict:
+    return {"schema": SCHEMA, "seq": seq, "time": "2026-11-25T23:10:00.000Z", "host": "em-pc",
+            "session": session, **body}
+
+
+def screen_text(state: MonitorState, now: float, width: int = 160) -> str:
+    console = Console(record=True, width=width, file=open(os.devnull, "w"))
+    console.print(render(state, now))
+    return console.export_text()
+
+
+def test_render_shows_the_focused_series_its_tilts_drift_bars_warnings_and_heartbeat_age():
+    state = MonitorState("tcp://127.0.0.1:5557")
+    seq = 0
+
+    def feed(topic: str, body: dict, at: float) -> None:
+        nonlocal seq
+        seq += 1
+        state.apply(topic, envelope(body, seq), at)
+
+    feed("heartbeat", {"interval_s": 5.0, "done": 3, "failed": 1, "backlog": 2, "running": 1,
+                       "uptime_s": 3725, "version": "0.1.0",
+                       "drift_thresholds": {"max_total_drift_A": 40.0, "max_frame_jump_A": 10.0}},
+         100.0)
+    feed("series", {"event": "started", "series": "TS_07", "n_done": 0, "n_expected": 41,
+                    "accumulated_dose_e_A2": 0.0}, 100.0)
+    for i, (angle, total) in enumerate([(0.0, 5.0), (3.0, 12.0), (-3.0, 55.0)]):
+        body = movie_message(record(f"TS_07_{i:03d}.tif", total),
+                             TiltInfo(series="TS_07", tilt_deg=angle, acquisition_index=i,
+                                      pre_exposure_e_A2=3.0 * i))
+        feed("movie", body, 101.0 + i)
+        for warning in movie_warnings(body, DriftRules()):
+            feed("warning", warning, 101.0 + i)
+    feed("series", {"event": "updated", "series": "TS_07", "n_done": 3, "n_expected": 41,
+                    "accumulated_dose_e_A2": 9.0}, 104.0)
+    text = screen_text(state, now=102.0)
+    assert "TS_07 (open) · 3/41 tilts · dose 9.0 e/Å²" in text
+    for name in ("TS_07_000.tif", "TS_07_001.tif", "TS_07_002.tif"):
+        assert name in text
+    rows = {line.split("│")[11].strip(): line for line in text.splitlines()
+            if line.startswith("│") and "TS_07_0" in line}
+    assert rows["TS_07_002.tif"].count("█") == 20  # the largest drift fills the bar
+    assert rows["TS_07_000.tif"].count("█") == round(5 / 55 * 20)
+    assert "-3.0" in rows["TS_07_002.tif"] and "55.0" in rows["TS_07_002.tif"]
+    assert "total drift 55.0 Å above 40 Å" in text
+    assert "heartbeat 2 s ago" in text and "done 3  failed 1  backlog 2" in text
+    assert "uptime 1:02:05" in text
+    assert "no heartbeat for 40 s: daemon down?" in screen_text(state, now=140.0)
+
+
+def test_state_model_counts_seq_gaps_and_notes_a_new_session_as_a_restart():
+    state = MonitorState("ipc:///x")
+    state.apply("heartbeat", envelope({"interval_s": 5}, 1), 0.0)
+    state.apply("heartbeat", envelope({"interval_s": 5}, 2), 1.0)
+    state.apply("heartbeat", envelope({"interval_s": 5}, 6), 2.0)  # 3, 4 and 5 lost
+    assert state.missed == 3 and state.restarts == 0
+    state.apply("heartbeat", envelope({"interval_s": 5}, 1, session="b" * 32), 3.0)
+    assert state.restarts == 1 and state.missed == 3 and state.last_seq == 1
+    assert state.heartbeat is None  # the old daemon's heartbeat no longer counts
+    state.apply("invalid", {"error": "not JSON"}, 4.0)
+    assert state.invalid == 1
+    assert "daemon restarted 1x" in screen_text(state, now=4.0)
+
+
+def test_state_snapshot_merges_with_what_is_known_and_repeats_no_warning():
+    state = MonitorState("ipc:///x")
+    body = movie_message(record("TS_01_000.tif", 50.0), TiltInfo(series="TS_01", acquisition_index=0))
+    warning = movie_warnings(body, DriftRules())[0]
+    state.apply("movie", envelope(body, 1), 0.0)
+    state.apply("warning", envelope(warning, 2), 0.0)
+    snapshot = {"series": [{"series": "TS_01", "status": "open", "n_done": 2, "tilts": [
+        {"path": "/data/TS_01_000.tif", "name": "TS_01_000.tif", "acquisition_index": 0,
+         "total_A": 50.0},
+        {"path": "/data/TS_01_001.tif", "name": "TS_01_001.tif", "acquisition_index": 1,
+         "total_A": 4.0}]}],
+        "movies": [], "warnings": [{**warning, "seq": 2, "time": "2026-11-25T23:10:00.000Z"}],
+        "errors": [], "heartbeat": None}
+    snapshot["heartbeat"] = {"seq": 1, "time": "2026-11-25T23:09:57.000Z", "interval_s": 5.0,
+                             "done": 2}
+    state.apply("state", envelope(snapshot, 3), 100.0)  # state sent at 23:10:00.000Z
+    assert list(state.series["TS_01"].tilts) == ["/data/TS_01_000.tif", "/data/TS_01_001.tif"]
+    assert len(state.warnings) == 1
+    # the heartbeat's age comes from two daemon-clock times: 3 s old when the state arrived
+    assert state.heartbeat["done"] == 2 and state.heartbeat_at == pytest.approx(97.0)
+
+
+def test_sparkline_scales_to_the_maximum_and_leaves_gaps_for_missing_values():
+    assert sparkline([0.0, 5.0, 10.0, None]) == "▁▅█ "
+    assert sparkline([]) == ""
+
+
+def test_monitor_once_prints_the_state_of_a_running_publisher_and_exits():
+    folder = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))
+    endpoint = f"ipc://{folder}/feed"
+    try:
+        with Publisher(PublishConfig(endpoint=endpoint)) as pub:
+            pub.series("started", "TS_05", n_done=1, n_expected=3, accumulated_dose_e_A2=3.0)
+            pub.movie(record("TS_05_000.tif", 8.5), TiltInfo(series="TS_05", tilt_deg=0.0,
+                                                             acquisition_index=0))
+            assert pub.flush()
+            done = subprocess.run([sys.executable, "-m", "daemon", "monitor", endpoint, "--once"],
+                                  capture_output=True, text=True, timeout=60, cwd=REPO,
+                                  env={**os.environ, "COLUMNS": "150"})
+        assert done.returncode == 0, done.stderr
+        assert "TS_05 (open) · 1/3 tilts · dose 3.0 e/Å²" in done.stdout
+        assert "TS_05_000.tif" in done.stdout and "8.5" in done.stdout
+        missing = subprocess.run([sys.executable, "-m", "daemon", "monitor", f"ipc://{folder}/none",
+                                  "--once", "--wait", "0.5"], capture_output=True, text=True,
+                                 timeout=60, cwd=REPO)
+        assert missing.returncode == 1 and "is the daemon running?" in missing.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_screen(tmux: list[str], check: Callable[[str], bool], timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "mon"], capture_output=True,
+                                text=True).stdout
+        if check(screen):
+            return screen
+        time.sleep(0.2)
+    size = subprocess.run([*tmux, "display", "-p", "-t", "mon", "#{window_width}x#{window_height}"],
+                          capture_output=True, text=True).stdout.strip()
+    pytest.fail(f"screen ({size}) never showed what was expected; last screen:\n{screen}")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real terminal")
+def test_monitor_command_in_a_terminal_shows_the_series_and_its_tilts_and_survives_a_restart():
+    folder = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))  # ipc:// paths must stay short
+    endpoint = f"ipc://{folder}/feed"
+    tmux = ["tmux", "-S", str(folder / "tmux.sock")]
+    pub = Publisher(PublishConfig(endpoint=endpoint)).start()
+    try:
+        pub.series("started", "TS_01", n_done=0, n_expected=5)
+        for i, angle in enumerate([0.0, 3.0]):  # before the monitor starts: comes as state
+            pub.movie(record(f"TS_01_{i:03d}.tif", 4.0 + i),
+                      TiltInfo(series="TS_01", tilt_deg=angle, acquisition_index=i))
+        # COLUMNS/LINES inherited from the test runner would override the pane size
+        command = (f"env -u COLUMNS -u LINES {sys.executable} -m daemon monitor {endpoint}; "
+                   "echo monitor exited with $?; sleep 60")
+        subprocess.run([*tmux, "new-session", "-d", "-s", "mon", "-x", "160", "-y", "45", command],
+                       check=True, cwd=REPO)
+        _wait_for_screen(tmux, lambda s: "TS_01_001.tif" in s and "TS_01 (open)" in s)
+
+        pub.movie(record("TS_01_002.tif", 70.0), TiltInfo(series="TS_01", tilt_deg=-3.0,
+                                                          acquisition_index=2))
+        pub.series("updated", "TS_01", n_done=3, n_expected=5, accumulated_dose_e_A2=9.0)
+        pub.heartbeat(backlog=0, done=3, failed=0)
+        screen = _wait_for_screen(tmux, lambda s: "TS_01_002.tif" in s
+                                  and re.search(r"heartbeat \d+ s ago  done 3", s) is not None
+                                  and "total drift 70.0 Å above 40 Å" in s)
+        assert "3/5 tilts" in screen and "TS_01_000.tif" in screen
+
+        pub.close()  # the daemon restarts: a new session on the same endpoint
+        pub = Publisher(PublishConfig(endpoint=endpoint)).start()
+        pub.series("started", "TS_02", n_done=0, n_expected=3)
+        pub.movie(record("TS_02_000.tif", 6.0), TiltInfo(series="TS_02", tilt_deg=0.0,
+                                                         acquisition_index=0))
+        screen = _wait_for_screen(tmux, lambda s: "TS_02_000.tif" in s and "restarted 1x" in s)
+        assert "TS_01" in screen  # the earlier series is still listed
+    finally:
+        pub.close()
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

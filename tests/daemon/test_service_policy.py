@@ -1,0 +1,210 @@
+"""Service policy with stand-in workers: retries, quarantine, adoption, stop, observers.
+
+The worker's correction function is replaced by small functions that crash, fail or succeed on
+cue (the real pipeline runs in test_watch_end_to_end.py); discovery, settling, validation, the
+ledger and the worker processes are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.config import Config
+from daemon.ledger import Ledger, MovieKey
+from daemon.service import Service, ServiceObserver, SOURCE_KEY
+from daemon.simulate import write_movie_progressively
+
+RUNNERS = '''
+import errno, json, os, signal, time
+from pathlib import Path
+from types import SimpleNamespace
+from correction.errors import UnreadableMovieError
+
+def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
+    name = movie_path.name
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if name.startswith("hang"):
+        time.sleep(60)
+    if name.startswith("slow"):
+        time.sleep(1.0)
+    if name.startswith("bad"):
+        raise UnreadableMovieError(movie_path, "not a movie")
+    if name.startswith("never"):
+        raise AssertionError("must not run: outputs should have been adopted")
+    marker = out_dir / (stem + ".failed-once")
+    if name.startswith("disk") and not marker.exists():
+        marker.write_text("")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    out = out_dir / (stem + ".motion.json")
+    out.write_text(json.dumps({"frames": 4, **extra_record}))
+    return SimpleNamespace(outputs={"motion": out}, record={"frames": 4, "drift": {"total_A": 1.0}},
+                           timings_s={"total": 0.01})
+'''
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "fake_runners.py").write_text(textwrap.dedent(RUNNERS))
+    monkeypatch.syspath_prepend(str(mods))
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=1.0,
+                    max_attempts=2, retry_delay_s=0.0, heartbeat_s=0.1, exit_when_idle_s=0.5,
+                    polling="on")
+    return config
+
+
+def movie(folder: Path, name: str) -> Path:
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    path = folder / name
+    write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+    return path
+
+
+class Recorder(ServiceObserver):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def on_ready(self, info):
+        self.calls.append(("ready", info.discovery_mode))
+
+    def on_movie_done(self, event):
+        self.calls.append(("done", event.path.name))
+
+    def on_movie_failed(self, event):
+        self.calls.append((event.status, event.path.name))
+
+    def on_heartbeat(self, beat):
+        self.calls.append(("heartbeat", beat.health.ok))
+
+    def on_stopping(self, reason):
+        self.calls.append(("stopping", reason))
+
+    def on_stopped(self, status):
+        self.calls.append(("stopped", status))
+
+
+class Broken(ServiceObserver):
+    def on_movie_done(self, event):
+        raise RuntimeError("observer bug")
+
+
+def rows(config: Config) -> dict[str, object]:
+    with Ledger(config.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        return {Path(r.key.path).name: r for r in ledger.rows()}
+
+
+def test_crashing_movie_is_retried_then_quarantined_while_the_next_movie_is_done(setup):
+    movie(setup.watch_dir, "crash.mrc")
+    movie(setup.watch_dir, "ok.mrc")
+    recorder = Recorder()
+    service = Service(setup, observers=[Broken(), recorder], runner="fake_runners:correct")
+    assert service.run() == 0
+    table = rows(setup)
+    crash = table["crash.mrc"]
+    assert (crash.status, crash.attempts, crash.failures) == ("quarantined", 2, 2)
+    assert "worker process died (killed by signal SIGKILL)" in crash.error
+    assert table["ok.mrc"].status == "done"
+    names = [c for c in recorder.calls if c[0] in ("failed", "quarantined", "done")]
+    assert names == [("failed", "crash.mrc"), ("quarantined", "crash.mrc"), ("done", "ok.mrc")] \
+        or names == [("failed", "crash.mrc"), ("done", "ok.mrc"), ("quarantined", "crash.mrc")]
+    assert recorder.calls[0] == ("ready", "rescan")
+    assert ("heartbeat", True) in recorder.calls
+    assert recorder.calls[-1] == ("stopped", 0)
+
+
+def test_a_bad_movie_is_quarantined_at_once_without_retries(setup):
+    movie(setup.watch_dir, "bad.mrc")
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    row = rows(setup)["bad.mrc"]
+    assert (row.status, row.attempts) == ("quarantined", 1)
+    assert "not a movie" in row.error
+
+
+def test_full_disk_is_retried_without_counting_against_the_movie(setup):
+    movie(setup.watch_dir, "disk.mrc")
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    row = rows(setup)["disk.mrc"]
+    assert (row.status, row.attempts, row.failures) == ("done", 2, 0)
+
+
+def test_complete_outputs_of_the_same_movie_version_are_adopted_not_redone(setup):
+    path = movie(setup.watch_dir, "never.mrc")
+    st = path.stat()
+    key = MovieKey(str(path), st.st_size, st.st_mtime_ns, setup.params.fingerprint())
+    # outputs of a previous run that died after renaming them but before recording them
+    out = movie(setup.out_dir, "never_DW.mrc")
+    record = {SOURCE_KEY: {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns,
+                           "params_fingerprint": key.fingerprint},
+              "outputs": {"dw": out.name, "motion": "never.motion.json"}}
+    (setup.out_dir / "never.motion.json").write_text(json.dumps(record))
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    row = rows(setup)["never.mrc"]
+    assert (row.status, row.attempts) == ("done", 0) and "adopted" in row.error
+
+
+def test_outputs_of_another_version_are_not_adopted(setup):
+    path = movie(setup.watch_dir, "other.mrc")
+    record = {SOURCE_KEY: {"path": str(path), "size": 1, "mtime_ns": 1,
+                           "params_fingerprint": setup.params.fingerprint()},
+              "outputs": {"motion": "other.motion.json"}}
+    (setup.out_dir / "other.motion.json").write_text(json.dumps(record))
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    row = rows(setup)["other.mrc"]
+    assert (row.status, row.attempts) == ("done", 1)
+
+
+def test_second_stop_abandons_the_movie_in_hand_which_is_pending_for_the_next_start(setup):
+    movie(setup.watch_dir, "hang.mrc")
+
+    class StopWhenBusy(ServiceObserver):
+        def on_heartbeat(self, beat):
+            if beat.in_flight:
+                service.request_stop("test")
+                service.request_stop("test")
+
+    service = Service(setup, observers=[StopWhenBusy()], runner="fake_runners:correct")
+    assert service.run() == 0
+    row = rows(setup)["hang.mrc"]
+    assert (row.status, row.attempts) == ("pending", 0)
+
+
+def test_a_second_daemon_on_the_same_state_folder_is_refused(setup):
+    import fcntl
+    import os
+
+    fd = os.open(setup.state_dir / "motionwatch.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert Service(setup, runner="fake_runners:correct").run() == 78
+    finally:
+        os.close(fd)
+
+
+def test_first_stop_lets_the_movie_in_hand_finish_and_takes_no_new_one(setup):
+    movie(setup.watch_dir, "slow_1.mrc")
+    movie(setup.watch_dir, "slow_2.mrc")
+
+    class StopWhenBusy(ServiceObserver):
+        asked = False
+
+        def on_heartbeat(self, beat):
+            if beat.in_flight and not self.asked:
+                self.asked = True
+                service.request_stop("test")
+
+    service = Service(setup, observers=[StopWhenBusy()], runner="fake_runners:correct")
+    assert service.run() == 0
+    statuses = sorted((name, r.status) for name, r in rows(setup).items())
+    assert statuses == [("slow_1.mrc", "done"), ("slow_2.mrc", "pending")]
