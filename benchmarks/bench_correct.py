@@ -64,7 +64,7 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child_correct(movie: Path, gain: Path, out: Path) -> dict:
+def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
     import correction.io  # noqa: F401 - imports are not part of the timed work
     import correction.pipeline  # noqa: F401
     import correction.write  # noqa: F401
@@ -74,14 +74,14 @@ def _child_correct(movie: Path, gain: Path, out: Path) -> dict:
     dose = E_PER_PX / PIXEL_SIZE_A**2
     t, c = time.perf_counter(), _cpu_s()
     status = main(["correct", str(movie), "--gain", str(gain), "--dose-per-frame", str(dose),
-                   "--out", str(out)])
+                   "--out", str(out), *extra])
     wall, cpu = time.perf_counter() - t, _cpu_s() - c
     record = json.loads((out / f"{movie.stem}.motion.json").read_text())
     return {"status": status, "wall_s": wall, "cpu_s": cpu, "shifts_xy_px": record["global_shifts_px"],
             "timings_s": record["timings_s"]}
 
 
-def _child_floor(movie: Path, gain: Path, out: Path) -> dict:
+def _child_floor(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
     import scipy.fft
 
     from correction.gain import apply_gain, load_gain_reference
@@ -105,9 +105,10 @@ def _child_floor(movie: Path, gain: Path, out: Path) -> dict:
     return {"status": 0, "wall_s": time.perf_counter() - t, "cpu_s": _cpu_s() - c}
 
 
-def _run_child(kind: str, movie: Path, gain: Path, out: Path) -> dict:
+def _run_child(kind: str, movie: Path, gain: Path, out: Path, extra: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, str(movie), str(gain),
-                           str(out)], capture_output=True, text=True, check=False)
+                           str(out), f"--extra={extra}"], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/motionwatch-bench"))
+    parser.add_argument("--extra", default="",
+                        help="extra flags for motionwatch correct, e.g. --extra='--patches 1 1'")
     parser.add_argument("--child", nargs=4, metavar=("KIND", "MOVIE", "GAIN", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -127,20 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         kind, movie, gain, out = args.child
         fn = _child_correct if kind == "correct" else _child_floor
-        result = fn(Path(movie), Path(gain), Path(out))
+        result = fn(Path(movie), Path(gain), Path(out), args.extra.split())
         result["maxrss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return 0
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
-        print(f"{size}x{size}x{args.frames} int16, {E_PER_PX} e/px/frame:", flush=True)
+        print(f"{size}x{size}x{args.frames} int16, {E_PER_PX} e/px/frame, correct flags "
+              f"{args.extra or '(defaults)'}:", flush=True)
         movie, gain, truth_path = _render(args.workdir, size, args.frames, args.seed)
         truth = np.array(json.loads(truth_path.read_text())["shifts_yx_px"])
         runs: dict[str, list[dict]] = {"floor": [], "correct": []}
         for _ in range(args.repeats):
             for kind in ("floor", "correct"):
-                runs[kind].append(_run_child(kind, movie, gain, args.workdir / f"out_{kind}"))
+                runs[kind].append(_run_child(kind, movie, gain, args.workdir / f"out_{kind}",
+                                             args.extra))
         found = np.array(runs["correct"][-1]["shifts_xy_px"])[:, ::-1]
         err = (found - found.mean(0)) - (truth - truth.mean(0))
         rms = float(np.sqrt(np.mean(np.sum(err**2, axis=1))))

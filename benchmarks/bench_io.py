@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 from correction.defects import detect_hot_pixels  # noqa: E402
 from correction.gain import GainReference, apply_gain  # noqa: E402
 from correction.io import read_movie  # noqa: E402
-from correction.params import ReadParams  # noqa: E402
 from correction.write import write_mrc_atomic  # noqa: E402
 
 N = 4096

@@ -142,8 +142,7 @@ class GainReference:
             hint = ""
             if shape_yx == self.shape_yx[::-1]:
                 hint = " (transposed: try a rotation by 1 or 3 quarter turns)"
-            elif (shape_yx[0] % self.shape_yx[0] == 0 and shape_yx[1] % self.shape_yx[1] == 0) \
-                    or (self.shape_yx[0] % shape_yx[0] == 0 and self.shape_yx[1] % shape_yx[1] == 0):
+            elif _multiple(shape_yx, self.shape_yx) or _multiple(self.shape_yx, shape_yx):
                 hint = " (super-resolution vs physical pixels?)"
             raise GainReferenceError(
                 self.gain_path, f"gain is {_fmt(self.shape_yx)} (ny x nx, after orientation) "
@@ -178,6 +177,10 @@ class GainReference:
                                          defects=grow(self.defect_mask),
                                          gain_path=self.gain_path, dark_path=self.dark_path,
                                          defects_path=self.defects_path)
+
+
+def _multiple(big: tuple[int, int], small: tuple[int, int]) -> bool:
+    return big[0] % small[0] == 0 and big[1] % small[1] == 0
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -16,8 +16,12 @@ Steps of :func:`correct_movie`:
 5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
    scaled to output pixels; if any exceeds the padding the frames are redone with more padding
    (so no content can wrap around);
+5b. local motion (``AlignParams.patches_x/y`` > 1): patch shifts on the globally aligned
+   alignment-grid spectra and a smooth model (:func:`align_local.estimate_local_motion`);
+   falls back to global only, with a reason, when the patches carry too little signal;
 6. shifted, dose-weighted sums in Fourier space (:func:`summation.accumulate_sums`), four
-   inverse FFTs, crop;
+   inverse FFTs, crop; or, when local correction applies, the same four sums with global +
+   local shifts by tile-wise Fourier shifts (:func:`local_apply.local_sums`);
 7. atomic writes: ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``, ``S_ODD.mrc`` (float32, pixel size in
    the header) and, last, ``S.motion.json`` (:func:`report.motion_record`).
 
@@ -37,11 +41,13 @@ from typing import Any
 import numpy as np
 
 from .align_global import GlobalAlignment, estimate_shifts
+from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import detect_hot_pixels, plan_replacement
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
-from .fourier import binned_length, fast_length, fourier_crop, rfft2
+from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2
 from .gain import GainReference, apply_gain, load_gain_reference
+from .local_apply import local_sums
 from .params import CorrectionParams
 from .report import DriftStats, drift_stats, motion_record
 from .summation import SumImages, accumulate_sums, sums_to_images
@@ -86,6 +92,9 @@ class CorrectedFrames:
     padding_px : (int, int)
         Padding of the output grid on each axis (the largest shift that cannot wrap).
     timings_s : dict
+    local : LocalMotion or None
+        Patch-based local motion (:mod:`correction.align_local`); when ``local.applied`` the
+        four images carry global + local correction (:mod:`correction.local_apply`).
     """
 
     images: SumImages
@@ -98,6 +107,7 @@ class CorrectedFrames:
     n_hot_pixels: int
     padding_px: tuple[int, int]
     timings_s: dict[str, float] = field(default_factory=dict)
+    local: LocalMotion | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +256,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         if result is not None:
             break
         margin = 2 * margin  # a shift exceeded the padding: redo with more
-    shifts_out, alignment, images = result
+    shifts_out, alignment, images, local = result
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
@@ -255,7 +265,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            n_hot_pixels=n_hot,
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
-                           timings_s=timings)
+                           timings_s=timings, local=local)
 
 
 def _raw_sum(frames: np.ndarray) -> np.ndarray:
@@ -275,7 +285,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                          gain_reference: GainReference | None, bad: np.ndarray | None,
                          fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
                          workers: int, timings: dict[str, float]
-                         ) -> tuple[np.ndarray, GlobalAlignment, SumImages] | None:
+                         ) -> tuple[np.ndarray, GlobalAlignment, SumImages, LocalMotion] | None:
     """Steps 4-6 of the module docstring; None when a shift exceeds the padding."""
     n = used.shape[0]
     t = time.perf_counter()
@@ -322,12 +332,57 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     alignment = estimate_shifts(align_spectra, params=params.align, shape_yx=grids.align,
                                 output_px_per_grid_px=float(np.sqrt(np.prod(scale_yx))),
                                 workers=workers)
-    del align_spectra
     shifts_out = alignment.shifts_yx_px * scale_yx[None, :]
     timings["align"] = time.perf_counter() - t
     pad = np.array(grids.padded_out) - np.array(grids.out_yx)
     if np.any(np.abs(shifts_out).max(axis=0) > pad):
         return None
+
+    # 5b. patch-based local motion on the globally aligned alignment-grid spectra
+    t = time.perf_counter()
+    local = estimate_local_motion(align_spectra, grids.align, grids.padded_out, shifts_out,
+                                  params=params.align, frame_shape_yx=grids.out_yx,
+                                  workers=workers)
+    del align_spectra
+    timings["local_align"] = time.perf_counter() - t
+    if local.applied:
+        # 6b. all four sums with global + local shifts, tile-wise Fourier shifts (re-reads
+        # the gain-corrected frames on the output grid; the kept spectra are not needed
+        # unless the output is Fourier-binned)
+        t = time.perf_counter()
+        binned = grids.padded_in != grids.padded_out
+        if not binned:
+            kept.clear()
+
+        class _OutputFrames:
+            def __len__(self) -> int:
+                return n
+
+            def __getitem__(self, i: int) -> np.ndarray:
+                if binned:
+                    spec = kept[i] if keep else spectrum(i)
+                    return irfft2(spec, grids.padded_out, workers=workers)[
+                        :grids.out_yx[0], :grids.out_yx[1]]
+                apply_gain(used[i], arith, out=frame_view)
+                if plan is not None:
+                    value = fill if fill is not None else \
+                        float(frame_view.mean(dtype=np.float64))
+                    pad_buf[:ny, nx:] = value
+                    pad_buf[ny:, :] = value
+                    plan.apply(pad_buf)
+                return frame_view
+
+        tiles = local_sums(_OutputFrames(), shifts_out, local.model,
+                           pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
+                           dose_end_e_A2=dose_end, voltage_kV=params.dose.voltage_kV,
+                           fill=None if fill is None else  # Fourier binning keeps totals
+                           fill * float(np.prod(grids.bin_yx)) if binned else fill,
+                           shape_yx=grids.out_yx, workers=workers)
+        kept.clear()
+        del pad_buf
+        timings["local_sum"] = time.perf_counter() - t
+        return shifts_out, alignment, SumImages(sum=tiles.plain, dw=tiles.dose_weighted,
+                                                even=tiles.even, odd=tiles.odd), local
 
     t = time.perf_counter()
     source = iter(kept) if keep else (spectrum(i) for i in range(n))
@@ -341,7 +396,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     images = sums_to_images(sums, padded_shape_yx=grids.padded_out, shape_yx=grids.out_yx,
                             workers=workers)
     timings["ifft"] = time.perf_counter() - t
-    return shifts_out, alignment, images
+    return shifts_out, alignment, images, local
 
 
 def _consume(kept: list[np.ndarray], source):
@@ -432,6 +487,8 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
                    "bin_factor": params.read.bin_factor, "group_frames": params.align.group_frames,
                    "params_fingerprint": params.fingerprint()},
+        local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
+               if corrected.local is not None else None),
         extra=extra_record)
     write_json_atomic(outputs["motion"], record)
     timings["write"] = time.perf_counter() - t

@@ -14,9 +14,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -51,9 +50,7 @@ def is_temporary_name(name: str) -> bool:
     ``x.mrc~``, ``#x.mrc#``, ``~$x``) and SerialEM's ``.openTS`` lock files.
     """
     lower = name.lower()
-    return (name.startswith((".", "~", "#"))
-            or lower.endswith(_TEMP_SUFFIXES)
-            or (name.startswith("#") and name.endswith("#")))
+    return name.startswith((".", "~", "#")) or lower.endswith(_TEMP_SUFFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +192,6 @@ class _Counters:
     last_scan_s: float | None = None
     overflows: int = 0
     events: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class Discovery:
@@ -235,7 +231,6 @@ class Discovery:
         self._observer = None
         self._observer_failed = False
         self._overflow_handler: _OverflowHandler | None = None
-        self._lock = threading.Lock()
         self._counters = _Counters()
         self._reason = ""
 

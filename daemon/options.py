@@ -70,6 +70,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "(default %(default)s)")
     ali.add_argument("--max-shift", type=float, default=None, metavar="PX",
                      help="largest displacement searched (output pixels)")
+    ali.add_argument("--patches", type=int, nargs=2, default=None, metavar=("NX", "NY"),
+                     help="patch grid for local (beam-induced) motion; 0 0 or 1 1 = global "
+                          "only (default 5 5)")
 
 
 def params_from_args(args: argparse.Namespace | Any):
@@ -103,5 +106,7 @@ def params_from_args(args: argparse.Namespace | Any):
     align_kwargs: dict[str, Any] = {"group_frames": int(get("group", 1))}
     if get("max_shift") is not None:
         align_kwargs["max_shift_px"] = float(get("max_shift"))
+    if get("patches") is not None:
+        align_kwargs["patches_x"], align_kwargs["patches_y"] = (int(v) for v in get("patches"))
     align = AlignParams(**align_kwargs)
     return CorrectionParams(dose=dose, read=read, gain=gain, align=align)

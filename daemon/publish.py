@@ -366,6 +366,8 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         raise ValueError("motion record global_shifts_px is not a list of [dx, dy], got shape "
                          f"{shifts.shape}")
     shifts_A = (shifts * px).tolist()
+    if not np.isfinite(shifts).all():
+        shifts_A = _plain(shifts_A)  # NaN/inf -> null: the body must stay valid JSON
     drift = record["drift"]
     if not isinstance(drift, Mapping):
         raise ValueError("motion record drift is not an object")

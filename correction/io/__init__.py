@@ -81,7 +81,9 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
     params : ReadParams, optional
         Used for EER grouping and sampling (``eer_group_frames``,
         ``eer_dose_per_fraction_e_A2``, ``eer_sampling``). ``pixel_size_A`` given here
-        overrides the header's.
+        overrides the header's: for MRC/TIFF it is the pixel of the frames as stored; for EER
+        it is the physical detector pixel and the returned frames' pixel is it divided by
+        ``eer_sampling``. Use the returned ``Movie.pixel_size_A``, not the parameter.
 
     Returns
     -------
@@ -112,7 +114,10 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
     else:
         raise UnsupportedFormatError(path, f"a {kind.upper()} file is a reference image, "
                                            "not a movie")
-    if params.pixel_size_A is not None and movie.pixel_size_A != params.pixel_size_A:
+    # EER readers apply params.pixel_size_A themselves (the physical pixel, divided by the
+    # sampling); for the others the given value is the pixel of the frames as stored.
+    if (kind != "eer" and params.pixel_size_A is not None
+            and movie.pixel_size_A != params.pixel_size_A):
         header = dict(movie.header, header_pixel_size_A=movie.pixel_size_A)
         movie = Movie(frames=movie.frames, path=movie.path, pixel_size_A=params.pixel_size_A,
                       voltage_kV=movie.voltage_kV,

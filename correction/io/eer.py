@@ -103,15 +103,12 @@ def is_eer(path: str | Path) -> bool:
     """True when ``path`` is a TIFF whose first raw-frame page uses an EER compression."""
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = tif.pages
-            if len(pages) == 0:
-                return False
-            first = pages[0]
+            first = tif.pages.first          # parses page 0 only, not the whole chain
             if first.compression in EER_COMPRESSIONS:
                 return True
-            return (first.compression == 1 and len(pages) > 1
-                    and pages[1].compression in EER_COMPRESSIONS)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not EER
+            # An uncompressed integrated image may come first; look at page 1 only then.
+            return first.compression == 1 and tif.pages[1].compression in EER_COMPRESSIONS
+    except Exception:  # noqa: BLE001 - anything unreadable (or one page only) is not EER
         return False
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile.dtypes
-import mrcfile.utils
 import numpy as np
 
 from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError

@@ -129,6 +129,22 @@ def test_frc_against_truth_measures_a_blurred_copy_and_full_set_conversion_maps_
     assert full_set_frc(np.array([1 / 7]))[0] == pytest.approx(0.25)
 
 
+def test_edge_taper_removes_the_false_correlation_of_a_shared_non_periodic_background():
+    """Independent noise on a shared ramp (an ice gradient): the jump where opposite edges meet
+    correlates the halves at every frequency (a false resolution) unless the edges are tapered."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[:512, :512]
+    ramp = 0.02 * x + 0.01 * y
+    even, odd = ramp + rng.standard_normal((2, 512, 512))
+    plain = fourier_ring_correlation(even, odd)
+    assert np.mean(plain.frc[50:]) > 0.1  # the bias the taper is for
+    assert resolution_from_frc(plain).frequency_per_px > 0.2  # a false 4-5 px "resolution"
+    res, curve = even_odd_resolution(even, odd, pixel_size_A=1.0)  # default taper, 32 px
+    assert abs(np.mean(curve.frc[50:])) < 0.01
+    # what remains is the ramp's own (shared, real) low-frequency content
+    assert res.status == "none" or res.frequency_per_px < 0.06
+
+
 def test_frc_rejects_mismatched_or_tiny_images_with_a_clear_message():
     with pytest.raises(ParameterError, match="one shape"):
         fourier_ring_correlation(np.zeros((16, 16)), np.zeros((16, 17)))

@@ -162,3 +162,11 @@ def test_eer_gain_file_is_a_tiff_reference(tmp_path):
 def test_group_sizes_cover_every_raw_frame(n_raw, group, expected):
     sizes = group_sizes(n_raw, group)
     assert sizes == expected and sum(sizes) == n_raw
+
+
+def test_given_pixel_size_is_the_physical_pixel_and_8k_frames_get_half(tmp_path):
+    path = eer_writer.write_eer(tmp_path / "m.eer", _raw_frames(n=4), shape_yx=SHAPE,
+                                metadata=[("numberOfFrames", None, "4")])
+    assert read_movie(path, params=ReadParams(pixel_size_A=0.9)).pixel_size_A == 0.9
+    fine = read_movie(path, params=ReadParams(pixel_size_A=0.9, eer_sampling=2))
+    assert fine.pixel_size_A == pytest.approx(0.45)

@@ -173,3 +173,23 @@ def test_read_image_refuses_a_stack(tmp_path):
     path = _write_mrc(tmp_path / "g.mrc", np.ones((2, 4, 4), dtype=np.float32))
     with pytest.raises(UnsupportedFormatError, match=r"g\.mrc: expected one 2-D image"):
         read_image(path)
+
+
+def test_big_endian_mrc_reads_exactly(tmp_path):
+    data = np.arange(2 * 6 * 5, dtype=">i2").reshape(2, 6, 5)
+    path = _write_mrc(tmp_path / "be.mrc", data, voxel_size=2.5)
+    movie = read_movie(path)
+    assert movie.header["byte_order"] == "big"
+    np.testing.assert_array_equal(movie.frames, data)
+    assert movie.pixel_size_A == 2.5
+
+
+def test_mode_0_without_imod_stamp_follows_the_header_range(tmp_path):
+    values = np.array([0, 3, 130, 200], dtype=np.uint8).reshape(1, 2, 2)
+    path = _write_mrc(tmp_path / "u.mrc", values.view(np.int8))
+    _patch(path, 76, [0.0, 200.0], "<f4")           # dmin, dmax: an unsigned range
+    movie = read_movie(path)
+    assert movie.frames.dtype == np.uint8 and movie.header["mode0_signed_from"] == "header_range"
+    np.testing.assert_array_equal(movie.frames, values)
+    _patch(path, 76, [-126.0, 100.0], "<f4")        # a signed range: MRC2014 int8
+    assert read_movie(path).frames.dtype == np.int8

@@ -102,3 +102,17 @@ def test_multipage_tiff_is_not_a_reference_image(tmp_path):
     tifffile.imwrite(path, np.ones((2, 8, 8), np.float32))
     with pytest.raises(UnsupportedFormatError, match=r"gain\.tif: expected one 2-D image"):
         read_image(path)
+
+
+def test_tiff_with_a_compression_nobody_decodes_is_unsupported(tmp_path):
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint16))
+    with tifffile.TiffFile(path) as tif:
+        tag_offsets = [page.tags["Compression"].offset for page in tif.pages]
+    raw = bytearray(path.read_bytes())
+    for offset in tag_offsets:          # classic TIFF entry: tag, type, count, then the value
+        raw[offset + 8:offset + 10] = (54321).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UnsupportedFormatError, match=r"odd\.tif: TIFF compression 54321 is "
+                                                     r"not supported"):
+        read_movie(path)

@@ -96,7 +96,8 @@ def test_state_model_counts_seq_gaps_and_notes_a_new_session_as_a_restart():
     state.apply("heartbeat", envelope({"interval_s": 5}, 2), 1.0)
     state.apply("heartbeat", envelope({"interval_s": 5}, 6), 2.0)  # 3, 4 and 5 lost
     assert state.missed == 3 and state.restarts == 0
-    state.apply("heartbeat", envelope({"interval_s": 5}, 1, session="b" * 32), 3.0)
+    state.apply("series", envelope({"event": "started", "series": "TS_09", "n_done": 0}, 1,
+                                   session="b" * 32), 3.0)
     assert state.restarts == 1 and state.missed == 3 and state.last_seq == 1
     assert state.heartbeat is None  # the old daemon's heartbeat no longer counts
     state.apply("invalid", {"error": "not JSON"}, 4.0)

@@ -84,8 +84,17 @@ def test_simulated_acquisition_every_movie_corrected_exactly_once_never_before_c
     rng = np.random.default_rng(5)
     backlog = simulate_session(watch, n_movies=2, rng=rng, name="backlog_{index:02d}.mrc",
                                frame_interval_s=0.0, movie_interval_s=0.0, rename_indices=())
-    daemon = start_daemon(watch, out, log, "--exit-when-idle", "3")
+    daemon = start_daemon(watch, out, log, "--exit-when-idle", "5")
     try:
+        # `motionwatch status` reads the state while the daemon runs
+        deadline = time.monotonic() + 30
+        while True:
+            report = subprocess.run([sys.executable, "-m", "daemon", "status", str(out), "--json"],
+                                    capture_output=True, text=True)
+            live_status = json.loads(report.stdout) if report.returncode == 0 else None
+            if (live_status and live_status["counts"]["done"] >= 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         live = simulate_session(watch, n_movies=4, rng=rng, frame_interval_s=0.1,
                                 movie_interval_s=0.2, rename_indices=(1,),
                                 early_stop_indices=(2,))
@@ -101,6 +110,7 @@ def test_simulated_acquisition_every_movie_corrected_exactly_once_never_before_c
     finally:
         if daemon.poll() is None:
             daemon.kill()
+    assert live_status["daemon"]["running"] is True and live_status["counts"]["done"] >= 1
     movies = [m.path for m in backlog + live] + [slow]
     for movie in movies:
         check_outputs(out, movie, N_FRAMES)
