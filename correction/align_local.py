@@ -117,10 +117,6 @@ class LocalParams:
     patch_grid_px : int
         Short side of the Fourier-cropped grid the patches are cut from (pixels); the
         spectra given are cropped further when larger.
-    tile_px : int
-        Core size of the tiles local correction is applied on (output px; see local_apply).
-    tile_overlap_px : int
-        Extra pixels on each side of a tile, where neighbouring tiles are blended.
     """
 
     spatial_degree: int = 2
@@ -133,8 +129,6 @@ class LocalParams:
     min_patch_fraction: float = 0.5
     min_significance: float = 3.0
     patch_grid_px: int = 512
-    tile_px: int = 512
-    tile_overlap_px: int = 32
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -152,9 +146,6 @@ class LocalParams:
         need(self.max_predicted_error_px > 0,
              f"max_predicted_error_px must be > 0 px, got {self.max_predicted_error_px}")
         need(self.patch_grid_px >= 64, f"patch_grid_px must be >= 64 px, got {self.patch_grid_px}")
-        need(self.tile_px >= 64, f"tile_px must be >= 64 px, got {self.tile_px}")
-        need(8 <= self.tile_overlap_px <= self.tile_px // 2,
-             f"tile_overlap_px must be 8..tile_px/2 px, got {self.tile_overlap_px}")
 
 
 # ----------------------------------------------------------------------------- patch grid

@@ -31,6 +31,13 @@ def running_under_journald(environ: Mapping[str, str] | None = None) -> bool:
     return bool((os.environ if environ is None else environ).get("JOURNAL_STREAM"))
 
 
+def _event_first(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Put ``timestamp``, ``level`` and ``event`` first so JSON lines read well."""
+    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    head.update(event_dict)
+    return head
+
+
 class _Render:
     """Final processor: render with the inner renderer, then prefix ``<N>`` for journald."""
 
@@ -73,7 +80,7 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if json_lines:
-        processors += [structlog.processors.dict_tracebacks,
+        processors += [structlog.processors.dict_tracebacks, _event_first,
                        _Render(structlog.processors.JSONRenderer(sort_keys=False), journald)]
     else:
         processors.append(_Render(structlog.dev.ConsoleRenderer(colors=False if journald else None),

@@ -71,6 +71,7 @@ __all__ = [
     "PublishConfigError",
     "PublishError",
     "TiltInfo",
+    "PRIMARY_DOSE_SOURCES",
     "Publisher",
     "PublisherStats",
     "Subscriber",
@@ -248,6 +249,10 @@ class PublishConfig:
 # --------------------------------------------------------------------------- message bodies
 
 
+PRIMARY_DOSE_SOURCES = frozenset({"ExposureDose", "FrameDosesAndNumber"})
+"""Dose sources that are not a fallback (SerialEM mdoc keys giving the dose on the specimen)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TiltInfo:
     """What the daemon knows about a movie beyond its motion record (from the series mdoc).
@@ -274,6 +279,30 @@ class TiltInfo:
     pre_exposure_e_A2: float | None = None
     dose_source: str | None = None
     dose_fallback: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TiltInfo:
+        """From a motion record's ``tilt`` object (or that object itself), as the daemon's
+        series resolver writes it (``TiltAssignment.record()``: ``series``, ``tilt_deg``,
+        ``acquisition_index``, ``pre_exposure_e_A2``, ``dose_source``, ``warnings``).
+
+        The dose *fell back* when its source is not one of :data:`PRIMARY_DOSE_SOURCES` (e.g.
+        ``configured``: the metadata gave none; ``DoseRate``: estimated at the camera); the
+        reason is the source plus the resolver's warnings. A record without ``tilt`` gives an
+        empty TiltInfo (a movie outside any series).
+        """
+        tilt = record.get("tilt", record if "series" in record else None)
+        if not isinstance(tilt, Mapping):
+            return cls()
+        source = tilt.get("dose_source") or None
+        fallback = None
+        if source is not None and source.split(" ")[0] not in PRIMARY_DOSE_SOURCES:
+            notes = [str(w) for w in tilt.get("warnings") or []]
+            fallback = "; ".join([f"dose from {source}", *notes])
+        return cls(series=tilt.get("series"), tilt_deg=tilt.get("tilt_deg"),
+                   acquisition_index=tilt.get("acquisition_index"),
+                   pre_exposure_e_A2=tilt.get("pre_exposure_e_A2"), dose_source=source,
+                   dose_fallback=fallback)
 
 
 def _plain(value: Any) -> Any:
@@ -311,6 +340,34 @@ def _scalars(obj: Any) -> dict[str, Any] | None:
     return out
 
 
+def _local_summary(local: Any, global_xy_px: np.ndarray, px: float) -> dict[str, Any] | None:
+    """Scalars of the record's ``local`` object plus the local-motion magnitude in Å.
+
+    ``rms_A`` / ``max_A``: RMS and largest length, over patches and frames, of the local part of
+    the motion (``fitted_shifts_px`` minus ``global_shifts_px``), when the record has them.
+    """
+    out = _scalars(local)
+    if out is None:
+        return None
+    out = {k: v for k, v in out.items() if not k.endswith("convention")}  # prose, not data
+    fitted = local.get("fitted_shifts_px")
+    if fitted is not None:
+        try:
+            f = np.asarray(fitted, dtype=np.float64)
+        except (TypeError, ValueError):
+            f = np.zeros((0,))
+        if f.ndim == 3 and f.shape[1:] == global_xy_px.shape and f.size:
+            lengths = np.hypot(*np.moveaxis(f - global_xy_px[None], -1, 0)) * px
+            if np.isfinite(lengths).all():
+                out["rms_A"] = float(np.sqrt(np.mean(lengths ** 2)))
+                out["max_A"] = float(lengths.max())
+            out["n_patches"] = int(f.shape[0])
+    rejected = local.get("rejected_patches")
+    if isinstance(rejected, (list, tuple)):
+        out["n_rejected_patches"] = len(rejected)
+    return out
+
+
 def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
                   path: str | Path | None = None,
                   pixel_size_A: float | None = None) -> dict[str, Any]:
@@ -325,7 +382,8 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         ``max_frame_jump_A``); when present: ``movie`` or ``path``, ``dose``, ``local``,
         ``resolution``, ``timings_s``, ``outputs``, ``schema``.
     tilt : TiltInfo, optional
-        Series, tilt angle, acquisition index, pre-exposure and dose source.
+        Series, tilt angle, acquisition index, pre-exposure and dose source; default: from the
+        record's ``tilt`` object (:meth:`TiltInfo.from_record`).
     path : str or Path, optional
         The movie's path, when the record does not name it.
     pixel_size_A : float, optional
@@ -336,14 +394,17 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
     dict
         ``shifts_A`` is ``global_shifts_px * pixel_size_A`` ([dx, dy] per frame, Å); ``drift``,
         ``timings_s`` and ``outputs`` are copied unchanged; ``dose``, ``local`` and
-        ``resolution`` keep their scalar members (arrays, e.g. patch shifts, stay in the record).
+        ``resolution`` keep their scalar members (arrays, e.g. patch shifts, stay in the record);
+        ``local`` gains ``rms_A`` and ``max_A``, the size of the local motion (patch
+        trajectories ``fitted_shifts_px`` minus the global one), ``n_patches`` and
+        ``n_rejected_patches``.
 
     Raises
     ------
     ValueError
         A required key is missing or malformed (the message names it).
     """
-    tilt = tilt or TiltInfo()
+    tilt = tilt if tilt is not None else TiltInfo.from_record(record)
     missing = [k for k in ("global_shifts_px", "drift") if k not in record]
     px = pixel_size_A if pixel_size_A is not None else record.get("pixel_size_A")
     if px is None:
@@ -377,7 +438,7 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
     if tilt.dose_source is not None:
         dose["source"] = tilt.dose_source
     dose["fallback"] = tilt.dose_fallback
-    local = _scalars(record.get("local"))
+    local = _local_summary(record.get("local"), shifts, px)
     movie_path = str(movie_path)
     return {
         "path": movie_path,

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from correction.frc import even_odd_resolution
-from daemon.publish import TOPICS, DriftRules, PublishConfig, Publisher, Subscriber, TiltInfo
+from daemon.publish import TOPICS, DriftRules, PublishConfig, Publisher, Subscriber
+from daemon.series import TiltAssignment
 
 DOC = Path(__file__).with_name("zmq.md")
 _BLOCK = re.compile(r"(<!-- example:(\w+) -->\n```json\n)(.*?)(\n```\n<!-- /example -->)", re.S)
@@ -41,13 +42,20 @@ def example_record() -> dict:
         "pixel_size_A": 1.06,
         "global_shifts_px": shifts,
         "drift": {"total_A": 4.319, "early_A": 2.44, "late_A": 0.541, "max_frame_jump_A": 1.36},
-        "dose": {"per_frame_e_A2": 0.375, "total_e_A2": 3.0, "pre_exposure_e_A2": 36.0,
-                 "voltage_kV": 300.0},
-        "local": {"applied": True, "patches": [5, 5], "mean_magnitude_A": 0.82,
-                  "max_magnitude_A": 2.1, "fit_residual_px": 0.11},
+        "dose": {"per_frame_e_A2": [0.375] * 8, "pre_exposure_e_A2": 36.0, "total_e_A2": 3.0},
+        "local": {"applied": True, "reason": "4 of 4 patches fitted",
+                  "patches_xy": [2, 2], "group_frames": 1, "residual_sigma_px": 0.08,
+                  "predicted_error_px": 0.03, "rejected_patches": [],
+                  "fitted_shifts_px": [[[dx + 0.1 * i * k, dy - 0.05 * i * k] for i, (dx, dy)
+                                        in enumerate(shifts)] for k in range(4)]},
         "resolution": resolution.to_record(),
         "timings_s": {"read": 0.41, "gain": 0.05, "align_global": 0.62, "align_local": 1.8,
                       "sum": 0.33, "write": 0.12, "total": 3.33},
+        "tilt": TiltAssignment(movie="TS_03_012_-15.0.tif", series="TS_03", tilt_deg=-15.0,
+                               acquisition_index=12, dose_e_A2=3.0, frame_doses_e_A2=None,
+                               pre_exposure_e_A2=36.0, dose_source="ExposureDose",
+                               order_source="TimeStamp", match_source="SubFramePath",
+                               mdoc_path="/data/session/TS_03.mrc.mdoc").record(),
         "outputs": {"sum": "/data/session/motioncorr/TS_03/TS_03_012_-15.0.mrc",
                     "sum_dw": "/data/session/motioncorr/TS_03/TS_03_012_-15.0_DW.mrc",
                     "even": "/data/session/motioncorr/TS_03/TS_03_012_-15.0_EVN.mrc",
@@ -70,9 +78,7 @@ def collect_examples() -> dict[str, dict]:
                     raise RuntimeError(f"expected a state message first, got {first}")
                 pub.series("started", "TS_03", n_done=12, n_failed=0, n_expected=41,
                            accumulated_dose_e_A2=36.0, mdoc="/data/session/TS_03.mrc.mdoc")
-                pub.movie(example_record(),
-                          TiltInfo(series="TS_03", tilt_deg=-15.0, acquisition_index=12,
-                                   pre_exposure_e_A2=36.0, dose_source="series_mdoc"))
+                pub.movie(example_record())  # series and tilt from the record's "tilt"
                 pub.series("updated", "TS_03", n_done=13, n_failed=0, n_expected=41,
                            accumulated_dose_e_A2=39.0, mdoc="/data/session/TS_03.mrc.mdoc")
                 pub.heartbeat(backlog=2, done=131, failed=1, running=1, quarantined=1,

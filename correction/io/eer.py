@@ -4,9 +4,12 @@ An EER file is a BigTIFF with one page per raw frame, compressed with 65000 (8-b
 lengths), 65001 (7-bit) or 65002 (run-length and sub-pixel bit widths in tags 65007-65009).
 A page may be preceded by an uncompressed integrated image, which is skipped. tifffile parses
 the page directory; each raw frame's strips are read with ``os.pread`` and decoded by
-``imagecodecs.eer_decode`` into a reused boolean buffer that is added to the fraction it
-belongs to, so memory holds the fractions (uint8 when at most 255 raw frames are summed, else
-uint16) plus one raw frame per thread, never all raw frames.
+``imagecodecs.eer_decode`` straight into the fraction it belongs to (the decoder adds one per
+event to its output, a fact checked on a 4-pixel probe stream before each read; where an
+imagecodecs version does not, each raw frame goes through a reused boolean buffer that is then
+added). Memory holds the fractions (uint8 when at most 255 raw frames are summed, else uint16),
+never all raw frames; fractions are decoded by ``max_workers`` threads (the decoder releases
+the GIL).
 
 Grouping
     ``ReadParams.eer_group_frames`` raw frames per fraction; else ``eer_dose_per_fraction_e_A2``
@@ -233,8 +236,13 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
 
 
 def _decode_into(fd: int, layout: EerLayout, raw_index: int, buf: np.ndarray, superres: int,
-                 path: Path) -> None:
-    """Decode raw frame ``raw_index`` into the bool buffer ``buf`` (shape of the output grid)."""
+                 path: Path, *, accumulate: bool = False) -> None:
+    """Decode raw frame ``raw_index`` into ``buf`` (shape of the output grid).
+
+    ``accumulate=False``: ``buf`` is a bool buffer, cleared first, that ends up holding the
+    frame's events. ``accumulate=True``: one is added to ``buf`` (uint8 or uint16, a fraction)
+    per event; only valid where :func:`_decoder_accumulates` says so.
+    """
     factor = 2 if superres else 1
     rows = layout.rows_per_strip * factor
     for s, (offset, count) in enumerate(layout.strips[raw_index]):
@@ -242,7 +250,8 @@ def _decode_into(fd: int, layout: EerLayout, raw_index: int, buf: np.ndarray, su
         if len(data) < count:
             raise TruncatedMovieError(path, f"raw frame {raw_index} is cut short")
         target = buf[s * rows:(s + 1) * rows]
-        target.fill(False)  # the decoder only sets the pixels that hold events
+        if not accumulate:
+            target.fill(False)  # the decoder only touches the pixels that hold events
         try:
             imagecodecs.eer_decode(data, target.shape, layout.skip_bits, layout.horz_bits,
                                    layout.vert_bits, superres=superres, out=target)
@@ -250,6 +259,23 @@ def _decode_into(fd: int, layout: EerLayout, raw_index: int, buf: np.ndarray, su
             raise UnreadableMovieError(path, f"raw frame {raw_index} does not decode "
                                              f"(compression {layout.compression}): "
                                              f"{exc}") from None
+
+
+def _decoder_accumulates(dtype: np.dtype, layout: EerLayout) -> bool:
+    """True when ``imagecodecs.eer_decode`` adds one per event into an ``out`` of ``dtype``.
+
+    Decodes a hand-made 4-pixel stream (one event on pixel 0, then a run to the end) with the
+    file's bit widths into ``[1, 0, 0, 0]``; an accumulating decoder leaves 2 on pixel 0.
+    """
+    nbits = layout.skip_bits + layout.horz_bits + layout.vert_bits
+    stream = (3 << nbits).to_bytes(6, "little")  # code 1: run 0, event; code 2: run 3, end
+    probe = np.array([[1, 0, 0, 0]], dtype=dtype)
+    try:
+        imagecodecs.eer_decode(stream, probe.shape, layout.skip_bits, layout.horz_bits,
+                               layout.vert_bits, superres=0, out=probe)
+    except Exception:  # noqa: BLE001 - a decoder that refuses this dtype: use the bool buffer
+        return False
+    return probe.tolist() == [[2, 0, 0, 0]]
 
 
 def decode_eer_page(tif: tifffile.TiffFile, page_index: int, path: str | Path) -> np.ndarray:
@@ -397,11 +423,18 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     frames = np.zeros((len(sizes), ny, nx), dtype=dtype)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
 
+    direct = _decoder_accumulates(np.dtype(dtype), layout)
+
     def work(fraction: int) -> None:
+        target = frames[fraction]
+        raws = range(starts[fraction], starts[fraction] + sizes[fraction])
+        if direct:                          # events land in the fraction: no buffer, no add
+            for raw in raws:
+                _decode_into(fd, layout, raw, target, superres, path, accumulate=True)
+            return
         buf = np.empty((ny, nx), dtype=bool)
         as_u8 = buf.view(np.uint8)          # 0/1 bytes: add without a cast
-        target = frames[fraction]
-        for raw in range(starts[fraction], starts[fraction] + sizes[fraction]):
+        for raw in raws:
             _decode_into(fd, layout, raw, buf, superres, path)
             if target.dtype == np.uint8:
                 np.add(target, as_u8, out=target)

@@ -82,7 +82,8 @@ def test_global_shifts_within_0_1_px_rms_on_1024_movie_at_1_e_per_px_with_gain_a
     movie = render_movie(rng, shape_yx=(1024, 1024), n_frames=10,
                          electrons_per_px_per_frame=1.0, pixel_size_A=1.1, n_hot_pixels=30,
                          dtype=np.int16)
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0 / 1.1**2))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0 / 1.1**2),
+                              align=AlignParams(patches_x=1, patches_y=1))  # global only
     out = correct_frames(movie.frames, pixel_size_A=1.1, params=params,
                          gain_reference=GainReference.from_arrays(movie.gain))
     rms = _rms(out.shifts_yx_px, movie.shifts_yx_px)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from correction.errors import MissingPixelSizeError
-from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
+from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams, ReadParams
 from correction.pipeline import correct_frames, correct_movie
 from correction.synthetic import render_movie
 
 PIXEL = 1.3
+GLOBAL = AlignParams(patches_x=1, patches_y=1)
 
 
 def _write_movie(path, frames, pixel_size_A=PIXEL):
@@ -87,7 +88,7 @@ def test_movie_without_pixel_size_in_header_or_params_is_an_error(movie_files, t
 def test_fourier_binning_by_two_halves_shape_doubles_pixel_size_and_scales_shifts(movie_files):
     _, syn = movie_files
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(bin_factor=2.0))
+                              read=ReadParams(bin_factor=2.0), align=GLOBAL)
     out = correct_frames(syn.frames, pixel_size_A=PIXEL, params=params)
     assert out.shape_yx == (128, 160) and out.pixel_size_A == pytest.approx(2 * PIXEL)
     truth = syn.shifts_yx_px - syn.shifts_yx_px.mean(0)
@@ -98,7 +99,7 @@ def test_fourier_binning_by_two_halves_shape_doubles_pixel_size_and_scales_shift
 def test_throw_and_trunc_frames_are_dropped_but_their_dose_counts(movie_files):
     _, syn = movie_files
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(throw_frames=2, trunc_frames=1))
+                              read=ReadParams(throw_frames=2, trunc_frames=1), align=GLOBAL)
     out = correct_frames(syn.frames, pixel_size_A=PIXEL, params=params)
     assert out.shifts_yx_px.shape == (5, 2) and out.frames_used == (2, 7)
     assert len(out.frame_doses_e_A2) == 8

@@ -133,6 +133,68 @@ def test_movie_message_values_equal_the_motion_record_with_shifts_converted_to_a
         movie_message({k: v for k, v in record.items() if k != "global_shifts_px"})
 
 
+def test_movie_message_from_the_correction_library_record_with_local_motion_magnitude():
+    """The record as correction.report.motion_record writes it, with a local object shaped as
+    correction.align_local.local_motion_record writes it: two patches, one moving 0.4 px in x
+    relative to the global trajectory in every frame, the other not at all."""
+    import numpy as np
+
+    from correction.report import motion_record as library_record
+
+    shifts_yx = np.array([[0.0, 0.0], [0.3, 0.4], [0.6, 0.8], [0.9, 1.2]])
+    global_xy = shifts_yx[:, ::-1]
+    local = {"applied": True, "reason": "2 of 2 patches fitted", "patches_xy": [2, 1],
+             "shift_convention": "prose", "group_frames": 1, "residual_sigma_px": 0.05,
+             "predicted_error_px": 0.02, "rejected_patches": [],
+             "fitted_shifts_px": [(global_xy + [0.4, 0.0]).tolist(), global_xy.tolist()]}
+    rec = library_record(movie="/data/TS_01_003_9.0.mrc", shape_yx=(256, 256), pixel_size_A=2.0,
+                         voltage_kV=300.0, shifts_yx_px=shifts_yx,
+                         frame_doses_e_A2=np.full(4, 0.5), pre_exposure_e_A2=9.0,
+                         outputs={"sum": "TS_01_003_9.0.mrc"}, timings_s={"total": 1.5},
+                         local=local, resolution={"resolution_A": 5.1, "status": "crossing"})
+    body = movie_message(rec, TiltInfo(series="TS_01", tilt_deg=9.0, acquisition_index=3))
+    assert body["drift"] == rec["drift"] and body["drift"]["total_A"] == pytest.approx(3.0)
+    assert body["shifts_A"] == [[2.0 * dx, 2.0 * dy] for dx, dy in rec["global_shifts_px"]]
+    assert body["dose"]["total_e_A2"] == 2.0 and body["dose"]["pre_exposure_e_A2"] == 9.0
+    assert "per_frame_e_A2" not in body["dose"]  # a per-frame list: stays in the record
+    assert body["local"]["applied"] is True and "shift_convention" not in body["local"]
+    assert body["local"]["max_A"] == pytest.approx(0.8)  # 0.4 px x 2 Å
+    assert body["local"]["rms_A"] == pytest.approx(0.8 / np.sqrt(2))
+    assert body["local"]["n_patches"] == 2 and body["local"]["n_rejected_patches"] == 0
+    assert body["resolution"] == {"resolution_A": 5.1, "status": "crossing"}
+
+
+def test_tilt_facts_come_from_the_records_tilt_object_and_a_configured_dose_is_a_fallback():
+    """The series resolver's TiltAssignment.record() travels in the motion record as ``tilt``."""
+    import numpy as np
+
+    from correction.report import motion_record as library_record
+    from daemon.series import TiltAssignment
+
+    def record_with(source: str, warnings: tuple[str, ...] = ()) -> dict:
+        tilt = TiltAssignment(movie="TS_02_005_-9.0.tif", series="TS_02", tilt_deg=-9.0,
+                              acquisition_index=5, dose_e_A2=3.0, frame_doses_e_A2=None,
+                              pre_exposure_e_A2=15.0, dose_source=source,
+                              order_source="TimeStamp", match_source="SubFramePath",
+                              warnings=warnings)
+        return library_record(movie="/data/TS_02_005_-9.0.tif", shape_yx=(64, 64),
+                              pixel_size_A=1.0, voltage_kV=300.0,
+                              shifts_yx_px=np.zeros((3, 2)), frame_doses_e_A2=np.ones(3),
+                              pre_exposure_e_A2=15.0, outputs={}, timings_s={},
+                              extra={"tilt": tilt.record()})
+
+    body = movie_message(record_with("ExposureDose"))
+    assert (body["series"], body["tilt_deg"], body["acquisition_index"]) == ("TS_02", -9.0, 5)
+    assert body["dose"]["pre_exposure_e_A2"] == 15.0 and body["dose"]["source"] == "ExposureDose"
+    assert body["dose"]["fallback"] is None and movie_warnings(body, DriftRules()) == []
+    note = "TS_02_005_-9.0.tif: no dose in the metadata; configured dose per tilt 3 e/Å² used"
+    fell_back = movie_message(record_with("configured", (note,)))
+    [warning] = movie_warnings(fell_back, DriftRules())
+    assert warning["kind"] == "dose_fallback" and warning["series"] == "TS_02"
+    assert "dose from configured" in warning["message"] and note in warning["message"]
+    assert movie_message(motion_record())["series"] is None  # no tilt object: outside a series
+
+
 def test_drift_rules_warn_above_thresholds_and_on_dose_fallback_only():
     rules = DriftRules(max_total_drift_A=40.0, max_frame_jump_A=10.0)
     calm = movie_message(motion_record(total_A=12.0), TiltInfo(series="S"))

@@ -208,3 +208,27 @@ def test_first_stop_lets_the_movie_in_hand_finish_and_takes_no_new_one(setup):
     assert service.run() == 0
     statuses = sorted((name, r.status) for name, r in rows(setup).items())
     assert statuses == [("slow_1.mrc", "done"), ("slow_2.mrc", "pending")]
+
+
+def test_a_vanished_output_folder_pauses_correction_reports_it_and_resumes_when_back(setup):
+    import dataclasses
+    import shutil
+    import threading
+
+    state = setup.out_dir.parent / "state"
+    state.mkdir()
+    config = dataclasses.replace(setup, state_dir=state)
+    shutil.rmtree(config.out_dir)
+    movie(config.watch_dir, "ok.mrc")
+    threading.Timer(1.5, lambda: config.out_dir.mkdir()).start()
+    health = []
+
+    class Health(ServiceObserver):
+        def on_heartbeat(self, beat):
+            health.append(beat.health)
+
+    assert Service(config, observers=[Health()], runner="fake_runners:correct").run() == 0
+    assert any(not h.ok and "output folder" in h.problems[0] for h in health)
+    assert health[-1].ok
+    assert rows(config)["ok.mrc"].status == "done"
+    assert (config.out_dir / "ok.motion.json").is_file()
