@@ -17,6 +17,7 @@ Usage::
     .venv/bin/python benchmarks/bench_local.py                       # 4096^2 x 10, 1.5 e/px
     .venv/bin/python benchmarks/bench_local.py --size 2048 --dose 1.0 --contrast 0.1
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_local.py   # see note below
+    .venv/bin/python benchmarks/bench_local.py --correct   # + whole correct vs the floor
 
 Note: numpy's OpenBLAS threads make the many tiny matrix products of the correlation-peak
 search several times slower on a busy 2-core machine; ``OPENBLAS_NUM_THREADS=1`` avoids that.
@@ -132,6 +133,64 @@ def _child(folder: Path, workers: int) -> None:
     }))
 
 
+def _correct_vs_floor(args: argparse.Namespace, folder: Path) -> None:
+    """The whole ``motionwatch correct`` (5x5 local by default) against the floor, in fresh
+    child processes of ``bench_correct.py`` (same floor definition), plus the accuracy of the
+    written ``local`` record and the sharpness of the written sums."""
+    import mrcfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_correct  # noqa: PLC0415 - sibling benchmark script
+
+    from correction.synthetic_local import frc_band_against_truth
+
+    frames = np.load(folder / "frames.npy")
+    with open(folder / "movie.pkl", "rb") as fh:
+        movie = pickle.load(fh)
+    movie_path, gain_path = folder / "local.mrc", folder / "gain.mrc"
+    with mrcfile.new(movie_path, overwrite=True) as mrc:
+        mrc.set_data(frames.astype(np.int16))
+        mrc.voxel_size = bench_correct.PIXEL_SIZE_A
+    with mrcfile.new(gain_path, overwrite=True) as mrc:
+        mrc.set_data(np.ones(frames.shape[1:], np.float32))
+    del frames
+    runs: dict[str, list[dict]] = {"floor": [], "correct": [], "global": []}
+    extra = {"floor": "", "correct": "", "global": "--patches 1 1"}
+    for _ in range(args.repeats):
+        for kind in ("floor", "correct", "global"):
+            child = "floor" if kind == "floor" else "correct"
+            runs[kind].append(bench_correct._run_child(child, movie_path, gain_path,
+                                                       folder / f"out_{kind}", extra[kind]))
+    best = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
+    cpu = {k: min(r["cpu_s"] for r in v) for k, v in runs.items()}
+    rss = {k: max(r["maxrss_MB"] for r in v) for k, v in runs.items()}
+    for kind in ("floor", "global", "correct"):
+        print(f"  {kind:>7}: best wall {best[kind]:.2f} s (x{best[kind] / best['floor']:.2f} "
+              f"floor), best CPU {cpu[kind]:.2f} s (x{cpu[kind] / cpu['floor']:.2f}), "
+              f"peak RSS {rss[kind]:.0f} MB")
+    print(f"  correct stages (last run): {json.dumps(runs['correct'][-1]['timings_s'])}")
+    record = json.loads((folder / "out_correct" / "local.motion.json").read_text())
+    local = record["local"]
+    print(f"  local applied: {local['applied']} ({local['reason']})")
+    if local["applied"]:
+        c = np.array(local["patch_centres_px"])[:, ::-1]
+        fitted = np.array(local["fitted_shifts_px"])[..., ::-1].transpose(1, 0, 2)  # (F,P,yx)
+        shifts = np.array(record["global_shifts_px"])[:, ::-1]
+        offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)
+        true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
+        err = (fitted - fitted.mean(0)) - (true - true.mean(0))
+        print(f"  local error of the written record at patch centres: "
+              f"{float(np.sqrt(np.mean(np.sum(err * err, axis=-1)))):.4f} px RMS")
+    for name in ("", "_DW"):
+        imgs = {}
+        for kind in ("correct", "global"):
+            with mrcfile.open(folder / f"out_{kind}" / f"local{name}.mrc") as mrc:
+                imgs[kind] = np.asarray(mrc.data, dtype=np.float32)
+        print(f"  written S{name}.mrc FRC vs truth 0.2-0.7 Nyquist: local "
+              f"{frc_band_against_truth(imgs['correct'], movie.truth_sum):.4f}, global only "
+              f"{frc_band_against_truth(imgs['global'], movie.truth_sum):.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -142,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contrast", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--correct", action="store_true",
+                        help="also time the whole motionwatch correct (5x5 local, and "
+                             "--patches 1 1) against the floor of bench_correct.py")
+    parser.add_argument("--repeats", type=int, default=2, help="repeats with --correct")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -153,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run([sys.executable, __file__, "--child", str(folder),
                               "--workers", str(args.workers)],
                              check=True, capture_output=True, text=True, env=os.environ.copy())
+        if args.correct:
+            print("whole correct vs floor (fresh processes, int16 MRC + flat gain):")
+            _correct_vs_floor(args, folder)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     t = r["times_s"]
     print(f"local correction applied: {r['applied']} ({r['reason']})")

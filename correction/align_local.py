@@ -627,6 +627,8 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
                           temporal_degree=local.temporal_degree)
     n_patches = len(conf)
     n_acc = int(np.sum(~fit.rejected))
+    # grouped frames share one measurement per group: fewer independent observations
+    predicted = fit.predicted_error_px * float(np.sqrt(n / max(1, n_groups)))
     median_conf = float(np.median(conf))
     amplitude = float(np.sqrt(np.mean(np.sum(fit.fitted_yx_px ** 2, axis=-1))))
     if median_conf < local.min_confidence:
@@ -635,20 +637,20 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     elif n_acc < local.min_patch_fraction * n_patches:
         applied, reason = False, (f"only {n_acc} of {n_patches} patches agree with a smooth "
                                   "model: global only")
-    elif not fit.predicted_error_px <= local.max_predicted_error_px:
+    elif not predicted <= local.max_predicted_error_px:
         applied, reason = False, (f"local model too uncertain (predicted error "
-                                  f"{fit.predicted_error_px:.3f} px > "
+                                  f"{predicted:.3f} px > "
                                   f"{local.max_predicted_error_px} px): global only")
-    elif not amplitude > local.min_significance * fit.predicted_error_px:
+    elif not amplitude > local.min_significance * predicted:
         applied, reason = False, (f"no significant local motion (RMS {amplitude:.3f} px, "
-                                  f"predicted error {fit.predicted_error_px:.3f} px): global only")
+                                  f"predicted error {predicted:.3f} px): global only")
     else:
         applied, reason = True, (f"{n_acc} of {n_patches} patches fitted, local motion RMS "
                                  f"{amplitude:.3f} px, predicted error "
-                                 f"{fit.predicted_error_px:.3f} px")
+                                 f"{predicted:.3f} px")
     return LocalMotion(applied, reason, fit.model, grid, grid.centres_yx_px, fit.measured_yx_px,
                        fit.fitted_yx_px, fit.rejected, conf, fit.residual_sigma_px,
-                       fit.predicted_error_px, patches.group_frames, time.perf_counter() - t0)
+                       predicted, patches.group_frames, time.perf_counter() - t0)
 
 
 def local_motion_record(local: LocalMotion, global_shifts_yx_px: np.ndarray) -> dict:

@@ -218,8 +218,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     except ParameterError as exc:
         raise CorrectionError(movie_path, exc.reason) from None
     dose_end = accumulated_dose_e_A2(doses_all, dp.pre_exposure_e_A2)[first:stop]
-    if gain_reference is not None:
-        gain_reference.check_shape((ny, nx), movie_path)
+    if gain_reference is not None:  # a physical-pixel gain is repeated onto EER sampling-2 frames
+        gain_reference = gain_reference.fit_to((ny, nx), movie_path)
     used = frames[first:stop]
     n = stop - first
 
@@ -440,13 +440,14 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         parameters); ``str(error)`` is one line naming the file.
     """
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
+    from .io.eer import grouping_record  # noqa: PLC0415
     from .write import write_json_atomic, write_mrc_atomic  # noqa: PLC0415
 
     t0 = time.perf_counter()
     movie_path = Path(movie_path)
     out_dir = Path(out_dir)
     movie = read_movie(movie_path, params=params.read)
-    pixel_size_A = params.read.pixel_size_A or movie.pixel_size_A
+    pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
     if not pixel_size_A or not pixel_size_A > 0:
         raise MissingPixelSizeError(movie_path, "no pixel size in the header; give one with "
                                                 "--pixel-size (Å)")
@@ -454,9 +455,15 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         gain_reference = load_gain_reference(params.gain)
     t_read = time.perf_counter() - t0
 
-    corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A), params=params,
-                               gain_reference=gain_reference, movie_path=movie_path,
-                               workers=workers)
+    # EER sampling 2 (super-resolution grid) is Fourier-binned back to the physical pixel
+    super_res = float(movie.header.get("super_resolution_factor", 1))
+    frame_params = params if super_res == 1 else dataclasses.replace(
+        params, read=dataclasses.replace(params.read,
+                                         bin_factor=params.read.bin_factor * super_res))
+    eer_grouping = grouping_record(movie)
+    corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A),
+                               params=frame_params, gain_reference=gain_reference,
+                               movie_path=movie_path, workers=workers)
     del movie
 
     t = time.perf_counter()
@@ -485,11 +492,12 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         alignment={"iterations": alignment.iterations, "converged": alignment.converged,
                    "last_update_px": round(float(alignment.last_update_px), 5),
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
-                   "bin_factor": params.read.bin_factor, "group_frames": params.align.group_frames,
+                   "bin_factor": frame_params.read.bin_factor,
+                   "group_frames": params.align.group_frames,
                    "params_fingerprint": params.fingerprint()},
         local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
                if corrected.local is not None else None),
-        extra=extra_record)
+        extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {})})
     write_json_atomic(outputs["motion"], record)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

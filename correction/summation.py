@@ -107,6 +107,8 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     """
     shifts = np.asarray(shifts_yx_px, dtype=np.float64)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64)
+    if isinstance(spectra, (list, tuple)) and len(spectra) == 0:
+        raise ValueError("no frames to sum")
     inv_2ne = half_inverse_critical_exposure(
         radial_frequency_sq(padded_shape_yx, scale_yx=(pixel_size_A, pixel_size_A)), voltage_kV)
     shape_half = inv_2ne.shape
@@ -118,8 +120,12 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     plain = np.zeros(shape_half, np.complex64)
     even = np.zeros(shape_half, np.complex64)
     odd = np.zeros(shape_half, np.complex64)
-    w2_even = np.zeros((rows, 2 * cols), np.float32)
-    w2_odd = np.zeros((rows, 2 * cols), np.float32)
+    all_at_once = isinstance(spectra, (list, tuple))
+    # sums of squared weights: per block when all spectra are at hand, else whole arrays
+    w2_rows = _BLOCK_ELEMENTS // cols + 1 if all_at_once else rows
+    w2_even = np.zeros((max(1, w2_rows), 2 * cols), np.float32)
+    w2_odd = np.zeros_like(w2_even)
+    dw = np.empty_like(even)
     # Work on blocks of rows that fit in cache, so every pass below runs from cache. With all
     # spectra at hand (a sequence), each block goes through all frames before the next block;
     # dose weights then follow the recursion w_i = w_(i-1) * exp(-(D_i - D_(i-1)) / 2Ne), one
@@ -128,7 +134,7 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     w = np.empty((block, 2 * cols), np.float32)
     q = np.empty_like(w)
     w_sq = np.empty_like(w)
-    if isinstance(spectra, (list, tuple)):
+    if all_at_once:
         chunks: Iterable[list[np.ndarray]] = [list(spectra)]
     else:
         chunks = ([spec] for spec in spectra)
@@ -149,6 +155,10 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
             m = r1 - r0
             a_blk = inv_2ne[r0:r1]
             wb, qb, sq = w[:m], q[:m], w_sq[:m]
+            o0, o1 = (0, m) if all_at_once else (r0, r1)  # rows in the w2 arrays
+            if all_at_once:
+                w2_even[:m] = 0.0
+                w2_odd[:m] = 0.0
             q_step = None
             for j, spec in enumerate(chunk):
                 i = first + j
@@ -172,29 +182,36 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
                 np.multiply(wb, wb, out=sq)
                 if i % 2 == 0:
                     even[r0:r1] += f
-                    w2_even[r0:r1] += sq
+                    w2_even[o0:o1] += sq
                 else:
                     odd[r0:r1] += f
-                    w2_odd[r0:r1] += sq
+                    w2_odd[o0:o1] += sq
+            if all_at_once:
+                _normalise_block(even[r0:r1], odd[r0:r1], dw[r0:r1], w2_even[:m], w2_odd[:m], n)
         del chunk
     if n == 0:
         raise ValueError("no frames to sum")
     if n != len(shifts):
         raise ValueError(f"{n} spectra for {len(shifts)} shifts")
-    n_even, n_odd = (n + 1) // 2, n // 2
-    dw = np.empty_like(even)
-    for r0 in range(0, rows, block):
-        r1 = min(rows, r0 + block)
-        we, wo = w2_even[r0:r1], w2_odd[r0:r1]
-        e, o, d = even[r0:r1], odd[r0:r1], dw[r0:r1]
-        # dw = (even_raw + odd_raw) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
-        np.add(e, o, out=d)
-        d.view(np.float32)[...] *= np.sqrt(n / (we + wo))
-        e.view(np.float32)[...] *= np.sqrt(n_even / we)
-        if n_odd:
-            o.view(np.float32)[...] *= np.sqrt(n_odd / wo)
+    if not all_at_once:
+        for r0 in range(0, rows, block):
+            r1 = min(rows, r0 + block)
+            _normalise_block(even[r0:r1], odd[r0:r1], dw[r0:r1], w2_even[r0:r1],
+                             w2_odd[r0:r1], n)
     del w2_even, w2_odd, inv_2ne
     return SumSpectra(sum=plain, dw=dw, even=even, odd=odd, n_frames=n)
+
+
+def _normalise_block(even: np.ndarray, odd: np.ndarray, dw: np.ndarray, w2_even: np.ndarray,
+                     w2_odd: np.ndarray, n: int) -> None:
+    """Normalise one block of rows in place (see module docstring); weights interleaved."""
+    n_even, n_odd = (n + 1) // 2, n // 2
+    # dw = (even_raw + odd_raw) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
+    np.add(even, odd, out=dw)
+    dw.view(np.float32)[...] *= np.sqrt(n / (w2_even + w2_odd))
+    even.view(np.float32)[...] *= np.sqrt(n_even / w2_even)
+    if n_odd:
+        odd.view(np.float32)[...] *= np.sqrt(n_odd / w2_odd)
 
 
 def sums_to_images(sums: SumSpectra, *, padded_shape_yx: tuple[int, int],

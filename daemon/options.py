@@ -63,6 +63,16 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                      help="skip N frames at the start (their dose still counts)")
     mov.add_argument("--trunc", type=int, default=0, metavar="N",
                      help="skip N frames at the end")
+    eer = mov.add_mutually_exclusive_group()
+    eer.add_argument("--eer-group", type=int, default=None, metavar="N",
+                     help="EER: raw frames summed into one fraction (default: by "
+                          "--eer-dose-per-fraction, else 40)")
+    eer.add_argument("--eer-dose-per-fraction", type=float, default=None, metavar="e/Å²",
+                     help="EER: group raw frames to about this dose per fraction (e/Å²)")
+    mov.add_argument("--eer-sampling", type=int, choices=(1, 2), default=1,
+                     help="EER: decode on the physical (1) or 2x super-resolution grid (2), "
+                          "binned back to the physical pixel in Fourier space "
+                          "(default %(default)s)")
 
     ali = parser.add_argument_group("alignment")
     ali.add_argument("--group", type=int, default=1, metavar="N",
@@ -97,7 +107,10 @@ def params_from_args(args: argparse.Namespace | Any):
                       total_dose_e_A2=get("total_dose"),
                       pre_exposure_e_A2=float(get("pre_exposure", 0.0)))
     read = ReadParams(pixel_size_A=get("pixel_size"), bin_factor=float(get("bin", 1.0)),
-                      throw_frames=int(get("throw", 0)), trunc_frames=int(get("trunc", 0)))
+                      throw_frames=int(get("throw", 0)), trunc_frames=int(get("trunc", 0)),
+                      eer_group_frames=get("eer_group"),
+                      eer_dose_per_fraction_e_A2=get("eer_dose_per_fraction"),
+                      eer_sampling=int(get("eer_sampling", 1)))
     gain = GainParams(gain_path=get("gain"), dark_path=get("dark"),
                       defects_path=get("defects"),
                       rotate_quarter_turns=int(get("gain_rotate", 0)),

@@ -55,6 +55,7 @@ __all__ = [
     "group_sizes",
     "parse_eer_metadata",
     "DEFAULT_GROUP_FRAMES",
+    "grouping_record",
 ]
 
 #: Raw frames per fraction when neither a count nor a dose per fraction is given (as RELION).
@@ -471,3 +472,31 @@ def _measure_counts(fd: int, layout: EerLayout, path: Path) -> float:
         _decode_into(fd, layout, raw, buf, 0, path)
         total += int(np.count_nonzero(buf))
     return total / (n * buf.size)
+
+
+def grouping_record(movie: Movie) -> dict | None:
+    """The EER grouping of a movie read by :func:`read_eer`, for ``motion.json``; else None.
+
+    Returns
+    -------
+    dict or None
+        ``raw_frames`` (in the file), ``fractions``, ``group_frames`` (the grouping asked
+        for), ``grouped_by`` (``"frames"``, ``"dose"`` or ``"default"``),
+        ``raw_frames_per_fraction`` (exact, the last fraction may differ), ``sampling`` and,
+        when grouped by dose, ``dose_per_raw_frame_e_A2`` and its source.
+    """
+    if movie.raw_frames_per_frame is None or movie.header.get("format") != "eer":
+        return None
+    header = movie.header
+    record = {
+        "raw_frames": int(header.get("raw_frames", sum(movie.raw_frames_per_frame))),
+        "fractions": len(movie.raw_frames_per_frame),
+        "group_frames": int(header.get("eer_group_frames", 0)),
+        "grouped_by": header.get("eer_grouping"),
+        "raw_frames_per_fraction": [int(n) for n in movie.raw_frames_per_frame],
+        "sampling": int(header.get("eer_sampling", 1)),
+    }
+    if "eer_dose_per_raw_frame_e_A2" in header:
+        record["dose_per_raw_frame_e_A2"] = float(header["eer_dose_per_raw_frame_e_A2"])
+        record["dose_source"] = header.get("eer_dose_source")
+    return record

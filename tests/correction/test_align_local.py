@@ -282,6 +282,20 @@ def test_tomography_dose_falls_back_to_global_only_and_says_why():
     assert record["applied"] is False and record["reason"] == lm.reason
 
 
+def test_patch_frame_grouping_for_low_dose_still_recovers_the_field():
+    rng = np.random.default_rng(13)
+    shape = (1024, 1024)
+    field = LocalDeformation(shape, 12, corner_amplitude_px=3.0, seed=13)
+    movie = render_local_movie(shape, 12, dose_per_pixel=1.0, deformation=field,
+                               global_shifts_yx_px=smooth_global_drift(12, total_px=6.0, rng=rng),
+                               rng=rng, contrast=0.2)
+    shifts, lm = _global_then_local(movie.frames, local=LocalParams(group_frames=2))
+    assert lm.group_frames == 2 and local_motion_record(lm, shifts)["group_frames"] == 2
+    assert lm.applied, lm.reason
+    local_err, global_err = _error_at_patch_centres(movie, shifts, lm)
+    assert local_err < 0.1 < global_err
+
+
 def test_patch_grid_off_means_global_only():
     spectra = np.zeros((10, 64, 33), dtype=np.complex64)
     lm = estimate_local_motion(spectra, (64, 64), (256, 256), np.zeros((10, 2)),

@@ -170,3 +170,97 @@ def test_given_pixel_size_is_the_physical_pixel_and_8k_frames_get_half(tmp_path)
     assert read_movie(path, params=ReadParams(pixel_size_A=0.9)).pixel_size_A == 0.9
     fine = read_movie(path, params=ReadParams(pixel_size_A=0.9, eer_sampling=2))
     assert fine.pixel_size_A == pytest.approx(0.45)
+
+
+def test_decoder_adds_events_into_uint8_and_uint16_fractions_with_this_imagecodecs():
+    """The fast path (decoding straight into the fraction) is taken with the pinned imagecodecs;
+    if a new version stops accumulating, the reader falls back to a buffer (test below)."""
+    from correction.io.eer import EerLayout, _decoder_accumulates
+
+    layout = EerLayout(first_page=0, n_raw=1, shape_yx=(4, 4), compression=65001, skip_bits=7,
+                       horz_bits=2, vert_bits=2, strips=[], rows_per_strip=4, metadata={},
+                       units={}, file_size=0)
+    assert _decoder_accumulates(np.dtype(np.uint8), layout)
+    assert _decoder_accumulates(np.dtype(np.uint16), layout)
+
+
+@pytest.mark.parametrize("group", [7, 300])
+def test_buffered_fallback_decodes_the_same_counts_as_direct_accumulation(tmp_path, monkeypatch,
+                                                                         group):
+    import correction.io.eer as eer
+
+    raw = _raw_frames(n=30)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, rows_per_strip=16,
+                                metadata=META)
+    direct = read_movie(path, params=ReadParams(eer_group_frames=group)).frames
+    monkeypatch.setattr(eer, "_decoder_accumulates", lambda dtype, layout: False)
+    buffered = read_movie(path, params=ReadParams(eer_group_frames=group)).frames
+    expected = np.stack([raw[s:s + n].sum(0) for s, n in
+                         zip(np.cumsum((0,) + group_sizes(30, group))[:-1], group_sizes(30, group))])
+    np.testing.assert_array_equal(direct, expected)
+    np.testing.assert_array_equal(buffered, expected)
+
+
+def _drifting_eer(path, *, shape, n_raw, group, rate, truth_yx, seed):
+    """An EER movie of a specimen that moves by ``truth_yx[f]`` in fraction f (events drawn
+    with probability ``rate * specimen`` per pixel per raw frame)."""
+    from correction.fourier import apply_shift, irfft2, rfft2
+    from correction.synthetic import specimen_image
+
+    rng = np.random.default_rng(seed)
+    margin = 24
+    canvas = (shape[0] + 2 * margin, shape[1] + 2 * margin)
+    spec = rfft2(specimen_image(rng, canvas) * np.float32(rate))
+    raw = []
+    for f, n in enumerate(group_sizes(n_raw, group)):
+        p = np.clip(irfft2(apply_shift(spec, canvas, truth_yx[f]), canvas)
+                    [margin:margin + shape[0], margin:margin + shape[1]], 0, 1)
+        raw += [np.flatnonzero(rng.random(p.shape, dtype=np.float32).ravel() < p.ravel())
+                for _ in range(n)]
+    return eer_writer.write_eer(path, raw, shape_yx=shape, metadata=[
+        ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", "1.1e-10"),
+        ("totalDose", "e/px", str(rate * n_raw))])
+
+
+def test_eer_movie_corrected_end_to_end_records_its_grouping_in_motion_json(tmp_path):
+    import json
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams
+    from correction.pipeline import correct_movie
+
+    truth = np.array([[-1.5, 2.0], [0.2, -0.4], [1.3, -1.6]])
+    path = _drifting_eer(tmp_path / "e2e.eer", shape=(512, 512), n_raw=60, group=20, rate=0.1,
+                         truth_yx=truth, seed=5)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0 / 1.1 ** 2),
+                              read=ReadParams(eer_group_frames=20),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=20))
+    result = correct_movie(path, tmp_path / "out", params)
+    record = json.loads(result.outputs["motion"].read_text())
+    assert record["frames"] == 3 and record["frames_in_movie"] == 3
+    assert record["shape"] == [512, 512] and record["pixel_size_A"] == pytest.approx(1.1)
+    assert record["eer"] == {"raw_frames": 60, "fractions": 3, "group_frames": 20,
+                             "grouped_by": "frames", "raw_frames_per_fraction": [20, 20, 20],
+                             "sampling": 1}
+    found = np.array(record["global_shifts_px"])[:, ::-1]          # [dx, dy] -> [dy, dx]
+    np.testing.assert_allclose(found, truth - truth.mean(0), atol=0.15)
+
+
+def test_eer_grouped_by_dose_records_the_dose_per_raw_frame_and_uneven_last_fraction(tmp_path):
+    import json
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams
+    from correction.pipeline import correct_movie
+
+    truth = np.zeros((3, 2))
+    # 0.1 e/px per raw frame at 1.1 Å: 0.0826 e/Å² each; 1.6 e/Å² per fraction -> 19 raw frames
+    path = _drifting_eer(tmp_path / "dose.eer", shape=(256, 256), n_raw=60, group=20, rate=0.1,
+                         truth_yx=truth, seed=6)
+    params = CorrectionParams(dose=DoseParams(total_dose_e_A2=60 * 0.1 / 1.1 ** 2),
+                              read=ReadParams(eer_dose_per_fraction_e_A2=1.6, throw_frames=1),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=20))
+    record = correct_movie(path, tmp_path / "out", params).record
+    assert record == json.loads((tmp_path / "out" / "dose.motion.json").read_text())
+    assert record["eer"]["grouped_by"] == "dose" and record["eer"]["group_frames"] == 19
+    assert record["eer"]["raw_frames_per_fraction"] == [19, 19, 22]
+    assert record["eer"]["dose_per_raw_frame_e_A2"] == pytest.approx(0.1 / 1.1 ** 2)
+    assert record["frames_in_movie"] == 3 and record["frames"] == 2 and record["throw_frames"] == 1

@@ -73,3 +73,35 @@ def test_accumulate_rejects_more_spectra_than_shifts():
     with pytest.raises(ValueError):
         accumulate_sums([spec.copy(), spec.copy()], np.zeros((1, 2)), padded_shape_yx=(8, 8),
                         dose_end_e_A2=np.ones(2), pixel_size_A=1.0)
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+@pytest.mark.parametrize("block_elements", [32768, 200])
+def test_sums_match_closed_form_with_non_uniform_doses_for_lists_and_streams(
+        as_list, block_elements, monkeypatch):
+    """plain = sum F_i R_i; half/dw sums = sqrt(n_set / sum w^2) * sum w_i F_i R_i."""
+    import correction.summation as summation
+    from correction.dose import dose_weights
+    from correction.fourier import apply_shift, radial_frequency_sq
+
+    monkeypatch.setattr(summation, "_BLOCK_ELEMENTS", block_elements)
+    rng = np.random.default_rng(0)
+    shape, n, pixel = (64, 96), 5, 1.3
+    spectra = [(rng.standard_normal((64, 49)) + 1j * rng.standard_normal((64, 49)))
+               .astype(np.complex64) for _ in range(n)]
+    shifts = rng.standard_normal((n, 2)) * 3
+    dose_end = np.cumsum([1.0, 1.0, 2.0, 1.0, 1.0]) + 5.0
+    k = np.sqrt(radial_frequency_sq(shape, scale_yx=(pixel, pixel)).astype(np.float64))
+    w = dose_weights(k, dose_end)
+    aligned = [apply_shift(s.astype(np.complex128), shape, -t) for s, t in zip(spectra, shifts)]
+    even = sum(w[i] * aligned[i] for i in range(0, n, 2))
+    odd = sum(w[i] * aligned[i] for i in range(1, n, 2))
+    expect = {"sum": sum(aligned),
+              "even": even * np.sqrt(3 / (w[0::2] ** 2).sum(0)),
+              "odd": odd * np.sqrt(2 / (w[1::2] ** 2).sum(0)),
+              "dw": (even + odd) * np.sqrt(5 / (w**2).sum(0))}
+    source = [s.copy() for s in spectra]
+    got = accumulate_sums(source if as_list else iter(source), shifts, padded_shape_yx=shape,
+                          dose_end_e_A2=dose_end, pixel_size_A=pixel)
+    for name, value in expect.items():
+        np.testing.assert_allclose(getattr(got, name), value, atol=1e-5 * np.abs(value).max())
