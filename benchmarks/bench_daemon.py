@@ -132,40 +132,60 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_daemon_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"backlog of {args.movies} movies {args.size}^2 x {args.frames} int16 (in {work})")
-        movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames)
-        t_correct = time_correct(movies, work / "out_correct", gain)
-        t_daemon, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
-                                 sample_memory=False)
-        print(f"motionwatch correct: {t_correct:7.2f} s  ({args.movies / t_correct:.3f} movies/s)")
-        print(f"motionwatch watch:   {t_daemon:7.2f} s  ({args.movies / t_daemon:.3f} movies/s, "
-              f"1 worker, settle 0.5 s included)")
-        print(f"daemon / correct wall time: {t_daemon / t_correct:.3f} "
-              f"({'within' if t_daemon <= 1.2 * t_correct else 'NOT within'} 20%)")
-
+        if args.movies:
+            throughput(work, args)
         if args.memory_movies:
-            print(f"memory: daemon over {args.memory_movies} movies "
-                  f"{args.memory_size}^2 x {args.frames}")
-            movies, gain = make_backlog(work / "memory", args.memory_movies, args.memory_size,
-                                        args.frames, seed=1)
-            t, samples = run_daemon(work / "memory", work / "out_memory", gain,
-                                    args.memory_movies, sample_memory=True)
-            print(f"  {args.memory_movies} movies in {t:.1f} s "
-                  f"({args.memory_movies / t:.3f} movies/s)")
-            print("  movies done   RSS daemon+workers (MiB)")
-            marks = sorted({int(f * args.memory_movies) for f in (0.05, 0.1, 0.25, 0.5, 0.75, 0.95)})
-            for mark in marks:
-                near = [rss for done, rss in samples if done >= mark]
-                if near:
-                    print(f"  {mark:11d}   {near[0]:8.1f}")
-            warm = [rss for done, rss in samples if done >= max(1, args.memory_movies // 10)]
-            if warm:
-                print(f"  after 10% done: min {min(warm):.1f}, max {max(warm):.1f} MiB, "
-                      f"growth {max(warm) - warm[0]:+.1f} MiB over the rest")
+            memory(work, args)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def throughput(work: Path, args: argparse.Namespace) -> None:
+    """Backlog wall time: `motionwatch correct` against `motionwatch watch`."""
+    print(f"backlog of {args.movies} movies {args.size}^2 x {args.frames} int16 (in {work})")
+    movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames)
+    t_correct = time_correct(movies, work / "out_correct", gain)
+    t_daemon, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
+                             sample_memory=False)
+    print(f"motionwatch correct: {t_correct:7.2f} s  ({args.movies / t_correct:.3f} movies/s)")
+    print(f"motionwatch watch:   {t_daemon:7.2f} s  ({args.movies / t_daemon:.3f} movies/s, "
+          f"1 worker, settle 0.5 s included)")
+    print(f"daemon / correct wall time: {t_daemon / t_correct:.3f} "
+          f"({'within' if t_daemon <= 1.2 * t_correct else 'NOT within'} 20%)")
+
+
+def memory(work: Path, args: argparse.Namespace) -> None:
+    """Resident memory of the daemon and its workers over a long backlog."""
+    print(f"memory: daemon over {args.memory_movies} movies "
+          f"{args.memory_size}^2 x {args.frames}")
+    movies, gain = make_backlog(work / "memory", args.memory_movies, args.memory_size,
+                                args.frames, seed=1)
+    t, samples = run_daemon(work / "memory", work / "out_memory", gain,
+                            args.memory_movies, sample_memory=True)
+    print(f"  {args.memory_movies} movies in {t:.1f} s "
+          f"({args.memory_movies / t:.3f} movies/s)")
+    print("  movies done   RSS daemon+workers (MiB)")
+    marks = sorted({int(f * args.memory_movies) for f in (0.05, 0.1, 0.25, 0.5, 0.75, 0.95)})
+    for mark in marks:
+        near = [rss for done, rss in samples if done >= mark]
+        if near:
+            print(f"  {mark:11d}   {near[0]:8.1f}")
+    m = args.memory_movies
+
+    def window(lo: float, hi: float) -> list[float]:
+        return [rss for done, rss in samples if lo * m <= done < hi * m]
+
+    early, late = window(0.1, 0.3), window(0.7, 1.0)
+    if early and late:
+        print(f"  RSS while movies 10-30% were done: median {np.median(early):.1f}, "
+              f"max {max(early):.1f} MiB")
+        print(f"  RSS while movies 70-100% were done: median {np.median(late):.1f}, "
+              f"max {max(late):.1f} MiB")
+        print(f"  change of the median: {np.median(late) - np.median(early):+.1f} MiB "
+              f"(flat: within the per-movie swing of "
+              f"{max(early) - min(early):.1f} MiB)")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ from .params import AlignParams
 __all__ = [
     "LocalParams",
     "PatchGrid",
+    "PatchShifts",
     "LocalMotionModel",
     "ModelFit",
     "LocalMotion",
@@ -85,6 +86,7 @@ __all__ = [
 ]
 
 _TUKEY_C = 4.685
+_MIN_PATCH_PX = 64  # smaller patches give unreliable peaks (and error predictions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,8 @@ class LocalParams:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ParameterError(msg)
-        need(0 <= self.spatial_degree <= 3, f"spatial_degree must be 0-3, got {self.spatial_degree}")
+        need(0 <= self.spatial_degree <= 3,
+             f"spatial_degree must be 0-3, got {self.spatial_degree}")
         need(1 <= self.temporal_degree <= 3,
              f"temporal_degree must be 1-3, got {self.temporal_degree}")
         need(self.bfactor_px2 >= 0, f"bfactor_px2 must be >= 0 px², got {self.bfactor_px2}")
@@ -440,7 +443,8 @@ def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
     centres = np.asarray(centres_yx_px, dtype=np.float64)
     m = np.asarray(shifts_yx_px, dtype=np.float64)
     n_p, n_f, _ = m.shape
-    pw = np.ones(n_p) if patch_weights is None else np.clip(np.asarray(patch_weights, float), 0, None)
+    pw = np.ones(n_p) if patch_weights is None else \
+        np.clip(np.asarray(patch_weights, dtype=np.float64), 0, None)
     temporal_degree = max(1, min(temporal_degree, n_f - 1))
     usable = int(np.sum(pw > 0))
     while spatial_degree > 0 and len(_spatial_terms(spatial_degree)) > max(1, usable - 2):
@@ -604,7 +608,8 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     short = min(grid_shape_yx)
     if short > local.patch_grid_px:
         factor = short / local.patch_grid_px
-        new_shape = (binned_length(grid_shape_yx[0], factor), binned_length(grid_shape_yx[1], factor))
+        new_shape = (binned_length(grid_shape_yx[0], factor),
+                     binned_length(grid_shape_yx[1], factor))
         spectra = fourier_crop(spectra, grid_shape_yx, new_shape)
         grid_shape_yx = new_shape
     factor_yx = np.array(padded_out, dtype=np.float64) / np.array(grid_shape_yx)
@@ -613,7 +618,7 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
                        zip(grid_shape_yx, shape_out, factor_yx))
     grid = patch_grid(frame_grid, shape_out, (params.patches_y, params.patches_x))
     grid = dataclasses.replace(grid, grid_shape_yx=grid_shape_yx, output_shape_yx=padded_out)
-    if min(grid.patch_shape_yx) < 32:
+    if min(grid.patch_shape_yx) < _MIN_PATCH_PX:
         return _not_applied(f"patches of {grid.patch_shape_yx[0]} x {grid.patch_shape_yx[1]} "
                             "grid px are too small to align", shape_out, n, t0)
     frames = aligned_frames(spectra, grid.grid_shape_yx, np.asarray(global_shifts_yx_px),

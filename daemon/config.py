@@ -126,13 +126,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_NOT_IN_TOML = {"config", "watch_dir", "help"}
+_NOT_IN_TOML = {"config", "help"}
 
 
 def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     """The daemon's own options (the correction options come from :mod:`daemon.options`)."""
     g = parser.add_argument_group("watching")
-    g.add_argument("watch_dir", type=Path, metavar="WATCH_DIR", help="folder the detector writes to")
+    g.add_argument("watch_dir", type=Path, nargs="?", default=None, metavar="WATCH_DIR",
+                   help="folder the detector writes to (or watch_dir = ... in the config)")
     g.add_argument("--out", type=Path, metavar="DIR",
                    help="output folder (may be inside WATCH_DIR; it is never watched)")
     g.add_argument("--config", type=Path, metavar="FILE.toml",
@@ -289,8 +290,9 @@ def load_config(args: argparse.Namespace) -> Config:
     from .options import params_from_args
 
     problems: list[str] = []
-    given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    merged = argparse.Namespace(**args._config_defaults)  # noqa: SLF001
+    given = {k: v for k, v in vars(args).items()
+             if not k.startswith("_") and not (k == "watch_dir" and v is None)}
+    merged = argparse.Namespace(watch_dir=None, **args._config_defaults)  # noqa: SLF001
     parser = args._config_parser  # noqa: SLF001
     keys: dict[str, tuple[argparse.Action, bool]] = {}
     for action in parser._actions:  # noqa: SLF001
@@ -363,8 +365,12 @@ def load_config(args: argparse.Namespace) -> Config:
         except (ValueError, OSError) as exc:  # GainReferenceError is a ValueError
             problems.append(str(exc))
 
-    watch_dir = Path(merged.watch_dir).expanduser().absolute()
-    _check_dir_readable(watch_dir, "watch folder", problems)
+    watch_dir = None
+    if merged.watch_dir is None:
+        problems.append("no watch folder: give WATCH_DIR (or watch_dir = ... in the config)")
+    else:
+        watch_dir = Path(merged.watch_dir).expanduser().absolute()
+        _check_dir_readable(watch_dir, "watch folder", problems)
     out_dir = state_dir = None
     if merged.out is not None:
         out_dir = Path(merged.out).expanduser().absolute()

@@ -102,9 +102,14 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     skipped: list[tuple[Path, str]] = []
     errors: list[tuple[Path, str]] = []
     stack = [Path(root)]
+    visited: set[tuple[int, int]] = set()  # (device, inode): symlink loops are listed once
     while stack:
         folder = stack.pop()
         try:
+            st_folder = os.stat(folder)
+            if (st_folder.st_dev, st_folder.st_ino) in visited:
+                continue
+            visited.add((st_folder.st_dev, st_folder.st_ino))
             with os.scandir(folder) as entries:
                 listing = list(entries)
         except OSError as exc:

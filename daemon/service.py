@@ -386,11 +386,16 @@ class Service:
 
     # --- health ---------------------------------------------------------------------------
     def health(self) -> Health:
-        """Is the service doing its job? (loop turning, scans happening, workers, output folder)."""
+        """Is the service doing its job? (loop turning, scans happening, output folder present).
+
+        Safe to call from another thread (it only reads): an sd_notify watchdog thread can
+        ping while ``service.health().ok``.
+        """
         cfg = self.config
         now = self._clock()
         problems, notes = [], []
-        if now - self._last_tick_s > max(30.0, 3 * cfg.heartbeat_s) + cfg.movie_timeout_s:
+        # the loop never waits on a movie (workers are processes): it turns every scan/heartbeat
+        if now - self._last_tick_s > max(60.0, 10 * cfg.scan_interval_s, 3 * cfg.heartbeat_s):
             problems.append(f"main loop stalled for {now - self._last_tick_s:.0f} s")
         if self._last_scan_s is not None and now - self._last_scan_s > max(60.0, 10 * cfg.scan_interval_s):
             problems.append(f"no scan for {now - self._last_scan_s:.0f} s")

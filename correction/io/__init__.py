@@ -89,7 +89,8 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
     -------
     Movie
         MRC frames are memory-mapped (read-only); TIFF frames decoded in memory; EER frames
-        are fractions (sums of raw frames, uint16) with ``raw_frames_per_frame`` set.
+        are fractions (sums of raw frames; uint8 up to 255 raw frames each, else uint16)
+        with ``raw_frames_per_frame`` set.
 
     Raises
     ------

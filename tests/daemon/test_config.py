@@ -90,3 +90,34 @@ def test_invalid_toml_is_a_config_error(tmp_path, capsys):
 def test_output_folder_equal_to_the_watch_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is the watch folder"):
         load_config(parse([str(tmp_path), "--out", str(tmp_path), "--dose-per-frame", "1"]))
+
+
+def test_the_watch_folder_can_come_from_the_config_file_as_in_the_systemd_unit(tmp_path):
+    (tmp_path / "frames").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'watch_dir = "{tmp_path / "frames"}"\nout = "{tmp_path / "mc"}"\n'
+                    f'dose_per_frame = 1.0\n')
+    config = load_config(parse(["--config", str(toml)]))
+    assert config.watch_dir == tmp_path / "frames"
+    with pytest.raises(ConfigError, match="no watch folder"):
+        load_config(parse(["--out", str(tmp_path / "mc"), "--dose-per-frame", "1"]))
+
+
+def test_the_example_config_of_the_systemd_unit_is_accepted(tmp_path):
+    """systemd/motionwatch.toml uses only keys `motionwatch watch` knows."""
+    import tomllib
+
+    example = Path(__file__).resolve().parents[2] / "systemd" / "motionwatch.toml"
+    table = tomllib.loads(example.read_text())
+    table.update(watch_dir=str(tmp_path), out=str(tmp_path / "mc"))
+    table.pop("gain", None)
+    lines = [f"{k} = {json_value(v)}" for k, v in table.items()]
+    (tmp_path / "c.toml").write_text("\n".join(lines) + "\n")
+    config = load_config(parse(["--config", str(tmp_path / "c.toml")]))
+    assert config.out_dir == tmp_path / "mc"
+
+
+def json_value(value):
+    import json
+
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()

@@ -143,3 +143,10 @@ def test_an_event_queue_overflow_is_logged_and_wakes_a_rescan(tmp_path):
             "Inotify queue overflowed; filesystem events were lost")
         assert woke.is_set()
     assert logged == ["discovery_event_overflow"]
+
+
+def test_a_symlink_loop_does_not_make_the_scan_endless(tmp_path):
+    touch(tmp_path / "sub" / "a.mrc")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)
+    result = scan(tmp_path)
+    assert [o.path.name for o in result.observations] == ["a.mrc"]
