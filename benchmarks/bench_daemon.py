@@ -105,6 +105,7 @@ def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: boo
         raise SystemExit(f"daemon exited {proc.returncode}; see {log}")
     last_done = None
     n_done = 0
+    worker_s = 0.0
     for line in log.read_text().splitlines():
         try:
             event = json.loads(line)
@@ -112,9 +113,13 @@ def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: boo
             continue
         if event.get("event") == "movie_done":
             n_done += 1
+            worker_s += float(event.get("timings_s", {}).get("worker_wall", 0.0))
             last_done = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
     if n_done != n or last_done is None:
         raise SystemExit(f"daemon corrected {n_done} of {n} movies; see {log}")
+    print(f"  daemon: {last_done - start_wall:.2f} s wall, of which workers correcting "
+          f"{worker_s:.2f} s; overhead {last_done - start_wall - worker_s:.2f} s "
+          f"(start-up, settle, dispatch; {(last_done - start_wall - worker_s) / n:.3f} s/movie)")
     return last_done - start_wall, samples
 
 

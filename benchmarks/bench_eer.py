@@ -11,9 +11,11 @@ per pixel per raw frame, 0.02-0.05 on a Falcon 4), written with the test EER wri
 (tests/helpers/eer_writer.py). The MRC (int16, same pixel size) holds exactly the fractions the
 EER's raw frames sum to, so both runs correct the same counts and must give the same shifts.
 
-Each case runs in a fresh subprocess that reports the wall time of ``correct_movie`` (imports
-excluded), its stage timings and its peak RSS (VmHWM). Prints both times, their ratio, the
-shift error against the truth (RMS, px) and the grouping recorded in ``motion.json``.
+Each case runs in a fresh subprocess that reports the wall and CPU time of ``correct_movie``
+(imports excluded), its stage timings and its peak RSS (VmHWM); with ``--repeats`` the cases
+alternate. Prints both times, their ratios (best vs best, per pair, and of the median CPU times,
+the least sensitive to other load on a shared machine), the shift error against the truth
+(RMS, px) and the grouping recorded in ``motion.json``.
 
     .venv/bin/python benchmarks/bench_eer.py [--raw-frames 600] [--group 30] [--rate 0.03]
         [--size 4096] [--repeats 1] [--scratch /tmp/mw-bench-eer]
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -95,6 +99,11 @@ def _render(scratch: Path, size: int, n_raw: int, group: int, rate: float, seed:
     return eer, mrc, truth
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def _child(movie: Path, out: Path, group: int, dose_per_fraction: float) -> dict:
     """Correct one movie in this (fresh) process; report time, stages, shifts and RSS."""
     sys.path.insert(0, str(ROOT))
@@ -104,14 +113,14 @@ def _child(movie: Path, out: Path, group: int, dose_per_fraction: float) -> dict
 
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose_per_fraction),
                               read=ReadParams(eer_group_frames=group, eer_sampling=1))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu_s()
     result = correct_movie(movie, out, params)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, _cpu_s() - c
     with open("/proc/self/status") as fh:
         hwm = next(x for x in fh if x.startswith("VmHWM"))
     record = result.record
     grouping = {k: v for k, v in record.items() if "eer" in k or "group" in k}
-    return {"wall_s": wall, "rss_gb": int(hwm.split()[1]) / 1024 ** 2,
+    return {"wall_s": wall, "cpu_s": cpu, "rss_gb": int(hwm.split()[1]) / 1024 ** 2,
             "timings_s": {k: round(v, 2) for k, v in result.timings_s.items()},
             "shifts_yx_px": result.shifts_yx_px.tolist(), "frames": record["frames"],
             "grouping": grouping}
@@ -165,16 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         for kind, movie in (("mrc", mrc), ("eer", eer)):    # alternate: load drifts evenly
             r = _run_child(movie, args.scratch / f"out_{kind}", args.group, dose)
             results[kind].append(r)
-            print(f"  {kind}: {r['wall_s']:.1f} s, peak RSS {r['rss_gb']:.2f} GB, "
-                  f"{r['frames']} frames, shift error "
+            print(f"  {kind}: {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s), peak RSS "
+                  f"{r['rss_gb']:.2f} GB, {r['frames']} frames, shift error "
                   f"{_rms_error(r['shifts_yx_px'], true_shifts):.3f} px RMS; stages "
                   f"{r['timings_s']}", flush=True)
     best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
     ratio = best["eer"]["wall_s"] / best["mrc"]["wall_s"]
+    pairs = [e["wall_s"] / m["wall_s"] for e, m in zip(results["eer"], results["mrc"])]
+    cpu_ratio = statistics.median(r["cpu_s"] for r in results["eer"]) / \
+        statistics.median(r["cpu_s"] for r in results["mrc"])
     agree = np.abs(np.asarray(best["eer"]["shifts_yx_px"])
                    - np.asarray(best["mrc"]["shifts_yx_px"])).max()
-    print(f"EER {best['eer']['wall_s']:.1f} s vs MRC {best['mrc']['wall_s']:.1f} s: ratio "
-          f"{ratio:.2f} (target <= 2); peak RSS EER {best['eer']['rss_gb']:.2f} GB, MRC "
+    print(f"EER {best['eer']['wall_s']:.1f} s vs MRC {best['mrc']['wall_s']:.1f} s (best of "
+          f"{args.repeats}): ratio {ratio:.2f} (target <= 2); ratio per pair "
+          f"{', '.join(f'{x:.2f}' for x in pairs)}; median CPU time ratio {cpu_ratio:.2f}")
+    print(f"peak RSS EER {best['eer']['rss_gb']:.2f} GB, MRC "
           f"{best['mrc']['rss_gb']:.2f} GB (target < 2); EER and MRC shifts differ by at most "
           f"{agree:.4f} px")
     print(f"motion.json grouping fields (EER): {best['eer']['grouping']}")

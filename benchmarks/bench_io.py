@@ -6,7 +6,7 @@ with mrcfile and the test EER writer (tests/helpers/eer_writer.py) in a scratch 
     python benchmarks/bench_io.py [--eer-frames 600] [--scratch /tmp/mw-bench-io]
 
 The EER figure is decode + grouping only (reading into fractions); correcting those fractions
-is the pipeline's benchmark (benchmarks/bench_correct.py).
+is benchmarks/bench_eer.py (EER vs the equivalent MRC through correct_movie).
 """
 
 from __future__ import annotations

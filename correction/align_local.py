@@ -300,6 +300,7 @@ def measure_patch_shifts(frames_aligned: np.ndarray, grid: PatchGrid, *, params:
     shifts = np.zeros((n_patches, n, 2))
     confidence = np.zeros(n_patches)
     for j in range(n_patches):
+        # small patch FFTs: threading overhead exceeds the work, so one thread each
         res = estimate_shifts(spectra[j], params=patch_params, shape_yx=(py, px),
                               output_px_per_grid_px=float(np.mean(factor)), workers=1)
         shifts[j] = res.shifts_yx_px * factor[None, :]

@@ -182,7 +182,7 @@ def test_tile_sums_without_local_motion_match_the_global_summation_module():
         assert err.mean() < 0.003 * theirs.std() and err.max() < 0.03 * theirs.std()
 
 
-def test_tile_sums_move_a_bright_spot_by_minus_its_local_displacement():
+def test_spot_displaced_by_global_plus_local_shift_lands_back_at_its_place_in_the_sum():
     """Sign pin: a spot displaced by +d in frame i lands back at its place in the sum."""
     n, n_frames = 512, 4
     model = LocalMotionModel((n, n), n_frames, 1, 1,
@@ -256,7 +256,7 @@ def test_motion_record_local_object_has_measured_and_fitted_patch_shifts(deforme
     assert isinstance(record["rejected_patches"], list)
 
 
-def test_without_local_motion_the_global_result_is_kept(tmp_path):
+def test_without_local_motion_the_global_result_is_kept():
     rng = np.random.default_rng(11)
     shape = (1024, 1024)
     movie = render_local_movie(shape, 10, dose_per_pixel=1.5,

@@ -264,3 +264,33 @@ def test_eer_grouped_by_dose_records_the_dose_per_raw_frame_and_uneven_last_frac
     assert record["eer"]["raw_frames_per_fraction"] == [19, 19, 22]
     assert record["eer"]["dose_per_raw_frame_e_A2"] == pytest.approx(0.1 / 1.1 ** 2)
     assert record["frames_in_movie"] == 3 and record["frames"] == 2 and record["throw_frames"] == 1
+
+
+def test_physical_eer_gain_applies_to_a_sampling_2_movie_through_correct_movie(tmp_path):
+    """A 4K-like ``.gain`` (TIFF) with an 8K-like decoding: the pipeline repeats each gain pixel
+    over its 2 x 2 sub-pixels; the left half's gain of 3 triples that half's corrected counts."""
+    import mrcfile
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+    from correction.pipeline import correct_movie
+
+    shape = (128, 128)
+    path = _drifting_eer(tmp_path / "g.eer", shape=shape, n_raw=40, group=10, rate=0.2,
+                         truth_yx=np.zeros((4, 2)), seed=9)
+    gain = np.ones(shape, np.float32)
+    gain[:, :64] = 3.0
+    tifffile.imwrite(tmp_path / "ref.gain", gain)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10, eer_sampling=2),
+                              gain=GainParams(gain_path=tmp_path / "ref.gain",
+                                              detect_hot_pixels=False),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=8))
+    result = correct_movie(path, tmp_path / "out", params)
+    assert result.record["shape"] == list(shape)
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        image = mrc.data.astype(np.float64)
+    raw = read_movie(path, params=ReadParams(eer_group_frames=10)).frames.sum(0, dtype=np.int64)
+    # away from the gain step (Fourier binning rings across it) and the frame edges
+    left, right = np.s_[8:-8, 8:48], np.s_[8:-8, 80:-8]
+    assert image[left].sum() / raw[left].sum() == pytest.approx(3.0, rel=0.03)
+    assert image[right].sum() / raw[right].sum() == pytest.approx(1.0, rel=0.03)
