@@ -63,6 +63,8 @@ __all__ = [
     "fourier_ring_correlation",
     "resolution_from_frc",
     "even_odd_resolution",
+    "even_odd_resolution_from_spectra",
+    "even_odd_resolution_fast",
     "frc_against_truth",
     "full_set_frc",
 ]
@@ -228,13 +230,26 @@ def fourier_ring_correlation(image1: np.ndarray, image2: np.ndarray, *,
         b = (b - b.mean(dtype=np.float64).astype(dtype)) * window
     f1 = scipy.fft.rfft2(a, workers=workers)
     f2 = scipy.fft.rfft2(b, workers=workers)
+    return _frc_of_half_spectra(f1, f2, (ny, nx), pixel_size_A=pixel_size_A)
 
+
+def _frc_of_half_spectra(f1: np.ndarray, f2: np.ndarray, shape_yx: tuple[int, int], *,
+                         pixel_size_A: float | None, axis_mask_px: int = 0) -> FRCCurve:
+    """Ring sums over two real-input half spectra of an image of ``shape_yx`` (see module).
+
+    ``axis_mask_px`` > 0 leaves out the coefficients with ``|kx|`` or ``|ky|`` below that many
+    rings (the axis bands), where a shared edge discontinuity puts its power.
+    """
+    ny, nx = shape_yx
     n_ref = min(ny, nx)
     n_rings = n_ref // 2 + 1
     ky = (scipy.fft.fftfreq(ny) * n_ref).astype(np.float32)[:, None]
     kx = (scipy.fft.rfftfreq(nx) * n_ref).astype(np.float32)[None, :]
     ring = np.rint(np.sqrt(ky * ky + kx * kx)).astype(np.intp)
     np.minimum(ring, n_rings, out=ring)  # beyond Nyquist of the short side: one overflow bin
+    if axis_mask_px > 0:  # masked coefficients go to the overflow bin too
+        ring[np.abs(ky[:, 0]) < axis_mask_px, :] = n_rings
+        ring[:, np.abs(kx[0]) < axis_mask_px] = n_rings
     ring = ring.ravel()
     # columns 1 .. nx/2 - 1 of the half plane stand for two coefficients of the full plane
     interior = slice(1, nx // 2 if nx % 2 == 0 else nx // 2 + 1)
@@ -347,6 +362,86 @@ def even_odd_resolution(even_sum: np.ndarray, odd_sum: np.ndarray, *, pixel_size
                                      edge_taper_px=edge_taper_px, workers=workers)
     return resolution_from_frc(curve, threshold=HALF_SET_THRESHOLD, criterion=criterion,
                                min_run=min_run), curve
+
+
+def _default_axis_mask(shape_yx: tuple[int, int]) -> int:
+    return max(2, min(shape_yx) // 128)
+
+
+def even_odd_resolution_from_spectra(even_spectrum: np.ndarray, odd_spectrum: np.ndarray, *,
+                                     shape_yx: tuple[int, int], pixel_size_A: float,
+                                     axis_mask_px: int | None = None,
+                                     criterion: Criterion = "last", min_run: int = 3
+                                     ) -> tuple[FRCResolution, FRCCurve]:
+    """Even/odd resolution (1/7 rule) straight from the half spectra of the two sums.
+
+    For the pipeline, which holds the even and odd sums in Fourier space before its inverse
+    transforms: no transform is needed here, only ring sums (a few tenths of a second at 4096²,
+    against ~2 s for :func:`even_odd_resolution` with its taper and two forward transforms).
+
+    Dose weighting multiplies each coefficient by a function of ``|k|`` only, the same for
+    coefficients of one ring up to its width; the ring correlation is invariant to such a
+    per-ring scale, so the FRC of the dose-weighted halves equals that of the unweighted ones.
+
+    Edges: without a taper, the edge discontinuity that both halves share (a periodic transform
+    sees a jump where opposite edges meet, and where a padded frame's fill meets the image)
+    puts its power along the ``kx = 0`` and ``ky = 0`` axes, falling off as ``1/|k|`` away from
+    them. The coefficients within ``axis_mask_px`` rings of either axis are left out instead of
+    tapering; a ring keeps most of its coefficients once its radius is a few times the mask.
+
+    Parameters
+    ----------
+    even_spectrum, odd_spectrum : ndarray, complex, shape (ny, nx // 2 + 1)
+        ``rfft2`` half spectra of the even and odd sums (any consistent per-frequency weighting).
+    shape_yx : (int, int)
+        Real-space shape ``(ny, nx)`` the spectra belong to (e.g. a padded grid).
+    pixel_size_A : float
+        Pixel size in Å.
+    axis_mask_px : int, optional
+        Half-width of the left-out axis bands, in rings (default ``max(2, min(ny, nx) // 128)``).
+
+    Returns
+    -------
+    (FRCResolution, FRCCurve)
+        As :func:`even_odd_resolution`; ``n_coefficients`` counts the coefficients kept.
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    expected = (ny, nx // 2 + 1)
+    if even_spectrum.shape != expected or odd_spectrum.shape != expected:
+        raise ParameterError(f"half spectra of a {ny} x {nx} image must have shape {expected}, "
+                             f"got {even_spectrum.shape} and {odd_spectrum.shape}")
+    if min(ny, nx) < 8:
+        raise ParameterError(f"FRC needs images of at least 8 x 8 pixels, got {ny} x {nx}")
+    if not pixel_size_A > 0:
+        raise ParameterError(f"pixel_size_A must be > 0 Å, got {pixel_size_A}")
+    mask = _default_axis_mask((ny, nx)) if axis_mask_px is None else int(axis_mask_px)
+    if mask < 0:
+        raise ParameterError(f"axis_mask_px must be >= 0, got {axis_mask_px}")
+    curve = _frc_of_half_spectra(even_spectrum, odd_spectrum, (ny, nx),
+                                 pixel_size_A=pixel_size_A, axis_mask_px=mask)
+    return resolution_from_frc(curve, threshold=HALF_SET_THRESHOLD, criterion=criterion,
+                               min_run=min_run), curve
+
+
+def even_odd_resolution_fast(even_sum: np.ndarray, odd_sum: np.ndarray, *, pixel_size_A: float,
+                             axis_mask_px: int | None = None, criterion: Criterion = "last",
+                             min_run: int = 3, workers: int | None = None
+                             ) -> tuple[FRCResolution, FRCCurve]:
+    """Even/odd resolution of two real sums: float32 transforms, axis bands left out, no taper.
+
+    The cheap counterpart of :func:`even_odd_resolution` (see
+    :func:`even_odd_resolution_from_spectra` for the edge treatment), for sums that are no
+    longer in Fourier space (e.g. after local-motion correction).
+    """
+    a = np.asarray(even_sum, dtype=np.float32)
+    b = np.asarray(odd_sum, dtype=np.float32)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ParameterError(f"FRC needs two 2-D images of one shape, got {a.shape} and {b.shape}")
+    f1 = scipy.fft.rfft2(a, workers=workers)
+    f2 = scipy.fft.rfft2(b, workers=workers)
+    return even_odd_resolution_from_spectra(f1, f2, shape_yx=a.shape, pixel_size_A=pixel_size_A,
+                                            axis_mask_px=axis_mask_px, criterion=criterion,
+                                            min_run=min_run)
 
 
 def frc_against_truth(image: np.ndarray, truth: np.ndarray, *, pixel_size_A: float | None = None,

@@ -46,6 +46,7 @@ from .defects import detect_hot_pixels, plan_replacement
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
 from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2
+from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
 from .gain import GainReference, apply_gain, load_gain_reference
 from .local_apply import local_sums
 from .params import CorrectionParams
@@ -95,6 +96,10 @@ class CorrectedFrames:
     local : LocalMotion or None
         Patch-based local motion (:mod:`correction.align_local`); when ``local.applied`` the
         four images carry global + local correction (:mod:`correction.local_apply`).
+    resolution : FRCResolution or None
+        Even/odd FRC resolution (1/7 rule, :mod:`correction.frc`), from the half spectra of the
+        even and odd sums before their inverse transforms (global correction), or from the
+        locally corrected even and odd images.
     """
 
     images: SumImages
@@ -108,6 +113,7 @@ class CorrectedFrames:
     padding_px: tuple[int, int]
     timings_s: dict[str, float] = field(default_factory=dict)
     local: LocalMotion | None = None
+    resolution: FRCResolution | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +262,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         if result is not None:
             break
         margin = 2 * margin  # a shift exceeded the padding: redo with more
-    shifts_out, alignment, images, local = result
+    shifts_out, alignment, images, local, resolution = result
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
@@ -265,7 +271,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            n_hot_pixels=n_hot,
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
-                           timings_s=timings, local=local)
+                           timings_s=timings, local=local, resolution=resolution)
 
 
 def _raw_sum(frames: np.ndarray) -> np.ndarray:
@@ -382,7 +388,9 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         del pad_buf
         timings["local_sum"] = time.perf_counter() - t
         return shifts_out, alignment, SumImages(sum=tiles.plain, dw=tiles.dose_weighted,
-                                                even=tiles.even, odd=tiles.odd), local
+                                                even=tiles.even, odd=tiles.odd), local, \
+            even_odd_resolution_fast(tiles.even, tiles.odd, workers=workers,
+                                     pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)))[0]
 
     t = time.perf_counter()
     source = iter(kept) if keep else (spectrum(i) for i in range(n))
@@ -392,11 +400,16 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                            voltage_kV=params.dose.voltage_kV)
     del pad_buf
     timings["sum"] = time.perf_counter() - t
+    t = time.perf_counter()  # even/odd FRC on the half spectra, before they are overwritten
+    resolution = even_odd_resolution_from_spectra(
+        sums.even, sums.odd, shape_yx=grids.padded_out,
+        pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)))[0]
+    timings["resolution"] = time.perf_counter() - t
     t = time.perf_counter()
     images = sums_to_images(sums, padded_shape_yx=grids.padded_out, shape_yx=grids.out_yx,
                             workers=workers)
     timings["ifft"] = time.perf_counter() - t
-    return shifts_out, alignment, images, local
+    return shifts_out, alignment, images, local, resolution
 
 
 def _consume(kept: list[np.ndarray], source):
@@ -495,6 +508,8 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                    "bin_factor": frame_params.read.bin_factor,
                    "group_frames": params.align.group_frames,
                    "params_fingerprint": params.fingerprint()},
+        resolution=(corrected.resolution.to_record()
+                    if corrected.resolution is not None else None),
         local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
                if corrected.local is not None else None),
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {})})

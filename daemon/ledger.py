@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS movies (
 );
 CREATE INDEX IF NOT EXISTS movies_status ON movies (status, mtime_ns);
 CREATE TABLE IF NOT EXISTS service_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mdocs (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    unchanged_since REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL);
 """
 
 
@@ -192,6 +201,16 @@ class Ledger:
             "SELECT * FROM movies WHERE status = ? ORDER BY updated DESC, id DESC LIMIT ?",
             (status, limit))]
 
+    def mdoc_states(self) -> dict[str, dict[str, Any]]:
+        """Every known mdoc by path: ``sha256``, ``size``, ``mtime_ns``, ``kind``,
+        ``unchanged_since`` (wall clock s of its last content change)."""
+        return {r["path"]: {k: r[k] for k in ("sha256", "size", "mtime_ns", "kind", "unchanged_since")}
+                for r in self._db.execute("SELECT * FROM mdocs")}
+
+    def series_states(self) -> dict[str, dict[str, Any]]:
+        """Every tilt series' persisted state (JSON dict) by name."""
+        return {r["name"]: json.loads(r["state"]) for r in self._db.execute("SELECT * FROM series")}
+
     def service_state(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in
                 self._db.execute("SELECT key, value FROM service_state")}
@@ -280,6 +299,28 @@ class Ledger:
             db.execute("UPDATE movies SET status='pending', updated=? WHERE status='running'",
                        (self._clock(),))
         return [MovieKey(*r) for r in rows]
+
+    def set_mdoc_state(self, path: str, *, sha256: str, size: int, mtime_ns: int, kind: str,
+                       unchanged_since: float) -> None:
+        """Upsert what was last read of one mdoc."""
+        with self._tx() as db:
+            db.execute("INSERT INTO mdocs (path, sha256, size, mtime_ns, kind, unchanged_since) "
+                       "VALUES (?,?,?,?,?,?) ON CONFLICT (path) DO UPDATE SET sha256=excluded.sha256, "
+                       "size=excluded.size, mtime_ns=excluded.mtime_ns, kind=excluded.kind, "
+                       "unchanged_since=excluded.unchanged_since",
+                       (path, sha256, size, mtime_ns, kind, unchanged_since))
+
+    def forget_mdoc(self, path: str) -> None:
+        """An mdoc vanished."""
+        with self._tx() as db:
+            db.execute("DELETE FROM mdocs WHERE path = ?", (path,))
+
+    def set_series_state(self, name: str, state: Mapping[str, Any]) -> None:
+        """Upsert one tilt series' state (JSON-serialisable)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO series (name, state, updated) VALUES (?,?,?) "
+                       "ON CONFLICT (name) DO UPDATE SET state=excluded.state, updated=excluded.updated",
+                       (name, json.dumps(dict(state)), self._clock()))
 
     def set_service_state(self, values: Mapping[str, Any]) -> None:
         """Upsert heartbeat/counter values (JSON-serialisable) for ``motionwatch status``."""

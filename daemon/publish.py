@@ -84,8 +84,8 @@ __all__ = [
 SCHEMA = "motionwatch/1"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 TOPICS = ("movie", "series", "heartbeat", "error", "warning", "state")
-SERIES_EVENTS = ("started", "updated", "completed")
-SeriesEvent = Literal["started", "updated", "completed"]
+SERIES_EVENTS = ("started", "updated", "completed", "reopened")
+SeriesEvent = Literal["started", "updated", "completed", "reopened"]
 
 _LOOPBACK_NAMES = {"localhost", "lo", "ip6-localhost"}
 _LOCAL_TRANSPORTS = ("ipc://", "inproc://")
@@ -578,6 +578,11 @@ class _Feed:
                 self.open.pop(body["series"], None)
                 if entry not in self.completed:
                     self.completed.append(entry)
+            elif body.get("event") == "reopened" and entry.get("status") == "completed":
+                entry["status"] = "open"
+                if entry in self.completed:
+                    self.completed.remove(entry)
+                self.open[body["series"]] = entry
         elif topic == "warning":
             self.warnings.append(body)
         elif topic == "error":
@@ -749,15 +754,16 @@ class Publisher:
 
     def series(self, event: SeriesEvent, series: str, *, n_done: int, n_failed: int = 0,
                n_expected: int | None = None, accumulated_dose_e_A2: float | None = None,
-               mdoc: str | Path | None = None) -> None:
+               mdoc: str | Path | None = None,
+               stacks: Mapping[str, str | Path] | None = None) -> None:
         """Publish a tilt-series event.
 
         Parameters
         ----------
-        event : {"started", "updated", "completed"}
+        event : {"started", "updated", "completed", "reopened"}
             ``started`` when the series is first seen, ``updated`` after each of its movies is
             done or failed, ``completed`` when the series is closed (lock file gone, all movies
-            done).
+            done, stacks written), ``reopened`` when movies arrive after that.
         series : str
             Series name (as in ``TiltInfo.series``).
         n_done, n_failed : int
@@ -768,13 +774,17 @@ class Publisher:
             Dose received by the specimen so far (e/Å²).
         mdoc : str or Path, optional
             The series' mdoc file.
+        stacks : mapping, optional
+            Assembled outputs by name (paths), on ``completed``.
         """
         if event not in SERIES_EVENTS:
             raise ValueError(f"series event must be one of {SERIES_EVENTS}, got {event!r}")
         self._put("series", {"event": event, "series": series, "n_done": n_done,
                              "n_failed": n_failed, "n_expected": n_expected,
                              "accumulated_dose_e_A2": accumulated_dose_e_A2,
-                             "mdoc": None if mdoc is None else str(mdoc)})
+                             "mdoc": None if mdoc is None else str(mdoc),
+                             "stacks": None if not stacks else
+                             {str(k): str(v) for k, v in stacks.items()}})
 
     def heartbeat(self, *, backlog: int, done: int, failed: int, running: int = 0,
                   quarantined: int = 0, last_movie: str | Path | None = None) -> None:

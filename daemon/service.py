@@ -34,7 +34,7 @@ from .workers import DEFAULT_RUNNER, Outcome, Task, WorkerPool
 
 __all__ = [
     "add_arguments", "run", "Service", "ServiceObserver", "MetadataResolver", "NoMetadata",
-    "MovieMetadata", "MovieEvent", "Heartbeat", "Health", "ServiceInfo", "SOURCE_KEY",
+    "MovieMetadata", "MovieEvent", "SeriesEvent", "Heartbeat", "Health", "ServiceInfo", "SOURCE_KEY",
     "LOCK_NAME", "output_dir_for", "movie_stem", "build_observers", "build_resolver",
     "find_adoptable_outputs", "clean_temporary_outputs",
 ]
@@ -150,6 +150,39 @@ class Heartbeat:
     health: Health
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesEvent:
+    """A tilt series changed state.
+
+    Attributes
+    ----------
+    kind : str
+        ``"started"`` (first seen), ``"updated"`` (one of its movies done or failed),
+        ``"completed"`` (stacks assembled) or ``"reopened"`` (movies arrived after completion).
+    series : str
+        Series name (the series mdoc's name without ``.mdoc``, or the file-name pattern's group).
+    n_expected : int or None
+        Tilts listed in its mdoc (None when known only from file names).
+    n_done, n_failed : int
+        Its movies corrected, and failed or quarantined.
+    accumulated_dose_e_A2 : float or None
+        Dose of all its listed tilts (e/A^2), None when unknown.
+    mdoc : str or None
+        Path of the series mdoc.
+    stacks : dict
+        Assembled outputs by name (paths; on ``completed``).
+    """
+
+    kind: str
+    series: str
+    n_expected: int | None
+    n_done: int
+    n_failed: int
+    accumulated_dose_e_A2: float | None = None
+    mdoc: str | None = None
+    stacks: Mapping[str, str] = field(default_factory=dict)
+
+
 class ServiceObserver:
     """Receives service events; subclass and override what you need (all no-ops here).
 
@@ -165,6 +198,9 @@ class ServiceObserver:
 
     def on_movie_failed(self, event: MovieEvent) -> None:
         """A movie failed (``event.status`` is ``failed`` or ``quarantined``)."""
+
+    def on_series_event(self, event: SeriesEvent) -> None:
+        """A tilt series started, progressed, completed (stacks written) or re-opened."""
 
     def on_heartbeat(self, beat: Heartbeat) -> None:
         """Periodic state (sd_notify WATCHDOG=1 when ``beat.health.ok``; STATUS=...)."""
@@ -298,6 +334,8 @@ class Service:
         self.config = config
         self._observers = list(observers)
         self._resolver: MetadataResolver = resolver or NoMetadata()
+        if isinstance(self._resolver, ServiceObserver):  # a resolver may follow movie events
+            self._observers.append(self._resolver)
         self._runner = runner
         self._clock = clock
         self._wall = wall_clock
@@ -330,6 +368,10 @@ class Service:
     # --- observers ------------------------------------------------------------------------
     def add_observer(self, observer: ServiceObserver) -> None:
         self._observers.append(observer)
+
+    def notify_series(self, event: SeriesEvent) -> None:
+        """Give a tilt-series event to every observer (called by the metadata resolver)."""
+        self._notify("on_series_event", event)
 
     def _notify(self, method: str, *args: Any) -> None:
         for observer in self._observers:
@@ -441,6 +483,9 @@ class Service:
                 return exitcodes.CONFIG
             self._log.info("service_starting", config=cfg.describe(), pid=os.getpid())
             self._open_ledger()
+            bind = getattr(self._resolver, "bind", None)
+            if bind is not None:  # the resolver reads the ledger, logs, emits series events
+                bind(self)
             removed = clean_temporary_outputs(cfg.out_dir)
             if removed:
                 self._log.info("temporary_outputs_removed", count=len(removed),
@@ -566,7 +611,8 @@ class Service:
             return False
         counts = self.ledger.counts()
         busy = (self._in_flight or self._waiting or counts["pending"] or counts["running"]
-                or counts["failed"] or self._unrecorded)
+                or counts["failed"] or self._unrecorded
+                or getattr(self._resolver, "busy", lambda: False)())
         if busy:
             self._idle_since = None
             return False
@@ -828,31 +874,69 @@ def add_arguments(parser: Any) -> None:
     option its TOML key); their values arrive in ``Config.options``.
     """
     from .options import add_correction_arguments
+    from .observers import add_observer_arguments
+    from .tiltseries import add_series_arguments
 
     add_watch_arguments(parser)
     add_correction_arguments(parser)
+    add_series_arguments(parser)
+    add_observer_arguments(parser)
     finalize_parser(parser)
 
 
 def build_observers(config: Config) -> list[ServiceObserver]:
-    """The observers ``motionwatch watch`` runs with (publisher, systemd notify plug in here)."""
-    return []
+    """The observers ``motionwatch watch`` runs with: the publisher (started) and systemd notify.
+
+    Raises ConfigError for bad publishing/watchdog options or an endpoint that cannot be bound.
+    """
+    from .logs import get_logger
+    from .observers import build_observers as build
+
+    return build(config, logger=get_logger())
 
 
 def build_resolver(config: Config) -> MetadataResolver:
-    """The metadata resolver ``motionwatch watch`` runs with (tilt series plug in here)."""
-    return NoMetadata()
+    """The metadata resolver ``motionwatch watch`` runs with: tilt series and dose bookkeeping.
+
+    Raises
+    ------
+    ConfigError
+        Bad tilt-series options (file-name pattern, dose per tilt, times).
+    """
+    from .tiltseries import TiltSeriesResolver
+
+    return TiltSeriesResolver.from_config(config)
 
 
 def run(args: Any) -> int:
     """``motionwatch watch``: returns 0 after a clean stop, 78 on a configuration error."""
     try:
         config = load_config(args)
+        resolver = build_resolver(config)
     except ConfigError as exc:
-        print(f"motionwatch watch: {exc}", file=sys.stderr)
+        _print_config_error(exc)
         return exitcodes.CONFIG
     from .logs import configure_logging
 
     configure_logging(level=config.log_level)
-    return Service(config, observers=build_observers(config),
-                   resolver=build_resolver(config)).run()
+    try:
+        observers = build_observers(config)  # the publisher binds here, before READY=1
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return exitcodes.CONFIG
+    try:
+        return Service(config, observers=observers, resolver=resolver).run()
+    finally:
+        for observer in observers:  # also when run() returns early (state folder locked)
+            close = getattr(observer, "close", None)
+            if close is not None:
+                close()
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    """Every line of a configuration error on stderr, as errors (``<3>``) under journald."""
+    from .logs import running_under_journald
+
+    prefix = "<3>" if running_under_journald() else ""
+    for line in f"motionwatch watch: {exc}".splitlines():
+        print(f"{prefix}{line}", file=sys.stderr)

@@ -10,6 +10,8 @@ from correction.frc import (
     HALF_SET_THRESHOLD,
     FRCCurve,
     even_odd_resolution,
+    even_odd_resolution_fast,
+    even_odd_resolution_from_spectra,
     fourier_ring_correlation,
     frc_against_truth,
     full_set_frc,
@@ -150,3 +152,41 @@ def test_frc_rejects_mismatched_or_tiny_images_with_a_clear_message():
         fourier_ring_correlation(np.zeros((16, 16)), np.zeros((16, 17)))
     with pytest.raises(ParameterError, match="at least 8"):
         fourier_ring_correlation(np.zeros((4, 4)), np.zeros((4, 4)))
+
+
+def test_spectral_even_odd_frc_matches_the_image_space_frc_on_a_band_limited_signal_with_a_ramp():
+    """The cheap estimate (half spectra, axis bands left out, no taper) against the tapered
+    image-space one, on halves that share a non-periodic ramp: same crossing within 2 %, and the
+    ramp's edge jump does not raise the curve above the band (|FRC| < 0.02 beyond it)."""
+    rng = np.random.default_rng(11)
+    shape = (384, 512)
+    cutoff = 0.25
+    signal = _band_limited(rng, shape, cutoff)
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    ramp = 0.02 * x + 0.01 * y
+    even = (ramp + signal + rng.standard_normal(shape)).astype(np.float32)
+    odd = (ramp + signal + rng.standard_normal(shape)).astype(np.float32)
+    reference, _ = even_odd_resolution(even, odd, pixel_size_A=1.2)
+    spectra = np.fft.rfft2(even), np.fft.rfft2(odd)
+    fast, curve = even_odd_resolution_from_spectra(*spectra, shape_yx=shape, pixel_size_A=1.2)
+    assert fast.status == reference.status == "crossing"
+    assert fast.resolution_A == pytest.approx(reference.resolution_A, rel=0.02)
+    assert fast.resolution_A == pytest.approx(1.2 / cutoff, rel=0.02)
+    assert abs(np.mean(curve.frc[curve.frequency_per_px > cutoff + 0.02])) < 0.02
+    # dose weighting scales each ring by one factor: the curve does not change
+    k = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
+    weight = np.exp(-30.0 * k)
+    weighted, _ = even_odd_resolution_from_spectra(spectra[0] * weight, spectra[1] * weight,
+                                                   shape_yx=shape, pixel_size_A=1.2)
+    assert weighted.resolution_A == pytest.approx(fast.resolution_A, rel=0.01)
+    from_images, _ = even_odd_resolution_fast(even, odd, pixel_size_A=1.2)
+    assert from_images.resolution_A == pytest.approx(fast.resolution_A, rel=1e-4)
+    # without the axis mask the shared edge jump correlates the halves beyond the band
+    unmasked = fourier_ring_correlation(even, odd)
+    assert np.mean(unmasked.frc[unmasked.frequency_per_px > cutoff + 0.02]) > 0.02
+
+
+def test_spectral_even_odd_frc_rejects_spectra_of_the_wrong_shape():
+    f = np.zeros((64, 33), np.complex64)
+    with pytest.raises(ParameterError, match="half spectra"):
+        even_odd_resolution_from_spectra(f, f, shape_yx=(64, 66), pixel_size_A=1.0)

@@ -181,9 +181,6 @@ def test_example_config_uses_only_keys_that_motionwatch_watch_accepts() -> None:
     assert example["workers"] >= 1 and example["dose_per_frame"] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="daemon/config.py takes WATCH_DIR only on the command line; the units "
-                          "run `watch --config FILE` (issue 8, phase 2)")
 def test_watch_takes_its_watch_folder_from_the_config_file_as_the_units_run_it() -> None:
     args = _watch_parser().parse_args(["--config", str(UNIT_DIR / "motionwatch.toml")])
     assert args.config == UNIT_DIR / "motionwatch.toml"

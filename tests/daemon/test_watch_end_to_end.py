@@ -30,7 +30,8 @@ OUTPUT_SUFFIXES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json")
 def watch_command(watch: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
             "--dose-per-frame", "1.0", "--settle-time", "0.3", "--scan-interval", "0.1",
-            "--heartbeat", "0.5", "--incomplete-grace", "2", "--retry-delay", "0.2", *extra]
+            "--heartbeat", "0.5", "--incomplete-grace", "2", "--retry-delay", "0.2",
+            "--publish", "tcp://127.0.0.1:*", *extra]  # a free port: runs may overlap
 
 
 def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:
