@@ -393,11 +393,13 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                                      pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)))[0]
 
     t = time.perf_counter()
-    source = iter(kept) if keep else (spectrum(i) for i in range(n))
-    sums = accumulate_sums(_consume(kept, source) if keep else source, shifts_out,
+    # a list is summed block by block in cache and its memory reused for the four sums; a
+    # generator (spectra over the memory budget) frame by frame
+    sums = accumulate_sums(kept if keep else (spectrum(i) for i in range(n)), shifts_out,
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV)
+    kept.clear()
     del pad_buf
     timings["sum"] = time.perf_counter() - t
     t = time.perf_counter()  # even/odd FRC on the half spectra, before they are overwritten
@@ -410,13 +412,6 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                             workers=workers)
     timings["ifft"] = time.perf_counter() - t
     return shifts_out, alignment, images, local, resolution
-
-
-def _consume(kept: list[np.ndarray], source):
-    """Yield kept spectra and drop the list's reference to each (frees memory as we go)."""
-    for i, spec in enumerate(source):
-        kept[i] = None  # type: ignore[call-overload]
-        yield spec
 
 
 def correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,

@@ -26,9 +26,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 
 from .dose import half_inverse_critical_exposure
-from .fourier import irfft2, radial_frequency_sq, shift_ramps
+from .fourier import (apply_shift, frequency_indices, radial_frequency_sq,
+                      shift_ramps)
 
 _BLOCK_ELEMENTS = 32768  # complex64 elements per block of rows (256 KiB)
 
@@ -88,9 +90,12 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
 
     Parameters
     ----------
-    spectra : iterable of ndarray, each shape (py, px // 2 + 1), complex64
-        The frames' spectra on the padded output grid, in frame order. Each is modified in
-        place (consumed), so a caller that keeps them should pass copies.
+    spectra : sequence or iterable of ndarray, each shape (py, px // 2 + 1), complex64
+        The frames' spectra on the padded output grid, in frame order. They are consumed: a
+        list or tuple (all spectra at hand) is summed block of rows by block of rows, and the
+        memory of its first four spectra is reused for the four sums; an iterator (spectra
+        made on the fly) is summed frame by frame, each spectrum modified in place. A caller
+        that keeps the spectra must pass copies.
     shifts_yx_px : ndarray, shape (n, 2)
         Displacement of the specimen per frame (:mod:`correction.conventions`), output pixels.
     padded_shape_yx : (int, int)
@@ -107,111 +112,187 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     """
     shifts = np.asarray(shifts_yx_px, dtype=np.float64)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64)
-    if isinstance(spectra, (list, tuple)) and len(spectra) == 0:
+    if isinstance(spectra, (list, tuple)):
+        return _accumulate_blocks(list(spectra), shifts, padded_shape_yx, dose_end,
+                                  pixel_size_A, voltage_kV)
+    return _accumulate_stream(spectra, shifts, padded_shape_yx, dose_end, pixel_size_A,
+                              voltage_kV)
+
+
+def _check_spectrum(spec: np.ndarray, shape_half: tuple[int, int]) -> None:
+    if spec.shape != shape_half or spec.dtype != np.complex64 or not spec.flags.c_contiguous:
+        raise ValueError(f"spectra must be C-contiguous complex64 of shape {shape_half}, "
+                         f"got {spec.dtype} {spec.shape}")
+
+
+def _interleave(half: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write each value of ``half`` (m, c) twice into ``out`` (m, 2c): real weights that scale
+    a complex64 array viewed as float32 pairs with one float32 multiply (numpy's
+    complex-by-real multiply converts the real operand to complex first, ~3x slower)."""
+    pairs = out.reshape(half.shape + (2,))
+    pairs[..., 0] = half
+    pairs[..., 1] = half
+    return out
+
+
+def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
+                       padded_shape_yx: tuple[int, int], dose_end: np.ndarray,
+                       pixel_size_A: float, voltage_kV: float) -> SumSpectra:
+    """All spectra at hand: one block of rows at a time through all frames, in cache.
+
+    Per block and frame the spectrum is read once (never written): multiplied by a per-frame
+    tile of the separable phase ramp times a scalar for the block's first row (the row ramp of
+    consecutive frequencies is geometric), accumulated plain, weighted and accumulated even or
+    odd; dose weights follow the recursion ``w_i = w_(i-1) * exp(-(D_i - D_(i-1)) / 2Ne)``, one
+    multiply per frame for even doses instead of an exp. The block's sums are normalised and
+    written into the memory of the first four (consumed) spectra.
+    """
+    n = len(specs)
+    if n == 0:
         raise ValueError("no frames to sum")
+    if n > len(shifts) or n > len(dose_end):
+        raise ValueError(f"more spectra than shifts ({len(shifts)}) or doses ({len(dose_end)})")
+    if n != len(shifts):
+        raise ValueError(f"{n} spectra for {len(shifts)} shifts")
+    py, px = (int(v) for v in padded_shape_yx)
+    shape_half = (py, px // 2 + 1)
+    for spec in specs:
+        _check_spectrum(spec, shape_half)
+    rows, cols = shape_half
+    block = max(1, min(rows, _BLOCK_ELEMENTS // cols))
+    ky = frequency_indices(py)
+    fy2 = (ky / (py * pixel_size_A)) ** 2
+    fx2 = ((frequency_indices(px, half=True) / (px * pixel_size_A)) ** 2).astype(np.float32)
+    # row ramp of frame i at row r0 + t (t < block, no Nyquist jump inside a block):
+    # ramp_y(ky(r0)) * ramp_y(t); the tiles hold ramp_y(t) * ramp_x, one per frame
+    tiles = np.empty((n, block, cols), np.complex64)
+    for i in range(n):
+        ry, rx = shift_ramps(padded_shape_yx, -shifts[i])
+        np.multiply(ry[:block, None], rx[None, :], out=tiles[i])
+    row_phase = 2.0 * np.pi * shifts[:, 0] / py  # ramp_y(ky) = exp(1j * ky * row_phase)
+    outputs = specs[:4] if n >= 4 else [np.empty(shape_half, np.complex64) for _ in range(4)]
+    plain_out, dw_out, even_out, odd_out = outputs
+    n_even, n_odd = (n + 1) // 2, n // 2
+
+    acc_plain = np.empty((block, cols), np.complex64)
+    acc_even = np.empty_like(acc_plain)
+    acc_odd = np.empty_like(acc_plain)
+    f = np.empty_like(acc_plain)
+    a = np.empty((block, cols), np.float32)  # 1 / (2 Ne) on the block
+    tmp = np.empty_like(a)
+    w = np.empty((block, 2 * cols), np.float32)  # interleaved weights of the current frame
+    q = np.empty_like(w)
+    w_sq = np.empty_like(w)
+    w2_even = np.empty_like(w)
+    w2_odd = np.empty_like(w)
+    split = (py + 1) // 2  # first row of negative ky: blocks never straddle it
+    starts = [r for lo, hi in ((0, split), (split, rows)) for r in range(lo, hi, block)]
+    ends = [min(r + block, split if r < split else rows) for r in starts]
+    for r0, r1 in zip(starts, ends):
+        m = r1 - r0
+        ab, tb, wb, qb, sq = a[:m], tmp[:m], w[:m], q[:m], w_sq[:m]
+        np.add(fy2[r0:r1, None].astype(np.float32), fx2[None, :], out=ab)
+        half_inverse_critical_exposure(ab, voltage_kV)
+        np.multiply(ab, np.float32(-dose_end[0]), out=tb)
+        _interleave(np.exp(tb, out=tb), wb)
+        q_step = None
+        pb, eb, ob, fb = acc_plain[:m], acc_even[:m], acc_odd[:m], f[:m]
+        e2, o2 = w2_even[:m], w2_odd[:m]
+        eb.fill(0)
+        ob.fill(0)
+        e2.fill(0)
+        o2.fill(0)
+        phase = np.exp(1j * ky[r0] * row_phase).astype(np.complex64)
+        for i, spec in enumerate(specs):
+            np.multiply(spec[r0:r1], tiles[i, :m], out=fb)
+            fb *= phase[i]
+            if i == 0:
+                pb[...] = fb
+            else:
+                pb += fb
+                step = dose_end[i] - dose_end[i - 1]
+                if q_step is None or step != q_step:
+                    if step == dose_end[0] and i == 1:
+                        np.copyto(qb, wb)  # no pre-exposure, even doses: q = w_0
+                    else:
+                        np.multiply(ab, np.float32(-step), out=tb)
+                        _interleave(np.exp(tb, out=tb), qb)
+                    q_step = step
+                wb *= qb
+            fb.view(np.float32)[...] *= wb
+            np.multiply(wb, wb, out=sq)
+            if i % 2 == 0:
+                eb += fb
+                e2 += sq
+            else:
+                ob += fb
+                o2 += sq
+        plain_out[r0:r1] = pb
+        # dw = (even + odd) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
+        np.add(e2, o2, out=sq)
+        np.divide(np.float32(n), sq, out=sq)
+        np.sqrt(sq, out=sq)
+        dw_rows = dw_out[r0:r1]
+        np.add(eb, ob, out=dw_rows)
+        dw_rows.view(np.float32)[...] *= sq
+        np.divide(np.float32(n_even), e2, out=e2)
+        np.sqrt(e2, out=e2)
+        np.multiply(eb.view(np.float32), e2, out=even_out[r0:r1].view(np.float32))
+        if n_odd:
+            np.divide(np.float32(n_odd), o2, out=o2)
+            np.sqrt(o2, out=o2)
+            np.multiply(ob.view(np.float32), o2, out=odd_out[r0:r1].view(np.float32))
+        else:
+            odd_out[r0:r1] = 0
+    specs.clear()
+    return SumSpectra(sum=plain_out, dw=dw_out, even=even_out, odd=odd_out, n_frames=n)
+
+
+def _accumulate_stream(spectra: Iterable[np.ndarray], shifts: np.ndarray,
+                       padded_shape_yx: tuple[int, int], dose_end: np.ndarray,
+                       pixel_size_A: float, voltage_kV: float) -> SumSpectra:
+    """Spectra one at a time (made on the fly): whole-array passes per frame."""
     inv_2ne = half_inverse_critical_exposure(
         radial_frequency_sq(padded_shape_yx, scale_yx=(pixel_size_A, pixel_size_A)), voltage_kV)
     shape_half = inv_2ne.shape
-    rows, cols = shape_half
-    # Real weights are kept interleaved (each value twice) so that a complex64 array viewed as
-    # float32 pairs is weighted by one float32 multiply (numpy's complex-by-real multiply
-    # converts the real operand to complex first, ~3x slower).
-    inv_2ne = np.repeat(inv_2ne, 2, axis=1)
     plain = np.zeros(shape_half, np.complex64)
     even = np.zeros(shape_half, np.complex64)
     odd = np.zeros(shape_half, np.complex64)
-    all_at_once = isinstance(spectra, (list, tuple))
-    # sums of squared weights: per block when all spectra are at hand, else whole arrays
-    w2_rows = _BLOCK_ELEMENTS // cols + 1 if all_at_once else rows
-    w2_even = np.zeros((max(1, w2_rows), 2 * cols), np.float32)
-    w2_odd = np.zeros_like(w2_even)
-    dw = np.empty_like(even)
-    # Work on blocks of rows that fit in cache, so every pass below runs from cache. With all
-    # spectra at hand (a sequence), each block goes through all frames before the next block;
-    # dose weights then follow the recursion w_i = w_(i-1) * exp(-(D_i - D_(i-1)) / 2Ne), one
-    # multiply per frame for even doses instead of an exp.
-    block = max(1, _BLOCK_ELEMENTS // cols)
-    w = np.empty((block, 2 * cols), np.float32)
-    q = np.empty_like(w)
-    w_sq = np.empty_like(w)
-    if all_at_once:
-        chunks: Iterable[list[np.ndarray]] = [list(spectra)]
-    else:
-        chunks = ([spec] for spec in spectra)
+    w2_even = np.zeros(shape_half, np.float32)
+    w2_odd = np.zeros(shape_half, np.float32)
+    w = np.empty(shape_half, np.float32)
     n = 0
-    for chunk in chunks:
-        first = n
-        n += len(chunk)
+    for spec in spectra:
+        i = n
+        n += 1
         if n > len(shifts) or n > len(dose_end):
             raise ValueError(f"more spectra than shifts ({len(shifts)}) or doses ({len(dose_end)})")
-        for spec in chunk:
-            if spec.shape != shape_half or spec.dtype != np.complex64 \
-                    or not spec.flags.c_contiguous:
-                raise ValueError(f"spectra must be C-contiguous complex64 of shape {shape_half}, "
-                                 f"got {spec.dtype} {spec.shape}")
-        ramps = [shift_ramps(padded_shape_yx, -shifts[i]) for i in range(first, n)]
-        for r0 in range(0, rows, block):
-            r1 = min(rows, r0 + block)
-            m = r1 - r0
-            a_blk = inv_2ne[r0:r1]
-            wb, qb, sq = w[:m], q[:m], w_sq[:m]
-            o0, o1 = (0, m) if all_at_once else (r0, r1)  # rows in the w2 arrays
-            if all_at_once:
-                w2_even[:m] = 0.0
-                w2_odd[:m] = 0.0
-            q_step = None
-            for j, spec in enumerate(chunk):
-                i = first + j
-                ry, rx = ramps[j]
-                f = spec[r0:r1]
-                f *= ry[r0:r1, None]
-                f *= rx[None, :]
-                plain[r0:r1] += f
-                step = dose_end[i] - dose_end[i - 1] if j > 0 else None
-                if step is None:
-                    np.multiply(a_blk, np.float32(-dose_end[i]), out=wb)
-                    np.exp(wb, out=wb)
-                else:
-                    if q_step is None or step != q_step:
-                        np.multiply(a_blk, np.float32(-step), out=qb)
-                        np.exp(qb, out=qb)
-                        q_step = step
-                    wb *= qb
-                f_real = f.view(np.float32)
-                f_real *= wb
-                np.multiply(wb, wb, out=sq)
-                if i % 2 == 0:
-                    even[r0:r1] += f
-                    w2_even[o0:o1] += sq
-                else:
-                    odd[r0:r1] += f
-                    w2_odd[o0:o1] += sq
-            if all_at_once:
-                _normalise_block(even[r0:r1], odd[r0:r1], dw[r0:r1], w2_even[:m], w2_odd[:m], n)
-        del chunk
+        _check_spectrum(spec, shape_half)
+        apply_shift(spec, padded_shape_yx, -shifts[i], out=spec)
+        plain += spec
+        np.multiply(inv_2ne, np.float32(-dose_end[i]), out=w)
+        np.exp(w, out=w)
+        spec *= w  # complex64 by float32 (whole arrays: memory-bound anyway)
+        np.multiply(w, w, out=w)
+        if i % 2 == 0:
+            even += spec
+            w2_even += w
+        else:
+            odd += spec
+            w2_odd += w
+        del spec
     if n == 0:
         raise ValueError("no frames to sum")
     if n != len(shifts):
         raise ValueError(f"{n} spectra for {len(shifts)} shifts")
-    if not all_at_once:
-        for r0 in range(0, rows, block):
-            r1 = min(rows, r0 + block)
-            _normalise_block(even[r0:r1], odd[r0:r1], dw[r0:r1], w2_even[r0:r1],
-                             w2_odd[r0:r1], n)
-    del w2_even, w2_odd, inv_2ne
-    return SumSpectra(sum=plain, dw=dw, even=even, odd=odd, n_frames=n)
-
-
-def _normalise_block(even: np.ndarray, odd: np.ndarray, dw: np.ndarray, w2_even: np.ndarray,
-                     w2_odd: np.ndarray, n: int) -> None:
-    """Normalise one block of rows in place (see module docstring); weights interleaved."""
     n_even, n_odd = (n + 1) // 2, n // 2
-    # dw = (even_raw + odd_raw) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
-    np.add(even, odd, out=dw)
-    dw.view(np.float32)[...] *= np.sqrt(n / (w2_even + w2_odd))
-    even.view(np.float32)[...] *= np.sqrt(n_even / w2_even)
+    dw = np.add(even, odd)
+    np.add(w2_even, w2_odd, out=w)
+    dw *= np.sqrt(np.float32(n) / w)
+    even *= np.sqrt(np.float32(n_even) / w2_even)
     if n_odd:
-        odd.view(np.float32)[...] *= np.sqrt(n_odd / w2_odd)
+        odd *= np.sqrt(np.float32(n_odd) / w2_odd)
+    return SumSpectra(sum=plain, dw=dw, even=even, odd=odd, n_frames=n)
 
 
 def sums_to_images(sums: SumSpectra, *, padded_shape_yx: tuple[int, int],
@@ -221,9 +302,13 @@ def sums_to_images(sums: SumSpectra, *, padded_shape_yx: tuple[int, int],
     The spectra in ``sums`` are overwritten (scipy may use them as work space).
     """
     ny, nx = shape_yx
+    py, px = padded_shape_yx
 
     def one(spec: np.ndarray) -> np.ndarray:
-        img = irfft2(spec, padded_shape_yx, workers=workers, overwrite_x=True)
-        return np.ascontiguousarray(img[:ny, :nx], dtype=np.float32)
+        # inverse along y in place, then along x only for the ny rows kept (the padding rows
+        # are never transformed back); same scaling as irfft2
+        cols = scipy.fft.ifft(spec, n=py, axis=0, workers=workers, overwrite_x=True)
+        img = scipy.fft.irfft(cols[:ny], n=px, axis=1, workers=workers, overwrite_x=True)
+        return img if nx == px else np.ascontiguousarray(img[:, :nx], dtype=np.float32)
 
     return SumImages(sum=one(sums.sum), dw=one(sums.dw), even=one(sums.even), odd=one(sums.odd))

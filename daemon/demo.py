@@ -1,9 +1,14 @@
-"""Demonstrate motionwatch on a synthetic movie: render it, correct it, compare with the truth.
+"""Demonstrate motionwatch on a simulated tilt-series acquisition, watched by the daemon.
 
-Writes a synthetic 1024 x 1024 x 10-frame int16 MRC movie of a drifting specimen (with a gain
-pattern, hot pixels and counting noise) and its gain reference into FOLDER, corrects it into
-FOLDER/corrected, and prints what was done, how far the found shifts are from the true ones and
-where the results are.
+By default a simulated SerialEM session writes a small dose-symmetric tilt series (7 tilts of
+512 x 512 x 8 frames, 0, +3, -3, +6 ... degrees) into FOLDER/frames: each movie frame by frame,
+the series .mdoc growing by one section per tilt, a .openTS lock while acquiring. The watch
+daemon corrects every movie into FOLDER/motioncorr with its series' pre-exposure, then
+assembles the angle-sorted stacks into FOLDER/motioncorr/TS_01/. Ends with a summary: per
+tilt the pre-exposure against the truth and the shift error against the rendered drift.
+
+--single corrects one synthetic 1024 x 1024 x 10-frame movie without the daemon; --session
+simulates a single-particle session of independent movies.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["add_arguments", "run", "DemoResult", "demo_single_movie", "demo_session"]
+__all__ = ["add_arguments", "run", "DemoResult", "demo_single_movie", "demo_session",
+           "demo_tilt_series"]
 
 EXAMPLES = """examples:
   motionwatch demo
-  motionwatch demo /tmp/mw-demo --size 512 --seed 3
+  motionwatch demo /tmp/mw-tomo --tilts 11 --size 256
+  motionwatch demo /tmp/mw-demo --single --size 512 --seed 3
   motionwatch demo /tmp/mw-session --session --movies 8 --size 512
 """
 
@@ -210,15 +217,142 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
     return done
 
 
+def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: int = 512,
+                     n_frames: int = 8, pixel_size_A: float = 1.1,
+                     electrons_per_px_per_frame: float = 1.0,
+                     say: Callable[[str], None] = print) -> bool:
+    """Simulate a tilt-series acquisition watched, corrected and assembled by the daemon.
+
+    :func:`daemon.simulate_series.simulate_tilt_series` writes a dose-symmetric series
+    ``TS_01`` into ``folder/frames`` (movies frame by frame, the mdoc growing, a ``.openTS``
+    lock, two movies arriving in the opposite order of their acquisition, the mdoc re-sorted by
+    angle at the end) while :class:`daemon.service.Service` with the tilt-series resolver
+    corrects each movie into ``folder/motioncorr`` and assembles ``folder/motioncorr/TS_01/``.
+
+    Returns
+    -------
+    bool
+        Every tilt corrected, every recorded pre-exposure equal to the truth, stacks written.
+    """
+    import json
+    import threading
+    import time
+
+    import mrcfile
+    import numpy as np
+
+    from correction.params import CorrectionParams, DoseParams, GainParams
+    from correction.synthetic import gain_pattern
+
+    from .config import Config
+    from .logs import configure_logging
+    from .service import Service, ServiceObserver
+    from .simulate_series import simulate_tilt_series
+    from .tiltseries import TiltSeriesResolver
+
+    folder = Path(folder)
+    watch, out = folder / "frames", folder / "motioncorr"
+    watch.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    gain = gain_pattern(rng, (size_px, size_px)).astype(np.float32)
+    gain_path = folder / "demo_gain.mrc"
+    with mrcfile.new(gain_path, overwrite=True) as mrc:
+        mrc.set_data(gain)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=gain_path))
+    config = Config(watch, out, out, params, settle_time_s=0.5, scan_interval_s=0.25,
+                    heartbeat_s=0.5, incomplete_grace_s=30.0, log_level="warning",
+                    options={"tilt_series": "on", "metadata_wait": 60.0, "mdoc_quiet": 10.0})
+    configure_logging(level="warning", stream=sys.stderr)
+    simulated: list = []
+    swap = (3, 4) if n_tilts >= 5 else None
+    writer = threading.Thread(target=lambda: simulated.extend(simulate_tilt_series(
+        watch, rng=rng, name="TS_01", n_tilts=n_tilts, shape_yx=(size_px, size_px),
+        n_frames=n_frames, pixel_size_A=pixel_size_A,
+        electrons_per_px_per_frame=electrons_per_px_per_frame, frame_interval_s=0.05,
+        tilt_interval_s=0.3, swap_arrival=swap, resort_at_end=True, gain=gain)), daemon=True)
+    started = time.perf_counter()
+    completed: dict = {}
+
+    class Report(ServiceObserver):
+        def on_ready(self, info):  # noqa: ANN001
+            say(f"daemon watching {watch}; the simulated microscope acquires a dose-symmetric "
+                f"series of {n_tilts} tilts ({size_px}x{size_px}x{n_frames}), movies written "
+                f"frame by frame, mdoc growing by one section per tilt"
+                + (f", tilts {swap[0]} and {swap[1]} arriving in reverse order" if swap else ""))
+            writer.start()
+
+        def on_movie_done(self, event):  # noqa: ANN001
+            tilt = event.record.get("tilt") or {}
+            say(f"  corrected {event.path.name}: tilt {tilt.get('tilt_deg', float('nan')):+.1f}°,"
+                f" acquired #{tilt.get('acquisition_index')}, pre-exposure "
+                f"{tilt.get('pre_exposure_e_A2', float('nan')):.2f} e/Å², drift "
+                f"{event.record.get('drift', {}).get('total_A', float('nan')):.1f} Å")
+
+        def on_movie_failed(self, event):  # noqa: ANN001
+            say(f"  {event.status} {event.path.name}: {event.error}")
+
+        def on_series_event(self, event):  # noqa: ANN001
+            if event.kind in ("started", "completed", "reopened"):
+                say(f"  series {event.series} {event.kind}"
+                    + (f": {event.n_done} tilts assembled" if event.kind == "completed" else ""))
+            if event.kind == "completed":
+                completed.update(event.stacks)
+                service.request_stop("demo series complete")
+
+        def on_heartbeat(self, beat):  # noqa: ANN001
+            if writer.ident and not writer.is_alive() and time.perf_counter() - started > 300:
+                service.request_stop("demo timed out")
+
+    resolver = TiltSeriesResolver.from_config(config)
+    service = Service(config, observers=[Report()], resolver=resolver)
+    service.run()
+    writer.join(timeout=5)
+
+    say(f"session summary ({time.perf_counter() - started:.1f} s):")
+    say("  tilt   acq  pre-exposure (recorded / truth, e/Å²)  drift (Å)  shift error (px RMS)")
+    corrected = exact = 0
+    for t in sorted(simulated, key=lambda t: t.tilt_deg):
+        motion = out / f"{t.movie.path.stem}.motion.json"
+        if not motion.is_file():
+            say(f"  {t.tilt_deg:+5.1f}  {t.acquisition_index:3d}  not corrected")
+            continue
+        record = json.loads(motion.read_text())
+        found = np.array(record["global_shifts_px"], dtype=float)[:, ::-1]  # [dx,dy] -> [dy,dx]
+        truth = t.movie.shifts_yx_px
+        error = (found - found.mean(0)) - (truth - truth.mean(0))
+        rms = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+        pre = record["dose"]["pre_exposure_e_A2"]
+        corrected += 1
+        exact += abs(pre - t.pre_exposure_e_A2) < 1e-6
+        say(f"  {t.tilt_deg:+5.1f}  {t.acquisition_index:3d}  {pre:8.4f} / "
+            f"{t.pre_exposure_e_A2:8.4f}{'':17s}{record['drift']['total_A']:7.1f}  {rms:10.3f}")
+    say(f"{corrected} of {n_tilts} movies corrected into {out}; {exact} pre-exposures exact")
+    if completed:
+        say(f"assembled series: {out / 'TS_01'} (stacks sorted by angle, .tlt, .csv, .mdoc):")
+        for kind, path in completed.items():
+            say(f"  {kind:5s} {path}")
+    else:
+        say("the series was not assembled")
+    say(f"state: motionwatch status {out}")
+    return corrected == n_tilts == exact and bool(completed)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``motionwatch demo``."""
     parser.add_argument("folder", nargs="?", type=Path, default=Path("motionwatch-demo"),
                         help="folder for the synthetic data and results "
                              "(default ./motionwatch-demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=1024, metavar="PX",
-                        help="frame size in pixels (default 1024)")
-    parser.add_argument("--frames", type=int, default=10, help="frames (default 10)")
+    parser.add_argument("--size", type=int, default=None, metavar="PX",
+                        help="frame size in pixels (default 512; 1024 with --single)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per movie (default 8; 10 with --single)")
+    parser.add_argument("--tilts", type=int, default=7, metavar="N",
+                        help="tilts of the simulated tilt series (default 7)")
+    parser.add_argument("--single", action="store_true",
+                        help="correct one synthetic movie directly, without the daemon")
     parser.add_argument("--session", action="store_true",
                         help="simulate an acquisition session: movies written frame by frame "
                              "into FOLDER/frames while the watch daemon corrects them into "
@@ -233,10 +367,18 @@ def run(args: argparse.Namespace) -> int:
 
     from . import exitcodes
 
-    if args.size < 64 or args.frames < 2:
-        print("motionwatch demo: --size must be >= 64 and --frames >= 2", file=sys.stderr)
+    size = args.size if args.size is not None else (1024 if args.single else 512)
+    frames = args.frames if args.frames is not None else (10 if args.single else 8)
+    args.size, args.frames = size, frames
+    if args.size < 64 or args.frames < 2 or args.tilts < 1:
+        print("motionwatch demo: --size must be >= 64, --frames >= 2 and --tilts >= 1",
+              file=sys.stderr)
         return exitcodes.USAGE
     try:
+        if not args.single and not args.session:
+            ok = demo_tilt_series(args.folder, n_tilts=args.tilts, seed=args.seed,
+                                  size_px=args.size, n_frames=args.frames)
+            return exitcodes.OK if ok else exitcodes.SOME_FAILED
         if args.session:
             done = demo_session(args.folder, seed=args.seed, size_px=args.size,
                                 n_frames=args.frames, n_movies=args.movies)

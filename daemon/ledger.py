@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS mdocs (
     kind TEXT NOT NULL,
     unchanged_since REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS series (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL
+);
 """
 
 
@@ -204,7 +206,8 @@ class Ledger:
     def mdoc_states(self) -> dict[str, dict[str, Any]]:
         """Every known mdoc by path: ``sha256``, ``size``, ``mtime_ns``, ``kind``,
         ``unchanged_since`` (wall clock s of its last content change)."""
-        return {r["path"]: {k: r[k] for k in ("sha256", "size", "mtime_ns", "kind", "unchanged_since")}
+        keys = ("sha256", "size", "mtime_ns", "kind", "unchanged_since")
+        return {r["path"]: {k: r[k] for k in keys}
                 for r in self._db.execute("SELECT * FROM mdocs")}
 
     def series_states(self) -> dict[str, dict[str, Any]]:
@@ -305,7 +308,8 @@ class Ledger:
         """Upsert what was last read of one mdoc."""
         with self._tx() as db:
             db.execute("INSERT INTO mdocs (path, sha256, size, mtime_ns, kind, unchanged_since) "
-                       "VALUES (?,?,?,?,?,?) ON CONFLICT (path) DO UPDATE SET sha256=excluded.sha256, "
+                       "VALUES (?,?,?,?,?,?) ON CONFLICT (path) DO UPDATE SET "
+                       "sha256=excluded.sha256, "
                        "size=excluded.size, mtime_ns=excluded.mtime_ns, kind=excluded.kind, "
                        "unchanged_since=excluded.unchanged_since",
                        (path, sha256, size, mtime_ns, kind, unchanged_since))
@@ -319,7 +323,8 @@ class Ledger:
         """Upsert one tilt series' state (JSON-serialisable)."""
         with self._tx() as db:
             db.execute("INSERT INTO series (name, state, updated) VALUES (?,?,?) "
-                       "ON CONFLICT (name) DO UPDATE SET state=excluded.state, updated=excluded.updated",
+                       "ON CONFLICT (name) DO UPDATE SET state=excluded.state, "
+                       "updated=excluded.updated",
                        (name, json.dumps(dict(state)), self._clock()))
 
     def set_service_state(self, values: Mapping[str, Any]) -> None:

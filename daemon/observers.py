@@ -166,9 +166,6 @@ class PublishObserver(ServiceObserver):
         self.publisher = publisher
         self._last_movie: str | None = None
 
-    def on_ready(self, info: ServiceInfo) -> None:
-        self.publisher.heartbeat(backlog=0, done=0, failed=0)
-
     def on_movie_done(self, event: MovieEvent) -> None:
         self._last_movie = str(event.path)
         record = dict(event.record)

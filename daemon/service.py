@@ -34,7 +34,8 @@ from .workers import DEFAULT_RUNNER, Outcome, Task, WorkerPool
 
 __all__ = [
     "add_arguments", "run", "Service", "ServiceObserver", "MetadataResolver", "NoMetadata",
-    "MovieMetadata", "MovieEvent", "SeriesEvent", "Heartbeat", "Health", "ServiceInfo", "SOURCE_KEY",
+    "MovieMetadata", "MovieEvent", "SeriesEvent", "Heartbeat", "Health", "ServiceInfo",
+    "SOURCE_KEY",
     "LOCK_NAME", "output_dir_for", "movie_stem", "build_observers", "build_resolver",
     "find_adoptable_outputs", "clean_temporary_outputs",
 ]

@@ -190,6 +190,12 @@ class TiltSeriesResolver(ServiceObserver):
         state."""
         self._service = service
         self._log = service._log  # noqa: SLF001 - the service's logger, bound per event below
+        sc = self.series_config
+        self._log.info("tilt_series_config", mode=self.mode, active=self._active,
+                       filename_pattern=sc.filename_pattern, dose_per_tilt=sc.dose_per_tilt_e_A2,
+                       metadata_wait_s=sc.metadata_wait_s, mdoc_quiet_s=sc.mdoc_quiet_s,
+                       series_idle_timeout_s=sc.idle_timeout_s,
+                       exposure_filtered=self.exposure_filtered)
         try:
             self._stored_mdocs = service.ledger.mdoc_states()
             for name, d in service.ledger.series_states().items():
@@ -248,17 +254,15 @@ class TiltSeriesResolver(ServiceObserver):
         movies = {str(o.path): o for o in scan.observations if o.kind == "movie"}
         for p in movies:
             self._first_seen.setdefault(p, now)
-        self._refresh_rows()
-        series_mdoc_names = {Path(k).name[:-5] for k, m in self._mdocs.items()
-                             if m.parsed.kind in ("tilt_series", "empty")}
-        self._stack_files = {p for p in movies if Path(p).name in series_mdoc_names}
+        stacks = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind in ("tilt_series", "empty")}
+        self._stack_files = {p for p in movies if p in stacks}  # TS_01.mrc beside TS_01.mrc.mdoc
         if not self._active and any(m.parsed.kind == "tilt_series" for m in self._mdocs.values()):
             self._active = True
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
                            "for their metadata and get their series' pre-exposure")
         if not self._active:
             return None
-
+        self._refresh_rows()
         observations: dict[str, MovieObservation] = {}
         for path, row in self._rows.items():
             if path in self._stack_files:
@@ -311,6 +315,12 @@ class TiltSeriesResolver(ServiceObserver):
         dose = a.dose_params(voltage_kV=params.dose.voltage_kV, n_frames=n_frames)
         for w in a.warnings:
             self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
+                           movie=str(movie.path), series=a.series)
+        if a.match_source == "filename":
+            self._once_log("warning", "movie_metadata_fallback", str(movie.path),
+                           f"no mdoc section or frame mdoc within "
+                           f"{self.series_config.metadata_wait_s:g} s: series and angle from the "
+                           f"file name, dose {a.dose_e_A2:g} e/Å² ({a.dose_source})",
                            movie=str(movie.path), series=a.series)
         return MovieMetadata(dose=dose, extra_record={"tilt": a.record()},
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg})

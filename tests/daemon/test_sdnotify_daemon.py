@@ -1,0 +1,256 @@
+"""systemd notify from a running `motionwatch watch`: a fake ``$NOTIFY_SOCKET`` of the test's own.
+
+The socket is an abstract AF_UNIX datagram socket (``@name``, as systemd may pass), read by a
+thread that timestamps every datagram. The daemon runs as a subprocess with the real pipeline,
+except for the stuck-worker test, which runs the service in-process with a stand-in correction
+that hangs on cue (as in test_service_policy.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.config import Config
+from daemon.observers import NotifyObserver
+from daemon.service import Service, ServiceObserver
+from daemon.simulate import simulate_session, write_movie_progressively
+
+OUTPUT_SUFFIXES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json")
+
+
+class FakeSystemd:
+    """Receives notify datagrams: ``messages`` is a list of (monotonic time, {KEY: VALUE})."""
+
+    def __init__(self) -> None:
+        self.name = f"@motionwatch-test-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + self.name[1:].encode())
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+            self.messages.append((time.monotonic(), fields))
+
+    def times(self, key: str) -> list[float]:
+        return [t for t, m in list(self.messages) if key in m]
+
+    def values(self, key: str) -> list[str]:
+        return [m[key] for _, m in list(self.messages) if key in m]
+
+    def wait_for(self, key: str, timeout_s: float) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.times(key)
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(f"no {key} within {timeout_s} s; got {self.messages}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def systemd():
+    fake = FakeSystemd()
+    yield fake
+    fake.close()
+
+
+def start_daemon(watch: Path, out: Path, log: Path, env_extra: dict[str, str],
+                 *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
+    env.pop("JOURNAL_STREAM", None)
+    command = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
+               "--dose-per-frame", "1.0", "--settle-time", "0.2", "--scan-interval", "0.1",
+               "--heartbeat", "0.2", "--tilt-series", "off", "--publish",
+               f"ipc://{out.parent}/feed-{uuid.uuid4().hex[:8]}.ipc", *extra]
+    with open(log, "ab") as fh:
+        return subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def log_events(log: Path) -> list[dict]:
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_ready_after_start_up_watchdog_pings_at_half_watchdog_usec_and_stopping_on_sigterm(
+        tmp_path, systemd):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    simulate_session(watch, n_movies=2, rng=np.random.default_rng(1), shape_yx=(128, 128),
+                     frame_interval_s=0, movie_interval_s=0, rename_indices=())
+    daemon = start_daemon(watch, out, tmp_path / "log",
+                          {"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "2000000"})
+    try:
+        ready = systemd.wait_for("READY", 60)
+        # by READY=1 the state database is open and the publisher bound (it is started first)
+        assert (out / "motionwatch.sqlite").exists()
+        assert any(e["event"] == "publisher_started" for e in log_events(tmp_path / "log"))
+        time.sleep(3.5)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    time.sleep(0.2)
+    pings = systemd.times("WATCHDOG")
+    assert len(systemd.times("READY")) == 1 and all(t >= ready for t in pings)
+    # WATCHDOG_USEC = 2 s: a ping every 1 s (the first at READY), none missed, none too early
+    assert len(pings) >= 3
+    gaps = np.diff(pings)
+    assert np.all(gaps > 0.8) and np.all(gaps < 1.6), gaps
+    status = systemd.values("STATUS")
+    assert any("2 done" in s for s in status), status
+    stopping = systemd.times("STOPPING")
+    assert len(stopping) == 1 and stopping[0] > ready
+    assert systemd.values("STATUS")[-1].startswith("stopping")
+
+
+RUNNERS = '''
+import json, time
+from types import SimpleNamespace
+
+def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
+    if movie_path.name.startswith("hang"):
+        time.sleep(60)
+    out = out_dir / (stem + ".motion.json")
+    out.write_text(json.dumps({"frames": 4}))
+    return SimpleNamespace(outputs={"motion": out}, record={"frames": 4, "drift": {"total_A": 1.0}},
+                           timings_s={"total": 0.01})
+'''
+
+
+def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkeypatch, systemd):
+    """A movie that hangs in its worker (the pool's timeout is far off): once it has been in
+    flight longer than ``watchdog_stuck_after`` the pings stop, while heartbeats go on; the
+    status names the stuck movie."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "fake_runners.py").write_text(textwrap.dedent(RUNNERS))
+    monkeypatch.syspath_prepend(str(mods))
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    write_movie_progressively(watch / "hang.mrc", frames, pixel_size_A=1.1, frame_interval_s=0)
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.05,
+                    movie_timeout_s=60.0, polling="on",
+                    options={"watchdog_stuck_after": 1.5})
+    notify = NotifyObserver.from_config(config, environ={"NOTIFY_SOCKET": systemd.name,
+                                                         "WATCHDOG_USEC": "600000"})
+    seen: dict[str, float] = {}
+
+    class Clock(ServiceObserver):
+        def on_heartbeat(self, beat):
+            now = time.monotonic()
+            if beat.in_flight and "started" not in seen:
+                seen["started"] = now
+            if "started" in seen and now - seen["started"] > 4.0:
+                service.request_stop("test")
+                service.request_stop("test")  # abandon the hung movie
+
+    service = Service(config, observers=[notify, Clock()], runner="fake_runners:correct")
+    try:
+        assert service.run() == 0
+    finally:
+        notify.close()
+    time.sleep(0.1)
+    started = seen["started"]
+    pings = systemd.times("WATCHDOG")
+    assert any(t < started + 1.0 for t in pings)  # healthy until the movie is stuck
+    # stuck after 1.5 s in flight (+ one heartbeat); pings every 0.3 s stop by then
+    late = [t for t in pings if t > started + 1.5 + 0.3 + 0.2]
+    assert late == [], [round(t - started, 2) for t in pings]
+    assert any("stuck on hang.mrc" in s for s in systemd.values("STATUS"))
+    assert len(systemd.times("STATUS")) > 20  # the main loop kept turning: heartbeats went on
+
+
+def test_sigterm_during_a_movie_ends_with_it_done_or_redone_never_half_written_exit_0(
+        tmp_path, systemd):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    movies = simulate_session(watch, n_movies=2, rng=np.random.default_rng(2),
+                              shape_yx=(512, 512), n_frames=10, frame_interval_s=0,
+                              movie_interval_s=0, rename_indices=())
+    log = tmp_path / "log"
+    daemon = start_daemon(watch, out, log, {"NOTIFY_SOCKET": systemd.name})
+    try:
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "movie_started" for e in log_events(log)):
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.01)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    time.sleep(0.2)
+    assert systemd.values("STOPPING") == ["1"]
+    assert systemd.values("EXTEND_TIMEOUT_USEC")  # asked for stop time while draining
+    # nothing half-written: complete sets of outputs only, no temporaries
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+    db = sqlite3.connect(out / "motionwatch.sqlite")
+    status = dict(db.execute("SELECT path, status FROM movies").fetchall())
+    db.close()
+    for movie in movies:
+        present = [(out / f"{movie.path.stem}{s}").exists() for s in OUTPUT_SUFFIXES]
+        if status.get(str(movie.path)) == "done":
+            assert all(present)
+        else:
+            assert status.get(str(movie.path)) in (None, "pending")
+            assert not present[-1]  # no motion record says done without the ledger
+    assert "done" in status.values()  # the movie in hand was finished
+    # the next start does the rest, each movie exactly once
+    daemon = start_daemon(watch, out, log, {}, "--exit-when-idle", "0.5")
+    assert daemon.wait(90) == 0
+    for movie in movies:
+        for suffix in OUTPUT_SUFFIXES[:4]:
+            with mrcfile.open(out / f"{movie.path.stem}{suffix}", permissive=False) as mrc:
+                assert mrc.data.shape == (512, 512) and np.isfinite(mrc.data).all()
+    done = [e["movie"] for e in log_events(log) if e["event"] == "movie_done"]
+    assert sorted(done) == sorted(str(m.path) for m in movies)
+
+
+def test_config_errors_are_printed_as_journald_errors_and_exit_78(tmp_path):
+    env = {**os.environ, "JOURNAL_STREAM": "8:12345"}
+    result = subprocess.run([sys.executable, "-m", "daemon", "watch", str(tmp_path / "missing"),
+                             "--out", str(tmp_path / "out"), "--dose-per-frame", "1"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 78
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("<3>") for line in lines), lines
+    assert any("watch folder" in line for line in lines)

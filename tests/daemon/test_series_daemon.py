@@ -1,0 +1,318 @@
+"""Tilt series in the running daemon: exact pre-exposures, restarts, late arrivals, stacks.
+
+The daemon runs as a real subprocess (``python -m daemon watch``) with the real correction
+pipeline on small synthetic MRC movies (128^2 x 4 frames) of a dose-symmetric series written the
+way SerialEM writes one (:mod:`daemon.simulate_series`): movies frame by frame, the series mdoc
+growing by one section per tilt, the ``.openTS`` lock removed at the end, the mdoc re-sorted by
+angle. Truth: each tilt's pre-exposure is the sum of the ``ExposureDose`` of the tilts acquired
+before it, exactly as written in the mdoc.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from daemon.cli import main
+from daemon.simulate_series import series_mdoc_text, simulate_tilt_series
+
+
+def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
+           "--dose-per-frame", "1.0", "--settle-time", "0.3", "--scan-interval", "0.1",
+           "--heartbeat", "0.5", "--incomplete-grace", "5", *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("JOURNAL_STREAM", None)
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def events(log: Path) -> list[dict]:
+    out = []
+    for line in log.read_text().splitlines() if log.exists() else ():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def rows(out: Path) -> list[dict]:
+    db = sqlite3.connect(out / "motionwatch.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM movies ORDER BY mtime_ns")]
+    finally:
+        db.close()
+
+SHAPE = (128, 128)
+N_FRAMES = 4
+SERIES_FLAGS = ("--tilt-series", "on", "--metadata-wait", "30", "--mdoc-quiet", "60")
+
+
+def simulate(watch: Path, seed: int, **kw):
+    defaults = dict(rng=np.random.default_rng(seed), n_tilts=7, shape_yx=SHAPE,
+                    n_frames=N_FRAMES, frame_interval_s=0.02, tilt_interval_s=0.2)
+    return simulate_tilt_series(watch, **{**defaults, **kw})
+
+
+def wait_for(log: Path, event: str, count: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(e.get("event") == event for e in events(log)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} {event} events"
+        time.sleep(0.05)
+
+
+def motion(out: Path, movie: Path) -> dict:
+    return json.loads((out / f"{movie.stem}.motion.json").read_text())
+
+
+def check_pre_exposures_exact(out: Path, tilts) -> None:
+    for t in tilts:
+        record = motion(out, t.movie.path)
+        tilt = record["tilt"]
+        assert tilt["series"] == "TS_01" and tilt["tilt_deg"] == t.tilt_deg
+        assert tilt["acquisition_index"] == t.acquisition_index
+        assert tilt["dose_e_A2"] == pytest.approx(t.dose_e_A2, abs=1e-9)
+        assert tilt["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+        assert tilt["dose_source"] == "ExposureDose" and tilt["order_source"] == "TimeStamp"
+        assert tilt["prior_record_dose_difference_e_A2"] == pytest.approx(0.0, abs=1e-3)
+
+
+def check_stack(out: Path, tilts) -> None:
+    folder = out / "TS_01"
+    angles = [float(a) for a in (folder / "TS_01.tlt").read_text().split()]
+    assert angles == sorted(t.tilt_deg for t in tilts)
+    for kind in ("", "_DW", "_EVN", "_ODD"):
+        with mrcfile.open(folder / f"TS_01{kind}.mrc", permissive=False) as mrc:
+            assert mrc.data.shape == (len(tilts), *SHAPE) and np.isfinite(mrc.data).all()
+            assert mrc.voxel_size.x == pytest.approx(1.1, rel=1e-5)
+    with open(folder / "TS_01.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [float(r["tilt_deg"]) for r in table] == angles
+    by_movie = {t.movie.path.name: t for t in tilts}
+    for z, r in enumerate(table):
+        record = motion(out, by_movie[r["movie"]].movie.path)
+        assert int(r["stack_index"]) == z
+        assert float(r["tilt_deg"]) == record["tilt"]["tilt_deg"]
+        assert int(r["acquisition_index"]) == record["tilt"]["acquisition_index"]
+        assert float(r["pre_exposure_e_A2"]) == pytest.approx(record["tilt"]["pre_exposure_e_A2"],
+                                                               abs=1e-4)
+        assert float(r["dose_e_A2"]) == pytest.approx(record["tilt"]["dose_e_A2"], abs=1e-4)
+        assert float(r["drift_total_A"]) == pytest.approx(record["drift"]["total_A"], abs=1e-3)
+    # each stack section is that tilt's sum, in angle order
+    with mrcfile.open(folder / "TS_01.mrc") as stack:
+        for z, r in enumerate(table):
+            with mrcfile.open(out / f"{Path(r['movie']).stem}.mrc") as single:
+                np.testing.assert_array_equal(stack.data[z], np.squeeze(single.data))
+
+
+def test_dose_symmetric_session_with_late_arrival_gives_exact_pre_exposures_and_sorted_stack(
+        tmp_path):
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--exit-when-idle", "2")
+    try:
+        wait_for(log, "service_ready", 1, 30)
+        # tilts 3 and 4 (acquisition order) arrive the other way round; re-sorted mdoc at the end
+        tilts = simulate(watch, 21, swap_arrival=(3, 4), resort_at_end=True)
+        assert daemon.wait(timeout=90) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    done = [Path(e["movie"]).name for e in events(log) if e.get("event") == "movie_done"]
+    assert sorted(done) == sorted(t.movie.path.name for t in tilts)  # each exactly once
+    assert done.index(tilts[4].movie.path.name) < done.index(tilts[3].movie.path.name)
+    check_pre_exposures_exact(out, tilts)
+    check_stack(out, tilts)
+    completed = [e for e in events(log) if e.get("event") == "series_completed"]
+    assert len(completed) == 1 and ".openTS lock gone" in completed[0]["reason"]
+    assert not any(e.get("event") == "movie_redo_metadata_changed" for e in events(log))
+    assert not any(e.get("level") == "error" for e in events(log))
+
+
+def test_sigkill_half_way_then_restart_keeps_every_pre_exposure_exact(tmp_path):
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    result: list = []
+    writer = threading.Thread(target=lambda: result.extend(simulate(
+        watch, 22, tilt_interval_s=0.4)))
+    daemon = start_daemon(watch, out, log, *SERIES_FLAGS)
+    try:
+        wait_for(log, "service_ready", 1, 30)
+        writer.start()
+        wait_for(log, "movie_done", 3)
+        wait_for(log, "movie_started", 4)  # killed with a movie in hand
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        writer.join(60)
+        daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--exit-when-idle", "2")
+        assert daemon.wait(timeout=90) == 0
+    finally:
+        writer.join(60)
+        if daemon.poll() is None:
+            daemon.kill()
+    tilts = result
+    assert len(tilts) == 7
+    check_pre_exposures_exact(out, tilts)
+    check_stack(out, tilts)
+    table = rows(out)
+    assert len(table) == 7 and {r["status"] for r in table} == {"done"}
+    assert sum(e.get("event") == "series_started" for e in events(log)) == 1  # state persisted
+
+
+def _write_movies(watch: Path, names: list[str], seed: int) -> None:
+    from correction.synthetic import render_movie
+    from daemon.simulate import write_movie_progressively
+
+    rng = np.random.default_rng(seed)
+    for name in names:
+        frames = render_movie(rng, shape_yx=SHAPE, n_frames=N_FRAMES, gain=None, n_hot_pixels=0,
+                              pixel_size_A=1.1).frames
+        write_movie_progressively(watch / name, frames, pixel_size_A=1.1, frame_interval_s=0)
+
+
+def test_truncated_section_and_missing_mdoc_give_warnings_and_recorded_fallbacks(tmp_path):
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    # TS_01: its mdoc's last section was cut after SubFramePath (no TimeStamp, no DateTime)
+    tilts = simulate(watch, 23, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0, lock=False)
+    text = series_mdoc_text("TS_01", tilts, pixel_size_A=1.1, shape_yx=SHAPE, n_frames=N_FRAMES)
+    cut = text.rindex("NumSubFrames")
+    (watch / "TS_01.mrc.mdoc").write_text(text[:cut])
+    # TS_02: no mdoc at all; the file-name pattern and the configured dose per tilt are used
+    names = ["TS_02_002_-3.0.mrc", "TS_02_000_0.0.mrc", "TS_02_001_3.0.mrc"]
+    _write_movies(watch, names, 24)
+    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--metadata-wait", "1.5",
+                          "--dose-per-tilt", "2.5", "--mdoc-quiet", "1",
+                          "--series-idle-timeout", "1",
+                          "--exit-when-idle", "2")
+    assert daemon.wait(timeout=90) == 0
+    for t in tilts:
+        tilt = motion(out, t.movie.path)["tilt"]
+        assert tilt["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+        assert tilt["dose_e_A2"] == pytest.approx(t.dose_e_A2, abs=1e-9)  # read before the cut
+        assert tilt["order_source"] == "mdoc_section_order"
+        assert any("incomplete section" in w for w in tilt["warnings"])
+    for k, name in enumerate(sorted(names)):
+        record = motion(out, watch / name)
+        tilt = record["tilt"]
+        assert (tilt["match_source"], tilt["dose_source"]) == ("filename", "configured")
+        assert tilt["pre_exposure_e_A2"] == pytest.approx(2.5 * k)
+        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(2.5 * k)
+    warned = {e.get("event") for e in events(log) if e.get("level") == "warning"}
+    assert {"movie_metadata_warning", "movie_metadata_fallback"} <= warned
+    assert (out / "TS_01" / "TS_01.mrc").is_file() and (out / "TS_02" / "TS_02.mrc").is_file()
+    assert not any(e.get("level") == "error" for e in events(log))
+
+
+def test_metadata_changed_after_correction_redoes_the_movies_and_reassembles(tmp_path):
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    tilts = simulate(watch, 25, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0)
+    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--metadata-wait", "30",
+                          "--mdoc-quiet", "1", "--exit-when-idle", "2")
+    try:
+        wait_for(log, "series_completed", 1)
+        # the operator corrects the first tilt's dose: every later pre-exposure moves
+        mdoc = watch / "TS_01.mrc.mdoc"
+        text = mdoc.read_text()
+        old = f"ExposureDose = {tilts[0].dose_e_A2:.4f}"
+        assert text.count(old) == 1
+        mdoc.write_text(text.replace(old, "ExposureDose = 5.0000"))
+        assert daemon.wait(timeout=90) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    redo = [e for e in events(log) if e.get("event") == "movie_redo_metadata_changed"]
+    assert sorted(Path(e["movie"]).name for e in redo) == sorted(t.movie.path.name for t in tilts)
+    assert all(e["reason"] for e in redo)
+    running = 0.0
+    for k, t in enumerate(tilts):
+        dose = 5.0 if k == 0 else t.dose_e_A2
+        tilt = motion(out, t.movie.path)["tilt"]
+        assert tilt["dose_e_A2"] == pytest.approx(dose, abs=1e-9)
+        assert tilt["pre_exposure_e_A2"] == pytest.approx(running, abs=1e-9)
+        running += dose
+    assert [e.get("event") for e in events(log) if e.get("event", "").startswith("series_")
+            and e.get("event") in ("series_completed", "series_reopened")] == [
+        "series_completed", "series_reopened", "series_completed"]
+    with open(out / "TS_01" / "TS_01.csv") as fh:
+        table = {r["movie"]: r for r in csv.DictReader(fh)}
+    assert float(table[tilts[2].movie.path.name]["pre_exposure_e_A2"]) == pytest.approx(
+        5.0 + tilts[1].dose_e_A2, abs=1e-4)
+
+
+def test_bad_filename_pattern_is_a_configuration_error(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    argv = ["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--dose-per-frame", "1"]
+    assert main([*argv, "--filename-pattern", "(unclosed"]) == 78
+    assert "filename_pattern" in capsys.readouterr().err
+    assert main([*argv, "--filename-pattern", r"(?P<series>\w+)"]) == 78  # no angle group
+    (tmp_path / "c.toml").write_text('dose_per_tilt = -1.0\n')
+    assert main([*argv, "--config", str(tmp_path / "c.toml")]) == 78
+    assert "dose_per_tilt_e_A2 must be > 0" in capsys.readouterr().err  # a known key, checked
+
+
+def test_demo_runs_a_tilt_series_session_by_default_and_one_movie_with_single(tmp_path, capsys):
+    import structlog
+
+    try:  # the demo configures logging onto capsys' stream, which closes after this test
+        assert main(["demo", str(tmp_path / "tomo"), "--size", "128", "--frames", "4",
+                     "--tilts", "5"]) == 0
+    finally:
+        structlog.reset_defaults()
+    text = capsys.readouterr().out
+    assert "5 of 5 movies corrected" in text and "5 pre-exposures exact" in text
+    errors = [float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("  ") and line.split()[-1].replace(".", "").isdigit()
+              and "/" in line]
+    assert len(errors) == 5 and max(errors) < 0.3  # px RMS against the rendered drift
+    with mrcfile.open(tmp_path / "tomo" / "motioncorr" / "TS_01" / "TS_01_DW.mrc") as mrc:
+        assert mrc.data.shape == (5, 128, 128)
+    assert main(["demo", str(tmp_path / "one"), "--single", "--size", "128", "--frames", "4"]) == 0
+    assert (tmp_path / "one" / "corrected" / "demo_movie_DW.mrc").is_file()
+
+
+def test_observers_receive_series_started_updated_per_movie_and_completed_with_stacks(tmp_path):
+    from correction.params import CorrectionParams, DoseParams
+    from daemon.config import Config
+    from daemon.service import Service, ServiceObserver
+    from daemon.tiltseries import TiltSeriesResolver
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    tilts = simulate(watch, 26, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0, lock=False)
+    out.mkdir()
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.1,
+                    exit_when_idle_s=0.5, polling="on", log_level="warning",
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3, "exposure_filtered": True})
+    seen = []
+
+    class Recorder(ServiceObserver):
+        def on_series_event(self, event):
+            seen.append(event)
+
+    resolver = TiltSeriesResolver.from_config(config)
+    assert Service(config, observers=[Recorder()], resolver=resolver).run() == 0
+    assert [e.kind for e in seen] == ["started", "updated", "updated", "updated", "completed"]
+    assert [e.n_done for e in seen] == [0, 1, 2, 3, 3] and {e.n_failed for e in seen} == {0}
+    last = seen[-1]
+    assert (last.series, last.n_expected) == ("TS_01", 3)
+    assert last.mdoc == str(watch / "TS_01.mrc.mdoc")
+    assert last.accumulated_dose_e_A2 == pytest.approx(sum(t.dose_e_A2 for t in tilts))
+    assert {"sum", "dw", "even", "odd", "exposure_filtered", "tlt", "csv"} <= set(last.stacks)
+    assert all(Path(p).is_file() for p in last.stacks.values())
