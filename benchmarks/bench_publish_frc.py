@@ -14,9 +14,8 @@ import threading
 import time
 
 import numpy as np
-import zmq
-
 import scipy.fft
+import zmq
 
 from correction.frc import even_odd_resolution, even_odd_resolution_from_spectra
 from daemon.publish import PublishConfig, Publisher, Subscriber, TiltInfo
