@@ -170,6 +170,9 @@ def replace_pixels(frame: np.ndarray, mask: np.ndarray | None = None, *,
     return plan.apply(frame)
 
 
+_STRIP_ELEMENTS = 1 << 16  # pixels per strip of rows (256 KiB of float32)
+
+
 def _sum3(src: np.ndarray, out: np.ndarray, axis: int) -> np.ndarray:
     """Sum of each pixel and its two neighbours along ``axis`` (edges mirrored), into ``out``."""
     if axis == 0:
@@ -215,19 +218,16 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0) -> np.nd
     img = np.asarray(summed_frames, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 3:
         raise ValueError(f"summed_frames must be 2-D and at least 3x3, got shape {img.shape}")
-    # Two full-size float32 work buffers, reused throughout (allocation costs here).
-    work = np.empty_like(img)
-    local = np.empty_like(img)
-    _sum3(img, work, axis=0)
-    _sum3(work, local, axis=1)                # 3x3 box sum
-    local -= img
-    local *= np.float32(1.0 / 8.0)            # mean of the 8 neighbours
-    resid = np.subtract(img, local, out=work)
-    floor = np.float32(max(float(np.mean(local[::7, ::7])) * 1e-3, 1e-6))
-    np.maximum(local, floor, out=local)
+    ny = img.shape[0]
+    # Everything is computed on a few rows at a time (a subsample for the statistics, then
+    # strips that stay in cache), never on full-size temporaries.
+    floor = np.float32(max(float(np.mean(_neighbour_mean(img, np.arange(0, ny, 7))[:, ::7]))
+                           * 1e-3, 1e-6))
     # Robust scale of resid / sqrt(local) from whole rows (about 2**20 pixels at most).
     step = max(1, img.size >> 20)
-    z = resid[::step] / np.sqrt(local[::step])
+    rows = np.arange(0, ny, step)
+    local = np.maximum(_neighbour_mean(img, rows), floor)
+    z = (img[rows] - local) / np.sqrt(local)
     z = z[np.isfinite(z)].ravel()
     med = float(np.median(z))
     mad = float(np.median(np.abs(z - med))) * 1.4826
@@ -235,14 +235,43 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0) -> np.nd
         # Noise-free or nearly constant data: fall back to the spread of the residual.
         mad = max(float(np.std(z)), 1e-6)
     c = med + sigma * mad
-    if c <= 0:
-        return resid > 0
-    # resid > c * sqrt(local)  <=>  resid > 0 and resid**2 > c**2 * local
-    local *= np.float32(c * c)
-    hot = resid > 0
-    np.multiply(resid, resid, out=resid)
-    hot &= np.greater(resid, local, out=np.empty(img.shape, dtype=bool))
+    hot = np.empty(img.shape, dtype=bool)
+    strip = max(1, _STRIP_ELEMENTS // img.shape[1])
+    for r0 in range(0, ny, strip):
+        r1 = min(ny, r0 + strip)
+        local = _neighbour_mean(img, np.arange(r0, r1))
+        resid = np.subtract(img[r0:r1], local)
+        out = hot[r0:r1]
+        np.greater(resid, 0, out=out)
+        if c <= 0:
+            continue
+        # resid > c * sqrt(local)  <=>  resid > 0 and resid**2 > c**2 * local
+        np.maximum(local, floor, out=local)
+        local *= np.float32(c * c)
+        np.multiply(resid, resid, out=resid)
+        out &= resid > local
     return hot
+
+
+def _neighbour_mean(img: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Mean of the 8 neighbours of every pixel of ``img[rows]`` (edges mirrored), float32."""
+    ny = img.shape[0]
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    if r1 - r0 == rows.size and r0 >= 1 and r1 <= ny - 1:  # inner strip: slices, no copies
+        centre = img[r0:r1]
+        vertical = np.add(img[r0 - 1:r1 - 1], centre)
+        vertical += img[r0 + 1:r1 + 1]
+    else:
+        up = np.abs(rows - 1)                              # row -1 mirrors to row 1
+        down = (ny - 1) - np.abs((ny - 1) - (rows + 1))    # row ny mirrors to row ny - 2
+        centre = img[rows]
+        vertical = img[up]
+        vertical += centre
+        vertical += img[down]
+    box = _sum3(vertical, np.empty_like(vertical), axis=1)  # 3x3 box sums
+    box -= centre
+    box *= np.float32(1.0 / 8.0)
+    return box
 
 
 def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:

@@ -109,16 +109,23 @@ def half_inverse_critical_exposure(k2_per_A2: np.ndarray, voltage_kV: float = 30
     return out
 
 
-def frame_doses_e_A2(params: DoseParams, n_frames: int) -> np.ndarray:
+def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
+                     raw_frames_per_frame: tuple[int, ...] | np.ndarray | None = None
+                     ) -> np.ndarray:
     """Dose of every frame of the movie as stored (e/Å²), shape (n_frames,), float64.
 
-    ``n_frames`` counts *all* frames in the file (before throw/trunc). ``total_dose_e_A2`` is
-    spread evenly; ``frame_doses_e_A2`` must list exactly ``n_frames`` values.
+    ``n_frames`` counts *all* frames in the file (before throw/trunc). ``frame_doses_e_A2``
+    must list exactly ``n_frames`` values and is used as given. Otherwise the movie's dose,
+    ``total_dose_e_A2`` or ``dose_per_frame_e_A2 * n_frames``, is spread over the frames in
+    proportion to ``raw_frames_per_frame`` when given (EER fractions of uneven size, e.g. 19,
+    19 and 22 raw frames: ``dose_per_frame_e_A2`` is then the dose of a fraction of the mean
+    size, and a fraction of 22 raw frames receives 22/20 of it), else evenly.
 
     Raises
     ------
     ParameterError
-        When ``frame_doses_e_A2`` has the wrong length.
+        When ``frame_doses_e_A2`` or ``raw_frames_per_frame`` has the wrong length, or a raw
+        frame count is not positive.
     """
     if params.frame_doses_e_A2 is not None:
         doses = np.asarray(params.frame_doses_e_A2, dtype=np.float64)
@@ -127,8 +134,16 @@ def frame_doses_e_A2(params: DoseParams, n_frames: int) -> np.ndarray:
                                  f"{n_frames} frames")
         return doses
     if params.dose_per_frame_e_A2 is not None:
-        return np.full(n_frames, float(params.dose_per_frame_e_A2))
-    return np.full(n_frames, float(params.total_dose_e_A2) / n_frames)
+        total = float(params.dose_per_frame_e_A2) * n_frames
+    else:
+        total = float(params.total_dose_e_A2)
+    if raw_frames_per_frame is None:
+        return np.full(n_frames, total / n_frames)
+    raw = np.asarray(raw_frames_per_frame, dtype=np.float64).reshape(-1)
+    if raw.size != n_frames or not np.all(raw > 0):
+        raise ParameterError(f"raw_frames_per_frame must list {n_frames} positive counts, got "
+                             f"{raw.tolist()}")
+    return total * raw / raw.sum()
 
 
 def accumulated_dose_e_A2(frame_doses: np.ndarray, pre_exposure_e_A2: float = 0.0

@@ -243,8 +243,16 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: n
     weights = np.repeat(dose_weights(k_per_A, dose_end, voltage_kV).astype(np.float32), 2,
                         axis=-1)  # (n, T, 2 * (T // 2 + 1))
     buf = np.empty((n_tiles, size, size), dtype=np.float32)
-    ramps_y = np.empty((n_tiles, size), dtype=np.complex64)
-    ramps_x = np.empty((n_tiles, size // 2 + 1), dtype=np.complex64)
+    # Rows are processed in blocks that never straddle the jump from positive to negative ky,
+    # so the row ramp of a block is its first row's phase times the ramp of rows 0, 1, ...:
+    # per frame one tile of ramp_y(0..block) x ramp_x per tile, and a scalar per block.
+    ky = np.fft.fftfreq(size, d=1.0 / size)
+    kx = np.arange(size // 2 + 1, dtype=np.float64)
+    split = (size + 1) // 2
+    starts = [r for lo, hi in ((0, split), (split, size)) for r in range(lo, hi, _ROW_BLOCK)]
+    ends = [min(r + _ROW_BLOCK, split if r < split else size) for r in starts]
+    block = max(e - r for r, e in zip(starts, ends))
+    scratch = np.empty((block, size // 2 + 1), dtype=np.complex64)
     for i in range(n):
         frame = frames[i]
         if frame.shape != (ny, nx):
@@ -252,21 +260,28 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: n
         value = float(frame.mean(dtype=np.float64)) if fill is None else float(fill)
         _cut_tiles(frame, layout.origins_yx + whole[i], size, value, buf)
         spec = rfft2(buf, workers=workers, overwrite_x=True)
-        for t in range(n_tiles):
-            # content at output q comes from q + shift: move the tile by -frac
-            ramps_y[t], ramps_x[t] = shift_ramps(shape_t, -frac[i, t])
+        # content at output q comes from q + shift: move each tile by -frac (shift_ramps sign)
+        phase_y = 2.0 * np.pi * frac[i, :, 0] / size  # ramp_y(ky) = exp(1j * ky * phase_y)
+        phase_x = 2.0 * np.pi * frac[i, :, 1] / size
+        ramp_tiles = (np.exp(1j * np.arange(block)[None, :, None] * phase_y[:, None, None]
+                             ).astype(np.complex64)
+                      * np.exp(1j * kx[None, None, :] * phase_x[:, None, None]
+                               ).astype(np.complex64))
+        block_phase = np.exp(1j * ky[np.array(starts)][None, :] * phase_y[:, None]
+                             ).astype(np.complex64)  # (n_tiles, n_blocks)
         acc_dw = acc_even if even[i] else acc_odd
         w_i = weights[i]
-        # tile by tile, a block of rows at a time, so the five passes run from cache
+        # tile by tile, a block of rows at a time: the spectrum is read once (never written)
+        # and the five passes run from cache
         for t in range(n_tiles):
-            for r0 in range(0, size, _ROW_BLOCK):
-                r1 = min(size, r0 + _ROW_BLOCK)
-                blk = spec[t, r0:r1]
-                blk *= ramps_y[t, r0:r1, None]
-                blk *= ramps_x[t]
-                acc_plain[t, r0:r1] += blk
-                blk.view(np.float32)[...] *= w_i[r0:r1]
-                acc_dw[t, r0:r1] += blk
+            spec_t, plain_t, dw_t, ramp_t = spec[t], acc_plain[t], acc_dw[t], ramp_tiles[t]
+            for b, (r0, r1) in enumerate(zip(starts, ends)):
+                f = scratch[:r1 - r0]
+                np.multiply(spec_t[r0:r1], ramp_t[:r1 - r0], out=f)
+                f *= block_phase[t, b]
+                plain_t[r0:r1] += f
+                f.view(np.float32)[...] *= w_i[r0:r1]
+                dw_t[r0:r1] += f
         del spec
     del buf
 

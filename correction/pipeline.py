@@ -179,7 +179,8 @@ def _grids(frame_yx: tuple[int, int], bin_factor: float, margin_out_px: int,
 
 def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: CorrectionParams,
                    gain_reference: GainReference | None = None,
-                   movie_path: str | Path | None = None, workers: int = -1) -> CorrectedFrames:
+                   movie_path: str | Path | None = None, workers: int = -1,
+                   raw_frames_per_frame: tuple[int, ...] | None = None) -> CorrectedFrames:
     """Gain-correct, align, dose-weight and sum the frames of one movie (nothing written).
 
     Parameters
@@ -196,6 +197,10 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         Only for error messages.
     workers : int
         Threads for :mod:`scipy.fft`.
+    raw_frames_per_frame : tuple of int, optional
+        Raw frames summed into each frame (EER fractions, ``Movie.raw_frames_per_frame``): the
+        movie's dose is spread over uneven fractions in proportion to these counts
+        (:func:`correction.dose.frame_doses_e_A2`).
 
     Returns
     -------
@@ -220,7 +225,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         raise CorrectionError(movie_path, f"throw {rp.throw_frames} + trunc {rp.trunc_frames} "
                                           f"frames leave none of {n_all}")
     try:
-        doses_all = frame_doses_e_A2(dp, n_all)
+        doses_all = frame_doses_e_A2(dp, n_all, raw_frames_per_frame=raw_frames_per_frame)
     except ParameterError as exc:
         raise CorrectionError(movie_path, exc.reason) from None
     dose_end = accumulated_dose_e_A2(doses_all, dp.pre_exposure_e_A2)[first:stop]
@@ -277,10 +282,19 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
 def _raw_sum(frames: np.ndarray) -> np.ndarray:
     """Sum of frames as float32 (integer frames are summed exactly in int32 first)."""
     if frames.dtype.kind in "iub" and frames.dtype.itemsize <= 2 and frames.shape[0] < 32768:
-        acc = np.zeros(frames.shape[1:], np.int32)
-        for frame in frames:
-            np.add(acc, frame, out=acc)
-        return acc.astype(np.float32)
+        # strips of rows through all frames: the int32 accumulator stays in cache
+        out = np.empty(frames.shape[1:], np.float32)
+        ny, nx = out.shape
+        strip = max(1, 65536 // max(1, nx))
+        acc = np.empty((strip, nx), np.int32)
+        for r0 in range(0, ny, strip):
+            r1 = min(ny, r0 + strip)
+            a = acc[:r1 - r0]
+            a[...] = frames[0, r0:r1]
+            for frame in frames[1:]:
+                np.add(a, frame[r0:r1], out=a)
+            out[r0:r1] = a
+        return out
     acc = np.zeros(frames.shape[1:], np.float32)
     for frame in frames:
         np.add(acc, frame, out=acc, casting="unsafe")
@@ -471,7 +485,8 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     eer_grouping = grouping_record(movie)
     corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A),
                                params=frame_params, gain_reference=gain_reference,
-                               movie_path=movie_path, workers=workers)
+                               movie_path=movie_path, workers=workers,
+                               raw_frames_per_frame=movie.raw_frames_per_frame)
     del movie
 
     t = time.perf_counter()

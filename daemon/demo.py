@@ -17,7 +17,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["add_arguments", "run", "DemoResult", "demo_single_movie", "demo_session",
            "demo_tilt_series"]
@@ -51,6 +51,44 @@ class DemoResult:
     outputs: dict
     rms_error_px: float
     wall_s: float
+
+
+def _shift_error_rms(found_yx: Any, truth_yx: Any) -> float:
+    """RMS distance (px) between found and true shifts, shape (n_frames, 2), once each has its
+    mean removed (a common offset is not an error)."""
+    import numpy as np
+
+    found = np.asarray(found_yx, dtype=float)
+    truth = np.asarray(truth_yx, dtype=float)
+    error = (found - found.mean(axis=0)) - (truth - truth.mean(axis=0))
+    return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+
+
+def _session_folders(folder: Path, *, seed: int, size_px: int) -> tuple[Path, Path, Any, Any,
+                                                                        Path]:
+    """Set up a simulated session in ``folder``: ``frames/`` (watched) and ``motioncorr/``
+    (outputs), the random generator, and a synthetic float32 gain reference written as
+    ``demo_gain.mrc``.
+
+    Returns
+    -------
+    watch, out, rng, gain, gain_path
+    """
+    import mrcfile
+    import numpy as np
+
+    from correction.synthetic import gain_pattern
+
+    folder = Path(folder)
+    watch, out = folder / "frames", folder / "motioncorr"
+    watch.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    gain = gain_pattern(rng, (size_px, size_px)).astype(np.float32)
+    gain_path = folder / "demo_gain.mrc"
+    with mrcfile.new(gain_path, overwrite=True) as mrc:
+        mrc.set_data(gain)
+    return watch, out, rng, gain, gain_path
 
 
 def demo_single_movie(folder: Path, *, seed: int = 0, size_px: int = 1024, n_frames: int = 10,
@@ -109,7 +147,7 @@ def demo_single_movie(folder: Path, *, seed: int = 0, size_px: int = 1024, n_fra
 
     truth = synthetic.shifts_yx_px - synthetic.shifts_yx_px.mean(axis=0)
     found = result.shifts_yx_px - result.shifts_yx_px.mean(axis=0)
-    rms = float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1))))
+    rms = _shift_error_rms(found, truth)
     say(f"corrected in {wall:.2f} s; {result.record['alignment']['hot_pixels']} hot pixels "
         f"replaced; drift {result.drift.total_A:.1f} Å (early {result.drift.early_A:.1f} Å)")
     say("frame   true dx    true dy   found dx   found dy   (px, specimen displacement)")
@@ -138,26 +176,16 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
     import threading
     import time
 
-    import mrcfile
     import numpy as np
 
     from correction.params import CorrectionParams, DoseParams, GainParams
-    from correction.synthetic import gain_pattern
 
     from .config import Config
     from .logs import configure_logging
     from .service import Service, ServiceObserver
     from .simulate import simulate_session
 
-    folder = Path(folder)
-    watch, out = folder / "frames", folder / "motioncorr"
-    watch.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    gain = gain_pattern(rng, (size_px, size_px)).astype(np.float32)
-    gain_path = folder / "demo_gain.mrc"
-    with mrcfile.new(gain_path, overwrite=True) as mrc:
-        mrc.set_data(gain)
+    watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px)
     dose = electrons_per_px_per_frame / pixel_size_A**2
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose),
                               gain=GainParams(gain_path=gain_path))
@@ -207,9 +235,7 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
             continue
         record = json.loads(motion.read_text())
         found = np.array(record["global_shifts_px"], dtype=float)[:, ::-1]  # [dx,dy] -> [dy,dx]
-        truth = movie.shifts_yx_px
-        error = (found - found.mean(0)) - (truth - truth.mean(0))
-        rms = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+        rms = _shift_error_rms(found, movie.shifts_yx_px)
         done += 1
         say(f"  {movie.path.name}: {record['frames']} frames, drift "
             f"{record['drift']['total_A']:.1f} Å, shift error {rms:.3f} px RMS")
@@ -238,11 +264,9 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
     import threading
     import time
 
-    import mrcfile
     import numpy as np
 
     from correction.params import CorrectionParams, DoseParams, GainParams
-    from correction.synthetic import gain_pattern
 
     from .config import Config
     from .logs import configure_logging
@@ -250,15 +274,7 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
     from .simulate_series import simulate_tilt_series
     from .tiltseries import TiltSeriesResolver
 
-    folder = Path(folder)
-    watch, out = folder / "frames", folder / "motioncorr"
-    watch.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    gain = gain_pattern(rng, (size_px, size_px)).astype(np.float32)
-    gain_path = folder / "demo_gain.mrc"
-    with mrcfile.new(gain_path, overwrite=True) as mrc:
-        mrc.set_data(gain)
+    watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                               gain=GainParams(gain_path=gain_path))
     config = Config(watch, out, out, params, settle_time_s=0.5, scan_interval_s=0.25,
@@ -320,9 +336,7 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
             continue
         record = json.loads(motion.read_text())
         found = np.array(record["global_shifts_px"], dtype=float)[:, ::-1]  # [dx,dy] -> [dy,dx]
-        truth = t.movie.shifts_yx_px
-        error = (found - found.mean(0)) - (truth - truth.mean(0))
-        rms = float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+        rms = _shift_error_rms(found, t.movie.shifts_yx_px)
         pre = record["dose"]["pre_exposure_e_A2"]
         corrected += 1
         exact += abs(pre - t.pre_exposure_e_A2) < 1e-6

@@ -1,7 +1,9 @@
-"""Show what the watch daemon has done: counts by status, last movies, failures, backlog.
+"""Show what the watch daemon has done: counts by status, last movies, failures, backlog, series.
 
 Reads the state database in OUT_DIR (or the folder given by --state-dir) read-only, so it is safe
-while ``motionwatch watch`` runs. ``--json`` prints one JSON object instead of text.
+while ``motionwatch watch`` runs. ``--json`` prints one JSON object instead of text. Tilt series
+are listed with their status (open or completed), tilts corrected out of those their mdoc lists,
+the dose the specimen has accumulated up to the last tilt recorded, and their stack folder.
 """
 
 from __future__ import annotations
@@ -47,6 +49,44 @@ def _brief(row: MovieRow) -> dict[str, Any]:
     return out
 
 
+def _tilt(row: MovieRow) -> dict[str, Any] | None:
+    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
+    return tilt if isinstance(tilt, dict) and tilt.get("series") else None
+
+
+def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dict[str, Any]]:
+    """One entry per tilt series, from its persisted state and its movies' tilt records."""
+    latest: dict[str, MovieRow] = {}
+    for row in rows:  # acquisition order, then insertion: the last row of a path is its newest
+        if row.key.size >= 0:
+            latest[row.key.path] = row
+    tilts: dict[str, list[tuple[MovieRow, dict[str, Any]]]] = {}
+    for row in latest.values():
+        tilt = _tilt(row)
+        if tilt is not None:
+            tilts.setdefault(tilt["series"], []).append((row, tilt))
+    out = []
+    for name in sorted(set(states) | set(tilts)):
+        state = states.get(name, {})
+        mine = tilts.get(name, [])
+        reached = [float(t["pre_exposure_e_A2"]) + float(t["dose_e_A2"]) for _, t in mine
+                   if t.get("pre_exposure_e_A2") is not None and t.get("dose_e_A2") is not None]
+        stacks = state.get("stacks") or {}
+        folder = state.get("folder")
+        if folder is None and stacks.get("sum"):
+            folder = str(Path(stacks["sum"]).parent)
+        out.append({
+            "series": name,
+            "status": "completed" if state.get("status") == "complete" else "open",
+            "tilts_done": sum(r.status == "done" for r, _ in mine),
+            "tilts_failed": sum(r.status in ("failed", "quarantined") for r, _ in mine),
+            "tilts_expected": state.get("expected_tilts"),
+            "accumulated_dose_e_A2": round(max(reached), 3) if reached else None,
+            "stack_folder": folder, "stacks": stacks, "mdoc": state.get("mdoc"),
+            "reason": state.get("reason")})
+    return out
+
+
 def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-serialisable dict."""
     now = time.time() if now is None else now
@@ -57,6 +97,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         failures = [_brief(r) for r in ledger.recent("quarantined", last)]
         failures += [_brief(r) for r in ledger.recent("failed", last)]
         backlog = [_brief(r) for r in ledger.rows(status="pending")[:last]]
+        series = _series(ledger.series_states(), ledger.rows())
     beat = state.get("heartbeat_wall")
     running = bool(state.get("pid")) and beat is not None and now - beat < 3 * 60
     return {
@@ -71,6 +112,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                     "in_flight": state.get("in_flight", []), "next": backlog},
         "last_done": done,
         "failures": failures,
+        "series": series,
     }
 
 
@@ -101,6 +143,20 @@ def _print_text(status: dict[str, Any]) -> None:
         print("failures:")
         for row in status["failures"]:
             print(f"  {row['status']}: {row['movie']}: {row.get('reason', '')}")
+    if status["series"]:
+        n_done = sum(s["status"] == "completed" for s in status["series"])
+        print(f"tilt series: {len(status['series'])} ({n_done} completed, "
+              f"{len(status['series']) - n_done} open)")
+        for s in status["series"]:
+            expected = "?" if s["tilts_expected"] is None else s["tilts_expected"]
+            dose = s["accumulated_dose_e_A2"]
+            parts = [f"{s['tilts_done']}/{expected} tilts done"]
+            if s["tilts_failed"]:
+                parts.append(f"{s['tilts_failed']} failed")
+            parts.append("dose ?" if dose is None else f"{dose:.1f} e/Å² accumulated")
+            if s["stack_folder"]:
+                parts.append(f"stacks in {s['stack_folder']}")
+            print(f"  {s['series']}: {s['status']}, " + ", ".join(parts))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .discover import ScanResult
+from .ledger import MovieKey
 from .mdoc import MdocFile, read_mdoc
 from .series import (DEFAULT_FILENAME_PATTERN, MdocObservation, MovieObservation, Resolution,
                      SeriesConfig, SeriesObservation, SeriesState, SeriesSummary,
@@ -54,6 +55,7 @@ from .settle import Observation
 __all__ = ["TiltSeriesResolver", "add_series_arguments", "lock_paths"]
 
 _FINISHED = ("done", "quarantined")
+_STACK_REASON = "a tilt-series stack (its .mdoc is a series mdoc), not a movie: not corrected"
 
 
 def add_series_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,10 +117,17 @@ def _assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltag
             "warnings": list(result.warnings)}
 
 
-def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None) -> dict[str, Any]:
+_INFO_KEYS = ("expected_tilts", "mdoc", "folder")
+
+
+def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
+                info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ledger's JSON of a series: its state, its stacks and, for ``motionwatch status``,
+    ``expected_tilts`` (tilts its mdoc lists; None without one), ``mdoc`` and ``folder`` (where
+    its stacks are assembled)."""
     return {"status": state.status, "generation": state.generation, "lock_seen": state.lock_seen,
             "assembled_movies": sorted(state.assembled_movies), "reason": state.reason,
-            "stacks": dict(stacks or {})}
+            "stacks": dict(stacks or {}), **{k: (info or {}).get(k) for k in _INFO_KEYS}}
 
 
 def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
@@ -161,6 +170,7 @@ class TiltSeriesResolver(ServiceObserver):
         self._once: set[tuple[str, str]] = set()
         self._stack_files: set[str] = set()
         self._rows: dict[str, Any] = {}
+        self._info: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> TiltSeriesResolver:
@@ -201,6 +211,7 @@ class TiltSeriesResolver(ServiceObserver):
             for name, d in service.ledger.series_states().items():
                 self._states[name] = _state_from(name, d)
                 self._stacks[name] = dict(d.get("stacks") or {})
+                self._info[name] = {k: d.get(k) for k in _INFO_KEYS}
         except Exception as exc:  # noqa: BLE001 - an unreadable state only costs a re-assembly
             self._log.error("series_state_unreadable", error=f"{type(exc).__name__}: {exc}")
 
@@ -296,8 +307,7 @@ class TiltSeriesResolver(ServiceObserver):
             return MovieMetadata()
         name = movie.path.name
         if str(movie.path) in self._stack_files:
-            return MovieMetadata(wait_reason="a tilt-series stack (its .mdoc is a series mdoc), "
-                                 "not a movie: not corrected")
+            return self._ignore_stack(movie, params)
         res = self._res
         if name in res.pending:
             return MovieMetadata(wait_reason=res.pending[name])
@@ -324,6 +334,20 @@ class TiltSeriesResolver(ServiceObserver):
                            movie=str(movie.path), series=a.series)
         return MovieMetadata(dose=dose, extra_record={"tilt": a.record()},
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg})
+
+    def _ignore_stack(self, movie: Observation, params: Any) -> MovieMetadata:
+        """A SerialEM stack beside its series mdoc: recorded as quarantined (not a movie) under
+        the key the service looks up, so the service counts it handled, not waiting (else
+        ``--exit-when-idle`` would never fire in a tilt-series folder)."""
+        path = str(movie.path)
+        key = MovieKey(path, movie.size, movie.mtime_ns, params.fingerprint())
+        try:
+            self._service.ledger.add(key, status="quarantined", error=_STACK_REASON)
+        except Exception as exc:  # noqa: BLE001 - not recorded: it waits, never gets corrected
+            self._once_log("error", "ledger_write_failed", path, str(exc))
+            return MovieMetadata(wait_reason=_STACK_REASON)
+        self._once_log("info", "movie_ignored", path, _STACK_REASON, movie=path)
+        return MovieMetadata()
 
     # --- steps ----------------------------------------------------------------------------
     def _read_mdocs(self, scan: ScanResult, now: float) -> None:
@@ -442,6 +466,7 @@ class TiltSeriesResolver(ServiceObserver):
                 m = self._mdocs.get(summary.mdoc_path)
                 mdoc_since = m.unchanged_since_s if m is not None else None
                 folder_of = mpath
+            self._update_info(name, state, summary, folder_of)
             times = [self._first_seen.get(by_name[m], 0.0) for m in known if m in by_name]
             times += [r.first_seen for m in known if (r := self._rows.get(by_name.get(m, "")))]
             if mdoc_since is not None:
@@ -469,9 +494,24 @@ class TiltSeriesResolver(ServiceObserver):
                 self._states[name] = new
                 self._persist(name, new)
 
+    def _update_info(self, name: str, state: SeriesState, summary: SeriesSummary,
+                     folder_of: Path | None) -> None:
+        """Record what ``motionwatch status`` shows of a series (written only when it changes)."""
+        cfg = self._service.config
+        folder = None
+        if folder_of is not None and cfg is not None:
+            folder = str(output_dir_for(folder_of, watch_dir=cfg.watch_dir,
+                                        out_dir=cfg.out_dir) / name)
+        info = {"expected_tilts": len(summary.tilts) if summary.match_source == "series_mdoc"
+                else None, "mdoc": summary.mdoc_path, "folder": folder}
+        if self._info.get(name) != info:
+            self._info[name] = info
+            self._persist(name, state)
+
     def _persist(self, name: str, state: SeriesState) -> None:
         try:
-            self._service.ledger.set_series_state(name, _state_dict(state, self._stacks.get(name)))
+            self._service.ledger.set_series_state(
+                name, _state_dict(state, self._stacks.get(name), self._info.get(name)))
         except Exception as exc:  # noqa: BLE001
             self._once_log("error", "ledger_write_failed", name, str(exc))
 

@@ -107,3 +107,20 @@ def test_dose_weighted_sum_is_closer_to_undamaged_truth_at_high_frequency_than_p
     assert low_dw == pytest.approx(low_plain, abs=0.01)
     # the DW sum keeps the plain sum's mean (all weights are 1 at k = 0)
     assert images.dw.mean() == pytest.approx(images.sum.mean(), rel=1e-4)
+
+
+def test_eer_fractions_of_uneven_size_get_dose_in_proportion_to_their_raw_frames():
+    sizes = (19, 19, 22)  # 60 raw frames in 3 fractions: the last one took the remainder
+    per_fraction = frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.0), 3,
+                                    raw_frames_per_frame=sizes)
+    np.testing.assert_allclose(per_fraction, [0.95, 0.95, 1.10], rtol=1e-12)
+    total = frame_doses_e_A2(DoseParams(total_dose_e_A2=6.0), 3, raw_frames_per_frame=sizes)
+    np.testing.assert_allclose(total, [1.9, 1.9, 2.2], rtol=1e-12)
+    even = frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.5), 4,
+                            raw_frames_per_frame=(20, 20, 20, 20))
+    np.testing.assert_allclose(even, frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.5), 4))
+    listed = frame_doses_e_A2(DoseParams(frame_doses_e_A2=(1.0, 2.0, 3.0)), 3,
+                              raw_frames_per_frame=sizes)
+    np.testing.assert_array_equal(listed, [1.0, 2.0, 3.0])  # an explicit list is used as given
+    with pytest.raises(ParameterError):
+        frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.0), 3, raw_frames_per_frame=(20, 40))

@@ -121,7 +121,7 @@ def check_stack(out: Path, tilts) -> None:
 
 
 def test_dose_symmetric_session_with_late_arrival_gives_exact_pre_exposures_and_sorted_stack(
-        tmp_path):
+        tmp_path, capsys):
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--exit-when-idle", "2")
@@ -142,6 +142,13 @@ def test_dose_symmetric_session_with_late_arrival_gives_exact_pre_exposures_and_
     assert len(completed) == 1 and ".openTS lock gone" in completed[0]["reason"]
     assert not any(e.get("event") == "movie_redo_metadata_changed" for e in events(log))
     assert not any(e.get("level") == "error" for e in events(log))
+    assert main(["status", str(out), "--json"]) == 0  # what the operator sees of the series
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert (series["series"], series["status"]) == ("TS_01", "completed")
+    assert (series["tilts_done"], series["tilts_expected"]) == (len(tilts), len(tilts))
+    assert series["accumulated_dose_e_A2"] == pytest.approx(sum(t.dose_e_A2 for t in tilts),
+                                                            abs=1e-3)
+    assert series["stack_folder"] == str(out / "TS_01")
 
 
 def test_sigkill_half_way_then_restart_keeps_every_pre_exposure_exact(tmp_path):

@@ -44,3 +44,54 @@ def test_demo_session_corrects_every_simulated_movie_accurately(tmp_path):
               if "shift error" in line]
     assert len(errors) == 2 and max(errors) < 0.2  # px RMS against the rendered truth
     assert (tmp_path / "motioncorr" / "demo_001_DW.mrc").is_file()
+
+
+def _tilt_movie(db, name, mtime, series, pre, dose=3.0, *, done=True):
+    key = MovieKey(f"/d/{name}", 10, mtime, "f")
+    tilt = {"series": series, "movie": name, "dose_e_A2": dose, "pre_exposure_e_A2": pre}
+    db.add(key, metadata={"extra_record": {"tilt": tilt}, "log_context": {"series": series}})
+    if done:
+        db.claim(key)
+        db.mark_done(key, outputs={"sum": f"/o/{name}"}, timings={"total": 1.0}, summary={})
+
+
+def test_status_lists_tilt_series_with_tilts_done_of_expected_dose_and_stack_folder(
+        tmp_path, capsys):
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.add(MovieKey("/d/spa.mrc", 10, 1, "f"))  # a single-particle movie: no series
+        # TS_01: three tilts acquired 0, +3, -3 (pre-exposures 0, 3, 6), complete and assembled
+        for i, pre in enumerate((0.0, 3.0, 6.0)):
+            _tilt_movie(db, f"TS_01_{i:03d}.tif", 10 + i, "TS_01", pre)
+        db.set_series_state("TS_01", {
+            "status": "complete", "expected_tilts": 3, "mdoc": "/d/TS_01.mrc.mdoc",
+            "folder": "/o/TS_01", "stacks": {"sum": "/o/TS_01/TS_01.mrc"}})
+        # TS_02: five tilts listed, one corrected, one waiting for a worker
+        _tilt_movie(db, "TS_02_000.tif", 20, "TS_02", 0.0, 2.5)
+        _tilt_movie(db, "TS_02_001.tif", 21, "TS_02", 2.5, 2.5, done=False)
+        db.set_series_state("TS_02", {"status": "open", "expected_tilts": 5,
+                                      "folder": "/o/TS_02", "stacks": {}})
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "tilt series: 2 (1 completed, 1 open)" in text
+    assert ("TS_01: completed, 3/3 tilts done, 9.0 e/Å² accumulated, stacks in /o/TS_01"
+            in text)
+    assert "TS_02: open, 1/5 tilts done, 5.0 e/Å² accumulated, stacks in /o/TS_02" in text
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    series = {s["series"]: s for s in json.loads(capsys.readouterr().out)["series"]}
+    assert set(series) == {"TS_01", "TS_02"}
+    assert series["TS_01"]["status"] == "completed"
+    assert (series["TS_01"]["tilts_done"], series["TS_01"]["tilts_expected"]) == (3, 3)
+    assert series["TS_01"]["accumulated_dose_e_A2"] == 9.0
+    assert series["TS_01"]["stack_folder"] == "/o/TS_01"
+    assert series["TS_02"]["status"] == "open"
+    assert (series["TS_02"]["tilts_done"], series["TS_02"]["tilts_expected"]) == (1, 5)
+    assert series["TS_02"]["accumulated_dose_e_A2"] == 5.0
+
+
+def test_status_of_a_session_without_tilt_series_has_an_empty_series_list(tmp_path, capsys):
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.add(MovieKey("/d/a.mrc", 10, 1, "f"))
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["series"] == []
+    assert main(["status", str(tmp_path)]) == 0
+    assert "tilt series" not in capsys.readouterr().out
