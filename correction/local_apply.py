@@ -36,7 +36,7 @@ import numpy as np
 
 from .align_local import LocalMotionModel
 from .dose import dose_weights, weight_normalisation
-from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2, shift_ramps
+from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2
 
 __all__ = ["TileLayout", "LocalSums", "default_tile_px", "tile_layout", "local_sums"]
 

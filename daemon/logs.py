@@ -54,6 +54,23 @@ class _Render:
         return text
 
 
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is at the time of writing.
+
+    Binding the stream object at configuration time would keep a stream that may since have
+    been replaced and closed (a test harness capturing output, a daemon redirecting stdout).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
+
+
 def configure_logging(*, level: str = "info", stream: TextIO | None = None,
                       json_lines: bool | None = None, journald: bool | None = None) -> None:
     """Configure structlog for this process.
@@ -69,7 +86,8 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None,
     journald : bool, optional
         Force the ``<N>`` prefix on or off; default: on when ``$JOURNAL_STREAM`` is set.
     """
-    stream = sys.stdout if stream is None else stream
+    if stream is None:
+        stream = _CurrentStdout()
     if json_lines is None:
         json_lines = not (hasattr(stream, "isatty") and stream.isatty())
     if journald is None:
