@@ -121,11 +121,9 @@ def _parabola_offset(minus: float, centre: float, plus: float) -> float:
     return float(np.clip(0.5 * (minus - plus) / denom, -0.5, 0.5))
 
 
-def _full_map_peak(corr_spec: np.ndarray, shape: tuple[int, int], window_px: float,
-                   workers: int) -> np.ndarray:
-    """Peak of the full correlation map within ``|d| <= window_px`` of zero, sub-pixel."""
-    ny, nx = shape
-    cmap = irfft2(corr_spec, shape, workers=workers)
+def _map_peak(cmap: np.ndarray, window_px: float) -> np.ndarray:
+    """Peak of a full correlation map within ``|d| <= window_px`` of zero, sub-pixel."""
+    ny, nx = cmap.shape
     wy = int(min(np.floor(window_px), ny // 2 - 1))
     wx = int(min(np.floor(window_px), nx // 2 - 1))
     ys = np.arange(-wy, wy + 1)
@@ -291,19 +289,23 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
         gy, gx = bfactor_filter_1d(shape, bfac)
         ey, ex = _local_dft_kernels(shape, _LOCAL_RADIUS, gy, gx)
         total = _align_stack(spectra, shifts, shape, aligned)
-        residuals = np.zeros((n_groups, 2))
         corr = _cross_spectra(aligned, total, groups, corr_buf)
         peaks = _local_peaks(corr, ey, ex) if iteration > 1 else [None] * n_groups
-        for j, peak in enumerate(peaks):
-            if peak is None:
-                # search the whole window around zero displacement from the aligned sum
-                c = corr[j]
-                ry, rx = shift_ramps(shape, group_shifts[j])
-                c *= (ry * gy.astype(np.float32))[:, None]
-                c *= (rx * gx.astype(np.float32))[None, :]
-                c[0, 0] = 0.0
-                peak = _full_map_peak(c, shape, window, workers) - group_shifts[j]
-            residuals[j] = peak
+        search = [j for j, peak in enumerate(peaks) if peak is None]
+        for j in search:
+            # search the whole window around zero displacement from the aligned sum
+            c = corr[j]
+            ry, rx = shift_ramps(shape, group_shifts[j])
+            c *= (ry * gy.astype(np.float32))[:, None]
+            c *= (rx * gx.astype(np.float32))[None, :]
+            c[0, 0] = 0.0
+        if search:  # all full maps in one batched inverse FFT
+            maps = irfft2(corr if len(search) == n_groups else corr[search], shape,
+                          workers=workers, overwrite_x=True)
+            for m, j in enumerate(search):
+                peaks[j] = _map_peak(maps[m], window) - group_shifts[j]
+            del maps
+        residuals = np.array(peaks, dtype=np.float64).reshape(n_groups, 2)
         group_shifts = group_shifts + residuals
         shifts = interpolate_group_shifts(groups, group_shifts, n)
         common = shifts.mean(axis=0)

@@ -70,12 +70,16 @@ class MovieMetadata:
     wait_reason : str or None
         Not resolvable yet (e.g. its mdoc section is not written): the movie waits and is
         offered again at the next scan.
+    ignore_reason : str or None
+        Not a movie to correct (e.g. SerialEM's own tilt-series stack): logged once as
+        ``movie_ignored``, never recorded or corrected, and not counted as waiting.
     """
 
     dose: Any = None
     extra_record: Mapping[str, Any] = field(default_factory=dict)
     log_context: Mapping[str, Any] = field(default_factory=dict)
     wait_reason: str | None = None
+    ignore_reason: str | None = None
 
 
 class MetadataResolver(Protocol):
@@ -644,7 +648,6 @@ class Service:
 
     # --- discovery -> settle -> validate -> metadata -> ledger ----------------------------
     def _scan(self) -> None:
-        cfg = self.config
         result = self.discovery.scan(now_s=self._clock())
         self._last_scan_s = self._clock()
         for folder, reason in result.errors:
@@ -696,6 +699,10 @@ class Service:
         if meta.wait_reason:
             self._report_once(str(obs.path), "movie_waiting", meta.wait_reason)
             return meta.wait_reason
+        if meta.ignore_reason:
+            self._report_once(str(obs.path), "movie_ignored", meta.ignore_reason)
+            self._handled.add(ident)
+            return None
         params = cfg.params if meta.dose is None else dataclasses.replace(cfg.params, dose=meta.dose)
         key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, params.fingerprint())
         try:

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .mdoc import TIMESTAMP_EPOCH  # the reader's epoch: written stamps read back exactly
 from .simulate import SimulatedMovie, write_movie_progressively
 
 __all__ = ["SimulatedTilt", "dose_symmetric_angles", "simulate_tilt_series", "series_mdoc_text",
            "TIMESTAMP_EPOCH"]
-
-TIMESTAMP_EPOCH = _dt.datetime(2020, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)

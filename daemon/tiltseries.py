@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import signal
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,7 +43,6 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .discover import ScanResult
-from .ledger import MovieKey
 from .mdoc import MdocFile, read_mdoc
 from .series import (DEFAULT_FILENAME_PATTERN, MdocObservation, MovieObservation, Resolution,
                      SeriesConfig, SeriesObservation, SeriesState, SeriesSummary,
@@ -307,7 +305,7 @@ class TiltSeriesResolver(ServiceObserver):
             return MovieMetadata()
         name = movie.path.name
         if str(movie.path) in self._stack_files:
-            return self._ignore_stack(movie, params)
+            return self._ignore_stack(movie)
         res = self._res
         if name in res.pending:
             return MovieMetadata(wait_reason=res.pending[name])
@@ -335,19 +333,14 @@ class TiltSeriesResolver(ServiceObserver):
         return MovieMetadata(dose=dose, extra_record={"tilt": a.record()},
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg})
 
-    def _ignore_stack(self, movie: Observation, params: Any) -> MovieMetadata:
-        """A SerialEM stack beside its series mdoc: recorded as quarantined (not a movie) under
-        the key the service looks up, so the service counts it handled, not waiting (else
-        ``--exit-when-idle`` would never fire in a tilt-series folder)."""
-        path = str(movie.path)
-        key = MovieKey(path, movie.size, movie.mtime_ns, params.fingerprint())
-        try:
-            self._service.ledger.add(key, status="quarantined", error=_STACK_REASON)
-        except Exception as exc:  # noqa: BLE001 - not recorded: it waits, never gets corrected
-            self._once_log("error", "ledger_write_failed", path, str(exc))
-            return MovieMetadata(wait_reason=_STACK_REASON)
-        self._once_log("info", "movie_ignored", path, _STACK_REASON, movie=path)
-        return MovieMetadata()
+    def _ignore_stack(self, movie: Observation) -> MovieMetadata:
+        """A SerialEM stack beside its series mdoc is not a movie: ignored (not waiting, so
+        ``--exit-when-idle`` still fires in a tilt-series folder). While its ``.openTS`` lock is
+        present SerialEM is still appending tilts, and it waits."""
+        if any(lock.exists() for lock in lock_paths(Path(str(movie.path) + ".mdoc"),
+                                                     movie.path.stem)):
+            return MovieMetadata(wait_reason=_STACK_REASON + " (being written: .openTS lock)")
+        return MovieMetadata(ignore_reason=_STACK_REASON)
 
     # --- steps ----------------------------------------------------------------------------
     def _read_mdocs(self, scan: ScanResult, now: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from correction.align_global import (estimate_shifts, frame_groups,
                                      interpolate_group_shifts)

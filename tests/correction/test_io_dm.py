@@ -4,9 +4,7 @@ Fixtures come from tests/helpers/dm4_writer.py, written from the format descript
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import dm4_writer  # tests/helpers (on sys.path via tests/conftest.py)
 import numpy as np
 import pytest
 
@@ -14,17 +12,6 @@ from correction.errors import GainReferenceError, UnreadableMovieError
 from correction.gain import load_gain_reference
 from correction.io import read_image
 from correction.params import GainParams
-
-
-def _load_writer():
-    path = Path(__file__).parents[1] / "helpers" / "dm4_writer.py"
-    spec = importlib.util.spec_from_file_location("motionwatch_test_dm4_writer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dm4_writer = _load_writer()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])

@@ -3,9 +3,7 @@ made from the format description) decode, group and super-sample to exact counts
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import eer_writer  # tests/helpers (on sys.path via tests/conftest.py)
 import numpy as np
 import pytest
 import tifffile
@@ -16,15 +14,6 @@ from correction.io.eer import group_sizes
 from correction.params import ReadParams
 
 
-def _load_writer():
-    path = Path(__file__).parents[1] / "helpers" / "eer_writer.py"
-    spec = importlib.util.spec_from_file_location("motionwatch_test_eer_writer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eer_writer = _load_writer()
 SHAPE = (48, 80)
 META = [("numberOfFrames", None, "30"), ("sensorPixelSize.width", "m", "8.3e-11"),
         ("totalDose", "e/px", "1.5")]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
+from mdoc_data import CRYOCAT, DATA, needs_cryocat
 
 from daemon.mdoc import (
     TIMESTAMP_EPOCH,
@@ -15,12 +15,6 @@ from daemon.mdoc import (
     parse_mdoc_text,
     read_mdoc,
 )
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "mdoc"
-#: GPL-3 files are not copied into the project; read them next to the checkout when present.
-CRYOCAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "mdoc" / "cryocat"
-needs_cryocat = pytest.mark.skipif(
-    not CRYOCAT.is_dir(), reason=f"GPL-3 cryoCAT mdocs not found at {CRYOCAT} (not copied: licence)")
 
 
 def test_ts01_has_41_tilt_sections_with_two_digit_year_datetimes_and_windows_paths():

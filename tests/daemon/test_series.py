@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mdoc_data import CRYOCAT, DATA, needs_cryocat
 
 from daemon.mdoc import parse_mdoc_text, read_mdoc
 from daemon.series import (
@@ -22,11 +23,6 @@ from daemon.series import (
     resolve,
     update_series_state,
 )
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "mdoc"
-CRYOCAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "mdoc" / "cryocat"
-needs_cryocat = pytest.mark.skipif(
-    not CRYOCAT.is_dir(), reason=f"GPL-3 cryoCAT mdocs not found at {CRYOCAT} (not copied: licence)")
 
 
 def _movies(md, first_seen_s=0.0):

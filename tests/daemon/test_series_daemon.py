@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,38 +21,16 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+from daemon_process import events, rows, spawn, watch_argv
 
 from daemon.cli import main
 from daemon.simulate_series import series_mdoc_text, simulate_tilt_series
 
 
 def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
-           "--dose-per-frame", "1.0", "--settle-time", "0.3", "--scan-interval", "0.1",
-           "--heartbeat", "0.5", "--incomplete-grace", "5", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("JOURNAL_STREAM", None)
-    with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-
-def events(log: Path) -> list[dict]:
-    out = []
-    for line in log.read_text().splitlines() if log.exists() else ():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
-def rows(out: Path) -> list[dict]:
-    db = sqlite3.connect(out / "motionwatch.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM movies ORDER BY mtime_ns")]
-    finally:
-        db.close()
+    return spawn(watch_argv(watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.3",
+                            "--scan-interval", "0.1", "--heartbeat", "0.5",
+                            "--incomplete-grace", "5", *extra), log)
 
 SHAPE = (128, 128)
 N_FRAMES = 4

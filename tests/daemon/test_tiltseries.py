@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 import threading
-from pathlib import Path
 
 import numpy as np
+from mdoc_data import DATA
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.config import Config
@@ -20,8 +20,6 @@ from daemon.series import SeriesConfig
 from daemon.service import Service, ServiceObserver
 from daemon.simulate import write_movie_progressively
 from daemon.tiltseries import TiltSeriesResolver
-
-DATA = Path(__file__).parent.parent / "data" / "mdoc"
 
 
 class StopReason(ServiceObserver):
@@ -32,28 +30,55 @@ class StopReason(ServiceObserver):
         self.reasons.append(reason)
 
 
-def test_a_serialem_stack_beside_its_series_mdoc_is_ignored_and_the_daemon_goes_idle(tmp_path):
+def _serialem_folder(tmp_path):
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
     shutil.copy(DATA / "TS_01.mrc.mdoc", watch / "TS_01.mrc.mdoc")
     stack = np.random.default_rng(0).poisson(1.0, (3, 32, 32)).astype(np.int16)
     write_movie_progressively(watch / "TS_01.mrc", stack, pixel_size_A=1.1, frame_interval_s=0)
+    return watch, out
+
+
+def _run_until_idle(watch, out, *, guard_s: float) -> list[str]:
+    """Run the service with the tilt-series resolver; its stop reasons (a guard stops it after
+    ``guard_s`` if it never goes idle)."""
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
                     settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=1.0,
                     heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
     stopping = StopReason()
     service = Service(config, observers=[stopping],
                       resolver=TiltSeriesResolver(SeriesConfig(), mode="on"))
-    guard = threading.Timer(30.0, service.request_stop, args=("test guard: never went idle",))
+    guard = threading.Timer(guard_s, service.request_stop, args=("test guard: never went idle",))
     guard.start()
     try:
         assert service.run() == 0
     finally:
         guard.cancel()
-    assert stopping.reasons and "exit_when_idle" in stopping.reasons[0], stopping.reasons
+    return stopping.reasons
+
+
+def _stack_rows(watch, out):
     with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
-        (row,) = ledger.rows(path=str(watch / "TS_01.mrc"))
-    assert row.status == "quarantined" and row.attempts == 0
-    assert row.error.startswith("a tilt-series stack") and "not corrected" in row.error
+        return ledger.rows(path=str(watch / "TS_01.mrc"))
+
+
+def test_a_serialem_stack_beside_its_series_mdoc_is_ignored_and_the_daemon_goes_idle(tmp_path):
+    watch, out = _serialem_folder(tmp_path)
+    reasons = _run_until_idle(watch, out, guard_s=30.0)
+    assert reasons and "exit_when_idle" in reasons[0], reasons
+    assert _stack_rows(watch, out) == []  # ignored: never recorded as a movie
+    assert not list(out.glob("TS_01*.mrc")) and not list(out.glob("*.motion.json"))
+
+
+def test_a_stack_still_locked_by_serialem_waits_until_the_lock_is_gone_then_is_ignored(tmp_path):
+    watch, out = _serialem_folder(tmp_path)
+    lock = watch / "TS_01.mrc.openTS"
+    lock.write_text("")
+    assert _run_until_idle(watch, out, guard_s=2.0) == ["test guard: never went idle"]
+    assert _stack_rows(watch, out) == []  # no row per version of a stack SerialEM still grows
+    lock.unlink()
+    reasons = _run_until_idle(watch, out, guard_s=30.0)
+    assert reasons and "exit_when_idle" in reasons[0], reasons
+    assert _stack_rows(watch, out) == []
     assert not list(out.glob("TS_01*.mrc")) and not list(out.glob("*.motion.json"))

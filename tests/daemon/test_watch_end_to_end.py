@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
-import pytest
+from daemon_process import events, rows, spawn, watch_argv
 
 from daemon.simulate import simulate_session, write_movie_progressively
 
@@ -27,40 +26,11 @@ SHAPE = (256, 256)
 OUTPUT_SUFFIXES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json")
 
 
-def watch_command(watch: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
-            "--dose-per-frame", "1.0", "--settle-time", "0.3", "--scan-interval", "0.1",
-            "--heartbeat", "0.5", "--incomplete-grace", "2", "--retry-delay", "0.2",
-            "--publish", "tcp://127.0.0.1:*", *extra]  # a free port: runs may overlap
-
-
 def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("JOURNAL_STREAM", None)
-    with open(log, "ab") as fh:
-        return subprocess.Popen(watch_command(watch, out, *extra), stdout=fh,
-                                stderr=subprocess.STDOUT, env=env)
-
-
-def events(log: Path) -> list[dict]:
-    out = []
-    if not log.exists():
-        return out
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
-def rows(out: Path) -> list[dict]:
-    db = sqlite3.connect(out / "motionwatch.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM movies ORDER BY mtime_ns")]
-    finally:
-        db.close()
+    return spawn(watch_argv(
+        watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.3", "--scan-interval", "0.1",
+        "--heartbeat", "0.5", "--incomplete-grace", "2", "--retry-delay", "0.2",
+        "--publish", "tcp://127.0.0.1:*", *extra), log)  # a free port: runs may overlap
 
 
 def check_outputs(out: Path, movie: Path, n_frames: int) -> dict:
