@@ -51,9 +51,15 @@ def rfft2(image: np.ndarray, *, workers: int = -1, overwrite_x: bool = False) ->
 
 def irfft2(spectrum: np.ndarray, shape_yx: tuple[int, int], *, workers: int = -1,
            overwrite_x: bool = False) -> np.ndarray:
-    """Inverse of :func:`rfft2` onto a real grid of ``shape_yx`` (complex64 -> float32)."""
-    return scipy.fft.irfft2(spectrum, s=tuple(int(s) for s in shape_yx), workers=workers,
-                            overwrite_x=overwrite_x)
+    """Inverse of :func:`rfft2` onto a real grid of ``shape_yx`` (complex64 -> float32).
+
+    Done as two 1-D passes, a complex inverse along y (in place when ``overwrite_x``) and a
+    real inverse along x: the same result as :func:`scipy.fft.irfft2`, which copies the
+    spectrum first and takes about twice as long here (4096^2 and batches of 576^2 tiles).
+    """
+    ny, nx = (int(s) for s in shape_yx)
+    cols = scipy.fft.ifft(spectrum, n=ny, axis=-2, workers=workers, overwrite_x=overwrite_x)
+    return scipy.fft.irfft(cols, n=nx, axis=-1, workers=workers, overwrite_x=True)
 
 
 def fast_length(n: int) -> int:

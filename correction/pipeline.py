@@ -254,9 +254,14 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         n_hot = int(hot.sum())
         if n_hot:
             bad = hot if bad is None else (bad | hot)
-        good = ~bad if bad is not None else None
-        fill = float(corrected_sum[good].mean() if good is not None else corrected_sum.mean()) / n
-        del corrected_sum, hot, good
+        # mean of the good pixels: whole sum minus the (few) bad ones, no full-size copy
+        total = float(corrected_sum.sum(dtype=np.float64))
+        n_good = corrected_sum.size
+        if bad is not None:
+            total -= float(corrected_sum[bad].sum(dtype=np.float64))
+            n_good -= int(np.count_nonzero(bad))
+        fill = total / max(1, n_good) / n
+        del corrected_sum, hot
     timings["hot_pixels"] = time.perf_counter() - t0
 
     margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX

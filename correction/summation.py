@@ -210,12 +210,14 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
                 pb[...] = fb
             else:
                 pb += fb
-                step = dose_end[i] - dose_end[i - 1]
+                # steps compared as the float32 factor they enter as (even doses whose
+                # float64 differences vary in the last bit still take one exp per block)
+                step = np.float32(dose_end[i] - dose_end[i - 1])
                 if q_step is None or step != q_step:
-                    if step == dose_end[0] and i == 1:
+                    if step == np.float32(dose_end[0]) and i == 1:
                         np.copyto(qb, wb)  # no pre-exposure, even doses: q = w_0
                     else:
-                        np.multiply(ab, np.float32(-step), out=tb)
+                        np.multiply(ab, -step, out=tb)
                         _interleave(np.exp(tb, out=tb), qb)
                     q_step = step
                 wb *= qb

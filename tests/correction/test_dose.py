@@ -124,3 +124,18 @@ def test_eer_fractions_of_uneven_size_get_dose_in_proportion_to_their_raw_frames
     np.testing.assert_array_equal(listed, [1.0, 2.0, 3.0])  # an explicit list is used as given
     with pytest.raises(ParameterError):
         frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.0), 3, raw_frames_per_frame=(20, 40))
+
+
+def test_correct_frames_weights_uneven_eer_fractions_by_their_raw_frame_counts():
+    from correction.params import AlignParams, CorrectionParams
+    from correction.pipeline import correct_frames
+
+    rng = np.random.default_rng(3)
+    movie = render_movie(rng, shape_yx=(128, 128), n_frames=3, shifts_yx_px=np.zeros((3, 2)),
+                         electrons_per_px_per_frame=4.0, pixel_size_A=1.0, gain=None,
+                         n_hot_pixels=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    out = correct_frames(movie.frames, pixel_size_A=1.0, params=params,
+                         raw_frames_per_frame=(19, 19, 22))
+    np.testing.assert_allclose(out.frame_doses_e_A2, [1.9, 1.9, 2.2], rtol=1e-12)
