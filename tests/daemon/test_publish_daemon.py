@@ -85,8 +85,11 @@ def test_a_subscriber_receives_one_movie_message_per_movie_equal_to_its_motion_r
                                      pixel_size_A=PIXEL_A)
         drifty = drifty_movie(watch, rng)
         movies = [t.movie.path for t in tilts] + [drifty]
+        # (the drift warning follows its movie message: wait for it too, or a fast collector
+        # stops between the two)
         got += collect(sub, lambda g: sum(t == "movie" for t, _ in g) >= 4
                       and any(t == "series" and b["event"] == "completed" for t, b in g)
+                      and any(t == "warning" and b["kind"] == "drift_total" for t, b in g)
                       and sum(t == "heartbeat" for t, _ in g) >= 3, timeout_s=60)
         # a dashboard that connects now gets the state at once, without waiting for a movie
         late = Subscriber(endpoint, topics=("state",))
