@@ -144,9 +144,13 @@ class GainReference:
                 hint = " (transposed: try a rotation by 1 or 3 quarter turns)"
             elif _multiple(shape_yx, self.shape_yx) or _multiple(self.shape_yx, shape_yx):
                 hint = " (super-resolution vs physical pixels?)"
+            # without a gain file the shape came from the dark reference: name that one
+            source, what = ((self.dark_path, "dark reference")
+                            if self.gain_path is None and self.dark_path is not None
+                            else (self.gain_path, "gain"))
             raise GainReferenceError(
-                self.gain_path, f"gain is {_fmt(self.shape_yx)} (ny x nx, after orientation) "
-                                f"but movie{movie} frames are {_fmt(shape_yx)}{hint}")
+                source, f"{what} is {_fmt(self.shape_yx)} (ny x nx, after orientation) "
+                        f"but movie{movie} frames are {_fmt(shape_yx)}{hint}")
 
 
     def fit_to(self, shape_yx: tuple[int, int],

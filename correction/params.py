@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -65,8 +66,8 @@ class ReadParams:
     eer_sampling: int = 1
 
     def __post_init__(self) -> None:
-        _require(self.pixel_size_A is None or self.pixel_size_A > 0,
-                 f"pixel_size_A must be > 0 Å, got {self.pixel_size_A}")
+        _require(self.pixel_size_A is None or 0 < self.pixel_size_A < math.inf,
+                 f"pixel_size_A must be a finite number > 0 Å, got {self.pixel_size_A}")
         _require(self.bin_factor >= 1.0, f"bin_factor must be >= 1, got {self.bin_factor}")
         _require(self.throw_frames >= 0, f"throw_frames must be >= 0, got {self.throw_frames}")
         _require(self.trunc_frames >= 0, f"trunc_frames must be >= 0, got {self.trunc_frames}")
@@ -169,6 +170,13 @@ class DoseParams:
 
     def __post_init__(self) -> None:
         _require(self.voltage_kV > 0, f"voltage_kV must be > 0 kV, got {self.voltage_kV}")
+        for name in ("voltage_kV", "dose_per_frame_e_A2", "total_dose_e_A2", "pre_exposure_e_A2"):
+            value = getattr(self, name)
+            _require(value is None or math.isfinite(value),
+                     f"{name} must be a finite number, got {value}")
+        _require(self.frame_doses_e_A2 is None
+                 or all(math.isfinite(v) for v in self.frame_doses_e_A2),
+                 "frame_doses_e_A2 must be finite numbers")
         given = [v is not None for v in (self.dose_per_frame_e_A2, self.total_dose_e_A2,
                                          self.frame_doses_e_A2)]
         _require(sum(given) == 1,

@@ -9,9 +9,13 @@ are still corrected; the exit status is then 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import exitcodes
@@ -51,6 +55,29 @@ def _fail(movie: Path, exc: BaseException) -> str:
     return f"{movie}: internal error: {type(exc).__name__}: {text}"
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(movie: Path) -> Iterator[None]:
+    """Show Python warnings raised while correcting ``movie`` as ``motionwatch: <movie>:
+    warning: ...`` lines (once each), and keep tifffile's own log lines (which the readers
+    turn into proper errors) off the terminal."""
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        tiff_log.setLevel(level)
+        seen: set[str] = set()
+        for w in caught:
+            text = " ".join(str(w.message).split())
+            if text not in seen:
+                seen.add(text)
+                print(f"motionwatch: {movie}: warning: {text}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch correct``: returns 0 when all movies were corrected, 1 otherwise."""
     from correction.errors import CorrectionError, ParameterError
@@ -72,11 +99,25 @@ def run(args: argparse.Namespace) -> int:
                                   "error": str(exc)}), flush=True)
         return exitcodes.SOME_FAILED
 
+    try:  # once, before any work: a folder that cannot be made fails every movie alike
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = ("exists and is not a folder" if args.out.exists() and not args.out.is_dir()
+                  else exc.strerror or str(exc))
+        message = f"{args.out}: cannot create the output folder: {reason}"
+        print(f"motionwatch: {message}", file=sys.stderr)
+        for movie in args.movies:
+            if args.json:
+                print(json.dumps({"movie": str(movie), "status": "failed",
+                                  "error": f"{movie}: {message}"}), flush=True)
+        return exitcodes.SOME_FAILED
+
     failed = 0
     for movie in args.movies:
         t0 = time.perf_counter()
         try:
-            result = correct_movie(movie, args.out, params, gain_reference=gain)
+            with _warnings_as_lines(movie):
+                result = correct_movie(movie, args.out, params, gain_reference=gain)
         except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop the others
             failed += 1
             message = _fail(movie, exc)

@@ -64,11 +64,45 @@ def _shift_error_rms(found_yx: Any, truth_yx: Any) -> float:
     return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
 
 
-def _session_folders(folder: Path, *, seed: int, size_px: int) -> tuple[Path, Path, Any, Any,
-                                                                        Path]:
+def _clear_previous_demo(folder: Path, say: Callable[[str], None] | None = None) -> None:
+    """Remove a previous demo's ``frames/`` and ``motioncorr/`` from ``folder``.
+
+    A rerun into the same folder must start from scratch: the previous run's state database
+    would otherwise count its movies as done and its tilt series as already assembled. Only a
+    folder a demo wrote (it holds ``demo_gain.mrc``) is cleared; any other folder that holds
+    ``frames/`` or ``motioncorr/`` is refused, so that no one's data is deleted or watched.
+
+    Raises
+    ------
+    FileExistsError
+        ``folder`` holds ``frames/`` or ``motioncorr/`` but was not written by a demo.
+    """
+    import shutil
+
+    folder = Path(folder)
+    leftovers = [p for p in (folder / "frames", folder / "motioncorr") if p.exists()]
+    if not leftovers:
+        return
+    if not (folder / "demo_gain.mrc").is_file():
+        raise FileExistsError(f"{folder}: holds {' and '.join(p.name + '/' for p in leftovers)}"
+                              f" that no earlier demo wrote; give an empty or new folder")
+    if say is not None:
+        say(f"removing the previous demo's {' and '.join(p.name + '/' for p in leftovers)} "
+            f"in {folder}")
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _session_folders(folder: Path, *, seed: int, size_px: int,
+                     say: Callable[[str], None] | None = None) -> tuple[Path, Path, Any, Any,
+                                                                         Path]:
     """Set up a simulated session in ``folder``: ``frames/`` (watched) and ``motioncorr/``
     (outputs), the random generator, and a synthetic float32 gain reference written as
-    ``demo_gain.mrc``.
+    ``demo_gain.mrc``. A previous demo's ``frames/`` and ``motioncorr/`` are removed first
+    (:func:`_clear_previous_demo`).
 
     Returns
     -------
@@ -80,6 +114,7 @@ def _session_folders(folder: Path, *, seed: int, size_px: int) -> tuple[Path, Pa
     from correction.synthetic import gain_pattern
 
     folder = Path(folder)
+    _clear_previous_demo(folder, say)
     watch, out = folder / "frames", folder / "motioncorr"
     watch.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +220,8 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
     from .service import Service, ServiceObserver
     from .simulate import simulate_session
 
-    watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px)
+    watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px,
+                                                         say=say)
     dose = electrons_per_px_per_frame / pixel_size_A**2
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose),
                               gain=GainParams(gain_path=gain_path))
@@ -274,7 +310,8 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
     from .simulate_series import simulate_tilt_series
     from .tiltseries import TiltSeriesResolver
 
-    watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px)
+    watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px,
+                                                         say=say)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                               gain=GainParams(gain_path=gain_path))
     config = Config(watch, out, out, params, settle_time_s=0.5, scan_interval_s=0.25,

@@ -86,6 +86,9 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None,
     journald : bool, optional
         Force the ``<N>`` prefix on or off; default: on when ``$JOURNAL_STREAM`` is set.
     """
+    # tifffile logs a warning each time a scan opens a TIFF still being written, raw on stderr
+    # (no handler); the completeness check and the readers report these states themselves
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     if stream is None:
         stream = _CurrentStdout()
     if json_lines is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -160,7 +161,7 @@ def _print_text(status: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``motionwatch status``: 0 when read, 78 when there is no state database."""
+    """``motionwatch status``: 0 when read, 78 when there is no readable state database."""
     folder = args.state_dir if args.state_dir is not None else args.out_dir
     db_path = Path(folder) / DB_NAME
     try:
@@ -168,6 +169,11 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"motionwatch status: {db_path}: no state database (is this the --out folder of "
               f"motionwatch watch?)", file=sys.stderr)
+        return exitcodes.CONFIG
+    except (sqlite3.Error, OSError) as exc:  # a file that is not (or no longer) our database
+        reason = " ".join(str(exc).split())
+        print(f"motionwatch status: {db_path}: not a readable state database ({reason})",
+              file=sys.stderr)
         return exitcodes.CONFIG
     if args.json:
         print(json.dumps(status))

@@ -84,3 +84,74 @@ def test_all_good_exits_zero_and_missing_dose_is_a_usage_error(folder, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["correct", str(good), "--out", str(tmp / "o3")])
     assert exc.value.code == exitcodes.USAGE
+
+
+@pytest.mark.parametrize("flag", ["--dose-per-frame", "--pre-exposure", "--voltage",
+                                  "--pixel-size"])
+def test_infinite_dose_voltage_or_pixel_size_is_a_usage_error_not_an_internal_error(
+        folder, capsys, flag):
+    tmp, good, _, _ = folder
+    dose = [] if flag == "--dose-per-frame" else ["--dose-per-frame", "1"]
+    status = main(["correct", str(good), "--out", str(tmp / "out"), *dose, flag, "inf"])
+    assert status == exitcodes.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "finite" in err and "internal error" not in err
+    assert not (tmp / "out").exists()
+
+
+def test_output_folder_below_a_regular_file_fails_once_before_any_work(folder, capsys):
+    tmp, good, _, _ = folder
+    (tmp / "afile").write_text("x")
+    for out in (tmp / "afile", tmp / "afile" / "sub"):
+        status = main(["correct", str(good), "--out", str(out), "--dose-per-frame", "1",
+                       "--json"])
+        assert status == exitcodes.SOME_FAILED
+        captured = capsys.readouterr()
+        assert captured.err.count("\n") == 1  # one line, however many movies
+        assert captured.err.startswith(f"motionwatch: {out}: cannot create the output folder")
+        assert json.loads(captured.out)["status"] == "failed"
+        if out == tmp / "afile":
+            assert "exists and is not a folder" in captured.err
+
+
+def test_dark_reference_of_the_wrong_shape_is_named_as_the_dark_not_as_a_gain(folder, capsys):
+    tmp, good, _, _ = folder
+    with mrcfile.new(tmp / "dark.mrc") as mrc:
+        mrc.set_data(np.zeros((64, 96), np.float32))
+    status = main(["correct", str(good), "--dark", str(tmp / "dark.mrc"), "--out",
+                   str(tmp / "out"), "--total-dose", "4"])
+    assert status == exitcodes.SOME_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"motionwatch: {good}: {tmp / 'dark.mrc'}: dark reference is 64x96")
+
+
+def test_truncated_tiff_gives_only_the_motionwatch_line_no_tifffile_log_lines(tmp_path, capsys,
+                                                                              caplog):
+    import logging
+
+    import tifffile
+
+    caplog.set_level(logging.WARNING)  # without a handler, Python prints these raw on stderr
+
+    syn = render_movie(np.random.default_rng(2), shape_yx=(128, 128), n_frames=4, gain=None,
+                       n_hot_pixels=0, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "full.tif", syn.frames, photometric="minisblack")
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:len(data) // 2])
+    status = main(["correct", str(tmp_path / "cut.tif"), "--pixel-size", "1", "--out",
+                   str(tmp_path / "out"), "--dose-per-frame", "1"])
+    assert status == exitcodes.SOME_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"motionwatch: {tmp_path / 'cut.tif'}: ")
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_python_warnings_while_correcting_become_one_motionwatch_line_naming_the_movie(
+        folder, capsys):
+    tmp, good, _, _ = folder  # 4 frames in one group of 8: nothing to align against
+    status = main(["correct", str(good), "--out", str(tmp / "out"), "--dose-per-frame", "1",
+                   "--group", "8", "--patches", "1", "1"])
+    assert status == exitcodes.OK
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and all(line.startswith(f"motionwatch: {good}: warning: ") for line in err)

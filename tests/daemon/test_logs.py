@@ -41,3 +41,26 @@ def test_debug_events_are_filtered_at_info_level():
     get_logger().debug("hidden")
     assert out.getvalue() == ""
     structlog.reset_defaults()
+
+
+def test_a_tiff_still_being_written_leaves_no_raw_tifffile_lines_in_the_daemon_log(
+        tmp_path, caplog):
+    import logging
+
+    import numpy as np
+    import pytest
+    import tifffile
+
+    from correction.errors import TruncatedMovieError
+    from correction.io.tiff import read_tiff
+
+    tifffile.imwrite(tmp_path / "full.tif", np.zeros((4, 64, 64), np.uint16),
+                     photometric="minisblack")
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "growing.tif").write_bytes(data[:len(data) // 2])
+    caplog.set_level(logging.WARNING)  # without a handler, Python prints these raw on stderr
+    configure_logging(stream=io.StringIO(), journald=False)
+    with pytest.raises(TruncatedMovieError):
+        read_tiff(tmp_path / "growing.tif")
+    structlog.reset_defaults()
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]

@@ -95,3 +95,37 @@ def test_status_of_a_session_without_tilt_series_has_an_empty_series_list(tmp_pa
     assert json.loads(capsys.readouterr().out)["series"] == []
     assert main(["status", str(tmp_path)]) == 0
     assert "tilt series" not in capsys.readouterr().out
+
+
+def test_demo_run_twice_into_the_same_folder_starts_afresh_and_assembles_the_series(tmp_path):
+    from daemon.demo import demo_tilt_series
+
+    kwargs = dict(n_tilts=2, size_px=128, n_frames=4)
+    assert demo_tilt_series(tmp_path, say=lambda line: None, **kwargs)
+    lines = []
+    assert demo_tilt_series(tmp_path, say=lines.append, **kwargs)  # was: 300 s wait, "not assembled"
+    assert any("removing the previous demo's frames/ and motioncorr/" in line for line in lines)
+    with Ledger(tmp_path / "motioncorr" / "motionwatch.sqlite") as db:
+        assert db.counts()["done"] == 2  # one row per movie, not the first run's as well
+
+
+def test_demo_refuses_a_folder_whose_frames_no_demo_wrote(tmp_path, capsys):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "precious.mrc").write_bytes(b"x")
+    assert main(["demo", str(tmp_path), "--tilts", "1", "--size", "64"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"motionwatch demo: {tmp_path}: holds frames/") and err.count("\n") == 1
+    assert (tmp_path / "frames" / "precious.mrc").is_file()
+
+
+def test_status_of_a_corrupt_or_empty_state_database_is_one_line_not_a_traceback(tmp_path,
+                                                                                 capsys):
+    for content in (b"garbage, not sqlite", b""):
+        (tmp_path / "motionwatch.sqlite").write_bytes(content)
+        for extra in ([], ["--json"]):
+            assert main(["status", str(tmp_path), *extra]) == 78
+            captured = capsys.readouterr()
+            assert captured.out == ""
+            assert captured.err.startswith(f"motionwatch status: {tmp_path / 'motionwatch.sqlite'}"
+                                           ": not a readable state database")
+            assert captured.err.count("\n") == 1
