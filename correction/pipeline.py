@@ -404,7 +404,6 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                            fill * float(np.prod(grids.bin_yx)) if binned else fill,
                            shape_yx=grids.out_yx, workers=workers)
         kept.clear()
-        del pad_buf
         timings["local_sum"] = time.perf_counter() - t
         return shifts_out, alignment, SumImages(sum=tiles.plain, dw=tiles.dose_weighted,
                                                 even=tiles.even, odd=tiles.odd), local, \
@@ -419,7 +418,6 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV)
     kept.clear()
-    del pad_buf
     timings["sum"] = time.perf_counter() - t
     t = time.perf_counter()  # even/odd FRC on the half spectra, before they are overwritten
     resolution = even_odd_resolution_from_spectra(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import sys
 import time
 import warnings
@@ -58,18 +57,13 @@ def _fail(movie: Path, exc: BaseException) -> str:
 @contextlib.contextmanager
 def _warnings_as_lines(movie: Path) -> Iterator[None]:
     """Show Python warnings raised while correcting ``movie`` as ``motionwatch: <movie>:
-    warning: ...`` lines (once each), and keep tifffile's own log lines (which the readers
-    turn into proper errors) off the terminal."""
-    tiff_log = logging.getLogger("tifffile")
-    level = tiff_log.level
-    tiff_log.setLevel(logging.CRITICAL)
+    warning: ...`` lines (once each)."""
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
     finally:
-        tiff_log.setLevel(level)
         seen: set[str] = set()
         for w in caught:
             text = " ".join(str(w.message).split())
@@ -84,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from correction.gain import load_gain_reference
     from correction.pipeline import correct_movie
 
+    from .logs import quiet_reader_logs
+
+    quiet_reader_logs()  # the readers turn tifffile's complaints into one-line errors
     try:
         params = params_from_args(args)
     except ParameterError as exc:

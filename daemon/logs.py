@@ -71,6 +71,16 @@ class _CurrentStdout:
         return hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
 
 
+def quiet_reader_logs() -> None:
+    """Keep tifffile's own log lines off stderr in this process.
+
+    tifffile logs a warning (raw, with no handler) each time a TIFF still being written or cut
+    short is opened; the completeness check and the readers report those states themselves as
+    one-line errors naming the file.
+    """
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
 def configure_logging(*, level: str = "info", stream: TextIO | None = None,
                       json_lines: bool | None = None, journald: bool | None = None) -> None:
     """Configure structlog for this process.
@@ -86,9 +96,7 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None,
     journald : bool, optional
         Force the ``<N>`` prefix on or off; default: on when ``$JOURNAL_STREAM`` is set.
     """
-    # tifffile logs a warning each time a scan opens a TIFF still being written, raw on stderr
-    # (no handler); the completeness check and the readers report these states themselves
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    quiet_reader_logs()
     if stream is None:
         stream = _CurrentStdout()
     if json_lines is None:

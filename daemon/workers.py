@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import importlib
-import logging
 import multiprocessing
 import os
 import signal
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait as mp_wait
 from pathlib import Path
 from typing import Any, Literal
+
+from .logs import quiet_reader_logs
 
 __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER"]
 
@@ -154,9 +155,7 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
     if os.getppid() != parent_pid:
         os._exit(70)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    # a failing read is reported through the result; tifffile's own log lines would only reach
-    # stderr raw (the daemon's main process silences them the same way, daemon/logs.py)
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    quiet_reader_logs()  # a failing read is reported through the result, not raw on stderr
 
     correct = _resolve(runner)
     load_gain = _resolve(gain_loader) if gain_loader else None
