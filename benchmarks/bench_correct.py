@@ -68,7 +68,7 @@ def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict
     import correction.io  # noqa: F401 - imports are not part of the timed work
     import correction.pipeline  # noqa: F401
     import correction.write  # noqa: F401
-    from daemon.cli import build_parser, main
+    from daemon.commands.cli import build_parser, main
 
     build_parser()  # imports every subcommand module before the clock starts
     dose = E_PER_PX / PIXEL_SIZE_A**2

@@ -18,7 +18,7 @@ import scipy.fft
 import zmq
 
 from correction.frc import even_odd_resolution, even_odd_resolution_from_spectra
-from daemon.publish import PublishConfig, Publisher, Subscriber, TiltInfo
+from daemon.feed.publisher import PublishConfig, Publisher, Subscriber, TiltInfo
 
 N = 5000
 

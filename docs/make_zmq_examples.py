@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from correction.frc import even_odd_resolution
-from daemon.publish import TOPICS, DriftRules, PublishConfig, Publisher, Subscriber
-from daemon.series import TiltAssignment
+from daemon.feed.publisher import TOPICS, DriftRules, PublishConfig, Publisher, Subscriber
+from daemon.series.resolution import TiltAssignment
 
 DOC = Path(__file__).with_name("zmq.md")
 _BLOCK = re.compile(r"(<!-- example:(\w+) -->\n```json\n)(.*?)(\n```\n<!-- /example -->)", re.S)

@@ -139,3 +139,74 @@ def test_correct_frames_weights_uneven_eer_fractions_by_their_raw_frame_counts()
     out = correct_frames(movie.frames, pixel_size_A=1.0, params=params,
                          raw_frames_per_frame=(19, 19, 22))
     np.testing.assert_allclose(out.frame_doses_e_A2, [1.9, 1.9, 2.2], rtol=1e-12)
+
+
+# --- late tilts: pre-exposure must not turn the weighted sums into NaN -----------------------
+# At 0.5 Å pixels the absolute weight exp(-D / 2Ne) squared leaves float32's range at the
+# Nyquist corner from ~255 e/Å² (300 kV), ~205 (200 kV), ~140 (120 kV), ~127 (100 kV).
+_LATE_TILTS = [(kv, pre) for kv in (100, 200, 300) for pre in (150.0, 250.0, 300.0)] + [
+    (120, 150.0), (120, 300.0)]
+
+
+def _late_tilt_movie(n=6, shape=(64, 64)):
+    rng = np.random.default_rng(21)
+    frames = rng.poisson(3.0, size=(n, *shape)).astype(np.float32)
+    shifts = rng.uniform(-2, 2, size=(n, 2))
+    return frames, shifts, accumulated_dose_e_A2(np.full(n, 2.5))
+
+
+def _global_images(frames, shifts, dose_end, kv, *, as_list):
+    spectra = [rfft2(f) for f in frames]
+    sums = accumulate_sums(spectra if as_list else iter(spectra), shifts,
+                           padded_shape_yx=frames.shape[1:], dose_end_e_A2=dose_end,
+                           pixel_size_A=0.5, voltage_kV=kv)
+    return sums_to_images(sums, padded_shape_yx=frames.shape[1:], shape_yx=frames.shape[1:])
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+@pytest.mark.parametrize("kv, pre_e_A2", _LATE_TILTS)
+def test_late_tilt_dose_weighted_even_odd_sums_are_finite_and_equal_the_unexposed_ones(
+        kv, pre_e_A2, as_list):
+    """sqrt(n / sum w^2) cancels the common factor exp(-D_pre / 2Ne) exactly, so a late tilt's
+    per-tilt dw/even/odd images equal those of the same frames without pre-exposure."""
+    frames, shifts, dose_end = _late_tilt_movie()
+    fresh = _global_images(frames, shifts, dose_end, kv, as_list=as_list)
+    late = _global_images(frames, shifts, dose_end + pre_e_A2, kv, as_list=as_list)
+    for name in ("sum", "dw", "even", "odd"):
+        image, reference = getattr(late, name), getattr(fresh, name)
+        assert np.isfinite(image).all(), f"{name} at {kv} kV, {pre_e_A2} e/Å²"
+        np.testing.assert_allclose(image, reference, rtol=0,
+                                   atol=2e-6 * float(np.abs(reference).max()), err_msg=name)
+
+
+@pytest.mark.parametrize("kv, pre_e_A2", [(100, 150.0), (100, 300.0), (200, 250.0),
+                                          (300, 300.0), (120, 300.0)])
+def test_late_tilt_local_sums_are_finite_and_equal_the_unexposed_ones(kv, pre_e_A2):
+    from correction.local_apply import local_sums
+
+    frames, shifts, dose_end = _late_tilt_movie(shape=(96, 96))
+    kw = dict(pixel_size_A=0.5, voltage_kV=kv, tile_px=48, workers=1)
+    fresh = local_sums(frames, shifts, None, dose_end_e_A2=dose_end, **kw)
+    late = local_sums(frames, shifts, None, dose_end_e_A2=dose_end + pre_e_A2, **kw)
+    for name in ("plain", "dose_weighted", "even", "odd"):
+        image, reference = getattr(late, name), getattr(fresh, name)
+        assert np.isfinite(image).all(), f"{name} at {kv} kV, {pre_e_A2} e/Å²"
+        np.testing.assert_allclose(image, reference, rtol=0,
+                                   atol=2e-6 * float(np.abs(reference).max()), err_msg=name)
+
+
+def test_relative_weights_times_their_normalisation_equal_the_absolute_ones():
+    """Where the absolute float64 weights are representable, taking them relative to the first
+    frame changes neither the normalised product nor anything beyond rounding."""
+    k = np.array([0.0, 0.05, 0.2, 0.5, 1.0, 1.4])
+    for kv in (100, 120, 200, 300):
+        d = 40.0 + np.cumsum(np.full(8, 2.0))
+        absolute = dose_weights(k, d, kv) * weight_normalisation(k, d, kv)
+        relative = (dose_weights(k, d, kv, reference_dose_e_A2=d[0])
+                    * weight_normalisation(k, d, kv, reference_dose_e_A2=d[0]))
+        np.testing.assert_allclose(relative, absolute, rtol=1e-12)
+        late = d + 2000.0  # exp(-D / 2Ne) underflows even float64 here
+        w = (dose_weights(k, late, kv, reference_dose_e_A2=late[0])
+             * weight_normalisation(k, late, kv, reference_dose_e_A2=late[0]))
+        np.testing.assert_allclose(w, relative, rtol=1e-9)
+        assert dose_weights(k, late[0], kv, reference_dose_e_A2=late[0]).max() == 1.0

@@ -12,7 +12,7 @@ import pytest
 from correction.dose import dose_weights
 from correction.errors import CorrectionError
 from correction.stack import StackTilt, assemble_series, exposure_filter
-from daemon.mdoc import read_mdoc
+from daemon.series.mdoc import read_mdoc
 
 PIXEL_A = 2.0
 

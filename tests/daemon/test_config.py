@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from daemon import exitcodes
-from daemon.cli import main
-from daemon.config import ConfigError, load_config
+from daemon.commands.cli import main
+from daemon.settings.config import ConfigError, load_config
 
 
 def parse(argv):
-    from daemon import service
+    from daemon.engine import service
 
     parser = argparse.ArgumentParser()
     service.add_arguments(parser)
@@ -36,7 +36,7 @@ def test_toml_values_apply_and_flags_override_them(tmp_path):
 
 def test_every_correction_option_has_a_toml_key(tmp_path):
     """A value for each option of `motionwatch correct` is accepted from the config file."""
-    from daemon.options import add_correction_arguments
+    from daemon.settings.correction_options import add_correction_arguments
 
     probe = argparse.ArgumentParser()
     add_correction_arguments(probe)

@@ -11,7 +11,7 @@ import pytest
 
 from correction.synthetic import render_movie
 from daemon import exitcodes
-from daemon.cli import main
+from daemon.commands.cli import main
 
 
 def _movie(path, rng, *, pixel_size_A=1.2, shape=(128, 128)):

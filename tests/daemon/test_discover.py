@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.discover import Discovery, filesystem_type, is_temporary_name, needs_polling, scan
+from daemon.intake.discover import Discovery, filesystem_type, is_temporary_name, needs_polling, scan
 
 
 def touch(path: Path, data: bytes = b"x", mtime_ns: int | None = None) -> Path:

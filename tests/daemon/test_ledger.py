@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from daemon.ledger import Ledger, MovieKey
+from daemon.state.ledger import Ledger, MovieKey
 
 
 def key(path="/d/a.mrc", size=100, mtime=1, fp="f1") -> MovieKey:

@@ -5,7 +5,7 @@ import json
 
 import structlog
 
-from daemon.logs import configure_logging, get_logger, running_under_journald
+from daemon.system.logs import configure_logging, get_logger, running_under_journald
 
 
 def test_json_lines_carry_the_movie_path_and_level():

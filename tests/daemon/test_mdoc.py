@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from mdoc_data import CRYOCAT, DATA, needs_cryocat
 
-from daemon.mdoc import (
+from daemon.series.mdoc import (
     TIMESTAMP_EPOCH,
     frame_path_basename,
     parse_datetime,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from daemon.monitor import MonitorState, render, sparkline
-from daemon.publish import (
+from daemon.feed.monitor import MonitorState, render, sparkline
+from daemon.feed.publisher import (
     SCHEMA,
     DriftRules,
     PublishConfig,

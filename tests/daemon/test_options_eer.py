@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.options import add_correction_arguments, params_from_args
+from daemon.settings.correction_options import add_correction_arguments, params_from_args
 
 
 def _parse(argv: list[str]):

@@ -18,7 +18,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from daemon.publish import (
+from daemon.feed.publisher import (
     SCHEMA,
     TOPICS,
     DriftRules,
@@ -169,7 +169,7 @@ def test_tilt_facts_come_from_the_records_tilt_object_and_a_configured_dose_is_a
     import numpy as np
 
     from correction.report import motion_record as library_record
-    from daemon.series import TiltAssignment
+    from daemon.series.resolution import TiltAssignment
 
     def record_with(source: str, warnings: tuple[str, ...] = ()) -> dict:
         tilt = TiltAssignment(movie="TS_02_005_-9.0.tif", series="TS_02", tilt_deg=-9.0,

@@ -21,9 +21,9 @@ import pytest
 import zmq
 
 from correction.synthetic import render_movie
-from daemon.publish import Subscriber
-from daemon.simulate import simulate_session, write_movie_progressively
-from daemon.simulate_series import simulate_tilt_series
+from daemon.feed.publisher import Subscriber
+from daemon.simulation.movies import simulate_session, write_movie_progressively
+from daemon.simulation.tilt_series import simulate_tilt_series
 
 SHAPE = (128, 128)
 PIXEL_A = 1.1

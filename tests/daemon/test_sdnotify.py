@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import Notifier, WatchdogPinger, watchdog_interval_s, watchdog_timeout_s
+from daemon.system.sdnotify import Notifier, WatchdogPinger, watchdog_interval_s, watchdog_timeout_s
 
 
 class FakeManager:

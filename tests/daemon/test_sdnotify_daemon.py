@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 from correction.params import CorrectionParams, DoseParams
-from daemon.config import Config
-from daemon.observers import NotifyObserver
-from daemon.service import Service, ServiceObserver
-from daemon.simulate import simulate_session, write_movie_progressively
+from daemon.settings.config import Config
+from daemon.feed.listener import NotifyObserver
+from daemon.engine.service import Service, ServiceObserver
+from daemon.simulation.movies import simulate_session, write_movie_progressively
 
 OUTPUT_SUFFIXES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mdoc_data import CRYOCAT, DATA, needs_cryocat
 
-from daemon.mdoc import parse_mdoc_text, read_mdoc
-from daemon.series import (
+from daemon.series.mdoc import parse_mdoc_text, read_mdoc
+from daemon.series.resolution import (
     MdocObservation,
     MovieObservation,
     SeriesConfig,

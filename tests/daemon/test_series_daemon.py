@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from daemon_process import events, rows, spawn, watch_argv
 
-from daemon.cli import main
-from daemon.simulate_series import series_mdoc_text, simulate_tilt_series
+from daemon.commands.cli import main
+from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
 
 
 def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:
@@ -158,7 +158,7 @@ def test_sigkill_half_way_then_restart_keeps_every_pre_exposure_exact(tmp_path):
 
 def _write_movies(watch: Path, names: list[str], seed: int) -> None:
     from correction.synthetic import render_movie
-    from daemon.simulate import write_movie_progressively
+    from daemon.simulation.movies import write_movie_progressively
 
     rng = np.random.default_rng(seed)
     for name in names:
@@ -271,9 +271,9 @@ def test_demo_runs_a_tilt_series_session_by_default_and_one_movie_with_single(tm
 
 def test_observers_receive_series_started_updated_per_movie_and_completed_with_stacks(tmp_path):
     from correction.params import CorrectionParams, DoseParams
-    from daemon.config import Config
-    from daemon.service import Service, ServiceObserver
-    from daemon.tiltseries import TiltSeriesResolver
+    from daemon.settings.config import Config
+    from daemon.engine.service import Service, ServiceObserver
+    from daemon.series.resolver import TiltSeriesResolver
 
     watch, out = tmp_path / "w", tmp_path / "out"
     tilts = simulate(watch, 26, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0, lock=False)

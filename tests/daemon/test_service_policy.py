@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from correction.params import CorrectionParams, DoseParams
-from daemon.config import Config
-from daemon.ledger import Ledger, MovieKey
-from daemon.service import Service, ServiceObserver, SOURCE_KEY
-from daemon.simulate import write_movie_progressively
+from daemon.settings.config import Config
+from daemon.state.ledger import Ledger, MovieKey
+from daemon.engine.service import Service, ServiceObserver, SOURCE_KEY
+from daemon.simulation.movies import write_movie_progressively
 
 RUNNERS = '''
 import errno, json, os, signal, time

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.settle import Observation, Settler
+from daemon.intake.settle import Observation, Settler
 
 
 class FakeClock:

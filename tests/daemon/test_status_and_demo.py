@@ -2,8 +2,8 @@
 
 import json
 
-from daemon.cli import main
-from daemon.ledger import Ledger, MovieKey
+from daemon.commands.cli import main
+from daemon.state.ledger import Ledger, MovieKey
 
 
 def test_status_shows_counts_last_done_failures_and_backlog(tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_status_of_a_folder_without_a_database_says_so(tmp_path, capsys):
 
 def test_demo_session_corrects_every_simulated_movie_accurately(tmp_path):
     lines = []
-    done = __import__("daemon.demo", fromlist=["demo_session"]).demo_session(
+    done = __import__("daemon.commands.demo", fromlist=["demo_session"]).demo_session(
         tmp_path, n_movies=2, size_px=256, n_frames=6, say=lines.append)
     assert done == 2
     errors = [float(line.split("shift error ")[1].split()[0]) for line in lines
@@ -98,7 +98,7 @@ def test_status_of_a_session_without_tilt_series_has_an_empty_series_list(tmp_pa
 
 
 def test_demo_run_twice_into_the_same_folder_starts_afresh_and_assembles_the_series(tmp_path):
-    from daemon.demo import demo_tilt_series
+    from daemon.commands.demo import demo_tilt_series
 
     kwargs = dict(n_tilts=2, size_px=128, n_frames=4)
     assert demo_tilt_series(tmp_path, say=lambda line: None, **kwargs)

@@ -14,12 +14,12 @@ import numpy as np
 from mdoc_data import DATA
 
 from correction.params import CorrectionParams, DoseParams
-from daemon.config import Config
-from daemon.ledger import Ledger
-from daemon.series import SeriesConfig
-from daemon.service import Service, ServiceObserver
-from daemon.simulate import write_movie_progressively
-from daemon.tiltseries import TiltSeriesResolver
+from daemon.settings.config import Config
+from daemon.state.ledger import Ledger
+from daemon.series.resolution import SeriesConfig
+from daemon.engine.service import Service, ServiceObserver
+from daemon.simulation.movies import write_movie_progressively
+from daemon.series.resolver import TiltSeriesResolver
 
 
 class StopReason(ServiceObserver):

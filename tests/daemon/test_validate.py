@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from daemon.simulate import write_frame_mdoc, write_movie_progressively
-from daemon.validate import read_frame_mdoc, validate
+from daemon.simulation.movies import write_frame_mdoc, write_movie_progressively
+from daemon.intake.validate import read_frame_mdoc, validate
 
 
 def frames(n=4, shape=(64, 64)):

@@ -19,7 +19,7 @@ import mrcfile
 import numpy as np
 from daemon_process import events, rows, spawn, watch_argv
 
-from daemon.simulate import simulate_session, write_movie_progressively
+from daemon.simulation.movies import simulate_session, write_movie_progressively
 
 N_FRAMES = 6
 SHAPE = (256, 256)

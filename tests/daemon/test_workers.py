@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.workers import Task, WorkerPool
+from daemon.work.workers import Task, WorkerPool
 
 RUNNERS = '''
 import os, signal, time

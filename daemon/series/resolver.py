@@ -41,14 +41,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
-from .discover import ScanResult
-from .mdoc import MdocFile, read_mdoc
-from .series import (DEFAULT_FILENAME_PATTERN, MdocObservation, MovieObservation, Resolution,
+from daemon.settings.config import Config, ConfigError
+from daemon.intake.discover import ScanResult
+from daemon.series.mdoc import MdocFile, read_mdoc
+from daemon.series.resolution import (DEFAULT_FILENAME_PATTERN, MdocObservation, MovieObservation, Resolution,
                      SeriesConfig, SeriesObservation, SeriesState, SeriesSummary,
                      assignment_change, classify_mdocs, resolve, update_series_state)
-from .service import (MovieEvent, MovieMetadata, SeriesEvent, ServiceObserver, output_dir_for)
-from .settle import Observation
+from daemon.engine.service import (MovieEvent, MovieMetadata, SeriesEvent, ServiceObserver, output_dir_for)
+from daemon.intake.settle import Observation
 
 __all__ = ["TiltSeriesResolver", "add_series_arguments", "lock_paths"]
 

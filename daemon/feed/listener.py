@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
-from .service import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceObserver
+from daemon.settings.config import Config, ConfigError
+from daemon.engine.service import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceObserver
 
 __all__ = [
     "add_observer_arguments",
@@ -47,7 +47,7 @@ _STUCK_MARGIN_S = 60.0
 
 def add_observer_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the live feed and of the systemd watchdog (``motionwatch watch``)."""
-    from .publish import DEFAULT_ENDPOINT
+    from daemon.feed.publisher import DEFAULT_ENDPOINT
 
     g = parser.add_argument_group("live feed (ZeroMQ, docs/zmq.md)")
     g.add_argument("--publish", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
@@ -90,7 +90,7 @@ def publish_config_from(config: Config) -> Any:
         With the publisher's problems (non-local endpoint without ``publish_allow_remote``,
         missing CURVE files, bad thresholds).
     """
-    from .publish import DEFAULT_ENDPOINT, DriftRules, PublishConfig, PublishConfigError
+    from daemon.feed.publisher import DEFAULT_ENDPOINT, DriftRules, PublishConfig, PublishConfigError
 
     options = config.options
     if _opt(options, "no_publish", False):
@@ -133,7 +133,7 @@ def build_observers(config: Config, *, environ: Mapping[str, str] | None = None,
         Bad publishing options, or the publisher cannot bind (endpoint in use, CURVE keys
         unreadable): exit status 78, systemd does not restart.
     """
-    from .publish import PublishError, Publisher
+    from daemon.feed.publisher import PublishError, Publisher
 
     observers: list[ServiceObserver] = []
     publish = publish_config_from(config)
@@ -233,7 +233,7 @@ class NotifyObserver(ServiceObserver):
     def __init__(self, notifier: Any, *, watchdog_interval_s: float | None, stall_s: float,
                  stuck_after_s: float, extend_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        from .sdnotify import WatchdogPinger
+        from daemon.system.sdnotify import WatchdogPinger
 
         self.notifier = notifier
         self.stall_s = float(stall_s)
@@ -261,7 +261,7 @@ class NotifyObserver(ServiceObserver):
             A threshold <= 0, or a heartbeat too slow for the watchdog (the heartbeat must come
             well within the stall threshold).
         """
-        from .sdnotify import Notifier, watchdog_interval_s, watchdog_timeout_s
+        from daemon.system.sdnotify import Notifier, watchdog_interval_s, watchdog_timeout_s
 
         env = os.environ if environ is None else environ
         options = config.options

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import exitcodes
-from .ledger import DB_NAME, Ledger, MovieRow
+from daemon import exitcodes
+from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 
 __all__ = ["add_arguments", "run", "collect_status"]
 

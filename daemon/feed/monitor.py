@@ -26,7 +26,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from . import exitcodes
+from daemon import exitcodes
 
 __all__ = ["add_arguments", "run", "MonitorState", "SeriesView", "render", "sparkline", "EXAMPLES"]
 
@@ -129,7 +129,7 @@ class MonitorState:
 
     def apply(self, topic: str, body: Mapping[str, Any], received_at: float) -> None:
         """Fold one message into the state (idempotent for ``state`` and repeated movies)."""
-        from .publish import tilt_summary
+        from daemon.feed.publisher import tilt_summary
 
         self.received += 1
         if topic == "invalid" or "seq" not in body or "session" not in body:
@@ -378,7 +378,7 @@ def render(state: MonitorState, now: float, *, max_rows: int = 20,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .publish import DEFAULT_ENDPOINT
+    from daemon.feed.publisher import DEFAULT_ENDPOINT
 
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
                         help=f"the daemon's ZeroMQ endpoint (default {DEFAULT_ENDPOINT})")
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from .publish import Subscriber
+    from daemon.feed.publisher import Subscriber
 
     console = Console()
     state = MonitorState(args.endpoint)

@@ -12,15 +12,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__, exitcodes
+from daemon import __version__
+from daemon import exitcodes
 
 # subcommand name -> module (imported lazily, only the chosen one runs)
 COMMANDS: dict[str, str] = {
-    "correct": "daemon.correct_cmd",
-    "demo": "daemon.demo",
-    "watch": "daemon.service",
-    "status": "daemon.status",
-    "monitor": "daemon.monitor",
+    "correct": "daemon.commands.correct",
+    "demo": "daemon.commands.demo",
+    "watch": "daemon.engine.service",
+    "status": "daemon.commands.status",
+    "monitor": "daemon.feed.monitor",
 }
 
 EPILOG = """examples:

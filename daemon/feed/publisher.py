@@ -59,7 +59,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from . import __version__
+from daemon import __version__
 
 __all__ = [
     "SCHEMA",

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection, wait as mp_wait
 from pathlib import Path
 from typing import Any, Literal
 
-from .logs import quiet_reader_logs
+from daemon.system.logs import quiet_reader_logs
 
 __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER"]
 

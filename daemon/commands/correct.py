@@ -17,8 +17,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import exitcodes
-from .options import add_correction_arguments, params_from_args
+from daemon import exitcodes
+from daemon.settings.correction_options import add_correction_arguments, params_from_args
 
 __all__ = ["add_arguments", "run"]
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from correction.gain import load_gain_reference
     from correction.pipeline import correct_movie
 
-    from .logs import quiet_reader_logs
+    from daemon.system.logs import quiet_reader_logs
 
     quiet_reader_logs()  # the readers turn tifffile's complaints into one-line errors
     try:

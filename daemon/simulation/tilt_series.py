@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .mdoc import TIMESTAMP_EPOCH  # the reader's epoch: written stamps read back exactly
-from .simulate import SimulatedMovie, write_movie_progressively
+from daemon.series.mdoc import TIMESTAMP_EPOCH  # the reader's epoch: written stamps read back exactly
+from daemon.simulation.movies import SimulatedMovie, write_movie_progressively
 
 __all__ = ["SimulatedTilt", "dose_symmetric_angles", "simulate_tilt_series", "series_mdoc_text",
            "TIMESTAMP_EPOCH"]

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from correction.params import DoseParams
 
-from .mdoc import MdocFile, TiltSection
+from daemon.series.mdoc import MdocFile, TiltSection
 
 __all__ = [
     "DEFAULT_FILENAME_PATTERN",

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import exitcodes
-from .config import Config, ConfigError, add_watch_arguments, finalize_parser, load_config
-from .discover import Discovery, ScanResult
-from .ledger import DB_NAME, Ledger, MovieKey, MovieRow
-from .settle import Observation, Settler
-from .validate import validate
-from .workers import DEFAULT_RUNNER, Outcome, Task, WorkerPool
+from daemon import exitcodes
+from daemon.settings.config import Config, ConfigError, add_watch_arguments, finalize_parser, load_config
+from daemon.intake.discover import Discovery, ScanResult
+from daemon.state.ledger import DB_NAME, Ledger, MovieKey, MovieRow
+from daemon.intake.settle import Observation, Settler
+from daemon.intake.validate import validate
+from daemon.work.workers import DEFAULT_RUNNER, Outcome, Task, WorkerPool
 
 __all__ = [
     "add_arguments", "run", "Service", "ServiceObserver", "MetadataResolver", "NoMetadata",
@@ -334,7 +334,7 @@ class Service:
                  resolver: MetadataResolver | None = None, runner: str = DEFAULT_RUNNER,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, logger: Any = None) -> None:
-        from .logs import get_logger
+        from daemon.system.logs import get_logger
 
         self.config = config
         self._observers = list(observers)
@@ -881,9 +881,9 @@ def add_arguments(parser: Any) -> None:
     Integrations add their options here, before :func:`finalize_parser` (which gives every
     option its TOML key); their values arrive in ``Config.options``.
     """
-    from .options import add_correction_arguments
-    from .observers import add_observer_arguments
-    from .tiltseries import add_series_arguments
+    from daemon.settings.correction_options import add_correction_arguments
+    from daemon.feed.listener import add_observer_arguments
+    from daemon.series.resolver import add_series_arguments
 
     add_watch_arguments(parser)
     add_correction_arguments(parser)
@@ -897,8 +897,8 @@ def build_observers(config: Config) -> list[ServiceObserver]:
 
     Raises ConfigError for bad publishing/watchdog options or an endpoint that cannot be bound.
     """
-    from .logs import get_logger
-    from .observers import build_observers as build
+    from daemon.system.logs import get_logger
+    from daemon.feed.listener import build_observers as build
 
     return build(config, logger=get_logger())
 
@@ -911,7 +911,7 @@ def build_resolver(config: Config) -> MetadataResolver:
     ConfigError
         Bad tilt-series options (file-name pattern, dose per tilt, times).
     """
-    from .tiltseries import TiltSeriesResolver
+    from daemon.series.resolver import TiltSeriesResolver
 
     return TiltSeriesResolver.from_config(config)
 
@@ -924,7 +924,7 @@ def run(args: Any) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return exitcodes.CONFIG
-    from .logs import configure_logging
+    from daemon.system.logs import configure_logging
 
     configure_logging(level=config.log_level)
     try:
@@ -943,7 +943,7 @@ def run(args: Any) -> int:
 
 def _print_config_error(exc: ConfigError) -> None:
     """Every line of a configuration error on stderr, as errors (``<3>``) under journald."""
-    from .logs import running_under_journald
+    from daemon.system.logs import running_under_journald
 
     prefix = "<3>" if running_under_journald() else ""
     for line in f"motionwatch watch: {exc}".splitlines():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .settle import Observation
+from daemon.intake.settle import Observation
 
 __all__ = [
     "MOVIE_PATTERNS",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .discover import METADATA_PATTERNS, MOVIE_PATTERNS
+from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 
 __all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config"]
 
@@ -287,7 +287,7 @@ def load_config(args: argparse.Namespace) -> Config:
     ConfigError
         With every problem found.
     """
-    from .options import params_from_args
+    from daemon.settings.correction_options import params_from_args
 
     problems: list[str] = []
     given = {k: v for k, v in vars(args).items()

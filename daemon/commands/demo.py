@@ -215,10 +215,10 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
 
     from correction.params import CorrectionParams, DoseParams, GainParams
 
-    from .config import Config
-    from .logs import configure_logging
-    from .service import Service, ServiceObserver
-    from .simulate import simulate_session
+    from daemon.settings.config import Config
+    from daemon.system.logs import configure_logging
+    from daemon.engine.service import Service, ServiceObserver
+    from daemon.simulation.movies import simulate_session
 
     watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px,
                                                          say=say)
@@ -304,11 +304,11 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
 
     from correction.params import CorrectionParams, DoseParams, GainParams
 
-    from .config import Config
-    from .logs import configure_logging
-    from .service import Service, ServiceObserver
-    from .simulate_series import simulate_tilt_series
-    from .tiltseries import TiltSeriesResolver
+    from daemon.settings.config import Config
+    from daemon.system.logs import configure_logging
+    from daemon.engine.service import Service, ServiceObserver
+    from daemon.simulation.tilt_series import simulate_tilt_series
+    from daemon.series.resolver import TiltSeriesResolver
 
     watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px,
                                                          say=say)
@@ -416,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
     """``motionwatch demo``: 0 on success, 1 when the correction failed."""
     from correction.errors import CorrectionError
 
-    from . import exitcodes
+    from daemon import exitcodes
 
     size = args.size if args.size is not None else (1024 if args.single else 512)
     frames = args.frames if args.frames is not None else (10 if args.single else 8)
