@@ -6,7 +6,14 @@ ever re-sampled in real space. Each iteration correlates every frame (or group o
 frames) with the sum of all *other* frames shifted by the current estimates (leave-one-out
 reference), under a Gaussian B-factor low-pass that is lowered from iteration to iteration. The
 first iteration searches the whole window ``max_shift_px``; later ones evaluate the correlation
-only on a 5 x 5 neighbourhood of the expected peak by a direct (matrix) DFT. The sub-pixel peak
+only on a 5 x 5 neighbourhood of the expected peak by a direct (matrix) DFT. From the second
+iteration on, the B-factor low-pass is replaced by a matched filter measured on the data: the
+per-frame signal power ``S(k)`` and noise power ``N(k)`` are estimated in rings of spatial
+frequency from the aligned stack (``S`` from the cross power between frames, ``|sum|^2 - sum
+|frame|^2``), and each frequency is weighted by ``S / (n S + N)``, the weight that minimises the
+variance of a leave-one-out correlation shift for ``n`` frames. A fixed B-factor is right only
+for the content it was chosen for: low-contrast counted exposures need a much stronger low-pass
+than high-contrast synthetic ones, and the measured weight adapts to both. The sub-pixel peak
 is a 3-point parabola per axis. Because each iteration re-centres the frames on the current
 estimate, the residual peak converges to zero offset, where the parabola's interpolation bias
 vanishes; iteration stops when no shift changed by more than ``tolerance_px``.
@@ -21,6 +28,8 @@ References
 Li, X. et al. (2013) Electron counting and beam-induced motion correction of
 macromolecules by cryo-EM. Nat. Methods 10, 584-590.
 Zheng, S. Q. et al. (2017) MotionCor2. Nat. Methods 14, 331-332.
+Guizar-Sicairos, M., Thurman, S. T. & Fienup, J. R. (2008) Efficient subpixel image
+registration algorithms. Opt. Lett. 33, 156-158.
 """
 
 from __future__ import annotations
@@ -30,15 +39,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fourier import bfactor_filter_1d, frequency_indices, irfft2, shift_ramps
+from .fourier import (bfactor_filter_1d, frequency_indices, irfft2, radial_frequency_sq,
+                      shift_ramps)
 from .params import AlignParams
 
-__all__ = ["GlobalAlignment", "estimate_shifts", "frame_groups", "interpolate_group_shifts"]
+__all__ = ["GlobalAlignment", "estimate_shifts", "frame_groups", "interpolate_group_shifts",
+           "leave_one_out_oracle"]
 
 # B-factor schedule: B_i = B_0 * max(_B_FLOOR, _B_DECAY ** i) for iteration i.
 _B_DECAY = 0.6
 _B_FLOOR = 0.25
 _LOCAL_RADIUS = 2  # half-width (grid px) of the local correlation window after iteration 0
+_RING_WIDTH_PX = 2.0  # width of the frequency rings of the matched filter (grid frequency px)
+_MIN_RINGS = 16  # below this many rings (tiny grids) the B-factor schedule is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +209,64 @@ def _local_peaks(corr: np.ndarray, ey: np.ndarray, ex: np.ndarray) -> list[np.nd
     return peaks
 
 
+def _rings(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frequency rings of the half-spectrum grid for the matched filter.
+
+    Returns
+    -------
+    index : ndarray, shape (ny, nx // 2 + 1), int64
+        Ring of each element: ``floor(|k| * min(ny, nx) / _RING_WIDTH_PX)`` with ``k`` in cycles
+        per pixel, so each ring is ``_RING_WIDTH_PX`` frequency pixels of the short side wide.
+    multiplicity : ndarray, shape (ny, nx // 2 + 1), float64
+        How often each element stands in the full spectrum (2, or 1 for the DC/Nyquist columns).
+    """
+    ny, nx = shape
+    k = np.sqrt(radial_frequency_sq(shape).astype(np.float64))
+    index = np.floor(k * (min(ny, nx) / _RING_WIDTH_PX)).astype(np.int64)
+    col_w = np.full(nx // 2 + 1, 2.0)
+    col_w[0] = 1.0
+    if nx % 2 == 0:
+        col_w[-1] = 1.0
+    return index, np.broadcast_to(col_w[None, :], index.shape)
+
+
+def _matched_filter(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray],
+                    rings: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Weight ``S / (n S + N)`` per frequency ring, measured on an aligned stack (float32).
+
+    ``S`` is the signal power per group (the ring average of ``(|total|^2 - sum_j |part_j|^2) /
+    (n (n - 1))``: the cross power between groups, to which their independent noise does not
+    contribute), ``N`` the noise power per group (``mean_j |part_j|^2 - S``), ``n`` the number
+    of groups. The weight minimises the variance of the shift found by correlating one group
+    with the sum of the ``n - 1`` others; rings without measurable signal get 0; DC gets 0.
+    """
+    index, mult = rings
+    n = len(groups)
+    ny, nxh = total.shape
+    real = total.real.dtype
+    if len(groups) == aligned.shape[0]:  # one frame per group: one pass, no temporaries
+        pairs = aligned.view(real).reshape(aligned.shape[0], ny, nxh, 2)
+        power = np.einsum("iykc,iykc->yk", pairs, pairs)
+    else:
+        power = np.zeros((ny, nxh), real)
+        for part, _ in _leave_one_out(aligned, total, groups):
+            power += part.real ** 2
+            power += part.imag ** 2
+    total_power = total.real ** 2 + total.imag ** 2
+    flat, w = index.ravel(), mult.ravel()
+    n_rings = int(flat.max()) + 1
+    count = np.maximum(np.bincount(flat, w, n_rings), 1.0)
+    mean_power = np.bincount(flat, power.ravel() * w, n_rings) / count
+    mean_total = np.bincount(flat, total_power.ravel() * w, n_rings) / count
+    signal = np.maximum((mean_total - mean_power) / (n * (n - 1)), 0.0)
+    noise = np.maximum(mean_power / n - signal, 0.0)
+    denom = n * signal + noise
+    weight = np.divide(signal, denom, out=np.zeros_like(signal), where=denom > 0)
+    out = weight[index].astype(np.float32)
+    out[0, 0] = 0.0
+    return out
+
+
 def _cross_spectra(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray],
                    out: np.ndarray) -> np.ndarray:
     """``out[j] = part_j * conj(total - part_j)``: each group's cross-power spectrum with the
@@ -284,20 +355,36 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     update = np.inf
     iteration = 0
     gy = gx = None
+    rings = _rings(shape) if min(shape) / (2 * _RING_WIDTH_PX) >= _MIN_RINGS else None
+    flat_gy, flat_gx = np.ones(shape[0]), np.ones(shape[1] // 2 + 1)
+    unit_ey, unit_ex = _local_dft_kernels(shape, _LOCAL_RADIUS, flat_gy, flat_gx)
+    matched = None
     for iteration in range(1, params.max_iterations + 1):
         bfac = b0 * max(_B_FLOOR, _B_DECAY ** (iteration - 1))
         gy, gx = bfactor_filter_1d(shape, bfac)
-        ey, ex = _local_dft_kernels(shape, _LOCAL_RADIUS, gy, gx)
         total = _align_stack(spectra, shifts, shape, aligned)
+        if rings is not None and iteration > 1 and iteration <= 3:
+            # measured on the stack as aligned so far (good to a fraction of a pixel after
+            # the first iteration); re-measured once the alignment has settled
+            matched = _matched_filter(aligned, total, groups, rings)
         corr = _cross_spectra(aligned, total, groups, corr_buf)
-        peaks = _local_peaks(corr, ey, ex) if iteration > 1 else [None] * n_groups
+        if matched is not None:
+            corr *= matched
+            peaks = _local_peaks(corr, unit_ey, unit_ex)
+        elif iteration > 1:
+            peaks = _local_peaks(corr, *_local_dft_kernels(shape, _LOCAL_RADIUS, gy, gx))
+        else:
+            peaks = [None] * n_groups
         search = [j for j, peak in enumerate(peaks) if peak is None]
         for j in search:
             # search the whole window around zero displacement from the aligned sum
             c = corr[j]
             ry, rx = shift_ramps(shape, group_shifts[j])
-            c *= (ry * gy.astype(np.float32))[:, None]
-            c *= (rx * gx.astype(np.float32))[None, :]
+            if matched is None:
+                ry = ry * gy.astype(np.float32)
+                rx = rx * gx.astype(np.float32)
+            c *= ry[:, None]
+            c *= rx[None, :]
             c[0, 0] = 0.0
         if search:  # all full maps in one batched inverse FFT
             maps = irfft2(corr if len(search) == n_groups else corr[search], shape,
@@ -339,3 +426,80 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     for j, g in enumerate(groups):
         frame_quality[g] = quality[j]
     return GlobalAlignment(shifts, frame_quality, iteration, bool(update < tol), update)
+
+
+def leave_one_out_oracle(spectra: np.ndarray, truth_shifts_yx_px: np.ndarray, *,
+                         shape_yx: tuple[int, int] | None = None,
+                         bfactor_px2: float | None = None,
+                         group_frames: int = 1, max_iterations: int = 20,
+                         tolerance_px: float = 1e-3) -> np.ndarray:
+    """The precision bound of leave-one-out alignment: align each frame against the truth.
+
+    Every group of frames is correlated with the sum of all *other* frames shifted by their
+    TRUE displacements (a reference no estimator can build better), filtered and peak-fitted as
+    :func:`estimate_shifts` does (5 x 5 local DFT, 3-point parabola, re-centred until the peak
+    sits at zero offset). What
+    remains is the error set by the noise of the frame and of the reference: the figure an
+    estimator's error is compared with.
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (n_frames, ny, nx // 2 + 1), complex
+        Half spectra of the frames (padded so that shifting does not wrap content, ideally).
+    truth_shifts_yx_px : ndarray, shape (n_frames, 2)
+        True displacement ``[dy, dx]`` of the specimen in each frame, pixels of this grid,
+        :mod:`correction.conventions`.
+    shape_yx : (int, int), optional
+        Real-space shape; default ``(ny, 2 * (nx_half - 1))``.
+    bfactor_px2 : float, optional
+        A Gaussian B-factor low-pass (grid pixels²) instead of the matched filter measured on
+        the truth-aligned stack (the filter :func:`estimate_shifts` converges to).
+    group_frames : int
+        Frames per group, as ``AlignParams.group_frames``.
+    max_iterations, tolerance_px : int, float
+        Each group is re-centred on its estimate until the step is below ``tolerance_px``
+        (grid pixels); its reference stays the truth-aligned sum of the others.
+
+    Returns
+    -------
+    ndarray, shape (n_frames, 2), float64
+        Shifts found (grid pixels, truth plus the error of the bound; the common offset is not
+        removed).
+    """
+    spectra = np.asarray(spectra)
+    n, ny, nxh = spectra.shape
+    shape = (int(ny), int(2 * (nxh - 1))) if shape_yx is None else tuple(int(s) for s in shape_yx)
+    truth = np.asarray(truth_shifts_yx_px, dtype=np.float64).reshape(n, 2)
+    groups = frame_groups(n, group_frames)
+    if len(groups) < 2:
+        raise ValueError(f"the oracle needs at least two groups of frames, got {len(groups)}")
+    aligned = np.empty_like(spectra)
+    total = _align_stack(spectra, truth, shape, aligned)
+    parts, refs = [], []
+    for part, ref in _leave_one_out(aligned, total, groups):
+        parts.append(np.array(part))
+        refs.append(np.conjugate(ref))
+    if bfactor_px2 is None:
+        weight = _matched_filter(aligned, total, groups, _rings(shape))
+    else:
+        gy, gx = bfactor_filter_1d(shape, bfactor_px2)
+        weight = (gy[:, None] * gx[None, :]).astype(np.float32)
+    del aligned, total
+    kernels = _local_dft_kernels(shape, _LOCAL_RADIUS, np.ones(shape[0]),
+                                 np.ones(shape[1] // 2 + 1))
+    # each group is re-centred on its own estimate until its peak sits at zero offset, as in
+    # estimate_shifts (a single parabola step from the truth would be biased towards it)
+    error = np.zeros((len(groups), 2))
+    corr = np.empty((len(groups),) + spectra.shape[1:], spectra.dtype)
+    for _ in range(max_iterations):
+        for j, (part, ref) in enumerate(zip(parts, refs)):
+            ry, rx = shift_ramps(shape, -error[j])
+            np.multiply(part, ref, out=corr[j])
+            corr[j] *= (ry[:, None] * weight) * rx[None, :]
+        peaks = _local_peaks(corr, *kernels)
+        step = np.array([np.full(2, np.nan) if p is None else p for p in peaks])
+        error += step
+        if not np.nanmax(np.abs(step)) > tolerance_px:
+            break
+    group_truth = np.array([truth[g].mean(axis=0) for g in groups])
+    return interpolate_group_shifts(groups, group_truth + error, n)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from .errors import GainReferenceError
 
@@ -192,23 +192,57 @@ def _sum3(src: np.ndarray, out: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0) -> np.ndarray:
-    """Find hot pixels in the gain-corrected sum of a movie.
+def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
+                      gain: np.ndarray | None = None, exclude: np.ndarray | None = None,
+                      false_positives: float = 0.01) -> np.ndarray:
+    """Find hot pixels in the gain-corrected sum of a movie, with a Poisson test.
 
-    A pixel is hot when it exceeds the mean of its 8 neighbours by more than ``sigma`` times
-    the expected counting spread there. The spread follows the Poisson model of a counting
-    detector, variance = g * local mean, with the scale g measured robustly (median absolute
-    deviation over a subsample) from the image itself, so it also holds for gain-scaled or
-    integrating data. Specimen features span several pixels and are followed by the local
-    mean, so at ordinary doses they are not flagged; a hot neighbour raises the local mean of
-    a second hot pixel by only 1/8 of its excess, so pairs are still found.
+    A pixel is hot when its count is improbable given the count expected there: the Poisson
+    probability of at least the observed count, given the local expected count, is below
+    ``false_positives / n_pixels`` (Bonferroni over the image, so a clean movie has on average
+    at most ``false_positives`` pixels flagged at any dose), *and* the excess exceeds ``sigma``
+    times the expected spread ``sqrt(expected)``. At low counts (0.1-1 per pixel: low-dose
+    tilts, super-resolution, EER) the first condition decides (at 0.1 counts expected, 6 or
+    more counts are needed); at high counts the second one does, which keeps sharp bright
+    specimen features that are not quite followed by the neighbourhood from being flagged.
+
+    Expected count: the larger of the mean of the 8 neighbours (follows specimen features at
+    high dose) and the mean of the pixel's block (16-128 px square, sized to hold at least ~256
+    counts; the pixel itself left out), which is precise at low dose where 8 neighbours hold
+    almost no counts. Both exclude the pixel; taking the larger one is conservative (a hot
+    neighbour raises the expected count of a second hot pixel by 1/8 of its excess only, so
+    pairs are still found).
+
+    Counts and other data: the test runs in counts, ``summed_frames / gain`` when ``gain`` is
+    given (``summed_frames`` is then the raw sum times the gain, with no dark subtracted; the
+    expected count of a pixel is the local expectation of the corrected sum divided by its
+    gain). The dispersion ``phi`` (variance / mean of the residual from the block mean) is
+    measured robustly on about 2**18 pixels:
+
+    * integer data (counting detectors) use ``phi = max(1, measured)``: exact Poisson, or
+      conservatively over-dispersed (integer ADUs of an integrating camera);
+    * other non-negative data (gain-normalised or gain-scaled floats) are treated as
+      ``phi`` times Poisson counts: the test runs on ``value / phi`` with the incomplete gamma
+      function as the continuous Poisson tail;
+    * data with more than 0.1 % negative values (dark-subtracted integrating data) get a robust
+      Gaussian test instead: excess over the 8-neighbour mean above
+      ``max(sigma, z(false_positives / n_pixels))`` times the MAD-based spread.
 
     Parameters
     ----------
     summed_frames : ndarray, shape (ny, nx)
         Gain-corrected sum of all frames (counts or gain-scaled counts), ny, nx >= 3.
     sigma : float
-        Threshold in units of the expected spread (``GainParams.hot_pixel_sigma``).
+        Minimum excess in units of the expected spread (``GainParams.hot_pixel_sigma``).
+    gain : ndarray, shape (ny, nx), optional
+        The gain ``summed_frames`` was multiplied by (counting data, no dark reference); pixels
+        with gain <= 0 or non-finite are never flagged.
+    exclude : ndarray of bool, shape (ny, nx), optional
+        Pixels already known bad (defects, already replaced): never flagged, and left out of
+        the statistics.
+    false_positives : float
+        Expected number of pixels flagged in a clean (Poisson) image; the per-pixel
+        probability threshold is this over the number of pixels.
 
     Returns
     -------
@@ -218,39 +252,203 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0) -> np.nd
     img = np.asarray(summed_frames, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 3:
         raise ValueError(f"summed_frames must be 2-D and at least 3x3, got shape {img.shape}")
-    ny = img.shape[0]
-    # Everything is computed on a few rows at a time (a subsample for the statistics, then
-    # strips that stay in cache), never on full-size temporaries.
-    floor = np.float32(max(float(np.mean(_neighbour_mean(img, np.arange(0, ny, 7))[:, ::7]))
-                           * 1e-3, 1e-6))
-    # Robust scale of resid / sqrt(local) from whole rows (about 2**20 pixels at most).
-    step = max(1, img.size >> 20)
-    rows = np.arange(0, ny, step)
-    local = np.maximum(_neighbour_mean(img, rows), floor)
-    z = (img[rows] - local) / np.sqrt(local)
-    z = z[np.isfinite(z)].ravel()
-    med = float(np.median(z))
-    mad = float(np.median(np.abs(z - med))) * 1.4826
-    if not mad > 0:
-        # Noise-free or nearly constant data: fall back to the spread of the residual.
-        mad = max(float(np.std(z)), 1e-6)
-    c = med + sigma * mad
-    hot = np.empty(img.shape, dtype=bool)
-    strip = max(1, _STRIP_ELEMENTS // img.shape[1])
-    for r0 in range(0, ny, strip):
-        r1 = min(ny, r0 + strip)
-        local = _neighbour_mean(img, np.arange(r0, r1))
-        resid = np.subtract(img[r0:r1], local)
-        out = hot[r0:r1]
-        np.greater(resid, 0, out=out)
-        if c <= 0:
-            continue
-        # resid > c * sqrt(local)  <=>  resid > 0 and resid**2 > c**2 * local
-        np.maximum(local, floor, out=local)
-        local *= np.float32(c * c)
-        np.multiply(resid, resid, out=resid)
-        out &= resid > local
+    if not (sigma > 0 and false_positives > 0):
+        raise ValueError(f"sigma and false_positives must be > 0, got {sigma}, {false_positives}")
+    ny, nx = img.shape
+    hot = np.zeros(img.shape, dtype=bool)
+    inv_gain = None
+    if gain is not None:
+        g = np.asarray(gain, dtype=np.float32)
+        if g.shape != img.shape:
+            raise ValueError(f"gain has shape {g.shape}, the sum {img.shape}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_gain = np.where(np.isfinite(g) & (g > 0), np.float32(1.0) / g, np.float32(0.0))
+    p_max = float(false_positives) / img.size
+    blocks = _Blocks(img)
+    if not blocks.mean > 0:
+        return hot  # nothing recorded: nothing can be hot
+    # statistics on whole rows, about 2**18 pixels at most
+    rows = np.arange(0, ny, max(1, img.size >> 18))
+    x, mu_blk = blocks.counts_and_block_expectation(img, rows, inv_gain)
+    keep = np.isfinite(x) & np.isfinite(mu_blk)
+    if exclude is not None:
+        keep &= ~np.asarray(exclude, dtype=bool)[rows]
+    if inv_gain is not None:
+        keep &= inv_gain[rows] > 0
+    x, mu_blk = x[keep], mu_blk[keep]
+    if x.size == 0:
+        return hot
+    if np.count_nonzero(x < -1e-6 * max(1.0, float(np.abs(x).max()))) > 1e-3 * x.size:
+        _gaussian_test(img, sigma, p_max, hot)
+    else:
+        phi = _dispersion(x, mu_blk)
+        if not phi > 0:
+            return hot
+        frac = np.abs(x - np.round(x))
+        if np.count_nonzero(frac > 1e-3 + 4e-6 * np.abs(x)) <= 1e-4 * x.size:
+            phi = max(phi, 1.0)  # integer counts: Poisson at least
+        _poisson_test(img, blocks, inv_gain, phi, float(x.mean()), sigma, p_max, hot)
+    if exclude is not None:
+        hot &= ~np.asarray(exclude, dtype=bool)
     return hot
+
+
+class _Blocks:
+    """Sums of square blocks of the image, for block means that leave one pixel out."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        ny, nx = img.shape
+        sample = img[::max(1, img.size >> 18)]  # about 2**18 pixels choose the block size
+        size = 16
+        while size < 128 and size * size * float(sample.mean(dtype=np.float64)) < 256:
+            size *= 2
+        y0 = self._starts(ny, size)
+        x0 = self._starts(nx, size)
+        # along rows first (contiguous), then down the small (ny, n_blocks_x) result
+        sums = np.add.reduceat(np.add.reduceat(img, x0, axis=1), y0, axis=0)
+        heights = np.diff(np.append(y0, ny))
+        widths = np.diff(np.append(x0, nx))
+        counts = heights[:, None] * widths[None, :] - 1.0
+        self.mean = float(sums.sum(dtype=np.float64)) / img.size
+        self.max_sum = float(sums.max())
+        # per block row, each column's block sum and 1 / (pixels - 1)
+        self.sums_cols = np.repeat(sums.astype(np.float32), widths, axis=1)
+        self.inv_cols = np.repeat((1.0 / counts).astype(np.float32), widths, axis=1)
+        self.row_block = np.repeat(np.arange(y0.size), heights)
+
+    @staticmethod
+    def _starts(n: int, size: int) -> np.ndarray:
+        """Block starts; a remainder under half a block joins the last block."""
+        starts = np.arange(0, n, size)
+        if starts.size > 1 and n - starts[-1] < size // 2:
+            starts = starts[:-1]
+        return starts
+
+    def expectation(self, img: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Mean of each pixel's block without the pixel, for ``img[rows]``, float32."""
+        rb = self.row_block[rows]
+        if rb[0] == rb[-1] and rows[-1] - rows[0] == rows.size - 1:  # one block row: broadcast
+            out = np.subtract(self.sums_cols[rb[0]], img[rows[0]:rows[-1] + 1])
+            out *= self.inv_cols[rb[0]]
+        else:
+            out = np.take(self.sums_cols, rb, axis=0)
+            out -= img[rows]
+            out *= np.take(self.inv_cols, rb, axis=0)
+        return out
+
+    def counts_and_block_expectation(self, img: np.ndarray, rows: np.ndarray,
+                                     inv_gain: np.ndarray | None
+                                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Values and block expectations of ``img[rows]`` in counts (divided by the gain)."""
+        x = img[rows].astype(np.float32)
+        mu = self.expectation(img, rows)
+        if inv_gain is not None:
+            x *= inv_gain[rows]
+            mu *= inv_gain[rows]
+        return x, mu
+
+
+def _dispersion(x: np.ndarray, mu: np.ndarray) -> float:
+    """Robust ``phi`` in variance = phi * mean, from values and their expectations.
+
+    Starts from the 99.9 % of smallest squared residuals, then keeps residuals within 10
+    standard deviations (``r^2 <= 100 phi (mu + phi)``) and re-estimates, three times: a few
+    hot pixels, however bright, do not inflate it.
+    """
+    r2 = np.square(x - mu, dtype=np.float64)
+    mu = mu.astype(np.float64)
+    keep = r2 <= np.percentile(r2, 99.9)
+    phi = float("nan")
+    for _ in range(4):
+        denominator = float(mu[keep].sum())
+        if not denominator > 0:
+            return float("nan")
+        phi = float(r2[keep].sum()) / denominator
+        keep = r2 <= 100.0 * phi * (mu + phi)
+    return phi
+
+
+def _poisson_thresholds(mu_lo: float, mu_hi: float, p_max: float, sigma: float,
+                        per_decade: int = 64) -> tuple[np.ndarray, float]:
+    """Count thresholds on a log grid of expected counts, from ``mu_lo`` to past ``mu_hi``.
+
+    Entry ``i`` (expected count ``mu_lo * 10**(i / per_decade)``) is the largest of ``a*``,
+    where the continuous Poisson tail ``P(a, mu) = gammainc(a, mu)`` (``P(X >= a)`` for integer
+    ``a``) falls to ``p_max``, and ``mu + sigma * sqrt(mu)``. A count above it is hot. Returns
+    the table and the grid's log10 step.
+    """
+    n = int(np.ceil(np.log10(max(mu_hi, mu_lo) / mu_lo) * per_decade)) + 2
+    mu = mu_lo * 10.0 ** (np.arange(n) / per_decade)
+    lo = np.zeros(n)
+    hi = mu + 40.0 * np.sqrt(mu) + 60.0
+    for _ in range(64):  # bisection: gammainc(a, mu) decreases with a
+        mid = 0.5 * (lo + hi)
+        above = special.gammainc(mid, mu) >= p_max
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    return np.maximum(hi, mu + sigma * np.sqrt(mu)), 1.0 / per_decade
+
+
+def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None, phi: float,
+                  mean_counts: float, sigma: float, p_max: float, hot: np.ndarray) -> None:
+    """Flag ``value / phi > threshold(expected / phi)`` into ``hot``, a strip at a time.
+
+    A cheap screen (excess above ``sigma`` spreads, which every threshold implies) leaves few
+    candidates; only those look their threshold up (expected count rounded up to the grid,
+    so conservatively).
+    """
+    ny, nx = img.shape
+    # expected counts below mu_lo are raised to it (a lone count where nothing is expected)
+    mu_lo = max(mean_counts / phi * 1e-3, 1e-4)
+    gain_max = 1.0 if inv_gain is None else max(float(inv_gain.max()), 1e-30)
+    mu_hi = max(blocks.max_sum, 0.0) * gain_max / phi + 1.0  # no pixel holds more
+    table, step = _poisson_thresholds(mu_lo, mu_hi, p_max, sigma)
+    floor = np.float32(mu_lo * phi)
+    s2phi = np.float32(sigma * sigma * phi)
+    strip = max(1, _STRIP_ELEMENTS // nx)
+    bounds = np.flatnonzero(np.diff(blocks.row_block)) + 1  # strips never straddle block rows
+    starts = np.union1d(np.arange(0, ny, strip), bounds)
+    for r0, r1 in zip(starts, np.append(starts[1:], ny)):
+        rows = np.arange(r0, r1)
+        mu = _neighbour_mean(img, rows)
+        np.maximum(mu, blocks.expectation(img, rows), out=mu)
+        x = img[r0:r1]
+        if inv_gain is not None:
+            x = x * inv_gain[r0:r1]
+            mu *= inv_gain[r0:r1]
+        np.maximum(mu, floor, out=mu)
+        # screen: excess > sigma * sqrt(phi * mu), which every threshold implies
+        excess = np.subtract(x, mu)
+        cand = excess > 0
+        np.square(excess, out=excess)
+        cand &= excess > mu * s2phi
+        if not cand.any():
+            continue
+        iy, ix = np.nonzero(cand)
+        m = mu[iy, ix].astype(np.float64) / phi
+        idx = np.ceil(np.log10(m / mu_lo) / step - 1e-9).astype(np.int64)
+        np.clip(idx, 0, table.size - 1, out=idx)
+        flagged = x[iy, ix].astype(np.float64) / phi > table[idx]
+        hot[r0 + iy[flagged], ix[flagged]] = True
+
+
+def _gaussian_test(img: np.ndarray, sigma: float, p_max: float, hot: np.ndarray) -> None:
+    """Robust Gaussian test for non-count data: excess over the 8-neighbour mean above
+    ``max(sigma, z(p_max))`` times 1.4826 MAD of that excess (measured on a subsample)."""
+    ny, nx = img.shape
+    rows = np.arange(0, ny, max(1, img.size >> 20))
+    resid = (img[rows] - _neighbour_mean(img, rows)).ravel()
+    resid = resid[np.isfinite(resid)]
+    med = float(np.median(resid))
+    scale = 1.4826 * float(np.median(np.abs(resid - med)))
+    if not scale > 0:
+        scale = max(float(np.std(resid)), 1e-12)
+    limit = np.float32(med + max(sigma, -float(special.ndtri(p_max))) * scale)
+    strip = max(1, _STRIP_ELEMENTS // nx)
+    for r0 in range(0, ny, strip):
+        rows = np.arange(r0, min(ny, r0 + strip))
+        excess = np.subtract(img[rows], _neighbour_mean(img, rows))
+        np.greater(excess, limit, out=hot[r0:r0 + rows.size])
 
 
 def _neighbour_mean(img: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -22,6 +22,14 @@ Normalisation
     noise power equals that of the plain sum at every frequency, and it equals the plain sum at
     ``k = 0`` (where all weights are 1).
 
+Underflow
+    A factor common to all frames cancels in that normalisation, so the sums are computed from
+    weights relative to a reference dose ``D_ref`` (the first summed frame's):
+    ``w_i / w_ref = exp(-(D_i - D_ref) / 2Ne)``. The pre-exposure then never enters the
+    exponent, and the weights cannot underflow however late the tilt; the absolute
+    ``exp(-D / 2Ne)`` underflows float32 at high frequency from about 250-280 e/Å² of
+    pre-exposure at 300 kV (140-155 at 100-120 kV), which made ``0 * inf = NaN`` images.
+
 References
 ----------
 Grant, T. & Grigorieff, N. (2015) Measuring the optimal exposure for single particle cryo-EM
@@ -153,8 +161,9 @@ def accumulated_dose_e_A2(frame_doses: np.ndarray, pre_exposure_e_A2: float = 0.
 
 
 def dose_weights(k_per_A: np.ndarray | float, dose_end_e_A2: np.ndarray | float,
-                 voltage_kV: float = 300.0) -> np.ndarray:
-    """Unnormalised weights ``exp(-D / (2 Ne(k)))``.
+                 voltage_kV: float = 300.0, *, reference_dose_e_A2: float = 0.0
+                 ) -> np.ndarray:
+    """Unnormalised weights ``exp(-(D - D_ref) / (2 Ne(k)))``.
 
     Parameters
     ----------
@@ -162,23 +171,34 @@ def dose_weights(k_per_A: np.ndarray | float, dose_end_e_A2: np.ndarray | float,
         Spatial frequencies in 1/Å.
     dose_end_e_A2 : array_like, shape (n,) or scalar
         Accumulated dose at the end of each frame, pre-exposure included (e/Å²).
+    voltage_kV : float
+    reference_dose_e_A2 : float
+        ``D_ref`` (e/Å²). 0 gives the absolute weights ``exp(-D / 2Ne)`` (what an
+        exposure-filtered image needs); a sum normalised by :func:`weight_normalisation`
+        passes the first summed frame's dose, so the weights are relative to it, at most 1
+        and never underflow (see the module docstring). Give the same value to both.
 
     Returns
     -------
     ndarray, shape (n,) + K (or K for a scalar dose), float64
     """
     ne = critical_exposure_e_A2(k_per_A, voltage_kV)
-    d = np.asarray(dose_end_e_A2, dtype=np.float64)
+    d = np.asarray(dose_end_e_A2, dtype=np.float64) - float(reference_dose_e_A2)
     return np.exp(-d.reshape(d.shape + (1,) * ne.ndim) / (2.0 * ne))
 
 
 def weight_normalisation(k_per_A: np.ndarray | float, dose_end_e_A2: np.ndarray,
-                         voltage_kV: float = 300.0) -> np.ndarray:
+                         voltage_kV: float = 300.0, *, reference_dose_e_A2: float = 0.0
+                         ) -> np.ndarray:
     """Factor ``sqrt(n) / sqrt(sum_i w_i(k)^2)`` that normalises a dose-weighted sum.
 
     ``dose_end_e_A2`` lists the frames actually summed (n of them). With it, the dose-weighted
-    sum has the noise power of the plain sum and equals it at ``k = 0``.
+    sum has the noise power of the plain sum and equals it at ``k = 0``. The weights are
+    :func:`dose_weights` with the same ``reference_dose_e_A2``; the product ``w_i * factor``
+    does not depend on it (up to rounding), but only a reference near the frames' doses keeps
+    both finite at high pre-exposure.
     """
-    w = dose_weights(k_per_A, dose_end_e_A2, voltage_kV)
+    w = dose_weights(k_per_A, dose_end_e_A2, voltage_kV,
+                     reference_dose_e_A2=reference_dose_e_A2)
     d = np.asarray(dose_end_e_A2)
     return np.sqrt(d.size / np.sum(w * w, axis=0))

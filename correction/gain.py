@@ -1,11 +1,12 @@
 """Gain, dark and defect references: load, orient, check against a movie, apply to frames.
 
 ``corrected = (raw - dark) * gain`` (multiplicative gain, as MotionCor, RELION and EER ``.gain``
-files have it). Orientation: the reference is rotated by ``rotate_quarter_turns`` quarter turns
-counter-clockwise as displayed with row 0 at the top (``numpy.rot90(ref, k)``), THEN flipped
-(``updown`` reverses the rows, ``leftright`` the columns); the dark reference and defect map get
-the same orientation. A defect list (``x y w h``) refers to the movie's pixel grid and is not
-reoriented.
+files have it). Orientation (:func:`orient`) means exactly MotionCor2's ``-RotGain K`` and
+``-FlipGain F``: rotated by K quarter turns, each moving ``gain[y, x]`` to ``out[x, ny-1-y]``
+(``numpy.rot90(ref, k=-K)``, clockwise as displayed with row 0 at the top), THEN flipped (1 =
+``updown`` reverses the rows, 2 = ``leftright`` the columns); the dark reference and defect
+map get the same orientation. A defect list (``x y w h``) refers to the movie's pixel grid and
+is not reoriented. :mod:`correction.gain_orientation` checks the orientation against the data.
 
 Defects are the union of the defect list or map, the gain's zero and non-finite pixels, and the
 dark's non-finite pixels; they are replaced in every frame by the mean of their valid
@@ -20,30 +21,60 @@ from pathlib import Path
 import numpy as np
 
 from .defects import ReplacementPlan, defect_mask_from_image, plan_replacement, read_defect_list
-from .errors import CorrectionError, GainReferenceError
-from .params import Flip, GainParams
+from .errors import CorrectionError, GainReferenceError, ParameterError
+from .params import Flip, GainParams, flip_name
 
 __all__ = ["GainReference", "load_gain_reference", "apply_gain", "orient"]
 
 
-def orient(image: np.ndarray, *, rotate_quarter_turns: int = 0, flip: Flip = "none") -> np.ndarray:
-    """Rotate by quarter turns counter-clockwise, then flip; returns a C-contiguous copy.
+def orient(image: np.ndarray, *, rotate_quarter_turns: int = 0,
+           flip: Flip | int = "none") -> np.ndarray:
+    """Orient a reference as MotionCor2's ``-RotGain K -FlipGain F``; a C-contiguous copy.
+
+    One quarter turn (``-RotGain 1``) moves the pixel at ``[y, x]`` of an ``ny x nx`` image to
+    ``[x, ny - 1 - y]`` of the ``nx x ny`` result, i.e. ``numpy.rot90(image, k=-1)``; it looks
+    clockwise when displayed with row 0 at the top. K = 2 is half a turn, K = 3 the inverse of
+    K = 1. The flip is applied after the rotation: 1 / ``"updown"`` reverses the rows
+    (``numpy.flipud``), 2 / ``"leftright"`` the columns (``numpy.fliplr``).
+
+    This is RELION's implementation of MotionCor2's flags (3dem/relion, checked at commit
+    b0f6fae): ``src/jaz/image_op.h`` ``ImageOp::rotate90`` (commented as equivalent to
+    MotionCor2's -RotGain 1; it writes source pixel (y, x) to destination row x, column
+    ydim-1-y), ``rotate180`` and ``rotate270`` (RotGain 2 and 3), ``flipY`` (FlipGain 1: row y
+    read from row ydim-1-y) and ``flipX`` (FlipGain 2: column x from column xdim-1-x), around
+    lines 157-235; ``src/motioncorr_runner.cpp`` ``MotioncorrRunner::prepareGainReference``
+    rotates first, then flips.
+
+    Changed meaning: motionwatch's ``rotate_quarter_turns`` used to be ``numpy.rot90(image, k)``
+    (counter-clockwise as displayed), the opposite turn, so an old setting of 1 is now 3 and
+    an old 3 is now 1; 0, 2 and the flips are unchanged.
 
     Parameters
     ----------
     image : ndarray, shape (ny, nx)
     rotate_quarter_turns : int
-        0-3; ``numpy.rot90(image, k)``.
-    flip : {"none", "updown", "leftright"}
-        Applied after the rotation.
+        0-3, MotionCor2's ``-RotGain``.
+    flip : {"none", "updown", "leftright", 0, 1, 2}
+        MotionCor2's ``-FlipGain`` (number or name), applied after the rotation.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx) for K = 0, 2, (nx, ny) for K = 1, 3
+
+    Raises
+    ------
+    ValueError
+        A rotation outside 0-3 or an unknown flip (:class:`~correction.errors.ParameterError`).
     """
-    out = np.rot90(image, int(rotate_quarter_turns))
-    if flip == "updown":
+    k = int(rotate_quarter_turns)
+    if k not in (0, 1, 2, 3):
+        raise ParameterError(f"rotate_quarter_turns must be 0-3, got {rotate_quarter_turns!r}")
+    out = np.rot90(image, -k)
+    name = flip_name(flip)
+    if name == "updown":
         out = out[::-1, :]
-    elif flip == "leftright":
+    elif name == "leftright":
         out = out[:, ::-1]
-    elif flip != "none":
-        raise ValueError(f"flip must be none, updown or leftright, got {flip!r}")
     return np.ascontiguousarray(out)
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from .errors import ParameterError
 
 __all__ = [
     "Flip",
+    "flip_name",
     "ReadParams",
     "GainParams",
     "AlignParams",
@@ -28,6 +30,35 @@ __all__ = [
 ]
 
 Flip = Literal["none", "updown", "leftright"]
+
+#: MotionCor2's ``-FlipGain`` number -> motionwatch's name (RELION: 1 = ``flipY``, 2 = ``flipX``)
+_FLIP_BY_NUMBER: dict[int, Flip] = {0: "none", 1: "updown", 2: "leftright"}
+
+
+def flip_name(value: object) -> Flip:
+    """The gain flip as a name, from a name or MotionCor2's ``-FlipGain`` number.
+
+    Parameters
+    ----------
+    value : {"none", "updown", "leftright", 0, 1, 2, "0", "1", "2"}
+        0 = none, 1 = upside down (rows reversed), 2 = left-right (columns reversed), as
+        MotionCor2's ``-FlipGain``.
+
+    Raises
+    ------
+    ParameterError
+        Any other value, quoted.
+    """
+    if isinstance(value, str) and value.strip() in ("none", "updown", "leftright"):
+        return value.strip()  # type: ignore[return-value]
+    number = value.strip() if isinstance(value, str) else value
+    if isinstance(number, str) and number in ("0", "1", "2"):
+        number = int(number)
+    if not isinstance(number, bool) and isinstance(number, numbers.Integral) \
+            and int(number) in _FLIP_BY_NUMBER:
+        return _FLIP_BY_NUMBER[int(number)]
+    raise ParameterError(f"flip must be none, updown, leftright or MotionCor2's -FlipGain "
+                         f"0, 1, 2, got {value!r}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -82,10 +113,17 @@ class ReadParams:
 class GainParams:
     """Gain, dark and defect references and how they are oriented.
 
-    ``corrected = (raw - dark) * gain``. The gain is rotated first by ``rotate_quarter_turns``
-    quarter turns counter-clockwise (as displayed with row 0 at the top, i.e. ``numpy.rot90``),
-    then flipped (``updown`` reverses rows, ``leftright`` reverses columns); the dark reference
-    and defect map get the same orientation.
+    ``corrected = (raw - dark) * gain``. Orientation means exactly MotionCor2's flags, as RELION
+    implements them (:func:`correction.gain.orient`): ``rotate_quarter_turns`` K is
+    ``-RotGain K``, a quarter turn moving ``gain[y, x]`` to ``out[x, ny - 1 - y]`` (clockwise
+    as displayed with row 0 at the top; ``numpy.rot90(gain, k=-K)``); THEN ``flip`` is
+    ``-FlipGain``: ``"none"``/0, ``"updown"``/1 (rows reversed), ``"leftright"``/2 (columns
+    reversed). The number is accepted and stored as the name. The dark reference and defect
+    map get the same orientation.
+
+    Changed meaning: before this convention, ``rotate_quarter_turns`` turned the other way
+    (``numpy.rot90(gain, k=K)``), so a setting of 1 is now the old 3 and vice versa; 0 and 2
+    and the flips are unchanged.
     """
 
     gain_path: Path | None = None
@@ -99,8 +137,7 @@ class GainParams:
     def __post_init__(self) -> None:
         _require(self.rotate_quarter_turns in (0, 1, 2, 3),
                  f"rotate_quarter_turns must be 0-3, got {self.rotate_quarter_turns}")
-        _require(self.flip in ("none", "updown", "leftright"),
-                 f"flip must be none, updown or leftright, got {self.flip!r}")
+        object.__setattr__(self, "flip", flip_name(self.flip))  # 0/1/2 -> the name
         _require(self.hot_pixel_sigma > 0, f"hot_pixel_sigma must be > 0, got {self.hot_pixel_sigma}")
 
 

@@ -7,7 +7,8 @@ Steps of :func:`correct_movie`:
    :class:`~correction.errors.MissingPixelSizeError`;
 2. drop ``throw_frames``/``trunc_frames`` (their dose still counts);
 3. hot pixels: detected once on ``(sum of raw frames - n dark) * gain``
-   (:func:`correction.defects.detect_hot_pixels`);
+   (:func:`correction.defects.detect_hot_pixels`); before the gain is applied, the same sum
+   checks the gain orientation (:mod:`correction.gain_orientation`, central window);
 4. frame by frame: ``(raw - dark) * gain`` with defects and hot pixels replanted from their
    neighbours (:func:`correction.gain.apply_gain`), padded with the frame mean to a fast FFT
    length at least ``max_shift_px`` (+2) larger on each axis (:func:`summation.pad_frame`), ONE
@@ -48,6 +49,8 @@ from .errors import CorrectionError, MissingPixelSizeError, ParameterError
 from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
 from .gain import GainReference, apply_gain, load_gain_reference
+from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
+                               check_gain_orientation)
 from .local_apply import local_sums
 from .params import CorrectionParams
 from .report import DriftStats, drift_stats, motion_record
@@ -100,6 +103,10 @@ class CorrectedFrames:
         Even/odd FRC resolution (1/7 rule, :mod:`correction.frc`), from the half spectra of the
         even and odd sums before their inverse transforms (global correction), or from the
         locally corrected even and odd images.
+    gain_orientation : GainOrientationCheck or None
+        Whether another gain orientation fits the raw sum clearly better than the configured
+        ``params.gain`` one (:mod:`correction.gain_orientation`, central 512 x 512 window);
+        None without a gain file.
     """
 
     images: SumImages
@@ -114,6 +121,7 @@ class CorrectedFrames:
     timings_s: dict[str, float] = field(default_factory=dict)
     local: LocalMotion | None = None
     resolution: FRCResolution | None = None
+    gain_orientation: GainOrientationCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,15 +248,24 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         gain_reference.defect_mask is not None else None
     n_hot = 0
     fill = None
+    orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
+    t_orientation = 0.0
     if params.gain.detect_hot_pixels:
         corrected_sum = _raw_sum(used)
         if gain_reference is not None:
             if gain_reference.dark is not None:
                 corrected_sum -= np.float32(n) * gain_reference.dark
+            t = time.perf_counter()
+            orientation = _check_orientation(corrected_sum, used, gain_reference, params)
+            t_orientation = time.perf_counter() - t
             corrected_sum *= gain_reference.gain
             if gain_reference.plan is not None:
                 gain_reference.plan.apply(corrected_sum)
-        hot = detect_hot_pixels(corrected_sum, sigma=params.gain.hot_pixel_sigma)
+        # counts: the gain the raw counts were multiplied by (no dark: a counting detector)
+        counting_gain = None if gain_reference is None or gain_reference.dark is not None \
+            else gain_reference.gain
+        hot = detect_hot_pixels(corrected_sum, sigma=params.gain.hot_pixel_sigma,
+                                gain=counting_gain, exclude=bad)
         if bad is not None:
             hot &= ~bad
         n_hot = int(hot.sum())
@@ -262,7 +279,12 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
             n_good -= int(np.count_nonzero(bad))
         fill = total / max(1, n_good) / n
         del corrected_sum, hot
-    timings["hot_pixels"] = time.perf_counter() - t0
+    if not params.gain.detect_hot_pixels:  # no full raw sum: the check sums its window only
+        t = time.perf_counter()
+        orientation = _check_orientation(None, used, gain_reference, params)
+        t_orientation = time.perf_counter() - t
+    timings["hot_pixels"] = time.perf_counter() - t0 - t_orientation
+    timings["gain_orientation"] = t_orientation
 
     margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
     while True:
@@ -281,7 +303,32 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            n_hot_pixels=n_hot,
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
-                           timings_s=timings, local=local, resolution=resolution)
+                           timings_s=timings, local=local, resolution=resolution,
+                           gain_orientation=orientation)
+
+
+def _check_orientation(raw_sum: np.ndarray | None, used: np.ndarray,
+                       gain_reference: GainReference | None,
+                       params: CorrectionParams) -> GainOrientationCheck | None:
+    """Gain orientation check on ``(sum of raw frames - n dark)``, as configured in ``params.gain``.
+
+    ``raw_sum`` None sums only the central window (hot-pixel detection off). None without a
+    gain file or for frames under 16 pixels on a side. The reference must have been oriented
+    by ``params.gain`` (:func:`correction.gain.load_gain_reference`).
+    """
+    if gain_reference is None or gain_reference.gain_path is None \
+            or min(gain_reference.shape_yx) < 16:
+        return None
+    frame_shape = None
+    if raw_sum is None:
+        frame_shape = gain_reference.shape_yx
+        window = central_window(frame_shape, DEFAULT_CROP_PX)
+        raw_sum = _raw_sum(used[:, window[0], window[1]])
+        if gain_reference.dark is not None:
+            raw_sum -= np.float32(used.shape[0]) * gain_reference.dark[window]
+    return check_gain_orientation(
+        raw_sum, gain_reference.gain, frame_shape_yx=frame_shape,
+        configured=(params.gain.rotate_quarter_turns, params.gain.flip))
 
 
 def _raw_sum(frames: np.ndarray) -> np.ndarray:
@@ -525,7 +572,9 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                     if corrected.resolution is not None else None),
         local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
                if corrected.local is not None else None),
-        extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {})})
+        extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
+               **({"gain_orientation": corrected.gain_orientation.to_record()}
+                  if corrected.gain_orientation is not None else {})})
     write_json_atomic(outputs["motion"], record)
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

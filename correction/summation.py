@@ -144,7 +144,9 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
     tile of the separable phase ramp times a scalar for the block's first row (the row ramp of
     consecutive frequencies is geometric), accumulated plain, weighted and accumulated even or
     odd; dose weights follow the recursion ``w_i = w_(i-1) * exp(-(D_i - D_(i-1)) / 2Ne)``, one
-    multiply per frame for even doses instead of an exp. The block's sums are normalised and
+    multiply per frame for even doses instead of an exp, from ``w_0 = 1``: weights relative to
+    the first frame, whose common factor ``exp(-D_0 / 2Ne)`` cancels in the normalisation and
+    would underflow float32 at high pre-exposure (:mod:`correction.dose`). The block's sums are normalised and
     written into the memory of the first four (consumed) spectra.
     """
     n = len(specs)
@@ -193,8 +195,7 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
         ab, tb, wb, qb, sq = a[:m], tmp[:m], w[:m], q[:m], w_sq[:m]
         np.add(fy2[r0:r1, None].astype(np.float32), fx2[None, :], out=ab)
         half_inverse_critical_exposure(ab, voltage_kV)
-        np.multiply(ab, np.float32(-dose_end[0]), out=tb)
-        _interleave(np.exp(tb, out=tb), wb)
+        wb.fill(1.0)  # relative to frame 0: w_0 / w_0
         q_step = None
         pb, eb, ob, fb = acc_plain[:m], acc_even[:m], acc_odd[:m], f[:m]
         e2, o2 = w2_even[:m], w2_odd[:m]
@@ -214,11 +215,8 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
                 # float64 differences vary in the last bit still take one exp per block)
                 step = np.float32(dose_end[i] - dose_end[i - 1])
                 if q_step is None or step != q_step:
-                    if step == np.float32(dose_end[0]) and i == 1:
-                        np.copyto(qb, wb)  # no pre-exposure, even doses: q = w_0
-                    else:
-                        np.multiply(ab, -step, out=tb)
-                        _interleave(np.exp(tb, out=tb), qb)
+                    np.multiply(ab, -step, out=tb)
+                    _interleave(np.exp(tb, out=tb), qb)
                     q_step = step
                 wb *= qb
             fb.view(np.float32)[...] *= wb
@@ -272,7 +270,8 @@ def _accumulate_stream(spectra: Iterable[np.ndarray], shifts: np.ndarray,
         _check_spectrum(spec, shape_half)
         apply_shift(spec, padded_shape_yx, -shifts[i], out=spec)
         plain += spec
-        np.multiply(inv_2ne, np.float32(-dose_end[i]), out=w)
+        # relative to frame 0 (cancels in the normalisation; no underflow at high pre-exposure)
+        np.multiply(inv_2ne, np.float32(-(dose_end[i] - dose_end[0])), out=w)
         np.exp(w, out=w)
         spec *= w  # complex64 by float32 (whole arrays: memory-bound anyway)
         np.multiply(w, w, out=w)

@@ -19,7 +19,7 @@ from daemon import exitcodes
 COMMANDS: dict[str, str] = {
     "correct": "daemon.commands.correct",
     "demo": "daemon.commands.demo",
-    "watch": "daemon.engine.service",
+    "watch": "daemon.commands.watch",
     "status": "daemon.commands.status",
     "monitor": "daemon.feed.monitor",
 }

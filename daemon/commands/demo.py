@@ -217,7 +217,8 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
 
     from daemon.settings.config import Config
     from daemon.system.logs import configure_logging
-    from daemon.engine.service import Service, ServiceObserver
+    from daemon.engine.service import Service
+    from daemon.events import ServiceListener
     from daemon.simulation.movies import simulate_session
 
     watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px,
@@ -236,7 +237,7 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
         gain=gain, name="demo_{index:03d}.mrc")), daemon=True)
     started = time.perf_counter()
 
-    class Report(ServiceObserver):
+    class Report(ServiceListener):
         def on_ready(self, info):  # noqa: ANN001
             say(f"daemon watching {watch} (discovery: {info.discovery_mode}); the simulator "
                 f"writes {n_movies} movies of {size_px}x{size_px}x{n_frames} frame by frame")
@@ -256,7 +257,7 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
                     and not beat.in_flight:
                 service.request_stop("demo session complete")
 
-    service = Service(config, observers=[Report()])
+    service = Service(config, listeners=[Report()])
     service.run()
     writer.join(timeout=5)
 
@@ -306,9 +307,10 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
 
     from daemon.settings.config import Config
     from daemon.system.logs import configure_logging
-    from daemon.engine.service import Service, ServiceObserver
+    from daemon.engine.service import Service
+    from daemon.events import ServiceListener
     from daemon.simulation.tilt_series import simulate_tilt_series
-    from daemon.series.resolver import TiltSeriesResolver
+    from daemon.series.options import resolver_from_config
 
     watch, out, rng, gain, gain_path = _session_folders(folder, seed=seed, size_px=size_px,
                                                          say=say)
@@ -328,7 +330,7 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
     started = time.perf_counter()
     completed: dict = {}
 
-    class Report(ServiceObserver):
+    class Report(ServiceListener):
         def on_ready(self, info):  # noqa: ANN001
             say(f"daemon watching {watch}; the simulated microscope acquires a dose-symmetric "
                 f"series of {n_tilts} tilts ({size_px}x{size_px}x{n_frames}), movies written "
@@ -358,8 +360,8 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
             if writer.ident and not writer.is_alive() and time.perf_counter() - started > 300:
                 service.request_stop("demo timed out")
 
-    resolver = TiltSeriesResolver.from_config(config)
-    service = Service(config, observers=[Report()], resolver=resolver)
+    resolver = resolver_from_config(config)
+    service = Service(config, listeners=[Report()], resolver=resolver)
     service.run()
     writer.join(timeout=5)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.intake.settle import Observation
+from daemon.events import Observation, ScanResult
 
 __all__ = [
     "MOVIE_PATTERNS",
@@ -51,26 +51,6 @@ def is_temporary_name(name: str) -> bool:
     """
     lower = name.lower()
     return name.startswith((".", "~", "#")) or lower.endswith(_TEMP_SUFFIXES)
-
-
-@dataclass(frozen=True, slots=True)
-class ScanResult:
-    """One pass over the tree.
-
-    Attributes
-    ----------
-    observations : tuple of Observation
-        Regular files matching the movie or metadata patterns.
-    skipped : tuple of (Path, str)
-        Entries that look like movies but cannot be one (a directory named ``x.mrc``, a file
-        that cannot be stat'ed), with the reason.
-    errors : tuple of (Path, str)
-        Folders that could not be listed (permission, vanished), with the reason.
-    """
-
-    observations: tuple[Observation, ...] = ()
-    skipped: tuple[tuple[Path, str], ...] = ()
-    errors: tuple[tuple[Path, str], ...] = ()
 
 
 def _match(name: str, patterns: Sequence[str]) -> bool:

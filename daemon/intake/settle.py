@@ -14,29 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.events import Observation
+
 __all__ = ["Observation", "Settler"]
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One file as one scan saw it.
-
-    Attributes
-    ----------
-    path : Path
-        Absolute path of the file.
-    size : int
-        Size in bytes.
-    mtime_ns : int
-        Modification time as the file system reports it (ns since the epoch, the writer's clock).
-    kind : str
-        ``"movie"`` or ``"metadata"``.
-    """
-
-    path: Path
-    size: int
-    mtime_ns: int
-    kind: str = "movie"
 
 
 @dataclass(slots=True)

@@ -45,6 +45,7 @@ from typing import Any, Literal
 from correction.params import DoseParams
 
 from daemon.series.mdoc import MdocFile, TiltSection
+from daemon.series.tilt_record import TiltRecord
 
 __all__ = [
     "DEFAULT_FILENAME_PATTERN",
@@ -194,19 +195,17 @@ class TiltAssignment:
                           pre_exposure_e_A2=self.pre_exposure_e_A2)
 
     def record(self) -> dict[str, Any]:
-        """JSON-ready dict (for ``extra_record={"tilt": ...}`` in ``S.motion.json`` and the ledger)."""
-        return {
-            "series": self.series, "movie": self.movie, "tilt_deg": self.tilt_deg,
-            "acquisition_index": self.acquisition_index, "dose_e_A2": self.dose_e_A2,
-            "frame_doses_e_A2": list(self.frame_doses_e_A2) if self.frame_doses_e_A2 else None,
-            "pre_exposure_e_A2": self.pre_exposure_e_A2,
-            "pre_exposure_convention": "sum of the doses of the tilts acquired before this one",
-            "dose_source": self.dose_source, "order_source": self.order_source,
-            "match_source": self.match_source, "mdoc": self.mdoc_path, "z_value": self.z_value,
-            "prior_record_dose_e_A2": self.prior_record_dose_e_A2,
-            "prior_record_dose_difference_e_A2": self.prior_record_dose_difference_e_A2,
-            "acquired_at": self.acquired_at, "warnings": list(self.warnings),
-        }
+        """JSON-ready dict (for ``extra_record={"tilt": ...}`` in ``S.motion.json`` and the ledger),
+        in the schema of :class:`~daemon.series.tilt_record.TiltRecord`."""
+        return TiltRecord(
+            series=self.series, movie=self.movie, tilt_deg=self.tilt_deg,
+            acquisition_index=self.acquisition_index, dose_e_A2=self.dose_e_A2,
+            pre_exposure_e_A2=self.pre_exposure_e_A2, frame_doses_e_A2=self.frame_doses_e_A2,
+            dose_source=self.dose_source, order_source=self.order_source,
+            match_source=self.match_source, mdoc=self.mdoc_path, z_value=self.z_value,
+            prior_record_dose_e_A2=self.prior_record_dose_e_A2,
+            prior_record_dose_difference_e_A2=self.prior_record_dose_difference_e_A2,
+            acquired_at=self.acquired_at, warnings=self.warnings).to_json()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,52 +31,25 @@ single-particle movies (no wait for metadata).
 
 from __future__ import annotations
 
-import argparse
-import json
-import multiprocessing
-import signal
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from daemon.settings.config import Config, ConfigError
-from daemon.intake.discover import ScanResult
-from daemon.series.mdoc import MdocFile, read_mdoc
-from daemon.series.resolution import (DEFAULT_FILENAME_PATTERN, MdocObservation, MovieObservation, Resolution,
-                     SeriesConfig, SeriesObservation, SeriesState, SeriesSummary,
-                     assignment_change, classify_mdocs, resolve, update_series_state)
-from daemon.engine.service import (MovieEvent, MovieMetadata, SeriesEvent, ServiceObserver, output_dir_for)
-from daemon.intake.settle import Observation
+from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverContext, ScanResult,
+                           SeriesEvent, SeriesEventKind, output_dir_for)
+from daemon.series.assembly import assemble_job, assembly_tilts, recorded_tilt
+from daemon.series.mdoc_watch import MdocWatcher
+from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
+                                      SeriesObservation, SeriesState, SeriesSummary,
+                                      assignment_change, classify_mdocs, resolve,
+                                      update_series_state)
 
-__all__ = ["TiltSeriesResolver", "add_series_arguments", "lock_paths"]
+__all__ = ["TiltSeriesResolver", "lock_paths"]
 
 _FINISHED = ("done", "quarantined")
 _STACK_REASON = "a tilt-series stack (its .mdoc is a series mdoc), not a movie: not corrected"
-
-
-def add_series_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the tilt-series integration (each has a TOML key, e.g. ``dose_per_tilt``)."""
-    g = parser.add_argument_group("tilt series")
-    g.add_argument("--tilt-series", choices=("auto", "on", "off"), default="auto",
-                   help="tilt-series dose bookkeeping: on once a series mdoc is seen or "
-                        "--dose-per-tilt is given (auto), always (on), never (off)")
-    g.add_argument("--filename-pattern", default=DEFAULT_FILENAME_PATTERN, metavar="REGEX",
-                   help="movie-name pattern with named groups series and angle (and index) for "
-                        "movies without metadata")
-    g.add_argument("--dose-per-tilt", type=float, default=None, metavar="E_A2",
-                   help="dose of one tilt (e/Å²) when the metadata gives none")
-    g.add_argument("--metadata-wait", type=float, default=60.0, metavar="S",
-                   help="wait this long for a movie's mdoc section before the file-name "
-                        "fallback (default 60 s)")
-    g.add_argument("--mdoc-quiet", type=float, default=120.0, metavar="S",
-                   help="a series without .openTS lock is complete once its mdoc is unchanged "
-                        "this long (default 120 s)")
-    g.add_argument("--series-idle-timeout", type=float, default=1800.0, metavar="S",
-                   help="complete a series with nothing new for this long (default 1800 s)")
-    g.add_argument("--exposure-filtered", action=argparse.BooleanOptionalAction, default=False,
-                   help="also write a stack exposure-filtered by accumulated dose (S_EF.mrc)")
 
 
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
@@ -84,35 +57,6 @@ def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     ``.mdoc``), or ``<series>.openTS``, next to the mdoc."""
     name = mdoc_path.name[:-5] if mdoc_path.name.lower().endswith(".mdoc") else mdoc_path.name
     return mdoc_path.with_name(name + ".openTS"), mdoc_path.with_name(series + ".openTS")
-
-
-@dataclass(frozen=True, slots=True)
-class _Mdoc:
-    size: int
-    mtime_ns: int
-    parsed: MdocFile
-    unchanged_since_s: float
-
-
-def _ignore_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage_kV: float,
-                  exposure_filtered: bool) -> dict[str, Any]:
-    """Worker-process side of an assembly: plain data in, plain data out."""
-    from correction.stack import StackTilt, assemble_series
-
-    rows = [StackTilt(**{**t, "outputs": {k: Path(v) for k, v in t["outputs"].items()}})
-            for t in tilts]
-    result = assemble_series(series, rows, out_dir, voltage_kV=voltage_kV,
-                             exposure_filtered=exposure_filtered)
-    stacks = {k: str(v) for k, v in result.stacks.items()}
-    stacks.update(tlt=str(result.tlt_path), csv=str(result.csv_path),
-                  mdoc=str(result.mdoc_paths[0]) if result.mdoc_paths else "")
-    return {"folder": str(result.folder), "stacks": stacks, "order": list(result.order),
-            "warnings": list(result.warnings)}
 
 
 _INFO_KEYS = ("expected_tilts", "mdoc", "folder")
@@ -135,8 +79,9 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
                        reason=d.get("reason"))
 
 
-class TiltSeriesResolver(ServiceObserver):
-    """Tilt-series metadata, dose bookkeeping and series assembly for :class:`Service`.
+class TiltSeriesResolver:
+    """Tilt-series metadata, dose bookkeeping and series assembly (a
+    :class:`~daemon.events.MetadataResolver`).
 
     Parameters
     ----------
@@ -153,10 +98,9 @@ class TiltSeriesResolver(ServiceObserver):
         self.series_config = series_config
         self.mode = mode
         self.exposure_filtered = exposure_filtered
-        self._service: Any = None
+        self._ctx: ResolverContext | None = None
         self._log: Any = None
-        self._mdocs: dict[str, _Mdoc] = {}
-        self._stored_mdocs: dict[str, dict[str, Any]] = {}
+        self._watcher: MdocWatcher | None = None
         self._first_seen: dict[str, float] = {}
         self._res: Resolution | None = None
         self._active = mode == "on" or (mode == "auto" and series_config.dose_per_tilt_e_A2
@@ -164,40 +108,17 @@ class TiltSeriesResolver(ServiceObserver):
         self._states: dict[str, SeriesState] = {}
         self._stacks: dict[str, dict[str, str]] = {}
         self._assembling: dict[str, tuple[Future, SeriesState, str]] = {}
-        self._executor: ProcessPoolExecutor | None = None
         self._once: set[tuple[str, str]] = set()
         self._stack_files: set[str] = set()
         self._rows: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
 
-    @classmethod
-    def from_config(cls, config: Config) -> TiltSeriesResolver:
-        """Build from ``Config.options`` (defaults for options absent there).
-
-        Raises
-        ------
-        ConfigError
-            A bad pattern (not a regular expression, no ``series``/``angle`` groups) or value.
-        """
-        o = config.options
-        try:
-            sc = SeriesConfig(
-                filename_pattern=o.get("filename_pattern") or DEFAULT_FILENAME_PATTERN,
-                dose_per_tilt_e_A2=o.get("dose_per_tilt"),
-                metadata_wait_s=float(o.get("metadata_wait", 60.0)),
-                mdoc_quiet_s=float(o.get("mdoc_quiet", 120.0)),
-                idle_timeout_s=float(o.get("series_idle_timeout", 1800.0)))
-            return cls(sc, mode=o.get("tilt_series", "auto") or "auto",
-                       exposure_filtered=bool(o.get("exposure_filtered", False)))
-        except ValueError as exc:
-            raise ConfigError([f"tilt series: {exc}"]) from None
-
     # --- wiring ---------------------------------------------------------------------------
-    def bind(self, service: Any) -> None:
-        """Called by the service once its ledger is open: read the persisted mdoc and series
-        state."""
-        self._service = service
-        self._log = service._log  # noqa: SLF001 - the service's logger, bound per event below
+    def start(self, context: ResolverContext) -> None:
+        """Called once the state database is open: read the persisted mdoc and series state."""
+        self._ctx = context
+        self._log = context.log
+        self._watcher = MdocWatcher(context.store, log=context.log, log_once=self._once_log)
         sc = self.series_config
         self._log.info("tilt_series_config", mode=self.mode, active=self._active,
                        filename_pattern=sc.filename_pattern, dose_per_tilt=sc.dose_per_tilt_e_A2,
@@ -205,8 +126,8 @@ class TiltSeriesResolver(ServiceObserver):
                        series_idle_timeout_s=sc.idle_timeout_s,
                        exposure_filtered=self.exposure_filtered)
         try:
-            self._stored_mdocs = service.ledger.mdoc_states()
-            for name, d in service.ledger.series_states().items():
+            self._watcher.load()
+            for name, d in context.store.series_states().items():
                 self._states[name] = _state_from(name, d)
                 self._stacks[name] = dict(d.get("stacks") or {})
                 self._info[name] = {k: d.get(k) for k in _INFO_KEYS}
@@ -218,7 +139,11 @@ class TiltSeriesResolver(ServiceObserver):
         return bool(self._assembling)
 
     def _now(self) -> float:
-        return self._service._wall()  # noqa: SLF001
+        return self._ctx.now()
+
+    @property
+    def _mdocs(self) -> dict[str, Any]:
+        return self._watcher.mdocs if self._watcher is not None else {}
 
     def _once_log(self, level: str, event: str, subject: str, reason: str, **kw: Any) -> None:
         if (subject, reason) in self._once:
@@ -226,7 +151,8 @@ class TiltSeriesResolver(ServiceObserver):
         self._once.add((subject, reason))
         getattr(self._log, level)(event, reason=reason, **kw)
 
-    def _emit(self, kind: str, name: str, stacks: Mapping[str, str] | None = None) -> None:
+    def _emit(self, kind: SeriesEventKind, name: str,
+              stacks: Mapping[str, str] | None = None) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
         n_done = n_failed = 0
         for row in self._rows.values():
@@ -242,24 +168,24 @@ class TiltSeriesResolver(ServiceObserver):
                 mdoc = summary.mdoc_path
             doses = [d for _, _, d in summary.tilts]
             dose = sum(doses) if doses and all(d is not None for d in doses) else None
-        self._service.notify_series(SeriesEvent(kind, name, n_expected, n_done, n_failed, dose,
-                                                mdoc, dict(stacks or {})))
+        self._ctx.emit(SeriesEvent(kind, name, n_expected, n_done, n_failed, dose, mdoc,
+                                   dict(stacks or {})))
 
     def _refresh_rows(self) -> None:
         """Newest ledger row per movie path (real movies only)."""
         latest: dict[str, Any] = {}
-        for row in self._service.ledger.rows():  # by mtime, then insertion: the last is newest
+        for row in self._ctx.store.rows():  # by mtime, then insertion: the last is newest
             if row.key.size >= 0:
                 latest[row.key.path] = row
         self._rows = latest
 
     # --- MetadataResolver -----------------------------------------------------------------
     def observe(self, scan: ScanResult) -> Iterable[Path] | None:
-        if self._service is None or self.mode == "off":
+        if self._ctx is None or self.mode == "off":
             return None
         now = self._now()
-        self._poll_assemblies()
-        self._read_mdocs(scan, now)
+        self.poll()
+        self._watcher.read(scan, now)
         movies = {str(o.path): o for o in scan.observations if o.kind == "movie"}
         for p in movies:
             self._first_seen.setdefault(p, now)
@@ -300,7 +226,8 @@ class TiltSeriesResolver(ServiceObserver):
         self._advance_series(res, movies, changed, now)
         return [Path(p) for p in changed]
 
-    def resolve(self, movie: Observation, params: Any) -> MovieMetadata:
+    def resolve(self, movie: Observation, params: Any, *, n_frames: int | None = None
+                ) -> MovieMetadata:
         if not self._active or self._res is None:
             return MovieMetadata()
         name = movie.path.name
@@ -314,12 +241,6 @@ class TiltSeriesResolver(ServiceObserver):
             if name in res.standalone:
                 return MovieMetadata(log_context={"series": None})
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
-        n_frames = None
-        if a.frame_doses_e_A2 is not None:
-            from correction.io.complete import check_complete
-
-            c = check_complete(movie.path)
-            n_frames = c.n_frames if c.complete else None
         dose = a.dose_params(voltage_kV=params.dose.voltage_kV, n_frames=n_frames)
         for w in a.warnings:
             self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
@@ -343,70 +264,10 @@ class TiltSeriesResolver(ServiceObserver):
         return MovieMetadata(ignore_reason=_STACK_REASON)
 
     # --- steps ----------------------------------------------------------------------------
-    def _read_mdocs(self, scan: ScanResult, now: float) -> None:
-        ledger = self._service.ledger
-        seen = set()
-        for o in scan.observations:
-            if o.kind != "metadata" or not o.path.name.lower().endswith(".mdoc"):
-                continue
-            key = str(o.path)
-            seen.add(key)
-            prev = self._mdocs.get(key)
-            if prev is not None and (prev.size, prev.mtime_ns) == (o.size, o.mtime_ns):
-                continue
-            try:
-                md = read_mdoc(o.path)
-            except OSError as exc:
-                self._once_log("warning", "mdoc_unreadable", key, exc.strerror or str(exc),
-                               mdoc=key, note="the last content read is kept")
-                continue
-            stored = self._stored_mdocs.get(key)
-            if prev is not None and prev.parsed.sha256 == md.sha256:
-                since = prev.unchanged_since_s
-            elif prev is None and stored is not None and stored["sha256"] == md.sha256:
-                since = float(stored["unchanged_since"])
-            else:
-                since = now
-            self._mdocs[key] = _Mdoc(o.size, o.mtime_ns, md, since)
-            try:
-                ledger.set_mdoc_state(key, sha256=md.sha256, size=o.size, mtime_ns=o.mtime_ns,
-                                      kind=md.kind, unchanged_since=since)
-            except Exception as exc:  # noqa: BLE001 - sqlite trouble: the quiet time restarts
-                self._once_log("error", "ledger_write_failed", key, str(exc))
-            for w in md.warnings:
-                self._once_log("warning", "mdoc_warning", key, w, mdoc=key)
-            for s in md.sections:
-                if s.complete:
-                    for w in s.warnings:
-                        self._once_log("warning", "mdoc_warning", key, w, mdoc=key)
-        if scan.errors:
-            return  # a folder could not be listed: absent mdocs may only be hidden
-        for key in [k for k in self._mdocs if k not in seen]:
-            del self._mdocs[key]
-            self._log.warning("mdoc_vanished", mdoc=key,
-                              note="its tilts are resolved without it from now on")
-            try:
-                ledger.forget_mdoc(key)
-            except Exception:  # noqa: BLE001
-                pass
-
-    def _recorded_tilt(self, row: Any) -> dict[str, Any] | None:
-        tilt = (row.metadata.get("extra_record") or {}).get("tilt")
-        if tilt is None:  # adopted outputs: the row has no metadata, the motion record has it
-            record = self._motion_record(row)
-            tilt = record.get("tilt") if record else None
-        return tilt
-
     @staticmethod
-    def _motion_record(row: Any) -> dict[str, Any] | None:
-        path = (row.outputs or {}).get("motion")
-        if not path:
-            return None
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) else None
+    def _recorded_tilt(row: Any) -> dict[str, Any] | None:
+        tilt = recorded_tilt(row)
+        return None if tilt is None else tilt.to_json()
 
     def _redo_check(self, movies: Mapping[str, Observation], res: Resolution) -> list[str]:
         changed = []
@@ -480,7 +341,7 @@ class TiltSeriesResolver(ServiceObserver):
                 self._persist(name, new)
                 self._emit("reopened", name)
                 continue
-            if assemble and folder_of is not None and self._service.config is not None:
+            if assemble and folder_of is not None:
                 self._submit(name, new, summary, by_name, folder_of)
                 continue
             if new != state:
@@ -490,11 +351,11 @@ class TiltSeriesResolver(ServiceObserver):
     def _update_info(self, name: str, state: SeriesState, summary: SeriesSummary,
                      folder_of: Path | None) -> None:
         """Record what ``motionwatch status`` shows of a series (written only when it changes)."""
-        cfg = self._service.config
+        ctx = self._ctx
         folder = None
-        if folder_of is not None and cfg is not None:
-            folder = str(output_dir_for(folder_of, watch_dir=cfg.watch_dir,
-                                        out_dir=cfg.out_dir) / name)
+        if folder_of is not None:
+            folder = str(output_dir_for(folder_of, watch_dir=ctx.watch_dir,
+                                        out_dir=ctx.out_dir) / name)
         info = {"expected_tilts": len(summary.tilts) if summary.match_source == "series_mdoc"
                 else None, "mdoc": summary.mdoc_path, "folder": folder}
         if self._info.get(name) != info:
@@ -503,55 +364,31 @@ class TiltSeriesResolver(ServiceObserver):
 
     def _persist(self, name: str, state: SeriesState) -> None:
         try:
-            self._service.ledger.set_series_state(
+            self._ctx.store.set_series_state(
                 name, _state_dict(state, self._stacks.get(name), self._info.get(name)))
         except Exception as exc:  # noqa: BLE001
             self._once_log("error", "ledger_write_failed", name, str(exc))
 
+    # --- assembly -------------------------------------------------------------------------
     def _submit(self, name: str, state: SeriesState, summary: SeriesSummary,
                 by_name: Mapping[str, str], folder_of: Path) -> None:
-        cfg = self._service.config
-        tilts = []
-        for m in sorted(state.assembled_movies):
-            row = self._rows.get(by_name.get(m, ""))
-            if row is None or row.status != "done":
-                continue  # quarantined tilts are left out of the stacks
-            tilt = self._recorded_tilt(row)
-            outputs = {k: v for k, v in row.outputs.items() if k in ("sum", "dw", "even", "odd")}
-            if not tilt or tilt.get("tilt_deg") is None or "sum" not in outputs:
-                self._log.warning("series_tilt_left_out", series=name, movie=row.key.path,
-                                  reason="no tilt angle or no sum image recorded")
-                continue
-            drift = (row.summary.get("drift") or {}).get("total_A")
-            if drift is None:
-                drift = ((self._motion_record(row) or {}).get("drift") or {}).get("total_A")
-            tilts.append({
-                "movie": m, "tilt_deg": float(tilt["tilt_deg"]),
-                "acquisition_index": int(tilt["acquisition_index"]),
-                "dose_e_A2": float(tilt["dose_e_A2"]),
-                "pre_exposure_e_A2": float(tilt["pre_exposure_e_A2"]),
-                "dose_source": str(tilt.get("dose_source", "")),
-                "order_source": str(tilt.get("order_source", "")), "outputs": outputs,
-                "drift_total_A": None if drift is None else float(drift),
-                "prior_record_dose_difference_e_A2": tilt.get("prior_record_dose_difference_e_A2"),
-                "acquired_at": tilt.get("acquired_at")})
+        ctx = self._ctx
+        rows = [self._rows.get(by_name.get(m, "")) for m in sorted(state.assembled_movies)]
+        tilts = assembly_tilts(rows, log=self._log, series=name)
         if not tilts:
             self._states[name] = state
             self._persist(name, state)
             self._log.warning("series_not_assembled", series=name, reason="no corrected tilt")
             return
-        out = output_dir_for(folder_of, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_signals)
-        future = self._executor.submit(_assemble_job, name, tilts, str(out),
-                                       cfg.params.dose.voltage_kV, self.exposure_filtered)
+        out = output_dir_for(folder_of, watch_dir=ctx.watch_dir, out_dir=ctx.out_dir)
+        future = ctx.run_job(assemble_job, name, tilts, str(out), ctx.voltage_kV,
+                             self.exposure_filtered)
         self._assembling[name] = (future, state, str(out / name))
         self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,
                        folder=str(out / name))
 
-    def _poll_assemblies(self) -> None:
+    def poll(self) -> None:
+        """Collect finished assemblies (each completes its series)."""
         for name, (future, state, folder) in list(self._assembling.items()):
             if not future.done():
                 continue
@@ -574,25 +411,15 @@ class TiltSeriesResolver(ServiceObserver):
                            stacks=result["stacks"])
             self._emit("completed", name, result["stacks"])
 
-    # --- ServiceObserver ------------------------------------------------------------------
-    def _movie_event(self, event: MovieEvent) -> None:
+    # --- movie events ---------------------------------------------------------------------
+    def movie_finished(self, event: MovieEvent) -> None:
+        """A movie of a series was recorded: the series is ``updated``."""
         name = (event.metadata.get("log_context") or {}).get("series")
-        if not name or self._service is None:
+        if not name or self._ctx is None:
             return
         self._refresh_rows()
         self._emit("updated", name)
 
-    def on_movie_done(self, event: MovieEvent) -> None:
-        self._movie_event(event)
-
-    def on_movie_failed(self, event: MovieEvent) -> None:
-        self._movie_event(event)
-
-    def on_heartbeat(self, beat: Any) -> None:
-        if self._service is not None:
-            self._poll_assemblies()
-
-    def on_stopped(self, exit_status: int) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+    def stop(self) -> None:
+        """Nothing to release (assembly jobs belong to the service's job runner)."""
+        self._assembling.clear()

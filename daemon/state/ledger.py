@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.events import MovieKey
+
 __all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES"]
 
 DB_NAME = "motionwatch.sqlite"
@@ -65,16 +67,6 @@ CREATE TABLE IF NOT EXISTS series (
     name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL
 );
 """
-
-
-@dataclass(frozen=True, slots=True)
-class MovieKey:
-    """Identity of one movie version under one set of parameters."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +179,7 @@ class Ledger:
             out[r["status"]] = r["n"]
         return out
 
-    def next_pending(self, *, now: float | None = None, exclude: frozenset[int] = frozenset()
-                     ) -> MovieRow | None:
+    def next_pending(self, *, now: float | None = None) -> MovieRow | None:
         """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry."""
         now = self._clock() if now is None else now
         r = self._db.execute(

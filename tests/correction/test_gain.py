@@ -1,9 +1,11 @@
 """Gain references: orientation (rotate, then flip), shape check, (raw - dark) * gain, defects.
 
 The orientation truth is written independently of numpy.rot90/flip, as a pixel-coordinate
-mapping: a quarter turn counter-clockwise (as displayed, row 0 at the top) moves the pixel at
-(row r, column c) of an ny x nx image to (nx - 1 - c, r); up-down maps (r, c) to (H - 1 - r, c);
-left-right maps (r, c) to (r, W - 1 - c).
+mapping taken from RELION's implementation of MotionCor2's flags (src/jaz/image_op.h,
+ImageOp::rotate90 "equivalent to MotionCor2's -RotGain 1", flipY = FlipGain 1, flipX = FlipGain
+2): a quarter turn moves the pixel at (row y, column x) of an ny x nx image to (x, ny - 1 - y)
+(clockwise as displayed, row 0 at the top); up-down (1) maps (r, c) to (H - 1 - r, c); left-right
+(2) maps (r, c) to (r, W - 1 - c); rotation first, then flip.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from correction.errors import GainReferenceError
-from correction.gain import GainReference, apply_gain, load_gain_reference
+from correction.errors import GainReferenceError, ParameterError
+from correction.gain import GainReference, apply_gain, load_gain_reference, orient
 from correction.params import GainParams
 
 
@@ -25,15 +27,15 @@ def _truth_orient(image, k, flip):
     for _ in range(k):
         h, w = out.shape
         turned = np.empty((w, h), dtype=out.dtype)
-        r, c = np.indices((h, w))
-        turned[w - 1 - c, r] = out[r, c]
+        y, x = np.indices((h, w))
+        turned[x, h - 1 - y] = out[y, x]
         out = turned
     h, w = out.shape
     r, c = np.indices((h, w))
     flipped = np.empty_like(out)
-    if flip == "updown":
+    if flip in ("updown", 1):
         flipped[h - 1 - r, c] = out[r, c]
-    elif flip == "leftright":
+    elif flip in ("leftright", 2):
         flipped[r, w - 1 - c] = out[r, c]
     else:
         flipped = out
@@ -47,16 +49,44 @@ def _marked_gain(ny=12, nx=20):
     return gain
 
 
-def test_truth_mapping_agrees_with_the_display_meaning_of_counter_clockwise():
-    # A mark at the top-left, turned a quarter counter-clockwise, lands at the bottom-left.
+def test_truth_mapping_turns_clockwise_as_displayed_like_relion_rotate90():
+    # A mark at the top-left, turned by -RotGain 1, lands at the top-right (RELION: "In
+    # relion_display, this looks clock-wise"); its right neighbour lands below it.
     gain = _marked_gain()
     turned = _truth_orient(gain, 1, "none")
     assert turned.shape == (20, 12)
-    assert turned[19, 0] == 5.0 and turned[18, 0] == 3.0
+    assert turned[0, 11] == 5.0 and turned[1, 11] == 3.0
 
 
-@pytest.mark.parametrize("k, flip", list(itertools.product(range(4),
-                                                           ["none", "updown", "leftright"])))
+def test_gain_rotate_1_is_motioncor2_rotgain_1_moving_y_x_to_x_ny_minus_1_minus_y():
+    # the issue: --gain-rotate 1 used to turn the other way (numpy.rot90(g, 1))
+    ny, nx = 6, 10
+    gain = np.arange(ny * nx, dtype=np.float32).reshape(ny, nx)
+    out = orient(gain, rotate_quarter_turns=1)
+    assert out.shape == (nx, ny)
+    for y in range(ny):
+        for x in range(nx):
+            assert out[x, ny - 1 - y] == gain[y, x]
+    np.testing.assert_array_equal(out, np.rot90(gain, k=-1))
+    assert not np.array_equal(out, np.rot90(gain, k=1))
+    np.testing.assert_array_equal(orient(gain, rotate_quarter_turns=3), np.rot90(gain, k=1))
+
+
+def test_flip_numbers_are_motioncor2_flipgain_after_the_rotation():
+    gain = np.arange(24, dtype=np.float32).reshape(4, 6)
+    np.testing.assert_array_equal(orient(gain, flip=1), np.flipud(gain))
+    np.testing.assert_array_equal(orient(gain, flip=2), np.fliplr(gain))
+    np.testing.assert_array_equal(orient(gain, rotate_quarter_turns=1, flip=1),
+                                  np.flipud(np.rot90(gain, k=-1)))
+    assert GainParams(flip=1).flip == "updown" and GainParams(flip="2").flip == "leftright"
+    assert GainParams(flip=0).flip == "none" and GainParams(flip="leftright").flip == "leftright"
+    for bad in (3, "3", "sideways", True, 1.0):
+        with pytest.raises(ParameterError, match="flip must be"):
+            GainParams(flip=bad)
+
+
+@pytest.mark.parametrize("k, flip", list(itertools.product(
+    range(4), ["none", "updown", "leftright", 0, 1, 2])))
 @pytest.mark.parametrize("fmt", ["mrc", "tif"])
 def test_gain_is_rotated_then_flipped_like_the_independent_truth(tmp_path, k, flip, fmt):
     gain = _marked_gain()
@@ -157,3 +187,32 @@ def test_physical_gain_expands_over_the_subpixels_of_a_super_resolution_movie():
     assert ref.fit_to((2, 2)) is ref
     with pytest.raises(GainReferenceError, match="gain is 2x2"):
         ref.fit_to((4, 6))
+
+
+def _stored_as_written(gain_true, k, flip):
+    """The gain file that -RotGain k -FlipGain flip turns into ``gain_true`` (truth inverse)."""
+    unflipped = _truth_orient(gain_true, 0, flip)           # a flip is its own inverse
+    return _truth_orient(unflipped, (4 - k) % 4, "none")    # then undo the k quarter turns
+
+
+@pytest.mark.parametrize("shape_yx", [(96, 160), (71, 100)])     # K3-like aspect, odd rows
+@pytest.mark.parametrize("k, flip", list(itertools.product(range(4), [0, 1, 2])))
+def test_gain_file_stored_in_any_orientation_with_the_motioncor2_flags_gives_flat_frames(
+        tmp_path, shape_yx, k, flip):
+    rng = np.random.default_rng(10 * k + flip)
+    gain_true = np.clip(1 + 0.15 * rng.standard_normal(shape_yx), 0.5, 1.5).astype(np.float32)
+    dose_per_frame = 100.0
+    frames = rng.poisson(dose_per_frame / gain_true, (4,) + shape_yx).astype(np.uint16)
+    stored = _stored_as_written(gain_true, k, flip)
+    path = tmp_path / "gain.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.ascontiguousarray(stored))
+    ref = load_gain_reference(GainParams(gain_path=path, rotate_quarter_turns=k, flip=flip))
+    np.testing.assert_array_equal(ref.gain, gain_true)
+    corrected = sum(apply_gain(frame, ref) for frame in frames)
+    poisson_rel_sd = np.sqrt(float(gain_true.mean()) / (4 * dose_per_frame))     # 0.05
+    assert corrected.std() / corrected.mean() < 1.3 * poisson_rel_sd
+    if stored.shape == shape_yx and not np.array_equal(stored, gain_true):
+        # the same file applied without orientation leaves the pattern (the check can fail)
+        wrong = sum(apply_gain(frame, GainReference.from_arrays(stored)) for frame in frames)
+        assert wrong.std() / wrong.mean() > 2 * poisson_rel_sd

@@ -11,7 +11,7 @@ from daemon.settings.config import ConfigError, load_config
 
 
 def parse(argv):
-    from daemon.engine import service
+    from daemon.commands import watch as service
 
     parser = argparse.ArgumentParser()
     service.add_arguments(parser)

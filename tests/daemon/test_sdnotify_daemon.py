@@ -27,8 +27,9 @@ import pytest
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.settings.config import Config
-from daemon.feed.listener import NotifyObserver
-from daemon.engine.service import Service, ServiceObserver
+from daemon.system.notify_listener import NotifyListener
+from daemon.engine.service import Service
+from daemon.events import ServiceListener
 from daemon.simulation.movies import simulate_session, write_movie_progressively
 
 OUTPUT_SUFFIXES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json")
@@ -171,11 +172,11 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkey
                     settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.05,
                     movie_timeout_s=60.0, polling="on",
                     options={"watchdog_stuck_after": 1.5})
-    notify = NotifyObserver.from_config(config, environ={"NOTIFY_SOCKET": systemd.name,
+    notify = NotifyListener.from_config(config, environ={"NOTIFY_SOCKET": systemd.name,
                                                          "WATCHDOG_USEC": "600000"})
     seen: dict[str, float] = {}
 
-    class Clock(ServiceObserver):
+    class Clock(ServiceListener):
         def on_heartbeat(self, beat):
             now = time.monotonic()
             if beat.in_flight and "started" not in seen:
@@ -184,7 +185,7 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkey
                 service.request_stop("test")
                 service.request_stop("test")  # abandon the hung movie
 
-    service = Service(config, observers=[notify, Clock()], runner="fake_runners:correct")
+    service = Service(config, listeners=[notify, Clock()], runner="fake_runners:correct")
     try:
         assert service.run() == 0
     finally:

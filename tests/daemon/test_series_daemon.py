@@ -272,8 +272,9 @@ def test_demo_runs_a_tilt_series_session_by_default_and_one_movie_with_single(tm
 def test_observers_receive_series_started_updated_per_movie_and_completed_with_stacks(tmp_path):
     from correction.params import CorrectionParams, DoseParams
     from daemon.settings.config import Config
-    from daemon.engine.service import Service, ServiceObserver
-    from daemon.series.resolver import TiltSeriesResolver
+    from daemon.engine.service import Service
+    from daemon.events import ServiceListener
+    from daemon.series.options import resolver_from_config
 
     watch, out = tmp_path / "w", tmp_path / "out"
     tilts = simulate(watch, 26, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0, lock=False)
@@ -284,12 +285,12 @@ def test_observers_receive_series_started_updated_per_movie_and_completed_with_s
                     options={"tilt_series": "auto", "mdoc_quiet": 0.3, "exposure_filtered": True})
     seen = []
 
-    class Recorder(ServiceObserver):
+    class Recorder(ServiceListener):
         def on_series_event(self, event):
             seen.append(event)
 
-    resolver = TiltSeriesResolver.from_config(config)
-    assert Service(config, observers=[Recorder()], resolver=resolver).run() == 0
+    resolver = resolver_from_config(config)
+    assert Service(config, listeners=[Recorder()], resolver=resolver).run() == 0
     assert [e.kind for e in seen] == ["started", "updated", "updated", "updated", "completed"]
     assert [e.n_done for e in seen] == [0, 1, 2, 3, 3] and {e.n_failed for e in seen} == {0}
     last = seen[-1]

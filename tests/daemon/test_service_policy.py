@@ -17,7 +17,8 @@ import pytest
 from correction.params import CorrectionParams, DoseParams
 from daemon.settings.config import Config
 from daemon.state.ledger import Ledger, MovieKey
-from daemon.engine.service import Service, ServiceObserver, SOURCE_KEY
+from daemon.engine.service import Service
+from daemon.events import SOURCE_KEY, ServiceListener
 from daemon.simulation.movies import write_movie_progressively
 
 RUNNERS = '''
@@ -72,7 +73,7 @@ def movie(folder: Path, name: str) -> Path:
     return path
 
 
-class Recorder(ServiceObserver):
+class Recorder(ServiceListener):
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
 
@@ -95,7 +96,7 @@ class Recorder(ServiceObserver):
         self.calls.append(("stopped", status))
 
 
-class Broken(ServiceObserver):
+class Broken(ServiceListener):
     def on_movie_done(self, event):
         raise RuntimeError("observer bug")
 
@@ -109,7 +110,7 @@ def test_crashing_movie_is_retried_then_quarantined_while_the_next_movie_is_done
     movie(setup.watch_dir, "crash.mrc")
     movie(setup.watch_dir, "ok.mrc")
     recorder = Recorder()
-    service = Service(setup, observers=[Broken(), recorder], runner="fake_runners:correct")
+    service = Service(setup, listeners=[Broken(), recorder], runner="fake_runners:correct")
     assert service.run() == 0
     table = rows(setup)
     crash = table["crash.mrc"]
@@ -168,13 +169,13 @@ def test_outputs_of_another_version_are_not_adopted(setup):
 def test_second_stop_abandons_the_movie_in_hand_which_is_pending_for_the_next_start(setup):
     movie(setup.watch_dir, "hang.mrc")
 
-    class StopWhenBusy(ServiceObserver):
+    class StopWhenBusy(ServiceListener):
         def on_heartbeat(self, beat):
             if beat.in_flight:
                 service.request_stop("test")
                 service.request_stop("test")
 
-    service = Service(setup, observers=[StopWhenBusy()], runner="fake_runners:correct")
+    service = Service(setup, listeners=[StopWhenBusy()], runner="fake_runners:correct")
     assert service.run() == 0
     row = rows(setup)["hang.mrc"]
     assert (row.status, row.attempts) == ("pending", 0)
@@ -196,7 +197,7 @@ def test_first_stop_lets_the_movie_in_hand_finish_and_takes_no_new_one(setup):
     movie(setup.watch_dir, "slow_1.mrc")
     movie(setup.watch_dir, "slow_2.mrc")
 
-    class StopWhenBusy(ServiceObserver):
+    class StopWhenBusy(ServiceListener):
         asked = False
 
         def on_heartbeat(self, beat):
@@ -204,7 +205,7 @@ def test_first_stop_lets_the_movie_in_hand_finish_and_takes_no_new_one(setup):
                 self.asked = True
                 service.request_stop("test")
 
-    service = Service(setup, observers=[StopWhenBusy()], runner="fake_runners:correct")
+    service = Service(setup, listeners=[StopWhenBusy()], runner="fake_runners:correct")
     assert service.run() == 0
     statuses = sorted((name, r.status) for name, r in rows(setup).items())
     assert statuses == [("slow_1.mrc", "done"), ("slow_2.mrc", "pending")]
@@ -223,11 +224,11 @@ def test_a_vanished_output_folder_pauses_correction_reports_it_and_resumes_when_
     threading.Timer(1.5, lambda: config.out_dir.mkdir()).start()
     health = []
 
-    class Health(ServiceObserver):
+    class Health(ServiceListener):
         def on_heartbeat(self, beat):
             health.append(beat.health)
 
-    assert Service(config, observers=[Health()], runner="fake_runners:correct").run() == 0
+    assert Service(config, listeners=[Health()], runner="fake_runners:correct").run() == 0
     assert any(not h.ok and "output folder" in h.problems[0] for h in health)
     assert health[-1].ok
     assert rows(config)["ok.mrc"].status == "done"

@@ -154,7 +154,7 @@ def test_template_differs_from_the_single_unit_only_in_instance_paths() -> None:
 def _watch_parser():
     import argparse
 
-    from daemon.engine import service
+    from daemon.commands import watch as service
 
     parser = argparse.ArgumentParser(prog="motionwatch watch")
     service.add_arguments(parser)

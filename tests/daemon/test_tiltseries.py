@@ -17,12 +17,13 @@ from correction.params import CorrectionParams, DoseParams
 from daemon.settings.config import Config
 from daemon.state.ledger import Ledger
 from daemon.series.resolution import SeriesConfig
-from daemon.engine.service import Service, ServiceObserver
+from daemon.engine.service import Service
+from daemon.events import ServiceListener
 from daemon.simulation.movies import write_movie_progressively
 from daemon.series.resolver import TiltSeriesResolver
 
 
-class StopReason(ServiceObserver):
+class StopReason(ServiceListener):
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
@@ -47,7 +48,7 @@ def _run_until_idle(watch, out, *, guard_s: float) -> list[str]:
                     settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=1.0,
                     heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
     stopping = StopReason()
-    service = Service(config, observers=[stopping],
+    service = Service(config, listeners=[stopping],
                       resolver=TiltSeriesResolver(SeriesConfig(), mode="on"))
     guard = threading.Timer(guard_s, service.request_stop, args=("test guard: never went idle",))
     guard.start()

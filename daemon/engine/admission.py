@@ -1,0 +1,191 @@
+"""From a scan to the state database: settle -> validate -> metadata and dose -> ledger row.
+
+:class:`Admission` takes each scan, tracks which movies have settled, validates a settled movie
+once (format-level completeness, :func:`daemon.intake.validate.validate`), asks the metadata
+resolver for its dose and record fields (with the frame count validation found), and adds it to the
+ledger (or adopts outputs already on disk for exactly this version). A movie it has handled is not
+looked at again until its size, mtime or metadata change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon.engine.outputs import find_adoptable_outputs
+from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
+                           ScanResult, movie_stem, output_dir_for)
+from daemon.intake.settle import Settler
+from daemon.intake.validate import Verdict, validate
+from daemon.state.codec import StoredMetadata, metadata_to_json
+
+__all__ = ["Admission"]
+
+_DB_DOWN = "state database unavailable"
+
+
+class Admission:
+    """Admits settled, complete movies into the ledger.
+
+    Parameters
+    ----------
+    config : Config
+    ledger : callable
+        Returns the open :class:`~daemon.state.ledger.Ledger` (it may be reopened).
+    resolver : MetadataResolver
+    log : structlog-like logger
+    quarantined : callable
+        ``quarantined(event)``: a movie validation rejected was recorded (listeners, resolver).
+    clock : callable
+        Monotonic clock (s), for the settle time.
+    """
+
+    def __init__(self, config: Any, *, ledger: Callable[[], Any], resolver: MetadataResolver,
+                 log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float]) -> None:
+        self.config = config
+        self._ledger = ledger
+        self._resolver = resolver
+        self._log = log
+        self._quarantined = quarantined
+        self._settler = Settler(config.settle_time_s, clock=clock)
+        self._fingerprint = config.params.fingerprint()
+        self._handled: set[tuple[str, int, int]] = set()
+        self._reported: set[tuple[str, str]] = set()
+        self.waiting: dict[Path, str] = {}
+
+    def forget_all(self) -> None:
+        """Look at every movie again (the ledger was re-created)."""
+        self._handled.clear()
+
+    def _safe(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except sqlite3.Error as exc:
+            self._log.error("ledger_write_failed", error=str(exc))
+            return None
+
+    def report_once(self, subject: str, event: str, reason: str, *, level: str = "info") -> None:
+        """Log ``event`` for ``subject`` once per distinct reason."""
+        if (subject, reason) in self._reported:
+            return
+        self._reported.add((subject, reason))
+        getattr(self._log, level)(event, movie=subject, reason=reason)
+
+    # --- one scan -------------------------------------------------------------------------
+    def take(self, result: ScanResult) -> None:
+        """Handle one scan: report unreadable folders and non-movies, then admit what settled."""
+        for folder, reason in result.errors:
+            self.report_once(str(folder), "folder_unreadable", reason, level="warning")
+        for path, reason in result.skipped:
+            if (str(path), "skip") not in self._reported:
+                self._reported.add((str(path), "skip"))
+                self._log.warning("movie_ignored", movie=str(path), reason=reason)
+                key = MovieKey(str(path), -1, -1, self._fingerprint)
+                self._safe(lambda: self._ledger().add(key, status="quarantined", error=reason))
+        try:
+            changed = {str(p) for p in (self._resolver.observe(result) or ())}
+        except Exception as exc:  # noqa: BLE001 - a resolver bug must not stop discovery
+            self._log.error("metadata_observe_failed", error=f"{type(exc).__name__}: {exc}")
+            changed = set()
+        if changed:
+            self._handled = {h for h in self._handled if h[0] not in changed}
+        movies = [o for o in result.observations if o.kind == "movie"]
+        settled = {o.path for o in self._settler.update(movies)}
+        waiting: dict[Path, str] = {}
+        for obs in movies:
+            if (str(obs.path), obs.size, obs.mtime_ns) in self._handled:
+                continue
+            if obs.path not in settled:
+                waiting[obs.path] = "settling"
+                continue
+            reason = self._admit(obs)
+            if reason is not None:
+                waiting[obs.path] = reason
+        self.waiting = waiting
+
+    # --- one movie ------------------------------------------------------------------------
+    def _admit(self, obs: Observation) -> str | None:
+        """Handle a settled movie; returns a wait reason, or None once it is in the ledger."""
+        cfg = self.config
+        ident = (str(obs.path), obs.size, obs.mtime_ns)
+        verdict = validate(obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
+                           incomplete_grace_s=cfg.incomplete_grace_s,
+                           require_frame_mdoc=cfg.require_frame_mdoc)
+        if verdict.decision == "wait":
+            self.report_once(str(obs.path), "movie_incomplete", verdict.reason)
+            return verdict.reason
+        if verdict.decision == "reject":
+            return self._reject(obs, verdict)
+        try:
+            meta = self._resolver.resolve(obs, cfg.params, n_frames=verdict.n_frames)
+        except Exception as exc:  # noqa: BLE001
+            self.report_once(str(obs.path), "metadata_failed", f"{type(exc).__name__}: {exc}",
+                             level="error")
+            meta = MovieMetadata()
+        if meta.wait_reason:
+            self.report_once(str(obs.path), "movie_waiting", meta.wait_reason)
+            return meta.wait_reason
+        if meta.ignore_reason:
+            self.report_once(str(obs.path), "movie_ignored", meta.ignore_reason)
+            self._handled.add(ident)
+            return None
+        params = cfg.params if meta.dose is None else dataclasses.replace(cfg.params, dose=meta.dose)
+        key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, params.fingerprint())
+        ledger = self._ledger()
+        try:
+            known = ledger.get(key) is not None
+        except sqlite3.Error as exc:
+            self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
+            return _DB_DOWN
+        if known:
+            self._handled.add(ident)
+            return None
+        stored = metadata_to_json(StoredMetadata(meta.dose, meta.extra_record, meta.log_context,
+                                                 verdict.n_frames))
+        log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
+        earlier = [r for r in ledger.rows(path=key.path) if r.key != key]
+        if earlier:
+            log.info("movie_changed", note="new size, mtime or parameters: treated as a new movie",
+                     size=obs.size, previous=[r.status for r in earlier])
+        out_dir = output_dir_for(obs.path, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
+        adopted = find_adoptable_outputs(key, out_dir, movie_stem(obs.path))
+        if adopted is not None:
+            if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={})
+                          or True) is None:
+                return _DB_DOWN
+            log.info("movie_adopted", outputs=adopted,
+                     note="complete outputs of this movie version were already on disk")
+        else:
+            if self._safe(lambda: ledger.add(key, metadata=stored)) is None:
+                return _DB_DOWN
+            log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
+        self._handled.add(ident)
+        return None
+
+    def _reject(self, obs: Observation, verdict: Verdict) -> str | None:
+        """Quarantine a movie validation rejected (once: a restart finds its row)."""
+        ident = (str(obs.path), obs.size, obs.mtime_ns)
+        key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
+        ledger = self._ledger()
+        try:
+            known = ledger.get(key) is not None
+        except sqlite3.Error as exc:
+            self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
+            return _DB_DOWN
+        if not known:
+            stored = metadata_to_json(StoredMetadata(n_frames=verdict.n_frames))
+            if self._safe(lambda: ledger.add(key, status="quarantined", error=verdict.reason,
+                                             metadata=stored)) is None:
+                return _DB_DOWN
+            self._log.warning("movie_quarantined", movie=str(obs.path), reason=verdict.reason,
+                              stage="validate")
+            self._quarantined(MovieEvent(obs.path, key, "quarantined", 0, error=verdict.reason,
+                                         metadata=stored))
+        self._handled.add(ident)
+        return None
+
+    def stable_for_s(self, path: Path) -> float | None:
+        return self._settler.stable_for_s(path)

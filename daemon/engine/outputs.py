@@ -1,0 +1,80 @@
+"""A movie's outputs on disk: which complete set can be adopted, temporaries left by a kill, and
+the summary of a finished movie kept in its row."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon.events import SOURCE_KEY, MovieKey
+
+__all__ = ["source_identity", "find_adoptable_outputs", "clean_temporary_outputs", "summarise"]
+
+
+def source_identity(key: MovieKey) -> dict[str, Any]:
+    """The motion record's ``source_file`` object: which movie version, with which parameters."""
+    return {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns,
+            "params_fingerprint": key.fingerprint}
+
+
+def _mrc_complete(path: Path) -> bool:
+    try:
+        from correction.io.complete import check_complete
+
+        return bool(check_complete(path).complete)
+    except Exception:  # noqa: BLE001 - unreadable means not adoptable
+        return False
+
+
+def find_adoptable_outputs(key: MovieKey, out_dir: Path, stem: str) -> dict[str, str] | None:
+    """Outputs on disk of exactly this movie version and parameters, all complete; else None."""
+    motion = out_dir / f"{stem}.motion.json"
+    try:
+        record = json.loads(motion.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get(SOURCE_KEY) != source_identity(key):
+        return None
+    listed = record.get("outputs") or {}
+    if not isinstance(listed, dict) or not listed:
+        return None
+    outputs: dict[str, str] = {}
+    for name, value in listed.items():
+        path = Path(value)
+        path = path if path.is_absolute() else out_dir / path
+        if not path.is_file():
+            return None
+        if path.suffix == ".mrc" and not _mrc_complete(path):
+            return None
+        outputs[name] = str(path)
+    outputs.setdefault("motion", str(motion))
+    return outputs
+
+
+def clean_temporary_outputs(out_dir: Path) -> list[Path]:
+    """Remove writers' temporaries (``.<name>.tmp-<pid>``) left by a killed process."""
+    removed = []
+    for folder, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") and ".tmp-" in name:
+                path = Path(folder) / name
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:
+    """The per-movie summary kept in the ledger and logged: drift statistics and timings."""
+    keep = ("frames", "shape", "pixel_size_A", "drift", "dose")
+    out = {k: record[k] for k in keep if k in record}
+    if isinstance(out.get("dose"), dict):
+        out["dose"] = {k: v for k, v in out["dose"].items() if k != "per_frame_e_A2"}
+    out["timings_s"] = dict(timings_s)
+    return out

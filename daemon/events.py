@@ -1,0 +1,361 @@
+"""The contract of the service's parts: the values that flow between them and the two seams.
+
+Every part of :mod:`daemon` imports this module; it imports none of them (only the standard
+library), so no arrow can run back up. It holds
+
+* what a scan sees (:class:`Observation`, :class:`ScanResult`) and a movie's identity in the state
+  database (:class:`MovieKey`);
+* the **metadata seam**: :class:`MetadataResolver` (tilt series and dose bookkeeping plug in
+  here), what it returns (:class:`MovieMetadata`) and the narrow :class:`ResolverContext` it is
+  given (never the service itself);
+* the **listener seam**: :class:`ServiceListener` and the events it receives
+  (:class:`ServiceInfo`, :class:`MovieEvent`, :class:`SeriesEvent`, :class:`Heartbeat`,
+  :class:`Health`);
+* where a movie's outputs go (:func:`output_dir_for`, :func:`movie_stem`) and the key of the motion
+  record that names the movie version (:data:`SOURCE_KEY`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "Observation", "ScanResult", "MovieKey", "MovieMetadata", "MetadataResolver", "NoMetadata",
+    "ResolverContext", "SeriesStore", "ServiceListener", "ServiceInfo", "MovieEvent",
+    "SeriesEvent", "SeriesEventKind", "Heartbeat", "Health", "SOURCE_KEY", "movie_stem",
+    "output_dir_for",
+]
+
+#: motion-record key naming the movie version and parameters an output set was made from
+SOURCE_KEY = "source_file"
+
+SeriesEventKind = Literal["started", "updated", "completed", "reopened"]
+
+
+# ------------------------------------------------------------------------------------------
+# what flows: files seen, movie identities
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One file as one scan saw it.
+
+    Attributes
+    ----------
+    path : Path
+        Absolute path of the file.
+    size : int
+        Size in bytes.
+    mtime_ns : int
+        Modification time as the file system reports it (ns since the epoch, the writer's clock).
+    kind : str
+        ``"movie"`` or ``"metadata"``.
+    """
+
+    path: Path
+    size: int
+    mtime_ns: int
+    kind: str = "movie"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """One pass over the watched tree.
+
+    Attributes
+    ----------
+    observations : tuple of Observation
+        Regular files matching the movie or metadata patterns.
+    skipped : tuple of (Path, str)
+        Entries that look like movies but cannot be one (a directory named ``x.mrc``, a file
+        that cannot be stat'ed), with the reason.
+    errors : tuple of (Path, str)
+        Folders that could not be listed (permission, vanished), with the reason.
+    """
+
+    observations: tuple[Observation, ...] = ()
+    skipped: tuple[tuple[Path, str], ...] = ()
+    errors: tuple[tuple[Path, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MovieKey:
+    """Identity of one movie version under one set of parameters (a row of the state database).
+
+    ``fingerprint`` is :meth:`correction.params.CorrectionParams.fingerprint` of the parameters
+    the movie is corrected with (its own dose included).
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    fingerprint: str
+
+
+def movie_stem(path: Path) -> str:
+    """Output stem of a movie: its name without the last suffix."""
+    return Path(path).stem
+
+
+def output_dir_for(movie: Path, *, watch_dir: Path, out_dir: Path) -> Path:
+    """Outputs mirror the movie's sub-folder below the watch folder."""
+    try:
+        rel = Path(movie).parent.relative_to(watch_dir)
+    except ValueError:
+        rel = Path()
+    return out_dir / rel
+
+
+# ------------------------------------------------------------------------------------------
+# the metadata seam
+
+
+@dataclass(frozen=True, slots=True)
+class MovieMetadata:
+    """Per-movie facts resolved after validation, before the movie enters the state database.
+
+    Attributes
+    ----------
+    dose : DoseParams or None
+        Replaces the configured dose for this movie (pre-exposure, per-frame doses); None keeps it.
+    extra_record : dict
+        Merged into the movie's motion record (``tilt`` ...).
+    log_context : dict
+        Bound to every log event of the movie (``series=...``).
+    wait_reason : str or None
+        Not resolvable yet (e.g. its mdoc section is not written): the movie waits and is
+        offered again at the next scan.
+    ignore_reason : str or None
+        Not a movie to correct (e.g. SerialEM's own tilt-series stack): logged once as
+        ``movie_ignored``, never recorded or corrected, and not counted as waiting.
+    """
+
+    dose: Any = None
+    extra_record: Mapping[str, Any] = field(default_factory=dict)
+    log_context: Mapping[str, Any] = field(default_factory=dict)
+    wait_reason: str | None = None
+    ignore_reason: str | None = None
+
+
+class SeriesStore(Protocol):
+    """The part of the state database a metadata resolver may use."""
+
+    def rows(self, *, status: str | None = None, path: str | None = None) -> list[Any]: ...
+    def mdoc_states(self) -> dict[str, dict[str, Any]]: ...
+    def set_mdoc_state(self, path: str, *, sha256: str, size: int, mtime_ns: int, kind: str,
+                       unchanged_since: float) -> None: ...
+    def forget_mdoc(self, path: str) -> None: ...
+    def series_states(self) -> dict[str, dict[str, Any]]: ...
+    def set_series_state(self, name: str, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverContext:
+    """What a :class:`MetadataResolver` is given when the service starts (and nothing more).
+
+    Attributes
+    ----------
+    store : SeriesStore
+        Movie rows, mdoc and series state.
+    now : callable
+        Wall clock (s since the epoch).
+    log : structlog-like logger
+    watch_dir, out_dir : Path
+        Where movies are found and where their outputs go (:func:`output_dir_for`).
+    voltage_kV : float
+        Acceleration voltage of the session (for exposure-filtered stacks).
+    emit : callable
+        Hands a :class:`SeriesEvent` to the service; it reaches the listeners after the current
+        step (never from inside the resolver's call).
+    run_job : callable
+        ``run_job(function, *args) -> concurrent.futures.Future``: runs a picklable function in
+        a worker process (series assembly).
+    """
+
+    store: SeriesStore
+    now: Callable[[], float]
+    log: Any
+    watch_dir: Path
+    out_dir: Path
+    voltage_kV: float
+    emit: Callable[[SeriesEvent], None]
+    run_job: Callable[..., Any]
+
+
+class MetadataResolver(Protocol):
+    """Resolves per-movie metadata (the tilt-series dose ledger plugs in here).
+
+    Called from the service's main thread, in this order: :meth:`start` once the state database
+    is open; per scan :meth:`observe`, then :meth:`resolve` for each settled, validated movie;
+    :meth:`movie_finished` after a movie is recorded done or failed; :meth:`poll` every
+    heartbeat; :meth:`stop` once.
+    """
+
+    def start(self, context: ResolverContext) -> None:
+        """Read persisted state; keep ``context`` for later calls."""
+
+    def observe(self, scan: ScanResult) -> Iterable[Path] | None:
+        """See every scan (metadata files such as series ``.mdoc`` included).
+
+        Returns the movies whose metadata may have changed (a series mdoc rewritten): they are
+        resolved again at this scan, and a changed dose makes a new key, so a redo.
+        """
+
+    def resolve(self, movie: Observation, params: Any, *, n_frames: int | None) -> MovieMetadata:
+        """Metadata of one complete movie; ``params`` are the configured CorrectionParams,
+        ``n_frames`` the frame count validation found (None when unknown)."""
+
+    def movie_finished(self, event: MovieEvent) -> None:
+        """A movie was recorded done, failed or quarantined."""
+
+    def poll(self) -> None:
+        """Collect finished background work (series assembly)."""
+
+    def busy(self) -> bool:
+        """Background work is running (the service must not exit as idle)."""
+
+    def stop(self) -> None:
+        """The service stops: cancel background work."""
+
+
+class NoMetadata:
+    """The default resolver: every movie gets the configured parameters."""
+
+    def start(self, context: ResolverContext) -> None:
+        return None
+
+    def observe(self, scan: ScanResult) -> Iterable[Path] | None:
+        return None
+
+    def resolve(self, movie: Observation, params: Any, *, n_frames: int | None) -> MovieMetadata:
+        return MovieMetadata()
+
+    def movie_finished(self, event: MovieEvent) -> None:
+        return None
+
+    def poll(self) -> None:
+        return None
+
+    def busy(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# the listener seam
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What the service runs with, given to listeners once ready (``config``: the Config)."""
+
+    config: Any
+    pid: int
+    discovery_mode: str
+    discovery_reason: str
+    recovered: int
+
+
+@dataclass(frozen=True, slots=True)
+class MovieEvent:
+    """A movie finished (``status`` done) or failed (``failed``: will retry; ``quarantined``)."""
+
+    path: Path
+    key: MovieKey
+    status: str
+    attempt: int
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=dict)
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether the service works (what an sd_notify watchdog ping should depend on)."""
+
+    ok: bool
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Periodic state, every ``heartbeat_s``."""
+
+    wall_time_s: float
+    uptime_s: float
+    counts: Mapping[str, int]
+    waiting: int
+    in_flight: tuple[str, ...]
+    workers_alive: int
+    discovery_mode: str
+    health: Health
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesEvent:
+    """A tilt series changed state.
+
+    Attributes
+    ----------
+    kind : {"started", "updated", "completed", "reopened"}
+        First seen; one of its movies done or failed; stacks assembled; movies arrived (or were
+        redone) after completion.
+    series : str
+        Series name (the series mdoc's name without ``.mdoc``, or the file-name pattern's group).
+    n_expected : int or None
+        Tilts listed in its mdoc (None when known only from file names).
+    n_done, n_failed : int
+        Its movies corrected, and failed or quarantined.
+    accumulated_dose_e_A2 : float or None
+        Dose of all its listed tilts (e/A^2), None when unknown.
+    mdoc : str or None
+        Path of the series mdoc.
+    stacks : dict
+        Assembled outputs by name (paths; on ``completed``).
+    """
+
+    kind: SeriesEventKind
+    series: str
+    n_expected: int | None
+    n_done: int
+    n_failed: int
+    accumulated_dose_e_A2: float | None = None
+    mdoc: str | None = None
+    stacks: Mapping[str, str] = field(default_factory=dict)
+
+
+class ServiceListener:
+    """Receives service events; subclass and override what you need (all no-ops here).
+
+    Called from the service's main thread; keep each call short and non-blocking. An exception
+    is logged and does not stop the service.
+    """
+
+    def on_ready(self, info: ServiceInfo) -> None:
+        """The ledger is open, recovery done, the first scan made (sd_notify READY=1)."""
+
+    def on_movie_done(self, event: MovieEvent) -> None:
+        """A movie's outputs are in place and the ledger says done."""
+
+    def on_movie_failed(self, event: MovieEvent) -> None:
+        """A movie failed (``event.status`` is ``failed`` or ``quarantined``)."""
+
+    def on_series_event(self, event: SeriesEvent) -> None:
+        """A tilt series started, progressed, completed (stacks written) or re-opened."""
+
+    def on_heartbeat(self, beat: Heartbeat) -> None:
+        """Periodic state (sd_notify WATCHDOG=1 when ``beat.health.ok``; STATUS=...)."""
+
+    def on_stopping(self, reason: str) -> None:
+        """Shutdown began (sd_notify STOPPING=1)."""
+
+    def on_stopped(self, exit_status: int) -> None:
+        """The service has stopped; the last call."""

@@ -1,0 +1,69 @@
+"""Assembling a completed tilt series: which tilts go in, and the job that writes the stacks.
+
+:func:`assembly_tilts` picks the corrected tilts of a series from the state rows (quarantined
+tilts and tilts without an angle are left out, with a reason) and :func:`assemble_job` runs in a
+worker process (through :class:`~daemon.events.ResolverContext.run_job`):
+:func:`correction.stack.assemble_series` writes ``OUT_DIR/<series>/`` atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from daemon.series.tilt_record import TiltRecord, read_motion_record
+
+__all__ = ["recorded_tilt", "assembly_tilts", "assemble_job"]
+
+
+def recorded_tilt(row: Any) -> TiltRecord | None:
+    """The tilt record of a state row: from its metadata, else (adopted outputs) from its motion
+    record."""
+    tilt = TiltRecord.from_json((row.metadata.get("extra_record") or {}).get("tilt"))
+    if tilt is None:
+        tilt = TiltRecord.from_json(read_motion_record((row.outputs or {}).get("motion")) or {})
+    return tilt
+
+
+def assembly_tilts(rows: Iterable[Any], *, log: Any, series: str) -> list[dict[str, Any]]:
+    """Plain-data tilts for :func:`assemble_job` from the rows of the movies to assemble."""
+    tilts = []
+    for row in rows:
+        if row is None or row.status != "done":
+            continue  # quarantined tilts are left out of the stacks
+        tilt = recorded_tilt(row)
+        outputs = {k: v for k, v in row.outputs.items() if k in ("sum", "dw", "even", "odd")}
+        if tilt is None or tilt.tilt_deg is None or "sum" not in outputs:
+            log.warning("series_tilt_left_out", series=series, movie=row.key.path,
+                        reason="no tilt angle or no sum image recorded")
+            continue
+        drift = (row.summary.get("drift") or {}).get("total_A")
+        if drift is None:
+            record = read_motion_record(row.outputs.get("motion")) or {}
+            drift = (record.get("drift") or {}).get("total_A")
+        tilts.append({
+            "movie": Path(row.key.path).name, "tilt_deg": tilt.tilt_deg,
+            "acquisition_index": tilt.acquisition_index, "dose_e_A2": tilt.dose_e_A2,
+            "pre_exposure_e_A2": tilt.pre_exposure_e_A2, "dose_source": tilt.dose_source,
+            "order_source": tilt.order_source, "outputs": outputs,
+            "drift_total_A": None if drift is None else float(drift),
+            "prior_record_dose_difference_e_A2": tilt.prior_record_dose_difference_e_A2,
+            "acquired_at": tilt.acquired_at})
+    return tilts
+
+
+def assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage_kV: float,
+                 exposure_filtered: bool) -> dict[str, Any]:
+    """Worker-process side of an assembly: plain data in, plain data out."""
+    from correction.stack import StackTilt, assemble_series
+
+    rows = [StackTilt(**{**t, "outputs": {k: Path(v) for k, v in t["outputs"].items()}})
+            for t in tilts]
+    result = assemble_series(series, rows, out_dir, voltage_kV=voltage_kV,
+                             exposure_filtered=exposure_filtered)
+    stacks = {k: str(v) for k, v in result.stacks.items()}
+    stacks.update(tlt=str(result.tlt_path), csv=str(result.csv_path),
+                  mdoc=str(result.mdoc_paths[0]) if result.mdoc_paths else "")
+    return {"folder": str(result.folder), "stacks": stacks, "order": list(result.order),
+            "warnings": list(result.warnings)}

@@ -1,0 +1,106 @@
+"""The series mdocs of the watched tree, re-read as they grow.
+
+:class:`MdocWatcher` re-reads each ``.mdoc`` whose size or mtime changed
+(:func:`daemon.series.mdoc.read_mdoc`), keeps the last good parse when a read fails, and records
+in the state database since when each one's content is unchanged (so a restart keeps the mdoc's
+quiet time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.events import ScanResult, SeriesStore
+from daemon.series.mdoc import MdocFile, read_mdoc
+
+__all__ = ["MdocWatcher", "WatchedMdoc"]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedMdoc:
+    """One mdoc as last read: its size and mtime then, its parse, and since when (wall clock,
+    s) its content has not changed."""
+
+    size: int
+    mtime_ns: int
+    parsed: MdocFile
+    unchanged_since_s: float
+
+
+class MdocWatcher:
+    """The mdocs seen by the scans.
+
+    Parameters
+    ----------
+    store : SeriesStore
+        Where each mdoc's hash and quiet time are kept across restarts.
+    log : structlog-like logger
+    log_once : callable
+        ``log_once(level, event, subject, reason, **fields)``: logs a reason once per subject.
+    """
+
+    def __init__(self, store: SeriesStore, *, log: Any,
+                 log_once: Callable[..., None]) -> None:
+        self._store = store
+        self._log = log
+        self._log_once = log_once
+        self.mdocs: dict[str, WatchedMdoc] = {}
+        self._stored: dict[str, dict[str, Any]] = {}
+
+    def load(self) -> None:
+        """Read the persisted hashes and quiet times (at start-up)."""
+        self._stored = self._store.mdoc_states()
+
+    def read(self, scan: ScanResult, now: float) -> None:
+        """Re-read every changed mdoc of ``scan``; forget those gone (unless a folder could not
+        be listed, when they may only be hidden)."""
+        seen = set()
+        for o in scan.observations:
+            if o.kind != "metadata" or not o.path.name.lower().endswith(".mdoc"):
+                continue
+            key = str(o.path)
+            seen.add(key)
+            prev = self.mdocs.get(key)
+            if prev is not None and (prev.size, prev.mtime_ns) == (o.size, o.mtime_ns):
+                continue
+            try:
+                md = read_mdoc(o.path)
+            except OSError as exc:
+                self._log_once("warning", "mdoc_unreadable", key, exc.strerror or str(exc),
+                               mdoc=key, note="the last content read is kept")
+                continue
+            since = self._unchanged_since(key, prev, md, now)
+            self.mdocs[key] = WatchedMdoc(o.size, o.mtime_ns, md, since)
+            try:
+                self._store.set_mdoc_state(key, sha256=md.sha256, size=o.size,
+                                           mtime_ns=o.mtime_ns, kind=md.kind,
+                                           unchanged_since=since)
+            except Exception as exc:  # noqa: BLE001 - sqlite trouble: the quiet time restarts
+                self._log_once("error", "ledger_write_failed", key, str(exc))
+            for w in md.warnings:
+                self._log_once("warning", "mdoc_warning", key, w, mdoc=key)
+            for s in md.sections:
+                if s.complete:
+                    for w in s.warnings:
+                        self._log_once("warning", "mdoc_warning", key, w, mdoc=key)
+        if scan.errors:
+            return  # a folder could not be listed: absent mdocs may only be hidden
+        for key in [k for k in self.mdocs if k not in seen]:
+            del self.mdocs[key]
+            self._log.warning("mdoc_vanished", mdoc=key,
+                              note="its tilts are resolved without it from now on")
+            try:
+                self._store.forget_mdoc(key)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _unchanged_since(self, key: str, prev: WatchedMdoc | None, md: MdocFile,
+                         now: float) -> float:
+        stored = self._stored.get(key)
+        if prev is not None and prev.parsed.sha256 == md.sha256:
+            return prev.unchanged_since_s
+        if prev is None and stored is not None and stored["sha256"] == md.sha256:
+            return float(stored["unchanged_since"])
+        return now

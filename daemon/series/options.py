@@ -1,0 +1,56 @@
+"""The tilt-series options of ``motionwatch watch`` and the resolver they configure."""
+
+from __future__ import annotations
+
+import argparse
+
+from daemon.series.resolution import DEFAULT_FILENAME_PATTERN, SeriesConfig
+from daemon.series.resolver import TiltSeriesResolver
+from daemon.settings.config import Config, ConfigError
+
+__all__ = ["add_series_arguments", "resolver_from_config"]
+
+
+def add_series_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the tilt-series integration (each has a TOML key, e.g. ``dose_per_tilt``)."""
+    g = parser.add_argument_group("tilt series")
+    g.add_argument("--tilt-series", choices=("auto", "on", "off"), default="auto",
+                   help="tilt-series dose bookkeeping: on once a series mdoc is seen or "
+                        "--dose-per-tilt is given (auto), always (on), never (off)")
+    g.add_argument("--filename-pattern", default=DEFAULT_FILENAME_PATTERN, metavar="REGEX",
+                   help="movie-name pattern with named groups series and angle (and index) for "
+                        "movies without metadata")
+    g.add_argument("--dose-per-tilt", type=float, default=None, metavar="E_A2",
+                   help="dose of one tilt (e/Å²) when the metadata gives none")
+    g.add_argument("--metadata-wait", type=float, default=60.0, metavar="S",
+                   help="wait this long for a movie's mdoc section before the file-name "
+                        "fallback (default 60 s)")
+    g.add_argument("--mdoc-quiet", type=float, default=120.0, metavar="S",
+                   help="a series without .openTS lock is complete once its mdoc is unchanged "
+                        "this long (default 120 s)")
+    g.add_argument("--series-idle-timeout", type=float, default=1800.0, metavar="S",
+                   help="complete a series with nothing new for this long (default 1800 s)")
+    g.add_argument("--exposure-filtered", action=argparse.BooleanOptionalAction, default=False,
+                   help="also write a stack exposure-filtered by accumulated dose (S_EF.mrc)")
+
+
+def resolver_from_config(config: Config) -> TiltSeriesResolver:
+    """The resolver of ``Config.options`` (defaults for options absent there).
+
+    Raises
+    ------
+    ConfigError
+        A bad pattern (not a regular expression, no ``series``/``angle`` groups) or value.
+    """
+    o = config.options
+    try:
+        sc = SeriesConfig(
+            filename_pattern=o.get("filename_pattern") or DEFAULT_FILENAME_PATTERN,
+            dose_per_tilt_e_A2=o.get("dose_per_tilt"),
+            metadata_wait_s=float(o.get("metadata_wait", 60.0)),
+            mdoc_quiet_s=float(o.get("mdoc_quiet", 120.0)),
+            idle_timeout_s=float(o.get("series_idle_timeout", 1800.0)))
+        return TiltSeriesResolver(sc, mode=o.get("tilt_series", "auto") or "auto",
+                                  exposure_filtered=bool(o.get("exposure_filtered", False)))
+    except ValueError as exc:
+        raise ConfigError([f"tilt series: {exc}"]) from None
