@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +27,7 @@ from daemon import exitcodes
 from daemon.engine.admission import Admission
 from daemon.engine.dispatch import Dispatcher
 from daemon.engine.outputs import clean_temporary_outputs
+from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, NoMetadata,
                            ResolverContext, SeriesEvent, ServiceInfo, ServiceListener)
 from daemon.intake.discover import Discovery
@@ -70,9 +69,7 @@ class Service:
         self._clock = clock
         self._wall = wall_clock
         self._log = logger if logger is not None else get_logger()
-        self._stop = threading.Event()
-        self._stop_reason: str | None = None
-        self._abort = threading.Event()
+        self._signals = StopSignals()
         self._series_events: list[SeriesEvent] = []
         self._out_ok = True
         self._started_s = clock()
@@ -89,9 +86,6 @@ class Service:
                                    quarantined=lambda e: self._finished("on_movie_failed", e))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._lock_fd: int | None = None
 
     # --- listeners ------------------------------------------------------------------------
@@ -123,51 +117,14 @@ class Service:
         for event in events:
             self._notify("on_series_event", event)
 
-    # --- signals and wake-ups -------------------------------------------------------------
+    # --- stopping -----------------------------------------------------------------------
     def request_stop(self, reason: str = "stop requested") -> None:
         """First call: drain; second: stop at once. Thread-safe (sets Events, wakes the loop)."""
-        if self._stop_reason is None:
-            self._stop_reason = reason
-        if self._stop.is_set():
-            self._abort.set()
-        self._stop.set()
-        self.wake()
+        self._signals.request_stop(reason)
 
     def wake(self) -> None:
         """Wake the main loop (thread-safe; used by discovery events)."""
-        try:
-            os.write(self._wake_w, b"w")
-        except (BlockingIOError, OSError):
-            pass
-
-    def _handle_signal(self, signum: int, frame: Any) -> None:
-        # only sets Events; the wake-up byte is written by Python's C-level wakeup fd
-        if self._stop.is_set():
-            self._abort.set()
-        self._stop.set()
-
-    def _install_signals(self) -> list[tuple[int, Any]]:
-        if threading.current_thread() is not threading.main_thread():
-            return []
-        previous = [(s, signal.signal(s, self._handle_signal))
-                    for s in (signal.SIGTERM, signal.SIGINT)]
-        self._previous_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        return previous
-
-    def _restore_signals(self, previous: list[tuple[int, Any]]) -> None:
-        for signum, handler in previous:
-            signal.signal(signum, handler)
-        if previous:
-            signal.set_wakeup_fd(self._previous_wakeup)
-
-    def _drain_wake(self) -> bool:
-        woke = False
-        try:
-            while os.read(self._wake_r, 4096):
-                woke = True
-        except (BlockingIOError, OSError):
-            pass
-        return woke
+        self._signals.wake()
 
     # --- health ---------------------------------------------------------------------------
     def health(self) -> Health:
@@ -225,7 +182,7 @@ class Service:
     def run(self) -> int:
         """Run until stopped (signal, :meth:`request_stop`, or ``exit_when_idle_s``); exit status."""
         cfg = self.config
-        previous = self._install_signals()
+        self._signals.install()
         try:
             try:
                 self._acquire_lock()
@@ -263,7 +220,7 @@ class Service:
                 raise
         finally:
             self._shutdown()
-            self._restore_signals(previous)
+            self._signals.restore()
         self._notify("on_stopped", status)
         return status
 
@@ -275,14 +232,14 @@ class Service:
         while True:
             now = self._clock()
             self._last_tick_s = now
-            if self._abort.is_set():
+            if self._signals.abort.is_set():
                 self.dispatcher.abandon()
                 self._notify("on_stopping", "second signal: immediate stop")
                 self._log.info("service_stopping", reason="second signal: immediate stop")
                 return exitcodes.OK
-            if self._stop.is_set() and not draining:
+            if self._signals.stop.is_set() and not draining:
                 draining = True
-                reason = self._stop_reason or "signal: finishing the movie in hand"
+                reason = self._signals.reason or "signal: finishing the movie in hand"
                 self._notify("on_stopping", reason)
                 self._log.info("service_stopping", reason=reason,
                                in_flight=len(self.dispatcher.in_flight))
@@ -300,15 +257,15 @@ class Service:
                 self._heartbeat()
                 next_beat = now + cfg.heartbeat_s
             if not draining and self._idle_exit_due(now):
-                self._stop_reason = f"idle for {cfg.exit_when_idle_s:g} s (exit_when_idle)"
-                self._stop.set()
+                self._signals.request_stop(f"idle for {cfg.exit_when_idle_s:g} s (exit_when_idle)",
+                                           wake=False)
                 continue
 
             timeout = max(0.0, min(next_scan, next_beat) - self._clock())
             if draining:
                 timeout = min(timeout, 0.5)
-            outcomes = self.pool.wait(timeout, also=[self._wake_r])
-            if self._drain_wake() and not draining and self.discovery.uses_events:
+            outcomes = self.pool.wait(timeout, also=[self._signals.wake_fd])
+            if self._signals.drain_wake() and not draining and self.discovery.uses_events:
                 # an event: rescan soon, but not more often than every 0.1 s
                 next_scan = min(next_scan, self._clock() + 0.1)
             for outcome in outcomes:
@@ -318,7 +275,7 @@ class Service:
 
     def _shutdown(self) -> None:
         if self.pool is not None:
-            if self._abort.is_set():
+            if self._signals.abort.is_set():
                 self.dispatcher.abandon()
             self.pool.stop()
             self.pool = None
@@ -338,11 +295,7 @@ class Service:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._signals.close()
 
     def _safe(self, action: Callable[[], Any]) -> Any:
         try:
