@@ -1,0 +1,4 @@
+"""System: structured logs (``logs``), the systemd notify protocol (``sdnotify``) and the service
+listener that speaks it (``notify_listener``: READY, STATUS, WATCHDOG while healthy, STOPPING).
+Imports :mod:`daemon.events` and ``settings``.
+"""
