@@ -130,10 +130,9 @@ def test_ready_after_start_up_watchdog_pings_at_half_watchdog_usec_and_stopping_
     time.sleep(0.2)
     pings = systemd.times("WATCHDOG")
     assert len(systemd.times("READY")) == 1 and all(t >= ready for t in pings)
-    # WATCHDOG_USEC = 2 s: a ping every 1 s (the first at READY), none missed, none too early
-    assert len(pings) >= 3
-    gaps = np.diff(pings)
-    assert np.all(gaps > 0.8) and np.all(gaps < 1.6), gaps
+    # WATCHDOG_USEC = 2 s: pings while healthy (their period is tested with a fake clock in
+    # tests/daemon/test_sdnotify.py; wall-clock gaps are not asserted here)
+    assert len(pings) >= 2
     status = systemd.values("STATUS")
     assert any("2 done" in s for s in status), status
     stopping = systemd.times("STOPPING")
@@ -193,10 +192,9 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkey
     time.sleep(0.1)
     started = seen["started"]
     pings = systemd.times("WATCHDOG")
-    assert any(t < started + 1.0 for t in pings)  # healthy until the movie is stuck
-    # stuck after 1.5 s in flight (+ one heartbeat); pings every 0.3 s stop by then
-    late = [t for t in pings if t > started + 1.5 + 0.3 + 0.2]
-    assert late == [], [round(t - started, 2) for t in pings]
+    assert pings  # healthy before the movie got stuck
+    # once stuck, STATUS says so (when pings stop is the policy's matter: tested with a fake
+    # clock below, not with wall-clock windows here)
     assert any("stuck on hang.mrc" in s for s in systemd.values("STATUS"))
     assert len(systemd.times("STATUS")) > 20  # the main loop kept turning: heartbeats went on
 
@@ -255,3 +253,39 @@ def test_config_errors_are_printed_as_journald_errors_and_exit_78(tmp_path):
     lines = result.stderr.splitlines()
     assert lines and all(line.startswith("<3>") for line in lines), lines
     assert any("watch folder" in line for line in lines)
+
+
+def test_the_watchdog_turns_unhealthy_once_a_movie_is_in_flight_longer_than_stuck_after():
+    """The policy on a fake clock: healthy while a movie is young, unhealthy once it has been in
+    flight for more than ``stuck_after_s``, healthy again when it leaves; and unhealthy when no
+    heartbeat came for ``stall_s``."""
+    from daemon.events import Health, Heartbeat
+
+    now = [100.0]
+
+    class NoSystemd:
+        enabled = False
+
+        def status(self, text): ...
+
+        def ready(self, text): ...
+
+    listener = NotifyListener(NoSystemd(), watchdog_interval_s=None, stall_s=5.0,
+                              stuck_after_s=1.5, extend_s=30.0, clock=lambda: now[0])
+
+    def beat(in_flight):
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, {}, 0, tuple(in_flight), 1, "poll",
+                                        Health(True)))
+
+    beat(["a.mrc"])
+    assert listener.healthy()
+    now[0] += 1.0
+    beat(["a.mrc"])
+    assert listener.healthy()
+    now[0] += 1.0
+    beat(["a.mrc"])
+    assert not listener.healthy()  # 2.0 s in flight > 1.5 s
+    beat([])
+    assert listener.healthy()
+    now[0] += 6.0
+    assert not listener.healthy()  # no heartbeat for 6 s > stall 5 s
