@@ -1,23 +1,30 @@
 """Benchmark of patch-based local motion correction on synthetic movies with known motion.
 
 Renders a movie (default 4096^2 x 10 frames, 1.5 e/px/frame) with global drift plus a known
-smooth local deformation (default 3 px at the corners), then, in a fresh child process (so its
-peak RSS is the correction's own), runs: one FFT of every frame, Fourier crop, global alignment,
-patch alignment and the local model fit, and the tile-wise local sums (plain, dose-weighted,
-even, odd); the same sums with global shifts only are computed for comparison. Prints
+smooth local deformation (``--amplitudes``, px at the corners, last frame vs first), then, in a
+fresh child process (so its peak RSS is the correction's own), runs: one FFT of every frame,
+Fourier crop, global alignment, patch alignment and the local model fit, and the tile-wise
+local sums (plain, dose-weighted, even, odd). Prints, per field:
 
-* the local error: RMS length of (fitted - true) displacement at the patch centres, each
-  position's temporal mean removed (and the same for global-only correction);
-* the sharpness gained: mean FRC against the noise-free truth over 0.2-0.7 Nyquist, with and
-  without local correction;
-* wall times of each stage and the child's peak RSS.
+* the estimation error: RMS length of (fitted - true) displacement at the patch centres, each
+  position's temporal mean removed; beside it the model's own floor (the same robust fit to the
+  *true* displacements at the patch centres) and global-only correction;
+* the application error: the true field applied by the local-sum code to a noise-free render
+  of the same movie, frame by frame (first and last), against the exact render, as residual
+  displacement in 32-px windows (max and RMS), for the tiles chosen from the field's gradient
+  and for the former constant shifts on 512-px tiles;
+* the sharpness: mean FRC against the noise-free truth over 0.2-0.7 Nyquist of the locally
+  corrected, the global-only and the oracle sums (the oracle: the *true* field applied by the
+  same code), and the fraction of the oracle recovered;
+* wall times of each stage (the application with and without the first-order term) and the
+  child's peak RSS.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_local.py                       # 4096^2 x 10, 1.5 e/px
+    .venv/bin/python benchmarks/bench_local.py --amplitudes 1 3 5 10   # 4096^2 x 10, 1.5 e/px
     .venv/bin/python benchmarks/bench_local.py --size 2048 --dose 1.0 --contrast 0.1
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_local.py   # see note below
     .venv/bin/python benchmarks/bench_local.py --correct   # + whole correct vs the floor
+    .venv/bin/python benchmarks/bench_local.py --tmc       # + torch-motion-correction, if installed
 
 Note: numpy's OpenBLAS threads make the many tiny matrix products of the correlation-peak
 search several times slower on a busy 2-core machine; ``OPENBLAS_NUM_THREADS=1`` avoids that.
@@ -39,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _render(args: argparse.Namespace, folder: Path) -> None:
+def _render_movie(args: argparse.Namespace, *, noise_free: bool = False):
     from correction.synthetic_local import (LocalDeformation, render_local_movie,
                                             smooth_global_drift)
     rng = np.random.default_rng(args.seed)
@@ -47,9 +54,18 @@ def _render(args: argparse.Namespace, folder: Path) -> None:
     field = LocalDeformation(shape, args.frames, corner_amplitude_px=args.amplitude,
                              seed=args.seed)
     drift = smooth_global_drift(args.frames, total_px=args.drift, rng=rng)
+    # same seed, same draws: the noise-free render has the same specimen, drift and field
+    return render_local_movie(shape, args.frames, dose_per_pixel=args.dose, deformation=field,
+                              global_shifts_yx_px=drift, rng=rng, contrast=args.contrast,
+                              noise_free=noise_free)
+
+
+def _render(args: argparse.Namespace, folder: Path) -> None:
+    if (folder / "movie.pkl").exists():
+        print(f"reusing the movie rendered in {folder}")
+        return
     t = time.perf_counter()
-    movie = render_local_movie(shape, args.frames, dose_per_pixel=args.dose, deformation=field,
-                               global_shifts_yx_px=drift, rng=rng, contrast=args.contrast)
+    movie = _render_movie(args)
     print(f"rendered {args.size}^2 x {args.frames} at {args.dose} e/px/frame, contrast "
           f"{args.contrast}, local field {args.amplitude} px at the corners, global drift "
           f"{args.drift} px in {time.perf_counter() - t:.1f} s")
@@ -65,15 +81,54 @@ def dataclass_without_frames(movie):
                                movie.dose_per_pixel)
 
 
+class _OneFrame:
+    """Frame ``i`` of a displacement field, as a one-frame field."""
+
+    def __init__(self, field, i: int) -> None:
+        self.field, self.i = field, i
+
+    def displacement_yx_px(self, y, x):
+        return self.field.displacement_yx_px(y, x)[self.i:self.i + 1]
+
+
+def _rms(e: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.sum(e * e, axis=-1)))) if e.size else float("nan")
+
+
+def _application_error(args: argparse.Namespace, workers: int) -> dict:
+    """The true field applied by local_sums to a noise-free render, frame by frame."""
+    from correction.local_apply import local_sums, plan_tiles
+    from correction.synthetic_local import local_displacement_yx_px
+
+    clean = _render_movie(args, noise_free=True)
+    n = clean.frames.shape[0]
+    oracle = clean.sum_referenced_field()
+    plan = plan_tiles(oracle, clean.frames.shape[1:])
+    out = {"tile_px": plan.tile_px, "taylor": plan.taylor,
+           "max_gradient": plan.max_gradient, "bound_px": float(plan.bound_px)}
+    for label, kw in (("planned", {}), ("constant_512", {"tile_px": 512, "taylor": False})):
+        errors = []
+        for i in (0, n - 1):
+            one = local_sums(clean.frames[i:i + 1], np.zeros((1, 2)), _OneFrame(oracle, i),
+                             pixel_size_A=1.0, dose_end_e_A2=np.array([args.dose]),
+                             workers=workers, **kw)
+            _, d = local_displacement_yx_px(one.plain, clean.truth_sum / n, window_px=32)
+            errors.append(d)
+        e = np.concatenate(errors)
+        out[label] = {"max_px": float(np.max(np.hypot(e[:, 0], e[:, 1]))), "rms_px": _rms(e)}
+    return out
+
+
 def _child(folder: Path, workers: int) -> None:
     from correction.align_global import estimate_shifts
-    from correction.align_local import estimate_local_motion
+    from correction.align_local import LocalParams, estimate_local_motion, fit_local_model
     from correction.dose import accumulated_dose_e_A2
     from correction.fourier import fourier_crop, rfft2
-    from correction.local_apply import local_sums
+    from correction.local_apply import local_sums, plan_tiles
     from correction.params import AlignParams
-    from correction.synthetic_local import frc_band_against_truth
+    from correction.synthetic_local import frc_band_against_truth, frc_band_tiled
 
+    args = argparse.Namespace(**json.loads((folder / "args.json").read_text()))
     frames_u16 = np.load(folder / "frames.npy")
     with open(folder / "movie.pkl", "rb") as fh:
         movie = pickle.load(fh)
@@ -98,14 +153,23 @@ def _child(folder: Path, workers: int) -> None:
     lm = estimate_local_motion(cropped, crop_shape, (ny, nx), shifts, params=params,
                                workers=workers)
     times["local_estimate_s"] = time.perf_counter() - t
+    del cropped
     dose_end = accumulated_dose_e_A2(np.full(n, movie.dose_per_pixel))  # 1 Å/px
+    kw = dict(pixel_size_A=1.0, dose_end_e_A2=dose_end, workers=workers)
+    model = lm.model if lm.applied else None
+    plan = plan_tiles(model, (ny, nx))
     t = time.perf_counter()
-    with_local = local_sums(frames, shifts, lm.model if lm.applied else None, pixel_size_A=1.0,
-                            dose_end_e_A2=dose_end, workers=workers)
+    with_local = local_sums(frames, shifts, model, **kw)
     times["local_apply_s"] = time.perf_counter() - t
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    global_only = local_sums(frames, shifts, None, pixel_size_A=1.0, dose_end_e_A2=dose_end,
-                             workers=workers)
+    if model is not None:
+        t = time.perf_counter()
+        local_sums(frames, shifts, model, taylor=False, tile_px=512, **kw)
+        times["constant_512_apply_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    global_only = local_sums(frames, shifts, None, **kw)
+    times["global_only_apply_s"] = time.perf_counter() - t
+    oracle = local_sums(frames, np.zeros((n, 2)), movie.sum_referenced_field(), **kw)
 
     c = lm.patch_centres_yx_px
     offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)
@@ -114,23 +178,72 @@ def _child(folder: Path, workers: int) -> None:
     est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
     est -= est.mean(axis=0)
     glob = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
+    floor = float("nan")
+    if len(c):  # the model's own floor: the same fit to the true displacements
+        local_true = true - (shifts - shifts.mean(axis=0))[:, None, :]
+        defaults = LocalParams()
+        fit = fit_local_model(c, local_true.transpose(1, 0, 2), shape_yx=(ny, nx),
+                              spatial_degree=defaults.spatial_degree,
+                              temporal_degree=defaults.temporal_degree)
+        floor = _rms(fit.fitted_yx_px - local_true.transpose(1, 0, 2))
 
-    def rms(e: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(np.sum(e * e, axis=-1)))) if e.size else float("nan")
-
-    frc = {name: (frc_band_against_truth(getattr(with_local, name), movie.truth_sum),
-                  frc_band_against_truth(getattr(global_only, name), movie.truth_sum))
-           for name in ("plain", "dose_weighted")}
-    halves = (frc_band_against_truth(with_local.even + with_local.odd, movie.truth_sum),
-              frc_band_against_truth(global_only.even + global_only.odd, movie.truth_sum))
+    frc = {}
+    for name in ("plain", "dose_weighted"):
+        frc[name] = {kind: frc_band_against_truth(getattr(sums, name), movie.truth_sum)
+                     for kind, sums in (("local", with_local), ("global", global_only),
+                                        ("oracle", oracle))}
+    frc["plain_tiled"] = {kind: frc_band_tiled(sums.plain, movie.truth_sum)
+                          for kind, sums in (("local", with_local), ("global", global_only),
+                                             ("oracle", oracle))}
     print(json.dumps({
         "applied": lm.applied, "reason": lm.reason,
-        "local_error_px": rms(est - true), "global_only_error_px": rms(glob - true),
+        "local_error_px": _rms(est - true), "global_only_error_px": _rms(glob - true),
+        "model_floor_px": floor,
         "rejected_patches": int(lm.rejected.sum()),
         "median_patch_confidence": float(np.median(lm.confidence)) if lm.confidence.size else None,
-        "frc_plain": frc["plain"], "frc_dose_weighted": frc["dose_weighted"],
-        "frc_even_plus_odd": halves, "times_s": times, "peak_rss_mb": peak_rss_mb,
+        "predicted_error_px": lm.predicted_error_px,
+        "tile_plan": {"tile_px": plan.tile_px, "taylor": plan.taylor},
+        "frc": frc, "times_s": times, "peak_rss_mb": peak_rss_mb,
+        "application": _application_error(args, workers) if args.application else None,
     }))
+
+
+def _tmc(args: argparse.Namespace, folder: Path) -> None:
+    """torch-motion-correction on the same movie, if installed (optional comparison): global
+    motion, then its local cubic-spline field (n_frames x 5 x 5, 512-px patches), then its
+    correction; the plain sum's FRC against the truth, whole-image and per 512-px tile (its
+    sum may keep the geometry of another reference than the mean position)."""
+    try:
+        import torch
+        import torch_motion_correction as tmc
+    except ImportError as exc:
+        print(f"  torch-motion-correction not available ({exc}); skipped")
+        return
+    from importlib.metadata import version
+
+    from correction.synthetic_local import frc_band_against_truth, frc_band_tiled
+
+    frames = np.load(folder / "frames.npy").astype(np.float32)
+    with open(folder / "movie.pkl", "rb") as fh:
+        movie = pickle.load(fh)
+    torch.set_num_threads(args.workers)
+    n = frames.shape[0]
+    t = time.perf_counter()
+    image = torch.from_numpy(frames)
+    global_field = tmc.estimate_global_motion(image=image, pixel_spacing=1.0)
+    local_field, _ = tmc.estimate_local_motion(
+        image=image, pixel_spacing=1.0, deformation_field_resolution=(n, 5, 5),
+        patch_sampling=tmc.PatchSamplingConfig(patch_shape=(512, 512)),
+        initial_deformation_field=global_field)
+    with torch.no_grad():
+        corrected = tmc.correct_motion(image=image, deformation_field=local_field,
+                                       pixel_spacing=1.0)
+    elapsed = time.perf_counter() - t
+    total = corrected.sum(dim=0).detach().numpy().astype(np.float32)
+    print(f"  torch-motion-correction {version('torch-motion-correction')} (CPU, "
+          f"{args.workers} threads, {elapsed:.1f} s): plain-sum FRC vs truth 0.2-0.7 Nyquist "
+          f"{frc_band_against_truth(total, movie.truth_sum):.4f}, per 512-px tile "
+          f"{frc_band_tiled(total, movie.truth_sum):.4f}")
 
 
 def _correct_vs_floor(args: argparse.Namespace, folder: Path) -> None:
@@ -191,19 +304,49 @@ def _correct_vs_floor(args: argparse.Namespace, folder: Path) -> None:
               f"{frc_band_against_truth(imgs['global'], movie.truth_sum):.4f}")
 
 
+def _report(r: dict) -> None:
+    t = r["times_s"]
+    print(f"  local correction applied: {r['applied']} ({r['reason']})")
+    print(f"  estimation error at patch centres: {r['local_error_px']:.4f} px RMS (model floor "
+          f"{r['model_floor_px']:.4f}, global only {r['global_only_error_px']:.4f}); rejected "
+          f"patches {r['rejected_patches']}, median confidence "
+          f"{r['median_patch_confidence']:.3f}, predicted error {r['predicted_error_px']:.4f}")
+    app = r["application"]
+    if app:
+        print(f"  application error (true field, noise-free, frames 0 and n-1, 32-px windows): "
+              f"tiles {app['tile_px']} px, first-order term {app['taylor']}, max gradient "
+              f"{app['max_gradient']:.5f}: max {app['planned']['max_px']:.4f} px, RMS "
+              f"{app['planned']['rms_px']:.4f} px; constant shifts on 512-px tiles: max "
+              f"{app['constant_512']['max_px']:.4f}, RMS {app['constant_512']['rms_px']:.4f}")
+    for name, f in r["frc"].items():  # plain_tiled: per 512-px tile (as for the tmc figure)
+        print(f"  FRC vs truth 0.2-0.7 Nyquist, {name:>13}: local {f['local']:.4f}, global only "
+              f"{f['global']:.4f}, oracle {f['oracle']:.4f}; fraction of the oracle "
+              f"{f['local'] / f['oracle']:.3f} (global only {f['global'] / f['oracle']:.3f})")
+    print("  times: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+          + f"; tiles {r['tile_plan']['tile_px']} px, first-order term "
+            f"{r['tile_plan']['taylor']}; peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--dose", type=float, default=1.5, help="e/px/frame")
-    parser.add_argument("--amplitude", type=float, default=3.0, help="local field at corners, px")
+    parser.add_argument("--amplitudes", type=float, nargs="+", default=[3.0],
+                        help="local fields at the corners, px (one movie each)")
     parser.add_argument("--drift", type=float, default=8.0, help="global drift, px")
     parser.add_argument("--contrast", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep rendered movies here and reuse them")
+    parser.add_argument("--no-application", dest="application", action="store_false",
+                        help="skip the application error (saves a noise-free render)")
     parser.add_argument("--correct", action="store_true",
                         help="also time the whole motionwatch correct (5x5 local, and "
                              "--patches 1 1) against the floor of bench_correct.py")
+    parser.add_argument("--tmc", action="store_true",
+                        help="also run torch-motion-correction on the same movie")
     parser.add_argument("--repeats", type=int, default=2, help="repeats with --correct")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,28 +354,30 @@ def main(argv: list[str] | None = None) -> int:
         _child(args.child, args.workers)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        _render(args, folder)
-        out = subprocess.run([sys.executable, __file__, "--child", str(folder),
-                              "--workers", str(args.workers)],
-                             check=True, capture_output=True, text=True, env=os.environ.copy())
-        if args.correct:
-            print("whole correct vs floor (fresh processes, int16 MRC + flat gain):")
-            _correct_vs_floor(args, folder)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    t = r["times_s"]
-    print(f"local correction applied: {r['applied']} ({r['reason']})")
-    print(f"local error at patch centres: {r['local_error_px']:.4f} px RMS "
-          f"(global only: {r['global_only_error_px']:.4f} px); rejected patches "
-          f"{r['rejected_patches']}, median confidence {r['median_patch_confidence']:.3f}")
-    for key, label in (("frc_plain", "plain"), ("frc_dose_weighted", "dose-weighted"),
-                       ("frc_even_plus_odd", "even+odd")):
-        loc, glo = r[key]
-        print(f"FRC vs truth 0.2-0.7 Nyquist, {label:>13}: local {loc:.4f}  global only "
-              f"{glo:.4f}  gain {loc - glo:+.4f}")
-    print("times: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
-          + f"; local total {t['local_estimate_s'] + t['local_apply_s']:.2f} s")
-    print(f"peak RSS of the correction process: {r['peak_rss_mb']:.0f} MB")
+        root = args.workdir or Path(tmp)
+        for amplitude in args.amplitudes:
+            args.amplitude = amplitude
+            folder = root / (f"s{args.size}_f{args.frames}_d{args.dose}_a{amplitude}_"
+                             f"g{args.drift}_c{args.contrast}_r{args.seed}")
+            folder.mkdir(parents=True, exist_ok=True)
+            print(f"== field {amplitude} px at the corners")
+            _render(args, folder)
+            keys = ("size", "frames", "dose", "amplitude", "drift", "contrast", "seed",
+                    "application", "workers")
+            (folder / "args.json").write_text(json.dumps({k: getattr(args, k) for k in keys}))
+            out = subprocess.run([sys.executable, __file__, "--child", str(folder),
+                                  "--workers", str(args.workers)],
+                                 check=False, capture_output=True, text=True,
+                                 env=os.environ.copy())
+            if out.returncode != 0:
+                print(out.stderr)
+                return 1
+            _report(json.loads(out.stdout.strip().splitlines()[-1]))
+            if args.tmc:
+                _tmc(args, folder)
+            if args.correct:
+                print("  whole correct vs floor (fresh processes, int16 MRC + flat gain):")
+                _correct_vs_floor(args, folder)
     return 0
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "VOLTAGE_FACTORS",
     "voltage_factor",
     "critical_exposure_e_A2",
+    "NO_DOSE_REASON",
     "frame_doses_e_A2",
     "accumulated_dose_e_A2",
     "dose_weights",
@@ -62,6 +63,8 @@ CRITICAL_EXPOSURE_B = -1.665
 CRITICAL_EXPOSURE_C = 2.81
 #: (voltage kV, factor on Ne) anchors, linearly interpolated, clamped outside.
 VOLTAGE_FACTORS: tuple[tuple[float, float], ...] = ((100.0, 0.5), (200.0, 0.8), (300.0, 1.0))
+#: Why a movie whose dose nobody gave cannot be dose-weighted (a data error, not a retry).
+NO_DOSE_REASON = "no dose: give --dose-per-frame/--total-dose or a SerialEM mdoc"
 
 
 def voltage_factor(voltage_kV: float) -> float:
@@ -123,7 +126,12 @@ def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
     """Dose of every frame of the movie as stored (e/Å²), shape (n_frames,), float64.
 
     ``n_frames`` counts *all* frames in the file (before throw/trunc). ``frame_doses_e_A2``
-    must list exactly ``n_frames`` values and is used as given. Otherwise the movie's dose,
+    per ``"frame"`` must list exactly ``n_frames`` values and is used as given; per
+    ``"raw_frame"`` (SerialEM's ``FrameDosesAndNumber`` of an EER movie) it lists one dose per
+    raw frame, and each frame gets the sum of the doses of exactly the raw frames it holds
+    (``raw_frames_per_frame``, consecutive; they must account for every listed raw frame).
+    Without ``raw_frames_per_frame`` a raw-frame list is taken per frame when its length is
+    ``n_frames`` (a movie whose frames are its raw frames). Otherwise the movie's dose,
     ``total_dose_e_A2`` or ``dose_per_frame_e_A2 * n_frames``, is spread over the frames in
     proportion to ``raw_frames_per_frame`` when given (EER fractions of uneven size, e.g. 19,
     19 and 22 raw frames: ``dose_per_frame_e_A2`` is then the dose of a fraction of the mean
@@ -132,25 +140,38 @@ def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
     Raises
     ------
     ParameterError
-        When ``frame_doses_e_A2`` or ``raw_frames_per_frame`` has the wrong length, or a raw
-        frame count is not positive.
+        When no dose is known (:data:`NO_DOSE_REASON`), when ``frame_doses_e_A2`` or
+        ``raw_frames_per_frame`` has the wrong length, or a raw frame count is not positive.
     """
+    raw = None
+    if raw_frames_per_frame is not None:
+        raw = np.asarray(raw_frames_per_frame, dtype=np.int64).reshape(-1)
+        if raw.size != n_frames or not np.all(raw > 0):
+            raise ParameterError(f"raw_frames_per_frame must list {n_frames} positive counts, "
+                                 f"got {raw.tolist()}")
     if params.frame_doses_e_A2 is not None:
         doses = np.asarray(params.frame_doses_e_A2, dtype=np.float64)
+        if params.frame_doses_per == "raw_frame" and raw is not None:
+            if doses.size != int(raw.sum()):
+                raise ParameterError(
+                    f"frame_doses_e_A2 lists {doses.size} raw-frame doses, but the movie's "
+                    f"{n_frames} frames hold {int(raw.sum())} raw frames")
+            starts = np.concatenate([[0], np.cumsum(raw)[:-1]])
+            return np.add.reduceat(doses, starts)
         if doses.size != n_frames:
-            raise ParameterError(f"frame_doses_e_A2 lists {doses.size} doses for a movie of "
+            per = "raw-frame doses" if params.frame_doses_per == "raw_frame" else "doses"
+            raise ParameterError(f"frame_doses_e_A2 lists {doses.size} {per} for a movie of "
                                  f"{n_frames} frames")
         return doses
     if params.dose_per_frame_e_A2 is not None:
         total = float(params.dose_per_frame_e_A2) * n_frames
-    else:
+    elif params.total_dose_e_A2 is not None:
         total = float(params.total_dose_e_A2)
-    if raw_frames_per_frame is None:
+    else:
+        raise ParameterError(NO_DOSE_REASON)
+    if raw is None:
         return np.full(n_frames, total / n_frames)
-    raw = np.asarray(raw_frames_per_frame, dtype=np.float64).reshape(-1)
-    if raw.size != n_frames or not np.all(raw > 0):
-        raise ParameterError(f"raw_frames_per_frame must list {n_frames} positive counts, got "
-                             f"{raw.tolist()}")
+    raw = raw.astype(np.float64)
     return total * raw / raw.sum()
 
 

@@ -174,7 +174,9 @@ class GainReference:
             if shape_yx == self.shape_yx[::-1]:
                 hint = " (transposed: try a rotation by 1 or 3 quarter turns)"
             elif _multiple(shape_yx, self.shape_yx) or _multiple(self.shape_yx, shape_yx):
-                hint = " (super-resolution vs physical pixels?)"
+                hint = (" (super-resolution vs physical pixels? a reference is expanded only "
+                        "onto a movie that declares that super-resolution factor, e.g. EER "
+                        "sampling 2; give the reference of the movie's own pixel grid)")
             # without a gain file the shape came from the dark reference: name that one
             source, what = ((self.dark_path, "dark reference")
                             if self.gain_path is None and self.dark_path is not None
@@ -184,14 +186,27 @@ class GainReference:
                         f"but movie{movie} frames are {_fmt(shape_yx)}{hint}")
 
 
-    def fit_to(self, shape_yx: tuple[int, int],
-               movie_path: str | Path | None = None) -> GainReference:
+    def fit_to(self, shape_yx: tuple[int, int], movie_path: str | Path | None = None, *,
+               super_resolution_factor: int | None = None) -> GainReference:
         """This reference for frames of ``shape_yx``: itself, or expanded to a finer grid.
 
         When the frames are an integer multiple (2, 3 ...) of the reference on both axes,
         as for EER movies decoded with ``eer_sampling=2`` against a physical-pixel ``.gain``,
         every reference pixel is repeated over the sub-pixels it covers (they share its
         gain, dark and defect state). Any other mismatch raises as :meth:`check_shape`.
+
+        Parameters
+        ----------
+        shape_yx : (int, int)
+            The frames' shape.
+        movie_path : str or Path, optional
+            For the message.
+        super_resolution_factor : int, optional
+            Sub-pixels per physical pixel on each axis that the movie itself declares (e.g. its
+            EER sampling; 1 for a movie on its physical grid). When given, the reference is
+            expanded only by exactly this factor: a gain of half the movie's size on a movie
+            that is not super-resolution is refused, not used silently. None accepts any
+            integer factor (for a caller that has checked the relation itself).
 
         Raises
         ------
@@ -202,7 +217,8 @@ class GainReference:
             return self
         fy, ry = divmod(shape_yx[0], self.shape_yx[0])
         fx, rx = divmod(shape_yx[1], self.shape_yx[1])
-        if ry or rx or fy != fx or fy < 2:
+        if ry or rx or fy != fx or fy < 2 or (super_resolution_factor is not None
+                                               and fy != int(super_resolution_factor)):
             self.check_shape(shape_yx, movie_path)
 
         def grow(a: np.ndarray | None) -> np.ndarray | None:

@@ -193,10 +193,18 @@ class AlignParams:
 class DoseParams:
     """Exposure of one movie and the dose-weighting model.
 
-    Exactly one of ``dose_per_frame_e_A2``, ``total_dose_e_A2`` or ``frame_doses_e_A2`` gives the
+    At most one of ``dose_per_frame_e_A2``, ``total_dose_e_A2`` or ``frame_doses_e_A2`` gives the
     dose (all in e/Å² on the specimen, counted over *all* frames of the movie, including frames
-    skipped with throw/trunc). ``pre_exposure_e_A2`` is the dose the specimen had received before
-    this movie (earlier tilts of its series).
+    skipped with throw/trunc). None of them means "not known yet" (:attr:`known` is False): the
+    daemon supplies the dose per movie from its metadata (a SerialEM mdoc, the EER header), and
+    correcting a movie whose dose is still unknown fails (:func:`correction.dose.frame_doses_e_A2`).
+    ``pre_exposure_e_A2`` is the dose the specimen had received before this movie (earlier tilts
+    of its series).
+
+    ``frame_doses_per`` says what ``frame_doses_e_A2`` lists: ``"frame"``, one dose per frame of
+    the movie as read; ``"raw_frame"``, one dose per raw frame of the file (SerialEM's
+    ``FrameDosesAndNumber`` of an EER movie counts raw EER frames), summed into the frames
+    (EER fractions) they are read into.
     """
 
     voltage_kV: float = 300.0
@@ -204,6 +212,7 @@ class DoseParams:
     total_dose_e_A2: float | None = None
     frame_doses_e_A2: tuple[float, ...] | None = None
     pre_exposure_e_A2: float = 0.0
+    frame_doses_per: Literal["frame", "raw_frame"] = "frame"
 
     def __post_init__(self) -> None:
         _require(self.voltage_kV > 0, f"voltage_kV must be > 0 kV, got {self.voltage_kV}")
@@ -216,8 +225,10 @@ class DoseParams:
                  "frame_doses_e_A2 must be finite numbers")
         given = [v is not None for v in (self.dose_per_frame_e_A2, self.total_dose_e_A2,
                                          self.frame_doses_e_A2)]
-        _require(sum(given) == 1,
-                 "give exactly one of dose_per_frame_e_A2, total_dose_e_A2, frame_doses_e_A2")
+        _require(sum(given) <= 1,
+                 "give at most one of dose_per_frame_e_A2, total_dose_e_A2, frame_doses_e_A2")
+        _require(self.frame_doses_per in ("frame", "raw_frame"),
+                 f"frame_doses_per must be 'frame' or 'raw_frame', got {self.frame_doses_per!r}")
         _require(self.dose_per_frame_e_A2 is None or self.dose_per_frame_e_A2 > 0,
                  f"dose_per_frame_e_A2 must be > 0 e/Å², got {self.dose_per_frame_e_A2}")
         _require(self.total_dose_e_A2 is None or self.total_dose_e_A2 > 0,
@@ -227,6 +238,12 @@ class DoseParams:
                  "frame_doses_e_A2 must be a non-empty list of doses >= 0 e/Å²")
         _require(self.pre_exposure_e_A2 >= 0,
                  f"pre_exposure_e_A2 must be >= 0 e/Å², got {self.pre_exposure_e_A2}")
+
+    @property
+    def known(self) -> bool:
+        """True when one of the three dose fields gives the movie's dose."""
+        return (self.dose_per_frame_e_A2 is not None or self.total_dose_e_A2 is not None
+                or self.frame_doses_e_A2 is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,5 +260,8 @@ class CorrectionParams:
         def default(value: object) -> str:
             return str(value)
 
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=default)
+        values = dataclasses.asdict(self)
+        if values["dose"]["frame_doses_per"] == "frame":  # the default: hashes as before it existed
+            del values["dose"]["frame_doses_per"]
+        text = json.dumps(values, sort_keys=True, default=default)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -23,8 +23,11 @@ Steps of :func:`correct_movie`:
 6. shifted, dose-weighted sums in Fourier space (:func:`summation.accumulate_sums`), four
    inverse FFTs, crop; or, when local correction applies, the same four sums with global +
    local shifts by tile-wise Fourier shifts (:func:`local_apply.local_sums`);
-7. atomic writes: ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``, ``S_ODD.mrc`` (float32, pixel size in
-   the header) and, last, ``S.motion.json`` (:func:`report.motion_record`).
+7. writes as one set (:func:`write.write_output_set`): ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``,
+   ``S_ODD.mrc`` (float32, pixel size in the header) and ``S.motion.json``
+   (:func:`report.motion_record`: with the gain, dark and defect files and their SHA-256, and
+   the software version) are all written and fsynced under hidden temporary names, then
+   renamed into place, the record last; a failed write (full disk) leaves none of them.
 
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
 the padded output grid) are kept, unless they would exceed ``_SPECTRA_BUDGET_BYTES``, in which
@@ -53,7 +56,8 @@ from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_wi
                                check_gain_orientation)
 from .local_apply import local_sums
 from .params import CorrectionParams
-from .report import DriftStats, drift_stats, motion_record
+from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
+from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
 from .summation import SumImages, accumulate_sums, sums_to_images
 
 __all__ = ["CorrectedFrames", "CorrectionResult", "correct_frames", "correct_movie",
@@ -188,7 +192,8 @@ def _grids(frame_yx: tuple[int, int], bin_factor: float, margin_out_px: int,
 def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: CorrectionParams,
                    gain_reference: GainReference | None = None,
                    movie_path: str | Path | None = None, workers: int = -1,
-                   raw_frames_per_frame: tuple[int, ...] | None = None) -> CorrectedFrames:
+                   raw_frames_per_frame: tuple[int, ...] | None = None,
+                   super_resolution_factor: int = 1) -> CorrectedFrames:
     """Gain-correct, align, dose-weight and sum the frames of one movie (nothing written).
 
     Parameters
@@ -209,6 +214,10 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         Raw frames summed into each frame (EER fractions, ``Movie.raw_frames_per_frame``): the
         movie's dose is spread over uneven fractions in proportion to these counts
         (:func:`correction.dose.frame_doses_e_A2`).
+    super_resolution_factor : int
+        Sub-pixels per physical pixel that the movie declares (EER sampling 2: 2). A gain
+        reference is expanded onto the frames only by exactly this factor; any other shape
+        that is not the frames' is refused (:meth:`correction.gain.GainReference.fit_to`).
 
     Returns
     -------
@@ -238,7 +247,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         raise CorrectionError(movie_path, exc.reason) from None
     dose_end = accumulated_dose_e_A2(doses_all, dp.pre_exposure_e_A2)[first:stop]
     if gain_reference is not None:  # a physical-pixel gain is repeated onto EER sampling-2 frames
-        gain_reference = gain_reference.fit_to((ny, nx), movie_path)
+        gain_reference = gain_reference.fit_to(
+            (ny, nx), movie_path, super_resolution_factor=super_resolution_factor)
     used = frames[first:stop]
     n = stop - first
 
@@ -357,8 +367,10 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                          gain_reference: GainReference | None, bad: np.ndarray | None,
                          fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
                          workers: int, timings: dict[str, float]
-                         ) -> tuple[np.ndarray, GlobalAlignment, SumImages, LocalMotion] | None:
-    """Steps 4-6 of the module docstring; None when a shift exceeds the padding."""
+                         ) -> tuple[np.ndarray, GlobalAlignment, SumImages, LocalMotion,
+                                    FRCResolution | None] | None:
+    """Steps 4-6 of the module docstring: (shifts in output pixels, global alignment, the four
+    sums, local motion, even/odd resolution); None when a shift exceeds the padding."""
     n = used.shape[0]
     t = time.perf_counter()
     ny, nx = grids.frame_yx
@@ -510,10 +522,13 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     CorrectionError
         Any subclass (unreadable/truncated movie, gain mismatch, missing pixel size, bad
         parameters); ``str(error)`` is one line naming the file.
+    OSError
+        The outputs could not be written (full disk, read-only folder): ``errno`` kept, and
+        no output of the set is left behind (:func:`correction.write.write_output_set`).
     """
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
     from .io.eer import grouping_record  # noqa: PLC0415
-    from .write import write_json_atomic, write_mrc_atomic  # noqa: PLC0415
+    from .write import json_writer, mrc_writer, write_output_set  # noqa: PLC0415
 
     t0 = time.perf_counter()
     movie_path = Path(movie_path)
@@ -521,8 +536,8 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     movie = read_movie(movie_path, params=params.read)
     pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
     if not pixel_size_A or not pixel_size_A > 0:
-        raise MissingPixelSizeError(movie_path, "no pixel size in the header; give one with "
-                                                "--pixel-size (Å)")
+        raise MissingPixelSizeError(movie_path, "no pixel size in the header and none given "
+                                                "(ReadParams.pixel_size_A, Å)")
     if gain_reference is None:
         gain_reference = load_gain_reference(params.gain)
     t_read = time.perf_counter() - t0
@@ -532,11 +547,19 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     frame_params = params if super_res == 1 else dataclasses.replace(
         params, read=dataclasses.replace(params.read,
                                          bin_factor=params.read.bin_factor * super_res))
+    # no dose given: the EER header's (``params`` itself, and so its fingerprint, unchanged)
+    if not params.dose.known and movie.header.get("format") == "eer" \
+            and movie.dose_per_frame_e_A2:
+        frame_params = dataclasses.replace(frame_params, dose=dataclasses.replace(
+            params.dose, dose_per_frame_e_A2=float(movie.dose_per_frame_e_A2)))
     eer_grouping = grouping_record(movie)
     corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A),
                                params=frame_params, gain_reference=gain_reference,
                                movie_path=movie_path, workers=workers,
-                               raw_frames_per_frame=movie.raw_frames_per_frame)
+                               raw_frames_per_frame=movie.raw_frames_per_frame,
+                               super_resolution_factor=int(super_res))
+    gain_expanded_by = (int(super_res) if gain_reference is not None
+                        and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)
     del movie
 
     t = time.perf_counter()
@@ -546,10 +569,14 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     outputs = {kind: out_dir / name for kind, name in names.items()}
     label = (f"motionwatch: {movie_path.name}",)
     img = corrected.images
-    for kind, image in (("sum", img.sum), ("dw", img.dw), ("even", img.even), ("odd", img.odd)):
-        write_mrc_atomic(outputs[kind], image, pixel_size_A=corrected.pixel_size_A,
-                         labels=label)
-    timings = {"read": t_read, **corrected.timings_s, "write_images": time.perf_counter() - t}
+    writers = [(outputs[kind], mrc_writer(image, pixel_size_A=corrected.pixel_size_A,
+                                          labels=label))
+               for kind, image in (("sum", img.sum), ("dw", img.dw), ("even", img.even),
+                                   ("odd", img.odd))]
+    timings = {"read": t_read, **corrected.timings_s}
+    references = (reference_record(gain_reference.gain_path, gain_reference.dark_path,
+                                   gain_reference.defects_path, expanded_by=gain_expanded_by)
+                  if gain_reference is not None else reference_record())
     alignment = corrected.alignment
     quality = [None if not np.isfinite(q) else round(float(q), 4)
                for q in alignment.peak_quality]
@@ -572,10 +599,22 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                     if corrected.resolution is not None else None),
         local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
                if corrected.local is not None else None),
+        references=references, software=software_record(),
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {})})
-    write_json_atomic(outputs["motion"], record)
+    # quick-look pictures (correction/quicklook.py): written with the set; a picture that cannot
+    # be drawn is recorded, never a reason to lose the movie
+    t_pictures = time.perf_counter()
+    try:
+        pictures = movie_quicklook_files(out_dir, stem, dw_image=img.dw, record=record)
+        record["quicklook"] = {k: p.name for k, (p, _) in zip(QUICKLOOK_KINDS, pictures)}
+    except Exception as exc:  # noqa: BLE001 - pictures are a view, not a result
+        pictures = []
+        record["quicklook"] = {"error": f"{type(exc).__name__}: {exc}"}
+    record["timings_s"]["quicklook"] = round(time.perf_counter() - t_pictures, 3)
+    # all as one set: temporaries first, renamed only when all are written, record last
+    write_output_set([*writers, *pictures, (outputs["motion"], json_writer(record))])
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return CorrectionResult(movie_path=movie_path, outputs=outputs, record=record,

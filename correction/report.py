@@ -16,17 +16,89 @@ Drift statistics are path lengths of the global trajectory (the specimen displac
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
-__all__ = ["SCHEMA", "DriftStats", "drift_stats", "early_steps", "motion_record"]
+__all__ = ["SCHEMA", "DriftStats", "drift_stats", "early_steps", "motion_record", "file_sha256",
+           "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
+_DISTRIBUTION = "motionwatch"
+_CHUNK_BYTES = 1 << 20
+
+# (path, size, mtime_ns) -> sha256 hex: each reference file is hashed once per process
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's content, computed once per process for each file version.
+
+    Cached by ``(absolute path, size, mtime_ns)``: a reference rewritten in place (new size or
+    mtime) is hashed again.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    """
+    path = Path(path).absolute()
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    digest = _SHA256_CACHE.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+        _SHA256_CACHE[key] = digest
+    return digest
+
+
+def reference_record(gain_path: str | Path | None = None, dark_path: str | Path | None = None,
+                     defects_path: str | Path | None = None, *,
+                     expanded_by: int = 1) -> dict[str, Any]:
+    """The ``references`` object of the motion record: which gain, dark and defect files.
+
+    Parameters
+    ----------
+    gain_path, dark_path, defects_path : str or Path or None
+        The files used (None: not used, written as null).
+    expanded_by : int
+        Sub-pixels per reference pixel on each axis when a physical-pixel reference was
+        repeated onto a super-resolution movie (1: used as it is).
+
+    Returns
+    -------
+    dict
+        ``gain``, ``dark``, ``defects``: null or ``{"path": absolute path, "sha256": hex}``;
+        ``gain_expanded_by``.
+    """
+    def one(path: str | Path | None) -> dict[str, str] | None:
+        if path is None:
+            return None
+        return {"path": str(Path(path).absolute()), "sha256": file_sha256(path)}
+
+    return {"gain": one(gain_path), "dark": one(dark_path), "defects": one(defects_path),
+            "gain_expanded_by": int(expanded_by)}
+
+
+def software_record() -> dict[str, str]:
+    """The ``software`` object of the motion record: the program and its installed version."""
+    try:
+        version = metadata.version(_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"name": _DISTRIBUTION, "version": version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +153,8 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
                   throw_frames: int = 0, trunc_frames: int = 0,
                   alignment: dict[str, Any] | None = None, local: dict[str, Any] | None = None,
                   resolution: dict[str, Any] | None = None,
+                  references: dict[str, Any] | None = None,
+                  software: dict[str, Any] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the JSON-serialisable ``motion.json`` record of one corrected movie.
 
@@ -109,6 +183,10 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
     local, resolution : dict, optional
         Local-motion and resolution-estimate objects added by later stages; included only
         when given.
+    references : dict, optional
+        The gain, dark and defect files with their checksums (:func:`reference_record`).
+    software : dict, optional
+        Program and version (:func:`software_record`).
     extra : dict, optional
         Further top-level fields (e.g. tilt-series facts from the daemon); must not clash with
         the schema's own keys.
@@ -147,6 +225,10 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
         record["local"] = local
     if resolution is not None:
         record["resolution"] = resolution
+    if references is not None:
+        record["references"] = references
+    if software is not None:
+        record["software"] = software
     if extra:
         clash = sorted(set(extra) & set(record))
         if clash:

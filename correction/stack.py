@@ -9,13 +9,27 @@ For a series ``S``, :func:`assemble_series` writes into ``OUT_DIR/S/``:
   tilt's Fourier amplitudes multiplied by ``exp(-D / (2 Ne(k)))`` with ``D`` the dose the
   specimen had received at the end of that tilt (its pre-exposure plus its own dose) and
   ``Ne(k)`` the critical exposure of :mod:`correction.dose`, so later tilts count less;
-* ``S.tlt``: one angle per line in stack order (IMOD, AreTomo ``-AngFile``);
+* ``S.tlt`` and ``S.rawtlt``: one angle per line in stack order (AreTomo ``-AngFile``; IMOD /
+  etomo read ``<name>.rawtlt`` beside the stack);
+* ``S.st``: a hard link to ``S.mrc`` (IMOD's stack name: ``etomo`` finds ``S.st`` + ``S.rawtlt``);
+* ``S_TLT.txt``: AreTomo3's tilt table, one line per stack section: tilt angle, 1-based
+  acquisition index, dose of that tilt (e/Å²) (AreTomo3 ``DataUtil/CTsPackage.cpp``: its
+  ``mLoadTiltFile`` reads ``<name>_TLT.txt`` before ``<name>.rawtlt``, up to three columns
+  ``%f %d %f``; its own writer uses ``%8.2f  %4d  %8.2f``);
+* when the series mdoc's AreTomo3 name differs from ``S`` (AreTomo3 names everything after the
+  mdoc file name minus its last extension: ``TS_01.mrc.mdoc`` -> ``TS_01.mrc``, see
+  :func:`aretomo_name`), hard links ``<name>.mrc``, ``<name>_EVN.mrc``, ``<name>_ODD.mrc`` and a
+  ``<name>_TLT.txt``, so that ``AreTomo3 -Cmd 1`` with the mdoc as input and this folder as
+  ``-OutDir`` finds its inputs (:func:`link_aretomo_inputs`);
 * ``S.csv``: one row per tilt in stack order (angle, acquisition order, dose, pre-exposure,
   dose source, movie, drift...);
 * ``S.mrc.mdoc`` (and one per other stack): a SerialEM-style mdoc of the stack, one
   ``[ZValue]`` per section in stack order with ``TiltAngle``, ``ExposureDose``,
   ``PriorRecordDose`` (= the pre-exposure), ``SubFramePath`` (the movie) and ``DateTime`` when
-  known, as AreTomo3, RELION 5 and Warp read them.
+  known, as AreTomo3, RELION 5 and Warp read them (written by :mod:`correction.mdoc_text`).
+
+Every file is replaced atomically (links too: made under a temporary name, then renamed), so a
+re-assembly never leaves a link to the previous stack's data.
 
 Memory: one tilt at a time (each stack is streamed section by section into a temporary file,
 its header written last, then renamed into place; see :func:`correction.write.atomic_write`).
@@ -24,9 +38,9 @@ its header written last, then renamed into place; see :func:`correction.write.at
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +52,12 @@ import scipy.fft
 
 from .dose import dose_weights
 from .errors import CorrectionError, ParameterError
+from .mdoc_text import format_mdoc, serialem_datetime
+from .quicklook import SeriesTilt, motion_record_beside, write_series_quicklook
 from .write import atomic_write, mrc_header_bytes
 
-__all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter"]
+__all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
+           "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs"]
 
 #: Per-tilt output kind -> stack file suffix.
 STACK_KINDS: dict[str, str] = {"sum": "", "dw": "_DW", "even": "_EVN", "odd": "_ODD"}
@@ -101,6 +118,10 @@ class StackResult:
     angles_deg: tuple[float, ...]
     pixel_size_A: float
     warnings: tuple[str, ...] = field(default=())
+    rawtlt_path: Path | None = None
+    aretomo_tlt_path: Path | None = None
+    links: tuple[Path, ...] = field(default=())
+    pictures: dict[str, Path] = field(default_factory=dict)
 
 
 def exposure_filter(image: np.ndarray, *, pixel_size_A: float, dose_e_A2: float,
@@ -195,41 +216,78 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _serialem_datetime(iso: str | None) -> str | None:
-    if not iso:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(iso).strftime("%d-%b-%Y  %H:%M:%S")
-    except ValueError:
-        return None
-
-
 def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: float,
                 voltage_kV: float, shape_yx: tuple[int, int], tilt_axis_deg: float | None) -> str:
-    out = io.StringIO()
-    out.write(f"PixelSpacing = {pixel_size_A:.6g}\nVoltage = {voltage_kV:g}\n")
-    out.write(f"ImageFile = {image_file}\nImageSize = {shape_yx[1]} {shape_yx[0]}\nDataMode = 2\n\n")
-    out.write("[T = motionwatch: tilt series assembled from motion-corrected movies, sorted by angle]\n\n")
+    header = [("PixelSpacing", float(pixel_size_A)), ("Voltage", float(voltage_kV)),
+              ("ImageFile", image_file), ("ImageSize", (shape_yx[1], shape_yx[0])),
+              ("DataMode", 2)]
+    titles = ["motionwatch: tilt series assembled from motion-corrected movies, sorted by angle"]
     if tilt_axis_deg is not None:
-        out.write(f"[T =     Tilt axis angle = {tilt_axis_deg:g}, binning = 1]\n\n")
-    for z, t in enumerate(ordered):
-        out.write(f"[ZValue = {z}]\n")
-        out.write(f"TiltAngle = {t.tilt_deg:.4f}\n")
-        out.write(f"ExposureDose = {t.dose_e_A2:.6g}\n")
-        out.write(f"PriorRecordDose = {t.pre_exposure_e_A2:.6g}\n")
-        out.write(f"PixelSpacing = {pixel_size_A:.6g}\n")
-        out.write(f"SubFramePath = {t.movie}\n")
-        dt = _serialem_datetime(t.acquired_at)
-        if dt:
-            out.write(f"DateTime = {dt}\n")
-        out.write("\n")
-    return out.getvalue()
+        titles.append(f"    Tilt axis angle = {tilt_axis_deg:g}, binning = 1")
+    sections = [[("TiltAngle", float(t.tilt_deg)), ("ExposureDose", float(t.dose_e_A2)),
+                 ("PriorRecordDose", float(t.pre_exposure_e_A2)),
+                 ("PixelSpacing", float(pixel_size_A)), ("SubFramePath", t.movie),
+                 ("DateTime", serialem_datetime(t.acquired_at))] for t in ordered]
+    return format_mdoc(header, sections, titles=titles)
+
+
+def aretomo_name(mdoc_name: str) -> str:
+    """The name AreTomo3 gives a series read from the mdoc ``mdoc_name``: the file name minus its
+    last extension (``TS_01.mrc.mdoc`` -> ``TS_01.mrc``, ``TS_01.mdoc`` -> ``TS_01``), as its
+    ``CFileName::GetName`` cuts at the last dot."""
+    name = Path(mdoc_name).name
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def aretomo_tilt_table(ordered: Sequence[StackTilt]) -> str:
+    """AreTomo3's ``_TLT.txt`` for tilts in stack order: angle (°), 1-based acquisition index,
+    dose of the tilt (e/Å²), one line per section."""
+    return "".join(f"{t.tilt_deg:8.2f}  {t.acquisition_index + 1:4d}  {t.dose_e_A2:8.4f}\n"
+                   for t in ordered)
+
+
+def _replace_with_link(target: Path, link: Path) -> None:
+    """``link`` becomes a hard link to ``target`` (atomically replacing what was there)."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.link(target, tmp)
+    os.replace(tmp, link)
+
+
+def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Path, ...]:
+    """Give an assembled series the names AreTomo3 derives from its mdoc.
+
+    Hard links ``<name>.mrc``, ``<name>_EVN.mrc``, ``<name>_ODD.mrc`` to the series' stacks and
+    ``<name>_TLT.txt`` to its ``<series>_TLT.txt``, each where the series file exists; nothing
+    when ``name == series``. Safe to call again (after a re-assembly the links are renewed).
+
+    Returns
+    -------
+    tuple of Path
+        The links made.
+    """
+    folder = Path(folder)
+    if name == series:
+        return ()
+    if not name or "/" in name or name in (".", ".."):
+        raise ParameterError(f"bad AreTomo3 name {name!r}")
+    made = []
+    for suffix in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt"):
+        target = folder / f"{series}{suffix}"
+        if target.exists():
+            link = folder / f"{name}{suffix}"
+            _replace_with_link(target, link)
+            made.append(link)
+    return tuple(made)
 
 
 def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path, *,
                     pixel_size_A: float | None = None, voltage_kV: float = 300.0,
-                    exposure_filtered: bool = False, tilt_axis_deg: float | None = None
-                    ) -> StackResult:
+                    exposure_filtered: bool = False, tilt_axis_deg: float | None = None,
+                    aretomo_name: str | None = None) -> StackResult:
     """Write the angle-sorted stacks, ``.tlt``, per-tilt CSV and mdocs of one series.
 
     Parameters
@@ -248,6 +306,9 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         Also write ``S_EF.mrc`` (plain sums attenuated by each tilt's accumulated dose).
     tilt_axis_deg : float or None
         Written into the stack mdoc title when known.
+    aretomo_name : str or None
+        The series' name for AreTomo3 (:func:`aretomo_name` of its mdoc); when it differs from
+        ``series``, the AreTomo3 inputs are also linked under it (:func:`link_aretomo_inputs`).
 
     Returns
     -------
@@ -309,9 +370,16 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
                       (f"{series}: sums exposure-filtered by accumulated dose",), transform=ef)
         stacks["exposure_filtered"] = path
 
-    tlt_text = "".join(f"{a:.2f}\n" for a in angles)
+    tlt_bytes = "".join(f"{a:.2f}\n" for a in angles).encode()
     tlt_path = folder / f"{series}.tlt"
-    atomic_write(tlt_path, lambda fh: fh.write(tlt_text.encode()))
+    atomic_write(tlt_path, lambda fh: fh.write(tlt_bytes))
+    rawtlt_path = folder / f"{series}.rawtlt"
+    atomic_write(rawtlt_path, lambda fh: fh.write(tlt_bytes))
+    aretomo_bytes = aretomo_tilt_table(ordered).encode()
+    aretomo_tlt_path = folder / f"{series}_TLT.txt"
+    atomic_write(aretomo_tlt_path, lambda fh: fh.write(aretomo_bytes))
+    links = [folder / f"{series}.st"]
+    _replace_with_link(stacks["sum"], links[0])
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -334,7 +402,17 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         payload = text.encode()
         atomic_write(mdoc_path, lambda fh, p=payload: fh.write(p))
         mdoc_paths.append(mdoc_path)
+    if aretomo_name is not None:
+        links.extend(link_aretomo_inputs(folder, series, aretomo_name))
+    pictures = write_series_quicklook(folder, series, [SeriesTilt(
+        tilt_deg=t.tilt_deg, image_path=Path(t.outputs.get("dw", t.outputs["sum"])),
+        drift_total_A=t.drift_total_A, dose_e_A2=t.dose_e_A2,
+        pre_exposure_e_A2=t.pre_exposure_e_A2,
+        resolution_A=((motion_record_beside(t.outputs["dw"]).get("resolution") or {}).get(
+            "resolution_A") if "dw" in t.outputs else None)) for t in ordered])
     return StackResult(folder=folder, stacks=stacks, tlt_path=tlt_path, csv_path=csv_path,
                        mdoc_paths=tuple(mdoc_paths), order=tuple(t.movie for t in ordered),
                        angles_deg=tuple(angles), pixel_size_A=float(pixel_size_A),
-                       warnings=tuple(warnings))
+                       warnings=tuple(warnings), rawtlt_path=rawtlt_path,
+                       aretomo_tlt_path=aretomo_tlt_path, links=tuple(links),
+                       pictures=dict(pictures))

@@ -5,6 +5,12 @@ watchers that skip dotfiles), flushes and fsyncs it, renames it over the target 
 ``os.replace`` and fsyncs the folder, so a reader sees either the old file or the complete new
 one, never a partial one. On any error the temporary file is removed and the target is left
 as it was.
+
+:func:`write_output_set` does the same for a movie's whole set of outputs: every file is
+written and fsynced under its temporary name first, and only when all are written are they
+renamed into place, in order (the motion record last, so a record on disk means its images are
+there). A failed write (a full disk, a read-only folder) removes every temporary and leaves no
+file of the set behind; the ``OSError`` keeps its ``errno`` (``ENOSPC``, ``EACCES`` ...).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +26,11 @@ import mrcfile.dtypes
 import mrcfile.utils
 import numpy as np
 
-__all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write"]
+__all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
+           "write_output_set", "mrc_writer", "json_writer", "temporary_name"]
+
+#: writes one file's whole content to the binary handle it is given
+Writer = Callable[[IO[bytes]], None]
 
 _LABEL = b"motionwatch"
 
@@ -38,7 +48,70 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def temporary_name(path: str | Path) -> Path:
+    """The hidden temporary a writer uses for ``path``: ``.<name>.tmp-<pid>`` beside it (the
+    daemon removes such files left by a killed process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_synced(tmp: Path, write: Writer) -> None:
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_output_set(files: Sequence[tuple[str | Path, Writer]]) -> list[Path]:
+    """Write several files as one set: all or none of them appear under their names.
+
+    Each file is written to its temporary name (:func:`temporary_name`) and fsynced; only when
+    every one is written are they renamed into place with ``os.replace``, in the order given
+    (put the file whose presence says "done", e.g. the motion record, last), and the folders
+    fsynced.
+
+    Parameters
+    ----------
+    files : sequence of (path, writer)
+        Final names (their folders must exist) and the functions writing their contents.
+
+    Returns
+    -------
+    list of Path
+        The final paths, in the order given.
+
+    Raises
+    ------
+    OSError
+        A write, fsync or rename failed (``errno`` kept: ``ENOSPC``, ``EDQUOT``, ``EACCES``,
+        ``EROFS`` ...). Every temporary is removed; no file of the set was renamed into place
+        unless the failure was in a rename itself, and then the files before it in the order
+        given are in place and the later ones (the record) are not.
+    """
+    paths = [Path(p) for p, _ in files]
+    temps = [temporary_name(p) for p in paths]
+    try:
+        for tmp, (_, write) in zip(temps, files):
+            _write_synced(tmp, write)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            _unlink_quietly(tmp)
+        raise
+    for folder in dict.fromkeys(p.parent for p in paths):
+        _fsync_dir(folder)
+    return paths
+
+
+def atomic_write(path: str | Path, write: Writer) -> Path:
     """Run ``write(fh)`` on a temporary file next to ``path``, then rename it into place.
 
     Parameters
@@ -53,22 +126,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     Path
         ``path``.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return write_output_set([(path, write)])[0]
 
 
 def _stats(data: np.ndarray) -> tuple[float, float, float, float]:
@@ -132,6 +190,35 @@ def mrc_header_bytes(shape: tuple[int, ...], *, pixel_size_A: float | None,
     return hdr.tobytes()
 
 
+def mrc_writer(data: np.ndarray, *, pixel_size_A: float | None,
+               labels: tuple[str, ...] = ()) -> Writer:
+    """A writer of ``data`` as a float32 MRC (mode 2) file, for :func:`write_output_set`.
+
+    The header (with the statistics) is computed here, before anything is written.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx) or (nz, ny, nx)
+        Converted to float32 (native byte order) if needed.
+    pixel_size_A : float or None
+        Voxel size written to the header (Å); None leaves it 0 (unknown).
+    labels : tuple of str
+        Extra header labels (e.g. the source movie), up to 9.
+    """
+    data = np.asarray(data)
+    if data.ndim not in (2, 3):
+        raise ValueError(f"MRC data must be 2-D or 3-D, got shape {data.shape}")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    header = mrc_header_bytes(data.shape, pixel_size_A=pixel_size_A, stats=_stats(data),
+                              labels=labels)
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(header)
+        fh.write(memoryview(data).cast("B"))
+
+    return write
+
+
 def write_mrc_atomic(path: str | Path, data: np.ndarray, *, pixel_size_A: float | None,
                      labels: tuple[str, ...] = ()) -> Path:
     """Write a float32 MRC (mode 2) image or stack atomically.
@@ -151,18 +238,7 @@ def write_mrc_atomic(path: str | Path, data: np.ndarray, *, pixel_size_A: float 
     Path
         ``path``.
     """
-    data = np.asarray(data)
-    if data.ndim not in (2, 3):
-        raise ValueError(f"MRC data must be 2-D or 3-D, got shape {data.shape}")
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    header = mrc_header_bytes(data.shape, pixel_size_A=pixel_size_A, stats=_stats(data),
-                              labels=labels)
-
-    def write(fh: IO[bytes]) -> None:
-        fh.write(header)
-        fh.write(memoryview(data).cast("B"))
-
-    return atomic_write(path, write)
+    return atomic_write(path, mrc_writer(data, pixel_size_A=pixel_size_A, labels=labels))
 
 
 def _json_default(value: Any) -> Any:
@@ -175,16 +251,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def write_json_atomic(path: str | Path, obj: Mapping[str, Any] | list[Any]) -> Path:
-    """Write ``obj`` as indented UTF-8 JSON atomically (numpy values and Paths allowed).
-
-    The text is produced before the temporary file is created, so an unserialisable object
-    leaves nothing behind.
-    """
+def json_writer(obj: Mapping[str, Any] | list[Any]) -> Writer:
+    """A writer of ``obj`` as indented UTF-8 JSON (numpy values and Paths allowed), for
+    :func:`write_output_set`; the text is produced here, so an unserialisable object raises
+    (``TypeError``/``ValueError``) before any file is created."""
     text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n"
     payload = text.encode("utf-8")
 
     def write(fh: IO[bytes]) -> None:
         fh.write(payload)
 
-    return atomic_write(path, write)
+    return write
+
+
+def write_json_atomic(path: str | Path, obj: Mapping[str, Any] | list[Any]) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON atomically (numpy values and Paths allowed).
+
+    The text is produced before the temporary file is created, so an unserialisable object
+    leaves nothing behind.
+    """
+    return atomic_write(path, json_writer(obj))

@@ -9,6 +9,13 @@ whole movie. Used by the daemon's validate stage after the file's size has settl
   longer than its header says also fails: its header is not (yet) the final one.
 * TIFF / EER: every page's IFD is inside the file, the last page's next-IFD pointer is 0 and
   the last page decodes.
+
+A file that can be read but has no valid movie header (neither MRC, TIFF nor EER; an MRC header
+with an impossible mode or size; a reference image) is *not a movie*: no amount of waiting will
+complete it, so :attr:`Completeness.not_a_movie` says so and its reason starts with
+``"not a movie: "``, for the caller to reject it once its size has settled rather than wait for
+it as incomplete. An empty file, or one shorter than an MRC header, may still be being written
+and stays merely incomplete.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorrectionError
+from ..errors import CorrectionError, TruncatedMovieError, UnreadableMovieError
 
 __all__ = ["Completeness", "check_complete"]
 
@@ -34,11 +41,15 @@ class Completeness:
         file name.
     n_frames : int or None
         Frames (pages, raw EER frames, MRC sections) found, when it could be told.
+    not_a_movie : bool
+        The file is readable but has no valid movie header (``reason`` then starts with
+        ``"not a movie: "``): it will never be complete, whatever the wait.
     """
 
     complete: bool
     reason: str
     n_frames: int | None
+    not_a_movie: bool = False
 
 
 def check_complete(path: str | Path) -> Completeness:
@@ -59,16 +70,38 @@ def check_complete(path: str | Path) -> Completeness:
 
     path = Path(path)
     try:
-        kind = detect_format(path)
+        try:
+            kind = detect_format(path)
+        except UnreadableMovieError as exc:
+            if _readable_and_not_empty(path):  # bytes there, but no format's signature
+                return _not_a_movie(exc.reason)
+            raise
         if kind == "mrc":
-            return _check_mrc(path)
+            try:
+                return _check_mrc(path)
+            except TruncatedMovieError:
+                raise  # shorter than a header: perhaps still being written
+            except CorrectionError as exc:  # a full header that no movie has
+                return _not_a_movie(exc.reason)
         if kind in ("tiff", "eer"):
             return _check_tiff(path, eer=kind == "eer")
-        return Completeness(False, f"{kind} files are references, not movies", None)
+        return _not_a_movie(f"{kind} files are references, not movies")
     except CorrectionError as exc:
         return Completeness(False, exc.reason, None)
     except OSError as exc:
         return Completeness(False, f"cannot read: {exc.strerror or exc}", None)
+
+
+def _not_a_movie(reason: str) -> Completeness:
+    return Completeness(False, f"not a movie: {reason}", None, not_a_movie=True)
+
+
+def _readable_and_not_empty(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return bool(fh.read(1))
+    except OSError:
+        return False
 
 
 def _check_mrc(path: Path) -> Completeness:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from daemon import exitcodes
+from daemon.handoff.relion import motion_records_in, write_single_particle_star
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 
 __all__ = ["add_arguments", "run"]
@@ -42,16 +44,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fail(movie: Path, exc: BaseException) -> str:
     """One-line error naming the movie (and the reference file, when that is the culprit)."""
-    from correction.errors import CorrectionError
+    from correction.errors import CorrectionError, MissingPixelSizeError
 
     if isinstance(exc, CorrectionError):
+        hint = "; give one with --pixel-size (Å)" if isinstance(exc, MissingPixelSizeError) else ""
         if exc.path is not None and Path(exc.path) == movie:
-            return str(exc)
-        return f"{movie}: {exc}"
+            return f"{exc}{hint}"
+        return f"{movie}: {exc}{hint}"
     if isinstance(exc, OSError):
+        name = Path(exc.filename).name if isinstance(exc.filename, (str, Path)) else ""
+        if name.startswith(".") and ".tmp-" in name:  # a writer's hidden temporary: the folder
+            return (f"{movie}: cannot write the outputs into {Path(exc.filename).parent}: "
+                    f"{exc.strerror or exc}")
         return f"{movie}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     text = " ".join(str(exc).split())
     return f"{movie}: internal error: {type(exc).__name__}: {text}"
+
+
+def _output_folder_problem(out: Path) -> str | None:
+    """Why the outputs cannot be written into ``out`` (created if missing), or None.
+
+    Writes and removes a hidden probe file, so a read-only folder, a read-only file system or
+    missing permissions are found before any movie is corrected.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = ("exists and is not a folder" if out.exists() and not out.is_dir()
+                  else exc.strerror or str(exc))
+        return f"{out}: cannot create the output folder: {reason}"
+    probe = out / f".motionwatch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"{out}: cannot write into the output folder: {exc.strerror or exc}"
+    return None
 
 
 @contextlib.contextmanager
@@ -96,12 +124,10 @@ def run(args: argparse.Namespace) -> int:
                                   "error": str(exc)}), flush=True)
         return exitcodes.SOME_FAILED
 
-    try:  # once, before any work: a folder that cannot be made fails every movie alike
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = ("exists and is not a folder" if args.out.exists() and not args.out.is_dir()
-                  else exc.strerror or str(exc))
-        message = f"{args.out}: cannot create the output folder: {reason}"
+    # once, before any work (as ``watch`` does): a folder that cannot be made or written into
+    # fails every movie alike, before a movie is corrected for nothing
+    message = _output_folder_problem(args.out)
+    if message is not None:
         print(f"motionwatch: {message}", file=sys.stderr)
         for movie in args.movies:
             if args.json:
@@ -138,4 +164,8 @@ def run(args: argparse.Namespace) -> int:
                   f"(early {d['early_A']:.1f}, late {d['late_A']:.1f}, max jump "
                   f"{d['max_frame_jump_A']:.1f}), {wall:.1f} s -> {result.outputs['sum']}",
                   flush=True)
+    try:  # RELION's single-particle hand-off: every movie corrected into this folder so far
+        write_single_particle_star(args.out, motion_records_in(args.out))
+    except OSError as exc:
+        print(f"motionwatch: corrected_micrographs.star not written: {exc}", file=sys.stderr)
     return exitcodes.SOME_FAILED if failed else exitcodes.OK

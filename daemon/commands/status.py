@@ -4,15 +4,21 @@ Reads the state database in OUT_DIR (or the folder given by --state-dir) read-on
 while ``motionwatch watch`` runs. ``--json`` prints one JSON object instead of text. Tilt series
 are listed with their status (open or completed), tilts corrected out of those their mdoc lists,
 the dose the specimen has accumulated up to the last tilt recorded, and their stack folder.
+Failures list only movies that have not been corrected since (a retried movie that succeeded
+is no longer a failure); files still being written or settling are listed by name with what
+they wait for. Times are ISO 8601 UTC (``2026-11-26T00:12:03.412Z``), as in the live feed.
+Piped into ``head``, it stops quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how many recent movies and failures to list (default 5)")
 
 
+def iso_utc(wall_s: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds (the live feed's ``time``)."""
+    if wall_s is None:
+        return None
+    return datetime.fromtimestamp(wall_s, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _brief(row: MovieRow) -> dict[str, Any]:
     out: dict[str, Any] = {"movie": row.key.path, "status": row.status, "attempts": row.attempts,
-                           "updated": row.updated}
+                           "updated": iso_utc(row.updated)}
     if row.error:
         out["reason"] = row.error
     drift = row.summary.get("drift") if row.summary else None
@@ -95,8 +109,13 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         counts = ledger.counts()
         state = ledger.service_state()
         done = [_brief(r) for r in ledger.recent("done", last)]
-        failures = [_brief(r) for r in ledger.recent("quarantined", last)]
-        failures += [_brief(r) for r in ledger.recent("failed", last)]
+        # a movie corrected after it failed (a retry, a new version) is no longer a failure
+        done_since = {}
+        for r in ledger.rows(status="done"):
+            done_since[r.key.path] = max(r.updated, done_since.get(r.key.path, r.updated))
+        failures = [_brief(r) for status in ("quarantined", "failed")
+                    for r in ledger.recent(status, last + len(done_since))
+                    if not done_since.get(r.key.path, -1.0) >= r.updated][:2 * last]
         backlog = [_brief(r) for r in ledger.rows(status="pending")[:last]]
         series = _series(ledger.series_states(), ledger.rows())
     beat = state.get("heartbeat_wall")
@@ -104,12 +123,15 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
     return {
         "database": str(db_path),
         "daemon": {"running": running, "pid": state.get("pid"),
+                   "last_heartbeat": iso_utc(beat),
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
                    "healthy": state.get("healthy"), "problems": state.get("problems", []),
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir")},
         "counts": counts,
         "backlog": {"pending": counts["pending"] + counts["failed"],
                     "waiting_for_completion": state.get("waiting", 0),
+                    "waiting": [{"movie": path, "reason": reason} for path, reason
+                                in (state.get("waiting_examples") or {}).items()],
                     "in_flight": state.get("in_flight", []), "next": backlog},
         "last_done": done,
         "failures": failures,
@@ -134,6 +156,10 @@ def _print_text(status: dict[str, Any]) -> None:
           f"written or settling, {len(b['in_flight'])} in progress")
     for path in b["in_flight"]:
         print(f"  in progress: {path}")
+    for entry in b["waiting"]:
+        print(f"  waiting: {entry['movie']}: {entry['reason']}")
+    if len(b["waiting"]) < b["waiting_for_completion"]:
+        print(f"  (and {b['waiting_for_completion'] - len(b['waiting'])} more waiting)")
     if status["last_done"]:
         print("last done:")
         for row in status["last_done"]:
@@ -175,8 +201,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"motionwatch status: {db_path}: not a readable state database ({reason})",
               file=sys.stderr)
         return exitcodes.CONFIG
-    if args.json:
-        print(json.dumps(status))
-    else:
-        _print_text(status)
+    try:
+        if args.json:
+            print(json.dumps(status))
+        else:
+            getattr(sys.stdout, "reconfigure", lambda **kw: None)(errors="backslashreplace")
+            _print_text(status)  # (a file name that is not UTF-8 is shown with \u escapes)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `status | head`: the reader has gone; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        os.close(devnull)
     return exitcodes.OK

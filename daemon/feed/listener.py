@@ -6,22 +6,33 @@
 like every other option); :func:`build_publish_listener` starts the publisher from
 ``Config.options``, so that a bad endpoint or an address in use stops the daemon before it reports
 ``READY=1`` (a :class:`~daemon.settings.config.ConfigError`: exit status 78).
+
+At start-up (:meth:`PublishListener.on_ready`) the late joiners' state is rebuilt from the state
+database, read-only: the last :data:`RESTORED_MOVIES` done movies (their motion records) and the
+tilt series' progress, so a dashboard connecting after a restart sees what was done before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sqlite3
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceListener
+from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.feed.publisher import (DEFAULT_ENDPOINT, DriftRules, PublishConfig, PublishConfigError,
-                                   PublishError, Publisher)
+                                   PublishError, Publisher, movie_message)
 from daemon.settings.config import Config, ConfigError
+from daemon.state.ledger import DB_NAME, Ledger
 
 __all__ = ["add_feed_arguments", "publish_config_from", "build_publish_listener",
-           "PublishListener"]
+           "PublishListener", "restored_state", "RESTORED_MOVIES"]
+
+#: done movies (the most recent) whose records seed the late joiners' state at start-up
+RESTORED_MOVIES = 200
 
 
 def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +127,61 @@ def build_publish_listener(config: Config, *, logger: Any = None) -> PublishList
     return PublishListener(publisher)
 
 
+def _iso(wall_s: float | None) -> str | None:
+    if wall_s is None:
+        return None
+    return datetime.fromtimestamp(wall_s, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def restored_state(db_path: Path, *, out_dir: Path | None,
+                   limit: int = RESTORED_MOVIES) -> tuple[list[dict], list[dict]]:
+    """What an earlier run did, as message bodies for :meth:`Publisher.restore`.
+
+    Reads the state database read-only: the ``limit`` most recently done movies (oldest first;
+    each from its motion record on disk, skipped when that is gone or unreadable) and one
+    ``series`` body per tilt series (``completed`` or ``updated``, with its movies done).
+
+    Returns
+    -------
+    movies, series : list of dict
+        Empty when there is no database yet.
+    """
+    try:
+        with Ledger(db_path, read_only=True) as ledger:
+            rows = ledger.recent("done", limit)
+            states = ledger.series_states()
+    except (FileNotFoundError, sqlite3.Error):
+        return [], []
+    movies: list[dict] = []
+    n_done: dict[str, int] = {}
+    for row in reversed(rows):
+        motion = row.outputs.get("motion")
+        try:
+            record = json.loads(Path(motion).read_text()) if motion else None
+            if not isinstance(record, dict):
+                continue
+            body = movie_message(record, path=row.key.path, outputs=row.outputs,
+                                 out_dir=out_dir)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            continue  # outputs removed or a record this version cannot read: leave it out
+        body["time"] = _iso(row.finished if row.finished is not None else row.updated)
+        movies.append(body)
+        if body.get("series"):
+            n_done[body["series"]] = n_done.get(body["series"], 0) + 1
+    series = []
+    for name, state in states.items():
+        if not isinstance(state, Mapping):
+            continue
+        stacks = state.get("stacks") or None
+        series.append({"event": "completed" if state.get("status") == "complete" else "updated",
+                       "series": name, "n_done": n_done.get(name, 0), "n_failed": 0,
+                       "n_expected": state.get("expected_tilts"),
+                       "accumulated_dose_e_A2": None, "mdoc": state.get("mdoc"),
+                       "stacks": dict(stacks) if isinstance(stacks, Mapping) else None})
+    return movies, series
+
+
 class PublishListener(ServiceListener):
     """Forwards service events to a started :class:`~daemon.publish.Publisher` (never blocks:
     the publisher queues and its own thread sends)."""
@@ -124,12 +190,28 @@ class PublishListener(ServiceListener):
         self.publisher = publisher
         self._last_movie: str | None = None
 
+    def on_ready(self, info: ServiceInfo) -> None:
+        """Name the output folder in the feed and rebuild the late joiners' state from the
+        state database (read-only), so a restart does not show 'no movies yet'."""
+        config = info.config
+        out_dir = getattr(config, "out_dir", None)
+        self.publisher.out_dir = None if out_dir is None else str(out_dir)
+        state_dir = getattr(config, "state_dir", None) or out_dir
+        if state_dir is None:
+            return
+        movies, series = restored_state(Path(state_dir) / DB_NAME,
+                                        out_dir=None if out_dir is None else Path(out_dir))
+        if movies or series:
+            self.publisher.restore(movies, series)
+        if movies:
+            self._last_movie = movies[-1].get("path")
+
     def on_movie_done(self, event: MovieEvent) -> None:
         self._last_movie = str(event.path)
         record = dict(event.record)
         if event.timings_s and "timings_s" not in record:
             record["timings_s"] = dict(event.timings_s)
-        self.publisher.movie(record, path=event.path)
+        self.publisher.movie(record, path=event.path, outputs=dict(event.outputs) or None)
 
     def on_movie_failed(self, event: MovieEvent) -> None:
         self.publisher.error(event.path, f"{event.status}: {event.error or 'failed'}")

@@ -94,6 +94,7 @@ _RECENT = 20  # warnings, errors and loose movies kept for the state message
 _COMPLETED_KEPT = 4  # completed series kept (with their tilts) in the state message
 _OPEN_SERIES_KEPT = 64
 _FLUSH_INTERVAL_MS = 20  # the socket thread drains the queue this often (callers make no syscall)
+_RESTORE = "restore:"  # queue topic prefix: applied to the state only (Publisher.restore)
 
 
 class PublishConfigError(ValueError):
@@ -368,9 +369,33 @@ def _local_summary(local: Any, global_xy_px: np.ndarray, px: float) -> dict[str,
     return out
 
 
+def _relative_outputs(record: Mapping[str, Any], outputs: Mapping[str, Any] | None,
+                      out_dir: str | Path | None) -> dict[str, str] | None:
+    """Output paths relative to ``out_dir`` (POSIX separators), from the written paths
+    ``outputs`` (absolute) when given, else the record's (bare names: relative to the movie's
+    own output folder, kept as they are)."""
+    if outputs:
+        if out_dir is None:
+            return {str(k): str(v) for k, v in outputs.items()}
+        root = Path(out_dir)
+        out = {}
+        for kind, value in outputs.items():
+            target = Path(value)
+            try:
+                out[str(kind)] = target.relative_to(root).as_posix() if target.is_absolute() \
+                    else target.as_posix()
+            except ValueError:  # outside the output folder: an absolute path still opens
+                out[str(kind)] = str(target)
+        return out
+    listed = record.get("outputs")
+    return None if listed is None else {str(k): str(v) for k, v in listed.items()}
+
+
 def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
                   path: str | Path | None = None,
-                  pixel_size_A: float | None = None) -> dict[str, Any]:
+                  pixel_size_A: float | None = None,
+                  outputs: Mapping[str, Any] | None = None,
+                  out_dir: str | Path | None = None) -> dict[str, Any]:
     """Body of a ``movie`` message (without envelope) from a motion record and tilt facts.
 
     Parameters
@@ -388,12 +413,20 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         The movie's path, when the record does not name it.
     pixel_size_A : float, optional
         Overrides the record's ``pixel_size_A``.
+    outputs : mapping, optional
+        The written output files by kind (``sum``, ``dw``, ``even``, ``odd``, ``motion``;
+        absolute paths, as the daemon records them).
+    out_dir : str or Path, optional
+        The daemon's output folder: sent as ``out_dir``, and ``outputs`` are made relative
+        to it (so a dashboard opens ``out_dir / outputs[kind]``).
 
     Returns
     -------
     dict
-        ``shifts_A`` is ``global_shifts_px * pixel_size_A`` ([dx, dy] per frame, Å); ``drift``,
-        ``timings_s`` and ``outputs`` are copied unchanged; ``dose``, ``local`` and
+        ``shifts_A`` is ``global_shifts_px * pixel_size_A`` ([dx, dy] per frame, Å); ``drift``
+        and ``timings_s`` are copied unchanged; ``outputs`` relative to ``out_dir``; ``dose``
+        always has ``pre_exposure_e_A2``, ``source`` and ``fallback`` (null when unknown);
+        ``dose``, ``local`` and
         ``resolution`` keep their scalar members (arrays, e.g. patch shifts, stay in the record);
         ``local`` gains ``rms_A`` and ``max_A``, the size of the local motion (patch
         trajectories ``fitted_shifts_px`` minus the global one), ``n_patches`` and
@@ -435,8 +468,8 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
     dose = _scalars(record.get("dose")) or {}
     if tilt.pre_exposure_e_A2 is not None:
         dose["pre_exposure_e_A2"] = float(tilt.pre_exposure_e_A2)
-    if tilt.dose_source is not None:
-        dose["source"] = tilt.dose_source
+    dose.setdefault("pre_exposure_e_A2", None)
+    dose["source"] = tilt.dose_source  # null outside a series: same keys in every message
     dose["fallback"] = tilt.dose_fallback
     local = _local_summary(record.get("local"), shifts, px)
     movie_path = str(movie_path)
@@ -454,7 +487,8 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         "local": local,
         "resolution": _scalars(record.get("resolution")),
         "timings_s": _plain(record.get("timings_s")),
-        "outputs": _plain(record.get("outputs")),
+        "out_dir": None if out_dir is None else str(out_dir),
+        "outputs": _relative_outputs(record, outputs, out_dir),
         "record_schema": _plain(record.get("schema")),
     }
 
@@ -657,6 +691,9 @@ class Publisher:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._endpoint: str | None = None
+        #: the daemon's output folder, named in movie, heartbeat and state messages (movie
+        #: outputs are relative to it); set by the service's listener once it is known
+        self.out_dir: str | None = None
 
     # -- lifecycle
 
@@ -732,14 +769,16 @@ class Publisher:
     # -- the daemon's calls (any thread, never block)
 
     def movie(self, record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
-              path: str | Path | None = None) -> bool:
+              path: str | Path | None = None,
+              outputs: Mapping[str, Any] | None = None) -> bool:
         """Publish a corrected movie, then any warning it raises under ``config.drift``.
 
+        ``outputs`` (the written files, absolute) are sent relative to :attr:`out_dir`.
         Returns False (and publishes an ``error`` instead) when the record is malformed; never
         raises for bad records, so a publishing problem cannot stop correction.
         """
         try:
-            body = movie_message(record, tilt, path=path)
+            body = movie_message(record, tilt, path=path, outputs=outputs, out_dir=self.out_dir)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             with self._lock:
                 self._build_errors += 1
@@ -751,6 +790,24 @@ class Publisher:
         for warning in movie_warnings(body, self.config.drift):
             self._put("warning", warning)
         return True
+
+    def restore(self, movies: Iterable[Mapping[str, Any]] = (),
+                series: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Seed the late joiners' state with what an earlier run did (nothing is sent).
+
+        Parameters
+        ----------
+        movies : iterable of mapping
+            ``movie`` message bodies (:func:`movie_message`), oldest first; a ``time`` they
+            carry (when the movie was done) is kept.
+        series : iterable of mapping
+            ``series`` message bodies (``event`` ``updated`` or ``completed``), applied after
+            the movies.
+        """
+        for body in movies:
+            self._put(_RESTORE + "movie", dict(body), keep_time=True)
+        for body in series:
+            self._put(_RESTORE + "series", dict(body), keep_time=True)
 
     def series(self, event: SeriesEvent, series: str, *, n_done: int, n_failed: int = 0,
                n_expected: int | None = None, accumulated_dose_e_A2: float | None = None,
@@ -804,6 +861,7 @@ class Publisher:
             "version": self.version,
             "drift_thresholds": self.config.drift.as_dict(),
             "dropped": dropped,
+            "out_dir": self.out_dir,
         })
 
     def error(self, path: str | Path | None, reason: str) -> None:
@@ -822,9 +880,11 @@ class Publisher:
 
     # -- internals
 
-    def _put(self, topic: str, body: dict[str, Any], *, plain: bool = False) -> None:
+    def _put(self, topic: str, body: dict[str, Any], *, plain: bool = False,
+             keep_time: bool = False) -> None:
         body = dict(body) if plain else _plain(body)
-        body["time"] = _now_iso(self._clock())
+        if not (keep_time and body.get("time")):
+            body["time"] = _now_iso(self._clock())
         with self._lock:
             if self._closed:
                 self._dropped += 1
@@ -933,15 +993,19 @@ class Publisher:
             seq += gap
             sent = 0
             for topic, body in batch:
-                seq += 1
-                sent += self._send(sock, topic, body, seq)
+                if topic.startswith(_RESTORE):  # state from an earlier run: kept, not sent
+                    topic = topic[len(_RESTORE):]
+                else:
+                    seq += 1
+                    sent += self._send(sock, topic, body, seq)
                 try:
                     feed.apply(topic, body)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     pass  # an odd body must not stop the socket thread; it was still sent
             if want_state:
                 seq += 1
-                state = {**feed.snapshot(), "time": _now_iso(self._clock())}
+                state = {**feed.snapshot(), "out_dir": self.out_dir,
+                         "time": _now_iso(self._clock())}
                 sent += self._send(sock, "state", state, seq)
             with self._lock:
                 self._sent += sent

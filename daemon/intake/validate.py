@@ -105,6 +105,8 @@ def validate(path: Path, *, stable_for_s: float, incomplete_grace_s: float,
     n_frames = getattr(completeness, "n_frames", None)
     if not completeness.complete:
         reason = str(completeness.reason) or "incomplete"
+        if getattr(completeness, "not_a_movie", False):  # no valid header: settled, so final
+            return Verdict("reject", reason, n_frames)
         if stable_for_s >= incomplete_grace_s:
             return Verdict("reject", f"incomplete after {stable_for_s:.0f} s unchanged: {reason}",
                            n_frames)

@@ -65,5 +65,6 @@ def assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage
     stacks = {k: str(v) for k, v in result.stacks.items()}
     stacks.update(tlt=str(result.tlt_path), csv=str(result.csv_path),
                   mdoc=str(result.mdoc_paths[0]) if result.mdoc_paths else "")
+    stacks.update({f"picture_{k}": str(v) for k, v in result.pictures.items()})
     return {"folder": str(result.folder), "stacks": stacks, "order": list(result.order),
             "warnings": list(result.warnings)}

@@ -6,6 +6,11 @@ frozen records. Because every number is a pure function of the metadata, a resta
 re-read mdoc or a movie that arrives late can never double-count or skip a tilt's dose: the
 service simply resolves again and compares (:func:`assignment_change`).
 
+Names: a movie is known by its path below the watch folder (``grid2/TS_01_001_0.0.eer``), a
+series by its mdoc's folder and name (``grid2/TS_01``; a bare ``TS_01`` in the watch folder
+itself), so equal names in two folders never share a series or a dose ledger
+(:func:`qualified_name`). ``SubFramePath`` basenames are looked up in the mdoc's own folder.
+
 Matching, in order:
 
 1. ``series_mdoc``: a complete ``[ZValue]`` section of a tilt-series mdoc whose
@@ -60,15 +65,23 @@ __all__ = [
     "assignment_change",
     "classify_mdocs",
     "dose_of_section",
+    "dose_params_of",
+    "frame_mdoc_dose",
+    "qualified_name",
     "resolve",
+    "split_qualified",
     "series_name_of_mdoc",
     "update_series_state",
 ]
 
-#: ``TS_01_003_-3.0.mrc``, ``TS_019_0000_8.0.mrc``, ``Position_10_001_-20.00_2023..._EER.eer``
+#: ``TS_01_003_-3.0.mrc``, ``TS_019_0000_8.0.mrc``, ``chrom_07_ts_010_167_000_-0.0.mrc``,
+#: ``Position_10_001_-20.00_20230324_121311_EER.eer``, ``s_mmm_00993_33.0_Oct08_07.39.05.tif``:
+#: series, ``_``, acquisition index, ``_``, an angle that looks like one (a decimal number in
+#: [-90, 90]), then optionally ``_`` and anything (date, time, ``EER``). A date or a clock time
+#: after the angle is never read as index and angle: they are out of the angle's range.
 DEFAULT_FILENAME_PATTERN = (
-    r"^(?P<series>.+)_(?P<index>\d+)_(?P<angle>[-+]?\d+(?:\.\d+)?)(?:_[^/\\]*)?"
-    r"\.(?:mrc|mrcs|tif|tiff|eer)$")
+    r"^(?P<series>.+)_(?P<index>\d+)_(?P<angle>[-+]?(?:90(?:\.0+)?|[0-8]?\d(?:\.\d+)?))"
+    r"(?:_[^/\\]*)?\.(?i:mrc|mrcs|tif|tiff|eer)$")
 
 _STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")
 
@@ -132,8 +145,10 @@ class SeriesConfig:
 class MovieObservation:
     """What the daemon knows of a movie file.
 
-    ``first_seen_s`` is on the daemon's clock (the one passed as ``now_s``); ``mtime_ns`` is the
-    file's mtime (camera clock), compared only with other movies' mtimes.
+    ``name`` is the movie's path below the watch folder, ``/`` separated (``grid2/x.eer``; a
+    bare name in the watch folder itself, see :func:`qualified_name`). ``first_seen_s`` is on
+    the daemon's clock (the one passed as ``now_s``); ``mtime_ns`` is the file's mtime (camera
+    clock), compared only with other movies' mtimes.
     """
 
     name: str
@@ -143,10 +158,30 @@ class MovieObservation:
 
 @dataclass(frozen=True, slots=True)
 class MdocObservation:
-    """A parsed series or frame mdoc and since when (daemon clock) its content is unchanged."""
+    """A parsed series or frame mdoc and since when (daemon clock) its content is unchanged.
+
+    ``folder`` is the mdoc's folder below the watch folder (``"grid2"``, ``""`` for the watch
+    folder itself, ``/`` separated): it qualifies its series' name and the movies it lists.
+    """
 
     mdoc: MdocFile
     unchanged_since_s: float
+    folder: str = ""
+
+
+def qualified_name(folder: str, name: str) -> str:
+    """``("grid2", "TS_01")`` -> ``"grid2/TS_01"``; ``("", "TS_01")`` -> ``"TS_01"``.
+
+    Movies and series are known by these names, so equal names in two folders stay apart.
+    """
+    folder = folder.strip("/")
+    return f"{folder}/{name}" if folder else name
+
+
+def split_qualified(name: str) -> tuple[str, str]:
+    """Inverse of :func:`qualified_name`: ``"grid2/TS_01"`` -> ``("grid2", "TS_01")``."""
+    folder, _, base = name.rpartition("/")
+    return folder, base
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +219,17 @@ class TiltAssignment:
             return self.frame_doses_e_A2
         return (self.dose_e_A2 / n_frames,) * n_frames
 
-    def dose_params(self, *, voltage_kV: float, n_frames: int | None = None) -> DoseParams:
-        """The :class:`~correction.params.DoseParams` for correcting this movie."""
-        if n_frames is not None:
-            frames = self.frame_doses_for(n_frames)
-            if sum(frames) > 0:
-                return DoseParams(voltage_kV=voltage_kV, frame_doses_e_A2=frames,
-                                  pre_exposure_e_A2=self.pre_exposure_e_A2)
-        return DoseParams(voltage_kV=voltage_kV, total_dose_e_A2=self.dose_e_A2,
-                          pre_exposure_e_A2=self.pre_exposure_e_A2)
+    def dose_params(self, *, voltage_kV: float, n_frames: int | None = None,
+                    raw_frames: bool = False) -> DoseParams:
+        """The :class:`~correction.params.DoseParams` for correcting this movie.
+
+        ``n_frames`` is the frame count validation found; ``raw_frames`` says it counts raw
+        frames that the correction groups into fewer frames (EER): the metadata's per-frame
+        doses are then per raw frame and summed into each fraction by the correction.
+        """
+        return dose_params_of(self.dose_e_A2, self.frame_doses_e_A2, voltage_kV=voltage_kV,
+                              pre_exposure_e_A2=self.pre_exposure_e_A2, n_frames=n_frames,
+                              raw_frames=raw_frames)
 
     def record(self) -> dict[str, Any]:
         """JSON-ready dict (for ``extra_record={"tilt": ...}`` in ``S.motion.json`` and the ledger),
@@ -248,8 +285,9 @@ def classify_mdocs(observations: Sequence[MdocObservation]
     """Split parsed mdocs into series mdocs, frame mdocs and ignored ones.
 
     Returns ``(series_mdocs, frame_mdocs, ignored)``: the tilt-series observations (for
-    :func:`resolve`), frame mdocs keyed by their movie's file name (the mdoc's name without
-    ``.mdoc``, e.g. ``TS_019_0000_8.0.mrc``), and path -> reason for montages and empty files.
+    :func:`resolve`), frame mdocs keyed by their movie's qualified name (the mdoc's folder and
+    name without ``.mdoc``, e.g. ``grid1/TS_019_0000_8.0.mrc``), and path -> reason for
+    montages and empty files.
     """
     series: list[MdocObservation] = []
     frames: dict[str, MdocFile] = {}
@@ -261,7 +299,7 @@ def classify_mdocs(observations: Sequence[MdocObservation]
             name = md.path.name if md.path is not None else ""
             movie = name[:-5] if name.lower().endswith(".mdoc") else md.sections[0].sub_frame_name
             if movie:
-                frames[movie] = md
+                frames[qualified_name(ob.folder, movie)] = md
             else:
                 ignored[key] = "frame mdoc without a movie name"
         elif md.kind == "tilt_series":
@@ -280,6 +318,43 @@ def series_name_of_mdoc(mdoc: MdocFile) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
+
+
+def dose_params_of(dose_e_A2: float, frame_doses_e_A2: tuple[float, ...] | None, *,
+                   voltage_kV: float, pre_exposure_e_A2: float = 0.0,
+                   n_frames: int | None = None, raw_frames: bool = False) -> DoseParams:
+    """DoseParams of a movie whose metadata gives ``dose_e_A2`` and maybe per-frame doses.
+
+    The per-frame doses are used when their count is ``n_frames`` (per raw frame when
+    ``raw_frames``: an EER movie, whose ``FrameDosesAndNumber`` counts raw frames), else the
+    dose is spread evenly (over the raw frames, for EER, by the correction).
+    """
+    if n_frames is not None and n_frames >= 1 and frame_doses_e_A2 is not None \
+            and len(frame_doses_e_A2) == n_frames and sum(frame_doses_e_A2) > 0:
+        return DoseParams(voltage_kV=voltage_kV, frame_doses_e_A2=tuple(frame_doses_e_A2),
+                          pre_exposure_e_A2=pre_exposure_e_A2,
+                          frame_doses_per="raw_frame" if raw_frames else "frame")
+    if n_frames is not None and n_frames >= 1 and not raw_frames:
+        return DoseParams(voltage_kV=voltage_kV, frame_doses_e_A2=(dose_e_A2 / n_frames,) * n_frames,
+                          pre_exposure_e_A2=pre_exposure_e_A2)
+    return DoseParams(voltage_kV=voltage_kV, total_dose_e_A2=dose_e_A2,
+                      pre_exposure_e_A2=pre_exposure_e_A2)
+
+
+def frame_mdoc_dose(frame_mdoc: MdocFile | None, *, config: SeriesConfig
+                    ) -> tuple[float, tuple[float, ...] | None, str] | None:
+    """Dose of a movie from its own ``[FrameSet]`` mdoc alone (a movie of no series):
+    ``(dose_e_A2, per-frame doses or None, source)``, or None when it gives none."""
+    fsec = _frame_section(frame_mdoc)
+    if fsec is None:
+        return None
+    tilt = _Tilt(movie=None, tilt_deg=fsec.tilt_deg, sections=(fsec,), file_index=0,
+                 timestamp_s=None, datetime=None, name_index=None, mtime_ns=None,
+                 prior_record_dose=None, match_source="frame_mdoc", mdoc_path=None, z_value=None)
+    dose, source, frames, _ = _dose(tilt, replace(config, dose_per_tilt_e_A2=None))
+    if dose is None:
+        return None
+    return dose, frames, f"{source} (frame mdoc)"
 
 
 def dose_of_section(section: TiltSection) -> tuple[float | None, str | None, str | None]:
@@ -343,7 +418,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     series_mdocs : sequence of MdocObservation
         Every parsed series mdoc (montages and frame mdocs given here are ignored with a reason).
     frame_mdocs : mapping of str to MdocFile
-        Movie file name -> its parsed ``[FrameSet]`` mdoc.
+        Movie (qualified name, as in ``movies``) -> its parsed ``[FrameSet]`` mdoc.
     config : SeriesConfig
     now_s : float
         The daemon's clock (same clock as ``first_seen_s`` and ``unchanged_since_s``).
@@ -377,7 +452,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         if md.kind == "empty":
             ignored[key] = "no section yet"
             continue
-        name = series_name_of_mdoc(md)
+        name = qualified_name(ob.folder, series_name_of_mdoc(md))
         if name in series_tilts:
             warnings.append(f"two series mdocs named {name}: {key} ignored")
             ignored[key] = f"duplicate series name {name}"
@@ -404,7 +479,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             if (not s.complete and not use_incomplete) or s.kind != "ZValue":
                 continue
             swarn.extend(s.warnings)
-            movie = s.sub_frame_name
+            movie = qualified_name(ob.folder, s.sub_frame_name) if s.sub_frame_name else None
             if movie is not None:
                 if movie in listed:
                     swarn.append(f"{movie} listed by two mdocs; kept in {listed[movie][0]}")
@@ -418,7 +493,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             tilts.append(_Tilt(
                 movie=movie, tilt_deg=s.tilt_deg, sections=sections, file_index=s.index,
                 timestamp_s=s.timestamp_s, datetime=s.datetime,
-                name_index=_name_index(rx, movie), mtime_ns=obs.mtime_ns if obs else None,
+                name_index=_name_index(rx, split_qualified(movie)[1] if movie else None),
+                mtime_ns=obs.mtime_ns if obs else None,
                 prior_record_dose=s.prior_record_dose_e_A2, match_source="series_mdoc",
                 mdoc_path=str(md.path) if md.path else None, z_value=s.z_value))
         series_tilts[name] = tilts
@@ -432,7 +508,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             continue
         fm = frame_mdocs.get(mv.name)
         fsec = _frame_section(fm)
-        m = rx.search(mv.name)
+        folder, base = split_qualified(mv.name)
+        m = rx.search(base)
         waited = now_s - mv.first_seen_s >= config.metadata_wait_s
         if fsec is None and not waited:
             pending[mv.name] = (f"waiting for metadata (series mdoc section or frame mdoc) until "
@@ -441,7 +518,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         if m is None:
             standalone.add(mv.name)
             continue
-        series = m.group("series")
+        series = qualified_name(folder, m.group("series"))
         if series in series_tilts and not waited:
             pending[mv.name] = f"waiting for the series mdoc of {series} to list it"
             continue
@@ -452,7 +529,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         t = _Tilt(movie=mv.name, tilt_deg=fsec.tilt_deg if fsec and fsec.tilt_deg is not None
                   else angle, sections=(fsec,) if fsec is not None else (), file_index=0,
                   timestamp_s=fsec.timestamp_s if fsec else None,
-                  datetime=fsec.datetime if fsec else None, name_index=_name_index(rx, mv.name),
+                  datetime=fsec.datetime if fsec else None, name_index=_name_index(rx, base),
                   mtime_ns=mv.mtime_ns, prior_record_dose=fsec.prior_record_dose_e_A2 if fsec else None,
                   match_source="frame_mdoc" if fsec is not None else "filename",
                   mdoc_path=str(fm.path) if fm is not None and fm.path else None, z_value=None)

@@ -19,6 +19,17 @@
    process into ``OUT_DIR/<series>/``; a series re-opens when more movies arrive, or when one of
    its movies is redone, and is then assembled again (files replaced atomically).
 
+Movies and series are known by their folder below the watch folder and their name
+(``grid2/TS_01_001_0.0.eer``, series ``grid2/TS_01``), so two grids' ``TS_01`` never share a
+dose ledger; a series' stacks still go to ``OUT/<folder>/<series name>/``.
+
+Dose without any dose flag: a movie of a series gets its dose from the series mdoc or its frame
+mdoc; a movie of no series from its frame mdoc when no ``--dose-per-frame``/``--total-dose``
+is configured (a configured dose wins for single-particle movies, as before). An EER movie's
+``FrameDosesAndNumber`` counts raw frames and is handed on per raw frame (the correction sums
+it into the fractions it reads). A movie with none of these is corrected with the EER header's
+dose where there is one, else it fails as a data error (no dose) and is quarantined.
+
 A movie waits (``wait_reason``) while its metadata is pending (mdoc section not written yet, an
 earlier tilt without dose ...); after ``--metadata-wait`` without metadata the file-name
 pattern and ``--dose-per-tilt`` are used, with the fallback recorded; a movie that matches no
@@ -43,10 +54,11 @@ from daemon.series.assembly import assemble_job, assembly_tilts, recorded_tilt
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
                                       SeriesObservation, SeriesState, SeriesSummary,
-                                      assignment_change, classify_mdocs, resolve,
+                                      assignment_change, classify_mdocs, dose_params_of,
+                                      frame_mdoc_dose, resolve, split_qualified,
                                       update_series_state)
 
-__all__ = ["TiltSeriesResolver", "lock_paths"]
+__all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
 
 _FINISHED = ("done", "quarantined")
 _STACK_REASON = "a tilt-series stack (its .mdoc is a series mdoc), not a movie: not corrected"
@@ -60,6 +72,38 @@ def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
 
 
 _INFO_KEYS = ("expected_tilts", "mdoc", "folder")
+
+
+def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) -> str:
+    """A path's name in the resolution: below the watch folder, ``/`` separated; a path outside
+    it keeps its whole name. ``folder``: the watch folder itself is ``""`` (not ``"."``)."""
+    p = Path(path)
+    try:
+        name = p.relative_to(watch_dir).as_posix()
+    except ValueError:
+        name = p.as_posix()
+    return "" if folder and name == "." else name
+
+
+def standalone_metadata(movie: Observation, params: Any, n_frames: int | None,
+                        log_context: dict[str, Any], frame_mdoc: Any,
+                        series_config: SeriesConfig) -> MovieMetadata:
+    """A movie of no series: the configured dose, else its frame mdoc's (else none: the
+    correction uses the EER header's dose or fails with a clear reason)."""
+    if params.dose.known:
+        return MovieMetadata(log_context=log_context)
+    found = frame_mdoc_dose(frame_mdoc, config=series_config)
+    if found is None:
+        return MovieMetadata(log_context=log_context)
+    dose_e_A2, frames, source = found
+    dose = dose_params_of(dose_e_A2, frames, voltage_kV=params.dose.voltage_kV,
+                          n_frames=n_frames, raw_frames=_is_eer(movie.path))
+    return MovieMetadata(dose=dose, log_context={**log_context, "dose_source": source})
+
+
+def _is_eer(path: Path) -> bool:
+    """An EER movie: its frame count (validation's, the frame mdoc's) counts raw frames."""
+    return Path(path).suffix.lower() == ".eer"
 
 
 def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
@@ -112,6 +156,7 @@ class TiltSeriesResolver:
         self._stack_files: set[str] = set()
         self._rows: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
+        self._frame_mdocs: dict[str, Any] = {}
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -140,6 +185,9 @@ class TiltSeriesResolver:
 
     def _now(self) -> float:
         return self._ctx.now()
+
+    def _rel(self, path: str | Path) -> str:
+        return relative_name(path, self._ctx.watch_dir)
 
     @property
     def _mdocs(self) -> dict[str, Any]:
@@ -191,6 +239,11 @@ class TiltSeriesResolver:
             self._first_seen.setdefault(p, now)
         stacks = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind in ("tilt_series", "empty")}
         self._stack_files = {p for p in movies if p in stacks}  # TS_01.mrc beside TS_01.mrc.mdoc
+        series_obs, frame_map, _ = classify_mdocs(
+            [MdocObservation(m.parsed, m.unchanged_since_s,
+                             relative_name(Path(k).parent, self._ctx.watch_dir, folder=True))
+             for k, m in self._mdocs.items()])
+        self._frame_mdocs = frame_map
         if not self._active and any(m.parsed.kind == "tilt_series" for m in self._mdocs.values()):
             self._active = True
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
@@ -202,18 +255,16 @@ class TiltSeriesResolver:
         for path, row in self._rows.items():
             if path in self._stack_files:
                 continue
-            name = Path(path).name
+            name = self._rel(path)
             observations[name] = MovieObservation(name, row.first_seen, row.key.mtime_ns)
         for path, o in movies.items():
             if path in self._stack_files:
                 continue
-            name = o.path.name
+            name = self._rel(o.path)
             first = self._first_seen[path]
             if name in observations:
                 first = min(first, observations[name].first_seen_s)
             observations[name] = MovieObservation(name, first, o.mtime_ns)
-        series_obs, frame_map, _ = classify_mdocs(
-            [MdocObservation(m.parsed, m.unchanged_since_s) for m in self._mdocs.values()])
         res = resolve(list(observations.values()), series_obs, frame_map,
                       config=self.series_config, now_s=now)
         self._res = res
@@ -228,9 +279,11 @@ class TiltSeriesResolver:
 
     def resolve(self, movie: Observation, params: Any, *, n_frames: int | None = None
                 ) -> MovieMetadata:
-        if not self._active or self._res is None:
+        if self._ctx is None or self.mode == "off":
             return MovieMetadata()
-        name = movie.path.name
+        if not self._active or self._res is None:
+            return self._standalone(movie, params, n_frames, {})
+        name = self._rel(movie.path)
         if str(movie.path) in self._stack_files:
             return self._ignore_stack(movie)
         res = self._res
@@ -239,9 +292,10 @@ class TiltSeriesResolver:
         a = res.assignments.get(name)
         if a is None:
             if name in res.standalone:
-                return MovieMetadata(log_context={"series": None})
+                return self._standalone(movie, params, n_frames, {"series": None})
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
-        dose = a.dose_params(voltage_kV=params.dose.voltage_kV, n_frames=n_frames)
+        dose = a.dose_params(voltage_kV=params.dose.voltage_kV, n_frames=n_frames,
+                             raw_frames=_is_eer(movie.path))
         for w in a.warnings:
             self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
                            movie=str(movie.path), series=a.series)
@@ -253,6 +307,12 @@ class TiltSeriesResolver:
                            movie=str(movie.path), series=a.series)
         return MovieMetadata(dose=dose, extra_record={"tilt": a.record()},
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg})
+
+    def _standalone(self, movie: Observation, params: Any, n_frames: int | None,
+                    log_context: dict[str, Any]) -> MovieMetadata:
+        return standalone_metadata(movie, params, n_frames, log_context,
+                                   self._frame_mdocs.get(self._rel(movie.path)),
+                                   self.series_config)
 
     def _ignore_stack(self, movie: Observation) -> MovieMetadata:
         """A SerialEM stack beside its series mdoc is not a movie: ignored (not waiting, so
@@ -276,7 +336,7 @@ class TiltSeriesResolver:
             if row is None or row.status != "done" or (row.key.size, row.key.mtime_ns) != (
                     o.size, o.mtime_ns):
                 continue
-            a = res.assignments.get(o.path.name)
+            a = res.assignments.get(self._rel(o.path))
             if a is None:
                 continue
             reason = assignment_change(self._recorded_tilt(row), a,
@@ -291,9 +351,9 @@ class TiltSeriesResolver:
 
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
-        by_name = {Path(p).name: p for p in movies}
-        by_name.update({Path(p).name: p for p in self._rows if Path(p).name not in by_name})
-        changed_names = {Path(p).name for p in changed}
+        by_name = {self._rel(p): p for p in movies}
+        by_name.update({self._rel(p): p for p in self._rows if self._rel(p) not in by_name})
+        changed_names = {self._rel(p) for p in changed}
         for name, summary in res.series.items():
             state = self._states.get(name)
             if state is None:
@@ -316,7 +376,7 @@ class TiltSeriesResolver:
             folder_of = Path(by_name[sorted(known)[0]]) if known else None
             if summary.mdoc_path is not None:
                 mpath = Path(summary.mdoc_path)
-                lock = any(p.exists() for p in lock_paths(mpath, name))
+                lock = any(p.exists() for p in lock_paths(mpath, split_qualified(name)[1]))
                 m = self._mdocs.get(summary.mdoc_path)
                 mdoc_since = m.unchanged_since_s if m is not None else None
                 folder_of = mpath
@@ -355,7 +415,7 @@ class TiltSeriesResolver:
         folder = None
         if folder_of is not None:
             folder = str(output_dir_for(folder_of, watch_dir=ctx.watch_dir,
-                                        out_dir=ctx.out_dir) / name)
+                                        out_dir=ctx.out_dir) / split_qualified(name)[1])
         info = {"expected_tilts": len(summary.tilts) if summary.match_source == "series_mdoc"
                 else None, "mdoc": summary.mdoc_path, "folder": folder}
         if self._info.get(name) != info:
@@ -381,11 +441,12 @@ class TiltSeriesResolver:
             self._log.warning("series_not_assembled", series=name, reason="no corrected tilt")
             return
         out = output_dir_for(folder_of, watch_dir=ctx.watch_dir, out_dir=ctx.out_dir)
-        future = ctx.run_job(assemble_job, name, tilts, str(out), ctx.voltage_kV,
+        stem = split_qualified(name)[1]  # OUT/<folder>/<series name>/<series name>.mrc ...
+        future = ctx.run_job(assemble_job, stem, tilts, str(out), ctx.voltage_kV,
                              self.exposure_filtered)
-        self._assembling[name] = (future, state, str(out / name))
+        self._assembling[name] = (future, state, str(out / stem))
         self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,
-                       folder=str(out / name))
+                       folder=str(out / stem))
 
     def poll(self) -> None:
         """Collect finished assemblies (each completes its series)."""

@@ -346,7 +346,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
     params = None
     try:
-        params = params_from_args(merged)
+        params = params_from_args(merged, dose_required=False)  # metadata may give each dose
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
         problems.append(str(exc))
 

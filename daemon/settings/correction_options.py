@@ -16,6 +16,16 @@ from typing import Any
 __all__ = ["add_correction_arguments", "params_from_args"]
 
 
+def _flip(value: str) -> str:
+    """``--gain-flip`` value (name, or MotionCor2's -FlipGain number) -> the name."""
+    from correction.params import flip_name
+
+    try:
+        return flip_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: bool = True
                              ) -> None:
     """Add the correction flags to ``parser`` (in three argument groups).
@@ -31,10 +41,16 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                      help="gain reference (MRC, TIFF, EER .gain, DM4); corrected = "
                           "(raw - dark) * gain")
     ref.add_argument("--gain-rotate", type=int, choices=(0, 1, 2, 3), default=0, metavar="0-3",
-                     help="rotate the gain (and dark, defects) by this many quarter turns "
-                          "counter-clockwise, before flipping (default %(default)s)")
-    ref.add_argument("--gain-flip", choices=("none", "updown", "leftright"), default="none",
-                     help="flip the gain after rotating it (default %(default)s)")
+                     help="MotionCor2's -RotGain K, as RELION implements it: rotate the gain "
+                          "(and dark, defects) by K quarter turns, each moving gain[y, x] to "
+                          "[x, ny-1-y] (clockwise as displayed with row 0 at the top), before "
+                          "flipping. Changed: 1 and 3 turned the other way in motionwatch "
+                          "before; swap them in old settings (default %(default)s)")
+    ref.add_argument("--gain-flip", type=_flip, choices=("none", "updown", "leftright"),
+                     default="none", metavar="{none,updown,leftright} or 0-2",
+                     help="MotionCor2's -FlipGain, applied after the rotation: 0 or none, 1 or "
+                          "updown (rows reversed, upside down), 2 or leftright (columns "
+                          "reversed) (default %(default)s)")
     ref.add_argument("--dark", type=Path, default=None, metavar="PATH",
                      help="dark reference, subtracted before the gain")
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
@@ -85,20 +101,29 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "only (default 5 5)")
 
 
-def params_from_args(args: argparse.Namespace | Any):
+def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = True):
     """Build :class:`~correction.params.CorrectionParams` from parsed flags.
+
+    Parameters
+    ----------
+    args : Namespace
+    dose_required : bool
+        Refuse to go on without ``--dose-per-frame`` / ``--total-dose``. False (the daemon)
+        gives a :class:`~correction.params.DoseParams` without dose when neither is given: each
+        movie's dose then comes from its metadata (SerialEM mdoc, EER header), and a movie
+        without any fails with :data:`correction.dose.NO_DOSE_REASON`.
 
     Raises
     ------
     correction.errors.ParameterError
-        A missing dose or an out-of-range value, as a one-line message naming it.
+        A missing dose (when required) or an out-of-range value, as a one-line message naming it.
     """
     from correction.errors import ParameterError
     from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
                                    ReadParams)
 
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    if get("dose_per_frame") is None and get("total_dose") is None:
+    if dose_required and get("dose_per_frame") is None and get("total_dose") is None:
         raise ParameterError("no dose given: use --dose-per-frame e/Å² or --total-dose e/Å²")
     if get("dose_per_frame") is not None and get("total_dose") is not None:
         raise ParameterError("give only one of --dose-per-frame and --total-dose")

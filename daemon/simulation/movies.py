@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from correction.mdoc_text import format_mdoc
+from correction.write import atomic_write
+
 __all__ = ["SimulatedMovie", "mrc_movie_header", "write_movie_progressively", "write_frame_mdoc",
            "simulate_session"]
 
@@ -116,12 +119,12 @@ def write_frame_mdoc(movie: Path, n_frames: int, *, pixel_size_A: float,
                      dose_per_frame_e_A2: float) -> Path:
     """SerialEM's per-movie ``<movie>.mdoc`` (``[FrameSet = 0]``), written after the frames."""
     path = movie.with_name(movie.name + ".mdoc")
-    text = (f"PixelSpacing = {pixel_size_A:g}\nImageFile = {movie.name}\n\n[FrameSet = 0]\n"
-            f"NumSubFrames = {n_frames}\nExposureDose = {n_frames * dose_per_frame_e_A2:g}\n"
-            f"FrameDosesAndNumber = {dose_per_frame_e_A2:g} {n_frames}\n")
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    payload = format_mdoc(
+        [("PixelSpacing", pixel_size_A), ("ImageFile", movie.name)],
+        [[("NumSubFrames", n_frames), ("ExposureDose", n_frames * dose_per_frame_e_A2),
+          ("FrameDosesAndNumber", (dose_per_frame_e_A2, n_frames))]],
+        section_key="FrameSet").encode()
+    atomic_write(path, lambda fh: fh.write(payload))
     return path
 
 

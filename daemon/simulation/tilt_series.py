@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from correction.mdoc_text import MdocValue, format_mdoc
+from correction.write import atomic_write
+
 from daemon.series.mdoc import TIMESTAMP_EPOCH  # the reader's epoch: written stamps read back exactly
 from daemon.simulation.movies import SimulatedMovie, write_movie_progressively
 
@@ -68,40 +71,42 @@ def dose_symmetric_angles(n_tilts: int, step_deg: float = 3.0) -> list[float]:
     return out
 
 
-def _section(z: int, tilt: SimulatedTilt, *, pixel_size_A: float, n_frames: int,
-             frames_folder: str) -> str:
+def _section(tilt: SimulatedTilt, *, pixel_size_A: float, n_frames: int,
+             frames_folder: str) -> list[tuple[str, MdocValue]]:
+    """The keys SerialEM writes for one tilt (values as the simulated acquisition set them)."""
     t = tilt.acquired_at
-    stamp = int((t - TIMESTAMP_EPOCH).total_seconds())
-    per_frame = tilt.dose_e_A2 / n_frames
-    return (f"[ZValue = {z}]\nTiltAngle = {tilt.tilt_deg:.2f}\nStagePosition = 12.5 -40.25\n"
-            f"StageZ = -31.8\nMagnification = 64000\nIntensity = 0.121\n"
-            f"ExposureDose = {tilt.dose_e_A2:.4f}\nPixelSpacing = {pixel_size_A:g}\nSpotSize = 8\n"
-            f"Defocus = -3.5\nImageShift = 0 0\nRotationAngle = 85.3\nExposureTime = 1\n"
-            f"Binning = 1\nCameraIndex = 1\nDividedBy2 = 0\nMagIndex = 31\n"
-            f"CountsPerElectron = 1\nTargetDefocus = -3.5\n"
-            f"PriorRecordDose = {tilt.pre_exposure_e_A2:.4f}\n"
-            f"SubFramePath = {frames_folder}\\{tilt.movie.path.name}\nNumSubFrames = {n_frames}\n"
-            f"FrameDosesAndNumber = {per_frame:.6g} {n_frames}\nTimeStamp = {stamp}\n"
-            f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}\n\n")
+    return [("TiltAngle", f"{tilt.tilt_deg:.2f}"), ("StagePosition", (12.5, -40.25)),
+            ("StageZ", -31.8), ("Magnification", 64000), ("Intensity", 0.121),
+            ("ExposureDose", f"{tilt.dose_e_A2:.4f}"), ("PixelSpacing", pixel_size_A),
+            ("SpotSize", 8), ("Defocus", -3.5), ("ImageShift", (0, 0)),
+            ("RotationAngle", 85.3), ("ExposureTime", 1), ("Binning", 1), ("CameraIndex", 1),
+            ("DividedBy2", 0), ("MagIndex", 31), ("CountsPerElectron", 1),
+            ("TargetDefocus", -3.5), ("PriorRecordDose", f"{tilt.pre_exposure_e_A2:.4f}"),
+            ("SubFramePath", f"{frames_folder}\\{tilt.movie.path.name}"),
+            ("NumSubFrames", n_frames), ("FrameDosesAndNumber", (tilt.dose_e_A2 / n_frames,
+                                                                 n_frames)),
+            ("TimeStamp", int((t - TIMESTAMP_EPOCH).total_seconds())), ("DateTime", t)]
 
 
 def series_mdoc_text(name: str, tilts: Sequence[SimulatedTilt], *, pixel_size_A: float,
                      shape_yx: tuple[int, int], n_frames: int, sort_by_angle: bool = False,
                      frames_folder: str = r"X:\frames") -> str:
-    """The series mdoc listing ``tilts`` (acquisition order, or by angle when re-sorted)."""
-    head = (f"PixelSpacing = {pixel_size_A:g}\nVoltage = 300\nImageFile = {name}.mrc\n"
-            f"ImageSize = {shape_yx[1]} {shape_yx[0]}\nDataMode = 1\n\n"
-            f"[T = SerialEM: Digitized on a simulated Krios    01-Jan-2026  00:00:00    ]\n\n"
-            f"[T =     Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 1]\n\n")
+    """The series mdoc listing ``tilts`` (acquisition order, or by angle when re-sorted), written
+    by the one mdoc writer (:func:`correction.mdoc_text.format_mdoc`)."""
     order = sorted(tilts, key=lambda t: t.tilt_deg) if sort_by_angle else list(tilts)
-    return head + "".join(_section(z, t, pixel_size_A=pixel_size_A, n_frames=n_frames,
-                                   frames_folder=frames_folder) for z, t in enumerate(order))
+    return format_mdoc(
+        [("PixelSpacing", pixel_size_A), ("Voltage", 300), ("ImageFile", f"{name}.mrc"),
+         ("ImageSize", (shape_yx[1], shape_yx[0])), ("DataMode", 1)],
+        [_section(t, pixel_size_A=pixel_size_A, n_frames=n_frames, frames_folder=frames_folder)
+         for t in order],
+        titles=["SerialEM: Digitized on a simulated Krios    01-Jan-2026  00:00:00    ",
+                "    Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 1"])
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` atomically (temporary, fsync, rename), as SerialEM rewrites an mdoc."""
+    payload = text.encode()
+    atomic_write(path, lambda fh: fh.write(payload))
 
 
 def simulate_tilt_series(folder: Path, *, rng: np.random.Generator, name: str = "TS_01",
@@ -196,9 +201,9 @@ def simulate_tilt_series(folder: Path, *, rng: np.random.Generator, name: str = 
         # arrives early is listed with it
         new = tilts[len(listed):max(order[: order.index(k) + 1]) + 1]
         with open(mdoc, "a") as fh:  # SerialEM appends; the file is rewritten only at the end
-            fh.write("".join(_section(len(listed) + z, s, frames_folder=r"X:\frames",
-                                      n_frames=n_frames, pixel_size_A=pixel_size_A)
-                             for z, s in enumerate(new)))
+            fh.write(format_mdoc([], [_section(s, frames_folder=r"X:\frames", n_frames=n_frames,
+                                               pixel_size_A=pixel_size_A) for s in new],
+                                 first_index=len(listed)))
         listed.extend(new)
         if on_tilt is not None:
             on_tilt(t)

@@ -62,7 +62,11 @@ class _CurrentStdout:
     """
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        try:
+            return sys.stdout.write(text)
+        except UnicodeEncodeError:  # a file name that is not UTF-8: shown with \udcXX escapes
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            return sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
 
     def flush(self) -> None:
         sys.stdout.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+import pytest
 import tifffile
 
 from correction.io import check_complete
@@ -57,3 +58,27 @@ def test_missing_or_empty_files_are_incomplete_not_errors(tmp_path):
     empty = tmp_path / "empty.tif"
     empty.write_bytes(b"")
     assert not check_complete(empty).complete
+
+
+@pytest.mark.parametrize("name, content", [
+    ("junk.tif", b"this is a text file, not a TIFF\n" * 8),
+    ("junk.mrc", bytes(range(256)) * 8),                  # a full header with an absurd mode
+    ("junk.eer", b"\x00\x01garbage" * 50),
+    ("notes.dm4", b"DM4 reference, not a movie" * 4),
+])
+def test_a_garbage_file_says_not_a_movie_distinctly_from_incomplete(tmp_path, name, content):
+    """Faults issue item 13: garbage used to wait 120 s as 'incomplete'; the caller can now
+    reject it once settled."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = check_complete(path)
+    assert not result.complete and result.not_a_movie
+    assert result.reason.startswith("not a movie: ")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100])
+def test_an_empty_or_header_short_mrc_is_incomplete_not_garbage(tmp_path, content):
+    path = tmp_path / "being_written.mrc"
+    path.write_bytes(content)
+    result = check_complete(path)
+    assert not result.complete and not result.not_a_movie

@@ -216,3 +216,33 @@ def test_gain_file_stored_in_any_orientation_with_the_motioncor2_flags_gives_fla
         # the same file applied without orientation leaves the pattern (the check can fail)
         wrong = sum(apply_gain(frame, GainReference.from_arrays(stored)) for frame in frames)
         assert wrong.std() / wrong.mean() > 2 * poisson_rel_sd
+
+
+def test_a_reference_is_expanded_only_by_the_super_resolution_factor_the_movie_declares():
+    """Faults issue item 12: a gain of half the movie's size is refused unless the movie is
+    super-resolution by exactly that factor (EER sampling 2)."""
+    ref = GainReference.from_arrays(np.ones((2, 2), np.float32))
+    assert ref.fit_to((4, 4), super_resolution_factor=2).shape_yx == (4, 4)
+    assert ref.fit_to((2, 2), super_resolution_factor=1) is ref
+    with pytest.raises(GainReferenceError, match="gain is 2x2 .* frames are 4x4"):
+        ref.fit_to((4, 4), super_resolution_factor=1)
+    with pytest.raises(GainReferenceError, match="gain is 2x2 .* frames are 8x8"):
+        ref.fit_to((8, 8), super_resolution_factor=2)
+
+
+def test_reference_checksums_are_computed_once_per_file_version(tmp_path):
+    import hashlib
+    import os
+
+    from correction.report import file_sha256
+
+    path = tmp_path / "gain.mrc"
+    path.write_bytes(b"A" * 64)
+    first = file_sha256(path)
+    assert first == hashlib.sha256(b"A" * 64).hexdigest()
+    st = os.stat(path)
+    path.write_bytes(b"B" * 64)  # same size, mtime put back: the same version for the cache
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert file_sha256(path) == first
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new version
+    assert file_sha256(path) == hashlib.sha256(b"B" * 64).hexdigest()

@@ -4,6 +4,8 @@ Fixtures come from tests/helpers/dm4_writer.py, written from the format descript
 
 from __future__ import annotations
 
+import importlib.util
+
 import dm4_writer  # tests/helpers (on sys.path via tests/conftest.py)
 import numpy as np
 import pytest
@@ -13,7 +15,12 @@ from correction.gain import load_gain_reference
 from correction.io import read_image
 from correction.params import GainParams
 
+# ncempy is the optional extra "dm4" (installed with the "test" extra): without it these skip
+needs_ncempy = pytest.mark.skipif(importlib.util.find_spec("ncempy") is None,
+                                  reason="ncempy (the 'dm4' extra) is not installed")
 
+
+@needs_ncempy
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])
 @pytest.mark.parametrize("thumbnail", [True, False])
 def test_dm4_gain_reads_exactly_skipping_the_thumbnail(tmp_path, dtype, thumbnail):
@@ -26,6 +33,7 @@ def test_dm4_gain_reads_exactly_skipping_the_thumbnail(tmp_path, dtype, thumbnai
     assert pixel_size_A == pytest.approx(0.83)
 
 
+@needs_ncempy
 def test_dm4_gain_is_oriented_like_any_other(tmp_path):
     gain = np.ones((6, 10), np.float32)
     gain[0, 0] = 7.0
@@ -34,6 +42,7 @@ def test_dm4_gain_is_oriented_like_any_other(tmp_path):
     assert ref.gain[5, 9] == 7.0
 
 
+@needs_ncempy
 def test_corrupt_dm4_is_named(tmp_path):
     path = tmp_path / "bad.dm4"
     path.write_bytes(b"\x00\x00\x00\x07" + b"\x00" * 40)
@@ -41,3 +50,31 @@ def test_corrupt_dm4_is_named(tmp_path):
         read_image(path)
     with pytest.raises(GainReferenceError, match=r"bad\.dm4: gain reference: not a readable"):
         load_gain_reference(GainParams(gain_path=path))
+
+
+def test_without_ncempy_a_dm4_gain_fails_with_one_line_naming_the_dm4_extra(tmp_path,
+                                                                            monkeypatch):
+    """Faults issue item 15: ncempy is the optional extra 'dm4'; without it, a .dm4 gain is
+    refused with one line that says how to install it."""
+    import sys
+
+    path = dm4_writer.write_dm4(tmp_path / "K3gain.dm4", np.ones((6, 10), np.float32))
+    monkeypatch.setitem(sys.modules, "ncempy", None)  # import ncempy... raises ImportError
+    monkeypatch.setitem(sys.modules, "ncempy.io", None)
+    with pytest.raises(GainReferenceError) as info:
+        load_gain_reference(GainParams(gain_path=path))
+    message = str(info.value)
+    assert "\n" not in message and "K3gain.dm4" in message
+    assert "pip install 'motionwatch[dm4]'" in message
+
+
+def test_ncempy_is_an_optional_extra_installed_with_the_tests_not_a_core_dependency():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    core = [d.split(">")[0].split("=")[0].strip() for d in project["project"]["dependencies"]]
+    extras = project["project"]["optional-dependencies"]
+    assert "ncempy" not in core
+    assert any(d.startswith("ncempy") for d in extras["dm4"])
+    assert any(d.startswith("ncempy") for d in extras["test"])  # DM4 tests still run in CI

@@ -8,7 +8,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from correction.errors import MissingPixelSizeError
+from correction.errors import GainReferenceError, MissingPixelSizeError
 from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams, ReadParams
 from correction.pipeline import correct_frames, correct_movie
 from correction.synthetic import render_movie
@@ -150,3 +150,47 @@ def test_even_odd_resolution_after_local_correction_agrees_with_the_image_space_
                                        pixel_size_A=1.0)
     assert corrected.resolution.status == reference.status == "crossing"
     assert corrected.resolution.resolution_A == pytest.approx(reference.resolution_A, rel=0.10)
+
+
+def test_a_gain_of_half_the_movies_size_is_refused_not_used_silently(movie_files, tmp_path):
+    """Faults issue item 12: a 128 x 160 gain on a 256 x 320 movie (not super-resolution) used
+    to be repeated over 2 x 2 pixels without a word."""
+    folder, syn = movie_files
+    half = tmp_path / "half_gain.mrc"
+    with mrcfile.new(half) as mrc:
+        mrc.set_data(np.ascontiguousarray(syn.gain[::2, ::2]))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL,
+                              gain=GainParams(gain_path=half))
+    with pytest.raises(GainReferenceError, match=r"gain is 128x160 .* frames are 256x320"):
+        correct_movie(folder / "mov.mrc", tmp_path / "out", params)
+    assert not (tmp_path / "out" / "mov.motion.json").exists()
+
+
+def test_motion_record_names_the_gain_dark_and_defect_files_with_their_sha256_and_the_version(
+        movie_files, tmp_path):
+    import hashlib
+    from importlib import metadata
+
+    folder, syn = movie_files
+    dark = tmp_path / "dark.mrc"
+    with mrcfile.new(dark) as mrc:
+        mrc.set_data(np.zeros(syn.gain.shape, np.float32))
+    defects = tmp_path / "defects.txt"
+    defects.write_text("10 12 1 3\n")
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL,
+                              gain=GainParams(gain_path=folder / "gain.mrc", dark_path=dark,
+                                              defects_path=defects))
+    record = correct_movie(folder / "mov.mrc", tmp_path / "out", params).record
+    on_disk = json.loads((tmp_path / "out" / "mov.motion.json").read_text())
+    assert on_disk["references"] == record["references"]
+    for kind, path in (("gain", folder / "gain.mrc"), ("dark", dark), ("defects", defects)):
+        assert record["references"][kind] == {
+            "path": str(path.absolute()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert record["references"]["gain_expanded_by"] == 1
+    assert record["software"] == {"name": "motionwatch",
+                                  "version": metadata.version("motionwatch")}
+    plain = correct_movie(folder / "mov.mrc", tmp_path / "out2",
+                          CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                                           align=GLOBAL)).record
+    assert plain["references"] == {"gain": None, "dark": None, "defects": None,
+                                   "gain_expanded_by": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import mrcfile
@@ -11,7 +12,8 @@ import pytest
 
 from correction.dose import dose_weights
 from correction.errors import CorrectionError
-from correction.stack import StackTilt, assemble_series, exposure_filter
+from correction.stack import (StackTilt, aretomo_name, assemble_series, exposure_filter,
+                              link_aretomo_inputs)
 from daemon.series.mdoc import read_mdoc
 
 PIXEL_A = 2.0
@@ -134,3 +136,40 @@ def test_tilt_of_another_shape_or_missing_output_is_an_error_naming_the_file(tmp
     with pytest.raises(CorrectionError, match="no 'dw' output"):
         assemble_series("TS_9", [tilts[0], tilts[1], missing], tmp_path / "out")
     assert not list((tmp_path / "out" / "TS_9").glob("*.mrc"))
+
+
+def test_aretomo3_tilt_table_lists_angle_1_based_acquisition_index_and_dose_in_stack_order(
+        tmp_path):
+    tilts, _ = _series(tmp_path)
+    res = assemble_series("TS_9", tilts[::-1], tmp_path / "out")
+    assert res.aretomo_tlt_path == tmp_path / "out" / "TS_9" / "TS_9_TLT.txt"
+    expected = sorted(tilts, key=lambda t: t.tilt_deg)
+    rows = [line.split() for line in res.aretomo_tlt_path.read_text().splitlines()]
+    assert [float(r[0]) for r in rows] == pytest.approx([t.tilt_deg for t in expected], abs=0.005)
+    assert [int(r[1]) for r in rows] == [t.acquisition_index + 1 for t in expected]
+    assert [float(r[2]) for r in rows] == pytest.approx([t.dose_e_A2 for t in expected])
+
+
+def test_imod_finds_the_stack_as_st_with_a_rawtlt_of_its_angles(tmp_path):
+    tilts, _ = _series(tmp_path)
+    res = assemble_series("TS_9", tilts, tmp_path / "out")
+    folder = tmp_path / "out" / "TS_9"
+    assert os.path.samefile(folder / "TS_9.st", res.stacks["sum"])
+    assert res.rawtlt_path.read_text() == res.tlt_path.read_text()
+
+
+def test_aretomo3_names_from_the_mdoc_are_links_renewed_by_a_reassembly(tmp_path):
+    assert aretomo_name("TS_9.mrc.mdoc") == "TS_9.mrc" and aretomo_name("TS_9.mdoc") == "TS_9"
+    tilts, images = _series(tmp_path, n=3)
+    assemble_series("TS_9", tilts, tmp_path / "out", aretomo_name="TS_9.mrc")
+    folder = tmp_path / "out" / "TS_9"
+    for suffix, target in ((".mrc", "TS_9.mrc"), ("_EVN.mrc", "TS_9_EVN.mrc"),
+                           ("_ODD.mrc", "TS_9_ODD.mrc"), ("_TLT.txt", "TS_9_TLT.txt")):
+        assert os.path.samefile(folder / f"TS_9.mrc{suffix}", folder / target)
+    # a second assembly replaces the stacks (new files): the links follow
+    _write(Path(tilts[0].outputs["sum"]), images[("sum", tilts[0].movie)] + 1000)
+    assemble_series("TS_9", tilts, tmp_path / "out", aretomo_name="TS_9.mrc")
+    with mrcfile.open(folder / "TS_9.mrc.mrc") as m:
+        assert float(m.data.max()) > 900
+    assert os.path.samefile(folder / "TS_9.mrc.mrc", folder / "TS_9.mrc")
+    assert link_aretomo_inputs(folder, "TS_9", "TS_9") == ()

@@ -54,9 +54,54 @@ def test_all_problems_are_reported_together(tmp_path):
                            "--gain", str(tmp_path / "gain.mrc"), "--out", str(tmp_path / "o")]))
     text = "\n".join(info.value.problems)
     for expected in ("workers must be >= 1", "'settle_time'", "'frobnicate': unknown",
-                     "'polling': 'sometimes' is not one of", "no dose given",
+                     "'polling': 'sometimes' is not one of",
                      "gain reference", "watch folder", "does not exist"):
         assert expected in text, expected
+    assert "dose" not in text  # each movie's dose may come from its metadata
+
+
+def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metadata(tmp_path):
+    config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o")]))
+    assert not config.params.dose.known
+    assert config.params.dose.voltage_kV == 300.0
+
+
+def test_both_doses_are_still_refused(tmp_path):
+    (tmp_path / "c.toml").write_text("total_dose = 40.0\n")
+    with pytest.raises(ConfigError, match="only one of --dose-per-frame and --total-dose"):
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--dose-per-frame",
+                           "1", "--config", str(tmp_path / "c.toml")]))
+
+
+@pytest.mark.parametrize(("value", "name"), [(0, "none"), (1, "updown"), (2, "leftright"),
+                                             ('"updown"', "updown"), ('"2"', "leftright")])
+def test_gain_flip_in_toml_may_be_motioncor2s_flipgain_number(tmp_path, value, name):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"gain_flip = {value}\ngain_rotate = 1\n")
+    config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
+                                "--config", str(toml)]))
+    assert config.params.gain.flip == name and config.params.gain.rotate_quarter_turns == 1
+
+
+def test_gain_flip_outside_motioncor2s_numbers_is_a_config_error(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("gain_flip = 3\n")
+    with pytest.raises(ConfigError, match="gain_flip"):
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(toml)]))
+
+
+def test_gain_flags_help_says_they_are_motioncor2s_rotgain_and_flipgain(capsys):
+    from daemon.settings.correction_options import add_correction_arguments
+
+    probe = argparse.ArgumentParser()
+    add_correction_arguments(probe, dose_required=False)
+    helps = {a.dest: " ".join(a.help.split()) for a in probe._actions if a.help}
+    assert "MotionCor2's -RotGain K" in helps["gain_rotate"]
+    assert "gain[y, x] to [x, ny-1-y]" in helps["gain_rotate"]
+    assert "1 and 3 turned the other way" in helps["gain_rotate"]
+    assert "MotionCor2's -FlipGain" in helps["gain_flip"]
+    assert "1 or updown" in helps["gain_flip"] and "2 or leftright" in helps["gain_flip"]
+    assert probe.parse_args(["--gain-flip", "2"]).gain_flip == "leftright"
 
 
 @pytest.mark.parametrize("extra", [

@@ -155,3 +155,52 @@ def test_python_warnings_while_correcting_become_one_motionwatch_line_naming_the
     assert status == exitcodes.OK
     err = capsys.readouterr().err.strip().splitlines()
     assert err and all(line.startswith(f"motionwatch: {good}: warning: ") for line in err)
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder nobody may write into: a read-only tmpfs as root (root ignores permission
+    bits), a 0o555 folder otherwise; skipped when neither can be had."""
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                                 str(folder)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"mount not permitted here: {result.stderr.strip()}")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+
+
+def test_correct_into_a_read_only_folder_fails_at_once_naming_the_folder_before_any_movie(
+        folder, read_only_folder, capsys, monkeypatch):
+    """Faults issue item 13: it used to correct the whole movie, then fail naming a hidden
+    temporary file."""
+    import correction.pipeline
+
+    tmp, good, _, _ = folder
+    corrected = []
+    real = correction.pipeline.correct_movie
+    monkeypatch.setattr(correction.pipeline, "correct_movie",
+                        lambda *a, **k: corrected.append(a) or real(*a, **k))
+    status = main(["correct", str(good), "--out", str(read_only_folder),
+                   "--dose-per-frame", "1.0", "--json"])
+    assert status == exitcodes.SOME_FAILED
+    assert corrected == []  # no movie was corrected for nothing
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"motionwatch: {read_only_folder}: cannot write into the output "
+                           f"folder: "), line
+    assert ".tmp-" not in line and ".motionwatch" not in line
+    (summary,) = [json.loads(x) for x in captured.out.splitlines()]
+    assert summary["status"] == "failed" and str(read_only_folder) in summary["error"]

@@ -207,3 +207,62 @@ def test_monitor_command_in_a_terminal_shows_the_series_and_its_tilts_and_surviv
         pub.close()
         subprocess.run([*tmux, "kill-server"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_movies_yet(
+        tmp_path):
+    """Faults issue item 15: the late-joiner state is rebuilt from the state database at
+    start-up (read-only), with the done movies' motion records and their series."""
+    import json
+    from types import SimpleNamespace
+
+    from daemon.events import MovieKey, ServiceInfo
+    from daemon.feed.listener import PublishListener
+    from daemon.feed.publisher import Subscriber
+    from daemon.state.ledger import Ledger
+
+    out = tmp_path / "out"
+    (out / "TS_01").mkdir(parents=True)
+    with Ledger(out / "motionwatch.sqlite") as db:
+        for i in range(19):
+            name = f"TS_01_{i:03d}" if i < 12 else f"loose_{i:03d}"
+            folder = out / "TS_01" if i < 12 else out
+            body = record(f"{name}.tif", 4.0 + i)
+            if i < 12:
+                body["tilt"] = {"series": "TS_01", "tilt_deg": 3.0 * i, "acquisition_index": i,
+                                "pre_exposure_e_A2": 3.0 * i, "dose_source": "ExposureDose"}
+            motion = folder / f"{name}.motion.json"
+            motion.write_text(json.dumps(body))
+            key = MovieKey(f"/data/{name}.tif", 10, i, "f")
+            db.add(key)
+            db.claim(key)
+            db.mark_done(key, outputs={"sum": str(folder / f"{name}.mrc"),
+                                       "motion": str(motion)}, timings={}, summary={})
+        db.set_series_state("TS_01", {"status": "complete", "expected_tilts": 12,
+                                      "mdoc": "/data/TS_01.mrc.mdoc"})
+    endpoint = f"ipc://{tmp_path}/feed.ipc"
+    publisher = Publisher(PublishConfig(endpoint=endpoint)).start()
+    listener = PublishListener(publisher)
+    try:
+        listener.on_ready(ServiceInfo(config=SimpleNamespace(out_dir=out, state_dir=out),
+                                      pid=1, discovery_mode="inotify", discovery_reason="",
+                                      recovered=0))
+        with Subscriber(endpoint, topics=("state",)) as late:
+            message = late.receive(10)
+    finally:
+        listener.close()
+    assert message is not None and message[0] == "state"
+    state = message[1]
+    assert state["out_dir"] == str(out)
+    (series,) = state["series"]
+    assert series["series"] == "TS_01" and series["status"] == "completed"
+    assert series["n_done"] == 12 and series["n_expected"] == 12
+    assert [t["name"] for t in series["tilts"]] == [f"TS_01_{i:03d}.tif" for i in range(12)]
+    assert [m["name"] for m in state["movies"]] == [f"loose_{i:03d}.tif" for i in range(12, 19)]
+    view = MonitorState(endpoint)
+    view.apply("state", state, received_at=time.time())
+    console = Console(width=160, record=True)
+    console.print(render(view, time.time()))
+    screen = console.export_text()
+    assert "no movies yet" not in screen
+    assert "TS_01_011.tif" in screen and "loose_018.tif" in screen

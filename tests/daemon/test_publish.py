@@ -366,33 +366,7 @@ def test_curve_round_trip_admits_an_authorized_client_and_shuts_out_others(tmp_p
         stranger.close()
 
 
-def _load_doc_generator():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "docs" / "make_zmq_examples.py"
-    spec = importlib.util.spec_from_file_location("make_zmq_examples", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _shape(value):
-    """Keys and nesting of a message, without its values."""
-    if isinstance(value, dict):
-        return {k: _shape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shape(value[0])] if value else []
-    return None
-
-
-def test_docs_example_messages_match_what_the_code_sends_for_every_topic():
-    generator = _load_doc_generator()
-    documented = generator.doc_examples(generator.DOC.read_text())
-    fresh = generator.collect_examples()
-    assert sorted(documented) == sorted(fresh) == sorted(TOPICS)
-    for topic in TOPICS:
-        assert _shape(documented[topic]) == _shape(fresh[topic]), (
-            f"docs/zmq.md example of {topic!r} is stale: run python docs/make_zmq_examples.py")
+# the docs' examples are checked against a running daemon in tests/daemon/test_feed_docs.py
 
 
 def test_plain_python_example_subscriber_prints_the_feed(publisher):
@@ -413,3 +387,22 @@ def test_plain_python_example_subscriber_prints_the_feed(publisher):
     assert lines[0].endswith("state: ")
     assert "series TS_01 started" in lines[1]
     assert "TS_01_000_0.0.tif  series TS_01  tilt -6.0  drift 7.2 Å" in lines[2]
+
+
+def test_a_movie_outside_any_series_has_the_same_dose_keys_as_a_tilt_with_source_null():
+    loose = movie_message(motion_record())
+    tilt = movie_message(motion_record(), TiltInfo(series="TS_01", tilt_deg=0.0,
+                                                   pre_exposure_e_A2=3.0,
+                                                   dose_source="ExposureDose"))
+    assert set(loose["dose"]) == set(tilt["dose"]) >= {"pre_exposure_e_A2", "source", "fallback"}
+    assert loose["dose"]["source"] is None and tilt["dose"]["source"] == "ExposureDose"
+
+
+def test_movie_outputs_are_sent_relative_to_the_output_folder_it_names():
+    out = Path("/data/motioncorr")
+    written = {"sum": out / "grid2" / "a.mrc", "dw": out / "grid2" / "a_DW.mrc",
+               "motion": out / "grid2" / "a.motion.json"}
+    body = movie_message(motion_record(), outputs=written, out_dir=out)
+    assert body["out_dir"] == "/data/motioncorr"
+    assert body["outputs"] == {"sum": "grid2/a.mrc", "dw": "grid2/a_DW.mrc",
+                               "motion": "grid2/a.motion.json"}

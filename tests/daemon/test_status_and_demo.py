@@ -129,3 +129,76 @@ def test_status_of_a_corrupt_or_empty_state_database_is_one_line_not_a_traceback
             assert captured.err.startswith(f"motionwatch status: {tmp_path / 'motionwatch.sqlite'}"
                                            ": not a readable state database")
             assert captured.err.count("\n") == 1
+
+
+def _session_with_a_retried_movie(folder, n_done=40):
+    """a.mrc failed once then succeeded on retry; b.mrc's first version was quarantined and its
+    rewritten version corrected; c.mrc is quarantined for good; two files still settle."""
+    clock = iter(range(1_000_000_000, 2_000_000_000, 10))
+    with Ledger(folder / "motionwatch.sqlite", clock=lambda: float(next(clock))) as db:
+        a = MovieKey("/d/a.mrc", 10, 1, "f")
+        db.add(a)
+        db.claim(a)
+        db.mark_failed(a, "worker crashed", quarantine=False)
+        db.claim(a)
+        db.mark_done(a, outputs={}, timings={}, summary={})
+        b_old, b_new = MovieKey("/d/b.mrc", 10, 2, "f"), MovieKey("/d/b.mrc", 20, 3, "f")
+        db.add(b_old)
+        db.claim(b_old)
+        db.mark_failed(b_old, "b.mrc: 3 of 6 frames readable", quarantine=True)
+        db.add(b_new)
+        db.claim(b_new)
+        db.mark_done(b_new, outputs={}, timings={}, summary={})
+        c = MovieKey("/d/c.mrc", 10, 4, "f")
+        db.add(c)
+        db.claim(c)
+        db.mark_failed(c, "c.mrc: not an MRC movie", quarantine=True)
+        for i in range(n_done):
+            key = MovieKey(f"/d/many_{i:03d}.mrc", 10, 10 + i, "f")
+            db.add(key)
+            db.claim(key)
+            db.mark_done(key, outputs={}, timings={}, summary={})
+        db.set_service_state({"pid": 1, "heartbeat_wall": 1_700_000_000.25, "waiting": 2,
+                              "waiting_examples": {"/d/e.tif": "settling",
+                                                   "/d/f.mrc": "file is 100 bytes, header "
+                                                               "needs 2048"}})
+
+
+def test_status_lists_only_failures_not_corrected_since_and_waiting_files_by_name(
+        tmp_path, capsys):
+    """Faults issue item 11: failures of movies that later succeeded were listed, and waiting
+    files were only counted."""
+    _session_with_a_retried_movie(tmp_path)
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [(f["movie"], f["status"]) for f in status["failures"]] == [("/d/c.mrc",
+                                                                        "quarantined")]
+    assert status["backlog"]["waiting"] == [
+        {"movie": "/d/e.tif", "reason": "settling"},
+        {"movie": "/d/f.mrc", "reason": "file is 100 bytes, header needs 2048"}]
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "waiting: /d/e.tif: settling" in text and "waiting: /d/f.mrc: file is 100" in text
+    assert "/d/a.mrc" not in text.split("failures:")[1] and "b.mrc: 3 of 6" not in text
+
+
+def test_status_times_are_iso_utc_like_the_feed(tmp_path, capsys):
+    _session_with_a_retried_movie(tmp_path)
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["daemon"]["last_heartbeat"] == "2023-11-14T22:13:20.250Z"
+    assert status["failures"][0]["updated"].endswith("Z")
+    assert status["failures"][0]["updated"].startswith("2001-09-09T01:4")
+
+
+def test_status_piped_into_head_stops_quietly_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    _session_with_a_retried_movie(tmp_path, n_done=2000)
+    script = (f"{sys.executable} -m daemon status {tmp_path} --last 2000 | head -n 1; "
+              f"exit ${{PIPESTATUS[0]}}")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("daemon: ")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0

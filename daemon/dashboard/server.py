@@ -1,0 +1,357 @@
+"""The dashboard's web server: one page, server-sent events, files from the output folder.
+
+:class:`Dashboard` runs two kinds of threads: one reads the ZeroMQ feed
+(:class:`daemon.feed.publisher.Subscriber`) into a :class:`~daemon.dashboard.state.SessionView`,
+and a stdlib :class:`http.server.ThreadingHTTPServer` answers
+
+``/``, ``/static/app.js``, ``/static/app.css``
+    the page, from this package's ``static/`` folder (no CDN: it works offline);
+``/api/state``
+    the current :meth:`SessionView.snapshot` as JSON;
+``/events``
+    a ``text/event-stream``: the snapshot whenever it changes (at most every 0.25 s) and at least
+    every second (so a silent daemon shows as silent);
+``/files/<path>``
+    a picture or table below the output folder (``.png``, ``.json``, ``.csv``, ``.tlt``,
+    ``.mdoc``, ``.txt``): the path is resolved (symbolic links included) and refused with 404
+    unless it stays inside the output folder and names a regular file.
+
+It only reads: GET and HEAD, nothing else. It listens on loopback unless ``allow_remote`` is
+set, and then on a loopback address it also refuses requests whose ``Host`` is not a loopback
+name (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from daemon.dashboard.state import SessionView
+from daemon.feed.publisher import Subscriber
+
+__all__ = ["DEFAULT_LISTEN", "DashboardConfig", "DashboardError", "Dashboard", "parse_listen",
+           "resolve_inside"]
+
+DEFAULT_LISTEN = "127.0.0.1:8765"
+STATIC = Path(__file__).with_name("static")
+_STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+                 "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+_FILE_TYPES = {".png": "image/png", ".json": "application/json", ".csv": "text/csv",
+               ".tlt": "text/plain", ".mdoc": "text/plain", ".txt": "text/plain"}
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+_PUSH_MIN_S = 0.25
+_PUSH_MAX_S = 1.0
+
+
+class DashboardError(ValueError):
+    """Bad dashboard options (the message names the option and the value)."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise DashboardError(f"--listen {text!r} is not HOST:PORT (e.g. {DEFAULT_LISTEN})")
+    try:
+        number = int(port)
+    except ValueError:
+        raise DashboardError(f"--listen {text!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise DashboardError(f"--listen {text!r}: port {number} out of range 0..65535")
+    return host.strip("[]"), number
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """Where the dashboard reads and listens.
+
+    Attributes
+    ----------
+    feed : str
+        The daemon's ZeroMQ endpoint (``tcp://127.0.0.1:5557``, ``ipc://...``).
+    out_dir : Path
+        The daemon's output folder; the only folder files are served from.
+    listen : str
+        ``HOST:PORT`` to serve on (default loopback port 8765).
+    allow_remote : bool
+        Must be true to listen on anything but a loopback address.
+    """
+
+    feed: str
+    out_dir: Path
+    listen: str = DEFAULT_LISTEN
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        host, _ = parse_listen(self.listen)
+        if not _is_loopback(host) and not self.allow_remote:
+            raise DashboardError(f"--listen {self.listen}: {host} is not a loopback address; "
+                                 "add --allow-remote to serve the dashboard on the network")
+        if not Path(self.out_dir).is_dir():
+            raise DashboardError(f"--out {self.out_dir}: no such folder")
+
+
+class _Locator:
+    """File name -> ``/files/...`` URL below the output folder (looked up, cached)."""
+
+    def __init__(self, root: Path, *, depth: int = 3) -> None:
+        self.root = root
+        self.depth = depth
+        self._cache: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> str | None:
+        if not name or "/" in name or name.startswith("."):
+            return None
+        with self._lock:
+            rel = self._cache.get(name)
+        if rel is not None and (self.root / rel).is_file():
+            return "/files/" + urllib.parse.quote(rel)
+        pattern = name
+        for _ in range(self.depth + 1):
+            for hit in self.root.glob(pattern):
+                if hit.is_file():
+                    rel = hit.relative_to(self.root).as_posix()
+                    with self._lock:
+                        self._cache[name] = rel
+                    return "/files/" + urllib.parse.quote(rel)
+            pattern = "*/" + pattern
+        return None
+
+
+def resolve_inside(root: Path, url_path: str) -> Path | None:
+    """The regular file ``url_path`` (URL-encoded, relative) names inside ``root``, or None when
+    it would leave ``root`` (``..``, absolute, a symbolic link out) or is not a served type."""
+    rel = urllib.parse.unquote(url_path)
+    if "\0" in rel or rel.startswith("/") or "\\" in rel:
+        return None
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." or p.startswith(".") for p in parts):
+        return None
+    base = root.resolve()
+    target = base.joinpath(*parts).resolve()
+    if target != base and base not in target.parents:
+        return None
+    if target.suffix.lower() not in _FILE_TYPES or not target.is_file():
+        return None
+    return target
+
+
+class Dashboard:
+    """The feed reader and the web server of ``motionwatch dashboard``.
+
+    Parameters
+    ----------
+    config : DashboardConfig
+    clock : callable
+        Monotonic seconds (rates, heartbeat age).
+    """
+
+    def __init__(self, config: DashboardConfig, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.root = Path(config.out_dir).resolve()
+        self.view = SessionView(locate=_Locator(self.root), clock=clock)
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # -- lifecycle
+
+    def start(self) -> Dashboard:
+        """Bind the HTTP server and start the feed and server threads; returns self.
+
+        Raises
+        ------
+        DashboardError
+            The address cannot be bound (in use, not local).
+        """
+        host, port = parse_listen(self.config.listen)
+        handler = type("Handler", (_Handler,), {"dashboard": self})
+        server_class = ThreadingHTTPServer
+        if ":" in host:
+            server_class = type("Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        try:
+            self._httpd = server_class((host, port), handler)
+        except OSError as exc:
+            raise DashboardError(f"--listen {self.config.listen}: {exc.strerror or exc}") from exc
+        self._httpd.daemon_threads = True
+        for target, name in ((self._read_feed, "dashboard-feed"),
+                             (self._httpd.serve_forever, "dashboard-http")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT/`` actually bound (the real port when 0 was asked)."""
+        assert self._httpd is not None, "start() first"
+        host, port = self._httpd.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}/"
+
+    def close(self) -> None:
+        """Stop the threads and close the sockets (idempotent)."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    def __enter__(self) -> Dashboard:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wait(self) -> None:
+        """Block until :meth:`close` (from a signal handler or another thread)."""
+        while not self._stop.wait(0.5):
+            pass
+
+    # -- state
+
+    def _read_feed(self) -> None:
+        with Subscriber(self.config.feed) as sub:
+            while not self._stop.is_set():
+                got = sub.receive(0.2)
+                if got is None or got[0] == "invalid":
+                    continue
+                with self._lock:
+                    self.view.apply(*got)
+                    self._lock.notify_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self.view.snapshot()
+
+    def wait_change(self, version: int, timeout_s: float) -> int:
+        """Wait until the view's version differs from ``version`` (or the timeout); returns
+        the version now."""
+        with self._lock:
+            if self.view.version == version and not self._stop.is_set():
+                self._lock.wait(timeout_s)
+            return self.view.version
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    dashboard: Dashboard
+    server_version = "motionwatch-dashboard"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: the dashboard is read by people, not logged per request
+
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib name
+        self._route(head=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._route(head=False)
+
+    def _refuse(self, status: HTTPStatus, why: str) -> None:
+        body = f"{status.value} {status.phrase}: {why}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send(self, body: bytes, content_type: str, *, head: bool,
+              cache: str = "no-store") -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _host_ok(self) -> bool:
+        if self.dashboard.config.allow_remote:
+            return True
+        host = (self.headers.get("Host") or "").strip()
+        name = host.rpartition(":")[0] if host.count(":") == 1 or host.startswith("[") else host
+        return _is_loopback(name.strip("[]") or host)
+
+    def _route(self, *, head: bool) -> None:
+        if not self._host_ok():
+            self._refuse(HTTPStatus.FORBIDDEN, "Host is not a loopback name")
+            return
+        path = urllib.parse.urlsplit(self.path).path
+        if path in _STATIC_FILES:
+            name, content_type = _STATIC_FILES[path]
+            self._send((STATIC / name).read_bytes(), content_type, head=head)
+        elif path == "/api/state":
+            self._send(json.dumps(self.dashboard.snapshot()).encode(), "application/json",
+                       head=head)
+        elif path == "/events":
+            self._events(head=head)
+        elif path.startswith("/files/"):
+            target = resolve_inside(self.dashboard.root, path[len("/files/"):])
+            if target is None:
+                self._refuse(HTTPStatus.NOT_FOUND, "no such file in the output folder")
+                return
+            self._send(target.read_bytes(), _FILE_TYPES[target.suffix.lower()], head=head,
+                       cache="no-cache")
+        else:
+            self._refuse(HTTPStatus.NOT_FOUND, "no such page")
+
+    def _events(self, *, head: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if head:
+            return
+        version = -1
+        last = 0.0
+        try:
+            while not self.dashboard.stopped:
+                changed = self.dashboard.wait_change(version, _PUSH_MAX_S) != version
+                if changed or time.monotonic() - last >= _PUSH_MAX_S:
+                    wait = _PUSH_MIN_S - (time.monotonic() - last)
+                    if wait > 0 and version >= 0:
+                        time.sleep(wait)
+                    snap = self.dashboard.snapshot()
+                    version = snap["version"]
+                    self.wfile.write(b"data: " + json.dumps(snap).encode() + b"\n\n")
+                    self.wfile.flush()
+                    last = time.monotonic()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
+

@@ -1,0 +1,266 @@
+"""What the dashboard knows about a session, folded from feed messages (no sockets, no threads).
+
+:class:`SessionView` takes every ``(topic, body)`` of the ZeroMQ feed (``docs/zmq.md``) and keeps
+what the page shows: the daemon's state (``live``, ``stopping``, ``silent`` when heartbeats stop,
+``restarted`` after a new ``session``), the heartbeat counters, the correction rate against the
+arrival rate (is it keeping up?), the tilt series and their tilts, the latest movie with its
+quick-look pictures, drift and resolution history with the warning thresholds, warnings, and
+failed or quarantined files with their reasons. :meth:`SessionView.snapshot` is the JSON the
+page renders; it is a full replacement, so a page that reconnects needs nothing else.
+
+Quick-look pictures are named after the movie's motion record (``S.motion.json`` ->
+``S.thumb.png`` ...; :func:`correction.quicklook.quicklook_names`) and located below the output
+folder by a ``locate`` callable (the server's, which only ever answers paths inside it).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from correction.quicklook import quicklook_names
+from daemon.feed.publisher import tilt_summary
+
+__all__ = ["SessionView"]
+
+_HISTORY = 300      # movies kept for the drift / resolution history
+_RECENT = 30        # warnings and errors kept
+_RATE_WINDOW_S = 600.0
+_SILENT_BEATS = 3   # heartbeats missed before the daemon counts as silent
+
+
+def _stem_of(outputs: Mapping[str, Any] | None, path: str | None) -> str | None:
+    motion = (outputs or {}).get("motion")
+    if motion:
+        name = Path(str(motion)).name
+        return name[:-len(".motion.json")] if name.endswith(".motion.json") else Path(name).stem
+    return Path(path).stem if path else None
+
+
+class SessionView:
+    """The dashboard's picture of a session.
+
+    Parameters
+    ----------
+    locate : callable
+        ``locate(file_name) -> str | None``: the URL path of an output file of that name below
+        the output folder, or None when there is none (yet).
+    clock : callable
+        Seconds (monotonic) for message arrival, rates and heartbeat age.
+    """
+
+    def __init__(self, *, locate: Callable[[str], str | None],
+                 clock: Callable[[], float]) -> None:
+        self._locate = locate
+        self._clock = clock
+        self.version = 0
+        self.session: str | None = None
+        self.host: str | None = None
+        self.sessions: list[dict[str, Any]] = []
+        self.stopping: str | None = None
+        self.heartbeat: dict[str, Any] | None = None
+        self._beat_at: float | None = None
+        self.series: dict[str, dict[str, Any]] = {}
+        self.loose: collections.deque[dict] = collections.deque(maxlen=_RECENT)
+        self.latest: dict[str, Any] | None = None
+        self.history: collections.deque[dict] = collections.deque(maxlen=_HISTORY)
+        self.warnings: collections.deque[dict] = collections.deque(maxlen=_RECENT)
+        self.errors: collections.deque[dict] = collections.deque(maxlen=_RECENT)
+        self._done_at: collections.deque[float] = collections.deque()
+        self._arrivals: collections.deque[tuple[float, int]] = collections.deque()
+        self._last_total: int | None = None
+        self.messages = 0
+        self.gaps = 0
+        self._seq: int | None = None
+
+    # -- folding
+
+    def apply(self, topic: str, body: Mapping[str, Any]) -> None:
+        """Fold one feed message into the view."""
+        now = self._clock()
+        self.messages += 1
+        self.version += 1
+        session = body.get("session")
+        if session and session != self.session:
+            self._new_session(str(session), body, now)
+        seq = body.get("seq")
+        if isinstance(seq, int):
+            if self._seq is not None and seq > self._seq + 1:
+                self.gaps += seq - self._seq - 1
+            self._seq = seq
+        if topic == "movie":
+            self._movie(body, now)
+        elif topic == "series":
+            self._series_event(body)
+        elif topic == "heartbeat":
+            self._heartbeat(body, now)
+        elif topic == "warning":
+            self.warnings.append(_without_envelope(body))
+            if body.get("kind") == "stopping":
+                self.stopping = str(body.get("message") or "stopping")
+        elif topic == "error":
+            self.errors.append(_without_envelope(body))
+        elif topic == "state":
+            self._state(body)
+
+    def _new_session(self, session: str, body: Mapping[str, Any], now: float) -> None:
+        if self.session is not None:  # the daemon restarted: counters and rates start again
+            self.heartbeat = None
+            self._beat_at = None
+            self._done_at.clear()
+            self._arrivals.clear()
+            self._last_total = None
+            self._seq = None
+        self.sessions.append({"session": session, "host": body.get("host"),
+                              "first_seen": body.get("time")})
+        self.session = session
+        self.host = body.get("host")
+        self.stopping = None
+
+    def _series_entry(self, name: str) -> dict[str, Any]:
+        entry = self.series.get(name)
+        if entry is None:
+            entry = {"series": name, "status": "open", "n_done": 0, "n_failed": 0,
+                     "n_expected": None, "accumulated_dose_e_A2": None, "tilts": {},
+                     "pictures": {}}
+            self.series[name] = entry
+        return entry
+
+    def _movie(self, body: Mapping[str, Any], now: float) -> None:
+        summary = tilt_summary(body)
+        stem = _stem_of(body.get("outputs"), body.get("path"))
+        summary["stem"] = stem
+        summary["series"] = body.get("series")
+        if body.get("series"):
+            self._series_entry(str(body["series"]))["tilts"][summary["path"]] = summary
+        else:
+            self.loose.append(summary)
+        self.latest = {**summary, "drift": body.get("drift"), "dose": body.get("dose"),
+                       "resolution": body.get("resolution"), "local": body.get("local"),
+                       "pixel_size_A": body.get("pixel_size_A"), "stem": stem}
+        self.history.append({"name": summary["name"], "time": body.get("time"),
+                             "total_A": summary["total_A"],
+                             "resolution_A": summary["resolution_A"]})
+        self._done_at.append(now)
+
+    def _series_event(self, body: Mapping[str, Any]) -> None:
+        entry = self._series_entry(str(body["series"]))
+        for key in ("n_done", "n_failed", "n_expected", "accumulated_dose_e_A2"):
+            if key in body:
+                entry[key] = body[key]
+        event = body.get("event")
+        if event == "completed":
+            entry["status"] = "completed"
+        elif event in ("reopened", "started"):
+            entry["status"] = "open"
+
+    def _heartbeat(self, body: Mapping[str, Any], now: float) -> None:
+        self.heartbeat = _without_envelope(body)
+        self._beat_at = now
+        total = sum(int(body.get(k) or 0) for k in ("backlog", "running", "done", "failed"))
+        if self._last_total is not None and total >= self._last_total:
+            self._arrivals.append((now, total - self._last_total))
+        self._last_total = total
+
+    def _state(self, body: Mapping[str, Any]) -> None:
+        for s in body.get("series") or []:
+            entry = self._series_entry(str(s["series"]))
+            for key in ("status", "n_done", "n_failed", "n_expected", "accumulated_dose_e_A2"):
+                if key in s:
+                    entry[key] = s[key]
+            for tilt in s.get("tilts") or []:
+                known = entry["tilts"].get(tilt.get("path"), {})
+                entry["tilts"][tilt.get("path")] = {
+                    **tilt, "stem": known.get("stem") or _stem_of(None, tilt.get("path")),
+                    "series": s["series"]}
+        for w in body.get("warnings") or []:
+            if w not in self.warnings:
+                self.warnings.append(w)
+        for e in body.get("errors") or []:
+            if e not in self.errors:
+                self.errors.append(e)
+        if body.get("heartbeat") and self.heartbeat is None:
+            self.heartbeat = dict(body["heartbeat"])
+
+    # -- reading
+
+    def _rate_per_min(self, now: float) -> tuple[float | None, float | None]:
+        while self._done_at and now - self._done_at[0] > _RATE_WINDOW_S:
+            self._done_at.popleft()
+        while self._arrivals and now - self._arrivals[0][0] > _RATE_WINDOW_S:
+            self._arrivals.popleft()
+        corrected = arrived = None
+        if len(self._done_at) >= 2 and self._done_at[-1] > self._done_at[0]:
+            corrected = 60.0 * (len(self._done_at) - 1) / (self._done_at[-1] - self._done_at[0])
+        if len(self._arrivals) >= 2 and self._arrivals[-1][0] > self._arrivals[0][0]:
+            n = sum(k for _, k in list(self._arrivals)[1:])
+            arrived = 60.0 * n / (self._arrivals[-1][0] - self._arrivals[0][0])
+        return corrected, arrived
+
+    def daemon_state(self, now: float | None = None) -> str:
+        """``waiting`` (nothing heard yet), ``stopping``, ``silent``, ``restarted`` or ``live``."""
+        now = self._clock() if now is None else now
+        if self.session is None:
+            return "waiting"
+        if self.stopping:
+            return "stopping"
+        interval = float((self.heartbeat or {}).get("interval_s") or 5.0)
+        if self._beat_at is not None and now - self._beat_at > _SILENT_BEATS * interval:
+            return "silent"
+        if len(self.sessions) > 1:
+            return "restarted"
+        return "live"
+
+    def _pictures(self, stem: str | None) -> dict[str, str | None]:
+        if not stem:
+            return {}
+        return {kind: self._locate(name) for kind, name in quicklook_names(stem).items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole view as JSON-ready data (the page's only input)."""
+        now = self._clock()
+        corrected, arrived = self._rate_per_min(now)
+        beat = self.heartbeat or {}
+        series = []
+        for entry in self.series.values():
+            tilts = sorted(entry["tilts"].values(),
+                           key=lambda t: (t.get("tilt_deg") is None, t.get("tilt_deg") or 0.0))
+            name = entry["series"]
+            series.append({**{k: v for k, v in entry.items() if k not in ("tilts", "pictures")},
+                           "tilts": tilts,
+                           "pictures": {"sheet": self._locate(f"{name}.sheet.png"),
+                                        "chart": self._locate(f"{name}.chart.png")}})
+        latest = dict(self.latest) if self.latest else None
+        if latest is not None:
+            latest["pictures"] = self._pictures(latest.get("stem"))
+        quarantined = [e for e in self.errors
+                       if str(e.get("reason", "")).startswith(("quarantined", "failed"))]
+        return {
+            "version": self.version,
+            "daemon": {"state": self.daemon_state(now), "session": self.session,
+                       "host": self.host, "restarts": max(0, len(self.sessions) - 1),
+                       "sessions": list(self.sessions), "stopping": self.stopping,
+                       "heartbeat_age_s": None if self._beat_at is None
+                       else round(now - self._beat_at, 1)},
+            "counters": {k: beat.get(k) for k in ("done", "failed", "quarantined", "backlog",
+                                                  "running", "uptime_s", "version",
+                                                  "dropped")},
+            "rates": {"corrected_per_min": corrected, "arrived_per_min": arrived,
+                      "keeping_up": None if corrected is None or arrived is None
+                      else bool(corrected >= 0.9 * arrived or not beat.get("backlog"))},
+            "thresholds": beat.get("drift_thresholds") or {},
+            "series": series,
+            "loose": list(self.loose),
+            "latest": latest,
+            "history": list(self.history),
+            "warnings": list(self.warnings)[::-1],
+            "errors": list(self.errors)[::-1],
+            "quarantined": quarantined[::-1],
+            "feed": {"messages": self.messages, "gaps": self.gaps},
+        }
+
+
+def _without_envelope(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("schema", "host", "session")}

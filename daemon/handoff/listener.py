@@ -1,0 +1,317 @@
+"""The hand-off files kept up to date by the running service.
+
+:class:`RelionListener` keeps, for every corrected movie, its motion record's path in memory
+(seeded from the state database, read-only, when the service is ready; then replaced on each
+``movie_done``, so a redone movie replaces its row and never duplicates it) and after each movie
+or series event rewrites, atomically, what changed:
+
+* the movie's RELION motion STAR ``S.star`` and its Warp layout (:mod:`daemon.handoff.warp`);
+* for a tilt-series movie: its series' ``OUT/<rel>/<series>/<series>.star`` and
+  ``OUT/corrected_tilt_series.star`` (:mod:`daemon.handoff.tomo`); on ``series completed`` also
+  the AreTomo3 names derived from the series mdoc (:func:`correction.stack.link_aretomo_inputs`);
+* otherwise ``OUT/corrected_micrographs.star`` (:mod:`daemon.handoff.relion`).
+
+Every file is rebuilt from the current state, never appended to, so restarts, redone movies and
+re-read mdocs update rows. A failure to write is logged once per file and reason and never stops
+the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
+from daemon.handoff.relion import (MovieMotion, RelionOptics, movie_motion, single_particle_blocks,
+                                   write_motion_star, write_star, SINGLE_PARTICLE_STAR)
+from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
+                                 series_block)
+from daemon.handoff.warp import warp_layout
+from daemon.series.tilt_record import TiltRecord, read_motion_record
+from daemon.settings.config import Config, ConfigError
+
+__all__ = ["add_handoff_arguments", "handoff_options_from", "build_handoff_listener",
+           "RelionListener"]
+
+
+def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the hand-off files (``motionwatch watch``)."""
+    g = parser.add_argument_group("hand-off to RELION 5, AreTomo3, IMOD, Warp")
+    g.add_argument("--handoff", choices=("on", "off"), default="on",
+                   help="keep corrected_micrographs.star, corrected_tilt_series.star, per-movie "
+                        "RELION motion STARs and the Warp layout up to date (default on)")
+    g.add_argument("--spherical-aberration", type=float, default=2.7, metavar="MM",
+                   help="Cs for the RELION files (mm; default 2.7)")
+    g.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
+                   help="amplitude contrast for the RELION files (default 0.1)")
+    g.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
+                   help="nominal tilt-axis angle (°; default: the mdoc's 'Tilt axis angle', "
+                        "else 0)")
+    g.add_argument("--tomo-hand", type=int, choices=(1, -1), default=-1,
+                   help="rlnTomoHand: -1 flips the defocus handedness (RELION's 'invert "
+                        "defocus handedness', usual for SerialEM data; default -1)")
+    g.add_argument("--optics-group", default="optics1", metavar="NAME",
+                   help="optics group name for the RELION files (default optics1)")
+    g.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
+                   help="dose separating early from late accumulated motion (e/Å²; RELION's "
+                        "--dose_motionstats_cutoff, default 4)")
+    g.add_argument("--warp-layout", choices=("on", "off"), default="on",
+                   help="also link average/, average/even, average/odd and write a minimal "
+                        "<movie>.xml for WarpTools ts_import (default on)")
+
+
+def handoff_options_from(config: Config) -> RelionOptics | None:
+    """The :class:`RelionOptics` of ``config``; None with ``handoff = "off"``.
+
+    Raises
+    ------
+    ConfigError
+        A bad value (negative Cs, amplitude contrast outside [0, 1), ...).
+    """
+    options = config.options
+    if options.get("handoff", "on") == "off":
+        return None
+    try:
+        return RelionOptics(
+            spherical_aberration_mm=float(options.get("spherical_aberration", 2.7)),
+            amplitude_contrast=float(options.get("amplitude_contrast", 0.1)),
+            optics_group_name=str(options.get("optics_group", "optics1")),
+            tomo_hand=int(options.get("tomo_hand", -1)),
+            tilt_axis_deg=(None if options.get("tilt_axis") is None
+                           else float(options["tilt_axis"])),
+            motionstats_dose_cutoff_e_A2=float(options.get("motionstats_dose_cutoff", 4.0)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError([f"hand-off: {exc}"]) from None
+
+
+def build_handoff_listener(config: Config, *, logger: Any = None) -> RelionListener | None:
+    """The hand-off listener of ``config``; None with ``handoff = "off"``.
+
+    Raises
+    ------
+    ConfigError
+        Bad hand-off options.
+    """
+    optics = handoff_options_from(config)
+    if optics is None:
+        return None
+    return RelionListener(optics, warp=config.options.get("warp_layout", "on") != "off",
+                          logger=logger)
+
+
+class _NullLog:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+class RelionListener(ServiceListener):
+    """Keeps the hand-off files of the output folder up to date (module docstring).
+
+    Parameters
+    ----------
+    optics : RelionOptics
+    warp : bool
+        Also keep the Warp layout.
+    logger : structlog-like logger, optional
+        Defaults to the daemon's logger.
+    """
+
+    def __init__(self, optics: RelionOptics, *, warp: bool = True, logger: Any = None) -> None:
+        self.optics = optics
+        self.warp = warp
+        self._log = logger
+        self._out: Path | None = None
+        self._watch: Path | None = None
+        self._motions: dict[str, Path] = {}  # movie path -> motion record path
+        self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    # --- service events -------------------------------------------------------------------
+    def on_ready(self, info: ServiceInfo) -> None:
+        config = info.config
+        self._out, self._watch = Path(config.out_dir), Path(config.watch_dir)
+        if self._log is None:
+            try:
+                from daemon.system.logs import get_logger
+
+                self._log = get_logger()
+            except ImportError:  # pragma: no cover
+                self._log = _NullLog()
+        self._seed(Path(config.state_dir))
+        series = {t.series for _, t in self._entries() if t is not None}
+        for name in sorted(series):
+            self._write_series(name)
+        self._write_globals(tomo=bool(series), single=True)
+
+    def on_movie_done(self, event: MovieEvent) -> None:
+        motion_path = (event.outputs or {}).get("motion")
+        if not motion_path or self._out is None:
+            return
+        key = str(event.path)
+        self._motions[key] = Path(motion_path)
+        self._cache.pop(key, None)
+        loaded = self._load(key)
+        if loaded is None:
+            return
+        _, motion, tilt = loaded
+        self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion)
+        if self.warp:
+            self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
+        if tilt is not None:
+            self._write_series(tilt.series)
+            self._write_globals(tomo=True, single=False)
+        else:
+            self._write_globals(tomo=False, single=True)
+
+    def on_movie_failed(self, event: MovieEvent) -> None:
+        if event.status != "quarantined" or str(event.path) not in self._motions:
+            return
+        key = str(event.path)
+        loaded = self._load(key)
+        del self._motions[key]
+        self._cache.pop(key, None)
+        tilt = loaded[2] if loaded else None
+        if tilt is not None:
+            self._write_series(tilt.series)
+        self._write_globals(tomo=tilt is not None, single=tilt is None)
+
+    def on_series_event(self, event: SeriesEvent) -> None:
+        if self._out is None:
+            return
+        self._write_series(event.series)
+        self._write_globals(tomo=True, single=False)
+        if event.kind == "completed" and event.mdoc:
+            self._guard(event.series, "aretomo_names", self._aretomo_names, event)
+
+    # --- state ----------------------------------------------------------------------------
+    def _seed(self, state_dir: Path) -> None:
+        from daemon.state.ledger import DB_NAME, Ledger
+
+        path = state_dir / DB_NAME
+        if not path.exists():
+            return
+        try:
+            with Ledger(path, read_only=True) as ledger:
+                rows = ledger.rows(status="done")
+        except Exception as exc:  # noqa: BLE001 - hand-off must never stop the service
+            self._warn("ledger", str(path), exc)
+            return
+        latest: dict[str, Any] = {}
+        for row in rows:
+            prev = latest.get(row.key.path)
+            if prev is None or (row.updated or 0) >= (prev.updated or 0):
+                latest[row.key.path] = row
+        for movie, row in latest.items():
+            motion = (row.outputs or {}).get("motion")
+            if motion:
+                self._motions[movie] = Path(motion)
+
+    def _load(self, key: str) -> tuple[float, MovieMotion, TiltRecord | None] | None:
+        path = self._motions.get(key)
+        if path is None:
+            return None
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == mtime:
+            return cached
+        record = read_motion_record(path)
+        if record is None:
+            return None
+        try:
+            motion = movie_motion(record, path)
+        except ValueError as exc:
+            self._warn("motion_record", str(path), exc)
+            return None
+        loaded = (mtime, motion, TiltRecord.from_json(record))
+        self._cache[key] = loaded
+        return loaded
+
+    def _entries(self) -> list[tuple[MovieMotion, TiltRecord | None]]:
+        out = []
+        for key in sorted(self._motions):
+            loaded = self._load(key)
+            if loaded is not None:
+                out.append((loaded[1], loaded[2]))
+        return out
+
+    def _series_star(self, series: str, entries: list[TiltEntry]) -> Path:
+        mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
+        if mdoc and self._watch is not None and self._out is not None:
+            folder = output_dir_for(Path(mdoc), watch_dir=self._watch, out_dir=self._out)
+        else:
+            folder = entries[0].motion.motion_path.parent
+        return folder / series / f"{series}.star"
+
+    def _series_entries(self, series: str) -> list[TiltEntry]:
+        return [TiltEntry(m, t) for m, t in self._entries()
+                if t is not None and t.series == series and t.tilt_deg is not None]
+
+    # --- writing --------------------------------------------------------------------------
+    def _write_series(self, series: str) -> None:
+        entries = self._series_entries(series)
+        if not entries or self._out is None:
+            return
+        mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
+        star = self._series_star(series, entries)
+        table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
+
+        def write() -> None:
+            star.parent.mkdir(parents=True, exist_ok=True)
+            write_star(star, {series: table})
+
+        self._guard(str(star), "series_star", write)
+
+    def _write_globals(self, *, tomo: bool, single: bool) -> None:
+        if self._out is None:
+            return
+        entries = self._entries()
+        if tomo:
+            by_series: dict[str, list[TiltEntry]] = {}
+            for m, t in entries:
+                if t is not None and t.tilt_deg is not None:
+                    by_series.setdefault(t.series, []).append(TiltEntry(m, t))
+            if by_series:
+                rows = [(name, self._series_star(name, es), es[0].motion)
+                        for name, es in by_series.items()]
+                table = global_block(rows, self._out, self.optics)
+                self._guard(TILT_SERIES_STAR, "tilt_series_star", write_star,
+                            self._out / TILT_SERIES_STAR, {"global": table})
+        if single:
+            blocks = single_particle_blocks(self._out, [m for m, t in entries if t is None],
+                                            self.optics)
+            if blocks is not None:
+                self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", write_star,
+                            self._out / SINGLE_PARTICLE_STAR, blocks)
+
+    def _aretomo_names(self, event: SeriesEvent) -> None:
+        from correction.stack import aretomo_name, link_aretomo_inputs
+
+        folder = self._stack_folder(event)
+        if folder is not None:
+            link_aretomo_inputs(folder, event.series, aretomo_name(Path(str(event.mdoc)).name))
+
+    def _stack_folder(self, event: SeriesEvent) -> Path | None:
+        for value in (event.stacks or {}).values():
+            if value and Path(value).name.startswith(event.series):
+                return Path(value).parent
+        return None
+
+    def _guard(self, what: str, step: str, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - logged; hand-off never stops the service
+            self._warn(step, what, exc)
+
+    def _warn(self, step: str, what: str, exc: BaseException) -> None:
+        key = (step, f"{what}: {type(exc).__name__}: {exc}")
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log = self._log or _NullLog()
+        log.warning("handoff_write_failed", step=step, path=what,
+                    error=f"{type(exc).__name__}: {exc}")
+

@@ -1,0 +1,365 @@
+"""RELION's view of a corrected movie: its motion STAR, accumulated motion, single-particle STAR.
+
+Everything here is read from the motion record (``S.motion.json``, schema
+``motionwatch.motion/1``, :mod:`correction.report`) and written with teamtomo's ``starfile``
+through :func:`write_star` (temporary name, fsync, rename: never a half-written file; each block
+preceded by RELION 5's ``# version 50001`` line).
+
+The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_model.cpp``
+``Micrograph::write`` and ``src/motioncorr_runner.cpp``):
+
+* **per-movie motion STAR** ``S.star`` beside ``S.motion.json`` (RELION: ``<root>.star`` beside
+  ``<root>.mrc``): block ``data_general`` (``rlnImageSizeX/Y`` the movie frame size and
+  ``rlnImageSizeZ`` its frame count, ``rlnMicrographMovieName``, ``rlnMicrographBinning`` =
+  motionwatch's ``bin_factor``, ``rlnMicrographOriginalPixelSize`` = the movie's pixel size,
+  ``rlnMicrographDoseRate`` = mean dose per frame, ``rlnMicrographPreExposure``, ``rlnVoltage``,
+  ``rlnMicrographStartFrame`` = 1 + thrown frames, ``rlnMotionModelVersion`` = 0) and block
+  ``data_global_shift`` (``rlnMicrographFrameNumber`` 1-based over every frame of the movie,
+  ``rlnMicrographShiftX/Y``). Shifts are RELION's: the shift to APPLY, i.e. minus motionwatch's
+  displacement (``global_shifts_px``, :mod:`correction.conventions`), in unbinned movie pixels
+  (output pixels x ``bin_factor``), with the first aligned frame as origin (RELION's
+  ``-FmRef 0``); frames skipped by ``--throw``/``--trunc`` get RELION's "not observed" value
+  -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``): motionwatch's local
+  model is not RELION's 18-coefficient polynomial, and Bayesian polishing re-estimates local
+  motion from the global track anyway.
+* **accumulated motion** (:func:`accumulated_motion_px`), as ``generateLogFilePDFAndWriteStarFiles``
+  computes ``rlnAccumMotionTotal/Early/Late``: the sum over frames f >= 2 with a shift of
+  ``|s(f) - s(previous observed frame)|`` in unbinned pixels; a step is early when frame f lies
+  before the dose cutoff (``--dose_motionstats_cutoff``, default 4 e/Å²):
+  ``f <= (cutoff - pre_exposure) / dose_per_frame``, i.e. the dose received by the end of frame f,
+  pre-exposure included, is at most the cutoff (here with the actual per-frame doses).
+* **single particle** ``corrected_micrographs.star`` (:func:`write_single_particle_star`):
+  ``data_optics`` (``rlnOpticsGroupName``, ``rlnOpticsGroup``, ``rlnMicrographOriginalPixelSize``,
+  ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``,
+  ``rlnMicrographPixelSize``) and ``data_micrographs`` (``rlnMicrographName`` = the
+  dose-weighted sum, ``rlnMicrographNameNoDW`` = the plain sum, ``rlnMicrographNameEven/Odd``,
+  ``rlnMicrographMetadata``, ``rlnOpticsGroup``, ``rlnAccumMotionTotal/Early/Late``), one row per
+  movie outside tilt series. Paths inside the output folder are relative to it (the folder a
+  user opens as the RELION project); the movies, outside it, are absolute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion", "movie_motion",
+           "accumulated_motion_px", "motion_star_path", "motion_star_blocks", "write_star",
+           "write_motion_star", "relative_to", "single_particle_blocks",
+           "write_single_particle_star", "motion_records_in", "SINGLE_PARTICLE_STAR"]
+
+RELION_VERSION_LINE = "# version 50001"
+#: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
+NOT_OBSERVED = -9999.0
+SINGLE_PARTICLE_STAR = "corrected_micrographs.star"
+_MOTION_SUFFIX = ".motion.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RelionOptics:
+    """Microscope facts RELION needs that a movie does not carry.
+
+    Attributes
+    ----------
+    spherical_aberration_mm : float
+        Cs (mm).
+    amplitude_contrast : float
+        Fraction, in [0, 1).
+    optics_group_name : str
+    tomo_hand : int
+        ``rlnTomoHand``: +1, or -1 to flip the defocus handedness (RELION's import writes -1
+        when "invert defocus handedness" is set, the usual case on Krios/SerialEM data).
+    tilt_axis_deg : float or None
+        Nominal tilt-axis angle (°); None: the mdoc's ``Tilt axis angle``, else 0.
+    motionstats_dose_cutoff_e_A2 : float
+        Dose separating early from late accumulated motion (RELION's
+        ``--dose_motionstats_cutoff``, default 4 e/Å²).
+    """
+
+    spherical_aberration_mm: float = 2.7
+    amplitude_contrast: float = 0.1
+    optics_group_name: str = "optics1"
+    tomo_hand: int = -1
+    tilt_axis_deg: float | None = None
+    motionstats_dose_cutoff_e_A2: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.spherical_aberration_mm) and self.spherical_aberration_mm >= 0):
+            raise ValueError("spherical_aberration_mm must be >= 0 mm, got "
+                             f"{self.spherical_aberration_mm}")
+        if not 0.0 <= self.amplitude_contrast < 1.0:
+            raise ValueError(f"amplitude_contrast must be in [0, 1), got {self.amplitude_contrast}")
+        if self.tomo_hand not in (1, -1):
+            raise ValueError(f"tomo_hand must be 1 or -1, got {self.tomo_hand}")
+        if not self.optics_group_name or any(c.isspace() for c in self.optics_group_name):
+            raise ValueError(f"optics_group_name must be one word, got {self.optics_group_name!r}")
+        if self.tilt_axis_deg is not None and not math.isfinite(self.tilt_axis_deg):
+            raise ValueError(f"tilt_axis_deg must be finite, got {self.tilt_axis_deg}")
+        if not self.motionstats_dose_cutoff_e_A2 >= 0:
+            raise ValueError("motionstats_dose_cutoff_e_A2 must be >= 0 e/Å², got "
+                             f"{self.motionstats_dose_cutoff_e_A2}")
+
+
+@dataclass(frozen=True, slots=True)
+class MovieMotion:
+    """One corrected movie as RELION sees it (built by :func:`movie_motion`).
+
+    Attributes
+    ----------
+    motion_path : Path
+        The motion record (``S.motion.json``).
+    movie : Path
+        The movie (absolute).
+    shape_yx : (int, int)
+        Movie frame size (unbinned pixels).
+    frames_in_movie : int
+    first_frame : int
+        First frame summed, 1-based (RELION's ``rlnMicrographStartFrame``).
+    shifts_px : ndarray, shape (frames_in_movie, 2)
+        RELION shifts ``[x, y]`` (shift to apply, unbinned movie pixels, first aligned frame at
+        0); NaN where not observed.
+    frame_doses_e_A2 : ndarray, shape (frames_in_movie,)
+    pre_exposure_e_A2, voltage_kV : float
+    movie_pixel_size_A, output_pixel_size_A, bin_factor : float
+    outputs : dict of str to Path
+        Absolute output paths by kind (``sum``, ``dw``, ``even``, ``odd``, ``motion``).
+    """
+
+    motion_path: Path
+    movie: Path
+    shape_yx: tuple[int, int]
+    frames_in_movie: int
+    first_frame: int
+    shifts_px: np.ndarray
+    frame_doses_e_A2: np.ndarray
+    pre_exposure_e_A2: float
+    voltage_kV: float
+    movie_pixel_size_A: float
+    output_pixel_size_A: float
+    bin_factor: float
+    outputs: Mapping[str, Path]
+
+
+def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMotion:
+    """RELION's view of one motion record.
+
+    Raises
+    ------
+    ValueError
+        The record lacks a needed key, or its shift count does not match its frame counts.
+    """
+    motion_path = Path(motion_path)
+    try:
+        shifts = np.asarray(record["global_shifts_px"], dtype=np.float64).reshape(-1, 2)
+        n_movie = int(record.get("frames_in_movie") or len(shifts))
+        throw = int(record.get("throw_frames") or 0)
+        trunc = int(record.get("trunc_frames") or 0)
+        bin_factor = float((record.get("alignment") or {}).get("bin_factor") or 1.0)
+        out_px = float(record["pixel_size_A"])
+        shape = record["shape"]
+        doses = np.asarray((record.get("dose") or {}).get("per_frame_e_A2") or [],
+                           dtype=np.float64)
+        pre = float((record.get("dose") or {}).get("pre_exposure_e_A2") or 0.0)
+        movie = Path(str(record["movie"])).absolute()
+        voltage = float(record["voltage_kV"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{motion_path}: not a usable motion record ({exc})") from None
+    if len(shifts) != n_movie - throw - trunc or len(shifts) == 0:
+        raise ValueError(f"{motion_path}: {len(shifts)} shifts for {n_movie} frames "
+                         f"({throw} thrown, {trunc} truncated)")
+    if len(doses) != n_movie:
+        doses = np.full(n_movie, float(np.mean(doses)) if len(doses) else 0.0)
+    relion = np.full((n_movie, 2), np.nan)
+    relion[throw:throw + len(shifts)] = -(shifts - shifts[0]) * bin_factor
+    outputs = {str(k): motion_path.parent / str(v)
+               for k, v in (record.get("outputs") or {}).items()}
+    outputs["motion"] = motion_path
+    return MovieMotion(
+        motion_path=motion_path, movie=movie,
+        shape_yx=(int(round(shape[0] * bin_factor)), int(round(shape[1] * bin_factor))),
+        frames_in_movie=n_movie, first_frame=throw + 1, shifts_px=relion,
+        frame_doses_e_A2=doses, pre_exposure_e_A2=pre, voltage_kV=voltage,
+        movie_pixel_size_A=out_px / bin_factor, output_pixel_size_A=out_px,
+        bin_factor=bin_factor, outputs=outputs)
+
+
+def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
+                          ) -> tuple[float, float, float]:
+    """``(total, early, late)`` accumulated motion in unbinned movie pixels, as RELION computes
+    ``rlnAccumMotionTotal/Early/Late`` (module docstring)."""
+    dose_at_end = motion.pre_exposure_e_A2 + np.cumsum(motion.frame_doses_e_A2)
+    total = early = late = 0.0
+    prev = np.zeros(2)
+    for f in range(1, motion.frames_in_movie + 1):  # 1-based, as RELION
+        s = motion.shifts_px[f - 1]
+        if not np.all(np.isfinite(s)):
+            continue
+        if f >= 2:
+            d = float(math.hypot(*(s - prev)))
+            total += d
+            if dose_at_end[f - 1] <= dose_cutoff_e_A2 + 1e-9:
+                early += d
+            else:
+                late += d
+        prev = s
+    return total, early, late
+
+
+def motion_star_path(motion_path: str | Path) -> Path:
+    """``S.motion.json`` -> ``S.star`` (RELION's ``<root>.star`` beside ``<root>.mrc``)."""
+    motion_path = Path(motion_path)
+    name = motion_path.name
+    stem = name[: -len(_MOTION_SUFFIX)] if name.endswith(_MOTION_SUFFIX) else motion_path.stem
+    return motion_path.with_name(stem + ".star")
+
+
+def motion_star_blocks(motion: MovieMotion) -> dict[str, Any]:
+    """The blocks of the per-movie motion STAR (``general``, ``global_shift``)."""
+    import pandas as pd
+
+    general = {
+        "rlnImageSizeX": motion.shape_yx[1], "rlnImageSizeY": motion.shape_yx[0],
+        "rlnImageSizeZ": motion.frames_in_movie, "rlnMicrographMovieName": str(motion.movie),
+        "rlnMicrographBinning": motion.bin_factor,
+        "rlnMicrographOriginalPixelSize": motion.movie_pixel_size_A,
+        "rlnMicrographDoseRate": float(np.mean(motion.frame_doses_e_A2)),
+        "rlnMicrographPreExposure": motion.pre_exposure_e_A2, "rlnVoltage": motion.voltage_kV,
+        "rlnMicrographStartFrame": motion.first_frame, "rlnMotionModelVersion": 0,
+    }
+    shifts = np.where(np.isfinite(motion.shifts_px), motion.shifts_px, NOT_OBSERVED)
+    table = pd.DataFrame({
+        "rlnMicrographFrameNumber": np.arange(1, motion.frames_in_movie + 1),
+        "rlnMicrographShiftX": shifts[:, 0], "rlnMicrographShiftY": shifts[:, 1]})
+    return {"general": general, "global_shift": table}
+
+
+def write_star(path: str | Path, blocks: Mapping[str, Any]) -> Path:
+    """Write STAR ``blocks`` (name -> DataFrame for a loop, dict for a simple block) to ``path``
+    atomically, each block preceded by ``# version 50001``."""
+    import starfile
+
+    from correction.write import atomic_write
+
+    text = starfile.to_string(dict(blocks))
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("data_"):
+            lines.extend([RELION_VERSION_LINE, ""])
+        lines.append(line)
+    payload = ("\n".join(lines) + "\n").encode()
+    return atomic_write(Path(path), lambda fh: fh.write(payload))
+
+
+def write_motion_star(motion: MovieMotion) -> Path:
+    """Write ``S.star`` beside ``S.motion.json``; returns its path."""
+    return write_star(motion_star_path(motion.motion_path), motion_star_blocks(motion))
+
+
+def relative_to(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` when inside it (RELION project paths), else absolute."""
+    path, root = Path(path).absolute(), Path(root).absolute()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _optics_block(motions: list[MovieMotion], optics: RelionOptics) -> dict[str, Any]:
+    first = motions[0]
+    return {"rlnOpticsGroupName": [optics.optics_group_name], "rlnOpticsGroup": [1],
+            "rlnMicrographOriginalPixelSize": [first.movie_pixel_size_A],
+            "rlnVoltage": [first.voltage_kV],
+            "rlnSphericalAberration": [optics.spherical_aberration_mm],
+            "rlnAmplitudeContrast": [optics.amplitude_contrast],
+            "rlnMicrographPixelSize": [first.output_pixel_size_A]}
+
+
+def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
+                           optics: RelionOptics) -> dict[str, Any] | None:
+    """Blocks of ``corrected_micrographs.star`` (None without movies), rows sorted by name."""
+    import pandas as pd
+
+    motions = sorted(motions, key=lambda m: str(m.motion_path))
+    if not motions:
+        return None
+    rows = []
+    for m in motions:
+        total, early, late = accumulated_motion_px(
+            m, dose_cutoff_e_A2=optics.motionstats_dose_cutoff_e_A2)
+        name = m.outputs.get("dw") or m.outputs["sum"]
+        row = {"rlnMicrographName": relative_to(name, out_dir)}
+        if "dw" in m.outputs and "sum" in m.outputs:
+            row["rlnMicrographNameNoDW"] = relative_to(m.outputs["sum"], out_dir)
+        for kind, label in (("even", "rlnMicrographNameEven"), ("odd", "rlnMicrographNameOdd")):
+            if kind in m.outputs:
+                row[label] = relative_to(m.outputs[kind], out_dir)
+        row.update({"rlnMicrographMetadata": relative_to(motion_star_path(m.motion_path), out_dir),
+                    "rlnOpticsGroup": 1, "rlnAccumMotionTotal": total,
+                    "rlnAccumMotionEarly": early, "rlnAccumMotionLate": late})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return {"optics": pd.DataFrame(_optics_block(motions, optics)), "micrographs": table}
+
+
+def motion_records_in(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, record)`` of every readable ``*.motion.json`` directly in ``folder``."""
+    import json
+
+    out = []
+    for path in sorted(Path(folder).glob("*" + _MOTION_SUFFIX)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            out.append((path, record))
+    return out
+
+
+def write_single_particle_star(out_dir: str | Path,
+                               records: Iterable[tuple[str | Path, Mapping[str, Any]]],
+                               optics: RelionOptics | None = None, *,
+                               motion_stars: bool = True) -> Path | None:
+    """Write ``OUT/corrected_micrographs.star`` for the movies of ``records`` outside tilt series.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The output folder (RELION project folder): the file goes there, paths are relative to it.
+    records : iterable of (path, dict)
+        Motion records and where they are (``S.motion.json``); records with a ``tilt`` object
+        (tilt-series movies) and unusable records are left out.
+    optics : RelionOptics, optional
+        Defaults when None.
+    motion_stars : bool
+        Also (re)write each movie's ``S.star`` (its ``rlnMicrographMetadata``).
+
+    Returns
+    -------
+    Path or None
+        The file written; None when no movie qualifies (nothing is written).
+    """
+    optics = optics or RelionOptics()
+    motions = []
+    for path, record in records:
+        if record.get("tilt"):
+            continue
+        try:
+            motion = movie_motion(record, path)
+        except ValueError:
+            continue
+        if "sum" not in motion.outputs and "dw" not in motion.outputs:
+            continue
+        if motion_stars:
+            write_motion_star(motion)
+        motions.append(motion)
+    blocks = single_particle_blocks(out_dir, motions, optics)
+    if blocks is None:
+        return None
+    return write_star(Path(out_dir) / SINGLE_PARTICLE_STAR, blocks)
+

@@ -1,0 +1,141 @@
+"""RELION 5 tomography STAR files of tilt series corrected by motionwatch.
+
+Two files, the layout of RELION 5's motion-correction job output (3dem/relion
+``src/tomography_python_programs/import_tilt_series/serialem.py`` writes the import columns;
+``src/motioncorr_runner.cpp`` adds the motion-correction ones; DiamondLightSource/cryoem-services
+``src/cryoemservices/util/tomo_output_files.py`` writes the same layout live):
+
+* ``OUT/corrected_tilt_series.star``, block ``data_global``, one row per series:
+  ``rlnTomoName``, ``rlnTomoTiltSeriesStarFile``, ``rlnVoltage``, ``rlnSphericalAberration``,
+  ``rlnAmplitudeContrast``, ``rlnMicrographOriginalPixelSize`` (movie pixel),
+  ``rlnTomoHand``, ``rlnOpticsGroupName``, ``rlnTomoTiltSeriesPixelSize`` (corrected image pixel);
+* ``OUT/<rel>/<series>/<series>.star``, block ``data_<series>``, one row per corrected tilt in
+  acquisition order: ``rlnMicrographMovieName``, ``rlnTomoTiltMovieFrameCount``,
+  ``rlnTomoTiltMovieIndex`` (1-based acquisition index, as RELION's import),
+  ``rlnTomoNominalStageTiltAngle``, ``rlnTomoNominalTiltAxisAngle``,
+  ``rlnMicrographPreExposure`` (the exact dose before the tilt from the mdoc, not RELION's
+  ``index x dose``), ``rlnTomoNominalDefocus`` (the mdoc's ``TargetDefocus``, when every tilt has
+  one), ``rlnMicrographName`` (the plain sum: RELION's tomography weights by exposure itself from
+  the pre-exposure), ``rlnMicrographNameEven``/``Odd``, ``rlnMicrographMetadata`` (the movie's
+  motion STAR), ``rlnAccumMotionTotal/Early/Late``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion_px,
+                                   motion_star_path, relative_to)
+from daemon.series.tilt_record import TiltRecord
+
+__all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
+           "global_block"]
+
+TILT_SERIES_STAR = "corrected_tilt_series.star"
+_AXIS = re.compile(r"tilt\s*axis\s*angle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class MdocFacts:
+    """What the series tables take from a series mdoc: the nominal tilt axis (°) and each
+    section's ``TargetDefocus`` (µm, as written) by ``ZValue``."""
+
+    tilt_axis_deg: float | None = None
+    target_defocus_by_z: Mapping[int, float] | None = None
+
+
+def mdoc_facts(path: str | Path | None) -> MdocFacts:
+    """Tilt axis and target defocus of a series mdoc (empty facts when unreadable)."""
+    if not path:
+        return MdocFacts()
+    from daemon.series.mdoc import read_mdoc
+
+    try:
+        md = read_mdoc(path)
+    except (OSError, ValueError):
+        return MdocFacts()
+    axis = None
+    for title in md.titles:
+        m = _AXIS.search(title)
+        if m:
+            axis = float(m.group(1))
+            break
+    defocus = {}
+    for s in md.sections:
+        value = dict(s.items).get("TargetDefocus")
+        if s.z_value is not None and value not in (None, ""):
+            try:
+                defocus[int(s.z_value)] = float(value)
+            except ValueError:
+                pass
+    return MdocFacts(axis, defocus)
+
+
+@dataclass(frozen=True, slots=True)
+class TiltEntry:
+    """One corrected tilt: its motion (RELION view) and its tilt record."""
+
+    motion: MovieMotion
+    tilt: TiltRecord
+
+
+def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: RelionOptics,
+                 facts: MdocFacts = MdocFacts()) -> Any:
+    """The per-series table (a DataFrame), tilts in acquisition order."""
+    import pandas as pd
+
+    ordered = sorted(entries, key=lambda e: (e.tilt.acquisition_index, str(e.motion.movie)))
+    axis = optics.tilt_axis_deg if optics.tilt_axis_deg is not None else facts.tilt_axis_deg
+    defocus = facts.target_defocus_by_z or {}
+    with_defocus = bool(ordered) and all(e.tilt.z_value in defocus for e in ordered)
+    rows = []
+    for e in ordered:
+        m = e.motion
+        total, early, late = accumulated_motion_px(
+            m, dose_cutoff_e_A2=optics.motionstats_dose_cutoff_e_A2)
+        row: dict[str, Any] = {
+            "rlnMicrographMovieName": str(m.movie),
+            "rlnTomoTiltMovieFrameCount": m.frames_in_movie,
+            "rlnTomoTiltMovieIndex": e.tilt.acquisition_index + 1,
+            "rlnTomoNominalStageTiltAngle": float(e.tilt.tilt_deg or 0.0),
+            "rlnTomoNominalTiltAxisAngle": float(axis if axis is not None else 0.0),
+            "rlnMicrographPreExposure": e.tilt.pre_exposure_e_A2,
+        }
+        if with_defocus:
+            row["rlnTomoNominalDefocus"] = defocus[e.tilt.z_value]
+        row["rlnMicrographName"] = relative_to(m.outputs.get("sum") or m.outputs["dw"], out_dir)
+        for kind, label in (("even", "rlnMicrographNameEven"), ("odd", "rlnMicrographNameOdd")):
+            if kind in m.outputs:
+                row[label] = relative_to(m.outputs[kind], out_dir)
+        row.update({"rlnMicrographMetadata": relative_to(motion_star_path(m.motion_path), out_dir),
+                    "rlnAccumMotionTotal": total, "rlnAccumMotionEarly": early,
+                    "rlnAccumMotionLate": late})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for label in ("rlnMicrographNameEven", "rlnMicrographNameOdd"):
+        if label in table and table[label].isna().any():
+            table = table.drop(columns=[label])  # a column only when every tilt has the file
+    return table
+
+
+def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
+                 optics: RelionOptics) -> Any:
+    """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
+    of the series)`` per series; rows sorted by name."""
+    import pandas as pd
+
+    rows = []
+    for name, star, m in sorted(series, key=lambda s: s[0]):
+        rows.append({"rlnTomoName": name, "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
+                     "rlnVoltage": m.voltage_kV,
+                     "rlnSphericalAberration": optics.spherical_aberration_mm,
+                     "rlnAmplitudeContrast": optics.amplitude_contrast,
+                     "rlnMicrographOriginalPixelSize": m.movie_pixel_size_A,
+                     "rlnTomoHand": optics.tomo_hand,
+                     "rlnOpticsGroupName": optics.optics_group_name,
+                     "rlnTomoTiltSeriesPixelSize": m.output_pixel_size_A})
+    return pd.DataFrame(rows)

@@ -1,0 +1,70 @@
+"""Warp/WarpTools frame-series layout beside motionwatch's outputs.
+
+WarpTools' ``ts_import`` (warpem/warp ``WarpTools/Commands/Tiltseries/ImportTiltseries.cs``)
+lists every ``*.xml`` in the ``--frameseries`` folder, makes a movie of each (root name = the
+file name without extension) and requires that movie's aligned average
+``average/<root>.mrc``; it matches mdoc sections to movies by the ``SubFramePath`` file name.
+So for each corrected movie with stem ``S`` (= the movie's root name) this module makes, in the
+movie's output folder:
+
+* ``average/S.mrc`` -> the dose-weighted sum ``S_DW.mrc`` (the plain sum when there is none),
+  ``average/even/S.mrc`` -> ``S_EVN.mrc``, ``average/odd/S.mrc`` -> ``S_ODD.mrc``: hard links
+  (no extra disk), renewed each time the movie is written again;
+* ``S.xml``: a minimal Warp movie metadata file (root element only). Caveat: the fields Warp's
+  ``Movie`` reads from it are optional in our reading, but this file has not been opened by Warp
+  itself here (no Warp in this environment).
+
+Warp ignores the mdoc's per-tilt doses (``--tilt_exposure`` x time order); RELION's files carry
+the exact pre-exposures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from daemon.handoff.relion import MovieMotion
+
+__all__ = ["WARP_XML", "warp_layout"]
+
+WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie />\n'
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.link(target, tmp)
+    os.replace(tmp, link)
+
+
+def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
+    """Make (or renew) the Warp layout of one movie; returns the paths made.
+
+    Raises
+    ------
+    OSError
+        The file system refuses hard links or the folder is not writable.
+    """
+    from correction.write import atomic_write
+
+    folder = motion.motion_path.parent
+    root = motion.movie.stem
+    made = []
+    average = motion.outputs.get("dw") or motion.outputs.get("sum")
+    pairs = [(average, folder / "average" / f"{root}.mrc"),
+             (motion.outputs.get("even"), folder / "average" / "even" / f"{root}.mrc"),
+             (motion.outputs.get("odd"), folder / "average" / "odd" / f"{root}.mrc")]
+    for target, link in pairs:
+        if target is not None and Path(target).exists():
+            _link(Path(target), link)
+            made.append(link)
+    if made:
+        xml = folder / f"{root}.xml"
+        payload = WARP_XML.encode()
+        atomic_write(xml, lambda fh: fh.write(payload))
+        made.append(xml)
+    return tuple(made)

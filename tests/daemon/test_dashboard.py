@@ -1,0 +1,271 @@
+"""The web dashboard: what it folds from the feed, what it serves (and refuses), and the page
+itself in a real headless chromium against a daemon running a simulated tilt series."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_process import events, spawn, watch_argv
+
+from daemon.dashboard.server import Dashboard, DashboardConfig, DashboardError, resolve_inside
+from daemon.dashboard.state import SessionView
+from daemon.feed.publisher import TiltInfo, movie_message
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def record(name: str, total_A: float, *, out: str = "") -> dict:
+    stem = Path(name).stem
+    return {"movie": f"/data/{name}", "pixel_size_A": 1.0,
+            "global_shifts_px": [[0.0, 0.0], [total_A, 0.0]],
+            "drift": {"total_A": total_A, "early_A": total_A, "late_A": 0.0,
+                      "max_frame_jump_A": total_A},
+            "outputs": {"motion": f"{out}{stem}.motion.json"}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def envelope(session: str, seq: int, **body) -> dict:
+    return {"schema": "motionwatch/1", "seq": seq, "session": session, "host": "em-pc",
+            "time": "2026-01-01T00:00:00.000Z", **body}
+
+
+def test_view_shows_tilts_per_series_sorted_by_angle_and_the_latest_movies_pictures(tmp_path):
+    (tmp_path / "TS_01_001_3.0.thumb.png").write_bytes(b"png")
+    found = {"TS_01_001_3.0.thumb.png": "/files/TS_01_001_3.0.thumb.png"}
+    view = SessionView(locate=found.get, clock=Clock())
+    view.apply("series", envelope("a", 1, event="started", series="TS_01", n_done=0,
+                                  n_expected=3))
+    for seq, (name, angle) in enumerate([("TS_01_000_0.0.mrc", 0.0),
+                                         ("TS_01_001_3.0.mrc", 3.0)], start=2):
+        msg = movie_message(record(name, 2.0 + angle),
+                            TiltInfo(series="TS_01", tilt_deg=angle, acquisition_index=seq - 2))
+        view.apply("movie", envelope("a", seq, **msg))
+    snap = view.snapshot()
+    [series] = snap["series"]
+    assert [t["tilt_deg"] for t in series["tilts"]] == [0.0, 3.0]
+    assert snap["latest"]["name"] == "TS_01_001_3.0.mrc"
+    assert snap["latest"]["pictures"]["thumbnail"] == "/files/TS_01_001_3.0.thumb.png"
+    assert snap["latest"]["pictures"]["spectrum"] is None  # not written: none shown
+    assert snap["daemon"]["state"] == "live" and snap["feed"]["gaps"] == 0
+
+
+def test_view_says_restarted_when_the_session_changes_and_silent_when_heartbeats_stop():
+    clock = Clock()
+    view = SessionView(locate=lambda name: None, clock=clock)
+    view.apply("heartbeat", envelope("a", 1, interval_s=1.0, backlog=3, done=5, failed=0,
+                                     running=1))
+    assert view.daemon_state() == "live"
+    view.apply("warning", envelope("a", 2, kind="stopping", message="daemon stopping: SIGTERM"))
+    assert view.daemon_state() == "stopping"
+    clock.t += 2
+    view.apply("heartbeat", envelope("b", 1, interval_s=1.0, backlog=0, done=9, failed=0,
+                                     running=0))
+    snap = view.snapshot()
+    assert snap["daemon"]["state"] == "restarted" and snap["daemon"]["restarts"] == 1
+    assert snap["daemon"]["session"] == "b" and snap["counters"]["done"] == 9
+    clock.t += 3.5  # more than three heartbeat intervals without one
+    assert view.daemon_state() == "silent"
+
+
+def test_view_counts_lost_messages_and_compares_correction_with_arrival_rate():
+    clock = Clock()
+    view = SessionView(locate=lambda name: None, clock=clock)
+    for k in range(4):  # 2 movies arrive per minute, 1 is corrected per minute
+        view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=5.0, backlog=k, done=k,
+                                         failed=0, running=0))
+        view.apply("movie", envelope("a", 2 + 3 * k, **movie_message(record(f"m{k}.mrc", 1.0))))
+        clock.t += 60.0
+    rates = view.snapshot()["rates"]
+    assert rates["corrected_per_min"] == pytest.approx(1.0)
+    assert rates["arrived_per_min"] == pytest.approx(2.0)
+    assert rates["keeping_up"] is False
+    assert view.snapshot()["feed"]["gaps"] == 3  # seq 3, 6, 9 never came
+
+
+def test_files_are_served_from_the_output_folder_only(tmp_path):
+    out = tmp_path / "out"
+    (out / "TS_01").mkdir(parents=True)
+    (out / "TS_01" / "a.thumb.png").write_bytes(b"\x89PNG")
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    (out / "escape.png").symlink_to(tmp_path / "secret.png")
+    (out / "data.mrc").write_bytes(b"mrc")
+    assert resolve_inside(out, "TS_01/a.thumb.png") == (out / "TS_01" / "a.thumb.png").resolve()
+    for bad in ("../secret.png", "%2e%2e/secret.png", "TS_01/../../secret.png", "/etc/passwd",
+                str(tmp_path / "secret.png"), "escape.png", "data.mrc", ".hidden.png",
+                "TS_01/%00a.png"):
+        assert resolve_inside(out, bad) is None, bad
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=out,
+                                   listen="127.0.0.1:0")) as dash:
+        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+
+        def get(path: str, host_header: str | None = None) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.putrequest("GET", path, skip_host=host_header is not None)
+            if host_header is not None:
+                conn.putheader("Host", host_header)
+            conn.endheaders()
+            response = conn.getresponse()
+            try:
+                return response.status, response.read()
+            finally:
+                conn.close()
+
+        assert get("/files/TS_01/a.thumb.png") == (200, b"\x89PNG")
+        for bad in ("/files/../secret.png", "/files/%2e%2e/secret.png",
+                    "/files/TS_01/../../secret.png", "/files/escape.png", "/files//etc/passwd",
+                    "/files/data.mrc", "/../secret.png"):
+            assert get(bad)[0] == 404, bad
+        assert get("/", host_header="evil.example:80")[0] == 403  # DNS rebinding
+        assert get("/")[0] == 200 and b"/static/app.js" in get("/")[1]
+        assert get("/static/app.js")[0] == 200
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("POST", "/api/state", body=b"{}")
+        assert conn.getresponse().status == 501  # it only reads
+        conn.close()
+
+
+def test_dashboard_listens_on_loopback_unless_allowed(tmp_path):
+    with pytest.raises(DashboardError, match="--allow-remote"):
+        DashboardConfig(feed="tcp://127.0.0.1:5557", out_dir=tmp_path, listen="0.0.0.0:8765")
+    DashboardConfig(feed="tcp://127.0.0.1:5557", out_dir=tmp_path, listen="0.0.0.0:8765",
+                    allow_remote=True)
+    with pytest.raises(DashboardError, match="HOST:PORT"):
+        DashboardConfig(feed="tcp://127.0.0.1:5557", out_dir=tmp_path, listen="8765")
+
+
+# --------------------------------------------------------------------------- the real page
+
+
+def _chromium() -> str:
+    if shutil.which(CHROMIUM) is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is missing on CI: .ci/run installs the chromium package")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+def _wait(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_restart(tmp_path):
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from daemon.simulation.tilt_series import simulate_tilt_series
+
+    short = Path(tempfile.mkdtemp(prefix="mwd", dir="/tmp"))  # ipc:// paths must stay short
+    endpoint = f"ipc://{short}/feed"
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    daemon_argv = watch_argv(watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.3",
+                             "--scan-interval", "0.1", "--heartbeat", "0.5",
+                             "--tilt-series", "on", "--metadata-wait", "30",
+                             "--mdoc-quiet", "60", "--publish", endpoint)
+    dash_log, log = tmp_path / "dashboard.log", tmp_path / "daemon.log"
+    dash = spawn([sys.executable, "-m", "daemon", "dashboard", "--feed", endpoint, "--out",
+                  str(out), "--listen", "127.0.0.1:0"], dash_log)
+    daemon = spawn(daemon_argv, log)
+    try:
+        url = _wait(lambda: re.search(r"(http://127\.0\.0\.1:\d+/)", dash_log.read_text()),
+                    20, "the dashboard's address").group(1)
+        _wait(lambda: any(e.get("event") == "service_ready" for e in events(log)), 30,
+              "the daemon")
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS[1:],
+                                         headless=True)
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                              bypass_csp=True)  # lets playwright evaluate
+                page = context.new_page()
+                page.goto(url)
+                page.evaluate("window.__loadedOnce = true")  # gone if the page reloads
+                rows_seen: list[int] = []
+                done = threading.Event()
+
+                def simulate() -> None:
+                    try:
+                        simulate_tilt_series(watch, rng=np.random.default_rng(5),
+                                             n_tilts=5, shape_yx=(128, 128), n_frames=4,
+                                             frame_interval_s=0.02, tilt_interval_s=0.6)
+                    finally:
+                        done.set()
+
+                thread = threading.Thread(target=simulate)
+                thread.start()
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    n = page.locator("div[data-series='TS_01'] tr.tilt").count()
+                    if not rows_seen or rows_seen[-1] != n:
+                        rows_seen.append(n)
+                    if n == 5 and done.is_set():
+                        break
+                    page.wait_for_timeout(100)
+                thread.join()
+                assert rows_seen[-1] == 5, rows_seen
+                assert len([n for n in rows_seen if 0 < n < 5]) >= 2, rows_seen  # one by one
+                assert page.evaluate("window.__loadedOnce") is True  # live, never reloaded
+                angles = page.locator("div[data-series='TS_01'] tr.tilt td:first-child")
+                assert [float(a) for a in angles.all_inner_texts()] == [-6.0, -3.0, 0.0, 3.0, 6.0]
+                # the latest movie's thumbnail, spectrum and drift plot are loaded pictures
+                for pic in ("latest-thumb", "latest-spectrum", "latest-drift"):
+                    page.wait_for_function(
+                        f"document.getElementById('{pic}').naturalWidth > 0", timeout=15000)
+                latest = page.locator("#latest-name").inner_text()
+                assert latest.startswith("TS_01_")
+                assert page.locator("#daemon-state").get_attribute("data-state") == "live"
+
+                daemon.send_signal(signal.SIGTERM)  # restart: a new session on the same feed
+                assert daemon.wait(timeout=30) == 0
+                page.wait_for_function("['stopping', 'silent'].includes("
+                                       "document.getElementById('daemon-state').dataset.state)",
+                                       timeout=15000)
+                daemon = spawn(daemon_argv, log)
+                page.wait_for_function("document.getElementById('daemon-state').dataset.state"
+                                       " === 'restarted'", timeout=30000)
+                assert "(1x, new session)" in page.locator("#daemon-state").text_content()
+                assert page.locator("div[data-series='TS_01'] tr.tilt").count() == 5
+                shot = page.screenshot(full_page=False)
+                (tmp_path / "dashboard.png").write_bytes(shot)
+                if os.environ.get("MOTIONWATCH_SAVE_SCREENSHOT"):
+                    Path(os.environ["MOTIONWATCH_SAVE_SCREENSHOT"]).write_bytes(shot)
+            finally:
+                browser.close()
+    finally:
+        for proc in (daemon, dash):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(short, ignore_errors=True)
+    assert dash.returncode == 0, dash_log.read_text()[-2000:]

@@ -1,0 +1,289 @@
+"""Correction on a Dask cluster: real schedulers and worker processes on loopback.
+
+The same simulated session through the local workers and through a two-worker Dask cluster
+gives bit-identical images; a Dask worker killed with SIGKILL mid-movie, and a scheduler that goes
+away and comes back, still leave every movie with exactly one set of outputs, the daemon's own
+retry policy deciding. Stand-in runners (written to a module the workers import through
+PYTHONPATH) make the kill and the outage land while a movie is in hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+
+from correction.params import CorrectionParams, DoseParams  # noqa: E402
+from daemon.engine.service import Service  # noqa: E402
+from daemon.settings.config import Config, ConfigError  # noqa: E402
+from daemon.simulation.movies import simulate_session, write_movie_progressively  # noqa: E402
+from daemon.state.ledger import Ledger  # noqa: E402
+from daemon.work.dask_executor import DaskExecutor, map_path  # noqa: E402
+from daemon.work.executor import (ExecutorSettings, add_executor_arguments,  # noqa: E402
+                                  build_executor, executor_settings)
+from daemon.work.workers import Task, WorkerPool  # noqa: E402
+
+PARAMS = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+IMAGES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc")
+
+RUNNERS = '''
+import json, os, time
+from pathlib import Path
+from types import SimpleNamespace
+
+def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
+    """Writes <stem>.started, holds the movie a while (victim*/slow*), then one output set."""
+    first = not (out_dir / (stem + ".started")).exists()
+    (out_dir / (stem + ".started")).write_text(str(os.getpid()))
+    if movie_path.name.startswith("victim") and first:
+        time.sleep(30)  # killed here by the test
+    if movie_path.name.startswith("slow"):
+        time.sleep(1.5)
+    outputs = {}
+    for name, suffix in (("sum", ".mrc"), ("motion", ".motion.json")):
+        final = out_dir / (stem + suffix)
+        tmp = out_dir / ("." + stem + suffix + ".tmp")
+        tmp.write_text(json.dumps({"movie": str(movie_path), **extra_record}))
+        os.replace(tmp, final)
+        outputs[name] = final
+    return SimpleNamespace(outputs=outputs, record={"frames": 4}, timings_s={"total": 0.01})
+'''
+
+
+@pytest.fixture
+def fake_runners(tmp_path, monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "dask_fake_runners.py").write_text(textwrap.dedent(RUNNERS))
+    monkeypatch.syspath_prepend(str(mods))
+    path = os.pathsep.join(p for p in (str(mods), os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)  # the Dask worker processes import it too
+    return "dask_fake_runners:correct"
+
+
+def local_cluster(n_workers=2):
+    return distributed.LocalCluster(n_workers=n_workers, processes=True, threads_per_worker=1,
+                                    dashboard_address=None, protocol="tcp")
+
+
+def run_all(executor, tasks, timeout_s=60.0):
+    pending, outcomes = list(tasks), {}
+    deadline = time.monotonic() + timeout_s
+    while (pending or executor.in_flight) and time.monotonic() < deadline:
+        while pending and executor.idle > 0:
+            executor.submit(pending.pop(0))
+        for outcome in executor.wait(0.5):
+            outcomes[outcome.task_id] = outcome
+    return outcomes
+
+
+def service_config(watch: Path, out: Path, **options) -> Config:
+    return Config(watch, out, out, PARAMS, settle_time_s=0.1, scan_interval_s=0.05,
+                  incomplete_grace_s=2.0, max_attempts=3, retry_delay_s=0.0, heartbeat_s=0.2,
+                  exit_when_idle_s=1.0, polling="on", movie_timeout_s=60.0,
+                  options={"executor": "dask", **options})
+
+
+def write_movies(folder: Path, names) -> list[Path]:
+    paths = []
+    for name in names:
+        frames = np.random.default_rng(len(name)).poisson(1.0, (4, 32, 32)).astype(np.int16)
+        write_movie_progressively(folder / name, frames, pixel_size_A=1.1, frame_interval_s=0)
+        paths.append(folder / name)
+    return paths
+
+
+def assert_one_output_set_each(out: Path, movies) -> None:
+    for movie in movies:
+        assert json.loads((out / f"{movie.stem}.motion.json").read_text())["movie"]
+        assert (out / f"{movie.stem}.mrc").is_file()
+    assert not list(out.glob(".*.tmp"))
+    finals = sorted(p.name for p in out.iterdir() if p.suffix in (".mrc", ".json"))
+    assert finals == sorted(f"{m.stem}{s}" for m in movies for s in (".mrc", ".motion.json"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_session_corrected_through_two_dask_workers_gives_bit_identical_images_to_local_workers(
+        tmp_path):
+    session = tmp_path / "session"
+    movies = simulate_session(session, n_movies=3, rng=np.random.default_rng(3),
+                              shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                              movie_interval_s=0.0, rename_indices=())
+    mount = tmp_path / "cluster-mount"  # the cluster sees the session under another path
+    mount.symlink_to(session, target_is_directory=True)
+
+    def tasks(out: Path):
+        return [Task(i, m.path, out, out, PARAMS, m.path.stem, {"index": i})
+                for i, m in enumerate(movies)]
+
+    with WorkerPool(1) as pool:
+        local = run_all(pool, tasks(session / "local"))
+    with local_cluster() as cluster:
+        settings = ExecutorSettings("dask", cluster.scheduler_address, 2,
+                                    ((str(session), str(mount)),))
+        with DaskExecutor(settings, timeout_s=60) as executor:
+            remote = run_all(executor, tasks(session / "dask"))
+            workers = set(cluster.scheduler_info["workers"])
+
+    assert {o.kind for o in local.values()} == {"done"} == {o.kind for o in remote.values()}
+    for i, movie in enumerate(movies):
+        # outputs reported in the daemon's paths, written by a cluster worker through the mount
+        assert remote[i].outputs["sum"] == str(session / "dask" / f"{movie.path.stem}.mrc")
+        assert remote[i].record["ran_on"]["worker"] in workers
+        assert local[i].record["ran_on"]["worker"].startswith("pid ")
+        for suffix in IMAGES:
+            with mrcfile.open(session / "local" / f"{movie.path.stem}{suffix}") as a, \
+                    mrcfile.open(session / "dask" / f"{movie.path.stem}{suffix}") as b:
+                assert a.data.dtype == b.data.dtype and np.array_equal(a.data, b.data), suffix
+
+
+def test_a_dask_worker_killed_mid_movie_is_retried_by_the_daemon_and_every_movie_has_one_output_set(
+        tmp_path, fake_runners):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    movies = write_movies(watch, ["a.mrc", "victim.mrc", "b.mrc", "c.mrc"])
+    killed = []
+
+    def killer():
+        started = out / "victim.started"
+        deadline = time.monotonic() + 45
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        pid = int(started.read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    # the scheduler must not rerun the task itself: the daemon's policy decides
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), local_cluster() as cluster:
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        status = Service(service_config(watch, out, scheduler=cluster.scheduler_address),
+                         runner=fake_runners).run()
+        thread.join(timeout=5)
+
+    assert status == 0 and killed
+    rows = {Path(r.key.path).name: r for r in _rows(out)}
+    assert {r.status for r in rows.values()} == {"done"}
+    assert rows["victim.mrc"].attempts == 2  # crash outcome, retried once by the daemon
+    assert_one_output_set_each(out, movies)
+
+
+def test_the_daemon_waits_while_the_scheduler_is_gone_and_resumes_when_it_returns(
+        tmp_path, fake_runners):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    movies = write_movies(watch, ["slow_a.mrc", "slow_b.mrc", "slow_c.mrc"])
+    address = f"tcp://127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    logs = tmp_path / "dask.log"
+
+    def scheduler():
+        return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                 "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+                                stdout=subprocess.DEVNULL, stderr=logs.open("ab"))
+
+    processes = [scheduler()]
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+         "--no-dashboard", "--death-timeout", "120"],
+        stdout=subprocess.DEVNULL, stderr=logs.open("ab")))
+    outage = {}
+
+    def break_and_restore():
+        started = out / "slow_a.started"
+        deadline = time.monotonic() + 45
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        processes[0].kill()  # the scheduler goes away while a movie is in hand
+        processes[0].wait()
+        outage["done_while_gone"] = _done_names(out)
+        time.sleep(3.0)
+        outage["done_before_return"] = _done_names(out)
+        processes.append(scheduler())
+
+    try:
+        thread = threading.Thread(target=break_and_restore, daemon=True)
+        thread.start()
+        service = Service(service_config(watch, out, scheduler=address, max_in_flight=1),
+                          runner=fake_runners)
+        status = service.run()
+        thread.join(timeout=5)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+    assert status == 0
+    assert outage["done_before_return"] == outage["done_while_gone"]  # nothing ran meanwhile
+    rows = {Path(r.key.path).name: r for r in _rows(out)}
+    assert {r.status for r in rows.values()} == {"done"}
+    assert rows["slow_a.mrc"].attempts == 2 and rows["slow_a.mrc"].failures == 0  # not its fault
+    assert_one_output_set_each(out, movies)
+
+
+def _rows(out: Path):
+    ledger = Ledger(out / "motionwatch.sqlite")
+    try:
+        return ledger.rows()
+    finally:
+        ledger.close()
+
+
+def _done_names(out: Path) -> set[str]:
+    return {p.name for p in out.glob("*.motion.json")}
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def parse(*argv: str) -> Config:
+    parser = argparse.ArgumentParser()
+    add_executor_arguments(parser)
+    args = parser.parse_args(list(argv))
+    return Config(Path("/w"), Path("/o"), Path("/o"), PARAMS, options=vars(args))
+
+
+def test_the_local_executor_is_the_default_worker_pool():
+    executor = build_executor(parse(), runner="correction.pipeline:correct_movie")
+    assert isinstance(executor, WorkerPool)
+
+
+def test_dask_options_are_validated_together_and_path_maps_replace_whole_components():
+    with pytest.raises(ConfigError) as err:
+        executor_settings(parse("--executor", "dask", "--max-in-flight", "0"))
+    assert len(err.value.problems) == 2  # no scheduler, bad bound
+    settings = executor_settings(parse("--executor", "dask", "--scheduler", "tcp://h:8786",
+                                       "--path-map", "/data=/mnt/data"))
+    assert settings.path_map == (("/data", "/mnt/data"),)
+    assert map_path("/data/s/a.mrc", settings.path_map) == "/mnt/data/s/a.mrc"
+    assert map_path("/database/a.mrc", settings.path_map) == "/database/a.mrc"
+    with pytest.raises(ConfigError, match="executor_cores"):
+        executor_settings(parse("--executor", "dask", "--executor-cluster", "slurm",
+                                "--executor-memory", "8GB"))

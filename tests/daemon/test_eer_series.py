@@ -1,0 +1,184 @@
+"""EER tilt series the way SerialEM writes them: frame doses per RAW frame, summed per fraction.
+
+A SerialEM EER session writes ``<movie>.eer`` plus ``<movie>.eer.mdoc`` whose ``[FrameSet = 0]``
+gives ``NumSubFrames`` and ``FrameDosesAndNumber`` over the raw EER frames, and a series mdoc
+listing the tilts. The correction reads an EER as fractions of ``--eer-group`` raw frames, so
+each fraction's dose is the sum of the doses of exactly the raw frames it holds (truth computed
+by hand below from the written FrameDosesAndNumber). The daemon needs no dose flag when every
+movie's dose comes from an mdoc or the EER header; a movie without any dose is quarantined
+with a clear reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eer_writer import write_eer
+
+from correction.dose import NO_DOSE_REASON, frame_doses_e_A2
+from correction.errors import ParameterError
+from correction.params import CorrectionParams, DoseParams, ReadParams
+from daemon.engine.service import Service
+from daemon.series.options import resolver_from_config
+from daemon.settings.config import Config
+
+SHAPE = (128, 128)
+PIXEL_A = 1.1
+GROUP = 12
+
+
+# --- the dose arithmetic ------------------------------------------------------------------
+
+def test_raw_frame_doses_are_summed_into_exactly_the_raw_frames_of_each_fraction():
+    # FrameDosesAndNumber = "0.02 60  0.03 65": 125 raw frames in groups of 12 = 10 fractions,
+    # the 5 left over (< half a group) join the last: 12 x 9 + 17 raw frames.
+    raw = (0.02,) * 60 + (0.03,) * 65
+    dp = DoseParams(frame_doses_e_A2=raw, frame_doses_per="raw_frame")
+    doses = frame_doses_e_A2(dp, 10, raw_frames_per_frame=(12,) * 9 + (17,))
+    expected = [0.24] * 5 + [0.36] * 4 + [17 * 0.03]
+    np.testing.assert_allclose(doses, expected, rtol=1e-12)
+    assert doses.sum() == pytest.approx(60 * 0.02 + 65 * 0.03)
+
+
+def test_raw_frame_doses_that_do_not_fill_the_fractions_are_a_clear_error():
+    dp = DoseParams(frame_doses_e_A2=(0.025,) * 120, frame_doses_per="raw_frame")
+    with pytest.raises(ParameterError, match="120 raw-frame doses, but the movie's 10 frames "
+                                             "hold 100 raw frames"):
+        frame_doses_e_A2(dp, 10, raw_frames_per_frame=(10,) * 10)
+
+
+def test_a_dose_params_without_dose_loads_but_cannot_weight_a_movie():
+    dp = DoseParams()
+    assert not dp.known
+    with pytest.raises(ParameterError, match="no dose: give --dose-per-frame/--total-dose or a "
+                                             "SerialEM mdoc"):
+        frame_doses_e_A2(dp, 4)
+    with pytest.raises(ParameterError, match="at most one of"):
+        DoseParams(dose_per_frame_e_A2=1.0, total_dose_e_A2=4.0)
+
+
+def test_the_params_fingerprint_of_an_old_configuration_is_unchanged():
+    # values computed with the parameter classes before frame_doses_per existed
+    assert CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2)).fingerprint() \
+        == "79cb009e8e6590e3"
+    assert CorrectionParams(dose=DoseParams(frame_doses_e_A2=(1.0, 2.0), pre_exposure_e_A2=3.0)
+                            ).fingerprint() == "62350d02d6ec14d7"
+
+
+# --- SerialEM EER sessions through the real daemon -------------------------------------------
+
+def _eer(path: Path, n_raw: int, rng: np.random.Generator, metadata=()) -> Path:
+    n = SHAPE[0] * SHAPE[1]
+    frames = [np.flatnonzero(rng.random(n) < 0.05) for _ in range(n_raw)]
+    return write_eer(path, frames, shape_yx=SHAPE, metadata=metadata)
+
+
+def _frame_mdoc(movie: Path, *, tilt_deg: float, pairs: list[tuple[float, int]],
+                timestamp: int) -> None:
+    """``<movie>.mdoc`` as SerialEM writes it for an EER movie: counts are raw frames."""
+    n_raw = sum(n for _, n in pairs)
+    dose = sum(d * n for d, n in pairs)
+    fdn = "  ".join(f"{d:g} {n}" for d, n in pairs)
+    movie.with_name(movie.name + ".mdoc").write_text(
+        f"PixelSpacing = {PIXEL_A:g}\nVoltage = 300\nImageFile = {movie.name}\n\n"
+        f"[FrameSet = 0]\nTiltAngle = {tilt_deg:g}\nExposureDose = {dose:g}\n"
+        f"PixelSpacing = {PIXEL_A:g}\nSubFramePath = X:\\frames\\{movie.name}\n"
+        f"NumSubFrames = {n_raw}\nFrameDosesAndNumber = {fdn}\nTimeStamp = {timestamp}\n"
+        f"DateTime = 24-Mar-2023  12:{timestamp % 60:02d}:00\n")
+
+
+def _series_mdoc(path: Path, tilts: list[tuple[str, float, float, int, int]]) -> None:
+    text = (f"PixelSpacing = {PIXEL_A:g}\nVoltage = 300\nImageFile = {path.name[:-5]}\n"
+            f"ImageSize = {SHAPE[1]} {SHAPE[0]}\nDataMode = 1\n\n"
+            "[T = SerialEM: Digitized on a Krios G4    24-Mar-2023  12:13:11    ]\n\n")
+    for z, (movie, angle, dose, n_raw, stamp) in enumerate(tilts):
+        text += (f"[ZValue = {z}]\nTiltAngle = {angle:g}\nExposureDose = {dose:g}\n"
+                 f"PixelSpacing = {PIXEL_A:g}\nSubFramePath = X:\\frames\\{movie}\n"
+                 f"NumSubFrames = {n_raw}\nFrameDosesAndNumber = {dose / n_raw:g} {n_raw}\n"
+                 f"TimeStamp = {stamp}\nDateTime = 24-Mar-2023  12:{stamp % 60:02d}:00\n\n")
+    path.write_text(text)
+
+
+def _run(watch: Path, out: Path, dose: DoseParams, **options) -> None:
+    out.mkdir()
+    params = CorrectionParams(dose=dose, read=ReadParams(pixel_size_A=PIXEL_A,
+                                                         eer_group_frames=GROUP))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.8, polling="on", log_level="warning",
+                    max_attempts=1, options={"tilt_series": "auto", "mdoc_quiet": 0.3,
+                                             **options})
+    assert Service(config, resolver=resolver_from_config(config)).run() in (0, 1)
+
+
+def _record(out: Path, movie: Path) -> dict:
+    return json.loads((out / f"{movie.stem}.motion.json").read_text())
+
+
+def test_eer_tilt_series_with_frame_mdocs_sums_raw_frame_doses_into_each_fraction(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    rng = np.random.default_rng(7)
+    # acquisition order 0, -3, +3 (dose-symmetric); 120 raw frames at 0.025 e/Å² each
+    plan = [("Position_10_001_0.00_20230324_121311_EER.eer", 0.0, 3.0, 120, 1000),
+            ("Position_10_002_-3.00_20230324_121400_EER.eer", -3.0, 3.6, 120, 1060),
+            ("Position_10_003_3.00_20230324_121457_EER.eer", 3.0, 4.2, 120, 1120)]
+    for name, angle, dose, n_raw, stamp in plan:
+        movie = _eer(watch / name, n_raw, rng)
+        _frame_mdoc(movie, tilt_deg=angle, pairs=[(dose / n_raw, n_raw)], timestamp=stamp)
+    _series_mdoc(watch / "Position_10.mrc.mdoc", plan)
+    # the issue's setting: --eer-group 12 and a dose flag (the mdoc's doses win for tilts)
+    _run(watch, out, DoseParams(dose_per_frame_e_A2=1.0))
+    pre = 0.0
+    for name, angle, dose, n_raw, _ in plan:
+        record = _record(out, watch / name)
+        assert record["eer"]["raw_frames_per_fraction"] == [GROUP] * 10
+        # each fraction holds 12 raw frames of dose/120: dose/10 each, by hand
+        np.testing.assert_allclose(record["dose"]["per_frame_e_A2"], [dose / 10] * 10,
+                                   rtol=1e-5)
+        assert record["tilt"]["series"] == "Position_10"
+        assert record["tilt"]["pre_exposure_e_A2"] == pytest.approx(pre, abs=1e-9)
+        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(pre, abs=1e-9)
+        pre += dose
+    assert (out / "Position_10" / "Position_10.tlt").is_file()  # the series was assembled
+
+
+def test_eer_movie_with_only_its_frame_mdoc_needs_no_dose_flag_and_uneven_doses_land_exactly(
+        tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    # 125 raw frames: 60 at 0.02 then 65 at 0.03 e/Å²; fractions 12 x 9 + 17 (see above)
+    movie = _eer(watch / "FoilHole_1_Data_2_3_20230324_121311_EER.eer", 125,
+                 np.random.default_rng(8))
+    _frame_mdoc(movie, tilt_deg=0.0, pairs=[(0.02, 60), (0.03, 65)], timestamp=5)
+    _run(watch, out, DoseParams())  # no dose flag at all
+    record = _record(out, movie)
+    assert record["eer"]["raw_frames_per_fraction"] == [12] * 9 + [17]
+    np.testing.assert_allclose(record["dose"]["per_frame_e_A2"],
+                               [0.24] * 5 + [0.36] * 4 + [0.51], rtol=1e-5)
+    assert record["dose"]["pre_exposure_e_A2"] == 0.0
+
+
+def test_without_any_dose_a_movie_is_quarantined_with_the_reason_and_an_eer_header_dose_is_used(
+        tmp_path):
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    rng = np.random.default_rng(9)
+    # no mdoc, no flag: the EER header's totalDose (e/pixel) gives the dose
+    header = _eer(watch / "header_dose.eer", 120, rng, metadata=[
+        ("numberOfFrames", None, "120"), ("totalDose", "e/px", f"{5.0 * PIXEL_A ** 2:.6f}"),
+        ("sensorPixelSize.width", "m", f"{PIXEL_A * 1e-10:g}")])
+    # no mdoc, no flag, no header dose: nothing says the dose
+    bare = _eer(watch / "no_dose.eer", 120, rng)
+    _run(watch, out, DoseParams())
+    record = _record(out, header)
+    np.testing.assert_allclose(record["dose"]["per_frame_e_A2"], [0.5] * 10, rtol=1e-4)
+    assert not (out / "no_dose.motion.json").exists()
+    with Ledger(out / DB_NAME, read_only=True) as ledger:
+        rows = [r for r in ledger.rows() if Path(r.key.path).name == bare.name]
+    assert [r.status for r in rows] == ["quarantined"]
+    assert NO_DOSE_REASON in rows[0].error

@@ -1,0 +1,311 @@
+"""Hand-off files read back with teamtomo's ``starfile`` and checked against the truth.
+
+Truth: the motion records (``S.motion.json``), the simulated acquisition (its mdoc: angles,
+doses, pre-exposures = the doses of the tilts acquired before), the files on disk, and a movie of
+known motion. No RELION program runs here (ccpem-pipeliner installs but pulls in ~40 packages; it
+was used once by hand, see the report), so the RELION source lines defining each column are
+paraphrased here (3dem/relion):
+
+* ``src/micrograph_model.cpp``, ``Micrograph::write``: block ``general`` (a list) holds
+  rlnImageSizeX/Y/Z (Z = frame count), rlnMicrographMovieName, rlnMicrographBinning,
+  rlnMicrographOriginalPixelSize, rlnMicrographDoseRate, rlnMicrographPreExposure, rlnVoltage,
+  rlnMicrographStartFrame (1-indexed), rlnMotionModelVersion (0 = no local model); block
+  ``global_shift`` one row per frame: rlnMicrographFrameNumber (frame + 1), rlnMicrographShiftX/Y;
+  ``getShiftAt`` treats -9999 (NOT_OBSERVED) as a frame without a shift.
+* ``src/motioncorr_runner.cpp``, ``generateLogFilePDFAndWriteStarFiles``: the cutoff frame is
+  (dose_motionstats_cutoff - pre_exposure) / dose_per_frame; for each frame from 2 on whose shift
+  is observed, the distance to the previous observed shift is added to the total, and to the
+  early sum when the frame is <= the cutoff frame, else to the late sum; written as
+  rlnAccumMotionTotal/Early/Late next to rlnMicrographName, rlnMicrographMetadata (the per-movie
+  STAR), rlnOpticsGroup; the optics table gains rlnMicrographPixelSize = original x binning.
+* ``src/tomography_python_programs/import_tilt_series/serialem.py``: ``data_global`` with
+  rlnTomoName, rlnTomoTiltSeriesStarFile, rlnVoltage, rlnSphericalAberration,
+  rlnAmplitudeContrast, rlnMicrographOriginalPixelSize, rlnTomoHand (-1 when the defocus
+  handedness is inverted); per series a block named after it with rlnMicrographMovieName,
+  rlnTomoTiltMovieFrameCount (NumSubFrames), rlnTomoTiltMovieIndex (1-based, time order),
+  rlnTomoNominalStageTiltAngle, rlnTomoNominalTiltAxisAngle, rlnMicrographPreExposure,
+  rlnTomoNominalDefocus (TargetDefocus).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+
+from correction.params import CorrectionParams, DoseParams, ReadParams
+from correction.pipeline import correct_movie
+from correction.synthetic import render_movie
+from daemon.engine.service import Service
+from daemon.events import NoMetadata
+from daemon.handoff.listener import RelionListener
+from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion_px,
+                                   motion_records_in, movie_motion, write_motion_star,
+                                   write_single_particle_star)
+from daemon.series.mdoc import read_mdoc
+from daemon.series.resolution import SeriesConfig
+from daemon.series.resolver import TiltSeriesResolver
+from daemon.settings.config import Config
+from daemon.simulation.movies import write_movie_progressively
+from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
+
+SHAPE = (128, 128)
+N_FRAMES = 4
+PIXEL_A = 1.1
+OPTICS = RelionOptics(spherical_aberration_mm=2.7, amplitude_contrast=0.07, tomo_hand=-1)
+
+
+def _motion(shifts_x, doses, pre):
+    n = len(shifts_x)
+    shifts = np.stack([np.asarray(shifts_x, float), np.zeros(n)], axis=1)
+    return MovieMotion(motion_path=Path("m.motion.json"), movie=Path("/m.mrc"), shape_yx=(8, 8),
+                       frames_in_movie=n, first_frame=1, shifts_px=shifts,
+                       frame_doses_e_A2=np.asarray(doses, float), pre_exposure_e_A2=pre,
+                       voltage_kV=300.0, movie_pixel_size_A=1.0, output_pixel_size_A=1.0,
+                       bin_factor=1.0, outputs={})
+
+
+def test_accumulated_motion_splits_early_and_late_at_relions_dose_cutoff():
+    # dose 1 per frame, pre-exposure 1.5: frame f ends at 1.5 + f e/Å²; cutoff 4 -> f <= 2.5
+    m = _motion([0, 1, 3, 6, 10], [1] * 5, 1.5)
+    assert accumulated_motion_px(m, dose_cutoff_e_A2=4.0) == pytest.approx((10.0, 1.0, 9.0))
+    # a late tilt (pre-exposure above the cutoff): all motion is late, as RELION counts it
+    assert accumulated_motion_px(_motion([0, 1, 3], [1] * 3, 20.0)) == pytest.approx((3, 0, 3))
+    # a frame without a shift (thrown) is skipped; the next step is from the last observed one
+    m = _motion([0, 1, 3, 6], [1] * 4, 0.0)
+    m.shifts_px[2] = np.nan
+    assert accumulated_motion_px(m, dose_cutoff_e_A2=100.0) == pytest.approx((6, 6, 0))
+
+
+def test_motion_star_shift_is_minus_the_known_displacement_in_unbinned_pixels(tmp_path):
+    """A movie with a known drift of ~12 px, binned 2x, first frame thrown."""
+    rng = np.random.default_rng(5)
+    n = 8
+    t = np.arange(n, dtype=float)
+    truth_yx = np.stack([-0.9 * t, 1.6 * t], axis=1)  # [dy, dx] displacement, unbinned px
+    movie = render_movie(rng, shape_yx=(256, 256), n_frames=n, shifts_yx_px=truth_yx,
+                         electrons_per_px_per_frame=4.0, gain=None, n_hot_pixels=0,
+                         pixel_size_A=1.3, contrast=1.0)
+    path = tmp_path / "known.mrc"
+    write_movie_progressively(path, movie.frames, pixel_size_A=1.3, frame_interval_s=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(bin_factor=2.0, throw_frames=1))
+    result = correct_movie(path, tmp_path / "out", params, workers=1)
+    motion = movie_motion(result.record, result.outputs["motion"])
+    star_path = write_motion_star(motion)
+    assert star_path == tmp_path / "out" / "known.star"
+    blocks = starfile.read(star_path, always_dict=True)
+    general, shifts = blocks["general"], blocks["global_shift"]
+    assert general["rlnImageSizeX"] == 256 and general["rlnImageSizeY"] == 256
+    assert general["rlnImageSizeZ"] == n and general["rlnMicrographStartFrame"] == 2
+    assert general["rlnMicrographBinning"] == pytest.approx(2.0)
+    assert general["rlnMicrographOriginalPixelSize"] == pytest.approx(1.3)
+    assert general["rlnMicrographMovieName"] == str(path)
+    assert general["rlnMotionModelVersion"] == 0
+    assert list(shifts["rlnMicrographFrameNumber"]) == list(range(1, n + 1))
+    assert shifts["rlnMicrographShiftX"][0] == -9999 and shifts["rlnMicrographShiftY"][0] == -9999
+    expected = -(truth_yx[1:] - truth_yx[1])  # shift to apply, origin at the first summed frame
+    np.testing.assert_allclose(shifts["rlnMicrographShiftX"][1:], expected[:, 1], atol=0.2)
+    np.testing.assert_allclose(shifts["rlnMicrographShiftY"][1:], expected[:, 0], atol=0.2)
+    total = float(np.hypot(*np.diff(expected, axis=0).T).sum())
+    assert accumulated_motion_px(motion, dose_cutoff_e_A2=0.0)[0] == pytest.approx(total, abs=1.0)
+
+
+def test_single_particle_star_lists_each_movie_once_with_its_records_values(tmp_path):
+    rng = np.random.default_rng(7)
+    out = tmp_path / "out"
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2))
+    for i in range(3):
+        m = render_movie(rng, shape_yx=SHAPE, n_frames=N_FRAMES, gain=None, n_hot_pixels=0,
+                         pixel_size_A=PIXEL_A)
+        write_movie_progressively(tmp_path / f"mic_{i}.mrc", m.frames, pixel_size_A=PIXEL_A,
+                                  frame_interval_s=0)
+        correct_movie(tmp_path / f"mic_{i}.mrc", out, params, workers=1)
+    for _ in range(2):  # written twice (a second `motionwatch correct` run): no duplicates
+        star = write_single_particle_star(out, motion_records_in(out), OPTICS)
+    assert star == out / "corrected_micrographs.star"
+    blocks = starfile.read(star, always_dict=True)
+    optics, mics = blocks["optics"], blocks["micrographs"]
+    assert list(optics["rlnOpticsGroupName"]) == ["optics1"]
+    assert optics["rlnMicrographOriginalPixelSize"][0] == pytest.approx(PIXEL_A)
+    assert optics["rlnMicrographPixelSize"][0] == pytest.approx(PIXEL_A)
+    assert optics["rlnSphericalAberration"][0] == pytest.approx(2.7)
+    assert optics["rlnAmplitudeContrast"][0] == pytest.approx(0.07)
+    assert optics["rlnVoltage"][0] == pytest.approx(300.0)
+    assert len(mics) == 3
+    for _, row in mics.iterrows():
+        stem = Path(row["rlnMicrographName"]).name.removesuffix("_DW.mrc")
+        assert row["rlnMicrographName"] == f"{stem}_DW.mrc"  # relative to the project folder
+        for label in ("rlnMicrographName", "rlnMicrographNameNoDW", "rlnMicrographNameEven",
+                      "rlnMicrographNameOdd", "rlnMicrographMetadata"):
+            assert (out / row[label]).is_file(), label
+        record = next(r for p, r in motion_records_in(out) if p.name == f"{stem}.motion.json")
+        steps = np.hypot(*np.diff(np.asarray(record["global_shifts_px"]), axis=0).T)
+        assert row["rlnAccumMotionTotal"] == pytest.approx(steps.sum(), abs=1e-3)  # bin 1
+        # 1.2 e/Å² per frame, cutoff 4: frames 2 and 3 are early (1.2 x 3 = 3.6 <= 4)
+        assert row["rlnAccumMotionEarly"] == pytest.approx(steps[:2].sum(), abs=1e-3)
+        assert row["rlnAccumMotionLate"] == pytest.approx(steps[2:].sum(), abs=1e-3)
+        assert row["rlnOpticsGroup"] == 1
+
+
+# --- a tilt series written live, with a restart ------------------------------------------
+
+
+def _run(watch: Path, out: Path, listener: RelionListener, *, guard_s: float = 60.0) -> None:
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                    heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
+    service = Service(config, listeners=[listener],
+                      resolver=TiltSeriesResolver(SeriesConfig(), mode="on"))
+    guard = threading.Timer(guard_s, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        assert service.run() == 0
+    finally:
+        guard.cancel()
+
+
+def _acquire(staging: Path):
+    staging.mkdir()
+    return simulate_tilt_series(staging, rng=np.random.default_rng(11), n_tilts=6,
+                                shape_yx=SHAPE, n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
+                                frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
+
+
+def _deliver(staging: Path, watch: Path, tilts, upto: int, *, finished: bool) -> None:
+    """What SerialEM has written after ``upto`` tilts: their movies, the mdoc listing them, and
+    the ``.openTS`` lock until the series is finished."""
+    for t in tilts[:upto]:
+        if not (watch / t.movie.path.name).exists():
+            shutil.copy2(t.movie.path, watch / t.movie.path.name)
+    text = series_mdoc_text("TS_01", tilts[:upto], pixel_size_A=PIXEL_A, shape_yx=SHAPE,
+                            n_frames=N_FRAMES)
+    (watch / "TS_01.mrc.mdoc").write_text(text)
+    lock = watch / "TS_01.mrc.openTS"
+    if finished:
+        lock.unlink(missing_ok=True)
+    else:
+        lock.write_text("")
+
+
+def _check_series_star(out: Path, watch: Path, tilts) -> None:
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["TS_01"]
+    assert glob["rlnTomoTiltSeriesStarFile"][0] == "TS_01/TS_01.star"
+    assert glob["rlnMicrographOriginalPixelSize"][0] == pytest.approx(PIXEL_A)
+    assert glob["rlnTomoTiltSeriesPixelSize"][0] == pytest.approx(PIXEL_A)
+    assert glob["rlnSphericalAberration"][0] == pytest.approx(2.7)
+    assert glob["rlnAmplitudeContrast"][0] == pytest.approx(0.07)
+    assert glob["rlnTomoHand"][0] == -1 and glob["rlnVoltage"][0] == pytest.approx(300.0)
+    assert glob["rlnOpticsGroupName"][0] == "optics1"
+    table = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
+    assert len(table) == len(tilts)  # one row per tilt: no duplicate after the restart
+    mdoc = read_mdoc(watch / "TS_01.mrc.mdoc")
+    for (_, row), t, section in zip(table.iterrows(), tilts, mdoc.sections):  # acquisition order
+        assert row["rlnMicrographMovieName"] == str(watch / t.movie.path.name)
+        assert row["rlnTomoTiltMovieIndex"] == t.acquisition_index + 1
+        assert row["rlnTomoTiltMovieFrameCount"] == section.num_subframes == N_FRAMES
+        assert row["rlnTomoNominalStageTiltAngle"] == pytest.approx(section.tilt_deg)
+        assert row["rlnTomoNominalTiltAxisAngle"] == pytest.approx(85.3)  # the mdoc's title
+        assert row["rlnMicrographPreExposure"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+        expected_pre = sum(s.exposure_dose_e_A2 for s in mdoc.sections[:t.acquisition_index])
+        assert row["rlnMicrographPreExposure"] == pytest.approx(expected_pre, abs=1e-9)
+        assert row["rlnTomoNominalDefocus"] == pytest.approx(-3.5)
+        stem = t.movie.path.stem
+        assert row["rlnMicrographName"] == f"{stem}.mrc"
+        assert row["rlnMicrographNameEven"] == f"{stem}_EVN.mrc"
+        assert row["rlnMicrographNameOdd"] == f"{stem}_ODD.mrc"
+        assert row["rlnMicrographMetadata"] == f"{stem}.star"
+        for label in ("rlnMicrographName", "rlnMicrographNameEven", "rlnMicrographNameOdd",
+                      "rlnMicrographMetadata"):
+            assert (out / row[label]).is_file()
+        record = read_motion(out / f"{stem}.motion.json")
+        assert record["tilt"]["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2)
+        steps = np.hypot(*np.diff(np.asarray(record["global_shifts_px"]), axis=0).T)
+        assert row["rlnAccumMotionTotal"] == pytest.approx(steps.sum(), abs=1e-3)
+        # RELION's cutoff counts the pre-exposure: only the first tilt can have early motion
+        dose_end = t.pre_exposure_e_A2 + np.cumsum(record["dose"]["per_frame_e_A2"])[1:]
+        assert row["rlnAccumMotionEarly"] == pytest.approx(steps[dose_end <= 4.0].sum(), abs=1e-3)
+        assert row["rlnAccumMotionLate"] == pytest.approx(steps[dose_end > 4.0].sum(), abs=1e-3)
+        general = starfile.read(out / f"{stem}.star", always_dict=True)["general"]
+        assert general["rlnMicrographPreExposure"] == pytest.approx(t.pre_exposure_e_A2)
+
+
+def read_motion(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_without_duplicates(
+        tmp_path):
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch, tilts, 3, finished=False)
+    _run(watch, out, RelionListener(OPTICS))  # first run: three tilts, series still open
+    _check_series_star(out, watch, tilts[:3])
+    assert not (out / "TS_01" / "TS_01.mrc").exists()  # not assembled yet
+    _deliver(staging, watch, tilts, len(tilts), finished=True)
+    _run(watch, out, RelionListener(OPTICS))  # restart: a new listener seeded from the ledger
+    _check_series_star(out, watch, tilts)
+    folder = out / "TS_01"
+    # AreTomo3 -Cmd 1 with TS_01.mrc.mdoc: name TS_01.mrc -> its stacks and tilt table
+    stack = folder / "TS_01.mrc"
+    angles_in_stack_order = sorted(tilts, key=lambda t: t.tilt_deg)
+    for suffix, target in ((".mrc", "TS_01.mrc"), ("_EVN.mrc", "TS_01_EVN.mrc"),
+                           ("_ODD.mrc", "TS_01_ODD.mrc"), ("_TLT.txt", "TS_01_TLT.txt")):
+        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+    lines = [line.split() for line in (folder / "TS_01_TLT.txt").read_text().splitlines()]
+    assert len(lines) == len(tilts)
+    for (angle, acq, dose), t in zip(lines, angles_in_stack_order):
+        assert float(angle) == pytest.approx(t.tilt_deg, abs=0.005)
+        assert int(acq) == t.acquisition_index + 1
+        assert float(dose) == pytest.approx(t.dose_e_A2, abs=5e-5)
+    # IMOD: TS_01.st is the stack, TS_01.rawtlt its angles
+    assert os.path.samefile(folder / "TS_01.st", stack)
+    rawtlt = [float(a) for a in (folder / "TS_01.rawtlt").read_text().split()]
+    assert rawtlt == pytest.approx([t.tilt_deg for t in angles_in_stack_order], abs=0.005)
+    # Warp: average/, average/even, average/odd are the sums; one .xml per movie
+    for t in tilts:
+        stem = t.movie.path.stem
+        assert os.path.samefile(out / "average" / f"{stem}.mrc", out / f"{stem}_DW.mrc")
+        assert os.path.samefile(out / "average" / "even" / f"{stem}.mrc", out / f"{stem}_EVN.mrc")
+        assert os.path.samefile(out / "average" / "odd" / f"{stem}.mrc", out / f"{stem}_ODD.mrc")
+        assert (out / f"{stem}.xml").read_text().startswith("<?xml")
+    assert not (out / "corrected_micrographs.star").exists()  # no movie outside the series
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left
+
+
+def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        m = render_movie(rng, shape_yx=SHAPE, n_frames=N_FRAMES, gain=None, n_hot_pixels=0,
+                         pixel_size_A=PIXEL_A)
+        write_movie_progressively(watch / f"spa_{i}.mrc", m.frames, pixel_size_A=PIXEL_A,
+                                  frame_interval_s=0)
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
+                    exit_when_idle_s=0.6, polling="on")
+    for _ in range(2):  # and once more: the restart rewrites the same two rows
+        service = Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata())
+        guard = threading.Timer(60.0, service.request_stop, args=("test guard",))
+        guard.start()
+        try:
+            assert service.run() == 0
+        finally:
+            guard.cancel()
+        mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+        assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
+        assert all(math.isfinite(v) for v in mics["rlnAccumMotionTotal"])
+    assert not (out / "corrected_tilt_series.star").exists()
