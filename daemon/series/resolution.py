@@ -80,7 +80,7 @@ __all__ = [
 #: [-90, 90]), then optionally ``_`` and anything (date, time, ``EER``). A date or a clock time
 #: after the angle is never read as index and angle: they are out of the angle's range.
 DEFAULT_FILENAME_PATTERN = (
-    r"^(?P<series>.+)_(?P<index>\d+)_(?P<angle>[-+]?(?:90(?:\.0+)?|[0-8]?\d(?:\.\d+)?))"
+    r"^(?P<series>.+)_(?P<index>\d+)_(?P<angle>[-+]?(?:90\.0+|[0-8]?\d\.\d+))"
     r"(?:_[^/\\]*)?\.(?i:mrc|mrcs|tif|tiff|eer)$")
 
 _STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")
@@ -501,6 +501,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         series_meta[name] = (md, swarn)
 
     # 2. movies not listed by a series mdoc: frame mdoc, file-name fallback or standalone
+    series_folders = {ob.folder.strip("/") for ob in series_mdocs
+                      if ob.mdoc.kind in ("tilt_series", "empty")}
     other: dict[str, list[_Tilt]] = {}
     standalone: set[str] = set()
     for mv in sorted(movies, key=lambda m: m.name):
@@ -511,7 +513,10 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         folder, base = split_qualified(mv.name)
         m = rx.search(base)
         waited = now_s - mv.first_seen_s >= config.metadata_wait_s
-        if fsec is None and not waited:
+        # only a movie that can be a tilt waits for tilt metadata: named like one, or in a folder
+        # that holds a series mdoc (a single-particle movie elsewhere is corrected at once)
+        could_be_tilt = m is not None or folder in series_folders
+        if fsec is None and not waited and could_be_tilt:
             pending[mv.name] = (f"waiting for metadata (series mdoc section or frame mdoc) until "
                                 f"{config.metadata_wait_s:g} s after first seen")
             continue

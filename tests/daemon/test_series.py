@@ -270,7 +270,9 @@ def test_movie_without_metadata_waits_then_uses_file_name_and_configured_dose():
     names = ["Pos3_002_3.0.tif", "Pos3_000_0.0.tif", "Pos3_001_-3.0.tif", "gridsquare_17.tif"]
     movies = [MovieObservation(n, 100.0, mtime_ns=i) for i, n in enumerate(names)]
     early = resolve(movies, [], {}, config=cfg, now_s=120.0)
-    assert not early.assignments and len(early.pending) == 4
+    # the three named like tilts wait; a movie that cannot be a tilt is not held (faults item 10)
+    assert not early.assignments and set(early.pending) == set(names[:3])
+    assert early.standalone == {"gridsquare_17.tif"}
     late = resolve(movies, [], {}, config=cfg, now_s=131.0)
     assert late.standalone == {"gridsquare_17.tif"}
     a = late.assignments
