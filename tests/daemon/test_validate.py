@@ -43,6 +43,15 @@ def test_garbage_with_a_movie_name_is_rejected_with_the_readers_reason(tmp_path)
     assert verdict.decision == "reject" and verdict.reason
 
 
+def test_garbage_is_rejected_as_not_a_movie_once_settled_not_after_the_grace_time(tmp_path):
+    for name, payload in (("junk.mrc", b"PK\x03\x04 a zip file, not a movie" * 50),
+                          ("junk.tif", bytes(range(256)) * 20)):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        verdict = validate(path, stable_for_s=0.0, incomplete_grace_s=120)
+        assert verdict.decision == "reject" and verdict.reason.startswith("not a movie"), verdict
+
+
 def test_a_directory_with_a_movie_name_is_rejected(tmp_path):
     (tmp_path / "x.mrc").mkdir()
     verdict = validate(tmp_path / "x.mrc", stable_for_s=0, incomplete_grace_s=60)
