@@ -24,6 +24,7 @@ from typing import Any
 
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
+from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["add_arguments", "run", "collect_status"]
 
@@ -64,9 +65,8 @@ def _brief(row: MovieRow) -> dict[str, Any]:
     return out
 
 
-def _tilt(row: MovieRow) -> dict[str, Any] | None:
-    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
-    return tilt if isinstance(tilt, dict) and tilt.get("series") else None
+def _tilt(row: MovieRow) -> TiltRecord | None:
+    return TiltRecord.from_json((row.metadata.get("extra_record") or {}).get("tilt"))
 
 
 def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dict[str, Any]]:
@@ -75,17 +75,16 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
     for row in rows:  # acquisition order, then insertion: the last row of a path is its newest
         if row.key.size >= 0:
             latest[row.key.path] = row
-    tilts: dict[str, list[tuple[MovieRow, dict[str, Any]]]] = {}
+    tilts: dict[str, list[tuple[MovieRow, TiltRecord]]] = {}
     for row in latest.values():
         tilt = _tilt(row)
         if tilt is not None:
-            tilts.setdefault(tilt["series"], []).append((row, tilt))
+            tilts.setdefault(tilt.series, []).append((row, tilt))
     out = []
     for name in sorted(set(states) | set(tilts)):
         state = states.get(name, {})
         mine = tilts.get(name, [])
-        reached = [float(t["pre_exposure_e_A2"]) + float(t["dose_e_A2"]) for _, t in mine
-                   if t.get("pre_exposure_e_A2") is not None and t.get("dose_e_A2") is not None]
+        reached = [t.pre_exposure_e_A2 + t.dose_e_A2 for _, t in mine]
         stacks = state.get("stacks") or {}
         folder = state.get("folder")
         if folder is None and stacks.get("sum"):

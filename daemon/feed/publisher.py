@@ -60,6 +60,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from daemon import __version__
+from daemon.series.tilt_record import TiltRecord
 
 __all__ = [
     "SCHEMA",
@@ -284,25 +285,24 @@ class TiltInfo:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TiltInfo:
         """From a motion record's ``tilt`` object (or that object itself), as the daemon's
-        series resolver writes it (``TiltAssignment.record()``: ``series``, ``tilt_deg``,
-        ``acquisition_index``, ``pre_exposure_e_A2``, ``dose_source``, ``warnings``).
+        series resolver writes it (the schema of
+        :class:`~daemon.series.tilt_record.TiltRecord`).
 
         The dose *fell back* when its source is not one of :data:`PRIMARY_DOSE_SOURCES` (e.g.
         ``configured``: the metadata gave none; ``DoseRate``: estimated at the camera); the
         reason is the source plus the resolver's warnings. A record without ``tilt`` gives an
         empty TiltInfo (a movie outside any series).
         """
-        tilt = record.get("tilt", record if "series" in record else None)
-        if not isinstance(tilt, Mapping):
+        tilt = TiltRecord.from_json(record)
+        if tilt is None:
             return cls()
-        source = tilt.get("dose_source") or None
+        source = tilt.dose_source or None
         fallback = None
         if source is not None and source.split(" ")[0] not in PRIMARY_DOSE_SOURCES:
-            notes = [str(w) for w in tilt.get("warnings") or []]
-            fallback = "; ".join([f"dose from {source}", *notes])
-        return cls(series=tilt.get("series"), tilt_deg=tilt.get("tilt_deg"),
-                   acquisition_index=tilt.get("acquisition_index"),
-                   pre_exposure_e_A2=tilt.get("pre_exposure_e_A2"), dose_source=source,
+            fallback = "; ".join([f"dose from {source}", *tilt.warnings])
+        return cls(series=tilt.series, tilt_deg=tilt.tilt_deg,
+                   acquisition_index=tilt.acquisition_index,
+                   pre_exposure_e_A2=tilt.pre_exposure_e_A2, dose_source=source,
                    dose_fallback=fallback)
 
 
