@@ -15,6 +15,7 @@ file of the set behind; the ``OSError`` keeps its ``errno`` (``ENOSPC``, ``EACCE
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import mrcfile.utils
 import numpy as np
 
 __all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
-           "write_output_set", "mrc_writer", "json_writer", "temporary_name"]
+           "write_output_set", "mrc_writer", "json_writer", "temporary_name", "plain"]
 
 #: writes one file's whole content to the binary handle it is given
 Writer = Callable[[IO[bytes]], None]
@@ -239,6 +240,28 @@ def write_mrc_atomic(path: str | Path, data: np.ndarray, *, pixel_size_A: float 
         ``path``.
     """
     return atomic_write(path, mrc_writer(data, pixel_size_A=pixel_size_A, labels=labels))
+
+
+def plain(value: Any) -> Any:
+    """A JSON-safe copy of ``value``: numpy scalars and arrays to Python numbers and lists,
+    paths to str, datetimes to ISO text, non-finite floats to None, mapping keys to str, other
+    objects to their str. The one sanitiser of the project (motion records, the live feed, the
+    configuration summary, worker outcomes)."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (np.ndarray, np.generic)):
+        return plain(value.tolist())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    return str(value)
 
 
 def _json_default(value: Any) -> Any:

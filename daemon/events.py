@@ -297,6 +297,7 @@ class Heartbeat:
     workers_alive: int
     discovery_mode: str
     health: Health
+    cluster: Mapping[str, Any] | None = None  # a distributed executor's state (None: local)
 
 
 @dataclass(frozen=True, slots=True)

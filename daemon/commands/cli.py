@@ -21,7 +21,9 @@ COMMANDS: dict[str, str] = {
     "demo": "daemon.commands.demo",
     "watch": "daemon.commands.watch",
     "status": "daemon.commands.status",
+    "retry": "daemon.commands.retry",
     "monitor": "daemon.feed.monitor",
+    "dashboard": "daemon.commands.dashboard",
 }
 
 EPILOG = """examples:

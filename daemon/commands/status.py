@@ -62,6 +62,9 @@ def _brief(row: MovieRow) -> dict[str, Any]:
         out["drift"] = drift
     if row.outputs:
         out["outputs"] = row.outputs
+    ran_on = row.summary.get("ran_on") if row.summary else None
+    if ran_on:
+        out["ran_on"] = ran_on  # host and worker (a Dask worker's address)
     return out
 
 
@@ -125,7 +128,8 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "last_heartbeat": iso_utc(beat),
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
                    "healthy": state.get("healthy"), "problems": state.get("problems", []),
-                   "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir")},
+                   "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
+                   "cluster": state.get("cluster")},
         "counts": counts,
         "backlog": {"pending": counts["pending"] + counts["failed"],
                     "waiting_for_completion": state.get("waiting", 0),
@@ -147,6 +151,12 @@ def _print_text(status: dict[str, Any]) -> None:
             print(f"  problem: {problem}")
     else:
         print("daemon: not running")
+    cluster = status["daemon"].get("cluster")
+    if cluster:
+        print(f"cluster: {cluster.get('scheduler')} "
+              f"{'connected' if cluster.get('connected') else 'NOT connected'}, "
+              f"{cluster.get('workers', 0)} workers / {cluster.get('threads', 0)} threads, "
+              f"{cluster.get('in_flight', 0)}/{cluster.get('max_in_flight', 0)} in flight")
     c = status["counts"]
     print("movies: " + ", ".join(f"{c[k]} {k}" for k in ("done", "pending", "running", "failed",
                                                             "quarantined")))
@@ -164,6 +174,8 @@ def _print_text(status: dict[str, Any]) -> None:
         for row in status["last_done"]:
             drift = row.get("drift") or {}
             extra = f" (drift {drift['total_A']:.1f} Å)" if "total_A" in drift else ""
+            if row.get("ran_on"):
+                extra += f" on {row['ran_on'].get('worker') or row['ran_on'].get('host')}"
             print(f"  {row['movie']}{extra}")
     if status["failures"]:
         print("failures:")

@@ -4,8 +4,12 @@ Movies already in the folder (the backlog) are corrected first, in acquisition o
 mtime), then each new movie once its size and mtime have held for the settle time and its format
 says it is complete. State lives in an SQLite database in the output folder (``--state-dir`` to
 move it): a restart never repeats a finished movie, and redoes one that was interrupted.
-SIGTERM or Ctrl-C finishes the movie in hand and exits 0; a second signal exits at once (the
-movie in hand is redone at the next start).
+SIGTERM or Ctrl-C finishes the movie in hand and exits 0; SIGHUP finishes it too and exits 75, so
+that systemd restarts the daemon with its configuration read again; a second signal exits at once
+(the movie in hand is redone at the next start). Each movie's time limit scales with its size
+(--movie-timeout-floor, --movie-timeout-per-gb, capped by --movie-timeout). After a change of
+correction settings, finished movies are corrected again (--on-parameter-change redo, said at
+start-up) or kept (keep); `motionwatch retry OUT` requeues quarantined movies.
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ import argparse
 import sys
 
 from daemon import exitcodes
+from daemon.engine.policy import add_engine_arguments
 from daemon.engine.service import Service
 from daemon.events import MetadataResolver, ServiceListener
-from daemon.feed.listener import add_feed_arguments, build_publish_listener
+from daemon.dashboard.server import Dashboard, DashboardConfig, DashboardError
+from daemon.feed.listener import PublishListener, add_feed_arguments, build_publish_listener
+from daemon.handoff.listener import add_handoff_arguments, build_handoff_listener
 from daemon.series.options import add_series_arguments, resolver_from_config
 from daemon.settings.config import (Config, ConfigError, add_watch_arguments, finalize_parser,
                                     load_config)
 from daemon.settings.correction_options import add_correction_arguments
 from daemon.system.logs import configure_logging, get_logger, running_under_journald
 from daemon.system.notify_listener import NotifyListener, add_watchdog_arguments
+from daemon.work.executor import add_executor_arguments, executor_settings
 
 __all__ = ["add_arguments", "run", "build_listeners", "build_resolver"]
 
@@ -37,10 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``motionwatch watch``: the daemon's own, the correction options, then the
     parts' (tilt series, feed, watchdog); :func:`finalize_parser` gives each its TOML key."""
     add_watch_arguments(parser)
+    add_engine_arguments(parser)
     add_correction_arguments(parser)
     add_series_arguments(parser)
     add_feed_arguments(parser)
     add_watchdog_arguments(parser)
+    add_executor_arguments(parser)
+    add_handoff_arguments(parser)
+    g = parser.add_argument_group("dashboard")
+    g.add_argument("--dashboard", metavar="HOST:PORT", default=None,
+                   help="also serve the live web dashboard here (e.g. 127.0.0.1:8765; loopback "
+                        "only, see motionwatch dashboard --help)")
     finalize_parser(parser)
 
 
@@ -50,8 +65,32 @@ def build_listeners(config: Config) -> list[ServiceListener]:
     Raises ConfigError for bad publishing/watchdog options or an endpoint that cannot be bound.
     """
     notify = NotifyListener.from_config(config)
+    handoff = build_handoff_listener(config, logger=get_logger())
     feed = build_publish_listener(config, logger=get_logger())
-    return ([feed] if feed is not None else []) + [notify]
+    return ([feed] if feed is not None else []) + ([handoff] if handoff is not None else []) + [
+        notify]
+
+
+def start_dashboard(config: Config, listeners: list[ServiceListener]) -> Dashboard | None:
+    """The web dashboard of ``--dashboard HOST:PORT``, reading this daemon's own feed; None
+    without the option.
+
+    Raises
+    ------
+    ConfigError
+        No feed to read (``--no-publish``), or bad dashboard options / address in use.
+    """
+    listen = config.options.get("dashboard")
+    if not listen:
+        return None
+    feed = next((x for x in listeners if isinstance(x, PublishListener)), None)
+    if feed is None:
+        raise ConfigError(["dashboard: needs the live feed (drop --no-publish)"])
+    try:
+        return Dashboard(DashboardConfig(feed=feed.publisher.endpoint, out_dir=config.out_dir,
+                                         listen=str(listen))).start()
+    except (DashboardError, OSError) as exc:
+        raise ConfigError([f"dashboard: {exc}"]) from exc
 
 
 def build_resolver(config: Config) -> MetadataResolver:
@@ -70,18 +109,26 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args)
         resolver = build_resolver(config)
+        executor_settings(config)  # a bad executor section is a configuration error (78)
     except ConfigError as exc:
         _print_config_error(exc)
         return exitcodes.CONFIG
     configure_logging(level=config.log_level)
+    listeners: list[ServiceListener] = []
+    dashboard = None
     try:
         listeners = build_listeners(config)
+        dashboard = start_dashboard(config, listeners)
     except ConfigError as exc:
         _print_config_error(exc)
+        for listener in listeners:
+            getattr(listener, "close", lambda: None)()
         return exitcodes.CONFIG
     try:
         return Service(config, listeners=listeners, resolver=resolver).run()
     finally:
+        if dashboard is not None:
+            dashboard.close()
         for listener in listeners:  # also when run() returns early (state folder locked)
             close = getattr(listener, "close", None)
             if close is not None:

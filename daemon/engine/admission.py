@@ -5,6 +5,11 @@ once (format-level completeness, :func:`daemon.intake.validate.validate`), asks 
 resolver for its dose and record fields (with the frame count validation found), and adds it to the
 ledger (or adopts outputs already on disk for exactly this version). A movie it has handled is not
 looked at again until its size, mtime or metadata change.
+
+No single file stops the service: an unexpected error while admitting one movie is logged once
+(``movie_admission_failed``) and that movie is set aside until it changes. With
+``on_parameter_change = "keep"``, a movie already done under other parameters (same file, same
+size and mtime) is not corrected again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon.engine.faults import LedgerWrites
 from daemon.engine.outputs import find_adoptable_outputs
+from daemon.engine.policy import EnginePolicy
 from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
                            ScanResult, movie_stem, output_dir_for)
 from daemon.intake.settle import Settler
@@ -41,11 +48,18 @@ class Admission:
         ``quarantined(event)``: a movie validation rejected was recorded (listeners, resolver).
     clock : callable
         Monotonic clock (s), for the settle time.
+    writes : LedgerWrites
+        Shared record of whether the state database takes writes.
+    policy : EnginePolicy, optional
+        ``on_parameter_change`` (default: redo).
     """
 
     def __init__(self, config: Any, *, ledger: Callable[[], Any], resolver: MetadataResolver,
-                 log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float]) -> None:
+                 log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float],
+                 writes: LedgerWrites, policy: EnginePolicy | None = None) -> None:
         self.config = config
+        self._writes = writes
+        self._policy = policy or EnginePolicy()
         self._ledger = ledger
         self._resolver = resolver
         self._log = log
@@ -61,11 +75,7 @@ class Admission:
         self._handled.clear()
 
     def _safe(self, action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except sqlite3.Error as exc:
-            self._log.error("ledger_write_failed", error=str(exc))
-            return None
+        return self._writes.guard(action)
 
     def report_once(self, subject: str, event: str, reason: str, *, level: str = "info") -> None:
         """Log ``event`` for ``subject`` once per distinct reason."""
@@ -101,7 +111,13 @@ class Admission:
             if obs.path not in settled:
                 waiting[obs.path] = "settling"
                 continue
-            reason = self._admit(obs)
+            try:
+                reason = self._admit(obs)
+            except Exception as exc:  # noqa: BLE001 - no single file may stop the service
+                self.report_once(str(obs.path), "movie_admission_failed",
+                                 f"{type(exc).__name__}: {exc}", level="error")
+                self._handled.add((str(obs.path), obs.size, obs.mtime_ns))
+                reason = None
             if reason is not None:
                 waiting[obs.path] = reason
         self.waiting = waiting
@@ -146,15 +162,26 @@ class Admission:
         stored = metadata_to_json(StoredMetadata(meta.dose, meta.extra_record, meta.log_context,
                                                  verdict.n_frames))
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
-        earlier = [r for r in ledger.rows(path=key.path) if r.key != key]
+        try:
+            earlier = [r for r in ledger.rows(path=key.path) if r.key != key]
+        except sqlite3.Error as exc:
+            self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
+            return _DB_DOWN
+        if self._policy.on_parameter_change == "keep" and any(
+                r.status == "done" and (r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
+                for r in earlier):
+            log.debug("movie_kept", note="done under other parameters; kept "
+                                         "(on_parameter_change = keep)")
+            self._handled.add(ident)
+            return None
         if earlier:
             log.info("movie_changed", note="new size, mtime or parameters: treated as a new movie",
                      size=obs.size, previous=[r.status for r in earlier])
         out_dir = output_dir_for(obs.path, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
         adopted = find_adoptable_outputs(key, out_dir, movie_stem(obs.path))
         if adopted is not None:
-            if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={})
-                          or True) is None:
+            if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={},
+                                               metadata=stored) or True) is None:
                 return _DB_DOWN
             log.info("movie_adopted", outputs=adopted,
                      note="complete outputs of this movie version were already on disk")

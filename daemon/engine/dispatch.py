@@ -2,8 +2,15 @@
 
 :class:`Dispatcher` gives pending movies to idle workers (oldest first), and records each outcome:
 ``done`` only after the worker renamed the outputs into place; a failure is retried after a
-growing delay, then quarantined (a bad movie at once); environmental trouble (full disk, vanished
-output folder) is retried without counting against the movie.
+growing delay, then quarantined (a bad movie at once, a timed-out one after one failure less than
+a crash). Environmental trouble is never the movie's fault: an error on the output side (full
+disk, permission denied, vanished or replaced output folder) or a worker that cannot start pauses
+all correction with a growing delay (:class:`~daemon.engine.faults.Pause`), without counting
+against the movie, and the service reports itself unhealthy until a movie succeeds again.
+
+Each movie's time limit scales with its size (:class:`~daemon.engine.policy.EnginePolicy`) and is
+logged with ``movie_started``. Counters change only once the ledger has recorded the outcome: an
+outcome that could not be recorded is retried as it was, as soon as the database takes writes.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon.engine.faults import LedgerWrites, Pause
 from daemon.engine.outputs import source_identity, summarise
+from daemon.engine.policy import EnginePolicy
 from daemon.events import SOURCE_KEY, MovieEvent, MovieKey, movie_stem, output_dir_for
 from daemon.state.codec import metadata_from_json
 from daemon.work.workers import Outcome, Task
 
-__all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S"]
+__all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S", "timeout_quarantine_after"]
 
 MAX_RETRY_DELAY_S = 300.0
 
@@ -50,34 +59,52 @@ class Dispatcher:
         (``"on_movie_failed"``).
     wall_clock : callable
         Wall clock (s since the epoch), for retry times.
+    writes : LedgerWrites
+        Shared record of whether the state database takes writes (rate-limited log, health).
+    policy : EnginePolicy, optional
+        Time limits (default: the defaults).
     """
 
     def __init__(self, config: Any, *, ledger: Callable[[], Any], pool: Callable[[], Any],
                  log: Any, finished: Callable[[str, MovieEvent], None],
-                 wall_clock: Callable[[], float]) -> None:
+                 wall_clock: Callable[[], float], writes: LedgerWrites,
+                 policy: EnginePolicy | None = None) -> None:
         self.config = config
         self._ledger = ledger
         self._pool = pool
         self._log = log
         self._finished = finished
         self._wall = wall_clock
+        self._writes = writes
+        self._policy = policy or EnginePolicy()
         self.in_flight: dict[int, InFlight] = {}
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
-        self._env_failures: dict[MovieKey, int] = {}
+        self.pause = Pause(wall_clock, first_s=max(config.retry_delay_s, 1.0))
+        self._trouble_kind: str | None = None
 
     def _safe(self, action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except sqlite3.Error as exc:
-            self._log.error("ledger_write_failed", error=str(exc))
+        return self._writes.guard(action)
+
+    def problem(self) -> str | None:
+        """A health problem line while the output side or the workers fail, or outcomes wait
+        to be recorded."""
+        if self.unrecorded:
+            return (f"state database cannot be written: {len(self.unrecorded)} outcome(s) "
+                    f"waiting to be recorded")
+        if self.pause.reason is None:
             return None
+        what = ("workers cannot start" if self._trouble_kind == "unstarted"
+                else "output side failing")
+        return f"{what}: {self.pause.reason} (correction paused, retrying)"
 
     # --- ledger -> workers ----------------------------------------------------------------
     def dispatch(self) -> None:
         """Give pending movies to idle workers."""
         cfg = self.config
         pool = self._pool()
+        if self.pause.active or self.unrecorded:
+            return
         while pool.idle > 0:
             row = self._safe(lambda: self._ledger().next_pending(now=self._wall()))
             if row is None:
@@ -101,10 +128,12 @@ class Dispatcher:
             task_id = self._next_task
             self._next_task += 1
             out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
-            pool.submit(Task(task_id, movie, out_dir, cfg.out_dir, params, movie_stem(movie),
-                             extra))
+            limit_s = self._policy.time_limit_s(key.size, cfg.movie_timeout_s)
             self.in_flight[task_id] = InFlight(key, attempt, row.metadata)
+            pool.submit(Task(task_id, movie, out_dir, cfg.out_dir, params, movie_stem(movie),
+                             extra, timeout_s=limit_s))
             self._log.info("movie_started", movie=key.path, attempt=attempt,
+                           time_limit_s=round(limit_s, 1), size=key.size,
                            **dict(stored.log_context))
 
     def abandon(self) -> None:
@@ -138,7 +167,10 @@ class Dispatcher:
             if outcome.ok:
                 ledger.mark_done(key, outputs=outcome.outputs, timings=outcome.timings_s,
                                  summary=summarise(outcome.record, outcome.timings_s))
-                self._env_failures.pop(key, None)
+                self._writes.succeeded()
+                if self.pause.reason is not None:
+                    log.warning("correction_resumed", previous_problem=self.pause.reason)
+                self.pause.cleared()
                 log.info("movie_done", attempt=attempt, drift=outcome.record.get("drift"),
                          timings_s=dict(outcome.timings_s), frames=outcome.record.get("frames"),
                          outputs=dict(outcome.outputs))
@@ -148,8 +180,9 @@ class Dispatcher:
                     outcome.timings_s, None, meta))
                 return
             status = self._record_failure(ledger, key, attempt, outcome, log)
+            self._writes.succeeded()
         except sqlite3.Error as exc:
-            log.error("ledger_write_failed", error=str(exc), note="will retry recording")
+            self._writes.failed(exc, movie=key.path)
             self.unrecorded.append(outcome)
             return
         self.in_flight.pop(outcome.task_id)
@@ -160,18 +193,24 @@ class Dispatcher:
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any) -> str:
         cfg = self.config
-        if outcome.kind == "environment":
-            n = self._env_failures.get(key, 0) + 1
-            self._env_failures[key] = n
-            delay = min(MAX_RETRY_DELAY_S, max(cfg.retry_delay_s, 1.0) * 2 ** (n - 1))
-            status = ledger.mark_failed(key, outcome.error or "", quarantine=False, count=False,
-                                        retry_delay_s=delay)
-            log.error("movie_retry_later", reason=outcome.error, retry_in_s=delay,
-                      note="output folder or disk trouble; not counted against the movie")
+        if outcome.kind in ("environment", "unstarted"):
+            delay = self.pause.next_delay_s()
+            status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=False,
+                                        count=False, retry_delay_s=delay,
+                                        started=outcome.kind != "unstarted")
+            self.pause.failed(outcome.error or outcome.kind, delay)  # only once recorded
+            self._trouble_kind = outcome.kind
+            note = ("no worker process could start; not counted against the movie"
+                    if outcome.kind == "unstarted" else
+                    "output side trouble (disk, permissions, folder); not counted against the "
+                    "movie; all correction paused")
+            log.error("movie_retry_later", reason=outcome.error, retry_in_s=delay, note=note)
             return status
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
-        quarantine = outcome.kind == "data" or failures >= cfg.max_attempts
+        limit = (timeout_quarantine_after(cfg.max_attempts) if outcome.kind == "timeout"
+                 else cfg.max_attempts)
+        quarantine = outcome.kind == "data" or failures >= limit
         delay = min(MAX_RETRY_DELAY_S, cfg.retry_delay_s * 2 ** (failures - 1))
         status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=quarantine,
                                     retry_delay_s=delay)
@@ -182,6 +221,12 @@ class Dispatcher:
             log.warning("movie_failed", reason=outcome.error, kind=outcome.kind,
                         attempt=attempt, failures=failures, retry_in_s=delay)
         return status
+
+
+def timeout_quarantine_after(max_attempts: int) -> int:
+    """Failures after which a movie that keeps timing out is quarantined: one fewer than for a
+    crash (at least 1), since every timeout holds a worker for the whole time limit."""
+    return max(1, max_attempts - 1)
 
 
 def _stale(key: MovieKey) -> str | None:

@@ -72,7 +72,7 @@ def clean_temporary_outputs(out_dir: Path) -> list[Path]:
 
 def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:
     """The per-movie summary kept in the ledger and logged: drift statistics and timings."""
-    keep = ("frames", "shape", "pixel_size_A", "drift", "dose")
+    keep = ("frames", "shape", "pixel_size_A", "drift", "dose", "ran_on")
     out = {k: record[k] for k in keep if k in record}
     if isinstance(out.get("dose"), dict):
         out["dose"] = {k: v for k, v in out["dose"].items() if k != "per_frame_e_A2"}

@@ -10,13 +10,20 @@ never each other's engine.
 
 Movies already in the folder (the backlog) are corrected first, in acquisition order (file
 mtime), then each new movie once its size and mtime have held for the settle time and its format
-says it is complete. SIGTERM or Ctrl-C finishes the movie in hand and exits 0; a second signal
-exits at once (the movie in hand is redone at the next start).
+says it is complete. SIGTERM or Ctrl-C finishes the movie in hand and exits 0; SIGHUP does the
+same and exits 75 so that the supervisor restarts it with its configuration read afresh; a second
+signal exits at once (the movie in hand is redone at the next start).
+
+Faults of the environment never stop it and are never blamed on a movie: a corrupt state
+database is moved aside and rebuilt by adopting the outputs on disk; a database that cannot be
+written, an output side that fails, or workers that cannot start pause correction and make the
+service unhealthy (heartbeat, ``motionwatch status``, the feed, systemd STATUS) until they recover.
+The output folder and the state folder are locked with ``flock`` on the folders themselves
+(:mod:`daemon.engine.locks`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import time
@@ -26,20 +33,22 @@ from typing import Any
 from daemon import exitcodes
 from daemon.engine.admission import Admission
 from daemon.engine.dispatch import Dispatcher
+from daemon.engine.faults import LedgerWrites
+from daemon.engine.locks import LOCK_NAME, FolderLocks
 from daemon.engine.outputs import clean_temporary_outputs
+from daemon.engine.policy import EnginePolicy, report_parameter_change
 from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, NoMetadata,
                            ResolverContext, SeriesEvent, ServiceInfo, ServiceListener)
 from daemon.intake.discover import Discovery
 from daemon.settings.config import Config, ConfigError
-from daemon.state.ledger import DB_NAME, Ledger
+from daemon.state.ledger import DB_NAME, Ledger, open_or_rebuild
 from daemon.system.logs import get_logger
+from daemon.work.executor import build_executor
 from daemon.work.jobs import JobRunner
 from daemon.work.workers import DEFAULT_RUNNER, WorkerPool
 
 __all__ = ["Service", "LOCK_NAME"]
-
-LOCK_NAME = "motionwatch.lock"
 
 
 class Service:
@@ -77,16 +86,24 @@ class Service:
         self._last_scan_s: float | None = None
         self._idle_since: float | None = None
         self._recovered = 0
+        self._writes = LedgerWrites(self._log, clock)
+        self._lock_problem: str | None = None
+        try:
+            self._policy, self._policy_error = EnginePolicy.from_options(config.options), None
+        except (TypeError, ValueError) as exc:
+            self._policy, self._policy_error = EnginePolicy(), str(exc)
         self.ledger: Ledger | None = None
         self.discovery: Discovery | None = None
         self.pool: WorkerPool | None = None
         self._jobs = JobRunner()
         self.admission = Admission(config, ledger=lambda: self.ledger, resolver=self._resolver,
-                                   log=self._log, clock=clock,
+                                   log=self._log, clock=clock, writes=self._writes,
+                                   policy=self._policy,
                                    quarantined=lambda e: self._finished("on_movie_failed", e))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
-                                     log=self._log, finished=self._finished, wall_clock=wall_clock)
-        self._lock_fd: int | None = None
+                                     log=self._log, finished=self._finished, wall_clock=wall_clock,
+                                     writes=self._writes, policy=self._policy)
+        self._locks = FolderLocks(config.out_dir, config.state_dir)
 
     # --- listeners ------------------------------------------------------------------------
     def add_listener(self, listener: ServiceListener) -> None:
@@ -143,7 +160,10 @@ class Service:
                 60.0, 10 * cfg.scan_interval_s):
             problems.append(f"no scan for {now - self._last_scan_s:.0f} s")
         if not self._out_ok:
-            problems.append(f"output folder {cfg.out_dir} missing or unusable")
+            problems.append(self._lock_problem or f"output folder {cfg.out_dir} missing or unusable")
+        for problem in (self._writes.problem(), self.dispatcher.problem()):
+            if problem is not None:
+                problems.append(problem)
         if self.pool is not None and self.pool.alive() < cfg.workers:
             notes.append(f"{cfg.workers - self.pool.alive()} worker(s) being replaced")
         if self.discovery is not None and not self.discovery.uses_events:
@@ -151,21 +171,18 @@ class Service:
         return Health(not problems, tuple(problems), tuple(notes))
 
     # --- lifecycle ------------------------------------------------------------------------
-    def _acquire_lock(self) -> None:
-        path = self.config.state_dir / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError([f"state folder {self.config.state_dir}: another motionwatch "
-                               f"watch is using it ({path} is locked)"]) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
-
     def _open_ledger(self) -> None:
-        self.ledger = Ledger(self.config.state_dir / DB_NAME, clock=self._wall)
+        path = self.config.state_dir / DB_NAME
+        try:
+            self.ledger, moved, reason = open_or_rebuild(path, clock=self._wall)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError([f"state database {path}: cannot be opened or moved aside "
+                               f"({' '.join(str(exc).split())}); move it away by hand and "
+                               f"start again (the outputs are adopted)"]) from None
+        if moved is not None:
+            self._log.error("state_database_corrupt", path=str(path), moved_to=str(moved),
+                            reason=reason, note="moved aside; a new database is built by "
+                                                "adopting the complete outputs on disk")
         recovered = self.ledger.recover_running()
         for key in recovered:
             self._log.warning("movie_recovered", movie=key.path,
@@ -185,12 +202,15 @@ class Service:
         self._signals.install()
         try:
             try:
-                self._acquire_lock()
+                if self._policy_error is not None:
+                    raise ConfigError([self._policy_error])
+                self._locks.acquire()
+                self._log.info("service_starting", config=cfg.describe(), pid=os.getpid())
+                self._open_ledger()
             except ConfigError as exc:
                 self._log.error("config_invalid", problems=list(exc.problems))
                 return exitcodes.CONFIG
-            self._log.info("service_starting", config=cfg.describe(), pid=os.getpid())
-            self._open_ledger()
+            report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy)
             self._resolver.start(self._resolver_context())
             removed = clean_temporary_outputs(cfg.out_dir)
             if removed:
@@ -202,8 +222,7 @@ class Service:
                                        polling=cfg.polling, wake=self.wake,
                                        log=lambda event, **kw: self._log.warning(event, **kw))
             self.discovery.start()
-            self.pool = WorkerPool(cfg.workers, timeout_s=cfg.movie_timeout_s, runner=self._runner,
-                                   preload_gain=cfg.params.gain)
+            self.pool = build_executor(cfg, runner=self._runner)  # local WorkerPool by default
             self.pool.start()
             self._scan()
             state = self.discovery.state()
@@ -244,7 +263,7 @@ class Service:
                 self._log.info("service_stopping", reason=reason,
                                in_flight=len(self.dispatcher.in_flight))
             if draining and not self.dispatcher.in_flight:
-                return exitcodes.OK
+                return exitcodes.RESTART if self._signals.restart else exitcodes.OK
 
             self._check_output_folder()
             self.dispatcher.retry_unrecorded()
@@ -292,18 +311,11 @@ class Service:
             self.ledger.close()
             self.ledger = None
             self._log.info("service_stopped")
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._locks.release()
         self._signals.close()
 
     def _safe(self, action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except sqlite3.Error as exc:
-            self._log.error("ledger_write_failed", error=str(exc),
-                            state_dir=str(self.config.state_dir))
-            return None
+        return self._writes.guard(action, state_dir=str(self.config.state_dir))
 
     def _idle_exit_due(self, now: float) -> bool:
         if self.config.exit_when_idle_s is None:
@@ -323,6 +335,14 @@ class Service:
     def _check_output_folder(self) -> None:
         cfg = self.config
         ok = cfg.out_dir.is_dir() and cfg.state_dir.is_dir() and (cfg.state_dir / DB_NAME).exists()
+        problem = self._locks.check() if cfg.out_dir.is_dir() else None
+        if problem != self._lock_problem and problem is not None:
+            self._log.error("output_folder_locked", problem=problem,
+                            note="correction paused; another motionwatch has this folder")
+        self._lock_problem = problem
+        if problem is not None:
+            self._out_ok = False
+            return
         if ok and not self._out_ok:
             self._log.warning("output_folder_back", out_dir=str(cfg.out_dir))
         if not ok and self._out_ok:
@@ -336,7 +356,7 @@ class Service:
                 self.admission.forget_all()
                 ok = True
                 self._log.warning("ledger_reopened", path=str(cfg.state_dir / DB_NAME))
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, OSError, ConfigError) as exc:
                 self._log.error("ledger_reopen_failed", error=str(exc))
         self._out_ok = ok
 
@@ -358,14 +378,17 @@ class Service:
         in_flight = tuple(e.key.path for e in self.dispatcher.in_flight.values())
         waiting = self.admission.waiting
         state = self.discovery.state()
+        cluster_state = getattr(self.pool, "cluster_state", None)
+        cluster = cluster_state() if callable(cluster_state) else None
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
-                         in_flight, self.pool.alive(), state.mode, health)
+                         in_flight, self.pool.alive(), state.mode, health, cluster)
         self._safe(lambda: self.ledger.set_service_state({
             "pid": os.getpid(), "heartbeat_wall": beat.wall_time_s, "uptime_s": beat.uptime_s,
             "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),
             "waiting_examples": {str(p): r for p, r in list(waiting.items())[:10]},
             "in_flight": list(in_flight), "workers": self.config.workers,
             "discovery": state.mode, "healthy": health.ok, "problems": list(health.problems),
+            "cluster": cluster,
         }))
         self._log.debug("heartbeat", counts=counts, waiting=len(waiting),
                         in_flight=len(in_flight), healthy=health.ok)

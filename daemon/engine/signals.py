@@ -1,5 +1,10 @@
-"""How the engine is told to stop: SIGTERM/SIGINT (a first drains, a second stops at once) and a
-wake-up pipe the main loop waits on.
+"""How the engine is told to stop: SIGTERM/SIGINT/SIGHUP (a first drains, a second stops at once)
+and a wake-up pipe the main loop waits on.
+
+SIGHUP drains exactly like SIGTERM, then the service exits with status 75 (``exitcodes.RESTART``)
+instead of 0: a supervisor (systemd's ``Restart=on-failure``) starts it again, and the new process
+reads its configuration afresh. So ``kill -HUP`` means "reload by restarting, finishing the movie
+in hand first" and never kills the daemon undrained.
 
 Signal handlers only set Events; the wake-up byte is written by Python's C-level wakeup fd, so a
 signal also wakes a loop blocked in ``select``. Handlers are installed only in the main thread.
@@ -14,7 +19,7 @@ from typing import Any
 
 __all__ = ["StopSignals"]
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StopSignals:
@@ -24,6 +29,7 @@ class StopSignals:
         self.stop = threading.Event()
         self.abort = threading.Event()
         self.reason: str | None = None
+        self.restart = False  # the first stop came from SIGHUP: exit so as to be restarted
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -65,10 +71,13 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.stop.is_set():
             self.abort.set()
+        elif signum == signal.SIGHUP:
+            self.restart = True
+            self.reason = "SIGHUP: finishing the movie in hand, then exiting to be restarted"
         self.stop.set()
 
     def install(self) -> None:
-        """Handle SIGTERM and SIGINT (main thread only; elsewhere a no-op)."""
+        """Handle SIGTERM, SIGINT and SIGHUP (main thread only; elsewhere a no-op)."""
         if threading.current_thread() is not threading.main_thread():
             return
         self._previous = [(s, signal.signal(s, self._handle)) for s in _STOP_SIGNALS]

@@ -59,6 +59,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from correction.write import plain
+
 from daemon import __version__
 from daemon.series.tilt_record import TiltRecord
 
@@ -306,27 +308,6 @@ class TiltInfo:
                    dose_fallback=fallback)
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-safe copy: numpy scalars/arrays to Python, paths to str, non-finite floats to None."""
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "tolist") and not isinstance(value, (bytes, bytearray)):  # numpy
-        return _plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "item"):
-        return _plain(value.item())
-    return str(value)
-
-
 def _scalars(obj: Any) -> dict[str, Any] | None:
     """The scalar members of a mapping (numbers, strings, bools, None); None for no mapping."""
     if not isinstance(obj, Mapping):
@@ -335,7 +316,7 @@ def _scalars(obj: Any) -> dict[str, Any] | None:
     for key, value in obj.items():
         if isinstance(value, (Mapping, list, tuple)) or getattr(value, "ndim", 0):
             continue  # arrays and nested objects stay in the record
-        value = _plain(value)
+        value = plain(value)
         if value is None or isinstance(value, (bool, int, float, str)):
             out[str(key)] = value
     return out
@@ -461,7 +442,7 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
                          f"{shifts.shape}")
     shifts_A = (shifts * px).tolist()
     if not np.isfinite(shifts).all():
-        shifts_A = _plain(shifts_A)  # NaN/inf -> null: the body must stay valid JSON
+        shifts_A = plain(shifts_A)  # NaN/inf -> null: the body must stay valid JSON
     drift = record["drift"]
     if not isinstance(drift, Mapping):
         raise ValueError("motion record drift is not an object")
@@ -477,19 +458,20 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         "path": movie_path,
         "name": Path(movie_path).name,
         "series": tilt.series,
-        "tilt_deg": _plain(tilt.tilt_deg),
-        "acquisition_index": _plain(tilt.acquisition_index),
+        "tilt_deg": plain(tilt.tilt_deg),
+        "acquisition_index": plain(tilt.acquisition_index),
         "n_frames": len(shifts_A),
         "pixel_size_A": px,
         "shifts_A": shifts_A,  # already Python floats
-        "drift": _plain(dict(drift)),
+        "drift": plain(dict(drift)),
         "dose": dose,
         "local": local,
         "resolution": _scalars(record.get("resolution")),
-        "timings_s": _plain(record.get("timings_s")),
+        "timings_s": plain(record.get("timings_s")),
         "out_dir": None if out_dir is None else str(out_dir),
         "outputs": _relative_outputs(record, outputs, out_dir),
-        "record_schema": _plain(record.get("schema")),
+        "record_schema": plain(record.get("schema")),
+        "ran_on": plain(record.get("ran_on")),  # host and worker (a Dask worker's address)
     }
 
 
@@ -786,7 +768,7 @@ class Publisher:
                        if isinstance(record, Mapping) else "?",
                        f"movie message not built: {exc}")
             return False
-        self._put("movie", body, plain=True)
+        self._put("movie", body, sanitised=True)
         for warning in movie_warnings(body, self.config.drift):
             self._put("warning", warning)
         return True
@@ -844,11 +826,13 @@ class Publisher:
                              {str(k): str(v) for k, v in stacks.items()}})
 
     def heartbeat(self, *, backlog: int, done: int, failed: int, running: int = 0,
-                  quarantined: int = 0, last_movie: str | Path | None = None) -> None:
+                  quarantined: int = 0, last_movie: str | Path | None = None,
+                  cluster: Mapping[str, Any] | None = None) -> None:
         """Publish a heartbeat; call every ``config.heartbeat_interval_s`` from the service loop.
 
         Adds ``uptime_s``, ``interval_s``, ``version``, the drift thresholds and the publisher's
-        own ``dropped`` count.
+        own ``dropped`` count; ``cluster`` is a distributed executor's state (workers connected,
+        tasks in flight), null for the local worker processes.
         """
         with self._lock:
             dropped = self._dropped
@@ -862,6 +846,7 @@ class Publisher:
             "drift_thresholds": self.config.drift.as_dict(),
             "dropped": dropped,
             "out_dir": self.out_dir,
+            "cluster": None if cluster is None else dict(cluster),
         })
 
     def error(self, path: str | Path | None, reason: str) -> None:
@@ -880,9 +865,9 @@ class Publisher:
 
     # -- internals
 
-    def _put(self, topic: str, body: dict[str, Any], *, plain: bool = False,
+    def _put(self, topic: str, body: dict[str, Any], *, sanitised: bool = False,
              keep_time: bool = False) -> None:
-        body = dict(body) if plain else _plain(body)
+        body = dict(body) if sanitised else plain(body)
         if not (keep_time and body.get("time")):
             body["time"] = _now_iso(self._clock())
         with self._lock:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from correction.write import plain
+
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 
 __all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config"]
@@ -113,17 +115,7 @@ class Config:
             if f.name == "options":
                 continue  # the same values, already shown by field
             out[f.name] = value
-        return _plain(out)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+        return plain(out)
 
 
 _NOT_IN_TOML = {"config", "help"}

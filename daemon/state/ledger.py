@@ -12,14 +12,22 @@ Statuses: ``pending`` (ready, waiting for a worker), ``running`` (a worker has i
 Start-up recovery (:meth:`Ledger.recover_running`): rows left ``running`` by a crash go back to
 ``pending`` and are redone. The ``service_state`` table holds the daemon's heartbeat and
 counters for ``motionwatch status``, which reads the database while the daemon runs.
+
+Any path the file system gives is stored so that it round-trips: a name that is valid UTF-8 as
+TEXT, any other (bytes that Python decodes with ``surrogateescape``, e.g. ``bad_\udce9.mrc``) as
+a BLOB of its bytes. Any ``mtime_ns`` is stored too: one outside SQLite's 64-bit INTEGER (a file
+dated 2300) as the TEXT ``ns:<digits>``, which sorts after every integer. Free text (errors) is
+stored with undecodable characters backslash-escaped. :func:`open_or_rebuild` moves a corrupt
+database aside (``motionwatch.sqlite.corrupt-<time>``) and starts a new one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +35,8 @@ from typing import Any
 
 from daemon.events import MovieKey
 
-__all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES"]
+__all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES", "CorruptDatabase",
+           "open_or_rebuild", "display_path"]
 
 DB_NAME = "motionwatch.sqlite"
 STATUSES = ("pending", "running", "done", "failed", "quarantined")
@@ -88,11 +97,49 @@ class MovieRow:
     retry_after: float | None
 
 
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _path_in(path: str) -> str | bytes:
+    """A path as stored: TEXT when it is valid UTF-8, else the file system's bytes (BLOB)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _path_out(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _ns_in(value: int) -> int | str:
+    """An integer as stored: itself when SQLite's INTEGER holds it, else ``ns:<digits>``."""
+    return value if _INT64[0] <= value <= _INT64[1] else f"ns:{value}"
+
+
+def _ns_out(value: int | str) -> int:
+    return int(value[3:]) if isinstance(value, str) and value.startswith("ns:") else int(value)
+
+
+def _text_in(text: str | None) -> str | None:
+    """Free text as stored: characters UTF-8 cannot hold (surrogates) backslash-escaped."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def display_path(path: str) -> str:
+    """A path for people and terminals: undecodable bytes shown as ``\\xe9`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _row(r: sqlite3.Row) -> MovieRow:
     def j(text: str | None) -> dict:
         return json.loads(text) if text else {}
 
-    return MovieRow(MovieKey(r["path"], r["size"], r["mtime_ns"], r["fingerprint"]), r["status"],
+    return MovieRow(MovieKey(_path_out(r["path"]), r["size"], _ns_out(r["mtime_ns"]),
+                             r["fingerprint"]), r["status"],
                     r["attempts"], r["failures"], r["error"], j(r["outputs"]), j(r["timings"]),
                     j(r["summary"]), j(r["metadata"]), r["first_seen"], r["updated"],
                     r["finished"], r["retry_after"])
@@ -102,7 +149,7 @@ _KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
 
 
 def _k(key: MovieKey) -> tuple:
-    return (key.path, key.size, key.mtime_ns, key.fingerprint)
+    return (_path_in(key.path), _ns_in(key.size), _ns_in(key.mtime_ns), key.fingerprint)
 
 
 class Ledger:
@@ -166,7 +213,7 @@ class Ledger:
             args.append(status)
         if path is not None:
             where.append("path = ?")
-            args.append(path)
+            args.append(_path_in(path))
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY mtime_ns, path, id"
@@ -197,13 +244,14 @@ class Ledger:
     def mdoc_states(self) -> dict[str, dict[str, Any]]:
         """Every known mdoc by path: ``sha256``, ``size``, ``mtime_ns``, ``kind``,
         ``unchanged_since`` (wall clock s of its last content change)."""
-        keys = ("sha256", "size", "mtime_ns", "kind", "unchanged_since")
-        return {r["path"]: {k: r[k] for k in keys}
+        keys = ("sha256", "size", "kind", "unchanged_since")
+        return {_path_out(r["path"]): {**{k: r[k] for k in keys}, "mtime_ns": _ns_out(r["mtime_ns"])}
                 for r in self._db.execute("SELECT * FROM mdocs")}
 
     def series_states(self) -> dict[str, dict[str, Any]]:
         """Every tilt series' persisted state (JSON dict) by name."""
-        return {r["name"]: json.loads(r["state"]) for r in self._db.execute("SELECT * FROM series")}
+        return {_path_out(r["name"]): json.loads(r["state"])
+                for r in self._db.execute("SELECT * FROM series")}
 
     def service_state(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in
@@ -220,25 +268,26 @@ class Ledger:
             db.execute(
                 "INSERT OR IGNORE INTO movies (path, size, mtime_ns, fingerprint, status, error, "
                 "metadata, first_seen, updated, finished) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (*_k(key), status, error, json.dumps(dict(metadata or {})), now, now,
+                (*_k(key), status, _text_in(error), json.dumps(dict(metadata or {})), now, now,
                  now if status == "quarantined" else None))
         row = self.get(key)
         assert row is not None
         return row
 
     def adopt(self, key: MovieKey, *, outputs: Mapping[str, str], summary: Mapping[str, Any],
-              timings: Mapping[str, float]) -> None:
+              timings: Mapping[str, float], metadata: Mapping[str, Any] | None = None) -> None:
         """Record a movie as done from outputs found on disk (written before a crash)."""
         now = self._clock()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO movies (path, size, mtime_ns, fingerprint, status, outputs, timings, "
-                "summary, first_seen, updated, finished, error) "
-                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET status='done', "
+                "summary, metadata, first_seen, updated, finished, error) "
+                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET status='done', "
                 "outputs=excluded.outputs, timings=excluded.timings, summary=excluded.summary, "
                 "updated=excluded.updated, finished=excluded.finished, error=excluded.error",
                 (*_k(key), json.dumps(dict(outputs)), json.dumps(dict(timings)),
-                 json.dumps(dict(summary)), now, now, now, "adopted outputs found on disk"))
+                 json.dumps(dict(summary)), json.dumps(dict(metadata or {})), now, now, now,
+                 "adopted outputs found on disk"))
 
     def claim(self, key: MovieKey) -> int:
         """Mark a pending/failed movie running; returns its attempt number (1 = first)."""
@@ -263,21 +312,42 @@ class Ledger:
                  now, now, *_k(key)))
 
     def mark_failed(self, key: MovieKey, error: str, *, quarantine: bool, count: bool = True,
-                    retry_delay_s: float = 0.0) -> str:
+                    retry_delay_s: float = 0.0, started: bool = True) -> str:
         """Record a failure; returns the new status (``failed`` or ``quarantined``).
 
         ``count=False`` (environmental trouble: full disk, missing output folder) retries
-        without bringing the movie closer to quarantine.
+        without bringing the movie closer to quarantine; ``started=False`` (no worker could
+        start on it) also takes back the attempt :meth:`claim` counted.
         """
         now = self._clock()
         status = "quarantined" if quarantine else "failed"
         with self._tx() as db:
             db.execute(
                 f"UPDATE movies SET status=?, error=?, failures=failures+?, updated=?, "
-                f"retry_after=?, finished=? WHERE {_KEY_WHERE}",
-                (status, error, 1 if count else 0, now, None if quarantine else now + retry_delay_s,
-                 now if quarantine else None, *_k(key)))
+                f"retry_after=?, finished=?, attempts=MAX(attempts-?, 0) WHERE {_KEY_WHERE}",
+                (status, _text_in(error), 1 if count else 0, now,
+                 None if quarantine else now + retry_delay_s, now if quarantine else None,
+                 0 if started else 1, *_k(key)))
         return status
+
+    def requeue(self, paths: Iterable[str] | None = None) -> list[MovieKey]:
+        """Quarantined movies (all, or those whose path or file name is in ``paths``) go back
+        to ``pending`` with their failure count cleared; returns their keys.
+
+        Rows of files that were never movies (ignored names, size -1) are left alone.
+        """
+        wanted = None if paths is None else {str(p) for p in paths}
+        with self._tx() as db:
+            found = [_row(r) for r in db.execute(
+                "SELECT * FROM movies WHERE status='quarantined' AND size >= 0 "
+                "ORDER BY mtime_ns, path, id")]
+            chosen = [r.key for r in found if wanted is None or r.key.path in wanted
+                      or os.path.basename(r.key.path) in wanted]
+            db.executemany(
+                f"UPDATE movies SET status='pending', failures=0, error=NULL, retry_after=NULL, "
+                f"finished=NULL, updated=? WHERE {_KEY_WHERE}",
+                [(self._clock(), *_k(k)) for k in chosen])
+        return chosen
 
     def release(self, key: MovieKey) -> None:
         """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""
@@ -292,7 +362,7 @@ class Ledger:
                               "WHERE status='running'").fetchall()
             db.execute("UPDATE movies SET status='pending', updated=? WHERE status='running'",
                        (self._clock(),))
-        return [MovieKey(*r) for r in rows]
+        return [MovieKey(_path_out(r[0]), r[1], _ns_out(r[2]), r[3]) for r in rows]
 
     def set_mdoc_state(self, path: str, *, sha256: str, size: int, mtime_ns: int, kind: str,
                        unchanged_since: float) -> None:
@@ -303,12 +373,12 @@ class Ledger:
                        "sha256=excluded.sha256, "
                        "size=excluded.size, mtime_ns=excluded.mtime_ns, kind=excluded.kind, "
                        "unchanged_since=excluded.unchanged_since",
-                       (path, sha256, size, mtime_ns, kind, unchanged_since))
+                       (_path_in(path), sha256, size, _ns_in(mtime_ns), kind, unchanged_since))
 
     def forget_mdoc(self, path: str) -> None:
         """An mdoc vanished."""
         with self._tx() as db:
-            db.execute("DELETE FROM mdocs WHERE path = ?", (path,))
+            db.execute("DELETE FROM mdocs WHERE path = ?", (_path_in(path),))
 
     def set_series_state(self, name: str, state: Mapping[str, Any]) -> None:
         """Upsert one tilt series' state (JSON-serialisable)."""
@@ -316,7 +386,7 @@ class Ledger:
             db.execute("INSERT INTO series (name, state, updated) VALUES (?,?,?) "
                        "ON CONFLICT (name) DO UPDATE SET state=excluded.state, "
                        "updated=excluded.updated",
-                       (name, json.dumps(dict(state)), self._clock()))
+                       (_path_in(name), json.dumps(dict(state)), self._clock()))
 
     def set_service_state(self, values: Mapping[str, Any]) -> None:
         """Upsert heartbeat/counter values (JSON-serialisable) for ``motionwatch status``."""
@@ -324,3 +394,65 @@ class Ledger:
             db.executemany("INSERT INTO service_state (key, value) VALUES (?, ?) "
                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            [(k, json.dumps(v)) for k, v in values.items()])
+
+
+class CorruptDatabase(sqlite3.DatabaseError):
+    """The state database file is damaged (not a database, or fails its integrity check)."""
+
+
+def _check_integrity(ledger: Ledger) -> None:
+    try:
+        result = [r[0] for r in ledger._db.execute("PRAGMA quick_check").fetchall()]  # noqa: SLF001
+    except sqlite3.DatabaseError as exc:
+        raise CorruptDatabase(str(exc)) from exc
+    if result != ["ok"]:
+        raise CorruptDatabase("; ".join(str(r) for r in result[:3]))
+
+
+def open_or_rebuild(path: Path, *, clock=time.time  # noqa: ANN001
+                    ) -> tuple[Ledger, Path | None, str | None]:
+    """Open the state database read-write; a corrupt one is moved aside and a new one begun.
+
+    The damaged file (with its ``-wal`` / ``-shm`` companions) is renamed to
+    ``<name>.corrupt-<UTC time>`` beside it, for inspection; the caller rebuilds the state by
+    adopting the outputs on disk.
+
+    Returns
+    -------
+    ledger : Ledger
+    moved_to : Path or None
+        Where the corrupt database went (None when it was sound).
+    reason : str or None
+        What SQLite said was wrong with it.
+
+    Raises
+    ------
+    OSError
+        The corrupt file could not be moved aside.
+    """
+    path = Path(path)
+    try:
+        ledger = Ledger(path, clock=clock)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise
+        reason = str(exc)
+    else:
+        try:
+            _check_integrity(ledger)
+            return ledger, None, None
+        except CorruptDatabase as exc:
+            reason = str(exc)
+            ledger.close()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(clock()))
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while moved.exists():
+        moved = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(path, moved)
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, moved.with_name(moved.name + suffix))
+    return Ledger(path, clock=clock), moved, reason

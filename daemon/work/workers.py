@@ -2,8 +2,11 @@
 
 Each worker is a separate ``spawn``-ed process with its own pipe; the parent gives a worker a
 :class:`Task` only when it is idle, so at most ``n_workers`` movies are in memory whatever the
-backlog. A worker that dies (segfault, out-of-memory kill) or runs past ``timeout_s`` is killed and
-replaced, and its task comes back as a failed :class:`Outcome`; the daemon goes on.
+backlog. A worker that dies (segfault, out-of-memory kill) or runs past its time limit (the
+pool's ``timeout_s``, or the task's own ``timeout_s``) is killed and replaced, and its task comes
+back as a failed :class:`Outcome`; the daemon goes on. A worker that cannot start at all (its
+interpreter gone, an import failing) never raises out of :meth:`WorkerPool.submit`: its task comes
+back as an ``unstarted`` outcome, which is not the movie's fault.
 
 Workers ignore SIGINT and SIGTERM (the parent decides when they stop, so a first signal can let
 the movie in hand finish) and die with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a
@@ -20,6 +23,7 @@ import importlib
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -29,13 +33,16 @@ from multiprocessing.connection import Connection, wait as mp_wait
 from pathlib import Path
 from typing import Any, Literal
 
+from correction.write import plain
+
 from daemon.system.logs import quiet_reader_logs
 
-__all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER"]
+__all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "GainCache",
+           "execute_task", "resolve_runner"]
 
 DEFAULT_RUNNER = "correction.pipeline:correct_movie"
 
-OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error"]
+OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error", "unstarted"]
 
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE})
 
@@ -57,6 +64,8 @@ class Task:
     stem : str or None
     extra_record : dict
         Merged into the motion record (source identity, series, tilt ...).
+    timeout_s : float or None
+        This task's time limit (s), replacing the pool's ``timeout_s``; None: the pool's.
     """
 
     task_id: int
@@ -66,6 +75,7 @@ class Task:
     params: Any
     stem: str | None = None
     extra_record: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +84,12 @@ class Outcome:
 
     Attributes
     ----------
-    kind : {"done", "data", "environment", "crash", "timeout", "error"}
+    kind : {"done", "data", "environment", "crash", "timeout", "error", "unstarted"}
         ``data``: the movie itself is bad (a ``CorrectionError``; retrying will not help);
-        ``environment``: full disk, read-only or vanished output folder (retry later, not the
-        movie's fault); ``crash``: the worker process died; ``timeout``: killed after
-        ``timeout_s``; ``error``: any other exception.
+        ``environment``: full disk, read-only or vanished output folder, any error writing on
+        the output side (retry later, not the movie's fault); ``crash``: the worker process
+        died; ``timeout``: killed after its time limit; ``error``: any other exception;
+        ``unstarted``: no worker could start on the task (it never began; not the movie's).
     outputs : dict of str
         Output name (``sum``, ``dw``, ``even``, ``odd``, ``motion``) -> path, when done.
     record : dict
@@ -119,24 +130,48 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def _resolve(runner: str) -> Callable[..., Any]:
+def resolve_runner(runner: str) -> Callable[..., Any]:
+    """The callable named by ``"module:function"``."""
     module_name, _, attr = runner.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _jsonable(value: Any) -> Any:
-    import json
+def _within(name: Any, folders: Iterable[Path]) -> bool:
+    if name is None:
+        return False
+    path = Path(os.path.abspath(os.fsdecode(name)))
+    return any(path == f or f in path.parents for f in folders)
 
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+def _writable(folder: Path) -> bool:
+    probe = folder / f".motionwatch-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
 
 
 def _classify(exc: BaseException, task: Task) -> OutcomeKind:
+    """``data`` (the movie), ``environment`` (disk, output side), else ``error``.
+
+    An OSError is environmental when its errno says so (full disk, quota, read-only, I/O), when
+    it names a path on the output side (permission denied, a folder that is a file ...), when the
+    output root is gone, or when it names no path and the output folder cannot be written.
+    """
     from correction.errors import CorrectionError
 
     if isinstance(exc, CorrectionError):
         return "data"
     if isinstance(exc, OSError):
+        out_side = (Path(os.path.abspath(task.out_root)), Path(os.path.abspath(task.out_dir)))
         if exc.errno in _ENVIRONMENT_ERRNOS or not task.out_root.is_dir():
+            return "environment"
+        if _within(exc.filename, out_side) or _within(exc.filename2, out_side):
+            return "environment"
+        if exc.filename is None and not _writable(task.out_dir if task.out_dir.is_dir()
+                                                  else task.out_root):
             return "environment"
     return "error"
 
@@ -144,6 +179,84 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class GainCache:
+    """The gain reference one worker holds: loaded once, reloaded when the gain parameters change.
+
+    Parameters
+    ----------
+    gain_loader : str or None
+        ``"module:function"`` turning ``GainParams`` into the reference passed to the runner;
+        None: the runner gets no reference.
+    """
+
+    def __init__(self, gain_loader: str | None) -> None:
+        self._load = resolve_runner(gain_loader) if gain_loader else None
+        self._key: Any = None
+        self._reference: Any = None
+
+    def preload(self, gain_params: Any) -> None:
+        """Load ``gain_params`` now; a failure shows up again at the first movie that needs it."""
+        if self._load is not None and getattr(gain_params, "gain_path", None) is not None:
+            try:
+                self._reference, self._key = self._load(gain_params), gain_params
+            except Exception:  # noqa: BLE001
+                self._reference, self._key = None, None
+
+    def get(self, gain_params: Any) -> Any:
+        """The reference for ``gain_params`` (None without a gain); raises what the loader raises."""
+        if self._load is None or getattr(gain_params, "gain_path", None) is None:
+            return None
+        if gain_params != self._key:
+            self._reference, self._key = None, None
+            self._reference = self._load(gain_params)
+            self._key = gain_params
+        return self._reference
+
+
+def execute_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
+                 worker: str) -> Outcome:
+    """Correct one task's movie in this process; every exception becomes a classified Outcome.
+
+    The one worker function of every executor (the local processes and Dask workers). The
+    outcome's record (not the ``motion.json`` the runner wrote) gets
+    ``ran_on = {"host": ..., "worker": worker}``.
+
+    Parameters
+    ----------
+    task : Task
+    correct : callable
+        The runner (see :class:`WorkerPool`).
+    gains : GainCache
+        This worker's gain reference.
+    worker : str
+        Which worker this is (``"pid 1234"``, a Dask worker address), for ``ran_on``.
+    """
+    started = time.perf_counter()
+    try:
+        gain_reference = gains.get(getattr(task.params, "gain", None))
+        task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
+        result = correct(task.movie_path, task.out_dir, task.params,
+                         gain_reference=gain_reference, stem=task.stem,
+                         extra_record=dict(task.extra_record))
+        timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}
+        timings["worker_wall"] = time.perf_counter() - started
+        record = {**dict(result.record), "ran_on": {"host": socket.gethostname(), "worker": worker}}
+        return Outcome(task.task_id, "done",
+                       outputs={k: str(v) for k, v in result.outputs.items()},
+                       record=plain(record), timings_s=timings,
+                       worker_pid=os.getpid())
+    except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
+        kind = _classify(exc, task)
+        detail = _one_line(exc)
+        if kind == "error":
+            frame = traceback.extract_tb(exc.__traceback__)[-1:]
+            if frame:
+                detail += f" (at {Path(frame[0].filename).name}:{frame[0].lineno})"
+        return Outcome(task.task_id, kind, error=detail,
+                       timings_s={"worker_wall": time.perf_counter() - started},
+                       worker_pid=os.getpid())
 
 
 def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None,
@@ -157,15 +270,9 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     quiet_reader_logs()  # a failing read is reported through the result, not raw on stderr
 
-    correct = _resolve(runner)
-    load_gain = _resolve(gain_loader) if gain_loader else None
-    gain_key: Any = None
-    gain_reference: Any = None
-    if load_gain is not None and getattr(preload_gain, "gain_path", None) is not None:
-        try:  # ready before the first movie arrives; a failure shows up again at that movie
-            gain_reference, gain_key = load_gain(preload_gain), preload_gain
-        except Exception:  # noqa: BLE001
-            gain_reference, gain_key = None, None
+    correct = resolve_runner(runner)
+    gains = GainCache(gain_loader)
+    gains.preload(preload_gain)  # ready before the first movie arrives
     while True:
         try:
             task = conn.recv()
@@ -174,36 +281,7 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
         if task is None:
             return
         conn.send(("started", task.task_id))  # the parent's timeout clock starts now
-        started = time.perf_counter()
-        try:
-            gain_params = getattr(task.params, "gain", None)
-            if load_gain is not None and getattr(gain_params, "gain_path", None) is not None:
-                if gain_params != gain_key:
-                    gain_reference, gain_key = None, None
-                    gain_reference = load_gain(gain_params)
-                    gain_key = gain_params
-            else:
-                gain_reference = None
-            task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
-            result = correct(task.movie_path, task.out_dir, task.params,
-                             gain_reference=gain_reference, stem=task.stem,
-                             extra_record=dict(task.extra_record))
-            timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}
-            timings["worker_wall"] = time.perf_counter() - started
-            outcome = Outcome(task.task_id, "done",
-                              outputs={k: str(v) for k, v in result.outputs.items()},
-                              record=_jsonable(dict(result.record)), timings_s=timings,
-                              worker_pid=os.getpid())
-        except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
-            kind = _classify(exc, task)
-            detail = _one_line(exc)
-            if kind == "error":
-                frame = traceback.extract_tb(exc.__traceback__)[-1:]
-                if frame:
-                    detail += f" (at {Path(frame[0].filename).name}:{frame[0].lineno})"
-            outcome = Outcome(task.task_id, kind, error=detail,
-                              timings_s={"worker_wall": time.perf_counter() - started},
-                              worker_pid=os.getpid())
+        outcome = execute_task(task, correct, gains, worker=f"pid {os.getpid()}")
         del task
         conn.send(outcome)
 
@@ -214,17 +292,28 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
 
 @dataclass(slots=True)
 class _Slot:
-    process: Any
-    conn: Connection
+    process: Any  # None: the process could not even be started (see spawn_error)
+    conn: Connection | None
     task: Task | None = None
     sent_s: float = 0.0  # when the task was sent
     started_s: float | None = None  # when the worker said it began (after its start-up)
     tasks_done: int = 0
+    spawn_error: str | None = None
 
-    def deadline(self, timeout_s: float, startup_s: float) -> float:
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def limit_s(self, timeout_s: float | None) -> float | None:
+        """The running task's time limit: its own, else the pool's."""
+        if self.task is not None and self.task.timeout_s is not None:
+            return self.task.timeout_s
+        return timeout_s
+
+    def deadline(self, timeout_s: float | None, startup_s: float) -> float:
+        limit = self.limit_s(timeout_s)
         if self.started_s is not None:
-            return self.started_s + timeout_s
-        return self.sent_s + startup_s + timeout_s
+            return float("inf") if limit is None else self.started_s + limit
+        return self.sent_s + startup_s + (0.0 if limit is None else limit)
 
 
 class WorkerPool:
@@ -277,6 +366,7 @@ class WorkerPool:
 
     # --- lifecycle ------------------------------------------------------------------------
     def _spawn(self) -> _Slot:
+        """A new worker; a slot without a process when it cannot be started at all."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, name="motionwatch-worker", daemon=True,
                                     args=(child_conn, os.getpid(), self._runner, self._gain_loader,
@@ -284,9 +374,12 @@ class WorkerPool:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             process.start()
+        except Exception as exc:  # noqa: BLE001 - interpreter gone, no processes left ...
+            parent_conn.close()
+            return _Slot(None, None, spawn_error=_one_line(exc))
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        child_conn.close()
+            child_conn.close()
         return _Slot(process, parent_conn)
 
     def start(self) -> None:
@@ -303,12 +396,14 @@ class WorkerPool:
 
     def _kill(self, slot: _Slot) -> None:
         try:
-            slot.process.kill()
-            slot.process.join(timeout=5)
+            if slot.process is not None:
+                slot.process.kill()
+                slot.process.join(timeout=5)
         except Exception:  # noqa: BLE001 - already gone
             pass
         try:
-            slot.conn.close()
+            if slot.conn is not None:
+                slot.conn.close()
         except OSError:
             pass
 
@@ -320,18 +415,16 @@ class WorkerPool:
     def stop(self, *, timeout_s: float = 5.0) -> None:
         """Stop every worker: ask idle ones to exit, kill whatever remains after ``timeout_s``."""
         for slot in self._slots:
-            if slot.task is None:
+            if slot.task is None and slot.alive():
                 try:
                     slot.conn.send(None)
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout_s
         for slot in self._slots:
-            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if slot.process.is_alive():
-                self._kill(slot)
-            else:
-                slot.conn.close()
+            if slot.process is not None:
+                slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._kill(slot)
         self._slots = []
 
     def abandon(self) -> list[Task]:
@@ -342,7 +435,7 @@ class WorkerPool:
                 tasks.append(slot.task)
                 slot.task = None
                 self._kill(slot)
-        self._slots = [s for s in self._slots if s.process.is_alive()]
+        self._slots = [s for s in self._slots if s.alive()]
         return tasks
 
     # --- work -----------------------------------------------------------------------------
@@ -356,21 +449,24 @@ class WorkerPool:
         return [s.task for s in self._slots if s.task is not None]
 
     def alive(self) -> int:
-        return sum(1 for s in self._slots if s.process.is_alive())
+        return sum(1 for s in self._slots if s.alive())
 
     def submit(self, task: Task) -> None:
-        """Give a task to an idle worker (raises RuntimeError when none is idle)."""
+        """Give a task to an idle worker (raises RuntimeError when none is idle).
+
+        A worker that cannot start or dies on the way does not raise here: the task comes back
+        from :meth:`wait` as an ``unstarted`` outcome.
+        """
         for index, slot in enumerate(self._slots):
             if slot.task is None:
-                if not slot.process.is_alive():
+                if not slot.alive():
                     self._replace(index)
                     slot = self._slots[index]
-                try:
-                    slot.conn.send(task)
-                except OSError:
-                    self._replace(index)
-                    slot = self._slots[index]
-                    slot.conn.send(task)
+                if slot.conn is not None:
+                    try:
+                        slot.conn.send(task)
+                    except OSError as exc:  # died during start-up: reported by collect()
+                        slot.spawn_error = slot.spawn_error or _one_line(exc)
                 slot.task = task
                 slot.sent_s = self._clock()
                 slot.started_s = None
@@ -384,13 +480,16 @@ class WorkerPool:
         outcomes and the workers are replaced.
         """
         busy = [s for s in self._slots if s.task is not None]
-        if self._timeout_s is not None and busy:
+        if busy:
             now = self._clock()
             nearest = min(s.deadline(self._timeout_s, self._startup_s) for s in busy) - now
             timeout_s = max(0.0, min(timeout_s, nearest))
+        if any(s.process is None for s in busy):
+            timeout_s = 0.0
         waitables: list[Any] = list(also)
         for s in busy:
-            waitables += [s.conn, s.process.sentinel]
+            if s.process is not None:
+                waitables += [s.conn, s.process.sentinel]
         if waitables:
             mp_wait(waitables, timeout=timeout_s)
         elif timeout_s > 0:
@@ -404,12 +503,12 @@ class WorkerPool:
         for index, slot in enumerate(list(self._slots)):
             task = slot.task
             if task is None:
-                if not slot.process.is_alive():
+                if not slot.alive():
                     self._replace(index)
                 continue
             outcome: Outcome | None = None
             try:
-                while outcome is None and slot.conn.poll():
+                while outcome is None and slot.conn is not None and slot.conn.poll():
                     message = slot.conn.recv()
                     if isinstance(message, tuple) and message[:1] == ("started",):
                         slot.started_s = self._clock()
@@ -424,21 +523,33 @@ class WorkerPool:
                 if self._max_tasks is not None and slot.tasks_done >= self._max_tasks:
                     self._retire(index)
                 continue
-            if not slot.process.is_alive():
-                code = slot.process.exitcode
-                how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-                       else f"exit status {code}")
-                outcomes.append(Outcome(task.task_id, "crash", error=f"worker process died ({how})",
-                                        worker_pid=slot.process.pid))
+            limit = slot.limit_s(self._timeout_s)
+            if not slot.alive():
+                if slot.process is None:
+                    how = slot.spawn_error or "no process"
+                else:
+                    code = slot.process.exitcode
+                    how = (f"killed by signal {signal.Signals(-code).name}"
+                           if code is not None and code < 0 else f"exit status {code}")
+                if slot.started_s is None:
+                    outcomes.append(Outcome(task.task_id, "unstarted",
+                                            error=f"worker process could not start ({how})",
+                                            worker_pid=getattr(slot.process, "pid", None)))
+                else:
+                    outcomes.append(Outcome(task.task_id, "crash",
+                                            error=f"worker process died ({how})",
+                                            worker_pid=slot.process.pid))
                 slot.task = None
                 self._replace(index)
-            elif self._timeout_s is not None and now > slot.deadline(self._timeout_s,
-                                                                      self._startup_s):
-                error = (f"timed out after {self._timeout_s:g} s; worker killed"
-                         if slot.started_s is not None else
-                         f"worker did not start within {self._startup_s + self._timeout_s:g} s; killed")
-                outcomes.append(Outcome(task.task_id, "timeout", error=error,
-                                        worker_pid=slot.process.pid))
+            elif now > slot.deadline(self._timeout_s, self._startup_s):
+                if slot.started_s is not None:
+                    outcomes.append(Outcome(task.task_id, "timeout",
+                                            error=f"timed out after {limit:g} s; worker killed",
+                                            worker_pid=slot.process.pid))
+                else:
+                    outcomes.append(Outcome(
+                        task.task_id, "unstarted", worker_pid=slot.process.pid,
+                        error=f"worker did not start within {self._startup_s + (limit or 0.0):g} s; killed"))
                 slot.task = None
                 self._replace(index)
         return outcomes
@@ -446,8 +557,9 @@ class WorkerPool:
     def _retire(self, index: int) -> None:
         slot = self._slots[index]
         try:
-            slot.conn.send(None)
-            slot.process.join(timeout=5)
+            if slot.alive():
+                slot.conn.send(None)
+                slot.process.join(timeout=5)
         except OSError:
             pass
         self._kill(slot)

@@ -100,6 +100,16 @@ def service_config(watch: Path, out: Path, **options) -> Config:
                   options={"executor": "dask", **options})
 
 
+def run_service(service: Service, limit_s: float = 90.0) -> int:
+    """Run until idle; a stop after ``limit_s`` turns a hang into a failed assertion."""
+    guard = threading.Timer(limit_s, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        return service.run()
+    finally:
+        guard.cancel()
+
+
 def write_movies(folder: Path, names) -> list[Path]:
     paths = []
     for name in names:
@@ -183,8 +193,9 @@ def test_a_dask_worker_killed_mid_movie_is_retried_by_the_daemon_and_every_movie
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), local_cluster() as cluster:
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
-        status = Service(service_config(watch, out, scheduler=cluster.scheduler_address),
-                         runner=fake_runners).run()
+        status = run_service(Service(service_config(watch, out,
+                                                    scheduler=cluster.scheduler_address),
+                                     runner=fake_runners))
         thread.join(timeout=5)
 
     assert status == 0 and killed
@@ -209,11 +220,13 @@ def test_the_daemon_waits_while_the_scheduler_is_gone_and_resumes_when_it_return
                                  "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
                                 stdout=subprocess.DEVNULL, stderr=logs.open("ab"))
 
-    processes = [scheduler()]
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-         "--no-dashboard", "--death-timeout", "120"],
-        stdout=subprocess.DEVNULL, stderr=logs.open("ab")))
+    def worker():  # the facility's supervisor (systemd, a batch job) restarts workers
+        return subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+             "--no-dashboard", "--death-timeout", "60"],
+            stdout=subprocess.DEVNULL, stderr=logs.open("ab"))
+
+    processes = [scheduler(), worker()]
     outage = {}
 
     def break_and_restore():
@@ -223,17 +236,17 @@ def test_the_daemon_waits_while_the_scheduler_is_gone_and_resumes_when_it_return
             time.sleep(0.05)
         processes[0].kill()  # the scheduler goes away while a movie is in hand
         processes[0].wait()
-        outage["done_while_gone"] = _done_names(out)
+        outage["started_while_gone"] = _started_names(out)
         time.sleep(3.0)
-        outage["done_before_return"] = _done_names(out)
-        processes.append(scheduler())
+        outage["started_before_return"] = _started_names(out)
+        processes.extend([scheduler(), worker()])
 
     try:
         thread = threading.Thread(target=break_and_restore, daemon=True)
         thread.start()
         service = Service(service_config(watch, out, scheduler=address, max_in_flight=1),
                           runner=fake_runners)
-        status = service.run()
+        status = run_service(service)
         thread.join(timeout=5)
     finally:
         for process in processes:
@@ -241,7 +254,8 @@ def test_the_daemon_waits_while_the_scheduler_is_gone_and_resumes_when_it_return
             process.wait()
 
     assert status == 0
-    assert outage["done_before_return"] == outage["done_while_gone"]  # nothing ran meanwhile
+    # nothing new was dispatched while the scheduler was gone
+    assert outage["started_before_return"] == outage["started_while_gone"] == {"slow_a.started"}
     rows = {Path(r.key.path).name: r for r in _rows(out)}
     assert {r.status for r in rows.values()} == {"done"}
     assert rows["slow_a.mrc"].attempts == 2 and rows["slow_a.mrc"].failures == 0  # not its fault
@@ -256,8 +270,8 @@ def _rows(out: Path):
         ledger.close()
 
 
-def _done_names(out: Path) -> set[str]:
-    return {p.name for p in out.glob("*.motion.json")}
+def _started_names(out: Path) -> set[str]:
+    return {p.name for p in out.glob("*.started")}
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -287,3 +301,66 @@ def test_dask_options_are_validated_together_and_path_maps_replace_whole_compone
     with pytest.raises(ConfigError, match="executor_cores"):
         executor_settings(parse("--executor", "dask", "--executor-cluster", "slurm",
                                 "--executor-memory", "8GB"))
+
+
+def test_the_executor_is_configured_by_flat_toml_keys_of_motionwatch_watch(tmp_path):
+    from daemon.commands.watch import add_arguments
+    from daemon.settings.config import load_config
+
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "session.toml"
+    toml.write_text(textwrap.dedent(f'''
+        out = "{tmp_path / 'out'}"
+        dose_per_frame = 1.0
+        executor = "dask"
+        scheduler = "tcp://scheduler.facility:8786"
+        max_in_flight = 16
+        path_map = ["/data=/cluster/data"]
+    '''))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = load_config(parser.parse_args([str(tmp_path / "w"), "--config", str(toml)]))
+    settings = executor_settings(config)
+    assert settings == ExecutorSettings("dask", "tcp://scheduler.facility:8786", 16,
+                                        (("/data", "/cluster/data"),))
+    flagged = load_config(parser.parse_args([str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                                             "--dose-per-frame", "1"]))
+    assert executor_settings(flagged) == ExecutorSettings()  # local unless asked
+
+
+def test_a_slurm_cluster_section_becomes_the_batch_job_that_dask_jobqueue_submits():
+    pytest.importorskip("dask_jobqueue")
+    from daemon.work.dask_executor import _start_jobqueue
+
+    settings = executor_settings(parse(
+        "--executor", "dask", "--executor-cluster", "slurm", "--executor-cores", "4",
+        "--executor-memory", "16GB", "--executor-walltime", "02:00:00", "--executor-queue",
+        "cryoem", "--executor-maximum-workers", "3"))
+    assert DaskExecutor(settings).max_in_flight == 12  # 3 jobs x 4 one-movie workers
+    cluster = _start_jobqueue(settings.jobqueue)  # adapts from 0 jobs: nothing is submitted
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p cryoem" in script and "#SBATCH -t 02:00:00" in script
+    assert "#SBATCH --cpus-per-task=4" in script and "--nworkers 4" in script
+    assert "--nthreads 1" in script
+
+
+def test_a_stuck_movie_times_out_counted_from_its_start_and_its_worker_is_restarted(
+        tmp_path, fake_runners):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    stuck, after = write_movies(watch, ["victim.mrc", "a.mrc"])
+    with local_cluster(n_workers=1) as cluster:
+        settings = ExecutorSettings("dask", cluster.scheduler_address, 1)
+        with DaskExecutor(settings, timeout_s=1.0, runner=fake_runners,
+                          gain_loader=None) as executor:
+            outcomes = run_all(executor, [Task(0, stuck, out, out, PARAMS, "victim")])
+            pid = int((out / "victim.started").read_text())
+            outcomes.update(run_all(executor, [Task(1, after, out, out, PARAMS, "a")]))
+    assert outcomes[0].kind == "timeout" and "restarted" in outcomes[0].error
+    assert outcomes[1].kind == "done"
+    assert outcomes[1].record["ran_on"]["worker"]
+    assert int((out / "a.started").read_text()) != pid  # a fresh worker process took it

@@ -1,5 +1,6 @@
 """Ledger: durable per-movie state keyed by path, size, mtime and parameter fingerprint."""
 
+import os
 import sqlite3
 
 import pytest
@@ -127,3 +128,61 @@ def test_a_read_only_reader_sees_the_writers_state_while_it_is_open(tmp_path):
 def test_read_only_open_of_a_missing_database_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no motionwatch state database"):
         Ledger(tmp_path / "nope.sqlite", read_only=True)
+
+
+def test_a_path_that_is_not_utf8_round_trips_and_stays_distinct(ledger):
+    odd = os.fsdecode(b"/d/bad_\xe9\xff.mrc")
+    ledger.add(key(odd))
+    ledger.add(key("/d/bad_\u00e9\u00ff.mrc"))  # the same characters, validly encoded
+    ledger.claim(key(odd))
+    ledger.mark_failed(key(odd), f"UnreadableMovieError: {odd}: bad", quarantine=True)
+    row = ledger.get(key(odd))
+    assert os.fsencode(row.key.path) == b"/d/bad_\xe9\xff.mrc" and row.status == "quarantined"
+    assert [os.fsencode(r.key.path) for r in ledger.rows(path=odd)] == [b"/d/bad_\xe9\xff.mrc"]
+    assert ledger.counts()["pending"] == 1
+    assert ledger.recover_running() == []
+
+
+def test_a_far_future_mtime_round_trips_and_sorts_after_the_present(ledger):
+    year_2300_ns = 10_413_792_000 * 10**9  # beyond SQLite's 64-bit INTEGER
+    ledger.add(key("/d/future.mrc", mtime=year_2300_ns))
+    ledger.add(key("/d/now.mrc", mtime=1_700_000_000 * 10**9))
+    assert ledger.get(key("/d/future.mrc", mtime=year_2300_ns)).key.mtime_ns == year_2300_ns
+    assert [r.key.path for r in ledger.rows()] == ["/d/now.mrc", "/d/future.mrc"]
+    ledger.set_mdoc_state("/d/future.mdoc", sha256="x", size=1, mtime_ns=year_2300_ns,
+                          kind="series", unchanged_since=0.0)
+    assert ledger.mdoc_states()["/d/future.mdoc"]["mtime_ns"] == year_2300_ns
+
+
+def test_an_unstarted_attempt_is_not_counted(ledger):
+    ledger.add(key())
+    ledger.claim(key())
+    ledger.mark_failed(key(), "worker could not start", quarantine=False, count=False,
+                       started=False)
+    row = ledger.get(key())
+    assert (row.status, row.attempts, row.failures) == ("failed", 0, 0)
+
+
+def test_requeue_returns_quarantined_movies_to_pending_with_failures_cleared(ledger):
+    ledger.add(key("/d/a.mrc"))
+    ledger.add(key("/d/b.mrc"))
+    for name in ("/d/a.mrc", "/d/b.mrc"):
+        ledger.claim(key(name))
+        ledger.mark_failed(key(name), "crashed", quarantine=True)
+    ledger.add(MovieKey("/d/notes.txt", -1, -1, "f1"), status="quarantined", error="not a movie")
+    assert ledger.requeue(["b.mrc"]) == [key("/d/b.mrc")]
+    assert ledger.requeue() == [key("/d/a.mrc")]
+    assert [(r.key.path, r.status, r.failures) for r in ledger.rows(status="pending")] == [
+        ("/d/a.mrc", "pending", 0), ("/d/b.mrc", "pending", 0)]
+
+
+def test_a_corrupt_database_is_moved_aside_and_a_new_one_begun(tmp_path):
+    from daemon.state.ledger import open_or_rebuild
+
+    db = tmp_path / "motionwatch.sqlite"
+    db.write_bytes(b"this is not a database" * 100)
+    ledger, moved, reason = open_or_rebuild(db, clock=lambda: 0.0)
+    with ledger:
+        assert ledger.counts()["pending"] == 0
+    assert moved.name == "motionwatch.sqlite.corrupt-19700101T000000Z"
+    assert moved.read_bytes().startswith(b"this is not") and reason

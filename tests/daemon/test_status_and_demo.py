@@ -202,3 +202,24 @@ def test_status_piped_into_head_stops_quietly_without_a_traceback(tmp_path):
     assert result.stdout.startswith("daemon: ")
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 0
+
+
+def test_status_shows_where_each_movie_ran_and_the_clusters_state(tmp_path, capsys):
+    key = MovieKey("/d/a.mrc", 10, 1, "f")
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.add(key)
+        db.claim(key)
+        db.mark_done(key, outputs={"sum": "/o/a.mrc"}, timings={"total": 1.0},
+                     summary={"drift": {"total_A": 4.25},
+                              "ran_on": {"host": "node7", "worker": "tcp://10.0.0.7:4100"}})
+        db.set_service_state({"pid": 1, "heartbeat_wall": 0.0, "cluster": {
+            "executor": "dask", "scheduler": "tcp://head:8786", "connected": True,
+            "workers": 2, "threads": 2, "in_flight": 1, "max_in_flight": 2}})
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "cluster: tcp://head:8786 connected, 2 workers / 2 threads, 1/2 in flight" in text
+    assert "/d/a.mrc (drift 4.2 Å) on tcp://10.0.0.7:4100" in text
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["last_done"][0]["ran_on"]["host"] == "node7"
+    assert status["daemon"]["cluster"]["workers"] == 2

@@ -25,6 +25,7 @@ N_FRAMES = 6
 SHAPE = (256, 256)
 OUTPUT_SUFFIXES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json")
 PICTURE_SUFFIXES = (".thumb.png", ".spectrum.png", ".drift.png")  # quick-look, with the set
+HANDOFF_SUFFIXES = (".star", ".xml")  # RELION motion STAR, Warp's per-movie xml (daemon/handoff)
 
 
 def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:
@@ -132,8 +133,9 @@ def test_sigkill_at_random_points_then_restart_leaves_exactly_one_complete_set_p
     assert len(movies) == n_movies and kills == 6
     for movie in movies:
         check_outputs(out, movie, N_FRAMES)
-    expected = {"motionwatch.sqlite", "motionwatch.lock"} | {
-        f"{m.stem}{s}" for m in movies for s in OUTPUT_SUFFIXES + PICTURE_SUFFIXES}
+    expected = {"motionwatch.sqlite", "motionwatch.lock", "corrected_micrographs.star",
+                "average"} | {f"{m.stem}{s}" for m in movies
+                              for s in OUTPUT_SUFFIXES + PICTURE_SUFFIXES + HANDOFF_SUFFIXES}
     assert {p.name for p in out.iterdir()} == expected  # no temporaries, nothing extra
     table = rows(out)
     assert len(table) == n_movies and {r["status"] for r in table} == {"done"}

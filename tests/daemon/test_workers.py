@@ -1,5 +1,6 @@
 """Worker pool: one movie per process, crashes and hangs isolated, memory bounded by n_workers."""
 
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -29,6 +30,11 @@ def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extr
     out.write_text(f"{os.getpid()} {gain_reference} {extra_record}")
     return SimpleNamespace(outputs={"sum": out}, record={"frames": 3, "pid": os.getpid()},
                            timings_s={"total": 0.01})
+
+def correct_denied(movie_path, out_dir, params, **kw):
+    if movie_path.name.startswith("denied"):  # e.g. chmod 555 on the output folder
+        raise PermissionError(13, "Permission denied", str(out_dir / ".denied.mrc.tmp-1"))
+    return correct(movie_path, out_dir, params, **kw)
 
 def load_gain(params):
     return f"gain-loaded-in-{os.getpid()}"
@@ -103,3 +109,46 @@ def test_no_more_tasks_are_in_flight_than_workers(tmp_path, runners):
         with pytest.raises(RuntimeError, match="no idle worker"):
             pool.submit(task(tmp_path, 2, "ok.mrc"))
         assert len(pool.abandon()) == 2
+
+
+def test_a_worker_whose_interpreter_is_gone_gives_an_unstarted_outcome_not_an_exception(
+        tmp_path, runners, monkeypatch):
+    import multiprocessing.spawn
+
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe", b"/nonexistent/python3")
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "ok.mrc")], timeout_s=10)
+    assert results[0].kind == "unstarted" and "could not start" in results[0].error
+
+
+def test_a_worker_that_dies_during_start_up_gives_an_unstarted_outcome(tmp_path, runners,
+                                                                       monkeypatch):
+    import multiprocessing.spawn
+
+    dies = tmp_path / "python-that-dies"
+    dies.write_text("#!/bin/sh\nexit 1\n")
+    dies.chmod(0o755)
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe", os.fsencode(dies))
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        time.sleep(0.5)  # let it die before the task is sent (the broken-pipe case)
+        results = run_all(pool, [task(tmp_path, 0, "ok.mrc"), task(tmp_path, 1, "ok1.mrc")],
+                          timeout_s=10)
+    assert {r.kind for r in results.values()} == {"unstarted"}
+
+
+def test_a_task_time_limit_replaces_the_pools(tmp_path, runners):
+    from dataclasses import replace
+
+    with WorkerPool(1, runner=runners, gain_loader=None, timeout_s=600.0) as pool:
+        results = run_all(pool, [replace(task(tmp_path, 0, "hang.mrc"), timeout_s=0.5)])
+    assert results[0].kind == "timeout" and "0.5 s" in results[0].error
+
+
+def test_output_side_errors_are_environmental_not_the_movies(tmp_path, runners):
+    (tmp_path / "a-file").write_text("")
+    below_a_file = Task(0, tmp_path / "ok.mrc", tmp_path / "a-file" / "sub", tmp_path, None,
+                        "ok", {})
+    with WorkerPool(1, runner="fake_runners:correct_denied", gain_loader=None) as pool:
+        results = run_all(pool, [below_a_file, task(tmp_path, 1, "denied.mrc")])
+    assert results[0].kind == "environment"
+    assert results[1].kind == "environment" and "Permission denied" in results[1].error

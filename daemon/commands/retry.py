@@ -1,0 +1,70 @@
+"""Requeue quarantined movies: they go back to pending, their failure count cleared.
+
+With no MOVIE, every quarantined movie of OUT_DIR's state database is requeued; otherwise those
+whose path or file name is given. A running ``motionwatch watch`` picks them up at once; a stopped
+one at its next start. Files that were never movies (ignored names) stay as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from daemon import exitcodes
+from daemon.state.ledger import DB_NAME, Ledger, display_path
+
+__all__ = ["add_arguments", "run"]
+
+EXAMPLES = """examples:
+  motionwatch retry /data/session/motioncorr
+  motionwatch retry /data/session/motioncorr movie_0012.tif /data/session/movie_0013.tif
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR",
+                        help="the output folder of motionwatch watch (holds the state database)")
+    parser.add_argument("movies", nargs="*", metavar="MOVIE",
+                        help="movies to requeue (path or file name); default: all quarantined")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="folder of the state database when it is not OUT_DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``motionwatch retry``: 0 when requeued (or nothing to do), 1 when a named movie is not
+    quarantined, 78 without a usable state database."""
+    folder = args.state_dir if args.state_dir is not None else args.out_dir
+    db_path = Path(folder) / DB_NAME
+    if not db_path.is_file():
+        print(f"motionwatch retry: {db_path}: no state database (is this the --out folder of "
+              f"motionwatch watch?)", file=sys.stderr)
+        return exitcodes.CONFIG
+    wanted = None
+    if args.movies:
+        wanted = set()
+        for name in args.movies:
+            wanted.add(name)
+            if os.sep in name:
+                wanted.add(os.path.abspath(name))
+    try:
+        with Ledger(db_path) as ledger:
+            keys = ledger.requeue(wanted)
+    except (sqlite3.Error, OSError) as exc:
+        reason = " ".join(str(exc).split())
+        print(f"motionwatch retry: {db_path}: not a usable state database ({reason})",
+              file=sys.stderr)
+        return exitcodes.CONFIG
+    for key in keys:
+        print(f"requeued: {display_path(key.path)}")
+    print(f"{len(keys)} quarantined movie(s) requeued")
+    if wanted is not None:
+        found = {k.path for k in keys} | {os.path.basename(k.path) for k in keys}
+        missing = [m for m in args.movies if m not in found and os.path.abspath(m) not in found]
+        for name in missing:
+            print(f"motionwatch retry: {name}: not a quarantined movie", file=sys.stderr)
+        if missing:
+            return exitcodes.SOME_FAILED
+    return exitcodes.OK

@@ -1,0 +1,456 @@
+"""Faults of the world the daemon lives in, each injected: odd file names and dates, workers that
+cannot start, an output side that fails, a state database that cannot be written or is corrupt,
+a second daemon, SIGHUP, a runaway movie, changed settings. Each test is the regression test of
+one item of the faults issue; the service must survive and never blame a movie for the
+environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.commands.cli import main as cli_main
+from daemon.engine.locks import FolderLocks
+from daemon.engine.policy import movie_time_limit_s
+from daemon.engine.service import Service
+from daemon.events import SOURCE_KEY, ServiceListener
+from daemon.settings.config import Config
+from daemon.simulation.movies import write_movie_progressively
+from daemon.state.ledger import Ledger, MovieKey
+
+RUNNERS = '''
+import errno, json, os, time
+from pathlib import Path
+from types import SimpleNamespace
+from correction.errors import UnreadableMovieError
+
+def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
+    name = movie_path.name
+    if name.startswith("hang"):
+        time.sleep(60)
+    if name.startswith("slow"):
+        time.sleep(1.0)
+    if name.startswith("bad"):
+        raise UnreadableMovieError(movie_path, "not a movie")
+    if name.startswith("never"):
+        raise AssertionError("must not run: outputs should have been adopted")
+    if (out_dir.parent / "OUTPUT_LOCKED").exists():  # the output side refuses writes
+        raise PermissionError(errno.EACCES, "Permission denied", str(out_dir / f".{stem}.tmp-1"))
+    if (out_dir.parent / "OUTPUT_FULL").exists():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    out = out_dir / (stem + ".motion.json")
+    out.write_text(json.dumps({"frames": 4, **extra_record}))
+    return SimpleNamespace(outputs={"motion": out}, record={"frames": 4, "drift": {"total_A": 1.0}},
+                           timings_s={"total": 0.01})
+'''
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "fault_runners.py").write_text(textwrap.dedent(RUNNERS))
+    monkeypatch.syspath_prepend(str(mods))
+    watch, out = tmp_path / "w", tmp_path / "run" / "out"
+    watch.mkdir()
+    out.mkdir(parents=True)
+    return Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                  settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=1.0,
+                  max_attempts=2, retry_delay_s=0.0, heartbeat_s=0.1, exit_when_idle_s=0.5,
+                  polling="on")
+
+
+def movie(folder: Path, name: str | bytes) -> Path:
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    path = folder / (os.fsdecode(name) if isinstance(name, bytes) else name)
+    write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+    return path
+
+
+class Log:
+    """A structlog-like logger that keeps every event (level, event, fields)."""
+
+    def __init__(self, events: list | None = None, **bound) -> None:
+        self.events = [] if events is None else events
+        self._bound = bound
+
+    def bind(self, **kw) -> "Log":
+        return Log(self.events, **{**self._bound, **kw})
+
+    def _emit(self, level: str, event: str, **kw) -> None:
+        self.events.append((level, event, {**self._bound, **kw}))
+
+    def debug(self, event, **kw):
+        self._emit("debug", event, **kw)
+
+    def info(self, event, **kw):
+        self._emit("info", event, **kw)
+
+    def warning(self, event, **kw):
+        self._emit("warning", event, **kw)
+
+    def error(self, event, **kw):
+        self._emit("error", event, **kw)
+
+    def exception(self, event, **kw):
+        self._emit("error", event, **kw)
+
+    def named(self, event: str) -> list[dict]:
+        return [kw for _, e, kw in self.events if e == event]
+
+
+class Beats(ServiceListener):
+    def __init__(self, on_beat=None) -> None:
+        self.health = []
+        self._on_beat = on_beat
+
+    def on_heartbeat(self, beat):
+        self.health.append(beat.health)
+        if self._on_beat is not None:
+            self._on_beat(beat)
+
+
+def rows(config: Config) -> dict[str, object]:
+    with Ledger(config.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        return {Path(r.key.path).name: r for r in ledger.rows()}
+
+
+def run(config: Config, *listeners, log: Log | None = None) -> int:
+    return Service(config, listeners=list(listeners), runner="fault_runners:correct",
+                   logger=log or Log()).run()
+
+
+# --- 1, 2: file names that are not UTF-8, files dated 2300 ----------------------------------
+
+def test_a_file_name_with_non_utf8_bytes_is_corrected_and_its_path_round_trips(setup):
+    bad = movie(setup.watch_dir, b"odd_\xe9\xff_name.mrc")
+    movie(setup.watch_dir, "ok.mrc")
+    assert run(setup) == 0
+    with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        table = {os.fsencode(r.key.path): r for r in ledger.rows()}
+    row = table[os.fsencode(bad)]
+    assert row.status == "done" and Path(row.key.path).exists()
+    assert table[os.fsencode(setup.watch_dir / "ok.mrc")].status == "done"
+
+
+def test_status_shows_a_non_utf8_movie_in_one_readable_line_and_as_json(setup, capsys):
+    bad = movie(setup.watch_dir, b"odd_\xe9\xff.mrc")
+    assert run(setup) == 0
+    capsys.readouterr()
+    assert cli_main(["status", str(setup.out_dir)]) == 0  # capsys' stdout is strict UTF-8
+    assert "odd_\\udce9\\udcff.mrc" in capsys.readouterr().out
+    assert cli_main(["status", str(setup.out_dir), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert os.fsencode(status["last_done"][0]["movie"]) == os.fsencode(bad)
+
+
+def test_a_file_dated_2300_is_corrected_and_does_not_stop_the_service(setup):
+    path = movie(setup.watch_dir, "future.mrc")
+    year_2300_ns = 10_413_792_000 * 10**9
+    os.utime(path, ns=(year_2300_ns, year_2300_ns))
+    movie(setup.watch_dir, "ok.mrc")
+    assert run(setup) == 0
+    table = rows(setup)
+    assert table["future.mrc"].status == "done"
+    assert table["future.mrc"].key.mtime_ns == year_2300_ns == path.stat().st_mtime_ns
+    assert table["ok.mrc"].status == "done"
+
+
+# --- 3: a worker that cannot start ----------------------------------------------------------
+
+def test_a_worker_that_cannot_start_leaves_no_row_running_and_makes_the_service_unhealthy(
+        setup, monkeypatch):
+    import multiprocessing.spawn
+
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe", b"/nonexistent/python3")
+    movie(setup.watch_dir, "ok.mrc")
+    seen = []
+
+    def stop_when_reported(beat):
+        if any("workers cannot start" in p for p in beat.health.problems):
+            seen.append(beat.health)
+            service.request_stop("test")
+
+    service = Service(setup, listeners=[Beats(stop_when_reported)],
+                      runner="fault_runners:correct", logger=Log())
+    assert service.run() == 0
+    row = rows(setup)["ok.mrc"]
+    assert seen and (row.status, row.attempts, row.failures) == ("failed", 0, 0)
+    assert "could not start" in row.error
+
+
+# --- 4: the output side fails for a while ---------------------------------------------------
+
+def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_quarantine(
+        setup):
+    locked = setup.out_dir.parent / "OUTPUT_LOCKED"
+    locked.write_text("")
+    for name in ("a.mrc", "b.mrc", "c.mrc"):
+        movie(setup.watch_dir, name)
+    unhealthy = []
+
+    def unlock_after_reported(beat):
+        if any("output side failing" in p for p in beat.health.problems):
+            unhealthy.append(beat.health)
+            if len(unhealthy) >= 3:
+                locked.unlink(missing_ok=True)  # writable again
+
+    beats = Beats(unlock_after_reported)
+    log = Log()
+    assert run(setup, beats, log=log) == 0
+    table = rows(setup)
+    assert {n: (r.status, r.failures) for n, r in table.items()} == {
+        "a.mrc": ("done", 0), "b.mrc": ("done", 0), "c.mrc": ("done", 0)}
+    assert unhealthy and beats.health[-1].ok
+    assert not log.named("movie_quarantined")
+    # paused: while the output side failed, no other movie was tried
+    assert len(log.named("movie_retry_later")) == len(log.named("movie_started")) - 3
+
+
+# --- 5: the state database cannot be written ------------------------------------------------
+
+def test_an_unwritable_state_database_is_reported_once_counts_nothing_and_recovers(
+        setup, monkeypatch):
+    full = setup.out_dir.parent / "OUTPUT_FULL"
+    full.write_text("")
+    movie(setup.watch_dir, "disk.mrc")
+    state = {"failing": True, "raised": 0, "beats": 0}
+    original = Ledger.mark_failed
+
+    def mark_failed(self, *args, **kw):
+        if state["failing"]:
+            state["raised"] += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        full.unlink(missing_ok=True)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(Ledger, "mark_failed", mark_failed)
+
+    def free_space_later(beat):
+        if state["raised"]:
+            state["beats"] += 1
+            if state["beats"] >= 6:
+                state["failing"] = False
+
+    beats = Beats(free_space_later)
+    log = Log()
+    assert run(setup, beats, log=log) == 0
+    assert state["raised"] > 2  # retried while failing ...
+    assert len(log.named("ledger_write_failed")) == 1  # ... but said once
+    assert log.named("ledger_write_recovered")
+    assert [e["retry_in_s"] for e in log.named("movie_retry_later")] == [1.0]
+    assert any(any("state database" in p for p in h.problems)
+               for h in beats.health)
+    assert beats.health[-1].ok
+    row = rows(setup)["disk.mrc"]
+    assert (row.status, row.failures) == ("done", 0)
+
+
+# --- 6: a corrupt state database ------------------------------------------------------------
+
+def _adoptable(config: Config, name: str) -> Path:
+    path = movie(config.watch_dir, name)
+    st = path.stat()
+    key = MovieKey(str(path), st.st_size, st.st_mtime_ns, config.params.fingerprint())
+    out = movie(config.out_dir, Path(name).stem + "_DW.mrc")
+    record = {SOURCE_KEY: {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns,
+                           "params_fingerprint": key.fingerprint},
+              "outputs": {"dw": out.name, "motion": Path(name).stem + ".motion.json"}}
+    (config.out_dir / (Path(name).stem + ".motion.json")).write_text(json.dumps(record))
+    return path
+
+
+def _damage(db: Path, how: str) -> None:
+    if how == "random bytes":
+        db.write_bytes(np.random.default_rng(1).bytes(8192))
+    elif how == "truncated":
+        data = db.read_bytes()
+        db.write_bytes(data[:100])
+    else:  # damaged pages: every page after the first overwritten
+        data = bytearray(db.read_bytes())
+        data[4096:] = np.random.default_rng(2).bytes(len(data) - 4096)
+        db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["random bytes", "truncated", "damaged pages"])
+def test_a_corrupt_state_database_is_moved_aside_and_rebuilt_from_the_outputs(setup, how):
+    db = setup.state_dir / "motionwatch.sqlite"
+    with Ledger(db) as ledger:
+        for i in range(200):
+            ledger.add(MovieKey(f"/old/{i}.mrc", 1, i, "x" * 16))
+    _damage(db, how)
+    _adoptable(setup, "never.mrc")
+    log = Log()
+    assert run(setup, log=log) == 0
+    moved = [p for p in setup.state_dir.glob("motionwatch.sqlite.corrupt-*")
+             if not p.name.endswith(("-wal", "-shm"))]
+    assert len(moved) == 1 and log.named("state_database_corrupt")
+    row = rows(setup)["never.mrc"]
+    assert row.status == "done" and "adopted" in row.error
+
+
+def test_status_of_a_corrupt_state_database_is_one_line(setup, capsys):
+    (setup.state_dir / "motionwatch.sqlite").write_bytes(b"\x00garbage" * 1000)
+    assert cli_main(["status", str(setup.out_dir)]) == 78
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+# --- 7: one daemon per output folder --------------------------------------------------------
+
+def test_a_second_daemon_with_another_state_dir_on_the_same_output_folder_is_refused(
+        setup, tmp_path):
+    holder = FolderLocks(setup.out_dir, tmp_path / "other-state")
+    (tmp_path / "other-state").mkdir()
+    holder.acquire()  # the first daemon, with its own state folder
+    try:
+        assert run(setup) == 78
+    finally:
+        holder.release()
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(setup):
+    first = Service(dataclasses.replace(setup, exit_when_idle_s=None),
+                    runner="fault_runners:correct", logger=Log())
+    ready = threading.Event()
+
+    class Ready(ServiceListener):
+        def on_ready(self, info):
+            ready.set()
+
+    first.add_listener(Ready())
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        (setup.state_dir / "motionwatch.lock").unlink()
+        assert run(setup) == 78
+    finally:
+        first.request_stop("test")
+        thread.join(30)
+
+
+def test_a_recreated_output_folder_is_locked_again(setup, tmp_path):
+    import shutil
+
+    locks = FolderLocks(setup.out_dir, setup.state_dir)
+    locks.acquire()
+    try:
+        shutil.rmtree(setup.out_dir)
+        setup.out_dir.mkdir()
+        assert locks.check() is None
+        other = FolderLocks(setup.out_dir, tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").mkdir()
+        with pytest.raises(Exception, match="another motionwatch"):
+            other.acquire()
+    finally:
+        locks.release()
+
+
+# --- 8: SIGHUP ------------------------------------------------------------------------------
+
+def test_sighup_drains_like_sigterm_and_exits_75_to_be_restarted(setup, monkeypatch):
+    got = []
+    monkeypatch.setattr(signal, "SIGHUP", signal.SIGHUP)
+    previous = signal.signal(signal.SIGHUP, lambda *a: got.append("test handler"))
+    try:
+        movie(setup.watch_dir, "slow_1.mrc")
+        movie(setup.watch_dir, "slow_2.mrc")
+
+        def hangup_when_busy(beat):
+            if beat.in_flight and not got:
+                got.append("sent")
+                os.kill(os.getpid(), signal.SIGHUP)
+
+        assert run(setup, Beats(hangup_when_busy)) == 75
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    statuses = sorted((name, r.status) for name, r in rows(setup).items())
+    assert statuses == [("slow_1.mrc", "done"), ("slow_2.mrc", "pending")]
+
+
+# --- 9: a runaway movie ---------------------------------------------------------------------
+
+def test_the_time_limit_scales_with_the_movie_size_between_floor_and_cap():
+    assert movie_time_limit_s(10**6, floor_s=600, per_gb_s=900, cap_s=1800) == 600
+    assert movie_time_limit_s(10**9, floor_s=600, per_gb_s=900, cap_s=1800) == 900
+    assert movie_time_limit_s(5 * 10**9, floor_s=600, per_gb_s=900, cap_s=1800) == 1800
+
+
+def test_a_runaway_small_movie_times_out_by_its_size_and_is_quarantined_sooner(setup):
+    config = dataclasses.replace(setup, movie_timeout_s=1800.0, options={
+        "movie_timeout_floor": 1.0, "movie_timeout_per_gb": 0.0})
+    movie(config.watch_dir, "hang.mrc")
+    movie(config.watch_dir, "ok.mrc")
+    log = Log()
+    assert run(config, log=log) == 0
+    table = rows(config)
+    assert (table["hang.mrc"].status, table["hang.mrc"].failures) == ("quarantined", 1)
+    assert "timed out after 1 s" in table["hang.mrc"].error
+    assert table["ok.mrc"].status == "done"
+    assert {e["time_limit_s"] for e in log.named("movie_started")} == {1.0}
+
+
+# --- 11: changed settings, and retry --------------------------------------------------------
+
+def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(setup):
+    movie(setup.watch_dir, "ok.mrc")
+    assert run(setup) == 0
+    changed = dataclasses.replace(
+        setup, params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0)),
+        options={"on_parameter_change": "keep"})
+    log = Log()
+    assert run(changed, log=log) == 0
+    [said] = log.named("parameters_changed")
+    assert (said["finished_movies"], said["policy"]) == (1, "keep")
+    assert [r.status for r in rows(setup).values()] == ["done"]  # one row: not redone
+    log = Log()
+    assert run(dataclasses.replace(changed, options={"on_parameter_change": "redo"}),
+               log=log) == 0
+    [said] = log.named("parameters_changed")
+    assert (said["finished_movies"], said["policy"]) == (1, "redo")
+    with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        assert sorted(r.status for r in ledger.rows()) == ["done", "done"]
+
+
+def test_retry_requeues_quarantined_movies_by_name_or_all(setup, capsys):
+    movie(setup.watch_dir, "bad_1.mrc")
+    movie(setup.watch_dir, "bad_2.mrc")
+    assert run(setup) == 0
+    assert {r.status for r in rows(setup).values()} == {"quarantined"}
+    assert cli_main(["retry", str(setup.out_dir), "bad_1.mrc"]) == 0
+    table = rows(setup)
+    assert (table["bad_1.mrc"].status, table["bad_1.mrc"].failures) == ("pending", 0)
+    assert table["bad_2.mrc"].status == "quarantined"
+    assert cli_main(["retry", str(setup.out_dir), "nope.mrc"]) == 1
+    assert cli_main(["retry", str(setup.out_dir)]) == 0
+    assert {r.status for r in rows(setup).values()} == {"pending"}
+    assert "1 quarantined movie(s) requeued" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_a_non_utf8_path_is_logged_without_error_on_a_console_and_as_json(json_lines):
+    code = ("import os\nfrom daemon.system.logs import configure_logging, get_logger\n"
+            f"configure_logging(json_lines={json_lines}, journald=False)\n"
+            "get_logger().info('movie_ready', movie=os.fsdecode(b'/w/odd_\\xe9\\xff.mrc'))\n")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    line = done.stdout.decode().strip()
+    assert "odd_" in line
+    if json_lines:
+        assert os.fsencode(json.loads(line)["movie"]) == b"/w/odd_\xe9\xff.mrc"
