@@ -78,6 +78,7 @@ class Dispatcher:
         self._writes = writes
         self._policy = policy or EnginePolicy()
         self.in_flight: dict[int, InFlight] = {}
+        self._gain_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
         self.pause = Pause(wall_clock, first_s=max(config.retry_delay_s, 1.0))
@@ -174,6 +175,7 @@ class Dispatcher:
                 log.info("movie_done", attempt=attempt, drift=outcome.record.get("drift"),
                          timings_s=dict(outcome.timings_s), frames=outcome.record.get("frames"),
                          outputs=dict(outcome.outputs))
+                self._check_gain_orientation(outcome.record, log)
                 self.in_flight.pop(outcome.task_id)
                 self._finished("on_movie_done", MovieEvent(
                     Path(key.path), key, "done", attempt, outcome.outputs, outcome.record,
@@ -189,6 +191,19 @@ class Dispatcher:
         self._finished("on_movie_failed", MovieEvent(Path(key.path), key, status, attempt,
                                                      timings_s=outcome.timings_s,
                                                      error=outcome.error, metadata=meta))
+
+    def _check_gain_orientation(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run when a movie's raw sum says another gain orientation fits clearly
+        better than the configured one (:mod:`correction.gain_orientation`)."""
+        check = record.get("gain_orientation") or {}
+        if not check.get("clearly_better") or self._gain_warned:
+            return
+        self._gain_warned = True
+        best = check.get("best") or {}
+        log.warning("gain_orientation_suspect", reason=check.get("message"),
+                    fits=f"--gain-rotate {best.get('rot_gain')} --gain-flip "
+                         f"{best.get('flip_gain')}",
+                    note="the flags mean MotionCor2's -RotGain/-FlipGain; said once per run")
 
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any) -> str:

@@ -189,6 +189,7 @@ class PublishListener(ServiceListener):
     def __init__(self, publisher: Any) -> None:
         self.publisher = publisher
         self._last_movie: str | None = None
+        self._gain_warned = False
 
     def on_ready(self, info: ServiceInfo) -> None:
         """Name the output folder in the feed and rebuild the late joiners' state from the
@@ -212,6 +213,11 @@ class PublishListener(ServiceListener):
         if event.timings_s and "timings_s" not in record:
             record["timings_s"] = dict(event.timings_s)
         self.publisher.movie(record, path=event.path, outputs=dict(event.outputs) or None)
+        check = record.get("gain_orientation") or {}
+        if check.get("clearly_better") and not self._gain_warned:  # once per run
+            self._gain_warned = True
+            self.publisher.warning("gain_orientation", str(check.get("message")),
+                                   path=event.path)
 
     def on_movie_failed(self, event: MovieEvent) -> None:
         self.publisher.error(event.path, f"{event.status}: {event.error or 'failed'}")

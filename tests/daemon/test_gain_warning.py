@@ -1,0 +1,87 @@
+"""A gain reference given in the wrong orientation is named once per run (science issue, item 6):
+the daemon logs ``gain_orientation_suspect`` and the feed publishes one ``gain_orientation``
+warning naming the MotionCor2 flags that fit, however many movies show it."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+
+from correction.params import CorrectionParams, DoseParams, GainParams
+from correction.synthetic import render_movie
+
+from daemon.engine.service import Service
+from daemon.feed.listener import PublishListener
+from daemon.settings.config import Config
+from daemon.simulation.movies import write_movie_progressively
+
+
+class Events:
+    """A structlog-like logger that keeps (level, event, fields)."""
+
+    def __init__(self, seen=None, context=None):
+        self.seen = [] if seen is None else seen
+        self.context = dict(context or {})
+
+    def bind(self, **kw):
+        return Events(self.seen, {**self.context, **kw})
+
+    def _log(self, level, event, **kw):
+        self.seen.append((level, event, {**self.context, **kw}))
+
+    def __getattr__(self, level):
+        if level in ("debug", "info", "warning", "error", "exception", "critical"):
+            return lambda event, **kw: self._log(level, event, **kw)
+        raise AttributeError(level)
+
+
+class FakePublisher:
+    endpoint = "inproc://none"
+    session = "s"
+
+    def __init__(self):
+        self.warnings = []
+
+    def movie(self, *a, **k): ...
+
+    def heartbeat(self, **k): ...
+
+    def error(self, *a, **k): ...
+
+    def series(self, *a, **k): ...
+
+    def restore(self, *a, **k): ...
+
+    def close(self): ...
+
+    def warning(self, kind, message, **k):
+        self.warnings.append((kind, message))
+
+
+def test_a_rotated_gain_is_named_once_with_the_motioncor2_flags_that_fit(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(4)
+    shape = (384, 512)  # non-square, as a K3 frame: only shape-keeping orientations compete
+    gain = None
+    for i in range(2):
+        movie = render_movie(rng, shape_yx=shape, n_frames=12, gain=True if gain is None else gain,
+                             n_hot_pixels=0, pixel_size_A=1.1, electrons_per_px_per_frame=1.5)
+        gain = movie.gain
+        write_movie_progressively(watch / f"m{i}.mrc", movie.frames, pixel_size_A=1.1,
+                                  frame_interval_s=0)
+    with mrcfile.new(tmp_path / "gain.mrc") as mrc:
+        mrc.set_data(np.ascontiguousarray(np.rot90(gain, 2)).astype(np.float32))  # stored upside down
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=tmp_path / "gain.mrc"))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning")
+    log, publisher = Events(), FakePublisher()
+    assert Service(config, listeners=[PublishListener(publisher)], logger=log).run() == 0
+    done = [f for level, e, f in log.seen if e == "movie_done"]
+    suspects = [f for level, e, f in log.seen if e == "gain_orientation_suspect"]
+    assert len(done) == 2 and len(suspects) == 1
+    assert suspects[0]["fits"] == "--gain-rotate 2 --gain-flip 0"
+    assert [k for k, _ in publisher.warnings] == ["gain_orientation"]
+    assert "-RotGain 2" in publisher.warnings[0][1]
