@@ -100,6 +100,24 @@ def _warnings_as_lines(movie: Path) -> Iterator[None]:
                 print(f"motionwatch: {movie}: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _output_stems(movies: list[Path]) -> dict[Path, str]:
+    """Each movie's output stem: its name without the last suffix, or with its extension added
+    (``x_tif``) when an earlier movie of the same run already has that stem (``x.mrc``), so no
+    two movies write the same outputs."""
+    taken: set[str] = set()
+    stems = {}
+    for movie in movies:
+        stem = movie.stem
+        if stem in taken:
+            stem = f"{movie.stem}_{movie.suffix.lstrip('.').lower()}"
+            n = 2
+            while stem in taken:
+                stem, n = f"{movie.stem}_{movie.suffix.lstrip('.').lower()}_{n}", n + 1
+        taken.add(stem)
+        stems[movie] = stem
+    return stems
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch correct``: returns 0 when all movies were corrected, 1 otherwise."""
     from correction.errors import CorrectionError, ParameterError
@@ -156,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
                 "movie": str(movie), "status": "ok", "frames": rec["frames"],
                 "shape": rec["shape"], "pixel_size_A": rec["pixel_size_A"],
                 "drift": rec["drift"], "outputs": {k: str(p) for k, p in result.outputs.items()},
-                "wall_s": round(wall, 3)}), flush=True)
+                "wall_s": round(wall, 3),
+                "predicted_peak_MB": rec.get("memory", {}).get("predicted_peak_MB")}),
+                flush=True)
         else:
             d = rec["drift"]
             print(f"{movie}: {rec['frames']} frames {rec['shape'][1]}x{rec['shape'][0]} "

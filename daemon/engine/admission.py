@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.engine.faults import LedgerWrites
-from daemon.engine.outputs import find_adoptable_outputs
+from daemon.engine.outputs import OutputStems, find_adoptable_outputs
 from daemon.engine.policy import EnginePolicy
 from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
                            ScanResult, movie_stem, output_dir_for)
@@ -69,10 +69,12 @@ class Admission:
         self._handled: set[tuple[str, int, int]] = set()
         self._reported: set[tuple[str, str]] = set()
         self.waiting: dict[Path, str] = {}
+        self._stems = OutputStems()
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
         self._handled.clear()
+        self._stems = OutputStems()
 
     def _safe(self, action: Callable[[], Any]) -> Any:
         return self._writes.guard(action)
@@ -159,9 +161,15 @@ class Admission:
         if known:
             self._handled.add(ident)
             return None
-        stored = metadata_to_json(StoredMetadata(meta.dose, meta.extra_record, meta.log_context,
-                                                 verdict.n_frames))
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
+        out_dir = output_dir_for(obs.path, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
+        stem = self._stems.stem_for(obs.path, out_dir, ledger)
+        if stem != movie_stem(obs.path):
+            log.warning("output_stem_changed", stem=stem,
+                        note=f"another movie already writes {movie_stem(obs.path)}.* into "
+                             f"{out_dir}: this one's outputs are named {stem}.*")
+        stored = metadata_to_json(StoredMetadata(meta.dose, meta.extra_record, meta.log_context,
+                                                 verdict.n_frames, stem))
         try:
             earlier = [r for r in ledger.rows(path=key.path) if r.key != key]
         except sqlite3.Error as exc:
@@ -177,8 +185,7 @@ class Admission:
         if earlier:
             log.info("movie_changed", note="new size, mtime or parameters: treated as a new movie",
                      size=obs.size, previous=[r.status for r in earlier])
-        out_dir = output_dir_for(obs.path, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
-        adopted = find_adoptable_outputs(key, out_dir, movie_stem(obs.path))
+        adopted = find_adoptable_outputs(key, out_dir, stem)
         if adopted is not None:
             if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={},
                                                metadata=stored) or True) is None:

@@ -131,7 +131,8 @@ class Dispatcher:
             out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
             limit_s = self._policy.time_limit_s(key.size, cfg.movie_timeout_s)
             self.in_flight[task_id] = InFlight(key, attempt, row.metadata)
-            pool.submit(Task(task_id, movie, out_dir, cfg.out_dir, params, movie_stem(movie),
+            pool.submit(Task(task_id, movie, out_dir, cfg.out_dir, params,
+                             stored.stem or movie_stem(movie),
                              extra, timeout_s=limit_s))
             self._log.info("movie_started", movie=key.path, attempt=attempt,
                            time_limit_s=round(limit_s, 1), size=key.size,

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.events import SOURCE_KEY, MovieKey
+from daemon.events import SOURCE_KEY, MovieKey, movie_stem
 
-__all__ = ["source_identity", "find_adoptable_outputs", "clean_temporary_outputs", "summarise"]
+__all__ = ["OutputStems", "source_identity", "find_adoptable_outputs", "clean_temporary_outputs", "summarise"]
 
 
 def source_identity(key: MovieKey) -> dict[str, Any]:
@@ -78,3 +78,40 @@ def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict
         out["dose"] = {k: v for k, v in out["dose"].items() if k != "per_frame_e_A2"}
     out["timings_s"] = dict(timings_s)
     return out
+
+
+class OutputStems:
+    """Which movie writes which output stem into which folder, so that ``x.mrc`` and ``x.tif``
+    in one folder never write the same outputs.
+
+    A movie gets its plain stem (``x``: the name without its last suffix, as MotionCor2 and RELION
+    name outputs) unless a *different* movie already owns that stem in that output folder; it then
+    gets the stem with its extension (``x_tif``). Owners come from the ledger (each row's stored
+    stem), so the choice survives restarts and never renames outputs already written.
+    """
+
+    def __init__(self) -> None:
+        self._owner: dict[tuple[str, str], str] | None = None
+
+    def _load(self, ledger: Any) -> dict[tuple[str, str], str]:
+        owner: dict[tuple[str, str], str] = {}
+        for row in ledger.rows():
+            if row.key.size < 0:
+                continue
+            stem = (row.metadata or {}).get("stem") or movie_stem(Path(row.key.path))
+            owner.setdefault((str(Path(row.key.path).parent), stem), row.key.path)
+        return owner
+
+    def stem_for(self, movie: Path, out_dir: Path, ledger: Any) -> str:
+        """The output stem of ``movie`` (its outputs go to ``out_dir``, which mirrors the movie's
+        folder, so owners are kept per movie folder); remembered."""
+        if self._owner is None:
+            self._owner = self._load(ledger)
+        plain_stem = movie_stem(movie)
+        with_ext = f"{plain_stem}_{movie.suffix.lstrip('.').lower()}"
+        candidates = [plain_stem, with_ext] + [f"{with_ext}_{n}" for n in range(2, 1000)]
+        for stem in candidates:
+            owner = self._owner.setdefault((str(Path(movie).parent), stem), str(movie))
+            if owner == str(movie):
+                return stem
+        raise ValueError(f"{movie}: no free output stem in {out_dir}")

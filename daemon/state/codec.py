@@ -53,22 +53,27 @@ class StoredMetadata:
         Bound to its log events (``series`` ...).
     n_frames : int or None
         Frames validation counted.
+    stem : str or None
+        Output stem chosen at admission (None: :func:`daemon.events.movie_stem`); differs from
+        the plain stem only when another movie already writes that stem into the same folder.
     """
 
     dose: DoseParams | None = None
     extra_record: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     log_context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     n_frames: int | None = None
+    stem: str | None = None
 
 
 def metadata_to_json(meta: StoredMetadata) -> dict[str, Any]:
     """The ``metadata`` column of a movie row."""
     return {"dose": dose_to_json(meta.dose), "extra_record": dict(meta.extra_record),
-            "log_context": dict(meta.log_context), "n_frames": meta.n_frames}
+            "log_context": dict(meta.log_context), "n_frames": meta.n_frames,
+            "stem": meta.stem}
 
 
 def metadata_from_json(d: Mapping[str, Any] | None) -> StoredMetadata:
     """Inverse of :func:`metadata_to_json` (an empty or missing column gives the defaults)."""
     d = d or {}
     return StoredMetadata(dose_from_json(d.get("dose")), dict(d.get("extra_record") or {}),
-                          dict(d.get("log_context") or {}), d.get("n_frames"))
+                          dict(d.get("log_context") or {}), d.get("n_frames"), d.get("stem"))

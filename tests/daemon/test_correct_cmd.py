@@ -204,3 +204,16 @@ def test_correct_into_a_read_only_folder_fails_at_once_naming_the_folder_before_
     assert ".tmp-" not in line and ".motionwatch" not in line
     (summary,) = [json.loads(x) for x in captured.out.splitlines()]
     assert summary["status"] == "failed" and str(read_only_folder) in summary["error"]
+
+
+def test_movies_with_one_stem_and_two_extensions_write_two_output_sets(tmp_path, capsys):
+    import shutil
+
+    rng = np.random.default_rng(3)
+    _movie(tmp_path / "x.mrc", rng)
+    shutil.copy(tmp_path / "x.mrc", tmp_path / "x.mrcs")  # same stem, another movie extension
+    out = tmp_path / "out"
+    assert main(["correct", str(tmp_path / "x.mrc"), str(tmp_path / "x.mrcs"), "--out", str(out),
+                 "--dose-per-frame", "1", "--patches", "1", "1"]) == 0
+    assert json.loads((out / "x.motion.json").read_text())["movie"].endswith("x.mrc")
+    assert json.loads((out / "x_mrcs.motion.json").read_text())["movie"].endswith("x.mrcs")
