@@ -154,11 +154,13 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.SOME_FAILED
 
     failed = 0
+    stems = _output_stems(args.movies)
     for movie in args.movies:
         t0 = time.perf_counter()
         try:
             with _warnings_as_lines(movie):
-                result = correct_movie(movie, args.out, params, gain_reference=gain)
+                result = correct_movie(movie, args.out, params, gain_reference=gain,
+                                       stem=stems[movie])
         except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop the others
             failed += 1
             message = _fail(movie, exc)
