@@ -24,7 +24,8 @@ from typing import Any
 
 from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
 from daemon.handoff.relion import (MovieMotion, RelionOptics, movie_motion, single_particle_blocks,
-                                   write_motion_star, write_star, SINGLE_PARTICLE_STAR)
+                                   write_motion_star, write_relion_gain, write_star,
+                                   SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  series_block)
 from daemon.handoff.warp import warp_layout
@@ -126,6 +127,7 @@ class RelionListener(ServiceListener):
         self._motions: dict[str, Path] = {}  # movie path -> motion record path
         self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._gain_name: str | None = None
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -138,6 +140,9 @@ class RelionListener(ServiceListener):
                 self._log = get_logger()
             except ImportError:  # pragma: no cover
                 self._log = _NullLog()
+        gain = self._guard(str(config.out_dir), "relion_gain", write_relion_gain, config.out_dir,
+                           config.params.gain) if config.params.gain.gain_path else None
+        self._gain_name = Path(gain).name if gain else None
         self._seed(Path(config.state_dir))
         series = {t.series for _, t in self._entries() if t is not None}
         for name in sorted(series):
@@ -155,7 +160,8 @@ class RelionListener(ServiceListener):
         if loaded is None:
             return
         _, motion, tilt = loaded
-        self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion)
+        self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
+                    gain_name=self._gain_name)
         if self.warp:
             self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
         if tilt is not None:
@@ -300,11 +306,12 @@ class RelionListener(ServiceListener):
                 return Path(value).parent
         return None
 
-    def _guard(self, what: str, step: str, fn: Any, *args: Any) -> None:
+    def _guard(self, what: str, step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            fn(*args)
+            return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - logged; hand-off never stops the service
             self._warn(step, what, exc)
+            return None
 
     def _warn(self, step: str, what: str, exc: BaseException) -> None:
         key = (step, f"{what}: {type(exc).__name__}: {exc}")

@@ -218,8 +218,10 @@ def motion_star_path(motion_path: str | Path) -> Path:
     return motion_path.with_name(stem + ".star")
 
 
-def motion_star_blocks(motion: MovieMotion) -> dict[str, Any]:
-    """The blocks of the per-movie motion STAR (``general``, ``global_shift``)."""
+def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> dict[str, Any]:
+    """The blocks of the per-movie motion STAR (``general``, ``global_shift``); ``gain_name``
+    is the gain MRC in the movie's orientation that polishing reads
+    (``rlnMicrographGainName``)."""
     import pandas as pd
 
     general = {
@@ -231,6 +233,8 @@ def motion_star_blocks(motion: MovieMotion) -> dict[str, Any]:
         "rlnMicrographPreExposure": motion.pre_exposure_e_A2, "rlnVoltage": motion.voltage_kV,
         "rlnMicrographStartFrame": motion.first_frame, "rlnMotionModelVersion": 0,
     }
+    if gain_name:
+        general["rlnMicrographGainName"] = gain_name
     shifts = np.where(np.isfinite(motion.shifts_px), motion.shifts_px, NOT_OBSERVED)
     table = pd.DataFrame({
         "rlnMicrographFrameNumber": np.arange(1, motion.frames_in_movie + 1),
@@ -255,9 +259,28 @@ def write_star(path: str | Path, blocks: Mapping[str, Any]) -> Path:
     return atomic_write(Path(path), lambda fh: fh.write(payload))
 
 
-def write_motion_star(motion: MovieMotion) -> Path:
+def write_motion_star(motion: MovieMotion, *, gain_name: str | None = None) -> Path:
     """Write ``S.star`` beside ``S.motion.json``; returns its path."""
-    return write_star(motion_star_path(motion.motion_path), motion_star_blocks(motion))
+    return write_star(motion_star_path(motion.motion_path),
+                      motion_star_blocks(motion, gain_name=gain_name))
+
+
+RELION_GAIN_NAME = "motionwatch_gain.mrc"
+
+
+def write_relion_gain(out_dir: str | Path, gain_params: Any) -> Path | None:
+    """The gain reference as RELION's polishing reads it: an MRC in the movie's orientation
+    (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects, written once
+    to ``OUT/motionwatch_gain.mrc``; None without a gain."""
+    from correction.gain import load_gain_reference
+    from correction.write import write_mrc_atomic
+
+    reference = load_gain_reference(gain_params)
+    if reference is None:
+        return None
+    return write_mrc_atomic(Path(out_dir) / RELION_GAIN_NAME,
+                            np.asarray(reference.gain, dtype=np.float32), pixel_size_A=None,
+                            labels=("motionwatch: gain in the movie orientation, for RELION",))
 
 
 def relative_to(path: str | Path, root: str | Path) -> str:

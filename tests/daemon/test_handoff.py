@@ -309,3 +309,35 @@ def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tm
         assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
         assert all(math.isfinite(v) for v in mics["rlnAccumMotionTotal"])
     assert not (out / "corrected_tilt_series.star").exists()
+
+
+def test_polishing_gets_the_gain_as_mrc_in_the_movies_orientation_named_in_each_motion_star(
+        tmp_path):
+    """RELION's Bayesian polishing reads the gain named by ``rlnMicrographGainName`` (an MRC,
+    multiplicative, in the movie's orientation): a gain stored turned (``-RotGain 1``) is written
+    turned back."""
+    import mrcfile
+
+    from correction.params import GainParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(8)
+    shape = (96, 128)  # non-square: a wrong orientation could not even fit
+    m = render_movie(rng, shape_yx=shape, n_frames=N_FRAMES, gain=True, n_hot_pixels=0,
+                     pixel_size_A=PIXEL_A)
+    write_movie_progressively(watch / "spa_0.mrc", m.frames, pixel_size_A=PIXEL_A,
+                              frame_interval_s=0)
+    with mrcfile.new(tmp_path / "gain_turned.mrc") as mrc:  # as the camera stored it
+        mrc.set_data(np.ascontiguousarray(np.rot90(m.gain, k=1)).astype(np.float32))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=tmp_path / "gain_turned.mrc",
+                                              rotate_quarter_turns=1))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
+    assert Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata()).run() == 0
+    with mrcfile.open(out / "motionwatch_gain.mrc") as mrc:
+        np.testing.assert_allclose(mrc.data, m.gain.astype(np.float32), rtol=1e-6)
+    general = starfile.read(out / "spa_0.star", always_dict=True)["general"]
+    assert general["rlnMicrographGainName"] == "motionwatch_gain.mrc"
