@@ -10,6 +10,8 @@ from daemon.settings.config import Config, ConfigError
 
 __all__ = ["add_series_arguments", "resolver_from_config"]
 
+_DEFAULTS = SeriesConfig()  # the one place the tilt-series defaults are set: SeriesConfig
+
 
 def add_series_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the tilt-series integration (each has a TOML key, e.g. ``dose_per_tilt``)."""
@@ -22,14 +24,15 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
                         "movies without metadata")
     g.add_argument("--dose-per-tilt", type=float, default=None, metavar="E_A2",
                    help="dose of one tilt (e/Å²) when the metadata gives none")
-    g.add_argument("--metadata-wait", type=float, default=60.0, metavar="S",
+    g.add_argument("--metadata-wait", type=float, default=_DEFAULTS.metadata_wait_s, metavar="S",
                    help="wait this long for a movie's mdoc section before the file-name "
-                        "fallback (default 60 s)")
-    g.add_argument("--mdoc-quiet", type=float, default=120.0, metavar="S",
+                        f"fallback (default {_DEFAULTS.metadata_wait_s:g} s)")
+    g.add_argument("--mdoc-quiet", type=float, default=_DEFAULTS.mdoc_quiet_s, metavar="S",
                    help="a series without .openTS lock is complete once its mdoc is unchanged "
-                        "this long (default 120 s)")
-    g.add_argument("--series-idle-timeout", type=float, default=1800.0, metavar="S",
-                   help="complete a series with nothing new for this long (default 1800 s)")
+                        f"this long (default {_DEFAULTS.mdoc_quiet_s:g} s)")
+    g.add_argument("--series-idle-timeout", type=float, default=_DEFAULTS.idle_timeout_s,
+                   metavar="S", help="complete a series with nothing new for this long "
+                                     f"(default {_DEFAULTS.idle_timeout_s:g} s)")
     g.add_argument("--exposure-filtered", action=argparse.BooleanOptionalAction, default=False,
                    help="also write a stack exposure-filtered by accumulated dose (S_EF.mrc)")
 
@@ -47,9 +50,9 @@ def resolver_from_config(config: Config) -> TiltSeriesResolver:
         sc = SeriesConfig(
             filename_pattern=o.get("filename_pattern") or DEFAULT_FILENAME_PATTERN,
             dose_per_tilt_e_A2=o.get("dose_per_tilt"),
-            metadata_wait_s=float(o.get("metadata_wait", 60.0)),
-            mdoc_quiet_s=float(o.get("mdoc_quiet", 120.0)),
-            idle_timeout_s=float(o.get("series_idle_timeout", 1800.0)))
+            metadata_wait_s=float(o.get("metadata_wait", _DEFAULTS.metadata_wait_s)),
+            mdoc_quiet_s=float(o.get("mdoc_quiet", _DEFAULTS.mdoc_quiet_s)),
+            idle_timeout_s=float(o.get("series_idle_timeout", _DEFAULTS.idle_timeout_s)))
         return TiltSeriesResolver(sc, mode=o.get("tilt_series", "auto") or "auto",
                                   exposure_filtered=bool(o.get("exposure_filtered", False)))
     except ValueError as exc:
