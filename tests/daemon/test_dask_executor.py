@@ -42,39 +42,14 @@ from daemon.work.workers import Task, WorkerPool  # noqa: E402
 PARAMS = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
 IMAGES = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc")
 
-RUNNERS = '''
-import json, os, time
-from pathlib import Path
-from types import SimpleNamespace
-
-def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
-    """Writes <stem>.started, holds the movie a while (victim*/slow*), then one output set."""
-    first = not (out_dir / (stem + ".started")).exists()
-    (out_dir / (stem + ".started")).write_text(str(os.getpid()))
-    if movie_path.name.startswith("victim") and first:
-        time.sleep(30)  # killed here by the test
-    if movie_path.name.startswith("slow"):
-        time.sleep(1.5)
-    outputs = {}
-    for name, suffix in (("sum", ".mrc"), ("motion", ".motion.json")):
-        final = out_dir / (stem + suffix)
-        tmp = out_dir / ("." + stem + suffix + ".tmp")
-        tmp.write_text(json.dumps({"movie": str(movie_path), **extra_record}))
-        os.replace(tmp, final)
-        outputs[name] = final
-    return SimpleNamespace(outputs=outputs, record={"frames": 4}, timings_s={"total": 0.01})
-'''
 
 
 @pytest.fixture
 def fake_runners(tmp_path, monkeypatch):
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "dask_fake_runners.py").write_text(textwrap.dedent(RUNNERS))
-    monkeypatch.syspath_prepend(str(mods))
-    path = os.pathsep.join(p for p in (str(mods), os.environ.get("PYTHONPATH")) if p)
+    helpers = str(Path(__file__).resolve().parents[1] / "helpers")  # tests/helpers/fake_runners.py
+    path = os.pathsep.join(p for p in (helpers, os.environ.get("PYTHONPATH")) if p)
     monkeypatch.setenv("PYTHONPATH", path)  # the Dask worker processes import it too
-    return "dask_fake_runners:correct"
+    return "fake_runners:correct"
 
 
 def local_cluster(n_workers=2):
@@ -363,4 +338,4 @@ def test_a_stuck_movie_times_out_counted_from_its_start_and_its_worker_is_restar
     assert outcomes[0].kind == "timeout" and "restarted" in outcomes[0].error
     assert outcomes[1].kind == "done"
     assert outcomes[1].record["ran_on"]["worker"]
-    assert int((out / "a.started").read_text()) != pid  # a fresh worker process took it
+    assert outcomes[1].record["pid"] != pid  # a fresh worker process took it

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -32,39 +31,10 @@ from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 from daemon.state.ledger import Ledger, MovieKey
 
-RUNNERS = '''
-import errno, json, os, time
-from pathlib import Path
-from types import SimpleNamespace
-from correction.errors import UnreadableMovieError
-
-def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
-    name = movie_path.name
-    if name.startswith("hang"):
-        time.sleep(60)
-    if name.startswith("slow"):
-        time.sleep(1.0)
-    if name.startswith("bad"):
-        raise UnreadableMovieError(movie_path, "not a movie")
-    if name.startswith("never"):
-        raise AssertionError("must not run: outputs should have been adopted")
-    if (out_dir.parent / "OUTPUT_LOCKED").exists():  # the output side refuses writes
-        raise PermissionError(errno.EACCES, "Permission denied", str(out_dir / f".{stem}.tmp-1"))
-    if (out_dir.parent / "OUTPUT_FULL").exists():
-        raise OSError(errno.ENOSPC, "No space left on device")
-    out = out_dir / (stem + ".motion.json")
-    out.write_text(json.dumps({"frames": 4, **extra_record}))
-    return SimpleNamespace(outputs={"motion": out}, record={"frames": 4, "drift": {"total_A": 1.0}},
-                           timings_s={"total": 0.01})
-'''
 
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "fault_runners.py").write_text(textwrap.dedent(RUNNERS))
-    monkeypatch.syspath_prepend(str(mods))
     watch, out = tmp_path / "w", tmp_path / "run" / "out"
     watch.mkdir()
     out.mkdir(parents=True)
@@ -130,7 +100,7 @@ def rows(config: Config) -> dict[str, object]:
 
 
 def run(config: Config, *listeners, log: Log | None = None) -> int:
-    return Service(config, listeners=list(listeners), runner="fault_runners:correct",
+    return Service(config, listeners=list(listeners), runner="fake_runners:correct",
                    logger=log or Log()).run()
 
 
@@ -186,7 +156,7 @@ def test_a_worker_that_cannot_start_leaves_no_row_running_and_makes_the_service_
             service.request_stop("test")
 
     service = Service(setup, listeners=[Beats(stop_when_reported)],
-                      runner="fault_runners:correct", logger=Log())
+                      runner="fake_runners:correct", logger=Log())
     assert service.run() == 0
     row = rows(setup)["ok.mrc"]
     assert seen and (row.status, row.attempts, row.failures) == ("failed", 0, 0)
@@ -325,7 +295,7 @@ def test_a_second_daemon_with_another_state_dir_on_the_same_output_folder_is_ref
 
 def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(setup):
     first = Service(dataclasses.replace(setup, exit_when_idle_s=None),
-                    runner="fault_runners:correct", logger=Log())
+                    runner="fake_runners:correct", logger=Log())
     ready = threading.Event()
 
     class Ready(ServiceListener):

@@ -15,7 +15,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -140,28 +139,12 @@ def test_ready_after_start_up_watchdog_pings_at_half_watchdog_usec_and_stopping_
     assert systemd.values("STATUS")[-1].startswith("stopping")
 
 
-RUNNERS = '''
-import json, time
-from types import SimpleNamespace
-
-def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
-    if movie_path.name.startswith("hang"):
-        time.sleep(60)
-    out = out_dir / (stem + ".motion.json")
-    out.write_text(json.dumps({"frames": 4}))
-    return SimpleNamespace(outputs={"motion": out}, record={"frames": 4, "drift": {"total_A": 1.0}},
-                           timings_s={"total": 0.01})
-'''
 
 
 def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkeypatch, systemd):
     """A movie that hangs in its worker (the pool's timeout is far off): once it has been in
     flight longer than ``watchdog_stuck_after`` the pings stop, while heartbeats go on; the
     status names the stuck movie."""
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "fake_runners.py").write_text(textwrap.dedent(RUNNERS))
-    monkeypatch.syspath_prepend(str(mods))
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()

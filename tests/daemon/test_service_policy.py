@@ -8,7 +8,6 @@ ledger and the worker processes are the real ones.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,41 +20,10 @@ from daemon.engine.service import Service
 from daemon.events import SOURCE_KEY, ServiceListener
 from daemon.simulation.movies import write_movie_progressively
 
-RUNNERS = '''
-import errno, json, os, signal, time
-from pathlib import Path
-from types import SimpleNamespace
-from correction.errors import UnreadableMovieError
-
-def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
-    name = movie_path.name
-    if name.startswith("crash"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if name.startswith("hang"):
-        time.sleep(60)
-    if name.startswith("slow"):
-        time.sleep(1.0)
-    if name.startswith("bad"):
-        raise UnreadableMovieError(movie_path, "not a movie")
-    if name.startswith("never"):
-        raise AssertionError("must not run: outputs should have been adopted")
-    marker = out_dir / (stem + ".failed-once")
-    if name.startswith("disk") and not marker.exists():
-        marker.write_text("")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    out = out_dir / (stem + ".motion.json")
-    out.write_text(json.dumps({"frames": 4, **extra_record}))
-    return SimpleNamespace(outputs={"motion": out}, record={"frames": 4, "drift": {"total_A": 1.0}},
-                           timings_s={"total": 0.01})
-'''
 
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "fake_runners.py").write_text(textwrap.dedent(RUNNERS))
-    monkeypatch.syspath_prepend(str(mods))
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
@@ -134,9 +102,9 @@ def test_a_bad_movie_is_quarantined_at_once_without_retries(setup):
 
 
 def test_full_disk_is_retried_without_counting_against_the_movie(setup):
-    movie(setup.watch_dir, "disk.mrc")
+    movie(setup.watch_dir, "enospc_once.mrc")
     assert Service(setup, runner="fake_runners:correct").run() == 0
-    row = rows(setup)["disk.mrc"]
+    row = rows(setup)["enospc_once.mrc"]
     assert (row.status, row.attempts, row.failures) == ("done", 2, 0)
 
 

@@ -1,7 +1,6 @@
 """Worker pool: one movie per process, crashes and hangs isolated, memory bounded by n_workers."""
 
 import os
-import textwrap
 import time
 from pathlib import Path
 
@@ -9,45 +8,11 @@ import pytest
 
 from daemon.work.workers import Task, WorkerPool
 
-RUNNERS = '''
-import os, signal, time
-from types import SimpleNamespace
-from correction.errors import TruncatedMovieError
-
-def correct(movie_path, out_dir, params, *, gain_reference=None, stem=None, extra_record=None):
-    name = movie_path.name
-    if name.startswith("crash"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if name.startswith("hang"):
-        time.sleep(60)
-    if name.startswith("bad"):
-        raise TruncatedMovieError(movie_path, "3 of 6 frames")
-    if name.startswith("disk"):
-        raise OSError(28, "No space left on device")
-    if name.startswith("bug"):
-        raise KeyError("oops")
-    out = out_dir / (stem + ".txt")
-    out.write_text(f"{os.getpid()} {gain_reference} {extra_record}")
-    return SimpleNamespace(outputs={"sum": out}, record={"frames": 3, "pid": os.getpid()},
-                           timings_s={"total": 0.01})
-
-def correct_denied(movie_path, out_dir, params, **kw):
-    if movie_path.name.startswith("denied"):  # e.g. chmod 555 on the output folder
-        raise PermissionError(13, "Permission denied", str(out_dir / ".denied.mrc.tmp-1"))
-    return correct(movie_path, out_dir, params, **kw)
-
-def load_gain(params):
-    return f"gain-loaded-in-{os.getpid()}"
-'''
 
 
 @pytest.fixture
 def runners(tmp_path, monkeypatch):
-    folder = tmp_path / "mods"
-    folder.mkdir()
-    (folder / "fake_runners.py").write_text(textwrap.dedent(RUNNERS))
-    monkeypatch.syspath_prepend(str(folder))
-    return "fake_runners:correct"
+    return "fake_runners:correct"  # tests/helpers/fake_runners.py
 
 
 def task(tmp_path, n, name, params=None):
@@ -83,7 +48,7 @@ def test_a_hanging_movie_is_killed_after_the_timeout(tmp_path, runners):
 
 def test_errors_are_classified_for_the_retry_policy(tmp_path, runners):
     with WorkerPool(1, runner=runners, gain_loader=None) as pool:
-        results = run_all(pool, [task(tmp_path, 0, "bad.mrc"), task(tmp_path, 1, "disk.mrc"),
+        results = run_all(pool, [task(tmp_path, 0, "bad.mrc"), task(tmp_path, 1, "enospc.mrc"),
                                  task(tmp_path, 2, "bug.mrc")])
     assert results[0].kind == "data" and "3 of 6 frames" in results[0].error
     assert results[1].kind == "environment" and "No space" in results[1].error
@@ -148,7 +113,7 @@ def test_output_side_errors_are_environmental_not_the_movies(tmp_path, runners):
     (tmp_path / "a-file").write_text("")
     below_a_file = Task(0, tmp_path / "ok.mrc", tmp_path / "a-file" / "sub", tmp_path, None,
                         "ok", {})
-    with WorkerPool(1, runner="fake_runners:correct_denied", gain_loader=None) as pool:
+    with WorkerPool(1, runner="fake_runners:correct", gain_loader=None) as pool:
         results = run_all(pool, [below_a_file, task(tmp_path, 1, "denied.mrc")])
     assert results[0].kind == "environment"
     assert results[1].kind == "environment" and "Permission denied" in results[1].error

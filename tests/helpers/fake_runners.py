@@ -1,0 +1,75 @@
+"""The fake correction runner of the daemon's tests: behaves by the movie's name, so a test
+picks the fault by naming its movie (``runner="fake_runners:correct"``; ``tests/conftest.py``
+puts this folder on ``sys.path``, and worker processes inherit it through ``PYTHONPATH``).
+
+Name prefixes: ``crash`` (the worker kills itself), ``hang`` (60 s), ``victim`` (30 s on the
+first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.started``
+holding the worker's pid),
+``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
+``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
+(the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
+``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
+writes ``<stem>.mrc`` (the worker's pid, the gain it was given, the extra record) and
+``<stem>.motion.json``, and returns them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from correction.errors import TruncatedMovieError
+
+__all__ = ["correct", "load_gain"]
+
+
+def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any = None,
+            stem: str | None = None, extra_record: dict | None = None) -> SimpleNamespace:
+    movie_path, out_dir = Path(movie_path), Path(out_dir)
+    name, stem, extra = movie_path.name, stem or movie_path.stem, dict(extra_record or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if name.startswith("hang"):
+        time.sleep(60)
+    if name.startswith(("victim", "slow")):  # a test sees the movie in hand, and which process
+        started = out_dir / f"{stem}.started"
+        first = not started.exists()
+        started.write_text(str(os.getpid()))
+        if name.startswith("victim") and first:
+            time.sleep(30)  # killed here by the test
+    if name.startswith("slow"):
+        time.sleep(1.5)
+    if name.startswith("bad"):
+        raise TruncatedMovieError(movie_path, "not a movie: 3 of 6 frames readable")
+    if name.startswith("never"):
+        raise AssertionError("must not run: outputs should have been adopted")
+    if name.startswith("enospc_once"):
+        marker = out_dir / f"{stem}.failed-once"
+        if not marker.exists():
+            marker.write_text("")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    elif name.startswith("enospc"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if name.startswith("denied") or (out_dir.parent / "OUTPUT_LOCKED").exists():
+        raise PermissionError(errno.EACCES, "Permission denied", str(out_dir / f".{stem}.tmp-1"))
+    if (out_dir.parent / "OUTPUT_FULL").exists():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if name.startswith("bug"):
+        raise KeyError("oops")
+    outputs = {"sum": out_dir / f"{stem}.mrc", "motion": out_dir / f"{stem}.motion.json"}
+    outputs["sum"].write_text(f"{os.getpid()} {gain_reference} {extra}")
+    outputs["motion"].write_text(json.dumps({"movie": str(movie_path), "frames": 4, **extra}))
+    return SimpleNamespace(outputs=outputs, timings_s={"total": 0.01},
+                           record={"frames": 4, "pid": os.getpid(), "drift": {"total_A": 1.0}})
+
+
+def load_gain(params: Any) -> str:
+    """A stand-in gain loader: says which process loaded it."""
+    return f"gain-loaded-in-{os.getpid()}"
