@@ -22,6 +22,7 @@ from correction.params import CorrectionParams, DoseParams, GainParams
 
 from daemon.engine.service import Service
 from daemon.events import Heartbeat, MetadataResolver, MovieEvent, SeriesEvent, ServiceListener
+from daemon.handoff.listener import build_handoff_listener
 from daemon.series.options import resolver_from_config
 from daemon.settings.config import Config
 from daemon.simulation.movies import simulate_session
@@ -239,7 +240,9 @@ def _watch_while_writing(config: Config, write: Callable[[], None], *, intro: st
     writer = threading.Thread(target=write, daemon=True)
     listener = _DemoListener(say=say, intro=intro, writer=writer, describe=describe,
                              complete=lambda beat: complete(beat, writer))
-    service = Service(config, listeners=[listener], resolver=resolver)
+    handoff = build_handoff_listener(config)  # RELION 5, AreTomo3, IMOD and Warp files too
+    service = Service(config, listeners=[listener] + ([handoff] if handoff else []),
+                      resolver=resolver)
     listener.service = service
     service.run()
     writer.join(timeout=5)
