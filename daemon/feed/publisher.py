@@ -651,6 +651,7 @@ class Publisher:
         self.config = config if config is not None else PublishConfig()
         self.host = host if host is not None else socket.gethostname()
         self.session = session if session is not None else uuid.uuid4().hex
+        self._envelope = {"host": self.host, "session": self.session}
         self.version = version
         self._clock = clock
         self._monotonic = monotonic
@@ -888,48 +889,11 @@ class Publisher:
         except (BlockingIOError, OSError):
             pass  # a full pipe already wakes the thread
 
-    def _setup(self, ctx: zmq.Context) -> tuple[zmq.Socket, ThreadAuthenticator | None]:
-        cfg = self.config
-        auth = None
-        sock = None
-        try:
-            if cfg.curve_enabled:
-                public, secret = zmq.auth.load_certificate(str(cfg.curve_secret_key))
-                if secret is None:
-                    raise PublishConfigError(
-                        [f"{cfg.curve_secret_key}: certificate has no secret key"])
-                auth = ThreadAuthenticator(ctx)
-                auth.start()
-                location = (str(cfg.curve_authorized_keys) if cfg.curve_authorized_keys
-                            else zmq.auth.CURVE_ALLOW_ANY)
-                auth.configure_curve(domain="*", location=location)
-            sock = ctx.socket(zmq.XPUB)
-            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-            sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-            sock.setsockopt(zmq.LINGER, 500)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-            if cfg.endpoint.startswith("tcp://[") or cfg.endpoint.startswith("tcp://::"):
-                sock.setsockopt(zmq.IPV6, 1)
-            if cfg.curve_enabled:
-                sock.curve_secretkey = secret
-                sock.curve_publickey = public
-                sock.curve_server = True
-            sock.bind(cfg.endpoint)
-            self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            return sock, auth
-        except BaseException:
-            if sock is not None:
-                sock.close(linger=0)
-            if auth is not None:
-                auth.stop()
-            raise
-
     def _run(self) -> None:
         ctx = zmq.Context()
         try:
             try:
-                sock, auth = self._setup(ctx)
+                sock, auth, self._endpoint = _bind_xpub(ctx, self.config)
             except Exception as exc:  # reported to start(), which raises PublishError
                 self._start_error = exc
                 self._ready.set()
@@ -982,7 +946,7 @@ class Publisher:
                     topic = topic[len(_RESTORE):]
                 else:
                     seq += 1
-                    sent += self._send(sock, topic, body, seq)
+                    sent += _send(sock, self._envelope, topic, body, seq)
                 try:
                     feed.apply(topic, body)
                 except (KeyError, TypeError, ValueError, AttributeError):
@@ -991,24 +955,66 @@ class Publisher:
                 seq += 1
                 state = {**feed.snapshot(), "out_dir": self.out_dir,
                          "time": _now_iso(self._clock())}
-                sent += self._send(sock, "state", state, seq)
+                sent += _send(sock, self._envelope, "state", state, seq)
             with self._lock:
                 self._sent += sent
                 self._handled += len(batch)
             if closing:
                 return
 
-    def _send(self, sock: zmq.Socket, topic: str, body: dict, seq: int) -> int:
-        body["seq"] = seq
-        envelope = {"schema": SCHEMA, "seq": seq, "time": body.get("time"), "host": self.host,
-                    "session": self.session}
-        message = {**envelope, **{k: v for k, v in body.items() if k not in envelope}}
-        try:
-            data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
-            sock.send_multipart([topic.encode(), data], flags=zmq.NOBLOCK)
-        except (zmq.ZMQError, ValueError, TypeError):
-            return 0  # past the high-water mark (XPUB drops silently) or unserialisable
-        return 1
+
+def _bind_xpub(ctx: zmq.Context, cfg: PublishConfig
+               ) -> tuple[zmq.Socket, ThreadAuthenticator | None, str]:
+    """The feed's XPUB socket bound to ``cfg.endpoint`` (CURVE when configured), its
+    authenticator and the endpoint actually bound (a ``*`` port resolved)."""
+    auth = None
+    sock = None
+    try:
+        if cfg.curve_enabled:
+            public, secret = zmq.auth.load_certificate(str(cfg.curve_secret_key))
+            if secret is None:
+                raise PublishConfigError(
+                    [f"{cfg.curve_secret_key}: certificate has no secret key"])
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            location = (str(cfg.curve_authorized_keys) if cfg.curve_authorized_keys
+                        else zmq.auth.CURVE_ALLOW_ANY)
+            auth.configure_curve(domain="*", location=location)
+        sock = ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        if cfg.endpoint.startswith("tcp://[") or cfg.endpoint.startswith("tcp://::"):
+            sock.setsockopt(zmq.IPV6, 1)
+        if cfg.curve_enabled:
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.curve_server = True
+        sock.bind(cfg.endpoint)
+        return sock, auth, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    except BaseException:
+        if sock is not None:
+            sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
+        raise
+
+
+def _send(sock: zmq.Socket, envelope: Mapping[str, Any], topic: str, body: dict,
+          seq: int) -> int:
+    """Send one message (envelope keys first); 1 if sent, 0 past the high-water mark (XPUB
+    drops silently) or when the body cannot be serialised."""
+    body["seq"] = seq
+    head = {"schema": SCHEMA, "seq": seq, "time": body.get("time"), **envelope}
+    message = {**head, **{k: v for k, v in body.items() if k not in head}}
+    try:
+        data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+        sock.send_multipart([topic.encode(), data], flags=zmq.NOBLOCK)
+    except (zmq.ZMQError, ValueError, TypeError):
+        return 0
+    return 1
 
 
 # --------------------------------------------------------------------------- subscriber

@@ -64,6 +64,28 @@ _FINISHED = ("done", "quarantined")
 _STACK_REASON = "a tilt-series stack (its .mdoc is a series mdoc), not a movie: not corrected"
 
 
+def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
+                     res: Resolution, *, relative: Any, tolerance_e_A2: float
+                     ) -> dict[str, tuple[str, str]]:
+    """Corrected movies whose tilt metadata (dose, frame doses, pre-exposure) moved since they
+    were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key)."""
+    changed = {}
+    for path, o in movies.items():
+        row = rows.get(path)
+        if row is None or row.status != "done" or (row.key.size, row.key.mtime_ns) != (
+                o.size, o.mtime_ns):
+            continue
+        a = res.assignments.get(relative(o.path))
+        if a is None:
+            continue
+        tilt = recorded_tilt(row)
+        reason = assignment_change(None if tilt is None else tilt.to_json(), a,
+                                   tolerance_e_A2=tolerance_e_A2)
+        if reason:
+            changed[path] = (a.series, reason)
+    return changed
+
+
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     """SerialEM's acquisition lock of a series: ``<stack>.openTS`` (the mdoc's name without
     ``.mdoc``), or ``<series>.openTS``, next to the mdoc."""
@@ -273,8 +295,13 @@ class TiltSeriesResolver:
         for w in res.warnings:
             self._once_log("warning", "series_warning", "", w)
 
-        changed = self._redo_check(movies, res)
-        self._advance_series(res, movies, changed, now)
+        changed = metadata_changed(movies, self._rows, res, relative=self._rel,
+                                   tolerance_e_A2=self.series_config.change_tolerance_e_A2)
+        for path, (series, reason) in changed.items():
+            self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
+                           series=series, note="its metadata changed after correction: redone "
+                                               "with the new dose and pre-exposure")
+        self._advance_series(res, movies, list(changed), now)
         return [Path(p) for p in changed]
 
     def resolve(self, movie: Observation, params: Any, *, n_frames: int | None = None
@@ -324,31 +351,6 @@ class TiltSeriesResolver:
         return MovieMetadata(ignore_reason=_STACK_REASON)
 
     # --- steps ----------------------------------------------------------------------------
-    @staticmethod
-    def _recorded_tilt(row: Any) -> dict[str, Any] | None:
-        tilt = recorded_tilt(row)
-        return None if tilt is None else tilt.to_json()
-
-    def _redo_check(self, movies: Mapping[str, Observation], res: Resolution) -> list[str]:
-        changed = []
-        for path, o in movies.items():
-            row = self._rows.get(path)
-            if row is None or row.status != "done" or (row.key.size, row.key.mtime_ns) != (
-                    o.size, o.mtime_ns):
-                continue
-            a = res.assignments.get(self._rel(o.path))
-            if a is None:
-                continue
-            reason = assignment_change(self._recorded_tilt(row), a,
-                                       tolerance_e_A2=self.series_config.change_tolerance_e_A2)
-            if reason:
-                self._once_log("warning", "movie_redo_metadata_changed", path, reason,
-                               movie=path, series=a.series,
-                               note="its metadata changed after correction: redone with the "
-                                    "new dose and pre-exposure")
-                changed.append(path)
-        return changed
-
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         by_name = {self._rel(p): p for p in movies}
