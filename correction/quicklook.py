@@ -49,6 +49,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from .report import read_motion_record
+
 __all__ = [
     "QUICKLOOK_KINDS",
     "SeriesTilt",
@@ -749,10 +751,7 @@ def motion_record_beside(dw_path: str | Path) -> dict[str, Any]:
     can be read)."""
     dw_path = Path(dw_path)
     stem = dw_path.name[:-len("_DW.mrc")] if dw_path.name.endswith("_DW.mrc") else dw_path.stem
-    try:
-        return json.loads((dw_path.with_name(f"{stem}.motion.json")).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_motion_record(dw_path.with_name(f"{stem}.motion.json")) or {}
 
 
 def write_series_quicklook(folder: str | Path, series: str, tilts: Sequence[SeriesTilt], *,

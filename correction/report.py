@@ -16,6 +16,8 @@ Drift statistics are path lengths of the global trajectory (the specimen displac
 
 from __future__ import annotations
 
+import json
+
 import hashlib
 import math
 import os
@@ -28,7 +30,8 @@ import numpy as np
 
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
-__all__ = ["SCHEMA", "DriftStats", "drift_stats", "early_steps", "motion_record", "file_sha256",
+__all__ = ["SCHEMA", "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
+           "file_sha256",
            "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
@@ -235,3 +238,16 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
             raise ValueError(f"extra record fields clash with schema keys: {clash}")
         record.update(extra)
     return record
+
+
+def read_motion_record(path: str | Path | None) -> dict[str, Any] | None:
+    """A motion record (``S.motion.json``, written by :func:`motion_record` and
+    :func:`correction.write.json_writer`) as a dict; None when absent, unreadable or not a
+    record. The one parser of the file."""
+    if not path:
+        return None
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

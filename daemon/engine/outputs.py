@@ -3,11 +3,12 @@ the summary of a finished movie kept in its row."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from correction.report import read_motion_record
 
 from daemon.events import SOURCE_KEY, MovieKey, movie_stem
 
@@ -32,11 +33,8 @@ def _mrc_complete(path: Path) -> bool:
 def find_adoptable_outputs(key: MovieKey, out_dir: Path, stem: str) -> dict[str, str] | None:
     """Outputs on disk of exactly this movie version and parameters, all complete; else None."""
     motion = out_dir / f"{stem}.motion.json"
-    try:
-        record = json.loads(motion.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get(SOURCE_KEY) != source_identity(key):
+    record = read_motion_record(motion)
+    if record is None or record.get(SOURCE_KEY) != source_identity(key):
         return None
     listed = record.get("outputs") or {}
     if not isinstance(listed, dict) or not listed:

@@ -9,13 +9,16 @@ series acquired before this one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from correction.report import read_motion_record
+
 __all__ = ["TiltRecord", "PRE_EXPOSURE_CONVENTION", "read_motion_record"]
+
+# the motion record's parser lives beside its writer; re-exported for the record's readers here
 
 PRE_EXPOSURE_CONVENTION = "sum of the doses of the tilts acquired before this one"
 
@@ -80,14 +83,3 @@ class TiltRecord:
         values["frame_doses_e_A2"] = tuple(float(v) for v in fd) if fd else None
         values["warnings"] = tuple(str(w) for w in values.get("warnings") or ())
         return cls(**values)
-
-
-def read_motion_record(path: str | Path | None) -> dict[str, Any] | None:
-    """A motion record (``S.motion.json``) as a dict; None when absent or unreadable."""
-    if not path:
-        return None
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
