@@ -14,13 +14,26 @@ It prints the shift error (RMS over frames after removing the common offset, px)
 median wall times, their ratio, the CPU time ratio (less sensitive to other load on a shared
 machine), and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
 
+Detector shapes (issue 17): ``--shape NY NX`` (K3 4092 5760, super-resolution 8184 11520),
+``--dtype uint8``, ``--format tiff`` (LZW, as K3 movies are written), ``--bin 2`` (Fourier
+binning; the floor then crops its summed spectrum before the four inverse FFTs), ``--local-field
+PX`` (a known local deformation, PX at the corners: the movie is rendered by
+:func:`correction.synthetic_local.render_local_movie`), ``--cycle K`` (render K frames and
+repeat them to ``--frames``: for memory and speed at 40-60 frames of 94-Mpixel frames; the
+shift error is then not meaningful). The load average is printed with each result.
+
     .venv/bin/python benchmarks/bench_correct.py [--sizes 1024 4096] [--repeats 3]
+    .venv/bin/python benchmarks/bench_correct.py --shape 4092 5760 --frames 40 --dtype uint8 \
+        --format tiff --local-field 3 --repeats 1                     # K3, 5x5 local
+    .venv/bin/python benchmarks/bench_correct.py --shape 8184 11520 --frames 60 --cycle 10 \
+        --dtype uint8 --bin 2 --repeats 1 --extra='--patches 1 1'   # super-resolution
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -34,27 +47,57 @@ PIXEL_SIZE_A = 1.1
 E_PER_PX = 1.0
 
 
-def _render(workdir: Path, size: int, n_frames: int, seed: int) -> tuple[Path, Path, Path]:
+def _render(workdir: Path, shape: tuple[int, int], n_frames: int, seed: int, *,
+            dtype: str = "int16", fmt: str = "mrc", local_field_px: float = 0.0,
+            cycle: int = 0) -> tuple[Path, Path, Path]:
     import mrcfile
 
-    from correction.synthetic import render_movie
-
-    movie = workdir / f"movie_{size}x{n_frames}.mrc"
-    gain = workdir / f"gain_{size}.mrc"
-    truth = workdir / f"truth_{size}x{n_frames}.json"
+    ny, nx = shape
+    tag = (f"{ny}x{nx}x{n_frames}" + ("" if dtype == "int16" else f"_{dtype}")
+           + (f"_local{local_field_px:g}" if local_field_px else "")
+           + (f"_cycle{cycle}" if cycle else ""))
+    if ny == nx and tag == f"{ny}x{nx}x{n_frames}":
+        tag = f"{ny}x{n_frames}"  # the names of earlier runs
+    movie = workdir / f"movie_{tag}.{'tif' if fmt == 'tiff' else 'mrc'}"
+    gain = workdir / (f"gain_{ny}.mrc" if ny == nx else f"gain_{ny}x{nx}.mrc")
+    truth = workdir / f"truth_{tag}.json"
     if movie.exists() and gain.exists() and truth.exists():
         return movie, gain, truth
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
-    syn = render_movie(rng, shape_yx=(size, size), n_frames=n_frames,
-                       electrons_per_px_per_frame=E_PER_PX, pixel_size_A=PIXEL_SIZE_A,
-                       n_hot_pixels=max(20, size * size // 50000), dtype=np.int16)
-    with mrcfile.new(movie, overwrite=True) as mrc:
-        mrc.set_data(syn.frames)
-        mrc.voxel_size = PIXEL_SIZE_A
-    with mrcfile.new(gain, overwrite=True) as mrc:
-        mrc.set_data(syn.gain)
-    truth.write_text(json.dumps({"shifts_yx_px": syn.shifts_yx_px.tolist()}))
+    n_render = min(cycle, n_frames) if cycle else n_frames
+    if local_field_px:
+        from correction.synthetic_local import (LocalDeformation, render_local_movie,
+                                                smooth_global_drift)
+        field = LocalDeformation(shape, n_render, corner_amplitude_px=local_field_px, seed=seed)
+        shifts = smooth_global_drift(n_render, total_px=8.0, rng=rng)
+        syn = render_local_movie(shape, n_render, dose_per_pixel=E_PER_PX, deformation=field,
+                                 global_shifts_yx_px=shifts, rng=rng)
+        frames = np.clip(syn.frames, 0, np.iinfo(dtype).max).astype(dtype)
+        gain_img = np.ones(shape, np.float32)
+    else:
+        from correction.synthetic import render_movie
+        syn = render_movie(rng, shape_yx=shape, n_frames=n_render,
+                           electrons_per_px_per_frame=E_PER_PX, pixel_size_A=PIXEL_SIZE_A,
+                           n_hot_pixels=max(20, ny * nx // 50000), dtype=np.dtype(dtype))
+        frames, gain_img, shifts = syn.frames, syn.gain, syn.shifts_yx_px
+    if cycle and n_render < n_frames:
+        frames = np.concatenate([frames] * int(np.ceil(n_frames / n_render)))[:n_frames]
+        shifts = np.concatenate([shifts] * int(np.ceil(n_frames / n_render)))[:n_frames]
+    if fmt == "tiff":
+        import tifffile
+        tifffile.imwrite(movie, frames, compression="lzw",
+                         resolution=(1e8 / PIXEL_SIZE_A, 1e8 / PIXEL_SIZE_A),
+                         resolutionunit="CENTIMETER")
+    else:
+        with mrcfile.new(movie, overwrite=True) as mrc:
+            mrc.set_data(frames)
+            mrc.voxel_size = PIXEL_SIZE_A
+    if not gain.exists():
+        with mrcfile.new(gain, overwrite=True) as mrc:
+            mrc.set_data(np.asarray(gain_img, np.float32))
+    truth.write_text(json.dumps({"shifts_yx_px": np.asarray(shifts).tolist(),
+                                 "cycled": bool(cycle)}))
     print(f"  rendered {movie.name} in {time.perf_counter() - t:.1f} s", flush=True)
     return movie, gain, truth
 
@@ -74,21 +117,25 @@ def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict
     dose = E_PER_PX / PIXEL_SIZE_A**2
     t, c = time.perf_counter(), _cpu_s()
     status = main(["correct", str(movie), "--gain", str(gain), "--dose-per-frame", str(dose),
+                   "--pixel-size", str(PIXEL_SIZE_A),
                    "--out", str(out), *extra])
     wall, cpu = time.perf_counter() - t, _cpu_s() - c
     record = json.loads((out / f"{movie.stem}.motion.json").read_text())
     return {"status": status, "wall_s": wall, "cpu_s": cpu, "shifts_xy_px": record["global_shifts_px"],
-            "timings_s": record["timings_s"]}
+            "timings_s": record["timings_s"], "memory": record.get("memory"),
+            "local": (record.get("local") or {}).get("reason")}
 
 
 def _child_floor(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
     import scipy.fft
 
+    from correction.fourier import binned_length, fourier_crop
     from correction.gain import apply_gain, load_gain_reference
     from correction.io import read_movie
     from correction.params import GainParams
     from correction.write import write_mrc_atomic
 
+    bin_factor = float(extra[extra.index("--bin") + 1]) if "--bin" in extra else 1.0
     t, c = time.perf_counter(), _cpu_s()
     m = read_movie(movie)
     ref = load_gain_reference(GainParams(gain_path=gain))
@@ -98,9 +145,14 @@ def _child_floor(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
         apply_gain(m.frames[i], ref, out=buf)
         spec = scipy.fft.rfft2(buf, workers=-1)
         total = spec if total is None else total.__iadd__(spec)
+    shape = m.shape_yx
+    if bin_factor != 1:  # Fourier binning: crop the summed spectrum, transform back smaller
+        out_shape = tuple(binned_length(s, bin_factor) for s in shape)
+        total = fourier_crop(total, shape, out_shape)
+        shape = out_shape
     out.mkdir(parents=True, exist_ok=True)
     for name in ("S", "S_DW", "S_EVN", "S_ODD"):
-        img = scipy.fft.irfft2(total, s=m.shape_yx, workers=-1)
+        img = scipy.fft.irfft2(total, s=shape, workers=-1)
         write_mrc_atomic(out / f"{name}.mrc", img, pixel_size_A=m.pixel_size_A)
     return {"status": 0, "wall_s": time.perf_counter() - t, "cpu_s": _cpu_s() - c}
 
@@ -117,6 +169,12 @@ def _run_child(kind: str, movie: Path, gain: Path, out: Path, extra: str) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("NY", "NX"),
+                        help="one non-square frame shape instead of --sizes")
+    parser.add_argument("--dtype", default="int16", choices=("int16", "uint16", "uint8"))
+    parser.add_argument("--format", default="mrc", choices=("mrc", "tiff"))
+    parser.add_argument("--local-field", type=float, default=0.0, metavar="PX")
+    parser.add_argument("--cycle", type=int, default=0, metavar="K")
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
@@ -136,24 +194,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    for size in args.sizes:
-        print(f"{size}x{size}x{args.frames} int16, {E_PER_PX} e/px/frame, correct flags "
+    shapes = [tuple(args.shape)] if args.shape else [(s, s) for s in args.sizes]
+    for shape in shapes:
+        print(f"{shape[1]}x{shape[0]}x{args.frames} {args.dtype} {args.format}, {E_PER_PX} "
+              f"e/px/frame, local field {args.local_field} px, correct flags "
               f"{args.extra or '(defaults)'}:", flush=True)
-        movie, gain, truth_path = _render(args.workdir, size, args.frames, args.seed)
+        movie, gain, truth_path = _render(args.workdir, shape, args.frames, args.seed,
+                                          dtype=args.dtype, fmt=args.format,
+                                          local_field_px=args.local_field, cycle=args.cycle)
         truth = np.array(json.loads(truth_path.read_text())["shifts_yx_px"])
         runs: dict[str, list[dict]] = {"floor": [], "correct": []}
         for _ in range(args.repeats):
             for kind in ("floor", "correct"):
                 runs[kind].append(_run_child(kind, movie, gain, args.workdir / f"out_{kind}",
                                              args.extra))
-        found = np.array(runs["correct"][-1]["shifts_xy_px"])[:, ::-1]
+        extra = args.extra.split()
+        bin_factor = float(extra[extra.index("--bin") + 1]) if "--bin" in extra else 1.0
+        found = np.array(runs["correct"][-1]["shifts_xy_px"])[:, ::-1] * bin_factor
         err = (found - found.mean(0)) - (truth - truth.mean(0))
         rms = float(np.sqrt(np.mean(np.sum(err**2, axis=1))))
         best = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
         med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
         rss = {k: max(r["maxrss_MB"] for r in v) for k, v in runs.items()}
         cpu = {k: min(r["cpu_s"] for r in v) for k, v in runs.items()}
-        print(f"  shift error (RMS, common offset removed): {rms:.4f} px")
+        print(f"  shift error (RMS, common offset removed, input px): {rms:.4f} px"
+              + (" (cycled frames: not meaningful)" if args.cycle else ""))
         print(f"  floor   best {best['floor']:.2f} s  median {med['floor']:.2f} s  "
               f"peak RSS {rss['floor']:.0f} MB")
         print(f"  correct best {best['correct']:.2f} s  median {med['correct']:.2f} s  "
@@ -162,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
               f"median {med['correct'] / med['floor']:.2f}")
         print(f"  CPU time (user+sys, all threads) best: floor {cpu['floor']:.2f} s, correct "
               f"{cpu['correct']:.2f} s, ratio {cpu['correct'] / cpu['floor']:.2f}")
-        print(f"  correct stages (last run): {json.dumps(runs['correct'][-1]['timings_s'])}",
-              flush=True)
+        print(f"  correct stages (last run): {json.dumps(runs['correct'][-1]['timings_s'])}")
+        print(f"  local: {runs['correct'][-1]['local']}")
+        print(f"  memory model (last run): {json.dumps(runs['correct'][-1]['memory'])}")
+        print(f"  load average after the runs: {os.getloadavg()}", flush=True)
     return 0
 
 

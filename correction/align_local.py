@@ -65,7 +65,9 @@ Warp. Nat. Methods 16, 1146-1152.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,14 +247,16 @@ def aligned_frames(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     output_px_per_grid_px_yx : ndarray, shape (2,)
         Crop factors.
     """
-    out = np.empty_like(spectra)
+    # frame by frame: one shifted spectrum at a time besides the real-space frames
+    out = np.empty((spectra.shape[0],) + tuple(int(v) for v in grid_shape_yx), np.float32)
+    shifted = np.empty(spectra.shape[1:], np.complex64)
     for i in range(spectra.shape[0]):
         ry, rx = shift_ramps(grid_shape_yx, -np.asarray(global_shifts_yx_px[i])
                              / output_px_per_grid_px_yx)
-        np.multiply(spectra[i], ry[:, None], out=out[i])
-        out[i] *= rx[None, :]
-    return irfft2(out, grid_shape_yx, workers=workers, overwrite_x=True).astype(np.float32,
-                                                                                 copy=False)
+        np.multiply(spectra[i], ry[:, None], out=shifted)
+        shifted *= rx[None, :]
+        out[i] = irfft2(shifted, grid_shape_yx, workers=workers, overwrite_x=True)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,27 +298,51 @@ def measure_patch_shifts(frames_aligned: np.ndarray, grid: PatchGrid, *, params:
     py, px = grid.patch_shape_yx
     taper = _taper(py)[:, None] * _taper(px)[None, :]
     n_patches = len(grid.origins_yx)
-    stack = np.empty((n_patches, n, py, px), dtype=np.float32)
-    for j, (oy, ox) in enumerate(grid.origins_yx):
-        stack[j] = frames_aligned[:, oy:oy + py, ox:ox + px]
-    stack -= stack.mean(axis=(-2, -1), keepdims=True)
-    stack *= taper
-    spectra = rfft2(stack, workers=workers, overwrite_x=True)
-    del stack
+
+    def patch_spectra(j: int) -> np.ndarray:
+        """Half spectra of patch ``j``'s frames, mean removed and tapered (one patch at a
+        time: memory of one patch stack, not of all of them)."""
+        oy, ox = grid.origins_yx[j]
+        stack = np.array(frames_aligned[:, oy:oy + py, ox:ox + px], dtype=np.float32)
+        stack -= stack.mean(axis=(-2, -1), keepdims=True)
+        stack *= taper
+        return rfft2(stack, workers=1, overwrite_x=True)
+
     group = local.group_frames if local.group_frames is not None else params.group_frames
     patch_params = dataclasses.replace(params, bfactor_px2=local.bfactor_px2,
                                        max_shift_px=local.max_shift_px, group_frames=group)
     factor = grid.output_px_per_grid_px_yx
     shifts = np.zeros((n_patches, n, 2))
     confidence = np.zeros(n_patches)
-    for j in range(n_patches):
-        # small patch FFTs: threading overhead exceeds the work, so one thread each
-        res = estimate_shifts(spectra[j], params=patch_params, shape_yx=(py, px),
+
+    def one(j: int) -> None:
+        # small patch FFTs: threading overhead exceeds the work, so one FFT thread each
+        res = estimate_shifts(patch_spectra(j), params=patch_params, shape_yx=(py, px),
                               output_px_per_grid_px=float(np.mean(factor)), workers=1)
         shifts[j] = res.shifts_yx_px * factor[None, :]
         confidence[j] = float(np.nan_to_num(np.nanmean(res.peak_quality), nan=0.0)) \
             if np.any(np.isfinite(res.peak_quality)) else 0.0
+
+    # patches are independent: as many at once as there are FFT threads (numpy and the
+    # FFTs release the GIL for the patch arrays)
+    threads = _patch_threads(workers, n_patches)
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(one, range(n_patches)))
+    else:
+        for j in range(n_patches):
+            one(j)
     return PatchShifts(shifts, confidence, int(group))
+
+
+def _patch_threads(workers: int, n_patches: int) -> int:
+    """Threads for the patch loop: ``workers`` (-1: the CPUs this process may use)."""
+    if workers is None or workers < 1:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            workers = os.cpu_count() or 1
+    return max(1, min(int(workers), n_patches))
 
 
 # ----------------------------------------------------------------------------- the model

@@ -7,10 +7,15 @@ Design
     part, taken by cutting the input tile at the displaced position (exact; no wrap-around of
     content from the opposite edge of the frame; pixels outside the frame read as the frame's
     mean), and a fractional part (at most half a pixel), applied exactly as a Fourier phase
-    ramp. All tiles of a frame are transformed in one batched FFT; the plain sum and the
-    dose-weighted sums of the even and of the odd frames are accumulated per tile in Fourier
-    space (dose weights evaluated on the tile's frequency grid), and batched inverse FFTs at
-    the end give the tiles of the four sums. Neighbouring tiles are blended with separable
+    ramp. The frame is processed in bands of tile rows: for each band, every frame's tiles
+    are transformed in one batched FFT and the plain sum and the dose-weighted sums of the
+    even and of the odd frames are accumulated per tile in Fourier space (dose weights
+    evaluated on the tile's frequency grid; the dose-weighted sum of all frames is even + odd,
+    so three sets of accumulators), then batched inverse FFTs give the band's tiles of the
+    four sums. One band's accumulators stay in cache over the frames, and the memory beyond
+    the four images is one band's, whatever the frame count (before, accumulators for the
+    whole frame were streamed from memory once per frame: 9 sets with the first-order term,
+    about 0.8 GB at 4K). Neighbouring tiles are blended with separable
     raised-cosine weights that sum to one (a partition of unity) over the overlap, and are zero
     on the outermost ``_MARGIN_PX`` pixels of each tile, where the circular sub-pixel shift
     wraps.
@@ -32,8 +37,11 @@ Within a tile the field is not constant
     field's curvature ``H``. Measured (``benchmarks/bench_local.py``, true field applied to a
     noise-free 4K render, residual displacement in 32-px windows): at most 0.034 px (RMS
     0.004 px) for 1-10 px corner fields, against 0.09-0.78 px for constant shifts on 512-px
-    tiles. Cost at 4K x 10 frames: about 2.5x the constant-shift application (two more
-    accumulators per sum and twice the inverse FFTs).
+    tiles. Cost at 4K x 10 frames: about twice the constant-shift application (two more
+    accumulators per sum and three times the inverse FFTs); the whole ``correct`` with it
+    measured 4-5x the floor of ``benchmarks/bench_correct.py`` on the shared 2-core machine.
+    The spectral derivative ``i k_a`` is applied as the real factor ``k_a`` per frame (a
+    float32 multiply) and the common ``i`` once per band, before the inverse FFT.
 
 Why this and not interpolation
     A Fourier shift keeps every spatial frequency (bilinear interpolation loses about a third
@@ -56,7 +64,8 @@ import numpy as np
 from .dose import dose_weights, weight_normalisation
 from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2
 
-__all__ = ["TileLayout", "TilePlan", "LocalSums", "DisplacementField", "default_tile_px",
+__all__ = ["TileLayout", "TilePlan", "LocalSums", "DisplacementField", "FrameRows",
+           "default_tile_px",
            "tile_layout", "field_jacobian", "plan_tiles", "local_sums"]
 
 _MARGIN_PX = 3  # outer pixels of a tile that get zero weight (circular-shift wrap)
@@ -64,9 +73,12 @@ _CHUNK_BYTES = 1 << 20  # tile spectra processed together (about 1 MiB of comple
 _CONSTANT_ERROR_PX = 0.03  # largest residual left by a constant shift per tile
 _TAYLOR_RESIDUAL_PX = 0.4  # largest residual the first-order (gradient) term takes up
 _TAYLOR_OVERLAP_PX = 8
-_TAYLOR_CORES_PX = (496, 368, 304, 240, 208, 176, 144, 112, 80, 48)  # + 16: FFT-friendly
+# + 16: FFT-friendly tiles of 2^a 3^b 5^c (a 224-px tile, 2^5 7, transforms twice as slowly)
+_TAYLOR_CORES_PX = (496, 368, 304, 240, 176, 144, 112, 80, 48)
 _MIN_CONSTANT_TILE_PX = 128  # below this, the first-order term is cheaper than more tiles
 _JACOBIAN_STEP_PX = 8.0
+_BAND_ROWS_PX = 128  # frame rows per band (whole tile rows): its accumulators stay in cache
+_BLOCK_BYTES = 256 << 20  # float32 frames read at once from a plain sequence of frames
 
 
 class DisplacementField(Protocol):
@@ -281,56 +293,86 @@ def _cut_tiles(frame: np.ndarray, origins: np.ndarray, size: int, fill: float,
             out[t, y0 - oy:y1 - oy, x0 - ox:x1 - ox] = frame[y0:y1, x0:x1]
 
 
-def _add_along(out: np.ndarray, parts: np.ndarray, axis: int, core: int, size: int) -> None:
-    """``out[..., k * core : k * core + size, ...] += parts[k]`` along ``axis`` for all k.
+class FrameRows(Protocol):
+    """Frames read a band of rows at a time (e.g. gain-corrected on access)."""
 
-    Tiles of one parity never overlap (``size <= 2 * core``), so each parity is one
-    vectorised add through a view of ``out`` cut into blocks of ``2 * core``.
-    """
-    n = parts.shape[0]
-    for parity in (0, 1):
-        m = len(range(parity, n, 2))
-        if m == 0:
-            continue
-        start = parity * core
-        sl = [slice(None)] * out.ndim
-        sl[axis] = slice(start, start + 2 * core * m)
-        region = out[tuple(sl)]
-        shape = region.shape[:axis] + (m, 2 * core) + region.shape[axis + 1:]
-        strides = (region.strides[:axis] + (2 * core * region.strides[axis], region.strides[axis])
-                   + region.strides[axis + 1:])
-        blocks = np.lib.stride_tricks.as_strided(region, shape, strides, writeable=True)
-        sl = [slice(None)] * blocks.ndim
-        sl[axis + 1] = slice(0, size)
-        blocks[tuple(sl)] += np.moveaxis(parts[parity::2], 0, axis)
+    def __len__(self) -> int: ...
+
+    def rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of frame ``i`` (shape ``(y1 - y0, nx)``, any real dtype); may be a
+        buffer that the next call overwrites."""
+        ...
 
 
-def _blend(tiles: np.ndarray, layout: TileLayout) -> np.ndarray:
-    """Weighted sum of tiles into a frame (the tiles are multiplied by their weights in place)."""
-    ny, nx = layout.shape_yx
-    size, core, overlap = layout.tile_size, layout.core_px, layout.overlap_px
-    n_ty, n_tx = layout.n_tiles_yx
-    grid = tiles.reshape(n_ty, n_tx, size, size)
-    grid *= layout.weights_y.reshape(n_ty, n_tx, size)[:, :1, :, None]
-    grid *= layout.weights_x.reshape(n_ty, n_tx, size)[:1, :, None, :]
-    if size > 2 * core:  # tiles of one parity would overlap: add them one by one
-        out = np.zeros((n_ty * core + size, n_tx * core + size), np.float32)
-        for ty in range(n_ty):
-            for tx in range(n_tx):
-                out[ty * core:ty * core + size, tx * core:tx * core + size] += grid[ty, tx]
-    else:
-        height = 2 * core * (n_ty // 2 + 1) + size
-        width = 2 * core * (n_tx // 2 + 1) + size
-        strip = np.zeros((n_ty, size, width), np.float32)
-        # tile rows first (along x), then the rows into the frame (along y)
-        _add_along(strip, np.moveaxis(grid, 1, 0), 2, core, size)
-        out = np.zeros((height, width), np.float32)
-        _add_along(out, strip, 0, core, size)
-    # padded coordinate = frame coordinate + overlap (a view: no copy of the frame)
-    return out[overlap:overlap + ny, overlap:overlap + nx]
+def _tile_rows_per_band(core: int) -> int:
+    """Tile rows per band: about ``_BAND_ROWS_PX`` frame rows (at least one tile row)."""
+    return max(1, int(round(_BAND_ROWS_PX / core)))
 
 
-def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: np.ndarray,
+class _RowSource:
+    """Uniform band access to the frames: an array's rows are views, a :class:`FrameRows`
+    computes them, any other sequence is read frame by frame into blocks of float32 frames
+    that fit ``_BLOCK_BYTES`` (each frame read once)."""
+
+    def __init__(self, frames: Sequence[np.ndarray] | np.ndarray | FrameRows, n: int,
+                 shape_yx: tuple[int, int], fill: float | None) -> None:
+        self.frames, self.n, self.shape_yx = frames, n, shape_yx
+        ny, nx = shape_yx
+        if isinstance(frames, np.ndarray):
+            if frames.shape[1:] != (ny, nx):
+                raise ValueError(f"frames have shape {frames.shape[1:]}, expected {(ny, nx)}")
+            self.kind = "array"
+        elif hasattr(frames, "rows"):
+            self.kind = "rows"
+        else:
+            self.kind = "sequence"
+        per_block = max(1, _BLOCK_BYTES // max(1, ny * nx * 4))
+        self.blocks = ([(0, n)] if self.kind != "sequence" else
+                       [(b, min(n, b + per_block)) for b in range(0, n, per_block)])
+        self.fill = fill
+        self.values = np.full(n, 0.0 if fill is None else float(fill))
+        self._block: list[np.ndarray] = []
+        self._block_start = 0
+        if fill is None and self.kind != "sequence":  # each frame's mean, one pass
+            for i in range(n):
+                self.values[i] = float(self._rows(i, 0, ny).mean(dtype=np.float64))
+
+    def load_block(self, i0: int, i1: int) -> None:
+        """Read frames ``i0:i1`` of a plain sequence (no-op for arrays and row sources)."""
+        if self.kind != "sequence":
+            return
+        self._block = []
+        for i in range(i0, i1):
+            frame = np.array(self.frames[i], dtype=np.float32)  # a copy: sources reuse buffers
+            if frame.shape != self.shape_yx:
+                raise ValueError(f"frame {i} has shape {frame.shape}, expected {self.shape_yx}")
+            if self.fill is None:
+                self.values[i] = float(frame.mean(dtype=np.float64))
+            self._block.append(frame)
+        self._block_start = i0
+
+    def _rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        if self.kind == "array":
+            return self.frames[i, y0:y1]
+        if self.kind == "rows":
+            return self.frames.rows(i, y0, y1)
+        return self._block[i - self._block_start][y0:y1]
+
+    def cut(self, i: int, origins: np.ndarray, size: int, out: np.ndarray) -> None:
+        """Tiles of frame ``i`` at ``origins`` (frame pixels) into ``out``; outside: fill."""
+        ny = self.shape_yx[0]
+        y0 = int(np.clip(origins[:, 0].min(), 0, ny))
+        y1 = int(np.clip(origins[:, 0].max() + size, 0, ny))
+        if y1 <= y0:
+            out.fill(self.values[i])
+            return
+        band = self._rows(i, y0, y1)
+        # rows outside the band are outside the frame (the band spans every row inside it)
+        _cut_tiles(band, origins - np.array([y0, 0]), size, float(self.values[i]), out)
+
+
+def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
+               global_shifts_yx_px: np.ndarray,
                model: DisplacementField | None, *, pixel_size_A: float,
                dose_end_e_A2: np.ndarray, voltage_kV: float = 300.0,
                tile_px: int | None = None, overlap_px: int | None = None, fill: float | None = None,
@@ -338,12 +380,20 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: n
                workers: int = -1) -> LocalSums:
     """Motion-corrected plain, dose-weighted, even and odd sums with global + local shifts.
 
+    The frame is processed in bands of tile rows (about ``_BAND_ROWS_PX`` rows): for each band
+    every frame's rows are cut into tiles and accumulated into the band's spectra, which are
+    then transformed back and blended into the four images. The accumulators of one band stay
+    in the processor's cache over all frames, and memory beyond the four images and the frames
+    is that of one band, whatever the frame count. A plain sequence of frames (no rows access)
+    is read in blocks of frames that fit ``_BLOCK_BYTES``; with more than one block the
+    accumulators of all bands are kept.
+
     Parameters
     ----------
-    frames : ndarray, shape (n_frames, ny, nx), or a sequence of n_frames (ny, nx) arrays
-        Gain-corrected frames (any real dtype; cut into float32 tiles). A sequence is read
-        once per frame, in order, so it may produce frames lazily (e.g. gain-correct on
-        access).
+    frames : ndarray (n_frames, ny, nx), a :class:`FrameRows`, or a sequence of (ny, nx) arrays
+        Gain-corrected frames (any real dtype; cut into float32 tiles). A :class:`FrameRows`
+        is asked for each band's rows of each frame; a plain sequence is read once per frame,
+        in order, so it may produce frames lazily.
     global_shifts_yx_px : ndarray, shape (n_frames, 2)
         Global displacements (output px, :mod:`correction.conventions`).
     model : LocalMotionModel or DisplacementField or None
@@ -384,9 +434,11 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: n
     tile_px = int(tile_px)
     overlap_px = _default_overlap_px(tile_px) if overlap_px is None else int(overlap_px)
     layout = tile_layout((ny, nx), tile_px=tile_px, overlap_px=overlap_px)
-    size = layout.tile_size
+    size, core = layout.tile_size, layout.core_px
     shape_t = (size, size)
     n_tiles = len(layout.origins_yx)
+    n_ty, n_tx = layout.n_tiles_yx
+    source = _RowSource(frames, n, (ny, nx), fill)
 
     shifts = np.broadcast_to(g[:, None, :], (n, n_tiles, 2)).copy()
     if model is not None:
@@ -399,113 +451,167 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray, global_shifts_yx_px: n
 
     k_per_A = np.sqrt(radial_frequency_sq(shape_t, scale_yx=(pixel_size_A, pixel_size_A)))
     even = np.arange(n) % 2 == 0
-    half = (n_tiles, size, size // 2 + 1)
-    acc_plain = np.zeros(half, dtype=np.complex64)
-    acc_even = np.zeros(half, dtype=np.complex64)
-    acc_odd = np.zeros(half, dtype=np.complex64)
-    # first-order terms: sum_i sum_a J_i[a, b] * (2 pi k_a / size) * F_i, per family and b
-    grad = {name: (np.zeros(half, np.complex64), np.zeros(half, np.complex64))
-            for name in ("plain", "even", "odd")} if taylor else None
+    half_t = (size, size // 2 + 1)
     # real weights interleaved (each value twice) to scale complex64 viewed as float32 pairs
     weights = np.repeat(dose_weights(k_per_A, dose_end, voltage_kV,  # relative: no underflow
                                      reference_dose_e_A2=dose_end[0]).astype(np.float32), 2,
                         axis=-1)  # (n, T, 2 * (T // 2 + 1))
-    buf = np.empty((n_tiles, size, size), dtype=np.float32)
+
+    def norm2(selected: np.ndarray) -> np.ndarray | None:
+        # sqrt(n / sum w^2) over the frames of this sum (correction.dose), interleaved
+        if not selected.any():
+            return None
+        norm = weight_normalisation(k_per_A, dose_end[selected], voltage_kV,
+                                    reference_dose_e_A2=dose_end[0])
+        return np.repeat(norm.astype(np.float32), 2, axis=-1)
+
+    norms = {"dw": norm2(np.ones(n, bool)), "even": norm2(even), "odd": norm2(~even)}
     two_pi = 2.0 * np.pi / size
     k_y = np.fft.fftfreq(size, d=1.0 / size)  # integer frequencies of the tile
     k_x = np.arange(size // 2 + 1, dtype=np.float64)
     # derivative factors (radians per pixel); zero at Nyquist, where the derivative of a
     # real sampled signal is undefined
-    d_y = 1j * two_pi * k_y
-    d_x = 1j * two_pi * k_x
+    d_y = two_pi * k_y
+    d_x = two_pi * k_x
     if size % 2 == 0:
         d_y[size // 2] = 0.0
         d_x[-1] = 0.0
-    d_y = d_y.astype(np.complex64)  # i k: the spectral derivative d/dq
-    d_x = d_x.astype(np.complex64)
-    chunk = max(1, _CHUNK_BYTES // (size * (size // 2 + 1) * 8))
-    cshape = (min(chunk, n_tiles), size, size // 2 + 1)
-    f_buf = np.empty(cshape, np.complex64)
-    if taylor:
-        lin = np.empty((2,) + cshape, np.complex64)
-        prod = np.empty(cshape, np.complex64)
-    for i in range(n):
-        frame = frames[i]
-        if frame.shape != (ny, nx):
-            raise ValueError(f"frame {i} has shape {frame.shape}, expected {(ny, nx)}")
-        value = float(frame.mean(dtype=np.float64)) if fill is None else float(fill)
-        _cut_tiles(frame, layout.origins_yx + whole[i], size, value, buf)
-        spec = rfft2(buf, workers=workers, overwrite_x=True)
-        # content at output q comes from q + shift: move each tile by -frac (shift_ramps sign)
-        ramp_y = np.exp(1j * two_pi * frac[i, :, 0, None] * k_y[None, :]).astype(np.complex64)
-        ramp_x = np.exp(1j * two_pi * frac[i, :, 1, None] * k_x[None, :]).astype(np.complex64)
-        family = "even" if even[i] else "odd"
-        acc_dw = acc_even if even[i] else acc_odd
-        w_i = weights[i]
-        # a few tiles at a time, so that every pass over them runs from cache
-        for c0 in range(0, n_tiles, chunk):
-            c1 = min(n_tiles, c0 + chunk)
-            f = f_buf[:c1 - c0]
-            np.multiply(spec[c0:c1], ramp_y[c0:c1, :, None], out=f)
-            f *= ramp_x[c0:c1, None, :]
-            acc_plain[c0:c1] += f
-            if taylor:
-                # lin[b] = sum_a J[a, b] * i k_a: the derivative along the residual
-                # displacement per pixel of position b (complex: no mixed-type products)
-                jac = jacobian[i, c0:c1]
-                for bb in range(2):
-                    lb = lin[bb, :c1 - c0]
-                    np.multiply(jac[:, 0, bb, None, None], d_y[None, :, None], out=lb)
-                    lb += jac[:, 1, bb, None, None] * d_x[None, None, :]
-                    np.multiply(f, lb, out=prod[:c1 - c0])
-                    grad["plain"][bb][c0:c1] += prod[:c1 - c0]
-            f.view(np.float32)[...] *= w_i
-            acc_dw[c0:c1] += f
-            if taylor:
-                for bb in range(2):
-                    np.multiply(f, lin[bb, :c1 - c0], out=prod[:c1 - c0])
-                    grad[family][bb][c0:c1] += prod[:c1 - c0]
-        del spec
-    del buf
+    # k_a as real factors interleaved for complex64 viewed as float32 pairs: the spectral
+    # derivative d/dq_a is i k_a; the factor i is applied once per band, after the frames
+    kk_y = np.repeat(np.broadcast_to(d_y[:, None], half_t).astype(np.float32), 2, axis=-1)
+    kk_x = np.repeat(np.broadcast_to(d_x[None, :], half_t).astype(np.float32), 2, axis=-1)
     # position of every tile pixel relative to its tile's core centre (output px)
     rel_y = (layout.origins_yx[:, 0, None] + np.arange(size)[None, :]
              - layout.centres_yx[:, 0, None]).astype(np.float32)
     rel_x = (layout.origins_yx[:, 1, None] + np.arange(size)[None, :]
              - layout.centres_yx[:, 1, None]).astype(np.float32)
 
-    def to_image(accs: list[np.ndarray]) -> np.ndarray:
-        """Tiles of ``S + (y - y0) G_y + (x - x0) G_x``, blended (consumes accs), where
-        ``G_b = sum_i sum_a J_i[a, b] dS_i/dq_a`` (the first-order terms)."""
-        tiles = irfft2(accs[0], shape_t, workers=workers, overwrite_x=True)
-        for bb, rel in ((1, rel_y[:, :, None]), (2, rel_x[:, None, :])):
-            if len(accs) > bb:
-                part = irfft2(accs[bb], shape_t, workers=workers, overwrite_x=True)
+    rows_per_band = _tile_rows_per_band(core)
+    bands = [(ty, min(n_ty, ty + rows_per_band)) for ty in range(0, n_ty, rows_per_band)]
+    max_band = rows_per_band * n_tx
+    chunk = max(1, _CHUNK_BYTES // (size * (size // 2 + 1) * 8))
+    cshape = (min(chunk, max_band), size, size // 2 + 1)
+    f_buf = np.empty(cshape, np.complex64)
+    fshape = (cshape[0], size, 2 * (size // 2 + 1))
+    lin = np.empty((2,) + fshape, np.float32) if taylor else None
+    prod = np.empty(fshape, np.float32) if taylor else None
+    buf = np.empty((max_band, size, size), dtype=np.float32)
+    n_acc = 9 if taylor else 3  # plain, even, odd (+ two first-order terms each)
+    single = len(source.blocks) == 1
+    # one band's accumulators (reused band after band), or every band's (several blocks)
+    acc_tiles = max_band if single else n_tiles
+    accs = np.empty((n_acc, acc_tiles) + half_t, np.complex64)
+    if not single:
+        accs.fill(0)
+
+    images = {name: np.zeros((ny, nx), np.float32) for name in ("plain", "dw", "even", "odd")}
+
+    def band_accs(b0: int, b1: int) -> np.ndarray:
+        if single:
+            return accs[:, :b1 - b0]
+        return accs[:, b0:b1]
+
+    def accumulate(i: int, b0: int, b1: int, acc: np.ndarray) -> None:
+        m = b1 - b0
+        tiles = buf[:m]
+        source.cut(i, layout.origins_yx[b0:b1] + whole[i, b0:b1], size, tiles)
+        spec = rfft2(tiles, workers=workers, overwrite_x=True)
+        # content at output q comes from q + shift: move each tile by -frac (shift_ramps sign)
+        ramp_y = np.exp(1j * two_pi * frac[i, b0:b1, 0, None] * k_y[None, :]).astype(np.complex64)
+        ramp_x = np.exp(1j * two_pi * frac[i, b0:b1, 1, None] * k_x[None, :]).astype(np.complex64)
+        k_dw = 1 if even[i] else 2
+        w_i = weights[i]
+        # a few tiles at a time, so that every pass over them runs from cache
+        for c0 in range(0, m, chunk):
+            c1 = min(m, c0 + chunk)
+            f = f_buf[:c1 - c0]
+            np.multiply(ramp_y[c0:c1, :, None], ramp_x[c0:c1, None, :], out=f)
+            f *= spec[c0:c1]
+            acc[0, c0:c1] += f
+            fv = f.view(np.float32)
+            if taylor:
+                # lin[b] = sum_a J[a, b] k_a: the derivative (over i) along the residual
+                # displacement per pixel of position b, real, interleaved
+                jac = jacobian[i, b0 + c0:b0 + c1]
+                p = prod[:c1 - c0]
+                for bb in range(2):
+                    lb = lin[bb, :c1 - c0]
+                    np.multiply(jac[:, 0, bb, None, None], kk_y, out=lb)
+                    np.multiply(jac[:, 1, bb, None, None], kk_x, out=p)
+                    lb += p
+                    np.multiply(fv, lb, out=p)
+                    acc[3 + bb, c0:c1].view(np.float32)[...] += p
+            fv *= w_i
+            acc[k_dw, c0:c1] += f
+            if taylor:
+                for bb in range(2):
+                    np.multiply(fv, lin[bb, :c1 - c0], out=p)
+                    acc[3 + 2 * k_dw + bb, c0:c1].view(np.float32)[...] += p
+        del spec
+
+    def to_tiles(parts: list[np.ndarray], b0: int, b1: int) -> np.ndarray:
+        """Tiles of ``S + (y - y0) G_y + (x - x0) G_x`` (consumes ``parts``), where ``G_b =
+        sum_i sum_a J_i[a, b] dS_i/dq_a`` (the first-order terms)."""
+        tiles = irfft2(parts[0], shape_t, workers=workers, overwrite_x=True)
+        for bb, rel in ((1, rel_y[b0:b1, :, None]), (2, rel_x[b0:b1, None, :])):
+            if len(parts) > bb:
+                parts[bb] *= np.complex64(1j)  # the i of the spectral derivative i k_a
+                part = irfft2(parts[bb], shape_t, workers=workers, overwrite_x=True)
                 part *= rel
                 tiles += part
                 del part
-        return _blend(tiles, layout)
+        return tiles
 
-    def family(name: str, acc: np.ndarray) -> list[np.ndarray]:
-        return [acc] + (list(grad[name]) if taylor else [])
+    def place(tiles: np.ndarray, ty0: int, ty1: int, out: np.ndarray) -> None:
+        """Blend the weighted tiles of tile rows ``ty0:ty1`` into the image ``out``."""
+        grid = tiles.reshape(ty1 - ty0, n_tx, size, size)
+        b0, b1 = ty0 * n_tx, ty1 * n_tx
+        grid *= layout.weights_y[b0:b1].reshape(ty1 - ty0, n_tx, size)[:, :1, :, None]
+        grid *= layout.weights_x[b0:b1].reshape(ty1 - ty0, n_tx, size)[:1, :, None, :]
+        for r, ty in enumerate(range(ty0, ty1)):
+            y0 = ty * core - overlap_px  # tile origin in the frame (may lie outside it)
+            ys, ye = max(0, y0), min(ny, y0 + size)
+            if ye <= ys:
+                continue
+            for tx in range(n_tx):
+                x0 = tx * core - overlap_px
+                xs, xe = max(0, x0), min(nx, x0 + size)
+                if xe > xs:
+                    out[ys:ye, xs:xe] += grid[r, tx, ys - y0:ye - y0, xs - x0:xe - x0]
 
-    def normalise(accs: list[np.ndarray], selected: np.ndarray) -> None:
-        # sqrt(n / sum w^2) over the frames of this sum (correction.dose)
-        norm = weight_normalisation(k_per_A, dose_end[selected], voltage_kV,
-                                    reference_dose_e_A2=dose_end[0])
-        norm2 = np.repeat(norm.astype(np.float32), 2, axis=-1)
-        for acc in accs:
-            acc.view(np.float32)[...] *= norm2
+    def finish(ty0: int, ty1: int, acc: np.ndarray) -> None:
+        b0, b1 = ty0 * n_tx, ty1 * n_tx
 
-    plain = to_image(family("plain", acc_plain))
-    del acc_plain
-    all_frames = [e + o for e, o in zip(family("even", acc_even), family("odd", acc_odd))]
-    normalise(all_frames, np.ones(n, bool))
-    dose_weighted = to_image(all_frames)
-    del all_frames
-    halves = []
-    for name, acc, selected in (("even", acc_even, even), ("odd", acc_odd, ~even)):
-        accs = family(name, acc)
-        if selected.any():
-            normalise(accs, selected)
-        halves.append(to_image(accs))
-    return LocalSums(plain, dose_weighted, halves[0], halves[1])
+        def family(j: int) -> list[np.ndarray]:
+            return [acc[j]] + ([acc[3 + 2 * j], acc[4 + 2 * j]] if taylor else [])
+
+        place(to_tiles(family(0), b0, b1), ty0, ty1, images["plain"])
+        dw = [e + o for e, o in zip(family(1), family(2))]
+        for part in dw:
+            part.view(np.float32)[...] *= norms["dw"]
+        place(to_tiles(dw, b0, b1), ty0, ty1, images["dw"])
+        del dw
+        for j, name in ((1, "even"), (2, "odd")):
+            parts = family(j)
+            if norms[name] is not None:
+                for part in parts:
+                    part.view(np.float32)[...] *= norms[name]
+            place(to_tiles(parts, b0, b1), ty0, ty1, images[name])
+
+    for i0, i1 in source.blocks:
+        source.load_block(i0, i1)
+        for ty0, ty1 in bands:
+            b0, b1 = ty0 * n_tx, ty1 * n_tx
+            acc = band_accs(b0, b1)
+            if single:
+                acc.fill(0)
+            for i in range(i0, i1):
+                accumulate(i, b0, b1, acc)
+            if single:
+                finish(ty0, ty1, acc)
+    source.load_block(0, 0)
+    if not single:
+        for ty0, ty1 in bands:
+            finish(ty0, ty1, band_accs(ty0 * n_tx, ty1 * n_tx))
+    del accs, buf
+    return LocalSums(images["plain"], images["dw"], images["even"], images["odd"])

@@ -31,12 +31,21 @@ Steps of :func:`correct_movie`:
 
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
 the padded output grid) are kept, unless they would exceed ``_SPECTRA_BUDGET_BYTES``, in which
-case frames are transformed a second time for the sums instead of being kept.
+case frames are transformed a second time for the sums instead of being kept. The local sums
+read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
+movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
+not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
+in the motion record (``memory``). While a movie is corrected, glibc keeps freed blocks of up
+to 32 MiB for reuse (each fresh block costs page faults, several microseconds each here) and
+returns them afterwards.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import mmap
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +55,7 @@ import numpy as np
 
 from .align_global import GlobalAlignment, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
-from .defects import detect_hot_pixels, plan_replacement
+from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
 from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2
@@ -60,15 +69,79 @@ from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
 from .summation import SumImages, accumulate_sums, sums_to_images
 
-__all__ = ["CorrectedFrames", "CorrectionResult", "correct_frames", "correct_movie",
-           "output_names"]
+__all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "correct_frames",
+           "correct_movie", "output_names", "predict_peak_bytes"]
 
 _SPECTRA_BUDGET_BYTES = 1_200_000_000
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_MADV_DONTNEED = 4
+#: a memory-mapped movie larger than this has its pages dropped from memory once used
+_MAPPED_BUDGET_BYTES = 1 << 30
+_DROP_CHUNK_BYTES = 4 << 20  # rows of each frame dropped together in the raw sum
+_LIBC: Any = None
 _EXTRA_MARGIN_PX = 2
 
 #: output kind -> file name pattern (``{stem}`` = movie stem)
 _OUTPUT_PATTERNS = {"sum": "{stem}.mrc", "dw": "{stem}_DW.mrc", "even": "{stem}_EVN.mrc",
                     "odd": "{stem}_ODD.mrc", "motion": "{stem}.motion.json"}
+
+
+def _libc() -> Any:
+    """glibc, or None (another C library or platform: the allocator is left alone)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            lib = ctypes.CDLL("libc.so.6")
+            _LIBC = lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    return _LIBC or None
+
+
+def _reuse_freed_memory() -> None:
+    """Keep freed blocks of up to 32 MiB for reuse instead of unmapping them.
+
+    glibc returns large freed blocks to the system and maps them afresh at the next request,
+    so every tile batch and FFT result (a few MiB, thousands per movie) pays page faults:
+    measured here, about 240,000 faults and 1.7 s of system time in the local sums of a
+    4096^2 x 10 movie. With the blocks kept, they are reused; :func:`_release_freed_memory`
+    hands them back after each movie, so a long-lived worker does not hold its peak.
+    """
+    lib = _libc()
+    if lib is not None:
+        lib.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        lib.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
+def _release_freed_memory() -> None:
+    """Return the freed heap memory to the system (after a movie)."""
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
+
+
+def _mapped_bytes(frames: np.ndarray) -> int:
+    """Bytes of ``frames`` that are a file mapping (0 for arrays in memory)."""
+    return int(frames.nbytes) if isinstance(frames, np.memmap) else 0
+
+
+def _drop_mapped(part: np.ndarray) -> None:
+    """Unmap the resident pages of a C-contiguous piece of a read-only file mapping.
+
+    The pages of a memory-mapped movie count in the process's resident memory once read and
+    stay there: a pass over a 60-frame super-resolution movie would hold all of it. Dropping
+    the pages of what has been used (``madvise(MADV_DONTNEED)``; the file is unchanged and a
+    later access reads it again) keeps the resident part to the frames at hand.
+    """
+    if not isinstance(part, np.memmap) or part.size == 0 or not part.flags.c_contiguous:
+        return
+    lib = _libc()
+    if lib is None or not hasattr(lib, "madvise"):
+        return
+    start = part.ctypes.data
+    aligned = start - start % mmap.PAGESIZE
+    lib.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + part.nbytes - aligned),
+                _MADV_DONTNEED)
 
 
 def output_names(stem: str) -> dict[str, str]:
@@ -187,6 +260,86 @@ def _grids(frame_yx: tuple[int, int], bin_factor: float, margin_out_px: int,
     align = tuple(max(16, int(round(q * scale / 2)) * 2) for q in padded_out)
     return _Grids(tuple(frame_yx), tuple(padded_in), tuple(padded_out), tuple(out_yx), align,
                   (padded_out[0] / align[0], padded_out[1] / align[1]), tuple(bins))
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryEstimate:
+    """Predicted peak memory of correcting one movie (see :func:`predict_peak_bytes`).
+
+    Attributes
+    ----------
+    peak_bytes : int
+        Predicted peak resident memory of the process (bytes).
+    terms_bytes : dict
+        The parts: ``movie`` (frames held in memory, or mapped pages kept), ``stage`` (the
+        largest working set of one stage), ``base`` (interpreter and libraries).
+    stage : str
+        The stage that sets the peak: ``"hot_pixels"``, ``"fft"``, ``"sums"``,
+        ``"local_align"`` or ``"local"``.
+    """
+
+    peak_bytes: int
+    terms_bytes: dict[str, int]
+    stage: str
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready form (MB rounded)."""
+        return {"predicted_peak_MB": round(self.peak_bytes / 2**20),
+                "stage": self.stage,
+                "terms_MB": {k: round(v / 2**20) for k, v in self.terms_bytes.items()}}
+
+
+_BASE_BYTES = 300 << 20  # interpreter, numpy/scipy/tifffile and the CLI's imports, FFT plans
+
+
+def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
+    """Predicted peak memory of :func:`correct_frames` on ``frames`` (the memory model).
+
+    With ``P`` the output pixels, ``Pp`` the padded output grid, ``Pi`` the padded input
+    grid, ``A`` the alignment grid (short side ``align_size_px``) and ``n`` the frames used:
+
+    * movie: the frames as read (stored dtype); a memory-mapped MRC's pages only up to
+      ``_MAPPED_BUDGET_BYTES`` (beyond it they are dropped once used: about one frame);
+    * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
+    * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp`` (Fourier crop) +
+      ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
+      while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES`` (else none: frames are transformed again);
+    * global sums: the kept spectra (or ``18 Pp`` streaming) + ``16 Pp`` spectra and
+      ``16 P`` images of the four sums;
+    * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
+      aligned frames on the patch grid);
+    * local sums: ``16 P`` (four images) + one band of tiles (a few MB) + for Fourier-binned
+      output the kept spectra, or, when they are not kept, ``43 P`` (accumulators of all
+      tiles) + ``_BLOCK_BYTES`` of frames.
+
+    So the peak is the movie plus about 36 bytes per output pixel (global) or 16-60 (local),
+    plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and, while under the
+    budget, 4 bytes per padded output pixel per frame.
+    """
+    from .local_apply import _BLOCK_BYTES  # noqa: PLC0415 - the local step's own budget
+
+    n_all, ny, nx = (int(v) for v in frames.shape)
+    rp, ap = params.read, params.align
+    n = max(1, n_all - rp.throw_frames - rp.trunc_frames)
+    margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
+    g = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
+    pi, pp, p = (int(np.prod(s)) for s in (g.padded_in, g.padded_out, g.out_yx))
+    a = int(np.prod(g.align))
+    mapped = _mapped_bytes(frames)
+    movie = (min(mapped, _MAPPED_BUDGET_BYTES) if mapped <= _MAPPED_BUDGET_BYTES
+             else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
+    binned = g.padded_in != g.padded_out
+    kept = n * 4 * pp if n * 4 * pp <= _SPECTRA_BUDGET_BYTES else 0
+    stages = {"hot_pixels": 16 * ny * nx,
+              "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
+              "sums": (kept if kept else 18 * pp) + 16 * pp + 16 * p}
+    if ap.local_enabled:
+        stages["local_align"] = kept + 8 * a * n + 4 * a
+        stages["local"] = 16 * p + (32 << 20) + (
+            (kept if kept else 43 * p + _BLOCK_BYTES) if binned else 0)
+    stage = max(stages, key=stages.get)
+    terms = {"movie": movie, "stage": stages[stage], "base": _BASE_BYTES}
+    return MemoryEstimate(int(sum(terms.values())), terms, stage)
 
 
 def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: CorrectionParams,
@@ -349,6 +502,8 @@ def _raw_sum(frames: np.ndarray) -> np.ndarray:
         ny, nx = out.shape
         strip = max(1, 65536 // max(1, nx))
         acc = np.empty((strip, nx), np.int32)
+        drop = _mapped_bytes(frames) > _MAPPED_BUDGET_BYTES
+        dropped = 0  # rows of every frame whose mapped pages are dropped
         for r0 in range(0, ny, strip):
             r1 = min(ny, r0 + strip)
             a = acc[:r1 - r0]
@@ -356,11 +511,96 @@ def _raw_sum(frames: np.ndarray) -> np.ndarray:
             for frame in frames[1:]:
                 np.add(a, frame[r0:r1], out=a)
             out[r0:r1] = a
+            if drop and ((r1 - dropped) * nx * frames.itemsize >= _DROP_CHUNK_BYTES
+                         or r1 == ny):
+                for frame in frames:
+                    _drop_mapped(frame[dropped:r1])
+                dropped = r1
         return out
     acc = np.zeros(frames.shape[1:], np.float32)
     for frame in frames:
         np.add(acc, frame, out=acc, casting="unsafe")
     return acc
+
+
+class _GainedRows:
+    """Gain-corrected rows of the frames on demand (a :class:`correction.local_apply.FrameRows`).
+
+    ``(raw - dark) * gain`` on the rows asked for only, with the defects and hot pixels of
+    ``plan`` (made on the padded input grid, whose padding holds ``fill``) replaced from their
+    planned sources, each source value computed from the raw frame: the same values as
+    gain-correcting, padding and replacing the whole frame, at the cost of the rows read.
+    """
+
+    def __init__(self, used: np.ndarray, arith: GainReference | None,
+                 plan: ReplacementPlan | None, fill: float | None,
+                 padded_shape_yx: tuple[int, int]) -> None:
+        self.used, self.arith, self.fill = used, arith, fill
+        n, ny, nx = used.shape
+        self._buf = np.empty((0, nx), np.float32)
+        self._means: dict[int, float] = {}
+        self.drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
+        self.plan = plan if plan is not None and plan.targets.size else None
+        if self.plan is not None:
+            px = int(padded_shape_yx[1])
+            order = np.argsort(self.plan.targets, kind="stable")
+            targets = self.plan.targets[order]
+            self.t_y, self.t_x = targets // px, targets % px  # all inside the frame
+            s_y, s_x = self.plan.sources[order] // px, self.plan.sources[order] % px
+            self.inside = (s_y < ny) & (s_x < nx)
+            self.src = np.where(self.inside, s_y * nx + s_x, 0)
+            self.w = self.plan.weights[order]
+
+    def __len__(self) -> int:
+        return int(self.used.shape[0])
+
+    def _gain(self, raw: np.ndarray, y0: int, y1: int, out: np.ndarray) -> np.ndarray:
+        ref = self.arith
+        if ref is None:
+            np.copyto(out, raw, casting="unsafe")
+        elif ref.dark is not None:
+            np.subtract(raw, ref.dark[y0:y1], out=out, dtype=np.float32, casting="unsafe")
+            np.multiply(out, ref.gain[y0:y1], out=out)
+        else:
+            np.multiply(raw, ref.gain[y0:y1], out=out, dtype=np.float32, casting="unsafe")
+        return out
+
+    def _mean(self, i: int) -> float:
+        """Padding value of frame ``i``: ``fill``, else the gain-corrected frame's mean."""
+        if self.fill is not None:
+            return float(self.fill)
+        if i not in self._means:
+            frame = self._gain(self.used[i], 0, self.used.shape[1],
+                               np.empty(self.used.shape[1:], np.float32))
+            self._means[i] = float(frame.mean(dtype=np.float64))
+        return self._means[i]
+
+    def rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of gain-corrected frame ``i`` (a buffer the next call reuses)."""
+        if self._buf.shape[0] < y1 - y0:
+            self._buf = np.empty((y1 - y0, self.used.shape[2]), np.float32)
+        out = self._gain(self.used[i, y0:y1], y0, y1, self._buf[:y1 - y0])
+        if self.drop:
+            _drop_mapped(self.used[i, y0:y1])
+        if self.plan is not None:
+            lo, hi = np.searchsorted(self.t_y, [y0, y1])
+            if hi > lo:
+                src = self.src[lo:hi]
+                raw = np.asarray(self.used[i]).reshape(-1)[src]
+                ref = self.arith
+                if ref is None:
+                    values = raw.astype(np.float32)
+                elif ref.dark is not None:
+                    values = ((raw - ref.dark.reshape(-1)[src]) * ref.gain.reshape(-1)[src]
+                              ).astype(np.float32)
+                else:
+                    values = (raw * ref.gain.reshape(-1)[src]).astype(np.float32)
+                inside = self.inside[lo:hi]
+                if not inside.all():
+                    values[~inside] = self._mean(i)
+                out[self.t_y[lo:hi] - y0, self.t_x[lo:hi]] = np.einsum(
+                    "ij,ij->i", values, self.w[lo:hi], dtype=np.float64)
+        return out
 
 
 def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionParams,
@@ -389,8 +629,12 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         del bad_padded
     arith = dataclasses.replace(gain_reference, plan=None) if gain_reference is not None else None
 
+    drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
+
     def spectrum(i: int) -> np.ndarray:
         apply_gain(used[i], arith, out=frame_view)
+        if drop:
+            _drop_mapped(used[i])
         value = fill if fill is not None else float(frame_view.mean(dtype=np.float64))
         pad_buf[:ny, nx:] = value
         pad_buf[ny:, :] = value
@@ -438,25 +682,18 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         if not binned:
             kept.clear()
 
-        class _OutputFrames:
+        class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
             def __len__(self) -> int:
                 return n
 
             def __getitem__(self, i: int) -> np.ndarray:
-                if binned:
-                    spec = kept[i] if keep else spectrum(i)
-                    return irfft2(spec, grids.padded_out, workers=workers)[
-                        :grids.out_yx[0], :grids.out_yx[1]]
-                apply_gain(used[i], arith, out=frame_view)
-                if plan is not None:
-                    value = fill if fill is not None else \
-                        float(frame_view.mean(dtype=np.float64))
-                    pad_buf[:ny, nx:] = value
-                    pad_buf[ny:, :] = value
-                    plan.apply(pad_buf)
-                return frame_view
+                spec = kept[i] if keep else spectrum(i)
+                return irfft2(spec, grids.padded_out, workers=workers)[
+                    :grids.out_yx[0], :grids.out_yx[1]]
 
-        tiles = local_sums(_OutputFrames(), shifts_out, local.model,
+        frames_out = _BinnedFrames() if binned else _GainedRows(used, arith, plan, fill,
+                                                                 grids.padded_in)
+        tiles = local_sums(frames_out, shifts_out, local.model,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            dose_end_e_A2=dose_end, voltage_kV=params.dose.voltage_kV,
                            fill=None if fill is None else  # Fourier binning keeps totals
@@ -526,6 +763,18 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         The outputs could not be written (full disk, read-only folder): ``errno`` kept, and
         no output of the set is left behind (:func:`correction.write.write_output_set`).
     """
+    _reuse_freed_memory()
+    try:
+        return _correct_movie(movie_path, out_dir, params, gain_reference=gain_reference,
+                              stem=stem, extra_record=extra_record, workers=workers)
+    finally:
+        _release_freed_memory()
+
+
+def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
+                   gain_reference: GainReference | None, stem: str | None,
+                   extra_record: dict[str, Any] | None, workers: int) -> CorrectionResult:
+    """:func:`correct_movie` without the allocator settings."""
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
     from .io.eer import grouping_record  # noqa: PLC0415
     from .write import json_writer, mrc_writer, write_output_set  # noqa: PLC0415
@@ -553,6 +802,7 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         frame_params = dataclasses.replace(frame_params, dose=dataclasses.replace(
             params.dose, dose_per_frame_e_A2=float(movie.dose_per_frame_e_A2)))
     eer_grouping = grouping_record(movie)
+    memory = predict_peak_bytes(movie.frames, frame_params)
     corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A),
                                params=frame_params, gain_reference=gain_reference,
                                movie_path=movie_path, workers=workers,
@@ -603,6 +853,8 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {})})
+    record["memory"] = {**memory.to_record(), "process_peak_MB": round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # Linux: KiB
     # quick-look pictures (correction/quicklook.py): written with the set; a picture that cannot
     # be drawn is recorded, never a reason to lose the movie
     t_pictures = time.perf_counter()

@@ -1,0 +1,100 @@
+"""Local sums band by band: memory of one band (not of the whole frame), the same result from
+every kind of frame source, and gain-corrected rows equal to the whole-frame correction."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import correction.local_apply as local_apply
+from correction.defects import plan_replacement
+from correction.gain import GainReference, apply_gain
+from correction.local_apply import local_sums
+from correction.pipeline import _GainedRows
+from correction.synthetic_local import LocalDeformation
+
+SHAPE = (1024, 1024)
+N_FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def frames_and_field():
+    rng = np.random.default_rng(5)
+    frames = rng.poisson(2.0, size=(N_FRAMES,) + SHAPE).astype(np.float32)
+    # 4 px at the corners of 1024 px: the gradient of a 16 px field at 4K (first-order term on)
+    field = LocalDeformation(SHAPE, N_FRAMES, corner_amplitude_px=4.0, seed=5)
+    shifts = rng.normal(scale=3.0, size=(N_FRAMES, 2))
+    return frames, field, shifts
+
+
+def _sums(frames, field, shifts):
+    return local_sums(frames, shifts, field, pixel_size_A=1.0, shape_yx=SHAPE,
+                      dose_end_e_A2=np.arange(1, N_FRAMES + 1) * 1.5, workers=1)
+
+
+def test_local_sums_working_memory_is_the_four_images_plus_one_band(frames_and_field):
+    """Beyond its four output images, the application holds one band of tiles (here two tile
+    rows of 13, nine accumulators): its peak allocation stays below ten frames of float32.
+    Accumulators for the whole frame (nine half spectra of all tiles) took about 24."""
+    frames, field, shifts = frames_and_field
+    assert local_apply.plan_tiles(field, SHAPE).taylor
+    tracemalloc.start()
+    try:
+        _sums(frames, field, shifts)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    frame_bytes = SHAPE[0] * SHAPE[1] * 4
+    assert peak < 10 * frame_bytes, peak / frame_bytes
+
+
+def test_a_plain_sequence_read_in_blocks_of_frames_gives_the_array_result(frames_and_field,
+                                                                          monkeypatch):
+    """Frames given as a plain sequence (made on access, e.g. Fourier-binned) are read in
+    blocks that fit the block budget; several blocks give the same four sums as the array."""
+    frames, field, shifts = frames_and_field
+    expected = _sums(frames, field, shifts)
+
+    class Lazy:  # each access makes a new array, as a Fourier-binning source does
+        def __len__(self):
+            return N_FRAMES
+
+        def __getitem__(self, i):
+            return frames[i] * 1.0
+
+    monkeypatch.setattr(local_apply, "_BLOCK_BYTES", 2 * SHAPE[0] * SHAPE[1] * 4)
+    got = _sums(Lazy(), field, shifts)
+    for name in ("plain", "dose_weighted", "even", "odd"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b)), name
+
+
+def test_gain_corrected_rows_equal_the_whole_frame_correction_with_defects_replaced():
+    """Rows asked for by the band-wise sums equal ``(raw - dark) * gain`` of the whole frame
+    with defects and hot pixels replaced on the padded frame, including defects at the
+    frame's edge whose replacement reads the padding (the fill value)."""
+    rng = np.random.default_rng(9)
+    ny, nx, py, px = 96, 80, 112, 96
+    raw = rng.integers(0, 50, size=(2, ny, nx)).astype(np.int16)
+    gain = rng.uniform(0.8, 1.2, size=(ny, nx)).astype(np.float32)
+    dark = rng.uniform(0.0, 2.0, size=(ny, nx)).astype(np.float32)
+    bad = np.zeros((ny, nx), bool)
+    bad[40, :] = True           # a bad row
+    bad[:, nx - 1] = True       # the last column: sources in the padding
+    bad[ny - 1, 5:9] = True     # the last row
+    bad[rng.integers(0, ny, 30), rng.integers(0, nx, 30)] = True
+    bad_padded = np.zeros((py, px), bool)
+    bad_padded[:ny, :nx] = bad
+    plan = plan_replacement(bad_padded)
+    ref = GainReference(gain=gain, dark=dark)
+    fill = 17.5
+    rows = _GainedRows(raw, ref, plan, fill, (py, px))
+    for i in range(2):
+        padded = np.full((py, px), fill, np.float32)
+        apply_gain(raw[i], ref, out=padded[:ny, :nx])
+        plan.apply(padded)
+        for y0, y1 in ((0, ny), (0, 41), (35, 60), (90, ny)):
+            np.testing.assert_allclose(rows.rows(i, y0, y1), padded[y0:y1, :nx], rtol=1e-6,
+                                       atol=1e-5)

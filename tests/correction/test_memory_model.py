@@ -1,0 +1,78 @@
+"""Memory bounded by design: a memory-mapped movie's pages are not kept once used, and the
+predicted peak of a movie does not grow with its frame count beyond the alignment data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import correction.pipeline as pipeline
+from correction.params import AlignParams, CorrectionParams, DoseParams, ReadParams
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+def _mapped_movie(path: Path, shape: tuple[int, int, int], dtype=np.uint16) -> np.memmap:
+    """A movie file of ``shape`` (sparse: reads as zeros) opened as a read-only memmap."""
+    with open(path, "wb") as fh:
+        fh.truncate(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_a_memory_mapped_movie_over_the_budget_is_not_kept_resident(tmp_path, monkeypatch):
+    """The raw sum reads every page of a 192 MB mapped movie; with the mapped budget below
+    the movie's size, its pages are dropped as they are used, so resident memory grows by
+    far less than the movie (without dropping it grows by all of it)."""
+    monkeypatch.setattr(pipeline, "_MAPPED_BUDGET_BYTES", 16 << 20)
+    frames = _mapped_movie(tmp_path / "movie.raw", (24, 2048, 2048))
+    before = _resident_bytes()
+    total = pipeline._raw_sum(frames)
+    grown = _resident_bytes() - before
+    assert total.shape == (2048, 2048) and float(total.max()) == 0.0
+    assert grown < 48 << 20, grown / 2**20
+
+
+def test_predicted_peak_of_super_resolution_does_not_grow_with_the_frame_count(tmp_path):
+    """K3 super-resolution (11520 x 8184, binned by 2), mapped MRC: 20 and 60 frames are both
+    predicted under 3 GB, and 40 more frames add only their alignment data (< 15 MB each)."""
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(bin_factor=2.0), align=AlignParams())
+    peaks = {}
+    for n in (20, 60):
+        frames = _mapped_movie(tmp_path / f"sr{n}.raw", (n, 8184, 11520))
+        peaks[n] = pipeline.predict_peak_bytes(frames, params).peak_bytes
+    assert max(peaks.values()) < 3 * 2**30, peaks
+    assert peaks[60] - peaks[20] < 40 * (15 << 20), peaks
+
+
+def test_the_motion_record_states_the_predicted_peak_and_the_stage_that_sets_it(tmp_path):
+    """``S.motion.json`` carries ``memory``: the predicted peak (MB, what ``correct --json``
+    prints), the stage that sets it, its parts, and the process's measured peak."""
+    import mrcfile
+
+    from correction.pipeline import correct_movie
+    from correction.synthetic import render_movie
+
+    syn = render_movie(np.random.default_rng(3), shape_yx=(256, 256), n_frames=6,
+                       electrons_per_px_per_frame=1.0, gain=None, dtype=np.int16)
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = 1.1  # 1.0 counts as unset
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    memory = correct_movie(path, tmp_path / "out", params).record["memory"]
+    frames_MB = syn.frames.nbytes / 2**20
+    assert memory["stage"] in {"hot_pixels", "fft", "sums"}
+    assert memory["terms_MB"]["movie"] == round(frames_MB)
+    assert abs(memory["predicted_peak_MB"] - sum(memory["terms_MB"].values())) <= 2
+    assert memory["process_peak_MB"] > 0
