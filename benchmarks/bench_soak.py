@@ -89,7 +89,7 @@ def writer(watch: Path, n: int, rng: np.random.Generator, vanish: set[int],
         folder = watch / "grid2" if i % 3 == 0 else watch
         frames = rng.poisson(2.0, (N_FRAMES, *SHAPE)).astype(np.int16)
         path = folder / f"movie_{i:05d}.mrc"
-        write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0.005)
+        write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0.02)
         if i in vanish:
             path.unlink()
         time.sleep(0.01)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     thread.start()
     try:
         while progress[0] < 0.75 * args.movies and not finished.is_set():  # faults: 3/4 of it
-            time.sleep(rng.uniform(2.0, 6.0))
+            time.sleep(rng.uniform(0.5, 2.0))
             fault = rng.choice(["sigkill", "enospc", "unwritable"])
             if fault == "sigkill":
                 daemon.send_signal(signal.SIGKILL)
@@ -179,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
                             free -= 16 * 2**20
                     except OSError:
                         pass
-                time.sleep(rng.uniform(1.0, 3.0))
+                time.sleep(rng.uniform(0.5, 1.5))
                 ballast.unlink()
             elif fault == "unwritable":
                 sub = out / "grid2"
                 if sub.is_dir():
                     sub.rename(out / ".grid2-aside")
                 sub.write_bytes(b"not a folder")
-                time.sleep(rng.uniform(1.0, 3.0))
+                time.sleep(rng.uniform(0.5, 1.5))
                 sub.unlink()
                 if (out / ".grid2-aside").is_dir():
                     (out / ".grid2-aside").rename(sub)
