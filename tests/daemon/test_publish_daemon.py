@@ -8,15 +8,14 @@ large known drift; the feed is bound on an ``ipc://`` endpoint in the test's fol
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from daemon_process import spawn, watch_argv
 import pytest
 import zmq
 
@@ -30,18 +29,13 @@ PIXEL_A = 1.1
 
 
 def watch_command(watch: Path, out: Path, endpoint: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
-            "--dose-per-frame", "1.0", "--settle-time", "0.2", "--scan-interval", "0.1",
-            "--heartbeat", "0.3", "--metadata-wait", "1", "--mdoc-quiet", "1",
-            "--publish", endpoint, "--drift-warning-total", "20", *extra]
+    return watch_argv(watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.2",
+                      "--scan-interval", "0.1", "--heartbeat", "0.3", "--metadata-wait", "1",
+                      "--mdoc-quiet", "1", "--publish", endpoint, "--drift-warning-total", "20",
+                      *extra)
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("JOURNAL_STREAM", None)
-    env.pop("NOTIFY_SOCKET", None)
-    with open(log, "ab") as fh:
-        return subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
+start = spawn  # the daemon as a subprocess (tests/helpers/daemon_process.py)
 
 
 def drifty_movie(folder: Path, rng: np.random.Generator, total_px: float = 40.0) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+from daemon_process import spawn, watch_argv
 import pytest
 
 from correction.params import CorrectionParams, DoseParams
@@ -88,14 +89,10 @@ def systemd():
 
 def start_daemon(watch: Path, out: Path, log: Path, env_extra: dict[str, str],
                  *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
-    env.pop("JOURNAL_STREAM", None)
-    command = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
-               "--dose-per-frame", "1.0", "--settle-time", "0.2", "--scan-interval", "0.1",
-               "--heartbeat", "0.2", "--tilt-series", "off", "--publish",
-               f"ipc://{out.parent}/feed-{uuid.uuid4().hex[:8]}.ipc", *extra]
-    with open(log, "ab") as fh:
-        return subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return spawn(watch_argv(watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.2",
+                            "--scan-interval", "0.1", "--heartbeat", "0.2", "--tilt-series", "off",
+                            "--publish", f"ipc://{out.parent}/feed-{uuid.uuid4().hex[:8]}.ipc",
+                            *extra), log, env_extra)
 
 
 def log_events(log: Path) -> list[dict]:

@@ -144,7 +144,9 @@ def test_sigkill_at_random_points_then_restart_leaves_exactly_one_complete_set_p
         assert {Path(p).name for p in outputs.values()} == {
             f"{Path(row['path']).stem}{s}" for s in OUTPUT_SUFFIXES}
         assert all(Path(p).is_file() for p in outputs.values())
-    # every movie a killed daemon had started and not finished is redone by the next start
+    # a restart recovers (redoes) only movies the killed daemon had in hand: started and not
+    # logged finished (a kill between the ledger's "done" and its log line may leave a finished
+    # movie unlogged, so the converse is not asserted; the outputs above are the outcome)
     runs: list[list[dict]] = []
     for e in events(log):
         if e.get("event") == "service_starting":
@@ -156,7 +158,7 @@ def test_sigkill_at_random_points_then_restart_leaves_exactly_one_complete_set_p
         finished = {e["movie"] for e in killed if e.get("event") in ("movie_done",
                                                                       "movie_quarantined")}
         recovered = {e["movie"] for e in following if e.get("event") == "movie_recovered"}
-        assert started - finished <= recovered
+        assert recovered <= started - finished
 
 
 def test_bad_files_are_quarantined_with_reasons_and_later_movies_still_corrected(tmp_path):

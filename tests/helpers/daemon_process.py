@@ -25,9 +25,10 @@ def watch_argv(watch: Path, out: Path, *flags: str) -> list[str]:
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
           ) -> subprocess.Popen:
     """Start ``argv`` with stdout and stderr appended to ``log``, output unbuffered and outside
-    any systemd journal (so the daemon logs JSON lines), plus ``env``."""
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(env or {})}
-    environ.pop("JOURNAL_STREAM", None)
+    any systemd journal (so the daemon logs JSON lines) and away from any real systemd notify
+    socket, plus ``env`` (which may give a test's own ``NOTIFY_SOCKET``)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET")}
+    environ.update({"PYTHONUNBUFFERED": "1", **dict(env or {})})
     with open(log, "ab") as fh:
         return subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ)
 
