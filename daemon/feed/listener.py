@@ -15,12 +15,13 @@ tilt series' progress, so a dashboard connecting after a restart sees what was d
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from correction.report import read_motion_record
 
 from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.feed.publisher import (DEFAULT_ENDPOINT, DriftRules, PublishConfig, PublishConfigError,
@@ -158,8 +159,8 @@ def restored_state(db_path: Path, *, out_dir: Path | None,
     for row in reversed(rows):
         motion = row.outputs.get("motion")
         try:
-            record = json.loads(Path(motion).read_text()) if motion else None
-            if not isinstance(record, dict):
+            record = read_motion_record(motion)
+            if record is None:
                 continue
             body = movie_message(record, path=row.key.path, outputs=row.outputs,
                                  out_dir=out_dir)

@@ -9,7 +9,6 @@ when the demo is complete, and the summary compares the records with the simulat
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.params import CorrectionParams, DoseParams, GainParams
+from correction.report import read_motion_record
 
 from daemon.engine.service import Service
 from daemon.events import Heartbeat, MetadataResolver, MovieEvent, SeriesEvent, ServiceListener
@@ -309,7 +309,7 @@ def demo_session(folder: Path, *, n_movies: int = 8, seed: int = 0, size_px: int
         if not motion.is_file():
             say(f"  {movie.path.name}: not corrected")
             continue
-        record = json.loads(motion.read_text())
+        record = read_motion_record(motion) or {}
         rms = _shift_error_rms(_found_shifts_yx_px(record), movie.shifts_yx_px)
         done += 1
         say(f"  {movie.path.name}: {record['frames']} frames, drift "
@@ -376,7 +376,7 @@ def demo_tilt_series(folder: Path, *, n_tilts: int = 7, seed: int = 0, size_px: 
         if not motion.is_file():
             say(f"  {t.tilt_deg:+5.1f}  {t.acquisition_index:3d}  not corrected")
             continue
-        record = json.loads(motion.read_text())
+        record = read_motion_record(motion) or {}
         rms = _shift_error_rms(_found_shifts_yx_px(record), t.movie.shifts_yx_px)
         pre = record["dose"]["pre_exposure_e_A2"]
         corrected += 1
