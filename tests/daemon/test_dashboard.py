@@ -244,7 +244,8 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                         f"document.getElementById('{pic}').naturalWidth > 0", timeout=15000)
                 latest = page.locator("#latest-name").inner_text()
                 assert latest.startswith("TS_01_")
-                assert page.locator("#daemon-state").get_attribute("data-state") == "live"
+                page.wait_for_function("document.getElementById('daemon-state').dataset.state"
+                                       " === 'live'", timeout=15000)
 
                 daemon.send_signal(signal.SIGTERM)  # restart: a new session on the same feed
                 assert daemon.wait(timeout=30) == 0
