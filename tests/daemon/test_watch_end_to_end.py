@@ -57,7 +57,9 @@ def test_simulated_acquisition_every_movie_corrected_exactly_once_never_before_c
     rng = np.random.default_rng(5)
     backlog = simulate_session(watch, n_movies=2, rng=rng, name="backlog_{index:02d}.mrc",
                                frame_interval_s=0.0, movie_interval_s=0.0, rename_indices=())
-    daemon = start_daemon(watch, out, log, "--exit-when-idle", "2")
+    # the slow writer below pauses 0.6 s between frames: an incomplete grace of 10 s (not the
+    # helper's 2 s) keeps a load-delayed frame from turning the partial movie into a rejection
+    daemon = start_daemon(watch, out, log, "--exit-when-idle", "2", "--incomplete-grace", "10")
     try:
         # `motionwatch status` reads the state while the daemon runs
         deadline = time.monotonic() + 30
