@@ -129,9 +129,9 @@ class Admission:
         """Handle a settled movie; returns a wait reason, or None once it is in the ledger."""
         cfg = self.config
         ident = (str(obs.path), obs.size, obs.mtime_ns)
-        verdict = validate(obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
-                           incomplete_grace_s=cfg.incomplete_grace_s,
-                           require_frame_mdoc=cfg.require_frame_mdoc)
+        verdict = self._known_complete(obs) or validate(
+            obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
+            incomplete_grace_s=cfg.incomplete_grace_s, require_frame_mdoc=cfg.require_frame_mdoc)
         if verdict.decision == "wait":
             self.report_once(str(obs.path), "movie_incomplete", verdict.reason)
             return verdict.reason
@@ -197,6 +197,21 @@ class Admission:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
         self._handled.add(ident)
+        return None
+
+    def _known_complete(self, obs: Observation) -> Verdict | None:
+        """The verdict of a movie version this ledger already found complete (same path, size
+        and mtime; any parameters): a restart does not re-read every corrected movie's last
+        page. None when unknown, so the movie is validated."""
+        try:
+            rows = self._ledger().rows(path=str(obs.path))
+        except sqlite3.Error:
+            return None
+        for row in rows:
+            n_frames = (row.metadata or {}).get("n_frames")
+            if ((row.key.size, row.key.mtime_ns) == (obs.size, obs.mtime_ns)
+                    and row.status != "quarantined" and n_frames is not None):
+                return Verdict("ready", "", int(n_frames))
         return None
 
     def _reject(self, obs: Observation, verdict: Verdict) -> str | None:

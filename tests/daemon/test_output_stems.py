@@ -46,3 +46,25 @@ def test_same_stem_with_two_extensions_writes_two_output_sets_and_keeps_them_on_
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("x*")}
     _run(watch, out)  # a restart keeps both names and redoes nothing
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("x*")} == before
+
+
+def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_path,
+                                                                           monkeypatch):
+    """Work not done twice: a corrected movie, unchanged on disk, is not validated again (its
+    last page or header re-read) at the next start; a new movie still is."""
+    import daemon.engine.admission as admission
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    frames = np.random.default_rng(1).poisson(2.0, (4, 96, 96)).astype(np.int16)
+    write_movie_progressively(watch / "a.mrc", frames, pixel_size_A=1.1, frame_interval_s=0)
+    _run(watch, out)
+    write_movie_progressively(watch / "b.mrc", frames, pixel_size_A=1.1, frame_interval_s=0)
+    validated = []
+    real = admission.validate
+    monkeypatch.setattr(admission, "validate",
+                        lambda path, **kw: validated.append(path.name) or real(path, **kw))
+    _run(watch, out)
+    assert validated == ["b.mrc"]
+    assert json.loads((out / "b.motion.json").read_text())["frames"] == 4
