@@ -111,6 +111,7 @@ def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict
     import correction.io  # noqa: F401 - imports are not part of the timed work
     import correction.pipeline  # noqa: F401
     import correction.write  # noqa: F401
+    import starfile  # noqa: F401 - the RELION STAR writer's library (pandas)
     from daemon.commands.cli import build_parser, main
 
     build_parser()  # imports every subcommand module before the clock starts
@@ -127,6 +128,16 @@ def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict
 
 
 def _child_floor(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
+    import correction.io  # noqa: F401 - imports are not part of the timed work
+    import correction.write  # noqa: F401
+    from correction.allocator import movie_memory_settings
+
+    bin_factor = float(extra[extra.index("--bin") + 1]) if "--bin" in extra else 1.0
+    with movie_memory_settings():  # the allocator settings correct_movie runs under
+        return _floor(movie, gain, out, bin_factor)
+
+
+def _floor(movie: Path, gain: Path, out: Path, bin_factor: float) -> dict:
     import scipy.fft
 
     from correction.fourier import binned_length, fourier_crop
@@ -135,7 +146,6 @@ def _child_floor(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
     from correction.params import GainParams
     from correction.write import write_mrc_atomic
 
-    bin_factor = float(extra[extra.index("--bin") + 1]) if "--bin" in extra else 1.0
     t, c = time.perf_counter(), _cpu_s()
     m = read_movie(movie)
     ref = load_gain_reference(GainParams(gain_path=gain))

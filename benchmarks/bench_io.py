@@ -4,6 +4,7 @@ Prints wall times (median of repeats) and peak RSS; not part of the test run. Fi
 with mrcfile and the test EER writer (tests/helpers/eer_writer.py) in a scratch folder.
 
     python benchmarks/bench_io.py [--eer-frames 600] [--scratch /tmp/mw-bench-io]
+    python benchmarks/bench_io.py --faults      # first touch of fresh 75 MB arrays only
 
 The EER figure is decode + grouping only (reading into fractions); correcting those fractions
 is benchmarks/bench_eer.py (EER vs the equivalent MRC through correct_movie).
@@ -126,12 +127,48 @@ def bench_eer(scratch: Path, n_raw: int) -> None:
           f"frames {out[2].strip()}")
 
 
+_FAULT_SCRIPT = '''
+import sys, time
+import numpy as np
+from correction.allocator import movie_memory_settings
+def touch(n=10):
+    kept, times = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        a = np.empty(75_000_000 // 8, np.complex64)  # one kept 4K spectrum
+        a.view(np.uint8)[::4096] = 1
+        times.append(time.perf_counter() - t)
+        kept.append(a)
+    return sorted(times)[n // 2]
+if sys.argv[1] == "settings":
+    with movie_memory_settings():
+        print(touch())
+else:
+    print(touch())
+'''
+
+
+def bench_faults() -> None:
+    """First touch of ten fresh 75 MB arrays (the kept spectra of a 4K movie), median per
+    array, with numpy's defaults and within :func:`correction.allocator.movie_memory_settings`
+    (each in a fresh process)."""
+    for mode in ("defaults", "settings"):
+        out = subprocess.run([sys.executable, "-c", _FAULT_SCRIPT, mode], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        print(f"first touch of a fresh 75 MB array, numpy {mode:8s}: {float(out):.3f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eer-frames", type=int, default=600)
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/mw-bench-io"))
     parser.add_argument("--skip-eer", action="store_true")
+    parser.add_argument("--faults", action="store_true",
+                        help="only the page-fault cost of fresh arrays (allocator settings)")
     args = parser.parse_args(argv)
+    if args.faults:
+        bench_faults()
+        return 0
     args.scratch.mkdir(parents=True, exist_ok=True)
     bench_in_process(args.scratch)
     if not args.skip_eer:

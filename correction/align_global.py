@@ -42,6 +42,7 @@ import numpy as np
 from .fourier import (bfactor_filter_1d, frequency_indices, irfft2, radial_frequency_sq,
                       shift_ramps)
 from .params import AlignParams
+from .threads import run_chunks
 
 __all__ = ["GlobalAlignment", "estimate_shifts", "frame_groups", "interpolate_group_shifts",
            "leave_one_out_oracle"]
@@ -231,7 +232,7 @@ def _rings(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _matched_filter(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray],
-                    rings: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                    rings: tuple[np.ndarray, np.ndarray], workers: int = 1) -> np.ndarray:
     """Weight ``S / (n S + N)`` per frequency ring, measured on an aligned stack (float32).
 
     ``S`` is the signal power per group (the ring average of ``(|total|^2 - sum_j |part_j|^2) /
@@ -246,7 +247,13 @@ def _matched_filter(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndar
     real = total.real.dtype
     if len(groups) == aligned.shape[0]:  # one frame per group: one pass, no temporaries
         pairs = aligned.view(real).reshape(aligned.shape[0], ny, nxh, 2)
-        power = np.einsum("iykc,iykc->yk", pairs, pairs)
+        partial: dict[int, np.ndarray] = {}
+
+        def chunk(lo: int, hi: int) -> None:
+            partial[lo] = np.einsum("iykc,iykc->yk", pairs[lo:hi], pairs[lo:hi])
+
+        run_chunks(chunk, aligned.shape[0], workers)
+        power = sum(partial[lo] for lo in sorted(partial))
     else:
         power = np.zeros((ny, nxh), real)
         for part, _ in _leave_one_out(aligned, total, groups):
@@ -268,23 +275,45 @@ def _matched_filter(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndar
 
 
 def _cross_spectra(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray],
-                   out: np.ndarray) -> np.ndarray:
+                   out: np.ndarray, workers: int = 1) -> np.ndarray:
     """``out[j] = part_j * conj(total - part_j)``: each group's cross-power spectrum with the
     sum of all other frames (its leave-one-out reference); DC adds a constant only."""
-    for j, (part, ref) in enumerate(_leave_one_out(aligned, total, groups)):
-        np.conjugate(ref, out=out[j])
-        out[j] *= part
+    def chunk(lo: int, hi: int) -> None:
+        for j in range(lo, hi):
+            part, ref = _part_and_rest(aligned, total, groups[j])
+            np.conjugate(ref, out=out[j])
+            out[j] *= part
+
+    run_chunks(chunk, len(groups), workers)
     return out
 
 
 def _align_stack(spectra: np.ndarray, shifts_yx_px: np.ndarray, shape: tuple[int, int],
-                 out: np.ndarray) -> np.ndarray:
-    """Shift every spectrum by minus its shift into ``out``; return their sum."""
-    for i in range(spectra.shape[0]):
-        ry, rx = shift_ramps(shape, -shifts_yx_px[i])
-        np.multiply(spectra[i], ry[:, None], out=out[i])
-        out[i] *= rx[None, :]
-    return out.sum(axis=0)
+                 out: np.ndarray, workers: int = 1) -> np.ndarray:
+    """Shift every spectrum by minus its shift into ``out``; return their sum (frames split
+    over ``workers`` threads, each summing its own frames)."""
+    partial: dict[int, np.ndarray] = {}
+
+    def chunk(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            ry, rx = shift_ramps(shape, -shifts_yx_px[i])
+            np.multiply(spectra[i], ry[:, None], out=out[i])
+            out[i] *= rx[None, :]
+        partial[lo] = out[lo:hi].sum(axis=0)
+
+    run_chunks(chunk, spectra.shape[0], workers)
+    sums = [partial[lo] for lo in sorted(partial)]
+    total = sums[0]
+    for extra in sums[1:]:
+        total += extra
+    return total
+
+
+def _part_and_rest(aligned: np.ndarray, total: np.ndarray, group: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A group's sum and the sum of all other frames (its leave-one-out reference)."""
+    part = aligned[group].sum(axis=0) if len(group) > 1 else aligned[group[0]]
+    return part, total - part
 
 
 def _leave_one_out(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray]):
@@ -362,12 +391,12 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     for iteration in range(1, params.max_iterations + 1):
         bfac = b0 * max(_B_FLOOR, _B_DECAY ** (iteration - 1))
         gy, gx = bfactor_filter_1d(shape, bfac)
-        total = _align_stack(spectra, shifts, shape, aligned)
+        total = _align_stack(spectra, shifts, shape, aligned, workers)
         if rings is not None and iteration > 1 and iteration <= 3:
             # measured on the stack as aligned so far (good to a fraction of a pixel after
             # the first iteration); re-measured once the alignment has settled
-            matched = _matched_filter(aligned, total, groups, rings)
-        corr = _cross_spectra(aligned, total, groups, corr_buf)
+            matched = _matched_filter(aligned, total, groups, rings, workers)
+        corr = _cross_spectra(aligned, total, groups, corr_buf, workers)
         if matched is not None:
             corr *= matched
             peaks = _local_peaks(corr, unit_ey, unit_ex)
@@ -403,7 +432,7 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
             break
 
     # quality: normalised correlation coefficient at the final shifts (Parseval, half spectrum)
-    total = _align_stack(spectra, shifts, shape, aligned)
+    total = _align_stack(spectra, shifts, shape, aligned, workers)
     weight = (gy[:, None] * gx[None, :]).astype(np.float32)
     weight[:, 1:] *= 2.0
     if shape[1] % 2 == 0:
@@ -412,14 +441,19 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     quality = np.full(n_groups, np.nan)
     # sums of products of real and imaginary parts (float32 views, einsum: no BLAS call)
     weight2 = np.repeat(weight, 2, axis=-1)
-    for j, (part, ref) in enumerate(_leave_one_out(aligned, total, groups)):
-        pf, rf = part.view(np.float32), ref.view(np.float32)
-        pw = pf * weight2
-        e_part = float(np.einsum("ij,ij->", pf, pw, dtype=np.float64))
-        e_ref = float(np.einsum("ij,ij,ij->", rf, rf, weight2, dtype=np.float64))
-        c_peak = float(np.einsum("ij,ij->", rf, pw, dtype=np.float64))
-        if e_part > 0 and e_ref > 0:
-            quality[j] = c_peak / np.sqrt(e_part * e_ref)
+
+    def group_quality(lo: int, hi: int) -> None:
+        for j in range(lo, hi):
+            part, ref = _part_and_rest(aligned, total, groups[j])
+            pf, rf = part.view(np.float32), ref.view(np.float32)
+            pw = pf * weight2
+            e_part = float(np.einsum("ij,ij->", pf, pw, dtype=np.float64))
+            e_ref = float(np.einsum("ij,ij,ij->", rf, rf, weight2, dtype=np.float64))
+            c_peak = float(np.einsum("ij,ij->", rf, pw, dtype=np.float64))
+            if e_part > 0 and e_ref > 0:
+                quality[j] = c_peak / np.sqrt(e_part * e_ref)
+
+    run_chunks(group_quality, n_groups, workers)
     del aligned
 
     frame_quality = np.empty(n)

@@ -65,7 +65,6 @@ Warp. Nat. Methods 16, 1146-1152.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ from .conventions import yx_to_xy
 from .errors import ParameterError
 from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2, shift_ramps
 from .params import AlignParams
+from .threads import thread_count
 
 __all__ = [
     "LocalParams",
@@ -337,12 +337,7 @@ def measure_patch_shifts(frames_aligned: np.ndarray, grid: PatchGrid, *, params:
 
 def _patch_threads(workers: int, n_patches: int) -> int:
     """Threads for the patch loop: ``workers`` (-1: the CPUs this process may use)."""
-    if workers is None or workers < 1:
-        try:
-            workers = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            workers = os.cpu_count() or 1
-    return max(1, min(int(workers), n_patches))
+    return max(1, min(thread_count(-1 if workers is None else workers), n_patches))
 
 
 # ----------------------------------------------------------------------------- the model

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from .errors import GainReferenceError
+from .threads import run_chunks
 
 __all__ = [
     "ReplacementPlan",
@@ -194,7 +195,7 @@ def _sum3(src: np.ndarray, out: np.ndarray, axis: int) -> np.ndarray:
 
 def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
                       gain: np.ndarray | None = None, exclude: np.ndarray | None = None,
-                      false_positives: float = 0.01) -> np.ndarray:
+                      false_positives: float = 0.01, workers: int = 1) -> np.ndarray:
     """Find hot pixels in the gain-corrected sum of a movie, with a Poisson test.
 
     A pixel is hot when its count is improbable given the count expected there: the Poisson
@@ -243,6 +244,8 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
     false_positives : float
         Expected number of pixels flagged in a clean (Poisson) image; the per-pixel
         probability threshold is this over the number of pixels.
+    workers : int
+        Threads for the strips of the test (:mod:`correction.threads`).
 
     Returns
     -------
@@ -287,7 +290,7 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
         frac = np.abs(x - np.round(x))
         if np.count_nonzero(frac > 1e-3 + 4e-6 * np.abs(x)) <= 1e-4 * x.size:
             phi = max(phi, 1.0)  # integer counts: Poisson at least
-        _poisson_test(img, blocks, inv_gain, phi, float(x.mean()), sigma, p_max, hot)
+        _poisson_test(img, blocks, inv_gain, phi, float(x.mean()), sigma, p_max, hot, workers)
     if exclude is not None:
         hot &= ~np.asarray(exclude, dtype=bool)
     return hot
@@ -390,7 +393,8 @@ def _poisson_thresholds(mu_lo: float, mu_hi: float, p_max: float, sigma: float,
 
 
 def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None, phi: float,
-                  mean_counts: float, sigma: float, p_max: float, hot: np.ndarray) -> None:
+                  mean_counts: float, sigma: float, p_max: float, hot: np.ndarray,
+                  workers: int = 1) -> None:
     """Flag ``value / phi > threshold(expected / phi)`` into ``hot``, a strip at a time.
 
     A cheap screen (excess above ``sigma`` spreads, which every threshold implies) leaves few
@@ -408,7 +412,13 @@ def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None,
     strip = max(1, _STRIP_ELEMENTS // nx)
     bounds = np.flatnonzero(np.diff(blocks.row_block)) + 1  # strips never straddle block rows
     starts = np.union1d(np.arange(0, ny, strip), bounds)
-    for r0, r1 in zip(starts, np.append(starts[1:], ny)):
+    ends = np.append(starts[1:], ny)
+
+    def strips(lo: int, hi: int) -> None:
+        for r0, r1 in zip(starts[lo:hi], ends[lo:hi]):  # each strip flags its own rows
+            _poisson_strip(int(r0), int(r1))
+
+    def _poisson_strip(r0: int, r1: int) -> None:
         rows = np.arange(r0, r1)
         mu = _neighbour_mean(img, rows)
         np.maximum(mu, blocks.expectation(img, rows), out=mu)
@@ -423,13 +433,15 @@ def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None,
         np.square(excess, out=excess)
         cand &= excess > mu * s2phi
         if not cand.any():
-            continue
+            return
         iy, ix = np.nonzero(cand)
         m = mu[iy, ix].astype(np.float64) / phi
         idx = np.ceil(np.log10(m / mu_lo) / step - 1e-9).astype(np.int64)
         np.clip(idx, 0, table.size - 1, out=idx)
         flagged = x[iy, ix].astype(np.float64) / phi > table[idx]
         hot[r0 + iy[flagged], ix[flagged]] = True
+
+    run_chunks(strips, len(starts), workers)
 
 
 def _gaussian_test(img: np.ndarray, sigma: float, p_max: float, hot: np.ndarray) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "fast_length",
     "binned_length",
     "fourier_crop",
+    "rfft2_cropped",
     "frequency_indices",
     "shift_ramps",
     "apply_shift",
@@ -115,6 +116,48 @@ def fourier_crop(spectrum: np.ndarray, shape_yx: tuple[int, int], out_shape_yx: 
     out[..., :top, :] = spectrum[..., :top, : mx // 2 + 1]
     if my // 2:
         out[..., top:, :] = spectrum[..., ny - my // 2:, : mx // 2 + 1]
+    return out
+
+
+_ROW_BLOCK_BYTES = 4 << 20  # float32 rows transformed together in rfft2_cropped
+
+
+def rfft2_cropped(image: np.ndarray, out_shape_yx: tuple[int, int], *, workers: int = -1
+                  ) -> np.ndarray:
+    """``fourier_crop(rfft2(image), image.shape, out_shape_yx)`` without the full spectrum.
+
+    The rows are transformed in blocks, keeping only the ``mx // 2 + 1`` columns of the
+    output, and only those columns are transformed along y: about 0.6 of a full
+    :func:`rfft2` for a crop to a quarter, and no full-size spectrum is allocated (its page
+    faults cost as much as the transform on the test machine).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx), float32
+    out_shape_yx : (int, int)
+        ``(my, mx)`` with ``my <= ny``, ``mx <= nx`` (see :func:`fourier_crop`).
+
+    Returns
+    -------
+    ndarray, shape (my, mx // 2 + 1), complex64
+        Equal to the cropped full transform up to float rounding.
+    """
+    ny, nx = (int(v) for v in image.shape)
+    my, mx = (int(v) for v in out_shape_yx)
+    if my > ny or mx > nx:
+        raise ValueError(f"cannot Fourier-crop {ny}x{nx} to a larger {my}x{mx}")
+    cx = mx // 2 + 1
+    cols = np.empty((ny, cx), np.complex64 if image.dtype == np.float32 else np.complex128)
+    block = max(1, _ROW_BLOCK_BYTES // max(1, nx * image.itemsize))
+    for r0 in range(0, ny, block):
+        r1 = min(ny, r0 + block)
+        cols[r0:r1] = scipy.fft.rfft(image[r0:r1], axis=-1, workers=workers)[:, :cx]
+    cols = scipy.fft.fft(cols, axis=0, workers=workers, overwrite_x=True)
+    out = np.empty((my, cx), cols.dtype)
+    top = my - my // 2  # as fourier_crop
+    out[:top] = cols[:top]
+    if my // 2:
+        out[top:] = cols[ny - my // 2:]
     return out
 
 

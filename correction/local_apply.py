@@ -55,7 +55,9 @@ Conventions: shifts per :mod:`correction.conventions`; dose weighting and its no
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +65,7 @@ import numpy as np
 
 from .dose import dose_weights, weight_normalisation
 from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2
+from .threads import thread_count
 
 __all__ = ["TileLayout", "TilePlan", "LocalSums", "DisplacementField", "FrameRows",
            "default_tile_px",
@@ -70,6 +73,7 @@ __all__ = ["TileLayout", "TilePlan", "LocalSums", "DisplacementField", "FrameRow
 
 _MARGIN_PX = 3  # outer pixels of a tile that get zero weight (circular-shift wrap)
 _CHUNK_BYTES = 1 << 20  # tile spectra processed together (about 1 MiB of complex64: in cache)
+_GROUP_BYTES = 32 << 20  # tile spectra of a group of frames, per thread (summed tile by tile)
 _CONSTANT_ERROR_PX = 0.03  # largest residual left by a constant shift per tile
 _TAYLOR_RESIDUAL_PX = 0.4  # largest residual the first-order (gradient) term takes up
 _TAYLOR_OVERLAP_PX = 8
@@ -300,7 +304,8 @@ class FrameRows(Protocol):
 
     def rows(self, i: int, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0:y1`` of frame ``i`` (shape ``(y1 - y0, nx)``, any real dtype); may be a
-        buffer that the next call overwrites."""
+        buffer that the next call from the same thread overwrites. Called from several
+        threads at once (one per band being processed)."""
         ...
 
 
@@ -369,6 +374,29 @@ class _RowSource:
         band = self._rows(i, y0, y1)
         # rows outside the band are outside the frame (the band spans every row inside it)
         _cut_tiles(band, origins - np.array([y0, 0]), size, float(self.values[i]), out)
+
+
+@dataclass(slots=True)
+class _BandScratch:
+    """One thread's buffers for the bands it processes (reused band after band)."""
+
+    tiles: np.ndarray   # (max_band, size, size) float32: the cut tiles of one frame
+    f_buf: np.ndarray   # (chunk, size, size // 2 + 1) complex64: shifted tile spectra
+    lin: np.ndarray | None   # (2, chunk, size, 2 (size // 2 + 1)) float32: first-order factors
+    prod: np.ndarray | None  # (chunk, size, 2 (size // 2 + 1)) float32: products
+    accs: np.ndarray    # (n_acc, max_band, size, size // 2 + 1) complex64: the band's sums
+
+    @classmethod
+    def make(cls, max_band: int, size: int, chunk: int, n_acc: int, taylor: bool
+             ) -> _BandScratch:
+        half = size // 2 + 1
+        c = min(chunk, max_band)
+        fshape = (c, size, 2 * half)
+        return cls(np.empty((max_band, size, size), np.float32),
+                   np.empty((c, size, half), np.complex64),
+                   np.empty((2,) + fshape, np.float32) if taylor else None,
+                   np.empty(fshape, np.float32) if taylor else None,
+                   np.empty((n_acc, max_band, size, half), np.complex64))
 
 
 def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
@@ -490,73 +518,79 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     bands = [(ty, min(n_ty, ty + rows_per_band)) for ty in range(0, n_ty, rows_per_band)]
     max_band = rows_per_band * n_tx
     chunk = max(1, _CHUNK_BYTES // (size * (size // 2 + 1) * 8))
-    cshape = (min(chunk, max_band), size, size // 2 + 1)
-    f_buf = np.empty(cshape, np.complex64)
-    fshape = (cshape[0], size, 2 * (size // 2 + 1))
-    lin = np.empty((2,) + fshape, np.float32) if taylor else None
-    prod = np.empty(fshape, np.float32) if taylor else None
-    buf = np.empty((max_band, size, size), dtype=np.float32)
     n_acc = 9 if taylor else 3  # plain, even, odd (+ two first-order terms each)
     single = len(source.blocks) == 1
-    # one band's accumulators (reused band after band), or every band's (several blocks)
-    acc_tiles = max_band if single else n_tiles
-    accs = np.empty((n_acc, acc_tiles) + half_t, np.complex64)
+    # bands run on a pool of threads, each with its own scratch and one-thread FFTs (numpy's
+    # element-wise passes and the tile placement are single-threaded: band parallelism is
+    # what uses every core); with several blocks of frames, every band's accumulators are kept
+    n_threads = max(1, min(len(bands), thread_count(workers)))
+    fft_workers = 1 if n_threads > 1 else workers
+    all_accs = None
     if not single:
-        accs.fill(0)
-
+        all_accs = np.zeros((n_acc, n_tiles) + half_t, np.complex64)
     images = {name: np.zeros((ny, nx), np.float32) for name in ("plain", "dw", "even", "odd")}
+    place_lock = threading.Lock()  # neighbouring bands share the rows of their overlap
+    local = threading.local()
 
-    def band_accs(b0: int, b1: int) -> np.ndarray:
+    def scratch() -> _BandScratch:
+        if getattr(local, "scratch", None) is None:
+            local.scratch = _BandScratch.make(max_band, size, chunk, n_acc if single else 0,
+                                              taylor)
+        return local.scratch
+
+    def band_accs(b0: int, b1: int, mine: _BandScratch) -> np.ndarray:
         if single:
-            return accs[:, :b1 - b0]
-        return accs[:, b0:b1]
+            return mine.accs[:, :b1 - b0]
+        return all_accs[:, b0:b1]
 
-    def accumulate(i: int, b0: int, b1: int, acc: np.ndarray) -> None:
-        m = b1 - b0
-        tiles = buf[:m]
+    def transform(i: int, b0: int, b1: int, mine: _BandScratch) -> np.ndarray:
+        """Half spectra of the tiles ``b0:b1`` of frame ``i``, cut at the whole-pixel shift."""
+        tiles = mine.tiles[:b1 - b0]
         source.cut(i, layout.origins_yx[b0:b1] + whole[i, b0:b1], size, tiles)
-        spec = rfft2(tiles, workers=workers, overwrite_x=True)
+        return rfft2(tiles, workers=fft_workers, overwrite_x=True)
+
+    def accumulate(i: int, t0: int, spec: np.ndarray, acc: np.ndarray,
+                   mine: _BandScratch) -> None:
+        """Add frame ``i``'s tiles ``t0:t0 + len(spec)`` (their spectra ``spec``) to ``acc``."""
+        c = len(spec)
+        t1 = t0 + c
         # content at output q comes from q + shift: move each tile by -frac (shift_ramps sign)
-        ramp_y = np.exp(1j * two_pi * frac[i, b0:b1, 0, None] * k_y[None, :]).astype(np.complex64)
-        ramp_x = np.exp(1j * two_pi * frac[i, b0:b1, 1, None] * k_x[None, :]).astype(np.complex64)
+        ramp_y = np.exp(1j * two_pi * frac[i, t0:t1, 0, None] * k_y[None, :]).astype(np.complex64)
+        ramp_x = np.exp(1j * two_pi * frac[i, t0:t1, 1, None] * k_x[None, :]).astype(np.complex64)
+        f = mine.f_buf[:c]
+        np.multiply(ramp_y[:, :, None], ramp_x[:, None, :], out=f)
+        f *= spec
+        acc[0] += f
+        fv = f.view(np.float32)
+        lin, p = mine.lin, None
+        if taylor:
+            # lin[b] = sum_a J[a, b] k_a: the derivative (over i) along the residual
+            # displacement per pixel of position b, real, interleaved
+            jac = jacobian[i, t0:t1]
+            p = mine.prod[:c]
+            for bb in range(2):
+                lb = lin[bb, :c]
+                np.multiply(jac[:, 0, bb, None, None], kk_y, out=lb)
+                np.multiply(jac[:, 1, bb, None, None], kk_x, out=p)
+                lb += p
+                np.multiply(fv, lb, out=p)
+                acc[3 + bb].view(np.float32)[...] += p
+        fv *= weights[i]
         k_dw = 1 if even[i] else 2
-        w_i = weights[i]
-        # a few tiles at a time, so that every pass over them runs from cache
-        for c0 in range(0, m, chunk):
-            c1 = min(m, c0 + chunk)
-            f = f_buf[:c1 - c0]
-            np.multiply(ramp_y[c0:c1, :, None], ramp_x[c0:c1, None, :], out=f)
-            f *= spec[c0:c1]
-            acc[0, c0:c1] += f
-            fv = f.view(np.float32)
-            if taylor:
-                # lin[b] = sum_a J[a, b] k_a: the derivative (over i) along the residual
-                # displacement per pixel of position b, real, interleaved
-                jac = jacobian[i, b0 + c0:b0 + c1]
-                p = prod[:c1 - c0]
-                for bb in range(2):
-                    lb = lin[bb, :c1 - c0]
-                    np.multiply(jac[:, 0, bb, None, None], kk_y, out=lb)
-                    np.multiply(jac[:, 1, bb, None, None], kk_x, out=p)
-                    lb += p
-                    np.multiply(fv, lb, out=p)
-                    acc[3 + bb, c0:c1].view(np.float32)[...] += p
-            fv *= w_i
-            acc[k_dw, c0:c1] += f
-            if taylor:
-                for bb in range(2):
-                    np.multiply(fv, lin[bb, :c1 - c0], out=p)
-                    acc[3 + 2 * k_dw + bb, c0:c1].view(np.float32)[...] += p
-        del spec
+        acc[k_dw] += f
+        if taylor:
+            for bb in range(2):
+                np.multiply(fv, lin[bb, :c], out=p)
+                acc[3 + 2 * k_dw + bb].view(np.float32)[...] += p
 
     def to_tiles(parts: list[np.ndarray], b0: int, b1: int) -> np.ndarray:
         """Tiles of ``S + (y - y0) G_y + (x - x0) G_x`` (consumes ``parts``), where ``G_b =
         sum_i sum_a J_i[a, b] dS_i/dq_a`` (the first-order terms)."""
-        tiles = irfft2(parts[0], shape_t, workers=workers, overwrite_x=True)
+        tiles = irfft2(parts[0], shape_t, workers=fft_workers, overwrite_x=True)
         for bb, rel in ((1, rel_y[b0:b1, :, None]), (2, rel_x[b0:b1, None, :])):
             if len(parts) > bb:
                 parts[bb] *= np.complex64(1j)  # the i of the spectral derivative i k_a
-                part = irfft2(parts[bb], shape_t, workers=workers, overwrite_x=True)
+                part = irfft2(parts[bb], shape_t, workers=fft_workers, overwrite_x=True)
                 part *= rel
                 tiles += part
                 del part
@@ -568,16 +602,17 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         b0, b1 = ty0 * n_tx, ty1 * n_tx
         grid *= layout.weights_y[b0:b1].reshape(ty1 - ty0, n_tx, size)[:, :1, :, None]
         grid *= layout.weights_x[b0:b1].reshape(ty1 - ty0, n_tx, size)[:1, :, None, :]
-        for r, ty in enumerate(range(ty0, ty1)):
-            y0 = ty * core - overlap_px  # tile origin in the frame (may lie outside it)
-            ys, ye = max(0, y0), min(ny, y0 + size)
-            if ye <= ys:
-                continue
-            for tx in range(n_tx):
-                x0 = tx * core - overlap_px
-                xs, xe = max(0, x0), min(nx, x0 + size)
-                if xe > xs:
-                    out[ys:ye, xs:xe] += grid[r, tx, ys - y0:ye - y0, xs - x0:xe - x0]
+        with place_lock:
+            for r, ty in enumerate(range(ty0, ty1)):
+                y0 = ty * core - overlap_px  # tile origin in the frame (may lie outside it)
+                ys, ye = max(0, y0), min(ny, y0 + size)
+                if ye <= ys:
+                    continue
+                for tx in range(n_tx):
+                    x0 = tx * core - overlap_px
+                    xs, xe = max(0, x0), min(nx, x0 + size)
+                    if xe > xs:
+                        out[ys:ye, xs:xe] += grid[r, tx, ys - y0:ye - y0, xs - x0:xe - x0]
 
     def finish(ty0: int, ty1: int, acc: np.ndarray) -> None:
         b0, b1 = ty0 * n_tx, ty1 * n_tx
@@ -598,20 +633,39 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                     part.view(np.float32)[...] *= norms[name]
             place(to_tiles(parts, b0, b1), ty0, ty1, images[name])
 
-    for i0, i1 in source.blocks:
-        source.load_block(i0, i1)
-        for ty0, ty1 in bands:
-            b0, b1 = ty0 * n_tx, ty1 * n_tx
-            acc = band_accs(b0, b1)
-            if single:
-                acc.fill(0)
-            for i in range(i0, i1):
-                accumulate(i, b0, b1, acc)
-            if single:
-                finish(ty0, ty1, acc)
-    source.load_block(0, 0)
-    if not single:
-        for ty0, ty1 in bands:
-            finish(ty0, ty1, band_accs(ty0 * n_tx, ty1 * n_tx))
-    del accs, buf
+    def band_frames(band: tuple[int, int], i0: int, i1: int) -> None:
+        """Accumulate frames ``i0:i1`` into one band (and finish it with a single block)."""
+        ty0, ty1 = band
+        b0, b1 = ty0 * n_tx, ty1 * n_tx
+        mine = scratch()
+        acc = band_accs(b0, b1, mine)
+        if single:
+            acc.fill(0)
+        # a group of frames is transformed, then summed tile by tile: each tile's
+        # accumulators stay in cache over the group's frames (frame by frame, the band's
+        # accumulators, tens of MB, would stream through memory once per frame)
+        group = max(1, _GROUP_BYTES // max(1, (b1 - b0) * size * (size // 2 + 1) * 8))
+        for g0 in range(i0, i1, group):
+            frames_g = range(g0, min(i1, g0 + group))
+            spectra = [transform(i, b0, b1, mine) for i in frames_g]
+            for c0 in range(0, b1 - b0, chunk):
+                c1 = min(b1 - b0, c0 + chunk)
+                for i, spec in zip(frames_g, spectra):
+                    accumulate(i, b0 + c0, spec[c0:c1], acc[:, c0:c1], mine)
+            del spectra
+        if single:
+            finish(ty0, ty1, acc)
+
+    def band_finish(band: tuple[int, int]) -> None:
+        ty0, ty1 = band
+        finish(ty0, ty1, band_accs(ty0 * n_tx, ty1 * n_tx, scratch()))
+
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        for i0, i1 in source.blocks:
+            source.load_block(i0, i1)
+            list(pool.map(lambda band: band_frames(band, i0, i1), bands))
+        source.load_block(0, 0)
+        if not single:
+            list(pool.map(band_finish, bands))
+    del all_accs
     return LocalSums(images["plain"], images["dw"], images["even"], images["odd"])

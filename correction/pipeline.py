@@ -42,10 +42,9 @@ returns them afterwards.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import mmap
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +52,14 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import drop_mapped_pages as _drop_mapped
+from .allocator import movie_memory_settings
 from .align_global import GlobalAlignment, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
-from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2
+from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2, rfft2_cropped
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
 from .gain import GainReference, apply_gain, load_gain_reference
 from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
@@ -73,12 +74,9 @@ __all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "correct_fra
            "correct_movie", "output_names", "predict_peak_bytes"]
 
 _SPECTRA_BUDGET_BYTES = 1_200_000_000
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-_MADV_DONTNEED = 4
 #: a memory-mapped movie larger than this has its pages dropped from memory once used
 _MAPPED_BUDGET_BYTES = 1 << 30
 _DROP_CHUNK_BYTES = 4 << 20  # rows of each frame dropped together in the raw sum
-_LIBC: Any = None
 _EXTRA_MARGIN_PX = 2
 
 #: output kind -> file name pattern (``{stem}`` = movie stem)
@@ -86,62 +84,9 @@ _OUTPUT_PATTERNS = {"sum": "{stem}.mrc", "dw": "{stem}_DW.mrc", "even": "{stem}_
                     "odd": "{stem}_ODD.mrc", "motion": "{stem}.motion.json"}
 
 
-def _libc() -> Any:
-    """glibc, or None (another C library or platform: the allocator is left alone)."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            lib = ctypes.CDLL("libc.so.6")
-            _LIBC = lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    return _LIBC or None
-
-
-def _reuse_freed_memory() -> None:
-    """Keep freed blocks of up to 32 MiB for reuse instead of unmapping them.
-
-    glibc returns large freed blocks to the system and maps them afresh at the next request,
-    so every tile batch and FFT result (a few MiB, thousands per movie) pays page faults:
-    measured here, about 240,000 faults and 1.7 s of system time in the local sums of a
-    4096^2 x 10 movie. With the blocks kept, they are reused; :func:`_release_freed_memory`
-    hands them back after each movie, so a long-lived worker does not hold its peak.
-    """
-    lib = _libc()
-    if lib is not None:
-        lib.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        lib.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-
-
-def _release_freed_memory() -> None:
-    """Return the freed heap memory to the system (after a movie)."""
-    lib = _libc()
-    if lib is not None:
-        lib.malloc_trim(0)
-
-
 def _mapped_bytes(frames: np.ndarray) -> int:
     """Bytes of ``frames`` that are a file mapping (0 for arrays in memory)."""
     return int(frames.nbytes) if isinstance(frames, np.memmap) else 0
-
-
-def _drop_mapped(part: np.ndarray) -> None:
-    """Unmap the resident pages of a C-contiguous piece of a read-only file mapping.
-
-    The pages of a memory-mapped movie count in the process's resident memory once read and
-    stay there: a pass over a 60-frame super-resolution movie would hold all of it. Dropping
-    the pages of what has been used (``madvise(MADV_DONTNEED)``; the file is unchanged and a
-    later access reads it again) keeps the resident part to the frames at hand.
-    """
-    if not isinstance(part, np.memmap) or part.size == 0 or not part.flags.c_contiguous:
-        return
-    lib = _libc()
-    if lib is None or not hasattr(lib, "madvise"):
-        return
-    start = part.ctypes.data
-    aligned = start - start % mmap.PAGESIZE
-    lib.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + part.nbytes - aligned),
-                _MADV_DONTNEED)
 
 
 def output_names(stem: str) -> dict[str, str]:
@@ -303,7 +248,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp`` (Fourier crop) +
       ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
-      while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES`` (else none: frames are transformed again);
+      while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES`` (else none: frames are transformed again;
+      none either with a patch grid on unbinned output, whose sums come from tiles);
     * global sums: the kept spectra (or ``18 Pp`` streaming) + ``16 Pp`` spectra and
       ``16 P`` images of the four sums;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
@@ -329,7 +275,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     movie = (min(mapped, _MAPPED_BUDGET_BYTES) if mapped <= _MAPPED_BUDGET_BYTES
              else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
     binned = g.padded_in != g.padded_out
-    kept = n * 4 * pp if n * 4 * pp <= _SPECTRA_BUDGET_BYTES else 0
+    sums_from_tiles = ap.local_enabled and not binned  # spectra then never kept
+    kept = n * 4 * pp if n * 4 * pp <= _SPECTRA_BUDGET_BYTES and not sums_from_tiles else 0
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
               "sums": (kept if kept else 18 * pp) + 16 * pp + 16 * p}
@@ -428,7 +375,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         counting_gain = None if gain_reference is None or gain_reference.dark is not None \
             else gain_reference.gain
         hot = detect_hot_pixels(corrected_sum, sigma=params.gain.hot_pixel_sigma,
-                                gain=counting_gain, exclude=bad)
+                                gain=counting_gain, exclude=bad, workers=workers)
         if bad is not None:
             hot &= ~bad
         n_hot = int(hot.sum())
@@ -537,7 +484,7 @@ class _GainedRows:
                  padded_shape_yx: tuple[int, int]) -> None:
         self.used, self.arith, self.fill = used, arith, fill
         n, ny, nx = used.shape
-        self._buf = np.empty((0, nx), np.float32)
+        self._local = threading.local()  # each thread's row buffer (bands run in threads)
         self._means: dict[int, float] = {}
         self.drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
         self.plan = plan if plan is not None and plan.targets.size else None
@@ -576,10 +523,12 @@ class _GainedRows:
         return self._means[i]
 
     def rows(self, i: int, y0: int, y1: int) -> np.ndarray:
-        """Rows ``y0:y1`` of gain-corrected frame ``i`` (a buffer the next call reuses)."""
-        if self._buf.shape[0] < y1 - y0:
-            self._buf = np.empty((y1 - y0, self.used.shape[2]), np.float32)
-        out = self._gain(self.used[i, y0:y1], y0, y1, self._buf[:y1 - y0])
+        """Rows ``y0:y1`` of gain-corrected frame ``i`` (a buffer the calling thread's next
+        call reuses)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.shape[0] < y1 - y0:
+            buf = self._local.buf = np.empty((y1 - y0, self.used.shape[2]), np.float32)
+        out = self._gain(self.used[i, y0:y1], y0, y1, buf[:y1 - y0])
         if self.drop:
             _drop_mapped(self.used[i, y0:y1])
         if self.plan is not None:
@@ -618,7 +567,13 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     pad_buf = np.empty((py, px), np.float32)
     frame_view = pad_buf[:ny, :nx]
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
-    keep = n * out_half[0] * out_half[1] * 8 <= _SPECTRA_BUDGET_BYTES
+    binned = grids.padded_in != grids.padded_out
+    # with a patch grid on unbinned output the sums come from the tiles of local_sums: the
+    # forward transform then serves only the alignment (its crop alone is computed), and the
+    # frames are transformed again only if the local model is not applied
+    sums_from_tiles = params.align.local_enabled and not binned
+    keep = (not sums_from_tiles
+            and n * out_half[0] * out_half[1] * 8 <= _SPECTRA_BUDGET_BYTES)
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
     # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
     plan = None
@@ -631,7 +586,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
     drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
 
-    def spectrum(i: int) -> np.ndarray:
+    def padded_frame(i: int) -> np.ndarray:
+        """Frame ``i`` gain-corrected, padded and with its defects replaced (``pad_buf``)."""
         apply_gain(used[i], arith, out=frame_view)
         if drop:
             _drop_mapped(used[i])
@@ -640,14 +596,20 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         pad_buf[ny:, :] = value
         if plan is not None:
             plan.apply(pad_buf)
-        spec = rfft2(pad_buf, workers=workers, overwrite_x=True)
-        if grids.padded_in != grids.padded_out:
+        return pad_buf
+
+    def spectrum(i: int) -> np.ndarray:
+        spec = rfft2(padded_frame(i), workers=workers, overwrite_x=True)
+        if binned:
             spec = fourier_crop(spec, grids.padded_in, grids.padded_out)
         return spec
 
     kept: list[np.ndarray] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
+        if sums_from_tiles:  # grids.padded_in == grids.padded_out
+            align_spectra[i] = rfft2_cropped(padded_frame(i), grids.align, workers=workers)
+            continue
         spec = spectrum(i)
         align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
         if keep:
@@ -678,9 +640,6 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         # the gain-corrected frames on the output grid; the kept spectra are not needed
         # unless the output is Fourier-binned)
         t = time.perf_counter()
-        binned = grids.padded_in != grids.padded_out
-        if not binned:
-            kept.clear()
 
         class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
             def __len__(self) -> int:
@@ -712,7 +671,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     sums = accumulate_sums(kept if keep else (spectrum(i) for i in range(n)), shifts_out,
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
-                           voltage_kV=params.dose.voltage_kV)
+                           voltage_kV=params.dose.voltage_kV, workers=workers)
     kept.clear()
     timings["sum"] = time.perf_counter() - t
     t = time.perf_counter()  # even/odd FRC on the half spectra, before they are overwritten
@@ -763,12 +722,9 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         The outputs could not be written (full disk, read-only folder): ``errno`` kept, and
         no output of the set is left behind (:func:`correction.write.write_output_set`).
     """
-    _reuse_freed_memory()
-    try:
+    with movie_memory_settings():
         return _correct_movie(movie_path, out_dir, params, gain_reference=gain_reference,
                               stem=stem, extra_record=extra_record, workers=workers)
-    finally:
-        _release_freed_memory()
 
 
 def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,

@@ -31,6 +31,7 @@ import scipy.fft
 from .dose import half_inverse_critical_exposure
 from .fourier import (apply_shift, frequency_indices, radial_frequency_sq,
                       shift_ramps)
+from .threads import run_chunks
 
 _BLOCK_ELEMENTS = 32768  # complex64 elements per block of rows (256 KiB)
 
@@ -85,7 +86,8 @@ def pad_frame(frame: np.ndarray, padded_shape_yx: tuple[int, int], *,
 
 def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
                     padded_shape_yx: tuple[int, int], dose_end_e_A2: np.ndarray,
-                    pixel_size_A: float, voltage_kV: float = 300.0) -> SumSpectra:
+                    pixel_size_A: float, voltage_kV: float = 300.0,
+                    workers: int = 1) -> SumSpectra:
     """Shift, dose-weight and sum frames given as half spectra.
 
     Parameters
@@ -105,6 +107,8 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     pixel_size_A : float
         Output pixel size (Å), to put frequencies in 1/Å.
     voltage_kV : float
+    workers : int
+        Threads for the blocks of rows of spectra at hand (:mod:`correction.threads`).
 
     Returns
     -------
@@ -114,7 +118,7 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64)
     if isinstance(spectra, (list, tuple)):
         return _accumulate_blocks(list(spectra), shifts, padded_shape_yx, dose_end,
-                                  pixel_size_A, voltage_kV)
+                                  pixel_size_A, voltage_kV, workers)
     return _accumulate_stream(spectra, shifts, padded_shape_yx, dose_end, pixel_size_A,
                               voltage_kV)
 
@@ -135,9 +139,33 @@ def _interleave(half: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _BlockScratch:
+    """One thread's buffers for a block of rows of :func:`_accumulate_blocks`."""
+
+    acc_plain: np.ndarray  # (block, cols) complex64: plain sum
+    acc_even: np.ndarray   # unnormalised dose-weighted sums of even and odd frames
+    acc_odd: np.ndarray
+    f: np.ndarray          # the current frame, shifted (and weighted)
+    a: np.ndarray          # (block, cols) float32: 1 / (2 Ne)
+    tmp: np.ndarray
+    w: np.ndarray          # (block, 2 cols) float32: interleaved weights of the current frame
+    q: np.ndarray          # the weight step from the previous frame
+    w_sq: np.ndarray
+    w2_even: np.ndarray    # sums of squared weights of the even and odd frames
+    w2_odd: np.ndarray
+
+    @classmethod
+    def make(cls, block: int, cols: int) -> _BlockScratch:
+        c = [np.empty((block, cols), np.complex64) for _ in range(4)]
+        r = [np.empty((block, cols), np.float32) for _ in range(2)]
+        w = [np.empty((block, 2 * cols), np.float32) for _ in range(5)]
+        return cls(*c, *r, *w)
+
+
 def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
                        padded_shape_yx: tuple[int, int], dose_end: np.ndarray,
-                       pixel_size_A: float, voltage_kV: float) -> SumSpectra:
+                       pixel_size_A: float, voltage_kV: float, workers: int = 1) -> SumSpectra:
     """All spectra at hand: one block of rows at a time through all frames, in cache.
 
     Per block and frame the spectrum is read once (never written): multiplied by a per-frame
@@ -176,21 +204,20 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
     plain_out, dw_out, even_out, odd_out = outputs
     n_even, n_odd = (n + 1) // 2, n // 2
 
-    acc_plain = np.empty((block, cols), np.complex64)
-    acc_even = np.empty_like(acc_plain)
-    acc_odd = np.empty_like(acc_plain)
-    f = np.empty_like(acc_plain)
-    a = np.empty((block, cols), np.float32)  # 1 / (2 Ne) on the block
-    tmp = np.empty_like(a)
-    w = np.empty((block, 2 * cols), np.float32)  # interleaved weights of the current frame
-    q = np.empty_like(w)
-    w_sq = np.empty_like(w)
-    w2_even = np.empty_like(w)
-    w2_odd = np.empty_like(w)
     split = (py + 1) // 2  # first row of negative ky: blocks never straddle it
     starts = [r for lo, hi in ((0, split), (split, rows)) for r in range(lo, hi, block)]
     ends = [min(r + block, split if r < split else rows) for r in starts]
-    for r0, r1 in zip(starts, ends):
+
+    def blocks(lo: int, hi: int) -> None:
+        """Blocks ``lo:hi`` (each thread its own scratch; blocks write disjoint rows)."""
+        scratch = _BlockScratch.make(block, cols)
+        for r0, r1 in zip(starts[lo:hi], ends[lo:hi]):
+            _sum_block(r0, r1, scratch)
+
+    def _sum_block(r0: int, r1: int, sc: _BlockScratch) -> None:
+        acc_plain, acc_even, acc_odd, f = sc.acc_plain, sc.acc_even, sc.acc_odd, sc.f
+        a, tmp, w, q, w_sq, w2_even, w2_odd = sc.a, sc.tmp, sc.w, sc.q, sc.w_sq, sc.w2_even, \
+            sc.w2_odd
         m = r1 - r0
         ab, tb, wb, qb, sq = a[:m], tmp[:m], w[:m], q[:m], w_sq[:m]
         np.add(fy2[r0:r1, None].astype(np.float32), fx2[None, :], out=ab)
@@ -244,6 +271,8 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
             np.multiply(ob.view(np.float32), o2, out=odd_out[r0:r1].view(np.float32))
         else:
             odd_out[r0:r1] = 0
+
+    run_chunks(blocks, len(starts), workers)
     specs.clear()
     return SumSpectra(sum=plain_out, dw=dw_out, even=even_out, odd=odd_out, n_frames=n)
 

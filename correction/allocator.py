@@ -1,0 +1,103 @@
+"""Process memory settings for correcting a movie: reuse freed blocks, no synchronous huge pages.
+
+Correcting a 4K movie allocates hundreds of MB in blocks of 1-75 MB (FFT results, kept
+spectra, tile batches). Two defaults of the C library and numpy make that slow:
+
+* glibc unmaps freed blocks above its mmap threshold and maps them afresh at the next request,
+  so every block pays its page faults again (measured here: about 240,000 faults and 1.7 s of
+  system time in the local sums of a 4096^2 x 10 movie). While a movie is corrected, freed
+  blocks of up to 32 MiB are kept for reuse, and handed back to the system afterwards, so a
+  long-lived worker does not hold its peak. All threads allocate from one arena
+  (``M_ARENA_MAX`` 1): the band threads of the local sums would otherwise each get a heap of
+  at most 64 MiB that glibc unmaps whenever it empties, and fault it in again for the next band
+  (about 60,000 extra faults per 4K movie here). The arena limit is left in place afterwards.
+* numpy asks the kernel for transparent huge pages on every large array
+  (``madvise(MADV_HUGEPAGE)``). With the kernel's default ``defrag=madvise`` a fault in such
+  an array compacts memory synchronously: on the 2-core test machine, first touching a fresh
+  75 MB array took 0.16 s with the advice and 0.036 s without it (``benchmarks/bench_io.py
+  --faults``), and the 10 kept spectra of a 4K movie pay that once each. The advice is off
+  while a movie is corrected and restored afterwards.
+
+:func:`drop_mapped_pages` keeps a memory-mapped movie's resident part small.
+:func:`movie_memory_settings` is a context manager; the settings are process-wide (C library
+and numpy), so they are applied around each movie, not at import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = ["movie_memory_settings", "drop_mapped_pages"]
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
+_KEEP_FREED_BYTES = 32 << 20
+_TRIM_THRESHOLD_BYTES = 1 << 30
+_MADV_DONTNEED = 4
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> Any | None:
+    """glibc, or None (another C library or platform: the allocator is left alone)."""
+    try:
+        lib = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return lib if hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+
+
+def _numpy_hugepage(enabled: bool | None) -> bool | None:
+    """Set numpy's huge-page advice (None: leave it); returns the previous setting, or None
+    where this numpy has no such switch."""
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+    except ImportError:  # pragma: no cover - numpy < 2 or another platform
+        return None
+    previous = bool(_get_madvise_hugepage())
+    if enabled is not None:
+        _set_madvise_hugepage(enabled)
+    return previous
+
+
+@contextmanager
+def movie_memory_settings() -> Iterator[None]:
+    """Within the block: freed blocks up to 32 MiB are reused and numpy gives no huge-page
+    advice; afterwards the freed memory is returned and numpy's advice restored."""
+    lib = _glibc()
+    if lib is not None:
+        lib.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
+        lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+        lib.mallopt(_M_ARENA_MAX, 1)
+    previous = _numpy_hugepage(False)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _numpy_hugepage(previous)
+        if lib is not None:
+            lib.malloc_trim(0)
+
+
+def drop_mapped_pages(part: np.ndarray) -> None:
+    """Unmap the resident pages of a C-contiguous piece of a read-only file mapping.
+
+    The pages of a memory-mapped movie count in the process's resident memory once read and
+    stay there: a pass over a 60-frame super-resolution movie would hold all of it. Dropping
+    the pages of what has been used (``madvise(MADV_DONTNEED)``; the file is unchanged and a
+    later access reads it again) keeps the resident part to the frames at hand.
+    """
+    if not isinstance(part, np.memmap) or part.size == 0 or not part.flags.c_contiguous:
+        return
+    lib = _glibc()
+    if lib is None or not hasattr(lib, "madvise"):
+        return
+    start = part.ctypes.data
+    aligned = start - start % mmap.PAGESIZE
+    lib.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + part.nbytes - aligned),
+                _MADV_DONTNEED)
