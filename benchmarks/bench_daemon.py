@@ -3,9 +3,10 @@
 1. Throughput: a backlog of N synthetic 1024^2 x 10-frame int16 MRC movies (hard links of one
    rendered movie, so disk use stays small) is corrected twice on the same files: once by
    ``motionwatch correct`` (one process, all movies in one call) and once by ``motionwatch watch``
-   (daemon, 1 worker process, started on the full folder). Both wall times include interpreter
+   (daemon, ``--workers`` worker processes (default 1), started on the full folder). Both wall times include interpreter
    start-up; the daemon's ends at its last ``movie_done`` event (its idle wait is excluded) and
-   includes its settle time. Prints both rates and their ratio (goal: daemon within 20%).
+   includes its settle time. Prints both rates and their ratio (goal: the daemon's throughput at
+   least that of ``correct``).
 2. Memory: the daemon works through a backlog of M movies (default 200) while the resident
    memory of the daemon and its workers is sampled; prints RSS against movies done (goal: flat).
 
@@ -69,13 +70,13 @@ def time_correct(movies: list[Path], out: Path, gain: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: bool
-               ) -> tuple[float, list[tuple[int, float]]]:
+def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: bool,
+               workers: int = 1) -> tuple[float, list[tuple[int, float]]]:
     log = out.parent / f"{out.name}.log"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
            "--settle-time", "0.5", "--scan-interval", "0.25", "--exit-when-idle", "1",
-           "--heartbeat", "1", *correction_flags(gain)]
+           "--heartbeat", "1", "--workers", str(workers), *correction_flags(gain)]
     start_wall = time.time()
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -117,9 +118,13 @@ def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: boo
             last_done = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
     if n_done != n or last_done is None:
         raise SystemExit(f"daemon corrected {n_done} of {n} movies; see {log}")
-    print(f"  daemon: {last_done - start_wall:.2f} s wall, of which workers correcting "
-          f"{worker_s:.2f} s; overhead {last_done - start_wall - worker_s:.2f} s "
-          f"(start-up, settle, dispatch; {(last_done - start_wall - worker_s) / n:.3f} s/movie)")
+    if workers == 1:
+        print(f"  daemon: {last_done - start_wall:.2f} s wall, of which the worker correcting "
+              f"{worker_s:.2f} s; overhead {last_done - start_wall - worker_s:.2f} s (start-up, "
+              f"settle, dispatch; {(last_done - start_wall - worker_s) / n:.3f} s/movie)")
+    else:
+        print(f"  daemon: {last_done - start_wall:.2f} s wall; {workers} workers corrected for "
+              f"{worker_s:.2f} s in all ({worker_s / n:.2f} s per movie, two movies at a time)")
     return last_done - start_wall, samples
 
 
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--memory-size", type=int, default=1024)
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the daemon's worker processes in the throughput run (default 1)")
     args = parser.parse_args(argv)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_daemon_"))
@@ -153,12 +160,13 @@ def throughput(work: Path, args: argparse.Namespace) -> None:
     movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames)
     t_correct = time_correct(movies, work / "out_correct", gain)
     t_daemon, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
-                             sample_memory=False)
+                             sample_memory=False, workers=args.workers)
     print(f"motionwatch correct: {t_correct:7.2f} s  ({args.movies / t_correct:.3f} movies/s)")
     print(f"motionwatch watch:   {t_daemon:7.2f} s  ({args.movies / t_daemon:.3f} movies/s, "
-          f"1 worker, settle 0.5 s included)")
-    print(f"daemon / correct wall time: {t_daemon / t_correct:.3f} "
-          f"({'within' if t_daemon <= 1.2 * t_correct else 'NOT within'} 20%)")
+          f"{args.workers} worker process(es), settle 0.5 s included)")
+    ratio = t_correct / t_daemon
+    print(f"daemon throughput / correct throughput: {ratio:.3f} "
+          f"({'meets' if ratio >= 1.0 else 'BELOW'} the goal of >= 1.0)")
 
 
 def memory(work: Path, args: argparse.Namespace) -> None:

@@ -69,7 +69,7 @@ from .threads import thread_count
 
 __all__ = ["TileLayout", "TilePlan", "LocalSums", "DisplacementField", "FrameRows",
            "default_tile_px",
-           "tile_layout", "field_jacobian", "plan_tiles", "local_sums"]
+           "tile_layout", "field_jacobian", "plan_tiles", "local_sums", "band_scratch_bytes"]
 
 _MARGIN_PX = 3  # outer pixels of a tile that get zero weight (circular-shift wrap)
 _CHUNK_BYTES = 1 << 20  # tile spectra processed together (about 1 MiB of complex64: in cache)
@@ -374,6 +374,18 @@ class _RowSource:
         band = self._rows(i, y0, y1)
         # rows outside the band are outside the frame (the band spans every row inside it)
         _cut_tiles(band, origins - np.array([y0, 0]), size, float(self.values[i]), out)
+
+
+def band_scratch_bytes(shape_yx: tuple[int, int], workers: int = -1) -> int:
+    """Upper bound of the working memory of :func:`local_sums` beyond its four images (bytes).
+
+    Per thread: one band of the largest tiles (a 512-px tile row across the frame, about 1.1
+    times its width), nine half-spectrum accumulators and the cut tiles (about 40 bytes per band
+    pixel), plus a group of frames' tile spectra (``_GROUP_BYTES``); whatever the frame count.
+    """
+    band_px = 512 * 1.1 * int(shape_yx[1])
+    per_thread = _GROUP_BYTES + 40 * band_px
+    return int(thread_count(workers) * per_thread)
 
 
 @dataclass(slots=True)

@@ -64,7 +64,7 @@ from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_fr
 from .gain import GainReference, apply_gain, load_gain_reference
 from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
                                check_gain_orientation)
-from .local_apply import local_sums
+from .local_apply import band_scratch_bytes, local_sums
 from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
@@ -254,7 +254,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
       ``16 P`` images of the four sums;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned frames on the patch grid);
-    * local sums: ``16 P`` (four images) + one band of tiles (a few MB) + for Fourier-binned
+    * local sums: ``16 P`` (four images) + one band of tiles per thread
+      (:func:`correction.local_apply.band_scratch_bytes`) + for Fourier-binned
       output the kept spectra, or, when they are not kept, ``43 P`` (accumulators of all
       tiles) + ``_BLOCK_BYTES`` of frames.
 
@@ -282,7 +283,7 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
               "sums": (kept if kept else 18 * pp) + 16 * pp + 16 * p}
     if ap.local_enabled:
         stages["local_align"] = kept + 8 * a * n + 4 * a
-        stages["local"] = 16 * p + (32 << 20) + (
+        stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + (
             (kept if kept else 43 * p + _BLOCK_BYTES) if binned else 0)
     stage = max(stages, key=stages.get)
     terms = {"movie": movie, "stage": stages[stage], "base": _BASE_BYTES}
