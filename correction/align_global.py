@@ -319,8 +319,7 @@ def _part_and_rest(aligned: np.ndarray, total: np.ndarray, group: np.ndarray
 def _leave_one_out(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray]):
     """Yield ``(group sum, sum of all other frames)`` of aligned spectra, group by group."""
     for g in groups:
-        part = aligned[g].sum(axis=0) if len(g) > 1 else aligned[g[0]]
-        yield part, total - part
+        yield _part_and_rest(aligned, total, g)
 
 
 def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),

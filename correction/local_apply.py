@@ -668,9 +668,9 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         if single:
             finish(ty0, ty1, acc)
 
-    def band_finish(band: tuple[int, int]) -> None:
+    def band_finish(band: tuple[int, int]) -> None:  # several blocks: every band's own sums
         ty0, ty1 = band
-        finish(ty0, ty1, band_accs(ty0 * n_tx, ty1 * n_tx, scratch()))
+        finish(ty0, ty1, all_accs[:, ty0 * n_tx:ty1 * n_tx])
 
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         for i0, i1 in source.blocks:
