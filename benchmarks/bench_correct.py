@@ -107,12 +107,20 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _resident_MB() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
     import correction.io  # noqa: F401 - imports are not part of the timed work
     import correction.pipeline  # noqa: F401
     import correction.write  # noqa: F401
-    import starfile  # noqa: F401 - the RELION STAR writer's library (pandas)
     from daemon.commands.cli import build_parser, main
+
+    before = _resident_MB()
+    import starfile  # noqa: F401, PLC0415 - the RELION STAR writer's library (pandas)
+    starfile_MB = _resident_MB() - before  # the command imports it after correcting
 
     build_parser()  # imports every subcommand module before the clock starts
     dose = E_PER_PX / PIXEL_SIZE_A**2
@@ -122,7 +130,8 @@ def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict
                    "--out", str(out), *extra])
     wall, cpu = time.perf_counter() - t, _cpu_s() - c
     record = json.loads((out / f"{movie.stem}.motion.json").read_text())
-    return {"status": status, "wall_s": wall, "cpu_s": cpu, "shifts_xy_px": record["global_shifts_px"],
+    return {"status": status, "wall_s": wall, "cpu_s": cpu, "starfile_MB": starfile_MB,
+            "shifts_xy_px": record["global_shifts_px"],
             "timings_s": record["timings_s"], "memory": record.get("memory"),
             "local": (record.get("local") or {}).get("reason")}
 
@@ -231,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
               + (" (cycled frames: not meaningful)" if args.cycle else ""))
         print(f"  floor   best {best['floor']:.2f} s  median {med['floor']:.2f} s  "
               f"peak RSS {rss['floor']:.0f} MB")
+        early = max(r["starfile_MB"] for r in runs["correct"])
         print(f"  correct best {best['correct']:.2f} s  median {med['correct']:.2f} s  "
-              f"peak RSS {rss['correct']:.0f} MB")
+              f"peak RSS {rss['correct'] - early:.0f} MB (+{early:.0f} MB of starfile/pandas "
+              f"imported before the clock: the command imports it after correcting)")
         print(f"  ratio correct/floor: best {best['correct'] / best['floor']:.2f}  "
               f"median {med['correct'] / med['floor']:.2f}")
         print(f"  CPU time (user+sys, all threads) best: floor {cpu['floor']:.2f} s, correct "

@@ -44,8 +44,8 @@ from .fourier import (bfactor_filter_1d, frequency_indices, irfft2, radial_frequ
 from .params import AlignParams
 from .threads import run_chunks
 
-__all__ = ["GlobalAlignment", "estimate_shifts", "frame_groups", "interpolate_group_shifts",
-           "leave_one_out_oracle"]
+__all__ = ["GlobalAlignment", "alignment_working_bytes", "estimate_shifts", "frame_groups",
+           "interpolate_group_shifts", "leave_one_out_oracle"]
 
 # B-factor schedule: B_i = B_0 * max(_B_FLOOR, _B_DECAY ** i) for iteration i.
 _B_DECAY = 0.6
@@ -53,6 +53,7 @@ _B_FLOOR = 0.25
 _LOCAL_RADIUS = 2  # half-width (grid px) of the local correlation window after iteration 0
 _RING_WIDTH_PX = 2.0  # width of the frequency rings of the matched filter (grid frequency px)
 _MIN_RINGS = 16  # below this many rings (tiny grids) the B-factor schedule is kept
+_MAPS_BATCH_BYTES = 64 << 20  # spectra per batched inverse FFT of full correlation maps
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,13 @@ class GlobalAlignment:
     iterations: int
     converged: bool
     last_update_px: float
+
+
+def alignment_working_bytes(spectra_bytes: int) -> int:
+    """Memory :func:`estimate_shifts` allocates beyond its input spectra of ``spectra_bytes``:
+    the aligned stack (which the cross spectra of one-frame groups overwrite) and two batches
+    of full correlation maps, each at most the spectra's size (bytes)."""
+    return int(spectra_bytes) + 2 * min(_MAPS_BATCH_BYTES, int(spectra_bytes))
 
 
 def frame_groups(n_frames: int, group_frames: int) -> list[np.ndarray]:
@@ -277,12 +285,12 @@ def _matched_filter(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndar
 def _cross_spectra(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray],
                    out: np.ndarray, workers: int = 1) -> np.ndarray:
     """``out[j] = part_j * conj(total - part_j)``: each group's cross-power spectrum with the
-    sum of all other frames (its leave-one-out reference); DC adds a constant only."""
+    sum of all other frames (its leave-one-out reference); DC adds a constant only. ``out`` may
+    be ``aligned`` itself when every group is one frame (each is read before it is written)."""
     def chunk(lo: int, hi: int) -> None:
         for j in range(lo, hi):
-            part, ref = _part_and_rest(aligned, total, groups[j])
-            np.conjugate(ref, out=out[j])
-            out[j] *= part
+            part, ref = _part_and_rest(aligned, total, groups[j])  # ref: a new array
+            np.multiply(part, np.conjugate(ref, out=ref), out=out[j])
 
     run_chunks(chunk, len(groups), workers)
     return out
@@ -379,7 +387,10 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     tol = params.tolerance_px / scale
     group_shifts = np.array([shifts[g].mean(axis=0) for g in groups])
     aligned = np.empty_like(spectra)
-    corr_buf = np.empty((n_groups,) + spectra.shape[1:], spectra.dtype)
+    # one frame per group: the cross spectra overwrite the aligned stack, which each iteration
+    # rebuilds from ``spectra`` (a stack's worth of memory less: 0.2 GB for K3 x 40)
+    corr_buf = aligned if n_groups == n else \
+        np.empty((n_groups,) + spectra.shape[1:], spectra.dtype)
     update = np.inf
     iteration = 0
     gy = gx = None
@@ -414,10 +425,14 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
             c *= ry[:, None]
             c *= rx[None, :]
             c[0, 0] = 0.0
-        if search:  # all full maps in one batched inverse FFT
-            maps = irfft2(corr if len(search) == n_groups else corr[search], shape,
-                          workers=workers, overwrite_x=True)
-            for m, j in enumerate(search):
+        # the full maps in batched inverse FFTs of about _MAPS_BATCH_BYTES each
+        batch = max(1, _MAPS_BATCH_BYTES // max(1, corr[0].nbytes))
+        for b in range(0, len(search), batch):
+            chosen = search[b:b + batch]
+            maps = irfft2(corr[chosen[0]:chosen[-1] + 1] if chosen[-1] - chosen[0] + 1 ==
+                          len(chosen) else corr[chosen], shape, workers=workers,
+                          overwrite_x=True)
+            for m, j in enumerate(chosen):
                 peaks[j] = _map_peak(maps[m], window) - group_shifts[j]
             del maps
         residuals = np.array(peaks, dtype=np.float64).reshape(n_groups, 2)

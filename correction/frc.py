@@ -239,19 +239,21 @@ _ROW_STEP_FROM_PX = 2048
 
 def _frc_of_half_spectra(f1: np.ndarray, f2: np.ndarray, shape_yx: tuple[int, int], *,
                          pixel_size_A: float | None, axis_mask_px: int = 0,
-                         row_step: int = 1) -> FRCCurve:
+                         row_step: int = 1, rows_taken: bool = False) -> FRCCurve:
     """Ring sums over two real-input half spectra of an image of ``shape_yx`` (see module).
 
     ``axis_mask_px`` > 0 leaves out the coefficients with ``|kx|`` or ``|ky|`` below that many
     rings (the axis bands), where a shared edge discontinuity puts its power. ``row_step`` > 1
     uses every ``row_step``-th row of the spectra only: each ring is then estimated from that
     fraction of its coefficients (ample for large images, and proportionally cheaper).
+    ``rows_taken``: the spectra given are those rows already (:func:`_even_rows_spectrum`).
     """
     ny, nx = shape_yx
     n_ref = min(ny, nx)
     n_rings = n_ref // 2 + 1
     rows = slice(None, None, row_step)
-    f1, f2 = f1[rows], f2[rows]
+    if not rows_taken:
+        f1, f2 = f1[rows], f2[rows]
     ky = (scipy.fft.fftfreq(ny) * n_ref).astype(np.float32)[rows, None]
     kx = (scipy.fft.rfftfreq(nx) * n_ref).astype(np.float32)[None, :]
     ring = np.rint(np.sqrt(ky * ky + kx * kx)).astype(np.intp)
@@ -377,6 +379,14 @@ def _default_axis_mask(shape_yx: tuple[int, int]) -> int:
     return max(2, min(shape_yx) // 128)
 
 
+def _check_frc_inputs(shape_yx: tuple[int, int], pixel_size_A: float) -> None:
+    ny, nx = shape_yx
+    if min(ny, nx) < 8:
+        raise ParameterError(f"FRC needs images of at least 8 x 8 pixels, got {ny} x {nx}")
+    if not pixel_size_A > 0:
+        raise ParameterError(f"pixel_size_A must be > 0 Å, got {pixel_size_A}")
+
+
 def even_odd_resolution_from_spectra(even_spectrum: np.ndarray, odd_spectrum: np.ndarray, *,
                                      shape_yx: tuple[int, int], pixel_size_A: float,
                                      axis_mask_px: int | None = None,
@@ -419,10 +429,7 @@ def even_odd_resolution_from_spectra(even_spectrum: np.ndarray, odd_spectrum: np
     if even_spectrum.shape != expected or odd_spectrum.shape != expected:
         raise ParameterError(f"half spectra of a {ny} x {nx} image must have shape {expected}, "
                              f"got {even_spectrum.shape} and {odd_spectrum.shape}")
-    if min(ny, nx) < 8:
-        raise ParameterError(f"FRC needs images of at least 8 x 8 pixels, got {ny} x {nx}")
-    if not pixel_size_A > 0:
-        raise ParameterError(f"pixel_size_A must be > 0 Å, got {pixel_size_A}")
+    _check_frc_inputs((ny, nx), pixel_size_A)
     mask = _default_axis_mask((ny, nx)) if axis_mask_px is None else int(axis_mask_px)
     if mask < 0:
         raise ParameterError(f"axis_mask_px must be >= 0, got {axis_mask_px}")
@@ -450,11 +457,32 @@ def even_odd_resolution_fast(even_sum: np.ndarray, odd_sum: np.ndarray, *, pixel
     b = np.asarray(odd_sum, dtype=np.float32)
     if a.ndim != 2 or a.shape != b.shape:
         raise ParameterError(f"FRC needs two 2-D images of one shape, got {a.shape} and {b.shape}")
-    f1 = scipy.fft.rfft2(a, workers=workers)
-    f2 = scipy.fft.rfft2(b, workers=workers)
-    return even_odd_resolution_from_spectra(f1, f2, shape_yx=a.shape, pixel_size_A=pixel_size_A,
-                                            axis_mask_px=axis_mask_px, criterion=criterion,
-                                            min_run=min_run)
+    ny, nx = a.shape
+    if min(ny, nx) < _ROW_STEP_FROM_PX or ny % 2:
+        f1 = scipy.fft.rfft2(a, workers=workers)
+        f2 = scipy.fft.rfft2(b, workers=workers)
+        return even_odd_resolution_from_spectra(f1, f2, shape_yx=a.shape,
+                                                pixel_size_A=pixel_size_A,
+                                                axis_mask_px=axis_mask_px, criterion=criterion,
+                                                min_run=min_run)
+    # large images: the FRC reads every other row of the spectra (as from the spectra), and
+    # those rows alone are the transform of the image folded in half: half the work and memory
+    _check_frc_inputs((ny, nx), pixel_size_A)
+    mask = _default_axis_mask((ny, nx)) if axis_mask_px is None else int(axis_mask_px)
+    curve = _frc_of_half_spectra(_even_rows_spectrum(a, workers), _even_rows_spectrum(b, workers),
+                                 (ny, nx), pixel_size_A=pixel_size_A, axis_mask_px=mask,
+                                 row_step=2, rows_taken=True)
+    return resolution_from_frc(curve, threshold=HALF_SET_THRESHOLD, criterion=criterion,
+                               min_run=min_run), curve
+
+
+def _even_rows_spectrum(image: np.ndarray, workers: int | None) -> np.ndarray:
+    """Rows ``0, 2, 4, ...`` of ``rfft2(image)`` (an even number of rows ``N``): the transform
+    of the two halves of the image added, ``X[2k] = sum_{n < N/2} (x[n] + x[n + N/2])
+    exp(-2 pi i n k / (N/2))``."""
+    half = image.shape[0] // 2
+    folded = image[:half] + image[half:]
+    return scipy.fft.rfft2(folded, workers=workers, overwrite_x=True)
 
 
 def frc_against_truth(image: np.ndarray, truth: np.ndarray, *, pixel_size_A: float | None = None,

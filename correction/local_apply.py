@@ -82,6 +82,7 @@ _TAYLOR_CORES_PX = (496, 368, 304, 240, 176, 144, 112, 80, 48)
 _MIN_CONSTANT_TILE_PX = 128  # below this, the first-order term is cheaper than more tiles
 _JACOBIAN_STEP_PX = 8.0
 _BAND_ROWS_PX = 128  # frame rows per band (whole tile rows): its accumulators stay in cache
+_BAND_ACC_BYTES = 32 << 20  # accumulators of one band of large tiles (a segment of a tile row)
 _BLOCK_BYTES = 256 << 20  # float32 frames read at once from a plain sequence of frames
 
 
@@ -302,16 +303,39 @@ class FrameRows(Protocol):
 
     def __len__(self) -> int: ...
 
-    def rows(self, i: int, y0: int, y1: int) -> np.ndarray:
-        """Rows ``y0:y1`` of frame ``i`` (shape ``(y1 - y0, nx)``, any real dtype); may be a
-        buffer that the next call from the same thread overwrites. Called from several
-        threads at once (one per band being processed)."""
+    def rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` (default to the last) of frame ``i`` (shape
+        ``(y1 - y0, x1 - x0)``, any real dtype); may be a buffer that the next call from the
+        same thread overwrites. Called from several threads at once (one per band being
+        processed)."""
         ...
 
 
 def _tile_rows_per_band(core: int) -> int:
     """Tile rows per band: about ``_BAND_ROWS_PX`` frame rows (at least one tile row)."""
     return max(1, int(round(_BAND_ROWS_PX / core)))
+
+
+def _bands(n_ty: int, n_tx: int, rows_per_band: int, acc_bytes_per_tile: int
+           ) -> list[tuple[int, int, int, int]]:
+    """Bands of tiles ``(ty0, ty1, tx0, tx1)`` (tile rows, tile columns, ends excluded).
+
+    Several whole tile rows per band for small tiles; a row of large tiles is cut into
+    segments of about equal width whose accumulators fit ``_BAND_ACC_BYTES``. Either way a
+    band's tiles are consecutive in the row-major tile order.
+    """
+    if rows_per_band > 1:
+        return [(ty, min(n_ty, ty + rows_per_band), 0, n_tx)
+                for ty in range(0, n_ty, rows_per_band)]
+    per_band = max(1, _BAND_ACC_BYTES // max(1, acc_bytes_per_tile))
+    segments = np.array_split(np.arange(n_tx), -(-n_tx // per_band))
+    return [(ty, ty + 1, int(seg[0]), int(seg[-1]) + 1) for ty in range(n_ty) for seg in segments]
+
+
+def _band_tiles(band: tuple[int, int, int, int], n_tx: int) -> tuple[int, int]:
+    """First and end index of a band's tiles in the row-major tile order."""
+    ty0, ty1, tx0, tx1 = band
+    return ty0 * n_tx + tx0, (ty1 - 1) * n_tx + tx1
 
 
 class _RowSource:
@@ -356,35 +380,44 @@ class _RowSource:
             self._block.append(frame)
         self._block_start = i0
 
-    def _rows(self, i: int, y0: int, y1: int) -> np.ndarray:
+    def _rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None
+              ) -> np.ndarray:
         if self.kind == "array":
-            return self.frames[i, y0:y1]
+            return self.frames[i, y0:y1, x0:x1]
         if self.kind == "rows":
-            return self.frames.rows(i, y0, y1)
-        return self._block[i - self._block_start][y0:y1]
+            return self.frames.rows(i, y0, y1, x0, x1)
+        return self._block[i - self._block_start][y0:y1, x0:x1]
 
     def cut(self, i: int, origins: np.ndarray, size: int, out: np.ndarray) -> None:
         """Tiles of frame ``i`` at ``origins`` (frame pixels) into ``out``; outside: fill."""
-        ny = self.shape_yx[0]
+        ny, nx = self.shape_yx
         y0 = int(np.clip(origins[:, 0].min(), 0, ny))
         y1 = int(np.clip(origins[:, 0].max() + size, 0, ny))
-        if y1 <= y0:
+        x0 = int(np.clip(origins[:, 1].min(), 0, nx))
+        x1 = int(np.clip(origins[:, 1].max() + size, 0, nx))
+        if y1 <= y0 or x1 <= x0:
             out.fill(self.values[i])
             return
-        band = self._rows(i, y0, y1)
-        # rows outside the band are outside the frame (the band spans every row inside it)
-        _cut_tiles(band, origins - np.array([y0, 0]), size, float(self.values[i]), out)
+        band = self._rows(i, y0, y1, x0, x1)
+        # pixels outside the window are outside the frame (it spans all the tiles' pixels
+        # inside the frame)
+        _cut_tiles(band, origins - np.array([y0, x0]), size, float(self.values[i]), out)
 
 
 def band_scratch_bytes(shape_yx: tuple[int, int], workers: int = -1) -> int:
     """Upper bound of the working memory of :func:`local_sums` beyond its four images (bytes).
 
-    Per thread: one band of the largest tiles (a 512-px tile row across the frame, about 1.1
-    times its width), nine half-spectrum accumulators and the cut tiles (about 40 bytes per band
-    pixel), plus a group of frames' tile spectra (``_GROUP_BYTES``); whatever the frame count.
+    Per thread: a group of frames' tile spectra (``_GROUP_BYTES``), a few chunks of tile
+    spectra, and one band: nine half-spectrum accumulators (36 bytes per tile pixel) with its
+    cut tiles and gain-corrected rows (8 more). A band of large tiles (512 px) is a segment of a
+    tile row that fits ``_BAND_ACC_BYTES``; of small tiles, whole tile rows of about
+    ``_BAND_ROWS_PX`` rows (at most 160 rows, 1.8 tile pixels per frame pixel with the
+    overlaps). None of it grows with the frame count.
     """
-    band_px = 512 * 1.1 * int(shape_yx[1])
-    per_thread = _GROUP_BYTES + 40 * band_px
+    large = 512 * 512
+    large_band = max(1, _BAND_ACC_BYTES // (9 * 512 * 257 * 8)) * large
+    small_band = int(160 * 1.8 * int(shape_yx[1]))
+    per_thread = _GROUP_BYTES + 4 * _CHUNK_BYTES + 44 * max(large_band, small_band)
     return int(thread_count(workers) * per_thread)
 
 
@@ -526,11 +559,10 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     rel_x = (layout.origins_yx[:, 1, None] + np.arange(size)[None, :]
              - layout.centres_yx[:, 1, None]).astype(np.float32)
 
-    rows_per_band = _tile_rows_per_band(core)
-    bands = [(ty, min(n_ty, ty + rows_per_band)) for ty in range(0, n_ty, rows_per_band)]
-    max_band = rows_per_band * n_tx
     chunk = max(1, _CHUNK_BYTES // (size * (size // 2 + 1) * 8))
     n_acc = 9 if taylor else 3  # plain, even, odd (+ two first-order terms each)
+    bands = _bands(n_ty, n_tx, _tile_rows_per_band(core), n_acc * size * (size // 2 + 1) * 8)
+    max_band = max((ty1 - ty0) * (tx1 - tx0) for ty0, ty1, tx0, tx1 in bands)
     single = len(source.blocks) == 1
     # bands run on a pool of threads, each with its own scratch and one-thread FFTs (numpy's
     # element-wise passes and the tile placement are single-threaded: band parallelism is
@@ -608,47 +640,47 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                 del part
         return tiles
 
-    def place(tiles: np.ndarray, ty0: int, ty1: int, out: np.ndarray) -> None:
-        """Blend the weighted tiles of tile rows ``ty0:ty1`` into the image ``out``."""
-        grid = tiles.reshape(ty1 - ty0, n_tx, size, size)
-        b0, b1 = ty0 * n_tx, ty1 * n_tx
-        grid *= layout.weights_y[b0:b1].reshape(ty1 - ty0, n_tx, size)[:, :1, :, None]
-        grid *= layout.weights_x[b0:b1].reshape(ty1 - ty0, n_tx, size)[:1, :, None, :]
-        with place_lock:
+    def place(tiles: np.ndarray, band: tuple[int, int, int, int], out: np.ndarray) -> None:
+        """Blend the weighted tiles of ``band`` into the image ``out``."""
+        ty0, ty1, tx0, tx1 = band
+        b0, b1 = _band_tiles(band, n_tx)
+        grid = tiles.reshape(ty1 - ty0, tx1 - tx0, size, size)
+        grid *= layout.weights_y[b0:b1].reshape(ty1 - ty0, tx1 - tx0, size)[:, :1, :, None]
+        grid *= layout.weights_x[b0:b1].reshape(ty1 - ty0, tx1 - tx0, size)[:1, :, None, :]
+        with place_lock:  # neighbouring bands share the pixels of their overlaps
             for r, ty in enumerate(range(ty0, ty1)):
                 y0 = ty * core - overlap_px  # tile origin in the frame (may lie outside it)
                 ys, ye = max(0, y0), min(ny, y0 + size)
                 if ye <= ys:
                     continue
-                for tx in range(n_tx):
+                for c, tx in enumerate(range(tx0, tx1)):
                     x0 = tx * core - overlap_px
                     xs, xe = max(0, x0), min(nx, x0 + size)
                     if xe > xs:
-                        out[ys:ye, xs:xe] += grid[r, tx, ys - y0:ye - y0, xs - x0:xe - x0]
+                        out[ys:ye, xs:xe] += grid[r, c, ys - y0:ye - y0, xs - x0:xe - x0]
 
-    def finish(ty0: int, ty1: int, acc: np.ndarray) -> None:
-        b0, b1 = ty0 * n_tx, ty1 * n_tx
+    def finish(band: tuple[int, int, int, int], acc: np.ndarray) -> None:
+        b0, b1 = _band_tiles(band, n_tx)
 
         def family(j: int) -> list[np.ndarray]:
             return [acc[j]] + ([acc[3 + 2 * j], acc[4 + 2 * j]] if taylor else [])
 
-        place(to_tiles(family(0), b0, b1), ty0, ty1, images["plain"])
+        place(to_tiles(family(0), b0, b1), band, images["plain"])
         dw = [e + o for e, o in zip(family(1), family(2))]
         for part in dw:
             part.view(np.float32)[...] *= norms["dw"]
-        place(to_tiles(dw, b0, b1), ty0, ty1, images["dw"])
+        place(to_tiles(dw, b0, b1), band, images["dw"])
         del dw
         for j, name in ((1, "even"), (2, "odd")):
             parts = family(j)
             if norms[name] is not None:
                 for part in parts:
                     part.view(np.float32)[...] *= norms[name]
-            place(to_tiles(parts, b0, b1), ty0, ty1, images[name])
+            place(to_tiles(parts, b0, b1), band, images[name])
 
-    def band_frames(band: tuple[int, int], i0: int, i1: int) -> None:
+    def band_frames(band: tuple[int, int, int, int], i0: int, i1: int) -> None:
         """Accumulate frames ``i0:i1`` into one band (and finish it with a single block)."""
-        ty0, ty1 = band
-        b0, b1 = ty0 * n_tx, ty1 * n_tx
+        b0, b1 = _band_tiles(band, n_tx)
         mine = scratch()
         acc = band_accs(b0, b1, mine)
         if single:
@@ -666,11 +698,11 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                     accumulate(i, b0 + c0, spec[c0:c1], acc[:, c0:c1], mine)
             del spectra
         if single:
-            finish(ty0, ty1, acc)
+            finish(band, acc)
 
-    def band_finish(band: tuple[int, int]) -> None:  # several blocks: every band's own sums
-        ty0, ty1 = band
-        finish(ty0, ty1, all_accs[:, ty0 * n_tx:ty1 * n_tx])
+    def band_finish(band: tuple[int, int, int, int]) -> None:  # several blocks: own sums
+        b0, b1 = _band_tiles(band, n_tx)
+        finish(band, all_accs[:, b0:b1])
 
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         for i0, i1 in source.blocks:

@@ -54,7 +54,7 @@ import numpy as np
 
 from .allocator import drop_mapped_pages as _drop_mapped
 from .allocator import movie_memory_settings
-from .align_global import GlobalAlignment, estimate_shifts
+from .align_global import GlobalAlignment, alignment_working_bytes, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
@@ -252,6 +252,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
       none either with a patch grid on unbinned output, whose sums come from tiles);
     * global sums: the kept spectra (or ``18 Pp`` streaming) + ``16 Pp`` spectra and
       ``16 P`` images of the four sums;
+    * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
+      aligned stack, which the cross spectra overwrite) + batches of correlation maps;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned frames on the patch grid);
     * local sums: ``16 P`` (four images) + one band of tiles per thread
@@ -280,6 +282,7 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     kept = n * 4 * pp if n * 4 * pp <= _SPECTRA_BUDGET_BYTES and not sums_from_tiles else 0
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
+              "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n),
               "sums": (kept if kept else 18 * pp) + 16 * pp + 16 * p}
     if ap.local_enabled:
         stages["local_align"] = kept + 8 * a * n + 4 * a
@@ -502,15 +505,16 @@ class _GainedRows:
     def __len__(self) -> int:
         return int(self.used.shape[0])
 
-    def _gain(self, raw: np.ndarray, y0: int, y1: int, out: np.ndarray) -> np.ndarray:
+    def _gain(self, raw: np.ndarray, window: tuple[slice, slice], out: np.ndarray
+              ) -> np.ndarray:
         ref = self.arith
         if ref is None:
             np.copyto(out, raw, casting="unsafe")
         elif ref.dark is not None:
-            np.subtract(raw, ref.dark[y0:y1], out=out, dtype=np.float32, casting="unsafe")
-            np.multiply(out, ref.gain[y0:y1], out=out)
+            np.subtract(raw, ref.dark[window], out=out, dtype=np.float32, casting="unsafe")
+            np.multiply(out, ref.gain[window], out=out)
         else:
-            np.multiply(raw, ref.gain[y0:y1], out=out, dtype=np.float32, casting="unsafe")
+            np.multiply(raw, ref.gain[window], out=out, dtype=np.float32, casting="unsafe")
         return out
 
     def _mean(self, i: int) -> float:
@@ -518,24 +522,32 @@ class _GainedRows:
         if self.fill is not None:
             return float(self.fill)
         if i not in self._means:
-            frame = self._gain(self.used[i], 0, self.used.shape[1],
+            frame = self._gain(self.used[i], (slice(None), slice(None)),
                                np.empty(self.used.shape[1:], np.float32))
             self._means[i] = float(frame.mean(dtype=np.float64))
         return self._means[i]
 
-    def rows(self, i: int, y0: int, y1: int) -> np.ndarray:
-        """Rows ``y0:y1`` of gain-corrected frame ``i`` (a buffer the calling thread's next
-        call reuses)."""
+    def rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None
+             ) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of gain-corrected frame ``i`` (a buffer the
+        calling thread's next call reuses)."""
+        nx = int(self.used.shape[2])
+        x1 = nx if x1 is None else x1
+        size = (y1 - y0) * (x1 - x0)
         buf = getattr(self._local, "buf", None)
-        if buf is None or buf.shape[0] < y1 - y0:
-            buf = self._local.buf = np.empty((y1 - y0, self.used.shape[2]), np.float32)
-        out = self._gain(self.used[i, y0:y1], y0, y1, buf[:y1 - y0])
-        if self.drop:
+        if buf is None or buf.size < size:
+            buf = self._local.buf = np.empty(size, np.float32)
+        window = (slice(y0, y1), slice(x0, x1))
+        out = self._gain(self.used[i][window], window, buf[:size].reshape(y1 - y0, x1 - x0))
+        if self.drop and x1 == nx:  # the rows' last columns: their pages are done with
             _drop_mapped(self.used[i, y0:y1])
         if self.plan is not None:
             lo, hi = np.searchsorted(self.t_y, [y0, y1])
-            if hi > lo:
-                src = self.src[lo:hi]
+            picked: slice | np.ndarray = slice(lo, hi)
+            if hi > lo and (x0 > 0 or x1 < nx):  # the targets in the window's columns
+                picked = lo + np.flatnonzero((self.t_x[lo:hi] >= x0) & (self.t_x[lo:hi] < x1))
+            if self.t_y[picked].size:
+                src = self.src[picked]
                 raw = np.asarray(self.used[i]).reshape(-1)[src]
                 ref = self.arith
                 if ref is None:
@@ -545,11 +557,11 @@ class _GainedRows:
                               ).astype(np.float32)
                 else:
                     values = (raw * ref.gain.reshape(-1)[src]).astype(np.float32)
-                inside = self.inside[lo:hi]
+                inside = self.inside[picked]
                 if not inside.all():
                     values[~inside] = self._mean(i)
-                out[self.t_y[lo:hi] - y0, self.t_x[lo:hi]] = np.einsum(
-                    "ij,ij->i", values, self.w[lo:hi], dtype=np.float64)
+                out[self.t_y[picked] - y0, self.t_x[picked] - x0] = np.einsum(
+                    "ij,ij->i", values, self.w[picked], dtype=np.float64)
         return out
 
 
@@ -565,8 +577,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     t = time.perf_counter()
     ny, nx = grids.frame_yx
     py, px = grids.padded_in
-    pad_buf = np.empty((py, px), np.float32)
-    frame_view = pad_buf[:ny, :nx]
+    pad_buffer: list[np.ndarray] = []  # the padded frame's buffer: made when used, freed
+    # after the forward pass
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
     # with a patch grid on unbinned output the sums come from the tiles of local_sums: the
@@ -588,7 +600,11 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
 
     def padded_frame(i: int) -> np.ndarray:
-        """Frame ``i`` gain-corrected, padded and with its defects replaced (``pad_buf``)."""
+        """Frame ``i`` gain-corrected, padded and with its defects replaced (one buffer)."""
+        if not pad_buffer:
+            pad_buffer.append(np.empty((py, px), np.float32))
+        pad_buf = pad_buffer[0]
+        frame_view = pad_buf[:ny, :nx]
         apply_gain(used[i], arith, out=frame_view)
         if drop:
             _drop_mapped(used[i])
@@ -616,6 +632,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         if keep:
             kept.append(spec)
         del spec
+    pad_buffer.clear()  # 0.1 GB at K3 size, not held through alignment and the local sums
     timings["fft"] = time.perf_counter() - t
 
     t = time.perf_counter()

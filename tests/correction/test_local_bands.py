@@ -71,6 +71,32 @@ def test_a_plain_sequence_read_in_blocks_of_frames_gives_the_array_result(frames
         assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b)), name
 
 
+def test_a_row_of_large_tiles_cut_into_segments_gives_the_same_sums(frames_and_field,
+                                                                     monkeypatch):
+    """A row of large tiles is processed in segments whose accumulators fit the band budget
+    (less memory per thread, more bands to share between threads): the four sums equal those of
+    whole tile rows, for frames read as arrays and through gain-corrected column windows."""
+    frames, _, shifts = frames_and_field
+    field = LocalDeformation(SHAPE, N_FRAMES, corner_amplitude_px=1.0, seed=6)
+    plan = local_apply.plan_tiles(field, SHAPE)
+    assert local_apply._tile_rows_per_band(plan.tile_px) == 1 and plan.taylor
+    whole_rows = _sums(frames, field, shifts)
+    tile_acc = 9 * (plan.tile_px + 2 * plan.overlap_px) ** 2 * 4
+    monkeypatch.setattr(local_apply, "_BAND_ACC_BYTES", 2 * tile_acc)  # two tiles a band
+    n_tx = local_apply.tile_layout(SHAPE, tile_px=plan.tile_px,
+                                   overlap_px=plan.overlap_px).n_tiles_yx[1]
+    assert len(local_apply._bands(4, n_tx, 1, tile_acc)) == 4 * ((n_tx + 1) // 2)
+    assert n_tx >= 5
+    padded = (SHAPE[0] + 64, SHAPE[1] + 64)
+    sources = {"array": frames,
+               "rows": _GainedRows(frames, None, None, None, padded)}
+    for kind, source in sources.items():
+        got = _sums(source, field, shifts)
+        for name in ("plain", "dose_weighted", "even", "odd"):
+            a, b = getattr(got, name), getattr(whole_rows, name)
+            assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b)), (kind, name)
+
+
 def test_gain_corrected_rows_equal_the_whole_frame_correction_with_defects_replaced():
     """Rows asked for by the band-wise sums equal ``(raw - dark) * gain`` of the whole frame
     with defects and hot pixels replaced on the padded frame, including defects at the
@@ -98,3 +124,7 @@ def test_gain_corrected_rows_equal_the_whole_frame_correction_with_defects_repla
         for y0, y1 in ((0, ny), (0, 41), (35, 60), (90, ny)):
             np.testing.assert_allclose(rows.rows(i, y0, y1), padded[y0:y1, :nx], rtol=1e-6,
                                        atol=1e-5)
+        # column windows (segments of a tile row): the same values, defects included
+        for y0, y1, x0, x1 in ((0, ny, 0, 40), (35, 60, 30, nx), (38, 45, 10, 11)):
+            np.testing.assert_allclose(rows.rows(i, y0, y1, x0, x1), padded[y0:y1, x0:x1],
+                                       rtol=1e-6, atol=1e-5)
