@@ -13,7 +13,12 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_daemon.py [--movies 10] [--memory-movies 200]
-        [--size 1024] [--frames 10] [--memory-size 1024] [--keep DIR]
+        [--size 1024] [--frames 10] [--memory-size 1024] [--keep DIR] [--workers N] [--cold]
+
+``--cold``: the movies are separate files (not hard links), dropped from the page cache before
+each run, as movies on a network share or a cold disk are; the daemon then also runs with
+``--no-read-ahead``, and the two throughputs are compared (read-ahead: the movie next in line is
+read into the page cache while the worker corrects the current one).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from correction.synthetic import render_movie
 PIXEL_SIZE_A = 1.1
 
 
-def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0) -> tuple[list[Path], Path]:
+def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0, *,
+                 copies: bool = False) -> tuple[list[Path], Path]:
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = render_movie(np.random.default_rng(seed), shape_yx=(size, size), n_frames=frames,
                              pixel_size_A=PIXEL_SIZE_A, dtype=np.int16)
@@ -54,7 +60,10 @@ def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0) ->
     movies = []
     for i in range(n):
         path = folder / f"movie_{i:04d}.mrc"
-        os.link(master, path)
+        if copies:  # own pages in the page cache (hard links share them)
+            shutil.copyfile(master, path)
+        else:
+            os.link(master, path)
         movies.append(path)
     return movies, gain
 
@@ -70,13 +79,26 @@ def time_correct(movies: list[Path], out: Path, gain: Path) -> float:
     return time.perf_counter() - start
 
 
+def drop_from_page_cache(paths: list[Path]) -> None:
+    """Make the files cold: their pages leave the page cache (as for a movie on a network
+    share or one written long ago)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages (a fresh copy) would stay
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: bool,
-               workers: int = 1) -> tuple[float, list[tuple[int, float]]]:
+               workers: int = 1, read_ahead: bool = True) -> tuple[float, list[tuple[int, float]]]:
     log = out.parent / f"{out.name}.log"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
            "--settle-time", "0.5", "--scan-interval", "0.25", "--exit-when-idle", "1",
-           "--heartbeat", "1", "--workers", str(workers), *correction_flags(gain)]
+           "--heartbeat", "1", "--workers", str(workers), *correction_flags(gain),
+           *([] if read_ahead else ["--no-read-ahead"])]
     start_wall = time.time()
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -139,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep")
     parser.add_argument("--workers", type=int, default=1,
                         help="the daemon's worker processes in the throughput run (default 1)")
+    parser.add_argument("--cold", action="store_true",
+                        help="movies as separate files dropped from the page cache before each "
+                             "run; the daemon runs with and without read-ahead")
     args = parser.parse_args(argv)
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_daemon_"))
@@ -157,10 +182,22 @@ def main(argv: list[str] | None = None) -> int:
 def throughput(work: Path, args: argparse.Namespace) -> None:
     """Backlog wall time: `motionwatch correct` against `motionwatch watch`."""
     print(f"backlog of {args.movies} movies {args.size}^2 x {args.frames} int16 (in {work})")
-    movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames)
+    movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames,
+                                copies=args.cold)
+    if args.cold:
+        drop_from_page_cache(movies)
     t_correct = time_correct(movies, work / "out_correct", gain)
+    if args.cold:
+        drop_from_page_cache(movies)
+        t_plain, _ = run_daemon(work / "throughput", work / "out_plain", gain, args.movies,
+                                sample_memory=False, workers=args.workers, read_ahead=False)
+        print(f"cold files, daemon --no-read-ahead: {t_plain:7.2f} s")
+        drop_from_page_cache(movies)
     t_daemon, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
                              sample_memory=False, workers=args.workers)
+    if args.cold:
+        print(f"cold files, daemon with read-ahead: {t_daemon:7.2f} s "
+              f"({t_plain / t_daemon:.2f}x the throughput without)")
     print(f"motionwatch correct: {t_correct:7.2f} s  ({args.movies / t_correct:.3f} movies/s)")
     print(f"motionwatch watch:   {t_daemon:7.2f} s  ({args.movies / t_daemon:.3f} movies/s, "
           f"{args.workers} worker process(es), settle 0.5 s included)")

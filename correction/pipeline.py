@@ -250,7 +250,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
       ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
       while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES`` (else none: frames are transformed again;
       none either with a patch grid on unbinned output, whose sums come from tiles);
-    * global sums: the kept spectra (or ``18 Pp`` streaming) + ``16 Pp`` spectra and
+    * global sums: the kept spectra (or, made again on the fly, a group of them up to
+      ``summation._GROUP_BYTES`` + ``16 Pp`` of running sums) + ``16 Pp`` spectra and
       ``16 P`` images of the four sums;
     * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned stack, which the cross spectra overwrite) + batches of correlation maps;
@@ -266,6 +267,7 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     budget, 4 bytes per padded output pixel per frame.
     """
     from .local_apply import _BLOCK_BYTES  # noqa: PLC0415 - the local step's own budget
+    from .summation import _GROUP_BYTES as _SUM_GROUP_BYTES  # noqa: PLC0415
 
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap = params.read, params.align
@@ -283,7 +285,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
               "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n),
-              "sums": (kept if kept else 18 * pp) + 16 * pp + 16 * p}
+              "sums": (kept if kept else 16 * pp + min(_SUM_GROUP_BYTES, 4 * pp * n))
+              + 16 * pp + 16 * p}
     if ap.local_enabled:
         stages["local_align"] = kept + 8 * a * n + 4 * a
         stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + (

@@ -22,18 +22,19 @@ Shifts follow :mod:`correction.conventions`: frame ``i`` is moved by ``-shifts_y
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
 
 from .dose import half_inverse_critical_exposure
-from .fourier import (apply_shift, frequency_indices, radial_frequency_sq,
-                      shift_ramps)
+from .fourier import frequency_indices, shift_ramps
 from .threads import run_chunks
 
 _BLOCK_ELEMENTS = 32768  # complex64 elements per block of rows (256 KiB)
+_GROUP_BYTES = 512 << 20  # spectra made on the fly held at once (summed as a group)
 
 __all__ = ["SumSpectra", "SumImages", "pad_frame", "accumulate_sums", "sums_to_images"]
 
@@ -87,7 +88,7 @@ def pad_frame(frame: np.ndarray, padded_shape_yx: tuple[int, int], *,
 def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
                     padded_shape_yx: tuple[int, int], dose_end_e_A2: np.ndarray,
                     pixel_size_A: float, voltage_kV: float = 300.0,
-                    workers: int = 1) -> SumSpectra:
+                    workers: int = 1, group_bytes: int | None = None) -> SumSpectra:
     """Shift, dose-weight and sum frames given as half spectra.
 
     Parameters
@@ -96,8 +97,9 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
         The frames' spectra on the padded output grid, in frame order. They are consumed: a
         list or tuple (all spectra at hand) is summed block of rows by block of rows, and the
         memory of its first four spectra is reused for the four sums; an iterator (spectra
-        made on the fly) is summed frame by frame, each spectrum modified in place. A caller
-        that keeps the spectra must pass copies.
+        made on the fly) is read in groups of frames that fit ``group_bytes``, each group
+        summed block by block into running sums. A caller that keeps the spectra must pass
+        copies.
     shifts_yx_px : ndarray, shape (n, 2)
         Displacement of the specimen per frame (:mod:`correction.conventions`), output pixels.
     padded_shape_yx : (int, int)
@@ -108,7 +110,10 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
         Output pixel size (Å), to put frequencies in 1/Å.
     voltage_kV : float
     workers : int
-        Threads for the blocks of rows of spectra at hand (:mod:`correction.threads`).
+        Threads for the blocks of rows (:mod:`correction.threads`).
+    group_bytes : int, optional
+        Spectra held at once when ``spectra`` is an iterator (default ``_GROUP_BYTES``; at
+        least one spectrum).
 
     Returns
     -------
@@ -116,11 +121,22 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     """
     shifts = np.asarray(shifts_yx_px, dtype=np.float64)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64)
+    grid = _SumGrid(padded_shape_yx, pixel_size_A, voltage_kV)
     if isinstance(spectra, (list, tuple)):
-        return _accumulate_blocks(list(spectra), shifts, padded_shape_yx, dose_end,
-                                  pixel_size_A, voltage_kV, workers)
-    return _accumulate_stream(spectra, shifts, padded_shape_yx, dose_end, pixel_size_A,
-                              voltage_kV)
+        specs = list(spectra)
+        if len(specs) != len(shifts) or len(specs) > len(dose_end):
+            _count_error(len(specs), shifts, dose_end)
+        return _accumulate_blocks(specs, shifts, dose_end, grid, workers=workers)
+    return _accumulate_groups(iter(spectra), shifts, dose_end, grid, workers,
+                              _GROUP_BYTES if group_bytes is None else int(group_bytes))
+
+
+def _count_error(n: int, shifts: np.ndarray, dose_end: np.ndarray) -> None:
+    if n == 0:
+        raise ValueError("no frames to sum")
+    if n > len(shifts) or n > len(dose_end):
+        raise ValueError(f"more spectra than shifts ({len(shifts)}) or doses ({len(dose_end)})")
+    raise ValueError(f"{n} spectra for {len(shifts)} shifts")
 
 
 def _check_spectrum(spec: np.ndarray, shape_half: tuple[int, int]) -> None:
@@ -137,6 +153,46 @@ def _interleave(half: np.ndarray, out: np.ndarray) -> np.ndarray:
     pairs[..., 0] = half
     pairs[..., 1] = half
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _SumGrid:
+    """The padded grid's geometry: its shape, half-spectrum shape, squared frequencies (1/Å²)
+    and the blocks of rows (none straddles the first row of negative ``ky``)."""
+
+    padded_yx: tuple[int, int]
+    pixel_size_A: float
+    voltage_kV: float
+
+    @property
+    def half(self) -> tuple[int, int]:
+        return int(self.padded_yx[0]), int(self.padded_yx[1]) // 2 + 1
+
+    def blocks(self) -> tuple[int, list[int], list[int]]:
+        """(rows per block, block starts, block ends)."""
+        rows, cols = self.half
+        block = max(1, min(rows, _BLOCK_ELEMENTS // cols))
+        split = (rows + 1) // 2
+        starts = [r for lo, hi in ((0, split), (split, rows)) for r in range(lo, hi, block)]
+        ends = [min(r + block, split if r < split else rows) for r in starts]
+        return block, starts, ends
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """Sums carried from one group of frames to the next (unnormalised, whole grid): plain,
+    dose-weighted even and odd, and the squared weights of the even and odd frames."""
+
+    plain: np.ndarray
+    even: np.ndarray
+    odd: np.ndarray
+    w2_even: np.ndarray
+    w2_odd: np.ndarray
+
+    @classmethod
+    def make(cls, shape_half: tuple[int, int]) -> _Running:
+        c = [np.empty(shape_half, np.complex64) for _ in range(3)]
+        return cls(*c, *(np.empty(shape_half, np.float32) for _ in range(2)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +219,38 @@ class _BlockScratch:
         return cls(*c, *r, *w)
 
 
-def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
-                       padded_shape_yx: tuple[int, int], dose_end: np.ndarray,
-                       pixel_size_A: float, voltage_kV: float, workers: int = 1) -> SumSpectra:
-    """All spectra at hand: one block of rows at a time through all frames, in cache.
+def _accumulate_groups(spectra: Iterator[np.ndarray], shifts: np.ndarray, dose_end: np.ndarray,
+                       grid: _SumGrid, workers: int, group_bytes: int) -> SumSpectra:
+    """Spectra made on the fly: groups of frames summed block by block into running sums."""
+    shape_half = grid.half
+    per_group = max(1, group_bytes // (shape_half[0] * shape_half[1] * 8))
+    running = None
+    start = 0
+    while True:
+        group = list(itertools.islice(spectra, per_group))
+        if not group:
+            _count_error(start, shifts, dose_end)
+        end = start + len(group)
+        if end > len(shifts) or end > len(dose_end):
+            _count_error(end, shifts, dose_end)
+        final = end == len(shifts)
+        if final and next(spectra, None) is not None:
+            _count_error(end + 1, shifts, dose_end)
+        if running is None and not final:
+            running = _Running.make(shape_half)
+        result = _accumulate_blocks(group, shifts, dose_end, grid, workers=workers,
+                                    start=start, running=running, final=final)
+        if final:
+            return result
+        start = end
+
+
+def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray, dose_end: np.ndarray,
+                       grid: _SumGrid, *, workers: int = 1, start: int = 0,
+                       running: _Running | None = None, final: bool = True
+                       ) -> SumSpectra | None:
+    """Frames ``start .. start + len(specs)`` at hand: one block of rows at a time through
+    them, in cache.
 
     Per block and frame the spectrum is read once (never written): multiplied by a per-frame
     tile of the separable phase ramp times a scalar for the block's first row (the row ramp of
@@ -174,39 +258,39 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
     odd; dose weights follow the recursion ``w_i = w_(i-1) * exp(-(D_i - D_(i-1)) / 2Ne)``, one
     multiply per frame for even doses instead of an exp, from ``w_0 = 1``: weights relative to
     the first frame, whose common factor ``exp(-D_0 / 2Ne)`` cancels in the normalisation and
-    would underflow float32 at high pre-exposure (:mod:`correction.dose`). The block's sums are normalised and
-    written into the memory of the first four (consumed) spectra.
+    would underflow float32 at high pre-exposure (:mod:`correction.dose`). A group after the
+    first starts from the running sums and from ``w_start = exp(-(D_start - D_0) / 2Ne)``; a
+    group that is not the last stores the block's sums back into ``running``. The last one
+    normalises them and writes them into memory at hand (the running sums and its first
+    spectrum, or its first four spectra, or new arrays) and returns the four sums.
     """
     n = len(specs)
-    if n == 0:
-        raise ValueError("no frames to sum")
-    if n > len(shifts) or n > len(dose_end):
-        raise ValueError(f"more spectra than shifts ({len(shifts)}) or doses ({len(dose_end)})")
-    if n != len(shifts):
-        raise ValueError(f"{n} spectra for {len(shifts)} shifts")
-    py, px = (int(v) for v in padded_shape_yx)
-    shape_half = (py, px // 2 + 1)
+    py, px = grid.padded_yx
+    shape_half = grid.half
     for spec in specs:
         _check_spectrum(spec, shape_half)
     rows, cols = shape_half
-    block = max(1, min(rows, _BLOCK_ELEMENTS // cols))
+    block, starts, ends = grid.blocks()
     ky = frequency_indices(py)
-    fy2 = (ky / (py * pixel_size_A)) ** 2
-    fx2 = ((frequency_indices(px, half=True) / (px * pixel_size_A)) ** 2).astype(np.float32)
+    fy2 = (ky / (py * grid.pixel_size_A)) ** 2
+    fx2 = ((frequency_indices(px, half=True) / (px * grid.pixel_size_A)) ** 2
+           ).astype(np.float32)
+    own = shifts[start:start + n]
     # row ramp of frame i at row r0 + t (t < block, no Nyquist jump inside a block):
     # ramp_y(ky(r0)) * ramp_y(t); the tiles hold ramp_y(t) * ramp_x, one per frame
     tiles = np.empty((n, block, cols), np.complex64)
     for i in range(n):
-        ry, rx = shift_ramps(padded_shape_yx, -shifts[i])
+        ry, rx = shift_ramps(grid.padded_yx, -own[i])
         np.multiply(ry[:block, None], rx[None, :], out=tiles[i])
-    row_phase = 2.0 * np.pi * shifts[:, 0] / py  # ramp_y(ky) = exp(1j * ky * row_phase)
-    outputs = specs[:4] if n >= 4 else [np.empty(shape_half, np.complex64) for _ in range(4)]
-    plain_out, dw_out, even_out, odd_out = outputs
-    n_even, n_odd = (n + 1) // 2, n // 2
-
-    split = (py + 1) // 2  # first row of negative ky: blocks never straddle it
-    starts = [r for lo, hi in ((0, split), (split, rows)) for r in range(lo, hi, block)]
-    ends = [min(r + block, split if r < split else rows) for r in starts]
+    row_phase = 2.0 * np.pi * own[:, 0] / py  # ramp_y(ky) = exp(1j * ky * row_phase)
+    total = start + n
+    outputs = None
+    if final and running is not None:  # each block reads its rows before writing them
+        outputs = [running.plain, specs[0], running.even, running.odd]
+    elif final:
+        outputs = specs[:4] if n >= 4 else [np.empty(shape_half, np.complex64)
+                                            for _ in range(4)]
+    n_even, n_odd = (total + 1) // 2, total // 2
 
     def blocks(lo: int, hi: int) -> None:
         """Blocks ``lo:hi`` (each thread its own scratch; blocks write disjoint rows)."""
@@ -221,26 +305,39 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
         m = r1 - r0
         ab, tb, wb, qb, sq = a[:m], tmp[:m], w[:m], q[:m], w_sq[:m]
         np.add(fy2[r0:r1, None].astype(np.float32), fx2[None, :], out=ab)
-        half_inverse_critical_exposure(ab, voltage_kV)
-        wb.fill(1.0)  # relative to frame 0: w_0 / w_0
+        half_inverse_critical_exposure(ab, grid.voltage_kV)
+        if start == 0:
+            wb.fill(1.0)  # relative to frame 0: w_0 / w_0
+        else:
+            np.multiply(ab, -np.float32(dose_end[start] - dose_end[0]), out=tb)
+            _interleave(np.exp(tb, out=tb), wb)
         q_step = None
         pb, eb, ob, fb = acc_plain[:m], acc_even[:m], acc_odd[:m], f[:m]
         e2, o2 = w2_even[:m], w2_odd[:m]
-        eb.fill(0)
-        ob.fill(0)
-        e2.fill(0)
-        o2.fill(0)
+        if start == 0:
+            eb.fill(0)
+            ob.fill(0)
+            e2.fill(0)
+            o2.fill(0)
+        else:  # the sums of the groups before
+            pb[...] = running.plain[r0:r1]
+            eb[...] = running.even[r0:r1]
+            ob[...] = running.odd[r0:r1]
+            _interleave(running.w2_even[r0:r1], e2)  # stored once per pair
+            _interleave(running.w2_odd[r0:r1], o2)
         phase = np.exp(1j * ky[r0] * row_phase).astype(np.complex64)
         for i, spec in enumerate(specs):
+            frame = start + i
             np.multiply(spec[r0:r1], tiles[i, :m], out=fb)
             fb *= phase[i]
-            if i == 0:
+            if frame == 0:
                 pb[...] = fb
             else:
                 pb += fb
+            if i > 0:
                 # steps compared as the float32 factor they enter as (even doses whose
                 # float64 differences vary in the last bit still take one exp per block)
-                step = np.float32(dose_end[i] - dose_end[i - 1])
+                step = np.float32(dose_end[frame] - dose_end[frame - 1])
                 if q_step is None or step != q_step:
                     np.multiply(ab, -step, out=tb)
                     _interleave(np.exp(tb, out=tb), qb)
@@ -248,16 +345,24 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
                 wb *= qb
             fb.view(np.float32)[...] *= wb
             np.multiply(wb, wb, out=sq)
-            if i % 2 == 0:
+            if frame % 2 == 0:
                 eb += fb
                 e2 += sq
             else:
                 ob += fb
                 o2 += sq
+        if not final:
+            running.plain[r0:r1] = pb
+            running.even[r0:r1] = eb
+            running.odd[r0:r1] = ob
+            running.w2_even[r0:r1] = e2[:, ::2]
+            running.w2_odd[r0:r1] = o2[:, ::2]
+            return
+        plain_out, dw_out, even_out, odd_out = outputs
         plain_out[r0:r1] = pb
         # dw = (even + odd) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
         np.add(e2, o2, out=sq)
-        np.divide(np.float32(n), sq, out=sq)
+        np.divide(np.float32(total), sq, out=sq)
         np.sqrt(sq, out=sq)
         dw_rows = dw_out[r0:r1]
         np.add(eb, ob, out=dw_rows)
@@ -274,55 +379,10 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray,
 
     run_chunks(blocks, len(starts), workers)
     specs.clear()
-    return SumSpectra(sum=plain_out, dw=dw_out, even=even_out, odd=odd_out, n_frames=n)
-
-
-def _accumulate_stream(spectra: Iterable[np.ndarray], shifts: np.ndarray,
-                       padded_shape_yx: tuple[int, int], dose_end: np.ndarray,
-                       pixel_size_A: float, voltage_kV: float) -> SumSpectra:
-    """Spectra one at a time (made on the fly): whole-array passes per frame."""
-    inv_2ne = half_inverse_critical_exposure(
-        radial_frequency_sq(padded_shape_yx, scale_yx=(pixel_size_A, pixel_size_A)), voltage_kV)
-    shape_half = inv_2ne.shape
-    plain = np.zeros(shape_half, np.complex64)
-    even = np.zeros(shape_half, np.complex64)
-    odd = np.zeros(shape_half, np.complex64)
-    w2_even = np.zeros(shape_half, np.float32)
-    w2_odd = np.zeros(shape_half, np.float32)
-    w = np.empty(shape_half, np.float32)
-    n = 0
-    for spec in spectra:
-        i = n
-        n += 1
-        if n > len(shifts) or n > len(dose_end):
-            raise ValueError(f"more spectra than shifts ({len(shifts)}) or doses ({len(dose_end)})")
-        _check_spectrum(spec, shape_half)
-        apply_shift(spec, padded_shape_yx, -shifts[i], out=spec)
-        plain += spec
-        # relative to frame 0 (cancels in the normalisation; no underflow at high pre-exposure)
-        np.multiply(inv_2ne, np.float32(-(dose_end[i] - dose_end[0])), out=w)
-        np.exp(w, out=w)
-        spec *= w  # complex64 by float32 (whole arrays: memory-bound anyway)
-        np.multiply(w, w, out=w)
-        if i % 2 == 0:
-            even += spec
-            w2_even += w
-        else:
-            odd += spec
-            w2_odd += w
-        del spec
-    if n == 0:
-        raise ValueError("no frames to sum")
-    if n != len(shifts):
-        raise ValueError(f"{n} spectra for {len(shifts)} shifts")
-    n_even, n_odd = (n + 1) // 2, n // 2
-    dw = np.add(even, odd)
-    np.add(w2_even, w2_odd, out=w)
-    dw *= np.sqrt(np.float32(n) / w)
-    even *= np.sqrt(np.float32(n_even) / w2_even)
-    if n_odd:
-        odd *= np.sqrt(np.float32(n_odd) / w2_odd)
-    return SumSpectra(sum=plain, dw=dw, even=even, odd=odd, n_frames=n)
+    if not final:
+        return None
+    plain_out, dw_out, even_out, odd_out = outputs
+    return SumSpectra(sum=plain_out, dw=dw_out, even=even_out, odd=odd_out, n_frames=total)
 
 
 def sums_to_images(sums: SumSpectra, *, padded_shape_yx: tuple[int, int],

@@ -21,6 +21,7 @@ from pathlib import Path
 from daemon import exitcodes
 from daemon.handoff.relion import motion_records_in, write_single_particle_star
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
+from daemon.work.readahead import ReadAhead
 
 __all__ = ["add_arguments", "run"]
 
@@ -155,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
 
     failed = 0
     stems = _output_stems(args.movies)
-    for movie in args.movies:
+    read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
+    for index, movie in enumerate(args.movies):
         t0 = time.perf_counter()
+        if index + 1 < len(args.movies):
+            read_ahead.hint(args.movies[index + 1])
         try:
             with _warnings_as_lines(movie):
                 result = correct_movie(movie, args.out, params, gain_reference=gain,
@@ -186,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
                   f"(early {d['early_A']:.1f}, late {d['late_A']:.1f}, max jump "
                   f"{d['max_frame_jump_A']:.1f}), {wall:.1f} s -> {result.outputs['sum']}",
                   flush=True)
+    read_ahead.close()
     try:  # RELION's single-particle hand-off: every movie corrected into this folder so far
         write_single_particle_star(args.out, motion_records_in(args.out))
     except OSError as exc:

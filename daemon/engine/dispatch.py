@@ -63,12 +63,15 @@ class Dispatcher:
         Shared record of whether the state database takes writes (rate-limited log, health).
     policy : EnginePolicy, optional
         Time limits (default: the defaults).
+    read_ahead : ReadAhead, optional
+        Told of the movie next in line whenever every worker is busy, for executors whose
+        workers read the files here (:mod:`daemon.work.readahead`).
     """
 
     def __init__(self, config: Any, *, ledger: Callable[[], Any], pool: Callable[[], Any],
                  log: Any, finished: Callable[[str, MovieEvent], None],
                  wall_clock: Callable[[], float], writes: LedgerWrites,
-                 policy: EnginePolicy | None = None) -> None:
+                 policy: EnginePolicy | None = None, read_ahead: Any = None) -> None:
         self.config = config
         self._ledger = ledger
         self._pool = pool
@@ -77,6 +80,7 @@ class Dispatcher:
         self._wall = wall_clock
         self._writes = writes
         self._policy = policy or EnginePolicy()
+        self._read_ahead = read_ahead
         self.in_flight: dict[int, InFlight] = {}
         self._gain_warned = False
         self.unrecorded: list[Outcome] = []
@@ -101,11 +105,21 @@ class Dispatcher:
 
     # --- ledger -> workers ----------------------------------------------------------------
     def dispatch(self) -> None:
-        """Give pending movies to idle workers."""
-        cfg = self.config
+        """Give pending movies to idle workers; with every worker busy, read the next one
+        ahead."""
         pool = self._pool()
         if self.pause.active or self.unrecorded:
             return
+        self._fill(pool)
+        if pool.idle == 0 and self._read_ahead is not None \
+                and getattr(pool, "reads_files_here", False):
+            row = self._safe(lambda: self._ledger().next_pending(now=self._wall()))
+            if row is not None:
+                self._read_ahead.hint(row.key.path)
+
+    def _fill(self, pool: Any) -> None:
+        """Claim pending movies (oldest first) while a worker is idle."""
+        cfg = self.config
         while pool.idle > 0:
             row = self._safe(lambda: self._ledger().next_pending(now=self._wall()))
             if row is None:

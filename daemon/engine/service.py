@@ -46,6 +46,7 @@ from daemon.state.ledger import DB_NAME, Ledger, open_or_rebuild
 from daemon.system.logs import get_logger
 from daemon.work.executor import build_executor
 from daemon.work.jobs import JobRunner
+from daemon.work.readahead import ReadAhead
 from daemon.work.workers import DEFAULT_RUNNER, WorkerPool
 
 __all__ = ["Service", "LOCK_NAME"]
@@ -96,13 +97,16 @@ class Service:
         self.discovery: Discovery | None = None
         self.pool: WorkerPool | None = None
         self._jobs = JobRunner()
+        # the next movie into the page cache while the (local) workers are busy
+        self._read_ahead = ReadAhead() if config.read_ahead else None
         self.admission = Admission(config, ledger=lambda: self.ledger, resolver=self._resolver,
                                    log=self._log, clock=clock, writes=self._writes,
                                    policy=self._policy,
                                    quarantined=lambda e: self._finished("on_movie_failed", e))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
-                                     writes=self._writes, policy=self._policy)
+                                     writes=self._writes, policy=self._policy,
+                                     read_ahead=self._read_ahead)
         self._locks = FolderLocks(config.out_dir, config.state_dir)
 
     # --- listeners ------------------------------------------------------------------------
@@ -299,6 +303,8 @@ class Service:
             self.pool.stop()
             self.pool = None
         self._jobs.close()
+        if self._read_ahead is not None:
+            self._read_ahead.close()
         try:
             self._resolver.stop()
         except Exception as exc:  # noqa: BLE001

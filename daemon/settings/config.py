@@ -76,6 +76,9 @@ class Config:
     log_level : str
     exit_when_idle_s : float or None
         Stop by itself after this long with nothing pending or running (tests, batch use).
+    read_ahead : bool
+        While every worker is busy, have the kernel read the movie next in line into the page
+        cache (local workers only; :mod:`daemon.work.readahead`).
     options : dict
         Every merged option by ``dest`` (defaults, then TOML, then flags), including options
         added to the ``watch`` parser by integrations (publisher, systemd): they build their own
@@ -100,6 +103,7 @@ class Config:
     heartbeat_s: float = 10.0
     log_level: str = "info"
     exit_when_idle_s: float | None = None
+    read_ahead: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -159,6 +163,9 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     g.add_argument("--exit-when-idle", type=float, default=None, metavar="S",
                    help="stop after S seconds with nothing to do (tests and batch runs)")
+    g.add_argument("--no-read-ahead", dest="read_ahead", action="store_false", default=True,
+                   help="do not read the movie next in line into the page cache while the "
+                        "workers are busy (read-ahead is on by default; local workers only)")
 
 
 def finalize_parser(parser: argparse.ArgumentParser) -> None:
@@ -388,5 +395,5 @@ def load_config(args: argparse.Namespace) -> Config:
         retry_delay_s=float(merged.retry_delay), heartbeat_s=float(merged.heartbeat),
         log_level=merged.log_level,
         exit_when_idle_s=None if merged.exit_when_idle is None else float(merged.exit_when_idle),
-        options=dict(vars(merged)),
+        read_ahead=bool(merged.read_ahead), options=dict(vars(merged)),
     )

@@ -127,6 +127,9 @@ class DaskExecutor:
         Monotonic clock (s).
     """
 
+    #: the movies are read on the cluster's machines, not here
+    reads_files_here = False
+
     def __init__(self, settings: Any, *, timeout_s: float | None = None,
                  runner: str = DEFAULT_RUNNER,
                  gain_loader: str | None = "correction.gain:load_gain_reference",

@@ -47,6 +47,10 @@ JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECl
 class Executor(Protocol):
     """What the engine uses to run tasks (the methods of :class:`WorkerPool`)."""
 
+    #: True when the workers read the movies on the daemon's machine (local processes): the
+    #: engine then reads the next movie ahead into the page cache (:mod:`daemon.work.readahead`)
+    reads_files_here: bool
+
     def start(self) -> None:
         """Start (worker processes, or the connection to a cluster)."""
 

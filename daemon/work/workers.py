@@ -344,6 +344,9 @@ class WorkerPool:
         Monotonic clock (s).
     """
 
+    #: the workers read the movies on this machine (the engine may read ahead for them)
+    reads_files_here = True
+
     def __init__(self, n_workers: int, *, timeout_s: float | None = None,
                  startup_s: float = 120.0, runner: str = DEFAULT_RUNNER,
                  gain_loader: str | None = "correction.gain:load_gain_reference",

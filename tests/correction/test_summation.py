@@ -68,18 +68,24 @@ def test_pad_frame_fills_with_the_mean():
     assert np.all(out[3:, :] == frame.mean()) and np.all(out[:, 4:] == frame.mean())
 
 
-def test_accumulate_rejects_more_spectra_than_shifts():
-    spec = rfft2(np.ones((8, 8), np.float32))
-    with pytest.raises(ValueError):
-        accumulate_sums([spec.copy(), spec.copy()], np.zeros((1, 2)), padded_shape_yx=(8, 8),
-                        dose_end_e_A2=np.ones(2), pixel_size_A=1.0)
-
-
+@pytest.mark.parametrize("n_spectra", [0, 2, 4])
 @pytest.mark.parametrize("as_list", [True, False])
+def test_accumulate_rejects_a_number_of_spectra_other_than_of_shifts(n_spectra, as_list):
+    spec = rfft2(np.ones((8, 8), np.float32))
+    specs = [spec.copy() for _ in range(n_spectra)]
+    with pytest.raises(ValueError, match="spectra|frames"):
+        accumulate_sums(specs if as_list else iter(specs), np.zeros((3, 2)),
+                        padded_shape_yx=(8, 8), dose_end_e_A2=np.ones(3), pixel_size_A=1.0,
+                        group_bytes=None if as_list else 2 * 8 * 5 * 8)
+
+
+@pytest.mark.parametrize("group_frames", [None, 5, 2, 1])
 @pytest.mark.parametrize("block_elements", [32768, 200])
 def test_sums_match_closed_form_with_non_uniform_doses_for_lists_and_streams(
-        as_list, block_elements, monkeypatch):
-    """plain = sum F_i R_i; half/dw sums = sqrt(n_set / sum w^2) * sum w_i F_i R_i."""
+        group_frames, block_elements, monkeypatch):
+    """plain = sum F_i R_i; half/dw sums = sqrt(n_set / sum w^2) * sum w_i F_i R_i: for a
+    list (None) and for a stream read in groups of 5, 2 or 1 frames, whose sums run on from
+    group to group (even/odd parity and dose weights by the frame's place in the movie)."""
     import correction.summation as summation
     from correction.dose import dose_weights
     from correction.fourier import apply_shift, radial_frequency_sq
@@ -101,7 +107,9 @@ def test_sums_match_closed_form_with_non_uniform_doses_for_lists_and_streams(
               "odd": odd * np.sqrt(2 / (w[1::2] ** 2).sum(0)),
               "dw": (even + odd) * np.sqrt(5 / (w**2).sum(0))}
     source = [s.copy() for s in spectra]
+    as_list = group_frames is None
     got = accumulate_sums(source if as_list else iter(source), shifts, padded_shape_yx=shape,
-                          dose_end_e_A2=dose_end, pixel_size_A=pixel)
+                          dose_end_e_A2=dose_end, pixel_size_A=pixel,
+                          group_bytes=None if as_list else group_frames * 64 * 49 * 8)
     for name, value in expect.items():
         np.testing.assert_allclose(getattr(got, name), value, atol=1e-5 * np.abs(value).max())
