@@ -15,9 +15,9 @@ median wall times, their ratio, the CPU time ratio (less sensitive to other load
 machine), and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
 
 Detector shapes (issue 17): ``--shape NY NX`` (K3 4092 5760, super-resolution 8184 11520),
-``--dtype uint8``, ``--format tiff`` (LZW, as K3 movies are written), ``--bin 2`` (Fourier
-binning; the floor then crops its summed spectrum before the four inverse FFTs), ``--local-field
-PX`` (a known local deformation, PX at the corners: the movie is rendered by
+``--dtype uint8``, ``--format tiff`` (LZW, as K3 movies are written), ``--extra='--bin 2'``
+(Fourier binning; the floor then crops its summed spectrum before the four inverse FFTs),
+``--local-field PX`` (a known local deformation, PX at the corners: the movie is rendered by
 :func:`correction.synthetic_local.render_local_movie`), ``--cycle K`` (render K frames and
 repeat them to ``--frames``: for memory and speed at 40-60 frames of 94-Mpixel frames; the
 shift error is then not meaningful). The load average is printed with each result.
@@ -26,7 +26,7 @@ shift error is then not meaningful). The load average is printed with each resul
     .venv/bin/python benchmarks/bench_correct.py --shape 4092 5760 --frames 40 --dtype uint8 \
         --format tiff --local-field 3 --repeats 1                     # K3, 5x5 local
     .venv/bin/python benchmarks/bench_correct.py --shape 8184 11520 --frames 60 --cycle 10 \
-        --dtype uint8 --bin 2 --repeats 1 --extra='--patches 1 1'   # super-resolution
+        --dtype uint8 --repeats 1 --extra='--bin 2'   # super-resolution
 """
 
 from __future__ import annotations
@@ -81,10 +81,17 @@ def _render(workdir: Path, shape: tuple[int, int], n_frames: int, seed: int, *,
                            electrons_per_px_per_frame=E_PER_PX, pixel_size_A=PIXEL_SIZE_A,
                            n_hot_pixels=max(20, ny * nx // 50000), dtype=np.dtype(dtype))
         frames, gain_img, shifts = syn.frames, syn.gain, syn.shifts_yx_px
-    if cycle and n_render < n_frames:
-        frames = np.concatenate([frames] * int(np.ceil(n_frames / n_render)))[:n_frames]
-        shifts = np.concatenate([shifts] * int(np.ceil(n_frames / n_render)))[:n_frames]
-    if fmt == "tiff":
+    repeat = int(np.ceil(n_frames / n_render))
+    shifts = np.concatenate([shifts] * repeat)[:n_frames]
+    if cycle and n_render < n_frames and fmt != "tiff":  # frame by frame: no 60-frame copy
+        with mrcfile.new_mmap(movie, shape=(n_frames, ny, nx), overwrite=True,
+                              mrc_mode=mrcfile.utils.mode_from_dtype(frames.dtype)) as mrc:
+            for i in range(n_frames):
+                mrc.data[i] = frames[i % n_render]
+            mrc.voxel_size = PIXEL_SIZE_A
+    elif fmt == "tiff":
+        if cycle and n_render < n_frames:
+            frames = np.concatenate([frames] * repeat)[:n_frames]
         import tifffile
         tifffile.imwrite(movie, frames, compression="lzw",
                          resolution=(1e8 / PIXEL_SIZE_A, 1e8 / PIXEL_SIZE_A),
@@ -93,6 +100,7 @@ def _render(workdir: Path, shape: tuple[int, int], n_frames: int, seed: int, *,
         with mrcfile.new(movie, overwrite=True) as mrc:
             mrc.set_data(frames)
             mrc.voxel_size = PIXEL_SIZE_A
+    del frames
     if not gain.exists():
         with mrcfile.new(gain, overwrite=True) as mrc:
             mrc.set_data(np.asarray(gain_img, np.float32))
@@ -208,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, movie, gain, out = args.child
         fn = _child_correct if kind == "correct" else _child_floor
         result = fn(Path(movie), Path(gain), Path(out), args.extra.split())
-        result["maxrss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        from correction.allocator import peak_resident_MB  # not ru_maxrss: see there
+        result["maxrss_MB"] = peak_resident_MB()
         print(json.dumps(result))
         return 0
 

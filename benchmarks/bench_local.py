@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -120,6 +119,7 @@ def _application_error(args: argparse.Namespace, workers: int) -> dict:
 
 
 def _child(folder: Path, workers: int) -> None:
+    from correction.allocator import peak_resident_MB
     from correction.align_global import estimate_shifts
     from correction.align_local import LocalParams, estimate_local_motion, fit_local_model
     from correction.dose import accumulated_dose_e_A2
@@ -161,7 +161,7 @@ def _child(folder: Path, workers: int) -> None:
     t = time.perf_counter()
     with_local = local_sums(frames, shifts, model, **kw)
     times["local_apply_s"] = time.perf_counter() - t
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss_mb = peak_resident_MB()
     if model is not None:
         t = time.perf_counter()
         local_sums(frames, shifts, model, taylor=False, tile_px=512, **kw)

@@ -18,7 +18,8 @@ spectra, tile batches). Two defaults of the C library and numpy make that slow:
   --faults``), and the 10 kept spectra of a 4K movie pay that once each. The advice is off
   while a movie is corrected and restored afterwards.
 
-:func:`drop_mapped_pages` keeps a memory-mapped movie's resident part small.
+:func:`drop_mapped_pages` keeps a memory-mapped movie's resident part small;
+:func:`peak_resident_MB` is the process's own peak resident memory.
 :func:`movie_memory_settings` is a context manager; the settings are process-wide (C library
 and numpy), so they are applied around each movie, not at import.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["movie_memory_settings", "drop_mapped_pages"]
+__all__ = ["movie_memory_settings", "drop_mapped_pages", "peak_resident_MB"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 _KEEP_FREED_BYTES = 32 << 20
@@ -101,3 +103,20 @@ def drop_mapped_pages(part: np.ndarray) -> None:
     aligned = start - start % mmap.PAGESIZE
     lib.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(start + part.nbytes - aligned),
                 _MADV_DONTNEED)
+
+
+def peak_resident_MB() -> float:
+    """Peak resident memory of this process so far (MiB): ``VmHWM`` of /proc/self/status.
+
+    Unlike ``getrusage``'s ``ru_maxrss``, which a process started by fork and exec inherits
+    from its parent (a benchmark that rendered a 14 GB movie reported 14 GB for every child),
+    ``VmHWM`` starts afresh with the new program. ``ru_maxrss`` where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -43,7 +43,6 @@ returns them afterwards.
 from __future__ import annotations
 
 import dataclasses
-import resource
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .allocator import drop_mapped_pages as _drop_mapped
-from .allocator import movie_memory_settings
+from .allocator import movie_memory_settings, peak_resident_MB
 from .align_global import GlobalAlignment, alignment_working_bytes, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
@@ -619,10 +618,9 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         return pad_buf
 
     def spectrum(i: int) -> np.ndarray:
-        spec = rfft2(padded_frame(i), workers=workers, overwrite_x=True)
-        if binned:
-            spec = fourier_crop(spec, grids.padded_in, grids.padded_out)
-        return spec
+        if binned:  # the binned grid's crop alone: no full-size spectrum (0.75 GB at 8K x 11K)
+            return rfft2_cropped(padded_frame(i), grids.padded_out, workers=workers)
+        return rfft2(padded_frame(i), workers=workers, overwrite_x=True)
 
     kept: list[np.ndarray] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
@@ -830,8 +828,7 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {})})
-    record["memory"] = {**memory.to_record(), "process_peak_MB": round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # Linux: KiB
+    record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
     # quick-look pictures (correction/quicklook.py): written with the set; a picture that cannot
     # be drawn is recorded, never a reason to lose the movie
     t_pictures = time.perf_counter()

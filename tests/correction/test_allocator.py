@@ -22,3 +22,24 @@ def test_settings_are_restored_when_the_correction_fails():
         with movie_memory_settings():
             raise RuntimeError("bad movie")
     assert multiarray._get_madvise_hugepage() == before
+
+
+def test_a_process_reports_its_own_peak_memory_not_that_of_the_process_that_started_it():
+    """A benchmark that holds a large movie and starts a child to correct another must read the
+    child's own peak: ``ru_maxrss`` carries the parent's resident memory across fork and exec,
+    ``peak_resident_MB`` (VmHWM) starts afresh."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from correction.allocator import peak_resident_MB
+
+    held = np.ones(400 << 20, np.uint8)  # 400 MiB resident in this process
+    assert peak_resident_MB() >= 400
+    child = subprocess.run(
+        [sys.executable, "-c", "from correction.allocator import peak_resident_MB; "
+                               "print(peak_resident_MB())"],
+        capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 200, child.stdout
+    del held

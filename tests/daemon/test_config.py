@@ -34,6 +34,16 @@ def test_toml_values_apply_and_flags_override_them(tmp_path):
     assert config.out_dir == tmp_path / "o" and config.state_dir == config.out_dir
 
 
+def test_read_ahead_is_on_by_default_and_off_by_flag_or_toml(tmp_path):
+    (tmp_path / "w").mkdir()
+    base = [str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--dose-per-frame", "1"]
+    assert load_config(parse(base)).read_ahead is True
+    assert load_config(parse([*base, "--no-read-ahead"])).read_ahead is False
+    toml = tmp_path / "c.toml"
+    toml.write_text("read_ahead = false\n")
+    assert load_config(parse([*base, "--config", str(toml)])).read_ahead is False
+
+
 def test_every_correction_option_has_a_toml_key(tmp_path):
     """A value for each option of `motionwatch correct` is accepted from the config file."""
     from daemon.settings.correction_options import add_correction_arguments
