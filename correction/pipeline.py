@@ -215,10 +215,11 @@ class MemoryEstimate:
     peak_bytes : int
         Predicted peak resident memory of the process (bytes).
     terms_bytes : dict
-        The parts: ``movie`` (frames held in memory, or mapped pages kept), ``stage`` (the
-        largest working set of one stage), ``base`` (interpreter and libraries).
+        The parts: ``movie`` (frames held in memory, or mapped pages kept), ``references``
+        (gain and dark as float32, defect mask), ``stage`` (the largest working set of one
+        stage), ``base`` (interpreter and libraries).
     stage : str
-        The stage that sets the peak: ``"hot_pixels"``, ``"fft"``, ``"sums"``,
+        The stage that sets the peak: ``"hot_pixels"``, ``"fft"``, ``"align"``, ``"sums"``,
         ``"local_align"`` or ``"local"``.
     """
 
@@ -244,14 +245,16 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
 
     * movie: the frames as read (stored dtype); a memory-mapped MRC's pages only up to
       ``_MAPPED_BUDGET_BYTES`` (beyond it they are dropped once used: about one frame);
+    * references: 4 bytes per input pixel for each of gain and dark, 1 for the defect mask,
+      held throughout (as named in ``params.gain``);
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp`` (Fourier crop) +
       ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
       while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES`` (else none: frames are transformed again;
       none either with a patch grid on unbinned output, whose sums come from tiles);
-    * global sums: the kept spectra (or, made again on the fly, a group of them up to
-      ``summation._GROUP_BYTES`` + ``16 Pp`` of running sums) + ``16 Pp`` spectra and
-      ``16 P`` images of the four sums;
+    * global sums (without a patch grid, or Fourier-binned): the kept spectra (or, made
+      again on the fly, a group of them up to ``summation._GROUP_BYTES`` + ``16 Pp`` of
+      running sums) + ``16 Pp`` spectra and ``16 P`` images of the four sums;
     * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned stack, which the cross spectra overwrite) + batches of correlation maps;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
@@ -283,15 +286,20 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     kept = n * 4 * pp if n * 4 * pp <= _SPECTRA_BUDGET_BYTES and not sums_from_tiles else 0
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
-              "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n),
-              "sums": (kept if kept else 16 * pp + min(_SUM_GROUP_BYTES, 4 * pp * n))
-              + 16 * pp + 16 * p}
+              "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
+    if not sums_from_tiles:  # else the sums come from tiles, applied or not ("local")
+        stages["sums"] = ((kept if kept else 16 * pp + min(_SUM_GROUP_BYTES, 4 * pp * n))
+                          + 16 * pp + 16 * p)
     if ap.local_enabled:
         stages["local_align"] = kept + 8 * a * n + 4 * a
         stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + (
             (kept if kept else 43 * p + _BLOCK_BYTES) if binned else 0)
     stage = max(stages, key=stages.get)
-    terms = {"movie": movie, "stage": stages[stage], "base": _BASE_BYTES}
+    gp = params.gain
+    references = ny * nx * (4 * (gp.gain_path is not None) + 4 * (gp.dark_path is not None)
+                            + (gp.gain_path is not None or gp.defects_path is not None))
+    terms = {"movie": movie, "references": references, "stage": stages[stage],
+             "base": _BASE_BYTES}
     return MemoryEstimate(int(sum(terms.values())), terms, stage)
 
 
