@@ -108,6 +108,7 @@ def _child(movie: Path, out: Path, group: int, dose_per_fraction: float) -> dict
     """Correct one movie in this (fresh) process; report time, stages, shifts and RSS."""
     sys.path.insert(0, str(ROOT))
     import correction.io.eer  # noqa: F401 - imports are not part of the timed work
+    from correction.allocator import peak_resident_MB
     from correction.params import CorrectionParams, DoseParams, ReadParams
     from correction.pipeline import correct_movie
 
@@ -116,11 +117,9 @@ def _child(movie: Path, out: Path, group: int, dose_per_fraction: float) -> dict
     t, c = time.perf_counter(), _cpu_s()
     result = correct_movie(movie, out, params)
     wall, cpu = time.perf_counter() - t, _cpu_s() - c
-    with open("/proc/self/status") as fh:
-        hwm = next(x for x in fh if x.startswith("VmHWM"))
     record = result.record
     grouping = {k: v for k, v in record.items() if "eer" in k or "group" in k}
-    return {"wall_s": wall, "cpu_s": cpu, "rss_gb": int(hwm.split()[1]) / 1024 ** 2,
+    return {"wall_s": wall, "cpu_s": cpu, "rss_gb": peak_resident_MB() / 1024,
             "timings_s": {k: round(v, 2) for k, v in result.timings_s.items()},
             "shifts_yx_px": result.shifts_yx_px.tolist(), "frames": record["frames"],
             "grouping": grouping}

@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from correction.allocator import peak_resident_MB  # noqa: E402
 from correction.defects import detect_hot_pixels  # noqa: E402
 from correction.gain import GainReference, apply_gain  # noqa: E402
 from correction.io import read_movie  # noqa: E402
@@ -50,13 +51,6 @@ def _time(fn, repeats=3):
         result = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), result
-
-
-def _peak_rss_gb() -> float:
-    """Peak resident memory of this process (VmHWM, reset by exec unlike ru_maxrss)."""
-    with open("/proc/self/status") as fh:
-        line = next(x for x in fh if x.startswith("VmHWM"))
-    return int(line.split()[1]) / 1024 ** 2
 
 
 def bench_in_process(scratch: Path) -> None:
@@ -89,7 +83,7 @@ def bench_in_process(scratch: Path) -> None:
             np.asarray(movie.frames).sum(dtype=np.int64) > -1)
     t, _ = _time(read_and_touch, repeats=3)
     print(f"read_movie MRC 4096² x 10 int16 + touch every byte: {t:.3f} s")
-    print(f"peak RSS so far: {_peak_rss_gb():.2f} GB")
+    print(f"peak RSS so far: {peak_resident_MB() / 1024:.2f} GB")
 
 
 def bench_eer(scratch: Path, n_raw: int) -> None:
@@ -116,8 +110,8 @@ def bench_eer(scratch: Path, n_raw: int) -> None:
         "t = time.perf_counter()\n"
         "m = read_movie(%r, params=ReadParams(eer_group_frames=%d))\n"
         "dt = time.perf_counter() - t\n"
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-        "rss = int(hwm.split()[1]) / 1024 ** 2\n"
+        "from correction.allocator import peak_resident_MB\n"
+        "rss = peak_resident_MB() / 1024\n"
         "print(f'{dt:.2f} {rss:.2f} {m.frames.shape} {m.frames.dtype}')\n"
     ) % (str(ROOT), str(path), max(1, n_raw // 20))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
