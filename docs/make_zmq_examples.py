@@ -138,6 +138,8 @@ def _receive(sub: Any, got: dict[str, dict], deadline: float, daemon: subprocess
     if message is None:
         return
     topic, body = message
+    if topic == "state":
+        return  # the snapshot sent when this subscriber joined; the example is a late joiner's
     if topic == "movie" and body.get("series") is None:
         return  # the example shows a tilt
     if topic == "warning" and body.get("kind") != "drift_total":
