@@ -52,7 +52,8 @@ class SumSpectra:
 
 @dataclass(frozen=True, slots=True)
 class SumImages:
-    """The four real-space sums, float32, shape (ny, nx)."""
+    """The four real-space sums, float32, shape (ny, nx) (possibly views of wider arrays:
+    ``np.ascontiguousarray`` where contiguity matters)."""
 
     sum: np.ndarray
     dw: np.ndarray
@@ -387,7 +388,8 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray, dose_end: np
 
 def sums_to_images(sums: SumSpectra, *, padded_shape_yx: tuple[int, int],
                    shape_yx: tuple[int, int], workers: int = -1) -> SumImages:
-    """Four inverse FFTs and a crop to the frame region ``[:ny, :nx]`` (float32 out).
+    """Four inverse FFTs and a crop to the frame region ``[:ny, :nx]`` (float32 out; the crop
+    is a view whose rows are contiguous, not a copy).
 
     The spectra in ``sums`` are overwritten (scipy may use them as work space).
     """
@@ -399,6 +401,6 @@ def sums_to_images(sums: SumSpectra, *, padded_shape_yx: tuple[int, int],
         # are never transformed back); same scaling as irfft2
         cols = scipy.fft.ifft(spec, n=py, axis=0, workers=workers, overwrite_x=True)
         img = scipy.fft.irfft(cols[:ny], n=px, axis=1, workers=workers, overwrite_x=True)
-        return img if nx == px else np.ascontiguousarray(img[:, :nx], dtype=np.float32)
+        return img[:, :nx]  # a view: rows written from it in blocks (correction.write)
 
     return SumImages(sum=one(sums.sum), dw=one(sums.dw), even=one(sums.even), odd=one(sums.odd))

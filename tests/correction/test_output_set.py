@@ -11,6 +11,7 @@ import builtins
 import errno
 import json
 import os
+import threading
 import subprocess
 import uuid
 
@@ -86,8 +87,38 @@ def test_a_full_disk_at_the_third_output_leaves_no_output_of_the_movie_and_raise
     with pytest.raises(OSError) as info:
         correct_movie(movie, out, PARAMS)
     assert info.value.errno == errno.ENOSPC  # the daemon classifies it as environmental
-    assert len(full.opened) == 3
+    assert len(full.opened) >= 3
     assert sorted(p.name for p in out.iterdir()) == []  # no image, no record, no temporary
+
+
+def test_the_files_of_a_set_are_written_at_the_same_time_and_a_failure_drops_those_not_begun(
+        tmp_path):
+    from correction.write import write_output_set
+
+    together = threading.Barrier(2, timeout=5)  # broken unless "a" and "b" are written at once
+    release = threading.Event()  # the writes in progress end only after the failure
+    begun: list[str] = []
+
+    def writer(name: str, *, fail: bool = False, meet: bool = False):
+        def write(fh) -> None:  # noqa: ANN001
+            begun.append(name)
+            if fail:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+            if meet:
+                together.wait()
+            release.wait(10)
+            fh.write(name.encode())
+        return write
+
+    files = [(tmp_path / "a", writer("a", meet=True)), (tmp_path / "b", writer("b", meet=True)),
+             (tmp_path / "c", writer("c", fail=True))]
+    files += [(tmp_path / f"later{i}", writer(f"later{i}")) for i in range(20)]
+    threading.Timer(0.5, release.set).start()
+    with pytest.raises(OSError) as info:
+        write_output_set(files)
+    assert info.value.errno == errno.ENOSPC
+    assert {"a", "b", "c"} <= set(begun) and len(begun) < len(files)  # later ones dropped
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_every_output_is_written_before_any_is_renamed_into_place_and_the_record_is_renamed_last(

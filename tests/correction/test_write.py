@@ -25,6 +25,24 @@ def test_mrc_image_round_trips_with_pixel_size_and_valid_header(tmp_path):
     assert mrcfile.validate(str(path), print_file=open(os.devnull, "w"))
 
 
+def test_a_cropped_image_view_is_written_row_block_by_row_block_as_the_crop(tmp_path,
+                                                                            monkeypatch):
+    import correction.write as write_module
+
+    # blocks of 7 rows of 70 float32: several blocks and a short last one
+    monkeypatch.setattr(write_module, "_ROW_BLOCK_BYTES", 7 * 70 * 4)
+    wide = np.random.default_rng(2).normal(3.0, 2.0, size=(45, 80)).astype(np.float32)
+    crop = wide[:, :70]  # as the inverse FFT's padded rows are cropped to the frame
+    assert not crop.flags.c_contiguous
+    path = write_mrc_atomic(tmp_path / "S.mrc", crop, pixel_size_A=1.0)
+    with mrcfile.open(path, permissive=False) as mrc:
+        np.testing.assert_array_equal(mrc.data, crop)
+        assert (mrc.header.dmin, mrc.header.dmax) == (crop.min(), crop.max())
+        assert mrc.header.dmean == pytest.approx(crop.mean(dtype=np.float64), rel=1e-6)
+        assert mrc.header.rms == pytest.approx(crop.std(dtype=np.float64), rel=1e-6)
+    assert os.path.getsize(path) == 1024 + crop.size * 4
+
+
 def test_mrc_stack_round_trips(tmp_path):
     data = np.arange(3 * 8 * 10, dtype=np.float64).reshape(3, 8, 10)
     path = write_mrc_atomic(tmp_path / "stack.mrcs", data, pixel_size_A=2.0,
