@@ -23,7 +23,7 @@ Steps of :func:`correct_movie`:
 6. shifted, dose-weighted sums in Fourier space (:func:`summation.accumulate_sums`), four
    inverse FFTs, crop; or, when local correction applies, the same four sums with global +
    local shifts by tile-wise Fourier shifts (:func:`local_apply.local_sums`);
-7. writes as one set (:func:`write.write_output_set`): ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``,
+7. writes as one set (:class:`write.OutputSet`): ``S.mrc``, ``S_DW.mrc``, ``S_EVN.mrc``,
    ``S_ODD.mrc`` (float32, pixel size in the header) and ``S.motion.json``
    (:func:`report.motion_record`: with the gain, dark and defect files and their SHA-256, and
    the software version) are all written and fsynced under hidden temporary names, then
@@ -752,7 +752,7 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         parameters); ``str(error)`` is one line naming the file.
     OSError
         The outputs could not be written (full disk, read-only folder): ``errno`` kept, and
-        no output of the set is left behind (:func:`correction.write.write_output_set`).
+        no output of the set is left behind (:class:`correction.write.OutputSet`).
     """
     with movie_memory_settings():
         return _correct_movie(movie_path, out_dir, params, gain_reference=gain_reference,
@@ -765,7 +765,7 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     """:func:`correct_movie` without the allocator settings."""
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
     from .io.eer import grouping_record  # noqa: PLC0415
-    from .write import json_writer, mrc_writer, write_output_set  # noqa: PLC0415
+    from .write import OutputSet, json_writer, mrc_writer  # noqa: PLC0415
 
     t0 = time.perf_counter()
     movie_path = Path(movie_path)
@@ -842,18 +842,24 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
-    # quick-look pictures (correction/quicklook.py): written with the set; a picture that cannot
-    # be drawn is recorded, never a reason to lose the movie
-    t_pictures = time.perf_counter()
-    try:
-        pictures = movie_quicklook_files(out_dir, stem, dw_image=img.dw, record=record)
-        record["quicklook"] = {k: p.name for k, (p, _) in zip(QUICKLOOK_KINDS, pictures)}
-    except Exception as exc:  # noqa: BLE001 - pictures are a view, not a result
-        pictures = []
-        record["quicklook"] = {"error": f"{type(exc).__name__}: {exc}"}
-    record["timings_s"]["quicklook"] = round(time.perf_counter() - t_pictures, 3)
-    # all as one set: temporaries first, renamed only when all are written, record last
-    write_output_set([*writers, *pictures, (outputs["motion"], json_writer(record))])
+    # all as one set: the images are written (temporaries) while the pictures are drawn, the
+    # files renamed into place only when all are written, the record last
+    with OutputSet() as output_set:
+        for path, writer in writers:
+            output_set.add(path, writer)
+        # quick-look pictures (correction/quicklook.py): written with the set; a picture that
+        # cannot be drawn is recorded, never a reason to lose the movie
+        t_pictures = time.perf_counter()
+        try:
+            pictures = movie_quicklook_files(out_dir, stem, dw_image=img.dw, record=record)
+            record["quicklook"] = {k: p.name for k, (p, _) in zip(QUICKLOOK_KINDS, pictures)}
+        except Exception as exc:  # noqa: BLE001 - pictures are a view, not a result
+            pictures = []
+            record["quicklook"] = {"error": f"{type(exc).__name__}: {exc}"}
+        record["timings_s"]["quicklook"] = round(time.perf_counter() - t_pictures, 3)
+        for path, writer in [*pictures, (outputs["motion"], json_writer(record))]:
+            output_set.add(path, writer)
+        output_set.commit()
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     return CorrectionResult(movie_path=movie_path, outputs=outputs, record=record,

@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,14 +30,15 @@ import mrcfile.utils
 import numpy as np
 
 __all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
-           "write_output_set", "mrc_writer", "json_writer", "temporary_name", "plain"]
+           "write_output_set", "OutputSet", "mrc_writer", "json_writer", "temporary_name", "plain"]
 
 #: writes one file's whole content to the binary handle it is given
 Writer = Callable[[IO[bytes]], None]
 
 _LABEL = b"motionwatch"
 _WRITE_THREADS = 4  # files of a set written at once
-_ROW_BLOCK_BYTES = 4 << 20  # rows of a strided image copied (in cache) and written at a time
+_ROW_BLOCK_BYTES = 4 << 20  # rows written (and a cropped image's rows copied) at a time
+_HEADER_BYTES = mrcfile.dtypes.HEADER_DTYPE.itemsize  # 1024: no extended header
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -80,7 +81,7 @@ def write_output_set(files: Sequence[tuple[str | Path, Writer]]) -> list[Path]:
     Each file is written to its temporary name (:func:`temporary_name`) and fsynced; only when
     every one is written are they renamed into place with ``os.replace``, in the order given
     (put the file whose presence says "done", e.g. the motion record, last), and the folders
-    fsynced.
+    fsynced. The files are written at the same time, in a few threads (:class:`OutputSet`).
 
     Parameters
     ----------
@@ -100,40 +101,74 @@ def write_output_set(files: Sequence[tuple[str | Path, Writer]]) -> list[Path]:
         unless the failure was in a rename itself, and then the files before it in the order
         given are in place and the later ones (the record) are not.
     """
-    paths = [Path(p) for p, _ in files]
-    temps = [temporary_name(p) for p in paths]
-    try:
-        _write_all(temps, [write for _, write in files])
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps:
+    with OutputSet() as output_set:
+        for path, write in files:
+            output_set.add(path, write)
+        return output_set.commit()
+
+
+class OutputSet:
+    """A set of files that appear together or not at all, written while the caller goes on.
+
+    :meth:`add` starts writing a file to its temporary name at once, in a few threads (e.g. a
+    movie's images are written while its pictures are drawn); :meth:`commit` waits for every
+    write and renames the files into place in the order they were added (the motion record
+    last), then fsyncs their folders. At the first failed write the writes not yet begun are
+    dropped (a full disk is not written to further). Leaving the ``with`` block without a
+    commit, or with an error, waits for the writes in progress and removes every temporary.
+    """
+
+    def __init__(self, threads: int = _WRITE_THREADS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="write")
+        self._paths: list[Path] = []
+        self._temps: list[Path] = []
+        self._futures: list[Future] = []
+        self._done = False
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._done:
+            self._discard()
+
+    def add(self, path: str | Path, write: Writer) -> None:
+        """Start writing ``path`` (its folder must exist) with ``write``."""
+        if self._done:
+            raise RuntimeError("the output set is already committed or discarded")
+        path = Path(path)
+        self._paths.append(path)
+        self._temps.append(temporary_name(path))
+        if any(f.done() and not f.cancelled() and f.exception() for f in self._futures):
+            return  # a write has failed: nothing more is written; commit raises its error
+        self._futures.append(self._pool.submit(_write_synced, self._temps[-1], write))
+
+    def commit(self) -> list[Path]:
+        """Wait for every write and rename the files into place in order; the final paths.
+
+        Raises the first failed write's ``OSError`` (every temporary removed), as
+        :func:`write_output_set` does."""
+        try:
+            wait(self._futures, return_when=FIRST_EXCEPTION)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            for future in self._futures:
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()
+            for tmp, path in zip(self._temps, self._paths):
+                os.replace(tmp, path)
+        except BaseException:
+            self._discard()
+            raise
+        self._done = True
+        for folder in dict.fromkeys(p.parent for p in self._paths):
+            _fsync_dir(folder)
+        return list(self._paths)
+
+    def _discard(self) -> None:
+        self._done = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for tmp in self._temps:
             _unlink_quietly(tmp)
-        raise
-    for folder in dict.fromkeys(p.parent for p in paths):
-        _fsync_dir(folder)
-    return paths
-
-
-def _write_all(temps: Sequence[Path], writers: Sequence[Writer]) -> None:
-    """Write and fsync every temporary, several at once. At the first error the writes not
-    yet started are dropped (a full disk is not written to further) and the error is raised
-    once the writes in progress have ended, so no thread writes a temporary after the caller
-    has removed it."""
-    if len(temps) <= 1:
-        for tmp, write in zip(temps, writers):
-            _write_synced(tmp, write)
-        return
-    pool = ThreadPoolExecutor(max_workers=min(len(temps), _WRITE_THREADS),
-                              thread_name_prefix="write")
-    try:
-        futures = [pool.submit(_write_synced, tmp, write) for tmp, write in zip(temps, writers)]
-        wait(futures, return_when=FIRST_EXCEPTION)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    for future in futures:
-        if not future.cancelled() and future.exception() is not None:
-            raise future.exception()
 
 
 def atomic_write(path: str | Path, write: Writer) -> Path:
@@ -154,27 +189,45 @@ def atomic_write(path: str | Path, write: Writer) -> Path:
     return write_output_set([(path, write)])[0]
 
 
-def _stats(data: np.ndarray) -> tuple[float, float, float, float]:
-    """min, max, mean and rms deviation of float32 ``data`` for the header.
+class _RunningStats:
+    """min, max, mean and rms deviation of float32 data seen block by block, for the header.
 
-    The mean is numpy's pairwise float32 sum; the deviation is summed about that mean in
-    blocks of 2**20 values (float32 dot products, added in float64), which keeps the relative
-    error near 1e-6 at a fraction of the cost of a float64 copy.
+    Each block's mean and sum of squared deviations (float32 pairwise sum and dot product on
+    the block, in cache) are merged in float64 (Chan et al.'s pairwise update), which keeps
+    the relative error near 1e-6 without a float64 copy of the data.
     """
-    rows = _as_rows(data)
-    n = rows.size
-    blocks = [rows[r:r + _rows_per_block(rows)] for r in range(0, len(rows), _rows_per_block(rows))]
-    mean = sum(float(np.add.reduce(b, axis=None, dtype=np.float32)) for b in blocks) / n
-    buf = np.empty(blocks[0].shape, dtype=np.float32)
-    total_sq = 0.0
-    m32 = np.float32(mean)
-    for chunk in blocks:
-        dev = buf[:len(chunk)]
-        np.subtract(chunk, m32, out=dev)
-        flat = dev.reshape(-1)
-        total_sq += float(np.dot(flat, flat))
-    return (min(float(b.min()) for b in blocks), max(float(b.max()) for b in blocks), mean,
-            math.sqrt(total_sq / n))
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.low = math.inf
+        self.high = -math.inf
+        self._dev: np.ndarray | None = None
+
+    def add(self, block: np.ndarray) -> None:
+        """Merge a C-contiguous float32 block."""
+        flat = block.reshape(-1)
+        n_b = flat.size
+        if n_b == 0:
+            return
+        if self._dev is None or self._dev.size < n_b:
+            self._dev = np.empty(n_b, np.float32)
+        mean_b = float(np.add.reduce(flat, dtype=np.float32)) / n_b
+        dev = self._dev[:n_b]
+        np.subtract(flat, np.float32(mean_b), out=dev)
+        m2_b = float(np.dot(dev, dev))
+        total = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta * delta * self.n * n_b / total
+        self.n = total
+        self.low = min(self.low, float(flat.min()))
+        self.high = max(self.high, float(flat.max()))
+
+    def result(self) -> tuple[float, float, float, float]:
+        """(dmin, dmax, dmean, rms)."""
+        return self.low, self.high, self.mean, math.sqrt(self.m2 / max(1, self.n))
 
 
 def _as_rows(data: np.ndarray) -> np.ndarray:
@@ -228,14 +281,17 @@ def mrc_header_bytes(shape: tuple[int, ...], *, pixel_size_A: float | None,
 
 def mrc_writer(data: np.ndarray, *, pixel_size_A: float | None,
                labels: tuple[str, ...] = ()) -> Writer:
-    """A writer of ``data`` as a float32 MRC (mode 2) file, for :func:`write_output_set`.
+    """A writer of ``data`` as a float32 MRC (mode 2) file, for :class:`OutputSet`.
 
-    The header (with the statistics) is computed here, before anything is written.
+    The writer writes the data in blocks of rows (a cropped image's rows copied into a block
+    in cache: no full-size copy), gathers the statistics as it goes, and writes the header
+    last (it runs in a writing thread of the set, not in the caller's).
 
     Parameters
     ----------
     data : ndarray, shape (ny, nx) or (nz, ny, nx)
-        Converted to float32 (native byte order) if needed.
+        Converted to float32 (native byte order) if needed; a 2-D view whose rows are
+        contiguous (``image[:, :nx]``) is written as it is.
     pixel_size_A : float or None
         Voxel size written to the header (Å); None leaves it 0 (unknown).
     labels : tuple of str
@@ -244,24 +300,27 @@ def mrc_writer(data: np.ndarray, *, pixel_size_A: float | None,
     data = np.asarray(data)
     if data.ndim not in (2, 3):
         raise ValueError(f"MRC data must be 2-D or 3-D, got shape {data.shape}")
-    strided_rows = (data.ndim == 2 and data.dtype == np.float32 and data.dtype.isnative
-                    and data.strides[1] == data.itemsize and not data.flags.c_contiguous)
-    if not strided_rows:  # a cropped image is written as it is, rows copied in blocks
+    rows_contiguous = (data.ndim == 2 and data.dtype == np.float32 and data.dtype.isnative
+                       and data.strides[1] == data.itemsize)
+    if not rows_contiguous:
         data = np.ascontiguousarray(data, dtype=np.float32)
-    header = mrc_header_bytes(data.shape, pixel_size_A=pixel_size_A, stats=_stats(data),
-                              labels=labels)
 
     def write(fh: IO[bytes]) -> None:
-        fh.write(header)
-        if data.flags.c_contiguous:
-            fh.write(memoryview(data).cast("B"))
-            return
-        step = _rows_per_block(data)
-        buf = np.empty((step, data.shape[1]), np.float32)
-        for r in range(0, len(data), step):
-            block = buf[:len(data[r:r + step])]
-            np.copyto(block, data[r:r + step])
+        rows = _as_rows(data)
+        step = _rows_per_block(rows)
+        copy = None if rows.flags.c_contiguous else np.empty((step, rows.shape[1]), np.float32)
+        stats = _RunningStats()
+        fh.seek(_HEADER_BYTES)
+        for r in range(0, len(rows), step):
+            block = rows[r:r + step]
+            if copy is not None:
+                block = copy[:len(block)]
+                np.copyto(block, rows[r:r + step])
+            stats.add(block)
             fh.write(memoryview(block).cast("B"))
+        fh.seek(0)
+        fh.write(mrc_header_bytes(data.shape, pixel_size_A=pixel_size_A, stats=stats.result(),
+                                  labels=labels))
 
     return write
 

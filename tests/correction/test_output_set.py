@@ -187,3 +187,30 @@ def test_a_really_full_tmpfs_leaves_no_output_of_the_movie_and_raises_enospc(mov
         correct_movie(movie, tiny_tmpfs, PARAMS)
     assert info.value.errno == errno.ENOSPC
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == []
+
+
+def test_an_output_set_writes_each_file_as_it_is_added_and_shows_none_until_committed(tmp_path):
+    from correction.write import OutputSet
+
+    writing = threading.Event()
+
+    def image(fh) -> None:  # noqa: ANN001
+        writing.set()
+        fh.write(b"image")
+
+    with OutputSet() as output_set:
+        output_set.add(tmp_path / "S.mrc", image)
+        assert writing.wait(10)  # begun before the caller has added the rest (pictures, record)
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
+        output_set.add(tmp_path / "S.motion.json", lambda fh: fh.write(b"{}"))
+        assert output_set.commit() == [tmp_path / "S.mrc", tmp_path / "S.motion.json"]
+    assert (tmp_path / "S.mrc").read_bytes() == b"image"
+
+
+def test_an_output_set_left_without_commit_leaves_no_file_and_no_temporary(tmp_path):
+    from correction.write import OutputSet
+
+    with pytest.raises(ZeroDivisionError), OutputSet() as output_set:
+        output_set.add(tmp_path / "S.mrc", lambda fh: fh.write(b"image"))
+        1 / 0  # e.g. drawing a picture failed in a way nobody caught
+    assert list(tmp_path.iterdir()) == []
