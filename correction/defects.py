@@ -264,8 +264,8 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
         g = np.asarray(gain, dtype=np.float32)
         if g.shape != img.shape:
             raise ValueError(f"gain has shape {g.shape}, the sum {img.shape}")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv_gain = np.where(np.isfinite(g) & (g > 0), np.float32(1.0) / g, np.float32(0.0))
+        inv_gain = np.zeros(g.shape, np.float32)  # 0 where the gain is <= 0 or NaN; 1/inf = 0
+        np.divide(np.float32(1.0), g, out=inv_gain, where=g > 0)
     p_max = float(false_positives) / img.size
     blocks = _Blocks(img)
     if not blocks.mean > 0:

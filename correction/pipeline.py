@@ -68,6 +68,7 @@ from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
 from .summation import SumImages, accumulate_sums, sums_to_images
+from .threads import run_chunks
 
 __all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "correct_frames",
            "correct_movie", "output_names", "predict_peak_bytes"]
@@ -375,7 +376,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
     t_orientation = 0.0
     if params.gain.detect_hot_pixels:
-        corrected_sum = _raw_sum(used)
+        corrected_sum = _raw_sum(used, workers)
         if gain_reference is not None:
             if gain_reference.dark is not None:
                 corrected_sum -= np.float32(n) * gain_reference.dark
@@ -455,33 +456,40 @@ def _check_orientation(raw_sum: np.ndarray | None, used: np.ndarray,
         configured=(params.gain.rotate_quarter_turns, params.gain.flip))
 
 
-def _raw_sum(frames: np.ndarray) -> np.ndarray:
-    """Sum of frames as float32 (integer frames are summed exactly in int32 first)."""
+def _raw_sum(frames: np.ndarray, workers: int = 1) -> np.ndarray:
+    """Sum of frames as float32 (integer frames are summed exactly in int32 first), the rows
+    split over ``workers`` threads (:mod:`correction.threads`)."""
     if frames.dtype.kind in "iub" and frames.dtype.itemsize <= 2 and frames.shape[0] < 32768:
-        # strips of rows through all frames: the int32 accumulator stays in cache
         out = np.empty(frames.shape[1:], np.float32)
-        ny, nx = out.shape
-        strip = max(1, 65536 // max(1, nx))
-        acc = np.empty((strip, nx), np.int32)
         drop = _mapped_bytes(frames) > _MAPPED_BUDGET_BYTES
-        dropped = 0  # rows of every frame whose mapped pages are dropped
-        for r0 in range(0, ny, strip):
-            r1 = min(ny, r0 + strip)
-            a = acc[:r1 - r0]
-            a[...] = frames[0, r0:r1]
-            for frame in frames[1:]:
-                np.add(a, frame[r0:r1], out=a)
-            out[r0:r1] = a
-            if drop and ((r1 - dropped) * nx * frames.itemsize >= _DROP_CHUNK_BYTES
-                         or r1 == ny):
-                for frame in frames:
-                    _drop_mapped(frame[dropped:r1])
-                dropped = r1
+        run_chunks(lambda y0, y1: _raw_sum_rows(frames, out, y0, y1, drop), out.shape[0],
+                   workers)
         return out
     acc = np.zeros(frames.shape[1:], np.float32)
     for frame in frames:
         np.add(acc, frame, out=acc, casting="unsafe")
     return acc
+
+
+def _raw_sum_rows(frames: np.ndarray, out: np.ndarray, y0: int, y1: int, drop: bool) -> None:
+    """Rows ``y0:y1`` of :func:`_raw_sum` for integer frames: strips of rows through all
+    frames, so that the int32 accumulator stays in cache; the rows' mapped pages dropped as
+    they are done when ``drop``."""
+    nx = out.shape[1]
+    strip = max(1, 65536 // max(1, nx))
+    acc = np.empty((strip, nx), np.int32)
+    dropped = y0  # rows of every frame whose mapped pages are dropped
+    for r0 in range(y0, y1, strip):
+        r1 = min(y1, r0 + strip)
+        a = acc[:r1 - r0]
+        a[...] = frames[0, r0:r1]
+        for frame in frames[1:]:
+            np.add(a, frame[r0:r1], out=a)
+        out[r0:r1] = a
+        if drop and ((r1 - dropped) * nx * frames.itemsize >= _DROP_CHUNK_BYTES or r1 == y1):
+            for frame in frames:
+                _drop_mapped(frame[dropped:r1])
+            dropped = r1
 
 
 class _GainedRows:
