@@ -185,9 +185,12 @@ def _floor(movie: Path, gain: Path, out: Path, bin_factor: float) -> dict:
 
 
 def _run_child(kind: str, movie: Path, gain: Path, out: Path, extra: str) -> dict:
+    from daemon.commands.cli import single_threaded_blas_environment
+
+    # both children run with the BLAS settings of the motionwatch command
     proc = subprocess.run([sys.executable, __file__, "--child", kind, str(movie), str(gain),
                            str(out), f"--extra={extra}"], capture_output=True, text=True,
-                          check=False)
+                          check=False, env=single_threaded_blas_environment())
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

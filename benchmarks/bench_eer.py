@@ -128,7 +128,11 @@ def _child(movie: Path, out: Path, group: int, dose_per_fraction: float) -> dict
 def _run_child(movie: Path, out: Path, group: int, dose: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(movie),
            "--child-out", str(out), "--group", str(group), "--child-dose", repr(dose)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    from daemon.commands.cli import single_threaded_blas_environment
+
+    # with the BLAS settings of the motionwatch command
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env=single_threaded_blas_environment())
     if done.returncode != 0:
         raise SystemExit(f"child failed for {movie.name}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

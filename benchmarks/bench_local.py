@@ -27,14 +27,14 @@ Usage::
     .venv/bin/python benchmarks/bench_local.py --tmc       # + torch-motion-correction, if installed
 
 Note: numpy's OpenBLAS threads make the many tiny matrix products of the correlation-peak
-search several times slower on a busy 2-core machine; ``OPENBLAS_NUM_THREADS=1`` avoids that.
+search several times slower on a busy 2-core machine: the child runs, as the ``motionwatch``
+command does, with ``OPENBLAS_NUM_THREADS=1`` unless it is set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from daemon.commands.cli import single_threaded_blas_environment
 
 
 def _render_movie(args: argparse.Namespace, *, noise_free: bool = False):
@@ -368,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             out = subprocess.run([sys.executable, __file__, "--child", str(folder),
                                   "--workers", str(args.workers)],
                                  check=False, capture_output=True, text=True,
-                                 env=os.environ.copy())
+                                 env=single_threaded_blas_environment())
             if out.returncode != 0:
                 print(out.stderr)
                 return 1
