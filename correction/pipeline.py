@@ -30,8 +30,9 @@ Steps of :func:`correct_movie`:
    renamed into place, the record last; a failed write (full disk) leaves none of them.
 
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
-the padded output grid) are kept, unless they would exceed ``_SPECTRA_BUDGET_BYTES``, in which
-case frames are transformed a second time for the sums instead of being kept. The local sums
+the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``; else
+the first frames' up to ``_PARTIAL_SPECTRA_BYTES`` (:func:`frames_kept`), and the other frames
+are transformed a second time for the sums. The local sums
 read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
 movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
 not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
@@ -45,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ __all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "correct_fra
            "correct_movie", "output_names", "predict_peak_bytes"]
 
 _SPECTRA_BUDGET_BYTES = 1_200_000_000
+_PARTIAL_SPECTRA_BYTES = 900_000_000  # kept when not all fit: fewer frames transformed again
 #: a memory-mapped movie larger than this has its pages dropped from memory once used
 _MAPPED_BUDGET_BYTES = 1 << 30
 _DROP_CHUNK_BYTES = 4 << 20  # rows of each frame dropped together in the raw sum
@@ -238,6 +241,27 @@ class MemoryEstimate:
 _BASE_BYTES = 300 << 20  # interpreter, numpy/scipy/tifffile and the CLI's imports, FFT plans
 
 
+def frames_kept(n_frames: int, spectrum_bytes: int) -> int:
+    """How many frames' output spectra (``spectrum_bytes`` each) are kept from the forward
+    pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``, else the first ones up to
+    ``_PARTIAL_SPECTRA_BYTES`` (the others are transformed again)."""
+    if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES:
+        return n_frames
+    return int(min(n_frames, _PARTIAL_SPECTRA_BYTES // max(1, spectrum_bytes)))
+
+
+def _kept_then_again(kept: list[np.ndarray | None], spectrum: Callable[[int], np.ndarray],
+                     n: int) -> Iterator[np.ndarray]:
+    """The output spectra of frames ``0 .. n-1`` in order: the kept ones first (each released
+    from ``kept`` as it is handed out), then the others transformed again by ``spectrum(i)``."""
+    for i in range(n):
+        if i < len(kept):
+            spec, kept[i] = kept[i], None
+            yield spec
+        else:
+            yield spectrum(i)
+
+
 def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
     """Predicted peak memory of :func:`correct_frames` on ``frames`` (the memory model).
 
@@ -251,23 +275,26 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp`` (Fourier crop) +
       ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
-      while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES`` (else none: frames are transformed again;
-      none either with a patch grid on unbinned output, whose sums come from tiles);
-    * global sums (without a patch grid, or Fourier-binned): the kept spectra (or, made
-      again on the fly, a group of them up to ``summation._GROUP_BYTES`` + ``16 Pp`` of
-      running sums) + ``16 Pp`` spectra and ``16 P`` images of the four sums;
+      for the frames :func:`frames_kept` (all while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else
+      the first ones up to ``_PARTIAL_SPECTRA_BYTES``; none with a patch grid on unbinned
+      output, whose sums come from tiles);
+    * global sums (without a patch grid, or Fourier-binned): all spectra kept, them +
+      ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of the kept
+      spectra + a group made again on the fly (up to ``summation._GROUP_BYTES``) + ``16 Pp``
+      of running sums, and the running sums (which become the sums' spectra) + ``16 P``
+      images;
     * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned stack, which the cross spectra overwrite) + batches of correlation maps;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned frames on the patch grid);
     * local sums: ``16 P`` (four images) + one band of tiles per thread
       (:func:`correction.local_apply.band_scratch_bytes`) + for Fourier-binned
-      output the kept spectra, or, when they are not kept, ``43 P`` (accumulators of all
-      tiles) + ``_BLOCK_BYTES`` of frames.
+      output the kept spectra when all are kept, else (those kept in part are freed first)
+      ``43 P`` (accumulators of all tiles) + ``_BLOCK_BYTES`` of frames.
 
     So the peak is the movie plus about 36 bytes per output pixel (global) or 16-60 (local),
-    plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and, while under the
-    budget, 4 bytes per padded output pixel per frame.
+    plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and 4 bytes per padded
+    output pixel per kept frame (at most ``_SPECTRA_BUDGET_BYTES`` in all).
     """
     from .local_apply import _BLOCK_BYTES  # noqa: PLC0415 - the local step's own budget
     from .summation import _GROUP_BYTES as _SUM_GROUP_BYTES  # noqa: PLC0415
@@ -284,17 +311,22 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
              else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
     binned = g.padded_in != g.padded_out
     sums_from_tiles = ap.local_enabled and not binned  # spectra then never kept
-    kept = n * 4 * pp if n * 4 * pp <= _SPECTRA_BUDGET_BYTES and not sums_from_tiles else 0
+    kept = 0 if sums_from_tiles else frames_kept(n, 4 * pp) * 4 * pp
+    all_kept = kept == n * 4 * pp
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
               "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
     if not sums_from_tiles:  # else the sums come from tiles, applied or not ("local")
-        stages["sums"] = ((kept if kept else 16 * pp + min(_SUM_GROUP_BYTES, 4 * pp * n))
-                          + 16 * pp + 16 * p)
+        # a stream: the kept spectra (released as they are summed) and a group made again
+        # beside the running sums; at the end the sums' spectra (the running sums' memory)
+        # and their images
+        stages["sums"] = (kept + 16 * pp + 16 * p if all_kept else
+                          max(kept + min(_SUM_GROUP_BYTES, 4 * pp * n) + 16 * pp,
+                              16 * pp + 16 * p))
     if ap.local_enabled:
         stages["local_align"] = kept + 8 * a * n + 4 * a
         stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + (
-            (kept if kept else 43 * p + _BLOCK_BYTES) if binned else 0)
+            (kept if all_kept else 43 * p + _BLOCK_BYTES) if binned else 0)
     stage = max(stages, key=stages.get)
     gp = params.gain
     references = ny * nx * (4 * (gp.gain_path is not None) + 4 * (gp.dark_path is not None)
@@ -603,8 +635,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # the global shifts alone when the local model is not applied): the forward transform
     # then serves only the alignment (its crop alone is computed)
     sums_from_tiles = params.align.local_enabled and not binned
-    keep = (not sums_from_tiles
-            and n * out_half[0] * out_half[1] * 8 <= _SPECTRA_BUDGET_BYTES)
+    n_kept = 0 if sums_from_tiles else frames_kept(n, out_half[0] * out_half[1] * 8)
+    keep = n_kept == n
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
     # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
     plan = None
@@ -646,7 +678,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             continue
         spec = spectrum(i)
         align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
-        if keep:
+        if i < n_kept:
             kept.append(spec)
         del spec
     pad_buffer.clear()  # 0.1 GB at K3 size, not held through alignment and the local sums
@@ -678,6 +710,11 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         # every frame again for the whole-frame sums (1.5 s against 2.9 s at 4096^2 x 10)
         t = time.perf_counter()
 
+        # spectra kept in part serve the global sums only: freed before the local sums,
+        # whose accumulators of all tiles take their place
+        if not keep:
+            kept.clear()
+
         class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
             def __len__(self) -> int:
                 return n
@@ -707,8 +744,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
     t = time.perf_counter()
     # a list is summed block by block in cache and its memory reused for the four sums; a
-    # generator (spectra over the memory budget) frame by frame
-    sums = accumulate_sums(kept if keep else (spectrum(i) for i in range(n)), shifts_out,
+    # stream (not all spectra kept: the kept ones, then the others made again) in groups
+    sums = accumulate_sums(kept if keep else _kept_then_again(kept, spectrum, n), shifts_out,
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV, workers=workers)

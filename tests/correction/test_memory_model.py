@@ -76,3 +76,40 @@ def test_the_motion_record_states_the_predicted_peak_and_the_stage_that_sets_it(
     assert memory["terms_MB"]["movie"] == round(frames_MB)
     assert abs(memory["predicted_peak_MB"] - sum(memory["terms_MB"].values())) <= 2
     assert memory["process_peak_MB"] > 0
+
+
+@pytest.mark.parametrize("kept", ["all", "some", "none"])
+def test_spectra_kept_in_part_give_the_same_sums_and_only_the_others_are_transformed_again(
+        kept, monkeypatch):
+    """Spectra over the budget: the first frames' are kept up to ``_PARTIAL_SPECTRA_BYTES``
+    and only the others are transformed a second time; the sums are those of all kept."""
+    from correction.synthetic import render_movie
+
+    syn = render_movie(np.random.default_rng(5), shape_yx=(192, 160), n_frames=8,
+                       electrons_per_px_per_frame=2.0, gain=None, dtype=np.int16)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+
+    def run() -> tuple[pipeline.CorrectedFrames, int]:
+        calls = []
+        real = pipeline.rfft2
+        monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: calls.append(1) or real(*a, **k))
+        out = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params)
+        monkeypatch.setattr(pipeline, "rfft2", real)
+        return out, len(calls)
+
+    reference, transforms = run()
+    assert transforms == 8  # all kept (the default budget)
+    grid = pipeline._grids((192, 160), 1.0, int(np.ceil(params.align.max_shift_px))
+                           + pipeline._EXTRA_MARGIN_PX, params.align.align_size_px)
+    one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", {"all": 8, "some": 0, "none": 0}[kept]
+                        * one)
+    monkeypatch.setattr(pipeline, "_PARTIAL_SPECTRA_BYTES", {"all": 0, "some": 3, "none": 0}[kept]
+                        * one)
+    result, transforms = run()
+    assert transforms == {"all": 8, "some": 8 + 5, "none": 16}[kept]
+    for name in ("sum", "dw", "even", "odd"):
+        got, want = getattr(result.images, name), getattr(reference.images, name)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
+    np.testing.assert_array_equal(result.shifts_yx_px, reference.shifts_yx_px)
