@@ -169,7 +169,7 @@ def _floor(movie: Path, gain: Path, out: Path, bin_factor: float) -> dict:
     buf = np.empty(m.shape_yx, np.float32)
     total = None
     for i in range(m.n_frames):
-        apply_gain(m.frames[i], ref, out=buf)
+        apply_gain(m.frames[i], ref, out=buf, workers=-1)  # as correct does
         spec = scipy.fft.rfft2(buf, workers=-1)
         total = spec if total is None else total.__iadd__(spec)
     shape = m.shape_yx

@@ -655,7 +655,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             pad_buffer.append(np.empty((py, px), np.float32))
         pad_buf = pad_buffer[0]
         frame_view = pad_buf[:ny, :nx]
-        apply_gain(used[i], arith, out=frame_view)
+        apply_gain(used[i], arith, out=frame_view, workers=workers)
         if drop:
             _drop_mapped(used[i])
         value = fill if fill is not None else float(frame_view.mean(dtype=np.float64))

@@ -246,3 +246,24 @@ def test_reference_checksums_are_computed_once_per_file_version(tmp_path):
     assert file_sha256(path) == first
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new version
     assert file_sha256(path) == hashlib.sha256(b"B" * 64).hexdigest()
+
+
+def test_gain_correction_split_over_threads_equals_one_thread_with_dark_and_defects():
+    """Rows split over threads (frames of a million pixels and more) give the same frame,
+    defects replaced after all rows are corrected (their sources lie in other rows)."""
+    rng = np.random.default_rng(7)
+    shape = (1024, 1100)
+    gain = rng.uniform(0.8, 1.2, shape).astype(np.float32)
+    dark = rng.uniform(0.0, 2.0, shape).astype(np.float32)
+    defects = np.zeros(shape, bool)
+    defects[511:514, :] = True  # a bad row band across the split between two threads
+    defects[::97, ::89] = True
+    raw = rng.poisson(5.0, shape).astype(np.uint16)
+    for ref in (GainReference.from_arrays(gain, defects=defects),
+                GainReference.from_arrays(gain, dark=dark, defects=defects), None):
+        one = apply_gain(raw, ref, workers=1)
+        threads = apply_gain(raw, ref, workers=2)
+        np.testing.assert_array_equal(threads, one)
+        if ref is not None:
+            assert np.isfinite(threads).all()
+            assert abs(float(threads[512].mean()) - float(one[100].mean())) < 1.0  # replaced
