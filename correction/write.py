@@ -6,12 +6,13 @@ watchers that skip dotfiles), flushes and fsyncs it, renames it over the target 
 one, never a partial one. On any error the temporary file is removed and the target is left
 as it was.
 
-:func:`write_output_set` does the same for a movie's whole set of outputs: every file is
-written and fsynced under its temporary name first (the files of a set at the same time, in a
-few threads: the writes and fsyncs of one overlap the others'), and only when all are written
-are they renamed into place, in order (the motion record last, so a record on disk means its images are
-there). A failed write (a full disk, a read-only folder) removes every temporary and leaves no
-file of the set behind; the ``OSError`` keeps its ``errno`` (``ENOSPC``, ``EACCES`` ...).
+:func:`write_output_set` (and :class:`OutputSet`) does the same for a movie's whole set of
+outputs: every file is written and fsynced under its temporary name first (the files of a set
+at the same time, in a few threads: the writes and fsyncs of one overlap the others'), and only
+when all are written are they renamed into place, in order (the motion record last, so a record
+on disk means its images are there). A failed write (a full disk, a read-only folder) removes
+every temporary and leaves no file of the set behind; the ``OSError`` keeps its ``errno``
+(``ENOSPC``, ``EACCES`` ...).
 """
 
 from __future__ import annotations
