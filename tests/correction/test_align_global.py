@@ -168,3 +168,15 @@ def test_global_error_on_synthetic_movie_within_1_5x_of_leave_one_out_oracle():
     found = _global_only(movie.frames)
     error, bound = _rms(found, movie.shifts_yx_px), _oracle_rms(movie.frames, movie.shifts_yx_px)
     assert error < 1.5 * bound, f"global {error:.4f} px RMS vs oracle {bound:.4f} px"
+
+
+def test_peak_quality_is_one_for_identical_frames_and_near_zero_for_independent_noise():
+    """Quality is the normalised correlation of each frame with the sum of all the others at
+    the found shifts: 1 when every frame is the same image, ~0 when frames share nothing."""
+    rng = np.random.default_rng(4)
+    image = specimen_image(rng, (128, 160))
+    same = estimate_shifts(_stack(image, np.zeros((6, 2))), params=AlignParams())
+    np.testing.assert_allclose(same.peak_quality, 1.0, atol=1e-4)
+    noise = rng.normal(size=(6, 128, 160)).astype(np.float32)
+    unrelated = estimate_shifts(rfft2(noise), params=AlignParams(max_shift_px=4))
+    assert np.all(np.abs(unrelated.peak_quality) < 0.1), unrelated.peak_quality
