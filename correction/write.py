@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -115,15 +116,20 @@ class OutputSet:
     movie's images are written while its pictures are drawn); :meth:`commit` waits for every
     write and renames the files into place in the order they were added (the motion record
     last), then fsyncs their folders. At the first failed write the writes not yet begun are
-    dropped (a full disk is not written to further). Leaving the ``with`` block without a
-    commit, or with an error, waits for the writes in progress and removes every temporary.
+    dropped (a full disk is not written to further): a write that comes to its turn after a
+    failure does not open its file. Leaving the ``with`` block without a commit, or with an
+    error, waits for the writes in progress and removes every temporary.
+
+    ``threads``: files written at once (default ``_WRITE_THREADS``, read when the set is made).
     """
 
-    def __init__(self, threads: int = _WRITE_THREADS) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="write")
+    def __init__(self, threads: int | None = None) -> None:
+        count = _WRITE_THREADS if threads is None else threads
+        self._pool = ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="write")
         self._paths: list[Path] = []
         self._temps: list[Path] = []
         self._futures: list[Future] = []
+        self._failed = threading.Event()
         self._done = False
 
     def __enter__(self) -> OutputSet:
@@ -140,9 +146,19 @@ class OutputSet:
         path = Path(path)
         self._paths.append(path)
         self._temps.append(temporary_name(path))
-        if any(f.done() and not f.cancelled() and f.exception() for f in self._futures):
+        if self._failed.is_set():
             return  # a write has failed: nothing more is written; commit raises its error
-        self._futures.append(self._pool.submit(_write_synced, self._temps[-1], write))
+        self._futures.append(self._pool.submit(self._write, self._temps[-1], write))
+
+    def _write(self, tmp: Path, write: Writer) -> None:
+        """One file, in a writing thread; skipped (never opened) once another has failed."""
+        if self._failed.is_set():
+            return
+        try:
+            _write_synced(tmp, write)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def commit(self) -> list[Path]:
         """Wait for every write and rename the files into place in order; the final paths.
