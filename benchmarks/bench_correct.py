@@ -15,7 +15,8 @@ median wall times, their ratio, the CPU time ratio (less sensitive to other load
 machine), and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
 
 Detector shapes (issue 17): ``--shape NY NX`` (K3 4092 5760, super-resolution 8184 11520),
-``--dtype uint8``, ``--format tiff`` (LZW, as K3 movies are written), ``--extra='--bin 2'``
+``--dtype uint8``, ``--format tiff`` (LZW in strips of about 16 KB, page by page, as
+SerialEM writes K3 movies through IMOD's library), ``--extra='--bin 2'``
 (Fourier binning; the floor then crops its summed spectrum before the four inverse FFTs),
 ``--local-field PX`` (a known local deformation, PX at the corners: the movie is rendered by
 :func:`correction.synthetic_local.render_local_movie`), ``--cycle K`` (render K frames and
@@ -89,13 +90,16 @@ def _render(workdir: Path, shape: tuple[int, int], n_frames: int, seed: int, *,
             for i in range(n_frames):
                 mrc.data[i] = frames[i % n_render]
             mrc.voxel_size = PIXEL_SIZE_A
-    elif fmt == "tiff":
-        if cycle and n_render < n_frames:
-            frames = np.concatenate([frames] * repeat)[:n_frames]
+    elif fmt == "tiff":  # page by page, in strips of about 16 KB as IMOD/SerialEM write LZW
         import tifffile
-        tifffile.imwrite(movie, frames, compression="lzw",
-                         resolution=(1e8 / PIXEL_SIZE_A, 1e8 / PIXEL_SIZE_A),
-                         resolutionunit="CENTIMETER")
+        rows_per_strip = max(1, round(16384 / (nx * frames.itemsize)))
+        with tifffile.TiffWriter(movie, bigtiff=n_frames * frames[0].nbytes > 2**32 - 2**27
+                                 ) as tif:
+            for i in range(n_frames):
+                tif.write(frames[i % n_render], compression="lzw", contiguous=False,
+                          rowsperstrip=rows_per_strip,
+                          resolution=(1e8 / PIXEL_SIZE_A, 1e8 / PIXEL_SIZE_A),
+                          resolutionunit="CENTIMETER")
     else:
         with mrcfile.new(movie, overwrite=True) as mrc:
             mrc.set_data(frames)

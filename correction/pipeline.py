@@ -3,7 +3,9 @@
 Steps of :func:`correct_movie`:
 
 1. read the movie (:func:`correction.io.read_movie`, frames stay in their stored dtype,
-   memory-mapped for MRC); pixel size from ``ReadParams.pixel_size_A``, else the header, else
+   memory-mapped for MRC; a compressed TIFF or EER movie of more than 1 GiB decoded is
+   decoded into an unnamed temporary file in the output folder and memory-mapped too,
+   :mod:`correction.io.spill`); pixel size from ``ReadParams.pixel_size_A``, else the header, else
    :class:`~correction.errors.MissingPixelSizeError`;
 2. drop ``throw_frames``/``trunc_frames`` (their dose still counts);
 3. hot pixels: detected once on ``(sum of raw frames - n dark) * gain``
@@ -815,7 +817,10 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     t0 = time.perf_counter()
     movie_path = Path(movie_path)
     out_dir = Path(out_dir)
-    movie = read_movie(movie_path, params=params.read)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # a compressed movie too large to decode in memory is decoded into an unnamed file in the
+    # output folder (on a disk, unlike a RAM-backed /tmp) and used memory-mapped
+    movie = read_movie(movie_path, params=params.read, spill_dir=out_dir)
     pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
     if not pixel_size_A or not pixel_size_A > 0:
         raise MissingPixelSizeError(movie_path, "no pixel size in the header and none given "

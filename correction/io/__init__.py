@@ -71,7 +71,8 @@ def detect_format(path: str | Path) -> str:
                                      "not MRC, TIFF or EER)")
 
 
-def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
+def read_movie(path: str | Path, *, params: ReadParams | None = None,
+               spill_dir: str | Path | None = None) -> Movie:
     """Read a movie in its stored dtype, shape (n_frames, ny, nx).
 
     Parameters
@@ -84,12 +85,16 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
         overrides the header's: for MRC/TIFF it is the pixel of the frames as stored; for EER
         it is the physical detector pixel and the returned frames' pixel is it divided by
         ``eer_sampling``. Use the returned ``Movie.pixel_size_A``, not the parameter.
+    spill_dir : str or Path, optional
+        For TIFF and EER: a decoded movie over
+        :data:`~correction.io.spill.SPILL_OVER_BYTES` goes to an unnamed temporary file here
+        and is returned memory-mapped (:mod:`correction.io.spill`); None decodes in memory.
 
     Returns
     -------
     Movie
-        MRC frames are memory-mapped (read-only); TIFF frames decoded in memory; EER frames
-        are fractions (sums of raw frames; uint8 up to 255 raw frames each, else uint16)
+        MRC frames are memory-mapped (read-only); TIFF frames decoded in memory (or spilled:
+        memory-mapped from the temporary file); EER frames are fractions (sums of raw frames; uint8 up to 255 raw frames each, else uint16)
         with ``raw_frames_per_frame`` set.
 
     Raises
@@ -107,11 +112,11 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None) -> Movie:
     elif kind == "tiff":
         from .tiff import read_tiff  # noqa: PLC0415
 
-        movie = read_tiff(path)
+        movie = read_tiff(path, spill_dir=spill_dir)
     elif kind == "eer":
         from .eer import read_eer  # noqa: PLC0415
 
-        movie = read_eer(path, params=params)
+        movie = read_eer(path, params=params, spill_dir=spill_dir)
     else:
         raise UnsupportedFormatError(path, f"a {kind.upper()} file is a reference image, "
                                            "not a movie")

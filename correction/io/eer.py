@@ -44,6 +44,7 @@ import tifffile
 from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
 from ..movie import Movie
 from ..params import ReadParams
+from .spill import FrameSink
 from .tiff import EER_COMPRESSIONS, open_tiff
 
 __all__ = [
@@ -343,7 +344,7 @@ def _metadata_dose_per_raw_e_px(layout: EerLayout) -> float | None:
 
 
 def read_eer(path: str | Path, *, params: ReadParams | None = None,
-             max_workers: int = 2) -> Movie:
+             max_workers: int = 2, spill_dir: str | Path | None = None) -> Movie:
     """Read an EER movie as fractions of grouped raw frames.
 
     Parameters
@@ -354,6 +355,10 @@ def read_eer(path: str | Path, *, params: ReadParams | None = None,
         ``pixel_size_A`` (physical pixel, Å; used for dose grouping when the file has none).
     max_workers : int
         Threads decoding raw frames (imagecodecs releases the GIL).
+    spill_dir : str or Path, optional
+        Where fractions of more than :data:`~correction.io.spill.SPILL_OVER_BYTES` in all go
+        (an unnamed temporary file, returned memory-mapped; :mod:`correction.io.spill`);
+        None keeps them in memory.
 
     Returns
     -------
@@ -374,13 +379,13 @@ def read_eer(path: str | Path, *, params: ReadParams | None = None,
         layout = scan_eer(tif, path)
         fd = os.open(path, os.O_RDONLY)
     try:
-        return _read_frames(fd, layout, path, params, superres, max_workers)
+        return _read_frames(fd, layout, path, params, superres, max_workers, spill_dir)
     finally:
         os.close(fd)
 
 
 def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, superres: int,
-                 max_workers: int) -> Movie:
+                 max_workers: int, spill_dir: str | Path | None) -> Movie:
     factor = 2 if superres else 1
     if superres and (layout.horz_bits < 1 or layout.vert_bits < 1):
         raise UnsupportedFormatError(path, "EER file has no sub-pixel bits; use sampling 1")
@@ -421,28 +426,35 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     sizes = group_sizes(layout.n_raw, group)
     header["eer_group_frames"] = int(group)
     dtype = np.uint8 if max(sizes) <= 255 else np.uint16
-    frames = np.zeros((len(sizes), ny, nx), dtype=dtype)
+    sink = FrameSink((len(sizes), ny, nx), dtype, spill_dir=spill_dir, zeroed=True)
+    header["decoded_to"] = "temporary file" if sink.spilled else "memory"
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
 
     direct = _decoder_accumulates(np.dtype(dtype), layout)
 
     def work(fraction: int) -> None:
-        target = frames[fraction]
+        block = sink.target(fraction, fraction + 1)
+        target = block[0]
         raws = range(starts[fraction], starts[fraction] + sizes[fraction])
         if direct:                          # events land in the fraction: no buffer, no add
             for raw in raws:
                 _decode_into(fd, layout, raw, target, superres, path, accumulate=True)
-            return
-        buf = np.empty((ny, nx), dtype=bool)
-        as_u8 = buf.view(np.uint8)          # 0/1 bytes: add without a cast
-        for raw in raws:
-            _decode_into(fd, layout, raw, buf, superres, path)
-            if target.dtype == np.uint8:
-                np.add(target, as_u8, out=target)
-            else:
-                np.add(target, as_u8, out=target, casting="unsafe")
+        else:
+            buf = np.empty((ny, nx), dtype=bool)
+            as_u8 = buf.view(np.uint8)          # 0/1 bytes: add without a cast
+            for raw in raws:
+                _decode_into(fd, layout, raw, buf, superres, path)
+                if target.dtype == np.uint8:
+                    np.add(target, as_u8, out=target)
+                else:
+                    np.add(target, as_u8, out=target, casting="unsafe")
+        sink.commit(fraction, block)
 
-    _run(work, range(len(sizes)), max_workers)
+    try:
+        _run(work, range(len(sizes)), max_workers)
+        frames = sink.frames()
+    finally:
+        sink.close()
     pixel = phys_pixel / factor if phys_pixel is not None else None
     dose_per_fraction = None
     if dose_per_raw_e_px is not None and phys_pixel is not None and dose_source == "metadata":

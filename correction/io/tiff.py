@@ -4,7 +4,9 @@ tifffile parses the pages and imagecodecs decodes LZW. A TIFF cut while being wr
 look complete to tifffile, which silently stops at the first page whose IFD lies beyond the
 end of the file, so the reader checks three things itself without decoding: the last page's
 next-IFD pointer (non-zero past the end of the file means pages are missing), every page's
-strips lie inside the file, and all pages have one shape and dtype.
+strips lie inside the file, and all pages have one shape and dtype. A movie too large to
+decode in memory goes to an unnamed temporary file when the caller gives a folder for it
+(:mod:`correction.io.spill`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import tifffile
 
 from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
 from ..movie import Movie
+from .spill import FrameSink
 
 __all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image",
            "EER_COMPRESSIONS"]
 
 #: TIFF compression codes used by EER files (Falcon 4/4i).
 EER_COMPRESSIONS = (65000, 65001, 65002)
+_SPILL_BLOCK_BYTES = 256 << 20  # pages decoded together before they are written to the spill
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +153,16 @@ def _truncation_reason(layout: TiffLayout, readable: int) -> str:
     return f"{readable} of {layout.n_pages} frames readable"
 
 
-def read_tiff(path: str | Path) -> Movie:
-    """Read a multi-page TIFF movie into memory in its stored dtype.
+def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie:
+    """Read a multi-page TIFF movie in its stored dtype.
 
     Parameters
     ----------
     path : str or Path
+    spill_dir : str or Path, optional
+        Where a movie of more than :data:`~correction.io.spill.SPILL_OVER_BYTES` decoded goes
+        (an unnamed temporary file, returned memory-mapped; see :mod:`correction.io.spill`);
+        None decodes every movie in memory.
 
     Returns
     -------
@@ -164,6 +172,8 @@ def read_tiff(path: str | Path) -> Movie:
     Raises
     ------
     UnreadableMovieError, TruncatedMovieError, UnsupportedFormatError
+    OSError
+        The spill file cannot be written (full disk ...), with its errno.
     """
     path = Path(path)
     with open_tiff(path) as tif:
@@ -173,18 +183,20 @@ def read_tiff(path: str | Path) -> Movie:
         if layout.first_short_page is not None:
             raise TruncatedMovieError(path, _truncation_reason(layout, layout.first_short_page))
         n = layout.n_pages
-        frames = np.empty((n, *layout.shape_yx), dtype=layout.dtype)
         _require_decoder(path, layout.compression)
+        sink = FrameSink((n, *layout.shape_yx), layout.dtype, spill_dir=spill_dir)
         try:
-            tif.asarray(key=range(n), out=frames, maxworkers=2)
-        except Exception:  # noqa: BLE001 - find which page fails, then report it
-            for i in range(n):
-                try:
-                    tif.pages[i].asarray(out=frames[i])
-                except Exception as exc:  # noqa: BLE001 - a page that fails to decode
-                    raise TruncatedMovieError(
-                        path, f"{_truncation_reason(layout, i)} (page {i}: {exc})") from None
-            raise
+            # in memory: all pages in one call; spilled: blocks of pages (two decoded at once)
+            per_block = n if not sink.spilled else max(2, _SPILL_BLOCK_BYTES // sink.frame_bytes)
+            for i0 in range(0, n, per_block):
+                i1 = min(n, i0 + per_block)
+                block = sink.target(i0, i1)
+                _decode_pages(tif, layout, path, i0, i1, block)
+                sink.commit(i0, block)
+                del block
+            frames = sink.frames()
+        finally:
+            sink.close()
         if layout.chain_cut_at is not None:
             raise TruncatedMovieError(path, _truncation_reason(layout, n))
         pixel_size_A = _pixel_size_from_tags(tif.pages[0])
@@ -193,8 +205,24 @@ def read_tiff(path: str | Path) -> Movie:
             "compression": layout.compression,
             "dtype": layout.dtype.str,
             "pages": n,
+            "decoded_to": "temporary file" if sink.spilled else "memory",
         }
     return Movie(frames=frames, path=path, pixel_size_A=pixel_size_A, header=header)
+
+
+def _decode_pages(tif: tifffile.TiffFile, layout: TiffLayout, path: Path, i0: int, i1: int,
+                  out: np.ndarray) -> None:
+    """Decode pages ``i0:i1`` into ``out`` (two threads); name the first page that fails."""
+    try:
+        tif.asarray(key=range(i0, i1), out=out, maxworkers=2)
+    except Exception:  # noqa: BLE001 - find which page fails, then report it
+        for i in range(i0, i1):
+            try:
+                tif.pages[i].asarray(out=out[i - i0])
+            except Exception as exc:  # noqa: BLE001 - a page that fails to decode
+                raise TruncatedMovieError(
+                    path, f"{_truncation_reason(layout, i)} (page {i}: {exc})") from None
+        raise
 
 
 def _require_decoder(path: Path, compression: int) -> None:
