@@ -15,7 +15,8 @@ median wall times, their ratio, the CPU time ratio (less sensitive to other load
 machine), and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
 
 Detector shapes (issue 17): ``--shape NY NX`` (K3 4092 5760, super-resolution 8184 11520),
-``--dtype uint8``, ``--format tiff`` (LZW in strips of about 16 KB, page by page, as
+``--dtype uint8`` (an MRC has no unsigned 8-bit mode: mrcfile stores uint8 as mode 6,
+uint16), ``--format tiff`` (LZW in strips of about 16 KB, page by page, as
 SerialEM writes K3 movies through IMOD's library), ``--extra='--bin 2'``
 (Fourier binning; the floor then crops its summed spectrum before the four inverse FFTs),
 ``--local-field PX`` (a known local deformation, PX at the corners: the movie is rendered by
