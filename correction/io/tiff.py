@@ -1,6 +1,6 @@
 """TIFF movie reader: one frame per page, uint8/uint16 (K2/K3), uncompressed or LZW.
 
-tifffile parses the pages and imagecodecs decodes LZW. A TIFF cut while being written can
+tifffile parses the pages; imagecodecs' libtiff decodes them (tifffile where it cannot). A TIFF cut while being written can
 look complete to tifffile, which silently stops at the first page whose IFD lies beyond the
 end of the file, so the reader checks three things itself without decoding: the last page's
 next-IFD pointer (non-zero past the end of the file means pages are missing), every page's
@@ -11,11 +11,14 @@ decode in memory goes to an unnamed temporary file when the caller gives a folde
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 
@@ -29,6 +32,7 @@ __all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image
 #: TIFF compression codes used by EER files (Falcon 4/4i).
 EER_COMPRESSIONS = (65000, 65001, 65002)
 _SPILL_BLOCK_BYTES = 256 << 20  # pages decoded together before they are written to the spill
+_LIBTIFF = bool(getattr(getattr(imagecodecs, "TIFF", None), "available", False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +216,21 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
 
 def _decode_pages(tif: tifffile.TiffFile, layout: TiffLayout, path: Path, i0: int, i1: int,
                   out: np.ndarray) -> None:
-    """Decode pages ``i0:i1`` into ``out`` (two threads); name the first page that fails."""
+    """Decode pages ``i0:i1`` into ``out`` (two threads); name the first page that fails.
+
+    libtiff (imagecodecs' ``tiff_decode``, on a read-only map of the file) decodes a page's
+    strips in C without holding the GIL: SerialEM writes LZW strips of about 16 KB (one row of
+    a super-resolution frame), and tifffile's per-strip work in Python made a 94-Mpixel page
+    take 0.5-0.9 s against 0.22 s (0.06 s against 0.15 s for a K3 page). tifffile decodes
+    where imagecodecs has no libtiff, and names the page when anything fails.
+    """
+    try:
+        if not _LIBTIFF:
+            raise LookupError("imagecodecs has no libtiff")
+        _decode_pages_libtiff(path, i0, i1, out)
+        return
+    except Exception:  # noqa: BLE001 - tifffile decodes, or says which page is bad
+        pass
     try:
         tif.asarray(key=range(i0, i1), out=out, maxworkers=2)
     except Exception:  # noqa: BLE001 - find which page fails, then report it
@@ -223,6 +241,25 @@ def _decode_pages(tif: tifffile.TiffFile, layout: TiffLayout, path: Path, i0: in
                 raise TruncatedMovieError(
                     path, f"{_truncation_reason(layout, i)} (page {i}: {exc})") from None
         raise
+
+
+def _decode_pages_libtiff(path: Path, i0: int, i1: int, out: np.ndarray) -> None:
+    """Pages ``i0:i1`` into ``out`` with libtiff, two pages at a time. The file's pages read
+    through the map are dropped afterwards, so the compressed movie does not stay resident."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        def page(i: int) -> None:
+            imagecodecs.tiff_decode(mapped, index=i, out=out[i - i0])
+
+        try:
+            if i1 - i0 == 1:
+                page(i0)
+            else:
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    for future in [pool.submit(page, i) for i in range(i0, i1)]:
+                        future.result()
+        finally:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _require_decoder(path: Path, compression: int) -> None:

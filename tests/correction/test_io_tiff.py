@@ -116,3 +116,49 @@ def test_tiff_with_a_compression_nobody_decodes_is_unsupported(tmp_path):
     with pytest.raises(UnsupportedFormatError, match=r"odd\.tif: TIFF compression 54321 is "
                                                      r"not supported"):
         read_movie(path)
+
+
+@pytest.mark.parametrize("dtype, compression, layout", [
+    (np.uint8, "lzw", {"rowsperstrip": 1}),     # SerialEM/IMOD: 16 KB strips, super-res rows
+    (np.uint8, "lzw", {"rowsperstrip": 3}),     # a K3 frame's 16 KB strips
+    (np.uint16, "lzw", {"rowsperstrip": 7}),
+    (np.uint8, None, {"rowsperstrip": 5}),
+    (np.uint16, "lzw", {"tile": (32, 48)}),
+])
+def test_libtiff_and_tifffile_decode_every_layout_to_the_same_frames(tmp_path, monkeypatch,
+                                                                     dtype, compression, layout):
+    import correction.io.tiff as tiff_module
+
+    data = _movie(dtype, shape=(5, 70, 96))
+    path = tmp_path / "frames.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for frame in data:
+            tif.write(frame, compression=compression, contiguous=False, **layout)
+    decoded = {}
+    with monkeypatch.context() as only_libtiff:  # tifffile must not be the one that decodes
+        only_libtiff.setattr(tifffile.TiffFile, "asarray", None)
+        decoded[True] = read_movie(path).frames
+    monkeypatch.setattr(tiff_module, "_LIBTIFF", False)
+    decoded[False] = read_movie(path).frames
+    np.testing.assert_array_equal(decoded[True], data)
+    np.testing.assert_array_equal(decoded[False], data)
+
+
+@pytest.mark.parametrize("libtiff", [True, False])
+def test_a_corrupt_strip_names_its_page_whichever_decoder_reads_it(tmp_path, monkeypatch,
+                                                                    libtiff):
+    import correction.io.tiff as tiff_module
+
+    data = _movie(np.uint8, shape=(6, 64, 96))
+    path = tmp_path / "bad.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for frame in data:
+            tif.write(frame, compression="lzw", contiguous=False, rowsperstrip=2)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[3].dataoffsets[5], tif.pages[3].databytecounts[5]
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + count] = b"\xff" * count  # not an LZW stream
+    path.write_bytes(bytes(raw))
+    monkeypatch.setattr(tiff_module, "_LIBTIFF", libtiff)
+    with pytest.raises(TruncatedMovieError, match=r"bad\.tif: 3 of 6 frames readable \(page 3"):
+        read_movie(path)
