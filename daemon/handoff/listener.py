@@ -6,6 +6,8 @@
 or series event rewrites, atomically, what changed:
 
 * the movie's RELION motion STAR ``S.star`` and its Warp layout (:mod:`daemon.handoff.warp`);
+  at start-up also those of movies recorded done whose files are missing (a service killed
+  between recording a movie and writing them);
 * for a tilt-series movie: its series' ``OUT/<rel>/<series>/<series>.star`` and
   ``OUT/corrected_tilt_series.star`` (:mod:`daemon.handoff.tomo`); on ``series completed`` also
   the AreTomo3 names derived from the series mdoc (:func:`correction.stack.link_aretomo_inputs`);
@@ -23,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
-from daemon.handoff.relion import (MovieMotion, RelionOptics, movie_motion, single_particle_blocks,
-                                   write_motion_star, write_relion_gain, write_star,
-                                   SINGLE_PARTICLE_STAR)
+from daemon.handoff.relion import (MovieMotion, RelionOptics, motion_star_path, movie_motion,
+                                   single_particle_blocks, write_motion_star, write_relion_gain,
+                                   write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  series_block)
-from daemon.handoff.warp import warp_layout
+from daemon.handoff.warp import warp_layout, warp_xml_path
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
 
@@ -144,6 +146,7 @@ class RelionListener(ServiceListener):
                            config.params.gain) if config.params.gain.gain_path else None
         self._gain_name = Path(gain).name if gain else None
         self._seed(Path(config.state_dir))
+        self._catch_up()
         series = {t.series for _, t in self._entries() if t is not None}
         for name in sorted(series):
             self._write_series(name)
@@ -160,10 +163,7 @@ class RelionListener(ServiceListener):
         if loaded is None:
             return
         _, motion, tilt = loaded
-        self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
-                    gain_name=self._gain_name)
-        if self.warp:
-            self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
+        self._write_movie_files(motion)
         if tilt is not None:
             self._write_series(tilt.series)
             self._write_globals(tomo=True, single=False)
@@ -213,6 +213,19 @@ class RelionListener(ServiceListener):
             if motion:
                 self._motions[movie] = Path(motion)
 
+    def _catch_up(self) -> None:
+        """Write the per-movie files of movies recorded done that lack them: a service stopped
+        (killed, power cut) after the ledger recorded a movie and before this listener heard
+        of it leaves them unwritten, and no later event would bring them."""
+        for key in sorted(self._motions):
+            loaded = self._load(key)
+            if loaded is None:
+                continue
+            motion = loaded[1]
+            if not motion_star_path(motion.motion_path).exists() or (
+                    self.warp and not warp_xml_path(motion).exists()):
+                self._write_movie_files(motion)
+
     def _load(self, key: str) -> tuple[float, MovieMotion, TiltRecord | None] | None:
         path = self._motions.get(key)
         if path is None:
@@ -257,6 +270,13 @@ class RelionListener(ServiceListener):
                 if t is not None and t.series == series and t.tilt_deg is not None]
 
     # --- writing --------------------------------------------------------------------------
+    def _write_movie_files(self, motion: MovieMotion) -> None:
+        """The movie's RELION motion STAR and (when on) its Warp layout."""
+        self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
+                    gain_name=self._gain_name)
+        if self.warp:
+            self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
+
     def _write_series(self, series: str) -> None:
         entries = self._series_entries(series)
         if not entries or self._out is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from daemon.handoff.relion import MovieMotion
 
-__all__ = ["WARP_XML", "warp_layout"]
+__all__ = ["WARP_XML", "warp_layout", "warp_xml_path"]
 
 WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie />\n'
 
@@ -39,6 +39,11 @@ def _link(target: Path, link: Path) -> None:
         pass
     os.link(target, tmp)
     os.replace(tmp, link)
+
+
+def warp_xml_path(motion: MovieMotion) -> Path:
+    """``<root>.xml`` beside the movie's outputs (written last by :func:`warp_layout`)."""
+    return motion.motion_path.parent / f"{motion.movie.stem}.xml"
 
 
 def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
@@ -63,7 +68,7 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
             _link(Path(target), link)
             made.append(link)
     if made:
-        xml = folder / f"{root}.xml"
+        xml = warp_xml_path(motion)
         payload = WARP_XML.encode()
         atomic_write(xml, lambda fh: fh.write(payload))
         made.append(xml)

@@ -311,6 +311,45 @@ def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tm
     assert not (out / "corrected_tilt_series.star").exists()
 
 
+def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
+    """A service killed after the ledger recorded a movie done and before the listener wrote
+    its motion STAR and Warp xml: the next start writes them (no later event would)."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        m = render_movie(rng, shape_yx=SHAPE, n_frames=N_FRAMES, gain=None, n_hot_pixels=0,
+                         pixel_size_A=PIXEL_A)
+        write_movie_progressively(watch / f"spa_{i}.mrc", m.frames, pixel_size_A=PIXEL_A,
+                                  frame_interval_s=0)
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
+                    exit_when_idle_s=0.6, polling="on")
+
+    def run() -> None:
+        service = Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata())
+        guard = threading.Timer(60.0, service.request_stop, args=("test guard",))
+        guard.start()
+        try:
+            assert service.run() == 0
+        finally:
+            guard.cancel()
+
+    def table(path: Path) -> list[str]:  # without starfile's "# Created ... at <time>" line
+        return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+    run()
+    star, xml = out / "spa_0.star", out / "spa_0.xml"
+    written = table(star)
+    star.unlink()  # as if killed before the listener heard of spa_0
+    xml.unlink()
+    untouched = (out / "spa_1.star").stat().st_mtime_ns
+    run()
+    assert table(star) == written and xml.exists()
+    assert (out / "spa_1.star").stat().st_mtime_ns == untouched  # present files are left alone
+
+
 def test_polishing_gets_the_gain_as_mrc_in_the_movies_orientation_named_in_each_motion_star(
         tmp_path):
     """RELION's Bayesian polishing reads the gain named by ``rlnMicrographGainName`` (an MRC,
