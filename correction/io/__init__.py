@@ -94,8 +94,8 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
     -------
     Movie
         MRC frames are memory-mapped (read-only); TIFF frames decoded in memory (or spilled:
-        memory-mapped from the temporary file); EER frames are fractions (sums of raw frames; uint8 up to 255 raw frames each, else uint16)
-        with ``raw_frames_per_frame`` set.
+        memory-mapped from the temporary file); EER frames are fractions (sums of raw frames;
+        uint8 up to 255 raw frames each, else uint16) with ``raw_frames_per_frame`` set.
 
     Raises
     ------

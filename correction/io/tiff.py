@@ -1,12 +1,12 @@
 """TIFF movie reader: one frame per page, uint8/uint16 (K2/K3), uncompressed or LZW.
 
-tifffile parses the pages; imagecodecs' libtiff decodes them (tifffile where it cannot). A TIFF cut while being written can
-look complete to tifffile, which silently stops at the first page whose IFD lies beyond the
-end of the file, so the reader checks three things itself without decoding: the last page's
-next-IFD pointer (non-zero past the end of the file means pages are missing), every page's
-strips lie inside the file, and all pages have one shape and dtype. A movie too large to
-decode in memory goes to an unnamed temporary file when the caller gives a folder for it
-(:mod:`correction.io.spill`).
+tifffile parses the pages; imagecodecs' libtiff decodes them (tifffile where it cannot). A
+TIFF cut while being written can look complete to tifffile, which silently stops at the first
+page whose IFD lies beyond the end of the file, so the reader checks three things itself
+without decoding: the last page's next-IFD pointer (non-zero past the end of the file means
+pages are missing), every page's strips lie inside the file, and all pages have one shape and
+dtype. A movie too large to decode in memory goes to an unnamed temporary file when the
+caller gives a folder for it (:mod:`correction.io.spill`).
 """
 
 from __future__ import annotations
