@@ -88,7 +88,7 @@ class FrameSink:
         """Store the decoded frames ``block`` as frames ``i0, i0 + 1 ...``."""
         if self._array is not None:
             return
-        data = memoryview(np.ascontiguousarray(block, self.dtype)).cast("B")
+        data = memoryview(np.ascontiguousarray(block, self.dtype).reshape(-1).view(np.uint8))
         offset = i0 * self.frame_bytes
         while len(data):
             written = os.pwrite(self._file.fileno(), data, offset)
