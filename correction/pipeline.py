@@ -768,7 +768,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 def correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                   gain_reference: GainReference | None = None, stem: str | None = None,
                   extra_record: dict[str, Any] | None = None,
-                  workers: int = -1) -> CorrectionResult:
+                  workers: int = -1, scratch_dir: str | Path | None = None
+                  ) -> CorrectionResult:
     """Correct one movie file and write its four images and motion record atomically.
 
     Parameters
@@ -787,6 +788,10 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         Extra top-level fields for ``motion.json`` (e.g. tilt-series facts).
     workers : int
         Threads for :mod:`scipy.fft`.
+    scratch_dir : str or Path, optional
+        Folder for a compressed movie too large to decode in memory (:mod:`correction.io.spill`:
+        an unnamed temporary file of its decoded size); default ``out_dir``. Give a local disk
+        when ``out_dir`` is a network share.
 
     Returns
     -------
@@ -799,16 +804,19 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         parameters); ``str(error)`` is one line naming the file.
     OSError
         The outputs could not be written (full disk, read-only folder): ``errno`` kept, and
-        no output of the set is left behind (:class:`correction.write.OutputSet`).
+        no output of the set is left behind (:class:`correction.write.OutputSet`); or the
+        decoded movie could not be written to the scratch folder.
     """
     with movie_memory_settings():
         return _correct_movie(movie_path, out_dir, params, gain_reference=gain_reference,
-                              stem=stem, extra_record=extra_record, workers=workers)
+                              stem=stem, extra_record=extra_record, workers=workers,
+                              scratch_dir=scratch_dir)
 
 
 def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                    gain_reference: GainReference | None, stem: str | None,
-                   extra_record: dict[str, Any] | None, workers: int) -> CorrectionResult:
+                   extra_record: dict[str, Any] | None, workers: int,
+                   scratch_dir: str | Path | None = None) -> CorrectionResult:
     """:func:`correct_movie` without the allocator settings."""
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
     from .io.eer import grouping_record  # noqa: PLC0415
@@ -819,8 +827,10 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a compressed movie too large to decode in memory is decoded into an unnamed file in the
-    # output folder (on a disk, unlike a RAM-backed /tmp) and used memory-mapped
-    movie = read_movie(movie_path, params=params.read, spill_dir=out_dir)
+    # scratch folder, by default the output folder (on a disk, unlike a RAM-backed /tmp), and
+    # used memory-mapped
+    movie = read_movie(movie_path, params=params.read,
+                       spill_dir=out_dir if scratch_dir is None else Path(scratch_dir))
     pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
     if not pixel_size_A or not pixel_size_A > 0:
         raise MissingPixelSizeError(movie_path, "no pixel size in the header and none given "

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (created if missing)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON summary line per movie on stdout")
+    parser.add_argument("--scratch", type=Path, default=None, metavar="DIR",
+                        help="folder for a compressed movie (LZW TIFF, EER) of more than 1 GiB "
+                             "decoded, held there in an unnamed temporary file while it is "
+                             "corrected (default: the output folder; give a local disk when "
+                             "that is a network share)")
     add_correction_arguments(parser)
 
 
@@ -62,8 +67,8 @@ def _fail(movie: Path, exc: BaseException) -> str:
     return f"{movie}: internal error: {type(exc).__name__}: {text}"
 
 
-def _output_folder_problem(out: Path) -> str | None:
-    """Why the outputs cannot be written into ``out`` (created if missing), or None.
+def _output_folder_problem(out: Path, what: str = "output folder") -> str | None:
+    """Why files cannot be written into ``out`` (created if missing), or None.
 
     Writes and removes a hidden probe file, so a read-only folder, a read-only file system or
     missing permissions are found before any movie is corrected.
@@ -73,13 +78,13 @@ def _output_folder_problem(out: Path) -> str | None:
     except OSError as exc:
         reason = ("exists and is not a folder" if out.exists() and not out.is_dir()
                   else exc.strerror or str(exc))
-        return f"{out}: cannot create the output folder: {reason}"
+        return f"{out}: cannot create the {what}: {reason}"
     probe = out / f".motionwatch-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        return f"{out}: cannot write into the output folder: {exc.strerror or exc}"
+        return f"{out}: cannot write into the {what}: {exc.strerror or exc}"
     return None
 
 
@@ -146,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     # once, before any work (as ``watch`` does): a folder that cannot be made or written into
     # fails every movie alike, before a movie is corrected for nothing
     message = _output_folder_problem(args.out)
+    if message is None and args.scratch is not None:
+        message = _output_folder_problem(args.scratch, "scratch folder")
     if message is not None:
         print(f"motionwatch: {message}", file=sys.stderr)
         for movie in args.movies:
@@ -164,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with _warnings_as_lines(movie):
                 result = correct_movie(movie, args.out, params, gain_reference=gain,
-                                       stem=stems[movie])
+                                       stem=stems[movie], scratch_dir=args.scratch)
         except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop the others
             failed += 1
             message = _fail(movie, exc)

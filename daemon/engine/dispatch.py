@@ -147,7 +147,8 @@ class Dispatcher:
             self.in_flight[task_id] = InFlight(key, attempt, row.metadata)
             pool.submit(Task(task_id, movie, out_dir, cfg.out_dir, params,
                              stored.stem or movie_stem(movie),
-                             extra, timeout_s=limit_s))
+                             extra, timeout_s=limit_s,
+                             scratch_dir=cfg.scratch_dir))
             self._log.info("movie_started", movie=key.path, attempt=attempt,
                            time_limit_s=round(limit_s, 1), size=key.size,
                            **dict(stored.log_context))

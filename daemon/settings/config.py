@@ -79,6 +79,9 @@ class Config:
     read_ahead : bool
         While every worker is busy, have the kernel read the movie next in line into the page
         cache (local workers only; :mod:`daemon.work.readahead`).
+    scratch_dir : Path or None
+        Where a compressed movie too large to decode in memory is held while it is corrected
+        (``correct_movie``'s ``scratch_dir``); None: its output folder.
     options : dict
         Every merged option by ``dest`` (defaults, then TOML, then flags), including options
         added to the ``watch`` parser by integrations (publisher, systemd): they build their own
@@ -104,6 +107,7 @@ class Config:
     log_level: str = "info"
     exit_when_idle_s: float | None = None
     read_ahead: bool = True
+    scratch_dir: Path | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -136,6 +140,11 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
                    help="TOML file; every option has a key (--settle-time -> settle_time)")
     g.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="folder of the state database (default: the output folder)")
+    g.add_argument("--scratch", type=Path, default=None, metavar="DIR",
+                   help="folder for a compressed movie (LZW TIFF, EER) of more than 1 GiB "
+                        "decoded, held there in an unnamed temporary file while it is "
+                        "corrected (default: the movie's output folder; give a local disk "
+                        "when the output folder is a network share; Dask workers need it too)")
     g.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes (default 1)")
     g.add_argument("--settle-time", type=float, default=5.0, metavar="S",
@@ -380,6 +389,10 @@ def load_config(args: argparse.Namespace) -> Config:
         if out_dir == watch_dir:
             problems.append(f"output folder {out_dir} is the watch folder: use a subfolder or "
                             f"another folder")
+    scratch_dir = None
+    if merged.scratch is not None:
+        scratch_dir = Path(merged.scratch).expanduser().absolute()
+        _check_dir_writable(scratch_dir, "scratch folder", problems)
 
     if problems:
         raise ConfigError(problems)
@@ -395,5 +408,6 @@ def load_config(args: argparse.Namespace) -> Config:
         retry_delay_s=float(merged.retry_delay), heartbeat_s=float(merged.heartbeat),
         log_level=merged.log_level,
         exit_when_idle_s=None if merged.exit_when_idle is None else float(merged.exit_when_idle),
-        read_ahead=bool(merged.read_ahead), options=dict(vars(merged)),
+        read_ahead=bool(merged.read_ahead), scratch_dir=scratch_dir,
+        options=dict(vars(merged)),
     )

@@ -66,6 +66,9 @@ class Task:
         Merged into the motion record (source identity, series, tilt ...).
     timeout_s : float or None
         This task's time limit (s), replacing the pool's ``timeout_s``; None: the pool's.
+    scratch_dir : Path or None
+        Passed to the runner as ``scratch_dir`` when set (where a compressed movie too large
+        to decode in memory is held); None: not passed.
     """
 
     task_id: int
@@ -76,6 +79,7 @@ class Task:
     stem: str | None = None
     extra_record: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    scratch_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +241,10 @@ def execute_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
     try:
         gain_reference = gains.get(getattr(task.params, "gain", None))
         task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
+        scratch = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
         result = correct(task.movie_path, task.out_dir, task.params,
                          gain_reference=gain_reference, stem=task.stem,
-                         extra_record=dict(task.extra_record))
+                         extra_record=dict(task.extra_record), **scratch)
         timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}
         timings["worker_wall"] = time.perf_counter() - started
         record = {**dict(result.record), "ran_on": {"host": socket.gethostname(), "worker": worker}}
@@ -330,7 +335,8 @@ class WorkerPool:
         How long a worker may take to start (imports, gain loading) before its task times out.
     runner : str
         ``"module:function"`` called as ``runner(movie_path, out_dir, params, *,
-        gain_reference, stem, extra_record)``, returning an object with ``outputs``, ``record``
+        gain_reference, stem, extra_record)`` (and ``scratch_dir`` when the task has one),
+        returning an object with ``outputs``, ``record``
         and ``timings_s`` (:func:`correction.pipeline.correct_movie`).
     gain_loader : str or None
         ``"module:function"`` turning ``GainParams`` into the reference passed to the runner.

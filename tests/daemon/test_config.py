@@ -176,3 +176,14 @@ def json_value(value):
     import json
 
     return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def test_the_scratch_folder_is_checked_at_start_up_and_defaults_to_none(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "afile").write_text("x")
+    base = [str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--dose-per-frame", "1"]
+    with pytest.raises(ConfigError, match=r"scratch folder .*afile"):
+        load_config(parse(base + ["--scratch", str(tmp_path / "afile")]))
+    assert load_config(parse(base + ["--scratch", str(tmp_path / "s")])).scratch_dir == \
+        tmp_path / "s"
+    assert load_config(parse(base)).scratch_dir is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -217,3 +218,32 @@ def test_movies_with_one_stem_and_two_extensions_write_two_output_sets(tmp_path,
                  "--dose-per-frame", "1", "--patches", "1", "1"]) == 0
     assert json.loads((out / "x.motion.json").read_text())["movie"].endswith("x.mrc")
     assert json.loads((out / "x_mrcs.motion.json").read_text())["movie"].endswith("x.mrcs")
+
+
+def test_a_large_compressed_movie_is_decoded_into_the_scratch_folder_or_else_the_output_folder(
+        tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    import correction.io.spill as spill
+
+    syn = render_movie(np.random.default_rng(2), shape_yx=(128, 160), n_frames=4,
+                       electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+    movie = tmp_path / "k3.tif"
+    tifffile.imwrite(movie, np.clip(syn.frames, 0, 255).astype(np.uint8), compression="lzw",
+                     photometric="minisblack")
+    monkeypatch.setattr(spill, "SPILL_OVER_BYTES", 1024)  # this movie counts as large
+    folders = []
+    real = spill.tempfile.TemporaryFile
+    monkeypatch.setattr(spill.tempfile, "TemporaryFile",
+                        lambda *a, **k: folders.append(Path(k["dir"])) or real(*a, **k))
+    common = ["--dose-per-frame", "1", "--pixel-size", "1.1"]
+    assert main(["correct", str(movie), "--out", str(tmp_path / "o1"), "--scratch",
+                 str(tmp_path / "scratch"), *common]) == 0
+    assert main(["correct", str(movie), "--out", str(tmp_path / "o2"), *common]) == 0
+    assert folders == [tmp_path / "scratch", tmp_path / "o2"]
+    assert os.listdir(tmp_path / "scratch") == []
+    (tmp_path / "afile").write_text("x")
+    assert main(["correct", str(movie), "--out", str(tmp_path / "o3"), "--scratch",
+                 str(tmp_path / "afile"), *common]) == exitcodes.SOME_FAILED
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"motionwatch: {tmp_path / 'afile'}: cannot create the scratch folder")

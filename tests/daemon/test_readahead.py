@@ -122,7 +122,7 @@ def _dispatcher(tmp_path: Path, pool, hints) -> tuple[Dispatcher, Ledger, list[P
     config = SimpleNamespace(params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
                              watch_dir=tmp_path,
                              out_dir=tmp_path / "out", movie_timeout_s=600.0, retry_delay_s=1.0,
-                             max_attempts=3)
+                             max_attempts=3, scratch_dir=None)
     log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None,
                           error=lambda *a, **k: None)
     dispatcher = Dispatcher(config, ledger=lambda: ledger, pool=lambda: pool, log=log,

@@ -117,3 +117,25 @@ def test_output_side_errors_are_environmental_not_the_movies(tmp_path, runners):
         results = run_all(pool, [below_a_file, task(tmp_path, 1, "denied.mrc")])
     assert results[0].kind == "environment"
     assert results[1].kind == "environment" and "Permission denied" in results[1].error
+
+
+def test_the_runner_gets_the_scratch_folder_only_when_the_task_has_one(tmp_path):
+    """Custom runners written before ``scratch_dir`` existed keep working: it is passed only
+    when configured."""
+    from types import SimpleNamespace
+
+    from daemon.work.workers import GainCache, execute_task
+
+    seen = []
+
+    def runner(movie_path, out_dir, params, **kwargs):
+        seen.append(kwargs)
+        return SimpleNamespace(outputs={}, record={}, timings_s={})
+
+    for scratch in (None, tmp_path / "scratch"):
+        outcome = execute_task(Task(1, tmp_path / "m.mrc", tmp_path / "out", tmp_path, None, "m",
+                                    {}, scratch_dir=scratch), runner, GainCache(None),
+                               worker="test")
+        assert outcome.kind == "done", outcome.error
+    assert "scratch_dir" not in seen[0]
+    assert seen[1]["scratch_dir"] == tmp_path / "scratch"
