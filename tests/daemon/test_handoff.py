@@ -284,27 +284,37 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left
 
 
-def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tmp_path):
+def _single_particle_session(tmp_path: Path, seed: int) -> tuple[Path, Config]:
+    """Two single-particle movies in a watch folder; the output folder and a quick config."""
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     for i in range(2):
         m = render_movie(rng, shape_yx=SHAPE, n_frames=N_FRAMES, gain=None, n_hot_pixels=0,
                          pixel_size_A=PIXEL_A)
         write_movie_progressively(watch / f"spa_{i}.mrc", m.frames, pixel_size_A=PIXEL_A,
                                   frame_interval_s=0)
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
-                    exit_when_idle_s=0.6, polling="on")
+    return out, Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                       settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
+                       exit_when_idle_s=0.6, polling="on")
+
+
+def _run_single_particle(config: Config) -> None:
+    """One run of the service with the hand-off listener, until idle (60 s guard)."""
+    service = Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata())
+    guard = threading.Timer(60.0, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        assert service.run() == 0
+    finally:
+        guard.cancel()
+
+
+def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tmp_path):
+    out, config = _single_particle_session(tmp_path, seed=3)
     for _ in range(2):  # and once more: the restart rewrites the same two rows
-        service = Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata())
-        guard = threading.Timer(60.0, service.request_stop, args=("test guard",))
-        guard.start()
-        try:
-            assert service.run() == 0
-        finally:
-            guard.cancel()
+        _run_single_particle(config)
         mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
         assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
         assert all(math.isfinite(v) for v in mics["rlnAccumMotionTotal"])
@@ -314,38 +324,18 @@ def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tm
 def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
     """A service killed after the ledger recorded a movie done and before the listener wrote
     its motion STAR and Warp xml: the next start writes them (no later event would)."""
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(2):
-        m = render_movie(rng, shape_yx=SHAPE, n_frames=N_FRAMES, gain=None, n_hot_pixels=0,
-                         pixel_size_A=PIXEL_A)
-        write_movie_progressively(watch / f"spa_{i}.mrc", m.frames, pixel_size_A=PIXEL_A,
-                                  frame_interval_s=0)
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
-                    exit_when_idle_s=0.6, polling="on")
-
-    def run() -> None:
-        service = Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata())
-        guard = threading.Timer(60.0, service.request_stop, args=("test guard",))
-        guard.start()
-        try:
-            assert service.run() == 0
-        finally:
-            guard.cancel()
+    out, config = _single_particle_session(tmp_path, seed=5)
 
     def table(path: Path) -> list[str]:  # without starfile's "# Created ... at <time>" line
         return [line for line in path.read_text().splitlines() if not line.startswith("#")]
 
-    run()
+    _run_single_particle(config)
     star, xml = out / "spa_0.star", out / "spa_0.xml"
     written = table(star)
     star.unlink()  # as if killed before the listener heard of spa_0
     xml.unlink()
     untouched = (out / "spa_1.star").stat().st_mtime_ns
-    run()
+    _run_single_particle(config)
     assert table(star) == written and xml.exists()
     assert (out / "spa_1.star").stat().st_mtime_ns == untouched  # present files are left alone
 
