@@ -298,6 +298,9 @@ class Heartbeat:
     discovery_mode: str
     health: Health
     cluster: Mapping[str, Any] | None = None  # a distributed executor's state (None: local)
+    # movies acquired vs corrected per minute and whether the service keeps up
+    # (daemon.engine.pace.Pace.to_record); None before the first heartbeat that measures it
+    pace: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

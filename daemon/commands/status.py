@@ -129,7 +129,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
                    "healthy": state.get("healthy"), "problems": state.get("problems", []),
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
-                   "cluster": state.get("cluster")},
+                   "cluster": state.get("cluster"), "pace": state.get("pace")},
         "counts": counts,
         "backlog": {"pending": counts["pending"] + counts["failed"],
                     "waiting_for_completion": state.get("waiting", 0),
@@ -149,6 +149,12 @@ def _print_text(status: dict[str, Any]) -> None:
               f"{'healthy' if d['healthy'] else 'UNHEALTHY'}; discovery: {d['discovery']})")
         for problem in d["problems"]:
             print(f"  problem: {problem}")
+        pace = d.get("pace")
+        if pace and pace.get("corrected_per_min") is not None:
+            verdict = "keeping up" if pace["keeping_up"] else "FALLING BEHIND"
+            print(f"pace: {verdict}: {pace['arrived_per_min']:.1f} movies/min acquired, "
+                  f"{pace['corrected_per_min']:.1f} corrected (last "
+                  f"{pace['window_s'] / 60:.0f} min)")
     else:
         print("daemon: not running")
     cluster = status["daemon"].get("cluster")

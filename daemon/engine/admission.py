@@ -52,11 +52,15 @@ class Admission:
         Shared record of whether the state database takes writes.
     policy : EnginePolicy, optional
         ``on_parameter_change`` (default: redo).
+    arrived : callable, optional
+        ``arrived(mtime_s)``: a movie joined the queue (its modification time, s since the
+        epoch), for the service's pace (:mod:`daemon.engine.pace`).
     """
 
     def __init__(self, config: Any, *, ledger: Callable[[], Any], resolver: MetadataResolver,
                  log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float],
-                 writes: LedgerWrites, policy: EnginePolicy | None = None) -> None:
+                 writes: LedgerWrites, policy: EnginePolicy | None = None,
+                 arrived: Callable[[float], None] | None = None) -> None:
         self.config = config
         self._writes = writes
         self._policy = policy or EnginePolicy()
@@ -64,6 +68,7 @@ class Admission:
         self._resolver = resolver
         self._log = log
         self._quarantined = quarantined
+        self._arrived = arrived
         self._settler = Settler(config.settle_time_s, clock=clock)
         self._fingerprint = config.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
@@ -196,6 +201,8 @@ class Admission:
             if self._safe(lambda: ledger.add(key, metadata=stored)) is None:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
+            if self._arrived is not None:
+                self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
         return None
 

@@ -36,6 +36,7 @@ from daemon.engine.dispatch import Dispatcher
 from daemon.engine.faults import LedgerWrites
 from daemon.engine.locks import LOCK_NAME, FolderLocks
 from daemon.engine.outputs import clean_temporary_outputs
+from daemon.engine.pace import PaceMeter
 from daemon.engine.policy import EnginePolicy, report_parameter_change
 from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, NoMetadata,
@@ -99,9 +100,10 @@ class Service:
         self._jobs = JobRunner()
         # the next movie into the page cache while the (local) workers are busy
         self._read_ahead = ReadAhead() if config.read_ahead else None
+        self._pace = PaceMeter(wall_clock())  # movies acquired vs corrected per minute
         self.admission = Admission(config, ledger=lambda: self.ledger, resolver=self._resolver,
                                    log=self._log, clock=clock, writes=self._writes,
-                                   policy=self._policy,
+                                   policy=self._policy, arrived=self._pace.arrived,
                                    quarantined=lambda e: self._finished("on_movie_failed", e))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
@@ -124,6 +126,8 @@ class Service:
     def _finished(self, method: str, event: MovieEvent) -> None:
         """A movie was recorded: the listeners hear it, then the resolver (whose series events
         follow, in order, after it)."""
+        if method == "on_movie_done":
+            self._pace.corrected(self._wall())
         self._notify(method, event)
         try:
             self._resolver.movie_finished(event)
@@ -386,15 +390,16 @@ class Service:
         state = self.discovery.state()
         cluster_state = getattr(self.pool, "cluster_state", None)
         cluster = cluster_state() if callable(cluster_state) else None
+        pace = self._pace.pace(self._wall(), pending=int(counts.get("pending", 0))).to_record()
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
-                         in_flight, self.pool.alive(), state.mode, health, cluster)
+                         in_flight, self.pool.alive(), state.mode, health, cluster, pace)
         self._safe(lambda: self.ledger.set_service_state({
             "pid": os.getpid(), "heartbeat_wall": beat.wall_time_s, "uptime_s": beat.uptime_s,
             "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),
             "waiting_examples": {str(p): r for p, r in list(waiting.items())[:10]},
             "in_flight": list(in_flight), "workers": self.config.workers,
             "discovery": state.mode, "healthy": health.ok, "problems": list(health.problems),
-            "cluster": cluster,
+            "cluster": cluster, "pace": pace,
         }))
         self._log.debug("heartbeat", counts=counts, waiting=len(waiting),
                         in_flight=len(in_flight), healthy=health.ok)

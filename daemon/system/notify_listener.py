@@ -166,6 +166,9 @@ class NotifyListener(ServiceListener):
             self._in_flight_since = {p: self._in_flight_since.get(p, now) for p in current}
             stuck = [p for p, t in self._in_flight_since.items() if now - t > self.stuck_after_s]
         text = _counts_text(beat.counts, beat.waiting, len(beat.in_flight))
+        if beat.pace and beat.pace.get("keeping_up") is False:
+            text += (f"; FALLING BEHIND ({beat.pace['corrected_per_min']:.1f}/min corrected, "
+                     f"{beat.pace['arrived_per_min']:.1f}/min acquired)")
         problems = list(beat.health.problems) + [f"stuck on {Path(p).name}" for p in stuck]
         if problems:
             text += "; UNHEALTHY: " + "; ".join(problems)

@@ -32,12 +32,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import starfile
+from service_run import run_until_idle  # tests/helpers
 
 from correction.params import CorrectionParams, DoseParams, ReadParams
 from correction.pipeline import correct_movie
@@ -161,14 +161,9 @@ def _run(watch: Path, out: Path, listener: RelionListener, *, guard_s: float = 6
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
                     settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
                     heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
-    service = Service(config, listeners=[listener],
-                      resolver=TiltSeriesResolver(SeriesConfig(), mode="on"))
-    guard = threading.Timer(guard_s, service.request_stop, args=("test guard",))
-    guard.start()
-    try:
-        assert service.run() == 0
-    finally:
-        guard.cancel()
+    run_until_idle(Service(config, listeners=[listener],
+                           resolver=TiltSeriesResolver(SeriesConfig(), mode="on")),
+                   guard_s=guard_s)
 
 
 def _acquire(staging: Path):
@@ -302,13 +297,7 @@ def _single_particle_session(tmp_path: Path, seed: int) -> tuple[Path, Config]:
 
 def _run_single_particle(config: Config) -> None:
     """One run of the service with the hand-off listener, until idle (60 s guard)."""
-    service = Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata())
-    guard = threading.Timer(60.0, service.request_stop, args=("test guard",))
-    guard.start()
-    try:
-        assert service.run() == 0
-    finally:
-        guard.cancel()
+    run_until_idle(Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata()))
 
 
 def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tmp_path):

@@ -269,3 +269,32 @@ def test_the_watchdog_turns_unhealthy_once_a_movie_is_in_flight_longer_than_stuc
     assert listener.healthy()
     now[0] += 6.0
     assert not listener.healthy()  # no heartbeat for 6 s > stall 5 s
+
+
+def test_the_status_line_says_falling_behind_only_when_the_pace_says_so():
+    from daemon.events import Health, Heartbeat
+
+    class RecordingSystemd:
+        enabled = True
+
+        def __init__(self):
+            self.lines = []
+
+        def status(self, text):
+            self.lines.append(text)
+
+        def ready(self, text): ...
+
+    systemd = RecordingSystemd()
+    listener = NotifyListener(systemd, watchdog_interval_s=None, stall_s=5.0,
+                              stuck_after_s=60.0, extend_s=30.0, clock=lambda: 0.0)
+    counts = {"done": 40, "pending": 12}
+    for keeping_up, corrected in ((False, 4.5), (True, 6.0), (None, None)):
+        pace = {"arrived_per_min": 6.0, "corrected_per_min": corrected,
+                "keeping_up": keeping_up, "window_s": 600.0}
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, counts, 0, (), 1, "poll", Health(True),
+                                        None, pace))
+    behind, ok, unknown = systemd.lines
+    assert behind.endswith("; FALLING BEHIND (4.5/min corrected, 6.0/min acquired)")
+    assert "FALLING BEHIND" not in ok and "FALLING BEHIND" not in unknown
+    assert ok.startswith("40 done, 0 running, 12 pending")

@@ -8,10 +8,10 @@ daemon busy: ``--exit-when-idle`` has to fire in such a folder.
 from __future__ import annotations
 
 import shutil
-import threading
 
 import numpy as np
 from mdoc_data import DATA
+from service_run import run_until_idle  # tests/helpers
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.settings.config import Config
@@ -48,14 +48,9 @@ def _run_until_idle(watch, out, *, guard_s: float) -> list[str]:
                     settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=1.0,
                     heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
     stopping = StopReason()
-    service = Service(config, listeners=[stopping],
-                      resolver=TiltSeriesResolver(SeriesConfig(), mode="on"))
-    guard = threading.Timer(guard_s, service.request_stop, args=("test guard: never went idle",))
-    guard.start()
-    try:
-        assert service.run() == 0
-    finally:
-        guard.cancel()
+    run_until_idle(Service(config, listeners=[stopping],
+                           resolver=TiltSeriesResolver(SeriesConfig(), mode="on")),
+                   guard_s=guard_s)
     return stopping.reasons
 
 
