@@ -235,7 +235,7 @@ class PublishListener(ServiceListener):
             backlog=beat.waiting + int(counts.get("pending", 0)),
             done=int(counts.get("done", 0)), failed=int(counts.get("failed", 0)),
             running=len(beat.in_flight), quarantined=int(counts.get("quarantined", 0)),
-            last_movie=self._last_movie, cluster=beat.cluster)
+            last_movie=self._last_movie, cluster=beat.cluster, pace=beat.pace)
 
     def on_stopping(self, reason: str) -> None:
         self.publisher.warning("stopping", f"daemon stopping: {reason}")

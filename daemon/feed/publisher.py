@@ -828,12 +828,14 @@ class Publisher:
 
     def heartbeat(self, *, backlog: int, done: int, failed: int, running: int = 0,
                   quarantined: int = 0, last_movie: str | Path | None = None,
-                  cluster: Mapping[str, Any] | None = None) -> None:
+                  cluster: Mapping[str, Any] | None = None,
+                  pace: Mapping[str, Any] | None = None) -> None:
         """Publish a heartbeat; call every ``config.heartbeat_interval_s`` from the service loop.
 
         Adds ``uptime_s``, ``interval_s``, ``version``, the drift thresholds and the publisher's
         own ``dropped`` count; ``cluster`` is a distributed executor's state (workers connected,
-        tasks in flight), null for the local worker processes.
+        tasks in flight), null for the local worker processes; ``pace`` the service's movies
+        acquired vs corrected per minute and whether it keeps up (:mod:`daemon.engine.pace`).
         """
         with self._lock:
             dropped = self._dropped
@@ -848,6 +850,7 @@ class Publisher:
             "dropped": dropped,
             "out_dir": self.out_dir,
             "cluster": None if cluster is None else dict(cluster),
+            "pace": None if pace is None else dict(pace),
         })
 
     def error(self, path: str | Path | None, reason: str) -> None:
