@@ -3,7 +3,8 @@
 :class:`SessionView` takes every ``(topic, body)`` of the ZeroMQ feed (``docs/zmq.md``) and keeps
 what the page shows: the daemon's state (``live``, ``stopping``, ``silent`` when heartbeats stop,
 ``restarted`` after a new ``session``), the heartbeat counters, the correction rate against the
-arrival rate (is it keeping up?), the tilt series and their tilts, the latest movie with its
+arrival rate (is it keeping up? the daemon's own ``pace`` from its heartbeat once it has one,
+else counted here from the messages as they arrive), the tilt series and their tilts, the latest movie with its
 quick-look pictures, drift and resolution history with the warning thresholds, warnings, and
 failed or quarantined files with their reasons. :meth:`SessionView.snapshot` is the JSON the
 page renders; it is a full replacement, so a page that reconnects needs nothing else.
@@ -213,6 +214,22 @@ class SessionView:
             return "restarted"
         return "live"
 
+    @staticmethod
+    def _rates(beat: Mapping[str, Any], corrected: float | None, arrived: float | None
+               ) -> dict[str, Any]:
+        """The daemon's pace when its heartbeat has a verdict (acquisition timed by the movies'
+        modification times: a backlog counts at its recording rate), else the rates of the
+        messages seen here (``source`` says which)."""
+        pace = beat.get("pace") or {}
+        if pace.get("keeping_up") is not None:
+            return {"corrected_per_min": pace.get("corrected_per_min"),
+                    "arrived_per_min": pace.get("arrived_per_min"),
+                    "keeping_up": bool(pace["keeping_up"]), "source": "daemon"}
+        return {"corrected_per_min": corrected, "arrived_per_min": arrived,
+                "keeping_up": None if corrected is None or arrived is None
+                else bool(corrected >= 0.9 * arrived or not beat.get("backlog")),
+                "source": "dashboard"}
+
     def _pictures(self, stem: str | None) -> dict[str, str | None]:
         if not stem:
             return {}
@@ -247,9 +264,7 @@ class SessionView:
             "counters": {k: beat.get(k) for k in ("done", "failed", "quarantined", "backlog",
                                                   "running", "uptime_s", "version",
                                                   "dropped")},
-            "rates": {"corrected_per_min": corrected, "arrived_per_min": arrived,
-                      "keeping_up": None if corrected is None or arrived is None
-                      else bool(corrected >= 0.9 * arrived or not beat.get("backlog"))},
+            "rates": self._rates(beat, corrected, arrived),
             "thresholds": beat.get("drift_thresholds") or {},
             "series": series,
             "loose": list(self.loose),
