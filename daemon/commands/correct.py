@@ -67,7 +67,7 @@ def _fail(movie: Path, exc: BaseException) -> str:
     return f"{movie}: internal error: {type(exc).__name__}: {text}"
 
 
-def _output_folder_problem(out: Path, what: str = "output folder") -> str | None:
+def _writable_folder_problem(out: Path, what: str = "output folder") -> str | None:
     """Why files cannot be written into ``out`` (created if missing), or None.
 
     Writes and removes a hidden probe file, so a read-only folder, a read-only file system or
@@ -150,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
     # once, before any work (as ``watch`` does): a folder that cannot be made or written into
     # fails every movie alike, before a movie is corrected for nothing
-    message = _output_folder_problem(args.out)
+    message = _writable_folder_problem(args.out)
     if message is None and args.scratch is not None:
-        message = _output_folder_problem(args.scratch, "scratch folder")
+        message = _writable_folder_problem(args.scratch, "scratch folder")
     if message is not None:
         print(f"motionwatch: {message}", file=sys.stderr)
         for movie in args.movies:
