@@ -217,7 +217,8 @@ def _polyline(canvas: np.ndarray, cols: np.ndarray, rows: np.ndarray,
     seg = np.hypot(np.diff(cols), np.diff(rows))
     n = np.maximum(2, np.ceil(seg * 2).astype(np.int64) + 1)
     idx = np.repeat(np.arange(seg.size), n)
-    t = np.concatenate([np.linspace(0.0, 1.0, k) for k in n])
+    first = np.cumsum(n) - n  # index of each segment's first sample
+    t = (np.arange(int(n.sum())) - first[idx]) / (n[idx] - 1)  # 0..1 along each segment
     c = cols[idx] + t * (cols[idx + 1] - cols[idx])
     r = rows[idx] + t * (rows[idx + 1] - rows[idx])
     if dash_px:

@@ -166,3 +166,15 @@ def test_movie_pictures_are_named_after_the_stem_and_written_atomically(correcte
         "thumbnail": "TS_01_000_0.0.thumb.png", "spectrum": "TS_01_000_0.0.spectrum.png",
         "drift": "TS_01_000_0.0.drift.png"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+
+
+def test_a_polyline_is_one_unbroken_line_through_its_vertices():
+    canvas = ql._canvas(64, 64)
+    ql._polyline(canvas, [2, 60, 60, 10], [3, 40, 5, 60], ql.RED)
+    mask = colour_mask(canvas, ql.RED)
+    assert mask[3, 2] and mask[40, 60] and mask[5, 60] and mask[60, 10]
+    _, n_pieces = ndimage.label(mask, structure=np.ones((3, 3)))
+    assert n_pieces == 1
+    assert all(mask[:, c].any() for c in range(2, 61))  # the long first segment has no gap
+    # each segment is a thin line: about as many pixels as its length in pixels
+    assert mask.sum() <= 1.3 * (np.hypot(58, 37) + 35 + np.hypot(50, 55)) + 4
