@@ -74,6 +74,9 @@ QUICKLOOK_KINDS: dict[str, str] = {"thumbnail": ".thumb.png", "spectrum": ".spec
                                    "drift": ".drift.png"}
 _SERIES_KINDS = {"sheet": ".sheet.png", "chart": ".chart.png"}
 _TEXT_KEY = b"motionwatch"
+#: zlib level of the PNGs: 1 writes a 512^2 spectrum in 16 ms (343 KB) where 6 took 81 ms
+#: (313 KB); a picture is written with every movie
+_PNG_LEVEL = 1
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -108,7 +111,7 @@ def _png_zlib(image: np.ndarray) -> bytes:
     rows = np.ascontiguousarray(image, np.uint8).reshape(h, -1)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", zlib.compress(raw, _PNG_LEVEL)) + _chunk(b"IEND", b""))
 
 
 def encode_png(image: np.ndarray, *, text: Mapping[str, Any] | None = None,
@@ -133,7 +136,7 @@ def encode_png(image: np.ndarray, *, text: Mapping[str, Any] | None = None,
         try:
             import imagecodecs  # noqa: PLC0415 - optional fast path
             if getattr(imagecodecs, "PNG", None) is not None and imagecodecs.PNG.available:
-                data = bytes(imagecodecs.png_encode(np.ascontiguousarray(image), level=6))
+                data = bytes(imagecodecs.png_encode(np.ascontiguousarray(image), level=_PNG_LEVEL))
         except ImportError:
             data = None
     if data is None:
