@@ -34,8 +34,11 @@ Steps of :func:`correct_movie`:
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
 the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``; else
 the first frames' up to ``_PARTIAL_SPECTRA_BYTES`` (:func:`frames_kept`), and the other frames
-are transformed a second time for the sums. The local sums
-read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
+are transformed a second time for the sums. With a patch grid on unbinned output all are kept
+or none: when not all fit, the sums come from the tiles of :func:`local_apply.local_sums`
+whether the local model is applied or not, and the forward pass computes only the alignment
+crop. The local sums read the gain-corrected frames a band of rows at a time
+(:class:`_GainedRows`). A memory-mapped
 movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
 not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
 in the motion record (``memory``). While a movie is corrected, glibc keeps freed blocks of up
@@ -278,9 +281,9 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp`` (Fourier crop) +
       ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
       for the frames :func:`frames_kept` (all while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else
-      the first ones up to ``_PARTIAL_SPECTRA_BYTES``; none with a patch grid on unbinned
-      output, whose sums come from tiles);
-    * global sums (without a patch grid, or Fourier-binned): all spectra kept, them +
+      the first ones up to ``_PARTIAL_SPECTRA_BYTES``; with a patch grid on unbinned
+      output all or none, as the sums come from tiles when not all are kept);
+    * global sums (without a patch grid, Fourier-binned, or all spectra kept): all kept, them +
       ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of the kept
       spectra + a group made again on the fly (up to ``summation._GROUP_BYTES``) + ``16 Pp``
       of running sums, and the running sums (which become the sums' spectra) + ``16 P``
@@ -312,13 +315,14 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     movie = (min(mapped, _MAPPED_BUDGET_BYTES) if mapped <= _MAPPED_BUDGET_BYTES
              else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
     binned = g.padded_in != g.padded_out
-    sums_from_tiles = ap.local_enabled and not binned  # spectra then never kept
-    kept = 0 if sums_from_tiles else frames_kept(n, 4 * pp) * 4 * pp
+    sums_from_tiles = ap.local_enabled and not binned  # all spectra kept, or none
+    n_kept = frames_kept(n, 4 * pp)
+    kept = (0 if sums_from_tiles and n_kept < n else n_kept) * 4 * pp
     all_kept = kept == n * 4 * pp
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
               "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
-    if not sums_from_tiles:  # else the sums come from tiles, applied or not ("local")
+    if not sums_from_tiles or all_kept:  # else the sums come from tiles ("local")
         # a stream: the kept spectra (released as they are summed) and a group made again
         # beside the running sums; at the end the sums' spectra (the running sums' memory)
         # and their images
@@ -633,12 +637,19 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # after the forward pass
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
-    # with a patch grid on unbinned output the sums come from the tiles of local_sums (with
-    # the global shifts alone when the local model is not applied): the forward transform
-    # then serves only the alignment (its crop alone is computed)
+    # with a patch grid on unbinned output the sums come from the tiles of local_sums when the
+    # local model is applied. Until that is known every output spectrum is kept if all fit
+    # (a model not applied then leaves whole-frame sums of them, the cheapest); else none
+    # is, the sums come from tiles (with the global shifts alone when the model is not
+    # applied) and the forward transform serves only the alignment (its crop alone is
+    # computed): tiles cost less than transforming every frame again (1.5 s against 2.9 s
+    # at 4096^2 x 10)
     sums_from_tiles = params.align.local_enabled and not binned
-    n_kept = 0 if sums_from_tiles else frames_kept(n, out_half[0] * out_half[1] * 8)
+    n_kept = frames_kept(n, out_half[0] * out_half[1] * 8)
+    if sums_from_tiles and n_kept < n:
+        n_kept = 0  # some kept would serve nothing: the tiles read every frame again
     keep = n_kept == n
+    tiles_only = sums_from_tiles and not keep
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
     # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
     plan = None
@@ -675,7 +686,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     kept: list[np.ndarray] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
-        if sums_from_tiles:  # grids.padded_in == grids.padded_out
+        if tiles_only:  # grids.padded_in == grids.padded_out
             align_spectra[i] = rfft2_cropped(padded_frame(i), grids.align, workers=workers)
             continue
         spec = spectrum(i)
@@ -704,17 +715,16 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                                   workers=workers)
     del align_spectra
     timings["local_align"] = time.perf_counter() - t
-    if local.applied or sums_from_tiles:
+    if local.applied or tiles_only:
         # 6b. all four sums with global + local shifts, tile-wise Fourier shifts (re-reads
         # the gain-corrected frames on the output grid; the kept spectra are not needed
         # unless the output is Fourier-binned). A local model that was not applied leaves
-        # the global shifts alone: with no spectra kept, tiles cost less than transforming
-        # every frame again for the whole-frame sums (1.5 s against 2.9 s at 4096^2 x 10)
+        # the global shifts alone (no spectra kept: see tiles_only above)
         t = time.perf_counter()
 
-        # spectra kept in part serve the global sums only: freed before the local sums,
-        # whose accumulators of all tiles take their place
-        if not keep:
+        # spectra kept in part serve the global sums only, and unbinned output reads the
+        # frames again: freed before the local sums, whose accumulators take their place
+        if not (keep and binned):
             kept.clear()
 
         class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
