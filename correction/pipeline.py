@@ -15,7 +15,9 @@ Steps of :func:`correct_movie`:
    neighbours (:func:`correction.gain.apply_gain`), padded with the frame mean to a fast FFT
    length at least ``max_shift_px`` (+2) larger on each axis (:func:`summation.pad_frame`), ONE
    forward FFT, Fourier-cropped to the output grid (``bin_factor``) and, as a copy, to the
-   alignment grid (short side about ``align_size_px``);
+   alignment grid (short side about ``align_size_px``); when the output spectra of all
+   frames do not fit the budget, only the alignment crop (:func:`fourier.rfft2_cropped`), and
+   every frame is transformed once more in step 6;
 5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
    scaled to output pixels; if any exceeds the padding the frames are redone with more padding
    (so no content can wrap around);
@@ -32,13 +34,11 @@ Steps of :func:`correct_movie`:
    renamed into place, the record last; a failed write (full disk) leaves none of them.
 
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
-the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``; else
-the first frames' up to ``_PARTIAL_SPECTRA_BYTES`` (:func:`frames_kept`), and the other frames
-are transformed a second time for the sums. With a patch grid on unbinned output all are kept
-or none: when not all fit, the sums come from the tiles of :func:`local_apply.local_sums`
-whether the local model is applied or not, and the forward pass computes only the alignment
-crop. The local sums read the gain-corrected frames a band of rows at a time
-(:class:`_GainedRows`). A memory-mapped
+the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``, else
+none (:func:`frames_kept`): the forward pass then makes only the alignment data, and the sums
+transform every frame once more (or, with a patch grid on unbinned output, come from the
+tiles of :func:`local_apply.local_sums` whether the local model is applied or not). The local
+sums read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
 movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
 not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
 in the motion record (``memory``). While a movie is corrected, glibc keeps freed blocks of up
@@ -81,7 +81,6 @@ __all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "correct_fra
            "correct_movie", "output_names", "predict_peak_bytes"]
 
 _SPECTRA_BUDGET_BYTES = 1_200_000_000
-_PARTIAL_SPECTRA_BYTES = 900_000_000  # kept when not all fit: fewer frames transformed again
 #: a memory-mapped movie larger than this has its pages dropped from memory once used
 _MAPPED_BUDGET_BYTES = 1 << 30
 _DROP_CHUNK_BYTES = 4 << 20  # rows of each frame dropped together in the raw sum
@@ -248,23 +247,10 @@ _BASE_BYTES = 300 << 20  # interpreter, numpy/scipy/tifffile and the CLI's impor
 
 def frames_kept(n_frames: int, spectrum_bytes: int) -> int:
     """How many frames' output spectra (``spectrum_bytes`` each) are kept from the forward
-    pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``, else the first ones up to
-    ``_PARTIAL_SPECTRA_BYTES`` (the others are transformed again)."""
-    if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES:
-        return n_frames
-    return int(min(n_frames, _PARTIAL_SPECTRA_BYTES // max(1, spectrum_bytes)))
-
-
-def _kept_then_again(kept: list[np.ndarray | None], spectrum: Callable[[int], np.ndarray],
-                     n: int) -> Iterator[np.ndarray]:
-    """The output spectra of frames ``0 .. n-1`` in order: the kept ones first (each released
-    from ``kept`` as it is handed out), then the others transformed again by ``spectrum(i)``."""
-    for i in range(n):
-        if i < len(kept):
-            spec, kept[i] = kept[i], None
-            yield spec
-        else:
-            yield spectrum(i)
+    pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``, else none (the forward
+    pass then makes the alignment crop alone, and every frame is transformed once for the
+    sums: cheaper than keeping some and transforming the others twice)."""
+    return n_frames if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES else 0
 
 
 def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
@@ -278,24 +264,22 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * references: 4 bytes per input pixel for each of gain and dark, 1 for the defect mask,
       held throughout (as named in ``params.gain``);
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
-    * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp`` (Fourier crop) +
-      ``4 A`` per frame (alignment spectra) + the kept output spectra, ``4 Pp`` per frame
-      for the frames :func:`frames_kept` (all while ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else
-      the first ones up to ``_PARTIAL_SPECTRA_BYTES``; with a patch grid on unbinned
-      output all or none, as the sums come from tiles when not all are kept);
+    * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp``
+      (Fourier crop) + ``4 A`` per frame (alignment spectra) + the kept output spectra,
+      ``4 Pp`` per frame, when :func:`frames_kept` keeps them (all while
+      ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else none);
     * global sums (without a patch grid, Fourier-binned, or all spectra kept): all kept, them +
-      ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of the kept
-      spectra + a group made again on the fly (up to ``summation._GROUP_BYTES``) + ``16 Pp``
-      of running sums, and the running sums (which become the sums' spectra) + ``16 P``
-      images;
+      ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of a group of
+      spectra made again on the fly (up to ``summation._GROUP_BYTES``) + ``16 Pp`` of running
+      sums, and the running sums (which become the sums' spectra) + ``16 P`` images;
     * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned stack, which the cross spectra overwrite) + batches of correlation maps;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned frames on the patch grid);
     * local sums: ``16 P`` (four images) + one band of tiles per thread
       (:func:`correction.local_apply.band_scratch_bytes`) + for Fourier-binned
-      output the kept spectra when all are kept, else (those kept in part are freed first)
-      ``43 P`` (accumulators of all tiles) + ``_BLOCK_BYTES`` of frames.
+      output the kept spectra when all are kept, else ``43 P`` (accumulators of all tiles) +
+      ``_BLOCK_BYTES`` of frames.
 
     So the peak is the movie plus about 36 bytes per output pixel (global) or 16-60 (local),
     plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and 4 bytes per padded
@@ -316,9 +300,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
              else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
     binned = g.padded_in != g.padded_out
     sums_from_tiles = ap.local_enabled and not binned  # all spectra kept, or none
-    n_kept = frames_kept(n, 4 * pp)
-    kept = (0 if sums_from_tiles and n_kept < n else n_kept) * 4 * pp
-    all_kept = kept == n * 4 * pp
+    kept = frames_kept(n, 4 * pp) * 4 * pp
+    all_kept = kept > 0
     stages = {"hot_pixels": 16 * ny * nx,
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
               "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
@@ -637,19 +620,16 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # after the forward pass
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
-    # with a patch grid on unbinned output the sums come from the tiles of local_sums when the
-    # local model is applied. Until that is known every output spectrum is kept if all fit
-    # (a model not applied then leaves whole-frame sums of them, the cheapest); else none
-    # is, the sums come from tiles (with the global shifts alone when the model is not
-    # applied) and the forward transform serves only the alignment (its crop alone is
-    # computed): tiles cost less than transforming every frame again (1.5 s against 2.9 s
-    # at 4096^2 x 10)
+    # every output spectrum is kept when all fit; else none is, the forward pass makes the
+    # alignment crop alone (rfft2_cropped: 0.19 s per super-resolution frame here, against
+    # 0.35 s for the output grid's spectrum), and every frame is transformed once more for
+    # the sums (before, the first frames' spectra were kept and only the others made again,
+    # each of those twice). With a patch grid on unbinned output the sums come from the tiles of
+    # local_sums when the local model is applied, or when the spectra were not kept (with the
+    # global shifts alone if the model is not applied): tiles cost less than transforming
+    # every frame again (1.5 s against 2.9 s at 4096^2 x 10)
     sums_from_tiles = params.align.local_enabled and not binned
-    n_kept = frames_kept(n, out_half[0] * out_half[1] * 8)
-    if sums_from_tiles and n_kept < n:
-        n_kept = 0  # some kept would serve nothing: the tiles read every frame again
-    keep = n_kept == n
-    tiles_only = sums_from_tiles and not keep
+    keep = frames_kept(n, out_half[0] * out_half[1] * 8) == n
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
     # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
     plan = None
@@ -683,16 +663,15 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             return rfft2_cropped(padded_frame(i), grids.padded_out, workers=workers)
         return rfft2(padded_frame(i), workers=workers, overwrite_x=True)
 
-    kept: list[np.ndarray] = []
+    kept: list[np.ndarray | None] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
-        if tiles_only:  # grids.padded_in == grids.padded_out
+        if not keep:  # the alignment crop of the input grid's spectrum: same frequencies
             align_spectra[i] = rfft2_cropped(padded_frame(i), grids.align, workers=workers)
             continue
         spec = spectrum(i)
         align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
-        if i < n_kept:
-            kept.append(spec)
+        kept.append(spec)
         del spec
     pad_buffer.clear()  # 0.1 GB at K3 size, not held through alignment and the local sums
     timings["fft"] = time.perf_counter() - t
@@ -715,16 +694,16 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                                   workers=workers)
     del align_spectra
     timings["local_align"] = time.perf_counter() - t
-    if local.applied or tiles_only:
+    if local.applied or (sums_from_tiles and not keep):
         # 6b. all four sums with global + local shifts, tile-wise Fourier shifts (re-reads
         # the gain-corrected frames on the output grid; the kept spectra are not needed
         # unless the output is Fourier-binned). A local model that was not applied leaves
-        # the global shifts alone (no spectra kept: see tiles_only above)
+        # the global shifts alone (no spectra kept: see sums_from_tiles above)
         t = time.perf_counter()
 
-        # spectra kept in part serve the global sums only, and unbinned output reads the
-        # frames again: freed before the local sums, whose accumulators take their place
-        if not (keep and binned):
+        # unbinned output reads the frames again: the kept spectra are freed before the
+        # local sums, whose accumulators take their place
+        if not binned:
             kept.clear()
 
         class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
@@ -756,8 +735,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
     t = time.perf_counter()
     # a list is summed block by block in cache and its memory reused for the four sums; a
-    # stream (not all spectra kept: the kept ones, then the others made again) in groups
-    sums = accumulate_sums(kept if keep else _kept_then_again(kept, spectrum, n), shifts_out,
+    # stream (no spectra kept: each made again) in groups
+    sums = accumulate_sums(kept if keep else (spectrum(i) for i in range(n)), shifts_out,
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV, workers=workers)

@@ -78,11 +78,11 @@ def test_the_motion_record_states_the_predicted_peak_and_the_stage_that_sets_it(
     assert memory["process_peak_MB"] > 0
 
 
-@pytest.mark.parametrize("kept", ["all", "some", "none"])
-def test_spectra_kept_in_part_give_the_same_sums_and_only_the_others_are_transformed_again(
-        kept, monkeypatch):
-    """Spectra over the budget: the first frames' are kept up to ``_PARTIAL_SPECTRA_BYTES``
-    and only the others are transformed a second time; the sums are those of all kept."""
+def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once_more_for_the_sums(
+        monkeypatch):
+    """Spectra over the budget: none is kept, the forward pass makes the alignment crop alone
+    (exact, without the full spectrum) and every frame is transformed once for the sums; the
+    shifts and sums are those of all kept."""
     from correction.synthetic import render_movie
 
     syn = render_movie(np.random.default_rng(5), shape_yx=(192, 160), n_frames=8,
@@ -99,20 +99,17 @@ def test_spectra_kept_in_part_give_the_same_sums_and_only_the_others_are_transfo
         return out, len(calls)
 
     reference, transforms = run()
-    assert transforms == 8  # all kept (the default budget)
+    assert transforms == 8  # all kept (the default budget): one transform per frame
     grid = pipeline._grids((192, 160), 1.0, int(np.ceil(params.align.max_shift_px))
                            + pipeline._EXTRA_MARGIN_PX, params.align.align_size_px)
     one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", {"all": 8, "some": 0, "none": 0}[kept]
-                        * one)
-    monkeypatch.setattr(pipeline, "_PARTIAL_SPECTRA_BYTES", {"all": 0, "some": 3, "none": 0}[kept]
-                        * one)
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 7 * one)  # all but one would fit
     result, transforms = run()
-    assert transforms == {"all": 8, "some": 8 + 5, "none": 16}[kept]
+    assert transforms == 8  # the sums' pass; the forward pass computed the alignment crop only
+    np.testing.assert_array_equal(result.shifts_yx_px, reference.shifts_yx_px)
     for name in ("sum", "dw", "even", "odd"):
         got, want = getattr(result.images, name), getattr(reference.images, name)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
-    np.testing.assert_array_equal(result.shifts_yx_px, reference.shifts_yx_px)
 
 
 def test_with_a_patch_grid_the_spectra_are_kept_when_all_fit_and_else_the_tiles_give_the_same_sums(
@@ -145,8 +142,7 @@ def test_with_a_patch_grid_the_spectra_are_kept_when_all_fit_and_else_the_tiles_
     grid = pipeline._grids((512, 448), 1.0, int(np.ceil(params.align.max_shift_px))
                            + pipeline._EXTRA_MARGIN_PX, params.align.align_size_px)
     one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 7 * one)
-    monkeypatch.setattr(pipeline, "_PARTIAL_SPECTRA_BYTES", 3 * one)  # 3 would fit: none kept
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 7 * one)  # all but one would fit
     tiled, transforms, tile_runs = run()
     assert (transforms, tile_runs) == (0, 1)
     np.testing.assert_array_equal(tiled.shifts_yx_px, kept.shifts_yx_px)
