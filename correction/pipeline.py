@@ -51,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -642,6 +641,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
     drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
 
+    frame_means: dict[int, float] = {}  # padding value of each frame (without ``fill``)
+
     def padded_frame(i: int) -> np.ndarray:
         """Frame ``i`` gain-corrected, padded and with its defects replaced (one buffer)."""
         if not pad_buffer:
@@ -651,7 +652,12 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         apply_gain(used[i], arith, out=frame_view, workers=workers)
         if drop:
             _drop_mapped(used[i])
-        value = fill if fill is not None else float(frame_view.mean(dtype=np.float64))
+        if fill is not None:
+            value = fill
+        else:  # a frame transformed again for the sums reuses its mean
+            if i not in frame_means:
+                frame_means[i] = float(frame_view.mean(dtype=np.float64))
+            value = frame_means[i]
         pad_buf[:ny, nx:] = value
         pad_buf[ny:, :] = value
         if plan is not None:
@@ -663,7 +669,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             return rfft2_cropped(padded_frame(i), grids.padded_out, workers=workers)
         return rfft2(padded_frame(i), workers=workers, overwrite_x=True)
 
-    kept: list[np.ndarray | None] = []
+    kept: list[np.ndarray] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
         if not keep:  # the alignment crop of the input grid's spectrum: same frequencies
