@@ -615,8 +615,9 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     t = time.perf_counter()
     ny, nx = grids.frame_yx
     py, px = grids.padded_in
-    pad_buffer: list[np.ndarray] = []  # the padded frame's buffer: made when used, freed
-    # after the forward pass
+    # the padded frame's buffer and rfft2_cropped's: made when used, freed after the forward
+    # pass (and made again for the sums' pass when no spectra are kept)
+    pad_buffer: list[np.ndarray] = []
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
     # every output spectrum is kept when all fit; else none is, the forward pass makes the
@@ -664,16 +665,29 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             plan.apply(pad_buf)
         return pad_buf
 
+    def row_work(out_yx: tuple[int, int]) -> np.ndarray:
+        """rfft2_cropped's buffer for a crop to ``out_yx``, reused frame after frame (with
+        the padded frame's buffer: 0.2 GB for the binned grid of a super-resolution frame)."""
+        size = py * (out_yx[1] // 2 + 1)
+        if len(pad_buffer) < 2 or pad_buffer[1].size < size:
+            del pad_buffer[1:]
+            pad_buffer.append(np.empty(size, np.complex64))
+        return pad_buffer[1]
+
     def spectrum(i: int) -> np.ndarray:
         if binned:  # the binned grid's crop alone: no full-size spectrum (0.75 GB at 8K x 11K)
-            return rfft2_cropped(padded_frame(i), grids.padded_out, workers=workers)
+            frame = padded_frame(i)
+            return rfft2_cropped(frame, grids.padded_out, workers=workers,
+                                 work=row_work(grids.padded_out))
         return rfft2(padded_frame(i), workers=workers, overwrite_x=True)
 
     kept: list[np.ndarray] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
         if not keep:  # the alignment crop of the input grid's spectrum: same frequencies
-            align_spectra[i] = rfft2_cropped(padded_frame(i), grids.align, workers=workers)
+            frame = padded_frame(i)
+            align_spectra[i] = rfft2_cropped(frame, grids.align, workers=workers,
+                                             work=row_work(grids.align))
             continue
         spec = spectrum(i)
         align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)

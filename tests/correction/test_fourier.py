@@ -89,3 +89,19 @@ def test_radial_frequency_in_inverse_angstrom_uses_pixel_size():
     # x Nyquist of a 2 Å pixel is 0.25 / Å
     assert np.sqrt(k2[0, 50]) == pytest.approx(0.25)
     assert np.sqrt(k2[10, 0]) == pytest.approx(10 / 200)
+
+
+def test_rfft2_cropped_with_a_reused_buffer_equals_the_fresh_one_and_leaves_no_view_of_it():
+    from correction.fourier import rfft2_cropped
+
+    image = np.random.default_rng(2).standard_normal((96, 80)).astype(np.float32)
+    fresh = rfft2_cropped(image, (48, 40))
+    work = np.full(96 * 21 + 5, np.nan, np.complex64)  # larger than needed, garbage inside
+    reused = rfft2_cropped(image, (48, 40), work=work)
+    np.testing.assert_array_equal(reused, fresh)
+    np.testing.assert_allclose(fresh, fourier_crop(rfft2(image), (96, 80), (48, 40)),
+                               rtol=1e-5, atol=1e-4)
+    assert not np.shares_memory(reused, work)
+    again = rfft2_cropped(image[::-1].copy(), (48, 40), work=work)  # the next frame
+    np.testing.assert_array_equal(reused, fresh)  # the first result is not overwritten
+    assert not np.array_equal(again, fresh)
