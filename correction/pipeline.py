@@ -615,9 +615,10 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     t = time.perf_counter()
     ny, nx = grids.frame_yx
     py, px = grids.padded_in
-    # the padded frame's buffer and rfft2_cropped's: made when used, freed after the forward
-    # pass (and made again for the sums' pass when no spectra are kept)
+    # the padded frame's buffer and rfft2_cropped's row buffer: made when used, freed after
+    # the forward pass (and made again for the sums' pass when no spectra are kept)
     pad_buffer: list[np.ndarray] = []
+    row_buffer: list[np.ndarray] = []
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
     # every output spectrum is kept when all fit; else none is, the forward pass makes the
@@ -665,35 +666,33 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             plan.apply(pad_buf)
         return pad_buf
 
-    def row_work(out_yx: tuple[int, int]) -> np.ndarray:
-        """rfft2_cropped's buffer for a crop to ``out_yx``, reused frame after frame (with
-        the padded frame's buffer: 0.2 GB for the binned grid of a super-resolution frame)."""
+    def cropped_spectrum(i: int, out_yx: tuple[int, int]) -> np.ndarray:
+        """Padded frame ``i``'s spectrum Fourier-cropped to ``out_yx``, without the full one;
+        the row buffer (0.2 GB for the binned grid of a super-resolution frame) is reused
+        frame after frame instead of faulting in fresh pages each time."""
+        frame = padded_frame(i)
         size = py * (out_yx[1] // 2 + 1)
-        if len(pad_buffer) < 2 or pad_buffer[1].size < size:
-            del pad_buffer[1:]
-            pad_buffer.append(np.empty(size, np.complex64))
-        return pad_buffer[1]
+        if not row_buffer or row_buffer[0].size < size:
+            row_buffer[:] = [np.empty(size, np.complex64)]
+        return rfft2_cropped(frame, out_yx, workers=workers, work=row_buffer[0])
 
     def spectrum(i: int) -> np.ndarray:
         if binned:  # the binned grid's crop alone: no full-size spectrum (0.75 GB at 8K x 11K)
-            frame = padded_frame(i)
-            return rfft2_cropped(frame, grids.padded_out, workers=workers,
-                                 work=row_work(grids.padded_out))
+            return cropped_spectrum(i, grids.padded_out)
         return rfft2(padded_frame(i), workers=workers, overwrite_x=True)
 
     kept: list[np.ndarray] = []
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
         if not keep:  # the alignment crop of the input grid's spectrum: same frequencies
-            frame = padded_frame(i)
-            align_spectra[i] = rfft2_cropped(frame, grids.align, workers=workers,
-                                             work=row_work(grids.align))
+            align_spectra[i] = cropped_spectrum(i, grids.align)
             continue
         spec = spectrum(i)
         align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
         kept.append(spec)
         del spec
     pad_buffer.clear()  # 0.1 GB at K3 size, not held through alignment and the local sums
+    row_buffer.clear()
     timings["fft"] = time.perf_counter() - t
 
     t = time.perf_counter()
