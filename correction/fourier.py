@@ -27,6 +27,7 @@ __all__ = [
     "rfft2_cropped",
     "frequency_indices",
     "shift_ramps",
+    "shift_ramps_stack",
     "apply_shift",
     "shift_image",
     "radial_frequency_sq",
@@ -207,6 +208,25 @@ def shift_ramps(shape_yx: tuple[int, int], shift_yx_px: tuple[float, float] | np
     ramp_y = np.exp(-2j * np.pi * ky * (dy / ny)).astype(np.complex64)
     ramp_x = np.exp(-2j * np.pi * kx * (dx / nx)).astype(np.complex64)
     return ramp_y, ramp_x
+
+
+def shift_ramps_stack(shape_yx: tuple[int, int], shifts_yx_px: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`shift_ramps` for many shifts at once: row ``i`` of each is the ramp of
+    ``shifts_yx_px[i]`` (the same values, computed the same way, without a call per frame).
+
+    Returns
+    -------
+    ramps_y : ndarray, shape (n, ny), complex64
+    ramps_x : ndarray, shape (n, nx // 2 + 1), complex64
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    shifts = np.asarray(shifts_yx_px, dtype=np.float64).reshape(-1, 2)
+    ky = frequency_indices(ny)
+    kx = frequency_indices(nx, half=True)
+    ramps_y = np.exp(-2j * np.pi * ky[None, :] * (shifts[:, 0, None] / ny)).astype(np.complex64)
+    ramps_x = np.exp(-2j * np.pi * kx[None, :] * (shifts[:, 1, None] / nx)).astype(np.complex64)
+    return ramps_y, ramps_x
 
 
 def apply_shift(spectrum: np.ndarray, shape_yx: tuple[int, int],

@@ -7,7 +7,7 @@ import pytest
 
 from correction.fourier import (apply_shift, bfactor_filter, bfactor_filter_1d, binned_length,
                                 fast_length, fourier_crop, irfft2, radial_frequency_sq, rfft2,
-                                shift_image, shift_ramps)
+                                shift_image, shift_ramps, shift_ramps_stack)
 
 
 def test_fourier_shift_moves_one_bright_pixel_by_plus_dy_dx():
@@ -43,6 +43,16 @@ def test_shift_ramps_are_complex64_and_compose():
     once = apply_shift(spec, (32, 40), (2.5, -1.0))
     twice = apply_shift(apply_shift(spec, (32, 40), (1.25, -0.5)), (32, 40), (1.25, -0.5))
     np.testing.assert_allclose(once, twice, atol=1e-3)
+
+
+def test_stacked_shift_ramps_are_the_single_ramps_row_by_row_bit_for_bit():
+    shifts = np.array([[1.25, -0.5], [0.0, 0.0], [-7.3, 12.01], [0.5, 0.5]])
+    ramps_y, ramps_x = shift_ramps_stack((33, 40), shifts)
+    assert ramps_y.shape == (4, 33) and ramps_x.shape == (4, 21)
+    assert ramps_y.dtype == ramps_x.dtype == np.complex64
+    for i, shift in enumerate(shifts):
+        ry, rx = shift_ramps((33, 40), shift)
+        assert np.array_equal(ramps_y[i], ry) and np.array_equal(ramps_x[i], rx)
 
 
 def test_fourier_crop_by_two_preserves_total_counts_and_samples_smooth_image_at_even_pixels():
