@@ -247,6 +247,11 @@ def _frc_of_half_spectra(f1: np.ndarray, f2: np.ndarray, shape_yx: tuple[int, in
     uses every ``row_step``-th row of the spectra only: each ring is then estimated from that
     fraction of its coefficients (ample for large images, and proportionally cheaper).
     ``rows_taken``: the spectra given are those rows already (:func:`_even_rows_spectrum`).
+
+    The rows of ``ky`` and ``-ky`` lie on the same rings: their products are added before the
+    ring sums, which then read half the rows (with the pair products made on the spectra
+    viewed as real (re, im) pairs, about half the time of summing every row: 0.1 against
+    0.2 s for the even/odd spectra of a 4320^2 grid).
     """
     ny, nx = shape_yx
     n_ref = min(ny, nx)
@@ -254,27 +259,47 @@ def _frc_of_half_spectra(f1: np.ndarray, f2: np.ndarray, shape_yx: tuple[int, in
     rows = slice(None, None, row_step)
     if not rows_taken:
         f1, f2 = f1[rows], f2[rows]
-    ky = (scipy.fft.fftfreq(ny) * n_ref).astype(np.float32)[rows, None]
-    kx = (scipy.fft.rfftfreq(nx) * n_ref).astype(np.float32)[None, :]
-    ring = np.rint(np.sqrt(ky * ky + kx * kx)).astype(np.intp)
+    m, nxh = f1.shape
+    ky = (scipy.fft.fftfreq(ny) * n_ref).astype(np.float32)[rows]
+    kx = (scipy.fft.rfftfreq(nx) * n_ref).astype(np.float32)
+    # row j and row m - j hold ky and -ky when the rows taken are symmetric (ny a multiple of
+    # row_step): rows 1 .. m - 1 - half are added to their partners m - 1 .. half + 1
+    half = m // 2 if ny % row_step == 0 else m - 1
+    paired = m - 1 - half  # rows with a partner among the rows beyond ``half``
+    ring = np.rint(np.sqrt(ky[:half + 1, None] ** 2 + kx[None, :] ** 2)).astype(np.intp)
     np.minimum(ring, n_rings, out=ring)  # beyond Nyquist of the short side: one overflow bin
     if axis_mask_px > 0:  # masked coefficients go to the overflow bin too
-        ring[np.abs(ky[:, 0]) < axis_mask_px, :] = n_rings
-        ring[:, np.abs(kx[0]) < axis_mask_px] = n_rings
-    ring = ring.ravel()
+        ring[np.abs(ky[:half + 1]) < axis_mask_px, :] = n_rings
+        ring[:, np.abs(kx) < axis_mask_px] = n_rings
     # columns 1 .. nx/2 - 1 of the half plane stand for two coefficients of the full plane
     interior = slice(1, nx // 2 if nx % 2 == 0 else nx // 2 + 1)
+    real = f1.real.dtype
+    if f1.strides[-1] != f1.itemsize or f2.strides[-1] != f2.itemsize:
+        f1, f2 = np.ascontiguousarray(f1), np.ascontiguousarray(f2)
+    pairs1, pairs2 = f1.view(real), f2.view(real)  # (m, 2 nxh): re, im, re, im, ...
+    products = np.empty(pairs1.shape, real)
 
-    def ring_sums(values: np.ndarray) -> np.ndarray:
+    def ring_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Ring sums of Re(A conj(B)) over the full plane."""
+        np.multiply(a, b, out=products)
+        products[1:paired + 1] += products[m - 1:m - 1 - paired:-1]
+        top = products[:half + 1]
+        values = top[:, 0::2] + top[:, 1::2]
         values[:, interior] *= 2
-        return np.bincount(ring, weights=values.ravel(), minlength=n_rings + 1)[:n_rings]
+        return np.bincount(ring.ravel(), weights=values.ravel(),
+                           minlength=n_rings + 1)[:n_rings]
 
-    cross = ring_sums(f1.real * f2.real + f1.imag * f2.imag)
-    p1 = ring_sums(f1.real * f1.real + f1.imag * f1.imag)
-    p2 = ring_sums(f2.real * f2.real + f2.imag * f2.imag)
-    count = (np.bincount(ring, minlength=n_rings + 1)
-             + np.bincount(ring.reshape(f1.shape)[:, interior].ravel(), minlength=n_rings + 1))
-    count = count[:n_rings].astype(np.int64)
+    cross = ring_sums(pairs1, pairs2)
+    p1 = ring_sums(pairs1, pairs1)
+    p2 = ring_sums(pairs2, pairs2)
+    del products
+    row_count = np.ones(half + 1)
+    row_count[1:paired + 1] = 2
+    col_count = np.ones(nxh)
+    col_count[interior] = 2
+    count = np.bincount(ring.ravel(), weights=(row_count[:, None] * col_count[None, :]).ravel(),
+                        minlength=n_rings + 1)
+    count = np.rint(count[:n_rings]).astype(np.int64)
     denom = np.sqrt(p1 * p2)
     with np.errstate(invalid="ignore", divide="ignore"):
         frc = np.where(denom > 0, cross / np.where(denom > 0, denom, 1.0), np.nan)

@@ -98,6 +98,32 @@ def test_half_plane_sums_equal_the_full_plane_frc_for_odd_and_even_non_square_im
             assert curve.n_coefficients[r] == m.sum()
 
 
+def test_every_other_row_with_axis_bands_left_out_equals_the_direct_sums_over_those_rows():
+    """The spectral even/odd FRC of a large grid reads rows 0, 2, 4, ... of the spectra and
+    leaves out the axis bands; rows ky and -ky are summed together, which must change nothing
+    (1024 and 1025 rows taken; square grids, whose integer frequencies never lie within
+    rounding of a ring's border)."""
+    rng = np.random.default_rng(6)
+    for shape in [(2048, 2048), (2050, 2050)]:
+        a = rng.standard_normal(shape)
+        b = a + 2 * rng.standard_normal(shape)
+        _, curve = even_odd_resolution_from_spectra(np.fft.rfft2(a), np.fft.rfft2(b),
+                                                    shape_yx=shape, pixel_size_A=1.0,
+                                                    axis_mask_px=4)
+        n_ref = min(shape)
+        fa, fb = np.fft.fft2(a)[::2], np.fft.fft2(b)[::2]
+        ky = np.fft.fftfreq(shape[0])[::2, None] * n_ref
+        kx = np.fft.fftfreq(shape[1])[None, :] * n_ref
+        ring = np.rint(np.hypot(ky, kx)).astype(int)
+        ring[(np.abs(ky) < 4) | (np.abs(kx) < 4)] = -1
+        for r in (6, 9, 100, n_ref // 2):
+            m = ring == r
+            expected = np.sum((fa[m] * fb[m].conj()).real) / np.sqrt(
+                np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
+            assert curve.frc[r] == pytest.approx(expected, abs=1e-6)
+            assert curve.n_coefficients[r] == m.sum()
+
+
 def test_last_criterion_steps_over_a_ctf_like_dip_and_first_criterion_stops_at_it():
     frc = np.full(101, 0.02)
     frc[:41] = 0.9
