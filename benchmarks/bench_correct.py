@@ -14,8 +14,9 @@ subprocess that reports its own wall time (imports excluded) and peak RSS:
   inverse FFTs (two 1-D passes in place, as ``correct`` makes them), write four float32 MRCs.
 
 It prints the shift error (RMS over frames after removing the common offset, px), the best and
-median wall times, their ratio, the CPU time ratio (less sensitive to other load on a shared
-machine), and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
+median wall times, their ratio, the ratio of each correct run to the floor run just before it
+(a pair shares the machine's phase: a shared VM's speed drifts by up to 20 % over minutes),
+the CPU time ratio (less sensitive to other load on a shared machine), and peak RSS. Targets at 4096^2 x 10: ratio <= 2, RSS < 2.5 GB.
 
 Detector shapes (issue 17): ``--shape NY NX`` (K3 4092 5760, super-resolution 8184 11520),
 ``--dtype uint8`` (an MRC has no unsigned 8-bit mode: mrcfile stores uint8 as mode 6,
@@ -265,8 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  correct best {best['correct']:.2f} s  median {med['correct']:.2f} s  "
               f"peak RSS {rss['correct'] - early:.0f} MB (+{early:.0f} MB of starfile/pandas "
               f"imported before the clock: the command imports it after correcting)")
+        # each correct run against the floor run just before it: a shared machine's speed
+        # drifts over minutes, and a pair run back to back shares its phase
+        paired = [c["wall_s"] / f["wall_s"] for f, c in zip(runs["floor"], runs["correct"])]
         print(f"  ratio correct/floor: best {best['correct'] / best['floor']:.2f}  "
-              f"median {med['correct'] / med['floor']:.2f}")
+              f"median {med['correct'] / med['floor']:.2f}  pairs "
+              f"{' '.join(f'{r:.2f}' for r in paired)} (median "
+              f"{statistics.median(paired):.2f})")
         print(f"  CPU time (user+sys, all threads) best: floor {cpu['floor']:.2f} s, correct "
               f"{cpu['correct']:.2f} s, ratio {cpu['correct'] / cpu['floor']:.2f}")
         print(f"  correct stages (last run): {json.dumps(runs['correct'][-1]['timings_s'])}")
