@@ -80,22 +80,34 @@ def test_band_limited_signal_in_white_noise_gives_snr_over_one_plus_snr_and_cros
     assert record["threshold"] == pytest.approx(1 / 7, abs=1e-6)
 
 
+def _direct_ring_frc(a: np.ndarray, b: np.ndarray, rings: tuple[int, ...], *,
+                     row_step: int = 1, axis_mask: int = 0) -> dict[int, tuple[float, int]]:
+    """For each ring, the FRC summed directly over the full-plane coefficients (every
+    ``row_step``-th row, those within ``axis_mask`` of an axis left out) and their number."""
+    n_ref = min(a.shape)
+    fa, fb = np.fft.fft2(a)[::row_step], np.fft.fft2(b)[::row_step]
+    ky = np.fft.fftfreq(a.shape[0])[::row_step, None] * n_ref
+    kx = np.fft.fftfreq(a.shape[1])[None, :] * n_ref
+    index = np.rint(np.hypot(ky, kx)).astype(int)
+    index[(np.abs(ky) < axis_mask) | (np.abs(kx) < axis_mask)] = -1
+    out = {}
+    for ring in rings:
+        m = index == ring
+        frc = np.sum((fa[m] * fb[m].conj()).real) / np.sqrt(
+            np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
+        out[ring] = (float(frc), int(m.sum()))
+    return out
+
+
 def test_half_plane_sums_equal_the_full_plane_frc_for_odd_and_even_non_square_images():
     rng = np.random.default_rng(5)
     for shape in [(64, 96), (65, 81)]:
         a = rng.standard_normal(shape)
         b = a + rng.standard_normal(shape)
         curve = fourier_ring_correlation(a, b)
-        fa, fb = np.fft.fft2(a), np.fft.fft2(b)
-        n_ref = min(shape)
-        ring = np.rint(np.hypot(np.fft.fftfreq(shape[0])[:, None],
-                                np.fft.fftfreq(shape[1])[None, :]) * n_ref).astype(int)
-        for r in (0, 1, 7, n_ref // 2):
-            m = ring == r
-            expected = np.sum((fa[m] * fb[m].conj()).real) / np.sqrt(
-                np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
+        for r, (expected, count) in _direct_ring_frc(a, b, (0, 1, 7, min(shape) // 2)).items():
             assert curve.frc[r] == pytest.approx(expected, abs=1e-9)
-            assert curve.n_coefficients[r] == m.sum()
+            assert curve.n_coefficients[r] == count
 
 
 def test_every_other_row_with_axis_bands_left_out_equals_the_direct_sums_over_those_rows():
@@ -110,18 +122,10 @@ def test_every_other_row_with_axis_bands_left_out_equals_the_direct_sums_over_th
         _, curve = even_odd_resolution_from_spectra(np.fft.rfft2(a), np.fft.rfft2(b),
                                                     shape_yx=shape, pixel_size_A=1.0,
                                                     axis_mask_px=4)
-        n_ref = min(shape)
-        fa, fb = np.fft.fft2(a)[::2], np.fft.fft2(b)[::2]
-        ky = np.fft.fftfreq(shape[0])[::2, None] * n_ref
-        kx = np.fft.fftfreq(shape[1])[None, :] * n_ref
-        ring = np.rint(np.hypot(ky, kx)).astype(int)
-        ring[(np.abs(ky) < 4) | (np.abs(kx) < 4)] = -1
-        for r in (6, 9, 100, n_ref // 2):
-            m = ring == r
-            expected = np.sum((fa[m] * fb[m].conj()).real) / np.sqrt(
-                np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2))
+        direct = _direct_ring_frc(a, b, (6, 9, 100, min(shape) // 2), row_step=2, axis_mask=4)
+        for r, (expected, count) in direct.items():
             assert curve.frc[r] == pytest.approx(expected, abs=1e-6)
-            assert curve.n_coefficients[r] == m.sum()
+            assert curve.n_coefficients[r] == count
 
 
 def test_last_criterion_steps_over_a_ctf_like_dip_and_first_criterion_stops_at_it():
