@@ -81,9 +81,9 @@ _GROUP_BYTES = 32 << 20  # tile spectra of a group of frames, per thread (summed
 _CONSTANT_ERROR_PX = 0.03  # largest residual left by a constant shift per tile
 _TAYLOR_RESIDUAL_PX = 0.4  # largest residual the first-order (gradient) term takes up
 _TAYLOR_OVERLAP_PX = 8
-# + 16: FFT-friendly tiles of 2^a 3^b 5^c (a 224-px tile, 2^5 7, transforms twice as slowly)
-_TAYLOR_CORES_PX = (496, 368, 304, 240, 176, 144, 112, 80, 48)
+_MIN_TAYLOR_TILE_PX = 48  # smallest core with the first-order term
 _MIN_CONSTANT_TILE_PX = 128  # below this, the first-order term is cheaper than more tiles
+_TILE_OVERHEAD_PX = 4096  # a tile's fixed cost per frame (ramps, calls), in pixels of work
 _JACOBIAN_STEP_PX = 8.0
 _BAND_ROWS_PX = 128  # frame rows per band (whole tile rows): its accumulators stay in cache
 _BAND_ACC_BYTES = 32 << 20  # accumulators of one band of large tiles (a segment of a tile row)
@@ -170,12 +170,13 @@ def tile_layout(shape_yx: tuple[int, int], *, tile_px: int = 512, overlap_px: in
 
 
 def default_tile_px(shape_yx: tuple[int, int]) -> int:
-    """Tile core for a frame: about an eighth of the short side, a power of two in 128-512.
+    """Tile core scale for a frame: about an eighth of the short side, a power of two in
+    128-512; :func:`plan_tiles` considers cores up to 1/16 above it.
 
-    The shift is constant within a tile, so the tile must be small against the scale on which
-    the local field changes (the whole frame): an 8 x 8 grid keeps the within-tile error
-    near 0.02 px RMS for a 3 px corner field, while 512-pixel tiles keep the FFT overhead of
-    the overlaps at about a quarter.
+    The shift is constant within a tile (up to the first-order term), so the tile must be small
+    against the scale on which the local field changes (the whole frame): an 8 x 8 grid keeps
+    the within-tile error near 0.02 px RMS for a 3 px corner field, while 512-pixel tiles keep
+    the FFT overhead of the overlaps at about a quarter.
     """
     short = max(1, min(int(v) for v in shape_yx))
     return int(np.clip(2 ** int(np.round(np.log2(max(short / 8, 1)))), 128, 512))
@@ -235,39 +236,66 @@ def _reach_px(tile_px: int, overlap_px: int) -> float:
     return (tile_px / 2.0 + overlap_px) * np.sqrt(2.0)
 
 
+def _tile_work(shape_yx: tuple[int, int], core: int, overlap: int) -> float:
+    """Work of one frame's tiles: their pixels (each transformed and accumulated) plus a fixed
+    cost per tile, for cores of ``core`` px and ``overlap`` px per side."""
+    size = fast_length(core + 2 * overlap)
+    n_tiles = int(np.ceil(shape_yx[0] / core)) * int(np.ceil(shape_yx[1] / core))
+    return n_tiles * (size * size + _TILE_OVERHEAD_PX)
+
+
+def _least_work(shape_yx: tuple[int, int], cores: list[int], overlap_of) -> int | None:
+    """The core of ``cores`` whose tiles cost least (:func:`_tile_work`; the larger core on a
+    tie); None for no cores."""
+    if not cores:
+        return None
+    return min(cores, key=lambda c: (_tile_work(shape_yx, c, overlap_of(c)), -c))
+
+
 def plan_tiles(field: DisplacementField | None, shape_yx: tuple[int, int]) -> TilePlan:
-    """Choose the tiles from the field's largest gradient.
+    """Choose the tiles from the field's largest gradient, and among those the cheapest.
 
     A constant shift per tile leaves an error of (gradient x distance from the tile's centre).
     When a core of at least 128 px keeps that below 0.03 px (fields up to about 1 px at the
-    corners of a 4K frame), tiles get constant shifts. Otherwise the core is the largest that
-    keeps the displacement within a tile within 0.4 px of its centre's, and that departure is
-    applied to first order (``F(q + d) ~ F(q) + d . grad F(q)`` with the exact spectral
-    gradient, accumulated over the frames in Fourier space), with an 8-px overlap (the two
-    tiles of a seam agree to the first order, so a narrow blending band suffices). The error
-    left at spatial frequency k (rad/px) is at most about ``|d|^3 k^2 / 3``; measured on the
-    blob specimen (windows of 32 px, noise-free, ``tests/correction/test_local_apply.py`` and
+    corners of a 4K frame), tiles get constant shifts. Otherwise the displacement within a
+    tile must stay within 0.4 px of its centre's, and that departure is applied to first order
+    (``F(q + d) ~ F(q) + d . grad F(q)`` with the exact spectral gradient, accumulated over
+    the frames in Fourier space), with an 8-px overlap (the two tiles of a seam agree to the
+    first order, so a narrow blending band suffices). The error left at spatial frequency k
+    (rad/px) is at most about ``|d|^3 k^2 / 3``; measured on the blob specimen (windows of
+    32 px, noise-free, ``tests/correction/test_local_apply.py`` and
     ``benchmarks/bench_local.py``), it stays below 0.035 px everywhere.
+
+    Among the cores that keep their bound (at most :func:`default_tile_px` + 1/16, tiles of
+    an FFT-friendly length), the one whose tiles hold the fewest pixels (plus a fixed cost per
+    tile) is taken: a frame is rarely a multiple of the largest core, and the tiles of its last
+    row and column lie mostly outside it. At 4096^2 the first-order tiles hold 1.11 times the
+    frame's pixels instead of 1.27 (81 tiles of 480 px instead of 512), at 5760 x 4092 1.09
+    instead of 1.20 (88 tiles of 540 px instead of 108 of 512).
     """
     base = default_tile_px(shape_yx)
-    overlap = _default_overlap_px(base)
-    if field is None:
-        return TilePlan(base, overlap, False, 0.0, 0.0)
+    cap = base + base // 16
+    if field is None:  # no error to bound: the cheapest constant-shift tiles
+        core = _least_work(shape_yx, list(range(_MIN_CONSTANT_TILE_PX, cap + 1, 2)),
+                           _default_overlap_px)
+        return TilePlan(core, _default_overlap_px(core), False, 0.0, 0.0)
     ny, nx = (int(v) for v in shape_yx)
     y, x = np.meshgrid(np.linspace(0, ny - 1, 9), np.linspace(0, nx - 1, 9), indexing="ij")
     jac = field_jacobian(field, y, x)
     gradient = float(np.max(np.linalg.norm(jac, ord=2, axis=(-2, -1)))) if jac.size else 0.0
-    for core in range(base, _MIN_CONSTANT_TILE_PX - 1, -32):
+    constant = [c for c in range(_MIN_CONSTANT_TILE_PX, cap + 1, 2)
+                if gradient * _reach_px(c, _default_overlap_px(c)) <= _CONSTANT_ERROR_PX]
+    core = _least_work(shape_yx, constant, _default_overlap_px)
+    if core is not None:
         overlap = _default_overlap_px(core)
-        if gradient * _reach_px(core, overlap) <= _CONSTANT_ERROR_PX:
-            return TilePlan(core, overlap, False, gradient, gradient * _reach_px(core, overlap))
+        return TilePlan(core, overlap, False, gradient, gradient * _reach_px(core, overlap))
     # first-order term: cores whose tile (core + 2 x 8 px) is an FFT-friendly length
-    cores = [c for c in _TAYLOR_CORES_PX if c <= base] or [_TAYLOR_CORES_PX[-1]]
-    for core in cores:
-        if gradient * _reach_px(core, _TAYLOR_OVERLAP_PX) <= _TAYLOR_RESIDUAL_PX:
-            break
-    return TilePlan(core, _TAYLOR_OVERLAP_PX, True, gradient,
-                    gradient * _reach_px(core, _TAYLOR_OVERLAP_PX))
+    overlap = _TAYLOR_OVERLAP_PX
+    friendly = [c for c in range(_MIN_TAYLOR_TILE_PX, max(cap, _MIN_TAYLOR_TILE_PX) + 1, 2)
+                if fast_length(c + 2 * overlap) == c + 2 * overlap]
+    bounded = [c for c in friendly if gradient * _reach_px(c, overlap) <= _TAYLOR_RESIDUAL_PX]
+    core = _least_work(shape_yx, bounded, lambda c: overlap) or _MIN_TAYLOR_TILE_PX
+    return TilePlan(core, overlap, True, gradient, gradient * _reach_px(core, overlap))
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,16 +440,16 @@ def band_scratch_bytes(shape_yx: tuple[int, int], workers: int = -1) -> int:
     """Upper bound of the working memory of :func:`local_sums` beyond its four images (bytes).
 
     Per thread: a group of frames' tile spectra (``_GROUP_BYTES``), a few chunks of tile
-    spectra, and one band: nine half-spectrum accumulators (36 bytes per tile pixel) with its
-    cut tiles and gain-corrected rows (8 more). A band of large tiles (512 px) is a segment of a
-    tile row that fits ``_BAND_ACC_BYTES``; of small tiles, whole tile rows of about
-    ``_BAND_ROWS_PX`` rows (at most 160 rows, 1.8 tile pixels per frame pixel with the
-    overlaps). None of it grows with the frame count.
+    spectra, and one band. A band of large tiles is a segment of a tile row whose accumulators
+    fit ``_BAND_ACC_BYTES`` (nine half spectra, 36 bytes per tile pixel, with the first-order
+    term; three, 12 bytes, without), with 8 bytes per tile pixel of cut tiles and
+    gain-corrected rows: at most 1 + 8/12 times that budget. A band of small tiles is whole
+    tile rows of about ``_BAND_ROWS_PX`` rows (at most 160 rows, 1.8 tile pixels per frame
+    pixel with the overlaps, 44 bytes each). None of it grows with the frame count.
     """
-    large = 512 * 512
-    large_band = max(1, _BAND_ACC_BYTES // (9 * 512 * 257 * 8)) * large
-    small_band = int(160 * 1.8 * int(shape_yx[1]))
-    per_thread = _GROUP_BYTES + 4 * _CHUNK_BYTES + 44 * max(large_band, small_band)
+    large_band = _BAND_ACC_BYTES + _BAND_ACC_BYTES * 8 // 12
+    small_band = 44 * int(160 * 1.8 * int(shape_yx[1]))
+    per_thread = _GROUP_BYTES + 4 * _CHUNK_BYTES + max(large_band, small_band)
     return int(thread_count(workers) * per_thread)
 
 
