@@ -88,7 +88,7 @@ def test_tiles_follow_the_field_gradient():
     assert plan_tiles(None, shape).tile_px == 512 and not plan_tiles(None, shape).taylor
 
 
-@pytest.mark.parametrize("shape, most_pixels", [((4096, 4096), 1.12), ((4092, 5760), 1.10)])
+@pytest.mark.parametrize("shape, most_pixels", [((4096, 4096), 1.12), ((4092, 5760), 1.13)])
 def test_tiles_fit_the_frame_with_few_pixels_beyond_it(shape, most_pixels):
     """With the first-order term, the tiles are the layout of least work whose bound holds:
     a frame is rarely a multiple of the largest core, and 512-px tiles put 1.27 (4096^2) and
