@@ -35,11 +35,13 @@ Within a tile the field is not constant
     first-order term leaves at most about ``|d|^3 k^2 / 3`` px of displacement error at
     spatial frequency ``k`` (rad/px) and ``0.5 |H| |q - c|^2`` (below 0.01 px) from the
     field's curvature ``H``. Measured (``benchmarks/bench_local.py``, true field applied to a
-    noise-free 4K render, residual displacement in 32-px windows): at most 0.034 px (RMS
-    0.004 px) for 1-10 px corner fields, against 0.09-0.78 px for constant shifts on 512-px
-    tiles. Cost at 4K x 10 frames: about twice the constant-shift application (two more
-    accumulators per sum and three times the inverse FFTs); the whole ``correct`` with it
-    measured 4-5x the floor of ``benchmarks/bench_correct.py`` on the shared 2-core machine.
+    noise-free 4K render, residual displacement in 32-px windows): at most 0.030 px (RMS
+    0.0035 px) with the first-order term for 3-10 px corner fields, 0.037 px with constant
+    shifts on 128-px tiles for a 1 px field, against 0.09-0.78 px for constant shifts on
+    512-px tiles. Cost at 4K x 10 frames: about twice the constant-shift application (two more
+    accumulators per sum and three times the inverse FFTs); the whole ``correct`` with a 3-px
+    field measures 2.3-2.9x the floor of ``benchmarks/bench_correct.py`` on the shared 2-core
+    machine.
     The spectral derivative ``i k_a`` is applied as the real factor ``k_a`` per frame (a
     float32 multiply) and the common ``i`` once per band, before the inverse FFT.
 
