@@ -201,19 +201,14 @@ def shift_ramps(shape_yx: tuple[int, int], shift_yx_px: tuple[float, float] | np
     ramp_y : ndarray, shape (ny,), complex64
     ramp_x : ndarray, shape (nx // 2 + 1,), complex64
     """
-    ny, nx = (int(v) for v in shape_yx)
-    dy, dx = (float(v) for v in np.asarray(shift_yx_px, dtype=np.float64).reshape(2))
-    ky = frequency_indices(ny)
-    kx = frequency_indices(nx, half=True)
-    ramp_y = np.exp(-2j * np.pi * ky * (dy / ny)).astype(np.complex64)
-    ramp_x = np.exp(-2j * np.pi * kx * (dx / nx)).astype(np.complex64)
-    return ramp_y, ramp_x
+    ramps_y, ramps_x = shift_ramps_stack(shape_yx, np.asarray(shift_yx_px).reshape(1, 2))
+    return ramps_y[0], ramps_x[0]
 
 
 def shift_ramps_stack(shape_yx: tuple[int, int], shifts_yx_px: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`shift_ramps` for many shifts at once: row ``i`` of each is the ramp of
-    ``shifts_yx_px[i]`` (the same values, computed the same way, without a call per frame).
+    ``shifts_yx_px[i]`` (one call for a stack of frames instead of one per frame).
 
     Returns
     -------
