@@ -18,6 +18,8 @@ spectra, tile batches). Two defaults of the C library and numpy make that slow:
   --faults``), and the 10 kept spectra of a 4K movie pay that once each. The advice is off
   while a movie is corrected and restored afterwards.
 
+:func:`zeros_written` makes zero-filled arrays that are then accumulated into without the
+kernel's zero-page detour (see there);
 :func:`drop_mapped_pages` keeps a memory-mapped movie's resident part small;
 :func:`peak_resident_MB` is the process's own peak resident memory.
 :func:`movie_memory_settings` is a context manager; the settings are process-wide (C library
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["movie_memory_settings", "drop_mapped_pages", "peak_resident_MB"]
+__all__ = ["movie_memory_settings", "zeros_written", "drop_mapped_pages", "peak_resident_MB"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 _KEEP_FREED_BYTES = 32 << 20
@@ -84,6 +86,23 @@ def movie_memory_settings() -> Iterator[None]:
             _numpy_hugepage(previous)
         if lib is not None:
             lib.malloc_trim(0)
+
+
+def zeros_written(shape: int | tuple[int, ...], dtype: np.typing.DTypeLike = np.float32
+                  ) -> np.ndarray:
+    """A zero-filled array whose pages are written at once, for sums accumulated in place.
+
+    ``np.zeros`` takes fresh memory from the kernel untouched; an array accumulated into
+    (``+=``) then reads each page before writing it, and the kernel first maps the read to
+    its shared zero page, then on the write replaces that mapping and flushes the TLB of every
+    CPU that runs the process: two faults and an inter-processor interrupt per 4 KiB page.
+    Writing the zeros first costs one fault per page. Measured on the 2-core test machine,
+    eight 67 MB arrays accumulated from two threads: 1.2-1.4 s with ``np.zeros``, 0.19-0.25 s
+    with this (system time 2.2-2.6 against 0.24-0.35 s).
+    """
+    out = np.empty(shape, dtype)
+    out.fill(0)
+    return out
 
 
 def drop_mapped_pages(part: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, special
 
+from .allocator import zeros_written
 from .errors import GainReferenceError
 from .threads import run_chunks
 
@@ -258,7 +259,7 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
     if not (sigma > 0 and false_positives > 0):
         raise ValueError(f"sigma and false_positives must be > 0, got {sigma}, {false_positives}")
     ny, nx = img.shape
-    hot = np.zeros(img.shape, dtype=bool)
+    hot = zeros_written(img.shape, bool)  # and-ed in place below
     inv_gain = None
     if gain is not None:
         g = np.asarray(gain, dtype=np.float32)

@@ -69,6 +69,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .allocator import zeros_written
 from .dose import dose_weights, weight_normalisation
 from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2
 from .threads import thread_count
@@ -614,8 +615,9 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     fft_workers = 1 if n_threads > 1 else workers
     all_accs = None
     if not single:
-        all_accs = np.zeros((n_acc, n_tiles) + half_t, np.complex64)
-    images = {name: np.zeros((ny, nx), np.float32) for name in ("plain", "dw", "even", "odd")}
+        all_accs = zeros_written((n_acc, n_tiles) + half_t, np.complex64)
+    # written zeros, not np.zeros: the tiles are added into them (allocator.zeros_written)
+    images = {name: zeros_written((ny, nx)) for name in ("plain", "dw", "even", "odd")}
     place_lock = threading.Lock()  # neighbouring bands share the rows of their overlap
     local = threading.local()
 

@@ -43,3 +43,32 @@ def test_a_process_reports_its_own_peak_memory_not_that_of_the_process_that_star
         capture_output=True, text=True, check=True)
     assert float(child.stdout) < 200, child.stdout
     del held
+
+
+def _resident_MB() -> float:
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs /proc (Linux)")
+    line = next(s for s in status.read_text().splitlines() if s.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_written_zeros_are_resident_at_once_where_numpy_zeros_are_not():
+    """A sum accumulated in place must not start on the kernel's shared zero page (a read
+    then a write per page, with a TLB flush on every CPU): ``zeros_written`` holds its pages
+    when it returns, ``np.zeros`` holds none of them until they are touched."""
+    import numpy as np
+
+    from correction.allocator import zeros_written
+
+    size_MB = 128
+    before = _resident_MB()
+    lazy = np.zeros(size_MB << 20, np.uint8)
+    assert _resident_MB() - before < size_MB / 4
+    before = _resident_MB()
+    written = zeros_written((size_MB << 18,), np.float32)
+    assert _resident_MB() - before > size_MB * 0.9
+    assert written.dtype == np.float32 and not written.any()
+    del lazy, written

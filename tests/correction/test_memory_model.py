@@ -112,43 +112,40 @@ def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
 
 
-def test_with_a_patch_grid_the_spectra_are_kept_when_all_fit_and_else_the_tiles_give_the_same_sums(
+def test_with_a_patch_grid_no_spectra_are_kept_and_the_tiles_give_the_whole_frame_sums(
         monkeypatch):
     """Local correction on, unbinned output, a movie without local motion (the model is not
-    applied): with every output spectrum kept, the whole-frame sums are made from them (one
-    forward transform per frame, no tiles); over the budget none is kept, the forward pass
-    computes only the alignment crop and the tiles give the same four sums."""
+    applied): the forward pass computes only the alignment crop (no whole spectrum, none
+    kept) and the tiles, with the global shifts alone, give the four sums that the
+    whole-frame path (no patch grid: one transform per frame, all spectra kept) gives."""
     from correction.synthetic import render_movie
 
     syn = render_movie(np.random.default_rng(8), shape_yx=(512, 448), n_frames=8,
                        electrons_per_px_per_frame=2.0, gain=None, dtype=np.int16)
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
-    assert params.align.local_enabled
+    dose = DoseParams(dose_per_frame_e_A2=1.0)
 
-    def run() -> tuple[pipeline.CorrectedFrames, int, int]:
+    def run(align: AlignParams) -> tuple[pipeline.CorrectedFrames, int, int]:
         full, tiles = [], []
         real_fft, real_tiles = pipeline.rfft2, pipeline.local_sums
         monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: full.append(1) or real_fft(*a, **k))
         monkeypatch.setattr(pipeline, "local_sums",
                             lambda *a, **k: tiles.append(1) or real_tiles(*a, **k))
-        out = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params)
+        out = pipeline.correct_frames(syn.frames, pixel_size_A=1.1,
+                                      params=CorrectionParams(dose=dose, align=align))
         monkeypatch.setattr(pipeline, "rfft2", real_fft)
         monkeypatch.setattr(pipeline, "local_sums", real_tiles)
         return out, len(full), len(tiles)
 
-    kept, transforms, tile_runs = run()
-    assert not kept.local.applied
+    whole, transforms, tile_runs = run(AlignParams(patches_x=1, patches_y=1))
     assert (transforms, tile_runs) == (8, 0)
-    grid = pipeline._grids((512, 448), 1.0, int(np.ceil(params.align.max_shift_px))
-                           + pipeline._EXTRA_MARGIN_PX, params.align.align_size_px)
-    one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 7 * one)  # all but one would fit
-    tiled, transforms, tile_runs = run()
+    assert AlignParams().local_enabled
+    tiled, transforms, tile_runs = run(AlignParams())
+    assert not tiled.local.applied
     assert (transforms, tile_runs) == (0, 1)
-    np.testing.assert_array_equal(tiled.shifts_yx_px, kept.shifts_yx_px)
+    np.testing.assert_array_equal(tiled.shifts_yx_px, whole.shifts_yx_px)
     for name in ("sum", "dw", "even", "odd"):
         got, want = (_below_nyquist(getattr(run.images, name)[32:-32, 32:-32])
-                     for run in (tiled, kept))
+                     for run in (tiled, whole))
         assert np.std(got - want) < 5e-3 * np.std(want), name  # measured 0.0026 (sum)
 
 
