@@ -54,6 +54,9 @@ _LOCAL_RADIUS = 2  # half-width (grid px) of the local correlation window after 
 _RING_WIDTH_PX = 2.0  # width of the frequency rings of the matched filter (grid frequency px)
 _MIN_RINGS = 16  # below this many rings (tiny grids) the B-factor schedule is kept
 _MAPS_BATCH_BYTES = 64 << 20  # spectra per batched inverse FFT of full correlation maps
+#: a search window of at most this many grid px (e.g. the patches: 12 output px / 4) is searched
+#: in the first iteration by the local DFT too, on offsets one beyond the window
+_FIRST_LOCAL_MAX_PX = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +417,12 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     rings = _rings(shape) if min(shape) / (2 * _RING_WIDTH_PX) >= _MIN_RINGS else None
     flat_gy, flat_gx = np.ones(shape[0]), np.ones(shape[1] // 2 + 1)
     unit_ey, unit_ex = _local_dft_kernels(shape, _LOCAL_RADIUS, flat_gy, flat_gx)
+    # a small window around zero (no initial shifts) is searched in the first iteration by the
+    # local DFT on the window's offsets plus a border: the same correlation values as the full
+    # maps (a peak on the border is searched in the full map), without their inverse FFTs (the
+    # patch stacks: 40 x 324 x 241, about 12 of 67 ms per patch here)
+    first_radius = int(np.floor(window)) + 1
+    first_local = initial_shifts_yx_px is None and first_radius <= _FIRST_LOCAL_MAX_PX
     matched = None
     for iteration in range(1, params.max_iterations + 1):
         bfac = b0 * max(_B_FLOOR, _B_DECAY ** (iteration - 1))
@@ -429,6 +438,8 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
             peaks = _local_peaks(corr, unit_ey, unit_ex)
         elif iteration > 1:
             peaks = _local_peaks(corr, *_local_dft_kernels(shape, _LOCAL_RADIUS, gy, gx))
+        elif first_local:
+            peaks = _local_peaks(corr, *_local_dft_kernels(shape, first_radius, gy, gx))
         else:
             peaks = [None] * n_groups
         search = [j for j, peak in enumerate(peaks) if peak is None]

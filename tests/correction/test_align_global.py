@@ -56,6 +56,38 @@ def test_alignment_of_small_patch_stack_with_output_pixel_scaling():
     assert _rms(result.shifts_yx_px, truth) < 0.02
 
 
+def test_a_small_window_is_searched_without_full_maps_and_finds_the_same_shifts(monkeypatch):
+    """A patch-sized stack with a window of 3 grid px (12 output px at 4 output px per grid
+    px): the first iteration evaluates the correlation on the window's offsets by the local
+    DFT and makes no full correlation map, with the shifts of the full-map search; a shift
+    beyond those offsets still goes to the full map and is found."""
+    import correction.align_global as align_global
+
+    rng = np.random.default_rng(3)
+    image = specimen_image(rng, (160, 128))
+    truth = rng.uniform(-2.0, 2.0, (12, 2))
+    truth[5] = [3.8, -3.7]  # beyond the window: on the border of the local offsets
+    noisy = irfft2(_stack(image, truth), image.shape) + rng.normal(0, 0.5, (12,) + image.shape)
+    spectra = rfft2(noisy.astype(np.float32))
+    params = AlignParams(bfactor_px2=100.0, max_shift_px=12.0)
+
+    def run(first_local_px: int) -> tuple[np.ndarray, int]:
+        maps = []
+        real = align_global.irfft2
+        monkeypatch.setattr(align_global, "_FIRST_LOCAL_MAX_PX", first_local_px)
+        monkeypatch.setattr(align_global, "irfft2",
+                            lambda c, *a, **k: maps.append(len(c)) or real(c, *a, **k))
+        found = estimate_shifts(spectra, params=params, output_px_per_grid_px=4.0).shifts_yx_px
+        monkeypatch.setattr(align_global, "irfft2", real)
+        return found, sum(maps)
+
+    full, full_maps = run(0)
+    local, local_maps = run(5)
+    assert full_maps == 12 and local_maps == 1  # frame 5's map alone
+    np.testing.assert_allclose(local, full, atol=1e-4)
+    assert _rms(local, truth) < 0.05  # grid px; later iterations follow frame 5 out
+
+
 def test_frame_groups_and_interpolation_of_group_centres():
     groups = frame_groups(10, 3)
     assert [len(g) for g in groups] == [3, 3, 2, 2]
