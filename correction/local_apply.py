@@ -29,21 +29,21 @@ Within a tile the field is not constant
     displacement within each tile, ``d(q) - d(c) ~ J (q - c)`` with ``J`` the field's Jacobian
     at the tile centre ``c``: ``F(q + d(c) + J (q - c)) ~ S(q) + sum_b (q - c)_b sum_a J_ab
     dS/dq_a`` where ``S`` is the tile shifted by ``d(c)``. The derivative is exact (spectral)
-    and linear in the frames, so ``sum_i sum_a J_i,ab i k_a S_i`` is accumulated in Fourier
-    space beside each sum (two more accumulators per sum) and multiplied by ``(q - c)_b``
-    after the inverse FFT. Tiles are sized so that ``|J (q - c)| <= 0.4`` px, where the
+    and linear in the frames: ``G_b = sum_a i k_a H_ab`` with ``H_ab = sum_i J_i,ab S_i``, so
+    the four ``H_ab`` are accumulated in Fourier space beside each sum (one BLAS ``saxpy``
+    each per frame and tile: 0.37 -> 0.20 ms per 400-px tile and frame against forming
+    ``sum_a J_ab k_a`` per frame), ``G_b`` is formed once per band, and its inverse FFT is
+    multiplied by ``(q - c)_b``. Tiles are sized so that ``|J (q - c)| <= 0.4`` px, where the
     first-order term leaves at most about ``|d|^3 k^2 / 3`` px of displacement error at
     spatial frequency ``k`` (rad/px) and ``0.5 |H| |q - c|^2`` (below 0.01 px) from the
     field's curvature ``H``. Measured (``benchmarks/bench_local.py``, true field applied to a
     noise-free 4K render, residual displacement in 32-px windows): at most 0.030 px (RMS
     0.0035 px) with the first-order term for 3-10 px corner fields, 0.037 px with constant
     shifts on 128-px tiles for a 1 px field, against 0.09-0.78 px for constant shifts on
-    512-px tiles. Cost at 4K x 10 frames: about twice the constant-shift application (two more
-    accumulators per sum and three times the inverse FFTs); the whole ``correct`` with a 3-px
-    field measures 2.3-2.9x the floor of ``benchmarks/bench_correct.py`` on the shared 2-core
-    machine.
-    The spectral derivative ``i k_a`` is applied as the real factor ``k_a`` per frame (a
-    float32 multiply) and the common ``i`` once per band, before the inverse FFT.
+    512-px tiles. Cost at 4K x 10 frames: about twice the constant-shift application (four
+    more accumulators per sum and three times the inverse FFTs); the whole ``correct`` with a
+    3-px field measures 2.2-2.4x the floor of ``benchmarks/bench_correct.py`` on the shared
+    2-core machine.
 
 Why this and not interpolation
     A Fourier shift keeps every spatial frequency (bilinear interpolation loses about a third
@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from scipy.linalg.blas import saxpy as _saxpy
 
 from .allocator import zeros_written
 from .dose import dose_weights, weight_normalisation
@@ -88,6 +89,7 @@ _MIN_TAYLOR_TILE_PX = 48  # smallest core with the first-order term
 _MIN_CONSTANT_TILE_PX = 128  # below this, the first-order term is cheaper than more tiles
 _TILE_OVERHEAD_PX = 4096  # a tile's fixed cost per frame (ramps, calls), in pixels of work
 _JACOBIAN_STEP_PX = 8.0
+_N_JACOBIAN = 4  # terms J[a, b] of the field's Jacobian (a, b = y, x), index 2 a + b
 _BAND_ROWS_PX = 128  # frame rows per band (whole tile rows): its accumulators stay in cache
 _BAND_ACC_BYTES = 32 << 20  # accumulators of one band of large tiles (a segment of a tile row)
 _BLOCK_BYTES = 256 << 20  # float32 frames read at once from a plain sequence of frames
@@ -342,6 +344,23 @@ def _cut_tiles(frame: np.ndarray, origins: np.ndarray, size: int, fill: float,
             out[t, y0 - oy:y1 - oy, x0 - ox:x1 - ox] = frame[y0:y1, x0:x1]
 
 
+def _add_scaled(x: np.ndarray, accs: np.ndarray, coefficients: np.ndarray) -> None:
+    """``accs[q, t] += coefficients[t, q] * x[t]`` for every tile ``t`` and term ``q``.
+
+    ``x`` is ``(tiles, ...)`` float32 (complex spectra viewed as pairs), ``accs`` complex64
+    ``(terms, tiles, ...)`` with each ``accs[q, t]`` contiguous, ``coefficients`` ``(tiles,
+    terms)``. One BLAS ``saxpy`` per tile and term: a single pass over each accumulator
+    (numpy's multiply into scratch and add make two).
+    """
+    for t in range(x.shape[0]):
+        xt = x[t].reshape(-1)
+        for q in range(accs.shape[0]):
+            y = accs[q, t].view(np.float32).reshape(-1)
+            out = _saxpy(xt, y, a=float(coefficients[t, q]))
+            if out is not y and not np.shares_memory(out, y):  # pragma: no cover - BLAS copied
+                y[...] = out
+
+
 class FrameRows(Protocol):
     """Frames read a band of rows at a time (e.g. gain-corrected on access)."""
 
@@ -453,14 +472,14 @@ def band_scratch_bytes(shape_yx: tuple[int, int], workers: int = -1) -> int:
 
     Per thread: a group of frames' tile spectra (``_GROUP_BYTES``), a few chunks of tile
     spectra, and one band. A band of large tiles is a segment of a tile row whose accumulators
-    fit ``_BAND_ACC_BYTES`` (nine half spectra, 36 bytes per tile pixel, with the first-order
-    term; three, 12 bytes, without), with 8 bytes per tile pixel of cut tiles and
+    fit ``_BAND_ACC_BYTES`` (fifteen half spectra, 60 bytes per tile pixel, with the
+    first-order term; three, 12 bytes, without), with 8 bytes per tile pixel of cut tiles and
     gain-corrected rows: at most 1 + 8/12 times that budget. A band of small tiles is whole
     tile rows of about ``_BAND_ROWS_PX`` rows (at most 160 rows, 1.8 tile pixels per frame
-    pixel with the overlaps, 44 bytes each). None of it grows with the frame count.
+    pixel with the overlaps, 68 bytes each). None of it grows with the frame count.
     """
     large_band = _BAND_ACC_BYTES + _BAND_ACC_BYTES * 8 // 12
-    small_band = 44 * int(160 * 1.8 * int(shape_yx[1]))
+    small_band = 68 * int(160 * 1.8 * int(shape_yx[1]))
     per_thread = _GROUP_BYTES + 4 * _CHUNK_BYTES + max(large_band, small_band)
     return int(thread_count(workers) * per_thread)
 
@@ -471,20 +490,14 @@ class _BandScratch:
 
     tiles: np.ndarray   # (max_band, size, size) float32: the cut tiles of one frame
     f_buf: np.ndarray   # (chunk, size, size // 2 + 1) complex64: shifted tile spectra
-    lin: np.ndarray | None   # (2, chunk, size, 2 (size // 2 + 1)) float32: first-order factors
-    prod: np.ndarray | None  # (chunk, size, 2 (size // 2 + 1)) float32: products
     accs: np.ndarray    # (n_acc, max_band, size, size // 2 + 1) complex64: the band's sums
 
     @classmethod
-    def make(cls, max_band: int, size: int, chunk: int, n_acc: int, taylor: bool
-             ) -> _BandScratch:
+    def make(cls, max_band: int, size: int, chunk: int, n_acc: int) -> _BandScratch:
         half = size // 2 + 1
         c = min(chunk, max_band)
-        fshape = (c, size, 2 * half)
         return cls(np.empty((max_band, size, size), np.float32),
                    np.empty((c, size, half), np.complex64),
-                   np.empty((2,) + fshape, np.float32) if taylor else None,
-                   np.empty(fshape, np.float32) if taylor else None,
                    np.empty((n_acc, max_band, size, half), np.complex64))
 
 
@@ -502,8 +515,9 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     then transformed back and blended into the four images. The accumulators of one band stay
     in the processor's cache over all frames, and memory beyond the four images and the frames
     is that of one band, whatever the frame count. A plain sequence of frames (no rows access)
-    is read in blocks of frames that fit ``_BLOCK_BYTES``; with more than one block the
-    accumulators of all bands are kept.
+    is read in blocks of frames that fit ``_BLOCK_BYTES``; with more than one block the parts
+    of each sum (``S``, and ``G_y``, ``G_x`` with the first-order term) are kept for all
+    bands, each block's added to them.
 
     Parameters
     ----------
@@ -565,6 +579,8 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     # jacobian[i, t, a, b] = d(displacement_a) / d(position_b) at tile t's core centre
     jacobian = (field_jacobian(model, layout.centres_yx[:, 0], layout.centres_yx[:, 1])
                 .astype(np.float32) if taylor else None)
+    # J_i[a, b] of each frame and tile as (n, n_tiles, 4), index 2 a + b
+    jacobian_flat = jacobian.reshape(n, n_tiles, _N_JACOBIAN) if taylor else None
 
     k_per_A = np.sqrt(radial_frequency_sq(shape_t, scale_yx=(pixel_size_A, pixel_size_A)))
     even = np.arange(n) % 2 == 0
@@ -594,7 +610,8 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         d_y[size // 2] = 0.0
         d_x[-1] = 0.0
     # k_a as real factors interleaved for complex64 viewed as float32 pairs: the spectral
-    # derivative d/dq_a is i k_a; the factor i is applied once per band, after the frames
+    # derivative d/dq_a is i k_a, applied once per band to the sums H_ab (k_a in
+    # gradient_terms, the i in to_tiles)
     kk_y = np.repeat(np.broadcast_to(d_y[:, None], half_t).astype(np.float32), 2, axis=-1)
     kk_x = np.repeat(np.broadcast_to(d_x[None, :], half_t).astype(np.float32), 2, axis=-1)
     # position of every tile pixel relative to its tile's core centre (output px)
@@ -604,18 +621,21 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
              - layout.centres_yx[:, 1, None]).astype(np.float32)
 
     chunk = max(1, _CHUNK_BYTES // (size * (size // 2 + 1) * 8))
-    n_acc = 9 if taylor else 3  # plain, even, odd (+ two first-order terms each)
+    # plain, even, odd (+ four first-order sums each, H_ab = sum_i J_i[a, b] S_i); with several
+    # blocks of frames, the parts S (+ G_y, G_x) of each sum are kept for all tiles
+    n_acc = 3 + 3 * _N_JACOBIAN if taylor else 3
+    n_parts = 3 if taylor else 1
     bands = _bands(n_ty, n_tx, _tile_rows_per_band(core), n_acc * size * (size // 2 + 1) * 8)
     max_band = max((ty1 - ty0) * (tx1 - tx0) for ty0, ty1, tx0, tx1 in bands)
     single = len(source.blocks) == 1
     # bands run on a pool of threads, each with its own scratch and one-thread FFTs (numpy's
     # element-wise passes and the tile placement are single-threaded: band parallelism is
-    # what uses every core); with several blocks of frames, every band's accumulators are kept
+    # what uses every core); with several blocks of frames, every band's parts are kept
     n_threads = max(1, min(len(bands), thread_count(workers)))
     fft_workers = 1 if n_threads > 1 else workers
     all_accs = None
     if not single:
-        all_accs = zeros_written((n_acc, n_tiles) + half_t, np.complex64)
+        all_accs = zeros_written((3 * n_parts, n_tiles) + half_t, np.complex64)
     # written zeros, not np.zeros: the tiles are added into them (allocator.zeros_written)
     images = {name: zeros_written((ny, nx)) for name in ("plain", "dw", "even", "odd")}
     place_lock = threading.Lock()  # neighbouring bands share the rows of their overlap
@@ -623,14 +643,8 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
 
     def scratch() -> _BandScratch:
         if getattr(local, "scratch", None) is None:
-            local.scratch = _BandScratch.make(max_band, size, chunk, n_acc if single else 0,
-                                              taylor)
+            local.scratch = _BandScratch.make(max_band, size, chunk, n_acc)
         return local.scratch
-
-    def band_accs(b0: int, b1: int, mine: _BandScratch) -> np.ndarray:
-        if single:
-            return mine.accs[:, :b1 - b0]
-        return all_accs[:, b0:b1]
 
     def transform(i: int, b0: int, b1: int, mine: _BandScratch) -> np.ndarray:
         """Half spectra of the tiles ``b0:b1`` of frame ``i``, cut at the whole-pixel shift."""
@@ -651,26 +665,24 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         f *= spec
         acc[0] += f
         fv = f.view(np.float32)
-        lin, p = mine.lin, None
-        if taylor:
-            # lin[b] = sum_a J[a, b] k_a: the derivative (over i) along the residual
-            # displacement per pixel of position b, real, interleaved
-            jac = jacobian[i, t0:t1]
-            p = mine.prod[:c]
-            for bb in range(2):
-                lb = lin[bb, :c]
-                np.multiply(jac[:, 0, bb, None, None], kk_y, out=lb)
-                np.multiply(jac[:, 1, bb, None, None], kk_x, out=p)
-                lb += p
-                np.multiply(fv, lb, out=p)
-                acc[3 + bb].view(np.float32)[...] += p
+        if taylor:  # H_ab += J_i[a, b] S_i (one fused BLAS pass each)
+            _add_scaled(fv, acc[3:3 + _N_JACOBIAN], jacobian_flat[i, t0:t1])
         fv *= weights[i]
         k_dw = 1 if even[i] else 2
         acc[k_dw] += f
         if taylor:
-            for bb in range(2):
-                np.multiply(fv, lin[bb, :c], out=p)
-                acc[3 + 2 * k_dw + bb].view(np.float32)[...] += p
+            first = 3 + _N_JACOBIAN * k_dw
+            _add_scaled(fv, acc[first:first + _N_JACOBIAN], jacobian_flat[i, t0:t1])
+
+    def gradient_terms(h: np.ndarray) -> list[np.ndarray]:
+        """``[G_y, G_x]`` with ``G_b = sum_a k_a H_ab`` from a sum's four ``H_ab`` (index
+        ``2 a + b``), made in place in the memory of ``H_yy`` and ``H_yx``."""
+        hv = h.view(np.float32)
+        for b in range(2):
+            hv[b] *= kk_y
+            hv[2 + b] *= kk_x
+            hv[b] += hv[2 + b]
+        return [h[0], h[1]]
 
     def to_tiles(parts: list[np.ndarray], b0: int, b1: int) -> np.ndarray:
         """Tiles of ``S + (y - y0) G_y + (x - x0) G_x`` (consumes ``parts``), where ``G_b =
@@ -704,20 +716,23 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                     if xe > xs:
                         out[ys:ye, xs:xe] += grid[r, c, ys - y0:ye - y0, xs - x0:xe - x0]
 
-    def finish(band: tuple[int, int, int, int], acc: np.ndarray) -> None:
+    def band_families(acc: np.ndarray) -> list[list[np.ndarray]]:
+        """``[S]`` or ``[S, G_y, G_x]`` of the plain, even and odd sums from a band's
+        accumulators (the gradient terms made in place)."""
+        return [[acc[j]] + (gradient_terms(acc[3 + _N_JACOBIAN * j:3 + _N_JACOBIAN * (j + 1)])
+                            if taylor else []) for j in range(3)]
+
+    def finish(band: tuple[int, int, int, int], families: list[list[np.ndarray]]) -> None:
+        """The band's tiles of the four images from its sums' parts (consumed)."""
         b0, b1 = _band_tiles(band, n_tx)
-
-        def family(j: int) -> list[np.ndarray]:
-            return [acc[j]] + ([acc[3 + 2 * j], acc[4 + 2 * j]] if taylor else [])
-
-        place(to_tiles(family(0), b0, b1), band, images["plain"])
-        dw = [e + o for e, o in zip(family(1), family(2))]
+        place(to_tiles(families[0], b0, b1), band, images["plain"])
+        dw = [e + o for e, o in zip(families[1], families[2])]
         for part in dw:
             part.view(np.float32)[...] *= norms["dw"]
         place(to_tiles(dw, b0, b1), band, images["dw"])
         del dw
         for j, name in ((1, "even"), (2, "odd")):
-            parts = family(j)
+            parts = families[j]
             if norms[name] is not None:
                 for part in parts:
                     part.view(np.float32)[...] *= norms[name]
@@ -727,9 +742,8 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         """Accumulate frames ``i0:i1`` into one band (and finish it with a single block)."""
         b0, b1 = _band_tiles(band, n_tx)
         mine = scratch()
-        acc = band_accs(b0, b1, mine)
-        if single:
-            acc.fill(0)
+        acc = mine.accs[:, :b1 - b0]
+        acc.fill(0)
         # a group of frames is transformed, then summed tile by tile: each tile's
         # accumulators stay in cache over the group's frames (frame by frame, the band's
         # accumulators, tens of MB, would stream through memory once per frame)
@@ -743,11 +757,18 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                     accumulate(i, b0 + c0, spec[c0:c1], acc[:, c0:c1], mine)
             del spectra
         if single:
-            finish(band, acc)
+            finish(band, band_families(acc))
+            return
+        # several blocks: this block's parts added to the band's kept parts
+        kept = all_accs[:, b0:b1]
+        for j, parts in enumerate(band_families(acc)):
+            for m, part in enumerate(parts):
+                kept[n_parts * j + m] += part
 
-    def band_finish(band: tuple[int, int, int, int]) -> None:  # several blocks: own sums
+    def band_finish(band: tuple[int, int, int, int]) -> None:  # several blocks: kept parts
         b0, b1 = _band_tiles(band, n_tx)
-        finish(band, all_accs[:, b0:b1])
+        kept = all_accs[:, b0:b1]
+        finish(band, [[kept[n_parts * j + m] for m in range(n_parts)] for j in range(3)])
 
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         for i0, i1 in source.blocks:

@@ -36,7 +36,7 @@ def _sums(frames, field, shifts):
 
 def test_local_sums_working_memory_is_the_four_images_plus_one_band(frames_and_field):
     """Beyond its four output images, the application holds one band of tiles (here two tile
-    rows of 13, nine accumulators): its peak allocation stays below ten frames of float32.
+    rows of 13, fifteen accumulators): its peak allocation stays below ten frames of float32.
     Accumulators for the whole frame (nine half spectra of all tiles) took about 24."""
     frames, field, shifts = frames_and_field
     assert local_apply.plan_tiles(field, SHAPE).taylor
