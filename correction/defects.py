@@ -260,25 +260,24 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
         raise ValueError(f"sigma and false_positives must be > 0, got {sigma}, {false_positives}")
     ny, nx = img.shape
     hot = zeros_written(img.shape, bool)  # and-ed in place below
-    inv_gain = None
+    g = None
     if gain is not None:
         g = np.asarray(gain, dtype=np.float32)
         if g.shape != img.shape:
             raise ValueError(f"gain has shape {g.shape}, the sum {img.shape}")
-        inv_gain = np.zeros(g.shape, np.float32)  # 0 where the gain is <= 0 or NaN; 1/inf = 0
-        np.divide(np.float32(1.0), g, out=inv_gain, where=g > 0)
     p_max = float(false_positives) / img.size
     blocks = _Blocks(img)
     if not blocks.mean > 0:
         return hot  # nothing recorded: nothing can be hot
     # statistics on whole rows, about 2**18 pixels at most
     rows = np.arange(0, ny, max(1, img.size >> 18))
-    x, mu_blk = blocks.counts_and_block_expectation(img, rows, inv_gain)
+    inv_gain_rows = None if g is None else _inverse_gain(g[rows])
+    x, mu_blk = blocks.counts_and_block_expectation(img, rows, inv_gain_rows)
     keep = np.isfinite(x) & np.isfinite(mu_blk)
     if exclude is not None:
         keep &= ~np.asarray(exclude, dtype=bool)[rows]
-    if inv_gain is not None:
-        keep &= inv_gain[rows] > 0
+    if inv_gain_rows is not None:
+        keep &= inv_gain_rows > 0
     x, mu_blk = x[keep], mu_blk[keep]
     if x.size == 0:
         return hot
@@ -291,7 +290,7 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
         frac = np.abs(x - np.round(x))
         if np.count_nonzero(frac > 1e-3 + 4e-6 * np.abs(x)) <= 1e-4 * x.size:
             phi = max(phi, 1.0)  # integer counts: Poisson at least
-        _poisson_test(img, blocks, inv_gain, phi, float(x.mean()), sigma, p_max, hot, workers)
+        _poisson_test(img, blocks, g, phi, float(x.mean()), sigma, p_max, hot, workers)
     if exclude is not None:
         hot &= ~np.asarray(exclude, dtype=bool)
     return hot
@@ -341,14 +340,15 @@ class _Blocks:
         return out
 
     def counts_and_block_expectation(self, img: np.ndarray, rows: np.ndarray,
-                                     inv_gain: np.ndarray | None
+                                     inv_gain_rows: np.ndarray | None
                                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Values and block expectations of ``img[rows]`` in counts (divided by the gain)."""
+        """Values and block expectations of ``img[rows]`` in counts (times ``inv_gain_rows``,
+        the inverse gain of those rows)."""
         x = img[rows].astype(np.float32)
         mu = self.expectation(img, rows)
-        if inv_gain is not None:
-            x *= inv_gain[rows]
-            mu *= inv_gain[rows]
+        if inv_gain_rows is not None:
+            x *= inv_gain_rows
+            mu *= inv_gain_rows
         return x, mu
 
 
@@ -393,7 +393,14 @@ def _poisson_thresholds(mu_lo: float, mu_hi: float, p_max: float, sigma: float,
     return np.maximum(hi, mu + sigma * np.sqrt(mu)), 1.0 / per_decade
 
 
-def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None, phi: float,
+def _inverse_gain(gain: np.ndarray) -> np.ndarray:
+    """``1 / gain`` (float32), 0 where the gain is <= 0 or NaN (and 1/inf = 0)."""
+    out = np.zeros(gain.shape, np.float32)
+    np.divide(np.float32(1.0), gain, out=out, where=gain > 0)
+    return out
+
+
+def _poisson_test(img: np.ndarray, blocks: _Blocks, gain: np.ndarray | None, phi: float,
                   mean_counts: float, sigma: float, p_max: float, hot: np.ndarray,
                   workers: int = 1) -> None:
     """Flag ``value / phi > threshold(expected / phi)`` into ``hot``, a strip at a time.
@@ -405,7 +412,9 @@ def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None,
     ny, nx = img.shape
     # expected counts below mu_lo are raised to it (a lone count where nothing is expected)
     mu_lo = max(mean_counts / phi * 1e-3, 1e-4)
-    gain_max = 1.0 if inv_gain is None else max(float(inv_gain.max()), 1e-30)
+    # the largest inverse gain; the inverse is made strip by strip (no image-sized array)
+    gain_min = np.inf if gain is None else float(np.min(gain, where=gain > 0, initial=np.inf))
+    gain_max = 1.0 if gain is None else max(1.0 / gain_min if gain_min > 0 else 0.0, 1e-30)
     mu_hi = max(blocks.max_sum, 0.0) * gain_max / phi + 1.0  # no pixel holds more
     table, step = _poisson_thresholds(mu_lo, mu_hi, p_max, sigma)
     floor = np.float32(mu_lo * phi)
@@ -424,9 +433,10 @@ def _poisson_test(img: np.ndarray, blocks: _Blocks, inv_gain: np.ndarray | None,
         mu = _neighbour_mean(img, rows)
         np.maximum(mu, blocks.expectation(img, rows), out=mu)
         x = img[r0:r1]
-        if inv_gain is not None:
-            x = x * inv_gain[r0:r1]
-            mu *= inv_gain[r0:r1]
+        if gain is not None:
+            inv_gain = _inverse_gain(gain[r0:r1])
+            x = x * inv_gain
+            mu *= inv_gain
         np.maximum(mu, floor, out=mu)
         # screen: excess > sigma * sqrt(phi * mu), which every threshold implies
         excess = np.subtract(x, mu)
