@@ -6,7 +6,10 @@
    (daemon, ``--workers`` worker processes (default 1), started on the full folder). Both wall times include interpreter
    start-up; the daemon's ends at its last ``movie_done`` event (its idle wait is excluded) and
    includes its settle time. Prints both rates and their ratio (goal: the daemon's throughput at
-   least that of ``correct``).
+   least that of ``correct``), and the steady rates, from the first movie finished to the last
+   (``n - 1`` movies: what an overnight backlog sees, without the start-up of either
+   process). ``--rounds`` alternates the two ``--rounds`` times (a shared VM's speed drifts by
+   up to 20 % over minutes) and prints the ratio of each pair and their median.
 2. Memory: the daemon works through a backlog of M movies (default 200) while the resident
    memory of the daemon and its workers is sampled; prints RSS against movies done (goal: flat).
 
@@ -72,11 +75,27 @@ def correction_flags(gain: Path) -> list[str]:
     return ["--gain", str(gain), "--dose-per-frame", f"{1.0 / PIXEL_SIZE_A**2:.4f}"]
 
 
-def time_correct(movies: list[Path], out: Path, gain: Path) -> float:
+def time_correct(movies: list[Path], out: Path, gain: Path) -> tuple[float, list[float]]:
+    """Wall time of ``motionwatch correct`` on ``movies``, and when each movie finished (its
+    line on stdout), in seconds from the start."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "daemon", "correct", *map(str, movies), "--out", str(out),
-                    *correction_flags(gain)], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done: list[float] = []
+    with subprocess.Popen([sys.executable, "-m", "daemon", "correct", *map(str, movies),
+                           "--out", str(out), *correction_flags(gain)],
+                          stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if " -> " in line:  # one line per corrected movie
+                done.append(time.perf_counter() - start)
+    if proc.returncode != 0:
+        raise SystemExit(f"motionwatch correct exited {proc.returncode}")
+    return time.perf_counter() - start, done
+
+
+def steady_rate(done: list[float]) -> float:
+    """Movies per second from the first movie finished to the last."""
+    return (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] \
+        else float("nan")
 
 
 def drop_from_page_cache(paths: list[Path]) -> None:
@@ -92,7 +111,10 @@ def drop_from_page_cache(paths: list[Path]) -> None:
 
 
 def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: bool,
-               workers: int = 1, read_ahead: bool = True) -> tuple[float, list[tuple[int, float]]]:
+               workers: int = 1, read_ahead: bool = True
+               ) -> tuple[float, list[tuple[int, float]], list[float]]:
+    """Wall time of the daemon on the backlog in ``watch``, the memory samples (movies done,
+    MiB), and when each movie finished, in seconds from the start."""
     log = out.parent / f"{out.name}.log"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out),
@@ -129,6 +151,7 @@ def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: boo
     last_done = None
     n_done = 0
     worker_s = 0.0
+    done_times: list[float] = []
     for line in log.read_text().splitlines():
         try:
             event = json.loads(line)
@@ -138,6 +161,7 @@ def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: boo
             n_done += 1
             worker_s += float(event.get("timings_s", {}).get("worker_wall", 0.0))
             last_done = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+            done_times.append(last_done - start_wall)
     if n_done != n or last_done is None:
         raise SystemExit(f"daemon corrected {n_done} of {n} movies; see {log}")
     if workers == 1:
@@ -147,7 +171,7 @@ def run_daemon(watch: Path, out: Path, gain: Path, n: int, *, sample_memory: boo
     else:
         print(f"  daemon: {last_done - start_wall:.2f} s wall; {workers} workers corrected for "
               f"{worker_s:.2f} s in all ({worker_s / n:.2f} s per movie, two movies at a time)")
-    return last_done - start_wall, samples
+    return last_done - start_wall, samples, sorted(done_times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep")
     parser.add_argument("--workers", type=int, default=1,
                         help="the daemon's worker processes in the throughput run (default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate correct and the daemon this many times (default 1)")
     parser.add_argument("--cold", action="store_true",
                         help="movies as separate files dropped from the page cache before each "
                              "run; the daemon runs with and without read-ahead")
@@ -186,24 +212,47 @@ def throughput(work: Path, args: argparse.Namespace) -> None:
                                 copies=args.cold)
     if args.cold:
         drop_from_page_cache(movies)
-    t_correct = time_correct(movies, work / "out_correct", gain)
-    if args.cold:
+        t_correct, _ = time_correct(movies, work / "out_correct", gain)
         drop_from_page_cache(movies)
-        t_plain, _ = run_daemon(work / "throughput", work / "out_plain", gain, args.movies,
-                                sample_memory=False, workers=args.workers, read_ahead=False)
+        t_plain, _, _ = run_daemon(work / "throughput", work / "out_plain", gain, args.movies,
+                                   sample_memory=False, workers=args.workers, read_ahead=False)
         print(f"cold files, daemon --no-read-ahead: {t_plain:7.2f} s")
         drop_from_page_cache(movies)
-    t_daemon, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
-                             sample_memory=False, workers=args.workers)
-    if args.cold:
+        t_daemon, _, _ = run_daemon(work / "throughput", work / "out_daemon", gain, args.movies,
+                                    sample_memory=False, workers=args.workers)
         print(f"cold files, daemon with read-ahead: {t_daemon:7.2f} s "
               f"({t_plain / t_daemon:.2f}x the throughput without)")
+        _report(args, t_correct, t_daemon)
+        return
+    whole, steady = [], []
+    for r in range(args.rounds):
+        if args.rounds > 1:
+            print(f" round {r + 1}:")
+        t_correct, done_correct = time_correct(movies, work / f"out_correct_{r}", gain)
+        t_daemon, _, done_daemon = run_daemon(work / "throughput", work / f"out_daemon_{r}", gain,
+                                              args.movies, sample_memory=False,
+                                              workers=args.workers)
+        whole.append(_report(args, t_correct, t_daemon))
+        rate_c, rate_d = steady_rate(done_correct), steady_rate(done_daemon)
+        steady.append(rate_d / rate_c)
+        print(f"  steady (first to last movie finished): correct {rate_c:.3f}, watch "
+              f"{rate_d:.3f} movies/s, ratio {rate_d / rate_c:.3f}")
+        shutil.rmtree(work / f"out_correct_{r}", ignore_errors=True)
+        shutil.rmtree(work / f"out_daemon_{r}", ignore_errors=True)
+    if args.rounds > 1:
+        print(f"median over {args.rounds} rounds: whole runs {np.median(whole):.3f}, steady "
+              f"{np.median(steady):.3f} (goal >= 1.0)")
+
+
+def _report(args: argparse.Namespace, t_correct: float, t_daemon: float) -> float:
+    """Print the whole-run rates and return their ratio (daemon / correct)."""
     print(f"motionwatch correct: {t_correct:7.2f} s  ({args.movies / t_correct:.3f} movies/s)")
     print(f"motionwatch watch:   {t_daemon:7.2f} s  ({args.movies / t_daemon:.3f} movies/s, "
           f"{args.workers} worker process(es), settle 0.5 s included)")
     ratio = t_correct / t_daemon
     print(f"daemon throughput / correct throughput: {ratio:.3f} "
           f"({'meets' if ratio >= 1.0 else 'BELOW'} the goal of >= 1.0)")
+    return ratio
 
 
 def memory(work: Path, args: argparse.Namespace) -> None:
@@ -212,8 +261,8 @@ def memory(work: Path, args: argparse.Namespace) -> None:
           f"{args.memory_size}^2 x {args.frames}")
     movies, gain = make_backlog(work / "memory", args.memory_movies, args.memory_size,
                                 args.frames, seed=1)
-    t, samples = run_daemon(work / "memory", work / "out_memory", gain,
-                            args.memory_movies, sample_memory=True)
+    t, samples, _ = run_daemon(work / "memory", work / "out_memory", gain,
+                               args.memory_movies, sample_memory=True)
     print(f"  {args.memory_movies} movies in {t:.1f} s "
           f"({args.memory_movies / t:.3f} movies/s)")
     print("  movies done   RSS daemon+workers (MiB)")
