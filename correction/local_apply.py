@@ -40,10 +40,11 @@ Within a tile the field is not constant
     noise-free 4K render, residual displacement in 32-px windows): at most 0.030 px (RMS
     0.0035 px) with the first-order term for 3-10 px corner fields, 0.037 px with constant
     shifts on 128-px tiles for a 1 px field, against 0.09-0.78 px for constant shifts on
-    512-px tiles. Cost at 4K x 10 frames: about twice the constant-shift application (four
-    more accumulators per sum and three times the inverse FFTs); the whole ``correct`` with a
-    3-px field measures 2.2-2.4x the floor of ``benchmarks/bench_correct.py`` on the shared
-    2-core machine.
+    512-px tiles. Cost at 4K x 10 frames (``bench_local.py``, ``local_apply_s`` against
+    ``global_only_apply_s``): 2.0 s against 1.3 s for a 3-px field (464-px tiles), 2.8 s
+    against 1.4 s for a 10-px field (176-px tiles): four more accumulators per sum and five
+    inverse passes instead of two; the whole ``correct`` with a 3-px field measures 2.2-2.4x
+    the floor of ``benchmarks/bench_correct.py`` on the shared 2-core machine.
 
 Why this and not interpolation
     A Fourier shift keeps every spatial frequency (bilinear interpolation loses about a third
