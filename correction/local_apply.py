@@ -409,7 +409,7 @@ class _RowSource:
     that fit ``_BLOCK_BYTES`` (each frame read once)."""
 
     def __init__(self, frames: Sequence[np.ndarray] | np.ndarray | FrameRows, n: int,
-                 shape_yx: tuple[int, int], fill: float | None) -> None:
+                 shape_yx: tuple[int, int], fill: float | np.ndarray | None) -> None:
         self.frames, self.n, self.shape_yx = frames, n, shape_yx
         ny, nx = shape_yx
         if isinstance(frames, np.ndarray):
@@ -424,7 +424,8 @@ class _RowSource:
         self.blocks = ([(0, n)] if self.kind != "sequence" else
                        [(b, min(n, b + per_block)) for b in range(0, n, per_block)])
         self.fill = fill
-        self.values = np.full(n, 0.0 if fill is None else float(fill))
+        self.values = (np.zeros(n) if fill is None else  # one value for all frames, or one each
+                       np.broadcast_to(np.asarray(fill, dtype=np.float64), (n,)).copy())
         self._block: list[np.ndarray] = []
         self._block_start = 0
         if fill is None and self.kind != "sequence":  # each frame's mean, one pass
@@ -507,7 +508,8 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                global_shifts_yx_px: np.ndarray,
                model: DisplacementField | None, *, pixel_size_A: float,
                dose_end_e_A2: np.ndarray, voltage_kV: float = 300.0,
-               tile_px: int | None = None, overlap_px: int | None = None, fill: float | None = None,
+               tile_px: int | None = None, overlap_px: int | None = None,
+               fill: float | np.ndarray | None = None,
                shape_yx: tuple[int, int] | None = None, taylor: bool | None = None,
                workers: int = -1) -> LocalSums:
     """Motion-corrected plain, dose-weighted, even and odd sums with global + local shifts.
@@ -539,8 +541,9 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     tile_px, overlap_px : int, optional
         Tile core and overlap per side (pixels); default from :func:`plan_tiles` (the
         field's gradient) and ``max(16, tile_px // 16)``.
-    fill : float, optional
-        Value read outside the frame; default each frame's mean.
+    fill : float or ndarray of shape (n_frames,), optional
+        Value read outside the frame: one for all frames or one per frame; default each
+        frame's mean (one more pass over the frames when they are not a plain sequence).
     shape_yx : (int, int), optional
         Frame shape; needed only when ``frames`` has no ``shape``.
     taylor : bool, optional

@@ -614,6 +614,19 @@ class _GainedRows:
         return out
 
 
+def _tile_fill(fill: float | None, frame_means: dict[int, float], n: int, binned: bool,
+               bin_yx: tuple[float, float]) -> float | np.ndarray | None:
+    """The value the tiles read outside the frame: ``fill`` (times the pixels a Fourier-binned
+    pixel holds: binning keeps totals), else each frame's mean as the forward pass measured
+    it (so that the local sums need not read every frame once more for it); None for binned
+    frames without ``fill`` (their means are measured as they are read)."""
+    if fill is not None:
+        return fill * float(np.prod(bin_yx)) if binned else fill
+    if binned or len(frame_means) < n:
+        return None
+    return np.array([frame_means[i] for i in range(n)])
+
+
 def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionParams,
                          gain_reference: GainReference | None, bad: np.ndarray | None,
                          fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
@@ -750,8 +763,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         tiles = local_sums(frames_out, shifts_out, local.model if local.applied else None,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            dose_end_e_A2=dose_end, voltage_kV=params.dose.voltage_kV,
-                           fill=None if fill is None else  # Fourier binning keeps totals
-                           fill * float(np.prod(grids.bin_yx)) if binned else fill,
+                           fill=_tile_fill(fill, frame_means, n, binned, grids.bin_yx),
                            shape_yx=grids.out_yx, workers=workers)
         kept.clear()
         timings["local_sum" if local.applied else "sum"] = time.perf_counter() - t

@@ -128,3 +128,29 @@ def test_gain_corrected_rows_equal_the_whole_frame_correction_with_defects_repla
         for y0, y1, x0, x1 in ((0, ny, 0, 40), (35, 60, 30, nx), (38, 45, 10, 11)):
             np.testing.assert_allclose(rows.rows(i, y0, y1, x0, x1), padded[y0:y1, x0:x1],
                                        rtol=1e-6, atol=1e-5)
+
+
+def test_without_hot_pixel_detection_the_tiles_read_the_frame_means_of_the_forward_pass(
+        monkeypatch):
+    """With no hot-pixel sum there is no common fill value: the tiles read each frame's own
+    mean outside the frame, as the forward pass measured it (not one more pass over every
+    frame), equal to the mean of the gain-corrected frame."""
+    import correction.pipeline as pipeline
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+    from correction.synthetic import render_movie
+
+    syn = render_movie(np.random.default_rng(9), shape_yx=(384, 320), n_frames=6,
+                       electrons_per_px_per_frame=2.0, gain=None, dtype=np.int16)
+    seen = {}
+    real = pipeline.local_sums
+
+    def spy(*args, **kwargs):
+        seen["fill"] = kwargs["fill"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "local_sums", spy)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=AlignParams(),
+                              gain=GainParams(detect_hot_pixels=False))
+    pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params)
+    expected = syn.frames.astype(np.float64).mean(axis=(1, 2))
+    np.testing.assert_allclose(seen["fill"], expected, rtol=1e-6)
