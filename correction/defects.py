@@ -412,9 +412,10 @@ def _poisson_test(img: np.ndarray, blocks: _Blocks, gain: np.ndarray | None, phi
     ny, nx = img.shape
     # expected counts below mu_lo are raised to it (a lone count where nothing is expected)
     mu_lo = max(mean_counts / phi * 1e-3, 1e-4)
-    # the largest inverse gain; the inverse is made strip by strip (no image-sized array)
-    gain_min = np.inf if gain is None else float(np.min(gain, where=gain > 0, initial=np.inf))
-    gain_max = 1.0 if gain is None else max(1.0 / gain_min if gain_min > 0 else 0.0, 1e-30)
+    # the largest inverse gain (1 / the smallest positive gain); the inverse itself is made
+    # strip by strip (no image-sized array)
+    gain_max = 1.0 if gain is None else max(
+        1.0 / float(np.min(gain, where=gain > 0, initial=np.inf)), 1e-30)
     mu_hi = max(blocks.max_sum, 0.0) * gain_max / phi + 1.0  # no pixel holds more
     table, step = _poisson_thresholds(mu_lo, mu_hi, p_max, sigma)
     floor = np.float32(mu_lo * phi)

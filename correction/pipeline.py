@@ -738,16 +738,11 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     timings["local_align"] = time.perf_counter() - t
     if local.applied or sums_from_tiles:
         # 6b. all four sums with global + local shifts, tile-wise Fourier shifts (re-reads
-        # the gain-corrected frames on the output grid; the kept spectra are not needed
-        # unless the output is Fourier-binned). With a patch grid on unbinned output the
+        # the gain-corrected frames on the output grid; spectra are kept only for
+        # Fourier-binned output, whose tiles are cut from them). With a patch grid on unbinned output the
         # tiles make the sums even when the model is not applied, with the global shifts alone
         # (no spectra kept: see sums_from_tiles above)
         t = time.perf_counter()
-
-        # unbinned output reads the frames again: the kept spectra are freed before the
-        # local sums, whose accumulators take their place
-        if not binned:
-            kept.clear()
 
         class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
             def __len__(self) -> int:
