@@ -43,9 +43,10 @@ not. The local
 sums read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
 movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
 not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
-in the motion record (``memory``). While a movie is corrected, glibc keeps freed blocks of up
-to 32 MiB for reuse (each fresh block costs page faults, several microseconds each here) and
-returns them afterwards.
+in the motion record (``memory``). While a movie is corrected, every block comes from glibc's
+heap and freed blocks are reused whatever their size (each fresh page costs a fault and the
+kernel's clearing, several microseconds here); the free memory is returned afterwards
+(:mod:`correction.allocator`).
 """
 
 from __future__ import annotations

@@ -68,3 +68,73 @@ def test_written_zeros_are_resident_at_once_where_numpy_zeros_are_not():
     assert _resident_MB() - before > size_MB * 0.9
     assert written.dtype == np.float32 and not written.any()
     del lazy, written
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _faults_of_a_block_after_one_was_freed(size: int) -> int:
+    """Page faults of writing a fresh ``size``-byte array right after one of the same size was
+    written and freed."""
+    import numpy as np
+
+    first = np.empty(size, np.uint8)
+    first.fill(1)
+    del first
+    before = _minor_faults()
+    second = np.empty(size, np.uint8)
+    second.fill(1)
+    faults = _minor_faults() - before
+    del second
+    return faults
+
+
+def test_while_a_movie_is_corrected_a_freed_large_block_is_reused_without_page_faults():
+    """Blocks far above glibc's 32 MiB mmap threshold (a 4K spectrum, a K3 frame in float32)
+    are freed and asked for again many times per movie: each must reuse the freed memory,
+    not be mapped afresh with one fault and one cleared page per 4 KiB."""
+    size = 96 << 20
+    pages = size // 4096
+    with movie_memory_settings():
+        faults = _faults_of_a_block_after_one_was_freed(size)
+    assert faults < pages / 10, f"{faults} faults for {pages} pages"
+
+
+def _blocks_mapped_on_their_own() -> int:
+    """glibc's count of blocks mapped on their own (``mallinfo2().hblks``)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("no glibc >= 2.33 (mallinfo2)")
+    mallinfo2.restype = MallInfo2
+    return int(mallinfo2().hblks)
+
+
+def test_after_the_movie_its_freed_memory_is_returned_and_large_blocks_are_mapped_again():
+    """The settings are process-wide: a daemon's parent or a library caller gets glibc's own
+    behaviour back, and a worker does not hold the movie's peak while it waits."""
+    import numpy as np
+
+    size = 256 << 20
+    before = _resident_MB()
+    with movie_memory_settings():
+        mapped = _blocks_mapped_on_their_own()
+        block = np.empty(size, np.uint8)
+        block.fill(1)
+        assert _blocks_mapped_on_their_own() == mapped  # from the heap
+        assert _resident_MB() - before > 200
+        del block
+    assert _resident_MB() - before < 64  # handed back by malloc_trim
+    block = np.empty(size, np.uint8)
+    assert _blocks_mapped_on_their_own() == mapped + 1  # mapped on its own again
+    del block
