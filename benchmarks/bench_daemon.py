@@ -63,6 +63,7 @@ def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0, *,
     movies = []
     for i in range(n):
         path = folder / f"movie_{i:04d}.mrc"
+        path.unlink(missing_ok=True)  # a kept work folder (--keep) is used again
         if copies:  # own pages in the page cache (hard links share them)
             shutil.copyfile(master, path)
         else:

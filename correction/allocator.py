@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import resource
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -77,26 +78,49 @@ def _numpy_hugepage(enabled: bool | None) -> bool | None:
     return previous
 
 
+class _Depth:
+    """How many :func:`movie_memory_settings` blocks are open in this process (the settings
+    are process-wide, so the count is too)."""
+
+    lock = threading.Lock()
+    open_blocks = 0
+
+
 @contextmanager
 def movie_memory_settings() -> Iterator[None]:
     """Within the block: every block comes from the heap and freed ones are reused, and numpy
     gives no huge-page advice; afterwards the heap's free memory is returned, large blocks
-    are mapped on their own again and numpy's advice is restored."""
+    are mapped on their own again and numpy's advice is restored.
+
+    Blocks nest: only the outermost one applies and undoes the settings. A caller that
+    corrects several movies in a row (``motionwatch correct`` on a list, a worker with
+    movies waiting) opens one around them all, so that each movie reuses the memory the one
+    before freed instead of faulting it in afresh (about 137,000 faults per 4096^2 x 10
+    movie with local motion), and the memory is returned once the run is over.
+    """
+    with _Depth.lock:
+        _Depth.open_blocks += 1
+        outermost = _Depth.open_blocks == 1
     lib = _glibc()
-    if lib is not None:
-        lib.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
-        lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
-        lib.mallopt(_M_ARENA_MAX, 1)
-        lib.mallopt(_M_MMAP_MAX, 0)
-    previous = _numpy_hugepage(False)
+    previous = None
+    if outermost:
+        if lib is not None:
+            lib.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
+            lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+            lib.mallopt(_M_ARENA_MAX, 1)
+            lib.mallopt(_M_MMAP_MAX, 0)
+        previous = _numpy_hugepage(False)
     try:
         yield
     finally:
-        if previous is not None:
-            _numpy_hugepage(previous)
-        if lib is not None:
-            lib.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            lib.malloc_trim(0)
+        with _Depth.lock:
+            _Depth.open_blocks -= 1
+        if outermost:
+            if previous is not None:
+                _numpy_hugepage(previous)
+            if lib is not None:
+                lib.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                lib.malloc_trim(0)
 
 
 def zeros_written(shape: int | tuple[int, ...], dtype: np.typing.DTypeLike = np.float32

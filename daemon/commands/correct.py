@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from daemon import exitcodes
 from daemon.handoff.relion import motion_records_in, write_single_particle_star
@@ -124,8 +125,37 @@ def _output_stems(movies: list[Path]) -> dict[Path, str]:
     return stems
 
 
+def _print_failure(movie: Path, message: str, *, as_json: bool) -> None:
+    """One line on stderr (and a JSON line on stdout with ``--json``) for a failed movie."""
+    print(f"motionwatch: {message}", file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps({"movie": str(movie), "status": "failed", "error": message}),
+              flush=True)
+
+
+def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool) -> None:
+    """One line per corrected movie on stdout: a summary, or JSON with ``--json``."""
+    rec = result.record
+    if as_json:
+        print(json.dumps({
+            "movie": str(movie), "status": "ok", "frames": rec["frames"],
+            "shape": rec["shape"], "pixel_size_A": rec["pixel_size_A"],
+            "drift": rec["drift"], "outputs": {k: str(p) for k, p in result.outputs.items()},
+            "wall_s": round(wall_s, 3),
+            "predicted_peak_MB": rec.get("memory", {}).get("predicted_peak_MB")}),
+            flush=True)
+        return
+    d = rec["drift"]
+    print(f"{movie}: {rec['frames']} frames {rec['shape'][1]}x{rec['shape'][0]} "
+          f"@ {rec['pixel_size_A']:.3f} Å, drift {d['total_A']:.1f} Å "
+          f"(early {d['early_A']:.1f}, late {d['late_A']:.1f}, max jump "
+          f"{d['max_frame_jump_A']:.1f}), {wall_s:.1f} s -> {result.outputs['sum']}",
+          flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch correct``: returns 0 when all movies were corrected, 1 otherwise."""
+    from correction.allocator import movie_memory_settings
     from correction.errors import CorrectionError, ParameterError
     from correction.gain import load_gain_reference
     from correction.pipeline import correct_movie
@@ -164,39 +194,22 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     stems = _output_stems(args.movies)
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
-    for index, movie in enumerate(args.movies):
-        t0 = time.perf_counter()
-        if index + 1 < len(args.movies):
-            read_ahead.hint(args.movies[index + 1])
-        try:
-            with _warnings_as_lines(movie):
-                result = correct_movie(movie, args.out, params, gain_reference=gain,
-                                       stem=stems[movie], scratch_dir=args.scratch)
-        except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop the others
-            failed += 1
-            message = _fail(movie, exc)
-            print(f"motionwatch: {message}", file=sys.stderr, flush=True)
-            if args.json:
-                print(json.dumps({"movie": str(movie), "status": "failed", "error": message}),
-                      flush=True)
-            continue
-        rec = result.record
-        wall = time.perf_counter() - t0
-        if args.json:
-            print(json.dumps({
-                "movie": str(movie), "status": "ok", "frames": rec["frames"],
-                "shape": rec["shape"], "pixel_size_A": rec["pixel_size_A"],
-                "drift": rec["drift"], "outputs": {k: str(p) for k, p in result.outputs.items()},
-                "wall_s": round(wall, 3),
-                "predicted_peak_MB": rec.get("memory", {}).get("predicted_peak_MB")}),
-                flush=True)
-        else:
-            d = rec["drift"]
-            print(f"{movie}: {rec['frames']} frames {rec['shape'][1]}x{rec['shape'][0]} "
-                  f"@ {rec['pixel_size_A']:.3f} Å, drift {d['total_A']:.1f} Å "
-                  f"(early {d['early_A']:.1f}, late {d['late_A']:.1f}, max jump "
-                  f"{d['max_frame_jump_A']:.1f}), {wall:.1f} s -> {result.outputs['sum']}",
-                  flush=True)
+    # one allocator setting around all the movies: each reuses the memory the one before
+    # freed instead of faulting it in afresh (correction.allocator)
+    with movie_memory_settings():
+        for index, movie in enumerate(args.movies):
+            t0 = time.perf_counter()
+            if index + 1 < len(args.movies):
+                read_ahead.hint(args.movies[index + 1])
+            try:
+                with _warnings_as_lines(movie):
+                    result = correct_movie(movie, args.out, params, gain_reference=gain,
+                                           stem=stems[movie], scratch_dir=args.scratch)
+            except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
+                failed += 1
+                _print_failure(movie, _fail(movie, exc), as_json=args.json)
+                continue
+            _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
     read_ahead.close()
     try:  # RELION's single-particle hand-off: every movie corrected into this folder so far
         write_single_particle_star(args.out, motion_records_in(args.out))

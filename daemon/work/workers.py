@@ -12,11 +12,15 @@ Workers ignore SIGINT and SIGTERM (the parent decides when they stop, so a first
 the movie in hand finish) and die with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a
 parent-pid check), so a killed daemon leaves no orphan writing outputs. Signals are blocked in the
 parent while a worker starts. The gain reference is loaded once per worker and reused while the
-gain parameters stay the same. Workers never log: they return outcomes, the parent logs.
+gain parameters stay the same. Movies given to a worker in a row share one allocator setting
+(:func:`correction.allocator.movie_memory_settings`): each reuses the memory the one before freed,
+without faulting it in again, and a worker that has waited ``_HOLD_MEMORY_S`` for work hands it
+back to the system. Workers never log: they return outcomes, the parent logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import importlib
@@ -33,6 +37,7 @@ from multiprocessing.connection import Connection, wait as mp_wait
 from pathlib import Path
 from typing import Any, Literal
 
+from correction.allocator import movie_memory_settings
 from correction.write import plain
 
 from daemon.system.logs import quiet_reader_logs
@@ -44,6 +49,7 @@ DEFAULT_RUNNER = "correction.pipeline:correct_movie"
 
 OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error", "unstarted"]
 
+_HOLD_MEMORY_S = 2.0  # a worker idle this long hands its freed memory back to the system
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE})
 
 
@@ -278,17 +284,30 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
     correct = resolve_runner(runner)
     gains = GainCache(gain_loader)
     gains.preload(preload_gain)  # ready before the first movie arrives
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        conn.send(("started", task.task_id))  # the parent's timeout clock starts now
-        outcome = execute_task(task, correct, gains, worker=f"pid {os.getpid()}")
-        del task
-        conn.send(outcome)
+    held: contextlib.ExitStack | None = None  # the allocator setting, open while movies come
+    try:
+        while True:
+            # movies in a row share one allocator setting (each reuses the memory the one
+            # before freed: correction.allocator); after a pause the memory goes back
+            if held is not None and not conn.poll(_HOLD_MEMORY_S):
+                held.close()
+                held = None
+            try:
+                task = conn.recv()
+            except EOFError:
+                return
+            if task is None:
+                return
+            if held is None:
+                held = contextlib.ExitStack()
+                held.enter_context(movie_memory_settings())
+            conn.send(("started", task.task_id))  # the parent's timeout clock starts now
+            outcome = execute_task(task, correct, gains, worker=f"pid {os.getpid()}")
+            del task
+            conn.send(outcome)
+    finally:
+        if held is not None:
+            held.close()
 
 
 # ------------------------------------------------------------------------------------------

@@ -138,3 +138,22 @@ def test_after_the_movie_its_freed_memory_is_returned_and_large_blocks_are_mappe
     block = np.empty(size, np.uint8)
     assert _blocks_mapped_on_their_own() == mapped + 1  # mapped on its own again
     del block
+
+
+def test_blocks_nest_and_only_the_outermost_returns_the_memory():
+    """``motionwatch correct`` on a list and a busy worker hold one block around their movies,
+    each movie its own inside it: the memory one movie frees is still there for the next."""
+    import numpy as np
+
+    size = 256 << 20
+    before = _resident_MB()
+    with movie_memory_settings():
+        with movie_memory_settings():  # one movie
+            block = np.empty(size, np.uint8)
+            block.fill(1)
+            del block
+        assert _resident_MB() - before > 200  # kept for the next movie
+        with movie_memory_settings():  # the next movie reuses it
+            faults = _faults_of_a_block_after_one_was_freed(size)
+        assert faults < size // 4096 / 10
+    assert _resident_MB() - before < 64

@@ -66,6 +66,19 @@ def test_the_gain_reference_is_loaded_once_per_worker(tmp_path, runners):
     assert len(pids) == 1 and texts == {f"gain-loaded-in-{pids.pop()}"}
 
 
+def test_a_worker_keeps_freed_memory_between_movies_in_a_row_and_returns_it_when_idle(
+        tmp_path, runners):
+    """Movies in a row reuse the memory the one before freed (no page faults to fill it
+    again, correction.allocator); a worker that waits for work hands it back."""
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        first = run_all(pool, [task(tmp_path, 0, "alloc0.mrc"), task(tmp_path, 1, "alloc1.mrc")])
+        time.sleep(3.0)  # longer than the worker's hold (2 s)
+        later = run_all(pool, [task(tmp_path, 2, "alloc2.mrc")])
+    rss = [r.record["rss_at_start_MB"] for r in (first[0], first[1], later[2])]
+    assert rss[1] - rss[0] > 200, rss  # the first movie's 256 MiB still held for the next
+    assert rss[1] - rss[2] > 200, rss  # returned while the worker waited
+
+
 def test_no_more_tasks_are_in_flight_than_workers(tmp_path, runners):
     with WorkerPool(2, runner=runners, gain_loader=None) as pool:
         pool.submit(task(tmp_path, 0, "hang0.mrc"))

@@ -5,7 +5,8 @@ puts this folder on ``sys.path``, and worker processes inherit it through ``PYTH
 Name prefixes: ``crash`` (the worker kills itself), ``hang`` (60 s), ``victim`` (30 s on the
 first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.started``
 holding the worker's pid),
-``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
+``alloc`` (writes and frees 256 MiB; the record's ``rss_at_start_MB`` is the worker's resident
+memory when the movie began), ``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
 ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
 ``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
@@ -46,6 +47,13 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
             time.sleep(30)  # killed here by the test
     if name.startswith("slow"):
         time.sleep(1.5)
+    rss_at_start_MB = _resident_MB()
+    if name.startswith("alloc"):
+        import numpy as np
+
+        block = np.empty(256 << 20, np.uint8)
+        block.fill(1)
+        del block
     if name.startswith("bad"):
         raise TruncatedMovieError(movie_path, "not a movie: 3 of 6 frames readable")
     if name.startswith("never"):
@@ -67,7 +75,14 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
     outputs["sum"].write_text(f"{os.getpid()} {gain_reference} {extra}")
     outputs["motion"].write_text(json.dumps({"movie": str(movie_path), "frames": 4, **extra}))
     return SimpleNamespace(outputs=outputs, timings_s={"total": 0.01},
-                           record={"frames": 4, "pid": os.getpid(), "drift": {"total_A": 1.0}})
+                           record={"frames": 4, "pid": os.getpid(), "drift": {"total_A": 1.0},
+                                   "rss_at_start_MB": rss_at_start_MB})
+
+
+def _resident_MB() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def load_gain(params: Any) -> str:
