@@ -33,6 +33,9 @@ Steps of :func:`correct_movie`:
    (:func:`report.motion_record`: with the gain, dark and defect files and their SHA-256, and
    the software version) are all written and fsynced under hidden temporary names, then
    renamed into place, the record last; a failed write (full disk) leaves none of them.
+   :func:`prepare_movie` stops before this step and returns a :class:`PreparedMovie`, whose
+   ``write()`` does it (a caller may correct the next movie meanwhile; :func:`correct_movie`
+   is both).
 
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
 the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``, else
@@ -79,8 +82,9 @@ from .report import DriftStats, drift_stats, motion_record, reference_record, so
 from .summation import SumImages, accumulate_sums, sums_to_images
 from .threads import run_chunks
 
-__all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "correct_frames",
-           "correct_movie", "output_names", "predict_peak_bytes"]
+__all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "PreparedMovie",
+           "correct_frames", "correct_movie", "output_names", "predict_peak_bytes",
+           "prepare_movie"]
 
 _SPECTRA_BUDGET_BYTES = 1_200_000_000
 #: a memory-mapped movie larger than this has its pages dropped from memory once used
@@ -178,6 +182,88 @@ class CorrectionResult:
     shifts_yx_px: np.ndarray
     drift: DriftStats
     timings_s: dict[str, float]
+
+
+@dataclass(slots=True)
+class PreparedMovie:
+    """A corrected movie whose outputs are not written yet (:func:`prepare_movie`).
+
+    :meth:`write` writes them as one set, the quick-look pictures drawn meanwhile, and returns
+    the :class:`CorrectionResult`. A caller may correct the next movie while it runs (the
+    daemon's workers do): the four images stay in memory until then.
+
+    Attributes
+    ----------
+    movie_path : Path
+    out_dir : Path
+    stem : str
+    outputs : dict
+        ``"sum"``, ``"dw"``, ``"even"``, ``"odd"``, ``"motion"`` -> Path to be written.
+    images : SumImages
+    pixel_size_A : float
+        Of the images (Å).
+    record : dict
+        The motion record (``timings_s`` gets ``quicklook`` when written).
+    shifts_yx_px : ndarray, shape (n_used, 2)
+    timings_s : dict
+        Stage timings so far (s); :meth:`write` adds ``write`` and updates ``total``.
+    started_s : float
+        ``time.perf_counter()`` when the movie was begun.
+    """
+
+    movie_path: Path
+    out_dir: Path
+    stem: str
+    outputs: dict[str, Path]
+    images: SumImages
+    pixel_size_A: float
+    record: dict[str, Any]
+    shifts_yx_px: np.ndarray
+    timings_s: dict[str, float]
+    started_s: float
+
+    def write(self) -> CorrectionResult:
+        """Write the four images, the pictures and the motion record (last) as one set.
+
+        Raises
+        ------
+        OSError
+            A write failed (``errno`` kept); no output of the set is left behind.
+        """
+        from .write import OutputSet, json_writer, mrc_writer  # noqa: PLC0415
+
+        t = time.perf_counter()
+        record, img = self.record, self.images
+        label = (f"motionwatch: {self.movie_path.name}",)
+        # all as one set: the images are written (temporaries) while the pictures are drawn,
+        # the files renamed into place only when all are written, the record last
+        with OutputSet() as output_set:
+            for kind, image in (("sum", img.sum), ("dw", img.dw), ("even", img.even),
+                                ("odd", img.odd)):
+                output_set.add(self.outputs[kind], mrc_writer(
+                    image, pixel_size_A=self.pixel_size_A, labels=label))
+            # quick-look pictures (correction/quicklook.py): written with the set; a picture
+            # that cannot be drawn is recorded, never a reason to lose the movie
+            t_pictures = time.perf_counter()
+            try:
+                pictures = movie_quicklook_files(self.out_dir, self.stem, dw_image=img.dw,
+                                                 record=record)
+                record["quicklook"] = {k: p.name for k, (p, _) in zip(QUICKLOOK_KINDS,
+                                                                      pictures)}
+            except Exception as exc:  # noqa: BLE001 - pictures are a view, not a result
+                pictures = []
+                record["quicklook"] = {"error": f"{type(exc).__name__}: {exc}"}
+            record["timings_s"]["quicklook"] = round(time.perf_counter() - t_pictures, 3)
+            for path, writer in [*pictures, (self.outputs["motion"], json_writer(record))]:
+                output_set.add(path, writer)
+            output_set.commit()
+        timings = dict(self.timings_s)
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - self.started_s
+        return CorrectionResult(movie_path=self.movie_path, outputs=self.outputs,
+                                record=record, shifts_yx_px=self.shifts_yx_px,
+                                drift=drift_stats(self.shifts_yx_px, self.pixel_size_A),
+                                timings_s=timings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -835,19 +921,34 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         decoded movie could not be written to the scratch folder.
     """
     with movie_memory_settings():
-        return _correct_movie(movie_path, out_dir, params, gain_reference=gain_reference,
+        return _prepare_movie(movie_path, out_dir, params, gain_reference=gain_reference,
+                              stem=stem, extra_record=extra_record, workers=workers,
+                              scratch_dir=scratch_dir).write()
+
+
+def prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
+                  gain_reference: GainReference | None = None, stem: str | None = None,
+                  extra_record: dict[str, Any] | None = None,
+                  workers: int = -1, scratch_dir: str | Path | None = None) -> PreparedMovie:
+    """:func:`correct_movie` up to its outputs: the movie corrected, nothing written yet.
+
+    Parameters and errors as :func:`correct_movie` (less the writing); its
+    :meth:`PreparedMovie.write` writes the outputs, and may run while the next movie is
+    prepared.
+    """
+    with movie_memory_settings():
+        return _prepare_movie(movie_path, out_dir, params, gain_reference=gain_reference,
                               stem=stem, extra_record=extra_record, workers=workers,
                               scratch_dir=scratch_dir)
 
 
-def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
+def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                    gain_reference: GainReference | None, stem: str | None,
                    extra_record: dict[str, Any] | None, workers: int,
-                   scratch_dir: str | Path | None = None) -> CorrectionResult:
-    """:func:`correct_movie` without the allocator settings."""
+                   scratch_dir: str | Path | None = None) -> PreparedMovie:
+    """:func:`prepare_movie` without the allocator settings."""
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
     from .io.eer import grouping_record  # noqa: PLC0415
-    from .write import OutputSet, json_writer, mrc_writer  # noqa: PLC0415
 
     t0 = time.perf_counter()
     movie_path = Path(movie_path)
@@ -887,17 +988,10 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                         and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)
     del movie
 
-    t = time.perf_counter()
     stem = stem or movie_path.stem
     names = output_names(stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {kind: out_dir / name for kind, name in names.items()}
-    label = (f"motionwatch: {movie_path.name}",)
-    img = corrected.images
-    writers = [(outputs[kind], mrc_writer(image, pixel_size_A=corrected.pixel_size_A,
-                                          labels=label))
-               for kind, image in (("sum", img.sum), ("dw", img.dw), ("even", img.even),
-                                   ("odd", img.odd))]
     timings = {"read": t_read, **corrected.timings_s}
     references = (reference_record(gain_reference.gain_path, gain_reference.dark_path,
                                    gain_reference.defects_path, expanded_by=gain_expanded_by)
@@ -929,27 +1023,7 @@ def _correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
-    # all as one set: the images are written (temporaries) while the pictures are drawn, the
-    # files renamed into place only when all are written, the record last
-    with OutputSet() as output_set:
-        for path, writer in writers:
-            output_set.add(path, writer)
-        # quick-look pictures (correction/quicklook.py): written with the set; a picture that
-        # cannot be drawn is recorded, never a reason to lose the movie
-        t_pictures = time.perf_counter()
-        try:
-            pictures = movie_quicklook_files(out_dir, stem, dw_image=img.dw, record=record)
-            record["quicklook"] = {k: p.name for k, (p, _) in zip(QUICKLOOK_KINDS, pictures)}
-        except Exception as exc:  # noqa: BLE001 - pictures are a view, not a result
-            pictures = []
-            record["quicklook"] = {"error": f"{type(exc).__name__}: {exc}"}
-        record["timings_s"]["quicklook"] = round(time.perf_counter() - t_pictures, 3)
-        for path, writer in [*pictures, (outputs["motion"], json_writer(record))]:
-            output_set.add(path, writer)
-        output_set.commit()
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    return CorrectionResult(movie_path=movie_path, outputs=outputs, record=record,
-                            shifts_yx_px=corrected.shifts_yx_px,
-                            drift=drift_stats(corrected.shifts_yx_px, corrected.pixel_size_A),
-                            timings_s=timings)
+    return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,
+                         images=corrected.images, pixel_size_A=corrected.pixel_size_A,
+                         record=record, shifts_yx_px=corrected.shifts_yx_px,
+                         timings_s=timings, started_s=t0)

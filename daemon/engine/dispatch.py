@@ -8,6 +8,10 @@ disk, permission denied, vanished or replaced output folder) or a worker that ca
 all correction with a growing delay (:class:`~daemon.engine.faults.Pause`), without counting
 against the movie, and the service reports itself unhealthy until a movie succeeds again.
 
+A movie a worker held while it died or was killed for another one (its outputs were being
+written while the next movie was corrected) comes back ``interrupted``: it is pending again at once,
+its attempt taken back, nothing counted against it.
+
 Each movie's time limit scales with its size (:class:`~daemon.engine.policy.EnginePolicy`) and is
 logged with ``movie_started``. Counters change only once the ledger has recorded the outcome: an
 outcome that could not be recorded is retried as it was, as soon as the database takes writes.
@@ -196,6 +200,14 @@ class Dispatcher:
                 self._finished("on_movie_done", MovieEvent(
                     Path(key.path), key, "done", attempt, outcome.outputs, outcome.record,
                     outcome.timings_s, None, meta))
+                return
+            if outcome.kind == "interrupted":  # lost with its worker for another movie
+                ledger.release(key)
+                self._writes.succeeded()
+                log.warning("movie_interrupted", reason=outcome.error, attempt=attempt,
+                            note="the worker was lost for another movie; redone at once, "
+                                 "not counted against this one")
+                self.in_flight.pop(outcome.task_id)
                 return
             status = self._record_failure(ledger, key, attempt, outcome, log)
             self._writes.succeeded()

@@ -64,7 +64,7 @@ class Service:
     resolver : MetadataResolver, optional
         Per-movie metadata (default :class:`~daemon.events.NoMetadata`).
     runner : str
-        ``"module:function"`` the workers call (default ``correction.pipeline:correct_movie``).
+        ``"module:function"`` the workers call (default ``correction.pipeline:prepare_movie``).
     clock, wall_clock : callable
         Monotonic and wall clocks (s).
     """

@@ -2,9 +2,15 @@
 
 Each worker is a separate ``spawn``-ed process with its own pipe; the parent gives a worker a
 :class:`Task` only when it is idle, so at most ``n_workers`` movies are in memory whatever the
-backlog. A worker that dies (segfault, out-of-memory kill) or runs past its time limit (the
+backlog. A runner that leaves its outputs to write (it returns an object with ``write()``, as
+:func:`correction.pipeline.prepare_movie` does) lets the worker say ``writing`` and take the
+next movie while a thread writes them: one movie's writes (and quick-look pictures) overlap the
+next one's read and transforms, and a worker holds at most one movie being corrected plus one
+set of outputs being written (four images: 0.27 GB at 4096^2, 0.38 GB at K3 size). The movie
+comes back ``done`` only once its outputs are in place. A worker that dies (segfault, out-of-memory kill) or runs past its time limit (the
 pool's ``timeout_s``, or the task's own ``timeout_s``) is killed and replaced, and its task comes
-back as a failed :class:`Outcome`; the daemon goes on. A worker that cannot start at all (its
+back as a failed :class:`Outcome` (the movie it held for the other, if any, as
+``interrupted``, not counted against it); the daemon goes on. A worker that cannot start at all (its
 interpreter gone, an import failing) never raises out of :meth:`WorkerPool.submit`: its task comes
 back as an ``unstarted`` outcome, which is not the movie's fault.
 
@@ -45,9 +51,10 @@ from daemon.system.logs import quiet_reader_logs
 __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "GainCache",
            "execute_task", "resolve_runner"]
 
-DEFAULT_RUNNER = "correction.pipeline:correct_movie"
+DEFAULT_RUNNER = "correction.pipeline:prepare_movie"
 
-OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error", "unstarted"]
+OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error", "unstarted",
+                      "interrupted"]
 
 _HOLD_MEMORY_S = 2.0  # a worker idle this long hands its freed memory back to the system
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE})
@@ -99,7 +106,9 @@ class Outcome:
         ``environment``: full disk, read-only or vanished output folder, any error writing on
         the output side (retry later, not the movie's fault); ``crash``: the worker process
         died; ``timeout``: killed after its time limit; ``error``: any other exception;
-        ``unstarted``: no worker could start on the task (it never began; not the movie's).
+        ``unstarted``: no worker could start on the task (it never began; not the movie's);
+        ``interrupted``: the worker was killed or died for the other movie it held (its
+        outputs were being written while the next movie was corrected; not the movie's).
     outputs : dict of str
         Output name (``sum``, ``dw``, ``even``, ``odd``, ``motion``) -> path, when done.
     record : dict
@@ -225,13 +234,75 @@ class GainCache:
         return self._reference
 
 
+@dataclass(slots=True)
+class _Begun:
+    """A task whose runner returned: its result, maybe with outputs still to write."""
+
+    task: Task
+    result: Any
+    started: float
+    worker: str
+
+    @property
+    def writes_later(self) -> bool:
+        """The runner left its outputs to write (a ``write()`` that returns the result)."""
+        return callable(getattr(self.result, "write", None))
+
+
+def _failed(task: Task, exc: BaseException, started: float) -> Outcome:
+    """The classified outcome of an exception raised for ``task``."""
+    kind = _classify(exc, task)
+    detail = _one_line(exc)
+    if kind == "error":
+        frame = traceback.extract_tb(exc.__traceback__)[-1:]
+        if frame:
+            detail += f" (at {Path(frame[0].filename).name}:{frame[0].lineno})"
+    return Outcome(task.task_id, kind, error=detail,
+                   timings_s={"worker_wall": time.perf_counter() - started},
+                   worker_pid=os.getpid())
+
+
+def begin_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
+               worker: str) -> _Begun | Outcome:
+    """Run the runner on one task's movie; an exception becomes a classified Outcome."""
+    started = time.perf_counter()
+    try:
+        gain_reference = gains.get(getattr(task.params, "gain", None))
+        task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
+        scratch = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
+        result = correct(task.movie_path, task.out_dir, task.params,
+                         gain_reference=gain_reference, stem=task.stem,
+                         extra_record=dict(task.extra_record), **scratch)
+    except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
+        return _failed(task, exc, started)
+    return _Begun(task, result, started, worker)
+
+
+def finish_task(begun: _Begun) -> Outcome:
+    """Write a begun task's outputs when its runner left them to write; its Outcome."""
+    task = begun.task
+    try:
+        result = begun.result.write() if begun.writes_later else begun.result
+        timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}
+        timings["worker_wall"] = time.perf_counter() - begun.started
+        record = {**dict(result.record),
+                  "ran_on": {"host": socket.gethostname(), "worker": begun.worker}}
+        return Outcome(task.task_id, "done",
+                       outputs={k: str(v) for k, v in result.outputs.items()},
+                       record=plain(record), timings_s=timings,
+                       worker_pid=os.getpid())
+    except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
+        return _failed(task, exc, begun.started)
+
+
 def execute_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
                  worker: str) -> Outcome:
     """Correct one task's movie in this process; every exception becomes a classified Outcome.
 
-    The one worker function of every executor (the local processes and Dask workers). The
-    outcome's record (not the ``motion.json`` the runner wrote) gets
-    ``ran_on = {"host": ..., "worker": worker}``.
+    The one worker function of the Dask workers (the local processes run its two halves,
+    :func:`begin_task` and :func:`finish_task`, so that one movie's outputs are written while
+    the next is corrected). The outcome's record (not the ``motion.json`` the runner wrote)
+    gets ``ran_on = {"host": ..., "worker": worker}``.
 
     Parameters
     ----------
@@ -243,31 +314,8 @@ def execute_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
     worker : str
         Which worker this is (``"pid 1234"``, a Dask worker address), for ``ran_on``.
     """
-    started = time.perf_counter()
-    try:
-        gain_reference = gains.get(getattr(task.params, "gain", None))
-        task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
-        scratch = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
-        result = correct(task.movie_path, task.out_dir, task.params,
-                         gain_reference=gain_reference, stem=task.stem,
-                         extra_record=dict(task.extra_record), **scratch)
-        timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}
-        timings["worker_wall"] = time.perf_counter() - started
-        record = {**dict(result.record), "ran_on": {"host": socket.gethostname(), "worker": worker}}
-        return Outcome(task.task_id, "done",
-                       outputs={k: str(v) for k, v in result.outputs.items()},
-                       record=plain(record), timings_s=timings,
-                       worker_pid=os.getpid())
-    except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
-        kind = _classify(exc, task)
-        detail = _one_line(exc)
-        if kind == "error":
-            frame = traceback.extract_tb(exc.__traceback__)[-1:]
-            if frame:
-                detail += f" (at {Path(frame[0].filename).name}:{frame[0].lineno})"
-        return Outcome(task.task_id, kind, error=detail,
-                       timings_s={"worker_wall": time.perf_counter() - started},
-                       worker_pid=os.getpid())
+    begun = begin_task(task, correct, gains, worker=worker)
+    return begun if isinstance(begun, Outcome) else finish_task(begun)
 
 
 def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None,
@@ -284,12 +332,21 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
     correct = resolve_runner(runner)
     gains = GainCache(gain_loader)
     gains.preload(preload_gain)  # ready before the first movie arrives
+    sending = threading.Lock()  # the writer thread sends outcomes too
+
+    def send(message: Any) -> None:
+        with sending:
+            conn.send(message)
+
+    writer: threading.Thread | None = None  # writes one movie's outputs during the next
     held: contextlib.ExitStack | None = None  # the allocator setting, open while movies come
     try:
         while True:
             # movies in a row share one allocator setting (each reuses the memory the one
             # before freed: correction.allocator); after a pause the memory goes back
             if held is not None and not conn.poll(_HOLD_MEMORY_S):
+                if writer is not None:
+                    writer.join()
                 held.close()
                 held = None
             try:
@@ -301,11 +358,23 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
             if held is None:
                 held = contextlib.ExitStack()
                 held.enter_context(movie_memory_settings())
-            conn.send(("started", task.task_id))  # the parent's timeout clock starts now
-            outcome = execute_task(task, correct, gains, worker=f"pid {os.getpid()}")
+            send(("started", task.task_id))  # the parent's timeout clock starts now
+            begun = begin_task(task, correct, gains, worker=f"pid {os.getpid()}")
             del task
-            conn.send(outcome)
+            if isinstance(begun, Outcome) or not begun.writes_later:
+                send(begun if isinstance(begun, Outcome) else finish_task(begun))
+                continue
+            if writer is not None:  # one set of outputs in memory at a time
+                writer.join()
+            # the parent may give the next movie now; this one's outcome follows its writes
+            send(("writing", begun.task.task_id))
+            writer = threading.Thread(target=lambda b=begun: send(finish_task(b)),
+                                      name="motionwatch-writer")
+            writer.start()
+            del begun
     finally:
+        if writer is not None:
+            writer.join()
         if held is not None:
             held.close()
 
@@ -321,6 +390,8 @@ class _Slot:
     task: Task | None = None
     sent_s: float = 0.0  # when the task was sent
     started_s: float | None = None  # when the worker said it began (after its start-up)
+    writing: Task | None = None  # corrected, its outputs being written while ``task`` runs
+    writing_started_s: float = 0.0  # when the worker began the task now writing
     tasks_done: int = 0
     spawn_error: str | None = None
 
@@ -334,10 +405,29 @@ class _Slot:
         return timeout_s
 
     def deadline(self, timeout_s: float | None, startup_s: float) -> float:
+        """When the task (or the task being written) runs past its limit: the earlier."""
+        nearest = float("inf")
+        if self.writing is not None:
+            limit = self.writing.timeout_s if self.writing.timeout_s is not None else timeout_s
+            nearest = float("inf") if limit is None else self.writing_started_s + limit
+        if self.task is None:
+            return nearest
         limit = self.limit_s(timeout_s)
         if self.started_s is not None:
-            return float("inf") if limit is None else self.started_s + limit
-        return self.sent_s + startup_s + (0.0 if limit is None else limit)
+            own = float("inf") if limit is None else self.started_s + limit
+        else:
+            own = self.sent_s + startup_s + (0.0 if limit is None else limit)
+        return min(nearest, own)
+
+    def writing_overdue(self, timeout_s: float | None, now: float) -> bool:
+        """The task being written has run past its limit (counted from when it began)."""
+        if self.writing is None:
+            return False
+        limit = self.writing.timeout_s if self.writing.timeout_s is not None else timeout_s
+        return limit is not None and now > self.writing_started_s + limit
+
+    def empty(self) -> bool:
+        return self.task is None and self.writing is None
 
 
 class WorkerPool:
@@ -355,8 +445,9 @@ class WorkerPool:
     runner : str
         ``"module:function"`` called as ``runner(movie_path, out_dir, params, *,
         gain_reference, stem, extra_record)`` (and ``scratch_dir`` when the task has one),
-        returning an object with ``outputs``, ``record``
-        and ``timings_s`` (:func:`correction.pipeline.correct_movie`).
+        returning an object with ``outputs``, ``record`` and ``timings_s``
+        (:func:`correction.pipeline.correct_movie`), or one whose ``write()`` writes the
+        outputs and returns that (:func:`correction.pipeline.prepare_movie`, the default).
     gain_loader : str or None
         ``"module:function"`` turning ``GainParams`` into the reference passed to the runner.
     max_tasks_per_worker : int or None
@@ -459,9 +550,9 @@ class WorkerPool:
         """Kill workers that hold a task (immediate shutdown); return those tasks."""
         tasks = []
         for slot in self._slots:
-            if slot.task is not None:
-                tasks.append(slot.task)
-                slot.task = None
+            if not slot.empty():
+                tasks += [t for t in (slot.writing, slot.task) if t is not None]
+                slot.task = slot.writing = None
                 self._kill(slot)
         self._slots = [s for s in self._slots if s.alive()]
         return tasks
@@ -469,12 +560,23 @@ class WorkerPool:
     # --- work -----------------------------------------------------------------------------
     @property
     def idle(self) -> int:
-        """Workers free for a task now."""
-        return sum(1 for s in self._slots if s.task is None)
+        """Workers free for a task now (one that is writing a movie's outputs takes the next)."""
+        return sum(1 for s in self._slots if self._takes_task(s))
+
+    def _takes_task(self, slot: _Slot) -> bool:
+        """Free for a task: none running, and a worker still writing one is alive and has not
+        reached ``max_tasks_per_worker`` with it (it is replaced once that one is back)."""
+        if slot.task is not None:
+            return False
+        if slot.writing is None:
+            return True
+        return slot.alive() and (self._max_tasks is None
+                                 or slot.tasks_done + 1 < self._max_tasks)
 
     @property
     def in_flight(self) -> list[Task]:
-        return [s.task for s in self._slots if s.task is not None]
+        """Tasks given out and not yet come back (being corrected or their outputs written)."""
+        return [t for s in self._slots for t in (s.writing, s.task) if t is not None]
 
     def alive(self) -> int:
         return sum(1 for s in self._slots if s.alive())
@@ -486,7 +588,7 @@ class WorkerPool:
         from :meth:`wait` as an ``unstarted`` outcome.
         """
         for index, slot in enumerate(self._slots):
-            if slot.task is None:
+            if self._takes_task(slot):
                 if not slot.alive():
                     self._replace(index)
                     slot = self._slots[index]
@@ -507,12 +609,12 @@ class WorkerPool:
         Handles dead and timed-out workers: their tasks come back as ``crash`` / ``timeout``
         outcomes and the workers are replaced.
         """
-        busy = [s for s in self._slots if s.task is not None]
+        busy = [s for s in self._slots if not s.empty()]
         if busy:
             now = self._clock()
             nearest = min(s.deadline(self._timeout_s, self._startup_s) for s in busy) - now
             timeout_s = max(0.0, min(timeout_s, nearest))
-        if any(s.process is None for s in busy):
+        if any(s.process is None or not s.alive() for s in busy):
             timeout_s = 0.0
         waitables: list[Any] = list(also)
         for s in busy:
@@ -527,59 +629,108 @@ class WorkerPool:
     def collect(self) -> list[Outcome]:
         """Outcomes ready now, without blocking."""
         outcomes: list[Outcome] = []
-        now = self._clock()
         for index, slot in enumerate(list(self._slots)):
-            task = slot.task
-            if task is None:
+            if slot.empty():
                 if not slot.alive():
                     self._replace(index)
                 continue
-            outcome: Outcome | None = None
-            try:
-                while outcome is None and slot.conn is not None and slot.conn.poll():
-                    message = slot.conn.recv()
-                    if isinstance(message, tuple) and message[:1] == ("started",):
-                        slot.started_s = self._clock()
-                    else:
-                        outcome = message
-            except (EOFError, OSError):
-                outcome = None
-            if outcome is not None:
-                slot.task = None
-                slot.tasks_done += 1
-                outcomes.append(outcome)
+            outcomes += self._messages(slot)
+            if slot.empty():
                 if self._max_tasks is not None and slot.tasks_done >= self._max_tasks:
                     self._retire(index)
                 continue
-            limit = slot.limit_s(self._timeout_s)
-            if not slot.alive():
-                if slot.process is None:
-                    how = slot.spawn_error or "no process"
+            outcomes += self._failures(index, slot)
+        return outcomes
+
+    def _messages(self, slot: _Slot) -> list[Outcome]:
+        """Read a worker's messages: ``started``, ``writing`` (the task corrected, its outputs
+        being written: the worker takes the next), and outcomes."""
+        outcomes: list[Outcome] = []
+        try:
+            while slot.conn is not None and slot.conn.poll():
+                message = slot.conn.recv()
+                if isinstance(message, tuple):
+                    kind, task_id = message
+                    if slot.task is None or slot.task.task_id != task_id:
+                        continue
+                    if kind == "started":
+                        slot.started_s = self._clock()
+                    elif kind == "writing":
+                        slot.writing, slot.task = slot.task, None
+                        slot.writing_started_s = slot.started_s or slot.sent_s
+                        slot.started_s = None
+                    continue
+                if slot.writing is not None and message.task_id == slot.writing.task_id:
+                    slot.writing = None
+                elif slot.task is not None and message.task_id == slot.task.task_id:
+                    slot.task = None
+                    slot.started_s = None
                 else:
-                    code = slot.process.exitcode
-                    how = (f"killed by signal {signal.Signals(-code).name}"
-                           if code is not None and code < 0 else f"exit status {code}")
-                if slot.started_s is None:
-                    outcomes.append(Outcome(task.task_id, "unstarted",
-                                            error=f"worker process could not start ({how})",
-                                            worker_pid=getattr(slot.process, "pid", None)))
-                else:
+                    continue
+                slot.tasks_done += 1
+                outcomes.append(message)
+        except (EOFError, OSError):
+            pass
+        return outcomes
+
+    def _failures(self, index: int, slot: _Slot) -> list[Outcome]:
+        """Outcomes of a worker that died or ran past a time limit (it is replaced). The
+        task that caused it is blamed; the other one it held is ``interrupted``."""
+        now = self._clock()
+        task, writing = slot.task, slot.writing
+        pid = getattr(slot.process, "pid", None)
+        outcomes: list[Outcome] = []
+        if not slot.alive():
+            if slot.process is None:
+                how = slot.spawn_error or "no process"
+            else:
+                code = slot.process.exitcode
+                how = (f"killed by signal {signal.Signals(-code).name}"
+                       if code is not None and code < 0 else f"exit status {code}")
+            running = task is not None and slot.started_s is not None
+            if writing is not None:  # died while writing: its own doing unless one ran
+                outcomes.append(Outcome(writing.task_id, "interrupted" if running else "crash",
+                                        error=f"worker process died while the outputs were "
+                                              f"written ({how})", worker_pid=pid))
+            if task is not None:
+                if running:
                     outcomes.append(Outcome(task.task_id, "crash",
                                             error=f"worker process died ({how})",
-                                            worker_pid=slot.process.pid))
-                slot.task = None
-                self._replace(index)
-            elif now > slot.deadline(self._timeout_s, self._startup_s):
+                                            worker_pid=pid))
+                elif writing is not None:
+                    outcomes.append(Outcome(task.task_id, "interrupted", worker_pid=pid,
+                                            error=f"worker process died before it began "
+                                                  f"({how})"))
+                else:
+                    outcomes.append(Outcome(task.task_id, "unstarted", worker_pid=pid,
+                                            error=f"worker process could not start ({how})"))
+        elif now > slot.deadline(self._timeout_s, self._startup_s):
+            if slot.writing_overdue(self._timeout_s, now):
+                limit = writing.timeout_s if writing.timeout_s is not None else self._timeout_s
+                outcomes.append(Outcome(writing.task_id, "timeout", worker_pid=pid,
+                                        error=f"timed out after {limit:g} s (writing its "
+                                              f"outputs); worker killed"))
+                if task is not None:
+                    outcomes.append(Outcome(task.task_id, "interrupted", worker_pid=pid,
+                                            error="worker killed: the movie before it timed "
+                                                  "out writing its outputs"))
+            else:
+                limit = slot.limit_s(self._timeout_s)
                 if slot.started_s is not None:
-                    outcomes.append(Outcome(task.task_id, "timeout",
-                                            error=f"timed out after {limit:g} s; worker killed",
-                                            worker_pid=slot.process.pid))
+                    outcomes.append(Outcome(task.task_id, "timeout", worker_pid=pid,
+                                            error=f"timed out after {limit:g} s; worker killed"))
                 else:
                     outcomes.append(Outcome(
-                        task.task_id, "unstarted", worker_pid=slot.process.pid,
-                        error=f"worker did not start within {self._startup_s + (limit or 0.0):g} s; killed"))
-                slot.task = None
-                self._replace(index)
+                        task.task_id, "unstarted", worker_pid=pid,
+                        error=f"worker did not start within "
+                              f"{self._startup_s + (limit or 0.0):g} s; killed"))
+                if writing is not None:
+                    outcomes.append(Outcome(writing.task_id, "interrupted", worker_pid=pid,
+                                            error="worker killed: the movie after it timed out"))
+        else:
+            return outcomes
+        slot.task = slot.writing = None
+        self._replace(index)
         return outcomes
 
     def _retire(self, index: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from correction.errors import GainReferenceError, MissingPixelSizeError
 from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams, ReadParams
-from correction.pipeline import correct_frames, correct_movie
+from correction.pipeline import correct_frames, correct_movie, prepare_movie
 from correction.synthetic import render_movie
 
 PIXEL = 1.3
@@ -72,6 +72,29 @@ def test_correct_movie_writes_four_float32_mrcs_with_pixel_size_and_a_motion_rec
     path_A = np.sum(np.hypot(*np.diff(truth_xy, axis=0).T)) * PIXEL
     assert record["drift"]["total_A"] == pytest.approx(path_A, rel=0.05)
     assert result.shifts_yx_px.shape == (8, 2)
+
+
+def test_a_prepared_movie_writes_nothing_until_asked_and_then_what_correct_movie_writes(
+        movie_files, tmp_path):
+    """The daemon's workers correct the next movie while one is written: preparing leaves
+    the output folder empty of results; writing gives the same set as correct_movie."""
+    folder, _ = movie_files
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2),
+                              gain=GainParams(gain_path=folder / "gain.mrc"))
+    prepared = prepare_movie(folder / "mov.mrc", tmp_path / "later", params)
+    assert not any(p.exists() for p in prepared.outputs.values())
+    result = prepared.write()
+    direct = correct_movie(folder / "mov.mrc", tmp_path / "now", params)
+    assert set(result.outputs) == set(direct.outputs)
+    for kind in ("sum", "dw", "even", "odd"):
+        with mrcfile.open(result.outputs[kind]) as a, mrcfile.open(direct.outputs[kind]) as b:
+            # equal up to the float rounding of threads summing in either order
+            np.testing.assert_allclose(a.data, b.data, rtol=0,
+                                       atol=1e-5 * float(np.abs(b.data).max()))
+    written = json.loads(result.outputs["motion"].read_text())
+    np.testing.assert_allclose(written["global_shifts_px"], direct.record["global_shifts_px"],
+                               atol=1e-6)
+    assert "write" in result.timings_s and "quicklook" in written["timings_s"]
 
 
 def test_movie_without_pixel_size_in_header_or_params_is_an_error(movie_files, tmp_path):

@@ -163,6 +163,22 @@ def test_a_worker_that_cannot_start_leaves_no_row_running_and_makes_the_service_
     assert "could not start" in row.error
 
 
+# --- a worker lost for the movie after the one it was writing ------------------------------
+
+def test_a_movie_whose_worker_died_for_the_next_movie_is_redone_without_a_failure(setup):
+    """``later`` leaves its outputs to write (1 s), during which the worker takes ``crash``
+    and dies: ``later`` was not at fault, so it is pending again, redone and done with no
+    failure counted; ``crash`` is quarantined after its attempts."""
+    movie(setup.watch_dir, "later.mrc")
+    movie(setup.watch_dir, "crash.mrc")
+    log = Log()
+    assert run(setup, log=log) == 0
+    table = rows(setup)
+    assert (table["later.mrc"].status, table["later.mrc"].failures) == ("done", 0)
+    assert table["crash.mrc"].status == "quarantined"
+    assert any(kw["movie"].endswith("later.mrc") for kw in log.named("movie_interrupted"))
+
+
 # --- 4: the output side fails for a while ---------------------------------------------------
 
 def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_quarantine(

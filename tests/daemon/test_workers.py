@@ -79,6 +79,39 @@ def test_a_worker_keeps_freed_memory_between_movies_in_a_row_and_returns_it_when
     assert rss[1] - rss[2] > 200, rss  # returned while the worker waited
 
 
+def test_a_worker_corrects_the_next_movie_while_the_outputs_of_one_are_written(
+        tmp_path, runners):
+    """One worker, two movies whose writes take 1 s each: the second is begun before the
+    first's outputs are in place, and each comes back done only once its own are."""
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "later0.mrc"), task(tmp_path, 1, "later1.mrc")])
+    first, second = results[0], results[1]
+    assert first.kind == second.kind == "done"
+    assert second.record["began_at"] < first.record["written_at"]
+    assert all(Path(p).exists() for r in (first, second) for p in r.outputs.values())
+
+
+def test_a_worker_that_dies_on_the_next_movie_interrupts_the_one_being_written(
+        tmp_path, runners):
+    """The crash is the next movie's; the movie whose outputs were being written comes back
+    ``interrupted`` (not counted against it), and a new worker goes on."""
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "later0.mrc"), task(tmp_path, 1, "crash.mrc"),
+                                 task(tmp_path, 2, "ok.mrc")])
+        assert pool.replaced == 1
+    assert results[0].kind == "interrupted" and "while the outputs were written" in results[0].error
+    assert results[1].kind == "crash"
+    assert results[2].kind == "done"
+
+
+def test_a_movie_whose_writes_hang_times_out_and_the_next_one_is_interrupted(
+        tmp_path, runners):
+    with WorkerPool(1, runner=runners, gain_loader=None, timeout_s=1.5) as pool:
+        results = run_all(pool, [task(tmp_path, 0, "stuck0.mrc"), task(tmp_path, 1, "slow1.mrc")])
+    assert results[0].kind == "timeout" and "writing its outputs" in results[0].error
+    assert results[1].kind == "interrupted"
+
+
 def test_no_more_tasks_are_in_flight_than_workers(tmp_path, runners):
     with WorkerPool(2, runner=runners, gain_loader=None) as pool:
         pool.submit(task(tmp_path, 0, "hang0.mrc"))

@@ -6,7 +6,9 @@ Name prefixes: ``crash`` (the worker kills itself), ``hang`` (60 s), ``victim`` 
 first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.started``
 holding the worker's pid),
 ``alloc`` (writes and frees 256 MiB; the record's ``rss_at_start_MB`` is the worker's resident
-memory when the movie began), ``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
+memory when the movie began), ``later`` (returns at once, leaving its outputs to write: ``write()`` takes 1 s; the record
+has ``began_at`` and ``written_at``, wall-clock s), ``stuck`` (the same, but its write hangs for
+60 s), ``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
 ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
 ``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
@@ -72,11 +74,22 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
     if name.startswith("bug"):
         raise KeyError("oops")
     outputs = {"sum": out_dir / f"{stem}.mrc", "motion": out_dir / f"{stem}.motion.json"}
-    outputs["sum"].write_text(f"{os.getpid()} {gain_reference} {extra}")
-    outputs["motion"].write_text(json.dumps({"movie": str(movie_path), "frames": 4, **extra}))
-    return SimpleNamespace(outputs=outputs, timings_s={"total": 0.01},
-                           record={"frames": 4, "pid": os.getpid(), "drift": {"total_A": 1.0},
-                                   "rss_at_start_MB": rss_at_start_MB})
+    record = {"frames": 4, "pid": os.getpid(), "drift": {"total_A": 1.0},
+              "rss_at_start_MB": rss_at_start_MB, "began_at": time.time()}
+
+    def write() -> SimpleNamespace:
+        outputs["sum"].write_text(f"{os.getpid()} {gain_reference} {extra}")
+        outputs["motion"].write_text(json.dumps({"movie": str(movie_path), "frames": 4, **extra}))
+        return SimpleNamespace(outputs=outputs, timings_s={"total": 0.01},
+                               record={**record, "written_at": time.time()})
+
+    if name.startswith(("later", "stuck")):
+        def write_later() -> SimpleNamespace:
+            time.sleep(60 if name.startswith("stuck") else 1.0)
+            return write()
+
+        return SimpleNamespace(write=write_later)
+    return write()
 
 
 def _resident_MB() -> float:
