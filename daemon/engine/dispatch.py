@@ -9,8 +9,8 @@ all correction with a growing delay (:class:`~daemon.engine.faults.Pause`), with
 against the movie, and the service reports itself unhealthy until a movie succeeds again.
 
 A movie a worker held while it died or was killed for another one (its outputs were being
-written while the next movie was corrected) comes back ``interrupted``: it is pending again at once,
-its attempt taken back, nothing counted against it.
+written while the next movie was corrected) comes back ``interrupted``: it is pending again at
+once, its attempt taken back, nothing counted against it.
 
 Each movie's time limit scales with its size (:class:`~daemon.engine.policy.EnginePolicy`) and is
 logged with ``movie_started``. Counters change only once the ledger has recorded the outcome: an

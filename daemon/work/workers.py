@@ -7,12 +7,14 @@ backlog. A runner that leaves its outputs to write (it returns an object with ``
 next movie while a thread writes them: one movie's writes (and quick-look pictures) overlap the
 next one's read and transforms, and a worker holds at most one movie being corrected plus one
 set of outputs being written (four images: 0.27 GB at 4096^2, 0.38 GB at K3 size). The movie
-comes back ``done`` only once its outputs are in place. A worker that dies (segfault, out-of-memory kill) or runs past its time limit (the
-pool's ``timeout_s``, or the task's own ``timeout_s``) is killed and replaced, and its task comes
-back as a failed :class:`Outcome` (the movie it held for the other, if any, as
-``interrupted``, not counted against it); the daemon goes on. A worker that cannot start at all (its
-interpreter gone, an import failing) never raises out of :meth:`WorkerPool.submit`: its task comes
-back as an ``unstarted`` outcome, which is not the movie's fault.
+comes back ``done`` only once its outputs are in place.
+
+A worker that dies (segfault, out-of-memory kill) or runs past its time limit (the pool's
+``timeout_s``, or the task's own ``timeout_s``) is killed and replaced, and its task comes back
+as a failed :class:`Outcome` (the other movie it held, if any, as ``interrupted``: not counted
+against it); the daemon goes on. A worker that cannot start at all (its interpreter gone, an
+import failing) never raises out of :meth:`WorkerPool.submit`: its task comes back as an
+``unstarted`` outcome, which is not the movie's fault.
 
 Workers ignore SIGINT and SIGTERM (the parent decides when they stop, so a first signal can let
 the movie in hand finish) and die with their parent (``PR_SET_PDEATHSIG`` on Linux, plus a

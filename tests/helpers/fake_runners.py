@@ -4,11 +4,10 @@ puts this folder on ``sys.path``, and worker processes inherit it through ``PYTH
 
 Name prefixes: ``crash`` (the worker kills itself), ``hang`` (60 s), ``victim`` (30 s on the
 first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.started``
-holding the worker's pid),
-``alloc`` (writes and frees 256 MiB; the record's ``rss_at_start_MB`` is the worker's resident
-memory when the movie began), ``later`` (returns at once, leaving its outputs to write: ``write()`` takes 1 s; the record
-has ``began_at`` and ``written_at``, wall-clock s), ``stuck`` (the same, but its write hangs for
-60 s), ``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
+holding the worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
+``rss_at_start_MB`` is the worker's resident memory when the movie began), ``later`` (returns
+at once, leaving its outputs to write: ``write()`` takes 1 s; the record has ``began_at`` and
+``written_at``, wall-clock s), ``stuck`` (the same, but its write hangs for 60 s), ``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
 ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
 ``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
