@@ -79,11 +79,12 @@ def _numpy_hugepage(enabled: bool | None) -> bool | None:
 
 
 class _Depth:
-    """How many :func:`movie_memory_settings` blocks are open in this process (the settings
-    are process-wide, so the count is too)."""
+    """The :func:`movie_memory_settings` blocks open in this process, and numpy's huge-page
+    advice from before the first (the settings are process-wide, so the count is too)."""
 
     lock = threading.Lock()
     open_blocks = 0
+    numpy_advice: bool | None = None
 
 
 @contextmanager
@@ -92,35 +93,34 @@ def movie_memory_settings() -> Iterator[None]:
     gives no huge-page advice; afterwards the heap's free memory is returned, large blocks
     are mapped on their own again and numpy's advice is restored.
 
-    Blocks nest: only the outermost one applies and undoes the settings. A caller that
-    corrects several movies in a row (``motionwatch correct`` on a list, a worker with
-    movies waiting) opens one around them all, so that each movie reuses the memory the one
-    before freed instead of faulting it in afresh (about 137,000 faults per 4096^2 x 10
-    movie with local motion), and the memory is returned once the run is over.
+    Blocks nest, also across threads: the first to open applies the settings and the last to
+    close undoes them. A caller that corrects several movies in a row (``motionwatch correct``
+    on a list, a worker with movies waiting) opens one around them all, so that each movie
+    reuses the memory the one before freed instead of faulting it in afresh (about 137,000
+    faults per 4096^2 x 10 movie with local motion), and the memory is returned once the run
+    is over.
     """
+    lib = _glibc()
     with _Depth.lock:
         _Depth.open_blocks += 1
-        outermost = _Depth.open_blocks == 1
-    lib = _glibc()
-    previous = None
-    if outermost:
-        if lib is not None:
-            lib.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
-            lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
-            lib.mallopt(_M_ARENA_MAX, 1)
-            lib.mallopt(_M_MMAP_MAX, 0)
-        previous = _numpy_hugepage(False)
+        if _Depth.open_blocks == 1:
+            if lib is not None:
+                lib.mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BYTES)
+                lib.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+                lib.mallopt(_M_ARENA_MAX, 1)
+                lib.mallopt(_M_MMAP_MAX, 0)
+            _Depth.numpy_advice = _numpy_hugepage(False)
     try:
         yield
     finally:
         with _Depth.lock:
             _Depth.open_blocks -= 1
-        if outermost:
-            if previous is not None:
-                _numpy_hugepage(previous)
-            if lib is not None:
-                lib.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                lib.malloc_trim(0)
+            if _Depth.open_blocks == 0:
+                if _Depth.numpy_advice is not None:
+                    _numpy_hugepage(_Depth.numpy_advice)
+                if lib is not None:
+                    lib.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                    lib.malloc_trim(0)
 
 
 def zeros_written(shape: int | tuple[int, ...], dtype: np.typing.DTypeLike = np.float32

@@ -157,3 +157,34 @@ def test_blocks_nest_and_only_the_outermost_returns_the_memory():
             faults = _faults_of_a_block_after_one_was_freed(size)
         assert faults < size // 4096 / 10
     assert _resident_MB() - before < 64
+
+
+def test_blocks_open_in_two_threads_keep_the_settings_until_the_last_one_closes():
+    """Dask runs several movies at once in threads of one worker: the one that began first
+    may finish first, and must not undo the settings under the other."""
+    import threading
+
+    before = multiarray._get_madvise_hugepage()
+    first_open, second_open, first_closed = (threading.Event() for _ in range(3))
+    seen = []
+
+    def first():
+        with movie_memory_settings():
+            first_open.set()
+            second_open.wait(5)
+        first_closed.set()
+
+    def second():
+        first_open.wait(5)
+        with movie_memory_settings():
+            second_open.set()
+            first_closed.wait(5)
+            seen.append(multiarray._get_madvise_hugepage())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [False]  # still the movie setting after the first block closed
+    assert multiarray._get_madvise_hugepage() == before
