@@ -191,23 +191,25 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
 def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
                           ) -> tuple[float, float, float]:
     """``(total, early, late)`` accumulated motion in unbinned movie pixels, as RELION computes
-    ``rlnAccumMotionTotal/Early/Late`` (module docstring)."""
+    ``rlnAccumMotionTotal/Early/Late`` (module docstring).
+
+    Frames without a shift (thrown) are skipped: each step runs from the last observed shift
+    (from 0 for the first observed frame after frame 1). Vectorised: the micrographs STAR file
+    is rewritten with every movie of a session as each one finishes, so this runs for all of
+    them each time (a loop over frames took 0.3 s per rewrite at 1,000 movies of 40 frames).
+    """
+    shifts = np.asarray(motion.shifts_px, dtype=np.float64)[:motion.frames_in_movie]
     dose_at_end = motion.pre_exposure_e_A2 + np.cumsum(motion.frame_doses_e_A2)
-    total = early = late = 0.0
-    prev = np.zeros(2)
-    for f in range(1, motion.frames_in_movie + 1):  # 1-based, as RELION
-        s = motion.shifts_px[f - 1]
-        if not np.all(np.isfinite(s)):
-            continue
-        if f >= 2:
-            d = float(math.hypot(*(s - prev)))
-            total += d
-            if dose_at_end[f - 1] <= dose_cutoff_e_A2 + 1e-9:
-                early += d
-            else:
-                late += d
-        prev = s
-    return total, early, late
+    observed = np.flatnonzero(np.all(np.isfinite(shifts), axis=1))
+    if observed.size == 0:
+        return 0.0, 0.0, 0.0
+    at = shifts[observed]
+    before = np.vstack([np.zeros((1, 2)), at[:-1]])  # the last observed shift (or 0)
+    step = np.hypot(at[:, 0] - before[:, 0], at[:, 1] - before[:, 1])
+    counted = observed >= 1  # RELION counts steps into frames 2, 3 ... (1-based)
+    early = dose_at_end[observed] <= dose_cutoff_e_A2 + 1e-9
+    return (float(step[counted].sum()), float(step[counted & early].sum()),
+            float(step[counted & ~early].sum()))
 
 
 def motion_star_path(motion_path: str | Path) -> Path:

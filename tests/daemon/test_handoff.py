@@ -83,6 +83,31 @@ def test_accumulated_motion_splits_early_and_late_at_relions_dose_cutoff():
     assert accumulated_motion_px(m, dose_cutoff_e_A2=100.0) == pytest.approx((6, 6, 0))
 
 
+def test_accumulated_motion_of_a_long_walk_with_thrown_frames_follows_relions_rule():
+    """60 frames of a random 2-D walk, some frames without a shift (the first two among
+    them): every step between consecutive observed frames counts, a step into frame f is early
+    when the dose at the end of frame f is at most the cutoff, and the first observed frame's
+    step runs from 0 when it is not frame 1."""
+    rng = np.random.default_rng(3)
+    m = _motion(np.zeros(60), [0.5] * 60, 1.0)
+    m.shifts_px[:] = np.cumsum(rng.normal(0, 0.7, (60, 2)), axis=0)
+    m.shifts_px[[0, 1, 17, 18, 40]] = np.nan
+    dose_at_end = 1.0 + 0.5 * np.arange(1, 61)
+    total = early = late = 0.0
+    last = np.zeros(2)
+    for f in range(60):
+        if not np.isfinite(m.shifts_px[f]).all():
+            continue
+        step = float(np.linalg.norm(m.shifts_px[f] - last))
+        total += step
+        if dose_at_end[f] <= 4.0:
+            early += step
+        else:
+            late += step
+        last = m.shifts_px[f]
+    assert accumulated_motion_px(m, dose_cutoff_e_A2=4.0) == pytest.approx((total, early, late))
+
+
 def test_motion_star_shift_is_minus_the_known_displacement_in_unbinned_pixels(tmp_path):
     """A movie with a known drift of ~12 px, binned 2x, first frame thrown."""
     rng = np.random.default_rng(5)
