@@ -671,8 +671,8 @@ class WorkerPool:
                     continue
                 slot.tasks_done += 1
                 outcomes.append(message)
-        except (EOFError, OSError):
-            pass
+        except (EOFError, OSError):  # the worker is gone: _failures reports its tasks
+            return outcomes
         return outcomes
 
     def _failures(self, index: int, slot: _Slot) -> list[Outcome]:
