@@ -6,8 +6,11 @@ backlog. A runner that leaves its outputs to write (it returns an object with ``
 :func:`correction.pipeline.prepare_movie` does) lets the worker say ``writing`` and take the
 next movie while a thread writes them: one movie's writes (and quick-look pictures) overlap the
 next one's read and transforms, and a worker holds at most one movie being corrected plus one
-set of outputs being written (four images: 0.27 GB at 4096^2, 0.38 GB at K3 size). The movie
-comes back ``done`` only once its outputs are in place.
+set of outputs being written (four images: 0.27 GB at 4096^2, 0.38 GB at K3 size). The writer
+thread runs 10 steps nicer than the worker, so the next movie's threads keep the cores and the
+writes fill the gaps they leave (on the 2-core test machine, at the same priority the overlap
+gained 2 % per movie, nicer 2-3 % more). The movie comes back ``done`` only once its outputs
+are in place.
 
 A worker that dies (segfault, out-of-memory kill) or runs past its time limit (the pool's
 ``timeout_s``, or the task's own ``timeout_s``) is killed and replaced, and its task comes back
@@ -58,6 +61,7 @@ DEFAULT_RUNNER = "correction.pipeline:prepare_movie"
 OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error", "unstarted",
                       "interrupted"]
 
+_WRITER_NICENESS = 10  # the writer thread's niceness above the worker's
 _HOLD_MEMORY_S = 2.0  # a worker idle this long hands its freed memory back to the system
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE})
 
@@ -320,6 +324,18 @@ def execute_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
     return begun if isinstance(begun, Outcome) else finish_task(begun)
 
 
+def _write_in_background(begun: _Begun) -> Outcome:
+    """:func:`finish_task` at a lower CPU priority (nice + ``_WRITER_NICENESS`` for this
+    thread): the next movie's threads keep the cores, the writes and pictures fill the gaps
+    they leave."""
+    try:  # Linux: a thread is a task of its own, with its own niceness
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + _WRITER_NICENESS))
+    except (AttributeError, OSError):  # pragma: no cover - another platform: same priority
+        pass
+    return finish_task(begun)
+
+
 def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None,
                  preload_gain: Any = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -370,7 +386,7 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
                 writer.join()
             # the parent may give the next movie now; this one's outcome follows its writes
             send(("writing", begun.task.task_id))
-            writer = threading.Thread(target=lambda b=begun: send(finish_task(b)),
+            writer = threading.Thread(target=lambda b=begun: send(_write_in_background(b)),
                                       name="motionwatch-writer")
             writer.start()
             del begun

@@ -89,6 +89,8 @@ def test_a_worker_corrects_the_next_movie_while_the_outputs_of_one_are_written(
     assert first.kind == second.kind == "done"
     assert second.record["began_at"] < first.record["written_at"]
     assert all(Path(p).exists() for r in (first, second) for p in r.outputs.values())
+    # the writes yield the cores to the next movie's threads
+    assert first.record["writer_niceness"] == min(19, first.record["worker_niceness"] + 10)
 
 
 def test_a_worker_that_dies_on_the_next_movie_interrupts_the_one_being_written(

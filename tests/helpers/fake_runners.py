@@ -7,8 +7,9 @@ first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.st
 holding the worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
 ``rss_at_start_MB`` is the worker's resident memory when the movie began), ``later`` (returns
 at once, leaving its outputs to write: ``write()`` takes 1 s; the record has ``began_at`` and
-``written_at``, wall-clock s), ``stuck`` (the same, but its write hangs for 60 s), ``bad`` (a bad movie: ``not a movie: 3 of 6 frames readable``), ``never`` (must not run),
-``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
+``written_at``, wall-clock s, and the niceness of the threads that corrected and wrote it),
+``stuck`` (the same, but its write hangs for 60 s), ``bad`` (a bad movie: ``not a movie: 3 of
+6 frames readable``), ``never`` (must not run), ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
 ``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
 writes ``<stem>.mrc`` (the worker's pid, the gain it was given, the extra record) and
@@ -74,13 +75,15 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
         raise KeyError("oops")
     outputs = {"sum": out_dir / f"{stem}.mrc", "motion": out_dir / f"{stem}.motion.json"}
     record = {"frames": 4, "pid": os.getpid(), "drift": {"total_A": 1.0},
+              "worker_niceness": _niceness(),
               "rss_at_start_MB": rss_at_start_MB, "began_at": time.time()}
 
     def write() -> SimpleNamespace:
         outputs["sum"].write_text(f"{os.getpid()} {gain_reference} {extra}")
         outputs["motion"].write_text(json.dumps({"movie": str(movie_path), "frames": 4, **extra}))
         return SimpleNamespace(outputs=outputs, timings_s={"total": 0.01},
-                               record={**record, "written_at": time.time()})
+                               record={**record, "written_at": time.time(),
+                                       "writer_niceness": _niceness()})
 
     if name.startswith(("later", "stuck")):
         def write_later() -> SimpleNamespace:
@@ -89,6 +92,13 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
 
         return SimpleNamespace(write=write_later)
     return write()
+
+
+def _niceness() -> int:
+    """This thread's niceness (Linux: a thread is a task of its own)."""
+    import threading
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 def _resident_MB() -> float:
