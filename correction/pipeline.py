@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,27 @@ class _Grids:
     align: tuple[int, int]       # alignment grid
     out_px_per_align_px: tuple[float, float]
     bin_yx: tuple[float, float]  # input px per output px, per axis
+
+
+@dataclass(frozen=True, slots=True)
+class _BinnedFrames:
+    """The Fourier-binned output frames for the local sums, one inverse FFT each from
+    ``frame_spectrum(i)``. A class of the module, not of the function that corrects a movie:
+    a class made per call is a reference cycle, and it kept the movie's frames (through the
+    closures it referred to) alive until the garbage collector ran, so that the next movie
+    of a run could start with the previous one's frames still in memory."""
+
+    n: int
+    frame_spectrum: Callable[[int], np.ndarray]
+    grids: _Grids
+    workers: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        image = irfft2(self.frame_spectrum(i), self.grids.padded_out, workers=self.workers)
+        return image[:self.grids.out_yx[0], :self.grids.out_yx[1]]
 
 
 def _grids(frame_yx: tuple[int, int], bin_factor: float, margin_out_px: int,
@@ -830,18 +852,9 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         # tiles make the sums even when the model is not applied, with the global shifts alone
         # (no spectra kept: see sums_from_tiles above)
         t = time.perf_counter()
-
-        class _BinnedFrames:  # the Fourier-binned frames, one inverse FFT each
-            def __len__(self) -> int:
-                return n
-
-            def __getitem__(self, i: int) -> np.ndarray:
-                spec = kept[i] if keep else spectrum(i)
-                return irfft2(spec, grids.padded_out, workers=workers)[
-                    :grids.out_yx[0], :grids.out_yx[1]]
-
-        frames_out = _BinnedFrames() if binned else _GainedRows(used, arith, plan, fill,
-                                                                 grids.padded_in)
+        frames_out = (_BinnedFrames(n, (lambda i: kept[i]) if keep else spectrum, grids,
+                                    workers) if binned else
+                      _GainedRows(used, arith, plan, fill, grids.padded_in))
         tiles = local_sums(frames_out, shifts_out, local.model if local.applied else None,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            dose_end_e_A2=dose_end, voltage_kV=params.dose.voltage_kV,

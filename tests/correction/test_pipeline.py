@@ -97,6 +97,33 @@ def test_a_prepared_movie_writes_nothing_until_asked_and_then_what_correct_movie
     assert "write" in result.timings_s and "quicklook" in written["timings_s"]
 
 
+@pytest.mark.parametrize("bin_factor", [1.0, 2.0])
+def test_a_corrected_movie_leaves_no_reference_cycle_that_holds_its_frames(
+        movie_files, tmp_path, bin_factor):
+    """In a run of movies (``correct`` on a list, a daemon worker) the next movie must not
+    start while the previous one's frames wait for the garbage collector: everything the
+    correction made is freed when it returns (a class defined per call once kept the
+    decoded frames, 0.9 GB for K3 x 40, alive through the closures it referred to)."""
+    import gc
+
+    folder, _ = movie_files
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2),
+                              read=ReadParams(bin_factor=bin_factor),
+                              gain=GainParams(gain_path=folder / "gain.mrc"))
+    gc.collect()
+    gc.disable()
+    try:
+        correct_movie(folder / "mov.mrc", tmp_path / "out", params)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        held = [o for o in gc.garbage if isinstance(o, np.ndarray)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not held, [(a.shape, a.dtype) for a in held]
+
+
 def test_movie_without_pixel_size_in_header_or_params_is_an_error(movie_files, tmp_path):
     folder, syn = movie_files
     _write_movie(tmp_path / "nopix.mrc", syn.frames[:3], pixel_size_A=None)
