@@ -328,11 +328,10 @@ def _write_in_background(begun: _Begun) -> Outcome:
     """:func:`finish_task` at a lower CPU priority (nice + ``_WRITER_NICENESS`` for this
     thread): the next movie's threads keep the cores, the writes and pictures fill the gaps
     they leave."""
-    try:  # Linux: a thread is a task of its own, with its own niceness
+    # Linux: a thread is a task of its own, with its own niceness (elsewhere: same priority)
+    with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
                        min(19, os.getpriority(os.PRIO_PROCESS, 0) + _WRITER_NICENESS))
-    except (AttributeError, OSError):  # pragma: no cover - another platform: same priority
-        pass
     return finish_task(begun)
 
 
@@ -426,7 +425,7 @@ class _Slot:
         """When the task (or the task being written) runs past its limit: the earlier."""
         nearest = float("inf")
         if self.writing is not None:
-            limit = self.writing.timeout_s if self.writing.timeout_s is not None else timeout_s
+            limit = self.writing_limit_s(timeout_s)
             nearest = float("inf") if limit is None else self.writing_started_s + limit
         if self.task is None:
             return nearest
@@ -437,12 +436,17 @@ class _Slot:
             own = self.sent_s + startup_s + (0.0 if limit is None else limit)
         return min(nearest, own)
 
+    def writing_limit_s(self, timeout_s: float | None) -> float | None:
+        """The time limit of the task being written: its own, else the pool's."""
+        if self.writing is not None and self.writing.timeout_s is not None:
+            return self.writing.timeout_s
+        return timeout_s
+
     def writing_overdue(self, timeout_s: float | None, now: float) -> bool:
         """The task being written has run past its limit (counted from when it began)."""
-        if self.writing is None:
-            return False
-        limit = self.writing.timeout_s if self.writing.timeout_s is not None else timeout_s
-        return limit is not None and now > self.writing_started_s + limit
+        limit = self.writing_limit_s(timeout_s)
+        return self.writing is not None and limit is not None \
+            and now > self.writing_started_s + limit
 
     def empty(self) -> bool:
         return self.task is None and self.writing is None
@@ -724,7 +728,7 @@ class WorkerPool:
                                             error=f"worker process could not start ({how})"))
         elif now > slot.deadline(self._timeout_s, self._startup_s):
             if slot.writing_overdue(self._timeout_s, now):
-                limit = writing.timeout_s if writing.timeout_s is not None else self._timeout_s
+                limit = slot.writing_limit_s(self._timeout_s)
                 outcomes.append(Outcome(writing.task_id, "timeout", worker_pid=pid,
                                         error=f"timed out after {limit:g} s (writing its "
                                               f"outputs); worker killed"))
