@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from correction.align_global import (estimate_shifts, frame_groups,
                                      interpolate_group_shifts, leave_one_out_oracle)
@@ -73,12 +74,12 @@ def test_a_small_window_is_searched_without_full_maps_and_finds_the_same_shifts(
 
     def run(first_local_px: int) -> tuple[np.ndarray, int]:
         maps = []
-        real = align_global.irfft2
+        real = align_global._window_maps
         monkeypatch.setattr(align_global, "_FIRST_LOCAL_MAX_PX", first_local_px)
-        monkeypatch.setattr(align_global, "irfft2",
+        monkeypatch.setattr(align_global, "_window_maps",
                             lambda c, *a, **k: maps.append(len(c)) or real(c, *a, **k))
         found = estimate_shifts(spectra, params=params, output_px_per_grid_px=4.0).shifts_yx_px
-        monkeypatch.setattr(align_global, "irfft2", real)
+        monkeypatch.setattr(align_global, "_window_maps", real)
         return found, sum(maps)
 
     full, full_maps = run(0)
@@ -86,6 +87,23 @@ def test_a_small_window_is_searched_without_full_maps_and_finds_the_same_shifts(
     assert full_maps == 12 and local_maps == 1  # frame 5's map alone
     np.testing.assert_allclose(local, full, atol=1e-4)
     assert _rms(local, truth) < 0.05  # grid px; later iterations follow frame 5 out
+
+
+@pytest.mark.parametrize("shape, window_px", [((96, 128), 7.0), ((90, 64), 40.0)])
+def test_the_searched_window_of_a_map_holds_the_whole_maps_values_around_zero(shape, window_px):
+    """Only the window's rows are transformed along x; the values are the full inverse
+    FFT's, on the window and a border of one (wrapping when the window spans the map)."""
+    from correction.align_global import _window_maps
+
+    rng = np.random.default_rng(6)
+    ny, nx = shape
+    corr = rfft2(rng.normal(size=(3, ny, nx)).astype(np.float32))
+    full = irfft2(corr.copy(), shape)
+    wy, wx = min(int(window_px), ny // 2 - 1), min(int(window_px), nx // 2 - 1)
+    blocks = _window_maps(corr.copy(), shape, window_px, workers=1)
+    assert blocks.shape == (3, 2 * wy + 3, 2 * wx + 3)
+    dy, dx = np.meshgrid(np.arange(-wy - 1, wy + 2), np.arange(-wx - 1, wx + 2), indexing="ij")
+    np.testing.assert_allclose(blocks, full[:, dy % ny, dx % nx], rtol=0, atol=1e-5)
 
 
 def test_frame_groups_and_interpolation_of_group_centres():
