@@ -40,6 +40,7 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -268,21 +269,60 @@ def write_motion_star(motion: MovieMotion, *, gain_name: str | None = None) -> P
 
 
 RELION_GAIN_NAME = "motionwatch_gain.mrc"
+_GAIN_STAMP_PREFIX = "motionwatch gain stamp "
+
+
+def relion_gain_stamp(gain_params: Any) -> str:
+    """A digest of the gain settings and of the files they name (absolute path, size,
+    modification time): equal stamps mean the same gain in the same orientation."""
+    parts = [repr(gain_params)]
+    for name in ("gain_path", "dark_path", "defects_path"):
+        path = getattr(gain_params, name, None)
+        if path is not None:
+            st = Path(path).stat()
+            parts.append(f"{name}={Path(path).absolute()}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _written_stamp(path: Path) -> str | None:
+    """The stamp in the labels of an earlier ``motionwatch_gain.mrc`` (header only), if any."""
+    import mrcfile  # noqa: PLC0415
+
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            labels = [bytes(label).decode("ascii", "replace").strip()
+                      for label in mrc.header.label[:int(mrc.header.nlabl)]]
+    except (OSError, ValueError):
+        return None
+    stamps = [label[len(_GAIN_STAMP_PREFIX):] for label in labels
+              if label.startswith(_GAIN_STAMP_PREFIX)]
+    return stamps[0] if stamps else None
 
 
 def write_relion_gain(out_dir: str | Path, gain_params: Any) -> Path | None:
     """The gain reference as RELION's polishing reads it: an MRC in the movie's orientation
-    (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects, written once
-    to ``OUT/motionwatch_gain.mrc``; None without a gain."""
+    (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects, at
+    ``OUT/motionwatch_gain.mrc``; None without a gain.
+
+    Its labels hold :func:`relion_gain_stamp`: a restart with the same gain files and settings
+    leaves the file as it is (a super-resolution gain takes 2 s to load and 377 MB to write);
+    another gain, orientation or a changed file writes it again."""
     from correction.gain import load_gain_reference
     from correction.write import write_mrc_atomic
 
+    if getattr(gain_params, "gain_path", None) is None:
+        return None
+    path = Path(out_dir) / RELION_GAIN_NAME
+    stamp = relion_gain_stamp(gain_params)
+    if path.is_file() and _written_stamp(path) == stamp:
+        return path
     reference = load_gain_reference(gain_params)
     if reference is None:
         return None
-    return write_mrc_atomic(Path(out_dir) / RELION_GAIN_NAME,
-                            np.asarray(reference.gain, dtype=np.float32), pixel_size_A=None,
-                            labels=("motionwatch: gain in the movie orientation, for RELION",))
+    return write_mrc_atomic(path, np.asarray(reference.gain, dtype=np.float32),
+                            pixel_size_A=None,
+                            labels=("motionwatch: gain in the movie orientation, for RELION",
+                                    _GAIN_STAMP_PREFIX + stamp))
 
 
 def relative_to(path: str | Path, root: str | Path) -> str:

@@ -384,3 +384,47 @@ def test_polishing_gets_the_gain_as_mrc_in_the_movies_orientation_named_in_each_
         np.testing.assert_allclose(mrc.data, m.gain.astype(np.float32), rtol=1e-6)
     general = starfile.read(out / "spa_0.star", always_dict=True)["general"]
     assert general["rlnMicrographGainName"] == "motionwatch_gain.mrc"
+
+
+def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_changes(
+        tmp_path, monkeypatch):
+    """A restart with the same gain leaves ``motionwatch_gain.mrc`` alone (a super-resolution
+    gain takes seconds to load and 377 MB to write on every start); another orientation, or
+    a gain file written anew, replaces it with the gain as it now is."""
+    import mrcfile
+
+    import correction.gain
+    from correction.params import GainParams
+    from daemon.handoff.relion import write_relion_gain
+
+    rng = np.random.default_rng(4)
+    gain = rng.uniform(0.8, 1.2, (48, 64)).astype(np.float32)
+    gain_path = tmp_path / "gain.mrc"
+    with mrcfile.new(gain_path) as mrc:
+        mrc.set_data(gain)
+    out = tmp_path / "out"
+    out.mkdir()
+    upright = GainParams(gain_path=gain_path)
+    written = write_relion_gain(out, upright)
+    first = written.stat()
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the gain was loaded again for an unchanged file")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(correction.gain, "load_gain_reference", must_not_load)
+        assert write_relion_gain(out, upright) == written
+    again = written.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+    turned = GainParams(gain_path=gain_path, rotate_quarter_turns=1)
+    write_relion_gain(out, turned)
+    with mrcfile.open(written) as mrc:  # MotionCor2's -RotGain 1: numpy rot90(k=-1)
+        np.testing.assert_array_equal(mrc.data, np.rot90(gain, k=-1))
+
+    with mrcfile.new(gain_path, overwrite=True) as mrc:  # the same name, a new gain
+        mrc.set_data(2 * gain)
+    os.utime(gain_path, ns=(first.st_mtime_ns + 10**9, first.st_mtime_ns + 10**9))
+    write_relion_gain(out, turned)
+    with mrcfile.open(written) as mrc:
+        np.testing.assert_allclose(mrc.data, np.rot90(2 * gain, k=-1), rtol=1e-6)
