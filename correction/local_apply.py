@@ -406,10 +406,11 @@ def _band_tiles(band: tuple[int, int, int, int], n_tx: int) -> tuple[int, int]:
 class _RowSource:
     """Uniform band access to the frames: an array's rows are views, a :class:`FrameRows`
     computes them, any other sequence is read frame by frame into blocks of float32 frames
-    that fit ``_BLOCK_BYTES`` (each frame read once)."""
+    that fit ``block_bytes`` (each frame read once)."""
 
     def __init__(self, frames: Sequence[np.ndarray] | np.ndarray | FrameRows, n: int,
-                 shape_yx: tuple[int, int], fill: float | np.ndarray | None) -> None:
+                 shape_yx: tuple[int, int], fill: float | np.ndarray | None,
+                 block_bytes: int = _BLOCK_BYTES) -> None:
         self.frames, self.n, self.shape_yx = frames, n, shape_yx
         ny, nx = shape_yx
         if isinstance(frames, np.ndarray):
@@ -420,7 +421,7 @@ class _RowSource:
             self.kind = "rows"
         else:
             self.kind = "sequence"
-        per_block = max(1, _BLOCK_BYTES // max(1, ny * nx * 4))
+        per_block = max(1, int(block_bytes) // max(1, ny * nx * 4))
         self.blocks = ([(0, n)] if self.kind != "sequence" else
                        [(b, min(n, b + per_block)) for b in range(0, n, per_block)])
         self.fill = fill
@@ -504,6 +505,31 @@ class _BandScratch:
                    np.empty((n_acc, max_band, size, half), np.complex64))
 
 
+@dataclass(frozen=True, slots=True)
+class _FramesOf:
+    """Frames ``first:first + n`` of a field of the whole movie."""
+
+    field: DisplacementField
+    first: int
+    n: int
+
+    def displacement_yx_px(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self.field.displacement_yx_px(y, x)[self.first:self.first + self.n]
+
+
+def _frames_of(field: DisplacementField, first: int, n: int, n_movie: int
+               ) -> DisplacementField:
+    """``field`` for ``n`` frames from ``first``: as it is when it has ``n`` frames, else its
+    frames ``first:first + n`` when it has the movie's ``n_movie``."""
+    frames = field.displacement_yx_px(np.zeros(1), np.zeros(1)).shape[0]
+    if frames == n_movie and n < n_movie:
+        return _FramesOf(field, first, n)
+    if frames == n:
+        return field
+    raise ValueError(f"the local model has {frames} frames: neither these {n} nor the "
+                     f"movie's {n_movie}")
+
+
 def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                global_shifts_yx_px: np.ndarray,
                model: DisplacementField | None, *, pixel_size_A: float,
@@ -511,7 +537,10 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                tile_px: int | None = None, overlap_px: int | None = None,
                fill: float | np.ndarray | None = None,
                shape_yx: tuple[int, int] | None = None, taylor: bool | None = None,
-               workers: int = -1) -> LocalSums:
+               workers: int = -1, first_frame: int = 0,
+               movie_dose_end_e_A2: np.ndarray | None = None,
+               add_to: LocalSums | None = None,
+               block_bytes: int | None = None) -> LocalSums:
     """Motion-corrected plain, dose-weighted, even and odd sums with global + local shifts.
 
     The frame is processed in bands of tile rows (about ``_BAND_ROWS_PX`` rows): for each band
@@ -519,9 +548,14 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     then transformed back and blended into the four images. The accumulators of one band stay
     in the processor's cache over all frames, and memory beyond the four images and the frames
     is that of one band, whatever the frame count. A plain sequence of frames (no rows access)
-    is read in blocks of frames that fit ``_BLOCK_BYTES``; with more than one block the parts
+    is read in blocks of frames that fit ``block_bytes``; with more than one block the parts
     of each sum (``S``, and ``G_y``, ``G_x`` with the first-order term) are kept for all
     bands, each block's added to them.
+
+    The sums of a movie can be made in parts (consecutive frames, each call given the
+    movie's doses, where its frames start, and the sums of the parts before): each sum's
+    normalisation and the parity of its frames are the movie's, so the parts add up to the
+    sums of all frames at once (to float rounding).
 
     Parameters
     ----------
@@ -551,6 +585,18 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         :func:`plan_tiles`. Ignored without a model.
     workers : int
         Threads for :mod:`scipy.fft`.
+    first_frame : int
+        Index of ``frames[0]`` in the movie (even/odd are the movie's 0-based indices).
+    movie_dose_end_e_A2 : ndarray, optional
+        Accumulated dose at the end of every frame of the movie (default: these frames); the
+        dose weights' normalisation of each sum is taken over the movie's frames of that sum.
+        ``dose_end_e_A2`` must be its part from ``first_frame``. A model of the movie's
+        frames is read from ``first_frame`` on.
+    add_to : LocalSums, optional
+        Sums of the movie's other parts: this part's are added into them (and returned).
+    block_bytes : int, optional
+        Frames of a plain sequence read at once (default ``_BLOCK_BYTES``); all frames in one
+        block keep no parts across blocks.
 
     Returns
     -------
@@ -561,7 +607,16 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     ny, nx = (int(v) for v in (shape_yx if shape_yx is not None else frames.shape[1:]))
     g = np.asarray(global_shifts_yx_px, dtype=np.float64).reshape(n, 2)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64).reshape(n)
-    plan = plan_tiles(model, (ny, nx))
+    first = int(first_frame)
+    movie_dose = (dose_end if movie_dose_end_e_A2 is None else
+                  np.asarray(movie_dose_end_e_A2, dtype=np.float64).ravel())
+    if first < 0 or first + n > movie_dose.size or \
+            not np.allclose(movie_dose[first:first + n], dose_end, rtol=1e-12, atol=0):
+        raise ValueError(f"frames {first}..{first + n - 1}: their doses are not the movie's "
+                         f"from frame {first} ({movie_dose.size} frames)")
+    plan = plan_tiles(model, (ny, nx))  # the movie's field: every part gets the same tiles
+    if model is not None:
+        model = _frames_of(model, first, n, movie_dose.size)
     taylor = plan.taylor if taylor is None else bool(taylor and model is not None)
     if tile_px is None:
         tile_px = plan.tile_px
@@ -574,7 +629,8 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     shape_t = (size, size)
     n_tiles = len(layout.origins_yx)
     n_ty, n_tx = layout.n_tiles_yx
-    source = _RowSource(frames, n, (ny, nx), fill)
+    source = _RowSource(frames, n, (ny, nx), fill,
+                        _BLOCK_BYTES if block_bytes is None else int(block_bytes))
 
     shifts = np.broadcast_to(g[:, None, :], (n, n_tiles, 2)).copy()
     if model is not None:
@@ -588,22 +644,24 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     jacobian_flat = jacobian.reshape(n, n_tiles, _N_JACOBIAN) if taylor else None
 
     k_per_A = np.sqrt(radial_frequency_sq(shape_t, scale_yx=(pixel_size_A, pixel_size_A)))
-    even = np.arange(n) % 2 == 0
+    even = (first + np.arange(n)) % 2 == 0  # the movie's parity
     half_t = (size, size // 2 + 1)
     # real weights interleaved (each value twice) to scale complex64 viewed as float32 pairs
     weights = np.repeat(dose_weights(k_per_A, dose_end, voltage_kV,  # relative: no underflow
-                                     reference_dose_e_A2=dose_end[0]).astype(np.float32), 2,
+                                     reference_dose_e_A2=movie_dose[0]).astype(np.float32), 2,
                         axis=-1)  # (n, T, 2 * (T // 2 + 1))
 
     def norm2(selected: np.ndarray) -> np.ndarray | None:
-        # sqrt(n / sum w^2) over the frames of this sum (correction.dose), interleaved
+        # sqrt(n / sum w^2) over the movie's frames of this sum (correction.dose), interleaved
         if not selected.any():
             return None
-        norm = weight_normalisation(k_per_A, dose_end[selected], voltage_kV,
-                                    reference_dose_e_A2=dose_end[0])
+        norm = weight_normalisation(k_per_A, movie_dose[selected], voltage_kV,
+                                    reference_dose_e_A2=movie_dose[0])
         return np.repeat(norm.astype(np.float32), 2, axis=-1)
 
-    norms = {"dw": norm2(np.ones(n, bool)), "even": norm2(even), "odd": norm2(~even)}
+    movie_even = np.arange(movie_dose.size) % 2 == 0
+    norms = {"dw": norm2(np.ones(movie_dose.size, bool)), "even": norm2(movie_even),
+             "odd": norm2(~movie_even)}
     two_pi = 2.0 * np.pi / size
     k_y = np.fft.fftfreq(size, d=1.0 / size)  # integer frequencies of the tile
     k_x = np.arange(size // 2 + 1, dtype=np.float64)
@@ -643,7 +701,13 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
     if not single:
         all_accs = zeros_written((3 * n_parts, n_tiles) + half_t, np.complex64)
     # written zeros, not np.zeros: the tiles are added into them (allocator.zeros_written)
-    images = {name: zeros_written((ny, nx)) for name in ("plain", "dw", "even", "odd")}
+    if add_to is None:
+        images = {name: zeros_written((ny, nx)) for name in ("plain", "dw", "even", "odd")}
+    else:
+        images = {"plain": add_to.plain, "dw": add_to.dose_weighted, "even": add_to.even,
+                  "odd": add_to.odd}
+        if any(im.shape != (ny, nx) or im.dtype != np.float32 for im in images.values()):
+            raise ValueError(f"add_to must hold float32 images of shape {(ny, nx)}")
     place_lock = threading.Lock()  # neighbouring bands share the rows of their overlap
     local = threading.local()
 

@@ -39,8 +39,9 @@ Steps of :func:`correct_movie`:
 
 Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
 the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``, else
-none (:func:`frames_kept`): the forward pass then makes only the alignment data, and the sums
-transform every frame once more. With a patch grid on unbinned output none are kept: the sums
+those of the first frames as far as they raise no stage of the predicted peak
+(:func:`frames_kept`): the forward pass makes only the alignment data of the others, and the
+sums transform those once more. With a patch grid on unbinned output none are kept: the sums
 come from the tiles of :func:`local_apply.local_sums` whether the local model is applied or
 not. The local
 sums read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
@@ -279,6 +280,17 @@ class _Grids:
 
 
 @dataclass(frozen=True, slots=True)
+class _From:
+    """``source(first + i)``: frames of a part of the movie by their index in the part."""
+
+    source: Callable[[int], np.ndarray]
+    first: int
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.source(self.first + i)
+
+
+@dataclass(frozen=True, slots=True)
 class _BinnedFrames:
     """The Fourier-binned output frames for the local sums, one inverse FFT each from
     ``frame_spectrum(i)``. A class of the module, not of the function that corrects a movie:
@@ -355,11 +367,17 @@ class MemoryEstimate:
 _BASE_BYTES = 300 << 20  # interpreter, numpy/scipy/tifffile and the CLI's imports, FFT plans
 
 
-def frames_kept(n_frames: int, spectrum_bytes: int, *, sums_from_tiles: bool = False) -> int:
+def frames_kept(n_frames: int, spectrum_bytes: int, *, sums_from_tiles: bool = False,
+                peak_for: Callable[[int], int] | None = None) -> int:
     """How many frames' output spectra (``spectrum_bytes`` each) are kept from the forward
-    pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``, else none (the forward
-    pass then makes the alignment crop alone, and every frame is transformed once for the
-    sums: cheaper than keeping some and transforming the others twice).
+    pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``; else those of the first
+    frames, as many as fit the budget without raising ``peak_for(k)``, the predicted peak
+    with ``k`` kept (:func:`_stage_bytes`), above its value with none: they take memory that
+    a later stage needs anyway (the local sums' accumulators, the running sums). The forward
+    pass makes the alignment crop alone for the others, which the sums transform once more;
+    a kept frame is transformed once (its alignment crop cut from its spectrum), a frame not
+    kept twice (super-resolution frame on 2 cores: 0.36-0.48 s for the binned grid's crop,
+    0.26-0.30 s for the alignment crop alone). Without ``peak_for`` none are kept then.
 
     None when the sums come from the tiles of :func:`local_apply.local_sums`
     (``sums_from_tiles``: a patch grid on unbinned output), whether the local model is
@@ -369,7 +387,58 @@ def frames_kept(n_frames: int, spectrum_bytes: int, *, sums_from_tiles: bool = F
     the tiles with the global shifts cost about 0.5 s more than summing kept spectra."""
     if sums_from_tiles:
         return 0
-    return n_frames if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES else 0
+    if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES:
+        return n_frames
+    if peak_for is None:
+        return 0
+    most = min(n_frames - 1, _SPECTRA_BUDGET_BYTES // max(1, spectrum_bytes))
+    ceiling = peak_for(0)
+    return max((k for k in range(most + 1) if peak_for(k) <= ceiling), default=0)
+
+
+def _frames_kept_for(g: _Grids, n: int, params: CorrectionParams, spectrum_bytes: int) -> int:
+    """:func:`frames_kept` for a movie of ``n`` frames on grids ``g``."""
+    binned = g.padded_in != g.padded_out
+    return frames_kept(n, spectrum_bytes,
+                       sums_from_tiles=params.align.local_enabled and not binned,
+                       peak_for=lambda k: max(_stage_bytes(g, n, params, k).values()))
+
+
+def _stage_bytes(g: _Grids, n: int, params: CorrectionParams, n_kept: int) -> dict[str, int]:
+    """Working memory of each stage of :func:`_transform_align_sum` with the output spectra
+    of the first ``n_kept`` of ``n`` frames kept (bytes; :func:`predict_peak_bytes`)."""
+    from .local_apply import _BLOCK_BYTES  # noqa: PLC0415 - the local step's own budget
+    from .summation import _GROUP_BYTES as _SUM_GROUP_BYTES  # noqa: PLC0415
+
+    ap = params.align
+    pi, pp, p = (int(np.prod(s)) for s in (g.padded_in, g.padded_out, g.out_yx))
+    a = int(np.prod(g.align))
+    binned = g.padded_in != g.padded_out
+    sums_from_tiles = ap.local_enabled and not binned  # no spectra kept
+    kept = n_kept * 4 * pp
+    all_kept = n_kept == n
+    stages = {"hot_pixels": 16 * int(np.prod(g.frame_yx)),
+              "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
+              "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
+    if not sums_from_tiles:  # else the sums come from tiles ("local")
+        # all kept: summed in place, then the sums' spectra and their images; else a stream:
+        # the kept spectra first (the first groups, released as they are summed), then groups
+        # made again, beside the running sums; at the end the sums' spectra (the running
+        # sums' memory) and their images
+        stages["sums"] = (kept + 16 * pp + 16 * p if all_kept else
+                          max(max(kept, min(_SUM_GROUP_BYTES, 4 * pp * (n - n_kept)))
+                              + 16 * pp, 16 * pp + 16 * p))
+    if ap.local_enabled:
+        stages["local_align"] = kept + 8 * a * n + 4 * a
+        # Fourier-binned: the frames whose spectra are kept are one block (each spectrum
+        # released as its frame is made, the frame and its copy in flight); the others are
+        # read in blocks, whose parts are kept for all tiles (43 P)
+        binned_frames = 0
+        if binned:
+            binned_frames = max(kept + 8 * p if n_kept else 0,
+                                43 * p + _BLOCK_BYTES if n_kept < n else 0)
+        stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + binned_frames
+    return stages
 
 
 def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
@@ -385,56 +454,38 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp``
       (Fourier crop) + ``4 A`` per frame (alignment spectra) + the kept output spectra,
-      ``4 Pp`` per frame, when :func:`frames_kept` keeps them (all while
-      ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else none);
+      ``4 Pp`` per frame, for the frames :func:`frames_kept` keeps (all while
+      ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else the first ones as far as they raise no
+      stage above the largest with none kept);
     * global sums (without a patch grid, Fourier-binned, or all spectra kept): all kept, them +
-      ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of a group of
-      spectra made again on the fly (up to ``summation._GROUP_BYTES``) + ``16 Pp`` of running
-      sums, and the running sums (which become the sums' spectra) + ``16 P`` images;
+      ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of the kept
+      spectra or a group of spectra made again on the fly (up to ``summation._GROUP_BYTES``) +
+      ``16 Pp`` of running sums, and the running sums (which become the sums' spectra) +
+      ``16 P`` images;
     * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned stack, which the cross spectra overwrite) + batches of correlation maps;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned frames on the patch grid);
     * local sums: ``16 P`` (four images) + one band of tiles per thread
       (:func:`correction.local_apply.band_scratch_bytes`) + for Fourier-binned
-      output the kept spectra when all are kept, else ``43 P`` (accumulators of all tiles) +
-      ``_BLOCK_BYTES`` of frames.
+      output the larger of the kept spectra + ``8 P`` (the kept frames are one block, each
+      spectrum released as its frame is made) and, when some are not kept, ``43 P`` (parts
+      of the sums for all tiles) + ``_BLOCK_BYTES`` of frames made again (:func:`_stage_bytes`).
 
     So the peak is the movie plus about 36 bytes per output pixel (global) or 16-60 (local),
     plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and 4 bytes per padded
     output pixel per kept frame (at most ``_SPECTRA_BUDGET_BYTES`` in all).
     """
-    from .local_apply import _BLOCK_BYTES  # noqa: PLC0415 - the local step's own budget
-    from .summation import _GROUP_BYTES as _SUM_GROUP_BYTES  # noqa: PLC0415
-
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap = params.read, params.align
     n = max(1, n_all - rp.throw_frames - rp.trunc_frames)
     margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
     g = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
-    pi, pp, p = (int(np.prod(s)) for s in (g.padded_in, g.padded_out, g.out_yx))
-    a = int(np.prod(g.align))
+    pp = int(np.prod(g.padded_out))
     mapped = _mapped_bytes(frames)
     movie = (min(mapped, _MAPPED_BUDGET_BYTES) if mapped <= _MAPPED_BUDGET_BYTES
              else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
-    binned = g.padded_in != g.padded_out
-    sums_from_tiles = ap.local_enabled and not binned  # no spectra kept
-    kept = frames_kept(n, 4 * pp, sums_from_tiles=sums_from_tiles) * 4 * pp
-    all_kept = kept > 0
-    stages = {"hot_pixels": 16 * ny * nx,
-              "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
-              "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
-    if not sums_from_tiles:  # else the sums come from tiles ("local")
-        # a stream: the kept spectra (released as they are summed) and a group made again
-        # beside the running sums; at the end the sums' spectra (the running sums' memory)
-        # and their images
-        stages["sums"] = (kept + 16 * pp + 16 * p if all_kept else
-                          max(kept + min(_SUM_GROUP_BYTES, 4 * pp * n) + 16 * pp,
-                              16 * pp + 16 * p))
-    if ap.local_enabled:
-        stages["local_align"] = kept + 8 * a * n + 4 * a
-        stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + (
-            (kept if all_kept else 43 * p + _BLOCK_BYTES) if binned else 0)
+    stages = _stage_bytes(g, n, params, _frames_kept_for(g, n, params, 4 * pp))
     stage = max(stages, key=stages.get)
     gp = params.gain
     references = ny * nx * (4 * (gp.gain_path is not None) + 4 * (gp.dark_path is not None)
@@ -754,15 +805,15 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     row_buffer: list[np.ndarray] = []
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
-    # every output spectrum is kept when all fit; else none is, the forward pass makes the
-    # alignment crop alone (rfft2_cropped: 0.19 s per super-resolution frame here, against
-    # 0.35 s for the output grid's spectrum), and every frame is transformed once more for
-    # the sums (before, the first frames' spectra were kept and only the others made again,
-    # each of those twice). With a patch grid on unbinned output the sums come from the tiles
+    # every output spectrum is kept when all fit; else the first frames' as far as they raise
+    # no stage of the predicted peak (frames_kept); for the others the forward pass makes the
+    # alignment crop alone (rfft2_cropped: 0.26-0.30 s per super-resolution frame here,
+    # against 0.36-0.48 s for the output grid's spectrum), and they are transformed once more
+    # for the sums. With a patch grid on unbinned output the sums come from the tiles
     # of local_sums (with the global shifts alone if the model is not applied) and no spectra
     # are kept (frames_kept)
     sums_from_tiles = params.align.local_enabled and not binned
-    keep = frames_kept(n, out_half[0] * out_half[1] * 8, sums_from_tiles=sums_from_tiles) == n
+    n_keep = _frames_kept_for(grids, n, params, out_half[0] * out_half[1] * 8)
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
     # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
     plan = None
@@ -813,10 +864,16 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             return cropped_spectrum(i, grids.padded_out)
         return rfft2(padded_frame(i), workers=workers, overwrite_x=True)
 
-    kept: list[np.ndarray] = []
+    kept: list[np.ndarray | None] = []
+
+    def take_kept(i: int) -> np.ndarray:
+        """Kept spectrum ``i``, released from the list (summed or made a frame only once)."""
+        spec, kept[i] = kept[i], None
+        return spec
+
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     for i in range(n):
-        if not keep:  # the alignment crop of the input grid's spectrum: same frequencies
+        if i >= n_keep:  # the alignment crop of the input grid's spectrum: same frequencies
             align_spectra[i] = cropped_spectrum(i, grids.align)
             continue
         spec = spectrum(i)
@@ -852,14 +909,32 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         # tiles make the sums even when the model is not applied, with the global shifts alone
         # (no spectra kept: see sums_from_tiles above)
         t = time.perf_counter()
-        frames_out = (_BinnedFrames(n, (lambda i: kept[i]) if keep else spectrum, grids,
-                                    workers) if binned else
-                      _GainedRows(used, arith, plan, fill, grids.padded_in))
-        tiles = local_sums(frames_out, shifts_out, local.model if local.applied else None,
-                           pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
-                           dose_end_e_A2=dose_end, voltage_kV=params.dose.voltage_kV,
-                           fill=_tile_fill(fill, frame_means, n, binned, grids.bin_yx),
-                           shape_yx=grids.out_yx, workers=workers)
+        model = local.model if local.applied else None
+        tile_fill = _tile_fill(fill, frame_means, n, binned, grids.bin_yx)
+        common = dict(pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
+                      voltage_kV=params.dose.voltage_kV, shape_yx=grids.out_yx,
+                      workers=workers, movie_dose_end_e_A2=dose_end)
+        if not binned:
+            tiles = local_sums(_GainedRows(used, arith, plan, fill, grids.padded_in), shifts_out,
+                               model, dose_end_e_A2=dose_end, fill=tile_fill, **common)
+        else:
+            # Fourier-binned frames: those with kept spectra as one block (each spectrum
+            # released as its frame is made: no parts kept across blocks), then the others,
+            # made again, in blocks; the second part adds into the first's sums
+            tiles = None
+            one_frame = int(np.prod(grids.out_yx)) * 4
+            for start, stop in ((0, n_keep), (n_keep, n)):
+                if stop <= start:
+                    continue
+                source = take_kept if start < n_keep else spectrum
+                frames_out = _BinnedFrames(stop - start, _From(source, start), grids, workers)
+                part_fill = (tile_fill[start:stop] if isinstance(tile_fill, np.ndarray)
+                             else tile_fill)
+                tiles = local_sums(frames_out, shifts_out[start:stop], model,
+                                   dose_end_e_A2=dose_end[start:stop], first_frame=start,
+                                   fill=part_fill, add_to=tiles,
+                                   block_bytes=(stop - start) * one_frame if start < n_keep
+                                   else None, **common)
         kept.clear()
         timings["local_sum" if local.applied else "sum"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -871,9 +946,12 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                                                 even=tiles.even, odd=tiles.odd), local, resolution
 
     t = time.perf_counter()
-    # a list is summed block by block in cache and its memory reused for the four sums; a
-    # stream (no spectra kept: each made again) in groups
-    sums = accumulate_sums(kept if keep else (spectrum(i) for i in range(n)), shifts_out,
+    # a list (all kept) is summed block by block in cache and its memory reused for the four
+    # sums; a stream (the kept spectra, each released once summed, then the others made
+    # again) in groups
+    sums = accumulate_sums(kept if n_keep == n else  # the kept spectra first, then the others
+                           (take_kept(i) if i < n_keep else spectrum(i) for i in range(n)),
+                           shifts_out,
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV, workers=workers)

@@ -71,6 +71,32 @@ def test_a_plain_sequence_read_in_blocks_of_frames_gives_the_array_result(frames
         assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b)), name
 
 
+@pytest.mark.parametrize("split", [1, 3])
+def test_the_sums_made_in_two_parts_of_the_movie_add_up_to_the_sums_of_all_frames(
+        frames_and_field, split):
+    """Frames ``0:split`` read as one block and the rest in blocks of one frame (the
+    Fourier-binned frames whose spectra were kept, then those made again): each part given
+    the movie's doses, where it starts and the sums so far, the field of the whole movie; the
+    four sums are those of all frames at once, parity and dose normalisation included (an odd
+    split puts the second part's first frame among the odd ones)."""
+    frames, field, shifts = frames_and_field
+    expected = _sums(frames, field, shifts)
+    dose = np.arange(1, N_FRAMES + 1) * 1.5
+    kw = dict(pixel_size_A=1.0, shape_yx=SHAPE, movie_dose_end_e_A2=dose, workers=1)
+    first = local_sums(list(frames[:split]), shifts[:split], field, dose_end_e_A2=dose[:split],
+                       block_bytes=split * SHAPE[0] * SHAPE[1] * 4, **kw)
+    got = local_sums(list(frames[split:]), shifts[split:], field, dose_end_e_A2=dose[split:],
+                     first_frame=split, add_to=first, block_bytes=SHAPE[0] * SHAPE[1] * 4,
+                     **kw)
+    assert got.plain is first.plain  # added into the first part's images
+    for name in ("plain", "dose_weighted", "even", "odd"):
+        a, b = getattr(got, name), getattr(expected, name)
+        assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(b)), name
+    with pytest.raises(ValueError, match="doses"):
+        local_sums(list(frames[split:]), shifts[split:], field, dose_end_e_A2=dose[split:] + 1,
+                   first_frame=split, **kw)
+
+
 def test_a_row_of_large_tiles_cut_into_segments_gives_the_same_sums(frames_and_field,
                                                                      monkeypatch):
     """A row of large tiles is processed in segments whose accumulators fit the band budget

@@ -112,6 +112,56 @@ def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
 
 
+@pytest.mark.parametrize("corner_px", [0.0, 8.0])
+def test_the_first_frames_spectra_that_raise_no_peak_are_kept_and_give_the_same_sums(
+        monkeypatch, corner_px):
+    """Fourier-binned output (``--bin 2``), spectra over the budget: the first frames'
+    spectra are kept as far as the budget goes and no stage of the predicted peak rises (the
+    local sums' working memory is larger), the others get the alignment crop alone and are
+    made again for the sums. Each kept frame is transformed once, each other twice; the
+    shifts and the four sums are those of all kept and of none kept, whether the sums come
+    from the kept spectra (no local motion: the model is not applied) or from tiles of the
+    Fourier-binned frames, the kept ones as one block (an 8-px local field: applied)."""
+    from correction.synthetic_local import LocalDeformation, render_local_movie
+
+    shape, n = (1024, 1024), 8
+    field = (LocalDeformation(shape, n, corner_amplitude_px=corner_px, seed=3)
+             if corner_px else None)
+    movie = render_local_movie(shape, n, dose_per_pixel=4.0, deformation=field,
+                               rng=np.random.default_rng(4), contrast=0.4)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(bin_factor=2.0))
+    ap = params.align
+    grid = pipeline._grids(shape, 2.0, int(np.ceil(ap.max_shift_px)) + pipeline._EXTRA_MARGIN_PX,
+                           ap.align_size_px)
+    one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
+
+    def run(budget_spectra: int) -> tuple[pipeline.CorrectedFrames, int, int]:
+        monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", budget_spectra * one)
+        kept = pipeline._frames_kept_for(grid, n, params, one)
+        calls = []
+        real = pipeline.rfft2_cropped
+        monkeypatch.setattr(pipeline, "rfft2_cropped",
+                            lambda *a, **k: calls.append(1) or real(*a, **k))
+        out = pipeline.correct_frames(movie.frames, pixel_size_A=1.0, params=params)
+        monkeypatch.setattr(pipeline, "rfft2_cropped", real)
+        return out, kept, len(calls)
+
+    everything, kept, transforms = run(n)
+    assert (kept, transforms) == (n, n)
+    assert everything.local.applied == bool(corner_px), everything.local.reason
+    some, kept, transforms = run(5)
+    assert kept == 5 and transforms == 5 + 2 * 3
+    nothing, kept, transforms = run(0)
+    assert (kept, transforms) == (0, 2 * n)
+    for result in (some, nothing):
+        np.testing.assert_allclose(result.shifts_yx_px, everything.shifts_yx_px, atol=1e-4)
+        assert result.local.applied == everything.local.applied
+        for name in ("sum", "dw", "even", "odd"):
+            got, want = getattr(result.images, name), getattr(everything.images, name)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
 def test_with_a_patch_grid_no_spectra_are_kept_and_the_tiles_give_the_whole_frame_sums(
         monkeypatch):
     """Local correction on, unbinned output, a movie without local motion (the model is not
