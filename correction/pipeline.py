@@ -15,10 +15,10 @@ Steps of :func:`correct_movie`:
    neighbours (:func:`correction.gain.apply_gain`), padded with the frame mean to a fast FFT
    length at least ``max_shift_px`` (+2) larger on each axis (:func:`summation.pad_frame`), ONE
    forward FFT, Fourier-cropped to the output grid (``bin_factor``) and, as a copy, to the
-   alignment grid (short side about ``align_size_px``); when the output spectra of all
-   frames do not fit the budget, or when the sums come from tiles (a patch grid on unbinned
-   output), only the alignment crop (:func:`fourier.rfft2_cropped`), and every frame is
-   transformed once more in step 6;
+   alignment grid (short side about ``align_size_px``); for the frames whose output spectra
+   are not kept (over the budget, :func:`frames_kept`; all when the sums come from tiles, a
+   patch grid on unbinned output), only the alignment crop (:func:`fourier.rfft2_cropped`),
+   and they are transformed once more in step 6;
 5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
    scaled to output pixels; if any exceeds the padding the frames are redone with more padding
    (so no content can wrap around);
