@@ -438,8 +438,11 @@ class _RowSource:
         if self.kind != "sequence":
             return
         self._block = []
+        fresh = getattr(self.frames, "fresh_frames", False)
         for i in range(i0, i1):
-            frame = np.array(self.frames[i], dtype=np.float32)  # a copy: sources reuse buffers
+            # a copy, as sources may reuse their buffers, unless each frame is a new array
+            frame = (np.asarray(self.frames[i], dtype=np.float32) if fresh else
+                     np.array(self.frames[i], dtype=np.float32))
             if frame.shape != self.shape_yx:
                 raise ValueError(f"frame {i} has shape {frame.shape}, expected {self.shape_yx}")
             if self.fill is None:

@@ -97,6 +97,30 @@ def test_the_sums_made_in_two_parts_of_the_movie_add_up_to_the_sums_of_all_frame
                    first_frame=split, **kw)
 
 
+def test_frames_made_new_on_each_access_are_read_without_a_copy():
+    """A source whose frames are new arrays (``fresh_frames``, as the Fourier-binned frames
+    are) is read as it is: no second copy of each frame in flight; any other source is
+    copied, as it may reuse one buffer for every frame."""
+    frames = [np.full((8, 8), float(i), np.float32) for i in range(3)]
+
+    class Source:
+        def __init__(self, fresh: bool) -> None:
+            self.fresh_frames = fresh
+
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return frames[i][:, :6]  # a view, as the binned frames' crop of the padded grid
+
+    for fresh in (True, False):
+        source = local_apply._RowSource(Source(fresh), 3, (8, 6), None)
+        source.load_block(0, 3)
+        shared = [np.shares_memory(block, frame) for block, frame in zip(source._block, frames)]
+        assert shared == [fresh] * 3
+        np.testing.assert_array_equal(source.values, [0.0, 1.0, 2.0])
+
+
 def test_a_row_of_large_tiles_cut_into_segments_gives_the_same_sums(frames_and_field,
                                                                      monkeypatch):
     """A row of large tiles is processed in segments whose accumulators fit the band budget
