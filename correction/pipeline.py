@@ -935,11 +935,9 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                     continue
                 source = take_kept if start < n_keep else spectrum
                 frames_out = _BinnedFrames(stop - start, _From(source, start), grids, workers)
-                part_fill = (tile_fill[start:stop] if isinstance(tile_fill, np.ndarray)
-                             else tile_fill)
                 tiles = local_sums(frames_out, shifts_out[start:stop], model,
                                    dose_end_e_A2=dose_end[start:stop], first_frame=start,
-                                   fill=part_fill, add_to=tiles,
+                                   fill=tile_fill, add_to=tiles,  # binned: one value or None
                                    block_bytes=(stop - start) * one_frame if start < n_keep
                                    else None, **common)
         kept.clear()
