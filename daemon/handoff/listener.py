@@ -48,9 +48,6 @@ def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Cs for the RELION files (mm; default 2.7)")
     g.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
                    help="amplitude contrast for the RELION files (default 0.1)")
-    g.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
-                   help="nominal tilt-axis angle (°; default: the mdoc's 'Tilt axis angle', "
-                        "else 0)")
     g.add_argument("--tomo-hand", type=int, choices=(1, -1), default=-1,
                    help="rlnTomoHand: -1 flips the defocus handedness (RELION's 'invert "
                         "defocus handedness', usual for SerialEM data; default -1)")

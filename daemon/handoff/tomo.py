@@ -22,7 +22,6 @@ Two files, the layout of RELION 5's motion-correction job output (3dem/relion
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,6 @@ __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_b
            "global_block"]
 
 TILT_SERIES_STAR = "corrected_tilt_series.star"
-_AXIS = re.compile(r"tilt\s*axis\s*angle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +56,7 @@ def mdoc_facts(path: str | Path | None) -> MdocFacts:
         md = read_mdoc(path)
     except (OSError, ValueError):
         return MdocFacts()
-    axis = None
-    for title in md.titles:
-        m = _AXIS.search(title)
-        if m:
-            axis = float(m.group(1))
-            break
+    axis = md.tilt_axis_deg
     defocus = {}
     for s in md.sections:
         value = dict(s.items).get("TargetDefocus")

@@ -54,14 +54,15 @@ def assembly_tilts(rows: Iterable[Any], *, log: Any, series: str) -> list[dict[s
 
 
 def assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage_kV: float,
-                 exposure_filtered: bool) -> dict[str, Any]:
-    """Worker-process side of an assembly: plain data in, plain data out."""
+                 exposure_filtered: bool, tilt_axis_deg: float | None = None) -> dict[str, Any]:
+    """Worker-process side of an assembly: plain data in, plain data out (``tilt_axis_deg``,
+    °, goes into the stacks' mdocs when known)."""
     from correction.stack import StackTilt, assemble_series
 
     rows = [StackTilt(**{**t, "outputs": {k: Path(v) for k, v in t["outputs"].items()}})
             for t in tilts]
     result = assemble_series(series, rows, out_dir, voltage_kV=voltage_kV,
-                             exposure_filtered=exposure_filtered)
+                             exposure_filtered=exposure_filtered, tilt_axis_deg=tilt_axis_deg)
     stacks = {k: str(v) for k, v in result.stacks.items()}
     stacks.update(tlt=str(result.tlt_path), csv=str(result.csv_path),
                   mdoc=str(result.mdoc_paths[0]) if result.mdoc_paths else "")

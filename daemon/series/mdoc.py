@@ -76,6 +76,9 @@ _DATETIME_RE = re.compile(
     r"^\s*(\d{1,2})-([A-Za-z]{3})-(\d{2}|\d{4})\s+(\d{1,2}):(\d{2}):(\d{2})\s*$")
 #: Keys SerialEM writes last in a section; a last section without them is still being written.
 _TAIL_KEYS = ("DateTime",)
+# SerialEM's title line "    Tilt axis angle = 85.3, binning = 1  spot = 8 ..." (degrees)
+_TILT_AXIS_RE = re.compile(r"tilt\s*axis\s*angle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)",
+                           re.IGNORECASE)
 
 
 def frame_path_basename(path: str | None) -> str | None:
@@ -255,6 +258,21 @@ class MdocFile:
     def complete_sections(self) -> tuple[TiltSection, ...]:
         """The sections that are completely written."""
         return tuple(s for s in self.sections if s.complete)
+
+    @property
+    def tilt_axis_deg(self) -> float | None:
+        """The nominal tilt-axis angle of the first ``Tilt axis angle = x`` title (degrees, as
+        SerialEM gives it); None without such a title."""
+        for title in self.titles:
+            m = _TILT_AXIS_RE.search(title)
+            if m:
+                try:
+                    value = float(m.group(1))
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    return value
+        return None
 
     def global_value(self, key: str) -> str | None:
         """Raw text of a global ``key``, or ``None``."""

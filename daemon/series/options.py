@@ -33,6 +33,10 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--series-idle-timeout", type=float, default=_DEFAULTS.idle_timeout_s,
                    metavar="S", help="complete a series with nothing new for this long "
                                      f"(default {_DEFAULTS.idle_timeout_s:g} s)")
+    g.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
+                   help="nominal tilt-axis angle (°) for the stacks' mdocs and the RELION "
+                        "tilt-series STARs (default: each series mdoc's 'Tilt axis angle'; "
+                        "RELION: else 0)")
     g.add_argument("--exposure-filtered", action=argparse.BooleanOptionalAction, default=False,
                    help="also write a stack exposure-filtered by accumulated dose (S_EF.mrc)")
 
@@ -53,7 +57,9 @@ def resolver_from_config(config: Config) -> TiltSeriesResolver:
             metadata_wait_s=float(o.get("metadata_wait", _DEFAULTS.metadata_wait_s)),
             mdoc_quiet_s=float(o.get("mdoc_quiet", _DEFAULTS.mdoc_quiet_s)),
             idle_timeout_s=float(o.get("series_idle_timeout", _DEFAULTS.idle_timeout_s)))
+        axis = o.get("tilt_axis")
         return TiltSeriesResolver(sc, mode=o.get("tilt_series", "auto") or "auto",
-                                  exposure_filtered=bool(o.get("exposure_filtered", False)))
+                                  exposure_filtered=bool(o.get("exposure_filtered", False)),
+                                  tilt_axis_deg=None if axis is None else float(axis))
     except ValueError as exc:
         raise ConfigError([f"tilt series: {exc}"]) from None

@@ -42,6 +42,7 @@ single-particle movies (no wait for metadata).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
@@ -62,6 +63,8 @@ __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_meta
 
 _FINISHED = ("done", "quarantined")
 _STACK_REASON = "a tilt-series stack (its .mdoc is a series mdoc), not a movie: not corrected"
+_UNDECIDED_REASON = ("its .mdoc has no section yet: a tilt-series stack or a frame mdoc still "
+                     "being written")
 
 
 def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
@@ -155,15 +158,21 @@ class TiltSeriesResolver:
     mode : {"auto", "on", "off"}
     exposure_filtered : bool
         Also assemble the exposure-filtered stack.
+    tilt_axis_deg : float or None
+        Nominal tilt-axis angle written into the stacks' mdocs (°); None: each series mdoc's
+        ``Tilt axis angle`` title, when it has one.
     """
 
     def __init__(self, series_config: SeriesConfig, *, mode: str = "auto",
-                 exposure_filtered: bool = False) -> None:
+                 exposure_filtered: bool = False, tilt_axis_deg: float | None = None) -> None:
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"mode must be auto, on or off, got {mode!r}")
+        if tilt_axis_deg is not None and not math.isfinite(tilt_axis_deg):
+            raise ValueError(f"tilt axis must be a finite angle, got {tilt_axis_deg}")
         self.series_config = series_config
         self.mode = mode
         self.exposure_filtered = exposure_filtered
+        self.tilt_axis_deg = tilt_axis_deg
         self._ctx: ResolverContext | None = None
         self._log: Any = None
         self._watcher: MdocWatcher | None = None
@@ -176,6 +185,7 @@ class TiltSeriesResolver:
         self._assembling: dict[str, tuple[Future, SeriesState, str]] = {}
         self._once: set[tuple[str, str]] = set()
         self._stack_files: set[str] = set()
+        self._undecided_files: set[str] = set()
         self._rows: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
@@ -259,8 +269,12 @@ class TiltSeriesResolver:
         movies = {str(o.path): o for o in scan.observations if o.kind == "movie"}
         for p in movies:
             self._first_seen.setdefault(p, now)
-        stacks = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind in ("tilt_series", "empty")}
+        stacks = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind == "tilt_series"}
         self._stack_files = {p for p in movies if p in stacks}  # TS_01.mrc beside TS_01.mrc.mdoc
+        # x.mrc beside an x.mrc.mdoc without a section yet: a series stack (a [ZValue] comes)
+        # or a movie whose frame mdoc is being written (a [FrameSet] comes): not decided yet
+        undecided = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind == "empty"}
+        self._undecided_files = {p for p in movies if p in undecided}
         series_obs, frame_map, _ = classify_mdocs(
             [MdocObservation(m.parsed, m.unchanged_since_s,
                              relative_name(Path(k).parent, self._ctx.watch_dir, folder=True))
@@ -275,12 +289,12 @@ class TiltSeriesResolver:
         self._refresh_rows()
         observations: dict[str, MovieObservation] = {}
         for path, row in self._rows.items():
-            if path in self._stack_files:
+            if path in self._stack_files or path in self._undecided_files:
                 continue
             name = self._rel(path)
             observations[name] = MovieObservation(name, row.first_seen, row.key.mtime_ns)
         for path, o in movies.items():
-            if path in self._stack_files:
+            if path in self._stack_files or path in self._undecided_files:
                 continue
             name = self._rel(o.path)
             first = self._first_seen[path]
@@ -313,6 +327,8 @@ class TiltSeriesResolver:
         name = self._rel(movie.path)
         if str(movie.path) in self._stack_files:
             return self._ignore_stack(movie)
+        if str(movie.path) in self._undecided_files:
+            return MovieMetadata(wait_reason=_UNDECIDED_REASON)
         res = self._res
         if name in res.pending:
             return MovieMetadata(wait_reason=res.pending[name])
@@ -445,10 +461,17 @@ class TiltSeriesResolver:
         out = output_dir_for(folder_of, watch_dir=ctx.watch_dir, out_dir=ctx.out_dir)
         stem = split_qualified(name)[1]  # OUT/<folder>/<series name>/<series name>.mrc ...
         future = ctx.run_job(assemble_job, stem, tilts, str(out), ctx.voltage_kV,
-                             self.exposure_filtered)
+                             self.exposure_filtered, self._tilt_axis_of(summary))
         self._assembling[name] = (future, state, str(out / stem))
         self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,
                        folder=str(out / stem))
+
+    def _tilt_axis_of(self, summary: SeriesSummary) -> float | None:
+        """The series' nominal tilt axis (°): the setting, else its mdoc's title, else None."""
+        if self.tilt_axis_deg is not None:
+            return self.tilt_axis_deg
+        watched = self._watcher.mdocs.get(summary.mdoc_path or "") if self._watcher else None
+        return watched.parsed.tilt_axis_deg if watched is not None else None
 
     def poll(self) -> None:
         """Collect finished assemblies (each completes its series)."""

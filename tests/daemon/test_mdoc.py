@@ -30,6 +30,14 @@ def test_ts01_has_41_tilt_sections_with_two_digit_year_datetimes_and_windows_pat
     assert md.image_file == "TS_01.mrc" and md.warnings == ()
 
 
+@pytest.mark.parametrize("name, axis_deg", [("TS_01.mrc.mdoc", 85.3), ("test_1.mdoc", 83.8),
+                                             ("close-TS_run1.mdoc", 84.7),
+                                             ("montage_section.mdoc", -86.7),
+                                             ("frame_set_single.mdoc", None)])
+def test_the_tilt_axis_is_read_from_serialems_title_line(name, axis_deg):
+    assert read_mdoc(DATA / name).tilt_axis_deg == axis_deg
+
+
 def test_murfey_file_four_digit_years_unc_paths_dose_rate_and_zero_frame_doses():
     md = read_mdoc(DATA / "test_1.mdoc")
     assert md.kind == "tilt_series" and len(md.sections) == 11

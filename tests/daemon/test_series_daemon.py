@@ -21,9 +21,11 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+import starfile
 from daemon_process import events, rows, spawn, watch_argv
 
 from daemon.commands.cli import main
+from daemon.series.mdoc import read_mdoc
 from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
 
 
@@ -67,7 +69,9 @@ def check_pre_exposures_exact(out: Path, tilts) -> None:
         assert tilt["prior_record_dose_difference_e_A2"] == pytest.approx(0.0, abs=1e-3)
 
 
-def check_stack(out: Path, tilts) -> None:
+def check_stack(out: Path, tilts, *, tilt_axis_deg: float = 85.3) -> None:
+    """The angle-sorted stacks; their mdocs carry the tilt axis (default: the series mdoc's
+    title, as Warp's ts_import reads it from an mdoc)."""
     folder = out / "TS_01"
     angles = [float(a) for a in (folder / "TS_01.tlt").read_text().split()]
     assert angles == sorted(t.tilt_deg for t in tilts)
@@ -75,6 +79,9 @@ def check_stack(out: Path, tilts) -> None:
         with mrcfile.open(folder / f"TS_01{kind}.mrc", permissive=False) as mrc:
             assert mrc.data.shape == (len(tilts), *SHAPE) and np.isfinite(mrc.data).all()
             assert mrc.voxel_size.x == pytest.approx(1.1, rel=1e-5)
+        stack_mdoc = read_mdoc(folder / f"TS_01{kind}.mrc.mdoc")
+        assert [s.tilt_deg for s in stack_mdoc.sections] == pytest.approx(angles)
+        assert stack_mdoc.tilt_axis_deg == pytest.approx(tilt_axis_deg)
     with open(folder / "TS_01.csv") as fh:
         table = list(csv.DictReader(fh))
     assert [float(r["tilt_deg"]) for r in table] == angles
@@ -124,6 +131,19 @@ def test_dose_symmetric_session_with_late_arrival_gives_exact_pre_exposures_and_
     assert series["accumulated_dose_e_A2"] == pytest.approx(sum(t.dose_e_A2 for t in tilts),
                                                             abs=1e-3)
     assert series["stack_folder"] == str(out / "TS_01")
+
+
+def test_a_tilt_axis_setting_reaches_the_stacks_mdocs_and_the_relion_star(tmp_path):
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    tilts = simulate(watch, 5, n_tilts=3, frame_interval_s=0.0, tilt_interval_s=0.0)
+    # acquired before the start (no .openTS lock seen): complete once the mdoc is quiet 1 s
+    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--mdoc-quiet", "1",
+                          "--tilt-axis", "-94.7", "--exit-when-idle", "2")
+    assert daemon.wait(timeout=90) == 0
+    check_stack(out, tilts, tilt_axis_deg=-94.7)  # not the series mdoc's 85.3
+    table = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
+    assert list(table["rlnTomoNominalTiltAxisAngle"]) == pytest.approx([-94.7] * len(tilts))
 
 
 def test_sigkill_half_way_then_restart_keeps_every_pre_exposure_exact(tmp_path):

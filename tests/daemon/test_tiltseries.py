@@ -7,9 +7,11 @@ daemon busy: ``--exit-when-idle`` has to fire in such a folder.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
+import pytest
 from mdoc_data import DATA
 from service_run import run_until_idle  # tests/helpers
 
@@ -78,3 +80,28 @@ def test_a_stack_still_locked_by_serialem_waits_until_the_lock_is_gone_then_is_i
     assert reasons and "exit_when_idle" in reasons[0], reasons
     assert _stack_rows(watch, out) == []
     assert not list(out.glob("TS_01*.mrc")) and not list(out.glob("*.motion.json"))
+
+
+def test_a_movie_whose_frame_mdoc_has_no_section_yet_waits_for_it_then_is_corrected(tmp_path):
+    """``x.mrc`` beside an ``x.mrc.mdoc`` that has only its title so far may be a series stack
+    or a movie whose frame mdoc is being written: it waits until a section says which (it was
+    ignored for good as a stack before)."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    movie = watch / "s_mmm_00993_33.0_Oct08_07.39.05.mrc"
+    frames = np.random.default_rng(1).poisson(1.0, (12, 32, 32)).astype(np.int16)
+    write_movie_progressively(movie, frames, pixel_size_A=1.28, frame_interval_s=0)
+    full = (DATA / "frame_set_single.mdoc").read_text().replace(".tif", ".mrc")
+    frame_mdoc = watch / f"{movie.name}.mdoc"
+    frame_mdoc.write_text(full[:full.index("[FrameSet")])  # title and Voltage written so far
+    assert _run_until_idle(watch, out, guard_s=2.0) == ["test guard: never went idle"]
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        assert [r.status for r in ledger.rows(path=str(movie))] in ([], ["pending"])
+    frame_mdoc.write_text(full)
+    reasons = _run_until_idle(watch, out, guard_s=30.0)
+    assert reasons and "exit_when_idle" in reasons[0], reasons
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        assert [r.status for r in ledger.rows(path=str(movie))] == ["done"]
+    record = json.loads((out / f"{movie.stem}.motion.json").read_text())
+    assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(7.65892, rel=1e-4)
