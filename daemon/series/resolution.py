@@ -9,7 +9,9 @@ service simply resolves again and compares (:func:`assignment_change`).
 Names: a movie is known by its path below the watch folder (``grid2/TS_01_001_0.0.eer``), a
 series by its mdoc's folder and name (``grid2/TS_01``; a bare ``TS_01`` in the watch folder
 itself), so equal names in two folders never share a series or a dose ledger
-(:func:`qualified_name`). ``SubFramePath`` basenames are looked up in the mdoc's own folder.
+(:func:`qualified_name`). ``SubFramePath`` basenames are looked up in the mdoc's own folder,
+then in the frames folder the path names below it, then in any folder up to three levels below
+it that belongs to no other series mdoc (:func:`_listed_movie`).
 
 Matching, in order:
 
@@ -176,6 +178,60 @@ def qualified_name(folder: str, name: str) -> str:
     """
     folder = folder.strip("/")
     return f"{folder}/{name}" if folder else name
+
+
+_FRAMES_DEPTH = 3  # folders below an mdoc's own where the movies it lists are looked for
+
+
+def _listed_movie(folder: str, sub_frame_path: str, by_base: Mapping[str, Sequence[str]],
+                  mdoc_folders: frozenset[str]) -> str:
+    r"""The movie a series-mdoc section lists, by its qualified name.
+
+    SerialEM writes the frames beside the mdoc or into a frames folder (``SubFramePath =
+    X:\session\grid1\frames\TS_01_000_0.0.tif`` for ``grid1/TS_01.mrc.mdoc``). The movie
+    is the seen one of that file name (``by_base``: file name -> qualified names) beside the
+    mdoc; else at ``folder/<the last j folders of SubFramePath>/<file name>`` for the smallest
+    j; else the only one in a folder up to ``_FRAMES_DEPTH`` below the mdoc's whose nearest
+    folder with a series mdoc (``mdoc_folders``) is the mdoc's (a transfer may rename the
+    frames folder; another grid's folder with its own mdoc is never searched). A movie not
+    seen yet is named as if beside the mdoc.
+    """
+    parts = [p for p in re.split(r"[\\/]+", sub_frame_path.strip()) if p]
+    base, dirs = parts[-1], parts[:-1]
+    beside = qualified_name(folder, base)
+    seen = by_base.get(base, ())
+    if beside in seen:
+        return beside
+    folder = folder.strip("/")
+    candidates = [m for m in seen if _nearest_mdoc_folder(m, mdoc_folders) == folder
+                  and 0 < _depth_below(split_qualified(m)[0], folder) <= _FRAMES_DEPTH]
+    for j in range(1, min(len(dirs), _FRAMES_DEPTH) + 1):
+        below = qualified_name(folder, "/".join(dirs[-j:] + [base]))
+        if below in candidates:
+            return below
+    return candidates[0] if len(candidates) == 1 else beside
+
+
+def _nearest_mdoc_folder(movie: str, mdoc_folders: frozenset[str]) -> str | None:
+    """The deepest folder holding a series mdoc that contains ``movie`` (qualified names)."""
+    folder = split_qualified(movie)[0]
+    while True:
+        if folder in mdoc_folders:
+            return folder
+        if not folder:
+            return None
+        folder = folder.rpartition("/")[0]
+
+
+def _depth_below(folder: str, ancestor: str) -> int:
+    """How many folders ``folder`` lies below ``ancestor`` (-1: not below it)."""
+    if not ancestor:
+        return len(folder.split("/")) if folder else 0
+    if folder == ancestor:
+        return 0
+    if not folder.startswith(ancestor + "/"):
+        return -1
+    return len(folder[len(ancestor) + 1:].split("/"))
 
 
 def split_qualified(name: str) -> tuple[str, str]:
@@ -436,6 +492,11 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     summaries: dict[str, SeriesSummary] = {}
 
     # 1. series mdocs -> series of tilts
+    by_base: dict[str, list[str]] = {}
+    for m in movies:
+        by_base.setdefault(split_qualified(m.name)[1], []).append(m.name)
+    mdoc_folders = frozenset(ob.folder.strip("/") for ob in series_mdocs
+                             if ob.mdoc.kind == "tilt_series")
     listed: dict[str, tuple[str, MdocFile]] = {}
     series_tilts: dict[str, list[_Tilt]] = {}
     series_meta: dict[str, tuple[MdocFile, list[str]]] = {}
@@ -479,7 +540,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             if (not s.complete and not use_incomplete) or s.kind != "ZValue":
                 continue
             swarn.extend(s.warnings)
-            movie = qualified_name(ob.folder, s.sub_frame_name) if s.sub_frame_name else None
+            movie = _listed_movie(ob.folder, s.sub_frame_path, by_base, mdoc_folders) \
+                if s.sub_frame_name else None
             if movie is not None:
                 if movie in listed:
                     swarn.append(f"{movie} listed by two mdocs; kept in {listed[movie][0]}")

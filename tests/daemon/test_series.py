@@ -49,7 +49,7 @@ def _independent_sections(path):
 
 
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
-                        n_sections=None):
+                        n_sections=None, path="/w/TS_7.mrc.mdoc"):
     """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart."""
     angles = [0.0]
     k = 1
@@ -75,7 +75,7 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
         if timestamps:
             lines.append(f"TimeStamp = {int((t - dt.datetime(2020, 1, 1)).total_seconds())}")
         lines += [f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}", ""]
-    return parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc"), angles
+    return parse_mdoc_text("\n".join(lines) + "\n", path=path), angles
 
 
 # ---------------------------------------------------------------------------- real files
@@ -115,6 +115,52 @@ def test_murfey_dose_comes_from_dose_rate_times_exposure_over_pixel_area():
         assert a.pre_exposure_e_A2 == pytest.approx(running)
         assert a.frame_doses_e_A2 is None  # FrameDosesAndNumber are zeros: uniform
         running += expected
+
+
+def test_movies_in_the_frames_folder_the_sub_frame_paths_name_are_the_tilts_of_each_grids_mdoc():
+    """SerialEM often saves frames into a folder of their own (murfey's mdoc lists
+    ``...\\nt29812_98_frames\\chrom_..._000_-0.0.mrc``): with the mdoc in ``gridN/`` and the
+    movies in ``gridN/nt29812_98_frames/``, each grid's movies get their own mdoc's doses in
+    DateTime order (they waited for metadata, then fell back to file names, before)."""
+    text = (DATA / "test_1.mdoc").read_text()
+    series, movies = [], []
+    for grid in ("grid1", "grid2"):
+        md = parse_mdoc_text(text, path=f"/w/{grid}/test_1.mdoc")
+        series.append(MdocObservation(md, 0.0, grid))
+        movies += [MovieObservation(f"{grid}/nt29812_98_frames/{s.sub_frame_name}", 0.0)
+                   for s in md.sections]
+    res = resolve(movies, series, {}, config=SeriesConfig(), now_s=1.0)  # no wait has passed
+    assert not res.pending and len(res.assignments) == 22
+    for grid in ("grid1", "grid2"):
+        running = 0.0
+        for s in sorted(md.sections, key=lambda s: s.datetime):
+            a = res.assignments[f"{grid}/nt29812_98_frames/{s.sub_frame_name}"]
+            assert a.series == f"{grid}/test_1" and a.dose_source == "DoseRate"
+            assert a.order_source == "DateTime"
+            assert a.pre_exposure_e_A2 == pytest.approx(running, abs=1e-9)
+            running += a.dose_e_A2
+
+
+def test_a_renamed_frames_folder_still_holds_the_tilts_but_never_another_grids_folder():
+    md, _ = dose_symmetric_mdoc(3)  # SubFramePath X:\\session\\frames\\TS_7_000_0.0.tif ...
+    names = [s.sub_frame_name for s in md.sections]
+    nested, _ = dose_symmetric_mdoc(3, path="/w/gridX/TS_7.mrc.mdoc")  # a grid folder inside
+    movies = ([MovieObservation(f"copied_frames/{n}", 0.0) for n in names[:2]]
+              + [MovieObservation(f"gridX/{n}", 0.0) for n in names])
+    res = resolve(movies, [MdocObservation(md, 0.0), MdocObservation(nested, 0.0, "gridX")], {},
+                  config=SeriesConfig(), now_s=1.0)
+    assert {m: a.series for m, a in res.assignments.items()} == {
+        **{f"copied_frames/{n}": "TS_7" for n in names[:2]},
+        **{f"gridX/{n}": "gridX/TS_7" for n in names}}
+
+
+def test_a_movie_beside_its_mdoc_is_the_tilt_even_when_its_frames_folder_has_one_too():
+    md, _ = dose_symmetric_mdoc(3)  # SubFramePath X:\\session\\frames\\TS_7_000_0.0.tif ...
+    names = [s.sub_frame_name for s in md.sections]
+    movies = [MovieObservation(names[0], 0.0), MovieObservation(f"frames/{names[0]}", 0.0),
+              MovieObservation(f"frames/{names[1]}", 0.0)]
+    res = resolve(movies, [MdocObservation(md, 0.0)], {}, config=SeriesConfig(), now_s=1.0)
+    assert set(res.assignments) == {names[0], f"frames/{names[1]}"}
 
 
 def test_hand_edited_portal_mdoc_first_tilt_from_metadata_rest_blocked_or_configured():
