@@ -3,7 +3,10 @@
 :class:`MdocWatcher` re-reads each ``.mdoc`` whose size or mtime changed
 (:func:`daemon.series.mdoc.read_mdoc`), keeps the last good parse when a read fails, and records
 in the state database since when each one's content is unchanged (so a restart keeps the mdoc's
-quiet time).
+quiet time). An mdoc missing from a scan is kept as last read for ``vanish_grace_s``: SerialEM
+(IMOD's autodoc writer) rewrites an mdoc whole by renaming the old file to ``name~`` first, and a
+network share may hide a file for a moment; forgetting the mdoc at once would send its tilts to
+the file-name fallback and redo every corrected tilt twice (with other doses, then back).
 """
 
 from __future__ import annotations
@@ -39,15 +42,19 @@ class MdocWatcher:
     log : structlog-like logger
     log_once : callable
         ``log_once(level, event, subject, reason, **fields)``: logs a reason once per subject.
+    vanish_grace_s : float
+        How long an mdoc may be missing from the scans before it is forgotten (seconds).
     """
 
     def __init__(self, store: SeriesStore, *, log: Any,
-                 log_once: Callable[..., None]) -> None:
+                 log_once: Callable[..., None], vanish_grace_s: float = 30.0) -> None:
         self._store = store
         self._log = log
         self._log_once = log_once
+        self._vanish_grace_s = float(vanish_grace_s)
         self.mdocs: dict[str, WatchedMdoc] = {}
         self._stored: dict[str, dict[str, Any]] = {}
+        self._missing_since: dict[str, float] = {}  # mdocs absent from the scans since (s)
 
     def load(self) -> None:
         """Read the persisted hashes and quiet times (at start-up)."""
@@ -85,10 +92,16 @@ class MdocWatcher:
                 if s.complete:
                     for w in s.warnings:
                         self._log_once("warning", "mdoc_warning", key, w, mdoc=key)
+        for key in seen:
+            self._missing_since.pop(key, None)
         if scan.errors:
             return  # a folder could not be listed: absent mdocs may only be hidden
         for key in [k for k in self.mdocs if k not in seen]:
+            since = self._missing_since.setdefault(key, now)
+            if now - since < self._vanish_grace_s:
+                continue  # being rewritten, or hidden for a moment: kept as last read
             del self.mdocs[key]
+            del self._missing_since[key]
             self._log.warning("mdoc_vanished", mdoc=key,
                               note="its tilts are resolved without it from now on")
             try:
