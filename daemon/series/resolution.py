@@ -634,8 +634,13 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         running = 0.0
         blocked: str | None = None
         doses: list[float | None] = []
+        dose_info = [_dose(t, config) for t in ordered]
+        jumps = _prior_record_dose_jumps(ordered, [d[0] for d in dose_info])
+        warnings.extend(f"{name}, {label}: {why}" for label, why in jumps.values())
         for i, t in enumerate(ordered):
-            dose, dsource, frames, dwarn = _dose(t, config)
+            dose, dsource, frames, dwarn = dose_info[i]
+            if i in jumps:
+                dwarn = dwarn + [jumps[i][1]]
             doses.append(dose)
             below = [g for g in gaps if t.name_index is not None and g < t.name_index]
             if below and t.movie in obs_by_name:
@@ -681,6 +686,33 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         summaries[name] = summary
     return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
                       series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings))
+
+
+def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | None]
+                             ) -> dict[int, tuple[str, str]]:
+    """Tilts before which SerialEM's ``PriorRecordDose`` grows by more than the listed tilts'
+    doses (by over half a typical tilt's dose): an exposure it counted that the mdoc does not
+    list (a retaken or discarded tilt). Index in ``ordered`` -> (tilt label, reason)."""
+    known = [d for d in doses if d is not None and d > 0]
+    if not known:
+        return {}
+    threshold = max(0.05, 0.5 * float(sorted(known)[len(known) // 2]))
+    jumps: dict[int, tuple[str, str]] = {}
+    running, previous = 0.0, None
+    for i, (t, dose) in enumerate(zip(ordered, doses)):
+        if dose is None:
+            return jumps  # the pre-exposures after an unknown dose are not given anyway
+        if t.prior_record_dose is not None and t.prior_record_dose >= 0:
+            missing = t.prior_record_dose - running
+            if previous is not None and missing - previous > threshold:
+                jumps[i] = (t.movie or f"section {t.z_value}",
+                            f"PriorRecordDose counts {missing - previous:.3g} e/Å² more before "
+                            "this tilt than the tilts the mdoc lists (an exposure SerialEM made "
+                            "but the mdoc does not list, e.g. a retaken tilt): its pre-exposure "
+                            "and the later ones count the listed tilts only")
+            previous = missing
+        running += dose
+    return jumps
 
 
 def _summary(name: str, src: str, mdoc_path: str | None, ordered: list[_Tilt], order_source: str,

@@ -49,7 +49,7 @@ def _independent_sections(path):
 
 
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
-                        n_sections=None, path="/w/TS_7.mrc.mdoc"):
+                        n_sections=None, path="/w/TS_7.mrc.mdoc", omit=()):
     """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart."""
     angles = [0.0]
     k = 1
@@ -67,6 +67,7 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
     rows = rows[:n_sections] if n_sections is not None else rows
     lines = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", "",
              "[T = SerialEM: simulated dose-symmetric series]", ""]
+    rows = [r for r in rows if r[0] not in omit]  # exposures made, not listed (retaken)
     for z, (i, a, t) in enumerate(rows):
         lines += [f"[ZValue = {z}]", f"TiltAngle = {a:.3f}", f"ExposureDose = {dose}",
                   "PixelSpacing = 1.5", "ExposureTime = 1", "NumSubFrames = 10",
@@ -161,6 +162,18 @@ def test_a_movie_beside_its_mdoc_is_the_tilt_even_when_its_frames_folder_has_one
               MovieObservation(f"frames/{names[1]}", 0.0)]
     res = resolve(movies, [MdocObservation(md, 0.0)], {}, config=SeriesConfig(), now_s=1.0)
     assert set(res.assignments) == {names[0], f"frames/{names[1]}"}
+
+
+def test_an_exposure_serialem_counted_but_the_mdoc_does_not_list_is_reported_at_the_next_tilt():
+    md, _ = dose_symmetric_mdoc(7, dose=2.5, omit=(3,))  # the 4th exposure was discarded
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([0, 2.5, 5, 7.5, 10, 12.5])
+    flagged = [a.movie for a in by_index if any("PriorRecordDose" in w for w in a.warnings)]
+    assert flagged == ["TS_7_004_-6.0.tif"]  # the first tilt after the missing exposure
+    assert by_index[3].prior_record_dose_difference_e_A2 == pytest.approx(-2.5)
+    assert any("TS_7_004_-6.0.tif" in w and "2.5 e/Å² more" in w for w in res.warnings)
+    assert not any("PriorRecordDose" in w for w in _resolve(dose_symmetric_mdoc(7)[0]).warnings)
 
 
 def test_hand_edited_portal_mdoc_first_tilt_from_metadata_rest_blocked_or_configured():
