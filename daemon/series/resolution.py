@@ -768,9 +768,13 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
         if len(angles) > 2 and (angles == sorted(angles) or angles == sorted(angles, reverse=True)):
             warn.append("sections are sorted by angle: the file may have been re-sorted, so the "
                         "section order may not be the acquisition order")
-    elif all(t.name_index is not None for t in tilts):
+    elif all(t.name_index is not None for t in tilts) and \
+            len({t.name_index for t in tilts}) == len(tilts):
         key, source = (lambda t: (t.name_index, t.movie or "")), "filename_index"
     elif all(t.mtime_ns is not None for t in tilts):
+        if all(t.name_index is not None for t in tilts):  # e.g. chrom_07_ts_010_167_000_3.0
+            warn.append("the file-name index is the same for several tilts (not an acquisition "
+                        "index): ordered by file modification time")
         key, source = (lambda t: (t.mtime_ns, t.movie or "")), "file_mtime"
     else:
         key, source = (lambda t: (t.movie or "",)), "file_name"

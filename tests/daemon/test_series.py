@@ -342,6 +342,22 @@ def test_movie_without_metadata_waits_then_uses_file_name_and_configured_dose():
                and x.dose_source == "configured" for x in a.values())
 
 
+def test_a_file_name_index_shared_by_every_tilt_is_not_an_acquisition_order():
+    """murfey's names ``chrom_07_ts_010_167_000_<angle>.mrc`` carry the same ``000`` for every
+    tilt: without metadata the tilts are ordered by their files' mtimes (the tie used to be
+    broken by file name: +3.0 deg, acquired 2nd, got the pre-exposure of the 4th)."""
+    cfg = SeriesConfig(dose_per_tilt_e_A2=2.0, metadata_wait_s=0.0)
+    acquired = ["-0.0", "3.0", "6.0", "-3.0", "-6.0"]  # dose-symmetric, first to last
+    movies = [MovieObservation(f"chrom_07_ts_010_167_000_{a}.mrc", 0.0, mtime_ns=10**9 * i)
+              for i, a in enumerate(acquired)]
+    res = resolve(movies, [], {}, config=cfg, now_s=1.0)
+    pre = {m.name: res.assignments[m.name].pre_exposure_e_A2 for m in movies}
+    assert list(pre.values()) == pytest.approx([0.0, 2.0, 4.0, 6.0, 8.0])
+    a = res.assignments[movies[1].name]
+    assert a.order_source == "file_mtime" and any("same for several tilts" in w
+                                                  for w in a.warnings)
+
+
 def test_assignment_gives_dose_params_with_frame_doses_when_counts_match():
     md, angles = dose_symmetric_mdoc(3)
     a = _resolve(md).assignments[f"TS_7_002_{angles[2]:.1f}.tif"]
