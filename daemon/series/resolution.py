@@ -28,7 +28,8 @@ Dose per tilt, first that applies (the source is recorded): ``ExposureDose`` > 0
 ``FrameDosesAndNumber``; ``DoseRate x ExposureTime / (PixelSpacing / Binning)^2`` (DoseRate is
 electrons per *unbinned* camera pixel per second, measured at the camera: a lower bound of the
 specimen dose when the specimen or energy filter removes electrons); the configured dose per
-tilt. The series section is tried before the frame mdoc of the same movie. Per-frame doses
+tilt. The series section is tried before the frame mdoc of the same movie, except that a
+DoseRate dose of one comes after an ExposureDose or frame doses of the other. Per-frame doses
 come from ``FrameDosesAndNumber`` (scaled to the tilt dose when the two disagree, with a
 warning), else uniform.
 
@@ -788,8 +789,10 @@ def _dose(t: _Tilt, config: SeriesConfig
     warn: list[str] = []
     dose = source = None
     notes = []
-    for k, s in enumerate(t.sections):
-        d, src, note = dose_of_section(s)
+    found = [(k, *dose_of_section(s)) for k, s in enumerate(t.sections)]
+    # a dose SerialEM calibrated at the specimen (ExposureDose, frame doses) in either section
+    # before a DoseRate one (measured at the camera: a lower bound)
+    for k, d, src, note in sorted(found, key=lambda f: (f[2] == "DoseRate", f[0])):
         if d is not None:
             dose, source = d, src if k == 0 else f"{src} (frame mdoc)"
             break

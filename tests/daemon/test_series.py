@@ -450,6 +450,26 @@ def test_frame_mdoc_of_a_series_with_a_series_mdoc_waits_for_its_section():
     assert res.assignments[late].pre_exposure_e_A2 == pytest.approx(5.0)
 
 
+def test_a_frame_mdocs_exposure_dose_comes_before_the_series_sections_dose_rate():
+    """ExposureDose (SerialEM's calibrated specimen dose) of the frame mdoc is used before a
+    DoseRate dose of the series section (measured at the camera: a lower bound; behind a slit
+    and a thick lamella, 0.82 against 7.66 e/Å² in the real frame mdoc of this test)."""
+    movie = "TS_7_000_0.0.tif"
+    series = parse_mdoc_text(
+        "PixelSpacing = 1.2827\n\n[ZValue = 0]\nTiltAngle = 0\nExposureDose = 0\n"
+        "DoseRate = 4.97858\nExposureTime = 1.07856\nPixelSpacing = 1.2827\nBinning = 0.5\n"
+        f"SubFramePath = X:\\s\\{movie}\nDateTime = 08-Oct-21  07:39:08\n",
+        path="/w/TS_7.mrc.mdoc")
+    frame = read_mdoc(DATA / "frame_set_single.mdoc")
+    res = resolve([MovieObservation(movie, 0.0)], [MdocObservation(series, 0.0)],
+                  {movie: frame}, config=SeriesConfig(), now_s=1.0)
+    a = res.assignments[movie]
+    assert (a.dose_e_A2, a.dose_source) == (pytest.approx(7.65892), "ExposureDose (frame mdoc)")
+    alone = resolve([MovieObservation(movie, 0.0)], [MdocObservation(series, 0.0)], {},
+                    config=SeriesConfig(), now_s=1.0).assignments[movie]
+    assert alone.dose_source == "DoseRate" and alone.dose_e_A2 == pytest.approx(0.816, abs=1e-3)
+
+
 def test_late_tilt_in_a_series_without_mdoc_holds_later_tilts_then_they_get_exact_doses():
     cfg = SeriesConfig(dose_per_tilt_e_A2=2.0, metadata_wait_s=30.0, missing_tilt_wait_s=100.0)
     seen = [MovieObservation("S_000_0.0.tif", 0.0), MovieObservation("S_001_3.0.tif", 0.0),
