@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion", "movie_motion",
-           "accumulated_motion_px", "motion_star_path", "motion_star_blocks", "write_star",
-           "write_motion_star", "relative_to", "single_particle_blocks",
+           "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
+           "write_star", "write_motion_star", "relative_to", "single_particle_blocks",
            "write_single_particle_star", "motion_records_in", "SINGLE_PARTICLE_STAR"]
 
 RELION_VERSION_LINE = "# version 50001"
@@ -213,12 +213,16 @@ def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
             float(step[counted & ~early].sum()))
 
 
+def output_stem(motion_path: str | Path) -> str:
+    """``S.motion.json`` -> ``S``: the stem of a movie's outputs (its name without suffix, or
+    ``x_tif`` when an ``x.mrc`` in the same folder has ``x``)."""
+    name = Path(motion_path).name
+    return name[: -len(_MOTION_SUFFIX)] if name.endswith(_MOTION_SUFFIX) else Path(name).stem
+
+
 def motion_star_path(motion_path: str | Path) -> Path:
     """``S.motion.json`` -> ``S.star`` (RELION's ``<root>.star`` beside ``<root>.mrc``)."""
-    motion_path = Path(motion_path)
-    name = motion_path.name
-    stem = name[: -len(_MOTION_SUFFIX)] if name.endswith(_MOTION_SUFFIX) else motion_path.stem
-    return motion_path.with_name(stem + ".star")
+    return Path(motion_path).with_name(output_stem(motion_path) + ".star")
 
 
 def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> dict[str, Any]:

@@ -4,8 +4,9 @@ WarpTools' ``ts_import`` (warpem/warp ``WarpTools/Commands/Tiltseries/ImportTilt
 lists every ``*.xml`` in the ``--frameseries`` folder, makes a movie of each (root name = the
 file name without extension) and requires that movie's aligned average
 ``average/<root>.mrc``; it matches mdoc sections to movies by the ``SubFramePath`` file name.
-So for each corrected movie with stem ``S`` (= the movie's root name) this module makes, in the
-movie's output folder:
+So for each corrected movie with output stem ``S`` (the movie's root name; ``x_tif`` for an
+``x.tif`` beside an ``x.mrc``, whose layout is then ``x``'s: never another movie's sums under
+a name) this module makes, in the movie's output folder:
 
 * ``average/S.mrc`` -> the dose-weighted sum ``S_DW.mrc`` (the plain sum when there is none),
   ``average/even/S.mrc`` -> ``S_EVN.mrc``, ``average/odd/S.mrc`` -> ``S_ODD.mrc``: hard links
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.handoff.relion import MovieMotion
+from daemon.handoff.relion import MovieMotion, output_stem
 
 __all__ = ["WARP_XML", "warp_layout", "warp_xml_path"]
 
@@ -43,7 +44,7 @@ def _link(target: Path, link: Path) -> None:
 
 def warp_xml_path(motion: MovieMotion) -> Path:
     """``<root>.xml`` beside the movie's outputs (written last by :func:`warp_layout`)."""
-    return motion.motion_path.parent / f"{motion.movie.stem}.xml"
+    return motion.motion_path.with_name(f"{output_stem(motion.motion_path)}.xml")
 
 
 def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
@@ -57,7 +58,7 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
     from correction.write import atomic_write
 
     folder = motion.motion_path.parent
-    root = motion.movie.stem
+    root = output_stem(motion.motion_path)
     made = []
     average = motion.outputs.get("dw") or motion.outputs.get("sum")
     pairs = [(average, folder / "average" / f"{root}.mrc"),

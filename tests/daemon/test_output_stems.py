@@ -5,6 +5,7 @@ restart."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import tifffile
@@ -12,18 +13,20 @@ import tifffile
 from correction.params import AlignParams, CorrectionParams, DoseParams, ReadParams
 
 from daemon.engine.service import Service
+from daemon.handoff.listener import build_handoff_listener
 from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 
 
-def _run(watch, out):
+def _run(watch, out, *, handoff=False):
     params = CorrectionParams(align=AlignParams(patches_x=1, patches_y=1),
                               dose=DoseParams(dose_per_frame_e_A2=1.0),
                               read=ReadParams(pixel_size_A=1.1))  # TIFFs carry none
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning",
-                    options={"handoff": "off"})
-    assert Service(config).run() == 0
+                    options={"handoff": "on" if handoff else "off"})
+    listeners = [build_handoff_listener(config)] if handoff else []
+    assert Service(config, listeners=listeners).run() == 0
 
 
 def test_same_stem_with_two_extensions_writes_two_output_sets_and_keeps_them_on_restart(tmp_path):
@@ -34,15 +37,21 @@ def test_same_stem_with_two_extensions_writes_two_output_sets_and_keeps_them_on_
     mrc_frames = rng.poisson(2.0, (4, 96, 96)).astype(np.int16)
     tif_frames = rng.poisson(2.0, (4, 96, 96)).astype(np.uint8)
     write_movie_progressively(watch / "x.mrc", mrc_frames, pixel_size_A=1.1, frame_interval_s=0)
-    _run(watch, out)
+    _run(watch, out, handoff=True)
     with tifffile.TiffWriter(watch / "x.tif") as tif:  # one page per frame, as detectors write
         for frame in tif_frames:
             tif.write(frame, photometric="minisblack", metadata=None)
-    _run(watch, out)
+    _run(watch, out, handoff=True)
     first = json.loads((out / "x.motion.json").read_text())
     second = json.loads((out / "x_tif.motion.json").read_text())
     assert first["movie"].endswith("x.mrc") and second["movie"].endswith("x.tif")
     assert (out / "x_tif_DW.mrc").is_file() and (out / "x_DW.mrc").is_file()
+    # the Warp layout and the RELION motion STARs follow the output names: never x.tif's sums
+    # under x (average/x.mrc was a link to x_tif_DW.mrc)
+    for stem in ("x", "x_tif"):
+        assert os.path.samefile(out / "average" / f"{stem}.mrc", out / f"{stem}_DW.mrc")
+        assert os.path.samefile(out / "average" / "even" / f"{stem}.mrc", out / f"{stem}_EVN.mrc")
+        assert (out / f"{stem}.xml").is_file() and (out / f"{stem}.star").is_file()
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("x*")}
     _run(watch, out)  # a restart keeps both names and redoes nothing
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("x*")} == before
