@@ -274,7 +274,8 @@ class TiltSeriesResolver:
         # x.mrc beside an x.mrc.mdoc without a section yet: a series stack (a [ZValue] comes)
         # or a movie whose frame mdoc is being written (a [FrameSet] comes): not decided yet
         undecided = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind == "empty"}
-        self._undecided_files = {p for p in movies if p in undecided}
+        self._undecided_files = {p for p in movies if p in undecided
+                                 and not self._undecided_long(Path(p), now)}
         series_obs, frame_map, _ = classify_mdocs(
             [MdocObservation(m.parsed, m.unchanged_since_s,
                              relative_name(Path(k).parent, self._ctx.watch_dir, folder=True))
@@ -356,6 +357,19 @@ class TiltSeriesResolver:
         return standalone_metadata(movie, params, n_frames, log_context,
                                    self._frame_mdocs.get(self._rel(movie.path)),
                                    self.series_config)
+
+    def _undecided_long(self, movie: Path, now: float) -> bool:
+        """True once a movie beside an mdoc without sections has waited the metadata wait and
+        no ``.openTS`` lock says SerialEM is still writing a series: it is then resolved as a
+        movie (a junk or abandoned mdoc must not hold it for ever)."""
+        if now - self._first_seen.get(str(movie), now) < self.series_config.metadata_wait_s:
+            return False
+        if any(lock.exists() for lock in lock_paths(Path(str(movie) + ".mdoc"), movie.stem)):
+            return False
+        self._once_log("warning", "movie_mdoc_without_section", str(movie),
+                       f"its .mdoc has no section after {self.series_config.metadata_wait_s:g} "
+                       "s: resolved as a movie", movie=str(movie))
+        return True
 
     def _ignore_stack(self, movie: Observation) -> MovieMetadata:
         """A SerialEM stack beside its series mdoc is not a movie: ignored (not waiting, so

@@ -43,7 +43,8 @@ def _serialem_folder(tmp_path):
     return watch, out
 
 
-def _run_until_idle(watch, out, *, guard_s: float) -> list[str]:
+def _run_until_idle(watch, out, *, guard_s: float,
+                    series_config: SeriesConfig = SeriesConfig()) -> list[str]:
     """Run the service with the tilt-series resolver; its stop reasons (a guard stops it after
     ``guard_s`` if it never goes idle)."""
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
@@ -51,7 +52,7 @@ def _run_until_idle(watch, out, *, guard_s: float) -> list[str]:
                     heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
     stopping = StopReason()
     run_until_idle(Service(config, listeners=[stopping],
-                           resolver=TiltSeriesResolver(SeriesConfig(), mode="on")),
+                           resolver=TiltSeriesResolver(series_config, mode="on")),
                    guard_s=guard_s)
     return stopping.reasons
 
@@ -105,3 +106,18 @@ def test_a_movie_whose_frame_mdoc_has_no_section_yet_waits_for_it_then_is_correc
         assert [r.status for r in ledger.rows(path=str(movie))] == ["done"]
     record = json.loads((out / f"{movie.stem}.motion.json").read_text())
     assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(7.65892, rel=1e-4)
+
+
+def test_a_movie_beside_an_mdoc_that_never_gets_a_section_is_corrected_after_the_wait(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    movie = watch / "single_a.mrc"
+    frames = np.random.default_rng(2).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    write_movie_progressively(movie, frames, pixel_size_A=1.1, frame_interval_s=0)
+    (watch / "single_a.mrc.mdoc").write_text("T = SerialEM: a file cut before its section\n")
+    reasons = _run_until_idle(watch, out, guard_s=30.0,
+                              series_config=SeriesConfig(metadata_wait_s=1.0))
+    assert reasons and "exit_when_idle" in reasons[0], reasons
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        assert [r.status for r in ledger.rows(path=str(movie))] == ["done"]
