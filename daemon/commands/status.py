@@ -108,7 +108,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
     """Everything ``status`` shows, as a JSON-serialisable dict."""
     now = time.time() if now is None else now
     with Ledger(db_path, read_only=True) as ledger:
-        counts = ledger.counts()
+        counts = ledger.movie_counts()  # a file once, by its newest version
         state = ledger.service_state()
         done = [_brief(r) for r in ledger.recent("done", last)]
         # a movie corrected after it failed (a retry, a new version) is no longer a failure

@@ -226,6 +226,16 @@ class Ledger:
             out[r["status"]] = r["n"]
         return out
 
+    def movie_counts(self) -> dict[str, int]:
+        """Movies per status, each file counted once by its newest row (a file that grew after
+        it was corrected, or was redone with new parameters, has a row per version)."""
+        out = {s: 0 for s in STATUSES}
+        for r in self._db.execute(
+                "SELECT status, COUNT(*) AS n FROM movies WHERE id IN "
+                "(SELECT MAX(id) FROM movies GROUP BY path) GROUP BY status"):
+            out[r["status"]] = r["n"]
+        return out
+
     def next_pending(self, *, now: float | None = None) -> MovieRow | None:
         """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry."""
         now = self._clock() if now is None else now

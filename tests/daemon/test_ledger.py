@@ -47,6 +47,9 @@ def test_a_changed_file_or_new_parameters_is_a_new_movie(ledger):
     ledger.add(key(size=200))
     ledger.add(key(fp="f2"))
     assert ledger.counts() == {"pending": 2, "running": 0, "done": 1, "failed": 0, "quarantined": 0}
+    # what an operator is shown: one movie, its newest version pending (rows stay per version)
+    assert ledger.movie_counts() == {"pending": 1, "running": 0, "done": 0, "failed": 0,
+                                     "quarantined": 0}
 
 
 def test_running_rows_left_by_a_crash_are_redone_after_restart(tmp_path):
