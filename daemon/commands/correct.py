@@ -107,22 +107,31 @@ def _warnings_as_lines(movie: Path) -> Iterator[None]:
                 print(f"motionwatch: {movie}: warning: {text}", file=sys.stderr, flush=True)
 
 
-def _output_stems(movies: list[Path]) -> dict[Path, str]:
+def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
     """Each movie's output stem: its name without the last suffix, or with its extension added
-    (``x_tif``) when an earlier movie of the same run already has that stem (``x.mrc``), so no
-    two movies write the same outputs."""
+    (``x_tif``) when an earlier movie of the same run, or the motion record an earlier run left
+    in ``out_dir``, already has that stem for another movie (``x.mrc``), so no two movies write
+    the same outputs (the same movie corrected again overwrites its own)."""
     taken: set[str] = set()
     stems = {}
     for movie in movies:
-        stem = movie.stem
-        if stem in taken:
-            stem = f"{movie.stem}_{movie.suffix.lstrip('.').lower()}"
-            n = 2
-            while stem in taken:
-                stem, n = f"{movie.stem}_{movie.suffix.lstrip('.').lower()}_{n}", n + 1
+        ext = movie.suffix.lstrip(".").lower()
+        candidates = [movie.stem, f"{movie.stem}_{ext}"] + [f"{movie.stem}_{ext}_{n}"
+                                                             for n in range(2, 1000)]
+        stem = next(c for c in candidates
+                    if c not in taken and _recorded_movie(out_dir, c) in (None, movie.resolve()))
         taken.add(stem)
         stems[movie] = stem
     return stems
+
+
+def _recorded_movie(out_dir: Path, stem: str) -> Path | None:
+    """The movie whose motion record ``out_dir/stem.motion.json`` is (None: none readable)."""
+    try:
+        recorded = json.loads((out_dir / f"{stem}.motion.json").read_text())["movie"]
+        return Path(recorded).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _print_failure(movie: Path, message: str, *, as_json: bool) -> None:
@@ -192,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.SOME_FAILED
 
     failed = 0
-    stems = _output_stems(args.movies)
+    stems = _output_stems(args.movies, Path(args.out))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     # one allocator setting around all the movies: each reuses the memory the one before
     # freed instead of faulting it in afresh (correction.allocator)

@@ -220,6 +220,24 @@ def test_movies_with_one_stem_and_two_extensions_write_two_output_sets(tmp_path,
     assert json.loads((out / "x_mrcs.motion.json").read_text())["movie"].endswith("x.mrcs")
 
 
+def test_a_later_run_into_the_same_folder_never_overwrites_another_movies_outputs(tmp_path):
+    import shutil
+
+    _movie(tmp_path / "x.mrc", np.random.default_rng(4))
+    shutil.copy(tmp_path / "x.mrc", tmp_path / "x.mrcs")
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(tmp_path / "x.mrc"), *flags]) == 0
+    first = (out / "x_DW.mrc").stat().st_mtime_ns
+    assert main(["correct", str(tmp_path / "x.mrcs"), *flags]) == 0  # another run, same stem
+    assert json.loads((out / "x.motion.json").read_text())["movie"].endswith("x.mrc")
+    assert json.loads((out / "x_mrcs.motion.json").read_text())["movie"].endswith("x.mrcs")
+    assert (out / "x_DW.mrc").stat().st_mtime_ns == first
+    assert main(["correct", str(tmp_path / "x.mrc"), *flags]) == 0  # the same movie again
+    assert (out / "x_DW.mrc").stat().st_mtime_ns != first
+    assert not (out / "x_mrc.motion.json").exists()
+
+
 def test_a_large_compressed_movie_is_decoded_into_the_scratch_folder_or_else_the_output_folder(
         tmp_path, monkeypatch, capsys):
     import tifffile
