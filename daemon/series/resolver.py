@@ -183,6 +183,7 @@ class TiltSeriesResolver:
         self._states: dict[str, SeriesState] = {}
         self._stacks: dict[str, dict[str, str]] = {}
         self._assembling: dict[str, tuple[Future, SeriesState, str]] = {}
+        self._completing: set[str] = set()  # series waiting only for their mdoc to be quiet
         self._once: set[tuple[str, str]] = set()
         self._stack_files: set[str] = set()
         self._undecided_files: set[str] = set()
@@ -212,8 +213,9 @@ class TiltSeriesResolver:
             self._log.error("series_state_unreadable", error=f"{type(exc).__name__}: {exc}")
 
     def busy(self) -> bool:
-        """An assembly is running (the service must not exit as idle)."""
-        return bool(self._assembling)
+        """An assembly is running, or a series whose tilts are all corrected waits only for its
+        mdoc to be quiet (the service must not exit as idle)."""
+        return bool(self._assembling or self._completing)
 
     def _now(self) -> float:
         return self._ctx.now()
@@ -383,6 +385,7 @@ class TiltSeriesResolver:
     # --- steps ----------------------------------------------------------------------------
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
+        self._completing &= set(res.series)  # a series no longer described waits for nothing
         by_name = {self._rel(p): p for p in movies}
         by_name.update({self._rel(p): p for p in self._rows if self._rel(p) not in by_name})
         changed_names = {self._rel(p) for p in changed}
@@ -427,6 +430,15 @@ class TiltSeriesResolver:
             else:
                 new, assemble = update_series_state(state, obs, now_s=now,
                                                     config=self.series_config)
+            # every tilt corrected, nothing writing: it completes once its mdoc is quiet, and
+            # the service is not idle until then (a batch run on a finished session's folder
+            # gets its stacks)
+            if (new.status != "complete" and not assemble and not lock and not new.lock_seen
+                    and mdoc_since is not None and summary.listed_movies and obs.known_movies
+                    and obs.known_movies | obs.listed_movies <= obs.finished_movies):
+                self._completing.add(name)
+            else:
+                self._completing.discard(name)
             if state.status == "complete" and new.status == "open":
                 self._log.info("series_reopened", series=name, reason=new.reason)
                 self._states[name] = new

@@ -133,14 +133,18 @@ def test_dose_symmetric_session_with_late_arrival_gives_exact_pre_exposures_and_
     assert series["stack_folder"] == str(out / "TS_01")
 
 
-def test_a_tilt_axis_setting_reaches_the_stacks_mdocs_and_the_relion_star(tmp_path):
+def test_a_batch_run_on_a_finished_session_assembles_its_series_with_the_tilt_axis_given(
+        tmp_path):
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     tilts = simulate(watch, 5, n_tilts=3, frame_interval_s=0.0, tilt_interval_s=0.0)
-    # acquired before the start (no .openTS lock seen): complete once the mdoc is quiet 1 s
-    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--mdoc-quiet", "1",
-                          "--tilt-axis", "-94.7", "--exit-when-idle", "2")
+    # acquired before the start (no .openTS lock seen): the series completes once its mdoc is
+    # quiet for 6 s, and the idle exit (after 1 s) waits for that (it left without stacks)
+    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--mdoc-quiet", "6",
+                          "--tilt-axis", "-94.7", "--exit-when-idle", "1")
     assert daemon.wait(timeout=90) == 0
+    (completed,) = [e for e in events(log) if e.get("event") == "series_completed"]
+    assert "mdoc unchanged for 6 s" in completed["reason"]
     check_stack(out, tilts, tilt_axis_deg=-94.7)  # not the series mdoc's 85.3
     table = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
     assert list(table["rlnTomoNominalTiltAxisAngle"]) == pytest.approx([-94.7] * len(tilts))
