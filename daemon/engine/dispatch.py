@@ -33,9 +33,14 @@ from daemon.events import SOURCE_KEY, MovieEvent, MovieKey, movie_stem, output_d
 from daemon.state.codec import metadata_from_json
 from daemon.work.workers import Outcome, Task
 
-__all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S", "timeout_quarantine_after"]
+__all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S", "REFERENCE_MISFITS_TO_STOP",
+           "timeout_quarantine_after"]
 
 MAX_RETRY_DELAY_S = 300.0
+#: movies the configured references (gain, dark, defects) must fail to fit, with none corrected
+#: since the start, before the service stops as misconfigured: a stray movie of another camera
+#: is quarantined alone once any movie was corrected
+REFERENCE_MISFITS_TO_STOP = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +96,11 @@ class Dispatcher:
         self._next_task = 0
         self.pause = Pause(wall_clock, first_s=max(config.retry_delay_s, 1.0))
         self._trouble_kind: str | None = None
+        self._corrected = 0  # movies done since the start (the references fit them)
+        self._reference_misfits: dict[str, str] = {}  # movie -> why, while none was corrected
+        #: set when the configured references fit none of the first movies: the service stops
+        #: with the configuration-error status
+        self.config_error: str | None = None
 
     def _safe(self, action: Callable[[], Any]) -> Any:
         return self._writes.guard(action)
@@ -136,12 +146,20 @@ class Dispatcher:
                 self._log.warning("movie_quarantined", movie=key.path, reason=problem,
                                   stage="dispatch")
                 continue
-            attempt = self._safe(lambda: self._ledger().claim(key))
-            if attempt is None:
-                return
             stored = metadata_from_json(row.metadata)
             params = cfg.params if stored.dose is None else dataclasses.replace(cfg.params,
                                                                                 dose=stored.dose)
+            if params.fingerprint() != key.fingerprint:
+                # waiting from a run with other parameters (e.g. another gain after a stop for
+                # a misfitting one): the movie is admitted under these, never corrected twice
+                if self._safe(lambda: self._ledger().forget(key) or True) is None:
+                    return
+                self._log.info("movie_superseded", movie=key.path,
+                               note="waiting under other parameters; corrected under these")
+                continue
+            attempt = self._safe(lambda: self._ledger().claim(key))
+            if attempt is None:
+                return
             extra = {**stored.extra_record, SOURCE_KEY: source_identity(key)}
             movie = Path(key.path)
             task_id = self._next_task
@@ -196,6 +214,8 @@ class Dispatcher:
                          timings_s=dict(outcome.timings_s), frames=outcome.record.get("frames"),
                          outputs=dict(outcome.outputs))
                 self._check_gain_orientation(outcome.record, log)
+                self._corrected += 1
+                self._reference_misfits.clear()
                 self.in_flight.pop(outcome.task_id)
                 self._finished("on_movie_done", MovieEvent(
                     Path(key.path), key, "done", attempt, outcome.outputs, outcome.record,
@@ -233,6 +253,25 @@ class Dispatcher:
                          f"{best.get('flip_gain')}",
                     note="the flags mean MotionCor2's -RotGain/-FlipGain; said once per run")
 
+    def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:
+        """The configured references do not fit a movie and no movie was corrected yet: it is
+        retried like a failed movie (quarantined only after ``max_attempts``), and once they fit
+        none of ``REFERENCE_MISFITS_TO_STOP`` movies the service is to stop as misconfigured
+        (the movies stay failed, retried at the restart with the right references)."""
+        row = ledger.get(key)
+        failures = (row.failures if row else 0) + 1
+        status = ledger.mark_failed(key, outcome.error or outcome.kind,
+                                    quarantine=failures >= self.config.max_attempts,
+                                    retry_delay_s=self.config.retry_delay_s)
+        self._reference_misfits[key.path] = outcome.error or outcome.kind
+        log.error("movie_reference_misfit", reason=outcome.error, failures=failures,
+                  note="the configured gain, dark or defect reference does not fit this movie, "
+                       "and no movie was corrected with it yet")
+        if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP and self.config_error is None:
+            self.config_error = (f"the configured references fit none of the first "
+                                 f"{len(self._reference_misfits)} movies: {outcome.error}")
+        return status
+
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any) -> str:
         cfg = self.config
@@ -249,11 +288,14 @@ class Dispatcher:
                     "movie; all correction paused")
             log.error("movie_retry_later", reason=outcome.error, retry_in_s=delay, note=note)
             return status
+        if outcome.kind == "config" and not self._corrected:
+            return self._reference_misfit(ledger, key, outcome, log)
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
         limit = (timeout_quarantine_after(cfg.max_attempts) if outcome.kind == "timeout"
                  else cfg.max_attempts)
-        quarantine = outcome.kind == "data" or failures >= limit
+        # references that fit other movies of this run: this movie is the odd one
+        quarantine = outcome.kind in ("data", "config") or failures >= limit
         delay = min(MAX_RETRY_DELAY_S, cfg.retry_delay_s * 2 ** (failures - 1))
         status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=quarantine,
                                     retry_delay_s=delay)

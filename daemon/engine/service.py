@@ -271,7 +271,16 @@ class Service:
                 self._log.info("service_stopping", reason=reason,
                                in_flight=len(self.dispatcher.in_flight))
             if draining and not self.dispatcher.in_flight:
+                if self.dispatcher.config_error is not None:
+                    return exitcodes.CONFIG
                 return exitcodes.RESTART if self._signals.restart else exitcodes.OK
+            if self.dispatcher.config_error is not None and not draining:
+                self._log.error("config_invalid", problems=[self.dispatcher.config_error],
+                                note="fix --gain, --gain-rotate, --gain-flip, --dark or "
+                                     "--defects and start again; the movies are kept")
+                self._signals.request_stop(f"configuration error: {self.dispatcher.config_error}",
+                                           wake=False)
+                continue
 
             self._check_output_folder()
             self.dispatcher.retry_unrecorded()

@@ -365,6 +365,13 @@ class Ledger:
             db.execute(f"UPDATE movies SET status='pending', attempts=MAX(attempts-1, 0), updated=? "
                        f"WHERE {_KEY_WHERE} AND status='running'", (self._clock(), *_k(key)))
 
+    def forget(self, key: MovieKey) -> None:
+        """Drop a pending or failed row superseded by the movie under other parameters (done,
+        running and quarantined rows are kept)."""
+        with self._tx() as db:
+            db.execute(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status IN ('pending','failed')",
+                       _k(key))
+
     def recover_running(self) -> list[MovieKey]:
         """Start-up: rows left ``running`` by a crash go back to ``pending`` (to be redone)."""
         with self._tx() as db:

@@ -58,8 +58,8 @@ __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "Ga
 
 DEFAULT_RUNNER = "correction.pipeline:prepare_movie"
 
-OutcomeKind = Literal["done", "data", "environment", "crash", "timeout", "error", "unstarted",
-                      "interrupted"]
+OutcomeKind = Literal["done", "data", "config", "environment", "crash", "timeout", "error",
+                      "unstarted", "interrupted"]
 
 _WRITER_NICENESS = 10  # the writer thread's niceness above the worker's
 _HOLD_MEMORY_S = 2.0  # a worker idle this long hands its freed memory back to the system
@@ -107,8 +107,10 @@ class Outcome:
 
     Attributes
     ----------
-    kind : {"done", "data", "environment", "crash", "timeout", "error", "unstarted"}
+    kind : {"done", "data", "config", "environment", "crash", "timeout", "error", "unstarted"}
         ``data``: the movie itself is bad (a ``CorrectionError``; retrying will not help);
+        ``config``: the configured gain, dark or defect reference does not fit the movie or
+        cannot be read (a ``GainReferenceError``: the movie's fault only if others fit);
         ``environment``: full disk, read-only or vanished output folder, any error writing on
         the output side (retry later, not the movie's fault); ``crash``: the worker process
         died; ``timeout``: killed after its time limit; ``error``: any other exception;
@@ -179,14 +181,17 @@ def _writable(folder: Path) -> bool:
 
 
 def _classify(exc: BaseException, task: Task) -> OutcomeKind:
-    """``data`` (the movie), ``environment`` (disk, output side), else ``error``.
+    """``config`` (the references), ``data`` (the movie), ``environment`` (disk, output side),
+    else ``error``.
 
     An OSError is environmental when its errno says so (full disk, quota, read-only, I/O), when
     it names a path on the output side (permission denied, a folder that is a file ...), when the
     output root is gone, or when it names no path and the output folder cannot be written.
     """
-    from correction.errors import CorrectionError
+    from correction.errors import CorrectionError, GainReferenceError
 
+    if isinstance(exc, GainReferenceError):
+        return "config"
     if isinstance(exc, CorrectionError):
         return "data"
     if isinstance(exc, OSError):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.commands.cli import main as cli_main
@@ -51,38 +52,6 @@ def movie(folder: Path, name: str | bytes) -> Path:
     return path
 
 
-class Log:
-    """A structlog-like logger that keeps every event (level, event, fields)."""
-
-    def __init__(self, events: list | None = None, **bound) -> None:
-        self.events = [] if events is None else events
-        self._bound = bound
-
-    def bind(self, **kw) -> "Log":
-        return Log(self.events, **{**self._bound, **kw})
-
-    def _emit(self, level: str, event: str, **kw) -> None:
-        self.events.append((level, event, {**self._bound, **kw}))
-
-    def debug(self, event, **kw):
-        self._emit("debug", event, **kw)
-
-    def info(self, event, **kw):
-        self._emit("info", event, **kw)
-
-    def warning(self, event, **kw):
-        self._emit("warning", event, **kw)
-
-    def error(self, event, **kw):
-        self._emit("error", event, **kw)
-
-    def exception(self, event, **kw):
-        self._emit("error", event, **kw)
-
-    def named(self, event: str) -> list[dict]:
-        return [kw for _, e, kw in self.events if e == event]
-
-
 class Beats(ServiceListener):
     def __init__(self, on_beat=None) -> None:
         self.health = []
@@ -99,9 +68,9 @@ def rows(config: Config) -> dict[str, object]:
         return {Path(r.key.path).name: r for r in ledger.rows()}
 
 
-def run(config: Config, *listeners, log: Log | None = None) -> int:
+def run(config: Config, *listeners, log: RecordingLog | None = None) -> int:
     return Service(config, listeners=list(listeners), runner="fake_runners:correct",
-                   logger=log or Log()).run()
+                   logger=log or RecordingLog()).run()
 
 
 # --- 1, 2: file names that are not UTF-8, files dated 2300 ----------------------------------
@@ -156,7 +125,7 @@ def test_a_worker_that_cannot_start_leaves_no_row_running_and_makes_the_service_
             service.request_stop("test")
 
     service = Service(setup, listeners=[Beats(stop_when_reported)],
-                      runner="fake_runners:correct", logger=Log())
+                      runner="fake_runners:correct", logger=RecordingLog())
     assert service.run() == 0
     row = rows(setup)["ok.mrc"]
     assert seen and (row.status, row.attempts, row.failures) == ("failed", 0, 0)
@@ -173,7 +142,7 @@ def test_a_movie_whose_worker_died_for_the_next_movie_is_redone_without_a_failur
     movie(setup.watch_dir, "crash.mrc")
     older = later.stat().st_mtime_ns - 10**9  # oldest first: ``later`` is corrected first
     os.utime(later, ns=(older, older))
-    log = Log()
+    log = RecordingLog()
     assert run(setup, log=log) == 0
     table = rows(setup)
     assert (table["later.mrc"].status, table["later.mrc"].failures) == ("done", 0)
@@ -198,7 +167,7 @@ def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_
                 locked.unlink(missing_ok=True)  # writable again
 
     beats = Beats(unlock_after_reported)
-    log = Log()
+    log = RecordingLog()
     assert run(setup, beats, log=log) == 0
     table = rows(setup)
     assert {n: (r.status, r.failures) for n, r in table.items()} == {
@@ -235,7 +204,7 @@ def test_an_unwritable_state_database_is_reported_once_counts_nothing_and_recove
                 state["failing"] = False
 
     beats = Beats(free_space_later)
-    log = Log()
+    log = RecordingLog()
     assert run(setup, beats, log=log) == 0
     assert state["raised"] > 2  # retried while failing ...
     assert len(log.named("ledger_write_failed")) == 1  # ... but said once
@@ -282,7 +251,7 @@ def test_a_corrupt_state_database_is_moved_aside_and_rebuilt_from_the_outputs(se
             ledger.add(MovieKey(f"/old/{i}.mrc", 1, i, "x" * 16))
     _damage(db, how)
     _adoptable(setup, "never.mrc")
-    log = Log()
+    log = RecordingLog()
     assert run(setup, log=log) == 0
     moved = [p for p in setup.state_dir.glob("motionwatch.sqlite.corrupt-*")
              if not p.name.endswith(("-wal", "-shm"))]
@@ -313,7 +282,7 @@ def test_a_second_daemon_with_another_state_dir_on_the_same_output_folder_is_ref
 
 def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(setup):
     first = Service(dataclasses.replace(setup, exit_when_idle_s=None),
-                    runner="fake_runners:correct", logger=Log())
+                    runner="fake_runners:correct", logger=RecordingLog())
     ready = threading.Event()
 
     class Ready(ServiceListener):
@@ -384,7 +353,7 @@ def test_a_runaway_small_movie_times_out_by_its_size_and_is_quarantined_sooner(s
         "movie_timeout_floor": 1.0, "movie_timeout_per_gb": 0.0})
     movie(config.watch_dir, "hang.mrc")
     movie(config.watch_dir, "ok.mrc")
-    log = Log()
+    log = RecordingLog()
     assert run(config, log=log) == 0
     table = rows(config)
     assert (table["hang.mrc"].status, table["hang.mrc"].failures) == ("quarantined", 1)
@@ -401,12 +370,12 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
     changed = dataclasses.replace(
         setup, params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0)),
         options={"on_parameter_change": "keep"})
-    log = Log()
+    log = RecordingLog()
     assert run(changed, log=log) == 0
     [said] = log.named("parameters_changed")
     assert (said["finished_movies"], said["policy"]) == (1, "keep")
     assert [r.status for r in rows(setup).values()] == ["done"]  # one row: not redone
-    log = Log()
+    log = RecordingLog()
     assert run(dataclasses.replace(changed, options={"on_parameter_change": "redo"}),
                log=log) == 0
     [said] = log.named("parameters_changed")

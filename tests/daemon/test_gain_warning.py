@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams, GainParams
 from correction.synthetic import render_movie
@@ -14,25 +15,6 @@ from daemon.engine.service import Service
 from daemon.feed.listener import PublishListener
 from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
-
-
-class Events:
-    """A structlog-like logger that keeps (level, event, fields)."""
-
-    def __init__(self, seen=None, context=None):
-        self.seen = [] if seen is None else seen
-        self.context = dict(context or {})
-
-    def bind(self, **kw):
-        return Events(self.seen, {**self.context, **kw})
-
-    def _log(self, level, event, **kw):
-        self.seen.append((level, event, {**self.context, **kw}))
-
-    def __getattr__(self, level):
-        if level in ("debug", "info", "warning", "error", "exception", "critical"):
-            return lambda event, **kw: self._log(level, event, **kw)
-        raise AttributeError(level)
 
 
 class FakePublisher:
@@ -77,10 +59,10 @@ def test_a_rotated_gain_is_named_once_with_the_motioncor2_flags_that_fit(tmp_pat
                               gain=GainParams(gain_path=tmp_path / "gain.mrc"))
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning")
-    log, publisher = Events(), FakePublisher()
+    log, publisher = RecordingLog(), FakePublisher()
     assert Service(config, listeners=[PublishListener(publisher)], logger=log).run() == 0
-    done = [f for level, e, f in log.seen if e == "movie_done"]
-    suspects = [f for level, e, f in log.seen if e == "gain_orientation_suspect"]
+    done = [f for level, e, f in log.events if e == "movie_done"]
+    suspects = [f for level, e, f in log.events if e == "gain_orientation_suspect"]
     assert len(done) == 2 and len(suspects) == 1
     assert suspects[0]["fits"] == "--gain-rotate 2 --gain-flip 0"
     gain_warnings = [m for k, m in publisher.warnings if k == "gain_orientation"]

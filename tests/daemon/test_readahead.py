@@ -111,16 +111,16 @@ def _dispatcher(tmp_path: Path, pool, hints) -> tuple[Dispatcher, Ledger, list[P
     from correction.params import CorrectionParams, DoseParams
 
     ledger = Ledger(tmp_path / "state.sqlite")
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
     movies = []
     for i, name in enumerate(("TS_01_001.mrc", "TS_01_002.mrc", "TS_01_003.mrc")):
         path = tmp_path / name
         path.write_bytes(b"x" * 1024)
         os.utime(path, ns=(10**18 + i, 10**18 + i))  # acquisition order
         st = path.stat()
-        ledger.add(MovieKey(str(path), st.st_size, st.st_mtime_ns, "f"))
+        ledger.add(MovieKey(str(path), st.st_size, st.st_mtime_ns, params.fingerprint()))
         movies.append(path)
-    config = SimpleNamespace(params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                             watch_dir=tmp_path,
+    config = SimpleNamespace(params=params, watch_dir=tmp_path,
                              out_dir=tmp_path / "out", movie_timeout_s=600.0, retry_delay_s=1.0,
                              max_attempts=3, scratch_dir=None)
     log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None,

@@ -1,0 +1,80 @@
+"""A gain reference that fits no movie is a configuration error, not three bad movies.
+
+Configuration errors fail fast: when the configured gain (dark, defects) fits none of the first
+movies and none was corrected with it, the service stops with status 78 (EX_CONFIG: systemd does
+not restart it) and the movies stay to be corrected after the restart with the right gain; they
+were quarantined one by one before, as faults of the movies. Once a movie was corrected with the
+gain, a movie it does not fit (another camera's file) is that movie's fault: quarantined alone.
+"""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+from recording_log import RecordingLog
+
+from correction.params import CorrectionParams, DoseParams, GainParams
+from daemon import exitcodes
+from daemon.engine.service import Service
+from daemon.settings.config import Config
+from daemon.simulation.movies import write_movie_progressively
+from daemon.state.ledger import Ledger
+
+
+def _movie(path, shape, seed, mtime_s):
+    frames = np.random.default_rng(seed).poisson(2.0, (4, *shape)).astype(np.int16)
+    write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+    import os
+    os.utime(path, (mtime_s, mtime_s))  # oldest first is the order of correction
+
+
+def _gain(path, shape):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ones(shape, np.float32))
+
+
+def _run(watch, out, gain, log):
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=gain))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", retry_delay_s=0.2)
+    return Service(config, logger=log).run()
+
+
+def _statuses(out):
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        return sorted((r.key.path.rsplit("/", 1)[-1], r.status) for r in ledger.rows())
+
+
+def test_a_gain_that_fits_none_of_the_first_movies_stops_the_service_and_loses_none(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    for i in range(4):
+        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
+    _gain(tmp_path / "wrong.mrc", (96, 64))  # a rotated K3-like gain without --gain-rotate
+    log = RecordingLog()
+    assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
+    (problem,) = [f for level, e, f in log.events if e == "config_invalid"]
+    assert "fit none of the first 3 movies" in problem["problems"][0]
+    assert "96x64" in problem["problems"][0] or "96 x 64" in problem["problems"][0]
+    assert not any(e == "movie_quarantined" for level, e, f in log.events)
+    assert {s for _, s in _statuses(out)} <= {"failed", "pending"}
+    _gain(tmp_path / "right.mrc", (64, 96))
+    assert _run(watch, out, tmp_path / "right.mrc", RecordingLog()) == exitcodes.OK
+    assert _statuses(out) == [(f"m{i}.mrc", "done") for i in range(4)]
+
+
+def test_after_a_movie_fitted_the_gain_a_movie_it_does_not_fit_is_quarantined_alone(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    _movie(watch / "a.mrc", (64, 96), 1, 1_000_000)
+    _movie(watch / "stray.mrc", (32, 32), 2, 1_000_001)  # another camera's file
+    _movie(watch / "b.mrc", (64, 96), 3, 1_000_002)
+    _gain(tmp_path / "gain.mrc", (64, 96))
+    log = RecordingLog()
+    assert _run(watch, out, tmp_path / "gain.mrc", log) == exitcodes.OK
+    assert _statuses(out) == [("a.mrc", "done"), ("b.mrc", "done"), ("stray.mrc", "quarantined")]
+    (quarantined,) = [f for level, e, f in log.events if e == "movie_quarantined"]
+    assert quarantined["kind"] == "config" and "stray.mrc" in quarantined["reason"]
