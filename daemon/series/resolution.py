@@ -38,7 +38,9 @@ ordered by ``TimeStamp`` when every tilt has one, else ``DateTime``, else the ac
 (mdoc section order of a growing file, or the file-name ``index`` group, or file mtimes) -
 never ZValue after a re-sort, never angle. This is SerialEM's ``PriorRecordDose`` convention
 (dose before the exposure, not including it); where ``PriorRecordDose`` is present the
-difference is recorded. Tilts without any usable dose block the tilts after them (a reason is
+difference is recorded, and an exposure it counts that the mdoc does not list (a retaken tilt:
+``PriorRecordDose`` grows by more than half a tilt's dose beyond the listed doses) is added to
+the pre-exposure from the next tilt on, with a warning. Tilts without any usable dose block the tilts after them (a reason is
 given) rather than producing a silently wrong pre-exposure.
 """
 
@@ -590,6 +592,11 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         if series in series_tilts and not waited:
             pending[mv.name] = f"waiting for the series mdoc of {series} to list it"
             continue
+        if series in series_tilts:  # still not listed: SerialEM discarded it (a retaken tilt)
+            standalone.add(mv.name)
+            warnings.append(f"{mv.name}: not listed by the series mdoc of {series} (a discarded "
+                            "or retaken tilt?): corrected on its own, outside the series")
+            continue
         try:
             angle = float(m.group("angle"))
         except ValueError:
@@ -603,9 +610,6 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                   mdoc_path=str(fm.path) if fm is not None and fm.path else None, z_value=None)
         if fsec is not None:
             t.warnings.extend(fsec.warnings)
-        if series in series_tilts:
-            t.warnings.append(f"series mdoc of {series} does not list {mv.name}: its pre-exposure "
-                              "counts only the tilts matched by file name or frame mdoc")
         other.setdefault(series, []).append(t)
 
     # 3. order, dose and pre-exposure per series
@@ -637,11 +641,12 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         doses: list[float | None] = []
         dose_info = [_dose(t, config) for t in ordered]
         jumps = _prior_record_dose_jumps(ordered, [d[0] for d in dose_info])
-        warnings.extend(f"{name}, {label}: {why}" for label, why in jumps.values())
+        warnings.extend(f"{name}, {label}: {why}" for label, _, why in jumps.values())
         for i, t in enumerate(ordered):
             dose, dsource, frames, dwarn = dose_info[i]
-            if i in jumps:
-                dwarn = dwarn + [jumps[i][1]]
+            if i in jumps:  # the unlisted exposure irradiated the specimen: it counts
+                running += jumps[i][1]
+                dwarn = dwarn + [jumps[i][2]]
             doses.append(dose)
             below = [g for g in gaps if t.name_index is not None and g < t.name_index]
             if below and t.movie in obs_by_name:
@@ -678,27 +683,22 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                                f"({dwarn[-1] if dwarn else 'unknown'}): pre-exposure unknown")
             else:
                 running += dose
-        summary = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn)
-        if name in summaries:  # movies the series mdoc does not list, matched by file name
-            prev = summaries[name]
-            summary = replace(prev, listed_movies=prev.listed_movies | summary.listed_movies,
-                              tilts=prev.tilts + summary.tilts,
-                              warnings=prev.warnings + summary.warnings)
-        summaries[name] = summary
+        summaries[name] = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn)
     return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
                       series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings))
 
 
 def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | None]
-                             ) -> dict[int, tuple[str, str]]:
+                             ) -> dict[int, tuple[str, float, str]]:
     """Tilts before which SerialEM's ``PriorRecordDose`` grows by more than the listed tilts'
     doses (by over half a typical tilt's dose): an exposure it counted that the mdoc does not
-    list (a retaken or discarded tilt). Index in ``ordered`` -> (tilt label, reason)."""
+    list (a retaken or discarded tilt), which irradiated the specimen all the same. Index in
+    ``ordered`` -> (tilt label, the unlisted dose in e/Å², reason)."""
     known = [d for d in doses if d is not None and d > 0]
     if not known:
         return {}
     threshold = max(0.05, 0.5 * float(sorted(known)[len(known) // 2]))
-    jumps: dict[int, tuple[str, str]] = {}
+    jumps: dict[int, tuple[str, float, str]] = {}
     running, previous = 0.0, None
     for i, (t, dose) in enumerate(zip(ordered, doses)):
         if dose is None:
@@ -706,11 +706,13 @@ def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | N
         if t.prior_record_dose is not None and t.prior_record_dose >= 0:
             missing = t.prior_record_dose - running
             if previous is not None and missing - previous > threshold:
-                jumps[i] = (t.movie or f"section {t.z_value}",
+                jumps[i] = (t.movie or f"section {t.z_value}", missing - previous,
                             f"PriorRecordDose counts {missing - previous:.3g} e/Å² more before "
                             "this tilt than the tilts the mdoc lists (an exposure SerialEM made "
-                            "but the mdoc does not list, e.g. a retaken tilt): its pre-exposure "
-                            "and the later ones count the listed tilts only")
+                            "but the mdoc does not list, e.g. a retaken tilt): added to its "
+                            "pre-exposure and the later ones")
+                running += missing - previous
+                missing = previous
             previous = missing
         running += dose
     return jumps
