@@ -512,7 +512,11 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
             for m, j in enumerate(chosen):
                 peaks[j] = _window_peak(maps[m]) - group_shifts[j]
             del maps
+        # a group's peak against the sum of the others lies at its error minus the others'
+        # mean error, n / (n - 1) times its error from the mean of all: stepping by the full
+        # peak overshoots (two frames would swap places every iteration and never settle)
         residuals = np.array(peaks, dtype=np.float64).reshape(n_groups, 2)
+        residuals *= (n_groups - 1) / n_groups
         group_shifts = group_shifts + residuals
         shifts = interpolate_group_shifts(groups, group_shifts, n)
         common = shifts.mean(axis=0)
