@@ -12,6 +12,9 @@ Header facts used
 * Mode 0 is signed 8-bit by MRC2014 but unsigned in IMOD/SerialEM files: when the IMOD stamp
   (1146047817 at byte 152) is present, bit 0 of the IMOD flags (byte 156) says signed; without
   the stamp, a header range inside 0-255 that exceeds 127 means unsigned, else signed.
+* SerialEM's older 4-bit K2/K3 frames are mode 0 with half the width in ``nx``: IMOD flag bit 4
+  (16, ``MRC_FLAGS_4BIT_BYTES``), or a single title with "4 bits packed" (IMOD's
+  ``PACKED_HALF_XSIZE``). They are read as mode 101 of twice that width (low nibble first).
 * Pixel size = ``cella.x / mx`` in Å. 0 (unset) and exactly 1.0 (the value writers leave when
   they do not know it, ``cella == mx``) are reported as unknown (None).
 * FEI1/FEI2 extended headers: pixel size (m), high tension (V) and dose (e/m²) from the first
@@ -34,6 +37,7 @@ __all__ = ["MrcLayout", "read_mrc_layout", "read_mrc", "read_mrc_image", "MRC_MO
 
 HEADER_BYTES = 1024
 _IMOD_STAMP = 1146047817
+_MRC_FLAGS_4BIT_BYTES = 16  # IMOD flag: mode 0 bytes each hold two 4-bit pixels
 #: MRC modes read, with the stored sample type (mode 0 may become uint8, see module doc).
 MRC_MODES: dict[int, str] = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2", 101: "u1"}
 _MODE_NAMES = {3: "complex int16", 4: "complex float32"}
@@ -157,7 +161,12 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
     imod_flags = int.from_bytes(raw[156:160], "little" if order == "<" else "big")
     dmin, dmax = float(hdr["dmin"]), float(hdr["dmax"])
     signed_source = "mrc2014"
-    if mode == 0:
+    packed_half_width = mode == 0 and (
+        (imod_stamp == _IMOD_STAMP and imod_flags & _MRC_FLAGS_4BIT_BYTES)
+        or (int(hdr["nlabl"]) == 1 and b"4 bits packed" in bytes(hdr["label"][0])))
+    if packed_half_width:  # the bytes of mode 101 frames twice as wide
+        mode, nx, dtype = 101, 2 * nx, np.dtype("u1")
+    elif mode == 0:
         if imod_stamp == _IMOD_STAMP:
             signed = bool(imod_flags & 1)
             signed_source = "imod_flags"
@@ -184,7 +193,10 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
         "nsymbt": nsymbt,
         "exttyp": exttyp.decode("ascii", "replace").strip("\x00 "),
     }
-    if mode == 0:
+    if packed_half_width:
+        header["mode"] = 0
+        header["packed_4bit"] = "half_width"
+    elif mode == 0:
         header["mode0_signed"] = dtype.kind == "i"
         header["mode0_signed_from"] = signed_source
     if nsymbt and exttyp in (b"FEI1", b"FEI2"):

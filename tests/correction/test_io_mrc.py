@@ -100,6 +100,41 @@ def test_mode_101_four_bit_serialem_frames_unpack_exactly(tmp_path, nx):
     assert movie.pixel_size_A == pytest.approx(0.83, abs=1e-5)
 
 
+def _as_half_width_mode0(path, *, flag: bool, title: bytes = b""):
+    """Rewrite a 4-bit mode-101 file as SerialEMCCD's older layout: mode 0, nx the byte width
+    (half the pixels), IMOD stamp and flag 16 (``MRC_FLAGS_4BIT_BYTES``) and/or the title."""
+    raw = bytearray(path.read_bytes())
+    header = np.frombuffer(bytes(raw[:1024]), dtype=mrcfile.dtypes.HEADER_DTYPE).copy()[0]
+    header["nx"] //= 2
+    header["mx"] //= 2
+    header["cella"]["x"] /= 2
+    header["mode"] = 0
+    if flag:
+        raw[152:160] = np.array([1146047817, 16], "<i4").tobytes()
+    if title:
+        header["nlabl"] = 1
+        header["label"][0] = title
+    raw[:152] = header.tobytes()[:152]
+    raw[160:1024] = header.tobytes()[160:1024]
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("flag, title", [(True, b""), (False, b"SerialEMCCD: Dose frac. image, "
+                                                              b"4 bits packed  r/f 0")])
+def test_serialems_half_width_mode_0_four_bit_frames_unpack_to_the_full_width(tmp_path, flag,
+                                                                               title):
+    """As IMOD reads them (PACKED_HALF_XSIZE): they were 8-bit pixels of half the width."""
+    rng = np.random.default_rng(RNG_SEED)
+    truth = rng.integers(0, 16, size=(3, 30, 64)).astype(np.uint8)
+    path = _write_mode101(tmp_path / "k2.mrc", truth, 64)
+    _as_half_width_mode0(path, flag=flag, title=title)
+    movie = read_movie(path)
+    assert movie.frames.shape == (3, 30, 64) and movie.frames.dtype == np.uint8
+    np.testing.assert_array_equal(movie.frames, truth)
+    assert movie.header["packed_4bit"] == "half_width"
+    assert movie.pixel_size_A == pytest.approx(0.83, abs=1e-5)
+
+
 def test_truncated_mode_101_is_reported_with_sizes(tmp_path):
     truth = np.zeros((4, 30, 64), dtype=np.uint8)
     path = _write_mode101(tmp_path / "s.mrc", truth, 64)
