@@ -142,6 +142,18 @@ def _print_failure(movie: Path, message: str, *, as_json: bool) -> None:
               flush=True)
 
 
+def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
+    """One line on stderr when the movie's raw sum says another gain orientation fits clearly
+    better than the one given (:mod:`correction.gain_orientation`); True when said."""
+    check = record.get("gain_orientation") or {}
+    if not check.get("clearly_better"):
+        return False
+    print(f"motionwatch: {movie}: warning: {check.get('message')}: check --gain-rotate/"
+          "--gain-flip (MotionCor2's -RotGain/-FlipGain); said once per run",
+          file=sys.stderr, flush=True)
+    return True
+
+
 def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool) -> None:
     """One line per corrected movie on stdout: a summary, or JSON with ``--json``."""
     rec = result.record
@@ -201,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.SOME_FAILED
 
     failed = 0
+    gain_warned = False  # a gain orientation that fits clearly better is named once per run
     stems = _output_stems(args.movies, Path(args.out))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     # one allocator setting around all the movies: each reuses the memory the one before
@@ -219,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
                 _print_failure(movie, _fail(movie, exc), as_json=args.json)
                 continue
             _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
+            if not gain_warned:
+                gain_warned = _warn_gain_orientation(movie, result.record)
     read_ahead.close()
     try:  # RELION's single-particle hand-off: every movie corrected into this folder so far
         write_single_particle_star(args.out, motion_records_in(args.out))

@@ -265,3 +265,27 @@ def test_a_large_compressed_movie_is_decoded_into_the_scratch_folder_or_else_the
                  str(tmp_path / "afile"), *common]) == exitcodes.SOME_FAILED
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         f"motionwatch: {tmp_path / 'afile'}: cannot create the scratch folder")
+
+
+def test_a_gain_that_fits_the_movies_better_turned_over_is_named_once_on_stderr(tmp_path,
+                                                                                 capsys):
+    """The orientation check of the record (correction.gain_orientation) reaches the user of
+    ``correct`` as one warning line per run (it was in the motion record alone)."""
+    rng = np.random.default_rng(7)
+    gain = None
+    movies = []
+    for i in range(2):
+        syn = render_movie(rng, shape_yx=(384, 512), n_frames=12, gain=True if gain is None
+                           else gain, n_hot_pixels=0, electrons_per_px_per_frame=1.5)
+        gain = syn.gain
+        movies.append(tmp_path / f"m{i}.mrc")
+        with mrcfile.new(movies[-1]) as mrc:
+            mrc.set_data(syn.frames.astype(np.int16))
+            mrc.voxel_size = 1.1
+    with mrcfile.new(tmp_path / "gain.mrc") as mrc:
+        mrc.set_data(np.ascontiguousarray(gain[::-1]).astype(np.float32))  # stored upside down
+    assert main(["correct", *map(str, movies), "--gain", str(tmp_path / "gain.mrc"), "--out",
+                 str(tmp_path / "out"), "--dose-per-frame", "1.5", "--patches", "1", "1"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "gain orientation" in x]
+    assert len(lines) == 1 and "m0.mrc: warning:" in lines[0]
+    assert "-RotGain 0 -FlipGain 1 fits better" in lines[0]
