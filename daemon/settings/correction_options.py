@@ -66,7 +66,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "(default %(default)s)")
     dose = mov.add_mutually_exclusive_group(required=dose_required)
     dose.add_argument("--dose-per-frame", type=float, default=None, metavar="e/Å²",
-                      help="dose per frame on the specimen (e/Å²)")
+                      help="dose per frame on the specimen (e/Å²); for EER, per fraction "
+                           "after --eer-group, as RELION's 'dose per frame' (not per raw EER "
+                           "frame)")
     dose.add_argument("--total-dose", type=float, default=None, metavar="e/Å²",
                       help="dose of the whole movie (e/Å²), spread evenly over its frames")
     mov.add_argument("--pre-exposure", type=float, default=0.0, metavar="e/Å²",
