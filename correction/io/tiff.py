@@ -272,26 +272,30 @@ def _require_decoder(path: Path, compression: int) -> None:
         raise UnsupportedFormatError(path, f"TIFF compression {compression} is not supported")
 
 
-def _pixel_size_from_tags(page: tifffile.TiffPage) -> float | None:
-    """Pixel size in Å from XResolution when the unit is centimetre and the value plausible.
+_A_PER_RESOLUTION_UNIT = {2: 2.54e8, 3: 1e8}  # TIFF ResolutionUnit inch, centimetre -> Å
 
-    Image writers that know nothing of pixel sizes leave 72 or 1 pixels per inch, or no unit;
-    those (and anything outside 0.1-100 Å) give None.
+
+def _pixel_size_from_tags(page: tifffile.TiffPage) -> float | None:
+    """Pixel size in Å from XResolution per inch or centimetre, when the value is plausible.
+
+    SerialEM (through IMOD's ``tiffWriteSection``) stores ``round(2.54e8 / pixel_A)`` pixels per
+    inch. Image writers that know nothing of pixel sizes leave 72 or 1 pixels per inch, or no
+    unit; those (and anything outside 0.1-100 Å) give None.
     """
     tags = page.tags
     unit = tags.get("ResolutionUnit")
     xres = tags.get("XResolution")
-    if unit is None or xres is None or int(unit.value) != 3:
+    if unit is None or xres is None or int(unit.value) not in _A_PER_RESOLUTION_UNIT:
         return None
     try:
         num, den = xres.value
-        px_per_cm = num / den
+        px_per_unit = num / den
     except (TypeError, ValueError, ZeroDivisionError):
         return None
-    if not px_per_cm > 0:
+    if not px_per_unit > 0:
         return None
-    pixel_A = 1e8 / px_per_cm
-    return float(pixel_A) if 0.1 <= pixel_A <= 100 else None
+    pixel_A = _A_PER_RESOLUTION_UNIT[int(unit.value)] / px_per_unit
+    return float(f"{pixel_A:.6g}") if 0.1 <= pixel_A <= 100 else None
 
 
 def read_tiff_image(path: str | Path) -> tuple[np.ndarray, float | None]:

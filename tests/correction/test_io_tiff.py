@@ -46,6 +46,16 @@ def test_pixel_size_from_centimetre_resolution_tags(tmp_path):
     assert read_movie(path).pixel_size_A == pytest.approx(1.1, rel=1e-6)
 
 
+@pytest.mark.parametrize("dpi, pixel_A", [(round(2.54e8 / 0.83), 0.83), (72, None), (1, None)])
+def test_pixel_size_from_serialems_pixels_per_inch(tmp_path, dpi, pixel_A):
+    """SerialEM writes round(2.54e8 / pixel size in Å) pixels per inch (IMOD's
+    tiffWriteSection); 72 or 1 per inch is an image writer's placeholder."""
+    path = tmp_path / "p.tif"
+    tifffile.imwrite(path, _movie(np.uint8, shape=(2, 16, 16)), resolution=(dpi, dpi),
+                     resolutionunit="INCH")
+    assert read_movie(path).pixel_size_A == (None if pixel_A is None else pytest.approx(pixel_A))
+
+
 @pytest.mark.parametrize("compression", [None, "lzw"])
 def test_tiff_cut_while_being_written_is_truncated_not_short(tmp_path, compression):
     data = _movie(np.uint8, shape=(10, 64, 64))
