@@ -83,16 +83,21 @@ def test_a_stack_still_locked_by_serialem_waits_until_the_lock_is_gone_then_is_i
     assert not list(out.glob("TS_01*.mrc")) and not list(out.glob("*.motion.json"))
 
 
+def _one_movie(tmp_path, name, n_frames):
+    """A watch folder holding one small movie, and an output folder."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    frames = np.random.default_rng(n_frames).poisson(1.0, (n_frames, 32, 32)).astype(np.int16)
+    write_movie_progressively(watch / name, frames, pixel_size_A=1.1, frame_interval_s=0)
+    return watch, out, watch / name
+
+
 def test_a_movie_whose_frame_mdoc_has_no_section_yet_waits_for_it_then_is_corrected(tmp_path):
     """``x.mrc`` beside an ``x.mrc.mdoc`` that has only its title so far may be a series stack
     or a movie whose frame mdoc is being written: it waits until a section says which (it was
     ignored for good as a stack before)."""
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    movie = watch / "s_mmm_00993_33.0_Oct08_07.39.05.mrc"
-    frames = np.random.default_rng(1).poisson(1.0, (12, 32, 32)).astype(np.int16)
-    write_movie_progressively(movie, frames, pixel_size_A=1.28, frame_interval_s=0)
+    watch, out, movie = _one_movie(tmp_path, "s_mmm_00993_33.0_Oct08_07.39.05.mrc", 12)
     full = (DATA / "frame_set_single.mdoc").read_text().replace(".tif", ".mrc")
     frame_mdoc = watch / f"{movie.name}.mdoc"
     frame_mdoc.write_text(full[:full.index("[FrameSet")])  # title and Voltage written so far
@@ -109,12 +114,7 @@ def test_a_movie_whose_frame_mdoc_has_no_section_yet_waits_for_it_then_is_correc
 
 
 def test_a_movie_beside_an_mdoc_that_never_gets_a_section_is_corrected_after_the_wait(tmp_path):
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    movie = watch / "single_a.mrc"
-    frames = np.random.default_rng(2).poisson(1.0, (4, 32, 32)).astype(np.int16)
-    write_movie_progressively(movie, frames, pixel_size_A=1.1, frame_interval_s=0)
+    watch, out, movie = _one_movie(tmp_path, "single_a.mrc", 4)
     (watch / "single_a.mrc.mdoc").write_text("T = SerialEM: a file cut before its section\n")
     reasons = _run_until_idle(watch, out, guard_s=30.0,
                               series_config=SeriesConfig(metadata_wait_s=1.0))
