@@ -285,18 +285,19 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
         gain = oriented(_read_reference(Path(params.gain_path), "gain reference"))
     if params.dark_path is not None:
         dark = oriented(_read_reference(Path(params.dark_path), "dark reference"))
-    if gain is None:
-        if dark is None:
-            raise GainReferenceError(params.defects_path, "a defect list alone has no frame "
-                                                          "shape; give a gain or dark reference")
-        gain = np.ones(dark.shape, dtype=np.float32)
     defects = None
-    if params.defects_path is not None:
-        dpath = Path(params.defects_path)
-        if _is_image(dpath):
-            defects = defect_mask_from_image(oriented(_read_reference(dpath, "defect map")))
-        else:
-            defects = read_defect_list(dpath, gain.shape)
+    dpath = Path(params.defects_path) if params.defects_path is not None else None
+    if dpath is not None and _is_image(dpath):
+        defects = defect_mask_from_image(oriented(_read_reference(dpath, "defect map")))
+    if gain is None:  # dark or defects only: a gain of ones of their shape
+        shape = dark.shape if dark is not None else defects.shape if defects is not None \
+            else None
+        if shape is None:
+            raise GainReferenceError(dpath, "a defect list alone has no frame shape; give a "
+                                            "gain or dark reference, or a defect map image")
+        gain = np.ones(shape, dtype=np.float32)
+    if dpath is not None and defects is None:
+        defects = read_defect_list(dpath, gain.shape)
     return GainReference.from_arrays(
         gain, dark=dark, defects=defects,
         gain_path=Path(params.gain_path) if params.gain_path is not None else None,

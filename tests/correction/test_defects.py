@@ -149,6 +149,21 @@ def test_defect_map_image_is_oriented_like_the_gain(tmp_path):
     assert ref.defect_mask[0, 7] and ref.defect_mask.sum() == 1
 
 
+def test_a_defect_map_image_alone_gives_a_gain_of_ones_and_a_list_alone_a_clear_error(tmp_path):
+    """A defect map has the frame's shape, so it needs no gain (gain-normalised frames); a
+    text list alone cannot say which frame it covers."""
+    defect_map = np.zeros((8, 12), np.uint8)
+    defect_map[3, 5] = 1
+    tifffile.imwrite(tmp_path / "map.tif", defect_map)
+    ref = load_gain_reference(GainParams(defects_path=tmp_path / "map.tif"))
+    assert ref.shape_yx == (8, 12) and ref.gain_path is None
+    assert np.all(ref.gain[~ref.defect_mask] == 1) and ref.defect_mask.sum() == 1
+    (tmp_path / "d.txt").write_text("4 2 1 3\n")
+    with pytest.raises(GainReferenceError, match=r"d\.txt: a defect list alone has no frame "
+                                                 r"shape"):
+        load_gain_reference(GainParams(defects_path=tmp_path / "d.txt"))
+
+
 def test_defect_map_nonzero_and_nonfinite_are_defects():
     image = np.array([[0.0, 1.0], [np.nan, 0.0]])
     np.testing.assert_array_equal(defect_mask_from_image(image), [[False, True], [True, False]])
