@@ -112,7 +112,10 @@ class DashboardConfig:
 
 
 class _Locator:
-    """File name -> ``/files/...`` URL below the output folder (looked up, cached)."""
+    """An output file -> its ``/files/...`` URL, with ``?v=`` its modification time (a picture
+    written again, e.g. a series' contact sheet after a re-assembly, gets a new URL, so a page
+    never shows the copy it cached). A path relative to the output folder (``grid2/a.thumb.png``)
+    is that file; a bare name is looked for up to ``depth`` folders down (cached)."""
 
     def __init__(self, root: Path, *, depth: int = 3) -> None:
         self.root = root
@@ -120,13 +123,23 @@ class _Locator:
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, name: str) -> str | None:
-        if not name or "/" in name or name.startswith("."):
+    def _url(self, rel: str) -> str | None:
+        try:
+            st = (self.root / rel).stat()
+        except OSError:
             return None
+        return f"/files/{urllib.parse.quote(rel)}?v={st.st_mtime_ns}"
+
+    def __call__(self, name: str) -> str | None:
+        parts = name.split("/") if name else []
+        if not parts or any(p in ("", "..") or p.startswith(".") for p in parts):
+            return None
+        if len(parts) > 1:
+            return self._url(name)
         with self._lock:
             rel = self._cache.get(name)
-        if rel is not None and (self.root / rel).is_file():
-            return "/files/" + urllib.parse.quote(rel)
+        if rel is not None and (url := self._url(rel)) is not None:
+            return url
         pattern = name
         for _ in range(self.depth + 1):
             for hit in self.root.glob(pattern):
@@ -134,7 +147,7 @@ class _Locator:
                     rel = hit.relative_to(self.root).as_posix()
                     with self._lock:
                         self._cache[name] = rel
-                    return "/files/" + urllib.parse.quote(rel)
+                    return self._url(rel)
             pattern = "*/" + pattern
         return None
 

@@ -30,13 +30,19 @@ _HISTORY = 300      # movies kept for the drift / resolution history
 _RECENT = 30        # warnings and errors kept
 _RATE_WINDOW_S = 600.0
 _SILENT_BEATS = 3   # heartbeats missed before the daemon counts as silent
+_COMPLETED_KEPT = 8  # completed tilt series shown (the newest)
+_OPEN_KEPT = 16      # open tilt series shown (the newest)
 
 
 def _stem_of(outputs: Mapping[str, Any] | None, path: str | None) -> str | None:
+    """The output stem with its folder below the output folder (``grid2/a`` for
+    ``grid2/a.motion.json``: two grids' ``a.mrc`` never share pictures), else the movie's
+    name without suffix."""
     motion = (outputs or {}).get("motion")
     if motion:
-        name = Path(str(motion)).name
-        return name[:-len(".motion.json")] if name.endswith(".motion.json") else Path(name).stem
+        motion = Path(str(motion)).as_posix()
+        return motion[:-len(".motion.json")] if motion.endswith(".motion.json") \
+            else str(Path(motion).with_suffix(""))
     return Path(path).stem if path else None
 
 
@@ -131,7 +137,7 @@ class SessionView:
 
     def _movie(self, body: Mapping[str, Any], now: float) -> None:
         summary = tilt_summary(body)
-        stem = _stem_of(body.get("outputs"), body.get("path"))
+        stem = summary.get("stem") or _stem_of(body.get("outputs"), body.get("path"))
         summary["stem"] = stem
         summary["series"] = body.get("series")
         if body.get("series"):
@@ -156,6 +162,15 @@ class SessionView:
             entry["status"] = "completed"
         elif event in ("reopened", "started"):
             entry["status"] = "open"
+        self._prune_series()
+
+    def _prune_series(self) -> None:
+        """Keep the newest ``_COMPLETED_KEPT`` completed and ``_OPEN_KEPT`` open series (the page
+        and its snapshot stay bounded over a long session)."""
+        for status, kept in (("completed", _COMPLETED_KEPT), ("open", _OPEN_KEPT)):
+            names = [n for n, e in self.series.items() if e["status"] == status]
+            for name in names[:max(0, len(names) - kept)]:
+                del self.series[name]
 
     def _heartbeat(self, body: Mapping[str, Any], now: float) -> None:
         self.heartbeat = _without_envelope(body)
@@ -174,8 +189,25 @@ class SessionView:
             for tilt in s.get("tilts") or []:
                 known = entry["tilts"].get(tilt.get("path"), {})
                 entry["tilts"][tilt.get("path")] = {
-                    **tilt, "stem": known.get("stem") or _stem_of(None, tilt.get("path")),
-                    "series": s["series"]}
+                    **tilt, "stem": tilt.get("stem") or known.get("stem")
+                    or _stem_of(None, tilt.get("path")), "series": s["series"]}
+        self._prune_series()
+        known_loose = {m.get("path") for m in self.loose}
+        for m in body.get("movies") or []:
+            if m.get("path") not in known_loose:
+                self.loose.append({**m, "stem": m.get("stem") or _stem_of(None, m.get("path")),
+                                   "series": None})
+        if self.latest is None:  # a page that joins late: the newest movie the state names
+            seen = [*self.loose, *(t for e in self.series.values() for t in e["tilts"].values())]
+            seen.sort(key=lambda t: (t.get("seq") is None, t.get("seq") or 0))
+            if seen:
+                self.latest = {**seen[-1], "drift": {k: seen[-1].get(k) for k in
+                                                     ("total_A", "early_A", "late_A",
+                                                      "max_frame_jump_A")}}
+            if not self.history:
+                self.history.extend({"name": t.get("name"), "time": t.get("time"),
+                                     "total_A": t.get("total_A"),
+                                     "resolution_A": t.get("resolution_A")} for t in seen)
         for w in body.get("warnings") or []:
             if w not in self.warnings:
                 self.warnings.append(w)
@@ -201,14 +233,16 @@ class SessionView:
         return corrected, arrived
 
     def daemon_state(self, now: float | None = None) -> str:
-        """``waiting`` (nothing heard yet), ``stopping``, ``silent``, ``restarted`` or ``live``."""
+        """``waiting`` (nothing heard yet), ``stopping``, ``stopped`` (stopping announced, then
+        no heartbeat), ``silent``, ``restarted`` or ``live``."""
         now = self._clock() if now is None else now
         if self.session is None:
             return "waiting"
-        if self.stopping:
-            return "stopping"
         interval = float((self.heartbeat or {}).get("interval_s") or 5.0)
-        if self._beat_at is not None and now - self._beat_at > _SILENT_BEATS * interval:
+        quiet = self._beat_at is not None and now - self._beat_at > _SILENT_BEATS * interval
+        if self.stopping:
+            return "stopped" if quiet else "stopping"
+        if quiet:
             return "silent"
         if len(self.sessions) > 1:
             return "restarted"
@@ -233,7 +267,9 @@ class SessionView:
     def _pictures(self, stem: str | None) -> dict[str, str | None]:
         if not stem:
             return {}
-        return {kind: self._locate(name) for kind, name in quicklook_names(stem).items()}
+        folder, _, base = stem.rpartition("/")
+        return {kind: self._locate(f"{folder}/{name}" if folder else name)
+                for kind, name in quicklook_names(base).items()}
 
     def snapshot(self) -> dict[str, Any]:
         """The whole view as JSON-ready data (the page's only input)."""
@@ -244,11 +280,12 @@ class SessionView:
         for entry in self.series.values():
             tilts = sorted(entry["tilts"].values(),
                            key=lambda t: (t.get("tilt_deg") is None, t.get("tilt_deg") or 0.0))
-            name = entry["series"]
+            name = entry["series"]  # grid2/TS_01: its stacks are in grid2/TS_01/
+            base = name.rpartition("/")[2]
             series.append({**{k: v for k, v in entry.items() if k not in ("tilts", "pictures")},
                            "tilts": tilts,
-                           "pictures": {"sheet": self._locate(f"{name}.sheet.png"),
-                                        "chart": self._locate(f"{name}.chart.png")}})
+                           "pictures": {"sheet": self._locate(f"{name}/{base}.sheet.png"),
+                                        "chart": self._locate(f"{name}/{base}.chart.png")}})
         latest = dict(self.latest) if self.latest else None
         if latest is not None:
             latest["pictures"] = self._pictures(latest.get("stem"))

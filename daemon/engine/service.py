@@ -392,7 +392,7 @@ class Service:
         except Exception as exc:  # noqa: BLE001
             self._log.error("resolver_failed", method="poll", error=f"{type(exc).__name__}: {exc}")
         self._flush_series_events()
-        counts = self._safe(lambda: self.ledger.counts()) or {}
+        counts = self._safe(lambda: self.ledger.movie_counts()) or {}  # each movie once
         health = self.health()
         in_flight = tuple(e.key.path for e in self.dispatcher.in_flight.values())
         waiting = self.admission.waiting

@@ -156,7 +156,11 @@ def restored_state(db_path: Path, *, out_dir: Path | None,
         return [], []
     movies: list[dict] = []
     n_done: dict[str, int] = {}
-    for row in reversed(rows):
+    reached: dict[str, float] = {}  # accumulated dose of each series' tilts (e/Å²)
+    newest = {}  # a movie redone (new metadata, a new version) once, by its newest row
+    for row in rows:
+        newest.setdefault(row.key.path, row)
+    for row in reversed(list(newest.values())):
         motion = row.outputs.get("motion")
         try:
             record = read_motion_record(motion)
@@ -170,6 +174,10 @@ def restored_state(db_path: Path, *, out_dir: Path | None,
         movies.append(body)
         if body.get("series"):
             n_done[body["series"]] = n_done.get(body["series"], 0) + 1
+            dose = body.get("dose") or {}
+            if dose.get("pre_exposure_e_A2") is not None and dose.get("total_e_A2") is not None:
+                reached[body["series"]] = max(reached.get(body["series"], 0.0),
+                                              dose["pre_exposure_e_A2"] + dose["total_e_A2"])
     series = []
     for name, state in states.items():
         if not isinstance(state, Mapping):
@@ -178,7 +186,7 @@ def restored_state(db_path: Path, *, out_dir: Path | None,
         series.append({"event": "completed" if state.get("status") == "complete" else "updated",
                        "series": name, "n_done": n_done.get(name, 0), "n_failed": 0,
                        "n_expected": state.get("expected_tilts"),
-                       "accumulated_dose_e_A2": None, "mdoc": state.get("mdoc"),
+                       "accumulated_dose_e_A2": reached.get(name), "mdoc": state.get("mdoc"),
                        "stacks": dict(stacks) if isinstance(stacks, Mapping) else None})
     return movies, series
 

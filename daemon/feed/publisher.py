@@ -509,9 +509,13 @@ def tilt_summary(movie: Mapping[str, Any]) -> dict[str, Any]:
     dose = movie.get("dose") or {}
     local = movie.get("local") or {}
     resolution = movie.get("resolution") or {}
+    motion = (movie.get("outputs") or {}).get("motion")
     return {
         "path": movie.get("path"),
         "name": movie.get("name"),
+        # the outputs' stem below the output folder (grid2/a for grid2/a.motion.json)
+        "stem": motion[:-len(".motion.json")] if isinstance(motion, str)
+        and motion.endswith(".motion.json") else None,
         "seq": movie.get("seq"),
         "time": movie.get("time"),
         "tilt_deg": movie.get("tilt_deg"),

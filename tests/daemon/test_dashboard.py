@@ -21,7 +21,7 @@ from daemon_process import events, spawn, watch_argv
 
 from daemon.dashboard.server import Dashboard, DashboardConfig, DashboardError, resolve_inside
 from daemon.dashboard.state import SessionView
-from daemon.feed.publisher import TiltInfo, movie_message
+from daemon.feed.publisher import TiltInfo, movie_message, tilt_summary
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -71,6 +71,46 @@ def test_view_shows_tilts_per_series_sorted_by_angle_and_the_latest_movies_pictu
     assert snap["daemon"]["state"] == "live" and snap["feed"]["gaps"] == 0
 
 
+def test_the_latest_movie_shows_its_own_pictures_even_beside_a_namesake_in_another_grid(
+        tmp_path):
+    """grid1/a.mrc and grid2/a.mrc: the pictures come from the motion record's folder (the
+    newest movie was shown with grid1's), and a picture written again gets a new URL (a page
+    kept showing the contact sheet it had cached after a re-assembly)."""
+    from daemon.dashboard.server import _Locator
+
+    for grid in ("grid1", "grid2"):
+        (tmp_path / grid).mkdir()
+        (tmp_path / grid / "a.thumb.png").write_bytes(grid.encode())
+    (tmp_path / "grid2" / "TS_01").mkdir()
+    sheet = tmp_path / "grid2" / "TS_01" / "TS_01.sheet.png"
+    sheet.write_bytes(b"first")
+    view = SessionView(locate=_Locator(tmp_path), clock=Clock())
+    for seq, grid in enumerate(("grid1", "grid2"), start=1):
+        view.apply("movie", envelope("a", seq, **movie_message(record("a.mrc", 1.0 + seq,
+                                                                         out=f"{grid}/"))))
+    view.apply("series", envelope("a", 3, event="completed", series="grid2/TS_01", n_done=1))
+    snap = view.snapshot()
+    assert snap["latest"]["pictures"]["thumbnail"].startswith("/files/grid2/a.thumb.png?v=")
+    first_sheet = snap["series"][0]["pictures"]["sheet"]
+    assert first_sheet.startswith("/files/grid2/TS_01/TS_01.sheet.png?v=")
+    os.utime(sheet, ns=(sheet.stat().st_atime_ns, sheet.stat().st_mtime_ns + 10**9))
+    assert view.snapshot()["series"][0]["pictures"]["sheet"] != first_sheet
+
+
+def test_a_page_that_joins_late_shows_the_states_movies_and_a_bounded_list_of_series():
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    movies = [tilt_summary(movie_message(record(f"m{k}.mrc", 1.0 + k)) | {"seq": k})
+              for k in range(3)]
+    series = [{"series": f"TS_{k:02d}", "status": "completed", "n_done": 1, "tilts": []}
+              for k in range(30)]
+    view.apply("state", envelope("a", 10, movies=movies, series=series))
+    snap = view.snapshot()
+    assert snap["latest"]["name"] == "m2.mrc" and snap["latest"]["drift"]["total_A"] == 3.0
+    assert [m["name"] for m in snap["loose"]] == ["m0.mrc", "m1.mrc", "m2.mrc"]
+    assert len(snap["history"]) == 3
+    assert [s["series"] for s in snap["series"]] == [f"TS_{k:02d}" for k in range(22, 30)]
+
+
 def test_view_says_restarted_when_the_session_changes_and_silent_when_heartbeats_stop():
     clock = Clock()
     view = SessionView(locate=lambda name: None, clock=clock)
@@ -87,6 +127,8 @@ def test_view_says_restarted_when_the_session_changes_and_silent_when_heartbeats
     assert snap["daemon"]["session"] == "b" and snap["counters"]["done"] == 9
     clock.t += 3.5  # more than three heartbeat intervals without one
     assert view.daemon_state() == "silent"
+    view.apply("warning", envelope("b", 2, kind="stopping", message="daemon stopping: SIGTERM"))
+    assert view.daemon_state() == "stopped"  # announced, then no heartbeat: not "stopping"
 
 
 def test_view_counts_lost_messages_and_compares_correction_with_arrival_rate():

@@ -406,3 +406,30 @@ def test_movie_outputs_are_sent_relative_to_the_output_folder_it_names():
     assert body["out_dir"] == "/data/motioncorr"
     assert body["outputs"] == {"sum": "grid2/a.mrc", "dw": "grid2/a_DW.mrc",
                                "motion": "grid2/a.motion.json"}
+
+
+def test_a_restart_restores_a_redone_movie_once_and_its_series_count_once(tmp_path):
+    """A tilt redone for new metadata has two done rows; the state a late subscriber gets after
+    a restart names it once (it said n_done 7 of 6 expected)."""
+    import json
+
+    from daemon.feed.listener import restored_state
+    from daemon.state.ledger import Ledger, MovieKey
+
+    motion = tmp_path / "TS_01_000_0.0.motion.json"
+    motion.write_text(json.dumps({
+        "movie": "/w/TS_01_000_0.0.mrc", "pixel_size_A": 1.0,
+        "global_shifts_px": [[0.0, 0.0], [1.0, 0.0]],
+        "drift": {"total_A": 1.0, "early_A": 1.0, "late_A": 0.0, "max_frame_jump_A": 1.0},
+        "outputs": {"motion": motion.name},
+        "tilt": {"series": "TS_01", "tilt_deg": 0.0, "acquisition_index": 0}}))
+    with Ledger(tmp_path / "motionwatch.sqlite") as ledger:
+        for fingerprint in ("dose-a", "dose-b"):  # corrected, then redone with other doses
+            key = MovieKey("/w/TS_01_000_0.0.mrc", 100, 1, fingerprint)
+            ledger.add(key)
+            ledger.claim(key)
+            ledger.mark_done(key, outputs={"motion": str(motion)}, timings={}, summary={})
+        ledger.set_series_state("TS_01", {"status": "complete", "expected_tilts": 1})
+    movies, series = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
+    assert [m["name"] for m in movies] == ["TS_01_000_0.0.mrc"]
+    assert [(s["series"], s["n_done"]) for s in series] == [("TS_01", 1)]

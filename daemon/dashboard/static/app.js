@@ -13,6 +13,7 @@ const num = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v
 const STATE_TEXT = {
   waiting: "waiting for the feed", live: "live", stopping: "daemon stopping",
   silent: "no heartbeat: daemon down?", restarted: "restarted",
+  stopped: "daemon stopped",
 };
 
 function setImage(img, url) {
