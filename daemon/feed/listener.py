@@ -135,25 +135,32 @@ def _iso(wall_s: float | None) -> str | None:
         timespec="milliseconds").replace("+00:00", "Z")
 
 
-def restored_state(db_path: Path, *, out_dir: Path | None,
-                   limit: int = RESTORED_MOVIES) -> tuple[list[dict], list[dict]]:
+def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED_MOVIES
+                   ) -> tuple[list[dict], list[dict], list[dict]]:
     """What an earlier run did, as message bodies for :meth:`Publisher.restore`.
 
     Reads the state database read-only: the ``limit`` most recently done movies (oldest first;
-    each from its motion record on disk, skipped when that is gone or unreadable) and one
-    ``series`` body per tilt series (``completed`` or ``updated``, with its movies done).
+    each from its motion record on disk, skipped when that is gone or unreadable; a movie done
+    more than once by its newest row), one ``series`` body per tilt series (``completed`` or
+    ``updated``, with its movies done) and one ``error`` body per movie still quarantined (the
+    newest ``limit``, oldest first).
 
     Returns
     -------
-    movies, series : list of dict
+    movies, series, errors : list of dict
         Empty when there is no database yet.
     """
     try:
         with Ledger(db_path, read_only=True) as ledger:
             rows = ledger.recent("done", limit)
             states = ledger.series_states()
+            quarantined = ledger.recent("quarantined", limit)
+            done_paths = {r.key.path: r.updated for r in ledger.rows(status="done")}
     except (FileNotFoundError, sqlite3.Error):
-        return [], []
+        return [], [], []
+    errors = [{"path": r.key.path, "reason": " ".join(f"quarantined: {r.error}".split()),
+               "time": _iso(r.updated)}
+              for r in reversed(quarantined) if not done_paths.get(r.key.path, -1.0) >= r.updated]
     movies: list[dict] = []
     n_done: dict[str, int] = {}
     reached: dict[str, float] = {}  # accumulated dose of each series' tilts (e/Å²)
@@ -188,7 +195,7 @@ def restored_state(db_path: Path, *, out_dir: Path | None,
                        "n_expected": state.get("expected_tilts"),
                        "accumulated_dose_e_A2": reached.get(name), "mdoc": state.get("mdoc"),
                        "stacks": dict(stacks) if isinstance(stacks, Mapping) else None})
-    return movies, series
+    return movies, series, errors
 
 
 class PublishListener(ServiceListener):
@@ -209,10 +216,10 @@ class PublishListener(ServiceListener):
         state_dir = getattr(config, "state_dir", None) or out_dir
         if state_dir is None:
             return
-        movies, series = restored_state(Path(state_dir) / DB_NAME,
-                                        out_dir=None if out_dir is None else Path(out_dir))
-        if movies or series:
-            self.publisher.restore(movies, series)
+        movies, series, errors = restored_state(
+            Path(state_dir) / DB_NAME, out_dir=None if out_dir is None else Path(out_dir))
+        if movies or series or errors:
+            self.publisher.restore(movies, series, errors)
         if movies:
             self._last_movie = movies[-1].get("path")
 

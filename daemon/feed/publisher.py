@@ -779,7 +779,8 @@ class Publisher:
         return True
 
     def restore(self, movies: Iterable[Mapping[str, Any]] = (),
-                series: Iterable[Mapping[str, Any]] = ()) -> None:
+                series: Iterable[Mapping[str, Any]] = (),
+                errors: Iterable[Mapping[str, Any]] = ()) -> None:
         """Seed the late joiners' state with what an earlier run did (nothing is sent).
 
         Parameters
@@ -790,11 +791,15 @@ class Publisher:
         series : iterable of mapping
             ``series`` message bodies (``event`` ``updated`` or ``completed``), applied after
             the movies.
+        errors : iterable of mapping
+            ``error`` message bodies (``path``, ``reason``): the movies still quarantined.
         """
         for body in movies:
             self._put(_RESTORE + "movie", dict(body), keep_time=True)
         for body in series:
             self._put(_RESTORE + "series", dict(body), keep_time=True)
+        for body in errors:
+            self._put(_RESTORE + "error", dict(body), keep_time=True)
 
     def series(self, event: SeriesEvent, series: str, *, n_done: int, n_failed: int = 0,
                n_expected: int | None = None, accumulated_dose_e_A2: float | None = None,

@@ -430,6 +430,13 @@ def test_a_restart_restores_a_redone_movie_once_and_its_series_count_once(tmp_pa
             ledger.claim(key)
             ledger.mark_done(key, outputs={"motion": str(motion)}, timings={}, summary={})
         ledger.set_series_state("TS_01", {"status": "complete", "expected_tilts": 1})
-    movies, series = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
+        bad = MovieKey("/w/junk.mrc", 10, 1, "dose-a")
+        ledger.add(bad)
+        ledger.claim(bad)
+        ledger.mark_failed(bad, "header needs 4864 bytes", quarantine=True)
+    movies, series, errors = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
     assert [m["name"] for m in movies] == ["TS_01_000_0.0.mrc"]
     assert [(s["series"], s["n_done"]) for s in series] == [("TS_01", 1)]
+    # the quarantined movie is listed again with its reason (the page showed none after a restart)
+    assert [(e["path"], e["reason"]) for e in errors] == [
+        ("/w/junk.mrc", "quarantined: header needs 4864 bytes")]
