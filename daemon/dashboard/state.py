@@ -276,6 +276,10 @@ class SessionView:
         now = self._clock()
         corrected, arrived = self._rate_per_min(now)
         beat = self.heartbeat or {}
+        state = self.daemon_state(now)
+        rates = self._rates(beat, corrected, arrived)
+        if state in ("silent", "stopped"):  # a daemon killed or gone keeps up with nothing
+            rates["keeping_up"] = None
         series = []
         for entry in self.series.values():
             tilts = sorted(entry["tilts"].values(),
@@ -293,7 +297,7 @@ class SessionView:
                        if str(e.get("reason", "")).startswith(("quarantined", "failed"))]
         return {
             "version": self.version,
-            "daemon": {"state": self.daemon_state(now), "session": self.session,
+            "daemon": {"state": state, "session": self.session,
                        "host": self.host, "restarts": max(0, len(self.sessions) - 1),
                        "sessions": list(self.sessions), "stopping": self.stopping,
                        "heartbeat_age_s": None if self._beat_at is None
@@ -301,7 +305,7 @@ class SessionView:
             "counters": {k: beat.get(k) for k in ("done", "failed", "quarantined", "backlog",
                                                   "running", "uptime_s", "version",
                                                   "dropped")},
-            "rates": self._rates(beat, corrected, arrived),
+            "rates": rates,
             "thresholds": beat.get("drift_thresholds") or {},
             "series": series,
             "loose": list(self.loose),

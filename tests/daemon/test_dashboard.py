@@ -135,7 +135,7 @@ def test_view_counts_lost_messages_and_compares_correction_with_arrival_rate():
     clock = Clock()
     view = SessionView(locate=lambda name: None, clock=clock)
     for k in range(4):  # 2 movies arrive per minute, 1 is corrected per minute
-        view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=5.0, backlog=k, done=k,
+        view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=30.0, backlog=k, done=k,
                                          failed=0, running=0))
         view.apply("movie", envelope("a", 2 + 3 * k, **movie_message(record(f"m{k}.mrc", 1.0))))
         clock.t += 60.0
@@ -154,16 +154,32 @@ def test_view_shows_the_daemons_own_pace_once_its_heartbeat_has_a_verdict():
     pace = {"arrived_per_min": 6.0, "corrected_per_min": 6.5, "keeping_up": True,
             "window_s": 600.0}
     for k in range(4):  # as fast as above, but the daemon says it keeps up
-        view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=5.0, backlog=k, done=k,
+        view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=30.0, backlog=k, done=k,
                                          failed=0, running=0, pace=pace))
         view.apply("movie", envelope("a", 2 + 3 * k, **movie_message(record(f"m{k}.mrc", 1.0))))
         clock.t += 60.0
     assert view.snapshot()["rates"] == {"corrected_per_min": 6.5, "arrived_per_min": 6.0,
                                         "keeping_up": True, "source": "daemon"}
-    view.apply("heartbeat", envelope("a", 13, interval_s=5.0, backlog=3, done=4, failed=0,
+    view.apply("heartbeat", envelope("a", 13, interval_s=30.0, backlog=3, done=4, failed=0,
                                      running=0, pace={**pace, "corrected_per_min": None,
                                                       "keeping_up": None}))
     assert view.snapshot()["rates"]["source"] == "dashboard"  # no verdict yet: counted here
+
+
+def test_a_daemon_that_went_silent_is_not_shown_as_keeping_up():
+    """Killed (kill -9, a crash): no stopping message, the heartbeats just stop. Its last
+    verdict says nothing about the movies arriving now."""
+    clock = Clock()
+    view = SessionView(locate=lambda name: None, clock=clock)
+    pace = {"arrived_per_min": 6.0, "corrected_per_min": 6.5, "keeping_up": True,
+            "window_s": 600.0}
+    view.apply("heartbeat", envelope("a", 1, interval_s=5.0, backlog=0, done=4, failed=0,
+                                     running=0, pace=pace))
+    assert view.snapshot()["rates"]["keeping_up"] is True
+    clock.t += 16.0  # more than three heartbeat intervals
+    snap = view.snapshot()
+    assert snap["daemon"]["state"] == "silent" and snap["rates"]["keeping_up"] is None
+    assert snap["rates"]["corrected_per_min"] == 6.5  # the last figures stay readable
 
 
 def test_files_are_served_from_the_output_folder_only(tmp_path):
