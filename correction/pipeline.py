@@ -541,7 +541,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     GainReferenceError
         Reference shape does not fit the frames.
     ParameterError, CorrectionError
-        Bad dose list length, no frame left after throw/trunc.
+        Bad dose list length, a single image, fewer than 2 frames left after throw/trunc.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -551,9 +551,12 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap, dp = params.read, params.align, params.dose
     first, stop = rp.throw_frames, n_all - rp.trunc_frames
-    if stop - first < 1:
+    if n_all < 2:  # EPU's and SerialEM's single images (atlas, grid square, gain) share suffixes
+        raise CorrectionError(movie_path, f"a single image ({n_all} frame), not a movie")
+    if stop - first < 2:  # one frame: nothing to align, no odd frame for the half sums
         raise CorrectionError(movie_path, f"throw {rp.throw_frames} + trunc {rp.trunc_frames} "
-                                          f"frames leave none of {n_all}")
+                                          f"frames leave {max(0, stop - first)} of {n_all}: "
+                                          "at least 2 are needed")
     try:
         doses_all = frame_doses_e_A2(dp, n_all, raw_frames_per_frame=raw_frames_per_frame)
     except ParameterError as exc:

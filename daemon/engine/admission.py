@@ -142,6 +142,14 @@ class Admission:
             return verdict.reason
         if verdict.decision == "reject":
             return self._reject(obs, verdict)
+        if verdict.n_frames is not None and verdict.n_frames < 2:
+            # EPU's atlas, grid-square and foil-hole images, SerialEM's single shots, a gain
+            # reference: they share the movies' suffixes; a movie still being written is looked
+            # at again when it grows
+            self.report_once(str(obs.path), "movie_ignored",
+                             f"a single image ({verdict.n_frames} frame), not a movie")
+            self._handled.add(ident)
+            return None
         try:
             meta = self._resolver.resolve(obs, cfg.params, n_frames=verdict.n_frames)
         except Exception as exc:  # noqa: BLE001

@@ -76,6 +76,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     -------
     ScanResult
         Observations sorted by ``(mtime_ns, path)`` (acquisition order), plus what was skipped.
+        A movie reached by several paths (a symbolic or hard link to it elsewhere in the tree)
+        is listed once: under a path that is not a symbolic link, the first in sorted order.
     """
     excluded = {os.path.realpath(p) for p in exclude}
     observations: list[Observation] = []
@@ -83,6 +85,9 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     errors: list[tuple[Path, str]] = []
     stack = [Path(root)]
     visited: set[tuple[int, int]] = set()  # (device, inode): symlink loops are listed once
+    # (device, inode) of each movie -> the path it is listed under: a symbolic or hard link to
+    # a movie listed elsewhere in the tree is the same movie
+    movie_paths: dict[tuple[int, int], tuple[tuple[bool, str], Observation]] = {}
     while stack:
         folder = stack.pop()
         try:
@@ -119,8 +124,17 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
             except OSError as exc:
                 skipped.append((path, f"cannot stat: {exc.strerror or exc}"))
                 continue
-            observations.append(Observation(path, st.st_size, st.st_mtime_ns,
-                                            "movie" if is_movie else "metadata"))
+            observation = Observation(path, st.st_size, st.st_mtime_ns,
+                                      "movie" if is_movie else "metadata")
+            if is_movie and st.st_ino:  # one movie reached by two paths is corrected once
+                inode = (st.st_dev, st.st_ino)
+                rank = (entry.is_symlink(), str(path))  # its own name before a link's
+                if inode in movie_paths and movie_paths[inode][0] <= rank:
+                    continue
+                movie_paths[inode] = (rank, observation)
+                continue
+            observations.append(observation)
+    observations.extend(observation for _, observation in movie_paths.values())
     observations.sort(key=lambda o: (o.mtime_ns, str(o.path)))
     return ScanResult(tuple(observations), tuple(skipped), tuple(errors))
 

@@ -150,3 +150,15 @@ def test_a_symlink_loop_does_not_make_the_scan_endless(tmp_path):
     (tmp_path / "sub" / "loop").symlink_to(tmp_path)
     result = scan(tmp_path)
     assert [o.path.name for o in result.observations] == ["a.mrc"]
+
+
+def test_a_movie_reached_by_several_paths_is_listed_once_under_its_own_name(tmp_path):
+    """A folder of links for processing (``for_processing/x.mrc -> ../raw/x.mrc``), or a hard
+    link, is the same movie: corrected twice it would be two rows of the STAR file."""
+    movie = touch(tmp_path / "raw" / "movie_001.mrc")
+    (tmp_path / "a_links").mkdir()
+    (tmp_path / "a_links" / "movie_001.mrc").symlink_to(movie)
+    os.link(movie, tmp_path / "raw" / "movie_001_hard.mrc")
+    other = touch(tmp_path / "raw" / "movie_002.mrc")
+    paths = [o.path for o in scan(tmp_path).observations]
+    assert sorted(paths) == [movie, other]
