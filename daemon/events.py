@@ -131,6 +131,9 @@ class MovieMetadata:
     ignore_reason : str or None
         Not a movie to correct (e.g. SerialEM's own tilt-series stack): logged once as
         ``movie_ignored``, never recorded or corrected, and not counted as waiting.
+    expected_frames : int or None
+        Frames the metadata says the movie has (an mdoc's ``NumSubFrames``; raw frames for
+        EER): a movie with fewer waits, up to the incomplete grace, for the rest.
     """
 
     dose: Any = None
@@ -138,6 +141,7 @@ class MovieMetadata:
     log_context: Mapping[str, Any] = field(default_factory=dict)
     wait_reason: str | None = None
     ignore_reason: str | None = None
+    expected_frames: int | None = None
 
 
 class SeriesStore(Protocol):

@@ -163,6 +163,9 @@ class Admission:
             self.report_once(str(obs.path), "movie_ignored", meta.ignore_reason)
             self._handled.add(ident)
             return None
+        short = self._short_of_frames(obs, verdict, meta)
+        if short is not None:
+            return short
         params = cfg.params if meta.dose is None else dataclasses.replace(cfg.params, dose=meta.dose)
         key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, params.fingerprint())
         ledger = self._ledger()
@@ -212,6 +215,23 @@ class Admission:
             if self._arrived is not None:
                 self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
+        return None
+
+    def _short_of_frames(self, obs: Observation, verdict: Verdict, meta: MovieMetadata
+                         ) -> str | None:
+        """A wait reason while a movie has fewer frames than its mdoc says (a TIFF whose
+        writer paused between pages looks complete); after the incomplete grace the movie is
+        corrected with the frames it has, with a warning. None: nothing to wait for."""
+        expected, found = meta.expected_frames, verdict.n_frames
+        if not expected or found is None or found >= expected:
+            return None
+        reason = f"the mdoc says {expected} frames, the file has {found} so far"
+        if (self._settler.stable_for_s(obs.path) or 0.0) < self.config.incomplete_grace_s:
+            self.report_once(str(obs.path), "movie_incomplete", reason)
+            return reason
+        self.report_once(str(obs.path), "movie_short_of_frames",
+                         f"{reason} after {self.config.incomplete_grace_s:g} s unchanged: "
+                         f"corrected with its {found} frames", level="warning")
         return None
 
     def _known_complete(self, obs: Observation) -> Verdict | None:

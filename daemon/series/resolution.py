@@ -268,6 +268,7 @@ class TiltAssignment:
     prior_record_dose_difference_e_A2: float | None = None
     acquired_at: str | None = None
     warnings: tuple[str, ...] = ()
+    num_subframes: int | None = None
 
     def frame_doses_for(self, n_frames: int) -> tuple[float, ...]:
         """Per-frame doses for a movie read as ``n_frames`` frames: the metadata's when their
@@ -675,7 +676,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                         z_value=t.z_value, prior_record_dose_e_A2=t.prior_record_dose,
                         prior_record_dose_difference_e_A2=diff,
                         acquired_at=acquired.isoformat() if acquired else None,
-                        warnings=tuple(swarn + t.warnings + dwarn))
+                        warnings=tuple(swarn + t.warnings + dwarn),
+                        num_subframes=next((s.num_subframes for s in t.sections
+                                            if s.num_subframes), None))
             if dose is None:
                 if blocked is None:
                     label = t.movie or f"section {t.z_value}"

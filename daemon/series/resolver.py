@@ -352,7 +352,8 @@ class TiltSeriesResolver:
                            f"file name, dose {a.dose_e_A2:g} e/Å² ({a.dose_source})",
                            movie=str(movie.path), series=a.series)
         return MovieMetadata(dose=dose, extra_record={"tilt": a.record()},
-                             log_context={"series": a.series, "tilt_deg": a.tilt_deg})
+                             log_context={"series": a.series, "tilt_deg": a.tilt_deg},
+                             expected_frames=a.num_subframes)
 
     def _standalone(self, movie: Observation, params: Any, n_frames: int | None,
                     log_context: dict[str, Any]) -> MovieMetadata:

@@ -323,3 +323,48 @@ def test_observers_receive_series_started_updated_per_movie_and_completed_with_s
     assert last.accumulated_dose_e_A2 == pytest.approx(sum(t.dose_e_A2 for t in tilts))
     assert {"sum", "dw", "even", "odd", "exposure_filtered", "tlt", "csv"} <= set(last.stacks)
     assert all(Path(p).is_file() for p in last.stacks.values())
+
+
+def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_section_lists(
+        tmp_path):
+    """The section of a tilt can be in the series mdoc while its frames are still being saved;
+    a TIFF that pauses between pages reads as complete (its last page decodes). The section's
+    ``NumSubFrames`` says it is not: the tilt waits and is corrected once, with every frame
+    (it was corrected with 3 of 6 frames, published as done, then redone)."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import tifffile
+
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    movie = watch / "TS_01_000_0.0.tif"
+    tilt = SimpleNamespace(movie=SimpleNamespace(path=movie), tilt_deg=0.0, acquisition_index=0,
+                           dose_e_A2=3.0, pre_exposure_e_A2=0.0,
+                           acquired_at=dt.datetime(2026, 1, 1, 9))
+    (watch / "TS_01.mrc.openTS").write_text("")
+    (watch / "TS_01.mrc.mdoc").write_text(series_mdoc_text(
+        "TS_01", [tilt], pixel_size_A=1.1, shape_yx=SHAPE, n_frames=6))
+    frames = np.random.default_rng(5).poisson(2.0, (6, *SHAPE)).astype(np.uint8)
+    daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--incomplete-grace", "60",
+                          "--pixel-size", "1.1")
+    try:
+        with open(movie, "wb") as fh, tifffile.TiffWriter(fh) as writer:
+            for frame in frames[:3]:
+                writer.write(frame, contiguous=False)
+            fh.flush()
+            deadline = time.monotonic() + 60
+            while not any(e.get("event") == "movie_incomplete" and "the mdoc says 6 frames, the "
+                          "file has 3 so far" in e.get("reason", "") for e in events(log)):
+                assert time.monotonic() < deadline, "the paused TIFF was not held back"
+                time.sleep(0.05)
+            for frame in frames[3:]:
+                writer.write(frame, contiguous=False)
+        wait_for(log, "movie_done", 1)
+        time.sleep(1.0)  # a redo would follow within a few scans
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert [(r["status"], r["path"]) for r in rows(out)] == [("done", str(movie))]
+    assert motion(out, movie)["frames"] == 6
+    assert not any(e.get("event") == "movie_changed" for e in events(log))
