@@ -27,6 +27,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -152,6 +153,21 @@ def _k(key: MovieKey) -> tuple:
     return (_path_in(key.path), _ns_in(key.size), _ns_in(key.mtime_ns), key.fingerprint)
 
 
+def _read_only_uri(path: Path) -> str:
+    """SQLite URI to read ``path`` without writing anything beside it.
+
+    While a daemon has the database open, its write-ahead log (``-wal``, ``-shm``) is there and
+    is read with it. Once the daemon has closed it, the log is folded in and removed: the file
+    is then read as immutable, because a plain read-only open would create a new ``-wal`` and
+    ``-shm``, which fails for a reader who may not write in the folder (staff reading through
+    the group) and, run as root, leaves files the daemon's own user cannot open.
+    """
+    quoted = urllib.parse.quote(str(Path(path).absolute()))
+    if Path(f"{path}-wal").exists():
+        return f"file:{quoted}?mode=ro"
+    return f"file:{quoted}?mode=ro&immutable=1"
+
+
 class Ledger:
     """The state database of one output (or state) folder.
 
@@ -171,7 +187,7 @@ class Ledger:
         if read_only:
             if not self.path.exists():
                 raise FileNotFoundError(f"{self.path}: no motionwatch state database")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10,
+            self._db = sqlite3.connect(_read_only_uri(self.path), uri=True, timeout=10,
                                        isolation_level=None)
         else:
             self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)

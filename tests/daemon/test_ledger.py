@@ -1,7 +1,12 @@
 """Ledger: durable per-movie state keyed by path, size, mtime and parameter fingerprint."""
 
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +131,46 @@ def test_a_read_only_reader_sees_the_writers_state_while_it_is_open(tmp_path):
         with pytest.raises(sqlite3.OperationalError):
             reader._db.execute("DELETE FROM movies")
     writer.close()
+
+
+def test_reading_a_stopped_daemons_database_writes_nothing_beside_it(tmp_path):
+    """``motionwatch status`` after the daemon stopped: the write-ahead log is gone, and a
+    plain read-only open made a new ``-wal`` and ``-shm``, which a reader who may not write in
+    the folder cannot (staff reading through the group), and which, made by root, lock the
+    daemon's own user out of its database."""
+    with Ledger(tmp_path / "s.sqlite") as writer:
+        writer.add(key())
+    assert os.listdir(tmp_path) == ["s.sqlite"]
+    with Ledger(tmp_path / "s.sqlite", read_only=True) as reader:
+        assert reader.counts()["pending"] == 1
+    assert os.listdir(tmp_path) == ["s.sqlite"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to act as another user")
+def test_a_group_member_who_may_not_write_in_the_folder_reads_a_stopped_daemons_state():
+    folder = Path(tempfile.mkdtemp(prefix="mw-group-"))  # not below pytest's 0700 folders
+    try:
+        with Ledger(folder / "s.sqlite") as writer:
+            writer.add(key())
+        os.chown(folder, 0, 65534)
+        os.chown(folder / "s.sqlite", 0, 65534)
+        folder.chmod(0o2750)  # as the systemd notes set the output folder up
+        (folder / "s.sqlite").chmod(0o640)
+        def as_group_member(code: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-c", code, str(folder / "s.sqlite")], capture_output=True,
+                text=True, cwd="/", env={**os.environ,
+                                         "PYTHONPATH": str(Path(__file__).parents[2])})
+
+        if as_group_member("import daemon.state.ledger").returncode != 0:
+            pytest.skip("this checkout or its interpreter is not readable by another user")
+        result = as_group_member("import sys; from daemon.state.ledger import Ledger; "
+                                 "print(Ledger(sys.argv[1], read_only=True).counts()['pending'])")
+        assert (result.returncode, result.stdout.strip()) == (0, "1"), result.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_read_only_open_of_a_missing_database_names_the_file(tmp_path):
