@@ -131,11 +131,15 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster"), "pace": state.get("pace")},
         "counts": counts,
+        # what a daemon saw being written or had in hand is its own live view: once it is gone
+        # (stopped, or killed before it could say so) it holds for nothing
         "backlog": {"pending": counts["pending"] + counts["failed"],
-                    "waiting_for_completion": state.get("waiting", 0),
+                    "waiting_for_completion": state.get("waiting", 0) if running else 0,
                     "waiting": [{"movie": path, "reason": reason} for path, reason
-                                in (state.get("waiting_examples") or {}).items()],
-                    "in_flight": state.get("in_flight", []), "next": backlog},
+                                in (state.get("waiting_examples") or {}).items()] if running
+                    else [],
+                    "in_flight": state.get("in_flight", []) if running else [],
+                    "next": backlog},
         "last_done": done,
         "failures": failures,
         "series": series,
@@ -167,8 +171,11 @@ def _print_text(status: dict[str, Any]) -> None:
     print("movies: " + ", ".join(f"{c[k]} {k}" for k in ("done", "pending", "running", "failed",
                                                             "quarantined")))
     b = status["backlog"]
-    print(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} still being "
-          f"written or settling, {len(b['in_flight'])} in progress")
+    if not d["running"]:  # what is being written is the daemon's live view
+        print(f"backlog: {b['pending']} to correct")
+    else:
+        print(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} still being "
+              f"written or settling, {len(b['in_flight'])} in progress")
     for path in b["in_flight"]:
         print(f"  in progress: {path}")
     for entry in b["waiting"]:

@@ -326,7 +326,8 @@ class Service:
             self.discovery.stop()
         if self.ledger is not None:
             self._safe(lambda: self.ledger.set_service_state(
-                {"stopped_wall": self._wall(), "pid": None}))
+                {"stopped_wall": self._wall(), "pid": None, "waiting": 0,
+                 "waiting_examples": {}, "in_flight": []}))
             self.ledger.close()
             self.ledger = None
             self._log.info("service_stopped")

@@ -1,6 +1,7 @@
 """`motionwatch status` read-out and the simulated-session demo."""
 
 import json
+import time
 
 from daemon.commands.cli import main
 from daemon.state.ledger import Ledger, MovieKey
@@ -21,7 +22,8 @@ def test_status_shows_counts_last_done_failures_and_backlog(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "daemon: not running" in text  # the heartbeat is ancient
     assert "1 done, 2 pending, 0 running, 0 failed, 1 quarantined" in text
-    assert "2 to correct, 2 still being written or settling" in text
+    # what it last saw being written is no news once it is gone (stopped, or killed)
+    assert "backlog: 2 to correct\n" in text and "still being written" not in text
     assert "/d/a.mrc (drift 4.2 Å)" in text or "/d/a.mrc (drift 4.3 Å)" in text
     assert "quarantined: /d/b.mrc: b.mrc: 3 of 6 frames readable" in text
     assert main(["status", str(tmp_path), "--json"]) == 0
@@ -131,7 +133,7 @@ def test_status_of_a_corrupt_or_empty_state_database_is_one_line_not_a_traceback
             assert captured.err.count("\n") == 1
 
 
-def _session_with_a_retried_movie(folder, n_done=40):
+def _session_with_a_retried_movie(folder, n_done=40, heartbeat_wall=1_700_000_000.25):
     """a.mrc failed once then succeeded on retry; b.mrc's first version was quarantined and its
     rewritten version corrected; c.mrc is quarantined for good; two files still settle."""
     clock = iter(range(1_000_000_000, 2_000_000_000, 10))
@@ -158,7 +160,7 @@ def _session_with_a_retried_movie(folder, n_done=40):
             db.add(key)
             db.claim(key)
             db.mark_done(key, outputs={}, timings={}, summary={})
-        db.set_service_state({"pid": 1, "heartbeat_wall": 1_700_000_000.25, "waiting": 2,
+        db.set_service_state({"pid": 1, "heartbeat_wall": heartbeat_wall, "waiting": 2,
                               "waiting_examples": {"/d/e.tif": "settling",
                                                    "/d/f.mrc": "file is 100 bytes, header "
                                                                "needs 2048"}})
@@ -168,7 +170,7 @@ def test_status_lists_only_failures_not_corrected_since_and_waiting_files_by_nam
         tmp_path, capsys):
     """Faults issue item 11: failures of movies that later succeeded were listed, and waiting
     files were only counted."""
-    _session_with_a_retried_movie(tmp_path)
+    _session_with_a_retried_movie(tmp_path, heartbeat_wall=time.time())  # a running daemon
     assert main(["status", str(tmp_path), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert [(f["movie"], f["status"]) for f in status["failures"]] == [("/d/c.mrc",
