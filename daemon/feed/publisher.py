@@ -155,7 +155,7 @@ def endpoint_is_local(endpoint: str) -> bool:
     """
     if "://" not in endpoint:
         raise PublishConfigError([f"endpoint {endpoint!r} is not transport://address "
-                                  f"(e.g. {DEFAULT_ENDPOINT} or ipc:///run/motionwatch.sock)"])
+                                  f"(e.g. {DEFAULT_ENDPOINT} or ipc:///run/motionwatch/feed)"])
     if endpoint.startswith(_LOCAL_TRANSPORTS):
         return True
     if not endpoint.startswith("tcp://"):
