@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from daemon import exitcodes
-from daemon.feed.publisher import DEFAULT_ENDPOINT
+from daemon.feed.publisher import DEFAULT_ENDPOINT, feed_endpoint
 
 __all__ = ["add_arguments", "run"]
 
@@ -28,7 +28,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--feed", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+    parser.add_argument("--feed", default=DEFAULT_ENDPOINT, metavar="ENDPOINT", type=feed_endpoint,
                         help=f"the daemon's ZeroMQ feed (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
                         help="the daemon's output folder (pictures are served from here only)")

@@ -378,9 +378,10 @@ def render(state: MonitorState, now: float, *, max_rows: int = 20,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from daemon.feed.publisher import DEFAULT_ENDPOINT
+    from daemon.feed.publisher import DEFAULT_ENDPOINT, feed_endpoint
 
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+                        type=feed_endpoint,
                         help=f"the daemon's ZeroMQ endpoint (default {DEFAULT_ENDPOINT})")
     parser.add_argument("--curve-server-key", type=Path, metavar="FILE",
                         help="the daemon's CURVE certificate (public key): enables CURVE")

@@ -39,6 +39,7 @@ Security
 
 from __future__ import annotations
 
+import argparse
 import collections
 import ipaddress
 import json
@@ -143,6 +144,16 @@ class DriftRules:
         return {"max_total_drift_A": self.max_total_drift_A,
                 "max_frame_jump_A": self.max_frame_jump_A,
                 "max_early_drift_A": self.max_early_drift_A}
+
+
+def feed_endpoint(text: str) -> str:
+    """An ``argparse`` type for the endpoint a subscriber connects to: ``transport://address``
+    (one line naming the problem otherwise, e.g. ``127.0.0.1:5557`` without ``tcp://``)."""
+    try:
+        endpoint_is_local(text)
+    except PublishConfigError as exc:
+        raise argparse.ArgumentTypeError("; ".join(exc.problems)) from None
+    return text
 
 
 def endpoint_is_local(endpoint: str) -> bool:

@@ -266,3 +266,20 @@ def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_mo
     screen = console.export_text()
     assert "no movies yet" not in screen
     assert "TS_01_011.tif" in screen and "loose_018.tif" in screen
+
+
+def test_monitor_and_dashboard_refuse_an_endpoint_without_its_transport_in_one_line(capsys):
+    """``127.0.0.1:5557`` typed without ``tcp://``: the monitor printed a ZeroMQ traceback,
+    the dashboard served a page that waited for ever."""
+    import pytest
+
+    from daemon.commands.cli import main
+
+    for argv in (["monitor", "127.0.0.1:5557", "--once"],
+                 ["dashboard", "--feed", "127.0.0.1:5557", "--out", "."]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert "endpoint '127.0.0.1:5557' is not transport://address" in err.splitlines()[-1]
