@@ -412,7 +412,11 @@ class TiltSeriesResolver:
             folder_of = Path(by_name[sorted(known)[0]]) if known else None
             if summary.mdoc_path is not None:
                 mpath = Path(summary.mdoc_path)
-                lock = any(p.exists() for p in lock_paths(mpath, split_qualified(name)[1]))
+                # a lock missing from a folder whose mdoc is missing too is a doubtful listing
+                # (a network share reconnecting, a mount dropped for seconds), not the end of
+                # the series: it counts as still there
+                lock = (any(p.exists() for p in lock_paths(mpath, split_qualified(name)[1]))
+                        or not mpath.exists())
                 m = self._mdocs.get(summary.mdoc_path)
                 mdoc_since = m.unchanged_since_s if m is not None else None
                 folder_of = mpath

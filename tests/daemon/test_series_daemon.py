@@ -368,3 +368,38 @@ def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_
     assert [(r["status"], r["path"]) for r in rows(out)] == [("done", str(movie))]
     assert motion(out, movie)["frames"] == 6
     assert not any(e.get("event") == "movie_changed" for e in events(log))
+
+
+def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_series_early(
+        tmp_path):
+    """A network share reconnecting (or a mount dropped for seconds) lists the series folder
+    empty: the ``.openTS`` lock is missing, but so is the mdoc. The series was completed with
+    the tilts done so far (a false completion on the feed, partial stacks for the next step),
+    then re-opened."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    session, away = watch / "session", tmp_path / "away"
+    session.mkdir(parents=True)
+    away.mkdir()
+    daemon = start_daemon(watch, out, log, *SERIES_FLAGS)
+
+    def blip_after_the_third_tilt(tilt) -> None:
+        blip_after_the_third_tilt.n += 1
+        if blip_after_the_third_tilt.n == 3:
+            wait_for(log, "movie_done", 3)
+            for entry in list(session.iterdir()):
+                entry.rename(away / entry.name)
+            time.sleep(2.0)  # 20 scans
+            for entry in list(away.iterdir()):
+                entry.rename(session / entry.name)
+
+    blip_after_the_third_tilt.n = 0
+    try:
+        simulate(session, 31, n_tilts=5, on_tilt=blip_after_the_third_tilt)
+        wait_for(log, "series_completed", 1)
+        time.sleep(0.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    series_events = [(e["event"], e.get("tilts")) for e in events(log)
+                     if e.get("event") in ("series_completed", "series_reopened")]
+    assert series_events == [("series_completed", 5)]
