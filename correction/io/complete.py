@@ -44,12 +44,16 @@ class Completeness:
     not_a_movie : bool
         The file is readable but has no valid movie header (``reason`` then starts with
         ``"not a movie: "``): it will never be complete, whatever the wait.
+    unreadable : bool
+        The file could not be opened or read (permissions, an I/O error): nothing is known
+        of its content.
     """
 
     complete: bool
     reason: str
     n_frames: int | None
     not_a_movie: bool = False
+    unreadable: bool = False
 
 
 def check_complete(path: str | Path) -> Completeness:
@@ -89,7 +93,7 @@ def check_complete(path: str | Path) -> Completeness:
     except CorrectionError as exc:
         return Completeness(False, exc.reason, None)
     except OSError as exc:
-        return Completeness(False, f"cannot read: {exc.strerror or exc}", None)
+        return Completeness(False, f"cannot read: {exc.strerror or exc}", None, unreadable=True)
 
 
 def _not_a_movie(reason: str) -> Completeness:

@@ -15,6 +15,7 @@ size and mtime) is not corrected again.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from daemon.engine.policy import EnginePolicy
 from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
                            ScanResult, movie_stem, output_dir_for)
 from daemon.intake.settle import Settler
-from daemon.intake.validate import Verdict, validate
+from daemon.intake.validate import UNREADABLE, Verdict, validate
 from daemon.state.codec import StoredMetadata, metadata_to_json
 
 __all__ = ["Admission"]
@@ -72,6 +73,8 @@ class Admission:
         self._settler = Settler(config.settle_time_s, clock=clock)
         self._fingerprint = config.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
+        # movies quarantined as unreadable (path -> version): looked at again once they read
+        self._unreadable: dict[str, tuple[str, int, int]] = {}
         self._reported: set[tuple[str, str]] = set()
         self.waiting: dict[Path, str] = {}
         self._stems = OutputStems()
@@ -109,6 +112,10 @@ class Admission:
             changed = set()
         if changed:
             self._handled = {h for h in self._handled if h[0] not in changed}
+        for path, ident in list(self._unreadable.items()):  # permissions fixed, share back
+            if os.access(path, os.R_OK):
+                self._handled.discard(ident)
+                del self._unreadable[path]
         movies = [o for o in result.observations if o.kind == "movie"]
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
@@ -170,11 +177,20 @@ class Admission:
         key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, params.fingerprint())
         ledger = self._ledger()
         try:
-            known = ledger.get(key) is not None
+            row = ledger.get(key)
         except sqlite3.Error as exc:
             self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
             return _DB_DOWN
-        if known:
+        if row is not None and row.status == "quarantined" and \
+                (row.error or "").startswith(UNREADABLE):
+            # it could not be read before; it reads and is complete now: its fault is gone,
+            # and it is admitted afresh (with its metadata, which the quarantine did not keep)
+            if self._safe(lambda: ledger.forget(key, statuses=("quarantined",)) or True) is None:
+                return _DB_DOWN
+            self._log.info("movie_readable_again", movie=str(obs.path),
+                           note=f"was quarantined as: {row.error}")
+            row = None
+        if row is not None:
             self._handled.add(ident)
             return None
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
@@ -250,8 +266,11 @@ class Admission:
         return None
 
     def _reject(self, obs: Observation, verdict: Verdict) -> str | None:
-        """Quarantine a movie validation rejected (once: a restart finds its row)."""
+        """Quarantine a movie validation rejected (once: a restart finds its row); one that
+        could not be read is looked at again once it reads."""
         ident = (str(obs.path), obs.size, obs.mtime_ns)
+        if verdict.unreadable:
+            self._unreadable[str(obs.path)] = ident
         key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
         ledger = self._ledger()
         try:

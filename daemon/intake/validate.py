@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Verdict", "FrameMdoc", "read_frame_mdoc", "frame_mdoc_path", "validate"]
+__all__ = ["UNREADABLE", "Verdict", "FrameMdoc", "read_frame_mdoc", "frame_mdoc_path",
+           "validate"]
 
 Decision = Literal["ready", "wait", "reject"]
+
+#: How the reason of a movie rejected as unreadable begins (stored with its quarantine).
+UNREADABLE = "unreadable after"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +37,15 @@ class Verdict:
         Why (one line); empty when ready without remark.
     n_frames : int or None
         Frames the format check found, where it says.
+    unreadable : bool
+        The file could not be read (permissions, I/O): a fault of its access, not of its
+        content, so a rejection is undone once it reads (:data:`UNREADABLE`).
     """
 
     decision: Decision
     reason: str = ""
     n_frames: int | None = None
+    unreadable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,11 @@ def validate(path: Path, *, stable_for_s: float, incomplete_grace_s: float,
         reason = str(completeness.reason) or "incomplete"
         if getattr(completeness, "not_a_movie", False):  # no valid header: settled, so final
             return Verdict("reject", reason, n_frames)
+        if getattr(completeness, "unreadable", False):
+            if stable_for_s >= incomplete_grace_s:
+                return Verdict("reject", f"{UNREADABLE} {stable_for_s:.0f} s: {reason}",
+                               n_frames, unreadable=True)
+            return Verdict("wait", reason, n_frames, unreadable=True)
         if stable_for_s >= incomplete_grace_s:
             return Verdict("reject", f"incomplete after {stable_for_s:.0f} s unchanged: {reason}",
                            n_frames)

@@ -381,12 +381,16 @@ class Ledger:
             db.execute(f"UPDATE movies SET status='pending', attempts=MAX(attempts-1, 0), updated=? "
                        f"WHERE {_KEY_WHERE} AND status='running'", (self._clock(), *_k(key)))
 
-    def forget(self, key: MovieKey) -> None:
-        """Drop a pending or failed row superseded by the movie under other parameters (done,
-        running and quarantined rows are kept)."""
+    def forget(self, key: MovieKey, *, statuses: tuple[str, ...] = ("pending", "failed")
+               ) -> None:
+        """Drop a row of one of ``statuses``: by default a pending or failed row superseded by
+        the movie under other parameters (done and running rows are always kept)."""
+        if {"done", "running"} & set(statuses):
+            raise ValueError(f"done and running rows are kept, not {statuses}")
+        marks = ",".join("?" * len(statuses))
         with self._tx() as db:
-            db.execute(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status IN ('pending','failed')",
-                       _k(key))
+            db.execute(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status IN ({marks})",
+                       (*_k(key), *statuses))
 
     def recover_running(self) -> list[MovieKey]:
         """Start-up: rows left ``running`` by a crash go back to ``pending`` (to be redone)."""

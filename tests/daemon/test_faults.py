@@ -411,3 +411,59 @@ def test_a_non_utf8_path_is_logged_without_error_on_a_console_and_as_json(json_l
     assert "odd_" in line
     if json_lines:
         assert os.fsencode(json.loads(line)["movie"]) == b"/w/odd_\xe9\xff.mrc"
+
+
+# --- a movie that could not be read: permissions fixed later, a share back --------------------
+
+@pytest.fixture
+def unreadable_until(monkeypatch):
+    """Completeness checks read the file as unreadable (permission denied) until the event is
+    set (as root, the tests cannot take the permission away for real)."""
+    import correction.io.complete as complete
+
+    readable = threading.Event()
+    real = complete.check_complete
+
+    def check(path):
+        if not readable.is_set():
+            return complete.Completeness(False, "cannot read: Permission denied", None,
+                                         unreadable=True)
+        return real(path)
+
+    monkeypatch.setattr(complete, "check_complete", check)
+    return readable
+
+
+def test_a_movie_quarantined_as_unreadable_is_corrected_once_it_reads(setup, unreadable_until):
+    """``chmod`` changes neither size nor mtime: the quarantine stuck (only ``retry`` freed it,
+    even across restarts). The fault was the access, not the movie."""
+    movie(setup.watch_dir, "locked.mrc")
+    config = dataclasses.replace(setup, incomplete_grace_s=0.3, exit_when_idle_s=2.0)
+    timer = threading.Timer(1.2, unreadable_until.set)  # the admin fixes the permissions
+    timer.start()
+    log = RecordingLog()
+    try:
+        assert run(config, log=log) == 0
+    finally:
+        timer.cancel()
+    events = [e for _, e, f in log.events if f.get("movie", "").endswith("locked.mrc")]
+    assert events.index("movie_quarantined") < events.index("movie_readable_again")
+    assert [(r.status, r.attempts) for r in rows_of(config)] == [("done", 1)]
+
+
+def test_a_restart_corrects_a_movie_quarantined_as_unreadable_that_reads_now(setup,
+                                                                           unreadable_until):
+    movie(setup.watch_dir, "locked.mrc")
+    config = dataclasses.replace(setup, incomplete_grace_s=0.3)
+    assert run(config) == 0
+    (row,) = rows_of(config)
+    assert row.status == "quarantined"
+    assert row.error.startswith("unreadable after") and "Permission denied" in row.error
+    unreadable_until.set()
+    assert run(config) == 0
+    assert [r.status for r in rows_of(config)] == ["done"]
+
+
+def rows_of(config: Config) -> list:
+    with Ledger(config.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        return ledger.rows()
