@@ -342,6 +342,11 @@ class TiltSeriesResolver:
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
         dose = a.dose_params(voltage_kV=params.dose.voltage_kV, n_frames=n_frames,
                              raw_frames=_is_eer(movie.path))
+        if params.dose.pre_exposure_e_A2 > 0:
+            self._once_log("warning", "pre_exposure_flag_not_used", "",
+                           f"--pre-exposure {params.dose.pre_exposure_e_A2:g} e/Å² is for movies "
+                           "outside a tilt series: a tilt's pre-exposure is the dose of the "
+                           "tilts of its series acquired before it", series=a.series)
         for w in a.warnings:
             self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
                            movie=str(movie.path), series=a.series)

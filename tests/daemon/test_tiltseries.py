@@ -121,3 +121,30 @@ def test_a_movie_beside_an_mdoc_that_never_gets_a_section_is_corrected_after_the
     assert reasons and "exit_when_idle" in reasons[0], reasons
     with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
         assert [r.status for r in ledger.rows(path=str(movie))] == ["done"]
+
+
+def test_a_pre_exposure_flag_is_named_once_as_not_used_for_the_tilts_of_a_series(tmp_path):
+    """``--pre-exposure`` is the dose before a movie outside a series; a tilt's is its series'
+    accumulated dose. The flag was dropped for tilts without a word."""
+    from recording_log import RecordingLog
+
+    from daemon.simulation.tilt_series import simulate_tilt_series
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(3), n_tilts=3,
+                                 shape_yx=(32, 32), n_frames=4, frame_interval_s=0,
+                                 tilt_interval_s=0, lock=False)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0, pre_exposure_e_A2=5.0))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
+    log = RecordingLog()
+    run_until_idle(Service(config, logger=log, runner="fake_runners:correct",
+                           resolver=TiltSeriesResolver(SeriesConfig(mdoc_quiet_s=0.2),
+                                                       mode="on")), guard_s=30.0)
+    warned = [f for _, e, f in log.events if e == "pre_exposure_flag_not_used"]
+    assert len(warned) == 1 and "--pre-exposure 5 e/Å²" in warned[0]["reason"]
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        stored = {r.key.path: r.metadata["dose"]["pre_exposure_e_A2"] for r in ledger.rows()}
+    assert stored == pytest.approx({str(t.movie.path): t.pre_exposure_e_A2 for t in tilts})
