@@ -6,7 +6,7 @@ says it is complete. State lives in an SQLite database in the output folder (``-
 move it): a restart never repeats a finished movie, and redoes one that was interrupted.
 SIGTERM or Ctrl-C finishes the movie in hand and exits 0; SIGHUP finishes it too and exits 75, so
 that systemd restarts the daemon with its configuration read again; a second signal exits at once
-(the movie in hand is redone at the next start). Each movie's time limit scales with its size
+with 130 (the movie in hand is redone at the next start). Each movie's time limit scales with its size
 (--movie-timeout-floor, --movie-timeout-per-gb, capped by --movie-timeout). After a change of
 correction settings, finished movies are corrected again (--on-parameter-change redo, said at
 start-up) or kept (keep); `motionwatch retry OUT` requeues quarantined movies.

@@ -263,7 +263,7 @@ class Service:
                 self.dispatcher.abandon()
                 self._notify("on_stopping", "second signal: immediate stop")
                 self._log.info("service_stopping", reason="second signal: immediate stop")
-                return exitcodes.OK
+                return exitcodes.INTERRUPTED
             if self._signals.stop.is_set() and not draining:
                 draining = True
                 reason = self._signals.reason or "signal: finishing the movie in hand"

@@ -26,6 +26,7 @@ from daemon_process import spawn, watch_argv
 import pytest
 
 from correction.params import CorrectionParams, DoseParams
+from daemon import exitcodes
 from daemon.settings.config import Config
 from daemon.system.notify_listener import NotifyListener
 from daemon.engine.service import Service
@@ -166,7 +167,7 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkey
 
     service = Service(config, listeners=[notify, Clock()], runner="fake_runners:correct")
     try:
-        assert service.run() == 0
+        assert service.run() == exitcodes.INTERRUPTED
     finally:
         notify.close()
     time.sleep(0.1)

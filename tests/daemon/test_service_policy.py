@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from correction.params import CorrectionParams, DoseParams
+from daemon import exitcodes
 from daemon.settings.config import Config
 from daemon.state.ledger import Ledger, MovieKey
 from daemon.engine.service import Service
@@ -144,7 +145,7 @@ def test_second_stop_abandons_the_movie_in_hand_which_is_pending_for_the_next_st
                 service.request_stop("test")
 
     service = Service(setup, listeners=[StopWhenBusy()], runner="fake_runners:correct")
-    assert service.run() == 0
+    assert service.run() == exitcodes.INTERRUPTED == 130  # the movie in hand was given up
     row = rows(setup)["hang.mrc"]
     assert (row.status, row.attempts) == ("pending", 0)
 

@@ -145,8 +145,8 @@ def test_template_differs_from_the_single_unit_only_in_instance_paths() -> None:
     assert single.keys() == template.keys()
     differing = sorted(key for key in single if single[key] != template[key])
     assert differing == [
-        "Description", "ExecStart", "ReadOnlyPaths", "ReadWritePaths", "RuntimeDirectory",
-        "StateDirectory",
+        "Description", "ExecStart", "ReadOnlyPaths", "ReadWritePaths", "RequiresMountsFor",
+        "RuntimeDirectory", "StateDirectory",
     ]
     for key in differing[1:]:
         assert all("%i" in value for value in template[key]), key
