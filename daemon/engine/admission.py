@@ -75,6 +75,8 @@ class Admission:
         self._handled: set[tuple[str, int, int]] = set()
         # movies quarantined as unreadable (path -> version): looked at again once they read
         self._unreadable: dict[str, tuple[str, int, int]] = {}
+        # versions the ledger held at start-up: not "settling" while the first scans settle them
+        self._recorded: set[tuple[str, int, int]] | None = None
         self._reported: set[tuple[str, str]] = set()
         self.waiting: dict[Path, str] = {}
         self._stems = OutputStems()
@@ -82,6 +84,7 @@ class Admission:
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
         self._handled.clear()
+        self._recorded = None
         self._stems = OutputStems()
 
     def _safe(self, action: Callable[[], Any]) -> Any:
@@ -119,11 +122,13 @@ class Admission:
         movies = [o for o in result.observations if o.kind == "movie"]
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
+        recorded = self._recorded_versions()
         for obs in movies:
             if (str(obs.path), obs.size, obs.mtime_ns) in self._handled:
                 continue
             if obs.path not in settled:
-                waiting[obs.path] = "settling"
+                if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
+                    waiting[obs.path] = "settling"
                 continue
             try:
                 reason = self._admit(obs)
@@ -135,6 +140,17 @@ class Admission:
             if reason is not None:
                 waiting[obs.path] = reason
         self.waiting = waiting
+
+    def _recorded_versions(self) -> set[tuple[str, int, int]]:
+        """``(path, size, mtime_ns)`` of every row the ledger held when first asked (after a
+        restart, the corrected and quarantined movies are not news while they settle again)."""
+        if self._recorded is None:
+            try:
+                self._recorded = {(r.key.path, r.key.size, r.key.mtime_ns)
+                                  for r in self._ledger().rows()}
+            except sqlite3.Error:
+                return set()
+        return self._recorded
 
     # --- one movie ------------------------------------------------------------------------
     def _admit(self, obs: Observation) -> str | None:

@@ -7,6 +7,7 @@ ledger and the worker processes are the real ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -202,3 +203,24 @@ def test_a_vanished_output_folder_pauses_correction_reports_it_and_resumes_when_
     assert health[-1].ok
     assert rows(config)["ok.mrc"].status == "done"
     assert (config.out_dir / "ok.motion.json").is_file()
+
+
+def test_after_a_restart_corrected_movies_are_not_shown_as_settling_while_they_settle_again(
+        setup):
+    """Every file settles anew after a restart: the heartbeat (status, monitor, dashboard)
+    counted every corrected movie as "still being written or settling" for the first scans."""
+    for name in ("a.mrc", "b.mrc"):
+        movie(setup.watch_dir, name)
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+
+    class Waiting(ServiceListener):
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_heartbeat(self, beat):
+            self.counts.append(beat.waiting)
+
+    seen = Waiting()
+    config = dataclasses.replace(setup, settle_time_s=1.0, heartbeat_s=0.05)
+    assert Service(config, listeners=[seen], runner="fake_runners:correct").run() == 0
+    assert len(seen.counts) > 10 and set(seen.counts) == {0}
