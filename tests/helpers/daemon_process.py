@@ -18,8 +18,13 @@ __all__ = ["watch_argv", "spawn", "events", "rows"]
 
 
 def watch_argv(watch: Path, out: Path, *flags: str) -> list[str]:
-    """The command line ``python -m daemon watch WATCH --out OUT FLAGS...``."""
-    return [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out), *flags]
+    """The command line ``python -m daemon watch WATCH --out OUT FLAGS...``; the feed on a free
+    loopback port unless the flags say where (the default port may be held by another daemon
+    still exiting, or by anything else on the machine)."""
+    feed = [] if {"--publish", "--no-publish"} & {f.split("=")[0] for f in flags} else \
+        ["--publish", "tcp://127.0.0.1:*"]
+    return [sys.executable, "-m", "daemon", "watch", str(watch), "--out", str(out), *feed,
+            *flags]
 
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
