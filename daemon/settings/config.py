@@ -3,9 +3,12 @@
 Every command-line option ``--some-option`` of ``motionwatch watch`` (the correction options
 shared with ``motionwatch correct`` included) has the TOML key ``some_option`` (``some-option``
 is accepted too), at the top level of the file; flags given on the command line override the
-file. All problems (unknown keys, wrong types, out-of-range values, a missing gain reference, an
-unreadable watch folder, an output folder that cannot be written) are collected and reported
-together by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG),
+file. Options that exclude each other (``--dose-per-frame`` / ``--total-dose``, ``--eer-group`` /
+``--eer-dose-per-fraction``: the parser's mutually exclusive groups) follow the command line: a
+flag also clears the file's value of the other options of its group, and two of them in the
+file are an error, as on the command line. All problems (unknown keys, wrong types,
+out-of-range values, a missing gain reference, an unreadable watch folder, an output folder that
+cannot be written) are collected and reported together by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG),
 which systemd is told not to restart on.
 
 Example ``session.toml``::
@@ -250,6 +253,20 @@ def _convert(action: argparse.Action, key: str, value: Any, problems: list[str],
     return converted if many else converted[0]
 
 
+def _exclusive_partners(parser: argparse.ArgumentParser) -> dict[str, tuple[str, ...]]:
+    """For each option of a mutually exclusive group, the ``dest`` of the others in its group.
+
+    :func:`finalize_parser` makes the groups optional but keeps them, so argparse still refuses
+    two of them on the command line; :func:`load_config` applies the same groups to the file.
+    """
+    partners: dict[str, tuple[str, ...]] = {}
+    for group in parser._mutually_exclusive_groups:  # noqa: SLF001
+        dests = [a.dest for a in group._group_actions]  # noqa: SLF001
+        for dest in dests:
+            partners[dest] = partners.get(dest, ()) + tuple(d for d in dests if d != dest)
+    return partners
+
+
 def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
     if not path.exists():
         problems.append(f"{what} {path}: does not exist")
@@ -311,6 +328,8 @@ def load_config(args: argparse.Namespace) -> Config:
             name = option.lstrip("-").replace("-", "_")
             keys.setdefault(name, (action, True))
 
+    from_file: dict[str, str] = {}  # dest -> the key that set it in the file
+    partners = _exclusive_partners(parser)
     config_file = getattr(args, "config", None)
     if config_file is not None:
         try:
@@ -329,11 +348,20 @@ def load_config(args: argparse.Namespace) -> Config:
                 problems.append(f"config key {raw_key!r}: unknown (known keys: the long option "
                                 f"names, e.g. settle_time for --settle-time)")
                 continue
+            clash = [from_file[d] for d in partners.get(action.dest, ()) if d in from_file]
+            if clash:
+                problems.append(f"config keys {clash[0]!r} and {raw_key!r} exclude each other: "
+                                f"give only one")
+                continue
             converted = _convert(action, raw_key, value, problems, as_flag=as_flag)
             if converted is not argparse.SUPPRESS:
                 setattr(merged, action.dest, converted)
+                from_file[action.dest] = raw_key
     for dest, value in given.items():
         setattr(merged, dest, value)
+        for other in partners.get(dest, ()):  # a flag replaces the file's exclusive partner too
+            if other not in given:
+                setattr(merged, other, args._config_defaults.get(other))  # noqa: SLF001
 
     def need(condition: bool, message: str) -> None:
         if not condition:

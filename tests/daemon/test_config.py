@@ -76,11 +76,43 @@ def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metad
     assert config.params.dose.voltage_kV == 300.0
 
 
-def test_both_doses_are_still_refused(tmp_path):
+def test_a_dose_flag_replaces_the_other_dose_of_the_config_file(tmp_path):
+    (tmp_path / "c.toml").write_text("dose_per_frame = 1.0\n")
+    base = [str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "c.toml")]
+    dose = load_config(parse([*base, "--total-dose", "40"])).params.dose
+    assert dose.total_dose_e_A2 == 40.0 and dose.dose_per_frame_e_A2 is None
     (tmp_path / "c.toml").write_text("total_dose = 40.0\n")
-    with pytest.raises(ConfigError, match="only one of --dose-per-frame and --total-dose"):
-        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--dose-per-frame",
-                           "1", "--config", str(tmp_path / "c.toml")]))
+    dose = load_config(parse([*base, "--dose-per-frame", "2"])).params.dose
+    assert dose.dose_per_frame_e_A2 == 2.0 and dose.total_dose_e_A2 is None
+
+
+def test_an_eer_grouping_flag_replaces_the_other_grouping_of_the_config_file(tmp_path):
+    (tmp_path / "c.toml").write_text("eer_group = 20\n")
+    read = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config",
+                              str(tmp_path / "c.toml"), "--eer-dose-per-fraction", "0.5"])
+                       ).params.read
+    assert read.eer_dose_per_fraction_e_A2 == 0.5 and read.eer_group_frames is None
+
+
+@pytest.mark.parametrize(("toml", "keys"), [
+    ("dose_per_frame = 1.0\ntotal_dose = 40.0\n", "'dose_per_frame' and 'total_dose'"),
+    ("eer_group = 20\neer-dose-per-fraction = 0.5\n", "'eer_group' and 'eer-dose-per-fraction'"),
+])
+def test_two_options_that_exclude_each_other_in_the_config_file_are_one_error(
+        tmp_path, capsys, toml, keys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "c.toml").write_text(toml)
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--config", str(tmp_path / "c.toml"), "--exit-when-idle", "0"])
+    assert status == 78
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+    assert errors == [f"  - config keys {keys} exclude each other: give only one"]
+
+
+def test_two_options_that_exclude_each_other_on_the_command_line_are_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        parse([str(tmp_path), "--dose-per-frame", "1", "--total-dose", "40"])
+    assert info.value.code == 2
 
 
 @pytest.mark.parametrize(("value", "name"), [(0, "none"), (1, "updown"), (2, "leftright"),
