@@ -35,7 +35,8 @@ from correction.write import plain
 
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 
-__all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config"]
+__all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config",
+           "make_folders"]
 
 
 class ConfigError(ValueError):
@@ -280,7 +281,25 @@ def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
             problems.append(f"{what} {path}: cannot be listed ({exc.strerror or exc})")
 
 
-def _check_dir_writable(path: Path, what: str, problems: list[str]) -> None:
+def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
+    """Whether ``path`` is a writable folder or could be created as one; creates nothing."""
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            problems.append(f"{what} {path}: not a folder")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            problems.append(f"{what} {path}: not writable (permission denied)")
+        return
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not os.path.isdir(parent):
+        problems.append(f"{what} {path}: cannot be created ({parent} is not a folder)")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"{what} {path}: cannot be created (permission denied in {parent})")
+
+
+def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:
+    """Create ``path`` (and its parents) and write a probe file into it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -297,8 +316,51 @@ def _check_dir_writable(path: Path, what: str, problems: list[str]) -> None:
         problems.append(f"{what} {path}: not writable ({exc.strerror or exc})")
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def _written_folders(out_dir: Path | None, state_dir: Path | None, scratch_dir: Path | None
+                     ) -> list[tuple[Path, str]]:
+    """The folders the daemon writes to, each with its name in messages."""
+    folders = [] if out_dir is None else [(out_dir, "output folder")]
+    if state_dir is not None and state_dir != out_dir:
+        folders.append((state_dir, "state folder"))
+    if scratch_dir is not None:
+        folders.append((scratch_dir, "scratch folder"))
+    return folders
+
+
+def make_folders(config: Config) -> None:
+    """Create the output, state and scratch folders of a valid ``config``; check they are writable.
+
+    Raises
+    ------
+    ConfigError
+        A folder that cannot be created or written.
+    """
+    problems: list[str] = []
+    for path, what in _written_folders(config.out_dir, config.state_dir, config.scratch_dir):
+        _make_dir_writable(path, what, problems)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _absolute_paths(merged: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Every path option (folders, gain and references, keys) with ``~`` expanded, made absolute.
+
+    A relative path is taken from the working folder at start-up, for the TOML file's values
+    as for the flags'.
+    """
+    for action in parser._actions:  # noqa: SLF001
+        value = getattr(merged, action.dest, None)
+        if action.type is Path and value is not None:
+            setattr(merged, action.dest, Path(value).expanduser().absolute())
+
+
+def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -> Config:
     """Merge defaults, the TOML file named by ``--config``, then the flags; validate everything.
+
+    Path options have ``~`` expanded and are made absolute. Nothing is created unless the whole
+    configuration is valid: the output, state and scratch folders are then created (by
+    :func:`make_folders`; ``make_output_folders=False`` leaves that to the caller, to check more
+    first).
 
     Parameters
     ----------
@@ -362,6 +424,7 @@ def load_config(args: argparse.Namespace) -> Config:
         for other in partners.get(dest, ()):  # a flag replaces the file's exclusive partner too
             if other not in given:
                 setattr(merged, other, args._config_defaults.get(other))  # noqa: SLF001
+    _absolute_paths(merged, parser)
 
     def need(condition: bool, message: str) -> None:
         if not condition:
@@ -401,30 +464,25 @@ def load_config(args: argparse.Namespace) -> Config:
         except (ValueError, OSError) as exc:  # GainReferenceError is a ValueError
             problems.append(str(exc))
 
-    watch_dir = None
+    watch_dir = out_dir = state_dir = None
     if merged.watch_dir is None:
         problems.append("no watch folder: give WATCH_DIR (or watch_dir = ... in the config)")
     else:
-        watch_dir = Path(merged.watch_dir).expanduser().absolute()
+        watch_dir = merged.watch_dir
         _check_dir_readable(watch_dir, "watch folder", problems)
-    out_dir = state_dir = None
     if merged.out is not None:
-        out_dir = Path(merged.out).expanduser().absolute()
-        _check_dir_writable(out_dir, "output folder", problems)
-        state_dir = Path(merged.state_dir).expanduser().absolute() if merged.state_dir else out_dir
-        if state_dir != out_dir:
-            _check_dir_writable(state_dir, "state folder", problems)
+        out_dir = merged.out
+        state_dir = merged.state_dir or out_dir
         if out_dir == watch_dir:
             problems.append(f"output folder {out_dir} is the watch folder: use a subfolder or "
                             f"another folder")
-    scratch_dir = None
-    if merged.scratch is not None:
-        scratch_dir = Path(merged.scratch).expanduser().absolute()
-        _check_dir_writable(scratch_dir, "scratch folder", problems)
+    scratch_dir = merged.scratch
+    for path, what in _written_folders(out_dir, state_dir, scratch_dir):
+        _check_dir_creatable(path, what, problems)
 
     if problems:
         raise ConfigError(problems)
-    return Config(
+    config = Config(
         watch_dir=watch_dir, out_dir=out_dir, state_dir=state_dir, params=params,
         workers=merged.workers, settle_time_s=float(merged.settle_time),
         scan_interval_s=float(merged.scan_interval),
@@ -439,3 +497,6 @@ def load_config(args: argparse.Namespace) -> Config:
         read_ahead=bool(merged.read_ahead), scratch_dir=scratch_dir,
         options=dict(vars(merged)),
     )
+    if make_output_folders:
+        make_folders(config)
+    return config

@@ -219,3 +219,57 @@ def test_the_scratch_folder_is_checked_at_start_up_and_defaults_to_none(tmp_path
     assert load_config(parse(base + ["--scratch", str(tmp_path / "s")])).scratch_dir == \
         tmp_path / "s"
     assert load_config(parse(base)).scratch_dir is None
+
+
+def write_gain(path: Path) -> Path:
+    import mrcfile
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.ones((16, 16), np.float32))
+    return path
+
+
+def test_reference_paths_expand_tilde_and_are_made_absolute_from_toml_and_flags(
+        tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    write_gain(home / "gain.mrc")
+    write_gain(home / "dark.mrc")
+    work.mkdir()
+    (work / "defects.txt").write_text("0 0 1 1\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (work / "c.toml").write_text('gain = "~/gain.mrc"\ndefects = "defects.txt"\n')
+    config = load_config(parse([str(work), "--out", str(tmp_path / "o"), "--config", "c.toml",
+                                "--dark", "~/dark.mrc"]))
+    gain = config.params.gain
+    assert Path(gain.gain_path) == home / "gain.mrc"
+    assert Path(gain.dark_path) == home / "dark.mrc"
+    assert Path(gain.defects_path) == work / "defects.txt"
+    assert config.options["defects"] == work / "defects.txt"  # absolute, as the folders
+
+
+def test_the_folders_of_an_invalid_configuration_are_not_created(tmp_path):
+    (tmp_path / "w").mkdir()
+    folders = ["--out", str(tmp_path / "o" / "deep"), "--state-dir", str(tmp_path / "st"),
+               "--scratch", str(tmp_path / "scr")]
+    with pytest.raises(ConfigError, match="workers"):
+        load_config(parse([str(tmp_path / "w"), *folders, "--workers", "0"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+    config = load_config(parse([str(tmp_path / "w"), *folders]))
+    assert config.out_dir.is_dir() and config.state_dir.is_dir() and config.scratch_dir.is_dir()
+
+
+def test_watch_creates_no_folder_when_a_later_check_refuses_the_configuration(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--executor", "dask", "--exit-when-idle", "0"])  # dask without a scheduler
+    assert status == 78 and "scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_output_folder_under_a_file_cannot_be_created(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"output folder .*: cannot be created \(.*afile is not"):
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "afile" / "o")]))
