@@ -207,50 +207,92 @@ def finalize_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_config_defaults=defaults, _config_parser=parser)
 
 
+_KINDS = {int: ("an integer", "integers"), float: ("a number", "numbers"),
+          Path: ("a path (a string)", "paths (strings)")}
+
+
+def _toml_type(value: Any) -> str:
+    """The TOML name of a parsed value's type, for messages."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), f"a TOML {type(value).__name__}")  # date, time, datetime
+
+
+def _expected(action: argparse.Action) -> str:
+    """What the TOML key of ``action`` must hold, in words (``a list of 2 integers``)."""
+    one, many = _KINDS.get(action.type, ("a string (in quotes)", "strings"))
+    if isinstance(action.nargs, int):
+        return f"a list of {action.nargs} {many}"
+    if action.nargs == "+":
+        return f"a list of one or more {many}"
+    if action.nargs == "*":
+        return f"a list of {many}"
+    return one
+
+
+def _convert_item(action: argparse.Action, item: Any) -> Any:
+    """One TOML scalar as the flag's ``type`` makes it; ValueError when TOML gave another type.
+
+    Numbers must be TOML numbers (an integer option takes a whole float too), paths and plain
+    strings TOML strings; an option with its own type (``--gain-flip``) gets the text of any
+    scalar (``gain_flip = 1`` is MotionCor2's -FlipGain 1).
+    """
+    if isinstance(item, (bool, dict, list)):
+        raise ValueError(item)
+    if action.type is int:
+        if isinstance(item, float) and item.is_integer():
+            return int(item)
+        if not isinstance(item, int):
+            raise ValueError(item)
+        return item
+    if action.type is float:
+        if not isinstance(item, (int, float)):
+            raise ValueError(item)
+        return float(item)
+    if action.type in (Path, None):
+        if not isinstance(item, str):
+            raise ValueError(item)
+        return item if action.type is None else Path(item)
+    return action.type(item if isinstance(item, str) else str(item))
+
+
 def _convert(action: argparse.Action, key: str, value: Any, problems: list[str], *,
              as_flag: bool = False) -> Any:
-    """Turn a TOML value into what argparse would have produced for the flag."""
+    """Turn a TOML value into what argparse would have produced for the flag.
+
+    A value of the wrong TOML type or count is one problem naming the key and what it needs;
+    ``argparse.SUPPRESS`` is returned then.
+    """
     where = f"config key {key!r}"
-    if action.nargs == 0:  # store_true / store_false / store_const: the key holds the value
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
         if not isinstance(value, bool):
             problems.append(f"{where}: expected true or false, got {value!r}")
             return argparse.SUPPRESS
+        if as_flag and isinstance(action, argparse.BooleanOptionalAction):
+            return not value  # no_exposure_filtered = true
         if as_flag:  # keyed by the flag's name (no_hot_pixels = true): true means "given"
             return action.const if value else argparse.SUPPRESS
         return value
-    if isinstance(action, argparse.BooleanOptionalAction):
-        if not isinstance(value, bool):
-            problems.append(f"{where}: expected true or false, got {value!r}")
-            return argparse.SUPPRESS
-        return value
     many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
     items = value if isinstance(value, list) else [value]
-    if not many and isinstance(value, list):
-        problems.append(f"{where}: expected one value, got a list")
+    wrong_count = (not many and isinstance(value, list)
+                   or isinstance(action.nargs, int) and len(items) != action.nargs
+                   or action.nargs == "+" and not items)
+    try:
+        if wrong_count:
+            raise ValueError(value)
+        converted = [_convert_item(action, item) for item in items]
+    except ValueError:
+        got = repr(value) if isinstance(value, (str, int, float, list, dict)) else value
+        problems.append(f"{where}: expected {_expected(action)}, got {got} ({_toml_type(value)})")
         return argparse.SUPPRESS
-    converted = []
-    for item in items:
-        if isinstance(item, (dict, list)):
-            problems.append(f"{where}: unexpected {type(item).__name__} {item!r}")
-            return argparse.SUPPRESS
-        try:
-            if isinstance(item, bool) and action.type in (int, float):
-                raise ValueError(f"expected a number, got {item!r}")
-            if action.type is int and isinstance(item, float) and not item.is_integer():
-                raise ValueError(f"expected an integer, got {item!r}")
-            if action.type in (int, float):
-                item = action.type(item)
-            elif action.type is not None:
-                item = action.type(item if isinstance(item, str) else str(item))
-            else:
-                item = str(item)
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-            problems.append(f"{where}: {exc}")
-            return argparse.SUPPRESS
+    except argparse.ArgumentTypeError as exc:  # the option's own type refused the text
+        problems.append(f"{where}: {exc}")
+        return argparse.SUPPRESS
+    for item in converted:
         if action.choices is not None and item not in action.choices:
             problems.append(f"{where}: {item!r} is not one of {', '.join(map(str, action.choices))}")
             return argparse.SUPPRESS
-        converted.append(item)
     return converted if many else converted[0]
 
 

@@ -273,3 +273,58 @@ def test_an_output_folder_under_a_file_cannot_be_created(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match=r"output folder .*: cannot be created \(.*afile is not"):
         load_config(parse([str(tmp_path), "--out", str(tmp_path / "afile" / "o")]))
+
+
+def toml_problems(tmp_path, text):
+    """The problems of a config file holding ``text`` (watch folder and output given)."""
+    (tmp_path / "c.toml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
+                           "--config", str(tmp_path / "c.toml")]))
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("value", "got"), [
+    ("[5]", "[5] (an array)"), ("5", "5 (an integer)"), ("[5, 5, 5]", "[5, 5, 5] (an array)"),
+    ('["5", "5"]', "['5', '5'] (an array)"), ("[5, 5.5]", "[5, 5.5] (an array)"),
+])
+def test_patches_needs_a_list_of_exactly_two_integers(tmp_path, value, got):
+    assert toml_problems(tmp_path, f"patches = {value}") == (
+        f"config key 'patches': expected a list of 2 integers, got {got}",)
+
+
+def test_every_option_with_a_fixed_count_of_values_takes_a_list_of_that_many(tmp_path):
+    """Each option with an integer nargs (only --patches today) refuses a wrong count in TOML."""
+    args = parse([str(tmp_path)])
+    fixed = [a for a in args._config_parser._actions if isinstance(a.nargs, int) and a.nargs > 0]
+    assert fixed
+    for action in fixed:
+        key = action.dest
+        problems = toml_problems(tmp_path, f"{key} = [{', '.join(['1'] * (action.nargs + 1))}]")
+        assert problems[0].startswith(f"config key {key!r}: expected a list of {action.nargs} ")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('workers = "2"', "config key 'workers': expected an integer, got '2' (a string)"),
+    ('settle_time = "5"', "config key 'settle_time': expected a number, got '5' (a string)"),
+    ("out = 5", "config key 'out': expected a path (a string), got 5 (an integer)"),
+    ("gain = true", "config key 'gain': expected a path (a string), got True (a boolean)"),
+    ("movie_patterns = []", "config key 'movie_patterns': expected a list of one or more strings, "
+                            "got [] (an array)"),
+    ("scheduler = 5", "config key 'scheduler': expected a string (in quotes), got 5 (an integer)"),
+    ("executor_walltime = 08:00:00",
+     "config key 'executor_walltime': expected a string (in quotes), got 08:00:00 (a TOML time)"),
+])
+def test_a_toml_value_of_the_wrong_type_is_a_config_error_naming_key_and_type(
+        tmp_path, text, expected):
+    assert toml_problems(tmp_path, text) == (expected,)
+
+
+def test_toml_values_of_the_right_type_are_taken_as_the_flags_would_be(tmp_path):
+    (tmp_path / "c.toml").write_text('workers = 2.0\nsettle_time = 3\nmovie_patterns = "*.eer"\n'
+                                     'gain_flip = 1\nno_exposure_filtered = true\n')
+    config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
+                                "--config", str(tmp_path / "c.toml")]))
+    assert config.workers == 2 and config.settle_time_s == 3.0
+    assert config.movie_patterns == ("*.eer",) and config.params.gain.flip == "updown"
+    assert config.options["exposure_filtered"] is False
