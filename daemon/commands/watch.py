@@ -29,7 +29,8 @@ from daemon.settings.config import (Config, ConfigError, add_watch_arguments, fi
                                     load_config, make_folders)
 from daemon.settings.correction_options import add_correction_arguments
 from daemon.system.logs import configure_logging, get_logger, running_under_journald
-from daemon.system.notify_listener import NotifyListener, add_watchdog_arguments
+from daemon.system.notify_listener import (NotifyListener, add_watchdog_arguments,
+                                           watchdog_thresholds)
 from daemon.work.executor import add_executor_arguments, executor_settings
 
 __all__ = ["add_arguments", "run", "build_listeners", "build_resolver"]
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args, make_output_folders=False)
         resolver = build_resolver(config)
         executor_settings(config)  # a bad executor section is a configuration error (78)
+        watchdog_thresholds(config)
         make_folders(config)  # only once everything checked here is valid
     except ConfigError as exc:
         _print_config_error(exc)
