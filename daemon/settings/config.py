@@ -434,6 +434,7 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
 
     from_file: dict[str, str] = {}  # dest -> the key that set it in the file
     partners = _exclusive_partners(parser)
+    refused: set[str] = set()  # dests whose value in the file was refused (already reported)
     config_file = getattr(args, "config", None)
     if config_file is not None:
         try:
@@ -457,8 +458,11 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
                 problems.append(f"config keys {clash[0]!r} and {raw_key!r} exclude each other: "
                                 f"give only one")
                 continue
+            before = len(problems)
             converted = _convert(action, raw_key, value, problems, as_flag=as_flag)
-            if converted is not argparse.SUPPRESS:
+            if len(problems) > before:
+                refused.add(action.dest)
+            elif converted is not argparse.SUPPRESS:
                 setattr(merged, action.dest, converted)
                 from_file[action.dest] = raw_key
     for dest, value in given.items():
@@ -472,7 +476,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         if not condition:
             problems.append(message)
 
-    need(merged.out is not None, "no output folder: give --out DIR (or out = ... in the config)")
+    need(merged.out is not None or "out" in refused,
+         "no output folder: give --out DIR (or out = ... in the config)")
     need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
     need(merged.settle_time >= 0, f"settle_time must be >= 0 s, got {merged.settle_time}")
     need(merged.scan_interval > 0, f"scan_interval must be > 0 s, got {merged.scan_interval}")
@@ -508,7 +513,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
 
     watch_dir = out_dir = state_dir = None
     if merged.watch_dir is None:
-        problems.append("no watch folder: give WATCH_DIR (or watch_dir = ... in the config)")
+        need("watch_dir" in refused,
+             "no watch folder: give WATCH_DIR (or watch_dir = ... in the config)")
     else:
         watch_dir = merged.watch_dir
         _check_dir_readable(watch_dir, "watch folder", problems)

@@ -276,11 +276,13 @@ def test_an_output_folder_under_a_file_cannot_be_created(tmp_path):
 
 
 def toml_problems(tmp_path, text):
-    """The problems of a config file holding ``text`` (watch folder and output given)."""
-    (tmp_path / "c.toml").write_text(text + "\n")
+    """The problems of a config file holding ``text`` (and a valid watch folder and output,
+    unless ``text`` sets them)."""
+    base = {"watch_dir": f'"{tmp_path}"', "out": f'"{tmp_path / "o"}"'}
+    lines = [f"{k} = {v}" for k, v in base.items() if not text.startswith(k + " ")]
+    (tmp_path / "c.toml").write_text("\n".join([*lines, text]) + "\n")
     with pytest.raises(ConfigError) as info:
-        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
-                           "--config", str(tmp_path / "c.toml")]))
+        load_config(parse(["--config", str(tmp_path / "c.toml")]))
     return info.value.problems
 
 
@@ -308,6 +310,7 @@ def test_every_option_with_a_fixed_count_of_values_takes_a_list_of_that_many(tmp
     ('workers = "2"', "config key 'workers': expected an integer, got '2' (a string)"),
     ('settle_time = "5"', "config key 'settle_time': expected a number, got '5' (a string)"),
     ("out = 5", "config key 'out': expected a path (a string), got 5 (an integer)"),
+    ("watch_dir = 5", "config key 'watch_dir': expected a path (a string), got 5 (an integer)"),
     ("gain = true", "config key 'gain': expected a path (a string), got True (a boolean)"),
     ("movie_patterns = []", "config key 'movie_patterns': expected a list of one or more strings, "
                             "got [] (an array)"),
