@@ -8,8 +8,10 @@ file. Options that exclude each other (``--dose-per-frame`` / ``--total-dose``, 
 flag also clears the file's value of the other options of its group, and two of them in the
 file are an error, as on the command line. All problems (unknown keys, wrong types,
 out-of-range values, a missing gain reference, an unreadable watch folder, an output folder that
-cannot be written) are collected and reported together by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG),
-which systemd is told not to restart on.
+cannot be written, a value of the wrong TOML type or count) are collected and reported together
+by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG), which
+systemd is told not to restart on, having created no folder. Path options may start with ``~``;
+relative paths are taken from the working folder.
 
 Example ``session.toml``::
 
