@@ -26,10 +26,11 @@ from daemon.feed.listener import PublishListener, add_feed_arguments, build_publ
 from daemon.handoff.listener import add_handoff_arguments, build_handoff_listener
 from daemon.series.options import add_series_arguments, resolver_from_config
 from daemon.settings.config import (Config, ConfigError, add_watch_arguments, finalize_parser,
-                                    load_config)
+                                    load_config, make_folders)
 from daemon.settings.correction_options import add_correction_arguments
 from daemon.system.logs import configure_logging, get_logger, running_under_journald
-from daemon.system.notify_listener import NotifyListener, add_watchdog_arguments
+from daemon.system.notify_listener import (NotifyListener, add_watchdog_arguments,
+                                           watchdog_thresholds)
 from daemon.work.executor import add_executor_arguments, executor_settings
 
 __all__ = ["add_arguments", "run", "build_listeners", "build_resolver"]
@@ -107,9 +108,11 @@ def build_resolver(config: Config) -> MetadataResolver:
 def run(args: argparse.Namespace) -> int:
     """``motionwatch watch``: returns 0 after a clean stop, 78 on a configuration error."""
     try:
-        config = load_config(args)
+        config = load_config(args, make_output_folders=False)
         resolver = build_resolver(config)
         executor_settings(config)  # a bad executor section is a configuration error (78)
+        watchdog_thresholds(config)
+        make_folders(config)  # only once everything checked here is valid
     except ConfigError as exc:
         _print_config_error(exc)
         return exitcodes.CONFIG

@@ -3,10 +3,15 @@
 Every command-line option ``--some-option`` of ``motionwatch watch`` (the correction options
 shared with ``motionwatch correct`` included) has the TOML key ``some_option`` (``some-option``
 is accepted too), at the top level of the file; flags given on the command line override the
-file. All problems (unknown keys, wrong types, out-of-range values, a missing gain reference, an
-unreadable watch folder, an output folder that cannot be written) are collected and reported
-together by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG),
-which systemd is told not to restart on.
+file. Options that exclude each other (``--dose-per-frame`` / ``--total-dose``, ``--eer-group`` /
+``--eer-dose-per-fraction``: the parser's mutually exclusive groups) follow the command line: a
+flag also clears the file's value of the other options of its group, and two of them in the
+file are an error, as on the command line. All problems (unknown keys, wrong types,
+out-of-range values, a missing gain reference, an unreadable watch folder, an output folder that
+cannot be written, a value of the wrong TOML type or count) are collected and reported together
+by :class:`ConfigError`; ``motionwatch watch`` then exits with status 78 (EX_CONFIG), which
+systemd is told not to restart on, having created no folder. Path options may start with ``~``;
+relative paths are taken from the working folder.
 
 Example ``session.toml``::
 
@@ -32,7 +37,8 @@ from correction.write import plain
 
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 
-__all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config"]
+__all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config",
+           "make_folders"]
 
 
 class ConfigError(ValueError):
@@ -203,51 +209,107 @@ def finalize_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_config_defaults=defaults, _config_parser=parser)
 
 
+_KINDS = {int: ("an integer", "integers"), float: ("a number", "numbers"),
+          Path: ("a path (a string)", "paths (strings)")}
+
+
+def _toml_type(value: Any) -> str:
+    """The TOML name of a parsed value's type, for messages."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), f"a TOML {type(value).__name__}")  # date, time, datetime
+
+
+def _expected(action: argparse.Action) -> str:
+    """What the TOML key of ``action`` must hold, in words (``a list of 2 integers``)."""
+    one, many = _KINDS.get(action.type, ("a string (in quotes)", "strings"))
+    if isinstance(action.nargs, int):
+        return f"a list of {action.nargs} {many}"
+    if action.nargs == "+":
+        return f"a list of one or more {many}"
+    if action.nargs == "*":
+        return f"a list of {many}"
+    return one
+
+
+def _convert_item(action: argparse.Action, item: Any) -> Any:
+    """One TOML scalar as the flag's ``type`` makes it; ValueError when TOML gave another type.
+
+    Numbers must be TOML numbers (an integer option takes a whole float too), paths and plain
+    strings TOML strings; an option with its own type (``--gain-flip``) gets the text of any
+    scalar (``gain_flip = 1`` is MotionCor2's -FlipGain 1).
+    """
+    if isinstance(item, (bool, dict, list)):
+        raise ValueError(item)
+    if action.type is int:
+        if isinstance(item, float) and item.is_integer():
+            return int(item)
+        if not isinstance(item, int):
+            raise ValueError(item)
+        return item
+    if action.type is float:
+        if not isinstance(item, (int, float)):
+            raise ValueError(item)
+        return float(item)
+    if action.type in (Path, None):
+        if not isinstance(item, str):
+            raise ValueError(item)
+        return item if action.type is None else Path(item)
+    return action.type(item if isinstance(item, str) else str(item))
+
+
 def _convert(action: argparse.Action, key: str, value: Any, problems: list[str], *,
              as_flag: bool = False) -> Any:
-    """Turn a TOML value into what argparse would have produced for the flag."""
+    """Turn a TOML value into what argparse would have produced for the flag.
+
+    A value of the wrong TOML type or count is one problem naming the key and what it needs;
+    ``argparse.SUPPRESS`` is returned then.
+    """
     where = f"config key {key!r}"
-    if action.nargs == 0:  # store_true / store_false / store_const: the key holds the value
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
         if not isinstance(value, bool):
             problems.append(f"{where}: expected true or false, got {value!r}")
             return argparse.SUPPRESS
+        if as_flag and isinstance(action, argparse.BooleanOptionalAction):
+            return not value  # no_exposure_filtered = true
         if as_flag:  # keyed by the flag's name (no_hot_pixels = true): true means "given"
             return action.const if value else argparse.SUPPRESS
         return value
-    if isinstance(action, argparse.BooleanOptionalAction):
-        if not isinstance(value, bool):
-            problems.append(f"{where}: expected true or false, got {value!r}")
-            return argparse.SUPPRESS
-        return value
     many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
     items = value if isinstance(value, list) else [value]
-    if not many and isinstance(value, list):
-        problems.append(f"{where}: expected one value, got a list")
+    wrong_count = (not many and isinstance(value, list)
+                   or isinstance(action.nargs, int) and len(items) != action.nargs
+                   or action.nargs == "+" and not items)
+    try:
+        if wrong_count:
+            raise ValueError(value)
+        converted = [_convert_item(action, item) for item in items]
+    except ValueError:
+        got = repr(value) if isinstance(value, (str, int, float, list, dict)) else value
+        problems.append(f"{where}: expected {_expected(action)}, got {got} ({_toml_type(value)})")
         return argparse.SUPPRESS
-    converted = []
-    for item in items:
-        if isinstance(item, (dict, list)):
-            problems.append(f"{where}: unexpected {type(item).__name__} {item!r}")
-            return argparse.SUPPRESS
-        try:
-            if isinstance(item, bool) and action.type in (int, float):
-                raise ValueError(f"expected a number, got {item!r}")
-            if action.type is int and isinstance(item, float) and not item.is_integer():
-                raise ValueError(f"expected an integer, got {item!r}")
-            if action.type in (int, float):
-                item = action.type(item)
-            elif action.type is not None:
-                item = action.type(item if isinstance(item, str) else str(item))
-            else:
-                item = str(item)
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-            problems.append(f"{where}: {exc}")
-            return argparse.SUPPRESS
+    except argparse.ArgumentTypeError as exc:  # the option's own type refused the text
+        problems.append(f"{where}: {exc}")
+        return argparse.SUPPRESS
+    for item in converted:
         if action.choices is not None and item not in action.choices:
             problems.append(f"{where}: {item!r} is not one of {', '.join(map(str, action.choices))}")
             return argparse.SUPPRESS
-        converted.append(item)
     return converted if many else converted[0]
+
+
+def _exclusive_partners(parser: argparse.ArgumentParser) -> dict[str, tuple[str, ...]]:
+    """For each option of a mutually exclusive group, the ``dest`` of the others in its group.
+
+    :func:`finalize_parser` makes the groups optional but keeps them, so argparse still refuses
+    two of them on the command line; :func:`load_config` applies the same groups to the file.
+    """
+    partners: dict[str, tuple[str, ...]] = {}
+    for group in parser._mutually_exclusive_groups:  # noqa: SLF001
+        dests = [a.dest for a in group._group_actions]  # noqa: SLF001
+        for dest in dests:
+            partners[dest] = partners.get(dest, ()) + tuple(d for d in dests if d != dest)
+    return partners
 
 
 def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
@@ -263,7 +325,25 @@ def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
             problems.append(f"{what} {path}: cannot be listed ({exc.strerror or exc})")
 
 
-def _check_dir_writable(path: Path, what: str, problems: list[str]) -> None:
+def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
+    """Whether ``path`` is a writable folder or could be created as one; creates nothing."""
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            problems.append(f"{what} {path}: not a folder")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            problems.append(f"{what} {path}: not writable (permission denied)")
+        return
+    parent = path.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not os.path.isdir(parent):
+        problems.append(f"{what} {path}: cannot be created ({parent} is not a folder)")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"{what} {path}: cannot be created (permission denied in {parent})")
+
+
+def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:
+    """Create ``path`` (and its parents) and write a probe file into it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -280,8 +360,51 @@ def _check_dir_writable(path: Path, what: str, problems: list[str]) -> None:
         problems.append(f"{what} {path}: not writable ({exc.strerror or exc})")
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def _written_folders(out_dir: Path | None, state_dir: Path | None, scratch_dir: Path | None
+                     ) -> list[tuple[Path, str]]:
+    """The folders the daemon writes to, each with its name in messages."""
+    folders = [] if out_dir is None else [(out_dir, "output folder")]
+    if state_dir is not None and state_dir != out_dir:
+        folders.append((state_dir, "state folder"))
+    if scratch_dir is not None:
+        folders.append((scratch_dir, "scratch folder"))
+    return folders
+
+
+def make_folders(config: Config) -> None:
+    """Create the output, state and scratch folders of a valid ``config``; check they are writable.
+
+    Raises
+    ------
+    ConfigError
+        A folder that cannot be created or written.
+    """
+    problems: list[str] = []
+    for path, what in _written_folders(config.out_dir, config.state_dir, config.scratch_dir):
+        _make_dir_writable(path, what, problems)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _absolute_paths(merged: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Every path option (folders, gain and references, keys) with ``~`` expanded, made absolute.
+
+    A relative path is taken from the working folder at start-up, for the TOML file's values
+    as for the flags'.
+    """
+    for action in parser._actions:  # noqa: SLF001
+        value = getattr(merged, action.dest, None)
+        if action.type is Path and value is not None:
+            setattr(merged, action.dest, Path(value).expanduser().absolute())
+
+
+def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -> Config:
     """Merge defaults, the TOML file named by ``--config``, then the flags; validate everything.
+
+    Path options have ``~`` expanded and are made absolute. Nothing is created unless the whole
+    configuration is valid: the output, state and scratch folders are then created (by
+    :func:`make_folders`; ``make_output_folders=False`` leaves that to the caller, to check more
+    first).
 
     Parameters
     ----------
@@ -311,6 +434,9 @@ def load_config(args: argparse.Namespace) -> Config:
             name = option.lstrip("-").replace("-", "_")
             keys.setdefault(name, (action, True))
 
+    from_file: dict[str, str] = {}  # dest -> the key that set it in the file
+    partners = _exclusive_partners(parser)
+    refused: set[str] = set()  # dests whose value in the file was refused (already reported)
     config_file = getattr(args, "config", None)
     if config_file is not None:
         try:
@@ -329,17 +455,31 @@ def load_config(args: argparse.Namespace) -> Config:
                 problems.append(f"config key {raw_key!r}: unknown (known keys: the long option "
                                 f"names, e.g. settle_time for --settle-time)")
                 continue
+            clash = [from_file[d] for d in partners.get(action.dest, ()) if d in from_file]
+            if clash:
+                problems.append(f"config keys {clash[0]!r} and {raw_key!r} exclude each other: "
+                                f"give only one")
+                continue
+            before = len(problems)
             converted = _convert(action, raw_key, value, problems, as_flag=as_flag)
-            if converted is not argparse.SUPPRESS:
+            if len(problems) > before:
+                refused.add(action.dest)
+            elif converted is not argparse.SUPPRESS:
                 setattr(merged, action.dest, converted)
+                from_file[action.dest] = raw_key
     for dest, value in given.items():
         setattr(merged, dest, value)
+        for other in partners.get(dest, ()):  # a flag replaces the file's exclusive partner too
+            if other not in given:
+                setattr(merged, other, args._config_defaults.get(other))  # noqa: SLF001
+    _absolute_paths(merged, parser)
 
     def need(condition: bool, message: str) -> None:
         if not condition:
             problems.append(message)
 
-    need(merged.out is not None, "no output folder: give --out DIR (or out = ... in the config)")
+    need(merged.out is not None or "out" in refused,
+         "no output folder: give --out DIR (or out = ... in the config)")
     need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
     need(merged.settle_time >= 0, f"settle_time must be >= 0 s, got {merged.settle_time}")
     need(merged.scan_interval > 0, f"scan_interval must be > 0 s, got {merged.scan_interval}")
@@ -373,30 +513,26 @@ def load_config(args: argparse.Namespace) -> Config:
         except (ValueError, OSError) as exc:  # GainReferenceError is a ValueError
             problems.append(str(exc))
 
-    watch_dir = None
+    watch_dir = out_dir = state_dir = None
     if merged.watch_dir is None:
-        problems.append("no watch folder: give WATCH_DIR (or watch_dir = ... in the config)")
+        need("watch_dir" in refused,
+             "no watch folder: give WATCH_DIR (or watch_dir = ... in the config)")
     else:
-        watch_dir = Path(merged.watch_dir).expanduser().absolute()
+        watch_dir = merged.watch_dir
         _check_dir_readable(watch_dir, "watch folder", problems)
-    out_dir = state_dir = None
     if merged.out is not None:
-        out_dir = Path(merged.out).expanduser().absolute()
-        _check_dir_writable(out_dir, "output folder", problems)
-        state_dir = Path(merged.state_dir).expanduser().absolute() if merged.state_dir else out_dir
-        if state_dir != out_dir:
-            _check_dir_writable(state_dir, "state folder", problems)
+        out_dir = merged.out
+        state_dir = merged.state_dir or out_dir
         if out_dir == watch_dir:
             problems.append(f"output folder {out_dir} is the watch folder: use a subfolder or "
                             f"another folder")
-    scratch_dir = None
-    if merged.scratch is not None:
-        scratch_dir = Path(merged.scratch).expanduser().absolute()
-        _check_dir_writable(scratch_dir, "scratch folder", problems)
+    scratch_dir = merged.scratch
+    for path, what in _written_folders(out_dir, state_dir, scratch_dir):
+        _check_dir_creatable(path, what, problems)
 
     if problems:
         raise ConfigError(problems)
-    return Config(
+    config = Config(
         watch_dir=watch_dir, out_dir=out_dir, state_dir=state_dir, params=params,
         workers=merged.workers, settle_time_s=float(merged.settle_time),
         scan_interval_s=float(merged.scan_interval),
@@ -411,3 +547,6 @@ def load_config(args: argparse.Namespace) -> Config:
         read_ahead=bool(merged.read_ahead), scratch_dir=scratch_dir,
         options=dict(vars(merged)),
     )
+    if make_output_folders:
+        make_folders(config)
+    return config

@@ -6,7 +6,8 @@ Watchdog policy (:class:`NotifyListener`). ``WATCHDOG=1`` is sent every half of
 
 * the main loop turns: a heartbeat arrived less than ``watchdog_stall`` seconds ago (default
   ``max(3 x heartbeat, 3 x scan_interval, 10 s)``, capped at half the watchdog timeout, so a
-  hung main loop stops the pings within ``WatchdogSec``);
+  hung main loop stops the pings within ``WatchdogSec``; a larger value given is refused at
+  start-up);
 * the last heartbeat's :class:`~daemon.events.Health` is ok (scans happen, output folder there);
 * no movie has been in a worker longer than ``watchdog_stuck_after`` seconds (default
   ``movie_timeout + 60 s``: the pool kills a worker at ``movie_timeout``, so a movie still in
@@ -30,7 +31,7 @@ from daemon.events import Heartbeat, ServiceInfo, ServiceListener
 from daemon.settings.config import Config, ConfigError
 from daemon.system.sdnotify import Notifier, WatchdogPinger, watchdog_interval_s, watchdog_timeout_s
 
-__all__ = ["add_watchdog_arguments", "NotifyListener"]
+__all__ = ["add_watchdog_arguments", "NotifyListener", "watchdog_thresholds"]
 
 _STUCK_MARGIN_S = 60.0
 
@@ -41,20 +42,54 @@ def add_watchdog_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--watchdog-stall", type=float, default=None, metavar="S",
                    help="no WATCHDOG=1 once the main loop has not turned for S seconds "
                         "(default max(3 x heartbeat, 3 x scan interval, 10 s), at most half "
-                        "of WatchdogSec)")
+                        "of WatchdogSec: a larger value is a configuration error)")
     s.add_argument("--watchdog-stuck-after", type=float, default=None, metavar="S",
                    help="no WATCHDOG=1 while a movie has been in a worker for over S seconds "
                         "(default movie timeout + 60 s)")
-
-
-def _opt(options: Mapping[str, Any], name: str, default: Any = None) -> Any:
-    return options.get(name, default)
 
 
 def _counts_text(counts: Mapping[str, int], waiting: int, running: int) -> str:
     return (f"{counts.get('done', 0)} done, {running} running, {counts.get('pending', 0)} pending, "
             f"{waiting} waiting, {counts.get('failed', 0)} failed, "
             f"{counts.get('quarantined', 0)} quarantined")
+
+
+def watchdog_thresholds(config: Config, *, environ: Mapping[str, str] | None = None
+                        ) -> tuple[float, float]:
+    """The watchdog's ``(stall_s, stuck_after_s)`` (s) from the options and ``$WATCHDOG_USEC``.
+
+    Raises
+    ------
+    ConfigError
+        A threshold <= 0; a ``watchdog_stall`` over half of systemd's ``WatchdogSec`` (pings
+        would go on after a hang until systemd's timeout, so a hung daemon is never killed); a
+        heartbeat too slow for the watchdog (it must come well within the stall threshold).
+    """
+    env = os.environ if environ is None else environ
+    timeout_s = watchdog_timeout_s(env)
+    stall = config.options.get("watchdog_stall")
+    stuck = config.options.get("watchdog_stuck_after")
+    problems = []
+    if stall is None:
+        stall = max(3 * config.heartbeat_s, 3 * config.scan_interval_s, 10.0)
+        if timeout_s is not None:
+            stall = min(stall, timeout_s / 2)
+    elif timeout_s is not None and stall > timeout_s / 2:
+        problems.append(f"watchdog_stall ({stall:g} s) must be at most half of systemd's "
+                        f"WatchdogSec ({timeout_s:g} s): at most {timeout_s / 2:g} s")
+    if stuck is None:
+        stuck = config.movie_timeout_s + _STUCK_MARGIN_S
+    if not stall > 0:
+        problems.append(f"watchdog_stall must be > 0 s, got {stall}")
+    if not stuck > 0:
+        problems.append(f"watchdog_stuck_after must be > 0 s, got {stuck}")
+    if stall > 0 and config.heartbeat_s >= stall / 2:
+        problems.append(f"heartbeat ({config.heartbeat_s:g} s) must be under half the watchdog "
+                        f"stall threshold ({stall:g} s): lower heartbeat"
+                        + (f" (WatchdogSec is {timeout_s:g} s)" if timeout_s else ""))
+    if problems:
+        raise ConfigError(problems)
+    return float(stall), float(stuck)
 
 
 class NotifyListener(ServiceListener):
@@ -103,34 +138,12 @@ class NotifyListener(ServiceListener):
         Raises
         ------
         ConfigError
-            A threshold <= 0, or a heartbeat too slow for the watchdog (the heartbeat must come
-            well within the stall threshold).
+            See :func:`watchdog_thresholds`.
         """
         env = os.environ if environ is None else environ
-        options = config.options
-        timeout_s = watchdog_timeout_s(env)
-        interval_s = watchdog_interval_s(env)
-        stall = _opt(options, "watchdog_stall")
-        problems = []
-        if stall is None:
-            stall = max(3 * config.heartbeat_s, 3 * config.scan_interval_s, 10.0)
-            if timeout_s is not None:
-                stall = min(stall, timeout_s / 2)
-        stuck = _opt(options, "watchdog_stuck_after")
-        if stuck is None:
-            stuck = config.movie_timeout_s + _STUCK_MARGIN_S
-        if not stall > 0:
-            problems.append(f"watchdog_stall must be > 0 s, got {stall}")
-        if not stuck > 0:
-            problems.append(f"watchdog_stuck_after must be > 0 s, got {stuck}")
-        if stall > 0 and config.heartbeat_s >= stall / 2:
-            problems.append(f"heartbeat ({config.heartbeat_s:g} s) must be under half the watchdog "
-                            f"stall threshold ({stall:g} s): lower heartbeat"
-                            + (f" (WatchdogSec is {timeout_s:g} s)" if timeout_s else ""))
-        if problems:
-            raise ConfigError(problems)
-        return cls(Notifier.from_environ(env), watchdog_interval_s=interval_s, stall_s=stall,
-                   stuck_after_s=stuck, extend_s=max(30.0, 3 * config.heartbeat_s))
+        stall, stuck = watchdog_thresholds(config, environ=env)
+        return cls(Notifier.from_environ(env), watchdog_interval_s=watchdog_interval_s(env),
+                   stall_s=stall, stuck_after_s=stuck, extend_s=max(30.0, 3 * config.heartbeat_s))
 
     # the watchdog's health (called from the pinger thread)
     def healthy(self) -> bool:

@@ -141,7 +141,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
                    help="local worker processes (default) or a Dask cluster "
                         "(pip install 'motionwatch[dask]')")
     g.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
-                   help="Dask scheduler to connect to (--executor dask)")
+                   help="Dask scheduler to connect to (needs --executor dask)")
     g.add_argument("--max-in-flight", type=int, default=None, metavar="N",
                    help="at most N movies submitted to the cluster at once (default: its "
                         "worker threads)")
@@ -149,7 +149,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the cluster sees the daemon's folder FROM at TO (repeatable pairs)")
     g.add_argument("--executor-cluster", choices=tuple(JOBQUEUE_CLUSTERS), default=None,
                    help="start workers as batch jobs through dask-jobqueue (instead of "
-                        "--scheduler)")
+                        "--scheduler; needs --executor dask)")
     g.add_argument("--executor-cores", type=int, default=None, metavar="N",
                    help="cores per batch job")
     g.add_argument("--executor-memory", default=None, metavar="SIZE",
@@ -167,18 +167,32 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://[^\s/]+$")
 
 
+#: options that only say where a Dask executor finds its workers
+_DASK_ONLY = ("scheduler", "executor_cluster")
+
+
+def _refuse_dask_options(options: Mapping[str, Any]) -> None:
+    """A scheduler or cluster given with the local executor would be ignored: ConfigError."""
+    given = [name for name in _DASK_ONLY if options.get(name) is not None]
+    if given:
+        raise ConfigError([f"{' and '.join(given)} given but executor is local: add "
+                           f"executor = \"dask\" (--executor dask), or drop {' and '.join(given)}"])
+
+
 def executor_settings(config: Any) -> ExecutorSettings:
     """The executor settings of ``config`` (``Config.options``), validated.
 
     Raises
     ------
     ConfigError
-        With every problem: a Dask executor without a scheduler or cluster, a bad address,
+        With every problem: a scheduler or cluster given without ``executor = "dask"``, a Dask
+        executor without a scheduler or cluster, a bad address,
         bounds out of range, Dask not installed (naming the extra to install).
     """
     options: Mapping[str, Any] = getattr(config, "options", {}) or {}
     kind = options.get("executor") or "local"
     if kind == "local":
+        _refuse_dask_options(options)
         return ExecutorSettings()
     problems: list[str] = []
     scheduler = options.get("scheduler")

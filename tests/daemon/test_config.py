@@ -76,11 +76,43 @@ def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metad
     assert config.params.dose.voltage_kV == 300.0
 
 
-def test_both_doses_are_still_refused(tmp_path):
+def test_a_dose_flag_replaces_the_other_dose_of_the_config_file(tmp_path):
+    (tmp_path / "c.toml").write_text("dose_per_frame = 1.0\n")
+    base = [str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "c.toml")]
+    dose = load_config(parse([*base, "--total-dose", "40"])).params.dose
+    assert dose.total_dose_e_A2 == 40.0 and dose.dose_per_frame_e_A2 is None
     (tmp_path / "c.toml").write_text("total_dose = 40.0\n")
-    with pytest.raises(ConfigError, match="only one of --dose-per-frame and --total-dose"):
-        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--dose-per-frame",
-                           "1", "--config", str(tmp_path / "c.toml")]))
+    dose = load_config(parse([*base, "--dose-per-frame", "2"])).params.dose
+    assert dose.dose_per_frame_e_A2 == 2.0 and dose.total_dose_e_A2 is None
+
+
+def test_an_eer_grouping_flag_replaces_the_other_grouping_of_the_config_file(tmp_path):
+    (tmp_path / "c.toml").write_text("eer_group = 20\n")
+    read = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config",
+                              str(tmp_path / "c.toml"), "--eer-dose-per-fraction", "0.5"])
+                       ).params.read
+    assert read.eer_dose_per_fraction_e_A2 == 0.5 and read.eer_group_frames is None
+
+
+@pytest.mark.parametrize(("toml", "keys"), [
+    ("dose_per_frame = 1.0\ntotal_dose = 40.0\n", "'dose_per_frame' and 'total_dose'"),
+    ("eer_group = 20\neer-dose-per-fraction = 0.5\n", "'eer_group' and 'eer-dose-per-fraction'"),
+])
+def test_two_options_that_exclude_each_other_in_the_config_file_are_one_error(
+        tmp_path, capsys, toml, keys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "c.toml").write_text(toml)
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--config", str(tmp_path / "c.toml"), "--exit-when-idle", "0"])
+    assert status == 78
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+    assert errors == [f"  - config keys {keys} exclude each other: give only one"]
+
+
+def test_two_options_that_exclude_each_other_on_the_command_line_are_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        parse([str(tmp_path), "--dose-per-frame", "1", "--total-dose", "40"])
+    assert info.value.code == 2
 
 
 @pytest.mark.parametrize(("value", "name"), [(0, "none"), (1, "updown"), (2, "leftright"),
@@ -187,3 +219,115 @@ def test_the_scratch_folder_is_checked_at_start_up_and_defaults_to_none(tmp_path
     assert load_config(parse(base + ["--scratch", str(tmp_path / "s")])).scratch_dir == \
         tmp_path / "s"
     assert load_config(parse(base)).scratch_dir is None
+
+
+def write_gain(path: Path) -> Path:
+    import mrcfile
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.ones((16, 16), np.float32))
+    return path
+
+
+def test_reference_paths_expand_tilde_and_are_made_absolute_from_toml_and_flags(
+        tmp_path, monkeypatch):
+    home, work = tmp_path / "home", tmp_path / "work"
+    write_gain(home / "gain.mrc")
+    write_gain(home / "dark.mrc")
+    work.mkdir()
+    (work / "defects.txt").write_text("0 0 1 1\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (work / "c.toml").write_text('gain = "~/gain.mrc"\ndefects = "defects.txt"\n')
+    config = load_config(parse([str(work), "--out", str(tmp_path / "o"), "--config", "c.toml",
+                                "--dark", "~/dark.mrc"]))
+    gain = config.params.gain
+    assert Path(gain.gain_path) == home / "gain.mrc"
+    assert Path(gain.dark_path) == home / "dark.mrc"
+    assert Path(gain.defects_path) == work / "defects.txt"
+    assert config.options["defects"] == work / "defects.txt"  # absolute, as the folders
+
+
+def test_the_folders_of_an_invalid_configuration_are_not_created(tmp_path):
+    (tmp_path / "w").mkdir()
+    folders = ["--out", str(tmp_path / "o" / "deep"), "--state-dir", str(tmp_path / "st"),
+               "--scratch", str(tmp_path / "scr")]
+    with pytest.raises(ConfigError, match="workers"):
+        load_config(parse([str(tmp_path / "w"), *folders, "--workers", "0"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+    config = load_config(parse([str(tmp_path / "w"), *folders]))
+    assert config.out_dir.is_dir() and config.state_dir.is_dir() and config.scratch_dir.is_dir()
+
+
+def test_watch_creates_no_folder_when_a_later_check_refuses_the_configuration(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--executor", "dask", "--exit-when-idle", "0"])  # dask without a scheduler
+    assert status == 78 and "scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_output_folder_under_a_file_cannot_be_created(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"output folder .*: cannot be created \(.*afile is not"):
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "afile" / "o")]))
+
+
+def toml_problems(tmp_path, text):
+    """The problems of a config file holding ``text`` (and a valid watch folder and output,
+    unless ``text`` sets them)."""
+    base = {"watch_dir": f'"{tmp_path}"', "out": f'"{tmp_path / "o"}"'}
+    lines = [f"{k} = {v}" for k, v in base.items() if not text.startswith(k + " ")]
+    (tmp_path / "c.toml").write_text("\n".join([*lines, text]) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse(["--config", str(tmp_path / "c.toml")]))
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("value", "got"), [
+    ("[5]", "[5] (an array)"), ("5", "5 (an integer)"), ("[5, 5, 5]", "[5, 5, 5] (an array)"),
+    ('["5", "5"]', "['5', '5'] (an array)"), ("[5, 5.5]", "[5, 5.5] (an array)"),
+])
+def test_patches_needs_a_list_of_exactly_two_integers(tmp_path, value, got):
+    assert toml_problems(tmp_path, f"patches = {value}") == (
+        f"config key 'patches': expected a list of 2 integers, got {got}",)
+
+
+def test_every_option_with_a_fixed_count_of_values_takes_a_list_of_that_many(tmp_path):
+    """Each option with an integer nargs (only --patches today) refuses a wrong count in TOML."""
+    args = parse([str(tmp_path)])
+    fixed = [a for a in args._config_parser._actions if isinstance(a.nargs, int) and a.nargs > 0]
+    assert fixed
+    for action in fixed:
+        key = action.dest
+        problems = toml_problems(tmp_path, f"{key} = [{', '.join(['1'] * (action.nargs + 1))}]")
+        assert problems[0].startswith(f"config key {key!r}: expected a list of {action.nargs} ")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('workers = "2"', "config key 'workers': expected an integer, got '2' (a string)"),
+    ('settle_time = "5"', "config key 'settle_time': expected a number, got '5' (a string)"),
+    ("out = 5", "config key 'out': expected a path (a string), got 5 (an integer)"),
+    ("watch_dir = 5", "config key 'watch_dir': expected a path (a string), got 5 (an integer)"),
+    ("gain = true", "config key 'gain': expected a path (a string), got True (a boolean)"),
+    ("movie_patterns = []", "config key 'movie_patterns': expected a list of one or more strings, "
+                            "got [] (an array)"),
+    ("scheduler = 5", "config key 'scheduler': expected a string (in quotes), got 5 (an integer)"),
+    ("executor_walltime = 08:00:00",
+     "config key 'executor_walltime': expected a string (in quotes), got 08:00:00 (a TOML time)"),
+])
+def test_a_toml_value_of_the_wrong_type_is_a_config_error_naming_key_and_type(
+        tmp_path, text, expected):
+    assert toml_problems(tmp_path, text) == (expected,)
+
+
+def test_toml_values_of_the_right_type_are_taken_as_the_flags_would_be(tmp_path):
+    (tmp_path / "c.toml").write_text('workers = 2.0\nsettle_time = 3\nmovie_patterns = "*.eer"\n'
+                                     'gain_flip = 1\nno_exposure_filtered = true\n')
+    config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
+                                "--config", str(tmp_path / "c.toml")]))
+    assert config.workers == 2 and config.settle_time_s == 3.0
+    assert config.movie_patterns == ("*.eer",) and config.params.gain.flip == "updown"
+    assert config.options["exposure_filtered"] is False

@@ -264,6 +264,30 @@ def test_the_local_executor_is_the_default_worker_pool():
     assert isinstance(executor, WorkerPool)
 
 
+@pytest.mark.parametrize(("argv", "keys"), [
+    (["--scheduler", "tcp://h:8786"], "scheduler"),
+    (["--executor-cluster", "slurm"], "executor_cluster"),
+    (["--executor", "local", "--scheduler", "tcp://h:8786", "--executor-cluster", "slurm"],
+     "scheduler and executor_cluster"),
+])
+def test_a_scheduler_or_cluster_without_the_dask_executor_is_a_config_error_naming_them(
+        argv, keys):
+    with pytest.raises(ConfigError) as err:
+        executor_settings(parse(*argv))
+    assert err.value.problems == (f"{keys} given but executor is local: add executor = \"dask\" "
+                                  f"(--executor dask), or drop {keys}",)
+
+
+def test_watch_exits_78_on_a_scheduler_in_the_config_without_the_dask_executor(tmp_path, capsys):
+    from daemon.commands.cli import main
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "c.toml").write_text('scheduler = "tcp://h:8786"\n')
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--config",
+                   str(tmp_path / "c.toml"), "--no-publish", "--exit-when-idle", "0"])
+    assert status == 78 and "scheduler given but executor is local" in capsys.readouterr().err
+
+
 def test_dask_options_are_validated_together_and_path_maps_replace_whole_components():
     with pytest.raises(ConfigError) as err:
         executor_settings(parse("--executor", "dask", "--max-in-flight", "0"))

@@ -299,3 +299,39 @@ def test_the_status_line_says_falling_behind_only_when_the_pace_says_so():
     assert behind.endswith("; FALLING BEHIND (4.5/min corrected, 6.0/min acquired)")
     assert "FALLING BEHIND" not in ok and "FALLING BEHIND" not in unknown
     assert ok.startswith("40 done, 0 running, 12 pending")
+
+
+def _watchdog_config(**options) -> Config:
+    return Config(Path("/w"), Path("/o"), Path("/o"),
+                  CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)), options=options)
+
+
+def test_a_watchdog_stall_over_half_of_watchdogsec_is_a_config_error_naming_the_limit():
+    """With WatchdogSec=2min a stall threshold of 600 s would let a hung daemon ping on."""
+    from daemon.settings.config import ConfigError
+
+    env = {"WATCHDOG_USEC": "120000000"}
+    with pytest.raises(ConfigError) as info:
+        NotifyListener.from_config(_watchdog_config(watchdog_stall=600.0), environ=env)
+    assert info.value.problems == ("watchdog_stall (600 s) must be at most half of systemd's "
+                                   "WatchdogSec (120 s): at most 60 s",)
+    assert NotifyListener.from_config(_watchdog_config(watchdog_stall=60.0),
+                                      environ=env).stall_s == 60.0
+    assert NotifyListener.from_config(_watchdog_config(), environ=env).stall_s == 30.0
+    # without a systemd watchdog any positive stall is fine
+    assert NotifyListener.from_config(_watchdog_config(watchdog_stall=600.0),
+                                      environ={}).stall_s == 600.0
+
+
+def test_watch_exits_78_at_start_up_on_a_watchdog_stall_over_half_of_watchdogsec(tmp_path):
+    (tmp_path / "w").mkdir()
+    env = {**os.environ, "WATCHDOG_USEC": "120000000"}
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_PID", None)
+    result = subprocess.run([sys.executable, "-m", "daemon", "watch", str(tmp_path / "w"),
+                             "--out", str(tmp_path / "out"), "--watchdog-stall", "600",
+                             "--no-publish", "--exit-when-idle", "0"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 78, result.stderr
+    assert "at most half of systemd's WatchdogSec (120 s): at most 60 s" in result.stderr
+    assert not (tmp_path / "out").exists()
