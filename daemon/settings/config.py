@@ -26,6 +26,7 @@ Example ``session.toml``::
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -222,7 +223,7 @@ def _toml_type(value: Any) -> str:
 
 def _expected(action: argparse.Action) -> str:
     """What the TOML key of ``action`` must hold, in words (``a list of 2 integers``)."""
-    one, many = _KINDS.get(action.type, ("a string (in quotes)", "strings"))
+    one, many = _KINDS.get(action.type, ("a string", "strings"))
     if isinstance(action.nargs, int):
         return f"a list of {action.nargs} {many}"
     if action.nargs == "+":
@@ -235,9 +236,10 @@ def _expected(action: argparse.Action) -> str:
 def _convert_item(action: argparse.Action, item: Any) -> Any:
     """One TOML scalar as the flag's ``type`` makes it; ValueError when TOML gave another type.
 
-    Numbers must be TOML numbers (an integer option takes a whole float too), paths and plain
-    strings TOML strings; an option with its own type (``--gain-flip``) gets the text of any
-    scalar (``gain_flip = 1`` is MotionCor2's -FlipGain 1).
+    Numbers must be TOML numbers (an integer option takes a whole float too), paths TOML
+    strings; a plain-text option takes the text of a number or a TOML time too
+    (``executor_walltime = 08:00:00``), and an option with its own type (``--gain-flip``) the
+    text of any scalar (``gain_flip = 1`` is MotionCor2's -FlipGain 1).
     """
     if isinstance(item, (bool, dict, list)):
         raise ValueError(item)
@@ -251,10 +253,14 @@ def _convert_item(action: argparse.Action, item: Any) -> Any:
         if not isinstance(item, (int, float)):
             raise ValueError(item)
         return float(item)
-    if action.type in (Path, None):
+    if action.type is Path:
         if not isinstance(item, str):
             raise ValueError(item)
-        return item if action.type is None else Path(item)
+        return Path(item)
+    if action.type is None:  # plain text: a number or a TOML time is its text (optics_group = 3)
+        if isinstance(item, (datetime.date, datetime.time)):
+            return item.isoformat()
+        return item if isinstance(item, str) else str(item)
     return action.type(item if isinstance(item, str) else str(item))
 
 
