@@ -247,7 +247,10 @@ def aretomo_tilt_table(ordered: Sequence[StackTilt]) -> str:
 
 
 def _replace_with_link(target: Path, link: Path) -> None:
-    """``link`` becomes a hard link to ``target`` (atomically replacing what was there)."""
+    """``link`` becomes a hard link to ``target`` (atomically replacing what was there; left
+    alone when it already is one)."""
+    if link.exists() and os.path.samefile(link, target):
+        return
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     try:
         tmp.unlink()
@@ -262,7 +265,8 @@ def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Pat
 
     Hard links ``<name>.mrc``, ``<name>_EVN.mrc``, ``<name>_ODD.mrc`` to the series' stacks and
     ``<name>_TLT.txt`` to its ``<series>_TLT.txt``, each where the series file exists; nothing
-    when ``name == series``. Safe to call again (after a re-assembly the links are renewed).
+    when ``name == series``. Safe to call again: links already right are left alone, after a
+    re-assembly they are renewed.
 
     Returns
     -------

@@ -304,6 +304,50 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left
 
 
+ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
+
+
+def test_a_restart_links_the_aretomo3_names_a_kill_after_assembly_left_missing(tmp_path):
+    """A service killed after a series was assembled (the ledger says complete) and before the
+    listener linked the AreTomo3 names: the next start links them, though no ``completed``
+    event comes again."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch, tilts, 3, finished=False)  # SerialEM's lock seen, then gone:
+    _run(watch, out, RelionListener(OPTICS))
+    _deliver(staging, watch, tilts, len(tilts), finished=True)
+    _run(watch, out, RelionListener(OPTICS))  # the series is complete
+    folder = out / "TS_01"
+    for suffix in ARETOMO_SUFFIXES:  # as if killed before the listener heard "completed"
+        (folder / f"TS_01.mrc{suffix}").unlink()
+    stack = (folder / "TS_01.mrc").stat()
+    _run(watch, out, RelionListener(OPTICS))
+    again = (folder / "TS_01.mrc").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (stack.st_ino, stack.st_mtime_ns)  # not redone
+    for suffix, target in zip(ARETOMO_SUFFIXES, ("TS_01.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc",
+                                                 "TS_01_TLT.txt")):
+        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+
+
+def test_a_series_in_a_sub_folder_gets_its_aretomo3_names_beside_its_stacks(tmp_path):
+    """``grid2/TS_01.mrc.mdoc`` (series ``grid2/TS_01``): stacks in ``OUT/grid2/TS_01/``, and
+    the AreTomo3 names of its mdoc linked there too."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    (watch / "grid2").mkdir(parents=True)
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch / "grid2", tilts, 3, finished=False)
+    _run(watch, out, RelionListener(OPTICS))
+    _deliver(staging, watch / "grid2", tilts, len(tilts), finished=True)
+    _run(watch, out, RelionListener(OPTICS))
+    folder = out / "grid2" / "TS_01"
+    for suffix, target in zip(ARETOMO_SUFFIXES, ("TS_01.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc",
+                                                 "TS_01_TLT.txt")):
+        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+
+
 def _single_particle_session(tmp_path: Path, seed: int) -> tuple[Path, Config]:
     """Two single-particle movies in a watch folder; the output folder and a quick config."""
     watch, out = tmp_path / "w", tmp_path / "out"
