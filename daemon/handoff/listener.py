@@ -15,6 +15,9 @@ or series event rewrites, atomically, what changed:
   between assembling a series and linking them; the ``completed`` event is not sent again);
 * otherwise ``OUT/corrected_micrographs.star`` (:mod:`daemon.handoff.relion`).
 
+A movie whose outputs were adopted (found on disk, e.g. after the state database was lost)
+arrives as a ``movie_done`` like a corrected one.
+
 Every file is rebuilt from the current state, never appended to, so restarts, redone movies and
 re-read mdocs update rows. A failure to write is logged once per file and reason and never stops
 the service.

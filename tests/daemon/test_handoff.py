@@ -307,6 +307,12 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
 ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
 
 
+def _lose_state_database(out: Path) -> None:
+    """The state database and its WAL files deleted (a cleanup script, a new disk)."""
+    for path in out.glob("motionwatch.sqlite*"):
+        path.unlink()
+
+
 def test_a_restart_links_the_aretomo3_names_a_kill_after_assembly_left_missing(tmp_path):
     """A service killed after a series was assembled (the ledger says complete) and before the
     listener linked the AreTomo3 names: the next start links them, though no ``completed``
@@ -348,6 +354,21 @@ def test_a_series_in_a_sub_folder_gets_its_aretomo3_names_beside_its_stacks(tmp_
         assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
 
 
+def test_tilts_adopted_after_the_state_database_was_lost_stay_in_the_series_star(tmp_path):
+    """The state database lost mid-series: the tilts corrected before are adopted from their
+    outputs on disk, and the series STAR written as the next tilts arrive lists them too."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch, tilts, 3, finished=False)
+    _run(watch, out, RelionListener(OPTICS))
+    _lose_state_database(out)
+    _deliver(staging, watch, tilts, len(tilts), finished=False)
+    _run(watch, out, RelionListener(OPTICS))
+    _check_series_star(out, watch, tilts)  # all six rows, the three adopted ones included
+
+
 def _single_particle_session(tmp_path: Path, seed: int) -> tuple[Path, Config]:
     """Two single-particle movies in a watch folder; the output folder and a quick config."""
     watch, out = tmp_path / "w", tmp_path / "out"
@@ -377,6 +398,22 @@ def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tm
         assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
         assert all(math.isfinite(v) for v in mics["rlnAccumMotionTotal"])
     assert not (out / "corrected_tilt_series.star").exists()
+
+
+def test_movies_adopted_after_the_state_database_was_lost_stay_in_corrected_micrographs_star(
+        tmp_path):
+    """Outputs adopted after the state database was lost count as corrected movies: the STAR
+    rewritten when a new movie is corrected still lists them."""
+    out, config = _single_particle_session(tmp_path, seed=6)
+    _run_single_particle(config)
+    _lose_state_database(out)
+    m = render_movie(np.random.default_rng(9), shape_yx=SHAPE, n_frames=N_FRAMES, gain=None,
+                     n_hot_pixels=0, pixel_size_A=PIXEL_A)
+    write_movie_progressively(config.watch_dir / "spa_2.mrc", m.frames, pixel_size_A=PIXEL_A,
+                              frame_interval_s=0)
+    _run_single_particle(config)
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc", "spa_2_DW.mrc"]
 
 
 def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
