@@ -416,6 +416,29 @@ def test_movies_adopted_after_the_state_database_was_lost_stay_in_corrected_micr
     assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc", "spa_2_DW.mrc"]
 
 
+def test_a_movie_named_in_another_charset_is_listed_under_its_name_on_disk(tmp_path):
+    """A file name that is not UTF-8 (``Grid_µm_café.mrc`` in Latin-1, from a share mounted
+    with another iocharset): its motion STAR and its row in corrected_micrographs.star name the
+    files by their bytes on disk, so RELION finds them."""
+    out, config = _single_particle_session(tmp_path, seed=10)
+    raw = b"Grid_\xb5m_caf\xe9"
+    os.rename(config.watch_dir / "spa_1.mrc",
+              os.path.join(os.fsencode(config.watch_dir), raw + b".mrc"))
+    _run_single_particle(config)
+    lines = (out / "corrected_micrographs.star").read_bytes().splitlines()
+    rows = [line.split() for line in lines if line.split()[:1] and
+            line.split()[0].endswith(b"_DW.mrc")]
+    names = sorted(row[0] for row in rows)
+    assert names == [raw + b"_DW.mrc", b"spa_0_DW.mrc"]
+    row = next(r for r in rows if r[0].startswith(raw))
+    for name in row:
+        if name.endswith((b".mrc", b".star")):
+            assert os.path.isfile(os.path.join(os.fsencode(out), name)), name
+    motion_star = os.path.join(os.fsencode(out), raw + b".star")
+    movie = os.path.join(os.fsencode(config.watch_dir), raw + b".mrc")
+    assert movie in open(motion_star, "rb").read().split()  # rlnMicrographMovieName
+
+
 def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
     """A service killed after the ledger recorded a movie done and before the listener wrote
     its motion STAR and Warp xml: the next start writes them (no later event would)."""
