@@ -54,7 +54,7 @@ from .dose import dose_weights
 from .errors import CorrectionError, ParameterError
 from .mdoc_text import format_mdoc, serialem_datetime
 from .quicklook import SeriesTilt, motion_record_beside, write_series_quicklook
-from .write import atomic_write, mrc_header_bytes
+from .write import atomic_write, mrc_header_bytes, text_bytes
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
            "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs"]
@@ -247,7 +247,10 @@ def aretomo_tilt_table(ordered: Sequence[StackTilt]) -> str:
 
 
 def _replace_with_link(target: Path, link: Path) -> None:
-    """``link`` becomes a hard link to ``target`` (atomically replacing what was there)."""
+    """``link`` becomes a hard link to ``target`` (atomically replacing what was there; left
+    alone when it already is one)."""
+    if link.exists() and os.path.samefile(link, target):
+        return
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     try:
         tmp.unlink()
@@ -262,7 +265,8 @@ def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Pat
 
     Hard links ``<name>.mrc``, ``<name>_EVN.mrc``, ``<name>_ODD.mrc`` to the series' stacks and
     ``<name>_TLT.txt`` to its ``<series>_TLT.txt``, each where the series file exists; nothing
-    when ``name == series``. Safe to call again (after a re-assembly the links are renewed).
+    when ``name == series``. Safe to call again: links already right are left alone, after a
+    re-assembly they are renewed.
 
     Returns
     -------
@@ -392,14 +396,14 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
                     t.dose_source, t.order_source, t.movie, _fmt(t.drift_total_A, 3),
                     _fmt(t.prior_record_dose_difference_e_A2)])
     csv_path = folder / f"{series}.csv"
-    csv_bytes = buf.getvalue().encode()
+    csv_bytes = text_bytes(buf.getvalue())  # movie names as they are on disk
     atomic_write(csv_path, lambda fh: fh.write(csv_bytes))
 
     mdoc_paths = []
     for path in stacks.values():
         text = _stack_mdoc(path.name, ordered, pixel_size_A, voltage_kV, shape_yx, tilt_axis_deg)
         mdoc_path = path.with_name(path.name + ".mdoc")
-        payload = text.encode()
+        payload = text_bytes(text)  # SubFramePath as on disk
         atomic_write(mdoc_path, lambda fh, p=payload: fh.write(p))
         mdoc_paths.append(mdoc_path)
     if aretomo_name is not None:

@@ -32,7 +32,8 @@ import mrcfile.utils
 import numpy as np
 
 __all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
-           "write_output_set", "OutputSet", "mrc_writer", "json_writer", "temporary_name", "plain"]
+           "write_output_set", "OutputSet", "mrc_writer", "json_writer", "temporary_name", "plain",
+           "text_bytes"]
 
 #: writes one file's whole content to the binary handle it is given
 Writer = Callable[[IO[bytes]], None]
@@ -186,6 +187,13 @@ class OutputSet:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for tmp in self._temps:
             _unlink_quietly(tmp)
+
+
+def text_bytes(text: str) -> bytes:
+    """``text`` as UTF-8 for a file a program reads names from (STAR, csv, mdoc): a file name
+    that is not valid UTF-8 (a share mounted with another iocharset; Python holds its bytes as
+    surrogate escapes, as :func:`os.fsdecode` does) is written as the bytes it has on disk."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def atomic_write(path: str | Path, write: Writer) -> Path:

@@ -267,7 +267,10 @@ class ServiceInfo:
 
 @dataclass(frozen=True, slots=True)
 class MovieEvent:
-    """A movie finished (``status`` done) or failed (``failed``: will retry; ``quarantined``)."""
+    """A movie finished (``status`` done) or failed (``failed``: will retry; ``quarantined``).
+
+    A done movie with ``attempt`` 0 was not corrected now: its complete outputs were found on
+    disk and adopted (e.g. after the state database was lost)."""
 
     path: Path
     key: MovieKey

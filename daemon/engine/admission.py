@@ -3,8 +3,9 @@
 :class:`Admission` takes each scan, tracks which movies have settled, validates a settled movie
 once (format-level completeness, :func:`daemon.intake.validate.validate`), asks the metadata
 resolver for its dose and record fields (with the frame count validation found), and adds it to the
-ledger (or adopts outputs already on disk for exactly this version). A movie it has handled is not
-looked at again until its size, mtime or metadata change.
+ledger (or adopts outputs already on disk for exactly this version: an adopted movie is announced
+as done, like a corrected one, so the hand-off files and the feed list it). A movie it has handled
+is not looked at again until its size, mtime or metadata change.
 
 No single file stops the service: an unexpected error while admitting one movie is logged once
 (``movie_admission_failed``) and that movie is set aside until it changes. With
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from correction.report import read_motion_record
 from daemon.engine.faults import LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs
 from daemon.engine.policy import EnginePolicy
@@ -47,6 +49,9 @@ class Admission:
     log : structlog-like logger
     quarantined : callable
         ``quarantined(event)``: a movie validation rejected was recorded (listeners, resolver).
+    adopted : callable, optional
+        ``adopted(event)``: a movie whose outputs were found on disk was recorded done (an
+        event with status ``done``, attempt 0, its outputs and motion record).
     clock : callable
         Monotonic clock (s), for the settle time.
     writes : LedgerWrites
@@ -61,7 +66,8 @@ class Admission:
     def __init__(self, config: Any, *, ledger: Callable[[], Any], resolver: MetadataResolver,
                  log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float],
                  writes: LedgerWrites, policy: EnginePolicy | None = None,
-                 arrived: Callable[[float], None] | None = None) -> None:
+                 arrived: Callable[[float], None] | None = None,
+                 adopted: Callable[[MovieEvent], None] | None = None) -> None:
         self.config = config
         self._writes = writes
         self._policy = policy or EnginePolicy()
@@ -70,6 +76,7 @@ class Admission:
         self._log = log
         self._quarantined = quarantined
         self._arrived = arrived
+        self._adopted = adopted
         self._settler = Settler(config.settle_time_s, clock=clock)
         self._fingerprint = config.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
@@ -240,6 +247,7 @@ class Admission:
                 return _DB_DOWN
             log.info("movie_adopted", outputs=adopted,
                      note="complete outputs of this movie version were already on disk")
+            self._announce_adopted(obs.path, key, adopted, stored)
         else:
             if self._safe(lambda: ledger.add(key, metadata=stored)) is None:
                 return _DB_DOWN
@@ -248,6 +256,15 @@ class Admission:
                 self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
         return None
+
+    def _announce_adopted(self, path: Path, key: MovieKey, outputs: dict[str, str],
+                          stored: dict[str, Any]) -> None:
+        """Tell the listeners (and resolver) of an adopted movie as of a corrected one."""
+        if self._adopted is None:
+            return
+        record = read_motion_record(Path(outputs["motion"])) or {}
+        self._adopted(MovieEvent(path, key, "done", 0, outputs=outputs, record=record,
+                                 metadata=stored))
 
     def _short_of_frames(self, obs: Observation, verdict: Verdict, meta: MovieMetadata
                          ) -> str | None:

@@ -104,7 +104,9 @@ class Service:
         self.admission = Admission(config, ledger=lambda: self.ledger, resolver=self._resolver,
                                    log=self._log, clock=clock, writes=self._writes,
                                    policy=self._policy, arrived=self._pace.arrived,
-                                   quarantined=lambda e: self._finished("on_movie_failed", e))
+                                   quarantined=lambda e: self._finished("on_movie_failed", e),
+                                   adopted=lambda e: self._finished("on_movie_done", e,
+                                                                    corrected=False))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
                                      writes=self._writes, policy=self._policy,
@@ -123,10 +125,11 @@ class Service:
                 self._log.error("listener_failed", listener=type(listener).__name__,
                                 method=method, error=f"{type(exc).__name__}: {exc}")
 
-    def _finished(self, method: str, event: MovieEvent) -> None:
+    def _finished(self, method: str, event: MovieEvent, *, corrected: bool = True) -> None:
         """A movie was recorded: the listeners hear it, then the resolver (whose series events
-        follow, in order, after it)."""
-        if method == "on_movie_done":
+        follow, in order, after it). ``corrected=False``: done by adopting outputs found on
+        disk (not counted in the pace)."""
+        if method == "on_movie_done" and corrected:
             self._pace.corrected(self._wall())
         self._notify(method, event)
         try:

@@ -10,8 +10,13 @@ or series event rewrites, atomically, what changed:
   between recording a movie and writing them);
 * for a tilt-series movie: its series' ``OUT/<rel>/<series>/<series>.star`` and
   ``OUT/corrected_tilt_series.star`` (:mod:`daemon.handoff.tomo`); on ``series completed`` also
-  the AreTomo3 names derived from the series mdoc (:func:`correction.stack.link_aretomo_inputs`);
+  the AreTomo3 names derived from the series mdoc (:func:`correction.stack.link_aretomo_inputs`),
+  and at start-up those of every series the state database records complete (a service killed
+  between assembling a series and linking them; the ``completed`` event is not sent again);
 * otherwise ``OUT/corrected_micrographs.star`` (:mod:`daemon.handoff.relion`).
+
+A movie whose outputs were adopted (found on disk, e.g. after the state database was lost)
+arrives as a ``movie_done`` like a corrected one.
 
 Every file is rebuilt from the current state, never appended to, so restarts, redone movies and
 re-read mdocs update rows. A failure to write is logged once per file and reason and never stops
@@ -21,6 +26,7 @@ the service.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ from daemon.handoff.relion import (MovieMotion, RelionOptics, motion_star_path, 
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path
+from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
 
@@ -100,6 +107,14 @@ def build_handoff_listener(config: Config, *, logger: Any = None) -> RelionListe
                           logger=logger)
 
 
+def _stack_folder(stem: str, stacks: Mapping[str, str]) -> Path | None:
+    """The folder of a series' stacks (named ``<stem>...``), None when none is listed."""
+    for value in stacks.values():
+        if value and Path(value).name.startswith(stem):
+            return Path(value).parent
+    return None
+
+
 class _NullLog:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
@@ -124,6 +139,7 @@ class RelionListener(ServiceListener):
         self._out: Path | None = None
         self._watch: Path | None = None
         self._motions: dict[str, Path] = {}  # movie path -> motion record path
+        self._completed: dict[str, Mapping[str, Any]] = {}  # series -> its state when ready
         self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._gain_name: str | None = None
@@ -148,6 +164,7 @@ class RelionListener(ServiceListener):
         for name in sorted(series):
             self._write_series(name)
         self._write_globals(tomo=bool(series), single=True)
+        self._link_completed_series()
 
     def on_movie_done(self, event: MovieEvent) -> None:
         motion_path = (event.outputs or {}).get("motion")
@@ -184,8 +201,9 @@ class RelionListener(ServiceListener):
             return
         self._write_series(event.series)
         self._write_globals(tomo=True, single=False)
-        if event.kind == "completed" and event.mdoc:
-            self._guard(event.series, "aretomo_names", self._aretomo_names, event)
+        if event.kind == "completed":
+            self._guard(event.series, "aretomo_names", self._aretomo_names, event.series,
+                        event.mdoc, event.stacks)
 
     # --- state ----------------------------------------------------------------------------
     def _seed(self, state_dir: Path) -> None:
@@ -197,9 +215,12 @@ class RelionListener(ServiceListener):
         try:
             with Ledger(path, read_only=True) as ledger:
                 rows = ledger.rows(status="done")
+                series = ledger.series_states()
         except Exception as exc:  # noqa: BLE001 - hand-off must never stop the service
             self._warn("ledger", str(path), exc)
             return
+        self._completed = {name: state for name, state in series.items()
+                           if state.get("status") == "complete" and state.get("stacks")}
         latest: dict[str, Any] = {}
         for row in rows:
             prev = latest.get(row.key.path)
@@ -222,6 +243,16 @@ class RelionListener(ServiceListener):
             if not motion_star_path(motion.motion_path).exists() or (
                     self.warp and not warp_xml_path(motion).exists()):
                 self._write_movie_files(motion)
+
+    def _link_completed_series(self) -> None:
+        """Give every series recorded complete the AreTomo3 names of its stacks (present ones
+        are left alone): a service killed between assembling a series and linking them leaves
+        them missing, and no later event would bring them."""
+        for name, state in sorted(self._completed.items()):
+            mdoc = state.get("mdoc") or next(
+                (e.tilt.mdoc for e in self._series_entries(name) if e.tilt.mdoc), None)
+            self._guard(name, "aretomo_names", self._aretomo_names, name, mdoc,
+                        state.get("stacks") or {})
 
     def _load(self, key: str) -> tuple[float, MovieMotion, TiltRecord | None] | None:
         path = self._motions.get(key)
@@ -310,18 +341,14 @@ class RelionListener(ServiceListener):
                 self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", write_star,
                             self._out / SINGLE_PARTICLE_STAR, blocks)
 
-    def _aretomo_names(self, event: SeriesEvent) -> None:
+    def _aretomo_names(self, series: str, mdoc: str | None, stacks: Mapping[str, str]) -> None:
+        """Link the names AreTomo3 derives from the series mdoc to the assembled stacks."""
         from correction.stack import aretomo_name, link_aretomo_inputs
 
-        folder = self._stack_folder(event)
-        if folder is not None:
-            link_aretomo_inputs(folder, event.series, aretomo_name(Path(str(event.mdoc)).name))
-
-    def _stack_folder(self, event: SeriesEvent) -> Path | None:
-        for value in (event.stacks or {}).values():
-            if value and Path(value).name.startswith(event.series):
-                return Path(value).parent
-        return None
+        stem = split_qualified(series)[1]  # "grid2/TS_01": stacks OUT/grid2/TS_01/TS_01.mrc
+        folder = _stack_folder(stem, stacks)
+        if folder is not None and mdoc:
+            link_aretomo_inputs(folder, stem, aretomo_name(Path(mdoc).name))
 
     def _guard(self, what: str, step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -3,7 +3,9 @@
 Everything here is read from the motion record (``S.motion.json``, schema
 ``motionwatch.motion/1``, :mod:`correction.report`) and written with teamtomo's ``starfile``
 through :func:`write_star` (temporary name, fsync, rename: never a half-written file; each block
-preceded by RELION 5's ``# version 50001`` line).
+preceded by RELION 5's ``# version 50001`` line). A file name that is not valid UTF-8 (a share
+mounted with another iocharset; Python holds it with surrogate escapes) is written as the bytes
+it has on disk (:func:`star_table`, :func:`write_star`).
 
 The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_model.cpp``
 ``Micrograph::write`` and ``src/motioncorr_runner.cpp``):
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,9 @@ import numpy as np
 
 __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion", "movie_motion",
            "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
-           "write_star", "write_motion_star", "relative_to", "single_particle_blocks",
-           "write_single_particle_star", "motion_records_in", "SINGLE_PARTICLE_STAR"]
+           "star_table", "write_star", "write_motion_star", "relative_to",
+           "single_particle_blocks", "write_single_particle_star", "motion_records_in",
+           "SINGLE_PARTICLE_STAR"]
 
 RELION_VERSION_LINE = "# version 50001"
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
@@ -249,20 +252,76 @@ def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> 
     return {"general": general, "global_shift": table}
 
 
+def star_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """A STAR loop (DataFrame) of ``rows``, a value missing from a row as NaN/None. Text columns
+    are kept as Python strings (object dtype): pandas' Arrow-backed strings refuse a file name
+    that is not UTF-8."""
+    import pandas as pd
+
+    columns = list(dict.fromkeys(label for row in rows for label in row))
+    data = {}
+    for label in columns:
+        values = [row.get(label) for row in rows]
+        data[label] = pd.Series(values, dtype=object if any(isinstance(v, str) for v in values)
+                                else None)
+    return pd.DataFrame(data)
+
+
+def _not_utf8(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shield_names(blocks: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``blocks`` with each text that is not UTF-8 replaced by a plain token (``starfile`` maps
+    cells through pandas' Arrow-backed strings, which refuse it), and the text of each token."""
+    import pandas as pd
+
+    names: dict[str, str] = {}
+
+    def shield(value: Any) -> Any:
+        if not _not_utf8(value):
+            return value
+        token = f"@motionwatch-name-{len(names)}@"
+        # starfile quotes a text with a space; the token has none, so quote it here
+        names[token] = f'"{value}"' if " " in value else value
+        return token
+
+    shielded: dict[str, Any] = {}
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame):
+            text = [c for c in block.columns if block[c].dtype == object]
+            shielded[name] = block.assign(**{c: block[c].map(shield) for c in text})
+        elif isinstance(block, Mapping):
+            shielded[name] = {k: shield(v) for k, v in block.items()}
+        else:
+            shielded[name] = block
+    return shielded, names
+
+
 def write_star(path: str | Path, blocks: Mapping[str, Any]) -> Path:
     """Write STAR ``blocks`` (name -> DataFrame for a loop, dict for a simple block) to ``path``
-    atomically, each block preceded by ``# version 50001``."""
+    atomically, each block preceded by ``# version 50001``; file names that are not UTF-8
+    as the bytes they have on disk."""
     import starfile
 
-    from correction.write import atomic_write
+    from correction.write import atomic_write, text_bytes
 
-    text = starfile.to_string(dict(blocks))
+    shielded, names = _shield_names(blocks)
+    text = starfile.to_string(shielded)
+    for token, name in names.items():
+        text = text.replace(token, name)
     lines = []
     for line in text.splitlines():
         if line.startswith("data_"):
             lines.extend([RELION_VERSION_LINE, ""])
         lines.append(line)
-    payload = ("\n".join(lines) + "\n").encode()
+    payload = text_bytes("\n".join(lines) + "\n")  # names as they are on disk
     return atomic_write(Path(path), lambda fh: fh.write(payload))
 
 
@@ -285,7 +344,9 @@ def relion_gain_stamp(gain_params: Any) -> str:
         if path is not None:
             st = Path(path).stat()
             parts.append(f"{name}={Path(path).absolute()}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    from correction.write import text_bytes
+
+    return hashlib.sha256(text_bytes("\n".join(parts))).hexdigest()[:16]
 
 
 def _written_stamp(path: Path) -> str | None:
@@ -371,8 +432,8 @@ def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
                     "rlnOpticsGroup": 1, "rlnAccumMotionTotal": total,
                     "rlnAccumMotionEarly": early, "rlnAccumMotionLate": late})
         rows.append(row)
-    table = pd.DataFrame(rows)
-    return {"optics": pd.DataFrame(_optics_block(motions, optics)), "micrographs": table}
+    return {"optics": pd.DataFrame(_optics_block(motions, optics)),
+            "micrographs": star_table(rows)}
 
 
 def motion_records_in(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:

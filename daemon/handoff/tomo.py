@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion_px,
-                                   motion_star_path, relative_to)
+                                   motion_star_path, relative_to, star_table)
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
@@ -79,8 +79,6 @@ class TiltEntry:
 def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: RelionOptics,
                  facts: MdocFacts = MdocFacts()) -> Any:
     """The per-series table (a DataFrame), tilts in acquisition order."""
-    import pandas as pd
-
     ordered = sorted(entries, key=lambda e: (e.tilt.acquisition_index, str(e.motion.movie)))
     axis = optics.tilt_axis_deg if optics.tilt_axis_deg is not None else facts.tilt_axis_deg
     defocus = facts.target_defocus_by_z or {}
@@ -108,7 +106,7 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
                     "rlnAccumMotionTotal": total, "rlnAccumMotionEarly": early,
                     "rlnAccumMotionLate": late})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = star_table(rows)
     for label in ("rlnMicrographNameEven", "rlnMicrographNameOdd"):
         if label in table and table[label].isna().any():
             table = table.drop(columns=[label])  # a column only when every tilt has the file
@@ -119,8 +117,6 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
                  optics: RelionOptics) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
     of the series)`` per series; rows sorted by name."""
-    import pandas as pd
-
     rows = []
     for name, star, m in sorted(series, key=lambda s: s[0]):
         rows.append({"rlnTomoName": name, "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
@@ -131,4 +127,4 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
                      "rlnTomoHand": optics.tomo_hand,
                      "rlnOpticsGroupName": optics.optics_group_name,
                      "rlnTomoTiltSeriesPixelSize": m.output_pixel_size_A})
-    return pd.DataFrame(rows)
+    return star_table(rows)

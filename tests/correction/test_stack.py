@@ -173,3 +173,19 @@ def test_aretomo3_names_from_the_mdoc_are_links_renewed_by_a_reassembly(tmp_path
         assert float(m.data.max()) > 900
     assert os.path.samefile(folder / "TS_9.mrc.mrc", folder / "TS_9.mrc")
     assert link_aretomo_inputs(folder, "TS_9", "TS_9") == ()
+
+
+def test_the_csv_and_stack_mdocs_name_a_movie_not_named_in_utf8_by_its_bytes_on_disk(tmp_path):
+    """A movie name that is not UTF-8 (Latin-1 ``µ`` and ``é`` from a share mounted with another
+    iocharset; Python holds it with surrogate escapes): the series still assembles, and its
+    table and the stacks' SubFramePath give the name as the bytes it has on disk."""
+    tilts, _ = _series(tmp_path, n=3)
+    raw = b"Grid_\xb5m_caf\xe9_000_0.0.tif"
+    renamed = StackTilt(**{**{f: getattr(tilts[0], f) for f in StackTilt.__slots__},
+                           "movie": os.fsdecode(raw)})
+    res = assemble_series("TS_9", [renamed, *tilts[1:]], tmp_path / "out")
+    rows = res.csv_path.read_bytes().splitlines()
+    assert any(raw in row.split(b",") for row in rows)
+    sub_frame_paths = [line for line in res.mdoc_paths[0].read_bytes().splitlines()
+                       if line.startswith(b"SubFramePath")]
+    assert sub_frame_paths.count(b"SubFramePath = " + raw) == 1

@@ -304,6 +304,71 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left
 
 
+ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
+
+
+def _lose_state_database(out: Path) -> None:
+    """The state database and its WAL files deleted (a cleanup script, a new disk)."""
+    for path in out.glob("motionwatch.sqlite*"):
+        path.unlink()
+
+
+def test_a_restart_links_the_aretomo3_names_a_kill_after_assembly_left_missing(tmp_path):
+    """A service killed after a series was assembled (the ledger says complete) and before the
+    listener linked the AreTomo3 names: the next start links them, though no ``completed``
+    event comes again."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch, tilts, 3, finished=False)  # SerialEM's lock seen, then gone:
+    _run(watch, out, RelionListener(OPTICS))
+    _deliver(staging, watch, tilts, len(tilts), finished=True)
+    _run(watch, out, RelionListener(OPTICS))  # the series is complete
+    folder = out / "TS_01"
+    for suffix in ARETOMO_SUFFIXES:  # as if killed before the listener heard "completed"
+        (folder / f"TS_01.mrc{suffix}").unlink()
+    stack = (folder / "TS_01.mrc").stat()
+    _run(watch, out, RelionListener(OPTICS))
+    again = (folder / "TS_01.mrc").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (stack.st_ino, stack.st_mtime_ns)  # not redone
+    for suffix, target in zip(ARETOMO_SUFFIXES, ("TS_01.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc",
+                                                 "TS_01_TLT.txt")):
+        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+
+
+def test_a_series_in_a_sub_folder_gets_its_aretomo3_names_beside_its_stacks(tmp_path):
+    """``grid2/TS_01.mrc.mdoc`` (series ``grid2/TS_01``): stacks in ``OUT/grid2/TS_01/``, and
+    the AreTomo3 names of its mdoc linked there too."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    (watch / "grid2").mkdir(parents=True)
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch / "grid2", tilts, 3, finished=False)
+    _run(watch, out, RelionListener(OPTICS))
+    _deliver(staging, watch / "grid2", tilts, len(tilts), finished=True)
+    _run(watch, out, RelionListener(OPTICS))
+    folder = out / "grid2" / "TS_01"
+    for suffix, target in zip(ARETOMO_SUFFIXES, ("TS_01.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc",
+                                                 "TS_01_TLT.txt")):
+        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+
+
+def test_tilts_adopted_after_the_state_database_was_lost_stay_in_the_series_star(tmp_path):
+    """The state database lost mid-series: the tilts corrected before are adopted from their
+    outputs on disk, and the series STAR written as the next tilts arrive lists them too."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch, tilts, 3, finished=False)
+    _run(watch, out, RelionListener(OPTICS))
+    _lose_state_database(out)
+    _deliver(staging, watch, tilts, len(tilts), finished=False)
+    _run(watch, out, RelionListener(OPTICS))
+    _check_series_star(out, watch, tilts)  # all six rows, the three adopted ones included
+
+
 def _single_particle_session(tmp_path: Path, seed: int) -> tuple[Path, Config]:
     """Two single-particle movies in a watch folder; the output folder and a quick config."""
     watch, out = tmp_path / "w", tmp_path / "out"
@@ -333,6 +398,45 @@ def test_single_particle_movies_in_the_daemon_fill_corrected_micrographs_star(tm
         assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
         assert all(math.isfinite(v) for v in mics["rlnAccumMotionTotal"])
     assert not (out / "corrected_tilt_series.star").exists()
+
+
+def test_movies_adopted_after_the_state_database_was_lost_stay_in_corrected_micrographs_star(
+        tmp_path):
+    """Outputs adopted after the state database was lost count as corrected movies: the STAR
+    rewritten when a new movie is corrected still lists them."""
+    out, config = _single_particle_session(tmp_path, seed=6)
+    _run_single_particle(config)
+    _lose_state_database(out)
+    m = render_movie(np.random.default_rng(9), shape_yx=SHAPE, n_frames=N_FRAMES, gain=None,
+                     n_hot_pixels=0, pixel_size_A=PIXEL_A)
+    write_movie_progressively(config.watch_dir / "spa_2.mrc", m.frames, pixel_size_A=PIXEL_A,
+                              frame_interval_s=0)
+    _run_single_particle(config)
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc", "spa_2_DW.mrc"]
+
+
+def test_a_movie_named_in_another_charset_is_listed_under_its_name_on_disk(tmp_path):
+    """A file name that is not UTF-8 (``Grid_µm_café.mrc`` in Latin-1, from a share mounted
+    with another iocharset): its motion STAR and its row in corrected_micrographs.star name the
+    files by their bytes on disk, so RELION finds them."""
+    out, config = _single_particle_session(tmp_path, seed=10)
+    raw = b"Grid_\xb5m_caf\xe9"
+    os.rename(config.watch_dir / "spa_1.mrc",
+              os.path.join(os.fsencode(config.watch_dir), raw + b".mrc"))
+    _run_single_particle(config)
+    lines = (out / "corrected_micrographs.star").read_bytes().splitlines()
+    rows = [line.split() for line in lines if line.split()[:1] and
+            line.split()[0].endswith(b"_DW.mrc")]
+    names = sorted(row[0] for row in rows)
+    assert names == [raw + b"_DW.mrc", b"spa_0_DW.mrc"]
+    row = next(r for r in rows if r[0].startswith(raw))
+    for name in row:
+        if name.endswith((b".mrc", b".star")):
+            assert os.path.isfile(os.path.join(os.fsencode(out), name)), name
+    motion_star = os.path.join(os.fsencode(out), raw + b".star")
+    movie = os.path.join(os.fsencode(config.watch_dir), raw + b".mrc")
+    assert movie in open(motion_star, "rb").read().split()  # rlnMicrographMovieName
 
 
 def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
