@@ -35,7 +35,7 @@ from daemon.handoff.relion import (MovieMotion, RelionOptics, motion_star_path, 
                                    single_particle_blocks, write_motion_star, write_relion_gain,
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
-                                 series_block)
+                                 relion_tomo_name, series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
@@ -286,12 +286,15 @@ class RelionListener(ServiceListener):
         return out
 
     def _series_star(self, series: str, entries: list[TiltEntry]) -> Path:
+        """``<series folder>/<name>.star`` beside the stacks: ``OUT/grid2/TS_01/TS_01.star``
+        for the series ``grid2/TS_01`` of ``grid2/TS_01.mrc.mdoc``."""
+        base = series.rpartition("/")[2]
         mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
         if mdoc and self._watch is not None and self._out is not None:
             folder = output_dir_for(Path(mdoc), watch_dir=self._watch, out_dir=self._out)
         else:
             folder = entries[0].motion.motion_path.parent
-        return folder / series / f"{series}.star"
+        return folder / base / f"{base}.star"
 
     def _series_entries(self, series: str) -> list[TiltEntry]:
         return [TiltEntry(m, t) for m, t in self._entries()
@@ -315,7 +318,7 @@ class RelionListener(ServiceListener):
 
         def write() -> None:
             star.parent.mkdir(parents=True, exist_ok=True)
-            write_star(star, {series: table})
+            write_star(star, {relion_tomo_name(series): table})
 
         self._guard(str(star), "series_star", write)
 

@@ -32,7 +32,7 @@ from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
-           "global_block"]
+           "global_block", "relion_tomo_name"]
 
 TILT_SERIES_STAR = "corrected_tilt_series.star"
 
@@ -113,13 +113,21 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
     return table
 
 
+def relion_tomo_name(series: str) -> str:
+    """RELION's ``rlnTomoName`` of a series (also the data block of its STAR): the qualified
+    name with ``_`` for ``/`` (``grid2/TS_01`` -> ``grid2_TS_01``), as RELION puts the name
+    into file names (``rec_<name>.mrc``) and two grids may hold a ``TS_01`` each."""
+    return series.replace("/", "_")
+
+
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
                  optics: RelionOptics) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
     of the series)`` per series; rows sorted by name."""
     rows = []
     for name, star, m in sorted(series, key=lambda s: s[0]):
-        rows.append({"rlnTomoName": name, "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
+        rows.append({"rlnTomoName": relion_tomo_name(name),
+                     "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
                      "rlnVoltage": m.voltage_kV,
                      "rlnSphericalAberration": optics.spherical_aberration_mm,
                      "rlnAmplitudeContrast": optics.amplitude_contrast,

@@ -532,3 +532,29 @@ def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_
     write_relion_gain(out, turned)
     with mrcfile.open(written) as mrc:
         np.testing.assert_allclose(mrc.data, np.rot90(2 * gain, k=-1), rtol=1e-6)
+
+
+def test_two_grids_with_the_same_series_name_get_one_relion_tilt_series_each(tmp_path):
+    """``grid1/TS_01`` and ``grid2/TS_01``: each series STAR beside its stacks
+    (``OUT/grid2/TS_01/TS_01.star``; it was written to ``OUT/grid2/grid2/TS_01/grid2/...``),
+    and ``rlnTomoName`` (also the STAR's data block) without a ``/``, which RELION puts into
+    file names (``rec_<name>.mrc``)."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    out.mkdir()
+    tilts = _acquire(staging)
+    for finished in (False, True):  # SerialEM's lock seen, then gone
+        for grid in ("grid1", "grid2"):
+            (watch / grid).mkdir(parents=True, exist_ok=True)
+            _deliver(staging, watch / grid, tilts, len(tilts), finished=finished)
+        _run(watch, out, RelionListener(OPTICS))
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["grid1_TS_01", "grid2_TS_01"]
+    assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1/TS_01/TS_01.star",
+                                                       "grid2/TS_01/TS_01.star"]
+    for grid in ("grid1", "grid2"):
+        (table,) = starfile.read(out / grid / "TS_01" / "TS_01.star", always_dict=True).items()
+        assert table[0] == f"{grid}_TS_01"
+        assert sorted(table[1]["rlnMicrographMovieName"]) == sorted(
+            str(watch / grid / t.movie.path.name) for t in tilts)
+        assert all((out / name).is_file() for name in table[1]["rlnMicrographName"])
+    assert not (out / "grid1" / "grid1").exists() and not (out / "grid2" / "grid2").exists()
