@@ -901,7 +901,9 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     written: its ``.openTS`` lock is gone (when a lock was ever seen), or its mdoc has been
     unchanged for ``mdoc_quiet_s``. Or, whatever is missing, when nothing happened for
     ``idle_timeout_s`` and no known movie is still in flight. A complete series re-opens when a
-    movie arrives that it was not assembled with.
+    movie arrives that it was not assembled with (or one's metadata moved); it is assembled
+    again once its known movies are finished and it is not written, listed tilts that never
+    came notwithstanding.
     """
     lock_seen = state.lock_seen or obs.lock_present
     state = replace(state, lock_seen=lock_seen)
@@ -924,9 +926,15 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     else:
         not_written, why = quiet, f"mdoc unchanged for {config.mdoc_quiet_s:g} s"
     finished = frozenset(obs.known_movies & obs.finished_movies)
-    if all_known_finished and all_listed_finished and not_written and obs.listed_movies:
+    # a series assembled before (re-opened: a late movie, a dose that moved) is brought up to
+    # date at once: a tilt listed whose movie never came cannot hold its stacks stale
+    missing = obs.listed_movies - obs.finished_movies
+    if all_known_finished and not_written and obs.listed_movies and (
+            all_listed_finished or state.generation > 0):
+        reason = f"all listed tilts corrected; {why}" if not missing else (
+            f"re-assembled; {why}; {len(missing)} listed tilt(s) never corrected")
         return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, reason=f"all listed tilts corrected; {why}"), True
+                       assembled_movies=finished, reason=reason), True
     if all_known_finished and now_s - obs.last_activity_s >= config.idle_timeout_s:
         missing = obs.listed_movies - obs.finished_movies
         reason = f"idle for {config.idle_timeout_s:g} s"

@@ -443,9 +443,10 @@ class TiltSeriesResolver:
             # every tilt corrected, nothing writing: it completes once its mdoc is quiet, and
             # the service is not idle until then (a batch run on a finished session's folder
             # gets its stacks)
+            awaited = obs.known_movies | (obs.listed_movies if new.generation == 0 else set())
             if (new.status != "complete" and not assemble and not lock and not new.lock_seen
                     and mdoc_since is not None and summary.listed_movies and obs.known_movies
-                    and obs.known_movies | obs.listed_movies <= obs.finished_movies):
+                    and awaited <= obs.finished_movies):
                 self._completing.add(name)
             else:
                 self._completing.discard(name)

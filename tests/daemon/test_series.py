@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -502,3 +503,26 @@ def test_late_tilt_in_a_series_without_mdoc_holds_later_tilts_then_they_get_exac
         "S_000_0.0.tif": 0.0, "S_001_3.0.tif": 2.0, "S_002_-3.0.tif": 4.0, "S_003_6.0.tif": 6.0}
     gave_up = resolve(seen, [], {}, config=cfg, now_s=101.0).assignments["S_003_6.0.tif"]
     assert gave_up.pre_exposure_e_A2 == 4.0 and any("never seen" in w for w in gave_up.warnings)
+
+
+def test_a_reopened_series_is_assembled_again_though_a_listed_tilt_never_came():
+    """A section inserted into an assembled series' mdoc (an exposure SerialEM listed late)
+    whose movie never comes: the later tilts are redone with their new pre-exposures, and the
+    stacks must follow at once; they stayed stale until the idle timeout (30 min), and a batch
+    run exited with them."""
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st = SeriesState("TS_3")
+    st, go = update_series_state(st, _obs("ab", "ab", "a", lock=True), now_s=10, config=cfg)
+    st, go = update_series_state(st, _obs("ab", "ab", "ab"), now_s=20, config=cfg)
+    assert go and st.generation == 1
+    st = replace(st, status="open", reason="re-opened: metadata of b changed")
+    st, go = update_series_state(st, _obs("abx", "ab", "a"), now_s=30, config=cfg)
+    assert not go  # b is being redone
+    st, go = update_series_state(st, _obs("abx", "ab", "ab"), now_s=31, config=cfg)
+    assert go and st.generation == 2 and st.assembled_movies == frozenset("ab")
+    assert "1 listed tilt(s) never corrected" in st.reason
+    # a series never assembled still waits for what its mdoc lists
+    fresh, go = update_series_state(SeriesState("TS_4"), _obs("abx", "ab", "ab", lock=True),
+                                    now_s=40, config=cfg)
+    fresh, go = update_series_state(fresh, _obs("abx", "ab", "ab"), now_s=41, config=cfg)
+    assert not go and fresh.status == "open"
