@@ -58,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -502,6 +503,20 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     return MemoryEstimate(int(sum(terms.values())), terms, stage)
 
 
+
+def unaligned_message(alignment: GlobalAlignment) -> str:
+    """One line for a movie whose whole-frame alignment the data did not support."""
+    return (f"too little signal to align: the frames' correlation peaks stand "
+            f"{alignment.peak_significance:.1f} standard deviations above their maps' mean, "
+            f"which noise alone reaches ({alignment.noise_peak_significance:.1f}); the frames "
+            "are summed without shifts (alignment.supported false in the motion record)")
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    """``value`` rounded for JSON; None for NaN."""
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
 def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: CorrectionParams,
                    gain_reference: GainReference | None = None,
                    movie_path: str | Path | None = None, workers: int = -1,
@@ -901,6 +916,14 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                                 workers=workers)
     shifts_out = alignment.shifts_yx_px * scale_yx[None, :]
     timings["align"] = time.perf_counter() - t
+    if not alignment.supported:
+        warnings.warn(unaligned_message(alignment), stacklevel=2)
+    largest = float(np.abs(shifts_out).max(initial=0.0))
+    if largest >= 0.95 * params.align.max_shift_px:
+        warnings.warn(f"a frame's shift ({largest:.1f} px from the mean) reached the search "
+                      f"limit --max-shift {params.align.max_shift_px:g} px: the drift may be "
+                      "larger (a stage that had not settled); correct again with a larger "
+                      "--max-shift", stacklevel=2)
     pad = np.array(grids.padded_out) - np.array(grids.out_yx)
     if np.any(np.abs(shifts_out).max(axis=0) > pad):
         return None
@@ -1108,6 +1131,10 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         frames_in_movie=len(corrected.frame_doses_e_A2),
         throw_frames=params.read.throw_frames, trunc_frames=params.read.trunc_frames,
         alignment={"iterations": alignment.iterations, "converged": alignment.converged,
+                   "supported": alignment.supported,
+                   **({} if alignment.supported else {"note": unaligned_message(alignment)}),
+                   "peak_significance": _rounded(alignment.peak_significance, 2),
+                   "noise_peak_significance": _rounded(alignment.noise_peak_significance, 2),
                    "last_update_px": round(float(alignment.last_update_px), 5),
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
                    "bin_factor": frame_params.read.bin_factor,

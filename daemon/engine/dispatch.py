@@ -214,6 +214,9 @@ class Dispatcher:
                          timings_s=dict(outcome.timings_s), frames=outcome.record.get("frames"),
                          outputs=dict(outcome.outputs))
                 self._check_gain_orientation(outcome.record, log)
+                alignment = outcome.record.get("alignment") or {}
+                if alignment.get("supported") is False:  # each such movie is news
+                    log.warning("movie_not_aligned", reason=alignment.get("note"))
                 self._corrected += 1
                 self._reference_misfits.clear()
                 self.in_flight.pop(outcome.task_id)

@@ -229,6 +229,9 @@ class PublishListener(ServiceListener):
         if event.timings_s and "timings_s" not in record:
             record["timings_s"] = dict(event.timings_s)
         self.publisher.movie(record, path=event.path, outputs=dict(event.outputs) or None)
+        alignment = record.get("alignment") or {}
+        if alignment.get("supported") is False:  # summed without shifts: each one is news
+            self.publisher.warning("not_aligned", str(alignment.get("note")), path=event.path)
         check = record.get("gain_orientation") or {}
         if check.get("clearly_better") and not self._gain_warned:  # once per run
             self._gain_warned = True
