@@ -129,7 +129,8 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
                    "healthy": state.get("healthy"), "problems": state.get("problems", []),
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
-                   "cluster": state.get("cluster"), "pace": state.get("pace")},
+                   "cluster": state.get("cluster") if running else None,
+                   "pace": state.get("pace")},
         "counts": counts,
         # what a daemon saw being written or had in hand is its own live view: once it is gone
         # (stopped, or killed before it could say so) it holds for nothing

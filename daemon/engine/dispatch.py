@@ -114,7 +114,7 @@ class Dispatcher:
         if self.pause.reason is None:
             return None
         what = ("workers cannot start" if self._trouble_kind == "unstarted"
-                else "output side failing")
+                else "trouble outside the movies")
         return f"{what}: {self.pause.reason} (correction paused, retrying)"
 
     # --- ledger -> workers ----------------------------------------------------------------
@@ -287,8 +287,9 @@ class Dispatcher:
             self._trouble_kind = outcome.kind
             note = ("no worker process could start; not counted against the movie"
                     if outcome.kind == "unstarted" else
-                    "output side trouble (disk, permissions, folder); not counted against the "
-                    "movie; all correction paused")
+                    "trouble outside the movie (the output side: disk, permissions, folder; "
+                    "a worker that cannot see the session: a cluster's path_map or mounts; a "
+                    "lost Dask scheduler); not counted against the movie; all correction paused")
             log.error("movie_retry_later", reason=outcome.error, retry_in_s=delay, note=note)
             return status
         if outcome.kind == "config" and not self._corrected:

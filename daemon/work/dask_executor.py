@@ -154,6 +154,7 @@ class DaskExecutor:
         self._threads = 0
         self._workers = 0
         self._last_count_s = float("-inf")
+        self._counting = False  # a worker count is being fetched (off the engine's thread)
         self._stop = threading.Event()
         self._connector: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -360,8 +361,11 @@ class DaskExecutor:
                 outcomes.append(Outcome(task_id, "timeout", error=(
                     f"timed out after {limit:g} s on Dask worker {running.worker}; cancelled and "
                     f"the worker restarted")))
-        if self.connected and now - self._last_count_s > 2.0:
-            self._count_workers()
+        if self.connected and now - self._last_count_s > 2.0 and not self._counting:
+            # off the engine's thread: a scheduler that does not answer (frozen, a network
+            # hiccup) must not stall discovery and the heartbeats for its timeout
+            self._last_count_s, self._counting = now, True
+            threading.Thread(target=self._count_workers, name="dask-count", daemon=True).start()
         return outcomes
 
     def _outcome(self, running: _Running) -> Outcome:
@@ -402,12 +406,17 @@ class DaskExecutor:
         return outcomes
 
     def _count_workers(self) -> None:
+        """Workers and threads the scheduler knows (a thread of its own, see :meth:`collect`)."""
         try:
-            threads = self._client.nthreads(callback_timeout=5)
+            client = self._client
+            if client is None:
+                return
+            threads = client.nthreads(callback_timeout=5)
+            self._workers, self._threads = len(threads), sum(threads.values())
         except Exception:  # noqa: BLE001 - noticed as a lost connection next time
             return
-        self._workers, self._threads = len(threads), sum(threads.values())
-        self._last_count_s = self._clock()
+        finally:
+            self._counting = False
 
     def _restart_worker(self, worker: str | None) -> None:
         client = self._client

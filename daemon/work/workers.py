@@ -181,8 +181,8 @@ def _writable(folder: Path) -> bool:
 
 
 def _classify(exc: BaseException, task: Task) -> OutcomeKind:
-    """``config`` (the references), ``data`` (the movie), ``environment`` (disk, output side),
-    else ``error``.
+    """``config`` (the references), ``data`` (the movie), ``environment`` (disk, output side,
+    a movie or output folder this worker cannot see), else ``error``.
 
     An OSError is environmental when its errno says so (full disk, quota, read-only, I/O), when
     it names a path on the output side (permission denied, a folder that is a file ...), when the
@@ -192,6 +192,10 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
 
     if isinstance(exc, GainReferenceError):
         return "config"
+    if not task.out_root.is_dir() or not Path(task.movie_path).exists():
+        # this worker does not see the session: a cluster's path_map or mount, a share gone
+        # (a movie that vanished is found so by the daemon, which sees the watched folder)
+        return "environment"
     if isinstance(exc, CorrectionError):
         return "data"
     if isinstance(exc, OSError):

@@ -161,7 +161,7 @@ def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_
     unhealthy = []
 
     def unlock_after_reported(beat):
-        if any("output side failing" in p for p in beat.health.problems):
+        if any("trouble outside the movies" in p for p in beat.health.problems):
             unhealthy.append(beat.health)
             if len(unhealthy) >= 3:
                 locked.unlink(missing_ok=True)  # writable again

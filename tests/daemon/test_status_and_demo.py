@@ -214,7 +214,7 @@ def test_status_shows_where_each_movie_ran_and_the_clusters_state(tmp_path, caps
         db.mark_done(key, outputs={"sum": "/o/a.mrc"}, timings={"total": 1.0},
                      summary={"drift": {"total_A": 4.25},
                               "ran_on": {"host": "node7", "worker": "tcp://10.0.0.7:4100"}})
-        db.set_service_state({"pid": 1, "heartbeat_wall": 0.0, "cluster": {
+        db.set_service_state({"pid": 1, "heartbeat_wall": time.time(), "cluster": {
             "executor": "dask", "scheduler": "tcp://head:8786", "connected": True,
             "workers": 2, "threads": 2, "in_flight": 1, "max_in_flight": 2}})
     assert main(["status", str(tmp_path)]) == 0
@@ -225,3 +225,9 @@ def test_status_shows_where_each_movie_ran_and_the_clusters_state(tmp_path, caps
     status = json.loads(capsys.readouterr().out)
     assert status["last_done"][0]["ran_on"]["host"] == "node7"
     assert status["daemon"]["cluster"]["workers"] == 2
+    # the daemon gone (stopped, killed): its last view of the cluster is no news
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.set_service_state({"heartbeat_wall": 0.0})
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "daemon: not running" in text and "cluster:" not in text

@@ -16,8 +16,19 @@ def runners(tmp_path, monkeypatch):
 
 
 def task(tmp_path, n, name, params=None):
+    (tmp_path / name).touch()  # the fake runners read nothing; the worker checks it is there
     return Task(n, tmp_path / name, tmp_path / "out", tmp_path, params, Path(name).stem,
                 {"source": n})
+
+
+def test_a_movie_the_worker_cannot_see_is_trouble_outside_it_not_its_fault(tmp_path, runners):
+    """A cluster worker whose path_map or mounts miss the session reads no movie: every movie
+    was quarantined as bad data on its first attempt; the movie is not at fault."""
+    missing = Task(0, tmp_path / "elsewhere" / "bad.mrc", tmp_path / "out", tmp_path, None,
+                   "bad", {"source": 0})
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        (outcome,) = run_all(pool, [missing]).values()
+    assert outcome.kind == "environment"
 
 
 def run_all(pool, tasks, timeout_s=30):
