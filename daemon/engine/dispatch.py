@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.engine.faults import LedgerWrites, Pause
-from daemon.engine.outputs import source_identity, summarise
+from daemon.engine.outputs import remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
 from daemon.events import SOURCE_KEY, MovieEvent, MovieKey, movie_stem, output_dir_for
 from daemon.state.codec import metadata_from_json
@@ -50,6 +50,10 @@ class InFlight:
     key: MovieKey
     attempt: int
     metadata: dict[str, Any]
+
+
+#: outcomes of a worker that died or was killed with the movie in hand
+_WORKER_KILLED = ("crash", "timeout", "interrupted")
 
 
 class Dispatcher:
@@ -201,6 +205,11 @@ class Dispatcher:
             return
         key, attempt, meta = entry.key, entry.attempt, entry.metadata
         log = self._log.bind(movie=key.path, **dict(meta.get("log_context") or {}))
+        if outcome.kind in _WORKER_KILLED:  # it may have died writing: no half set left behind
+            movie = Path(key.path)
+            remove_partial_outputs(
+                output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir),
+                metadata_from_json(meta).stem or movie_stem(movie))
         ledger = self._ledger()
         try:
             if outcome.ok:

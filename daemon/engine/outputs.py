@@ -68,6 +68,25 @@ def clean_temporary_outputs(out_dir: Path) -> list[Path]:
     return removed
 
 
+def remove_partial_outputs(out_dir: Path, stem: str) -> list[Path]:
+    """Remove the temporaries of one movie's output set (``.<output>.tmp-<pid>``: the images,
+    the pictures, the record), left when its worker was killed while writing it."""
+    import glob
+
+    from correction.pipeline import output_names  # noqa: PLC0415 - heavy: only when needed
+    from correction.quicklook import quicklook_names  # noqa: PLC0415
+
+    removed = []
+    for name in [*output_names(stem).values(), *quicklook_names(stem).values()]:
+        for path in Path(out_dir).glob(f".{glob.escape(name)}.tmp-*"):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:
     """The per-movie summary kept in the ledger and logged: drift statistics and timings."""
     keep = ("frames", "shape", "pixel_size_A", "drift", "dose", "ran_on")

@@ -150,6 +150,17 @@ def test_a_movie_whose_worker_died_for_the_next_movie_is_redone_without_a_failur
     assert any(kw["movie"].endswith("later.mrc") for kw in log.named("movie_interrupted"))
 
 
+def test_a_worker_killed_while_writing_leaves_no_half_written_outputs(setup):
+    """Its hidden temporaries stayed until the next start of the daemon (and a worker killed
+    on each attempt left a set each time)."""
+    movie(setup.watch_dir, "torn.mrc")
+    movie(setup.watch_dir, "ok.mrc")
+    assert run(setup) == 0
+    assert rows(setup)["torn.mrc"].status == "quarantined"
+    assert rows(setup)["ok.mrc"].status == "done"
+    assert [p.name for p in setup.out_dir.rglob(".*.tmp-*")] == []
+
+
 # --- 4: the output side fails for a while ---------------------------------------------------
 
 def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_quarantine(
