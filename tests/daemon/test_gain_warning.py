@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+from fake_publisher import FakePublisher
 from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams, GainParams
@@ -15,29 +16,6 @@ from daemon.engine.service import Service
 from daemon.feed.listener import PublishListener
 from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
-
-
-class FakePublisher:
-    endpoint = "inproc://none"
-    session = "s"
-
-    def __init__(self):
-        self.warnings = []
-
-    def movie(self, *a, **k): ...
-
-    def heartbeat(self, **k): ...
-
-    def error(self, *a, **k): ...
-
-    def series(self, *a, **k): ...
-
-    def restore(self, *a, **k): ...
-
-    def close(self): ...
-
-    def warning(self, kind, message, **k):
-        self.warnings.append((kind, message))
 
 
 def test_a_rotated_gain_is_named_once_with_the_motioncor2_flags_that_fit(tmp_path):
