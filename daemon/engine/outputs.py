@@ -4,7 +4,7 @@ the summary of a finished movie kept in its row."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +52,26 @@ def find_adoptable_outputs(key: MovieKey, out_dir: Path, stem: str) -> dict[str,
     return outputs
 
 
+def _remove(paths: Iterable[Path]) -> list[Path]:
+    """Unlink each path; the ones removed (one that cannot be is left)."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def clean_temporary_outputs(out_dir: Path) -> list[Path]:
     """Remove writers' temporaries (``.<name>.tmp-<pid>``) left by a killed process."""
-    removed = []
+    found = []
     for folder, dirs, files in os.walk(out_dir):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if name.startswith(".") and ".tmp-" in name:
-                path = Path(folder) / name
-                try:
-                    path.unlink()
-                    removed.append(path)
-                except OSError:
-                    pass
-    return removed
+        found += [Path(folder) / name for name in files
+                  if name.startswith(".") and ".tmp-" in name]
+    return _remove(found)
 
 
 def remove_partial_outputs(out_dir: Path, stem: str) -> list[Path]:
@@ -76,15 +82,9 @@ def remove_partial_outputs(out_dir: Path, stem: str) -> list[Path]:
     from correction.pipeline import output_names  # noqa: PLC0415 - heavy: only when needed
     from correction.quicklook import quicklook_names  # noqa: PLC0415
 
-    removed = []
-    for name in [*output_names(stem).values(), *quicklook_names(stem).values()]:
-        for path in Path(out_dir).glob(f".{glob.escape(name)}.tmp-*"):
-            try:
-                path.unlink()
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
+    names = [*output_names(stem).values(), *quicklook_names(stem).values()]
+    return _remove([path for name in names
+                    for path in Path(out_dir).glob(f".{glob.escape(name)}.tmp-*")])
 
 
 def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:
