@@ -121,6 +121,13 @@ class Dispatcher:
                 else "trouble outside the movies")
         return f"{what}: {self.pause.reason} (correction paused, retrying)"
 
+    def outside_trouble(self) -> bool:
+        """True while correction is paused by trouble outside the daemon (a full disk, an
+        output share, a lost Dask scheduler): it retries on its own, and a restart would not
+        mend it."""
+        return (not self.unrecorded and self.pause.reason is not None
+                and self._trouble_kind != "unstarted")
+
     # --- ledger -> workers ----------------------------------------------------------------
     def dispatch(self) -> None:
         """Give pending movies to idle workers; with every worker busy, read the next one

@@ -156,7 +156,8 @@ class Service:
 
     # --- health ---------------------------------------------------------------------------
     def health(self) -> Health:
-        """Is the service doing its job? (loop turning, scans happening, output folder present).
+        """Is the service doing its job? (loop turning, scans happening, output folder present;
+        ``ok`` also while correction is paused by trouble outside it, which is listed).
 
         Safe to call from another thread (it only reads): an sd_notify watchdog thread can
         ping while ``service.health().ok``.
@@ -179,7 +180,12 @@ class Service:
             notes.append(f"{cfg.workers - self.pool.alive()} worker(s) being replaced")
         if self.discovery is not None and not self.discovery.uses_events:
             notes.append(f"discovery by rescans only: {self.discovery.state().reason}")
-        return Health(not problems, tuple(problems), tuple(notes))
+        # paused by trouble outside the daemon (a full disk, an output share, a lost Dask
+        # scheduler): listed, but the daemon itself is well and the watchdog keeps pinging;
+        # systemd restarting it would not mend it, and after 5 restarts in 10 min would leave
+        # it stopped for the night
+        outside = 1 if self.dispatcher.outside_trouble() else 0
+        return Health(len(problems) == outside, tuple(problems), tuple(notes))
 
     # --- lifecycle ------------------------------------------------------------------------
     def _open_ledger(self) -> None:

@@ -8,7 +8,9 @@ Watchdog policy (:class:`NotifyListener`). ``WATCHDOG=1`` is sent every half of
   ``max(3 x heartbeat, 3 x scan_interval, 10 s)``, capped at half the watchdog timeout, so a
   hung main loop stops the pings within ``WatchdogSec``; a larger value given is refused at
   start-up);
-* the last heartbeat's :class:`~daemon.events.Health` is ok (scans happen, output folder there);
+* the last heartbeat's :class:`~daemon.events.Health` is ok (scans happen, output folder there;
+  correction paused by trouble outside the daemon, a full disk or a lost Dask scheduler, is
+  listed but keeps it ok: a restart would not mend it);
 * no movie has been in a worker longer than ``watchdog_stuck_after`` seconds (default
   ``movie_timeout + 60 s``: the pool kills a worker at ``movie_timeout``, so a movie still in
   flight after that means the workers are stuck).
