@@ -503,7 +503,6 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     return MemoryEstimate(int(sum(terms.values())), terms, stage)
 
 
-
 def unaligned_message(alignment: GlobalAlignment) -> str:
     """One line for a movie whose whole-frame alignment the data did not support."""
     return (f"too little signal to align: the frames' correlation peaks stand "

@@ -184,8 +184,9 @@ class Service:
         # scheduler): listed, but the daemon itself is well and the watchdog keeps pinging;
         # systemd restarting it would not mend it, and after 5 restarts in 10 min would leave
         # it stopped for the night
-        outside = 1 if self.dispatcher.outside_trouble() else 0
-        return Health(len(problems) == outside, tuple(problems), tuple(notes))
+        outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
+        ok = not [problem for problem in problems if problem != outside]
+        return Health(ok, tuple(problems), tuple(notes))
 
     # --- lifecycle ------------------------------------------------------------------------
     def _open_ledger(self) -> None:
