@@ -452,13 +452,13 @@ def test_a_movie_quarantined_as_unreadable_is_corrected_once_it_reads(setup, unr
     even across restarts). The fault was the access, not the movie."""
     movie(setup.watch_dir, "locked.mrc")
     config = dataclasses.replace(setup, incomplete_grace_s=0.3, exit_when_idle_s=2.0)
-    timer = threading.Timer(1.2, unreadable_until.set)  # the admin fixes the permissions
-    timer.start()
+
+    class FixPermissionsOnceQuarantined(ServiceListener):  # the admin runs chmod
+        def on_movie_failed(self, event):
+            unreadable_until.set()
+
     log = RecordingLog()
-    try:
-        assert run(config, log=log) == 0
-    finally:
-        timer.cancel()
+    assert run(config, FixPermissionsOnceQuarantined(), log=log) == 0
     events = [e for _, e, f in log.events if f.get("movie", "").endswith("locked.mrc")]
     assert events.index("movie_quarantined") < events.index("movie_readable_again")
     assert [(r.status, r.attempts) for r in rows_of(config)] == [("done", 1)]

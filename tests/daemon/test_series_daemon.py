@@ -386,10 +386,15 @@ def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_seri
         blip_after_the_third_tilt.n += 1
         if blip_after_the_third_tilt.n == 3:
             wait_for(log, "movie_done", 3)
-            for entry in list(session.iterdir()):
+            # the lock goes last and comes back first: no scan may see the mdoc without it,
+            # which is SerialEM's real end of a series
+            def lock_last(entry: Path) -> bool:
+                return entry.name.endswith(".openTS")
+
+            for entry in sorted(session.iterdir(), key=lock_last):
                 entry.rename(away / entry.name)
             time.sleep(2.0)  # 20 scans
-            for entry in list(away.iterdir()):
+            for entry in sorted(away.iterdir(), key=lock_last, reverse=True):
                 entry.rename(session / entry.name)
 
     blip_after_the_third_tilt.n = 0
