@@ -18,6 +18,13 @@ is a 3-point parabola per axis. Because each iteration re-centres the frames on 
 estimate, the residual peak converges to zero offset, where the parabola's interpolation bias
 vanishes; iteration stops when no shift changed by more than ``tolerance_px``.
 
+The central cross of every cross-power spectrum (the row ``ky = 0`` and the column ``kx = 0``)
+is left out, as Unblur does: stripes along rows or columns that are the same in every frame
+(per-column gain, a frame's read-out pattern, padding edges) put their power there and would
+hold the shifts at zero; the cross holds a negligible part of the specimen's signal
+(measured: 1024^2 x 10 frames, 3 % contrast, 2 e/px/frame, a 3 % per-column pattern left
+uncorrected: 1.32 px RMS error with the cross, 0.53 px without it, as with the gain applied).
+
 Shifts follow :mod:`correction.conventions`: the displacement of the specimen in a frame
 relative to the aligned sum, ``[dy, dx]``, here in pixels of the grid of the given spectra.
 The common offset is removed so that the shifts average to zero over the frames: the aligned
@@ -397,14 +404,22 @@ def _matched_filter(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndar
     return out
 
 
+def _mask_central_cross(spectrum: np.ndarray) -> np.ndarray:
+    """Zero the row ``ky = 0`` and the column ``kx = 0`` of a half spectrum (or a stack of
+    them, the last two axes), in place; returns it."""
+    spectrum[..., 0, :] = 0
+    spectrum[..., :, 0] = 0
+    return spectrum
+
+
 def _cross_spectra(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarray],
                    out: np.ndarray, workers: int = 1, weight: np.ndarray | None = None
                    ) -> np.ndarray:
     """``out[j] = part_j * conj(total - part_j)``: each group's cross-power spectrum with the
-    sum of all other frames (its leave-one-out reference); DC adds a constant only. ``out`` may
-    be ``aligned`` itself when every group is one frame (each is read before it is written).
-    ``weight`` (real, one plane) multiplies each while it is in cache (the matched filter: a
-    pass over the stack less)."""
+    sum of all other frames (its leave-one-out reference), its central cross left out (see
+    the module docstring; DC adds a constant only). ``out`` may be ``aligned`` itself when
+    every group is one frame (each is read before it is written). ``weight`` (real, one plane)
+    multiplies each while it is in cache (the matched filter: a pass over the stack less)."""
     def chunk(lo: int, hi: int) -> None:
         ref = np.empty(total.shape, total.dtype)  # this thread's scratch
         for j in range(lo, hi):
@@ -413,6 +428,7 @@ def _cross_spectra(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarr
             np.multiply(part, np.conjugate(ref, out=ref), out=out[j])
             if weight is not None:
                 out[j] *= weight
+            _mask_central_cross(out[j])
 
     run_chunks(chunk, len(groups), workers)
     return out
@@ -513,8 +529,7 @@ def _chained_start(spectra: np.ndarray, groups: list[np.ndarray], shape: tuple[i
     sums = [_group_sum(spectra, g) for g in groups]
     steps = np.zeros((len(groups), 2))
     for k in range(1, len(groups)):
-        corr = (sums[k] * np.conjugate(sums[k - 1]) * weight)[None]
-        corr[0, 0, 0] = 0.0
+        corr = _mask_central_cross((sums[k] * np.conjugate(sums[k - 1]) * weight)[None])
         steps[k] = _window_peak(_window_maps(corr, shape, window_px, workers)[0])
     path = np.cumsum(steps, axis=0)
     shifts = interpolate_group_shifts(groups, path, spectra.shape[0])
@@ -629,7 +644,6 @@ def _estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams()
                 rx = rx * gx.astype(np.float32)
             c *= ry[:, None]
             c *= rx[None, :]
-            c[0, 0] = 0.0
         # the full maps in batched inverse FFTs of about _MAPS_BATCH_BYTES each
         batch = max(1, _MAPS_BATCH_BYTES // max(1, corr[0].nbytes))
         for b in range(0, len(search), batch):
@@ -672,7 +686,7 @@ def _estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams()
     weight[:, 1:] *= 2.0
     if shape[1] % 2 == 0:
         weight[:, -1] /= 2.0
-    weight[0, 0] = 0.0
+    _mask_central_cross(weight)  # as in the correlations (DC included)
     quality = np.full(n_groups, np.nan)
     # sums of products of real and imaginary parts (float32 views, einsum: no BLAS call)
     weight2 = np.repeat(weight, 2, axis=-1)
@@ -778,6 +792,7 @@ def leave_one_out_oracle(spectra: np.ndarray, truth_shifts_yx_px: np.ndarray, *,
             ry, rx = shift_ramps(shape, -error[j])
             np.multiply(part, ref, out=corr[j])
             corr[j] *= (ry[:, None] * weight) * rx[None, :]
+            _mask_central_cross(corr[j])
         peaks = _local_peaks(corr, *kernels)
         step = np.array([np.full(2, np.nan) if p is None else p for p in peaks])
         error += step

@@ -18,7 +18,10 @@ Steps of :func:`correct_movie`:
    alignment grid (short side about ``align_size_px``); for the frames whose output spectra
    are not kept (over the budget, :func:`frames_kept`; all when the sums come from tiles, a
    patch grid on unbinned output), only the alignment crop (:func:`fourier.rfft2_cropped`),
-   and they are transformed once more in step 6;
+   and they are transformed once more in step 6; a central window of each gain-corrected
+   frame is added to an even or an odd sum, whose FRC in detector coordinates says whether
+   the frames share a fixed pattern (a missing or unfitting gain, warned about:
+   :mod:`correction.detector_pattern`);
 5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
    scaled to output pixels; if any exceeds the padding the frames are redone with more padding
    (so no content can wrap around);
@@ -71,6 +74,7 @@ from .allocator import movie_memory_settings, peak_resident_MB, zeros_written
 from .align_global import GlobalAlignment, alignment_working_bytes, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
+from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
 from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2, rfft2_cropped
@@ -145,6 +149,10 @@ class CorrectedFrames:
         Whether another gain orientation fits the raw sum clearly better than the configured
         ``params.gain`` one (:mod:`correction.gain_orientation`, central 512 x 512 window);
         None without a gain file.
+    detector_pattern : DetectorPatternCheck or None
+        Whether the gain-corrected frames share a pattern fixed to the detector (a missing or
+        unfitting gain reference, :mod:`correction.detector_pattern`, central 1024 x 1024
+        window); None for frames under 64 pixels on a side.
     """
 
     images: SumImages
@@ -160,6 +168,7 @@ class CorrectedFrames:
     local: LocalMotion | None = None
     resolution: FRCResolution | None = None
     gain_orientation: GainOrientationCheck | None = None
+    detector_pattern: DetectorPatternCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,15 +635,24 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     timings["hot_pixels"] = time.perf_counter() - t0 - t_orientation
     timings["gain_orientation"] = t_orientation
 
+    pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
     margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
     while True:
         grids = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
         result = _transform_align_sum(used, grids, params, gain_reference, bad, fill,
-                                      dose_end, pixel_size_A, workers, timings)
+                                      dose_end, pixel_size_A, workers, timings, pattern)
         if result is not None:
             break
         margin = 2 * margin  # a shift exceeded the padding: redo with more
     shifts_out, alignment, images, local, resolution = result
+    t = time.perf_counter()
+    detector_pattern = pattern.check()
+    del pattern
+    timings["detector_pattern"] = time.perf_counter() - t
+    if detector_pattern is not None and detector_pattern.detected:
+        warnings.warn(detector_pattern.message(
+            gain_given=gain_reference is not None and gain_reference.gain_path is not None),
+            stacklevel=2)
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
@@ -644,7 +662,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
-                           gain_orientation=orientation)
+                           gain_orientation=orientation, detector_pattern=detector_pattern)
 
 
 def _check_orientation(raw_sum: np.ndarray | None, used: np.ndarray,
@@ -814,11 +832,13 @@ def _tile_fill(fill: float | None, frame_means: dict[int, float], n: int, binned
 def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionParams,
                          gain_reference: GainReference | None, bad: np.ndarray | None,
                          fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
-                         workers: int, timings: dict[str, float]
+                         workers: int, timings: dict[str, float],
+                         pattern: HalfSumWindows | None = None
                          ) -> tuple[np.ndarray, GlobalAlignment, SumImages, LocalMotion,
                                     FRCResolution | None] | None:
     """Steps 4-6 of the module docstring: (shifts in output pixels, global alignment, the four
-    sums, local motion, even/odd resolution); None when a shift exceeds the padding."""
+    sums, local motion, even/odd resolution); None when a shift exceeds the padding. Each
+    gain-corrected frame is also added to ``pattern`` (once) as it is transformed."""
     n = used.shape[0]
     t = time.perf_counter()
     ny, nx = grids.frame_yx
@@ -871,6 +891,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         pad_buf[ny:, :] = value
         if plan is not None:
             plan.apply(pad_buf)
+        if pattern is not None:
+            pattern.add(i, frame_view)
         return pad_buf
 
     def cropped_spectrum(i: int, out_yx: tuple[int, int]) -> np.ndarray:
@@ -1146,7 +1168,10 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         references=references, software=software_record(),
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
-                  if corrected.gain_orientation is not None else {})})
+                  if corrected.gain_orientation is not None else {}),
+               **({"detector_pattern": corrected.detector_pattern.to_record(
+                   gain_given=gain_reference is not None and gain_reference.gain_path is not None)}
+                  if corrected.detector_pattern is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
     return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,
                          images=corrected.images, pixel_size_A=corrected.pixel_size_A,

@@ -96,6 +96,7 @@ class Dispatcher:
         self._read_ahead = read_ahead
         self.in_flight: dict[int, InFlight] = {}
         self._gain_warned = False
+        self._pattern_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
         self.pause = Pause(wall_clock, first_s=max(config.retry_delay_s, 1.0))
@@ -230,6 +231,7 @@ class Dispatcher:
                          timings_s=dict(outcome.timings_s), frames=outcome.record.get("frames"),
                          outputs=dict(outcome.outputs))
                 self._check_gain_orientation(outcome.record, log)
+                self._check_detector_pattern(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
@@ -271,6 +273,16 @@ class Dispatcher:
                     fits=f"--gain-rotate {best.get('rot_gain')} --gain-flip "
                          f"{best.get('flip_gain')}",
                     note="the flags mean MotionCor2's -RotGain/-FlipGain; said once per run")
+
+    def _check_detector_pattern(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run when a movie's frames share a pattern fixed to the detector (a
+        missing or unfitting gain reference: :mod:`correction.detector_pattern`)."""
+        check = record.get("detector_pattern") or {}
+        if not check.get("detected") or self._pattern_warned:
+            return
+        self._pattern_warned = True
+        log.warning("detector_pattern", reason=check.get("message"),
+                    note="said once per run; each movie's record has its detector_pattern")
 
     def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:
         """The configured references do not fit a movie and no movie was corrected yet: it is

@@ -206,6 +206,7 @@ class PublishListener(ServiceListener):
         self.publisher = publisher
         self._last_movie: str | None = None
         self._gain_warned = False
+        self._pattern_warned = False
 
     def on_ready(self, info: ServiceInfo) -> None:
         """Name the output folder in the feed and rebuild the late joiners' state from the
@@ -236,6 +237,11 @@ class PublishListener(ServiceListener):
         if check.get("clearly_better") and not self._gain_warned:  # once per run
             self._gain_warned = True
             self.publisher.warning("gain_orientation", str(check.get("message")),
+                                   path=event.path)
+        pattern = record.get("detector_pattern") or {}
+        if pattern.get("detected") and not self._pattern_warned:  # once per run
+            self._pattern_warned = True
+            self.publisher.warning("detector_pattern", str(pattern.get("message")),
                                    path=event.path)
 
     def on_movie_failed(self, event: MovieEvent) -> None:

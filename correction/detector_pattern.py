@@ -1,0 +1,149 @@
+"""Is a pattern fixed to the detector left in the frames? (a missing or unfitting gain reference)
+
+A counting detector's pixels differ in gain by a few per cent. Without a gain reference (frames
+saved unnormalised, ``--gain`` forgotten), or with one that does not fit (another camera mode,
+an old session, a wrong orientation), every frame carries the same pixel-by-pixel pattern.
+The whole-frame alignment then meets that pattern in its reference: on a specimen of low
+contrast (a few per cent, as in ice) it holds every shift near zero with a high correlation
+peak, and nothing else looks wrong.
+
+The check: sum the gain-corrected frames (defects and hot pixels replaced) of even and of odd
+index in a central window, in detector coordinates, and compute the Fourier ring correlation
+of the two sums. Shot noise is independent between them; a fixed pattern is the same in both.
+Its pixels vary independently, so its FRC is flat up to Nyquist (about ``s^2 N / (1 + s^2 N)``
+for a relative pattern ``s`` and ``N`` counts per pixel in a half sum), while a specimen's
+falls off with frequency (the detector's MTF, the microscope's envelope, damage) and its high
+frequencies are blurred by the drift within each half. A pattern is reported when the FRC
+over 0.8-1.0 Nyquist is clearly above noise (significance, its mean over ``1/sqrt(M/2)`` for
+``M`` coefficients in the band, at least :data:`MIN_SIGNIFICANCE`) and at least
+:data:`FLATNESS` times the FRC over 0.5-0.65 Nyquist. Axis bands are left out (the window's
+edges, and stripes along rows or columns, put their power there).
+
+Measured (1024^2 x 10 frames, 2 e/px/frame, 6 px drift, specimen of 3 % contrast, gain pattern
+of 5 % per pixel and 3 % per column, ``tests/correction/test_detector_pattern.py``): without the
+gain, FRC 0.024 over 0.8-1.0 Nyquist, flat, significance about 9 in a 1024^2 window, and the
+shifts held at 0 (1.9 px RMS error); with the gain, 0.00 +- 0.003.
+
+Cost: two window sums and two 1024^2 transforms per movie (about 0.03 s).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from .frc import _default_axis_mask, _frc_of_half_spectra
+
+__all__ = ["DetectorPatternCheck", "HalfSumWindows", "WINDOW_PX", "MIN_SIGNIFICANCE",
+           "FLATNESS"]
+
+#: side of the central window summed (pixels)
+WINDOW_PX = 1024
+#: smallest significance of the FRC near Nyquist that counts as a pattern
+MIN_SIGNIFICANCE = 8.0
+#: FRC near Nyquist over FRC at mid frequencies from which the curve counts as flat
+FLATNESS = 0.7
+_HIGH_BAND = (0.8, 1.0)  # fractions of Nyquist
+_MID_BAND = (0.5, 0.65)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorPatternCheck:
+    """The even/odd FRC of the frames in detector coordinates, and what it says.
+
+    Attributes
+    ----------
+    frc_high : float
+        Mean FRC over 0.8-1.0 Nyquist (dimensionless).
+    frc_mid : float
+        Mean FRC over 0.5-0.65 Nyquist.
+    significance : float
+        ``frc_high`` in standard deviations of the FRC of independent noise over that band.
+    window_yx_px : (int, int)
+        The central window summed (pixels).
+    detected : bool
+        A pattern fixed to the detector: significant and flat (see the module docstring).
+    """
+
+    frc_high: float
+    frc_mid: float
+    significance: float
+    window_yx_px: tuple[int, int]
+    detected: bool
+
+    def to_record(self, *, gain_given: bool) -> dict[str, Any]:
+        """JSON-ready dict (the motion record's ``detector_pattern``; ``message`` when
+        detected)."""
+        return {"detected": self.detected,
+                **({"message": self.message(gain_given=gain_given)} if self.detected else {}), "frc_0.8_1.0_nyquist": round(self.frc_high, 4),
+                "frc_0.5_0.65_nyquist": round(self.frc_mid, 4),
+                "significance": round(self.significance, 1),
+                "window_px": list(self.window_yx_px),
+                "rule": f"significance >= {MIN_SIGNIFICANCE:g}, 0.8-1.0 >= {FLATNESS:g} x "
+                        "0.5-0.65 Nyquist"}
+
+    def message(self, *, gain_given: bool) -> str:
+        """One line for a movie whose frames share a fixed pattern."""
+        cause = ("the gain reference does not remove it (another camera mode, session or "
+                 "orientation?)" if gain_given else
+                 "no gain reference was given (--gain): the frames look unnormalised")
+        return (f"the frames share a pattern fixed to the detector (even/odd FRC "
+                f"{self.frc_high:.3f} at 0.8-1.0 Nyquist in detector coordinates, "
+                f"{self.significance:.0f} sigma, as high as at mid frequencies, where a "
+                f"specimen's falls off): {cause}; it pulls the shifts towards zero")
+
+
+class HalfSumWindows:
+    """Sums of the central window of the even and of the odd frames, frame by frame.
+
+    :meth:`add` takes each frame once (a frame given again is skipped), gain-corrected, in
+    detector coordinates; :meth:`check` gives the :class:`DetectorPatternCheck` (None for a
+    window under 64 pixels on a side, or without a frame of each parity).
+    """
+
+    def __init__(self, frame_shape_yx: tuple[int, int], window_px: int = WINDOW_PX) -> None:
+        ny, nx = (int(v) for v in frame_shape_yx)
+        wy, wx = min(ny, int(window_px)) // 2 * 2, min(nx, int(window_px)) // 2 * 2
+        y0, x0 = (ny - wy) // 2, (nx - wx) // 2
+        self.window = (slice(y0, y0 + wy), slice(x0, x0 + wx))
+        self.sums = np.zeros((2, wy, wx), np.float32)
+        self.seen: set[int] = set()
+        self.count = [0, 0]
+
+    def add(self, index: int, frame: np.ndarray) -> None:
+        """Add frame ``index`` (its movie index gives the parity) unless it was added before."""
+        if index in self.seen:
+            return
+        self.seen.add(index)
+        parity = index % 2
+        self.sums[parity] += frame[self.window]
+        self.count[parity] += 1
+
+    def check(self) -> DetectorPatternCheck | None:
+        wy, wx = self.sums.shape[1:]
+        if min(wy, wx) < 64 or min(self.count) < 1:
+            return None
+        spectra = [scipy.fft.rfft2(s - np.float32(s.mean())) for s in self.sums]
+        curve = _frc_of_half_spectra(spectra[0], spectra[1], (wy, wx), pixel_size_A=None,
+                                     axis_mask_px=_default_axis_mask((wy, wx)))
+        nyquist = 0.5
+        frequency = curve.frequency_per_px
+
+        def band(lo: float, hi: float) -> tuple[float, int]:
+            m = (frequency >= lo * nyquist) & (frequency <= hi * nyquist) & \
+                np.isfinite(curve.frc) & (curve.n_coefficients > 0)
+            n = int(curve.n_coefficients[m].sum())
+            if n == 0:
+                return 0.0, 0
+            return float(np.average(curve.frc[m], weights=curve.n_coefficients[m])), n
+
+        high, n_high = band(*_HIGH_BAND)
+        mid, _ = band(*_MID_BAND)
+        # conjugate coefficients are counted twice by the ring sums: n / 2 are independent
+        significance = high * math.sqrt(n_high / 2.0) if n_high else 0.0
+        detected = bool(significance >= MIN_SIGNIFICANCE and high >= FLATNESS * max(mid, 0.0))
+        return DetectorPatternCheck(high, mid, significance, (wy, wx), detected)
