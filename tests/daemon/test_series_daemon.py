@@ -421,7 +421,7 @@ def test_a_tilt_quarantined_at_validation_then_retried_is_corrected_once_with_it
     dose and no tilt: it was corrected with 1 e/Å² per frame and no pre-exposure, then redone
     with its series' dose ("no tilt record"); retried while stopped, both rows were corrected at
     the next start. It goes the way of a new tilt now: corrected once, with its series' dose and
-    pre-exposure."""
+    pre-exposure, and into its series' stacks."""
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     tilts = simulate(watch, 27, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0, lock=False)
@@ -450,3 +450,4 @@ def test_a_tilt_quarantined_at_validation_then_retried_is_corrected_once_with_it
     check_pre_exposures_exact(out, tilts)
     assert [(r["path"], r["status"]) for r in rows(out)] == [
         (str(t.movie.path), "done") for t in tilts]
+    check_stack(out, tilts)  # retried after its series completed without it: assembled again
