@@ -1,8 +1,12 @@
-"""Requeue quarantined movies: they go back to pending, their failure count cleared.
+"""Requeue quarantined movies: their quarantine is lifted, and the daemon takes each up again as
+a new movie.
 
 With no MOVIE, every quarantined movie of OUT_DIR's state database is requeued; otherwise those
-whose path or file name is given. A running ``motionwatch watch`` picks them up at once; a stopped
-one at its next start. Files that were never movies (ignored names) stay as they are.
+whose path or file name is given. Each is met again as at its arrival: validated, its metadata,
+dose and pre-exposure resolved afresh (a tilt gets its series' dose, not the configured one),
+then corrected once; one still bad is quarantined again. A running ``motionwatch watch`` picks
+them up at its next scan; a stopped one at its next start. Files that were never movies (ignored
+names) stay as they are.
 """
 
 from __future__ import annotations

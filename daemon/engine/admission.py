@@ -5,7 +5,9 @@ once (format-level completeness, :func:`daemon.intake.validate.validate`), asks 
 resolver for its dose and record fields (with the frame count validation found), and adds it to the
 ledger (or adopts outputs already on disk for exactly this version: an adopted movie is announced
 as done, like a corrected one, so the hand-off files and the feed list it). A movie it has handled
-is not looked at again until its size, mtime or metadata change.
+is not looked at again until its size, mtime or metadata change, or ``motionwatch retry`` lifts
+its quarantine (:meth:`~daemon.state.ledger.Ledger.requeue` drops its row): it is then admitted
+again like a new movie, so a retried tilt gets its series' dose and is corrected once.
 
 No single file stops the service: an unexpected error while admitting one movie is logged once
 (``movie_admission_failed``) and that movie is set aside until it changes. With
@@ -85,6 +87,7 @@ class Admission:
         # versions the ledger held at start-up: not "settling" while the first scans settle them
         self._recorded: set[tuple[str, int, int]] | None = None
         self._reported: set[tuple[str, str]] = set()
+        self._requeue_serial: int | None = None  # the ledger's, when last looked at
         self.waiting: dict[Path, str] = {}
         self._stems = OutputStems()
 
@@ -92,7 +95,23 @@ class Admission:
         """Look at every movie again (the ledger was re-created)."""
         self._handled.clear()
         self._recorded = None
+        self._requeue_serial = None
         self._stems = OutputStems()
+
+    def _look_again_at_requeued(self) -> None:
+        """After a ``motionwatch retry``, forget having handled the movie versions that no
+        longer have a row (their quarantine was lifted), so they are admitted afresh."""
+        try:
+            ledger = self._ledger()
+            serial = ledger.requeue_serial()
+            if serial == self._requeue_serial:
+                return
+            if self._requeue_serial is not None:
+                kept = {(r.key.path, r.key.size, r.key.mtime_ns) for r in ledger.rows()}
+                self._handled &= kept
+        except sqlite3.Error:
+            return  # looked at again at the next scan
+        self._requeue_serial = serial
 
     def _safe(self, action: Callable[[], Any]) -> Any:
         return self._writes.guard(action)
@@ -122,6 +141,7 @@ class Admission:
             changed = set()
         if changed:
             self._handled = {h for h in self._handled if h[0] not in changed}
+        self._look_again_at_requeued()
         for path, ident in list(self._unreadable.items()):  # permissions fixed, share back
             if os.access(path, os.R_OK):
                 self._handled.discard(ident)

@@ -893,6 +893,20 @@ class SeriesObservation:
     last_activity_s: float
 
 
+def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
+    """A complete series, re-opened when its stacks are out of date: a known movie it was not
+    assembled with, or one it was assembled with that is unfinished again."""
+    new = obs.known_movies - state.assembled_movies
+    if new:
+        return replace(state, status="open",
+                       reason=f"re-opened: {len(new)} new movie(s), e.g. {sorted(new)[0]}")
+    again = (obs.known_movies & state.assembled_movies) - obs.finished_movies
+    if again:
+        return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "
+                                                     f"corrected again, e.g. {sorted(again)[0]}")
+    return state
+
+
 def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: float,
                         config: SeriesConfig) -> tuple[SeriesState, bool]:
     """Advance a series' completion state; returns ``(new_state, assemble_now)``.
@@ -901,18 +915,15 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     written: its ``.openTS`` lock is gone (when a lock was ever seen), or its mdoc has been
     unchanged for ``mdoc_quiet_s``. Or, whatever is missing, when nothing happened for
     ``idle_timeout_s`` and no known movie is still in flight. A complete series re-opens when a
-    movie arrives that it was not assembled with (or one's metadata moved); it is assembled
-    again once its known movies are finished and it is not written, listed tilts that never
-    came notwithstanding.
+    movie arrives that it was not assembled with (or one's metadata moved), or when one it was
+    assembled with is being corrected again (a quarantined tilt retried, a rewritten file); it
+    is assembled again once its known movies are finished and it is not written, listed tilts
+    that never came notwithstanding.
     """
     lock_seen = state.lock_seen or obs.lock_present
     state = replace(state, lock_seen=lock_seen)
     if state.status == "complete":
-        new = obs.known_movies - state.assembled_movies
-        if new:
-            return replace(state, status="open",
-                           reason=f"re-opened: {len(new)} new movie(s), e.g. {sorted(new)[0]}"), False
-        return state, False
+        return _reopened(state, obs), False
     if not obs.known_movies:
         return state, False
     all_known_finished = obs.known_movies <= obs.finished_movies

@@ -9,6 +9,12 @@ Statuses: ``pending`` (ready, waiting for a worker), ``running`` (a worker has i
 ``retry_after``), ``quarantined`` (given up, with the reason). ``attempts`` counts worker starts,
 ``failures`` the failed ones that count towards quarantine.
 
+A row's key and metadata are what admission decided for the movie when it was admitted (or
+quarantined at validation, before any metadata). :meth:`Ledger.requeue` (``motionwatch retry``)
+therefore does not set a quarantined row pending as it is: it drops the row and counts the
+requeue (:meth:`Ledger.requeue_serial`), so that the daemon meets the movie again as a new one,
+validated and with its metadata and dose resolved afresh.
+
 Start-up recovery (:meth:`Ledger.recover_running`): rows left ``running`` by a crash go back to
 ``pending`` and are redone. The ``service_state`` table holds the daemon's heartbeat and
 counters for ``motionwatch status``, which reads the database while the daemon runs.
@@ -147,6 +153,8 @@ def _row(r: sqlite3.Row) -> MovieRow:
 
 
 _KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
+#: the ``service_state`` key counting requeues (:meth:`Ledger.requeue`)
+_REQUEUE_SERIAL = "requeue_serial"
 
 
 def _k(key: MovieKey) -> tuple:
@@ -357,10 +365,13 @@ class Ledger:
         return status
 
     def requeue(self, paths: Iterable[str] | None = None) -> list[MovieKey]:
-        """Quarantined movies (all, or those whose path or file name is in ``paths``) go back
-        to ``pending`` with their failure count cleared; returns their keys.
+        """Lift the quarantine of movies (all, or those whose path or file name is in
+        ``paths``): their rows are dropped and :meth:`requeue_serial` counts up, so the daemon
+        admits each again as a new movie (validation, metadata, dose, key); returns their keys.
 
-        Rows of files that were never movies (ignored names, size -1) are left alone.
+        A quarantined row keeps the key and metadata of its quarantine (none at all when
+        validation rejected the file), so it is never set pending as it is. Rows of files that
+        were never movies (ignored names, size -1) are left alone.
         """
         wanted = None if paths is None else {str(p) for p in paths}
         with self._tx() as db:
@@ -369,11 +380,19 @@ class Ledger:
                 "ORDER BY mtime_ns, path, id")]
             chosen = [r.key for r in found if wanted is None or r.key.path in wanted
                       or os.path.basename(r.key.path) in wanted]
-            db.executemany(
-                f"UPDATE movies SET status='pending', failures=0, error=NULL, retry_after=NULL, "
-                f"finished=NULL, updated=? WHERE {_KEY_WHERE}",
-                [(self._clock(), *_k(k)) for k in chosen])
+            db.executemany(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status='quarantined'",
+                           [_k(k) for k in chosen])
+            if chosen:
+                db.execute("INSERT INTO service_state (key, value) VALUES (?, '1') ON CONFLICT "
+                           "(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                           (_REQUEUE_SERIAL,))
         return chosen
+
+    def requeue_serial(self) -> int:
+        """How many times :meth:`requeue` lifted a quarantine in this database (0: never)."""
+        r = self._db.execute("SELECT value FROM service_state WHERE key = ?",
+                             (_REQUEUE_SERIAL,)).fetchone()
+        return 0 if r is None else int(json.loads(r[0]))
 
     def release(self, key: MovieKey) -> None:
         """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""

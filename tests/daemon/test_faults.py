@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from movie_damage import mend_mrc_header, spoil_mrc_header
 from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
@@ -397,19 +398,117 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
         assert sorted(r.status for r in ledger.rows()) == ["done", "done"]
 
 
-def test_retry_requeues_quarantined_movies_by_name_or_all(setup, capsys):
+def test_retry_requeues_quarantined_movies_by_name_or_all_and_the_next_start_takes_them_up(
+        setup, capsys):
+    """A retried movie's quarantine is lifted (its row goes): the daemon meets it again as a
+    new movie, and one still bad is quarantined again after one more attempt."""
     movie(setup.watch_dir, "bad_1.mrc")
     movie(setup.watch_dir, "bad_2.mrc")
     assert run(setup) == 0
     assert {r.status for r in rows(setup).values()} == {"quarantined"}
     assert cli_main(["retry", str(setup.out_dir), "bad_1.mrc"]) == 0
-    table = rows(setup)
-    assert (table["bad_1.mrc"].status, table["bad_1.mrc"].failures) == ("pending", 0)
-    assert table["bad_2.mrc"].status == "quarantined"
+    assert {name: r.status for name, r in rows(setup).items()} == {"bad_2.mrc": "quarantined"}
     assert cli_main(["retry", str(setup.out_dir), "nope.mrc"]) == 1
     assert cli_main(["retry", str(setup.out_dir)]) == 0
-    assert {r.status for r in rows(setup).values()} == {"pending"}
+    assert rows(setup) == {}
     assert "1 quarantined movie(s) requeued" in capsys.readouterr().out
+    assert run(setup) == 0
+    assert {name: (r.status, r.attempts) for name, r in rows(setup).items()} == {
+        "bad_1.mrc": ("quarantined", 1), "bad_2.mrc": ("quarantined", 1)}
+
+
+def _mdoc_dose_fixed(watch: Path, tilt, dose_e_A2: float) -> None:
+    """The operator corrects one tilt's ExposureDose in the series mdoc."""
+    mdoc = watch / "flaky.mrc.mdoc"
+    old = f"ExposureDose = {tilt.dose_e_A2:.4f}"
+    assert mdoc.read_text().count(old) == 1
+    mdoc.write_text(mdoc.read_text().replace(old, f"ExposureDose = {dose_e_A2:.4f}"))
+
+
+def test_a_tilt_retried_after_its_correction_failed_is_corrected_once_with_its_dose_of_now(
+        setup):
+    """A tilt quarantined by its correction kept, in its row, the pre-exposure of that time.
+    The first tilt's dose is then corrected in the mdoc (the later tilts are redone with their
+    new pre-exposures), the tilt mended and retried: it was corrected with the old
+    pre-exposure, then redone. A retried tilt's metadata is resolved afresh, as a new one's."""
+    from daemon.series.options import resolver_from_config
+    from daemon.simulation.tilt_series import simulate_tilt_series
+
+    tilts = simulate_tilt_series(setup.watch_dir, rng=np.random.default_rng(8), name="flaky",
+                                 n_tilts=3, shape_yx=(32, 32), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    flaky, last = tilts[1].movie.path, tilts[2].movie.path
+    marker = flaky.with_name(flaky.name + ".bad")
+    marker.write_text("")
+    config = dataclasses.replace(setup, exit_when_idle_s=1.0, options={
+        "tilt_series": "on", "metadata_wait": 30, "mdoc_quiet": 0.5})
+
+    class Operator(ServiceListener):
+        """Fixes the first dose once the tilt is quarantined; retries it once the last tilt was
+        redone with the new pre-exposure."""
+
+        def on_movie_failed(self, event):
+            if event.path == flaky and event.status == "quarantined":
+                _mdoc_dose_fixed(setup.watch_dir, tilts[0], 5.0)
+
+        def on_movie_done(self, event):
+            tilt = event.metadata["extra_record"]["tilt"]
+            if event.path == last and tilt["pre_exposure_e_A2"] == pytest.approx(
+                    5.0 + tilts[1].dose_e_A2):
+                marker.unlink()
+                assert cli_main(["retry", str(setup.out_dir)]) == 0
+
+    log = RecordingLog()
+    assert Service(config, listeners=[Operator()], resolver=resolver_from_config(config),
+                   runner="fake_runners:correct", logger=log).run() == 0
+    assert not marker.exists()  # retried
+    started = [Path(e["movie"]).name for e in log.named("movie_started")]
+    assert started.count(flaky.name) == 2  # failed, then corrected once after the retry
+    redone = {Path(e["movie"]).name for e in log.named("movie_redo_metadata_changed")}
+    assert redone == {tilts[0].movie.path.name, last.name}
+    tilt = json.loads((setup.out_dir / f"{flaky.stem}.motion.json").read_text())["tilt"]
+    assert tilt["pre_exposure_e_A2"] == pytest.approx(5.0)
+    assert tilt["dose_e_A2"] == pytest.approx(tilts[1].dose_e_A2)
+
+
+def test_a_movie_of_no_series_retried_after_validation_gets_the_dose_of_its_frame_mdoc(setup):
+    """No dose configured: a movie of no series takes its dose from its own frame mdoc. Not a
+    valid MRC at first sight, it was quarantined before its metadata was resolved; mended and
+    retried, it was corrected with no dose at all, failed for it and was quarantined again."""
+    from correction.synthetic import render_movie
+    from daemon.series.options import resolver_from_config
+
+    path = setup.watch_dir / "single.mrc"
+    frames = render_movie(np.random.default_rng(9), shape_yx=(128, 128), n_frames=4, gain=None,
+                          n_hot_pixels=0, pixel_size_A=1.1).frames
+    write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+    path.with_name("single.mrc.mdoc").write_text(  # as SerialEM writes it
+        "PixelSpacing = 1.1\nVoltage = 300\nImageFile = single.mrc\n\n[FrameSet = 0]\n"
+        "TiltAngle = 0\nExposureDose = 3\nPixelSpacing = 1.1\n"
+        "SubFramePath = X:\\frames\\single.mrc\nNumSubFrames = 4\n"
+        "FrameDosesAndNumber = 0.75 4\nTimeStamp = 5\nDateTime = 24-Mar-2023  12:05:00\n")
+    mode = spoil_mrc_header(path)
+    config = dataclasses.replace(setup, params=CorrectionParams(dose=DoseParams()),
+                                 exit_when_idle_s=1.0)
+
+    class Operator(ServiceListener):
+        retried = False
+
+        def on_movie_failed(self, event):
+            if event.status == "quarantined" and not self.retried:
+                self.retried = True
+                mend_mrc_header(path, mode)
+                assert cli_main(["retry", str(setup.out_dir)]) == 0
+
+    log = RecordingLog()
+    assert Service(config, listeners=[Operator()], resolver=resolver_from_config(config),
+                   logger=log).run() == 0
+    assert [e.get("stage") for e in log.named("movie_quarantined")] == ["validate"]
+    assert len(log.named("movie_started")) == 1
+    assert [r.status for r in rows_of(config)] == ["done"]
+    dose = json.loads((setup.out_dir / "single.motion.json").read_text())["dose"]
+    assert dose["per_frame_e_A2"] == pytest.approx([0.75] * 4)
+    assert dose["pre_exposure_e_A2"] == 0.0
 
 
 @pytest.mark.parametrize("json_lines", [True, False])

@@ -211,17 +211,24 @@ def test_an_unstarted_attempt_is_not_counted(ledger):
     assert (row.status, row.attempts, row.failures) == ("failed", 0, 0)
 
 
-def test_requeue_returns_quarantined_movies_to_pending_with_failures_cleared(ledger):
+def test_requeue_lifts_quarantines_by_dropping_their_rows_and_counts_the_requeues(ledger):
+    """A quarantined row holds the key and metadata of its quarantine (none, when validation
+    rejected the file): a requeued movie is admitted afresh, never set pending as it was."""
     ledger.add(key("/d/a.mrc"))
     ledger.add(key("/d/b.mrc"))
     for name in ("/d/a.mrc", "/d/b.mrc"):
         ledger.claim(key(name))
         ledger.mark_failed(key(name), "crashed", quarantine=True)
+    ledger.add(key("/d/c.mrc"))
     ledger.add(MovieKey("/d/notes.txt", -1, -1, "f1"), status="quarantined", error="not a movie")
+    assert ledger.requeue_serial() == 0
     assert ledger.requeue(["b.mrc"]) == [key("/d/b.mrc")]
+    assert ledger.requeue_serial() == 1
     assert ledger.requeue() == [key("/d/a.mrc")]
-    assert [(r.key.path, r.status, r.failures) for r in ledger.rows(status="pending")] == [
-        ("/d/a.mrc", "pending", 0), ("/d/b.mrc", "pending", 0)]
+    assert ledger.requeue() == []
+    assert ledger.requeue_serial() == 2  # counts requeues that lifted a quarantine
+    assert [(r.key.path, r.status) for r in ledger.rows()] == [
+        ("/d/notes.txt", "quarantined"), ("/d/c.mrc", "pending")]
 
 
 def test_a_corrupt_database_is_moved_aside_and_a_new_one_begun(tmp_path):

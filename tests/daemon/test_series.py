@@ -426,6 +426,24 @@ def test_series_completes_when_all_tilts_done_and_lock_removed_and_reopens_on_ne
     assert go and st.generation == 2 and st.assembled_movies == frozenset("abc")
 
 
+def test_a_complete_series_reopens_when_a_tilt_it_was_assembled_with_is_corrected_again():
+    """A tilt quarantined when the series completed is left out of its stacks; retried
+    (``motionwatch retry``), it is corrected again: the stacks stayed without it."""
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st, go = update_series_state(SeriesState("TS_8"), _obs("abc", "abc", "abc", lock=True),
+                                 now_s=10, config=cfg)
+    st, go = update_series_state(st, _obs("abc", "abc", "abc"), now_s=11, config=cfg)
+    assert go and st.assembled_movies == frozenset("abc")  # b quarantined, not in the stacks
+    st, go = update_series_state(st, _obs("abc", "abc", "abc"), now_s=12, config=cfg)
+    assert not go and st.status == "complete"
+    st, go = update_series_state(st, _obs("abc", "abc", "ac"), now_s=20, config=cfg)
+    assert not go and st.status == "open" and "b" in st.reason and "again" in st.reason
+    st, go = update_series_state(st, _obs("abc", "abc", "ac"), now_s=21, config=cfg)
+    assert not go  # b is being corrected
+    st, go = update_series_state(st, _obs("abc", "abc", "abc"), now_s=22, config=cfg)
+    assert go and st.generation == 2
+
+
 def test_series_without_lock_completes_only_after_the_mdoc_is_quiet():
     cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
     st = SeriesState("TS_1")

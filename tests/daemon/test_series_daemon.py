@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import starfile
 from daemon_process import events, rows, spawn, watch_argv
+from movie_damage import mend_mrc_header, spoil_mrc_header
 
 from daemon.commands.cli import main
 from daemon.series.mdoc import read_mdoc
@@ -408,3 +409,45 @@ def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_seri
     series_events = [(e["event"], e.get("tilts")) for e in events(log)
                      if e.get("event") in ("series_completed", "series_reopened")]
     assert series_events == [("series_completed", 5)]
+
+
+@pytest.mark.parametrize("daemon_running", [True, False], ids=["retry-while-running",
+                                                                 "retry-while-stopped"])
+def test_a_tilt_quarantined_at_validation_then_retried_is_corrected_once_with_its_series_dose(
+        tmp_path, daemon_running):
+    """A tilt whose file is not a valid movie at first sight is quarantined before any metadata
+    is resolved; the file is mended (its size and mtime unchanged) and ``motionwatch retry``
+    issued, while the daemon runs or while it is stopped. Its quarantined row had the configured
+    dose and no tilt: it was corrected with 1 e/Å² per frame and no pre-exposure, then redone
+    with its series' dose ("no tilt record"); retried while stopped, both rows were corrected at
+    the next start. It goes the way of a new tilt now: corrected once, with its series' dose and
+    pre-exposure, and into its series' stacks."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    tilts = simulate(watch, 27, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0, lock=False)
+    bad = tilts[1].movie.path
+    mode = spoil_mrc_header(bad)
+    flags = ("--tilt-series", "on", "--metadata-wait", "30", "--mdoc-quiet", "1",
+             "--exit-when-idle", "2")
+    daemon = start_daemon(watch, out, log, *flags)
+    try:
+        wait_for(log, "movie_quarantined", 1)
+        mend_mrc_header(bad, mode)
+        if not daemon_running:
+            assert daemon.wait(timeout=90) == 0
+        assert main(["retry", str(out)]) == 0
+        if not daemon_running:
+            daemon = start_daemon(watch, out, log, *flags)
+        assert daemon.wait(timeout=90) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    (quarantined,) = [e for e in events(log) if e.get("event") == "movie_quarantined"]
+    assert quarantined["movie"] == str(bad) and "not a movie" in quarantined["reason"]
+    started = [Path(e["movie"]).name for e in events(log) if e.get("event") == "movie_started"]
+    assert sorted(started) == sorted(t.movie.path.name for t in tilts)  # each exactly once
+    assert not any(e.get("event") == "movie_redo_metadata_changed" for e in events(log))
+    check_pre_exposures_exact(out, tilts)
+    assert [(r["path"], r["status"]) for r in rows(out)] == [
+        (str(t.movie.path), "done") for t in tilts]
+    check_stack(out, tilts)  # retried after its series completed without it: assembled again

@@ -10,7 +10,8 @@ holding the worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
 at once, leaving its outputs to write: ``write()`` takes 1 s; the record has ``began_at`` and
 ``written_at``, wall-clock s, and the niceness of the threads that corrected and wrote it),
 ``stuck`` (the same, but its write hangs for 60 s), ``bad`` (a bad movie: ``not a movie: 3 of
-6 frames readable``), ``never`` (must not run), ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
+6 frames readable``), ``flaky`` (the same while ``<movie>.bad`` exists beside it), ``never`` (must
+not run), ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
 ``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
 writes ``<stem>.mrc`` (the worker's pid, the gain it was given, the extra record) and
@@ -61,7 +62,8 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
         block = np.empty(256 << 20, np.uint8)
         block.fill(1)
         del block
-    if name.startswith("bad"):
+    if name.startswith("bad") or (name.startswith("flaky")
+                                  and movie_path.with_name(name + ".bad").exists()):
         raise TruncatedMovieError(movie_path, "not a movie: 3 of 6 frames readable")
     if name.startswith("never"):
         raise AssertionError("must not run: outputs should have been adopted")
