@@ -117,12 +117,16 @@ def write_movie_progressively(path: Path, frames: np.ndarray, *, pixel_size_A: f
 
 def write_frame_mdoc(movie: Path, n_frames: int, *, pixel_size_A: float,
                      dose_per_frame_e_A2: float) -> Path:
-    """SerialEM's per-movie ``<movie>.mdoc`` (``[FrameSet = 0]``), written after the frames."""
+    """SerialEM's per-movie ``<movie>.mdoc`` (``[FrameSet = 0]``), written after the frames,
+    with the keys SerialEM writes in that order (stage at 0 degrees; ``DateTime`` now, local
+    time, in SerialEM's format)."""
     path = movie.with_name(movie.name + ".mdoc")
     payload = format_mdoc(
         [("PixelSpacing", pixel_size_A), ("ImageFile", movie.name)],
-        [[("NumSubFrames", n_frames), ("ExposureDose", n_frames * dose_per_frame_e_A2),
-          ("FrameDosesAndNumber", (dose_per_frame_e_A2, n_frames))]],
+        [[("TiltAngle", 0.0), ("ExposureDose", n_frames * dose_per_frame_e_A2),
+          ("PixelSpacing", pixel_size_A), ("SubFramePath", movie.name),
+          ("NumSubFrames", n_frames), ("FrameDosesAndNumber", (dose_per_frame_e_A2, n_frames)),
+          ("DateTime", time.strftime("%d-%b-%y  %H:%M:%S"))]],
         section_key="FrameSet").encode()
     atomic_write(path, lambda fh: fh.write(payload))
     return path
