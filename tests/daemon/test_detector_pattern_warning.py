@@ -8,14 +8,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from fake_publisher import FakePublisher
-from recording_log import RecordingLog
+from service_run import watch_once
 
 from correction.params import AlignParams, CorrectionParams, DoseParams
 from correction.synthetic import gain_pattern, render_movie
-from daemon.engine.service import Service
-from daemon.feed.listener import PublishListener
-from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 
 
@@ -32,10 +28,7 @@ def test_unnormalised_frames_without_a_gain_are_named_once_per_run(tmp_path):
                                   frame_interval_s=0)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=6.6),
                               align=AlignParams(patches_x=1, patches_y=1))
-    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
-                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on")
-    log, publisher = RecordingLog(), FakePublisher()
-    assert Service(config, listeners=[PublishListener(publisher)], logger=log).run() == 0
+    log, publisher = watch_once(watch, out, params)
     for i in range(2):
         record = json.loads((out / f"m{i}.motion.json").read_text())
         assert record["detector_pattern"]["detected"] is True

@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
-from fake_publisher import FakePublisher
-from recording_log import RecordingLog
+from service_run import watch_once
 
 from correction.params import CorrectionParams, DoseParams, GainParams
 from correction.synthetic import render_movie
-
-from daemon.engine.service import Service
-from daemon.feed.listener import PublishListener
-from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 
 
@@ -35,10 +30,7 @@ def test_a_rotated_gain_is_named_once_with_the_motioncor2_flags_that_fit(tmp_pat
         mrc.set_data(np.ascontiguousarray(np.rot90(gain, 2)).astype(np.float32))  # stored upside down
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                               gain=GainParams(gain_path=tmp_path / "gain.mrc"))
-    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
-                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning")
-    log, publisher = RecordingLog(), FakePublisher()
-    assert Service(config, listeners=[PublishListener(publisher)], logger=log).run() == 0
+    log, publisher = watch_once(watch, out, params, log_level="warning")
     done = [f for level, e, f in log.events if e == "movie_done"]
     suspects = [f for level, e, f in log.events if e == "gain_orientation_suspect"]
     assert len(done) == 2 and len(suspects) == 1

@@ -7,13 +7,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from fake_publisher import FakePublisher
-from recording_log import RecordingLog
+from service_run import watch_once
 
 from correction.params import AlignParams, CorrectionParams, DoseParams
-from daemon.engine.service import Service
-from daemon.feed.listener import PublishListener
-from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 
 
@@ -25,10 +21,7 @@ def test_a_movie_of_noise_alone_is_named_as_not_aligned_in_the_log_and_the_feed(
     write_movie_progressively(watch / "empty.mrc", frames, pixel_size_A=1.1, frame_interval_s=0)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.05),
                               align=AlignParams(patches_x=1, patches_y=1))
-    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
-                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on")
-    log, publisher = RecordingLog(), FakePublisher()
-    assert Service(config, listeners=[PublishListener(publisher)], logger=log).run() == 0
+    log, publisher = watch_once(watch, out, params)
     record = json.loads((out / "empty.motion.json").read_text())
     assert record["alignment"]["supported"] is False
     assert record["global_shifts_px"] == [[0.0, 0.0]] * 10

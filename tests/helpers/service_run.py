@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["run_until_idle"]
+__all__ = ["run_until_idle", "watch_once"]
 
 
 def run_until_idle(service: Any, *, guard_s: float = 60.0,
@@ -22,3 +22,23 @@ def run_until_idle(service: Any, *, guard_s: float = 60.0,
         assert service.run() == 0
     finally:
         guard.cancel()
+
+
+def watch_once(watch: Any, out: Any, params: Any, **config: Any) -> tuple[Any, Any]:
+    """Run a service on ``watch`` (outputs and state in ``out``) until it is idle, its feed
+    going to a :class:`FakePublisher` and its log to a :class:`RecordingLog`; returns
+    ``(log, publisher)``. Fast test timings; ``config`` overrides any :class:`Config` field."""
+    from fake_publisher import FakePublisher  # noqa: PLC0415 - test helpers, on sys.path
+    from recording_log import RecordingLog  # noqa: PLC0415
+
+    from daemon.engine.service import Service  # noqa: PLC0415
+    from daemon.feed.listener import PublishListener  # noqa: PLC0415
+    from daemon.settings.config import Config  # noqa: PLC0415
+
+    fields = {"settle_time_s": 0.1, "scan_interval_s": 0.05, "heartbeat_s": 0.2,
+              "exit_when_idle_s": 0.5, "polling": "on", **config}
+    log, publisher = RecordingLog(), FakePublisher()
+    service = Service(Config(watch, out, out, params, **fields),
+                      listeners=[PublishListener(publisher)], logger=log)
+    assert service.run() == 0
+    return log, publisher
