@@ -90,7 +90,8 @@ class DetectorPatternCheck:
         """One line for a movie whose frames share a fixed pattern."""
         cause = ("the gain reference does not remove it (another camera mode, session or "
                  "orientation?)" if gain_given else
-                 "no gain reference was given (--gain): the frames look unnormalised")
+                 "no gain reference was given (--gain): the frames are unnormalised, or were "
+                 "normalised with a gain that does not fit them")
         return (f"the frames share a pattern fixed to the detector (even/odd FRC "
                 f"{self.frc_high:.3f} at 0.8-1.0 Nyquist in detector coordinates, "
                 f"{self.significance:.0f} sigma, as high as at mid frequencies, where a "
