@@ -288,6 +288,31 @@ def test_a_few_frames_whose_peaks_are_noise_far_away_follow_the_others():
     assert _rms(out.shifts_yx_px, truth) < 0.6 * _rms(np.zeros_like(truth), truth)
 
 
+def test_an_isolated_peak_that_barely_clears_the_noise_far_from_its_neighbours_is_stray():
+    """The first whole-window search of a tilt at 0.03 e/px/frame in groups of 2 (1024^2, 20
+    frames): the first group's maximum lay 78 px from the others, at 5.07 sigma against the
+    4.96 noise reaches; followed, it put the frames 26 px RMS off. A peak that far from where
+    its neighbours in time place it must stand out from noise by a margin to be believed."""
+    from correction.align_global import _replace_stray_peaks
+
+    peaks = np.array([[50.4, 60.1], [-0.2, -0.6], [-2.0, 0.2], [-0.4, -1.6], [0.9, 1.6],
+                      [-1.0, 1.4], [-0.4, 1.6], [2.4, -0.2], [0.8, 0.1], [-0.9, -2.1]])
+    significance = np.array([5.07, 5.03, 4.73, 4.54, 6.0, 4.88, 4.45, 6.12, 4.63, 4.24])
+    kept = _replace_stray_peaks(peaks, significance, 4.96, 80.0)
+    assert np.hypot(*kept[0]) < 3.0  # on the others' path
+    np.testing.assert_array_equal(kept[1:], peaks[1:])
+
+
+def test_a_large_drift_whose_peaks_barely_clear_the_noise_is_followed_to_its_ends():
+    """80 px over 10 groups, every peak just above noise: each lies where its neighbours in
+    time place it, however far from the middle of the path, so none is stray."""
+    from correction.align_global import _replace_stray_peaks
+
+    peaks = np.stack([np.zeros(10), np.linspace(-40, 40, 10)], axis=1)
+    significance = np.full(10, 5.1)
+    np.testing.assert_array_equal(_replace_stray_peaks(peaks, significance, 4.96, 80.0), peaks)
+
+
 def test_a_drift_beyond_the_search_limit_is_named_in_a_warning():
     """200 px over 10 frames (a stage that had not settled) against --max-shift 80: the
     shifts stop at the limit and the sum is blurred; nothing said so."""
