@@ -13,18 +13,24 @@ Measurement
     mean normalised correlation coefficient of its frames with their leave-one-out references.
 
 Model and why
-    The displacement field is a polynomial of low total degree in space times a polynomial in
-    time without a constant term (RELION-like, Zivanov et al. 2019)::
+    The displacement field is a polynomial of low total degree in space times a combination of
+    time functions without a constant term (after RELION, Zivanov et al. 2019)::
 
-        d(y, x, t) = sum_{a+b <= S} sum_{k=1..T} c_abk * u^a v^b * (tau^k - mean_t tau^k)
+        d(y, x, t) = sum_{a+b <= S} sum_{k=1..T} c_abk * u^a v^b * (T_k(t) - mean_t T_k)
 
-    with ``u = x / nx - 1/2`` and ``v = y / ny - 1/2`` in [-1/2, 1/2], ``tau = t / (n - 1)`` and
-    ``S = 3``, ``T = 5`` by default (10 x 5 = 50 coefficients per axis; RELION uses S = 2,
-    T = 3). Beam-induced motion is fast in the first frames and slow later (about
-    ``1 - exp(-t / 2 frames)``): a cubic in time misses that by up to ~2 % of the amplitude,
-    and a quadratic in space misses a gentle swirl at the frame's corners; on a 10-px corner
-    field at 4K the fit to the *true* patch-centre displacements errs by 0.046 px RMS with
-    S = 2, T = 3 and by 0.002 px with S = 3, T = 5. 25 patches x n frames still over-determine
+    with ``u = x / nx - 1/2`` and ``v = y / ny - 1/2`` in [-1/2, 1/2], ``T_1 = tau = t / (n -
+    1)`` (a steady drift, exactly) and ``T_k = s^(k-1)`` for k = 2..T with log time ``s = ln(1 +
+    t) / ln(n)``, and ``S = 3``, ``T = 5`` by default (10 x 5 = 50 coefficients per axis;
+    RELION uses S = 2 and a cubic in time). Beam-induced motion is fast in the first frames and
+    slow later (about ``1 - exp(-t / 2 frames)``), on the scale of frames, not of the movie: a
+    polynomial in ``tau`` of degree 5 follows it at 10 frames but misses it by 10 % of its
+    amplitude at 40 frames and 21 % at 60 (23-38 % for a 1-frame time constant), so 40-frame
+    movies with strong local motion had their patches rejected (the smooth misfit counted as
+    disagreement) or an early-frame field up to 1.8 px off; in log time the misfit is 0.4-0.6 %
+    at 40-60 frames (1.3-2.1 % for the 1-frame constant) and a steady drift is still exact. A
+    quadratic in space misses a gentle swirl at the frame's corners; on a 10-px corner field at
+    4K the fit to the *true* patch-centre displacements errs by 0.046 px RMS with S = 2 and a
+    cubic in time, and by 0.002 px with S = 3, T = 5. 25 patches x n frames still over-determine
     the model several times. Each time basis function
     averages to zero over the frames, so the model displaces every point by zero on average: the
     corrected sum keeps the geometry of the aligned sum (the mean position of the specimen) and
@@ -45,9 +51,12 @@ Robust fit
 
 Low-dose safety rule
     Local correction is applied only when the data say the model can be trusted: enough
-    patches accepted, a median patch confidence above ``min_confidence`` and a predicted RMS
+    patches accepted, a median patch confidence above ``min_confidence``, a predicted RMS
     error of the fitted displacements (from the least-squares covariance and the robust residual
-    scale) below ``max_predicted_error_px``. Otherwise the result says why, and the caller keeps
+    scale, corrected for the parameters the fit spent) below ``max_predicted_error_px``, and
+    fitted motion at the patches that measured it (accepted, with signal) of more than
+    ``min_significance`` times that error: the model's extrapolation over empty patches (a hole,
+    vacuum, the dark side of a beam edge) is no evidence of local motion. Otherwise the result says why, and the caller keeps
     the global correction only. At tomography doses (0.1-0.5 e/px/frame) the patches carry too
     little signal and the rule falls back.
 
@@ -356,9 +365,13 @@ def _spatial_basis(y: np.ndarray, x: np.ndarray, shape_yx: tuple[int, int], degr
 
 
 def _temporal_basis(n_frames: int, degree: int) -> np.ndarray:
-    """Time basis ``tau^k - mean(tau^k)``, k = 1..degree, shape (n_frames, degree)."""
-    tau = np.arange(n_frames, dtype=np.float64) / max(1, n_frames - 1)
-    basis = np.stack([tau**k for k in range(1, degree + 1)], axis=-1)
+    """Time basis of ``degree`` functions, each minus its mean over the frames, shape
+    (n_frames, degree): ``tau`` (linear in time) and ``s^k``, k = 1..degree - 1, with ``s =
+    ln(1 + frame) / ln(n_frames)`` (log time, 0..1: see the module docstring)."""
+    frame = np.arange(n_frames, dtype=np.float64)
+    tau = frame / max(1, n_frames - 1)
+    s = np.log1p(frame) / np.log(max(2, n_frames))
+    basis = np.stack([tau] + [s**k for k in range(1, degree)], axis=-1)
     return basis - basis.mean(axis=0, keepdims=True)
 
 
@@ -383,7 +396,7 @@ class LocalMotionModel:
     temporal_degree: int
     coefficients_yx: np.ndarray
 
-    name = "polynomial_xyt"
+    name = "polynomial_xy_logt"
 
     def displacement_yx_px(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Local displacement ``[dy, dx]`` at output positions ``(y, x)`` (pixels).
@@ -408,9 +421,10 @@ class LocalMotionModel:
         """JSON-ready description of the model and its coefficients."""
         return {
             "name": self.name,
-            "formula": ("d(x, y, t) = sum c[a][b][k] * u^a * v^b * (tau^k - mean_frames tau^k), "
-                        "u = x/nx - 0.5, v = y/ny - 0.5, tau = frame/(n_frames - 1), "
-                        "k = 1..temporal_degree, a + b <= spatial_degree; output pixels"),
+            "formula": ("d(x, y, t) = sum c[a][b][k] * u^a * v^b * (T_k - mean_frames T_k), "
+                        "u = x/nx - 0.5, v = y/ny - 0.5, T_1 = frame/(n_frames - 1), "
+                        "T_k = s^(k-1) for k = 2..temporal_degree with s = ln(1 + frame) / "
+                        "ln(n_frames), a + b <= spatial_degree; output pixels"),
             "spatial_degree": self.spatial_degree,
             "temporal_degree": self.temporal_degree,
             "spatial_terms_uv": [list(t) for t in _spatial_terms(self.spatial_degree)],
@@ -538,7 +552,14 @@ def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
         acc = ~rejected
         dm = design_model.reshape(n_p, n_f, n_model)[acc].reshape(-1, n_model)
         var = np.einsum("ij,jk,ik->i", dm, cov_model, dm) if dm.size else np.array([np.inf])
-        predicted = float(sigma * np.sqrt(2.0 * np.mean(var)))
+        # residuals of a fit are smaller than the noise by the parameters it spent on them: the
+        # noise is sigma * sqrt(N / (N - p)) for N observations per component and p parameters
+        # (the model's and one offset per accepted patch): 1.2-1.35 with 15-25 patches x 10
+        # frames; without it, a fit to half a frame of vacuum predicted 0.027 px and erred by 0.09
+        n_obs = int(np.count_nonzero(ww > 0))
+        n_par = n_model + int(np.sum(acc))
+        dof = np.sqrt(n_obs / (n_obs - n_par)) if n_obs > n_par else np.inf
+        predicted = float(sigma * dof * np.sqrt(2.0 * np.mean(var)))
     except np.linalg.LinAlgError:
         predicted = float("inf")
     return ModelFit(model, fitted, measured, rejected, ww.reshape(n_p, n_f), float(sigma),
@@ -673,7 +694,11 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     # grouped frames share one measurement per group: fewer independent observations
     predicted = fit.predicted_error_px * float(np.sqrt(n / max(1, n_groups)))
     median_conf = float(np.median(conf))
-    amplitude = float(np.sqrt(np.mean(np.sum(fit.fitted_yx_px ** 2, axis=-1))))
+    # the fitted motion where patches measured it: at a rejected or empty patch (vacuum, a hole)
+    # the model is extrapolation, which cannot count as evidence of local motion
+    measured = ~fit.rejected & (np.clip(conf, 0, None) > 0)
+    amplitude = (float(np.sqrt(np.mean(np.sum(fit.fitted_yx_px[measured] ** 2, axis=-1))))
+                 if measured.any() else 0.0)
     if median_conf < local.min_confidence:
         applied, reason = False, (f"too little signal in the patches (median confidence "
                                   f"{median_conf:.3f} < {local.min_confidence}): global only")
