@@ -51,7 +51,9 @@ Robust fit
 
 Low-dose safety rule
     Local correction is applied only when the data say the model can be trusted: enough
-    patches accepted, a median patch confidence above ``min_confidence``, a predicted RMS
+    patches with signal (confidence at least ``min_confidence``: at least six and a quarter of
+    the grid, so that a frame mostly of vacuum or a hole is judged by its specimen) and enough of
+    them accepted, a predicted RMS
     error of the fitted displacements (from the least-squares covariance and the robust residual
     scale, corrected for the parameters the fit spent) below ``max_predicted_error_px``, and
     fitted motion at the patches that measured it (accepted, with signal) of more than
@@ -103,6 +105,8 @@ __all__ = [
 ]
 
 _TUKEY_C = 4.685
+_MIN_SIGNAL_PATCHES = 6  # fewest patches with signal a local model is fitted to
+_MIN_SIGNAL_FRACTION = 0.25  # ... and the fewest as a fraction of the grid
 _MIN_PATCH_PX = 64  # smaller patches give unreliable peaks (and error predictions)
 
 
@@ -124,13 +128,14 @@ class LocalParams:
     group_frames : int or None
         Consecutive frames summed for the patch correlations; None uses AlignParams.group_frames.
     min_confidence : float
-        Median patch confidence (normalised correlation coefficient) below which local
-        correction is not applied.
+        Patch confidence (normalised correlation coefficient) from which a patch has signal;
+        with fewer than max(6, a quarter of the grid) such patches local correction is not
+        applied, and empty patches (vacuum, a hole) count neither for nor against the fit.
     max_predicted_error_px : float
         Predicted RMS error of the fitted displacement (output px) above which local correction
         is not applied.
     min_patch_fraction : float
-        Fraction of patches that must be accepted by the robust fit.
+        Fraction of the patches with signal that must be accepted by the robust fit.
     min_significance : float
         The RMS fitted local displacement must exceed this many times the predicted error;
         otherwise there is no measurable local motion and the global result is kept as is.
@@ -690,21 +695,22 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
                           # grouped frames: no more time terms than the groups support
                           temporal_degree=min(local.temporal_degree, max(1, n_groups - 2)))
     n_patches = len(conf)
-    n_acc = int(np.sum(~fit.rejected))
+    # patches with signal: an empty one (vacuum, a hole, the dark side of a beam edge) neither
+    # counts against the fit nor as evidence of motion (at it, the model is extrapolation)
+    signal = conf >= local.min_confidence
+    n_signal = int(np.sum(signal))
+    measured = ~fit.rejected & signal
+    n_acc = int(np.sum(measured))
     # grouped frames share one measurement per group: fewer independent observations
     predicted = fit.predicted_error_px * float(np.sqrt(n / max(1, n_groups)))
-    median_conf = float(np.median(conf))
-    # the fitted motion where patches measured it: at a rejected or empty patch (vacuum, a hole)
-    # the model is extrapolation, which cannot count as evidence of local motion
-    measured = ~fit.rejected & (np.clip(conf, 0, None) > 0)
     amplitude = (float(np.sqrt(np.mean(np.sum(fit.fitted_yx_px[measured] ** 2, axis=-1))))
                  if measured.any() else 0.0)
-    if median_conf < local.min_confidence:
-        applied, reason = False, (f"too little signal in the patches (median confidence "
-                                  f"{median_conf:.3f} < {local.min_confidence}): global only")
-    elif n_acc < local.min_patch_fraction * n_patches:
-        applied, reason = False, (f"only {n_acc} of {n_patches} patches agree with a smooth "
-                                  "model: global only")
+    if n_signal < max(_MIN_SIGNAL_PATCHES, _MIN_SIGNAL_FRACTION * n_patches):
+        applied, reason = False, (f"too little signal in the patches ({n_signal} of {n_patches} "
+                                  f"with confidence >= {local.min_confidence}): global only")
+    elif n_acc < local.min_patch_fraction * n_signal:
+        applied, reason = False, (f"only {n_acc} of {n_signal} patches with signal agree with a "
+                                  "smooth model: global only")
     elif not predicted <= local.max_predicted_error_px:
         applied, reason = False, (f"local model too uncertain (predicted error "
                                   f"{predicted:.3f} px > "
@@ -713,7 +719,8 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
         applied, reason = False, (f"no significant local motion (RMS {amplitude:.3f} px, "
                                   f"predicted error {predicted:.3f} px): global only")
     else:
-        applied, reason = True, (f"{n_acc} of {n_patches} patches fitted, local motion RMS "
+        applied, reason = True, (f"{n_acc} of {n_patches} patches fitted ({n_signal} with "
+                                 f"signal), local motion RMS "
                                  f"{amplitude:.3f} px, predicted error "
                                  f"{predicted:.3f} px")
     return LocalMotion(applied, reason, fit.model, grid, grid.centres_yx_px, fit.measured_yx_px,

@@ -286,6 +286,31 @@ def test_half_a_frame_of_vacuum_does_not_pass_for_local_motion():
     assert "no significant local motion" in lm.reason
 
 
+def test_a_frame_mostly_of_vacuum_is_judged_by_its_specimen():
+    """60 % of the frame a hole (flat counts), an 8-px corner field on the specimen: the empty
+    patches counted as patches that disagree (only 11 of 25), and the field was not applied.
+    Patches without signal count neither for nor against the fit."""
+    rng = np.random.default_rng(22)
+    shape = (1024, 1024)
+    field = LocalDeformation(shape, 10, corner_amplitude_px=8.0, seed=22)
+    movie = render_local_movie(shape, 10, dose_per_pixel=0.5, deformation=field,
+                               global_shifts_yx_px=smooth_global_drift(10, total_px=6.0, rng=rng),
+                               rng=rng, contrast=0.3)
+    frames = movie.frames.copy()
+    frames[:, :, 410:] = rng.poisson(0.6, (10, 1024, 1024 - 410))
+    shifts, lm = _global_then_local(frames)
+    assert lm.applied, lm.reason
+    specimen = ~lm.rejected & (lm.confidence >= LocalParams().min_confidence)
+    c = lm.patch_centres_yx_px[specimen]
+    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
+    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
+    true -= true.mean(axis=0)
+    found = shifts[:, None, :] + lm.fitted_yx_px[specimen].transpose(1, 0, 2)
+    found -= found.mean(axis=0)
+    global_only = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
+    assert _rms(found - true) < 0.4 * _rms(global_only - true)  # 0.17 against 0.65 px
+
+
 def test_tomography_dose_falls_back_to_global_only_and_says_why():
     rng = np.random.default_rng(12)
     shape = (1024, 1024)
