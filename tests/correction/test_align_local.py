@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from local_movies import local_movie
 from scipy.ndimage import gaussian_filter
 
 from correction.align_global import estimate_shifts
@@ -274,11 +275,8 @@ def test_half_a_frame_of_vacuum_does_not_pass_for_local_motion():
     a predicted error of 0.045 px), and a spurious field was applied, 2-4x further from the
     truth than the global result. Motion counts where patches measured it, and the predicted
     error allows for the parameters the fit spent."""
-    rng = np.random.default_rng(11)
-    shape = (1024, 1024)
-    movie = render_local_movie(shape, 10, dose_per_pixel=0.3,
-                               global_shifts_yx_px=smooth_global_drift(10, total_px=6.0, rng=rng),
-                               rng=rng, contrast=0.3)
+    movie, _, rng = local_movie(11, (1024, 1024), 10, e_per_px=0.3, corner_px=0.0,
+                                drift_px=6.0, contrast=0.3)
     frames = movie.frames.copy()
     frames[:, :, 512:] = rng.poisson(0.36, (10, 1024, 512))
     _, lm = _global_then_local(frames)
@@ -290,12 +288,8 @@ def test_a_frame_mostly_of_vacuum_is_judged_by_its_specimen():
     """60 % of the frame a hole (flat counts), an 8-px corner field on the specimen: the empty
     patches counted as patches that disagree (only 11 of 25), and the field was not applied.
     Patches without signal count neither for nor against the fit."""
-    rng = np.random.default_rng(22)
-    shape = (1024, 1024)
-    field = LocalDeformation(shape, 10, corner_amplitude_px=8.0, seed=22)
-    movie = render_local_movie(shape, 10, dose_per_pixel=0.5, deformation=field,
-                               global_shifts_yx_px=smooth_global_drift(10, total_px=6.0, rng=rng),
-                               rng=rng, contrast=0.3)
+    movie, _, rng = local_movie(22, (1024, 1024), 10, e_per_px=0.5, corner_px=8.0,
+                                drift_px=6.0, contrast=0.3)
     frames = movie.frames.copy()
     frames[:, :, 410:] = rng.poisson(0.6, (10, 1024, 1024 - 410))
     shifts, lm = _global_then_local(frames)
@@ -398,23 +392,30 @@ def _centred_truth_at(field: LocalDeformation, centres: np.ndarray) -> np.ndarra
     return (d - d.mean(axis=0)).transpose(1, 0, 2)
 
 
-def test_default_model_fits_a_strong_non_polynomial_field_within_0_03_px_at_patch_centres():
-    """10 px corner field at 4K (fast early motion, doming, swirl): the default model's own
-    floor (fit to the true displacements) is below 0.01 px, and the fit to patch shifts with
-    0.03 px noise and unknown per-patch offsets is within 0.03 px of the truth."""
-    rng = np.random.default_rng(41)
-    shape, n_frames = (4096, 4096), 10
-    field = LocalDeformation(shape, n_frames, corner_amplitude_px=10.0, seed=41)
+def _default_fits_at_4k(seed: int, n_frames: int, *, corner_px: float, noise_px: float):
+    """The true displacements of a 4K field at a 5 x 5 patch grid's centres, the default
+    model fitted to them (its own floor), and fitted to them with ``noise_px`` of noise and
+    an unknown offset per patch (as measured): ``(true, oracle_fit, fit)``."""
+    rng = np.random.default_rng(seed)
+    shape = (4096, 4096)
+    field = LocalDeformation(shape, n_frames, corner_amplitude_px=corner_px, seed=seed)
     centres = patch_grid((1024, 1024), shape, (5, 5)).centres_yx_px
     true = _centred_truth_at(field, centres)
     defaults = LocalParams()
     degrees = dict(spatial_degree=defaults.spatial_degree,
                    temporal_degree=defaults.temporal_degree)
     oracle = fit_local_model(centres, true, shape_yx=shape, **degrees)
-    assert _rms(oracle.fitted_yx_px - true) < 0.01
-    measured = (true + rng.normal(scale=0.03, size=true.shape)
+    measured = (true + rng.normal(scale=noise_px, size=true.shape)
                 + rng.normal(scale=3.0, size=(len(centres), 1, 2)))
-    fit = fit_local_model(centres, measured, shape_yx=shape, **degrees)
+    return true, oracle, fit_local_model(centres, measured, shape_yx=shape, **degrees)
+
+
+def test_default_model_fits_a_strong_non_polynomial_field_within_0_03_px_at_patch_centres():
+    """10 px corner field at 4K (fast early motion, doming, swirl): the default model's own
+    floor (fit to the true displacements) is below 0.01 px, and the fit to patch shifts with
+    0.03 px noise and unknown per-patch offsets is within 0.03 px of the truth."""
+    true, oracle, fit = _default_fits_at_4k(41, 10, corner_px=10.0, noise_px=0.03)
+    assert _rms(oracle.fitted_yx_px - true) < 0.01
     assert not fit.rejected.any()
     assert _rms(fit.fitted_yx_px - true) < 0.03
 
@@ -425,20 +426,9 @@ def test_default_model_follows_the_fast_early_motion_of_long_movies(n_frames):
     polynomials of frame / (n - 1) the fit to the true displacements of an 8-px corner field
     erred by 0.22 px RMS and 1.8 px in the first frame at 40 frames, and noisy patch shifts
     had half their patches rejected (the shared misfit counted as disagreement)."""
-    rng = np.random.default_rng(44)
-    shape = (4096, 4096)
-    field = LocalDeformation(shape, n_frames, corner_amplitude_px=8.0, seed=44)
-    centres = patch_grid((1024, 1024), shape, (5, 5)).centres_yx_px
-    true = _centred_truth_at(field, centres)
-    defaults = LocalParams()
-    degrees = dict(spatial_degree=defaults.spatial_degree,
-                   temporal_degree=defaults.temporal_degree)
-    oracle = fit_local_model(centres, true, shape_yx=shape, **degrees)
+    true, oracle, fit = _default_fits_at_4k(44, n_frames, corner_px=8.0, noise_px=0.04)
     assert _rms(oracle.fitted_yx_px - true) < 0.03
     assert np.abs(oracle.fitted_yx_px - true).max() < 0.15
-    measured = (true + rng.normal(scale=0.04, size=true.shape)
-                + rng.normal(scale=3.0, size=(len(centres), 1, 2)))
-    fit = fit_local_model(centres, measured, shape_yx=shape, **degrees)
     assert not fit.rejected.any()
     assert _rms(fit.fitted_yx_px - true) < 0.04
 

@@ -182,16 +182,12 @@ def test_even_odd_resolution_after_local_correction_agrees_with_the_image_space_
     """With local correction applied, the halves are images again: the estimate comes from
     their float32 spectra with the axis bands left out; the tapered image-space FRC is the
     reference (within 10 %)."""
-    from correction.frc import even_odd_resolution
-    from correction.synthetic_local import (LocalDeformation, render_local_movie,
-                                            smooth_global_drift)
+    from local_movies import local_movie
 
-    rng = np.random.default_rng(7)
-    shape = (1024, 1024)
-    field = LocalDeformation(shape, 10, corner_amplitude_px=3.0, seed=7)
-    movie = render_local_movie(shape, 10, dose_per_pixel=1.5, deformation=field,
-                               global_shifts_yx_px=smooth_global_drift(10, total_px=8.0, rng=rng),
-                               rng=rng, contrast=0.2)
+    from correction.frc import even_odd_resolution
+
+    movie, _, _ = local_movie(7, (1024, 1024), 10, e_per_px=1.5, corner_px=3.0, drift_px=8.0,
+                              contrast=0.2)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.5),
                               align=AlignParams(patches_x=3, patches_y=3))
     corrected = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=2)
