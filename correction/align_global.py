@@ -232,13 +232,16 @@ def _neighbour_path(peaks_yx: np.ndarray, reach: int = _STRAY_NEIGHBOURS) -> np.
     of those per axis (a drift's ends are extrapolated, and one wild neighbour cannot pull the
     prediction)."""
     n = peaks_yx.shape[0]
-    out = np.empty_like(peaks_yx)
-    for j in range(n):
-        near = [k for k in range(max(0, j - reach), min(n, j + reach + 1)) if k != j]
-        lines = [peaks_yx[a] + (peaks_yx[b] - peaks_yx[a]) * (j - a) / (b - a)
-                 for i, a in enumerate(near) for b in near[i + 1:]]
-        out[j] = np.median(lines, axis=0)
-    return out
+    offsets = [k for k in range(-reach, reach + 1) if k]
+    pairs = np.array([(a, b) for i, a in enumerate(offsets) for b in offsets[i + 1:]])
+    j = np.arange(n)[:, None]
+    first, second = j + pairs[None, :, 0], j + pairs[None, :, 1]  # (n, n_pairs)
+    valid = (first >= 0) & (second < n)
+    first, second = np.clip(first, 0, n - 1), np.clip(second, 0, n - 1)
+    fraction = (j - first) / np.where(second != first, second - first, 1)
+    lines = peaks_yx[first] + (peaks_yx[second] - peaks_yx[first]) * fraction[..., None]
+    lines[~valid] = np.nan
+    return np.nanmedian(lines, axis=1)
 
 
 def _replace_stray_peaks(peaks_yx: np.ndarray, significance: np.ndarray, noise_level: float,
