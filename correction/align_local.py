@@ -129,8 +129,9 @@ class LocalParams:
         Consecutive frames summed for the patch correlations; None uses AlignParams.group_frames.
     min_confidence : float
         Patch confidence (normalised correlation coefficient) from which a patch has signal;
-        with fewer than max(6, a quarter of the grid) such patches local correction is not
-        applied, and empty patches (vacuum, a hole) count neither for nor against the fit.
+        with fewer than max(6, a quarter of the grid) such patches (all of a smaller grid)
+        local correction is not applied, and empty patches (vacuum, a hole) count neither for
+        nor against its acceptance (in the fit they weigh by their confidence, about nothing).
     max_predicted_error_px : float
         Predicted RMS error of the fitted displacement (output px) above which local correction
         is not applied.
@@ -696,7 +697,7 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
                           temporal_degree=min(local.temporal_degree, max(1, n_groups - 2)))
     n_patches = len(conf)
     # patches with signal: an empty one (vacuum, a hole, the dark side of a beam edge) neither
-    # counts against the fit nor as evidence of motion (at it, the model is extrapolation)
+    # counts as disagreeing with the model nor as evidence of motion (there, it extrapolates)
     signal = conf >= local.min_confidence
     n_signal = int(np.sum(signal))
     measured = ~fit.rejected & signal
@@ -705,7 +706,8 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     predicted = fit.predicted_error_px * float(np.sqrt(n / max(1, n_groups)))
     amplitude = (float(np.sqrt(np.mean(np.sum(fit.fitted_yx_px[measured] ** 2, axis=-1))))
                  if measured.any() else 0.0)
-    if n_signal < max(_MIN_SIGNAL_PATCHES, _MIN_SIGNAL_FRACTION * n_patches):
+    # a small grid (2 x 2) needs signal in all its patches (its model is then judged below)
+    if n_signal < min(n_patches, max(_MIN_SIGNAL_PATCHES, _MIN_SIGNAL_FRACTION * n_patches)):
         applied, reason = False, (f"too little signal in the patches ({n_signal} of {n_patches} "
                                   f"with confidence >= {local.min_confidence}): global only")
     elif n_acc < local.min_patch_fraction * n_signal:

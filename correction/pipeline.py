@@ -650,9 +650,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     del pattern
     timings["detector_pattern"] = time.perf_counter() - t
     if detector_pattern is not None and detector_pattern.detected:
-        warnings.warn(detector_pattern.message(
-            gain_given=gain_reference is not None and gain_reference.gain_path is not None),
-            stacklevel=2)
+        warnings.warn(detector_pattern.message(gain_given=_gain_given(gain_reference)),
+                      stacklevel=2)
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
@@ -663,6 +662,13 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
                            gain_orientation=orientation, detector_pattern=detector_pattern)
+
+
+def _gain_given(gain_reference: GainReference | None) -> bool:
+    """Whether a gain was applied: a gain file, or (from arrays) a gain that is not all ones
+    (a reference of a dark or defects alone has a gain of ones)."""
+    return gain_reference is not None and (gain_reference.gain_path is not None
+                                           or not bool(np.all(gain_reference.gain == 1)))
 
 
 def _check_orientation(raw_sum: np.ndarray | None, used: np.ndarray,
@@ -1170,7 +1176,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {}),
                **({"detector_pattern": corrected.detector_pattern.to_record(
-                   gain_given=gain_reference is not None and gain_reference.gain_path is not None)}
+                   gain_given=corrected.detector_pattern.detected
+                   and _gain_given(gain_reference))}
                   if corrected.detector_pattern is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
     return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,

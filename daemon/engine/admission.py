@@ -99,16 +99,16 @@ class Admission:
         self._stems = OutputStems()
 
     def _look_again_at_requeued(self) -> None:
-        """After a ``motionwatch retry``, forget having handled the movie versions that no
-        longer have a row (their quarantine was lifted), so they are admitted afresh."""
+        """After a ``motionwatch retry``, forget having handled the movie versions whose
+        quarantine it lifted (the ledger lists them), so they are admitted afresh; another
+        row of the same version (done under earlier parameters) does not hide them."""
         try:
             ledger = self._ledger()
             serial = ledger.requeue_serial()
             if serial == self._requeue_serial:
                 return
             if self._requeue_serial is not None:
-                kept = {(r.key.path, r.key.size, r.key.mtime_ns) for r in ledger.rows()}
-                self._handled &= kept
+                self._handled.difference_update(ledger.requeued_since(self._requeue_serial))
         except sqlite3.Error:
             return  # looked at again at the next scan
         self._requeue_serial = serial

@@ -115,6 +115,16 @@ def write_movie_progressively(path: Path, frames: np.ndarray, *, pixel_size_A: f
     return written
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _serialem_datetime(t: time.struct_time) -> str:
+    """``DateTime`` as SerialEM writes it (``07-Jun-23  00:11:09``: English month, whatever
+    the locale)."""
+    return f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year % 100:02d}  " \
+           f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+
+
 def write_frame_mdoc(movie: Path, n_frames: int, *, pixel_size_A: float,
                      dose_per_frame_e_A2: float) -> Path:
     """SerialEM's per-movie ``<movie>.mdoc`` (``[FrameSet = 0]``), written after the frames,
@@ -126,7 +136,7 @@ def write_frame_mdoc(movie: Path, n_frames: int, *, pixel_size_A: float,
         [[("TiltAngle", 0.0), ("ExposureDose", n_frames * dose_per_frame_e_A2),
           ("PixelSpacing", pixel_size_A), ("SubFramePath", movie.name),
           ("NumSubFrames", n_frames), ("FrameDosesAndNumber", (dose_per_frame_e_A2, n_frames)),
-          ("DateTime", time.strftime("%d-%b-%y  %H:%M:%S"))]],
+          ("DateTime", _serialem_datetime(time.localtime()))]],
         section_key="FrameSet").encode()
     atomic_write(path, lambda fh: fh.write(payload))
     return path

@@ -155,6 +155,9 @@ def _row(r: sqlite3.Row) -> MovieRow:
 _KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
 #: the ``service_state`` key counting requeues (:meth:`Ledger.requeue`)
 _REQUEUE_SERIAL = "requeue_serial"
+#: the ``service_state`` key of the versions each requeue lifted, ``[serial, path, size, mtime]``
+_REQUEUED_VERSIONS = "requeued_versions"
+_REQUEUE_LOG_LENGTH = 5000
 
 
 def _k(key: MovieKey) -> tuple:
@@ -383,16 +386,30 @@ class Ledger:
             db.executemany(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status='quarantined'",
                            [_k(k) for k in chosen])
             if chosen:
-                db.execute("INSERT INTO service_state (key, value) VALUES (?, '1') ON CONFLICT "
-                           "(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-                           (_REQUEUE_SERIAL,))
+                serial = self._state_json(db, _REQUEUE_SERIAL, 0) + 1
+                log = self._state_json(db, _REQUEUED_VERSIONS, [])
+                log = (log + [[serial, k.path, k.size, k.mtime_ns] for k in chosen])
+                for key, value in ((_REQUEUE_SERIAL, serial),
+                                   (_REQUEUED_VERSIONS, log[-_REQUEUE_LOG_LENGTH:])):
+                    db.execute("INSERT INTO service_state (key, value) VALUES (?, ?) ON CONFLICT "
+                               "(key) DO UPDATE SET value = excluded.value",
+                               (key, json.dumps(value)))
         return chosen
+
+    @staticmethod
+    def _state_json(db: sqlite3.Connection, key: str, default: Any) -> Any:
+        r = db.execute("SELECT value FROM service_state WHERE key = ?", (key,)).fetchone()
+        return default if r is None else json.loads(r[0])
 
     def requeue_serial(self) -> int:
         """How many times :meth:`requeue` lifted a quarantine in this database (0: never)."""
-        r = self._db.execute("SELECT value FROM service_state WHERE key = ?",
-                             (_REQUEUE_SERIAL,)).fetchone()
-        return 0 if r is None else int(json.loads(r[0]))
+        return int(self._state_json(self._db, _REQUEUE_SERIAL, 0))
+
+    def requeued_since(self, serial: int) -> list[tuple[str, int, int]]:
+        """The movie versions ``(path, size, mtime_ns)`` whose quarantine :meth:`requeue`
+        lifted after requeue number ``serial`` (the last few thousand are kept)."""
+        log = self._state_json(self._db, _REQUEUED_VERSIONS, [])
+        return [(str(p), int(size), int(mtime)) for n, p, size, mtime in log if n > serial]
 
     def release(self, key: MovieKey) -> None:
         """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""

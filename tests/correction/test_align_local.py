@@ -305,6 +305,16 @@ def test_a_frame_mostly_of_vacuum_is_judged_by_its_specimen():
     assert _rms(found - true) < 0.4 * _rms(global_only - true)  # 0.17 against 0.65 px
 
 
+def test_a_small_patch_grid_with_signal_everywhere_is_not_called_empty():
+    """A 2 x 2 grid holds fewer than six patches: all four with signal is enough to judge its
+    model, and the reason must not say the patches lack signal."""
+    movie, _, _ = local_movie(7, (1024, 1024), 10, e_per_px=1.5, corner_px=6.0, drift_px=6.0,
+                              contrast=0.3)
+    _, lm = _global_then_local(movie.frames, AlignParams(patches_x=2, patches_y=2))
+    assert "too little signal" not in lm.reason
+    assert int(np.sum(lm.confidence >= LocalParams().min_confidence)) == 4
+
+
 def test_tomography_dose_falls_back_to_global_only_and_says_why():
     rng = np.random.default_rng(12)
     shape = (1024, 1024)

@@ -96,6 +96,15 @@ def test_correct_names_a_missing_gain_in_a_warning_and_the_record(tmp_path):
     assert "message" not in record["detector_pattern"]
 
 
+def test_a_gain_that_does_not_fit_is_named_as_such_not_as_missing():
+    movie = _movie(1, e_per_px=8.0, contrast=0.03, pixel_sigma=0.05, column_sigma=0.0)
+    flipped = GainReference.from_arrays(np.ascontiguousarray(movie.gain[::-1]))
+    with pytest.warns(UserWarning, match="the gain reference does not remove it"):
+        out = correct_frames(movie.frames, pixel_size_A=1.0, params=_params(8.0),
+                             gain_reference=flipped)
+    assert out.detector_pattern.detected
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_column_stripes_left_in_the_frames_do_not_hold_the_shifts_at_zero(seed):
     # 5 % per-column gain left uncorrected, 5 % contrast: with the cross in the correlations

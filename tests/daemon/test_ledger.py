@@ -227,6 +227,12 @@ def test_requeue_lifts_quarantines_by_dropping_their_rows_and_counts_the_requeue
     assert ledger.requeue() == [key("/d/a.mrc")]
     assert ledger.requeue() == []
     assert ledger.requeue_serial() == 2  # counts requeues that lifted a quarantine
+    # what each lifted, for a running daemon's admission to look at again
+    assert ledger.requeued_since(0) == [("/d/b.mrc", key("/d/b.mrc").size,
+                                         key("/d/b.mrc").mtime_ns),
+                                        ("/d/a.mrc", key("/d/a.mrc").size,
+                                         key("/d/a.mrc").mtime_ns)]
+    assert [v[0] for v in ledger.requeued_since(1)] == ["/d/a.mrc"]
     assert [(r.key.path, r.status) for r in ledger.rows()] == [
         ("/d/notes.txt", "quarantined"), ("/d/c.mrc", "pending")]
 

@@ -1,0 +1,72 @@
+"""``motionwatch retry`` while the daemon runs: a retried movie version is admitted afresh at
+the next scan, even when another row of the same file version remains (done under earlier
+parameters, e.g. before its series' dose moved)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+from recording_log import RecordingLog
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.engine.admission import Admission
+from daemon.engine.faults import LedgerWrites
+from daemon.events import MovieMetadata, Observation, ScanResult
+from daemon.simulation.movies import write_movie_progressively
+from daemon.state.ledger import Ledger
+
+
+class _MovableDose:
+    """A resolver whose dose the test moves, as a series mdoc's change would."""
+
+    def __init__(self) -> None:
+        self.dose = DoseParams(dose_per_frame_e_A2=1.0)
+        self.changed: list = []
+
+    def observe(self, scan):
+        changed, self.changed = self.changed, []
+        return changed
+
+    def resolve(self, observation, params, n_frames=None):
+        return MovieMetadata(dose=self.dose)
+
+
+def test_a_version_quarantined_under_new_parameters_is_taken_up_again_after_retry(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "o"
+    watch.mkdir()
+    out.mkdir()
+    movie = watch / "m.mrc"
+    write_movie_progressively(movie, np.ones((3, 32, 32), np.int16), pixel_size_A=1.0,
+                              frame_interval_s=0)
+    stat = movie.stat()
+    scan = ScanResult(observations=(Observation(movie, stat.st_size, stat.st_mtime_ns,
+                                                "movie"),))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    config = types.SimpleNamespace(params=params, settle_time_s=0.0, incomplete_grace_s=0.0,
+                                   require_frame_mdoc=False, watch_dir=watch, out_dir=out)
+    resolver, log, now = _MovableDose(), RecordingLog(), [0.0]
+    ledger = Ledger(out / "state.sqlite3")
+    admission = Admission(config, ledger=lambda: ledger, resolver=resolver, log=log,
+                          quarantined=lambda event: None, clock=lambda: now[0],
+                          writes=LedgerWrites(log, lambda: now[0]))
+
+    def scan_once() -> None:
+        now[0] += 10.0
+        admission.take(scan)
+
+    scan_once()
+    scan_once()
+    (first,) = [r.key for r in ledger.rows()]
+    ledger.claim(first)
+    ledger.mark_done(first, outputs={}, timings={}, summary={})
+    resolver.dose, resolver.changed = DoseParams(dose_per_frame_e_A2=2.0), [movie]
+    scan_once()  # redone under the new dose: a second row, which then fails for good
+    (second,) = [r.key for r in ledger.rows() if r.key != first]
+    ledger.claim(second)
+    ledger.mark_failed(second, "crashed", quarantine=True)
+
+    assert Ledger(out / "state.sqlite3").requeue() == [second]  # motionwatch retry
+    scan_once()
+    scan_once()
+    assert [(r.key, r.status) for r in ledger.rows()] == [(first, "done"), (second, "pending")]
