@@ -106,6 +106,17 @@ class FRCCurve:
             raise ParameterError("frequency_per_A needs pixel_size_A")
         return self.frequency_per_px / self.pixel_size_A
 
+    def band_mean(self, low_per_px: float, high_per_px: float) -> tuple[float, int]:
+        """FRC over the rings from ``low_per_px`` to ``high_per_px`` (cycles/px), each ring
+        weighted by its coefficients, and how many coefficients that is (full plane); ``(0.0,
+        0)`` for an empty band."""
+        band = ((self.frequency_per_px >= low_per_px) & (self.frequency_per_px <= high_per_px)
+                & np.isfinite(self.frc) & (self.n_coefficients > 0))
+        n = int(self.n_coefficients[band].sum())
+        if n == 0:
+            return 0.0, 0
+        return float(np.average(self.frc[band], weights=self.n_coefficients[band])), n
+
     def mean_up_to(self, frequency_per_px: float) -> float:
         """Mean FRC over the rings from the first above DC up to ``frequency_per_px`` (cycles/px)."""
         band = (self.frequency_per_px > 0) & (self.frequency_per_px <= frequency_per_px)
@@ -179,7 +190,7 @@ def edge_taper(shape: tuple[int, int], width_px: int, dtype: type = np.float32) 
 
 def fourier_ring_correlation(image1: np.ndarray, image2: np.ndarray, *,
                              pixel_size_A: float | None = None,
-                             edge_taper_px: int = 0,
+                             edge_taper_px: int = 0, axis_mask_px: int | None = 0,
                              workers: int | None = None) -> FRCCurve:
     """Fourier ring correlation of two images of the same shape.
 
@@ -194,6 +205,10 @@ def fourier_ring_correlation(image1: np.ndarray, image2: np.ndarray, *,
         over this many pixels (:func:`edge_taper`) before the transform. Two images of one field
         share its edge discontinuity (a periodic transform sees a jump where opposite edges
         meet), which correlates them at every frequency; the taper removes that bias.
+    axis_mask_px : int or None
+        When > 0, the coefficients with ``|kx|`` or ``|ky|`` below that many rings are left out
+        (where that edge discontinuity, and stripes along rows or columns, put their power);
+        None: the even/odd estimates' default (a 128th of the short side, at least 2).
     workers : int, optional
         Threads for ``scipy.fft`` (default: scipy's default, one).
 
@@ -230,7 +245,8 @@ def fourier_ring_correlation(image1: np.ndarray, image2: np.ndarray, *,
         b = (b - b.mean(dtype=np.float64).astype(dtype)) * window
     f1 = scipy.fft.rfft2(a, workers=workers)
     f2 = scipy.fft.rfft2(b, workers=workers)
-    return _frc_of_half_spectra(f1, f2, (ny, nx), pixel_size_A=pixel_size_A)
+    mask = _default_axis_mask((ny, nx)) if axis_mask_px is None else int(axis_mask_px)
+    return _frc_of_half_spectra(f1, f2, (ny, nx), pixel_size_A=pixel_size_A, axis_mask_px=mask)
 
 
 #: short side (px) from which the spectral even/odd FRC uses every other row of the spectra
