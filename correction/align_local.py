@@ -115,6 +115,7 @@ __all__ = [
     "PatchShifts",
     "LocalMotionModel",
     "ModelFit",
+    "DegreeChoice",
     "LocalMotion",
     "patch_grid",
     "aligned_frames",

@@ -353,8 +353,8 @@ def test_tomography_dose_falls_back_to_global_only_and_says_why():
 
 def test_at_tomography_dose_local_correction_is_nowhere_worse_than_global_only():
     """8 frames at 0.1 e/px/frame, a 3-px corner field at 1024²: the cubic model fitted to the
-    noisy patches swung beyond the outer patch centres, 1.3 px off at a corner where global
-    alignment alone erred by 0.96 px (local 0.37 px RMS over the frame against 0.44 global).
+    noisy patches swung beyond the outer patch centres: 1.31 px off at a corner, 0.97 px more
+    than global alignment alone there (0.37 px RMS over the frame against 0.44 global).
     The spatial degree is chosen by leave-one-patch-out cross-validation: a lower one here,
     better everywhere, corners included."""
     movie, _, _ = local_movie(0, (1024, 1024), 8, e_per_px=0.1, corner_px=3.0, drift_px=6.0,
