@@ -186,7 +186,8 @@ def _child(folder: Path, workers: int) -> None:
         defaults = LocalParams()
         fit = fit_local_model(c, local_true.transpose(1, 0, 2), shape_yx=(ny, nx),
                               spatial_degree=defaults.spatial_degree,
-                              temporal_degree=defaults.temporal_degree)
+                              temporal_degree=defaults.temporal_degree,
+                              choose_degree=False)  # the model class at its highest degree
         floor = _rms(fit.fitted_yx_px - local_true.transpose(1, 0, 2))
 
     frc = {}
