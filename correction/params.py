@@ -61,6 +61,9 @@ def flip_name(value: object) -> Flip:
                          f"0, 1, 2, got {value!r}")
 
 
+_MIN_VOLTAGE_KV, _MAX_VOLTAGE_KV = 60.0, 400.0  # accepted acceleration voltages
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ParameterError(message)
@@ -215,11 +218,14 @@ class DoseParams:
     frame_doses_per: Literal["frame", "raw_frame"] = "frame"
 
     def __post_init__(self) -> None:
-        _require(self.voltage_kV > 0, f"voltage_kV must be > 0 kV, got {self.voltage_kV}")
         for name in ("voltage_kV", "dose_per_frame_e_A2", "total_dose_e_A2", "pre_exposure_e_A2"):
             value = getattr(self, name)
             _require(value is None or math.isfinite(value),
                      f"{name} must be a finite number, got {value}")
+        # cryo-EM microscopes run at 100-300 kV; far outside is a unit mistake (V, MV)
+        _require(_MIN_VOLTAGE_KV <= self.voltage_kV <= _MAX_VOLTAGE_KV,
+                 f"voltage_kV must be {_MIN_VOLTAGE_KV:g}-{_MAX_VOLTAGE_KV:g} kV, got "
+                 f"{self.voltage_kV}")
         _require(self.frame_doses_e_A2 is None
                  or all(math.isfinite(v) for v in self.frame_doses_e_A2),
                  "frame_doses_e_A2 must be finite numbers")

@@ -1110,8 +1110,9 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                        spill_dir=out_dir if scratch_dir is None else Path(scratch_dir))
     pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
     if not pixel_size_A or not pixel_size_A > 0:
-        raise MissingPixelSizeError(movie_path, "no pixel size in the header and none given: "
-                                                "give --pixel-size Å (ReadParams.pixel_size_A)")
+        raise MissingPixelSizeError(movie_path, "no pixel size given and none usable in the "
+                                                "header (0, or exactly 1.0 Å, which writers "
+                                                "leave when they know none)")
     if gain_reference is None:
         gain_reference = load_gain_reference(params.gain)
     t_read = time.perf_counter() - t0

@@ -2,9 +2,9 @@
 
 K2/K3 gain references saved by SerialEM or GMS are often DM4. ncempy (openNCEM, maintained,
 pure Python on numpy) parses the tag tree; it is imported here only when such a file is read,
-so the rest of the library does not need it. It is the optional extra ``dm4``
-(``pip install 'motionwatch[dm4]'``), because it pulls in matplotlib, h5py and hdf5plugin. Gatan files start with a small RGB thumbnail,
-which ncempy skips.
+so the rest of the library does not need it. It is the optional extra ``dm4`` (``pip install
+-e '.[dm4]'`` in the checkout), because it pulls in matplotlib, h5py and hdf5plugin. Gatan
+files start with a small RGB thumbnail, which ncempy skips.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def read_dm_image(path: str | Path) -> tuple[np.ndarray, float | None]:
         from ncempy.io import dm  # noqa: PLC0415 - optional, only for Gatan files
     except ImportError:
         raise UnsupportedFormatError(path, "reading a Gatan DM4/DM3 file needs the optional "
-                                           "'dm4' extra: pip install 'motionwatch[dm4]'"
+                                           "'dm4' extra: pip install -e '.[dm4]' in the checkout"
                                            ) from None
     try:
         with dm.fileDM(str(path), on_memory=True) as handle:

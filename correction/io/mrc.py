@@ -143,6 +143,9 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
         raise UnsupportedFormatError(path, f"MRC mode {mode} ({_MODE_NAMES[mode]}) is not a "
                                            "movie format; motionwatch reads modes 0, 1, 2, 6, "
                                            "12 and 101")
+    if not 0 <= mode <= 255 and raw[208:212] != b"MAP ":  # text, an image of another kind
+        raise UnreadableMovieError(path, f"not an MRC file: no 'MAP ' stamp and the header's "
+                                         f"mode word reads {mode} (MRC modes are small numbers)")
     if mode not in MRC_MODES:
         raise UnsupportedFormatError(path, f"unknown MRC mode {mode}; motionwatch reads modes "
                                            "0, 1, 2, 6, 12 and 101")

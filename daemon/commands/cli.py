@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
 
 EPILOG = """examples:
   motionwatch demo ./motionwatch-demo
-  motionwatch correct movie.tif --gain gain.mrc --dose-per-frame 1.2 --out corrected/
+  motionwatch correct movie.tif --gain gain.mrc --pixel-size 0.83 --dose-per-frame 1.2 --out corrected/
   motionwatch watch /data/session --out /data/session/motioncorr --config session.toml
   motionwatch status /data/session/motioncorr
   motionwatch monitor tcp://127.0.0.1:5557

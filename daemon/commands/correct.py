@@ -54,7 +54,7 @@ def _fail(movie: Path, exc: BaseException) -> str:
     from correction.errors import CorrectionError, MissingPixelSizeError
 
     if isinstance(exc, CorrectionError):
-        hint = "; give one with --pixel-size (Å)" if isinstance(exc, MissingPixelSizeError) else ""
+        hint = "; give it with --pixel-size (Å)" if isinstance(exc, MissingPixelSizeError) else ""
         if exc.path is not None and Path(exc.path) == movie:
             return f"{exc}{hint}"
         return f"{movie}: {exc}{hint}"

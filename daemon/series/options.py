@@ -7,10 +7,14 @@ import argparse
 from daemon.series.resolution import DEFAULT_FILENAME_PATTERN, SeriesConfig
 from daemon.series.resolver import TiltSeriesResolver
 from daemon.settings.config import Config, ConfigError
+from daemon.settings.flags import in_flag_terms
 
 __all__ = ["add_series_arguments", "resolver_from_config"]
 
 _DEFAULTS = SeriesConfig()  # the one place the tilt-series defaults are set: SeriesConfig
+_FLAG_OF_FIELD = {"filename_pattern": "--filename-pattern", "dose_per_tilt_e_A2": "--dose-per-tilt",
+                  "metadata_wait_s": "--metadata-wait", "mdoc_quiet_s": "--mdoc-quiet",
+                  "idle_timeout_s": "--series-idle-timeout"}
 
 
 def add_series_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,4 +66,4 @@ def resolver_from_config(config: Config) -> TiltSeriesResolver:
                                   exposure_filtered=bool(o.get("exposure_filtered", False)),
                                   tilt_axis_deg=None if axis is None else float(axis))
     except ValueError as exc:
-        raise ConfigError([f"tilt series: {exc}"]) from None
+        raise ConfigError([in_flag_terms(str(exc), _FLAG_OF_FIELD)]) from None

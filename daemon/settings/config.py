@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -448,18 +449,19 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         try:
             with open(config_file, "rb") as fh:
                 table = tomllib.load(fh)
-        except OSError as exc:
-            problems.append(f"config file {config_file}: {exc.strerror or exc}")
-            table = {}
+        except OSError as exc:  # without the file, what else is missing means nothing
+            raise ConfigError([f"config file {config_file}: {exc.strerror or exc}"]) from None
         except tomllib.TOMLDecodeError as exc:
-            problems.append(f"config file {config_file}: not valid TOML ({exc})")
-            table = {}
+            raise ConfigError([f"config file {config_file}: not valid TOML ({exc})"]) from None
         for raw_key, value in table.items():
             dest = raw_key.replace("-", "_")
             action, as_flag = keys.get(dest, (None, False))
             if action is None:
-                problems.append(f"config key {raw_key!r}: unknown (known keys: the long option "
-                                f"names, e.g. settle_time for --settle-time)")
+                close = difflib.get_close_matches(dest, keys, n=1)
+                problems.append(f"config file {config_file}: unknown key {raw_key!r}"
+                                + (f" (did you mean {close[0]!r}?)" if close else "")
+                                + "; keys are the long option names, e.g. settle_time for "
+                                  "--settle-time")
                 continue
             clash = [from_file[d] for d in partners.get(action.dest, ()) if d in from_file]
             if clash:

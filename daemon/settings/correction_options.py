@@ -11,9 +11,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from correction.params import CorrectionParams
 
 __all__ = ["add_correction_arguments", "params_from_args"]
+
+# the flag that sets each checked field of correction.params (its messages name the field)
+_FLAG_OF_FIELD = {
+    "pixel_size_A": "--pixel-size", "bin_factor": "--bin", "throw_frames": "--throw",
+    "trunc_frames": "--trunc", "eer_group_frames": "--eer-group",
+    "eer_dose_per_fraction_e_A2": "--eer-dose-per-fraction", "eer_sampling": "--eer-sampling",
+    "voltage_kV": "--voltage", "dose_per_frame_e_A2": "--dose-per-frame",
+    "total_dose_e_A2": "--total-dose", "pre_exposure_e_A2": "--pre-exposure",
+    "rotate_quarter_turns": "--gain-rotate", "group_frames": "--group",
+    "max_shift_px": "--max-shift", "patches": "--patches",
+}
 
 
 def _flip(value: str) -> str:
@@ -36,6 +50,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
     dose_required : bool
         Require one of ``--dose-per-frame`` / ``--total-dose`` at parse time.
     """
+    from correction.params import AlignParams
+
+    align_defaults = AlignParams()
     ref = parser.add_argument_group("gain and references")
     ref.add_argument("--gain", type=Path, default=None, metavar="PATH",
                      help="gain reference (MRC, TIFF, EER .gain, DM4); corrected = "
@@ -101,13 +118,16 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "that each sum holds that many (1.5-3x more precise at 40-80 frames); "
                           "above, 1 is best, as a fast early jump is kept (default %(default)s)")
     ali.add_argument("--max-shift", type=float, default=None, metavar="PX",
-                     help="largest displacement searched (output pixels)")
+                     help="largest displacement searched (output pixels, default "
+                          f"{align_defaults.max_shift_px:g})")
     ali.add_argument("--patches", type=int, nargs=2, default=None, metavar=("NX", "NY"),
-                     help="patch grid for local (beam-induced) motion; 0 0 or 1 1 = global "
-                          "only (default 5 5)")
+                     help="patch grid for local (beam-induced) motion, as MotionCor2's -Patch; "
+                          "a count of 0 or 1 on either axis = global only (default "
+                          f"{align_defaults.patches_x} {align_defaults.patches_y})")
 
 
-def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = True):
+def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = True
+                     ) -> CorrectionParams:
     """Build :class:`~correction.params.CorrectionParams` from parsed flags.
 
     Parameters
@@ -125,14 +145,25 @@ def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = Tr
         A missing dose (when required) or an out-of-range value, as a one-line message naming it.
     """
     from correction.errors import ParameterError
-    from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
-                                   ReadParams)
+
+    from daemon.settings.flags import in_flag_terms
 
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     if dose_required and get("dose_per_frame") is None and get("total_dose") is None:
         raise ParameterError("no dose given: use --dose-per-frame e/Å² or --total-dose e/Å²")
     if get("dose_per_frame") is not None and get("total_dose") is not None:
         raise ParameterError("give only one of --dose-per-frame and --total-dose")
+    try:
+        return _params(get)
+    except ParameterError as exc:
+        raise ParameterError(in_flag_terms(str(exc), _FLAG_OF_FIELD)) from None
+
+
+def _params(get: Any) -> CorrectionParams:
+    """:class:`correction.params.CorrectionParams` from the options ``get(name, default)``."""
+    from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
+                                   ReadParams)
+
     dose = DoseParams(voltage_kV=float(get("voltage", 300.0)),
                       dose_per_frame_e_A2=get("dose_per_frame"),
                       total_dose_e_A2=get("total_dose"),

@@ -38,7 +38,7 @@ from daemon.work.workers import DEFAULT_RUNNER, Outcome, Task, WorkerPool
 __all__ = ["Executor", "ExecutorSettings", "JobQueueSettings", "add_executor_arguments",
            "executor_settings", "build_executor", "DASK_EXTRA_HINT", "JOBQUEUE_CLUSTERS"]
 
-DASK_EXTRA_HINT = "install the optional extra: pip install 'motionwatch[dask]'"
+DASK_EXTRA_HINT = "install the optional extra: pip install -e '.[dask]' in the checkout"
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
                      "lsf": "LSFCluster"}
 
@@ -139,7 +139,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("executor (where movies are corrected)")
     g.add_argument("--executor", choices=("local", "dask"), default="local",
                    help="local worker processes (default) or a Dask cluster "
-                        "(pip install 'motionwatch[dask]')")
+                        "(pip install -e '.[dask]' in the checkout)")
     g.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
                    help="Dask scheduler to connect to (needs --executor dask)")
     g.add_argument("--max-in-flight", type=int, default=None, metavar="N",

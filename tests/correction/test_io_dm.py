@@ -65,7 +65,7 @@ def test_without_ncempy_a_dm4_gain_fails_with_one_line_naming_the_dm4_extra(tmp_
         load_gain_reference(GainParams(gain_path=path))
     message = str(info.value)
     assert "\n" not in message and "K3gain.dm4" in message
-    assert "pip install 'motionwatch[dm4]'" in message
+    assert "pip install -e '.[dm4]' in the checkout" in message
 
 
 def test_ncempy_is_an_optional_extra_installed_with_the_tests_not_a_core_dependency():

@@ -191,6 +191,13 @@ def test_unsupported_mrc_modes_are_named(tmp_path, mode, words):
         read_movie(path)
 
 
+def test_a_text_file_named_mrc_is_called_not_an_mrc_file(tmp_path):
+    path = tmp_path / "notes.mrc"
+    path.write_text("exposure notes for grid 2\n" * 60)
+    with pytest.raises(UnreadableMovieError, match=r"notes\.mrc: not an MRC file"):
+        read_movie(path)
+
+
 def test_missing_file_is_unreadable_and_named(tmp_path):
     with pytest.raises(UnreadableMovieError, match=r"nothere\.mrc: no such file"):
         read_movie(tmp_path / "nothere.mrc")

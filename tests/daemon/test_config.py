@@ -63,7 +63,7 @@ def test_all_problems_are_reported_together(tmp_path):
         load_config(parse([str(tmp_path / "missing"), "--config", str(toml),
                            "--gain", str(tmp_path / "gain.mrc"), "--out", str(tmp_path / "o")]))
     text = "\n".join(info.value.problems)
-    for expected in ("workers must be >= 1", "'settle_time'", "'frobnicate': unknown",
+    for expected in ("workers must be >= 1", "'settle_time'", f"{toml}: unknown key 'frobnicate'",
                      "'polling': 'sometimes' is not one of",
                      "gain reference", "watch folder", "does not exist"):
         assert expected in text, expected
@@ -172,6 +172,40 @@ def test_invalid_toml_is_a_config_error(tmp_path, capsys):
     status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                    "--dose-per-frame", "1", "--config", str(tmp_path / "c.toml")])
     assert status == 78 and "not valid TOML" in capsys.readouterr().err
+
+
+def test_invalid_toml_is_the_only_problem_reported(tmp_path, capsys):
+    """Without the file, a folder it would have named is not missing: one line, naming it."""
+    (tmp_path / "c.toml").write_text('watch_dir = "w"\nout = "o"\nworkers = = 2\n')
+    status = main(["watch", "--config", str(tmp_path / "c.toml")])
+    err = capsys.readouterr().err
+    assert status == 78 and f"config file {tmp_path / 'c.toml'}: not valid TOML" in err
+    assert "no watch folder" not in err and "no output folder" not in err
+
+
+def test_a_misspelt_config_key_names_the_file_and_the_key_meant(tmp_path):
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "typo.toml"
+    toml.write_text("dose_per_frme = 1.0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                           "--config", str(toml)]))
+    assert info.value.problems[0].startswith(
+        f"config file {toml}: unknown key 'dose_per_frme' (did you mean 'dose_per_frame'?)")
+
+
+@pytest.mark.parametrize("key, value, flag", [("dose_per_frame", "-1.0", "--dose-per-frame"),
+                                              ("pixel_size", "0.0", "--pixel-size"),
+                                              ("voltage", "0.3", "--voltage"),
+                                              ("group", "0", "--group")])
+def test_a_bad_correction_value_is_named_by_its_option_not_by_a_field(tmp_path, key, value, flag):
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"{key} = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                           "--config", str(toml)]))
+    assert any(p.startswith(f"{flag} must be ") for p in info.value.problems), info.value.problems
 
 
 def test_output_folder_equal_to_the_watch_folder_is_refused(tmp_path):

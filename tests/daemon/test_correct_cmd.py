@@ -100,6 +100,26 @@ def test_infinite_dose_voltage_or_pixel_size_is_a_usage_error_not_an_internal_er
     assert not (tmp / "out").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--dose-per-frame", "-1"], "--dose-per-frame must be > 0 e/Å², got -1.0"),
+    (["--dose-per-frame", "1", "--bin", "0.5"], "--bin must be >= 1, got 0.5"),
+    (["--dose-per-frame", "1", "--voltage", "300000"], "--voltage must be 60-400 kV, got 300000.0"),
+])
+def test_a_bad_value_is_named_by_the_flag_that_gave_it(folder, capsys, flags, message):
+    tmp, good, _, _ = folder
+    assert main(["correct", str(good), "--out", str(tmp / "out"), *flags]) == exitcodes.USAGE
+    assert capsys.readouterr().err == f"motionwatch correct: {message}\n"
+
+
+def test_a_movie_without_a_pixel_size_says_so_once_with_the_flag_to_give(folder, capsys):
+    tmp, _, _, nopix = folder
+    main(["correct", str(nopix), "--out", str(tmp / "out"), "--dose-per-frame", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"motionwatch: {nopix}: no pixel size given and none usable in the header "
+                   "(0, or exactly 1.0 Å, which writers leave when they know none); give it "
+                   "with --pixel-size (Å)"]
+
+
 def test_output_folder_below_a_regular_file_fails_once_before_any_work(folder, capsys):
     tmp, good, _, _ = folder
     (tmp / "afile").write_text("x")

@@ -267,11 +267,11 @@ def test_bad_filename_pattern_is_a_configuration_error(tmp_path, capsys):
     (tmp_path / "w").mkdir()
     argv = ["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--dose-per-frame", "1"]
     assert main([*argv, "--filename-pattern", "(unclosed"]) == 78
-    assert "filename_pattern" in capsys.readouterr().err
+    assert "--filename-pattern is not a regular expression" in capsys.readouterr().err
     assert main([*argv, "--filename-pattern", r"(?P<series>\w+)"]) == 78  # no angle group
     (tmp_path / "c.toml").write_text('dose_per_tilt = -1.0\n')
     assert main([*argv, "--config", str(tmp_path / "c.toml")]) == 78
-    assert "dose_per_tilt_e_A2 must be > 0" in capsys.readouterr().err  # a known key, checked
+    assert "--dose-per-tilt must be > 0" in capsys.readouterr().err  # a known key, checked
 
 
 def test_demo_runs_a_tilt_series_session_by_default_and_one_movie_with_single(tmp_path, capsys):
