@@ -41,8 +41,8 @@ from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
 
-__all__ = ["add_handoff_arguments", "handoff_options_from", "build_handoff_listener",
-           "RelionListener"]
+__all__ = ["add_handoff_arguments", "add_relion_optics_arguments", "relion_optics_from_args",
+           "handoff_options_from", "build_handoff_listener", "RelionListener"]
 
 
 def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,21 +51,43 @@ def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--handoff", choices=("on", "off"), default="on",
                    help="keep corrected_micrographs.star, corrected_tilt_series.star, per-movie "
                         "RELION motion STARs and the Warp layout up to date (default on)")
-    g.add_argument("--spherical-aberration", type=float, default=2.7, metavar="MM",
-                   help="Cs for the RELION files (mm; default 2.7)")
-    g.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
-                   help="amplitude contrast for the RELION files (default 0.1)")
+    add_relion_optics_arguments(g)
     g.add_argument("--tomo-hand", type=int, choices=(1, -1), default=-1,
                    help="rlnTomoHand: -1 flips the defocus handedness (RELION's 'invert "
                         "defocus handedness', usual for SerialEM data; default -1)")
-    g.add_argument("--optics-group", default="optics1", metavar="NAME",
-                   help="optics group name for the RELION files (default optics1)")
-    g.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
-                   help="dose separating early from late accumulated motion (e/Å²; RELION's "
-                        "--dose_motionstats_cutoff, default 4)")
     g.add_argument("--warp-layout", choices=("on", "off"), default="on",
                    help="also link average/, average/even, average/odd and write a minimal "
                         "<movie>.xml for WarpTools ts_import (default on)")
+
+
+def add_relion_optics_arguments(group: Any) -> None:
+    """The RELION optics options, the same for ``watch`` and ``correct``: Cs, amplitude
+    contrast, optics group name, the early/late motion dose cutoff."""
+    group.add_argument("--spherical-aberration", type=float, default=2.7, metavar="MM",
+                       help="Cs for the RELION files (mm; default 2.7)")
+    group.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
+                       help="amplitude contrast for the RELION files (default 0.1)")
+    group.add_argument("--optics-group", default="optics1", metavar="NAME",
+                       help="optics group name for the RELION files (default optics1; several "
+                            "groups, one per distinct pixel size and voltage, are numbered: "
+                            "optics1, optics2, ...)")
+    group.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
+                       help="dose separating early from late accumulated motion (e/Å²; "
+                            "RELION's --dose_motionstats_cutoff, default 4)")
+
+
+def relion_optics_from_args(args: argparse.Namespace) -> RelionOptics:
+    """The :class:`RelionOptics` of ``motionwatch correct``'s options.
+
+    Raises
+    ------
+    ValueError
+        A bad value (negative Cs, amplitude contrast outside [0, 1), ...).
+    """
+    return RelionOptics(spherical_aberration_mm=float(args.spherical_aberration),
+                        amplitude_contrast=float(args.amplitude_contrast),
+                        optics_group_name=str(args.optics_group),
+                        motionstats_dose_cutoff_e_A2=float(args.motionstats_dose_cutoff))
 
 
 def handoff_options_from(config: Config) -> RelionOptics | None:
