@@ -63,7 +63,7 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "star_table", "write_star", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "RELION_GAIN_NAME", "relion_gain_names", "relion_gain_stamp",
-           "write_relion_gain", "optics_group_names"]
+           "write_relion_gain", "optics_group_names", "optics_key"]
 
 RELION_VERSION_LINE = "# version 50001"
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
@@ -470,7 +470,7 @@ def relative_to(path: str | Path, root: str | Path) -> str:
         return str(path)
 
 
-def _optics_key(motion: MovieMotion) -> tuple[float, float, float]:
+def optics_key(motion: MovieMotion) -> tuple[float, float, float]:
     """What tells optics groups apart among the movies: (voltage, movie pixel size, output
     pixel size), rounded so that float noise of a record does not split a group."""
     return (round(motion.voltage_kV, 3), round(motion.movie_pixel_size_A, 5),
@@ -498,7 +498,7 @@ def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
     them."""
     import pandas as pd
 
-    keys = sorted({_optics_key(m) for m in motions})
+    keys = sorted({optics_key(m) for m in motions})
     ids = {key: i + 1 for i, key in enumerate(keys)}
     table = pd.DataFrame({
         "rlnOpticsGroupName": optics_group_names(optics.optics_group_name, len(keys)),
@@ -531,7 +531,7 @@ def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
             if kind in m.outputs:
                 row[label] = relative_to(m.outputs[kind], out_dir)
         row.update({"rlnMicrographMetadata": relative_to(motion_star_path(m.motion_path), out_dir),
-                    "rlnOpticsGroup": group_of[_optics_key(m)], "rlnAccumMotionTotal": total,
+                    "rlnOpticsGroup": group_of[optics_key(m)], "rlnAccumMotionTotal": total,
                     "rlnAccumMotionEarly": early, "rlnAccumMotionLate": late})
         rows.append(row)
     return {"optics": optics_table, "micrographs": star_table(rows)}

@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion_px,
-                                   motion_star_path, relative_to, star_table)
+from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key,
+                                   accumulated_motion_px, motion_star_path, optics_group_names,
+                                   relative_to, star_table)
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
@@ -138,9 +139,15 @@ def relion_tomo_name(series: str) -> str:
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
                  optics: RelionOptics) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
-    of the series)`` per series; rows sorted by name."""
+    of the series)`` per series; rows sorted by name. Series of distinct optics (voltage, movie
+    pixel size, tilt-series pixel size) get distinct ``rlnOpticsGroupName`` (``optics1``,
+    ``optics2``, ... in ascending order of those values, as ``corrected_micrographs.star``
+    numbers its groups); one kind of optics keeps the configured name."""
+    series = sorted(series, key=lambda s: s[0])
+    keys = sorted({optics_key(m) for _, _, m in series})
+    names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
-    for name, star, m in sorted(series, key=lambda s: s[0]):
+    for name, star, m in series:
         rows.append({"rlnTomoName": relion_tomo_name(name),
                      "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
                      "rlnVoltage": m.voltage_kV,
@@ -148,6 +155,6 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
                      "rlnAmplitudeContrast": optics.amplitude_contrast,
                      "rlnMicrographOriginalPixelSize": m.movie_pixel_size_A,
                      "rlnTomoHand": optics.tomo_hand,
-                     "rlnOpticsGroupName": optics.optics_group_name,
+                     "rlnOpticsGroupName": names[optics_key(m)],
                      "rlnTomoTiltSeriesPixelSize": m.output_pixel_size_A})
     return star_table(rows)

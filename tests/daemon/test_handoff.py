@@ -738,3 +738,24 @@ def test_the_motion_star_of_an_eer_movie_counts_fractions_as_relion_renders_them
         assert _correct(tmp_path / "plain.mrc", "--dose-per-frame", 1, "--out", out) == 0
         plain = starfile.read(out / "plain.star", always_dict=True)["general"]
         assert "rlnEERGrouping" not in plain and "rlnEERUpsampling" not in plain
+
+
+def test_tilt_series_of_distinct_optics_get_distinct_optics_group_names(tmp_path):
+    """``corrected_tilt_series.star``: two series at 1.1 Å and one binned to 2.2 Å: the binned
+    one gets its own ``rlnOpticsGroupName`` (it had the same name as the others)."""
+    from dataclasses import replace
+
+    from daemon.handoff.tomo import global_block
+
+    base = _motion([0, 1], [1, 1], 0.0)
+    fine = replace(base, movie_pixel_size_A=1.1, output_pixel_size_A=1.1)
+    binned = replace(base, movie_pixel_size_A=1.1, output_pixel_size_A=2.2, bin_factor=2.0)
+    table = global_block([("TS_01", tmp_path / "TS_01.star", fine),
+                          ("TS_02", tmp_path / "TS_02.star", binned),
+                          ("TS_03", tmp_path / "TS_03.star", fine)], tmp_path, OPTICS)
+    names = dict(zip(table["rlnTomoName"], table["rlnOpticsGroupName"]))
+    assert names == {"TS_01": "optics1", "TS_02": "optics2", "TS_03": "optics1"}
+    assert list(table["rlnTomoTiltSeriesPixelSize"]) == pytest.approx([1.1, 2.2, 1.1])
+    one = global_block([("TS_01", tmp_path / "TS_01.star", fine)], tmp_path,
+                       RelionOptics(optics_group_name="krios"))
+    assert list(one["rlnOpticsGroupName"]) == ["krios"]
