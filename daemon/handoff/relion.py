@@ -63,13 +63,13 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "star_table", "write_star", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "RELION_GAIN_NAME", "relion_gain_names", "relion_gain_stamp",
-           "write_relion_gain", "optics_group_names", "optics_key"]
+           "write_relion_gain", "optics_group_names", "optics_key", "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
 NOT_OBSERVED = -9999.0
 SINGLE_PARTICLE_STAR = "corrected_micrographs.star"
-_MOTION_SUFFIX = ".motion.json"
+MOTION_SUFFIX = ".motion.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +252,7 @@ def output_stem(motion_path: str | Path) -> str:
     """``S.motion.json`` -> ``S``: the stem of a movie's outputs (its name without suffix, or
     ``x_tif`` when an ``x.mrc`` in the same folder has ``x``)."""
     name = Path(motion_path).name
-    return name[: -len(_MOTION_SUFFIX)] if name.endswith(_MOTION_SUFFIX) else Path(name).stem
+    return name[: -len(MOTION_SUFFIX)] if name.endswith(MOTION_SUFFIX) else Path(name).stem
 
 
 def motion_star_path(motion_path: str | Path) -> Path:
@@ -542,7 +542,7 @@ def motion_records_in(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     import json
 
     out = []
-    for path in sorted(Path(folder).glob("*" + _MOTION_SUFFIX)):
+    for path in sorted(Path(folder).glob("*" + MOTION_SUFFIX)):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -759,3 +759,25 @@ def test_tilt_series_of_distinct_optics_get_distinct_optics_group_names(tmp_path
     one = global_block([("TS_01", tmp_path / "TS_01.star", fine)], tmp_path,
                        RelionOptics(optics_group_name="krios"))
     assert list(one["rlnOpticsGroupName"]) == ["krios"]
+
+
+def test_the_daemons_rewrite_of_corrected_micrographs_star_keeps_the_movies_correct_added(
+        tmp_path):
+    """``correct --out OUT`` into the daemon's folder adds ``other``; the daemon, rewriting
+    ``corrected_micrographs.star`` for its next movie (here after a restart), lists it still
+    (it listed only the movies of its state database), and leaves its motion STAR alone."""
+    out, config = _single_particle_session(tmp_path, seed=26)
+    watch = config.watch_dir
+    _run_single_particle(config)
+    rng = np.random.default_rng(27)
+    _mrc_movie(tmp_path / "other.mrc", rng)
+    assert _correct(tmp_path / "other.mrc", "--dose-per-frame", 1.0, "--out", out) == 0
+    other_star = (out / "other.star").read_bytes()
+    _mrc_movie(watch / "spa_2.mrc", rng)
+    _run_single_particle(config)
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographMetadata"]) == ["other.star", "spa_0.star", "spa_1.star",
+                                                     "spa_2.star"]
+    assert (out / "other.star").read_bytes() == other_star
+    for _, row in mics.iterrows():
+        assert (out / row["rlnMicrographName"]).is_file()
