@@ -1,7 +1,10 @@
 """Correct movies once: gain, align, dose-weight, and write the sums next to a motion record.
 
 For each MOVIE with stem S, writes into --out: S.mrc (aligned sum), S_DW.mrc (dose-weighted),
-S_EVN.mrc and S_ODD.mrc (dose-weighted sums of the even and odd frames) and S.motion.json.
+S_EVN.mrc and S_ODD.mrc (dose-weighted sums of the even and odd frames) and S.motion.json;
+then RELION's files: S.star of each movie corrected (naming the gain, written as polishing
+reads it, with ``--gain``), ``corrected_micrographs.star`` of every movie in --out (the
+motion STARs of other movies, e.g. the daemon's, are left as they are).
 A movie that fails prints one line ``motionwatch: <file>: <reason>`` on stderr and the others
 are still corrected; the exit status is then 1.
 """
@@ -20,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon import exitcodes
-from daemon.handoff.relion import motion_records_in, write_single_particle_star
+from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
+from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion_star,
+                                   write_relion_gain, write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.work.readahead import ReadAhead
 
@@ -47,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "corrected (default: the output folder; give a local disk when "
                              "that is a network share)")
     add_correction_arguments(parser)
+    add_relion_optics_arguments(parser.add_argument_group(
+        "RELION files (corrected_micrographs.star, S.star), as motionwatch watch writes them"))
 
 
 def _fail(movie: Path, exc: BaseException) -> str:
@@ -186,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_reader_logs()  # the readers turn tifffile's complaints into one-line errors
     try:
         params = params_from_args(args)
-    except ParameterError as exc:
+        optics = relion_optics_from_args(args)
+    except (ParameterError, ValueError) as exc:
         print(f"motionwatch correct: {exc}", file=sys.stderr)
         return exitcodes.USAGE
     try:
@@ -213,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.SOME_FAILED
 
     failed = 0
+    corrected: list[tuple[Path, dict[str, Any]]] = []  # (motion record path, record)
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
     stems = _output_stems(args.movies, Path(args.out))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
@@ -232,11 +241,33 @@ def run(args: argparse.Namespace) -> int:
                 _print_failure(movie, _fail(movie, exc), as_json=args.json)
                 continue
             _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
+            corrected.append((Path(result.outputs["motion"]), result.record))
             if not gain_warned:
                 gain_warned = _warn_gain_orientation(movie, result.record)
     read_ahead.close()
-    try:  # RELION's single-particle hand-off: every movie corrected into this folder so far
-        write_single_particle_star(args.out, motion_records_in(args.out))
-    except OSError as exc:
-        print(f"motionwatch: corrected_micrographs.star not written: {exc}", file=sys.stderr)
+    _write_relion_files(args.out, params, optics, corrected)
     return exitcodes.SOME_FAILED if failed else exitcodes.OK
+
+
+def _write_relion_files(out: Path, params: Any, optics: Any,
+                        corrected: list[tuple[Path, dict[str, Any]]]) -> None:
+    """RELION's hand-off for this run: the gain as polishing reads it (the daemon's
+    :func:`~daemon.handoff.relion.write_relion_gain`, the same file when the daemon already
+    wrote this gain into the folder, its own name otherwise), the motion STAR of each movie
+    corrected now naming it, and ``corrected_micrographs.star`` of every movie in the folder.
+    The motion STARs of other movies (the daemon's, an earlier run's) are left as they are."""
+    gain_name = None
+    if params.gain.gain_path is not None and corrected:
+        try:
+            gain = write_relion_gain(out, params.gain)
+            gain_name = gain.name if gain is not None else None
+        except (OSError, ValueError) as exc:
+            print(f"motionwatch: the gain for RELION was not written into {out}: {exc}",
+                  file=sys.stderr)
+    try:
+        for path, record in corrected:
+            write_motion_star(movie_motion(record, path), gain_name=gain_name)
+        # every movie corrected into this folder so far (a STAR only where one is missing)
+        write_single_particle_star(out, motion_records_in(out), optics)
+    except (OSError, ValueError) as exc:
+        print(f"motionwatch: RELION files not written: {exc}", file=sys.stderr)

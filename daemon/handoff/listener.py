@@ -13,7 +13,10 @@ or series event rewrites, atomically, what changed:
   the AreTomo3 names derived from the series mdoc (:func:`correction.stack.link_aretomo_inputs`),
   and at start-up those of every series the state database records complete (a service killed
   between assembling a series and linking them; the ``completed`` event is not sent again);
-* otherwise ``OUT/corrected_micrographs.star`` (:mod:`daemon.handoff.relion`).
+* otherwise ``OUT/corrected_micrographs.star`` (:mod:`daemon.handoff.relion`), which also
+  keeps the movies another writer corrected into the output folder (``motionwatch correct
+  --out OUT``: motion records directly in ``OUT`` that the state database never named), so
+  that a rewrite never drops their rows; their motion STARs are theirs and left alone.
 
 A movie whose outputs were adopted (found on disk, e.g. after the state database was lost)
 arrives as a ``movie_done`` like a corrected one.
@@ -26,14 +29,15 @@ the service.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
-from daemon.handoff.relion import (MovieMotion, RelionOptics, motion_star_path, movie_motion,
-                                   single_particle_blocks, write_motion_star, write_relion_gain,
-                                   write_star, SINGLE_PARTICLE_STAR)
+from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
+                                   movie_motion, single_particle_blocks, write_motion_star,
+                                   write_relion_gain, write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_name, series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path
@@ -41,8 +45,8 @@ from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
 
-__all__ = ["add_handoff_arguments", "handoff_options_from", "build_handoff_listener",
-           "RelionListener"]
+__all__ = ["add_handoff_arguments", "add_relion_optics_arguments", "relion_optics_from_args",
+           "handoff_options_from", "build_handoff_listener", "RelionListener"]
 
 
 def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,21 +55,43 @@ def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--handoff", choices=("on", "off"), default="on",
                    help="keep corrected_micrographs.star, corrected_tilt_series.star, per-movie "
                         "RELION motion STARs and the Warp layout up to date (default on)")
-    g.add_argument("--spherical-aberration", type=float, default=2.7, metavar="MM",
-                   help="Cs for the RELION files (mm; default 2.7)")
-    g.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
-                   help="amplitude contrast for the RELION files (default 0.1)")
+    add_relion_optics_arguments(g)
     g.add_argument("--tomo-hand", type=int, choices=(1, -1), default=-1,
                    help="rlnTomoHand: -1 flips the defocus handedness (RELION's 'invert "
                         "defocus handedness', usual for SerialEM data; default -1)")
-    g.add_argument("--optics-group", default="optics1", metavar="NAME",
-                   help="optics group name for the RELION files (default optics1)")
-    g.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
-                   help="dose separating early from late accumulated motion (e/Å²; RELION's "
-                        "--dose_motionstats_cutoff, default 4)")
     g.add_argument("--warp-layout", choices=("on", "off"), default="on",
                    help="also link average/, average/even, average/odd and write a minimal "
                         "<movie>.xml for WarpTools ts_import (default on)")
+
+
+def add_relion_optics_arguments(group: Any) -> None:
+    """The RELION optics options, the same for ``watch`` and ``correct``: Cs, amplitude
+    contrast, optics group name, the early/late motion dose cutoff."""
+    group.add_argument("--spherical-aberration", type=float, default=2.7, metavar="MM",
+                       help="Cs for the RELION files (mm; default 2.7)")
+    group.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
+                       help="amplitude contrast for the RELION files (default 0.1)")
+    group.add_argument("--optics-group", default="optics1", metavar="NAME",
+                       help="optics group name for the RELION files (default optics1; several "
+                            "groups, one per distinct pixel size and voltage, are numbered: "
+                            "optics1, optics2, ...)")
+    group.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
+                       help="dose separating early from late accumulated motion (e/Å²; "
+                            "RELION's --dose_motionstats_cutoff, default 4)")
+
+
+def relion_optics_from_args(args: argparse.Namespace) -> RelionOptics:
+    """The :class:`RelionOptics` of ``motionwatch correct``'s options.
+
+    Raises
+    ------
+    ValueError
+        A bad value (negative Cs, amplitude contrast outside [0, 1), ...).
+    """
+    return RelionOptics(spherical_aberration_mm=float(args.spherical_aberration),
+                        amplitude_contrast=float(args.amplitude_contrast),
+                        optics_group_name=str(args.optics_group),
+                        motionstats_dose_cutoff_e_A2=float(args.motionstats_dose_cutoff))
 
 
 def handoff_options_from(config: Config) -> RelionOptics | None:
@@ -115,6 +141,11 @@ def _stack_folder(stem: str, stacks: Mapping[str, str]) -> Path | None:
     return None
 
 
+def _abs(path: str | Path) -> str:
+    """A motion record's path in one spelling (absolute, normalised, links kept)."""
+    return os.path.abspath(os.fspath(path))
+
+
 class _NullLog:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
@@ -143,6 +174,8 @@ class RelionListener(ServiceListener):
         self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._gain_name: str | None = None
+        self._own: set[str] = set()  # every motion record the ledger or an event named
+        self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -172,6 +205,7 @@ class RelionListener(ServiceListener):
             return
         key = str(event.path)
         self._motions[key] = Path(motion_path)
+        self._own.update((_abs(motion_path), _abs(event.path)))
         self._cache.pop(key, None)
         loaded = self._load(key)
         if loaded is None:
@@ -214,13 +248,19 @@ class RelionListener(ServiceListener):
             return
         try:
             with Ledger(path, read_only=True) as ledger:
-                rows = ledger.rows(status="done")
+                every = ledger.rows()
                 series = ledger.series_states()
         except Exception as exc:  # noqa: BLE001 - hand-off must never stop the service
             self._warn("ledger", str(path), exc)
             return
         self._completed = {name: state for name, state in series.items()
                            if state.get("status") == "complete" and state.get("stacks")}
+        # the ledger's movies, whatever became of them (a quarantined one stays out of the
+        # micrographs STAR even when an earlier record of it is still on disk)
+        self._own.update(_abs(row.key.path) for row in every)
+        self._own.update(_abs(row.outputs["motion"]) for row in every
+                         if (row.outputs or {}).get("motion"))
+        rows = [row for row in every if row.status == "done"]
         latest: dict[str, Any] = {}
         for row in rows:
             prev = latest.get(row.key.path)
@@ -338,11 +378,50 @@ class RelionListener(ServiceListener):
                 self._guard(TILT_SERIES_STAR, "tilt_series_star", write_star,
                             self._out / TILT_SERIES_STAR, {"global": table})
         if single:
-            blocks = single_particle_blocks(self._out, [m for m, t in entries if t is None],
-                                            self.optics)
+            blocks = single_particle_blocks(
+                self._out, [m for m, t in entries if t is None] + self._foreign_motions(),
+                self.optics)
             if blocks is not None:
                 self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", write_star,
                             self._out / SINGLE_PARTICLE_STAR, blocks)
+
+    def _foreign_motions(self) -> list[MovieMotion]:
+        """Single-particle movies another writer corrected into the output folder (``correct
+        --out OUT``): motion records directly in ``OUT`` of movies that neither the state
+        database nor an event named (a movie this service quarantined stays out). Each record
+        is read once per modification."""
+        if self._out is None:
+            return []
+        try:
+            paths = sorted(self._out.glob("*" + MOTION_SUFFIX))
+        except OSError:
+            return []
+        out = []
+        for path in paths:
+            key = _abs(path)
+            if key in self._own:
+                continue
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            cached = self._foreign.get(key)
+            if cached is None or cached[0] != mtime:
+                record = read_motion_record(path)
+                motion = None
+                if record is not None and not record.get("tilt"):
+                    try:
+                        motion = movie_motion(record, path)
+                    except ValueError:
+                        motion = None
+                if motion is not None and _abs(motion.movie) in self._own:
+                    motion = None  # one of this service's movies (its record elsewhere)
+                if motion is not None and not ({"sum", "dw"} & set(motion.outputs)):
+                    motion = None
+                cached = self._foreign[key] = (mtime, motion)
+            if cached[1] is not None:
+                out.append(cached[1])
+        return out
 
     def _aretomo_names(self, series: str, mdoc: str | None, stacks: Mapping[str, str]) -> None:
         """Link the names AreTomo3 derives from the series mdoc to the assembled stacks."""

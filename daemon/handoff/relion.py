@@ -33,11 +33,18 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
 * **single particle** ``corrected_micrographs.star`` (:func:`write_single_particle_star`):
   ``data_optics`` (``rlnOpticsGroupName``, ``rlnOpticsGroup``, ``rlnMicrographOriginalPixelSize``,
   ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``,
-  ``rlnMicrographPixelSize``) and ``data_micrographs`` (``rlnMicrographName`` = the
+  ``rlnMicrographPixelSize``; one row per distinct movie pixel size, output pixel size and
+  voltage, :func:`_optics_groups`) and ``data_micrographs`` (``rlnMicrographName`` = the
   dose-weighted sum, ``rlnMicrographNameNoDW`` = the plain sum, ``rlnMicrographNameEven/Odd``,
   ``rlnMicrographMetadata``, ``rlnOpticsGroup``, ``rlnAccumMotionTotal/Early/Late``), one row per
-  movie outside tilt series. Paths inside the output folder are relative to it (the folder a
-  user opens as the RELION project); the movies, outside it, are absolute.
+  movie outside tilt series, ``rlnOpticsGroup`` its own group. Paths inside the output folder
+  are relative to it (the folder a user opens as the RELION project); the movies, outside it,
+  are absolute.
+* **the gain** polishing reads (:func:`write_relion_gain`, ``rlnMicrographGainName``): one file
+  per gain and orientation, never replaced by another, so every movie's STAR names the gain it
+  was corrected with, whichever writer (``watch``, ``correct``) put it there.
+* **EER movies**: ``rlnEERGrouping`` and ``rlnEERUpsampling`` in ``data_general``, frames
+  counted in fractions as RELION renders them (:func:`motion_star_blocks`).
 """
 
 from __future__ import annotations
@@ -55,13 +62,14 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
            "star_table", "write_star", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
-           "SINGLE_PARTICLE_STAR"]
+           "SINGLE_PARTICLE_STAR", "RELION_GAIN_NAME", "relion_gain_names", "relion_gain_stamp",
+           "write_relion_gain", "optics_group_names", "optics_key", "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
 NOT_OBSERVED = -9999.0
 SINGLE_PARTICLE_STAR = "corrected_micrographs.star"
-_MOTION_SUFFIX = ".motion.json"
+MOTION_SUFFIX = ".motion.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,12 @@ class MovieMotion:
     movie_pixel_size_A, output_pixel_size_A, bin_factor : float
     outputs : dict of str to Path
         Absolute output paths by kind (``sum``, ``dw``, ``even``, ``odd``, ``motion``).
+    eer_grouping : int or None
+        EER movies: raw frames per fraction (RELION's ``rlnEERGrouping``); None otherwise.
+    eer_upsampling : int or None
+        EER movies: 1 (4K grid) or 2 (8K grid, RELION's ``rlnEERUpsampling``); None otherwise.
+    eer_raw_frames : int or None
+        EER movies: raw frames in the file.
     """
 
     motion_path: Path
@@ -147,6 +161,23 @@ class MovieMotion:
     output_pixel_size_A: float
     bin_factor: float
     outputs: Mapping[str, Path]
+    eer_grouping: int | None = None
+    eer_upsampling: int | None = None
+    eer_raw_frames: int | None = None
+
+
+def _eer_facts(record: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """``(grouping, upsampling, raw frames)`` of an EER movie's record (its ``eer`` object,
+    :func:`correction.io.eer.grouping_record`); Nones for other movies."""
+    eer = record.get("eer")
+    if not isinstance(eer, Mapping):
+        return None, None, None
+    per_fraction = [int(n) for n in eer.get("raw_frames_per_fraction") or []]
+    group = int(eer.get("group_frames") or (per_fraction[0] if per_fraction else 0))
+    raw = int(eer.get("raw_frames") or sum(per_fraction))
+    if group < 1 or raw < 1:
+        return None, None, None
+    return group, int(eer.get("sampling") or 1), raw
 
 
 def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMotion:
@@ -189,7 +220,8 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
         frames_in_movie=n_movie, first_frame=throw + 1, shifts_px=relion,
         frame_doses_e_A2=doses, pre_exposure_e_A2=pre, voltage_kV=voltage,
         movie_pixel_size_A=out_px / bin_factor, output_pixel_size_A=out_px,
-        bin_factor=bin_factor, outputs=outputs)
+        bin_factor=bin_factor, outputs=outputs,
+        **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))))
 
 
 def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
@@ -220,7 +252,7 @@ def output_stem(motion_path: str | Path) -> str:
     """``S.motion.json`` -> ``S``: the stem of a movie's outputs (its name without suffix, or
     ``x_tif`` when an ``x.mrc`` in the same folder has ``x``)."""
     name = Path(motion_path).name
-    return name[: -len(_MOTION_SUFFIX)] if name.endswith(_MOTION_SUFFIX) else Path(name).stem
+    return name[: -len(MOTION_SUFFIX)] if name.endswith(MOTION_SUFFIX) else Path(name).stem
 
 
 def motion_star_path(motion_path: str | Path) -> Path:
@@ -231,23 +263,48 @@ def motion_star_path(motion_path: str | Path) -> Path:
 def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> dict[str, Any]:
     """The blocks of the per-movie motion STAR (``general``, ``global_shift``); ``gain_name``
     is the gain MRC in the movie's orientation that polishing reads
-    (``rlnMicrographGainName``)."""
+    (``rlnMicrographGainName``).
+
+    EER movies (3dem/relion ``src/micrograph_model.cpp``: ``Micrograph::write`` adds
+    ``rlnEERUpsampling`` and ``rlnEERGrouping`` for an EER movie, ``Micrograph::read`` takes -1
+    when they are absent, and ``Micrograph::setMovie`` renders ``raw frames / grouping``
+    fractions, integer division, the raw frames left over dropped): "frames" are fractions
+    throughout, as RELION counts them (``src/pipeline_jobs.cpp``, the EER fractionation help:
+    "all 'frames' ... (e.g. first and last frame for corrected sum, dose per frame) refer to
+    fractions, not raw detector frames"). So ``rlnImageSizeZ`` is RELION's fraction count
+    ``raw // grouping`` (motionwatch makes a fraction of a remainder of at least half a group,
+    which RELION does not render: its row is left out), ``rlnMicrographDoseRate`` the dose of
+    one fraction of ``grouping`` raw frames, ``rlnMicrographStartFrame`` and
+    ``rlnMicrographFrameNumber`` count fractions, and ``rlnImageSizeX/Y`` are the rendered
+    frame (8K with upsampling 2).
+    """
     import pandas as pd
 
+    n_frames = motion.frames_in_movie
+    dose_rate = float(np.mean(motion.frame_doses_e_A2))
+    eer = motion.eer_grouping is not None and motion.eer_raw_frames is not None
+    if eer:
+        n_frames = min(n_frames, max(1, motion.eer_raw_frames // motion.eer_grouping))
+        dose_rate = (float(np.sum(motion.frame_doses_e_A2)) / motion.eer_raw_frames
+                     * motion.eer_grouping)
     general = {
         "rlnImageSizeX": motion.shape_yx[1], "rlnImageSizeY": motion.shape_yx[0],
-        "rlnImageSizeZ": motion.frames_in_movie, "rlnMicrographMovieName": str(motion.movie),
+        "rlnImageSizeZ": n_frames, "rlnMicrographMovieName": str(motion.movie),
         "rlnMicrographBinning": motion.bin_factor,
         "rlnMicrographOriginalPixelSize": motion.movie_pixel_size_A,
-        "rlnMicrographDoseRate": float(np.mean(motion.frame_doses_e_A2)),
+        "rlnMicrographDoseRate": dose_rate,
         "rlnMicrographPreExposure": motion.pre_exposure_e_A2, "rlnVoltage": motion.voltage_kV,
-        "rlnMicrographStartFrame": motion.first_frame, "rlnMotionModelVersion": 0,
+        "rlnMicrographStartFrame": motion.first_frame,
     }
+    if eer:
+        general["rlnEERUpsampling"] = int(motion.eer_upsampling or 1)
+        general["rlnEERGrouping"] = int(motion.eer_grouping)
+    general["rlnMotionModelVersion"] = 0
     if gain_name:
         general["rlnMicrographGainName"] = gain_name
-    shifts = np.where(np.isfinite(motion.shifts_px), motion.shifts_px, NOT_OBSERVED)
+    shifts = np.where(np.isfinite(motion.shifts_px), motion.shifts_px, NOT_OBSERVED)[:n_frames]
     table = pd.DataFrame({
-        "rlnMicrographFrameNumber": np.arange(1, motion.frames_in_movie + 1),
+        "rlnMicrographFrameNumber": np.arange(1, n_frames + 1),
         "rlnMicrographShiftX": shifts[:, 0], "rlnMicrographShiftY": shifts[:, 1]})
     return {"general": general, "global_shift": table}
 
@@ -364,23 +421,37 @@ def _written_stamp(path: Path) -> str | None:
     return stamps[0] if stamps else None
 
 
+def relion_gain_names(gain_params: Any) -> tuple[str, str]:
+    """The file names the RELION gain of ``gain_params`` may have in an output folder:
+    ``motionwatch_gain.mrc`` (the first gain written there) and
+    ``motionwatch_gain_<stamp>.mrc`` (:func:`relion_gain_stamp`; any other gain or orientation
+    written into the same folder later, by ``watch`` or ``correct``)."""
+    return RELION_GAIN_NAME, f"motionwatch_gain_{relion_gain_stamp(gain_params)}.mrc"
+
+
 def write_relion_gain(out_dir: str | Path, gain_params: Any) -> Path | None:
     """The gain reference as RELION's polishing reads it: an MRC in the movie's orientation
-    (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects, at
-    ``OUT/motionwatch_gain.mrc``; None without a gain.
+    (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects; None without
+    a gain. Used by ``watch`` (the hand-off listener) and ``motionwatch correct`` alike.
 
     Its labels hold :func:`relion_gain_stamp`: a restart with the same gain files and settings
-    leaves the file as it is (a super-resolution gain takes 2 s to load and 377 MB to write);
-    another gain, orientation or a changed file writes it again."""
+    finds the file and leaves it as it is (a super-resolution gain takes 2 s to load and 377 MB
+    to write). The first gain written into a folder is ``OUT/motionwatch_gain.mrc``; a gain
+    with another stamp (another file, orientation, or the file written anew) never replaces
+    it, since the motion STARs of the movies corrected with it name it: it is written as
+    ``OUT/motionwatch_gain_<stamp>.mrc`` (:func:`relion_gain_names`), which the motion STARs
+    of the movies corrected with that gain name."""
     from correction.gain import load_gain_reference
     from correction.write import write_mrc_atomic
 
     if getattr(gain_params, "gain_path", None) is None:
         return None
-    path = Path(out_dir) / RELION_GAIN_NAME
     stamp = relion_gain_stamp(gain_params)
-    if path.is_file() and _written_stamp(path) == stamp:
-        return path
+    first, own = (Path(out_dir) / name for name in relion_gain_names(gain_params))
+    for path in (first, own):
+        if path.is_file() and _written_stamp(path) == stamp:
+            return path
+    path = own if first.exists() else first
     reference = load_gain_reference(gain_params)
     if reference is None:
         return None
@@ -399,24 +470,55 @@ def relative_to(path: str | Path, root: str | Path) -> str:
         return str(path)
 
 
-def _optics_block(motions: list[MovieMotion], optics: RelionOptics) -> dict[str, Any]:
-    first = motions[0]
-    return {"rlnOpticsGroupName": [optics.optics_group_name], "rlnOpticsGroup": [1],
-            "rlnMicrographOriginalPixelSize": [first.movie_pixel_size_A],
-            "rlnVoltage": [first.voltage_kV],
-            "rlnSphericalAberration": [optics.spherical_aberration_mm],
-            "rlnAmplitudeContrast": [optics.amplitude_contrast],
-            "rlnMicrographPixelSize": [first.output_pixel_size_A]}
+def optics_key(motion: MovieMotion) -> tuple[float, float, float]:
+    """What tells optics groups apart among the movies: (voltage, movie pixel size, output
+    pixel size), rounded so that float noise of a record does not split a group."""
+    return (round(motion.voltage_kV, 3), round(motion.movie_pixel_size_A, 5),
+            round(motion.output_pixel_size_A, 5))
+
+
+def optics_group_names(name: str, count: int) -> list[str]:
+    """Names of ``count`` optics groups: ``name`` alone for one group; else ``name`` without
+    its trailing digits followed by 1, 2, ... (``optics1``, ``optics2``, ...)."""
+    if count == 1:
+        return [name]
+    base = name.rstrip("0123456789") or name
+    return [f"{base}{i}" for i in range(1, count + 1)]
+
+
+def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
+                   ) -> tuple[dict[tuple[float, float, float], int], Any]:
+    """One optics group per distinct (voltage, movie pixel size, output pixel size), numbered
+    1, 2, ... in ascending order of those values (stable whatever order the movies come in),
+    and the ``data_optics`` table. Columns as RELION's motion correction writes them
+    (3dem/relion ``src/motioncorr_runner.cpp``, ``generateLogFilePDFAndWriteStarFiles``: the
+    input optics table with ``rlnMicrographPixelSize`` = original pixel size x binning added;
+    each micrograph's ``rlnOpticsGroup`` names its row). Cs and amplitude contrast are the
+    writer's (``--spherical-aberration``, ``--amplitude-contrast``): no motion record holds
+    them."""
+    import pandas as pd
+
+    keys = sorted({optics_key(m) for m in motions})
+    ids = {key: i + 1 for i, key in enumerate(keys)}
+    table = pd.DataFrame({
+        "rlnOpticsGroupName": optics_group_names(optics.optics_group_name, len(keys)),
+        "rlnOpticsGroup": [ids[k] for k in keys],
+        "rlnMicrographOriginalPixelSize": [k[1] for k in keys],
+        "rlnVoltage": [k[0] for k in keys],
+        "rlnSphericalAberration": [optics.spherical_aberration_mm] * len(keys),
+        "rlnAmplitudeContrast": [optics.amplitude_contrast] * len(keys),
+        "rlnMicrographPixelSize": [k[2] for k in keys]})
+    return ids, table
 
 
 def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
                            optics: RelionOptics) -> dict[str, Any] | None:
-    """Blocks of ``corrected_micrographs.star`` (None without movies), rows sorted by name."""
-    import pandas as pd
-
+    """Blocks of ``corrected_micrographs.star`` (None without movies), rows sorted by name,
+    one optics group per distinct optics (:func:`_optics_groups`)."""
     motions = sorted(motions, key=lambda m: str(m.motion_path))
     if not motions:
         return None
+    group_of, optics_table = _optics_groups(motions, optics)
     rows = []
     for m in motions:
         total, early, late = accumulated_motion_px(
@@ -429,11 +531,10 @@ def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
             if kind in m.outputs:
                 row[label] = relative_to(m.outputs[kind], out_dir)
         row.update({"rlnMicrographMetadata": relative_to(motion_star_path(m.motion_path), out_dir),
-                    "rlnOpticsGroup": 1, "rlnAccumMotionTotal": total,
+                    "rlnOpticsGroup": group_of[optics_key(m)], "rlnAccumMotionTotal": total,
                     "rlnAccumMotionEarly": early, "rlnAccumMotionLate": late})
         rows.append(row)
-    return {"optics": pd.DataFrame(_optics_block(motions, optics)),
-            "micrographs": star_table(rows)}
+    return {"optics": optics_table, "micrographs": star_table(rows)}
 
 
 def motion_records_in(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -441,7 +542,7 @@ def motion_records_in(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     import json
 
     out = []
-    for path in sorted(Path(folder).glob("*" + _MOTION_SUFFIX)):
+    for path in sorted(Path(folder).glob("*" + MOTION_SUFFIX)):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -467,7 +568,10 @@ def write_single_particle_star(out_dir: str | Path,
     optics : RelionOptics, optional
         Defaults when None.
     motion_stars : bool
-        Also (re)write each movie's ``S.star`` (its ``rlnMicrographMetadata``).
+        Also write the ``S.star`` (its ``rlnMicrographMetadata``) of each movie that has none.
+        An existing one is never replaced: another writer (the daemon, or ``correct`` with its
+        gain) put it there, with what only that writer knows (``rlnMicrographGainName``); the
+        writer of a movie writes its STAR itself (:func:`write_motion_star`).
 
     Returns
     -------
@@ -485,7 +589,7 @@ def write_single_particle_star(out_dir: str | Path,
             continue
         if "sum" not in motion.outputs and "dw" not in motion.outputs:
             continue
-        if motion_stars:
+        if motion_stars and not motion_star_path(motion.motion_path).exists():
             write_motion_star(motion)
         motions.append(motion)
     blocks = single_particle_blocks(out_dir, motions, optics)

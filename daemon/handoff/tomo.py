@@ -15,9 +15,23 @@ Two files, the layout of RELION 5's motion-correction job output (3dem/relion
   ``rlnTomoNominalStageTiltAngle``, ``rlnTomoNominalTiltAxisAngle``,
   ``rlnMicrographPreExposure`` (the exact dose before the tilt from the mdoc, not RELION's
   ``index x dose``), ``rlnTomoNominalDefocus`` (the mdoc's ``TargetDefocus``, when every tilt has
-  one), ``rlnMicrographName`` (the plain sum: RELION's tomography weights by exposure itself from
-  the pre-exposure), ``rlnMicrographNameEven``/``Odd``, ``rlnMicrographMetadata`` (the movie's
-  motion STAR), ``rlnAccumMotionTotal/Early/Late``.
+  one), ``rlnMicrographName`` (the dose-weighted sum ``S_DW``, see below),
+  ``rlnMicrographNameEven``/``Odd`` (``S_EVN``/``S_ODD``), ``rlnMicrographMetadata`` (the
+  movie's motion STAR), ``rlnAccumMotionTotal/Early/Late``.
+
+Weighting of the tilt images: the main image and its even/odd halves must be weighted alike
+(RELION's denoising reconstructs tomograms from the halves in place of the main images).
+RELION 5 itself hands the tomography pipeline unweighted images throughout: for a tomography
+motion-correction job ``src/pipeline_jobs.cpp`` ``RelionJob::getCommandsMotioncorrJob`` passes
+``--dose_weighting`` only ``if (!is_tomo ...)`` and ``--even_odd_split`` only for tomography, so
+its ``rlnMicrographName`` and ``rlnMicrographNameEven/Odd`` are all plain sums, and the
+tomography programs weight each tilt by its exposure from ``rlnMicrographPreExposure``.
+motionwatch's halves are dose-weighted (plain halves are not written), so the main image
+named here is the dose-weighted sum too. Its weights run from the first frame of the tilt and
+are normalised per frequency (:mod:`correction.conventions`), so the pre-exposure factor drops
+out: the weighting within the tilt is added to RELION's per-tilt weighting from the
+pre-exposure, not counted twice. The plain sum stays beside it (``S.mrc``, and the plain
+stack).
 """
 
 from __future__ import annotations
@@ -27,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion_px,
-                                   motion_star_path, relative_to, star_table)
+from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key,
+                                   accumulated_motion_px, motion_star_path, optics_group_names,
+                                   relative_to, star_table)
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
@@ -98,7 +113,8 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
         }
         if with_defocus:
             row["rlnTomoNominalDefocus"] = defocus[e.tilt.z_value]
-        row["rlnMicrographName"] = relative_to(m.outputs.get("sum") or m.outputs["dw"], out_dir)
+        # weighted as the halves are (module docstring)
+        row["rlnMicrographName"] = relative_to(m.outputs.get("dw") or m.outputs["sum"], out_dir)
         for kind, label in (("even", "rlnMicrographNameEven"), ("odd", "rlnMicrographNameOdd")):
             if kind in m.outputs:
                 row[label] = relative_to(m.outputs[kind], out_dir)
@@ -123,9 +139,15 @@ def relion_tomo_name(series: str) -> str:
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
                  optics: RelionOptics) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
-    of the series)`` per series; rows sorted by name."""
+    of the series)`` per series; rows sorted by name. Series of distinct optics (voltage, movie
+    pixel size, tilt-series pixel size) get distinct ``rlnOpticsGroupName`` (``optics1``,
+    ``optics2``, ... in ascending order of those values, as ``corrected_micrographs.star``
+    numbers its groups); one kind of optics keeps the configured name."""
+    series = sorted(series, key=lambda s: s[0])
+    keys = sorted({optics_key(m) for _, _, m in series})
+    names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
-    for name, star, m in sorted(series, key=lambda s: s[0]):
+    for name, star, m in series:
         rows.append({"rlnTomoName": relion_tomo_name(name),
                      "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
                      "rlnVoltage": m.voltage_kV,
@@ -133,6 +155,6 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
                      "rlnAmplitudeContrast": optics.amplitude_contrast,
                      "rlnMicrographOriginalPixelSize": m.movie_pixel_size_A,
                      "rlnTomoHand": optics.tomo_hand,
-                     "rlnOpticsGroupName": optics.optics_group_name,
+                     "rlnOpticsGroupName": names[optics_key(m)],
                      "rlnTomoTiltSeriesPixelSize": m.output_pixel_size_A})
     return star_table(rows)

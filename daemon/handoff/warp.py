@@ -15,8 +15,10 @@ a name) this module makes, in the movie's output folder:
   ``Movie`` reads from it are optional in our reading, but this file has not been opened by Warp
   itself here (no Warp in this environment).
 
-Warp ignores the mdoc's per-tilt doses (``--tilt_exposure`` x time order); RELION's files carry
-the exact pre-exposures.
+Warp reads no dose from the mdoc: ``ImportTiltseries`` sorts the tilts by ``DateTime`` and gives
+the i-th (from 0) the pre-exposure ``i x --tilt_exposure``, so give ``--tilt_exposure`` the
+series' mean dose per tilt (the mdoc's ``ExposureDose`` summed, divided by the tilt count);
+RELION's files carry the exact pre-exposures.
 """
 
 from __future__ import annotations

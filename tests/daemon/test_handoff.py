@@ -238,7 +238,9 @@ def _check_series_star(out: Path, watch: Path, tilts) -> None:
         assert row["rlnMicrographPreExposure"] == pytest.approx(expected_pre, abs=1e-9)
         assert row["rlnTomoNominalDefocus"] == pytest.approx(-3.5)
         stem = t.movie.path.stem
-        assert row["rlnMicrographName"] == f"{stem}.mrc"
+        # the main image weighted as its halves are (S_EVN/S_ODD are dose-weighted)
+        record = read_motion(out / f"{stem}.motion.json")
+        assert row["rlnMicrographName"] == record["outputs"]["dw"] == f"{stem}_DW.mrc"
         assert row["rlnMicrographNameEven"] == f"{stem}_EVN.mrc"
         assert row["rlnMicrographNameOdd"] == f"{stem}_ODD.mrc"
         assert row["rlnMicrographMetadata"] == f"{stem}.star"
@@ -494,12 +496,13 @@ def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_
         tmp_path, monkeypatch):
     """A restart with the same gain leaves ``motionwatch_gain.mrc`` alone (a super-resolution
     gain takes seconds to load and 377 MB to write on every start); another orientation, or
-    a gain file written anew, replaces it with the gain as it now is."""
+    a gain file written anew, is written beside it under its own name, the first left as it
+    was: the motion STARs of the movies corrected with the first still name it."""
     import mrcfile
 
     import correction.gain
     from correction.params import GainParams
-    from daemon.handoff.relion import write_relion_gain
+    from daemon.handoff.relion import relion_gain_names, write_relion_gain
 
     rng = np.random.default_rng(4)
     gain = rng.uniform(0.8, 1.2, (48, 64)).astype(np.float32)
@@ -510,6 +513,7 @@ def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_
     out.mkdir()
     upright = GainParams(gain_path=gain_path)
     written = write_relion_gain(out, upright)
+    assert written == out / "motionwatch_gain.mrc"
     first = written.stat()
 
     def must_not_load(*args, **kwargs):
@@ -522,16 +526,26 @@ def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
 
     turned = GainParams(gain_path=gain_path, rotate_quarter_turns=1)
-    write_relion_gain(out, turned)
-    with mrcfile.open(written) as mrc:  # MotionCor2's -RotGain 1: numpy rot90(k=-1)
+    second = write_relion_gain(out, turned)
+    assert second == out / relion_gain_names(turned)[1] != written
+    with mrcfile.open(second) as mrc:  # MotionCor2's -RotGain 1: numpy rot90(k=-1)
         np.testing.assert_array_equal(mrc.data, np.rot90(gain, k=-1))
+    with mrcfile.open(written) as mrc:  # the first gain as it was
+        np.testing.assert_array_equal(mrc.data, gain)
+    with monkeypatch.context() as patch:  # each found again under its own name
+        patch.setattr(correction.gain, "load_gain_reference", must_not_load)
+        assert write_relion_gain(out, turned) == second
+        assert write_relion_gain(out, upright) == written
 
     with mrcfile.new(gain_path, overwrite=True) as mrc:  # the same name, a new gain
         mrc.set_data(2 * gain)
     os.utime(gain_path, ns=(first.st_mtime_ns + 10**9, first.st_mtime_ns + 10**9))
-    write_relion_gain(out, turned)
-    with mrcfile.open(written) as mrc:
+    third = write_relion_gain(out, turned)
+    assert third not in (written, second)
+    with mrcfile.open(third) as mrc:
         np.testing.assert_allclose(mrc.data, np.rot90(2 * gain, k=-1), rtol=1e-6)
+    with mrcfile.open(second) as mrc:
+        np.testing.assert_array_equal(mrc.data, np.rot90(gain, k=-1))
 
 
 def test_two_grids_with_the_same_series_name_get_one_relion_tilt_series_each(tmp_path):
@@ -558,3 +572,212 @@ def test_two_grids_with_the_same_series_name_get_one_relion_tilt_series_each(tmp
             str(watch / grid / t.movie.path.name) for t in tilts)
         assert all((out / name).is_file() for name in table[1]["rlnMicrographName"])
     assert not (out / "grid1" / "grid1").exists() and not (out / "grid2" / "grid2").exists()
+
+
+# --- motionwatch correct: the gain, optics groups, EER -------------------------------------
+
+
+def _correct(*argv) -> int:
+    from daemon.commands.cli import main
+
+    return main(["correct", *map(str, argv)])
+
+
+def _mrc_movie(path: Path, rng, *, shape=SHAPE, gain=None, pixel_size_A=PIXEL_A) -> Path:
+    m = render_movie(rng, shape_yx=shape, n_frames=N_FRAMES, gain=gain, n_hot_pixels=0,
+                     pixel_size_A=pixel_size_A)
+    write_movie_progressively(path, m.frames, pixel_size_A=pixel_size_A, frame_interval_s=0)
+    return m
+
+
+def test_correct_with_a_gain_names_it_in_each_motion_star_in_the_movies_orientation(tmp_path):
+    """``correct --gain`` keeps the gain as polishing reads it, as ``watch`` does: an MRC in the
+    movie's orientation (``-RotGain 1`` undone), named by ``rlnMicrographGainName`` in the
+    movie's motion STAR (3dem/relion ``Micrograph::write``: written when a gain is set)."""
+    import mrcfile
+
+    rng = np.random.default_rng(21)
+    shape = (96, 128)
+    m = _mrc_movie(tmp_path / "g.mrc", rng, shape=shape, gain=True)
+    with mrcfile.new(tmp_path / "gain_turned.mrc") as mrc:  # as the camera stored it
+        mrc.set_data(np.ascontiguousarray(np.rot90(m.gain, k=1)).astype(np.float32))
+    out = tmp_path / "out"
+    assert _correct(tmp_path / "g.mrc", "--gain", tmp_path / "gain_turned.mrc",
+                    "--gain-rotate", 1, "--dose-per-frame", 1.0, "--out", out) == 0
+    general = starfile.read(out / "g.star", always_dict=True)["general"]
+    name = general["rlnMicrographGainName"]
+    assert name == "motionwatch_gain.mrc"
+    with mrcfile.open(out / name) as mrc:
+        np.testing.assert_allclose(mrc.data, m.gain.astype(np.float32), rtol=1e-6)
+
+
+def test_correct_into_the_daemons_folder_keeps_the_daemons_gain_names_and_adds_its_own(
+        tmp_path):
+    """The daemon corrected ``spa_0`` with gain A (its STAR names ``motionwatch_gain.mrc``);
+    ``correct`` then corrects ``other`` with gain B into the same folder. Before, ``correct``
+    rewrote every STAR of the folder without a gain and wrote no gain file. Now the daemon's
+    STAR is untouched, and ``other``'s names a file that holds gain B."""
+    import mrcfile
+
+    from correction.params import GainParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(22)
+    a = _mrc_movie(watch / "spa_0.mrc", rng, gain=True)
+    with mrcfile.new(tmp_path / "gain_a.mrc") as mrc:
+        mrc.set_data(a.gain.astype(np.float32))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=tmp_path / "gain_a.mrc"))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
+    assert Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata()).run() == 0
+    daemon_star = (out / "spa_0.star").read_bytes()
+    assert starfile.read(out / "spa_0.star", always_dict=True)["general"][
+        "rlnMicrographGainName"] == "motionwatch_gain.mrc"
+
+    b = _mrc_movie(tmp_path / "other.mrc", rng, gain=True)
+    with mrcfile.new(tmp_path / "gain_b.mrc") as mrc:
+        mrc.set_data(b.gain.astype(np.float32))
+    assert _correct(tmp_path / "other.mrc", "--gain", tmp_path / "gain_b.mrc",
+                    "--dose-per-frame", 1.0, "--out", out) == 0
+    assert (out / "spa_0.star").read_bytes() == daemon_star
+    with mrcfile.open(out / "motionwatch_gain.mrc") as mrc:  # the daemon's gain, as it was
+        np.testing.assert_allclose(mrc.data, a.gain.astype(np.float32), rtol=1e-6)
+    name = starfile.read(out / "other.star", always_dict=True)["general"][
+        "rlnMicrographGainName"]
+    assert name != "motionwatch_gain.mrc"
+    with mrcfile.open(out / name) as mrc:
+        np.testing.assert_allclose(mrc.data, b.gain.astype(np.float32), rtol=1e-6)
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographMetadata"]) == ["other.star", "spa_0.star"]
+
+
+def test_each_micrograph_points_at_an_optics_group_with_its_own_pixel_size_and_voltage(
+        tmp_path):
+    """Movies of 1.1 Å at 300 kV, binned 2 (2.2 Å), and at 200 kV in one folder: one optics
+    group per distinct optics (RELION's optics table: each micrograph's ``rlnOpticsGroup`` is
+    the row with its pixel sizes and voltage); Cs and amplitude contrast from ``correct``'s
+    options, named as ``watch``'s."""
+    rng = np.random.default_rng(23)
+    out = tmp_path / "out"
+    for name in ("a", "b", "c", "d"):
+        _mrc_movie(tmp_path / f"{name}.mrc", rng)
+    common = ["--dose-per-frame", 1.0, "--out", out, "--spherical-aberration", 1.4,
+              "--amplitude-contrast", 0.07]
+    assert _correct(tmp_path / "a.mrc", tmp_path / "d.mrc", *common) == 0
+    assert _correct(tmp_path / "b.mrc", "--bin", 2, *common) == 0
+    assert _correct(tmp_path / "c.mrc", "--voltage", 200, *common) == 0
+    blocks = starfile.read(out / "corrected_micrographs.star", always_dict=True)
+    optics, mics = blocks["optics"], blocks["micrographs"]
+    assert list(optics["rlnOpticsGroupName"]) == ["optics1", "optics2", "optics3"]
+    assert list(optics["rlnOpticsGroup"]) == [1, 2, 3]
+    assert list(optics["rlnSphericalAberration"]) == pytest.approx([1.4] * 3)
+    assert list(optics["rlnAmplitudeContrast"]) == pytest.approx([0.07] * 3)
+    by_id = {int(r["rlnOpticsGroup"]): r for _, r in optics.iterrows()}
+    assert len(mics) == 4
+    seen = set()
+    for _, row in mics.iterrows():
+        stem = Path(row["rlnMicrographMetadata"]).stem
+        record = read_motion(out / f"{stem}.motion.json")
+        group = by_id[int(row["rlnOpticsGroup"])]
+        bin_factor = record["alignment"]["bin_factor"]
+        assert group["rlnMicrographPixelSize"] == pytest.approx(record["pixel_size_A"])
+        assert group["rlnMicrographOriginalPixelSize"] == pytest.approx(
+            record["pixel_size_A"] / bin_factor)
+        assert group["rlnVoltage"] == pytest.approx(record["voltage_kV"])
+        seen.add(int(row["rlnOpticsGroup"]))
+    assert seen == {1, 2, 3}
+    a_group = mics.loc[mics["rlnMicrographMetadata"] == "a.star", "rlnOpticsGroup"].item()
+    d_group = mics.loc[mics["rlnMicrographMetadata"] == "d.star", "rlnOpticsGroup"].item()
+    assert a_group == d_group  # same optics, one group
+
+
+def test_correct_refuses_an_amplitude_contrast_outside_0_1_as_a_usage_error(tmp_path, capsys):
+    from daemon import exitcodes
+
+    _mrc_movie(tmp_path / "a.mrc", np.random.default_rng(24))
+    assert _correct(tmp_path / "a.mrc", "--dose-per-frame", 1, "--out", tmp_path / "o",
+                    "--amplitude-contrast", 1.5) == exitcodes.USAGE
+    assert "amplitude_contrast" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n_raw, group, sampling", [(50, 12, 1), (45, 10, 1), (45, 10, 2)])
+def test_the_motion_star_of_an_eer_movie_counts_fractions_as_relion_renders_them(
+        tmp_path, n_raw, group, sampling):
+    """3dem/relion ``Micrograph::write`` writes ``rlnEERUpsampling``/``rlnEERGrouping`` for an
+    EER movie (``read`` takes -1 without them) and ``setMovie`` renders ``raw // grouping``
+    fractions of ``upsampling`` x 4K. 50 raw frames in groups of 12: 4 fractions (the 2 left
+    over join the last here; RELION drops them); 45 in groups of 10: 5 here (5 left over make
+    one), 4 for RELION, whose rows only are written. Dose per frame = dose of one fraction."""
+    from eer_writer import write_eer
+
+    rng = np.random.default_rng(25)
+    shape = (128, 128)
+    frames = [np.flatnonzero(rng.random(shape[0] * shape[1]) < 0.05) for _ in range(n_raw)]
+    movie = write_eer(tmp_path / "m.eer", frames, shape_yx=shape)
+    out = tmp_path / "out"
+    total = 0.2 * n_raw  # 0.2 e/Å² per raw frame
+    assert _correct(movie, "--eer-group", group, "--eer-sampling", sampling, "--pixel-size",
+                    0.9, "--total-dose", total, "--out", out) == 0
+    record = read_motion(out / "m.motion.json")
+    assert record["eer"]["raw_frames"] == n_raw and record["eer"]["sampling"] == sampling
+    blocks = starfile.read(out / "m.star", always_dict=True)
+    general, table = blocks["general"], blocks["global_shift"]
+    assert general["rlnEERGrouping"] == group
+    assert general["rlnEERUpsampling"] == sampling
+    assert general["rlnImageSizeZ"] == n_raw // group == len(table)
+    assert list(table["rlnMicrographFrameNumber"]) == list(range(1, n_raw // group + 1))
+    assert general["rlnImageSizeX"] == shape[1] * sampling
+    assert general["rlnImageSizeY"] == shape[0] * sampling
+    assert general["rlnMicrographDoseRate"] == pytest.approx(0.2 * group)
+    assert general["rlnMicrographStartFrame"] == 1
+    if sampling == 1:  # a plain MRC movie has neither label
+        _mrc_movie(tmp_path / "plain.mrc", rng)
+        assert _correct(tmp_path / "plain.mrc", "--dose-per-frame", 1, "--out", out) == 0
+        plain = starfile.read(out / "plain.star", always_dict=True)["general"]
+        assert "rlnEERGrouping" not in plain and "rlnEERUpsampling" not in plain
+
+
+def test_tilt_series_of_distinct_optics_get_distinct_optics_group_names(tmp_path):
+    """``corrected_tilt_series.star``: two series at 1.1 Å and one binned to 2.2 Å: the binned
+    one gets its own ``rlnOpticsGroupName`` (it had the same name as the others)."""
+    from dataclasses import replace
+
+    from daemon.handoff.tomo import global_block
+
+    base = _motion([0, 1], [1, 1], 0.0)
+    fine = replace(base, movie_pixel_size_A=1.1, output_pixel_size_A=1.1)
+    binned = replace(base, movie_pixel_size_A=1.1, output_pixel_size_A=2.2, bin_factor=2.0)
+    table = global_block([("TS_01", tmp_path / "TS_01.star", fine),
+                          ("TS_02", tmp_path / "TS_02.star", binned),
+                          ("TS_03", tmp_path / "TS_03.star", fine)], tmp_path, OPTICS)
+    names = dict(zip(table["rlnTomoName"], table["rlnOpticsGroupName"]))
+    assert names == {"TS_01": "optics1", "TS_02": "optics2", "TS_03": "optics1"}
+    assert list(table["rlnTomoTiltSeriesPixelSize"]) == pytest.approx([1.1, 2.2, 1.1])
+    one = global_block([("TS_01", tmp_path / "TS_01.star", fine)], tmp_path,
+                       RelionOptics(optics_group_name="krios"))
+    assert list(one["rlnOpticsGroupName"]) == ["krios"]
+
+
+def test_the_daemons_rewrite_of_corrected_micrographs_star_keeps_the_movies_correct_added(
+        tmp_path):
+    """``correct --out OUT`` into the daemon's folder adds ``other``; the daemon, rewriting
+    ``corrected_micrographs.star`` for its next movie (here after a restart), lists it still
+    (it listed only the movies of its state database), and leaves its motion STAR alone."""
+    out, config = _single_particle_session(tmp_path, seed=26)
+    watch = config.watch_dir
+    _run_single_particle(config)
+    rng = np.random.default_rng(27)
+    _mrc_movie(tmp_path / "other.mrc", rng)
+    assert _correct(tmp_path / "other.mrc", "--dose-per-frame", 1.0, "--out", out) == 0
+    other_star = (out / "other.star").read_bytes()
+    _mrc_movie(watch / "spa_2.mrc", rng)
+    _run_single_particle(config)
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographMetadata"]) == ["other.star", "spa_0.star", "spa_1.star",
+                                                     "spa_2.star"]
+    assert (out / "other.star").read_bytes() == other_star
+    for _, row in mics.iterrows():
+        assert (out / row["rlnMicrographName"]).is_file()
