@@ -1150,7 +1150,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     quality = [None if not np.isfinite(q) else round(float(q), 4)
                for q in alignment.peak_quality]
     record = motion_record(
-        movie=str(movie_path), shape_yx=corrected.shape_yx,
+        movie=str(Path(movie_path).absolute()), shape_yx=corrected.shape_yx,
         pixel_size_A=corrected.pixel_size_A, voltage_kV=params.dose.voltage_kV,
         shifts_yx_px=corrected.shifts_yx_px, frame_doses_e_A2=corrected.frame_doses_e_A2,
         pre_exposure_e_A2=params.dose.pre_exposure_e_A2,

@@ -164,7 +164,8 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
     Parameters
     ----------
     movie : str
-        The movie's path as given.
+        The movie's absolute path (files for other programs name the movie from here, e.g.
+        RELION's ``rlnMicrographMovieName``, read in whatever folder they run).
     shape_yx : (int, int)
         Output image shape ``(ny, nx)``.
     pixel_size_A : float

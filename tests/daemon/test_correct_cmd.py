@@ -120,6 +120,19 @@ def test_a_movie_without_a_pixel_size_says_so_once_with_the_flag_to_give(folder,
                    "with --pixel-size (Å)"]
 
 
+def test_a_movie_named_relative_to_the_working_folder_is_recorded_by_its_absolute_path(
+        folder, monkeypatch):
+    """The record and RELION's motion STAR name the movie so that a program started in
+    another folder (the daemon rewriting corrected_micrographs.star, RELION) finds it."""
+    tmp, good, _, _ = folder
+    monkeypatch.chdir(tmp)
+    assert main(["correct", good.name, "--out", "out", "--dose-per-frame", "1"]) == 0
+    record = json.loads((tmp / "out" / "good.motion.json").read_text())
+    assert record["movie"] == str(good)
+    assert f"rlnMicrographMovieName {good}" in " ".join(
+        (tmp / "out" / "good.star").read_text().split())
+
+
 def test_output_folder_below_a_regular_file_fails_once_before_any_work(folder, capsys):
     tmp, good, _, _ = folder
     (tmp / "afile").write_text("x")
