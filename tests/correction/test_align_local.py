@@ -560,7 +560,9 @@ def _fits_with_correlated_noise(n_frames: int, group: int, draws: int = 30):
     centres = grid.centres_yx_px
     rho = patch_error_correlation(grid)
     chol = np.linalg.cholesky(rho)
-    truth = _random_model(rng, shape, n_frames)
+    # a gentle field: the prediction's allowance for a gain error of the patch shifts (1.5 % of
+    # the motion, none here) stays small against the noise
+    truth = _random_model(rng, shape, n_frames, amplitude=0.3)
     true = truth.displacement_yx_px(centres[:, 0], centres[:, 1]).transpose(1, 0, 2)
     groups = frame_groups(n_frames, group)
     actual, predicted = [], []
@@ -582,7 +584,7 @@ def test_predicted_error_allows_for_overlapping_patches_and_grouped_frames(n_fra
     """Neighbouring patches share half their pixels and grouped frames share one measurement,
     so the patches' errors are not independent: the predicted error is the RMS error of the
     fit on average (within 15 %; 0.90-0.93x here); taking them as independent (grouped frames
-    by a factor sqrt(n / n_groups)) predicted 0.55-0.6x of it."""
+    by a factor sqrt(n / n_groups)) predicted 0.57-0.64x of it."""
     actual, predicted = _fits_with_correlated_noise(n_frames, group)
     assert np.sqrt(np.mean(predicted**2)) == pytest.approx(np.sqrt(np.mean(actual**2)), rel=0.15)
 
@@ -601,10 +603,10 @@ def test_patch_error_correlation_is_the_overlap_of_the_squared_tapers():
 
 
 @pytest.mark.parametrize("seed, e_per_px, n_frames, corner_px, group", [
-    (0, 0.3, 10, 3.0, 1),  # actual / predicted 2.08 before, 1.16 now
+    (0, 0.3, 10, 3.0, 1),  # actual / predicted 2.08 before, 1.15 now
     (1, 0.3, 10, 0.0, 1),  # no field: 2.39, 1.00
     (1, 0.1, 8, 3.0, 1),  # 1.97, 1.04
-    (0, 0.3, 20, 3.0, 2),  # grouped frames: 2.13, 1.04
+    (0, 0.3, 20, 3.0, 2),  # grouped frames: 2.13, 0.88
 ])
 def test_predicted_error_at_low_dose_is_the_actual_error_at_the_patch_centres(
         seed, e_per_px, n_frames, corner_px, group):
