@@ -1,0 +1,197 @@
+"""Calibration of the local model's predicted error against known truth.
+
+For each case (seed, frame size, frames, dose, corner field, contrast, patch frame grouping) a
+synthetic movie with a known field is rendered, globally aligned at 1024² and its 5 x 5 patch
+shifts measured as in the pipeline (:func:`correction.align_local.estimate_local_motion`);
+then it prints, per case: the actual RMS error (vector length) of the fitted displacement at
+the accepted patch centres against the truth (global + local, temporal means removed, as
+``tests/correction/test_align_local.py`` measures it), the predicted error
+(``predicted_error_px``), their ratio, the gate's decision, and the RMS over the whole frame
+(edge to edge, corners included, 17 x 17 points) of the field error with the fitted model
+(applied or not) and with global alignment alone. A summary gives the ratio's median and
+spread per kind of case and how often local correction was applied, helped (smaller RMS
+error over the frame than global alone) or hurt. The numbers in the module docstring of
+``correction/align_local.py`` come from the ``--full`` grid (183 cases, about 20 min on 2
+busy cores).
+
+Usage::
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_local_error.py          # 12 cases
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_local_error.py --full   # 183
+    ... --json out.json   # every case's figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from correction.align_global import estimate_shifts  # noqa: E402
+from correction.align_local import LocalParams, estimate_local_motion  # noqa: E402
+from correction.fourier import fourier_crop, rfft2  # noqa: E402
+from correction.params import AlignParams  # noqa: E402
+from correction.synthetic_local import (  # noqa: E402
+    LocalDeformation,
+    render_local_movie,
+    smooth_global_drift,
+)
+
+
+def quick_cases() -> list[tuple]:
+    """(seed, size, frames, e/px/frame, corner px, contrast, group) of a short run."""
+    return [(s, 1024, 10, d, c, 0.3, 1) for s in (0, 1) for d in (0.1, 0.3, 1.0)
+            for c in (0, 3)]
+
+
+def full_cases() -> list[tuple]:
+    """The grid behind the calibration table in ``correction/align_local.py``."""
+    cases = []
+    add = cases.append
+    for seed in range(4):
+        for dose in (0.1, 0.3, 1.0, 3.0):
+            for corner in (0, 1, 3, 8):
+                add((seed, 1024, 10, dose, corner, 0.3, 1))
+    for seed in range(3):
+        for corner in (1, 3, 8):
+            add((seed, 1024, 8, 0.1, corner, 0.3, 1))
+    for seed in range(2):
+        for dose in (0.1, 0.3, 1.0, 3.0):
+            for corner in (1, 3, 8):
+                add((seed, 1024, 10, dose, corner, 0.1, 1))
+    for seed in range(2):
+        for dose in (0.1, 0.3):
+            for corner in (0, 3, 8):
+                for group in (2, 3, 4):
+                    add((seed, 1024, 20, dose, corner, 0.3, group))
+                add((seed, 1024, 10, dose, corner, 0.3, 2))
+    for seed in range(3):
+        for dose in (0.3, 1.0):
+            for corner in (0, 3, 8):
+                add((seed, 1024, 20, dose, corner, 0.3, 1))
+    for seed in range(2):
+        for dose in (0.3, 1.0, 3.0):
+            for corner in (3, 8):
+                add((seed, 1024, 40, dose, corner, 0.3, 1))
+    for seed in range(2):
+        for corner in (3, 8):
+            add((seed, 2048, 10, 1.0, corner, 0.3, 1))
+        add((seed, 2048, 40, 1.0, 8, 0.3, 1))
+    add((0, 2048, 40, 0.3, 3, 0.3, 1))
+    add((0, 2048, 40, 3.0, 8, 0.3, 1))
+    return cases
+
+
+def _rms(e: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.sum(e * e, axis=-1))))
+
+
+def run_case(seed: int, size: int, n: int, dose: float, corner: float, contrast: float,
+             group: int) -> dict:
+    """Render, align, fit; the figures of one case (output px)."""
+    shape = (size, size)
+    rng = np.random.default_rng(seed)
+    field = (LocalDeformation(shape, n, corner_amplitude_px=corner, seed=seed)
+             if corner else None)
+    movie = render_local_movie(shape, n, dose_per_pixel=dose, deformation=field,
+                               global_shifts_yx_px=smooth_global_drift(n, total_px=6.0, rng=rng),
+                               rng=rng, contrast=contrast)
+    t0 = time.perf_counter()
+    params = AlignParams()
+    spectra = rfft2(movie.frames.astype(np.float32), workers=2)
+    m = min(1024, size)
+    cropped = fourier_crop(spectra, shape, (m, m))
+    del spectra
+    ga = estimate_shifts(cropped, params=params, output_px_per_grid_px=size / m, workers=2)
+    shifts = ga.shifts_yx_px * (size / m)
+    lm = estimate_local_motion(cropped, (m, m), shape, shifts, params=params,
+                               local=LocalParams(group_frames=group), workers=2)
+    t_align = time.perf_counter() - t0
+
+    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
+
+    def residual_truth(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """True displacement minus the global shifts, temporal mean removed."""
+        if movie.deformation is None:
+            t = np.broadcast_to(movie.global_shifts_yx_px.reshape(
+                (n,) + (1,) * np.ndim(y) + (2,)), (n,) + np.shape(y) + (2,))
+        else:
+            t = movie.true_displacement_yx_px(y - offset[0], x - offset[1])
+        t = t - shifts.reshape((n,) + (1,) * np.ndim(y) + (2,))
+        return t - t.mean(axis=0)
+
+    c = lm.patch_centres_yx_px
+    acc = ~lm.rejected
+    true = residual_truth(c[:, 0], c[:, 1]).transpose(1, 0, 2)
+    actual = _rms((lm.fitted_yx_px - true)[acc]) if acc.any() else float("nan")
+    yy, xx = np.meshgrid(np.linspace(0, size - 1, 17), np.linspace(0, size - 1, 17),
+                         indexing="ij")
+    tf = residual_truth(yy, xx)
+    local = lm.model.displacement_yx_px(yy, xx)
+    pred = float(lm.predicted_error_px)
+    return {"seed": seed, "size": size, "frames": n, "dose": dose, "corner_px": corner,
+            "contrast": contrast, "group": group, "actual_px": actual, "predicted_px": pred,
+            "ratio": actual / pred if pred > 0 else float("nan"), "applied": bool(lm.applied),
+            "reason": lm.reason,
+            "field_rms_local_px": _rms(local - tf), "field_rms_global_px": _rms(tf),
+            "align_s": t_align}
+
+
+def kind(r: dict) -> str:
+    """The row of the summary a case belongs to."""
+    if r["group"] > 1:
+        return "groups of 2-4"
+    if r["size"] > 1024:
+        return f"{r['size']}^2, 10-40 frames"
+    if r["frames"] >= 20:
+        return "1024^2, 20-40 frames"
+    return f"1024^2, 8-10 frames, {r['dose']:g} e/px"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="the 183-case grid")
+    ap.add_argument("--json", type=Path, help="write every case's figures here")
+    a = ap.parse_args()
+    rows = []
+    for case in (full_cases() if a.full else quick_cases()):
+        r = run_case(*case)
+        rows.append(r)
+        print(f"seed {r['seed']} {r['size']}^2 x {r['frames']:2d} {r['dose']:4g} e/px "
+              f"field {r['corner_px']:g} px contrast {r['contrast']} group {r['group']}: "
+              f"actual {r['actual_px']:.4f} predicted {r['predicted_px']:.4f} px "
+              f"ratio {r['ratio']:.2f}; {'applied' if r['applied'] else 'not applied'}, "
+              f"field RMS over the frame with the model {r['field_rms_local_px']:.3f}, global "
+              f"only {r['field_rms_global_px']:.3f} px", flush=True)
+    groups = defaultdict(list)
+    for r in rows:
+        groups[kind(r)].append(r["ratio"])
+    print("\nactual / predicted error at the patch centres: median (min-max)")
+    for k in sorted(groups):
+        v = np.array(groups[k])
+        print(f"  {k:30s} {len(v):3d}  {np.median(v):.2f} ({v.min():.2f}-{v.max():.2f})")
+    ratios = np.array([r["ratio"] for r in rows])
+    inside = np.mean((ratios >= 0.7) & (ratios <= 1.5))
+    print(f"  all {len(ratios)}: median {np.median(ratios):.2f}, within 0.7-1.5: {inside:.0%}, "
+          f"above 1.5: {int(np.sum(ratios > 1.5))}")
+    applied = [r for r in rows if r["applied"]]
+    helps = sum(r["field_rms_local_px"] < r["field_rms_global_px"] for r in applied)
+    print(f"local correction applied on {len(applied)} of {len(rows)}: RMS field error over the "
+          f"frame smaller than global alone on {helps}, larger on {len(applied) - helps}; "
+          f"applied without a field: {sum(r['corner_px'] == 0 for r in applied)}")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
