@@ -9,6 +9,15 @@ is not looked at again until its size, mtime or metadata change, or ``motionwatc
 its quarantine (:meth:`~daemon.state.ledger.Ledger.requeue` drops its row): it is then admitted
 again like a new movie, so a retried tilt gets its series' dose and is corrected once.
 
+One file is one movie, whatever its names: a settled movie whose file version (``(st_dev,
+st_ino)``, size, mtime) the ledger already holds under another name is not corrected again. If
+that other name still is the same file (a hard link, a link to it, a folder linked into the
+tree twice), the movie stays recorded under the name it was met by first (``movie_alias``); if
+not (the file or a folder above it was renamed, while the daemon ran or while it was stopped),
+its rows move to the new name with their status, outputs and dose (``movie_moved``): the outputs
+keep the names they were written under, and the series it belongs to under the new name gets its
+dose from the mdoc, as always (a moved tilt is redone only if that changes its dose).
+
 No single file stops the service: an unexpected error while admitting one movie is logged once
 (``movie_admission_failed``) and that movie is set aside until it changes. With
 ``on_parameter_change = "keep"``, a movie already done under other parameters (same file, same
@@ -184,6 +193,10 @@ class Admission:
         """Handle a settled movie; returns a wait reason, or None once it is in the ledger."""
         cfg = self.config
         ident = (str(obs.path), obs.size, obs.mtime_ns)
+        if obs.inode is not None:
+            known, reason = self._known_by_another_name(obs)
+            if known:
+                return reason
         verdict = self._known_complete(obs) or validate(
             obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
             incomplete_grace_s=cfg.incomplete_grace_s, require_frame_mdoc=cfg.require_frame_mdoc)
@@ -234,6 +247,8 @@ class Admission:
                            note=f"was quarantined as: {row.error}")
             row = None
         if row is not None:
+            if row.inode is None and obs.inode is not None:  # admitted before rows kept it
+                self._safe(lambda: ledger.set_inode(key, obs.inode) or True)
             self._handled.add(ident)
             return None
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
@@ -263,19 +278,62 @@ class Admission:
         adopted = find_adoptable_outputs(key, out_dir, stem)
         if adopted is not None:
             if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={},
-                                               metadata=stored) or True) is None:
+                                               metadata=stored, inode=obs.inode) or True) is None:
                 return _DB_DOWN
             log.info("movie_adopted", outputs=adopted,
                      note="complete outputs of this movie version were already on disk")
             self._announce_adopted(obs.path, key, adopted, stored)
         else:
-            if self._safe(lambda: ledger.add(key, metadata=stored)) is None:
+            if self._safe(lambda: ledger.add(key, metadata=stored, inode=obs.inode)) is None:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
             if self._arrived is not None:
                 self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
         return None
+
+    def _known_by_another_name(self, obs: Observation) -> tuple[bool, str | None]:
+        """Whether the ledger holds this file version under another name, and then the wait
+        reason (None once handled): a second name of a recorded file is left alone, a renamed
+        file's rows take its new name."""
+        ident = (str(obs.path), obs.size, obs.mtime_ns)
+        ledger = self._ledger()
+        try:
+            rows = [r for r in ledger.rows_of_file(obs.inode, obs.size, obs.mtime_ns)
+                    if r.key.path != str(obs.path)]
+        except sqlite3.Error as exc:
+            self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
+            return True, _DB_DOWN
+        if not rows:
+            return False, None
+        names = list(dict.fromkeys(r.key.path for r in rows))
+        for name in names:
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == obs.inode:
+                self.report_once(str(obs.path), "movie_alias",
+                                 f"the same file as {name}, recorded under that name: not "
+                                 "corrected again")
+                self._handled.add(ident)
+                return True, None
+        if any(r.status == "running" for r in rows):  # renamed while a worker has it
+            return True, "renamed while it was being corrected under its earlier name"
+        for name in names:
+            if self._safe(lambda name=name: ledger.move(name, str(obs.path), size=obs.size,
+                                                        mtime_ns=obs.mtime_ns) or True) is None:
+                return True, _DB_DOWN
+            stems = {(r.metadata or {}).get("stem") or movie_stem(Path(name))
+                     for r in rows if r.key.path == name}
+            for stem in stems:
+                self._stems.moved(name, str(obs.path), stem)
+        self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
+                       status=rows[-1].status,
+                       note="renamed after it was recorded: recorded under its new name with "
+                            "its outputs as written, not corrected again")
+        self._handled.add(ident)
+        return True, None
 
     def _announce_adopted(self, path: Path, key: MovieKey, outputs: dict[str, str],
                           stored: dict[str, Any]) -> None:
@@ -334,7 +392,7 @@ class Admission:
         if not known:
             stored = metadata_to_json(StoredMetadata(n_frames=verdict.n_frames))
             if self._safe(lambda: ledger.add(key, status="quarantined", error=verdict.reason,
-                                             metadata=stored)) is None:
+                                             metadata=stored, inode=obs.inode)) is None:
                 return _DB_DOWN
             self._log.warning("movie_quarantined", movie=str(obs.path), reason=verdict.reason,
                               stage="validate")
