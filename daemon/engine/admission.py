@@ -48,6 +48,39 @@ __all__ = ["Admission"]
 _DB_DOWN = "state database unavailable"
 
 
+def _series_renamed(old: str, new: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The stored metadata of a movie moved from ``old`` to ``new`` (paths below the watch
+    folder): a series named after a folder that was renamed (``grid1/TS_01`` when ``grid1``
+    became ``grid1_good``) takes the new folder's name, as the resolver names it from now on;
+    a renamed frames folder below the mdoc's leaves the series' name as it is."""
+    a, b = old.split("/"), new.split("/")
+    while a and b and a[-1] == b[-1]:  # the part of the paths the rename left alone
+        a, b = a[:-1], b[:-1]
+    before, after = "/".join(a), "/".join(b)
+
+    def series(name: Any) -> Any:
+        if not isinstance(name, str) or not before:
+            return name
+        folder, _, stem = name.rpartition("/")
+        if folder == before or folder.startswith(before + "/"):
+            folder = after + folder[len(before):]
+            return f"{folder}/{stem}" if folder else stem
+        return name
+
+    def update(metadata: dict[str, Any]) -> dict[str, Any]:
+        log_context = dict(metadata.get("log_context") or {})
+        if "series" in log_context:
+            log_context["series"] = series(log_context["series"])
+            metadata["log_context"] = log_context
+        extra = dict(metadata.get("extra_record") or {})
+        if isinstance(extra.get("tilt"), dict) and "series" in extra["tilt"]:
+            extra["tilt"] = {**extra["tilt"], "series": series(extra["tilt"]["series"])}
+            metadata["extra_record"] = extra
+        return metadata
+
+    return update
+
+
 class Admission:
     """Admits settled, complete movies into the ledger.
 
@@ -321,8 +354,10 @@ class Admission:
         if any(r.status == "running" for r in rows):  # renamed while a worker has it
             return True, "renamed while it was being corrected under its earlier name"
         for name in names:
-            if self._safe(lambda name=name: ledger.move(name, str(obs.path), size=obs.size,
-                                                        mtime_ns=obs.mtime_ns) or True) is None:
+            renamed = _series_renamed(self._relative(name), self._relative(str(obs.path)))
+            if self._safe(lambda name=name, renamed=renamed: ledger.move(
+                    name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
+                    metadata=renamed) or True) is None:
                 return True, _DB_DOWN
             stems = {(r.metadata or {}).get("stem") or movie_stem(Path(name))
                      for r in rows if r.key.path == name}
@@ -334,6 +369,13 @@ class Admission:
                             "its outputs as written, not corrected again")
         self._handled.add(ident)
         return True, None
+
+    def _relative(self, path: str) -> str:
+        """A path below the watch folder, ``/`` separated (as series are named)."""
+        try:
+            return Path(path).relative_to(self.config.watch_dir).as_posix()
+        except ValueError:
+            return Path(path).as_posix()
 
     def _announce_adopted(self, path: Path, key: MovieKey, outputs: dict[str, str],
                           stored: dict[str, Any]) -> None:

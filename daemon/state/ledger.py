@@ -38,7 +38,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,10 +474,13 @@ class Ledger:
             db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE} AND ino IS NULL",
                        (*_inode_in(inode), *_k(key)))
 
-    def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int) -> list[MovieKey]:
+    def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int,
+             metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+             ) -> list[MovieKey]:
         """A movie file was renamed (its folder, or itself): its rows of this version (any
-        parameters; none running) take the new name, keeping status, outputs and metadata, and
-        the metadata notes ``moved_from``. Returns the new keys."""
+        parameters; none running) take the new name, keeping status, outputs and metadata
+        (``metadata``, when given, makes a row's new metadata from its old), and the metadata
+        notes ``moved_from``. Returns the new keys."""
         moved: list[MovieKey] = []
         with self._tx() as db:
             found = [_row(r) for r in db.execute(
@@ -488,10 +491,10 @@ class Ledger:
                 new = MovieKey(new_path, row.key.size, row.key.mtime_ns, row.key.fingerprint)
                 if db.execute(f"SELECT 1 FROM movies WHERE {_KEY_WHERE}", _k(new)).fetchone():
                     continue  # the new name has this row already
-                metadata = dict(row.metadata)
-                metadata["moved_from"] = [*metadata.get("moved_from", []), old_path]
+                stored = dict(row.metadata) if metadata is None else metadata(dict(row.metadata))
+                stored["moved_from"] = [*stored.get("moved_from", []), old_path]
                 db.execute(f"UPDATE movies SET path = ?, metadata = ?, updated = ? "
-                           f"WHERE {_KEY_WHERE}", (_path_in(new_path), json.dumps(metadata),
+                           f"WHERE {_KEY_WHERE}", (_path_in(new_path), json.dumps(stored),
                                                    self._clock(), *_k(row.key)))
                 moved.append(new)
         return moved

@@ -16,6 +16,7 @@ import pytest
 from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
+from daemon.commands.status import collect_status
 from daemon.engine.service import Service
 from daemon.intake.discover import scan
 from daemon.series.options import resolver_from_config
@@ -139,8 +140,14 @@ def test_a_folder_renamed_while_the_daemon_is_stopped_is_not_corrected_again(tmp
         assert row.metadata["moved_from"] == [str(watch / "grid1" / t.movie.path.name)]
         assert _tilt(row)["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
         assert _tilt(row)["dose_e_A2"] == pytest.approx(t.dose_e_A2, abs=1e-9)
-    # the series is assembled again under its new name, from the outputs as written
+        assert _tilt(row)["series"] == row.metadata["log_context"]["series"] == "grid1_good/TS_01"
+    # the series is assembled again under its new name, from the outputs as written, and
+    # status counts its tilts there
     assert [e["series"] for e in log.named("series_assembling")] == ["grid1_good/TS_01"]
+    series = {s["series"]: s for s in collect_status(out / "motionwatch.sqlite")["series"]}
+    assert series["grid1_good/TS_01"]["tilts_done"] == 3
+    assert series["grid1_good/TS_01"]["accumulated_dose_e_A2"] == pytest.approx(
+        tilts[-1].pre_exposure_e_A2 + tilts[-1].dose_e_A2, abs=1e-3)
 
 
 def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_dose(tmp_path):
@@ -197,3 +204,30 @@ def test_a_folder_renamed_while_the_daemon_runs_is_not_corrected_again(tmp_path)
     assert sorted((Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
                   for r in _rows(out)) == [("grid1_good/m1.mrc", "done", 1),
                                            ("grid1_good/m2.mrc", "done", 1)]
+
+
+def test_a_database_from_before_rows_kept_the_inode_learns_it_at_the_next_run(tmp_path):
+    """The columns are added when an older database is opened, and the next run records the
+    inode of each movie it meets, so a rename after that is recognised."""
+    import sqlite3
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    (watch / "grid1").mkdir(parents=True)
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    write_movie_progressively(watch / "grid1" / "m1.mrc", frames, pixel_size_A=1.1,
+                              frame_interval_s=0)
+    config = _config(watch, out, params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
+    assert len(_started(_run(config))) == 1
+    db = sqlite3.connect(out / "motionwatch.sqlite")  # as an earlier version wrote it
+    db.execute("DROP INDEX movies_file")
+    db.execute("ALTER TABLE movies DROP COLUMN dev")
+    db.execute("ALTER TABLE movies DROP COLUMN ino")
+    db.commit()
+    db.close()
+    assert _started(_run(config)) == []
+    assert [r.inode is not None for r in _rows(out)] == [True]
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config)
+    assert _started(log) == [] and len(log.named("movie_moved")) == 1
+    assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status) for r in _rows(out)] == [
+        ("grid1_good/m1.mrc", "done")]
