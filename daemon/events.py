@@ -53,12 +53,16 @@ class Observation:
         Modification time as the file system reports it (ns since the epoch, the writer's clock).
     kind : str
         ``"movie"`` or ``"metadata"``.
+    inode : (int, int) or None
+        ``(st_dev, st_ino)`` of the file (None when the file system gives no inode number): with
+        size and mtime it recognises one file under another name (a link, a renamed folder).
     """
 
     path: Path
     size: int
     mtime_ns: int
     kind: str = "movie"
+    inode: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ With no MOVIE, every quarantined movie of OUT_DIR's state database is requeued; 
 whose path or file name is given. Each is met again as at its arrival: validated, its metadata,
 dose and pre-exposure resolved afresh (a tilt gets its series' dose, not the configured one),
 then corrected once; one still bad is quarantined again. A running ``motionwatch watch`` picks
-them up at its next scan; a stopped one at its next start. Files that were never movies (ignored
+them up at its next scan; a stopped one at its next start (until then ``motionwatch status``
+lists them as ``requeued``). Files that were never movies (ignored
 names) stay as they are.
 """
 

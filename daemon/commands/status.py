@@ -5,7 +5,8 @@ while ``motionwatch watch`` runs. ``--json`` prints one JSON object instead of t
 are listed with their status (open or completed), tilts corrected out of those their mdoc lists,
 the dose the specimen has accumulated up to the last tilt recorded, and their stack folder.
 Failures list only movies that have not been corrected since (a retried movie that succeeded
-is no longer a failure); files still being written or settling are listed by name with what
+is no longer a failure); a movie ``motionwatch retry`` requeued is listed as ``requeued`` (and
+counted in the backlog) until the daemon meets it again and gives it a row; files still being written or settling are listed by name with what
 they wait for. Times are ISO 8601 UTC (``2026-11-26T00:12:03.412Z``), as in the live feed.
 Piped into ``head``, it stops quietly.
 """
@@ -104,6 +105,23 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
     return out
 
 
+def _requeued(ledger: Ledger) -> list[dict[str, Any]]:
+    """Movies ``motionwatch retry`` requeued that the daemon has not met again yet (their
+    quarantined rows are gone, no new row yet): still on disk as the version requeued."""
+    out = []
+    for path, size, mtime_ns, when in ledger.requeued_unmet():
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue  # gone: nothing to correct
+        except OSError:
+            st = None  # not readable from here: listed all the same
+        if st is not None and (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            continue  # changed since: the daemon meets the new version as a new movie
+        out.append({"movie": path, "status": "requeued", "requeued": iso_utc(when)})
+    return out
+
+
 def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-serialisable dict."""
     now = time.time() if now is None else now
@@ -119,6 +137,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                     for r in ledger.recent(status, last + len(done_since))
                     if not done_since.get(r.key.path, -1.0) >= r.updated][:2 * last]
         backlog = [_brief(r) for r in ledger.rows(status="pending")[:last]]
+        requeued = _requeued(ledger)
         series = _series(ledger.series_states(), ledger.rows())
     beat = state.get("heartbeat_wall")
     running = bool(state.get("pid")) and beat is not None and now - beat < 3 * 60
@@ -131,10 +150,11 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster") if running else None,
                    "pace": state.get("pace")},
-        "counts": counts,
+        "counts": {**counts, "requeued": len(requeued)},
         # what a daemon saw being written or had in hand is its own live view: once it is gone
         # (stopped, or killed before it could say so) it holds for nothing
-        "backlog": {"pending": counts["pending"] + counts["failed"],
+        "backlog": {"pending": counts["pending"] + counts["failed"] + len(requeued),
+                    "requeued": requeued,
                     "waiting_for_completion": state.get("waiting", 0) if running else 0,
                     "waiting": [{"movie": path, "reason": reason} for path, reason
                                 in (state.get("waiting_examples") or {}).items()] if running
@@ -170,7 +190,8 @@ def _print_text(status: dict[str, Any]) -> None:
               f"{cluster.get('in_flight', 0)}/{cluster.get('max_in_flight', 0)} in flight")
     c = status["counts"]
     print("movies: " + ", ".join(f"{c[k]} {k}" for k in ("done", "pending", "running", "failed",
-                                                            "quarantined")))
+                                                            "quarantined"))
+          + (f", {c['requeued']} requeued" if c.get("requeued") else ""))
     b = status["backlog"]
     if not d["running"]:  # what is being written is the daemon's live view
         print(f"backlog: {b['pending']} to correct")
@@ -179,6 +200,8 @@ def _print_text(status: dict[str, Any]) -> None:
               f"written or settling, {len(b['in_flight'])} in progress")
     for path in b["in_flight"]:
         print(f"  in progress: {path}")
+    for entry in b["requeued"]:
+        print(f"  requeued: {entry['movie']} (by retry; the daemon takes it up at its next scan)")
     for entry in b["waiting"]:
         print(f"  waiting: {entry['movie']}: {entry['reason']}")
     if len(b["waiting"]) < b["waiting_for_completion"]:

@@ -9,6 +9,15 @@ is not looked at again until its size, mtime or metadata change, or ``motionwatc
 its quarantine (:meth:`~daemon.state.ledger.Ledger.requeue` drops its row): it is then admitted
 again like a new movie, so a retried tilt gets its series' dose and is corrected once.
 
+One file is one movie, whatever its names: a settled movie whose file version (``(st_dev,
+st_ino)``, size, mtime) the ledger already holds under another name is not corrected again. If
+that other name still is the same file (a hard link, a link to it, a folder linked into the
+tree twice), the movie stays recorded under the name it was met by first (``movie_alias``); if
+not (the file or a folder above it was renamed, while the daemon ran or while it was stopped),
+its rows move to the new name with their status, outputs and dose (``movie_moved``): the outputs
+keep the names they were written under, and the series it belongs to under the new name gets its
+dose from the mdoc, as always (a moved tilt is redone only if that changes its dose).
+
 No single file stops the service: an unexpected error while admitting one movie is logged once
 (``movie_admission_failed``) and that movie is set aside until it changes. With
 ``on_parameter_change = "keep"``, a movie already done under other parameters (same file, same
@@ -37,6 +46,39 @@ from daemon.state.codec import StoredMetadata, metadata_to_json
 __all__ = ["Admission"]
 
 _DB_DOWN = "state database unavailable"
+
+
+def _series_renamed(old: str, new: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The stored metadata of a movie moved from ``old`` to ``new`` (paths below the watch
+    folder): a series named after a folder that was renamed (``grid1/TS_01`` when ``grid1``
+    became ``grid1_good``) takes the new folder's name, as the resolver names it from now on;
+    a renamed frames folder below the mdoc's leaves the series' name as it is."""
+    a, b = old.split("/"), new.split("/")
+    while a and b and a[-1] == b[-1]:  # the part of the paths the rename left alone
+        a, b = a[:-1], b[:-1]
+    before, after = "/".join(a), "/".join(b)
+
+    def series(name: Any) -> Any:
+        if not isinstance(name, str) or not before:
+            return name
+        folder, _, stem = name.rpartition("/")
+        if folder == before or folder.startswith(before + "/"):
+            folder = after + folder[len(before):]
+            return f"{folder}/{stem}" if folder else stem
+        return name
+
+    def update(metadata: dict[str, Any]) -> dict[str, Any]:
+        log_context = dict(metadata.get("log_context") or {})
+        if "series" in log_context:
+            log_context["series"] = series(log_context["series"])
+            metadata["log_context"] = log_context
+        extra = dict(metadata.get("extra_record") or {})
+        if isinstance(extra.get("tilt"), dict) and "series" in extra["tilt"]:
+            extra["tilt"] = {**extra["tilt"], "series": series(extra["tilt"]["series"])}
+            metadata["extra_record"] = extra
+        return metadata
+
+    return update
 
 
 class Admission:
@@ -184,6 +226,10 @@ class Admission:
         """Handle a settled movie; returns a wait reason, or None once it is in the ledger."""
         cfg = self.config
         ident = (str(obs.path), obs.size, obs.mtime_ns)
+        if obs.inode is not None:
+            known, reason = self._known_by_another_name(obs)
+            if known:
+                return reason
         verdict = self._known_complete(obs) or validate(
             obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
             incomplete_grace_s=cfg.incomplete_grace_s, require_frame_mdoc=cfg.require_frame_mdoc)
@@ -234,6 +280,8 @@ class Admission:
                            note=f"was quarantined as: {row.error}")
             row = None
         if row is not None:
+            if row.inode is None and obs.inode is not None:  # admitted before rows kept it
+                self._safe(lambda: ledger.set_inode(key, obs.inode) or True)
             self._handled.add(ident)
             return None
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
@@ -263,19 +311,71 @@ class Admission:
         adopted = find_adoptable_outputs(key, out_dir, stem)
         if adopted is not None:
             if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={},
-                                               metadata=stored) or True) is None:
+                                               metadata=stored, inode=obs.inode) or True) is None:
                 return _DB_DOWN
             log.info("movie_adopted", outputs=adopted,
                      note="complete outputs of this movie version were already on disk")
             self._announce_adopted(obs.path, key, adopted, stored)
         else:
-            if self._safe(lambda: ledger.add(key, metadata=stored)) is None:
+            if self._safe(lambda: ledger.add(key, metadata=stored, inode=obs.inode)) is None:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
             if self._arrived is not None:
                 self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
         return None
+
+    def _known_by_another_name(self, obs: Observation) -> tuple[bool, str | None]:
+        """Whether the ledger holds this file version under another name, and then the wait
+        reason (None once handled): a second name of a recorded file is left alone, a renamed
+        file's rows take its new name."""
+        ident = (str(obs.path), obs.size, obs.mtime_ns)
+        ledger = self._ledger()
+        try:
+            rows = [r for r in ledger.rows_of_file(obs.inode, obs.size, obs.mtime_ns)
+                    if r.key.path != str(obs.path)]
+        except sqlite3.Error as exc:
+            self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
+            return True, _DB_DOWN
+        if not rows:
+            return False, None
+        names = list(dict.fromkeys(r.key.path for r in rows))
+        for name in names:
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == obs.inode:
+                self.report_once(str(obs.path), "movie_alias",
+                                 f"the same file as {name}, recorded under that name: not "
+                                 "corrected again")
+                self._handled.add(ident)
+                return True, None
+        if any(r.status == "running" for r in rows):  # renamed while a worker has it
+            return True, "renamed while it was being corrected under its earlier name"
+        for name in names:
+            renamed = _series_renamed(self._relative(name), self._relative(str(obs.path)))
+            if self._safe(lambda name=name, renamed=renamed: ledger.move(
+                    name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
+                    metadata=renamed) or True) is None:
+                return True, _DB_DOWN
+            stems = {(r.metadata or {}).get("stem") or movie_stem(Path(name))
+                     for r in rows if r.key.path == name}
+            for stem in stems:
+                self._stems.moved(name, str(obs.path), stem)
+        self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
+                       status=rows[-1].status,
+                       note="renamed after it was recorded: recorded under its new name with "
+                            "its outputs as written, not corrected again")
+        self._handled.add(ident)
+        return True, None
+
+    def _relative(self, path: str) -> str:
+        """A path below the watch folder, ``/`` separated (as series are named)."""
+        try:
+            return Path(path).relative_to(self.config.watch_dir).as_posix()
+        except ValueError:
+            return Path(path).as_posix()
 
     def _announce_adopted(self, path: Path, key: MovieKey, outputs: dict[str, str],
                           stored: dict[str, Any]) -> None:
@@ -334,7 +434,7 @@ class Admission:
         if not known:
             stored = metadata_to_json(StoredMetadata(n_frames=verdict.n_frames))
             if self._safe(lambda: ledger.add(key, status="quarantined", error=verdict.reason,
-                                             metadata=stored)) is None:
+                                             metadata=stored, inode=obs.inode)) is None:
                 return _DB_DOWN
             self._log.warning("movie_quarantined", movie=str(obs.path), reason=verdict.reason,
                               stage="validate")

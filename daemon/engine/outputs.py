@@ -117,7 +117,15 @@ class OutputStems:
                 continue
             stem = (row.metadata or {}).get("stem") or movie_stem(Path(row.key.path))
             owner.setdefault((str(Path(row.key.path).parent), stem), row.key.path)
+            for name in (row.metadata or {}).get("moved_from") or ():  # its outputs stay there
+                owner.setdefault((str(Path(name).parent), stem), row.key.path)
         return owner
+
+    def moved(self, old: str, new: str, stem: str) -> None:
+        """A movie's rows took a new name: it still owns the stem its outputs were written
+        under (so a new file under the old name does not overwrite them)."""
+        if self._owner is not None and self._owner.get((str(Path(old).parent), stem)) == old:
+            self._owner[(str(Path(old).parent), stem)] = new
 
     def stem_for(self, movie: Path, out_dir: Path, ledger: Any) -> str:
         """The output stem of ``movie`` (its outputs go to ``out_dir``, which mirrors the movie's

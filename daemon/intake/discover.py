@@ -78,8 +78,16 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         Observations sorted by ``(mtime_ns, path)`` (acquisition order), plus what was skipped.
         A movie reached by several paths (a symbolic or hard link to it elsewhere in the tree)
         is listed once: under a path that is not a symbolic link, the first in sorted order.
+
+    Symbolic links to folders: one whose target lies outside the watched tree is followed (a
+    session folder linked in), and what it holds is named under the link; one whose target
+    lies inside the tree is not (that folder is listed under its own name, so its movies and
+    mdocs keep one name whatever order the folders are listed in), nor one to the watched
+    folder or a folder above it (a loop). A folder reached twice (two links to one place) is
+    listed once, under the first path in name order.
     """
     excluded = {os.path.realpath(p) for p in exclude}
+    root_real = os.path.realpath(root)
     observations: list[Observation] = []
     skipped: list[tuple[Path, str]] = []
     errors: list[tuple[Path, str]] = []
@@ -96,10 +104,11 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                 continue
             visited.add((st_folder.st_dev, st_folder.st_ino))
             with os.scandir(folder) as entries:
-                listing = list(entries)
+                listing = sorted(entries, key=lambda e: e.name)
         except OSError as exc:
             errors.append((folder, exc.strerror or str(exc)))
             continue
+        subfolders: list[Path] = []
         for entry in listing:
             name = entry.name
             if is_temporary_name(name):
@@ -110,8 +119,13 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                 if entry.is_dir(follow_symlinks=True):
                     if is_movie:
                         skipped.append((path, "not a regular file (a directory with a movie's name)"))
-                    if os.path.realpath(path) not in excluded:
-                        stack.append(path)
+                    real = os.path.realpath(path)
+                    if real in excluded:
+                        continue
+                    if entry.is_symlink() and (_within(real, root_real)
+                                               or _within(root_real, real)):
+                        continue  # listed under its own name, or a loop
+                    subfolders.append(path)
                     continue
                 if not (is_movie or _match(name, metadata_patterns)):
                     continue
@@ -125,7 +139,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                 skipped.append((path, f"cannot stat: {exc.strerror or exc}"))
                 continue
             observation = Observation(path, st.st_size, st.st_mtime_ns,
-                                      "movie" if is_movie else "metadata")
+                                      "movie" if is_movie else "metadata",
+                                      (st.st_dev, st.st_ino) if st.st_ino else None)
             if is_movie and st.st_ino:  # one movie reached by two paths is corrected once
                 inode = (st.st_dev, st.st_ino)
                 rank = (entry.is_symlink(), str(path))  # its own name before a link's
@@ -134,9 +149,15 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                 movie_paths[inode] = (rank, observation)
                 continue
             observations.append(observation)
+        stack.extend(reversed(subfolders))  # the first by name is listed first
     observations.extend(observation for _, observation in movie_paths.values())
     observations.sort(key=lambda o: (o.mtime_ns, str(o.path)))
     return ScanResult(tuple(observations), tuple(skipped), tuple(errors))
+
+
+def _within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies below it (real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def filesystem_type(path: Path, *, mounts_file: Path = Path("/proc/mounts")) -> str | None:

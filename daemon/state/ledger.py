@@ -2,7 +2,11 @@
 
 A movie is keyed by ``(path, size, mtime_ns, fingerprint)``: the file as observed and the hash of
 the parameters that affect its result (:meth:`correction.params.CorrectionParams.fingerprint`).
-A changed file (new size or mtime) or new parameters make a new key, so a new row.
+A changed file (new size or mtime) or new parameters make a new key, so a new row. Each row
+also stores the file's ``(st_dev, st_ino)`` when admitted (columns ``dev``, ``ino``; added to an
+older database when it is opened): :meth:`Ledger.rows_of_file` finds the rows of one file
+version under any name, so that a link to a recorded movie or a renamed folder is recognised
+(:meth:`Ledger.move` carries a moved movie's rows to its new name, outputs unchanged).
 
 Statuses: ``pending`` (ready, waiting for a worker), ``running`` (a worker has it), ``done``
 (outputs renamed into place, then the row written), ``failed`` (will be retried after
@@ -34,7 +38,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +71,8 @@ CREATE TABLE IF NOT EXISTS movies (
     updated REAL NOT NULL,
     finished REAL,
     retry_after REAL,
+    dev INTEGER,
+    ino INTEGER,
     UNIQUE (path, size, mtime_ns, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS movies_status ON movies (status, mtime_ns);
@@ -102,6 +108,7 @@ class MovieRow:
     updated: float
     finished: float | None
     retry_after: float | None
+    inode: tuple[int, int] | None = None
 
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
@@ -145,19 +152,31 @@ def _row(r: sqlite3.Row) -> MovieRow:
     def j(text: str | None) -> dict:
         return json.loads(text) if text else {}
 
+    names = r.keys()
+    inode = ((int(r["dev"]), int(r["ino"])) if "ino" in names and r["ino"] is not None
+             and r["dev"] is not None else None)
     return MovieRow(MovieKey(_path_out(r["path"]), r["size"], _ns_out(r["mtime_ns"]),
                              r["fingerprint"]), r["status"],
                     r["attempts"], r["failures"], r["error"], j(r["outputs"]), j(r["timings"]),
                     j(r["summary"]), j(r["metadata"]), r["first_seen"], r["updated"],
-                    r["finished"], r["retry_after"])
+                    r["finished"], r["retry_after"], inode)
 
 
 _KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
 #: the ``service_state`` key counting requeues (:meth:`Ledger.requeue`)
 _REQUEUE_SERIAL = "requeue_serial"
-#: the ``service_state`` key of the versions each requeue lifted, ``[serial, path, size, mtime]``
+#: the ``service_state`` key of the versions each requeue lifted,
+#: ``[serial, path, size, mtime, wall time of the requeue]`` (entries written before the time
+#: was kept have four items)
 _REQUEUED_VERSIONS = "requeued_versions"
 _REQUEUE_LOG_LENGTH = 5000
+
+
+def _inode_in(inode: tuple[int, int] | None) -> tuple[Any, Any]:
+    """``(dev, ino)`` as stored (SQLite's INTEGER is signed 64-bit: a larger number as TEXT)."""
+    if inode is None:
+        return (None, None)
+    return (_ns_in(int(inode[0])), _ns_in(int(inode[1])))
 
 
 def _k(key: MovieKey) -> tuple:
@@ -205,6 +224,11 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(movies)")}
+            for column in ("dev", "ino"):  # a database written before rows kept the inode
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE movies ADD COLUMN {column} INTEGER")
+            self._db.execute("CREATE INDEX IF NOT EXISTS movies_file ON movies (ino, dev)")
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -278,6 +302,13 @@ class Ledger:
             "SELECT * FROM movies WHERE status = ? ORDER BY updated DESC, id DESC LIMIT ?",
             (status, limit))]
 
+    def rows_of_file(self, inode: tuple[int, int], size: int, mtime_ns: int) -> list[MovieRow]:
+        """Rows of one file version under any name: the same ``(st_dev, st_ino)``, size and
+        mtime (a link to it, or its name before a rename), in acquisition order."""
+        return [_row(r) for r in self._db.execute(
+            "SELECT * FROM movies WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
+            "ORDER BY id", (*_inode_in(inode), _ns_in(size), _ns_in(mtime_ns)))]
+
     def mdoc_states(self) -> dict[str, dict[str, Any]]:
         """Every known mdoc by path: ``sha256``, ``size``, ``mtime_ns``, ``kind``,
         ``unchanged_since`` (wall clock s of its last content change)."""
@@ -296,35 +327,40 @@ class Ledger:
 
     # --- writes ---------------------------------------------------------------------------
     def add(self, key: MovieKey, *, status: str = "pending", error: str | None = None,
-            metadata: Mapping[str, Any] | None = None) -> MovieRow:
-        """Insert a new movie version (no-op if the key exists); return its row."""
+            metadata: Mapping[str, Any] | None = None,
+            inode: tuple[int, int] | None = None) -> MovieRow:
+        """Insert a new movie version (no-op if the key exists); return its row. ``inode``:
+        the file's ``(st_dev, st_ino)``, when known."""
         if status not in ("pending", "quarantined"):
             raise ValueError(f"a new row is pending or quarantined, not {status!r}")
         now = self._clock()
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO movies (path, size, mtime_ns, fingerprint, status, error, "
-                "metadata, first_seen, updated, finished) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "metadata, first_seen, updated, finished, dev, ino) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*_k(key), status, _text_in(error), json.dumps(dict(metadata or {})), now, now,
-                 now if status == "quarantined" else None))
+                 now if status == "quarantined" else None, *_inode_in(inode)))
         row = self.get(key)
         assert row is not None
         return row
 
     def adopt(self, key: MovieKey, *, outputs: Mapping[str, str], summary: Mapping[str, Any],
-              timings: Mapping[str, float], metadata: Mapping[str, Any] | None = None) -> None:
+              timings: Mapping[str, float], metadata: Mapping[str, Any] | None = None,
+              inode: tuple[int, int] | None = None) -> None:
         """Record a movie as done from outputs found on disk (written before a crash)."""
         now = self._clock()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO movies (path, size, mtime_ns, fingerprint, status, outputs, timings, "
-                "summary, metadata, first_seen, updated, finished, error) "
-                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET status='done', "
+                "summary, metadata, first_seen, updated, finished, error, dev, ino) "
+                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "status='done', "
                 "outputs=excluded.outputs, timings=excluded.timings, summary=excluded.summary, "
                 "updated=excluded.updated, finished=excluded.finished, error=excluded.error",
                 (*_k(key), json.dumps(dict(outputs)), json.dumps(dict(timings)),
                  json.dumps(dict(summary)), json.dumps(dict(metadata or {})), now, now, now,
-                 "adopted outputs found on disk"))
+                 "adopted outputs found on disk", *_inode_in(inode)))
 
     def claim(self, key: MovieKey) -> int:
         """Mark a pending/failed movie running; returns its attempt number (1 = first)."""
@@ -388,7 +424,8 @@ class Ledger:
             if chosen:
                 serial = self._state_json(db, _REQUEUE_SERIAL, 0) + 1
                 log = self._state_json(db, _REQUEUED_VERSIONS, [])
-                log = (log + [[serial, k.path, k.size, k.mtime_ns] for k in chosen])
+                now = self._clock()
+                log = (log + [[serial, k.path, k.size, k.mtime_ns, now] for k in chosen])
                 for key, value in ((_REQUEUE_SERIAL, serial),
                                    (_REQUEUED_VERSIONS, log[-_REQUEUE_LOG_LENGTH:])):
                     db.execute("INSERT INTO service_state (key, value) VALUES (?, ?) ON CONFLICT "
@@ -409,7 +446,58 @@ class Ledger:
         """The movie versions ``(path, size, mtime_ns)`` whose quarantine :meth:`requeue`
         lifted after requeue number ``serial`` (the last few thousand are kept)."""
         log = self._state_json(self._db, _REQUEUED_VERSIONS, [])
-        return [(str(p), int(size), int(mtime)) for n, p, size, mtime in log if n > serial]
+        return [(str(p), int(size), int(mtime)) for n, p, size, mtime, *_ in log if n > serial]
+
+    def requeued_unmet(self) -> list[tuple[str, int, int, float | None]]:
+        """The movie versions ``(path, size, mtime_ns, requeued at)`` that :meth:`requeue`
+        lifted and that the daemon has not admitted again yet: no row of that file version was
+        added since (their quarantined rows were dropped, so until the daemon's next scan meets
+        them they have none). Whether the file is still that version is the caller's to check."""
+        log = self._state_json(self._db, _REQUEUED_VERSIONS, [])
+        latest: dict[tuple[str, int, int], float | None] = {}
+        for _, p, size, mtime, *rest in log:
+            latest[(str(p), int(size), int(mtime))] = float(rest[0]) if rest else None
+        out = []
+        for (path, size, mtime), when in latest.items():
+            since = -1.0 if when is None else when
+            met = self._db.execute(
+                "SELECT 1 FROM movies WHERE path = ? AND size = ? AND mtime_ns = ? AND "
+                "first_seen >= ? LIMIT 1",
+                (_path_in(path), _ns_in(size), _ns_in(mtime), since)).fetchone()
+            if met is None:
+                out.append((path, size, mtime, when))
+        return out
+
+    def set_inode(self, key: MovieKey, inode: tuple[int, int]) -> None:
+        """Record the ``(st_dev, st_ino)`` of a row admitted before rows kept it."""
+        with self._tx() as db:
+            db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE} AND ino IS NULL",
+                       (*_inode_in(inode), *_k(key)))
+
+    def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int,
+             metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+             ) -> list[MovieKey]:
+        """A movie file was renamed (its folder, or itself): its rows of this version (any
+        parameters; none running) take the new name, keeping status, outputs and metadata
+        (``metadata``, when given, makes a row's new metadata from its old), and the metadata
+        notes ``moved_from``. Returns the new keys."""
+        moved: list[MovieKey] = []
+        with self._tx() as db:
+            found = [_row(r) for r in db.execute(
+                "SELECT * FROM movies WHERE path = ? AND size = ? AND mtime_ns = ? AND "
+                "status != 'running' ORDER BY id",
+                (_path_in(old_path), _ns_in(size), _ns_in(mtime_ns)))]
+            for row in found:
+                new = MovieKey(new_path, row.key.size, row.key.mtime_ns, row.key.fingerprint)
+                if db.execute(f"SELECT 1 FROM movies WHERE {_KEY_WHERE}", _k(new)).fetchone():
+                    continue  # the new name has this row already
+                stored = dict(row.metadata) if metadata is None else metadata(dict(row.metadata))
+                stored["moved_from"] = [*stored.get("moved_from", []), old_path]
+                db.execute(f"UPDATE movies SET path = ?, metadata = ?, updated = ? "
+                           f"WHERE {_KEY_WHERE}", (_path_in(new_path), json.dumps(stored),
+                                                   self._clock(), *_k(row.key)))
+                moved.append(new)
+        return moved
 
     def release(self, key: MovieKey) -> None:
         """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""

@@ -1,0 +1,233 @@
+"""One file is one movie, whatever its names: a folder linked into the watched tree a second
+time, a hard link made later, a folder renamed while the daemon is stopped or running. Each
+real file is corrected once, and a series' tilts keep the dose and pre-exposure of its mdoc
+(real daemon runs on real files; corrections by the fake runner, which records the metadata it
+was given)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from recording_log import RecordingLog
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.commands.status import collect_status
+from daemon.engine.service import Service
+from daemon.intake.discover import scan
+from daemon.series.options import resolver_from_config
+from daemon.settings.config import Config
+from daemon.simulation.movies import write_movie_progressively
+from daemon.simulation.tilt_series import simulate_tilt_series
+from daemon.state.ledger import Ledger
+
+
+def _config(watch: Path, out: Path, *, params: CorrectionParams | None = None,
+            **fields) -> Config:
+    out.mkdir(exist_ok=True)
+    values = {"settle_time_s": 0.1, "scan_interval_s": 0.05, "heartbeat_s": 0.2,
+              "exit_when_idle_s": 0.6, "polling": "on",
+              "options": {"tilt_series": "auto", "mdoc_quiet": 0.3}, **fields}
+    return Config(watch, out, out, params or CorrectionParams(dose=DoseParams()), **values)
+
+
+def _run(config: Config) -> RecordingLog:
+    log = RecordingLog()
+    assert Service(config, resolver=resolver_from_config(config), runner="fake_runners:correct",
+                   logger=log).run() == 0
+    return log
+
+
+def _rows(out: Path) -> list:
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        return [r for r in ledger.rows() if r.key.size >= 0]
+
+
+def _started(log: RecordingLog) -> list[str]:
+    return [e["movie"] for e in log.named("movie_started")]
+
+
+def _series(watch: Path, seed: int = 1) -> list:
+    return simulate_tilt_series(watch, rng=np.random.default_rng(seed), n_tilts=3,
+                                shape_yx=(32, 32), n_frames=4, frame_interval_s=0.0,
+                                tilt_interval_s=0.0, lock=False)
+
+
+def _tilt(row) -> dict:
+    return row.metadata["extra_record"]["tilt"]
+
+
+def test_a_folder_linked_into_the_tree_again_is_not_corrected_twice(tmp_path):
+    """``zz_all -> grid1`` made after grid1 was corrected: before, the second run listed grid1
+    under the link's name and corrected its three tilts again as series ``zz_all/TS_01``."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    tilts = _series(watch / "grid1")
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    (watch / "zz_all").symlink_to(watch / "grid1", target_is_directory=True)
+    (watch / "aa_all").symlink_to(watch / "grid1", target_is_directory=True)
+    log = _run(config)
+    assert _started(log) == []
+    rows = _rows(out)
+    assert sorted(Path(r.key.path).relative_to(watch).as_posix() for r in rows) == sorted(
+        f"grid1/{t.movie.path.name}" for t in tilts)
+    assert {_tilt(r)["series"] for r in rows} == {"grid1/TS_01"}
+    assert not (out / "zz_all").exists() and not (out / "aa_all").exists()
+
+
+def test_a_hard_link_made_later_under_a_name_listed_first_is_the_same_movie(tmp_path):
+    """The scan lists one file once per scan, under the first name in order; a hard link
+    ``a_copy.mrc`` made after ``b.mrc`` was corrected is now listed first. The ledger knows
+    the file (device, inode, size, mtime): it stays recorded under ``b.mrc``."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    write_movie_progressively(watch / "b.mrc", frames, pixel_size_A=1.1, frame_interval_s=0)
+    config = _config(watch, out, params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
+    assert [Path(p).name for p in _started(_run(config))] == ["b.mrc"]
+    os.link(watch / "b.mrc", watch / "a_copy.mrc")
+    assert [o.path.name for o in scan(watch).observations] == ["a_copy.mrc"]
+    log = _run(config)
+    assert _started(log) == []
+    assert [Path(e["movie"]).name for e in log.named("movie_alias")] == ["a_copy.mrc"]
+    assert [(Path(r.key.path).name, r.status, r.attempts) for r in _rows(out)] == [
+        ("b.mrc", "done", 1)]
+
+
+def test_links_to_folders_inside_the_tree_or_above_it_are_not_followed_outside_ones_are(
+        tmp_path):
+    watch = tmp_path / "session"
+    (watch / "grid1").mkdir(parents=True)
+    (watch / "grid1" / "a.mrc").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "e.mrc").write_bytes(b"y")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "o.mrc").write_bytes(b"z")  # reached only through the link above
+    (watch / "aa_grid").symlink_to(watch / "grid1", target_is_directory=True)  # inside
+    (watch / "linked_in").symlink_to(elsewhere, target_is_directory=True)  # a session linked in
+    (watch / "grid1" / "up").symlink_to(tmp_path, target_is_directory=True)  # above: a loop
+    (watch / "grid1" / "self").symlink_to(watch, target_is_directory=True)
+    paths = sorted(o.path.relative_to(watch).as_posix() for o in scan(watch).observations)
+    assert paths == ["grid1/a.mrc", "linked_in/e.mrc"]
+
+
+def test_a_folder_renamed_while_the_daemon_is_stopped_is_not_corrected_again(tmp_path):
+    """``grid1`` renamed ``grid1_good`` between two runs: before, all its tilts were corrected
+    again under the new name (and assembled twice). Now the rows follow the files, with the
+    outputs as written and the mdoc's dose; the series is assembled under its new name."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    tilts = _series(watch / "grid1")
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    before = {Path(r.key.path).name: r for r in _rows(out)}
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config)
+    assert _started(log) == []
+    assert len(log.named("movie_moved")) == 3
+    rows = _rows(out)
+    assert sorted(r.key.path for r in rows) == sorted(
+        str(watch / "grid1_good" / t.movie.path.name) for t in tilts)
+    for t in tilts:
+        row = next(r for r in rows if Path(r.key.path).name == t.movie.path.name)
+        assert (row.status, row.attempts) == ("done", 1)
+        assert row.outputs == before[t.movie.path.name].outputs
+        assert all(Path(p).exists() for p in row.outputs.values())
+        assert row.metadata["moved_from"] == [str(watch / "grid1" / t.movie.path.name)]
+        assert _tilt(row)["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+        assert _tilt(row)["dose_e_A2"] == pytest.approx(t.dose_e_A2, abs=1e-9)
+        assert _tilt(row)["series"] == row.metadata["log_context"]["series"] == "grid1_good/TS_01"
+    # the series is assembled again under its new name, from the outputs as written, and
+    # status counts its tilts there
+    assert [e["series"] for e in log.named("series_assembling")] == ["grid1_good/TS_01"]
+    series = {s["series"]: s for s in collect_status(out / "motionwatch.sqlite")["series"]}
+    assert series["grid1_good/TS_01"]["tilts_done"] == 3
+    assert series["grid1_good/TS_01"]["accumulated_dose_e_A2"] == pytest.approx(
+        tilts[-1].pre_exposure_e_A2 + tilts[-1].dose_e_A2, abs=1e-3)
+
+
+def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_dose(tmp_path):
+    """The mdoc stays in ``grid1``, its frames folder is renamed. Before, the ledger's rows kept
+    the mdoc's listing under the old names, and the renamed movies became a series of their
+    own, ``grid1/frames_sorted/TS_01``, with no dose (waiting for ever) or the configured dose
+    per tilt counted from zero: a wrong pre-exposure."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    grid = watch / "grid1"
+    tilts = _series(grid)
+    (grid / "frames").mkdir()
+    for t in tilts:
+        os.rename(t.movie.path, grid / "frames" / t.movie.path.name)
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    os.rename(grid / "frames", grid / "frames_sorted")
+    log = _run(config)
+    assert _started(log) == []
+    rows = _rows(out)
+    assert sorted(r.key.path for r in rows) == sorted(
+        str(grid / "frames_sorted" / t.movie.path.name) for t in tilts)
+    for t in tilts:
+        row = next(r for r in rows if Path(r.key.path).name == t.movie.path.name)
+        assert (row.status, row.attempts) == ("done", 1)
+        assert _tilt(row)["series"] == "grid1/TS_01"
+        assert _tilt(row)["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+
+
+def test_a_folder_renamed_while_the_daemon_runs_is_not_corrected_again(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    (watch / "grid1").mkdir(parents=True)
+    for name in ("m1.mrc", "m2.mrc"):
+        write_movie_progressively(watch / "grid1" / name, frames, pixel_size_A=1.1,
+                                  frame_interval_s=0)
+    config = _config(watch, out, exit_when_idle_s=30.0,
+                     params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
+    log = RecordingLog()
+    service = Service(config, runner="fake_runners:correct", logger=log)
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(log.named("movie_done")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.rename(watch / "grid1", watch / "grid1_good")
+        while len(log.named("movie_moved")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # some more scans
+    finally:
+        service.request_stop("test done")
+        thread.join(60)
+    assert len(_started(log)) == 2
+    assert sorted((Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
+                  for r in _rows(out)) == [("grid1_good/m1.mrc", "done", 1),
+                                           ("grid1_good/m2.mrc", "done", 1)]
+
+
+def test_a_database_from_before_rows_kept_the_inode_learns_it_at_the_next_run(tmp_path):
+    """The columns are added when an older database is opened, and the next run records the
+    inode of each movie it meets, so a rename after that is recognised."""
+    import sqlite3
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    (watch / "grid1").mkdir(parents=True)
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    write_movie_progressively(watch / "grid1" / "m1.mrc", frames, pixel_size_A=1.1,
+                              frame_interval_s=0)
+    config = _config(watch, out, params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
+    assert len(_started(_run(config))) == 1
+    db = sqlite3.connect(out / "motionwatch.sqlite")  # as an earlier version wrote it
+    db.execute("DROP INDEX movies_file")
+    db.execute("ALTER TABLE movies DROP COLUMN dev")
+    db.execute("ALTER TABLE movies DROP COLUMN ino")
+    db.commit()
+    db.close()
+    assert _started(_run(config)) == []
+    assert [r.inode is not None for r in _rows(out)] == [True]
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config)
+    assert _started(log) == [] and len(log.named("movie_moved")) == 1
+    assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status) for r in _rows(out)] == [
+        ("grid1_good/m1.mrc", "done")]

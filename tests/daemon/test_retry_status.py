@@ -1,0 +1,83 @@
+"""``motionwatch status`` after ``motionwatch retry``: the retried movie's quarantined row is
+dropped (it is met again as a new movie), and until the daemon's next scan (or next start) it
+had no row at all, so status did not show it. It is listed as ``requeued`` and counted in the
+backlog until the daemon gives it a row again (real daemon runs, the fake runner)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from recording_log import RecordingLog
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.commands.cli import main as cli_main
+from daemon.commands.status import collect_status
+from daemon.engine.service import Service
+from daemon.settings.config import Config
+from daemon.simulation.movies import write_movie_progressively
+
+
+def _movie(path):
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+    return path
+
+
+def _run(config):
+    assert Service(config, runner="fake_runners:correct", logger=RecordingLog()).run() == 0
+
+
+def test_a_retried_movie_is_listed_as_requeued_until_the_daemon_meets_it_again(tmp_path,
+                                                                                capsys):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, max_attempts=1, retry_delay_s=0.0,
+                    heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
+    flaky = _movie(watch / "flaky_1.mrc")
+    _movie(watch / "bad_2.mrc")
+    marker = flaky.with_name(flaky.name + ".bad")
+    marker.write_text("")  # the fake runner fails flaky_1 while this exists
+    _run(config)
+    db = out / "motionwatch.sqlite"
+    assert collect_status(db)["counts"]["quarantined"] == 2
+
+    marker.unlink()  # mended
+    assert cli_main(["retry", str(out)]) == 0
+    capsys.readouterr()
+    status = collect_status(db)
+    assert status["counts"]["quarantined"] == 0
+    assert status["counts"]["requeued"] == 2
+    assert status["backlog"]["pending"] == 2
+    assert sorted(os.path.basename(e["movie"]) for e in status["backlog"]["requeued"]) == [
+        "bad_2.mrc", "flaky_1.mrc"]
+    assert cli_main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 requeued" in text and f"requeued: {flaky}" in text
+    assert cli_main(["status", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["requeued"] == 2
+
+    _run(config)  # met again: flaky_1 corrected, bad_2 quarantined again
+    status = collect_status(db)
+    assert (status["counts"]["done"], status["counts"]["quarantined"]) == (1, 1)
+    assert status["counts"]["requeued"] == 0 and status["backlog"]["requeued"] == []
+    assert status["backlog"]["pending"] == 0
+
+
+def test_a_requeued_movie_that_was_replaced_or_deleted_since_is_not_listed(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, max_attempts=1, retry_delay_s=0.0,
+                    heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
+    gone, replaced = _movie(watch / "bad_gone.mrc"), _movie(watch / "bad_replaced.mrc")
+    _run(config)
+    assert cli_main(["retry", str(out)]) == 0
+    gone.unlink()
+    with open(replaced, "ab") as fh:  # a new version: the daemon meets it as a new movie
+        fh.write(b"\0" * 16)
+    assert collect_status(out / "motionwatch.sqlite")["backlog"]["requeued"] == []
