@@ -47,6 +47,15 @@ def _rows(out: Path) -> list:
         return [r for r in ledger.rows() if r.key.size >= 0]
 
 
+def _rows_moved_to(out: Path, folder: Path, tilts) -> list:
+    """The ledger's rows of ``tilts``, in their order, after checking that every row of the
+    ledger names its movie in ``folder``."""
+    rows = {r.key.path: r for r in _rows(out)}
+    paths = [str(folder / t.movie.path.name) for t in tilts]
+    assert sorted(rows) == sorted(paths)
+    return [rows[p] for p in paths]
+
+
 def _started(log: RecordingLog) -> list[str]:
     return [e["movie"] for e in log.named("movie_started")]
 
@@ -129,11 +138,8 @@ def test_a_folder_renamed_while_the_daemon_is_stopped_is_not_corrected_again(tmp
     log = _run(config)
     assert _started(log) == []
     assert len(log.named("movie_moved")) == 3
-    rows = _rows(out)
-    assert sorted(r.key.path for r in rows) == sorted(
-        str(watch / "grid1_good" / t.movie.path.name) for t in tilts)
-    for t in tilts:
-        row = next(r for r in rows if Path(r.key.path).name == t.movie.path.name)
+    rows = _rows_moved_to(out, watch / "grid1_good", tilts)
+    for t, row in zip(tilts, rows):
         assert (row.status, row.attempts) == ("done", 1)
         assert row.outputs == before[t.movie.path.name].outputs
         assert all(Path(p).exists() for p in row.outputs.values())
@@ -166,11 +172,7 @@ def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_
     os.rename(grid / "frames", grid / "frames_sorted")
     log = _run(config)
     assert _started(log) == []
-    rows = _rows(out)
-    assert sorted(r.key.path for r in rows) == sorted(
-        str(grid / "frames_sorted" / t.movie.path.name) for t in tilts)
-    for t in tilts:
-        row = next(r for r in rows if Path(r.key.path).name == t.movie.path.name)
+    for t, row in zip(tilts, _rows_moved_to(out, grid / "frames_sorted", tilts)):
         assert (row.status, row.attempts) == ("done", 1)
         assert _tilt(row)["series"] == "grid1/TS_01"
         assert _tilt(row)["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)

@@ -25,18 +25,24 @@ def _movie(path):
     return path
 
 
-def _run(config):
-    assert Service(config, runner="fake_runners:correct", logger=RecordingLog()).run() == 0
-
-
-def test_a_retried_movie_is_listed_as_requeued_until_the_daemon_meets_it_again(tmp_path,
-                                                                                capsys):
+def _session(tmp_path):
+    """``(watch folder, output folder, config)``: one attempt per movie, exit when idle."""
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
                     settle_time_s=0.1, scan_interval_s=0.05, max_attempts=1, retry_delay_s=0.0,
                     heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
+    return watch, out, config
+
+
+def _run(config):
+    assert Service(config, runner="fake_runners:correct", logger=RecordingLog()).run() == 0
+
+
+def test_a_retried_movie_is_listed_as_requeued_until_the_daemon_meets_it_again(tmp_path,
+                                                                                capsys):
+    watch, out, config = _session(tmp_path)
     flaky = _movie(watch / "flaky_1.mrc")
     _movie(watch / "bad_2.mrc")
     marker = flaky.with_name(flaky.name + ".bad")
@@ -68,12 +74,7 @@ def test_a_retried_movie_is_listed_as_requeued_until_the_daemon_meets_it_again(t
 
 
 def test_a_requeued_movie_that_was_replaced_or_deleted_since_is_not_listed(tmp_path):
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                    settle_time_s=0.1, scan_interval_s=0.05, max_attempts=1, retry_delay_s=0.0,
-                    heartbeat_s=0.1, exit_when_idle_s=0.5, polling="on")
+    watch, out, config = _session(tmp_path)
     gone, replaced = _movie(watch / "bad_gone.mrc"), _movie(watch / "bad_replaced.mrc")
     _run(config)
     assert cli_main(["retry", str(out)]) == 0
