@@ -130,10 +130,11 @@ Predicted error
     sum's positions (:class:`correction.synthetic_local.SumReferencedField`), which differ
     by the mean local displacement (0.25-0.65 % of the motion for 3-8 px corner fields), and
     at low dose in the global step's error, which the truth includes and the patches share.
-    The allowance is kept until the calibration is redone against the sum-referenced truth. No residual correlation is estimated from the
-    data (25 patches are too few for a cluster-robust estimate: sandwich estimators with
-    patches as clusters stayed 1.5-2.5x optimistic), and a time resolution bias is not
-    included: grouped frames interpolate fast early motion (see below). 2-12 ms per
+    The allowance is kept until the calibration is redone against the sum-referenced
+    truth. No residual correlation is estimated from the data (25 patches are too few for a
+    cluster-robust estimate: sandwich estimators with patches as clusters stayed 1.5-2.5x
+    optimistic), and a time resolution bias is not included: grouped frames interpolate
+    fast early motion (see below). 2-12 ms per
     prediction for 25 patches x 10-60 frames (the previous one: 2-11 ms), one or two per fit.
 
     Calibration against synthetic movies with known truth (seeds 0-3; 0.1-3 e/px/frame; 8-40
