@@ -188,6 +188,10 @@ __all__ = [
 ]
 
 _TUKEY_C = 4.685
+# grouped frames: time terms beyond tau and log time kept while group means determine them per
+# frame with at most this gain in the model's mean variance over frames
+# (see _supported_temporal_degree)
+_MAX_GROUP_VARIANCE_GAIN = 1.15
 _MIN_SIGNAL_PATCHES = 6  # fewest patches with signal a local model is fitted to
 _MIN_SIGNAL_FRACTION = 0.25  # ... and the fewest as a fraction of the grid
 _MIN_PATCH_PX = 64  # smaller patches give unreliable peaks (and error predictions)
@@ -663,53 +667,123 @@ def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
     # covariance (and the predicted error) does not scale with the confidences' absolute size
     if np.any(pw > 0):
         pw = pw / float(np.mean(pw[pw > 0]))
-    temporal_degree = max(1, min(temporal_degree, n_f - 1))
     rho = np.eye(n_p) if error_correlation is None else np.asarray(error_correlation, np.float64)
     if rho.shape != (n_p, n_p):
         raise ValueError(f"error_correlation must have shape ({n_p}, {n_p}), got {rho.shape}")
     group = max(1, int(group_frames))
     global_group = group if global_group_frames is None else max(1, int(global_group_frames))
-    # global alignment error per frame: its own grouping, variance in units of the patches'
-    # (inversely proportional to the frames measured together)
-    errors = _ErrorModel(rho, group_frame_correlation(n_f, group),
+    obs = _group_observations(m, group)
+    temporal_degree = _supported_temporal_degree(
+        n_f, obs.average, max(1, min(temporal_degree, obs.values.shape[1] - 1)))
+    # the patches' errors: one independent error per observation (group); the global
+    # alignment's error per frame: its own grouping, variance in units of the patches' group
+    # error (inversely proportional to the frames measured together)
+    errors = _ErrorModel(rho, np.eye(obs.values.shape[1]),
                          group_frame_correlation(n_f, global_group) * (group / global_group))
     usable = int(np.sum(pw > 0))
     while spatial_degree > 0 and len(_spatial_terms(spatial_degree)) > max(1, usable - 2):
         spatial_degree -= 1
-    fit = _robust_fit(centres, m, pw, shape_yx, spatial_degree, temporal_degree, iterations,
-                      errors)
+    fit = _robust_fit(centres, m, obs, pw, shape_yx, spatial_degree, temporal_degree,
+                      iterations, errors)
     if not choose_degree or spatial_degree == 0:
         return fit
-    choice = _choose_spatial_degree(centres, m, fit.weights, shape_yx, spatial_degree,
-                                    temporal_degree)
+    choice = _choose_spatial_degree(centres, obs, fit.weights if obs.average is None else
+                                    fit.weights[:, obs.first], shape_yx,
+                                    spatial_degree, temporal_degree)
     if choice.chosen < spatial_degree:
-        fit = _robust_fit(centres, m, pw, shape_yx, choice.chosen, temporal_degree,
+        fit = _robust_fit(centres, m, obs, pw, shape_yx, choice.chosen, temporal_degree,
                           iterations, errors)
     return dataclasses.replace(fit, degree_choice=choice)
 
 
+@dataclass(frozen=True, slots=True)
+class _Observations:
+    """What the patches measured: one displacement per group of frames.
+
+    ``values`` (P, G, 2): each group's displacement (the mean over its frames); ``average``
+    (G, F): the mean over each group's frames, None when every frame is its own group (then
+    ``values`` are the per-frame shifts themselves); ``group_of`` (F,): each frame's group;
+    ``first`` (G,): each group's first frame."""
+
+    values: np.ndarray
+    average: np.ndarray | None
+    group_of: np.ndarray
+    first: np.ndarray
+
+
+def _supported_temporal_degree(n_frames: int, average: np.ndarray | None, degree: int) -> int:
+    """The time degree fitted to group means (``average`` (G, F); None: every frame measured,
+    ``degree`` itself): ``tau`` and log time (2) where ``degree`` allows, and higher powers
+    of log time only while the group means determine them per frame without amplifying the
+    noise, the model's variance per frame, averaged over the frames, at most
+    ``_MAX_GROUP_VARIANCE_GAIN`` times what as many independent per-frame observations would
+    give. Higher powers of log time differ mostly within the first groups, which group means
+    do not resolve: 5 time terms fitted to 7 group means of 20 frames put 1-4 px errors on the
+    first frames, 3 terms 0.1-0.3 px, 2 terms 0.05-0.2 px (0.1-0.3 e/px/frame, 3-8 px fields)."""
+    if average is None or degree <= 2:
+        return degree
+    n_obs = average.shape[0]
+    for d in range(degree, 2, -1):
+        t = np.column_stack([np.ones(n_frames), _temporal_basis(n_frames, d)])
+        tg = average @ t
+        leverage = np.einsum("fk,kl,fl->f", t, np.linalg.pinv(tg.T @ tg), t)
+        if float(np.mean(leverage)) * n_obs / (d + 1) <= _MAX_GROUP_VARIANCE_GAIN:
+            return d
+    return 2
+
+
+def _group_observations(m: np.ndarray, group_frames: int) -> _Observations:
+    """The group measurements behind per-frame shifts ``m`` (P, F, 2) interpolated between
+    group centres (:func:`correction.align_global.interpolate_group_shifts`, a linear map of
+    full column rank: least squares recovers them exactly, and projects anything else)."""
+    n_f = m.shape[1]
+    groups = frame_groups(n_f, group_frames)
+    group_of = np.empty(n_f, dtype=np.intp)
+    for k, g in enumerate(groups):
+        group_of[g] = k
+    first = np.array([g[0] for g in groups], dtype=np.intp)
+    if len(groups) == n_f:
+        return _Observations(m, None, group_of, first)
+    unit = np.eye(len(groups))
+    interp = np.stack([interpolate_group_shifts(groups, np.repeat(unit[:, k, None], 2, axis=1),
+                                                n_f)[:, 0] for k in range(len(groups))],
+                      axis=-1)  # (F, G)
+    values = np.einsum("gf,pfa->pga", np.linalg.pinv(interp), m)
+    average = np.zeros((len(groups), n_f))
+    for k, g in enumerate(groups):
+        average[k, g] = 1.0 / len(g)
+    return _Observations(values, average, group_of, first)
+
+
 def _model_design(centres: np.ndarray, shape_yx: tuple[int, int], spatial_degree: int,
-                  n_frames: int, temporal_degree: int) -> np.ndarray:
-    """Model columns at the patch centres, shape (n_patches, n_frames, n_spatial * n_time)."""
+                  n_frames: int, temporal_degree: int, average: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Model columns at the patch centres, shape (n_patches, n_frames, n_spatial * n_time);
+    with ``average`` (G, F), of the model averaged over each group's frames (what a group
+    sum's alignment measures), shape (n_patches, G, n_spatial * n_time)."""
     s = _spatial_basis(centres[:, 0], centres[:, 1], shape_yx, spatial_degree)  # (P, ns)
     t = _temporal_basis(n_frames, temporal_degree)  # (F, nt)
+    if average is not None:
+        t = average @ t
+        n_frames = t.shape[0]
     return (s[:, None, :, None] * t[None, :, None, :]).reshape(
         len(centres), n_frames, s.shape[1] * t.shape[1])
 
 
-def _choose_spatial_degree(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
+def _choose_spatial_degree(centres: np.ndarray, obs: _Observations, weights: np.ndarray,
                            shape_yx: tuple[int, int], max_degree: int, temporal_degree: int
                            ) -> DegreeChoice:
     """The lowest spatial degree (0..``max_degree``) whose leave-one-patch-out error is within
     one standard error of the best one's (the one-standard-error rule; patches weighted by
-    their summed weights, as in the fit); ``weights``: (P, F) final robust weights of the fit
-    at ``max_degree`` (0 for rejected patches)."""
+    their summed weights, as in the fit); ``obs`` the group measurements, ``weights``: (P, G)
+    final robust weights of the fit at ``max_degree`` per group (0 for rejected patches)."""
     degrees = tuple(range(max_degree + 1))
     n_weighted = int(np.count_nonzero(weights.sum(axis=1) > 0))
     if n_weighted < 3:  # nothing to cross-validate: keep the highest degree
         nan = np.full(len(degrees), np.nan)
         return DegreeChoice(degrees, nan, float("nan"), max_degree, n_weighted)
-    mse, share = _cv_patch_errors(centres, m, weights, shape_yx, degrees, temporal_degree)
+    mse, share = _cv_patch_errors(centres, obs.values, weights, shape_yx, degrees,
+                                  temporal_degree, obs.average)
     mean = mse @ share
     best = int(np.argmin(mean))
     n_eff = 1.0 / float(np.sum(share * share))  # Kish effective number of patches
@@ -721,10 +795,12 @@ def _choose_spatial_degree(centres: np.ndarray, m: np.ndarray, weights: np.ndarr
 
 
 def _cv_patch_errors(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
-                     shape_yx: tuple[int, int], degrees: tuple[int, ...], temporal_degree: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     shape_yx: tuple[int, int], degrees: tuple[int, ...], temporal_degree: int,
+                     average: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Leave-one-patch-out mean squared errors (px², vector length), shape (n_degrees, Q) for
-    the Q patches with weight, and their shares of the weight (Q,).
+    the Q patches with weight, and their shares of the weight (Q,); ``m`` (P, G, 2) and
+    ``weights`` (P, G) per observation, ``average`` (G, F) the frames each averages (None: one
+    frame each, G = F).
 
     Each patch's free offset is profiled out (weighted centring of its frames), so leaving a
     patch out removes its rows and its offset; the fit without patch ``p`` solves the normal
@@ -737,7 +813,8 @@ def _cv_patch_errors(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
     y = m[inside] - (np.einsum("pf,pfa->pa", w, m[inside]) / q[:, None])[:, None, :]
     mse = np.empty((len(degrees), len(q)))
     for i, degree in enumerate(degrees):
-        x = _model_design(c, shape_yx, degree, m.shape[1], temporal_degree)
+        n_f = m.shape[1] if average is None else average.shape[1]
+        x = _model_design(c, shape_yx, degree, n_f, temporal_degree, average)
         x = x - (np.einsum("pf,pfk->pk", w, x) / q[:, None])[:, None, :]
         wx = w[:, :, None] * x
         gram = np.einsum("pfk,pfl->pkl", wx, x)  # each patch's block of the normal matrix
@@ -748,31 +825,38 @@ def _cv_patch_errors(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
     return mse, q / float(q.sum())
 
 
-def _robust_fit(centres: np.ndarray, m: np.ndarray, pw: np.ndarray, shape_yx: tuple[int, int],
-                spatial_degree: int, temporal_degree: int, iterations: int,
-                errors: "_ErrorModel") -> ModelFit:
-    """IRLS at one model order; ``pw`` normalised patch weights, ``errors`` the assumed
-    structure of the measurement errors (see :func:`fit_local_model`, :func:`_predicted_error`)."""
+def _robust_fit(centres: np.ndarray, m: np.ndarray, obs: _Observations, pw: np.ndarray,
+                shape_yx: tuple[int, int], spatial_degree: int, temporal_degree: int,
+                iterations: int, errors: "_ErrorModel") -> ModelFit:
+    """IRLS at one model order on the group observations ``obs`` (each group's measured
+    displacement against the model averaged over its frames; per frame when ungrouped), the
+    model then evaluated per frame; ``m`` the per-frame shifts, ``pw`` normalised patch
+    weights, ``errors`` the assumed structure of the measurement errors (see
+    :func:`fit_local_model`, :func:`_predicted_error`)."""
     n_p, n_f, _ = m.shape
+    n_o = obs.values.shape[1]
     ns, nt = len(_spatial_terms(spatial_degree)), temporal_degree
+    n_model = ns * nt
     # columns: model terms (ns*nt), then one offset per patch
-    design_model = _model_design(centres, shape_yx, spatial_degree, n_f, temporal_degree
-                                 ).reshape(n_p * n_f, ns * nt)
-    design_offset = np.repeat(np.eye(n_p), n_f, axis=0)
+    frame_model = _model_design(centres, shape_yx, spatial_degree, n_f, temporal_degree)
+    design_model = (frame_model if obs.average is None else
+                    _model_design(centres, shape_yx, spatial_degree, n_f, temporal_degree,
+                                  obs.average)).reshape(n_p * n_o, n_model)
+    design_offset = np.repeat(np.eye(n_p), n_o, axis=0)
     design = np.hstack([design_model, design_offset])
-    obs = m.reshape(n_p * n_f, 2)
-    w = np.repeat(pw, n_f).astype(np.float64)
+    y = obs.values.reshape(n_p * n_o, 2)
+    w = np.repeat(pw, n_o).astype(np.float64)
     base_w = w.copy()
     coef = np.zeros((design.shape[1], 2))
     sigma = np.inf
     rejected = pw <= 0
     for it in range(iterations + 1):
-        ww = w * np.repeat(~rejected, n_f)
+        ww = w * np.repeat(~rejected, n_o)
         sw = np.sqrt(ww)[:, None]
-        coef, *_ = np.linalg.lstsq(design * sw, obs * sw, rcond=None)
-        resid = obs - design @ coef
+        coef, *_ = np.linalg.lstsq(design * sw, y * sw, rcond=None)
+        resid = y - design @ coef
         r = np.hypot(resid[:, 0], resid[:, 1])
-        active = np.repeat(~rejected, n_f) & (base_w > 0)
+        active = np.repeat(~rejected, n_o) & (base_w > 0)
         if not np.any(active):
             break
         # per-component robust scale; a 2-D residual norm of two N(0, s) components has
@@ -782,30 +866,30 @@ def _robust_fit(centres: np.ndarray, m: np.ndarray, pw: np.ndarray, shape_yx: tu
             break
         z = r / (_TUKEY_C * sigma * np.sqrt(2.0))
         w = base_w * np.where(z < 1, (1 - z * z) ** 2, 0.0)
-        patch_rms = np.sqrt(np.mean((r * r).reshape(n_p, n_f), axis=1))
-        patch_keep = w.reshape(n_p, n_f).sum(axis=1) / np.maximum(
-            base_w.reshape(n_p, n_f).sum(axis=1), 1e-12)
+        patch_rms = np.sqrt(np.mean((r * r).reshape(n_p, n_o), axis=1))
+        patch_keep = w.reshape(n_p, n_o).sum(axis=1) / np.maximum(
+            base_w.reshape(n_p, n_o).sum(axis=1), 1e-12)
         rejected = (pw <= 0) | (patch_keep < 0.5) | (patch_rms > 4.0 * sigma * np.sqrt(2.0))
         if np.sum(~rejected) < max(ns + 1, 2):
             rejected = pw <= 0
-    n_model = ns * nt
     coeffs = coef[:n_model].T.reshape(2, ns, nt)
     offsets = coef[n_model:]  # (P, 2)
     model = LocalMotionModel(tuple(int(v) for v in shape_yx), n_f, spatial_degree,
                              temporal_degree, coeffs)
-    fitted = (design_model @ coef[:n_model]).reshape(n_p, n_f, 2)
+    fitted = (frame_model.reshape(n_p * n_f, n_model) @ coef[:n_model]).reshape(n_p, n_f, 2)
     measured = m - offsets[:, None, :]
-    ww = w * np.repeat(~rejected, n_f)
+    ww = (w * np.repeat(~rejected, n_o)).reshape(n_p, n_o)
     try:
-        predicted = _predicted_error(design_model.reshape(n_p, n_f, n_model),
-                                     ww.reshape(n_p, n_f), ~rejected, float(sigma), errors,
-                                     temporal_degree)
+        predicted = _predicted_error(design_model.reshape(n_p, n_o, n_model), ww, ~rejected,
+                                     float(sigma), errors, temporal_degree,
+                                     None if obs.average is None else frame_model, obs.group_of)
         if np.any(~rejected):  # the measurement's gain error, in quadrature
             motion2 = float(np.mean(np.sum(fitted[~rejected] ** 2, axis=-1)))
             predicted = float(np.hypot(predicted, _PATCH_GAIN_ERROR * np.sqrt(motion2)))
     except np.linalg.LinAlgError:
         predicted = float("inf")
-    return ModelFit(model, fitted, measured, rejected, ww.reshape(n_p, n_f), float(sigma),
+    return ModelFit(model, fitted, measured, rejected,
+                    ww if obs.average is None else ww[:, obs.group_of], float(sigma),
                     predicted)
 
 
@@ -813,9 +897,10 @@ def _robust_fit(centres: np.ndarray, m: np.ndarray, pw: np.ndarray, shape_yx: tu
 class _ErrorModel:
     """Assumed correlations of the patch measurement errors (for the predicted error).
 
-    ``rho`` (P, P): between patches (overlap); ``frame`` (F, F): across one patch's frames
-    (grouping); ``global_frame`` (F, F): covariance across frames of the global alignment's
-    error, in units of the patches' per-frame error variance."""
+    ``rho`` (P, P): between patches (overlap); ``frame`` (G, G): across one patch's
+    observations (the identity: one independent error per group of frames);
+    ``global_frame`` (F, F): covariance across frames of the global alignment's error, in
+    units of the patches' error variance per observation."""
 
     rho: np.ndarray
     frame: np.ndarray
@@ -823,17 +908,22 @@ class _ErrorModel:
 
 
 def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: float,
-                     errors: _ErrorModel, temporal_degree: int) -> float:
+                     errors: _ErrorModel, temporal_degree: int,
+                     x_frames: np.ndarray | None = None,
+                     group_of: np.ndarray | None = None) -> float:
     """Predicted RMS error (vector length, px) of the fitted displacements at the accepted
     patch centres (see "Predicted error" in the module docstring).
 
-    ``x`` (P, F, K) model columns at the patch centres, ``w`` (P, F) final weights (0 for
-    rejected patches), ``sigma`` the robust per-component residual scale at unit weight,
-    ``errors`` their correlations. Errors are modelled as ``sigma / sqrt(w) * eps`` with
-    ``Cov(eps) = rho (x) frame``.
+    ``x`` (P, G, K) model columns of the observations at the patch centres (averaged over
+    each group's frames), ``w`` (P, G) final weights (0 for rejected patches), ``sigma`` the
+    robust per-component residual scale at unit weight, ``errors`` their correlations; errors
+    are modelled as ``sigma / sqrt(w) * eps`` with ``Cov(eps) = rho (x) frame``. ``x_frames``
+    (P, F, K): the model columns per frame, where the error is evaluated (default ``x``: one
+    frame per observation); ``group_of`` (F,): each frame's observation.
     """
     rho, c = errors.rho, errors.frame
-    n_f = x.shape[1]
+    x_frames = x if x_frames is None else x_frames
+    n_f = x_frames.shape[1]
     q = w.sum(axis=1)
     ok = q > 0
     if not ok.any():
@@ -855,12 +945,13 @@ def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: 
     v = s / np.sqrt(np.sum(s * s, axis=1, keepdims=True))  # each offset's unit column
     spent = float(np.sum(bread * meat)) + float(np.einsum("pf,fg,pg->", v, c, v))
     dof2 = n_obs / (n_obs - spent) if n_obs > spent else float("inf")
-    xa = x[accepted].reshape(-1, x.shape[-1])
+    xa = x_frames[accepted].reshape(-1, x.shape[-1])
     var_fit = float(np.mean(np.einsum("ij,jk,ik->i", xa, cov, xa))) if xa.size else float("inf")
     # the patches' error common to a frame beyond the time basis: global alignment measured it
     # on the same pixels, so the aligned frames carry it and the patches cannot see it
-    wf = np.maximum(w_ok.sum(axis=0), 1e-300)
-    common = errors.global_frame * ((s.T @ rho_ok @ s) / np.outer(wf, wf))
+    s_f, w_f = (s, w_ok) if group_of is None else (s[:, group_of], w_ok[:, group_of])
+    wf = np.maximum(w_f.sum(axis=0), 1e-300)  # each frame carries its group's weight
+    common = errors.global_frame * ((s_f.T @ rho_ok @ s_f) / np.outer(wf, wf))
     basis = np.column_stack([np.ones(n_f), _temporal_basis(n_f, temporal_degree)])
     qb, _ = np.linalg.qr(basis)
     resid_proj = np.eye(n_f) - qb @ qb.T
