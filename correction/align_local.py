@@ -93,9 +93,11 @@ Predicted error
       0.47 between neighbours of the 5 x 5 grid and 0.22 diagonally; measured on synthetic
       movies without local motion: 0.44 and 0.20). A smooth model averages neighbours, so
       treating them as independent (as before) predicted about half the actual error.
-    * ``C`` (across one patch's frames): with ``group_frames`` > 1 one error per group,
-      interpolated to the frames (:func:`group_frame_correlation`; before, a factor
-      sqrt(n / n_groups), 2-4.5x optimistic).
+    * ``C`` (across one patch's observations): with ``group_frames`` > 1 the model is fitted
+      to the groups' shifts themselves (see "Grouped frames"), one independent error each:
+      the identity over the groups (before, the interpolated frames with
+      :func:`group_frame_correlation`; before that a factor sqrt(n / n_groups), 2-4.5x
+      optimistic).
 
     The error of the coefficients is the sandwich ``B Z' (rho (x) C) Z B`` (``Z`` the model
     columns, weighted and centred per patch as the free offsets profile them out, ``B =
@@ -112,9 +114,9 @@ Predicted error
     field it is most of the error (2048² x 40 frames at 3 e/px/frame, an 8-px field: 0.015 px
     actual, 0.0055 px predicted without it). No residual correlation is estimated from the
     data (25 patches are too few for a cluster-robust estimate: sandwich estimators with
-    patches as clusters stayed 1.5-2.5x optimistic), and a time resolution bias is not
-    included: grouped frames interpolate fast early motion (see below). 2-12 ms per
-    prediction for 25 patches x 10-60 frames (the previous one: 2-11 ms), one or two per fit.
+    patches as clusters stayed 1.5-2.5x optimistic), and a misfit of the time basis is not
+    included. 2-12 ms per prediction for 25 patches x 10-60 frames (the previous one: 2-11
+    ms), one or two per fit.
 
     Calibration against synthetic movies with known truth (seeds 0-3; 0.1-3 e/px/frame; 8-40
     frames; corner fields 0-8 px; 1024² and 2048²; contrast 0.3 and 0.1; groups of 1-4), ratio
@@ -130,9 +132,14 @@ Predicted error
         groups of 2-4, 10-20 frames, 0.1-0.3 48   2.68 (1.86-6.92)   1.01 (0.74-2.20)
 
     All 183: 2.08 (1.65-3.54, 10-90 %) before, 1.01 (0.84-1.31) now; 96 % within 0.7-1.5.
-    Above 1.5 are only groups of 3-4 frames with a 3-8 px field (1.5-2.2): linear
-    interpolation between group centres misses the fast early motion (the truth's own
-    interpolation error is the excess), a time resolution bias that no residual shows.
+    Above 1.5 were only groups of 3-4 frames with a 3-8 px field (1.5-2.2): the model was
+    fitted to per-frame shifts interpolated linearly between group centres, which miss the
+    fast early motion. Fitted to the group measurements (see "Grouped frames") the 48
+    grouped movies give 0.81 (0.53-1.24), none above 1.5 (0.71 without a field, 0.89 with
+    one: somewhat pessimistic now), with less error: at the patch centres 0.077 px mean
+    with a field (0.101 before), 0.08-0.11 px for groups of 3-4 and an 8-px field at 20
+    frames (0.12-0.19), over the whole frame 0.115 px (0.154); the gate's decisions the
+    same (32 of 48 applied, each better than global alone).
     With the previous prediction the gate's constants were 0.12 px and 3; kept with the
     honest prediction they refused 24 of the 124 movies where local correction was applied,
     all of them better for it (an 8-px field at 0.1 e/px/frame: 0.20 px RMS error over the
@@ -141,6 +148,23 @@ Predicted error
     the same decisions as before on all 183 movies: applied on 124, each better than global
     alone in RMS over the whole frame from edge to edge (worse at a corner by more than
     0.05 px in 2, as before); none without a field.
+
+Grouped frames
+    With ``group_frames`` > 1 a patch's frames are aligned as sums of consecutive groups, and
+    its per-frame shifts are interpolated between the group centres
+    (:func:`correction.align_global.interpolate_group_shifts`). A group sum's alignment
+    measures the mean displacement over its frames, so the model is fitted to the groups'
+    shifts (recovered exactly from the interpolated ones, a linear map of full column rank)
+    with each observation's time basis averaged over its group's frames, and evaluated per
+    frame; linear interpolation between centres missed the fast early motion (0.3-0.4 px RMS
+    over the first three frames for groups of 3-4 and an 8-px field at 0.1-0.3 e/px/frame,
+    0.12 px now). Group means do not resolve the higher powers of log time, which differ
+    mostly within the first groups: 5 time terms fitted to 7 group means of 20 frames put 1-4
+    px errors on the first frames. Beyond ``tau`` and log time, a time term is kept only while
+    the group means determine the model per frame with at most 1.15 times the mean variance
+    that as many independent per-frame observations would give (groups of 2 at 30-40 frames
+    keep 3 terms; groups of 2-4 at 10-20 frames at most 2). The cross-validated spatial
+    degree uses the same group observations. With one frame per group nothing changes.
 
 Shifts follow :mod:`correction.conventions`; arrays are ``[dy, dx]`` in output pixels.
 
@@ -595,7 +619,8 @@ class ModelFit:
     rejected : ndarray of bool, shape (n_patches,)
         Patches the robust fit rejected (or that had no weight to begin with).
     weights : ndarray, shape (n_patches, n_frames)
-        Final robust weights (0..1) times the patch weights.
+        Final robust weights (0..1) times the patch weights (with grouped frames, each
+        group's weight repeated over its frames).
     residual_sigma_px : float
         Robust scale of the per-component residuals of accepted patches (output px).
     predicted_error_px : float
@@ -652,8 +677,11 @@ def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
         :func:`patch_error_correlation`); default independent. Used for the predicted error
         only.
     group_frames : int
-        Frames per measured group (the per-frame shifts interpolated between groups); used for
-        the predicted error only (see :func:`group_frame_correlation`).
+        Frames per measured group (the per-frame shifts interpolated between group centres,
+        :func:`correction.align_global.interpolate_group_shifts`): the model is fitted to the
+        groups' shifts, each against the model averaged over its frames, and evaluated per
+        frame; ``temporal_degree`` is lowered to what the group means determine (see
+        "Grouped frames" in the module docstring).
     global_group_frames : int, optional
         Frames per group of the global alignment the shifts are residuals of (default
         ``group_frames``); its error, common to the patches, is part of the predicted error.
@@ -984,7 +1012,8 @@ def group_frame_correlation(n_frames: int, group_frames: int) -> np.ndarray:
     1, when ``group_frames`` consecutive frames are measured together and the frames' shifts
     interpolated between group centres (:func:`correction.align_global.interpolate_group_shifts`:
     one independent error per group, frames between centres get mixtures of two), (F, F); the
-    identity for 1."""
+    identity for 1. Used for the global step's error per frame; the local model is fitted to
+    the patches' group measurements themselves."""
     groups = frame_groups(n_frames, group_frames)
     if len(groups) == n_frames:
         return np.eye(n_frames)
