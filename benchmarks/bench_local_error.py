@@ -18,6 +18,7 @@ Usage::
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_local_error.py          # 12 cases
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_local_error.py --full   # 183
+    ... --groups   # the 48 cases of the full grid with grouped patch frames (2-4), 3-4 min
     ... --json out.json   # every case's figures
 """
 
@@ -161,10 +162,14 @@ def kind(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="the 183-case grid")
+    ap.add_argument("--groups", action="store_true",
+                    help="the cases of the full grid with grouped patch frames (48)")
     ap.add_argument("--json", type=Path, help="write every case's figures here")
     a = ap.parse_args()
     rows = []
-    for case in (full_cases() if a.full else quick_cases()):
+    cases = (full_cases() if a.full else
+             [c for c in full_cases() if c[-1] > 1] if a.groups else quick_cases())
+    for case in cases:
         r = run_case(*case)
         rows.append(r)
         print(f"seed {r['seed']} {r['size']}^2 x {r['frames']:2d} {r['dose']:4g} e/px "

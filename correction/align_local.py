@@ -107,9 +107,11 @@ Predicted error
       0.47 between neighbours of the 5 x 5 grid and 0.22 diagonally; measured on synthetic
       movies without local motion: 0.44 and 0.20). A smooth model averages neighbours, so
       treating them as independent (as before) predicted about half the actual error.
-    * ``C`` (across one patch's frames): with ``group_frames`` > 1 one error per group,
-      interpolated to the frames (:func:`group_frame_correlation`; before, a factor
-      sqrt(n / n_groups), 2-4.5x optimistic).
+    * ``C`` (across one patch's observations): with ``group_frames`` > 1 the model is fitted
+      to the groups' shifts themselves (see "Grouped frames"), one independent error each:
+      the identity over the groups (before, the interpolated frames with
+      :func:`group_frame_correlation`; before that a factor sqrt(n / n_groups), 2-4.5x
+      optimistic).
 
     The error of the coefficients is the sandwich ``B Z' (rho (x) C) Z B`` (``Z`` the model
     columns, weighted and centred per patch as the free offsets profile them out, ``B =
@@ -133,8 +135,7 @@ Predicted error
     The allowance is kept until the calibration is redone against the sum-referenced
     truth. No residual correlation is estimated from the data (25 patches are too few for a
     cluster-robust estimate: sandwich estimators with patches as clusters stayed 1.5-2.5x
-    optimistic), and a time resolution bias is not included: grouped frames interpolate
-    fast early motion (see below). 2-12 ms per
+    optimistic), and a misfit of the time basis is not included. 2-12 ms per
     prediction for 25 patches x 10-60 frames (the previous one: 2-11 ms), one or two per fit.
 
     Calibration against synthetic movies with known truth (seeds 0-3; 0.1-3 e/px/frame; 8-40
@@ -151,9 +152,14 @@ Predicted error
         groups of 2-4, 10-20 frames, 0.1-0.3 48   2.68 (1.86-6.92)   1.01 (0.74-2.20)
 
     All 183: 2.08 (1.65-3.54, 10-90 %) before, 1.01 (0.84-1.31) now; 96 % within 0.7-1.5.
-    Above 1.5 are only groups of 3-4 frames with a 3-8 px field (1.5-2.2): linear
-    interpolation between group centres misses the fast early motion (the truth's own
-    interpolation error is the excess), a time resolution bias that no residual shows.
+    Above 1.5 were only groups of 3-4 frames with a 3-8 px field (1.5-2.2): the model was
+    fitted to per-frame shifts interpolated linearly between group centres, which miss the
+    fast early motion. Fitted to the group measurements (see "Grouped frames") the 48
+    grouped movies give 0.81 (0.53-1.24), none above 1.5 (0.71 without a field, 0.89 with
+    one: somewhat pessimistic now), with less error: at the patch centres 0.077 px mean
+    with a field (0.101 before), 0.08-0.11 px for groups of 3-4 and an 8-px field at 20
+    frames (0.12-0.19), over the whole frame 0.115 px (0.154); the gate's decisions the
+    same (32 of 48 applied, each better than global alone).
     With the previous prediction the gate's constants were 0.12 px and 3; kept with the
     honest prediction they refused 24 of the 124 movies where local correction was applied,
     all of them better for it (an 8-px field at 0.1 e/px/frame: 0.20 px RMS error over the
@@ -162,6 +168,23 @@ Predicted error
     the same decisions as before on all 183 movies: applied on 124, each better than global
     alone in RMS over the whole frame from edge to edge (worse at a corner by more than
     0.05 px in 2, as before); none without a field.
+
+Grouped frames
+    With ``group_frames`` > 1 a patch's frames are aligned as sums of consecutive groups, and
+    its per-frame shifts are interpolated between the group centres
+    (:func:`correction.align_global.interpolate_group_shifts`). A group sum's alignment
+    measures the mean displacement over its frames, so the model is fitted to the groups'
+    shifts (recovered exactly from the interpolated ones, a linear map of full column rank)
+    with each observation's time basis averaged over its group's frames, and evaluated per
+    frame; linear interpolation between centres missed the fast early motion (0.3-0.4 px RMS
+    over the first three frames for groups of 3-4 and an 8-px field at 0.1-0.3 e/px/frame,
+    0.12 px now). Group means do not resolve the higher powers of log time, which differ
+    mostly within the first groups: 5 time terms fitted to 7 group means of 20 frames put 1-4
+    px errors on the first frames. Beyond ``tau`` and log time, a time term is kept only while
+    the group means determine the model per frame with at most 1.15 times the mean variance
+    that as many independent per-frame observations would give (groups of 2 at 30-40 frames
+    keep 3 terms; groups of 2-4 at 10-20 frames at most 2). The cross-validated spatial
+    degree uses the same group observations. With one frame per group nothing changes.
 
 Shifts follow :mod:`correction.conventions`; arrays are ``[dy, dx]`` in output pixels.
 
@@ -210,6 +233,10 @@ __all__ = [
 ]
 
 _TUKEY_C = 4.685
+# grouped frames: time terms beyond tau and log time kept while group means determine them per
+# frame with at most this gain in the model's mean variance over frames
+# (see _supported_temporal_degree)
+_MAX_GROUP_VARIANCE_GAIN = 1.15
 _MIN_SIGNAL_PATCHES = 6  # fewest patches with signal a local model is fitted to
 _MIN_SIGNAL_FRACTION = 0.25  # ... and the fewest as a fraction of the grid
 _MIN_PATCH_PX = 64  # smaller patches give unreliable peaks (and error predictions)
@@ -637,7 +664,8 @@ class ModelFit:
     rejected : ndarray of bool, shape (n_patches,)
         Patches the robust fit rejected (or that had no weight to begin with).
     weights : ndarray, shape (n_patches, n_frames)
-        Final robust weights (0..1) times the patch weights.
+        Final robust weights (0..1) times the patch weights (with grouped frames, each
+        group's weight repeated over its frames).
     residual_sigma_px : float
         Robust scale of the per-component residuals of accepted patches (output px).
     predicted_error_px : float
@@ -694,8 +722,11 @@ def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
         :func:`patch_error_correlation`); default independent. Used for the predicted error
         only.
     group_frames : int
-        Frames per measured group (the per-frame shifts interpolated between groups); used for
-        the predicted error only (see :func:`group_frame_correlation`).
+        Frames per measured group (the per-frame shifts interpolated between group centres,
+        :func:`correction.align_global.interpolate_group_shifts`): the model is fitted to the
+        groups' shifts, each against the model averaged over its frames, and evaluated per
+        frame; ``temporal_degree`` is lowered to what the group means determine (see
+        "Grouped frames" in the module docstring).
     global_group_frames : int, optional
         Frames per group of the global alignment the shifts are residuals of (default
         ``group_frames``); its error, common to the patches, is part of the predicted error.
@@ -717,58 +748,126 @@ def fit_local_model(centres_yx_px: np.ndarray, shifts_yx_px: np.ndarray, *,
     # covariance (and the predicted error) does not scale with the confidences' absolute size
     if np.any(pw > 0):
         pw = pw / float(np.mean(pw[pw > 0]))
-    temporal_degree = max(1, min(temporal_degree, n_f - 1))
     rho = np.eye(n_p) if error_correlation is None else np.asarray(error_correlation, np.float64)
     if rho.shape != (n_p, n_p):
         raise ValueError(f"error_correlation must have shape ({n_p}, {n_p}), got {rho.shape}")
     group = max(1, int(group_frames))
     global_group = group if global_group_frames is None else max(1, int(global_group_frames))
-    # global alignment error per frame: its own grouping, variance in units of the patches'
-    # (inversely proportional to the frames measured together)
-    errors = _ErrorModel(rho, group_frame_correlation(n_f, group),
+    obs = _group_observations(m, group)
+    temporal_degree = _supported_temporal_degree(
+        n_f, obs.average, max(1, min(temporal_degree, obs.values.shape[1] - 1)))
+    # the patches' errors: one independent error per observation (group); the global
+    # alignment's error per frame: its own grouping, variance in units of the patches' group
+    # error (inversely proportional to the frames measured together)
+    errors = _ErrorModel(rho, np.eye(obs.values.shape[1]),
                          group_frame_correlation(n_f, global_group) * (group / global_group))
     usable = int(np.sum(pw > 0))
     while spatial_degree > 0 and len(_spatial_terms(spatial_degree)) > max(1, usable - 2):
         spatial_degree -= 1
-    fit = _robust_fit(centres, m, pw, shape_yx, spatial_degree, temporal_degree, iterations,
-                      errors, spread)
+    fit = _robust_fit(centres, m, obs, pw, shape_yx, spatial_degree, temporal_degree,
+                      iterations, errors, spread)
     if not choose_degree or spatial_degree == 0:
         return fit
-    choice = _choose_spatial_degree(centres, m, fit.weights, shape_yx, spatial_degree,
-                                    temporal_degree, spread)
+    choice = _choose_spatial_degree(centres, obs, fit.weights if obs.average is None else
+                                    fit.weights[:, obs.first], shape_yx,
+                                    spatial_degree, temporal_degree, spread)
     if choice.chosen < spatial_degree:
-        fit = _robust_fit(centres, m, pw, shape_yx, choice.chosen, temporal_degree,
+        fit = _robust_fit(centres, m, obs, pw, shape_yx, choice.chosen, temporal_degree,
                           iterations, errors, spread)
     return dataclasses.replace(fit, degree_choice=choice)
 
 
+@dataclass(frozen=True, slots=True)
+class _Observations:
+    """What the patches measured: one displacement per group of frames.
+
+    ``values`` (P, G, 2): each group's displacement (the mean over its frames); ``average``
+    (G, F): the mean over each group's frames, None when every frame is its own group (then
+    ``values`` are the per-frame shifts themselves); ``group_of`` (F,): each frame's group;
+    ``first`` (G,): each group's first frame."""
+
+    values: np.ndarray
+    average: np.ndarray | None
+    group_of: np.ndarray
+    first: np.ndarray
+
+
+def _supported_temporal_degree(n_frames: int, average: np.ndarray | None, degree: int) -> int:
+    """The time degree fitted to group means (``average`` (G, F); None: every frame measured,
+    ``degree`` itself): ``tau`` and log time (2) where ``degree`` allows, and higher powers
+    of log time only while the group means determine them per frame without amplifying the
+    noise, the model's variance per frame, averaged over the frames, at most
+    ``_MAX_GROUP_VARIANCE_GAIN`` times what as many independent per-frame observations would
+    give. Higher powers of log time differ mostly within the first groups, which group means
+    do not resolve: 5 time terms fitted to 7 group means of 20 frames put 1-4 px errors on the
+    first frames, 3 terms 0.1-0.3 px, 2 terms 0.05-0.2 px (0.1-0.3 e/px/frame, 3-8 px fields)."""
+    if average is None or degree <= 2:
+        return degree
+    n_obs = average.shape[0]
+    for d in range(degree, 2, -1):
+        t = np.column_stack([np.ones(n_frames), _temporal_basis(n_frames, d)])
+        tg = average @ t
+        leverage = np.einsum("fk,kl,fl->f", t, np.linalg.pinv(tg.T @ tg), t)
+        if float(np.mean(leverage)) * n_obs / (d + 1) <= _MAX_GROUP_VARIANCE_GAIN:
+            return d
+    return 2
+
+
+def _group_observations(m: np.ndarray, group_frames: int) -> _Observations:
+    """The group measurements behind per-frame shifts ``m`` (P, F, 2) interpolated between
+    group centres (:func:`correction.align_global.interpolate_group_shifts`, a linear map of
+    full column rank: least squares recovers them exactly, and projects anything else)."""
+    n_f = m.shape[1]
+    groups = frame_groups(n_f, group_frames)
+    group_of = np.empty(n_f, dtype=np.intp)
+    for k, g in enumerate(groups):
+        group_of[g] = k
+    first = np.array([g[0] for g in groups], dtype=np.intp)
+    if len(groups) == n_f:
+        return _Observations(m, None, group_of, first)
+    unit = np.eye(len(groups))
+    interp = np.stack([interpolate_group_shifts(groups, np.repeat(unit[:, k, None], 2, axis=1),
+                                                n_f)[:, 0] for k in range(len(groups))],
+                      axis=-1)  # (F, G)
+    values = np.einsum("gf,pfa->pga", np.linalg.pinv(interp), m)
+    average = np.zeros((len(groups), n_f))
+    for k, g in enumerate(groups):
+        average[k, g] = 1.0 / len(g)
+    return _Observations(values, average, group_of, first)
+
+
 def _model_design(centres: np.ndarray, shape_yx: tuple[int, int], spatial_degree: int,
-                  n_frames: int, temporal_degree: int,
+                  n_frames: int, temporal_degree: int, average: np.ndarray | None = None,
                   spread_yx_px2: tuple[float, float] | None = None) -> np.ndarray:
     """Model columns at the patch centres, shape (n_patches, n_frames, n_spatial * n_time);
-    averaged over each patch's weight profile when ``spread_yx_px2`` is given (what a patch
-    measures, :func:`_patch_spatial_basis`)."""
+    with ``average`` (G, F), of the model averaged over each group's frames (what a group
+    sum's alignment measures), shape (n_patches, G, n_spatial * n_time); with
+    ``spread_yx_px2``, averaged over each patch's weight profile (what a patch measures,
+    :func:`_patch_spatial_basis`)."""
     s = _patch_spatial_basis(centres[:, 0], centres[:, 1], shape_yx, spatial_degree,
                              spread_yx_px2)  # (P, ns)
     t = _temporal_basis(n_frames, temporal_degree)  # (F, nt)
+    if average is not None:
+        t = average @ t
+        n_frames = t.shape[0]
     return (s[:, None, :, None] * t[None, :, None, :]).reshape(
         len(centres), n_frames, s.shape[1] * t.shape[1])
 
 
-def _choose_spatial_degree(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
+def _choose_spatial_degree(centres: np.ndarray, obs: _Observations, weights: np.ndarray,
                            shape_yx: tuple[int, int], max_degree: int, temporal_degree: int,
                            spread_yx_px2: tuple[float, float] | None = None) -> DegreeChoice:
     """The lowest spatial degree (0..``max_degree``) whose leave-one-patch-out error is within
     one standard error of the best one's (the one-standard-error rule; patches weighted by
-    their summed weights, as in the fit); ``weights``: (P, F) final robust weights of the fit
-    at ``max_degree`` (0 for rejected patches)."""
+    their summed weights, as in the fit); ``obs`` the group measurements, ``weights``: (P, G)
+    final robust weights of the fit at ``max_degree`` per group (0 for rejected patches)."""
     degrees = tuple(range(max_degree + 1))
     n_weighted = int(np.count_nonzero(weights.sum(axis=1) > 0))
     if n_weighted < 3:  # nothing to cross-validate: keep the highest degree
         nan = np.full(len(degrees), np.nan)
         return DegreeChoice(degrees, nan, float("nan"), max_degree, n_weighted)
-    mse, share = _cv_patch_errors(centres, m, weights, shape_yx, degrees, temporal_degree,
-                                  spread_yx_px2)
+    mse, share = _cv_patch_errors(centres, obs.values, weights, shape_yx, degrees,
+                                  temporal_degree, obs.average, spread_yx_px2)
     mean = mse @ share
     best = int(np.argmin(mean))
     n_eff = 1.0 / float(np.sum(share * share))  # Kish effective number of patches
@@ -781,10 +880,13 @@ def _choose_spatial_degree(centres: np.ndarray, m: np.ndarray, weights: np.ndarr
 
 def _cv_patch_errors(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
                      shape_yx: tuple[int, int], degrees: tuple[int, ...], temporal_degree: int,
+                     average: np.ndarray | None = None,
                      spread_yx_px2: tuple[float, float] | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Leave-one-patch-out mean squared errors (px², vector length), shape (n_degrees, Q) for
-    the Q patches with weight, and their shares of the weight (Q,).
+    the Q patches with weight, and their shares of the weight (Q,); ``m`` (P, G, 2) and
+    ``weights`` (P, G) per observation, ``average`` (G, F) the frames each averages (None: one
+    frame each, G = F).
 
     Each patch's free offset is profiled out (weighted centring of its frames), so leaving a
     patch out removes its rows and its offset; the fit without patch ``p`` solves the normal
@@ -797,7 +899,8 @@ def _cv_patch_errors(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
     y = m[inside] - (np.einsum("pf,pfa->pa", w, m[inside]) / q[:, None])[:, None, :]
     mse = np.empty((len(degrees), len(q)))
     for i, degree in enumerate(degrees):
-        x = _model_design(c, shape_yx, degree, m.shape[1], temporal_degree, spread_yx_px2)
+        n_f = m.shape[1] if average is None else average.shape[1]
+        x = _model_design(c, shape_yx, degree, n_f, temporal_degree, average, spread_yx_px2)
         x = x - (np.einsum("pf,pfk->pk", w, x) / q[:, None])[:, None, :]
         wx = w[:, :, None] * x
         gram = np.einsum("pfk,pfl->pkl", wx, x)  # each patch's block of the normal matrix
@@ -808,36 +911,43 @@ def _cv_patch_errors(centres: np.ndarray, m: np.ndarray, weights: np.ndarray,
     return mse, q / float(q.sum())
 
 
-def _robust_fit(centres: np.ndarray, m: np.ndarray, pw: np.ndarray, shape_yx: tuple[int, int],
-                spatial_degree: int, temporal_degree: int, iterations: int,
-                errors: "_ErrorModel", spread_yx_px2: tuple[float, float] | None = None
-                ) -> ModelFit:
-    """IRLS at one model order; ``pw`` normalised patch weights, ``errors`` the assumed
-    structure of the measurement errors (see :func:`fit_local_model`, :func:`_predicted_error`)."""
+def _robust_fit(centres: np.ndarray, m: np.ndarray, obs: _Observations, pw: np.ndarray,
+                shape_yx: tuple[int, int], spatial_degree: int, temporal_degree: int,
+                iterations: int, errors: "_ErrorModel",
+                spread_yx_px2: tuple[float, float] | None = None) -> ModelFit:
+    """IRLS at one model order on the group observations ``obs`` (each group's measured
+    displacement against the model averaged over its frames and over the patch's weight
+    profile; per frame when ungrouped), the model then evaluated per frame at the patch
+    centres; ``m`` the per-frame shifts, ``pw`` normalised patch weights, ``errors`` the
+    assumed structure of the measurement errors (see :func:`fit_local_model`,
+    :func:`_predicted_error`)."""
     n_p, n_f, _ = m.shape
+    n_o = obs.values.shape[1]
     ns, nt = len(_spatial_terms(spatial_degree)), temporal_degree
+    n_model = ns * nt
     # columns: model terms (ns*nt), then one offset per patch
-    # the patches measure the model averaged over their weight profiles; the fitted values
-    # reported are the model's at the centres
-    design_model = _model_design(centres, shape_yx, spatial_degree, n_f, temporal_degree,
-                                 spread_yx_px2).reshape(n_p * n_f, ns * nt)
-    design_point = design_model if spread_yx_px2 is None else _model_design(
-        centres, shape_yx, spatial_degree, n_f, temporal_degree).reshape(n_p * n_f, ns * nt)
-    design_offset = np.repeat(np.eye(n_p), n_f, axis=0)
+    # the patches measure the model averaged over their groups' frames and their weight
+    # profiles; the fitted values reported are the model's per frame at the centres
+    frame_model = _model_design(centres, shape_yx, spatial_degree, n_f, temporal_degree)
+    averaged = obs.average is not None or spread_yx_px2 is not None
+    design_model = (frame_model if not averaged else
+                    _model_design(centres, shape_yx, spatial_degree, n_f, temporal_degree,
+                                  obs.average, spread_yx_px2)).reshape(n_p * n_o, n_model)
+    design_offset = np.repeat(np.eye(n_p), n_o, axis=0)
     design = np.hstack([design_model, design_offset])
-    obs = m.reshape(n_p * n_f, 2)
-    w = np.repeat(pw, n_f).astype(np.float64)
+    y = obs.values.reshape(n_p * n_o, 2)
+    w = np.repeat(pw, n_o).astype(np.float64)
     base_w = w.copy()
     coef = np.zeros((design.shape[1], 2))
     sigma = np.inf
     rejected = pw <= 0
     for it in range(iterations + 1):
-        ww = w * np.repeat(~rejected, n_f)
+        ww = w * np.repeat(~rejected, n_o)
         sw = np.sqrt(ww)[:, None]
-        coef, *_ = np.linalg.lstsq(design * sw, obs * sw, rcond=None)
-        resid = obs - design @ coef
+        coef, *_ = np.linalg.lstsq(design * sw, y * sw, rcond=None)
+        resid = y - design @ coef
         r = np.hypot(resid[:, 0], resid[:, 1])
-        active = np.repeat(~rejected, n_f) & (base_w > 0)
+        active = np.repeat(~rejected, n_o) & (base_w > 0)
         if not np.any(active):
             break
         # per-component robust scale; a 2-D residual norm of two N(0, s) components has
@@ -847,30 +957,30 @@ def _robust_fit(centres: np.ndarray, m: np.ndarray, pw: np.ndarray, shape_yx: tu
             break
         z = r / (_TUKEY_C * sigma * np.sqrt(2.0))
         w = base_w * np.where(z < 1, (1 - z * z) ** 2, 0.0)
-        patch_rms = np.sqrt(np.mean((r * r).reshape(n_p, n_f), axis=1))
-        patch_keep = w.reshape(n_p, n_f).sum(axis=1) / np.maximum(
-            base_w.reshape(n_p, n_f).sum(axis=1), 1e-12)
+        patch_rms = np.sqrt(np.mean((r * r).reshape(n_p, n_o), axis=1))
+        patch_keep = w.reshape(n_p, n_o).sum(axis=1) / np.maximum(
+            base_w.reshape(n_p, n_o).sum(axis=1), 1e-12)
         rejected = (pw <= 0) | (patch_keep < 0.5) | (patch_rms > 4.0 * sigma * np.sqrt(2.0))
         if np.sum(~rejected) < max(ns + 1, 2):
             rejected = pw <= 0
-    n_model = ns * nt
     coeffs = coef[:n_model].T.reshape(2, ns, nt)
     offsets = coef[n_model:]  # (P, 2)
     model = LocalMotionModel(tuple(int(v) for v in shape_yx), n_f, spatial_degree,
                              temporal_degree, coeffs)
-    fitted = (design_point @ coef[:n_model]).reshape(n_p, n_f, 2)
+    fitted = (frame_model.reshape(n_p * n_f, n_model) @ coef[:n_model]).reshape(n_p, n_f, 2)
     measured = m - offsets[:, None, :]
-    ww = w * np.repeat(~rejected, n_f)
+    ww = (w * np.repeat(~rejected, n_o)).reshape(n_p, n_o)
     try:
-        predicted = _predicted_error(design_model.reshape(n_p, n_f, n_model),
-                                     ww.reshape(n_p, n_f), ~rejected, float(sigma), errors,
-                                     temporal_degree)
+        predicted = _predicted_error(design_model.reshape(n_p, n_o, n_model), ww, ~rejected,
+                                     float(sigma), errors, temporal_degree,
+                                     frame_model if averaged else None, obs.group_of)
         if np.any(~rejected):  # the measurement's gain error, in quadrature
             motion2 = float(np.mean(np.sum(fitted[~rejected] ** 2, axis=-1)))
             predicted = float(np.hypot(predicted, _PATCH_GAIN_ERROR * np.sqrt(motion2)))
     except np.linalg.LinAlgError:
         predicted = float("inf")
-    return ModelFit(model, fitted, measured, rejected, ww.reshape(n_p, n_f), float(sigma),
+    return ModelFit(model, fitted, measured, rejected,
+                    ww if obs.average is None else ww[:, obs.group_of], float(sigma),
                     predicted)
 
 
@@ -878,9 +988,10 @@ def _robust_fit(centres: np.ndarray, m: np.ndarray, pw: np.ndarray, shape_yx: tu
 class _ErrorModel:
     """Assumed correlations of the patch measurement errors (for the predicted error).
 
-    ``rho`` (P, P): between patches (overlap); ``frame`` (F, F): across one patch's frames
-    (grouping); ``global_frame`` (F, F): covariance across frames of the global alignment's
-    error, in units of the patches' per-frame error variance."""
+    ``rho`` (P, P): between patches (overlap); ``frame`` (G, G): across one patch's
+    observations (the identity: one independent error per group of frames);
+    ``global_frame`` (F, F): covariance across frames of the global alignment's error, in
+    units of the patches' error variance per observation."""
 
     rho: np.ndarray
     frame: np.ndarray
@@ -888,17 +999,22 @@ class _ErrorModel:
 
 
 def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: float,
-                     errors: _ErrorModel, temporal_degree: int) -> float:
+                     errors: _ErrorModel, temporal_degree: int,
+                     x_frames: np.ndarray | None = None,
+                     group_of: np.ndarray | None = None) -> float:
     """Predicted RMS error (vector length, px) of the fitted displacements at the accepted
     patch centres (see "Predicted error" in the module docstring).
 
-    ``x`` (P, F, K) model columns at the patch centres, ``w`` (P, F) final weights (0 for
-    rejected patches), ``sigma`` the robust per-component residual scale at unit weight,
-    ``errors`` their correlations. Errors are modelled as ``sigma / sqrt(w) * eps`` with
-    ``Cov(eps) = rho (x) frame``.
+    ``x`` (P, G, K) model columns of the observations at the patch centres (averaged over
+    each group's frames), ``w`` (P, G) final weights (0 for rejected patches), ``sigma`` the
+    robust per-component residual scale at unit weight, ``errors`` their correlations; errors
+    are modelled as ``sigma / sqrt(w) * eps`` with ``Cov(eps) = rho (x) frame``. ``x_frames``
+    (P, F, K): the model columns per frame, where the error is evaluated (default ``x``: one
+    frame per observation); ``group_of`` (F,): each frame's observation.
     """
     rho, c = errors.rho, errors.frame
-    n_f = x.shape[1]
+    x_frames = x if x_frames is None else x_frames
+    n_f = x_frames.shape[1]
     q = w.sum(axis=1)
     ok = q > 0
     if not ok.any():
@@ -920,12 +1036,13 @@ def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: 
     v = s / np.sqrt(np.sum(s * s, axis=1, keepdims=True))  # each offset's unit column
     spent = float(np.sum(bread * meat)) + float(np.einsum("pf,fg,pg->", v, c, v))
     dof2 = n_obs / (n_obs - spent) if n_obs > spent else float("inf")
-    xa = x[accepted].reshape(-1, x.shape[-1])
+    xa = x_frames[accepted].reshape(-1, x.shape[-1])
     var_fit = float(np.mean(np.einsum("ij,jk,ik->i", xa, cov, xa))) if xa.size else float("inf")
     # the patches' error common to a frame beyond the time basis: global alignment measured it
     # on the same pixels, so the aligned frames carry it and the patches cannot see it
-    wf = np.maximum(w_ok.sum(axis=0), 1e-300)
-    common = errors.global_frame * ((s.T @ rho_ok @ s) / np.outer(wf, wf))
+    s_f, w_f = (s, w_ok) if group_of is None else (s[:, group_of], w_ok[:, group_of])
+    wf = np.maximum(w_f.sum(axis=0), 1e-300)  # each frame carries its group's weight
+    common = errors.global_frame * ((s_f.T @ rho_ok @ s_f) / np.outer(wf, wf))
     basis = np.column_stack([np.ones(n_f), _temporal_basis(n_f, temporal_degree)])
     qb, _ = np.linalg.qr(basis)
     resid_proj = np.eye(n_f) - qb @ qb.T
@@ -970,7 +1087,8 @@ def group_frame_correlation(n_frames: int, group_frames: int) -> np.ndarray:
     1, when ``group_frames`` consecutive frames are measured together and the frames' shifts
     interpolated between group centres (:func:`correction.align_global.interpolate_group_shifts`:
     one independent error per group, frames between centres get mixtures of two), (F, F); the
-    identity for 1."""
+    identity for 1. Used for the global step's error per frame; the local model is fitted to
+    the patches' group measurements themselves."""
     groups = frame_groups(n_frames, group_frames)
     if len(groups) == n_frames:
         return np.eye(n_frames)
