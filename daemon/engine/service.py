@@ -201,6 +201,14 @@ class Service:
             self._log.error("state_database_corrupt", path=str(path), moved_to=str(moved),
                             reason=reason, note="moved aside; a new database is built by "
                                                 "adopting the complete outputs on disk")
+        try:  # rows of an older version learn their file's inode (a second name is known)
+            learnt = self.ledger.fill_inodes()
+        except sqlite3.Error as exc:
+            self._log.warning("ledger_inodes_not_filled", reason=str(exc))
+        else:
+            if learnt:
+                self._log.info("ledger_inodes_filled", rows=learnt,
+                               note="movies recorded before rows kept their file's inode")
         recovered = self.ledger.recover_running()
         for key in recovered:
             self._log.warning("movie_recovered", movie=key.path,
