@@ -106,7 +106,8 @@ class Service:
                                    policy=self._policy, arrived=self._pace.arrived,
                                    quarantined=lambda e: self._finished("on_movie_failed", e),
                                    adopted=lambda e: self._finished("on_movie_done", e,
-                                                                    corrected=False))
+                                                                    corrected=False),
+                                   moved=lambda e: self._notify("on_movie_moved", e))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
                                      writes=self._writes, policy=self._policy,

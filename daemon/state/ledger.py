@@ -521,7 +521,8 @@ class Ledger:
         (``metadata``, when given, makes a row's new metadata from its old), and the metadata
         notes ``moved_from``; ``inode``, the file's, is kept where the row had none. A row quarantined because its file had vanished (:data:`VANISHED`:
         it was renamed before a worker took it) is set pending again, to be corrected under
-        its new name. Returns the new keys."""
+        its new name. A series whose last tilt moved to another series' name is noted
+        ``moved_to`` that name. Returns the new keys."""
         moved: list[MovieKey] = []
         with self._tx() as db:
             found = [_row(r) for r in db.execute(
@@ -545,7 +546,24 @@ class Ledger:
                                f"finished = NULL, retry_after = NULL WHERE {_KEY_WHERE}",
                                _k(new))
                 moved.append(new)
+                before = (row.metadata.get("log_context") or {}).get("series")
+                after = (stored.get("log_context") or {}).get("series")
+                if before and after and before != after:
+                    self._retire_series(db, before, after)
         return moved
+
+    @staticmethod
+    def _retire_series(db: sqlite3.Connection, name: str, moved_to: str) -> None:
+        """A move took a tilt of series ``name`` to ``moved_to``: once no movie is left in
+        ``name``, its state notes ``moved_to`` (``motionwatch status`` no longer lists it)."""
+        left = db.execute("SELECT 1 FROM movies WHERE size >= 0 AND "
+                          "json_extract(metadata, '$.log_context.series') = ? LIMIT 1",
+                          (name,)).fetchone()
+        r = db.execute("SELECT state FROM series WHERE name = ?", (_path_in(name),)).fetchone()
+        if left is None and r is not None:
+            state = {**json.loads(r[0]), "moved_to": moved_to}
+            db.execute("UPDATE series SET state = ? WHERE name = ?",
+                       (json.dumps(state), _path_in(name)))
 
     def release(self, key: MovieKey) -> None:
         """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""

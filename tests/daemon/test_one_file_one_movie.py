@@ -426,3 +426,65 @@ def test_open_or_rebuild_moves_aside_only_a_damaged_database(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
     with Ledger(db, read_only=True) as ledger:
         assert len(ledger.rows()) == 1
+
+
+@pytest.mark.parametrize("when", ["while stopped", "while it runs"])
+def test_the_hand_off_and_status_follow_a_renamed_folder(tmp_path, when):
+    """A series corrected (real correction) and assembled in grid1, then grid1 renamed
+    grid1_good. Before, each motion STAR and the series STAR still named the vanished movies,
+    corrected_tilt_series.star the old series' STAR, and status listed a ghost series
+    ``grid1/TS_01: completed, 0/3 tilts`` beside ``grid1_good/TS_01``."""
+    import starfile
+
+    from daemon.handoff.listener import build_handoff_listener
+
+    watch, out = tmp_path / "session", tmp_path / "out"
+    tilts = simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
+                                 shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    config = _config(watch, out, exit_when_idle_s=1.0 if when == "while stopped" else 30.0)
+
+    def service(log: RecordingLog) -> Service:
+        return Service(config, listeners=[build_handoff_listener(config)],
+                       resolver=resolver_from_config(config), logger=log)
+
+    log = RecordingLog()
+    if when == "while stopped":
+        assert service(log).run() == 0
+        os.rename(watch / "grid1", watch / "grid1_good")
+        log = RecordingLog()
+        assert service(log).run() == 0
+    else:
+        running = service(log)
+        thread = threading.Thread(target=running.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 120
+            while not log.named("series_completed") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.rename(watch / "grid1", watch / "grid1_good")
+            while len(log.named("movie_moved")) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while not [e for e in log.named("series_completed")
+                       if e.get("series") == "grid1_good/TS_01"] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # some more scans
+        finally:
+            running.request_stop("test done")
+            thread.join(60)
+    assert len(log.named("movie_moved")) == 3
+    new = {str(watch / "grid1_good" / t.movie.path.name) for t in tilts}
+    for t in tilts:  # each motion STAR names the movie where it is now
+        general = starfile.read(out / "grid1" / f"{t.movie.path.stem}.star",
+                                always_dict=True)["general"]
+        assert general["rlnMicrographMovieName"] in new
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["grid1_good_TS_01"]
+    assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1_good/TS_01/TS_01.star"]
+    table = starfile.read(out / "grid1_good" / "TS_01" / "TS_01.star", always_dict=True)
+    assert sorted(table["grid1_good_TS_01"]["rlnMicrographMovieName"]) == sorted(new)
+    series = {s["series"]: s for s in collect_status(out / "motionwatch.sqlite")["series"]}
+    assert sorted(series) == ["grid1_good/TS_01"]
+    assert series["grid1_good/TS_01"]["tilts_done"] == 3
