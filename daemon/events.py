@@ -363,6 +363,11 @@ class ServiceListener:
     def on_movie_failed(self, event: MovieEvent) -> None:
         """A movie failed (``event.status`` is ``failed`` or ``quarantined``)."""
 
+    def on_movie_moved(self, event: MovieEvent) -> None:
+        """A recorded movie was renamed (its folder or itself): ``event.path`` and ``key`` are
+        its new name, ``event.metadata`` its row's (series renamed, ``moved_from``), ``status``
+        and ``outputs`` as recorded (the outputs keep the names they were written under)."""
+
     def on_series_event(self, event: SeriesEvent) -> None:
         """A tilt series started, progressed, completed (stacks written) or re-opened."""
 

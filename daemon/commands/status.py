@@ -88,6 +88,8 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
     for name in sorted(set(states) | set(tilts)):
         state = states.get(name, {})
         mine = tilts.get(name, [])
+        if not mine and state.get("moved_to"):
+            continue  # its tilts were renamed into another series (a folder renamed)
         reached = [t.pre_exposure_e_A2 + t.dose_e_A2 for _, t in mine]
         stacks = state.get("stacks") or {}
         folder = state.get("folder")

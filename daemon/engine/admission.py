@@ -42,6 +42,7 @@ from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata
 from daemon.intake.settle import Settler
 from daemon.intake.validate import UNREADABLE, Verdict, validate
 from daemon.state.codec import StoredMetadata, metadata_to_json
+from daemon.state.ledger import VANISHED
 
 __all__ = ["Admission"]
 
@@ -93,6 +94,9 @@ class Admission:
     log : structlog-like logger
     quarantined : callable
         ``quarantined(event)``: a movie validation rejected was recorded (listeners, resolver).
+    moved : callable, optional
+        ``moved(event)``: a recorded movie's rows took its new name (the event has the new
+        name, the row's status, outputs and metadata), so the hand-off files name it.
     adopted : callable, optional
         ``adopted(event)``: a movie whose outputs were found on disk was recorded done (an
         event with status ``done``, attempt 0, its outputs and motion record).
@@ -111,7 +115,8 @@ class Admission:
                  log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float],
                  writes: LedgerWrites, policy: EnginePolicy | None = None,
                  arrived: Callable[[float], None] | None = None,
-                 adopted: Callable[[MovieEvent], None] | None = None) -> None:
+                 adopted: Callable[[MovieEvent], None] | None = None,
+                 moved: Callable[[MovieEvent], None] | None = None) -> None:
         self.config = config
         self._writes = writes
         self._policy = policy or EnginePolicy()
@@ -121,6 +126,7 @@ class Admission:
         self._quarantined = quarantined
         self._arrived = arrived
         self._adopted = adopted
+        self._moved = moved
         self._settler = Settler(config.settle_time_s, clock=clock)
         self._fingerprint = config.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
@@ -334,6 +340,8 @@ class Admission:
         try:
             rows = [r for r in ledger.rows_of_file(obs.inode, obs.size, obs.mtime_ns)
                     if r.key.path != str(obs.path)]
+            if not rows:
+                rows = self._renamed_before_inodes(ledger, obs)
         except sqlite3.Error as exc:
             self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
             return True, _DB_DOWN
@@ -353,22 +361,66 @@ class Admission:
                 return True, None
         if any(r.status == "running" for r in rows):  # renamed while a worker has it
             return True, "renamed while it was being corrected under its earlier name"
+        new_keys: list[MovieKey] = []
         for name in names:
             renamed = _series_renamed(self._relative(name), self._relative(str(obs.path)))
-            if self._safe(lambda name=name, renamed=renamed: ledger.move(
-                    name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
-                    metadata=renamed) or True) is None:
+            keys = self._safe(lambda name=name, renamed=renamed: ledger.move(
+                name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
+                metadata=renamed, inode=obs.inode))
+            if keys is None:
                 return True, _DB_DOWN
+            new_keys += keys
             stems = {(r.metadata or {}).get("stem") or movie_stem(Path(name))
                      for r in rows if r.key.path == name}
             for stem in stems:
                 self._stems.moved(name, str(obs.path), stem)
-        self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
-                       status=rows[-1].status,
-                       note="renamed after it was recorded: recorded under its new name with "
-                            "its outputs as written, not corrected again")
+        self._announce_moved(obs.path, new_keys)
+        revived = [r for r in rows if r.status == "quarantined"
+                   and (r.error or "").startswith(VANISHED)]
+        if revived:
+            self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
+                           status="pending",
+                           note="renamed before a worker took it (quarantined then as "
+                                "vanished): corrected under its new name")
+            if self._arrived is not None:
+                self._arrived(obs.mtime_ns / 1e9)
+        else:
+            self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
+                           status=rows[-1].status,
+                           note="renamed after it was recorded: recorded under its new name "
+                                "with its outputs as written, not corrected again")
         self._handled.add(ident)
         return True, None
+
+    def _announce_moved(self, path: Path, keys: list[MovieKey]) -> None:
+        """Tell the listeners of a moved movie's rows under its new name (done ones)."""
+        if self._moved is None:
+            return
+        for key in keys:
+            try:
+                row = self._ledger().get(key)
+            except sqlite3.Error:
+                return
+            if row is not None and row.status == "done":
+                self._moved(MovieEvent(path, key, row.status, row.attempts,
+                                       outputs=row.outputs, metadata=row.metadata))
+
+    def _renamed_before_inodes(self, ledger: Any, obs: Observation) -> list[Any]:
+        """Rows an older version recorded (no inode) of a file that is gone from its name and
+        that this one may be, renamed while the daemon was stopped: the same file name, size
+        and mtime (and nothing at the old name any more)."""
+        found = []
+        for row in ledger.rows_without_inode(obs.size, obs.mtime_ns):
+            if row.key.path == str(obs.path) or row.key.size < 0:
+                continue
+            if os.path.basename(row.key.path) != obs.path.name:
+                continue
+            if os.path.lexists(row.key.path):
+                continue
+            found.append(row)
+        if len({r.key.path for r in found}) > 1:
+            return []  # more than one such file gone: which one this is cannot be told
+        return found
 
     def _relative(self, path: str) -> str:
         """A path below the watch folder, ``/`` separated (as series are named)."""

@@ -31,6 +31,7 @@ from daemon.engine.outputs import remove_partial_outputs, source_identity, summa
 from daemon.engine.policy import EnginePolicy
 from daemon.events import SOURCE_KEY, MovieEvent, MovieKey, movie_stem, output_dir_for
 from daemon.state.codec import metadata_from_json
+from daemon.state.ledger import VANISHED
 from daemon.work.workers import Outcome, Task
 
 __all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S", "REFERENCE_MISFITS_TO_STOP",
@@ -351,7 +352,7 @@ def _stale(key: MovieKey) -> str | None:
     try:
         st = os.stat(key.path)
     except FileNotFoundError:
-        return "movie file vanished before correction"
+        return VANISHED
     except OSError as exc:
         return f"cannot stat movie: {exc.strerror or exc}"
     if (st.st_size, st.st_mtime_ns) != (key.size, key.mtime_ns):

@@ -106,7 +106,8 @@ class Service:
                                    policy=self._policy, arrived=self._pace.arrived,
                                    quarantined=lambda e: self._finished("on_movie_failed", e),
                                    adopted=lambda e: self._finished("on_movie_done", e,
-                                                                    corrected=False))
+                                                                    corrected=False),
+                                   moved=lambda e: self._notify("on_movie_moved", e))
         self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
                                      writes=self._writes, policy=self._policy,
@@ -201,6 +202,14 @@ class Service:
             self._log.error("state_database_corrupt", path=str(path), moved_to=str(moved),
                             reason=reason, note="moved aside; a new database is built by "
                                                 "adopting the complete outputs on disk")
+        try:  # rows of an older version learn their file's inode (a second name is known)
+            learnt = self.ledger.fill_inodes()
+        except sqlite3.Error as exc:
+            self._log.warning("ledger_inodes_not_filled", reason=str(exc))
+        else:
+            if learnt:
+                self._log.info("ledger_inodes_filled", rows=learnt,
+                               note="movies recorded before rows kept their file's inode")
         recovered = self.ledger.recover_running()
         for key in recovered:
             self._log.warning("movie_recovered", movie=key.path,

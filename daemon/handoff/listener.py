@@ -133,6 +133,39 @@ def build_handoff_listener(config: Config, *, logger: Any = None) -> RelionListe
                           logger=logger)
 
 
+def _renaming(metadata: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """From a moved movie's ledger metadata: the series it is in now (None: not a tilt) and
+    the name it was recorded under before its last move."""
+    metadata = metadata or {}
+    tilt = (metadata.get("extra_record") or {}).get("tilt")
+    series = tilt.get("series") if isinstance(tilt, Mapping) else None
+    before = list(metadata.get("moved_from") or [])
+    return series, (str(before[-1]) if before else None)
+
+
+def _renamed_record(record: dict[str, Any], movie: str, series: str | None,
+                    before: str | None) -> dict[str, Any]:
+    """A motion record as of its movie's new name: the movie, its series (renamed with its
+    folder) and its mdoc (when in the renamed folder) as they are called now."""
+    old = str(record.get("movie") or before or "")
+    record = {**record, "movie": movie}
+    tilt = record.get("tilt")
+    if isinstance(tilt, Mapping):
+        tilt = dict(tilt)
+        if "movie" in tilt:
+            tilt["movie"] = Path(movie).name
+        if series:
+            tilt["series"] = series
+        a, b = Path(old).parts, Path(movie).parts
+        while a and b and a[-1] == b[-1]:  # what the rename left alone
+            a, b = a[:-1], b[:-1]
+        mdoc = tilt.get("mdoc")
+        if a and b and mdoc and Path(mdoc).parts[:len(a)] == a:
+            tilt["mdoc"] = str(Path(*b, *Path(mdoc).parts[len(a):]))
+        record["tilt"] = tilt
+    return record
+
+
 def _stack_folder(stem: str, stacks: Mapping[str, str]) -> Path | None:
     """The folder of a series' stacks (named ``<stem>...``), None when none is listed."""
     for value in stacks.values():
@@ -176,6 +209,9 @@ class RelionListener(ServiceListener):
         self._gain_name: str | None = None
         self._own: set[str] = set()  # every motion record the ledger or an event named
         self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
+        # movies renamed after their record was written (movie path -> its series, or None):
+        # their files name the movie, and the series, as they are called now
+        self._renamed: dict[str, tuple[str | None, str | None]] = {}
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -230,6 +266,34 @@ class RelionListener(ServiceListener):
             self._write_series(tilt.series)
         self._write_globals(tomo=tilt is not None, single=tilt is None)
 
+    def on_movie_moved(self, event: MovieEvent) -> None:
+        motion_path = (event.outputs or {}).get("motion")
+        if not motion_path or self._out is None or event.status != "done":
+            return
+        key = str(event.path)
+        series = set()
+        for old, path in list(self._motions.items()):  # the same record under its old name
+            if old != key and _abs(path) == _abs(motion_path):
+                loaded = self._load(old)
+                if loaded is not None and loaded[2] is not None:
+                    series.add(loaded[2].series)
+                del self._motions[old]
+                self._cache.pop(old, None)
+        self._motions[key] = Path(motion_path)
+        self._renamed[key] = _renaming(event.metadata)
+        self._own.update((_abs(motion_path), _abs(event.path)))
+        self._cache.pop(key, None)
+        loaded = self._load(key)
+        if loaded is None:
+            return
+        _, motion, tilt = loaded
+        self._write_movie_files(motion)
+        if tilt is not None:
+            series.add(tilt.series)
+        for name in sorted(series):
+            self._write_series(name)
+        self._write_globals(tomo=tilt is not None or bool(series), single=tilt is None)
+
     def on_series_event(self, event: SeriesEvent) -> None:
         if self._out is None:
             return
@@ -270,6 +334,8 @@ class RelionListener(ServiceListener):
             motion = (row.outputs or {}).get("motion")
             if motion:
                 self._motions[movie] = Path(motion)
+                if (row.metadata or {}).get("moved_from"):
+                    self._renamed[movie] = _renaming(row.metadata)
 
     def _catch_up(self) -> None:
         """Write the per-movie files of movies recorded done that lack them: a service stopped
@@ -280,7 +346,7 @@ class RelionListener(ServiceListener):
             if loaded is None:
                 continue
             motion = loaded[1]
-            if not motion_star_path(motion.motion_path).exists() or (
+            if key in self._renamed or not motion_star_path(motion.motion_path).exists() or (
                     self.warp and not warp_xml_path(motion).exists()):
                 self._write_movie_files(motion)
 
@@ -308,6 +374,8 @@ class RelionListener(ServiceListener):
         record = read_motion_record(path)
         if record is None:
             return None
+        if key in self._renamed:
+            record = _renamed_record(record, key, *self._renamed[key])
         try:
             motion = movie_motion(record, path)
         except ValueError as exc:

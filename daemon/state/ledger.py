@@ -47,9 +47,12 @@ from typing import Any
 from daemon.events import MovieKey
 
 __all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES", "CorruptDatabase",
-           "open_or_rebuild", "display_path"]
+           "open_or_rebuild", "display_path", "VANISHED"]
 
 DB_NAME = "motionwatch.sqlite"
+#: the error of a row quarantined because its file was gone when a worker was to take it
+#: (a renamed movie met again under its new name is set pending, :meth:`Ledger.move`)
+VANISHED = "movie file vanished before correction"
 STATUSES = ("pending", "running", "done", "failed", "quarantined")
 
 _SCHEMA = """
@@ -224,11 +227,19 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(movies)")}
-            for column in ("dev", "ino"):  # a database written before rows kept the inode
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE movies ADD COLUMN {column} INTEGER")
-            self._db.execute("CREATE INDEX IF NOT EXISTS movies_file ON movies (ino, dev)")
+            # a database written before rows kept the inode gets the columns; checked and
+            # added in one write transaction, so that two processes opening it at once (the
+            # daemon starting, `motionwatch retry`) do not both add them
+            with self._tx() as db:
+                columns = {r[1] for r in db.execute("PRAGMA table_info(movies)")}
+                for column in ("dev", "ino"):
+                    if column not in columns:
+                        try:
+                            db.execute(f"ALTER TABLE movies ADD COLUMN {column} INTEGER")
+                        except sqlite3.OperationalError as exc:
+                            if "duplicate column name" not in str(exc):
+                                raise
+                db.execute("CREATE INDEX IF NOT EXISTS movies_file ON movies (ino, dev)")
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -308,6 +319,34 @@ class Ledger:
         return [_row(r) for r in self._db.execute(
             "SELECT * FROM movies WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
             "ORDER BY id", (*_inode_in(inode), _ns_in(size), _ns_in(mtime_ns)))]
+
+    def rows_without_inode(self, size: int, mtime_ns: int) -> list[MovieRow]:
+        """Rows of this size and mtime recorded before rows kept the inode (and whose file
+        :meth:`fill_inodes` could not find), in acquisition order."""
+        return [_row(r) for r in self._db.execute(
+            "SELECT * FROM movies WHERE ino IS NULL AND size = ? AND mtime_ns = ? ORDER BY id",
+            (_ns_in(size), _ns_in(mtime_ns)))]
+
+    def fill_inodes(self) -> int:
+        """Rows recorded before rows kept the inode learn it from their file, where it still
+        is that version (the same size and mtime; a link on the way followed): a second name of
+        it (a folder link the previous version visited) is then known as the same file.
+        Returns how many rows learnt it."""
+        rows = self._db.execute("SELECT DISTINCT path, size, mtime_ns FROM movies "
+                                "WHERE ino IS NULL AND size >= 0").fetchall()
+        updates = []
+        for path, size, mtime_ns in rows:
+            try:
+                st = os.stat(_path_out(path))
+            except (OSError, ValueError):
+                continue
+            if (st.st_size, st.st_mtime_ns) == (_ns_out(size), _ns_out(mtime_ns)):
+                updates.append((*_inode_in((st.st_dev, st.st_ino)), path, size, mtime_ns))
+        if updates:
+            with self._tx() as db:
+                db.executemany("UPDATE movies SET dev = ?, ino = ? WHERE path = ? AND size = ? "
+                               "AND mtime_ns = ? AND ino IS NULL", updates)
+        return len(updates)
 
     def mdoc_states(self) -> dict[str, dict[str, Any]]:
         """Every known mdoc by path: ``sha256``, ``size``, ``mtime_ns``, ``kind``,
@@ -475,12 +514,15 @@ class Ledger:
                        (*_inode_in(inode), *_k(key)))
 
     def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int,
-             metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-             ) -> list[MovieKey]:
+             metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+             inode: tuple[int, int] | None = None) -> list[MovieKey]:
         """A movie file was renamed (its folder, or itself): its rows of this version (any
         parameters; none running) take the new name, keeping status, outputs and metadata
         (``metadata``, when given, makes a row's new metadata from its old), and the metadata
-        notes ``moved_from``. Returns the new keys."""
+        notes ``moved_from``; ``inode``, the file's, is kept where the row had none. A row quarantined because its file had vanished (:data:`VANISHED`:
+        it was renamed before a worker took it) is set pending again, to be corrected under
+        its new name. A series whose last tilt moved to another series' name is noted
+        ``moved_to`` that name. Returns the new keys."""
         moved: list[MovieKey] = []
         with self._tx() as db:
             found = [_row(r) for r in db.execute(
@@ -496,8 +538,32 @@ class Ledger:
                 db.execute(f"UPDATE movies SET path = ?, metadata = ?, updated = ? "
                            f"WHERE {_KEY_WHERE}", (_path_in(new_path), json.dumps(stored),
                                                    self._clock(), *_k(row.key)))
+                if inode is not None and row.inode is None:  # recorded before rows kept it
+                    db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE}",
+                               (*_inode_in(inode), *_k(new)))
+                if row.status == "quarantined" and (row.error or "").startswith(VANISHED):
+                    db.execute(f"UPDATE movies SET status = 'pending', error = NULL, "
+                               f"finished = NULL, retry_after = NULL WHERE {_KEY_WHERE}",
+                               _k(new))
                 moved.append(new)
+                before = (row.metadata.get("log_context") or {}).get("series")
+                after = (stored.get("log_context") or {}).get("series")
+                if before and after and before != after:
+                    self._retire_series(db, before, after)
         return moved
+
+    @staticmethod
+    def _retire_series(db: sqlite3.Connection, name: str, moved_to: str) -> None:
+        """A move took a tilt of series ``name`` to ``moved_to``: once no movie is left in
+        ``name``, its state notes ``moved_to`` (``motionwatch status`` no longer lists it)."""
+        left = db.execute("SELECT 1 FROM movies WHERE size >= 0 AND "
+                          "json_extract(metadata, '$.log_context.series') = ? LIMIT 1",
+                          (name,)).fetchone()
+        r = db.execute("SELECT state FROM series WHERE name = ?", (_path_in(name),)).fetchone()
+        if left is None and r is not None:
+            state = {**json.loads(r[0]), "moved_to": moved_to}
+            db.execute("UPDATE series SET state = ? WHERE name = ?",
+                       (json.dumps(state), _path_in(name)))
 
     def release(self, key: MovieKey) -> None:
         """Give back a running movie untouched (abandoned at shutdown): pending, attempt undone."""
@@ -570,6 +636,15 @@ def _check_integrity(ledger: Ledger) -> None:
         raise CorruptDatabase("; ".join(str(r) for r in result[:3]))
 
 
+_CORRUPT = ("file is not a database", "malformed", "corrupt")
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite's error says the database file is damaged (only then is it moved
+    aside: any other error, such as a lock or a full disk, is raised)."""
+    return isinstance(exc, CorruptDatabase) or any(m in str(exc).lower() for m in _CORRUPT)
+
+
 def open_or_rebuild(path: Path, *, clock=time.time  # noqa: ANN001
                     ) -> tuple[Ledger, Path | None, str | None]:
     """Open the state database read-write; a corrupt one is moved aside and a new one begun.
@@ -590,12 +665,15 @@ def open_or_rebuild(path: Path, *, clock=time.time  # noqa: ANN001
     ------
     OSError
         The corrupt file could not be moved aside.
+    sqlite3.Error
+        The database could not be opened for a reason other than damage (locked, a full disk):
+        it is left as it is.
     """
     path = Path(path)
     try:
         ledger = Ledger(path, clock=clock)
     except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        if not _corrupt(exc):  # locked, busy, a full disk, ...: not the database's fault
             raise
         reason = str(exc)
     else:

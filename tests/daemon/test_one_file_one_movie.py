@@ -233,3 +233,258 @@ def test_a_database_from_before_rows_kept_the_inode_learns_it_at_the_next_run(tm
     assert _started(log) == [] and len(log.named("movie_moved")) == 1
     assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status) for r in _rows(out)] == [
         ("grid1_good/m1.mrc", "done")]
+
+
+def _drop_inode_columns(db_path: Path) -> None:
+    """Make a state database as the version before rows kept the inode wrote it."""
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    db.execute("DROP INDEX movies_file")
+    db.execute("ALTER TABLE movies DROP COLUMN dev")
+    db.execute("ALTER TABLE movies DROP COLUMN ino")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("when", ["while it runs", "at the restart"])
+def test_a_folder_renamed_while_its_movies_wait_for_a_worker_is_corrected_under_its_new_name(
+        tmp_path, when):
+    """grid1's movies wait while the one worker is busy; grid1 is renamed grid1_good. The
+    worker frees before the new names have settled: dispatch finds the old names gone and
+    quarantines them ('vanished'). Before, admission then moved the quarantined rows to the
+    new names and the movies were never corrected. Now they are corrected under the new names,
+    once; a movie whose folder was deleted stays quarantined as vanished."""
+    vanished = "movie file vanished before correction"
+    watch, out = tmp_path / "w", tmp_path / "out"
+    frames = np.random.default_rng(0).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    for folder in ("a_first", "grid1", "gone"):
+        (watch / folder).mkdir(parents=True)
+    write_movie_progressively(watch / "a_first" / "slow_a.mrc", frames, pixel_size_A=1.1,
+                              frame_interval_s=0)
+    time.sleep(0.05)
+    for path in (watch / "grid1" / "m1.mrc", watch / "grid1" / "m2.mrc", watch / "gone" / "m3.mrc"):
+        write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    # the renamed movies settle (3 s) after the busy worker frees (1.5 s)
+    config = _config(watch, out, settle_time_s=3.0, exit_when_idle_s=30.0, params=params)
+    log = RecordingLog()
+    service = Service(config, runner="fake_runners:correct", logger=log)
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not log.named("movie_started") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.rename(watch / "grid1", watch / "grid1_good")
+        for path in (watch / "gone" / "m3.mrc", watch / "gone"):
+            path.unlink() if path.is_file() else path.rmdir()
+        while len(log.named("movie_quarantined")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if when == "while it runs":
+            while len(log.named("movie_done")) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # some more scans
+    finally:
+        service.request_stop("test done")
+        thread.join(60)
+    assert sorted(Path(e["movie"]).relative_to(watch).as_posix()
+                  for e in log.named("movie_quarantined")) == [
+        "gone/m3.mrc", "grid1/m1.mrc", "grid1/m2.mrc"]
+    started = [Path(p).relative_to(watch).as_posix() for p in _started(log)]
+    if when == "at the restart":
+        assert started == ["a_first/slow_a.mrc"]
+        started += [Path(p).relative_to(watch).as_posix()
+                    for p in _started(_run(_config(watch, out, params=params)))]
+    assert sorted(started) == ["a_first/slow_a.mrc", "grid1_good/m1.mrc", "grid1_good/m2.mrc"]
+    rows = {Path(r.key.path).relative_to(watch).as_posix(): r for r in _rows(out)}
+    assert sorted(rows) == ["a_first/slow_a.mrc", "gone/m3.mrc", "grid1_good/m1.mrc",
+                            "grid1_good/m2.mrc"]
+    for name in ("grid1_good/m1.mrc", "grid1_good/m2.mrc"):
+        assert (rows[name].status, rows[name].attempts, rows[name].error) == ("done", 1, None)
+        assert Path(rows[name].outputs["motion"]).exists()
+    assert (rows["gone/m3.mrc"].status, rows["gone/m3.mrc"].error) == ("quarantined", vanished)
+
+
+def test_rows_an_older_version_recorded_under_a_folder_link_are_not_corrected_again(tmp_path):
+    """The previous version visited ``aa_all -> grid1`` first and recorded grid1's tilts under
+    ``aa_all/...`` (no inode). This version does not visit links inside the tree, so it meets
+    them as ``grid1/...``: before, they were corrected a second time; now the old rows learn
+    their file's inode at start-up (the link followed), and grid1's tilts are the same movies."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    _series(watch / "grid1")
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    import sqlite3
+
+    db = sqlite3.connect(out / "motionwatch.sqlite")  # as the previous version recorded them
+    db.execute("UPDATE movies SET path = replace(path, '/grid1/', '/aa_all/')")
+    db.commit()
+    db.close()
+    _drop_inode_columns(out / "motionwatch.sqlite")
+    os.rename(out / "grid1", out / "aa_all")
+    (watch / "aa_all").symlink_to(watch / "grid1", target_is_directory=True)
+    log = _run(config)
+    assert _started(log) == []
+    assert len(log.named("movie_alias")) == 3
+    rows = _rows(out)
+    assert sorted(Path(r.key.path).parent.name for r in rows) == ["aa_all"] * 3
+    assert all(r.inode is not None and r.status == "done" for r in rows)
+
+
+def test_a_folder_renamed_between_the_older_version_and_this_one_is_not_corrected_again(
+        tmp_path):
+    """Rows recorded without the inode, then grid1 renamed while stopped: the old name is gone,
+    so the inode cannot be learnt there; a movie of the same name, size and mtime met at a new
+    name, when only one such recorded file is gone, is that movie renamed."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    tilts = _series(watch / "grid1")
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    _drop_inode_columns(out / "motionwatch.sqlite")
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config)
+    assert _started(log) == []
+    assert len(log.named("movie_moved")) == 3
+    for row in _rows_moved_to(out, watch / "grid1_good", tilts):
+        assert (row.status, row.attempts) == ("done", 1) and row.inode is not None
+        assert _tilt(row)["series"] == "grid1_good/TS_01"
+
+
+def _open_as_daemon(path, barrier, results):  # noqa: ANN001
+    from daemon.state.ledger import open_or_rebuild
+
+    barrier.wait()
+    try:
+        ledger, moved, reason = open_or_rebuild(path)
+        results.put(("daemon", moved is None, reason, len(ledger.rows())))
+        ledger.close()
+    except Exception as exc:  # noqa: BLE001
+        results.put(("daemon", False, repr(exc), None))
+
+
+def _open_as_retry(path, barrier, results):  # noqa: ANN001
+    barrier.wait()
+    try:
+        Ledger(path).close()
+        results.put(("retry", True, None, None))
+    except Exception as exc:  # noqa: BLE001
+        results.put(("retry", False, repr(exc), None))
+
+
+def test_two_processes_opening_an_older_database_at_once_both_open_it_and_nothing_is_lost(
+        tmp_path):
+    """The daemon starting and ``motionwatch retry`` open a database from before rows kept the
+    inode at the same moment. Before, both added the columns; the loser got 'duplicate column
+    name', which the daemon took for a corrupt database: the whole ledger was moved aside."""
+    import multiprocessing
+    import shutil
+
+    from daemon.state.ledger import MovieKey
+
+    template = tmp_path / "old.sqlite"
+    with Ledger(template) as ledger:
+        for n in range(5):
+            ledger.add(MovieKey(f"/w/m{n}.mrc", 100, n, "fp"))
+    _drop_inode_columns(template)
+    context = multiprocessing.get_context("fork")
+    for trial in range(20):
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        db = folder / "motionwatch.sqlite"
+        shutil.copy(template, db)
+        barrier, results = context.Barrier(2), context.Queue()
+        processes = [context.Process(target=f, args=(db, barrier, results))
+                     for f in (_open_as_daemon, _open_as_retry)]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(60)
+        outcome = sorted(results.get(timeout=10) for _ in processes)
+        assert outcome == [("daemon", True, None, 5), ("retry", True, None, None)], trial
+        assert sorted(p.name for p in folder.iterdir() if "corrupt" in p.name) == []
+
+
+def test_open_or_rebuild_moves_aside_only_a_damaged_database(tmp_path, monkeypatch):
+    """An error that is not damage (here 'duplicate column name', as in a race to add the
+    columns) is raised; the database stays where it is."""
+    import sqlite3
+
+    import daemon.state.ledger as ledger_module
+
+    db = tmp_path / "motionwatch.sqlite"
+    with Ledger(db) as ledger:
+        ledger.add(ledger_module.MovieKey("/w/a.mrc", 1, 1, "fp"))
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise sqlite3.OperationalError("duplicate column name: dev")
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger_module, "Ledger", refuse)
+        with pytest.raises(sqlite3.OperationalError):
+            ledger_module.open_or_rebuild(db)
+    assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
+    with Ledger(db, read_only=True) as ledger:
+        assert len(ledger.rows()) == 1
+
+
+@pytest.mark.parametrize("when", ["while stopped", "while it runs"])
+def test_the_hand_off_and_status_follow_a_renamed_folder(tmp_path, when):
+    """A series corrected (real correction) and assembled in grid1, then grid1 renamed
+    grid1_good. Before, each motion STAR and the series STAR still named the vanished movies,
+    corrected_tilt_series.star the old series' STAR, and status listed a ghost series
+    ``grid1/TS_01: completed, 0/3 tilts`` beside ``grid1_good/TS_01``."""
+    import starfile
+
+    from daemon.handoff.listener import build_handoff_listener
+
+    watch, out = tmp_path / "session", tmp_path / "out"
+    tilts = simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
+                                 shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    config = _config(watch, out, exit_when_idle_s=1.0 if when == "while stopped" else 30.0)
+
+    def service(log: RecordingLog) -> Service:
+        return Service(config, listeners=[build_handoff_listener(config)],
+                       resolver=resolver_from_config(config), logger=log)
+
+    log = RecordingLog()
+    if when == "while stopped":
+        assert service(log).run() == 0
+        os.rename(watch / "grid1", watch / "grid1_good")
+        log = RecordingLog()
+        assert service(log).run() == 0
+    else:
+        running = service(log)
+        thread = threading.Thread(target=running.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 120
+            while not log.named("series_completed") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.rename(watch / "grid1", watch / "grid1_good")
+            while len(log.named("movie_moved")) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while not [e for e in log.named("series_completed")
+                       if e.get("series") == "grid1_good/TS_01"] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # some more scans
+        finally:
+            running.request_stop("test done")
+            thread.join(60)
+    assert len(log.named("movie_moved")) == 3
+    new = {str(watch / "grid1_good" / t.movie.path.name) for t in tilts}
+    for t in tilts:  # each motion STAR names the movie where it is now
+        general = starfile.read(out / "grid1" / f"{t.movie.path.stem}.star",
+                                always_dict=True)["general"]
+        assert general["rlnMicrographMovieName"] in new
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["grid1_good_TS_01"]
+    assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1_good/TS_01/TS_01.star"]
+    table = starfile.read(out / "grid1_good" / "TS_01" / "TS_01.star", always_dict=True)
+    assert sorted(table["grid1_good_TS_01"]["rlnMicrographMovieName"]) == sorted(new)
+    series = {s["series"]: s for s in collect_status(out / "motionwatch.sqlite")["series"]}
+    assert sorted(series) == ["grid1_good/TS_01"]
+    assert series["grid1_good/TS_01"]["tilts_done"] == 3
