@@ -519,9 +519,9 @@ class Ledger:
         """A movie file was renamed (its folder, or itself): its rows of this version (any
         parameters; none running) take the new name, keeping status, outputs and metadata
         (``metadata``, when given, makes a row's new metadata from its old), and the metadata
-        notes ``moved_from``; ``inode``, the file's, is kept where the row had none. A row quarantined because its file had vanished (:data:`VANISHED`:
-        it was renamed before a worker took it) is set pending again, to be corrected under
-        its new name. A series whose last tilt moved to another series' name is noted
+        notes ``moved_from``; ``inode``, the file's, is kept where the row had none. A row
+        quarantined because its file had vanished (:data:`VANISHED`: it was renamed before a
+        worker took it) is set pending again, to be corrected under its new name. A series whose last tilt moved to another series' name is noted
         ``moved_to`` that name. Returns the new keys."""
         moved: list[MovieKey] = []
         with self._tx() as db:
