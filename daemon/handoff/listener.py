@@ -239,11 +239,7 @@ class RelionListener(ServiceListener):
         motion_path = (event.outputs or {}).get("motion")
         if not motion_path or self._out is None:
             return
-        key = str(event.path)
-        self._motions[key] = Path(motion_path)
-        self._own.update((_abs(motion_path), _abs(event.path)))
-        self._cache.pop(key, None)
-        loaded = self._load(key)
+        loaded = self._remember(str(event.path), motion_path)
         if loaded is None:
             return
         _, motion, tilt = loaded
@@ -266,6 +262,15 @@ class RelionListener(ServiceListener):
             self._write_series(tilt.series)
         self._write_globals(tomo=tilt is not None, single=tilt is None)
 
+    def _remember(self, key: str, motion_path: str | Path
+                  ) -> tuple[float, MovieMotion, TiltRecord | None] | None:
+        """The movie ``key`` has its motion record at ``motion_path`` (written by this daemon):
+        noted, and its record loaded afresh (:meth:`_load`)."""
+        self._motions[key] = Path(motion_path)
+        self._own.update((_abs(motion_path), _abs(key)))
+        self._cache.pop(key, None)
+        return self._load(key)
+
     def on_movie_moved(self, event: MovieEvent) -> None:
         motion_path = (event.outputs or {}).get("motion")
         if not motion_path or self._out is None or event.status != "done":
@@ -279,11 +284,8 @@ class RelionListener(ServiceListener):
                     series.add(loaded[2].series)
                 del self._motions[old]
                 self._cache.pop(old, None)
-        self._motions[key] = Path(motion_path)
         self._renamed[key] = _renaming(event.metadata)
-        self._own.update((_abs(motion_path), _abs(event.path)))
-        self._cache.pop(key, None)
-        loaded = self._load(key)
+        loaded = self._remember(key, motion_path)
         if loaded is None:
             return
         _, motion, tilt = loaded

@@ -54,14 +54,20 @@ def _global_then_local(frames: np.ndarray, params: AlignParams = AlignParams(),
     return shifts, lm
 
 
-def _error_at_patch_centres(movie, shifts, lm) -> tuple[float, float]:
-    """RMS error of (global + local) and of global only vs truth, temporal means removed."""
+def _displacements_at_patch_centres(movie, shifts, lm) -> tuple[np.ndarray, np.ndarray]:
+    """``(estimated, true)`` displacements (global + local) at the patch centres, shape
+    (n_frames, n_patches, 2), temporal means removed (px)."""
     c = lm.patch_centres_yx_px
     offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
     true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
     true -= true.mean(axis=0)
     est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
-    est -= est.mean(axis=0)
+    return est - est.mean(axis=0), true
+
+
+def _error_at_patch_centres(movie, shifts, lm) -> tuple[float, float]:
+    """RMS error of (global + local) and of global only vs truth, temporal means removed."""
+    est, true = _displacements_at_patch_centres(movie, shifts, lm)
     glob = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
     return _rms(est - true), _rms(glob - true)
 
@@ -697,12 +703,7 @@ def test_grouped_frames_follow_the_fast_early_motion_of_a_strong_field(seed, e_p
                               drift_px=6.0, contrast=0.3)
     shifts, lm = _global_then_local(movie.frames, local=LocalParams(group_frames=group))
     assert lm.applied and not lm.rejected.any()
-    c = lm.patch_centres_yx_px
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-    true -= true.mean(axis=0)
-    est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
-    est -= est.mean(axis=0)
+    est, true = _displacements_at_patch_centres(movie, shifts, lm)
     assert _rms((est - true)[:3]) < 0.2
     actual = _rms(est - true)
     assert 0.6 * lm.predicted_error_px < actual < 1.5 * lm.predicted_error_px

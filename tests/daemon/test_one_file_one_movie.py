@@ -6,6 +6,7 @@ was given)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -45,6 +46,29 @@ def _run(config: Config) -> RecordingLog:
 def _rows(out: Path) -> list:
     with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
         return [r for r in ledger.rows() if r.key.size >= 0]
+
+
+@contextlib.contextmanager
+def _running(config, timeout_s: float = 60.0, make_service=None):
+    """A daemon running in a thread on ``config`` (the fake runner, or ``make_service(log)``),
+    stopped on leaving: yields its log and ``wait_for(condition)``, which polls until the
+    condition holds or the time is up."""
+    log = RecordingLog()
+    service = (Service(config, runner="fake_runners:correct", logger=log)
+               if make_service is None else make_service(log))
+    thread = threading.Thread(target=service.run)
+    deadline = time.monotonic() + timeout_s
+
+    def wait_for(condition) -> None:
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    thread.start()
+    try:
+        yield log, wait_for
+    finally:
+        service.request_stop("test done")
+        thread.join(60)
 
 
 def _rows_moved_to(out: Path, folder: Path, tilts) -> list:
@@ -187,21 +211,11 @@ def test_a_folder_renamed_while_the_daemon_runs_is_not_corrected_again(tmp_path)
                                   frame_interval_s=0)
     config = _config(watch, out, exit_when_idle_s=30.0,
                      params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
-    log = RecordingLog()
-    service = Service(config, runner="fake_runners:correct", logger=log)
-    thread = threading.Thread(target=service.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while len(log.named("movie_done")) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with _running(config) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_done")) >= 2)
         os.rename(watch / "grid1", watch / "grid1_good")
-        while len(log.named("movie_moved")) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(log.named("movie_moved")) >= 2)
         time.sleep(0.5)  # some more scans
-    finally:
-        service.request_stop("test done")
-        thread.join(60)
     assert len(_started(log)) == 2
     assert sorted((Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
                   for r in _rows(out)) == [("grid1_good/m1.mrc", "done", 1),
@@ -268,26 +282,15 @@ def test_a_folder_renamed_while_its_movies_wait_for_a_worker_is_corrected_under_
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
     # the renamed movies settle (3 s) after the busy worker frees (1.5 s)
     config = _config(watch, out, settle_time_s=3.0, exit_when_idle_s=30.0, params=params)
-    log = RecordingLog()
-    service = Service(config, runner="fake_runners:correct", logger=log)
-    thread = threading.Thread(target=service.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not log.named("movie_started") and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _running(config) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_started")))
         os.rename(watch / "grid1", watch / "grid1_good")
         for path in (watch / "gone" / "m3.mrc", watch / "gone"):
             path.unlink() if path.is_file() else path.rmdir()
-        while len(log.named("movie_quarantined")) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(log.named("movie_quarantined")) >= 3)
         if when == "while it runs":
-            while len(log.named("movie_done")) < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: len(log.named("movie_done")) >= 3)
             time.sleep(0.5)  # some more scans
-    finally:
-        service.request_stop("test done")
-        thread.join(60)
     assert sorted(Path(e["movie"]).relative_to(watch).as_posix()
                   for e in log.named("movie_quarantined")) == [
         "gone/m3.mrc", "grid1/m1.mrc", "grid1/m2.mrc"]
@@ -455,25 +458,14 @@ def test_the_hand_off_and_status_follow_a_renamed_folder(tmp_path, when):
         log = RecordingLog()
         assert service(log).run() == 0
     else:
-        running = service(log)
-        thread = threading.Thread(target=running.run)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 120
-            while not log.named("series_completed") and time.monotonic() < deadline:
-                time.sleep(0.05)
+        with _running(config, 120.0, service) as (log, wait_for):
+            wait_for(lambda: bool(log.named("series_completed")))
             time.sleep(0.3)
             os.rename(watch / "grid1", watch / "grid1_good")
-            while len(log.named("movie_moved")) < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            while not [e for e in log.named("series_completed")
-                       if e.get("series") == "grid1_good/TS_01"] and \
-                    time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: len(log.named("movie_moved")) >= 3)
+            wait_for(lambda: any(e.get("series") == "grid1_good/TS_01"
+                                 for e in log.named("series_completed")))
             time.sleep(1.0)  # some more scans
-        finally:
-            running.request_stop("test done")
-            thread.join(60)
     assert len(log.named("movie_moved")) == 3
     new = {str(watch / "grid1_good" / t.movie.path.name) for t in tilts}
     for t in tilts:  # each motion STAR names the movie where it is now
