@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "star_table", "write_star", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "RELION_GAIN_NAME", "relion_gain_names", "relion_gain_stamp",
-           "write_relion_gain", "optics_group_names", "optics_key", "MOTION_SUFFIX"]
+           "write_relion_gain", "optics_group_names", "optics_key", "optics_keys_in_order",
+           "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
@@ -486,11 +488,27 @@ def optics_group_names(name: str, count: int) -> list[str]:
     return [f"{base}{i}" for i in range(1, count + 1)]
 
 
+def optics_keys_in_order(motions: Iterable[MovieMotion]) -> list[tuple[float, float, float]]:
+    """The distinct :func:`optics_key` of ``motions``, in the order their first movie was
+    corrected (its motion record written; ties and unreadable records by the key itself): a
+    movie of new optics joining a folder gets the next number, and the groups already
+    numbered keep theirs (RELION jobs run on an earlier file still agree)."""
+    first: dict[tuple[float, float, float], tuple[int, int]] = {}
+    for m in motions:
+        try:
+            written = (0, os.stat(m.motion_path).st_mtime_ns)
+        except OSError:
+            written = (1, 0)
+        key = optics_key(m)
+        first[key] = min(first.get(key, written), written)
+    return sorted(first, key=lambda k: (first[k], k))
+
+
 def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
                    ) -> tuple[dict[tuple[float, float, float], int], Any]:
     """One optics group per distinct (voltage, movie pixel size, output pixel size), numbered
-    1, 2, ... in ascending order of those values (stable whatever order the movies come in),
-    and the ``data_optics`` table. Columns as RELION's motion correction writes them
+    1, 2, ... in the order of their first movie (:func:`optics_keys_in_order`), and the
+    ``data_optics`` table. Columns as RELION's motion correction writes them
     (3dem/relion ``src/motioncorr_runner.cpp``, ``generateLogFilePDFAndWriteStarFiles``: the
     input optics table with ``rlnMicrographPixelSize`` = original pixel size x binning added;
     each micrograph's ``rlnOpticsGroup`` names its row). Cs and amplitude contrast are the
@@ -498,7 +516,7 @@ def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
     them."""
     import pandas as pd
 
-    keys = sorted({optics_key(m) for m in motions})
+    keys = optics_keys_in_order(motions)
     ids = {key: i + 1 for i, key in enumerate(keys)}
     table = pd.DataFrame({
         "rlnOpticsGroupName": optics_group_names(optics.optics_group_name, len(keys)),

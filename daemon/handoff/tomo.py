@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key,
+from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key, optics_keys_in_order,
                                    accumulated_motion_px, motion_star_path, optics_group_names,
                                    relative_to, star_table)
 from daemon.series.tilt_record import TiltRecord
@@ -141,10 +141,10 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
     of the series)`` per series; rows sorted by name. Series of distinct optics (voltage, movie
     pixel size, tilt-series pixel size) get distinct ``rlnOpticsGroupName`` (``optics1``,
-    ``optics2``, ... in ascending order of those values, as ``corrected_micrographs.star``
+    ``optics2``, ... in the order of their first movie, as ``corrected_micrographs.star``
     numbers its groups); one kind of optics keeps the configured name."""
     series = sorted(series, key=lambda s: s[0])
-    keys = sorted({optics_key(m) for _, _, m in series})
+    keys = optics_keys_in_order(m for _, _, m in series)
     names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
     for name, star, m in series:

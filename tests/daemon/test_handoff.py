@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -692,6 +693,29 @@ def test_each_micrograph_points_at_an_optics_group_with_its_own_pixel_size_and_v
     a_group = mics.loc[mics["rlnMicrographMetadata"] == "a.star", "rlnOpticsGroup"].item()
     d_group = mics.loc[mics["rlnMicrographMetadata"] == "d.star", "rlnOpticsGroup"].item()
     assert a_group == d_group  # same optics, one group
+
+
+def test_a_movie_of_new_optics_joining_a_folder_gets_the_next_group_and_the_first_keeps_its_own(
+        tmp_path):
+    """Groups are numbered in the order their first movie was corrected: a 200-kV movie after
+    a 300-kV one is group 2, and the 300-kV movies stay in group 1 (numbered by ascending
+    voltage, they moved to group 2, unlike what RELION jobs already run on the file read)."""
+    rng = np.random.default_rng(25)
+    out = tmp_path / "out"
+    for name in ("a", "b"):
+        _mrc_movie(tmp_path / f"{name}.mrc", rng)
+    assert _correct(tmp_path / "a.mrc", "--dose-per-frame", 1.0, "--out", out) == 0
+    before = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert list(before["rlnOpticsGroup"]) == [1]
+    time.sleep(0.05)  # the second record is written later, whatever the clock's resolution
+    assert _correct(tmp_path / "b.mrc", "--dose-per-frame", 1.0, "--voltage", 200,
+                    "--out", out) == 0
+    blocks = starfile.read(out / "corrected_micrographs.star", always_dict=True)
+    group = dict(zip(blocks["micrographs"]["rlnMicrographMetadata"],
+                     blocks["micrographs"]["rlnOpticsGroup"]))
+    assert group == {"a.star": 1, "b.star": 2}
+    voltage = dict(zip(blocks["optics"]["rlnOpticsGroup"], blocks["optics"]["rlnVoltage"]))
+    assert voltage == pytest.approx({1: 300.0, 2: 200.0})
 
 
 def test_correct_refuses_an_amplitude_contrast_outside_0_1_as_a_usage_error(tmp_path, capsys):
