@@ -239,37 +239,43 @@ class RelionListener(ServiceListener):
         motion_path = (event.outputs or {}).get("motion")
         if not motion_path or self._out is None:
             return
-        loaded = self._remember(str(event.path), motion_path)
-        if loaded is None:
-            return
-        _, motion, tilt = loaded
-        self._write_movie_files(motion)
-        if tilt is not None:
-            self._write_series(tilt.series)
-            self._write_globals(tomo=True, single=False)
-        else:
-            self._write_globals(tomo=False, single=True)
+        self._write_after(str(event.path), motion_path)
 
     def on_movie_failed(self, event: MovieEvent) -> None:
         if event.status != "quarantined" or str(event.path) not in self._motions:
             return
-        key = str(event.path)
-        loaded = self._load(key)
-        del self._motions[key]
-        self._cache.pop(key, None)
+        loaded = self._forget(str(event.path))
         tilt = loaded[2] if loaded else None
         if tilt is not None:
             self._write_series(tilt.series)
         self._write_globals(tomo=tilt is not None, single=tilt is None)
 
-    def _remember(self, key: str, motion_path: str | Path
-                  ) -> tuple[float, MovieMotion, TiltRecord | None] | None:
+    def _write_after(self, key: str, motion_path: str | Path,
+                     series: set[str] | None = None) -> None:
         """The movie ``key`` has its motion record at ``motion_path`` (written by this daemon):
-        noted, and its record loaded afresh (:meth:`_load`)."""
+        noted, its record loaded afresh (:meth:`_load`), and its files, its series' and
+        ``series``' files and the folder's files written."""
         self._motions[key] = Path(motion_path)
         self._own.update((_abs(motion_path), _abs(key)))
         self._cache.pop(key, None)
-        return self._load(key)
+        loaded = self._load(key)
+        if loaded is None:
+            return
+        _, motion, tilt = loaded
+        self._write_movie_files(motion)
+        series = set(series or ())
+        if tilt is not None:
+            series.add(tilt.series)
+        for name in sorted(series):
+            self._write_series(name)
+        self._write_globals(tomo=bool(series), single=tilt is None)
+
+    def _forget(self, key: str) -> tuple[float, MovieMotion, TiltRecord | None] | None:
+        """The movie ``key`` is no longer listed; returns its record as it was loaded."""
+        loaded = self._load(key)
+        del self._motions[key]
+        self._cache.pop(key, None)
+        return loaded
 
     def on_movie_moved(self, event: MovieEvent) -> None:
         motion_path = (event.outputs or {}).get("motion")
@@ -279,22 +285,11 @@ class RelionListener(ServiceListener):
         series = set()
         for old, path in list(self._motions.items()):  # the same record under its old name
             if old != key and _abs(path) == _abs(motion_path):
-                loaded = self._load(old)
+                loaded = self._forget(old)
                 if loaded is not None and loaded[2] is not None:
                     series.add(loaded[2].series)
-                del self._motions[old]
-                self._cache.pop(old, None)
         self._renamed[key] = _renaming(event.metadata)
-        loaded = self._remember(key, motion_path)
-        if loaded is None:
-            return
-        _, motion, tilt = loaded
-        self._write_movie_files(motion)
-        if tilt is not None:
-            series.add(tilt.series)
-        for name in sorted(series):
-            self._write_series(name)
-        self._write_globals(tomo=tilt is not None or bool(series), single=tilt is None)
+        self._write_after(key, motion_path, series)
 
     def on_series_event(self, event: SeriesEvent) -> None:
         if self._out is None:
