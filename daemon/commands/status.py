@@ -6,8 +6,8 @@ are listed with their status (open or completed), tilts corrected out of those t
 the dose the specimen has accumulated up to the last tilt recorded, and their stack folder.
 Failures list only movies that have not been corrected since (a retried movie that succeeded
 is no longer a failure); a movie ``motionwatch retry`` requeued is listed as ``requeued`` (and
-counted in the backlog) until the daemon meets it again and gives it a row; files still being written or settling are listed by name with what
-they wait for. Times are ISO 8601 UTC (``2026-11-26T00:12:03.412Z``), as in the live feed.
+counted in the backlog) until the daemon meets it again and gives it a row; files still being
+written or settling are listed by name with what they wait for. Times are ISO 8601 UTC (``2026-11-26T00:12:03.412Z``), as in the live feed.
 Piped into ``head``, it stops quietly.
 """
 
