@@ -44,10 +44,11 @@ Memory: frames are converted and transformed one at a time; only their complex64
 the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``, else
 those of the first frames as far as they raise no stage of the predicted peak
 (:func:`frames_kept`): the forward pass makes only the alignment data of the others, and the
-sums transform those once more. With a patch grid on unbinned output none are kept: the sums
-come from the tiles of :func:`local_apply.local_sums` whether the local model is applied or
-not. The local
-sums read the gain-corrected frames a band of rows at a time (:class:`_GainedRows`). A memory-mapped
+sums transform those once more. With a patch grid on unbinned output the spectra are kept the
+same way, for a movie whose local model is not applied (the common case at tomography dose);
+when it is applied they are released and the sums come from the tiles of
+:func:`local_apply.local_sums`, which read the gain-corrected frames a band of rows at a time
+(:class:`_GainedRows`), as they do when none was kept. A memory-mapped
 movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
 not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
 in the motion record (``memory``). While a movie is corrected, every block comes from glibc's
@@ -384,7 +385,7 @@ class MemoryEstimate:
 _BASE_BYTES = 300 << 20  # interpreter, numpy/scipy/tifffile and the CLI's imports, FFT plans
 
 
-def frames_kept(n_frames: int, spectrum_bytes: int, *, sums_from_tiles: bool = False,
+def frames_kept(n_frames: int, spectrum_bytes: int, *,
                 peak_for: Callable[[int], int] | None = None) -> int:
     """How many frames' output spectra (``spectrum_bytes`` each) are kept from the forward
     pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``; else those of the first
@@ -396,14 +397,10 @@ def frames_kept(n_frames: int, spectrum_bytes: int, *, sums_from_tiles: bool = F
     kept twice (super-resolution frame on 2 cores: 0.36-0.48 s for the binned grid's crop,
     0.26-0.30 s for the alignment crop alone). Without ``peak_for`` none are kept then.
 
-    None when the sums come from the tiles of :func:`local_apply.local_sums`
-    (``sums_from_tiles``: a patch grid on unbinned output), whether the local model is
-    applied or not: the forward pass then makes the alignment crop alone. Measured at
-    4096^2 x 10 here: the forward pass 1.7 -> 0.6-0.9 s (no whole spectrum, and no 0.67 GB
-    of kept spectra to fault in), peak RSS 1345 -> 945 MB; when the model is not applied,
-    the tiles with the global shifts cost about 0.5 s more than summing kept spectra."""
-    if sums_from_tiles:
-        return 0
+    With a patch grid on unbinned output the same rule holds: the kept spectra give the sums
+    when the local model is not applied, and are released unused when it is (the sums then
+    come from the tiles of :func:`local_apply.local_sums`, which transform every frame
+    again); the figures are at ``_transform_align_sum``."""
     if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES:
         return n_frames
     if peak_for is None:
@@ -415,9 +412,7 @@ def frames_kept(n_frames: int, spectrum_bytes: int, *, sums_from_tiles: bool = F
 
 def _frames_kept_for(g: _Grids, n: int, params: CorrectionParams, spectrum_bytes: int) -> int:
     """:func:`frames_kept` for a movie of ``n`` frames on grids ``g``."""
-    binned = g.padded_in != g.padded_out
     return frames_kept(n, spectrum_bytes,
-                       sums_from_tiles=params.align.local_enabled and not binned,
                        peak_for=lambda k: max(_stage_bytes(g, n, params, k).values()))
 
 
@@ -431,13 +426,13 @@ def _stage_bytes(g: _Grids, n: int, params: CorrectionParams, n_kept: int) -> di
     pi, pp, p = (int(np.prod(s)) for s in (g.padded_in, g.padded_out, g.out_yx))
     a = int(np.prod(g.align))
     binned = g.padded_in != g.padded_out
-    sums_from_tiles = ap.local_enabled and not binned  # no spectra kept
+    sums_from_tiles = ap.local_enabled and not binned
     kept = n_kept * 4 * pp
     all_kept = n_kept == n
     stages = {"hot_pixels": 16 * int(np.prod(g.frame_yx)),
               "fft": 8 * pi + (4 * pp if binned else 0) + 4 * a * n + kept,
               "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
-    if not sums_from_tiles:  # else the sums come from tiles ("local")
+    if not sums_from_tiles or n_kept:  # with tiles: the kept spectra, if the model is not applied
         # all kept: summed in place, then the sums' spectra and their images; else a stream:
         # the kept spectra first (the first groups, released as they are summed), then groups
         # made again, beside the running sums; at the end the sums' spectra (the running
@@ -859,9 +854,14 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # no stage of the predicted peak (frames_kept); for the others the forward pass makes the
     # alignment crop alone (rfft2_cropped: 0.26-0.30 s per super-resolution frame here,
     # against 0.36-0.48 s for the output grid's spectrum), and they are transformed once more
-    # for the sums. With a patch grid on unbinned output the sums come from the tiles
-    # of local_sums (with the global shifts alone if the model is not applied) and no spectra
-    # are kept (frames_kept)
+    # for the sums. With a patch grid on unbinned output the spectra are kept alike: they give
+    # the sums when the local model is not applied (common at tomography dose: no second
+    # pass over the frames); when it is, they are released and the sums come from the tiles
+    # of local_sums. Measured at 4096^2 x 10 on the 2-core test machine, one process
+    # correcting the movie again and again (user CPU time per movie, four runs each): no
+    # local field (model not applied) 4.8-5.3 -> 4.0-4.4 s; a 3-px field (applied)
+    # 6.4-7.1 -> 6.7-7.4 s (the whole spectrum made and kept in vain); peak memory as without
+    # a patch grid (4K x 10: 1.0-1.1 -> 1.5 GB measured, 1.2 -> 2.0 GB predicted)
     sums_from_tiles = params.align.local_enabled and not binned
     n_keep = _frames_kept_for(grids, n, params, out_half[0] * out_half[1] * 8)
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
@@ -962,12 +962,12 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                                   workers=workers)
     del align_spectra
     timings["local_align"] = time.perf_counter() - t
-    if local.applied or sums_from_tiles:
+    if local.applied or (sums_from_tiles and n_keep == 0):
         # 6b. all four sums with global + local shifts, tile-wise Fourier shifts (re-reads
-        # the gain-corrected frames on the output grid; spectra are kept only for
-        # Fourier-binned output, whose tiles are cut from them). With a patch grid on unbinned output the
-        # tiles make the sums even when the model is not applied, with the global shifts alone
-        # (no spectra kept: see sums_from_tiles above)
+        # the gain-corrected frames on the output grid; for Fourier-binned output the tiles
+        # are cut from the kept spectra). With a patch grid on unbinned output and no spectra
+        # kept, the tiles make the sums even when the model is not applied, with the global
+        # shifts alone (the frames are transformed once more either way)
         t = time.perf_counter()
         model = local.model if local.applied else None
         tile_fill = _tile_fill(fill, frame_means, n, binned, grids.bin_yx)
@@ -975,6 +975,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                       voltage_kV=params.dose.voltage_kV, shape_yx=grids.out_yx,
                       workers=workers, movie_dose_end_e_A2=dose_end)
         if not binned:
+            kept.clear()  # unused: the tiles transform every frame again
             tiles = local_sums(_GainedRows(used, arith, plan, fill, grids.padded_in), shifts_out,
                                model, dose_end_e_A2=dose_end, fill=tile_fill, **common)
         else:

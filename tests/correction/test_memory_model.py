@@ -162,34 +162,48 @@ def test_the_first_frames_spectra_that_raise_no_peak_are_kept_and_give_the_same_
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
-def test_with_a_patch_grid_no_spectra_are_kept_and_the_tiles_give_the_whole_frame_sums(
+def _count_transforms_and_tile_runs(monkeypatch, frames: np.ndarray, params: CorrectionParams
+                                    ) -> tuple[pipeline.CorrectedFrames, int, int]:
+    """Correct ``frames``, counting whole-spectrum transforms and calls of the local sums."""
+    full, tiles = [], []
+    real_fft, real_tiles = pipeline.rfft2, pipeline.local_sums
+    monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: full.append(1) or real_fft(*a, **k))
+    monkeypatch.setattr(pipeline, "local_sums",
+                        lambda *a, **k: tiles.append(1) or real_tiles(*a, **k))
+    out = pipeline.correct_frames(frames, pixel_size_A=1.1, params=params)
+    monkeypatch.setattr(pipeline, "rfft2", real_fft)
+    monkeypatch.setattr(pipeline, "local_sums", real_tiles)
+    return out, len(full), len(tiles)
+
+
+def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_spectra(
         monkeypatch):
     """Local correction on, unbinned output, a movie without local motion (the model is not
-    applied): the forward pass computes only the alignment crop (no whole spectrum, none
-    kept) and the tiles, with the global shifts alone, give the four sums that the
-    whole-frame path (no patch grid: one transform per frame, all spectra kept) gives."""
+    applied, as is common at tomography dose): the spectra the forward pass kept give the
+    four sums, one transform per frame and no second pass over the frames, and the sums are
+    exactly those of the whole-frame path (no patch grid). With no spectra kept (over the
+    budget), the tiles, with the global shifts alone, give the same sums."""
     from correction.synthetic import render_movie
 
     syn = render_movie(np.random.default_rng(8), shape_yx=(512, 448), n_frames=8,
                        electrons_per_px_per_frame=2.0, gain=None, dtype=np.int16)
     dose = DoseParams(dose_per_frame_e_A2=1.0)
-
-    def run(align: AlignParams) -> tuple[pipeline.CorrectedFrames, int, int]:
-        full, tiles = [], []
-        real_fft, real_tiles = pipeline.rfft2, pipeline.local_sums
-        monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: full.append(1) or real_fft(*a, **k))
-        monkeypatch.setattr(pipeline, "local_sums",
-                            lambda *a, **k: tiles.append(1) or real_tiles(*a, **k))
-        out = pipeline.correct_frames(syn.frames, pixel_size_A=1.1,
-                                      params=CorrectionParams(dose=dose, align=align))
-        monkeypatch.setattr(pipeline, "rfft2", real_fft)
-        monkeypatch.setattr(pipeline, "local_sums", real_tiles)
-        return out, len(full), len(tiles)
-
-    whole, transforms, tile_runs = run(AlignParams(patches_x=1, patches_y=1))
+    whole, transforms, tile_runs = _count_transforms_and_tile_runs(
+        monkeypatch, syn.frames, CorrectionParams(dose=dose, align=AlignParams(patches_x=1,
+                                                                                patches_y=1)))
     assert (transforms, tile_runs) == (8, 0)
     assert AlignParams().local_enabled
-    tiled, transforms, tile_runs = run(AlignParams())
+    kept, transforms, tile_runs = _count_transforms_and_tile_runs(
+        monkeypatch, syn.frames, CorrectionParams(dose=dose))
+    assert not kept.local.applied
+    assert (transforms, tile_runs) == (8, 0)
+    np.testing.assert_array_equal(kept.shifts_yx_px, whole.shifts_yx_px)
+    for name in ("sum", "dw", "even", "odd"):
+        np.testing.assert_array_equal(getattr(kept.images, name), getattr(whole.images, name))
+
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles
+    tiled, transforms, tile_runs = _count_transforms_and_tile_runs(
+        monkeypatch, syn.frames, CorrectionParams(dose=dose))
     assert not tiled.local.applied
     assert (transforms, tile_runs) == (0, 1)
     np.testing.assert_array_equal(tiled.shifts_yx_px, whole.shifts_yx_px)
@@ -197,6 +211,34 @@ def test_with_a_patch_grid_no_spectra_are_kept_and_the_tiles_give_the_whole_fram
         got, want = (_below_nyquist(getattr(run.images, name)[32:-32, 32:-32])
                      for run in (tiled, whole))
         assert np.std(got - want) < 5e-3 * np.std(want), name  # measured 0.0026 (sum)
+
+
+def test_with_local_motion_applied_the_kept_spectra_are_released_for_the_tiles(monkeypatch):
+    """A movie with a local field (the model applied): the spectra kept by the forward pass
+    are released unused and the tiles make the sums; the shifts, the model and the four sums
+    are those of a run that kept none (the alignment crop cut from the whole spectrum instead
+    of transformed alone: equal to float rounding)."""
+    from correction.synthetic_local import LocalDeformation, render_local_movie
+
+    shape, n = (1024, 1024), 8
+    movie = render_local_movie(shape, n, dose_per_pixel=4.0,
+                               deformation=LocalDeformation(shape, n, corner_amplitude_px=6.0,
+                                                            seed=3),
+                               rng=np.random.default_rng(4), contrast=0.4)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    kept, transforms, tile_runs = _count_transforms_and_tile_runs(monkeypatch, movie.frames,
+                                                                  params)
+    assert kept.local.applied, kept.local.reason
+    assert (transforms, tile_runs) == (n, 1)
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)
+    none, transforms, tile_runs = _count_transforms_and_tile_runs(monkeypatch, movie.frames,
+                                                                  params)
+    assert none.local.applied
+    assert (transforms, tile_runs) == (0, 1)
+    np.testing.assert_allclose(kept.shifts_yx_px, none.shifts_yx_px, atol=1e-4)
+    for name in ("sum", "dw", "even", "odd"):
+        got, want = getattr(kept.images, name), getattr(none.images, name)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
 def _below_nyquist(image: np.ndarray, fraction: float = 0.8) -> np.ndarray:
