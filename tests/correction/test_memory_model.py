@@ -181,8 +181,9 @@ def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_
     """Local correction on, unbinned output, a movie without local motion (the model is not
     applied, as is common at tomography dose): the spectra the forward pass kept give the
     four sums, one transform per frame and no second pass over the frames, and the sums are
-    exactly those of the whole-frame path (no patch grid). With no spectra kept (over the
-    budget), the tiles, with the global shifts alone, give the same sums."""
+    exactly those of the whole-frame path (no patch grid). With some kept, the others are
+    transformed again for the sums; with none kept (over the budget), the tiles, with the
+    global shifts alone, give the same sums."""
     from correction.synthetic import render_movie
 
     syn = render_movie(np.random.default_rng(8), shape_yx=(512, 448), n_frames=8,
@@ -200,6 +201,20 @@ def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_
     np.testing.assert_array_equal(kept.shifts_yx_px, whole.shifts_yx_px)
     for name in ("sum", "dw", "even", "odd"):
         np.testing.assert_array_equal(getattr(kept.images, name), getattr(whole.images, name))
+
+    grid = pipeline._grids((512, 448), 1.0, int(np.ceil(AlignParams().max_shift_px))
+                           + pipeline._EXTRA_MARGIN_PX, AlignParams().align_size_px)
+    one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 5 * one)  # some kept, not all
+    some = pipeline._frames_kept_for(grid, 8, CorrectionParams(dose=dose), one)
+    assert 0 < some < 8
+    part, transforms, tile_runs = _count_transforms_and_tile_runs(
+        monkeypatch, syn.frames, CorrectionParams(dose=dose))
+    assert (transforms, tile_runs) == (8, 0)  # the kept ones once, the others for the sums
+    np.testing.assert_array_equal(part.shifts_yx_px, whole.shifts_yx_px)
+    for name in ("sum", "dw", "even", "odd"):
+        got, want = getattr(part.images, name), getattr(whole.images, name)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
 
     monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles
     tiled, transforms, tile_runs = _count_transforms_and_tile_runs(
