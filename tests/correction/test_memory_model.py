@@ -176,6 +176,18 @@ def _count_transforms_and_tile_runs(monkeypatch, frames: np.ndarray, params: Cor
     return out, len(full), len(tiles)
 
 
+def _assert_same_shifts_and_sums(got: pipeline.CorrectedFrames,
+                                  want: pipeline.CorrectedFrames, *, rtol: float) -> None:
+    """Equal shifts, and the four sums equal within ``rtol`` (0: exactly)."""
+    np.testing.assert_array_equal(got.shifts_yx_px, want.shifts_yx_px)
+    for name in ("sum", "dw", "even", "odd"):
+        a, b = getattr(got.images, name), getattr(want.images, name)
+        if rtol == 0.0:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-4 * float(np.abs(b).max()))
+
+
 def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_spectra(
         monkeypatch):
     """Local correction on, unbinned output, a movie without local motion (the model is not
@@ -198,9 +210,7 @@ def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_
         monkeypatch, syn.frames, CorrectionParams(dose=dose))
     assert not kept.local.applied
     assert (transforms, tile_runs) == (8, 0)
-    np.testing.assert_array_equal(kept.shifts_yx_px, whole.shifts_yx_px)
-    for name in ("sum", "dw", "even", "odd"):
-        np.testing.assert_array_equal(getattr(kept.images, name), getattr(whole.images, name))
+    _assert_same_shifts_and_sums(kept, whole, rtol=0.0)
 
     grid = pipeline._grids((512, 448), 1.0, int(np.ceil(AlignParams().max_shift_px))
                            + pipeline._EXTRA_MARGIN_PX, AlignParams().align_size_px)
@@ -211,10 +221,7 @@ def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_
     part, transforms, tile_runs = _count_transforms_and_tile_runs(
         monkeypatch, syn.frames, CorrectionParams(dose=dose))
     assert (transforms, tile_runs) == (8, 0)  # the kept ones once, the others for the sums
-    np.testing.assert_array_equal(part.shifts_yx_px, whole.shifts_yx_px)
-    for name in ("sum", "dw", "even", "odd"):
-        got, want = getattr(part.images, name), getattr(whole.images, name)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
+    _assert_same_shifts_and_sums(part, whole, rtol=1e-5)
 
     monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles
     tiled, transforms, tile_runs = _count_transforms_and_tile_runs(
