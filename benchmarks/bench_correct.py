@@ -206,7 +206,8 @@ def _floor(movie: Path, gain: Path, out: Path, bin_factor: float) -> dict:
     return {"status": 0, "wall_s": time.perf_counter() - t, "cpu_s": _cpu_s() - c}
 
 
-def _run_child(kind: str, movie: Path, gain: Path, out: Path, extra: str, warm: bool) -> dict:
+def _run_child(kind: str, movie: Path, gain: Path, out: Path, extra: str,
+               warm: bool = False) -> dict:
     from daemon.commands.cli import single_threaded_blas_environment
 
     # both children run with the BLAS settings of the motionwatch command
