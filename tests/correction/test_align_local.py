@@ -56,11 +56,10 @@ def _global_then_local(frames: np.ndarray, params: AlignParams = AlignParams(),
 
 def _displacements_at_patch_centres(movie, shifts, lm) -> tuple[np.ndarray, np.ndarray]:
     """``(estimated, true)`` displacements (global + local) at the patch centres, shape
-    (n_frames, n_patches, 2), temporal means removed (px)."""
+    (n_frames, n_patches, 2), temporal means removed (px); the truth is that of the feature
+    at each centre in the globally aligned sum, what the local sums apply there."""
     c = lm.patch_centres_yx_px
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-    true -= true.mean(axis=0)
+    true = movie.aligned_sum_displacement_yx_px(c[:, 0], c[:, 1], shifts)
     est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
     return est - est.mean(axis=0), true
 
@@ -79,9 +78,7 @@ def _field_errors_over_frame(movie, shifts, lm, step: int = 64) -> tuple[np.ndar
     ny, nx = movie.frames.shape[1:]
     y, x = np.meshgrid(np.linspace(0, ny - 1, ny // step + 1),
                        np.linspace(0, nx - 1, nx // step + 1), indexing="ij")
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(y - offset[0], x - offset[1])
-    true -= true.mean(axis=0)
+    true = movie.aligned_sum_displacement_yx_px(y, x, shifts)
     global_only = np.broadcast_to((shifts - shifts.mean(axis=0))[:, None, None, :], true.shape)
     local = global_only + (lm.model.displacement_yx_px(y, x) if lm.applied else 0.0)
     return (np.sqrt(np.mean(np.sum((local - true) ** 2, axis=-1), axis=0)),
@@ -360,9 +357,7 @@ def test_a_frame_mostly_of_vacuum_is_judged_by_its_specimen():
     assert lm.applied, lm.reason
     specimen = ~lm.rejected & (lm.confidence >= LocalParams().min_confidence)
     c = lm.patch_centres_yx_px[specimen]
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-    true -= true.mean(axis=0)
+    true = movie.aligned_sum_displacement_yx_px(c[:, 0], c[:, 1], shifts)
     found = shifts[:, None, :] + lm.fitted_yx_px[specimen].transpose(1, 0, 2)
     found -= found.mean(axis=0)
     global_only = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
