@@ -174,9 +174,8 @@ def _child(folder: Path, workers: int) -> None:
     oracle = local_sums(frames, np.zeros((n, 2)), movie.sum_referenced_field(), **kw)
 
     c = lm.patch_centres_yx_px
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)
-    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-    true -= true.mean(axis=0)
+    # the feature at each centre of the aligned sum: what the local sums apply there
+    true = movie.aligned_sum_displacement_yx_px(c[:, 0], c[:, 1], shifts)
     est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
     est -= est.mean(axis=0)
     glob = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
@@ -292,9 +291,8 @@ def _correct_vs_floor(args: argparse.Namespace, folder: Path) -> None:
         c = np.array(local["patch_centres_px"])[:, ::-1]
         fitted = np.array(local["fitted_shifts_px"])[..., ::-1].transpose(1, 0, 2)  # (F,P,yx)
         shifts = np.array(record["global_shifts_px"])[:, ::-1]
-        offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)
-        true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-        err = (fitted - fitted.mean(0)) - (true - true.mean(0))
+        true = movie.aligned_sum_displacement_yx_px(c[:, 0], c[:, 1], shifts)
+        err = (fitted - fitted.mean(0)) - true
         print(f"  local error of the written record at patch centres: "
               f"{float(np.sqrt(np.mean(np.sum(err * err, axis=-1)))):.4f} px RMS")
     for name in ("", "_DW"):

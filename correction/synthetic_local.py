@@ -193,6 +193,22 @@ class SyntheticLocalMovie:
         """The true field at truth-sum positions (apply it with zero global shifts)."""
         return SumReferencedField(self.deformation, self.global_shifts_yx_px)
 
+    def aligned_sum_displacement_yx_px(self, y: np.ndarray, x: np.ndarray,
+                                       global_shifts_yx_px: np.ndarray) -> np.ndarray:
+        """True total displacement (global + local), temporal mean removed, of the feature at
+        ``(y, x)`` in the sum aligned with the estimated ``global_shifts_yx_px`` (n_frames, 2):
+        what global + local correction of that sum should apply there (pixels).
+
+        Frame ``i`` shifted by ``-s_i`` puts the feature at ``c`` at ``c + G_i - s_i + L_i(c)``,
+        so the aligned sum has it at ``q = c + m(c) - mean_i s_i``: the truth sum's position
+        moved by ``-mean_i s_i``, and the answer is :meth:`sum_referenced_field` at ``q +
+        mean_i s_i``. Shape ``(n_frames,) + S + (2,)``.
+        """
+        mean_s = np.asarray(global_shifts_yx_px, dtype=np.float64).reshape(-1, 2).mean(axis=0)
+        y = np.asarray(y, dtype=np.float64) + mean_s[0]
+        x = np.asarray(x, dtype=np.float64) + mean_s[1]
+        return self.sum_referenced_field().displacement_yx_px(y, x)
+
     def true_displacement_yx_px(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Total true displacement ``G_i + L_i(y, x)``, shape ``(n_frames,) + S + (2,)``."""
         local = self.deformation.displacement_yx_px(y, x)

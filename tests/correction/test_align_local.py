@@ -56,11 +56,10 @@ def _global_then_local(frames: np.ndarray, params: AlignParams = AlignParams(),
 
 def _displacements_at_patch_centres(movie, shifts, lm) -> tuple[np.ndarray, np.ndarray]:
     """``(estimated, true)`` displacements (global + local) at the patch centres, shape
-    (n_frames, n_patches, 2), temporal means removed (px)."""
+    (n_frames, n_patches, 2), temporal means removed (px); the truth is that of the feature
+    at each centre in the globally aligned sum, what the local sums apply there."""
     c = lm.patch_centres_yx_px
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-    true -= true.mean(axis=0)
+    true = movie.aligned_sum_displacement_yx_px(c[:, 0], c[:, 1], shifts)
     est = shifts[:, None, :] + lm.fitted_yx_px.transpose(1, 0, 2)
     return est - est.mean(axis=0), true
 
@@ -79,9 +78,7 @@ def _field_errors_over_frame(movie, shifts, lm, step: int = 64) -> tuple[np.ndar
     ny, nx = movie.frames.shape[1:]
     y, x = np.meshgrid(np.linspace(0, ny - 1, ny // step + 1),
                        np.linspace(0, nx - 1, nx // step + 1), indexing="ij")
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(y - offset[0], x - offset[1])
-    true -= true.mean(axis=0)
+    true = movie.aligned_sum_displacement_yx_px(y, x, shifts)
     global_only = np.broadcast_to((shifts - shifts.mean(axis=0))[:, None, None, :], true.shape)
     local = global_only + (lm.model.displacement_yx_px(y, x) if lm.applied else 0.0)
     return (np.sqrt(np.mean(np.sum((local - true) ** 2, axis=-1), axis=0)),
@@ -360,9 +357,7 @@ def test_a_frame_mostly_of_vacuum_is_judged_by_its_specimen():
     assert lm.applied, lm.reason
     specimen = ~lm.rejected & (lm.confidence >= LocalParams().min_confidence)
     c = lm.patch_centres_yx_px[specimen]
-    offset = (movie.global_shifts_yx_px - shifts).mean(axis=0)  # aligned sum vs reference
-    true = movie.true_displacement_yx_px(c[:, 0] - offset[0], c[:, 1] - offset[1])
-    true -= true.mean(axis=0)
+    true = movie.aligned_sum_displacement_yx_px(c[:, 0], c[:, 1], shifts)
     found = shifts[:, None, :] + lm.fitted_yx_px[specimen].transpose(1, 0, 2)
     found -= found.mean(axis=0)
     global_only = np.broadcast_to(shifts[:, None, :] - shifts.mean(axis=0), true.shape)
@@ -602,8 +597,8 @@ def _fits_with_correlated_noise(n_frames: int, group: int, draws: int = 30):
     centres = grid.centres_yx_px
     rho = patch_error_correlation(grid)
     chol = np.linalg.cholesky(rho)
-    # a gentle field: the prediction's allowance for a gain error of the patch shifts (1.5 % of
-    # the motion, none here) stays small against the noise
+    # a gentle field: the prediction's allowance for the model's misfit (1 % of the motion,
+    # none here) stays small against the noise
     truth = _random_model(rng, shape, n_frames, amplitude=0.3)
     true = truth.displacement_yx_px(centres[:, 0], centres[:, 1]).transpose(1, 0, 2)
     groups = frame_groups(n_frames, group)
@@ -661,6 +656,24 @@ def test_predicted_error_at_low_dose_is_the_actual_error_at_the_patch_centres(
     assert not lm.rejected.any()
     actual, _ = _error_at_patch_centres(movie, shifts, lm)
     assert 0.6 * lm.predicted_error_px < actual < 1.5 * lm.predicted_error_px
+
+
+def test_predicted_error_of_a_strong_field_over_40_frames_at_high_dose():
+    """At 3 e/px/frame an 8-px corner field over 40 frames leaves, beside the noise, an
+    error that grows with the motion (the time basis's misfit, about 1 % of it), so the
+    prediction allows 1 % of the fitted motion. Against the truth the aligned sum refers
+    to, the mean ratio actual / predicted over two movies is 0.93-1.1: the 1.5 % allowed
+    for a gain shortfall against the field at reference positions, which the right truth
+    does not show (regression gain 0.997-0.998 here), made it 0.88."""
+    ratios = []
+    for seed in (0, 1):
+        movie, _, _ = local_movie(seed, (1024, 1024), 40, e_per_px=3.0, corner_px=8.0,
+                                  drift_px=6.0, contrast=0.3)
+        shifts, lm = _global_then_local(movie.frames)
+        assert lm.applied, lm.reason
+        actual, _ = _error_at_patch_centres(movie, shifts, lm)
+        ratios.append(actual / lm.predicted_error_px)
+    assert 0.93 < np.mean(ratios) < 1.1, ratios
 
 
 # ----------------------------------------------------------------------------- grouped frames
