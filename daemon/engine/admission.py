@@ -370,6 +370,7 @@ class Admission:
             if keys is None:
                 return True, _DB_DOWN
             new_keys += keys
+            self._forget_name(name)
             stems = {(r.metadata or {}).get("stem") or movie_stem(Path(name))
                      for r in rows if r.key.path == name}
             for stem in stems:
@@ -391,6 +392,11 @@ class Admission:
                                 "with its outputs as written, not corrected again")
         self._handled.add(ident)
         return True, None
+
+    def _forget_name(self, path: str) -> None:
+        """Forget having handled any version under ``path`` (its rows moved away): a file
+        that comes back to that name (a rename undone) is met, and moved back, again."""
+        self._handled = {h for h in self._handled if h[0] != path}
 
     def _announce_moved(self, path: Path, keys: list[MovieKey]) -> None:
         """Tell the listeners of a moved movie's rows under its new name (done ones)."""

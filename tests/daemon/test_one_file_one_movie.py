@@ -480,3 +480,50 @@ def test_the_hand_off_and_status_follow_a_renamed_folder(tmp_path, when):
     series = {s["series"]: s for s in collect_status(out / "motionwatch.sqlite")["series"]}
     assert sorted(series) == ["grid1_good/TS_01"]
     assert series["grid1_good/TS_01"]["tilts_done"] == 3
+
+
+def _movie(path: Path, seed: int = 0) -> None:
+    """Write a small complete movie at ``path`` (its folder made)."""
+    frames = np.random.default_rng(seed).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_movie_progressively(path, frames, pixel_size_A=1.1, frame_interval_s=0)
+
+
+_DOSE1 = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+
+
+def test_a_folder_renamed_and_renamed_back_while_its_movie_waits_is_corrected_once(tmp_path):
+    """grid1 renamed grid1_x and back (an undo) while m1 waits for the one worker. Before, the
+    move back was not seen (the old name was still taken as handled): m1's row kept naming
+    grid1_x and dispatch quarantined it as vanished though the file was there."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    _movie(watch / "a_first" / "slow_a.mrc")  # holds the one worker for a while
+    time.sleep(0.05)
+    _movie(watch / "grid1" / "m1.mrc")
+    with _running(_config(watch, out, params=_DOSE1, exit_when_idle_s=60.0)) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_started")) and any(
+            e["movie"].endswith("grid1/m1.mrc") for e in log.named("movie_ready")))
+        assert len(log.named("movie_started")) == 1  # m1 waits for the worker
+        os.rename(watch / "grid1", watch / "grid1_x")
+        wait_for(lambda: bool(log.named("movie_moved")))
+        os.rename(watch / "grid1_x", watch / "grid1")
+        wait_for(lambda: len(log.named("movie_done")) >= 2 or bool(log.named("movie_quarantined")))
+    assert log.named("movie_quarantined") == []
+    assert sorted(Path(p).relative_to(watch).as_posix() for p in _started(log)) == [
+        "a_first/slow_a.mrc", "grid1/m1.mrc"]
+
+
+def test_a_folder_renamed_and_renamed_back_after_its_movie_was_done_names_it_again(tmp_path):
+    """After the undo, the done movie's row names it where it is again, not the intermediate
+    folder."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    _movie(watch / "grid1" / "m1.mrc")
+    with _running(_config(watch, out, params=_DOSE1, exit_when_idle_s=60.0)) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_done")))
+        os.rename(watch / "grid1", watch / "grid1_x")
+        wait_for(lambda: bool(log.named("movie_moved")))
+        os.rename(watch / "grid1_x", watch / "grid1")
+        wait_for(lambda: len(log.named("movie_moved")) >= 2)
+    assert len(_started(log)) == 1
+    assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status) for r in _rows(out)] == [
+        ("grid1/m1.mrc", "done")]
