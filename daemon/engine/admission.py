@@ -286,7 +286,7 @@ class Admission:
                            note=f"was quarantined as: {row.error}")
             row = None
         if row is not None:
-            if row.inode is None and obs.inode is not None:  # admitted before rows kept it
+            if obs.inode is not None and row.inode != obs.inode:  # none yet, or stale
                 self._safe(lambda: ledger.set_inode(key, obs.inode) or True)
             self._handled.add(ident)
             return None
@@ -412,11 +412,12 @@ class Admission:
                                        outputs=row.outputs, metadata=row.metadata))
 
     def _renamed_before_inodes(self, ledger: Any, obs: Observation) -> list[Any]:
-        """Rows an older version recorded (no inode) of a file that is gone from its name and
-        that this one may be, renamed while the daemon was stopped: the same file name, size
-        and mtime (and nothing at the old name any more)."""
+        """Rows of a file that is gone from its name and that this one may be, renamed, whose
+        inode does not tell: none recorded (an older version), or one the file no longer has
+        (a remount, a share without stable inode numbers). The same file name, size and mtime,
+        nothing at the old name any more, and only one such name."""
         found = []
-        for row in ledger.rows_without_inode(obs.size, obs.mtime_ns):
+        for row in ledger.rows_of_size_and_mtime(obs.size, obs.mtime_ns):
             if row.key.path == str(obs.path) or row.key.size < 0:
                 continue
             if os.path.basename(row.key.path) != obs.path.name:

@@ -320,11 +320,12 @@ class Ledger:
             "SELECT * FROM movies WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
             "ORDER BY id", (*_inode_in(inode), _ns_in(size), _ns_in(mtime_ns)))]
 
-    def rows_without_inode(self, size: int, mtime_ns: int) -> list[MovieRow]:
-        """Rows of this size and mtime recorded before rows kept the inode (and whose file
-        :meth:`fill_inodes` could not find), in acquisition order."""
+    def rows_of_size_and_mtime(self, size: int, mtime_ns: int) -> list[MovieRow]:
+        """Rows of this size and mtime under any name and inode (or none), in acquisition
+        order: the candidates of a renamed file whose inode number changed (a remount, a share
+        without stable inode numbers) or was never recorded."""
         return [_row(r) for r in self._db.execute(
-            "SELECT * FROM movies WHERE ino IS NULL AND size = ? AND mtime_ns = ? ORDER BY id",
+            "SELECT * FROM movies WHERE size = ? AND mtime_ns = ? ORDER BY id",
             (_ns_in(size), _ns_in(mtime_ns)))]
 
     def fill_inodes(self) -> int:
@@ -508,9 +509,10 @@ class Ledger:
         return out
 
     def set_inode(self, key: MovieKey, inode: tuple[int, int]) -> None:
-        """Record the ``(st_dev, st_ino)`` of a row admitted before rows kept it."""
+        """Record the ``(st_dev, st_ino)`` a row's file has now (a row admitted before rows
+        kept it, or whose file got another inode number: a remount)."""
         with self._tx() as db:
-            db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE} AND ino IS NULL",
+            db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE}",
                        (*_inode_in(inode), *_k(key)))
 
     def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int,
@@ -519,7 +521,7 @@ class Ledger:
         """A movie file was renamed (its folder, or itself): its rows of this version (any
         parameters; none running) take the new name, keeping status, outputs and metadata
         (``metadata``, when given, makes a row's new metadata from its old), and the metadata
-        notes ``moved_from``; ``inode``, the file's, is kept where the row had none. A row
+        notes ``moved_from``; ``inode``, the file's, replaces the row's (none, or a stale one). A row
         quarantined because its file had vanished (:data:`VANISHED`: it was renamed before a
         worker took it) is set pending again, to be corrected under its new name. A series whose last tilt moved to another series' name is noted
         ``moved_to`` that name. Returns the new keys."""
@@ -538,7 +540,7 @@ class Ledger:
                 db.execute(f"UPDATE movies SET path = ?, metadata = ?, updated = ? "
                            f"WHERE {_KEY_WHERE}", (_path_in(new_path), json.dumps(stored),
                                                    self._clock(), *_k(row.key)))
-                if inode is not None and row.inode is None:  # recorded before rows kept it
+                if inode is not None and row.inode != inode:  # none yet, or a stale one
                     db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE}",
                                (*_inode_in(inode), *_k(new)))
                 if row.status == "quarantined" and (row.error or "").startswith(VANISHED):

@@ -527,3 +527,61 @@ def test_a_folder_renamed_and_renamed_back_after_its_movie_was_done_names_it_aga
     assert len(_started(log)) == 1
     assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status) for r in _rows(out)] == [
         ("grid1/m1.mrc", "done")]
+
+
+def _remount(db_path: Path) -> None:
+    """Give every row another inode number, as a remount (or cifs ``noserverino``) gives the
+    files."""
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE movies SET ino = ino + 1000000")
+    db.commit()
+    db.close()
+
+
+def test_a_renamed_frames_folder_on_a_share_whose_inodes_changed_keeps_its_tilts(tmp_path):
+    """Rows whose inode the file no longer has are recognised by file name, size and mtime
+    (the old name gone), as rows without an inode are: before, the tilts waited for ever."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    grid = watch / "grid1"
+    tilts = _series(grid)
+    (grid / "frames").mkdir()
+    for t in tilts:
+        os.rename(t.movie.path, grid / "frames" / t.movie.path.name)
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    _remount(out / "motionwatch.sqlite")
+    os.rename(grid / "frames", grid / "frames_sorted")
+    with _running(config, timeout_s=20.0) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_moved")) >= 3)
+        time.sleep(0.5)  # some more scans
+    assert _started(log) == [] and len(log.named("movie_moved")) == 3
+    rows = _rows_moved_to(out, grid / "frames_sorted", tilts)
+    assert [r.inode for r in rows] == [
+        (os.stat(r.key.path).st_dev, os.stat(r.key.path).st_ino) for r in rows]
+
+
+def test_a_renamed_grid_folder_on_a_share_whose_inodes_changed_is_not_corrected_again(tmp_path):
+    """Before, the renamed grid's tilts were corrected a second time, as a second series."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    tilts = _series(watch / "grid1")
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    _remount(out / "motionwatch.sqlite")
+    os.rename(watch / "grid1", watch / "grid1_good")
+    assert _started(_run(config)) == []
+    assert [r.status for r in _rows_moved_to(out, watch / "grid1_good", tilts)] == ["done"] * 3
+
+
+def test_a_movie_whose_inode_changed_in_place_learns_its_new_inode(tmp_path):
+    """A remount alone: nothing is corrected again and the rows learn the files' inodes, so a
+    later link or rename is recognised by inode again."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    _movie(watch / "grid1" / "m1.mrc")
+    config = _config(watch, out, params=_DOSE1)
+    assert len(_started(_run(config))) == 1
+    _remount(out / "motionwatch.sqlite")
+    assert _started(_run(config)) == []
+    st = os.stat(watch / "grid1" / "m1.mrc")
+    assert [r.inode for r in _rows(out)] == [(st.st_dev, st.st_ino)]
