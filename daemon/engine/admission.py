@@ -39,6 +39,7 @@ from daemon.engine.outputs import OutputStems, find_adoptable_outputs
 from daemon.engine.policy import EnginePolicy
 from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
                            ScanResult, movie_stem, output_dir_for)
+from daemon.intake.content import content_fingerprint
 from daemon.intake.settle import Settler
 from daemon.intake.validate import UNREADABLE, Verdict, validate
 from daemon.state.codec import StoredMetadata, metadata_to_json
@@ -80,6 +81,13 @@ def _series_renamed(old: str, new: str) -> Callable[[dict[str, Any]], dict[str, 
         return metadata
 
     return update
+
+
+def _may_be(row: Any, content: str | None) -> bool:
+    """Whether a recorded row's file may be the file of fingerprint ``content`` (renamed):
+    the fingerprints agree, or one is unknown (a row an older version wrote, a file that does
+    not read)."""
+    return row.content is None or content is None or row.content == content
 
 
 class Admission:
@@ -286,8 +294,10 @@ class Admission:
                            note=f"was quarantined as: {row.error}")
             row = None
         if row is not None:
-            if obs.inode is not None and row.inode != obs.inode:  # none yet, or stale
-                self._safe(lambda: ledger.set_inode(key, obs.inode) or True)
+            if obs.inode is not None and (row.inode != obs.inode or row.content is None):
+                # admitted before rows kept the inode and content, or its inode changed
+                content = content_fingerprint(obs.path) if row.content is None else None
+                self._safe(lambda: ledger.set_inode(key, obs.inode, content=content) or True)
             self._handled.add(ident)
             return None
         log = self._log.bind(movie=str(obs.path), **dict(meta.log_context))
@@ -317,13 +327,16 @@ class Admission:
         adopted = find_adoptable_outputs(key, out_dir, stem)
         if adopted is not None:
             if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={},
-                                               metadata=stored, inode=obs.inode) or True) is None:
+                                               metadata=stored, inode=obs.inode,
+                                               content=content_fingerprint(obs.path)) or True
+                          ) is None:
                 return _DB_DOWN
             log.info("movie_adopted", outputs=adopted,
                      note="complete outputs of this movie version were already on disk")
             self._announce_adopted(obs.path, key, adopted, stored)
         else:
-            if self._safe(lambda: ledger.add(key, metadata=stored, inode=obs.inode)) is None:
+            if self._safe(lambda: ledger.add(key, metadata=stored, inode=obs.inode,
+                                             content=content_fingerprint(obs.path))) is None:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
             if self._arrived is not None:
@@ -359,6 +372,11 @@ class Admission:
                                  "corrected again")
                 self._handled.add(ident)
                 return True, None
+        content = content_fingerprint(obs.path)
+        rows = [r for r in rows if _may_be(r, content)]
+        if not rows:  # another file on a deleted movie's inode, size and mtime: a new movie
+            return False, None
+        names = list(dict.fromkeys(r.key.path for r in rows))
         if any(r.status == "running" for r in rows):  # renamed while a worker has it
             return True, "renamed while it was being corrected under its earlier name"
         new_keys: list[MovieKey] = []
@@ -366,7 +384,7 @@ class Admission:
             renamed = _series_renamed(self._relative(name), self._relative(str(obs.path)))
             keys = self._safe(lambda name=name, renamed=renamed: ledger.move(
                 name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
-                metadata=renamed, inode=obs.inode))
+                metadata=renamed, inode=obs.inode, content=content))
             if keys is None:
                 return True, _DB_DOWN
             new_keys += keys
@@ -493,7 +511,8 @@ class Admission:
         if not known:
             stored = metadata_to_json(StoredMetadata(n_frames=verdict.n_frames))
             if self._safe(lambda: ledger.add(key, status="quarantined", error=verdict.reason,
-                                             metadata=stored, inode=obs.inode)) is None:
+                                             metadata=stored, inode=obs.inode,
+                                             content=content_fingerprint(obs.path))) is None:
                 return _DB_DOWN
             self._log.warning("movie_quarantined", movie=str(obs.path), reason=verdict.reason,
                               stage="validate")

@@ -6,7 +6,10 @@ A changed file (new size or mtime) or new parameters make a new key, so a new ro
 also stores the file's ``(st_dev, st_ino)`` when admitted (columns ``dev``, ``ino``; added to an
 older database when it is opened): :meth:`Ledger.rows_of_file` finds the rows of one file
 version under any name, so that a link to a recorded movie or a renamed folder is recognised
-(:meth:`Ledger.move` carries a moved movie's rows to its new name, outputs unchanged).
+(:meth:`Ledger.move` carries a moved movie's rows to its new name, outputs unchanged), and a
+fingerprint of its content (column ``content``, :mod:`daemon.intake.content`; NULL in rows an
+older version wrote), so that another file that got a deleted movie's inode, size and mtime is
+not taken for it.
 
 Statuses: ``pending`` (ready, waiting for a worker), ``running`` (a worker has it), ``done``
 (outputs renamed into place, then the row written), ``failed`` (will be retried after
@@ -76,6 +79,7 @@ CREATE TABLE IF NOT EXISTS movies (
     retry_after REAL,
     dev INTEGER,
     ino INTEGER,
+    content TEXT,
     UNIQUE (path, size, mtime_ns, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS movies_status ON movies (status, mtime_ns);
@@ -112,6 +116,7 @@ class MovieRow:
     finished: float | None
     retry_after: float | None
     inode: tuple[int, int] | None = None
+    content: str | None = None
 
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
@@ -162,7 +167,8 @@ def _row(r: sqlite3.Row) -> MovieRow:
                              r["fingerprint"]), r["status"],
                     r["attempts"], r["failures"], r["error"], j(r["outputs"]), j(r["timings"]),
                     j(r["summary"]), j(r["metadata"]), r["first_seen"], r["updated"],
-                    r["finished"], r["retry_after"], inode)
+                    r["finished"], r["retry_after"], inode,
+                    r["content"] if "content" in names else None)
 
 
 _KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
@@ -227,15 +233,15 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            # a database written before rows kept the inode gets the columns; checked and
-            # added in one write transaction, so that two processes opening it at once (the
-            # daemon starting, `motionwatch retry`) do not both add them
+            # a database written before rows kept the inode (or the content fingerprint) gets
+            # the columns; checked and added in one write transaction, so that two processes
+            # opening it at once (the daemon starting, `motionwatch retry`) do not both add them
             with self._tx() as db:
                 columns = {r[1] for r in db.execute("PRAGMA table_info(movies)")}
-                for column in ("dev", "ino"):
+                for column, kind in (("dev", "INTEGER"), ("ino", "INTEGER"), ("content", "TEXT")):
                     if column not in columns:
                         try:
-                            db.execute(f"ALTER TABLE movies ADD COLUMN {column} INTEGER")
+                            db.execute(f"ALTER TABLE movies ADD COLUMN {column} {kind}")
                         except sqlite3.OperationalError as exc:
                             if "duplicate column name" not in str(exc):
                                 raise
@@ -368,39 +374,40 @@ class Ledger:
     # --- writes ---------------------------------------------------------------------------
     def add(self, key: MovieKey, *, status: str = "pending", error: str | None = None,
             metadata: Mapping[str, Any] | None = None,
-            inode: tuple[int, int] | None = None) -> MovieRow:
+            inode: tuple[int, int] | None = None, content: str | None = None) -> MovieRow:
         """Insert a new movie version (no-op if the key exists); return its row. ``inode``:
-        the file's ``(st_dev, st_ino)``, when known."""
+        the file's ``(st_dev, st_ino)``, ``content`` its content fingerprint
+        (:func:`daemon.intake.content.content_fingerprint`), when known."""
         if status not in ("pending", "quarantined"):
             raise ValueError(f"a new row is pending or quarantined, not {status!r}")
         now = self._clock()
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO movies (path, size, mtime_ns, fingerprint, status, error, "
-                "metadata, first_seen, updated, finished, dev, ino) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "metadata, first_seen, updated, finished, dev, ino, content) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*_k(key), status, _text_in(error), json.dumps(dict(metadata or {})), now, now,
-                 now if status == "quarantined" else None, *_inode_in(inode)))
+                 now if status == "quarantined" else None, *_inode_in(inode), content))
         row = self.get(key)
         assert row is not None
         return row
 
     def adopt(self, key: MovieKey, *, outputs: Mapping[str, str], summary: Mapping[str, Any],
               timings: Mapping[str, float], metadata: Mapping[str, Any] | None = None,
-              inode: tuple[int, int] | None = None) -> None:
+              inode: tuple[int, int] | None = None, content: str | None = None) -> None:
         """Record a movie as done from outputs found on disk (written before a crash)."""
         now = self._clock()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO movies (path, size, mtime_ns, fingerprint, status, outputs, timings, "
-                "summary, metadata, first_seen, updated, finished, error, dev, ino) "
-                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "summary, metadata, first_seen, updated, finished, error, dev, ino, content) "
+                "VALUES (?,?,?,?,'done',?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
                 "status='done', "
                 "outputs=excluded.outputs, timings=excluded.timings, summary=excluded.summary, "
                 "updated=excluded.updated, finished=excluded.finished, error=excluded.error",
                 (*_k(key), json.dumps(dict(outputs)), json.dumps(dict(timings)),
                  json.dumps(dict(summary)), json.dumps(dict(metadata or {})), now, now, now,
-                 "adopted outputs found on disk", *_inode_in(inode)))
+                 "adopted outputs found on disk", *_inode_in(inode), content))
 
     def claim(self, key: MovieKey) -> int:
         """Mark a pending/failed movie running; returns its attempt number (1 = first)."""
@@ -508,20 +515,24 @@ class Ledger:
                 out.append((path, size, mtime, when))
         return out
 
-    def set_inode(self, key: MovieKey, inode: tuple[int, int]) -> None:
+    def set_inode(self, key: MovieKey, inode: tuple[int, int], *,
+                  content: str | None = None) -> None:
         """Record the ``(st_dev, st_ino)`` a row's file has now (a row admitted before rows
-        kept it, or whose file got another inode number: a remount)."""
+        kept it, or whose file got another inode number: a remount) and, where the row has
+        none yet, its content fingerprint."""
         with self._tx() as db:
-            db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE}",
-                       (*_inode_in(inode), *_k(key)))
+            db.execute(f"UPDATE movies SET dev = ?, ino = ?, content = COALESCE(content, ?) "
+                       f"WHERE {_KEY_WHERE}", (*_inode_in(inode), content, *_k(key)))
 
     def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int,
              metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-             inode: tuple[int, int] | None = None) -> list[MovieKey]:
+             inode: tuple[int, int] | None = None,
+             content: str | None = None) -> list[MovieKey]:
         """A movie file was renamed (its folder, or itself): its rows of this version (any
         parameters; none running) take the new name, keeping status, outputs and metadata
         (``metadata``, when given, makes a row's new metadata from its old), and the metadata
-        notes ``moved_from``; ``inode``, the file's, replaces the row's (none, or a stale one). A row
+        notes ``moved_from``; ``inode``, the file's, replaces the row's (none, or a stale one), and
+        ``content``, its fingerprint, is kept where the row had none. A row
         quarantined because its file had vanished (:data:`VANISHED`: it was renamed before a
         worker took it) is set pending again, to be corrected under its new name. A series whose last tilt moved to another series' name is noted
         ``moved_to`` that name. Returns the new keys."""
@@ -543,6 +554,9 @@ class Ledger:
                 if inode is not None and row.inode != inode:  # none yet, or a stale one
                     db.execute(f"UPDATE movies SET dev = ?, ino = ? WHERE {_KEY_WHERE}",
                                (*_inode_in(inode), *_k(new)))
+                if content is not None and row.content is None:  # recorded before it was kept
+                    db.execute(f"UPDATE movies SET content = ? WHERE {_KEY_WHERE}",
+                               (content, *_k(new)))
                 if row.status == "quarantined" and (row.error or "").startswith(VANISHED):
                     db.execute(f"UPDATE movies SET status = 'pending', error = NULL, "
                                f"finished = NULL, retry_after = NULL WHERE {_KEY_WHERE}",

@@ -585,3 +585,55 @@ def test_a_movie_whose_inode_changed_in_place_learns_its_new_inode(tmp_path):
     assert _started(_run(config)) == []
     st = os.stat(watch / "grid1" / "m1.mrc")
     assert [r.inode for r in _rows(out)] == [(st.st_dev, st.st_ino)]
+
+
+def _give_row_inode_of(db_path: Path, path: Path) -> None:
+    """Record ``path``'s inode in every row, as if the recorded files had had it."""
+    import sqlite3
+
+    st = os.stat(path)
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE movies SET dev = ?, ino = ?", (st.st_dev, st.st_ino))
+    db.commit()
+    db.close()
+
+
+def test_a_new_movie_on_a_deleted_movies_inode_size_and_mtime_is_corrected(tmp_path):
+    """m_001 deleted; m_002, of the same size, gets its inode (most file systems reuse it at
+    once) and, on coarse timestamps, its mtime. Its content differs, so it is a new movie, not
+    m_001 renamed: before, it was never corrected and inherited m_001's outputs."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    first, second = watch / "grid1" / "m_001.mrc", watch / "grid1" / "m_002.mrc"
+    _movie(first, seed=1)
+    config = _config(watch, out, params=_DOSE1)
+    assert len(_started(_run(config))) == 1
+    st = os.stat(first)
+    first.unlink()
+    _movie(second, seed=2)
+    os.utime(second, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(second).st_size == st.st_size
+    _give_row_inode_of(out / "motionwatch.sqlite", second)  # where the inode was not reused
+    log = _run(config)
+    assert [Path(p).name for p in _started(log)] == ["m_002.mrc"]
+    assert log.named("movie_moved") == []
+    assert _started(_run(config)) == []  # and not again after a restart
+
+
+def test_a_renamed_movie_recorded_before_rows_kept_its_content_is_still_recognised(tmp_path):
+    """Rows an older version wrote have no content fingerprint: a rename is recognised by
+    inode, size and mtime as before, and the row learns the fingerprint."""
+    import sqlite3
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    _movie(watch / "grid1" / "m1.mrc")
+    config = _config(watch, out, params=_DOSE1)
+    assert len(_started(_run(config))) == 1
+    db = sqlite3.connect(out / "motionwatch.sqlite")  # as the version before wrote it
+    db.execute("ALTER TABLE movies DROP COLUMN content")
+    db.commit()
+    db.close()
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config)
+    assert _started(log) == [] and len(log.named("movie_moved")) == 1
+    assert [(Path(r.key.path).relative_to(watch).as_posix(), r.content is not None)
+            for r in _rows(out)] == [("grid1_good/m1.mrc", True)]
