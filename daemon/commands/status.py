@@ -107,6 +107,16 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
     return out
 
 
+def _met_by_another_name(ledger: Ledger, st: os.stat_result, since: float | None) -> bool:
+    """Whether the daemon admitted this file version again, under any name, since it was
+    requeued at ``since`` (unknown: at any time)."""
+    try:
+        rows = ledger.rows_of_file((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns)
+    except sqlite3.Error:  # a database from before rows kept the inode
+        return False
+    return any(since is None or r.first_seen >= since for r in rows)
+
+
 def _requeued(ledger: Ledger) -> list[dict[str, Any]]:
     """Movies ``motionwatch retry`` requeued that the daemon has not met again yet (their
     quarantined rows are gone, no new row yet): still on disk as the version requeued."""
@@ -120,6 +130,8 @@ def _requeued(ledger: Ledger) -> list[dict[str, Any]]:
             st = None  # not readable from here: listed all the same
         if st is not None and (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
             continue  # changed since: the daemon meets the new version as a new movie
+        if st is not None and _met_by_another_name(ledger, st, when):
+            continue  # admitted again under another name of the file (a hard link)
         out.append({"movie": path, "status": "requeued", "requeued": iso_utc(when)})
     return out
 

@@ -90,6 +90,14 @@ def _may_be(row: Any, content: str | None) -> bool:
     return row.content is None or content is None or row.content == content
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two names are the same file now (False if either is gone or unreadable)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 class Admission:
     """Admits settled, complete movies into the ledger.
 
@@ -164,10 +172,19 @@ class Admission:
             if serial == self._requeue_serial:
                 return
             if self._requeue_serial is not None:
-                self._handled.difference_update(ledger.requeued_since(self._requeue_serial))
+                self._forget_versions(ledger.requeued_since(self._requeue_serial))
         except sqlite3.Error:
             return  # looked at again at the next scan
         self._requeue_serial = serial
+
+    def _forget_versions(self, versions: list[tuple[str, int, int]]) -> None:
+        """Forget having handled these ``(path, size, mtime_ns)`` versions, under their own
+        names and under any other name of the same file (a hard link the scan lists first:
+        the requeued movie is met, and admitted, under that name)."""
+        for path, size, mtime_ns in versions:
+            self._handled.discard((path, size, mtime_ns))
+            others = [h for h in self._handled if h[1:] == (size, mtime_ns)]
+            self._handled.difference_update(h for h in others if _same_file(h[0], path))
 
     def _safe(self, action: Callable[[], Any]) -> Any:
         return self._writes.guard(action)

@@ -17,6 +17,7 @@ import pytest
 from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
+from daemon.commands.cli import main as cli_main
 from daemon.commands.status import collect_status
 from daemon.engine.service import Service
 from daemon.intake.discover import scan
@@ -637,3 +638,50 @@ def test_a_renamed_movie_recorded_before_rows_kept_its_content_is_still_recognis
     assert _started(log) == [] and len(log.named("movie_moved")) == 1
     assert [(Path(r.key.path).relative_to(watch).as_posix(), r.content is not None)
             for r in _rows(out)] == [("grid1_good/m1.mrc", True)]
+
+
+def _flaky_movie(watch: Path) -> tuple[Path, Path]:
+    """A movie the fake runner fails while its ``.bad`` marker exists: (movie, marker)."""
+    flaky = watch / "flaky_1.mrc"
+    _movie(flaky)
+    marker = flaky.with_name(flaky.name + ".bad")
+    marker.write_text("")
+    return flaky, marker
+
+
+def test_a_retried_movie_with_a_hard_link_listed_first_is_corrected_while_the_daemon_runs(
+        tmp_path):
+    """flaky_1 quarantined, then a hard link a_copy made (the scan lists only a_copy). Before,
+    `motionwatch retry` lifted the quarantine of flaky_1, which the scan never lists, and the
+    movie was not met again until a restart, while `status` listed it requeued for ever."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    flaky, marker = _flaky_movie(watch)
+    config = _config(watch, out, params=_DOSE1, max_attempts=1, retry_delay_s=0.0,
+                     exit_when_idle_s=60.0)
+    with _running(config, timeout_s=20.0) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_quarantined")))
+        os.link(flaky, watch / "a_copy.mrc")
+        assert [o.path.name for o in scan(watch).observations] == ["a_copy.mrc"]
+        wait_for(lambda: bool(log.named("movie_alias")))
+        marker.unlink()
+        assert cli_main(["retry", str(out)]) == 0
+        wait_for(lambda: bool(log.named("movie_done")))
+    assert [Path(p).name for p in _started(log)] == ["flaky_1.mrc", "a_copy.mrc"]
+    assert collect_status(out / "motionwatch.sqlite")["counts"]["requeued"] == 0
+
+
+def test_a_retried_movie_met_under_its_hard_links_name_after_a_restart_is_not_listed_requeued(
+        tmp_path):
+    """Before, `status` kept listing flaky_1 as requeued (and in the backlog) after the
+    restart corrected it as a_copy."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    flaky, marker = _flaky_movie(watch)
+    config = _config(watch, out, params=_DOSE1, max_attempts=1, retry_delay_s=0.0)
+    _run(config)
+    os.link(flaky, watch / "a_copy.mrc")
+    assert _run(config).named("movie_alias")
+    marker.unlink()
+    assert cli_main(["retry", str(out)]) == 0
+    assert [Path(p).name for p in _started(_run(config))] == ["a_copy.mrc"]
+    status = collect_status(out / "motionwatch.sqlite")
+    assert status["counts"]["requeued"] == 0 and status["backlog"]["pending"] == 0
