@@ -10,7 +10,9 @@ its quarantine (:meth:`~daemon.state.ledger.Ledger.requeue` drops its row): it i
 again like a new movie, so a retried tilt gets its series' dose and is corrected once.
 
 One file is one movie, whatever its names: a settled movie whose file version (``(st_dev,
-st_ino)``, size, mtime) the ledger already holds under another name is not corrected again. If
+st_ino)``, size, mtime, and content fingerprint where recorded) the ledger already holds under
+another name is not corrected again (where the inode number changed, a remount, the same file
+name, size and mtime under a name now gone tell it, if only one such name is gone). If
 that other name still is the same file (a hard link, a link to it, a folder linked into the
 tree twice), the movie stays recorded under the name it was met by first (``movie_alias``); if
 not (the file or a folder above it was renamed, while the daemon ran or while it was stopped),
