@@ -246,6 +246,8 @@ class Ledger:
                             if "duplicate column name" not in str(exc):
                                 raise
                 db.execute("CREATE INDEX IF NOT EXISTS movies_file ON movies (ino, dev)")
+                # rows_of_size_and_mtime, asked for each new movie
+                db.execute("CREATE INDEX IF NOT EXISTS movies_version ON movies (mtime_ns, size)")
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
