@@ -41,6 +41,7 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_name, series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path
+from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
@@ -144,24 +145,19 @@ def _renaming(metadata: Mapping[str, Any] | None) -> tuple[str | None, str | Non
 
 
 def _renamed_record(record: dict[str, Any], movie: str, series: str | None,
-                    before: str | None) -> dict[str, Any]:
-    """A motion record as of its movie's new name: the movie, its series (renamed with its
-    folder) and its mdoc (when in the renamed folder) as they are called now."""
-    old = str(record.get("movie") or before or "")
+                    before: str | None, watch_dir: Path) -> dict[str, Any]:
+    """A motion record as of its movie's new name: the movie, its mdoc and its series as they
+    are called now (:func:`~daemon.series.moved.moved_tilt`, the rule the state database's
+    rows follow; ``series``, the row's, when given)."""
+    old = str(record.get("movie") or before or movie)
     record = {**record, "movie": movie}
     tilt = record.get("tilt")
     if isinstance(tilt, Mapping):
-        tilt = dict(tilt)
+        tilt = moved_tilt(tilt, Path(old), Path(movie), watch_dir)
         if "movie" in tilt:
             tilt["movie"] = Path(movie).name
         if series:
             tilt["series"] = series
-        a, b = Path(old).parts, Path(movie).parts
-        while a and b and a[-1] == b[-1]:  # what the rename left alone
-            a, b = a[:-1], b[:-1]
-        mdoc = tilt.get("mdoc")
-        if a and b and mdoc and Path(mdoc).parts[:len(a)] == a:
-            tilt["mdoc"] = str(Path(*b, *Path(mdoc).parts[len(a):]))
         record["tilt"] = tilt
     return record
 
@@ -371,8 +367,8 @@ class RelionListener(ServiceListener):
         record = read_motion_record(path)
         if record is None:
             return None
-        if key in self._renamed:
-            record = _renamed_record(record, key, *self._renamed[key])
+        if key in self._renamed and self._watch is not None:
+            record = _renamed_record(record, key, *self._renamed[key], self._watch)
         try:
             motion = movie_motion(record, path)
         except ValueError as exc:
