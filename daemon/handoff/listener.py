@@ -208,6 +208,7 @@ class RelionListener(ServiceListener):
         # movies renamed after their record was written (movie path -> its series, or None):
         # their files name the movie, and the series, as they are called now
         self._renamed: dict[str, tuple[str | None, str | None]] = {}
+        self._series_stars: dict[str, Path] = {}  # series -> the STAR last written for it
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -410,11 +411,20 @@ class RelionListener(ServiceListener):
             self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
 
     def _write_series(self, series: str) -> None:
+        """The series' STAR rewritten from its tilts now; removed once it has none left (its
+        tilts moved to another series' name, or were set aside), so that no STAR names movies
+        that are gone."""
+        if self._out is None:
+            return
         entries = self._series_entries(series)
-        if not entries or self._out is None:
+        if not entries:
+            self._remove_series_star(series)
             return
         mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
         star = self._series_star(series, entries)
+        if self._series_stars.get(series, star) != star:
+            self._remove_series_star(series)
+        self._series_stars[series] = star
         table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
 
         def write() -> None:
@@ -422,6 +432,14 @@ class RelionListener(ServiceListener):
             write_star(star, {relion_tomo_name(series): table})
 
         self._guard(str(star), "series_star", write)
+
+    def _remove_series_star(self, series: str) -> None:
+        """Remove the STAR this listener last wrote for ``series`` (unless another series' STAR
+        is now that file); removing a name is atomic, as the rewrites are."""
+        star = self._series_stars.pop(series, None)
+        if star is None or star in self._series_stars.values():
+            return
+        self._guard(str(star), "series_star", star.unlink, missing_ok=True)
 
     def _write_globals(self, *, tomo: bool, single: bool) -> None:
         if self._out is None:

@@ -557,3 +557,20 @@ def test_the_hand_off_and_status_follow_a_renamed_folder(tmp_path, when):
     series = {s["series"]: s for s in collect_status(out / "motionwatch.sqlite")["series"]}
     assert sorted(series) == ["grid1_good/TS_01"]
     assert series["grid1_good/TS_01"]["tilts_done"] == 3
+
+
+def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
+    """grid1 renamed grid1_good between two runs: the hand-off writes
+    ``grid1_good/TS_01/TS_01.star``. Before, the old series' ``grid1/TS_01/TS_01.star`` stayed
+    as it was, naming the movies at their vanished paths."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
+                         shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                         tilt_interval_s=0.0, lock=False)
+    config = _config(watch, out)
+    _run(config, handoff=True)
+    assert (out / "grid1" / "TS_01" / "TS_01.star").exists()
+    os.rename(watch / "grid1", watch / "grid1_good")
+    assert len(_run(config, handoff=True).named("movie_moved")) == 3
+    assert (out / "grid1_good" / "TS_01" / "TS_01.star").exists()
+    assert not (out / "grid1" / "TS_01" / "TS_01.star").exists()
