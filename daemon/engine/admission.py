@@ -44,6 +44,7 @@ from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata
 from daemon.intake.content import content_fingerprint
 from daemon.intake.settle import Settler
 from daemon.intake.validate import UNREADABLE, Verdict, validate
+from daemon.series.moved import moved_tilt
 from daemon.state.codec import StoredMetadata, metadata_to_json
 from daemon.state.ledger import VANISHED
 
@@ -52,34 +53,23 @@ __all__ = ["Admission"]
 _DB_DOWN = "state database unavailable"
 
 
-def _series_renamed(old: str, new: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The stored metadata of a movie moved from ``old`` to ``new`` (paths below the watch
-    folder): a series named after a folder that was renamed (``grid1/TS_01`` when ``grid1``
-    became ``grid1_good``) takes the new folder's name, as the resolver names it from now on;
-    a renamed frames folder below the mdoc's leaves the series' name as it is."""
-    a, b = old.split("/"), new.split("/")
-    while a and b and a[-1] == b[-1]:  # the part of the paths the rename left alone
-        a, b = a[:-1], b[:-1]
-    before, after = "/".join(a), "/".join(b)
-
-    def series(name: Any) -> Any:
-        if not isinstance(name, str) or not before:
-            return name
-        folder, _, stem = name.rpartition("/")
-        if folder == before or folder.startswith(before + "/"):
-            folder = after + folder[len(before):]
-            return f"{folder}/{stem}" if folder else stem
-        return name
+def _series_renamed(old: Path, new: Path, watch_dir: Path
+                    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The stored metadata of a movie moved from ``old`` to ``new``: its tilt's series and mdoc
+    as called now (:func:`~daemon.series.moved.moved_tilt`: a series whose mdoc moved with it,
+    ``grid1/TS_01`` when ``grid1`` became ``grid1_good``, takes the name the resolver gives it
+    from now on; a renamed frames folder below the mdoc's leaves the series' name as it is)."""
 
     def update(metadata: dict[str, Any]) -> dict[str, Any]:
-        log_context = dict(metadata.get("log_context") or {})
-        if "series" in log_context:
-            log_context["series"] = series(log_context["series"])
-            metadata["log_context"] = log_context
         extra = dict(metadata.get("extra_record") or {})
-        if isinstance(extra.get("tilt"), dict) and "series" in extra["tilt"]:
-            extra["tilt"] = {**extra["tilt"], "series": series(extra["tilt"]["series"])}
-            metadata["extra_record"] = extra
+        if not isinstance(extra.get("tilt"), dict):
+            return metadata
+        extra["tilt"] = moved_tilt(extra["tilt"], old, new, watch_dir)
+        metadata["extra_record"] = extra
+        log_context = dict(metadata.get("log_context") or {})
+        if "series" in log_context and "series" in extra["tilt"]:
+            log_context["series"] = extra["tilt"]["series"]
+            metadata["log_context"] = log_context
         return metadata
 
     return update
@@ -400,7 +390,7 @@ class Admission:
             return True, "renamed while it was being corrected under its earlier name"
         new_keys: list[MovieKey] = []
         for name in names:
-            renamed = _series_renamed(self._relative(name), self._relative(str(obs.path)))
+            renamed = _series_renamed(Path(name), obs.path, self.config.watch_dir)
             keys = self._safe(lambda name=name, renamed=renamed: ledger.move(
                 name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
                 metadata=renamed, inode=obs.inode, content=content))
@@ -465,13 +455,6 @@ class Admission:
         if len({r.key.path for r in found}) > 1:
             return []  # more than one such file gone: which one this is cannot be told
         return found
-
-    def _relative(self, path: str) -> str:
-        """A path below the watch folder, ``/`` separated (as series are named)."""
-        try:
-            return Path(path).relative_to(self.config.watch_dir).as_posix()
-        except ValueError:
-            return Path(path).as_posix()
 
     def _announce_adopted(self, path: Path, key: MovieKey, outputs: dict[str, str],
                           stored: dict[str, Any]) -> None:

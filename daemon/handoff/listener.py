@@ -41,6 +41,7 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_name, series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path
+from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
@@ -144,24 +145,19 @@ def _renaming(metadata: Mapping[str, Any] | None) -> tuple[str | None, str | Non
 
 
 def _renamed_record(record: dict[str, Any], movie: str, series: str | None,
-                    before: str | None) -> dict[str, Any]:
-    """A motion record as of its movie's new name: the movie, its series (renamed with its
-    folder) and its mdoc (when in the renamed folder) as they are called now."""
-    old = str(record.get("movie") or before or "")
+                    before: str | None, watch_dir: Path) -> dict[str, Any]:
+    """A motion record as of its movie's new name: the movie, its mdoc and its series as they
+    are called now (:func:`~daemon.series.moved.moved_tilt`, the rule the state database's
+    rows follow; ``series``, the row's, when given)."""
+    old = str(record.get("movie") or before or movie)
     record = {**record, "movie": movie}
     tilt = record.get("tilt")
     if isinstance(tilt, Mapping):
-        tilt = dict(tilt)
+        tilt = moved_tilt(tilt, Path(old), Path(movie), watch_dir)
         if "movie" in tilt:
             tilt["movie"] = Path(movie).name
         if series:
             tilt["series"] = series
-        a, b = Path(old).parts, Path(movie).parts
-        while a and b and a[-1] == b[-1]:  # what the rename left alone
-            a, b = a[:-1], b[:-1]
-        mdoc = tilt.get("mdoc")
-        if a and b and mdoc and Path(mdoc).parts[:len(a)] == a:
-            tilt["mdoc"] = str(Path(*b, *Path(mdoc).parts[len(a):]))
         record["tilt"] = tilt
     return record
 
@@ -212,6 +208,7 @@ class RelionListener(ServiceListener):
         # movies renamed after their record was written (movie path -> its series, or None):
         # their files name the movie, and the series, as they are called now
         self._renamed: dict[str, tuple[str | None, str | None]] = {}
+        self._series_stars: dict[str, Path] = {}  # series -> the STAR last written for it
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -371,8 +368,8 @@ class RelionListener(ServiceListener):
         record = read_motion_record(path)
         if record is None:
             return None
-        if key in self._renamed:
-            record = _renamed_record(record, key, *self._renamed[key])
+        if key in self._renamed and self._watch is not None:
+            record = _renamed_record(record, key, *self._renamed[key], self._watch)
         try:
             motion = movie_motion(record, path)
         except ValueError as exc:
@@ -414,11 +411,20 @@ class RelionListener(ServiceListener):
             self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
 
     def _write_series(self, series: str) -> None:
+        """The series' STAR rewritten from its tilts now; removed once it has none left (its
+        tilts moved to another series' name, or were set aside), so that no STAR names movies
+        that are gone."""
+        if self._out is None:
+            return
         entries = self._series_entries(series)
-        if not entries or self._out is None:
+        if not entries:
+            self._remove_series_star(series)
             return
         mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
         star = self._series_star(series, entries)
+        if self._series_stars.get(series, star) != star:
+            self._remove_series_star(series)
+        self._series_stars[series] = star
         table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
 
         def write() -> None:
@@ -426,6 +432,14 @@ class RelionListener(ServiceListener):
             write_star(star, {relion_tomo_name(series): table})
 
         self._guard(str(star), "series_star", write)
+
+    def _remove_series_star(self, series: str) -> None:
+        """Remove the STAR this listener last wrote for ``series`` (unless another series' STAR
+        is now that file); removing a name is atomic, as the rewrites are."""
+        star = self._series_stars.pop(series, None)
+        if star is None or star in self._series_stars.values():
+            return
+        self._guard(str(star), "series_star", star.unlink, missing_ok=True)
 
     def _write_globals(self, *, tomo: bool, single: bool) -> None:
         if self._out is None:

@@ -37,10 +37,15 @@ def _config(watch: Path, out: Path, *, params: CorrectionParams | None = None,
     return Config(watch, out, out, params or CorrectionParams(dose=DoseParams()), **values)
 
 
-def _run(config: Config) -> RecordingLog:
+def _run(config: Config, *, handoff: bool = False) -> RecordingLog:
+    """One run of the daemon until idle: the fake runner, or with ``handoff`` real correction
+    and the hand-off listener."""
+    from daemon.handoff.listener import build_handoff_listener
+
     log = RecordingLog()
-    assert Service(config, resolver=resolver_from_config(config), runner="fake_runners:correct",
-                   logger=log).run() == 0
+    kw = ({"listeners": [build_handoff_listener(config)]} if handoff
+          else {"runner": "fake_runners:correct"})
+    assert Service(config, resolver=resolver_from_config(config), logger=log, **kw).run() == 0
     return log
 
 
@@ -93,6 +98,20 @@ def _series(watch: Path, seed: int = 1) -> list:
 
 def _tilt(row) -> dict:
     return row.metadata["extra_record"]["tilt"]
+
+
+def _move_contents(src: Path, dst: Path) -> None:
+    """``mkdir dst; mv src/* dst`` (``dst`` may be inside ``src``)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in list(src.iterdir()):
+        if p != dst:
+            os.rename(p, dst / p.name)
+
+
+def _series_done(out: Path) -> dict[str, int]:
+    """``motionwatch status``: series -> tilts done."""
+    return {s["series"]: s["tilts_done"]
+            for s in collect_status(out / "motionwatch.sqlite")["series"]}
 
 
 def test_a_folder_linked_into_the_tree_again_is_not_corrected_twice(tmp_path):
@@ -201,6 +220,64 @@ def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_
         assert (row.status, row.attempts) == ("done", 1)
         assert _tilt(row)["series"] == "grid1/TS_01"
         assert _tilt(row)["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+
+
+def test_a_session_moved_down_into_a_grid_folder_is_named_after_that_folder(tmp_path):
+    """TS_01 acquired in the watch folder itself, then ``mkdir grid1; mv * grid1``. Before,
+    the moved rows kept the series ``TS_01`` (the old path a suffix of the new one) while the
+    resolver named it ``grid1/TS_01``: a ghost series in status."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    _series(watch)
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    _move_contents(watch, watch / "grid1")
+    log = _run(config)
+    assert _started(log) == [] and len(log.named("movie_moved")) == 3
+    assert [e["series"] for e in log.named("series_assembling")] == ["grid1/TS_01"]
+    assert {_tilt(r)["series"] for r in _rows(out)} == {"grid1/TS_01"}
+    assert _series_done(out) == {"grid1/TS_01": 3}
+
+
+def test_a_session_folders_contents_moved_up_are_named_after_their_new_folder(tmp_path):
+    """``s1/grid1/*`` moved to ``grid1/*``: before, the moved rows got the series
+    ``/grid1/TS_01``, with a leading slash (the new path a suffix of the old one)."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    _series(watch / "s1" / "grid1")
+    config = _config(watch, out)
+    assert len(_started(_run(config))) == 3
+    _move_contents(watch / "s1", watch)
+    (watch / "s1").rmdir()
+    log = _run(config)
+    assert _started(log) == [] and len(log.named("movie_moved")) == 3
+    assert {_tilt(r)["series"] for r in _rows(out)} == {"grid1/TS_01"}
+    assert _series_done(out) == {"grid1/TS_01": 3}
+
+
+def test_a_series_moved_down_during_its_acquisition_is_one_relion_tomogram(tmp_path):
+    """Tilts 0-2 corrected in the watch folder, the folder tidied into grid1, then tilts 3-4
+    arrive in grid1. Before, corrected_tilt_series.star listed two tomograms, ``TS_01`` (the
+    moved tilts) and ``grid1_TS_01``, both pointing at ``grid1/TS_01/TS_01.star``."""
+    import starfile
+
+    watch, out, hold = tmp_path / "session", tmp_path / "out", tmp_path / "hold"
+    hold.mkdir()
+    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(1), n_tilts=5,
+                                 shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    late = [t.movie.path.name for t in tilts if t.acquisition_index >= 3]
+    for name in late:
+        os.rename(watch / name, hold / name)
+    config = _config(watch, out)
+    assert len(_started(_run(config, handoff=True))) == 3
+    _move_contents(watch, watch / "grid1")
+    for name in late:
+        os.rename(hold / name, watch / "grid1" / name)
+    assert len(_started(_run(config, handoff=True))) == 2
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["grid1_TS_01"]
+    assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1/TS_01/TS_01.star"]
+    table = starfile.read(out / "grid1" / "TS_01" / "TS_01.star", always_dict=True)
+    assert len(table["grid1_TS_01"]) == 5
 
 
 def test_a_folder_renamed_while_the_daemon_runs_is_not_corrected_again(tmp_path):
@@ -685,3 +762,20 @@ def test_a_retried_movie_met_under_its_hard_links_name_after_a_restart_is_not_li
     assert [Path(p).name for p in _started(_run(config))] == ["a_copy.mrc"]
     status = collect_status(out / "motionwatch.sqlite")
     assert status["counts"]["requeued"] == 0 and status["backlog"]["pending"] == 0
+
+
+def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
+    """grid1 renamed grid1_good between two runs: the hand-off writes
+    ``grid1_good/TS_01/TS_01.star``. Before, the old series' ``grid1/TS_01/TS_01.star`` stayed
+    as it was, naming the movies at their vanished paths."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
+                         shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                         tilt_interval_s=0.0, lock=False)
+    config = _config(watch, out)
+    _run(config, handoff=True)
+    assert (out / "grid1" / "TS_01" / "TS_01.star").exists()
+    os.rename(watch / "grid1", watch / "grid1_good")
+    assert len(_run(config, handoff=True).named("movie_moved")) == 3
+    assert (out / "grid1_good" / "TS_01" / "TS_01.star").exists()
+    assert not (out / "grid1" / "TS_01" / "TS_01.star").exists()
