@@ -857,11 +857,13 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # for the sums. With a patch grid on unbinned output the spectra are kept alike: they give
     # the sums when the local model is not applied (common at tomography dose: no second
     # pass over the frames); when it is, they are released and the sums come from the tiles
-    # of local_sums. Measured at 4096^2 x 10 on the 2-core test machine, one process
-    # correcting the movie again and again (user CPU time per movie, four runs each): no
-    # local field (model not applied) 4.8-5.3 -> 4.0-4.4 s; a 3-px field (applied)
-    # 6.4-7.1 -> 6.7-7.4 s (the whole spectrum made and kept in vain); peak memory as without
-    # a patch grid (4K x 10: 1.0-1.1 -> 1.5 GB measured, 1.2 -> 2.0 GB predicted)
+    # of local_sums. Measured at 4096^2 x 10 on the 2-core test machine, quiet, one process
+    # correcting the movie again and again (4 runs each, user CPU time and wall time per
+    # movie): no local field (model not applied) 4.5-4.7 -> 3.2-4.0 s CPU, 3.1-3.5 -> 2.6-3.8
+    # s wall (more memory touched: more system time); a 3-px field (applied) 5.3-6.0 ->
+    # 5.6-7.1 s CPU, 3.5-4.4 -> 4.2-4.8 s wall (the whole spectrum made and kept in vain);
+    # peak memory as without a patch grid (4K x 10: 1.0-1.1 -> 1.5 GB measured, 1.2 -> 2.0 GB
+    # predicted)
     sums_from_tiles = params.align.local_enabled and not binned
     n_keep = _frames_kept_for(grids, n, params, out_half[0] * out_half[1] * 8)
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
