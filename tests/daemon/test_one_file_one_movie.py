@@ -200,11 +200,9 @@ def test_a_folder_renamed_while_the_daemon_is_stopped_is_not_corrected_again(tmp
         tilts[-1].pre_exposure_e_A2 + tilts[-1].dose_e_A2, abs=1e-3)
 
 
-def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_dose(tmp_path):
-    """The mdoc stays in ``grid1``, its frames folder is renamed. Before, the ledger's rows kept
-    the mdoc's listing under the old names, and the renamed movies became a series of their
-    own, ``grid1/frames_sorted/TS_01``, with no dose (waiting for ever) or the configured dose
-    per tilt counted from zero: a wrong pre-exposure."""
+def _corrected_series_in_a_frames_folder(tmp_path: Path):
+    """A series whose mdoc lies in ``grid1`` and movies in ``grid1/frames``, corrected once:
+    (output folder, grid folder, tilts, config)."""
     watch, out = tmp_path / "session", tmp_path / "out"
     grid = watch / "grid1"
     tilts = _series(grid)
@@ -213,6 +211,15 @@ def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_
         os.rename(t.movie.path, grid / "frames" / t.movie.path.name)
     config = _config(watch, out)
     assert len(_started(_run(config))) == 3
+    return out, grid, tilts, config
+
+
+def test_a_renamed_frames_folder_keeps_its_tilts_in_their_series_with_the_mdocs_dose(tmp_path):
+    """The mdoc stays in ``grid1``, its frames folder is renamed. Before, the ledger's rows kept
+    the mdoc's listing under the old names, and the renamed movies became a series of their
+    own, ``grid1/frames_sorted/TS_01``, with no dose (waiting for ever) or the configured dose
+    per tilt counted from zero: a wrong pre-exposure."""
+    out, grid, tilts, config = _corrected_series_in_a_frames_folder(tmp_path)
     os.rename(grid / "frames", grid / "frames_sorted")
     log = _run(config)
     assert _started(log) == []
@@ -621,14 +628,7 @@ def _remount(db_path: Path) -> None:
 def test_a_renamed_frames_folder_on_a_share_whose_inodes_changed_keeps_its_tilts(tmp_path):
     """Rows whose inode the file no longer has are recognised by file name, size and mtime
     (the old name gone), as rows without an inode are: before, the tilts waited for ever."""
-    watch, out = tmp_path / "session", tmp_path / "out"
-    grid = watch / "grid1"
-    tilts = _series(grid)
-    (grid / "frames").mkdir()
-    for t in tilts:
-        os.rename(t.movie.path, grid / "frames" / t.movie.path.name)
-    config = _config(watch, out)
-    assert len(_started(_run(config))) == 3
+    out, grid, tilts, config = _corrected_series_in_a_frames_folder(tmp_path)
     _remount(out / "motionwatch.sqlite")
     os.rename(grid / "frames", grid / "frames_sorted")
     with _running(config, timeout_s=20.0) as (log, wait_for):
