@@ -37,7 +37,7 @@ it: part of why the figures of earlier sessions drifted by 20-50 % between runs.
 runs each child's work twice in one allocator block
 (:func:`correction.allocator.movie_memory_settings`) and times the second: the steady state
 of a daemon worker with movies waiting, which reuses the memory the movie before freed (4K x
-10 with a 3-px field: floor 1.28-1.31 s and correct 4.44 s over three pairs, against
+10 with a 3-px field: floor 1.27-1.35 s and correct 3.6-4.6 s over three pairs, against
 1.76-2.4 s and 4.8-6.5 s cold). Both are printed as measured; compare like with like.
 
     .venv/bin/python benchmarks/bench_correct.py [--sizes 1024 4096] [--repeats 3]
