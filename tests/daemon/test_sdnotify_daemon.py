@@ -75,6 +75,15 @@ class FakeSystemd:
             time.sleep(0.02)
         raise AssertionError(f"no {key} within {timeout_s} s; got {self.messages}")
 
+    def wait_until(self, condition, timeout_s: float) -> None:
+        """Poll ``condition()`` until it holds; fail naming what was received."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met within {timeout_s} s; got {self.messages}")
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
@@ -118,7 +127,9 @@ def test_ready_after_start_up_watchdog_pings_at_half_watchdog_usec_and_stopping_
         # by READY=1 the state database is open and the publisher bound (it is started first)
         assert (out / "motionwatch.sqlite").exists()
         assert any(e["event"] == "publisher_started" for e in log_events(tmp_path / "log"))
-        time.sleep(3.5)
+        # both movies done and two watchdog periods seen, however loaded the machine
+        systemd.wait_until(lambda: any("2 done" in s for s in systemd.values("STATUS"))
+                           and len(systemd.times("WATCHDOG")) >= 2, 60)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
     finally:

@@ -223,4 +223,6 @@ def test_after_a_restart_corrected_movies_are_not_shown_as_settling_while_they_s
     seen = Waiting()
     config = dataclasses.replace(setup, settle_time_s=1.0, heartbeat_s=0.05)
     assert Service(config, listeners=[seen], runner="fake_runners:correct").run() == 0
-    assert len(seen.counts) > 10 and set(seen.counts) == {0}
+    # 1 s of settling at a 0.05 s heartbeat: about 20 beats on a quiet machine, fewer when
+    # it is loaded (9 seen with four test processes on 2 cores); a few suffice
+    assert len(seen.counts) >= 3 and set(seen.counts) == {0}
