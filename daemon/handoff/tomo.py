@@ -153,22 +153,27 @@ def relion_tomo_name(series: str) -> str:
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
                  optics: RelionOptics) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
-    of the series)`` per series; rows sorted by name. Series of distinct optics (voltage, movie
-    pixel size, tilt-series pixel size) get distinct ``rlnOpticsGroupName`` (``optics1``,
+    of the series)`` per series; rows sorted by name. The columns RELION 5's import writes
+    (voltage, Cs, amplitude contrast, movie pixel size, hand, optics group name) and the
+    tilt-series pixel size its motion correction adds; Cs and amplitude contrast those the
+    series' motion record keeps (:mod:`daemon.settings.optics`), else ``optics``'. Series of
+    distinct optics (voltage, movie pixel size, tilt-series pixel size, Cs, amplitude contrast)
+    get distinct ``rlnOpticsGroupName`` (``optics1``,
     ``optics2``, ... in the order of their first movie, as ``corrected_micrographs.star``
     numbers its groups); one kind of optics keeps the configured name."""
     series = sorted(series, key=lambda s: s[0])
-    keys = optics_keys_in_order(m for _, _, m in series)
+    keys = optics_keys_in_order((m for _, _, m in series), optics)
     names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
     for name, star, m in series:
+        key = optics_key(m, optics)  # Cs and amplitude contrast: the record's, else the writer's
         rows.append({"rlnTomoName": relion_tomo_name(name),
                      "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
                      "rlnVoltage": m.voltage_kV,
-                     "rlnSphericalAberration": optics.spherical_aberration_mm,
-                     "rlnAmplitudeContrast": optics.amplitude_contrast,
+                     "rlnSphericalAberration": key[3],
+                     "rlnAmplitudeContrast": key[4],
                      "rlnMicrographOriginalPixelSize": m.movie_pixel_size_A,
                      "rlnTomoHand": optics.tomo_hand,
-                     "rlnOpticsGroupName": names[optics_key(m)],
+                     "rlnOpticsGroupName": names[key],
                      "rlnTomoTiltSeriesPixelSize": m.output_pixel_size_A})
     return star_table(rows)
