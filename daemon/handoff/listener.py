@@ -80,7 +80,8 @@ def add_relion_optics_arguments(group: Any) -> None:
                             "RELION's import job)")
     group.add_argument("--optics-group", default="optics1", metavar="NAME",
                        help="optics group name for the RELION files (default optics1; several "
-                            "groups, one per distinct pixel size and voltage, are numbered: "
+                            "groups, one per distinct pixel size, voltage, Cs and amplitude "
+                            "contrast, are numbered: "
                             "optics1, optics2, ...)")
     group.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
                        help="dose separating early from late accumulated motion (e/Å²; "

@@ -33,8 +33,9 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
 * **single particle** ``corrected_micrographs.star`` (:func:`write_single_particle_star`):
   ``data_optics`` (``rlnOpticsGroupName``, ``rlnOpticsGroup``, ``rlnMicrographOriginalPixelSize``,
   ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``,
-  ``rlnMicrographPixelSize``; one row per distinct movie pixel size, output pixel size and
-  voltage, :func:`_optics_groups`) and ``data_micrographs`` (``rlnMicrographName`` = the
+  ``rlnMicrographPixelSize``; one row per distinct movie pixel size, output pixel size,
+  voltage, Cs and amplitude contrast, :func:`_optics_groups`; Cs and amplitude contrast those
+  each movie's record keeps, :mod:`daemon.settings.optics`) and ``data_micrographs`` (``rlnMicrographName`` = the
   dose-weighted sum, ``rlnMicrographNameNoDW`` = the plain sum, ``rlnMicrographNameEven/Odd``,
   ``rlnMicrographMetadata``, ``rlnOpticsGroup``, ``rlnAccumMotionTotal/Early/Late``), one row per
   movie outside tilt series, ``rlnOpticsGroup`` its own group. Paths inside the output folder
