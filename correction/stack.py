@@ -16,11 +16,15 @@ For a series ``S``, :func:`assemble_series` writes into ``OUT_DIR/S/``:
   acquisition index, dose of that tilt (e/Å²) (AreTomo3 ``DataUtil/CTsPackage.cpp``: its
   ``mLoadTiltFile`` reads ``<name>_TLT.txt`` before ``<name>.rawtlt``, up to three columns
   ``%f %d %f``; its own writer uses ``%8.2f  %4d  %8.2f``);
-* when the series mdoc's AreTomo3 name differs from ``S`` (AreTomo3 names everything after the
-  mdoc file name minus its last extension: ``TS_01.mrc.mdoc`` -> ``TS_01.mrc``, see
-  :func:`aretomo_name`), hard links ``<name>.mrc``, ``<name>_EVN.mrc``, ``<name>_ODD.mrc`` and a
-  ``<name>_TLT.txt``, so that ``AreTomo3 -Cmd 1`` with the mdoc as input and this folder as
-  ``-OutDir`` finds its inputs (:func:`link_aretomo_inputs`);
+* ``aretomo3/``: AreTomo3's inputs, one set weighted alike (:func:`link_aretomo_inputs`): hard
+  links ``<name>.mrc`` (the dose-weighted stack ``S_DW.mrc``), ``<name>_EVN.mrc``,
+  ``<name>_ODD.mrc`` (the halves, dose-weighted as the tilts' halves are) and
+  ``<name>_TLT.txt``, where ``<name>`` is the series mdoc's AreTomo3 name (AreTomo3 names
+  everything after the mdoc file name minus its last extension: ``TS_01.mrc.mdoc`` ->
+  ``TS_01.mrc``, see :func:`aretomo_name`), else ``S``. ``AreTomo3 -Cmd 1`` finds them given
+  the mdoc and this folder as ``-OutDir``, or given ``aretomo3/<name>.mrc`` as the stack. Why a
+  folder of their own: AreTomo3 reads ``<name>.mrc`` with ``<name>_EVN.mrc``/``<name>_ODD.mrc``
+  beside it, and ``S.mrc`` beside ``S_EVN.mrc`` here is the plain stack;
 * ``S.csv``: one row per tilt in stack order (angle, acquisition order, dose, pre-exposure,
   dose source, movie, drift...);
 * ``S.mrc.mdoc`` (and one per other stack): a SerialEM-style mdoc of the stack, one
@@ -57,7 +61,7 @@ from .quicklook import SeriesTilt, motion_record_beside, write_series_quicklook
 from .write import atomic_write, mrc_header_bytes, text_bytes
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
-           "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs"]
+           "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs", "ARETOMO_FOLDER"]
 
 #: Per-tilt output kind -> stack file suffix.
 STACK_KINDS: dict[str, str] = {"sum": "", "dw": "_DW", "even": "_EVN", "odd": "_ODD"}
@@ -260,13 +264,29 @@ def _replace_with_link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Path, ...]:
-    """Give an assembled series the names AreTomo3 derives from its mdoc.
+#: The sub-folder of a series folder that holds AreTomo3's inputs (:func:`link_aretomo_inputs`).
+ARETOMO_FOLDER = "aretomo3"
+_ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
 
-    Hard links ``<name>.mrc``, ``<name>_EVN.mrc``, ``<name>_ODD.mrc`` to the series' stacks and
-    ``<name>_TLT.txt`` to its ``<series>_TLT.txt``, each where the series file exists; nothing
-    when ``name == series``. Safe to call again: links already right are left alone, after a
-    re-assembly they are renewed.
+
+def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Path, ...]:
+    """Give an assembled series AreTomo3's inputs, weighted alike, in ``folder/aretomo3/``.
+
+    AreTomo3 (czimaginginstitute/AreTomo3 ``DataUtil/CTsPackage.cpp``, ``LoadTiltSeries``)
+    loads ``<name>.mrc``, then ``<name>_EVN.mrc`` and ``<name>_ODD.mrc`` if they exist (without
+    them it makes no even/odd tomograms), then ``<name>_TLT.txt`` (else ``<name>.rawtlt``), all
+    from one folder; it reconstructs each of the three with the same alignment. Its own motion
+    correction makes the three alike, none dose-weighted (``MotionCor/Correct/
+    CCorrectFullShift.cpp``, ``mGenSums``), and its ``-Cmd 1`` path weights none of them
+    (``AreTomo/CAreTomoMain.cpp``: the dose-weighting step is commented out). motionwatch's
+    halves are dose-weighted, so the main stack given with them is the dose-weighted one:
+    ``<name>.mrc`` links ``S_DW.mrc`` (``S.mrc`` without one, and then no halves). The links
+    live in a folder of their own because ``S.mrc`` (the plain stack, IMOD's ``S.st``) sits
+    beside ``S_EVN.mrc`` in ``folder``. Links named ``<name>...`` beside the stacks that an
+    earlier version made (plain main with weighted halves) are removed.
+
+    Safe to call again: links already right are left alone, after a re-assembly they are
+    renewed.
 
     Returns
     -------
@@ -274,17 +294,31 @@ def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Pat
         The links made.
     """
     folder = Path(folder)
-    if name == series:
-        return ()
     if not name or "/" in name or name in (".", ".."):
         raise ParameterError(f"bad AreTomo3 name {name!r}")
+    weighted = folder / f"{series}_DW.mrc"
+    main = weighted if weighted.exists() else folder / f"{series}.mrc"
+    targets = {".mrc": main, "_TLT.txt": folder / f"{series}_TLT.txt"}
+    if main == weighted:
+        targets.update({"_EVN.mrc": folder / f"{series}_EVN.mrc",
+                        "_ODD.mrc": folder / f"{series}_ODD.mrc"})
+    ours = [folder / f"{series}{kind}.mrc" for kind in ("", "_DW", "_EVN", "_ODD")]
     made = []
-    for suffix in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt"):
-        target = folder / f"{series}{suffix}"
-        if target.exists():
-            link = folder / f"{name}{suffix}"
+    sub = folder / ARETOMO_FOLDER
+    for suffix in _ARETOMO_SUFFIXES:
+        link = sub / f"{name}{suffix}"
+        target = targets.get(suffix)
+        if target is not None and target.exists():
+            sub.mkdir(exist_ok=True)
             _replace_with_link(target, link)
             made.append(link)
+        elif link.exists() or link.is_symlink():
+            link.unlink()  # a half no longer given with this main stack
+        old = folder / f"{name}{suffix}"
+        if name != series and old.is_file() and any(
+                p.exists() and os.path.samefile(old, p)
+                for p in (*ours, folder / f"{series}_TLT.txt")):
+            old.unlink()
     return tuple(made)
 
 
@@ -311,8 +345,8 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
     tilt_axis_deg : float or None
         Written into the stack mdoc title when known.
     aretomo_name : str or None
-        The series' name for AreTomo3 (:func:`aretomo_name` of its mdoc); when it differs from
-        ``series``, the AreTomo3 inputs are also linked under it (:func:`link_aretomo_inputs`).
+        The series' name for AreTomo3 (:func:`aretomo_name` of its mdoc), the name of its
+        inputs in ``aretomo3/`` (:func:`link_aretomo_inputs`); None: ``series``.
 
     Returns
     -------
@@ -406,8 +440,7 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         payload = text_bytes(text)  # SubFramePath as on disk
         atomic_write(mdoc_path, lambda fh, p=payload: fh.write(p))
         mdoc_paths.append(mdoc_path)
-    if aretomo_name is not None:
-        links.extend(link_aretomo_inputs(folder, series, aretomo_name))
+    links.extend(link_aretomo_inputs(folder, series, aretomo_name or series))
     pictures = write_series_quicklook(folder, series, [SeriesTilt(
         tilt_deg=t.tilt_deg, image_path=Path(t.outputs.get("dw", t.outputs["sum"])),
         drift_total_A=t.drift_total_A, dose_e_A2=t.dose_e_A2,

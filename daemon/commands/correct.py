@@ -27,6 +27,7 @@ from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_f
 from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion_star,
                                    write_relion_gain, write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
+from daemon.settings.optics import OPTICS_KEY
 from daemon.work.readahead import ReadAhead
 
 __all__ = ["add_arguments", "run"]
@@ -235,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 with _warnings_as_lines(movie):
                     result = correct_movie(movie, args.out, params, gain_reference=gain,
-                                           stem=stems[movie], scratch_dir=args.scratch)
+                                           stem=stems[movie], scratch_dir=args.scratch,
+                                           extra_record={OPTICS_KEY: optics.record()})
             except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
                 failed += 1
                 _print_failure(movie, _fail(movie, exc), as_json=args.json)

@@ -30,6 +30,7 @@ from daemon.engine.faults import LedgerWrites, Pause
 from daemon.engine.outputs import remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
 from daemon.events import SOURCE_KEY, MovieEvent, MovieKey, movie_stem, output_dir_for
+from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
 from daemon.state.ledger import VANISHED
 from daemon.work.workers import Outcome, Task
@@ -55,6 +56,19 @@ class InFlight:
 
 #: outcomes of a worker that died or was killed with the movie in hand
 _WORKER_KILLED = ("crash", "timeout", "interrupted")
+
+
+def _recorded_optics(options: dict[str, Any]) -> dict[str, Any]:
+    """The microscope optics each motion record keeps (:mod:`daemon.settings.optics`: Cs and
+    amplitude contrast, checked by :func:`~daemon.settings.config.load_config`, which gives
+    every configuration both); nothing for a configuration built without them, or with values
+    it got wrong (the hand-off then uses its own options for the movie)."""
+    if "spherical_aberration" not in options and "amplitude_contrast" not in options:
+        return {}
+    try:
+        return {OPTICS_KEY: optics_record_from(options)}
+    except ValueError:
+        return {}
 
 
 class Dispatcher:
@@ -173,7 +187,8 @@ class Dispatcher:
             attempt = self._safe(lambda: self._ledger().claim(key))
             if attempt is None:
                 return
-            extra = {**stored.extra_record, SOURCE_KEY: source_identity(key)}
+            extra = {**stored.extra_record, SOURCE_KEY: source_identity(key),
+                     **_recorded_optics(cfg.options)}
             movie = Path(key.path)
             task_id = self._next_task
             self._next_task += 1

@@ -45,6 +45,7 @@ from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
+from daemon.settings.optics import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL_ABERRATION_MM
 
 __all__ = ["add_handoff_arguments", "add_relion_optics_arguments", "relion_optics_from_args",
            "handoff_options_from", "build_handoff_listener", "RelionListener"]
@@ -68,13 +69,19 @@ def add_handoff_arguments(parser: argparse.ArgumentParser) -> None:
 def add_relion_optics_arguments(group: Any) -> None:
     """The RELION optics options, the same for ``watch`` and ``correct``: Cs, amplitude
     contrast, optics group name, the early/late motion dose cutoff."""
-    group.add_argument("--spherical-aberration", type=float, default=2.7, metavar="MM",
-                       help="Cs for the RELION files (mm; default 2.7)")
-    group.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="FRACTION",
-                       help="amplitude contrast for the RELION files (default 0.1)")
+    group.add_argument("--spherical-aberration", type=float,
+                       default=DEFAULT_SPHERICAL_ABERRATION_MM, metavar="MM",
+                       help="Cs (mm), kept in each corrected movie's motion record and written "
+                            "into the RELION files (default 2.7, as RELION's import job)")
+    group.add_argument("--amplitude-contrast", type=float, default=DEFAULT_AMPLITUDE_CONTRAST,
+                       metavar="FRACTION",
+                       help="amplitude contrast, in [0, 1), kept in each corrected movie's "
+                            "motion record and written into the RELION files (default 0.1, as "
+                            "RELION's import job)")
     group.add_argument("--optics-group", default="optics1", metavar="NAME",
                        help="optics group name for the RELION files (default optics1; several "
-                            "groups, one per distinct pixel size and voltage, are numbered: "
+                            "groups, one per distinct pixel size, voltage, Cs and amplitude "
+                            "contrast, are numbered: "
                             "optics1, optics2, ...)")
     group.add_argument("--motionstats-dose-cutoff", type=float, default=4.0, metavar="E_A2",
                        help="dose separating early from late accumulated motion (e/Å²; "
@@ -108,8 +115,10 @@ def handoff_options_from(config: Config) -> RelionOptics | None:
         return None
     try:
         return RelionOptics(
-            spherical_aberration_mm=float(options.get("spherical_aberration", 2.7)),
-            amplitude_contrast=float(options.get("amplitude_contrast", 0.1)),
+            spherical_aberration_mm=float(options.get("spherical_aberration",
+                                                      DEFAULT_SPHERICAL_ABERRATION_MM)),
+            amplitude_contrast=float(options.get("amplitude_contrast",
+                                                 DEFAULT_AMPLITUDE_CONTRAST)),
             optics_group_name=str(options.get("optics_group", "optics1")),
             tomo_hand=int(options.get("tomo_hand", -1)),
             tilt_axis_deg=(None if options.get("tilt_axis") is None

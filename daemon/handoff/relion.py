@@ -33,8 +33,9 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
 * **single particle** ``corrected_micrographs.star`` (:func:`write_single_particle_star`):
   ``data_optics`` (``rlnOpticsGroupName``, ``rlnOpticsGroup``, ``rlnMicrographOriginalPixelSize``,
   ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``,
-  ``rlnMicrographPixelSize``; one row per distinct movie pixel size, output pixel size and
-  voltage, :func:`_optics_groups`) and ``data_micrographs`` (``rlnMicrographName`` = the
+  ``rlnMicrographPixelSize``; one row per distinct movie pixel size, output pixel size,
+  voltage, Cs and amplitude contrast, :func:`_optics_groups`; Cs and amplitude contrast those
+  each movie's record keeps, :mod:`daemon.settings.optics`) and ``data_micrographs`` (``rlnMicrographName`` = the
   dose-weighted sum, ``rlnMicrographNameNoDW`` = the plain sum, ``rlnMicrographNameEven/Odd``,
   ``rlnMicrographMetadata``, ``rlnOpticsGroup``, ``rlnAccumMotionTotal/Early/Late``), one row per
   movie outside tilt series, ``rlnOpticsGroup`` its own group. Paths inside the output folder
@@ -58,6 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from daemon.settings.optics import (DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL_ABERRATION_MM,
+                                    optics_record, recorded_optics)
 
 __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion", "movie_motion",
            "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
@@ -95,8 +99,8 @@ class RelionOptics:
         ``--dose_motionstats_cutoff``, default 4 e/Å²).
     """
 
-    spherical_aberration_mm: float = 2.7
-    amplitude_contrast: float = 0.1
+    spherical_aberration_mm: float = DEFAULT_SPHERICAL_ABERRATION_MM
+    amplitude_contrast: float = DEFAULT_AMPLITUDE_CONTRAST
     optics_group_name: str = "optics1"
     tomo_hand: int = -1
     tilt_axis_deg: float | None = None
@@ -117,6 +121,11 @@ class RelionOptics:
         if not self.motionstats_dose_cutoff_e_A2 >= 0:
             raise ValueError("motionstats_dose_cutoff_e_A2 must be >= 0 e/Å², got "
                              f"{self.motionstats_dose_cutoff_e_A2}")
+
+    def record(self) -> dict[str, float]:
+        """The ``optics`` object a writer puts into the motion records it makes
+        (:mod:`daemon.settings.optics`)."""
+        return optics_record(self.spherical_aberration_mm, self.amplitude_contrast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +157,9 @@ class MovieMotion:
         EER movies: 1 (4K grid) or 2 (8K grid, RELION's ``rlnEERUpsampling``); None otherwise.
     eer_raw_frames : int or None
         EER movies: raw frames in the file.
+    spherical_aberration_mm, amplitude_contrast : float or None
+        The Cs (mm) and amplitude contrast the movie was corrected under (its record's
+        ``optics``); None for a record written before they were recorded.
     """
 
     motion_path: Path
@@ -166,6 +178,8 @@ class MovieMotion:
     eer_grouping: int | None = None
     eer_upsampling: int | None = None
     eer_raw_frames: int | None = None
+    spherical_aberration_mm: float | None = None
+    amplitude_contrast: float | None = None
 
 
 def _eer_facts(record: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
@@ -223,7 +237,8 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
         frame_doses_e_A2=doses, pre_exposure_e_A2=pre, voltage_kV=voltage,
         movie_pixel_size_A=out_px / bin_factor, output_pixel_size_A=out_px,
         bin_factor=bin_factor, outputs=outputs,
-        **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))))
+        **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))),
+        **dict(zip(("spherical_aberration_mm", "amplitude_contrast"), recorded_optics(record))))
 
 
 def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
@@ -472,11 +487,21 @@ def relative_to(path: str | Path, root: str | Path) -> str:
         return str(path)
 
 
-def optics_key(motion: MovieMotion) -> tuple[float, float, float]:
+OpticsKey = tuple[float, float, float, float, float]
+
+
+def optics_key(motion: MovieMotion, optics: RelionOptics | None = None) -> OpticsKey:
     """What tells optics groups apart among the movies: (voltage, movie pixel size, output
-    pixel size), rounded so that float noise of a record does not split a group."""
+    pixel size, Cs, amplitude contrast), rounded so that float noise of a record does not
+    split a group. Cs and amplitude contrast are those the movie's record keeps, else the
+    writer's ``optics`` (a record written before they were recorded)."""
+    optics = optics or RelionOptics()
+    cs = (motion.spherical_aberration_mm if motion.spherical_aberration_mm is not None
+          else optics.spherical_aberration_mm)
+    ac = (motion.amplitude_contrast if motion.amplitude_contrast is not None
+          else optics.amplitude_contrast)
     return (round(motion.voltage_kV, 3), round(motion.movie_pixel_size_A, 5),
-            round(motion.output_pixel_size_A, 5))
+            round(motion.output_pixel_size_A, 5), round(cs, 5), round(ac, 5))
 
 
 def optics_group_names(name: str, count: int) -> list[str]:
@@ -488,43 +513,45 @@ def optics_group_names(name: str, count: int) -> list[str]:
     return [f"{base}{i}" for i in range(1, count + 1)]
 
 
-def optics_keys_in_order(motions: Iterable[MovieMotion]) -> list[tuple[float, float, float]]:
+def optics_keys_in_order(motions: Iterable[MovieMotion], optics: RelionOptics | None = None
+                         ) -> list[OpticsKey]:
     """The distinct :func:`optics_key` of ``motions``, in the order their first movie was
     corrected (its motion record written; ties and unreadable records by the key itself): a
     movie of new optics joining a folder gets the next number, and the groups already
     numbered keep theirs (RELION jobs run on an earlier file still agree)."""
-    first: dict[tuple[float, float, float], tuple[int, int]] = {}
+    first: dict[OpticsKey, tuple[int, int]] = {}
     for m in motions:
         try:
             written = (0, os.stat(m.motion_path).st_mtime_ns)
         except OSError:
             written = (1, 0)
-        key = optics_key(m)
+        key = optics_key(m, optics)
         first[key] = min(first.get(key, written), written)
     return sorted(first, key=lambda k: (first[k], k))
 
 
 def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
-                   ) -> tuple[dict[tuple[float, float, float], int], Any]:
-    """One optics group per distinct (voltage, movie pixel size, output pixel size), numbered
+                   ) -> tuple[dict[OpticsKey, int], Any]:
+    """One optics group per distinct (voltage, movie pixel size, output pixel size, Cs,
+    amplitude contrast), numbered
     1, 2, ... in the order of their first movie (:func:`optics_keys_in_order`), and the
     ``data_optics`` table. Columns as RELION's motion correction writes them
     (3dem/relion ``src/motioncorr_runner.cpp``, ``generateLogFilePDFAndWriteStarFiles``: the
     input optics table with ``rlnMicrographPixelSize`` = original pixel size x binning added;
-    each micrograph's ``rlnOpticsGroup`` names its row). Cs and amplitude contrast are the
-    writer's (``--spherical-aberration``, ``--amplitude-contrast``): no motion record holds
-    them."""
+    each micrograph's ``rlnOpticsGroup`` names its row). Cs and amplitude contrast are those
+    each movie's record keeps (the options of the writer that corrected it), else this
+    writer's (``--spherical-aberration``, ``--amplitude-contrast``)."""
     import pandas as pd
 
-    keys = optics_keys_in_order(motions)
+    keys = optics_keys_in_order(motions, optics)
     ids = {key: i + 1 for i, key in enumerate(keys)}
     table = pd.DataFrame({
         "rlnOpticsGroupName": optics_group_names(optics.optics_group_name, len(keys)),
         "rlnOpticsGroup": [ids[k] for k in keys],
         "rlnMicrographOriginalPixelSize": [k[1] for k in keys],
         "rlnVoltage": [k[0] for k in keys],
-        "rlnSphericalAberration": [optics.spherical_aberration_mm] * len(keys),
-        "rlnAmplitudeContrast": [optics.amplitude_contrast] * len(keys),
+        "rlnSphericalAberration": [k[3] for k in keys],
+        "rlnAmplitudeContrast": [k[4] for k in keys],
         "rlnMicrographPixelSize": [k[2] for k in keys]})
     return ids, table
 
@@ -549,7 +576,8 @@ def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
             if kind in m.outputs:
                 row[label] = relative_to(m.outputs[kind], out_dir)
         row.update({"rlnMicrographMetadata": relative_to(motion_star_path(m.motion_path), out_dir),
-                    "rlnOpticsGroup": group_of[optics_key(m)], "rlnAccumMotionTotal": total,
+                    "rlnOpticsGroup": group_of[optics_key(m, optics)],
+                    "rlnAccumMotionTotal": total,
                     "rlnAccumMotionEarly": early, "rlnAccumMotionLate": late})
         rows.append(row)
     return {"optics": optics_table, "micrographs": star_table(rows)}

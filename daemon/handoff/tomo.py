@@ -10,7 +10,9 @@ Two files, the layout of RELION 5's motion-correction job output (3dem/relion
   ``rlnAmplitudeContrast``, ``rlnMicrographOriginalPixelSize`` (movie pixel),
   ``rlnTomoHand``, ``rlnOpticsGroupName``, ``rlnTomoTiltSeriesPixelSize`` (corrected image pixel);
 * ``OUT/<rel>/<series>/<series>.star``, block ``data_<series>``, one row per corrected tilt in
-  acquisition order: ``rlnMicrographMovieName``, ``rlnTomoTiltMovieFrameCount``,
+  acquisition order: ``rlnMicrographMovieName``, ``rlnTomoTiltMovieFrameCount`` (frames in the
+  movie file, raw frames for EER: RELION's import copies the mdoc's ``NumSubFrames``,
+  :func:`movie_frame_count`),
   ``rlnTomoTiltMovieIndex`` (1-based acquisition index, as RELION's import),
   ``rlnTomoNominalStageTiltAngle``, ``rlnTomoNominalTiltAxisAngle``,
   ``rlnMicrographPreExposure`` (the exact dose before the tilt from the mdoc, not RELION's
@@ -47,7 +49,7 @@ from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key, optics
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
-           "global_block", "relion_tomo_name"]
+           "global_block", "relion_tomo_name", "movie_frame_count"]
 
 TILT_SERIES_STAR = "corrected_tilt_series.star"
 
@@ -91,6 +93,18 @@ class TiltEntry:
     tilt: TiltRecord
 
 
+def movie_frame_count(motion: MovieMotion) -> int:
+    """``rlnTomoTiltMovieFrameCount`` of a tilt: the frames in the movie FILE, as RELION 5's
+    import writes the column (the mdoc's ``NumSubFrames``, copied as it is), whatever the
+    motion correction later makes of them. An EER movie counts its raw frames (its pages, as
+    SerialEM counts them), not the fractions motionwatch or RELION group them into; the
+    grouping belongs to the movie's motion STAR (``rlnEERGrouping``, ``rlnImageSizeZ`` in
+    fractions)."""
+    if motion.eer_raw_frames:
+        return int(motion.eer_raw_frames)
+    return int(motion.frames_in_movie)
+
+
 def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: RelionOptics,
                  facts: MdocFacts = MdocFacts()) -> Any:
     """The per-series table (a DataFrame), tilts in acquisition order."""
@@ -105,7 +119,7 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
             m, dose_cutoff_e_A2=optics.motionstats_dose_cutoff_e_A2)
         row: dict[str, Any] = {
             "rlnMicrographMovieName": str(m.movie),
-            "rlnTomoTiltMovieFrameCount": m.frames_in_movie,
+            "rlnTomoTiltMovieFrameCount": movie_frame_count(m),
             "rlnTomoTiltMovieIndex": e.tilt.acquisition_index + 1,
             "rlnTomoNominalStageTiltAngle": float(e.tilt.tilt_deg or 0.0),
             "rlnTomoNominalTiltAxisAngle": float(axis if axis is not None else 0.0),
@@ -139,22 +153,27 @@ def relion_tomo_name(series: str) -> str:
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
                  optics: RelionOptics) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
-    of the series)`` per series; rows sorted by name. Series of distinct optics (voltage, movie
-    pixel size, tilt-series pixel size) get distinct ``rlnOpticsGroupName`` (``optics1``,
+    of the series)`` per series; rows sorted by name. The columns RELION 5's import writes
+    (voltage, Cs, amplitude contrast, movie pixel size, hand, optics group name) and the
+    tilt-series pixel size its motion correction adds; Cs and amplitude contrast those the
+    series' motion record keeps (:mod:`daemon.settings.optics`), else ``optics``'. Series of
+    distinct optics (voltage, movie pixel size, tilt-series pixel size, Cs, amplitude contrast)
+    get distinct ``rlnOpticsGroupName`` (``optics1``,
     ``optics2``, ... in the order of their first movie, as ``corrected_micrographs.star``
     numbers its groups); one kind of optics keeps the configured name."""
     series = sorted(series, key=lambda s: s[0])
-    keys = optics_keys_in_order(m for _, _, m in series)
+    keys = optics_keys_in_order((m for _, _, m in series), optics)
     names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
     for name, star, m in series:
+        key = optics_key(m, optics)  # Cs and amplitude contrast: the record's, else the writer's
         rows.append({"rlnTomoName": relion_tomo_name(name),
                      "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
                      "rlnVoltage": m.voltage_kV,
-                     "rlnSphericalAberration": optics.spherical_aberration_mm,
-                     "rlnAmplitudeContrast": optics.amplitude_contrast,
+                     "rlnSphericalAberration": key[3],
+                     "rlnAmplitudeContrast": key[4],
                      "rlnMicrographOriginalPixelSize": m.movie_pixel_size_A,
                      "rlnTomoHand": optics.tomo_hand,
-                     "rlnOpticsGroupName": names[optics_key(m)],
+                     "rlnOpticsGroupName": names[key],
                      "rlnTomoTiltSeriesPixelSize": m.output_pixel_size_A})
     return star_table(rows)

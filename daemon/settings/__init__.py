@@ -1,4 +1,5 @@
 """Settings: the daemon's configuration (``config``: a frozen Config from TOML, then flags, every
-problem reported at once) and the correction options shared with ``motionwatch correct``
-(``correction_options``). Imports :mod:`daemon.events` and ``intake`` (the default file patterns).
+problem reported at once), the correction options shared with ``motionwatch correct``
+(``correction_options``) and the microscope optics recorded with each movie (``optics``: Cs and
+amplitude contrast). Imports :mod:`daemon.events` and ``intake`` (the default file patterns).
 """

@@ -38,6 +38,7 @@ from typing import Any
 from correction.write import plain
 
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
+from daemon.settings.optics import optics_problems
 
 __all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config",
            "make_folders"]
@@ -505,6 +506,7 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         params = params_from_args(merged, dose_required=False)  # metadata may give each dose
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
         problems.append(str(exc))
+    problems.extend(optics_problems(vars(merged)))  # recorded with every movie, hand-off or not
 
     for name, what in (("gain", "gain reference"), ("dark", "dark reference"),
                        ("defects", "defect map")):

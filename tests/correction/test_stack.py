@@ -158,21 +158,50 @@ def test_imod_finds_the_stack_as_st_with_a_rawtlt_of_its_angles(tmp_path):
     assert res.rawtlt_path.read_text() == res.tlt_path.read_text()
 
 
-def test_aretomo3_names_from_the_mdoc_are_links_renewed_by_a_reassembly(tmp_path):
+def test_aretomo3_inputs_are_one_weighted_set_in_their_folder_renewed_by_a_reassembly(tmp_path):
+    """AreTomo3 (``DataUtil/CTsPackage.cpp``, ``LoadTiltSeries``) reads ``<name>.mrc`` with
+    ``<name>_EVN.mrc``/``<name>_ODD.mrc`` and ``<name>_TLT.txt`` from one folder, and its own
+    motion correction weights the three alike. motionwatch's halves are dose-weighted, so
+    ``aretomo3/<name>.mrc`` is the dose-weighted stack, never the plain one."""
     assert aretomo_name("TS_9.mrc.mdoc") == "TS_9.mrc" and aretomo_name("TS_9.mdoc") == "TS_9"
     tilts, images = _series(tmp_path, n=3)
     assemble_series("TS_9", tilts, tmp_path / "out", aretomo_name="TS_9.mrc")
     folder = tmp_path / "out" / "TS_9"
-    for suffix, target in ((".mrc", "TS_9.mrc"), ("_EVN.mrc", "TS_9_EVN.mrc"),
+    given = folder / "aretomo3"
+    for suffix, target in ((".mrc", "TS_9_DW.mrc"), ("_EVN.mrc", "TS_9_EVN.mrc"),
                            ("_ODD.mrc", "TS_9_ODD.mrc"), ("_TLT.txt", "TS_9_TLT.txt")):
-        assert os.path.samefile(folder / f"TS_9.mrc{suffix}", folder / target)
+        assert os.path.samefile(given / f"TS_9.mrc{suffix}", folder / target)
+    assert not (folder / "TS_9.mrc.mrc").exists()  # nothing beside the plain stack
     # a second assembly replaces the stacks (new files): the links follow
-    _write(Path(tilts[0].outputs["sum"]), images[("sum", tilts[0].movie)] + 1000)
+    _write(Path(tilts[0].outputs["dw"]), images[("dw", tilts[0].movie)] + 1000)
     assemble_series("TS_9", tilts, tmp_path / "out", aretomo_name="TS_9.mrc")
-    with mrcfile.open(folder / "TS_9.mrc.mrc") as m:
+    with mrcfile.open(given / "TS_9.mrc.mrc") as m:
         assert float(m.data.max()) > 900
-    assert os.path.samefile(folder / "TS_9.mrc.mrc", folder / "TS_9.mrc")
-    assert link_aretomo_inputs(folder, "TS_9", "TS_9") == ()
+    assert os.path.samefile(given / "TS_9.mrc.mrc", folder / "TS_9_DW.mrc")
+
+
+def test_a_series_named_as_its_mdoc_gets_the_weighted_set_too_not_the_plain_stack(tmp_path):
+    """``TS_9.mdoc``: AreTomo3's name is the series' own, and ``TS_9.mrc`` beside ``TS_9_EVN.mrc``
+    is the plain stack; the set in ``aretomo3/`` pairs the halves with the weighted one."""
+    tilts, _ = _series(tmp_path, n=3)
+    assemble_series("TS_9", tilts, tmp_path / "out")
+    folder = tmp_path / "out" / "TS_9"
+    assert os.path.samefile(folder / "aretomo3" / "TS_9.mrc", folder / "TS_9_DW.mrc")
+    assert os.path.samefile(folder / "aretomo3" / "TS_9_EVN.mrc", folder / "TS_9_EVN.mrc")
+    assert os.path.samefile(folder / "aretomo3" / "TS_9_TLT.txt", folder / "TS_9_TLT.txt")
+
+
+def test_links_of_the_old_layout_beside_the_stacks_are_removed(tmp_path):
+    """An earlier version linked ``TS_9.mrc.mrc`` (the plain stack) beside ``TS_9.mrc_EVN.mrc``
+    (weighted) in the series folder: relinking removes them."""
+    tilts, _ = _series(tmp_path, n=3)
+    assemble_series("TS_9", tilts, tmp_path / "out")
+    folder = tmp_path / "out" / "TS_9"
+    for suffix, target in ((".mrc", "TS_9.mrc"), ("_EVN.mrc", "TS_9_EVN.mrc")):
+        os.link(folder / target, folder / f"TS_9.mrc{suffix}")
+    link_aretomo_inputs(folder, "TS_9", "TS_9.mrc")
+    assert not (folder / "TS_9.mrc.mrc").exists() and not (folder / "TS_9.mrc_EVN.mrc").exists()
+    assert (folder / "TS_9.mrc").exists() and (folder / "TS_9_EVN.mrc").exists()
 
 
 def test_the_csv_and_stack_mdocs_name_a_movie_not_named_in_utf8_by_its_bytes_on_disk(tmp_path):

@@ -280,12 +280,12 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
     _run(watch, out, RelionListener(OPTICS))  # restart: a new listener seeded from the ledger
     _check_series_star(out, watch, tilts)
     folder = out / "TS_01"
-    # AreTomo3 -Cmd 1 with TS_01.mrc.mdoc: name TS_01.mrc -> its stacks and tilt table
+    # AreTomo3 -Cmd 1 with TS_01.mrc.mdoc: name TS_01.mrc -> the weighted stack, its halves
+    # (weighted alike) and the tilt table, in aretomo3/
     stack = folder / "TS_01.mrc"
     angles_in_stack_order = sorted(tilts, key=lambda t: t.tilt_deg)
-    for suffix, target in ((".mrc", "TS_01.mrc"), ("_EVN.mrc", "TS_01_EVN.mrc"),
-                           ("_ODD.mrc", "TS_01_ODD.mrc"), ("_TLT.txt", "TS_01_TLT.txt")):
-        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+    for suffix, target in zip(ARETOMO_SUFFIXES, ARETOMO_TARGETS):
+        assert os.path.samefile(folder / "aretomo3" / f"TS_01.mrc{suffix}", folder / target)
     lines = [line.split() for line in (folder / "TS_01_TLT.txt").read_text().splitlines()]
     assert len(lines) == len(tilts)
     for (angle, acq, dose), t in zip(lines, angles_in_stack_order):
@@ -308,6 +308,7 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
 
 
 ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
+ARETOMO_TARGETS = ("TS_01_DW.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc", "TS_01_TLT.txt")
 
 
 def _lose_state_database(out: Path) -> None:
@@ -330,19 +331,18 @@ def test_a_restart_links_the_aretomo3_names_a_kill_after_assembly_left_missing(t
     _run(watch, out, RelionListener(OPTICS))  # the series is complete
     folder = out / "TS_01"
     for suffix in ARETOMO_SUFFIXES:  # as if killed before the listener heard "completed"
-        (folder / f"TS_01.mrc{suffix}").unlink()
+        (folder / "aretomo3" / f"TS_01.mrc{suffix}").unlink()
     stack = (folder / "TS_01.mrc").stat()
     _run(watch, out, RelionListener(OPTICS))
     again = (folder / "TS_01.mrc").stat()
     assert (again.st_ino, again.st_mtime_ns) == (stack.st_ino, stack.st_mtime_ns)  # not redone
-    for suffix, target in zip(ARETOMO_SUFFIXES, ("TS_01.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc",
-                                                 "TS_01_TLT.txt")):
-        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+    for suffix, target in zip(ARETOMO_SUFFIXES, ARETOMO_TARGETS):
+        assert os.path.samefile(folder / "aretomo3" / f"TS_01.mrc{suffix}", folder / target)
 
 
 def test_a_series_in_a_sub_folder_gets_its_aretomo3_names_beside_its_stacks(tmp_path):
     """``grid2/TS_01.mrc.mdoc`` (series ``grid2/TS_01``): stacks in ``OUT/grid2/TS_01/``, and
-    the AreTomo3 names of its mdoc linked there too."""
+    the AreTomo3 names of its mdoc linked in its ``aretomo3/``."""
     watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
     (watch / "grid2").mkdir(parents=True)
     out.mkdir()
@@ -352,9 +352,8 @@ def test_a_series_in_a_sub_folder_gets_its_aretomo3_names_beside_its_stacks(tmp_
     _deliver(staging, watch / "grid2", tilts, len(tilts), finished=True)
     _run(watch, out, RelionListener(OPTICS))
     folder = out / "grid2" / "TS_01"
-    for suffix, target in zip(ARETOMO_SUFFIXES, ("TS_01.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc",
-                                                 "TS_01_TLT.txt")):
-        assert os.path.samefile(folder / f"TS_01.mrc{suffix}", folder / target)
+    for suffix, target in zip(ARETOMO_SUFFIXES, ARETOMO_TARGETS):
+        assert os.path.samefile(folder / "aretomo3" / f"TS_01.mrc{suffix}", folder / target)
 
 
 def test_tilts_adopted_after_the_state_database_was_lost_stay_in_the_series_star(tmp_path):
