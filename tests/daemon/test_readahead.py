@@ -122,7 +122,7 @@ def _dispatcher(tmp_path: Path, pool, hints) -> tuple[Dispatcher, Ledger, list[P
         movies.append(path)
     config = SimpleNamespace(params=params, watch_dir=tmp_path,
                              out_dir=tmp_path / "out", movie_timeout_s=600.0, retry_delay_s=1.0,
-                             max_attempts=3, scratch_dir=None)
+                             max_attempts=3, scratch_dir=None, options={})
     log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None,
                           error=lambda *a, **k: None)
     dispatcher = Dispatcher(config, ledger=lambda: ledger, pool=lambda: pool, log=log,
