@@ -408,7 +408,7 @@ class Admission:
         if revived:
             self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
                            status="pending",
-                           note="renamed before a worker took it (quarantined then as "
+                           note="renamed before a worker read it (quarantined then as "
                                 "vanished): corrected under its new name")
             if self._arrived is not None:
                 self._arrived(obs.mtime_ns / 1e9)

@@ -779,3 +779,28 @@ def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
     assert len(_run(config, handoff=True).named("movie_moved")) == 3
     assert (out / "grid1_good" / "TS_01" / "TS_01.star").exists()
     assert not (out / "grid1" / "TS_01" / "TS_01.star").exists()
+
+
+def test_a_folder_renamed_before_the_worker_opened_its_movie_is_corrected_under_its_new_name(
+        tmp_path):
+    """grid1 renamed grid1_good after a worker took held_m1 and before it opened the file: the
+    worker does not find it. Before, that was classed as trouble outside the movies: all
+    correction paused (``movie_retry_later``) and the service reported itself unhealthy. The
+    daemon still sees its watched folder, so the movie moved: it is quarantined as vanished
+    and corrected once under its new name, nothing paused."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    _movie(watch / "grid1" / "held_m1.mrc")
+    config = _config(watch, out, params=_DOSE1, exit_when_idle_s=60.0)
+    (out / "HOLD").write_text("")  # the worker holds the movie, unopened, while this exists
+    with _running(config, timeout_s=20.0) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_started")))
+        os.rename(watch / "grid1", watch / "grid1_good")
+        (out / "HOLD").unlink()
+        wait_for(lambda: bool(log.named("movie_done")))
+    assert log.named("movie_retry_later") == []
+    assert [e["reason"] for e in log.named("movie_quarantined")] == [
+        "movie file vanished before correction"]
+    assert [Path(p).relative_to(watch).as_posix() for p in _started(log)] == [
+        "grid1/held_m1.mrc", "grid1_good/held_m1.mrc"]
+    assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
+            for r in _rows(out)] == [("grid1_good/held_m1.mrc", "done", 1)]
