@@ -804,3 +804,41 @@ def test_a_folder_renamed_before_the_worker_opened_its_movie_is_corrected_under_
         "grid1/held_m1.mrc", "grid1_good/held_m1.mrc"]
     assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
             for r in _rows(out)] == [("grid1_good/held_m1.mrc", "done", 1)]
+
+
+def test_a_series_is_not_assembled_without_a_tilt_renamed_while_it_waited_for_a_worker(
+        tmp_path):
+    """Tilts 0-1 corrected; tilt 2 waits for the one worker (held by another movie) when the
+    frames folder is renamed. Dispatch finds its old name gone and quarantines it as vanished,
+    while its new name settles. Before, the series counted that quarantined tilt as finished
+    and was assembled at once with two tilts (then again with three once the tilt was moved
+    and corrected); now it waits for the renamed tilt and is assembled once, with all three."""
+    watch, out, hold = tmp_path / "session", tmp_path / "out", tmp_path / "hold"
+    frames = watch / "grid1" / "frames"
+    tilts = _series(watch / "grid1")
+    for folder in (frames, hold):
+        folder.mkdir()
+    last = tilts[2].movie.path.name
+    os.rename(watch / "grid1" / last, hold / last)
+    for t in tilts[:2]:
+        os.rename(t.movie.path, frames / t.movie.path.name)
+    config = _config(watch, out, settle_time_s=0.5, exit_when_idle_s=60.0)
+
+    def service(log: RecordingLog) -> Service:
+        return Service(config, runner="fake_runners:correct",
+                       resolver=resolver_from_config(config), logger=log)
+
+    with _running(config, 20.0, service) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_done")) >= 2)
+        (out / "HOLD").write_text("")  # held_a holds the one worker while this exists
+        _movie(watch / "a_first" / "held_a.mrc")
+        wait_for(lambda: any("held_a" in e["movie"] for e in log.named("movie_started")))
+        os.rename(hold / last, frames / last)
+        wait_for(lambda: any(last in e["movie"] for e in log.named("movie_ready")))
+        os.rename(frames, watch / "grid1" / "frames_sorted")
+        (out / "HOLD").unlink()
+        wait_for(lambda: any(e["tilts"] == 3 for e in log.named("series_assembling")))
+    assert [Path(e["movie"]).name for e in log.named("movie_quarantined")] == [last]
+    assert [e["tilts"] for e in log.named("series_assembling")] == [3]
+    assert [Path(p).relative_to(watch).as_posix() for p in _started(log)][-1] == (
+        f"grid1/frames_sorted/{last}")
