@@ -842,3 +842,41 @@ def test_a_series_is_not_assembled_without_a_tilt_renamed_while_it_waited_for_a_
     assert [e["tilts"] for e in log.named("series_assembling")] == [3]
     assert [Path(p).relative_to(watch).as_posix() for p in _started(log)][-1] == (
         f"grid1/frames_sorted/{last}")
+
+
+def test_a_moved_tilt_redone_into_another_series_is_handed_off_under_that_series(tmp_path):
+    """grid1's tilts corrected as series TS_01 from their file names (no mdoc yet), grid1
+    renamed grid1_good, then their series mdoc arrives as ``tomoA.mrc.mdoc``: its doses redo
+    them as series grid1_good/tomoA. Before, the hand-off kept the series the move had given
+    them (``grid1_good/TS_01``) over the one their new records name."""
+    import starfile
+
+    from daemon.handoff.listener import build_handoff_listener
+
+    watch, out, staging = tmp_path / "session", tmp_path / "out", tmp_path / "staging"
+    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(1), n_tilts=2,
+                                 shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    (watch / "grid1").mkdir(parents=True)
+    for t in tilts:
+        os.rename(t.movie.path, watch / "grid1" / t.movie.path.name)
+    config = _config(watch, out, exit_when_idle_s=60.0,
+                     options={"tilt_series": "auto", "dose_per_tilt": 10.0,
+                              "metadata_wait": 0.2, "mdoc_quiet": 0.3})
+
+    def service(log: RecordingLog) -> Service:
+        return Service(config, listeners=[build_handoff_listener(config)],
+                       resolver=resolver_from_config(config), logger=log)
+
+    with _running(config, 60.0, service) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_done")) >= 2)
+        os.rename(watch / "grid1", watch / "grid1_good")
+        wait_for(lambda: len(log.named("movie_moved")) >= 2)
+        os.rename(staging / "TS_01.mrc.mdoc", watch / "grid1_good" / "tomoA.mrc.mdoc")
+        wait_for(lambda: len(log.named("movie_done")) >= 4)
+    assert len(log.named("movie_redo_metadata_changed")) == 2
+    latest = {r.key.path: r for r in _rows(out)}  # the redone rows, recorded last
+    assert {r.metadata["log_context"]["series"] for r in latest.values()} == {"grid1_good/tomoA"}
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["grid1_good_tomoA"]
+    assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1_good/tomoA/tomoA.star"]
