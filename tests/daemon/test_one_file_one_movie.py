@@ -880,3 +880,21 @@ def test_a_moved_tilt_redone_into_another_series_is_handed_off_under_that_series
     glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
     assert list(glob["rlnTomoName"]) == ["grid1_good_tomoA"]
     assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1_good/tomoA/tomoA.star"]
+
+
+def test_a_movie_reached_through_a_second_mount_of_its_share_is_corrected_once(tmp_path):
+    """One share mounted twice gives its files two ``st_dev`` values (NFS does with other
+    mount options or another server address), and a folder link out of the watched tree is
+    followed: ``also_grid1`` links to grid1 through the second mount. Before, grid1's movie
+    was corrected twice, once under each name; now the second name is the same file
+    (inode number, size, mtime and content fingerprint), recorded under the first."""
+    from two_mounts import run_daemon_in_two_mounts
+
+    log = run_daemon_in_two_mounts(tmp_path)
+    if "skip" in log:
+        pytest.skip(log["skip"])
+    watch = tmp_path / "m1" / "session"
+    assert [Path(p).relative_to(watch).as_posix() for p in log["movie_started"]] == [
+        "also_grid1/m1.mrc"]
+    assert [Path(p).relative_to(watch).as_posix() for p in log["movie_alias"]] == [
+        "grid1/m1.mrc"]
