@@ -26,6 +26,18 @@ class CorrectionError(ValueError):
         self.reason = " ".join(str(reason).split())  # always one line
         super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
 
+    def __reduce__(self) -> tuple:
+        """Pickled with its path and reason, whatever the subclass's arguments (it crosses a
+        process boundary: a worker's or an assembly job's error)."""
+        return _rebuilt, (type(self), self.path, self.reason)
+
+
+def _rebuilt(cls: type[CorrectionError], path: Path | None, reason: str) -> CorrectionError:
+    """A :class:`CorrectionError` (or subclass) unpickled from its path and reason."""
+    error = cls.__new__(cls)
+    CorrectionError.__init__(error, path, reason)
+    return error
+
 
 class UnreadableMovieError(CorrectionError):
     """The file is missing, unreadable, or not a movie of a known format."""

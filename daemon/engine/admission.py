@@ -12,7 +12,8 @@ again like a new movie, so a retried tilt gets its series' dose and is corrected
 One file is one movie, whatever its names: a settled movie whose file version (``(st_dev,
 st_ino)``, size, mtime, and content fingerprint where recorded) the ledger already holds under
 another name is not corrected again (where the inode number changed, a remount, the same file
-name, size and mtime under a name now gone tell it, if only one such name is gone). If
+name, size and mtime under a name now gone tell it, if only one such name is gone; where the
+device differs, one share mounted twice, the same inode number, size, mtime and content). If
 that other name still is the same file (a hard link, a link to it, a folder linked into the
 tree twice), the movie stays recorded under the name it was met by first (``movie_alias``); if
 not (the file or a folder above it was renamed, while the daemon ran or while it was stopped),
@@ -363,19 +364,21 @@ class Admission:
             rows = [r for r in ledger.rows_of_file(obs.inode, obs.size, obs.mtime_ns)
                     if r.key.path != str(obs.path)]
             if not rows:
+                rows = self._on_another_mount(ledger, obs)
+            if not rows:
                 rows = self._renamed_before_inodes(ledger, obs)
         except sqlite3.Error as exc:
             self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
             return True, _DB_DOWN
         if not rows:
             return False, None
-        names = list(dict.fromkeys(r.key.path for r in rows))
-        for name in names:
+        recorded = {r.key.path: r.inode for r in rows}  # name -> its file's (dev, ino)
+        for name, inode in recorded.items():
             try:
                 st = os.stat(name)
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) == obs.inode:
+            if (st.st_dev, st.st_ino) in (obs.inode, inode):
                 self.report_once(str(obs.path), "movie_alias",
                                  f"the same file as {name}, recorded under that name: not "
                                  "corrected again")
@@ -408,7 +411,7 @@ class Admission:
         if revived:
             self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
                            status="pending",
-                           note="renamed before a worker took it (quarantined then as "
+                           note="renamed before a worker read it (quarantined then as "
                                 "vanished): corrected under its new name")
             if self._arrived is not None:
                 self._arrived(obs.mtime_ns / 1e9)
@@ -437,6 +440,19 @@ class Admission:
             if row is not None and row.status == "done":
                 self._moved(MovieEvent(path, key, row.status, row.attempts,
                                        outputs=row.outputs, metadata=row.metadata))
+
+    def _on_another_mount(self, ledger: Any, obs: Observation) -> list[Any]:
+        """Rows of this file reached through another mount of its share (one NFS export
+        mounted twice, the watched folder linking to the second mount): another device, the
+        same inode number, size and mtime, and the same content fingerprint as recorded."""
+        ino = obs.inode[1]
+        found = [r for r in ledger.rows_of_size_and_mtime(obs.size, obs.mtime_ns)
+                 if r.key.path != str(obs.path) and r.inode is not None
+                 and r.inode[1] == ino and r.inode != obs.inode and r.content is not None]
+        if not found:
+            return []
+        content = content_fingerprint(obs.path)
+        return [r for r in found if r.content == content]
 
     def _renamed_before_inodes(self, ledger: Any, obs: Observation) -> list[Any]:
         """Rows of a file that is gone from its name and that this one may be, renamed, whose

@@ -7,6 +7,9 @@ a crash). Environmental trouble is never the movie's fault: an error on the outp
 disk, permission denied, vanished or replaced output folder) or a worker that cannot start pauses
 all correction with a growing delay (:class:`~daemon.engine.faults.Pause`), without counting
 against the movie, and the service reports itself unhealthy until a movie succeeds again.
+A movie its worker could not find that the daemon, which still sees the watched folder, finds
+gone or changed too was renamed or deleted, not hidden from the worker: it is quarantined as
+vanished (a renamed one is corrected under its new name) and nothing is paused.
 
 A movie a worker held while it died or was killed for another one (its outputs were being
 written while the next movie was corrected) comes back ``interrupted``: it is pending again at
@@ -322,6 +325,13 @@ class Dispatcher:
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any) -> str:
         cfg = self.config
+        moved = self._moved_away(key) if outcome.kind == "environment" else None
+        if moved is not None:
+            status = ledger.mark_failed(key, moved, quarantine=True, count=False, started=False)
+            log.warning("movie_quarantined", reason=moved, stage="worker",
+                        note="gone from its name before the worker read it: a renamed movie "
+                             "is corrected under its new name")
+            return status
         if outcome.kind in ("environment", "unstarted"):
             delay = self.pause.next_delay_s()
             status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=False,
@@ -354,6 +364,15 @@ class Dispatcher:
             log.warning("movie_failed", reason=outcome.error, kind=outcome.kind,
                         attempt=attempt, failures=failures, retry_in_s=delay)
         return status
+
+    def _moved_away(self, key: MovieKey) -> str | None:
+        """Why a movie whose worker could not see it is the movie's own doing: gone from its
+        name, or changed, while the daemon still sees the watched folder (renamed or deleted
+        there, not a share or mount the worker lacks); None otherwise."""
+        problem = _stale(key)
+        if problem is None or problem.startswith("cannot stat"):
+            return None
+        return problem if self.config.watch_dir.is_dir() else None
 
 
 def timeout_quarantine_after(max_attempts: int) -> int:

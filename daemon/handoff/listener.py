@@ -245,6 +245,9 @@ class RelionListener(ServiceListener):
         motion_path = (event.outputs or {}).get("motion")
         if not motion_path or self._out is None:
             return
+        # a record written for the movie where it is now (redone, adopted) names it, and its
+        # series, as they are: no earlier move's override applies to it
+        self._renamed.pop(str(event.path), None)
         self._write_after(str(event.path), motion_path)
 
     def on_movie_failed(self, event: MovieEvent) -> None:

@@ -58,6 +58,7 @@ from daemon.series.resolution import (MdocObservation, MovieObservation, Resolut
                                       assignment_change, classify_mdocs, dose_params_of,
                                       frame_mdoc_dose, resolve, split_qualified,
                                       update_series_state)
+from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
 
@@ -87,6 +88,23 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
         if reason:
             changed[path] = (a.series, reason)
     return changed
+
+
+def unrecorded_files(movies: Mapping[str, Observation], rows: Mapping[str, Any]
+                     ) -> set[tuple[tuple[int, int], int, int]]:
+    """``(inode, size, mtime_ns)`` of the movies on disk under a name the ledger has no row of
+    yet (settling: a new movie, or a recorded one renamed)."""
+    return {(o.inode, o.size, o.mtime_ns) for path, o in movies.items()
+            if o.inode is not None and path not in rows}
+
+
+def renamed_away(row: Any, unrecorded: set[tuple[tuple[int, int], int, int]]) -> bool:
+    """A row quarantined because its file vanished from its name while that file is on disk
+    under a name not recorded yet: renamed while it waited for a worker, it is still to be
+    corrected there (admission moves the row once the new name has settled)."""
+    return (row.status == "quarantined" and (row.error or "").startswith(VANISHED)
+            and row.inode is not None
+            and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded)
 
 
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
@@ -395,6 +413,7 @@ class TiltSeriesResolver:
         by_name = {self._rel(p): p for p in movies}
         by_name.update({self._rel(p): p for p in self._rows if self._rel(p) not in by_name})
         changed_names = {self._rel(p) for p in changed}
+        unrecorded = unrecorded_files(movies, self._rows)
         for name, summary in res.series.items():
             state = self._states.get(name)
             if state is None:
@@ -411,7 +430,7 @@ class TiltSeriesResolver:
             finished = {m for m in known | summary.listed_movies
                         if m in by_name and m not in changed_names
                         and (row := self._rows.get(by_name[m])) is not None
-                        and row.status in _FINISHED}
+                        and row.status in _FINISHED and not renamed_away(row, unrecorded)}
             lock = False
             mdoc_since = None
             folder_of = Path(by_name[sorted(known)[0]]) if known else None

@@ -779,3 +779,122 @@ def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
     assert len(_run(config, handoff=True).named("movie_moved")) == 3
     assert (out / "grid1_good" / "TS_01" / "TS_01.star").exists()
     assert not (out / "grid1" / "TS_01" / "TS_01.star").exists()
+
+
+def test_a_folder_renamed_before_the_worker_opened_its_movie_is_corrected_under_its_new_name(
+        tmp_path):
+    """grid1 renamed grid1_good after a worker took held_m1 and before it opened the file: the
+    worker does not find it. Before, that was classed as trouble outside the movies: all
+    correction paused (``movie_retry_later``) and the service reported itself unhealthy. The
+    daemon still sees its watched folder, so the movie moved: it is quarantined as vanished
+    and corrected once under its new name, nothing paused."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    _movie(watch / "grid1" / "held_m1.mrc")
+    config = _config(watch, out, params=_DOSE1, exit_when_idle_s=60.0)
+    (out / "HOLD").write_text("")  # the worker holds the movie, unopened, while this exists
+    with _running(config, timeout_s=20.0) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_started")))
+        os.rename(watch / "grid1", watch / "grid1_good")
+        (out / "HOLD").unlink()
+        wait_for(lambda: bool(log.named("movie_done")))
+    assert log.named("movie_retry_later") == []
+    assert [e["reason"] for e in log.named("movie_quarantined")] == [
+        "movie file vanished before correction"]
+    assert [Path(p).relative_to(watch).as_posix() for p in _started(log)] == [
+        "grid1/held_m1.mrc", "grid1_good/held_m1.mrc"]
+    assert [(Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
+            for r in _rows(out)] == [("grid1_good/held_m1.mrc", "done", 1)]
+
+
+def test_a_series_is_not_assembled_without_a_tilt_renamed_while_it_waited_for_a_worker(
+        tmp_path):
+    """Tilts 0-1 corrected; tilt 2 waits for the one worker (held by another movie) when the
+    frames folder is renamed. Dispatch finds its old name gone and quarantines it as vanished,
+    while its new name settles. Before, the series counted that quarantined tilt as finished
+    and was assembled at once with two tilts (then again with three once the tilt was moved
+    and corrected); now it waits for the renamed tilt and is assembled once, with all three."""
+    watch, out, hold = tmp_path / "session", tmp_path / "out", tmp_path / "hold"
+    frames = watch / "grid1" / "frames"
+    tilts = _series(watch / "grid1")
+    for folder in (frames, hold):
+        folder.mkdir()
+    last = tilts[2].movie.path.name
+    os.rename(watch / "grid1" / last, hold / last)
+    for t in tilts[:2]:
+        os.rename(t.movie.path, frames / t.movie.path.name)
+    config = _config(watch, out, settle_time_s=0.5, exit_when_idle_s=60.0)
+
+    def service(log: RecordingLog) -> Service:
+        return Service(config, runner="fake_runners:correct",
+                       resolver=resolver_from_config(config), logger=log)
+
+    with _running(config, 20.0, service) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_done")) >= 2)
+        (out / "HOLD").write_text("")  # held_a holds the one worker while this exists
+        _movie(watch / "a_first" / "held_a.mrc")
+        wait_for(lambda: any("held_a" in e["movie"] for e in log.named("movie_started")))
+        os.rename(hold / last, frames / last)
+        wait_for(lambda: any(last in e["movie"] for e in log.named("movie_ready")))
+        os.rename(frames, watch / "grid1" / "frames_sorted")
+        (out / "HOLD").unlink()
+        wait_for(lambda: any(e["tilts"] == 3 for e in log.named("series_assembling")))
+    assert [Path(e["movie"]).name for e in log.named("movie_quarantined")] == [last]
+    assert [e["tilts"] for e in log.named("series_assembling")] == [3]
+    assert [Path(p).relative_to(watch).as_posix() for p in _started(log)][-1] == (
+        f"grid1/frames_sorted/{last}")
+
+
+def test_a_moved_tilt_redone_into_another_series_is_handed_off_under_that_series(tmp_path):
+    """grid1's tilts corrected as series TS_01 from their file names (no mdoc yet), grid1
+    renamed grid1_good, then their series mdoc arrives as ``tomoA.mrc.mdoc``: its doses redo
+    them as series grid1_good/tomoA. Before, the hand-off kept the series the move had given
+    them (``grid1_good/TS_01``) over the one their new records name."""
+    import starfile
+
+    from daemon.handoff.listener import build_handoff_listener
+
+    watch, out, staging = tmp_path / "session", tmp_path / "out", tmp_path / "staging"
+    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(1), n_tilts=2,
+                                 shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    (watch / "grid1").mkdir(parents=True)
+    for t in tilts:
+        os.rename(t.movie.path, watch / "grid1" / t.movie.path.name)
+    config = _config(watch, out, exit_when_idle_s=60.0,
+                     options={"tilt_series": "auto", "dose_per_tilt": 10.0,
+                              "metadata_wait": 0.2, "mdoc_quiet": 0.3})
+
+    def service(log: RecordingLog) -> Service:
+        return Service(config, listeners=[build_handoff_listener(config)],
+                       resolver=resolver_from_config(config), logger=log)
+
+    with _running(config, 60.0, service) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_done")) >= 2)
+        os.rename(watch / "grid1", watch / "grid1_good")
+        wait_for(lambda: len(log.named("movie_moved")) >= 2)
+        os.rename(staging / "TS_01.mrc.mdoc", watch / "grid1_good" / "tomoA.mrc.mdoc")
+        wait_for(lambda: len(log.named("movie_done")) >= 4)
+    assert len(log.named("movie_redo_metadata_changed")) == 2
+    latest = {r.key.path: r for r in _rows(out)}  # the redone rows, recorded last
+    assert {r.metadata["log_context"]["series"] for r in latest.values()} == {"grid1_good/tomoA"}
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert list(glob["rlnTomoName"]) == ["grid1_good_tomoA"]
+    assert list(glob["rlnTomoTiltSeriesStarFile"]) == ["grid1_good/tomoA/tomoA.star"]
+
+
+def test_a_movie_reached_through_a_second_mount_of_its_share_is_corrected_once(tmp_path):
+    """One share mounted twice gives its files two ``st_dev`` values (NFS does with other
+    mount options or another server address), and a folder link out of the watched tree is
+    followed: ``also_grid1`` links to grid1 through the second mount. Before, grid1's movie
+    was corrected twice, once under each name; now the second name is the same file
+    (inode number, size, mtime and content fingerprint), recorded under the first."""
+    from two_mounts import run_daemon_in_two_mounts
+
+    log = run_daemon_in_two_mounts(tmp_path)
+    if "skip" in log:
+        pytest.skip(log["skip"])
+    watch = tmp_path / "m1" / "session"
+    assert [Path(p).relative_to(watch).as_posix() for p in log["movie_started"]] == [
+        "also_grid1/m1.mrc"]
+    assert [Path(p).relative_to(watch).as_posix() for p in log["movie_alias"]] == [
+        "grid1/m1.mrc"]

@@ -9,7 +9,9 @@ holding the worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
 ``rss_at_start_MB`` is the worker's resident memory when the movie began), ``later`` (returns
 at once, leaving its outputs to write: ``write()`` takes 1 s; the record has ``began_at`` and
 ``written_at``, wall-clock s, and the niceness of the threads that corrected and wrote it),
-``stuck`` (the same, but its write hangs for 60 s), ``bad`` (a bad movie: ``not a movie: 3 of
+``stuck`` (the same, but its write hangs for 60 s), ``held`` (holds its worker while a file
+``HOLD`` exists beside the output folder, at most 30 s, then opens its movie as the reader does:
+a movie renamed meanwhile is not found), ``bad`` (a bad movie: ``not a movie: 3 of
 6 frames readable``), ``flaky`` (the same while ``<movie>.bad`` exists beside it), ``never`` (must
 not run), ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
@@ -55,6 +57,11 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
             time.sleep(30)  # killed here by the test
     if name.startswith("slow"):
         time.sleep(1.5)
+    if name.startswith("held"):
+        _hold_while(out_dir.parent / "HOLD")
+        from correction.io import detect_format
+
+        detect_format(movie_path)  # as the pipeline's reader opens it
     rss_at_start_MB = _resident_MB()
     if name.startswith("alloc"):
         import numpy as np
@@ -99,6 +106,13 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
 
         return SimpleNamespace(write=write_later)
     return write()
+
+
+def _hold_while(marker: Path, limit_s: float = 30.0) -> None:
+    """Wait while ``marker`` exists (at most ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _niceness() -> int:
