@@ -327,7 +327,9 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
 
                 daemon.send_signal(signal.SIGTERM)  # restart: a new session on the same feed
                 assert daemon.wait(timeout=30) == 0
-                page.wait_for_function("['stopping', 'silent'].includes("
+                # stopping announced, then no heartbeat: "stopped"; a page that polled only
+                # after that (a loaded machine) never showed "stopping"
+                page.wait_for_function("['stopping', 'stopped', 'silent'].includes("
                                        "document.getElementById('daemon-state').dataset.state)",
                                        timeout=15000)
                 daemon = spawn(daemon_argv, log)
