@@ -50,7 +50,8 @@ class TiffLayout:
     compression : int
         TIFF compression code of the first page.
     chain_cut_at : int or None
-        Offset of a next IFD that lies beyond the end of the file (pages lost to truncation).
+        Offset of the next IFD that the last page found links to but tifffile could not read
+        (beyond or cut at the end of the file: pages lost to truncation).
     first_short_page : int or None
         Index of the first page whose strips run past the end of the file.
     file_size : int
@@ -79,7 +80,8 @@ def open_tiff(path: str | Path) -> tifffile.TiffFile:
 
 
 def _next_ifd_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
-    """The next-IFD pointer stored after the IFD at ``page_offset`` (0 = last page)."""
+    """The next-IFD pointer stored after the IFD at ``page_offset``: 0 for the last page, -1
+    when that IFD runs past the end of the file."""
     fmt = tif.tiff
     fh = tif.filehandle
     fh.seek(page_offset)
@@ -135,6 +137,9 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
         except (tifffile.TiffFileError, ValueError, struct.error, OSError) as exc:
             raise TruncatedMovieError(path, f"{i} of {n} frames readable (page {i}: "
                                             f"{exc})") from None
+        if _next_ifd_offset(tif, page.offset) < 0:  # tifffile reads the tags that are there
+            raise TruncatedMovieError(path, f"{i} of {n} frames readable (page {i}'s IFD runs "
+                                            f"past the end of the file at byte {size})")
         if tuple(page.shape) != shape or np.dtype(page.dtype) != dtype:
             raise UnsupportedFormatError(
                 path, f"TIFF pages differ: page {i} is {'x'.join(map(str, page.shape))} "
@@ -143,8 +148,11 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
         if first_short is None and ends and max(ends) > size:
             first_short = i
     last_offset = pages[n - 1].offset
+    # A writer links the next IFD before (libtiff) or while writing it: tifffile stops at one
+    # cut short inside the file as at one past its end, so any link from the last page tifffile
+    # found means pages are missing.
     nxt = _next_ifd_offset(tif, last_offset)
-    chain_cut = nxt if (nxt != 0 and (nxt < 0 or nxt >= size)) else None
+    chain_cut = nxt if nxt != 0 else None
     return TiffLayout(n_pages=n, shape_yx=(shape[0], shape[1]), dtype=dtype,
                       compression=int(first.compression), chain_cut_at=chain_cut,
                       first_short_page=first_short, file_size=size)
@@ -153,7 +161,7 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
 def _truncation_reason(layout: TiffLayout, readable: int) -> str:
     if layout.chain_cut_at is not None:
         return (f"file cut at byte {layout.file_size}: {readable} frames readable, the next "
-                f"page's IFD would be at byte {layout.chain_cut_at}")
+                f"page's IFD (at byte {layout.chain_cut_at}) is missing or incomplete")
     return f"{readable} of {layout.n_pages} frames readable"
 
 

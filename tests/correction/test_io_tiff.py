@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from correction.errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
-from correction.io import read_image, read_movie
+from correction.io import check_complete, read_image, read_movie
 
 
 def _movie(dtype, shape=(8, 48, 40), seed=7):
@@ -65,6 +65,31 @@ def test_tiff_cut_while_being_written_is_truncated_not_short(tmp_path, compressi
     path.write_bytes(raw[:int(len(raw) * 0.8)])
     with pytest.raises(TruncatedMovieError, match=r"cut\.tif: .*frames readable"):
         read_movie(path)
+
+
+def _ifd_cut_points(path, page):
+    """Byte counts that end a file inside the IFD of ``page``: just after its start, among
+    its tags, and inside its next-IFD pointer (where a writer's file ends while it writes
+    that IFD, the previous page already linking to it)."""
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[page].offset
+        n_tags = len(tif.pages[page].tags)
+    return [offset + 1, offset + 2 + 12 * 3, offset + 2 + 12 * n_tags + 2]
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_tiff_cut_inside_the_ifd_being_written_is_truncated_not_a_shorter_movie(tmp_path,
+                                                                                where):
+    data = _movie(np.uint8, shape=(6, 32, 40))
+    path = tmp_path / "cut.tif"
+    with tifffile.TiffWriter(path) as tif:  # page by page, as a camera writes frames
+        for frame in data:
+            tif.write(frame, compression="lzw", contiguous=False, photometric="minisblack")
+    cut = _ifd_cut_points(path, 4)[where]
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(TruncatedMovieError, match=r"cut\.tif: .*4 .*frames readable"):
+        read_movie(path)
+    assert not check_complete(path).complete
 
 
 def test_tiff_with_mixed_page_shapes_is_unsupported(tmp_path):
