@@ -7,6 +7,13 @@ without decoding: the last page's next-IFD pointer (non-zero past the end of the
 pages are missing), every page's strips lie inside the file, and all pages have one shape and
 dtype. A movie too large to decode in memory goes to an unnamed temporary file when the
 caller gives a folder for it (:mod:`correction.io.spill`).
+
+SerialEM saves K2/K3 super-resolution frames as 4-bit counts packed two to a byte into 8-bit
+pages of half the width (low nibble first). As IMOD (``libiimod/iitif.c``, ``iiTIFFCheck``)
+does, such a file is recognised by a page of one of the packed super-resolution sizes
+(``sizeCanBe4BitK2SuperRes``: 3838x7420, 3840x7424, 5760x8184 and their transposes' halves,
+within 2 pixels) or a SerialEMCCD "4 bits packed" description, on unsigned 8-bit
+single-sample pages with a DateTime tag, and unpacked to twice the width.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ __all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image
 EER_COMPRESSIONS = (65000, 65001, 65002)
 _SPILL_BLOCK_BYTES = 256 << 20  # pages decoded together before they are written to the spill
 _LIBTIFF = bool(getattr(getattr(imagecodecs, "TIFF", None), "available", False))
+#: Full (unpacked) super-resolution sizes (x, y) SerialEMCCD packs to 4 bits: K2, K3.
+_PACKED_4BIT_FULL_XY = ((7676, 7420), (7680, 7424), (11520, 8184))
+_PACKED_4BIT_TOLERANCE = 2  # pixels, as IMOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +189,8 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
     Returns
     -------
     Movie
-        ``frames`` shape (n_pages, ny, nx), e.g. uint8 (K3 LZW) or uint16.
+        ``frames`` shape (n_pages, ny, nx), e.g. uint8 (K3 LZW) or uint16; SerialEM's
+        packed 4-bit pages are unpacked to uint8 counts of twice the stored width.
 
     Raises
     ------
@@ -196,14 +207,25 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
             raise TruncatedMovieError(path, _truncation_reason(layout, layout.first_short_page))
         n = layout.n_pages
         _require_decoder(path, layout.compression)
-        sink = FrameSink((n, *layout.shape_yx), layout.dtype, spill_dir=spill_dir)
+        packed = _is_packed_4bit(tif.pages[0], layout)
+        ny, nx_stored = layout.shape_yx
+        sink = FrameSink((n, ny, 2 * nx_stored if packed else nx_stored), layout.dtype,
+                         spill_dir=spill_dir)
         try:
-            # in memory: all pages in one call; spilled: blocks of pages (two decoded at once)
-            per_block = n if not sink.spilled else max(2, _SPILL_BLOCK_BYTES // sink.frame_bytes)
+            # in memory: all pages in one call; spilled or packed: blocks of pages
+            stored_bytes = ny * nx_stored * layout.dtype.itemsize
+            per_block = n if not (sink.spilled or packed) \
+                else max(2, _SPILL_BLOCK_BYTES // stored_bytes)
             for i0 in range(0, n, per_block):
                 i1 = min(n, i0 + per_block)
                 block = sink.target(i0, i1)
-                _decode_pages(tif, layout, path, i0, i1, block)
+                if packed:
+                    stored = np.empty((i1 - i0, ny, nx_stored), dtype=np.uint8)
+                    _decode_pages(tif, layout, path, i0, i1, stored)
+                    _unpack_nibbles(stored, block)
+                    del stored
+                else:
+                    _decode_pages(tif, layout, path, i0, i1, block)
                 sink.commit(i0, block)
                 del block
             frames = sink.frames()
@@ -219,7 +241,52 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
             "pages": n,
             "decoded_to": "temporary file" if sink.spilled else "memory",
         }
+        if packed:
+            header["packed_4bit"] = "half_width"
     return Movie(frames=frames, path=path, pixel_size_A=pixel_size_A, header=header)
+
+
+def _is_packed_4bit(page: tifffile.TiffPage, layout: TiffLayout) -> bool:
+    """True when the pages hold SerialEM's 4-bit super-resolution counts, two per byte.
+
+    IMOD's rule: unsigned 8-bit, one grey sample, a DateTime tag on the first page, and a
+    packed super-resolution size or SerialEMCCD's "4 bits packed" description.
+    """
+    if (layout.dtype != np.uint8 or int(page.samplesperpixel) != 1
+            or int(page.photometric) > 1 or 306 not in page.tags):  # 306: DateTime
+        return False
+    ny, nx = layout.shape_yx
+    return _packed_4bit_size(nx, ny) or _serialemccd_packed(page.tags.valueof(270))
+
+
+def _packed_4bit_size(nx: int, ny: int) -> bool:
+    """IMOD's ``sizeCanBe4BitK2SuperRes``: half of a K2/K3 super-resolution width (either
+    orientation), within 2 pixels."""
+    tol = _PACKED_4BIT_TOLERANCE
+    return any((abs(nx - fx // 2) <= tol and abs(ny - fy) <= tol)
+               or (abs(nx - fy // 2) <= tol and abs(ny - fx) <= tol)
+               for fx, fy in _PACKED_4BIT_FULL_XY)
+
+
+def _serialemccd_packed(description: object) -> bool:
+    """SerialEMCCD's title for packed frames, with no later title of another program (a line
+    whose first colon comes before its first blank)."""
+    if not isinstance(description, str) or "SerialEMCCD" not in description \
+            or "4 bits packed" not in description:
+        return False
+    for line in description.split("\n")[1:]:
+        colon, blank = line.find(":"), line.find(" ")
+        if 0 <= colon < blank:
+            return False
+    return True
+
+
+def _unpack_nibbles(stored: np.ndarray, out: np.ndarray) -> None:
+    """Unpack bytes (k, ny, nx) into ``out`` (k, ny, 2 nx): low nibble first, as SerialEMCCD
+    packs them."""
+    pairs = out.reshape(*stored.shape, 2)
+    np.bitwise_and(stored, 0x0F, out=pairs[..., 0])
+    np.right_shift(stored, 4, out=pairs[..., 1])
 
 
 def _decode_pages(tif: tifffile.TiffFile, layout: TiffLayout, path: Path, i0: int, i1: int,
