@@ -2,18 +2,18 @@
 
 tifffile parses the pages; imagecodecs' libtiff decodes them (tifffile where it cannot). A
 TIFF cut while being written can look complete to tifffile, which silently stops at the first
-page whose IFD lies beyond the end of the file, so the reader checks three things itself
-without decoding: the last page's next-IFD pointer (non-zero past the end of the file means
-pages are missing), every page's strips lie inside the file, and all pages have one shape and
-dtype. A movie too large to decode in memory goes to an unnamed temporary file when the
-caller gives a folder for it (:mod:`correction.io.spill`).
+page whose IFD lies beyond or is cut by the end of the file, so the reader checks three things
+itself without decoding: the last page found links to no further IFD and every IFD ends
+inside the file (else pages are missing), every page's strips lie inside the file, and all
+pages have one shape and dtype. A movie too large to decode in memory goes to an unnamed
+temporary file when the caller gives a folder for it (:mod:`correction.io.spill`).
 
 SerialEM saves K2/K3 super-resolution frames as 4-bit counts packed two to a byte into 8-bit
 pages of half the width (low nibble first). As IMOD (``libiimod/iitif.c``, ``iiTIFFCheck``)
 does, such a file is recognised by a page of one of the packed super-resolution sizes
-(``sizeCanBe4BitK2SuperRes``: 3838x7420, 3840x7424, 5760x8184 and their transposes' halves,
-within 2 pixels) or a SerialEMCCD "4 bits packed" description, on unsigned 8-bit
-single-sample pages with a DateTime tag, and unpacked to twice the width.
+(``sizeCanBe4BitK2SuperRes``: half the width of a 7676x7420, 7680x7424 or 11520x8184 frame
+in either orientation, within 2 pixels) or a SerialEMCCD "4 bits packed" description, on
+unsigned 8-bit single-sample pages with a DateTime tag, and unpacked to twice the width.
 """
 
 from __future__ import annotations
