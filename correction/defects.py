@@ -496,6 +496,13 @@ def _neighbour_mean(img: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return box
 
 
+#: First words of the lines of SerialEM's camera defects files (``CameraDefects``).
+_SERIALEM_DEFECT_KEYS = frozenset({
+    "CameraSizeX", "CameraSizeY", "RotationAndFlip", "WasScaled", "K2Type", "FalconType",
+    "NumToAvgSuperRes", "UsableArea", "BadColumns", "BadRows", "BadPixels",
+    "PartialBadColumn", "PartialBadRow"})
+
+
 def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
     """Turn a defect list into a mask.
 
@@ -531,6 +538,11 @@ def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
         if not stripped:
             continue
         parts = stripped.replace(",", " ").split()
+        if parts[0] in _SERIALEM_DEFECT_KEYS:
+            raise GainReferenceError(
+                path, f"a SerialEM camera defects file (line {number}: {line.strip()!r}), "
+                      "which motionwatch does not read: give a defect map image (non-zero = "
+                      "defect) or an 'x y w h' list, in the frames' orientation")
         try:
             x, y, w, h = (int(float(p)) for p in parts)
         except ValueError:

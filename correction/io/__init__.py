@@ -1,7 +1,8 @@
 """Readers for detector movies and 2-D references, dispatched by file suffix and magic bytes.
 
 * MRC (``.mrc``, ``.mrcs``, ``.st``): modes 0, 1, 2, 6, 12 memory-mapped; 4-bit mode 101.
-* TIFF (``.tif``, ``.tiff``): one frame per page, uncompressed or LZW (K2/K3).
+* TIFF (``.tif``, ``.tiff``): one frame per page, uncompressed or LZW (K2/K3); SerialEM's
+  4-bit super-resolution pages (two counts per byte, half width) unpacked.
 * EER (``.eer``, or a TIFF whose pages use compression 65000-65002): raw frames grouped into
   fractions while decoding (see :mod:`correction.io.eer`).
 

@@ -134,8 +134,8 @@ def _check_tiff(path: Path, *, eer: bool) -> Completeness:
         n = layout.n_pages
         if layout.chain_cut_at is not None:
             return Completeness(False, f"file cut at byte {layout.file_size}: {n} pages "
-                                       f"present, the next IFD would be at byte "
-                                       f"{layout.chain_cut_at}", n)
+                                       f"present, the next IFD (at byte "
+                                       f"{layout.chain_cut_at}) is missing or incomplete", n)
         if layout.first_short_page is not None:
             return Completeness(False, f"page {layout.first_short_page} of {n} runs past the "
                                        f"end of the file ({layout.file_size} bytes)", n)

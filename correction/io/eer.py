@@ -207,6 +207,10 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
         if page is None:
             strips.append(())
             continue
+        if _next_ifd_offset(tif, page.offset) < 0:
+            raise TruncatedMovieError(path, f"{i - first_page} of {n_pages - first_page} raw "
+                                            f"frames readable (page {i}'s IFD runs past the "
+                                            f"end of the file at byte {size})")
         if int(page.compression) != compression:
             if int(page.compression) in EER_COMPRESSIONS:
                 raise UnsupportedFormatError(path, f"EER pages mix compressions {compression} "
@@ -227,10 +231,10 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
                                             f"the file at byte {size})")
         strips.append(segs)
     nxt = _next_ifd_offset(tif, pages[n_pages - 1].offset)
-    if nxt != 0 and (nxt < 0 or nxt >= size):
+    if nxt != 0:  # a link tifffile could not follow: the next IFD is missing or cut short
         raise TruncatedMovieError(path, f"file cut at byte {size}: {n_pages - first_page} raw "
-                                        f"frames readable, the next page's IFD would be at "
-                                        f"byte {nxt}")
+                                        f"frames readable, the next page's IFD (at byte {nxt}) "
+                                        f"is missing or incomplete")
     return EerLayout(first_page=first_page, n_raw=n_pages - first_page, shape_yx=shape,
                      compression=compression, skip_bits=skip_bits, horz_bits=horz_bits,
                      vert_bits=vert_bits, strips=strips, rows_per_strip=rows_per_strip,

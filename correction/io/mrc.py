@@ -178,10 +178,7 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
             signed_source = "header_range"
         dtype = np.dtype("i1" if signed else "u1")
 
-    mx = int(hdr["mx"])
-    cella_x = float(hdr["cella"]["x"])
-    # Shortest decimal that round-trips the float32 header value (59.04 / 48 -> 1.23).
-    raw_voxel = float(str(np.float32(cella_x / mx))) if mx > 0 else 0.0
+    raw_voxel = _header_pixel_size_A(float(hdr["cella"]["x"]), int(hdr["mx"]))
     pixel_size_A = raw_voxel if np.isfinite(raw_voxel) and raw_voxel > 0 and raw_voxel != 1.0 \
         else None
 
@@ -217,6 +214,20 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
                      data_offset=data_offset, frame_bytes=frame_bytes, file_size=size,
                      pixel_size_A=pixel_size_A, voltage_kV=voltage_kV,
                      dose_per_frame_e_A2=dose, header=header)
+
+
+def _header_pixel_size_A(cella_x_A: float, mx: int) -> float:
+    """Pixel size in Å from the header's cell length ``cella.x`` (Å) and sampling ``mx``.
+
+    Writers store ``cella.x = mx * pixel`` as float32, which keeps only about 7 significant
+    digits (5760 x 1.06 Å is stored as 6105.6001), so the quotient is rounded to 6 significant
+    digits: a pixel size given with up to 6 digits reads back exactly. 0 when ``mx`` is not
+    positive.
+    """
+    if mx <= 0:
+        return 0.0
+    value = cella_x_A / mx
+    return float(f"{value:.6g}") if np.isfinite(value) else value
 
 
 def _read_fei(path: Path, exttyp: bytes, order: str,

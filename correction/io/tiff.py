@@ -2,11 +2,18 @@
 
 tifffile parses the pages; imagecodecs' libtiff decodes them (tifffile where it cannot). A
 TIFF cut while being written can look complete to tifffile, which silently stops at the first
-page whose IFD lies beyond the end of the file, so the reader checks three things itself
-without decoding: the last page's next-IFD pointer (non-zero past the end of the file means
-pages are missing), every page's strips lie inside the file, and all pages have one shape and
-dtype. A movie too large to decode in memory goes to an unnamed temporary file when the
-caller gives a folder for it (:mod:`correction.io.spill`).
+page whose IFD lies beyond or is cut by the end of the file, so the reader checks three things
+itself without decoding: the last page found links to no further IFD and every IFD ends
+inside the file (else pages are missing), every page's strips lie inside the file, and all
+pages have one shape and dtype. A movie too large to decode in memory goes to an unnamed
+temporary file when the caller gives a folder for it (:mod:`correction.io.spill`).
+
+SerialEM saves K2/K3 super-resolution frames as 4-bit counts packed two to a byte into 8-bit
+pages of half the width (low nibble first). As IMOD (``libiimod/iitif.c``, ``iiTIFFCheck``)
+does, such a file is recognised by a page of one of the packed super-resolution sizes
+(``sizeCanBe4BitK2SuperRes``: half the width of a 7676x7420, 7680x7424 or 11520x8184 frame
+in either orientation, within 2 pixels) or a SerialEMCCD "4 bits packed" description, on
+unsigned 8-bit single-sample pages with a DateTime tag, and unpacked to twice the width.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ __all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image
 EER_COMPRESSIONS = (65000, 65001, 65002)
 _SPILL_BLOCK_BYTES = 256 << 20  # pages decoded together before they are written to the spill
 _LIBTIFF = bool(getattr(getattr(imagecodecs, "TIFF", None), "available", False))
+#: Full (unpacked) super-resolution sizes (x, y) SerialEMCCD packs to 4 bits: K2, K3.
+_PACKED_4BIT_FULL_XY = ((7676, 7420), (7680, 7424), (11520, 8184))
+_PACKED_4BIT_TOLERANCE = 2  # pixels, as IMOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +60,8 @@ class TiffLayout:
     compression : int
         TIFF compression code of the first page.
     chain_cut_at : int or None
-        Offset of a next IFD that lies beyond the end of the file (pages lost to truncation).
+        Offset of the next IFD that the last page found links to but tifffile could not read
+        (beyond or cut at the end of the file: pages lost to truncation).
     first_short_page : int or None
         Index of the first page whose strips run past the end of the file.
     file_size : int
@@ -79,7 +90,8 @@ def open_tiff(path: str | Path) -> tifffile.TiffFile:
 
 
 def _next_ifd_offset(tif: tifffile.TiffFile, page_offset: int) -> int:
-    """The next-IFD pointer stored after the IFD at ``page_offset`` (0 = last page)."""
+    """The next-IFD pointer stored after the IFD at ``page_offset``: 0 for the last page, -1
+    when that IFD runs past the end of the file."""
     fmt = tif.tiff
     fh = tif.filehandle
     fh.seek(page_offset)
@@ -135,6 +147,9 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
         except (tifffile.TiffFileError, ValueError, struct.error, OSError) as exc:
             raise TruncatedMovieError(path, f"{i} of {n} frames readable (page {i}: "
                                             f"{exc})") from None
+        if _next_ifd_offset(tif, page.offset) < 0:  # tifffile reads the tags that are there
+            raise TruncatedMovieError(path, f"{i} of {n} frames readable (page {i}'s IFD runs "
+                                            f"past the end of the file at byte {size})")
         if tuple(page.shape) != shape or np.dtype(page.dtype) != dtype:
             raise UnsupportedFormatError(
                 path, f"TIFF pages differ: page {i} is {'x'.join(map(str, page.shape))} "
@@ -143,8 +158,11 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
         if first_short is None and ends and max(ends) > size:
             first_short = i
     last_offset = pages[n - 1].offset
+    # A writer links the next IFD before (libtiff) or while writing it: tifffile stops at one
+    # cut short inside the file as at one past its end, so any link from the last page tifffile
+    # found means pages are missing.
     nxt = _next_ifd_offset(tif, last_offset)
-    chain_cut = nxt if (nxt != 0 and (nxt < 0 or nxt >= size)) else None
+    chain_cut = nxt if nxt != 0 else None
     return TiffLayout(n_pages=n, shape_yx=(shape[0], shape[1]), dtype=dtype,
                       compression=int(first.compression), chain_cut_at=chain_cut,
                       first_short_page=first_short, file_size=size)
@@ -153,7 +171,7 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
 def _truncation_reason(layout: TiffLayout, readable: int) -> str:
     if layout.chain_cut_at is not None:
         return (f"file cut at byte {layout.file_size}: {readable} frames readable, the next "
-                f"page's IFD would be at byte {layout.chain_cut_at}")
+                f"page's IFD (at byte {layout.chain_cut_at}) is missing or incomplete")
     return f"{readable} of {layout.n_pages} frames readable"
 
 
@@ -171,7 +189,8 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
     Returns
     -------
     Movie
-        ``frames`` shape (n_pages, ny, nx), e.g. uint8 (K3 LZW) or uint16.
+        ``frames`` shape (n_pages, ny, nx), e.g. uint8 (K3 LZW) or uint16; SerialEM's
+        packed 4-bit pages are unpacked to uint8 counts of twice the stored width.
 
     Raises
     ------
@@ -188,14 +207,25 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
             raise TruncatedMovieError(path, _truncation_reason(layout, layout.first_short_page))
         n = layout.n_pages
         _require_decoder(path, layout.compression)
-        sink = FrameSink((n, *layout.shape_yx), layout.dtype, spill_dir=spill_dir)
+        packed = _is_packed_4bit(tif.pages[0], layout)
+        ny, nx_stored = layout.shape_yx
+        sink = FrameSink((n, ny, 2 * nx_stored if packed else nx_stored), layout.dtype,
+                         spill_dir=spill_dir)
         try:
-            # in memory: all pages in one call; spilled: blocks of pages (two decoded at once)
-            per_block = n if not sink.spilled else max(2, _SPILL_BLOCK_BYTES // sink.frame_bytes)
+            # in memory: all pages in one call; spilled or packed: blocks of pages
+            stored_bytes = ny * nx_stored * layout.dtype.itemsize
+            per_block = n if not (sink.spilled or packed) \
+                else max(2, _SPILL_BLOCK_BYTES // stored_bytes)
             for i0 in range(0, n, per_block):
                 i1 = min(n, i0 + per_block)
                 block = sink.target(i0, i1)
-                _decode_pages(tif, layout, path, i0, i1, block)
+                if packed:
+                    stored = np.empty((i1 - i0, ny, nx_stored), dtype=np.uint8)
+                    _decode_pages(tif, layout, path, i0, i1, stored)
+                    _unpack_nibbles(stored, block)
+                    del stored
+                else:
+                    _decode_pages(tif, layout, path, i0, i1, block)
                 sink.commit(i0, block)
                 del block
             frames = sink.frames()
@@ -211,7 +241,52 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
             "pages": n,
             "decoded_to": "temporary file" if sink.spilled else "memory",
         }
+        if packed:
+            header["packed_4bit"] = "half_width"
     return Movie(frames=frames, path=path, pixel_size_A=pixel_size_A, header=header)
+
+
+def _is_packed_4bit(page: tifffile.TiffPage, layout: TiffLayout) -> bool:
+    """True when the pages hold SerialEM's 4-bit super-resolution counts, two per byte.
+
+    IMOD's rule: unsigned 8-bit, one grey sample, a DateTime tag on the first page, and a
+    packed super-resolution size or SerialEMCCD's "4 bits packed" description.
+    """
+    if (layout.dtype != np.uint8 or int(page.samplesperpixel) != 1
+            or int(page.photometric) > 1 or 306 not in page.tags):  # 306: DateTime
+        return False
+    ny, nx = layout.shape_yx
+    return _packed_4bit_size(nx, ny) or _serialemccd_packed(page.tags.valueof(270))
+
+
+def _packed_4bit_size(nx: int, ny: int) -> bool:
+    """IMOD's ``sizeCanBe4BitK2SuperRes``: half of a K2/K3 super-resolution width (either
+    orientation), within 2 pixels."""
+    tol = _PACKED_4BIT_TOLERANCE
+    return any((abs(nx - fx // 2) <= tol and abs(ny - fy) <= tol)
+               or (abs(nx - fy // 2) <= tol and abs(ny - fx) <= tol)
+               for fx, fy in _PACKED_4BIT_FULL_XY)
+
+
+def _serialemccd_packed(description: object) -> bool:
+    """SerialEMCCD's title for packed frames, with no later title of another program (a line
+    whose first colon comes before its first blank)."""
+    if not isinstance(description, str) or "SerialEMCCD" not in description \
+            or "4 bits packed" not in description:
+        return False
+    for line in description.split("\n")[1:]:
+        colon, blank = line.find(":"), line.find(" ")
+        if 0 <= colon < blank:
+            return False
+    return True
+
+
+def _unpack_nibbles(stored: np.ndarray, out: np.ndarray) -> None:
+    """Unpack bytes (k, ny, nx) into ``out`` (k, ny, 2 nx): low nibble first, as SerialEMCCD
+    packs them."""
+    pairs = out.reshape(*stored.shape, 2)
+    np.bitwise_and(stored, 0x0F, out=pairs[..., 0])
+    np.right_shift(stored, 4, out=pairs[..., 1])
 
 
 def _decode_pages(tif: tifffile.TiffFile, layout: TiffLayout, path: Path, i0: int, i1: int,

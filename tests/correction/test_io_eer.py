@@ -129,6 +129,21 @@ def test_eer_cut_while_being_written_is_truncated_and_incomplete(tmp_path):
     assert not check_complete(path).complete
 
 
+@pytest.mark.parametrize("where", ["start", "tags", "next pointer"])
+def test_eer_cut_inside_the_ifd_being_written_is_truncated_and_incomplete(tmp_path, where):
+    path = eer_writer.write_eer(tmp_path / "cut.eer", _raw_frames(n=6), shape_yx=SHAPE,
+                                metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        offset, n_tags = tif.pages[4].offset, len(tif.pages[4].tags)
+    # BigTIFF IFD: 8-byte tag count, 20-byte entries, 8-byte next pointer
+    cut = {"start": offset + 1, "tags": offset + 8 + 20 * 2,
+           "next pointer": offset + 8 + 20 * n_tags + 4}[where]
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(TruncatedMovieError, match=r"cut\.eer: .*4 .*raw frames readable"):
+        read_movie(path, params=ReadParams(eer_group_frames=6))
+    assert not check_complete(path).complete
+
+
 def test_unknown_eer_compression_is_unsupported(tmp_path):
     path = eer_writer.write_eer(tmp_path / "new.eer", _raw_frames(n=2), shape_yx=SHAPE,
                                 compression=65003, metadata=META)

@@ -235,3 +235,15 @@ def test_mode_0_without_imod_stamp_follows_the_header_range(tmp_path):
     np.testing.assert_array_equal(movie.frames, values)
     _patch(path, 76, [-126.0, 100.0], "<f4")        # a signed range: MRC2014 int8
     assert read_movie(path).frames.dtype == np.int8
+
+
+@pytest.mark.parametrize("width, pixel_A", [(5760, 1.06), (4096, 0.83), (11520, 0.415),
+                                            (4092, 1.327), (48, 1.06)])
+def test_header_pixel_size_reads_back_as_the_writer_gave_it(tmp_path, width, pixel_A):
+    # A writer stores cella.x = mx * pixel as float32 (5760 x 1.06 -> 6105.6001): the pixel
+    # size read back is the value given, not 1.0600001.
+    path = _write_mrc(tmp_path / "k3.mrc", np.zeros((2, 8, 8), dtype=np.uint16))
+    with mrcfile.open(path, mode="r+") as mrc:
+        mrc.header.mx = width
+        mrc.header.cella.x = width * pixel_A
+    assert read_movie(path).pixel_size_A == pixel_A

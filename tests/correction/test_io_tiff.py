@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from correction.errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
-from correction.io import read_image, read_movie
+from correction.io import check_complete, read_image, read_movie
 
 
 def _movie(dtype, shape=(8, 48, 40), seed=7):
@@ -65,6 +65,31 @@ def test_tiff_cut_while_being_written_is_truncated_not_short(tmp_path, compressi
     path.write_bytes(raw[:int(len(raw) * 0.8)])
     with pytest.raises(TruncatedMovieError, match=r"cut\.tif: .*frames readable"):
         read_movie(path)
+
+
+def _ifd_cut_points(path, page):
+    """Byte counts that end a file inside the IFD of ``page``: just after its start, among
+    its tags, and inside its next-IFD pointer (where a writer's file ends while it writes
+    that IFD, the previous page already linking to it)."""
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[page].offset
+        n_tags = len(tif.pages[page].tags)
+    return [offset + 1, offset + 2 + 12 * 3, offset + 2 + 12 * n_tags + 2]
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_tiff_cut_inside_the_ifd_being_written_is_truncated_not_a_shorter_movie(tmp_path,
+                                                                                where):
+    data = _movie(np.uint8, shape=(6, 32, 40))
+    path = tmp_path / "cut.tif"
+    with tifffile.TiffWriter(path) as tif:  # page by page, as a camera writes frames
+        for frame in data:
+            tif.write(frame, compression="lzw", contiguous=False, photometric="minisblack")
+    cut = _ifd_cut_points(path, 4)[where]
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(TruncatedMovieError, match=r"cut\.tif: .*4 .*frames readable"):
+        read_movie(path)
+    assert not check_complete(path).complete
 
 
 def test_tiff_with_mixed_page_shapes_is_unsupported(tmp_path):
@@ -172,3 +197,53 @@ def test_a_corrupt_strip_names_its_page_whichever_decoder_reads_it(tmp_path, mon
     monkeypatch.setattr(tiff_module, "_LIBTIFF", libtiff)
     with pytest.raises(TruncatedMovieError, match=r"bad\.tif: 3 of 6 frames readable \(page 3"):
         read_movie(path)
+
+
+def _pack_4bit(counts):
+    """SerialEMCCD's packing: two 4-bit counts per byte along x, the first in the low nibble."""
+    return (counts[..., 0::2] | (counts[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _serialem_packed_tiff(path, packed_pages, description=None):
+    with tifffile.TiffWriter(path) as tif:  # IMOD's writer: minisblack bytes with a DateTime
+        for page in packed_pages:
+            tif.write(page, photometric="minisblack", datetime=True, contiguous=False,
+                      description=description)
+    return path
+
+
+def test_serialems_4bit_super_resolution_tiff_unpacks_to_full_width_counts(tmp_path):
+    # K2 super-resolution 7676 x 7420 saved as 4-bit: pages of 3838 x 7420 bytes
+    tile = np.random.default_rng(11).integers(0, 16, size=(1, 20, 76), dtype=np.uint8)
+    reps = (1, 7420 // 20, 7676 // 76)
+    path = _serialem_packed_tiff(tmp_path / "sr.tif", np.tile(_pack_4bit(tile), reps))
+    movie = read_movie(path)
+    assert movie.frames.shape == (1, 7420, 7676)
+    assert movie.header["packed_4bit"] == "half_width"
+    assert np.array_equal(movie.frames, np.tile(tile, reps))
+
+
+@pytest.mark.parametrize("nx, ny, packed", [
+    (3838, 7420, True), (3710, 7676, True), (3840, 7424, True), (3712, 7680, True),
+    (5760, 8184, True), (4092, 11520, True), (5761, 8183, True),      # K2, K3, IMOD's +-2 px
+    (5760, 4092, False), (4092, 5760, False), (11520, 8184, False), (3838, 3710, False)])
+def test_packed_4bit_page_sizes_are_imods(nx, ny, packed):
+    from correction.io.tiff import _packed_4bit_size
+
+    assert _packed_4bit_size(nx, ny) is packed
+
+
+def test_serialemccd_packed_description_marks_a_small_tiff_as_4bit(tmp_path):
+    counts = np.random.default_rng(12).integers(0, 16, size=(3, 12, 20), dtype=np.uint8)
+    path = _serialem_packed_tiff(tmp_path / "p.tif", _pack_4bit(counts),
+                                 "SerialEMCCD: Dose frac. image, 4 bits packed  r/f 0")
+    np.testing.assert_array_equal(read_movie(path).frames, counts)
+
+
+def test_bytes_of_a_packed_size_without_datetime_stay_bytes(tmp_path):
+    # IMOD unpacks only pages with a DateTime tag (as its writer leaves); others are 8-bit data
+    data = np.full((1, 7420, 3838), 200, dtype=np.uint8)
+    path = tmp_path / "b.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    movie = read_movie(path)
+    assert movie.frames.shape == (1, 7420, 3838) and "packed_4bit" not in movie.header
