@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,30 @@ def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(
     assert list(_series_star(out)["rlnMicrographMovieName"]) == [
         str(watch / t.movie.path.name) for t in tilts[:2]]
 
+
+def test_an_mdoc_read_half_way_through_a_rewrite_leaves_each_tilt_with_the_whole_mdocs_dose(
+        tmp_path):
+    """SerialEM rewrites an mdoc whole, sorted by angle, after a dose-symmetric series: a scan
+    may read it cut after a section, listing one tilt (pre-exposure 0 then) and not the others.
+    Once the whole file is read, every tilt ends with the pre-exposure it gives: the tilt whose
+    dose moved and moved back is corrected again with it, and the tilts missing for less than
+    the metadata wait were not taken for discarded ones."""
+    watch, out, tilts = _session(tmp_path)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    resorted = series_mdoc_text("TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE,
+                                n_frames=N_FRAMES, sort_by_angle=True)
+    half = resorted[:resorted.index("[ZValue = 1]")]  # lists the -3 deg tilt only
+
+    class SerialEM(ServiceListener):
+        def on_series_event(self, event):
+            if event.kind == "completed" and not mdoc.read_text().startswith(half):
+                mdoc.write_text(half)
+                threading.Timer(0.3, mdoc.write_text, args=(resorted,)).start()
+
+    _run(watch, out, SerialEM())
+    assert mdoc.read_text() == resorted
+    assert len(_series_star(out)) == 3
+    for t in tilts:
+        record = json.loads((out / f"{t.movie.path.stem}.motion.json").read_text())
+        assert TiltRecord.from_json(record).pre_exposure_e_A2 == pytest.approx(
+            t.pre_exposure_e_A2, abs=1e-4)
