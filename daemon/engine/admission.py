@@ -303,6 +303,15 @@ class Admission:
             self._log.info("movie_readable_again", movie=str(obs.path),
                            note=f"was quarantined as: {row.error}")
             row = None
+        if row is not None and self._superseded(row):
+            # done under these parameters, then again under others (metadata that moved and
+            # moved back: an mdoc read half-way through a rewrite): the outputs on disk are
+            # the others', so it is corrected again under these
+            if self._safe(lambda: ledger.redo(key) or True) is None:
+                return _DB_DOWN
+            self._log.warning("movie_redo_superseded", movie=str(obs.path),
+                              note="its outputs were since written under other parameters or "
+                                   "metadata: corrected again under these")
         if row is not None:
             if obs.inode is not None and (row.inode != obs.inode or row.content is None):
                 # admitted before rows kept the inode and content, or its inode changed
@@ -353,6 +362,19 @@ class Admission:
                 self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
         return None
+
+    def _superseded(self, row: Any) -> bool:
+        """A done row of this file version whose outputs another done row (other parameters)
+        wrote since; never under ``on_parameter_change = keep``."""
+        if row.status != "done" or self._policy.on_parameter_change == "keep":
+            return False
+        try:
+            others = self._ledger().rows(path=row.key.path)
+        except sqlite3.Error:
+            return False
+        return any(r.key != row.key and r.status == "done"
+                   and (r.key.size, r.key.mtime_ns) == (row.key.size, row.key.mtime_ns)
+                   and (r.finished or 0.0) > (row.finished or 0.0) for r in others)
 
     def _known_by_another_name(self, obs: Observation) -> tuple[bool, str | None]:
         """Whether the ledger holds this file version under another name, and then the wait

@@ -263,16 +263,19 @@ class RelionListener(ServiceListener):
                      series: set[str] | None = None) -> None:
         """The movie ``key`` has its motion record at ``motion_path`` (written by this daemon):
         noted, its record loaded afresh (:meth:`_load`), and its files, its series' and
-        ``series``' files and the folder's files written."""
+        ``series``' files and the folder's files written; so are those of the series its
+        previous record named (a tilt redone as no tilt, or as another series' tilt, leaves it)."""
         self._motions[key] = Path(motion_path)
         self._own.update((_abs(motion_path), _abs(key)))
-        self._cache.pop(key, None)
+        previous = self._cache.pop(key, None)
+        series = set(series or ())
+        if previous is not None and previous[2] is not None:
+            series.add(previous[2].series)
         loaded = self._load(key)
         if loaded is None:
             return
         _, motion, tilt = loaded
         self._write_movie_files(motion)
-        series = set(series or ())
         if tilt is not None:
             series.add(tilt.series)
         for name in sorted(series):

@@ -53,6 +53,7 @@ from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverConte
                            SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import assemble_job, assembly_tilts, recorded_tilt
 from daemon.series.mdoc_watch import MdocWatcher
+from daemon.series.tilt_record import TiltRecord
 from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
                                       SeriesObservation, SeriesState, SeriesSummary,
                                       assignment_change, classify_mdocs, dose_params_of,
@@ -69,18 +70,28 @@ _UNDECIDED_REASON = ("its .mdoc has no section yet: a tilt-series stack or a fra
 
 
 def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
-                     res: Resolution, *, relative: Any, tolerance_e_A2: float
+                     res: Resolution, *, relative: Any, tolerance_e_A2: float,
+                     settled_series: frozenset[str] = frozenset()
                      ) -> dict[str, tuple[str, str]]:
     """Corrected movies whose tilt metadata (dose, frame doses, pre-exposure) moved since they
-    were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key)."""
+    were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key).
+    So is a movie corrected as a tilt of one of ``settled_series`` (series whose mdoc has not
+    changed for the metadata wait: not one read while SerialEM rewrites it) that its mdoc no
+    longer lists (SerialEM took the tilt again): it is corrected on its own, and leaves its
+    series' files."""
     changed = {}
     for path, o in movies.items():
         row = rows.get(path)
         if row is None or row.status != "done" or (row.key.size, row.key.mtime_ns) != (
                 o.size, o.mtime_ns):
             continue
-        a = res.assignments.get(relative(o.path))
+        name = relative(o.path)
+        a = res.assignments.get(name)
         if a is None:
+            series = _recorded_series(row)
+            if series in settled_series and name in res.standalone:
+                changed[path] = (series, f"no longer listed by the series mdoc of {series} (a "
+                                         "discarded or retaken tilt): corrected on its own")
             continue
         tilt = recorded_tilt(row)
         reason = assignment_change(None if tilt is None else tilt.to_json(), a,
@@ -107,6 +118,14 @@ def renamed_away(row: Any, unrecorded: set[tuple[tuple[int, int], int, int]]) ->
             and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded)
 
 
+def _recorded_series(row: Any) -> str | None:
+    """The series a state row was corrected as a tilt of (from the row alone: no file read),
+    or None."""
+    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
+    series = tilt.get("series") if isinstance(tilt, Mapping) else None
+    return series if isinstance(series, str) and series else None
+
+
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     """SerialEM's acquisition lock of a series: ``<stack>.openTS`` (the mdoc's name without
     ``.mdoc``), or ``<series>.openTS``, next to the mdoc."""
@@ -130,12 +149,18 @@ def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) ->
 
 def standalone_metadata(movie: Observation, params: Any, n_frames: int | None,
                         log_context: dict[str, Any], frame_mdoc: Any,
-                        series_config: SeriesConfig) -> MovieMetadata:
-    """A movie of no series: the configured dose, else its frame mdoc's (else none: the
-    correction uses the EER header's dose or fails with a clear reason)."""
+                        series_config: SeriesConfig,
+                        recorded: TiltRecord | None = None) -> MovieMetadata:
+    """A movie of no series: the configured dose, else its frame mdoc's, else the dose it was
+    corrected with as a tilt (``recorded``: a tilt its series mdoc no longer lists, SerialEM
+    took it again), else none (the correction uses the EER header's dose or fails with a
+    clear reason)."""
     if params.dose.known:
         return MovieMetadata(log_context=log_context)
     found = frame_mdoc_dose(frame_mdoc, config=series_config)
+    if found is None and recorded is not None and recorded.dose_e_A2 > 0:
+        found = (recorded.dose_e_A2, recorded.frame_doses_e_A2,
+                 f"{recorded.dose_source} (as a tilt of {recorded.series})")
     if found is None:
         return MovieMetadata(log_context=log_context)
     dose_e_A2, frames, source = found
@@ -331,13 +356,22 @@ class TiltSeriesResolver:
             self._once_log("warning", "series_warning", "", w)
 
         changed = metadata_changed(movies, self._rows, res, relative=self._rel,
-                                   tolerance_e_A2=self.series_config.change_tolerance_e_A2)
+                                   tolerance_e_A2=self.series_config.change_tolerance_e_A2,
+                                   settled_series=self._settled_series(res, now))
         for path, (series, reason) in changed.items():
             self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
                            series=series, note="its metadata changed after correction: redone "
                                                "with the new dose and pre-exposure")
         self._advance_series(res, movies, list(changed), now)
         return [Path(p) for p in changed]
+
+    def _settled_series(self, res: Resolution, now: float) -> frozenset[str]:
+        """Series whose mdoc has been unchanged for the metadata wait (s): what it lists is
+        not a file read half-way through a rewrite."""
+        wait = self.series_config.metadata_wait_s
+        return frozenset(name for name, s in res.series.items() if s.mdoc_path is not None
+                         and (m := self._mdocs.get(s.mdoc_path)) is not None
+                         and now - m.unchanged_since_s >= wait)
 
     def resolve(self, movie: Observation, params: Any, *, n_frames: int | None = None
                 ) -> MovieMetadata:
@@ -380,9 +414,12 @@ class TiltSeriesResolver:
 
     def _standalone(self, movie: Observation, params: Any, n_frames: int | None,
                     log_context: dict[str, Any]) -> MovieMetadata:
+        row = self._rows.get(str(movie.path))
+        recorded = TiltRecord.from_json(
+            ((row.metadata.get("extra_record") or {}).get("tilt")) if row is not None else None)
         return standalone_metadata(movie, params, n_frames, log_context,
                                    self._frame_mdocs.get(self._rel(movie.path)),
-                                   self.series_config)
+                                   self.series_config, recorded)
 
     def _undecided_long(self, movie: Path, now: float) -> bool:
         """True once a movie beside an mdoc without sections has waited the metadata wait and

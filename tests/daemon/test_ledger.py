@@ -115,6 +115,21 @@ def test_release_gives_back_an_abandoned_movie_without_counting_the_attempt(ledg
     assert (row.status, row.attempts) == ("pending", 0)
 
 
+def test_redo_makes_a_done_row_the_newest_pending_row_of_its_file_with_its_metadata(ledger):
+    """Done under f1, then under f2 (metadata that moved), then f1 again (it moved back): the
+    f1 row is corrected anew, and every reader of a path's last row sees it."""
+    ledger.add(key(fp="f1"), metadata={"dose": 1}, inode=(1, 2))
+    ledger.claim(key(fp="f1"))
+    ledger.mark_done(key(fp="f1"), outputs={"sum": "/o/a.mrc"}, timings={}, summary={})
+    ledger.add(key(fp="f2"))
+    assert not ledger.redo(key(fp="f2"))  # pending, not done
+    assert ledger.redo(key(fp="f1"))
+    rows = ledger.rows(path="/d/a.mrc")
+    assert [(r.key.fingerprint, r.status) for r in rows] == [("f2", "pending"), ("f1", "pending")]
+    assert (rows[-1].metadata, rows[-1].inode, rows[-1].outputs) == ({"dose": 1}, (1, 2), {})
+    assert ledger.movie_counts()["pending"] == 1
+
+
 def test_adopted_outputs_are_recorded_as_done(ledger):
     ledger.adopt(key(), outputs={"sum": "/o/a.mrc"}, summary={}, timings={})
     row = ledger.get(key())

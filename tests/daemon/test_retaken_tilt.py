@@ -1,0 +1,169 @@
+"""A tilt SerialEM took again after motionwatch had corrected it.
+
+SerialEM backs up and retakes a tilt: the series mdoc is rewritten with the retake's section in
+place of the first exposure's, and the first exposure's movie stays on disk. When the daemon had
+already corrected that movie as a tilt, its motion record still names the series with the
+pre-exposure it had then. The movie is now no tilt of the series: it is corrected on its own
+(README, "Pre-exposure"), and the hand-off files list only the tilts the mdoc lists, each with
+its pre-exposure (the discarded exposure counts, from PriorRecordDose, from the retake on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from service_run import run_until_idle  # tests/helpers
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.engine.service import Service
+from daemon.events import MovieEvent, ServiceInfo, ServiceListener
+from daemon.handoff.listener import RelionListener
+from daemon.handoff.relion import RelionOptics
+from daemon.series.resolution import SeriesConfig
+from daemon.series.resolver import TiltSeriesResolver
+from daemon.series.tilt_record import TiltRecord
+from daemon.settings.config import Config
+from daemon.state.ledger import Ledger
+from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
+
+SHAPE = (64, 64)
+N_FRAMES = 4
+PIXEL_A = 1.1
+
+
+def _config(watch: Path, out: Path, dose: DoseParams = DoseParams(dose_per_frame_e_A2=1.0)
+            ) -> Config:
+    return Config(watch, out, out, CorrectionParams(dose=dose),
+                  settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                  heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
+
+
+def _run(watch: Path, out: Path, *listeners: ServiceListener, wait_s: float = 0.5,
+         dose: DoseParams = DoseParams(dose_per_frame_e_A2=1.0)) -> None:
+    """The daemon until idle (``dose``: the configured one, for movies of no series): a movie
+    the mdoc does not list is none of its tilts once the mdoc is unchanged for ``wait_s`` (the
+    metadata wait), a series is complete once its mdoc is quiet for 0.2 s."""
+    config = _config(watch, out, dose)
+    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=wait_s, mdoc_quiet_s=0.2),
+                                  mode="on")
+    run_until_idle(Service(config, listeners=[RelionListener(RelionOptics()), *listeners],
+                           resolver=resolver), guard_s=20.0)
+
+
+def _write_mdoc(watch: Path, tilts) -> None:
+    (watch / "TS_01.mrc.mdoc").write_text(series_mdoc_text(
+        "TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE, n_frames=N_FRAMES))
+
+
+def _series_star(out: Path):
+    return starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
+
+
+def _session(tmp_path: Path):
+    """A 3-tilt series as SerialEM leaves it (movies, mdoc, no lock): (watch, out, tilts)."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    for folder in (watch, out, staging):
+        folder.mkdir()
+    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(3), n_tilts=3,
+                                 shape_yx=SHAPE, n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
+                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
+    for t in tilts:
+        shutil.copy2(t.movie.path, watch / t.movie.path.name)
+    _write_mdoc(watch, tilts)
+    return watch, out, tilts
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["dose-configured", "dose-from-mdoc"])
+def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_corrected_alone(
+        tmp_path, configured):
+    """Corrected on its own with the configured dose, else (tilt series take theirs from the
+    mdoc) with the dose it had as a tilt: not quarantined for want of one."""
+    dose = DoseParams(dose_per_frame_e_A2=1.0) if configured else DoseParams()
+    watch, out, tilts = _session(tmp_path)
+    first = tilts[2]
+    retake_path = watch / f"TS_01_003_{first.tilt_deg:.1f}.mrc"
+    retake = dataclasses.replace(
+        first, movie=dataclasses.replace(first.movie, path=retake_path),
+        acquired_at=first.acquired_at + dt.timedelta(seconds=40),
+        pre_exposure_e_A2=first.pre_exposure_e_A2 + first.dose_e_A2)
+
+    class SerialEM(ServiceListener):
+        """Once the three tilts are assembled, the last one is taken again: the mdoc lists the
+        new exposure in its place (its PriorRecordDose counts the first one), and the first
+        exposure's movie stays where it is."""
+
+        def on_series_event(self, event):
+            if event.kind == "completed" and not retake_path.exists():
+                assert len(_series_star(out)) == 3
+                shutil.copy(tilts[1].movie.path, retake_path)  # other frames, a new file
+                _write_mdoc(watch, [tilts[0], tilts[1], retake])
+
+    _run(watch, out, SerialEM(), dose=dose)
+    assert retake_path.exists()
+
+    table = _series_star(out)
+    listed = [str(watch / t.movie.path.name) for t in (tilts[0], tilts[1], retake)]
+    assert list(table["rlnMicrographMovieName"]) == listed
+    assert list(table["rlnMicrographPreExposure"]) == pytest.approx(
+        [0.0, tilts[0].dose_e_A2, first.pre_exposure_e_A2 + first.dose_e_A2], abs=1e-4)
+    record = json.loads((out / f"{first.movie.path.stem}.motion.json").read_text())
+    assert TiltRecord.from_json(record) is None  # corrected on its own, no tilt of TS_01
+    assert record["dose"]["pre_exposure_e_A2"] == 0.0
+    assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(
+        N_FRAMES * 1.0 if configured else first.dose_e_A2, abs=1e-4)
+
+
+def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(tmp_path):
+    """The series STAR may have been written last before the redo of the discarded tilt ended
+    (its series re-assembled first): the redo's end rewrites the series it left."""
+    watch, out, tilts = _session(tmp_path)
+    _run(watch, out)
+    listener = RelionListener(RelionOptics())
+    listener.on_ready(ServiceInfo(_config(watch, out), 0, "polling", "test", 0))
+    assert len(_series_star(out)) == 3
+    movie = watch / tilts[2].movie.path.name
+    motion = out / f"{movie.stem}.motion.json"
+    record = json.loads(motion.read_text())
+    del record["tilt"]  # what its redo as a movie of no series writes
+    motion.write_text(json.dumps(record))
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        key = ledger.rows(path=str(movie))[-1].key
+    listener.on_movie_done(MovieEvent(movie, key, "done", 2, outputs={"motion": str(motion)}))
+    assert list(_series_star(out)["rlnMicrographMovieName"]) == [
+        str(watch / t.movie.path.name) for t in tilts[:2]]
+
+
+def test_an_mdoc_read_half_way_through_a_rewrite_leaves_each_tilt_with_the_whole_mdocs_dose(
+        tmp_path):
+    """SerialEM rewrites an mdoc whole, sorted by angle, after a dose-symmetric series: a scan
+    may read it cut after a section, listing one tilt (pre-exposure 0 then) and not the others.
+    Once the whole file is read, every tilt ends with the pre-exposure it gives: the tilt whose
+    dose moved and moved back is corrected again with it, and the tilts missing for less than
+    the metadata wait were not taken for discarded ones."""
+    watch, out, tilts = _session(tmp_path)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    resorted = series_mdoc_text("TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE,
+                                n_frames=N_FRAMES, sort_by_angle=True)
+    half = resorted[:resorted.index("[ZValue = 1]")]  # lists the -3 deg tilt only
+
+    class SerialEM(ServiceListener):
+        def on_series_event(self, event):
+            if event.kind == "completed" and not mdoc.read_text().startswith(half):
+                mdoc.write_text(half)
+                threading.Timer(0.3, mdoc.write_text, args=(resorted,)).start()
+
+    _run(watch, out, SerialEM())
+    assert mdoc.read_text() == resorted
+    assert len(_series_star(out)) == 3
+    for t in tilts:
+        record = json.loads((out / f"{t.movie.path.stem}.motion.json").read_text())
+        assert TiltRecord.from_json(record).pre_exposure_e_A2 == pytest.approx(
+            t.pre_exposure_e_A2, abs=1e-4)
