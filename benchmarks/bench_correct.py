@@ -107,13 +107,15 @@ def _render(workdir: Path, shape: tuple[int, int], n_frames: int, seed: int, *,
             for i in range(n_frames):
                 mrc.data[i] = frames[i % n_render]
             mrc.voxel_size = PIXEL_SIZE_A
-    elif fmt == "tiff":  # page by page, in strips of about 16 KB as IMOD/SerialEM write LZW
+    elif fmt == "tiff":  # page by page, in strips of about 16 KB as IMOD/SerialEM write LZW,
+        # each frame's rows reversed as SerialEM writes a TIFF (the reader reverses them back:
+        # correction/io/tiff.py), so the truth and the MRC gain hold as rendered
         import tifffile
         rows_per_strip = max(1, round(16384 / (nx * frames.itemsize)))
         with tifffile.TiffWriter(movie, bigtiff=n_frames * frames[0].nbytes > 2**32 - 2**27
                                  ) as tif:
             for i in range(n_frames):
-                tif.write(frames[i % n_render], compression="lzw", contiguous=False,
+                tif.write(frames[i % n_render][::-1], compression="lzw", contiguous=False,
                           rowsperstrip=rows_per_strip,
                           resolution=(1e8 / PIXEL_SIZE_A, 1e8 / PIXEL_SIZE_A),
                           resolutionunit="CENTIMETER")

@@ -6,6 +6,12 @@ Axis order
     ``shifts_yx_px`` is ``(..., 2)`` with ``[dy, dx]``; the JSON motion record alone writes
     ``[dx, dy]`` (``global_shifts_px``).
 
+Row order
+    Row 0 of a frame is the first row of an MRC section (the bottom row as 3dmod displays it).
+    A TIFF stores its top row first, so its rows are reversed on reading, as IMOD, SerialEM,
+    MotionCor2/3 and RELION reverse them; EER frames and EER ``.gain`` files keep their stored
+    order (:mod:`correction.io.tiff`).
+
 Shift sign
     A shift is the **displacement of the specimen** in a frame relative to the aligned sum, in
     output pixels: a feature at ``(y0, x0)`` in the aligned sum is found at

@@ -154,9 +154,10 @@ def test_defect_map_image_is_oriented_like_the_gain(tmp_path):
     ref = load_gain_reference(GainParams(gain_path=tmp_path / "g.tif",
                                          defects_path=tmp_path / "map.tif",
                                          rotate_quarter_turns=1))
-    # -RotGain 1 moves [y, x] to [x, ny - 1 - y]: the top-left lands top-right of the 12 x 8.
+    # the TIFF's first stored row is read as the last (MRC row order): [0, 0] is [7, 0]; then
+    # -RotGain 1 moves [y, x] to [x, ny - 1 - y]: [7, 0] lands at [0, 0] of the 12 x 8.
     assert ref.defect_mask.shape == (12, 8)
-    assert ref.defect_mask[0, 7] and ref.defect_mask.sum() == 1
+    assert ref.defect_mask[0, 0] and ref.defect_mask.sum() == 1
 
 
 def test_a_defect_map_image_alone_gives_a_gain_of_ones_and_a_list_alone_a_clear_error(tmp_path):

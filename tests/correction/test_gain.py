@@ -98,7 +98,9 @@ def test_gain_is_rotated_then_flipped_like_the_independent_truth(tmp_path, k, fl
     else:
         tifffile.imwrite(path, gain)
     ref = load_gain_reference(GainParams(gain_path=path, rotate_quarter_turns=k, flip=flip))
-    np.testing.assert_array_equal(ref.gain, _truth_orient(gain, k, flip))
+    # a TIFF's rows are read bottom-up, in MRC order, as MotionCor2 and RELION read them
+    stored = gain if fmt == "mrc" else gain[::-1]
+    np.testing.assert_array_equal(ref.gain, _truth_orient(stored, k, flip))
     assert ref.defect_mask is None
 
 
@@ -111,7 +113,9 @@ def test_dark_reference_gets_the_same_orientation_and_is_subtracted(tmp_path):
     ref = load_gain_reference(GainParams(gain_path=tmp_path / "g.tif", dark_path=tmp_path / "d.tif",
                                          rotate_quarter_turns=3, flip="updown"))
     raw = rng.integers(0, 50, (14, 10)).astype(np.uint16)
-    expected = (raw - _truth_orient(dark, 3, "updown")) * _truth_orient(gain, 3, "updown")
+    # both TIFFs read in MRC row order (last stored row first), then oriented alike
+    expected = (raw - _truth_orient(dark[::-1], 3, "updown")) * _truth_orient(gain[::-1], 3,
+                                                                              "updown")
     out = apply_gain(raw, ref)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=1e-6)

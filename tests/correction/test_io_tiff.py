@@ -17,6 +17,31 @@ def _movie(dtype, shape=(8, 48, 40), seed=7):
     return rng.integers(0, hi, size=shape).astype(dtype)
 
 
+def mrc_rows(stored: np.ndarray) -> np.ndarray:
+    """A TIFF's pages as the readers give them: rows reversed (the stored top row last), the
+    MRC row order in which IMOD, SerialEM, MotionCor2 and RELION read a TIFF."""
+    return stored[..., ::-1, :]
+
+
+def test_a_tiff_movie_is_read_bottom_row_first_as_imod_motioncor2_and_relion_read_it(tmp_path):
+    """RELION (``src/rwTIFF.h``): "IMOD, EMAN2, SerialEM and MotionCor2 flip the Y axis whenever
+    they read or write a TIFF file". Before, frames kept the stored order: every TIFF movie's
+    sums were the mirror image of MotionCor2's and RELION's (a tomogram of the other hand, the
+    mdoc's tilt axis mirrored) and an MRC gain from SerialEM needed a flip theirs does not."""
+    page = np.zeros((2, 6, 10), np.uint16)
+    page[:, 0, 1] = 7  # stored first row (a TIFF's top row)
+    page[:, 5, 2] = 9  # stored last row
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, page, compression="lzw")
+    frames = read_movie(path).frames
+    assert frames[0, 5, 1] == 7 and frames[1, 0, 2] == 9 and frames.sum() == 2 * (7 + 9)
+    assert frames.flags.c_contiguous
+    gain = np.ones((6, 10), np.float32)
+    gain[0, 3] = 2.0
+    tifffile.imwrite(tmp_path / "gain.tif", gain)
+    assert read_image(tmp_path / "gain.tif")[0][5, 3] == 2.0  # a TIFF gain likewise
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("compression", [None, "lzw"])
 def test_multipage_tiff_decodes_exactly_in_stored_dtype(tmp_path, dtype, compression):
@@ -25,7 +50,7 @@ def test_multipage_tiff_decodes_exactly_in_stored_dtype(tmp_path, dtype, compres
     tifffile.imwrite(path, data, compression=compression)
     movie = read_movie(path)
     assert movie.frames.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(movie.frames, data)
+    np.testing.assert_array_equal(movie.frames, mrc_rows(data))
     assert movie.header["compression"] == (5 if compression == "lzw" else 1)
     assert movie.pixel_size_A is None
 
@@ -36,7 +61,7 @@ def test_pages_written_one_by_one_as_serialem_does_are_one_movie(tmp_path):
     with tifffile.TiffWriter(path) as tif:
         for frame in data:
             tif.write(frame, compression="lzw", contiguous=False)
-    np.testing.assert_array_equal(read_movie(path).frames, data)
+    np.testing.assert_array_equal(read_movie(path).frames, mrc_rows(data))
 
 
 def test_pixel_size_from_centimetre_resolution_tags(tmp_path):
@@ -128,7 +153,7 @@ def test_tiff_reference_image_reads_as_2d(tmp_path):
     path = tmp_path / "gain.tif"
     tifffile.imwrite(path, gain)
     image, pix = read_image(path)
-    np.testing.assert_array_equal(image, gain)
+    np.testing.assert_array_equal(image, mrc_rows(gain))
     assert pix is None
 
 
@@ -175,8 +200,8 @@ def test_libtiff_and_tifffile_decode_every_layout_to_the_same_frames(tmp_path, m
         decoded[True] = read_movie(path).frames
     monkeypatch.setattr(tiff_module, "_LIBTIFF", False)
     decoded[False] = read_movie(path).frames
-    np.testing.assert_array_equal(decoded[True], data)
-    np.testing.assert_array_equal(decoded[False], data)
+    np.testing.assert_array_equal(decoded[True], mrc_rows(data))
+    np.testing.assert_array_equal(decoded[False], mrc_rows(data))
 
 
 @pytest.mark.parametrize("libtiff", [True, False])
@@ -220,7 +245,7 @@ def test_serialems_4bit_super_resolution_tiff_unpacks_to_full_width_counts(tmp_p
     movie = read_movie(path)
     assert movie.frames.shape == (1, 7420, 7676)
     assert movie.header["packed_4bit"] == "half_width"
-    assert np.array_equal(movie.frames, np.tile(tile, reps))
+    assert np.array_equal(movie.frames, mrc_rows(np.tile(tile, reps)))
 
 
 @pytest.mark.parametrize("nx, ny, packed", [
@@ -237,7 +262,7 @@ def test_serialemccd_packed_description_marks_a_small_tiff_as_4bit(tmp_path):
     counts = np.random.default_rng(12).integers(0, 16, size=(3, 12, 20), dtype=np.uint8)
     path = _serialem_packed_tiff(tmp_path / "p.tif", _pack_4bit(counts),
                                  "SerialEMCCD: Dose frac. image, 4 bits packed  r/f 0")
-    np.testing.assert_array_equal(read_movie(path).frames, counts)
+    np.testing.assert_array_equal(read_movie(path).frames, mrc_rows(counts))
 
 
 def test_bytes_of_a_packed_size_without_datetime_stay_bytes(tmp_path):
