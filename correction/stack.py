@@ -56,6 +56,7 @@ import scipy.fft
 
 from .dose import dose_weights
 from .errors import CorrectionError, ParameterError
+from .io.mrc import header_pixel_size_A
 from .mdoc_text import format_mdoc, serialem_datetime
 from .quicklook import SeriesTilt, motion_record_beside, write_series_quicklook
 from .write import atomic_write, mrc_header_bytes, text_bytes
@@ -161,7 +162,7 @@ def _read_slice(path: Path) -> tuple[np.ndarray, float]:
     try:
         with mrcfile.open(path, mode="r", permissive=False) as mrc:
             data = np.asarray(mrc.data, dtype=np.float32)
-            pixel = float(mrc.voxel_size.x)
+            pixel = header_pixel_size_A(float(mrc.header.cella.x), int(mrc.header.mx))
     except (OSError, ValueError) as exc:
         raise CorrectionError(path, f"cannot read tilt image: {exc}") from None
     if data.ndim == 3 and data.shape[0] == 1:
@@ -177,7 +178,7 @@ def _header_facts(path: Path) -> tuple[tuple[int, int], float]:
         with mrcfile.open(path, mode="r", header_only=True) as mrc:
             h = mrc.header
             nz, ny, nx = int(h.nz), int(h.ny), int(h.nx)
-            pixel = float(mrc.voxel_size.x)
+            pixel = header_pixel_size_A(float(h.cella.x), int(h.mx))  # 1.06, not 1.0600001
     except (OSError, ValueError) as exc:
         raise CorrectionError(path, f"cannot read tilt image: {exc}") from None
     if nz != 1:

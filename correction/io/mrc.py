@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
 from ..movie import Movie
 
-__all__ = ["MrcLayout", "read_mrc_layout", "read_mrc", "read_mrc_image", "MRC_MODES"]
+__all__ = ["MrcLayout", "read_mrc_layout", "read_mrc", "read_mrc_image", "MRC_MODES",
+           "header_pixel_size_A"]
 
 HEADER_BYTES = 1024
 _IMOD_STAMP = 1146047817
@@ -178,7 +179,7 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
             signed_source = "header_range"
         dtype = np.dtype("i1" if signed else "u1")
 
-    raw_voxel = _header_pixel_size_A(float(hdr["cella"]["x"]), int(hdr["mx"]))
+    raw_voxel = header_pixel_size_A(float(hdr["cella"]["x"]), int(hdr["mx"]))
     pixel_size_A = raw_voxel if np.isfinite(raw_voxel) and raw_voxel > 0 and raw_voxel != 1.0 \
         else None
 
@@ -216,7 +217,7 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
                      dose_per_frame_e_A2=dose, header=header)
 
 
-def _header_pixel_size_A(cella_x_A: float, mx: int) -> float:
+def header_pixel_size_A(cella_x_A: float, mx: int) -> float:
     """Pixel size in Å from the header's cell length ``cella.x`` (Å) and sampling ``mx``.
 
     Writers store ``cella.x = mx * pixel`` as float32, which keeps only about 7 significant

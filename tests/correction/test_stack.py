@@ -74,6 +74,20 @@ def test_assembled_stacks_are_sorted_by_angle_match_tlt_and_keep_pixel_size(tmp_
     assert not list((tmp_path / "out" / "TS_9").glob(".*"))  # no temporary files left
 
 
+def test_the_stacks_keep_the_pixel_size_the_tilts_were_written_with_to_the_digit(tmp_path):
+    """An MRC header stores ``cella.x = mx * pixel`` in float32: 48 x 1.06 Å read back as
+    1.0600001 Å, which went into the stacks' headers and mdocs (PixelSpacing)."""
+    tilts, _ = _series(tmp_path, n=3, shape=(48, 48))
+    for t in tilts:
+        for path in t.outputs.values():
+            with mrcfile.open(path, mode="r+") as m:
+                m.voxel_size = 1.06
+    res = assemble_series("TS_9", tilts, tmp_path / "out")
+    assert res.pixel_size_A == 1.06
+    mdoc = read_mdoc(res.stacks["sum"].with_name("TS_9.mrc.mdoc"))
+    assert mdoc.pixel_spacing_A == 1.06
+
+
 def test_per_tilt_table_and_stack_mdoc_agree_with_the_inputs(tmp_path):
     tilts, _ = _series(tmp_path)
     res = assemble_series("TS_9", tilts, tmp_path / "out")
