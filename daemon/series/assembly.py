@@ -54,15 +54,18 @@ def assembly_tilts(rows: Iterable[Any], *, log: Any, series: str) -> list[dict[s
 
 
 def assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage_kV: float,
-                 exposure_filtered: bool, tilt_axis_deg: float | None = None) -> dict[str, Any]:
+                 exposure_filtered: bool, tilt_axis_deg: float | None = None,
+                 mdoc_name: str | None = None) -> dict[str, Any]:
     """Worker-process side of an assembly: plain data in, plain data out (``tilt_axis_deg``,
-    °, goes into the stacks' mdocs when known)."""
-    from correction.stack import StackTilt, assemble_series
+    °, goes into the stacks' mdocs when known; ``mdoc_name``, the series mdoc's file name,
+    names AreTomo3's inputs from the start, so ``aretomo3/`` never holds a second set)."""
+    from correction.stack import StackTilt, aretomo_name, assemble_series
 
     rows = [StackTilt(**{**t, "outputs": {k: Path(v) for k, v in t["outputs"].items()}})
             for t in tilts]
     result = assemble_series(series, rows, out_dir, voltage_kV=voltage_kV,
-                             exposure_filtered=exposure_filtered, tilt_axis_deg=tilt_axis_deg)
+                             exposure_filtered=exposure_filtered, tilt_axis_deg=tilt_axis_deg,
+                             aretomo_name=aretomo_name(mdoc_name) if mdoc_name else None)
     stacks = {k: str(v) for k, v in result.stacks.items()}
     stacks.update(tlt=str(result.tlt_path), csv=str(result.csv_path),
                   mdoc=str(result.mdoc_paths[0]) if result.mdoc_paths else "")

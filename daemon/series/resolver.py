@@ -553,8 +553,9 @@ class TiltSeriesResolver:
             return
         out = output_dir_for(folder_of, watch_dir=ctx.watch_dir, out_dir=ctx.out_dir)
         stem = split_qualified(name)[1]  # OUT/<folder>/<series name>/<series name>.mrc ...
+        mdoc_name = Path(summary.mdoc_path).name if summary.mdoc_path else None
         future = ctx.run_job(assemble_job, stem, tilts, str(out), ctx.voltage_kV,
-                             self.exposure_filtered, self._tilt_axis_of(summary))
+                             self.exposure_filtered, self._tilt_axis_of(summary), mdoc_name)
         self._assembling[name] = (future, state, str(out / stem))
         self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,
                        folder=str(out / stem))

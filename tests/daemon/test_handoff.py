@@ -286,6 +286,7 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
     angles_in_stack_order = sorted(tilts, key=lambda t: t.tilt_deg)
     for suffix, target in zip(ARETOMO_SUFFIXES, ARETOMO_TARGETS):
         assert os.path.samefile(folder / "aretomo3" / f"TS_01.mrc{suffix}", folder / target)
+    _only_the_mdocs_set(folder)
     lines = [line.split() for line in (folder / "TS_01_TLT.txt").read_text().splitlines()]
     assert len(lines) == len(tilts)
     for (angle, acq, dose), t in zip(lines, angles_in_stack_order):
@@ -309,6 +310,14 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
 
 ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
 ARETOMO_TARGETS = ("TS_01_DW.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc", "TS_01_TLT.txt")
+
+
+def _only_the_mdocs_set(folder: Path) -> None:
+    """``aretomo3/`` holds one set, under the mdoc's AreTomo3 name: before, the assembly also
+    linked one under the series name (``TS_01.mrc``, ``TS_01_EVN.mrc``...), which AreTomo3 run
+    over the folder takes for a second tilt series."""
+    assert sorted(p.name for p in (folder / "aretomo3").iterdir()) == sorted(
+        f"TS_01.mrc{suffix}" for suffix in ARETOMO_SUFFIXES)
 
 
 def _lose_state_database(out: Path) -> None:
@@ -354,6 +363,7 @@ def test_a_series_in_a_sub_folder_gets_its_aretomo3_names_beside_its_stacks(tmp_
     folder = out / "grid2" / "TS_01"
     for suffix, target in zip(ARETOMO_SUFFIXES, ARETOMO_TARGETS):
         assert os.path.samefile(folder / "aretomo3" / f"TS_01.mrc{suffix}", folder / target)
+    _only_the_mdocs_set(folder)
 
 
 def test_tilts_adopted_after_the_state_database_was_lost_stay_in_the_series_star(tmp_path):
