@@ -427,14 +427,14 @@ class TiltSeriesResolver:
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg},
                              expected_frames=a.num_subframes)
 
-    def _voltage(self, movie: Path, metadata_kV: float | None, source: str, subject: str,
+    def _voltage(self, path: Path, metadata_kV: float | None, source: str, subject: str,
                  **kw: Any) -> Voltage:
         """A movie's voltage (:mod:`daemon.settings.voltage`): ``--voltage``, else the mdoc's
         (``metadata_kV``), else its header's, else 300 kV. A ``--voltage`` that contradicts the
         metadata is used and warned about once per ``subject`` (its series, or the movie)."""
         def found() -> Iterable[tuple[float | None, str]]:  # the header read only if needed
             yield metadata_kV, source
-            yield header_voltage_kV(movie), "movie header"
+            yield header_voltage_kV(path), "movie header"
 
         voltage = resolve_voltage(self._ctx.voltage_kV, found())
         if voltage.warning:

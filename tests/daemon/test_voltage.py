@@ -90,7 +90,7 @@ def _dw(path: Path) -> np.ndarray:
 
 def test_a_200_kV_tilt_series_without_voltage_is_weighted_and_recorded_at_its_mdoc_voltage(
         tmp_path):
-    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=200)
+    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=200, n_tilts=2)
     _run(_watch_config(watch, out))
     for t in tilts:
         record = _record(out, t.movie.path)
@@ -184,3 +184,23 @@ def test_correct_without_voltage_takes_the_fei_headers_and_an_unlike_option_warn
     lines = [line for line in capsys.readouterr().err.splitlines() if "kV" in line]
     assert lines == [f"motionwatch: {movie}: warning: --voltage 300 kV used, but the movie "
                      f"header says 200 kV: dose weighting and records use 300 kV"]
+
+
+def test_a_single_movie_in_the_daemon_takes_its_frame_mdocs_voltage(tmp_path):
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    syn = render_movie(np.random.default_rng(4), shape_yx=SHAPE, n_frames=N_FRAMES,
+                       electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+    movie = watch / "single.mrc"
+    with mrcfile.new(movie) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = PIXEL_A
+    movie.with_name("single.mrc.mdoc").write_text(
+        f"PixelSpacing = {PIXEL_A:g}\nVoltage = 200\nImageFile = single.mrc\n\n"
+        f"[FrameSet = 0]\nTiltAngle = 0\nExposureDose = 4\nPixelSpacing = {PIXEL_A:g}\n"
+        f"SubFramePath = X:\\frames\\single.mrc\nNumSubFrames = {N_FRAMES}\n"
+        f"TimeStamp = 5\nDateTime = 24-Mar-2023  12:05:00\n")
+    _run(_watch_config(watch, out))
+    record = _record(out, movie)
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "frame mdoc"
+    assert record["dose"]["total_e_A2"] == pytest.approx(4.0)
