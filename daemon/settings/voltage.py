@@ -2,9 +2,9 @@
 
 Resolution order (:func:`resolve_voltage`): ``--voltage`` (TOML ``voltage``) when given;
 else the first voltage the metadata gives, in the order the caller lists it (the tilt's
-series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, the movie header: the
-FEI extended header of an MRC movie); else :data:`DEFAULT_VOLTAGE_KV`. An option that differs from the
-metadata by more than :data:`VOLTAGE_TOLERANCE_KV` is used, with a warning: never silently.
+series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, the movie header: the FEI
+extended header of an MRC movie); else :data:`DEFAULT_VOLTAGE_KV`. An option that differs from
+the metadata by more than :data:`VOLTAGE_TOLERANCE_KV` is used, with a warning: never silently.
 
 The resolved value goes into :attr:`correction.params.DoseParams.voltage_kV` (a float, as
 before): a 300 kV session gets the same parameters, and so the same fingerprint, as when the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["DEFAULT_VOLTAGE_KV", "VOLTAGE_TOLERANCE_KV", "Voltage", "resolve_voltage",
            "header_voltage_kV"]
@@ -61,20 +62,15 @@ def resolve_voltage(option_kV: float | None,
     return Voltage(DEFAULT_VOLTAGE_KV, "default")
 
 
-def header_voltage_kV(path: str | object) -> float | None:
+def header_voltage_kV(path: str | Path) -> float | None:
     """Voltage (kV) a movie's header gives without reading its frames (the FEI extended header
     of an MRC movie; EER and TIFF headers as read give none), or None."""
-    from pathlib import Path
-
     from correction.io import detect_format
+    from correction.io.mrc import read_mrc_layout
 
-    path = Path(str(path))
     try:
-        kind = detect_format(path)
-        if kind == "mrc":
-            from correction.io.mrc import read_mrc_layout
-
-            return read_mrc_layout(path).voltage_kV
-    except (OSError, ValueError):  # unreadable here: the correction names the fault
+        if detect_format(Path(path)) == "mrc":
+            return read_mrc_layout(Path(path)).voltage_kV
+    except Exception:  # noqa: BLE001 - unreadable here: the correction names the fault
         return None
     return None
