@@ -173,8 +173,9 @@ class ResolverContext:
     log : structlog-like logger
     watch_dir, out_dir : Path
         Where movies are found and where their outputs go (:func:`output_dir_for`).
-    voltage_kV : float
-        Acceleration voltage of the session (for exposure-filtered stacks).
+    voltage_kV : float or None
+        ``--voltage`` (kV) when given, else None: each movie's voltage comes from its metadata
+        (:mod:`daemon.settings.voltage`), and a series is assembled at its tilts' voltage.
     emit : callable
         Hands a :class:`SeriesEvent` to the service; it reaches the listeners after the current
         step (never from inside the resolver's call).
@@ -188,7 +189,7 @@ class ResolverContext:
     log: Any
     watch_dir: Path
     out_dir: Path
-    voltage_kV: float
+    voltage_kV: float | None
     emit: Callable[[SeriesEvent], None]
     run_job: Callable[..., Any]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion
                                    write_relion_gain, write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
+from daemon.settings.voltage import Voltage, header_voltage_kV, resolve_voltage
 from daemon.work.readahead import ReadAhead
 
 __all__ = ["add_arguments", "run"]
@@ -182,6 +184,37 @@ def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool) -> 
           flush=True)
 
 
+def movie_voltage(movie: Path, option_kV: float | None) -> Voltage:
+    """A movie's voltage (:mod:`daemon.settings.voltage`): ``--voltage``, else its frame mdoc's
+    (``<movie>.mdoc``), else its header's (FEI MRC), else 300 kV."""
+    def found() -> Iterator[tuple[float | None, str]]:  # each read only when needed
+        yield _frame_mdoc_voltage_kV(movie), "frame mdoc"
+        yield header_voltage_kV(movie), "movie header"
+
+    return resolve_voltage(option_kV, found())
+
+
+def _frame_mdoc_voltage_kV(movie: Path) -> float | None:
+    """``Voltage`` (kV) of the movie's SerialEM frame mdoc, or None (none, unreadable)."""
+    from daemon.intake.validate import frame_mdoc_path
+    from daemon.series.mdoc import read_mdoc
+    from daemon.series.resolution import frame_mdoc_voltage_kV
+
+    path = frame_mdoc_path(Path(movie))
+    try:
+        return frame_mdoc_voltage_kV(read_mdoc(path)) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _at_voltage(params: Any, voltage_kV: float) -> Any:
+    """``params`` with the movie's voltage (kV): the same object when it is already theirs."""
+    if params.dose.voltage_kV == voltage_kV:
+        return params
+    return dataclasses.replace(params, dose=dataclasses.replace(params.dose,
+                                                                voltage_kV=voltage_kV))
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch correct``: returns 0 when all movies were corrected, 1 otherwise."""
     from correction.allocator import movie_memory_settings
@@ -233,11 +266,17 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             if index + 1 < len(args.movies):
                 read_ahead.hint(args.movies[index + 1])
+            voltage = movie_voltage(movie, getattr(args, "voltage", None))
+            if voltage.warning:
+                print(f"motionwatch: {movie}: warning: {voltage.warning}", file=sys.stderr,
+                      flush=True)
             try:
                 with _warnings_as_lines(movie):
-                    result = correct_movie(movie, args.out, params, gain_reference=gain,
-                                           stem=stems[movie], scratch_dir=args.scratch,
-                                           extra_record={OPTICS_KEY: optics.record()})
+                    result = correct_movie(movie, args.out, _at_voltage(params, voltage.kV),
+                                           gain_reference=gain, stem=stems[movie],
+                                           scratch_dir=args.scratch,
+                                           extra_record={OPTICS_KEY: optics.record(),
+                                                         "voltage_source": voltage.source})
             except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
                 failed += 1
                 _print_failure(movie, _fail(movie, exc), as_json=args.json)

@@ -220,7 +220,7 @@ class Service:
         cfg = self.config
         return ResolverContext(store=_LedgerView(lambda: self.ledger), now=self._wall,
                                log=self._log, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir,
-                               voltage_kV=cfg.params.dose.voltage_kV,
+                               voltage_kV=_given_voltage_kV(cfg),
                                emit=self._series_events.append, run_job=self._jobs.run_job)
 
     def run(self) -> int:
@@ -433,6 +433,16 @@ class Service:
         self._log.debug("heartbeat", counts=counts, waiting=len(waiting),
                         in_flight=len(in_flight), healthy=health.ok)
         self._notify("on_heartbeat", beat)
+
+
+def _given_voltage_kV(cfg: Any) -> float | None:
+    """``--voltage`` (kV) when given; None when each movie's comes from its metadata. A config
+    built without options (tests, embedding) keeps its parameters' voltage as given."""
+    options = getattr(cfg, "options", None) or {}
+    if "voltage" not in options:
+        return cfg.params.dose.voltage_kV
+    value = options["voltage"]
+    return None if value is None else float(value)
 
 
 class _LedgerView:

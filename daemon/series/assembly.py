@@ -3,18 +3,20 @@
 :func:`assembly_tilts` picks the corrected tilts of a series from the state rows (quarantined
 tilts and tilts without an angle are left out, with a reason) and :func:`assemble_job` runs in a
 worker process (through :class:`~daemon.events.ResolverContext.run_job`):
-:func:`correction.stack.assemble_series` writes ``OUT_DIR/<series>/`` atomically.
+:func:`correction.stack.assemble_series` writes ``OUT_DIR/<series>/`` atomically, at the
+voltage its tilts were corrected at (:func:`series_voltage_kV`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 
-__all__ = ["recorded_tilt", "assembly_tilts", "assemble_job"]
+__all__ = ["recorded_tilt", "assembly_tilts", "assemble_job", "series_voltage_kV"]
 
 
 def recorded_tilt(row: Any) -> TiltRecord | None:
@@ -51,6 +53,27 @@ def assembly_tilts(rows: Iterable[Any], *, log: Any, series: str) -> list[dict[s
             "prior_record_dose_difference_e_A2": tilt.prior_record_dose_difference_e_A2,
             "acquired_at": tilt.acquired_at})
     return tilts
+
+
+def series_voltage_kV(rows: Iterable[Any], fallback_kV: float) -> tuple[float, str | None]:
+    """Voltage (kV) to assemble a series at: the one its corrected tilts were dose-weighted at
+    (their motion records'; the most common when they differ, with a note saying so), else
+    ``fallback_kV``."""
+    found = []
+    for row in rows:
+        if row is None or row.status != "done":
+            continue
+        value = (read_motion_record((row.outputs or {}).get("motion")) or {}).get("voltage_kV")
+        if isinstance(value, (int, float)) and value > 0:
+            found.append(float(value))
+    if not found:
+        return float(fallback_kV), None
+    counts = Counter(found)
+    voltage = counts.most_common(1)[0][0]
+    note = None if len(counts) == 1 else (
+        f"tilts corrected at {', '.join(f'{v:g}' for v in sorted(counts))} kV: stacks "
+        f"assembled at {voltage:g} kV")
+    return voltage, note
 
 
 def assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage_kV: float,

@@ -72,6 +72,7 @@ __all__ = [
     "dose_of_section",
     "dose_params_of",
     "frame_mdoc_dose",
+    "frame_mdoc_voltage_kV",
     "qualified_name",
     "resolve",
     "split_qualified",
@@ -249,7 +250,9 @@ class TiltAssignment:
 
     ``acquisition_index`` counts from 0 in acquisition order among the tilts of the series known
     now; ``frame_doses_e_A2`` is per SerialEM sub-frame (``None`` = uniform);
-    ``prior_record_dose_difference_e_A2`` = ``pre_exposure_e_A2 - PriorRecordDose``.
+    ``prior_record_dose_difference_e_A2`` = ``pre_exposure_e_A2 - PriorRecordDose``;
+    ``voltage_kV`` is the metadata's (its series section's ``Voltage`` or the mdoc's global one,
+    else its frame mdoc's; None when neither gives one).
     """
 
     movie: str
@@ -269,6 +272,7 @@ class TiltAssignment:
     acquired_at: str | None = None
     warnings: tuple[str, ...] = ()
     num_subframes: int | None = None
+    voltage_kV: float | None = None
 
     def frame_doses_for(self, n_frames: int) -> tuple[float, ...]:
         """Per-frame doses for a movie read as ``n_frames`` frames: the metadata's when their
@@ -399,6 +403,12 @@ def dose_params_of(dose_e_A2: float, frame_doses_e_A2: tuple[float, ...] | None,
                           pre_exposure_e_A2=pre_exposure_e_A2)
     return DoseParams(voltage_kV=voltage_kV, total_dose_e_A2=dose_e_A2,
                       pre_exposure_e_A2=pre_exposure_e_A2)
+
+
+def frame_mdoc_voltage_kV(frame_mdoc: MdocFile | None) -> float | None:
+    """Voltage (kV) a movie's own ``[FrameSet]`` mdoc gives, or None."""
+    fsec = _frame_section(frame_mdoc)
+    return fsec.voltage_kV if fsec is not None else None
 
 
 def frame_mdoc_dose(frame_mdoc: MdocFile | None, *, config: SeriesConfig
@@ -678,7 +688,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                         acquired_at=acquired.isoformat() if acquired else None,
                         warnings=tuple(swarn + t.warnings + dwarn),
                         num_subframes=next((s.num_subframes for s in t.sections
-                                            if s.num_subframes), None))
+                                            if s.num_subframes), None),
+                        voltage_kV=next((s.voltage_kV for s in t.sections if s.voltage_kV),
+                                        None))
             if dose is None:
                 if blocked is None:
                     label = t.movie or f"section {t.z_value}"

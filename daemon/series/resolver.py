@@ -51,14 +51,17 @@ from typing import Any
 
 from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverContext, ScanResult,
                            SeriesEvent, SeriesEventKind, output_dir_for)
-from daemon.series.assembly import assemble_job, assembly_tilts, recorded_tilt
+from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
+                                    series_voltage_kV)
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
                                       SeriesObservation, SeriesState, SeriesSummary,
                                       assignment_change, classify_mdocs, dose_params_of,
-                                      frame_mdoc_dose, resolve, split_qualified,
-                                      update_series_state)
+                                      frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
+                                      split_qualified, update_series_state)
+from daemon.settings.voltage import (DEFAULT_VOLTAGE_KV, Voltage, header_voltage_kV,
+                                     resolve_voltage)
 from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
@@ -167,6 +170,16 @@ def standalone_metadata(movie: Observation, params: Any, n_frames: int | None,
     dose = dose_params_of(dose_e_A2, frames, voltage_kV=params.dose.voltage_kV,
                           n_frames=n_frames, raw_frames=_is_eer(movie.path))
     return MovieMetadata(dose=dose, log_context={**log_context, "dose_source": source})
+
+
+def with_voltage(meta: MovieMetadata, params: Any, voltage: Voltage) -> MovieMetadata:
+    """``meta`` with the movie's resolved voltage (kV) in its dose and its source recorded
+    (``voltage_source`` in the motion record). The dose is left as it was (None: the configured
+    one) when the voltage is the configured one: the movie's key stays as before."""
+    base = params.dose if meta.dose is None else meta.dose
+    dose = meta.dose if base.voltage_kV == voltage.kV else replace(base, voltage_kV=voltage.kV)
+    return replace(meta, dose=dose,
+                   extra_record={**meta.extra_record, "voltage_source": voltage.source})
 
 
 def _is_eer(path: Path) -> bool:
@@ -392,7 +405,8 @@ class TiltSeriesResolver:
             if name in res.standalone:
                 return self._standalone(movie, params, n_frames, {"series": None})
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
-        dose = a.dose_params(voltage_kV=params.dose.voltage_kV, n_frames=n_frames,
+        voltage = self._voltage(movie.path, a.voltage_kV, "mdoc", a.series, series=a.series)
+        dose = a.dose_params(voltage_kV=voltage.kV, n_frames=n_frames,
                              raw_frames=_is_eer(movie.path))
         if params.dose.pre_exposure_e_A2 > 0:
             self._once_log("warning", "pre_exposure_flag_not_used", "",
@@ -408,18 +422,37 @@ class TiltSeriesResolver:
                            f"{self.series_config.metadata_wait_s:g} s: series and angle from the "
                            f"file name, dose {a.dose_e_A2:g} e/Å² ({a.dose_source})",
                            movie=str(movie.path), series=a.series)
-        return MovieMetadata(dose=dose, extra_record={"tilt": a.record()},
+        return MovieMetadata(dose=dose, extra_record={"tilt": a.record(),
+                                                      "voltage_source": voltage.source},
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg},
                              expected_frames=a.num_subframes)
+
+    def _voltage(self, path: Path, metadata_kV: float | None, source: str, subject: str,
+                 **kw: Any) -> Voltage:
+        """A movie's voltage (:mod:`daemon.settings.voltage`): ``--voltage``, else the mdoc's
+        (``metadata_kV``), else its header's, else 300 kV. A ``--voltage`` that contradicts the
+        metadata is used and warned about once per ``subject`` (its series, or the movie)."""
+        def found() -> Iterable[tuple[float | None, str]]:  # the header read only if needed
+            yield metadata_kV, source
+            yield header_voltage_kV(path), "movie header"
+
+        voltage = resolve_voltage(self._ctx.voltage_kV, found())
+        if voltage.warning:
+            self._once_log("warning", "voltage_differs_from_metadata", subject, voltage.warning,
+                           **kw)
+        return voltage
 
     def _standalone(self, movie: Observation, params: Any, n_frames: int | None,
                     log_context: dict[str, Any]) -> MovieMetadata:
         row = self._rows.get(str(movie.path))
         recorded = TiltRecord.from_json(
             ((row.metadata.get("extra_record") or {}).get("tilt")) if row is not None else None)
-        return standalone_metadata(movie, params, n_frames, log_context,
-                                   self._frame_mdocs.get(self._rel(movie.path)),
+        frame_mdoc = self._frame_mdocs.get(self._rel(movie.path))
+        meta = standalone_metadata(movie, params, n_frames, log_context, frame_mdoc,
                                    self.series_config, recorded)
+        voltage = self._voltage(movie.path, frame_mdoc_voltage_kV(frame_mdoc), "frame mdoc",
+                                str(movie.path), movie=str(movie.path))
+        return with_voltage(meta, params, voltage)
 
     def _undecided_long(self, movie: Path, now: float) -> bool:
         """True once a movie beside an mdoc without sections has waited the metadata wait and
@@ -553,8 +586,12 @@ class TiltSeriesResolver:
             return
         out = output_dir_for(folder_of, watch_dir=ctx.watch_dir, out_dir=ctx.out_dir)
         stem = split_qualified(name)[1]  # OUT/<folder>/<series name>/<series name>.mrc ...
+        voltage_kV, note = series_voltage_kV(
+            rows, DEFAULT_VOLTAGE_KV if ctx.voltage_kV is None else ctx.voltage_kV)
+        if note is not None:
+            self._log.warning("series_voltages_differ", series=name, reason=note)
         mdoc_name = Path(summary.mdoc_path).name if summary.mdoc_path else None
-        future = ctx.run_job(assemble_job, stem, tilts, str(out), ctx.voltage_kV,
+        future = ctx.run_job(assemble_job, stem, tilts, str(out), voltage_kV,
                              self.exposure_filtered, self._tilt_axis_of(summary), mdoc_name)
         self._assembling[name] = (future, state, str(out / stem))
         self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,

@@ -132,6 +132,8 @@ class Config:
             if f.name == "options":
                 continue  # the same values, already shown by field
             out[f.name] = value
+        if "voltage" in self.options and self.options["voltage"] is None:
+            out["voltage"] = "each movie's from its metadata, else 300 kV"  # not params' 300
         return plain(out)
 
 

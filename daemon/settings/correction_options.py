@@ -78,9 +78,11 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
     mov = parser.add_argument_group("movie")
     mov.add_argument("--pixel-size", type=float, default=None, metavar="Å",
                      help="pixel size of the movie as stored (Å); default from the header")
-    mov.add_argument("--voltage", type=float, default=300.0, metavar="kV",
-                     help="acceleration voltage (kV), scales dose weighting "
-                          "(default %(default)s)")
+    mov.add_argument("--voltage", type=float, default=None, metavar="kV",
+                     help="acceleration voltage (kV), scales dose weighting; default from the "
+                          "metadata: the tilt's mdoc Voltage (or a frame mdoc's), else the "
+                          "movie header's (FEI MRC), else 300. Given and unlike the metadata "
+                          "by more than 1 kV: used, with a warning")
     dose = mov.add_mutually_exclusive_group(required=dose_required)
     dose.add_argument("--dose-per-frame", type=float, default=None, metavar="e/Å²",
                       help="dose per frame on the specimen (e/Å²); for EER, per fraction "
@@ -164,7 +166,10 @@ def _params(get: Any) -> CorrectionParams:
     from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
                                    ReadParams)
 
-    dose = DoseParams(voltage_kV=float(get("voltage", 300.0)),
+    from daemon.settings.voltage import DEFAULT_VOLTAGE_KV
+
+    voltage = get("voltage")  # None: from each movie's metadata (daemon.settings.voltage)
+    dose = DoseParams(voltage_kV=float(DEFAULT_VOLTAGE_KV if voltage is None else voltage),
                       dose_per_frame_e_A2=get("dose_per_frame"),
                       total_dose_e_A2=get("total_dose"),
                       pre_exposure_e_A2=float(get("pre_exposure", 0.0)))

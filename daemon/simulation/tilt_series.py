@@ -90,12 +90,13 @@ def _section(tilt: SimulatedTilt, *, pixel_size_A: float, n_frames: int,
 
 def series_mdoc_text(name: str, tilts: Sequence[SimulatedTilt], *, pixel_size_A: float,
                      shape_yx: tuple[int, int], n_frames: int, sort_by_angle: bool = False,
-                     frames_folder: str = r"X:\frames") -> str:
+                     frames_folder: str = r"X:\frames", voltage_kV: float = 300) -> str:
     """The series mdoc listing ``tilts`` (acquisition order, or by angle when re-sorted), written
-    by the one mdoc writer (:func:`correction.mdoc_text.format_mdoc`)."""
+    by the one mdoc writer (:func:`correction.mdoc_text.format_mdoc`); ``voltage_kV`` is its
+    global ``Voltage`` (kV)."""
     order = sorted(tilts, key=lambda t: t.tilt_deg) if sort_by_angle else list(tilts)
     return format_mdoc(
-        [("PixelSpacing", pixel_size_A), ("Voltage", 300), ("ImageFile", f"{name}.mrc"),
+        [("PixelSpacing", pixel_size_A), ("Voltage", voltage_kV), ("ImageFile", f"{name}.mrc"),
          ("ImageSize", (shape_yx[1], shape_yx[0])), ("DataMode", 1)],
         [_section(t, pixel_size_A=pixel_size_A, n_frames=n_frames, frames_folder=frames_folder)
          for t in order],

@@ -1,0 +1,76 @@
+"""The acceleration voltage of a movie: the option, else its metadata, else 300 kV.
+
+Resolution order (:func:`resolve_voltage`): ``--voltage`` (TOML ``voltage``) when given;
+else the first voltage the metadata gives, in the order the caller lists it (the tilt's
+series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, the movie header: the FEI
+extended header of an MRC movie); else :data:`DEFAULT_VOLTAGE_KV`. An option that differs from
+the metadata by more than :data:`VOLTAGE_TOLERANCE_KV` is used, with a warning: never silently.
+
+The resolved value goes into :attr:`correction.params.DoseParams.voltage_kV` (a float, as
+before): a 300 kV session gets the same parameters, and so the same fingerprint, as when the
+option defaulted to 300 kV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEFAULT_VOLTAGE_KV", "VOLTAGE_TOLERANCE_KV", "Voltage", "resolve_voltage",
+           "header_voltage_kV"]
+
+DEFAULT_VOLTAGE_KV = 300.0  # no option and no metadata (the former --voltage default)
+VOLTAGE_TOLERANCE_KV = 1.0  # option vs metadata: a larger difference is warned about
+_PLAUSIBLE_KV = (60.0, 400.0)  # as correction.params accepts; outside: not a voltage in kV
+
+
+@dataclass(frozen=True, slots=True)
+class Voltage:
+    """A resolved voltage (kV), where it came from (``"option"``, ``"mdoc"``, ``"frame mdoc"``,
+    ``"movie header"``, ``"default"``) and a warning when the option contradicts the metadata."""
+
+    kV: float
+    source: str
+    warning: str | None = None
+
+
+def _plausible(value: float | None) -> bool:
+    return value is not None and _PLAUSIBLE_KV[0] <= float(value) <= _PLAUSIBLE_KV[1]
+
+
+def resolve_voltage(option_kV: float | None,
+                    metadata: Iterable[tuple[float | None, str]] = ()) -> Voltage:
+    """Resolve a movie's voltage.
+
+    Parameters
+    ----------
+    option_kV : float or None
+        ``--voltage`` (kV); None: not given.
+    metadata : iterable of (kV or None, source)
+        What the metadata says, first source first; None or implausible values are skipped.
+    """
+    found = next(((float(v), s) for v, s in metadata if _plausible(v)), None)
+    if option_kV is not None:
+        warning = None
+        if found is not None and abs(found[0] - float(option_kV)) > VOLTAGE_TOLERANCE_KV:
+            warning = (f"--voltage {float(option_kV):g} kV used, but the {found[1]} says "
+                       f"{found[0]:g} kV: dose weighting and records use {float(option_kV):g} kV")
+        return Voltage(float(option_kV), "option", warning)
+    if found is not None:
+        return Voltage(found[0], found[1])
+    return Voltage(DEFAULT_VOLTAGE_KV, "default")
+
+
+def header_voltage_kV(path: str | Path) -> float | None:
+    """Voltage (kV) a movie's header gives without reading its frames (the FEI extended header
+    of an MRC movie; EER and TIFF headers as read give none), or None."""
+    from correction.io import detect_format
+    from correction.io.mrc import read_mrc_layout
+
+    try:
+        if detect_format(Path(path)) == "mrc":
+            return read_mrc_layout(Path(path)).voltage_kV
+    except Exception:  # noqa: BLE001 - unreadable here: the correction names the fault
+        return None
+    return None

@@ -1,0 +1,206 @@
+"""The acceleration voltage of each movie: ``--voltage`` when given, else its metadata (the
+tilt's mdoc ``Voltage``, a frame mdoc, the FEI header of an MRC movie), else 300 kV.
+
+A 200 kV session (Glacios, Talos Arctica) run without ``--voltage`` is dose-weighted and
+recorded at 200 kV; a ``--voltage`` unlike the metadata is used and warned about; a 300 kV
+session keeps the parameters, and so the ledger keys, it had when ``--voltage`` defaulted to
+300 kV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+from recording_log import RecordingLog
+from service_run import run_until_idle
+
+from correction.params import CorrectionParams, DoseParams
+from correction.pipeline import correct_movie
+from correction.synthetic import render_movie
+from daemon.commands.cli import main
+from daemon.engine.service import Service
+from daemon.handoff.listener import RelionListener
+from daemon.handoff.relion import RelionOptics
+from daemon.series.mdoc import read_mdoc
+from daemon.series.resolution import SeriesConfig
+from daemon.series.resolver import TiltSeriesResolver
+from daemon.settings.config import Config, load_config
+from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
+
+SHAPE = (96, 96)
+N_FRAMES = 4
+PIXEL_A = 1.1
+OPTICS = RelionOptics(spherical_aberration_mm=2.7, amplitude_contrast=0.07, tomo_hand=-1)
+
+
+def _session(tmp_path: Path, *, mdoc_voltage_kV: float, n_tilts: int = 3):
+    """A finished tilt series in ``watch`` whose mdoc says ``Voltage = mdoc_voltage_kV``."""
+    staging, watch, out = tmp_path / "staging", tmp_path / "watch", tmp_path / "out"
+    staging.mkdir()
+    watch.mkdir()
+    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(3), n_tilts=n_tilts,
+                                 shape_yx=SHAPE, n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
+                                 frame_interval_s=0, tilt_interval_s=0, lock=False,
+                                 sleep=lambda s: None)
+    for t in tilts:
+        shutil.copy2(t.movie.path, watch / t.movie.path.name)
+    (watch / "TS_01.mrc.mdoc").write_text(series_mdoc_text(
+        "TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE, n_frames=N_FRAMES,
+        voltage_kV=mdoc_voltage_kV))
+    return watch, out, tilts
+
+
+def _watch_config(watch: Path, out: Path, *flags: str) -> Config:
+    """The daemon's configuration as ``motionwatch watch WATCH --out OUT *flags`` builds it."""
+    from daemon.commands import watch as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    config = load_config(parser.parse_args([str(watch), "--out", str(out), *flags]))
+    return dataclasses.replace(config, settle_time_s=0.1, scan_interval_s=0.05,
+                               incomplete_grace_s=2.0, heartbeat_s=0.2, exit_when_idle_s=0.5,
+                               polling="on")
+
+
+def _run(config: Config) -> RecordingLog:
+    log = RecordingLog()
+    run_until_idle(Service(config, listeners=[RelionListener(OPTICS)], logger=log,
+                           # the series completes once its mdoc is quiet for 0.5 s
+                           resolver=TiltSeriesResolver(SeriesConfig(mdoc_quiet_s=0.5),
+                                                       mode="on")), guard_s=30)
+    return log
+
+
+def _record(out: Path, movie: Path) -> dict:
+    return json.loads((out / f"{movie.stem}.motion.json").read_text())
+
+
+def _dw(path: Path) -> np.ndarray:
+    with mrcfile.open(path, permissive=True) as mrc:
+        return np.asarray(mrc.data, dtype=np.float64)
+
+
+def test_a_200_kV_tilt_series_without_voltage_is_weighted_and_recorded_at_its_mdoc_voltage(
+        tmp_path):
+    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=200, n_tilts=2)
+    _run(_watch_config(watch, out))
+    for t in tilts:
+        record = _record(out, t.movie.path)
+        assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "mdoc"
+        general = starfile.read(out / f"{t.movie.path.stem}.star", always_dict=True)["general"]
+        assert general["rlnVoltage"] == pytest.approx(200.0)
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    assert glob["rlnVoltage"][0] == pytest.approx(200.0)
+    stack_mdocs = sorted((out / "TS_01").glob("*.mdoc"))
+    assert stack_mdocs and all(read_mdoc(p).voltage_kV == 200.0 for p in stack_mdocs)
+
+    # the weights: the daemon's DW sum of the last tilt is the library's at 200 kV, not 300 kV
+    last = tilts[-1]
+    record = _record(out, last.movie.path)
+    daemon_dw = _dw(out / record["outputs"]["dw"])
+    truth = {}
+    for kv in (200.0, 300.0):
+        dose = DoseParams(voltage_kV=kv, frame_doses_e_A2=tuple([last.dose_e_A2 / N_FRAMES]
+                                                                  * N_FRAMES),
+                          pre_exposure_e_A2=last.pre_exposure_e_A2)
+        result = correct_movie(last.movie.path, tmp_path / f"at{kv:g}",
+                               CorrectionParams(dose=dose), workers=1)
+        truth[kv] = _dw(Path(result.outputs["dw"]))
+    off_200 = np.abs(daemon_dw - truth[200.0]).max()
+    off_300 = np.abs(daemon_dw - truth[300.0]).max()
+    assert off_300 > 20 * off_200
+
+
+def test_an_explicit_voltage_unlike_the_mdocs_is_used_and_warned_about_once_per_series(
+        tmp_path):
+    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=200)
+    log = _run(_watch_config(watch, out, "--voltage", "300"))
+    warned = [f for level, event, f in log.events
+              if level == "warning" and event == "voltage_differs_from_metadata"]
+    assert len(warned) == 1  # one series: once, not once per tilt
+    assert warned[0]["series"] == "TS_01"
+    assert "--voltage 300 kV" in warned[0]["reason"] and "200 kV" in warned[0]["reason"]
+    for t in tilts:
+        record = _record(out, t.movie.path)
+        assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "option"
+
+
+def test_a_300_kV_session_without_voltage_keeps_the_parameters_and_keys_it_had(tmp_path):
+    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=300)
+    config = _watch_config(watch, out)
+    # as the former default --voltage 300 built them
+    assert config.params == CorrectionParams(dose=DoseParams(voltage_kV=300.0))
+    assert config.params.fingerprint() == CorrectionParams(
+        dose=DoseParams(voltage_kV=300.0)).fingerprint()
+    log = _run(config)
+    assert not [e for _, e, _ in log.events if e == "voltage_differs_from_metadata"]
+    for t in tilts:
+        record = _record(out, t.movie.path)
+        assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "mdoc"
+        tilt = record["tilt"]
+        before = CorrectionParams(dose=DoseParams(
+            voltage_kV=300.0, frame_doses_e_A2=tuple(tilt["frame_doses_e_A2"]),
+            pre_exposure_e_A2=tilt["pre_exposure_e_A2"]))
+        assert record["alignment"]["params_fingerprint"] == before.fingerprint()
+
+
+def _fei_movie(path: Path, *, voltage_kV: float) -> Path:
+    """A small MRC movie with an FEI1 extended header giving its pixel size and voltage."""
+    syn = render_movie(np.random.default_rng(8), shape_yx=(96, 96), n_frames=4,
+                       electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+    ext_dtype = mrcfile.dtypes.get_ext_header_dtype(b"FEI1", "<")
+    ext = np.zeros(4, dtype=ext_dtype)
+    ext["Metadata size"] = ext_dtype.itemsize
+    ext["Pixel size X"] = ext["Pixel size Y"] = 1.2e-10  # m
+    ext["HT"] = voltage_kV * 1e3  # V
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.set_extended_header(ext)
+        mrc.header.exttyp = b"FEI1"
+    return path
+
+
+def test_correct_without_voltage_takes_the_fei_headers_and_an_unlike_option_warns(
+        tmp_path, capsys):
+    movie = _fei_movie(tmp_path / "glacios.mrc", voltage_kV=200.0)
+    assert main(["correct", str(movie), "--out", str(tmp_path / "a"),
+                 "--dose-per-frame", "1"]) == 0
+    record = json.loads((tmp_path / "a" / "glacios.motion.json").read_text())
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "movie header"
+    assert "warning" not in capsys.readouterr().err
+
+    assert main(["correct", str(movie), "--out", str(tmp_path / "b"), "--dose-per-frame", "1",
+                 "--voltage", "300"]) == 0
+    record = json.loads((tmp_path / "b" / "glacios.motion.json").read_text())
+    assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "option"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "kV" in line]
+    assert lines == [f"motionwatch: {movie}: warning: --voltage 300 kV used, but the movie "
+                     f"header says 200 kV: dose weighting and records use 300 kV"]
+
+
+def test_a_single_movie_in_the_daemon_takes_its_frame_mdocs_voltage(tmp_path):
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    syn = render_movie(np.random.default_rng(4), shape_yx=SHAPE, n_frames=N_FRAMES,
+                       electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+    movie = watch / "single.mrc"
+    with mrcfile.new(movie) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = PIXEL_A
+    movie.with_name("single.mrc.mdoc").write_text(
+        f"PixelSpacing = {PIXEL_A:g}\nVoltage = 200\nImageFile = single.mrc\n\n"
+        f"[FrameSet = 0]\nTiltAngle = 0\nExposureDose = 4\nPixelSpacing = {PIXEL_A:g}\n"
+        f"SubFramePath = X:\\frames\\single.mrc\nNumSubFrames = {N_FRAMES}\n"
+        f"TimeStamp = 5\nDateTime = 24-Mar-2023  12:05:00\n")
+    _run(_watch_config(watch, out))
+    record = _record(out, movie)
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "frame mdoc"
+    assert record["dose"]["total_e_A2"] == pytest.approx(4.0)
