@@ -43,7 +43,6 @@ import argparse
 import collections
 import ipaddress
 import json
-import math
 import os
 import socket
 import threading

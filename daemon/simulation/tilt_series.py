@@ -17,7 +17,6 @@ from the camera PC does. Pixels come from :mod:`correction.synthetic`.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
