@@ -57,10 +57,14 @@ TILT_SERIES_STAR = "corrected_tilt_series.star"
 @dataclass(frozen=True, slots=True)
 class MdocFacts:
     """What the series tables take from a series mdoc: the nominal tilt axis (°) and each
-    section's ``TargetDefocus`` (µm, as written) by ``ZValue``."""
+    section's ``TargetDefocus`` (µm, as written) by the file name of its ``SubFramePath`` and
+    by its ``ZValue``. The name comes first: SerialEM renumbers the sections when it re-sorts
+    the mdoc by angle at the end of a dose-symmetric series, so a tilt's ``ZValue`` recorded
+    during acquisition may then name another tilt's section."""
 
     tilt_axis_deg: float | None = None
     target_defocus_by_z: Mapping[int, float] | None = None
+    target_defocus_by_movie: Mapping[str, float] | None = None
 
 
 def mdoc_facts(path: str | Path | None) -> MdocFacts:
@@ -74,15 +78,26 @@ def mdoc_facts(path: str | Path | None) -> MdocFacts:
     except (OSError, ValueError):
         return MdocFacts()
     axis = md.tilt_axis_deg
-    defocus = {}
+    by_z: dict[int, float] = {}
+    by_movie: dict[str, float] = {}
     for s in md.sections:
-        value = dict(s.items).get("TargetDefocus")
-        if s.z_value is not None and value not in (None, ""):
-            try:
-                defocus[int(s.z_value)] = float(value)
-            except ValueError:
-                pass
-    return MdocFacts(axis, defocus)
+        try:
+            value = float(dict(s.items).get("TargetDefocus"))
+        except (TypeError, ValueError):
+            continue
+        if s.z_value is not None:
+            by_z[int(s.z_value)] = value
+        if s.sub_frame_name:
+            by_movie[s.sub_frame_name] = value
+    return MdocFacts(axis, by_z, by_movie)
+
+
+def _nominal_defocus(tilt: TiltRecord, movie: str, facts: MdocFacts) -> float | None:
+    """The tilt's ``TargetDefocus`` (µm): its section's by movie file name when the mdoc names
+    its movies, else by the ``ZValue`` recorded for the tilt; None when neither gives one."""
+    if facts.target_defocus_by_movie:
+        return facts.target_defocus_by_movie.get(Path(movie).name)
+    return (facts.target_defocus_by_z or {}).get(tilt.z_value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +125,10 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
     """The per-series table (a DataFrame), tilts in acquisition order."""
     ordered = sorted(entries, key=lambda e: (e.tilt.acquisition_index, str(e.motion.movie)))
     axis = optics.tilt_axis_deg if optics.tilt_axis_deg is not None else facts.tilt_axis_deg
-    defocus = facts.target_defocus_by_z or {}
-    with_defocus = bool(ordered) and all(e.tilt.z_value in defocus for e in ordered)
+    defocus = [_nominal_defocus(e.tilt, str(e.motion.movie), facts) for e in ordered]
+    with_defocus = bool(ordered) and all(d is not None for d in defocus)
     rows = []
-    for e in ordered:
+    for e, nominal_defocus in zip(ordered, defocus):
         m = e.motion
         total, early, late = accumulated_motion_px(
             m, dose_cutoff_e_A2=optics.motionstats_dose_cutoff_e_A2)
@@ -126,7 +141,7 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
             "rlnMicrographPreExposure": e.tilt.pre_exposure_e_A2,
         }
         if with_defocus:
-            row["rlnTomoNominalDefocus"] = defocus[e.tilt.z_value]
+            row["rlnTomoNominalDefocus"] = nominal_defocus
         # weighted as the halves are (module docstring)
         row["rlnMicrographName"] = relative_to(m.outputs.get("dw") or m.outputs["sum"], out_dir)
         for kind, label in (("even", "rlnMicrographNameEven"), ("odd", "rlnMicrographNameOdd")):

@@ -221,3 +221,35 @@ def test_a_bad_amplitude_contrast_fails_at_start_up_even_without_the_hand_off_fi
     assert "amplitude_contrast must be in [0, 1), got 1.5" in str(err.value)
     assert "workers must be >= 1" in str(err.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_each_tilt_gets_its_own_sections_target_defocus_after_serialem_sorts_the_mdoc_by_angle(
+        tmp_path):
+    """At the end of a dose-symmetric series SerialEM rewrites the mdoc sorted by angle, which
+    renumbers its sections. The ZValue a tilt recorded during acquisition then names another
+    tilt's section: with a defocus per tilt, ``rlnTomoNominalDefocus`` went to the wrong rows.
+    The section is found by its ``SubFramePath`` file name instead (ZValue without names)."""
+    from daemon.handoff.tomo import mdoc_facts
+
+    sorted_by_angle = [(-3.0, "c.tif", -4.0), (0.0, "a.tif", -3.0), (3.0, "b.tif", -3.5)]
+    text = "PixelSpacing = 1.5\nVoltage = 300\nImageFile = TS_01.mrc\n\n"
+    text += "[T = SerialEM: Digitized on EMBL Krios   Tilt axis angle = 85.3, binning = 1]\n\n"
+    for z, (angle, movie, defocus) in enumerate(sorted_by_angle):
+        text += (f"[ZValue = {z}]\nTiltAngle = {angle}\nExposureDose = 3\n"
+                 f"TargetDefocus = {defocus}\nSubFramePath = X:\\frames\\{movie}\n\n")
+    mdoc = tmp_path / "TS_01.mrc.mdoc"
+    mdoc.write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    # acquisition order 0, +3, -3: ZValues 0, 1, 2 when each was corrected
+    acquired = [("a.tif", 0.0), ("b.tif", 3.0), ("c.tif", -3.0)]
+    entries = [TiltEntry(movie_motion(_record(name, 8), out / f"{Path(name).stem}.motion.json"),
+                         TiltRecord(series="TS_01", movie=name, tilt_deg=angle,
+                                    acquisition_index=i, dose_e_A2=3.0,
+                                    pre_exposure_e_A2=3.0 * i, z_value=i))
+               for i, (name, angle) in enumerate(acquired)]
+    star = write_star(out / "TS_01.star",
+                      {"TS_01": series_block(entries, out, OPTICS, mdoc_facts(mdoc))})
+    rows = starfile.read(star)
+    assert list(rows["rlnTomoNominalStageTiltAngle"]) == [0.0, 3.0, -3.0]
+    assert list(rows["rlnTomoNominalDefocus"]) == [-3.0, -3.5, -4.0]
