@@ -40,6 +40,41 @@ def test_each_eer_compression_decodes_and_groups_to_exact_counts(tmp_path, compr
     assert movie.pixel_size_A == pytest.approx(0.83)
 
 
+@pytest.mark.parametrize("compression, bits", [(65001, None), (65000, None), (65002, (7, 2, 2))])
+def test_a_raw_frame_stored_in_several_strips_is_one_bit_stream_joined_before_decoding(
+        tmp_path, compression, bits):
+    """The strips of a raw frame are pieces of one stream, cut anywhere (inside a code, at an
+    odd byte), as Thermo Fisher's reference reader, RELION, MotionCor3 and cisTEM read them
+    (correction/io/eer.py, "Strips"); decoding each strip as an image of its own rows fails."""
+    raw = _raw_frames(n=6)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, compression=compression,
+                                bits=bits, rows_per_strip=16, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        counts = [list(page.databytecounts) for page in tif.pages]
+    assert all(len(c) == 3 for c in counts)               # 48 rows, 16 per strip
+    assert any(n % 2 for c in counts for n in c)          # some cuts at an odd byte
+    movie = read_movie(path, params=ReadParams(eer_group_frames=1))
+    np.testing.assert_array_equal(movie.frames, raw)
+
+
+def test_one_multi_strip_raw_frame_decodes_alone_and_on_the_8k_grid(tmp_path):
+    from correction.io.eer import decode_eer_page
+
+    raw = _raw_frames(n=3)
+    rng = np.random.default_rng(8)
+    sub = [rng.integers(0, 4, (int(f.sum()), 2)) for f in raw]
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, rows_per_strip=10,
+                                subpixels=sub, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        np.testing.assert_array_equal(decode_eer_page(tif, -1, path), raw[-1])
+    fine = read_movie(path, params=ReadParams(eer_group_frames=1, eer_sampling=2)).frames
+    for f, events in enumerate(raw):
+        y, x = np.nonzero(events)
+        expected = np.zeros((SHAPE[0] * 2, SHAPE[1] * 2), dtype=fine.dtype)
+        expected[2 * y + (sub[f][:, 1] >> 1), 2 * x + (sub[f][:, 0] >> 1)] = 1
+        np.testing.assert_array_equal(fine[f], expected)
+
+
 def test_the_independent_writer_agrees_with_tifffile(tmp_path):
     raw = _raw_frames(n=5)
     path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META)
