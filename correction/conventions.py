@@ -12,6 +12,11 @@ Row order
     MotionCor2/3 and RELION reverse them; EER frames and EER ``.gain`` files keep their stored
     order (:mod:`correction.io.tiff`).
 
+Gain direction
+    ``corrected = (raw - dark) * gain``. An EER movie's gain file that is not a ``.gain`` file
+    is, by default, a flat-field count image and ``gain`` is ``mean / file`` (as RELION's
+    ``EERRenderer::loadEERGain``; :func:`correction.gain.reference_for_movie`).
+
 Shift sign
     A shift is the **displacement of the specimen** in a frame relative to the aligned sum, in
     output pixels: a feature at ``(y0, x0)`` in the aligned sum is found at
