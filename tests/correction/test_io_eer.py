@@ -369,8 +369,10 @@ def test_eer_gain_as_relion_takes_it_flattens_an_empty_beam(tmp_path, gain_name,
         tifffile.imwrite(tmp_path / gain_name, gain if gain_name.endswith(".gain") else gain[::-1])
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                               read=ReadParams(eer_group_frames=10),
-                              gain=GainParams(gain_path=tmp_path / gain_name, eer_gain=eer_gain,
-                                              detect_hot_pixels=False),
+                              gain=GainParams(gain_path=tmp_path / gain_name,
+                                              detect_hot_pixels=False,
+                                              **({} if eer_gain == "auto" else
+                                                 {"eer_gain": eer_gain})),
                               align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
     result = correct_movie(path, tmp_path / "out", params)
     with mrcfile.open(result.outputs["sum"]) as mrc:
