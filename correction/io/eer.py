@@ -4,11 +4,10 @@ An EER file is a BigTIFF with one page per raw frame, compressed with 65000 (8-b
 lengths), 65001 (7-bit) or 65002 (run-length and sub-pixel bit widths in tags 65007-65009).
 A page may be preceded by an uncompressed integrated image, which is skipped. tifffile parses
 the page directory; each raw frame's strips are read with ``os.pread``, joined into one bit
-stream and decoded by ``imagecodecs.eer_decode`` straight into the fraction it belongs to
-(the decoder adds one per
-event to its output, a fact checked on a 4-pixel probe stream before each read; where an
-imagecodecs version does not, each raw frame goes through a reused boolean buffer that is then
-added). Memory holds the fractions (uint8 when at most 255 raw frames are summed, else uint16),
+stream ("Strips" below) and decoded by ``imagecodecs.eer_decode`` straight into the fraction
+it belongs to (the decoder adds one per event to its output, a fact checked on a 4-pixel
+probe stream before each read; where an imagecodecs version does not, each raw frame goes
+through a reused boolean buffer that is then added). Memory holds the fractions (uint8 when at most 255 raw frames are summed, else uint16),
 never all raw frames; fractions are decoded by ``max_workers`` threads (the decoder releases
 the GIL).
 
