@@ -13,9 +13,10 @@ Row order
     order (:mod:`correction.io.tiff`).
 
 Gain direction
-    ``corrected = (raw - dark) * gain``. An EER movie's gain file that is not a ``.gain`` file
-    is, by default, a flat-field count image and ``gain`` is ``mean / file`` (as RELION's
-    ``EERRenderer::loadEERGain``; :func:`correction.gain.reference_for_movie`).
+    ``corrected = (raw - dark) * gain``, the gain file as it is (MotionCor2's ``-Gain``). For
+    EER movies ``--eer-gain relion`` takes a gain file that is not a ``.gain`` file as a
+    flat-field count image, ``gain = mean / file``, as RELION's ``EERRenderer::loadEERGain``
+    does (:func:`correction.gain.reference_for_movie`).
 
 Shift sign
     A shift is the **displacement of the specimen** in a frame relative to the aligned sum, in

@@ -1,9 +1,8 @@
 """Gain, dark and defect references: load, orient, check against a movie, apply to frames.
 
 ``corrected = (raw - dark) * gain`` (multiplicative gain, as MotionCor, RELION and EER ``.gain``
-files have it). An EER movie's gain file that is not a ``.gain`` file is, by default, a
-flat-field count image and is applied as its reciprocal (:func:`reference_for_movie`, "EER
-gain files" below). Orientation (:func:`orient`) means exactly MotionCor2's ``-RotGain K`` and
+files have it; for an EER movie a count image can be taken as ``mean / gain`` instead,
+:func:`reference_for_movie`, "EER gain files" below). Orientation (:func:`orient`) means exactly MotionCor2's ``-RotGain K`` and
 ``-FlipGain F``: rotated by K quarter turns, each moving ``gain[y, x]`` to ``out[x, ny-1-y]``
 (``numpy.rot90(ref, k=-K)``, clockwise as displayed with row 0 at the top), THEN flipped (1 =
 ``updown`` reverses the rows, 2 = ``leftright`` the columns); the dark reference and defect
@@ -36,13 +35,15 @@ EER gain files
     a ``.gain`` to ``gain.mrc`` with IMOD's ``tif2mrc`` without inverting it, so that MRC is
     multiplicative although it is not a ``.gain`` file (RELION would invert it).
 
-    motionwatch, ``GainParams.eer_gain``: ``"auto"`` (default) follows RELION: ``.gain``
-    (any case) multiplicative, any other file reciprocal, ``mean / gain`` with the mean over
-    the valid (non-zero, finite) pixels, as Thermo Fisher's reader (RELION's mean counts the
-    defects as zeros: its result is lower by the defect fraction, a constant factor).
-    ``"multiplicative"`` applies the file as it is (an MRC converted from a ``.gain``, as
-    Murfey makes); ``"reciprocal"`` inverts any file. Movies that are not EER always use the
-    gain as a multiplier. The record says which (``references.gain_applied_as``); a gain
+    So the peers disagree about an MRC or TIFF gain of an EER movie. motionwatch's ``--gain``
+    means MotionCor2's ``-Gain`` (the house rule for flags that share a name), so
+    ``GainParams.eer_gain`` is ``"multiplicative"`` by default: every file as it is (EPU's
+    ``.gain``, an MRC converted from it, as Murfey makes). ``"relion"`` follows RELION:
+    ``.gain`` (any case) multiplicative, any other file reciprocal, ``mean / gain`` with the
+    mean over the valid (non-zero, finite) pixels, as Thermo Fisher's reader (RELION's mean
+    counts the defects as zeros: its result is lower by the defect fraction, a constant
+    factor); ``"reciprocal"`` inverts any file. Movies that are not EER always use the gain as
+    a multiplier. The record says which (``references.gain_applied_as``); a gain
     applied the wrong way leaves the detector's pattern in the frames, twice as strong, which
     :mod:`correction.detector_pattern` reports (its message names ``--eer-gain``).
 """
@@ -370,12 +371,14 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
         defects_path=Path(params.defects_path) if params.defects_path is not None else None)
 
 
-def eer_gain_is_reciprocal(gain_path: str | Path | None, eer_gain: str = "auto") -> bool:
+def eer_gain_is_reciprocal(gain_path: str | Path | None,
+                           eer_gain: str = "multiplicative") -> bool:
     """Whether the gain file of an EER movie is a count image, applied as ``mean / gain``.
 
-    ``eer_gain`` ``"auto"``: as RELION's ``EERRenderer::loadEERGain``, every file except a
-    ``.gain`` one (the suffix in any case; RELION compares it exactly, and EPU writes it in
-    lower case); ``"multiplicative"``: never; ``"reciprocal"``: always. No gain file: never.
+    ``eer_gain`` ``"multiplicative"`` (MotionCor2's ``-Gain``): never; ``"relion"``: as
+    RELION's ``EERRenderer::loadEERGain``, every file except a ``.gain`` one (the suffix in
+    any case; RELION compares it exactly, and EPU writes it in lower case); ``"reciprocal"``:
+    always. No gain file: never.
     """
     if gain_path is None or eer_gain == "multiplicative":
         return False
@@ -408,12 +411,13 @@ def reference_for_movie(ref: GainReference | None, params: GainParams, *,
     name = Path(ref.gain_path).name
     if eer_gain_is_reciprocal(ref.gain_path, params.eer_gain):
         why = ("--eer-gain reciprocal" if params.eer_gain == "reciprocal" else
-               "an EER gain that is not a .gain file is a count image, as RELION takes it")
+               "--eer-gain relion: a gain that is not a .gain file is a count image")
         rule = f"{name} applied as mean / gain ({why})"
         out = ref.reciprocal() if ref.applied_as == "multiplicative" else ref
     else:
-        why = ("--eer-gain multiplicative" if params.eer_gain == "multiplicative" else
-               "an EER .gain file is multiplicative, as RELION takes it")
+        why = ("as MotionCor2's -Gain; --eer-gain relion or reciprocal for a count image"
+               if params.eer_gain == "multiplicative" else
+               "--eer-gain relion: a .gain file is multiplicative")
         rule = f"{name} applied as a multiplier ({why})"
         out = ref.reciprocal() if ref.applied_as == "reciprocal" else ref
     return dataclasses.replace(out, eer_rule=rule)

@@ -33,8 +33,8 @@ __all__ = [
 
 Flip = Literal["none", "updown", "leftright"]
 #: How the gain file is applied to an EER movie (:func:`correction.gain.reference_for_movie`)
-EerGain = Literal["auto", "multiplicative", "reciprocal"]
-EER_GAIN_MODES: tuple[str, ...] = ("auto", "multiplicative", "reciprocal")
+EerGain = Literal["multiplicative", "relion", "reciprocal"]
+EER_GAIN_MODES: tuple[str, ...] = ("multiplicative", "relion", "reciprocal")
 
 #: MotionCor2's ``-FlipGain`` number -> motionwatch's name (RELION: 1 = ``flipY``, 2 = ``flipX``)
 _FLIP_BY_NUMBER: dict[int, Flip] = {0: "none", 1: "updown", 2: "leftright"}
@@ -130,9 +130,10 @@ class GainParams:
     map get the same orientation.
 
     ``eer_gain`` says how the gain file is applied to an EER movie (other movies: always
-    multiplicative): ``"auto"`` as RELION (``EERRenderer::loadEERGain``): a ``.gain`` file is
-    multiplicative, any other (MRC, TIFF) is a flat-field count image applied as its
-    reciprocal, ``mean / gain``; ``"multiplicative"`` / ``"reciprocal"`` force either
+    multiplicative): ``"multiplicative"`` (default) as MotionCor2/3's ``-Gain``, any file;
+    ``"relion"`` as RELION's ``EERRenderer::loadEERGain``: a ``.gain`` file is multiplicative,
+    any other (MRC, TIFF) is a flat-field count image applied as its reciprocal, ``mean /
+    gain``; ``"reciprocal"``: ``mean / gain`` for any file
     (:func:`correction.gain.reference_for_movie`).
 
     Changed meaning: before this convention, ``rotate_quarter_turns`` turned the other way
@@ -147,7 +148,7 @@ class GainParams:
     defects_path: Path | None = None
     hot_pixel_sigma: float = 8.0
     detect_hot_pixels: bool = True
-    eer_gain: EerGain = "auto"
+    eer_gain: EerGain = "multiplicative"
 
     def __post_init__(self) -> None:
         _require(self.eer_gain in EER_GAIN_MODES,
@@ -283,7 +284,7 @@ class CorrectionParams:
         values = dataclasses.asdict(self)
         if values["dose"]["frame_doses_per"] == "frame":  # the default: hashes as before it existed
             del values["dose"]["frame_doses_per"]
-        if values["gain"]["eer_gain"] == "auto":  # the default: hashes as before it existed
+        if values["gain"]["eer_gain"] == "multiplicative":  # the default: hashes as before
             del values["gain"]["eer_gain"]
         text = json.dumps(values, sort_keys=True, default=default)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -68,15 +68,15 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                      help="MotionCor2's -FlipGain, applied after the rotation: 0 or none, 1 or "
                           "updown (rows reversed, upside down), 2 or leftright (columns "
                           "reversed) (default %(default)s)")
-    ref.add_argument("--eer-gain", choices=("auto", "multiplicative", "reciprocal"),
-                     default="auto",
-                     help="EER movies only: how the --gain file is applied. auto, as RELION: a "
-                          ".gain file (EPU's) is a multiplier; any other file (MRC, TIFF) is a "
-                          "flat-field count image, applied as mean / gain (0 stays a defect). "
-                          "multiplicative: the file as it is (an MRC converted from a .gain, "
-                          "e.g. by Murfey); reciprocal: mean / gain for any file. Not "
-                          "MotionCor's -InvGain, which takes 1 / gain for any movie "
-                          "(default %(default)s)")
+    ref.add_argument("--eer-gain", choices=("multiplicative", "relion", "reciprocal"),
+                     default="multiplicative",
+                     help="EER movies only: how the --gain file is applied. multiplicative: "
+                          "the file as it is, as MotionCor2's -Gain (EPU's .gain, an MRC "
+                          "converted from it, e.g. by Murfey); relion, as RELION's "
+                          "loadEERGain: a .gain file is a multiplier, any other file (MRC, "
+                          "TIFF) a flat-field count image, applied as mean / gain (0 stays a "
+                          "defect); reciprocal: mean / gain for any file. Not MotionCor's "
+                          "-InvGain, which takes 1 / gain for any movie (default %(default)s)")
     ref.add_argument("--dark", type=Path, default=None, metavar="PATH",
                      help="dark reference, subtracted before the gain")
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
@@ -192,7 +192,7 @@ def _params(get: Any) -> CorrectionParams:
                       rotate_quarter_turns=int(get("gain_rotate", 0)),
                       flip=get("gain_flip", "none"),
                       detect_hot_pixels=bool(get("hot_pixels", True)),
-                      eer_gain=get("eer_gain", "auto"))
+                      eer_gain=get("eer_gain", "multiplicative"))
     align_kwargs: dict[str, Any] = {"group_frames": int(get("group", 1))}
     if get("max_shift") is not None:
         align_kwargs["max_shift_px"] = float(get("max_shift"))

@@ -344,15 +344,18 @@ def _flat_field_eer(tmp_path, response, *, n_raw=40, rate=0.25, seed=12):
         ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", "1.1e-10")])
 
 
-@pytest.mark.parametrize("gain_name, eer_gain", [("count.mrc", "auto"), ("count.tif", "auto"),
-                                                 ("mult.mrc", "multiplicative"),
-                                                 ("mult.gain", "auto")])
-def test_eer_gain_as_relion_takes_it_flattens_an_empty_beam(tmp_path, gain_name, eer_gain):
-    """RELION's EERRenderer::loadEERGain: an EER gain that is not a ``.gain`` file is a count
-    image (a flat exposure's counts, as Thermo Fisher's makeEerGain_raw2mrc.py writes it),
-    applied as mean / gain; a ``.gain`` is a multiplier. Either way an empty beam comes out flat:
-    the corrected sum no longer follows the detector's response (the old multiplicative use of
-    a count image squared it)."""
+@pytest.mark.parametrize("gain_name, eer_gain", [("count.mrc", "relion"), ("count.tif", "relion"),
+                                                 ("count.mrc", "reciprocal"),
+                                                 ("mult.mrc", "default"), ("mult.gain", "default"),
+                                                 ("mult.gain", "relion")])
+def test_each_eer_gain_rule_flattens_an_empty_beam_with_the_gain_file_it_is_meant_for(
+        tmp_path, gain_name, eer_gain):
+    """``--eer-gain relion`` (RELION's EERRenderer::loadEERGain): an EER gain that is not a
+    ``.gain`` file is a count image (a flat exposure's counts, as Thermo Fisher's
+    makeEerGain_raw2mrc.py writes it), applied as mean / gain, and a ``.gain`` is a multiplier;
+    the default (MotionCor2's ``-Gain``) multiplies by any file. Each way an empty beam comes
+    out flat with its kind of file: the corrected sum no longer follows the detector's
+    response (a count image used as a multiplier squares it)."""
     import mrcfile
 
     from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
@@ -371,7 +374,7 @@ def test_eer_gain_as_relion_takes_it_flattens_an_empty_beam(tmp_path, gain_name,
                               read=ReadParams(eer_group_frames=10),
                               gain=GainParams(gain_path=tmp_path / gain_name,
                                               detect_hot_pixels=False,
-                                              **({} if eer_gain == "auto" else
+                                              **({} if eer_gain == "default" else
                                                  {"eer_gain": eer_gain})),
                               align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
     result = correct_movie(path, tmp_path / "out", params)
@@ -406,5 +409,5 @@ def test_an_eer_count_image_used_as_a_multiplier_is_reported_with_the_other_way(
         record = correct_movie(path, tmp_path / "out", params).record
     pattern = record["detector_pattern"]
     assert pattern["detected"]
-    assert "count.mrc applied as a multiplier (--eer-gain multiplicative)" in pattern["message"]
+    assert "count.mrc applied as a multiplier (as MotionCor2's -Gain" in pattern["message"]
     assert "try --eer-gain reciprocal" in pattern["message"]

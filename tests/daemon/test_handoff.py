@@ -821,8 +821,9 @@ def test_an_eer_movies_star_names_a_dot_gain_that_relion_applies_as_motionwatch_
     """RELION loads an EER movie's gain with ``EERRenderer::loadEERGain`` (src/renderEER.h):
     a ``.gain`` file as it is (a TIFF, rows as stored), any other file inverted
     (``mean / gain``). So an EER movie's STAR names ``motionwatch_gain.gain``: the gain
-    motionwatch applied (here the reciprocal of an MRC count image), which RELION uses as it
-    is; the multiplicative MRC, which RELION would invert, stays for other movies."""
+    motionwatch applied (here, under ``--eer-gain relion``, the reciprocal of an MRC count
+    image), which RELION uses as it is; the multiplicative MRC, which RELION would invert,
+    stays for other movies."""
     import mrcfile
     import tifffile
     from eer_writer import write_eer
@@ -839,13 +840,15 @@ def test_an_eer_movies_star_names_a_dot_gain_that_relion_applies_as_motionwatch_
     movie = write_eer(tmp_path / "m.eer", [np.flatnonzero(rng.random(shape[0] * shape[1]) < 0.05)
                                            for _ in range(40)], shape_yx=shape)
     out = tmp_path / "out"
-    assert _correct(movie, "--gain", tmp_path / "count.mrc", "--eer-group", 10, "--pixel-size",
-                    0.9, "--total-dose", 8, "--no-hot-pixels", "--out", out) == 0
-    assert ("note: EER gain: count.mrc applied as mean / gain (an EER gain that is not a .gain "
-            "file is a count image, as RELION takes it)") in capsys.readouterr().err
+    assert _correct(movie, "--gain", tmp_path / "count.mrc", "--eer-gain", "relion",
+                    "--eer-group", 10, "--pixel-size", 0.9, "--total-dose", 8, "--no-hot-pixels",
+                    "--out", out) == 0
+    assert ("note: EER gain: count.mrc applied as mean / gain (--eer-gain relion: a gain that "
+            "is not a .gain file is a count image)") in capsys.readouterr().err
     general = starfile.read(out / "m.star", always_dict=True)["general"]
     assert general["rlnMicrographGainName"] == "motionwatch_gain.gain"
-    params = GainParams(gain_path=tmp_path / "count.mrc", detect_hot_pixels=False)  # as run
+    params = GainParams(gain_path=tmp_path / "count.mrc", detect_hot_pixels=False,
+                        eer_gain="relion")  # as run
     applied = reference_for_movie(load_gain_reference(params), params, is_eer=True)
     assert applied.applied_as == "reciprocal"
     relion_reads = tifffile.imread(out / "motionwatch_gain.gain")  # a .gain: used as it is
@@ -866,9 +869,11 @@ def test_an_eer_movies_star_names_a_dot_gain_that_relion_applies_as_motionwatch_
         np.testing.assert_array_equal(mrc.data, counts)
 
 
-def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path):
+@pytest.mark.parametrize("eer_gain", ["multiplicative", "relion"])
+def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path, eer_gain):
     """The hand-off listener writes the EER movies' ``.gain`` when the first EER movie comes
-    (an MRC session never gets one) and names it in their STARs."""
+    (an MRC session never gets one) and names it in their STARs: the gain as applied, the file
+    itself by default (RELION would invert the MRC) or its reciprocal under RELION's rule."""
     import mrcfile
     import tifffile
     from eer_writer import write_eer
@@ -886,7 +891,8 @@ def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path
     _mrc_movie(watch / "spa_0.mrc", rng)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                               read=ReadParams(eer_group_frames=10, pixel_size_A=PIXEL_A),
-                              gain=GainParams(gain_path=tmp_path / "count.mrc"))
+                              gain=GainParams(gain_path=tmp_path / "count.mrc",
+                                              eer_gain=eer_gain))
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
     assert Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata()).run() == 0
@@ -895,5 +901,6 @@ def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path
     assert eer_star["rlnMicrographGainName"] == "motionwatch_gain.gain"
     assert mrc_star["rlnMicrographGainName"] == "motionwatch_gain.mrc"
     valid = counts != 0
-    np.testing.assert_allclose(tifffile.imread(out / "motionwatch_gain.gain"),
-                               counts[valid].mean() / counts, rtol=1e-5)
+    applied = counts if eer_gain == "multiplicative" else counts[valid].mean() / counts
+    np.testing.assert_allclose(tifffile.imread(out / "motionwatch_gain.gain"), applied,
+                               rtol=1e-5)
