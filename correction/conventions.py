@@ -12,6 +12,12 @@ Row order
     MotionCor2/3 and RELION reverse them; EER frames and EER ``.gain`` files keep their stored
     order (:mod:`correction.io.tiff`).
 
+Gain direction
+    ``corrected = (raw - dark) * gain``, the gain file as it is (MotionCor2's ``-Gain``). For
+    EER movies ``--eer-gain relion`` takes a gain file that is not a ``.gain`` file as a
+    flat-field count image, ``gain = mean / file``, as RELION's ``EERRenderer::loadEERGain``
+    does (:func:`correction.gain.reference_for_movie`).
+
 Shift sign
     A shift is the **displacement of the specimen** in a frame relative to the aligned sum, in
     output pixels: a feature at ``(y0, x0)`` in the aligned sum is found at

@@ -74,23 +74,34 @@ class DetectorPatternCheck:
     window_yx_px: tuple[int, int]
     detected: bool
 
-    def to_record(self, *, gain_given: bool) -> dict[str, Any]:
+    def to_record(self, *, gain_given: bool, gain_rule: str | None = None) -> dict[str, Any]:
         """JSON-ready dict (the motion record's ``detector_pattern``; ``message`` when
         detected)."""
+        message = self.message(gain_given=gain_given, gain_rule=gain_rule)
         return {"detected": self.detected,
-                **({"message": self.message(gain_given=gain_given)} if self.detected else {}), "frc_0.8_1.0_nyquist": round(self.frc_high, 4),
+                **({"message": message} if self.detected else {}),
+                "frc_0.8_1.0_nyquist": round(self.frc_high, 4),
                 "frc_0.5_0.65_nyquist": round(self.frc_mid, 4),
                 "significance": round(self.significance, 1),
                 "window_px": list(self.window_yx_px),
                 "rule": f"significance >= {MIN_SIGNIFICANCE:g}, 0.8-1.0 >= {FLATNESS:g} x "
                         "0.5-0.65 Nyquist"}
 
-    def message(self, *, gain_given: bool) -> str:
-        """One line for a movie whose frames share a fixed pattern."""
+    def message(self, *, gain_given: bool, gain_rule: str | None = None) -> str:
+        """One line for a movie whose frames share a fixed pattern.
+
+        ``gain_rule``: how an EER movie's gain file was applied
+        (:attr:`correction.gain.GainReference.eer_rule`); the line then names the other way,
+        since a count image applied as a multiplier (or a multiplier inverted) leaves the
+        pattern twice as strong instead of removing it.
+        """
         cause = ("the gain reference does not remove it (another camera mode, session or "
                  "orientation?)" if gain_given else
                  "no gain reference was given (--gain): the frames are unnormalised, or were "
                  "normalised with a gain that does not fit them")
+        if gain_given and gain_rule:
+            other = "multiplicative" if "mean / gain" in gain_rule else "reciprocal"
+            cause += (f"; {gain_rule}: if the file is the other kind, try --eer-gain {other}")
         return (f"the frames share a pattern fixed to the detector (even/odd FRC "
                 f"{self.frc_high:.3f} at 0.8-1.0 Nyquist in detector coordinates, "
                 f"{self.significance:.0f} sigma, as high as at mid frequencies, where a "

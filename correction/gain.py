@@ -1,7 +1,8 @@
 """Gain, dark and defect references: load, orient, check against a movie, apply to frames.
 
 ``corrected = (raw - dark) * gain`` (multiplicative gain, as MotionCor, RELION and EER ``.gain``
-files have it). Orientation (:func:`orient`) means exactly MotionCor2's ``-RotGain K`` and
+files have it; for an EER movie a count image can be taken as ``mean / gain`` instead,
+:func:`reference_for_movie`, "EER gain files" below). Orientation (:func:`orient`) means exactly MotionCor2's ``-RotGain K`` and
 ``-FlipGain F``: rotated by K quarter turns, each moving ``gain[y, x]`` to ``out[x, ny-1-y]``
 (``numpy.rot90(ref, k=-K)``, clockwise as displayed with row 0 at the top), THEN flipped (1 =
 ``updown`` reverses the rows, 2 = ``leftright`` the columns); the dark reference and defect
@@ -11,10 +12,45 @@ is not reoriented. :mod:`correction.gain_orientation` checks the orientation aga
 Defects are the union of the defect list or map, the gain's zero and non-finite pixels, and the
 dark's non-finite pixels; they are replaced in every frame by the mean of their valid
 neighbours (:mod:`correction.defects`), never left at zero.
+
+EER gain files
+    RELION (3dem/relion ``src/renderEER.h``, ``EERRenderer::loadEERGain``, used for EER movies
+    by motion correction, Bayesian polishing and ``relion_convert_to_tiff``): "The gain
+    reference for EER is not multiplicative! So the inverse is taken here. 0 means defect."
+    A file whose extension is ``gain`` is multiplicative and used as it is (read as a TIFF,
+    rows in stored order); any other file (MRC, TIFF) is resampled to the rendering grid (a
+    4K gain repeated over 2 x 2 for 8K, an 8K one summed over 2 x 2 for 4K) and then every
+    non-zero pixel becomes ``mean / gain``, the mean taken over the whole resampled image
+    (zeros included); zeros stay 0 (defects). Thermo Fisher's reader does the same
+    (fei-company/EerReaderLib ``GainDefectCorrect.cpp``, ``PrepareGainImage_ExtractDefects``:
+    ``mean / gain`` for every positive pixel, the mean over non-defect pixels), and its
+    ``makeEerGain_raw2mrc.py`` writes the MRC from the raw electron counts of a flat exposure,
+    defects 0: such an MRC is a count image (a pixel's response), not a correction factor.
+    MotionCor3 applies every gain file as a multiplier; its ``-InvGain 1`` takes ``1 / gain``
+    (0 stays 0; ``MrcUtil/GInverse2D.cu``, commented "for EER reciprocal gain"), without the
+    mean, so its output is scaled by 1 / (counts per pixel of the flat exposure). The EPU
+    gain files of Falcon 4/4i EER data met in public code and issues are
+    ``<date>_<time>_EER_GainReference.gain`` TIFFs, which RELION takes as multiplicative;
+    Murfey (DiamondLightSource, ``murfey/server/gain.py`` ``prepare_eer_gain``) converts such
+    a ``.gain`` to ``gain.mrc`` with IMOD's ``tif2mrc`` without inverting it, so that MRC is
+    multiplicative although it is not a ``.gain`` file (RELION would invert it).
+
+    So the peers disagree about an MRC or TIFF gain of an EER movie. motionwatch's ``--gain``
+    means MotionCor2's ``-Gain`` (the house rule for flags that share a name), so
+    ``GainParams.eer_gain`` is ``"multiplicative"`` by default: every file as it is (EPU's
+    ``.gain``, an MRC converted from it, as Murfey makes). ``"relion"`` follows RELION:
+    ``.gain`` (any case) multiplicative, any other file reciprocal, ``mean / gain`` with the
+    mean over the valid (non-zero, finite) pixels, as Thermo Fisher's reader (RELION's mean
+    counts the defects as zeros: its result is lower by the defect fraction, a constant
+    factor); ``"reciprocal"`` inverts any file. Movies that are not EER always use the gain as
+    a multiplier. The record says which (``references.gain_applied_as``); a gain
+    applied the wrong way leaves the detector's pattern in the frames, twice as strong, which
+    :mod:`correction.detector_pattern` reports (its message names ``--eer-gain``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +61,8 @@ from .errors import CorrectionError, GainReferenceError, ParameterError
 from .params import Flip, GainParams, flip_name
 from .threads import run_chunks
 
-__all__ = ["GainReference", "load_gain_reference", "apply_gain", "orient"]
+__all__ = ["GainReference", "load_gain_reference", "apply_gain", "orient",
+           "reference_for_movie", "eer_gain_is_reciprocal"]
 
 _THREADED_PIXELS = 1 << 20  # frames from this size have their rows split over threads
 
@@ -99,6 +136,12 @@ class GainReference:
         Source files, for messages and records.
     plan : ReplacementPlan or None
         Precomputed replacement of ``defect_mask``.
+    applied_as : {"multiplicative", "reciprocal"}
+        How ``gain`` was made from the gain file: the file itself, or ``mean / file`` (an EER
+        count image, :meth:`reciprocal`).
+    eer_rule : str or None
+        For a reference chosen for an EER movie (:func:`reference_for_movie`), why it is
+        applied as it is (one line); None otherwise.
     """
 
     gain: np.ndarray
@@ -108,6 +151,8 @@ class GainReference:
     dark_path: Path | None = None
     defects_path: Path | None = None
     plan: ReplacementPlan | None = field(default=None, repr=False)
+    applied_as: str = "multiplicative"
+    eer_rule: str | None = None
 
     @classmethod
     def from_arrays(cls, gain: np.ndarray, *, dark: np.ndarray | None = None,
@@ -156,6 +201,26 @@ class GainReference:
         plan = plan_replacement(mask) if mask is not None else None
         return cls(gain=gain, dark=dark, defect_mask=mask, gain_path=gain_path,
                    dark_path=dark_path, defects_path=defects_path, plan=plan)
+
+    def reciprocal(self) -> GainReference:
+        """This reference with the gain file taken as a flat-field count image: ``mean / gain``.
+
+        Every valid pixel (non-zero; defects are 0 here) becomes ``m / gain`` with ``m`` the
+        mean gain over the valid pixels, so the corrected frames keep the raw counts' scale;
+        defects stay 0 (and keep their replacement plan). Applied twice, the original gain
+        comes back up to a constant factor.
+
+        Returns
+        -------
+        GainReference
+            ``applied_as`` switched between ``"multiplicative"`` and ``"reciprocal"``.
+        """
+        valid = self.gain != 0
+        mean = float(self.gain[valid].mean(dtype=np.float64))
+        inverse = np.zeros_like(self.gain)
+        np.divide(np.float32(mean), self.gain, out=inverse, where=valid)
+        flipped = "multiplicative" if self.applied_as == "reciprocal" else "reciprocal"
+        return dataclasses.replace(self, gain=inverse, applied_as=flipped)
 
     @property
     def shape_yx(self) -> tuple[int, int]:
@@ -227,10 +292,11 @@ class GainReference:
         def grow(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.repeat(np.repeat(a, fy, axis=0), fx, axis=1)
 
-        return GainReference.from_arrays(grow(self.gain), dark=grow(self.dark),
-                                         defects=grow(self.defect_mask),
-                                         gain_path=self.gain_path, dark_path=self.dark_path,
-                                         defects_path=self.defects_path)
+        grown = GainReference.from_arrays(grow(self.gain), dark=grow(self.dark),
+                                          defects=grow(self.defect_mask),
+                                          gain_path=self.gain_path, dark_path=self.dark_path,
+                                          defects_path=self.defects_path)
+        return dataclasses.replace(grown, applied_as=self.applied_as, eer_rule=self.eer_rule)
 
 
 def _multiple(big: tuple[int, int], small: tuple[int, int]) -> bool:
@@ -303,6 +369,58 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
         gain_path=Path(params.gain_path) if params.gain_path is not None else None,
         dark_path=Path(params.dark_path) if params.dark_path is not None else None,
         defects_path=Path(params.defects_path) if params.defects_path is not None else None)
+
+
+def eer_gain_is_reciprocal(gain_path: str | Path | None,
+                           eer_gain: str = "multiplicative") -> bool:
+    """Whether the gain file of an EER movie is a count image, applied as ``mean / gain``.
+
+    ``eer_gain`` ``"multiplicative"`` (MotionCor2's ``-Gain``): never; ``"relion"``: as
+    RELION's ``EERRenderer::loadEERGain``, every file except a ``.gain`` one (the suffix in
+    any case; RELION compares it exactly, and EPU writes it in lower case); ``"reciprocal"``:
+    always. No gain file: never.
+    """
+    if gain_path is None or eer_gain == "multiplicative":
+        return False
+    if eer_gain == "reciprocal":
+        return True
+    return Path(gain_path).suffix.lower() != ".gain"
+
+
+def reference_for_movie(ref: GainReference | None, params: GainParams, *,
+                        is_eer: bool) -> GainReference | None:
+    """The reference as it is applied to one movie (module docstring, "EER gain files").
+
+    Parameters
+    ----------
+    ref : GainReference or None
+        As :func:`load_gain_reference` made it from ``params`` (the file's values, oriented).
+    params : GainParams
+        ``gain_path`` and ``eer_gain``.
+    is_eer : bool
+        The movie is an EER movie (``Movie.header["format"] == "eer"``).
+
+    Returns
+    -------
+    GainReference or None
+        ``ref`` itself for a movie that is not EER, or without a gain file; for an EER movie,
+        ``ref`` or its :meth:`~GainReference.reciprocal`, with ``eer_rule`` saying why.
+    """
+    if ref is None or not is_eer or ref.gain_path is None:
+        return ref
+    name = Path(ref.gain_path).name
+    if eer_gain_is_reciprocal(ref.gain_path, params.eer_gain):
+        why = ("--eer-gain reciprocal" if params.eer_gain == "reciprocal" else
+               "--eer-gain relion: a gain that is not a .gain file is a count image")
+        rule = f"{name} applied as mean / gain ({why})"
+        out = ref.reciprocal() if ref.applied_as == "multiplicative" else ref
+    else:
+        why = ("as MotionCor2's -Gain; --eer-gain relion or reciprocal for a count image"
+               if params.eer_gain == "multiplicative" else
+               "--eer-gain relion: a .gain file is multiplicative")
+        rule = f"{name} applied as a multiplier ({why})"
+        out = ref.reciprocal() if ref.applied_as == "reciprocal" else ref
+    return dataclasses.replace(out, eer_rule=rule)
 
 
 def _is_image(path: Path) -> bool:

@@ -21,6 +21,8 @@ from .errors import ParameterError
 
 __all__ = [
     "Flip",
+    "EerGain",
+    "EER_GAIN_MODES",
     "flip_name",
     "ReadParams",
     "GainParams",
@@ -30,6 +32,9 @@ __all__ = [
 ]
 
 Flip = Literal["none", "updown", "leftright"]
+#: How the gain file is applied to an EER movie (:func:`correction.gain.reference_for_movie`)
+EerGain = Literal["multiplicative", "relion", "reciprocal"]
+EER_GAIN_MODES: tuple[str, ...] = ("multiplicative", "relion", "reciprocal")
 
 #: MotionCor2's ``-FlipGain`` number -> motionwatch's name (RELION: 1 = ``flipY``, 2 = ``flipX``)
 _FLIP_BY_NUMBER: dict[int, Flip] = {0: "none", 1: "updown", 2: "leftright"}
@@ -124,6 +129,13 @@ class GainParams:
     reversed). The number is accepted and stored as the name. The dark reference and defect
     map get the same orientation.
 
+    ``eer_gain`` says how the gain file is applied to an EER movie (other movies: always
+    multiplicative): ``"multiplicative"`` (default) as MotionCor2/3's ``-Gain``, any file;
+    ``"relion"`` as RELION's ``EERRenderer::loadEERGain``: a ``.gain`` file is multiplicative,
+    any other (MRC, TIFF) is a flat-field count image applied as its reciprocal, ``mean /
+    gain``; ``"reciprocal"``: ``mean / gain`` for any file
+    (:func:`correction.gain.reference_for_movie`).
+
     Changed meaning: before this convention, ``rotate_quarter_turns`` turned the other way
     (``numpy.rot90(gain, k=K)``), so a setting of 1 is now the old 3 and vice versa; 0 and 2
     and the flips are unchanged.
@@ -136,8 +148,11 @@ class GainParams:
     defects_path: Path | None = None
     hot_pixel_sigma: float = 8.0
     detect_hot_pixels: bool = True
+    eer_gain: EerGain = "multiplicative"
 
     def __post_init__(self) -> None:
+        _require(self.eer_gain in EER_GAIN_MODES,
+                 f"eer_gain must be one of {', '.join(EER_GAIN_MODES)}, got {self.eer_gain!r}")
         _require(self.rotate_quarter_turns in (0, 1, 2, 3),
                  f"rotate_quarter_turns must be 0-3, got {self.rotate_quarter_turns}")
         object.__setattr__(self, "flip", flip_name(self.flip))  # 0/1/2 -> the name
@@ -269,5 +284,7 @@ class CorrectionParams:
         values = dataclasses.asdict(self)
         if values["dose"]["frame_doses_per"] == "frame":  # the default: hashes as before it existed
             del values["dose"]["frame_doses_per"]
+        if values["gain"]["eer_gain"] == "multiplicative":  # the default: hashes as before
+            del values["gain"]["eer_gain"]
         text = json.dumps(values, sort_keys=True, default=default)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -80,7 +80,7 @@ from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
 from .fourier import binned_length, fast_length, fourier_crop, irfft2, rfft2, rfft2_cropped
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
-from .gain import GainReference, apply_gain, load_gain_reference
+from .gain import GainReference, apply_gain, load_gain_reference, reference_for_movie
 from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
                                check_gain_orientation)
 from .local_apply import band_scratch_bytes, local_sums
@@ -645,7 +645,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     del pattern
     timings["detector_pattern"] = time.perf_counter() - t
     if detector_pattern is not None and detector_pattern.detected:
-        warnings.warn(detector_pattern.message(gain_given=_gain_given(gain_reference)),
+        warnings.warn(detector_pattern.message(gain_given=_gain_given(gain_reference),
+                                               gain_rule=_gain_rule(gain_reference)),
                       stacklevel=2)
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
@@ -657,6 +658,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
                            gain_orientation=orientation, detector_pattern=detector_pattern)
+
+
+def _gain_rule(gain_reference: GainReference | None) -> str | None:
+    """How an EER movie's gain file was applied (:func:`correction.gain.reference_for_movie`)."""
+    return gain_reference.eer_rule if gain_reference is not None else None
 
 
 def _gain_given(gain_reference: GainReference | None) -> bool:
@@ -1118,6 +1124,9 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                                 "leave when they know none)")
     if gain_reference is None:
         gain_reference = load_gain_reference(params.gain)
+    # an EER movie's gain file that is not a .gain file is a count image (as RELION takes it)
+    gain_reference = reference_for_movie(gain_reference, params.gain,
+                                         is_eer=movie.header.get("format") == "eer")
     t_read = time.perf_counter() - t0
 
     # EER sampling 2 (super-resolution grid) is Fourier-binned back to the physical pixel
@@ -1147,7 +1156,9 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     outputs = {kind: out_dir / name for kind, name in names.items()}
     timings = {"read": t_read, **corrected.timings_s}
     references = (reference_record(gain_reference.gain_path, gain_reference.dark_path,
-                                   gain_reference.defects_path, expanded_by=gain_expanded_by)
+                                   gain_reference.defects_path, expanded_by=gain_expanded_by,
+                                   applied_as=gain_reference.applied_as,
+                                   eer_rule=gain_reference.eer_rule)
                   if gain_reference is not None else reference_record())
     alignment = corrected.alignment
     quality = [None if not np.isfinite(q) else round(float(q), 4)
@@ -1181,7 +1192,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                   if corrected.gain_orientation is not None else {}),
                **({"detector_pattern": corrected.detector_pattern.to_record(
                    gain_given=corrected.detector_pattern.detected
-                   and _gain_given(gain_reference))}
+                   and _gain_given(gain_reference), gain_rule=_gain_rule(gain_reference))}
                   if corrected.detector_pattern is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
     return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,

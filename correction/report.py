@@ -69,7 +69,8 @@ def file_sha256(path: str | Path) -> str:
 
 def reference_record(gain_path: str | Path | None = None, dark_path: str | Path | None = None,
                      defects_path: str | Path | None = None, *,
-                     expanded_by: int = 1) -> dict[str, Any]:
+                     expanded_by: int = 1, applied_as: str = "multiplicative",
+                     eer_rule: str | None = None) -> dict[str, Any]:
     """The ``references`` object of the motion record: which gain, dark and defect files.
 
     Parameters
@@ -79,12 +80,18 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
     expanded_by : int
         Sub-pixels per reference pixel on each axis when a physical-pixel reference was
         repeated onto a super-resolution movie (1: used as it is).
+    applied_as : {"multiplicative", "reciprocal"}
+        How the gain file was applied: as a multiplier, or as ``mean / gain`` (an EER count
+        image, :func:`correction.gain.reference_for_movie`).
+    eer_rule : str, optional
+        For an EER movie, the one line saying why (:attr:`correction.gain.GainReference.eer_rule`).
 
     Returns
     -------
     dict
         ``gain``, ``dark``, ``defects``: null or ``{"path": absolute path, "sha256": hex}``;
-        ``gain_expanded_by``.
+        ``gain_expanded_by``; ``gain_applied_as`` (null without a gain file); ``eer_gain_rule``
+        for an EER movie with a gain file.
     """
     def one(path: str | Path | None) -> dict[str, str] | None:
         if path is None:
@@ -92,7 +99,9 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
         return {"path": str(Path(path).absolute()), "sha256": file_sha256(path)}
 
     return {"gain": one(gain_path), "dark": one(dark_path), "defects": one(defects_path),
-            "gain_expanded_by": int(expanded_by)}
+            "gain_expanded_by": int(expanded_by),
+            "gain_applied_as": applied_as if gain_path is not None else None,
+            **({"eer_gain_rule": eer_rule} if eer_rule else {})}
 
 
 def software_record() -> dict[str, str]:

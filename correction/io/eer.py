@@ -3,13 +3,31 @@
 An EER file is a BigTIFF with one page per raw frame, compressed with 65000 (8-bit run
 lengths), 65001 (7-bit) or 65002 (run-length and sub-pixel bit widths in tags 65007-65009).
 A page may be preceded by an uncompressed integrated image, which is skipped. tifffile parses
-the page directory; each raw frame's strips are read with ``os.pread`` and decoded by
-``imagecodecs.eer_decode`` straight into the fraction it belongs to (the decoder adds one per
-event to its output, a fact checked on a 4-pixel probe stream before each read; where an
-imagecodecs version does not, each raw frame goes through a reused boolean buffer that is then
-added). Memory holds the fractions (uint8 when at most 255 raw frames are summed, else uint16),
+the page directory; each raw frame's strips are read with ``os.pread``, joined into one bit
+stream ("Strips" below) and decoded by ``imagecodecs.eer_decode`` straight into the fraction
+it belongs to (the decoder adds one per event to its output, a fact checked on a 4-pixel
+probe stream before each read; where an imagecodecs version does not, each raw frame goes
+through a reused boolean buffer that is then added). Memory holds the fractions (uint8 when at most 255 raw frames are summed, else uint16),
 never all raw frames; fractions are decoded by ``max_workers`` threads (the decoder releases
 the GIL).
+
+Strips
+    A raw frame's strips are pieces of ONE bit stream: the stream runs on from the last bit
+    of a strip into the next one, and only the frame's last code ends the image, so the strips
+    are joined (in order) before decoding, never decoded one by one. This is how every reader
+    written by or with the format's makers reads them: Thermo Fisher's reference reader
+    (fei-company/EerReaderLib ``EerFrame::EerFrame`` appends ``TIFFReadRawStrip`` of every
+    strip to one buffer, which ``ElectronCountedFramesDecompressor`` decodes as one stream of
+    width x length pixels), RELION (3dem/relion ``src/renderEER.cpp``
+    ``EERRenderer::lazyReadFrames`` reads all ``TIFFNumberOfStrips`` strips of a frame back to
+    back; ``renderFrames`` runs one bit position over them), MotionCor3
+    (``EerUtil/CLoadEerFrames.cpp`` ``mReadFrame``) and cisTEM (``src/core/eer_file.cpp``
+    ``ReadSlicesFromDisk``). tifffile (``TiffPage.decode``, ``decode_eer``) decodes each strip
+    as an image of its own rows, as TIFF strips usually are; that is right only for a frame
+    stored in one strip, and a stream cut mid-code into several strips does not decode so
+    (imagecodecs: ``IMCD_OUTPUT_TOO_SMALL``). Whether cameras write more than one strip per
+    frame is not documented in the public sources; joining gives the same result for one.
+    The joined stream is padded to an even number of bytes (``eer_decode`` refuses odd ones).
 
 Grouping
     ``ReadParams.eer_group_frames`` raw frames per fraction; else ``eer_dose_per_fraction_e_A2``
@@ -83,6 +101,7 @@ class EerLayout:
     strips : list of tuple
         Per raw frame, ((offset, bytecount), ...) of its strips.
     rows_per_strip : int
+        The RowsPerStrip tag, kept for the record; decoding joins a frame's strips instead.
     metadata : dict
         Acquisition metadata items (name -> value, numbers as float) from tag 65001.
     units : dict
@@ -249,22 +268,46 @@ def _decode_into(fd: int, layout: EerLayout, raw_index: int, buf: np.ndarray, su
     frame's events. ``accumulate=True``: one is added to ``buf`` (uint8 or uint16, a fraction)
     per event; only valid where :func:`_decoder_accumulates` says so.
     """
-    factor = 2 if superres else 1
-    rows = layout.rows_per_strip * factor
-    for s, (offset, count) in enumerate(layout.strips[raw_index]):
-        data = os.pread(fd, count, offset)
-        if len(data) < count:
-            raise TruncatedMovieError(path, f"raw frame {raw_index} is cut short")
-        target = buf[s * rows:(s + 1) * rows]
-        if not accumulate:
-            target.fill(False)  # the decoder only touches the pixels that hold events
-        try:
-            imagecodecs.eer_decode(data, target.shape, layout.skip_bits, layout.horz_bits,
-                                   layout.vert_bits, superres=superres, out=target)
-        except Exception as exc:  # noqa: BLE001 - imagecodecs raises its own error types
-            raise UnreadableMovieError(path, f"raw frame {raw_index} does not decode "
-                                             f"(compression {layout.compression}): "
-                                             f"{exc}") from None
+    data = _frame_stream(fd, layout.strips[raw_index], raw_index, path)
+    if not accumulate:
+        buf.fill(False)  # the decoder only touches the pixels that hold events
+    try:
+        imagecodecs.eer_decode(data, buf.shape, layout.skip_bits, layout.horz_bits,
+                               layout.vert_bits, superres=superres, out=buf)
+    except Exception as exc:  # noqa: BLE001 - imagecodecs raises its own error types
+        raise UnreadableMovieError(path, f"raw frame {raw_index} does not decode "
+                                         f"(compression {layout.compression}, "
+                                         f"{len(layout.strips[raw_index])} strip(s) joined): "
+                                         f"{exc}") from None
+
+
+def _frame_stream(fd: int, strips: tuple[tuple[int, int], ...], raw_index: int,
+                  path: Path) -> bytes:
+    """The bit stream of one raw frame: its strips ``((offset, bytecount), ...)`` joined in
+    order (module docstring, "Strips"), padded with a zero byte to an even length.
+
+    Strips that follow each other in the file are read with one ``os.pread``.
+
+    Raises
+    ------
+    TruncatedMovieError
+        A strip runs past the end of the file.
+    """
+    if not strips:
+        return b""
+    start = strips[0][0]
+    end = strips[-1][0] + strips[-1][1]
+    contiguous = all(o + c == o2 for (o, c), (o2, _) in zip(strips, strips[1:]))
+    if contiguous:
+        data = os.pread(fd, end - start, start)
+        complete = len(data) == end - start
+    else:
+        pieces = [os.pread(fd, c, o) for o, c in strips]
+        complete = all(len(p) == c for p, (_, c) in zip(pieces, strips))
+        data = b"".join(pieces)
+    if not complete:
+        raise TruncatedMovieError(path, f"raw frame {raw_index} is cut short")
+    return data + b"\x00" if len(data) % 2 else data
 
 
 def _decoder_accumulates(dtype: np.dtype, layout: EerLayout) -> bool:

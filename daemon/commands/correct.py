@@ -164,6 +164,18 @@ def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
     return True
 
 
+def _note_eer_gain(movie: Path, record: dict[str, Any]) -> bool:
+    """One line on stderr saying how the gain file was applied to the first EER movie
+    (``references.eer_gain_rule``: a count image as ``mean / gain``, or a multiplier, as
+    RELION takes it; :func:`correction.gain.reference_for_movie`); True when said."""
+    rule = (record.get("references") or {}).get("eer_gain_rule")
+    if not rule:
+        return False
+    print(f"motionwatch: {movie}: note: EER gain: {rule}; --eer-gain chooses; said once per run",
+          file=sys.stderr, flush=True)
+    return True
+
+
 def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool) -> None:
     """One line per corrected movie on stdout: a summary, or JSON with ``--json``."""
     rec = result.record
@@ -257,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     corrected: list[tuple[Path, dict[str, Any]]] = []  # (motion record path, record)
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
+    eer_gain_noted = False  # how the gain file is applied to EER movies, said once per run
     stems = _output_stems(args.movies, Path(args.out))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     # one allocator setting around all the movies: each reuses the memory the one before
@@ -285,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
             corrected.append((Path(result.outputs["motion"]), result.record))
             if not gain_warned:
                 gain_warned = _warn_gain_orientation(movie, result.record)
+            if not eer_gain_noted:
+                eer_gain_noted = _note_eer_gain(movie, result.record)
     read_ahead.close()
     _write_relion_files(args.out, params, optics, corrected)
     return exitcodes.SOME_FAILED if failed else exitcodes.OK
@@ -294,20 +309,29 @@ def _write_relion_files(out: Path, params: Any, optics: Any,
                         corrected: list[tuple[Path, dict[str, Any]]]) -> None:
     """RELION's hand-off for this run: the gain as polishing reads it (the daemon's
     :func:`~daemon.handoff.relion.write_relion_gain`, the same file when the daemon already
-    wrote this gain into the folder, its own name otherwise), the motion STAR of each movie
+    wrote this gain into the folder, its own name otherwise; EER movies' a ``.gain``, which
+    RELION does not invert), the motion STAR of each movie
     corrected now naming it, and ``corrected_micrographs.star`` of every movie in the folder.
     The motion STARs of other movies (the daemon's, an earlier run's) are left as they are."""
-    gain_name = None
-    if params.gain.gain_path is not None and corrected:
-        try:
-            gain = write_relion_gain(out, params.gain)
-            gain_name = gain.name if gain is not None else None
-        except (OSError, ValueError) as exc:
-            print(f"motionwatch: the gain for RELION was not written into {out}: {exc}",
-                  file=sys.stderr)
+    gain_names: dict[bool, str | None] = {}  # EER movie or not -> the file its STAR names
+
+    def gain_name(eer: bool) -> str | None:
+        if params.gain.gain_path is None:
+            return None
+        if eer not in gain_names:
+            gain_names[eer] = None
+            try:
+                gain = write_relion_gain(out, params.gain, eer=eer)
+                gain_names[eer] = gain.name if gain is not None else None
+            except (OSError, ValueError) as exc:
+                print(f"motionwatch: the gain for RELION was not written into {out}: {exc}",
+                      file=sys.stderr)
+        return gain_names[eer]
+
     try:
         for path, record in corrected:
-            write_motion_star(movie_motion(record, path), gain_name=gain_name)
+            motion = movie_motion(record, path)
+            write_motion_star(motion, gain_name=gain_name(motion.eer_grouping is not None))
         # every movie corrected into this folder so far (a STAR only where one is missing)
         write_single_particle_star(out, motion_records_in(out), optics)
     except (OSError, ValueError) as exc:

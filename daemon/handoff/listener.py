@@ -212,6 +212,8 @@ class RelionListener(ServiceListener):
         self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._gain_name: str | None = None
+        self._gain_params: Any = None  # for the gain of EER movies, written at the first one
+        self._eer_gain_name: str | None = None
         self._own: set[str] = set()  # every motion record the ledger or an event named
         self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
         # movies renamed after their record was written (movie path -> its series, or None):
@@ -233,6 +235,7 @@ class RelionListener(ServiceListener):
         gain = self._guard(str(config.out_dir), "relion_gain", write_relion_gain, config.out_dir,
                            config.params.gain) if config.params.gain.gain_path else None
         self._gain_name = Path(gain).name if gain else None
+        self._gain_params = config.params.gain if config.params.gain.gain_path else None
         self._seed(Path(config.state_dir))
         self._catch_up()
         series = {t.series for _, t in self._entries() if t is not None}
@@ -421,9 +424,21 @@ class RelionListener(ServiceListener):
     def _write_movie_files(self, motion: MovieMotion) -> None:
         """The movie's RELION motion STAR and (when on) its Warp layout."""
         self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
-                    gain_name=self._gain_name)
+                    gain_name=self._gain_name_for(motion))
         if self.warp:
             self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
+
+    def _gain_name_for(self, motion: MovieMotion) -> str | None:
+        """The gain file a movie's motion STAR names: ``motionwatch_gain.mrc``, or for an EER
+        movie the ``.gain`` RELION applies as it is (:func:`write_relion_gain` with ``eer``,
+        written when the first EER movie comes)."""
+        if motion.eer_grouping is None or self._gain_params is None or self._out is None:
+            return self._gain_name
+        if self._eer_gain_name is None:
+            gain = self._guard(str(self._out), "relion_gain", write_relion_gain, self._out,
+                               self._gain_params, eer=True)
+            self._eer_gain_name = Path(gain).name if gain else None
+        return self._eer_gain_name
 
     def _write_series(self, series: str) -> None:
         """The series' STAR rewritten from its tilts now; removed once it has none left (its

@@ -43,7 +43,10 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   are absolute.
 * **the gain** polishing reads (:func:`write_relion_gain`, ``rlnMicrographGainName``): one file
   per gain and orientation, never replaced by another, so every movie's STAR names the gain it
-  was corrected with, whichever writer (``watch``, ``correct``) put it there.
+  was corrected with, whichever writer (``watch``, ``correct``) put it there. An EER movie's
+  STAR names a ``.gain`` TIFF instead (``motionwatch_gain.gain``): RELION loads an EER movie's
+  gain with ``EERRenderer::loadEERGain``, which inverts any file that is not a ``.gain`` one
+  (src/renderEER.h) and would turn the multiplicative MRC into the detector's response.
 * **EER movies**: ``rlnEERGrouping`` and ``rlnEERUpsampling`` in ``data_general``, frames
   counted in fractions as RELION renders them (:func:`motion_star_blocks`).
 """
@@ -424,9 +427,12 @@ def relion_gain_stamp(gain_params: Any) -> str:
 
 
 def _written_stamp(path: Path) -> str | None:
-    """The stamp in the labels of an earlier ``motionwatch_gain.mrc`` (header only), if any."""
+    """The stamp in the labels of an earlier ``motionwatch_gain.mrc`` (header only), or in the
+    ImageDescription of an earlier ``motionwatch_gain.gain``, if any."""
     import mrcfile  # noqa: PLC0415
 
+    if path.suffix == ".gain":
+        return _written_tiff_stamp(path)
     try:
         with mrcfile.open(path, header_only=True, permissive=True) as mrc:
             labels = [bytes(label).decode("ascii", "replace").strip()
@@ -438,15 +444,33 @@ def _written_stamp(path: Path) -> str | None:
     return stamps[0] if stamps else None
 
 
-def relion_gain_names(gain_params: Any) -> tuple[str, str]:
+def _written_tiff_stamp(path: Path) -> str | None:
+    """The stamp in the ImageDescription of an earlier ``motionwatch_gain.gain``, if any."""
+    import tifffile  # noqa: PLC0415
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            text = str(tif.pages.first.tags.valueof(270) or "")
+    except (OSError, ValueError, IndexError):
+        return None
+    stamps = [line[len(_GAIN_STAMP_PREFIX):] for line in text.splitlines()
+              if line.startswith(_GAIN_STAMP_PREFIX)]
+    return stamps[0] if stamps else None
+
+
+def relion_gain_names(gain_params: Any, *, eer: bool = False) -> tuple[str, str]:
     """The file names the RELION gain of ``gain_params`` may have in an output folder:
     ``motionwatch_gain.mrc`` (the first gain written there) and
     ``motionwatch_gain_<stamp>.mrc`` (:func:`relion_gain_stamp`; any other gain or orientation
-    written into the same folder later, by ``watch`` or ``correct``)."""
-    return RELION_GAIN_NAME, f"motionwatch_gain_{relion_gain_stamp(gain_params)}.mrc"
+    written into the same folder later, by ``watch`` or ``correct``). ``eer``: the names of
+    the gain for EER movies, the same with ``.gain`` (:func:`write_relion_gain`)."""
+    suffix = ".gain" if eer else ".mrc"
+    return (Path(RELION_GAIN_NAME).with_suffix(suffix).name,
+            f"motionwatch_gain_{relion_gain_stamp(gain_params)}{suffix}")
 
 
-def write_relion_gain(out_dir: str | Path, gain_params: Any) -> Path | None:
+def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = False
+                      ) -> Path | None:
     """The gain reference as RELION's polishing reads it: an MRC in the movie's orientation
     (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects; None without
     a gain. Used by ``watch`` (the hand-off listener) and ``motionwatch correct`` alike.
@@ -457,14 +481,20 @@ def write_relion_gain(out_dir: str | Path, gain_params: Any) -> Path | None:
     with another stamp (another file, orientation, or the file written anew) never replaces
     it, since the motion STARs of the movies corrected with it name it: it is written as
     ``OUT/motionwatch_gain_<stamp>.mrc`` (:func:`relion_gain_names`), which the motion STARs
-    of the movies corrected with that gain name."""
-    from correction.gain import load_gain_reference
+    of the movies corrected with that gain name.
+
+    ``eer``: the gain of EER movies, as motionwatch applies it to them
+    (:func:`correction.gain.reference_for_movie`: an EER count image already inverted), written
+    as a float32 TIFF named ``.gain`` (:func:`relion_gain_names` with ``eer``), rows in the
+    movie's stored order: RELION's ``EERRenderer::loadEERGain`` uses a ``.gain`` file as a
+    multiplier, undoing its TIFF reader's row reversal, and inverts any other file."""
+    from correction.gain import load_gain_reference, reference_for_movie
     from correction.write import write_mrc_atomic
 
     if getattr(gain_params, "gain_path", None) is None:
         return None
     stamp = relion_gain_stamp(gain_params)
-    first, own = (Path(out_dir) / name for name in relion_gain_names(gain_params))
+    first, own = (Path(out_dir) / name for name in relion_gain_names(gain_params, eer=eer))
     for path in (first, own):
         if path.is_file() and _written_stamp(path) == stamp:
             return path
@@ -472,10 +502,28 @@ def write_relion_gain(out_dir: str | Path, gain_params: Any) -> Path | None:
     reference = load_gain_reference(gain_params)
     if reference is None:
         return None
+    if eer:
+        reference = reference_for_movie(reference, gain_params, is_eer=True)
+        return _write_gain_tiff(path, np.asarray(reference.gain, dtype=np.float32),
+                                ("motionwatch: gain of EER movies, multiplicative, rows as "
+                                 "stored, for RELION", _GAIN_STAMP_PREFIX + stamp))
     return write_mrc_atomic(path, np.asarray(reference.gain, dtype=np.float32),
                             pixel_size_A=None,
                             labels=("motionwatch: gain in the movie orientation, for RELION",
                                     _GAIN_STAMP_PREFIX + stamp))
+
+
+def _write_gain_tiff(path: Path, gain: np.ndarray, lines: tuple[str, ...]) -> Path:
+    """``gain`` as a one-page float32 TIFF, row 0 first, ``lines`` in its ImageDescription,
+    written atomically (:func:`correction.write.atomic_write`)."""
+    import tifffile  # noqa: PLC0415
+
+    from correction.write import atomic_write
+
+    def write(fh: Any) -> None:
+        tifffile.imwrite(fh, gain, description="\n".join(lines), metadata=None)
+
+    return atomic_write(path, write)
 
 
 def relative_to(path: str | Path, root: str | Path) -> str:

@@ -26,7 +26,7 @@ _FLAG_OF_FIELD = {
     "voltage_kV": "--voltage", "dose_per_frame_e_A2": "--dose-per-frame",
     "total_dose_e_A2": "--total-dose", "pre_exposure_e_A2": "--pre-exposure",
     "rotate_quarter_turns": "--gain-rotate", "group_frames": "--group",
-    "max_shift_px": "--max-shift", "patches": "--patches",
+    "max_shift_px": "--max-shift", "patches": "--patches", "eer_gain": "--eer-gain",
 }
 
 
@@ -68,6 +68,15 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                      help="MotionCor2's -FlipGain, applied after the rotation: 0 or none, 1 or "
                           "updown (rows reversed, upside down), 2 or leftright (columns "
                           "reversed) (default %(default)s)")
+    ref.add_argument("--eer-gain", choices=("multiplicative", "relion", "reciprocal"),
+                     default="multiplicative",
+                     help="EER movies only: how the --gain file is applied. multiplicative: "
+                          "the file as it is, as MotionCor2's -Gain (EPU's .gain, an MRC "
+                          "converted from it, e.g. by Murfey); relion, as RELION's "
+                          "loadEERGain: a .gain file is a multiplier, any other file (MRC, "
+                          "TIFF) a flat-field count image, applied as mean / gain (0 stays a "
+                          "defect); reciprocal: mean / gain for any file. Not MotionCor's "
+                          "-InvGain, which takes 1 / gain for any movie (default %(default)s)")
     ref.add_argument("--dark", type=Path, default=None, metavar="PATH",
                      help="dark reference, subtracted before the gain")
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
@@ -182,7 +191,8 @@ def _params(get: Any) -> CorrectionParams:
                       defects_path=get("defects"),
                       rotate_quarter_turns=int(get("gain_rotate", 0)),
                       flip=get("gain_flip", "none"),
-                      detect_hot_pixels=bool(get("hot_pixels", True)))
+                      detect_hot_pixels=bool(get("hot_pixels", True)),
+                      eer_gain=get("eer_gain", "multiplicative"))
     align_kwargs: dict[str, Any] = {"group_frames": int(get("group", 1))}
     if get("max_shift") is not None:
         align_kwargs["max_shift_px"] = float(get("max_shift"))

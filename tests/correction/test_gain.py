@@ -271,3 +271,97 @@ def test_gain_correction_split_over_threads_equals_one_thread_with_dark_and_defe
         if ref is not None:
             assert np.isfinite(threads).all()
             assert abs(float(threads[512].mean()) - float(one[100].mean())) < 1.0  # replaced
+
+
+# --- EER gain files: RELION's EERRenderer::loadEERGain (correction/gain.py, "EER gain files") ---
+
+def _count_image(shape=(12, 20), seed=5):
+    """A flat exposure's electron counts per pixel (a pixel's response x 5000), one defect 0."""
+    response = np.random.default_rng(seed).uniform(0.7, 1.3, shape).astype(np.float32)
+    counts = (response * 5000).astype(np.float32)
+    counts[3, 4] = 0.0
+    return response, counts
+
+
+def test_with_relions_rule_an_eer_gain_that_is_not_a_gain_file_is_a_count_image_applied_as_mean_over_gain(
+        tmp_path):
+    from correction.gain import reference_for_movie
+
+    response, counts = _count_image()
+    mrcfile.new(tmp_path / "gain.mrc", data=counts).close()
+    params = GainParams(gain_path=tmp_path / "gain.mrc", eer_gain="relion")
+    applied = reference_for_movie(load_gain_reference(params), params, is_eer=True)
+    valid = counts != 0
+    np.testing.assert_allclose(applied.gain[valid], counts[valid].mean() / counts[valid],
+                               rtol=1e-5)
+    assert applied.gain[3, 4] == 0 and applied.defect_mask[3, 4]    # 0 stays a defect
+    assert applied.applied_as == "reciprocal"
+    assert "gain.mrc applied as mean / gain (--eer-gain relion" in applied.eer_rule
+    # a flat exposure's raw counts (the response) come out flat, on the raw counts' scale
+    flat = apply_gain(response * 8, applied)
+    np.testing.assert_allclose(flat[valid], flat[valid].mean(), rtol=1e-5)
+    assert flat[valid].mean() == pytest.approx(8 * response[valid].mean(), rel=0.01)
+
+
+def test_by_default_every_gain_file_is_a_multiplier_as_motioncor2s_gain_and_relion_keeps_dot_gain(
+        tmp_path):
+    """``--gain`` means MotionCor2's ``-Gain``: the file as it is, for EER movies too (an MRC
+    converted from EPU's ``.gain``); RELION's rule also uses a ``.gain`` file as it is."""
+    from correction.gain import reference_for_movie
+
+    _, counts = _count_image()
+    multiplier = np.where(counts > 0, 5000 / np.maximum(counts, 1), 0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "20240627_EER_GainReference.gain", multiplier)
+    mrcfile.new(tmp_path / "gain.mrc", data=multiplier).close()
+    for name, is_eer, mode, rule in (
+            ("20240627_EER_GainReference.gain", True, "multiplicative",
+             "applied as a multiplier (as MotionCor2's -Gain"),
+            ("gain.mrc", True, "multiplicative", "applied as a multiplier (as MotionCor2's -Gain"),
+            ("20240627_EER_GainReference.gain", True, "relion",
+             "applied as a multiplier (--eer-gain relion: a .gain file is multiplicative"),
+            ("gain.mrc", False, "relion", None)):       # a K3 / Falcon MRC movie's gain
+        params = GainParams(gain_path=tmp_path / name, eer_gain=mode)
+        loaded = load_gain_reference(params)
+        applied = reference_for_movie(loaded, params, is_eer=is_eer)
+        np.testing.assert_array_equal(applied.gain, loaded.gain)
+        assert applied.applied_as == "multiplicative"
+        assert (rule in applied.eer_rule) if rule else applied.eer_rule is None
+
+
+def test_eer_gain_multiplicative_and_reciprocal_force_either_way(tmp_path):
+    from correction.gain import reference_for_movie
+
+    _, counts = _count_image()
+    mrcfile.new(tmp_path / "gain.mrc", data=counts).close()
+    tifffile.imwrite(tmp_path / "x.gain", counts)
+    as_is = GainParams(gain_path=tmp_path / "gain.mrc", eer_gain="multiplicative")
+    applied = reference_for_movie(load_gain_reference(as_is), as_is, is_eer=True)
+    np.testing.assert_array_equal(applied.gain, counts)
+    assert "applied as a multiplier" in applied.eer_rule
+    inverted = GainParams(gain_path=tmp_path / "x.gain", eer_gain="reciprocal")
+    applied = reference_for_movie(load_gain_reference(inverted), inverted, is_eer=True)
+    assert applied.applied_as == "reciprocal"
+    valid = counts != 0
+    np.testing.assert_allclose(applied.gain[valid], counts[valid].mean() / counts[valid],
+                               rtol=1e-5)
+    with pytest.raises(ParameterError, match="eer_gain must be one of multiplicative, relion, "
+                                             "reciprocal"):
+        GainParams(eer_gain="inverse")
+
+
+def test_the_default_eer_gain_mode_leaves_the_parameter_fingerprint_as_it_was():
+    """A daemon's state keys use the fingerprint: adding the option must not redo old movies."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from correction.params import CorrectionParams, DoseParams
+
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    values = dataclasses.asdict(params)
+    del values["dose"]["frame_doses_per"], values["gain"]["eer_gain"]
+    before = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()
+                            ).hexdigest()[:16]
+    assert params.fingerprint() == before
+    assert dataclasses.replace(params, gain=GainParams(eer_gain="relion")
+                               ).fingerprint() != before

@@ -40,6 +40,41 @@ def test_each_eer_compression_decodes_and_groups_to_exact_counts(tmp_path, compr
     assert movie.pixel_size_A == pytest.approx(0.83)
 
 
+@pytest.mark.parametrize("compression, bits", [(65001, None), (65000, None), (65002, (7, 2, 2))])
+def test_a_raw_frame_stored_in_several_strips_is_one_bit_stream_joined_before_decoding(
+        tmp_path, compression, bits):
+    """The strips of a raw frame are pieces of one stream, cut anywhere (inside a code, at an
+    odd byte), as Thermo Fisher's reference reader, RELION, MotionCor3 and cisTEM read them
+    (correction/io/eer.py, "Strips"); decoding each strip as an image of its own rows fails."""
+    raw = _raw_frames(n=6)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, compression=compression,
+                                bits=bits, rows_per_strip=16, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        counts = [list(page.databytecounts) for page in tif.pages]
+    assert all(len(c) == 3 for c in counts)               # 48 rows, 16 per strip
+    assert any(n % 2 for c in counts for n in c)          # some cuts at an odd byte
+    movie = read_movie(path, params=ReadParams(eer_group_frames=1))
+    np.testing.assert_array_equal(movie.frames, raw)
+
+
+def test_one_multi_strip_raw_frame_decodes_alone_and_on_the_8k_grid(tmp_path):
+    from correction.io.eer import decode_eer_page
+
+    raw = _raw_frames(n=3)
+    rng = np.random.default_rng(8)
+    sub = [rng.integers(0, 4, (int(f.sum()), 2)) for f in raw]
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, rows_per_strip=10,
+                                subpixels=sub, metadata=META)
+    with tifffile.TiffFile(path) as tif:
+        np.testing.assert_array_equal(decode_eer_page(tif, -1, path), raw[-1])
+    fine = read_movie(path, params=ReadParams(eer_group_frames=1, eer_sampling=2)).frames
+    for f, events in enumerate(raw):
+        y, x = np.nonzero(events)
+        expected = np.zeros((SHAPE[0] * 2, SHAPE[1] * 2), dtype=fine.dtype)
+        expected[2 * y + (sub[f][:, 1] >> 1), 2 * x + (sub[f][:, 0] >> 1)] = 1
+        np.testing.assert_array_equal(fine[f], expected)
+
+
 def test_the_independent_writer_agrees_with_tifffile(tmp_path):
     raw = _raw_frames(n=5)
     path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META)
@@ -298,3 +333,81 @@ def test_physical_eer_gain_applies_to_a_sampling_2_movie_through_correct_movie(t
     left, right = np.s_[8:-8, 8:48], np.s_[8:-8, 80:-8]
     assert image[left].sum() / raw[left].sum() == pytest.approx(3.0, rel=0.03)
     assert image[right].sum() / raw[right].sum() == pytest.approx(1.0, rel=0.03)
+
+
+def _flat_field_eer(tmp_path, response, *, n_raw=40, rate=0.25, seed=12):
+    """An EER movie of an empty (uniform) beam on a detector whose pixels respond by
+    ``response``: each pixel holds an event with probability ``rate * response``."""
+    rng = np.random.default_rng(seed)
+    raw = rng.random((n_raw, *response.shape)) < rate * response
+    return eer_writer.write_eer(tmp_path / "flat.eer", raw, shape_yx=response.shape, metadata=[
+        ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", "1.1e-10")])
+
+
+@pytest.mark.parametrize("gain_name, eer_gain", [("count.mrc", "relion"), ("count.tif", "relion"),
+                                                 ("count.mrc", "reciprocal"),
+                                                 ("mult.mrc", "default"), ("mult.gain", "default"),
+                                                 ("mult.gain", "relion")])
+def test_each_eer_gain_rule_flattens_an_empty_beam_with_the_gain_file_it_is_meant_for(
+        tmp_path, gain_name, eer_gain):
+    """``--eer-gain relion`` (RELION's EERRenderer::loadEERGain): an EER gain that is not a
+    ``.gain`` file is a count image (a flat exposure's counts, as Thermo Fisher's
+    makeEerGain_raw2mrc.py writes it), applied as mean / gain, and a ``.gain`` is a multiplier;
+    the default (MotionCor2's ``-Gain``) multiplies by any file. Each way an empty beam comes
+    out flat with its kind of file: the corrected sum no longer follows the detector's
+    response (a count image used as a multiplier squares it)."""
+    import mrcfile
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+    from correction.pipeline import correct_movie
+
+    shape = (128, 128)
+    response = np.random.default_rng(3).uniform(0.6, 1.4, shape).astype(np.float32)
+    path = _flat_field_eer(tmp_path, response)
+    counts = response * 5000                      # the flat exposure of the gain reference
+    gain = counts if gain_name.startswith("count") else counts.mean() / counts
+    if gain_name.endswith(".mrc"):
+        mrcfile.new(tmp_path / gain_name, data=gain).close()
+    else:                                         # a TIFF's rows are stored top row first
+        tifffile.imwrite(tmp_path / gain_name, gain if gain_name.endswith(".gain") else gain[::-1])
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10),
+                              gain=GainParams(gain_path=tmp_path / gain_name,
+                                              detect_hot_pixels=False,
+                                              **({} if eer_gain == "default" else
+                                                 {"eer_gain": eer_gain})),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
+    result = correct_movie(path, tmp_path / "out", params)
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        image = mrc.data.astype(np.float64)[8:-8, 8:-8]
+    inner = response[8:-8, 8:-8].ravel()
+    assert abs(np.corrcoef(image.ravel(), inner)[0, 1]) < 0.1   # the response is gone
+    assert image.mean() == pytest.approx(40 * 0.25 * response.mean(), rel=0.05)  # raw scale
+    refs = result.record["references"]
+    assert refs["gain_applied_as"] == ("reciprocal" if gain_name.startswith("count")
+                                       else "multiplicative")
+    assert gain_name in refs["eer_gain_rule"]
+
+
+def test_an_eer_count_image_used_as_a_multiplier_is_reported_with_the_other_way(tmp_path):
+    """Forced the wrong way (a count image as a multiplier), the response is squared into the
+    frames; the detector-pattern check reports it and names the --eer-gain to try."""
+    import mrcfile
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+    from correction.pipeline import correct_movie
+
+    response = np.random.default_rng(3).uniform(0.6, 1.4, (128, 128)).astype(np.float32)
+    path = _flat_field_eer(tmp_path, response)
+    mrcfile.new(tmp_path / "count.mrc", data=response * 5000).close()
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10),
+                              gain=GainParams(gain_path=tmp_path / "count.mrc",
+                                              eer_gain="multiplicative", detect_hot_pixels=False),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
+    with pytest.warns(UserWarning, match="pattern fixed to the detector"):
+        record = correct_movie(path, tmp_path / "out", params).record
+    pattern = record["detector_pattern"]
+    assert pattern["detected"]
+    assert "count.mrc applied as a multiplier (as MotionCor2's -Gain" in pattern["message"]
+    assert "try --eer-gain reciprocal" in pattern["message"]

@@ -233,10 +233,12 @@ def test_motion_record_names_the_gain_dark_and_defect_files_with_their_sha256_an
         assert record["references"][kind] == {
             "path": str(path.absolute()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert record["references"]["gain_expanded_by"] == 1
+    assert record["references"]["gain_applied_as"] == "multiplicative"  # not an EER movie
+    assert "eer_gain_rule" not in record["references"]
     assert record["software"] == {"name": "motionwatch",
                                   "version": metadata.version("motionwatch")}
     plain = correct_movie(folder / "mov.mrc", tmp_path / "out2",
                           CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                                            align=GLOBAL)).record
     assert plain["references"] == {"gain": None, "dark": None, "defects": None,
-                                   "gain_expanded_by": 1}
+                                   "gain_expanded_by": 1, "gain_applied_as": None}

@@ -814,3 +814,93 @@ def test_the_daemons_rewrite_of_corrected_micrographs_star_keeps_the_movies_corr
     assert (out / "other.star").read_bytes() == other_star
     for _, row in mics.iterrows():
         assert (out / row["rlnMicrographName"]).is_file()
+
+
+def test_an_eer_movies_star_names_a_dot_gain_that_relion_applies_as_motionwatch_did(
+        tmp_path, capsys):
+    """RELION loads an EER movie's gain with ``EERRenderer::loadEERGain`` (src/renderEER.h):
+    a ``.gain`` file as it is (a TIFF, rows as stored), any other file inverted
+    (``mean / gain``). So an EER movie's STAR names ``motionwatch_gain.gain``: the gain
+    motionwatch applied (here, under ``--eer-gain relion``, the reciprocal of an MRC count
+    image), which RELION uses as it is; the multiplicative MRC, which RELION would invert,
+    stays for other movies."""
+    import mrcfile
+    import tifffile
+    from eer_writer import write_eer
+
+    from correction.gain import load_gain_reference, reference_for_movie
+    from correction.params import GainParams
+    from daemon.handoff.relion import write_relion_gain
+
+    rng = np.random.default_rng(26)
+    shape = (128, 128)
+    counts = rng.uniform(3000, 7000, shape).astype(np.float32)    # a flat exposure's counts
+    counts[5, 7] = 0                                              # a defect
+    mrcfile.new(tmp_path / "count.mrc", data=counts).close()
+    movie = write_eer(tmp_path / "m.eer", [np.flatnonzero(rng.random(shape[0] * shape[1]) < 0.05)
+                                           for _ in range(40)], shape_yx=shape)
+    out = tmp_path / "out"
+    assert _correct(movie, "--gain", tmp_path / "count.mrc", "--eer-gain", "relion",
+                    "--eer-group", 10, "--pixel-size", 0.9, "--total-dose", 8, "--no-hot-pixels",
+                    "--out", out) == 0
+    assert ("note: EER gain: count.mrc applied as mean / gain (--eer-gain relion: a gain that "
+            "is not a .gain file is a count image)") in capsys.readouterr().err
+    general = starfile.read(out / "m.star", always_dict=True)["general"]
+    assert general["rlnMicrographGainName"] == "motionwatch_gain.gain"
+    params = GainParams(gain_path=tmp_path / "count.mrc", detect_hot_pixels=False,
+                        eer_gain="relion")  # as run
+    applied = reference_for_movie(load_gain_reference(params), params, is_eer=True)
+    assert applied.applied_as == "reciprocal"
+    relion_reads = tifffile.imread(out / "motionwatch_gain.gain")  # a .gain: used as it is
+    np.testing.assert_array_equal(relion_reads, applied.gain)
+    assert relion_reads[5, 7] == 0
+    # a restart finds it (the stamp in its description) and leaves it alone
+    before = (out / "motionwatch_gain.gain").stat()
+    assert write_relion_gain(out, params, eer=True) == out / "motionwatch_gain.gain"
+    after = (out / "motionwatch_gain.gain").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # a plain MRC movie in the same folder names the multiplicative MRC, the file as it is
+    _mrc_movie(tmp_path / "plain.mrc", rng, shape=shape)
+    assert _correct(tmp_path / "plain.mrc", "--gain", tmp_path / "count.mrc", "--dose-per-frame",
+                    1, "--no-hot-pixels", "--out", out) == 0
+    plain = starfile.read(out / "plain.star", always_dict=True)["general"]
+    assert plain["rlnMicrographGainName"] == "motionwatch_gain.mrc"
+    with mrcfile.open(out / "motionwatch_gain.mrc") as mrc:
+        np.testing.assert_array_equal(mrc.data, counts)
+
+
+@pytest.mark.parametrize("eer_gain", ["multiplicative", "relion"])
+def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path, eer_gain):
+    """The hand-off listener writes the EER movies' ``.gain`` when the first EER movie comes
+    (an MRC session never gets one) and names it in their STARs: the gain as applied, the file
+    itself by default (RELION would invert the MRC) or its reciprocal under RELION's rule."""
+    import mrcfile
+    import tifffile
+    from eer_writer import write_eer
+
+    from correction.params import GainParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(27)
+    counts = rng.uniform(3000, 7000, SHAPE).astype(np.float32)
+    mrcfile.new(tmp_path / "count.mrc", data=counts).close()
+    write_eer(watch / "e_0.eer", [np.flatnonzero(rng.random(SHAPE[0] * SHAPE[1]) < 0.05)
+                                  for _ in range(40)], shape_yx=SHAPE)
+    _mrc_movie(watch / "spa_0.mrc", rng)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10, pixel_size_A=PIXEL_A),
+                              gain=GainParams(gain_path=tmp_path / "count.mrc",
+                                              eer_gain=eer_gain))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.6, polling="on")
+    assert Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata()).run() == 0
+    eer_star = starfile.read(out / "e_0.star", always_dict=True)["general"]
+    mrc_star = starfile.read(out / "spa_0.star", always_dict=True)["general"]
+    assert eer_star["rlnMicrographGainName"] == "motionwatch_gain.gain"
+    assert mrc_star["rlnMicrographGainName"] == "motionwatch_gain.mrc"
+    valid = counts != 0
+    applied = counts if eer_gain == "multiplicative" else counts[valid].mean() / counts
+    np.testing.assert_allclose(tifffile.imread(out / "motionwatch_gain.gain"), applied,
+                               rtol=1e-5)

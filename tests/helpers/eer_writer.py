@@ -5,12 +5,16 @@ reader under test. Format (FIELD-NOTES.md, "Reading files"):
 
 * A little-endian BigTIFF, one page per raw frame; page 0 carries the acquisition metadata
   XML (``<metadata><item name=".." unit="..">value</item>...</metadata>``) in tag 65001.
-* Each strip is a bit stream read least-significant bit first. A code is a run length of
+* A raw frame is ONE bit stream, read least-significant bit first, stored in one strip or cut
+  into several at byte boundaries (``rows_per_strip``; the cut may fall inside a code), as
+  the reference readers read them: they join a frame's strips before decoding
+  (fei-company/EerReaderLib ``EerFrame``, RELION ``EERRenderer::lazyReadFrames``, MotionCor3
+  ``CLoadEerFrames::mReadFrame``, cisTEM ``EerFile::ReadSlicesFromDisk``). A code is a run length of
   ``skip_bits`` bits (the number of empty pixels before the next event); the all-ones run
   means "skip that many and continue" and has no sub-pixel bits. Every other run is followed
   by ``horz_bits`` then ``vert_bits`` sub-pixel bits, each stored XOR its half range (2 for
   2-bit fields). After an event the position moves one pixel on. The stream ends with a run
-  reaching exactly one past the last pixel of the strip; its length is padded to an even
+  reaching exactly one past the last pixel of the frame; its length is padded to an even
   number of bytes.
 * Compression 65001 uses 7-bit runs, 65000 8-bit runs (both with 2+2 sub-pixel bits); 65002
   stores the three widths in tags 65007-65009.
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["encode_strip", "write_eer", "events_from_counts"]
+__all__ = ["encode_strip", "split_stream", "write_eer", "events_from_counts"]
 
 _TYPE_SHORT, _TYPE_LONG, _TYPE_UNDEFINED, _TYPE_LONG8 = 3, 4, 7, 16
 
@@ -87,6 +91,13 @@ def encode_strip(positions: np.ndarray, n_pixels: int, *, skip_bits: int = 7,
     return packed
 
 
+def split_stream(stream: bytes, n_strips: int) -> list[bytes]:
+    """Cut one frame's bit stream into ``n_strips`` pieces of about equal byte counts (the
+    cuts ignore code boundaries), in order; joined they give ``stream`` back."""
+    cuts = [len(stream) * k // n_strips for k in range(n_strips + 1)]
+    return [stream[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
 def events_from_counts(frame: np.ndarray) -> np.ndarray:
     """Flat positions of the events of a 0/1 frame (ny, nx)."""
     frame = np.asarray(frame)
@@ -121,7 +132,10 @@ def write_eer(path: str | Path, frames: Iterable[np.ndarray], *, shape_yx: tuple
     bits : tuple of int, optional
         (skip, horz, vert) bit widths; default (8, 2, 2) for 65000, (7, 2, 2) otherwise.
     rows_per_strip : int, optional
-        Rows per strip (default: the whole frame in one strip).
+        The RowsPerStrip tag (default: the frame's rows). With fewer rows than the frame, each
+        frame's one bit stream is cut into ``ceil(ny / rows_per_strip)`` strips of about
+        equal byte counts (a cut may fall inside a code, or at an odd byte), and each strip
+        is written at its own place in the file (strips not contiguous).
     subpixels : iterable of (n_events, 2) arrays or None, optional
         True sub-pixel (x, y) per event of each frame.
     metadata : sequence of (name, unit or None, value)
@@ -196,17 +210,14 @@ def write_eer(path: str | Path, frames: Iterable[np.ndarray], *, shape_yx: tuple
             frame = np.asarray(frame)
             positions = events_from_counts(frame) if frame.ndim == 2 else frame.astype(np.int64)
             sub = next(sub_iter) if sub_iter is not None else None
+            stream = encode_strip(positions, ny * nx, skip_bits=bits[0], horz_bits=bits[1],
+                                  vert_bits=bits[2], subpixels=sub)
             offsets, counts = [], []
-            for r0 in range(0, ny, rps):
-                rows = min(rps, ny - r0)
-                lo, hi = r0 * nx, (r0 + rows) * nx
-                sel = (positions >= lo) & (positions < hi)
-                data = encode_strip(positions[sel] - lo, rows * nx, skip_bits=bits[0],
-                                    horz_bits=bits[1], vert_bits=bits[2],
-                                    subpixels=None if sub is None else np.asarray(sub)[sel])
+            for piece in split_stream(stream, -(-ny // rps)):
                 offsets.append(fh.tell())
-                counts.append(len(data))
-                fh.write(data)
+                counts.append(len(piece))
+                fh.write(piece)
+                fh.write(b"\x00")  # a gap: a reader must follow the offsets, not read on
             if fh.tell() % 2:
                 fh.write(b"\x00")
             entries = common(compression, 1, offsets, counts, rps)
