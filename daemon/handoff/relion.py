@@ -414,8 +414,13 @@ _GAIN_STAMP_PREFIX = "motionwatch gain stamp "
 
 def relion_gain_stamp(gain_params: Any) -> str:
     """A digest of the gain settings and of the files they name (absolute path, size,
-    modification time): equal stamps mean the same gain in the same orientation."""
-    parts = [repr(gain_params)]
+    modification time): equal stamps mean the same gain in the same orientation. The default
+    ``eer_gain`` (``multiplicative``) is left out of it, so that a gain written before that
+    setting existed keeps its stamp (and is not written again beside itself)."""
+    text = repr(gain_params)
+    if getattr(gain_params, "eer_gain", "multiplicative") == "multiplicative":
+        text = text.replace(", eer_gain='multiplicative'", "")
+    parts = [text]
     for name in ("gain_path", "dark_path", "defects_path"):
         path = getattr(gain_params, name, None)
         if path is not None:

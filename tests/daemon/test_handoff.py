@@ -502,6 +502,38 @@ def test_polishing_gets_the_gain_as_mrc_in_the_movies_orientation_named_in_each_
     assert general["rlnMicrographGainName"] == "motionwatch_gain.mrc"
 
 
+def test_a_relion_gain_written_before_eer_gain_existed_is_found_again_not_written_beside_itself(
+        tmp_path):
+    """``GainParams`` gained ``eer_gain``; the stamp of a gain used as a multiplier (the
+    default, as before) is the one the earlier version wrote into ``motionwatch_gain.mrc``, so
+    a daemon restarted after the upgrade names the same file instead of writing a second copy
+    (64 MB at 4K, 377 MB super-resolution) for its new movies."""
+    import hashlib
+
+    import mrcfile
+
+    from correction.params import GainParams
+    from correction.write import text_bytes
+    from daemon.handoff.relion import relion_gain_stamp, write_relion_gain
+
+    gain_path = tmp_path / "gain.mrc"
+    mrcfile.new(gain_path, data=np.ones((16, 16), np.float32)).close()
+    params = GainParams(gain_path=gain_path)
+    st = gain_path.stat()
+    earlier_repr = ("GainParams(gain_path=" + repr(gain_path) + ", dark_path=None, "
+                    "rotate_quarter_turns=0, flip='none', defects_path=None, "
+                    "hot_pixel_sigma=8.0, detect_hot_pixels=True)")  # as the version before
+    earlier = hashlib.sha256(text_bytes("\n".join(
+        [earlier_repr, f"gain_path={gain_path.absolute()}:{st.st_size}:{st.st_mtime_ns}"]))
+    ).hexdigest()[:16]
+    assert relion_gain_stamp(params) == earlier
+    assert relion_gain_stamp(GainParams(gain_path=gain_path, eer_gain="relion")) != earlier
+    out = tmp_path / "out"
+    out.mkdir()
+    assert write_relion_gain(out, params) == out / "motionwatch_gain.mrc"
+    assert write_relion_gain(out, GainParams(gain_path=gain_path)) == out / "motionwatch_gain.mrc"
+
+
 def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_changes(
         tmp_path, monkeypatch):
     """A restart with the same gain leaves ``motionwatch_gain.mrc`` alone (a super-resolution
