@@ -53,6 +53,7 @@ from .report import read_motion_record
 
 __all__ = [
     "QUICKLOOK_KINDS",
+    "SERIES_QUICKLOOK_KINDS",
     "SeriesTilt",
     "quicklook_names",
     "thumbnail",
@@ -72,7 +73,9 @@ __all__ = [
 #: picture kind -> file-name suffix after the stem
 QUICKLOOK_KINDS: dict[str, str] = {"thumbnail": ".thumb.png", "spectrum": ".spectrum.png",
                                    "drift": ".drift.png"}
-_SERIES_KINDS = {"sheet": ".sheet.png", "chart": ".chart.png"}
+#: series picture kind -> file-name suffix after the series name (:func:`write_series_quicklook`)
+SERIES_QUICKLOOK_KINDS: dict[str, str] = {"sheet": ".sheet.png", "chart": ".chart.png"}
+_SERIES_KINDS = SERIES_QUICKLOOK_KINDS
 _TEXT_KEY = b"motionwatch"
 #: zlib level of the PNGs: 1 writes a 512^2 spectrum in 16 ms (343 KB) where 6 took 81 ms
 #: (313 KB); a picture is written with every movie

@@ -35,6 +35,9 @@ For a series ``S``, :func:`assemble_series` writes into ``OUT_DIR/S/``:
 Every file is replaced atomically (links too: made under a temporary name, then renamed), so a
 re-assembly never leaves a link to the previous stack's data.
 
+:func:`remove_series` removes what :func:`assemble_series` wrote for a series (by these exact
+names, nothing else), when the series has no tilts left (they were moved to another series).
+
 Memory: one tilt at a time (each stack is streamed section by section into a temporary file,
 its header written last, then renamed into place; see :func:`correction.write.atomic_write`).
 """
@@ -58,11 +61,13 @@ from .dose import dose_weights
 from .errors import CorrectionError, ParameterError
 from .io.mrc import header_pixel_size_A
 from .mdoc_text import format_mdoc, serialem_datetime
-from .quicklook import SeriesTilt, motion_record_beside, write_series_quicklook
+from .quicklook import (SERIES_QUICKLOOK_KINDS, SeriesTilt, motion_record_beside,
+                        write_series_quicklook)
 from .write import atomic_write, mrc_header_bytes, text_bytes
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
-           "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs", "ARETOMO_FOLDER"]
+           "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs", "ARETOMO_FOLDER",
+           "series_files", "remove_series"]
 
 #: Per-tilt output kind -> stack file suffix.
 STACK_KINDS: dict[str, str] = {"sum": "", "dw": "_DW", "even": "_EVN", "odd": "_ODD"}
@@ -454,3 +459,61 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
                        warnings=tuple(warnings), rawtlt_path=rawtlt_path,
                        aretomo_tlt_path=aretomo_tlt_path, links=tuple(links),
                        pictures=dict(pictures))
+
+
+def series_files(series: str) -> tuple[str, ...]:
+    """The names :func:`assemble_series` may write into a series folder (relative to it, its
+    AreTomo3 links left out: :func:`remove_series` finds those): the stacks (``S_EF.mrc``
+    too), their mdocs, the tilt files, ``S.st``, the table and the pictures."""
+    stacks = [f"{series}{suffix}.mrc" for suffix in (*STACK_KINDS.values(), "_EF")]
+    return (*stacks, *(f"{name}.mdoc" for name in stacks),
+            *(f"{series}{suffix}" for suffix in (".tlt", ".rawtlt", "_TLT.txt", ".st", ".csv")),
+            *(f"{series}{suffix}" for suffix in SERIES_QUICKLOOK_KINDS.values()))
+
+
+def _aretomo_links(folder: Path, series: str, names: Sequence[str]) -> list[Path]:
+    """The AreTomo3 inputs of the series in ``folder`` named after one of ``names`` (in
+    ``aretomo3/``, or beside the stacks as an earlier version made them) that are still links
+    to its files: a file of that name that is not (AreTomo3's own, the user's) is not ours."""
+    ours = [p for p in (folder / name for name in series_files(series)) if p.is_file()]
+    links = []
+    for name in dict.fromkeys((*names, series)):
+        for suffix in _ARETOMO_SUFFIXES:
+            for link in (folder / ARETOMO_FOLDER / f"{name}{suffix}", folder / f"{name}{suffix}"):
+                if link.is_file() and not link.is_symlink() and link not in ours and any(
+                        os.path.samefile(link, p) for p in ours):
+                    links.append(link)
+    return links
+
+
+def remove_series(folder: str | Path, series: str, *,
+                  aretomo_names: Sequence[str] = ()) -> tuple[Path, ...]:
+    """Remove what :func:`assemble_series` wrote for ``series`` into ``folder``: its AreTomo3
+    links (named after one of ``aretomo_names`` or ``series``, and still links to its files)
+    first, then the files of :func:`series_files`; then ``aretomo3/`` and ``folder`` themselves
+    when nothing else is left in them. Any other file (AreTomo3's outputs, the user's) stays.
+
+    Each removal is atomic and the whole is safe to call again: a call cut short (a killed
+    service) is finished by the next one. The links go first, while the files they link can
+    still tell them from files of the same name that are not ours.
+
+    Returns
+    -------
+    tuple of Path
+        The files removed.
+    """
+    folder = Path(folder)
+    if not series or "/" in series or "\\" in series or series in (".", ".."):
+        raise ParameterError(f"bad series name {series!r}")
+    removed = []
+    for path in (*_aretomo_links(folder, series, aretomo_names),
+                 *(folder / name for name in series_files(series))):
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    for empty in (folder / ARETOMO_FOLDER, folder):
+        try:
+            empty.rmdir()
+        except OSError:  # missing, or holds files that are not ours
+            pass
+    return tuple(removed)

@@ -4,19 +4,22 @@
 tilts and tilts without an angle are left out, with a reason) and :func:`assemble_job` runs in a
 worker process (through :class:`~daemon.events.ResolverContext.run_job`):
 :func:`correction.stack.assemble_series` writes ``OUT_DIR/<series>/`` atomically, at the
-voltage its tilts were corrected at (:func:`series_voltage_kV`).
+voltage its tilts were corrected at (:func:`series_voltage_kV`). :func:`remove_assembled` takes
+those files away again (:func:`correction.stack.remove_series`) from a series left with no
+tilts (all moved to another series' name).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 
-__all__ = ["recorded_tilt", "assembly_tilts", "assemble_job", "series_voltage_kV"]
+__all__ = ["recorded_tilt", "assembly_tilts", "assemble_job", "series_voltage_kV",
+           "remove_assembled"]
 
 
 def recorded_tilt(row: Any) -> TiltRecord | None:
@@ -95,3 +98,18 @@ def assemble_job(series: str, tilts: list[dict[str, Any]], out_dir: str, voltage
     stacks.update({f"picture_{k}": str(v) for k, v in result.pictures.items()})
     return {"folder": str(result.folder), "stacks": stacks, "order": list(result.order),
             "warnings": list(result.warnings)}
+
+
+def remove_assembled(stacks: Mapping[str, str], series: str,
+                     mdoc_path: str | None = None) -> tuple[str, list[str]]:
+    """Remove what an assembly wrote (its result's ``stacks``, a series stem ``series``, its mdoc
+    when known: it names the AreTomo3 links): ``(folder, files removed)``; no pixels are read,
+    so it runs in the service itself. The folder is ``""`` when ``stacks`` names none."""
+    from correction.stack import aretomo_name, remove_series
+
+    sums = [Path(v) for k, v in stacks.items() if k in ("sum", "dw") and v]
+    if not sums:
+        return "", []
+    names = [aretomo_name(Path(mdoc_path).name)] if mdoc_path else []
+    removed = remove_series(sums[0].parent, series, aretomo_names=names)
+    return str(sums[0].parent), [str(p) for p in removed]

@@ -17,7 +17,10 @@
    ``<stack>.openTS`` lock next to the mdoc, the mdoc's quiet time, the idle timeout) and
    assembles a completed series (:func:`correction.stack.assemble_series`) in a separate worker
    process into ``OUT_DIR/<series>/``; a series re-opens when more movies arrive, or when one of
-   its movies is redone, and is then assembled again (files replaced atomically).
+   its movies is redone, and is then assembled again (files replaced atomically);
+5. removes the assembled files of a series left with no tilts (:meth:`_remove_ghosts`: every
+   one moved to another series' name, a folder or its mdoc renamed), so that AreTomo3 or IMOD
+   run over the output folder find no ghost of it beside the series it became.
 
 Movies and series are known by their folder below the watch folder and their name
 (``grid2/TS_01_001_0.0.eer``, series ``grid2/TS_01``), so two grids' ``TS_01`` never share a
@@ -52,7 +55,7 @@ from typing import Any
 from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverContext, ScanResult,
                            SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
-                                    series_voltage_kV)
+                                    remove_assembled, series_voltage_kV)
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
@@ -127,6 +130,13 @@ def _recorded_series(row: Any) -> str | None:
     tilt = (row.metadata.get("extra_record") or {}).get("tilt")
     series = tilt.get("series") if isinstance(tilt, Mapping) else None
     return series if isinstance(series, str) and series else None
+
+
+def row_series(row: Any) -> set[str]:
+    """Every series a state row names (its recorded tilt's, its log context's): a series any
+    row names still has a tilt."""
+    names = {_recorded_series(row), (row.metadata.get("log_context") or {}).get("series")}
+    return {n for n in names if isinstance(n, str) and n}
 
 
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
@@ -376,6 +386,7 @@ class TiltSeriesResolver:
                            series=series, note="its metadata changed after correction: redone "
                                                "with the new dose and pre-exposure")
         self._advance_series(res, movies, list(changed), now)
+        self._remove_ghosts(res)
         return [Path(p) for p in changed]
 
     def _settled_series(self, res: Resolution, now: float) -> frozenset[str]:
@@ -566,10 +577,14 @@ class TiltSeriesResolver:
             self._info[name] = info
             self._persist(name, state)
 
-    def _persist(self, name: str, state: SeriesState) -> None:
+    def _persist(self, name: str, state: SeriesState, keep: tuple[str, ...] = ()) -> None:
+        """Store the series' state; ``keep``: fields of the stored state kept (``moved_to``,
+        written by the ledger when the series' last tilt moved away)."""
         try:
+            stored = self._ctx.store.series_states().get(name, {}) if keep else {}
             self._ctx.store.set_series_state(
-                name, _state_dict(state, self._stacks.get(name), self._info.get(name)))
+                name, {**{k: stored[k] for k in keep if k in stored},
+                       **_state_dict(state, self._stacks.get(name), self._info.get(name))})
         except Exception as exc:  # noqa: BLE001
             self._once_log("error", "ledger_write_failed", name, str(exc))
 
@@ -596,6 +611,46 @@ class TiltSeriesResolver:
         self._assembling[name] = (future, state, str(out / stem))
         self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,
                        folder=str(out / stem))
+
+    def _remove_ghosts(self, res: Resolution) -> None:
+        """Remove the assembled files of every series with stacks recorded and no tilt left:
+        none in the resolution, none assembling, no state row naming it (the rows are the
+        truth: a tilt moved away is recorded under its new series). The stacks stay recorded
+        until their files are gone, so a removal cut short is finished at the next scan or
+        restart, and a series that is gone is never assembled again from the record."""
+        alive = set(res.series) | set(self._assembling)
+        alive |= {name for row in self._rows.values() for name in row_series(row)}
+        for name in sorted(n for n, stacks in self._stacks.items() if stacks and n not in alive):
+            self._remove_ghost(name, self._live_folders(alive))
+
+    def _live_folders(self, alive: set[str]) -> set[Path]:
+        """The stack folders of the series in ``alive`` (recorded or to be assembled)."""
+        folders = {Path(v).parent for n in alive for v in self._stacks.get(n, {}).values() if v}
+        return folders | {Path(f) for n in alive if (f := (self._info.get(n) or {}).get("folder"))}
+
+    def _remove_ghost(self, name: str, live: set[Path]) -> None:
+        """Remove series ``name``'s assembled files (none where a live series' stacks are: they
+        are that series'), then forget its stacks and make it open, so that tilts coming back
+        assemble it anew (log event ``series_outputs_removed``)."""
+        stacks = self._stacks[name]
+        folder = Path(stacks.get("sum") or stacks.get("dw") or "").parent
+        removed: list[str] = []
+        if folder not in live:
+            try:
+                _, removed = remove_assembled(stacks, split_qualified(name)[1],
+                                              (self._info.get(name) or {}).get("mdoc"))
+            except OSError as exc:  # tried again at the next scan
+                self._once_log("error", "series_outputs_not_removed", name,
+                               f"{type(exc).__name__}: {exc}", series=name, folder=str(folder))
+                return
+        state = SeriesState(name, reason="no tilts left (moved to another series): its "
+                                         "assembled files removed")
+        self._stacks[name] = {}
+        self._states[name] = state
+        self._persist(name, state, keep=("moved_to",))
+        self._log.info("series_outputs_removed", series=name, folder=str(folder), files=removed,
+                       reason=state.reason if folder not in live else
+                       "no tilts left; its folder holds a live series' stacks: kept")
 
     def _tilt_axis_of(self, summary: SeriesSummary) -> float | None:
         """The series' nominal tilt axis (°): the setting, else its mdoc's title, else None."""

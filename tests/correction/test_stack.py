@@ -13,7 +13,7 @@ import pytest
 from correction.dose import dose_weights
 from correction.errors import CorrectionError
 from correction.stack import (StackTilt, aretomo_name, assemble_series, exposure_filter,
-                              link_aretomo_inputs)
+                              link_aretomo_inputs, remove_series, series_files)
 from daemon.series.mdoc import read_mdoc
 
 PIXEL_A = 2.0
@@ -216,6 +216,53 @@ def test_links_of_the_old_layout_beside_the_stacks_are_removed(tmp_path):
     link_aretomo_inputs(folder, "TS_9", "TS_9.mrc")
     assert not (folder / "TS_9.mrc.mrc").exists() and not (folder / "TS_9.mrc_EVN.mrc").exists()
     assert (folder / "TS_9.mrc").exists() and (folder / "TS_9_EVN.mrc").exists()
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_removing_a_series_takes_exactly_what_its_assembly_wrote(tmp_path):
+    """A series left with no tilts: every file its assembly wrote goes (the exposure-filtered
+    stack, the pictures and AreTomo3's links too), then its folders, once empty."""
+    tilts, _ = _series(tmp_path, n=3)
+    res = assemble_series("TS_9", tilts, tmp_path / "out", exposure_filtered=True,
+                          aretomo_name="TS_9.mrc")
+    folder = res.folder
+    written = _files(folder)
+    assert written == set(series_files("TS_9")) | {
+        f"aretomo3/TS_9.mrc{s}" for s in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")}
+    removed = remove_series(folder, "TS_9", aretomo_names=["TS_9.mrc"])
+    assert {p.relative_to(folder).as_posix() for p in removed} == written
+    assert not folder.exists()
+    assert remove_series(folder, "TS_9", aretomo_names=["TS_9.mrc"]) == ()  # again: nothing
+
+
+def test_removing_a_series_leaves_files_it_did_not_write_and_their_folders(tmp_path):
+    """AreTomo3's outputs in ``aretomo3/`` (and its own ``_TLT.txt`` written over the link: no
+    longer the same file), the user's notes, another series' stacks: they all stay."""
+    tilts, _ = _series(tmp_path, n=3)
+    res = assemble_series("TS_9", tilts, tmp_path / "out", aretomo_name="TS_9.mrc")
+    folder = res.folder
+    theirs = {"aretomo3/TS_9.mrc_Vol.mrc": b"tomogram", "notes.txt": b"mine",
+              "TS_10.mrc": b"another series", "TS_9_Vol.mrc": b"IMOD's"}
+    (folder / "aretomo3" / "TS_9.mrc_TLT.txt").unlink()
+    theirs["aretomo3/TS_9.mrc_TLT.txt"] = b"AreTomo3's own table"
+    for name, data in theirs.items():
+        (folder / name).write_bytes(data)
+    remove_series(folder, "TS_9", aretomo_names=["TS_9.mrc"])
+    assert _files(folder) == set(theirs)
+    assert all((folder / name).read_bytes() == data for name, data in theirs.items())
+
+
+def test_a_removal_cut_short_is_finished_by_the_next(tmp_path):
+    """Half the files gone (a killed service): the next call removes the rest, links first."""
+    tilts, _ = _series(tmp_path, n=3)
+    res = assemble_series("TS_9", tilts, tmp_path / "out", aretomo_name="TS_9.mrc")
+    for name in ("aretomo3/TS_9.mrc.mrc", "TS_9.st", "TS_9.csv"):
+        (res.folder / name).unlink()
+    remove_series(res.folder, "TS_9", aretomo_names=["TS_9.mrc"])
+    assert not res.folder.exists()
 
 
 def test_the_csv_and_stack_mdocs_name_a_movie_not_named_in_utf8_by_its_bytes_on_disk(tmp_path):

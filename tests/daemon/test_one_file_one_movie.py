@@ -781,6 +781,69 @@ def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
     assert not (out / "grid1" / "TS_01" / "TS_01.star").exists()
 
 
+def _assembled(folder: Path) -> set[str]:
+    """The files below a series folder, relative to it."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+#: what the assembly and the hand-off write for series TS_01 of ``TS_01.mrc.mdoc``
+_SERIES_FILES = {f"TS_01{s}" for s in (
+    ".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".mrc.mdoc", "_DW.mrc.mdoc", "_EVN.mrc.mdoc",
+    "_ODD.mrc.mdoc", ".tlt", ".rawtlt", "_TLT.txt", ".st", ".csv", ".sheet.png", ".chart.png",
+    ".star")} | {f"aretomo3/TS_01.mrc{s}" for s in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")}
+
+
+def test_a_renamed_folders_old_series_stacks_are_removed_and_stay_removed(tmp_path):
+    """grid1 renamed grid1_good between two runs: its series is assembled again into
+    ``grid1_good/TS_01/``. Before, the old ``grid1/TS_01/`` kept its stacks, tilt files,
+    pictures and ``aretomo3/`` links: AreTomo3 or IMOD run over the output folder processed a
+    ghost series beside the real one. Now what motionwatch wrote there is removed (the files
+    AreTomo3 and the user put there stay), and a restart neither brings it back nor touches
+    the live series."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
+                         shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                         tilt_interval_s=0.0, lock=False)
+    config = _config(watch, out)
+    _run(config, handoff=True)
+    old, new = out / "grid1" / "TS_01", out / "grid1_good" / "TS_01"
+    assert _assembled(old) == _SERIES_FILES
+    theirs = {"aretomo3/TS_01.mrc_Vol.mrc": b"AreTomo3's tomogram", "notes.txt": b"mine"}
+    for name, data in theirs.items():
+        (old / name).write_bytes(data)
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config, handoff=True)
+    assert _assembled(new) == _SERIES_FILES
+    assert _assembled(old) == set(theirs)
+    assert all((old / name).read_bytes() == data for name, data in theirs.items())
+    [removed] = log.named("series_outputs_removed")
+    assert (removed["series"], removed["folder"]) == ("grid1/TS_01", str(old))
+    assert len(removed["files"]) == len(_SERIES_FILES) - 1  # the STAR is the hand-off's
+    log = _run(config, handoff=True)  # a restart
+    assert log.named("series_outputs_removed") == []
+    assert _assembled(old) == set(theirs) and _assembled(new) == _SERIES_FILES
+
+
+def test_a_ghost_series_removal_cut_short_is_finished_at_the_restart(tmp_path):
+    """A service killed half-way through removing a ghost series' files (the state database
+    still names its stacks): the restart removes the rest, and the folder, now empty."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
+                         shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
+                         tilt_interval_s=0.0, lock=False)
+    config = _config(watch, out)
+    _run(config, handoff=True)
+    old = out / "grid1" / "TS_01"
+    for name in ("aretomo3/TS_01.mrc.mrc", "aretomo3/TS_01.mrc_TLT.txt", "TS_01.st",
+                 "TS_01.tlt", "TS_01.star"):
+        (old / name).unlink()  # what the removal had done when it was killed
+    os.rename(watch / "grid1", watch / "grid1_good")
+    log = _run(config, handoff=True)
+    assert not old.exists()
+    assert [e["series"] for e in log.named("series_outputs_removed")] == ["grid1/TS_01"]
+    assert _assembled(out / "grid1_good" / "TS_01") == _SERIES_FILES
+
+
 def test_a_folder_renamed_before_the_worker_opened_its_movie_is_corrected_under_its_new_name(
         tmp_path):
     """grid1 renamed grid1_good after a worker took held_m1 and before it opened the file: the
