@@ -907,11 +907,17 @@ class SeriesObservation:
 
 def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
     """A complete series, re-opened when its stacks are out of date: a known movie it was not
-    assembled with, or one it was assembled with that is unfinished again."""
+    assembled with, one it was assembled with that is no longer its tilt (its mdoc no longer
+    lists it, or it moved to another series: the stacks are assembled again without it), or
+    one it was assembled with that is unfinished again."""
     new = obs.known_movies - state.assembled_movies
     if new:
         return replace(state, status="open",
                        reason=f"re-opened: {len(new)} new movie(s), e.g. {sorted(new)[0]}")
+    gone = state.assembled_movies - obs.known_movies
+    if gone and obs.known_movies:
+        return replace(state, status="open", reason=f"re-opened: {len(gone)} movie(s) no "
+                                                    f"longer its tilts, e.g. {sorted(gone)[0]}")
     again = (obs.known_movies & state.assembled_movies) - obs.finished_movies
     if again:
         return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "

@@ -167,3 +167,30 @@ def test_an_mdoc_read_half_way_through_a_rewrite_leaves_each_tilt_with_the_whole
         record = json.loads((out / f"{t.movie.path.stem}.motion.json").read_text())
         assert TiltRecord.from_json(record).pre_exposure_e_A2 == pytest.approx(
             t.pre_exposure_e_A2, abs=1e-4)
+
+
+def test_a_tilt_its_mdoc_no_longer_lists_leaves_the_series_stacks_reassembled_without_it(
+        tmp_path):
+    """The 3-tilt series assembled, then its mdoc rewritten without the last tilt (SerialEM
+    discarded it): the series is assembled again from the two it lists, and every stack, the
+    tilt files and AreTomo3's links hold those two only."""
+    import mrcfile
+
+    watch, out, tilts = _session(tmp_path)
+    _run(watch, out)
+    folder = out / "TS_01"
+    with mrcfile.open(folder / "TS_01_DW.mrc", header_only=True) as mrc:
+        assert int(mrc.header.nz) == 3
+    _write_mdoc(watch, tilts[:2])
+    _run(watch, out)
+    kept = sorted(tilts[:2], key=lambda t: t.tilt_deg)
+    for stack in ("TS_01.mrc", "TS_01_DW.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc"):
+        with mrcfile.open(folder / stack, header_only=True) as mrc:
+            assert int(mrc.header.nz) == 2, stack
+    rows = (folder / "TS_01.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[8] for r in rows] == [t.movie.path.name for t in kept]
+    assert len((folder / "TS_01.tlt").read_text().splitlines()) == 2
+    assert (folder / "aretomo3" / "TS_01.mrc.mrc").samefile(folder / "TS_01_DW.mrc")
+    assert (folder / "aretomo3" / "TS_01.mrc_TLT.txt").read_text() == (
+        folder / "TS_01_TLT.txt").read_text()
+    assert len((folder / "TS_01_TLT.txt").read_text().splitlines()) == 2
