@@ -19,8 +19,9 @@
    process into ``OUT_DIR/<series>/``; a series re-opens when more movies arrive, or when one of
    its movies is redone, and is then assembled again (files replaced atomically);
 5. removes the assembled files of a series left with no tilts (:meth:`_remove_ghosts`: every
-   one moved to another series' name, a folder or its mdoc renamed), so that AreTomo3 or IMOD
-   run over the output folder find no ghost of it beside the series it became.
+   one recorded under another series' name, its folder renamed or its tilts redone into another
+   series), so that AreTomo3 or IMOD run over the output folder find no ghost of it beside the
+   series it became.
 
 Movies and series are known by their folder below the watch folder and their name
 (``grid2/TS_01_001_0.0.eer``, series ``grid2/TS_01``), so two grids' ``TS_01`` never share a
@@ -639,7 +640,7 @@ class TiltSeriesResolver:
             try:
                 _, removed = remove_assembled(stacks, split_qualified(name)[1],
                                               (self._info.get(name) or {}).get("mdoc"))
-            except OSError as exc:  # tried again at the next scan
+            except Exception as exc:  # noqa: BLE001 - logged; tried again at the next scan
                 self._once_log("error", "series_outputs_not_removed", name,
                                f"{type(exc).__name__}: {exc}", series=name, folder=str(folder))
                 return
