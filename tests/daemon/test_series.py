@@ -426,6 +426,20 @@ def test_series_completes_when_all_tilts_done_and_lock_removed_and_reopens_on_ne
     assert go and st.generation == 2 and st.assembled_movies == frozenset("abc")
 
 
+def test_a_complete_series_reopens_when_a_tilt_it_was_assembled_with_is_no_longer_its_tilt():
+    """Its mdoc no longer lists c (SerialEM discarded it) or c moved to another series: the
+    stacks still held c, so the series re-opens and is assembled again from a and b."""
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st, go = update_series_state(SeriesState("TS_9"), _obs("abc", "abc", "abc", lock=True),
+                                 now_s=10, config=cfg)
+    st, go = update_series_state(st, _obs("abc", "abc", "abc"), now_s=11, config=cfg)
+    assert go and st.assembled_movies == frozenset("abc")
+    st, go = update_series_state(st, _obs("ab", "ab", "ab"), now_s=20, config=cfg)
+    assert not go and st.status == "open" and "no longer its tilts, e.g. c" in st.reason
+    st, go = update_series_state(st, _obs("ab", "ab", "ab"), now_s=21, config=cfg)
+    assert go and st.generation == 2 and st.assembled_movies == frozenset("ab")
+
+
 def test_a_complete_series_reopens_when_a_tilt_it_was_assembled_with_is_corrected_again():
     """A tilt quarantined when the series completed is left out of its stacks; retried
     (``motionwatch retry``), it is corrected again: the stacks stayed without it."""
