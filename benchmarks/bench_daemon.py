@@ -1,7 +1,8 @@
 """Does the watch daemon keep up? Backlog throughput against `motionwatch correct`, and memory.
 
-1. Throughput: a backlog of N synthetic 1024^2 x 10-frame int16 MRC movies (hard links of one
-   rendered movie, so disk use stays small) is corrected twice on the same files: once by
+1. Throughput: a backlog of N synthetic 1024^2 x 10-frame int16 MRC movies (copies of one
+   rendered movie: the daemon takes hard links of one file for one movie, as they are, and
+   corrects it once) is corrected twice on the same files: once by
    ``motionwatch correct`` (one process, all movies in one call) and once by ``motionwatch watch``
    (daemon, ``--workers`` worker processes (default 1), started on the full folder). Both wall times include interpreter
    start-up; the daemon's ends at its last ``movie_done`` event (its idle wait is excluded) and
@@ -18,8 +19,7 @@ Usage::
     .venv/bin/python benchmarks/bench_daemon.py [--movies 10] [--memory-movies 200]
         [--size 1024] [--frames 10] [--memory-size 1024] [--keep DIR] [--workers N] [--cold]
 
-``--cold``: the movies are separate files (not hard links), dropped from the page cache before
-each run, as movies on a network share or a cold disk are; the daemon then also runs with
+``--cold``: the movies are dropped from the page cache before each run, as movies on a network share or a cold disk are; the daemon then also runs with
 ``--no-read-ahead``, and the two throughputs are compared (read-ahead: the movie next in line is
 read into the page cache while the worker corrects the current one).
 """
@@ -47,8 +47,10 @@ from correction.synthetic import render_movie
 PIXEL_SIZE_A = 1.1
 
 
-def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0, *,
-                 copies: bool = False) -> tuple[list[Path], Path]:
+def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0
+                 ) -> tuple[list[Path], Path]:
+    """``n`` copies of one rendered movie in ``folder`` and its gain. Copies, not hard links:
+    hard links of one file are one movie to the daemon (one inode), corrected once."""
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = render_movie(np.random.default_rng(seed), shape_yx=(size, size), n_frames=frames,
                              pixel_size_A=PIXEL_SIZE_A, dtype=np.int16)
@@ -64,10 +66,7 @@ def make_backlog(folder: Path, n: int, size: int, frames: int, seed: int = 0, *,
     for i in range(n):
         path = folder / f"movie_{i:04d}.mrc"
         path.unlink(missing_ok=True)  # a kept work folder (--keep) is used again
-        if copies:  # own pages in the page cache (hard links share them)
-            shutil.copyfile(master, path)
-        else:
-            os.link(master, path)
+        shutil.copyfile(master, path)
         movies.append(path)
     return movies, gain
 
@@ -209,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 def throughput(work: Path, args: argparse.Namespace) -> None:
     """Backlog wall time: `motionwatch correct` against `motionwatch watch`."""
     print(f"backlog of {args.movies} movies {args.size}^2 x {args.frames} int16 (in {work})")
-    movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames,
-                                copies=args.cold)
+    movies, gain = make_backlog(work / "throughput", args.movies, args.size, args.frames)
     if args.cold:
         drop_from_page_cache(movies)
         t_correct, _ = time_correct(movies, work / "out_correct", gain)
