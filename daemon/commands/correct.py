@@ -166,11 +166,18 @@ def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
 
 def _note_eer_gain(movie: Path, record: dict[str, Any]) -> bool:
     """One line on stderr saying how the gain file was applied to the first EER movie
-    (``references.eer_gain_rule``: a count image as ``mean / gain``, or a multiplier, as
-    RELION takes it; :func:`correction.gain.reference_for_movie`); True when said."""
-    rule = (record.get("references") or {}).get("eer_gain_rule")
+    (``references.eer_gain_rule``: a count image as ``mean / gain``, or a multiplier;
+    :func:`correction.gain.reference_for_movie`); True once nothing more is to be said in the
+    run (the gain and its mode are the same for all its movies). Not said for EPU's ``.gain``
+    file used as a multiplier by default, the case in which every peer agrees; said for any
+    other file (MotionCor2 and RELION take it differently) and for a mode chosen."""
+    references = record.get("references") or {}
+    rule = references.get("eer_gain_rule")
     if not rule:
         return False
+    gain_path = str((references.get("gain") or {}).get("path") or "")
+    if gain_path.lower().endswith(".gain") and "as MotionCor2's -Gain" in rule:
+        return True  # nothing to say, and nothing later in the run will need saying
     print(f"motionwatch: {movie}: note: EER gain: {rule}; --eer-gain chooses; said once per run",
           file=sys.stderr, flush=True)
     return True

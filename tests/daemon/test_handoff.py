@@ -901,6 +901,39 @@ def test_an_eer_movies_star_names_a_dot_gain_that_relion_applies_as_motionwatch_
         np.testing.assert_array_equal(mrc.data, counts)
 
 
+@pytest.mark.parametrize("gain_name, said", [("20240627_EER_GainReference.gain", False),
+                                             ("gain.mrc", True)])
+def test_correct_says_how_an_eer_gain_is_applied_only_where_the_peers_differ(tmp_path, capsys,
+                                                                             gain_name, said):
+    """EPU's ``.gain`` used as a multiplier is what MotionCor2 and RELION both do: no note. An
+    MRC gain of an EER movie is a multiplier to MotionCor2 and a count image to RELION: the
+    run says once which way it was applied and how to choose the other."""
+    import mrcfile
+    import tifffile
+    from eer_writer import write_eer
+
+    rng = np.random.default_rng(31)
+    shape = (128, 128)
+    gain = rng.uniform(0.8, 1.2, shape).astype(np.float32)
+    if gain_name.endswith(".gain"):
+        tifffile.imwrite(tmp_path / gain_name, gain)
+    else:
+        mrcfile.new(tmp_path / gain_name, data=gain).close()
+    for k in range(2):
+        write_eer(tmp_path / f"m{k}.eer", [np.flatnonzero(rng.random(shape[0] * shape[1]) < 0.05)
+                                           for _ in range(40)], shape_yx=shape)
+    assert _correct(tmp_path / "m0.eer", tmp_path / "m1.eer", "--gain", tmp_path / gain_name,
+                    "--eer-group", 10, "--pixel-size", 0.9, "--total-dose", 8, "--no-hot-pixels",
+                    "--out", tmp_path / "out") == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note: EER gain" in line]
+    if said:
+        assert len(notes) == 1
+        assert ("gain.mrc applied as a multiplier (as MotionCor2's -Gain; --eer-gain relion or "
+                "reciprocal for a count image)") in notes[0]
+    else:
+        assert notes == []
+
+
 @pytest.mark.parametrize("eer_gain", ["multiplicative", "relion"])
 def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path, eer_gain):
     """The hand-off listener writes the EER movies' ``.gain`` when the first EER movie comes
