@@ -764,16 +764,23 @@ def test_a_retried_movie_met_under_its_hard_links_name_after_a_restart_is_not_li
     assert status["counts"]["requeued"] == 0 and status["backlog"]["pending"] == 0
 
 
-def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
-    """grid1 renamed grid1_good between two runs: the hand-off writes
-    ``grid1_good/TS_01/TS_01.star``. Before, the old series' ``grid1/TS_01/TS_01.star`` stayed
-    as it was, naming the movies at their vanished paths."""
+def _series_corrected_in_grid1(tmp_path: Path):
+    """A three-tilt series written into ``session/grid1`` and corrected with the hand-off on:
+    ``(watch folder, output folder, config)``."""
     watch, out = tmp_path / "session", tmp_path / "out"
     simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
                          shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
                          tilt_interval_s=0.0, lock=False)
     config = _config(watch, out)
     _run(config, handoff=True)
+    return watch, out, config
+
+
+def test_a_renamed_folders_old_series_star_is_removed(tmp_path):
+    """grid1 renamed grid1_good between two runs: the hand-off writes
+    ``grid1_good/TS_01/TS_01.star``. Before, the old series' ``grid1/TS_01/TS_01.star`` stayed
+    as it was, naming the movies at their vanished paths."""
+    watch, out, config = _series_corrected_in_grid1(tmp_path)
     assert (out / "grid1" / "TS_01" / "TS_01.star").exists()
     os.rename(watch / "grid1", watch / "grid1_good")
     assert len(_run(config, handoff=True).named("movie_moved")) == 3
@@ -800,12 +807,7 @@ def test_a_renamed_folders_old_series_stacks_are_removed_and_stay_removed(tmp_pa
     ghost series beside the real one. Now what motionwatch wrote there is removed (the files
     AreTomo3 and the user put there stay), and a restart neither brings it back nor touches
     the live series."""
-    watch, out = tmp_path / "session", tmp_path / "out"
-    simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
-                         shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
-                         tilt_interval_s=0.0, lock=False)
-    config = _config(watch, out)
-    _run(config, handoff=True)
+    watch, out, config = _series_corrected_in_grid1(tmp_path)
     old, new = out / "grid1" / "TS_01", out / "grid1_good" / "TS_01"
     assert _assembled(old) == _SERIES_FILES
     theirs = {"aretomo3/TS_01.mrc_Vol.mrc": b"AreTomo3's tomogram", "notes.txt": b"mine"}
@@ -827,12 +829,7 @@ def test_a_renamed_folders_old_series_stacks_are_removed_and_stay_removed(tmp_pa
 def test_a_ghost_series_removal_cut_short_is_finished_at_the_restart(tmp_path):
     """A service killed half-way through removing a ghost series' files (the state database
     still names its stacks): the restart removes the rest, and the folder, now empty."""
-    watch, out = tmp_path / "session", tmp_path / "out"
-    simulate_tilt_series(watch / "grid1", rng=np.random.default_rng(1), n_tilts=3,
-                         shape_yx=(128, 128), n_frames=4, frame_interval_s=0.0,
-                         tilt_interval_s=0.0, lock=False)
-    config = _config(watch, out)
-    _run(config, handoff=True)
+    watch, out, config = _series_corrected_in_grid1(tmp_path)
     old = out / "grid1" / "TS_01"
     for name in ("aretomo3/TS_01.mrc.mrc", "aretomo3/TS_01.mrc_TLT.txt", "TS_01.st",
                  "TS_01.tlt", "TS_01.star"):
