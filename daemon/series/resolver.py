@@ -620,6 +620,8 @@ class TiltSeriesResolver:
         until their files are gone, so a removal cut short is finished at the next scan or
         restart, and a series that is gone is never assembled again from the record."""
         alive = set(res.series) | set(self._assembling)
+        if all(n in alive for n, stacks in self._stacks.items() if stacks):
+            return  # the common scan: every assembled series is in the metadata (rows unread)
         alive |= {name for row in self._rows.values() for name in row_series(row)}
         for name in sorted(n for n, stacks in self._stacks.items() if stacks and n not in alive):
             self._remove_ghost(name, self._live_folders(alive))
