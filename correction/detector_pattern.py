@@ -74,10 +74,10 @@ class DetectorPatternCheck:
     window_yx_px: tuple[int, int]
     detected: bool
 
-    def to_record(self, *, gain_given: bool, gain_rule: str | None = None) -> dict[str, Any]:
+    def to_record(self, *, gain_given: bool, gain_advice: str | None = None) -> dict[str, Any]:
         """JSON-ready dict (the motion record's ``detector_pattern``; ``message`` when
         detected)."""
-        message = self.message(gain_given=gain_given, gain_rule=gain_rule)
+        message = self.message(gain_given=gain_given, gain_advice=gain_advice)
         return {"detected": self.detected,
                 **({"message": message} if self.detected else {}),
                 "frc_0.8_1.0_nyquist": round(self.frc_high, 4),
@@ -87,21 +87,18 @@ class DetectorPatternCheck:
                 "rule": f"significance >= {MIN_SIGNIFICANCE:g}, 0.8-1.0 >= {FLATNESS:g} x "
                         "0.5-0.65 Nyquist"}
 
-    def message(self, *, gain_given: bool, gain_rule: str | None = None) -> str:
+    def message(self, *, gain_given: bool, gain_advice: str | None = None) -> str:
         """One line for a movie whose frames share a fixed pattern.
 
-        ``gain_rule``: how an EER movie's gain file was applied
-        (:attr:`correction.gain.GainReference.eer_rule`); the line then names the other way,
-        since a count image applied as a multiplier (or a multiplier inverted) leaves the
-        pattern twice as strong instead of removing it.
+        ``gain_advice``: for an EER movie, how its gain file was applied and the other way
+        (:meth:`correction.gain.GainReference.eer_advice`), added to the cause.
         """
         cause = ("the gain reference does not remove it (another camera mode, session or "
                  "orientation?)" if gain_given else
                  "no gain reference was given (--gain): the frames are unnormalised, or were "
                  "normalised with a gain that does not fit them")
-        if gain_given and gain_rule:
-            other = "multiplicative" if "mean / gain" in gain_rule else "reciprocal"
-            cause += (f"; {gain_rule}: if the file is the other kind, try --eer-gain {other}")
+        if gain_given and gain_advice:
+            cause += f"; {gain_advice}"
         return (f"the frames share a pattern fixed to the detector (even/odd FRC "
                 f"{self.frc_high:.3f} at 0.8-1.0 Nyquist in detector coordinates, "
                 f"{self.significance:.0f} sigma, as high as at mid frequencies, where a "

@@ -222,6 +222,15 @@ class GainReference:
         flipped = "multiplicative" if self.applied_as == "reciprocal" else "reciprocal"
         return dataclasses.replace(self, gain=inverse, applied_as=flipped)
 
+    def eer_advice(self) -> str | None:
+        """For a reference chosen for an EER movie: how its file was applied and which
+        ``--eer-gain`` applies it the other way (a count image used as a multiplier, or a
+        multiplier inverted, leaves the detector's pattern twice as strong); None otherwise."""
+        if self.eer_rule is None:
+            return None
+        other = "multiplicative" if self.applied_as == "reciprocal" else "reciprocal"
+        return f"{self.eer_rule}: if the file is the other kind, try --eer-gain {other}"
+
     @property
     def shape_yx(self) -> tuple[int, int]:
         """Shape (ny, nx) of the oriented reference."""

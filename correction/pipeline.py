@@ -646,7 +646,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     timings["detector_pattern"] = time.perf_counter() - t
     if detector_pattern is not None and detector_pattern.detected:
         warnings.warn(detector_pattern.message(gain_given=_gain_given(gain_reference),
-                                               gain_rule=_gain_rule(gain_reference)),
+                                               gain_advice=_gain_advice(gain_reference)),
                       stacklevel=2)
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
@@ -660,9 +660,10 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            gain_orientation=orientation, detector_pattern=detector_pattern)
 
 
-def _gain_rule(gain_reference: GainReference | None) -> str | None:
-    """How an EER movie's gain file was applied (:func:`correction.gain.reference_for_movie`)."""
-    return gain_reference.eer_rule if gain_reference is not None else None
+def _gain_advice(gain_reference: GainReference | None) -> str | None:
+    """How an EER movie's gain file was applied and the other way to try
+    (:meth:`correction.gain.GainReference.eer_advice`)."""
+    return gain_reference.eer_advice() if gain_reference is not None else None
 
 
 def _gain_given(gain_reference: GainReference | None) -> bool:
@@ -1192,7 +1193,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                   if corrected.gain_orientation is not None else {}),
                **({"detector_pattern": corrected.detector_pattern.to_record(
                    gain_given=corrected.detector_pattern.detected
-                   and _gain_given(gain_reference), gain_rule=_gain_rule(gain_reference))}
+                   and _gain_given(gain_reference), gain_advice=_gain_advice(gain_reference))}
                   if corrected.detector_pattern is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
     return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,

@@ -44,6 +44,7 @@ its header written last, then renamed into place; see :func:`correction.write.at
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -512,8 +513,6 @@ def remove_series(folder: str | Path, series: str, *,
             path.unlink(missing_ok=True)
             removed.append(path)
     for empty in (folder / ARETOMO_FOLDER, folder):
-        try:
+        with contextlib.suppress(OSError):  # missing, or holds files that are not ours
             empty.rmdir()
-        except OSError:  # missing, or holds files that are not ours
-            pass
     return tuple(removed)

@@ -164,19 +164,20 @@ def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
     return True
 
 
-def _note_eer_gain(movie: Path, record: dict[str, Any]) -> bool:
+def _note_eer_gain(movie: Path, record: dict[str, Any], eer_gain: str) -> bool:
     """One line on stderr saying how the gain file was applied to the first EER movie
     (``references.eer_gain_rule``: a count image as ``mean / gain``, or a multiplier;
     :func:`correction.gain.reference_for_movie`); True once nothing more is to be said in the
     run (the gain and its mode are the same for all its movies). Not said for EPU's ``.gain``
     file used as a multiplier by default, the case in which every peer agrees; said for any
-    other file (MotionCor2 and RELION take it differently) and for a mode chosen."""
+    other file (MotionCor2 and RELION take it differently) and for a mode chosen
+    (``eer_gain``, the run's ``--eer-gain``)."""
     references = record.get("references") or {}
     rule = references.get("eer_gain_rule")
     if not rule:
         return False
     gain_path = str((references.get("gain") or {}).get("path") or "")
-    if gain_path.lower().endswith(".gain") and "as MotionCor2's -Gain" in rule:
+    if gain_path.lower().endswith(".gain") and eer_gain == "multiplicative":
         return True  # nothing to say, and nothing later in the run will need saying
     print(f"motionwatch: {movie}: note: EER gain: {rule}; --eer-gain chooses; said once per run",
           file=sys.stderr, flush=True)
@@ -306,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
             if not gain_warned:
                 gain_warned = _warn_gain_orientation(movie, result.record)
             if not eer_gain_noted:
-                eer_gain_noted = _note_eer_gain(movie, result.record)
+                eer_gain_noted = _note_eer_gain(movie, result.record, params.gain.eer_gain)
     read_ahead.close()
     _write_relion_files(args.out, params, optics, corrected)
     return exitcodes.SOME_FAILED if failed else exitcodes.OK
