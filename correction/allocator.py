@@ -26,7 +26,8 @@ spectra, tile batches). Two defaults of the C library and numpy make that slow:
   host had taken back cost 25-30 us to fault in, against about 2 us otherwise. All threads
   allocate from one arena (``M_ARENA_MAX`` 1): the band threads of the local sums would
   otherwise each get a heap of at most 64 MiB that glibc unmaps whenever it empties, and
-  fault it in again for the next band (about 60,000 extra faults per 4K movie here). The arena limit is left in place afterwards.
+  fault it in again for the next band (about 60,000 extra faults per 4K movie here). The
+  arena limit is left in place afterwards.
 * numpy asks the kernel for transparent huge pages on every large array
   (``madvise(MADV_HUGEPAGE)``). With the kernel's default ``defrag=madvise`` a fault in such
   an array compacts memory synchronously: on the 2-core test machine, first touching a fresh
