@@ -21,9 +21,11 @@ spectra, tile batches). Two defaults of the C library and numpy make that slow:
   on five copies of the K3 x 40 LZW movie with local motion took 14.4-19.0 s per movie after
   the first (17.2-19.8 s trimmed), and a 4096^2 EER movie of 1,000 raw frames 11.3-13.8 s
   (13.1-13.9 s), but the process's peak rose from 1.67-1.69 to 1.93 GB from the second K3
-  movie on (the heap's extent over movies whose blocks do not land where the first movie's
-  did; the bound is 2 GB), and most of the time saved is this virtual machine's: a page its
-  host had taken back cost 25-30 us to fault in, against about 2 us otherwise. All threads
+  movie on (the heap's extent over two movies, held instead of handed back; the bound is
+  2 GB), and most of the time saved is this virtual machine's: a page its
+  host had taken back cost 25-30 us to fault in, against about 2 us otherwise. Keeping only
+  the block of the decoded movie for the next movie (the rest of the heap then stays below
+  the threshold) came to the same: 15.4-16.8 s and 1.93 GB. All threads
   allocate from one arena (``M_ARENA_MAX`` 1): the band threads of the local sums would
   otherwise each get a heap of at most 64 MiB that glibc unmaps whenever it empties, and
   fault it in again for the next band (about 60,000 extra faults per 4K movie here). The
