@@ -14,21 +14,20 @@ spectra, tile batches). Two defaults of the C library and numpy make that slow:
   system time 3.2-4.8 -> 2.4-2.7 s, wall 14.6-15.8 -> 13.3-13.5 s; super-resolution
   11520 x 8184 x 20 binned by 2, 1.74 million -> 457,000 faults, system time 11.9 -> 4.7 s,
   wall 24.7 -> 18.6 s; peak resident memory 1.69 -> 1.67 GB and 2.04 -> 2.17 GB (freed
-  blocks stay resident until reused). The heap's free top is still handed back once it
-  exceeds 1 GiB (``M_TRIM_THRESHOLD``), which a movie whose heap passed that leaves when it is
-  done (a K3 movie decoded in memory, an EER movie's fractions): the next movie faults it in
-  again. Never trimming within the block was measured and not kept: ``motionwatch correct``
-  on five copies of the K3 x 40 LZW movie with local motion took 14.4-19.0 s per movie after
-  the first (17.2-19.8 s trimmed), and a 4096^2 EER movie of 1,000 raw frames 11.3-13.8 s
-  (13.1-13.9 s), but the process's peak rose from 1.67-1.69 to 1.93 GB from the second K3
-  movie on (the heap's extent over two movies, held instead of handed back; the bound is
-  2 GB), and most of the time saved is this virtual machine's: a page its
-  host had taken back cost 25-30 us to fault in, against about 2 us otherwise. Keeping only
-  the block of the decoded movie for the next movie (the rest of the heap then stays below
-  the threshold) came to the same: 15.4-16.8 s and 1.93 GB. All threads
-  allocate from one arena (``M_ARENA_MAX`` 1): the band threads of the local sums would
-  otherwise each get a heap of at most 64 MiB that glibc unmaps whenever it empties, and
-  fault it in again for the next band (about 60,000 extra faults per 4K movie here). The
+  blocks stay resident until reused). The heap's free top is still handed back once it exceeds
+  1 GiB (``M_TRIM_THRESHOLD``), which a movie whose heap passed that leaves when it is done (a
+  K3 movie decoded in memory, an EER movie's fractions): the next movie faults it in again.
+  Never trimming within the block was measured and not kept: ``motionwatch correct`` on five
+  copies of the K3 x 40 LZW movie with local motion took 14.4-19.0 s per movie after the first
+  (17.2-19.8 s trimmed), and a 4096^2 EER movie of 1,000 raw frames 11.3-13.8 s (13.1-13.9 s),
+  but the process's peak rose from 1.67-1.69 to 1.93 GB from the second K3 movie on (the heap's
+  extent over two movies, held instead of handed back; the bound is 2 GB), and most of the time
+  saved is this virtual machine's: a page its host had taken back cost 25-30 us to fault in,
+  against about 2 us otherwise. Keeping only the block of the decoded movie for the next movie
+  (the rest of the heap then stays below the threshold) came to the same: 15.4-16.8 s and 1.93
+  GB. All threads allocate from one arena (``M_ARENA_MAX`` 1): the band threads of the local
+  sums would otherwise each get a heap of at most 64 MiB that glibc unmaps whenever it empties,
+  and fault it in again for the next band (about 60,000 extra faults per 4K movie here). The
   arena limit is left in place afterwards.
 * numpy asks the kernel for transparent huge pages on every large array
   (``madvise(MADV_HUGEPAGE)``). With the kernel's default ``defrag=madvise`` a fault in such
