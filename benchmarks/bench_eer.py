@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     agree = np.abs(np.asarray(best["eer"]["shifts_yx_px"])
                    - np.asarray(best["mrc"]["shifts_yx_px"])).max()
     print(f"EER {best['eer']['wall_s']:.1f} s vs MRC {best['mrc']['wall_s']:.1f} s (best of "
-          f"{args.repeats}): ratio {ratio:.2f} (issue 4: <= 2; issue 17 at 1000 -> 40: <= 1.3); ratio per pair "
+          f"{args.repeats}): ratio {ratio:.2f} (issue 4: <= 2; issue 17 at 1000 -> 40: <= 1.3); "
+          f"ratio per pair "
           f"{', '.join(f'{x:.2f}' for x in pairs)}; median CPU time ratio {cpu_ratio:.2f}")
     print(f"peak RSS EER {best['eer']['rss_gb']:.2f} GB, MRC "
           f"{best['mrc']['rss_gb']:.2f} GB (target < 2); EER and MRC shifts differ by at most "
