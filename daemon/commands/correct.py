@@ -29,7 +29,8 @@ from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion
                                    write_relion_gain, write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
-from daemon.settings.voltage import Voltage, header_voltage_kV, resolve_voltage
+from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, header_voltage_kV,
+                                     resolve_voltage)
 from daemon.work.readahead import ReadAhead
 
 __all__ = ["add_arguments", "run"]
@@ -278,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     corrected: list[tuple[Path, dict[str, Any]]] = []  # (motion record path, record)
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
     eer_gain_noted = False  # how the gain file is applied to EER movies, said once per run
+    voltage_noted = False  # 300 kV assumed for want of any voltage, said once per run
     stems = _output_stems(args.movies, Path(args.out))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     # one allocator setting around all the movies: each reuses the memory the one before
@@ -304,6 +306,10 @@ def run(args: argparse.Namespace) -> int:
                 continue
             _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
             corrected.append((Path(result.outputs["motion"]), result.record))
+            if voltage.source == "default" and not voltage_noted:  # once corrected at it
+                voltage_noted = True
+                print(f"motionwatch: {movie}: warning: {ASSUMED_VOLTAGE_NOTE}", file=sys.stderr,
+                      flush=True)
             if not gain_warned:
                 gain_warned = _warn_gain_orientation(movie, result.record)
             if not eer_gain_noted:

@@ -27,6 +27,7 @@ from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, Servi
 from daemon.feed.publisher import (DEFAULT_ENDPOINT, DriftRules, PublishConfig, PublishConfigError,
                                    PublishError, Publisher, movie_message)
 from daemon.settings.config import Config, ConfigError
+from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
 from daemon.state.ledger import DB_NAME, Ledger
 
 __all__ = ["add_feed_arguments", "publish_config_from", "build_publish_listener",
@@ -207,6 +208,7 @@ class PublishListener(ServiceListener):
         self._last_movie: str | None = None
         self._gain_warned = False
         self._pattern_warned = False
+        self._voltage_warned = False
 
     def on_ready(self, info: ServiceInfo) -> None:
         """Name the output folder in the feed and rebuild the late joiners' state from the
@@ -243,6 +245,9 @@ class PublishListener(ServiceListener):
             self._pattern_warned = True
             self.publisher.warning("detector_pattern", str(pattern.get("message")),
                                    path=event.path)
+        if record.get("voltage_source") == "default" and not self._voltage_warned:  # once
+            self._voltage_warned = True
+            self.publisher.warning("voltage_assumed", ASSUMED_VOLTAGE_NOTE, path=event.path)
 
     def on_movie_failed(self, event: MovieEvent) -> None:
         self.publisher.error(event.path, f"{event.status}: {event.error or 'failed'}")

@@ -472,6 +472,8 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         "acquisition_index": plain(tilt.acquisition_index),
         "n_frames": len(shifts_A),
         "pixel_size_A": px,
+        "voltage_kV": plain(record.get("voltage_kV")),
+        "voltage_source": plain(record.get("voltage_source")),  # option, mdoc ... default
         "shifts_A": shifts_A,  # already Python floats
         "drift": plain(dict(drift)),
         "dose": dose,

@@ -64,8 +64,8 @@ from daemon.series.resolution import (MdocObservation, MovieObservation, Resolut
                                       assignment_change, classify_mdocs, dose_params_of,
                                       frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
                                       split_qualified, update_series_state)
-from daemon.settings.voltage import (DEFAULT_VOLTAGE_KV, Voltage, header_voltage_kV,
-                                     resolve_voltage)
+from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
+                                     header_voltage_kV, resolve_voltage)
 from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
@@ -443,7 +443,8 @@ class TiltSeriesResolver:
                  **kw: Any) -> Voltage:
         """A movie's voltage (:mod:`daemon.settings.voltage`): ``--voltage``, else the mdoc's
         (``metadata_kV``), else its header's, else 300 kV. A ``--voltage`` that contradicts the
-        metadata is used and warned about once per ``subject`` (its series, or the movie)."""
+        metadata is used and warned about once per ``subject`` (its series, or the movie); the
+        300 kV assumed for want of any voltage is warned about once per run."""
         def found() -> Iterable[tuple[float | None, str]]:  # the header read only if needed
             yield metadata_kV, source
             yield header_voltage_kV(path), "movie header"
@@ -452,6 +453,9 @@ class TiltSeriesResolver:
         if voltage.warning:
             self._once_log("warning", "voltage_differs_from_metadata", subject, voltage.warning,
                            **kw)
+        if voltage.source == "default":  # once per run: the same for every movie of it
+            self._once_log("warning", "voltage_assumed", "", ASSUMED_VOLTAGE_NOTE,
+                           voltage_kV=voltage.kV)
         return voltage
 
     def _standalone(self, movie: Observation, params: Any, n_frames: int | None,

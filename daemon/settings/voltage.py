@@ -3,8 +3,10 @@
 Resolution order (:func:`resolve_voltage`): ``--voltage`` (TOML ``voltage``) when given;
 else the first voltage the metadata gives, in the order the caller lists it (the tilt's
 series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, the movie header: the FEI
-extended header of an MRC movie); else :data:`DEFAULT_VOLTAGE_KV`. An option that differs from
-the metadata by more than :data:`VOLTAGE_TOLERANCE_KV` is used, with a warning: never silently.
+extended header of an MRC movie); else :data:`DEFAULT_VOLTAGE_KV`, which the caller says once
+per run (:data:`ASSUMED_VOLTAGE_NOTE`: a 200 kV session weighted at 300 kV must not pass
+unnoticed). An option that differs from the metadata by more than :data:`VOLTAGE_TOLERANCE_KV`
+is used, with a warning: never silently.
 
 The resolved value goes into :attr:`correction.params.DoseParams.voltage_kV` (a float, as
 before): a 300 kV session gets the same parameters, and so the same fingerprint, as when the
@@ -18,11 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_VOLTAGE_KV", "VOLTAGE_TOLERANCE_KV", "Voltage", "resolve_voltage",
-           "header_voltage_kV"]
+           "header_voltage_kV", "ASSUMED_VOLTAGE_NOTE"]
 
 DEFAULT_VOLTAGE_KV = 300.0  # no option and no metadata (the former --voltage default)
 VOLTAGE_TOLERANCE_KV = 1.0  # option vs metadata: a larger difference is warned about
 _PLAUSIBLE_KV = (60.0, 400.0)  # as correction.params accepts; outside: not a voltage in kV
+#: said once per run when a movie's voltage is :data:`DEFAULT_VOLTAGE_KV` for want of any other
+ASSUMED_VOLTAGE_NOTE = (
+    f"no --voltage and no voltage in the metadata: {DEFAULT_VOLTAGE_KV:g} kV assumed for dose "
+    "weighting (as MotionCor2's -kV default); give --voltage (TOML voltage) on a 200 or 100 kV "
+    "microscope")
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,8 @@ def test_bad_movies_give_one_line_errors_naming_them_and_the_good_one_is_still_w
     tmp, good, truncated, nopix = folder
     missing = tmp / "missing.mrc"
     status = main(["correct", str(truncated), str(missing), str(good), str(nopix),
-                   "--out", str(tmp / "out"), "--dose-per-frame", "1.0"])
+                   "--out", str(tmp / "out"), "--dose-per-frame", "1.0",
+                   "--voltage", "300"])  # given: no note that 300 kV is assumed
     assert status == exitcodes.SOME_FAILED == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3

@@ -164,6 +164,23 @@ def test_movie_message_from_the_correction_library_record_with_local_motion_magn
     assert body["resolution"] == {"resolution_A": 5.1, "status": "crossing"}
 
 
+def test_movie_message_says_the_voltage_and_where_it_came_from():
+    """A dashboard shows at what voltage a movie was weighted, and flags 300 kV assumed."""
+    import numpy as np
+
+    from correction.report import motion_record as library_record
+
+    def record(**extra) -> dict:
+        return library_record(movie="/data/m.mrc", shape_yx=(64, 64), pixel_size_A=1.0,
+                              voltage_kV=200.0, shifts_yx_px=np.zeros((3, 2)),
+                              frame_doses_e_A2=np.ones(3), pre_exposure_e_A2=0.0, outputs={},
+                              timings_s={}, extra=extra)
+
+    body = movie_message(record(voltage_source="mdoc"))
+    assert (body["voltage_kV"], body["voltage_source"]) == (200.0, "mdoc")
+    assert movie_message(record())["voltage_source"] is None  # a record from before it was kept
+
+
 def test_tilt_facts_come_from_the_records_tilt_object_and_a_configured_dose_is_a_fallback():
     """The series resolver's TiltAssignment.record() travels in the motion record as ``tilt``."""
     import numpy as np

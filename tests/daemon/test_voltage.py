@@ -152,6 +152,75 @@ def test_a_300_kV_session_without_voltage_keeps_the_parameters_and_keys_it_had(t
         assert record["alignment"]["params_fingerprint"] == before.fingerprint()
 
 
+def test_a_session_whose_metadata_gives_no_voltage_is_told_once_that_300_kV_is_assumed(
+        tmp_path):
+    """An mdoc without ``Voltage`` and no ``--voltage``: MotionCor2's 300 kV, said once per
+    run (a 200 kV microscope's session would otherwise be weighted at 300 kV unnoticed)."""
+    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=300)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    mdoc.write_text("".join(line for line in mdoc.read_text().splitlines(keepends=True)
+                            if not line.startswith("Voltage")))
+    log = _run(_watch_config(watch, out))
+    assumed = [f for level, event, f in log.events
+               if level == "warning" and event == "voltage_assumed"]
+    assert len(assumed) == 1  # once per run, not once per tilt
+    assert "300 kV assumed" in assumed[0]["reason"] and "--voltage" in assumed[0]["reason"]
+    for t in tilts:
+        record = _record(out, t.movie.path)
+        assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "default"
+
+    log = _run(_watch_config(watch, tmp_path / "out_option", "--voltage", "300"))
+    assert not [e for _, e, _ in log.events if e == "voltage_assumed"]
+    assert _record(tmp_path / "out_option", tilts[0].movie.path)["voltage_source"] == "option"
+
+
+def test_the_feed_warns_once_when_300_kV_is_assumed_for_movies_without_any_voltage(tmp_path):
+    from fake_publisher import FakePublisher
+
+    from daemon.feed.listener import PublishListener
+
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    for i in range(2):
+        syn = render_movie(np.random.default_rng(i), shape_yx=SHAPE, n_frames=N_FRAMES,
+                           electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+        with mrcfile.new(watch / f"loose_{i}.mrc") as mrc:
+            mrc.set_data(syn.frames)
+            mrc.voxel_size = PIXEL_A
+    log, publisher = RecordingLog(), FakePublisher()
+    run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"),
+                           listeners=[PublishListener(publisher)], logger=log,
+                           resolver=TiltSeriesResolver(SeriesConfig(), mode="auto")),
+                   guard_s=30)
+    assert len([f for _, e, f in log.events if e == "movie_done"]) == 2
+    assumed = [m for kind, m in publisher.warnings if kind == "voltage_assumed"]
+    assert len(assumed) == 1 and "300 kV assumed" in assumed[0]
+    assert _record(out, watch / "loose_1.mrc")["voltage_source"] == "default"
+
+
+def test_correct_says_once_per_run_that_it_assumes_300_kV_for_movies_without_any_voltage(
+        tmp_path, capsys):
+    movies = []
+    for i in range(2):
+        syn = render_movie(np.random.default_rng(i), shape_yx=SHAPE, n_frames=N_FRAMES,
+                           electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+        movies.append(tmp_path / f"plain_{i}.mrc")
+        with mrcfile.new(movies[-1]) as mrc:
+            mrc.set_data(syn.frames)
+            mrc.voxel_size = PIXEL_A
+    assert main(["correct", *map(str, movies), "--out", str(tmp_path / "a"),
+                 "--dose-per-frame", "1"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "kV" in line]
+    assert len(lines) == 1 and "300 kV assumed" in lines[0], lines
+    for movie in movies:
+        record = json.loads((tmp_path / "a" / f"{movie.stem}.motion.json").read_text())
+        assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "default"
+
+    assert main(["correct", *map(str, movies), "--out", str(tmp_path / "b"),
+                 "--dose-per-frame", "1", "--voltage", "300"]) == 0
+    assert "kV" not in capsys.readouterr().err
+
+
 def _fei_movie(path: Path, *, voltage_kV: float) -> Path:
     """A small MRC movie with an FEI1 extended header giving its pixel size and voltage."""
     syn = render_movie(np.random.default_rng(8), shape_yx=(96, 96), n_frames=4,
