@@ -65,7 +65,7 @@ from daemon.series.resolution import (MdocObservation, MovieObservation, Resolut
                                       frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
                                       split_qualified, update_series_state)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
-                                     header_voltage_kV, resolve_voltage)
+                                     epu_xml_voltage_kV, header_voltage_kV, resolve_voltage)
 from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
@@ -442,11 +442,12 @@ class TiltSeriesResolver:
     def _voltage(self, path: Path, metadata_kV: float | None, source: str, subject: str,
                  **kw: Any) -> Voltage:
         """A movie's voltage (:mod:`daemon.settings.voltage`): ``--voltage``, else the mdoc's
-        (``metadata_kV``), else its header's, else 300 kV. A ``--voltage`` that contradicts the
+        (``metadata_kV``), else EPU's metadata file's, else its header's, else 300 kV. A ``--voltage`` that contradicts the
         metadata is used and warned about once per ``subject`` (its series, or the movie); the
         300 kV assumed for want of any voltage is warned about once per run."""
-        def found() -> Iterable[tuple[float | None, str]]:  # the header read only if needed
+        def found() -> Iterable[tuple[float | None, str]]:  # each read only if needed
             yield metadata_kV, source
+            yield epu_xml_voltage_kV(path), "EPU xml"
             yield header_voltage_kV(path), "movie header"
 
         voltage = resolve_voltage(self._ctx.voltage_kV, found())

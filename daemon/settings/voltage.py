@@ -2,8 +2,9 @@
 
 Resolution order (:func:`resolve_voltage`): ``--voltage`` (TOML ``voltage``) when given;
 else the first voltage the metadata gives, in the order the caller lists it (the tilt's
-series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, the movie header: the FEI
-extended header of an MRC movie); else :data:`DEFAULT_VOLTAGE_KV`, which the caller says once
+series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, EPU's metadata file of the
+movie (:func:`epu_xml_voltage_kV`), the movie header: the FEI extended header of an MRC movie);
+else :data:`DEFAULT_VOLTAGE_KV`, which the caller says once
 per run (:data:`ASSUMED_VOLTAGE_NOTE`: a 200 kV session weighted at 300 kV must not pass
 unnoticed). An option that differs from the metadata by more than :data:`VOLTAGE_TOLERANCE_KV`
 is used, with a warning: never silently.
@@ -15,12 +16,13 @@ option defaulted to 300 kV.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_VOLTAGE_KV", "VOLTAGE_TOLERANCE_KV", "Voltage", "resolve_voltage",
-           "header_voltage_kV", "ASSUMED_VOLTAGE_NOTE"]
+           "header_voltage_kV", "epu_xml_path", "epu_xml_voltage_kV", "ASSUMED_VOLTAGE_NOTE"]
 
 DEFAULT_VOLTAGE_KV = 300.0  # no option and no metadata (the former --voltage default)
 VOLTAGE_TOLERANCE_KV = 1.0  # option vs metadata: a larger difference is warned about
@@ -81,3 +83,51 @@ def header_voltage_kV(path: str | Path) -> float | None:
     except Exception:  # noqa: BLE001 - unreadable here: the correction names the fault
         return None
     return None
+
+
+#: what EPU and Tomo 5 append to the acquisition's name for its movie (K3 LZW TIFF, Falcon MRC,
+#: Falcon 4 EER), lower case; the metadata file is the name alone with ``.xml``
+_EPU_MOVIE_SUFFIXES = ("_fractions", "_eer")
+_EPU_XML_MAX_BYTES = 4 << 20  # EPU writes tens of kB; anything larger is not its metadata
+
+
+def epu_xml_path(movie: str | Path) -> Path | None:
+    """EPU's metadata file of a movie: ``FoilHole_..._Data_..._<date>_<time>.xml`` beside
+    ``..._fractions.tiff``, ``..._Fractions.mrc`` or ``..._EER.eer`` (the name without the
+    suffix EPU appends, any case), or None when the name has no such suffix."""
+    movie = Path(movie)
+    stem = movie.name[:-len(movie.suffix)] if movie.suffix else movie.name
+    for suffix in _EPU_MOVIE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            return movie.with_name(stem[:-len(suffix)] + ".xml")
+    return None
+
+
+def epu_xml_voltage_kV(movie: str | Path) -> float | None:
+    """Voltage (kV) from EPU's metadata file of a movie (:func:`epu_xml_path`):
+    ``MicroscopeImage/microscopeData/gun/AccelerationVoltage``, in volts there; None when the
+    file is missing, unreadable, not EPU's or without it (the caller falls back)."""
+    path = epu_xml_path(movie)
+    try:
+        if path is None or not path.is_file() or path.stat().st_size > _EPU_XML_MAX_BYTES:
+            return None
+        root = ET.fromstring(path.read_bytes())
+    except (OSError, ET.ParseError):
+        return None
+    if _local_name(root.tag) != "MicroscopeImage":
+        return None
+    for gun in root.iter():
+        if _local_name(gun.tag) != "gun":
+            continue
+        for child in gun:
+            if _local_name(child.tag) == "AccelerationVoltage":
+                try:
+                    return float((child.text or "").strip()) / 1000.0
+                except ValueError:
+                    return None
+    return None
+
+
+def _local_name(tag: str) -> str:
+    """An XML tag without its namespace (``{uri}name`` -> ``name``)."""
+    return tag.rsplit("}", 1)[-1]

@@ -237,6 +237,65 @@ def _fei_movie(path: Path, *, voltage_kV: float) -> Path:
     return path
 
 
+def _epu_metadata(voltage_V: str, *, root: str = "MicroscopeImage") -> str:
+    """EPU's per-acquisition metadata file in outline (a data-contract XML in EPU's default
+    namespace; the voltage in volts under ``microscopeData/gun``)."""
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n'
+            f'<{root} xmlns="http://schemas.datacontract.org/2004/07/Fei.SharedObjects" '
+            f'xmlns:i="http://www.w3.org/2001/XMLSchema-instance">'
+            f'<uniqueID>a1</uniqueID><microscopeData>'
+            f'<acquisition><acquisitionDateTime>2025-01-08T15:49:15</acquisitionDateTime>'
+            f'</acquisition><core><ApplicationSoftware>EPU</ApplicationSoftware></core>'
+            f'<gun><AccelerationVoltage>{voltage_V}</AccelerationVoltage></gun>'
+            f'<instrument><InstrumentModel>GLACIOS</InstrumentModel></instrument>'
+            f'</microscopeData></{root}>')
+
+
+def _epu_movie(folder: Path, name: str) -> Path:
+    syn = render_movie(np.random.default_rng(6), shape_yx=SHAPE, n_frames=N_FRAMES,
+                       electrons_per_px_per_frame=2.0, gain=None, n_hot_pixels=0)
+    with mrcfile.new(folder / name) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = PIXEL_A
+    return folder / name
+
+
+def test_an_epu_movie_takes_the_voltage_of_its_metadata_file_in_correct_and_in_the_daemon(
+        tmp_path, capsys):
+    """EPU writes ``<acquisition>.xml`` beside ``<acquisition>_Fractions.mrc`` (and K3's
+    ``_fractions.tiff``, Falcon 4's ``_EER.eer``); EER and TIFF headers give no voltage."""
+    watch = tmp_path / "Images-Disc1" / "GridSquare_8" / "Data"
+    watch.mkdir(parents=True)
+    stem = "FoilHole_9_Data_7_6_20250108_154915"
+    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
+    (watch / f"{stem}.xml").write_text(_epu_metadata("200000"))
+    assert main(["correct", str(movie), "--out", str(tmp_path / "a"),
+                 "--dose-per-frame", "1"]) == 0
+    assert "kV" not in capsys.readouterr().err
+    record = json.loads((tmp_path / "a" / f"{stem}_Fractions.motion.json").read_text())
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "EPU xml"
+
+    _run(_watch_config(watch, tmp_path / "out", "--dose-per-frame", "1"))
+    record = _record(tmp_path / "out", movie)
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "EPU xml"
+
+
+def test_only_epus_own_metadata_file_with_a_voltage_in_it_gives_one(tmp_path):
+    from daemon.settings.voltage import epu_xml_path, epu_xml_voltage_kV
+
+    stem = "FoilHole_9_Data_7_6_20250108_154915"
+    for name in (f"{stem}_fractions.tiff", f"{stem}_Fractions.mrc", f"{stem}_EER.eer"):
+        assert epu_xml_path(tmp_path / name) == tmp_path / f"{stem}.xml"
+    assert epu_xml_path(tmp_path / "TS_01_003_9.0.mrc") is None  # SerialEM: its mdocs say
+    movie = tmp_path / f"{stem}_EER.eer"
+    assert epu_xml_voltage_kV(movie) is None  # no metadata file (yet)
+    for text, kV in ((_epu_metadata("300000"), 300.0), (_epu_metadata("1.2E5"), 120.0),
+                     (_epu_metadata("300000", root="EpuSessionXml"), None),  # not a movie's
+                     (_epu_metadata("high"), None), (_epu_metadata("300000")[:-40], None)):
+        (tmp_path / f"{stem}.xml").write_text(text)
+        assert epu_xml_voltage_kV(movie) == kV, text
+
+
 def test_correct_without_voltage_takes_the_fei_headers_and_an_unlike_option_warns(
         tmp_path, capsys):
     movie = _fei_movie(tmp_path / "glacios.mrc", voltage_kV=200.0)
