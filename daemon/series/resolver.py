@@ -442,9 +442,10 @@ class TiltSeriesResolver:
     def _voltage(self, path: Path, metadata_kV: float | None, source: str, subject: str,
                  **kw: Any) -> Voltage:
         """A movie's voltage (:mod:`daemon.settings.voltage`): ``--voltage``, else the mdoc's
-        (``metadata_kV``), else EPU's metadata file's, else its header's, else 300 kV. A ``--voltage`` that contradicts the
-        metadata is used and warned about once per ``subject`` (its series, or the movie); the
-        300 kV assumed for want of any voltage is warned about once per run."""
+        (``metadata_kV``), else EPU's metadata file's, else its header's, else 300 kV. A
+        ``--voltage`` that contradicts the metadata is used and warned about once per
+        ``subject`` (its series, or the movie); the 300 kV assumed for want of any voltage is
+        warned about once per run."""
         def found() -> Iterable[tuple[float | None, str]]:  # each read only if needed
             yield metadata_kV, source
             yield epu_xml_voltage_kV(path), "EPU xml"

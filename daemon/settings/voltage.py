@@ -4,10 +4,10 @@ Resolution order (:func:`resolve_voltage`): ``--voltage`` (TOML ``voltage``) whe
 else the first voltage the metadata gives, in the order the caller lists it (the tilt's
 series mdoc section or the mdoc's global ``Voltage``, a frame mdoc, EPU's metadata file of the
 movie (:func:`epu_xml_voltage_kV`), the movie header: the FEI extended header of an MRC movie);
-else :data:`DEFAULT_VOLTAGE_KV`, which the caller says once
-per run (:data:`ASSUMED_VOLTAGE_NOTE`: a 200 kV session weighted at 300 kV must not pass
-unnoticed). An option that differs from the metadata by more than :data:`VOLTAGE_TOLERANCE_KV`
-is used, with a warning: never silently.
+else :data:`DEFAULT_VOLTAGE_KV`, which the caller says once per run
+(:data:`ASSUMED_VOLTAGE_NOTE`: a 200 kV session weighted at 300 kV must not pass unnoticed).
+An option that differs from the metadata by more than :data:`VOLTAGE_TOLERANCE_KV` is used,
+with a warning: never silently.
 
 The resolved value goes into :attr:`correction.params.DoseParams.voltage_kV` (a float, as
 before): a 300 kV session gets the same parameters, and so the same fingerprint, as when the
@@ -116,16 +116,12 @@ def epu_xml_voltage_kV(movie: str | Path) -> float | None:
         return None
     if _local_name(root.tag) != "MicroscopeImage":
         return None
-    for gun in root.iter():
-        if _local_name(gun.tag) != "gun":
-            continue
-        for child in gun:
-            if _local_name(child.tag) == "AccelerationVoltage":
-                try:
-                    return float((child.text or "").strip()) / 1000.0
-                except ValueError:
-                    return None
-    return None
+    volts = [child.text for gun in root.iter() if _local_name(gun.tag) == "gun"
+             for child in gun if _local_name(child.tag) == "AccelerationVoltage"]
+    try:
+        return float((volts[0] or "").strip()) / 1000.0 if volts else None
+    except ValueError:
+        return None
 
 
 def _local_name(tag: str) -> str:
