@@ -29,8 +29,8 @@ from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion
                                    write_relion_gain, write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
-from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, epu_xml_voltage_kV,
-                                     header_voltage_kV, resolve_voltage)
+from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, files_voltage_kV,
+                                     resolve_voltage)
 from daemon.work.readahead import ReadAhead
 
 __all__ = ["add_arguments", "run"]
@@ -211,8 +211,7 @@ def movie_voltage(movie: Path, option_kV: float | None) -> Voltage:
     MRC), else 300 kV."""
     def found() -> Iterator[tuple[float | None, str]]:  # each read only when needed
         yield _frame_mdoc_voltage_kV(movie), "frame mdoc"
-        yield epu_xml_voltage_kV(movie), "EPU xml"
-        yield header_voltage_kV(movie), "movie header"
+        yield from files_voltage_kV(movie)
 
     return resolve_voltage(option_kV, found())
 

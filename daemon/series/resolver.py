@@ -65,7 +65,7 @@ from daemon.series.resolution import (MdocObservation, MovieObservation, Resolut
                                       frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
                                       split_qualified, update_series_state)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
-                                     epu_xml_voltage_kV, header_voltage_kV, resolve_voltage)
+                                     files_voltage_kV, resolve_voltage)
 from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
@@ -448,8 +448,7 @@ class TiltSeriesResolver:
         warned about once per run."""
         def found() -> Iterable[tuple[float | None, str]]:  # each read only if needed
             yield metadata_kV, source
-            yield epu_xml_voltage_kV(path), "EPU xml"
-            yield header_voltage_kV(path), "movie header"
+            yield from files_voltage_kV(path)
 
         voltage = resolve_voltage(self._ctx.voltage_kV, found())
         if voltage.warning:

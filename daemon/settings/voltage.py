@@ -17,12 +17,13 @@ option defaulted to 300 kV.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_VOLTAGE_KV", "VOLTAGE_TOLERANCE_KV", "Voltage", "resolve_voltage",
-           "header_voltage_kV", "epu_xml_path", "epu_xml_voltage_kV", "ASSUMED_VOLTAGE_NOTE"]
+           "header_voltage_kV", "epu_xml_path", "epu_xml_voltage_kV", "files_voltage_kV",
+           "ASSUMED_VOLTAGE_NOTE"]
 
 DEFAULT_VOLTAGE_KV = 300.0  # no option and no metadata (the former --voltage default)
 VOLTAGE_TOLERANCE_KV = 1.0  # option vs metadata: a larger difference is warned about
@@ -69,6 +70,14 @@ def resolve_voltage(option_kV: float | None,
     if found is not None:
         return Voltage(found[0], found[1])
     return Voltage(DEFAULT_VOLTAGE_KV, "default")
+
+
+def files_voltage_kV(movie: str | Path) -> Iterator[tuple[float | None, str]]:
+    """What the files of a movie say of its voltage, after its mdocs: EPU's metadata file,
+    then the movie header, each read only when the one before gave nothing (for
+    :func:`resolve_voltage`)."""
+    yield epu_xml_voltage_kV(movie), "EPU xml"
+    yield header_voltage_kV(movie), "movie header"
 
 
 def header_voltage_kV(path: str | Path) -> float | None:
