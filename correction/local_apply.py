@@ -78,6 +78,7 @@ import scipy.fft
 from .allocator import zeros_written
 from .dose import dose_weights, weight_normalisation
 from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2
+from .summation import frame_mean
 from .threads import thread_count
 
 __all__ = ["TileLayout", "TilePlan", "LocalSums", "DisplacementField", "FrameRows",
@@ -417,7 +418,7 @@ class _RowSource:
         self._block_start = 0
         if fill is None and self.kind != "sequence":  # each frame's mean, one pass
             for i in range(n):
-                self.values[i] = float(self._rows(i, 0, ny).mean(dtype=np.float64))
+                self.values[i] = frame_mean(self._rows(i, 0, ny))
 
     def load_block(self, i0: int, i1: int) -> None:
         """Read frames ``i0:i1`` of a plain sequence (no-op for arrays and row sources)."""
@@ -432,7 +433,7 @@ class _RowSource:
             if frame.shape != self.shape_yx:
                 raise ValueError(f"frame {i} has shape {frame.shape}, expected {self.shape_yx}")
             if self.fill is None:
-                self.values[i] = float(frame.mean(dtype=np.float64))
+                self.values[i] = frame_mean(frame)
             self._block.append(frame)
         self._block_start = i0
 

