@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +41,13 @@ class FrameSink:
     ``sink.commit(i0, block)``; finally ``sink.frames()``. ``target`` and ``commit`` may be
     called from several threads for different frames. In memory, ``target`` is a view of the
     result and ``commit`` does nothing; spilled, ``target`` is a fresh buffer that ``commit``
-    writes to the file (``os.pwrite``: the decoded pages never enter this process's mapping,
-    so they do not count in its resident memory).
+    hands to a writer thread (``os.pwrite``: the decoded pages never enter this process's
+    mapping, so they do not count in its resident memory), so that the next block is decoded
+    while this one is written. One write is in flight at a time: ``commit`` first waits for
+    the one before, so at most two blocks are held (the one written, the one decoded). A
+    60-frame K3 super-resolution LZW TIFF in blocks of two pages: 21.7-41 s with each block
+    written before the next was decoded, against 15.3 s decoded in memory. A failed write
+    raises its ``OSError`` at the next ``commit`` or at ``frames``.
 
     Parameters
     ----------
@@ -68,6 +75,9 @@ class FrameSink:
         self.spilled = spill_dir is not None and nbytes > budget
         self._file = None
         self._array: np.ndarray | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None  # the write in flight
+        self._lock = threading.Lock()
         if self.spilled:
             self._file = tempfile.TemporaryFile(dir=spill_dir)  # unnamed: nothing left behind
             try:
@@ -88,23 +98,48 @@ class FrameSink:
         """Store the decoded frames ``block`` as frames ``i0, i0 + 1 ...``."""
         if self._array is not None:
             return
-        data = memoryview(np.ascontiguousarray(block, self.dtype).reshape(-1).view(np.uint8))
-        offset = i0 * self.frame_bytes
+        data = np.ascontiguousarray(block, self.dtype)
+        with self._lock:
+            self._wait()  # one write in flight; raises the one before's error
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="spill-writer")
+            self._pending = self._writer.submit(self._write, data, i0 * self.frame_bytes)
+
+    def _write(self, block: np.ndarray, offset: int) -> None:
+        data = memoryview(block.reshape(-1).view(np.uint8))
         while len(data):
             written = os.pwrite(self._file.fileno(), data, offset)
             data, offset = data[written:], offset + written
+
+    def _wait(self) -> None:
+        """Wait for the write in flight (raising its error); call with the lock held."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def frames(self) -> np.ndarray:
         """All frames: the in-memory array, or a read-only memory map of the spill file."""
         if self._array is not None:
             return self._array
         try:
+            with self._lock:
+                self._wait()
             return np.memmap(self._file, dtype=self.dtype, mode="r", shape=self.shape)
         finally:  # the map keeps its own handle on the (unnamed) file
             self.close()
 
     def close(self) -> None:
-        """Release the file handle (a map made by :meth:`frames` keeps the file alive)."""
+        """Wait for a write in flight (its error is not raised: the caller is already failing
+        or done), stop the writer and release the file handle (a map made by :meth:`frames`
+        keeps the file alive)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                pending.exception()  # waits; an error here is the caller's to have seen
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import eer_writer  # tests/helpers (on sys.path via tests/conftest.py)
@@ -63,6 +64,41 @@ def test_a_zeroed_sink_gives_zeroed_targets_whether_spilled_or_not(tmp_path):
                                zeroed=True)
         assert not sink.target(1, 3).any()
         sink.close()
+
+
+def test_a_spilled_block_is_written_while_the_next_is_decoded_with_one_write_in_flight(
+        tmp_path, monkeypatch):
+    """The writer thread takes a committed block and the decoder goes on with the next; the
+    next commit waits until the write in flight is done (at most two blocks held)."""
+    data = _counts((4, 16, 24))
+    sink = spill.FrameSink(data.shape, np.uint8, spill_dir=tmp_path, budget_bytes=0)
+    writing, release = threading.Event(), threading.Event()
+    written = []
+    real_pwrite = os.pwrite
+
+    def held_write(fd, buffer, offset):
+        writing.set()
+        assert release.wait(10)
+        written.append(offset)
+        return real_pwrite(fd, buffer, offset)
+
+    monkeypatch.setattr(spill.os, "pwrite", held_write)
+    first = sink.target(0, 2)
+    first[...] = data[0:2]
+    sink.commit(0, first)
+    assert writing.wait(10)  # the first block is being written ...
+    second = sink.target(2, 4)
+    second[...] = data[2:4]  # ... while the next one is decoded
+    assert written == []
+    committer = threading.Thread(target=sink.commit, args=(2, second))
+    committer.start()
+    committer.join(0.2)
+    assert committer.is_alive()  # the second commit waits for the write in flight
+    release.set()
+    committer.join(10)
+    assert not committer.is_alive()
+    np.testing.assert_array_equal(sink.frames(), data)
+    assert sorted(written) == [0, 2 * 16 * 24]
 
 
 @pytest.mark.parametrize("n_pages, block_bytes", [(7, 2 * 40 * 64), (7, 3 * 40 * 64), (1, 1)])
