@@ -36,7 +36,8 @@ from .threads import run_chunks
 _BLOCK_ELEMENTS = 32768  # complex64 elements per block of rows (256 KiB)
 _GROUP_BYTES = 512 << 20  # spectra made on the fly held at once (summed as a group)
 
-__all__ = ["SumSpectra", "SumImages", "frame_mean", "pad_frame", "accumulate_sums", "sums_to_images"]
+__all__ = ["SumSpectra", "SumImages", "frame_mean", "pad_frame", "accumulate_sums",
+           "sums_to_images"]
 
 
 @dataclass(frozen=True, slots=True)
