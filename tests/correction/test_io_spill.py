@@ -101,6 +101,29 @@ def test_a_spilled_block_is_written_while_the_next_is_decoded_with_one_write_in_
     assert sorted(written) == [0, 2 * 16 * 24]
 
 
+def test_a_corrupt_page_of_a_spilled_tiff_names_its_page_and_leaves_no_file(tmp_path,
+                                                                             monkeypatch):
+    """Blocks of two pages, the third block's first page corrupt: the blocks before it are
+    written (or being written) when the decoder fails; the error names the page and the
+    spill file is gone."""
+    from correction.errors import TruncatedMovieError
+
+    path = _lzw_tiff(tmp_path / "bad.tif", _counts((6, 40, 64)), rows_per_strip=2)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[4].dataoffsets[3], tif.pages[4].databytecounts[3]
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + count] = b"\xff" * count  # not an LZW stream
+    path.write_bytes(bytes(raw))
+    monkeypatch.setattr(spill, "SPILL_OVER_BYTES", 1024)
+    monkeypatch.setattr(tiff_module, "_SPILL_BLOCK_BYTES", 2 * 40 * 64)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TruncatedMovieError, match=r"bad\.tif: .*\(page 4"):
+        read_movie(path, spill_dir=out)
+    assert os.listdir(out) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("spill-writer")]
+
+
 @pytest.mark.parametrize("n_pages, block_bytes", [(7, 2 * 40 * 64), (7, 3 * 40 * 64), (1, 1)])
 def test_a_spilled_tiff_reads_back_exactly_in_blocks_of_pages(tmp_path, monkeypatch, n_pages,
                                                              block_bytes):
