@@ -5,6 +5,14 @@ with mrcfile and the test EER writer (tests/helpers/eer_writer.py) in a scratch 
 
     python benchmarks/bench_io.py [--eer-frames 600] [--scratch /tmp/mw-bench-io]
     python benchmarks/bench_io.py --faults      # first touch of fresh 75 MB arrays only
+    python benchmarks/bench_io.py --spill MOVIE.tif [--repeats 3]   # a large TIFF or EER read
+                                                # spilled to a scratch file and in memory
+
+``--spill`` reads a compressed movie whose decoded size is over 1 GiB (e.g. the 60-frame
+super-resolution LZW TIFF that ``bench_correct.py --shape 8184 11520 --frames 60 --cycle 10
+--dtype uint8 --format tiff`` renders), each read in a fresh process, spilled to an unnamed
+file in ``--scratch`` and in memory alternated, and prints wall and CPU time and peak RSS.
+Run it from another checkout to compare revisions.
 
 The EER figure is decode + grouping only (reading into fractions); correcting those fractions
 is benchmarks/bench_eer.py (EER vs the equivalent MRC through correct_movie).
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import statistics
 import subprocess
 import sys
@@ -152,6 +161,35 @@ def bench_faults() -> None:
         print(f"first touch of a fresh 75 MB array, numpy {mode:8s}: {float(out):.3f} s")
 
 
+_SPILL_SCRIPT = '''
+import json, sys, time
+from pathlib import Path
+from correction.allocator import movie_memory_settings, peak_resident_MB
+from correction.io import read_movie
+path, mode, scratch = sys.argv[1], sys.argv[2], sys.argv[3]
+with movie_memory_settings():
+    t, c = time.perf_counter(), time.process_time()
+    movie = read_movie(path, spill_dir=Path(scratch) if mode == "spill" else None)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+print(json.dumps([wall, cpu, movie.header.get("decoded_to"), movie.frames.nbytes,
+                  peak_resident_MB()]))
+'''
+
+
+def bench_spill(movie: Path, scratch: Path, repeats: int) -> None:
+    """A compressed movie read spilled (an unnamed file in ``scratch``) and in memory, each
+    read in a fresh process, alternated ``repeats`` times: wall and CPU time (all threads),
+    peak RSS."""
+    for _ in range(repeats):
+        for mode in ("spill", "memory"):
+            out = subprocess.run([sys.executable, "-c", _SPILL_SCRIPT, str(movie), mode,
+                                  str(scratch)], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout
+            wall, cpu, where, nbytes, peak = json.loads(out.strip().splitlines()[-1])
+            print(f"{movie.name} ({nbytes / 2**30:.1f} GiB decoded) read {mode:6s} -> {where}: "
+                  f"{wall:5.1f} s wall, {cpu:5.1f} s CPU, peak RSS {peak:.0f} MB", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eer-frames", type=int, default=600)
@@ -159,7 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-eer", action="store_true")
     parser.add_argument("--faults", action="store_true",
                         help="only the page-fault cost of fresh arrays (allocator settings)")
+    parser.add_argument("--spill", type=Path, metavar="MOVIE",
+                        help="only: read this compressed movie spilled and in memory")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of --spill")
     args = parser.parse_args(argv)
+    if args.spill is not None:
+        args.scratch.mkdir(parents=True, exist_ok=True)
+        bench_spill(args.spill.resolve(), args.scratch, args.repeats)
+        return 0
     if args.faults:
         bench_faults()
         return 0

@@ -45,11 +45,11 @@ class FrameSink:
     mapping, so they do not count in its resident memory), so that the next block is decoded
     while this one is written. One write is in flight at a time: ``commit`` first waits for
     the one before, so at most two blocks are held (the one written, the one decoded). A
-    60-frame K3 super-resolution LZW TIFF in blocks of two pages, on the 2-core test machine:
-    19.4-21.2 s, against 21.7-25.8 s with each block written before the next was decoded
-    (14.1-15.3 s decoded in memory; writing 5.7 GB into the page cache alone costs this
-    virtual machine 20 s of CPU). A failed write raises its ``OSError`` at the next ``commit``
-    or at ``frames``.
+    60-frame K3 super-resolution LZW TIFF (5.3 GiB decoded) in blocks of two pages, on the
+    2-core test machine (``benchmarks/bench_io.py --spill``, a fresh process per read): 20.8-28.6
+    s, against 26.3-34.5 s with each block written before the next was decoded (14.4-18.8 s
+    decoded in memory; writing 5.3 GiB into the page cache alone costs this virtual machine 20
+    s of CPU). A failed write raises its ``OSError`` at the next ``commit`` or at ``frames``.
 
     Parameters
     ----------
