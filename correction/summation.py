@@ -69,8 +69,8 @@ def frame_mean(frame: np.ndarray, workers: int = 1) -> float:
     """Mean of a 2-D image (the padding value of a frame): each row summed in float32 (numpy's
     pairwise sum: about 1e-7 relative for rows of 10^4 pixels) and the row sums in float64,
     rows split over ``workers`` threads. Equal to ``frame.mean(dtype=np.float64)`` to about
-    1e-7 relative and faster (no float64 copy of each block): a K3 frame on one thread 8.6
-    against 22 ms here. Used for the sum's mean (the padding value of every frame when hot
+    1e-7 relative and faster (no float64 copy of each block): a K3 frame on one thread 8.1
+    against 19.6 ms here (``benchmarks/bench_io.py``). Used for the sum's mean (the padding value of every frame when hot
     pixels are detected) and for each frame's mean when they are not."""
     frame = np.asarray(frame)
     ny = int(frame.shape[0])
