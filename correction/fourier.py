@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
+from .threads import run_chunks
+
 __all__ = [
     "rfft2",
     "irfft2",
@@ -25,6 +27,8 @@ __all__ = [
     "binned_length",
     "fourier_crop",
     "rfft2_cropped",
+    "sum_2x2",
+    "rfft2_cropped_2x2",
     "frequency_indices",
     "shift_ramps",
     "shift_ramps_stack",
@@ -169,6 +173,69 @@ def rfft2_cropped(image: np.ndarray, out_shape_yx: tuple[int, int], *, workers: 
     if my // 2:
         out[top:] = cols[ny - my // 2:]
     return out
+
+
+def sum_2x2(image: np.ndarray, *, out: np.ndarray | None = None, workers: int = -1
+            ) -> np.ndarray:
+    """Each 2 x 2 block of ``image`` (both sides even) summed: shape ``(ny // 2, nx // 2)``.
+
+    Bands of row pairs are split over ``workers`` threads, each summing its rows through a
+    scratch band of a few MB (in cache), so the image is read once.
+    """
+    ny, nx = (int(v) for v in image.shape)
+    if ny % 2 or nx % 2:
+        raise ValueError(f"2 x 2 sums need even sides, got {ny}x{nx}")
+    my, mx = ny // 2, nx // 2
+    if out is None:
+        out = np.empty((my, mx), image.dtype)
+    step = max(1, _ROW_BLOCK_BYTES // max(1, nx * image.itemsize))
+
+    def chunk(lo: int, hi: int) -> None:
+        scratch = np.empty((min(step, hi - lo), nx), image.dtype)
+        for r0 in range(lo, hi, step):
+            r1 = min(hi, r0 + step)
+            pairs = scratch[:r1 - r0]
+            np.add(image[2 * r0:2 * r1:2], image[2 * r0 + 1:2 * r1:2], out=pairs)
+            np.add(pairs[:, 0::2], pairs[:, 1::2], out=out[r0:r1])
+
+    run_chunks(chunk, my, workers)
+    return out
+
+
+def rfft2_cropped_2x2(image: np.ndarray, out_shape_yx: tuple[int, int], *, workers: int = -1,
+                      work: np.ndarray | None = None, sums: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """The Fourier crop of ``image`` to ``out_shape_yx``, made from its 2 x 2 block sums.
+
+    Transforming the block sums (:func:`sum_2x2`, into ``sums`` when given) costs a quarter
+    of the rows' transforms of :func:`rfft2_cropped`. The result is the crop of the whole
+    spectrum times the block's transfer function ``cos(pi ky / ny) cos(pi kx / nx)`` (``k``
+    the integer frequency indices), plus what the block sums fold back from the top octave
+    of each axis (``|k| > 3/8`` of the axis's length, attenuated by ``cos`` there). Each
+    block's centre lies half an input pixel beyond its first pixel; that phase is undone, so
+    the content is not moved. For a crop to at most an eighth of each side (frequencies
+    below 1/16 cycle per input pixel) the signal keeps >= 0.98 of its amplitude and what
+    folds back is at most 0.038 of the noise power of white (shot) noise.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx), float32, both sides even
+    out_shape_yx : (int, int)
+        ``(my, mx)`` with ``my <= ny / 2``, ``mx <= nx / 2``.
+    work : ndarray, optional
+        Row buffer of :func:`rfft2_cropped`.
+    sums : ndarray, shape (ny // 2, nx // 2), optional
+        Buffer for the block sums (overwritten).
+    """
+    ny, nx = (int(v) for v in image.shape)
+    my, mx = (int(v) for v in out_shape_yx)
+    half = sum_2x2(image, out=sums, workers=workers)
+    spectrum = rfft2_cropped(half, (my, mx), workers=workers, work=work)
+    ramp_y = np.exp(-1j * np.pi * frequency_indices(my) / ny).astype(spectrum.dtype)
+    ramp_x = np.exp(-1j * np.pi * frequency_indices(mx, half=True) / nx).astype(spectrum.dtype)
+    spectrum *= ramp_y[:, None]
+    spectrum *= ramp_x[None, :]
+    return spectrum
 
 
 def frequency_indices(n: int, *, half: bool = False) -> np.ndarray:
