@@ -412,9 +412,11 @@ def frames_kept(n_frames: int, spectrum_bytes: int, *,
     with ``k`` kept (:func:`_stage_bytes`), above its value with none: they take memory that
     a later stage needs anyway (the local sums' accumulators, the running sums). The forward
     pass makes the alignment crop alone for the others, which the sums transform once more;
-    a kept frame is transformed once (its alignment crop cut from its spectrum), a frame not
-    kept twice (super-resolution frame on 2 cores: 0.36-0.48 s for the binned grid's crop,
-    0.26-0.30 s for the alignment crop alone). Without ``peak_for`` none are kept then.
+    a kept frame is transformed once (its alignment crop cut from its spectrum, or made from
+    its 2 x 2 block sums: :func:`_align_from_block_sums`), a frame not kept twice
+    (super-resolution frame on 2 cores, quiet: 0.35 s for the binned grid's crop, 0.20 s for
+    the alignment crop alone from the whole frame, 0.10 s from its block sums). Without
+    ``peak_for`` none are kept then.
 
     With a patch grid on unbinned output the same rule holds: the kept spectra give the sums
     when the local model is not applied, and are released unused when it is (the sums then
@@ -883,8 +885,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     binned = grids.padded_in != grids.padded_out
     # every output spectrum is kept when all fit; else the first frames' as far as they raise
     # no stage of the predicted peak (frames_kept); for the others the forward pass makes the
-    # alignment crop alone (rfft2_cropped: 0.26-0.30 s per super-resolution frame here,
-    # against 0.36-0.48 s for the output grid's spectrum), and they are transformed once more
+    # alignment crop alone (from the 2 x 2 block sums: 0.10 s per super-resolution frame
+    # here, against 0.35 s for the output grid's spectrum), and they are transformed once more
     # for the sums. With a patch grid on unbinned output the spectra are kept alike: they give
     # the sums when the local model is not applied (common at tomography dose: no second
     # pass over the frames); when it is, they are released and the sums come from the tiles
