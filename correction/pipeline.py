@@ -493,9 +493,9 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
       held throughout (as named in ``params.gain``);
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp``
-      (Fourier crop; without it, ``Pi`` for the 2 x 2 block sums when
-      :func:`_align_from_block_sums`) + ``4 A`` per frame (alignment spectra) + the kept output spectra,
-      ``4 Pp`` per frame, for the frames :func:`frames_kept` keeps (all while
+      (Fourier crop, binned output; unbinned, ``Pi`` for the 2 x 2 block sums when
+      :func:`_align_from_block_sums`) + ``4 A`` per frame (alignment spectra) + the kept
+      output spectra, ``4 Pp`` per frame, for the frames :func:`frames_kept` keeps (all while
       ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else the first ones as far as they raise no
       stage above the largest with none kept);
     * global sums (without a patch grid, Fourier-binned, or all spectra kept): all kept, them +
