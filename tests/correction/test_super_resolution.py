@@ -128,12 +128,14 @@ def test_eer_decoded_at_sampling_2_gives_the_sampling_1_shifts_within_0_05_px(tm
     np.testing.assert_allclose(s1, truth, atol=0.15)
 
 
-def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums(monkeypatch):
-    """A super-resolution frame (here 8 times the alignment grid on each axis) gets its
-    alignment crop from its 2 x 2 block sums, a quarter of the rows' transforms: the shifts
-    are as close to the truth as those aligned on the crop of the whole frame's spectrum (the
-    bound), and every frame is treated alike, so keeping no output spectrum (over the memory
-    budget) gives the same shifts bit for bit."""
+@pytest.mark.parametrize("bin_factor", [2.0, 1.0])
+def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums(monkeypatch,
+                                                                                  bin_factor):
+    """A super-resolution frame (here 8 times the alignment grid on each axis), binned to the
+    physical pixel or not, gets its alignment crop from its 2 x 2 block sums, a quarter of the
+    rows' transforms: the shifts are as close to the truth as those aligned on the crop of the
+    whole frame's spectrum (the bound), and every frame is treated alike, so keeping no output
+    spectrum (over the memory budget) gives the same shifts bit for bit."""
     from correction import pipeline
 
     n, phys = 10, (320, 384)
@@ -144,8 +146,8 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
                       dtype=np.uint8)
     align = AlignParams(patches_x=1, patches_y=1, max_shift_px=20.0, align_size_px=64)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0 / PHYS_PIXEL_A ** 2),
-                              read=ReadParams(bin_factor=2.0), align=align)
-    grids = pipeline._grids((2 * phys[0], 2 * phys[1]), 2.0,
+                              read=ReadParams(bin_factor=bin_factor), align=align)
+    grids = pipeline._grids((2 * phys[0], 2 * phys[1]), bin_factor,
                             int(np.ceil(align.max_shift_px)) + pipeline._EXTRA_MARGIN_PX,
                             align.align_size_px)
     assert pipeline._align_from_block_sums(grids)
@@ -166,10 +168,12 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     whole = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params)
     assert len(calls) == 2 * n  # none more
 
-    def rms_error(result) -> float:
-        return float(np.sqrt(np.mean((_mean_zero(result.shifts_yx_px) - truth) ** 2)))
+    def rms_error(result) -> float:  # physical pixels
+        found = _mean_zero(result.shifts_yx_px) * bin_factor / 2.0
+        return float(np.sqrt(np.mean((found - truth) ** 2)))
 
-    # measured over seeds 1, 2, 3, 7: 0.048-0.068 px with block sums, 0.049-0.069 px whole
+    # binned, seeds 1, 2, 3, 7: 0.048-0.068 px with block sums, 0.049-0.069 px whole; unbinned,
+    # seed 7: 0.054 against 0.054 px
     assert rms_error(blocks) <= 1.2 * rms_error(whole) + 0.01, (rms_error(blocks),
                                                                 rms_error(whole))
     assert rms_error(blocks) < 0.1
