@@ -65,7 +65,7 @@ from daemon.series.resolution import (MdocObservation, MovieObservation, Resolut
                                       frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
                                       split_qualified, update_series_state)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
-                                     files_voltage_kV, resolve_voltage)
+                                     epu_xml_pending, files_voltage_kV, resolve_voltage)
 from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
@@ -465,11 +465,38 @@ class TiltSeriesResolver:
         recorded = TiltRecord.from_json(
             ((row.metadata.get("extra_record") or {}).get("tilt")) if row is not None else None)
         frame_mdoc = self._frame_mdocs.get(self._rel(movie.path))
+        mdoc_kV = frame_mdoc_voltage_kV(frame_mdoc)
+        wait = self._epu_metadata_wait(movie.path, mdoc_kV)
+        if wait is not None:
+            return MovieMetadata(wait_reason=wait)
         meta = standalone_metadata(movie, params, n_frames, log_context, frame_mdoc,
                                    self.series_config, recorded)
-        voltage = self._voltage(movie.path, frame_mdoc_voltage_kV(frame_mdoc), "frame mdoc",
-                                str(movie.path), movie=str(movie.path))
+        voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
+                                movie=str(movie.path))
         return with_voltage(meta, params, voltage)
+
+    def _epu_metadata_wait(self, path: Path, mdoc_kV: float | None) -> str | None:
+        """Why an EPU movie waits for EPU's metadata file of it (:func:`epu_xml_pending`), or
+        None.
+
+        When no ``--voltage`` is given and no frame mdoc gives one, the voltage comes from that
+        file; EPU writes it beside each acquisition, apart from the camera's movie, so it may
+        appear (or be complete) after the movie. A movie then waits for it while metadata files
+        are written in its folder (a folder of movies alone waits for nothing), for at most
+        the metadata wait; after that it goes on, with a warning (the voltage from its header,
+        else 300 kV)."""
+        if self._ctx.voltage_kV is not None or mdoc_kV is not None:
+            return None
+        xml = epu_xml_pending(path)
+        if xml is None or next(xml.parent.glob("*.xml"), None) is None:
+            return None
+        now, wait_s = self._now(), self.series_config.metadata_wait_s
+        if now - self._first_seen.get(str(path), now) < wait_s:
+            return f"waiting for EPU's metadata file {xml.name} (its voltage), at most {wait_s:g} s"
+        self._once_log("warning", "epu_metadata_missing", str(path),
+                       f"EPU's metadata file {xml.name} was not complete within {wait_s:g} s: "
+                       "the voltage from the movie's header, else 300 kV", movie=str(path))
+        return None
 
     def _undecided_long(self, movie: Path, now: float) -> bool:
         """True once a movie beside an mdoc without sections has waited the metadata wait and

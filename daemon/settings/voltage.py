@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_VOLTAGE_KV", "VOLTAGE_TOLERANCE_KV", "Voltage", "resolve_voltage",
-           "header_voltage_kV", "epu_xml_path", "epu_xml_voltage_kV", "files_voltage_kV",
-           "ASSUMED_VOLTAGE_NOTE"]
+           "header_voltage_kV", "epu_xml_path", "epu_xml_pending", "epu_xml_voltage_kV",
+           "files_voltage_kV", "ASSUMED_VOLTAGE_NOTE"]
 
 DEFAULT_VOLTAGE_KV = 300.0  # no option and no metadata (the former --voltage default)
 VOLTAGE_TOLERANCE_KV = 1.0  # option vs metadata: a larger difference is warned about
@@ -109,6 +109,22 @@ def epu_xml_path(movie: str | Path) -> Path | None:
     for suffix in _EPU_MOVIE_SUFFIXES:
         if stem.lower().endswith(suffix):
             return movie.with_name(stem[:-len(suffix)] + ".xml")
+    return None
+
+
+def epu_xml_pending(movie: str | Path) -> Path | None:
+    """EPU's metadata file of a movie (:func:`epu_xml_path`) while it is still to come: missing,
+    or not yet a whole XML document (being written); None for a name EPU does not give, or once
+    the file is complete."""
+    path = epu_xml_path(movie)
+    if path is None:
+        return None
+    try:
+        if path.stat().st_size > _EPU_XML_MAX_BYTES:
+            return None  # not EPU's: nothing to wait for
+        ET.fromstring(path.read_bytes())
+    except (OSError, ET.ParseError):
+        return path
     return None
 
 

@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import mrcfile
@@ -278,6 +280,55 @@ def test_an_epu_movie_takes_the_voltage_of_its_metadata_file_in_correct_and_in_t
     _run(_watch_config(watch, tmp_path / "out", "--dose-per-frame", "1"))
     record = _record(tmp_path / "out", movie)
     assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "EPU xml"
+
+
+def test_an_epu_movie_waits_for_its_metadata_file_written_after_it(tmp_path):
+    """EPU writes each acquisition's metadata file apart from the camera's movie, so it can
+    come (or be complete) after the movie: the daemon waits for it, where such files are
+    written, instead of weighting a 200 kV movie at 300 kV; a partly written file is waited
+    for too; a folder of movies alone waits for nothing (test above: no waiting event)."""
+    watch = tmp_path / "Images-Disc1" / "GridSquare_8" / "Data"
+    watch.mkdir(parents=True)
+    first, late = "FoilHole_9_Data_7_6_20250108_154915", "FoilHole_9_Data_7_7_20250108_155020"
+    _epu_movie(watch, f"{first}_Fractions.mrc")
+    (watch / f"{first}.xml").write_text(_epu_metadata("200000"))
+    movie = _epu_movie(watch, f"{late}_Fractions.mrc")
+    text = _epu_metadata("200000")
+    (watch / f"{late}.xml").write_text(text[:len(text) // 2])  # being written
+
+    def finish_writing() -> None:
+        time.sleep(1.5)
+        (watch / f"{late}.xml").write_text(text)
+
+    writer = threading.Thread(target=finish_writing)
+    writer.start()
+    try:
+        log = _run(_watch_config(watch, tmp_path / "out", "--dose-per-frame", "1"))
+    finally:
+        writer.join()
+    for stem in (first, late):
+        record = _record(tmp_path / "out", watch / f"{stem}_Fractions.mrc")
+        assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "EPU xml", stem
+    waits = [f["reason"] for _, e, f in log.events if e == "movie_waiting"]
+    assert waits == [f"waiting for EPU's metadata file {late}.xml (its voltage), at most 60 s"]
+    assert movie.exists()
+
+
+def test_an_epu_movie_whose_metadata_file_never_completes_goes_on_after_the_wait(tmp_path):
+    watch, out = tmp_path / "Data", tmp_path / "out"
+    watch.mkdir()
+    stem = "FoilHole_9_Data_7_6_20250108_154915"
+    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
+    (watch / f"{stem}.xml").write_text(_epu_metadata("200000")[:100])  # cut short for good
+    log = RecordingLog()
+    run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
+                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
+                                                       mode="on")), guard_s=30)
+    record = _record(out, movie)
+    assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "default"
+    missing = [f["reason"] for _, e, f in log.events if e == "epu_metadata_missing"]
+    assert missing == [f"EPU's metadata file {stem}.xml was not complete within 1 s: the "
+                       "voltage from the movie's header, else 300 kV"]
 
 
 def test_only_epus_own_metadata_file_with_a_voltage_in_it_gives_one(tmp_path):
