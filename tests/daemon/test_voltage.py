@@ -286,7 +286,7 @@ def test_an_epu_movie_waits_for_its_metadata_file_written_after_it(tmp_path):
     """EPU writes each acquisition's metadata file apart from the camera's movie, so it can
     come (or be complete) after the movie: the daemon waits for it, where such files are
     written, instead of weighting a 200 kV movie at 300 kV; a partly written file is waited
-    for too; a folder of movies alone waits for nothing (test above: no waiting event)."""
+    for too (completed here once the daemon says the movie waits)."""
     watch = tmp_path / "Images-Disc1" / "GridSquare_8" / "Data"
     watch.mkdir(parents=True)
     first, late = "FoilHole_9_Data_7_6_20250108_154915", "FoilHole_9_Data_7_7_20250108_155020"
@@ -296,14 +296,22 @@ def test_an_epu_movie_waits_for_its_metadata_file_written_after_it(tmp_path):
     text = _epu_metadata("200000")
     (watch / f"{late}.xml").write_text(text[:len(text) // 2])  # being written
 
-    def finish_writing() -> None:
-        time.sleep(1.5)
+    log = RecordingLog()
+
+    def finish_writing() -> None:  # once the daemon says the movie waits (at most 20 s)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and not any(
+                e == "movie_waiting" for _, e, _ in list(log.events)):
+            time.sleep(0.05)
         (watch / f"{late}.xml").write_text(text)
 
     writer = threading.Thread(target=finish_writing)
     writer.start()
     try:
-        log = _run(_watch_config(watch, tmp_path / "out", "--dose-per-frame", "1"))
+        run_until_idle(Service(_watch_config(watch, tmp_path / "out", "--dose-per-frame", "1"),
+                               logger=log, resolver=TiltSeriesResolver(SeriesConfig(),
+                                                                       mode="on")),
+                       guard_s=30)
     finally:
         writer.join()
     for stem in (first, late):
