@@ -39,6 +39,7 @@ from correction.allocator import peak_resident_MB  # noqa: E402
 from correction.defects import detect_hot_pixels  # noqa: E402
 from correction.gain import GainReference, apply_gain  # noqa: E402
 from correction.io import read_movie  # noqa: E402
+from correction.quicklook import thumbnail  # noqa: E402
 from correction.summation import frame_mean  # noqa: E402
 from correction.write import write_mrc_atomic  # noqa: E402
 
@@ -84,6 +85,9 @@ def bench_in_process(scratch: Path) -> None:
     t32, _ = _time(lambda: frame_mean(k3), repeats=5)
     print(f"mean of a K3 frame in its padded buffer, one thread: mean(dtype=float64) "
           f"{t64 * 1e3:.1f} ms, frame_mean {t32 * 1e3:.1f} ms")
+    t, _ = _time(lambda: thumbnail(k3), repeats=5)
+    print(f"quick-look thumbnail of a K3 sum (block means to 512 px, grey levels): "
+          f"{t * 1e3:.1f} ms")
     image = rng.normal(size=(N, N)).astype(np.float32)
     t, _ = _time(lambda: write_mrc_atomic(scratch / "w.mrc", image, pixel_size_A=1.0))
     print(f"write_mrc_atomic 4096² float32 (with fsync): {t:.3f} s")

@@ -403,7 +403,8 @@ def _align_from_block_sums(g: _Grids) -> bool:
     budget keeps. Shift error against the truth, whole frame -> block sums (RMS, 6 synthetic
     movies of 16 frames each): 0.121 -> 0.123 px at 0.15 e/px per frame on an alignment grid
     8 times smaller; at 4 times smaller (a K3 frame) 0.081 -> 0.084 px, and 0.039 -> 0.040 px at
-    0.5 e/px: that 3-4 % is why K3 frames (43 against 90 ms per frame) are not cropped so."""
+    0.5 e/px: that 3-4 % is why K3 frames (43 against 90 ms per frame) are not cropped so
+    (``benchmarks/bench_block_sums.py``)."""
     return all(p % 2 == 0 and p >= _BLOCK_SUM_MIN_RATIO * a
                for p, a in zip(g.padded_in, g.align))
 
