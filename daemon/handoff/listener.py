@@ -220,6 +220,10 @@ class RelionListener(ServiceListener):
         # their files name the movie, and the series, as they are called now
         self._renamed: dict[str, tuple[str | None, str | None]] = {}
         self._series_stars: dict[str, Path] = {}  # series -> the STAR last written for it
+        # series -> the movies its last written STAR lists: a movie's new record may be loaded
+        # (for another file) between its write and its event, so the series it leaves are
+        # known from what was written, not from the record last loaded
+        self._star_movies: dict[str, frozenset[str]] = {}
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -274,6 +278,7 @@ class RelionListener(ServiceListener):
         series = set(series or ())
         if previous is not None and previous[2] is not None:
             series.add(previous[2].series)
+        series.update(name for name, movies in self._star_movies.items() if key in movies)
         loaded = self._load(key)
         if loaded is None:
             return
@@ -455,6 +460,10 @@ class RelionListener(ServiceListener):
         if self._series_stars.get(series, star) != star:
             self._remove_series_star(series)
         self._series_stars[series] = star
+        self._star_movies[series] = frozenset(
+            key for key in self._motions
+            if (loaded := self._cache.get(key)) is not None and loaded[2] is not None
+            and loaded[2].series == series and loaded[2].tilt_deg is not None)
         table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
 
         def write() -> None:
@@ -466,6 +475,7 @@ class RelionListener(ServiceListener):
     def _remove_series_star(self, series: str) -> None:
         """Remove the STAR this listener last wrote for ``series`` (unless another series' STAR
         is now that file); removing a name is atomic, as the rewrites are."""
+        self._star_movies.pop(series, None)
         star = self._series_stars.pop(series, None)
         if star is None or star in self._series_stars.values():
             return

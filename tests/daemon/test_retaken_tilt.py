@@ -24,7 +24,7 @@ from service_run import run_until_idle  # tests/helpers
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.engine.service import Service
-from daemon.events import MovieEvent, ServiceInfo, ServiceListener
+from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.handoff.listener import RelionListener
 from daemon.handoff.relion import RelionOptics
 from daemon.series.resolution import SeriesConfig
@@ -121,9 +121,13 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
         N_FRAMES * 1.0 if configured else first.dose_e_A2, abs=1e-4)
 
 
-def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(tmp_path):
+@pytest.mark.parametrize("read_before_its_event", [False, True],
+                         ids=["record-first-read-at-its-event", "record-read-before-its-event"])
+def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(
+        tmp_path, read_before_its_event):
     """The series STAR may have been written last before the redo of the discarded tilt ended
-    (its series re-assembled first): the redo's end rewrites the series it left."""
+    (its series re-assembled first): the redo's end rewrites the series it left, even when
+    another event read the new record (written before its event comes) in between."""
     watch, out, tilts = _session(tmp_path)
     _run(watch, out)
     listener = RelionListener(RelionOptics())
@@ -134,6 +138,8 @@ def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(
     record = json.loads(motion.read_text())
     del record["tilt"]  # what its redo as a movie of no series writes
     motion.write_text(json.dumps(record))
+    if read_before_its_event:  # another series' event lists every movie's record again
+        listener.on_series_event(SeriesEvent("updated", "TS_02", 1, 0, 0))
     with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
         key = ledger.rows(path=str(movie))[-1].key
     listener.on_movie_done(MovieEvent(movie, key, "done", 2, outputs={"motion": str(motion)}))
