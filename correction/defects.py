@@ -266,7 +266,7 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
         if g.shape != img.shape:
             raise ValueError(f"gain has shape {g.shape}, the sum {img.shape}")
     p_max = float(false_positives) / img.size
-    blocks = _Blocks(img)
+    blocks = _Blocks(img, workers)
     if not blocks.mean > 0:
         return hot  # nothing recorded: nothing can be hot
     # statistics on whole rows, about 2**18 pixels at most
@@ -299,7 +299,7 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
 class _Blocks:
     """Sums of square blocks of the image, for block means that leave one pixel out."""
 
-    def __init__(self, img: np.ndarray) -> None:
+    def __init__(self, img: np.ndarray, workers: int = 1) -> None:
         ny, nx = img.shape
         sample = img[::max(1, img.size >> 18)]  # about 2**18 pixels choose the block size
         size = 16
@@ -307,8 +307,18 @@ class _Blocks:
             size *= 2
         y0 = self._starts(ny, size)
         x0 = self._starts(nx, size)
-        # along rows first (contiguous), then down the small (ny, n_blocks_x) result
-        sums = np.add.reduceat(np.add.reduceat(img, x0, axis=1), y0, axis=0)
+        sums = np.empty((y0.size, x0.size), np.result_type(img.dtype, np.float32))
+        ends = np.append(y0[1:], ny)
+
+        def block_rows(lo: int, hi: int) -> None:
+            # along rows first (contiguous), then down the small (rows, n_blocks_x) result;
+            # the block rows split over threads (one pass over a super-resolution sum, 8184 x
+            # 11520: 0.14-0.20 s on one thread, 0.074-0.081 s on two)
+            part = img[y0[lo]:ends[hi - 1]]
+            sums[lo:hi] = np.add.reduceat(np.add.reduceat(part, x0, axis=1), y0[lo:hi] - y0[lo],
+                                          axis=0)
+
+        run_chunks(block_rows, y0.size, workers)
         heights = np.diff(np.append(y0, ny))
         widths = np.diff(np.append(x0, nx))
         counts = heights[:, None] * widths[None, :] - 1.0

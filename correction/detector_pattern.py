@@ -124,11 +124,17 @@ class HalfSumWindows:
 
     def add(self, index: int, frame: np.ndarray) -> None:
         """Add frame ``index`` (its movie index gives the parity) unless it was added before."""
+        if index not in self.seen:
+            self.add_window(index, frame[self.window])
+
+    def add_window(self, index: int, values: np.ndarray) -> None:
+        """:meth:`add` given the frame's pixels in :attr:`window` alone (a frame never made
+        whole)."""
         if index in self.seen:
             return
         self.seen.add(index)
         parity = index % 2
-        self.sums[parity] += frame[self.window]
+        self.sums[parity] += values
         self.count[parity] += 1
 
     def check(self) -> DetectorPatternCheck | None:

@@ -15,6 +15,9 @@ Scaling
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import scipy.fft
 
@@ -28,7 +31,9 @@ __all__ = [
     "fourier_crop",
     "rfft2_cropped",
     "sum_2x2",
+    "sum_2x2_of_rows",
     "rfft2_cropped_2x2",
+    "rfft2_cropped_of_2x2",
     "frequency_indices",
     "shift_ramps",
     "shift_ramps_stack",
@@ -183,19 +188,33 @@ def sum_2x2(image: np.ndarray, *, out: np.ndarray | None = None, workers: int = 
     scratch band of a few MB (in cache), so the image is read once.
     """
     ny, nx = (int(v) for v in image.shape)
+    if out is None and not (ny % 2 or nx % 2):
+        out = np.empty((ny // 2, nx // 2), image.dtype)
+    return sum_2x2_of_rows(lambda y0, y1: image[y0:y1], (ny, nx), out=out, dtype=image.dtype,
+                           workers=workers)
+
+
+def sum_2x2_of_rows(rows: Callable[[int, int], np.ndarray], shape_yx: tuple[int, int], *,
+                    out: np.ndarray, dtype: Any = np.float32, workers: int = -1) -> np.ndarray:
+    """:func:`sum_2x2` of an image of ``shape_yx`` given band by band: ``rows(y0, y1)`` returns
+    its rows ``y0:y1`` (``y0``, ``y1`` even; called from ``workers`` threads at once, each
+    band used before the calling thread asks for its next one), so that an image made on
+    the fly (gain-corrected rows of a raw frame) is never made whole. ``out``: shape ``(ny //
+    2, nx // 2)``, may be a view with a longer row stride."""
+    ny, nx = (int(v) for v in shape_yx)
     if ny % 2 or nx % 2:
         raise ValueError(f"2 x 2 sums need even sides, got {ny}x{nx}")
-    my, mx = ny // 2, nx // 2
-    if out is None:
-        out = np.empty((my, mx), image.dtype)
-    step = max(1, _ROW_BLOCK_BYTES // max(1, nx * image.itemsize))
+    my = ny // 2
+    itemsize = np.dtype(dtype).itemsize
+    step = max(1, _ROW_BLOCK_BYTES // max(1, 2 * nx * itemsize))  # block rows per band
 
     def chunk(lo: int, hi: int) -> None:
-        scratch = np.empty((min(step, hi - lo), nx), image.dtype)
+        scratch = np.empty((min(step, hi - lo), nx), dtype)
         for r0 in range(lo, hi, step):
             r1 = min(hi, r0 + step)
+            band = rows(2 * r0, 2 * r1)
             pairs = scratch[:r1 - r0]
-            np.add(image[2 * r0:2 * r1:2], image[2 * r0 + 1:2 * r1:2], out=pairs)
+            np.add(band[0::2], band[1::2], out=pairs)
             np.add(pairs[:, 0::2], pairs[:, 1::2], out=out[r0:r1])
 
     run_chunks(chunk, my, workers)
@@ -227,10 +246,18 @@ def rfft2_cropped_2x2(image: np.ndarray, out_shape_yx: tuple[int, int], *, worke
     sums : ndarray, shape (ny // 2, nx // 2), optional
         Buffer for the block sums (overwritten).
     """
-    ny, nx = (int(v) for v in image.shape)
-    my, mx = (int(v) for v in out_shape_yx)
     half = sum_2x2(image, out=sums, workers=workers)
-    spectrum = rfft2_cropped(half, (my, mx), workers=workers, work=work)
+    return rfft2_cropped_of_2x2(half, image.shape, out_shape_yx, workers=workers, work=work)
+
+
+def rfft2_cropped_of_2x2(sums: np.ndarray, shape_yx: tuple[int, int],
+                         out_shape_yx: tuple[int, int], *, workers: int = -1,
+                         work: np.ndarray | None = None) -> np.ndarray:
+    """:func:`rfft2_cropped_2x2` of an image of ``shape_yx`` from its 2 x 2 block sums
+    ``sums`` (:func:`sum_2x2`, :func:`sum_2x2_of_rows`)."""
+    ny, nx = (int(v) for v in shape_yx)
+    my, mx = (int(v) for v in out_shape_yx)
+    spectrum = rfft2_cropped(sums, (my, mx), workers=workers, work=work)
     ramp_y = np.exp(-1j * np.pi * frequency_indices(my) / ny).astype(spectrum.dtype)
     ramp_x = np.exp(-1j * np.pi * frequency_indices(mx, half=True) / nx).astype(spectrum.dtype)
     spectrum *= ramp_y[:, None]

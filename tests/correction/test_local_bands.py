@@ -4,6 +4,7 @@ every kind of frame source, and gain-corrected rows equal to the whole-frame cor
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,6 +179,45 @@ def test_gain_corrected_rows_equal_the_whole_frame_correction_with_defects_repla
         for y0, y1, x0, x1 in ((0, ny, 0, 40), (35, 60, 30, nx), (38, 45, 10, 11)):
             np.testing.assert_allclose(rows.rows(i, y0, y1, x0, x1), padded[y0:y1, x0:x1],
                                        rtol=1e-6, atol=1e-5)
+
+
+def _resident_kB_of_mapping(array: np.ndarray) -> int:
+    """Resident kB of the file mapping that holds ``array`` (Linux /proc/self/smaps)."""
+    address = array.ctypes.data
+    with open("/proc/self/smaps", encoding="ascii") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError("mapping not found")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_rows_of_a_large_mapped_movie_leave_no_page_resident_even_with_defects_replaced(
+        tmp_path, monkeypatch):
+    """A mapped movie over the budget has each band's pages dropped once its rows are made,
+    after the defects' sources were read: a plan with bad pixels in every band re-read them,
+    and the whole movie stayed resident (a spilled 60-frame super-resolution movie: 6.9 GB)."""
+    import correction.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_MAPPED_BUDGET_BYTES", 0)  # every mapping is "large"
+    n, ny, nx = 2, 1024, 2048  # 2 MB per frame
+    path = tmp_path / "frames.u8"
+    rng = np.random.default_rng(4)
+    rng.integers(0, 4, size=(n, ny, nx), dtype=np.uint8).tofile(path)
+    frames = np.memmap(path, dtype=np.uint8, mode="r", shape=(n, ny, nx))
+    bad = np.zeros((ny + 16, nx + 16), bool)
+    bad[rng.integers(0, ny, 4000), rng.integers(0, nx, 4000)] = True  # in every band
+    rows = _GainedRows(frames, GainReference(gain=np.ones((ny, nx), np.float32)),
+                       plan_replacement(bad), 1.0, bad.shape)
+    assert rows.drop
+    for y0 in range(0, ny, 64):
+        rows.rows(0, y0, y0 + 64)
+    assert _resident_kB_of_mapping(frames) <= 64  # of 2048 kB read
 
 
 def test_without_hot_pixel_detection_the_tiles_read_the_frame_means_of_the_forward_pass(

@@ -153,8 +153,8 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     assert pipeline._align_from_block_sums(grids)
 
     calls = []
-    real = pipeline.rfft2_cropped_2x2
-    monkeypatch.setattr(pipeline, "rfft2_cropped_2x2",
+    real = pipeline.rfft2_cropped_of_2x2
+    monkeypatch.setattr(pipeline, "rfft2_cropped_of_2x2",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     blocks = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params)
     assert len(calls) == n
@@ -177,3 +177,43 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     assert rms_error(blocks) <= 1.2 * rms_error(whole) + 0.01, (rms_error(blocks),
                                                                 rms_error(whole))
     assert rms_error(blocks) < 0.1
+
+
+def test_a_frame_whose_spectrum_is_not_kept_gets_its_block_sums_from_gain_corrected_rows(
+        monkeypatch):
+    """A super-resolution frame whose output spectrum is not kept needs only its alignment crop
+    from the forward pass: its block sums come from gain-corrected bands of its raw rows
+    (defects and hot pixels replaced as on the padded frame), and no padded frame is made.
+    The crops are the same to the bit, so the shifts and the detector-pattern check are those
+    of the movie whose spectra are all kept."""
+    from correction import pipeline
+    from correction.defects import plan_replacement
+    from correction.gain import GainReference
+
+    n, phys = 6, (320, 384)
+    sr = render_movie(np.random.default_rng(11), shape_yx=(2 * phys[0], 2 * phys[1]),
+                      n_frames=n, shifts_yx_px=2.0 * _truth_phys(n),
+                      electrons_per_px_per_frame=0.5, pixel_size_A=PHYS_PIXEL_A / 2,
+                      gain=True, n_hot_pixels=20, dtype=np.uint8)
+    defects = np.zeros(sr.frames.shape[1:], bool)
+    defects[:, 301] = True  # a bad column
+    defects[2 * phys[0] - 1, :40] = True  # on the last row: replaced from the padding
+    reference = GainReference(gain=sr.gain, defect_mask=defects, plan=plan_replacement(defects))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0 / PHYS_PIXEL_A ** 2),
+                              read=ReadParams(bin_factor=2.0),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=20.0,
+                                                align_size_px=64))
+    all_kept = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
+                              gain_reference=reference)
+    assert all_kept.n_hot_pixels >= 20
+
+    bands = []
+    real = pipeline.sum_2x2_of_rows
+    monkeypatch.setattr(pipeline, "sum_2x2_of_rows", lambda *a, **k: bands.append(1) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
+    none_kept = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
+                               gain_reference=reference)
+    assert len(bands) == n  # every frame's alignment crop made from its rows
+    np.testing.assert_array_equal(none_kept.shifts_yx_px, all_kept.shifts_yx_px)
+    assert none_kept.detector_pattern == all_kept.detector_pattern
+    np.testing.assert_allclose(none_kept.images.sum, all_kept.images.sum, rtol=1e-5, atol=1e-3)
