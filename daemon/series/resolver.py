@@ -57,6 +57,7 @@ from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverConte
                            SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
+from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
@@ -257,6 +258,8 @@ class TiltSeriesResolver:
         self._rows: dict[str, Any] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
+        # EPU movies weighted without their metadata file's voltage: redone if it comes
+        self._late_epu = LateEpuMetadata()
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -334,6 +337,11 @@ class TiltSeriesResolver:
             return None
         now = self._now()
         self.poll()
+        late = self._late_epu.due()
+        for path, reason in late:
+            self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
+                           note="its metadata changed after correction: redone with the new "
+                                "voltage")
         self._watcher.read(scan, now)
         movies = {str(o.path): o for o in scan.observations if o.kind == "movie"}
         for p in movies:
@@ -355,7 +363,7 @@ class TiltSeriesResolver:
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
                            "for their metadata and get their series' pre-exposure")
         if not self._active:
-            return None
+            return [Path(p) for p, _ in late] or None
         self._refresh_rows()
         observations: dict[str, MovieObservation] = {}
         for path, row in self._rows.items():
@@ -388,7 +396,7 @@ class TiltSeriesResolver:
                                                "with the new dose and pre-exposure")
         self._advance_series(res, movies, list(changed), now)
         self._remove_ghosts(res)
-        return [Path(p) for p in changed]
+        return [Path(p) for p in changed] + [Path(p) for p, _ in late if p not in changed]
 
     def _settled_series(self, res: Resolution, now: float) -> frozenset[str]:
         """Series whose mdoc has been unchanged for the metadata wait (s): what it lists is
@@ -473,6 +481,10 @@ class TiltSeriesResolver:
                                    self.series_config, recorded)
         voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
                                 movie=str(movie.path))
+        if voltage.source in ("movie header", "default"):  # its EPU file may still come
+            self._late_epu.went_on(movie.path, voltage.kV)
+        else:
+            self._late_epu.took_its_own(movie.path)
         return with_voltage(meta, params, voltage)
 
     def _epu_metadata_wait(self, path: Path, mdoc_kV: float | None) -> str | None:
@@ -720,7 +732,9 @@ class TiltSeriesResolver:
 
     # --- movie events ---------------------------------------------------------------------
     def movie_finished(self, event: MovieEvent) -> None:
-        """A movie of a series was recorded: the series is ``updated``."""
+        """A movie was recorded (an EPU movie weighted without its metadata file's voltage is
+        then looked at for it); a movie of a series: the series is ``updated``."""
+        self._late_epu.finished(event.path, event.status)
         name = (event.metadata.get("log_context") or {}).get("series")
         if not name or self._ctx is None:
             return

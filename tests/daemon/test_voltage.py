@@ -29,6 +29,7 @@ from correction.pipeline import correct_movie
 from correction.synthetic import render_movie
 from daemon.commands.cli import main
 from daemon.engine.service import Service
+from daemon.events import ServiceListener
 from daemon.handoff.listener import RelionListener
 from daemon.handoff.relion import RelionOptics
 from daemon.series.mdoc import read_mdoc
@@ -337,6 +338,60 @@ def test_an_epu_movie_whose_metadata_file_never_completes_goes_on_after_the_wait
     missing = [f["reason"] for _, e, f in log.events if e == "epu_metadata_missing"]
     assert missing == [f"EPU's metadata file {stem}.xml was not complete within 1 s: the "
                        "voltage from the movie's header, else 300 kV"]
+
+
+@pytest.mark.parametrize("mode", ["on", "auto"], ids=["tilt-series-on", "single-particle"])
+def test_an_epu_movie_corrected_before_its_metadata_file_came_is_redone_at_its_voltage(
+        tmp_path, mode):
+    """The metadata file came only after the wait, once the movie was corrected at 300 kV
+    (its header gives no voltage): the movie is corrected again, once, at the file's 200 kV,
+    and the log says why (``--tilt-series auto`` in a folder of single-particle movies, too)."""
+    watch, out = tmp_path / "Data", tmp_path / "out"
+    watch.mkdir()
+    stem = "FoilHole_9_Data_7_6_20250108_154915"
+    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
+    text = _epu_metadata("200000")
+    (watch / f"{stem}.xml").write_text(text[:100])  # being written, for longer than the wait
+
+    class EPU(ServiceListener):
+        """Finishes the metadata file once the movie is corrected without it."""
+
+        def on_movie_done(self, event):
+            if event.path == movie and _record(out, movie)["voltage_source"] == "default":
+                (watch / f"{stem}.xml").write_text(text)
+
+    log = RecordingLog()
+    run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
+                           listeners=[EPU()],
+                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
+                                                       mode=mode)), guard_s=30)
+    record = _record(out, movie)
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "EPU xml"
+    redone = [f["reason"] for _, e, f in log.events if e == "movie_redo_metadata_changed"]
+    assert redone == [f"EPU's metadata file {stem}.xml came after the movie was corrected and "
+                      "says 200 kV, where 300 kV was used: redone at its voltage"]
+    assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)] * 2
+
+
+def test_an_epu_movie_whose_late_metadata_file_agrees_is_not_corrected_again(tmp_path):
+    watch, out = tmp_path / "Data", tmp_path / "out"
+    watch.mkdir()
+    stem = "FoilHole_9_Data_7_6_20250108_154915"
+    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
+    text = _epu_metadata("300000")
+    (watch / f"{stem}.xml").write_text(text[:100])
+
+    class EPU(ServiceListener):
+        def on_movie_done(self, event):
+            (watch / f"{stem}.xml").write_text(text)
+
+    log = RecordingLog()
+    run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
+                           listeners=[EPU()],
+                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
+                                                       mode="on")), guard_s=30)
+    assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)]
+    assert not [e for _, e, _ in log.events if e == "movie_redo_metadata_changed"]
 
 
 def test_only_epus_own_metadata_file_with_a_voltage_in_it_gives_one(tmp_path):

@@ -1,0 +1,77 @@
+"""EPU movies corrected before their metadata file came: redone at the voltage it gives.
+
+EPU writes each acquisition's metadata file (``<acquisition>.xml``, the voltage under
+``microscopeData/gun``) apart from the camera's movie. A movie whose voltage is not configured
+and comes from no mdoc waits for that file at most ``--metadata-wait``
+(:meth:`~daemon.series.resolver.TiltSeriesResolver._epu_metadata_wait`); after that it is
+weighted at its header's voltage, else 300 kV. When the file comes later (a copy to the
+watched share that lags, an EPU that writes it late) and gives another voltage, the movie is
+redone once with it, as a movie whose mdoc dose changed is (log event
+``movie_redo_metadata_changed``; the new voltage makes a new ledger key). The movies tracked
+are those of this run: after a restart a movie corrected before it is not looked at again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.settings.voltage import VOLTAGE_TOLERANCE_KV, epu_xml_path, epu_xml_voltage_kV
+
+__all__ = ["LateEpuMetadata"]
+
+
+@dataclass
+class LateEpuMetadata:
+    """EPU-named movies weighted without their metadata file's voltage, and what they used.
+
+    Attributes
+    ----------
+    used_kV : dict
+        Movie path -> the voltage (kV) it was weighted at.
+    corrected : set of str
+        Those of them recorded done: looked at on every scan (:meth:`due`).
+    """
+
+    used_kV: dict[str, float] = field(default_factory=dict)
+    corrected: set[str] = field(default_factory=set)
+
+    def went_on(self, movie: str | Path, voltage_kV: float) -> None:
+        """``movie`` (an EPU name) is weighted at ``voltage_kV``, not from its metadata file."""
+        if epu_xml_path(movie) is not None:
+            self.used_kV[str(movie)] = float(voltage_kV)
+            self.corrected.discard(str(movie))
+
+    def took_its_own(self, movie: str | Path) -> None:
+        """``movie`` is weighted at its metadata file's voltage (or a configured one)."""
+        self.used_kV.pop(str(movie), None)
+        self.corrected.discard(str(movie))
+
+    def finished(self, movie: str | Path, status: str) -> None:
+        """``movie`` was recorded ``status`` (``done``: from now on :meth:`due` looks at it)."""
+        if str(movie) in self.used_kV:
+            if status == "done":
+                self.corrected.add(str(movie))
+            else:
+                self.took_its_own(movie)
+
+    def due(self) -> list[tuple[str, str]]:
+        """``(movie, reason)`` for each corrected movie whose metadata file has come since and
+        gives a voltage other than the one it was weighted at (each once); movies whose file
+        agrees, or that are gone, are forgotten."""
+        redo = []
+        for movie in sorted(self.corrected):
+            if not Path(movie).exists():
+                self.took_its_own(movie)
+                continue
+            kV = epu_xml_voltage_kV(movie)
+            if kV is None:  # not come yet (or not complete, or without a voltage)
+                continue
+            used = self.used_kV[movie]
+            self.took_its_own(movie)
+            if abs(kV - used) > VOLTAGE_TOLERANCE_KV:
+                name = epu_xml_path(movie).name  # type: ignore[union-attr]
+                redo.append((movie, f"EPU's metadata file {name} came after the movie was "
+                                    f"corrected and says {kV:g} kV, where {used:g} kV was "
+                                    "used: redone at its voltage"))
+        return redo
