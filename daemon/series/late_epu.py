@@ -8,7 +8,9 @@ weighted at its header's voltage, else 300 kV. When the file comes later (a copy
 watched share that lags, an EPU that writes it late) and gives another voltage, the movie is
 redone once with it, as a movie whose mdoc dose changed is (log event
 ``movie_redo_metadata_changed``; the new voltage makes a new ledger key). The movies tracked
-are those of this run: after a restart a movie corrected before it is not looked at again.
+are those that waited in vain in this run, each for an hour (``LATE_WINDOW_S``) from then: a
+stat per movie and scan, which on a network share must not grow with the session; after a
+restart a movie corrected before it is not looked at again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from pathlib import Path
 
 from daemon.settings.voltage import VOLTAGE_TOLERANCE_KV, epu_xml_path, epu_xml_voltage_kV
 
-__all__ = ["LateEpuMetadata"]
+__all__ = ["LATE_WINDOW_S", "LateEpuMetadata"]
+
+#: how long after a movie went on without its metadata file the file is still looked for (s)
+LATE_WINDOW_S = 3600.0
 
 
 @dataclass
@@ -29,22 +34,31 @@ class LateEpuMetadata:
     ----------
     used_kV : dict
         Movie path -> the voltage (kV) it was weighted at.
+    since_s : dict
+        Movie path -> when it went on without the file (the service's clock, s).
     corrected : set of str
         Those of them recorded done: looked at on every scan (:meth:`due`).
+    window_s : float
+        How long after ``since_s`` a movie is looked at (s).
     """
 
     used_kV: dict[str, float] = field(default_factory=dict)
+    since_s: dict[str, float] = field(default_factory=dict)
     corrected: set[str] = field(default_factory=set)
+    window_s: float = LATE_WINDOW_S
 
-    def went_on(self, movie: str | Path, voltage_kV: float) -> None:
-        """``movie`` (an EPU name) is weighted at ``voltage_kV``, not from its metadata file."""
+    def went_on(self, movie: str | Path, voltage_kV: float, now_s: float) -> None:
+        """``movie`` (an EPU name) waited in vain for its metadata file and is weighted at
+        ``voltage_kV`` (its header's, else the default)."""
         if epu_xml_path(movie) is not None:
             self.used_kV[str(movie)] = float(voltage_kV)
+            self.since_s.setdefault(str(movie), float(now_s))
             self.corrected.discard(str(movie))
 
     def took_its_own(self, movie: str | Path) -> None:
         """``movie`` is weighted at its metadata file's voltage (or a configured one)."""
         self.used_kV.pop(str(movie), None)
+        self.since_s.pop(str(movie), None)
         self.corrected.discard(str(movie))
 
     def finished(self, movie: str | Path, status: str) -> None:
@@ -55,13 +69,13 @@ class LateEpuMetadata:
             else:
                 self.took_its_own(movie)
 
-    def due(self) -> list[tuple[str, str]]:
+    def due(self, now_s: float) -> list[tuple[str, str]]:
         """``(movie, reason)`` for each corrected movie whose metadata file has come since and
         gives a voltage other than the one it was weighted at (each once); movies whose file
-        agrees, or that are gone, are forgotten."""
+        agrees, that are gone, or whose window has passed are forgotten."""
         redo = []
         for movie in sorted(self.corrected):
-            if not Path(movie).exists():
+            if now_s - self.since_s[movie] > self.window_s or not Path(movie).exists():
                 self.took_its_own(movie)
                 continue
             kV = epu_xml_voltage_kV(movie)

@@ -260,6 +260,7 @@ class TiltSeriesResolver:
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
+        self._epu_gave_up: set[str] = set()  # movies that waited in vain for it
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -337,7 +338,7 @@ class TiltSeriesResolver:
             return None
         now = self._now()
         self.poll()
-        late = self._late_epu.due()
+        late = self._late_epu.due(now)
         for path, reason in late:
             self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
                            note="its metadata changed after correction: redone with the new "
@@ -481,8 +482,9 @@ class TiltSeriesResolver:
                                    self.series_config, recorded)
         voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
                                 movie=str(movie.path))
-        if voltage.source in ("movie header", "default"):  # its EPU file may still come
-            self._late_epu.went_on(movie.path, voltage.kV)
+        if str(movie.path) in self._epu_gave_up and voltage.source in ("movie header",
+                                                                        "default"):
+            self._late_epu.went_on(movie.path, voltage.kV, self._now())  # its file may come
         else:
             self._late_epu.took_its_own(movie.path)
         return with_voltage(meta, params, voltage)
@@ -505,6 +507,7 @@ class TiltSeriesResolver:
         now, wait_s = self._now(), self.series_config.metadata_wait_s
         if now - self._first_seen.get(str(path), now) < wait_s:
             return f"waiting for EPU's metadata file {xml.name} (its voltage), at most {wait_s:g} s"
+        self._epu_gave_up.add(str(path))
         self._once_log("warning", "epu_metadata_missing", str(path),
                        f"EPU's metadata file {xml.name} was not complete within {wait_s:g} s: "
                        "the voltage from the movie's header, else 300 kV", movie=str(path))
