@@ -81,7 +81,7 @@ from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError
 from .fourier import (binned_length, fast_length, fourier_crop, irfft2, rfft2, rfft2_cropped,
-                      rfft2_cropped_of_2x2, sum_2x2, sum_2x2_of_rows)
+                      rfft2_cropped_of_2x2, rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
 from .gain import GainReference, apply_gain, load_gain_reference, reference_for_movie
 from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
@@ -818,18 +818,21 @@ class _GainedRows:
             self._means[i] = frame_mean(frame)
         return self._means[i]
 
-    def rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None
-             ) -> np.ndarray:
-        """Rows ``y0:y1``, columns ``x0:x1`` of gain-corrected frame ``i`` (a buffer the
-        calling thread's next call reuses)."""
+    def rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None, *,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of gain-corrected frame ``i``: into ``out``
+        (float32, that shape) when given, else a buffer the calling thread's next call
+        reuses."""
         nx = int(self.used.shape[2])
         x1 = nx if x1 is None else x1
         size = (y1 - y0) * (x1 - x0)
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.size < size:
-            buf = self._local.buf = np.empty(size, np.float32)
+        if out is None:
+            buf = getattr(self._local, "buf", None)
+            if buf is None or buf.size < size:
+                buf = self._local.buf = np.empty(size, np.float32)
+            out = buf[:size].reshape(y1 - y0, x1 - x0)
         window = (slice(y0, y1), slice(x0, x1))
-        out = self._gain(self.used[i][window], window, buf[:size].reshape(y1 - y0, x1 - x0))
+        out = self._gain(self.used[i][window], window, out)
         if self.plan is not None:
             lo, hi = np.searchsorted(self.t_y, [y0, y1])
             picked: slice | np.ndarray = slice(lo, hi)
@@ -971,7 +974,30 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         return rfft2(frame, workers=workers, overwrite_x=True)
 
     def spectrum(i: int) -> np.ndarray:
+        """Output spectrum of frame ``i``, one not kept, for the sums."""
+        if binned and fill is not None and (pattern is None or i in pattern.seen):
+            return binned_spectrum_from_rows(i)
         return spectrum_of(padded_frame(i))
+
+    rows_for_sums: list[_GainedRows] = []  # made at the first frame transformed again
+
+    def binned_spectrum_from_rows(i: int) -> np.ndarray:
+        """:func:`spectrum_of` the padded frame ``i`` made band by band from its
+        gain-corrected rows (defects replaced as on the padded frame, _GainedRows), padded
+        with ``fill``: the same values without a padded frame written and read again."""
+        if not rows_for_sums:
+            rows_for_sums.append(_GainedRows(used, arith, plan, fill, grids.padded_in))
+        gained, value = rows_for_sums[0], np.float32(fill)
+
+        def fill_rows(r0: int, r1: int, band: np.ndarray) -> None:
+            f1 = min(r1, ny)  # rows of the frame, then of the padding
+            if f1 > r0:
+                gained.rows(i, r0, f1, out=band[:f1 - r0, :nx])
+                band[:f1 - r0, nx:] = value
+            band[max(0, f1 - r0):] = value
+
+        return rfft2_cropped_of_rows(fill_rows, (py, px), grids.padded_out, workers=workers,
+                                     work=work())
 
     def block_sums_buffer() -> tuple[np.ndarray, np.ndarray]:
         """The row buffer of the block sums' transforms and the block sums (in ``work``)."""

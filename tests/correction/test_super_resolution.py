@@ -179,13 +179,15 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     assert rms_error(blocks) < 0.1
 
 
-def test_a_frame_whose_spectrum_is_not_kept_gets_its_block_sums_from_gain_corrected_rows(
+def test_a_frame_whose_spectrum_is_not_kept_is_made_from_gain_corrected_rows_twice(
         monkeypatch):
     """A super-resolution frame whose output spectrum is not kept needs only its alignment crop
     from the forward pass: its block sums come from gain-corrected bands of its raw rows
-    (defects and hot pixels replaced as on the padded frame), and no padded frame is made.
-    The crops are the same to the bit, so the shifts and the detector-pattern check are those
-    of the movie whose spectra are all kept."""
+    (defects and hot pixels replaced as on the padded frame), and so does its binned spectrum
+    when it is transformed again for the sums: no padded frame is made. The crops are the
+    same to the bit, so the shifts and the detector-pattern check are those of the movie whose
+    spectra are all kept, and so are the four sums (to the float rounding of another order of
+    summation)."""
     from correction import pipeline
     from correction.defects import plan_replacement
     from correction.gain import GainReference
@@ -207,13 +209,19 @@ def test_a_frame_whose_spectrum_is_not_kept_gets_its_block_sums_from_gain_correc
                               gain_reference=reference)
     assert all_kept.n_hot_pixels >= 20
 
-    bands = []
-    real = pipeline.sum_2x2_of_rows
-    monkeypatch.setattr(pipeline, "sum_2x2_of_rows", lambda *a, **k: bands.append(1) or real(*a, **k))
+    bands, spectra = [], []
+    real_sums, real_crop = pipeline.sum_2x2_of_rows, pipeline.rfft2_cropped_of_rows
+    monkeypatch.setattr(pipeline, "sum_2x2_of_rows",
+                        lambda *a, **k: bands.append(1) or real_sums(*a, **k))
+    monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows",
+                        lambda *a, **k: spectra.append(1) or real_crop(*a, **k))
     monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
     none_kept = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
                                gain_reference=reference)
     assert len(bands) == n  # every frame's alignment crop made from its rows
+    assert len(spectra) == n  # and its output spectrum, for the sums, too
     np.testing.assert_array_equal(none_kept.shifts_yx_px, all_kept.shifts_yx_px)
     assert none_kept.detector_pattern == all_kept.detector_pattern
-    np.testing.assert_allclose(none_kept.images.sum, all_kept.images.sum, rtol=1e-5, atol=1e-3)
+    for name in ("sum", "dw", "even", "odd"):
+        np.testing.assert_allclose(getattr(none_kept.images, name),
+                                   getattr(all_kept.images, name), rtol=1e-5, atol=1e-4)
