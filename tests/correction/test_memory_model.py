@@ -140,11 +140,12 @@ def test_the_first_frames_spectra_that_raise_no_peak_are_kept_and_give_the_same_
         monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", budget_spectra * one)
         kept = pipeline._frames_kept_for(grid, n, params, one)
         calls = []
-        real = pipeline.rfft2_cropped
-        monkeypatch.setattr(pipeline, "rfft2_cropped",
-                            lambda *a, **k: calls.append(1) or real(*a, **k))
+        for name in ("rfft2_cropped", "rfft2_cropped_of_rows"):  # of a frame, or of its rows
+            real = getattr(pipeline, name)
+            monkeypatch.setattr(pipeline, name,
+                                lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
         out = pipeline.correct_frames(movie.frames, pixel_size_A=1.0, params=params)
-        monkeypatch.setattr(pipeline, "rfft2_cropped", real)
+        monkeypatch.undo()
         return out, kept, len(calls)
 
     everything, kept, transforms = run(n)
