@@ -164,15 +164,19 @@ def rfft2_cropped(image: np.ndarray, out_shape_yx: tuple[int, int], *, workers: 
         raise ValueError(f"cannot Fourier-crop {ny}x{nx} to a larger {my}x{mx}")
     cx = mx // 2 + 1
     dtype = np.complex64 if image.dtype == np.float32 else np.complex128
-    if work is not None and work.dtype == dtype and work.size >= ny * cx:
-        cols = work[:ny * cx].reshape(ny, cx)
-    else:
-        cols = np.empty((ny, cx), dtype)
+    cols = _columns_buffer(ny, cx, dtype, work)
     block = max(1, _ROW_BLOCK_BYTES // max(1, nx * image.itemsize))
     for r0 in range(0, ny, block):
         r1 = min(ny, r0 + block)
         cols[r0:r1] = scipy.fft.rfft(image[r0:r1], axis=-1, workers=workers)[:, :cx]
     return _crop_columns(cols, my, workers)
+
+
+def _columns_buffer(ny: int, cx: int, dtype: Any, work: np.ndarray | None) -> np.ndarray:
+    """``(ny, cx)`` of ``work`` when it is of ``dtype`` and large enough, else a new array."""
+    if work is not None and work.dtype == dtype and work.size >= ny * cx:
+        return work[:ny * cx].reshape(ny, cx)
+    return np.empty((ny, cx), dtype)
 
 
 def _crop_columns(cols: np.ndarray, my: int, workers: int) -> np.ndarray:
@@ -204,10 +208,7 @@ def rfft2_cropped_of_rows(fill_rows: Callable[[int, int, np.ndarray], None],
     if my > ny or mx > nx:
         raise ValueError(f"cannot Fourier-crop {ny}x{nx} to a larger {my}x{mx}")
     cx = mx // 2 + 1
-    if work is not None and work.dtype == np.complex64 and work.size >= ny * cx:
-        cols = work[:ny * cx].reshape(ny, cx)
-    else:
-        cols = np.empty((ny, cx), np.complex64)
+    cols = _columns_buffer(ny, cx, np.complex64, work)
     block = max(1, _ROW_BLOCK_BYTES // max(1, nx * 4))
 
     def chunk(lo: int, hi: int) -> None:

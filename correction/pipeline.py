@@ -979,20 +979,24 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             return binned_spectrum_from_rows(i)
         return spectrum_of(padded_frame(i))
 
-    rows_for_sums: list[_GainedRows] = []  # made at the first frame transformed again
+    gained_rows: list[_GainedRows] = []  # made at its first use (needs ``fill``)
+
+    def gained() -> _GainedRows:
+        """Gain-corrected rows of the frames, defects replaced as on the padded frame."""
+        if not gained_rows:
+            gained_rows.append(_GainedRows(used, arith, plan, fill, grids.padded_in))
+        return gained_rows[0]
 
     def binned_spectrum_from_rows(i: int) -> np.ndarray:
         """:func:`spectrum_of` the padded frame ``i`` made band by band from its
-        gain-corrected rows (defects replaced as on the padded frame, _GainedRows), padded
-        with ``fill``: the same values without a padded frame written and read again."""
-        if not rows_for_sums:
-            rows_for_sums.append(_GainedRows(used, arith, plan, fill, grids.padded_in))
-        gained, value = rows_for_sums[0], np.float32(fill)
+        gain-corrected rows (:func:`gained`), padded with ``fill``: the same values without
+        a padded frame written and read again."""
+        frame_rows, value = gained(), np.float32(fill)
 
         def fill_rows(r0: int, r1: int, band: np.ndarray) -> None:
             f1 = min(r1, ny)  # rows of the frame, then of the padding
             if f1 > r0:
-                gained.rows(i, r0, f1, out=band[:f1 - r0, :nx])
+                frame_rows.rows(i, r0, f1, out=band[:f1 - r0, :nx])
                 band[:f1 - r0, nx:] = value
             band[max(0, f1 - r0):] = value
 
@@ -1021,22 +1025,22 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # one pass over the raw frame instead of writing the padded frame and reading it again
     # (a super-resolution frame on 2 cores: 52 ms against 40 + 25 ms, the whole pass of a
     # 60-frame movie binned by 2 9.8 -> 9.4 s)
-    gained = _GainedRows(used, arith, plan, fill, grids.padded_in) \
-        if block_sums and fill is not None and ny % 2 == 0 and nx % 2 == 0 else None
+    block_sums_of_rows = block_sums and fill is not None and ny % 2 == 0 and nx % 2 == 0
 
     def alignment_crop_from_rows(i: int) -> np.ndarray:
-        """:func:`alignment_crop` of frame ``i`` from its gain-corrected rows (``gained``);
+        """:func:`alignment_crop` of frame ``i`` from its gain-corrected rows (:func:`gained`);
         the frame also goes into ``pattern`` (once)."""
         rows, sums = block_sums_buffer()
-        sum_2x2_of_rows(lambda y0, y1: gained.rows(i, y0, y1), (ny, nx),
+        frame_rows = gained()
+        sum_2x2_of_rows(lambda y0, y1: frame_rows.rows(i, y0, y1), (ny, nx),
                         out=sums[:ny // 2, :nx // 2], workers=workers)
         value = np.float32(fill)
         sums[:ny // 2, nx // 2:] = value * np.float32(4)  # padding: (v + v) + (v + v) = 4 v
         sums[ny // 2:] = value * np.float32(4)
         if pattern is not None:
             (wy0, wy1), (wx0, wx1) = ((w.start, w.stop) for w in pattern.window)
-            pattern.add_window(i, gained.rows(i, wy0, wy1, wx0, wx1))
-            if gained.drop:
+            pattern.add_window(i, frame_rows.rows(i, wy0, wy1, wx0, wx1))
+            if frame_rows.drop:
                 _drop_mapped(used[i, wy0:wy1])
         return rfft2_cropped_of_2x2(sums, (py, px), grids.align, workers=workers, work=rows)
 
@@ -1050,7 +1054,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     frame = None
     for i in range(n):
-        if gained is not None and i >= n_keep:
+        if block_sums_of_rows and i >= n_keep:
             align_spectra[i] = alignment_crop_from_rows(i)
             continue
         frame = padded_frame(i)
@@ -1063,7 +1067,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
         kept.append(spec)
         del spec
-    del frame, gained  # the padded frame's buffer (0.4 GB at super-resolution) is released below
+    del frame  # the padded frame's buffer (0.4 GB at super-resolution) is released below
     pad_buffer.clear()  # 0.1 GB at K3 size, not held through alignment and the local sums
     row_buffer.clear()
     timings["fft"] = time.perf_counter() - t

@@ -32,6 +32,8 @@ class LateEpuMetadata:
 
     Attributes
     ----------
+    waited_in_vain : set of str
+        Movies that waited the metadata wait for their file and went on without it.
     used_kV : dict
         Movie path -> the voltage (kV) it was weighted at.
     since_s : dict
@@ -42,21 +44,31 @@ class LateEpuMetadata:
         How long after ``since_s`` a movie is looked at (s).
     """
 
+    waited_in_vain: set[str] = field(default_factory=set)
     used_kV: dict[str, float] = field(default_factory=dict)
     since_s: dict[str, float] = field(default_factory=dict)
     corrected: set[str] = field(default_factory=set)
     window_s: float = LATE_WINDOW_S
 
-    def went_on(self, movie: str | Path, voltage_kV: float, now_s: float) -> None:
-        """``movie`` (an EPU name) waited in vain for its metadata file and is weighted at
-        ``voltage_kV`` (its header's, else the default)."""
-        if epu_xml_path(movie) is not None:
+    def gave_up(self, movie: str | Path) -> None:
+        """``movie`` waited the metadata wait for its file in vain and goes on without it."""
+        self.waited_in_vain.add(str(movie))
+
+    def weighted(self, movie: str | Path, voltage_kV: float, source: str, now_s: float) -> None:
+        """``movie`` is weighted at ``voltage_kV`` from ``source`` (as
+        :mod:`daemon.settings.voltage` names them): kept when it waited in vain and the
+        voltage is its header's or the default."""
+        if str(movie) not in self.waited_in_vain or source not in ("movie header", "default"):
+            self.forget(movie)
+        elif epu_xml_path(movie) is not None:
             self.used_kV[str(movie)] = float(voltage_kV)
             self.since_s.setdefault(str(movie), float(now_s))
             self.corrected.discard(str(movie))
 
-    def took_its_own(self, movie: str | Path) -> None:
-        """``movie`` is weighted at its metadata file's voltage (or a configured one)."""
+    def forget(self, movie: str | Path) -> None:
+        """``movie`` is no longer looked at (weighted at its file's or a configured voltage,
+        redone, gone, failed or past its window)."""
+        self.waited_in_vain.discard(str(movie))
         self.used_kV.pop(str(movie), None)
         self.since_s.pop(str(movie), None)
         self.corrected.discard(str(movie))
@@ -67,7 +79,7 @@ class LateEpuMetadata:
             if status == "done":
                 self.corrected.add(str(movie))
             else:
-                self.took_its_own(movie)
+                self.forget(movie)
 
     def due(self, now_s: float) -> list[tuple[str, str]]:
         """``(movie, reason)`` for each corrected movie whose metadata file has come since and
@@ -76,13 +88,13 @@ class LateEpuMetadata:
         redo = []
         for movie in sorted(self.corrected):
             if now_s - self.since_s[movie] > self.window_s or not Path(movie).exists():
-                self.took_its_own(movie)
+                self.forget(movie)
                 continue
             kV = epu_xml_voltage_kV(movie)
             if kV is None:  # not come yet (or not complete, or without a voltage)
                 continue
             used = self.used_kV[movie]
-            self.took_its_own(movie)
+            self.forget(movie)
             if abs(kV - used) > VOLTAGE_TOLERANCE_KV:
                 name = epu_xml_path(movie).name  # type: ignore[union-attr]
                 redo.append((movie, f"EPU's metadata file {name} came after the movie was "

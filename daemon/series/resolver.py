@@ -260,7 +260,6 @@ class TiltSeriesResolver:
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
-        self._epu_gave_up: set[str] = set()  # movies that waited in vain for it
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -482,11 +481,7 @@ class TiltSeriesResolver:
                                    self.series_config, recorded)
         voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
                                 movie=str(movie.path))
-        if str(movie.path) in self._epu_gave_up and voltage.source in ("movie header",
-                                                                        "default"):
-            self._late_epu.went_on(movie.path, voltage.kV, self._now())  # its file may come
-        else:
-            self._late_epu.took_its_own(movie.path)
+        self._late_epu.weighted(movie.path, voltage.kV, voltage.source, self._now())
         return with_voltage(meta, params, voltage)
 
     def _epu_metadata_wait(self, path: Path, mdoc_kV: float | None) -> str | None:
@@ -507,7 +502,7 @@ class TiltSeriesResolver:
         now, wait_s = self._now(), self.series_config.metadata_wait_s
         if now - self._first_seen.get(str(path), now) < wait_s:
             return f"waiting for EPU's metadata file {xml.name} (its voltage), at most {wait_s:g} s"
-        self._epu_gave_up.add(str(path))
+        self._late_epu.gave_up(path)
         self._once_log("warning", "epu_metadata_missing", str(path),
                        f"EPU's metadata file {xml.name} was not complete within {wait_s:g} s: "
                        "the voltage from the movie's header, else 300 kV", movie=str(path))
