@@ -987,10 +987,10 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             gained_rows.append(_GainedRows(used, arith, plan, fill, grids.padded_in))
         return gained_rows[0]
 
-    def binned_spectrum_from_rows(i: int) -> np.ndarray:
-        """:func:`spectrum_of` the padded frame ``i`` made band by band from its
-        gain-corrected rows (:func:`gained`), padded with ``fill``: the same values without
-        a padded frame written and read again."""
+    def padded_rows(i: int) -> Callable[[int, int, np.ndarray], None]:
+        """A band filler of the padded frame ``i`` (``fill_rows(r0, r1, band)``) from its
+        gain-corrected rows (:func:`gained`), padded with ``fill``: the padded frame's values
+        without the frame written and read again."""
         frame_rows, value = gained(), np.float32(fill)
 
         def fill_rows(r0: int, r1: int, band: np.ndarray) -> None:
@@ -1000,8 +1000,12 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                 band[:f1 - r0, nx:] = value
             band[max(0, f1 - r0):] = value
 
-        return rfft2_cropped_of_rows(fill_rows, (py, px), grids.padded_out, workers=workers,
-                                     work=work())
+        return fill_rows
+
+    def binned_spectrum_from_rows(i: int) -> np.ndarray:
+        """:func:`spectrum_of` the padded frame ``i`` made band by band (:func:`padded_rows`)."""
+        return rfft2_cropped_of_rows(padded_rows(i), (py, px), grids.padded_out,
+                                     workers=workers, work=work())
 
     def block_sums_buffer() -> tuple[np.ndarray, np.ndarray]:
         """The row buffer of the block sums' transforms and the block sums (in ``work``)."""
@@ -1019,17 +1023,33 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         return rfft2_cropped_of_2x2(sums, (py, px), grids.align, workers=workers, work=rows)
 
     # A frame whose output spectrum is not kept needs only its alignment crop from this pass:
-    # with block sums and a padding value known beforehand (the movie's, from the hot-pixel
-    # pass) its block sums are made from gain-corrected bands of rows (defects replaced as
-    # on the padded frame, _GainedRows), never from a whole padded frame: the same values, and
-    # one pass over the raw frame instead of writing the padded frame and reading it again
-    # (a super-resolution frame on 2 cores: 52 ms against 40 + 25 ms, the whole pass of a
-    # 60-frame movie binned by 2 9.8 -> 9.4 s)
-    block_sums_of_rows = block_sums and fill is not None and ny % 2 == 0 and nx % 2 == 0
+    # with a padding value known beforehand (the movie's, from the hot-pixel pass) the crop
+    # is made from gain-corrected bands of its rows (defects replaced as on the padded frame,
+    # _GainedRows), never from a whole padded frame: the same values, and one pass over the
+    # raw frame instead of writing the padded frame and reading it again. With block sums
+    # the bands are summed 2 x 2 (a super-resolution frame on 2 cores: 52 ms against 40 + 25
+    # ms, the whole pass of a 60-frame movie binned by 2 9.8 -> 9.4 s); else each band's rows
+    # are transformed (rfft2_cropped_of_rows; a K3 frame on 2 cores: 38-40 ms against 42-44
+    # ms; the same crop to the bit)
+    crop_of_rows = fill is not None and (not block_sums or (ny % 2 == 0 and nx % 2 == 0))
+
+    def add_to_pattern_from_rows(i: int) -> None:
+        """Frame ``i``'s detector-pattern window, from its gain-corrected rows."""
+        if pattern is None:
+            return
+        frame_rows = gained()
+        (wy0, wy1), (wx0, wx1) = ((w.start, w.stop) for w in pattern.window)
+        pattern.add_window(i, frame_rows.rows(i, wy0, wy1, wx0, wx1))
+        if frame_rows.drop:
+            _drop_mapped(used[i, wy0:wy1])
 
     def alignment_crop_from_rows(i: int) -> np.ndarray:
         """:func:`alignment_crop` of frame ``i`` from its gain-corrected rows (:func:`gained`);
         the frame also goes into ``pattern`` (once)."""
+        add_to_pattern_from_rows(i)
+        if not block_sums:
+            return rfft2_cropped_of_rows(padded_rows(i), (py, px), grids.align,
+                                         workers=workers, work=work())
         rows, sums = block_sums_buffer()
         frame_rows = gained()
         sum_2x2_of_rows(lambda y0, y1: frame_rows.rows(i, y0, y1), (ny, nx),
@@ -1037,11 +1057,6 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         value = np.float32(fill)
         sums[:ny // 2, nx // 2:] = value * np.float32(4)  # padding: (v + v) + (v + v) = 4 v
         sums[ny // 2:] = value * np.float32(4)
-        if pattern is not None:
-            (wy0, wy1), (wx0, wx1) = ((w.start, w.stop) for w in pattern.window)
-            pattern.add_window(i, frame_rows.rows(i, wy0, wy1, wx0, wx1))
-            if frame_rows.drop:
-                _drop_mapped(used[i, wy0:wy1])
         return rfft2_cropped_of_2x2(sums, (py, px), grids.align, workers=workers, work=rows)
 
     kept: list[np.ndarray | None] = []
@@ -1054,7 +1069,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     align_spectra = np.empty((n,) + (grids.align[0], grids.align[1] // 2 + 1), np.complex64)
     frame = None
     for i in range(n):
-        if block_sums_of_rows and i >= n_keep:
+        if crop_of_rows and i >= n_keep:
             align_spectra[i] = alignment_crop_from_rows(i)
             continue
         frame = padded_frame(i)

@@ -112,6 +112,51 @@ def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * float(np.abs(want).max()))
 
 
+def test_a_frame_whose_spectrum_is_not_kept_gets_its_alignment_crop_from_gain_corrected_rows(
+        monkeypatch):
+    """Unbinned frames whose output spectra are not kept: the forward pass makes each one's
+    alignment crop from gain-corrected bands of its raw rows (defects, a bad column on the
+    last row's neighbour and hot pixels replaced as on the padded frame), never a padded
+    frame; the crop is that of the padded frame to the bit, so the shifts and the
+    detector-pattern check are those of the movie whose spectra are all kept, and so are the
+    four sums (summed in another order)."""
+    from correction.defects import plan_replacement
+    from correction.gain import GainReference
+    from correction.synthetic import render_movie
+
+    n = 6
+    syn = render_movie(np.random.default_rng(12), shape_yx=(256, 320), n_frames=n,
+                       electrons_per_px_per_frame=1.0, gain=True, n_hot_pixels=15,
+                       dtype=np.uint8)
+    defects = np.zeros(syn.frames.shape[1:], bool)
+    defects[:, 201] = True  # a bad column
+    defects[255, :30] = True  # on the last row: replaced partly from the padding
+    reference = GainReference(gain=syn.gain, defect_mask=defects, plan=plan_replacement(defects))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1, align_size_px=128))
+    all_kept = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params,
+                                       gain_reference=reference)
+    assert all_kept.n_hot_pixels >= 15
+
+    padded, from_rows = [], []
+    real_gain, real_rows = pipeline.apply_gain, pipeline.rfft2_cropped_of_rows
+    monkeypatch.setattr(pipeline, "apply_gain",
+                        lambda *a, **k: padded.append(1) or real_gain(*a, **k))
+    monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows",
+                        lambda *a, **k: from_rows.append(1) or real_rows(*a, **k))
+    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
+    none_kept = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params,
+                                        gain_reference=reference)
+    assert len(from_rows) == n  # every frame's alignment crop made from its rows
+    assert len(padded) == n  # and a padded frame made only for the sums' transforms
+    np.testing.assert_array_equal(none_kept.shifts_yx_px, all_kept.shifts_yx_px)
+    assert none_kept.detector_pattern == all_kept.detector_pattern
+    for name in ("sum", "dw", "even", "odd"):
+        want = getattr(all_kept.images, name)
+        np.testing.assert_allclose(getattr(none_kept.images, name), want, rtol=1e-5,
+                                   atol=1e-4 * float(np.abs(want).max()))
+
+
 @pytest.mark.parametrize("corner_px", [0.0, 8.0])
 def test_the_first_frames_spectra_that_raise_no_peak_are_kept_and_give_the_same_sums(
         monkeypatch, corner_px):
