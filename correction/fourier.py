@@ -194,7 +194,8 @@ def _crop_columns(cols: np.ndarray, my: int, workers: int) -> np.ndarray:
 
 def rfft2_cropped_of_rows(fill_rows: Callable[[int, int, np.ndarray], None],
                           shape_yx: tuple[int, int], out_shape_yx: tuple[int, int], *,
-                          workers: int = -1, work: np.ndarray | None = None) -> np.ndarray:
+                          workers: int = -1, work: np.ndarray | None = None,
+                          sums_2x2: np.ndarray | None = None) -> np.ndarray:
     """:func:`rfft2_cropped` of a float32 image of ``shape_yx`` given band by band:
     ``fill_rows(r0, r1, band)`` writes its rows ``r0:r1`` into ``band`` (float32, shape
     ``(r1 - r0, nx)``). The rows are split over ``workers`` threads, each filling a band of a
@@ -202,24 +203,39 @@ def rfft2_cropped_of_rows(fill_rows: Callable[[int, int, np.ndarray], None],
     (gain-corrected, padded rows of a raw frame) is never made whole: a super-resolution frame
     on 2 cores 0.28 s against 0.30 s for making the padded frame and cropping it (the sums'
     pass of a 60-frame one binned by 2, 54 frames made again: 22.0 -> 17.1 s). Equal to
-    :func:`rfft2_cropped` of the whole image bit for bit."""
+    :func:`rfft2_cropped` of the whole image bit for bit.
+
+    ``sums_2x2`` (shape ``(ny // 2, nx // 2)``, both sides even): also the image's 2 x 2 block
+    sums, as :func:`sum_2x2` makes them (to the bit), from each band while it is in cache,
+    so that both are made in one pass over the image's rows (a super-resolution frame
+    that is also summed: :func:`correction.pipeline._transform_align_sum`)."""
     ny, nx = (int(v) for v in shape_yx)
     my, mx = (int(v) for v in out_shape_yx)
     if my > ny or mx > nx:
         raise ValueError(f"cannot Fourier-crop {ny}x{nx} to a larger {my}x{mx}")
+    pair = 1 if sums_2x2 is None else 2  # rows per unit: bands of whole row pairs
+    if sums_2x2 is not None and (ny % 2 or nx % 2 or sums_2x2.shape != (ny // 2, nx // 2)):
+        raise ValueError(f"2 x 2 sums of {ny}x{nx} need even sides and a "
+                         f"{ny // 2}x{nx // 2} array, got {sums_2x2.shape}")
     cx = mx // 2 + 1
     cols = _columns_buffer(ny, cx, np.complex64, work)
-    block = max(1, _ROW_BLOCK_BYTES // max(1, nx * 4))
+    block = max(1, _ROW_BLOCK_BYTES // max(1, pair * nx * 4))  # units per band
 
     def chunk(lo: int, hi: int) -> None:
-        band_of = np.empty((min(block, hi - lo), nx), np.float32)
-        for r0 in range(lo, hi, block):
-            r1 = min(hi, r0 + block)
+        band_of = np.empty((pair * min(block, hi - lo), nx), np.float32)
+        pairs = None if sums_2x2 is None else np.empty((min(block, hi - lo), nx), np.float32)
+        for u0 in range(lo, hi, block):
+            u1 = min(hi, u0 + block)
+            r0, r1 = pair * u0, pair * u1
             band = band_of[:r1 - r0]
             fill_rows(r0, r1, band)
+            if pairs is not None:
+                vertical = pairs[:u1 - u0]
+                np.add(band[0::2], band[1::2], out=vertical)
+                np.add(vertical[:, 0::2], vertical[:, 1::2], out=sums_2x2[u0:u1])
             cols[r0:r1] = scipy.fft.rfft(band, axis=-1, workers=1)[:, :cx]
 
-    run_chunks(chunk, ny, workers)
+    run_chunks(chunk, ny // pair, workers)
     return _crop_columns(cols, my, workers)
 
 

@@ -167,3 +167,24 @@ def test_crop_from_rows_filled_band_by_band_equals_the_crop_of_the_whole_image_b
     got = rfft2_cropped_of_rows(fill_rows, image.shape, (640, 500), workers=2)
     np.testing.assert_array_equal(got, rfft2_cropped(image, (640, 500), workers=2))
     assert sorted(r for band in asked for r in range(*band)) == list(range(1500))
+
+
+def test_crop_from_rows_also_gives_the_block_sums_of_the_same_pass_bit_for_bit():
+    """Asked for the 2 x 2 block sums too, the pass over the rows (bands of whole row pairs,
+    two threads) gives the crop of the whole image and its sum_2x2, each to the bit."""
+    from correction.fourier import rfft2_cropped, rfft2_cropped_of_rows, sum_2x2
+
+    image = np.random.default_rng(6).normal(size=(1502, 1240)).astype(np.float32)
+    asked = []
+
+    def fill_rows(r0: int, r1: int, band: np.ndarray) -> None:
+        asked.append((r0, r1))
+        band[...] = image[r0:r1]
+
+    sums = np.full((751, 620), np.nan, np.float32)
+    got = rfft2_cropped_of_rows(fill_rows, image.shape, (640, 500), workers=2, sums_2x2=sums)
+    np.testing.assert_array_equal(got, rfft2_cropped(image, (640, 500), workers=2))
+    np.testing.assert_array_equal(sums, sum_2x2(image, workers=2))
+    assert all(r0 % 2 == 0 and r1 % 2 == 0 for r0, r1 in asked)
+    with pytest.raises(ValueError, match="even sides"):
+        rfft2_cropped_of_rows(fill_rows, (1501, 1240), (640, 500), sums_2x2=sums)

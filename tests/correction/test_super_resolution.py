@@ -179,15 +179,15 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     assert rms_error(blocks) < 0.1
 
 
-def test_a_frame_whose_spectrum_is_not_kept_is_made_from_gain_corrected_rows_twice(
+def test_every_super_resolution_frame_is_made_from_gain_corrected_rows_never_a_padded_frame(
         monkeypatch):
-    """A super-resolution frame whose output spectrum is not kept needs only its alignment crop
-    from the forward pass: its block sums come from gain-corrected bands of its raw rows
-    (defects and hot pixels replaced as on the padded frame), and so does its binned spectrum
-    when it is transformed again for the sums: no padded frame is made. The crops are the
-    same to the bit, so the shifts and the detector-pattern check are those of the movie whose
-    spectra are all kept, and so are the four sums (to the float rounding of another order of
-    summation)."""
+    """A super-resolution frame is never gain-corrected into a whole padded frame: its bands of
+    gain-corrected raw rows (defects and hot pixels replaced as on the padded frame) are
+    transformed for the binned spectrum and summed 2 x 2 for the alignment crop in one pass
+    when its spectrum is kept; when it is not, the forward pass makes the block sums alone and
+    the sums' pass the binned spectrum. The crops are the same to the bit either way, so the
+    shifts and the detector-pattern check of the two runs are equal, and so are the four sums
+    (to the float rounding of another order of summation)."""
     from correction import pipeline
     from correction.defects import plan_replacement
     from correction.gain import GainReference
@@ -205,21 +205,43 @@ def test_a_frame_whose_spectrum_is_not_kept_is_made_from_gain_corrected_rows_twi
                               read=ReadParams(bin_factor=2.0),
                               align=AlignParams(patches_x=1, patches_y=1, max_shift_px=20.0,
                                                 align_size_px=64))
-    all_kept = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
-                              gain_reference=reference)
-    assert all_kept.n_hot_pixels >= 20
 
-    bands, spectra = [], []
-    real_sums, real_crop = pipeline.sum_2x2_of_rows, pipeline.rfft2_cropped_of_rows
-    monkeypatch.setattr(pipeline, "sum_2x2_of_rows",
-                        lambda *a, **k: bands.append(1) or real_sums(*a, **k))
-    monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows",
-                        lambda *a, **k: spectra.append(1) or real_crop(*a, **k))
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
-    none_kept = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
-                               gain_reference=reference)
-    assert len(bands) == n  # every frame's alignment crop made from its rows
-    assert len(spectra) == n  # and its output spectrum, for the sums, too
+    def run(budget_bytes: int | None) -> tuple[object, dict[str, int]]:
+        calls = {"padded frame": 0, "block sums alone": 0, "rows transformed": 0,
+                 "rows transformed and summed": 0}
+        real_gain, real_sums = pipeline.apply_gain, pipeline.sum_2x2_of_rows
+        real_rows = pipeline.rfft2_cropped_of_rows
+
+        def rows(*a, **k):
+            calls["rows transformed" if k.get("sums_2x2") is None
+                  else "rows transformed and summed"] += 1
+            return real_rows(*a, **k)
+
+        def gain(*a, **k):
+            calls["padded frame"] += 1
+            return real_gain(*a, **k)
+
+        def sums(*a, **k):
+            calls["block sums alone"] += 1
+            return real_sums(*a, **k)
+
+        monkeypatch.setattr(pipeline, "apply_gain", gain)
+        monkeypatch.setattr(pipeline, "sum_2x2_of_rows", sums)
+        monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows", rows)
+        if budget_bytes is not None:
+            monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", budget_bytes)
+        result = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
+                                gain_reference=reference)
+        monkeypatch.undo()
+        return result, calls
+
+    all_kept, calls = run(None)
+    assert all_kept.n_hot_pixels >= 20
+    assert calls == {"padded frame": 0, "block sums alone": 0, "rows transformed": 0,
+                     "rows transformed and summed": n}  # one pass over each frame's rows
+    none_kept, calls = run(0)  # no output spectrum kept
+    assert calls == {"padded frame": 0, "block sums alone": n, "rows transformed": n,
+                     "rows transformed and summed": 0}  # two passes
     np.testing.assert_array_equal(none_kept.shifts_yx_px, all_kept.shifts_yx_px)
     assert none_kept.detector_pattern == all_kept.detector_pattern
     for name in ("sum", "dw", "even", "odd"):
