@@ -179,11 +179,14 @@ def _columns_buffer(ny: int, cx: int, dtype: Any, work: np.ndarray | None) -> np
     return np.empty((ny, cx), dtype)
 
 
-def _crop_columns(cols: np.ndarray, my: int, workers: int) -> np.ndarray:
+def _crop_columns(cols: np.ndarray, my: int, workers: int, fresh: bool = False) -> np.ndarray:
     """The rows' kept columns ``cols`` (overwritten) transformed along y and cropped to ``my``
-    rows, as :func:`fourier_crop` keeps them."""
+    rows, as :func:`fourier_crop` keeps them; ``fresh``: ``cols`` is the caller's own, and
+    is returned itself when all its rows are kept."""
     ny = cols.shape[0]
     cols = scipy.fft.fft(cols, axis=0, workers=workers, overwrite_x=True)
+    if fresh and my == ny:
+        return cols
     out = np.empty((my, cols.shape[1]), cols.dtype)
     top = my - my // 2  # as fourier_crop
     out[:top] = cols[:top]
@@ -219,6 +222,7 @@ def rfft2_cropped_of_rows(fill_rows: Callable[[int, int, np.ndarray], None],
                          f"{ny // 2}x{nx // 2} array, got {sums_2x2.shape}")
     cx = mx // 2 + 1
     cols = _columns_buffer(ny, cx, np.complex64, work)
+    fresh = work is None or not np.shares_memory(cols, work)
     block = max(1, _ROW_BLOCK_BYTES // max(1, pair * nx * 4))  # units per band
 
     def chunk(lo: int, hi: int) -> None:
@@ -236,7 +240,7 @@ def rfft2_cropped_of_rows(fill_rows: Callable[[int, int, np.ndarray], None],
             cols[r0:r1] = scipy.fft.rfft(band, axis=-1, workers=1)[:, :cx]
 
     run_chunks(chunk, ny // pair, workers)
-    return _crop_columns(cols, my, workers)
+    return _crop_columns(cols, my, workers, fresh)
 
 
 def sum_2x2(image: np.ndarray, *, out: np.ndarray | None = None, workers: int = -1

@@ -978,8 +978,8 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
     def spectrum(i: int) -> np.ndarray:
         """Output spectrum of frame ``i``, one not kept, for the sums."""
-        if binned and fill is not None and (pattern is None or i in pattern.seen):
-            return binned_spectrum_from_rows(i)
+        if fill is not None and (pattern is None or i in pattern.seen):
+            return spectrum_from_rows(i)
         return spectrum_of(padded_frame(i))
 
     gained_rows: list[_GainedRows] = []  # made at its first use (needs ``fill``)
@@ -1005,11 +1005,14 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
         return fill_rows
 
-    def binned_spectrum_from_rows(i: int, sums: np.ndarray | None = None) -> np.ndarray:
+    def spectrum_from_rows(i: int, sums: np.ndarray | None = None) -> np.ndarray:
         """:func:`spectrum_of` the padded frame ``i`` made band by band (:func:`padded_rows`),
-        and its 2 x 2 block sums into ``sums`` when given."""
+        to the bit, and its 2 x 2 block sums into ``sums`` when given: binned, the crop's row
+        transforms in ``work`` (the block sums after them); else the whole spectrum in memory
+        of its own (it is kept, or summed)."""
         return rfft2_cropped_of_rows(padded_rows(i), (py, px), grids.padded_out,
-                                     workers=workers, work=work(), sums_2x2=sums)
+                                     workers=workers, work=work() if binned else None,
+                                     sums_2x2=sums)
 
     def block_sums_buffer() -> tuple[np.ndarray, np.ndarray]:
         """The row buffer of the block sums' transforms and the block sums (in ``work``)."""
@@ -1064,21 +1067,23 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         return rfft2_cropped_of_2x2(sums, (py, px), grids.align, workers=workers, work=rows)
 
     def kept_from_rows(i: int) -> np.ndarray:
-        """The binned output spectrum of frame ``i`` (kept) and its alignment crop into
+        """The output spectrum of frame ``i`` (kept) and its alignment crop into
         ``align_spectra``, from one pass over its gain-corrected rows: each band is
-        transformed and, with block sums, summed 2 x 2 while in cache. A super-resolution
-        frame on 2 cores: 0.35-0.38 s, against 0.44-0.52 s for the padded frame (0.4 GB,
-        written and read twice), its block sums and the binned crop; 20 frames binned by 2,
-        8 spectra kept: forward pass 4.8-5.0 -> 4.2 s, peak RSS 2145 -> 1905-1947 MB."""
+        transformed and, with block sums, summed 2 x 2 while in cache; no padded frame is
+        written and read again. A super-resolution frame binned by 2 on 2 cores: 0.35-0.38 s,
+        against 0.44-0.52 s for the padded frame (0.4 GB), its block sums and the binned crop
+        (20 frames, 8 spectra kept: forward pass 4.8-5.0 -> 4.2 s, peak RSS 2145 -> 1905-1947
+        MB); 4096^2 x 10 unbinned, all kept: the same time as from padded frames (stages 1.54-1.64
+        against 1.54-1.56 s), peak RSS 1437 -> 1406 MB. The spectra are those of the padded
+        frame to the bit."""
         add_to_pattern_from_rows(i)
-        if not block_sums:
-            spec = binned_spectrum_from_rows(i)
+        rows, sums = block_sums_buffer() if block_sums else (None, None)
+        spec = spectrum_from_rows(i, sums)
+        if block_sums:
+            align_spectra[i] = rfft2_cropped_of_2x2(sums, (py, px), grids.align,
+                                                    workers=workers, work=rows)
+        else:  # the same frequencies, cut from the output spectrum
             align_spectra[i] = fourier_crop(spec, grids.padded_out, grids.align)
-            return spec
-        rows, sums = block_sums_buffer()
-        spec = binned_spectrum_from_rows(i, sums)  # the row transforms before the sums
-        align_spectra[i] = rfft2_cropped_of_2x2(sums, (py, px), grids.align, workers=workers,
-                                                work=rows)
         return spec
 
     kept: list[np.ndarray | None] = []
@@ -1094,7 +1099,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         if crop_of_rows and i >= n_keep:
             align_spectra[i] = alignment_crop_from_rows(i)
             continue
-        if crop_of_rows and binned:
+        if crop_of_rows:
             kept.append(kept_from_rows(i))
             continue
         frame = padded_frame(i)

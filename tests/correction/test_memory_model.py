@@ -87,15 +87,13 @@ def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once
 
     syn = render_movie(np.random.default_rng(5), shape_yx=(192, 160), n_frames=8,
                        electrons_per_px_per_frame=2.0, gain=None, dtype=np.int16)
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              align=AlignParams(patches_x=1, patches_y=1))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),  # a crop to align on
+                              align=AlignParams(patches_x=1, patches_y=1, align_size_px=128))
 
     def run() -> tuple[pipeline.CorrectedFrames, int]:
-        calls = []
-        real = pipeline.rfft2
-        monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: calls.append(1) or real(*a, **k))
+        calls = _count_whole_spectra(monkeypatch)
         out = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params)
-        monkeypatch.setattr(pipeline, "rfft2", real)
+        monkeypatch.undo()
         return out, len(calls)
 
     reference, transforms = run()
@@ -115,11 +113,11 @@ def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once
 def test_a_frame_whose_spectrum_is_not_kept_gets_its_alignment_crop_from_gain_corrected_rows(
         monkeypatch):
     """Unbinned frames whose output spectra are not kept: the forward pass makes each one's
-    alignment crop from gain-corrected bands of its raw rows (defects, a bad column on the
-    last row's neighbour and hot pixels replaced as on the padded frame), never a padded
-    frame; the crop is that of the padded frame to the bit, so the shifts and the
-    detector-pattern check are those of the movie whose spectra are all kept, and so are the
-    four sums (summed in another order)."""
+    alignment crop from gain-corrected bands of its raw rows (defects, a bad column, one on
+    the last row, and hot pixels replaced as on the padded frame), and the sums' pass its
+    spectrum, never a padded frame; the crop is that of the padded frame to the bit, so the
+    shifts and the detector-pattern check are those of the movie whose spectra are all kept,
+    and so are the four sums (summed in another order)."""
     from correction.defects import plan_replacement
     from correction.gain import GainReference
     from correction.synthetic import render_movie
@@ -147,8 +145,8 @@ def test_a_frame_whose_spectrum_is_not_kept_gets_its_alignment_crop_from_gain_co
     monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
     none_kept = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params,
                                         gain_reference=reference)
-    assert len(from_rows) == n  # every frame's alignment crop made from its rows
-    assert len(padded) == n  # and a padded frame made only for the sums' transforms
+    assert len(from_rows) == 2 * n  # each frame's alignment crop, then its spectrum for the sums
+    assert not padded  # never a padded frame
     np.testing.assert_array_equal(none_kept.shifts_yx_px, all_kept.shifts_yx_px)
     assert none_kept.detector_pattern == all_kept.detector_pattern
     for name in ("sum", "dw", "even", "odd"):
@@ -208,17 +206,32 @@ def test_the_first_frames_spectra_that_raise_no_peak_are_kept_and_give_the_same_
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
+def _count_whole_spectra(monkeypatch) -> list[int]:
+    """A list that gets an item for each whole (uncropped) spectrum the pipeline makes: of a
+    padded frame, or of its gain-corrected rows."""
+    calls: list[int] = []
+    real_fft, real_rows = pipeline.rfft2, pipeline.rfft2_cropped_of_rows
+
+    def rows(fill_rows, shape_yx, out_shape_yx, **kw):
+        if tuple(out_shape_yx) == tuple(shape_yx):
+            calls.append(1)
+        return real_rows(fill_rows, shape_yx, out_shape_yx, **kw)
+
+    monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: calls.append(1) or real_fft(*a, **k))
+    monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows", rows)
+    return calls
+
+
 def _count_transforms_and_tile_runs(monkeypatch, frames: np.ndarray, params: CorrectionParams
                                     ) -> tuple[pipeline.CorrectedFrames, int, int]:
     """Correct ``frames``, counting whole-spectrum transforms and calls of the local sums."""
-    full, tiles = [], []
-    real_fft, real_tiles = pipeline.rfft2, pipeline.local_sums
-    monkeypatch.setattr(pipeline, "rfft2", lambda *a, **k: full.append(1) or real_fft(*a, **k))
+    tiles: list[int] = []
+    full = _count_whole_spectra(monkeypatch)
+    real_tiles = pipeline.local_sums
     monkeypatch.setattr(pipeline, "local_sums",
                         lambda *a, **k: tiles.append(1) or real_tiles(*a, **k))
     out = pipeline.correct_frames(frames, pixel_size_A=1.1, params=params)
-    monkeypatch.setattr(pipeline, "rfft2", real_fft)
-    monkeypatch.setattr(pipeline, "local_sums", real_tiles)
+    monkeypatch.undo()
     return out, len(full), len(tiles)
 
 
@@ -247,31 +260,32 @@ def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_
     syn = render_movie(np.random.default_rng(8), shape_yx=(512, 448), n_frames=8,
                        electrons_per_px_per_frame=2.0, gain=None, dtype=np.int16)
     dose = DoseParams(dose_per_frame_e_A2=1.0)
+    patches = AlignParams(align_size_px=256)  # the default grid of patches, a crop to align on
     whole, transforms, tile_runs = _count_transforms_and_tile_runs(
-        monkeypatch, syn.frames, CorrectionParams(dose=dose, align=AlignParams(patches_x=1,
-                                                                                patches_y=1)))
+        monkeypatch, syn.frames, CorrectionParams(dose=dose, align=AlignParams(
+            patches_x=1, patches_y=1, align_size_px=256)))
     assert (transforms, tile_runs) == (8, 0)
-    assert AlignParams().local_enabled
+    assert patches.local_enabled
     kept, transforms, tile_runs = _count_transforms_and_tile_runs(
-        monkeypatch, syn.frames, CorrectionParams(dose=dose))
+        monkeypatch, syn.frames, CorrectionParams(dose=dose, align=patches))
     assert not kept.local.applied
     assert (transforms, tile_runs) == (8, 0)
     _assert_same_shifts_and_sums(kept, whole, rtol=0.0)
 
-    grid = pipeline._grids((512, 448), 1.0, int(np.ceil(AlignParams().max_shift_px))
-                           + pipeline._EXTRA_MARGIN_PX, AlignParams().align_size_px)
+    grid = pipeline._grids((512, 448), 1.0, int(np.ceil(patches.max_shift_px))
+                           + pipeline._EXTRA_MARGIN_PX, patches.align_size_px)
     one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
     monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 5 * one)  # some kept, not all
-    some = pipeline._frames_kept_for(grid, 8, CorrectionParams(dose=dose), one)
+    some = pipeline._frames_kept_for(grid, 8, CorrectionParams(dose=dose, align=patches), one)
     assert 0 < some < 8
     part, transforms, tile_runs = _count_transforms_and_tile_runs(
-        monkeypatch, syn.frames, CorrectionParams(dose=dose))
+        monkeypatch, syn.frames, CorrectionParams(dose=dose, align=patches))
     assert (transforms, tile_runs) == (8, 0)  # the kept ones once, the others for the sums
     _assert_same_shifts_and_sums(part, whole, rtol=1e-5)
 
     monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles
     tiled, transforms, tile_runs = _count_transforms_and_tile_runs(
-        monkeypatch, syn.frames, CorrectionParams(dose=dose))
+        monkeypatch, syn.frames, CorrectionParams(dose=dose, align=patches))
     assert not tiled.local.applied
     assert (transforms, tile_runs) == (0, 1)
     np.testing.assert_array_equal(tiled.shifts_yx_px, whole.shifts_yx_px)
