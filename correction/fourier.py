@@ -222,7 +222,7 @@ def rfft2_cropped_of_rows(fill_rows: Callable[[int, int, np.ndarray], None],
                          f"{ny // 2}x{nx // 2} array, got {sums_2x2.shape}")
     cx = mx // 2 + 1
     cols = _columns_buffer(ny, cx, np.complex64, work)
-    fresh = work is None or not np.shares_memory(cols, work)
+    fresh = work is None or not np.may_share_memory(cols, work)
     block = max(1, _ROW_BLOCK_BYTES // max(1, pair * nx * 4))  # units per band
 
     def chunk(lo: int, hi: int) -> None:

@@ -12,9 +12,12 @@ Steps of :func:`correct_movie`:
    (:func:`correction.defects.detect_hot_pixels`); before the gain is applied, the same sum
    checks the gain orientation (:mod:`correction.gain_orientation`, central window);
 4. frame by frame: ``(raw - dark) * gain`` with defects and hot pixels replanted from their
-   neighbours (:func:`correction.gain.apply_gain`), padded with the frame mean to a fast FFT
-   length at least ``max_shift_px`` (+2) larger on each axis (:func:`summation.pad_frame`), ONE
-   forward FFT, Fourier-cropped to the output grid (``bin_factor``) and, as a copy, to the
+   neighbours (:func:`correction.gain.apply_gain`), padded with the movie's mean from step 3
+   (without hot-pixel detection, the frame's) to a fast FFT length at least ``max_shift_px``
+   (+2) larger on each axis (:func:`summation.pad_frame`), ONE forward FFT (with the movie's
+   mean known, no padded frame is written: the padded rows are made a band at a time from
+   the raw rows, :class:`_GainedRows`, and each band is transformed while in cache,
+   :func:`fourier.rfft2_cropped_of_rows`; the same values to the bit), Fourier-cropped to the output grid (``bin_factor``) and, as a copy, to the
    alignment grid (short side about ``align_size_px``; for a frame at least 8 times that
    grid, a super-resolution one, the alignment crop is made from the frame's 2 x 2 block
    sums instead, :func:`_align_from_block_sums`); for the frames whose output spectra
