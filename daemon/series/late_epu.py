@@ -9,8 +9,9 @@ watched share that lags, an EPU that writes it late) and gives another voltage, 
 redone once with it, as a movie whose mdoc dose changed is (log event
 ``movie_redo_metadata_changed``; the new voltage makes a new ledger key). The movies tracked
 are those that waited in vain in this run, each for an hour (``LATE_WINDOW_S``) from then: a
-stat per movie and scan, which on a network share must not grow with the session; after a
-restart a movie corrected before it is not looked at again.
+stat per movie and scan, which on a network share must not grow with the session. A restart
+needs none of this: it resolves every movie's voltage anew, and a movie whose file came while
+the daemon was down gets new parameters, so a new ledger key, and is corrected again.
 """
 
 from __future__ import annotations

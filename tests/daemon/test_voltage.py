@@ -373,6 +373,36 @@ def test_an_epu_movie_corrected_before_its_metadata_file_came_is_redone_at_its_v
     assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)] * 2
 
 
+def test_an_epu_movie_whose_metadata_file_came_while_the_daemon_was_down_is_redone_at_restart(
+        tmp_path):
+    """The daemon stops after correcting an EPU movie at 300 kV (its metadata file was cut
+    short for longer than the wait); the file is finished, with 200 kV, before the next start.
+    The restarted daemon resolves the movie's voltage anew, so its parameters, and with them
+    its ledger key, are new: it is corrected again, once, at 200 kV, however long ago the
+    first correction was."""
+    watch, out = tmp_path / "Data", tmp_path / "out"
+    watch.mkdir()
+    stem = "FoilHole_9_Data_7_6_20250108_154915"
+    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
+    text = _epu_metadata("200000")
+    (watch / f"{stem}.xml").write_text(text[:100])  # being written, for longer than the wait
+
+    def run() -> RecordingLog:
+        log = RecordingLog()
+        run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
+                               resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
+                                                           mode="on")), guard_s=30)
+        return log
+
+    run()
+    assert _record(out, movie)["voltage_source"] == "default"
+    (watch / f"{stem}.xml").write_text(text)  # finished while the daemon was down
+    log = run()
+    record = _record(out, movie)
+    assert (record["voltage_kV"], record["voltage_source"]) == (200.0, "EPU xml")
+    assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)]
+
+
 def test_an_epu_movie_whose_late_metadata_file_agrees_is_not_corrected_again(tmp_path):
     watch, out = tmp_path / "Data", tmp_path / "out"
     watch.mkdir()
