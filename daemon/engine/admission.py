@@ -76,6 +76,16 @@ def _series_renamed(old: Path, new: Path, watch_dir: Path
     return update
 
 
+def _series_moved(row: Any, meta: MovieMetadata) -> bool:
+    """A done row of a tilt of one series whose metadata now makes it a tilt of another (its
+    series mdoc renamed; the resolver says why, ``movie_redo_metadata_changed``)."""
+    def series(extra: Any) -> Any:
+        return ((extra or {}).get("tilt") or {}).get("series")
+
+    old, new = series((row.metadata or {}).get("extra_record")), series(meta.extra_record)
+    return row.status == "done" and bool(old) and bool(new) and old != new
+
+
 def _may_be(row: Any, content: str | None) -> bool:
     """Whether a recorded row's file may be the file of fingerprint ``content`` (renamed):
     the fingerprints agree, or one is unknown (a row an older version wrote, a file that does
@@ -312,6 +322,14 @@ class Admission:
             self._log.warning("movie_redo_superseded", movie=str(obs.path),
                               note="its outputs were since written under other parameters or "
                                    "metadata: corrected again under these")
+        if row is not None and _series_moved(row, meta):
+            # its tilt is now another series' (a series mdoc renamed), at the same dose: the
+            # same key, whose record, hand-off entries and stack must name the new series
+            stored_now = metadata_to_json(StoredMetadata(
+                meta.dose, meta.extra_record, meta.log_context, verdict.n_frames,
+                (row.metadata or {}).get("stem") or movie_stem(obs.path)))
+            if self._safe(lambda: ledger.redo(key, metadata=stored_now) or True) is None:
+                return _DB_DOWN
         if row is not None:
             if obs.inode is not None and (row.inode != obs.inode or row.content is None):
                 # admitted before rows kept the inode and content, or its inode changed

@@ -120,6 +120,10 @@ class SeriesConfig:
     change_tolerance_e_A2 : float
         A dose, frame dose or pre-exposure that moves by more than this after a movie was
         corrected makes :func:`assignment_change` report it (the service redoes the movie).
+    mdoc_vanish_grace_s : float
+        How long an mdoc missing from the scans is kept as last read (SerialEM rewrites one
+        by renaming, a share may hide a file for a moment); then its tilts are resolved
+        without it (s).
     """
 
     filename_pattern: str = DEFAULT_FILENAME_PATTERN
@@ -130,6 +134,7 @@ class SeriesConfig:
     idle_timeout_s: float = 1800.0
     frame_dose_tolerance: float = 0.05
     change_tolerance_e_A2: float = 0.01
+    mdoc_vanish_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         try:
@@ -141,8 +146,8 @@ class SeriesConfig:
                              f"{sorted(rx.groupindex)}")
         if self.dose_per_tilt_e_A2 is not None and not self.dose_per_tilt_e_A2 > 0:
             raise ValueError(f"dose_per_tilt_e_A2 must be > 0 e/Å², got {self.dose_per_tilt_e_A2}")
-        for name in ("metadata_wait_s", "missing_tilt_wait_s", "mdoc_quiet_s", "idle_timeout_s", "frame_dose_tolerance",
-                     "change_tolerance_e_A2"):
+        for name in ("metadata_wait_s", "missing_tilt_wait_s", "mdoc_quiet_s", "idle_timeout_s",
+                     "frame_dose_tolerance", "change_tolerance_e_A2", "mdoc_vanish_grace_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -853,13 +858,18 @@ def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *
 
     Dose, frame doses and pre-exposure all change the dose-weighted sums, so any change beyond
     ``tolerance_e_A2`` means the outputs are wrong: the service redoes the movie (its file is
-    still there; the cost is one correction). Series or angle changes only affect the stack.
+    still there; the cost is one correction). So does another series (a series mdoc renamed):
+    the movie's record, its RELION and AreTomo3 entries and the stack it goes into name its
+    series, and the old series, left without tilts, is removed. Angle changes only affect the
+    stack.
     """
     if recorded is None:
         return "no tilt record"
     def moved(a: Any, b: float) -> bool:
         return a is None or not math.isfinite(float(a)) or abs(float(a) - b) > tolerance_e_A2
     reasons = []
+    if recorded.get("series") != new.series:
+        reasons.append(f"series {recorded.get('series')} -> {new.series}")
     if moved(recorded.get("dose_e_A2"), new.dose_e_A2):
         reasons.append(f"dose {recorded.get('dose_e_A2')} -> {new.dose_e_A2:.4f} e/Å²")
     if moved(recorded.get("pre_exposure_e_A2"), new.pre_exposure_e_A2):

@@ -266,7 +266,8 @@ class TiltSeriesResolver:
         """Called once the state database is open: read the persisted mdoc and series state."""
         self._ctx = context
         self._log = context.log
-        self._watcher = MdocWatcher(context.store, log=context.log, log_once=self._once_log)
+        self._watcher = MdocWatcher(context.store, log=context.log, log_once=self._once_log,
+                                    vanish_grace_s=self.series_config.mdoc_vanish_grace_s)
         sc = self.series_config
         self._log.info("tilt_series_config", mode=self.mode, active=self._active,
                        filename_pattern=sc.filename_pattern, dose_per_tilt=sc.dose_per_tilt_e_A2,

@@ -589,17 +589,21 @@ class Ledger:
             db.execute(f"UPDATE movies SET status='pending', attempts=MAX(attempts-1, 0), updated=? "
                        f"WHERE {_KEY_WHERE} AND status='running'", (self._clock(), *_k(key)))
 
-    def redo(self, key: MovieKey) -> bool:
+    def redo(self, key: MovieKey, *, metadata: Mapping[str, Any] | None = None) -> bool:
         """A done row made pending again, as the newest row of its file (a new id: every reader
-        takes a path's last row as its newest), keeping its metadata, first sight, inode and
-        content: the movie is corrected anew under this key (its outputs on disk were since
-        written under other parameters). False when the row is not done."""
+        takes a path's last row as its newest), keeping its first sight, inode and content,
+        and its metadata unless ``metadata`` replaces it: the movie is corrected anew under
+        this key (its outputs on disk were since written under other parameters, or its
+        metadata moved without changing its parameters: another series). False when the row
+        is not done."""
         with self._tx() as db:
             cur = db.execute(
                 f"UPDATE movies SET id=(SELECT MAX(id) + 1 FROM movies), status='pending', "
                 f"attempts=0, failures=0, error=NULL, outputs=NULL, timings=NULL, summary=NULL, "
-                f"finished=NULL, retry_after=NULL, updated=? WHERE {_KEY_WHERE} AND status='done'",
-                (self._clock(), *_k(key)))
+                f"finished=NULL, retry_after=NULL, updated=?, metadata=COALESCE(?, metadata) "
+                f"WHERE {_KEY_WHERE} AND status='done'",
+                (self._clock(), None if metadata is None else json.dumps(dict(metadata)),
+                 *_k(key)))
             return cur.rowcount == 1
 
     def forget(self, key: MovieKey, *, statuses: tuple[str, ...] = ("pending", "failed")

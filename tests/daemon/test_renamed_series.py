@@ -1,0 +1,86 @@
+"""A series mdoc renamed after its series was assembled.
+
+The operator renames ``TS_01.mrc.mdoc`` to ``TS_02.mrc.mdoc`` once TS_01 is assembled; the
+doses are unchanged. The tilts are now TS_02's: each movie's record, its RELION entry and the
+stacks name their series, so they are corrected again as tilts of TS_02 (log event
+``movie_redo_metadata_changed``, reason ``series TS_01 -> TS_02``), TS_02 is assembled with the
+same pre-exposures, and TS_01, left without tilts, has its assembled files removed. The old
+mdoc is kept as last read for ``mdoc_vanish_grace_s`` (SerialEM rewrites an mdoc by renaming a
+new file over it), so nothing moves before that.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from recording_log import RecordingLog
+from service_run import run_until_idle
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.engine.service import Service
+from daemon.events import ServiceListener
+from daemon.handoff.listener import RelionListener
+from daemon.handoff.relion import RelionOptics
+from daemon.series.resolution import SeriesConfig
+from daemon.series.resolver import TiltSeriesResolver
+from daemon.settings.config import Config
+from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
+
+SHAPE = (64, 64)
+N_FRAMES = 4
+PIXEL_A = 1.1
+
+
+def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(tmp_path):
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    for folder in (watch, out, staging):
+        folder.mkdir()
+    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(5), n_tilts=3,
+                                 shape_yx=SHAPE, n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
+                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
+    for t in tilts:
+        shutil.copy2(t.movie.path, watch / t.movie.path.name)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    mdoc.write_text(series_mdoc_text("TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE,
+                                     n_frames=N_FRAMES))
+
+    class Operator(ServiceListener):
+        """Renames the series mdoc once TS_01 is assembled."""
+
+        def on_series_event(self, event):
+            if event.kind == "completed" and event.series == "TS_01" and mdoc.exists():
+                assert (out / "TS_01" / "TS_01.mrc").exists()
+                mdoc.rename(watch / "TS_02.mrc.mdoc")
+
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on")
+    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.2,
+                                               mdoc_vanish_grace_s=0.3), mode="on")
+    log = RecordingLog()
+    run_until_idle(Service(config, logger=log, resolver=resolver,
+                           listeners=[RelionListener(RelionOptics()), Operator()]), guard_s=30.0)
+
+    assert not mdoc.exists()
+    redone = [f for _, e, f in log.events if e == "movie_redo_metadata_changed"]
+    assert sorted(Path(f["movie"]).name for f in redone) == sorted(
+        t.movie.path.name for t in tilts)
+    assert {f["reason"] for f in redone} == {"series TS_01 -> TS_02"}
+    completed = [f["series"] for _, e, f in log.events if e == "series_completed"]
+    assert completed == ["TS_01", "TS_02"]
+    for t in tilts:
+        tilt = json.loads((out / f"{t.movie.path.stem}.motion.json").read_text())["tilt"]
+        assert tilt["series"] == "TS_02"
+        assert tilt["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
+    angles = [float(a) for a in (out / "TS_02" / "TS_02.tlt").read_text().split()]
+    assert angles == sorted(t.tilt_deg for t in tilts)
+    table = starfile.read(out / "TS_02" / "TS_02.star", always_dict=True)["TS_02"]
+    assert sorted(Path(m).name for m in table["rlnMicrographMovieName"]) == sorted(
+        t.movie.path.name for t in tilts)
+    assert not (out / "TS_01" / "TS_01.mrc").exists()
+    assert [f["series"] for _, e, f in log.events if e == "series_outputs_removed"] == ["TS_01"]
