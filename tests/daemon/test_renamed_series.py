@@ -12,13 +12,12 @@ new file over it), so nothing moves before that.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import starfile
 from recording_log import RecordingLog
+from series_session import copied_series
 from service_run import run_until_idle
 
 from correction.params import CorrectionParams, DoseParams
@@ -29,25 +28,11 @@ from daemon.handoff.relion import RelionOptics
 from daemon.series.resolution import SeriesConfig
 from daemon.series.resolver import TiltSeriesResolver
 from daemon.settings.config import Config
-from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
-
-SHAPE = (64, 64)
-N_FRAMES = 4
-PIXEL_A = 1.1
 
 
 def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(tmp_path):
-    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
-    for folder in (watch, out, staging):
-        folder.mkdir()
-    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(5), n_tilts=3,
-                                 shape_yx=SHAPE, n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
-                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
-    for t in tilts:
-        shutil.copy2(t.movie.path, watch / t.movie.path.name)
+    watch, out, tilts = copied_series(tmp_path, seed=5)
     mdoc = watch / "TS_01.mrc.mdoc"
-    mdoc.write_text(series_mdoc_text("TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE,
-                                     n_frames=N_FRAMES))
 
     class Operator(ServiceListener):
         """Renames the series mdoc once TS_01 is assembled."""

@@ -17,9 +17,9 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import starfile
+from series_session import N_FRAMES, PIXEL_A, SHAPE, copied_series, write_series_mdoc
 from service_run import run_until_idle  # tests/helpers
 
 from correction.params import CorrectionParams, DoseParams
@@ -32,11 +32,7 @@ from daemon.series.resolver import TiltSeriesResolver
 from daemon.series.tilt_record import TiltRecord
 from daemon.settings.config import Config
 from daemon.state.ledger import Ledger
-from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
-
-SHAPE = (64, 64)
-N_FRAMES = 4
-PIXEL_A = 1.1
+from daemon.simulation.tilt_series import series_mdoc_text
 
 
 def _config(watch: Path, out: Path, dose: DoseParams = DoseParams(dose_per_frame_e_A2=1.0)
@@ -58,27 +54,13 @@ def _run(watch: Path, out: Path, *listeners: ServiceListener, wait_s: float = 0.
                            resolver=resolver), guard_s=20.0)
 
 
-def _write_mdoc(watch: Path, tilts) -> None:
-    (watch / "TS_01.mrc.mdoc").write_text(series_mdoc_text(
-        "TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE, n_frames=N_FRAMES))
-
-
 def _series_star(out: Path):
     return starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
 
 
 def _session(tmp_path: Path):
     """A 3-tilt series as SerialEM leaves it (movies, mdoc, no lock): (watch, out, tilts)."""
-    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
-    for folder in (watch, out, staging):
-        folder.mkdir()
-    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(3), n_tilts=3,
-                                 shape_yx=SHAPE, n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
-                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
-    for t in tilts:
-        shutil.copy2(t.movie.path, watch / t.movie.path.name)
-    _write_mdoc(watch, tilts)
-    return watch, out, tilts
+    return copied_series(tmp_path, seed=3)
 
 
 @pytest.mark.parametrize("configured", [True, False], ids=["dose-configured", "dose-from-mdoc"])
@@ -104,7 +86,7 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
             if event.kind == "completed" and not retake_path.exists():
                 assert len(_series_star(out)) == 3
                 shutil.copy(tilts[1].movie.path, retake_path)  # other frames, a new file
-                _write_mdoc(watch, [tilts[0], tilts[1], retake])
+                write_series_mdoc(watch, [tilts[0], tilts[1], retake])
 
     _run(watch, out, SerialEM(), dose=dose)
     assert retake_path.exists()
@@ -187,7 +169,7 @@ def test_a_tilt_its_mdoc_no_longer_lists_leaves_the_series_stacks_reassembled_wi
     folder = out / "TS_01"
     with mrcfile.open(folder / "TS_01_DW.mrc", header_only=True) as mrc:
         assert int(mrc.header.nz) == 3
-    _write_mdoc(watch, tilts[:2])
+    write_series_mdoc(watch, tilts[:2])
     _run(watch, out)
     kept = sorted(tilts[:2], key=lambda t: t.tilt_deg)
     for stack in ("TS_01.mrc", "TS_01_DW.mrc", "TS_01_EVN.mrc", "TS_01_ODD.mrc"):

@@ -323,20 +323,39 @@ def test_an_epu_movie_waits_for_its_metadata_file_written_after_it(tmp_path):
     assert movie.exists()
 
 
-def test_an_epu_movie_whose_metadata_file_never_completes_goes_on_after_the_wait(tmp_path):
+EPU_STEM = "FoilHole_9_Data_7_6_20250108_154915"
+
+
+def _late_epu_session(tmp_path: Path, volts: str) -> tuple[Path, Path, Path, Path, str]:
+    """An EPU movie whose metadata file (``volts``) is cut short, as while EPU writes it:
+    (watch, out, movie, the file, its whole text)."""
     watch, out = tmp_path / "Data", tmp_path / "out"
     watch.mkdir()
-    stem = "FoilHole_9_Data_7_6_20250108_154915"
-    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
-    (watch / f"{stem}.xml").write_text(_epu_metadata("200000")[:100])  # cut short for good
+    movie = _epu_movie(watch, f"{EPU_STEM}_Fractions.mrc")
+    text = _epu_metadata(volts)
+    xml = watch / f"{EPU_STEM}.xml"
+    xml.write_text(text[:100])
+    return watch, out, movie, xml, text
+
+
+def _run_with_metadata_wait(watch: Path, out: Path, *listeners: ServiceListener,
+                            mode: str = "on") -> RecordingLog:
+    """The daemon until idle, with a metadata wait of 1 s; its log."""
     log = RecordingLog()
     run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
+                           listeners=list(listeners),
                            resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
-                                                       mode="on")), guard_s=30)
+                                                       mode=mode)), guard_s=30)
+    return log
+
+
+def test_an_epu_movie_whose_metadata_file_never_completes_goes_on_after_the_wait(tmp_path):
+    watch, out, movie, _, _ = _late_epu_session(tmp_path, "200000")  # cut short for good
+    log = _run_with_metadata_wait(watch, out)
     record = _record(out, movie)
     assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "default"
     missing = [f["reason"] for _, e, f in log.events if e == "epu_metadata_missing"]
-    assert missing == [f"EPU's metadata file {stem}.xml was not complete within 1 s: the "
+    assert missing == [f"EPU's metadata file {EPU_STEM}.xml was not complete within 1 s: the "
                        "voltage from the movie's header, else 300 kV"]
 
 
@@ -346,30 +365,21 @@ def test_an_epu_movie_corrected_before_its_metadata_file_came_is_redone_at_its_v
     """The metadata file came only after the wait, once the movie was corrected at 300 kV
     (its header gives no voltage): the movie is corrected again, once, at the file's 200 kV,
     and the log says why (``--tilt-series auto`` in a folder of single-particle movies, too)."""
-    watch, out = tmp_path / "Data", tmp_path / "out"
-    watch.mkdir()
-    stem = "FoilHole_9_Data_7_6_20250108_154915"
-    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
-    text = _epu_metadata("200000")
-    (watch / f"{stem}.xml").write_text(text[:100])  # being written, for longer than the wait
+    watch, out, movie, xml, text = _late_epu_session(tmp_path, "200000")
 
     class EPU(ServiceListener):
         """Finishes the metadata file once the movie is corrected without it."""
 
         def on_movie_done(self, event):
             if event.path == movie and _record(out, movie)["voltage_source"] == "default":
-                (watch / f"{stem}.xml").write_text(text)
+                xml.write_text(text)
 
-    log = RecordingLog()
-    run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
-                           listeners=[EPU()],
-                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
-                                                       mode=mode)), guard_s=30)
+    log = _run_with_metadata_wait(watch, out, EPU(), mode=mode)
     record = _record(out, movie)
     assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "EPU xml"
     redone = [f["reason"] for _, e, f in log.events if e == "movie_redo_metadata_changed"]
-    assert redone == [f"EPU's metadata file {stem}.xml came after the movie was corrected and "
-                      "says 200 kV, where 300 kV was used: redone at its voltage"]
+    assert redone == [f"EPU's metadata file {EPU_STEM}.xml came after the movie was corrected "
+                      "and says 200 kV, where 300 kV was used: redone at its voltage"]
     assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)] * 2
 
 
@@ -380,46 +390,24 @@ def test_an_epu_movie_whose_metadata_file_came_while_the_daemon_was_down_is_redo
     The restarted daemon resolves the movie's voltage anew, so its parameters, and with them
     its ledger key, are new: it is corrected again, once, at 200 kV, however long ago the
     first correction was."""
-    watch, out = tmp_path / "Data", tmp_path / "out"
-    watch.mkdir()
-    stem = "FoilHole_9_Data_7_6_20250108_154915"
-    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
-    text = _epu_metadata("200000")
-    (watch / f"{stem}.xml").write_text(text[:100])  # being written, for longer than the wait
-
-    def run() -> RecordingLog:
-        log = RecordingLog()
-        run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
-                               resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
-                                                           mode="on")), guard_s=30)
-        return log
-
-    run()
+    watch, out, movie, xml, text = _late_epu_session(tmp_path, "200000")
+    _run_with_metadata_wait(watch, out)
     assert _record(out, movie)["voltage_source"] == "default"
-    (watch / f"{stem}.xml").write_text(text)  # finished while the daemon was down
-    log = run()
+    xml.write_text(text)  # finished while the daemon was down
+    log = _run_with_metadata_wait(watch, out)
     record = _record(out, movie)
     assert (record["voltage_kV"], record["voltage_source"]) == (200.0, "EPU xml")
     assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)]
 
 
 def test_an_epu_movie_whose_late_metadata_file_agrees_is_not_corrected_again(tmp_path):
-    watch, out = tmp_path / "Data", tmp_path / "out"
-    watch.mkdir()
-    stem = "FoilHole_9_Data_7_6_20250108_154915"
-    movie = _epu_movie(watch, f"{stem}_Fractions.mrc")
-    text = _epu_metadata("300000")
-    (watch / f"{stem}.xml").write_text(text[:100])
+    watch, out, movie, xml, text = _late_epu_session(tmp_path, "300000")
 
     class EPU(ServiceListener):
         def on_movie_done(self, event):
-            (watch / f"{stem}.xml").write_text(text)
+            xml.write_text(text)
 
-    log = RecordingLog()
-    run_until_idle(Service(_watch_config(watch, out, "--dose-per-frame", "1"), logger=log,
-                           listeners=[EPU()],
-                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=1.0),
-                                                       mode="on")), guard_s=30)
+    log = _run_with_metadata_wait(watch, out, EPU())
     assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)]
     assert not [e for _, e, _ in log.events if e == "movie_redo_metadata_changed"]
 
