@@ -45,6 +45,7 @@ from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata
 from daemon.intake.content import content_fingerprint
 from daemon.intake.settle import Settler
 from daemon.intake.validate import UNREADABLE, Verdict, validate
+from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
 from daemon.state.codec import StoredMetadata, metadata_to_json
 from daemon.state.ledger import VANISHED
@@ -77,13 +78,14 @@ def _series_renamed(old: Path, new: Path, watch_dir: Path
 
 
 def _series_moved(row: Any, meta: MovieMetadata) -> bool:
-    """A done row of a tilt of one series whose metadata now makes it a tilt of another (its
-    series mdoc renamed; the resolver says why, ``movie_redo_metadata_changed``)."""
-    def series(extra: Any) -> Any:
-        return ((extra or {}).get("tilt") or {}).get("series")
-
-    old, new = series((row.metadata or {}).get("extra_record")), series(meta.extra_record)
-    return row.status == "done" and bool(old) and bool(new) and old != new
+    """A done row of a tilt of one series (its tilt record as the resolver reads it) whose
+    metadata now makes it a tilt of another (its series mdoc renamed; the resolver says why,
+    ``movie_redo_metadata_changed``)."""
+    if row.status != "done":
+        return False
+    old = recorded_tilt(row)
+    new = ((meta.extra_record or {}).get("tilt") or {}).get("series")
+    return old is not None and bool(old.series) and bool(new) and old.series != new
 
 
 def _may_be(row: Any, content: str | None) -> bool:
