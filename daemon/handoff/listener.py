@@ -29,6 +29,7 @@ the service.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -474,12 +475,21 @@ class RelionListener(ServiceListener):
 
     def _remove_series_star(self, series: str) -> None:
         """Remove the STAR this listener last wrote for ``series`` (unless another series' STAR
-        is now that file); removing a name is atomic, as the rewrites are."""
+        is now that file), and the series' folder when that leaves it empty (its stacks were
+        removed before: a series whose tilts all moved away); removing a name is atomic, as the
+        rewrites are."""
         self._star_movies.pop(series, None)
         star = self._series_stars.pop(series, None)
         if star is None or star in self._series_stars.values():
             return
-        self._guard(str(star), "series_star", star.unlink, missing_ok=True)
+
+        def remove() -> None:
+            star.unlink(missing_ok=True)
+            if star.parent != self._out:
+                with contextlib.suppress(OSError):  # not empty (the stacks), or gone
+                    star.parent.rmdir()
+
+        self._guard(str(star), "series_star", remove)
 
     def _write_globals(self, *, tomo: bool, single: bool) -> None:
         if self._out is None:
