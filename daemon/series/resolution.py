@@ -159,12 +159,15 @@ class MovieObservation:
     ``name`` is the movie's path below the watch folder, ``/`` separated (``grid2/x.eer``; a
     bare name in the watch folder itself, see :func:`qualified_name`). ``first_seen_s`` is on
     the daemon's clock (the one passed as ``now_s``); ``mtime_ns`` is the file's mtime (camera
-    clock), compared only with other movies' mtimes.
+    clock), compared only with other movies' mtimes. ``recorded_mdoc`` is the series mdoc
+    (its path, as :attr:`TiltAssignment.mdoc_path` gives it) that the movie's state record
+    names, if any: while that mdoc lists the movie, the movie stays its tilt.
     """
 
     name: str
     first_seen_s: float
     mtime_ns: int | None = None
+    recorded_mdoc: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +483,25 @@ class _Tilt:
     warnings: list[str] = field(default_factory=list)
 
 
+def _owning_listing(movie: str, listings: Sequence[tuple[str, _Tilt]],
+                    observed: MovieObservation | None, rx: re.Pattern[str]) -> int:
+    """Which of the series mdocs that list ``movie`` (``listings``: (series, tilt), in the
+    order of the mdocs' paths) it is the tilt of: the one its state record names, so that a
+    movie once assigned never moves while that mdoc lists it (a copy of the mdoc made during
+    the session, "TS_01.mrc - Copy.mdoc", sorts before it); else the one whose series the
+    movie's file name carries (``filename_pattern``); else the first."""
+    recorded = observed.recorded_mdoc if observed is not None else None
+    for k, (_, tilt) in enumerate(listings):
+        if recorded is not None and tilt.mdoc_path == recorded:
+            return k
+    match = rx.search(split_qualified(movie)[1])
+    if match is not None:
+        for k, (name, _) in enumerate(listings):
+            if split_qualified(name)[1] == match.group("series"):
+                return k
+    return 0
+
+
 def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObservation],
             frame_mdocs: Mapping[str, MdocFile], *, config: SeriesConfig,
             now_s: float) -> Resolution:
@@ -516,7 +538,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         by_base.setdefault(split_qualified(m.name)[1], []).append(m.name)
     mdoc_folders = frozenset(ob.folder.strip("/") for ob in series_mdocs
                              if ob.mdoc.kind == "tilt_series")
-    listed: dict[str, tuple[str, MdocFile]] = {}
+    claims: dict[str, list[tuple[str, _Tilt]]] = {}  # movie -> (series, tilt) of each listing
     series_tilts: dict[str, list[_Tilt]] = {}
     series_meta: dict[str, tuple[MdocFile, list[str]]] = {}
     held_series: dict[str, str] = {}
@@ -561,12 +583,6 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             swarn.extend(s.warnings)
             movie = _listed_movie(ob.folder, s.sub_frame_path, by_base, mdoc_folders) \
                 if s.sub_frame_name else None
-            if movie is not None:
-                if movie in listed:
-                    swarn.append(f"{movie} listed by two mdocs; kept in {listed[movie][0]}")
-                    movie = None
-                else:
-                    listed[movie] = (name, md)
             fm = frame_mdocs.get(movie) if movie else None
             fsec = _frame_section(fm)
             sections = (s,) + ((fsec,) if fsec is not None else ())
@@ -578,8 +594,26 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                 mtime_ns=obs.mtime_ns if obs else None,
                 prior_record_dose=s.prior_record_dose_e_A2, match_source="series_mdoc",
                 mdoc_path=str(md.path) if md.path else None, z_value=s.z_value))
+            if movie is not None:
+                claims.setdefault(movie, []).append((name, tilts[-1]))
         series_tilts[name] = tilts
         series_meta[name] = (md, swarn)
+    listed: dict[str, str] = {}  # movie -> the series it is a tilt of
+    shared: dict[tuple[str, str], list[str]] = {}  # (kept in, also listed by) -> movies
+    for movie, listings in claims.items():
+        owner = _owning_listing(movie, listings, obs_by_name.get(movie), rx)
+        listed[movie] = listings[owner][0]
+        for k, (name, tilt) in enumerate(listings):
+            if k != owner:  # the exposure still counts for dose in this series
+                tilt.movie, tilt.sections = None, tilt.sections[:1]
+                tilt.name_index = tilt.mtime_ns = None
+                shared.setdefault((listed[movie], name), []).append(movie)
+    for (owner_name, other), both in shared.items():
+        text = (f"{len(both)} movie(s) listed by the mdocs of both {owner_name} and {other} "
+                f"stay tilts of {owner_name}: {', '.join(both[:3])}"
+                f"{' ...' if len(both) > 3 else ''}")
+        warnings.append(text)
+        series_meta[other][1].append(text)
 
     # 2. movies not listed by a series mdoc: frame mdoc, file-name fallback or standalone
     series_folders = {ob.folder.strip("/") for ob in series_mdocs

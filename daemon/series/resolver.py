@@ -134,6 +134,13 @@ def _recorded_series(row: Any) -> str | None:
     return series if isinstance(series, str) and series else None
 
 
+def _recorded_mdoc(row: Any) -> str | None:
+    """The series mdoc (path) a state row's tilt was assigned from (the row alone), or None."""
+    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
+    mdoc = tilt.get("mdoc") if isinstance(tilt, Mapping) else None
+    return mdoc if isinstance(mdoc, str) and mdoc else None
+
+
 def row_series(row: Any) -> set[str]:
     """Every series a state row names (its recorded tilt's, its log context's): a series any
     row names still has a tilt."""
@@ -371,7 +378,8 @@ class TiltSeriesResolver:
             if path in self._stack_files or path in self._undecided_files:
                 continue
             name = self._rel(path)
-            observations[name] = MovieObservation(name, row.first_seen, row.key.mtime_ns)
+            observations[name] = MovieObservation(name, row.first_seen, row.key.mtime_ns,
+                                                  _recorded_mdoc(row))
         for path, o in movies.items():
             if path in self._stack_files or path in self._undecided_files:
                 continue
@@ -379,7 +387,9 @@ class TiltSeriesResolver:
             first = self._first_seen[path]
             if name in observations:
                 first = min(first, observations[name].first_seen_s)
-            observations[name] = MovieObservation(name, first, o.mtime_ns)
+            observations[name] = MovieObservation(
+                name, first, o.mtime_ns,
+                observations[name].recorded_mdoc if name in observations else None)
         res = resolve(list(observations.values()), series_obs, frame_map,
                       config=self.series_config, now_s=now)
         self._res = res

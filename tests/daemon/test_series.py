@@ -308,6 +308,57 @@ def test_growing_mdoc_never_changes_an_assignment_already_made():
             assert assignment_change(a.record(), final[n], tolerance_e_A2=1e-9) is None
 
 
+def _resolve_mdocs(mdocs, names, recorded=None):
+    """Resolve ``names`` against several series mdocs; ``recorded``: movie -> recorded mdoc."""
+    recorded = recorded or {}
+    return resolve([MovieObservation(n, 0.0, recorded_mdoc=recorded.get(n)) for n in names],
+                   [MdocObservation(md, 0.0) for md in mdocs], {}, config=SeriesConfig(),
+                   now_s=1000.0)
+
+
+def test_a_copy_of_a_series_mdoc_does_not_take_its_tilts_though_its_name_sorts_first():
+    """An operator's copy of the mdoc in the session folder ("TS_7.mrc - Copy.mdoc", as
+    Windows names it, sorts before "TS_7.mrc.mdoc") lists the same movies: each stays the tilt
+    of the series its file name carries, with the same dose and pre-exposure as without the
+    copy; the copy's series keeps the exposures for its dose but no movie, and says why."""
+    original, angles = dose_symmetric_mdoc(7, path="/w/TS_7.mrc.mdoc")
+    copy, _ = dose_symmetric_mdoc(7, path="/w/TS_7.mrc - Copy.mdoc")
+    names = [f"TS_7_{i:03d}_{a:.1f}.tif" for i, a in enumerate(angles)]
+    alone = _resolve_mdocs([original], names).assignments
+    for order in ([copy, original], [original, copy]):
+        res = _resolve_mdocs(order, names)
+        assert set(res.assignments) == set(names)
+        for n in names:
+            assert res.assignments[n].series == "TS_7"
+            assert res.assignments[n].mdoc_path == "/w/TS_7.mrc.mdoc"
+            assert assignment_change(alone[n].record(), res.assignments[n],
+                                     tolerance_e_A2=1e-9) is None
+        copy_series = res.series["TS_7.mrc - Copy"]
+        assert len(copy_series.tilts) == 7 and all(m is None for m, _, _ in copy_series.tilts)
+        both = ("7 movie(s) listed by the mdocs of both TS_7 and TS_7.mrc - Copy stay tilts "
+                f"of TS_7: {names[0]}, {names[1]}, {names[2]} ...")
+        assert list(res.warnings) == [both] and both in copy_series.warnings
+
+
+def test_a_movie_listed_by_two_mdocs_stays_the_tilt_of_the_mdoc_its_record_names():
+    """Two mdocs whose series no file name carries (A and B) list the same movies: a movie
+    not corrected yet goes to the first by path (A); one whose state record names B stays in
+    B while B lists it, so a restart, or a third mdoc that sorts first, never moves it (it
+    would be corrected again); when B no longer lists it, the first rule applies again."""
+    a, angles = dose_symmetric_mdoc(5, path="/w/A.mrc.mdoc")
+    b, _ = dose_symmetric_mdoc(5, path="/w/B.mrc.mdoc")
+    first, _ = dose_symmetric_mdoc(5, path="/w/0_copy.mrc.mdoc")
+    names = [f"TS_7_{i:03d}_{x:.1f}.tif" for i, x in enumerate(angles)]
+    fresh = _resolve_mdocs([b, a], names)
+    assert {x.series for x in fresh.assignments.values()} == {"A"}
+    in_b = {names[1]: "/w/B.mrc.mdoc", names[4]: "/w/B.mrc.mdoc"}
+    res = _resolve_mdocs([first, a, b], names, recorded=in_b)
+    assert {n: x.series for n, x in res.assignments.items()} == {
+        n: "B" if n in in_b else "0_copy" for n in names}
+    gone = _resolve_mdocs([first, a], names, recorded=in_b)
+    assert {x.series for x in gone.assignments.values()} == {"0_copy"}
+
+
 def test_changed_metadata_after_correction_is_detected_for_redo():
     md, angles = dose_symmetric_mdoc(5)
     name = f"TS_7_002_{angles[2]:.1f}.tif"
