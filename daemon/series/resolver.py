@@ -669,13 +669,16 @@ class TiltSeriesResolver:
     def _remove_ghosts(self, res: Resolution) -> None:
         """Remove the assembled files of every series with stacks recorded and no tilt left:
         none in the resolution, none assembling, no state row naming it (the rows are the
-        truth: a tilt moved away is recorded under its new series). The stacks stay recorded
-        until their files are gone, so a removal cut short is finished at the next scan or
-        restart, and a series that is gone is never assembled again from the record."""
+        truth: a tilt moved away is recorded under its new series), except quarantined rows
+        (left out of the stacks and never corrected again as they are: retried, a movie is
+        admitted afresh with the metadata of then). The stacks stay recorded until their files
+        are gone, so a removal cut short is finished at the next scan or restart, and a
+        series that is gone is never assembled again from the record."""
         alive = set(res.series) | set(self._assembling)
         if all(n in alive for n, stacks in self._stacks.items() if stacks):
             return  # the common scan: every assembled series is in the metadata (rows unread)
-        alive |= {name for row in self._rows.values() for name in row_series(row)}
+        alive |= {name for row in self._rows.values() if row.status != "quarantined"
+                  for name in row_series(row)}
         for name in sorted(n for n, stacks in self._stacks.items() if stacks and n not in alive):
             self._remove_ghost(name, self._live_folders(alive))
 

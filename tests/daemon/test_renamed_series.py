@@ -71,3 +71,38 @@ def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(
     global_star = starfile.read(out / "corrected_tilt_series.star", always_dict=True)
     assert list(global_star["global"]["rlnTomoName"]) == ["TS_02"]
     assert [f["series"] for _, e, f in log.events if e == "series_outputs_removed"] == ["TS_01"]
+
+
+def test_a_quarantined_tilt_of_the_renamed_series_does_not_keep_its_old_files(tmp_path):
+    """One tilt of TS_01 could not be corrected (quarantined, left out of the stacks; its row
+    still names TS_01, as nothing corrects it again). The mdoc renamed, the other tilts move to
+    TS_02 and TS_01's assembled files are removed all the same: a quarantined row keeps no
+    series alive (retried, it is admitted afresh, as a tilt of TS_02)."""
+    watch, out, tilts = copied_series(tmp_path, seed=6, n_tilts=4)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    bad = watch / tilts[2].movie.path.name
+    bad.with_name(bad.name + ".bad").write_text("")
+
+    class Operator(ServiceListener):
+        def on_series_event(self, event):
+            if event.kind == "completed" and event.series == "TS_01" and mdoc.exists():
+                assert (out / "TS_01" / "TS_01.mrc").exists()
+                mdoc.rename(watch / "TS_02.mrc.mdoc")
+
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on", max_attempts=1)
+    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.2,
+                                               mdoc_vanish_grace_s=0.3), mode="on")
+    log = RecordingLog()
+    run_until_idle(Service(config, logger=log, resolver=resolver, runner="fake_runners:"
+                           "prepare_unless_bad", listeners=[Operator()]), guard_s=30.0)
+
+    assert [Path(f["movie"]).name for _, e, f in log.events if e == "movie_quarantined"] == [
+        bad.name]
+    completed = [f["series"] for _, e, f in log.events if e == "series_completed"]
+    assert completed == ["TS_01", "TS_02"]
+    angles = [float(a) for a in (out / "TS_02" / "TS_02.tlt").read_text().split()]
+    assert angles == sorted(t.tilt_deg for k, t in enumerate(tilts) if k != 2)
+    assert [f["series"] for _, e, f in log.events if e == "series_outputs_removed"] == ["TS_01"]
+    assert not (out / "TS_01").exists()

@@ -18,6 +18,8 @@ not run), ``enospc_once`` (full disk on the first attempt), ``enospc`` (full dis
 ``OUTPUT_FULL`` beside the output folder makes every movie fail on the output side. Otherwise it
 writes ``<stem>.mrc`` (the worker's pid, the gain it was given, the extra record) and
 ``<stem>.motion.json``, and returns them.
+
+``fake_runners:prepare_unless_bad`` is the real runner for every movie but one marked bad.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from correction.errors import TruncatedMovieError
 
-__all__ = ["correct", "load_gain"]
+__all__ = ["correct", "load_gain", "prepare_unless_bad"]
 
 
 def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any = None,
@@ -106,6 +108,16 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
 
         return SimpleNamespace(write=write_later)
     return write()
+
+
+def prepare_unless_bad(movie_path: Path, out_dir: Path, params: Any, **kwargs: Any) -> Any:
+    """The real runner (:func:`correction.pipeline.prepare_movie`), except for a movie with a
+    file ``<movie>.bad`` beside it: that one fails as a bad movie (and is quarantined)."""
+    from correction.pipeline import prepare_movie
+
+    if Path(movie_path).with_name(Path(movie_path).name + ".bad").exists():
+        raise TruncatedMovieError(Path(movie_path), "not a movie: 3 of 6 frames readable")
+    return prepare_movie(movie_path, out_dir, params, **kwargs)
 
 
 def _hold_while(marker: Path, limit_s: float = 30.0) -> None:
