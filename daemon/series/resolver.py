@@ -96,7 +96,7 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
         name = relative(o.path)
         a = res.assignments.get(name)
         if a is None:
-            series = _recorded_series(row)
+            series = _recorded_tilt_field(row, "series")
             if series in settled_series and name in res.standalone:
                 changed[path] = (series, f"no longer listed by the series mdoc of {series} (a "
                                          "discarded or retaken tilt): corrected on its own")
@@ -126,25 +126,20 @@ def renamed_away(row: Any, unrecorded: set[tuple[tuple[int, int], int, int]]) ->
             and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded)
 
 
-def _recorded_series(row: Any) -> str | None:
-    """The series a state row was corrected as a tilt of (from the row alone: no file read),
-    or None."""
+def _recorded_tilt_field(row: Any, name: str) -> str | None:
+    """Field ``name`` of a state row's tilt record (from the row alone: no file read), or
+    None: ``series``, the series it was corrected as a tilt of; ``mdoc``, the series mdoc
+    (path) it was assigned from."""
     tilt = (row.metadata.get("extra_record") or {}).get("tilt")
-    series = tilt.get("series") if isinstance(tilt, Mapping) else None
-    return series if isinstance(series, str) and series else None
-
-
-def _recorded_mdoc(row: Any) -> str | None:
-    """The series mdoc (path) a state row's tilt was assigned from (the row alone), or None."""
-    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
-    mdoc = tilt.get("mdoc") if isinstance(tilt, Mapping) else None
-    return mdoc if isinstance(mdoc, str) and mdoc else None
+    value = tilt.get(name) if isinstance(tilt, Mapping) else None
+    return value if isinstance(value, str) and value else None
 
 
 def row_series(row: Any) -> set[str]:
     """Every series a state row names (its recorded tilt's, its log context's): a series any
     row names still has a tilt."""
-    names = {_recorded_series(row), (row.metadata.get("log_context") or {}).get("series")}
+    names = {_recorded_tilt_field(row, "series"),
+             (row.metadata.get("log_context") or {}).get("series")}
     return {n for n in names if isinstance(n, str) and n}
 
 
@@ -379,7 +374,7 @@ class TiltSeriesResolver:
                 continue
             name = self._rel(path)
             observations[name] = MovieObservation(name, row.first_seen, row.key.mtime_ns,
-                                                  _recorded_mdoc(row))
+                                                  _recorded_tilt_field(row, "mdoc"))
         for path, o in movies.items():
             if path in self._stack_files or path in self._undecided_files:
                 continue
