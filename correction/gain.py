@@ -5,9 +5,13 @@ files have it; for an EER movie a count image can be taken as ``mean / gain`` in
 :func:`reference_for_movie`, "EER gain files" below). Orientation (:func:`orient`) means exactly MotionCor2's ``-RotGain K`` and
 ``-FlipGain F``: rotated by K quarter turns, each moving ``gain[y, x]`` to ``out[x, ny-1-y]``
 (``numpy.rot90(ref, k=-K)``, clockwise as displayed with row 0 at the top), THEN flipped (1 =
-``updown`` reverses the rows, 2 = ``leftright`` the columns); the dark reference and defect
-map get the same orientation. A defect list (``x y w h``) refers to the movie's pixel grid and
-is not reoriented. :mod:`correction.gain_orientation` checks the orientation against the data.
+``updown`` reverses the rows, 2 = ``leftright`` the columns); the dark reference gets the same
+orientation (as MotionCor3's ``CLoadRefs`` gives it). A defect list (``x y w h``) or defect map
+image refers to the movie's pixel grid and is not reoriented: "the coordinate system is the
+same as the input movie before application of binning, rotation and/or flipping" (RELION's
+motion-correction job; MotionCor's ``-DefectMap`` "must have the same dimension and
+orientation as the input movie frame"). :mod:`correction.gain_orientation` checks the
+orientation against the data.
 
 Defects are the union of the defect list or map, the gain's zero and non-finite pixels, and the
 dark's non-finite pixels; they are replaced in every frame by the mean of their valid
@@ -363,7 +367,7 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
     defects = None
     dpath = Path(params.defects_path) if params.defects_path is not None else None
     if dpath is not None and _is_image(dpath):
-        defects = defect_mask_from_image(oriented(_read_reference(dpath, "defect map")))
+        defects = defect_mask_from_image(_read_reference(dpath, "defect map"))  # movie's grid
     if gain is None:  # dark or defects only: a gain of ones of their shape
         shape = dark.shape if dark is not None else defects.shape if defects is not None \
             else None

@@ -59,9 +59,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "(raw - dark) * gain")
     ref.add_argument("--gain-rotate", type=int, choices=(0, 1, 2, 3), default=0, metavar="0-3",
                      help="MotionCor2's -RotGain K, as RELION implements it: rotate the gain "
-                          "(and dark, defects) by K quarter turns, each moving gain[y, x] to "
-                          "[x, ny-1-y] (clockwise as displayed with row 0 at the top), before "
-                          "flipping. Changed: 1 and 3 turned the other way in motionwatch "
+                          "(and dark; not --defects, which is in the movie's grid) by K "
+                          "quarter turns, each moving gain[y, x] to [x, ny-1-y] (clockwise "
+                          "as displayed with row 0 at the top), before flipping. Changed: 1 and 3 turned the other way in motionwatch "
                           "before; swap them in old settings (default %(default)s)")
     ref.add_argument("--gain-flip", type=_flip, choices=("none", "updown", "leftright"),
                      default="none", metavar="{none,updown,leftright} or 0-2",
@@ -80,7 +80,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
     ref.add_argument("--dark", type=Path, default=None, metavar="PATH",
                      help="dark reference, subtracted before the gain")
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
-                     help="defect list ('x y w h' per line) or defect map image")
+                     help="defect list ('x y w h' per line) or defect map image (non-zero: "
+                          "defect), both in the movie's pixel grid, as RELION and MotionCor2 "
+                          "take them: not turned or flipped with the gain (a map was before)")
     ref.add_argument("--no-hot-pixels", dest="hot_pixels", action="store_false", default=True,
                      help="do not detect and replace hot pixels")
 

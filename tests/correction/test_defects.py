@@ -146,18 +146,21 @@ def test_defect_list_through_gain_params_is_replaced_in_frames(tmp_path):
     assert ref.defect_mask.sum() == 3 and ref.defect_mask[2:5, 4].all()
 
 
-def test_defect_map_image_is_oriented_like_the_gain(tmp_path):
+def test_a_defect_map_image_is_in_the_movies_grid_and_not_turned_with_the_gain(tmp_path):
+    """As RELION and MotionCor2 take it ("the coordinate system is the same as the input movie
+    before application of binning, rotation and/or flipping"): the gain stored 8 x 12 and
+    turned by -RotGain 1 fits 12 x 8 frames, and so does the map, as it is."""
     tifffile.imwrite(tmp_path / "g.tif", np.ones((8, 12), np.float32))
-    defect_map = np.zeros((8, 12), np.uint8)
-    defect_map[0, 0] = 1
+    defect_map = np.zeros((12, 8), np.uint8)
+    defect_map[2, 5] = 1
     tifffile.imwrite(tmp_path / "map.tif", defect_map)
     ref = load_gain_reference(GainParams(gain_path=tmp_path / "g.tif",
                                          defects_path=tmp_path / "map.tif",
-                                         rotate_quarter_turns=1))
-    # the TIFF's first stored row is read as the last (MRC row order): [0, 0] is [7, 0]; then
-    # -RotGain 1 moves [y, x] to [x, ny - 1 - y]: [7, 0] lands at [0, 0] of the 12 x 8.
+                                         rotate_quarter_turns=1, flip="leftright"))
+    # the TIFF's first stored row is read as the last (MRC row order, as for the movie):
+    # stored [2, 5] is frame [12 - 1 - 2, 5]; no turn and no flip after that
     assert ref.defect_mask.shape == (12, 8)
-    assert ref.defect_mask[0, 0] and ref.defect_mask.sum() == 1
+    assert ref.defect_mask[9, 5] and ref.defect_mask.sum() == 1
 
 
 def test_a_defect_map_image_alone_gives_a_gain_of_ones_and_a_list_alone_a_clear_error(tmp_path):
