@@ -10,7 +10,8 @@ missing number, and ``DateTime`` as ``dd-Mon-yyyy  HH:MM:SS`` (:func:`serialem_d
 writes two spaces there, and readers such as WarpTools' ``ts_import`` parse exactly that).
 
 Readers of the result: :func:`daemon.series.mdoc.read_mdoc`, AreTomo3 (``CReadMdoc.cpp``:
-``ZValue``, ``TiltAngle``, ``ExposureDose``, ``SubFramePath``, ``DateTime``), RELION 5's tilt-series
+``TiltAngle``, ``ExposureDose``, ``SubFramePath``, ``ExposureTime`` and ``DateTime``, each once
+per tilt, or it skips the file), RELION 5's tilt-series
 import (via mdocfile) and WarpTools (``ts_import``: ``[ZValue``, ``TiltAngle``, ``SubFramePath``,
 ``DateTime``, the ``Tilt axis angle = x,`` title).
 """

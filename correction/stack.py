@@ -101,6 +101,8 @@ class StackTilt:
         ``pre_exposure - PriorRecordDose`` where SerialEM gave one.
     acquired_at : str or None
         ISO acquisition time (for the stack mdoc's ``DateTime``).
+    exposure_time_s : float or None
+        Exposure time (s; for the stack mdoc's ``ExposureTime``).
     """
 
     movie: str
@@ -114,6 +116,7 @@ class StackTilt:
     drift_total_A: float | None = None
     prior_record_dose_difference_e_A2: float | None = None
     acquired_at: str | None = None
+    exposure_time_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +238,13 @@ def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: flo
     titles = ["motionwatch: tilt series assembled from motion-corrected movies, sorted by angle"]
     if tilt_axis_deg is not None:
         titles.append(f"    Tilt axis angle = {tilt_axis_deg:g}, binning = 1")
+    # AreTomo3 (DataUtil/CReadMdoc.cpp, DoIt) skips an mdoc unless it has as many ExposureTime,
+    # ExposureDose, SubFramePath and DateTime lines as TiltAngle lines: each section has all
+    # five (ExposureTime NaN where the metadata gave none: AreTomo3 then weighs the tilts'
+    # exposure times alike)
     sections = [[("TiltAngle", float(t.tilt_deg)), ("ExposureDose", float(t.dose_e_A2)),
+                 ("ExposureTime", math.nan if t.exposure_time_s is None
+                  else float(t.exposure_time_s)),
                  ("PriorRecordDose", float(t.pre_exposure_e_A2)),
                  ("PixelSpacing", float(pixel_size_A)), ("SubFramePath", t.movie),
                  ("DateTime", serialem_datetime(t.acquired_at))] for t in ordered]

@@ -260,7 +260,8 @@ class TiltAssignment:
     now; ``frame_doses_e_A2`` is per SerialEM sub-frame (``None`` = uniform);
     ``prior_record_dose_difference_e_A2`` = ``pre_exposure_e_A2 - PriorRecordDose``;
     ``voltage_kV`` is the metadata's (its series section's ``Voltage`` or the mdoc's global one,
-    else its frame mdoc's; None when neither gives one).
+    else its frame mdoc's; None when neither gives one); ``exposure_time_s`` its section's
+    ``ExposureTime`` (s; None when no section gives one).
     """
 
     movie: str
@@ -281,6 +282,7 @@ class TiltAssignment:
     warnings: tuple[str, ...] = ()
     num_subframes: int | None = None
     voltage_kV: float | None = None
+    exposure_time_s: float | None = None
 
     def frame_doses_for(self, n_frames: int) -> tuple[float, ...]:
         """Per-frame doses for a movie read as ``n_frames`` frames: the metadata's when their
@@ -314,7 +316,8 @@ class TiltAssignment:
             match_source=self.match_source, mdoc=self.mdoc_path, z_value=self.z_value,
             prior_record_dose_e_A2=self.prior_record_dose_e_A2,
             prior_record_dose_difference_e_A2=self.prior_record_dose_difference_e_A2,
-            acquired_at=self.acquired_at, warnings=self.warnings).to_json()
+            acquired_at=self.acquired_at, exposure_time_s=self.exposure_time_s,
+            warnings=self.warnings).to_json()
 
 
 @dataclass(frozen=True, slots=True)
@@ -729,7 +732,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                         num_subframes=next((s.num_subframes for s in t.sections
                                             if s.num_subframes), None),
                         voltage_kV=next((s.voltage_kV for s in t.sections if s.voltage_kV),
-                                        None))
+                                        None),
+                        exposure_time_s=next((s.exposure_time_s for s in t.sections
+                                              if s.exposure_time_s is not None), None))
             if dose is None:
                 if blocked is None:
                     label = t.movie or f"section {t.z_value}"

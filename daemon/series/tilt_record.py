@@ -28,7 +28,8 @@ class TiltRecord:
 
     ``acquisition_index`` counts from 0 in acquisition order; ``frame_doses_e_A2`` is per
     SerialEM sub-frame (None = uniform); ``prior_record_dose_difference_e_A2`` =
-    ``pre_exposure_e_A2 - PriorRecordDose``; ``acquired_at`` an ISO time.
+    ``pre_exposure_e_A2 - PriorRecordDose``; ``acquired_at`` an ISO time; ``exposure_time_s``
+    the section's ``ExposureTime`` (s).
     """
 
     series: str
@@ -46,6 +47,7 @@ class TiltRecord:
     prior_record_dose_e_A2: float | None = None
     prior_record_dose_difference_e_A2: float | None = None
     acquired_at: str | None = None
+    exposure_time_s: float | None = None
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:

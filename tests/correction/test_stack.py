@@ -9,6 +9,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+from aretomo3_rules import mdoc_key_counts
 
 from correction.dose import dose_weights
 from correction.errors import CorrectionError
@@ -48,7 +49,8 @@ def _series(tmp_path: Path, n=7, shape=(48, 64), dose=2.5):
                                pre_exposure_e_A2=dose * i, dose_source="ExposureDose",
                                order_source="DateTime", outputs=outputs,
                                drift_total_A=1.5 + i, prior_record_dose_difference_e_A2=-0.07,
-                               acquired_at=f"2024-05-17T10:{i:02d}:00"))
+                               acquired_at=f"2024-05-17T10:{i:02d}:00",
+                               exposure_time_s=None if i == 1 else 1.0 + 0.25 * i))
     return tilts, images
 
 
@@ -109,7 +111,14 @@ def test_per_tilt_table_and_stack_mdoc_agree_with_the_inputs(tmp_path):
         [t.pre_exposure_e_A2 for t in expected])
     assert [s.sub_frame_name for s in md.sections] == [t.movie for t in expected]
     assert all(s.complete and s.datetime is not None for s in md.sections)
+    # NaN where the tilt's metadata gave none (as SerialEM writes a missing number)
+    assert [s.exposure_time_s for s in md.sections] == [t.exposure_time_s for t in expected]
+    assert sum("ExposureTime = NaN" in line for line in
+               res.stacks["sum"].with_name("TS_9.mrc.mdoc").read_text().splitlines()) == 1
     assert len(res.mdoc_paths) == 4
+    # AreTomo3 reads it: each of its keys once per tilt (and it needs at least 7 tilts)
+    counts = mdoc_key_counts(res.stacks["sum"].with_name("TS_9.mrc.mdoc"))
+    assert set(counts.values()) == {len(tilts)} and len(tilts) >= 7, counts
 
 
 def test_exposure_filter_attenuates_each_frequency_by_the_critical_exposure_curve():

@@ -3,7 +3,10 @@
 import json
 import time
 
+from aretomo3_rules import mdoc_key_counts
+
 from daemon.commands.cli import main
+from daemon.series.mdoc import read_mdoc
 from daemon.state.ledger import Ledger, MovieKey
 
 
@@ -109,6 +112,12 @@ def test_demo_run_twice_into_the_same_folder_starts_afresh_and_assembles_the_ser
     assert any("removing the previous demo's frames/ and motioncorr/" in line for line in lines)
     with Ledger(tmp_path / "motioncorr" / "motionwatch.sqlite") as db:
         assert db.counts()["done"] == 2  # one row per movie, not the first run's as well
+    # the stack mdoc has each key AreTomo3 needs once per tilt, ExposureTime from SerialEM's
+    stack_mdoc = read_mdoc(tmp_path / "motioncorr" / "TS_01" / "TS_01.mrc.mdoc")
+    source = read_mdoc(tmp_path / "frames" / "TS_01.mrc.mdoc")
+    assert set(mdoc_key_counts(stack_mdoc.path).values()) == {2}
+    assert sorted(s.exposure_time_s for s in stack_mdoc.sections) == sorted(
+        s.exposure_time_s for s in source.sections)
 
 
 def test_demo_refuses_a_folder_whose_frames_no_demo_wrote(tmp_path, capsys):
