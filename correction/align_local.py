@@ -281,7 +281,8 @@ class LocalParams:
     max_shift_px : float
         Search window for a patch's residual displacement after global alignment (output px).
     group_frames : int or None
-        Consecutive frames summed for the patch correlations; None uses AlignParams.group_frames.
+        Consecutive frames summed for the patch correlations; None uses
+        ``AlignParams.patch_group`` (``--group``'s second value, else its first).
     min_confidence : float
         Patch confidence (normalised correlation coefficient) from which a patch has signal;
         with fewer than max(6, a quarter of the grid) such patches (all of a smaller grid)
@@ -479,7 +480,7 @@ def measure_patch_shifts(frames_aligned: np.ndarray, grid: PatchGrid, *, params:
         stack *= taper
         return rfft2(stack, workers=1, overwrite_x=True)
 
-    group = local.group_frames if local.group_frames is not None else params.group_frames
+    group = local.group_frames if local.group_frames is not None else params.patch_group
     patch_params = dataclasses.replace(params, bfactor_px2=local.bfactor_px2,
                                        max_shift_px=local.max_shift_px, group_frames=group)
     factor = grid.output_px_per_grid_px_yx
@@ -1209,7 +1210,7 @@ def estimate_local_motion(spectra: np.ndarray, grid_shape_yx: tuple[int, int],
     if not params.local_enabled:
         return _not_applied(f"patch grid {params.patches_x} x {params.patches_y}: global only",
                             shape_out, n, t0)
-    group = local.group_frames if local.group_frames is not None else params.group_frames
+    group = local.group_frames if local.group_frames is not None else params.patch_group
     n_groups = int(np.ceil(n / group))
     if n_groups < 3:
         return _not_applied(f"{n} frames in {n_groups} group(s) of {group}: too few to measure "

@@ -178,6 +178,9 @@ class AlignParams:
         Iteration stops when no frame's shift changed by more than this (output pixels).
     group_frames : int
         Consecutive frames summed for the correlation (low dose); shifts are still per frame.
+    patch_group_frames : int or None
+        The same for the patches' correlations (MotionCor2's second ``-Group`` value); None:
+        ``group_frames`` (:attr:`patch_group`).
     patches_x, patches_y : int
         Patch grid for local motion; 0 or 1 in either means global only.
     """
@@ -188,6 +191,7 @@ class AlignParams:
     max_iterations: int = 10
     tolerance_px: float = 0.02
     group_frames: int = 1
+    patch_group_frames: int | None = None
     patches_x: int = 5
     patches_y: int = 5
 
@@ -198,8 +202,16 @@ class AlignParams:
         _require(self.max_iterations >= 1, f"max_iterations must be >= 1, got {self.max_iterations}")
         _require(self.tolerance_px > 0, f"tolerance_px must be > 0 px, got {self.tolerance_px}")
         _require(self.group_frames >= 1, f"group_frames must be >= 1, got {self.group_frames}")
+        _require(self.patch_group_frames is None or self.patch_group_frames >= 1,
+                 f"patch_group_frames must be >= 1, got {self.patch_group_frames}")
         _require(self.patches_x >= 0 and self.patches_y >= 0,
                  f"patches must be >= 0, got {self.patches_x} x {self.patches_y}")
+
+    @property
+    def patch_group(self) -> int:
+        """Frames per group for the patches' correlations (``patch_group_frames``, else
+        ``group_frames``)."""
+        return self.group_frames if self.patch_group_frames is None else self.patch_group_frames
 
     @property
     def local_enabled(self) -> bool:
@@ -286,5 +298,7 @@ class CorrectionParams:
             del values["dose"]["frame_doses_per"]
         if values["gain"]["eer_gain"] == "multiplicative":  # the default: hashes as before
             del values["gain"]["eer_gain"]
+        if values["align"]["patch_group_frames"] is None:  # the default: hashes as before
+            del values["align"]["patch_group_frames"]
         text = json.dumps(values, sort_keys=True, default=default)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

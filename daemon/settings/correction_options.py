@@ -26,6 +26,7 @@ _FLAG_OF_FIELD = {
     "voltage_kV": "--voltage", "dose_per_frame_e_A2": "--dose-per-frame",
     "total_dose_e_A2": "--total-dose", "pre_exposure_e_A2": "--pre-exposure",
     "rotate_quarter_turns": "--gain-rotate", "group_frames": "--group",
+    "patch_group_frames": "--patch-group",
     "max_shift_px": "--max-shift", "patches": "--patches", "eer_gain": "--eer-gain",
 }
 
@@ -125,18 +126,25 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
 
     ali = parser.add_argument_group("alignment")
     ali.add_argument("--group", type=int, default=1, metavar="N",
-                     help="correlate sums of N consecutive frames, as MotionCor2's -Group: "
-                          "for very low dose, fewer than about 250,000 electrons per frame over "
-                          "the whole frame (0.25 e/px on 1024^2, 0.015 on 4096^2), group so "
-                          "that each sum holds that many (1.5-3x more precise at 40-80 frames); "
-                          "above, 1 is best, as a fast early jump is kept (default %(default)s)")
+                     help="correlate sums of N consecutive frames in the whole-frame "
+                          "alignment, as the first value of MotionCor2's -Group (its second, "
+                          "for the patches, is --patch-group here): for very low dose, fewer "
+                          "than about 250,000 electrons per frame over the whole frame (0.25 "
+                          "e/px on 1024^2, 0.015 on 4096^2), group so that each sum holds that "
+                          "many (1.5-3x more precise at 40-80 frames); above, 1 is best, as a "
+                          "fast early jump is kept (default %(default)s)")
+    ali.add_argument("--patch-group", type=int, default=None, metavar="P",
+                     help="the same for the patches' alignment, as the second value of "
+                          "MotionCor2's -Group (default: --group's value; MotionCor2's is 4)")
     ali.add_argument("--max-shift", type=float, default=None, metavar="PX",
                      help="largest displacement searched (output pixels, default "
                           f"{align_defaults.max_shift_px:g})")
     ali.add_argument("--patches", type=int, nargs=2, default=None, metavar=("NX", "NY"),
-                     help="patch grid for local (beam-induced) motion, as MotionCor2's -Patch; "
-                          "a count of 0 or 1 on either axis = global only (default "
-                          f"{align_defaults.patches_x} {align_defaults.patches_y})")
+                     help="patch grid for local (beam-induced) motion, as MotionCor2's -Patch "
+                          "NX NY; a count of 0 or 1 on either axis = global only (default "
+                          f"{align_defaults.patches_x} {align_defaults.patches_y}; MotionCor2's "
+                          "is global only, and its third value, the patches' overlap in %%, "
+                          "has no equivalent: the patches overlap by about half)")
 
 
 def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = True
@@ -196,6 +204,8 @@ def _params(get: Any) -> CorrectionParams:
                       detect_hot_pixels=bool(get("hot_pixels", True)),
                       eer_gain=get("eer_gain", "multiplicative"))
     align_kwargs: dict[str, Any] = {"group_frames": int(get("group", 1))}
+    if get("patch_group") is not None:
+        align_kwargs["patch_group_frames"] = int(get("patch_group"))
     if get("max_shift") is not None:
         align_kwargs["max_shift_px"] = float(get("max_shift"))
     if get("patches") is not None:

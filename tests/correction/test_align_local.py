@@ -419,6 +419,27 @@ def test_patch_frame_grouping_for_low_dose_still_recovers_the_field():
     assert local_err < 0.1 < global_err
 
 
+def test_the_patch_grouping_is_the_second_value_of_motioncor2s_group_else_the_first():
+    """``--patch-group`` (MotionCor2's second -Group value) groups the patches' frames alone;
+    without it the patches take ``--group``'s value."""
+    from daemon.commands.cli import build_parser
+    from daemon.settings.correction_options import params_from_args
+
+    def align(*flags: str) -> AlignParams:
+        args = build_parser().parse_args(["correct", "m.mrc", "--out", "o",
+                                          "--dose-per-frame", "1", *flags])
+        return params_from_args(args).align
+
+    assert (align().group_frames, align().patch_group) == (1, 1)
+    assert (align("--group", "3").group_frames, align("--group", "3").patch_group) == (3, 3)
+    both = align("--group", "1", "--patch-group", "2")
+    assert (both.group_frames, both.patch_group_frames, both.patch_group) == (1, 2, 2)
+    rng = np.random.default_rng(5)
+    movie = render_local_movie((512, 512), 8, dose_per_pixel=2.0, rng=rng, contrast=0.3)
+    shifts, lm = _global_then_local(movie.frames, params=both)
+    assert lm.group_frames == 2 and local_motion_record(lm, shifts)["group_frames"] == 2
+
+
 def test_patch_grid_off_means_global_only():
     spectra = np.zeros((10, 64, 33), dtype=np.complex64)
     lm = estimate_local_motion(spectra, (64, 64), (256, 256), np.zeros((10, 2)),

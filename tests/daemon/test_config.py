@@ -197,7 +197,8 @@ def test_a_misspelt_config_key_names_the_file_and_the_key_meant(tmp_path):
 @pytest.mark.parametrize("key, value, flag", [("dose_per_frame", "-1.0", "--dose-per-frame"),
                                               ("pixel_size", "0.0", "--pixel-size"),
                                               ("voltage", "0.3", "--voltage"),
-                                              ("group", "0", "--group")])
+                                              ("group", "0", "--group"),
+                                              ("patch_group", "0", "--patch-group")])
 def test_a_bad_correction_value_is_named_by_its_option_not_by_a_field(tmp_path, key, value, flag):
     (tmp_path / "w").mkdir()
     toml = tmp_path / "c.toml"
