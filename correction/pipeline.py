@@ -1305,11 +1305,10 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                          is_eer=movie.header.get("format") == "eer")
     t_read = time.perf_counter() - t0
 
-    # EER sampling 2 (super-resolution grid) is Fourier-binned back to the physical pixel
+    # EER sampling 2: 8K frames, kept on that grid unless --bin (MotionCor2's -EerSampling);
+    # a physical-pixel gain is expanded onto it
     super_res = float(movie.header.get("super_resolution_factor", 1))
-    frame_params = params if super_res == 1 else dataclasses.replace(
-        params, read=dataclasses.replace(params.read,
-                                         bin_factor=params.read.bin_factor * super_res))
+    frame_params = params
     # no dose given: the EER header's (``params`` itself, and so its fingerprint, unchanged)
     if not params.dose.known and movie.header.get("format") == "eer" \
             and movie.dose_per_frame_e_A2:

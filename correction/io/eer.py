@@ -40,8 +40,13 @@ Grouping
 Sampling
     ``eer_sampling=1`` decodes on the physical (4K) grid. ``eer_sampling=2`` decodes the first
     sub-pixel bit of each event onto the 8K grid and returns 8K fractions with half the physical
-    pixel size; binning back to the physical grid (Fourier cropping by 2) is the pipeline's job
-    (``ReadParams.bin_factor = 2``); ``Movie.header["super_resolution_factor"]`` is 2.
+    pixel size, as MotionCor2's ``-EerSampling 2`` and RELION's ``--eer_upsampling 2`` render
+    them: the output stays on that grid unless binned (``ReadParams.bin_factor = 2`` gives the
+    physical grid back, as their ``-FtBin 2`` / ``--bin_factor 2``), and a pixel size given
+    (``ReadParams.pixel_size_A``) is that of the grid decoded onto, as MotionCor2's
+    ``-PixSize`` and RELION's ("the physical pixel size unless you render EER on the 8K grid");
+    the file's own ``sensorPixelSize`` is the physical one. ``Movie.header
+    ["super_resolution_factor"]`` is 2.
 """
 
 from __future__ import annotations
@@ -437,7 +442,9 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     if superres and (layout.horz_bits < 1 or layout.vert_bits < 1):
         raise UnsupportedFormatError(path, "EER file has no sub-pixel bits; use sampling 1")
     ny, nx = layout.shape_yx[0] * factor, layout.shape_yx[1] * factor
-    phys_pixel = params.pixel_size_A or _pixel_size_A(layout)
+    # a given pixel size is the decoded grid's (MotionCor2's -PixSize); the file's, physical
+    phys_pixel = (params.pixel_size_A * factor if params.pixel_size_A is not None
+                  else _pixel_size_A(layout))
     header: dict = {
         "format": "eer",
         "compression": layout.compression,

@@ -89,7 +89,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
 
     mov = parser.add_argument_group("movie")
     mov.add_argument("--pixel-size", type=float, default=None, metavar="Å",
-                     help="pixel size of the movie as stored (Å); default from the header")
+                     help="pixel size of the movie as stored (Å), as MotionCor2's -PixSize: for "
+                          "EER at --eer-sampling 2, the 8K grid's (half the physical); default "
+                          "from the header")
     mov.add_argument("--voltage", type=float, default=None, metavar="kV",
                      help="acceleration voltage (kV), scales dose weighting; default from the "
                           "metadata: the tilt's mdoc Voltage (or a frame mdoc's), else the "
@@ -120,8 +122,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
     eer.add_argument("--eer-dose-per-fraction", type=float, default=None, metavar="e/Å²",
                      help="EER: group raw frames to about this dose per fraction (e/Å²)")
     mov.add_argument("--eer-sampling", type=int, choices=(1, 2), default=1,
-                     help="EER: decode on the physical (1) or 2x super-resolution grid (2), "
-                          "binned back to the physical pixel in Fourier space "
+                     help="EER: decode on the physical (1) or 2x super-resolution (8K) grid "
+                          "(2), as MotionCor2's -EerSampling: 2 gives 8K sums unless --bin 2 "
+                          "(MotionCor2's -FtBin 2) bins them back to the physical pixel "
                           "(default %(default)s)")
 
     ali = parser.add_argument_group("alignment")

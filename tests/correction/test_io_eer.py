@@ -203,12 +203,18 @@ def test_group_sizes_cover_every_raw_frame(n_raw, group, expected):
     assert sizes == expected and sum(sizes) == n_raw
 
 
-def test_given_pixel_size_is_the_physical_pixel_and_8k_frames_get_half(tmp_path):
+def test_a_given_pixel_size_is_the_decoded_grids_and_the_files_own_the_physical_one(tmp_path):
+    """As MotionCor2's -PixSize with -EerSampling and RELION's EER import ("the physical pixel
+    size unless you plan to render EER on the 8K grid"): a pixel size given is that of the grid
+    decoded onto; the file's sensorPixelSize is the physical pixel, halved on the 8K grid."""
     path = eer_writer.write_eer(tmp_path / "m.eer", _raw_frames(n=4), shape_yx=SHAPE,
-                                metadata=[("numberOfFrames", None, "4")])
-    assert read_movie(path, params=ReadParams(pixel_size_A=0.9)).pixel_size_A == 0.9
-    fine = read_movie(path, params=ReadParams(pixel_size_A=0.9, eer_sampling=2))
-    assert fine.pixel_size_A == pytest.approx(0.45)
+                                metadata=[("numberOfFrames", None, "4"),
+                                          ("sensorPixelSize.width", "m", "0.9e-10")])
+    assert read_movie(path, params=ReadParams(pixel_size_A=0.8)).pixel_size_A == 0.8
+    assert read_movie(path, params=ReadParams(pixel_size_A=0.45, eer_sampling=2)
+                      ).pixel_size_A == 0.45
+    assert read_movie(path).pixel_size_A == pytest.approx(0.9)
+    assert read_movie(path, params=ReadParams(eer_sampling=2)).pixel_size_A == pytest.approx(0.45)
 
 
 def test_decoder_adds_events_into_uint8_and_uint16_fractions_with_this_imagecodecs():
@@ -320,7 +326,8 @@ def test_physical_eer_gain_applies_to_a_sampling_2_movie_through_correct_movie(t
     gain[:, :64] = 3.0
     tifffile.imwrite(tmp_path / "ref.gain", gain)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(eer_group_frames=10, eer_sampling=2),
+                              read=ReadParams(eer_group_frames=10, eer_sampling=2,
+                                              bin_factor=2.0),  # back to the physical grid
                               gain=GainParams(gain_path=tmp_path / "ref.gain",
                                               detect_hot_pixels=False),
                               align=AlignParams(patches_x=1, patches_y=1, max_shift_px=8))

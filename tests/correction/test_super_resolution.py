@@ -87,8 +87,9 @@ def _eer_events(rng, p_sub: np.ndarray, phys_shape: tuple[int, int]):
 
 def test_eer_decoded_at_sampling_2_gives_the_sampling_1_shifts_within_0_05_px(tmp_path):
     """One EER file whose events carry true sub-pixel positions: decoded at sampling 2 (8K-like
-    grid) and binned back by the pipeline without any --bin, it must give the shifts of the same
-    file decoded at sampling 1, in physical pixels."""
+    grid) and binned back by 2 (MotionCor2's -EerSampling 2 -FtBin 2), it must give the shifts
+    of the same file decoded at sampling 1, in physical pixels; without the binning its sums
+    stay on the 8K grid, at half the physical pixel."""
     from correction.fourier import apply_shift, irfft2, rfft2
     from correction.synthetic import specimen_image
 
@@ -115,8 +116,14 @@ def test_eer_decoded_at_sampling_2_gives_the_sampling_1_shifts_within_0_05_px(tm
     results = {}
     for sampling in (1, 2):
         params = CorrectionParams(dose=dose, align=GLOBAL,
-                                  read=ReadParams(eer_group_frames=group, eer_sampling=sampling))
+                                  read=ReadParams(eer_group_frames=group, eer_sampling=sampling,
+                                                  bin_factor=float(sampling)))
         results[sampling] = correct_movie(path, tmp_path / f"out{sampling}", params)
+    fine = correct_movie(path, tmp_path / "out8k", CorrectionParams(
+        dose=dose, align=GLOBAL, read=ReadParams(eer_group_frames=group, eer_sampling=2)))
+    record = json.loads(fine.outputs["motion"].read_text())
+    assert record["shape"] == [2 * n for n in phys]
+    assert record["pixel_size_A"] == pytest.approx(PHYS_PIXEL_A / 2)
 
     for result in results.values():
         record = json.loads(result.outputs["motion"].read_text())
