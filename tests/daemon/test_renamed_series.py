@@ -30,26 +30,37 @@ from daemon.series.resolver import TiltSeriesResolver
 from daemon.settings.config import Config
 
 
-def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(tmp_path):
-    watch, out, tilts = copied_series(tmp_path, seed=5)
-    mdoc = watch / "TS_01.mrc.mdoc"
+class _RenamesTheMdocOnceAssembled(ServiceListener):
+    """The operator: renames ``TS_01.mrc.mdoc`` to ``TS_02.mrc.mdoc`` once TS_01 is assembled."""
 
-    class Operator(ServiceListener):
-        """Renames the series mdoc once TS_01 is assembled."""
+    def __init__(self, watch: Path, out: Path) -> None:
+        self.mdoc, self.out = watch / "TS_01.mrc.mdoc", out
 
-        def on_series_event(self, event):
-            if event.kind == "completed" and event.series == "TS_01" and mdoc.exists():
-                assert (out / "TS_01" / "TS_01.mrc").exists()
-                mdoc.rename(watch / "TS_02.mrc.mdoc")
+    def on_series_event(self, event):
+        if event.kind == "completed" and event.series == "TS_01" and self.mdoc.exists():
+            assert (self.out / "TS_01" / "TS_01.mrc").exists()
+            self.mdoc.rename(self.mdoc.with_name("TS_02.mrc.mdoc"))
 
+
+def _run_renaming_the_mdoc(watch: Path, out: Path, *listeners: ServiceListener,
+                           **service: object) -> RecordingLog:
+    """The daemon until idle while the operator renames the series mdoc; its log."""
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
                     settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
-                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on")
+                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on", max_attempts=1)
     resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.2,
                                                mdoc_vanish_grace_s=0.3), mode="on")
     log = RecordingLog()
-    run_until_idle(Service(config, logger=log, resolver=resolver,
-                           listeners=[RelionListener(RelionOptics()), Operator()]), guard_s=30.0)
+    run_until_idle(Service(config, logger=log, resolver=resolver, **service,
+                           listeners=[*listeners, _RenamesTheMdocOnceAssembled(watch, out)]),
+                   guard_s=30.0)
+    return log
+
+
+def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(tmp_path):
+    watch, out, tilts = copied_series(tmp_path, seed=5)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    log = _run_renaming_the_mdoc(watch, out, RelionListener(RelionOptics()))
 
     assert not mdoc.exists()
     redone = [f for _, e, f in log.events if e == "movie_redo_metadata_changed"]
@@ -79,24 +90,9 @@ def test_a_quarantined_tilt_of_the_renamed_series_does_not_keep_its_old_files(tm
     TS_02 and TS_01's assembled files are removed all the same: a quarantined row keeps no
     series alive (retried, it is admitted afresh, as a tilt of TS_02)."""
     watch, out, tilts = copied_series(tmp_path, seed=6, n_tilts=4)
-    mdoc = watch / "TS_01.mrc.mdoc"
     bad = watch / tilts[2].movie.path.name
     bad.with_name(bad.name + ".bad").write_text("")
-
-    class Operator(ServiceListener):
-        def on_series_event(self, event):
-            if event.kind == "completed" and event.series == "TS_01" and mdoc.exists():
-                assert (out / "TS_01" / "TS_01.mrc").exists()
-                mdoc.rename(watch / "TS_02.mrc.mdoc")
-
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
-                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on", max_attempts=1)
-    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.2,
-                                               mdoc_vanish_grace_s=0.3), mode="on")
-    log = RecordingLog()
-    run_until_idle(Service(config, logger=log, resolver=resolver, runner="fake_runners:"
-                           "prepare_unless_bad", listeners=[Operator()]), guard_s=30.0)
+    log = _run_renaming_the_mdoc(watch, out, runner="fake_runners:prepare_unless_bad")
 
     assert [Path(f["movie"]).name for _, e, f in log.events if e == "movie_quarantined"] == [
         bad.name]
