@@ -25,8 +25,9 @@ Strips
     ``ReadSlicesFromDisk``). tifffile (``TiffPage.decode``, ``decode_eer``) decodes each strip
     as an image of its own rows, as TIFF strips usually are; that is right only for a frame
     stored in one strip, and a stream cut mid-code into several strips does not decode so
-    (imagecodecs: ``IMCD_OUTPUT_TOO_SMALL``). Whether cameras write more than one strip per
-    frame is not documented in the public sources; joining gives the same result for one.
+    (imagecodecs: ``IMCD_OUTPUT_TOO_SMALL``). EerReaderLib's README says a frame "is stored in
+    one or more strips. If multiple strips are used, the entire frame can be reconstructed by
+    concatenating the data in the separate strips"; joining gives the same result for one.
     The joined stream is padded to an even number of bytes (``eer_decode`` refuses odd ones).
 
 Grouping
