@@ -27,7 +27,9 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
                    help="movie-name pattern with named groups series and angle (and index) for "
                         "movies without metadata")
     g.add_argument("--dose-per-tilt", type=float, default=None, metavar="E_A2",
-                   help="dose of one tilt (e/Å²) when the metadata gives none")
+                   help="dose of one tilt (e/Å²) when the metadata gives none calibrated at "
+                        "the specimen (no ExposureDose or FrameDosesAndNumber): used before a "
+                        "dose estimated from the camera's DoseRate")
     g.add_argument("--metadata-wait", type=float, default=_DEFAULTS.metadata_wait_s, metavar="S",
                    help="wait this long for a movie's mdoc section before the file-name "
                         f"fallback (default {_DEFAULTS.metadata_wait_s:g} s)")

@@ -105,8 +105,10 @@ def test_ts01_without_a_configured_dose_waits_with_a_reason_instead_of_guessing(
 
 
 def test_murfey_dose_comes_from_dose_rate_times_exposure_over_pixel_area():
+    """No dose calibrated at the specimen (ExposureDose 0, frame doses 0) and none configured:
+    DoseRate x ExposureTime over the unbinned pixel area."""
     md = read_mdoc(DATA / "test_1.mdoc")
-    res = _resolve(md, config=SeriesConfig(dose_per_tilt_e_A2=99.0))  # must not be used
+    res = _resolve(md)
     assert len(res.assignments) == 11
     running = 0.0
     for s in sorted(md.sections, key=lambda s: s.datetime):
@@ -117,6 +119,21 @@ def test_murfey_dose_comes_from_dose_rate_times_exposure_over_pixel_area():
         assert a.pre_exposure_e_A2 == pytest.approx(running)
         assert a.frame_doses_e_A2 is None  # FrameDosesAndNumber are zeros: uniform
         running += expected
+
+
+def test_a_configured_dose_per_tilt_comes_before_the_dose_rate_measured_at_the_camera():
+    """DoseRate is measured at the camera, through the specimen and the energy filter (a lower
+    bound that falls with the tilt): a dose per tilt the user configured is used before it, as
+    RELION's dose_per_tilt_image overrides the mdoc, and each tilt says so."""
+    md = read_mdoc(DATA / "test_1.mdoc")
+    res = _resolve(md, config=SeriesConfig(dose_per_tilt_e_A2=3.0))
+    assert len(res.assignments) == 11
+    for k, s in enumerate(sorted(md.sections, key=lambda s: s.datetime)):
+        a = res.assignments[s.sub_frame_name]
+        assert (a.dose_source, a.dose_e_A2, a.pre_exposure_e_A2) == ("configured", 3.0, 3.0 * k)
+        rate = s.dose_rate_e_px_s * s.exposure_time_s / 1.94 ** 2
+        assert any("configured dose per tilt 3 e/Å² used, not the DoseRate estimate "
+                   f"{rate:.3f} e/Å²" in w for w in a.warnings), a.warnings
 
 
 def test_movies_in_the_frames_folder_the_sub_frame_paths_name_are_the_tilts_of_each_grids_mdoc():
