@@ -5,6 +5,12 @@ pure Python on numpy) parses the tag tree; it is imported here only when such a 
 so the rest of the library does not need it. It is the optional extra ``dm4`` (``pip install
 -e '.[dm4]'`` in the checkout), because it pulls in matplotlib, h5py and hdf5plugin. Gatan
 files start with a small RGB thumbnail, which ncempy skips.
+
+Row order: a DM image stores its top row first, as a TIFF page does, and IMOD reads it upside
+down (``libiimod/iilikemrc.c``, ``analyzeDM3``: ``info->yInverted = 1``), as it reads TIFF
+strips: the image is returned in MRC row order (its first stored row last), so a DM4 gain fits a
+movie as IMOD's ``dm2mrc`` copy of it does, the MRC that RELION and MotionCor2 are given
+(:mod:`correction.io.tiff`, "Row order").
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ def read_dm_image(path: str | Path) -> tuple[np.ndarray, float | None]:
     Returns
     -------
     image : ndarray, shape (ny, nx)
-        In its stored dtype, native byte order.
+        In its stored dtype, native byte order, rows in MRC order (the first stored row last).
     pixel_size_A : float or None
         From the calibration when its unit is a length.
 
@@ -56,7 +62,7 @@ def read_dm_image(path: str | Path) -> tuple[np.ndarray, float | None]:
     if image.ndim != 2:
         raise UnsupportedFormatError(path, f"expected one 2-D image, DM file holds shape "
                                            f"{image.shape}")
-    image = image.astype(image.dtype.newbyteorder("="), copy=False)
+    image = np.ascontiguousarray(image[::-1].astype(image.dtype.newbyteorder("="), copy=False))
     pixel = None
     sizes, units = dataset.get("pixelSize", []), dataset.get("pixelUnit", [])
     if len(sizes) >= 2 and len(units) >= 2:

@@ -29,17 +29,28 @@ def test_dm4_gain_reads_exactly_skipping_the_thumbnail(tmp_path, dtype, thumbnai
                                 thumbnail=thumbnail)
     image, pixel_size_A = read_image(path)
     assert image.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(image, gain)
+    np.testing.assert_array_equal(image, gain[::-1])  # MRC row order, as IMOD reads it
     assert pixel_size_A == pytest.approx(0.83)
 
 
 @needs_ncempy
-def test_dm4_gain_is_oriented_like_any_other(tmp_path):
+def test_a_dm4_gain_is_read_upside_down_as_imod_reads_it_like_the_same_image_as_tiff(tmp_path):
+    """IMOD reads DM3/DM4 images, as TIFF pages, with their first stored row last
+    (``iilikemrc.c``: ``info->yInverted = 1``): a DM4 gain fits the movies as IMOD's
+    ``dm2mrc`` copy of it does, and exactly as the same image saved as a TIFF; it is then
+    turned and flipped like any other."""
+    import tifffile
+
     gain = np.ones((6, 10), np.float32)
-    gain[0, 0] = 7.0
-    path = dm4_writer.write_dm4(tmp_path / "g.dm4", gain)
-    ref = load_gain_reference(GainParams(gain_path=path, rotate_quarter_turns=2))
-    assert ref.gain[5, 9] == 7.0
+    gain[0, 0] = 7.0  # stored first row
+    dm4 = dm4_writer.write_dm4(tmp_path / "g.dm4", gain)
+    tifffile.imwrite(tmp_path / "g.tif", gain)
+    ref = load_gain_reference(GainParams(gain_path=dm4))
+    assert ref.gain[5, 0] == 7.0
+    np.testing.assert_array_equal(
+        ref.gain, load_gain_reference(GainParams(gain_path=tmp_path / "g.tif")).gain)
+    turned = load_gain_reference(GainParams(gain_path=dm4, rotate_quarter_turns=2))
+    assert turned.gain[0, 9] == 7.0
 
 
 @needs_ncempy
