@@ -10,8 +10,10 @@ Header facts used
 * Byte order from the machine stamp (``DA`` little, ``DD`` big-endian; a missing stamp is
   guessed from which order gives a plausible mode).
 * Mode 0 is signed 8-bit by MRC2014 but unsigned in IMOD/SerialEM files: when the IMOD stamp
-  (1146047817 at byte 152) is present, bit 0 of the IMOD flags (byte 156) says signed; without
-  the stamp, a header range inside 0-255 that exceeds 127 means unsigned, else signed.
+  (1146047817 at byte 152) is present, bit 0 of the IMOD flags (byte 156) clear means unsigned,
+  and set means IMOD stored each value - 128 (its writers' default, ``b3dShiftBytes``): read
+  back + 128 into uint8, as IMOD reads it. Without the stamp, a header range inside 0-255 that
+  exceeds 127 means unsigned, else signed.
 * SerialEM's older 4-bit K2/K3 frames are mode 0 with half the width in ``nx``: IMOD flag bit 4
   (16, ``MRC_FLAGS_4BIT_BYTES``), or a single title with "4 bits packed" (IMOD's
   ``PACKED_HALF_XSIZE``). They are read as mode 101 of twice that width (low nibble first).
@@ -171,13 +173,17 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
     if packed_half_width:  # the bytes of mode 101 frames twice as wide
         mode, nx, dtype = 101, 2 * nx, np.dtype("u1")
     elif mode == 0:
+        imod_shifted = False
         if imod_stamp == _IMOD_STAMP:
-            signed = bool(imod_flags & 1)
+            # IMOD's "bytes signed" (flags bit 0): it stored each byte value - 128 and reads it
+            # back + 128 (libcfshr/b3dutil.c b3dShiftBytes; tif2mrc writes so by default): the
+            # values are unsigned, 0-255 (RELION and mrcfile read the stored int8)
+            signed = imod_shifted = bool(imod_flags & 1)
             signed_source = "imod_flags"
         else:
             signed = not (0 <= dmin <= dmax <= 255 and dmax > 127)
             signed_source = "header_range"
-        dtype = np.dtype("i1" if signed else "u1")
+        dtype = np.dtype("i1" if signed and not imod_shifted else "u1")
 
     raw_voxel = header_pixel_size_A(float(hdr["cella"]["x"]), int(hdr["mx"]))
     pixel_size_A = raw_voxel if np.isfinite(raw_voxel) and raw_voxel > 0 and raw_voxel != 1.0 \
@@ -200,6 +206,8 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
     elif mode == 0:
         header["mode0_signed"] = dtype.kind == "i"
         header["mode0_signed_from"] = signed_source
+        if imod_shifted:
+            header["mode0_imod_shifted"] = True  # stored value - 128: read back + 128
     if nsymbt and exttyp in (b"FEI1", b"FEI2"):
         fei = _read_fei(path, exttyp, order, nsymbt)
         if fei is not None:
@@ -294,6 +302,9 @@ def read_mrc(path: str | Path) -> Movie:
     shape = (layout.nz, layout.ny, layout.nx)
     if layout.mode == 101:
         frames = _unpack_4bit(layout)
+    elif header.get("mode0_imod_shifted"):  # stored value - 128: + 128 is the top bit flipped
+        frames = np.bitwise_xor(np.memmap(layout.path, dtype=np.uint8, mode="r",
+                                          offset=layout.data_offset, shape=shape), 0x80)
     else:
         frames = np.memmap(layout.path, dtype=layout.dtype, mode="r",
                            offset=layout.data_offset, shape=shape)

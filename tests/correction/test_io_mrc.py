@@ -65,10 +65,18 @@ def test_mode_0_with_imod_unsigned_flag_reads_as_uint8(tmp_path):
     movie = read_movie(path)
     assert movie.frames.dtype == np.uint8
     np.testing.assert_array_equal(movie.frames, values)
-    _patch(path, 156, [1], "<i4")                    # flags bit 0: signed
+
+def test_mode_0_bytes_imod_wrote_signed_are_read_back_as_imod_reads_them(tmp_path):
+    """IMOD's flag bit 0 ("bytes signed", the default of its writers, e.g. tif2mrc of a K3
+    TIFF): it stored each value - 128 (b3dShiftBytes) and reads it + 128, so counts of 0-255
+    come back as they were, not as int8 -128..127 (as RELION and mrcfile would read them)."""
+    counts = np.array([[0, 5, 127, 128, 200, 255]], dtype=np.uint8).reshape(1, 2, 3)
+    stored = (counts.astype(np.int16) - 128).astype(np.int8)
+    path = _write_mrc(tmp_path / "s.mrc", stored)
+    _patch(path, 152, [1146047817, 1], "<i4")       # IMOD stamp, flags: bytes signed
     movie = read_movie(path)
-    assert movie.frames.dtype == np.int8
-    np.testing.assert_array_equal(movie.frames, values.view(np.int8))
+    assert movie.frames.dtype == np.uint8 and movie.header["mode0_imod_shifted"]
+    np.testing.assert_array_equal(movie.frames, counts)
 
 
 def _write_mode101(path, frames_u4, nx):
