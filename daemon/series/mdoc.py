@@ -49,6 +49,7 @@ import datetime as _dt
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,8 +78,13 @@ _DATETIME_RE = re.compile(
 #: Keys SerialEM writes last in a section; a last section without them is still being written.
 _TAIL_KEYS = ("DateTime",)
 # SerialEM's title line "    Tilt axis angle = 85.3, binning = 1  spot = 8 ..." (degrees)
-_TILT_AXIS_RE = re.compile(r"tilt\s*axis\s*angle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)",
+_TILT_AXIS_RE = re.compile(r"tilt\s+axis\s+angle\s*=\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)",
                            re.IGNORECASE)
+# Tomography 5's title "[T = TiltAxisAngle = -171.35 Binning = 1 SpotSize = 5]": another
+# convention (in two real files TiltAxisAngle + 90 = -RotationAngle, where SerialEM's tilt axis
+# is RotationAngle - 90; WarpTools warns that "Tomo5 mdoc files are known to provide incorrect
+# values"), so it is not taken for SerialEM's
+_TOMO5_TILT_AXIS_RE = re.compile(r"TiltAxisAngle\s*=\s*([-+]?[0-9.]+)")
 
 
 def frame_path_basename(path: str | None) -> str | None:
@@ -262,17 +268,15 @@ class MdocFile:
     @property
     def tilt_axis_deg(self) -> float | None:
         """The nominal tilt-axis angle of the first ``Tilt axis angle = x`` title (degrees, as
-        SerialEM gives it); None without such a title."""
-        for title in self.titles:
-            m = _TILT_AXIS_RE.search(title)
-            if m:
-                try:
-                    value = float(m.group(1))
-                except ValueError:
-                    continue
-                if math.isfinite(value):
-                    return value
-        return None
+        SerialEM gives it); None without such a title (Tomography 5's ``TiltAxisAngle`` is
+        not it: :attr:`tomo5_tilt_axis_deg`)."""
+        return _title_number(self.titles, _TILT_AXIS_RE)
+
+    @property
+    def tomo5_tilt_axis_deg(self) -> float | None:
+        """Tomography 5's ``TiltAxisAngle = x`` title value (degrees, its own convention, not
+        SerialEM's; reported, never used as the tilt axis); None without one."""
+        return _title_number(self.titles, _TOMO5_TILT_AXIS_RE)
 
     def global_value(self, key: str) -> str | None:
         """Raw text of a global ``key``, or ``None``."""
@@ -280,6 +284,20 @@ class MdocFile:
             if k == key:
                 return v
         return None
+
+
+def _title_number(titles: Sequence[str], pattern: re.Pattern[str]) -> float | None:
+    """The first finite number ``pattern`` (one group) finds in ``titles``; None if none."""
+    for title in titles:
+        m = pattern.search(title)
+        if m:
+            try:
+                value = float(m.group(1))
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                return value
+    return None
 
 
 def read_mdoc(path: str | Path) -> MdocFile:

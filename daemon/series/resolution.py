@@ -87,8 +87,10 @@ __all__ = [
 #: series, ``_``, acquisition index, ``_``, an angle that looks like one (a decimal number in
 #: [-90, 90]), then optionally ``_`` and anything (date, time, ``EER``). A date or a clock time
 #: after the angle is never read as index and angle: they are out of the angle's range.
+# series_index_angle (SerialEM, Tomo 5: Position_1_001_30.00_...), or series_index[angle]
+# (older Tomo 5: Position_1_001[30.00]_fractions.tiff, as Murfey reads them)
 DEFAULT_FILENAME_PATTERN = (
-    r"^(?P<series>.+)_(?P<index>\d+)_(?P<angle>[-+]?(?:90\.0+|[0-8]?\d\.\d+))"
+    r"^(?P<series>.+)_(?P<index>\d+)(?:_|\[)(?P<angle>[-+]?(?:90\.0+|[0-8]?\d\.\d+))\]?"
     r"(?:_[^/\\]*)?\.(?i:mrc|mrcs|tif|tiff|eer)$")
 
 _STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")

@@ -28,6 +28,13 @@ NAMES = {
     "Position_10_001_-20.00_20230324_121311_EER.eer": ("Position_10", 1, -20.0),
     "Position_10_003_-23.00_20230324_121457_EER.eer": ("Position_10", 3, -23.0),
     "Position_1_2_002_-17.00_20230324_121400_EER.eer": ("Position_1_2", 2, -17.0),
+    # Tomo 5 movies named in public issues (3dem/relion#1158, warpem/warp#143)
+    "Position_1_008_24.00_20240509_232041_Fractions.mrc": ("Position_1", 8, 24.0),
+    "Position_1_001_0.00_20230927_180658_Fractions.mrc": ("Position_1", 1, 0.0),
+    # older Tomo 5: the angle in brackets (Murfey's tomo context, _get_tilt_angle_v5_7;
+    # I2PC/scipion#1625 "xxxxx_YYY[angle]_Fractions.mrc")
+    "Position_1_001[30.00]_fractions.tiff": ("Position_1", 1, 30.0),
+    "Position_37_002[-0.04]_Fractions.mrc": ("Position_37", 2, -0.04),
     # EMPIAR-10164 (teamtomo mdocfile), SerialEM's series_index_angle
     "TS_01_000_0.0.mrc": ("TS_01", 0, 0.0),
     "TS_01_002_-3.0.mrc": ("TS_01", 2, -3.0),

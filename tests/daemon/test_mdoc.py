@@ -38,6 +38,21 @@ def test_the_tilt_axis_is_read_from_serialems_title_line(name, axis_deg):
     assert read_mdoc(DATA / name).tilt_axis_deg == axis_deg
 
 
+def test_tomography_5s_tilt_axis_title_is_not_taken_for_serialems():
+    """Tomo 5 (the Ot2Rec mdoc: "[T = TiltAxisAngle = -171.35 ...]", RotationAngle 81.35) uses
+    another convention: SerialEM's tilt axis is RotationAngle - 90 (84.7 and 174.7 in
+    close-TS_run1.mdoc), Tomo 5's TiltAxisAngle + 90 = -RotationAngle. It is kept apart, never
+    passed on as the tilt axis."""
+    tomo5 = read_mdoc(DATA / "Position_10.mdoc")
+    assert tomo5.tilt_axis_deg is None and tomo5.tomo5_tilt_axis_deg == -171.35
+    rotation = float(dict(tomo5.sections[0].items)["RotationAngle"])
+    assert tomo5.tomo5_tilt_axis_deg + 90 == pytest.approx(-rotation)
+    serialem = read_mdoc(DATA / "close-TS_run1.mdoc")
+    assert serialem.tomo5_tilt_axis_deg is None
+    assert serialem.tilt_axis_deg == pytest.approx(
+        float(dict(serialem.sections[0].items)["RotationAngle"]) - 90)
+
+
 def test_murfey_file_four_digit_years_unc_paths_dose_rate_and_zero_frame_doses():
     md = read_mdoc(DATA / "test_1.mdoc")
     assert md.kind == "tilt_series" and len(md.sections) == 11
