@@ -11,9 +11,14 @@ a name) this module makes, in the movie's output folder:
 * ``average/S.mrc`` -> the dose-weighted sum ``S_DW.mrc`` (the plain sum when there is none),
   ``average/even/S.mrc`` -> ``S_EVN.mrc``, ``average/odd/S.mrc`` -> ``S_ODD.mrc``: hard links
   (no extra disk), renewed each time the movie is written again;
-* ``S.xml``: a minimal Warp movie metadata file (root element only). Caveat: the fields Warp's
-  ``Movie`` reads from it are optional in our reading, but this file has not been opened by Warp
-  itself here (no Warp in this environment).
+* ``S.xml``: a minimal Warp movie metadata file: the root element ``Movie`` with one attribute,
+  ``DataDirectory``, the movie's own folder (absolute), as Warp's ``Movie.SaveMeta`` writes it.
+  ``Movie.LoadMeta`` (``WarpLib/Movie/Movie.cs``) reads every attribute and element as optional;
+  ``DataDirectory`` makes ``Movie.DataPath`` (``DataDirectory/<movie file name>``) the movie
+  itself, whose header ``TiltSeries.LoadMovieData`` reads for ``ts_ctf`` and
+  ``ts_reconstruct``: without it Warp looks for ``<movie file name>`` in this folder, which holds
+  only ``S.mrc`` (the steps after ``ts_import`` failed for TIFF and EER movies). Caveat: this
+  file has not been opened by Warp itself here (no Warp in this environment).
 
 Warp reads no dose from the mdoc: ``ImportTiltseries`` sorts the tilts by ``DateTime`` and gives
 the i-th (from 0) the pre-exposure ``i x --tilt_exposure``, so give ``--tilt_exposure`` the
@@ -25,12 +30,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 from daemon.handoff.relion import MovieMotion, output_stem
 
 __all__ = ["WARP_XML", "warp_layout", "warp_xml_path"]
 
-WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie />\n'
+WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folder}" />\n'
 
 
 def _link(target: Path, link: Path) -> None:
@@ -72,7 +78,8 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
             made.append(link)
     if made:
         xml = warp_xml_path(motion)
-        payload = WARP_XML.encode()
+        payload = WARP_XML.format(
+            folder=xml_escape(str(Path(motion.movie).parent), {'"': "&quot;"})).encode()
         atomic_write(xml, lambda fh: fh.write(payload))
         made.append(xml)
     return tuple(made)

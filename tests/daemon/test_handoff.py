@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +304,11 @@ def test_tilt_series_star_files_are_written_live_and_a_restart_updates_rows_with
         assert os.path.samefile(out / "average" / f"{stem}.mrc", out / f"{stem}_DW.mrc")
         assert os.path.samefile(out / "average" / "even" / f"{stem}.mrc", out / f"{stem}_EVN.mrc")
         assert os.path.samefile(out / "average" / "odd" / f"{stem}.mrc", out / f"{stem}_ODD.mrc")
-        assert (out / f"{stem}.xml").read_text().startswith("<?xml")
+        # read as Warp's Movie.LoadMeta reads it: DataDirectory/<movie file name> is the movie
+        root = ET.parse(out / f"{stem}.xml").getroot()
+        assert root.tag == "Movie"
+        movie = Path(root.get("DataDirectory"), t.movie.path.name)
+        assert movie.is_absolute() and movie.resolve() == (watch / t.movie.path.name).resolve()
     assert not (out / "corrected_micrographs.star").exists()  # no movie outside the series
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file left
 
