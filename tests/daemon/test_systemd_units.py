@@ -134,7 +134,7 @@ def test_unit_declares_notify_watchdog_restart_policy_and_config_exit_status(nam
     assert single["TimeoutStopSec"] == "10min"
     assert single["User"] == single["Group"] == "motionwatch"
     assert single["ProtectSystem"] == "strict"
-    assert single["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    assert single["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6 AF_NETLINK"
     config = "%i.toml" if "@" in name else "motionwatch.toml"
     assert single["ExecStart"] == f"{INSTALLED_BINARY} watch --config /etc/motionwatch/{config}"
 
