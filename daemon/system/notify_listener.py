@@ -1,8 +1,9 @@
 """systemd notify as a service listener: ``READY=1``, ``STATUS=``, ``WATCHDOG=1`` (while healthy)
 and ``STOPPING=1``, with the watchdog's options.
 
-Watchdog policy (:class:`NotifyListener`). ``WATCHDOG=1`` is sent every half of
-``$WATCHDOG_USEC`` by a thread of its own, and only while the service is healthy:
+Watchdog policy (:class:`NotifyListener`). ``WATCHDOG=1`` is sent every quarter of
+``$WATCHDOG_USEC`` by a thread of its own, and only while the service is healthy (so one or two
+checks that fail in a row, a blip, do not get the service killed):
 
 * the main loop turns: a heartbeat arrived less than ``watchdog_stall`` seconds ago (default
   ``max(3 x heartbeat, 3 x scan_interval, 10 s)``, capped at half the watchdog timeout, so a
@@ -103,7 +104,7 @@ class NotifyListener(ServiceListener):
     ----------
     notifier : Notifier
     watchdog_interval_s : float or None
-        Ping period (half of ``$WATCHDOG_USEC``); None: no watchdog.
+        Ping period (a quarter of ``$WATCHDOG_USEC``); None: no watchdog.
     stall_s, stuck_after_s : float
         Health thresholds (s): no heartbeat for ``stall_s``; a movie in flight for longer than
         ``stuck_after_s``.

@@ -5,7 +5,8 @@ is one datagram of newline-separated ``KEY=VALUE`` lines (``READY=1``, ``STATUS=
 ``WATCHDOG=1``, ``STOPPING=1``, ``EXTEND_TIMEOUT_USEC=...``). A path starting with ``@`` names
 an abstract socket (the ``@`` stands for a leading NUL byte). With ``WatchdogSec=`` set, systemd
 also passes ``$WATCHDOG_USEC`` (and ``$WATCHDOG_PID``, the process meant to ping) and restarts
-the service when no ``WATCHDOG=1`` arrives within that time; we ping at half of it.
+the service when no ``WATCHDOG=1`` arrives within that time; we ping every quarter of it
+(:func:`watchdog_interval_s`).
 
 Nothing here raises into the caller on socket errors or logs: every send returns ``True`` if the
 datagram left, ``False`` otherwise (not under systemd, socket gone, queue full). Nothing runs or
@@ -210,12 +211,18 @@ def watchdog_timeout_s(
 def watchdog_interval_s(
     environ: Mapping[str, str] | None = None, *, pid: int | None = None
 ) -> float | None:
-    """How often to send ``WATCHDOG=1`` (s): half of :func:`watchdog_timeout_s`, or ``None``.
+    """How often to send ``WATCHDOG=1`` (s): a quarter of :func:`watchdog_timeout_s`, or
+    ``None``.
 
-    Half the timeout, as sd_watchdog_enabled(3) recommends, so one late ping is not fatal.
+    sd_watchdog_enabled(3) recommends half the timeout, which leaves no room for a ping held
+    back: the pings go only while the daemon is healthy, and one health check that fails at a
+    ping (a slow scan of a share, a blip) made a gap of the whole timeout, and systemd killed
+    the service. Every quarter, one or two failed checks in a row leave a gap of at most three
+    quarters; it takes unhealthiness at three checks in a row (about half the timeout) to stop
+    the pings for good.
     """
     timeout_s = watchdog_timeout_s(environ, pid=pid)
-    return None if timeout_s is None else timeout_s / 2
+    return None if timeout_s is None else timeout_s / 4
 
 
 class WatchdogPinger:
@@ -236,7 +243,8 @@ class WatchdogPinger:
         Called before each ping, from the pinger's thread (or the caller of :meth:`tick`): must be
         thread-safe and quick. An exception counts as unhealthy (and is not propagated).
     interval_s
-        Seconds between pings, normally :func:`watchdog_interval_s` (half of ``WatchdogSec``).
+        Seconds between pings, normally :func:`watchdog_interval_s` (a quarter of
+        ``WatchdogSec``).
     clock
         Monotonic clock in seconds (injectable for tests).
 

@@ -116,20 +116,23 @@ def test_full_manager_queue_drops_the_message_after_the_send_timeout(
     assert path_manager.drain()[0] == {"STATUS": "first"}
 
 
-def test_watchdog_interval_is_half_of_watchdog_usec_for_our_pid_only() -> None:
+def test_watchdog_interval_is_a_quarter_of_watchdog_usec_for_our_pid_only() -> None:
+    """A quarter: a ping held back by one or two failed health checks in a row still leaves a
+    gap under the timeout (at half, one failed check was a gap of the whole timeout)."""
     pid = os.getpid()
     env = {"WATCHDOG_USEC": "30000000"}
     assert watchdog_timeout_s(env) == 30.0
-    assert watchdog_interval_s(env) == 15.0
-    assert watchdog_interval_s({**env, "WATCHDOG_PID": str(pid)}) == 15.0
+    assert watchdog_interval_s(env) == 7.5
+    assert watchdog_interval_s({**env, "WATCHDOG_PID": str(pid)}) == 7.5
     assert watchdog_interval_s({**env, "WATCHDOG_PID": str(pid + 1)}) is None
-    assert watchdog_interval_s({**env, "WATCHDOG_PID": "1"}, pid=1) == 15.0
+    assert watchdog_interval_s({**env, "WATCHDOG_PID": "1"}, pid=1) == 7.5
     for bad in ({}, {"WATCHDOG_USEC": ""}, {"WATCHDOG_USEC": "0"}, {"WATCHDOG_USEC": "soon"}):
         assert watchdog_interval_s(bad) is None
 
 
-def test_pinger_thread_pings_at_half_of_watchdog_usec(abstract_manager: FakeManager) -> None:
-    env = {"NOTIFY_SOCKET": abstract_manager.env_value, "WATCHDOG_USEC": "400000"}
+def test_pinger_thread_pings_at_a_quarter_of_watchdog_usec(abstract_manager: FakeManager
+                                                           ) -> None:
+    env = {"NOTIFY_SOCKET": abstract_manager.env_value, "WATCHDOG_USEC": "800000"}
     interval_s = watchdog_interval_s(env)
     assert interval_s == 0.2
     with WatchdogPinger(Notifier.from_environ(env), lambda: True, interval_s=interval_s):
@@ -195,6 +198,34 @@ def test_tick_from_a_service_loop_pings_once_per_interval_and_only_when_healthy(
     assert pinger.tick() is False
     assert pinger.pings_sent == 3
     assert path_manager.drain() == [{"WATCHDOG": "1"}] * 3
+
+
+@pytest.mark.parametrize("failed_checks, killed", [(1, False), (2, False), (3, True)])
+def test_health_checks_failing_in_a_row_get_the_service_killed_only_from_three(
+        path_manager: FakeManager, failed_checks: int, killed: bool) -> None:
+    """WatchdogSec = 120 s, checks (and pings) every 30 s: one or two failed checks in a row (a
+    slow scan of a share at the wrong moment) leave a gap between pings under 120 s; three, the
+    daemon unhealthy for about a minute, reach it, and systemd kills the service."""
+    timeout_s = watchdog_timeout_s({"WATCHDOG_USEC": "120000000"})
+    interval_s = watchdog_interval_s({"WATCHDOG_USEC": "120000000"})
+    now = [0.0]
+    failing = set(range(2, 2 + failed_checks))  # the check numbers that fail
+    check = [0]
+
+    def health() -> bool:
+        check[0] += 1
+        return check[0] - 1 not in failing
+
+    pinger = WatchdogPinger(Notifier(path_manager.env_value), health, interval_s=interval_s,
+                            clock=lambda: now[0])
+    pings = []
+    for k in range(10):
+        now[0] = k * interval_s
+        if pinger.tick():
+            pings.append(now[0])
+    largest_gap = max(b - a for a, b in zip(pings, pings[1:]))
+    assert largest_gap == (failed_checks + 1) * interval_s
+    assert (largest_gap >= timeout_s) == killed
 
 
 def test_pinger_with_disabled_notifier_sends_nothing_and_stops_cleanly() -> None:
