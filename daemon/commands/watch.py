@@ -106,7 +106,9 @@ def build_resolver(config: Config) -> MetadataResolver:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``motionwatch watch``: returns 0 after a clean stop, 78 on a configuration error."""
+    """``motionwatch watch``: returns 0 after a clean stop, 78 on a configuration error, 69 when
+    the only problems are folders or files out of reach (a share not mounted yet: systemd
+    restarts it; see :class:`daemon.settings.config.Unreachable`)."""
     try:
         config = load_config(args, make_output_folders=False)
         resolver = build_resolver(config)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         make_folders(config)  # only once everything checked here is valid
     except ConfigError as exc:
         _print_config_error(exc)
-        return exitcodes.CONFIG
+        return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG
     configure_logging(level=config.log_level)
     listeners: list[ServiceListener] = []
     dashboard = None

@@ -40,15 +40,25 @@ from correction.write import plain
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 from daemon.settings.optics import optics_problems
 
-__all__ = ["Config", "ConfigError", "add_watch_arguments", "finalize_parser", "load_config",
-           "make_folders"]
+__all__ = ["Config", "ConfigError", "Unreachable", "add_watch_arguments", "finalize_parser",
+           "load_config", "make_folders"]
+
+
+class Unreachable(str):
+    """A configuration problem that the file system's state may mend: a folder or file it names
+    that does not exist, cannot be listed, created or written (a share not mounted yet, or gone
+    for a while), as opposed to a wrong value."""
 
 
 class ConfigError(ValueError):
-    """Invalid configuration; ``problems`` lists every one found (one line each)."""
+    """Invalid configuration; ``problems`` lists every one found (one line each).
+    ``unreachable_only``: every problem is :class:`Unreachable` (the command then exits
+    :data:`daemon.exitcodes.UNAVAILABLE`, which systemd restarts, not ``CONFIG``)."""
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = tuple(problems)
+        self.unreachable_only = bool(self.problems) and all(
+            isinstance(p, Unreachable) for p in self.problems)
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
@@ -324,7 +334,7 @@ def _exclusive_partners(parser: argparse.ArgumentParser) -> dict[str, tuple[str,
 
 def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
     if not path.exists():
-        problems.append(f"{what} {path}: does not exist")
+        problems.append(Unreachable(f"{what} {path}: does not exist"))
     elif not path.is_dir():
         problems.append(f"{what} {path}: not a folder")
     else:
@@ -332,7 +342,8 @@ def _check_dir_readable(path: Path, what: str, problems: list[str]) -> None:
             with os.scandir(path) as it:
                 next(it, None)
         except OSError as exc:
-            problems.append(f"{what} {path}: cannot be listed ({exc.strerror or exc})")
+            problems.append(Unreachable(f"{what} {path}: cannot be listed "
+                                        f"({exc.strerror or exc})"))
 
 
 def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
@@ -340,8 +351,8 @@ def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
     if os.path.lexists(path):
         if not os.path.isdir(path):
             problems.append(f"{what} {path}: not a folder")
-        elif not os.access(path, os.W_OK | os.X_OK):
-            problems.append(f"{what} {path}: not writable (permission denied)")
+        elif not os.access(path, os.W_OK | os.X_OK):  # also a share's mount point, unmounted
+            problems.append(Unreachable(f"{what} {path}: not writable (permission denied)"))
         return
     parent = path.parent
     while not os.path.lexists(parent) and parent != parent.parent:
@@ -349,7 +360,8 @@ def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
     if not os.path.isdir(parent):
         problems.append(f"{what} {path}: cannot be created ({parent} is not a folder)")
     elif not os.access(parent, os.W_OK | os.X_OK):
-        problems.append(f"{what} {path}: cannot be created (permission denied in {parent})")
+        problems.append(Unreachable(f"{what} {path}: cannot be created (permission denied in "
+                                    f"{parent})"))
 
 
 def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:
@@ -357,7 +369,7 @@ def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        problems.append(f"{what} {path}: cannot be created ({exc.strerror or exc})")
+        problems.append(Unreachable(f"{what} {path}: cannot be created ({exc.strerror or exc})"))
         return
     if not path.is_dir():
         problems.append(f"{what} {path}: not a folder")
@@ -367,7 +379,7 @@ def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        problems.append(f"{what} {path}: not writable ({exc.strerror or exc})")
+        problems.append(Unreachable(f"{what} {path}: not writable ({exc.strerror or exc})"))
 
 
 def _written_folders(out_dir: Path | None, state_dir: Path | None, scratch_dir: Path | None
@@ -513,8 +525,10 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     for name, what in (("gain", "gain reference"), ("dark", "dark reference"),
                        ("defects", "defect map")):
         ref = getattr(merged, name, None)
-        if ref is not None and not Path(ref).is_file():
-            problems.append(f"{what} {ref}: {'not a file' if Path(ref).exists() else 'does not exist'}")
+        if ref is not None and Path(ref).exists() and not Path(ref).is_file():
+            problems.append(f"{what} {ref}: not a file")
+        elif ref is not None and not Path(ref).exists():  # on a share not mounted yet?
+            problems.append(Unreachable(f"{what} {ref}: does not exist"))
     gain_params = getattr(params, "gain", None)
     if gain_params is not None and gain_params.gain_path is not None \
             and Path(gain_params.gain_path).is_file():

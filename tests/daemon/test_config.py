@@ -148,8 +148,8 @@ def test_gain_flags_help_says_they_are_motioncor2s_rotgain_and_flipgain(capsys):
 
 @pytest.mark.parametrize("extra", [
     ["--workers", "0"],
-    ["--gain", "/nonexistent/gain.mrc"],
     ["--max-attempts", "0"],
+    ["--max-attempts", "0", "--gain", "/nonexistent/gain.mrc"],  # a wrong value among them
 ])
 def test_bad_configuration_exits_78(tmp_path, capsys, extra):
     (tmp_path / "w").mkdir()
@@ -157,6 +157,29 @@ def test_bad_configuration_exits_78(tmp_path, capsys, extra):
                    "--dose-per-frame", "1", *extra])
     assert status == exitcodes.CONFIG == 78
     assert "invalid configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["watch folder", "gain reference", "output folder"])
+def test_a_folder_or_file_out_of_reach_at_start_up_exits_69_which_systemd_restarts(
+        tmp_path, capsys, what):
+    """A share not mounted yet (or away for a while) is no wrong value: with only such
+    problems ``watch`` exits 69 (EX_UNAVAILABLE), with the same one-line reasons, and the unit
+    restarts it (its RestartPreventExitStatus= holds 78 alone) until the share is back."""
+    watch, out = tmp_path / "w", tmp_path / "o"
+    watch.mkdir()
+    extra = []
+    if what == "watch folder":
+        watch = tmp_path / "unmounted" / "frames"
+    elif what == "gain reference":
+        extra = ["--gain", str(tmp_path / "unmounted" / "gain.mrc")]
+    else:  # a folder nobody can create, not even root (as under an unmounted share's root)
+        out = Path("/proc/motionwatch-unmounted-share/motioncorr")
+    status = main(["watch", str(watch), "--out", str(out), "--dose-per-frame", "1", *extra])
+    err = capsys.readouterr().err
+    assert status == exitcodes.UNAVAILABLE == 69, err
+    assert what in err
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "motionwatch.service").read_text()
+    assert "RestartPreventExitStatus=78\n" in unit and "StartLimitIntervalSec=0\n" in unit
 
 
 def test_unreadable_watch_folder_exits_78(tmp_path, capsys):

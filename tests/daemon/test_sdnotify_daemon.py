@@ -236,15 +236,22 @@ def test_sigterm_during_a_movie_ends_with_it_done_or_redone_never_half_written_e
     assert sorted(done) == sorted(str(m.path) for m in movies)
 
 
-def test_config_errors_are_printed_as_journald_errors_and_exit_78(tmp_path):
+@pytest.mark.parametrize("problem, status", [("--workers 0", 78), ("missing watch folder", 69)])
+def test_config_errors_are_printed_as_journald_errors_and_exit_78_or_69(tmp_path, problem,
+                                                                         status):
+    """A wrong value exits 78 (not restarted); a watch folder out of reach (a share not mounted
+    yet) 69, which systemd restarts. Both print their reasons as journald errors."""
+    (tmp_path / "w").mkdir()
+    watch = tmp_path / ("missing" if problem == "missing watch folder" else "w")
+    extra = problem.split() if problem.startswith("--") else []
     env = {**os.environ, "JOURNAL_STREAM": "8:12345"}
-    result = subprocess.run([sys.executable, "-m", "daemon", "watch", str(tmp_path / "missing"),
-                             "--out", str(tmp_path / "out"), "--dose-per-frame", "1"],
+    result = subprocess.run([sys.executable, "-m", "daemon", "watch", str(watch),
+                             "--out", str(tmp_path / "out"), "--dose-per-frame", "1", *extra],
                             capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 78
+    assert result.returncode == status
     lines = result.stderr.splitlines()
     assert lines and all(line.startswith("<3>") for line in lines), lines
-    assert any("watch folder" in line for line in lines)
+    assert any(("watch folder" if status == 69 else "workers") in line for line in lines)
 
 
 def test_the_watchdog_turns_unhealthy_once_a_movie_is_in_flight_longer_than_stuck_after():
