@@ -313,6 +313,9 @@ class Heartbeat:
     # movies acquired vs corrected per minute and whether the service keeps up
     # (daemon.engine.pace.Pace.to_record); None before the first heartbeat that measures it
     pace: Mapping[str, Any] | None = None
+    # of ``in_flight``, the movies no worker has started yet (a distributed executor's queue:
+    # waiting for a worker, a SLURM job); empty for the local pool, which starts what it takes
+    queued: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

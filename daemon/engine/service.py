@@ -420,8 +420,11 @@ class Service:
         cluster_state = getattr(self.pool, "cluster_state", None)
         cluster = cluster_state() if callable(cluster_state) else None
         pace = self._pace.pace(self._wall(), pending=int(counts.get("pending", 0))).to_record()
+        started = (cluster or {}).get("running_on")
+        queued = () if started is None else tuple(
+            e.key.path for tid, e in self.dispatcher.in_flight.items() if tid not in started)
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
-                         in_flight, self.pool.alive(), state.mode, health, cluster, pace)
+                         in_flight, self.pool.alive(), state.mode, health, cluster, pace, queued)
         self._safe(lambda: self.ledger.set_service_state({
             "pid": os.getpid(), "heartbeat_wall": beat.wall_time_s, "uptime_s": beat.uptime_s,
             "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),

@@ -14,7 +14,8 @@ checks that fail in a row, a blip, do not get the service killed):
   listed but keeps it ok: a restart would not mend it);
 * no movie has been in a worker longer than ``watchdog_stuck_after`` seconds (default
   ``movie_timeout + 60 s``: the pool kills a worker at ``movie_timeout``, so a movie still in
-  flight after that means the workers are stuck).
+  flight after that means the workers are stuck), timed from when a worker started it: a movie
+  waiting in a distributed executor's queue (``Heartbeat.queued``) is not stuck.
 
 Pings stop when any of these fails; systemd then kills and restarts the service after
 ``WatchdogSec``.
@@ -178,7 +179,9 @@ class NotifyListener(ServiceListener):
         with self._lock:
             self._last_beat = now
             self._beat_ok = beat.health.ok
-            current = set(beat.in_flight)
+            # timed from when a worker has it: a movie waiting in a distributed executor's
+            # queue (a SLURM job not started) is not stuck
+            current = set(beat.in_flight) - set(beat.queued)
             self._in_flight_since = {p: self._in_flight_since.get(p, now) for p in current}
             stuck = [p for p, t in self._in_flight_since.items() if now - t > self.stuck_after_s]
         text = _counts_text(beat.counts, beat.waiting, len(beat.in_flight))

@@ -363,3 +363,32 @@ def test_a_stuck_movie_times_out_counted_from_its_start_and_its_worker_is_restar
     assert outcomes[1].kind == "done"
     assert outcomes[1].record["ran_on"]["worker"]
     assert outcomes[1].record["pid"] != pid  # a fresh worker process took it
+
+
+def test_heartbeats_tell_movies_waiting_for_a_dask_worker_from_those_a_worker_has(
+        tmp_path, fake_runners):
+    """One worker thread, four movies in flight at once: the heartbeat's ``queued`` lists
+    those no worker has started (the watchdog does not time them: a SLURM queue is not a stuck
+    worker); each leaves it when a worker takes it, and every movie is corrected once."""
+    from daemon.events import ServiceListener
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    movies = write_movies(watch, ["slow_1.mrc", "slow_2.mrc", "slow_3.mrc", "slow_4.mrc"])
+    beats = []
+
+    class Beats(ServiceListener):
+        def on_heartbeat(self, beat):
+            beats.append((set(beat.in_flight), set(beat.queued)))
+
+    with local_cluster(n_workers=1) as cluster:
+        status = run_service(Service(service_config(watch, out,
+                                                    scheduler=cluster.scheduler_address,
+                                                    max_in_flight=4),
+                                     runner=fake_runners, listeners=[Beats()]))
+
+    assert status == 0
+    assert all(queued <= in_flight for in_flight, queued in beats)
+    assert any(len(queued) >= 2 for _, queued in beats)  # one running, the rest waiting
+    assert_one_output_set_each(out, movies)

@@ -290,6 +290,39 @@ def test_the_watchdog_turns_unhealthy_once_a_movie_is_in_flight_longer_than_stuc
     assert not listener.healthy()  # no heartbeat for 6 s > stall 5 s
 
 
+def test_a_movie_waiting_in_a_distributed_executors_queue_is_not_stuck():
+    """With Dask (SLURM jobs), a movie is in flight from submission but waits for a worker:
+    its time counts from when a worker has it (the heartbeat's ``queued`` drops it), so a long
+    queue does not stop the pings; once started, the same limit holds."""
+    from daemon.events import Health, Heartbeat
+
+    now = [100.0]
+
+    class NoSystemd:
+        enabled = False
+
+        def status(self, text): ...
+
+    listener = NotifyListener(NoSystemd(), watchdog_interval_s=None, stall_s=50.0,
+                              stuck_after_s=1.5, extend_s=30.0, clock=lambda: now[0])
+
+    def beat(queued):
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, {}, 0, ("a.mrc",), 1, "poll", Health(True),
+                                        {"executor": "dask"}, None, tuple(queued)))
+
+    for _ in range(10):  # ten seconds in the queue
+        beat(["a.mrc"])
+        assert listener.healthy()
+        now[0] += 1.0
+    beat([])  # a worker has it now
+    now[0] += 1.0
+    beat([])
+    assert listener.healthy()  # 1.0 s in a worker
+    now[0] += 1.0
+    beat([])
+    assert not listener.healthy()  # 2.0 s in a worker > 1.5 s
+
+
 def test_the_status_line_says_falling_behind_only_when_the_pace_says_so():
     from daemon.events import Health, Heartbeat
 
