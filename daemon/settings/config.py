@@ -525,10 +525,12 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     for name, what in (("gain", "gain reference"), ("dark", "dark reference"),
                        ("defects", "defect map")):
         ref = getattr(merged, name, None)
-        if ref is not None and Path(ref).exists() and not Path(ref).is_file():
-            problems.append(f"{what} {ref}: not a file")
-        elif ref is not None and not Path(ref).exists():  # on a share not mounted yet?
+        if ref is None:
+            continue
+        if not Path(ref).exists():  # on a share not mounted yet?
             problems.append(Unreachable(f"{what} {ref}: does not exist"))
+        elif not Path(ref).is_file():
+            problems.append(f"{what} {ref}: not a file")
     gain_params = getattr(params, "gain", None)
     if gain_params is not None and gain_params.gain_path is not None \
             and Path(gain_params.gain_path).is_file():
