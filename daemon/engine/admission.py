@@ -488,9 +488,9 @@ class Admission:
         mounted twice, the watched folder linking to the second mount): another device, the
         same inode number, size and mtime, and the same content fingerprint as recorded."""
         ino = obs.inode[1]
-        found = [r for r in ledger.rows_of_size_and_mtime(obs.size, obs.mtime_ns)
+        found = [r for r in ledger.rows_of_inode_number(ino, obs.size, obs.mtime_ns)
                  if r.key.path != str(obs.path) and r.inode is not None
-                 and r.inode[1] == ino and r.inode != obs.inode and r.content is not None]
+                 and r.inode != obs.inode and r.content is not None]
         if not found:
             return []
         content = content_fingerprint(obs.path)
@@ -502,10 +502,8 @@ class Admission:
         (a remount, a share without stable inode numbers). The same file name, size and mtime,
         nothing at the old name any more, and only one such name."""
         found = []
-        for row in ledger.rows_of_size_and_mtime(obs.size, obs.mtime_ns):
+        for row in ledger.rows_named(obs.path.name, obs.size, obs.mtime_ns):
             if row.key.path == str(obs.path) or row.key.size < 0:
-                continue
-            if os.path.basename(row.key.path) != obs.path.name:
                 continue
             if os.path.lexists(row.key.path):
                 continue

@@ -135,6 +135,12 @@ def _path_out(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+#: the file name of a row's path, as the bytes the file system gives (a TEXT path's UTF-8, a
+#: BLOB path's own bytes): what follows its last "/" (rtrim strips every character but "/")
+_FILE_NAME_SQL = ("substr(CAST(path AS BLOB), "
+                  "length(CAST(rtrim(path, replace(path, '/', '')) AS BLOB)) + 1)")
+
+
 def _ns_in(value: int) -> int | str:
     """An integer as stored: itself when SQLite's INTEGER holds it, else ``ns:<digits>``."""
     return value if _INT64[0] <= value <= _INT64[1] else f"ns:{value}"
@@ -246,8 +252,13 @@ class Ledger:
                             if "duplicate column name" not in str(exc):
                                 raise
                 db.execute("CREATE INDEX IF NOT EXISTS movies_file ON movies (ino, dev)")
-                # rows_of_size_and_mtime, asked for each new movie
                 db.execute("CREATE INDEX IF NOT EXISTS movies_version ON movies (mtime_ns, size)")
+                # rows_named, asked for each new movie: one index entry per row, so that the
+                # rows of one name are found without reading every row of the same size and
+                # mtime (one camera writes movies of one size; a copied session can have
+                # thousands of one mtime)
+                db.execute(f"CREATE INDEX IF NOT EXISTS movies_name ON movies "
+                           f"({_FILE_NAME_SQL}, size, mtime_ns)")
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -328,13 +339,23 @@ class Ledger:
             "SELECT * FROM movies WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ? "
             "ORDER BY id", (*_inode_in(inode), _ns_in(size), _ns_in(mtime_ns)))]
 
-    def rows_of_size_and_mtime(self, size: int, mtime_ns: int) -> list[MovieRow]:
-        """Rows of this size and mtime under any name and inode (or none), in acquisition
-        order: the candidates of a renamed file whose inode number changed (a remount, a share
-        without stable inode numbers) or was never recorded."""
+    def rows_of_inode_number(self, ino: int, size: int, mtime_ns: int) -> list[MovieRow]:
+        """Rows of this inode number, size and mtime on any device, in acquisition order: the
+        candidates of a file reached through another mount of its share."""
         return [_row(r) for r in self._db.execute(
-            "SELECT * FROM movies WHERE size = ? AND mtime_ns = ? ORDER BY id",
-            (_ns_in(size), _ns_in(mtime_ns)))]
+            # "+": looked up by inode number (index movies_file), not by size and mtime, of
+            # which a session may have thousands
+            "SELECT * FROM movies WHERE ino = ? AND +size = ? AND +mtime_ns = ? ORDER BY id",
+            (_ns_in(int(ino)), _ns_in(size), _ns_in(mtime_ns)))]
+
+    def rows_named(self, file_name: str, size: int, mtime_ns: int) -> list[MovieRow]:
+        """Rows whose path ends in the file name ``file_name`` (any folder), of this size and
+        mtime, in acquisition order: the candidates of a renamed folder whose inode numbers
+        changed (a remount, a share without stable inode numbers) or were never recorded.
+        Looked up in an index, whatever the number of rows of that size and mtime."""
+        return [_row(r) for r in self._db.execute(
+            f"SELECT * FROM movies WHERE {_FILE_NAME_SQL} = ? AND size = ? AND mtime_ns = ? "
+            "ORDER BY id", (os.fsencode(file_name), _ns_in(size), _ns_in(mtime_ns)))]
 
     def fill_inodes(self) -> int:
         """Rows recorded before rows kept the inode learn it from their file, where it still

@@ -262,3 +262,20 @@ def test_a_corrupt_database_is_moved_aside_and_a_new_one_begun(tmp_path):
         assert ledger.counts()["pending"] == 0
     assert moved.name == "motionwatch.sqlite.corrupt-19700101T000000Z"
     assert moved.read_bytes().startswith(b"this is not") and reason
+
+
+def test_rows_named_finds_a_file_name_in_any_folder_and_only_that_name(ledger):
+    """The candidates of a renamed folder: the same file name, size and mtime, under any
+    folder, names the file system gives that are not UTF-8 included, and no other name (a
+    folder called like the file, a longer name ending in it)."""
+    names = ["/s/grid1/m_01.tif", "/s/grid1_x/m_01.tif", "/s/\udcff/m_01.tif", "m_01.tif",
+             "/s/m_01.tif/m_02.tif", "/s/grid1/am_01.tif", "/s/\udce9/bad_\udce9.tif"]
+    for i, name in enumerate(names):
+        ledger.add(MovieKey(name, 100, 7, "fp"), inode=(1, i))
+    ledger.add(MovieKey("/s/grid2/m_01.tif", 100, 8, "fp"))  # another mtime
+    ledger.add(MovieKey("/s/grid3/m_01.tif", 101, 7, "fp"))  # another size
+    assert [r.key.path for r in ledger.rows_named("m_01.tif", 100, 7)] == names[:4]
+    assert [r.key.path for r in ledger.rows_named("bad_\udce9.tif", 100, 7)] == [names[6]]
+    assert ledger.rows_named("grid1", 100, 7) == []
+    assert [r.key.path for r in ledger.rows_of_inode_number(2, 100, 7)] == [names[2]]
+    assert ledger.rows_of_inode_number(2, 100, 8) == []

@@ -958,3 +958,26 @@ def test_a_movie_reached_through_a_second_mount_of_its_share_is_corrected_once(t
         "also_grid1/m1.mrc"]
     assert [Path(p).relative_to(watch).as_posix() for p in log["movie_alias"]] == [
         "grid1/m1.mrc"]
+
+
+def test_a_session_of_many_movies_of_one_size_and_mtime_is_admitted_reading_few_rows_each(
+        tmp_path, monkeypatch):
+    """A copied session can give thousands of movies one size and mtime. Looking for a new
+    movie's earlier names (another mount, a rename the inodes do not tell) reads the rows of
+    its own file name or inode number only. Before, each new movie read every row of its size
+    and mtime, twice: 5,000 such movies held the main loop for minutes."""
+    import daemon.state.ledger as ledger_module
+
+    n_movies = 240
+    watch, out = tmp_path / "w", tmp_path / "out"
+    for i in range(n_movies):
+        _movie(watch / f"grid{i % 3}" / f"m_{i:04d}.mrc")
+    one_mtime_ns = os.stat(watch / "grid0" / "m_0000.mrc").st_mtime_ns
+    for path in watch.glob("*/*.mrc"):
+        os.utime(path, ns=(one_mtime_ns, one_mtime_ns))
+    decoded = []
+    decode = ledger_module._row
+    monkeypatch.setattr(ledger_module, "_row", lambda r: decoded.append(1) or decode(r))
+    log = _run(_config(watch, out, params=_DOSE1))
+    assert len(_started(log)) == n_movies and log.named("movie_moved") == []
+    assert len(decoded) < 20 * n_movies  # the old lookups alone read n_movies² rows
