@@ -139,14 +139,25 @@ def test_unit_declares_notify_watchdog_restart_policy_and_config_exit_status(nam
     assert single["ExecStart"] == f"{INSTALLED_BINARY} watch --config /etc/motionwatch/{config}"
 
 
+@pytest.mark.parametrize("name", ["motionwatch.service", "motionwatch@.service"])
+def test_unit_is_ordered_after_the_shares_but_requires_no_mount(name: str) -> None:
+    """A share that failed to mount at boot must not keep the service from starting: the start
+    of a unit that requires the mount fails with result 'dependency', which Restart= does not
+    retry. The daemon itself waits for the share (exit 69, restarted every 30 s)."""
+    unit = _unit_lines(name)
+    assert "remote-fs.target" in unit["After"][0].split()
+    requiring = {"Requires", "BindsTo", "RequiresMountsFor", "Requisite", "PartOf"}
+    assert requiring.isdisjoint(unit), sorted(requiring & unit.keys())
+
+
 def test_template_differs_from_the_single_unit_only_in_instance_paths() -> None:
     single = _unit_lines("motionwatch.service")
     template = _unit_lines("motionwatch@.service")
     assert single.keys() == template.keys()
     differing = sorted(key for key in single if single[key] != template[key])
     assert differing == [
-        "Description", "ExecStart", "ReadOnlyPaths", "ReadWritePaths", "RequiresMountsFor",
-        "RuntimeDirectory", "StateDirectory",
+        "Description", "ExecStart", "ReadOnlyPaths", "ReadWritePaths", "RuntimeDirectory",
+        "StateDirectory",
     ]
     for key in differing[1:]:
         assert all("%i" in value for value in template[key]), key
