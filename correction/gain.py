@@ -50,6 +50,10 @@ EER gain files
     a multiplier. The record says which (``references.gain_applied_as``); a gain
     applied the wrong way leaves the detector's pattern in the frames, twice as strong, which
     :mod:`correction.detector_pattern` reports (its message names ``--eer-gain``).
+
+    A gain of the physical grid is repeated onto frames decoded at sampling 2
+    (:meth:`GainReference.fit_to`), and an 8K gain is combined onto frames decoded at 4K
+    (:meth:`GainReference.onto_coarser_grid`), as RELION does both.
 """
 
 from __future__ import annotations
@@ -225,6 +229,44 @@ class GainReference:
         np.divide(np.float32(mean), self.gain, out=inverse, where=valid)
         flipped = "multiplicative" if self.applied_as == "reciprocal" else "reciprocal"
         return dataclasses.replace(self, gain=inverse, applied_as=flipped)
+
+    def onto_coarser_grid(self, factor: int) -> GainReference:
+        """This reference for frames ``factor`` times coarser on each axis: an EER gain on the
+        8K grid for frames decoded at 4K (RELION's ``EERRenderer::loadEERGain`` takes such a
+        gain; MotionCor3 refuses it).
+
+        A coarse pixel counts the events of its ``factor x factor`` sub-pixels, so its response
+        is the mean of theirs: its multiplier is the harmonic mean of the sub-pixels'
+        (``1 / mean(1 / gain)``: exact for any sub-pixel response, and what a count image
+        summed, then inverted as ``mean / counts``, gives; RELION sums the multipliers, which
+        differs by the sub-pixels' spread squared and scales the frames by ``factor**2``). Dark
+        counts add up. A coarse pixel with any defect sub-pixel is a defect (a hot sub-pixel's
+        events land in it).
+
+        Raises
+        ------
+        GainReferenceError
+            When the reference's shape is not a multiple of ``factor``.
+        """
+        ny, nx = self.shape_yx
+        if factor < 2 or ny % factor or nx % factor:
+            raise GainReferenceError(self.gain_path, f"gain of {_fmt(self.shape_yx)} cannot be "
+                                                     f"binned by {factor}")
+        def block_sums(image: np.ndarray) -> np.ndarray:  # strided adds: 6x a reshaped sum
+            out = image[0::factor, 0::factor].copy()
+            for dy in range(factor):
+                for dx in range(factor):
+                    if dy or dx:
+                        out += image[dy::factor, dx::factor]
+            return out
+
+        with np.errstate(divide="ignore"):  # a defect (0) sub-pixel: inf, so its block is 0
+            gain = np.float32(factor * factor) / block_sums(np.reciprocal(self.gain))
+        dark = None if self.dark is None else block_sums(self.dark)
+        coarse = GainReference.from_arrays(gain, dark=dark, defects=gain == 0,
+                                           gain_path=self.gain_path, dark_path=self.dark_path,
+                                           defects_path=self.defects_path)
+        return dataclasses.replace(coarse, applied_as=self.applied_as, eer_rule=self.eer_rule)
 
     def eer_advice(self) -> str | None:
         """For a reference chosen for an EER movie: how its file was applied and which

@@ -1315,6 +1315,12 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         frame_params = dataclasses.replace(frame_params, dose=dataclasses.replace(
             params.dose, dose_per_frame_e_A2=float(movie.dose_per_frame_e_A2)))
     eer_grouping = grouping_record(movie)
+    gain_binned_by = 1
+    if gain_reference is not None and movie.header.get("format") == "eer" and super_res == 1 \
+            and gain_reference.shape_yx == tuple(2 * n for n in movie.frames.shape[1:]):
+        # an 8K EER gain for frames decoded at 4K: its 2 x 2 sub-pixels combined, as RELION
+        gain_reference = gain_reference.onto_coarser_grid(2)
+        gain_binned_by = 2
     memory = predict_peak_bytes(movie.frames, frame_params)
     corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A),
                                params=frame_params, gain_reference=gain_reference,
@@ -1323,6 +1329,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                super_resolution_factor=int(super_res))
     gain_expanded_by = (int(super_res) if gain_reference is not None
                         and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)
+    if gain_binned_by > 1:  # binned before correct_frames: the shapes matched there
+        gain_expanded_by = 1
     del movie
 
     stem = stem or movie_path.stem
@@ -1332,6 +1340,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     timings = {"read": t_read, **corrected.timings_s}
     references = (reference_record(gain_reference.gain_path, gain_reference.dark_path,
                                    gain_reference.defects_path, expanded_by=gain_expanded_by,
+                                   binned_by=gain_binned_by,
                                    applied_as=gain_reference.applied_as,
                                    eer_rule=gain_reference.eer_rule)
                   if gain_reference is not None else reference_record())

@@ -69,7 +69,8 @@ def file_sha256(path: str | Path) -> str:
 
 def reference_record(gain_path: str | Path | None = None, dark_path: str | Path | None = None,
                      defects_path: str | Path | None = None, *,
-                     expanded_by: int = 1, applied_as: str = "multiplicative",
+                     expanded_by: int = 1, binned_by: int = 1,
+                     applied_as: str = "multiplicative",
                      eer_rule: str | None = None) -> dict[str, Any]:
     """The ``references`` object of the motion record: which gain, dark and defect files.
 
@@ -80,6 +81,10 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
     expanded_by : int
         Sub-pixels per reference pixel on each axis when a physical-pixel reference was
         repeated onto a super-resolution movie (1: used as it is).
+    binned_by : int
+        Reference pixels per frame pixel on each axis when a reference on a finer grid was
+        combined onto the frames' (an 8K EER gain for 4K frames; 1: used as it is). Written
+        only when not 1.
     applied_as : {"multiplicative", "reciprocal"}
         How the gain file was applied: as a multiplier, or as ``mean / gain`` (an EER count
         image, :func:`correction.gain.reference_for_movie`).
@@ -100,6 +105,7 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
 
     return {"gain": one(gain_path), "dark": one(dark_path), "defects": one(defects_path),
             "gain_expanded_by": int(expanded_by),
+            **({"gain_binned_by": int(binned_by)} if binned_by != 1 else {}),
             "gain_applied_as": applied_as if gain_path is not None else None,
             **({"eer_gain_rule": eer_rule} if eer_rule else {})}
 

@@ -396,6 +396,63 @@ def test_each_eer_gain_rule_flattens_an_empty_beam_with_the_gain_file_it_is_mean
     assert gain_name in refs["eer_gain_rule"]
 
 
+@pytest.mark.parametrize("gain_name, eer_gain", [("mult.gain", "default"),
+                                                 ("count.mrc", "relion")])
+def test_an_8k_eer_gain_flattens_a_movie_decoded_at_4k(tmp_path, gain_name, eer_gain):
+    """An EER gain on the sub-pixel (8K) grid for frames decoded on the physical (4K) grid,
+    as RELION's EERRenderer::loadEERGain accepts it: each physical pixel counts the events of
+    its 2 x 2 sub-pixels, so its response is their mean response. An empty beam comes out flat
+    at the raw counts' scale, whichever kind of file; before, the gain was refused."""
+    import mrcfile
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+    from correction.pipeline import correct_movie
+
+    physical = (128, 128)
+    sub_response = np.random.default_rng(4).uniform(0.5, 1.5, (256, 256)).astype(np.float32)
+    response = sub_response.reshape(128, 2, 128, 2).mean(axis=(1, 3))
+    path = _flat_field_eer(tmp_path, response)
+    counts = sub_response * 5000                  # the flat exposure on the 8K grid
+    gain = counts if gain_name.startswith("count") else counts.mean() / counts
+    if gain_name.endswith(".mrc"):
+        mrcfile.new(tmp_path / gain_name, data=gain).close()
+    else:
+        tifffile.imwrite(tmp_path / gain_name, gain)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10),
+                              gain=GainParams(gain_path=tmp_path / gain_name,
+                                              detect_hot_pixels=False,
+                                              **({} if eer_gain == "default" else
+                                                 {"eer_gain": eer_gain})),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
+    result = correct_movie(path, tmp_path / "out", params)
+    assert result.record["shape"] == list(physical)
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        image = mrc.data.astype(np.float64)[8:-8, 8:-8]
+    inner = response[8:-8, 8:-8].ravel()
+    assert abs(np.corrcoef(image.ravel(), inner)[0, 1]) < 0.1   # the response is gone
+    assert image.mean() == pytest.approx(40 * 0.25 * response.mean(), rel=0.05)  # raw scale
+    refs = result.record["references"]
+    assert refs["gain_binned_by"] == 2 and refs["gain_expanded_by"] == 1
+
+
+def test_an_8k_gain_combines_sub_pixels_by_their_mean_response_and_any_defect():
+    """A physical pixel's multiplier is the harmonic mean of its sub-pixels' (1 / mean
+    response); one defect sub-pixel (a hot one's events land in it) makes it a defect; dark
+    counts add up."""
+    from correction.gain import GainReference
+
+    gain = np.array([[1.0, 2.0, 1.0, 1.0],
+                     [4.0, 4.0, 0.0, 1.0]], np.float32)
+    dark = np.array([[1.0, 2.0, 0.5, 0.5],
+                     [3.0, 4.0, 0.5, 0.5]], np.float32)
+    coarse = GainReference.from_arrays(gain, dark=dark).onto_coarser_grid(2)
+    assert coarse.shape_yx == (1, 2)
+    np.testing.assert_allclose(coarse.gain, [[4 / (1 + 0.5 + 0.25 + 0.25), 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(coarse.defect_mask, [[False, True]])
+    np.testing.assert_allclose(coarse.dark, [[10.0, 0.0]])
+
+
 def test_an_eer_count_image_used_as_a_multiplier_is_reported_with_the_other_way(tmp_path):
     """Forced the wrong way (a count image as a multiplier), the response is squared into the
     frames; the detector-pattern check reports it and names the --eer-gain to try."""
