@@ -138,6 +138,11 @@ class MovieMetadata:
     expected_frames : int or None
         Frames the metadata says the movie has (an mdoc's ``NumSubFrames``; raw frames for
         EER): a movie with fewer waits, up to the incomplete grace, for the rest.
+    redo_reason : str or None
+        Why the movie's record no longer matches this metadata (the resolver's
+        ``movie_redo_metadata_changed``): a corrected version of it is corrected again under
+        this metadata even when its key did not change (a filename fallback's dose equal to
+        the mdoc's that came later: only the tilt record moved).
     """
 
     dose: Any = None
@@ -146,6 +151,7 @@ class MovieMetadata:
     wait_reason: str | None = None
     ignore_reason: str | None = None
     expected_frames: int | None = None
+    redo_reason: str | None = None
 
 
 class SeriesStore(Protocol):

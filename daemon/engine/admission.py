@@ -77,12 +77,16 @@ def _series_renamed(old: Path, new: Path, watch_dir: Path
     return update
 
 
-def _series_moved(row: Any, meta: MovieMetadata) -> bool:
-    """A done row of a tilt of one series (its tilt record as the resolver reads it) whose
-    metadata now makes it a tilt of another (its series mdoc renamed; the resolver says why,
-    ``movie_redo_metadata_changed``)."""
+def _record_outdated(row: Any, meta: MovieMetadata) -> bool:
+    """A done row of this key whose tilt record the metadata now contradicts (the resolver's
+    ``movie_redo_metadata_changed``): a tilt of another series (its series mdoc renamed), or
+    one corrected with the same dose before its mdoc came (a file-name fallback's or a
+    single-particle dose equal to the mdoc's: only the record moved). Left as it is, the
+    movie would be flagged at every scan and its series never assembled."""
     if row.status != "done":
         return False
+    if meta.redo_reason is not None:
+        return True
     old = recorded_tilt(row)
     new = ((meta.extra_record or {}).get("tilt") or {}).get("series")
     return old is not None and bool(old.series) and bool(new) and old.series != new
@@ -324,9 +328,10 @@ class Admission:
             self._log.warning("movie_redo_superseded", movie=str(obs.path),
                               note="its outputs were since written under other parameters or "
                                    "metadata: corrected again under these")
-        if row is not None and _series_moved(row, meta):
-            # its tilt is now another series' (a series mdoc renamed), at the same dose: the
-            # same key, whose record, hand-off entries and stack must name the new series
+        if row is not None and _record_outdated(row, meta):
+            # its tilt record is stale at the same dose (another series' now, a series mdoc
+            # renamed; or its mdoc came after it was corrected by its file name): the same
+            # key, whose record, hand-off entries and stack must say what the metadata says
             stored_now = metadata_to_json(StoredMetadata(
                 meta.dose, meta.extra_record, meta.log_context, verdict.n_frames,
                 (row.metadata or {}).get("stem") or movie_stem(obs.path)))

@@ -53,6 +53,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from correction.dose import NO_DOSE_REASON
 from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverContext, ScanResult,
                            SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
@@ -82,7 +83,10 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
                      settled_series: frozenset[str] = frozenset()
                      ) -> dict[str, tuple[str, str]]:
     """Corrected movies whose tilt metadata (dose, frame doses, pre-exposure) moved since they
-    were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key).
+    were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key;
+    under the same key its record is stale, and it is redone all the same). So is a movie
+    quarantined for want of a dose that its series' metadata now gives (an mdoc written after
+    the tilts, as Tomography 5 writes it).
     So is a movie corrected as a tilt of one of ``settled_series`` (series whose mdoc has not
     changed for the metadata wait: not one read while SerialEM rewrites it) that its mdoc no
     longer lists (SerialEM took the tilt again): it is corrected on its own, and leaves its
@@ -90,11 +94,16 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
     changed = {}
     for path, o in movies.items():
         row = rows.get(path)
-        if row is None or row.status != "done" or (row.key.size, row.key.mtime_ns) != (
-                o.size, o.mtime_ns):
+        if row is None or (row.key.size, row.key.mtime_ns) != (o.size, o.mtime_ns):
             continue
         name = relative(o.path)
         a = res.assignments.get(name)
+        if row.status == "quarantined" and NO_DOSE_REASON in (row.error or "") and a is not None:
+            changed[path] = (a.series, f"quarantined for want of a dose, which its series' "
+                                       f"metadata now gives ({a.dose_e_A2:.4f} e/Å²)")
+            continue
+        if row.status != "done":
+            continue
         if a is None:
             series = _recorded_tilt_field(row, "series")
             if series in settled_series and name in res.standalone:
@@ -258,6 +267,7 @@ class TiltSeriesResolver:
         self._stack_files: set[str] = set()
         self._undecided_files: set[str] = set()
         self._rows: dict[str, Any] = {}
+        self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
@@ -396,6 +406,7 @@ class TiltSeriesResolver:
         changed = metadata_changed(movies, self._rows, res, relative=self._rel,
                                    tolerance_e_A2=self.series_config.change_tolerance_e_A2,
                                    settled_series=self._settled_series(res, now))
+        self._changed = changed
         for path, (series, reason) in changed.items():
             self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
                            series=series, note="its metadata changed after correction: redone "
@@ -448,10 +459,12 @@ class TiltSeriesResolver:
                            f"{self.series_config.metadata_wait_s:g} s: series and angle from the "
                            f"file name, dose {a.dose_e_A2:g} e/Å² ({a.dose_source})",
                            movie=str(movie.path), series=a.series)
+        changed = self._changed.get(str(movie.path))
         return MovieMetadata(dose=dose, extra_record={"tilt": a.record(),
                                                       "voltage_source": voltage.source},
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg},
-                             expected_frames=a.num_subframes)
+                             expected_frames=a.num_subframes,
+                             redo_reason=None if changed is None else changed[1])
 
     def _voltage(self, path: Path, metadata_kV: float | None, source: str, subject: str,
                  **kw: Any) -> Voltage:
