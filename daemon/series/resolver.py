@@ -407,6 +407,16 @@ class TiltSeriesResolver:
                                    tolerance_e_A2=self.series_config.change_tolerance_e_A2,
                                    settled_series=self._settled_series(res, now))
         self._changed = changed
+        for path, (series, _) in changed.items():
+            row = self._rows.get(path)
+            tilt = recorded_tilt(row) if row is not None and row.status == "done" else None
+            if row is not None and (tilt is None or tilt.match_source == "filename"):
+                self._once_log("warning", "series_mdoc_after_tilts", series,
+                               "its series mdoc came after tilts were corrected without it "
+                               "(as Tomography 5 writes it, when the series ends): they are "
+                               "corrected again; to correct each tilt once, use tilt_series = "
+                               "on without dose_per_tilt, or a metadata_wait longer than a "
+                               "series", series=series)
         for path, (series, reason) in changed.items():
             self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
                            series=series, note="its metadata changed after correction: redone "

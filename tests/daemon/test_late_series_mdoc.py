@@ -112,6 +112,7 @@ def test_tilts_corrected_by_name_at_the_mdocs_own_dose_are_recorded_anew_and_ass
         _write_tomo5_mdoc(watch, tilts)
         wait_for(lambda: bool(log.named("series_completed")), 60)
     assert [f["series"] for f in log.named("series_completed")] == ["Position_1"]
+    assert [f["series"] for f in log.named("series_mdoc_after_tilts")] == ["Position_1"]
     started = Counter(Path(f["movie"]).name for f in log.named("movie_started"))
     assert sorted(started.values()) == [2] * N_TILTS
     rows = _newest_rows(out)
@@ -136,6 +137,7 @@ def test_tilts_quarantined_for_want_of_a_dose_are_corrected_when_their_series_md
         _write_tomo5_mdoc(watch, tilts)
         wait_for(lambda: bool(log.named("series_completed")), 60)
     assert [f["series"] for f in log.named("series_completed")] == ["Position_1"]
+    assert [f["series"] for f in log.named("series_mdoc_after_tilts")] == ["Position_1"]
     rows = _newest_rows(out)
     for t in tilts:
         row = rows[t.movie.path.name]
