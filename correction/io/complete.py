@@ -87,8 +87,10 @@ def check_complete(path: str | Path) -> Completeness:
                 raise  # shorter than a header: perhaps still being written
             except CorrectionError as exc:  # a full header that no movie has
                 return _not_a_movie(exc.reason)
-        if kind in ("tiff", "eer"):
-            return _check_tiff(path, eer=kind == "eer")
+        if kind == "eer":
+            return _check_eer(path)
+        if kind == "tiff":
+            return _check_tiff(path)
         return _not_a_movie(f"{kind} files are references, not movies")
     except CorrectionError as exc:
         return Completeness(False, exc.reason, None)
@@ -126,7 +128,25 @@ def _check_mrc(path: Path) -> Completeness:
                               f"{layout.nx}x{layout.ny} mode {layout.mode}", layout.nz)
 
 
-def _check_tiff(path: Path, *, eer: bool) -> Completeness:
+def _check_eer(path: Path) -> Completeness:
+    """An EER file is complete when its page chain ends in the file and its last raw frame
+    decodes; an uncompressed integrated image before the raw frames (EerReaderLib's "final
+    image", ``EerFile::EerFile``) is not one of them."""
+    from .eer import decode_eer_page, scan_eer  # noqa: PLC0415
+    from .tiff import open_tiff  # noqa: PLC0415
+
+    with open_tiff(path) as tif:
+        n = scan_eer(tif, path, all_pages=False).n_raw  # a cut chain or page: raises
+        try:
+            decode_eer_page(tif, n - 1, path)
+        except CorrectionError as exc:
+            return Completeness(False, exc.reason, n)
+        except Exception as exc:  # noqa: BLE001 - any decode failure means not complete
+            return Completeness(False, f"last raw frame ({n - 1}) does not decode: {exc}", n)
+    return Completeness(True, f"{n} raw EER frames, last frame decodes", n)
+
+
+def _check_tiff(path: Path) -> Completeness:
     from .tiff import open_tiff, scan_tiff  # noqa: PLC0415
 
     with open_tiff(path) as tif:
@@ -140,15 +160,9 @@ def _check_tiff(path: Path, *, eer: bool) -> Completeness:
             return Completeness(False, f"page {layout.first_short_page} of {n} runs past the "
                                        f"end of the file ({layout.file_size} bytes)", n)
         try:
-            if eer:
-                from .eer import decode_eer_page  # noqa: PLC0415
-
-                decode_eer_page(tif, n - 1, path)
-            else:
-                tif.pages[n - 1].asarray()
+            tif.pages[n - 1].asarray()
         except CorrectionError as exc:
             return Completeness(False, exc.reason, n)
         except Exception as exc:  # noqa: BLE001 - any decode failure means not complete
             return Completeness(False, f"last page ({n - 1}) does not decode: {exc}", n)
-    what = "raw EER frames" if eer else "pages"
-    return Completeness(True, f"{n} {what}, last page decodes", n)
+    return Completeness(True, f"{n} pages, last page decodes", n)

@@ -211,7 +211,11 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
     page0 = pages[0]
     if page0.compression == 1 and n_pages > 1:
         first_page = 1
-    key = pages[first_page]
+    try:
+        key = pages[first_page]
+    except (tifffile.TiffFileError, ValueError, struct.error, OSError) as exc:
+        raise TruncatedMovieError(path, f"0 of {n_pages - first_page} raw frames readable "
+                                        f"(page {first_page}: {exc})") from None
     compression = int(key.compression)
     if compression not in EER_COMPRESSIONS:
         raise UnsupportedFormatError(path, f"EER page {first_page} has compression "

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from correction.errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from correction.errors import (CorrectionError, TruncatedMovieError, UnreadableMovieError,
+                               UnsupportedFormatError)
 from correction.io import check_complete, read_image, read_movie
 from correction.io.eer import group_sizes
 from correction.params import ReadParams
@@ -143,6 +144,25 @@ def test_integrated_image_page_before_the_raw_frames_is_skipped(tmp_path):
     movie = read_movie(path, params=ReadParams(eer_group_frames=4))
     assert movie.header["raw_frames"] == 8
     np.testing.assert_array_equal(movie.frames, [raw[:4].sum(0), raw[4:].sum(0)])
+
+
+def test_an_eer_with_an_integrated_image_first_is_complete_and_every_cut_of_it_is_not(tmp_path):
+    """EerReaderLib's EerFile takes a first page that is not EER-compressed as the file's final
+    (integrated) image and reads the raw frames after it. Before, the completeness check
+    compared that page with the raw frames ("TIFF pages differ") and the movie was quarantined
+    as incomplete; a cut before the first raw frame raised tifffile's own error."""
+    raw = _raw_frames(n=8)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=SHAPE, metadata=META,
+                                integrated_image=raw.sum(0).astype(np.uint16))
+    verdict = check_complete(path)
+    assert verdict.complete and verdict.n_frames == 8, verdict.reason
+    data = path.read_bytes()
+    cut = tmp_path / "cut.eer"
+    for size in range(64, len(data), max(1, len(data) // 97)):
+        cut.write_bytes(data[:size])
+        assert not check_complete(cut).complete, size
+        with pytest.raises(CorrectionError):
+            read_movie(cut, params=ReadParams(eer_group_frames=4))
 
 
 def test_more_than_255_raw_frames_per_fraction_use_uint16(tmp_path):
