@@ -22,7 +22,8 @@ keep the names they were written under, and the series it belongs to under the n
 dose from the mdoc, as always (a moved tilt is redone only if that changes its dose).
 
 No single file stops the service: an unexpected error while admitting one movie is logged once
-(``movie_admission_failed``) and that movie is set aside until it changes. With
+(``movie_admission_failed``) and that movie is quarantined with the error (``motionwatch retry``
+admits it again) and set aside until it changes. With
 ``on_parameter_change = "keep"``, a movie already done under other parameters (same file, same
 size and mtime) is not corrected again.
 """
@@ -242,9 +243,13 @@ class Admission:
             try:
                 reason = self._admit(obs)
             except Exception as exc:  # noqa: BLE001 - no single file may stop the service
-                self.report_once(str(obs.path), "movie_admission_failed",
-                                 f"{type(exc).__name__}: {exc}", level="error")
+                why = f"admission failed: {type(exc).__name__}: {exc}"
+                self.report_once(str(obs.path), "movie_admission_failed", why, level="error")
                 self._handled.add((str(obs.path), obs.size, obs.mtime_ns))
+                # quarantined, so that status lists it and `motionwatch retry` lifts it
+                key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
+                self._safe(lambda key=key, why=why: self._ledger().add(
+                    key, status="quarantined", error=why))
                 reason = None
             if reason is not None:
                 waiting[obs.path] = reason

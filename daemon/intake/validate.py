@@ -58,7 +58,8 @@ class FrameMdoc:
 
 
 _SECTION = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
-_SUBFRAMES = re.compile(r"^\s*NumSubFrames\s*=\s*(\d+)", re.MULTILINE | re.IGNORECASE)
+#: at most 9 digits: a longer count is damage (and Python refuses ints of 4,300 digits)
+_SUBFRAMES = re.compile(r"^\s*NumSubFrames\s*=\s*(\d{1,9})\b", re.MULTILINE | re.IGNORECASE)
 
 
 def frame_mdoc_path(movie: Path) -> Path:

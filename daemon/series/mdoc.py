@@ -65,6 +65,9 @@ __all__ = [
     "read_mdoc",
 ]
 
+#: More sub-frames than any movie has (an EER movie of a minute at 1,000 raw frames per second
+#: has 60,000): a ``FrameDosesAndNumber`` beyond it is damaged, and ignored.
+MAX_SUB_FRAMES = 1_000_000
 #: ``TimeStamp`` counts seconds from this instant (SerialEM >= 4.1).
 TIMESTAMP_EPOCH = _dt.datetime(2020, 1, 1)
 
@@ -209,7 +212,10 @@ class TiltSection:
     def acquired_at(self) -> _dt.datetime | None:
         """Acquisition time: from ``TimeStamp`` when present, else ``DateTime``."""
         if self.timestamp_s is not None:
-            return TIMESTAMP_EPOCH + _dt.timedelta(seconds=self.timestamp_s)
+            try:
+                return TIMESTAMP_EPOCH + _dt.timedelta(seconds=self.timestamp_s)
+            except OverflowError:  # a damaged TimeStamp (out of datetime's years)
+                pass
         return self.datetime
 
 
@@ -494,10 +500,12 @@ def _make_section(name: str, index: int, kind: str, value: str, items: list[tupl
             if len(tokens) % 2:
                 raise ValueError("odd number of values")
             parsed = [(float(tokens[j]), int(float(tokens[j + 1]))) for j in range(0, len(tokens), 2)]
-            if any(c < 0 or dd < 0 or math.isnan(dd) for dd, c in parsed):
-                raise ValueError("negative value")
+            if any(c < 0 or dd < 0 or not math.isfinite(dd) for dd, c in parsed):
+                raise ValueError("negative or not finite")
+            if sum(c for _, c in parsed) > MAX_SUB_FRAMES:
+                raise ValueError(f"more than {MAX_SUB_FRAMES} sub-frames")
             pairs = tuple(parsed)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             warns.append(f"{where}: FrameDosesAndNumber = {fdn!r} unusable ({exc}); ignored")
     ts_pair = None
     fts = d.get("FrameTSStartEndFrames")

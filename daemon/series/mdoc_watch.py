@@ -78,6 +78,10 @@ class MdocWatcher:
                 self._log_once("warning", "mdoc_unreadable", key, exc.strerror or str(exc),
                                mdoc=key, note="the last content read is kept")
                 continue
+            except Exception as exc:  # noqa: BLE001 - one damaged mdoc must not stop the others
+                self._log_once("error", "mdoc_unreadable", key, f"{type(exc).__name__}: {exc}",
+                               mdoc=key, note="the last content read is kept")
+                continue
             since = self._unchanged_since(key, prev, md, now)
             self.mdocs[key] = WatchedMdoc(o.size, o.mtime_ns, md, since)
             try:

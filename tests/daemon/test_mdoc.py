@@ -147,6 +147,24 @@ def test_bad_values_become_warnings_not_errors():
         assert expected in joined
 
 
+@pytest.mark.parametrize("line", ["FrameDosesAndNumber = 0.1 inf",
+                                  "FrameDosesAndNumber = inf 4",
+                                  "FrameDosesAndNumber = 0.1 3e8"])
+def test_frame_doses_beyond_any_movie_are_a_warning_not_an_error_or_a_huge_list(line):
+    """A damaged FrameDosesAndNumber (an infinite or absurd count: before, an OverflowError
+    that stopped every mdoc's reading at each scan, or a list of 3e8 doses) is ignored with a
+    warning; the section keeps its other values."""
+    s = parse_mdoc_text(f"[ZValue = 0]\nTiltAngle = 3\n{line}\n", path="x.mdoc").sections[0]
+    assert s.frame_doses_and_numbers is None and s.frame_doses_e_A2 is None
+    assert s.tilt_deg == 3.0
+    assert any("FrameDosesAndNumber" in w for w in s.warnings)
+
+
+def test_a_timestamp_out_of_any_calendar_falls_back_to_the_datetime():
+    text = "[ZValue = 0]\nTiltAngle = 0\nTimeStamp = 1e15\nDateTime = 01-Jan-2020  00:00:00\n"
+    assert parse_mdoc_text(text).sections[0].acquired_at == dt.datetime(2020, 1, 1)
+
+
 def test_timestamp_is_seconds_since_2020_and_preferred_for_acquisition_time():
     text = "[ZValue = 0]\nTiltAngle = 0\nTimeStamp = 86461\nDateTime = 01-Jan-2020  00:00:00\n"
     s = parse_mdoc_text(text).sections[0]

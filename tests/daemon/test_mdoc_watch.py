@@ -51,3 +51,33 @@ def test_an_mdoc_missing_for_less_than_the_grace_is_kept_as_last_read_then_forgo
         watcher.read(_scan(), now=170.0)  # 30 s missing: forgotten
         assert str(mdoc) not in watcher.mdocs and log.events == ["mdoc_vanished"]
         assert str(mdoc) not in ledger.mdoc_states()
+
+
+def test_an_mdoc_that_fails_to_parse_is_reported_and_the_others_are_still_read(tmp_path,
+                                                                              monkeypatch):
+    """Whatever a damaged mdoc makes the parser raise, the other mdocs of the scan are read
+    (before, only OSError was caught: the error went up to the resolver, which lost the scan
+    for every series)."""
+    import daemon.series.mdoc_watch as mdoc_watch
+
+    good, bad = tmp_path / "TS_01.mrc.mdoc", tmp_path / "TS_02.mrc.mdoc"
+    shutil.copy(DATA / "test_1.mdoc", good)
+    shutil.copy(DATA / "test_1.mdoc", bad)
+    parse = mdoc_watch.read_mdoc
+
+    def read_mdoc(path):
+        if Path(path) == bad:
+            raise OverflowError("cannot convert float infinity to integer")
+        return parse(path)
+
+    monkeypatch.setattr(mdoc_watch, "read_mdoc", read_mdoc)
+    reported = []
+    with Ledger(tmp_path / "state.sqlite") as ledger:
+        watcher = MdocWatcher(ledger, log=_Log(), vanish_grace_s=30.0,
+                              log_once=lambda level, event, key, reason, **kw:
+                              reported.append((event, key, reason)))
+        watcher.load()
+        watcher.read(_scan(bad, good), now=100.0)
+    assert list(watcher.mdocs) == [str(good)]
+    assert reported == [("mdoc_unreadable", str(bad),
+                         "OverflowError: cannot convert float infinity to integer")]

@@ -103,6 +103,37 @@ def test_a_bad_movie_is_quarantined_at_once_without_retries(setup):
     assert "not a movie" in row.error
 
 
+def test_a_movie_whose_admission_fails_is_quarantined_with_the_error_and_retry_lifts_it(
+        setup, monkeypatch):
+    """An unexpected error while admitting one movie (a bug met by one file) leaves the others
+    alone and quarantines that movie with the error, so that status lists it and
+    `motionwatch retry` admits it again; before, it was only logged and set aside."""
+    import daemon.engine.admission as admission
+    from daemon.commands.cli import main as cli_main
+
+    validate = admission.validate
+    broken = {"odd.mrc"}
+
+    def failing_validate(path, **kw):
+        if path.name in broken:
+            raise RuntimeError("a bug met by this file")
+        return validate(path, **kw)
+
+    monkeypatch.setattr(admission, "validate", failing_validate)
+    movie(setup.watch_dir, "odd.mrc")
+    movie(setup.watch_dir, "ok.mrc")
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    table = rows(setup)
+    assert table["ok.mrc"].status == "done"
+    assert table["odd.mrc"].status == "quarantined"
+    assert table["odd.mrc"].error == "admission failed: RuntimeError: a bug met by this file"
+
+    broken.clear()  # the bug fixed: retry, and the movie is corrected
+    assert cli_main(["retry", str(setup.out_dir), "odd.mrc"]) == 0
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    assert rows(setup)["odd.mrc"].status == "done"
+
+
 def test_full_disk_is_retried_without_counting_against_the_movie(setup):
     movie(setup.watch_dir, "enospc_once.mrc")
     assert Service(setup, runner="fake_runners:correct").run() == 0

@@ -77,3 +77,11 @@ def test_required_frame_mdoc_is_waited_for(tmp_path):
     assert read_frame_mdoc(mdoc).num_subframes == 4
     assert validate(path, stable_for_s=1, incomplete_grace_s=60,
                     require_frame_mdoc=True).decision == "ready"
+
+
+def test_a_frame_mdocs_absurd_subframe_count_is_no_count_not_an_error(tmp_path):
+    """A damaged NumSubFrames of 5,000 digits (Python refuses to convert more than 4,300):
+    before, the error escaped validation and the movie was neither corrected nor quarantined."""
+    mdoc = tmp_path / "m.tif.mdoc"
+    mdoc.write_text("[FrameSet = 0]\nNumSubFrames = " + "9" * 5000 + "\n")
+    assert read_frame_mdoc(mdoc).num_subframes is None
