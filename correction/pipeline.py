@@ -82,7 +82,7 @@ from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
-from .errors import CorrectionError, MissingPixelSizeError, ParameterError
+from .errors import CorrectionError, MissingPixelSizeError, ParameterError, UnreadableMovieError
 from .fourier import (binned_length, fast_length, fourier_crop, irfft2, rfft2, rfft2_cropped,
                       rfft2_cropped_of_2x2, rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
@@ -629,6 +629,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     t_orientation = 0.0
     if params.gain.detect_hot_pixels:
         corrected_sum = _raw_sum(used, workers)
+        if used.dtype.kind == "f":  # a NaN or Inf pixel (a damaged float movie) is a defect
+            nonfinite = ~np.isfinite(corrected_sum)
+            if nonfinite.any():
+                bad = nonfinite if bad is None else (bad | nonfinite)
+                corrected_sum[nonfinite] = 0.0
         if gain_reference is not None:
             if gain_reference.dark is not None:
                 corrected_sum -= np.float32(n) * gain_reference.dark
@@ -1332,6 +1337,12 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     if gain_binned_by > 1:  # binned before correct_frames: the shapes matched there
         gain_expanded_by = 1
     del movie
+    images = corrected.images
+    if not all(np.isfinite(frame_mean(image, workers)) for image in (
+            images.sum, images.dw, images.even, images.odd)):  # a damaged float movie
+        raise UnreadableMovieError(movie_path, "the corrected sums are not finite: the frames "
+                                               "hold values beyond float32's range (or NaN/Inf, "
+                                               "replaced only by the hot-pixel search)")
 
     stem = stem or movie_path.stem
     names = output_names(stem)

@@ -242,3 +242,39 @@ def test_motion_record_names_the_gain_dark_and_defect_files_with_their_sha256_an
                                            align=GLOBAL)).record
     assert plain["references"] == {"gain": None, "dark": None, "defects": None,
                                    "gain_expanded_by": 1, "gain_applied_as": None}
+
+
+def _float_movie(tmp_path, damaged_value):
+    """A float32 MRC movie of Poisson counts with one damaged pixel (a byte flipped in a
+    float's exponent gives NaN, Inf or a value near float32's largest)."""
+    frames = np.random.default_rng(0).poisson(2.0, (6, 96, 96)).astype(np.float32)
+    frames[2, 40, 50] = damaged_value
+    path = tmp_path / "float.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(frames)
+        mrc.voxel_size = 1.1
+    return path
+
+
+@pytest.mark.parametrize("damaged_value", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_inf_pixel_of_a_float_movie_is_replaced_as_a_defect(tmp_path, damaged_value):
+    """Before, one such pixel made every written sum NaN, and the movie was reported done."""
+    path = _float_movie(tmp_path, damaged_value)
+    result = correct_movie(path, tmp_path / "out", CorrectionParams(
+        dose=DoseParams(dose_per_frame_e_A2=1.0), align=AlignParams(patches_x=1, patches_y=1)))
+    for kind in ("sum", "dw", "even", "odd"):
+        with mrcfile.open(result.outputs[kind]) as mrc:
+            assert np.isfinite(mrc.data).all(), kind
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        assert mrc.data.mean() == pytest.approx(6 * 2.0, rel=0.05)
+
+
+def test_a_float_movie_whose_sums_cannot_be_finite_is_an_error_and_nothing_is_written(tmp_path):
+    from correction.errors import UnreadableMovieError
+
+    path = _float_movie(tmp_path, 3e38)
+    with pytest.raises(UnreadableMovieError, match="not finite"):
+        correct_movie(path, tmp_path / "out", CorrectionParams(
+            dose=DoseParams(dose_per_frame_e_A2=1.0),
+            align=AlignParams(patches_x=1, patches_y=1)))
+    assert not list((tmp_path / "out").glob("*.mrc"))
