@@ -68,6 +68,7 @@ import tifffile
 from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
 from ..movie import Movie
 from ..params import ReadParams
+from .frame_size import check_frame_size
 from .spill import FrameSink
 from .tiff import EER_COMPRESSIONS, open_tiff
 
@@ -222,6 +223,7 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
                                            f"{compression}; EER uses 65000, 65001 or 65002")
     skip_bits, horz_bits, vert_bits = _bits(key, compression)
     shape = (int(key.imagelength), int(key.imagewidth))
+    check_frame_size(path, shape)
     rows_per_strip = int(key.rowsperstrip) if key.rowsperstrip else shape[0]
     xml = page0.tags.valueof(65001)
     metadata, units = parse_eer_metadata(xml if isinstance(xml, (bytes, str)) else None)

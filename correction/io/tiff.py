@@ -42,6 +42,7 @@ import tifffile
 
 from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
 from ..movie import Movie
+from .frame_size import check_frame_size
 from .spill import FrameSink
 
 __all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image",
@@ -149,6 +150,7 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
         raise UnsupportedFormatError(path, f"TIFF page 0 has shape {first.shape}; "
                                            "expected single-channel 2-D frames")
     shape = tuple(int(v) for v in first.shape)
+    check_frame_size(path, shape)
     dtype = np.dtype(first.dtype)
     indices = range(n) if all_pages else sorted({0, n - 1})
     first_short = None

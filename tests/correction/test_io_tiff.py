@@ -3,6 +3,8 @@ with one-line errors naming the file. Fixtures are written with tifffile."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import tifffile
@@ -272,3 +274,28 @@ def test_bytes_of_a_packed_size_without_datetime_stay_bytes(tmp_path):
     tifffile.imwrite(path, data, photometric="minisblack")
     movie = read_movie(path)
     assert movie.frames.shape == (1, 7420, 3838) and "packed_4bit" not in movie.header
+
+
+def _declare_size(path, width: int, length: int) -> None:
+    """Overwrite the ImageWidth and ImageLength of every page in place (a damaged header)."""
+    with tifffile.TiffFile(path) as tif:
+        fields = [(tag.valueoffset, tag.dtype) for page in tif.pages
+                  for tag in (page.tags["ImageWidth"], page.tags["ImageLength"])]
+    data = bytearray(path.read_bytes())
+    for (offset, dtype), value in zip(fields, [width, length] * (len(fields) // 2)):
+        fmt = "<H" if dtype == 3 else "<I"
+        struct.pack_into(fmt, data, offset, value)
+    path.write_bytes(bytes(data))
+
+
+def test_a_header_declaring_frames_no_detector_writes_is_damaged_not_decoded(tmp_path):
+    """A 12 KB LZW TIFF whose header declares 65535 x 65535 pixels: before, the completeness
+    check (in the daemon's own process) and the reader decoded gigabytes for it."""
+    path = tmp_path / "damaged.tif"
+    frames = np.random.default_rng(0).poisson(1.0, (3, 64, 64)).astype(np.uint8)
+    tifffile.imwrite(path, frames, compression="lzw", photometric="minisblack", metadata=None)
+    _declare_size(path, 65535, 65535)
+    verdict = check_complete(path)
+    assert not verdict.complete and "no detector writes" in verdict.reason
+    with pytest.raises(UnreadableMovieError, match="65535 x 65535 pixels"):
+        read_movie(path)
