@@ -13,11 +13,13 @@ frames (``ReadParams.throw_frames``/``trunc_frames``) and Fourier binning
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnreadableMovieError, UnsupportedFormatError
+from ..errors import CorrectionError, UnreadableMovieError, UnsupportedFormatError
 from ..movie import Movie
 from ..params import ReadParams
 from .complete import Completeness, check_complete
@@ -45,6 +47,9 @@ def detect_format(path: str | Path) -> str:
     """
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir():
+            # a FIFO would block the open for good; a device or socket is no movie either
+            raise UnreadableMovieError(path, "not a regular file (a FIFO, device or socket)")
         with open(path, "rb") as fh:
             head = fh.read(224)
     except FileNotFoundError:
@@ -106,21 +111,13 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
     params = ReadParams() if params is None else params
     path = Path(path)
     kind = detect_format(path)
-    if kind == "mrc":
-        from .mrc import read_mrc  # noqa: PLC0415
-
-        movie = read_mrc(path)
-    elif kind == "tiff":
-        from .tiff import read_tiff  # noqa: PLC0415
-
-        movie = read_tiff(path, spill_dir=spill_dir)
-    elif kind == "eer":
-        from .eer import read_eer  # noqa: PLC0415
-
-        movie = read_eer(path, params=params, spill_dir=spill_dir)
-    else:
-        raise UnsupportedFormatError(path, f"a {kind.upper()} file is a reference image, "
-                                           "not a movie")
+    try:
+        movie = _read_kind(kind, path, params, spill_dir)
+    except (CorrectionError, OSError, MemoryError):
+        raise  # OSError: the environment's (a share's I/O error), told apart by the daemon
+    except Exception as exc:  # noqa: BLE001 - a damaged file trips a library's own checks
+        raise UnreadableMovieError(path, f"damaged {kind.upper()} file: "
+                                         f"{type(exc).__name__}: {exc}") from exc
     # EER readers apply params.pixel_size_A themselves (the physical pixel, divided by the
     # sampling); for the others the given value is the pixel of the frames as stored.
     if (kind != "eer" and params.pixel_size_A is not None
@@ -131,6 +128,25 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
                       dose_per_frame_e_A2=movie.dose_per_frame_e_A2,
                       raw_frames_per_frame=movie.raw_frames_per_frame, header=header)
     return movie
+
+
+def _read_kind(kind: str, path: Path, params: ReadParams, spill_dir: str | Path | None
+               ) -> Movie:
+    """The reader of ``kind`` (:func:`detect_format`) on ``path``."""
+    if kind == "mrc":
+        from .mrc import read_mrc  # noqa: PLC0415
+
+        return read_mrc(path)
+    if kind == "tiff":
+        from .tiff import read_tiff  # noqa: PLC0415
+
+        return read_tiff(path, spill_dir=spill_dir)
+    if kind == "eer":
+        from .eer import read_eer  # noqa: PLC0415
+
+        return read_eer(path, params=params, spill_dir=spill_dir)
+    raise UnsupportedFormatError(path, f"a {kind.upper()} file is a reference image, "
+                                       "not a movie")
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, float | None]:

@@ -103,6 +103,8 @@ def _not_a_movie(reason: str) -> Completeness:
 
 
 def _readable_and_not_empty(path: Path) -> bool:
+    if not path.is_file():  # a FIFO would block the open
+        return False
     try:
         with open(path, "rb") as fh:
             return bool(fh.read(1))

@@ -276,16 +276,19 @@ def test_bytes_of_a_packed_size_without_datetime_stay_bytes(tmp_path):
     assert movie.frames.shape == (1, 7420, 3838) and "packed_4bit" not in movie.header
 
 
-def _declare_size(path, width: int, length: int) -> None:
-    """Overwrite the ImageWidth and ImageLength of every page in place (a damaged header)."""
+def _set_tag(path, name: str, value: int) -> None:
+    """Overwrite tag ``name`` of every page in place (a damaged header)."""
     with tifffile.TiffFile(path) as tif:
-        fields = [(tag.valueoffset, tag.dtype) for page in tif.pages
-                  for tag in (page.tags["ImageWidth"], page.tags["ImageLength"])]
+        fields = [(page.tags[name].valueoffset, page.tags[name].dtype) for page in tif.pages]
     data = bytearray(path.read_bytes())
-    for (offset, dtype), value in zip(fields, [width, length] * (len(fields) // 2)):
-        fmt = "<H" if dtype == 3 else "<I"
-        struct.pack_into(fmt, data, offset, value)
+    for offset, dtype in fields:
+        struct.pack_into("<H" if dtype == 3 else "<I", data, offset, value)
     path.write_bytes(bytes(data))
+
+
+def _declare_size(path, width: int, length: int) -> None:
+    _set_tag(path, "ImageWidth", width)
+    _set_tag(path, "ImageLength", length)
 
 
 def test_a_header_declaring_frames_no_detector_writes_is_damaged_not_decoded(tmp_path):
@@ -299,3 +302,42 @@ def test_a_header_declaring_frames_no_detector_writes_is_damaged_not_decoded(tmp
     assert not verdict.complete and "no detector writes" in verdict.reason
     with pytest.raises(UnreadableMovieError, match="65535 x 65535 pixels"):
         read_movie(path)
+
+
+@pytest.mark.parametrize("tag, value", [("BitsPerSample", 65535), ("RowsPerStrip", 0)])
+def test_a_damaged_tag_tifffile_trips_over_is_an_unreadable_movie_naming_the_file(
+        tmp_path, tag, value):
+    """Before, tifffile's own AssertionError or ZeroDivisionError reached the worker, which
+    took it for an internal error and retried the movie."""
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, np.ones((3, 32, 32), np.uint16), photometric="minisblack",
+                     metadata=None)
+    _set_tag(path, tag, value)
+    with pytest.raises(UnreadableMovieError, match=r"damaged\.tif: damaged TIFF file: \w+Error"):
+        read_movie(path)
+
+
+def test_a_fifo_named_like_a_movie_is_refused_without_blocking(tmp_path):
+    """Opening a FIFO blocks until a writer comes: before, read_movie and the completeness
+    check waited for ever (the alarm ends the test if it does)."""
+    import os
+    import signal
+
+    path = tmp_path / "pipe.tif"
+    os.mkfifo(path)
+
+    class Blocked(BaseException):  # not an OSError: nothing may take it for one
+        pass
+
+    def interrupt(signum, frame):
+        raise Blocked("blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UnreadableMovieError, match="not a regular file"):
+            read_movie(path)
+        assert "not a regular file" in check_complete(path).reason
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
