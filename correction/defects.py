@@ -555,7 +555,7 @@ def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
                       "defect) or an 'x y w h' list, in the frames' orientation")
         try:
             x, y, w, h = (int(float(p)) for p in parts)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: inf
             raise GainReferenceError(
                 path, f"defect list line {number} is not 'x y w h': {line.strip()!r}") from None
         if w <= 0 or h <= 0 or x < 0 or y < 0:

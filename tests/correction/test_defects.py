@@ -120,11 +120,14 @@ def test_defect_list_rectangles_become_a_mask(tmp_path):
     np.testing.assert_array_equal(mask, expected)
 
 
-def test_malformed_defect_list_line_is_quoted(tmp_path):
+@pytest.mark.parametrize("bad_line", ["5 six 7 8", "5 inf 7 8", "5 1e400 7 8"])
+def test_malformed_defect_list_line_is_quoted(tmp_path, bad_line):
+    """An infinite value too (before, an OverflowError that the daemon took for an internal
+    error of each movie, not a configuration error)."""
     path = tmp_path / "defects.txt"
-    path.write_text("1 2 3 4\n5 six 7 8\n")
+    path.write_text(f"1 2 3 4\n{bad_line}\n")
     with pytest.raises(GainReferenceError, match=r"defects\.txt: defect list line 2 is not "
-                                                 r"'x y w h': '5 six 7 8'"):
+                                                 rf"'x y w h': '{bad_line}'"):
         read_defect_list(path, (10, 10))
 
 
