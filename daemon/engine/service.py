@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from daemon import exitcodes
@@ -44,6 +44,7 @@ from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, NoMe
 from daemon.intake.discover import Discovery
 from daemon.settings.config import Config, ConfigError
 from daemon.state.ledger import DB_NAME, Ledger, open_or_rebuild
+from daemon.state.newest import NewestRows
 from daemon.system.logs import get_logger
 from daemon.work.executor import build_executor
 from daemon.work.jobs import JobRunner
@@ -454,6 +455,7 @@ class _LedgerView:
 
     def __init__(self, ledger: Callable[[], Ledger | None]) -> None:
         self._ledger = ledger
+        self._newest: tuple[Ledger, NewestRows] | None = None  # of the ledger open now
 
     def _open(self) -> Ledger:
         ledger = self._ledger()
@@ -463,6 +465,13 @@ class _LedgerView:
 
     def rows(self, *, status: str | None = None, path: str | None = None) -> list[Any]:
         return self._open().rows(status=status, path=path)
+
+    def newest_rows(self) -> Mapping[str, Any]:
+        """The newest row of each real movie's path (read incrementally: NewestRows)."""
+        ledger = self._open()
+        if self._newest is None or self._newest[0] is not ledger:  # a reopened database
+            self._newest = (ledger, NewestRows())
+        return self._newest[1].rows(ledger)
 
     def mdoc_states(self) -> dict[str, dict[str, Any]]:
         return self._open().mdoc_states()

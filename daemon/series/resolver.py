@@ -73,6 +73,8 @@ from daemon.state.ledger import VANISHED
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
 
 _FINISHED = ("done", "quarantined")
+#: paths whose relative names are remembered (a few weeks of sessions; then it starts over)
+_REL_NAMES_KEPT = 200_000
 _STACK_REASON = "a tilt-series stack (its .mdoc is a series mdoc), not a movie: not corrected"
 _UNDECIDED_REASON = ("its .mdoc has no section yet: a tilt-series stack or a frame mdoc still "
                      "being written")
@@ -268,6 +270,7 @@ class TiltSeriesResolver:
         self._undecided_files: set[str] = set()
         self._rows: dict[str, Any] = {}
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
+        self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
@@ -304,7 +307,15 @@ class TiltSeriesResolver:
         return self._ctx.now()
 
     def _rel(self, path: str | Path) -> str:
-        return relative_name(path, self._ctx.watch_dir)
+        """:func:`relative_name` below the watch folder, remembered (pathlib's relative_to
+        over every row of a long-lived state database at every scan cost seconds)."""
+        key = str(path)
+        name = self._rel_names.get(key)
+        if name is None:
+            if len(self._rel_names) >= _REL_NAMES_KEPT:
+                self._rel_names.clear()
+            name = self._rel_names[key] = relative_name(path, self._ctx.watch_dir)
+        return name
 
     @property
     def _mdocs(self) -> dict[str, Any]:
@@ -337,12 +348,9 @@ class TiltSeriesResolver:
                                    dict(stacks or {})))
 
     def _refresh_rows(self) -> None:
-        """Newest ledger row per movie path (real movies only)."""
-        latest: dict[str, Any] = {}
-        for row in self._ctx.store.rows():  # by mtime, then insertion: the last is newest
-            if row.key.size >= 0:
-                latest[row.key.path] = row
-        self._rows = latest
+        """Newest ledger row per movie path (real movies only; read incrementally by the
+        store, never modified here)."""
+        self._rows = self._ctx.store.newest_rows()
 
     # --- MetadataResolver -----------------------------------------------------------------
     def observe(self, scan: ScanResult) -> Iterable[Path] | None:
@@ -563,10 +571,13 @@ class TiltSeriesResolver:
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         self._completing &= set(res.series)  # a series no longer described waits for nothing
-        by_name = {self._rel(p): p for p in movies}
-        by_name.update({self._rel(p): p for p in self._rows if self._rel(p) not in by_name})
+        by_name = {self._rel(p): p for p in self._rows}
+        by_name.update({self._rel(p): p for p in movies})  # a movie on disk: its own path
         changed_names = {self._rel(p) for p in changed}
         unrecorded = unrecorded_files(movies, self._rows)
+        assigned: dict[str, set[str]] = {}  # series -> its movies' names
+        for m, a in res.assignments.items():
+            assigned.setdefault(a.series, set()).add(m)
         for name, summary in res.series.items():
             state = self._states.get(name)
             if state is None:
@@ -578,7 +589,7 @@ class TiltSeriesResolver:
                 self._emit("started", name)
             if name in self._assembling:
                 continue
-            known = {m for m, a in res.assignments.items() if a.series == name}
+            known = set(assigned.get(name, ()))
             known |= {m for m in summary.listed_movies if m in by_name}
             finished = {m for m in known | summary.listed_movies
                         if m in by_name and m not in changed_names

@@ -117,6 +117,7 @@ class MovieRow:
     retry_after: float | None
     inode: tuple[int, int] | None = None
     content: str | None = None
+    row_id: int | None = None  # the table's id: which rows a cache holds (NewestRows)
 
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
@@ -174,7 +175,8 @@ def _row(r: sqlite3.Row) -> MovieRow:
                     r["attempts"], r["failures"], r["error"], j(r["outputs"]), j(r["timings"]),
                     j(r["summary"]), j(r["metadata"]), r["first_seen"], r["updated"],
                     r["finished"], r["retry_after"], inode,
-                    r["content"] if "content" in names else None)
+                    r["content"] if "content" in names else None,
+                    r["id"] if "id" in names else None)
 
 
 _KEY_WHERE = "path = ? AND size = ? AND mtime_ns = ? AND fingerprint = ?"
@@ -299,6 +301,20 @@ class Ledger:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY mtime_ns, path, id"
         return [_row(r) for r in self._db.execute(sql, args)]
+
+    def rows_signature(self) -> tuple[int, int, float]:
+        """``(number of rows, sum of their ids, latest updated time)``: changes with any
+        insertion, deletion, redo (a new id) or status change."""
+        n, ids, updated = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(id), 0), COALESCE(MAX(updated), 0) FROM movies"
+        ).fetchone()
+        return int(n), int(ids), float(updated)
+
+    def rows_written_since(self, updated: float, after_id: int) -> list[MovieRow]:
+        """Rows updated at or after ``updated`` (the ledger's clock, s) or inserted after row
+        ``after_id``."""
+        return [_row(r) for r in self._db.execute(
+            "SELECT * FROM movies WHERE updated >= ? OR id > ?", (updated, after_id))]
 
     def counts(self) -> dict[str, int]:
         """Rows per status (every status present, zero if none)."""
