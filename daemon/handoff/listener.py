@@ -22,7 +22,9 @@ A movie whose outputs were adopted (found on disk, e.g. after the state database
 arrives as a ``movie_done`` like a corrected one.
 
 Every file is rebuilt from the current state, never appended to, so restarts, redone movies and
-re-read mdocs update rows. A failure to write is logged once per file and reason and never stops
+re-read mdocs update rows. The two folder-wide STARs (``corrected_tilt_series.star``,
+``corrected_micrographs.star``) list every movie, so they are rewritten at most every
+:data:`GLOBALS_EVERY_S` seconds while movies come (then at the next heartbeat, and at the stop). A failure to write is logged once per file and reason and never stops
 the service.
 """
 
@@ -31,7 +33,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,9 @@ from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.optics import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL_ABERRATION_MM
+
+#: seconds between rewrites of the folder's global STAR files (each lists every movie)
+GLOBALS_EVERY_S = 10.0
 
 __all__ = ["add_handoff_arguments", "add_relion_optics_arguments", "relion_optics_from_args",
            "handoff_options_from", "build_handoff_listener", "RelionListener"]
@@ -202,10 +208,17 @@ class RelionListener(ServiceListener):
         Defaults to the daemon's logger.
     """
 
-    def __init__(self, optics: RelionOptics, *, warp: bool = True, logger: Any = None) -> None:
+    def __init__(self, optics: RelionOptics, *, warp: bool = True, logger: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.optics = optics
         self.warp = warp
         self._log = logger
+        self._clock = clock
+        # the folder's two global STARs list every movie: rewritten at most every
+        # GLOBALS_EVERY_S (a night of 5,000 movies rewrote them 5,000 times, each pass over
+        # all records), and at every heartbeat and at the stop when some are due
+        self._globals_due = {"tomo": False, "single": False}
+        self._globals_written_at: float | None = None
         self._out: Path | None = None
         self._watch: Path | None = None
         self._motions: dict[str, Path] = {}  # movie path -> motion record path
@@ -491,7 +504,32 @@ class RelionListener(ServiceListener):
 
         self._guard(str(star), "series_star", remove)
 
+    def on_heartbeat(self, beat: Any) -> None:
+        if self._globals_written_at is None or \
+                self._clock() - self._globals_written_at >= GLOBALS_EVERY_S:
+            self._flush_globals()
+
+    def on_stopped(self, exit_status: int) -> None:
+        self._flush_globals()
+
     def _write_globals(self, *, tomo: bool, single: bool) -> None:
+        """Mark the global STARs due; written now unless written less than GLOBALS_EVERY_S
+        ago (then at the next heartbeat after that, or at the stop)."""
+        self._globals_due["tomo"] |= tomo
+        self._globals_due["single"] |= single
+        now = self._clock()
+        if self._globals_written_at is None or now - self._globals_written_at >= GLOBALS_EVERY_S:
+            self._flush_globals()
+
+    def _flush_globals(self) -> None:
+        tomo, single = self._globals_due["tomo"], self._globals_due["single"]
+        if not (tomo or single):
+            return
+        self._globals_due = {"tomo": False, "single": False}
+        self._globals_written_at = self._clock()
+        self._write_globals_now(tomo=tomo, single=single)
+
+    def _write_globals_now(self, *, tomo: bool, single: bool) -> None:
         if self._out is None:
             return
         entries = self._entries()
