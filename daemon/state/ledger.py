@@ -336,9 +336,13 @@ class Ledger:
     def next_pending(self, *, now: float | None = None) -> MovieRow | None:
         """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry."""
         now = self._clock() if now is None else now
+        # two queries, each walking the (status, mtime_ns) index: one with OR sorted every
+        # pending row at each claim (a backlog of thousands after a downtime)
         r = self._db.execute(
-            "SELECT * FROM movies WHERE status = 'pending' "
-            "OR (status = 'failed' AND (retry_after IS NULL OR retry_after <= ?)) "
+            "SELECT * FROM (SELECT * FROM movies WHERE status = 'pending' "
+            "ORDER BY mtime_ns, path, id LIMIT 1) UNION ALL "
+            "SELECT * FROM (SELECT * FROM movies WHERE status = 'failed' "
+            "AND (retry_after IS NULL OR retry_after <= ?) ORDER BY mtime_ns, path, id LIMIT 1) "
             "ORDER BY mtime_ns, path, id LIMIT 1", (now,)).fetchone()
         return None if r is None else _row(r)
 
