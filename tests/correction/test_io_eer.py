@@ -371,6 +371,41 @@ def _flat_field_eer(tmp_path, response, *, n_raw=40, rate=0.25, seed=12):
         ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", "1.1e-10")])
 
 
+def _correct_flat_field(tmp_path, path, gain_name: str, gain: np.ndarray, eer_gain: str, *,
+                        flip_tiff: bool):
+    """``path`` corrected with ``gain`` written as ``gain_name`` (MRC, or TIFF with its rows
+    reversed when ``flip_tiff``) under ``--eer-gain eer_gain`` ("default": not given)."""
+    import mrcfile
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+    from correction.pipeline import correct_movie
+
+    if gain_name.endswith(".mrc"):
+        mrcfile.new(tmp_path / gain_name, data=gain).close()
+    else:
+        tifffile.imwrite(tmp_path / gain_name, gain[::-1] if flip_tiff else gain)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10),
+                              gain=GainParams(gain_path=tmp_path / gain_name,
+                                              detect_hot_pixels=False,
+                                              **({} if eer_gain == "default" else
+                                                 {"eer_gain": eer_gain})),
+                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
+    return correct_movie(path, tmp_path / "out", params)
+
+
+def _assert_flat_at_raw_scale(result, response: np.ndarray) -> None:
+    """The corrected sum of an empty beam (40 raw frames at 0.25 events per pixel) no longer
+    follows the detector's response and keeps the raw counts' scale."""
+    import mrcfile
+
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        image = mrc.data.astype(np.float64)[8:-8, 8:-8]
+    inner = response[8:-8, 8:-8].ravel()
+    assert abs(np.corrcoef(image.ravel(), inner)[0, 1]) < 0.1   # the response is gone
+    assert image.mean() == pytest.approx(40 * 0.25 * response.mean(), rel=0.05)  # raw scale
+
+
 @pytest.mark.parametrize("gain_name, eer_gain", [("count.mrc", "relion"), ("count.tif", "relion"),
                                                  ("count.mrc", "reciprocal"),
                                                  ("mult.mrc", "default"), ("mult.gain", "default"),
@@ -383,33 +418,15 @@ def test_each_eer_gain_rule_flattens_an_empty_beam_with_the_gain_file_it_is_mean
     the default (MotionCor2's ``-Gain``) multiplies by any file. Each way an empty beam comes
     out flat with its kind of file: the corrected sum no longer follows the detector's
     response (a count image used as a multiplier squares it)."""
-    import mrcfile
-
-    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
-    from correction.pipeline import correct_movie
-
     shape = (128, 128)
     response = np.random.default_rng(3).uniform(0.6, 1.4, shape).astype(np.float32)
     path = _flat_field_eer(tmp_path, response)
     counts = response * 5000                      # the flat exposure of the gain reference
     gain = counts if gain_name.startswith("count") else counts.mean() / counts
-    if gain_name.endswith(".mrc"):
-        mrcfile.new(tmp_path / gain_name, data=gain).close()
-    else:                                         # a TIFF's rows are stored top row first
-        tifffile.imwrite(tmp_path / gain_name, gain if gain_name.endswith(".gain") else gain[::-1])
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(eer_group_frames=10),
-                              gain=GainParams(gain_path=tmp_path / gain_name,
-                                              detect_hot_pixels=False,
-                                              **({} if eer_gain == "default" else
-                                                 {"eer_gain": eer_gain})),
-                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
-    result = correct_movie(path, tmp_path / "out", params)
-    with mrcfile.open(result.outputs["sum"]) as mrc:
-        image = mrc.data.astype(np.float64)[8:-8, 8:-8]
-    inner = response[8:-8, 8:-8].ravel()
-    assert abs(np.corrcoef(image.ravel(), inner)[0, 1]) < 0.1   # the response is gone
-    assert image.mean() == pytest.approx(40 * 0.25 * response.mean(), rel=0.05)  # raw scale
+    # a TIFF's rows are stored top row first (a .gain is read in stored order)
+    result = _correct_flat_field(tmp_path, path, gain_name, gain, eer_gain,
+                                 flip_tiff=not gain_name.endswith(".gain"))
+    _assert_flat_at_raw_scale(result, response)
     refs = result.record["references"]
     assert refs["gain_applied_as"] == ("reciprocal" if gain_name.startswith("count")
                                        else "multiplicative")
@@ -423,35 +440,15 @@ def test_an_8k_eer_gain_flattens_a_movie_decoded_at_4k(tmp_path, gain_name, eer_
     as RELION's EERRenderer::loadEERGain accepts it: each physical pixel counts the events of
     its 2 x 2 sub-pixels, so its response is their mean response. An empty beam comes out flat
     at the raw counts' scale, whichever kind of file; before, the gain was refused."""
-    import mrcfile
-
-    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
-    from correction.pipeline import correct_movie
-
     physical = (128, 128)
     sub_response = np.random.default_rng(4).uniform(0.5, 1.5, (256, 256)).astype(np.float32)
     response = sub_response.reshape(128, 2, 128, 2).mean(axis=(1, 3))
     path = _flat_field_eer(tmp_path, response)
     counts = sub_response * 5000                  # the flat exposure on the 8K grid
     gain = counts if gain_name.startswith("count") else counts.mean() / counts
-    if gain_name.endswith(".mrc"):
-        mrcfile.new(tmp_path / gain_name, data=gain).close()
-    else:
-        tifffile.imwrite(tmp_path / gain_name, gain)
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(eer_group_frames=10),
-                              gain=GainParams(gain_path=tmp_path / gain_name,
-                                              detect_hot_pixels=False,
-                                              **({} if eer_gain == "default" else
-                                                 {"eer_gain": eer_gain})),
-                              align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
-    result = correct_movie(path, tmp_path / "out", params)
+    result = _correct_flat_field(tmp_path, path, gain_name, gain, eer_gain, flip_tiff=False)
     assert result.record["shape"] == list(physical)
-    with mrcfile.open(result.outputs["sum"]) as mrc:
-        image = mrc.data.astype(np.float64)[8:-8, 8:-8]
-    inner = response[8:-8, 8:-8].ravel()
-    assert abs(np.corrcoef(image.ravel(), inner)[0, 1]) < 0.1   # the response is gone
-    assert image.mean() == pytest.approx(40 * 0.25 * response.mean(), rel=0.05)  # raw scale
+    _assert_flat_at_raw_scale(result, response)
     refs = result.record["references"]
     assert refs["gain_binned_by"] == 2 and refs["gain_expanded_by"] == 1
 

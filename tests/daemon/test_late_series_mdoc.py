@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from recording_log import RecordingLog
+from service_run import running
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.engine.service import Service
@@ -71,19 +70,8 @@ def _daemon(watch: Path, out: Path, dose: DoseParams, series: SeriesConfig):
                     polling="on")
     log = RecordingLog()
     service = Service(config, logger=log, resolver=TiltSeriesResolver(series, mode="auto"))
-    thread = threading.Thread(target=service.run)
-
-    def wait_for(condition, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    thread.start()
-    try:
+    with running(service, timeout_s=120) as wait_for:
         yield log, wait_for
-    finally:
-        service.request_stop("test done")
-        thread.join(60)
 
 
 def _finished(log: RecordingLog) -> int:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from recording_log import RecordingLog
+from service_run import running
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.commands.cli import main as cli_main
@@ -62,19 +62,8 @@ def _running(config, timeout_s: float = 60.0, make_service=None):
     log = RecordingLog()
     service = (Service(config, runner="fake_runners:correct", logger=log)
                if make_service is None else make_service(log))
-    thread = threading.Thread(target=service.run)
-    deadline = time.monotonic() + timeout_s
-
-    def wait_for(condition) -> None:
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    thread.start()
-    try:
+    with running(service, timeout_s=timeout_s) as wait_for:
         yield log, wait_for
-    finally:
-        service.request_stop("test done")
-        thread.join(60)
 
 
 def _rows_moved_to(out: Path, folder: Path, tilts) -> list:

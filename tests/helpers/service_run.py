@@ -6,10 +6,13 @@ folder on ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["run_until_idle", "watch_once"]
+__all__ = ["run_until_idle", "running", "watch_once"]
 
 
 def run_until_idle(service: Any, *, guard_s: float = 60.0,
@@ -42,3 +45,24 @@ def watch_once(watch: Any, out: Any, params: Any, **config: Any) -> tuple[Any, A
                       listeners=[PublishListener(publisher)], logger=log)
     assert service.run() == 0
     return log, publisher
+
+
+@contextlib.contextmanager
+def running(service: Any, *, timeout_s: float = 60.0) -> Iterator[Callable[..., None]]:
+    """``service.run()`` in a thread, stopped (and joined) on leaving; yields
+    ``wait_for(condition, timeout_s=None)``, which polls until the condition holds or its time
+    is up (by default the time left of ``timeout_s`` from the start)."""
+    thread = threading.Thread(target=service.run)
+    deadline = time.monotonic() + timeout_s
+
+    def wait_for(condition: Callable[[], bool], timeout_s: float | None = None) -> None:
+        until = deadline if timeout_s is None else time.monotonic() + timeout_s
+        while not condition() and time.monotonic() < until:
+            time.sleep(0.02)
+
+    thread.start()
+    try:
+        yield wait_for
+    finally:
+        service.request_stop("test done")
+        thread.join(60)
