@@ -68,6 +68,8 @@ __all__ = [
 #: More sub-frames than any movie has (an EER movie of a minute at 1,000 raw frames per second
 #: has 60,000): a ``FrameDosesAndNumber`` beyond it is damaged, and ignored.
 MAX_SUB_FRAMES = 1_000_000
+#: seconds within which a ``TimeStamp`` is a date (about 1,000 years either way of 2020)
+_TIMESTAMP_SPAN_S = 3.1e10
 #: ``TimeStamp`` counts seconds from this instant (SerialEM >= 4.1).
 TIMESTAMP_EPOCH = _dt.datetime(2020, 1, 1)
 
@@ -211,12 +213,9 @@ class TiltSection:
     @property
     def acquired_at(self) -> _dt.datetime | None:
         """Acquisition time: from ``TimeStamp`` when present, else ``DateTime``."""
-        if self.timestamp_s is not None:
-            try:
-                return TIMESTAMP_EPOCH + _dt.timedelta(seconds=self.timestamp_s)
-            except OverflowError:  # a damaged TimeStamp (out of datetime's years)
-                pass
-        return self.datetime
+        if self.timestamp_s is not None and abs(self.timestamp_s) < _TIMESTAMP_SPAN_S:
+            return TIMESTAMP_EPOCH + _dt.timedelta(seconds=self.timestamp_s)
+        return self.datetime  # none, or a damaged TimeStamp (beyond datetime's years)
 
 
 @dataclass(frozen=True, slots=True)

@@ -326,8 +326,8 @@ def test_a_fifo_named_like_a_movie_is_refused_without_blocking(tmp_path):
     path = tmp_path / "pipe.tif"
     os.mkfifo(path)
 
-    class Blocked(BaseException):  # not an OSError: nothing may take it for one
-        pass
+    class Blocked(BaseException):
+        """Not an OSError: nothing may take it for one."""
 
     def interrupt(signum, frame):
         raise Blocked("blocked on the FIFO")
