@@ -144,13 +144,11 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         state = ledger.service_state()
         done = [_brief(r) for r in ledger.recent("done", last)]
         # a movie corrected after it failed (a retry, a new version) is no longer a failure
-        done_since = {}
-        for r in ledger.rows(status="done"):
-            done_since[r.key.path] = max(r.updated, done_since.get(r.key.path, r.updated))
+        done_since = ledger.done_times()
         failures = [_brief(r) for status in ("quarantined", "failed")
                     for r in ledger.recent(status, last + len(done_since))
                     if not done_since.get(r.key.path, -1.0) >= r.updated][:2 * last]
-        backlog = [_brief(r) for r in ledger.rows(status="pending")[:last]]
+        backlog = [_brief(r) for r in ledger.rows(status="pending", limit=last)]
         requeued = _requeued(ledger)
         series = _series(ledger.series_states(), ledger.rows())
     beat = state.get("heartbeat_wall")

@@ -287,8 +287,10 @@ class Ledger:
         r = self._db.execute(f"SELECT * FROM movies WHERE {_KEY_WHERE}", _k(key)).fetchone()
         return None if r is None else _row(r)
 
-    def rows(self, *, status: str | None = None, path: str | None = None) -> list[MovieRow]:
-        """Rows (optionally of one status or one path) in acquisition order."""
+    def rows(self, *, status: str | None = None, path: str | None = None,
+             limit: int | None = None) -> list[MovieRow]:
+        """Rows (optionally of one status or one path; the first ``limit``) in acquisition
+        order."""
         sql, args = "SELECT * FROM movies", []
         where = []
         if status is not None:
@@ -300,7 +302,15 @@ class Ledger:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY mtime_ns, path, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
         return [_row(r) for r in self._db.execute(sql, args)]
+
+    def done_times(self) -> dict[str, float]:
+        """Path -> when its latest done row was last written (the ledger's clock, s)."""
+        return {_path_out(p): float(t) for p, t in self._db.execute(
+            "SELECT path, MAX(updated) FROM movies WHERE status = 'done' GROUP BY path")}
 
     def rows_signature(self) -> tuple[int, int, float]:
         """``(number of rows, sum of their ids, latest updated time)``: changes with any
