@@ -260,8 +260,7 @@ class Admission:
         restart, the corrected and quarantined movies are not news while they settle again)."""
         if self._recorded is None:
             try:
-                self._recorded = {(r.key.path, r.key.size, r.key.mtime_ns)
-                                  for r in self._ledger().rows()}
+                self._recorded = self._ledger().versions()
             except sqlite3.Error:
                 return set()
         return self._recorded

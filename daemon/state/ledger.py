@@ -307,6 +307,11 @@ class Ledger:
             args.append(int(limit))
         return [_row(r) for r in self._db.execute(sql, args)]
 
+    def versions(self) -> set[tuple[str, int, int]]:
+        """``(path, size, mtime_ns)`` of every row (no column decoded but these)."""
+        return {(_path_out(p), _ns_out(size), _ns_out(mtime)) for p, size, mtime in
+                self._db.execute("SELECT path, size, mtime_ns FROM movies")}
+
     def done_times(self) -> dict[str, float]:
         """Path -> when its latest done row was last written (the ledger's clock, s)."""
         return {_path_out(p): float(t) for p, t in self._db.execute(
