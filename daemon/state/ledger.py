@@ -136,8 +136,8 @@ def _path_out(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
-#: the file name of a row's path, as the bytes the file system gives (a TEXT path's UTF-8, a
-#: BLOB path's own bytes): what follows its last "/" (rtrim strips every character but "/")
+#: the file name of a TEXT (UTF-8) path, as its bytes: what follows its last "/" (rtrim strips
+#: every character but "/"; a BLOB path's bytes are not always read right by text functions)
 _FILE_NAME_SQL = ("substr(CAST(path AS BLOB), "
                   "length(CAST(rtrim(path, replace(path, '/', '')) AS BLOB)) + 1)")
 
@@ -261,6 +261,9 @@ class Ledger:
                 # thousands of one mtime)
                 db.execute(f"CREATE INDEX IF NOT EXISTS movies_name ON movies "
                            f"({_FILE_NAME_SQL}, size, mtime_ns)")
+                # and the few paths that are not UTF-8, which rows_named checks one by one
+                db.execute("CREATE INDEX IF NOT EXISTS movies_blob_path ON movies "
+                           "(size, mtime_ns) WHERE typeof(path) = 'blob'")
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -387,10 +390,17 @@ class Ledger:
         """Rows whose path ends in the file name ``file_name`` (any folder), of this size and
         mtime, in acquisition order: the candidates of a renamed folder whose inode numbers
         changed (a remount, a share without stable inode numbers) or were never recorded.
-        Looked up in an index, whatever the number of rows of that size and mtime."""
-        return [_row(r) for r in self._db.execute(
+        Looked up in an index, whatever the number of rows of that size and mtime; a path
+        stored as a BLOB (not UTF-8), whose bytes SQLite's text functions may misread, is
+        checked here instead."""
+        args = (_ns_in(size), _ns_in(mtime_ns))
+        rows = list(self._db.execute(
             f"SELECT * FROM movies WHERE {_FILE_NAME_SQL} = ? AND size = ? AND mtime_ns = ? "
-            "ORDER BY id", (os.fsencode(file_name), _ns_in(size), _ns_in(mtime_ns)))]
+            "AND typeof(path) = 'text'", (os.fsencode(file_name), *args)))
+        rows += [r for r in self._db.execute(
+            "SELECT * FROM movies WHERE typeof(path) = 'blob' AND size = ? AND mtime_ns = ?",
+            args) if os.path.basename(bytes(r["path"])) == os.fsencode(file_name)]
+        return [_row(r) for r in sorted(rows, key=lambda r: r["id"])]
 
     def fill_inodes(self) -> int:
         """Rows recorded before rows kept the inode learn it from their file, where it still

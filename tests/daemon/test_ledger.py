@@ -269,7 +269,10 @@ def test_rows_named_finds_a_file_name_in_any_folder_and_only_that_name(ledger):
     folder, names the file system gives that are not UTF-8 included, and no other name (a
     folder called like the file, a longer name ending in it)."""
     names = ["/s/grid1/m_01.tif", "/s/grid1_x/m_01.tif", "/s/\udcff/m_01.tif", "m_01.tif",
-             "/s/m_01.tif/m_02.tif", "/s/grid1/am_01.tif", "/s/\udce9/bad_\udce9.tif"]
+             "/s/m_01.tif/m_02.tif", "/s/grid1/am_01.tif", "/s/\udce9/bad_\udce9.tif",
+             # Latin-1 'café/µm.tif', and a folder ending in a lead byte before a file name
+             # starting with a continuation byte: read as UTF-8 they run into one character
+             os.fsdecode(b"/s/caf\xe9/\xb5m.tif"), os.fsdecode(b"/s/d\xc3/\x80x.tif")]
     for i, name in enumerate(names):
         ledger.add(MovieKey(name, 100, 7, "fp"), inode=(1, i))
     ledger.add(MovieKey("/s/grid2/m_01.tif", 100, 8, "fp"))  # another mtime
@@ -277,5 +280,7 @@ def test_rows_named_finds_a_file_name_in_any_folder_and_only_that_name(ledger):
     assert [r.key.path for r in ledger.rows_named("m_01.tif", 100, 7)] == names[:4]
     assert [r.key.path for r in ledger.rows_named("bad_\udce9.tif", 100, 7)] == [names[6]]
     assert ledger.rows_named("grid1", 100, 7) == []
+    for odd in names[7:]:
+        assert [r.key.path for r in ledger.rows_named(os.path.basename(odd), 100, 7)] == [odd]
     assert [r.key.path for r in ledger.rows_of_inode_number(2, 100, 7)] == [names[2]]
     assert ledger.rows_of_inode_number(2, 100, 8) == []
