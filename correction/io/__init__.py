@@ -113,8 +113,9 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
     kind = detect_format(path)
     try:
         movie = _read_kind(kind, path, params, spill_dir)
-    except (CorrectionError, OSError, MemoryError):
-        raise  # OSError: the environment's (a share's I/O error), told apart by the daemon
+    except (CorrectionError, OSError, MemoryError, ImportError, NotImplementedError):
+        raise  # OSError: the environment's (a share's I/O error), told apart by the daemon;
+        # ImportError, NotImplementedError: this installation's, not the file's
     except Exception as exc:  # noqa: BLE001 - a damaged file trips a library's own checks
         raise UnreadableMovieError(path, f"damaged {kind.upper()} file: "
                                          f"{type(exc).__name__}: {exc}") from exc

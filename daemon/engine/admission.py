@@ -246,14 +246,20 @@ class Admission:
                 why = f"admission failed: {type(exc).__name__}: {exc}"
                 self.report_once(str(obs.path), "movie_admission_failed", why, level="error")
                 self._handled.add((str(obs.path), obs.size, obs.mtime_ns))
-                # quarantined, so that status lists it and `motionwatch retry` lifts it
+                # quarantined, so that status lists it and `motionwatch retry` lifts it (unless
+                # a row of this version says more: corrected before, under other parameters)
                 key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
-                self._safe(lambda key=key, why=why: self._ledger().add(
-                    key, status="quarantined", error=why))
+                self._safe(lambda key=key, why=why: self._quarantine_unless_recorded(key, why))
                 reason = None
             if reason is not None:
                 waiting[obs.path] = reason
         self.waiting = waiting
+
+    def _quarantine_unless_recorded(self, key: MovieKey, why: str) -> None:
+        ledger = self._ledger()
+        if not any((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
+                   for r in ledger.rows(path=key.path)):
+            ledger.add(key, status="quarantined", error=why)
 
     def _recorded_versions(self) -> set[tuple[str, int, int]]:
         """``(path, size, mtime_ns)`` of every row the ledger held when first asked (after a
@@ -323,22 +329,23 @@ class Admission:
             self._log.info("movie_readable_again", movie=str(obs.path),
                            note=f"was quarantined as: {row.error}")
             row = None
+        outdated = row is not None and _record_outdated(row, meta)
         if row is not None and self._superseded(row):
             # done under these parameters, then again under others (metadata that moved and
             # moved back: an mdoc read half-way through a rewrite): the outputs on disk are
-            # the others', so it is corrected again under these
-            if self._safe(lambda: ledger.redo(key) or True) is None:
+            # the others', so it is corrected again under these (with the record of now)
+            redo_metadata = self._stored_now(row, meta, verdict, obs) if outdated else None
+            if self._safe(lambda: ledger.redo(key, metadata=redo_metadata) or True) is None:
                 return _DB_DOWN
+            outdated = False
             self._log.warning("movie_redo_superseded", movie=str(obs.path),
                               note="its outputs were since written under other parameters or "
                                    "metadata: corrected again under these")
-        if row is not None and _record_outdated(row, meta):
+        if outdated:
             # its tilt record is stale at the same dose (another series' now, a series mdoc
             # renamed; or its mdoc came after it was corrected by its file name): the same
             # key, whose record, hand-off entries and stack must say what the metadata says
-            stored_now = metadata_to_json(StoredMetadata(
-                meta.dose, meta.extra_record, meta.log_context, verdict.n_frames,
-                (row.metadata or {}).get("stem") or movie_stem(obs.path)))
+            stored_now = self._stored_now(row, meta, verdict, obs)
             if self._safe(lambda: ledger.redo(key, metadata=stored_now) or True) is None:
                 return _DB_DOWN
         if row is not None:
@@ -391,6 +398,14 @@ class Admission:
                 self._arrived(obs.mtime_ns / 1e9)
         self._handled.add(ident)
         return None
+
+    @staticmethod
+    def _stored_now(row: Any, meta: MovieMetadata, verdict: Verdict, obs: Observation
+                    ) -> dict[str, Any]:
+        """The stored metadata of ``row``'s movie under ``meta`` (its output stem kept)."""
+        return metadata_to_json(StoredMetadata(
+            meta.dose, meta.extra_record, meta.log_context, verdict.n_frames,
+            (row.metadata or {}).get("stem") or movie_stem(obs.path)))
 
     def _superseded(self, row: Any) -> bool:
         """A done row of this file version whose outputs another done row (other parameters)

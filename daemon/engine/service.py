@@ -228,6 +228,7 @@ class Service:
         """Run until stopped (signal, :meth:`request_stop`, or ``exit_when_idle_s``); exit status."""
         cfg = self.config
         self._signals.install()
+        crashed = False
         try:
             try:
                 if self._policy_error is not None:
@@ -264,10 +265,13 @@ class Service:
                 status = self._loop()
             except Exception:
                 self._log.exception("service_crashed")
+                crashed = True
                 raise
         finally:
             self._shutdown()
             self._signals.restore()
+            if crashed:  # the listeners still write what they held back (hand-off files)
+                self._notify("on_stopped", exitcodes.SOFTWARE)
         self._notify("on_stopped", status)
         return status
 

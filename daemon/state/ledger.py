@@ -320,13 +320,15 @@ class Ledger:
         return {_path_out(p): float(t) for p, t in self._db.execute(
             "SELECT path, MAX(updated) FROM movies WHERE status = 'done' GROUP BY path")}
 
-    def rows_signature(self) -> tuple[int, int, float]:
-        """``(number of rows, sum of their ids, latest updated time)``: changes with any
-        insertion, deletion, redo (a new id) or status change."""
+    def rows_signature(self) -> tuple[int, int, float, int, int]:
+        """``(number of rows, sum of their ids, latest updated time, changes this connection
+        made, the database's data version)``: any write to the database, by this connection
+        or another, changes it; the first two change when rows come or go (a redo's new id)."""
         n, ids, updated = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(id), 0), COALESCE(MAX(updated), 0) FROM movies"
         ).fetchone()
-        return int(n), int(ids), float(updated)
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return int(n), int(ids), float(updated), int(self._db.total_changes), int(version)
 
     def rows_written_since(self, updated: float, after_id: int) -> list[MovieRow]:
         """Rows updated at or after ``updated`` (the ledger's clock, s) or inserted after row
@@ -589,8 +591,9 @@ class Ledger:
         kept it, or whose file got another inode number: a remount) and, where the row has
         none yet, its content fingerprint."""
         with self._tx() as db:
-            db.execute(f"UPDATE movies SET dev = ?, ino = ?, content = COALESCE(content, ?) "
-                       f"WHERE {_KEY_WHERE}", (*_inode_in(inode), content, *_k(key)))
+            db.execute(f"UPDATE movies SET dev = ?, ino = ?, content = COALESCE(content, ?), "
+                       f"updated = ? WHERE {_KEY_WHERE}",
+                       (*_inode_in(inode), content, self._clock(), *_k(key)))
 
     def move(self, old_path: str, new_path: str, *, size: int, mtime_ns: int,
              metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None,

@@ -6,10 +6,12 @@ output folder) cost 1.9 s a scan and 1.2 s a finished tilt, most of it decoding 
 daemon fell behind a microscope that writes a tilt every few seconds. :class:`NewestRows` reads
 only the rows written since its last look (``updated`` at or after the latest it saw, less a
 slack for writes within the same clock tick, and every id above the largest it holds). The
-table's signature (row count, sum of ids, latest ``updated``) says when nothing changed at all,
-and when rows went away (a requeue, a redo's new id, a ghost removed): the table is then read
-whole, as it is every :data:`FULL_READ_S` seconds in any case (a clock stepped back, fields
-written without ``updated``).
+database's signature (row count, sum of ids, latest ``updated``, the changes of the writing
+connection and the data version other connections' writes move) says when nothing changed at
+all, and when rows went away (a requeue, a redo's new id, a ghost removed): the table is then
+read whole. So it is while the wall clock is behind the latest ``updated`` (stepped back: a
+write then may stamp a row below what was seen), and every :data:`FULL_READ_S` seconds in any
+case.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ class NewestRows:
     """The newest row (latest mtime, then latest id) of each path of real movies (size >= 0)
     of one state database, read incrementally (module docstring)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._wall = wall  # the ledger's clock, whose ``updated`` stamps are compared
         self._by_id: dict[int, Any] = {}
         self._newest: dict[str, Any] = {}
-        self._signature: tuple[int, int, float] | None = None
+        self._signature: tuple[int, int, float, int, int] | None = None
         self._read_whole_at: float | None = None
         self.whole_reads = 0  # for tests and profiles: how often the table was read whole
 
@@ -45,10 +49,10 @@ class NewestRows:
         due = self._read_whole_at is None or now - self._read_whole_at >= FULL_READ_S
         if signature == self._signature and not due:
             return self._newest
-        if due:
+        latest = self._signature[2] if self._signature is not None else 0.0
+        if due or self._wall() < latest - SLACK_S:  # or a clock stepped back
             self._read_whole(ledger, now)
         else:
-            latest = self._signature[2] if self._signature is not None else 0.0
             for row in ledger.rows_written_since(latest - SLACK_S, max(self._by_id, default=0)):
                 self._by_id[row.row_id] = row
             if (len(self._by_id), sum(self._by_id)) != signature[:2]:  # rows went away

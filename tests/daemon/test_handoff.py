@@ -438,6 +438,40 @@ def test_the_folders_micrographs_star_is_rewritten_at_most_every_ten_seconds_and
     assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
 
 
+def test_a_service_that_crashes_still_writes_the_folders_star_it_held_back(tmp_path,
+                                                                          monkeypatch):
+    """The listeners hear on_stopped (exit status 70) after a crash of the service loop too:
+    the movies corrected since the last rewrite are in corrected_micrographs.star."""
+    from daemon import exitcodes
+    from daemon.events import ServiceListener
+
+    out, config = _single_particle_session(tmp_path, seed=5)
+    stopped = []
+
+    class Crash(ServiceListener):
+        def on_movie_done(self, event):
+            stopped.append("done")
+
+        def on_stopped(self, exit_status):
+            stopped.append(exit_status)
+
+    heartbeat = Service._heartbeat
+
+    def crashing_heartbeat(self):
+        if stopped.count("done") == 2:
+            raise RuntimeError("a bug in the loop")
+        heartbeat(self)
+
+    monkeypatch.setattr(Service, "_heartbeat", crashing_heartbeat)
+    service = Service(config, resolver=NoMetadata(),
+                      listeners=[RelionListener(OPTICS, clock=lambda: 0.0), Crash()])
+    with pytest.raises(RuntimeError, match="a bug in the loop"):
+        service.run()
+    assert stopped[-1] == exitcodes.SOFTWARE
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
+
+
 def test_movies_adopted_after_the_state_database_was_lost_stay_in_corrected_micrographs_star(
         tmp_path):
     """Outputs adopted after the state database was lost count as corrected movies: the STAR

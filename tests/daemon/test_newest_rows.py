@@ -55,3 +55,25 @@ def test_incremental_reads_agree_with_whole_reads_through_every_kind_of_write(tm
         reads = cache.whole_reads
         check()  # nothing written: nothing read
         assert cache.whole_reads == reads
+
+
+def test_writes_the_latest_stamp_does_not_tell_are_seen_at_once(tmp_path):
+    """A status change stamped with the latest ``updated`` already seen (one clock tick), one
+    stamped below it (the wall clock stepped back) and an inode learnt: each is seen at the
+    next look, not after the periodic whole read."""
+    wall = [1000.0]
+    cache = NewestRows(clock=lambda: 0.0, wall=lambda: wall[0])
+    with Ledger(tmp_path / "state.sqlite", clock=lambda: wall[0]) as ledger:
+        a, b = (MovieKey(f"/w/{n}.mrc", 100, 10, "fp") for n in "ab")
+        ledger.add(a)
+        ledger.add(b)
+        assert cache.rows(ledger)["/w/a.mrc"].status == "pending"
+        ledger.claim(a)  # the same tick
+        assert cache.rows(ledger)["/w/a.mrc"].status == "running"
+        wall[0] = 900.0  # stepped back by 100 s
+        ledger.claim(b)
+        assert cache.rows(ledger)["/w/b.mrc"].status == "running"
+        wall[0] = 1010.0
+        ledger.set_inode(a, (5, 6))
+        assert cache.rows(ledger)["/w/a.mrc"].inode == (5, 6)
+        assert cache.rows(ledger) == _whole(ledger)
