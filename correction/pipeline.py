@@ -1334,11 +1334,10 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                super_resolution_factor=int(super_res))
     gain_expanded_by = (int(super_res) if gain_reference is not None
                         and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)
-    if gain_binned_by > 1:  # binned before correct_frames: the shapes matched there
-        gain_expanded_by = 1
+    float_frames = movie.frames.dtype.kind == "f"
     del movie
     images = corrected.images
-    if not all(np.isfinite(frame_mean(image, workers)) for image in (
+    if float_frames and not all(np.isfinite(frame_mean(image, workers)) for image in (
             images.sum, images.dw, images.even, images.odd)):  # a damaged float movie
         raise UnreadableMovieError(movie_path, "the corrected sums are not finite: the frames "
                                                "hold values beyond float32's range (or NaN/Inf, "

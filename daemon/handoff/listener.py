@@ -24,7 +24,8 @@ arrives as a ``movie_done`` like a corrected one.
 Every file is rebuilt from the current state, never appended to, so restarts, redone movies and
 re-read mdocs update rows. The two folder-wide STARs (``corrected_tilt_series.star``,
 ``corrected_micrographs.star``) list every movie, so they are rewritten at most every
-:data:`GLOBALS_EVERY_S` seconds while movies come (then at the next heartbeat, and at the stop). A failure to write is logged once per file and reason and never stops
+:data:`GLOBALS_EVERY_S` seconds while movies come (then at the next heartbeat, and at the
+stop). A failure to write is logged once per file and reason and never stops
 the service.
 """
 
@@ -505,8 +506,7 @@ class RelionListener(ServiceListener):
         self._guard(str(star), "series_star", remove)
 
     def on_heartbeat(self, beat: Any) -> None:
-        if self._globals_written_at is None or \
-                self._clock() - self._globals_written_at >= GLOBALS_EVERY_S:
+        if self._globals_quiet():
             self._flush_globals()
 
     def on_stopped(self, exit_status: int) -> None:
@@ -517,9 +517,13 @@ class RelionListener(ServiceListener):
         ago (then at the next heartbeat after that, or at the stop)."""
         self._globals_due["tomo"] |= tomo
         self._globals_due["single"] |= single
-        now = self._clock()
-        if self._globals_written_at is None or now - self._globals_written_at >= GLOBALS_EVERY_S:
+        if self._globals_quiet():
             self._flush_globals()
+
+    def _globals_quiet(self) -> bool:
+        """No global STAR written in the last GLOBALS_EVERY_S seconds."""
+        return (self._globals_written_at is None
+                or self._clock() - self._globals_written_at >= GLOBALS_EVERY_S)
 
     def _flush_globals(self) -> None:
         tomo, single = self._globals_due["tomo"], self._globals_due["single"]

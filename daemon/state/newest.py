@@ -53,10 +53,14 @@ class NewestRows:
         if due or self._wall() < latest - SLACK_S:  # or a clock stepped back
             self._read_whole(ledger, now)
         else:
-            for row in ledger.rows_written_since(latest - SLACK_S, max(self._by_id, default=0)):
+            written = ledger.rows_written_since(latest - SLACK_S, max(self._by_id, default=0))
+            for row in written:
                 self._by_id[row.row_id] = row
             if (len(self._by_id), sum(self._by_id)) != signature[:2]:  # rows went away
                 self._read_whole(ledger, now)
+            elif not written:  # another table written (the heartbeat): nothing to redo
+                self._signature = signature
+                return self._newest
         self._signature = signature
         self._newest = self._newest_of(self._by_id.values())
         return self._newest
