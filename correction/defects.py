@@ -25,6 +25,9 @@ __all__ = [
     "replace_pixels",
     "detect_hot_pixels",
     "read_defect_list",
+    "parse_defect_list",
+    "rasterize_defects",
+    "DefectRect",
     "defect_mask_from_image",
 ]
 
@@ -513,22 +516,38 @@ _SERIALEM_DEFECT_KEYS = frozenset({
     "PartialBadColumn", "PartialBadRow"})
 
 
+#: One defect-list rectangle: first column x, first row y (0-based), w columns, h rows.
+DefectRect = tuple[int, int, int, int]
+
+
 def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
-    """Turn a defect list into a mask.
+    """Turn a defect list into a mask of ``shape_yx`` (:func:`parse_defect_list`, then
+    :func:`rasterize_defects`)."""
+    return rasterize_defects(parse_defect_list(path), shape_yx)
+
+
+def rasterize_defects(rects: tuple[DefectRect, ...], shape_yx: tuple[int, int]) -> np.ndarray:
+    """A mask of ``shape_yx`` (ny, nx), True inside each ``x y w h`` rectangle (clipped to it)."""
+    mask = np.zeros(shape_yx, dtype=bool)
+    for x, y, w, h in rects:
+        mask[y:y + h, x:x + w] = True
+    return mask
+
+
+def parse_defect_list(path: str | Path) -> tuple[DefectRect, ...]:
+    """Read a defect list: its rectangles, in the movie's pixel grid.
 
     Each non-empty line not starting with ``#`` holds ``x y w h``: a rectangle of bad pixels
     whose first column is x and first row is y (0-based), w columns wide and h rows high, as
-    MotionCor's defect files have them. Rectangles are clipped to the frame.
+    MotionCor's defect files have them. They are clipped to the frame when rasterized.
 
     Parameters
     ----------
     path : str or Path
-    shape_yx : tuple of int
-        Frame shape (ny, nx) in the detector orientation the list refers to.
 
     Returns
     -------
-    ndarray of bool, shape ``shape_yx``
+    tuple of (x, y, w, h)
 
     Raises
     ------
@@ -542,7 +561,7 @@ def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
         raise GainReferenceError(path, "defect list: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise GainReferenceError(path, f"defect list unreadable: {exc}") from None
-    mask = np.zeros(shape_yx, dtype=bool)
+    rects: list[DefectRect] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.split("#", 1)[0].strip()
         if not stripped:
@@ -562,8 +581,8 @@ def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
             raise GainReferenceError(
                 path, f"defect list line {number} has a negative position or empty size: "
                       f"{line.strip()!r}")
-        mask[y:y + h, x:x + w] = True
-    return mask
+        rects.append((x, y, w, h))
+    return tuple(rects)
 
 
 def defect_mask_from_image(image: np.ndarray) -> np.ndarray:

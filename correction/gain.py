@@ -10,8 +10,11 @@ orientation (as MotionCor3's ``CLoadRefs`` gives it). A defect list (``x y w h``
 image refers to the movie's pixel grid and is not reoriented: "the coordinate system is the
 same as the input movie before application of binning, rotation and/or flipping" (RELION's
 motion-correction job; MotionCor's ``-DefectMap`` "must have the same dimension and
-orientation as the input movie frame"). :mod:`correction.gain_orientation` checks the
-orientation against the data.
+orientation as the input movie frame"). A defect list stays in the movie's grid when the gain
+is moved to another (:meth:`GainReference.fit_to`, :meth:`GainReference.onto_coarser_grid`:
+RELION fills its defect mask on the rendered EER frames); a defect map image has the gain's
+shape and moves with it. :mod:`correction.gain_orientation` checks the orientation against the
+data.
 
 Defects are the union of the defect list or map, the gain's zero and non-finite pixels, and the
 dark's non-finite pixels; they are replaced in every frame by the mean of their valid
@@ -64,7 +67,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .defects import ReplacementPlan, defect_mask_from_image, plan_replacement, read_defect_list
+from .defects import (
+    DefectRect,
+    ReplacementPlan,
+    defect_mask_from_image,
+    parse_defect_list,
+    plan_replacement,
+    rasterize_defects,
+)
 from .errors import CorrectionError, GainReferenceError, ParameterError
 from .params import Flip, GainParams, flip_name
 from .threads import run_chunks
@@ -127,6 +137,23 @@ def orient(image: np.ndarray, *, rotate_quarter_turns: int = 0,
 
 
 @dataclass(frozen=True, slots=True)
+class ListedPixels:
+    """Reference values under a defect list that the references themselves hold valid.
+
+    Attributes
+    ----------
+    index : ndarray of int
+        Flat indices into the reference's grid.
+    gain, dark : ndarray of float32 (dark None without a dark reference)
+        Their values, as the reference applies them (after :meth:`GainReference.reciprocal`).
+    """
+
+    index: np.ndarray
+    gain: np.ndarray
+    dark: np.ndarray | None
+
+
+@dataclass(frozen=True, slots=True)
 class GainReference:
     """An oriented gain reference, with optional dark reference and defects.
 
@@ -150,6 +177,12 @@ class GainReference:
     eer_rule : str or None
         For a reference chosen for an EER movie (:func:`reference_for_movie`), why it is
         applied as it is (one line); None otherwise.
+    defect_rects : tuple of (x, y, w, h)
+        The defect list, in the movie's pixel grid: rasterized on this reference's grid, and
+        again on the grid it is moved to (:meth:`fit_to`, :meth:`onto_coarser_grid`).
+    listed : ListedPixels or None
+        The gain and dark values under ``defect_rects`` that are not defects of the
+        references themselves (0 in ``gain`` and ``dark``), kept for moving to another grid.
     """
 
     gain: np.ndarray
@@ -161,12 +194,14 @@ class GainReference:
     plan: ReplacementPlan | None = field(default=None, repr=False)
     applied_as: str = "multiplicative"
     eer_rule: str | None = None
+    defect_rects: tuple[DefectRect, ...] = ()
+    listed: ListedPixels | None = field(default=None, repr=False)
 
     @classmethod
     def from_arrays(cls, gain: np.ndarray, *, dark: np.ndarray | None = None,
                     defects: np.ndarray | None = None, gain_path: Path | None = None,
-                    dark_path: Path | None = None,
-                    defects_path: Path | None = None) -> GainReference:
+                    dark_path: Path | None = None, defects_path: Path | None = None,
+                    defect_rects: tuple[DefectRect, ...] = ()) -> GainReference:
         """Build a reference from already oriented arrays.
 
         Gain pixels that are 0 or non-finite, and dark pixels that are non-finite, are added
@@ -177,6 +212,9 @@ class GainReference:
         gain : ndarray, shape (ny, nx)
         dark : ndarray, shape (ny, nx), optional
         defects : ndarray of bool, shape (ny, nx), optional
+            A defect map on this grid (moved with the gain to another grid).
+        defect_rects : tuple of (x, y, w, h)
+            A defect list in the movie's grid, rasterized on this one.
 
         Raises
         ------
@@ -199,6 +237,13 @@ class GainReference:
                 raise GainReferenceError(defects_path, f"defect map is {_fmt(defects.shape)}, "
                                                        f"gain is {_fmt(gain.shape)}")
             bad |= defects
+        listed = None
+        if defect_rects:
+            in_list = rasterize_defects(defect_rects, gain.shape)
+            only_listed = np.flatnonzero(in_list & ~bad)
+            listed = ListedPixels(only_listed, gain.ravel()[only_listed],
+                                  None if dark is None else dark.ravel()[only_listed])
+            bad |= in_list
         if bad.all():
             raise GainReferenceError(gain_path, "gain has no valid pixel (all 0, NaN or defect)")
         mask = bad if bad.any() else None
@@ -208,7 +253,20 @@ class GainReference:
                 dark[mask] = 0.0
         plan = plan_replacement(mask) if mask is not None else None
         return cls(gain=gain, dark=dark, defect_mask=mask, gain_path=gain_path,
-                   dark_path=dark_path, defects_path=defects_path, plan=plan)
+                   dark_path=dark_path, defects_path=defects_path, plan=plan,
+                   defect_rects=tuple(defect_rects), listed=listed)
+
+    def _unlisted(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Gain and dark with the values under the defect list put back (copies when any)."""
+        if self.listed is None or not self.listed.index.size:
+            return self.gain, self.dark
+        gain = self.gain.copy()
+        gain.ravel()[self.listed.index] = self.listed.gain
+        dark = self.dark
+        if dark is not None and self.listed.dark is not None:
+            dark = dark.copy()
+            dark.ravel()[self.listed.index] = self.listed.dark
+        return gain, dark
 
     def reciprocal(self) -> GainReference:
         """This reference with the gain file taken as a flat-field count image: ``mean / gain``.
@@ -224,11 +282,14 @@ class GainReference:
             ``applied_as`` switched between ``"multiplicative"`` and ``"reciprocal"``.
         """
         valid = self.gain != 0
-        mean = float(self.gain[valid].mean(dtype=np.float64))
+        mean = np.float32(self.gain[valid].mean(dtype=np.float64))
         inverse = np.zeros_like(self.gain)
-        np.divide(np.float32(mean), self.gain, out=inverse, where=valid)
+        np.divide(mean, self.gain, out=inverse, where=valid)
         flipped = "multiplicative" if self.applied_as == "reciprocal" else "reciprocal"
-        return dataclasses.replace(self, gain=inverse, applied_as=flipped)
+        listed = self.listed
+        if listed is not None:  # not defects of the gain itself: non-zero, finite
+            listed = dataclasses.replace(listed, gain=mean / listed.gain)
+        return dataclasses.replace(self, gain=inverse, applied_as=flipped, listed=listed)
 
     def onto_coarser_grid(self, factor: int) -> GainReference:
         """This reference for frames ``factor`` times coarser on each axis: an EER gain on the
@@ -260,12 +321,14 @@ class GainReference:
                         out += image[dy::factor, dx::factor]
             return out
 
+        fine_gain, fine_dark = self._unlisted()  # the defect list is the movie's: 4K here
         with np.errstate(divide="ignore"):  # a defect (0) sub-pixel: inf, so its block is 0
-            gain = np.float32(factor * factor) / block_sums(np.reciprocal(self.gain))
-        dark = None if self.dark is None else block_sums(self.dark)
-        coarse = GainReference.from_arrays(gain, dark=dark, defects=gain == 0,
-                                           gain_path=self.gain_path, dark_path=self.dark_path,
-                                           defects_path=self.defects_path)
+            gain = np.float32(factor * factor) / block_sums(np.reciprocal(fine_gain))
+        dark = None if fine_dark is None else block_sums(fine_dark)
+        coarse = GainReference.from_arrays(gain, dark=dark, gain_path=self.gain_path,
+                                           dark_path=self.dark_path,
+                                           defects_path=self.defects_path,
+                                           defect_rects=self.defect_rects)
         return dataclasses.replace(coarse, applied_as=self.applied_as, eer_rule=self.eer_rule)
 
     def eer_advice(self) -> str | None:
@@ -347,10 +410,11 @@ class GainReference:
         def grow(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else np.repeat(np.repeat(a, fy, axis=0), fx, axis=1)
 
-        grown = GainReference.from_arrays(grow(self.gain), dark=grow(self.dark),
-                                          defects=grow(self.defect_mask),
+        coarse_gain, coarse_dark = self._unlisted()  # the defect list is the movie's grid's
+        grown = GainReference.from_arrays(grow(coarse_gain), dark=grow(coarse_dark),
                                           gain_path=self.gain_path, dark_path=self.dark_path,
-                                          defects_path=self.defects_path)
+                                          defects_path=self.defects_path,
+                                          defect_rects=self.defect_rects)
         return dataclasses.replace(grown, applied_as=self.applied_as, eer_rule=self.eer_rule)
 
 
@@ -417,10 +481,9 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
             raise GainReferenceError(dpath, "a defect list alone has no frame shape; give a "
                                             "gain or dark reference, or a defect map image")
         gain = np.ones(shape, dtype=np.float32)
-    if dpath is not None and defects is None:
-        defects = read_defect_list(dpath, gain.shape)
+    rects = parse_defect_list(dpath) if dpath is not None and defects is None else ()
     return GainReference.from_arrays(
-        gain, dark=dark, defects=defects,
+        gain, dark=dark, defects=defects, defect_rects=rects,
         gain_path=Path(params.gain_path) if params.gain_path is not None else None,
         dark_path=Path(params.dark_path) if params.dark_path is not None else None,
         defects_path=Path(params.defects_path) if params.defects_path is not None else None)

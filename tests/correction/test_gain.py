@@ -193,6 +193,62 @@ def test_physical_gain_expands_over_the_subpixels_of_a_super_resolution_movie():
         ref.fit_to((4, 6))
 
 
+def test_a_defect_list_is_in_the_movie_grid_when_a_gain_is_expanded_onto_it():
+    """EER sampling 2 with a physical-pixel gain: the list's rectangles are the 8K movie's
+    pixels (RELION fills its defect mask on the rendered grid), so one listed sub-pixel is one
+    defect, and its neighbours keep the gain of the pixel they share; before, the list was
+    read on the gain's grid (this one fell outside it and was lost)."""
+    gain = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    ref = GainReference.from_arrays(gain, defect_rects=((3, 3, 1, 1),))
+    assert ref.defect_mask is None                  # (3, 3) lies outside the 2 x 2 gain
+    fine = ref.fit_to((4, 4), super_resolution_factor=2)
+    expected_mask = np.zeros((4, 4), bool)
+    expected_mask[3, 3] = True
+    np.testing.assert_array_equal(fine.defect_mask, expected_mask)
+    np.testing.assert_array_equal(fine.gain, [[1, 1, 2, 2], [1, 1, 2, 2],
+                                              [3, 3, 4, 4], [3, 3, 4, 0]])
+
+
+def test_a_defect_list_is_in_the_movie_grid_when_an_8k_gain_is_combined_onto_4k():
+    """An 8K EER gain for frames decoded at 4K: the listed pixel (0, 1) of the 4K movie is the
+    defect, and the 8K pixel (0, 1), inside 4K pixel (0, 0), takes part in that pixel's gain
+    as any other; before, the list was rasterized on the 8K grid and moved there."""
+    gain = np.array([[1.0, 2.0, 1.0, 1.0],
+                     [4.0, 4.0, 1.0, 1.0]], np.float32)
+    dark = np.full_like(gain, 0.5)
+    ref = GainReference.from_arrays(gain, dark=dark, defect_rects=((1, 0, 1, 1),))
+    assert ref.defect_mask[0, 1] and ref.gain[0, 1] == 0     # on its own grid, as given
+    coarse = ref.onto_coarser_grid(2)
+    np.testing.assert_array_equal(coarse.defect_mask, [[False, True]])
+    np.testing.assert_allclose(coarse.gain, [[4 / (1 + 0.5 + 0.25 + 0.25), 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(coarse.dark, [[2.0, 0.0]])
+
+
+def test_a_reciprocal_gain_keeps_the_values_under_the_defect_list_for_another_grid():
+    """A count image (EER, applied as mean / gain) moved to another grid gives the same gain
+    whether or not a defect list was rasterized on the way, away from the listed pixels."""
+    counts = np.random.default_rng(5).uniform(0.5, 1.5, (8, 8)).astype(np.float32)
+    listed = GainReference.from_arrays(counts, defect_rects=((2, 2, 1, 1),))
+    plain = GainReference.from_arrays(counts)
+    coarse_listed = listed.reciprocal().onto_coarser_grid(2)
+    coarse_plain = plain.reciprocal().onto_coarser_grid(2)
+    assert coarse_listed.defect_mask.sum() == 1 and coarse_listed.defect_mask[2, 2]
+    keep = ~coarse_listed.defect_mask
+    # the mean of mean / counts excludes the listed pixel in one, not the other: a constant
+    ratio = coarse_listed.gain[keep] / coarse_plain.gain[keep]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+
+
+def test_load_gain_reference_keeps_the_defect_list_for_the_movie_grid(tmp_path):
+    mrcfile.new(tmp_path / "gain.mrc", data=np.ones((4, 4), np.float32)).close()
+    (tmp_path / "defects.txt").write_text("# x y w h\n6 0 1 8\n")
+    ref = load_gain_reference(GainParams(gain_path=tmp_path / "gain.mrc",
+                                         defects_path=tmp_path / "defects.txt"))
+    assert ref.defect_rects == ((6, 0, 1, 8),) and ref.defect_mask is None
+    fine = ref.fit_to((8, 8), super_resolution_factor=2)
+    assert fine.defect_mask[:, 6].all() and fine.defect_mask.sum() == 8
+
+
 def _stored_as_written(gain_true, k, flip):
     """The gain file that -RotGain k -FlipGain flip turns into ``gain_true`` (truth inverse)."""
     unflipped = _truth_orient(gain_true, 0, flip)           # a flip is its own inverse

@@ -372,9 +372,10 @@ def _flat_field_eer(tmp_path, response, *, n_raw=40, rate=0.25, seed=12):
 
 
 def _correct_flat_field(tmp_path, path, gain_name: str, gain: np.ndarray, eer_gain: str, *,
-                        flip_tiff: bool):
+                        flip_tiff: bool, defects_path=None):
     """``path`` corrected with ``gain`` written as ``gain_name`` (MRC, or TIFF with its rows
-    reversed when ``flip_tiff``) under ``--eer-gain eer_gain`` ("default": not given)."""
+    reversed when ``flip_tiff``) under ``--eer-gain eer_gain`` ("default": not given), and
+    the defect list ``defects_path`` if given."""
     import mrcfile
 
     from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
@@ -388,6 +389,7 @@ def _correct_flat_field(tmp_path, path, gain_name: str, gain: np.ndarray, eer_ga
                               read=ReadParams(eer_group_frames=10),
                               gain=GainParams(gain_path=tmp_path / gain_name,
                                               detect_hot_pixels=False,
+                                              defects_path=defects_path,
                                               **({} if eer_gain == "default" else
                                                  {"eer_gain": eer_gain})),
                               align=AlignParams(patches_x=1, patches_y=1, max_shift_px=4))
@@ -451,6 +453,28 @@ def test_an_8k_eer_gain_flattens_a_movie_decoded_at_4k(tmp_path, gain_name, eer_
     _assert_flat_at_raw_scale(result, response)
     refs = result.record["references"]
     assert refs["gain_binned_by"] == 2 and refs["gain_expanded_by"] == 1
+
+
+def test_a_defect_list_with_an_8k_gain_names_pixels_of_the_movie_decoded_at_4k(tmp_path):
+    """The defect list is in the movie's pixel grid (RELION fills its defect mask on the
+    rendered frames), whatever the gain's grid: a hot column of the 4K frames listed as
+    ``50 0 1 128`` is replaced; before, the list was read on the 8K gain's grid, so column 25
+    was replaced and the hot column stayed (3.4 times its neighbours)."""
+    sub_response = np.random.default_rng(6).uniform(0.8, 1.2, (256, 256)).astype(np.float32)
+    response = sub_response.reshape(128, 2, 128, 2).mean(axis=(1, 3))
+    hot = response.copy()
+    hot[:, 50] = 3.5                              # a column the gain reference does not show
+    path = _flat_field_eer(tmp_path, hot)
+    gain = (sub_response * 5000).mean() / (sub_response * 5000)
+    (tmp_path / "defects.txt").write_text("50 0 1 128\n")
+    result = _correct_flat_field(tmp_path, path, "mult.gain", gain, "default",
+                                 flip_tiff=False, defects_path=tmp_path / "defects.txt")
+    import mrcfile
+
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        image = mrc.data.astype(np.float64)[8:-8]
+    assert image[:, 50].mean() / image.mean() == pytest.approx(1.0, abs=0.1)
+    assert image[:, 25].mean() / image.mean() == pytest.approx(1.0, abs=0.1)
 
 
 def test_an_8k_gain_combines_sub_pixels_by_their_mean_response_and_any_defect():
