@@ -143,6 +143,10 @@ class MovieMetadata:
         ``movie_redo_metadata_changed``): a corrected version of it is corrected again under
         this metadata even when its key did not change (a filename fallback's dose equal to
         the mdoc's that came later: only the tilt record moved).
+    quarantine_reason : str or None
+        The metadata will not come (a tilt whose series went idle without a dose for it): the
+        movie is quarantined with this reason, not corrected; the resolver redoes it if the
+        metadata comes after all.
     """
 
     dose: Any = None
@@ -152,6 +156,7 @@ class MovieMetadata:
     ignore_reason: str | None = None
     expected_frames: int | None = None
     redo_reason: str | None = None
+    quarantine_reason: str | None = None
 
 
 class SeriesStore(Protocol):

@@ -309,6 +309,15 @@ class Admission:
             self.report_once(str(obs.path), "movie_ignored", meta.ignore_reason)
             self._handled.add(ident)
             return None
+        if meta.quarantine_reason:
+            self.report_once(str(obs.path), "movie_quarantined", meta.quarantine_reason,
+                             level="warning")
+            key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
+            if self._safe(lambda: self._quarantine_unless_recorded(
+                    key, meta.quarantine_reason) or True) is None:
+                return _DB_DOWN
+            self._handled.add(ident)
+            return None
         short = self._short_of_frames(obs, verdict, meta)
         if short is not None:
             return short

@@ -37,7 +37,8 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a series without .openTS lock is complete once its mdoc is unchanged "
                         f"this long (default {_DEFAULTS.mdoc_quiet_s:g} s)")
     g.add_argument("--series-idle-timeout", type=float, default=_DEFAULTS.idle_timeout_s,
-                   metavar="S", help="complete a series with nothing new for this long "
+                   metavar="S", help="complete a series with nothing new for this long, "
+                                     "and quarantine its tilts still without a dose "
                                      f"(default {_DEFAULTS.idle_timeout_s:g} s)")
     g.add_argument("--tilt-axis", type=float, default=None, metavar="DEG",
                    help="nominal tilt-axis angle (°) for the stacks' mdocs and the RELION "

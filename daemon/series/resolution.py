@@ -94,6 +94,8 @@ DEFAULT_FILENAME_PATTERN = (
     r"(?:_[^/\\]*)?\.(?i:mrc|mrcs|tif|tiff|eer)$")
 
 _STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")
+#: Begins the quarantine reason of a tilt given up for want of a dose (:attr:`Resolution.no_dose`).
+TILT_NO_DOSE_REASON = "no dose for this tilt (from its series mdoc, frame mdoc or dose_per_tilt)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,8 @@ class SeriesConfig:
         A series whose ``.openTS`` lock was never seen is "no longer written" once its mdoc
         has been unchanged this long.
     idle_timeout_s : float
-        A series with no new movie and no mdoc change for this long is completed anyway.
+        A series with no new movie and no mdoc change for this long is completed anyway, and
+        its tilts without a dose (and those after one) stop waiting: they are quarantined.
     frame_dose_tolerance : float
         Relative disagreement between the sum of ``FrameDosesAndNumber`` and the tilt dose
         beyond which a warning is recorded (the frame doses are then scaled to the tilt dose).
@@ -348,7 +351,10 @@ class Resolution:
     ``assignments``: movie name -> :class:`TiltAssignment`; ``pending``: movie name -> reason it
     must wait (no metadata yet, no dose, an earlier tilt without dose, mdoc being written);
     ``standalone``: movies that belong to no series (correct without pre-exposure);
-    ``series``: name -> :class:`SeriesSummary`; ``ignored_mdocs``: path -> reason (montages...).
+    ``series``: name -> :class:`SeriesSummary`; ``ignored_mdocs``: path -> reason (montages...);
+    ``no_dose``: movie name -> why a tilt without a dose (or after one) stopped waiting, its
+    series idle for ``SeriesConfig.idle_timeout_s`` (an aborted position whose mdoc never
+    came): the service quarantines it, and redoes it once its series' metadata gives the dose.
     """
 
     assignments: Mapping[str, TiltAssignment]
@@ -357,6 +363,7 @@ class Resolution:
     series: Mapping[str, SeriesSummary]
     ignored_mdocs: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    no_dose: Mapping[str, str] = field(default_factory=dict)
 
 
 def classify_mdocs(observations: Sequence[MdocObservation]
@@ -536,6 +543,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     ignored: dict[str, str] = {}
     warnings: list[str] = []
     pending: dict[str, str] = {}
+    no_dose: dict[str, str] = {}
     assignments: dict[str, TiltAssignment] = {}
     summaries: dict[str, SeriesSummary] = {}
 
@@ -549,6 +557,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     series_tilts: dict[str, list[_Tilt]] = {}
     series_meta: dict[str, tuple[MdocFile, list[str]]] = {}
     held_series: dict[str, str] = {}
+    mdoc_since: dict[str, float] = {}  # series -> its mdoc's last change (daemon clock, s)
     for ob in sorted(series_mdocs, key=lambda o: str(o.mdoc.path)):
         md = ob.mdoc
         key = str(md.path)
@@ -605,6 +614,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                 claims.setdefault(movie, []).append((name, tilts[-1]))
         series_tilts[name] = tilts
         series_meta[name] = (md, swarn)
+        mdoc_since[name] = ob.unchanged_since_s
     listed: dict[str, str] = {}  # movie -> the series it is a tilt of
     shared: dict[tuple[str, str], list[str]] = {}  # (kept in, also listed by) -> movies
     for movie, listings in claims.items():
@@ -696,6 +706,12 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         running = 0.0
         blocked: str | None = None
         doses: list[float | None] = []
+        # an idle series (no new tilt, no mdoc change) no longer waits for a dose: its tilts
+        # without one, and those after them, are given up (quarantined) rather than held
+        activity = [obs_by_name[t.movie].first_seen_s for t in ordered if t.movie in obs_by_name]
+        activity += [mdoc_since[name]] if name in mdoc_since else []
+        idle = bool(activity) and now_s - max(activity) >= config.idle_timeout_s
+        undosed = no_dose if idle else pending
         dose_info = [_dose(t, config) for t in ordered]
         jumps = _prior_record_dose_jumps(ordered, [d[0] for d in dose_info])
         warnings.extend(f"{name}, {label}: {why}" for label, _, why in jumps.values())
@@ -716,9 +732,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                                  "counts only the tilts seen"]
             if t.movie is not None and t.movie in obs_by_name:
                 if blocked is not None:
-                    pending[t.movie] = blocked
+                    undosed[t.movie] = blocked
                 elif dose is None:
-                    pending[t.movie] = f"no dose for {t.movie}: {dwarn[-1] if dwarn else 'unknown'}"
+                    undosed[t.movie] = f"no dose for {t.movie}: {dwarn[-1] if dwarn else 'unknown'}"
                 else:
                     diff = None
                     if t.prior_record_dose is not None and t.prior_record_dose >= 0:
@@ -748,7 +764,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                 running += dose
         summaries[name] = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn)
     return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
-                      series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings))
+                      series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings),
+                      no_dose=no_dose)
 
 
 def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | None]

@@ -61,8 +61,9 @@ from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.tilt_record import TiltRecord
-from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution, SeriesConfig,
-                                      SeriesObservation, SeriesState, SeriesSummary,
+from daemon.series.resolution import (TILT_NO_DOSE_REASON, MdocObservation, MovieObservation,
+                                      Resolution, SeriesConfig, SeriesObservation, SeriesState,
+                                      SeriesSummary,
                                       assignment_change, classify_mdocs, dose_params_of,
                                       frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
                                       split_qualified, update_series_state)
@@ -100,7 +101,8 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
             continue
         name = relative(o.path)
         a = res.assignments.get(name)
-        if row.status == "quarantined" and NO_DOSE_REASON in (row.error or "") and a is not None:
+        if row.status == "quarantined" and a is not None and (
+                NO_DOSE_REASON in (row.error or "") or TILT_NO_DOSE_REASON in (row.error or "")):
             changed[path] = (a.series, f"quarantined for want of a dose, which its series' "
                                        f"metadata now gives ({a.dose_e_A2:.4f} e/Å²)")
             continue
@@ -455,6 +457,11 @@ class TiltSeriesResolver:
         res = self._res
         if name in res.pending:
             return MovieMetadata(wait_reason=res.pending[name])
+        if name in res.no_dose:
+            return MovieMetadata(quarantine_reason=(
+                f"{TILT_NO_DOSE_REASON}: {res.no_dose[name]}; given up after its series was "
+                f"idle for {self.series_config.idle_timeout_s:g} s (redone if its mdoc comes; "
+                "or set dose_per_tilt and run motionwatch retry)"))
         a = res.assignments.get(name)
         if a is None:
             if name in res.standalone:

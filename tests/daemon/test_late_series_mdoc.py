@@ -27,7 +27,7 @@ from service_run import running
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.engine.service import Service
-from daemon.series.resolution import SeriesConfig
+from daemon.series.resolution import TILT_NO_DOSE_REASON, SeriesConfig
 from daemon.series.resolver import TiltSeriesResolver
 from daemon.settings.config import Config
 from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
@@ -62,14 +62,14 @@ def _write_tomo5_mdoc(watch: Path, tilts) -> None:
 
 
 @contextlib.contextmanager
-def _daemon(watch: Path, out: Path, dose: DoseParams, series: SeriesConfig):
+def _daemon(watch: Path, out: Path, dose: DoseParams, series: SeriesConfig, mode: str = "auto"):
     """The daemon running in a thread (real correction), stopped on leaving: yields its log
     and ``wait_for(condition, timeout_s)``."""
     config = Config(watch, out, out, CorrectionParams(dose=dose), settle_time_s=0.1,
                     scan_interval_s=0.05, incomplete_grace_s=2.0, heartbeat_s=0.2,
                     polling="on")
     log = RecordingLog()
-    service = Service(config, logger=log, resolver=TiltSeriesResolver(series, mode="auto"))
+    service = Service(config, logger=log, resolver=TiltSeriesResolver(series, mode=mode))
     with running(service, timeout_s=120) as wait_for:
         yield log, wait_for
 
@@ -132,5 +132,32 @@ def test_tilts_quarantined_for_want_of_a_dose_are_corrected_when_their_series_md
         assert row.status == "done"
         tilt = row.metadata["extra_record"]["tilt"]
         assert abs(tilt["dose_e_A2"] - t.dose_e_A2) < 0.01
+        assert abs(tilt["pre_exposure_e_A2"] - t.pre_exposure_e_A2) < 0.01
+    assert len((out / "Position_1" / "Position_1.tlt").read_text().split()) == N_TILTS
+
+
+def test_tilts_of_a_position_whose_mdoc_never_comes_are_quarantined_once_it_is_idle(tmp_path):
+    """``tilt_series = "on"`` without a dose per tilt (the README's advice for Tomography 5):
+    tilts wait for their mdoc. A position aborted before its mdoc was written no longer holds
+    them for ever: once it is idle (``idle_timeout_s``) they are quarantined with the reason,
+    which status lists and ``motionwatch retry`` lifts; if the mdoc comes after all, each is
+    corrected with its dose and pre-exposure and the series is assembled. Before, they waited
+    without end."""
+    watch, out, tilts = _tomo5_series(tmp_path, dose_growth=0.1)
+    series = SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.3, idle_timeout_s=2.0)
+    with _daemon(watch, out, DoseParams(), series, mode="on") as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_quarantined")) >= N_TILTS, 60)
+        rows = _newest_rows(out)
+        assert {r.status for r in rows.values()} == {"quarantined"} and len(rows) == N_TILTS
+        assert all(TILT_NO_DOSE_REASON in r.error and "idle for 2 s" in r.error
+                   for r in rows.values())
+        assert not log.named("movie_started")
+        _write_tomo5_mdoc(watch, tilts)
+        wait_for(lambda: bool(log.named("series_completed")), 60)
+    rows = _newest_rows(out)
+    for t in tilts:
+        row = rows[t.movie.path.name]
+        assert row.status == "done"
+        tilt = row.metadata["extra_record"]["tilt"]
         assert abs(tilt["pre_exposure_e_A2"] - t.pre_exposure_e_A2) < 0.01
     assert len((out / "Position_1" / "Position_1.tlt").read_text().split()) == N_TILTS

@@ -104,6 +104,21 @@ def test_ts01_without_a_configured_dose_waits_with_a_reason_instead_of_guessing(
     assert "ExposureDose = 0" in first and "dose_per_tilt_e_A2" in first
 
 
+def test_tilts_without_a_dose_stop_waiting_once_their_series_is_idle_and_say_why():
+    """An idle series (no new tilt, its mdoc unchanged for idle_timeout_s) no longer holds its
+    tilts without a dose, and those after them, as waiting: they are given up (the service
+    quarantines them), each with the reason it waited for."""
+    md = read_mdoc(DATA / "TS_01.mrc.mdoc")
+    config = SeriesConfig(idle_timeout_s=1800.0)
+    before = _resolve(md, config=config, now_s=1799.0)     # movies and mdoc seen at 0 s
+    assert len(before.pending) == 41 and not before.no_dose
+    after = _resolve(md, config=config, now_s=1800.0)
+    assert not after.pending and not after.assignments and len(after.no_dose) == 41
+    assert "ExposureDose = 0" in after.no_dose["TS_01_000_0.0.mrc"]
+    assert all("has no dose" in why for name, why in after.no_dose.items()
+               if name != "TS_01_000_0.0.mrc")
+
+
 def test_murfey_dose_comes_from_dose_rate_times_exposure_over_pixel_area():
     """No dose calibrated at the specimen (ExposureDose 0, frame doses 0) and none configured:
     DoseRate x ExposureTime over the unbinned pixel area."""
