@@ -24,6 +24,7 @@ __all__ = [
     "plan_replacement",
     "replace_pixels",
     "detect_hot_pixels",
+    "gross_outliers",
     "read_defect_list",
     "parse_defect_list",
     "rasterize_defects",
@@ -297,6 +298,26 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
     if exclude is not None:
         hot &= ~np.asarray(exclude, dtype=bool)
     return hot
+
+
+def gross_outliers(image: np.ndarray, *, factor: float = 1e4) -> np.ndarray | None:
+    """Pixels of a float movie's raw sum too far out for any statistics: beyond ``factor``
+    times the 99.9th percentile of ``|image|`` (at least 1) over about 2**18 sampled pixels,
+    either sign. A byte flip in a float32 frame makes such values (1e30): they would overflow
+    the hot-pixel test's float32 arithmetic and leave it blind. None when there are none.
+    """
+    ny = image.shape[0]
+    sample = np.abs(image[::max(1, image.size >> 18)], dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return None
+    bound = np.float32(factor * max(1.0, float(np.percentile(sample, 99.9))))
+    if not (float(np.nanmax(image)) > bound or float(np.nanmin(image)) < -bound):
+        return None
+    gross = np.empty(image.shape, bool)
+    for y0 in range(0, ny, 256):
+        np.greater(np.abs(image[y0:y0 + 256]), bound, out=gross[y0:y0 + 256])
+    return gross
 
 
 class _Blocks:

@@ -79,7 +79,7 @@ from .allocator import drop_mapped_pages as _drop_mapped
 from .allocator import movie_memory_settings, peak_resident_MB, zeros_written
 from .align_global import GlobalAlignment, alignment_working_bytes, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
-from .defects import ReplacementPlan, detect_hot_pixels, plan_replacement
+from .defects import ReplacementPlan, detect_hot_pixels, gross_outliers, plan_replacement
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError, UnreadableMovieError
@@ -629,11 +629,15 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     t_orientation = 0.0
     if params.gain.detect_hot_pixels:
         corrected_sum = _raw_sum(used, workers)
-        if used.dtype.kind == "f":  # a NaN or Inf pixel (a damaged float movie) is a defect
+        if used.dtype.kind == "f":  # a damaged float movie: NaN, Inf or 1e30 pixels are defects
             nonfinite = ~np.isfinite(corrected_sum)
             if nonfinite.any():
                 bad = nonfinite if bad is None else (bad | nonfinite)
                 corrected_sum[nonfinite] = 0.0
+            gross = gross_outliers(corrected_sum)
+            if gross is not None:
+                bad = gross if bad is None else (bad | gross)
+                corrected_sum[gross] = 0.0
         if gain_reference is not None:
             if gain_reference.dark is not None:
                 corrected_sum -= np.float32(n) * gain_reference.dark

@@ -256,9 +256,12 @@ def _float_movie(tmp_path, damaged_value):
     return path
 
 
-@pytest.mark.parametrize("damaged_value", [np.nan, np.inf, -np.inf])
-def test_a_nan_or_inf_pixel_of_a_float_movie_is_replaced_as_a_defect(tmp_path, damaged_value):
-    """Before, one such pixel made every written sum NaN, and the movie was reported done."""
+@pytest.mark.parametrize("damaged_value", [np.nan, np.inf, -np.inf, 1e30, -1e25, 3e38])
+def test_a_nan_inf_or_absurd_pixel_of_a_float_movie_is_replaced_as_a_defect(tmp_path,
+                                                                         damaged_value):
+    """Before, NaN or Inf made every written sum NaN, and the movie was reported done; 1e30
+    overflowed the hot-pixel test's statistics, which then flagged nothing, so the sums were
+    finite garbage (mean 1.5e25); 3e38 made them infinite (an error)."""
     path = _float_movie(tmp_path, damaged_value)
     result = correct_movie(path, tmp_path / "out", CorrectionParams(
         dose=DoseParams(dose_per_frame_e_A2=1.0), align=AlignParams(patches_x=1, patches_y=1)))
@@ -267,14 +270,18 @@ def test_a_nan_or_inf_pixel_of_a_float_movie_is_replaced_as_a_defect(tmp_path, d
             assert np.isfinite(mrc.data).all(), kind
     with mrcfile.open(result.outputs["sum"]) as mrc:
         assert mrc.data.mean() == pytest.approx(6 * 2.0, rel=0.05)
+        assert mrc.data.max() < 6 * 2.0 + 10 * np.sqrt(6 * 2.0)
 
 
 def test_a_float_movie_whose_sums_cannot_be_finite_is_an_error_and_nothing_is_written(tmp_path):
+    """Without the hot-pixel search, which replaces such pixels, a value near float32's
+    largest overflows the sums."""
     from correction.errors import UnreadableMovieError
 
     path = _float_movie(tmp_path, 3e38)
     with pytest.raises(UnreadableMovieError, match="not finite"):
         correct_movie(path, tmp_path / "out", CorrectionParams(
             dose=DoseParams(dose_per_frame_e_A2=1.0),
+            gain=GainParams(detect_hot_pixels=False),
             align=AlignParams(patches_x=1, patches_y=1)))
     assert not list((tmp_path / "out").glob("*.mrc"))
