@@ -70,6 +70,9 @@ class Config:
     ----------
     watch_dir, out_dir, state_dir : Path
         Watched folder; output folder; folder of the state database (default: ``out_dir``).
+        Made absolute (from the working folder) when the configuration is built, as the
+        scratch folder: the state database records absolute paths, whoever built it (the
+        ``demo`` given ``./folder``), so a later ``watch`` or ``status`` finds its movies.
     params : CorrectionParams
         Base correction parameters (per-movie metadata may override the dose).
     workers : int
@@ -128,6 +131,12 @@ class Config:
     read_ahead: bool = True
     scratch_dir: Path | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("watch_dir", "out_dir", "state_dir", "scratch_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).expanduser().absolute())
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration as JSON-serialisable values (logged at start-up)."""

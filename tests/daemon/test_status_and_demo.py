@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 from aretomo3_rules import mdoc_key_counts
 
@@ -118,6 +119,22 @@ def test_demo_run_twice_into_the_same_folder_starts_afresh_and_assembles_the_ser
     assert set(mdoc_key_counts(stack_mdoc.path).values()) == {2}
     assert sorted(s.exposure_time_s for s in stack_mdoc.sections) == sorted(
         s.exposure_time_s for s in source.sections)
+
+
+def test_a_demo_given_a_relative_folder_records_absolute_paths(tmp_path, monkeypatch):
+    """As the README runs it (``motionwatch demo ./motionwatch-demo``): the state database
+    names each movie by its absolute path, as ``watch`` does, so a ``watch`` of the demo's
+    folder afterwards finds them corrected. Before, the paths were relative: that ``watch``
+    took them for new movies under other names (aliases), re-opened the series and made a
+    second, phantom series of their file names."""
+    from daemon.commands.demo import demo_tilt_series
+
+    monkeypatch.chdir(tmp_path)
+    assert demo_tilt_series(Path("demo"), say=lambda line: None, n_tilts=2, size_px=128,
+                            n_frames=4)
+    with Ledger(tmp_path / "demo" / "motioncorr" / "motionwatch.sqlite") as db:
+        paths = {Path(r.key.path) for r in db.rows()}
+    assert paths == set((tmp_path / "demo" / "frames").glob("TS_01_*.mrc")) and len(paths) == 2
 
 
 def test_demo_refuses_a_folder_whose_frames_no_demo_wrote(tmp_path, capsys):
