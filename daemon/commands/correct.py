@@ -238,7 +238,9 @@ def _at_voltage(params: Any, voltage_kV: float) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``motionwatch correct``: returns 0 when all movies were corrected, 1 otherwise."""
+    """``motionwatch correct``: returns 0 when all movies were corrected, 1 when some failed,
+    78 when none could be tried (a reference that cannot be read, an output or scratch folder
+    that cannot be written), 2 for bad options."""
     from correction.allocator import movie_memory_settings
     from correction.errors import CorrectionError, ParameterError
     from correction.gain import load_gain_reference
@@ -261,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"movie": str(movie), "status": "failed",
                                   "error": str(exc)}), flush=True)
-        return exitcodes.SOME_FAILED
+        return exitcodes.CONFIG  # no movie was tried: the settings name a bad reference
 
     # once, before any work (as ``watch`` does): a folder that cannot be made or written into
     # fails every movie alike, before a movie is corrected for nothing
@@ -274,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"movie": str(movie), "status": "failed",
                                   "error": f"{movie}: {message}"}), flush=True)
-        return exitcodes.SOME_FAILED
+        return exitcodes.CONFIG  # no movie was tried
 
     failed = 0
     corrected: list[tuple[Path, dict[str, Any]]] = []  # (motion record path, record)

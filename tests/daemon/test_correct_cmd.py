@@ -140,13 +140,26 @@ def test_output_folder_below_a_regular_file_fails_once_before_any_work(folder, c
     for out in (tmp / "afile", tmp / "afile" / "sub"):
         status = main(["correct", str(good), "--out", str(out), "--dose-per-frame", "1",
                        "--json"])
-        assert status == exitcodes.SOME_FAILED
+        assert status == exitcodes.CONFIG  # no movie could be tried
         captured = capsys.readouterr()
         assert captured.err.count("\n") == 1  # one line, however many movies
         assert captured.err.startswith(f"motionwatch: {out}: cannot create the output folder")
         assert json.loads(captured.out)["status"] == "failed"
         if out == tmp / "afile":
             assert "exists and is not a folder" in captured.err
+
+
+def test_a_gain_reference_that_cannot_be_read_is_a_configuration_error_before_any_movie(
+        folder, capsys):
+    """Exit status 78, as for ``watch``: no movie was tried (1 says some movies failed and
+    the others were written)."""
+    tmp, good, _, _ = folder
+    status = main(["correct", str(good), "--gain", str(tmp / "no-gain.mrc"), "--out",
+                   str(tmp / "out"), "--dose-per-frame", "1"])
+    assert status == exitcodes.CONFIG
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no-gain.mrc" in line
+    assert not (tmp / "out").exists() or not list((tmp / "out").glob("*.mrc"))
 
 
 def test_dark_reference_of_the_wrong_shape_is_named_as_the_dark_not_as_a_gain(folder, capsys):
@@ -230,7 +243,7 @@ def test_correct_into_a_read_only_folder_fails_at_once_naming_the_folder_before_
                         lambda *a, **k: corrected.append(a) or real(*a, **k))
     status = main(["correct", str(good), "--out", str(read_only_folder),
                    "--dose-per-frame", "1.0", "--json"])
-    assert status == exitcodes.SOME_FAILED
+    assert status == exitcodes.CONFIG
     assert corrected == []  # no movie was corrected for nothing
     captured = capsys.readouterr()
     (line,) = captured.err.strip().splitlines()
@@ -296,7 +309,7 @@ def test_a_large_compressed_movie_is_decoded_into_the_scratch_folder_or_else_the
     assert os.listdir(tmp_path / "scratch") == []
     (tmp_path / "afile").write_text("x")
     assert main(["correct", str(movie), "--out", str(tmp_path / "o3"), "--scratch",
-                 str(tmp_path / "afile"), *common]) == exitcodes.SOME_FAILED
+                 str(tmp_path / "afile"), *common]) == exitcodes.CONFIG
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         f"motionwatch: {tmp_path / 'afile'}: cannot create the scratch folder")
 
@@ -323,3 +336,16 @@ def test_a_gain_that_fits_the_movies_better_turned_over_is_named_once_on_stderr(
     lines = [x for x in capsys.readouterr().err.splitlines() if "gain orientation" in x]
     assert len(lines) == 1 and "m0.mrc: warning:" in lines[0]
     assert "-RotGain 0 -FlipGain 1 fits better" in lines[0]
+
+
+def test_an_unknown_flag_is_reported_with_the_subcommands_usage(folder, capsys):
+    """Before, argparse's top-level parser reported it, with ``usage: motionwatch [-h]
+    [--version] COMMAND ...``, which names no option of the command."""
+    tmp, good, _, _ = folder
+    with pytest.raises(SystemExit) as stopped:
+        main(["correct", str(good), "--out", str(tmp / "out"), "--dose-per-frame", "1",
+              "--frobnicate"])
+    assert stopped.value.code == exitcodes.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: motionwatch correct ")
+    assert err.strip().endswith("motionwatch correct: error: unrecognized arguments: --frobnicate")

@@ -59,3 +59,30 @@ def test_the_documented_movie_message_shows_dose_source_and_relative_outputs(liv
     assert set(movie["outputs"]) == {"sum", "dw", "even", "odd", "motion"}
     assert all(not Path(p).is_absolute() for p in movie["outputs"].values())
     assert movie["out_dir"] == "/data/session/motioncorr"
+
+
+_ENVELOPE = {"schema", "seq", "time", "host", "session"}
+#: objects whose members the docs name one by one (the others: "scalar members of ...")
+_ENUMERATED = {"movie": ("drift", "timings_s", "local", "resolution", "outputs", "ran_on"),
+               "series": ("stacks",)}
+
+
+def test_every_key_the_running_daemon_sends_is_explained_in_its_topics_section(live):
+    """The key sets of the examples are checked above; this checks the prose: each top-level
+    key of a message is in its section's table, and each member of the objects the table
+    explains member by member is named in the section (``ran_on``, ``drift.early_frames`` and
+    ``timings_s.quicklook`` were sent but explained nowhere)."""
+    import re
+
+    generator, examples, _ = live
+    sections = {part.split("`", 2)[1]: part for part in
+                re.split(r"\n## ", generator.DOC.read_text()) if part.startswith("`")}
+    for topic, message in examples.items():
+        prose = sections[topic].split("<!-- example")[0]
+        named = set(re.findall(r"`([^`]+)`", prose))
+        table_keys = {key for line in prose.splitlines() if line.startswith("| `")
+                      for key in re.findall(r"`([^`]+)`", line.split("|")[1])}
+        assert set(message) - _ENVELOPE - table_keys == set(), topic
+        for key in _ENUMERATED.get(topic, ()):
+            members = set(message.get(key) or {})
+            assert members - named == set(), f"{topic}.{key}"
