@@ -39,7 +39,7 @@ from typing import Any
 
 from correction.report import read_motion_record
 from daemon.engine.faults import LedgerWrites
-from daemon.engine.outputs import OutputStems, find_adoptable_outputs
+from daemon.engine.outputs import OutputStems, find_adoptable_outputs, summarise
 from daemon.engine.policy import EnginePolicy
 from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
                            ScanResult, movie_stem, output_dir_for)
@@ -544,6 +544,32 @@ class Admission:
         if len({r.key.path for r in found}) > 1:
             return []  # more than one such file gone: which one this is cannot be told
         return found
+
+    def adopt_recovered(self, keys: list[MovieKey]) -> set[MovieKey]:
+        """Start-up, after a crash: of the rows that were running (now pending again), those
+        whose complete outputs are on disk (the daemon died after they were renamed into
+        place, before the row said done) are recorded done and announced as adopted, not
+        corrected again. Returns the keys adopted."""
+        cfg = self.config
+        ledger = self._ledger()
+        adopted: set[MovieKey] = set()
+        for key in keys:
+            row = ledger.get(key)
+            if row is None or row.status != "pending":
+                continue
+            movie = Path(key.path)
+            stored = dict(row.metadata or {})
+            out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
+            outputs = find_adoptable_outputs(key, out_dir, stored.get("stem") or movie_stem(movie))
+            if outputs is None:
+                continue
+            record = read_motion_record(Path(outputs["motion"])) or {}
+            timings = record.get("timings_s") or {}
+            ledger.adopt(key, outputs=outputs, summary=summarise(record, timings),
+                         timings=timings, metadata=stored)
+            adopted.add(key)
+            self._announce_adopted(movie, key, outputs, stored)
+        return adopted
 
     def _announce_adopted(self, path: Path, key: MovieKey, outputs: dict[str, str],
                           stored: dict[str, Any]) -> None:

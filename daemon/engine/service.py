@@ -39,8 +39,9 @@ from daemon.engine.outputs import clean_temporary_outputs
 from daemon.engine.pace import PaceMeter
 from daemon.engine.policy import EnginePolicy, report_parameter_change
 from daemon.engine.signals import StopSignals
-from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, NoMetadata,
-                           ResolverContext, SeriesEvent, ServiceInfo, ServiceListener)
+from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, MovieKey,
+                           NoMetadata, ResolverContext, SeriesEvent, ServiceInfo,
+                           ServiceListener)
 from daemon.intake.discover import Discovery
 from daemon.settings.config import Config, ConfigError
 from daemon.state.ledger import DB_NAME, Ledger, open_or_rebuild
@@ -89,6 +90,7 @@ class Service:
         self._last_scan_s: float | None = None
         self._idle_since: float | None = None
         self._recovered = 0
+        self._running_at_crash: list[MovieKey] = []
         self._writes = LedgerWrites(self._log, clock)
         self._lock_problem: str | None = None
         try:
@@ -211,11 +213,19 @@ class Service:
             if learnt:
                 self._log.info("ledger_inodes_filled", rows=learnt,
                                note="movies recorded before rows kept their file's inode")
-        recovered = self.ledger.recover_running()
-        for key in recovered:
-            self._log.warning("movie_recovered", movie=key.path,
-                              note="was running when the daemon stopped; will be redone")
-        self._recovered = len(recovered)
+        self._running_at_crash = self.ledger.recover_running()  # see _recover_running
+        self._recovered = len(self._running_at_crash)
+
+    def _recover_running(self) -> None:
+        """Movies that were running when the daemon stopped: adopted when their complete
+        outputs are on disk (it died after renaming them into place, before recording it),
+        else corrected again."""
+        adopted = self.admission.adopt_recovered(self._running_at_crash)
+        for key in self._running_at_crash:
+            self._log.warning("movie_recovered", movie=key.path, note=(
+                "was running when the daemon stopped; its complete outputs were adopted"
+                if key in adopted else "was running when the daemon stopped; will be redone"))
+        self._running_at_crash = []
 
     def _resolver_context(self) -> ResolverContext:
         cfg = self.config
@@ -241,6 +251,7 @@ class Service:
                 return exitcodes.CONFIG
             report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy)
             self._resolver.start(self._resolver_context())
+            self._recover_running()
             removed = clean_temporary_outputs(cfg.out_dir)
             if removed:
                 self._log.info("temporary_outputs_removed", count=len(removed),
