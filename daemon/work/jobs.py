@@ -1,26 +1,25 @@
 """Short jobs beside the movie workers (series assembly), each in a process of its own.
 
 :class:`JobRunner` runs a picklable function in one ``spawn``-ed worker process that ignores
-SIGINT/SIGTERM (the daemon decides when it stops), started on first use, and again after it
-died; ``run_job`` returns a :class:`concurrent.futures.Future` the caller polls. Like the movie
-workers, a job never logs.
+SIGINT/SIGTERM (the daemon decides when it stops) and dies with the daemon
+(:mod:`daemon.work.orphans`: a killed daemon's assembly does not go on writing a series' files
+beside the next daemon's), started on first use, and again after it died; ``run_job`` returns
+a :class:`concurrent.futures.Future` the caller polls. Like the movie workers, a job never
+logs.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import signal
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from daemon.work.orphans import die_with_parent
+
 __all__ = ["JobRunner"]
-
-
-def _ignore_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class JobRunner:
@@ -43,7 +42,7 @@ class JobRunner:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 max_workers=self.max_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_signals)
+                initializer=die_with_parent, initargs=(os.getpid(),))
         return self._executor
 
     def close(self) -> None:

@@ -32,7 +32,6 @@ back to the system. Workers never log: they return outcomes, the parent logs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import importlib
 import multiprocessing
@@ -52,6 +51,7 @@ from correction.allocator import movie_memory_settings
 from correction.write import plain
 
 from daemon.system.logs import quiet_reader_logs
+from daemon.work.orphans import die_with_parent
 
 __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "GainCache",
            "execute_task", "resolve_runner"]
@@ -140,21 +140,6 @@ class Outcome:
 
 # ------------------------------------------------------------------------------------------
 # worker side
-
-
-def _set_parent_death_signal() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - non-Linux
-        pass
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(70)
-        time.sleep(1.0)
 
 
 def resolve_runner(runner: str) -> Callable[..., Any]:
@@ -346,13 +331,7 @@ def _write_in_background(begun: _Begun) -> Outcome:
 
 def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None,
                  preload_gain: Any = None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    _set_parent_death_signal()
-    if os.getppid() != parent_pid:
-        os._exit(70)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    die_with_parent(parent_pid)  # no orphan writing outputs after a killed daemon
     quiet_reader_logs()  # a failing read is reported through the result, not raw on stderr
 
     correct = resolve_runner(runner)
