@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sqlite3
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -136,6 +137,26 @@ def _requeued(ledger: Ledger) -> list[dict[str, Any]]:
     return out
 
 
+def _daemon_running(state: dict[str, Any], now: float) -> bool:
+    """Whether the daemon that wrote ``state`` still runs: it beat within three of its
+    heartbeat periods (at least 3 minutes), and, when it ran on this host, its process exists
+    (a daemon killed outright cannot say it stopped: without this check it looked alive for
+    minutes)."""
+    pid, beat = state.get("pid"), state.get("heartbeat_wall")
+    if not pid or beat is None:
+        return False
+    if now - beat >= max(180.0, 3.0 * float(state.get("heartbeat_s") or 0.0)):
+        return False
+    if state.get("host") == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process
+            return True
+    return True
+
+
 def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-serialisable dict."""
     now = time.time() if now is None else now
@@ -152,7 +173,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         requeued = _requeued(ledger)
         series = _series(ledger.series_states(), ledger.rows())
     beat = state.get("heartbeat_wall")
-    running = bool(state.get("pid")) and beat is not None and now - beat < 3 * 60
+    running = _daemon_running(state, now)
     return {
         "database": str(db_path),
         "daemon": {"running": running, "pid": state.get("pid"),

@@ -25,6 +25,7 @@ The output folder and the state folder are locked with ``flock`` on the folders 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -442,7 +443,8 @@ class Service:
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
                          in_flight, self.pool.alive(), state.mode, health, cluster, pace, queued)
         self._safe(lambda: self.ledger.set_service_state({
-            "pid": os.getpid(), "heartbeat_wall": beat.wall_time_s, "uptime_s": beat.uptime_s,
+            "pid": os.getpid(), "host": socket.gethostname(), "heartbeat_wall": beat.wall_time_s,
+            "heartbeat_s": self.config.heartbeat_s, "uptime_s": beat.uptime_s,
             "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),
             "waiting_examples": {str(p): r for p, r in list(waiting.items())[:10]},
             "in_flight": list(in_flight), "workers": self.config.workers,

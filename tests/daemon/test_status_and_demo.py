@@ -1,6 +1,7 @@
 """`motionwatch status` read-out and the simulated-session demo."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -257,3 +258,34 @@ def test_status_shows_where_each_movie_ran_and_the_clusters_state(tmp_path, caps
     assert main(["status", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "daemon: not running" in text and "cluster:" not in text
+
+
+def test_a_daemon_killed_outright_on_this_host_is_not_running_though_it_beat_a_moment_ago(
+        tmp_path, capsys):
+    """A SIGKILLed daemon cannot record that it stopped; its last heartbeat looked alive for
+    3 minutes, with the movies it had in hand listed as in progress. On its own host, its
+    process being gone says it at once; on another host the heartbeat's age still decides."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for host, pid, running in ((socket.gethostname(), gone.pid, False),
+                               (socket.gethostname(), os.getpid(), True),
+                               ("another-host", gone.pid, True)):
+        with Ledger(tmp_path / "motionwatch.sqlite") as db:
+            db.set_service_state({"pid": pid, "host": host, "heartbeat_wall": time.time(),
+                                  "heartbeat_s": 10.0, "in_flight": ["/d/a.mrc"]})
+        assert main(["status", str(tmp_path), "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["daemon"]["running"] is running, (host, pid)
+        assert status["backlog"]["in_flight"] == (["/d/a.mrc"] if running else [])
+
+
+def test_a_daemon_is_running_within_three_of_its_own_heartbeat_periods(tmp_path, capsys):
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.set_service_state({"pid": 1, "heartbeat_wall": time.time() - 400,
+                              "heartbeat_s": 300.0})
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["daemon"]["running"] is True
