@@ -214,6 +214,8 @@ class Dispatcher:
             if entry is None:
                 continue
             self._safe(lambda: self._ledger().release(entry.key))
+            # its worker was killed, perhaps writing: no temporaries left in the output folder
+            remove_partial_outputs(task.out_dir, task.stem or movie_stem(task.movie_path))
             self._log.warning("movie_abandoned", movie=entry.key.path,
                               note="second signal: stopped at once; redone at next start")
 

@@ -182,6 +182,24 @@ def test_second_stop_abandons_the_movie_in_hand_which_is_pending_for_the_next_st
     assert (row.status, row.attempts) == ("pending", 0)
 
 
+def test_a_movie_abandoned_while_writing_leaves_no_temporaries_in_the_output_folder(setup):
+    """Its worker is killed at the second signal, perhaps half-way through its writes: the
+    temporaries go with it, as when a worker dies (before, they stayed until the next start:
+    0.4 GB per worker at K3 size)."""
+    movie(setup.watch_dir, "hangwriting.mrc")
+
+    class StopWhenWriting(ServiceListener):
+        def on_heartbeat(self, beat):
+            if list(setup.out_dir.glob(".*.tmp-*")):
+                service.request_stop("test")
+                service.request_stop("test")
+
+    service = Service(setup, listeners=[StopWhenWriting()], runner="fake_runners:correct")
+    assert service.run() == exitcodes.INTERRUPTED
+    assert rows(setup)["hangwriting.mrc"].status == "pending"
+    assert list(setup.out_dir.glob(".*.tmp-*")) == []
+
+
 def test_a_second_daemon_on_the_same_state_folder_is_refused(setup):
     import fcntl
     import os

@@ -3,7 +3,8 @@ picks the fault by naming its movie (``runner="fake_runners:correct"``; ``tests/
 puts this folder on ``sys.path``, and worker processes inherit it through ``PYTHONPATH``).
 
 Name prefixes: ``crash`` (the worker kills itself), ``torn`` (the same, after it began writing
-its outputs' temporaries), ``hang`` (60 s), ``victim`` (30 s on the
+its outputs' temporaries), ``hang`` (60 s; ``hangwriting``: after it began writing its
+outputs' temporaries), ``victim`` (30 s on the
 first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.started``
 holding the worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
 ``rss_at_start_MB`` is the worker's resident memory when the movie began), ``later`` (returns
@@ -43,10 +44,11 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
     movie_path, out_dir = Path(movie_path), Path(out_dir)
     name, stem, extra = movie_path.name, stem or movie_path.stem, dict(extra_record or {})
     out_dir.mkdir(parents=True, exist_ok=True)
-    if name.startswith("torn"):  # killed while writing its output set
+    if name.startswith(("torn", "hangwriting")):  # killed while writing its output set
         for output in (f"{stem}.mrc", f"{stem}_DW.mrc", f"{stem}.thumb.png"):
             (out_dir / f".{output}.tmp-{os.getpid()}").write_bytes(b"half")
-        os.kill(os.getpid(), signal.SIGKILL)
+        if name.startswith("torn"):
+            os.kill(os.getpid(), signal.SIGKILL)
     if name.startswith("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
     if name.startswith("hang"):
