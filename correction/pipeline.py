@@ -93,6 +93,7 @@ from .local_apply import band_scratch_bytes, local_sums
 from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
+from .stems import fit_output_stem
 from .summation import SumImages, accumulate_sums, frame_mean, sums_to_images
 from .threads import run_chunks
 
@@ -121,6 +122,8 @@ def _mapped_bytes(frames: np.ndarray) -> int:
 def output_names(stem: str) -> dict[str, str]:
     """File names of the five outputs of a movie with stem ``stem``."""
     return {kind: pattern.format(stem=stem) for kind, pattern in _OUTPUT_PATTERNS.items()}
+
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -1347,7 +1350,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                                "hold values beyond float32's range (or NaN/Inf, "
                                                "replaced only by the hot-pixel search)")
 
-    stem = stem or movie_path.stem
+    stem = stem or fit_output_stem(movie_path.stem)
     names = output_names(stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {kind: out_dir / name for kind, name in names.items()}

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from correction.stems import fit_output_stem
+
 __all__ = [
     "Observation", "ScanResult", "MovieKey", "MovieMetadata", "MetadataResolver", "NoMetadata",
     "ResolverContext", "SeriesStore", "ServiceListener", "ServiceInfo", "MovieEvent",
@@ -100,8 +102,9 @@ class MovieKey:
 
 
 def movie_stem(path: Path) -> str:
-    """Output stem of a movie: its name without the last suffix."""
-    return Path(path).stem
+    """Output stem of a movie: its name without the last suffix, shortened when too long to
+    name its outputs (:func:`correction.stems.fit_output_stem`)."""
+    return fit_output_stem(Path(path).stem)
 
 
 def output_dir_for(movie: Path, *, watch_dir: Path, out_dir: Path) -> Path:

@@ -125,10 +125,12 @@ def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
     the same outputs (the same movie corrected again overwrites its own)."""
     taken: set[str] = set()
     stems = {}
+    from correction.stems import fit_output_stem
+
     for movie in movies:
         ext = movie.suffix.lstrip(".").lower()
-        candidates = [movie.stem, f"{movie.stem}_{ext}"] + [f"{movie.stem}_{ext}_{n}"
-                                                             for n in range(2, 1000)]
+        plain = fit_output_stem(movie.stem)
+        candidates = [plain, f"{plain}_{ext}"] + [f"{plain}_{ext}_{n}" for n in range(2, 1000)]
         stem = next(c for c in candidates
                     if c not in taken and _recorded_movie(out_dir, c) in (None, movie.resolve()))
         taken.add(stem)

@@ -53,6 +53,16 @@ def is_temporary_name(name: str) -> bool:
     return name.startswith((".", "~", "#")) or lower.endswith(_TEMP_SUFFIXES)
 
 
+def _control_character(path: Path, root: Path) -> str | None:
+    """The first control character (U+0000-U+001F, U+007F-U+009F) in ``path`` below ``root``,
+    as ``U+000A``; None when there is none. A newline or an escape sequence in a movie's name
+    cannot be written into a STAR file's loop, nor shown on a terminal as it is."""
+    for char in os.path.relpath(path, root):
+        if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
+            return f"U+{ord(char):04X}"
+    return None
+
+
 def _match(name: str, patterns: Sequence[str]) -> bool:
     lower = name.lower()
     return any(fnmatch.fnmatchcase(lower, p.lower()) for p in patterns)
@@ -128,6 +138,11 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                     subfolders.append(path)
                     continue
                 if not (is_movie or _match(name, metadata_patterns)):
+                    continue
+                if is_movie and (control := _control_character(path, root)) is not None:
+                    skipped.append((path, f"its name holds a control character ({control}), "
+                                          "which RELION's STAR files and terminals cannot show: "
+                                          "rename it"))
                     continue
                 if not entry.is_file(follow_symlinks=True):
                     skipped.append((path, "not a regular file"))

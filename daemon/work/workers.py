@@ -64,6 +64,8 @@ OutcomeKind = Literal["done", "data", "config", "environment", "crash", "timeout
 _WRITER_NICENESS = 10  # the writer thread's niceness above the worker's
 _HOLD_MEMORY_S = 2.0  # a worker idle this long hands its freed memory back to the system
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE})
+#: an output name this file system cannot hold: the movie's name, not the output side
+_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ})
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,9 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
 
     An OSError is environmental when its errno says so (full disk, quota, read-only, I/O), when
     it names a path on the output side (permission denied, a folder that is a file ...), when the
-    output root is gone, or when it names no path and the output folder cannot be written.
+    output root is gone, or when it names no path and the output folder cannot be written; but
+    an output name the file system refuses (too long, bytes it cannot store) is the movie's
+    name's fault: ``data`` (retried, it would fail the same way for ever).
     """
     from correction.errors import CorrectionError, GainReferenceError
 
@@ -187,6 +191,8 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
         out_side = (Path(os.path.abspath(task.out_root)), Path(os.path.abspath(task.out_dir)))
         if exc.errno in _ENVIRONMENT_ERRNOS or not task.out_root.is_dir():
             return "environment"
+        if exc.errno in _NAME_ERRNOS:
+            return "data"
         if _within(exc.filename, out_side) or _within(exc.filename2, out_side):
             return "environment"
         if exc.filename is None and not _writable(task.out_dir if task.out_dir.is_dir()

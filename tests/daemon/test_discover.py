@@ -57,6 +57,21 @@ def test_a_directory_with_a_movie_name_is_reported_as_skipped_with_a_reason(tmp_
     assert result.skipped == ((tmp_path / "x.mrc", "not a regular file (a directory with a movie's name)"),)
 
 
+def test_a_movie_whose_name_holds_a_control_character_is_skipped_with_a_reason(tmp_path):
+    """A newline (or an escape sequence) in a movie's path cannot be written into a STAR
+    file's loop (starfile raises, and the folder's corrected_micrographs.star failed for every
+    movie) nor shown on a terminal: the movie is set aside (quarantined, with the reason) to be
+    renamed, and the rest of the folder is scanned as usual."""
+    touch(tmp_path / "new\nline.mrc")
+    touch(tmp_path / "esc\x1b[31m" / "a.mrc")
+    touch(tmp_path / "good name [1] ünï.mrc")
+    result = scan(tmp_path)
+    assert [o.path.name for o in result.observations] == ["good name [1] ünï.mrc"]
+    reasons = {path.name: why for path, why in result.skipped}
+    assert "control character (U+000A)" in reasons["new\nline.mrc"]
+    assert "control character (U+001B)" in reasons["a.mrc"] and "rename it" in reasons["a.mrc"]
+
+
 def test_a_dangling_symlink_does_not_drop_the_scan(tmp_path):
     touch(tmp_path / "a.mrc")
     (tmp_path / "b.mrc").symlink_to(tmp_path / "missing.mrc")

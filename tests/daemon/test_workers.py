@@ -200,3 +200,21 @@ def test_the_runner_gets_the_scratch_folder_only_when_the_task_has_one(tmp_path)
         assert outcome.kind == "done", outcome.error
     assert "scratch_dir" not in seen[0]
     assert seen[1]["scratch_dir"] == tmp_path / "scratch"
+
+
+def test_an_output_name_the_file_system_refuses_is_the_movies_fault_not_the_output_sides(
+        tmp_path):
+    """ENAMETOOLONG on an output (a movie named with 240 characters: its outputs' names
+    were too long) was taken for the output side's fault, never counted: the movie was retried
+    without end. A name the file system refuses fails the same way every time: ``data``."""
+    import errno
+
+    from daemon.work.workers import _classify
+
+    t = task(tmp_path, 0, "ok.mrc")
+    Path(t.movie_path).write_bytes(b"x")
+    t.out_dir.mkdir(parents=True, exist_ok=True)
+    too_long = OSError(errno.ENAMETOOLONG, "File name too long", str(t.out_dir / ".L_DW.mrc"))
+    denied = PermissionError(errno.EACCES, "Permission denied", str(t.out_dir / "x_DW.mrc"))
+    assert _classify(too_long, t) == "data"
+    assert _classify(denied, t) == "environment"
