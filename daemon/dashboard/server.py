@@ -17,14 +17,17 @@ and a stdlib :class:`http.server.ThreadingHTTPServer` answers
     unless it stays inside the output folder and names a regular file.
 
 It only reads: GET and HEAD, nothing else. It listens on loopback unless ``allow_remote`` is
-set, and then on a loopback address it also refuses requests whose ``Host`` is not a loopback
-name (DNS rebinding).
+set; on a loopback address (with or without it) it refuses requests whose ``Host`` is not a
+loopback name (DNS rebinding). A connection idle for ``_IDLE_TIMEOUT_S`` is closed; pages may
+not be framed by other sites.
 """
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import json
+import os
 import socket
 import threading
 import time
@@ -52,6 +55,11 @@ _FILE_TYPES = {".png": "image/png", ".json": "application/json", ".csv": "text/c
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 _PUSH_MIN_S = 0.25
 _PUSH_MAX_S = 1.0
+_IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
+_MISS_KEPT_S = 5.0  # a picture not found is looked for again after this long
+_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                     ("Content-Security-Policy",
+                      "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"))
 
 
 class DashboardError(ValueError):
@@ -117,10 +125,13 @@ class _Locator:
     never shows the copy it cached). A path relative to the output folder (``grid2/a.thumb.png``)
     is that file; a bare name is looked for up to ``depth`` folders down (cached)."""
 
-    def __init__(self, root: Path, *, depth: int = 3) -> None:
+    def __init__(self, root: Path, *, depth: int = 3,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self.depth = depth
         self._cache: dict[str, str] = {}
+        self._missed: dict[str, float] = {}  # name -> when it was last looked for in vain
+        self._clock = clock
         self._lock = threading.Lock()
 
     def _url(self, rel: str) -> str | None:
@@ -128,7 +139,8 @@ class _Locator:
             st = (self.root / rel).stat()
         except OSError:
             return None
-        return f"/files/{urllib.parse.quote(rel)}?v={st.st_mtime_ns}"
+        # a name that is not UTF-8 is quoted as the bytes it has on disk
+        return f"/files/{urllib.parse.quote(os.fsencode(rel))}?v={st.st_mtime_ns}"
 
     def __call__(self, name: str) -> str | None:
         parts = name.split("/") if name else []
@@ -136,26 +148,35 @@ class _Locator:
             return None
         if len(parts) > 1:
             return self._url(name)
+        now = self._clock()
         with self._lock:
             rel = self._cache.get(name)
+            missed = self._missed.get(name)
         if rel is not None and (url := self._url(rel)) is not None:
             return url
-        pattern = name
+        if missed is not None and now - missed < _MISS_KEPT_S:
+            return None  # not there a moment ago: not looked for at every push
+        pattern = glob.escape(name)  # a name is a name: ``**``, ``[x]`` or ``*`` match only it
         for _ in range(self.depth + 1):
             for hit in self.root.glob(pattern):
                 if hit.is_file():
                     rel = hit.relative_to(self.root).as_posix()
                     with self._lock:
                         self._cache[name] = rel
+                        self._missed.pop(name, None)
                     return self._url(rel)
             pattern = "*/" + pattern
+        with self._lock:
+            if len(self._missed) > 10_000:
+                self._missed.clear()
+            self._missed[name] = now
         return None
 
 
 def resolve_inside(root: Path, url_path: str) -> Path | None:
     """The regular file ``url_path`` (URL-encoded, relative) names inside ``root``, or None when
     it would leave ``root`` (``..``, absolute, a symbolic link out) or is not a served type."""
-    rel = urllib.parse.unquote(url_path)
+    rel = urllib.parse.unquote(url_path, errors="surrogateescape")  # bytes as on disk
     if "\0" in rel or rel.startswith("/") or "\\" in rel:
         return None
     parts = [p for p in rel.split("/") if p not in ("", ".")]
@@ -257,7 +278,7 @@ class Dashboard:
                 if got is None or got[0] == "invalid":
                     continue
                 with self._lock:
-                    self.view.apply(*got)
+                    self.view.apply(*got)  # never raises: a malformed message is counted
                     self._lock.notify_all()
 
     def snapshot(self) -> dict[str, Any]:
@@ -281,6 +302,14 @@ class _Handler(BaseHTTPRequestHandler):
     dashboard: Dashboard
     server_version = "motionwatch-dashboard"
     protocol_version = "HTTP/1.1"
+    timeout = _IDLE_TIMEOUT_S  # the socket's: an idle (or half-sent) request is dropped
+    error_content_type = "text/plain; charset=utf-8"  # the stdlib's own errors (400, 501 ...)
+    error_message_format = "%(code)d %(message)s: %(explain)s\n"
+
+    def end_headers(self) -> None:
+        for name, value in _SECURITY_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # quiet: the dashboard is read by people, not logged per request
@@ -306,20 +335,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
         self.end_headers()
         if not head:
             self.wfile.write(body)
 
     def _host_ok(self) -> bool:
-        if self.dashboard.config.allow_remote:
-            return True
+        if self.dashboard.config.allow_remote and not _is_loopback(
+                str(self.server.server_address[0])):
+            return True  # listening for other hosts: any name of this one
         host = (self.headers.get("Host") or "").strip()
         name = host.rpartition(":")[0] if host.count(":") == 1 or host.startswith("[") else host
         return _is_loopback(name.strip("[]") or host)
 
     def _route(self, *, head: bool) -> None:
+        if self.headers.get("Content-Length") not in (None, "0") \
+                or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # a GET's body is never read as another request
         if not self._host_ok():
             self._refuse(HTTPStatus.FORBIDDEN, "Host is not a loopback name")
             return

@@ -80,12 +80,20 @@ class SessionView:
         self._last_total: int | None = None
         self.messages = 0
         self.gaps = 0
+        self.invalid = 0  # messages that do not fit the schema (left out)
         self._seq: int | None = None
 
     # -- folding
 
     def apply(self, topic: str, body: Mapping[str, Any]) -> None:
-        """Fold one feed message into the view."""
+        """Fold one feed message into the view; one that does not fit the schema (a field
+        missing or of another type) is counted in ``invalid`` and left out, never fatal."""
+        try:
+            self._apply(topic, body)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.invalid += 1
+
+    def _apply(self, topic: str, body: Mapping[str, Any]) -> None:
         now = self._clock()
         self.messages += 1
         self.version += 1
@@ -151,6 +159,10 @@ class SessionView:
                              "total_A": summary["total_A"],
                              "resolution_A": summary["resolution_A"]})
         self._done_at.append(now)
+        # a movie corrected after it failed (retried, rewritten) is no longer a failure
+        failed = [e for e in self.errors if e.get("path") == summary["path"]]
+        for entry in failed:
+            self.errors.remove(entry)
 
     def _series_event(self, body: Mapping[str, Any]) -> None:
         entry = self._series_entry(str(body["series"]))
@@ -199,7 +211,8 @@ class SessionView:
                                    "series": None})
         if self.latest is None:  # a page that joins late: the newest movie the state names
             seen = [*self.loose, *(t for e in self.series.values() for t in e["tilts"].values())]
-            seen.sort(key=lambda t: (t.get("seq") is None, t.get("seq") or 0))
+            # by the time each was done (movies restored after a restart carry no seq)
+            seen.sort(key=lambda t: (str(t.get("time") or ""), t.get("seq") or 0))
             if seen:
                 self.latest = {**seen[-1], "drift": {k: seen[-1].get(k) for k in
                                                      ("total_A", "early_A", "late_A",
@@ -314,7 +327,7 @@ class SessionView:
             "warnings": list(self.warnings)[::-1],
             "errors": list(self.errors)[::-1],
             "quarantined": quarantined[::-1],
-            "feed": {"messages": self.messages, "gaps": self.gaps},
+            "feed": {"messages": self.messages, "gaps": self.gaps, "invalid": self.invalid},
         }
 
 

@@ -16,6 +16,7 @@ import collections
 import statistics
 import sys
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.markup import escape
 from rich.text import Text
 
 from daemon import exitcodes
@@ -128,7 +130,14 @@ class MonitorState:
         (self.warnings if kind == "warning" else self.errors).append(dict(body))
 
     def apply(self, topic: str, body: Mapping[str, Any], received_at: float) -> None:
-        """Fold one message into the state (idempotent for ``state`` and repeated movies)."""
+        """Fold one message into the state (idempotent for ``state`` and repeated movies); one
+        that does not fit the schema is counted in ``invalid``, never fatal."""
+        try:
+            self._apply(topic, body, received_at)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.invalid += 1
+
+    def _apply(self, topic: str, body: Mapping[str, Any], received_at: float) -> None:
         from daemon.feed.publisher import tilt_summary
 
         self.received += 1
@@ -212,7 +221,7 @@ def _fmt(value: Any, spec: str = ".1f", missing: str = "–") -> str:
     try:
         return format(value, spec)
     except (TypeError, ValueError):
-        return str(value)
+        return escape(_printable(value))  # not a number (a malformed message): shown as text
 
 
 def _duration(seconds: float | None) -> str:
@@ -237,7 +246,7 @@ def _header(state: MonitorState, now: float) -> Text:
     text.append("motionwatch monitor", style="bold")
     text.append(f"  {state.endpoint}")
     if state.host:
-        text.append(f"  host {state.host}")
+        text.append(f"  host {_printable(state.host)}")
     if state.session:
         text.append(f"  session {state.session[:8]}")
     if state.version:
@@ -250,7 +259,10 @@ def _header(state: MonitorState, now: float) -> Text:
         text.append("no heartbeat yet", style="yellow")
     else:
         age = now - state.heartbeat_at
-        interval = float((hb or {}).get("interval_s") or 5.0)
+        try:
+            interval = float((hb or {}).get("interval_s") or 5.0)
+        except (TypeError, ValueError):
+            interval = 5.0
         if age > 3 * interval:
             text.append(f"no heartbeat for {age:.0f} s: daemon down?", style="bold red")
         else:
@@ -268,15 +280,27 @@ def _header(state: MonitorState, now: float) -> Text:
     return text
 
 
-def _series_title(view: SeriesView) -> str:
+def _printable(value: Any) -> str:
+    """``value`` as text a terminal shows as it is: control characters (an escape sequence
+    in a file name would be run by the terminal) and undecodable bytes become U+FFFD."""
+    return "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cs") else c
+                   for c in str(value))
+
+
+def _plain(value: Any) -> Text:
+    """A cell or title from a name: never read as markup (``[red]``, ``[link=...]``)."""
+    return Text(_printable(value))
+
+
+def _series_title(view: SeriesView) -> Text:
     n = len(view.tilts)
     expected = f"/{view.n_expected}" if view.n_expected else ""
     parts = [f"{view.name} ({view.status})", f"{n}{expected} tilts"]
     if view.n_failed:
         parts.append(f"{view.n_failed} failed")
     if view.accumulated_dose_e_A2 is not None:
-        parts.append(f"dose {view.accumulated_dose_e_A2:.1f} e/Å²")
-    return " · ".join(parts)
+        parts.append(f"dose {_fmt(view.accumulated_dose_e_A2)} e/Å²")
+    return _plain(" · ".join(parts))
 
 
 def _tilt_table(view: SeriesView, thresholds: Mapping[str, Any], max_rows: int) -> Table:
@@ -315,7 +339,7 @@ def _tilt_table(view: SeriesView, thresholds: Mapping[str, Any], max_rows: int) 
             _fmt(tilt.get("local_applied")),
             _fmt(tilt.get("resolution_A")),
             Text("█" * width, style="red" if bad else "cyan"),
-            str(tilt.get("name") or ""),
+            _plain(tilt.get("name") or ""),
         )
     return table
 
@@ -328,7 +352,7 @@ def _other_series(views: list[SeriesView]) -> Table:
         totals = [t.get("total_A") for t in view.ordered_tilts()]
         present = [v for v in totals if v is not None]
         expected = f"/{view.n_expected}" if view.n_expected else ""
-        table.add_row(view.name, view.status, f"{len(view.tilts)}{expected}",
+        table.add_row(_plain(view.name), _plain(view.status), f"{len(view.tilts)}{expected}",
                       _fmt(view.accumulated_dose_e_A2),
                       _fmt(statistics.median(present) if present else None),
                       _fmt(max(present) if present else None), sparkline(totals))
@@ -358,19 +382,20 @@ def render(state: MonitorState, now: float, *, max_rows: int = 20,
         for name in ("movie", "total Å", "jump", "res Å"):
             loose.add_column(name, no_wrap=True)
         for movie in list(state.movies.values())[-5:]:
-            loose.add_row(str(movie.get("name")), _fmt(movie.get("total_A")),
+            loose.add_row(_plain(movie.get("name")), _fmt(movie.get("total_A")),
                           _fmt(movie.get("max_frame_jump_A")), _fmt(movie.get("resolution_A")))
         parts.append(loose)
     if state.warnings:
         text = Text("warnings\n", style="bold yellow")
         for note in list(state.warnings)[-max_notes:]:
-            text.append(f"  {_clock(note.get('time'))}  {note.get('message', '')}\n", style="yellow")
+            text.append(f"  {_clock(note.get('time'))}  {_printable(note.get('message', ''))}\n",
+                        style="yellow")
         parts.append(text)
     if state.errors:
         text = Text("errors\n", style="bold red")
         for note in list(state.errors)[-max(1, max_notes // 2):]:
-            text.append(f"  {_clock(note.get('time'))}  {note.get('path')}: {note.get('reason')}\n",
-                        style="red")
+            text.append(f"  {_clock(note.get('time'))}  {_printable(note.get('path'))}: "
+                        f"{_printable(note.get('reason'))}\n", style="red")
         parts.append(text)
     if focus is None and not state.movies and state.session is not None:
         parts.append(Text("no movies yet", style="dim"))

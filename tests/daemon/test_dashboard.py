@@ -224,6 +224,76 @@ def test_files_are_served_from_the_output_folder_only(tmp_path):
         conn.close()
 
 
+def test_movie_names_with_glob_characters_or_bytes_not_utf8_find_only_their_own_pictures(
+        tmp_path):
+    """The picture of a movie is looked up by name: ``**.thumb.png`` made the lookup raise
+    (the whole page then stopped, for every client), ``*`` and ``[x]`` matched other movies'
+    pictures, and a name that is not UTF-8 could not be put in a URL."""
+    from daemon.dashboard.server import _Locator
+
+    for name in ("x.thumb.png", "[x].thumb.png", "**.thumb.png",
+                 os.fsdecode(b"bad\xff.thumb.png")):
+        (tmp_path / name).write_bytes(b"png")
+    locate = _Locator(tmp_path)
+    assert locate("[x].thumb.png").startswith("/files/%5Bx%5D.thumb.png?v=")
+    assert locate("**.thumb.png").startswith("/files/%2A%2A.thumb.png?v=")
+    assert locate("*.thumb.png") is None  # no such picture: not another movie's
+    url = locate(os.fsdecode(b"bad\xff.thumb.png"))
+    assert url.startswith("/files/bad%FF.thumb.png?v=")
+    served = resolve_inside(tmp_path, url[len("/files/"):].split("?")[0])
+    assert served == (tmp_path / os.fsdecode(b"bad\xff.thumb.png")).resolve()
+
+
+def test_a_malformed_feed_message_is_counted_and_the_view_goes_on():
+    """A ``series`` message without its series name raised in the feed thread, which then
+    died: the page showed a silent daemon until the dashboard was restarted."""
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    view.apply("series", envelope("a", 1, event="started"))  # no "series"
+    view.apply("heartbeat", envelope("a", 2, done=1, backlog=0, running=0, failed=0))
+    snap = view.snapshot()
+    assert snap["feed"]["invalid"] == 1 and snap["daemon"]["state"] == "live"
+
+
+def test_a_failed_movie_corrected_since_is_no_longer_listed_as_failed():
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    view.apply("error", envelope("a", 1, path="/data/m.mrc", reason="UnreadableMovieError"))
+    assert len(view.snapshot()["errors"]) == 1
+    view.apply("movie", envelope("a", 2, **movie_message(record("m.mrc", 1.0))))
+    assert view.snapshot()["errors"] == []
+
+
+def test_a_page_that_joins_after_a_restart_shows_the_movie_done_last_as_the_latest():
+    """Movies restored from the state database after a restart carry no seq; the latest was
+    chosen by seq, so a page opened then showed whichever the sort put last."""
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    movies = [tilt_summary(movie_message(record(name, 1.0)) | {"time": time_, "seq": None})
+              for name, time_ in (("late.mrc", "2026-01-01T10:00:09.000Z"),
+                                  ("early.mrc", "2026-01-01T10:00:01.000Z"))]
+    view.apply("state", envelope("b", 1, movies=movies, series=[]))
+    assert view.snapshot()["latest"]["name"] == "late.mrc"
+
+
+def test_the_host_header_is_checked_on_loopback_even_when_remote_clients_are_allowed(tmp_path):
+    """``--allow-remote --listen 127.0.0.1:...`` let a page of another site reach the dashboard
+    through DNS rebinding; every response also refuses to be framed, and an idle connection
+    is closed."""
+    from daemon.dashboard import server
+
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=tmp_path,
+                                   listen="127.0.0.1:0", allow_remote=True)) as dash:
+        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.putrequest("GET", "/", skip_host=True)
+        conn.putheader("Host", "evil.example")
+        conn.endheaders()
+        response = conn.getresponse()
+        assert response.status == 403
+        assert response.getheader("X-Frame-Options") == "DENY"
+        assert "frame-ancestors 'none'" in response.getheader("Content-Security-Policy")
+        conn.close()
+    assert server._Handler.timeout == server._IDLE_TIMEOUT_S
+
+
 def test_dashboard_listens_on_loopback_unless_allowed(tmp_path):
     with pytest.raises(DashboardError, match="--allow-remote"):
         DashboardConfig(feed="tcp://127.0.0.1:5557", out_dir=tmp_path, listen="0.0.0.0:8765")

@@ -90,6 +90,36 @@ def test_render_shows_the_focused_series_its_tilts_drift_bars_warnings_and_heart
     assert "no heartbeat for 40 s: daemon down?" in screen_text(state, now=140.0)
 
 
+def test_names_are_shown_as_they_are_never_as_markup_or_terminal_control_sequences():
+    """A series in folder ``x[`` named ``b]TS`` made ``x[/b]TS``, which rich read as markup:
+    the monitor crashed (MarkupError); ``[red]`` was styled, ``[link=...]`` made a hyperlink,
+    and an escape sequence in a movie's name reached the terminal raw."""
+    state = MonitorState("tcp://127.0.0.1:5557")
+    names = ["x[/b]TS_001_3.0.mrc", "[red]rich[blink] markup.mrc",
+             "esc\x1b]0;PWNED\x07\x1b[31mred.mrc"]
+    for seq, name in enumerate(names, start=1):
+        state.apply("movie", envelope(movie_message(
+            record(name, 2.0), TiltInfo(series="x[/b]TS", tilt_deg=0.0 + seq,
+                                        acquisition_index=seq)), seq), 100.0)
+    state.apply("error", envelope({"path": "/d/\x1b[2Jwiped.mrc", "reason": "[bold]x"}, 9),
+                100.0)
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))
+    console.print(render(state, 100.0))
+    plain = console.export_text(clear=False)
+    sent = console.export_text(styles=True)  # what the terminal is sent, style codes included
+    assert "x[/b]TS (open)" in plain and "[red]rich[blink] markup.mrc" in plain
+    assert "esc\ufffd]0;PWNED\ufffd\ufffd[31mred.mrc" in plain
+    assert "\x1b]0;" not in sent and "\x1b[2J" not in sent
+
+
+def test_a_malformed_message_is_counted_and_the_monitor_goes_on():
+    state = MonitorState("tcp://127.0.0.1:5557")
+    state.apply("series", envelope({"event": "started"}, 1), 100.0)  # no "series"
+    state.apply("heartbeat", envelope({"interval_s": "soon", "done": 1}, 2), 100.0)
+    assert state.invalid == 1
+    assert "heartbeat 0 s ago" in screen_text(state, now=100.0)
+
+
 def test_state_model_counts_seq_gaps_and_notes_a_new_session_as_a_restart():
     state = MonitorState("ipc:///x")
     state.apply("heartbeat", envelope({"interval_s": 5}, 1), 0.0)
