@@ -83,6 +83,18 @@ def _newest_rows(out: Path) -> dict[str, object]:
         return {Path(r.key.path).name: r for r in ledger.rows() if r.key.size >= 0}
 
 
+def _assert_done_with_true_doses_and_assembled(out: Path, tilts) -> None:
+    """Every tilt corrected with its rendered dose and pre-exposure; the series assembled."""
+    rows = _newest_rows(out)
+    for t in tilts:
+        row = rows[t.movie.path.name]
+        assert row.status == "done"
+        tilt = row.metadata["extra_record"]["tilt"]
+        assert abs(tilt["dose_e_A2"] - t.dose_e_A2) < 0.01
+        assert abs(tilt["pre_exposure_e_A2"] - t.pre_exposure_e_A2) < 0.01
+    assert len((out / "Position_1" / "Position_1.tlt").read_text().split()) == N_TILTS
+
+
 def test_tilts_corrected_by_name_at_the_mdocs_own_dose_are_recorded_anew_and_assembled(
         tmp_path):
     """The configured dose per tilt is the mdoc's (every tilt 3.31 e/Å²), so the mdoc moves no
@@ -126,14 +138,7 @@ def test_tilts_quarantined_for_want_of_a_dose_are_corrected_when_their_series_md
         wait_for(lambda: bool(log.named("series_completed")), 60)
     assert [f["series"] for f in log.named("series_completed")] == ["Position_1"]
     assert [f["series"] for f in log.named("series_mdoc_after_tilts")] == ["Position_1"]
-    rows = _newest_rows(out)
-    for t in tilts:
-        row = rows[t.movie.path.name]
-        assert row.status == "done"
-        tilt = row.metadata["extra_record"]["tilt"]
-        assert abs(tilt["dose_e_A2"] - t.dose_e_A2) < 0.01
-        assert abs(tilt["pre_exposure_e_A2"] - t.pre_exposure_e_A2) < 0.01
-    assert len((out / "Position_1" / "Position_1.tlt").read_text().split()) == N_TILTS
+    _assert_done_with_true_doses_and_assembled(out, tilts)
 
 
 def test_tilts_of_a_position_whose_mdoc_never_comes_are_quarantined_once_it_is_idle(tmp_path):
@@ -154,10 +159,4 @@ def test_tilts_of_a_position_whose_mdoc_never_comes_are_quarantined_once_it_is_i
         assert not log.named("movie_started")
         _write_tomo5_mdoc(watch, tilts)
         wait_for(lambda: bool(log.named("series_completed")), 60)
-    rows = _newest_rows(out)
-    for t in tilts:
-        row = rows[t.movie.path.name]
-        assert row.status == "done"
-        tilt = row.metadata["extra_record"]["tilt"]
-        assert abs(tilt["pre_exposure_e_A2"] - t.pre_exposure_e_A2) < 0.01
-    assert len((out / "Position_1" / "Position_1.tlt").read_text().split()) == N_TILTS
+    _assert_done_with_true_doses_and_assembled(out, tilts)
