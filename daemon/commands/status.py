@@ -26,6 +26,7 @@ from typing import Any
 
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
+from daemon.series.resolution import REMOVED_SERIES_REASON
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["add_arguments", "run", "collect_status"]
@@ -89,8 +90,8 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
     for name in sorted(set(states) | set(tilts)):
         state = states.get(name, {})
         mine = tilts.get(name, [])
-        if not mine and state.get("moved_to"):
-            continue  # its tilts were renamed into another series (a folder renamed)
+        if not mine and (state.get("moved_to") or state.get("reason") == REMOVED_SERIES_REASON):
+            continue  # its tilts were renamed or redone into another series: a ghost
         reached = [t.pre_exposure_e_A2 + t.dose_e_A2 for _, t in mine]
         stacks = state.get("stacks") or {}
         folder = state.get("folder")

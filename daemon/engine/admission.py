@@ -31,6 +31,7 @@ size and mtime) is not corrected again.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -76,6 +77,13 @@ def _series_renamed(old: Path, new: Path, watch_dir: Path
         return metadata
 
     return update
+
+
+def _written_under(record: dict[str, Any], extra_record: dict[str, Any]) -> bool:
+    """Whether a motion record was written with this extra record (its tilt: series, dose and
+    pre-exposure), compared as stored (JSON)."""
+    return all(json.loads(json.dumps(record.get(k))) == json.loads(json.dumps(v))
+               for k, v in extra_record.items())
 
 
 def _record_outdated(row: Any, meta: MovieMetadata) -> bool:
@@ -545,11 +553,13 @@ class Admission:
             return []  # more than one such file gone: which one this is cannot be told
         return found
 
-    def adopt_recovered(self, keys: list[MovieKey]) -> set[MovieKey]:
-        """Start-up, after a crash: of the rows that were running (now pending again), those
-        whose complete outputs are on disk (the daemon died after they were renamed into
-        place, before the row said done) are recorded done and announced as adopted, not
-        corrected again. Returns the keys adopted."""
+    def adopt_complete(self, keys: list[MovieKey]) -> set[MovieKey]:
+        """Start-up: of these pending rows (those a crash left running, and any other), the
+        ones whose complete outputs are on disk, written under the row's own metadata, are
+        recorded done and announced as adopted, not corrected again: the daemon died after
+        renaming them into place, before recording it, or the state database lost its last
+        writes (power cut, damaged WAL). A row made pending to be redone (its tilt record
+        moved) does not match its outputs' record, and is redone. Returns the keys adopted."""
         cfg = self.config
         ledger = self._ledger()
         adopted: set[MovieKey] = set()
@@ -564,6 +574,8 @@ class Admission:
             if outputs is None:
                 continue
             record = read_motion_record(Path(outputs["motion"])) or {}
+            if not _written_under(record, stored.get("extra_record") or {}):
+                continue
             timings = record.get("timings_s") or {}
             ledger.adopt(key, outputs=outputs, summary=summarise(record, timings),
                          timings=timings, metadata=stored)

@@ -218,14 +218,20 @@ class Service:
         self._recovered = len(self._running_at_crash)
 
     def _recover_running(self) -> None:
-        """Movies that were running when the daemon stopped: adopted when their complete
-        outputs are on disk (it died after renaming them into place, before recording it),
-        else corrected again."""
-        adopted = self.admission.adopt_recovered(self._running_at_crash)
+        """Pending movies whose complete outputs are on disk are adopted (the daemon died
+        after renaming them into place, before recording it; or the database lost its last
+        writes); the others that were running when the daemon stopped are corrected again."""
+        running = set(self._running_at_crash)
+        pending = [row.key for row in self.ledger.rows(status="pending")]
+        adopted = self.admission.adopt_complete(pending)
         for key in self._running_at_crash:
             self._log.warning("movie_recovered", movie=key.path, note=(
                 "was running when the daemon stopped; its complete outputs were adopted"
                 if key in adopted else "was running when the daemon stopped; will be redone"))
+        for key in adopted - running:
+            self._log.warning("movie_adopted", movie=key.path,
+                              note="pending, but its complete outputs were on disk (the state "
+                                   "database had lost their record): adopted")
         self._running_at_crash = []
 
     def _resolver_context(self) -> ResolverContext:

@@ -94,6 +94,11 @@ DEFAULT_FILENAME_PATTERN = (
     r"(?:_[^/\\]*)?\.(?i:mrc|mrcs|tif|tiff|eer)$")
 
 _STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")
+#: The state reason of a series whose tilts all went to another (its mdoc renamed, its tilts
+#: redone into another series): its assembled files were removed; ``status`` lists it no more.
+REMOVED_SERIES_REASON = "no tilts left (moved to another series): its assembled files removed"
+
+
 #: Begins the quarantine reason of a tilt given up for want of a dose (:attr:`Resolution.no_dose`).
 TILT_NO_DOSE_REASON = "no dose for this tilt (from its series mdoc, frame mdoc or dose_per_tilt)"
 

@@ -61,9 +61,9 @@ from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.tilt_record import TiltRecord
-from daemon.series.resolution import (TILT_NO_DOSE_REASON, MdocObservation, MovieObservation,
-                                      Resolution, SeriesConfig, SeriesObservation, SeriesState,
-                                      SeriesSummary,
+from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON,
+                                      MdocObservation, MovieObservation, Resolution,
+                                      SeriesConfig, SeriesObservation, SeriesState, SeriesSummary,
                                       assignment_change, classify_mdocs, dose_params_of,
                                       frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
                                       split_qualified, update_series_state)
@@ -738,8 +738,7 @@ class TiltSeriesResolver:
                 self._once_log("error", "series_outputs_not_removed", name,
                                f"{type(exc).__name__}: {exc}", series=name, folder=str(folder))
                 return
-        state = SeriesState(name, reason="no tilts left (moved to another series): its "
-                                         "assembled files removed")
+        state = SeriesState(name, reason=REMOVED_SERIES_REASON)
         self._stacks[name] = {}
         self._states[name] = state
         self._persist(name, state, keep=("moved_to",))

@@ -74,3 +74,35 @@ def test_a_movie_whose_outputs_were_in_place_when_the_daemon_died_is_adopted_not
         rows = {Path(r.key.path).name: r for r in ledger.rows()}
     assert {r.status for r in rows.values()} == {"done"} and len(rows) == 2
     assert rows["movie_000.mrc"].summary["drift"]["total_A"] > 0  # as if corrected now
+
+
+def test_pending_rows_whose_outputs_are_on_disk_are_adopted_unless_made_pending_to_be_redone(
+        tmp_path):
+    """A state database that lost its last writes (a power cut, a damaged WAL: an audit saw 3
+    of 5 such movies corrected again) holds rows still pending over complete outputs written
+    under their metadata: adopted at start-up. A row made pending to be redone under new
+    metadata (its tilt record moved) does not match its outputs' record: corrected again."""
+    import json
+
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    simulate_session(watch, n_movies=2, rng=np.random.default_rng(5), shape_yx=(96, 96),
+                     n_frames=4, frame_interval_s=0, movie_interval_s=0, rename_indices=())
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    _run_until_idle(watch, out, params)
+    with sqlite3.connect(out / "motionwatch.sqlite") as db:
+        db.execute("UPDATE movies SET status='pending', outputs=NULL WHERE path LIKE ?",
+                   ("%/movie_000.mrc",))
+        (metadata,) = db.execute("SELECT metadata FROM movies WHERE path LIKE ?",
+                                 ("%/movie_001.mrc",)).fetchone()
+        moved = json.loads(metadata)
+        moved.setdefault("extra_record", {})["tilt"] = {"series": "TS_02", "movie": "x"}
+        db.execute("UPDATE movies SET status='pending', metadata=? WHERE path LIKE ?",
+                   (json.dumps(moved), "%/movie_001.mrc"))
+
+    log, listener = _run_until_idle(watch, out, params)
+
+    assert [Path(f["movie"]).name for f in log.named("movie_adopted")] == ["movie_000.mrc"]
+    assert [Path(f["movie"]).name for f in log.named("movie_started")] == ["movie_001.mrc"]
+    assert sorted(listener.done) == ["movie_000.mrc", "movie_001.mrc"]

@@ -21,6 +21,7 @@ from series_session import copied_series
 from service_run import run_until_idle
 
 from correction.params import CorrectionParams, DoseParams
+from daemon.commands.status import collect_status
 from daemon.engine.service import Service
 from daemon.events import ServiceListener
 from daemon.handoff.listener import RelionListener
@@ -82,6 +83,10 @@ def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(
     global_star = starfile.read(out / "corrected_tilt_series.star", always_dict=True)
     assert list(global_star["global"]["rlnTomoName"]) == ["TS_02"]
     assert [f["series"] for _, e, f in log.events if e == "series_outputs_removed"] == ["TS_01"]
+    # status lists the series the tilts are in, not the one left without them (it showed
+    # "TS_01: open, 0/5 tilts done, stacks in" a folder removed)
+    status = collect_status(out / "motionwatch.sqlite")
+    assert [s["series"] for s in status["series"]] == ["TS_02"]
 
 
 def test_a_quarantined_tilt_of_the_renamed_series_does_not_keep_its_old_files(tmp_path):
