@@ -347,6 +347,17 @@ class Admission:
                            note=f"was quarantined as: {row.error}")
             row = None
         outdated = row is not None and _record_outdated(row, meta)
+        content = self._replaced(row, obs) if row is not None and not outdated else None
+        if content is not None:
+            # another file under this name, size and mtime (a new inode whose content differs:
+            # a different movie copied in with its mtime kept): corrected afresh
+            if self._safe(lambda: (ledger.redo(key), ledger.set_inode(
+                    key, obs.inode, content=content, replace_content=True)) and True) is None:
+                return _DB_DOWN
+            self._log.warning("movie_replaced", movie=str(obs.path),
+                              note="another file now has this name, size and modification "
+                                   "time (its content differs): corrected again")
+            row = ledger.get(key)
         if row is not None and self._superseded(row):
             # done under these parameters, then again under others (metadata that moved and
             # moved back: an mdoc read half-way through a rewrite): the outputs on disk are
@@ -423,6 +434,16 @@ class Admission:
         return metadata_to_json(StoredMetadata(
             meta.dose, meta.extra_record, meta.log_context, verdict.n_frames,
             (row.metadata or {}).get("stem") or movie_stem(obs.path)))
+
+    @staticmethod
+    def _replaced(row: Any, obs: Observation) -> str | None:
+        """The content fingerprint of the file now under a done row's name when it is another
+        file: a new inode (not a remount: its content differs from the row's); else None."""
+        if row.status != "done" or obs.inode is None or row.inode is None \
+                or row.inode == obs.inode or row.content is None:
+            return None
+        now = content_fingerprint(obs.path)
+        return now if now is not None and now != row.content else None
 
     def _superseded(self, row: Any) -> bool:
         """A done row of this file version whose outputs another done row (other parameters)

@@ -586,12 +586,13 @@ class Ledger:
         return out
 
     def set_inode(self, key: MovieKey, inode: tuple[int, int], *,
-                  content: str | None = None) -> None:
+                  content: str | None = None, replace_content: bool = False) -> None:
         """Record the ``(st_dev, st_ino)`` a row's file has now (a row admitted before rows
         kept it, or whose file got another inode number: a remount) and, where the row has
-        none yet, its content fingerprint."""
+        none yet (or ``replace_content``: another file), its content fingerprint."""
+        value = "?" if replace_content else "COALESCE(content, ?)"
         with self._tx() as db:
-            db.execute(f"UPDATE movies SET dev = ?, ino = ?, content = COALESCE(content, ?), "
+            db.execute(f"UPDATE movies SET dev = ?, ino = ?, content = {value}, "
                        f"updated = ? WHERE {_KEY_WHERE}",
                        (*_inode_in(inode), content, self._clock(), *_k(key)))
 

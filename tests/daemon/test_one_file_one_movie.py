@@ -654,6 +654,27 @@ def test_a_movie_whose_inode_changed_in_place_learns_its_new_inode(tmp_path):
     assert [r.inode for r in _rows(out)] == [(st.st_dev, st.st_ino)]
 
 
+def test_another_movie_copied_in_with_the_same_name_size_and_mtime_is_corrected_again(
+        tmp_path):
+    """A different file of the same size under the name, its mtime kept by the copy (``cp
+    -p``, ``rsync -t``): a new inode whose content differs from the row's is another movie.
+    Before, the row took the new inode and the outputs stayed the old movie's."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    movie = watch / "grid1" / "m1.mrc"
+    _movie(movie, seed=0)
+    config = _config(watch, out, params=_DOSE1)
+    assert len(_started(_run(config))) == 1
+    _movie(tmp_path / "other.mrc", seed=1)  # the same size: another movie
+    st = os.stat(movie)
+    os.replace(tmp_path / "other.mrc", movie)
+    os.utime(movie, ns=(st.st_atime_ns, st.st_mtime_ns))
+    log = _run(config)
+    assert _started(log) == [str(movie)] and len(log.named("movie_replaced")) == 1
+    assert _started(_run(config)) == []  # once
+    _remount(out / "motionwatch.sqlite")  # and a remount alone is still no new movie
+    assert _started(_run(config)) == []
+
+
 def _give_row_inode_of(db_path: Path, path: Path) -> None:
     """Record ``path``'s inode in every row, as if the recorded files had had it."""
     import sqlite3
