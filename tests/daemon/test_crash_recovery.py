@@ -39,6 +39,20 @@ def _run_until_idle(watch: Path, out: Path, params: CorrectionParams
     return log, listener
 
 
+def _two_movies_corrected(tmp_path: Path) -> tuple[Path, Path, CorrectionParams]:
+    """``movie_000.mrc`` and ``movie_001.mrc`` corrected by a daemon run until idle:
+    (watch, out, params)."""
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    simulate_session(watch, n_movies=2, rng=np.random.default_rng(4), shape_yx=(96, 96),
+                     n_frames=4, frame_interval_s=0, movie_interval_s=0, rename_indices=())
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    log, _ = _run_until_idle(watch, out, params)
+    assert len(log.named("movie_done")) == 2
+    return watch, out, params
+
+
 def _as_if_killed_while_running(out: Path, *names: str) -> None:
     """The rows of ``names`` as a daemon killed while it had them in hand leaves them."""
     with sqlite3.connect(out / "motionwatch.sqlite") as db:
@@ -48,14 +62,7 @@ def _as_if_killed_while_running(out: Path, *names: str) -> None:
 
 def test_a_movie_whose_outputs_were_in_place_when_the_daemon_died_is_adopted_not_redone(
         tmp_path):
-    watch, out = tmp_path / "watch", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    simulate_session(watch, n_movies=2, rng=np.random.default_rng(4), shape_yx=(96, 96),
-                     n_frames=4, frame_interval_s=0, movie_interval_s=0, rename_indices=())
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
-    log, _ = _run_until_idle(watch, out, params)
-    assert len(log.named("movie_done")) == 2
+    watch, out, params = _two_movies_corrected(tmp_path)
     first_record = (out / "movie_000.motion.json").read_bytes()
     # killed after movie_000's outputs were renamed into place, before its row said done;
     # and while movie_001 was being written (its motion record, renamed last, not yet there)
@@ -84,13 +91,7 @@ def test_pending_rows_whose_outputs_are_on_disk_are_adopted_unless_made_pending_
     metadata (its tilt record moved) does not match its outputs' record: corrected again."""
     import json
 
-    watch, out = tmp_path / "watch", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    simulate_session(watch, n_movies=2, rng=np.random.default_rng(5), shape_yx=(96, 96),
-                     n_frames=4, frame_interval_s=0, movie_interval_s=0, rename_indices=())
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
-    _run_until_idle(watch, out, params)
+    watch, out, params = _two_movies_corrected(tmp_path)
     with sqlite3.connect(out / "motionwatch.sqlite") as db:
         db.execute("UPDATE movies SET status='pending', outputs=NULL WHERE path LIKE ?",
                    ("%/movie_000.mrc",))
