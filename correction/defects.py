@@ -302,16 +302,17 @@ def detect_hot_pixels(summed_frames: np.ndarray, *, sigma: float = 8.0,
 
 def gross_outliers(image: np.ndarray, *, factor: float = 1e4) -> np.ndarray | None:
     """Pixels of a float movie's raw sum too far out for any statistics: beyond ``factor``
-    times the 99.9th percentile of ``|image|`` (at least 1) over about 2**18 sampled pixels,
-    either sign. A byte flip in a float32 frame makes such values (1e30): they would overflow
-    the hot-pixel test's float32 arithmetic and leave it blind. None when there are none.
+    times the median of ``|image|`` (at least 1) over about 2**18 sampled pixels, either
+    sign; the median holds however many are damaged, up to half. A byte flip in a float32
+    frame makes such values (1e30): they would overflow the hot-pixel test's float32
+    arithmetic and leave it blind. None when there are none.
     """
     ny = image.shape[0]
     sample = np.abs(image[::max(1, image.size >> 18)], dtype=np.float32)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return None
-    bound = np.float32(factor * max(1.0, float(np.percentile(sample, 99.9))))
+    bound = np.float32(factor * max(1.0, float(np.median(sample))))
     if not (float(np.nanmax(image)) > bound or float(np.nanmin(image)) < -bound):
         return None
     gross = np.empty(image.shape, bool)

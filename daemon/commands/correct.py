@@ -122,15 +122,16 @@ def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
     """Each movie's output stem: its name without the last suffix, or with its extension added
     (``x_tif``) when an earlier movie of the same run, or the motion record an earlier run left
     in ``out_dir``, already has that stem for another movie (``x.mrc``), so no two movies write
-    the same outputs (the same movie corrected again overwrites its own)."""
-    taken: set[str] = set()
-    stems = {}
+    the same outputs (the same movie corrected again overwrites its own); shortened when too
+    long to name files (:func:`correction.stems.fit_output_stem`)."""
     from correction.stems import fit_output_stem
 
+    taken: set[str] = set()
+    stems = {}
     for movie in movies:
         ext = movie.suffix.lstrip(".").lower()
-        plain = fit_output_stem(movie.stem)
-        candidates = [plain, f"{plain}_{ext}"] + [f"{plain}_{ext}_{n}" for n in range(2, 1000)]
+        candidates = (fit_output_stem(c) for c in [movie.stem, f"{movie.stem}_{ext}"]
+                      + [f"{movie.stem}_{ext}_{n}" for n in range(2, 1000)])
         stem = next(c for c in candidates
                     if c not in taken and _recorded_movie(out_dir, c) in (None, movie.resolve()))
         taken.add(stem)

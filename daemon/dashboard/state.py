@@ -150,7 +150,9 @@ class SessionView:
         summary["series"] = body.get("series")
         if body.get("series"):
             self._series_entry(str(body["series"]))["tilts"][summary["path"]] = summary
-        else:
+        else:  # one entry per movie (restored by a state message, then announced)
+            for known in [m for m in self.loose if m.get("path") == summary["path"]]:
+                self.loose.remove(known)
             self.loose.append(summary)
         self.latest = {**summary, "drift": body.get("drift"), "dose": body.get("dose"),
                        "resolution": body.get("resolution"), "local": body.get("local"),

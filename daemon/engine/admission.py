@@ -407,11 +407,12 @@ class Admission:
         if earlier:
             log.info("movie_changed", note="new size, mtime or parameters: treated as a new movie",
                      size=obs.size, previous=[r.status for r in earlier])
-        adopted = find_adoptable_outputs(key, out_dir, stem)
+        content = content_fingerprint(obs.path)
+        adopted = find_adoptable_outputs(key, out_dir, stem, content)
         if adopted is not None:
             if self._safe(lambda: ledger.adopt(key, outputs=adopted, summary={}, timings={},
                                                metadata=stored, inode=obs.inode,
-                                               content=content_fingerprint(obs.path)) or True
+                                               content=content) or True
                           ) is None:
                 return _DB_DOWN
             log.info("movie_adopted", outputs=adopted,
@@ -419,7 +420,7 @@ class Admission:
             self._announce_adopted(obs.path, key, adopted, stored)
         else:
             if self._safe(lambda: ledger.add(key, metadata=stored, inode=obs.inode,
-                                             content=content_fingerprint(obs.path))) is None:
+                                             content=content)) is None:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
             if self._arrived is not None:
@@ -591,7 +592,8 @@ class Admission:
             movie = Path(key.path)
             stored = dict(row.metadata or {})
             out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
-            outputs = find_adoptable_outputs(key, out_dir, stored.get("stem") or movie_stem(movie))
+            outputs = find_adoptable_outputs(key, out_dir, stored.get("stem") or movie_stem(movie),
+                                             row.content)
             if outputs is None:
                 continue
             record = read_motion_record(Path(outputs["motion"])) or {}

@@ -190,7 +190,7 @@ class Dispatcher:
             attempt = self._safe(lambda: self._ledger().claim(key))
             if attempt is None:
                 return
-            extra = {**stored.extra_record, SOURCE_KEY: source_identity(key),
+            extra = {**stored.extra_record, SOURCE_KEY: source_identity(key, row.content),
                      **_recorded_optics(cfg.options)}
             movie = Path(key.path)
             task_id = self._next_task
@@ -214,8 +214,8 @@ class Dispatcher:
             if entry is None:
                 continue
             self._safe(lambda: self._ledger().release(entry.key))
-            # its worker was killed, perhaps writing: no temporaries left in the output folder
-            remove_partial_outputs(task.out_dir, task.stem or movie_stem(task.movie_path))
+            if pool.abandon_stops_workers:  # killed, perhaps writing: no temporaries left
+                remove_partial_outputs(task.out_dir, task.stem or movie_stem(task.movie_path))
             self._log.warning("movie_abandoned", movie=entry.key.path,
                               note="second signal: stopped at once; redone at next start")
 

@@ -10,15 +10,19 @@ from typing import Any
 
 from correction.report import read_motion_record
 
+from correction.stems import fit_output_stem
 from daemon.events import SOURCE_KEY, MovieKey, movie_stem
 
 __all__ = ["OutputStems", "source_identity", "find_adoptable_outputs", "clean_temporary_outputs", "summarise"]
 
 
-def source_identity(key: MovieKey) -> dict[str, Any]:
-    """The motion record's ``source_file`` object: which movie version, with which parameters."""
-    return {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns,
-            "params_fingerprint": key.fingerprint}
+def source_identity(key: MovieKey, content: str | None = None) -> dict[str, Any]:
+    """The motion record's ``source_file`` object: which movie version, with which parameters,
+    and the file's content fingerprint when known (``daemon.intake.content``: another file of
+    the same name, size and mtime is told apart)."""
+    identity = {"path": key.path, "size": key.size, "mtime_ns": key.mtime_ns,
+                "params_fingerprint": key.fingerprint}
+    return identity if content is None else {**identity, "content": content}
 
 
 def _mrc_complete(path: Path) -> bool:
@@ -30,11 +34,18 @@ def _mrc_complete(path: Path) -> bool:
         return False
 
 
-def find_adoptable_outputs(key: MovieKey, out_dir: Path, stem: str) -> dict[str, str] | None:
-    """Outputs on disk of exactly this movie version and parameters, all complete; else None."""
+def find_adoptable_outputs(key: MovieKey, out_dir: Path, stem: str,
+                           content: str | None = None) -> dict[str, str] | None:
+    """Outputs on disk of exactly this movie version and parameters, all complete; else None.
+    With ``content`` (the file's content fingerprint), a record of another file's content is
+    not this movie's (a record written before records kept it is taken on the rest)."""
     motion = out_dir / f"{stem}.motion.json"
     record = read_motion_record(motion)
-    if record is None or record.get(SOURCE_KEY) != source_identity(key):
+    source = record.get(SOURCE_KEY) if record is not None else None
+    if not isinstance(source, dict) or \
+            {k: v for k, v in source.items() if k != "content"} != source_identity(key):
+        return None
+    if content is not None and source.get("content") not in (None, content):
         return None
     listed = record.get("outputs") or {}
     if not isinstance(listed, dict) or not listed:
@@ -132,9 +143,10 @@ class OutputStems:
         folder, so owners are kept per movie folder); remembered."""
         if self._owner is None:
             self._owner = self._load(ledger)
-        plain_stem = movie_stem(movie)
+        plain_stem = Path(movie).stem
         with_ext = f"{plain_stem}_{movie.suffix.lstrip('.').lower()}"
-        candidates = [plain_stem, with_ext] + [f"{with_ext}_{n}" for n in range(2, 1000)]
+        candidates = (fit_output_stem(c) for c in [plain_stem, with_ext]
+                      + [f"{with_ext}_{n}" for n in range(2, 1000)])
         for stem in candidates:
             owner = self._owner.setdefault((str(Path(movie).parent), stem), str(movie))
             if owner == str(movie):

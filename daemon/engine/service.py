@@ -92,6 +92,11 @@ class Service:
         self._idle_since: float | None = None
         self._recovered = 0
         self._running_at_crash: list[MovieKey] = []
+        # movies recorded before the listeners heard on_ready (adopted at start-up, quarantined
+        # in the first scan): told after it, so a feed names their outputs relative to its
+        # output folder and shows each once (on_ready restores the state database's movies)
+        self._ready = False
+        self._before_ready: list[tuple[str, MovieEvent, bool]] = []
         self._writes = LedgerWrites(self._log, clock)
         self._lock_problem: str | None = None
         try:
@@ -134,6 +139,9 @@ class Service:
         """A movie was recorded: the listeners hear it, then the resolver (whose series events
         follow, in order, after it). ``corrected=False``: done by adopting outputs found on
         disk (not counted in the pace)."""
+        if not self._ready:
+            self._before_ready.append((method, event, corrected))
+            return
         if method == "on_movie_done" and corrected:
             self._pace.corrected(self._wall())
         self._notify(method, event)
@@ -278,6 +286,10 @@ class Service:
                            recovered=self._recovered, counts=self.ledger.counts())
             self._notify("on_ready", ServiceInfo(cfg, os.getpid(), state.mode, state.reason,
                                                  self._recovered))
+            self._ready = True
+            for method, event, corrected in self._before_ready:
+                self._finished(method, event, corrected=corrected)
+            self._before_ready.clear()
             self._flush_series_events()
             try:
                 status = self._loop()

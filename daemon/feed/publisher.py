@@ -592,8 +592,13 @@ class _Feed:
     def apply(self, topic: str, body: dict) -> None:
         if topic == "movie":
             summary = tilt_summary(body)
+            # a movie corrected after it failed (retried, rewritten) is no longer a failure
+            for failure in [e for e in self.errors if e.get("path") == summary["path"]]:
+                self.errors.remove(failure)
             name = body.get("series")
-            if name is None:
+            if name is None:  # one entry per movie: restored at start-up, then announced
+                for known in [m for m in self.movies if m["path"] == summary["path"]]:
+                    self.movies.remove(known)
                 self.movies.append(summary)
                 return
             tilts = self._series(name, body)["tilts"]

@@ -129,6 +129,7 @@ class DaskExecutor:
 
     #: the movies are read on the cluster's machines, not here
     reads_files_here = False
+    abandon_stops_workers = False
 
     def __init__(self, settings: Any, *, timeout_s: float | None = None,
                  runner: str = DEFAULT_RUNNER,

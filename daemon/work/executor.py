@@ -50,6 +50,10 @@ class Executor(Protocol):
     #: True when the workers read the movies on the daemon's machine (local processes): the
     #: engine then reads the next movie ahead into the page cache (:mod:`daemon.work.readahead`)
     reads_files_here: bool
+    #: True when :meth:`abandon` stops the workers (local processes are killed): the engine
+    #: then removes the temporaries they may have left; a Dask worker goes on, and may still
+    #: finish its set (adopted at the next start)
+    abandon_stops_workers: bool
 
     def start(self) -> None:
         """Start (worker processes, or the connection to a cluster)."""

@@ -478,6 +478,7 @@ class WorkerPool:
 
     #: the workers read the movies on this machine (the engine may read ahead for them)
     reads_files_here = True
+    abandon_stops_workers = True
 
     def __init__(self, n_workers: int, *, timeout_s: float | None = None,
                  startup_s: float = 120.0, runner: str = DEFAULT_RUNNER,

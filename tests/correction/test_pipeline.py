@@ -273,6 +273,22 @@ def test_a_nan_inf_or_absurd_pixel_of_a_float_movie_is_replaced_as_a_defect(tmp_
         assert mrc.data.max() < 6 * 2.0 + 10 * np.sqrt(6 * 2.0)
 
 
+def test_a_damaged_band_of_absurd_values_in_a_float_movie_is_replaced_as_defects(tmp_path):
+    """Two rows of 1e30 (2 % of the pixels: more than a percentile near the top allows) are
+    found as well as one pixel is."""
+    frames = np.random.default_rng(0).poisson(2.0, (6, 96, 96)).astype(np.float32)
+    frames[2, 40:42, :] = 1e30
+    path = tmp_path / "band.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(frames)
+        mrc.voxel_size = 1.1
+    result = correct_movie(path, tmp_path / "out", CorrectionParams(
+        dose=DoseParams(dose_per_frame_e_A2=1.0), align=AlignParams(patches_x=1, patches_y=1)))
+    with mrcfile.open(result.outputs["sum"]) as mrc:
+        assert mrc.data.mean() == pytest.approx(6 * 2.0, rel=0.05)
+        assert mrc.data.max() < 6 * 2.0 + 10 * np.sqrt(6 * 2.0)
+
+
 def test_a_float_movie_whose_sums_cannot_be_finite_is_an_error_and_nothing_is_written(tmp_path):
     """Without the hot-pixel search, which replaces such pixels, a value near float32's
     largest overflows the sums."""

@@ -19,15 +19,19 @@ from correction.stems import MAX_STEM_BYTES, fit_output_stem
 from daemon.events import movie_stem
 
 
-def test_a_stem_that_fits_is_kept():
+def test_a_stem_that_fits_is_kept_and_its_longest_temporary_fits_a_file_name():
+    """Every stem that could name its outputs before keeps its name (outputs already written
+    are found again): the longest file made from it, a picture's temporary with a 7-digit
+    pid, has 255 bytes at most."""
     assert fit_output_stem("TS_01_000_0.0") == "TS_01_000_0.0"
     assert fit_output_stem("L" * MAX_STEM_BYTES) == "L" * MAX_STEM_BYTES
+    assert len(f".{'L' * MAX_STEM_BYTES}.spectrum.png.tmp-4194304") == 255
 
 
 def test_a_long_stem_is_cut_on_a_character_and_named_apart_by_its_digest():
-    a, b = "é" * 150 + "_a", "é" * 150 + "_b"  # 302 bytes each, the same first 190
+    a, b = "é" * 150 + "_a", "é" * 150 + "_b"  # 302 bytes each, the same first 219
     short_a, short_b = fit_output_stem(a), fit_output_stem(b)
-    assert short_a != short_b and short_a.startswith("é" * 95 + "~")
+    assert short_a != short_b and short_a.startswith("é" * 109 + "~")
     assert all(len(os.fsencode(s)) <= MAX_STEM_BYTES for s in (short_a, short_b))
     assert fit_output_stem(a) == short_a  # the same every time (restarts, workers)
 

@@ -8,6 +8,7 @@ second time. A movie killed before its set was complete is corrected again, as b
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -25,9 +26,14 @@ from daemon.state.ledger import Ledger
 class _DoneMovies(ServiceListener):
     def __init__(self) -> None:
         self.done: list[str] = []
+        self.heard: list[str] = []  # on_ready and the movies done, in order
+
+    def on_ready(self, info) -> None:
+        self.heard.append("ready")
 
     def on_movie_done(self, event) -> None:
         self.done.append(Path(event.path).name)
+        self.heard.append(Path(event.path).name)
 
 
 def _run_until_idle(watch: Path, out: Path, params: CorrectionParams
@@ -76,6 +82,9 @@ def test_a_movie_whose_outputs_were_in_place_when_the_daemon_died_is_adopted_not
     assert "outputs were adopted" in notes["movie_000.mrc"]
     assert "will be redone" in notes["movie_001.mrc"]
     assert sorted(listener.done) == ["movie_000.mrc", "movie_001.mrc"]  # both announced
+    # after on_ready, which restores the feed's state from the database: a feed names the
+    # adopted movie's outputs relative to its folder and lists it once
+    assert listener.heard[0] == "ready"
     assert (out / "movie_000.motion.json").read_bytes() == first_record  # not rewritten
     with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
         rows = {Path(r.key.path).name: r for r in ledger.rows()}
@@ -107,3 +116,30 @@ def test_pending_rows_whose_outputs_are_on_disk_are_adopted_unless_made_pending_
     assert [Path(f["movie"]).name for f in log.named("movie_adopted")] == ["movie_000.mrc"]
     assert [Path(f["movie"]).name for f in log.named("movie_started")] == ["movie_001.mrc"]
     assert sorted(listener.done) == ["movie_000.mrc", "movie_001.mrc"]
+
+
+def test_a_replaced_movie_made_pending_to_be_redone_is_not_adopted_from_the_old_outputs(
+        tmp_path):
+    """Another file copied in under a done movie's name, size and mtime is made pending again
+    with the new file's content fingerprint; a daemon stopped before redoing it must not adopt
+    the old file's outputs at the next start (the motion record names the content it was
+    made from)."""
+    from daemon.intake.content import content_fingerprint
+
+    watch, out, params = _two_movies_corrected(tmp_path)
+    movie = watch / "movie_000.mrc"
+    data = bytearray(movie.read_bytes())
+    data[-100:] = bytes(100)  # other pixels, the same size
+    st = movie.stat()
+    movie.write_bytes(bytes(data))
+    os.utime(movie, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with Ledger(out / "motionwatch.sqlite") as ledger:  # as admission leaves it, then a stop
+        (row,) = [r for r in ledger.rows() if r.key.path == str(movie)]
+        assert ledger.redo(row.key)
+        ledger.set_inode(row.key, (st.st_dev, st.st_ino), content=content_fingerprint(movie),
+                         replace_content=True)
+
+    log, _ = _run_until_idle(watch, out, params)
+
+    assert log.named("movie_adopted") == []
+    assert [Path(f["movie"]).name for f in log.named("movie_started")] == ["movie_000.mrc"]

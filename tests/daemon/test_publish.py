@@ -457,3 +457,21 @@ def test_a_restart_restores_a_redone_movie_once_and_its_series_count_once(tmp_pa
     # the quarantined movie is listed again with its reason (the page showed none after a restart)
     assert [(e["path"], e["reason"]) for e in errors] == [
         ("/w/junk.mrc", "quarantined: header needs 4864 bytes")]
+
+
+def test_the_late_joiners_state_lists_a_movie_once_and_no_failure_corrected_since():
+    """A movie restored from the state database at start-up, then announced (adopted at
+    start-up), was listed twice; a failure stayed in the state after the movie was corrected,
+    and every state message put it back on the dashboards."""
+    from daemon.feed.publisher import _Feed
+
+    feed = _Feed(max_tilts=400)
+    body = movie_message({"movie": "/data/a.mrc", "pixel_size_A": 1.0,
+                          "global_shifts_px": [[0.0, 0.0]], "outputs": {},
+                          "drift": {"total_A": 1.0, "early_A": 1.0, "late_A": 0.0,
+                                    "max_frame_jump_A": 1.0}}, path="/data/a.mrc")
+    feed.apply("error", {"path": "/data/a.mrc", "reason": "UnreadableMovieError: cut"})
+    feed.apply("movie", dict(body))
+    feed.apply("movie", dict(body))
+    state = feed.snapshot()
+    assert [m["path"] for m in state["movies"]] == ["/data/a.mrc"] and state["errors"] == []
