@@ -115,7 +115,9 @@ def _session_folders(folder: Path, *, seed: int, size_px: int,
 
     from correction.synthetic import gain_pattern
 
-    folder = Path(folder)
+    # absolute: the state database and the gain path in the parameters name what a later
+    # `watch` of the same folder (its paths made absolute) names, so it finds them corrected
+    folder = Path(folder).expanduser().absolute()
     _clear_previous_demo(folder, say)
     watch, out = folder / "frames", folder / "motioncorr"
     watch.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,7 @@ def test_demo_run_twice_into_the_same_folder_starts_afresh_and_assembles_the_ser
         s.exposure_time_s for s in source.sections)
 
 
-def test_a_demo_given_a_relative_folder_records_absolute_paths(tmp_path, monkeypatch):
+def test_a_demo_given_a_relative_folder_records_absolute_paths(tmp_path, monkeypatch, capsys):
     """As the README runs it (``motionwatch demo ./motionwatch-demo``): the state database
     names each movie by its absolute path, as ``watch`` does, so a ``watch`` of the demo's
     folder afterwards finds them corrected. Before, the paths were relative: that ``watch``
@@ -136,6 +136,13 @@ def test_a_demo_given_a_relative_folder_records_absolute_paths(tmp_path, monkeyp
     with Ledger(tmp_path / "demo" / "motioncorr" / "motionwatch.sqlite") as db:
         paths = {Path(r.key.path) for r in db.rows()}
     assert paths == set((tmp_path / "demo" / "frames").glob("TS_01_*.mrc")) and len(paths) == 2
+    # the watch a user runs next, with the demo's settings: nothing to correct again
+    capsys.readouterr()
+    assert main(["watch", "demo/frames", "--out", "demo/motioncorr", "--gain",
+                 "demo/demo_gain.mrc", "--dose-per-frame", "1.0", "--tilt-series", "on",
+                 "--exit-when-idle", "1", "--no-publish", "--settle-time", "0.2"]) == 0
+    logged = capsys.readouterr()
+    assert "movie_started" not in logged.out + logged.err
 
 
 def test_demo_refuses_a_folder_whose_frames_no_demo_wrote(tmp_path, capsys):
