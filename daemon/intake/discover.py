@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +54,15 @@ def is_temporary_name(name: str) -> bool:
     return name.startswith((".", "~", "#")) or lower.endswith(_TEMP_SUFFIXES)
 
 
-def _control_character(path: Path, root: Path) -> str | None:
-    """The first control character (U+0000-U+001F, U+007F-U+009F) in ``path`` below ``root``,
-    as ``U+000A``; None when there is none. A newline or an escape sequence in a movie's name
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character (U+0000-U+001F, U+007F-U+009F) in ``text``, as ``U+000A``;
+    None when there is none. A newline or an escape sequence in a movie's name or folder
     cannot be written into a STAR file's loop, nor shown on a terminal as it is."""
-    for char in os.path.relpath(path, root):
-        if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
-            return f"U+{ord(char):04X}"
-    return None
+    found = _CONTROL.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
 
 
 def _match(name: str, patterns: Sequence[str]) -> bool:
@@ -119,6 +121,7 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
             errors.append((folder, exc.strerror or str(exc)))
             continue
         subfolders: list[Path] = []
+        folder_control = _control_character(os.path.relpath(folder, root))  # once per folder
         for entry in listing:
             name = entry.name
             if is_temporary_name(name):
@@ -139,7 +142,7 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                     continue
                 if not (is_movie or _match(name, metadata_patterns)):
                     continue
-                if is_movie and (control := _control_character(path, root)) is not None:
+                if is_movie and (control := folder_control or _control_character(name)):
                     skipped.append((path, f"its name holds a control character ({control}), "
                                           "which RELION's STAR files and terminals cannot show: "
                                           "rename it"))
