@@ -392,6 +392,9 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                         f"document.getElementById('{pic}').naturalWidth > 0", timeout=15000)
                 latest = page.locator("#latest-name").inner_text()
                 assert latest.startswith("TS_01_")
+                # messages the daemon's publisher dropped (a full queue) are shown, not only the
+                # gaps this page saw
+                assert "dropped by the daemon" in page.locator("#counters").inner_text()
                 page.wait_for_function("document.getElementById('daemon-state').dataset.state"
                                        " === 'live'", timeout=15000)
 

@@ -20,7 +20,6 @@ import zmq.auth
 
 from daemon.feed.publisher import (
     SCHEMA,
-    TOPICS,
     DriftRules,
     PublishConfig,
     PublishConfigError,
