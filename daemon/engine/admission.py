@@ -575,7 +575,7 @@ class Admission:
             return []  # more than one such file gone: which one this is cannot be told
         return found
 
-    def adopt_complete(self, keys: list[MovieKey]) -> set[MovieKey]:
+    def adopt_complete(self, rows: list[Any]) -> set[MovieKey]:
         """Start-up: of these pending rows (those a crash left running, and any other), the
         ones whose complete outputs are on disk, written under the row's own metadata, are
         recorded done and announced as adopted, not corrected again: the daemon died after
@@ -585,10 +585,10 @@ class Admission:
         cfg = self.config
         ledger = self._ledger()
         adopted: set[MovieKey] = set()
-        for key in keys:
-            row = ledger.get(key)
-            if row is None or row.status != "pending":
+        for row in rows:
+            if row.status != "pending":
                 continue
+            key = row.key
             movie = Path(key.path)
             stored = dict(row.metadata or {})
             out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)

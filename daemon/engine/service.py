@@ -230,8 +230,7 @@ class Service:
         after renaming them into place, before recording it; or the database lost its last
         writes); the others that were running when the daemon stopped are corrected again."""
         running = set(self._running_at_crash)
-        pending = [row.key for row in self.ledger.rows(status="pending")]
-        adopted = self.admission.adopt_complete(pending)
+        adopted = self.admission.adopt_complete(self.ledger.rows(status="pending"))
         for key in self._running_at_crash:
             self._log.warning("movie_recovered", movie=key.path, note=(
                 "was running when the daemon stopped; its complete outputs were adopted"
