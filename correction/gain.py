@@ -62,8 +62,10 @@ EER gain files
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +84,7 @@ from .threads import run_chunks
 __all__ = ["GainReference", "load_gain_reference", "apply_gain", "orient",
            "reference_for_movie", "eer_gain_is_reciprocal"]
 
+KEPT_DERIVED = 4  # derived references kept with a reference (EER rule, reciprocal, grids)
 _THREADED_PIXELS = 1 << 20  # frames from this size have their rows split over threads
 
 
@@ -183,6 +186,11 @@ class GainReference:
     listed : ListedPixels or None
         The gain and dark values under ``defect_rects`` that are not defects of the
         references themselves (0 in ``gain`` and ``dark``), kept for moving to another grid.
+
+    The references derived from this one (:meth:`reciprocal`, :meth:`onto_coarser_grid`,
+    :meth:`fit_to`, :func:`reference_for_movie`) are made once and kept with it (the last
+    few), so a worker that holds one reference for a session derives an 8K EER gain's 4K
+    form, or a 4K gain's 8K form, once, not for every movie (0.3-0.9 s each).
     """
 
     gain: np.ndarray
@@ -196,6 +204,24 @@ class GainReference:
     eer_rule: str | None = None
     defect_rects: tuple[DefectRect, ...] = ()
     listed: ListedPixels | None = field(default=None, repr=False)
+    _derived: dict[tuple[Any, ...], GainReference] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for array in (self.gain, self.dark, self.defect_mask):  # shared by a session's movies
+            if array is not None:
+                array.flags.writeable = False
+
+    def derived(self, key: tuple[Any, ...], make: Callable[[], GainReference]) -> GainReference:
+        """The reference ``make()`` derives from this one, made at the first call for ``key``
+        and kept (the :data:`KEPT_DERIVED` latest keys; references are never modified)."""
+        found = self._derived.get(key)
+        if found is None:
+            found = make()
+            while len(self._derived) >= KEPT_DERIVED:
+                del self._derived[next(iter(self._derived))]
+            self._derived[key] = found
+        return found
 
     @classmethod
     def from_arrays(cls, gain: np.ndarray, *, dark: np.ndarray | None = None,
@@ -281,6 +307,9 @@ class GainReference:
         GainReference
             ``applied_as`` switched between ``"multiplicative"`` and ``"reciprocal"``.
         """
+        return self.derived(("reciprocal",), self._reciprocal)
+
+    def _reciprocal(self) -> GainReference:
         valid = self.gain != 0
         mean = np.float32(self.gain[valid].mean(dtype=np.float64))
         inverse = np.zeros_like(self.gain)
@@ -313,6 +342,9 @@ class GainReference:
         if factor < 2 or ny % factor or nx % factor:
             raise GainReferenceError(self.gain_path, f"gain of {_fmt(self.shape_yx)} cannot be "
                                                      f"binned by {factor}")
+        return self.derived(("coarser", factor), lambda: self._binned(factor))
+
+    def _binned(self, factor: int) -> GainReference:
         def block_sums(image: np.ndarray) -> np.ndarray:  # strided adds: 6x a reshaped sum
             out = image[0::factor, 0::factor].copy()
             for dy in range(factor):
@@ -406,9 +438,11 @@ class GainReference:
         if ry or rx or fy != fx or fy < 2 or (super_resolution_factor is not None
                                                and fy != int(super_resolution_factor)):
             self.check_shape(shape_yx, movie_path)
+        return self.derived(("expanded", fy), lambda: self._expanded(fy))
 
+    def _expanded(self, factor: int) -> GainReference:
         def grow(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else np.repeat(np.repeat(a, fy, axis=0), fx, axis=1)
+            return None if a is None else np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
 
         coarse_gain, coarse_dark = self._unlisted()  # the defect list is the movie's grid's
         grown = GainReference.from_arrays(grow(coarse_gain), dark=grow(coarse_dark),
@@ -526,7 +560,11 @@ def reference_for_movie(ref: GainReference | None, params: GainParams, *,
     """
     if ref is None or not is_eer or ref.gain_path is None:
         return ref
-    name = Path(ref.gain_path).name
+    return ref.derived(("eer", params.eer_gain), lambda: _eer_reference(ref, params))
+
+
+def _eer_reference(ref: GainReference, params: GainParams) -> GainReference:
+    name = Path(str(ref.gain_path)).name
     if eer_gain_is_reciprocal(ref.gain_path, params.eer_gain):
         why = ("--eer-gain reciprocal" if params.eer_gain == "reciprocal" else
                "--eer-gain relion: a gain that is not a .gain file is a count image")

@@ -239,6 +239,33 @@ def test_a_reciprocal_gain_keeps_the_values_under_the_defect_list_for_another_gr
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
 
 
+def test_a_sessions_reference_derives_each_form_once_and_none_can_be_modified(tmp_path):
+    """A worker holds one reference for a whole session: its EER form, the 4K form of an 8K
+    gain and the 8K form of a 4K gain are derived at the first movie and reused (they took
+    0.3-0.9 s per movie), each still what it derives; a reference shared so cannot be changed
+    in place by one movie's correction."""
+    from correction.gain import reference_for_movie
+
+    counts = np.random.default_rng(2).uniform(0.5, 1.5, (8, 8)).astype(np.float32)
+    mrcfile.new(tmp_path / "gain.mrc", data=counts).close()
+    relion = GainParams(gain_path=tmp_path / "gain.mrc", eer_gain="relion")
+    held = load_gain_reference(relion)
+    eer = reference_for_movie(held, relion, is_eer=True)
+    assert reference_for_movie(held, relion, is_eer=True) is eer
+    assert eer.onto_coarser_grid(2) is eer.onto_coarser_grid(2)
+    assert eer.fit_to((16, 16)) is eer.fit_to((16, 16), super_resolution_factor=2)
+    # each kept form is the one its own rule gives, the mode is part of its key
+    as_given = GainParams(gain_path=tmp_path / "gain.mrc", eer_gain="multiplicative")
+    np.testing.assert_array_equal(reference_for_movie(held, as_given, is_eer=True).gain, counts)
+    np.testing.assert_allclose(eer.gain, counts.mean() / counts, rtol=1e-6)
+    inverse_gain = counts / counts.mean()            # 2 x 2 sub-pixels: a harmonic mean
+    np.testing.assert_allclose(eer.onto_coarser_grid(2).gain,
+                               4 / inverse_gain.reshape(4, 2, 4, 2).sum(axis=(1, 3)), rtol=1e-5)
+    for ref in (held, eer, eer.onto_coarser_grid(2), eer.fit_to((16, 16))):
+        with pytest.raises(ValueError, match="read-only"):
+            ref.gain[0, 0] = 2.0
+
+
 def test_load_gain_reference_keeps_the_defect_list_for_the_movie_grid(tmp_path):
     mrcfile.new(tmp_path / "gain.mrc", data=np.ones((4, 4), np.float32)).close()
     (tmp_path / "defects.txt").write_text("# x y w h\n6 0 1 8\n")
