@@ -240,8 +240,13 @@ class SessionView:
         while self._arrivals and now - self._arrivals[0][0] > _RATE_WINDOW_S:
             self._arrivals.popleft()
         corrected = arrived = None
-        if len(self._done_at) >= 2 and self._done_at[-1] > self._done_at[0]:
-            corrected = 60.0 * (len(self._done_at) - 1) / (self._done_at[-1] - self._done_at[0])
+        done = self._done_at
+        if len(done) >= 2 and done[-1] > done[0]:
+            mean_interval = (done[-1] - done[0]) / (len(done) - 1)
+            if now - done[-1] <= mean_interval:
+                corrected = 60.0 * (len(done) - 1) / (done[-1] - done[0])
+            else:  # none since for longer than usual: the rate falls with the wait (continuous)
+                corrected = 60.0 * len(done) / (now - done[0])
         if len(self._arrivals) >= 2 and self._arrivals[-1][0] > self._arrivals[0][0]:
             n = sum(k for _, k in list(self._arrivals)[1:])
             arrived = 60.0 * n / (self._arrivals[-1][0] - self._arrivals[0][0])

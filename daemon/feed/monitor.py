@@ -280,11 +280,16 @@ def _header(state: MonitorState, now: float) -> Text:
     return text
 
 
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
+
+
 def _printable(value: Any) -> str:
     """``value`` as text a terminal shows as it is: control characters (an escape sequence
-    in a file name would be run by the terminal) and undecodable bytes become U+FFFD."""
-    return "".join("\ufffd" if unicodedata.category(c) in ("Cc", "Cs") else c
-                   for c in str(value))
+    in a file name would be run by the terminal), bidirectional controls (U+202E shows a name
+    reordered) and undecodable bytes become U+FFFD."""
+    return "".join("\ufffd" if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs")
+                   else c for c in str(value))
 
 
 def _plain(value: Any) -> Text:

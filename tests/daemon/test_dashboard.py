@@ -146,6 +146,24 @@ def test_view_counts_lost_messages_and_compares_correction_with_arrival_rate():
     assert view.snapshot()["feed"]["gaps"] == 3  # seq 3, 6, 9 never came
 
 
+def test_the_pages_own_correction_rate_falls_while_no_movie_is_corrected():
+    """Counted here (no verdict from the daemon): a night whose corrections stop shows a rate
+    that falls with the wait, not the last one for the ten minutes of the window."""
+    clock = Clock()
+    view = SessionView(locate=lambda name: None, clock=clock)
+    for k in range(4):  # one movie a minute, then none
+        view.apply("movie", envelope("a", 1 + k, **movie_message(record(f"m{k}.mrc", 1.0))))
+        clock.t += 60.0
+    rates = [view.snapshot()["rates"]["corrected_per_min"]]
+    for _ in range(4):
+        clock.t += 60.0
+        rates.append(view.snapshot()["rates"]["corrected_per_min"])
+    assert rates[0] == pytest.approx(1.0)          # the next one was due just now
+    assert rates[1:] == pytest.approx([4 / 5, 4 / 6, 4 / 7, 4 / 8])
+    clock.t += 600.0
+    assert view.snapshot()["rates"]["corrected_per_min"] is None
+
+
 def test_view_shows_the_daemons_own_pace_once_its_heartbeat_has_a_verdict():
     """The daemon times acquisition by the movies' modification times (a backlog counts at its
     recording rate), which the messages reaching the dashboard cannot tell."""
@@ -392,6 +410,9 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                         f"document.getElementById('{pic}').naturalWidth > 0", timeout=15000)
                 latest = page.locator("#latest-name").inner_text()
                 assert latest.startswith("TS_01_")
+                # a name's bidirectional override is shown, not obeyed (it would reorder it)
+                assert page.evaluate("el('td', {}, 'TS_01_\\u202egpj.mrc').textContent") \
+                    == "TS_01_\ufffdgpj.mrc"
                 # messages the daemon's publisher dropped (a full queue) are shown, not only the
                 # gaps this page saw
                 assert "dropped by the daemon" in page.locator("#counters").inner_text()

@@ -96,7 +96,7 @@ def test_names_are_shown_as_they_are_never_as_markup_or_terminal_control_sequenc
     and an escape sequence in a movie's name reached the terminal raw."""
     state = MonitorState("tcp://127.0.0.1:5557")
     names = ["x[/b]TS_001_3.0.mrc", "[red]rich[blink] markup.mrc",
-             "esc\x1b]0;PWNED\x07\x1b[31mred.mrc"]
+             "esc\x1b]0;PWNED\x07\x1b[31mred.mrc", "TS_01_\u202egpj.mrc"]
     for seq, name in enumerate(names, start=1):
         state.apply("movie", envelope(movie_message(
             record(name, 2.0), TiltInfo(series="x[/b]TS", tilt_deg=0.0 + seq,
@@ -109,6 +109,7 @@ def test_names_are_shown_as_they_are_never_as_markup_or_terminal_control_sequenc
     sent = console.export_text(styles=True)  # what the terminal is sent, style codes included
     assert "x[/b]TS (open)" in plain and "[red]rich[blink] markup.mrc" in plain
     assert "esc\ufffd]0;PWNED\ufffd\ufffd[31mred.mrc" in plain
+    assert "TS_01_\ufffdgpj.mrc" in plain      # not shown reordered by a bidi override
     assert "\x1b]0;" not in sent and "\x1b[2J" not in sent
 
 

@@ -3,10 +3,13 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// bidirectional controls in a file name (U+202E ...) would show it reordered: shown as U+FFFD
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const shown = (text) => String(text).replace(BIDI_CONTROLS, "\ufffd");
 const el = (tag, attrs = {}, text) => {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (text !== undefined && text !== null) node.textContent = shown(text);
   return node;
 };
 const num = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
@@ -58,7 +61,7 @@ function renderCounters(s) {
 function renderLatest(s) {
   const m = s.latest;
   if (!m) return;
-  $("latest-name").textContent = m.name + (m.series ? ` · ${m.series} ${num(m.tilt_deg)}°` : "");
+  $("latest-name").textContent = shown(m.name) + (m.series ? ` · ${m.series} ${num(m.tilt_deg)}°` : "");
   const f = $("latest-facts");
   f.replaceChildren(
     el("span", {}, `drift ${num(m.total_A)} Å (early ${num(m.early_A)})`),
