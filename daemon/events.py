@@ -11,8 +11,9 @@ library), so no arrow can run back up. It holds
 * the **listener seam**: :class:`ServiceListener` and the events it receives
   (:class:`ServiceInfo`, :class:`MovieEvent`, :class:`SeriesEvent`, :class:`Heartbeat`,
   :class:`Health`);
-* where a movie's outputs go (:func:`output_dir_for`, :func:`movie_stem`) and the key of the motion
-  record that names the movie version (:data:`SOURCE_KEY`).
+* where a movie's outputs go (:func:`output_dir_for`), the key of the motion record that names
+  the movie version (:data:`SOURCE_KEY`), and the error that marks a movie whose file vanished
+  before correction (:data:`VANISHED`).
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from correction.stems import fit_output_stem
 
 __all__ = [
     "Observation", "ScanResult", "MovieKey", "MovieMetadata", "MetadataResolver", "NoMetadata",
     "ResolverContext", "SeriesStore", "ServiceListener", "ServiceInfo", "MovieEvent",
-    "SeriesEvent", "SeriesEventKind", "Heartbeat", "Health", "SOURCE_KEY", "movie_stem",
+    "SeriesEvent", "SeriesEventKind", "Heartbeat", "Health", "SOURCE_KEY", "VANISHED",
     "output_dir_for",
 ]
 
 #: motion-record key naming the movie version and parameters an output set was made from
 SOURCE_KEY = "source_file"
+
+#: the error of a movie quarantined because its file was gone when a worker was to take it (a
+#: renamed movie met again under its new name is corrected under it)
+VANISHED = "movie file vanished before correction"
 
 SeriesEventKind = Literal["started", "updated", "completed", "reopened"]
 
@@ -99,12 +103,6 @@ class MovieKey:
     size: int
     mtime_ns: int
     fingerprint: str
-
-
-def movie_stem(path: Path) -> str:
-    """Output stem of a movie: its name without the last suffix, shortened when too long to
-    name its outputs (:func:`correction.stems.fit_output_stem`)."""
-    return fit_output_stem(Path(path).stem)
 
 
 def output_dir_for(movie: Path, *, watch_dir: Path, out_dir: Path) -> Path:
@@ -276,9 +274,14 @@ class NoMetadata:
 
 @dataclass(frozen=True, slots=True)
 class ServiceInfo:
-    """What the service runs with, given to listeners once ready (``config``: the Config)."""
+    """What the service runs with, given to listeners once ready: the folders (absolute), the
+    gain reference's parameters (``correction.params.GainParams``; None without a gain file),
+    the process and how discovery watches."""
 
-    config: Any
+    watch_dir: Path
+    out_dir: Path
+    state_dir: Path
+    gain: Any
     pid: int
     discovery_mode: str
     discovery_reason: str

@@ -40,17 +40,16 @@ from typing import Any
 
 from correction.report import read_motion_record
 from daemon.engine.faults import LedgerWrites
-from daemon.engine.outputs import OutputStems, find_adoptable_outputs, summarise
+from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
 from daemon.engine.policy import EnginePolicy
-from daemon.events import (MetadataResolver, MovieEvent, MovieKey, MovieMetadata, Observation,
-                           ScanResult, movie_stem, output_dir_for)
+from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, MovieMetadata,
+                           Observation, ScanResult, output_dir_for)
 from daemon.intake.content import content_fingerprint
 from daemon.intake.settle import Settler
 from daemon.intake.validate import UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
 from daemon.state.codec import StoredMetadata, metadata_to_json
-from daemon.state.ledger import VANISHED
 
 __all__ = ["Admission"]
 

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from daemon.engine.faults import LedgerWrites, Pause
-from daemon.engine.outputs import remove_partial_outputs, source_identity, summarise
+from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
-from daemon.events import SOURCE_KEY, MovieEvent, MovieKey, movie_stem, output_dir_for
+from daemon.events import SOURCE_KEY, VANISHED, MovieEvent, MovieKey, output_dir_for
 from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
-from daemon.state.ledger import VANISHED
 from daemon.work.workers import Outcome, Task
 
 __all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S", "REFERENCE_MISFITS_TO_STOP",

@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import read_motion_record
-
 from correction.stems import fit_output_stem
-from daemon.events import SOURCE_KEY, MovieKey, movie_stem
+from daemon.events import SOURCE_KEY, MovieKey
 
-__all__ = ["OutputStems", "source_identity", "find_adoptable_outputs", "clean_temporary_outputs", "summarise"]
+__all__ = ["OutputStems", "movie_stem", "source_identity", "find_adoptable_outputs",
+           "clean_temporary_outputs", "remove_partial_outputs", "summarise"]
+
+
+def movie_stem(path: Path) -> str:
+    """Output stem of a movie: its name without the last suffix, shortened when too long to
+    name its outputs (:func:`correction.stems.fit_output_stem`)."""
+    return fit_output_stem(Path(path).stem)
 
 
 def source_identity(key: MovieKey, content: str | None = None) -> dict[str, Any]:

@@ -283,8 +283,11 @@ class Service:
             self._log.info("service_ready", discovery=state.mode, reason=state.reason,
                            fs_type=state.fs_type, workers=cfg.workers,
                            recovered=self._recovered, counts=self.ledger.counts())
-            self._notify("on_ready", ServiceInfo(cfg, os.getpid(), state.mode, state.reason,
-                                                 self._recovered))
+            gain = cfg.params.gain if cfg.params.gain.gain_path is not None else None
+            self._notify("on_ready", ServiceInfo(
+                watch_dir=cfg.watch_dir, out_dir=cfg.out_dir, state_dir=cfg.state_dir, gain=gain,
+                pid=os.getpid(), discovery_mode=state.mode, discovery_reason=state.reason,
+                recovered=self._recovered))
             self._ready = True
             for method, event, corrected in self._before_ready:
                 self._finished(method, event, corrected=corrected)

@@ -213,14 +213,9 @@ class PublishListener(ServiceListener):
     def on_ready(self, info: ServiceInfo) -> None:
         """Name the output folder in the feed and rebuild the late joiners' state from the
         state database (read-only), so a restart does not show 'no movies yet'."""
-        config = info.config
-        out_dir = getattr(config, "out_dir", None)
-        self.publisher.out_dir = None if out_dir is None else str(out_dir)
-        state_dir = getattr(config, "state_dir", None) or out_dir
-        if state_dir is None:
-            return
-        movies, series, errors = restored_state(
-            Path(state_dir) / DB_NAME, out_dir=None if out_dir is None else Path(out_dir))
+        self.publisher.out_dir = str(info.out_dir)
+        movies, series, errors = restored_state(Path(info.state_dir) / DB_NAME,
+                                                out_dir=Path(info.out_dir))
         if movies or series or errors:
             self.publisher.restore(movies, series, errors)
         if movies:

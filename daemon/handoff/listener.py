@@ -242,8 +242,7 @@ class RelionListener(ServiceListener):
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
-        config = info.config
-        self._out, self._watch = Path(config.out_dir), Path(config.watch_dir)
+        self._out, self._watch = Path(info.out_dir), Path(info.watch_dir)
         if self._log is None:
             try:
                 from daemon.system.logs import get_logger
@@ -251,11 +250,11 @@ class RelionListener(ServiceListener):
                 self._log = get_logger()
             except ImportError:  # pragma: no cover
                 self._log = _NullLog()
-        gain = self._guard(str(config.out_dir), "relion_gain", write_relion_gain, config.out_dir,
-                           config.params.gain) if config.params.gain.gain_path else None
+        gain = self._guard(str(info.out_dir), "relion_gain", write_relion_gain, info.out_dir,
+                           info.gain) if info.gain is not None else None
         self._gain_name = Path(gain).name if gain else None
-        self._gain_params = config.params.gain if config.params.gain.gain_path else None
-        self._seed(Path(config.state_dir))
+        self._gain_params = info.gain
+        self._seed(Path(info.state_dir))
         self._catch_up()
         series = {t.series for _, t in self._entries() if t is not None}
         for name in sorted(series):

@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from correction.dose import NO_DOSE_REASON
-from daemon.events import (MovieEvent, MovieMetadata, Observation, ResolverContext, ScanResult,
-                           SeriesEvent, SeriesEventKind, output_dir_for)
+from daemon.events import (VANISHED, MovieEvent, MovieMetadata, Observation, ResolverContext,
+                           ScanResult, SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
 from daemon.series.late_epu import LateEpuMetadata
@@ -69,7 +69,6 @@ from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON
                                       split_qualified, update_series_state)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
                                      epu_xml_pending, files_voltage_kV, resolve_voltage)
-from daemon.state.ledger import VANISHED
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
 

@@ -21,7 +21,8 @@ from correction.params import CorrectionParams, DoseParams, GainParams
 from correction.report import read_motion_record
 
 from daemon.engine.service import Service
-from daemon.events import Heartbeat, MetadataResolver, MovieEvent, SeriesEvent, ServiceListener
+from daemon.events import (Heartbeat, MetadataResolver, MovieEvent, SeriesEvent, ServiceInfo,
+                           ServiceListener)
 from daemon.handoff.listener import build_handoff_listener
 from daemon.series.options import resolver_from_config
 from daemon.settings.config import Config
@@ -205,10 +206,10 @@ class _DemoListener(ServiceListener):
                  complete: Callable[[Heartbeat], bool]) -> None:
         self.say, self.intro, self.writer = say, intro, writer
         self.describe, self.complete = describe, complete
-        self.service: Service | None = None
+        self.stop: Callable[[str], None] | None = None  # the service's request_stop
         self.stacks: dict[str, str] = {}
 
-    def on_ready(self, info: Any) -> None:
+    def on_ready(self, info: ServiceInfo) -> None:
         self.say(self.intro)
         self.writer.start()
 
@@ -222,13 +223,13 @@ class _DemoListener(ServiceListener):
         if event.kind in ("started", "completed", "reopened"):
             self.say(f"  series {event.series} {event.kind}"
                      + (f": {event.n_done} tilts assembled" if event.kind == "completed" else ""))
-        if event.kind == "completed" and self.service is not None:
+        if event.kind == "completed" and self.stop is not None:
             self.stacks.update(event.stacks)
-            self.service.request_stop("demo series complete")
+            self.stop("demo series complete")
 
     def on_heartbeat(self, beat: Heartbeat) -> None:
-        if self.service is not None and self.complete(beat):
-            self.service.request_stop("demo complete")
+        if self.stop is not None and self.complete(beat):
+            self.stop("demo complete")
 
 
 def _watch_while_writing(config: Config, write: Callable[[], None], *, intro: str,
@@ -245,7 +246,7 @@ def _watch_while_writing(config: Config, write: Callable[[], None], *, intro: st
     handoff = build_handoff_listener(config)  # RELION 5, AreTomo3, IMOD and Warp files too
     service = Service(config, listeners=[listener] + ([handoff] if handoff else []),
                       resolver=resolver)
-    listener.service = service
+    listener.stop = service.request_stop
     service.run()
     writer.join(timeout=5)
     return listener.stacks

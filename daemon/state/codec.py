@@ -54,7 +54,7 @@ class StoredMetadata:
     n_frames : int or None
         Frames validation counted.
     stem : str or None
-        Output stem chosen at admission (None: :func:`daemon.events.movie_stem`); differs from
+        Output stem chosen at admission (None: :func:`daemon.engine.outputs.movie_stem`); differs from
         the plain stem only when another movie already writes that stem into the same folder.
     """
 

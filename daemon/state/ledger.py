@@ -47,15 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.events import MovieKey
+from daemon.events import VANISHED, MovieKey
 
 __all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES", "CorruptDatabase",
            "open_or_rebuild", "display_path", "VANISHED"]
 
 DB_NAME = "motionwatch.sqlite"
-#: the error of a row quarantined because its file was gone when a worker was to take it
-#: (a renamed movie met again under its new name is set pending, :meth:`Ledger.move`)
-VANISHED = "movie file vanished before correction"
 STATUSES = ("pending", "running", "done", "failed", "quarantined")
 
 _SCHEMA = """

@@ -169,7 +169,7 @@ class NotifyListener(ServiceListener):
     def on_ready(self, info: ServiceInfo) -> None:
         with self._lock:
             self._last_beat = self._clock()
-        self.notifier.ready(f"watching {info.config.watch_dir} ({info.discovery_mode}); "
+        self.notifier.ready(f"watching {info.watch_dir} ({info.discovery_mode}); "
                             f"{info.recovered} recovered")
         if self._pinger is not None:
             self._pinger.start()

@@ -16,7 +16,7 @@ import numpy as np
 from correction.params import AlignParams, CorrectionParams, DoseParams
 from correction.pipeline import correct_movie
 from correction.stems import MAX_STEM_BYTES, fit_output_stem
-from daemon.events import movie_stem
+from daemon.engine.outputs import movie_stem
 
 
 def test_a_stem_that_fits_is_kept_and_its_longest_temporary_fits_a_file_name():

@@ -245,7 +245,6 @@ def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_mo
     """Faults issue item 15: the late-joiner state is rebuilt from the state database at
     start-up (read-only), with the done movies' motion records and their series."""
     import json
-    from types import SimpleNamespace
 
     from daemon.events import MovieKey, ServiceInfo
     from daemon.feed.listener import PublishListener
@@ -275,7 +274,7 @@ def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_mo
     publisher = Publisher(PublishConfig(endpoint=endpoint)).start()
     listener = PublishListener(publisher)
     try:
-        listener.on_ready(ServiceInfo(config=SimpleNamespace(out_dir=out, state_dir=out),
+        listener.on_ready(ServiceInfo(watch_dir=tmp_path, out_dir=out, state_dir=out, gain=None,
                                       pid=1, discovery_mode="inotify", discovery_reason="",
                                       recovered=0))
         with Subscriber(endpoint, topics=("state",)) as late:

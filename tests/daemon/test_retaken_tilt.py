@@ -113,7 +113,8 @@ def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(
     watch, out, tilts = _session(tmp_path)
     _run(watch, out)
     listener = RelionListener(RelionOptics())
-    listener.on_ready(ServiceInfo(_config(watch, out), 0, "polling", "test", 0))
+    listener.on_ready(ServiceInfo(watch_dir=watch, out_dir=out, state_dir=out, gain=None, pid=0,
+                                  discovery_mode="polling", discovery_reason="test", recovered=0))
     assert len(_series_star(out)) == 3
     movie = watch / tilts[2].movie.path.name
     motion = out / f"{movie.stem}.motion.json"
