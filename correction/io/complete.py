@@ -79,6 +79,9 @@ def check_complete(path: str | Path) -> Completeness:
         except UnreadableMovieError as exc:
             if _readable_and_not_empty(path):  # bytes there, but no format's signature
                 return _not_a_movie(exc.reason)
+            denied = _open_error(path)
+            if denied is not None:  # permission denied, a share's I/O error: not the movie's
+                raise denied from None
             raise
         if kind == "mrc":
             try:
@@ -100,6 +103,20 @@ def check_complete(path: str | Path) -> Completeness:
 
 def _not_a_movie(reason: str) -> Completeness:
     return Completeness(False, f"not a movie: {reason}", None, not_a_movie=True)
+
+
+def _open_error(path: Path) -> OSError | None:
+    """Why a regular file that exists cannot be opened (permission denied, a stale share);
+    None when it opens, is gone or is no regular file."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:  # removed between the two looks: gone, not unreadable
+        return None
+    except OSError as exc:
+        return exc
 
 
 def _readable_and_not_empty(path: Path) -> bool:

@@ -82,3 +82,42 @@ def test_an_empty_or_header_short_mrc_is_incomplete_not_garbage(tmp_path, conten
     path.write_bytes(content)
     result = check_complete(path)
     assert not result.complete and not result.not_a_movie
+
+
+def test_a_movie_the_reader_may_not_open_is_unreadable_not_incomplete_nor_bad():
+    """Permission denied (a share's ACL, a umask) is the access's fault, not the movie's: the
+    daemon waits for it to read instead of quarantining it as damaged. Before, such a movie
+    was taken as incomplete, quarantined and never looked at again. Checked by a process whose
+    user the file's mode shuts out (as root, a forked child that becomes nobody)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="mw-locked-"))  # pytest's folders are 0700
+    folder.chmod(0o755)
+    movie = _mrc(folder / "locked.mrc")
+    movie.chmod(0o000)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody (when root), check, report, exit
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            r = check_complete(movie)
+            os.write(write_end, json.dumps([r.complete, r.unreadable, r.not_a_movie,
+                                            r.reason]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    shutil.rmtree(folder)
+    complete, unreadable, not_a_movie, reason = json.loads(report)
+    assert (complete, unreadable, not_a_movie) == (False, True, False), reason
+    assert reason == "cannot read: Permission denied"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon_process import events, spawn, watch_argv
+from system_tools import require_tool
 
 from daemon.dashboard.server import Dashboard, DashboardConfig, DashboardError, resolve_inside
 from daemon.dashboard.state import SessionView
@@ -325,11 +326,7 @@ def test_dashboard_listens_on_loopback_unless_allowed(tmp_path):
 
 
 def _chromium() -> str:
-    if shutil.which(CHROMIUM) is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("chromium is missing on CI: .ci/run installs the chromium package")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    return CHROMIUM
+    return require_tool(CHROMIUM, "chromium")
 
 
 def _wait(check, timeout_s: float, what: str):

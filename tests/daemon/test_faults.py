@@ -445,7 +445,10 @@ def test_a_tilt_retried_after_its_correction_failed_is_corrected_once_with_its_d
 
     class Operator(ServiceListener):
         """Fixes the first dose once the tilt is quarantined; retries it once the last tilt was
-        redone with the new pre-exposure."""
+        redone with the new pre-exposure (the service logs a listener's exception and goes
+        on: what it did is checked after the run)."""
+
+        retry_status: int | None = None
 
         def on_movie_failed(self, event):
             if event.path == flaky and event.status == "quarantined":
@@ -456,11 +459,12 @@ def test_a_tilt_retried_after_its_correction_failed_is_corrected_once_with_its_d
             if event.path == last and tilt["pre_exposure_e_A2"] == pytest.approx(
                     5.0 + tilts[1].dose_e_A2):
                 marker.unlink()
-                assert cli_main(["retry", str(setup.out_dir)]) == 0
+                self.retry_status = cli_main(["retry", str(setup.out_dir)])
 
-    log = RecordingLog()
-    assert Service(config, listeners=[Operator()], resolver=resolver_from_config(config),
+    log, operator = RecordingLog(), Operator()
+    assert Service(config, listeners=[operator], resolver=resolver_from_config(config),
                    runner="fake_runners:correct", logger=log).run() == 0
+    assert operator.retry_status == 0 and not log.named("listener_failed")
     assert not marker.exists()  # retried
     started = [Path(e["movie"]).name for e in log.named("movie_started")]
     assert started.count(flaky.name) == 2  # failed, then corrected once after the retry
@@ -492,17 +496,17 @@ def test_a_movie_of_no_series_retried_after_validation_gets_the_dose_of_its_fram
                                  exit_when_idle_s=1.0)
 
     class Operator(ServiceListener):
-        retried = False
+        retry_status: int | None = None
 
         def on_movie_failed(self, event):
-            if event.status == "quarantined" and not self.retried:
-                self.retried = True
+            if event.status == "quarantined" and self.retry_status is None:
                 mend_mrc_header(path, mode)
-                assert cli_main(["retry", str(setup.out_dir)]) == 0
+                self.retry_status = cli_main(["retry", str(setup.out_dir)])
 
-    log = RecordingLog()
-    assert Service(config, listeners=[Operator()], resolver=resolver_from_config(config),
+    log, operator = RecordingLog(), Operator()
+    assert Service(config, listeners=[operator], resolver=resolver_from_config(config),
                    logger=log).run() == 0
+    assert operator.retry_status == 0 and not log.named("listener_failed")
     assert [e.get("stage") for e in log.named("movie_quarantined")] == ["validate"]
     assert len(log.named("movie_started")) == 1
     assert [r.status for r in rows_of(config)] == ["done"]
@@ -530,7 +534,9 @@ def test_a_non_utf8_path_is_logged_without_error_on_a_console_and_as_json(json_l
 @pytest.fixture
 def unreadable_until(monkeypatch):
     """Completeness checks read the file as unreadable (permission denied) until the event is
-    set (as root, the tests cannot take the permission away for real)."""
+    set: the service runs in this process, as root here, which no file mode shuts out. That
+    a real ``chmod 000`` reads so is
+    ``test_a_movie_the_reader_may_not_open_is_unreadable_not_incomplete_nor_bad``."""
     import correction.io.complete as complete
 
     readable = threading.Event()

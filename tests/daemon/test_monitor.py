@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from system_tools import require_tool
 
 from daemon.feed.monitor import MonitorState, render, sparkline
 from daemon.feed.publisher import (
@@ -200,8 +201,8 @@ def _wait_for_screen(tmux: list[str], check: Callable[[str], bool], timeout_s: f
     pytest.fail(f"screen ({size}) never showed what was expected; last screen:\n{screen}")
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real terminal")
 def test_monitor_command_in_a_terminal_shows_the_series_and_its_tilts_and_survives_a_restart():
+    require_tool("tmux", "tmux")  # a real terminal
     folder = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))  # ipc:// paths must stay short
     endpoint = f"ipc://{folder}/feed"
     tmux = ["tmux", "-S", str(folder / "tmux.sock")]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from system_tools import require_tool
 
 from daemon import exitcodes
 
@@ -31,12 +31,7 @@ UNITS = ("motionwatch.service", "motionwatch@.service")
 
 
 def _systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("systemd-analyze is missing on CI: .ci/run installs the systemd package")
-        pytest.skip("systemd-analyze not installed (apt-get install systemd)")
-    return found
+    return require_tool("systemd-analyze", "systemd")
 
 
 def _test_binary() -> str:
