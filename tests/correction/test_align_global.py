@@ -278,7 +278,9 @@ def test_a_few_frames_whose_peaks_are_noise_far_away_follow_the_others():
     """Low dose, most frames' peaks real but weak, two of ten lost in noise 20-70 px away:
     a later iteration's small window never brought them back (23.6 px RMS off a drift of
     2.6 px RMS). Such a stray peak, not above noise and far from the others, takes the others'
-    path at its frame."""
+    path at its frame. The bound is the failure's scale: 1.15 px now. No oracle bounds this
+    dose: the leave-one-out oracle reports 0.2 px, but below about 0.2 e/px/frame it starts at
+    the truth and noise holds it there (on pure noise it reports 0.25 px)."""
     rng = np.random.default_rng(7)
     frames, truth = _split_exposure(rng, 768, 10, 0.08)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.08),
@@ -343,4 +345,5 @@ def test_a_large_stage_drift_is_followed_by_every_frame_not_split_into_two_group
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.5),
                               align=AlignParams(patches_x=1, patches_y=1))
     out = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=2)
-    assert _rms(out.shifts_yx_px, movie.shifts_yx_px) < 0.3
+    oracle = _oracle_rms(movie.frames, movie.shifts_yx_px)
+    assert _rms(out.shifts_yx_px, movie.shifts_yx_px) < 1.5 * oracle

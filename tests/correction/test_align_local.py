@@ -648,15 +648,25 @@ def test_predicted_error_allows_for_overlapping_patches_and_grouped_frames(n_fra
 
 
 def test_patch_error_correlation_is_the_overlap_of_the_squared_tapers():
-    """0.47 between neighbours of the default grid (measured on synthetic movies without local
-    motion: 0.44), their product diagonally, next to nothing beyond."""
-    from correction.align_local import patch_error_correlation
+    """Each pair's correlation is the normalised overlap of the two patches' squared tapers
+    laid on the grid (computed here pixel by pixel in 2-D): about 0.47 between neighbours of
+    the default grid (measured on synthetic movies without local motion: 0.44), their product
+    diagonally, next to nothing beyond."""
+    from correction.align_local import _taper, patch_error_correlation
 
-    rho = patch_error_correlation(patch_grid((1024, 1024), (4096, 4096), (5, 5)))
+    grid = patch_grid((1024, 1024), (4096, 4096), (5, 5))
+    rho = patch_error_correlation(grid)
     np.testing.assert_allclose(rho, rho.T)
     np.testing.assert_allclose(np.diag(rho), 1.0)
-    assert rho[0, 1] == pytest.approx(0.47, abs=0.02) and rho[0, 5] == pytest.approx(rho[0, 1])
-    assert rho[0, 6] == pytest.approx(rho[0, 1] ** 2)
+    (py, px), weights = grid.patch_shape_yx, []
+    taper2 = np.outer(_taper(py), _taper(px)).astype(np.float64) ** 2
+    for oy, ox in np.asarray(grid.origins_yx)[[0, 1, 2, 5, 6, 12]]:
+        laid = np.zeros(grid.grid_shape_yx)
+        laid[oy:oy + py, ox:ox + px] = taper2
+        weights.append(laid)
+    overlap = [float(np.sum(weights[0] * w) / np.sum(weights[0] ** 2)) for w in weights]
+    np.testing.assert_allclose(rho[0, [0, 1, 2, 5, 6, 12]], overlap, rtol=1e-6, atol=1e-12)
+    assert 0.4 < rho[0, 1] < 0.55 and rho[0, 6] == pytest.approx(rho[0, 1] ** 2)
     assert rho[0, 2] < 1e-3 and rho[0, 12] < 1e-6  # tapered ends overlap next-but-one
 
 

@@ -50,6 +50,7 @@ def _imports(path: Path) -> set[str]:
 def _graph() -> dict[str, set[str]]:
     files = [p for top in ("correction", "daemon") for p in (ROOT / top).rglob("*.py")]
     modules = {_module_name(p): p for p in files}
+    assert len(modules) > 50, "the sources were not found: every rule below would hold vacuously"
     graph = {}
     for name, path in modules.items():
         targets = set()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from recording_log import RecordingLog
-from service_run import running
+from service_run import more_heartbeats, running
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.commands.cli import main as cli_main
@@ -289,7 +289,7 @@ def test_a_folder_renamed_while_the_daemon_runs_is_not_corrected_again(tmp_path)
         wait_for(lambda: len(log.named("movie_done")) >= 2)
         os.rename(watch / "grid1", watch / "grid1_good")
         wait_for(lambda: len(log.named("movie_moved")) >= 2)
-        time.sleep(0.5)  # some more scans
+        more_heartbeats(log, wait_for)  # some more scans
     assert len(_started(log)) == 2
     assert sorted((Path(r.key.path).relative_to(watch).as_posix(), r.status, r.attempts)
                   for r in _rows(out)) == [("grid1_good/m1.mrc", "done", 1),
@@ -364,7 +364,7 @@ def test_a_folder_renamed_while_its_movies_wait_for_a_worker_is_corrected_under_
         wait_for(lambda: len(log.named("movie_quarantined")) >= 3)
         if when == "while it runs":
             wait_for(lambda: len(log.named("movie_done")) >= 3)
-            time.sleep(0.5)  # some more scans
+            more_heartbeats(log, wait_for)  # some more scans
     assert sorted(Path(e["movie"]).relative_to(watch).as_posix()
                   for e in log.named("movie_quarantined")) == [
         "gone/m3.mrc", "grid1/m1.mrc", "grid1/m2.mrc"]
@@ -539,7 +539,7 @@ def test_the_hand_off_and_status_follow_a_renamed_folder(tmp_path, when):
             wait_for(lambda: len(log.named("movie_moved")) >= 3)
             wait_for(lambda: any(e.get("series") == "grid1_good/TS_01"
                                  for e in log.named("series_completed")))
-            time.sleep(1.0)  # some more scans
+            more_heartbeats(log, wait_for, 5)  # some more scans
     assert len(log.named("movie_moved")) == 3
     new = {str(watch / "grid1_good" / t.movie.path.name) for t in tilts}
     for t in tilts:  # each motion STAR names the movie where it is now
@@ -622,7 +622,7 @@ def test_a_renamed_frames_folder_on_a_share_whose_inodes_changed_keeps_its_tilts
     os.rename(grid / "frames", grid / "frames_sorted")
     with _running(config, timeout_s=20.0) as (log, wait_for):
         wait_for(lambda: len(log.named("movie_moved")) >= 3)
-        time.sleep(0.5)  # some more scans
+        more_heartbeats(log, wait_for)  # some more scans
     assert _started(log) == [] and len(log.named("movie_moved")) == 3
     rows = _rows_moved_to(out, grid / "frames_sorted", tilts)
     assert [r.inode for r in rows] == [

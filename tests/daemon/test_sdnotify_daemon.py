@@ -135,7 +135,9 @@ def test_ready_after_start_up_watchdog_pings_at_half_watchdog_usec_and_stopping_
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    time.sleep(0.2)
+    # the daemon has exited: what it sent is in the socket, the receiver reads it in time
+    systemd.wait_until(lambda: systemd.values("STATUS")[-1:] != []
+                       and systemd.values("STATUS")[-1].startswith("stopping"), 10)
     pings = systemd.times("WATCHDOG")
     assert len(systemd.times("READY")) == 1 and all(t >= ready for t in pings)
     # WATCHDOG_USEC = 2 s: pings while healthy (their period is tested with a fake clock in
@@ -181,8 +183,8 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_movie(tmp_path, monkey
         assert service.run() == exitcodes.INTERRUPTED
     finally:
         notify.close()
-    time.sleep(0.1)
-    started = seen["started"]
+    systemd.wait_until(lambda: any("stuck on hang.mrc" in s for s in systemd.values("STATUS")), 10)
+    assert "started" in seen  # the hung movie was seen in flight
     pings = systemd.times("WATCHDOG")
     assert pings  # healthy before the movie got stuck
     # once stuck, STATUS says so (when pings stop is the policy's matter: tested with a fake
@@ -209,7 +211,7 @@ def test_sigterm_during_a_movie_ends_with_it_done_or_redone_never_half_written_e
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    time.sleep(0.2)
+    systemd.wait_until(lambda: systemd.values("STOPPING"), 10)
     assert systemd.values("STOPPING") == ["1"]
     assert systemd.values("EXTEND_TIMEOUT_USEC")  # asked for stop time while draining
     # nothing half-written: complete sets of outputs only, no temporaries

@@ -22,7 +22,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-from daemon_process import events, rows, spawn, watch_argv
+from daemon_process import events, rows, spawn, wait_for_heartbeats, watch_argv
 from movie_damage import mend_mrc_header, spoil_mrc_header
 
 from daemon.commands.cli import main
@@ -362,7 +362,7 @@ def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_
             for frame in frames[3:]:
                 writer.write(frame, contiguous=False)
         wait_for(log, "movie_done", 1)
-        time.sleep(1.0)  # a redo would follow within a few scans
+        wait_for_heartbeats(out, 3)  # a redo would follow within a few scans
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
@@ -394,7 +394,7 @@ def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_seri
 
             for entry in sorted(session.iterdir(), key=lock_last):
                 entry.rename(away / entry.name)
-            time.sleep(2.0)  # 20 scans
+            wait_for_heartbeats(out, 4)  # 2 s: 20 scans, at least 4 however slow
             for entry in sorted(away.iterdir(), key=lock_last, reverse=True):
                 entry.rename(session / entry.name)
 
@@ -402,7 +402,7 @@ def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_seri
     try:
         simulate(session, 31, n_tilts=5, on_tilt=blip_after_the_third_tilt)
         wait_for(log, "series_completed", 1)
-        time.sleep(0.5)
+        wait_for_heartbeats(out, 2)  # a re-opening would follow
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)

@@ -77,13 +77,25 @@ def test_the_gain_reference_is_loaded_once_per_worker(tmp_path, runners):
     assert len(pids) == 1 and texts == {f"gain-loaded-in-{pids.pop()}"}
 
 
+def _rss_MB(pid: int) -> float:
+    """Resident memory of process ``pid`` now, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 def test_a_worker_keeps_freed_memory_between_movies_in_a_row_and_returns_it_when_idle(
         tmp_path, runners):
     """Movies in a row reuse the memory the one before freed (no page faults to fill it
     again, correction.allocator); a worker that waits for work hands it back."""
     with WorkerPool(1, runner=runners, gain_loader=None) as pool:
         first = run_all(pool, [task(tmp_path, 0, "alloc0.mrc"), task(tmp_path, 1, "alloc1.mrc")])
-        time.sleep(3.0)  # longer than the worker's hold (2 s)
+        worker = first[1].record["pid"]
+        held_MB = _rss_MB(worker)
+        deadline = time.monotonic() + 60  # the hold is 2 s; a loaded machine may run it late
+        while _rss_MB(worker) > held_MB - 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         later = run_all(pool, [task(tmp_path, 2, "alloc2.mrc")])
     rss = [r.record["rss_at_start_MB"] for r in (first[0], first[1], later[2])]
     assert rss[1] - rss[0] > 200, rss  # the first movie's 256 MiB still held for the next

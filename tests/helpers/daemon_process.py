@@ -11,10 +11,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["watch_argv", "spawn", "events", "rows"]
+__all__ = ["watch_argv", "spawn", "events", "rows", "wait_for_heartbeats"]
 
 
 def watch_argv(watch: Path, out: Path, *flags: str) -> list[str]:
@@ -59,3 +60,31 @@ def rows(out: Path) -> list[dict]:
         return [dict(r) for r in db.execute("SELECT * FROM movies ORDER BY mtime_ns")]
     finally:
         db.close()
+
+
+def _heartbeat_wall(out: Path) -> float | None:
+    try:
+        db = sqlite3.connect(f"file:{out / 'motionwatch.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            row = db.execute("SELECT value FROM service_state WHERE key = 'heartbeat_wall'")
+            found = row.fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:  # not created yet, or busy
+        return None
+    return None if found is None else float(json.loads(found[0]))
+
+
+def wait_for_heartbeats(out: Path, n: int, timeout_s: float = 60.0) -> None:
+    """Return once the daemon writing ``out``'s state database has recorded ``n`` more
+    heartbeats: its main loop turned at least ``n`` times (scanning as due), however slow the
+    machine. The window in which a test sees that something did *not* happen."""
+    deadline = time.monotonic() + timeout_s
+    last, seen = _heartbeat_wall(out), 0
+    while seen < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{seen} of {n} heartbeats in {timeout_s} s")
+        time.sleep(0.05)
+        beat = _heartbeat_wall(out)
+        if beat is not None and beat != last:
+            last, seen = beat, seen + 1

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["run_until_idle", "running", "watch_once"]
+__all__ = ["run_until_idle", "running", "watch_once", "more_heartbeats"]
 
 
 def run_until_idle(service: Any, *, guard_s: float = 60.0,
@@ -66,3 +66,12 @@ def running(service: Any, *, timeout_s: float = 60.0) -> Iterator[Callable[..., 
     finally:
         service.request_stop("test done")
         thread.join(60)
+
+
+def more_heartbeats(log: Any, wait_for: Callable[..., None], n: int = 3) -> None:
+    """Wait until the service logging to ``log`` (a RecordingLog) has beaten ``n`` more times:
+    its main loop turned at least ``n`` times, scanning as due, however slow the machine. The
+    window in which a test sees that something did *not* happen."""
+    seen = len(log.named("heartbeat"))
+    wait_for(lambda: len(log.named("heartbeat")) >= seen + n)
+    assert len(log.named("heartbeat")) >= seen + n, f"fewer than {n} more heartbeats"
