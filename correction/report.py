@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 
+import functools
 import hashlib
 import math
 import os
@@ -38,10 +39,6 @@ SCHEMA = "motionwatch.motion/1"
 _DISTRIBUTION = "motionwatch"
 _CHUNK_BYTES = 1 << 20
 
-# (path, size, mtime_ns) -> sha256 hex: each reference file is hashed once per process
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha256(path: str | Path) -> str:
     """SHA-256 (hex) of a file's content, computed once per process for each file version.
 
@@ -55,16 +52,17 @@ def file_sha256(path: str | Path) -> str:
     """
     path = Path(path).absolute()
     st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    digest = _SHA256_CACHE.get(key)
-    if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        _SHA256_CACHE[key] = digest
-    return digest
+    return _sha256_of_version(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)  # a session's gain, dark and defect files, a few versions each
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 (hex) of ``path``'s content; ``size`` and ``mtime_ns`` key its version."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def reference_record(gain_path: str | Path | None = None, dark_path: str | Path | None = None,

@@ -26,7 +26,7 @@ from typing import Any
 from daemon import exitcodes
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion_star,
-                                   write_relion_gain, write_single_particle_star)
+                                   write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, files_voltage_kV,
@@ -328,11 +328,13 @@ def run(args: argparse.Namespace) -> int:
 def _write_relion_files(out: Path, params: Any, optics: Any,
                         corrected: list[tuple[Path, dict[str, Any]]]) -> None:
     """RELION's hand-off for this run: the gain as polishing reads it (the daemon's
-    :func:`~daemon.handoff.relion.write_relion_gain`, the same file when the daemon already
+    :func:`~correction.gain_export.write_relion_gain`, the same file when the daemon already
     wrote this gain into the folder, its own name otherwise; EER movies' a ``.gain``, which
     RELION does not invert), the motion STAR of each movie
     corrected now naming it, and ``corrected_micrographs.star`` of every movie in the folder.
     The motion STARs of other movies (the daemon's, an earlier run's) are left as they are."""
+    from correction.gain_export import write_relion_gain
+
     gain_names: dict[bool, str | None] = {}  # EER movie or not -> the file its STAR names
 
     def gain_name(eer: bool) -> str | None:

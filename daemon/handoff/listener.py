@@ -39,10 +39,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from correction.gain_export import write_relion_gain
 from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
 from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
                                    movie_motion, single_particle_blocks, write_motion_star,
-                                   write_relion_gain, write_star, SINGLE_PARTICLE_STAR)
+                                   write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_name, series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path

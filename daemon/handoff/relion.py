@@ -41,11 +41,12 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   movie outside tilt series, ``rlnOpticsGroup`` its own group. Paths inside the output folder
   are relative to it (the folder a user opens as the RELION project); the movies, outside it,
   are absolute.
-* **the gain** polishing reads (:func:`write_relion_gain`, ``rlnMicrographGainName``): one file
-  per gain and orientation, never replaced by another, so every movie's STAR names the gain it
-  was corrected with, whichever writer (``watch``, ``correct``) put it there. An EER movie's
-  STAR names a ``.gain`` TIFF instead (``motionwatch_gain.gain``): RELION loads an EER movie's
-  gain with ``EERRenderer::loadEERGain``, which inverts any file that is not a ``.gain`` one
+* **the gain** polishing reads (``rlnMicrographGainName``, written by
+  :func:`correction.gain_export.write_relion_gain`): one file per gain and orientation, never
+  replaced by another, so every movie's STAR names the gain it was corrected with, whichever
+  writer (``watch``, ``correct``) put it there. An EER movie's STAR names a ``.gain`` TIFF
+  instead (``motionwatch_gain.gain``): RELION loads an EER movie's gain with
+  ``EERRenderer::loadEERGain``, which inverts any file that is not a ``.gain`` one
   (src/renderEER.h) and would turn the multiplicative MRC into the detector's response.
 * **EER movies**: ``rlnEERGrouping`` and ``rlnEERUpsampling`` in ``data_general``, frames
   counted in fractions as RELION renders them (:func:`motion_star_blocks`).
@@ -53,7 +54,6 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from correction.conventions import shift_to_apply
 from daemon.settings.optics import (DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL_ABERRATION_MM,
                                     optics_record, recorded_optics)
 
@@ -70,8 +71,7 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
            "star_table", "write_star", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
-           "SINGLE_PARTICLE_STAR", "RELION_GAIN_NAME", "relion_gain_names", "relion_gain_stamp",
-           "write_relion_gain", "optics_group_names", "optics_key", "optics_keys_in_order",
+           "SINGLE_PARTICLE_STAR", "optics_group_names", "optics_key", "optics_keys_in_order",
            "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
@@ -229,7 +229,8 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
     if len(doses) != n_movie:
         doses = np.full(n_movie, float(np.mean(doses)) if len(doses) else 0.0)
     relion = np.full((n_movie, 2), np.nan)
-    relion[throw:throw + len(shifts)] = -(shifts - shifts[0]) * bin_factor
+    # RELION: the shift that aligns each frame, [x, y] from the first frame, movie pixels
+    relion[throw:throw + len(shifts)] = shift_to_apply(shifts - shifts[0]) * bin_factor
     outputs = {str(k): motion_path.parent / str(v)
                for k, v in (record.get("outputs") or {}).items()}
     outputs["motion"] = motion_path
@@ -406,129 +407,6 @@ def write_motion_star(motion: MovieMotion, *, gain_name: str | None = None) -> P
     """Write ``S.star`` beside ``S.motion.json``; returns its path."""
     return write_star(motion_star_path(motion.motion_path),
                       motion_star_blocks(motion, gain_name=gain_name))
-
-
-RELION_GAIN_NAME = "motionwatch_gain.mrc"
-_GAIN_STAMP_PREFIX = "motionwatch gain stamp "
-
-
-def relion_gain_stamp(gain_params: Any) -> str:
-    """A digest of the gain settings and of the files they name (absolute path, size,
-    modification time): equal stamps mean the same gain in the same orientation. The default
-    ``eer_gain`` (``multiplicative``) is left out of it, so that a gain written before that
-    setting existed keeps its stamp (and is not written again beside itself)."""
-    text = repr(gain_params)
-    if getattr(gain_params, "eer_gain", "multiplicative") == "multiplicative":
-        text = text.replace(", eer_gain='multiplicative'", "")
-    parts = [text]
-    for name in ("gain_path", "dark_path", "defects_path"):
-        path = getattr(gain_params, name, None)
-        if path is not None:
-            st = Path(path).stat()
-            parts.append(f"{name}={Path(path).absolute()}:{st.st_size}:{st.st_mtime_ns}")
-    from correction.write import text_bytes
-
-    return hashlib.sha256(text_bytes("\n".join(parts))).hexdigest()[:16]
-
-
-def _written_stamp(path: Path) -> str | None:
-    """The stamp in the labels of an earlier ``motionwatch_gain.mrc`` (header only), or in the
-    ImageDescription of an earlier ``motionwatch_gain.gain``, if any."""
-    import mrcfile  # noqa: PLC0415
-
-    if path.suffix == ".gain":
-        return _written_tiff_stamp(path)
-    try:
-        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            labels = [bytes(label).decode("ascii", "replace").strip()
-                      for label in mrc.header.label[:int(mrc.header.nlabl)]]
-    except (OSError, ValueError):
-        return None
-    stamps = [label[len(_GAIN_STAMP_PREFIX):] for label in labels
-              if label.startswith(_GAIN_STAMP_PREFIX)]
-    return stamps[0] if stamps else None
-
-
-def _written_tiff_stamp(path: Path) -> str | None:
-    """The stamp in the ImageDescription of an earlier ``motionwatch_gain.gain``, if any."""
-    import tifffile  # noqa: PLC0415
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            text = str(tif.pages.first.tags.valueof(270) or "")
-    except (OSError, ValueError, IndexError):
-        return None
-    stamps = [line[len(_GAIN_STAMP_PREFIX):] for line in text.splitlines()
-              if line.startswith(_GAIN_STAMP_PREFIX)]
-    return stamps[0] if stamps else None
-
-
-def relion_gain_names(gain_params: Any, *, eer: bool = False) -> tuple[str, str]:
-    """The file names the RELION gain of ``gain_params`` may have in an output folder:
-    ``motionwatch_gain.mrc`` (the first gain written there) and
-    ``motionwatch_gain_<stamp>.mrc`` (:func:`relion_gain_stamp`; any other gain or orientation
-    written into the same folder later, by ``watch`` or ``correct``). ``eer``: the names of
-    the gain for EER movies, the same with ``.gain`` (:func:`write_relion_gain`)."""
-    suffix = ".gain" if eer else ".mrc"
-    return (Path(RELION_GAIN_NAME).with_suffix(suffix).name,
-            f"motionwatch_gain_{relion_gain_stamp(gain_params)}{suffix}")
-
-
-def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = False
-                      ) -> Path | None:
-    """The gain reference as RELION's polishing reads it: an MRC in the movie's orientation
-    (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects; None without
-    a gain. Used by ``watch`` (the hand-off listener) and ``motionwatch correct`` alike.
-
-    Its labels hold :func:`relion_gain_stamp`: a restart with the same gain files and settings
-    finds the file and leaves it as it is (a super-resolution gain takes 2 s to load and 377 MB
-    to write). The first gain written into a folder is ``OUT/motionwatch_gain.mrc``; a gain
-    with another stamp (another file, orientation, or the file written anew) never replaces
-    it, since the motion STARs of the movies corrected with it name it: it is written as
-    ``OUT/motionwatch_gain_<stamp>.mrc`` (:func:`relion_gain_names`), which the motion STARs
-    of the movies corrected with that gain name.
-
-    ``eer``: the gain of EER movies, as motionwatch applies it to them
-    (:func:`correction.gain.reference_for_movie`: an EER count image already inverted), written
-    as a float32 TIFF named ``.gain`` (:func:`relion_gain_names` with ``eer``), rows in the
-    movie's stored order: RELION's ``EERRenderer::loadEERGain`` uses a ``.gain`` file as a
-    multiplier, undoing its TIFF reader's row reversal, and inverts any other file."""
-    from correction.gain import load_gain_reference, reference_for_movie
-    from correction.write import write_mrc_atomic
-
-    if getattr(gain_params, "gain_path", None) is None:
-        return None
-    stamp = relion_gain_stamp(gain_params)
-    first, own = (Path(out_dir) / name for name in relion_gain_names(gain_params, eer=eer))
-    for path in (first, own):
-        if path.is_file() and _written_stamp(path) == stamp:
-            return path
-    path = own if first.exists() else first
-    reference = load_gain_reference(gain_params)
-    if reference is None:
-        return None
-    if eer:
-        reference = reference_for_movie(reference, gain_params, is_eer=True)
-        return _write_gain_tiff(path, np.asarray(reference.gain, dtype=np.float32),
-                                ("motionwatch: gain of EER movies, multiplicative, rows as "
-                                 "stored, for RELION", _GAIN_STAMP_PREFIX + stamp))
-    return write_mrc_atomic(path, np.asarray(reference.gain, dtype=np.float32),
-                            pixel_size_A=None,
-                            labels=("motionwatch: gain in the movie orientation, for RELION",
-                                    _GAIN_STAMP_PREFIX + stamp))
-
-
-def _write_gain_tiff(path: Path, gain: np.ndarray, lines: tuple[str, ...]) -> Path:
-    """``gain`` as a one-page float32 TIFF, row 0 first, ``lines`` in its ImageDescription,
-    written atomically (:func:`correction.write.atomic_write`)."""
-    import tifffile  # noqa: PLC0415
-
-    from correction.write import atomic_write
-
-    def write(fh: Any) -> None:
-        tifffile.imwrite(fh, gain, description="\n".join(lines), metadata=None)
-
-    return atomic_write(path, write)
 
 
 def relative_to(path: str | Path, root: str | Path) -> str:

@@ -574,7 +574,7 @@ def test_a_relion_gain_written_before_eer_gain_existed_is_found_again_not_writte
 
     from correction.params import GainParams
     from correction.write import text_bytes
-    from daemon.handoff.relion import relion_gain_stamp, write_relion_gain
+    from correction.gain_export import relion_gain_stamp, write_relion_gain
 
     gain_path = tmp_path / "gain.mrc"
     mrcfile.new(gain_path, data=np.ones((16, 16), np.float32)).close()
@@ -604,7 +604,7 @@ def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_
 
     import correction.gain
     from correction.params import GainParams
-    from daemon.handoff.relion import relion_gain_names, write_relion_gain
+    from correction.gain_export import relion_gain_names, write_relion_gain
 
     rng = np.random.default_rng(4)
     gain = rng.uniform(0.8, 1.2, (48, 64)).astype(np.float32)
@@ -922,7 +922,7 @@ def test_an_eer_movies_star_names_a_dot_gain_that_relion_applies_as_motionwatch_
 
     from correction.gain import load_gain_reference, reference_for_movie
     from correction.params import GainParams
-    from daemon.handoff.relion import write_relion_gain
+    from correction.gain_export import write_relion_gain
 
     rng = np.random.default_rng(26)
     shape = (128, 128)
