@@ -9,7 +9,7 @@ Precision: synthetic movies (``correction.synthetic.render_movie``, 16 frames of
 known drift) aligned with the alignment grid 8 and 4 times smaller than the frame, at 0.15 and
 0.5 e/px per frame, --seeds movies each; RMS shift error against the truth (common offset
 removed), block sums beside the whole frame (the bound). ``correct`` uses the block sums from 8
-times (``pipeline._BLOCK_SUM_MIN_RATIO``); at 4 times (a K3 frame's) it keeps the whole frame.
+times (``grids.BLOCK_SUM_MIN_RATIO``); at 4 times (a K3 frame's) it keeps the whole frame.
 
     .venv/bin/python benchmarks/bench_block_sums.py [--repeats 3] [--seeds 6]
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from correction import pipeline  # noqa: E402
+from correction import grids, pipeline  # noqa: E402
 from correction.fourier import rfft2_cropped, rfft2_cropped_2x2, sum_2x2  # noqa: E402
 from correction.gain import GainReference, apply_gain  # noqa: E402
 from correction.params import AlignParams, CorrectionParams, DoseParams  # noqa: E402
@@ -43,7 +43,7 @@ def _best(fn, repeats: int) -> float:
 
 def bench_cost(repeats: int) -> None:
     ny, nx = 8184, 11520
-    g = pipeline._grids((ny, nx), 2.0, 14, 1024)
+    g = grids.plan_grids((ny, nx), 2.0, 14, 1024)
     py, px = g.padded_in
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 3, (ny, nx), dtype=np.uint8)
@@ -84,7 +84,7 @@ def bench_precision(seeds: int) -> None:
                                      electrons_per_px_per_frame=dose, pixel_size_A=1.0,
                                      gain=None, n_hot_pixels=0, dtype=np.uint8)
                 for name, min_ratio in (("blocks", 1), ("whole", 10 ** 6)):
-                    pipeline._BLOCK_SUM_MIN_RATIO = min_ratio
+                    grids.BLOCK_SUM_MIN_RATIO = min_ratio
                     result = pipeline.correct_frames(movie.frames, pixel_size_A=1.0,
                                                      params=params)
                     found = result.shifts_yx_px - result.shifts_yx_px.mean(0)
@@ -92,7 +92,7 @@ def bench_precision(seeds: int) -> None:
             blocks, whole = np.mean(errors["blocks"]), np.mean(errors["whole"])
             print(f"  grid {ratio}x smaller, {dose:g} e/px/frame: block sums {blocks:.4f} px, "
                   f"whole frame (bound) {whole:.4f} px, ratio {blocks / whole:.3f}")
-    pipeline._BLOCK_SUM_MIN_RATIO = 8
+    grids.BLOCK_SUM_MIN_RATIO = 8
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,20 +13,20 @@ Steps of :func:`correct_movie`:
    checks the gain orientation (:mod:`correction.gain_orientation`, central window);
 4. frame by frame: ``(raw - dark) * gain`` with defects and hot pixels replanted from their
    neighbours (:func:`correction.gain.apply_gain`), padded with the movie's mean from step 3
-   (without hot-pixel detection, the frame's) to a fast FFT length at least ``max_shift_px``
-   (+2) larger on each axis (:func:`summation.pad_frame`), ONE forward FFT (with the movie's
-   mean known, no padded frame is written: the padded rows are made a band at a time from
-   the raw rows, :class:`_GainedRows`, and each band is transformed while in cache,
-   :func:`fourier.rfft2_cropped_of_rows`; the same values to the bit), Fourier-cropped to the output grid (``bin_factor``) and, as a copy, to the
-   alignment grid (short side about ``align_size_px``; for a frame at least 8 times that
-   grid, a super-resolution one, the alignment crop is made from the frame's 2 x 2 block
-   sums instead, :func:`_align_from_block_sums`); for the frames whose output spectra
-   are not kept (over the budget, :func:`frames_kept`; all when the sums come from tiles, a
-   patch grid on unbinned output), only the alignment crop (:func:`fourier.rfft2_cropped`),
-   and they are transformed once more in step 6; a central window of each gain-corrected
-   frame is added to an even or an odd sum, whose FRC in detector coordinates says whether
-   the frames share a fixed pattern (a missing or unfitting gain, warned about:
-   :mod:`correction.detector_pattern`);
+   (without hot-pixel detection, the frame's) to a fast FFT length at least ``max_shift_px`` (+2)
+   larger on each axis (:func:`summation.pad_frame`), ONE forward FFT (with the movie's mean known,
+   no padded frame is written: the padded rows are made a band at a time from the raw rows,
+   :class:`gained_rows.GainedRows`, and each band is transformed while in cache,
+   :func:`fourier.rfft2_cropped_of_rows`; the same values to the bit), Fourier-cropped to the
+   output grid (``bin_factor``) and, as a copy, to the alignment grid (short side about
+   ``align_size_px``; for a frame at least 8 times that grid, a super-resolution one, the alignment
+   crop is made from the frame's 2 x 2 block sums instead, :func:`grids.align_from_block_sums`);
+   for the frames whose output spectra are not kept (over the budget,
+   :func:`memory_model.frames_kept`; all when the sums come from tiles, a patch grid on unbinned
+   output), only the alignment crop (:func:`fourier.rfft2_cropped`), and they are transformed once
+   more in step 6; a central window of each gain-corrected frame is added to an even or an odd sum,
+   whose FRC in detector coordinates says whether the frames share a fixed pattern (a missing or
+   unfitting gain, warned about: :mod:`correction.detector_pattern`);
 5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
    scaled to output pixels; if any exceeds the padding the frames are redone with more padding
    (so no content can wrap around);
@@ -45,19 +45,19 @@ Steps of :func:`correct_movie`:
    ``write()`` does it (a caller may correct the next movie meanwhile; :func:`correct_movie`
    is both).
 
-Memory: frames are converted and transformed one at a time; only their complex64 spectra (on
-the padded output grid) are kept, all of them while they fit ``_SPECTRA_BUDGET_BYTES``, else
-those of the first frames as far as they raise no stage of the predicted peak
-(:func:`frames_kept`): the forward pass makes only the alignment data of the others, and the
-sums transform those once more. With a patch grid on unbinned output the spectra are kept the
-same way, for a movie whose local model is not applied (the common case at tomography dose);
+Memory: frames are converted and transformed one at a time; only their complex64 spectra (on the
+padded output grid) are kept, all of them while they fit ``memory_model.SPECTRA_BUDGET_BYTES``,
+else those of the first frames as far as they raise no stage of the predicted peak
+(:func:`memory_model.frames_kept`): the forward pass makes only the alignment data of the others,
+and the sums transform those once more. With a patch grid on unbinned output the spectra are kept
+the same way, for a movie whose local model is not applied (the common case at tomography dose);
 when it is applied they are released and the sums come from the tiles of
 :func:`local_apply.local_sums`, which read the gain-corrected frames a band of rows at a time
-(:class:`_GainedRows`), as they do when none was kept. A memory-mapped
-movie over ``_MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
-not grow with the frame count. :func:`predict_peak_bytes` states the model; the prediction is
-in the motion record (``memory``). While a movie is corrected, every block comes from glibc's
-heap and freed blocks are reused whatever their size (each fresh page costs a fault and the
+(:class:`gained_rows.GainedRows`), as they do when none was kept. A memory-mapped movie over
+``memory_model.MAPPED_BUDGET_BYTES`` has its pages dropped once used, so its resident share does
+not grow with the frame count. :func:`memory_model.predict_peak_bytes` states the model; the
+prediction is in the motion record (``memory``). While a movie is corrected, every block comes from
+glibc's heap and freed blocks are reused whatever their size (each fresh page costs a fault and the
 kernel's clearing, several microseconds here); the free memory is returned afterwards
 (:mod:`correction.allocator`).
 """
@@ -65,7 +65,6 @@ kernel's clearing, several microseconds here); the free memory is returned after
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -75,21 +74,25 @@ from typing import Any
 
 import numpy as np
 
+from . import memory_model
 from .allocator import drop_mapped_pages as _drop_mapped
-from .allocator import movie_memory_settings, peak_resident_MB, zeros_written
-from .align_global import GlobalAlignment, alignment_working_bytes, estimate_shifts
+from .allocator import movie_memory_settings, peak_resident_MB
+from .align_global import GlobalAlignment, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
-from .defects import ReplacementPlan, detect_hot_pixels, gross_outliers, plan_replacement
+from .defects import detect_hot_pixels, gross_outliers, plan_replacement
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError, UnreadableMovieError
-from .fourier import (binned_length, fast_length, fourier_crop, irfft2, rfft2, rfft2_cropped,
-                      rfft2_cropped_of_2x2, rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
+from .fourier import (fourier_crop, irfft2, rfft2, rfft2_cropped, rfft2_cropped_of_2x2,
+                      rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
 from .gain import GainReference, apply_gain, load_gain_reference, reference_for_movie
 from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
                                check_gain_orientation)
-from .local_apply import band_scratch_bytes, local_sums
+from .gained_rows import GainedRows, sum_raw_frames
+from .grids import EXTRA_MARGIN_PX, Grids, align_from_block_sums, plan_grids
+from .local_apply import local_sums
+from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
 from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
@@ -101,22 +104,9 @@ __all__ = ["CorrectedFrames", "CorrectionResult", "MemoryEstimate", "PreparedMov
            "correct_frames", "correct_movie", "output_names", "predict_peak_bytes",
            "prepare_movie"]
 
-_SPECTRA_BUDGET_BYTES = 1_200_000_000
-#: a memory-mapped movie larger than this has its pages dropped from memory once used
-_MAPPED_BUDGET_BYTES = 1 << 30
-_DROP_CHUNK_BYTES = 4 << 20  # rows of each frame dropped together in the raw sum
-_EXTRA_MARGIN_PX = 2
-#: alignment crops from 2 x 2 block sums when the frame is this many times the alignment grid
-_BLOCK_SUM_MIN_RATIO = 8
-
 #: output kind -> file name pattern (``{stem}`` = movie stem)
 _OUTPUT_PATTERNS = {"sum": "{stem}.mrc", "dw": "{stem}_DW.mrc", "even": "{stem}_EVN.mrc",
                     "odd": "{stem}_ODD.mrc", "motion": "{stem}.motion.json"}
-
-
-def _mapped_bytes(frames: np.ndarray) -> int:
-    """Bytes of ``frames`` that are a file mapping (0 for arrays in memory)."""
-    return int(frames.nbytes) if isinstance(frames, np.memmap) else 0
 
 
 def output_names(stem: str) -> dict[str, str]:
@@ -291,17 +281,6 @@ class PreparedMovie:
 
 
 @dataclass(frozen=True, slots=True)
-class _Grids:
-    frame_yx: tuple[int, int]    # input frame
-    padded_in: tuple[int, int]   # padded input grid (forward FFT)
-    padded_out: tuple[int, int]  # padded output grid (after Fourier binning)
-    out_yx: tuple[int, int]      # output image
-    align: tuple[int, int]       # alignment grid
-    out_px_per_align_px: tuple[float, float]
-    bin_yx: tuple[float, float]  # input px per output px, per axis
-
-
-@dataclass(frozen=True, slots=True)
 class _From:
     """``source(first + i)``: frames of a part of the movie by their index in the part."""
 
@@ -327,7 +306,7 @@ class _BinnedFrames:
 
     n: int
     frame_spectrum: Callable[[int], np.ndarray]
-    grids: _Grids
+    grids: Grids
     workers: int
     fresh_frames: bool = True
 
@@ -338,209 +317,6 @@ class _BinnedFrames:
         image = irfft2(self.frame_spectrum(i), self.grids.padded_out, workers=self.workers,
                        overwrite_x=True)
         return image[:self.grids.out_yx[0], :self.grids.out_yx[1]]
-
-
-def _grids(frame_yx: tuple[int, int], bin_factor: float, margin_out_px: int,
-           align_size_px: int) -> _Grids:
-    padded_in, padded_out, out_yx, bins = [], [], [], []
-    for n in frame_yx:
-        if bin_factor == 1:
-            q = fast_length(n + margin_out_px)
-            p = q
-        else:
-            q = fast_length(binned_length(n, bin_factor) + margin_out_px)
-            p = int(round(q * bin_factor))
-            p += p % 2
-            if p < n + int(np.ceil(margin_out_px * bin_factor)):
-                p = fast_length(n + int(np.ceil(margin_out_px * bin_factor)))
-                q = int(round(p / bin_factor))
-                q -= q % 2
-        padded_in.append(p)
-        padded_out.append(q)
-        out_yx.append(int(np.floor(n * q / p)))
-        bins.append(p / q)
-    scale = min(1.0, align_size_px / min(padded_out))
-    align = tuple(max(16, int(round(q * scale / 2)) * 2) for q in padded_out)
-    return _Grids(tuple(frame_yx), tuple(padded_in), tuple(padded_out), tuple(out_yx), align,
-                  (padded_out[0] / align[0], padded_out[1] / align[1]), tuple(bins))
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryEstimate:
-    """Predicted peak memory of correcting one movie (see :func:`predict_peak_bytes`).
-
-    Attributes
-    ----------
-    peak_bytes : int
-        Predicted peak resident memory of the process (bytes).
-    terms_bytes : dict
-        The parts: ``movie`` (frames held in memory, or mapped pages kept), ``references``
-        (gain and dark as float32, defect mask), ``stage`` (the largest working set of one
-        stage), ``base`` (interpreter and libraries).
-    stage : str
-        The stage that sets the peak: ``"hot_pixels"``, ``"fft"``, ``"align"``, ``"sums"``,
-        ``"local_align"`` or ``"local"``.
-    """
-
-    peak_bytes: int
-    terms_bytes: dict[str, int]
-    stage: str
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-ready form (MB rounded)."""
-        return {"predicted_peak_MB": round(self.peak_bytes / 2**20),
-                "stage": self.stage,
-                "terms_MB": {k: round(v / 2**20) for k, v in self.terms_bytes.items()}}
-
-
-_BASE_BYTES = 300 << 20  # interpreter, numpy/scipy/tifffile and the CLI's imports, FFT plans
-
-
-def _align_from_block_sums(g: _Grids) -> bool:
-    """Whether the alignment crops are made from the padded frame's 2 x 2 block sums
-    (:func:`correction.fourier.rfft2_cropped_2x2`): when the padded input grid is at least
-    ``_BLOCK_SUM_MIN_RATIO`` times the alignment grid on both axes (even sides), as for
-    super-resolution frames (8640 x 11664 padded, 1024 x 1382 alignment grid). There the
-    alignment band ends below 1/16 cycle per input pixel, where the block sums keep >= 0.98 of
-    the signal's amplitude and fold back at most 0.038 of the shot noise's power, and the
-    crop costs 0.10 s per super-resolution frame on 2 cores against 0.20 s from the whole
-    frame (0.35 s for the binned output grid's crop). Every frame's crop is made this way
-    (kept spectra or not), so the alignment does not depend on how many spectra the memory
-    budget keeps. Shift error against the truth, whole frame -> block sums (RMS, 6 synthetic
-    movies of 16 frames each): 0.121 -> 0.123 px at 0.15 e/px per frame on an alignment grid
-    8 times smaller; at 4 times smaller (a K3 frame) 0.081 -> 0.084 px, and 0.039 -> 0.040 px at
-    0.5 e/px: that 3-4 % is why K3 frames (43 against 90 ms per frame) are not cropped so
-    (``benchmarks/bench_block_sums.py``)."""
-    return all(p % 2 == 0 and p >= _BLOCK_SUM_MIN_RATIO * a
-               for p, a in zip(g.padded_in, g.align))
-
-
-def frames_kept(n_frames: int, spectrum_bytes: int, *,
-                peak_for: Callable[[int], int] | None = None) -> int:
-    """How many frames' output spectra (``spectrum_bytes`` each) are kept from the forward
-    pass for the sums: all while they fit ``_SPECTRA_BUDGET_BYTES``; else those of the first
-    frames, as many as fit the budget without raising ``peak_for(k)``, the predicted peak
-    with ``k`` kept (:func:`_stage_bytes`), above its value with none: they take memory that
-    a later stage needs anyway (the local sums' accumulators, the running sums). The forward
-    pass makes the alignment crop alone for the others, which the sums transform once more;
-    a kept frame is transformed once (its alignment crop cut from its spectrum, or made from
-    its 2 x 2 block sums: :func:`_align_from_block_sums`), a frame not kept twice
-    (super-resolution frame on 2 cores, quiet: 0.35 s for the binned grid's crop, 0.20 s for
-    the alignment crop alone from the whole frame, 0.10 s from its block sums). Without
-    ``peak_for`` none are kept then.
-
-    With a patch grid on unbinned output the same rule holds: the kept spectra give the sums
-    when the local model is not applied, and are released unused when it is (the sums then
-    come from the tiles of :func:`local_apply.local_sums`, which transform every frame
-    again); the figures are at ``_transform_align_sum``."""
-    if n_frames * spectrum_bytes <= _SPECTRA_BUDGET_BYTES:
-        return n_frames
-    if peak_for is None:
-        return 0
-    most = min(n_frames - 1, _SPECTRA_BUDGET_BYTES // max(1, spectrum_bytes))
-    ceiling = peak_for(0)
-    return max((k for k in range(most + 1) if peak_for(k) <= ceiling), default=0)
-
-
-def _frames_kept_for(g: _Grids, n: int, params: CorrectionParams, spectrum_bytes: int) -> int:
-    """:func:`frames_kept` for a movie of ``n`` frames on grids ``g``."""
-    return frames_kept(n, spectrum_bytes,
-                       peak_for=lambda k: max(_stage_bytes(g, n, params, k).values()))
-
-
-def _stage_bytes(g: _Grids, n: int, params: CorrectionParams, n_kept: int) -> dict[str, int]:
-    """Working memory of each stage of :func:`_transform_align_sum` with the output spectra
-    of the first ``n_kept`` of ``n`` frames kept (bytes; :func:`predict_peak_bytes`)."""
-    from .local_apply import _BLOCK_BYTES  # noqa: PLC0415 - the local step's own budget
-    from .summation import _GROUP_BYTES as _SUM_GROUP_BYTES  # noqa: PLC0415
-
-    ap = params.align
-    pi, pp, p = (int(np.prod(s)) for s in (g.padded_in, g.padded_out, g.out_yx))
-    a = int(np.prod(g.align))
-    binned = g.padded_in != g.padded_out
-    sums_from_tiles = ap.local_enabled and not binned
-    kept = n_kept * 4 * pp
-    all_kept = n_kept == n
-    stages = {"hot_pixels": 16 * int(np.prod(g.frame_yx)),
-              # with block sums, on an unbinned grid: the sums (and their rows) beside the
-              # frame and its spectrum; binned, they use the crop's row buffer
-              "fft": (8 * pi + (4 * pp if binned else pi if _align_from_block_sums(g) else 0)
-                      + 4 * a * n + kept),
-              "align": kept + 4 * a * n + alignment_working_bytes(4 * a * n)}
-    if not sums_from_tiles or n_kept:  # with tiles: the kept spectra, if the model is not applied
-        # all kept: summed in place, then the sums' spectra and their images; else a stream:
-        # the kept spectra first (the first groups, released as they are summed), then groups
-        # made again, beside the running sums; at the end the sums' spectra (the running
-        # sums' memory) and their images
-        stages["sums"] = (kept + 16 * pp + 16 * p if all_kept else
-                          max(max(kept, min(_SUM_GROUP_BYTES, 4 * pp * (n - n_kept)))
-                              + 16 * pp, 16 * pp + 16 * p))
-    if ap.local_enabled:
-        stages["local_align"] = kept + 8 * a * n + 4 * a
-        # Fourier-binned: the frames whose spectra are kept are one block (each spectrum
-        # transformed in place into its frame and released, one new frame in flight); the
-        # others are read in blocks, whose parts are kept for all tiles (43 P)
-        binned_frames = 0
-        if binned:
-            binned_frames = max(kept + 4 * p if n_kept else 0,
-                                43 * p + _BLOCK_BYTES if n_kept < n else 0)
-        stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + binned_frames
-    return stages
-
-
-def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
-    """Predicted peak memory of :func:`correct_frames` on ``frames`` (the memory model).
-
-    With ``P`` the output pixels, ``Pp`` the padded output grid, ``Pi`` the padded input
-    grid, ``A`` the alignment grid (short side ``align_size_px``) and ``n`` the frames used:
-
-    * movie: the frames as read (stored dtype); a memory-mapped MRC's pages only up to
-      ``_MAPPED_BUDGET_BYTES`` (beyond it they are dropped once used: about one frame);
-    * references: 4 bytes per input pixel for each of gain and dark, 1 for the defect mask,
-      held throughout (as named in ``params.gain``);
-    * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
-    * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp``
-      (Fourier crop, binned output; unbinned, ``Pi`` for the 2 x 2 block sums when
-      :func:`_align_from_block_sums`) + ``4 A`` per frame (alignment spectra) + the kept
-      output spectra, ``4 Pp`` per frame, for the frames :func:`frames_kept` keeps (all while
-      ``n 4 Pp <= _SPECTRA_BUDGET_BYTES``, else the first ones as far as they raise no
-      stage above the largest with none kept);
-    * global sums (without a patch grid, Fourier-binned, or all spectra kept): all kept, them +
-      ``16 Pp`` spectra and ``16 P`` images of the four sums; else the larger of the kept
-      spectra or a group of spectra made again on the fly (up to ``summation._GROUP_BYTES``) +
-      ``16 Pp`` of running sums, and the running sums (which become the sums' spectra) +
-      ``16 P`` images;
-    * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
-      aligned stack, which the cross spectra overwrite) + batches of correlation maps;
-    * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
-      aligned frames on the patch grid);
-    * local sums: ``16 P`` (four images) + one band of tiles per thread
-      (:func:`correction.local_apply.band_scratch_bytes`) + for Fourier-binned
-      output the larger of the kept spectra + ``4 P`` (the kept frames are one block, each
-      spectrum released as its frame is made) and, when some are not kept, ``43 P`` (parts
-      of the sums for all tiles) + ``_BLOCK_BYTES`` of frames made again (:func:`_stage_bytes`).
-
-    So the peak is the movie plus about 36 bytes per output pixel (global) or 16-60 (local),
-    plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and 4 bytes per padded
-    output pixel per kept frame (at most ``_SPECTRA_BUDGET_BYTES`` in all).
-    """
-    n_all, ny, nx = (int(v) for v in frames.shape)
-    rp, ap = params.read, params.align
-    n = max(1, n_all - rp.throw_frames - rp.trunc_frames)
-    margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
-    g = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
-    pp = int(np.prod(g.padded_out))
-    mapped = _mapped_bytes(frames)
-    movie = (min(mapped, _MAPPED_BUDGET_BYTES) if mapped <= _MAPPED_BUDGET_BYTES
-             else 2 * ny * nx * frames.itemsize) if mapped else int(frames.nbytes)
-    stages = _stage_bytes(g, n, params, _frames_kept_for(g, n, params, 4 * pp))
-    stage = max(stages, key=stages.get)
-    gp = params.gain
-    references = ny * nx * (4 * (gp.gain_path is not None) + 4 * (gp.dark_path is not None)
-                            + (gp.gain_path is not None or gp.defects_path is not None))
-    terms = {"movie": movie, "references": references, "stage": stages[stage],
-             "base": _BASE_BYTES}
-    return MemoryEstimate(int(sum(terms.values())), terms, stage)
 
 
 def unaligned_message(alignment: GlobalAlignment) -> str:
@@ -631,7 +407,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
     t_orientation = 0.0
     if params.gain.detect_hot_pixels:
-        corrected_sum = _raw_sum(used, workers)
+        corrected_sum = sum_raw_frames(used, workers)
         if used.dtype.kind == "f":  # a damaged float movie: NaN, Inf or 1e30 pixels are defects
             nonfinite = ~np.isfinite(corrected_sum)
             if nonfinite.any():
@@ -678,9 +454,9 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     timings["gain_orientation"] = t_orientation
 
     pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
-    margin = int(np.ceil(ap.max_shift_px)) + _EXTRA_MARGIN_PX
+    margin = int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX
     while True:
-        grids = _grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
+        grids = plan_grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
         result = _transform_align_sum(used, grids, params, gain_reference, bad, fill,
                                       dose_end, pixel_size_A, workers, timings, pattern)
         if result is not None:
@@ -736,145 +512,12 @@ def _check_orientation(raw_sum: np.ndarray | None, used: np.ndarray,
     if raw_sum is None:
         frame_shape = gain_reference.shape_yx
         window = central_window(frame_shape, DEFAULT_CROP_PX)
-        raw_sum = _raw_sum(used[:, window[0], window[1]])
+        raw_sum = sum_raw_frames(used[:, window[0], window[1]])
         if gain_reference.dark is not None:
             raw_sum -= np.float32(used.shape[0]) * gain_reference.dark[window]
     return check_gain_orientation(
         raw_sum, gain_reference.gain, frame_shape_yx=frame_shape,
         configured=(params.gain.rotate_quarter_turns, params.gain.flip))
-
-
-def _raw_sum(frames: np.ndarray, workers: int = 1) -> np.ndarray:
-    """Sum of frames as float32 (integer frames are summed exactly in int32 first), the rows
-    split over ``workers`` threads (:mod:`correction.threads`)."""
-    if frames.dtype.kind in "iub" and frames.dtype.itemsize <= 2 and frames.shape[0] < 32768:
-        out = np.empty(frames.shape[1:], np.float32)
-        drop = _mapped_bytes(frames) > _MAPPED_BUDGET_BYTES
-        run_chunks(lambda y0, y1: _raw_sum_rows(frames, out, y0, y1, drop), out.shape[0],
-                   workers)
-        return out
-    acc = zeros_written(frames.shape[1:])
-    for frame in frames:
-        np.add(acc, frame, out=acc, casting="unsafe")
-    return acc
-
-
-def _raw_sum_rows(frames: np.ndarray, out: np.ndarray, y0: int, y1: int, drop: bool) -> None:
-    """Rows ``y0:y1`` of :func:`_raw_sum` for integer frames: strips of rows through all
-    frames, so that the int32 accumulator stays in cache; the rows' mapped pages dropped as
-    they are done when ``drop``."""
-    nx = out.shape[1]
-    strip = max(1, 65536 // max(1, nx))
-    acc = np.empty((strip, nx), np.int32)
-    dropped = y0  # rows of every frame whose mapped pages are dropped
-    for r0 in range(y0, y1, strip):
-        r1 = min(y1, r0 + strip)
-        a = acc[:r1 - r0]
-        a[...] = frames[0, r0:r1]
-        for frame in frames[1:]:
-            np.add(a, frame[r0:r1], out=a)
-        out[r0:r1] = a
-        if drop and ((r1 - dropped) * nx * frames.itemsize >= _DROP_CHUNK_BYTES or r1 == y1):
-            for frame in frames:
-                _drop_mapped(frame[dropped:r1])
-            dropped = r1
-
-
-class _GainedRows:
-    """Gain-corrected rows of the frames on demand (a :class:`correction.local_apply.FrameRows`).
-
-    ``(raw - dark) * gain`` on the rows asked for only, with the defects and hot pixels of
-    ``plan`` (made on the padded input grid, whose padding holds ``fill``) replaced from their
-    planned sources, each source value computed from the raw frame: the same values as
-    gain-correcting, padding and replacing the whole frame, at the cost of the rows read.
-    """
-
-    def __init__(self, used: np.ndarray, arith: GainReference | None,
-                 plan: ReplacementPlan | None, fill: float | None,
-                 padded_shape_yx: tuple[int, int]) -> None:
-        self.used, self.arith, self.fill = used, arith, fill
-        n, ny, nx = used.shape
-        self._local = threading.local()  # each thread's row buffer (bands run in threads)
-        self._means: dict[int, float] = {}
-        self.drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
-        self.plan = plan if plan is not None and plan.targets.size else None
-        if self.plan is not None:
-            px = int(padded_shape_yx[1])
-            order = np.argsort(self.plan.targets, kind="stable")
-            targets = self.plan.targets[order]
-            self.t_y, self.t_x = targets // px, targets % px  # all inside the frame
-            s_y, s_x = self.plan.sources[order] // px, self.plan.sources[order] % px
-            self.inside = (s_y < ny) & (s_x < nx)
-            self.src = np.where(self.inside, s_y * nx + s_x, 0)
-            self.w = self.plan.weights[order]
-
-    def __len__(self) -> int:
-        return int(self.used.shape[0])
-
-    def _gain(self, raw: np.ndarray, window: tuple[slice, slice], out: np.ndarray
-              ) -> np.ndarray:
-        ref = self.arith
-        if ref is None:
-            np.copyto(out, raw, casting="unsafe")
-        elif ref.dark is not None:
-            np.subtract(raw, ref.dark[window], out=out, dtype=np.float32, casting="unsafe")
-            np.multiply(out, ref.gain[window], out=out)
-        else:
-            np.multiply(raw, ref.gain[window], out=out, dtype=np.float32, casting="unsafe")
-        return out
-
-    def _mean(self, i: int) -> float:
-        """Padding value of frame ``i``: ``fill``, else the gain-corrected frame's mean."""
-        if self.fill is not None:
-            return float(self.fill)
-        if i not in self._means:
-            frame = self._gain(self.used[i], (slice(None), slice(None)),
-                               np.empty(self.used.shape[1:], np.float32))
-            self._means[i] = frame_mean(frame)
-        return self._means[i]
-
-    def rows(self, i: int, y0: int, y1: int, x0: int = 0, x1: int | None = None, *,
-             out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``y0:y1``, columns ``x0:x1`` of gain-corrected frame ``i``: into ``out``
-        (float32, that shape) when given, else a buffer the calling thread's next call
-        reuses."""
-        nx = int(self.used.shape[2])
-        x1 = nx if x1 is None else x1
-        size = (y1 - y0) * (x1 - x0)
-        if out is None:
-            buf = getattr(self._local, "buf", None)
-            if buf is None or buf.size < size:
-                buf = self._local.buf = np.empty(size, np.float32)
-            out = buf[:size].reshape(y1 - y0, x1 - x0)
-        window = (slice(y0, y1), slice(x0, x1))
-        out = self._gain(self.used[i][window], window, out)
-        if self.plan is not None:
-            lo, hi = np.searchsorted(self.t_y, [y0, y1])
-            picked: slice | np.ndarray = slice(lo, hi)
-            if hi > lo and (x0 > 0 or x1 < nx):  # the targets in the window's columns
-                picked = lo + np.flatnonzero((self.t_x[lo:hi] >= x0) & (self.t_x[lo:hi] < x1))
-            if self.t_y[picked].size:
-                src = self.src[picked]
-                raw = np.asarray(self.used[i]).reshape(-1)[src]
-                ref = self.arith
-                if ref is None:
-                    values = raw.astype(np.float32)
-                elif ref.dark is not None:
-                    values = ((raw - ref.dark.reshape(-1)[src]) * ref.gain.reshape(-1)[src]
-                              ).astype(np.float32)
-                else:
-                    values = (raw * ref.gain.reshape(-1)[src]).astype(np.float32)
-                inside = self.inside[picked]
-                if not inside.all():
-                    values[~inside] = self._mean(i)
-                out[self.t_y[picked] - y0, self.t_x[picked] - x0] = np.einsum(
-                    "ij,ij->i", values, self.w[picked], dtype=np.float64)
-        if self.drop and x1 == nx:  # the rows' last columns: their pages are done with, and
-            # those of the row above, which the replaced pixels' sources may have read again
-            # (after the rows' pages were dropped, a super-resolution movie of 60 frames with
-            # hot pixels stayed resident: 6.9 GB)
-            _drop_mapped(self.used[i, max(0, y0 - 1):y1])
-        return out
 
 
 def _tile_fill(fill: float | None, frame_means: dict[int, float], n: int, binned: bool,
@@ -890,7 +533,7 @@ def _tile_fill(fill: float | None, frame_means: dict[int, float], n: int, binned
     return np.array([frame_means[i] for i in range(n)])
 
 
-def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionParams,
+def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParams,
                          gain_reference: GainReference | None, bad: np.ndarray | None,
                          fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
                          workers: int, timings: dict[str, float],
@@ -908,7 +551,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # the forward pass (and made again for the sums' pass when no spectra are kept)
     pad_buffer: list[np.ndarray] = []
     row_buffer: list[np.ndarray] = []
-    block_sums = _align_from_block_sums(grids)
+    block_sums = align_from_block_sums(grids)
     out_half = (grids.padded_out[0], grids.padded_out[1] // 2 + 1)
     binned = grids.padded_in != grids.padded_out
     # every output spectrum is kept when all fit; else the first frames' as far as they raise
@@ -926,7 +569,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # peak memory as without a patch grid (4K x 10: 1.0-1.1 -> 1.5 GB measured, 1.2 -> 2.0 GB
     # predicted)
     sums_from_tiles = params.align.local_enabled and not binned
-    n_keep = _frames_kept_for(grids, n, params, out_half[0] * out_half[1] * 8)
+    n_keep = frames_kept_for(grids, n, params, out_half[0] * out_half[1] * 8)
     # defects and hot pixels are replaced on the padded frame by one plan (padded geometry);
     # the gain arithmetic is C's apply_gain, without its own (unpadded) replacement plan
     plan = None
@@ -937,7 +580,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
         del bad_padded
     arith = dataclasses.replace(gain_reference, plan=None) if gain_reference is not None else None
 
-    drop = _mapped_bytes(used) > _MAPPED_BUDGET_BYTES
+    drop = memory_model.mapped_bytes(used) > memory_model.MAPPED_BUDGET_BYTES
 
     frame_means: dict[int, float] = {}  # padding value of each frame (without ``fill``)
 
@@ -997,12 +640,12 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
             return spectrum_from_rows(i)
         return spectrum_of(padded_frame(i))
 
-    gained_rows: list[_GainedRows] = []  # made at its first use (needs ``fill``)
+    gained_rows: list[GainedRows] = []  # made at its first use (needs ``fill``)
 
-    def gained() -> _GainedRows:
+    def gained() -> GainedRows:
         """Gain-corrected rows of the frames, defects replaced as on the padded frame."""
         if not gained_rows:
-            gained_rows.append(_GainedRows(used, arith, plan, fill, grids.padded_in))
+            gained_rows.append(GainedRows(used, arith, plan, fill, grids.padded_in))
         return gained_rows[0]
 
     def padded_rows(i: int) -> Callable[[int, int, np.ndarray], None]:
@@ -1037,7 +680,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
 
     def alignment_crop(frame: np.ndarray) -> np.ndarray:
         """The alignment grid's crop of a padded frame, through its 2 x 2 block sums when
-        the frame is at least 8 times the alignment grid (_align_from_block_sums)."""
+        the frame is at least 8 times the alignment grid (align_from_block_sums)."""
         if not block_sums:
             return crop_of(frame, grids.align)
         rows, sums = block_sums_buffer()
@@ -1047,7 +690,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
     # A frame whose output spectrum is not kept needs only its alignment crop from this pass:
     # with a padding value known beforehand (the movie's, from the hot-pixel pass) the crop
     # is made from gain-corrected bands of its rows (defects replaced as on the padded frame,
-    # _GainedRows), never from a whole padded frame: the same values, and one pass over the
+    # GainedRows), never from a whole padded frame: the same values, and one pass over the
     # raw frame instead of writing the padded frame and reading it again. With block sums
     # the bands are summed 2 x 2 (a super-resolution frame on 2 cores: 52 ms against 40 + 25
     # ms, the whole pass of a 60-frame movie binned by 2 9.8 -> 9.4 s); else each band's rows
@@ -1172,7 +815,7 @@ def _transform_align_sum(used: np.ndarray, grids: _Grids, params: CorrectionPara
                       workers=workers, movie_dose_end_e_A2=dose_end)
         if not binned:
             kept.clear()  # unused: the tiles transform every frame again
-            tiles = local_sums(_GainedRows(used, arith, plan, fill, grids.padded_in), shifts_out,
+            tiles = local_sums(GainedRows(used, arith, plan, fill, grids.padded_in), shifts_out,
                                model, dose_end_e_A2=dose_end, fill=tile_fill, **common)
         else:
             # Fourier-binned frames: those with kept spectra as one block (each spectrum

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import correction.local_apply as local_apply
+from correction import memory_model
 from correction.defects import plan_replacement
 from correction.gain import GainReference, apply_gain
+from correction.gained_rows import GainedRows
 from correction.local_apply import local_sums
-from correction.pipeline import _GainedRows
 from correction.synthetic_local import LocalDeformation
 
 SHAPE = (1024, 1024)
@@ -140,7 +141,7 @@ def test_a_row_of_large_tiles_cut_into_segments_gives_the_same_sums(frames_and_f
     assert n_tx >= 5
     padded = (SHAPE[0] + 64, SHAPE[1] + 64)
     sources = {"array": frames,
-               "rows": _GainedRows(frames, None, None, None, padded)}
+               "rows": GainedRows(frames, None, None, None, padded)}
     for kind, source in sources.items():
         got = _sums(source, field, shifts)
         for name in ("plain", "dose_weighted", "even", "odd"):
@@ -167,7 +168,7 @@ def test_gain_corrected_rows_equal_the_whole_frame_correction_with_defects_repla
     plan = plan_replacement(bad_padded)
     ref = GainReference(gain=gain, dark=dark)
     fill = 17.5
-    rows = _GainedRows(raw, ref, plan, fill, (py, px))
+    rows = GainedRows(raw, ref, plan, fill, (py, px))
     for i in range(2):
         padded = np.full((py, px), fill, np.float32)
         apply_gain(raw[i], ref, out=padded[:ny, :nx])
@@ -202,9 +203,7 @@ def test_rows_of_a_large_mapped_movie_leave_no_page_resident_even_with_defects_r
     """A mapped movie over the budget has each band's pages dropped once its rows are made,
     after the defects' sources were read: a plan with bad pixels in every band re-read them,
     and the whole movie stayed resident (a spilled 60-frame super-resolution movie: 6.9 GB)."""
-    import correction.pipeline as pipeline
-
-    monkeypatch.setattr(pipeline, "_MAPPED_BUDGET_BYTES", 0)  # every mapping is "large"
+    monkeypatch.setattr(memory_model, "MAPPED_BUDGET_BYTES", 0)  # every mapping is "large"
     n, ny, nx = 2, 1024, 2048  # 2 MB per frame
     path = tmp_path / "frames.u8"
     rng = np.random.default_rng(4)
@@ -212,7 +211,7 @@ def test_rows_of_a_large_mapped_movie_leave_no_page_resident_even_with_defects_r
     frames = np.memmap(path, dtype=np.uint8, mode="r", shape=(n, ny, nx))
     bad = np.zeros((ny + 16, nx + 16), bool)
     bad[rng.integers(0, ny, 4000), rng.integers(0, nx, 4000)] = True  # in every band
-    rows = _GainedRows(frames, GainReference(gain=np.ones((ny, nx), np.float32)),
+    rows = GainedRows(frames, GainReference(gain=np.ones((ny, nx), np.float32)),
                        plan_replacement(bad), 1.0, bad.shape)
     assert rows.drop
     for y0 in range(0, ny, 64):
@@ -239,7 +238,7 @@ def test_without_hot_pixel_detection_the_tiles_read_the_frame_means_of_the_forwa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "local_sums", spy)
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles sum
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles sum
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=AlignParams(),
                               gain=GainParams(detect_hot_pixels=False))
     pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params)

@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 import correction.pipeline as pipeline
+from correction import memory_model
+from correction.gained_rows import sum_raw_frames
+from correction.grids import EXTRA_MARGIN_PX, plan_grids
+from correction.memory_model import frames_kept_for
 from correction.params import AlignParams, CorrectionParams, DoseParams, ReadParams
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -32,10 +36,10 @@ def test_a_memory_mapped_movie_over_the_budget_is_not_kept_resident(tmp_path, mo
     """The raw sum reads every page of a 192 MB mapped movie; with the mapped budget below
     the movie's size, its pages are dropped as they are used, so resident memory grows by
     far less than the movie (without dropping it grows by all of it)."""
-    monkeypatch.setattr(pipeline, "_MAPPED_BUDGET_BYTES", 16 << 20)
+    monkeypatch.setattr(memory_model, "MAPPED_BUDGET_BYTES", 16 << 20)
     frames = _mapped_movie(tmp_path / "movie.raw", (24, 2048, 2048))
     before = _resident_bytes()
-    total = pipeline._raw_sum(frames)
+    total = sum_raw_frames(frames)
     grown = _resident_bytes() - before
     assert total.shape == (2048, 2048) and float(total.max()) == 0.0
     assert grown < 48 << 20, grown / 2**20
@@ -98,10 +102,10 @@ def test_spectra_over_the_budget_are_not_kept_and_each_frame_is_transformed_once
 
     reference, transforms = run()
     assert transforms == 8  # all kept (the default budget): one transform per frame
-    grid = pipeline._grids((192, 160), 1.0, int(np.ceil(params.align.max_shift_px))
-                           + pipeline._EXTRA_MARGIN_PX, params.align.align_size_px)
+    grid = plan_grids((192, 160), 1.0, int(np.ceil(params.align.max_shift_px))
+                           + EXTRA_MARGIN_PX, params.align.align_size_px)
     one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 7 * one)  # all but one would fit
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 7 * one)  # all but one would fit
     result, transforms = run()
     assert transforms == 8  # the sums' pass; the forward pass computed the alignment crop only
     np.testing.assert_array_equal(result.shifts_yx_px, reference.shifts_yx_px)
@@ -142,7 +146,7 @@ def test_a_frame_whose_spectrum_is_not_kept_gets_its_alignment_crop_from_gain_co
                         lambda *a, **k: padded.append(1) or real_gain(*a, **k))
     monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows",
                         lambda *a, **k: from_rows.append(1) or real_rows(*a, **k))
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
     none_kept = pipeline.correct_frames(syn.frames, pixel_size_A=1.1, params=params,
                                         gain_reference=reference)
     assert len(from_rows) == 2 * n  # each frame's alignment crop, then its spectrum for the sums
@@ -175,13 +179,13 @@ def test_the_first_frames_spectra_that_raise_no_peak_are_kept_and_give_the_same_
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
                               read=ReadParams(bin_factor=2.0))
     ap = params.align
-    grid = pipeline._grids(shape, 2.0, int(np.ceil(ap.max_shift_px)) + pipeline._EXTRA_MARGIN_PX,
+    grid = plan_grids(shape, 2.0, int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX,
                            ap.align_size_px)
     one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
 
     def run(budget_spectra: int) -> tuple[pipeline.CorrectedFrames, int, int]:
-        monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", budget_spectra * one)
-        kept = pipeline._frames_kept_for(grid, n, params, one)
+        monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", budget_spectra * one)
+        kept = frames_kept_for(grid, n, params, one)
         calls = []
         for name in ("rfft2_cropped", "rfft2_cropped_of_rows"):  # of a frame, or of its rows
             real = getattr(pipeline, name)
@@ -272,18 +276,18 @@ def test_with_a_patch_grid_a_movie_without_local_motion_is_summed_from_its_kept_
     assert (transforms, tile_runs) == (8, 0)
     _assert_same_shifts_and_sums(kept, whole, rtol=0.0)
 
-    grid = pipeline._grids((512, 448), 1.0, int(np.ceil(patches.max_shift_px))
-                           + pipeline._EXTRA_MARGIN_PX, patches.align_size_px)
+    grid = plan_grids((512, 448), 1.0, int(np.ceil(patches.max_shift_px))
+                           + EXTRA_MARGIN_PX, patches.align_size_px)
     one = grid.padded_out[0] * (grid.padded_out[1] // 2 + 1) * 8
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 5 * one)  # some kept, not all
-    some = pipeline._frames_kept_for(grid, 8, CorrectionParams(dose=dose, align=patches), one)
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 5 * one)  # some kept, not all
+    some = frames_kept_for(grid, 8, CorrectionParams(dose=dose, align=patches), one)
     assert 0 < some < 8
     part, transforms, tile_runs = _count_transforms_and_tile_runs(
         monkeypatch, syn.frames, CorrectionParams(dose=dose, align=patches))
     assert (transforms, tile_runs) == (8, 0)  # the kept ones once, the others for the sums
     _assert_same_shifts_and_sums(part, whole, rtol=1e-5)
 
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 0)  # none kept: the tiles
     tiled, transforms, tile_runs = _count_transforms_and_tile_runs(
         monkeypatch, syn.frames, CorrectionParams(dose=dose, align=patches))
     assert not tiled.local.applied
@@ -312,7 +316,7 @@ def test_with_local_motion_applied_the_kept_spectra_are_released_for_the_tiles(m
                                                                   params)
     assert kept.local.applied, kept.local.reason
     assert (transforms, tile_runs) == (n, 1)
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 0)
     none, transforms, tile_runs = _count_transforms_and_tile_runs(monkeypatch, movie.frames,
                                                                   params)
     assert none.local.applied

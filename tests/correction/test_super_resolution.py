@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from correction import grids as grid_plans
+from correction import memory_model
+from correction.grids import EXTRA_MARGIN_PX, align_from_block_sums, plan_grids
 from correction.params import AlignParams, CorrectionParams, DoseParams, ReadParams
 from correction.pipeline import correct_frames, correct_movie
 from correction.synthetic import render_movie
@@ -154,10 +157,10 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     align = AlignParams(patches_x=1, patches_y=1, max_shift_px=20.0, align_size_px=64)
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=2.0 / PHYS_PIXEL_A ** 2),
                               read=ReadParams(bin_factor=bin_factor), align=align)
-    grids = pipeline._grids((2 * phys[0], 2 * phys[1]), bin_factor,
-                            int(np.ceil(align.max_shift_px)) + pipeline._EXTRA_MARGIN_PX,
+    grids = plan_grids((2 * phys[0], 2 * phys[1]), bin_factor,
+                            int(np.ceil(align.max_shift_px)) + EXTRA_MARGIN_PX,
                             align.align_size_px)
-    assert pipeline._align_from_block_sums(grids)
+    assert align_from_block_sums(grids)
 
     calls = []
     real = pipeline.rfft2_cropped_of_2x2
@@ -166,12 +169,12 @@ def test_a_frame_eight_times_the_alignment_grid_is_aligned_on_its_2x2_block_sums
     blocks = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params)
     assert len(calls) == n
 
-    monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
+    monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", 0)  # no output spectrum kept
     none_kept = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params)
     assert len(calls) == 2 * n
     np.testing.assert_array_equal(none_kept.shifts_yx_px, blocks.shifts_yx_px)
 
-    monkeypatch.setattr(pipeline, "_BLOCK_SUM_MIN_RATIO", 10 ** 6)  # the whole frame's crop
+    monkeypatch.setattr(grid_plans, "BLOCK_SUM_MIN_RATIO", 10 ** 6)  # the whole frame's crop
     whole = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params)
     assert len(calls) == 2 * n  # none more
 
@@ -236,7 +239,7 @@ def test_every_super_resolution_frame_is_made_from_gain_corrected_rows_never_a_p
         monkeypatch.setattr(pipeline, "sum_2x2_of_rows", sums)
         monkeypatch.setattr(pipeline, "rfft2_cropped_of_rows", rows)
         if budget_bytes is not None:
-            monkeypatch.setattr(pipeline, "_SPECTRA_BUDGET_BYTES", budget_bytes)
+            monkeypatch.setattr(memory_model, "SPECTRA_BUDGET_BYTES", budget_bytes)
         result = correct_frames(sr.frames, pixel_size_A=PHYS_PIXEL_A / 2, params=params,
                                 gain_reference=reference)
         monkeypatch.undo()

@@ -13,7 +13,7 @@ from correction.fourier import fourier_crop, rfft2, rfft2_cropped
 from correction.gain import GainReference
 from correction.local_apply import local_sums
 from correction.params import AlignParams
-from correction.pipeline import _GainedRows
+from correction.gained_rows import GainedRows
 from correction.summation import accumulate_sums
 from correction.synthetic import render_movie
 from correction.synthetic_local import LocalDeformation
@@ -66,7 +66,7 @@ def test_local_sums_in_parallel_bands_equal_one_thread(movie, threads):
     ref = GainReference(gain=gain, dark=None, defect_mask=None, plan=None)
 
     def sums(workers):
-        rows = _GainedRows(raw, ref, plan_replacement(bad_padded), 1.5, padded)
+        rows = GainedRows(raw, ref, plan_replacement(bad_padded), 1.5, padded)
         return local_sums(rows, shifts, field, pixel_size_A=1.0, shape_yx=SHAPE,
                           dose_end_e_A2=np.arange(1, N_FRAMES + 1) * 2.0, workers=workers)
 
