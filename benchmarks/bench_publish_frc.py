@@ -18,7 +18,9 @@ import scipy.fft
 import zmq
 
 from correction.frc import even_odd_resolution, even_odd_resolution_from_spectra
-from daemon.feed.publisher import PublishConfig, Publisher, Subscriber, TiltInfo
+from daemon.feed.messages import TiltInfo
+from daemon.feed.publisher import PublishConfig, Publisher
+from daemon.feed.subscriber import Subscriber
 
 N = 5000
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from daemon import exitcodes
-from daemon.feed.publisher import DEFAULT_ENDPOINT, feed_endpoint
+from daemon.feed.endpoint import DEFAULT_ENDPOINT, feed_endpoint
 
 __all__ = ["add_arguments", "run"]
 

@@ -1,7 +1,7 @@
 """The dashboard's web server: one page, server-sent events, files from the output folder.
 
 :class:`Dashboard` runs two kinds of threads: one reads the ZeroMQ feed
-(:class:`daemon.feed.publisher.Subscriber`) into a :class:`~daemon.dashboard.state.SessionView`,
+(:class:`daemon.feed.subscriber.Subscriber`) into a :class:`~daemon.dashboard.state.SessionView`,
 and a stdlib :class:`http.server.ThreadingHTTPServer` answers
 
 ``/``, ``/static/app.js``, ``/static/app.css``
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.dashboard.state import SessionView
-from daemon.feed.publisher import Subscriber
+from daemon.feed.subscriber import Subscriber
 
 __all__ = ["DEFAULT_LISTEN", "DashboardConfig", "DashboardError", "Dashboard", "parse_listen",
            "resolve_inside"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.quicklook import quicklook_names
-from daemon.feed.publisher import tilt_summary
+from daemon.feed.messages import tilt_summary
 
 __all__ = ["SessionView"]
 

@@ -24,8 +24,9 @@ from typing import Any
 from correction.report import read_motion_record
 
 from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
-from daemon.feed.publisher import (DEFAULT_ENDPOINT, DriftRules, PublishConfig, PublishConfigError,
-                                   PublishError, Publisher, movie_message)
+from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
+from daemon.feed.messages import DriftRules, movie_message
+from daemon.feed.publisher import PublishConfig, Publisher, PublishError
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
 from daemon.state.ledger import DB_NAME, Ledger

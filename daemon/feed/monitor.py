@@ -138,7 +138,7 @@ class MonitorState:
             self.invalid += 1
 
     def _apply(self, topic: str, body: Mapping[str, Any], received_at: float) -> None:
-        from daemon.feed.publisher import tilt_summary
+        from daemon.feed.messages import tilt_summary
 
         self.received += 1
         if topic == "invalid" or "seq" not in body or "session" not in body:
@@ -408,7 +408,7 @@ def render(state: MonitorState, now: float, *, max_rows: int = 20,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from daemon.feed.publisher import DEFAULT_ENDPOINT, feed_endpoint
+    from daemon.feed.endpoint import DEFAULT_ENDPOINT, feed_endpoint
 
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
                         type=feed_endpoint,
@@ -428,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from daemon.feed.publisher import Subscriber
+    from daemon.feed.subscriber import Subscriber
 
     console = Console()
     state = MonitorState(args.endpoint)

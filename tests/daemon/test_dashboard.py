@@ -22,7 +22,7 @@ from system_tools import require_tool
 
 from daemon.dashboard.server import Dashboard, DashboardConfig, DashboardError, resolve_inside
 from daemon.dashboard.state import SessionView
-from daemon.feed.publisher import TiltInfo, movie_message, tilt_summary
+from daemon.feed.messages import movie_message, tilt_summary, TiltInfo
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -8,7 +8,6 @@ environment.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import signal

@@ -17,15 +17,8 @@ from rich.console import Console
 from system_tools import require_tool
 
 from daemon.feed.monitor import MonitorState, render, sparkline
-from daemon.feed.publisher import (
-    SCHEMA,
-    DriftRules,
-    PublishConfig,
-    Publisher,
-    TiltInfo,
-    movie_message,
-    movie_warnings,
-)
+from daemon.feed.messages import SCHEMA, DriftRules, movie_message, movie_warnings, TiltInfo
+from daemon.feed.publisher import PublishConfig, Publisher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -249,7 +242,7 @@ def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_mo
 
     from daemon.events import MovieKey, ServiceInfo
     from daemon.feed.listener import PublishListener
-    from daemon.feed.publisher import Subscriber
+    from daemon.feed.subscriber import Subscriber
     from daemon.state.ledger import Ledger
 
     out = tmp_path / "out"

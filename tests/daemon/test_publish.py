@@ -18,19 +18,10 @@ import pytest
 import zmq
 import zmq.auth
 
-from daemon.feed.publisher import (
-    SCHEMA,
-    DriftRules,
-    PublishConfig,
-    PublishConfigError,
-    Publisher,
-    PublishError,
-    Subscriber,
-    TiltInfo,
-    endpoint_is_local,
-    movie_message,
-    movie_warnings,
-)
+from daemon.feed.endpoint import endpoint_is_local, PublishConfigError
+from daemon.feed.messages import SCHEMA, DriftRules, movie_message, movie_warnings, TiltInfo
+from daemon.feed.publisher import PublishConfig, Publisher, PublishError
+from daemon.feed.subscriber import Subscriber
 
 PIXEL_SIZE_A = 1.5
 

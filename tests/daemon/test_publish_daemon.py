@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from correction.synthetic import render_movie
-from daemon.feed.publisher import Subscriber
+from daemon.feed.subscriber import Subscriber
 from daemon.simulation.movies import simulate_session, write_movie_progressively
 from daemon.simulation.tilt_series import simulate_tilt_series
 
