@@ -80,7 +80,7 @@ def collect_examples(folder: Path | None = None, *, timeout_s: float = 90.0
         movie, the ``drift_total`` ``warning``, and the ``state`` a late subscriber receives.
     out_dir : Path
     """
-    from daemon.feed.publisher import Subscriber
+    from daemon.feed.subscriber import Subscriber
 
     keep = folder is not None
     folder = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp")) if folder is None else Path(folder)
