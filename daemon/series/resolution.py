@@ -1,10 +1,10 @@
 """Tilt series: which series and tilt each movie is, its dose, and the dose before it.
 
 Pure logic: no files, no SQL, no threads, no clock. Inputs are parsed mdocs
-(:mod:`daemon.mdoc`), what the daemon observed of each movie, and a clock value; outputs are
+(:mod:`daemon.series.mdoc`), what the daemon observed of each movie, and a clock value; outputs are
 frozen records. Because every number is a pure function of the metadata, a restart, a
 re-read mdoc or a movie that arrives late can never double-count or skip a tilt's dose: the
-service simply resolves again and compares (:func:`assignment_change`).
+service simply resolves again and compares (:func:`daemon.series.lifecycle.assignment_change`).
 
 Names: a movie is known by its path below the watch folder (``grid2/TS_01_001_0.0.eer``), a
 series by its mdoc's folder and name (``grid2/TS_01``; a bare ``TS_01`` in the watch folder
@@ -48,11 +48,10 @@ given) rather than producing a silently wrong pre-exposure.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from correction.params import DoseParams
 
@@ -65,11 +64,8 @@ __all__ = [
     "MovieObservation",
     "Resolution",
     "SeriesConfig",
-    "SeriesObservation",
-    "SeriesState",
     "SeriesSummary",
     "TiltAssignment",
-    "assignment_change",
     "classify_mdocs",
     "dose_of_section",
     "dose_params_of",
@@ -79,7 +75,6 @@ __all__ = [
     "resolve",
     "split_qualified",
     "series_name_of_mdoc",
-    "update_series_state",
 ]
 
 #: ``TS_01_003_-3.0.mrc``, ``TS_019_0000_8.0.mrc``, ``chrom_07_ts_010_167_000_-0.0.mrc``,
@@ -920,140 +915,3 @@ def _dose(t: _Tilt, config: SeriesConfig
             if fd:
                 warn.append(f"{t.movie or 'tilt'}: FrameDosesAndNumber are all 0: uniform frame doses")
     return dose, source, frames, warn
-
-
-# ----------------------------------------------------------------------------------------------
-# Change detection and completion
-
-
-def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *,
-                      tolerance_e_A2: float) -> str | None:
-    """Why a movie corrected with ``recorded`` (a :meth:`TiltAssignment.record` dict, e.g. from
-    the ledger) must be redone under ``new``; ``None`` when nothing that affects its result moved.
-
-    Dose, frame doses and pre-exposure all change the dose-weighted sums, so any change beyond
-    ``tolerance_e_A2`` means the outputs are wrong: the service redoes the movie (its file is
-    still there; the cost is one correction). So does another series (a series mdoc renamed):
-    the movie's record, its RELION and AreTomo3 entries and the stack it goes into name its
-    series, and the old series, left without tilts, is removed. Angle changes only affect the
-    stack.
-    """
-    if recorded is None:
-        return "no tilt record"
-    def moved(a: Any, b: float) -> bool:
-        return a is None or not math.isfinite(float(a)) or abs(float(a) - b) > tolerance_e_A2
-    reasons = []
-    if recorded.get("series") != new.series:
-        reasons.append(f"series {recorded.get('series')} -> {new.series}")
-    if moved(recorded.get("dose_e_A2"), new.dose_e_A2):
-        reasons.append(f"dose {recorded.get('dose_e_A2')} -> {new.dose_e_A2:.4f} e/Å²")
-    if moved(recorded.get("pre_exposure_e_A2"), new.pre_exposure_e_A2):
-        reasons.append(f"pre-exposure {recorded.get('pre_exposure_e_A2')} -> "
-                       f"{new.pre_exposure_e_A2:.4f} e/Å²")
-    old_fd = recorded.get("frame_doses_e_A2")
-    new_fd = new.frame_doses_e_A2
-    if (old_fd is None) != (new_fd is None) or (
-            old_fd is not None and new_fd is not None and (
-                len(old_fd) != len(new_fd)
-                or any(abs(float(a) - b) > tolerance_e_A2 for a, b in zip(old_fd, new_fd)))):
-        reasons.append("frame doses changed")
-    return "; ".join(reasons) or None
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesState:
-    """Persisted completion state of one series (the service stores it in the ledger)."""
-
-    name: str
-    status: Literal["open", "complete"] = "open"
-    generation: int = 0
-    lock_seen: bool = False
-    assembled_movies: frozenset[str] = frozenset()
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesObservation:
-    """What the service sees of a series at one scan.
-
-    ``listed_movies``: names the metadata lists; ``known_movies``: movies of the series seen
-    on disk; ``finished_movies``: those done or quarantined; ``lock_present``: the stack's
-    ``.openTS`` exists; ``mdoc_unchanged_since_s``: daemon clock of the last mdoc change (None
-    without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock).
-    """
-
-    listed_movies: frozenset[str]
-    known_movies: frozenset[str]
-    finished_movies: frozenset[str]
-    lock_present: bool
-    mdoc_unchanged_since_s: float | None
-    last_activity_s: float
-
-
-def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
-    """A complete series, re-opened when its stacks are out of date: a known movie it was not
-    assembled with, one it was assembled with that is no longer its tilt (its mdoc no longer
-    lists it, or it moved to another series: the stacks are assembled again without it), or
-    one it was assembled with that is unfinished again."""
-    new = obs.known_movies - state.assembled_movies
-    if new:
-        return replace(state, status="open",
-                       reason=f"re-opened: {len(new)} new movie(s), e.g. {sorted(new)[0]}")
-    gone = state.assembled_movies - obs.known_movies
-    if gone and obs.known_movies:
-        return replace(state, status="open", reason=f"re-opened: {len(gone)} movie(s) no "
-                                                    f"longer its tilts, e.g. {sorted(gone)[0]}")
-    again = (obs.known_movies & state.assembled_movies) - obs.finished_movies
-    if again:
-        return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "
-                                                     f"corrected again, e.g. {sorted(again)[0]}")
-    return state
-
-
-def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: float,
-                        config: SeriesConfig) -> tuple[SeriesState, bool]:
-    """Advance a series' completion state; returns ``(new_state, assemble_now)``.
-
-    Complete when every listed and every known movie is finished and the series is no longer
-    written: its ``.openTS`` lock is gone (when a lock was ever seen), or its mdoc has been
-    unchanged for ``mdoc_quiet_s``. Or, whatever is missing, when nothing happened for
-    ``idle_timeout_s`` and no known movie is still in flight. A complete series re-opens when a
-    movie arrives that it was not assembled with (or one's metadata moved), or when one it was
-    assembled with is being corrected again (a quarantined tilt retried, a rewritten file); it
-    is assembled again once its known movies are finished and it is not written, listed tilts
-    that never came notwithstanding.
-    """
-    lock_seen = state.lock_seen or obs.lock_present
-    state = replace(state, lock_seen=lock_seen)
-    if state.status == "complete":
-        return _reopened(state, obs), False
-    if not obs.known_movies:
-        return state, False
-    all_known_finished = obs.known_movies <= obs.finished_movies
-    all_listed_finished = obs.listed_movies <= obs.finished_movies
-    quiet = (obs.mdoc_unchanged_since_s is not None
-             and now_s - obs.mdoc_unchanged_since_s >= config.mdoc_quiet_s)
-    if obs.lock_present:
-        not_written, why = False, ""
-    elif lock_seen:
-        not_written, why = True, ".openTS lock gone"
-    else:
-        not_written, why = quiet, f"mdoc unchanged for {config.mdoc_quiet_s:g} s"
-    finished = frozenset(obs.known_movies & obs.finished_movies)
-    # a series assembled before (re-opened: a late movie, a dose that moved) is brought up to
-    # date at once: a tilt listed whose movie never came cannot hold its stacks stale
-    missing = obs.listed_movies - obs.finished_movies
-    if all_known_finished and not_written and obs.listed_movies and (
-            all_listed_finished or state.generation > 0):
-        reason = f"all listed tilts corrected; {why}" if not missing else (
-            f"re-assembled; {why}; {len(missing)} listed tilt(s) never corrected")
-        return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, reason=reason), True
-    if all_known_finished and now_s - obs.last_activity_s >= config.idle_timeout_s:
-        missing = obs.listed_movies - obs.finished_movies
-        reason = f"idle for {config.idle_timeout_s:g} s"
-        if missing:
-            reason += f"; {len(missing)} listed tilt(s) never corrected"
-        return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, reason=reason), True
-    return state, False

@@ -61,12 +61,12 @@ from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.tilt_record import TiltRecord
-from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON,
-                                      MdocObservation, MovieObservation, Resolution,
-                                      SeriesConfig, SeriesObservation, SeriesState, SeriesSummary,
-                                      assignment_change, classify_mdocs, dose_params_of,
-                                      frame_mdoc_dose, frame_mdoc_voltage_kV, resolve,
-                                      split_qualified, update_series_state)
+from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
+                                     update_series_state)
+from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON, MdocObservation,
+                                      MovieObservation, Resolution, SeriesConfig, SeriesSummary,
+                                      classify_mdocs, dose_params_of, frame_mdoc_dose,
+                                      frame_mdoc_voltage_kV, resolve, split_qualified)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
                                      epu_xml_pending, files_voltage_kV, resolve_voltage)
 

@@ -12,18 +12,11 @@ import numpy as np
 import pytest
 from mdoc_data import CRYOCAT, DATA, needs_cryocat
 
+from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
+                                     update_series_state)
 from daemon.series.mdoc import parse_mdoc_text, read_mdoc
-from daemon.series.resolution import (
-    MdocObservation,
-    MovieObservation,
-    SeriesConfig,
-    SeriesObservation,
-    SeriesState,
-    assignment_change,
-    classify_mdocs,
-    resolve,
-    update_series_state,
-)
+from daemon.series.resolution import (MdocObservation, MovieObservation, SeriesConfig,
+                                      classify_mdocs, resolve)
 
 
 def _movies(md, first_seen_s=0.0):
