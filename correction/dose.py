@@ -50,6 +50,7 @@ __all__ = [
     "VOLTAGE_FACTORS",
     "voltage_factor",
     "critical_exposure_e_A2",
+    "dose_from_rate_e_A2",
     "NO_DOSE_REASON",
     "frame_doses_e_A2",
     "accumulated_dose_e_A2",
@@ -65,6 +66,14 @@ CRITICAL_EXPOSURE_C = 2.81
 VOLTAGE_FACTORS: tuple[tuple[float, float], ...] = ((100.0, 0.5), (200.0, 0.8), (300.0, 1.0))
 #: Why a movie whose dose nobody gave cannot be dose-weighted (a data error, not a retry).
 NO_DOSE_REASON = "no dose: give --dose-per-frame/--total-dose or a SerialEM mdoc"
+
+
+def dose_from_rate_e_A2(rate_e_per_px_s: float, exposure_s: float, pixel_size_A: float
+                        ) -> float:
+    """Dose on the specimen (e/Å²) from a dose rate in electrons per camera pixel per second
+    (SerialEM's ``DoseRate``, per *unbinned* pixel) over ``exposure_s`` seconds, with
+    ``pixel_size_A`` the unbinned pixel's size in Å."""
+    return rate_e_per_px_s * exposure_s / pixel_size_A ** 2
 
 
 def voltage_factor(voltage_kV: float) -> float:

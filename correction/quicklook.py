@@ -496,8 +496,8 @@ def drift_plot(record: Mapping[str, Any], *, size_px: int = 360) -> tuple[np.nda
     """
     from .report import early_steps  # noqa: PLC0415
 
-    px = float(record["pixel_size_A"])
-    xy_A = np.asarray(record["global_shifts_px"], np.float64).reshape(-1, 2) * px
+    pixel_A = float(record["pixel_size_A"])
+    xy_A = np.asarray(record["global_shifts_px"], np.float64).reshape(-1, 2) * pixel_A
     n = len(xy_A)
     local = record.get("local") or {}
     show_local = bool(local.get("applied")) and local.get("fitted_shifts_px")
@@ -533,7 +533,7 @@ def drift_plot(record: Mapping[str, Any], *, size_px: int = 360) -> tuple[np.nda
                             "colours": {"early": list(ORANGE), "late": list(BLUE)}}
     if show_local:
         info["local_magnification"] = _local_panel(canvas, size_px, record, local,
-                                                   xy_A / px)
+                                                   xy_A / pixel_A)
     return canvas, info
 
 
@@ -726,9 +726,9 @@ def movie_quicklook_files(out_dir: str | Path, stem: str, *, dw_image: np.ndarra
     """
     out_dir = Path(out_dir)
     names = quicklook_names(stem)
-    px = float(record["pixel_size_A"])
+    pixel_A = float(record["pixel_size_A"])
     resolution = (record.get("resolution") or {}).get("resolution_A")
-    spectrum, spec_info = power_spectrum(dw_image, pixel_size_A=px, resolution_A=resolution,
+    spectrum, spec_info = power_spectrum(dw_image, pixel_size_A=pixel_A, resolution_A=resolution,
                                          box_px=max_px)
     drift, drift_info = drift_plot(record)
     thumb = thumbnail(dw_image, max_px=max_px)

@@ -126,7 +126,8 @@ def _scalars(obj: Any) -> dict[str, Any] | None:
     return out
 
 
-def _local_summary(local: Any, global_xy_px: np.ndarray, px: float) -> dict[str, Any] | None:
+def _local_summary(local: Any, global_xy_px: np.ndarray, pixel_size_A: float
+                   ) -> dict[str, Any] | None:
     """Scalars of the record's ``local`` object plus the local-motion magnitude in Å.
 
     ``rms_A`` / ``max_A``: RMS and largest length, over patches and frames, of the local part of
@@ -143,7 +144,7 @@ def _local_summary(local: Any, global_xy_px: np.ndarray, px: float) -> dict[str,
         except (TypeError, ValueError):
             f = np.zeros((0,))
         if f.ndim == 3 and f.shape[1:] == global_xy_px.shape and f.size:
-            lengths = np.hypot(*np.moveaxis(f - global_xy_px[None], -1, 0)) * px
+            lengths = np.hypot(*np.moveaxis(f - global_xy_px[None], -1, 0)) * pixel_size_A
             if np.isfinite(lengths).all():
                 out["rms_A"] = float(np.sqrt(np.mean(lengths ** 2)))
                 out["max_A"] = float(lengths.max())
@@ -224,8 +225,8 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
     """
     tilt = tilt if tilt is not None else TiltInfo.from_record(record)
     missing = [k for k in ("global_shifts_px", "drift") if k not in record]
-    px = pixel_size_A if pixel_size_A is not None else record.get("pixel_size_A")
-    if px is None:
+    pixel_A = pixel_size_A if pixel_size_A is not None else record.get("pixel_size_A")
+    if pixel_A is None:
         missing.append("pixel_size_A")
     movie_path = path if path is not None else record.get("movie", record.get("path"))
     if movie_path is None:
@@ -234,9 +235,9 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         raise ValueError(f"motion record lacks {', '.join(missing)}")
     if isinstance(movie_path, Mapping):  # {"path": ...} object
         movie_path = movie_path.get("path")
-    px = float(px)
-    if not px > 0:
-        raise ValueError(f"motion record pixel_size_A must be > 0 Å, got {px}")
+    pixel_A = float(pixel_A)
+    if not pixel_A > 0:
+        raise ValueError(f"motion record pixel_size_A must be > 0 Å, got {pixel_A}")
     try:
         shifts = np.asarray(record["global_shifts_px"], dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -244,7 +245,7 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
     if shifts.ndim != 2 or shifts.shape[1] != 2:
         raise ValueError("motion record global_shifts_px is not a list of [dx, dy], got shape "
                          f"{shifts.shape}")
-    shifts_A = (shifts * px).tolist()
+    shifts_A = (shifts * pixel_A).tolist()
     if not np.isfinite(shifts).all():
         shifts_A = plain(shifts_A)  # NaN/inf -> null: the body must stay valid JSON
     drift = record["drift"]
@@ -256,7 +257,7 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
     dose.setdefault("pre_exposure_e_A2", None)
     dose["source"] = tilt.dose_source  # null outside a series: same keys in every message
     dose["fallback"] = tilt.dose_fallback
-    local = _local_summary(record.get("local"), shifts, px)
+    local = _local_summary(record.get("local"), shifts, pixel_A)
     movie_path = str(movie_path)
     return {
         "path": movie_path,
@@ -265,7 +266,7 @@ def movie_message(record: Mapping[str, Any], tilt: TiltInfo | None = None, *,
         "tilt_deg": plain(tilt.tilt_deg),
         "acquisition_index": plain(tilt.acquisition_index),
         "n_frames": len(shifts_A),
-        "pixel_size_A": px,
+        "pixel_size_A": pixel_A,
         "voltage_kV": plain(record.get("voltage_kV")),
         "voltage_source": plain(record.get("voltage_source")),  # option, mdoc ... default
         "shifts_A": shifts_A,  # already Python floats

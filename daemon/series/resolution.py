@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from correction.dose import dose_from_rate_e_A2
 from correction.params import DoseParams
 
 from daemon.series.mdoc import MdocFile, TiltSection
@@ -460,11 +461,10 @@ def dose_of_section(section: TiltSection) -> tuple[float | None, str | None, str
         total = sum(d * n for d, n in section.frame_doses_and_numbers)
         if total > 0:
             return total, "FrameDosesAndNumber", None
-    rate, t, px = section.dose_rate_e_px_s, section.exposure_time_s, section.pixel_spacing_A
-    if rate and t and px and rate > 0 and t > 0 and px > 0:
+    rate, t, pixel_A = section.dose_rate_e_px_s, section.exposure_time_s, section.pixel_spacing_A
+    if rate and t and pixel_A and rate > 0 and t > 0 and pixel_A > 0:
         binning = section.binning if section.binning and section.binning > 0 else 1.0
-        unbinned_px_A = px / binning
-        return rate * t / unbinned_px_A ** 2, "DoseRate", None
+        return dose_from_rate_e_A2(rate, t, pixel_A / binning), "DoseRate", None
     reasons = []
     reasons.append("ExposureDose missing" if section.exposure_dose_e_A2 is None
                    else f"ExposureDose = {section.exposure_dose_e_A2:g}")

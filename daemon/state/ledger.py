@@ -225,7 +225,8 @@ class Ledger:
         Wall clock (s since the epoch) for ``updated`` / ``finished`` stamps.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False, clock=time.time) -> None:  # noqa: ANN001
+    def __init__(self, path: Path, *, read_only: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
         if read_only:
@@ -747,7 +748,7 @@ def _corrupt(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, CorruptDatabase) or any(m in str(exc).lower() for m in _CORRUPT)
 
 
-def open_or_rebuild(path: Path, *, clock=time.time  # noqa: ANN001
+def open_or_rebuild(path: Path, *, clock: Callable[[], float] = time.time
                     ) -> tuple[Ledger, Path | None, str | None]:
     """Open the state database read-write; a corrupt one is moved aside and a new one begun.
 
