@@ -62,6 +62,7 @@ EER gain files
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,10 +188,13 @@ class GainReference:
         The gain and dark values under ``defect_rects`` that are not defects of the
         references themselves (0 in ``gain`` and ``dark``), kept for moving to another grid.
 
-    The references derived from this one (:meth:`reciprocal`, :meth:`onto_coarser_grid`,
-    :meth:`fit_to`, :func:`reference_for_movie`) are made once and kept with it (the last
-    few), so a worker that holds one reference for a session derives an 8K EER gain's 4K
-    form, or a 4K gain's 8K form, once, not for every movie (0.3-0.9 s each).
+    The forms a movie applies (:func:`reference_for_movie`: an EER gain inverted, or combined
+    onto a coarser grid; :meth:`fit_to`, :meth:`onto_coarser_grid`) are made once and kept
+    with the reference they come from (the last few; never the steps between, such as an 8K
+    inverted gain combined onto 4K), so a worker that holds one reference for a session
+    derives an 8K EER gain's 4K form, or a 4K gain's 8K form, once, not for every movie
+    (0.3-0.9 s each). Threads share them (one makes a form while the others wait); a
+    reference pickled travels without them.
     """
 
     gain: np.ndarray
@@ -206,22 +210,35 @@ class GainReference:
     listed: ListedPixels | None = field(default=None, repr=False)
     _derived: dict[tuple[Any, ...], GainReference] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    _deriving: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for array in (self.gain, self.dark, self.defect_mask):  # shared by a session's movies
             if array is not None:
                 array.flags.writeable = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_derived", {})
+        object.__setattr__(self, "_deriving", threading.Lock())
+        self.__post_init__()
+
     def derived(self, key: tuple[Any, ...], make: Callable[[], GainReference]) -> GainReference:
         """The reference ``make()`` derives from this one, made at the first call for ``key``
         and kept (the :data:`KEPT_DERIVED` latest keys; references are never modified)."""
-        found = self._derived.get(key)
-        if found is None:
-            found = make()
-            while len(self._derived) >= KEPT_DERIVED:
-                del self._derived[next(iter(self._derived))]
-            self._derived[key] = found
-        return found
+        with self._deriving:
+            found = self._derived.get(key)
+            if found is None:
+                found = make()
+                while len(self._derived) >= KEPT_DERIVED:
+                    self._derived.pop(next(iter(self._derived)))
+                self._derived[key] = found
+            return found
 
     @classmethod
     def from_arrays(cls, gain: np.ndarray, *, dark: np.ndarray | None = None,
@@ -307,9 +324,6 @@ class GainReference:
         GainReference
             ``applied_as`` switched between ``"multiplicative"`` and ``"reciprocal"``.
         """
-        return self.derived(("reciprocal",), self._reciprocal)
-
-    def _reciprocal(self) -> GainReference:
         valid = self.gain != 0
         mean = np.float32(self.gain[valid].mean(dtype=np.float64))
         inverse = np.zeros_like(self.gain)
@@ -540,7 +554,7 @@ def eer_gain_is_reciprocal(gain_path: str | Path | None,
 
 
 def reference_for_movie(ref: GainReference | None, params: GainParams, *,
-                        is_eer: bool) -> GainReference | None:
+                        is_eer: bool, coarser_by: int = 1) -> GainReference | None:
     """The reference as it is applied to one movie (module docstring, "EER gain files").
 
     Parameters
@@ -551,16 +565,28 @@ def reference_for_movie(ref: GainReference | None, params: GainParams, *,
         ``gain_path`` and ``eer_gain``.
     is_eer : bool
         The movie is an EER movie (``Movie.header["format"] == "eer"``).
+    coarser_by : int
+        For an EER movie, its frames are this many times coarser than the reference on each
+        axis (an 8K gain for frames decoded at 4K: 2): the EER form combined onto their grid
+        (:meth:`GainReference.onto_coarser_grid`).
 
     Returns
     -------
     GainReference or None
         ``ref`` itself for a movie that is not EER, or without a gain file; for an EER movie,
-        ``ref`` or its :meth:`~GainReference.reciprocal`, with ``eer_rule`` saying why.
+        ``ref`` or its :meth:`~GainReference.reciprocal`, with ``eer_rule`` saying why, on the
+        movie's grid. Made once per ``ref`` (:meth:`GainReference.derived`).
     """
-    if ref is None or not is_eer or ref.gain_path is None:
+    if ref is None or not is_eer:
         return ref
-    return ref.derived(("eer", params.eer_gain), lambda: _eer_reference(ref, params))
+    if ref.gain_path is None:  # a dark reference or defect map only: no EER rule to apply
+        return ref if coarser_by == 1 else ref.onto_coarser_grid(coarser_by)
+
+    def make() -> GainReference:
+        applied = _eer_reference(ref, params)
+        return applied if coarser_by == 1 else applied.onto_coarser_grid(coarser_by)
+
+    return ref.derived(("eer", params.eer_gain, coarser_by), make)
 
 
 def _eer_reference(ref: GainReference, params: GainParams) -> GainReference:

@@ -955,14 +955,19 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                                 "leave when they know none)")
     if gain_reference is None:
         gain_reference = load_gain_reference(params.gain)
+    is_eer = movie.header.get("format") == "eer"
+    super_res = float(movie.header.get("super_resolution_factor", 1))
+    # an 8K EER gain for frames decoded at 4K: its 2 x 2 sub-pixels combined, as RELION
+    gain_binned_by = 2 if (gain_reference is not None and is_eer and super_res == 1
+                           and gain_reference.shape_yx == tuple(
+                               2 * n for n in movie.frames.shape[1:])) else 1
     # an EER movie's gain file that is not a .gain file is a count image (as RELION takes it)
-    gain_reference = reference_for_movie(gain_reference, params.gain,
-                                         is_eer=movie.header.get("format") == "eer")
+    gain_reference = reference_for_movie(gain_reference, params.gain, is_eer=is_eer,
+                                         coarser_by=gain_binned_by)
     t_read = time.perf_counter() - t0
 
     # EER sampling 2: 8K frames, kept on that grid unless --bin (MotionCor2's -EerSampling);
-    # a physical-pixel gain is expanded onto it
-    super_res = float(movie.header.get("super_resolution_factor", 1))
+    # a physical-pixel gain is expanded onto it (correct_frames)
     frame_params = params
     # no dose given: the EER header's (``params`` itself, and so its fingerprint, unchanged)
     if not params.dose.known and movie.header.get("format") == "eer" \
@@ -970,12 +975,6 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         frame_params = dataclasses.replace(frame_params, dose=dataclasses.replace(
             params.dose, dose_per_frame_e_A2=float(movie.dose_per_frame_e_A2)))
     eer_grouping = grouping_record(movie)
-    gain_binned_by = 1
-    if gain_reference is not None and movie.header.get("format") == "eer" and super_res == 1 \
-            and gain_reference.shape_yx == tuple(2 * n for n in movie.frames.shape[1:]):
-        # an 8K EER gain for frames decoded at 4K: its 2 x 2 sub-pixels combined, as RELION
-        gain_reference = gain_reference.onto_coarser_grid(2)
-        gain_binned_by = 2
     memory = predict_peak_bytes(movie.frames, frame_params)
     corrected = correct_frames(movie.frames, pixel_size_A=float(pixel_size_A),
                                params=frame_params, gain_reference=gain_reference,

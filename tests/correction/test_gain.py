@@ -18,6 +18,7 @@ import pytest
 import tifffile
 
 from correction.errors import GainReferenceError, ParameterError
+from correction.gain import KEPT_DERIVED as KEPT
 from correction.gain import GainReference, apply_gain, load_gain_reference, orient
 from correction.params import GainParams
 
@@ -240,10 +241,13 @@ def test_a_reciprocal_gain_keeps_the_values_under_the_defect_list_for_another_gr
 
 
 def test_a_sessions_reference_derives_each_form_once_and_none_can_be_modified(tmp_path):
-    """A worker holds one reference for a whole session: its EER form, the 4K form of an 8K
-    gain and the 8K form of a 4K gain are derived at the first movie and reused (they took
-    0.3-0.9 s per movie), each still what it derives; a reference shared so cannot be changed
-    in place by one movie's correction."""
+    """A worker holds one reference for a whole session: the EER form of a count image, the 4K
+    form of an 8K gain and the 8K form of a 4K gain are derived at the first movie and reused
+    (they took 0.3-0.9 s per movie), each still what it derives; the steps between are not
+    kept (the 8K inverted gain of a 4K form: 256 MB per worker); a reference shared so cannot
+    be changed in place by one movie's correction, nor carry its forms when pickled."""
+    import pickle
+
     from correction.gain import reference_for_movie
 
     counts = np.random.default_rng(2).uniform(0.5, 1.5, (8, 8)).astype(np.float32)
@@ -252,18 +256,59 @@ def test_a_sessions_reference_derives_each_form_once_and_none_can_be_modified(tm
     held = load_gain_reference(relion)
     eer = reference_for_movie(held, relion, is_eer=True)
     assert reference_for_movie(held, relion, is_eer=True) is eer
-    assert eer.onto_coarser_grid(2) is eer.onto_coarser_grid(2)
+    coarse = reference_for_movie(held, relion, is_eer=True, coarser_by=2)
+    assert reference_for_movie(held, relion, is_eer=True, coarser_by=2) is coarse
     assert eer.fit_to((16, 16)) is eer.fit_to((16, 16), super_resolution_factor=2)
+    kept = {id(r) for r in held._derived.values()}
+    assert kept == {id(eer), id(coarse)}                 # no inverted 8K step beside them
     # each kept form is the one its own rule gives, the mode is part of its key
     as_given = GainParams(gain_path=tmp_path / "gain.mrc", eer_gain="multiplicative")
     np.testing.assert_array_equal(reference_for_movie(held, as_given, is_eer=True).gain, counts)
     np.testing.assert_allclose(eer.gain, counts.mean() / counts, rtol=1e-6)
     inverse_gain = counts / counts.mean()            # 2 x 2 sub-pixels: a harmonic mean
-    np.testing.assert_allclose(eer.onto_coarser_grid(2).gain,
-                               4 / inverse_gain.reshape(4, 2, 4, 2).sum(axis=(1, 3)), rtol=1e-5)
-    for ref in (held, eer, eer.onto_coarser_grid(2), eer.fit_to((16, 16))):
+    np.testing.assert_allclose(coarse.gain, 4 / inverse_gain.reshape(4, 2, 4, 2).sum(axis=(1, 3)),
+                               rtol=1e-5)
+    for ref in (held, eer, coarse, eer.fit_to((16, 16))):
         with pytest.raises(ValueError, match="read-only"):
             ref.gain[0, 0] = 2.0
+    travelled = pickle.loads(pickle.dumps(eer))
+    np.testing.assert_array_equal(travelled.gain, eer.gain)
+    assert travelled._derived == {} and not travelled.gain.flags.writeable
+
+
+def test_threads_sharing_a_reference_make_a_form_once_and_keep_at_most_four():
+    """A Dask worker's threads share its reference: one makes a form while the others wait
+    for it, and evicting the oldest of more than four forms never fails (before: several
+    threads made the same form at once, and the eviction could raise KeyError)."""
+    import threading
+
+    ref = GainReference.from_arrays(np.ones((8, 8), np.float32))
+    made: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(24)
+
+    def make(key: int) -> GainReference:
+        made.append(key)
+        return GainReference.from_arrays(np.full((8, 8), key + 1.0, np.float32))
+
+    def derive(key: int) -> None:
+        try:
+            start.wait()
+            assert ref.derived(("k", key), lambda: make(key)).gain[0, 0] == key + 1.0
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def run_together(keys: list[int]) -> None:
+        threads = [threading.Thread(target=derive, args=(k,)) for k in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    run_together([k % 2 for k in range(24)])         # two forms asked for by 12 threads each
+    assert errors == [] and sorted(made) == [0, 1]
+    run_together(list(range(2, 26)))                 # 24 forms: the oldest evicted as they come
+    assert errors == [] and len(ref._derived) == KEPT
 
 
 def test_load_gain_reference_keeps_the_defect_list_for_the_movie_grid(tmp_path):
