@@ -139,7 +139,8 @@ def stage_bytes(g: Grids, n: int, params: CorrectionParams, n_kept: int) -> dict
 
 
 def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
-    """Predicted peak memory of :func:`correct_frames` on ``frames`` (the memory model).
+    """Predicted peak memory of :func:`correction.pipeline.correct_frames` on ``frames`` (the
+    memory model).
 
     With ``P`` the output pixels, ``Pp`` the padded output grid, ``Pi`` the padded input
     grid, ``A`` the alignment grid (short side ``align_size_px``) and ``n`` the frames used:

@@ -20,6 +20,8 @@ and stays merely incomplete.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +108,24 @@ def _not_a_movie(reason: str) -> Completeness:
 
 
 def _open_error(path: Path) -> OSError | None:
-    """Why a regular file that exists cannot be opened (permission denied, a stale share);
-    None when it opens, is gone or is no regular file."""
-    if not path.is_file():
-        return None
+    """Why a regular file that exists cannot be read (permission denied on opening, a share's
+    I/O error on its first byte); None when it reads, is gone or is no regular file (opened
+    without blocking: a FIFO put in its place between two looks never blocks)."""
     try:
-        with open(path, "rb"):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None  # gone, or not a file: not a matter of access
+    except OSError as exc:
+        return exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-    except FileNotFoundError:  # removed between the two looks: gone, not unreadable
+        os.read(fd, 1)
         return None
     except OSError as exc:
         return exc
+    finally:
+        os.close(fd)
 
 
 def _readable_and_not_empty(path: Path) -> bool:

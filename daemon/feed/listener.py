@@ -65,7 +65,7 @@ def _opt(options: Mapping[str, Any], name: str, default: Any = None) -> Any:
 
 
 def publish_config_from(config: Config) -> Any:
-    """The :class:`~daemon.publish.PublishConfig` of ``config``, or None with ``no_publish``.
+    """The :class:`~daemon.feed.publisher.PublishConfig` of ``config``, or None with ``no_publish``.
 
     Raises
     ------
@@ -201,7 +201,7 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
 
 
 class PublishListener(ServiceListener):
-    """Forwards service events to a started :class:`~daemon.publish.Publisher` (never blocks:
+    """Forwards service events to a started :class:`~daemon.feed.publisher.Publisher` (never blocks:
     the publisher queues and its own thread sends)."""
 
     def __init__(self, publisher: Any) -> None:

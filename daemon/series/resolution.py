@@ -127,7 +127,8 @@ class SeriesConfig:
         beyond which a warning is recorded (the frame doses are then scaled to the tilt dose).
     change_tolerance_e_A2 : float
         A dose, frame dose or pre-exposure that moves by more than this after a movie was
-        corrected makes :func:`assignment_change` report it (the service redoes the movie).
+        corrected makes :func:`daemon.series.lifecycle.assignment_change` report it (the
+        service redoes the movie).
     mdoc_vanish_grace_s : float
         How long an mdoc missing from the scans is kept as last read (SerialEM rewrites one
         by renaming, a share may hide a file for a moment); then its tilts are resolved

@@ -1,19 +1,20 @@
 """Tilt series in the watch daemon: mdocs read as they grow, dose bookkeeping, assembled stacks.
 
-:class:`TiltSeriesResolver` is the service's :class:`~daemon.service.MetadataResolver` (and a
-:class:`~daemon.service.ServiceObserver` of its movie events). At every scan it
+:class:`TiltSeriesResolver` is the service's :class:`~daemon.events.MetadataResolver` (told of
+each finished movie through its ``movie_finished``). At every scan it
 
-1. re-reads each ``.mdoc`` whose size or mtime changed (:func:`daemon.mdoc.read_mdoc`), keeps
+1. re-reads each ``.mdoc`` whose size or mtime changed (:func:`daemon.series.mdoc.read_mdoc`), keeps
    the last good parse when a read fails, and records in the ledger since when each one's
    content is unchanged (so a restart keeps the mdoc's quiet time);
 2. resolves every movie of the session - those on disk and every one in the ledger, whatever
-   its status - with :func:`daemon.series.resolve`, so each tilt's dose and pre-exposure are a
-   function of the metadata alone, never of processing order, restarts or late arrivals;
+   its status - with :func:`daemon.series.resolution.resolve`, so each tilt's dose and
+   pre-exposure are a function of the metadata alone, never of processing order, restarts or
+   late arrivals;
 3. compares each corrected movie's recorded tilt (its ``S.motion.json`` ``tilt`` object) with
-   the new resolution (:func:`daemon.series.assignment_change`): a moved dose, frame dose or
-   pre-exposure makes the movie be **redone** (log event ``movie_redo_metadata_changed``; the new
+   the new resolution (:func:`daemon.series.lifecycle.assignment_change`): a moved dose, frame
+   dose or pre-exposure makes the movie be **redone** (log event ``movie_redo_metadata_changed``; the new
    dose makes a new ledger key);
-4. advances each series' completion state (:func:`daemon.series.update_series_state`; the
+4. advances each series' completion state (:func:`daemon.series.lifecycle.update_series_state`; the
    ``<stack>.openTS`` lock next to the mdoc, the mdoc's quiet time, the idle timeout) and
    assembles a completed series (:func:`correction.stack.assemble_series`) in a separate worker
    process into ``OUT_DIR/<series>/``; a series re-opens when more movies arrive, or when one of

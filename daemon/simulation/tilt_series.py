@@ -3,7 +3,7 @@
 Dose-symmetric order (0, +step, -step, +2 step, -2 step, ...; Hagen et al. 2017). At the start
 the stack's ``<name>.mrc.openTS`` lock and the series ``<name>.mrc.mdoc`` (global values and
 titles, no section yet) appear. Then per tilt: the movie is written frame by frame
-(:func:`daemon.simulate.write_movie_progressively`: header announcing the frames, frames
+(:func:`daemon.simulation.movies.write_movie_progressively`: header announcing the frames, frames
 appended, header rewritten at the end) and one ``[ZValue = n]`` section is appended to the mdoc,
 with ``TiltAngle``, ``ExposureDose``, ``PriorRecordDose`` (SerialEM's running sum),
 ``SubFramePath`` as a Windows path, ``NumSubFrames``, ``FrameDosesAndNumber``, ``TimeStamp``

@@ -88,36 +88,55 @@ def test_a_movie_the_reader_may_not_open_is_unreadable_not_incomplete_nor_bad():
     """Permission denied (a share's ACL, a umask) is the access's fault, not the movie's: the
     daemon waits for it to read instead of quarantining it as damaged. Before, such a movie
     was taken as incomplete, quarantined and never looked at again. Checked by a process whose
-    user the file's mode shuts out (as root, a forked child that becomes nobody)."""
+    user the file's mode shuts out (as root, a forked child that becomes nobody: no
+    interpreter is started, so none needs to be readable by nobody)."""
     import json
     import os
+    import select
     import shutil
+    import signal
     import tempfile
+    import traceback
     from pathlib import Path
 
     folder = Path(tempfile.mkdtemp(prefix="mw-locked-"))  # pytest's folders are 0700
-    folder.chmod(0o755)
-    movie = _mrc(folder / "locked.mrc")
-    movie.chmod(0o000)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: become nobody (when root), check, report, exit
-        try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-            r = check_complete(movie)
-            os.write(write_end, json.dumps([r.complete, r.unreadable, r.not_a_movie,
-                                            r.reason]).encode())
-        finally:
+    read_end = write_end = -1
+    pid = 0
+    try:
+        folder.chmod(0o755)
+        movie = _mrc(folder / "locked.mrc")
+        movie.chmod(0o000)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: become nobody (when root), check, report, exit at once
+            try:
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                r = check_complete(movie)
+                report = [r.complete, r.unreadable, r.not_a_movie, r.reason]
+            except BaseException:  # noqa: BLE001 - the parent reports it
+                report = ["error", traceback.format_exc()]
+            os.write(write_end, json.dumps(report).encode())
             os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(pid, 0)
-    shutil.rmtree(folder)
-    complete, unreadable, not_a_movie, reason = json.loads(report)
+        os.close(write_end)
+        write_end = -1
+        ready, _, _ = select.select([read_end], [], [], 60)
+        assert ready, "the checking process sent nothing in 60 s"
+        report = json.loads(os.read(read_end, 1 << 16))
+    finally:
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert report[0] != "error", report[1]
+    complete, unreadable, not_a_movie, reason = report
     assert (complete, unreadable, not_a_movie) == (False, True, False), reason
     assert reason == "cannot read: Permission denied"

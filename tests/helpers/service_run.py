@@ -73,5 +73,5 @@ def more_heartbeats(log: Any, wait_for: Callable[..., None], n: int = 3) -> None
     its main loop turned at least ``n`` times, scanning as due, however slow the machine. The
     window in which a test sees that something did *not* happen."""
     seen = len(log.named("heartbeat"))
-    wait_for(lambda: len(log.named("heartbeat")) >= seen + n)
+    wait_for(lambda: len(log.named("heartbeat")) >= seen + n, timeout_s=30.0)
     assert len(log.named("heartbeat")) >= seen + n, f"fewer than {n} more heartbeats"

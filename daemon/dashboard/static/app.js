@@ -61,7 +61,7 @@ function renderCounters(s) {
 function renderLatest(s) {
   const m = s.latest;
   if (!m) return;
-  $("latest-name").textContent = shown(m.name) + (m.series ? ` · ${m.series} ${num(m.tilt_deg)}°` : "");
+  $("latest-name").textContent = shown(m.name) + (m.series ? ` · ${shown(m.series)} ${num(m.tilt_deg)}°` : "");
   const f = $("latest-facts");
   f.replaceChildren(
     el("span", {}, `drift ${num(m.total_A)} Å (early ${num(m.early_A)})`),
