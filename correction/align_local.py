@@ -1058,8 +1058,12 @@ def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: 
     # the patches' error common to a frame beyond the time basis: global alignment measured it
     # on the same pixels, so the aligned frames carry it and the patches cannot see it
     s_f, w_f = (s, w_ok) if group_of is None else (s[:, group_of], w_ok[:, group_of])
-    wf = np.maximum(w_f.sum(axis=0), 1e-300)  # each frame carries its group's weight
-    common = errors.global_frame * ((s_f.T @ rho_ok @ s_f) / np.outer(wf, wf))
+    wf = w_f.sum(axis=0)  # each frame carries its group's weight
+    # each frame's patches averaged by weight; a frame whose patches were all rejected (a jerk
+    # the time basis cannot follow) carries none: 0, not 0 / 0 (NaN made the model "too
+    # uncertain" and refused it)
+    mean_of = np.divide(s_f, wf, out=np.zeros_like(s_f), where=wf > 0)
+    common = errors.global_frame * (mean_of.T @ rho_ok @ mean_of)
     basis = np.column_stack([np.ones(n_f), _temporal_basis(n_f, temporal_degree)])
     qb, _ = np.linalg.qr(basis)
     resid_proj = np.eye(n_f) - qb @ qb.T

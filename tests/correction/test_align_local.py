@@ -751,3 +751,21 @@ def test_grouped_frames_follow_the_fast_early_motion_of_a_strong_field(seed, e_p
     assert _rms((est - true)[:3]) < 0.2
     actual = _rms(est - true)
     assert 0.6 * lm.predicted_error_px < actual < 1.5 * lm.predicted_error_px
+
+
+def test_a_frame_whose_patches_are_all_rejected_leaves_a_finite_predicted_error():
+    """A stage jerk in one frame that the time basis cannot follow: the robust fit rejects
+    every patch in that frame. Its weight (0) made the frame-common error 0 / 0 (a floor of
+    1e-300 squared underflows), the predicted error NaN, and the pipeline refused the model
+    as "too uncertain (predicted error nan px)"."""
+    rng = np.random.default_rng(0)
+    shape = (1024, 1440)
+    cy, cx = np.meshgrid(np.linspace(170, 853, 5), np.linspace(240, 1200, 5), indexing="ij")
+    centres = np.column_stack([cy.ravel(), cx.ravel()])
+    measured = np.zeros((25, 10, 2))
+    measured[:, 5, 0] = 1.0                                # every patch: frame 5 jumps 1 px
+    measured -= measured.mean(axis=1, keepdims=True)
+    measured += rng.normal(scale=0.02, size=measured.shape)
+    fit = fit_local_model(centres, measured, shape_yx=shape, spatial_degree=3, temporal_degree=5)
+    assert np.any(fit.weights.sum(axis=0) == 0)           # the jerk's frame: all rejected
+    assert np.isfinite(fit.predicted_error_px) and 0 < fit.predicted_error_px < 0.2
