@@ -85,7 +85,7 @@ from .threads import run_chunks
 __all__ = ["GainReference", "load_gain_reference", "apply_gain", "orient",
            "reference_for_movie", "eer_gain_is_reciprocal"]
 
-KEPT_DERIVED = 4  # derived references kept with a reference (EER rule, reciprocal, grids)
+KEPT_DERIVED = 4  # forms kept with a reference (its EER forms, expanded or combined grids)
 _THREADED_PIXELS = 1 << 20  # frames from this size have their rows split over threads
 
 
@@ -210,8 +210,8 @@ class GainReference:
     listed: ListedPixels | None = field(default=None, repr=False)
     _derived: dict[tuple[Any, ...], GainReference] = field(
         default_factory=dict, init=False, repr=False, compare=False)
-    _deriving: threading.Lock = field(
-        default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _deriving: Any = field(  # a threading.RLock
+        default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for array in (self.gain, self.dark, self.defect_mask):  # shared by a session's movies
@@ -225,7 +225,7 @@ class GainReference:
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_derived", {})
-        object.__setattr__(self, "_deriving", threading.Lock())
+        object.__setattr__(self, "_deriving", threading.RLock())
         self.__post_init__()
 
     def derived(self, key: tuple[Any, ...], make: Callable[[], GainReference]) -> GainReference:
