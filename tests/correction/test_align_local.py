@@ -312,7 +312,9 @@ def test_motion_record_local_object_has_measured_and_fitted_patch_shifts(deforme
     assert isinstance(record["rejected_patches"], list)
     choice = record["model"]["spatial_degree_choice"]
     assert choice["max_spatial_degree"] == LocalParams().spatial_degree
-    assert choice["chosen_spatial_degree"] == record["model"]["spatial_degree"]
+    lowered = choice["border_lowered_to"]                  # None: the chosen degree is used
+    assert record["model"]["spatial_degree"] == (
+        choice["chosen_spatial_degree"] if lowered is None else lowered)
     assert choice["degrees"] == [0, 1, 2, 3] and len(choice["cv_rms_px"]) == 4
     chosen_cv = choice["cv_rms_px"][choice["chosen_spatial_degree"]]
     assert min(choice["cv_rms_px"]) <= chosen_cv <= choice["cv_threshold_px"]
@@ -769,3 +771,42 @@ def test_a_frame_whose_patches_are_all_rejected_leaves_a_finite_predicted_error(
     fit = fit_local_model(centres, measured, shape_yx=shape, spatial_degree=3, temporal_degree=5)
     assert np.any(fit.weights.sum(axis=0) == 0)           # the jerk's frame: all rejected
     assert np.isfinite(fit.predicted_error_px) and 0 < fit.predicted_error_px < 0.2
+
+
+def test_a_model_that_would_swing_at_the_frame_border_is_lowered_to_a_degree_that_does_not():
+    """0.3 e/px/frame, a gentle 0.7 px dome: the cross-validation at the patch centres chose a
+    cubic, whose corners swung 0.3-0.5 px off the truth where leaving the local model out
+    errs by 0.2 px (found by an audit of 63 synthetic movies). The degree is lowered while the
+    model's border displacement does not stand out from its predicted error there; the
+    applied model is then no worse than global-only at any corner or edge midpoint, and
+    better over the frame."""
+    from correction.params import CorrectionParams, DoseParams
+    from correction.pipeline import correct_frames
+
+    shape, n = (1024, 1440), 10
+    rng = np.random.default_rng(101)
+    movie = render_local_movie(shape, n, dose_per_pixel=0.3,
+                               deformation=LocalDeformation(shape, n, corner_amplitude_px=0.7,
+                                                            seed=101),
+                               global_shifts_yx_px=smooth_global_drift(n, total_px=8.0, rng=rng),
+                               rng=rng, contrast=0.3)
+    out = correct_frames(movie.frames, pixel_size_A=1.0, workers=2,
+                         params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.3)))
+    local = out.local
+    assert local.applied and local.degree_choice.chosen == 3
+    assert local.degree_choice.border_lowered_to == local.model.spatial_degree < 3
+    shifts = out.shifts_yx_px
+    yy, xx = np.meshgrid(np.linspace(0, shape[0] - 1, 9), np.linspace(0, shape[1] - 1, 9),
+                         indexing="ij")
+    truth = movie.aligned_sum_displacement_yx_px(yy, xx, shifts)   # (F, 9, 9, 2)
+    global_only = np.broadcast_to((shifts - shifts.mean(0))[:, None, None, :], truth.shape)
+    applied = global_only + local.model.displacement_yx_px(yy, xx)
+
+    def per_point(err):
+        return np.sqrt(np.mean(np.sum(err ** 2, axis=-1), axis=0))  # (9, 9), px
+
+    g, m = per_point(global_only - truth), per_point(applied - truth)
+    border = np.zeros((9, 9), bool)
+    border[[0, 0, 0, 4, 4, 8, 8, 8], [0, 4, 8, 0, 8, 0, 4, 8]] = True
+    assert np.all(m[border] <= g[border] + 0.02), (m[border], g[border])
+    assert _rms(applied - truth) < 0.7 * _rms(global_only - truth)
