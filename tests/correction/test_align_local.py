@@ -810,3 +810,30 @@ def test_a_model_that_would_swing_at_the_frame_border_is_lowered_to_a_degree_tha
     border[[0, 0, 0, 4, 4, 8, 8, 8], [0, 4, 8, 0, 8, 0, 4, 8]] = True
     assert np.all(m[border] <= g[border] + 0.02), (m[border], g[border])
     assert _rms(applied - truth) < 0.7 * _rms(global_only - truth)
+
+
+def test_a_dome_measured_at_one_and_a_half_times_its_predicted_error_is_applied():
+    """0.6 e/px/frame, 10% contrast, a 2 px dome: the fitted motion stood 1.8 times its
+    predicted error, under the 2 asked before, so the model that halves the error global
+    alignment leaves was refused. Without a field the ratio stays at or below 1.23 (162
+    synthetic movies: LocalParams.min_significance), so 1.5 is asked now."""
+    from correction.params import CorrectionParams, DoseParams
+    from correction.pipeline import correct_frames
+
+    shape, n = (1024, 1440), 10
+    rng = np.random.default_rng(103)
+    movie = render_local_movie(shape, n, dose_per_pixel=0.6,
+                               deformation=LocalDeformation(shape, n, corner_amplitude_px=2.0,
+                                                            seed=103),
+                               global_shifts_yx_px=smooth_global_drift(n, total_px=8.0, rng=rng),
+                               rng=rng, contrast=0.1)
+    out = correct_frames(movie.frames, pixel_size_A=1.0, workers=2,
+                         params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.6)))
+    assert out.local.applied, out.local.reason
+    shifts = out.shifts_yx_px
+    yy, xx = np.meshgrid(np.linspace(0, shape[0] - 1, 17), np.linspace(0, shape[1] - 1, 23),
+                         indexing="ij")
+    truth = movie.aligned_sum_displacement_yx_px(yy, xx, shifts)
+    global_only = np.broadcast_to((shifts - shifts.mean(0))[:, None, None, :], truth.shape)
+    applied = global_only + out.local.model.displacement_yx_px(yy, xx)
+    assert _rms(applied - truth) < 0.6 * _rms(global_only - truth)
