@@ -773,6 +773,33 @@ def test_a_frame_whose_patches_are_all_rejected_leaves_a_finite_predicted_error(
     assert np.isfinite(fit.predicted_error_px) and 0 < fit.predicted_error_px < 0.2
 
 
+def _corrected_dome(seed: int, dose: float, contrast: float, corner_px: float,
+                    grid_yx: tuple[int, int]):
+    """A 1440 x 1024 x 10 movie with a dome of ``corner_px`` at the corners, through the
+    pipeline: its local motion and, on a ``grid_yx`` of points from edge to edge, the true
+    displacement, global alignment's and the applied model's, each (F, gy, gx, 2) px."""
+    from correction.params import CorrectionParams, DoseParams
+    from correction.pipeline import correct_frames
+
+    shape, n = (1024, 1440), 10
+    rng = np.random.default_rng(seed)
+    movie = render_local_movie(shape, n, dose_per_pixel=dose,
+                               deformation=LocalDeformation(shape, n,
+                                                            corner_amplitude_px=corner_px,
+                                                            seed=seed),
+                               global_shifts_yx_px=smooth_global_drift(n, total_px=8.0, rng=rng),
+                               rng=rng, contrast=contrast)
+    out = correct_frames(movie.frames, pixel_size_A=1.0, workers=2,
+                         params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose)))
+    shifts = out.shifts_yx_px
+    yy, xx = np.meshgrid(np.linspace(0, shape[0] - 1, grid_yx[0]),
+                         np.linspace(0, shape[1] - 1, grid_yx[1]), indexing="ij")
+    truth = movie.aligned_sum_displacement_yx_px(yy, xx, shifts)
+    global_only = np.broadcast_to((shifts - shifts.mean(0))[:, None, None, :], truth.shape)
+    applied = global_only + out.local.model.displacement_yx_px(yy, xx)
+    return out.local, truth, global_only, applied
+
+
 def test_a_model_that_would_swing_at_the_frame_border_is_lowered_to_a_degree_that_does_not():
     """0.3 e/px/frame, a gentle 0.7 px dome: the cross-validation at the patch centres chose a
     cubic, whose corners swung 0.3-0.5 px off the truth where leaving the local model out
@@ -780,27 +807,9 @@ def test_a_model_that_would_swing_at_the_frame_border_is_lowered_to_a_degree_tha
     model's border displacement does not stand out from its predicted error there; the
     applied model is then no worse than global-only at any corner or edge midpoint, and
     better over the frame."""
-    from correction.params import CorrectionParams, DoseParams
-    from correction.pipeline import correct_frames
-
-    shape, n = (1024, 1440), 10
-    rng = np.random.default_rng(101)
-    movie = render_local_movie(shape, n, dose_per_pixel=0.3,
-                               deformation=LocalDeformation(shape, n, corner_amplitude_px=0.7,
-                                                            seed=101),
-                               global_shifts_yx_px=smooth_global_drift(n, total_px=8.0, rng=rng),
-                               rng=rng, contrast=0.3)
-    out = correct_frames(movie.frames, pixel_size_A=1.0, workers=2,
-                         params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.3)))
-    local = out.local
+    local, truth, global_only, applied = _corrected_dome(101, 0.3, 0.3, 0.7, (9, 9))
     assert local.applied and local.degree_choice.chosen == 3
     assert local.degree_choice.border_lowered_to == local.model.spatial_degree < 3
-    shifts = out.shifts_yx_px
-    yy, xx = np.meshgrid(np.linspace(0, shape[0] - 1, 9), np.linspace(0, shape[1] - 1, 9),
-                         indexing="ij")
-    truth = movie.aligned_sum_displacement_yx_px(yy, xx, shifts)   # (F, 9, 9, 2)
-    global_only = np.broadcast_to((shifts - shifts.mean(0))[:, None, None, :], truth.shape)
-    applied = global_only + local.model.displacement_yx_px(yy, xx)
 
     def per_point(err):
         return np.sqrt(np.mean(np.sum(err ** 2, axis=-1), axis=0))  # (9, 9), px
@@ -817,23 +826,6 @@ def test_a_dome_measured_at_one_and_a_half_times_its_predicted_error_is_applied(
     predicted error, under the 2 asked before, so the model that halves the error global
     alignment leaves was refused. Without a field the ratio stays at or below 1.23 (162
     synthetic movies: LocalParams.min_significance), so 1.5 is asked now."""
-    from correction.params import CorrectionParams, DoseParams
-    from correction.pipeline import correct_frames
-
-    shape, n = (1024, 1440), 10
-    rng = np.random.default_rng(103)
-    movie = render_local_movie(shape, n, dose_per_pixel=0.6,
-                               deformation=LocalDeformation(shape, n, corner_amplitude_px=2.0,
-                                                            seed=103),
-                               global_shifts_yx_px=smooth_global_drift(n, total_px=8.0, rng=rng),
-                               rng=rng, contrast=0.1)
-    out = correct_frames(movie.frames, pixel_size_A=1.0, workers=2,
-                         params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.6)))
-    assert out.local.applied, out.local.reason
-    shifts = out.shifts_yx_px
-    yy, xx = np.meshgrid(np.linspace(0, shape[0] - 1, 17), np.linspace(0, shape[1] - 1, 23),
-                         indexing="ij")
-    truth = movie.aligned_sum_displacement_yx_px(yy, xx, shifts)
-    global_only = np.broadcast_to((shifts - shifts.mean(0))[:, None, None, :], truth.shape)
-    applied = global_only + out.local.model.displacement_yx_px(yy, xx)
+    local, truth, global_only, applied = _corrected_dome(103, 0.6, 0.1, 2.0, (17, 23))
+    assert local.applied, local.reason
     assert _rms(applied - truth) < 0.6 * _rms(global_only - truth)
