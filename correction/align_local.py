@@ -224,6 +224,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -997,7 +998,7 @@ def _robust_fit(centres: np.ndarray, m: np.ndarray, obs: _Observations, pw: np.n
     profile; per frame when ungrouped), the model then evaluated per frame at the patch
     centres; ``m`` the per-frame shifts, ``pw`` normalised patch weights, ``errors`` the
     assumed structure of the measurement errors (see :func:`fit_local_model`,
-    :func:`_predicted_error`)."""
+    :func:`_predicted_errors`)."""
     n_p, n_f, _ = m.shape
     n_o = obs.values.shape[1]
     ns, nt = len(_spatial_terms(spatial_degree)), temporal_degree
@@ -1052,13 +1053,9 @@ def _robust_fit(centres: np.ndarray, m: np.ndarray, obs: _Observations, pw: np.n
     at_border = (border_model.reshape(-1, n_model) @ coef[:n_model]).reshape(len(border), n_f, 2)
     border_rms = float(np.sqrt(np.mean(np.sum(at_border ** 2, axis=-1))))
     try:
-        design_obs = design_model.reshape(n_p, n_o, n_model)
-        predicted = _predicted_error(design_obs, ww, ~rejected, float(sigma), errors,
-                                     temporal_degree, frame_model if averaged else None,
-                                     obs.group_of)
-        border_predicted = _predicted_error(design_obs, ww, np.ones(len(border), bool),
-                                            float(sigma), errors, temporal_degree,
-                                            border_model, obs.group_of)
+        predicted, border_predicted = _predicted_errors(
+            design_model.reshape(n_p, n_o, n_model), ww, float(sigma), errors, temporal_degree,
+            (frame_model[~rejected], border_model), obs.group_of)
         if np.any(~rejected):  # the model's misfit growing with the motion, in quadrature
             motion2 = float(np.mean(np.sum(fitted[~rejected] ** 2, axis=-1)))
             predicted = float(np.hypot(predicted, _MOTION_MISFIT_ERROR * np.sqrt(motion2)))
@@ -1085,27 +1082,26 @@ class _ErrorModel:
     global_frame: np.ndarray
 
 
-def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: float,
-                     errors: _ErrorModel, temporal_degree: int,
-                     x_frames: np.ndarray | None = None,
-                     group_of: np.ndarray | None = None) -> float:
-    """Predicted RMS error (vector length, px) of the fitted displacements at the accepted
-    patch centres (see "Predicted error" in the module docstring).
+def _predicted_errors(x: np.ndarray, w: np.ndarray, sigma: float, errors: _ErrorModel,
+                      temporal_degree: int, at: Sequence[np.ndarray],
+                      group_of: np.ndarray | None = None) -> list[float]:
+    """Predicted RMS error (vector length, px) of the fitted displacements at each set of
+    points of ``at`` (see "Predicted error" in the module docstring): the fit's covariance is
+    made once for all of them.
 
     ``x`` (P, G, K) model columns of the observations at the patch centres (averaged over
     each group's frames), ``w`` (P, G) final weights (0 for rejected patches), ``sigma`` the
     robust per-component residual scale at unit weight, ``errors`` their correlations; errors
-    are modelled as ``sigma / sqrt(w) * eps`` with ``Cov(eps) = rho (x) frame``. ``x_frames``
-    (P, F, K): the model columns per frame, where the error is evaluated (default ``x``: one
-    frame per observation); ``group_of`` (F,): each frame's observation.
+    are modelled as ``sigma / sqrt(w) * eps`` with ``Cov(eps) = rho (x) frame``. Each of
+    ``at`` (N, F, K): the model columns per frame at N points (the accepted patch centres, the
+    frame's border); ``group_of`` (F,): each frame's observation.
     """
     rho, c = errors.rho, errors.frame
-    x_frames = x if x_frames is None else x_frames
-    n_f = x_frames.shape[1]
+    n_f = at[0].shape[1]
     q = w.sum(axis=1)
     ok = q > 0
     if not ok.any():
-        return float("inf")
+        return [float("inf")] * len(at)
     x_ok, w_ok, rho_ok = x[ok], w[ok], rho[np.ix_(ok, ok)]
     s = np.sqrt(w_ok)  # (G, F)
     # each patch's free offset profiled out: weighted centring of its columns
@@ -1123,8 +1119,11 @@ def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: 
     v = s / np.sqrt(np.sum(s * s, axis=1, keepdims=True))  # each offset's unit column
     spent = float(np.sum(bread * meat)) + float(np.einsum("pf,fg,pg->", v, c, v))
     dof2 = n_obs / (n_obs - spent) if n_obs > spent else float("inf")
-    xa = x_frames[accepted].reshape(-1, x.shape[-1])
-    var_fit = float(np.mean(np.einsum("ij,jk,ik->i", xa, cov, xa))) if xa.size else float("inf")
+    var_fits = []
+    for points in at:
+        xa = points.reshape(-1, x.shape[-1])
+        var_fits.append(float(np.mean(np.einsum("ij,jk,ik->i", xa, cov, xa))) if xa.size
+                        else float("inf"))
     # the patches' error common to a frame beyond the time basis: global alignment measured it
     # on the same pixels, so the aligned frames carry it and the patches cannot see it
     s_f, w_f = (s, w_ok) if group_of is None else (s[:, group_of], w_ok[:, group_of])
@@ -1138,7 +1137,7 @@ def _predicted_error(x: np.ndarray, w: np.ndarray, accepted: np.ndarray, sigma: 
     qb, _ = np.linalg.qr(basis)
     resid_proj = np.eye(n_f) - qb @ qb.T
     var_common = float(np.trace(resid_proj @ common @ resid_proj)) / n_f
-    return float(sigma * np.sqrt(2.0 * dof2 * (var_fit + var_common)))
+    return [float(sigma * np.sqrt(2.0 * dof2 * (v + var_common))) for v in var_fits]
 
 
 def patch_error_correlation(grid: PatchGrid) -> np.ndarray:

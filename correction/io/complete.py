@@ -79,9 +79,9 @@ def check_complete(path: str | Path) -> Completeness:
         try:
             kind = detect_format(path)
         except UnreadableMovieError as exc:
-            if _readable_and_not_empty(path):  # bytes there, but no format's signature
+            has_bytes, denied = _first_byte(path)
+            if has_bytes:  # bytes there, but no format's signature
                 return _not_a_movie(exc.reason)
-            denied = _open_error(path)
             if denied is not None:  # permission denied, a share's I/O error: not the movie's
                 raise denied from None
             raise
@@ -107,35 +107,25 @@ def _not_a_movie(reason: str) -> Completeness:
     return Completeness(False, f"not a movie: {reason}", None, not_a_movie=True)
 
 
-def _open_error(path: Path) -> OSError | None:
-    """Why a regular file that exists cannot be read (permission denied on opening, a share's
-    I/O error on its first byte); None when it reads, is gone or is no regular file (opened
-    without blocking: a FIFO put in its place between two looks never blocks)."""
+def _first_byte(path: Path) -> tuple[bool, OSError | None]:
+    """Whether ``path`` is a regular file with a first byte, and why one that exists cannot
+    be read (permission denied on opening, a share's I/O error on that byte; None when it
+    reads, is gone or is no regular file). Opened without blocking: a FIFO put in its place
+    between two looks never blocks."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None  # gone, or not a file: not a matter of access
+        return False, None  # gone, or not a file: not a matter of access
     except OSError as exc:
-        return exc
+        return False, exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        os.read(fd, 1)
-        return None
+            return False, None
+        return bool(os.read(fd, 1)), None
     except OSError as exc:
-        return exc
+        return False, exc
     finally:
         os.close(fd)
-
-
-def _readable_and_not_empty(path: Path) -> bool:
-    if not path.is_file():  # a FIFO would block the open
-        return False
-    try:
-        with open(path, "rb") as fh:
-            return bool(fh.read(1))
-    except OSError:
-        return False
 
 
 def _check_mrc(path: Path) -> Completeness:
