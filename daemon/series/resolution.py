@@ -204,28 +204,55 @@ def qualified_name(folder: str, name: str) -> str:
 _FRAMES_DEPTH = 3  # folders below an mdoc's own where the movies it lists are looked for
 
 
-def _listed_movie(folder: str, sub_frame_path: str, by_base: Mapping[str, Sequence[str]],
-                  mdoc_folders: frozenset[str]) -> str:
+class _SeenMovies:
+    """The movies seen, by file name (qualified names) and, for each file name, by the
+    nearest folder above them that holds a series mdoc (:func:`_nearest_mdoc_folder`; made at
+    a name's first lookup): a listing is matched among the movies its own mdoc folder owns,
+    not among every session's movie of that name (``TS_01_001_3.0.tif`` in each of 500
+    session folders: a section's lookup was O(sessions), a scan's O(sessions^2))."""
+
+    def __init__(self, names: Sequence[str], mdoc_folders: frozenset[str]) -> None:
+        self._by_base: dict[str, list[str]] = {}
+        for name in names:
+            self._by_base.setdefault(split_qualified(name)[1], []).append(name)
+        self._names = frozenset(names)
+        self._mdoc_folders = mdoc_folders
+        self._owned: dict[str, dict[str | None, list[str]]] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+    def owned_by(self, base: str, folder: str) -> list[str]:
+        """The movies named ``base`` whose nearest series-mdoc folder is ``folder``."""
+        owned = self._owned.get(base)
+        if owned is None:
+            owned = {}
+            for name in self._by_base.get(base, ()):
+                owned.setdefault(_nearest_mdoc_folder(name, self._mdoc_folders), []).append(name)
+            self._owned[base] = owned
+        return owned.get(folder, [])
+
+
+def _listed_movie(folder: str, sub_frame_path: str, seen_movies: _SeenMovies) -> str:
     r"""The movie a series-mdoc section lists, by its qualified name.
 
     SerialEM writes the frames beside the mdoc or into a frames folder (``SubFramePath =
     X:\session\grid1\frames\TS_01_000_0.0.tif`` for ``grid1/TS_01.mrc.mdoc``). The movie
-    is the seen one of that file name (``by_base``: file name -> qualified names) beside the
+    is the seen one of that file name (``seen_movies``) beside the
     mdoc; else at ``folder/<the last j folders of SubFramePath>/<file name>`` for the smallest
     j; else the only one in a folder up to ``_FRAMES_DEPTH`` below the mdoc's whose nearest
-    folder with a series mdoc (``mdoc_folders``) is the mdoc's (a transfer may rename the
+    folder with a series mdoc is the mdoc's (a transfer may rename the
     frames folder; another grid's folder with its own mdoc is never searched). A movie not
     seen yet is named as if beside the mdoc.
     """
     parts = [p for p in re.split(r"[\\/]+", sub_frame_path.strip()) if p]
     base, dirs = parts[-1], parts[:-1]
     beside = qualified_name(folder, base)
-    seen = by_base.get(base, ())
-    if beside in seen:
+    if beside in seen_movies:
         return beside
     folder = folder.strip("/")
-    candidates = [m for m in seen if _nearest_mdoc_folder(m, mdoc_folders) == folder
-                  and 0 < _depth_below(split_qualified(m)[0], folder) <= _FRAMES_DEPTH]
+    candidates = [m for m in seen_movies.owned_by(base, folder)
+                  if 0 < _depth_below(split_qualified(m)[0], folder) <= _FRAMES_DEPTH]
     for j in range(1, min(len(dirs), _FRAMES_DEPTH) + 1):
         below = qualified_name(folder, "/".join(dirs[-j:] + [base]))
         if below in candidates:
@@ -549,11 +576,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     summaries: dict[str, SeriesSummary] = {}
 
     # 1. series mdocs -> series of tilts
-    by_base: dict[str, list[str]] = {}
-    for m in movies:
-        by_base.setdefault(split_qualified(m.name)[1], []).append(m.name)
     mdoc_folders = frozenset(ob.folder.strip("/") for ob in series_mdocs
                              if ob.mdoc.kind == "tilt_series")
+    seen_movies = _SeenMovies([m.name for m in movies], mdoc_folders)
     claims: dict[str, list[tuple[str, _Tilt]]] = {}  # movie -> (series, tilt) of each listing
     series_tilts: dict[str, list[_Tilt]] = {}
     series_meta: dict[str, tuple[MdocFile, list[str]]] = {}
@@ -598,7 +623,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             if (not s.complete and not use_incomplete) or s.kind != "ZValue":
                 continue
             swarn.extend(s.warnings)
-            movie = _listed_movie(ob.folder, s.sub_frame_path, by_base, mdoc_folders) \
+            movie = _listed_movie(ob.folder, s.sub_frame_path, seen_movies) \
                 if s.sub_frame_name else None
             fm = frame_mdocs.get(movie) if movie else None
             fsec = _frame_section(fm)

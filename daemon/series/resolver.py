@@ -61,6 +61,7 @@ from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
+from daemon.series.rows_view import RowsView, recorded_tilt_field, row_series
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
@@ -109,7 +110,7 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
         if row.status != "done":
             continue
         if a is None:
-            series = _recorded_tilt_field(row, "series")
+            series = recorded_tilt_field(row, "series")
             if series in settled_series and name in res.standalone:
                 changed[path] = (series, f"no longer listed by the series mdoc of {series} (a "
                                          "discarded or retaken tilt): corrected on its own")
@@ -137,23 +138,6 @@ def renamed_away(row: Any, unrecorded: set[tuple[tuple[int, int], int, int]]) ->
     return (row.status == "quarantined" and (row.error or "").startswith(VANISHED)
             and row.inode is not None
             and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded)
-
-
-def _recorded_tilt_field(row: Any, name: str) -> str | None:
-    """Field ``name`` of a state row's tilt record (from the row alone: no file read), or
-    None: ``series``, the series it was corrected as a tilt of; ``mdoc``, the series mdoc
-    (path) it was assigned from."""
-    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
-    value = tilt.get(name) if isinstance(tilt, Mapping) else None
-    return value if isinstance(value, str) and value else None
-
-
-def row_series(row: Any) -> set[str]:
-    """Every series a state row names (its recorded tilt's, its log context's): a series any
-    row names still has a tilt."""
-    names = {_recorded_tilt_field(row, "series"),
-             (row.metadata.get("log_context") or {}).get("series")}
-    return {n for n in names if isinstance(n, str) and n}
 
 
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
@@ -270,7 +254,8 @@ class TiltSeriesResolver:
         self._once: set[tuple[str, str]] = set()
         self._stack_files: set[str] = set()
         self._undecided_files: set[str] = set()
-        self._rows: dict[str, Any] = {}
+        self._rows: Mapping[str, Any] = {}
+        self._view = RowsView(self._rows, self._rel)  # what scans read of the rows
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
         self._info: dict[str, dict[str, Any]] = {}
@@ -332,12 +317,7 @@ class TiltSeriesResolver:
     def _emit(self, kind: SeriesEventKind, name: str,
               stacks: Mapping[str, str] | None = None) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
-        n_done = n_failed = 0
-        for row in self._rows.values():
-            if (row.metadata.get("log_context") or {}).get("series") != name:
-                continue
-            n_done += row.status == "done"
-            n_failed += row.status in ("failed", "quarantined")
+        n_done, n_failed = self._view.done_and_failed.get(name, (0, 0))
         n_expected = dose = None
         mdoc = None
         if summary is not None:
@@ -352,7 +332,9 @@ class TiltSeriesResolver:
     def _refresh_rows(self) -> None:
         """Newest ledger row per movie path (real movies only; read incrementally by the
         store, never modified here)."""
-        self._rows = self._ctx.store.newest_rows()
+        rows = self._ctx.store.newest_rows()
+        if rows is not self._rows:  # a new version of the rows: its views are made anew
+            self._rows, self._view = rows, RowsView(rows, self._rel)
 
     # --- MetadataResolver -----------------------------------------------------------------
     def observe(self, scan: ScanResult) -> Iterable[Path] | None:
@@ -388,13 +370,9 @@ class TiltSeriesResolver:
         if not self._active:
             return [Path(p) for p, _ in late] or None
         self._refresh_rows()
-        observations: dict[str, MovieObservation] = {}
-        for path, row in self._rows.items():
-            if path in self._stack_files or path in self._undecided_files:
-                continue
-            name = self._rel(path)
-            observations[name] = MovieObservation(name, row.first_seen, row.key.mtime_ns,
-                                                  _recorded_tilt_field(row, "mdoc"))
+        not_movies = self._stack_files | self._undecided_files
+        observations: dict[str, MovieObservation] = {
+            o.name: o for path, o in self._view.observations.items() if path not in not_movies}
         for path, o in movies.items():
             if path in self._stack_files or path in self._undecided_files:
                 continue
@@ -578,7 +556,7 @@ class TiltSeriesResolver:
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         self._completing &= set(res.series)  # a series no longer described waits for nothing
-        by_name = {self._rel(p): p for p in self._rows}
+        by_name = dict(self._view.path_of_name)
         by_name.update({self._rel(p): p for p in movies})  # a movie on disk: its own path
         changed_names = {self._rel(p) for p in changed}
         unrecorded = unrecorded_files(movies, self._rows)

@@ -168,6 +168,34 @@ def test_movies_in_the_frames_folder_the_sub_frame_paths_name_are_the_tilts_of_e
             running += a.dose_e_A2
 
 
+def test_many_sessions_of_the_same_file_names_match_each_mdoc_to_its_own_frames_at_linear_cost(
+        monkeypatch):
+    """Weeks of sessions in one watched tree repeat the same names (``sessionK/grid1/
+    test_1.mdoc`` with its frames in ``nt29812_98_frames/``): each mdoc's tilts are its own
+    folder's movies, and finding them looks up each movie's owning mdoc folder once per
+    scan (it was once per movie of that file name and section: O(sessions^2) a scan)."""
+    import daemon.series.resolution as resolution
+
+    calls = []
+    nearest = resolution._nearest_mdoc_folder
+    monkeypatch.setattr(resolution, "_nearest_mdoc_folder",
+                        lambda movie, folders: calls.append(movie) or nearest(movie, folders))
+    text = (DATA / "test_1.mdoc").read_text()
+    series, movies = [], []
+    sessions = [f"session{k:02d}/grid1" for k in range(12)]
+    for folder in sessions:
+        md = parse_mdoc_text(text, path=f"/w/{folder}/test_1.mdoc")
+        series.append(MdocObservation(md, 0.0, folder))
+        movies += [MovieObservation(f"{folder}/nt29812_98_frames/{s.sub_frame_name}", 0.0)
+                   for s in md.sections]
+    res = resolve(movies, series, {}, config=SeriesConfig(), now_s=1.0)
+    assert not res.pending and len(res.assignments) == len(movies) == 12 * 11
+    for folder in sessions:
+        tilts = {m for m, a in res.assignments.items() if a.series == f"{folder}/test_1"}
+        assert tilts == {m.name for m in movies if m.name.startswith(f"{folder}/")}
+    assert len(calls) <= len(movies)  # 12 x 11 x 12 before
+
+
 def test_a_renamed_frames_folder_still_holds_the_tilts_but_never_another_grids_folder():
     md, _ = dose_symmetric_mdoc(3)  # SubFramePath X:\\session\\frames\\TS_7_000_0.0.tif ...
     names = [s.sub_frame_name for s in md.sections]
