@@ -9,7 +9,8 @@ each finished movie through its ``movie_finished``). At every scan it
 2. resolves every movie of the session - those on disk and every one in the ledger, whatever
    its status - with :func:`daemon.series.resolution.resolve`, so each tilt's dose and
    pre-exposure are a function of the metadata alone, never of processing order, restarts or
-   late arrivals;
+   late arrivals (by top-level folder, :mod:`daemon.series.partition`: a folder whose files
+   did not change is not resolved again);
 3. compares each corrected movie's recorded tilt (its ``S.motion.json`` ``tilt`` object) with
    the new resolution (:func:`daemon.series.lifecycle.assignment_change`): a moved dose, frame
    dose or pre-exposure makes the movie be **redone** (log event ``movie_redo_metadata_changed``; the new
@@ -61,6 +62,7 @@ from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
+from daemon.series.partition import PartitionedResolution
 from daemon.series.rows_view import RowsView, recorded_tilt_field, row_series
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
@@ -68,7 +70,7 @@ from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_
 from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON, MdocObservation,
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
                                       classify_mdocs, dose_params_of, frame_mdoc_dose,
-                                      frame_mdoc_voltage_kV, resolve, split_qualified)
+                                      frame_mdoc_voltage_kV, split_qualified)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
                                      epu_xml_pending, files_voltage_kV, resolve_voltage)
 
@@ -255,7 +257,8 @@ class TiltSeriesResolver:
         self._stack_files: set[str] = set()
         self._undecided_files: set[str] = set()
         self._rows: Mapping[str, Any] = {}
-        self._view = RowsView(self._rows, self._rel)  # what scans read of the rows
+        self._view = RowsView(self._rel)  # what scans read of the rows, kept up to date
+        self._partitions = PartitionedResolution()  # top-level folders resolved when changed
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
         self._info: dict[str, dict[str, Any]] = {}
@@ -317,7 +320,7 @@ class TiltSeriesResolver:
     def _emit(self, kind: SeriesEventKind, name: str,
               stacks: Mapping[str, str] | None = None) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
-        n_done, n_failed = self._view.done_and_failed.get(name, (0, 0))
+        n_done, n_failed = self._view.done_and_failed(name)
         n_expected = dose = None
         mdoc = None
         if summary is not None:
@@ -332,9 +335,8 @@ class TiltSeriesResolver:
     def _refresh_rows(self) -> None:
         """Newest ledger row per movie path (real movies only; read incrementally by the
         store, never modified here)."""
-        rows = self._ctx.store.newest_rows()
-        if rows is not self._rows:  # a new version of the rows: its views are made anew
-            self._rows, self._view = rows, RowsView(rows, self._rel)
+        self._rows = self._ctx.store.newest_rows()
+        self._view.update(self._rows)
 
     # --- MetadataResolver -----------------------------------------------------------------
     def observe(self, scan: ScanResult) -> Iterable[Path] | None:
@@ -383,8 +385,8 @@ class TiltSeriesResolver:
             observations[name] = MovieObservation(
                 name, first, o.mtime_ns,
                 observations[name].recorded_mdoc if name in observations else None)
-        res = resolve(list(observations.values()), series_obs, frame_map,
-                      config=self.series_config, now_s=now)
+        res = self._partitions.resolve(list(observations.values()), series_obs, frame_map,
+                                       config=self.series_config, now_s=now)
         self._res = res
         for path, why in res.ignored_mdocs.items():
             self._once_log("info", "mdoc_ignored", path, why, mdoc=path)
