@@ -259,6 +259,10 @@ class Ledger:
                 # thousands of one mtime)
                 db.execute(f"CREATE INDEX IF NOT EXISTS movies_name ON movies "
                            f"({_FILE_NAME_SQL}, size, mtime_ns)")
+                # rows_signature and rows_written_since, at every scan and finished tilt: from
+                # this index, not a pass over every row (28,000 rows: 12.8 -> 1.9 ms, 11.8 ->
+                # 0.03 ms)
+                db.execute("CREATE INDEX IF NOT EXISTS movies_updated ON movies (updated)")
                 # and the few paths that are not UTF-8, which rows_named checks one by one
                 db.execute("CREATE INDEX IF NOT EXISTS movies_blob_path ON movies "
                            "(size, mtime_ns) WHERE typeof(path) = 'blob'")

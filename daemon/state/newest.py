@@ -54,12 +54,24 @@ class NewestRows:
             self._read_whole(ledger, now)
         else:
             written = ledger.rows_written_since(latest - SLACK_S, max(self._by_id, default=0))
+            before = [self._by_id.get(row.row_id) for row in written]
             for row in written:
                 self._by_id[row.row_id] = row
             if (len(self._by_id), sum(self._by_id)) != signature[:2]:  # rows went away
                 self._read_whole(ledger, now)
             elif not written:  # another table written (the heartbeat): nothing to redo
                 self._signature = signature
+                return self._newest
+            elif all(old is None or _place(old) == _place(row)
+                     for old, row in zip(before, written)):
+                # rows added, or updated where they were (a status, its outputs): the newest
+                # of the other paths stand; each written row is weighed against its path's
+                # (O(written), not O(rows): a finished tilt no longer costs the main loop a
+                # pass over weeks of sessions' rows)
+                self._signature = signature
+                self._newest = dict(self._newest)
+                for row in written:
+                    self._weigh(self._newest, row)
                 return self._newest
         self._signature = signature
         self._newest = self._newest_of(self._by_id.values())
@@ -74,9 +86,21 @@ class NewestRows:
     def _newest_of(rows: Any) -> dict[str, Any]:
         newest: dict[str, Any] = {}
         for row in rows:
-            if row.key.size < 0:
-                continue
-            held = newest.get(row.key.path)
-            if held is None or (row.key.mtime_ns, row.row_id) > (held.key.mtime_ns, held.row_id):
-                newest[row.key.path] = row
+            NewestRows._weigh(newest, row)
         return newest
+
+    @staticmethod
+    def _weigh(newest: dict[str, Any], row: Any) -> None:
+        """Make ``row`` its path's entry of ``newest`` if it is the newest there (latest
+        mtime, then latest id; itself written again) - real movies only (size >= 0)."""
+        if row.key.size < 0:
+            return
+        held = newest.get(row.key.path)
+        if (held is None or held.row_id == row.row_id
+                or (row.key.mtime_ns, row.row_id) > (held.key.mtime_ns, held.row_id)):
+            newest[row.key.path] = row
+
+
+def _place(row: Any) -> tuple[str, int, int]:
+    """Where a row stands among its path's rows: path, size, mtime."""
+    return row.key.path, row.key.size, row.key.mtime_ns

@@ -1,5 +1,6 @@
 """What the tilt-series resolver reads of the state rows: the facts of each row of a real
-ledger, made once per version of the rows (a scan with no row written makes none again)."""
+ledger, kept up to date as rows are written (a row is read again only when written, the
+counts follow), and the same as reading every row afresh."""
 
 from __future__ import annotations
 
@@ -14,10 +15,17 @@ def _tilt_metadata(series: str, mdoc: str | None) -> dict:
     return {"log_context": {"series": series}, "extra_record": {"tilt": tilt}}
 
 
-def test_each_rows_facts_come_from_the_row_and_are_made_once_per_version(tmp_path):
-    names = []
-    newest = NewestRows(clock=lambda: 0.0)
-    with Ledger(tmp_path / "state.sqlite") as ledger:
+def _fresh(rows, relative) -> RowsView:
+    view = RowsView(relative)
+    view.update(rows)
+    return view
+
+
+def test_each_rows_facts_come_from_the_row_and_follow_its_writes(tmp_path):
+    relative = lambda path: path.removeprefix("/w/")  # noqa: E731
+    wall = [1000.0]  # the ledger's clock: rows written a minute apart
+    newest = NewestRows(clock=lambda: 0.0, wall=lambda: wall[0])
+    with Ledger(tmp_path / "state.sqlite", clock=lambda: wall[0]) as ledger:
         keys = [MovieKey(f"/w/grid{g}/TS_01_00{i}.tif", 100, 10 + i, "fp")
                 for g in (1, 2) for i in range(3)]
         for k, key in enumerate(keys):
@@ -31,9 +39,12 @@ def test_each_rows_facts_come_from_the_row_and_are_made_once_per_version(tmp_pat
         ledger.claim(keys[2])
         ledger.mark_failed(keys[2], "bad", quarantine=True)
         rows = newest.rows(ledger)
-        view = RowsView(rows, lambda path: names.append(path) or path.removeprefix("/w/"))
+        view = RowsView(relative)
+        view.update(rows)
 
-        assert view.done_and_failed == {"grid1/TS_01": (2, 1), "grid2/TS_01": (1, 0)}
+        assert view.done_and_failed("grid1/TS_01") == (2, 1)
+        assert view.done_and_failed("grid2/TS_01") == (1, 0)
+        assert view.done_and_failed("grid3/TS_01") == (0, 0)
         assert view.observations["/w/grid1/TS_01_001.tif"] == MovieObservation(
             "grid1/TS_01_001.tif", rows["/w/grid1/TS_01_001.tif"].first_seen, 11,
             "/w/grid1/TS_01.mdoc")
@@ -43,7 +54,31 @@ def test_each_rows_facts_come_from_the_row_and_are_made_once_per_version(tmp_pat
         assert row_series(rows["/w/grid2/TS_01_000.tif"]) == {"grid2/TS_01"}
         assert row_series(rows["/w/single.tif"]) == set()
 
-        made = len(names)
-        assert view.observations is view.observations and view.path_of_name is view.path_of_name
-        assert len(names) == made  # each made once for this version of the rows
-        assert newest.rows(ledger) is rows  # nothing written: the same version
+        wall[0] += 60.0
+        ledger.claim(keys[4])
+        view.update(newest.rows(ledger))
+        read = view.rows_read
+        wall[0] += 60.0
+        view.update(newest.rows(ledger))  # nothing written: nothing read again
+        assert view.rows_read == read
+
+        ledger.mark_done(keys[4], outputs={}, timings={}, summary={})  # a tilt corrected,
+        ledger.add(MovieKey("/w/grid2/TS_01_003.tif", 100, 13, "fp"),  # a new one seen
+                   metadata=_tilt_metadata("grid2/TS_01", "/w/grid2/TS_01.mdoc"))
+        wall[0] += 60.0
+        view.update(newest.rows(ledger))
+        assert view.rows_read == read + 2  # the rows written, not every row
+        assert view.done_and_failed("grid2/TS_01") == (2, 0)
+
+        ledger.move(keys[5].path, "/w/elsewhere/TS_01_002.tif", size=keys[5].size,
+                    mtime_ns=keys[5].mtime_ns)  # one moved away (the store reads all again)
+        ledger.mark_failed(keys[1], "bad", quarantine=True)
+        rows = newest.rows(ledger)
+        view.update(rows)
+        fresh = _fresh(rows, relative)
+        assert "/w/grid2/TS_01_002.tif" not in view.observations
+        assert view.observations == fresh.observations
+        assert view.path_of_name == fresh.path_of_name
+        for series in ("grid1/TS_01", "grid2/TS_01"):
+            assert view.done_and_failed(series) == fresh.done_and_failed(series)
+        assert view.done_and_failed("grid1/TS_01") == (1, 2)
