@@ -12,6 +12,7 @@ inotify sees nothing written by other machines, so ``polling="auto"`` uses resca
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -65,9 +66,13 @@ def _control_character(text: str) -> str | None:
     return None if found is None else f"U+{ord(found.group()):04X}"
 
 
-def _match(name: str, patterns: Sequence[str]) -> bool:
-    lower = name.lower()
-    return any(fnmatch.fnmatchcase(lower, p.lower()) for p in patterns)
+@functools.lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match | None]:
+    """One compiled test of a lower-case name against shell ``patterns``, case-insensitive
+    (a scan tests every file of the tree: one regex, not ``fnmatch`` pattern by pattern)."""
+    if not patterns:
+        return lambda name: None
+    return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns)).match
 
 
 def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
@@ -98,6 +103,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     folder or a folder above it (a loop). A folder reached twice (two links to one place) is
     listed once, under the first path in name order.
     """
+    is_movie_name = _matcher(tuple(movie_patterns))
+    is_metadata_name = _matcher(tuple(metadata_patterns))
     excluded = {os.path.realpath(p) for p in exclude}
     root_real = os.path.realpath(root)
     observations: list[Observation] = []
@@ -126,9 +133,13 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
             name = entry.name
             if is_temporary_name(name):
                 continue
-            path = Path(entry.path)
-            is_movie = _match(name, movie_patterns)
+            lower = name.lower()
+            is_movie = is_movie_name(lower) is not None
             try:
+                if not (is_movie or is_metadata_name(lower)) and not entry.is_dir(
+                        follow_symlinks=True):
+                    continue  # the common case of a file of no interest: no Path made
+                path = Path(entry.path)
                 if entry.is_dir(follow_symlinks=True):
                     if is_movie:
                         skipped.append((path, "not a regular file (a directory with a movie's name)"))
@@ -139,8 +150,6 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                                                or _within(root_real, real)):
                         continue  # listed under its own name, or a loop
                     subfolders.append(path)
-                    continue
-                if not (is_movie or _match(name, metadata_patterns)):
                     continue
                 if is_movie and (control := folder_control or _control_character(name)):
                     skipped.append((path, f"its name holds a control character ({control}), "
