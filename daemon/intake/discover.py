@@ -162,8 +162,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                 st = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
                 continue  # vanished between listing and stat: the next scan decides
-            except OSError as exc:
-                skipped.append((path, f"cannot stat: {exc.strerror or exc}"))
+            except OSError as exc:  # the entry's own path: ``path`` may not be made yet
+                skipped.append((Path(entry.path), f"cannot stat: {exc.strerror or exc}"))
                 continue
             observation = Observation(path, st.st_size, st.st_mtime_ns,
                                       "movie" if is_movie else "metadata",

@@ -79,6 +79,18 @@ def test_a_dangling_symlink_does_not_drop_the_scan(tmp_path):
     assert [o.path.name for o in result.observations] == ["a.mrc"]
 
 
+@pytest.mark.parametrize("loop_name", ["a_loop", "c_loop"])
+def test_an_entry_that_cannot_be_looked_at_is_skipped_under_its_own_name(tmp_path, loop_name):
+    """A link to itself (ELOOP), listed before or after a movie: it is skipped by its own
+    name, and the movie is listed (it stopped the scan, or was blamed on the movie before)."""
+    touch(tmp_path / "b_movie.tif")
+    (tmp_path / loop_name).symlink_to(loop_name)
+    result = scan(tmp_path)
+    assert [o.path.name for o in result.observations] == ["b_movie.tif"]
+    assert [(p.name, why.split(":")[0]) for p, why in result.skipped] == [
+        (loop_name, "cannot stat")]
+
+
 def test_filesystem_type_uses_the_longest_mount_prefix(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\n//cam/share /mnt/camera cifs rw 0 0\n"
