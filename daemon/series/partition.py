@@ -15,8 +15,10 @@ A part is resolved again when its movies (name, first seen, mtime, recorded mdoc
 mdocs or frame mdocs (the parsed objects, which the mdoc watcher replaces when it reads a file
 again, and the time since each is unchanged) differ from those of its last resolution, or when
 the clock reaches a wait that may end in it (a movie's or mdoc's time plus the metadata wait,
-the missing-tilt wait or the idle timeout): the result is then what :func:`resolve` over the
-whole tree gives (``tests/daemon/test_partition.py`` compares the two).
+the missing-tilt wait or the idle timeout), or goes back before the time it was resolved
+at (a wall clock stepped back), or the configuration changes: the result then has the
+mappings and sets :func:`resolve` over the whole tree gives (``tests/daemon/test_partition.py``
+compares the two; their order of iteration is by part).
 """
 
 from __future__ import annotations
@@ -58,7 +60,13 @@ class _Inputs:
 class _Part:
     inputs: _Inputs
     resolution: Resolution
+    resolved_at_s: float  # the clock it was resolved at
     stable_until_s: float  # the clock at which a wait in it may end
+
+    def holds(self, inputs: _Inputs, now_s: float) -> bool:
+        """Its resolution is what resolving ``inputs`` at ``now_s`` gives (a clock stepped
+        back before its time may undo an ended wait: resolved again)."""
+        return self.resolved_at_s <= now_s < self.stable_until_s and inputs.same_as(self.inputs)
 
 
 def _stable_until(inputs: _Inputs, config: SeriesConfig, now_s: float) -> float:
@@ -76,12 +84,16 @@ class PartitionedResolution:
 
     def __init__(self) -> None:
         self._parts: dict[str | None, _Part] = {}
+        self._config: SeriesConfig | None = None
         self.resolved_parts = 0  # parts resolved (again) so far
 
     def resolve(self, movies: Sequence[MovieObservation],
                 series_mdocs: Sequence[MdocObservation], frame_mdocs: Mapping[str, MdocFile],
                 *, config: SeriesConfig, now_s: float) -> Resolution:
-        """As :func:`resolve` with the same arguments."""
+        """As :func:`resolve` with the same arguments: the same mappings and sets (their
+        order of iteration is by part)."""
+        if config != self._config:  # another configuration: every part anew
+            self._parts, self._config = {}, config
         grouped: dict[str | None, tuple[list, list, list]] = {}
 
         def part(key: str | None) -> tuple[list, list, list]:
@@ -102,10 +114,10 @@ class PartitionedResolution:
             movies_k, mdocs_k, frames_k = grouped[key]
             inputs = _Inputs(tuple(movies_k), tuple(mdocs_k), tuple(frames_k))
             last = self._parts.get(key)
-            if last is None or now_s >= last.stable_until_s or not inputs.same_as(last.inputs):
+            if last is None or not last.holds(inputs, now_s):
                 res = resolve(movies_k, [MdocObservation(md, t, f) for md, t, f in mdocs_k],
                               dict(frames_k), config=config, now_s=now_s)
-                last = _Part(inputs, res, _stable_until(inputs, config, now_s))
+                last = _Part(inputs, res, now_s, _stable_until(inputs, config, now_s))
                 self.resolved_parts += 1
             kept[key] = last
             results.append(last.resolution)

@@ -62,6 +62,8 @@ class RowsView:
         self.observations: dict[str, MovieObservation] = {}
         #: name below the watch folder -> movie path, of every row
         self.path_of_name: dict[str, str] = {}
+        self._paths_named: dict[str, set[str]] = {}  # name -> its paths (one, but for a
+        # database that holds both a relative and an absolute path of one movie)
         self._counts: dict[str, list[int]] = {}  # series -> [rows done, failed or quarantined]
         self.rows_read = 0  # rows whose facts were read (for tests and profiles)
 
@@ -95,14 +97,20 @@ class RowsView:
         self._facts[path] = facts
         self.observations[path] = observation
         self.path_of_name[observation.name] = path
+        self._paths_named.setdefault(observation.name, set()).add(path)
         self._count(facts, +1)
         self.rows_read += 1
 
     def _forget(self, path: str) -> None:
         facts = self._facts.pop(path)
         del self.observations[path]
-        if self.path_of_name.get(facts.observation.name) == path:
-            del self.path_of_name[facts.observation.name]
+        name = facts.observation.name
+        paths = self._paths_named[name]
+        paths.discard(path)
+        if not paths:
+            del self._paths_named[name], self.path_of_name[name]
+        elif self.path_of_name[name] == path:  # the name stays, with another of its paths
+            self.path_of_name[name] = max(paths)
         self._count(facts, -1)
 
     def _count(self, facts: _RowFacts, sign: int) -> None:

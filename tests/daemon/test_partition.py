@@ -109,3 +109,20 @@ def test_an_mdoc_read_again_and_a_series_mdoc_in_the_watch_folder_are_seen():
     root = MdocObservation(parse_mdoc_text(root_text, path="/w/test_1.mdoc"), 0.0, "")
     res = parts.resolve(movies, again + [root], {}, config=CONFIG, now_s=2001.0)
     _same(res, resolve(movies, again + [root], {}, config=CONFIG, now_s=2001.0))
+
+
+def test_a_clock_stepped_back_or_another_configuration_resolves_the_parts_again():
+    """The daemon's clock is the wall clock: stepped back before a wait's end, the tilts that
+    had stopped waiting wait again, as the whole tree's resolution says (they kept the later
+    answer); a part resolved under one configuration is not kept under another."""
+    movies, mdocs = _tree(0.0)
+    parts = PartitionedResolution()
+    for now in (35.0, 25.0):  # session 0's tilts stop waiting for metadata at 30 s
+        res = parts.resolve(movies, mdocs, {}, config=CONFIG, now_s=now)
+        _same(res, resolve(movies, mdocs, {}, config=CONFIG, now_s=now))
+    assert "session0/grid2/Pos1_000_0.0.tif" in res.pending
+    longer = SeriesConfig(dose_per_tilt_e_A2=4.0, metadata_wait_s=30.0,
+                          missing_tilt_wait_s=60.0, idle_timeout_s=600.0)
+    res = parts.resolve(movies, mdocs, {}, config=longer, now_s=2000.0)
+    _same(res, resolve(movies, mdocs, {}, config=longer, now_s=2000.0))
+    assert res.assignments["session5/grid2/Pos1_000_0.0.tif"].dose_e_A2 == 4.0

@@ -82,3 +82,21 @@ def test_each_rows_facts_come_from_the_row_and_follow_its_writes(tmp_path):
         for series in ("grid1/TS_01", "grid2/TS_01"):
             assert view.done_and_failed(series) == fresh.done_and_failed(series)
         assert view.done_and_failed("grid1/TS_01") == (1, 2)
+
+
+def test_a_name_two_paths_share_stays_while_one_of_them_has_a_row(tmp_path):
+    """A database that holds a movie under a relative and an absolute path (the daemon run
+    with ``.`` and with ``/w``) names both ``a.tif``: when one row goes, the name keeps the
+    other path (it was dropped, though a row still had it)."""
+    relative = lambda path: path.removeprefix("/w/")  # noqa: E731
+    with Ledger(tmp_path / "state.sqlite") as ledger:
+        for path in ("a.tif", "/w/a.tif"):
+            ledger.add(MovieKey(path, 100, 10, "fp"))
+        rows = NewestRows(clock=lambda: 0.0).rows(ledger)
+    view = RowsView(relative)
+    view.update(rows)
+    named = view.path_of_name["a.tif"]
+    other = next(path for path in rows if path != named)
+    view.update({other: rows[other]})  # the row named goes; the other is handed again
+    assert view.path_of_name == {"a.tif": other}
+    assert list(view.observations) == [other]
