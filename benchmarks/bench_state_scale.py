@@ -1,0 +1,253 @@
+"""The watch daemon's main loop on a state database of weeks of sessions.
+
+The systemd unit keeps one state database in its output folder, so after a few weeks it holds
+tens of thousands of rows of sessions whose files are gone (moved to storage). This runs the
+real service (discovery, tilt-series resolver, dispatcher, state) with the test suite's fake
+correction runner (it writes small outputs at once: the figures are the main loop's, not the
+pixel work's) on:
+
+* a state database seeded with ``--old-rows`` done tilt rows and their series, in
+  ``old000/``, ``old001/`` ...: one real session of ``--tilts`` tilts is run through the
+  service first, and its rows and series state are copied, folder renamed, through the
+  ledger's own API; then its files are deleted (archived);
+* a backlog of ``--series`` new series of ``--tilts`` tilts on disk, one per top-level folder
+  (their stacks fail to assemble from the fake outputs, in a worker process: counted, not
+  timed).
+
+It prints how many tilts were corrected in ``--seconds`` and the mean time the main loop
+spent per scan in the resolver (``observe``), per finished tilt (``movie_finished``) and per
+scan in discovery, plus the time to the first scan.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_state_scale.py [--old-rows 20000] [--series 205]
+        [--tilts 41] [--seconds 120] [--workdir DIR]
+
+Measured on the 2-core test machine with the defaults (20,008 old rows, 205 series of 41
+tilts, 120 s): at 5254924, 225 tilts corrected, resolver 850 ms a scan, 74 ms a finished
+tilt, discovery 224 ms a scan, first scan at 7.7 s; with the partitioned resolution
+(``daemon/series/partition.py``), the rows read as they are written and the ``updated``
+index, 1,713 tilts, 201 ms, 15.9 ms, 179 ms, 4.8 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPERS = ROOT / "tests" / "helpers"
+sys.path[:0] = [str(ROOT), str(HELPERS)]
+os.environ["PYTHONPATH"] = os.pathsep.join(  # worker processes import the fake runner
+    [str(ROOT), str(HELPERS)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                 if p])
+
+import numpy as np  # noqa: E402
+
+from correction.params import CorrectionParams, DoseParams  # noqa: E402
+from daemon.engine.service import Service  # noqa: E402
+from daemon.intake.discover import Discovery  # noqa: E402
+from daemon.series.options import resolver_from_config  # noqa: E402
+from daemon.series.resolver import TiltSeriesResolver  # noqa: E402
+from daemon.settings.config import Config  # noqa: E402
+from daemon.simulation.tilt_series import simulate_tilt_series  # noqa: E402
+from daemon.state.ledger import Ledger, MovieKey  # noqa: E402
+
+RUNNER = "fake_runners:correct"
+
+
+class _Timings:
+    """Wall time of chosen methods, per call (class attributes wrapped; restored after)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = collections.defaultdict(list)
+        self._restore: list[tuple[type, str, Any]] = []
+
+    def wrap(self, cls: type, name: str) -> None:
+        original = getattr(cls, name)
+        calls = self.calls[f"{cls.__name__}.{name}"]
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                calls.append(time.perf_counter() - t)
+
+        setattr(cls, name, timed)
+        self._restore.append((cls, name, original))
+
+    def restore(self) -> None:
+        for cls, name, original in reversed(self._restore):
+            setattr(cls, name, original)
+        self._restore.clear()
+
+
+class _CountingLog:
+    """A structlog-like logger that counts events by name and keeps nothing else."""
+
+    def __init__(self) -> None:
+        self.events: collections.Counter[str] = collections.Counter()
+
+    def bind(self, **_: Any) -> _CountingLog:
+        return self
+
+    def _count(self, event: str, *_: Any, **__: Any) -> None:
+        self.events[event] += 1
+
+    debug = info = warning = error = exception = critical = _count
+
+
+def _config(watch: Path, out: Path) -> Config:
+    return Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                  settle_time_s=0.1, scan_interval_s=0.2, incomplete_grace_s=1.0,
+                  heartbeat_s=1.0, exit_when_idle_s=2.0, polling="on", workers=1,
+                  options={"tilt_series": "auto", "mdoc_quiet": 0.3, "metadata_wait": 1.0})
+
+
+def _series(folder: Path, seed: int, n_tilts: int) -> None:
+    simulate_tilt_series(folder, rng=np.random.default_rng(seed), name=f"TS_{seed:03d}",
+                         n_tilts=n_tilts, shape_yx=(16, 16), n_frames=3, frame_interval_s=0.0,
+                         tilt_interval_s=0.0, lock=False, sleep=lambda s: None)
+
+
+def _swap(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string's ``old`` replaced by ``new`` (JSON-like data)."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _swap(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap(v, old, new) for v in value]
+    return value
+
+
+def seed_old_sessions(work: Path, watch: Path, out: Path, n_rows: int, n_tilts: int) -> int:
+    """At least ``n_rows`` done tilt rows of archived sessions (whole ones) and their complete
+    series in the state database of ``out``; returns how many rows."""
+    template = work / "template"
+    (template / "w" / "session").mkdir(parents=True)
+    (template / "out").mkdir()
+    _series(template / "w" / "session", 0, n_tilts)
+    Service(_config(template / "w", template / "out"), runner=RUNNER, logger=_CountingLog(),
+            resolver=resolver_from_config(_config(template / "w", template / "out"))).run()
+    with Ledger(template / "out" / "motionwatch.sqlite") as source:
+        rows = [r for r in source.rows() if r.status == "done"]
+        series = source.series_states()
+    if len(rows) != n_tilts or not series:
+        raise SystemExit(f"the template session gave {len(rows)} done rows of {n_tilts}")
+    old_watch, old_out = str(template / "w" / "session"), str(template / "out" / "session")
+    with Ledger(out / "motionwatch.sqlite") as ledger:
+        made, k = 0, 0
+        while made < n_rows:
+            folder = f"old{k:03d}"
+            new_watch, new_out = str(watch / folder), str(out / folder)
+            for row in rows:  # whole sessions: n_rows rounded up to a session's tilts
+                key = MovieKey(row.key.path.replace(old_watch, new_watch), row.key.size,
+                               row.key.mtime_ns + k * 10**12, row.key.fingerprint)
+                metadata = _swap(_swap(row.metadata, old_watch, new_watch), "session/",
+                                 f"{folder}/")
+                ledger.add(key, metadata=metadata)
+                ledger.claim(key)
+                ledger.mark_done(key, outputs=_swap(row.outputs, old_out, new_out),
+                                 timings=row.timings, summary=row.summary)
+                made += 1
+            for name, state in series.items():
+                state = _swap(_swap(state, old_out, new_out), old_watch, new_watch)
+                ledger.set_series_state(name.replace("session/", f"{folder}/"),
+                                        _swap(state, "session/", f"{folder}/"))
+            k += 1
+    shutil.rmtree(template)
+    return made
+
+
+def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: float) -> dict:
+    watch, out = work / "w", work / "out"
+    watch.mkdir(parents=True)
+    out.mkdir()
+    t = time.perf_counter()
+    made = seed_old_sessions(work, watch, out, old_rows, n_tilts)
+    print(f"  seeded {made} old rows in {time.perf_counter() - t:.1f} s", flush=True)
+    t = time.perf_counter()
+    for s in range(n_series):
+        _series(watch / f"grid{s:03d}", s, n_tilts)
+    print(f"  wrote {n_series} series of {n_tilts} tilts in {time.perf_counter() - t:.1f} s",
+          flush=True)
+    with Ledger(out / "motionwatch.sqlite") as ledger:
+        done_before = sum(r.status == "done" for r in ledger.rows())
+
+    timings = _Timings()
+    for cls, name in ((TiltSeriesResolver, "observe"), (TiltSeriesResolver, "movie_finished"),
+                      (Discovery, "scan"), (Service, "_scan")):
+        timings.wrap(cls, name)
+    config = _config(watch, out)
+    log = _CountingLog()
+    service = Service(config, runner=RUNNER, logger=log, resolver=resolver_from_config(config))
+    stop = threading.Timer(seconds, lambda: service.request_stop("benchmark time"))
+    started = time.perf_counter()
+    first_scan: list[float] = []
+
+    def first() -> None:
+        while not timings.calls["Service._scan"] and time.perf_counter() - started < seconds:
+            time.sleep(0.01)
+        first_scan.append(time.perf_counter() - started)
+
+    threading.Thread(target=first, daemon=True).start()
+    stop.start()
+    try:
+        service.run()
+    finally:
+        stop.cancel()
+        timings.restore()
+    with Ledger(out / "motionwatch.sqlite") as ledger:
+        done_after = sum(r.status == "done" for r in ledger.rows())
+
+    def mean_ms(name: str) -> float:
+        calls = timings.calls[name]
+        return 1e3 * sum(calls) / len(calls) if calls else float("nan")
+
+    return {"tilts_corrected": done_after - done_before,
+            "resolver_scan_ms": mean_ms("TiltSeriesResolver.observe"),
+            "finished_tilt_ms": mean_ms("TiltSeriesResolver.movie_finished"),
+            "discovery_scan_ms": mean_ms("Discovery.scan"),
+            "scans": len(timings.calls["Service._scan"]),
+            "first_scan_s": first_scan[0] if first_scan else float("nan"),
+            "series_events": {k: v for k, v in sorted(log.events.items())
+                              if k.startswith("series_")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--old-rows", type=int, default=20000)
+    ap.add_argument("--series", type=int, default=205)
+    ap.add_argument("--tilts", type=int, default=41)
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--workdir", type=Path, default=None)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mw-scale-", dir=a.workdir))
+    print(f"{a.old_rows} old rows, {a.series} series of {a.tilts} tilts on disk, "
+          f"{a.seconds:g} s (fake runner), in {work}:", flush=True)
+    try:
+        r = run(work, old_rows=a.old_rows, n_series=a.series, n_tilts=a.tilts,
+                seconds=a.seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"  tilts corrected: {r['tilts_corrected']} in {a.seconds:g} s "
+          f"({r['scans']} scans, first done at {r['first_scan_s']:.1f} s)")
+    print(f"  main loop, mean: resolver {r['resolver_scan_ms']:.0f} ms a scan, "
+          f"{r['finished_tilt_ms']:.1f} ms a finished tilt; discovery "
+          f"{r['discovery_scan_ms']:.0f} ms a scan")
+    print(f"  series events (the old sessions' series are complete: none of theirs): "
+          f"{r['series_events']}")
+
+
+if __name__ == "__main__":
+    main()
