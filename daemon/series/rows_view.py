@@ -58,7 +58,11 @@ class RowsView:
         self.rows: Mapping[str, Any] = {}
         self._facts: dict[str, _RowFacts] = {}
         #: movie path -> what the resolution is told of its movie (name, first seen, mtime
-        #: and the series mdoc its record names)
+        #: and the series mdoc its record names), of the movies in the watched tree: a row of
+        #: a movie outside it (the state of an earlier run that watched another folder, its
+        #: name left whole by ``relative``, ``/``-rooted) is no tilt of this tree's series
+        #: (an mdoc in the watch folder itself took an old session's movie of a listed name
+        #: in ``/data/old/`` for its tilt)
         self.observations: dict[str, MovieObservation] = {}
         #: name below the watch folder -> movie path, of every row
         self.path_of_name: dict[str, str] = {}
@@ -95,7 +99,8 @@ class RowsView:
         facts = _RowFacts(row, observation, series if isinstance(series, str) else None,
                           row.status)
         self._facts[path] = facts
-        self.observations[path] = observation
+        if not observation.name.startswith("/"):
+            self.observations[path] = observation
         self.path_of_name[observation.name] = path
         self._paths_named.setdefault(observation.name, set()).add(path)
         self._count(facts, +1)
@@ -103,7 +108,7 @@ class RowsView:
 
     def _forget(self, path: str) -> None:
         facts = self._facts.pop(path)
-        del self.observations[path]
+        self.observations.pop(path, None)
         name = facts.observation.name
         paths = self._paths_named[name]
         paths.discard(path)
