@@ -6,7 +6,7 @@ over each other: a second session's ``m_001.mrc`` silently replaced the first's,
 row still said done. The service records the folders it serves in its state database; one
 started on another watch folder with the same output folder stops at start-up with a one-line
 reason, before anything is written. A state folder shared by runs that write their outputs to
-different folders is left alone (no output is at risk).
+different folders keeps which watch folder each output folder serves.
 """
 
 from __future__ import annotations
@@ -21,27 +21,39 @@ from daemon.state.ledger import DB_NAME
 __all__ = ["served_folders", "other_watch_folder"]
 
 
-def served_folders(watch_dir: Path, out_dir: Path) -> dict[str, str]:
-    """What the service records of the folders it serves (service state keys)."""
-    return {"watch_dir": str(watch_dir), "out_dir": str(out_dir)}
-
-
 def _same(a: str | Path, b: str | Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _served(recorded: Mapping[str, Any], state_dir: Path) -> dict[str, str]:
+    """Output folder (real path) -> the watch folder whose movies it holds, as recorded (a
+    database written before the map was kept: its last run's watch folder, for the output
+    folder it lives in)."""
+    served = recorded.get("served")
+    if isinstance(served, dict):
+        return {str(k): str(v) for k, v in served.items()}
+    was_watch = recorded.get("watch_dir")
+    return {os.path.realpath(state_dir): was_watch} if isinstance(was_watch, str) else {}
+
+
+def served_folders(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
+                   state_dir: Path) -> dict[str, Any]:
+    """The service state to record at start-up: this output folder serves ``watch_dir``
+    (beside the output folders of other runs that share the state folder)."""
+    served = _served(recorded, state_dir)
+    served[os.path.realpath(out_dir)] = str(watch_dir)
+    return {"served": served}
 
 
 def other_watch_folder(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
                        state_dir: Path, movies_done: int) -> str | None:
     """One line of why this run may not start, or None.
 
-    ``recorded`` is the state database's service state (``watch_dir`` and ``out_dir`` of the
-    run that wrote it; a database written before ``out_dir`` was recorded lived in its output
-    folder when the two were the same folder); ``movies_done`` counts its movies with outputs.
+    ``recorded`` is the state database's service state (the output folders it served, and
+    for which watch folders); ``movies_done`` counts its movies with outputs.
     """
-    was_watch = recorded.get("watch_dir")
-    was_out = recorded.get("out_dir") or (str(state_dir) if _same(state_dir, out_dir) else None)
-    if (not movies_done or not isinstance(was_watch, str) or not isinstance(was_out, str)
-            or _same(was_watch, watch_dir) or not _same(was_out, out_dir)):
+    was_watch = _served(recorded, state_dir).get(os.path.realpath(out_dir))
+    if not movies_done or was_watch is None or _same(was_watch, watch_dir):
         return None
     database = Path(state_dir) / DB_NAME
     movies = f"{movies_done} movie{'s' if movies_done != 1 else ''}"

@@ -224,14 +224,15 @@ class Service:
                 self._log.info("ledger_inodes_filled", rows=learnt,
                                note="movies recorded before rows kept their file's inode")
         cfg = self.config
-        problem = other_watch_folder(self.ledger.service_state(), watch_dir=cfg.watch_dir,
-                                     out_dir=cfg.out_dir, state_dir=cfg.state_dir,
-                                     movies_done=self.ledger.counts()["done"])
+        recorded = self.ledger.service_state()
+        folders = dict(watch_dir=cfg.watch_dir, out_dir=cfg.out_dir, state_dir=cfg.state_dir)
+        problem = other_watch_folder(recorded, movies_done=self.ledger.counts()["done"],
+                                     **folders)
         if problem is not None:  # nothing written: another watch folder's outputs are there
             self.ledger.close()
             self.ledger = None
             raise ConfigError([problem])
-        self.ledger.set_service_state(served_folders(cfg.watch_dir, cfg.out_dir))
+        self.ledger.set_service_state(served_folders(recorded, **folders))
         self._running_at_crash = self.ledger.recover_running()  # see _recover_running
         self._recovered = len(self._running_at_crash)
 
@@ -475,7 +476,7 @@ class Service:
         self._safe(lambda: self.ledger.set_service_state({
             "pid": os.getpid(), "host": socket.gethostname(), "heartbeat_wall": beat.wall_time_s,
             "heartbeat_s": self.config.heartbeat_s, "uptime_s": beat.uptime_s,
-            **served_folders(self.config.watch_dir, self.config.out_dir), "waiting": len(waiting),
+            "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),
             "waiting_examples": {str(p): r for p, r in list(waiting.items())[:10]},
             "in_flight": list(in_flight), "workers": self.config.workers,
             "discovery": state.mode, "healthy": health.ok, "problems": list(health.problems),

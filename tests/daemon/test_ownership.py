@@ -58,6 +58,12 @@ def test_another_watch_folder_into_the_same_output_folder_stops_before_writing(t
     assert _run(second, other_out, state=out)[0] == 0
     assert _source(other_out, "m_001") == str(second / "m_001.mrc")
     assert _source(out, "m_001") == str(first / "m_001.mrc")
+    # the shared state folder still knows whose outputs the first output folder holds
+    third = tmp_path / "sessionC"
+    _movie(third / "m_001.mrc", 2)
+    assert _run(third, out)[0] == exitcodes.CONFIG
+    assert _run(second, other_out, state=out)[0] == 0
+    assert _source(out, "m_001") == str(first / "m_001.mrc")
 
 
 def test_a_shared_state_folders_movies_of_another_watch_folder_are_no_tilts_of_this_one(
@@ -98,3 +104,18 @@ def test_a_shared_state_folders_movies_of_another_watch_folder_are_no_tilts_of_t
     finally:
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_database_of_the_last_version_knows_its_watch_folder_from_its_heartbeat(tmp_path):
+    """A state database written before the served folders were recorded holds its last run's
+    ``watch_dir`` (the heartbeat's): the output folder it lives in serves that folder."""
+    from daemon.engine.ownership import other_watch_folder
+
+    out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
+    legacy = {"watch_dir": str(a), "pid": None}
+    ask = dict(out_dir=out, state_dir=out, movies_done=3)
+    assert other_watch_folder(legacy, watch_dir=a, **ask) is None
+    assert str(a) in other_watch_folder(legacy, watch_dir=b, **ask)
+    assert other_watch_folder(legacy, watch_dir=b, **{**ask, "movies_done": 0}) is None
+    elsewhere = dict(ask, out_dir=tmp_path / "out2")  # its state folder, another output folder
+    assert other_watch_folder(legacy, watch_dir=b, **elsewhere) is None
