@@ -5,35 +5,49 @@ two watch folders corrected into one output folder write their same-named movies
 over each other: a second session's ``m_001.mrc`` silently replaced the first's, whose state
 row still said done. The service records the folders it serves in its state database; one
 started on another watch folder with the same output folder stops at start-up with a one-line
-reason, before anything is written. A state folder shared by runs that write their outputs to
-different folders keeps which watch folder each output folder serves.
+reason, before anything is written, when the output folder holds a motion record of a done
+movie of the watch folder it serves. A state folder shared by runs that write their outputs
+to different folders keeps which watch folder each output folder serves.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.state.ledger import DB_NAME
 
-__all__ = ["served_folders", "other_watch_folder"]
+__all__ = ["ServedWatch", "served_folders", "other_watch_folder"]
 
 
-def _same(a: str | Path, b: str | Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+@dataclass(frozen=True)
+class ServedWatch:
+    """The watch folder an output folder serves: as given (the spelling of its rows' paths)
+    and its real path when it was served (a ``current`` link pointed at each new session
+    resolves elsewhere each time)."""
+
+    given: str
+    real: str
+
+    def to_record(self) -> dict[str, str]:
+        return {"watch_dir": self.given, "real": self.real}
 
 
-def _served(recorded: Mapping[str, Any], state_dir: Path) -> dict[str, str]:
+def _served(recorded: Mapping[str, Any], state_dir: Path) -> dict[str, ServedWatch]:
     """Output folder (real path) -> the watch folder whose movies it holds, as recorded (a
     database written before the map was kept: its last run's watch folder, for the output
-    folder it lives in)."""
+    folder it lives in; whether that run wrote there is told by its outputs)."""
     served = recorded.get("served")
     if isinstance(served, dict):
-        return {str(k): str(v) for k, v in served.items()}
+        return {str(out): ServedWatch(str(w.get("watch_dir")), str(w.get("real")))
+                for out, w in served.items() if isinstance(w, dict)}
     was_watch = recorded.get("watch_dir")
-    return {os.path.realpath(state_dir): was_watch} if isinstance(was_watch, str) else {}
+    if not isinstance(was_watch, str):
+        return {}
+    return {os.path.realpath(state_dir): ServedWatch(was_watch, os.path.realpath(was_watch))}
 
 
 def served_folders(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
@@ -41,23 +55,32 @@ def served_folders(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Pat
     """The service state to record at start-up: this output folder serves ``watch_dir``
     (beside the output folders of other runs that share the state folder)."""
     served = _served(recorded, state_dir)
-    served[os.path.realpath(out_dir)] = str(watch_dir)
-    return {"served": served}
+    served[os.path.realpath(out_dir)] = ServedWatch(str(watch_dir), os.path.realpath(watch_dir))
+    return {"served": {out: w.to_record() for out, w in served.items()}}
 
 
 def other_watch_folder(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
-                       state_dir: Path, movies_done: int) -> str | None:
+                       state_dir: Path,
+                       done_outputs_below: Callable[[str], Iterable[Mapping[str, str]]]
+                       ) -> str | None:
     """One line of why this run may not start, or None.
 
     ``recorded`` is the state database's service state (the output folders it served, and
-    for which watch folders); ``movies_done`` counts its movies with outputs.
+    for which watch folders); ``done_outputs_below(folder)`` gives the outputs of some done
+    movies below a folder (the ledger's). A run may not start when the output folder serves
+    another watch folder (by real path) and holds the motion record of one of its movies.
     """
-    was_watch = _served(recorded, state_dir).get(os.path.realpath(out_dir))
-    if not movies_done or was_watch is None or _same(was_watch, watch_dir):
+    out_real = os.path.realpath(out_dir)
+    was = _served(recorded, state_dir).get(out_real)
+    if was is None or was.real == os.path.realpath(watch_dir):
         return None
+    held = [motion for outputs in done_outputs_below(was.given)
+            if (motion := outputs.get("motion")) and Path(motion).is_file()
+            and os.path.realpath(motion).startswith(out_real.rstrip(os.sep) + os.sep)]
+    if not held:
+        return None  # none of its outputs is there (emptied, or written elsewhere)
     database = Path(state_dir) / DB_NAME
-    movies = f"{movies_done} movie{'s' if movies_done != 1 else ''}"
-    return (f"{out_dir} holds the outputs of {movies} of watch folder {was_watch} "
-            f"(state database {database}); watching {watch_dir} into it would write over "
-            f"those of the movies with the same names: give another --out, or, if {was_watch} "
-            f"was moved to {watch_dir}, move {database} aside (its movies are corrected again)")
+    return (f"{out_dir} holds the outputs of watch folder {was.given} (e.g. {held[0]}; state "
+            f"database {database}); watching {watch_dir} into it would write over those of "
+            f"the movies with the same names: give another --out, or, if {was.given} was moved "
+            f"to {watch_dir}, move {database} aside (its movies are corrected again)")

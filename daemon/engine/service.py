@@ -203,7 +203,9 @@ class Service:
         return Health(ok, tuple(problems), tuple(notes))
 
     # --- lifecycle ------------------------------------------------------------------------
-    def _open_ledger(self) -> None:
+    def _open_ledger(self, *, check_ownership: bool = True) -> None:
+        """Open the state database (``check_ownership``: refuse an output folder that serves
+        another watch folder; a database made anew where the old one vanished holds none)."""
         path = self.config.state_dir / DB_NAME
         try:
             self.ledger, moved, reason = open_or_rebuild(path, clock=self._wall)
@@ -226,8 +228,8 @@ class Service:
         cfg = self.config
         recorded = self.ledger.service_state()
         folders = dict(watch_dir=cfg.watch_dir, out_dir=cfg.out_dir, state_dir=cfg.state_dir)
-        problem = other_watch_folder(recorded, movies_done=self.ledger.counts()["done"],
-                                     **folders)
+        problem = other_watch_folder(recorded, done_outputs_below=self.ledger.done_outputs_below,
+                                     **folders) if check_ownership else None
         if problem is not None:  # nothing written: another watch folder's outputs are there
             self.ledger.close()
             self.ledger = None
@@ -439,7 +441,7 @@ class Service:
             # the folder came back empty (remounted, recreated): start a new database there
             try:
                 self.ledger.close()
-                self._open_ledger()
+                self._open_ledger(check_ownership=False)
                 self.admission.forget_all()
                 ok = True
                 self._log.warning("ledger_reopened", path=str(cfg.state_dir / DB_NAME))

@@ -312,6 +312,16 @@ class Ledger:
             args.append(int(limit))
         return [_row(r) for r in self._db.execute(sql, args)]
 
+    def done_outputs_below(self, folder: str, limit: int = 20) -> list[dict[str, str]]:
+        """The outputs of at most ``limit`` done movies whose path lies below ``folder`` (a
+        range of the path index, no row decoded but its outputs)."""
+        prefix = folder.rstrip("/") + "/"
+        found = self._db.execute(
+            "SELECT outputs FROM movies WHERE path >= ? AND path < ? AND status = 'done' "
+            "LIMIT ?", (prefix, prefix[:-1] + "0", int(limit)))  # '0' follows '/'
+        return [outputs for (text,) in found if isinstance(outputs := json.loads(text or "{}"),
+                                                          dict)]
+
     def versions(self) -> set[tuple[str, int, int]]:
         """``(path, size, mtime_ns)`` of every row (no column decoded but these)."""
         return {(_path_out(p), _ns_out(size), _ns_out(mtime)) for p, size, mtime in

@@ -108,14 +108,55 @@ def test_a_shared_state_folders_movies_of_another_watch_folder_are_no_tilts_of_t
 
 def test_a_database_of_the_last_version_knows_its_watch_folder_from_its_heartbeat(tmp_path):
     """A state database written before the served folders were recorded holds its last run's
-    ``watch_dir`` (the heartbeat's): the output folder it lives in serves that folder."""
+    ``watch_dir`` (the heartbeat's): the output folder it lives in serves that folder when it
+    holds one of its outputs (in a shared state folder the last run may have written
+    elsewhere: no refusal then)."""
     from daemon.engine.ownership import other_watch_folder
 
     out, a, b = tmp_path / "out", tmp_path / "a", tmp_path / "b"
+    (out / "a").mkdir(parents=True)
+    motion = out / "a" / "m.motion.json"
+    motion.write_text("{}")
     legacy = {"watch_dir": str(a), "pid": None}
-    ask = dict(out_dir=out, state_dir=out, movies_done=3)
+
+    def done(outputs: list[dict]):
+        return lambda folder: outputs if folder == str(a) else []
+
+    ask = dict(out_dir=out, state_dir=out, done_outputs_below=done([{"motion": str(motion)}]))
     assert other_watch_folder(legacy, watch_dir=a, **ask) is None
     assert str(a) in other_watch_folder(legacy, watch_dir=b, **ask)
-    assert other_watch_folder(legacy, watch_dir=b, **{**ask, "movies_done": 0}) is None
-    elsewhere = dict(ask, out_dir=tmp_path / "out2")  # its state folder, another output folder
+    elsewhere = dict(ask, done_outputs_below=done([{"motion": str(tmp_path / "y" / "m.json")}]))
     assert other_watch_folder(legacy, watch_dir=b, **elsewhere) is None
+    motion.unlink()  # the output folder emptied
+    assert other_watch_folder(legacy, watch_dir=b, **ask) is None
+
+
+def test_a_current_link_pointed_at_the_next_session_is_another_watch_folder(tmp_path):
+    """``current`` -> sessionA, then -> sessionB, both into one output folder: the second run
+    is refused (the link's name was the same, and sessionA's m_001 outputs were overwritten)."""
+    first, second, out = tmp_path / "sessionA", tmp_path / "sessionB", tmp_path / "out"
+    _movie(first / "m_001.mrc", 0)
+    _movie(second / "m_001.mrc", 1)
+    current = tmp_path / "current"
+    current.symlink_to(first)
+    assert _run(current, out)[0] == 0
+    current.unlink()
+    current.symlink_to(second)
+    assert _run(current, out)[0] == exitcodes.CONFIG
+    assert json.loads((out / "m_001.motion.json").read_text())["source_file"]["mtime_ns"] == \
+        (first / "m_001.mrc").stat().st_mtime_ns
+
+
+def test_an_emptied_output_folder_serves_the_next_watch_folder(tmp_path):
+    """A shared state folder: the first session's output folder removed, the next session's
+    outputs go to a new folder of that name (it was refused: done rows elsewhere counted)."""
+    import shutil
+
+    first, second, state = tmp_path / "p", tmp_path / "q", tmp_path / "state"
+    _movie(first / "m_001.mrc", 0)
+    _movie(second / "m_001.mrc", 1)
+    state.mkdir()
+    assert _run(first, tmp_path / "o1", state=state)[0] == 0
+    shutil.rmtree(tmp_path / "o1")
+    assert _run(second, tmp_path / "o1", state=state)[0] == 0
+    assert _source(tmp_path / "o1", "m_001") == str(second / "m_001.mrc")
