@@ -317,12 +317,13 @@ class Admission:
             self._handled.add(ident)
             return None
         if meta.quarantine_reason:
-            self.report_once(str(obs.path), "movie_quarantined", meta.quarantine_reason,
-                             level="warning")
             key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
             if self._safe(lambda: self._quarantine_unless_recorded(
                     key, meta.quarantine_reason) or True) is None:
                 return _DB_DOWN
+            # said once recorded: whoever reads the state on the event finds the row
+            self.report_once(str(obs.path), "movie_quarantined", meta.quarantine_reason,
+                             level="warning")
             self._handled.add(ident)
             return None
         short = self._short_of_frames(obs, verdict, meta)
