@@ -87,6 +87,10 @@ class Service:
         self._signals = StopSignals()
         self._series_events: list[SeriesEvent] = []
         self._out_ok = True
+        # the watch folder's real path at start (a ``current`` link re-pointed while the
+        # service runs would bring the next session's movies into this output folder)
+        self._watch_real = os.path.realpath(config.watch_dir)
+        self._stop_problem: str | None = None  # a configuration problem met while running
         self._started_s = clock()
         self._last_tick_s = clock()
         self._last_scan_s: float | None = None
@@ -340,7 +344,7 @@ class Service:
                 self._log.info("service_stopping", reason=reason,
                                in_flight=len(self.dispatcher.in_flight))
             if draining and not self.dispatcher.in_flight:
-                if self.dispatcher.config_error is not None:
+                if self.dispatcher.config_error is not None or self._stop_problem is not None:
                     return exitcodes.CONFIG
                 return exitcodes.RESTART if self._signals.restart else exitcodes.OK
             if self.dispatcher.config_error is not None and not draining:
@@ -451,10 +455,29 @@ class Service:
 
     # --- scans and heartbeats -------------------------------------------------------------
     def _scan(self) -> None:
+        if self._watch_moved():
+            return
         result = self.discovery.scan(now_s=self._clock())
         self._last_scan_s = self._clock()
         self.admission.take(result)
         self._flush_series_events()
+
+    def _watch_moved(self) -> bool:
+        """The watch folder leads elsewhere than at start (a link re-pointed at the next
+        session): say why once, take in nothing more, and stop as misconfigured (78) once the
+        movies in hand are done: its movies would be written over those of the same names."""
+        if self._stop_problem is not None:
+            return True
+        real = os.path.realpath(self.config.watch_dir)
+        if real == self._watch_real:
+            return False
+        self._stop_problem = (
+            f"the watch folder {self.config.watch_dir} now leads to {real}, not to "
+            f"{self._watch_real} as at start: its movies would be corrected into "
+            f"{self.config.out_dir} over those of the same names; start again with another --out")
+        self._log.error("config_invalid", problems=[self._stop_problem])
+        self._signals.request_stop(f"configuration error: {self._stop_problem}", wake=False)
+        return True
 
     def _heartbeat(self) -> None:
         try:

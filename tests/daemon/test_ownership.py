@@ -160,3 +160,38 @@ def test_an_emptied_output_folder_serves_the_next_watch_folder(tmp_path):
     shutil.rmtree(tmp_path / "o1")
     assert _run(second, tmp_path / "o1", state=state)[0] == 0
     assert _source(tmp_path / "o1", "m_001") == str(second / "m_001.mrc")
+
+
+def test_a_current_link_re_pointed_while_the_service_runs_stops_it_before_the_next_session(
+        tmp_path):
+    """The link re-pointed at the next session while the service runs: it takes in none of
+    the next session's movies (its ``m_001`` would be corrected over the first's outputs) and
+    stops as misconfigured (78) with the reason, once the movies in hand are done."""
+    from daemon.events import ServiceListener
+
+    first, second, out = tmp_path / "sessionA", tmp_path / "sessionB", tmp_path / "out"
+    _movie(first / "m_001.mrc", 0)
+    _movie(second / "m_001.mrc", 1)
+    _movie(second / "m_002.mrc", 2)
+    current = tmp_path / "current"
+    current.symlink_to(first)
+
+    class Repoint(ServiceListener):
+        def on_movie_done(self, event):
+            current.unlink()
+            current.symlink_to(second)
+
+    out.mkdir()
+    config = Config(current, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
+                    exit_when_idle_s=5.0, polling="on")
+    log = RecordingLog()
+    status = Service(config, runner="fake_runners:correct", logger=log,
+                     listeners=[Repoint()]).run()
+    assert status == exitcodes.CONFIG
+    (problem,) = [p for _, event, fields in log.events if event == "config_invalid"
+                  for p in fields["problems"]]
+    assert str(first) in problem and str(second) in problem and "\n" not in problem
+    assert json.loads((out / "m_001.motion.json").read_text())["source_file"]["mtime_ns"] == \
+        (first / "m_001.mrc").stat().st_mtime_ns
+    assert not (out / "m_002.motion.json").exists()
