@@ -77,7 +77,7 @@ def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match | None]:
 
 def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
          metadata_patterns: Sequence[str] = METADATA_PATTERNS,
-         exclude: Iterable[Path] = ()) -> ScanResult:
+         exclude: Iterable[Path] = (), paths: dict[str, Path] | None = None) -> ScanResult:
     """List ``root`` recursively once.
 
     Parameters
@@ -88,6 +88,10 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         Shell patterns matched case-insensitively against file names.
     exclude : iterable of Path
         Folders not descended into (the output and state folders when inside ``root``).
+    paths : dict, optional
+        The ``Path`` of each path string listed by the last scan; the ones listed again are
+        taken from it, not parsed again (a third of a scan of a large tree was pathlib), and
+        it is left holding this scan's.
 
     Returns
     -------
@@ -103,6 +107,16 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     folder or a folder above it (a loop). A folder reached twice (two links to one place) is
     listed once, under the first path in name order.
     """
+    known, listed = (paths or {}), {}
+
+    def path_of(entry: os.DirEntry) -> Path:
+        """``Path(entry.path)``, the one of the last scan when it listed it."""
+        made = known.get(entry.path)
+        if made is None:
+            made = Path(entry.path)
+        listed[entry.path] = made
+        return made
+
     is_movie_name = _matcher(tuple(movie_patterns))
     is_metadata_name = _matcher(tuple(metadata_patterns))
     excluded = {os.path.realpath(p) for p in exclude}
@@ -139,7 +153,7 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                 if not (is_movie or is_metadata_name(lower)) and not entry.is_dir(
                         follow_symlinks=True):
                     continue  # the common case of a file of no interest: no Path made
-                path = Path(entry.path)
+                path = path_of(entry)
                 if entry.is_dir(follow_symlinks=True):
                     if is_movie:
                         skipped.append((path, "not a regular file (a directory with a movie's name)"))
@@ -179,6 +193,9 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         stack.extend(reversed(subfolders))  # the first by name is listed first
     observations.extend(observation for _, observation in movie_paths.values())
     observations.sort(key=lambda o: (o.mtime_ns, str(o.path)))
+    if paths is not None:  # this scan's paths, for the next (those gone are forgotten)
+        paths.clear()
+        paths.update(listed)
     return ScanResult(tuple(observations), tuple(skipped), tuple(errors))
 
 
@@ -270,6 +287,7 @@ class Discovery:
         self.root = Path(root)
         self._exclude = tuple(Path(p) for p in exclude)
         self._movie_patterns = tuple(movie_patterns)
+        self._paths: dict[str, Path] = {}  # the last scan's, reused by the next
         self._metadata_patterns = tuple(metadata_patterns)
         self._polling = polling
         self._wake = wake
@@ -366,7 +384,8 @@ class Discovery:
     def scan(self, *, now_s: float | None = None) -> ScanResult:
         """Rescan the tree (the source of truth)."""
         result = scan(self.root, movie_patterns=self._movie_patterns,
-                      metadata_patterns=self._metadata_patterns, exclude=self._exclude)
+                      metadata_patterns=self._metadata_patterns, exclude=self._exclude,
+                      paths=self._paths)
         self._counters.scans += 1
         self._counters.last_scan_s = now_s
         return result

@@ -91,6 +91,25 @@ def test_an_entry_that_cannot_be_looked_at_is_skipped_under_its_own_name(tmp_pat
         (loop_name, "cannot stat")]
 
 
+def test_a_scan_reuses_the_last_scans_paths_and_lists_what_a_fresh_scan_lists(tmp_path):
+    """The ``Path`` of a file listed again is the last scan's (a third of a scan of a large
+    tree was parsing them again); what is listed is what a scan without them lists, and a
+    file gone is forgotten."""
+    for name in ("a.mrc", "grid1/b.tif", "grid1/TS.mrc.mdoc", "grid1/notes.txt"):
+        touch(tmp_path / name)
+    paths: dict = {}
+    first = scan(tmp_path, paths=paths)
+    assert set(paths) >= {str(o.path) for o in first.observations}
+    (tmp_path / "a.mrc").unlink()
+    touch(tmp_path / "grid1" / "c.eer")
+    again = scan(tmp_path, paths=paths)
+    assert again == scan(tmp_path)
+    assert str(tmp_path / "a.mrc") not in paths
+    before = {str(o.path): o.path for o in first.observations}
+    assert all(o.path is before[str(o.path)] for o in again.observations
+               if str(o.path) in before)
+
+
 def test_filesystem_type_uses_the_longest_mount_prefix(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\n//cam/share /mnt/camera cifs rw 0 0\n"
