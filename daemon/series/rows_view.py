@@ -45,7 +45,6 @@ class _RowFacts:
     row: Any
     observation: MovieObservation
     series: str | None  # the row's log context's series
-    status: str
 
 
 class RowsView:
@@ -96,8 +95,7 @@ class RowsView:
         observation = MovieObservation(self._relative(path), row.first_seen, row.key.mtime_ns,
                                        recorded_tilt_field(row, "mdoc"))
         series = (row.metadata.get("log_context") or {}).get("series")
-        facts = _RowFacts(row, observation, series if isinstance(series, str) else None,
-                          row.status)
+        facts = _RowFacts(row, observation, series if isinstance(series, str) else None)
         self._facts[path] = facts
         if not observation.name.startswith("/"):
             self.observations[path] = observation
@@ -122,5 +120,5 @@ class RowsView:
         if facts.series is None:
             return
         counts = self._counts.setdefault(facts.series, [0, 0])
-        counts[0] += sign * (facts.status == "done")
-        counts[1] += sign * (facts.status in ("failed", "quarantined"))
+        counts[0] += sign * (facts.row.status == "done")
+        counts[1] += sign * (facts.row.status in ("failed", "quarantined"))
