@@ -160,11 +160,26 @@ def _child_correct(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict
                    "--pixel-size", str(PIXEL_SIZE_A),
                    "--out", str(out), *extra])
     wall, cpu = time.perf_counter() - t, _cpu_s() - c
-    record = json.loads((out / f"{movie.stem}.motion.json").read_text())
+    record = _record_of(movie, out, written_after=t)
     return {"status": status, "wall_s": wall, "cpu_s": cpu, "starfile_MB": starfile_MB,
             "shifts_xy_px": record["global_shifts_px"],
             "timings_s": record["timings_s"], "memory": record.get("memory"),
             "local": (record.get("local") or {}).get("reason")}
+
+
+def _record_of(movie: Path, out: Path, *, written_after: float) -> dict:
+    """The motion record this run wrote for ``movie``: found by the movie it names, as the
+    command gives another stem to a movie whose name is taken in ``out`` (``x.tif`` corrected
+    there before ``x.mrc``: ``x_mrc``), so ``x.motion.json`` may be another movie's, or an
+    earlier run's."""
+    wall_start = time.time() - (time.perf_counter() - written_after)
+    for path in sorted(out.glob("*.motion.json")):
+        if path.stat().st_mtime < wall_start - 1.0:
+            continue
+        record = json.loads(path.read_text())
+        if Path(record["movie"]) == movie.absolute():
+            return record
+    raise RuntimeError(f"no motion record of {movie} written in {out} by this run")
 
 
 def _child_floor(movie: Path, gain: Path, out: Path, extra: list[str]) -> dict:
