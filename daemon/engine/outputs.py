@@ -132,9 +132,10 @@ class OutputStems:
         for row in ledger.rows():
             if row.key.size < 0:
                 continue
-            stem = (row.metadata or {}).get("stem") or movie_stem(Path(row.key.path))
+            metadata = row.peek_metadata()  # every row of the history: none kept decoded
+            stem = metadata.get("stem") or movie_stem(Path(row.key.path))
             owner.setdefault((str(Path(row.key.path).parent), stem), row.key.path)
-            for name in (row.metadata or {}).get("moved_from") or ():  # its outputs stay there
+            for name in metadata.get("moved_from") or ():  # its outputs stay there
                 owner.setdefault((str(Path(name).parent), stem), row.key.path)
         return owner
 

@@ -21,11 +21,21 @@ from daemon.series.resolution import MovieObservation
 __all__ = ["RowsView", "recorded_tilt_field", "row_series"]
 
 
+def _metadata(row: Any) -> Mapping[str, Any]:
+    """A state row's metadata, decoded for this look only: a look at every row of a long
+    history leaves none of them held decoded (:class:`~daemon.state.ledger.MovieRow`)."""
+    return row.peek_metadata()
+
+
 def recorded_tilt_field(row: Any, name: str) -> str | None:
     """Field ``name`` of a state row's tilt record (from the row alone: no file read), or
     None: ``series``, the series it was corrected as a tilt of; ``mdoc``, the series mdoc
     (path) it was assigned from."""
-    tilt = (row.metadata.get("extra_record") or {}).get("tilt")
+    return _tilt_field(_metadata(row), name)
+
+
+def _tilt_field(metadata: Mapping[str, Any], name: str) -> str | None:
+    tilt = (metadata.get("extra_record") or {}).get("tilt")
     value = tilt.get(name) if isinstance(tilt, Mapping) else None
     return value if isinstance(value, str) and value else None
 
@@ -34,7 +44,7 @@ def row_series(row: Any) -> set[str]:
     """Every series a state row names (its recorded tilt's, its log context's): a series any
     row names still has a tilt."""
     names = {recorded_tilt_field(row, "series"),
-             (row.metadata.get("log_context") or {}).get("series")}
+             (_metadata(row).get("log_context") or {}).get("series")}
     return {n for n in names if isinstance(n, str) and n}
 
 
@@ -69,6 +79,7 @@ class RowsView:
         # database that holds both a relative and an absolute path of one movie)
         self._counts: dict[str, list[int]] = {}  # series -> [rows done, failed or quarantined]
         self.rows_read = 0  # rows whose facts were read (for tests and profiles)
+        self._touched: set[str] = set()  # names whose row was read or forgotten since taken
 
     def update(self, rows: Mapping[str, Any]) -> None:
         """Take a new version of the newest rows (movie path -> row): the facts of a row are
@@ -86,15 +97,21 @@ class RowsView:
             self._read(path, row)
         self.rows = rows
 
+    def take_touched(self) -> set[str]:
+        """The names whose row was read (new or written) or forgotten since the last call."""
+        touched, self._touched = self._touched, set()
+        return touched
+
     def done_and_failed(self, series: str) -> tuple[int, int]:
         """(rows done, rows failed or quarantined) whose log context names ``series``."""
         done, failed = self._counts.get(series, (0, 0))
         return done, failed
 
     def _read(self, path: str, row: Any) -> None:
+        metadata = _metadata(row)  # one decoding for both fields
         observation = MovieObservation(self._relative(path), row.first_seen, row.key.mtime_ns,
-                                       recorded_tilt_field(row, "mdoc"))
-        series = (row.metadata.get("log_context") or {}).get("series")
+                                       _tilt_field(metadata, "mdoc"))
+        series = (metadata.get("log_context") or {}).get("series")
         facts = _RowFacts(row, observation, series if isinstance(series, str) else None)
         self._facts[path] = facts
         if not observation.name.startswith("/"):
@@ -103,11 +120,13 @@ class RowsView:
         self._paths_named.setdefault(observation.name, set()).add(path)
         self._count(facts, +1)
         self.rows_read += 1
+        self._touched.add(observation.name)
 
     def _forget(self, path: str) -> None:
         facts = self._facts.pop(path)
         self.observations.pop(path, None)
         name = facts.observation.name
+        self._touched.add(name)
         paths = self._paths_named[name]
         paths.discard(path)
         if not paths:

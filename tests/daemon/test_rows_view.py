@@ -100,3 +100,32 @@ def test_a_name_two_paths_share_stays_while_one_of_them_has_a_row(tmp_path):
     view.update({other: rows[other]})  # the row named goes; the other is handed again
     assert view.path_of_name == {"a.tif": other}
     assert list(view.observations) == [other]
+
+
+def test_a_look_at_every_row_of_a_long_history_keeps_none_of_them_decoded(tmp_path):
+    """The rows the store keeps for the resolver (a state database of months of sessions, read
+    whole at start-up) hold their JSON as text; the view reads each row's tilt fields without
+    keeping them decoded (100,000 rows: 230 MB held instead of 777 MB)."""
+    import tracemalloc
+
+    frame_doses = [0.8264] * 40
+    with Ledger(tmp_path / "state.sqlite") as ledger:
+        for i in range(400):
+            metadata = _tilt_metadata(f"old/TS_{i // 40}", f"/w/old/TS_{i // 40}.mdoc")
+            metadata["extra_record"]["tilt"]["frame_doses_e_A2"] = frame_doses
+            metadata["dose"] = {"frame_doses_e_A2": frame_doses, "voltage_kV": 300.0}
+            ledger.add(MovieKey(f"/w/old/TS_{i // 40}_{i % 40:03d}.tif", 100, i, "fp"),
+                       metadata=metadata)
+        tracemalloc.start()
+        try:
+            rows = NewestRows().rows(ledger)
+            view = _fresh(rows, lambda path: path.removeprefix("/w/"))
+            held_text, _ = tracemalloc.get_traced_memory()
+            for row in rows.values():
+                assert row.metadata["extra_record"]["tilt"]["frame_doses_e_A2"] == frame_doses
+            held_decoded, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert view.observations["/w/old/TS_3_007.tif"].recorded_mdoc == "/w/old/TS_3.mdoc"
+    assert view.done_and_failed("old/TS_3") == (0, 0)
+    assert held_text < 0.5 * held_decoded, (held_text, held_decoded)
