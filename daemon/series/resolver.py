@@ -49,6 +49,7 @@ single-particle movies (no wait for metadata).
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
@@ -64,6 +65,7 @@ from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.partition import PartitionedResolution
 from daemon.series.rows_view import RowsView, recorded_tilt_field, row_series
+from daemon.series.settled import SettledSeries
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
@@ -133,13 +135,17 @@ def unrecorded_files(movies: Mapping[str, Observation], rows: Mapping[str, Any]
             if o.inode is not None and path not in rows}
 
 
+def vanished_row(row: Any) -> bool:
+    """A row quarantined because its file vanished from its name (its inode known)."""
+    return (row.status == "quarantined" and (row.error or "").startswith(VANISHED)
+            and row.inode is not None)
+
+
 def renamed_away(row: Any, unrecorded: set[tuple[tuple[int, int], int, int]]) -> bool:
     """A row quarantined because its file vanished from its name while that file is on disk
     under a name not recorded yet: renamed while it waited for a worker, it is still to be
     corrected there (admission moves the row once the new name has settled)."""
-    return (row.status == "quarantined" and (row.error or "").startswith(VANISHED)
-            and row.inode is not None
-            and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded)
+    return vanished_row(row) and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded
 
 
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
@@ -258,6 +264,7 @@ class TiltSeriesResolver:
         self._undecided_files: set[str] = set()
         self._rows: Mapping[str, Any] = {}
         self._view = RowsView(self._rel)  # what scans read of the rows, kept up to date
+        self._settled = SettledSeries()  # complete series skipped until what they read changes
         self._partitions = PartitionedResolution()  # top-level folders resolved when changed
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
@@ -558,15 +565,19 @@ class TiltSeriesResolver:
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         self._completing &= set(res.series)  # a series no longer described waits for nothing
-        by_name = dict(self._view.path_of_name)
-        by_name.update({self._rel(p): p for p in movies})  # a movie on disk: its own path
+        on_disk = {self._rel(p): p for p in movies}
+        by_name = ChainMap(on_disk, self._view.path_of_name)  # a movie on disk: its own path
         changed_names = {self._rel(p) for p in changed}
         unrecorded = unrecorded_files(movies, self._rows)
+        self._settled.look(res.series.keys(), touched=self._view.take_touched() | changed_names,
+                           disk_names=on_disk.keys(), unrecorded=unrecorded)
         assigned: dict[str, set[str]] = {}  # series -> its movies' names
         for m, a in res.assignments.items():
             assigned.setdefault(a.series, set()).add(m)
         for name, summary in res.series.items():
             state = self._states.get(name)
+            if state is not None and self._settled.holds(name, summary, state):
+                continue  # complete, and nothing it reads changed (daemon/series/settled.py)
             if state is None:
                 state = SeriesState(name)
                 self._states[name] = state
@@ -632,6 +643,11 @@ class TiltSeriesResolver:
             if new != state:
                 self._states[name] = new
                 self._persist(name, new)
+            elif new.status == "complete":
+                read = known | summary.listed_movies | state.assembled_movies
+                self._settled.settle(name, summary, state, read, watches_renames=any(
+                    vanished_row(row) for m in read
+                    if (row := self._rows.get(by_name.get(m, ""))) is not None))
 
     def _update_info(self, name: str, state: SeriesState, summary: SeriesSummary,
                      folder_of: Path | None) -> None:

@@ -55,22 +55,26 @@ class NewestRows:
         else:
             written = ledger.rows_written_since(latest - SLACK_S, max(self._by_id, default=0))
             before = [self._by_id.get(row.row_id) for row in written]
-            for row in written:
+            # a row read again as it was (the slack re-reads the last seconds' rows) keeps its
+            # object, and the mapping stays the same object while no row changed: those who
+            # hold rows tell a written one by identity (RowsView; a complete series is looked
+            # at again when a row of its tilts is another object, daemon/series/settled.py)
+            changed = [(old, row) for old, row in zip(before, written) if old != row]
+            for _, row in changed:
                 self._by_id[row.row_id] = row
             if (len(self._by_id), sum(self._by_id)) != signature[:2]:  # rows went away
                 self._read_whole(ledger, now)
-            elif not written:  # another table written (the heartbeat): nothing to redo
+            elif not changed:  # another table written (the heartbeat), or rows read again
                 self._signature = signature
                 return self._newest
-            elif all(old is None or _place(old) == _place(row)
-                     for old, row in zip(before, written)):
+            elif all(old is None or _place(old) == _place(row) for old, row in changed):
                 # rows added, or updated where they were (a status, its outputs): the newest
                 # of the other paths stand; each written row is weighed against its path's
                 # (O(written), not O(rows): a finished tilt no longer costs the main loop a
                 # pass over weeks of sessions' rows)
                 self._signature = signature
                 self._newest = dict(self._newest)
-                for row in written:
+                for _, row in changed:
                     self._weigh(self._newest, row)
                 return self._newest
         self._signature = signature

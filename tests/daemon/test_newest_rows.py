@@ -110,3 +110,24 @@ def test_a_look_at_a_table_of_weeks_of_sessions_reads_an_index_not_every_row(tmp
         for sql in reads:
             plan = [step[-1] for step in plain.execute("EXPLAIN QUERY PLAN " + sql)]
             assert not any(step == "SCAN movies" for step in plan), (sql, plan)
+
+
+def test_rows_read_again_as_they_were_keep_their_objects_and_the_mapping_stays(tmp_path):
+    """The slack re-reads the last seconds' rows at every look: those unchanged are the same
+    objects, and with none changed the same mapping, so holders that tell a written row by
+    identity (the resolver's view, its settled series) see no change."""
+    wall = [1000.0]
+    newest = NewestRows(clock=lambda: 0.0, wall=lambda: wall[0])
+    with Ledger(tmp_path / "state.sqlite", clock=lambda: wall[0]) as ledger:
+        keys = [MovieKey(f"/w/m_{i}.tif", 100, i, "fp") for i in range(3)]
+        for key in keys:
+            ledger.add(key)
+        first = newest.rows(ledger)
+        wall[0] += 1.0  # within the slack: every row is read again
+        ledger.claim(keys[0])
+        second = newest.rows(ledger)
+        assert second is not first and second[keys[0].path].status == "running"
+        assert all(second[k.path] is first[k.path] for k in keys[1:])
+        wall[0] += 1.0
+        ledger.set_service_state({"heartbeat": wall[0]})  # another table written
+        assert newest.rows(ledger) is second
