@@ -30,6 +30,14 @@ tilt, discovery 224 ms a scan, first scan at 7.7 s; with the partitioned resolut
 index, two runs: 1,749-1,911 tilts, 191-207 ms (median 168 ms), 14.7-15.6 ms, 172-174 ms,
 4.5 s. With 2 series on disk instead of a backlog (``--series 2 --seconds 30``), as while a
 session is acquired: resolver median 66 ms a scan (mean 197 ms with the first scan's 3.6 s).
+
+Months of sessions (``--old-rows 100000 --series 2 --seconds 40 --keep-seed``, the same seeded
+database for both): at c2aba4d 72 tilts in 40 s, resolver median 330 ms a scan, 51 ms a
+finished tilt, first scan done at 18.9 s, peak RSS 1811 MB; with complete series skipped until
+what they read changes (``daemon/series/settled.py``) and rows kept as JSON text until read
+(:class:`daemon.state.ledger.MovieRow`): 82 tilts (all), 100-103 ms, 42-44 ms, 8.6-9.1 s,
+764-767 MB. The defaults again: 3,074 tilts in 120 s, 143 ms a scan (median 128 ms), 11.2 ms
+a finished tilt, first scan 2.5 s, 293 MB.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(  # worker processes import the fake 
                                  if p])
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 
 from correction.params import CorrectionParams, DoseParams  # noqa: E402
 from daemon.engine.service import Service  # noqa: E402
@@ -171,13 +180,22 @@ def seed_old_sessions(work: Path, watch: Path, out: Path, n_rows: int, n_tilts: 
     return made
 
 
-def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: float) -> dict:
+def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: float,
+        seed_copy: Path | None = None) -> dict:
+    """``seed_copy``: where a copy of the seeded database is kept and, when there, taken
+    instead of seeding again (its rows name ``work``'s folders: the same ``work`` each time)."""
     watch, out = work / "w", work / "out"
     watch.mkdir(parents=True)
     out.mkdir()
     t = time.perf_counter()
-    made = seed_old_sessions(work, watch, out, old_rows, n_tilts)
-    print(f"  seeded {made} old rows in {time.perf_counter() - t:.1f} s", flush=True)
+    if seed_copy is not None and seed_copy.exists():
+        shutil.copyfile(seed_copy, out / "motionwatch.sqlite")
+        print(f"  took the seeded database {seed_copy}", flush=True)
+    else:
+        made = seed_old_sessions(work, watch, out, old_rows, n_tilts)
+        print(f"  seeded {made} old rows in {time.perf_counter() - t:.1f} s", flush=True)
+        if seed_copy is not None:
+            shutil.copyfile(out / "motionwatch.sqlite", seed_copy)
     t = time.perf_counter()
     for s in range(n_series):
         _series(watch / f"grid{s:03d}", s, n_tilts)
@@ -202,12 +220,25 @@ def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: floa
             time.sleep(0.01)
         first_scan.append(time.perf_counter() - started)
 
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    rss_peak = [rss_before]
+    running = threading.Event()
+    running.set()
+
+    def sample_rss() -> None:  # the main loop's memory: the rows and what it derives of them
+        while running.is_set():
+            rss_peak[0] = max(rss_peak[0], process.memory_info().rss)
+            time.sleep(0.2)
+
     threading.Thread(target=first, daemon=True).start()
+    threading.Thread(target=sample_rss, daemon=True).start()
     stop.start()
     try:
         service.run()
     finally:
         stop.cancel()
+        running.clear()
         timings.restore()
     with Ledger(out / "motionwatch.sqlite") as ledger:
         done_after = sum(r.status == "done" for r in ledger.rows())
@@ -227,6 +258,7 @@ def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: floa
             "discovery_scan_ms": mean_ms("Discovery.scan"),
             "scans": len(timings.calls["Service._scan"]),
             "first_scan_s": first_scan[0] if first_scan else float("nan"),
+            "rss_before_MB": rss_before / 2**20, "rss_peak_MB": rss_peak[0] / 2**20,
             "series_events": {k: v for k, v in sorted(log.events.items())
                               if k.startswith("series_")}}
 
@@ -238,13 +270,25 @@ def main() -> None:
     ap.add_argument("--tilts", type=int, default=41)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep-seed", action="store_true",
+                    help="keep the seeded database in --workdir and take it at the next run "
+                         "of the same --old-rows and --tilts (seeding 100,000 rows: 75 s)")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mw-scale-", dir=a.workdir))
+    seed_copy = None
+    if a.keep_seed:
+        if a.workdir is None:
+            ap.error("--keep-seed needs --workdir")
+        work = a.workdir / f"mw-scale-{a.old_rows}x{a.tilts}"
+        seed_copy = a.workdir / f"mw-scale-{a.old_rows}x{a.tilts}.sqlite"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="mw-scale-", dir=a.workdir))
     print(f"{a.old_rows} old rows, {a.series} series of {a.tilts} tilts on disk, "
           f"{a.seconds:g} s (fake runner), in {work}:", flush=True)
     try:
         r = run(work, old_rows=a.old_rows, n_series=a.series, n_tilts=a.tilts,
-                seconds=a.seconds)
+                seconds=a.seconds, seed_copy=seed_copy)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"  tilts corrected: {r['tilts_corrected']} in {a.seconds:g} s "
@@ -254,6 +298,9 @@ def main() -> None:
           "row), "
           f"{r['finished_tilt_ms']:.1f} ms a finished tilt; discovery "
           f"{r['discovery_scan_ms']:.0f} ms a scan")
+    print(f"  memory (RSS of the process, fake runner's workers not counted): "
+          f"{r['rss_before_MB']:.0f} MB before the service, at most {r['rss_peak_MB']:.0f} MB "
+          "while it ran")
     print(f"  series events (the old sessions' series are complete: none of theirs): "
           f"{r['series_events']}")
 
