@@ -25,7 +25,7 @@ __all__ = ["recorded_tilt", "assembly_tilts", "assemble_job", "series_voltage_kV
 def recorded_tilt(row: Any) -> TiltRecord | None:
     """The tilt record of a state row: from its metadata, else (adopted outputs) from its motion
     record."""
-    tilt = TiltRecord.from_json((row.metadata.get("extra_record") or {}).get("tilt"))
+    tilt = TiltRecord.from_json((row.peek_metadata().get("extra_record") or {}).get("tilt"))
     if tilt is None:
         tilt = TiltRecord.from_json(read_motion_record((row.outputs or {}).get("motion")) or {})
     return tilt

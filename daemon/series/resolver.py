@@ -88,7 +88,8 @@ _UNDECIDED_REASON = ("its .mdoc has no section yet: a tilt-series stack or a fra
 
 def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
                      res: Resolution, *, relative: Any, tolerance_e_A2: float,
-                     settled_series: frozenset[str] = frozenset()
+                     settled_series: frozenset[str] = frozenset(),
+                     memo: dict[str, tuple[Any, Any, str | None]] | None = None
                      ) -> dict[str, tuple[str, str]]:
     """Corrected movies whose tilt metadata (dose, frame doses, pre-exposure) moved since they
     were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key;
@@ -98,8 +99,13 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
     So is a movie corrected as a tilt of one of ``settled_series`` (series whose mdoc has not
     changed for the metadata wait: not one read while SerialEM rewrites it) that its mdoc no
     longer lists (SerialEM took the tilt again): it is corrected on its own, and leaves its
-    series' files."""
+    series' files.
+
+    ``memo`` (path -> (row, assignment, why)), kept by the caller from scan to scan: a done
+    tilt whose row and assignment are the very objects of the last scan is not compared again
+    (weeks of sessions left in the watched folder: every one of their tilts, at every scan)."""
     changed = {}
+    seen: dict[str, tuple[Any, Any, str | None]] = {}
     for path, o in movies.items():
         row = rows.get(path)
         if row is None or (row.key.size, row.key.mtime_ns) != (o.size, o.mtime_ns):
@@ -119,11 +125,19 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
                 changed[path] = (series, f"no longer listed by the series mdoc of {series} (a "
                                          "discarded or retaken tilt): corrected on its own")
             continue
-        tilt = recorded_tilt(row)
-        reason = assignment_change(None if tilt is None else tilt.to_json(), a,
-                                   tolerance_e_A2=tolerance_e_A2)
+        held = memo.get(path) if memo is not None else None
+        if held is not None and held[0] is row and held[1] is a:
+            reason = held[2]
+        else:
+            tilt = recorded_tilt(row)
+            reason = assignment_change(None if tilt is None else tilt.to_json(), a,
+                                       tolerance_e_A2=tolerance_e_A2)
+        seen[path] = (row, a, reason)
         if reason:
             changed[path] = (a.series, reason)
+    if memo is not None:
+        memo.clear()
+        memo.update(seen)
     return changed
 
 
@@ -265,6 +279,7 @@ class TiltSeriesResolver:
         self._rows: Mapping[str, Any] = {}
         self._view = RowsView(self._rel)  # what scans read of the rows, kept up to date
         self._settled = SettledSeries()  # complete series skipped until what they read changes
+        self._tilts_compared: dict[str, tuple[Any, Any, str | None]] = {}  # metadata_changed
         self._partitions = PartitionedResolution()  # top-level folders resolved when changed
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
@@ -402,7 +417,8 @@ class TiltSeriesResolver:
 
         changed = metadata_changed(movies, self._rows, res, relative=self._rel,
                                    tolerance_e_A2=self.series_config.change_tolerance_e_A2,
-                                   settled_series=self._settled_series(res, now))
+                                   settled_series=self._settled_series(res, now),
+                                   memo=self._tilts_compared)
         self._changed = changed
         for path, (series, _) in changed.items():
             row = self._rows.get(path)

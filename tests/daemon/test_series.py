@@ -423,6 +423,47 @@ def test_changed_metadata_after_correction_is_detected_for_redo():
     assert assignment_change(None, after, tolerance_e_A2=0.01) == "no tilt record"
 
 
+def test_a_done_tilts_record_is_compared_again_only_when_its_row_or_assignment_changes(
+        tmp_path, monkeypatch):
+    """The resolver compares every corrected tilt on disk with its assignment at every scan;
+    with weeks of sessions left in the watched folder it keeps each verdict while the row and
+    the assignment are the very objects it compared (the store and the partitioned resolution
+    hand the same objects while nothing changed)."""
+    import daemon.series.resolver as resolver_module
+    from daemon.events import Observation
+    from daemon.state.ledger import Ledger, MovieKey
+    from daemon.state.newest import NewestRows
+
+    compared = []
+    real = resolver_module.recorded_tilt
+    monkeypatch.setattr(resolver_module, "recorded_tilt",
+                        lambda row: compared.append(row.key.path) or real(row))
+    md, _ = dose_symmetric_mdoc(5)
+    res = _resolve(md)
+    movies = {}
+    with Ledger(tmp_path / "state.sqlite") as ledger:
+        for k, (name, a) in enumerate(sorted(res.assignments.items())):
+            key = MovieKey(f"/w/{name}", 100, k, "fp")
+            ledger.add(key, metadata={"extra_record": {"tilt": a.record()}})
+            ledger.claim(key)
+            ledger.mark_done(key, outputs={}, timings={}, summary={})
+            movies[key.path] = Observation(Path(key.path), 100, k, "movie", None)
+        rows = NewestRows().rows(ledger)
+    memo: dict = {}
+
+    def changed(resolution):
+        return resolver_module.metadata_changed(
+            movies, rows, resolution, relative=lambda p: str(p).removeprefix("/w/"),
+            tolerance_e_A2=0.01, memo=memo)
+
+    assert changed(res) == {} and len(compared) == 5
+    assert changed(res) == {} and len(compared) == 5  # nothing compared again
+    moved = _resolve(dose_symmetric_mdoc(5, dose=3.0)[0])  # the operator's dose: all redone
+    assert len(changed(moved)) == 5 and len(compared) == 10
+    assert len(changed(moved)) == 5 and len(compared) == 10
+    assert changed(res) == {} and len(compared) == 15
+
+
 def test_section_being_written_holds_its_series_then_is_used_after_the_wait():
     md, angles = dose_symmetric_mdoc(4)
     cut_text = _mdoc_text_cut_before_datetime_of_last(md)
