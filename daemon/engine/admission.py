@@ -51,7 +51,7 @@ from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
 from daemon.state.codec import StoredMetadata, metadata_to_json
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "AdmissionSettings"]
 
 _DB_DOWN = "state database unavailable"
 
@@ -115,12 +115,32 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """What admission reads of the configuration (folders, parameters, times in seconds)."""
+
+    watch_dir: Path
+    out_dir: Path
+    params: Any  # the correction.params.CorrectionParams movies are admitted under
+    settle_time_s: float
+    incomplete_grace_s: float
+    require_frame_mdoc: bool
+
+    @classmethod
+    def of(cls, config: Any) -> AdmissionSettings:
+        """The settings of a :class:`~daemon.settings.config.Config`."""
+        return cls(config.watch_dir, config.out_dir, config.params, config.settle_time_s,
+                   config.incomplete_grace_s, config.require_frame_mdoc)
+
+
 class Admission:
     """Admits settled, complete movies into the ledger.
 
     Parameters
     ----------
-    config : Config
+    settings : AdmissionSettings
+        What it reads of the configuration (:meth:`AdmissionSettings.of`).
     ledger : callable
         Returns the open :class:`~daemon.state.ledger.Ledger` (it may be reopened).
     resolver : MetadataResolver
@@ -144,13 +164,14 @@ class Admission:
         epoch), for the service's pace (:mod:`daemon.engine.pace`).
     """
 
-    def __init__(self, config: Any, *, ledger: Callable[[], Any], resolver: MetadataResolver,
+    def __init__(self, settings: AdmissionSettings, *, ledger: Callable[[], Any],
+                 resolver: MetadataResolver,
                  log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float],
                  writes: LedgerWrites, policy: EnginePolicy | None = None,
                  arrived: Callable[[float], None] | None = None,
                  adopted: Callable[[MovieEvent], None] | None = None,
                  moved: Callable[[MovieEvent], None] | None = None) -> None:
-        self.config = config
+        self.settings = settings
         self._writes = writes
         self._policy = policy or EnginePolicy()
         self._ledger = ledger
@@ -160,8 +181,8 @@ class Admission:
         self._arrived = arrived
         self._adopted = adopted
         self._moved = moved
-        self._settler = Settler(config.settle_time_s, clock=clock)
-        self._fingerprint = config.params.fingerprint()
+        self._settler = Settler(settings.settle_time_s, clock=clock)
+        self._fingerprint = settings.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
         # movies quarantined as unreadable (path -> version): looked at again once they read
         self._unreadable: dict[str, tuple[str, int, int]] = {}
@@ -281,7 +302,7 @@ class Admission:
     # --- one movie ------------------------------------------------------------------------
     def _admit(self, obs: Observation) -> str | None:
         """Handle a settled movie; returns a wait reason, or None once it is in the ledger."""
-        cfg = self.config
+        cfg = self.settings
         ident = (str(obs.path), obs.size, obs.mtime_ns)
         if obs.inode is not None:
             known, reason = self._known_by_another_name(obs)
@@ -498,7 +519,7 @@ class Admission:
             return True, "renamed while it was being corrected under its earlier name"
         new_keys: list[MovieKey] = []
         for name in names:
-            renamed = _series_renamed(Path(name), obs.path, self.config.watch_dir)
+            renamed = _series_renamed(Path(name), obs.path, self.settings.watch_dir)
             keys = self._safe(lambda name=name, renamed=renamed: ledger.move(
                 name, str(obs.path), size=obs.size, mtime_ns=obs.mtime_ns,
                 metadata=renamed, inode=obs.inode, content=content))
@@ -582,7 +603,7 @@ class Admission:
         renaming them into place, before recording it, or the state database lost its last
         writes (power cut, damaged WAL). A row made pending to be redone (its tilt record
         moved) does not match its outputs' record, and is redone. Returns the keys adopted."""
-        cfg = self.config
+        cfg = self.settings
         ledger = self._ledger()
         adopted: set[MovieKey] = set()
         for row in rows:
@@ -624,11 +645,11 @@ class Admission:
         if not expected or found is None or found >= expected:
             return None
         reason = f"the mdoc says {expected} frames, the file has {found} so far"
-        if (self._settler.stable_for_s(obs.path) or 0.0) < self.config.incomplete_grace_s:
+        if (self._settler.stable_for_s(obs.path) or 0.0) < self.settings.incomplete_grace_s:
             self.report_once(str(obs.path), "movie_incomplete", reason)
             return reason
         self.report_once(str(obs.path), "movie_short_of_frames",
-                         f"{reason} after {self.config.incomplete_grace_s:g} s unchanged: "
+                         f"{reason} after {self.settings.incomplete_grace_s:g} s unchanged: "
                          f"corrected with its {found} frames", level="warning")
         return None
 

@@ -37,7 +37,7 @@ from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
 from daemon.work.workers import Outcome, Task
 
-__all__ = ["Dispatcher", "InFlight", "MAX_RETRY_DELAY_S", "REFERENCE_MISFITS_TO_STOP",
+__all__ = ["Dispatcher", "DispatchSettings", "InFlight", "MAX_RETRY_DELAY_S", "REFERENCE_MISFITS_TO_STOP",
            "timeout_quarantine_after"]
 
 MAX_RETRY_DELAY_S = 300.0
@@ -73,12 +73,36 @@ def _recorded_optics(options: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """What the dispatcher reads of the configuration (folders, parameters, limits; times in
+    seconds) and the optics every motion record keeps (:func:`_recorded_optics`)."""
+
+    watch_dir: Path
+    out_dir: Path
+    params: Any  # the correction.params.CorrectionParams movies are corrected under
+    max_attempts: int
+    retry_delay_s: float
+    movie_timeout_s: float
+    scratch_dir: Path | None
+    optics: dict[str, Any]
+
+    @classmethod
+    def of(cls, config: Any) -> DispatchSettings:
+        """The settings of a :class:`~daemon.settings.config.Config`."""
+        return cls(config.watch_dir, config.out_dir, config.params, config.max_attempts,
+                   config.retry_delay_s, config.movie_timeout_s, config.scratch_dir,
+                   _recorded_optics(config.options))
+
+
 class Dispatcher:
     """Feeds the worker pool from the ledger and records what comes back.
 
     Parameters
     ----------
-    config : Config
+    settings : DispatchSettings
+        What it reads of the configuration (:meth:`DispatchSettings.of`).
     ledger : callable
         Returns the open :class:`~daemon.state.ledger.Ledger`.
     pool : callable
@@ -98,11 +122,12 @@ class Dispatcher:
         workers read the files here (:mod:`daemon.work.readahead`).
     """
 
-    def __init__(self, config: Any, *, ledger: Callable[[], Any], pool: Callable[[], Any],
+    def __init__(self, settings: DispatchSettings, *, ledger: Callable[[], Any],
+                 pool: Callable[[], Any],
                  log: Any, finished: Callable[[str, MovieEvent], None],
                  wall_clock: Callable[[], float], writes: LedgerWrites,
                  policy: EnginePolicy | None = None, read_ahead: Any = None) -> None:
-        self.config = config
+        self.settings = settings
         self._ledger = ledger
         self._pool = pool
         self._log = log
@@ -116,7 +141,7 @@ class Dispatcher:
         self._pattern_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
-        self.pause = Pause(wall_clock, first_s=max(config.retry_delay_s, 1.0))
+        self.pause = Pause(wall_clock, first_s=max(settings.retry_delay_s, 1.0))
         self._trouble_kind: str | None = None
         self._corrected = 0  # movies done since the start (the references fit them)
         self._reference_misfits: dict[str, str] = {}  # movie -> why, while none was corrected
@@ -162,7 +187,7 @@ class Dispatcher:
 
     def _fill(self, pool: Any) -> None:
         """Claim pending movies (oldest first) while a worker is idle."""
-        cfg = self.config
+        cfg = self.settings
         while pool.idle > 0:
             row = self._safe(lambda: self._ledger().next_pending(now=self._wall()))
             if row is None:
@@ -190,7 +215,7 @@ class Dispatcher:
             if attempt is None:
                 return
             extra = {**stored.extra_record, SOURCE_KEY: source_identity(key, row.content),
-                     **_recorded_optics(cfg.options)}
+                     **cfg.optics}
             movie = Path(key.path)
             task_id = self._next_task
             self._next_task += 1
@@ -227,7 +252,7 @@ class Dispatcher:
     # --- workers -> ledger -> listeners ---------------------------------------------------
     def record(self, outcome: Outcome) -> None:
         """Record one outcome in the ledger, then tell the listeners."""
-        cfg = self.config
+        cfg = self.settings
         entry = self.in_flight.get(outcome.task_id)
         if entry is None:
             return
@@ -312,8 +337,8 @@ class Dispatcher:
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
         status = ledger.mark_failed(key, outcome.error or outcome.kind,
-                                    quarantine=failures >= self.config.max_attempts,
-                                    retry_delay_s=self.config.retry_delay_s)
+                                    quarantine=failures >= self.settings.max_attempts,
+                                    retry_delay_s=self.settings.retry_delay_s)
         self._reference_misfits[key.path] = outcome.error or outcome.kind
         log.error("movie_reference_misfit", reason=outcome.error, failures=failures,
                   note="the configured gain, dark or defect reference does not fit this movie, "
@@ -325,7 +350,7 @@ class Dispatcher:
 
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any) -> str:
-        cfg = self.config
+        cfg = self.settings
         moved = self._moved_away(key) if outcome.kind == "environment" else None
         if moved is not None:
             status = ledger.mark_failed(key, moved, quarantine=True, count=False, started=False)
@@ -373,7 +398,7 @@ class Dispatcher:
         problem = _stale(key)
         if problem is None or problem.startswith("cannot stat"):
             return None
-        return problem if self.config.watch_dir.is_dir() else None
+        return problem if self.settings.watch_dir.is_dir() else None
 
 
 def timeout_quarantine_after(max_attempts: int) -> int:

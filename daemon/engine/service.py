@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from daemon import exitcodes
-from daemon.engine.admission import Admission
-from daemon.engine.dispatch import Dispatcher
+from daemon.engine.admission import Admission, AdmissionSettings
+from daemon.engine.dispatch import Dispatcher, DispatchSettings
 from daemon.engine.faults import LedgerWrites
 from daemon.engine.locks import LOCK_NAME, FolderLocks
 from daemon.engine.outputs import clean_temporary_outputs
@@ -115,14 +115,16 @@ class Service:
         # the next movie into the page cache while the (local) workers are busy
         self._read_ahead = ReadAhead() if config.read_ahead else None
         self._pace = PaceMeter(wall_clock())  # movies acquired vs corrected per minute
-        self.admission = Admission(config, ledger=lambda: self.ledger, resolver=self._resolver,
+        self.admission = Admission(AdmissionSettings.of(config), ledger=lambda: self.ledger,
+                                   resolver=self._resolver,
                                    log=self._log, clock=clock, writes=self._writes,
                                    policy=self._policy, arrived=self._pace.arrived,
                                    quarantined=lambda e: self._finished("on_movie_failed", e),
                                    adopted=lambda e: self._finished("on_movie_done", e,
                                                                     corrected=False),
                                    moved=lambda e: self._notify("on_movie_moved", e))
-        self.dispatcher = Dispatcher(config, ledger=lambda: self.ledger, pool=lambda: self.pool,
+        self.dispatcher = Dispatcher(DispatchSettings.of(config), ledger=lambda: self.ledger,
+                                     pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
                                      writes=self._writes, policy=self._policy,
                                      read_ahead=self._read_ahead)

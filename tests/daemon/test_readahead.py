@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from daemon.engine.dispatch import Dispatcher
+from daemon.engine.dispatch import Dispatcher, DispatchSettings
 from daemon.engine.faults import LedgerWrites
 from daemon.events import MovieKey
 from daemon.state.ledger import Ledger
@@ -120,12 +120,12 @@ def _dispatcher(tmp_path: Path, pool, hints) -> tuple[Dispatcher, Ledger, list[P
         st = path.stat()
         ledger.add(MovieKey(str(path), st.st_size, st.st_mtime_ns, params.fingerprint()))
         movies.append(path)
-    config = SimpleNamespace(params=params, watch_dir=tmp_path,
-                             out_dir=tmp_path / "out", movie_timeout_s=600.0, retry_delay_s=1.0,
-                             max_attempts=3, scratch_dir=None, options={})
+    settings = DispatchSettings(watch_dir=tmp_path, out_dir=tmp_path / "out", params=params,
+                                max_attempts=3, retry_delay_s=1.0, movie_timeout_s=600.0,
+                                scratch_dir=None, optics={})
     log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None,
                           error=lambda *a, **k: None)
-    dispatcher = Dispatcher(config, ledger=lambda: ledger, pool=lambda: pool, log=log,
+    dispatcher = Dispatcher(settings, ledger=lambda: ledger, pool=lambda: pool, log=log,
                             finished=lambda *a: None, wall_clock=time.time,
                             writes=LedgerWrites(log, clock=time.monotonic),
                             read_ahead=hints)

@@ -4,13 +4,12 @@ parameters, e.g. before its series' dose moved)."""
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
-from daemon.engine.admission import Admission
+from daemon.engine.admission import Admission, AdmissionSettings
 from daemon.engine.faults import LedgerWrites
 from daemon.events import MovieMetadata, Observation, ScanResult
 from daemon.simulation.movies import write_movie_progressively
@@ -43,11 +42,11 @@ def test_a_version_quarantined_under_new_parameters_is_taken_up_again_after_retr
     scan = ScanResult(observations=(Observation(movie, stat.st_size, stat.st_mtime_ns,
                                                 "movie"),))
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
-    config = types.SimpleNamespace(params=params, settle_time_s=0.0, incomplete_grace_s=0.0,
-                                   require_frame_mdoc=False, watch_dir=watch, out_dir=out)
+    settings = AdmissionSettings(watch_dir=watch, out_dir=out, params=params, settle_time_s=0.0,
+                                 incomplete_grace_s=0.0, require_frame_mdoc=False)
     resolver, log, now = _MovableDose(), RecordingLog(), [0.0]
     ledger = Ledger(out / "state.sqlite3")
-    admission = Admission(config, ledger=lambda: ledger, resolver=resolver, log=log,
+    admission = Admission(settings, ledger=lambda: ledger, resolver=resolver, log=log,
                           quarantined=lambda event: None, clock=lambda: now[0],
                           writes=LedgerWrites(log, lambda: now[0]))
 
