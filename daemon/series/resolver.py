@@ -592,7 +592,8 @@ class TiltSeriesResolver:
             assigned.setdefault(a.series, set()).add(m)
         for name, summary in res.series.items():
             state = self._states.get(name)
-            if state is not None and self._settled.holds(name, summary, state):
+            if (state is not None and self._settled.holds(name, summary, state)
+                    and (state.lock_seen or not self._lock_present(name, summary))):
                 continue  # complete, and nothing it reads changed (daemon/series/settled.py)
             if state is None:
                 state = SeriesState(name)
@@ -609,19 +610,13 @@ class TiltSeriesResolver:
                         if m in by_name and m not in changed_names
                         and (row := self._rows.get(by_name[m])) is not None
                         and row.status in _FINISHED and not renamed_away(row, unrecorded)}
-            lock = False
+            lock = self._lock_present(name, summary)
             mdoc_since = None
             folder_of = Path(by_name[sorted(known)[0]]) if known else None
             if summary.mdoc_path is not None:
-                mpath = Path(summary.mdoc_path)
-                # a lock missing from a folder whose mdoc is missing too is a doubtful listing
-                # (a network share reconnecting, a mount dropped for seconds), not the end of
-                # the series: it counts as still there
-                lock = (any(p.exists() for p in lock_paths(mpath, split_qualified(name)[1]))
-                        or not mpath.exists())
                 m = self._mdocs.get(summary.mdoc_path)
                 mdoc_since = m.unchanged_since_s if m is not None else None
-                folder_of = mpath
+                folder_of = Path(summary.mdoc_path)
             self._update_info(name, state, summary, folder_of)
             times = [self._first_seen.get(by_name[m], 0.0) for m in known if m in by_name]
             times += [r.first_seen for m in known if (r := self._rows.get(by_name.get(m, "")))]
@@ -664,6 +659,19 @@ class TiltSeriesResolver:
                 self._settled.settle(name, summary, state, read, watches_renames=any(
                     vanished_row(row) for m in read
                     if (row := self._rows.get(by_name.get(m, ""))) is not None))
+
+    @staticmethod
+    def _lock_present(name: str, summary: SeriesSummary) -> bool:
+        """The series' ``.openTS`` lock is beside its mdoc, or the mdoc is missing: a lock
+        missing from a folder whose mdoc is missing too is a doubtful listing (a network share
+        reconnecting, a mount dropped for seconds), not the end of the series. False without
+        a series mdoc. (A settled series looks for it while it has never seen one: what a
+        complete series notes of it, ``lock_seen``, decides how it completes once re-opened.)"""
+        if summary.mdoc_path is None:
+            return False
+        mpath = Path(summary.mdoc_path)
+        return (any(p.exists() for p in lock_paths(mpath, split_qualified(name)[1]))
+                or not mpath.exists())
 
     def _update_info(self, name: str, state: SeriesState, summary: SeriesSummary,
                      folder_of: Path | None) -> None:

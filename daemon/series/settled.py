@@ -19,8 +19,11 @@ read, and looked at again only when
 * for a series with a tilt quarantined as vanished: the files on disk without a row changed
   (such a tilt renamed while it waited is found again by its inode).
 
-Not followed while settled: the stack's ``.openTS`` lock appearing, which a complete series only
-notes (``lock_seen``); a series re-opened by a new movie looks at its lock again then.
+What a complete series notes of its stack's ``.openTS`` lock (``lock_seen``: a lock, or its
+mdoc missing, seen once; it decides whether the series, once re-opened, completes when the
+lock goes or when its mdoc has been quiet) is still looked for at every scan, by the resolver,
+while a settled series has not seen one: its lock and mdoc are looked up (three stat calls),
+not its movies.
 """
 
 from __future__ import annotations

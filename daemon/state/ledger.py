@@ -125,7 +125,8 @@ class MovieRow:
     row_id: int | None = None  # the table's id: which rows a cache holds (NewestRows)
     #: JSON text of outputs, timings, summary and metadata ("" or None: an empty dict)
     texts: tuple[str | None, ...] = ("", "", "", "")
-    _decoded: list = field(default_factory=lambda: [None] * len(_JSON_COLUMNS),
+    # the decoded columns, made afresh for every row (a copy by dataclasses.replace too)
+    _decoded: list = field(default_factory=lambda: [None] * len(_JSON_COLUMNS), init=False,
                            compare=False, repr=False)
 
     def _column(self, index: int, keep: bool = True) -> dict[str, Any]:

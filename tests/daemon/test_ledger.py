@@ -284,3 +284,18 @@ def test_rows_named_finds_a_file_name_in_any_folder_and_only_that_name(ledger):
         assert [r.key.path for r in ledger.rows_named(os.path.basename(odd), 100, 7)] == [odd]
     assert [r.key.path for r in ledger.rows_of_inode_number(2, 100, 7)] == [names[2]]
     assert ledger.rows_of_inode_number(2, 100, 8) == []
+
+
+def test_a_rows_json_columns_are_decoded_from_its_own_text_also_in_a_copy(tmp_path):
+    """Rows keep their JSON columns as text until read (a history of months read whole); a
+    copy made with other columns reads its own, not what the original decoded."""
+    import dataclasses
+
+    with Ledger(tmp_path / "state.sqlite") as ledger:
+        key = MovieKey("/w/a.tif", 10, 1, "fp")
+        ledger.add(key, metadata={"stem": "a"})
+        row = ledger.get(key)
+    assert row.metadata["stem"] == "a" and row.peek_metadata() == {"stem": "a"}
+    copy = dataclasses.replace(row, texts=row.texts[:3] + ('{"stem": "b"}',))
+    assert copy.metadata["stem"] == "b" and row.metadata["stem"] == "a"
+    assert copy != row and dataclasses.replace(row) == row

@@ -14,6 +14,7 @@ from daemon.events import ServiceListener
 from daemon.series.options import resolver_from_config
 from daemon.series.settled import SettledSeries
 from daemon.settings.config import Config
+from daemon.state.ledger import Ledger
 from daemon.simulation.tilt_series import simulate_tilt_series
 
 import numpy as np
@@ -98,6 +99,7 @@ def test_complete_series_are_not_looked_at_again_until_the_metadata_of_their_til
                     options={"tilt_series": "on", "mdoc_quiet": 0.3})
     seen: list[tuple[str, str]] = []
     beats_after: dict[str, int] = {}
+    lock = watch / "grid2" / "TS_01.mrc.openTS"
 
     class Retake(ServiceListener):
         """Once grid1's series is complete, and a few quiet heartbeats later, the operator
@@ -115,6 +117,11 @@ def test_complete_series_are_not_looked_at_again_until_the_metadata_of_their_til
                 mdoc = watch / "grid1" / "TS_01.mrc.mdoc"
                 old = f"ExposureDose = {tilts['grid1'][0].dose_e_A2:.4f}"
                 mdoc.write_text(mdoc.read_text().replace(old, "ExposureDose = 5.0000"))
+            # SerialEM's lock appears beside grid2's mdoc for a few beats while it is settled
+            if beats_after.get("grid1/TS_01") == 2:
+                lock.touch()
+            if beats_after.get("grid1/TS_01") == 4:
+                lock.unlink()
 
     assert Service(config, listeners=[Retake()], resolver=resolver_from_config(config)).run() == 0
     assert beats_after.get("grid1/TS_01", 0) > 5  # heartbeats after it completed
@@ -123,9 +130,14 @@ def test_complete_series_are_not_looked_at_again_until_the_metadata_of_their_til
         return sum(1 for name, status in evaluations if name == series and status == "complete")
 
     # each complete series is looked at once more after it completes (it settles), not at
-    # every scan; grid1's series again when its mdoc moved its tilts' doses: re-assembled
-    assert complete_looks("grid2/TS_01") <= 2
+    # every scan: grid2's once more when its lock appears (below), grid1's again when its mdoc
+    # moved its tilts' doses (re-assembled)
+    assert complete_looks("grid2/TS_01") <= 3
     assert [kind for series, kind in seen if series == "grid1/TS_01"
             and kind in ("completed", "reopened")] == ["completed", "reopened", "completed"]
     assert complete_looks("grid1/TS_01") <= 4
     assert Path(out / "grid1" / "TS_01" / "TS_01.mrc").is_file()
+    # the lock that came and went while grid2's series was settled is noted, as it would be
+    # were the series looked at at every scan: once re-opened, it completes when its lock goes
+    with Ledger(out / "motionwatch.sqlite") as ledger:
+        assert ledger.series_states()["grid2/TS_01"]["lock_seen"] is True
