@@ -54,6 +54,11 @@ from daemon.state.codec import StoredMetadata, metadata_to_json
 __all__ = ["Admission", "AdmissionSettings"]
 
 _DB_DOWN = "state database unavailable"
+#: seconds of admission work in one scan: the rest waits for the next scans, so that the main
+#: loop turns (heartbeats, the watchdog's pings, stop requests, dispatch) while a long backlog
+#: is admitted, as after a start with weeks of sessions in the watched folder, each of whose
+#: movies is looked up once more (20,000: 6.6 s in one scan before)
+ADMISSION_BUDGET_S = 2.0
 
 
 def _series_renamed(old: Path, new: Path, watch_dir: Path
@@ -154,7 +159,9 @@ class Admission:
         ``adopted(event)``: a movie whose outputs were found on disk was recorded done (an
         event with status ``done``, attempt 0, its outputs and motion record).
     clock : callable
-        Monotonic clock (s), for the settle time.
+        Monotonic clock (s), for the settle time and the admission work of one scan.
+    budget_s : float
+        Seconds of that clock one scan admits movies for (:data:`ADMISSION_BUDGET_S`).
     writes : LedgerWrites
         Shared record of whether the state database takes writes.
     policy : EnginePolicy, optional
@@ -170,8 +177,10 @@ class Admission:
                  writes: LedgerWrites, policy: EnginePolicy | None = None,
                  arrived: Callable[[float], None] | None = None,
                  adopted: Callable[[MovieEvent], None] | None = None,
-                 moved: Callable[[MovieEvent], None] | None = None) -> None:
+                 moved: Callable[[MovieEvent], None] | None = None,
+                 budget_s: float = ADMISSION_BUDGET_S) -> None:
         self.settings = settings
+        self._budget_s = budget_s  # of the clock ``clock``: admission work in one scan
         self._writes = writes
         self._policy = policy or EnginePolicy()
         self._ledger = ledger
@@ -181,6 +190,7 @@ class Admission:
         self._arrived = arrived
         self._adopted = adopted
         self._moved = moved
+        self._clock = clock
         self._settler = Settler(settings.settle_time_s, clock=clock)
         self._fingerprint = settings.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
@@ -261,12 +271,20 @@ class Admission:
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
         recorded = self._recorded_versions()
+        ends = None  # the clock at which this scan's admission work ends (ADMISSION_BUDGET_S)
         for obs in movies:
             if (str(obs.path), obs.size, obs.mtime_ns) in self._handled:
                 continue
             if obs.path not in settled:
                 if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
                     waiting[obs.path] = "settling"
+                continue
+            if ends is None:
+                ends = self._clock() + self._budget_s
+            elif self._clock() >= ends:  # the next scans go on (at least one movie a scan)
+                if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
+                    waiting[obs.path] = (f"waiting for admission (a scan admits movies for "
+                                         f"at most {self._budget_s:g} s)")
                 continue
             try:
                 reason = self._admit(obs)

@@ -69,3 +69,41 @@ def test_a_version_quarantined_under_new_parameters_is_taken_up_again_after_retr
     scan_once()
     scan_once()
     assert [(r.key, r.status) for r in ledger.rows()] == [(first, "done"), (second, "pending")]
+
+
+def test_a_scan_admits_for_its_time_budget_and_the_next_scans_go_on(tmp_path):
+    """After a start with weeks of sessions in the watched folder, every movie on disk is
+    looked up once more: one scan admits for at most its budget, so the main loop turns
+    (heartbeats, the watchdog, stop requests) while the next scans go on; a new movie left for
+    a later scan is listed as waiting, with why."""
+    watch, out = tmp_path / "w", tmp_path / "o"
+    watch.mkdir()
+    out.mkdir()
+    observations = []
+    for i in range(4):
+        movie = watch / f"m_{i}.mrc"
+        write_movie_progressively(movie, np.ones((3, 32, 32), np.int16), pixel_size_A=1.0,
+                                  frame_interval_s=0)
+        stat = movie.stat()
+        observations.append(Observation(movie, stat.st_size, stat.st_mtime_ns, "movie"))
+    scan = ScanResult(observations=tuple(observations))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    settings = AdmissionSettings(watch_dir=watch, out_dir=out, params=params, settle_time_s=0.0,
+                                 incomplete_grace_s=0.0, require_frame_mdoc=False)
+    log, now = RecordingLog(), [0.0]
+    ledger = Ledger(out / "state.sqlite3")
+    admission = Admission(settings, ledger=lambda: ledger, resolver=_MovableDose(), log=log,
+                          quarantined=lambda event: None, clock=lambda: now[0],
+                          writes=LedgerWrites(log, lambda: now[0]), budget_s=0.0)
+    admitted = []
+    for _ in range(5):
+        now[0] += 10.0
+        admission.take(scan)
+        admitted.append(len(ledger.rows()))
+        if admitted[-1] == 1:
+            assert set(admission.waiting.values()) == {
+                "waiting for admission (a scan admits movies for at most 0 s)"}
+            assert len(admission.waiting) == 3
+    # the first scan only sees the files (they settle at the second); then one a scan
+    assert admitted == [0, 1, 2, 3, 4]
+    assert admission.waiting == {}
