@@ -201,6 +201,9 @@ class Admission:
         self._reported: set[tuple[str, str]] = set()
         self._requeue_serial: int | None = None  # the ledger's, when last looked at
         self.waiting: dict[Path, str] = {}
+        #: settled movies the last scan left for the next (its admission time was spent): the
+        #: service is not idle while there are any
+        self.deferred = 0
         self._stems = OutputStems()
 
     def forget_all(self) -> None:
@@ -272,6 +275,7 @@ class Admission:
         waiting: dict[Path, str] = {}
         recorded = self._recorded_versions()
         ends = None  # the clock at which this scan's admission work ends (ADMISSION_BUDGET_S)
+        deferred = 0
         for obs in movies:
             if (str(obs.path), obs.size, obs.mtime_ns) in self._handled:
                 continue
@@ -282,6 +286,7 @@ class Admission:
             if ends is None:
                 ends = self._clock() + self._budget_s
             elif self._clock() >= ends:  # the next scans go on (at least one movie a scan)
+                deferred += 1
                 if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
                     waiting[obs.path] = (f"waiting for admission (a scan admits movies for "
                                          f"at most {self._budget_s:g} s)")
@@ -300,6 +305,7 @@ class Admission:
             if reason is not None:
                 waiting[obs.path] = reason
         self.waiting = waiting
+        self.deferred = deferred
 
     def _quarantine_unless_recorded(self, key: MovieKey, why: str) -> None:
         ledger = self._ledger()

@@ -416,9 +416,9 @@ class Service:
         if self.config.exit_when_idle_s is None:
             return False
         counts = self.ledger.counts()
-        busy = (self.dispatcher.in_flight or self.admission.waiting or counts["pending"]
-                or counts["running"] or counts["failed"] or self.dispatcher.unrecorded
-                or self._resolver.busy())
+        busy = (self.dispatcher.in_flight or self.admission.waiting or self.admission.deferred
+                or counts["pending"] or counts["running"] or counts["failed"]
+                or self.dispatcher.unrecorded or self._resolver.busy())
         if busy:
             self._idle_since = None
             return False

@@ -101,9 +101,10 @@ def test_a_scan_admits_for_its_time_budget_and_the_next_scans_go_on(tmp_path):
         admission.take(scan)
         admitted.append(len(ledger.rows()))
         if admitted[-1] == 1:
+            assert admission.deferred == 3  # the service is not idle
             assert set(admission.waiting.values()) == {
                 "waiting for admission (a scan admits movies for at most 0 s)"}
             assert len(admission.waiting) == 3
     # the first scan only sees the files (they settle at the second); then one a scan
     assert admitted == [0, 1, 2, 3, 4]
-    assert admission.waiting == {}
+    assert admission.waiting == {} and admission.deferred == 0  # the service may be idle now
