@@ -190,6 +190,9 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         "backlog": {"pending": counts["pending"] + counts["failed"] + len(requeued),
                     "requeued": requeued,
                     "waiting_for_completion": state.get("waiting", 0) if running else 0,
+                    # settled movies a scan left for the next (admission's time a scan spent)
+                    "waiting_for_admission": state.get("admission_backlog", 0) if running
+                    else 0,
                     "waiting": [{"movie": path, "reason": reason} for path, reason
                                 in (state.get("waiting_examples") or {}).items()] if running
                     else [],
@@ -231,7 +234,9 @@ def _print_text(status: dict[str, Any]) -> None:
         print(f"backlog: {b['pending']} to correct")
     else:
         print(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} still being "
-              f"written or settling, {len(b['in_flight'])} in progress")
+              f"written or settling, {len(b['in_flight'])} in progress"
+              + (f", {b['waiting_for_admission']} settled and waiting for admission (a scan "
+                 "admits for at most 2 s)" if b["waiting_for_admission"] else ""))
     for path in b["in_flight"]:
         print(f"  in progress: {path}")
     for entry in b["requeued"]:

@@ -204,11 +204,13 @@ class Admission:
         #: settled movies the last scan left for the next (its admission time was spent): the
         #: service is not idle while there are any
         self.deferred = 0
+        self._looked: set[tuple[str, int, int]] = set()  # versions admission has looked at
         self._stems = OutputStems()
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
         self._handled.clear()
+        self._looked.clear()
         self._recorded = None
         self._requeue_serial = None
         self._stems = OutputStems()
@@ -274,8 +276,7 @@ class Admission:
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
         recorded = self._recorded_versions()
-        ends = None  # the clock at which this scan's admission work ends (ADMISSION_BUDGET_S)
-        deferred = 0
+        to_admit = []
         for obs in movies:
             if (str(obs.path), obs.size, obs.mtime_ns) in self._handled:
                 continue
@@ -283,14 +284,21 @@ class Admission:
                 if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
                     waiting[obs.path] = "settling"
                 continue
+            to_admit.append(obs)
+        # the movies not looked at yet first, then those looked at before (still waiting, or
+        # unreadable and tried again), each oldest first: one looked at again at every scan,
+        # slowly (a share answering an I/O error after seconds), does not take every scan's
+        # time from the movies behind it
+        to_admit.sort(key=lambda o: (str(o.path), o.size, o.mtime_ns) in self._looked)
+        ends = None  # the clock at which this scan's admission work ends (ADMISSION_BUDGET_S)
+        deferred = 0
+        for obs in to_admit:
             if ends is None:
                 ends = self._clock() + self._budget_s
             elif self._clock() >= ends:  # the next scans go on (at least one movie a scan)
                 deferred += 1
-                if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
-                    waiting[obs.path] = (f"waiting for admission (a scan admits movies for "
-                                         f"at most {self._budget_s:g} s)")
                 continue
+            self._looked.add((str(obs.path), obs.size, obs.mtime_ns))
             try:
                 reason = self._admit(obs)
             except Exception as exc:  # noqa: BLE001 - no single file may stop the service

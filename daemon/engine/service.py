@@ -402,7 +402,7 @@ class Service:
         if self.ledger is not None:
             self._safe(lambda: self.ledger.set_service_state(
                 {"stopped_wall": self._wall(), "pid": None, "waiting": 0,
-                 "waiting_examples": {}, "in_flight": []}))
+                 "waiting_examples": {}, "admission_backlog": 0, "in_flight": []}))
             self.ledger.close()
             self.ledger = None
             self._log.info("service_stopped")
@@ -505,6 +505,7 @@ class Service:
             "heartbeat_s": self.config.heartbeat_s, "uptime_s": beat.uptime_s,
             "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),
             "waiting_examples": {str(p): r for p, r in list(waiting.items())[:10]},
+            "admission_backlog": self.admission.deferred,
             "in_flight": list(in_flight), "workers": self.config.workers,
             "discovery": state.mode, "healthy": health.ok, "problems": list(health.problems),
             "cluster": cluster, "pace": pace,

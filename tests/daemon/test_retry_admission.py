@@ -4,6 +4,9 @@ parameters, e.g. before its series' dose moved)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 import numpy as np
 from recording_log import RecordingLog
@@ -74,8 +77,8 @@ def test_a_version_quarantined_under_new_parameters_is_taken_up_again_after_retr
 def test_a_scan_admits_for_its_time_budget_and_the_next_scans_go_on(tmp_path):
     """After a start with weeks of sessions in the watched folder, every movie on disk is
     looked up once more: one scan admits for at most its budget, so the main loop turns
-    (heartbeats, the watchdog, stop requests) while the next scans go on; a new movie left for
-    a later scan is listed as waiting, with why."""
+    (heartbeats, the watchdog, stop requests) while the next scans go on; the movies left for a
+    later scan are counted (the service is not idle while there are any)."""
     watch, out = tmp_path / "w", tmp_path / "o"
     watch.mkdir()
     out.mkdir()
@@ -100,11 +103,57 @@ def test_a_scan_admits_for_its_time_budget_and_the_next_scans_go_on(tmp_path):
         now[0] += 10.0
         admission.take(scan)
         admitted.append(len(ledger.rows()))
-        if admitted[-1] == 1:
-            assert admission.deferred == 3  # the service is not idle
-            assert set(admission.waiting.values()) == {
-                "waiting for admission (a scan admits movies for at most 0 s)"}
-            assert len(admission.waiting) == 3
+        if admitted[-1] == 1:  # settled, left for the next scans: not idle, not "settling"
+            assert admission.deferred == 3 and admission.waiting == {}
     # the first scan only sees the files (they settle at the second); then one a scan
     assert admitted == [0, 1, 2, 3, 4]
     assert admission.waiting == {} and admission.deferred == 0  # the service may be idle now
+
+
+def test_a_movie_looked_at_again_at_every_scan_does_not_take_the_time_of_the_new_ones(
+        tmp_path, monkeypatch):
+    """An unreadable movie is tried again at every scan while the system says it is readable
+    (a share answering an I/O error after a timeout): the movies not looked at yet go first,
+    so a slow one at the head of the oldest-first order does not defer them forever."""
+    import correction.io.complete as complete
+
+    watch, out = tmp_path / "w", tmp_path / "o"
+    watch.mkdir()
+    out.mkdir()
+    now = [0.0]
+    real_check = complete.check_complete
+
+    def slow_io_error(path):
+        if Path(path).name == "old.mrc":
+            now[0] += 3.0  # the share's I/O error comes after a timeout longer than a scan's
+            return complete.Completeness(False, "cannot read: Input/output error", None,
+                                         unreadable=True)
+        return real_check(path)
+
+    monkeypatch.setattr(complete, "check_complete", slow_io_error)
+    observations = []
+    for i, name in enumerate(["old.mrc", "new.mrc"]):
+        movie = watch / name
+        write_movie_progressively(movie, np.ones((3, 32, 32), np.int16), pixel_size_A=1.0,
+                                  frame_interval_s=0)
+        os.utime(movie, ns=(10**18 + i, 10**18 + i))  # old.mrc first in acquisition order
+        stat = movie.stat()
+        observations.append(Observation(movie, stat.st_size, stat.st_mtime_ns, "movie",
+                                        (stat.st_dev, stat.st_ino)))
+    settings = AdmissionSettings(watch_dir=watch, out_dir=out, params=CorrectionParams(
+        dose=DoseParams(dose_per_frame_e_A2=1.0)), settle_time_s=0.0, incomplete_grace_s=0.0,
+        require_frame_mdoc=False)
+    log = RecordingLog()
+    ledger = Ledger(out / "state.sqlite3")
+    admission = Admission(settings, ledger=lambda: ledger, resolver=_MovableDose(), log=log,
+                          quarantined=lambda event: None, clock=lambda: now[0],
+                          writes=LedgerWrites(log, lambda: now[0]))
+    statuses = []
+    for _ in range(4):
+        now[0] += 10.0
+        admission.take(ScanResult(observations=tuple(observations)))
+        statuses.append(({Path(r.key.path).name: r.status for r in ledger.rows()},
+                         admission.deferred))
+    # scan 2: old.mrc takes the scan's time, new.mrc waits; scan 3: new.mrc goes first
+    assert statuses[1] == ({"old.mrc": "quarantined"}, 1)
+    assert statuses[2] == statuses[3] == ({"old.mrc": "quarantined", "new.mrc": "pending"}, 0)

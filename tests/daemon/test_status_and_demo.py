@@ -296,3 +296,21 @@ def test_a_daemon_is_running_within_three_of_its_own_heartbeat_periods(tmp_path,
                               "heartbeat_s": 300.0})
     assert main(["status", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["daemon"]["running"] is True
+
+
+def test_status_of_a_running_daemon_counts_the_settled_movies_left_for_admission(tmp_path,
+                                                                                capsys):
+    """After a start with weeks of sessions in the watched folder a scan admits for at most
+    2 s: status says how many settled movies its last scan left for the next."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.add(MovieKey("/d/a.mrc", 10, 1, "f"))
+        db.set_service_state({"pid": os.getpid(), "heartbeat_wall": time.time(),
+                              "heartbeat_s": 30.0, "waiting": 1,
+                              "waiting_examples": {"/d/b.mrc": "settling"},
+                              "admission_backlog": 5000, "in_flight": []})
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert ("backlog: 1 to correct, 1 still being written or settling, 0 in progress, 5000 "
+            "settled and waiting for admission (a scan admits for at most 2 s)") in text
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backlog"]["waiting_for_admission"] == 5000
