@@ -31,6 +31,7 @@ size and mtime) is not corrected again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sqlite3
@@ -59,6 +60,10 @@ _DB_DOWN = "state database unavailable"
 #: is admitted, as after a start with weeks of sessions in the watched folder, each of whose
 #: movies is looked up once more (20,000: 6.6 s in one scan before)
 ADMISSION_BUDGET_S = 2.0
+#: seconds before a movie that failed to read with an error other than a denied permission,
+#: while the system calls it readable (an I/O error of a share, a bad sector), is read again;
+#: one denied is read again as soon as it is readable (a chmod, a share mounted again)
+UNREADABLE_RETRY_S = 60.0
 
 
 def _series_renamed(old: Path, new: Path, watch_dir: Path
@@ -195,7 +200,8 @@ class Admission:
         self._fingerprint = settings.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
         # movies quarantined as unreadable (path -> version): looked at again once they read
-        self._unreadable: dict[str, tuple[str, int, int]] = {}
+        # (version, the clock from which it is read again)
+        self._unreadable: dict[str, tuple[tuple[str, int, int], float]] = {}
         # versions the ledger held at start-up: not "settling" while the first scans settle them
         self._recorded: set[tuple[str, int, int]] | None = None
         self._reported: set[tuple[str, str]] = set()
@@ -268,9 +274,9 @@ class Admission:
         if changed:
             self._handled = {h for h in self._handled if h[0] not in changed}
         self._look_again_at_requeued()
-        for path, ident in list(self._unreadable.items()):  # permissions fixed, share back
-            if os.access(path, os.R_OK):
-                self._handled.discard(ident)
+        for path, (ident, not_before) in list(self._unreadable.items()):
+            if self._clock() >= not_before and os.access(path, os.R_OK):  # permissions fixed,
+                self._handled.discard(ident)  # share back, or a while after an I/O error
                 del self._unreadable[path]
         movies = [o for o in result.observations if o.kind == "movie"]
         settled = {o.path for o in self._settler.update(movies)}
@@ -705,7 +711,10 @@ class Admission:
         could not be read is looked at again once it reads."""
         ident = (str(obs.path), obs.size, obs.mtime_ns)
         if verdict.unreadable:
-            self._unreadable[str(obs.path)] = ident
+            denied = any(os.strerror(code) in verdict.reason for code in (errno.EACCES,
+                                                                            errno.EPERM))
+            self._unreadable[str(obs.path)] = (ident, self._clock() + (
+                0.0 if denied or not os.access(obs.path, os.R_OK) else UNREADABLE_RETRY_S))
         key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
         ledger = self._ledger()
         try:

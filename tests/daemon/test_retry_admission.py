@@ -112,9 +112,10 @@ def test_a_scan_admits_for_its_time_budget_and_the_next_scans_go_on(tmp_path):
 
 def test_a_movie_looked_at_again_at_every_scan_does_not_take_the_time_of_the_new_ones(
         tmp_path, monkeypatch):
-    """An unreadable movie is tried again at every scan while the system says it is readable
-    (a share answering an I/O error after a timeout): the movies not looked at yet go first,
-    so a slow one at the head of the oldest-first order does not defer them forever."""
+    """An unreadable movie is tried again while the system says it is readable (a share
+    answering an I/O error after a timeout): the movies not looked at yet go first, so a slow
+    one at the head of the oldest-first order does not defer them forever; and it is tried
+    again a minute later, not at every scan."""
     import correction.io.complete as complete
 
     watch, out = tmp_path / "w", tmp_path / "o"
@@ -123,8 +124,11 @@ def test_a_movie_looked_at_again_at_every_scan_does_not_take_the_time_of_the_new
     now = [0.0]
     real_check = complete.check_complete
 
+    reads = []
+
     def slow_io_error(path):
         if Path(path).name == "old.mrc":
+            reads.append(now[0])
             now[0] += 3.0  # the share's I/O error comes after a timeout longer than a scan's
             return complete.Completeness(False, "cannot read: Input/output error", None,
                                          unreadable=True)
@@ -149,11 +153,13 @@ def test_a_movie_looked_at_again_at_every_scan_does_not_take_the_time_of_the_new
                           quarantined=lambda event: None, clock=lambda: now[0],
                           writes=LedgerWrites(log, lambda: now[0]))
     statuses = []
-    for _ in range(4):
+    for _ in range(12):
         now[0] += 10.0
         admission.take(ScanResult(observations=tuple(observations)))
         statuses.append(({Path(r.key.path).name: r.status for r in ledger.rows()},
                          admission.deferred))
     # scan 2: old.mrc takes the scan's time, new.mrc waits; scan 3: new.mrc goes first
     assert statuses[1] == ({"old.mrc": "quarantined"}, 1)
-    assert statuses[2] == statuses[3] == ({"old.mrc": "quarantined", "new.mrc": "pending"}, 0)
+    assert statuses[2] == statuses[-1] == ({"old.mrc": "quarantined", "new.mrc": "pending"}, 0)
+    # and it is read again a minute after its I/O error, not at every scan
+    assert len(reads) == 2 and 60.0 <= reads[1] - reads[0] < 75.0  # 12 scans, 10 s apart
