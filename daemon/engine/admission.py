@@ -125,7 +125,6 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionSettings:
     """What admission reads of the configuration (folders, parameters, times in seconds)."""
@@ -199,8 +198,8 @@ class Admission:
         self._settler = Settler(settings.settle_time_s, clock=clock)
         self._fingerprint = settings.params.fingerprint()
         self._handled: set[tuple[str, int, int]] = set()
-        # movies quarantined as unreadable (path -> version): looked at again once they read
-        # (version, the clock from which it is read again)
+        # movies quarantined as unreadable (path -> its version, the clock from which it is
+        # read again): looked at again once they read
         self._unreadable: dict[str, tuple[tuple[str, int, int], float]] = {}
         # versions the ledger held at start-up: not "settling" while the first scans settle them
         self._recorded: set[tuple[str, int, int]] | None = None

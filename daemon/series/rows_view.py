@@ -21,17 +21,13 @@ from daemon.series.resolution import MovieObservation
 __all__ = ["RowsView", "recorded_tilt_field", "row_series"]
 
 
-def _metadata(row: Any) -> Mapping[str, Any]:
-    """A state row's metadata, decoded for this look only: a look at every row of a long
-    history leaves none of them held decoded (:class:`~daemon.state.ledger.MovieRow`)."""
-    return row.peek_metadata()
-
-
 def recorded_tilt_field(row: Any, name: str) -> str | None:
     """Field ``name`` of a state row's tilt record (from the row alone: no file read), or
     None: ``series``, the series it was corrected as a tilt of; ``mdoc``, the series mdoc
-    (path) it was assigned from."""
-    return _tilt_field(_metadata(row), name)
+    (path) it was assigned from. The row's metadata is decoded for this look only: a look at
+    every row of a long history leaves none of them held decoded
+    (:class:`~daemon.state.ledger.MovieRow`)."""
+    return _tilt_field(row.peek_metadata(), name)
 
 
 def _tilt_field(metadata: Mapping[str, Any], name: str) -> str | None:
@@ -44,7 +40,7 @@ def row_series(row: Any) -> set[str]:
     """Every series a state row names (its recorded tilt's, its log context's): a series any
     row names still has a tilt."""
     names = {recorded_tilt_field(row, "series"),
-             (_metadata(row).get("log_context") or {}).get("series")}
+             (row.peek_metadata().get("log_context") or {}).get("series")}
     return {n for n in names if isinstance(n, str) and n}
 
 
@@ -108,7 +104,7 @@ class RowsView:
         return done, failed
 
     def _read(self, path: str, row: Any) -> None:
-        metadata = _metadata(row)  # one decoding for both fields
+        metadata = row.peek_metadata()  # one decoding for both fields, not kept
         observation = MovieObservation(self._relative(path), row.first_seen, row.key.mtime_ns,
                                        _tilt_field(metadata, "mdoc"))
         series = (metadata.get("log_context") or {}).get("series")
