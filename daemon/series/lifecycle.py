@@ -60,6 +60,9 @@ class SeriesState:
     lock_seen: bool = False
     assembled_movies: frozenset[str] = frozenset()
     reason: str | None = None
+    #: (movie, state row id) of the rows the stacks were assembled from: a movie corrected
+    #: again since (another version of its file, a redo) has another row
+    assembled_rows: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ class SeriesObservation:
     ``listed_movies``: names the metadata lists; ``known_movies``: movies of the series seen
     on disk; ``finished_movies``: those done or quarantined; ``lock_present``: the stack's
     ``.openTS`` exists; ``mdoc_unchanged_since_s``: daemon clock of the last mdoc change (None
-    without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock).
+    without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock);
+    ``finished_rows``: (movie, state row id) of the finished movies' rows.
     """
 
     listed_movies: frozenset[str]
@@ -78,6 +82,7 @@ class SeriesObservation:
     lock_present: bool
     mdoc_unchanged_since_s: float | None
     last_activity_s: float
+    finished_rows: frozenset[tuple[str, int]] = frozenset()
 
 
 def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
@@ -94,6 +99,10 @@ def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
         return replace(state, status="open", reason=f"re-opened: {len(gone)} movie(s) no "
                                                     f"longer its tilts, e.g. {sorted(gone)[0]}")
     again = (obs.known_movies & state.assembled_movies) - obs.finished_movies
+    # finished again since the assembly, between two looks (a correction faster than a scan)
+    rows_now = dict(obs.finished_rows)
+    again |= {m for m, row_id in state.assembled_rows
+              if m in obs.known_movies and rows_now.get(m, row_id) != row_id}
     if again:
         return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "
                                                      f"corrected again, e.g. {sorted(again)[0]}")
@@ -130,6 +139,7 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     else:
         not_written, why = quiet, f"mdoc unchanged for {config.mdoc_quiet_s:g} s"
     finished = frozenset(obs.known_movies & obs.finished_movies)
+    rows = frozenset(p for p in obs.finished_rows if p[0] in finished)  # assembled from
     # a series assembled before (re-opened: a late movie, a dose that moved) is brought up to
     # date at once: a tilt listed whose movie never came cannot hold its stacks stale
     missing = obs.listed_movies - obs.finished_movies
@@ -138,12 +148,12 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
         reason = f"all listed tilts corrected; {why}" if not missing else (
             f"re-assembled; {why}; {len(missing)} listed tilt(s) never corrected")
         return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, reason=reason), True
+                       assembled_movies=finished, assembled_rows=rows, reason=reason), True
     if all_known_finished and now_s - obs.last_activity_s >= config.idle_timeout_s:
         missing = obs.listed_movies - obs.finished_movies
         reason = f"idle for {config.idle_timeout_s:g} s"
         if missing:
             reason += f"; {len(missing)} listed tilt(s) never corrected"
         return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, reason=reason), True
+                       assembled_movies=finished, assembled_rows=rows, reason=reason), True
     return state, False

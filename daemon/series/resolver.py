@@ -227,6 +227,7 @@ def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
     its stacks are assembled)."""
     return {"status": state.status, "generation": state.generation, "lock_seen": state.lock_seen,
             "assembled_movies": sorted(state.assembled_movies), "reason": state.reason,
+            "assembled_rows": sorted([m, i] for m, i in state.assembled_rows),
             "stacks": dict(stacks or {}), **{k: (info or {}).get(k) for k in _INFO_KEYS}}
 
 
@@ -234,7 +235,9 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
     return SeriesState(name, status=d.get("status", "open"), generation=int(d.get("generation", 0)),
                        lock_seen=bool(d.get("lock_seen", False)),
                        assembled_movies=frozenset(d.get("assembled_movies", ())),
-                       reason=d.get("reason"))
+                       reason=d.get("reason"),  # a state of an earlier version: no rows
+                       assembled_rows=frozenset((str(m), int(i))
+                                                for m, i in d.get("assembled_rows") or ()))
 
 
 class TiltSeriesResolver:
@@ -606,10 +609,11 @@ class TiltSeriesResolver:
                 continue
             known = set(assigned.get(name, ()))
             known |= {m for m in summary.listed_movies if m in by_name}
-            finished = {m for m in known | summary.listed_movies
-                        if m in by_name and m not in changed_names
-                        and (row := self._rows.get(by_name[m])) is not None
-                        and row.status in _FINISHED and not renamed_away(row, unrecorded)}
+            finished_rows = {(m, row.row_id) for m in known | summary.listed_movies
+                             if m in by_name and m not in changed_names
+                             and (row := self._rows.get(by_name[m])) is not None
+                             and row.status in _FINISHED and not renamed_away(row, unrecorded)}
+            finished = {m for m, _ in finished_rows}
             lock = self._lock_present(name, summary)
             mdoc_since = None
             folder_of = Path(by_name[sorted(known)[0]]) if known else None
@@ -624,7 +628,7 @@ class TiltSeriesResolver:
                 times.append(mdoc_since)
             obs = SeriesObservation(frozenset(summary.listed_movies), frozenset(known),
                                     frozenset(finished), lock, mdoc_since,
-                                    max(times) if times else now)
+                                    max(times) if times else now, frozenset(finished_rows))
             if state.status == "complete" and changed_names & state.assembled_movies:
                 new, assemble = replace(state, status="open", reason="re-opened: metadata of "
                                         f"{sorted(changed_names & state.assembled_movies)[0]} "

@@ -141,3 +141,44 @@ def test_complete_series_are_not_looked_at_again_until_the_metadata_of_their_til
     # were the series looked at at every scan: once re-opened, it completes when its lock goes
     with Ledger(out / "motionwatch.sqlite") as ledger:
         assert ledger.series_states()["grid2/TS_01"]["lock_seen"] is True
+
+
+def test_a_tilt_corrected_again_between_two_scans_reopens_its_complete_series(tmp_path):
+    """A tilt's file written again after its series was assembled (a new version: corrected
+    again) re-opens the series though the service never saw it unfinished (its correction took
+    less than a scan): the stacks are assembled again from the rows of now."""
+    import os
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(44), name="TS_01", n_tilts=3,
+                                 shape_yx=(32, 32), n_frames=3, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False, sleep=lambda s: None)
+    out.mkdir()
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.1,
+                    exit_when_idle_s=3.0, polling="on", log_level="warning",
+                    options={"tilt_series": "on", "mdoc_quiet": 0.3})
+    seen: list[str] = []
+    beats = [0]
+
+    class Rewrite(ServiceListener):
+        def on_series_event(self, event):
+            seen.append(event.kind)
+
+        def on_heartbeat(self, beat):
+            if "completed" in seen:
+                beats[0] += 1
+            if beats[0] == 5:  # the first tilt's file written again (another mtime)
+                movie = tilts[0].movie.path
+                mtime = movie.stat().st_mtime_ns + 10**9
+                os.utime(movie, ns=(mtime, mtime))
+
+    assert Service(config, listeners=[Rewrite()], resolver=resolver_from_config(config)).run() == 0
+    assert [k for k in seen if k in ("completed", "reopened")] == [
+        "completed", "reopened", "completed"]
+    with Ledger(out / "motionwatch.sqlite") as ledger:
+        state = ledger.series_states()["TS_01"]
+        versions = ledger.rows(path=str(tilts[0].movie.path))
+    # both versions corrected; the stacks of now are assembled from the newer one's row
+    assert [r.status for r in versions] == ["done", "done"] and state["generation"] == 2
+    assert dict(state["assembled_rows"])["TS_01_000_0.0.mrc"] == versions[-1].row_id
