@@ -60,9 +60,10 @@ class SeriesState:
     lock_seen: bool = False
     assembled_movies: frozenset[str] = frozenset()
     reason: str | None = None
-    #: (movie, state row id) of the rows the stacks were assembled from: a movie corrected
-    #: again since (another version of its file, a redo) has another row
-    assembled_rows: frozenset[tuple[str, int]] = frozenset()
+    #: (movie, (state row id, its finished stamp)) of the rows the stacks were assembled
+    #: from: a movie corrected again since (another version of its file, a redo, a retry) has
+    #: another row, or the same id finished again (SQLite gives a deleted row's id anew)
+    assembled_rows: frozenset[tuple[str, tuple[int, float | None]]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ class SeriesObservation:
     on disk; ``finished_movies``: those done or quarantined; ``lock_present``: the stack's
     ``.openTS`` exists; ``mdoc_unchanged_since_s``: daemon clock of the last mdoc change (None
     without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock);
-    ``finished_rows``: (movie, state row id) of the finished movies' rows.
+    ``finished_rows``: (movie, (state row id, finished stamp)) of the finished movies' rows.
     """
 
     listed_movies: frozenset[str]
@@ -82,7 +83,7 @@ class SeriesObservation:
     lock_present: bool
     mdoc_unchanged_since_s: float | None
     last_activity_s: float
-    finished_rows: frozenset[tuple[str, int]] = frozenset()
+    finished_rows: frozenset[tuple[str, tuple[int, float | None]]] = frozenset()
 
 
 def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
@@ -101,8 +102,8 @@ def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
     again = (obs.known_movies & state.assembled_movies) - obs.finished_movies
     # finished again since the assembly, between two looks (a correction faster than a scan)
     rows_now = dict(obs.finished_rows)
-    again |= {m for m, row_id in state.assembled_rows
-              if m in obs.known_movies and rows_now.get(m, row_id) != row_id}
+    again |= {m for m, row in state.assembled_rows
+              if m in obs.known_movies and rows_now.get(m, row) != row}
     if again:
         return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "
                                                      f"corrected again, e.g. {sorted(again)[0]}")

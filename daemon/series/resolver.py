@@ -227,7 +227,7 @@ def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
     its stacks are assembled)."""
     return {"status": state.status, "generation": state.generation, "lock_seen": state.lock_seen,
             "assembled_movies": sorted(state.assembled_movies), "reason": state.reason,
-            "assembled_rows": sorted([m, i] for m, i in state.assembled_rows),
+            "assembled_rows": sorted([m, i, f] for m, (i, f) in state.assembled_rows),
             "stacks": dict(stacks or {}), **{k: (info or {}).get(k) for k in _INFO_KEYS}}
 
 
@@ -236,8 +236,9 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
                        lock_seen=bool(d.get("lock_seen", False)),
                        assembled_movies=frozenset(d.get("assembled_movies", ())),
                        reason=d.get("reason"),  # a state of an earlier version: no rows
-                       assembled_rows=frozenset((str(m), int(i))
-                                                for m, i in d.get("assembled_rows") or ()))
+                       assembled_rows=frozenset(
+                           (str(r[0]), (int(r[1]), r[2] if len(r) > 2 else None))
+                           for r in d.get("assembled_rows") or ()))
 
 
 class TiltSeriesResolver:
@@ -609,8 +610,8 @@ class TiltSeriesResolver:
                 continue
             known = set(assigned.get(name, ()))
             known |= {m for m in summary.listed_movies if m in by_name}
-            finished_rows = {(m, row.row_id) for m in known | summary.listed_movies
-                             if m in by_name and m not in changed_names
+            finished_rows = {(m, (row.row_id, row.finished))
+                             for m in known | summary.listed_movies if m in by_name and m not in changed_names
                              and (row := self._rows.get(by_name[m])) is not None
                              and row.status in _FINISHED and not renamed_away(row, unrecorded)}
             finished = {m for m, _ in finished_rows}

@@ -605,17 +605,22 @@ def test_a_complete_series_reopens_when_a_tilt_it_was_assembled_with_is_correcte
 
 def test_a_complete_series_reopens_when_a_tilt_was_corrected_again_between_two_looks():
     """A tilt finished again since the assembly (another row: a new version of its file,
-    corrected faster than a scan) re-opens the series; the same rows leave it complete."""
+    corrected faster than a scan; or the same row id finished again) re-opens the series; the
+    same rows leave it complete."""
     cfg = SeriesConfig(mdoc_quiet_s=1.0)
-    rows = frozenset({("a", 1), ("b", 2)})
+    rows = frozenset({("a", (1, 5.0)), ("b", (2, 6.0))})  # (row id, finished stamp)
     obs = replace(_obs("ab", "ab", "ab", mdoc_since=0.0), finished_rows=rows)
     st, go = update_series_state(SeriesState("TS_7"), obs, now_s=10, config=cfg)
     assert go and st.assembled_rows == rows
     st2, go = update_series_state(st, obs, now_s=11, config=cfg)
     assert not go and st2.status == "complete"
-    again = replace(obs, finished_rows=frozenset({("a", 7), ("b", 2)}))
+    again = replace(obs, finished_rows=frozenset({("a", (7, 11.0)), ("b", (2, 6.0))}))
     st3, go = update_series_state(st, again, now_s=12, config=cfg)
     assert not go and st3.status == "open" and "corrected again, e.g. a" in st3.reason
+    # SQLite gives a deleted row's id anew (a retried tilt): the same id, finished again
+    same_id = replace(obs, finished_rows=frozenset({("a", (1, 11.5)), ("b", (2, 6.0))}))
+    st4, go = update_series_state(st, same_id, now_s=12, config=cfg)
+    assert not go and st4.status == "open" and "corrected again, e.g. a" in st4.reason
 
 
 def test_series_without_lock_completes_only_after_the_mdoc_is_quiet():

@@ -181,4 +181,5 @@ def test_a_tilt_corrected_again_between_two_scans_reopens_its_complete_series(tm
         versions = ledger.rows(path=str(tilts[0].movie.path))
     # both versions corrected; the stacks of now are assembled from the newer one's row
     assert [r.status for r in versions] == ["done", "done"] and state["generation"] == 2
-    assert dict(state["assembled_rows"])["TS_01_000_0.0.mrc"] == versions[-1].row_id
+    assembled = {m: (i, f) for m, i, f in state["assembled_rows"]}
+    assert assembled["TS_01_000_0.0.mrc"] == (versions[-1].row_id, versions[-1].finished)
