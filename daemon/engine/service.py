@@ -54,7 +54,11 @@ from daemon.work.jobs import JobRunner
 from daemon.work.readahead import ReadAhead
 from daemon.work.workers import DEFAULT_RUNNER, WorkerPool
 
-__all__ = ["Service", "LOCK_NAME"]
+__all__ = ["Service", "LOCK_NAME", "EVENT_SCAN_GAP_FACTOR"]
+
+#: after an event, the next rescan waits at least this many times the last scan's length
+#: from its end: scanning then takes at most a quarter of the main loop, however many events
+EVENT_SCAN_GAP_FACTOR = 3.0
 
 
 class Service:
@@ -94,6 +98,7 @@ class Service:
         self._started_s = clock()
         self._last_tick_s = clock()
         self._last_scan_s: float | None = None
+        self._scan_took_s = 0.0  # the last scan's length, discovery and admission (seconds)
         self._idle_since: float | None = None
         self._recovered = 0
         self._running_at_crash: list[MovieKey] = []
@@ -377,8 +382,7 @@ class Service:
                 timeout = min(timeout, 0.5)
             outcomes = self.pool.wait(timeout, also=[self._signals.wake_fd])
             if self._signals.drain_wake() and not draining and self.discovery.uses_events:
-                # an event: rescan soon, but not more often than every 0.1 s
-                next_scan = min(next_scan, self._clock() + 0.1)
+                next_scan = min(next_scan, self._rescan_after_event())
             for outcome in outcomes:
                 self.dispatcher.record(outcome)
             if self.discovery is not None:
@@ -459,10 +463,22 @@ class Service:
     def _scan(self) -> None:
         if self._watch_moved():
             return
-        result = self.discovery.scan(now_s=self._clock())
+        started = self._clock()
+        result = self.discovery.scan(now_s=started)
         self._last_scan_s = self._clock()
         self.admission.take(result)
         self._flush_series_events()
+        self._scan_took_s = self._clock() - started
+
+    def _rescan_after_event(self) -> float:
+        """When to rescan after an event: soon (0.1 s), but not before the main loop has
+        spent ``EVENT_SCAN_GAP_FACTOR`` times the last scan's length on other work, so that
+        a stream of events cannot keep it scanning a large tree (at 20,000 movies on disk a
+        scan takes about 0.5 s): movies are then found a little later, never lost."""
+        now = self._clock()
+        if self._last_scan_s is None:
+            return now + 0.1
+        return max(now + 0.1, self._last_scan_s + EVENT_SCAN_GAP_FACTOR * self._scan_took_s)
 
     def _watch_moved(self) -> bool:
         """The watch folder leads elsewhere than at start (a link re-pointed at the next

@@ -146,6 +146,75 @@ def test_inotify_events_wake_the_scanner(tmp_path):
         assert woke.wait(5.0)
 
 
+@pytest.mark.parametrize("event_type, is_dir, src, dest, wakes", [
+    ("created", False, "w/a.mrc", "", True),
+    ("closed", False, "w/sub/a.eer", "", True),          # written to the end
+    ("deleted", False, "w/a.tif", "", True),
+    ("moved", False, "w/a.mrc.tmp", "w/a.mrc", True),    # renamed into place
+    ("moved", False, "w/a.mrc", "w/b.txt", True),        # a movie gone from its name
+    ("created", False, "w/Position_1.mdoc", "", True),
+    ("closed", False, "w/Position_1.mdoc", "", True),    # SerialEM appended a tilt
+    ("modified", False, "w/a.mrc", "", False),           # one per write while it is written
+    ("opened", False, "w/a.mrc", "", False),
+    ("closed_no_write", False, "w/a.mrc", "", False),    # read by our own validation
+    ("attrib", False, "w/a.mrc", "", False),
+    ("created", False, "w/FoilHole_1.xml", "", False),   # not a movie or an mdoc
+    ("closed", False, "w/FoilHole_1.jpg", "", False),
+    ("created", False, "w/a.mrc.part", "", False),       # still being copied
+    ("created", False, "w/out/S_DW.mrc", "", False),     # our outputs, in the watched folder
+    ("moved", False, "w/out/.S.mrc.tmp", "w/out/S.mrc", False),
+    ("created", True, "w/session2", "", True),           # a new folder
+    ("moved", True, "w/old", "w/new", True),
+    ("modified", True, "w/session2", "", False),
+    ("events_lost", False, "", "", True),                # the kernel queue overflowed
+])
+def test_only_events_that_can_change_a_scan_wake_it(tmp_path, event_type, is_dir, src, dest,
+                                                    wakes):
+    (tmp_path / "w" / "out").mkdir(parents=True)
+    d = Discovery(tmp_path / "w", exclude=[tmp_path / "w" / "out"], polling="off")
+    full = (lambda p: str(tmp_path / p) if p else "")
+    assert d.wakes_for(event_type, is_dir, full(src), full(dest)) is wakes
+
+
+def test_the_excluded_output_folder_is_recognised_through_a_link_to_the_watched_folder(
+        tmp_path):
+    (tmp_path / "real" / "out").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    d = Discovery(tmp_path / "link", exclude=[tmp_path / "real" / "out"], polling="off")
+    assert not d.wakes_for("created", False, str(tmp_path / "link" / "out" / "S.mrc"))
+    assert d.wakes_for("created", False, str(tmp_path / "link" / "a.mrc"))
+
+
+def test_a_movie_written_piece_by_piece_wakes_the_scanner_when_made_and_when_closed(tmp_path):
+    """Not once per write: a detector writing 200 pieces would have the scanner list the whole
+    tree about ten times a second for as long as the writing lasts."""
+    import threading
+    import time
+
+    wakes = []
+    closed = threading.Event()
+
+    def wake() -> None:
+        wakes.append(time.monotonic())
+        if len(wakes) >= 2:
+            closed.set()
+
+    with Discovery(tmp_path, polling="off", wake=wake) as discovery:
+        assert discovery.uses_events
+        touch(tmp_path / "FoilHole_1_Data_2.xml")  # beside the movie, as EPU writes it
+        with open(tmp_path / "movie.tif", "wb") as f:
+            for _ in range(200):
+                f.write(b"x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        assert closed.wait(5.0)
+        time.sleep(0.5)  # any late events
+        assert len(wakes) == 2, "created and closed only"
+        assert discovery.state().scans == 0
+        # the writes were seen (the kernel merges repeated ones it has not yet handed over)
+        assert discovery._counters.events > 10
+
+
 def test_observer_that_cannot_start_falls_back_to_rescans(tmp_path, monkeypatch):
     import watchdog.observers
 
