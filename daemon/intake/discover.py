@@ -17,15 +17,28 @@ Events
     (0.3 s a scan), the daemon's main loop used 80 % of a core (``benchmarks/
     bench_state_scale.py --events --live-MB 100``). The periodic rescan still finds whatever no
     event announced (a writer that never closes its file, a file system whose events miss).
+
+Listings taken again
+    While events arrive, a scan takes a folder's listing from the scan before when no event
+    (of any kind, a write included) named the folder or a file in it since, the folder's own
+    mtime and ctime are unchanged and that listing found its files as the one before it had
+    (:class:`ListingCache`): an old session's folders are then neither listed nor stat'ed
+    again. Folders behind symbolic links (inotify does not follow them) are listed at every
+    scan, and every folder is listed afresh every ``FULL_SCAN_S`` (30 s) and after an event
+    queue overflow, so a change whose event was lost is found within 30 s. 40,500 files
+    (20,500 of them movies and mdocs) in 506 folders: 0.17-0.26 s a scan listed, 0.015-0.037 s
+    taken again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +63,9 @@ NETWORK_FS_TYPES = frozenset({"cifs", "smb3", "smbfs", "nfs", "nfs4", "9p", "afs
                               "gpfs", "beegfs"})
 
 Polling = Literal["auto", "on", "off"]
+
+#: seconds between scans that list every folder afresh while events spare the others
+FULL_SCAN_S = 30.0
 
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp",
                   ".swx", ".lock", ".opents", "~")
@@ -85,9 +101,69 @@ def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match | None]:
     return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns)).match
 
 
+@dataclass(frozen=True, slots=True)
+class FolderListing:
+    """What one folder held at a scan, for :class:`ListingCache`.
+
+    ``key`` is the folder's ``(st_dev, st_ino, st_mtime_ns, st_ctime_ns)``: a name made,
+    removed or renamed in it changes its mtime. ``files`` holds each observation with its rank
+    among paths to the same movie (None for a metadata file). Only a ``quiet`` listing is taken
+    again: one whose files had the same sizes and mtimes at the listing before, so a folder
+    where a file is being written is listed afresh at every scan until it holds still.
+    """
+
+    key: tuple[int, int, int, int]
+    files: tuple[tuple[Observation, tuple[bool, str] | None], ...]
+    skipped: tuple[tuple[Path, str], ...]
+    subfolders: tuple[tuple[Path, bool], ...]  # (folder, reached through a symbolic link)
+    paths: tuple[tuple[str, Path], ...]
+    quiet: bool = False  # listed afresh and found as the listing before: nothing changing
+
+
+class ListingCache:
+    """Folder listings one scan may take from the last instead of listing and stat'ing again.
+
+    Only while file-system events reach discovery: a folder is listed afresh when an event
+    named it or anything in it since its listing (:meth:`touched`, any event, a write to a
+    file included), when its own key changed, when it lies behind a symbolic link (inotify does
+    not follow links), when it has not held still between its last two listings
+    (:class:`FolderListing`), and at every scan after :meth:`expire` (the periodic full scan,
+    and the one after an event queue overflow).
+    """
+
+    def __init__(self) -> None:
+        self._listings: dict[str, FolderListing] = {}
+        self._touched: set[str] = set()
+        self._full = True
+        self.reused_last = 0  # folders the last scan took from the one before
+
+    def touched(self, folder: str) -> None:
+        """An event named ``folder`` or a file in it (called from the observer thread)."""
+        self._touched.add(folder)
+
+    def expire(self) -> None:
+        """List every folder afresh at the next scan."""
+        self._full = True
+
+    def begin(self) -> tuple[dict[str, FolderListing], set[str], bool]:
+        """The listings to take from, the folders touched since the last scan and whether this
+        scan lists everything; the touched set starts afresh (events during the scan count for
+        the next)."""
+        touched, self._touched = self._touched, set()
+        full, self._full = self._full, False
+        return self._listings, touched, full
+
+    def end(self, listings: dict[str, FolderListing], reused: int) -> None:
+        """This scan's listings (folders no longer there are forgotten), ``reused`` of them
+        taken from the scan before."""
+        self._listings = listings
+        self.reused_last = reused
+
+
 def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
          metadata_patterns: Sequence[str] = METADATA_PATTERNS,
-         exclude: Iterable[Path] = (), paths: dict[str, Path] | None = None) -> ScanResult:
+         exclude: Iterable[Path] = (), paths: dict[str, Path] | None = None,
+         cache: ListingCache | None = None) -> ScanResult:
     """List ``root`` recursively once.
 
     Parameters
@@ -102,6 +178,9 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         The ``Path`` of each path string listed by the last scan; the ones listed again are
         taken from it, not parsed again (a third of a scan of a large tree was pathlib), and
         it is left holding this scan's.
+    cache : ListingCache, optional
+        Folder listings of the last scan, taken where still valid (see there); left holding
+        this scan's.
 
     Returns
     -------
@@ -118,6 +197,9 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     listed once, under the first path in name order.
     """
     known, listed = (paths or {}), {}
+    previous, touched, full = cache.begin() if cache is not None else ({}, set(), True)
+    listings: dict[str, FolderListing] = {}
+    reused = 0
 
     def path_of(entry: os.DirEntry) -> Path:
         """``Path(entry.path)``, the one of the last scan when it listed it."""
@@ -134,79 +216,122 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     observations: list[Observation] = []
     skipped: list[tuple[Path, str]] = []
     errors: list[tuple[Path, str]] = []
-    stack = [Path(root)]
+    stack: list[tuple[Path, bool]] = [(Path(root), False)]
     visited: set[tuple[int, int]] = set()  # (device, inode): symlink loops are listed once
     # (device, inode) of each movie -> the path it is listed under: a symbolic or hard link to
     # a movie listed elsewhere in the tree is the same movie
     movie_paths: dict[tuple[int, int], tuple[tuple[bool, str], Observation]] = {}
+
+    def take(observation: Observation, rank: tuple[bool, str] | None) -> None:
+        if rank is None:
+            observations.append(observation)
+            return
+        inode = observation.inode
+        if inode in movie_paths and movie_paths[inode][0] <= rank:
+            return
+        movie_paths[inode] = (rank, observation)
+
     while stack:
-        folder = stack.pop()
+        folder, via_link = stack.pop()
+        name_of_folder = str(folder)
+        taken = before = None
         try:
             st_folder = os.stat(folder)
             if (st_folder.st_dev, st_folder.st_ino) in visited:
                 continue
             visited.add((st_folder.st_dev, st_folder.st_ino))
-            with os.scandir(folder) as entries:
-                listing = sorted(entries, key=lambda e: e.name)
+            key = (st_folder.st_dev, st_folder.st_ino, st_folder.st_mtime_ns,
+                   st_folder.st_ctime_ns)
+            before = previous.get(name_of_folder)
+            if not (full or via_link or name_of_folder in touched) and before is not None \
+                    and before.quiet and before.key == key:
+                taken = before
+            if taken is None:
+                with os.scandir(folder) as entries:
+                    listing = sorted(entries, key=lambda e: e.name)
         except OSError as exc:
             errors.append((folder, exc.strerror or str(exc)))
             continue
-        subfolders: list[Path] = []
-        folder_control = _control_character(os.path.relpath(folder, root))  # once per folder
-        for entry in listing:
-            name = entry.name
-            if is_temporary_name(name):
-                continue
-            lower = name.lower()
-            is_movie = is_movie_name(lower) is not None
-            try:
-                if not (is_movie or is_metadata_name(lower)) and not entry.is_dir(
-                        follow_symlinks=True):
-                    continue  # the common case of a file of no interest: no Path made
-                path = path_of(entry)
-                if entry.is_dir(follow_symlinks=True):
-                    if is_movie:
-                        skipped.append((path, "not a regular file (a directory with a movie's name)"))
-                    real = os.path.realpath(path)
-                    if real in excluded:
-                        continue
-                    if entry.is_symlink() and (_within(real, root_real)
-                                               or _within(root_real, real)):
-                        continue  # listed under its own name, or a loop
-                    subfolders.append(path)
-                    continue
-                if is_movie and (control := folder_control or _control_character(name)):
-                    skipped.append((path, f"its name holds a control character ({control}), "
-                                          "which RELION's STAR files and terminals cannot show: "
-                                          "rename it"))
-                    continue
-                if not entry.is_file(follow_symlinks=True):
-                    skipped.append((path, "not a regular file"))
-                    continue
-                st = entry.stat(follow_symlinks=True)
-            except FileNotFoundError:
-                continue  # vanished between listing and stat: the next scan decides
-            except OSError as exc:  # the entry's own path: ``path`` may not be made yet
-                skipped.append((Path(entry.path), f"cannot stat: {exc.strerror or exc}"))
-                continue
-            observation = Observation(path, st.st_size, st.st_mtime_ns,
-                                      "movie" if is_movie else "metadata",
-                                      (st.st_dev, st.st_ino) if st.st_ino else None)
-            if is_movie and st.st_ino:  # one movie reached by two paths is corrected once
-                inode = (st.st_dev, st.st_ino)
-                rank = (entry.is_symlink(), str(path))  # its own name before a link's
-                if inode in movie_paths and movie_paths[inode][0] <= rank:
-                    continue
-                movie_paths[inode] = (rank, observation)
-                continue
-            observations.append(observation)
-        stack.extend(reversed(subfolders))  # the first by name is listed first
+        if taken is None:
+            taken = _list_folder(folder, listing, key, root, root_real, excluded,
+                                 is_movie_name, is_metadata_name, path_of)
+            if before is not None and before.files == taken.files:
+                taken = dataclasses.replace(taken, quiet=True)
+        else:
+            listed.update(taken.paths)
+            reused += 1
+        if not via_link:
+            listings[name_of_folder] = taken
+        for observation, rank in taken.files:
+            take(observation, rank)
+        skipped.extend(taken.skipped)
+        stack.extend((sub, via_link or link) for sub, link in reversed(taken.subfolders))
     observations.extend(observation for _, observation in movie_paths.values())
     observations.sort(key=lambda o: (o.mtime_ns, str(o.path)))
     if paths is not None:  # this scan's paths, for the next (those gone are forgotten)
         paths.clear()
         paths.update(listed)
+    if cache is not None:
+        cache.end(listings, reused)
     return ScanResult(tuple(observations), tuple(skipped), tuple(errors))
+
+
+def _list_folder(folder: Path, listing: list[os.DirEntry], key: tuple[int, int, int, int],
+                 root: Path, root_real: str, excluded: set[str],
+                 is_movie_name: Callable[[str], re.Match | None],
+                 is_metadata_name: Callable[[str], re.Match | None],
+                 path_of: Callable[[os.DirEntry], Path]) -> FolderListing:
+    """One folder's entries, stat'ed: its movies and metadata files, what is skipped and why,
+    and the subfolders to descend into (:func:`scan`)."""
+    files: list[tuple[Observation, tuple[bool, str] | None]] = []
+    skipped: list[tuple[Path, str]] = []
+    subfolders: list[tuple[Path, bool]] = []
+    paths: list[tuple[str, Path]] = []
+    folder_control = _control_character(os.path.relpath(folder, root))  # once per folder
+    for entry in listing:
+        name = entry.name
+        if is_temporary_name(name):
+            continue
+        lower = name.lower()
+        is_movie = is_movie_name(lower) is not None
+        try:
+            if not (is_movie or is_metadata_name(lower)) and not entry.is_dir(
+                    follow_symlinks=True):
+                continue  # the common case of a file of no interest: no Path made
+            path = path_of(entry)
+            paths.append((entry.path, path))
+            if entry.is_dir(follow_symlinks=True):
+                if is_movie:
+                    skipped.append((path, "not a regular file (a directory with a movie's name)"))
+                real = os.path.realpath(path)
+                if real in excluded:
+                    continue
+                link = entry.is_symlink()
+                if link and (_within(real, root_real) or _within(root_real, real)):
+                    continue  # listed under its own name, or a loop
+                subfolders.append((path, link))
+                continue
+            if is_movie and (control := folder_control or _control_character(name)):
+                skipped.append((path, f"its name holds a control character ({control}), "
+                                      "which RELION's STAR files and terminals cannot show: "
+                                      "rename it"))
+                continue
+            if not entry.is_file(follow_symlinks=True):
+                skipped.append((path, "not a regular file"))
+                continue
+            st = entry.stat(follow_symlinks=True)
+        except FileNotFoundError:
+            continue  # vanished between listing and stat: the next scan decides
+        except OSError as exc:  # the entry's own path: ``path`` may not be made yet
+            skipped.append((Path(entry.path), f"cannot stat: {exc.strerror or exc}"))
+            continue
+        observation = Observation(path, st.st_size, st.st_mtime_ns,
+                                  "movie" if is_movie else "metadata",
+                                  (st.st_dev, st.st_ino) if st.st_ino else None)
+        # one movie reached by two paths is corrected once: its own name before a link's
+        rank = (entry.is_symlink(), str(path)) if is_movie and st.st_ino else None
+        files.append((observation, rank))
+    return FolderListing(key, tuple(files), tuple(skipped), tuple(subfolders), tuple(paths))
 
 
 #: watchdog event types that can call for a rescan (never "modified", "opened", "attrib" or
@@ -276,6 +401,7 @@ class _Counters:
     last_scan_s: float | None = None
     overflows: int = 0
     events: int = 0
+    folders_reused: int = 0  # by the last scan, from the one before
 
 
 class Discovery:
@@ -295,6 +421,11 @@ class Discovery:
         It must be cheap and thread-safe (the service writes a byte to a self-pipe).
     log : callable(event: str, **fields)
         Where discovery reports observer trouble.
+    full_scan_s : float
+        While events arrive, every folder is listed afresh at least this often (s); in between,
+        a folder no event named is taken from its last listing (:class:`ListingCache`).
+    clock : callable
+        Monotonic clock (s).
     """
 
     def __init__(self, root: Path, *, exclude: Iterable[Path] = (),
@@ -303,7 +434,8 @@ class Discovery:
                  polling: Polling = "auto",
                  wake: Callable[[], None] = lambda: None,
                  log: Callable[..., None] = lambda event, **kw: None,
-                 mounts_file: Path = Path("/proc/mounts")) -> None:
+                 mounts_file: Path = Path("/proc/mounts"), full_scan_s: float = FULL_SCAN_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self._exclude = tuple(Path(p) for p in exclude)
         self._exclude_strs = tuple({s for p in self._exclude
@@ -322,6 +454,10 @@ class Discovery:
         self._overflow_handler: _OverflowHandler | None = None
         self._counters = _Counters()
         self._reason = ""
+        self._listings = ListingCache()
+        self._clock = clock
+        self._full_scan_s = full_scan_s
+        self._last_full_s: float | None = None
 
     # --- observer -------------------------------------------------------------------------
     def start(self) -> None:
@@ -345,6 +481,8 @@ class Discovery:
             def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
                 try:
                     discovery._counters.events += 1
+                    discovery._touched(event.is_directory, _event_path(event.src_path),
+                                       _event_path(getattr(event, "dest_path", "")))
                     if discovery.wakes_for(event.event_type, event.is_directory,
                                            _event_path(event.src_path),
                                            _event_path(getattr(event, "dest_path", ""))):
@@ -373,7 +511,16 @@ class Discovery:
         self._reason = reason
         self._log("discovery_fallback", reason=reason, root=str(self.root))
 
+    def _touched(self, is_directory: bool, src_path: str, dest_path: str) -> None:
+        """An event (any, a write included): its folders are listed afresh at the next scan."""
+        for path in (src_path, dest_path):
+            if path:
+                self._listings.touched(os.path.dirname(path))
+                if is_directory:
+                    self._listings.touched(path)
+
     def _on_overflow(self) -> None:
+        self._listings.expire()
         self._counters.overflows += 1
         self._log("discovery_event_overflow", root=str(self.root),
                   note="kernel event queue overflowed; the next rescan finds what was missed")
@@ -441,10 +588,21 @@ class Discovery:
 
     # --- scanning -------------------------------------------------------------------------
     def scan(self, *, now_s: float | None = None) -> ScanResult:
-        """Rescan the tree (the source of truth)."""
+        """Rescan the tree (the source of truth): while events arrive, folders that none
+        named since they were last listed, and that held still then, are taken from that
+        listing (:class:`ListingCache`); every folder is listed afresh every
+        ``full_scan_s`` seconds."""
+        cache = None
+        if self._observer is not None:
+            cache = self._listings
+            now = self._clock()
+            if self._last_full_s is None or now - self._last_full_s >= self._full_scan_s:
+                cache.expire()
+                self._last_full_s = now
         result = scan(self.root, movie_patterns=self._movie_patterns,
                       metadata_patterns=self._metadata_patterns, exclude=self._exclude,
-                      paths=self._paths)
+                      paths=self._paths, cache=cache)
+        self._counters.folders_reused = cache.reused_last if cache is not None else 0
         self._counters.scans += 1
         self._counters.last_scan_s = now_s
         return result

@@ -277,3 +277,129 @@ def test_a_movie_reached_by_several_paths_is_listed_once_under_its_own_name(tmp_
     other = touch(tmp_path / "raw" / "movie_002.mrc")
     paths = [o.path for o in scan(tmp_path).observations]
     assert sorted(paths) == [movie, other]
+
+
+# --- folder listings taken again while events arrive (ListingCache) ---------------------------
+
+def sizes(result) -> dict[str, int]:
+    return {o.path.name: o.size for o in result.observations}
+
+
+def test_a_folder_that_held_still_and_that_no_event_named_is_not_listed_again(tmp_path):
+    from daemon.intake.discover import ListingCache
+
+    touch(tmp_path / "a" / "m1.mrc")
+    touch(tmp_path / "b" / "m2.mrc")
+    cache = ListingCache()
+    first = scan(tmp_path, cache=cache)
+    second = scan(tmp_path, cache=cache)  # listed again: held still since the first
+    assert cache.reused_last == 0
+    third = scan(tmp_path, cache=cache)
+    assert cache.reused_last == 3  # the root, a and b
+    assert sizes(first) == sizes(second) == sizes(third) == {"m1.mrc": 1, "m2.mrc": 1}
+    assert [o for o in third.observations] == [o for o in second.observations]
+
+
+def test_a_folder_an_event_named_is_listed_afresh(tmp_path):
+    from daemon.intake.discover import ListingCache
+
+    movie = touch(tmp_path / "a" / "m1.mrc")
+    touch(tmp_path / "b" / "m2.mrc")
+    cache = ListingCache()
+    scan(tmp_path, cache=cache)
+    scan(tmp_path, cache=cache)
+    with open(movie, "ab") as f:  # written on: the folder's own mtime does not change
+        f.write(b"more")
+    cache.touched(str(tmp_path / "a"))  # what the observer does for the write's event
+    result = scan(tmp_path, cache=cache)
+    assert sizes(result)["m1.mrc"] == 5
+    assert cache.reused_last == 2  # the root and b
+
+
+def test_a_name_made_in_a_folder_is_found_even_without_its_event(tmp_path):
+    from daemon.intake.discover import ListingCache
+
+    touch(tmp_path / "a" / "m1.mrc")
+    cache = ListingCache()
+    scan(tmp_path, cache=cache)
+    scan(tmp_path, cache=cache)
+    touch(tmp_path / "a" / "m2.mrc", mtime_ns=None)
+    os.utime(tmp_path / "a", ns=(1, 1))  # the folder's mtime changes with its names
+    assert set(sizes(scan(tmp_path, cache=cache))) == {"m1.mrc", "m2.mrc"}
+
+
+def test_a_file_still_changing_keeps_its_folder_listed_at_every_scan(tmp_path):
+    """No event is needed while it changes: a listing is only taken again once the one before
+    found the same sizes and times (a movie being written is never taken as settled from a
+    stale listing)."""
+    from daemon.intake.discover import ListingCache
+
+    movie = touch(tmp_path / "m1.mrc")
+    cache = ListingCache()
+    for size in range(2, 6):
+        with open(movie, "ab") as f:
+            f.write(b"x")
+        assert sizes(scan(tmp_path, cache=cache))["m1.mrc"] == size
+        assert cache.reused_last == 0
+
+
+def test_an_expired_cache_lists_every_folder_afresh(tmp_path):
+    from daemon.intake.discover import ListingCache
+
+    movie = touch(tmp_path / "a" / "m1.mrc")
+    cache = ListingCache()
+    scan(tmp_path, cache=cache)
+    scan(tmp_path, cache=cache)
+    movie.write_bytes(b"rewritten, and no event came")
+    cache.expire()  # the periodic full scan, or an event queue overflow
+    assert sizes(scan(tmp_path, cache=cache))["m1.mrc"] == len(b"rewritten, and no event came")
+    assert cache.reused_last == 0
+
+
+def test_a_folder_behind_a_symbolic_link_is_listed_at_every_scan(tmp_path):
+    """inotify does not follow links: no event would name what changes there."""
+    from daemon.intake.discover import ListingCache
+
+    outside = tmp_path / "elsewhere"
+    movie = touch(outside / "m1.mrc")
+    (tmp_path / "watch").mkdir()
+    (tmp_path / "watch" / "linked").symlink_to(outside)
+    cache = ListingCache()
+    for _ in range(3):
+        scan(tmp_path / "watch", cache=cache)
+    with open(movie, "ab") as f:
+        f.write(b"more")
+    assert sizes(scan(tmp_path / "watch", cache=cache))["m1.mrc"] == 5
+
+
+def test_discovery_lists_every_folder_afresh_every_full_scan_s(tmp_path):
+    now = [0.0]
+    movie = touch(tmp_path / "a" / "m1.mrc")
+    with Discovery(tmp_path, polling="off", full_scan_s=30.0, clock=lambda: now[0]) as d:
+        d._touched = lambda *a: None  # as if every event were lost without an overflow
+        d.scan()
+        d.scan()
+        movie.write_bytes(b"rewritten")
+        assert sizes(d.scan())["m1.mrc"] == 1  # taken from the listing before
+        now[0] = 30.0
+        assert sizes(d.scan())["m1.mrc"] == len(b"rewritten")
+
+
+def test_a_movie_written_on_after_a_quiet_listing_is_seen_at_the_next_scan(tmp_path):
+    """With real inotify events: the write names the folder, which is then listed afresh."""
+    import time
+
+    movie = touch(tmp_path / "sub" / "m1.mrc")
+    touch(tmp_path / "other" / "m2.mrc")
+    with Discovery(tmp_path, polling="off") as d:
+        assert d.uses_events
+        d.scan()
+        d.scan()
+        d.scan()
+        assert d.state().scans == 3 and d._counters.folders_reused == 3
+        with open(movie, "ab") as f:
+            f.write(b"more")
+        deadline = time.monotonic() + 5.0
+        while sizes(d.scan())["m1.mrc"] != 5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the event reaches the observer thread
+        assert sizes(d.scan())["m1.mrc"] == 5
