@@ -53,9 +53,11 @@ events wake the rescans, every 2 s otherwise) and ``--live-MB 100`` has a detect
 4df88f7 every write woke a rescan, and after the first 15 s the main loop spent 26.7 s of 45 s
 in 53 scans (the daemon process 45.5 s of CPU in 60 s); with only a movie or mdoc made,
 renamed, removed or closed waking one, never sooner than three times the last scan's length,
-12.0 s in 21 scans (26.1 s of CPU); with folders that no event named taken from the last
-scan's listing (discovery 78 ms a scan on average, with the full scans every 30 s), 7.8 s in
-25 scans (20.4 s of CPU).
+12.0 s in 21 scans (26.1 s of CPU). With folders that held still for 60 s and that no
+event named taken from the last scan's listing (``--seconds 135 --steady-after 75``: the old
+sessions' folders are taken again from about 64 s), after the first 75 s the main loop spent
+10.2 s of 60 s in 35 scans, median discovery 36 ms and resolver 126 ms a scan (42.2 s of CPU
+in 135 s).
 """
 
 from __future__ import annotations
@@ -93,7 +95,6 @@ from daemon.simulation.tilt_series import simulate_tilt_series  # noqa: E402
 from daemon.state.ledger import Ledger, MovieKey  # noqa: E402
 
 RUNNER = "fake_runners:correct"
-STEADY_AFTER_S = 15.0  # scans after this are the steady state (start-up admission is done)
 
 
 class _Timings:
@@ -279,7 +280,7 @@ def restore_old_sessions(work: Path, watch: Path, out: Path) -> int:
 
 def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: float,
         seed_copy: Path | None = None, old_on_disk: bool = False, events: bool = False,
-        live_MB: int = 0) -> dict:
+        live_MB: int = 0, steady_after_s: float = 15.0) -> dict:
     """``seed_copy``: where a copy of the seeded database is kept and, when there, taken
     instead of seeding again (its rows name ``work``'s folders: the same ``work`` each time)."""
     watch, out = work / "w", work / "out"
@@ -353,9 +354,15 @@ def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: floa
         timings.restore()
     cpu = process.cpu_times()
     main_cpu_s = (cpu.user + cpu.system) - (cpu_before.user + cpu_before.system)
-    steady_from = started + STEADY_AFTER_S  # after the start-up's admission of every movie
-    steady = [d for t, d in zip(timings.starts["Service._scan"], timings.calls["Service._scan"])
-              if t >= steady_from]
+    steady_from = started + steady_after_s  # after the start-up's admission of every movie
+
+    def steady_of(name: str) -> list[float]:
+        return [d for t, d in zip(timings.starts[name], timings.calls[name]) if t >= steady_from]
+
+    steady = steady_of("Service._scan")
+    steady_ms = {name.split(".")[0]: 1e3 * float(np.median(steady_of(name)))
+                 for name in ("Discovery.scan", "TiltSeriesResolver.observe")
+                 if steady_of(name)}
     with Ledger(out / "motionwatch.sqlite") as ledger:
         done_after = sum(r.status == "done" for r in ledger.rows())
 
@@ -376,6 +383,7 @@ def run(work: Path, *, old_rows: int, n_series: int, n_tilts: int, seconds: floa
             "scanning_s": sum(timings.calls["Service._scan"]),
             "main_cpu_s": main_cpu_s, "live_movies": live[0],
             "steady_scans": len(steady), "steady_scanning_s": sum(steady),
+            "steady_median_ms": steady_ms,
             "longest_scan_s": max(timings.calls["Service._scan"], default=float("nan")),
             "first_scan_s": first_scan[0] if first_scan else float("nan"),
             "rss_before_MB": rss_before / 2**20, "rss_peak_MB": rss_peak[0] / 2**20,
@@ -398,6 +406,11 @@ def main() -> None:
     ap.add_argument("--live-MB", type=int, default=0, metavar="MB",
                     help="a detector writing an MB movie every 5 s, over 2 s, into the "
                          "watched folder (the daemon corrects them too)")
+    ap.add_argument("--steady-after", type=float, default=15.0, metavar="S",
+                    help="scans after this many seconds count as the steady state (default "
+                         "15: the start-up's admission of every movie on disk is done; with "
+                         "--events, give 75: folders are taken from the last listing once they "
+                         "held still for 60 s)")
     ap.add_argument("--keep-seed", action="store_true",
                     help="keep the seeded database in --workdir and take it at the next run "
                          "of the same --old-rows and --tilts (seeding 100,000 rows: 75 s)")
@@ -417,7 +430,7 @@ def main() -> None:
     try:
         r = run(work, old_rows=a.old_rows, n_series=a.series, n_tilts=a.tilts,
                 seconds=a.seconds, seed_copy=seed_copy, old_on_disk=a.old_on_disk,
-                events=a.events, live_MB=a.live_MB)
+                events=a.events, live_MB=a.live_MB, steady_after_s=a.steady_after)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"  tilts corrected: {r['tilts_corrected']} in {a.seconds:g} s "
@@ -429,9 +442,11 @@ def main() -> None:
           f"{r['finished_tilt_ms']:.1f} ms a finished tilt; discovery "
           f"{r['discovery_scan_ms']:.0f} ms a scan")
     print(f"  main loop: {r['scanning_s']:.1f} s of {a.seconds:g} s in scans; after the first "
-          f"{STEADY_AFTER_S:g} s, {r['steady_scanning_s']:.1f} s in {r['steady_scans']} scans; "
+          f"{a.steady_after:g} s, {r['steady_scanning_s']:.1f} s in {r['steady_scans']} scans; "
           f"the daemon process (not its workers) used {r['main_cpu_s']:.1f} s of CPU"
           + (f"; {r['live_movies']} movies written live" if a.live_MB else ""))
+    print("  after the first {:g} s, median ms a scan: {}".format(
+        a.steady_after, ", ".join(f"{k} {v:.0f}" for k, v in r["steady_median_ms"].items())))
     print(f"  memory (RSS of the process, fake runner's workers not counted): "
           f"{r['rss_before_MB']:.0f} MB before the service, at most {r['rss_peak_MB']:.0f} MB "
           "while it ran")

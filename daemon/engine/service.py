@@ -44,7 +44,7 @@ from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, MovieKey,
                            NoMetadata, ResolverContext, SeriesEvent, ServiceInfo,
                            ServiceListener)
-from daemon.intake.discover import Discovery
+from daemon.intake.discover import LISTING_STILL_S, Discovery
 from daemon.settings.config import Config, ConfigError
 from daemon.state.ledger import DB_NAME, Ledger, open_or_rebuild
 from daemon.state.newest import NewestRows
@@ -298,6 +298,8 @@ class Service:
                                        movie_patterns=cfg.movie_patterns,
                                        metadata_patterns=cfg.metadata_patterns,
                                        polling=cfg.polling, wake=self.wake,
+                                       listing_still_s=max(LISTING_STILL_S,
+                                                           2 * cfg.settle_time_s),
                                        log=lambda event, **kw: self._log.warning(event, **kw))
             self.discovery.start()
             self.pool = build_executor(cfg, runner=self._runner)  # local WorkerPool by default

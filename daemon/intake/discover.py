@@ -19,15 +19,17 @@ Events
     event announced (a writer that never closes its file, a file system whose events miss).
 
 Listings taken again
-    While events arrive, a scan takes a folder's listing from the scan before when no event
-    (of any kind, a write included) named the folder or a file in it since, the folder's own
-    mtime and ctime are unchanged and that listing found its files as the one before it had
-    (:class:`ListingCache`): an old session's folders are then neither listed nor stat'ed
-    again. Folders behind symbolic links (inotify does not follow them) are listed at every
-    scan, and every folder is listed afresh every ``FULL_SCAN_S`` (30 s) and after an event
-    queue overflow, so a change whose event was lost is found within 30 s. 40,500 files
-    (20,500 of them movies and mdocs) in 506 folders: 0.17-0.26 s a scan listed, 0.015-0.037 s
-    taken again.
+    While events arrive, a scan takes a folder's listing from the scan before when its files
+    have held still (the same sizes and mtimes) for ``LISTING_STILL_S`` (60 s, more than the
+    settle time: a file shown stale has stood still long enough to count as complete without
+    the cache), no event (of any kind, a write included) named the folder or a file in it since,
+    and the folder's own mtime and ctime are unchanged (:class:`ListingCache`): an old session's
+    folders are then neither listed nor stat'ed again, while a folder being acquired into is
+    listed at every scan. Folders behind symbolic links (inotify does not follow them) are
+    listed at every scan, every folder is listed afresh every ``FULL_SCAN_S`` (30 s) and after
+    lost events, and none is taken again once watchdog says it could not watch a folder (the
+    inotify watch limit) or its reading thread stopped. 40,500 files (20,500 of them movies
+    and mdocs) in 506 folders: 0.17-0.26 s a scan listed, 0.015-0.037 s taken again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +69,8 @@ Polling = Literal["auto", "on", "off"]
 
 #: seconds between scans that list every folder afresh while events spare the others
 FULL_SCAN_S = 30.0
+#: seconds a folder's files must have held still before its listing is taken again
+LISTING_STILL_S = 60.0
 
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp",
                   ".swx", ".lock", ".opents", "~")
@@ -107,9 +112,9 @@ class FolderListing:
 
     ``key`` is the folder's ``(st_dev, st_ino, st_mtime_ns, st_ctime_ns)``: a name made,
     removed or renamed in it changes its mtime. ``files`` holds each observation with its rank
-    among paths to the same movie (None for a metadata file). Only a ``quiet`` listing is taken
-    again: one whose files had the same sizes and mtimes at the listing before, so a folder
-    where a file is being written is listed afresh at every scan until it holds still.
+    among paths to the same movie (None for a metadata file). ``still_since_s`` is when the
+    fresh listings began to find these same files (sizes, mtimes): a listing is taken again
+    only once they have for ``ListingCache.still_s``.
     """
 
     key: tuple[int, int, int, int]
@@ -117,40 +122,49 @@ class FolderListing:
     skipped: tuple[tuple[Path, str], ...]
     subfolders: tuple[tuple[Path, bool], ...]  # (folder, reached through a symbolic link)
     paths: tuple[tuple[str, Path], ...]
-    quiet: bool = False  # listed afresh and found as the listing before: nothing changing
+    still_since_s: float | None = None  # listings found these same files since (clock, s)
 
 
 class ListingCache:
     """Folder listings one scan may take from the last instead of listing and stat'ing again.
 
-    Only while file-system events reach discovery: a folder is listed afresh when an event
-    named it or anything in it since its listing (:meth:`touched`, any event, a write to a
-    file included), when its own key changed, when it lies behind a symbolic link (inotify does
-    not follow links), when it has not held still between its last two listings
-    (:class:`FolderListing`), and at every scan after :meth:`expire` (the periodic full scan,
-    and the one after an event queue overflow).
+    Only while file-system events reach discovery, and only for a folder whose files held
+    still (the same sizes and mtimes in every fresh listing) for ``still_s`` seconds: longer
+    than the settle time, so a file the cache could show stale has already stood still long
+    enough to count as complete without the cache, and a cached listing never makes a movie
+    still being written look settled (a writer's events come late, or not at all where
+    inotify has no watch: a watched folder given as a link, a file linked in from elsewhere, a
+    folder the watch limit left unwatched). A folder is listed afresh when an event named it
+    or anything in it since its listing (:meth:`touched`, any event, a write to a file
+    included), when its own key changed, when it lies behind a symbolic link, and at every
+    scan after :meth:`expire` (the periodic full scan, and the one after lost events).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, still_s: float = 60.0) -> None:
+        self.still_s = still_s
         self._listings: dict[str, FolderListing] = {}
         self._touched: set[str] = set()
         self._full = True
+        self._lock = threading.Lock()  # the observer thread touches, the scan swaps
         self.reused_last = 0  # folders the last scan took from the one before
 
     def touched(self, folder: str) -> None:
         """An event named ``folder`` or a file in it (called from the observer thread)."""
-        self._touched.add(folder)
+        with self._lock:
+            self._touched.add(folder)
 
     def expire(self) -> None:
         """List every folder afresh at the next scan."""
-        self._full = True
+        with self._lock:
+            self._full = True
 
     def begin(self) -> tuple[dict[str, FolderListing], set[str], bool]:
         """The listings to take from, the folders touched since the last scan and whether this
         scan lists everything; the touched set starts afresh (events during the scan count for
         the next)."""
-        touched, self._touched = self._touched, set()
-        full, self._full = self._full, False
+        with self._lock:
+            touched, self._touched = self._touched, set()
+            full, self._full = self._full, False
         return self._listings, touched, full
 
     def end(self, listings: dict[str, FolderListing], reused: int) -> None:
@@ -163,7 +177,7 @@ class ListingCache:
 def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
          metadata_patterns: Sequence[str] = METADATA_PATTERNS,
          exclude: Iterable[Path] = (), paths: dict[str, Path] | None = None,
-         cache: ListingCache | None = None) -> ScanResult:
+         cache: ListingCache | None = None, now_s: float | None = None) -> ScanResult:
     """List ``root`` recursively once.
 
     Parameters
@@ -181,6 +195,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     cache : ListingCache, optional
         Folder listings of the last scan, taken where still valid (see there); left holding
         this scan's.
+    now_s : float, optional
+        Monotonic time of this scan (s), for the cache's stillness; ``time.monotonic()``.
 
     Returns
     -------
@@ -198,6 +214,7 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
     """
     known, listed = (paths or {}), {}
     previous, touched, full = cache.begin() if cache is not None else ({}, set(), True)
+    now_s = time.monotonic() if now_s is None else now_s
     listings: dict[str, FolderListing] = {}
     reused = 0
 
@@ -244,7 +261,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
                    st_folder.st_ctime_ns)
             before = previous.get(name_of_folder)
             if not (full or via_link or name_of_folder in touched) and before is not None \
-                    and before.quiet and before.key == key:
+                    and before.key == key and before.still_since_s is not None \
+                    and now_s - before.still_since_s >= cache.still_s:
                 taken = before
             if taken is None:
                 with os.scandir(folder) as entries:
@@ -255,8 +273,10 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         if taken is None:
             taken = _list_folder(folder, listing, key, root, root_real, excluded,
                                  is_movie_name, is_metadata_name, path_of)
-            if before is not None and before.files == taken.files:
-                taken = dataclasses.replace(taken, quiet=True)
+            still = (before.still_since_s if before is not None
+                     and before.still_since_s is not None and before.files == taken.files
+                     else now_s)
+            taken = dataclasses.replace(taken, still_since_s=still)
         else:
             listed.update(taken.paths)
             reused += 1
@@ -373,15 +393,22 @@ def needs_polling(fs_type: str | None) -> bool:
 
 
 class _OverflowHandler(logging.Handler):
-    """Catches watchdog's 'queue overflowed' warning (it reports overflow only by logging)."""
+    """Catches watchdog's 'queue overflowed' and 'Unable to watch' warnings (it reports both
+    only by logging: a folder it could not watch, at the inotify watch limit, gives no events
+    while the observer runs on)."""
 
-    def __init__(self, callback: Callable[[], None]) -> None:
+    def __init__(self, callback: Callable[[], None],
+                 unwatched: Callable[[str], None] = lambda message: None) -> None:
         super().__init__(level=logging.WARNING)
         self._callback = callback
+        self._unwatched = unwatched
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
+        message = record.getMessage()
+        if "overflow" in message.lower():
             self._callback()
+        elif "unable to watch" in message.lower():
+            self._unwatched(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +451,9 @@ class Discovery:
     full_scan_s : float
         While events arrive, every folder is listed afresh at least this often (s); in between,
         a folder no event named is taken from its last listing (:class:`ListingCache`).
+    listing_still_s : float
+        How long a folder's files must have held still before its listing is taken again (s;
+        give more than the settle time).
     clock : callable
         Monotonic clock (s).
     """
@@ -435,6 +465,7 @@ class Discovery:
                  wake: Callable[[], None] = lambda: None,
                  log: Callable[..., None] = lambda event, **kw: None,
                  mounts_file: Path = Path("/proc/mounts"), full_scan_s: float = FULL_SCAN_S,
+                 listing_still_s: float = LISTING_STILL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self._exclude = tuple(Path(p) for p in exclude)
@@ -454,7 +485,8 @@ class Discovery:
         self._overflow_handler: _OverflowHandler | None = None
         self._counters = _Counters()
         self._reason = ""
-        self._listings = ListingCache()
+        self._listings = ListingCache(listing_still_s)
+        self._listings_off = False  # a folder left unwatched: listings are never taken again
         self._clock = clock
         self._full_scan_s = full_scan_s
         self._last_full_s: float | None = None
@@ -481,7 +513,8 @@ class Discovery:
             def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
                 try:
                     discovery._counters.events += 1
-                    discovery._touched(event.is_directory, _event_path(event.src_path),
+                    discovery._touched(event.event_type, event.is_directory,
+                                       _event_path(event.src_path),
                                        _event_path(getattr(event, "dest_path", "")))
                     if discovery.wakes_for(event.event_type, event.is_directory,
                                            _event_path(event.src_path),
@@ -490,7 +523,7 @@ class Discovery:
                 except Exception:  # an exception here would end watchdog's dispatcher thread
                     pass
 
-        self._overflow_handler = _OverflowHandler(self._on_overflow)
+        self._overflow_handler = _OverflowHandler(self._on_overflow, self._on_unwatched)
         logging.getLogger("watchdog.observers").addHandler(self._overflow_handler)
         try:
             observer = Observer()
@@ -511,13 +544,27 @@ class Discovery:
         self._reason = reason
         self._log("discovery_fallback", reason=reason, root=str(self.root))
 
-    def _touched(self, is_directory: bool, src_path: str, dest_path: str) -> None:
-        """An event (any, a write included): its folders are listed afresh at the next scan."""
+    def _touched(self, event_type: str, is_directory: bool, src_path: str,
+                 dest_path: str) -> None:
+        """An event (any, a write included): its folders are listed afresh at the next scan;
+        every folder after lost events."""
+        if event_type == "events_lost":
+            self._listings.expire()
         for path in (src_path, dest_path):
-            if path:
+            if not path:
+                continue
+            if is_directory:
+                self._listings.touched(path)
+            if not is_directory or event_type != "modified":  # not a folder's own listing
                 self._listings.touched(os.path.dirname(path))
-                if is_directory:
-                    self._listings.touched(path)
+
+    def _on_unwatched(self, message: str) -> None:
+        """A folder inotify does not watch: no listing is taken again from now on."""
+        if not self._listings_off:
+            self._listings_off = True
+            self._log("discovery_folder_unwatched", root=str(self.root), message=message,
+                      note="every folder is listed at every scan from now on")
+        self._wake()
 
     def _on_overflow(self) -> None:
         self._listings.expire()
@@ -532,6 +579,11 @@ class Discovery:
         if observer is not None and not observer.is_alive():
             self._observer = None
             self._fallback("event observer thread died; rescans only")
+        elif observer is not None and not all(e.is_alive() for e in observer.emitters):
+            # the thread reading inotify stopped (the watched folder removed and made again)
+            # while the dispatching thread runs on: no events come any more
+            self._observer = None
+            self._fallback("event reader thread stopped; rescans only")
 
     def stop(self) -> None:
         """Stop the observer thread (if any) and detach the overflow handler."""
@@ -593,7 +645,7 @@ class Discovery:
         listing (:class:`ListingCache`); every folder is listed afresh every
         ``full_scan_s`` seconds."""
         cache = None
-        if self._observer is not None:
+        if self._observer is not None and not self._listings_off:
             cache = self._listings
             now = self._clock()
             if self._last_full_s is None or now - self._last_full_s >= self._full_scan_s:
@@ -601,7 +653,7 @@ class Discovery:
                 self._last_full_s = now
         result = scan(self.root, movie_patterns=self._movie_patterns,
                       metadata_patterns=self._metadata_patterns, exclude=self._exclude,
-                      paths=self._paths, cache=cache)
+                      paths=self._paths, cache=cache, now_s=self._clock())
         self._counters.folders_reused = cache.reused_last if cache is not None else 0
         self._counters.scans += 1
         self._counters.last_scan_s = now_s

@@ -281,23 +281,53 @@ def test_a_movie_reached_by_several_paths_is_listed_once_under_its_own_name(tmp_
 
 # --- folder listings taken again while events arrive (ListingCache) ---------------------------
 
+STILL_S = 60.0
+
+
 def sizes(result) -> dict[str, int]:
     return {o.path.name: o.size for o in result.observations}
 
 
-def test_a_folder_that_held_still_and_that_no_event_named_is_not_listed_again(tmp_path):
+def scans_until_still(root, cache, *, start_s: float = 0.0):
+    """Scan at ``start_s`` and again once the files have held still for ``STILL_S``; returns
+    the time of the last scan."""
+    scan(root, cache=cache, now_s=start_s)
+    scan(root, cache=cache, now_s=start_s + STILL_S)
+    return start_s + STILL_S
+
+
+def test_a_folder_whose_files_held_still_a_minute_and_no_event_named_is_not_listed_again(
+        tmp_path):
     from daemon.intake.discover import ListingCache
 
     touch(tmp_path / "a" / "m1.mrc")
     touch(tmp_path / "b" / "m2.mrc")
-    cache = ListingCache()
-    first = scan(tmp_path, cache=cache)
-    second = scan(tmp_path, cache=cache)  # listed again: held still since the first
+    cache = ListingCache(STILL_S)
+    first = scan(tmp_path, cache=cache, now_s=0.0)
+    scan(tmp_path, cache=cache, now_s=STILL_S - 1.0)  # not yet: listed again
     assert cache.reused_last == 0
-    third = scan(tmp_path, cache=cache)
+    again = scan(tmp_path, cache=cache, now_s=STILL_S)
     assert cache.reused_last == 3  # the root, a and b
-    assert sizes(first) == sizes(second) == sizes(third) == {"m1.mrc": 1, "m2.mrc": 1}
-    assert [o for o in third.observations] == [o for o in second.observations]
+    assert sizes(first) == sizes(again) == {"m1.mrc": 1, "m2.mrc": 1}
+
+
+def test_a_writer_that_pauses_and_writes_on_is_followed_even_without_events(tmp_path):
+    """A listing is taken again only after its files held still for longer than the settle
+    time: a movie still being written never looks settled from a stale listing, whether its
+    events come late (watchdog holds them up to 0.5 s) or never (a watched folder given as a
+    link, a file linked in from elsewhere, a folder the inotify watch limit left unwatched)."""
+    from daemon.intake.discover import ListingCache
+
+    movie = touch(tmp_path / "m1.tif", b"x" * 100)
+    cache = ListingCache(STILL_S)
+    t = 0.0
+    for size in (100, 100, 100, 200, 200, 200, 300):  # every 2 s; no event reaches the cache
+        if size > movie.stat().st_size:
+            with open(movie, "ab") as f:
+                f.write(b"x" * (size - movie.stat().st_size))
+        assert sizes(scan(tmp_path, cache=cache, now_s=t))["m1.tif"] == size
+        assert cache.reused_last == 0
+        t += 2.0
 
 
 def test_a_folder_an_event_named_is_listed_afresh(tmp_path):
@@ -305,54 +335,39 @@ def test_a_folder_an_event_named_is_listed_afresh(tmp_path):
 
     movie = touch(tmp_path / "a" / "m1.mrc")
     touch(tmp_path / "b" / "m2.mrc")
-    cache = ListingCache()
-    scan(tmp_path, cache=cache)
-    scan(tmp_path, cache=cache)
+    cache = ListingCache(STILL_S)
+    t = scans_until_still(tmp_path, cache)
     with open(movie, "ab") as f:  # written on: the folder's own mtime does not change
         f.write(b"more")
     cache.touched(str(tmp_path / "a"))  # what the observer does for the write's event
-    result = scan(tmp_path, cache=cache)
+    result = scan(tmp_path, cache=cache, now_s=t + 2.0)
     assert sizes(result)["m1.mrc"] == 5
     assert cache.reused_last == 2  # the root and b
+    scan(tmp_path, cache=cache, now_s=t + 4.0)  # a changed: listed until still a minute again
+    assert cache.reused_last == 2
 
 
 def test_a_name_made_in_a_folder_is_found_even_without_its_event(tmp_path):
     from daemon.intake.discover import ListingCache
 
     touch(tmp_path / "a" / "m1.mrc")
-    cache = ListingCache()
-    scan(tmp_path, cache=cache)
-    scan(tmp_path, cache=cache)
-    touch(tmp_path / "a" / "m2.mrc", mtime_ns=None)
+    cache = ListingCache(STILL_S)
+    t = scans_until_still(tmp_path, cache)
+    touch(tmp_path / "a" / "m2.mrc")
     os.utime(tmp_path / "a", ns=(1, 1))  # the folder's mtime changes with its names
-    assert set(sizes(scan(tmp_path, cache=cache))) == {"m1.mrc", "m2.mrc"}
-
-
-def test_a_file_still_changing_keeps_its_folder_listed_at_every_scan(tmp_path):
-    """No event is needed while it changes: a listing is only taken again once the one before
-    found the same sizes and times (a movie being written is never taken as settled from a
-    stale listing)."""
-    from daemon.intake.discover import ListingCache
-
-    movie = touch(tmp_path / "m1.mrc")
-    cache = ListingCache()
-    for size in range(2, 6):
-        with open(movie, "ab") as f:
-            f.write(b"x")
-        assert sizes(scan(tmp_path, cache=cache))["m1.mrc"] == size
-        assert cache.reused_last == 0
+    assert set(sizes(scan(tmp_path, cache=cache, now_s=t + 2.0))) == {"m1.mrc", "m2.mrc"}
 
 
 def test_an_expired_cache_lists_every_folder_afresh(tmp_path):
     from daemon.intake.discover import ListingCache
 
     movie = touch(tmp_path / "a" / "m1.mrc")
-    cache = ListingCache()
-    scan(tmp_path, cache=cache)
-    scan(tmp_path, cache=cache)
+    cache = ListingCache(STILL_S)
+    t = scans_until_still(tmp_path, cache)
     movie.write_bytes(b"rewritten, and no event came")
-    cache.expire()  # the periodic full scan, or an event queue overflow
-    assert sizes(scan(tmp_path, cache=cache))["m1.mrc"] == len(b"rewritten, and no event came")
+    cache.expire()  # the periodic full scan, or lost events
+    result = scan(tmp_path, cache=cache, now_s=t + 2.0)
+    assert sizes(result)["m1.mrc"] == len(b"rewritten, and no event came")
     assert cache.reused_last == 0
 
 
@@ -364,42 +379,103 @@ def test_a_folder_behind_a_symbolic_link_is_listed_at_every_scan(tmp_path):
     movie = touch(outside / "m1.mrc")
     (tmp_path / "watch").mkdir()
     (tmp_path / "watch" / "linked").symlink_to(outside)
-    cache = ListingCache()
-    for _ in range(3):
-        scan(tmp_path / "watch", cache=cache)
+    cache = ListingCache(STILL_S)
+    t = scans_until_still(tmp_path / "watch", cache)
     with open(movie, "ab") as f:
         f.write(b"more")
-    assert sizes(scan(tmp_path / "watch", cache=cache))["m1.mrc"] == 5
+    assert sizes(scan(tmp_path / "watch", cache=cache, now_s=t + 2.0))["m1.mrc"] == 5
+    assert cache.reused_last == 1  # the watched folder itself
 
 
 def test_discovery_lists_every_folder_afresh_every_full_scan_s(tmp_path):
     now = [0.0]
     movie = touch(tmp_path / "a" / "m1.mrc")
-    with Discovery(tmp_path, polling="off", full_scan_s=30.0, clock=lambda: now[0]) as d:
-        d._touched = lambda *a: None  # as if every event were lost without an overflow
-        d.scan()
-        d.scan()
+    with Discovery(tmp_path, polling="off", full_scan_s=30.0, listing_still_s=STILL_S,
+                   clock=lambda: now[0]) as d:
+        d._touched = lambda *a: None  # as if every event were lost without a word
+        for now[0] in (0.0, 20.0, 40.0, 61.0, 62.0):
+            d.scan()
+        assert d._counters.folders_reused == 2  # at 62 s: still since 0 s, full scans at 0, 40
         movie.write_bytes(b"rewritten")
-        assert sizes(d.scan())["m1.mrc"] == 1  # taken from the listing before
-        now[0] = 30.0
+        d.scan()
+        assert sizes(d.scan())["m1.mrc"] == 1  # taken again: no event said it changed
+        now[0] = 70.0  # the next full scan, 30 s after the one at 40 s
         assert sizes(d.scan())["m1.mrc"] == len(b"rewritten")
 
 
-def test_a_movie_written_on_after_a_quiet_listing_is_seen_at_the_next_scan(tmp_path):
+@pytest.mark.parametrize("polling", ["on", "auto-on-a-share"])
+def test_without_events_every_folder_is_listed_at_every_scan(tmp_path, polling):
+    now = [0.0]
+    touch(tmp_path / "a" / "m1.mrc")
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"//cam/share {tmp_path} cifs rw 0 0\n")
+    with Discovery(tmp_path, polling="on" if polling == "on" else "auto", mounts_file=mounts,
+                   clock=lambda: now[0]) as d:
+        for now[0] in (0.0, 100.0, 200.0, 300.0):
+            d.scan()
+            assert d._counters.folders_reused == 0
+
+
+def test_a_folder_watchdog_could_not_watch_ends_the_taking_of_listings(tmp_path):
+    import logging
+
+    now = [0.0]
+    touch(tmp_path / "a" / "m1.mrc")
+    logged = []
+    with Discovery(tmp_path, polling="off", clock=lambda: now[0],
+                   log=lambda e, **kw: logged.append(e)) as d:
+        for now[0] in (0.0, 61.0, 62.0):
+            d.scan()
+        assert d._counters.folders_reused == 2
+        logging.getLogger("watchdog.observers.inotify").warning(
+            "Unable to watch %r: %s", str(tmp_path / "new"), "[Errno 28] No space left on device")
+        now[0] = 64.0
+        d.scan()
+        assert d._counters.folders_reused == 0
+    assert logged == ["discovery_folder_unwatched"]
+
+
+def test_a_stopped_event_reader_is_noticed_and_rescans_list_every_folder(tmp_path):
+    logged = []
+    with Discovery(tmp_path, polling="off", log=lambda e, **kw: logged.append(e)) as d:
+        for emitter in list(d._observer.emitters):
+            emitter.stop()
+            emitter.join(5)
+        d.check_observer()
+        assert not d.uses_events
+    assert logged == ["discovery_fallback"]
+
+
+def test_lost_events_have_the_next_scan_list_every_folder(tmp_path):
+    now = [0.0]
+    touch(tmp_path / "a" / "m1.mrc")
+    with Discovery(tmp_path, polling="off", clock=lambda: now[0]) as d:
+        for now[0] in (0.0, 61.0, 62.0):
+            d.scan()
+        assert d._counters.folders_reused == 2
+        d._touched("events_lost", False, "", "")
+        now[0] = 64.0
+        d.scan()
+        assert d._counters.folders_reused == 0
+
+
+def test_a_movie_written_on_in_a_still_folder_is_seen_once_its_event_has_come(tmp_path):
     """With real inotify events: the write names the folder, which is then listed afresh."""
     import time
 
+    now = [0.0]
     movie = touch(tmp_path / "sub" / "m1.mrc")
     touch(tmp_path / "other" / "m2.mrc")
-    with Discovery(tmp_path, polling="off") as d:
+    with Discovery(tmp_path, polling="off", clock=lambda: now[0]) as d:
         assert d.uses_events
-        d.scan()
-        d.scan()
-        d.scan()
-        assert d.state().scans == 3 and d._counters.folders_reused == 3
+        for now[0] in (0.0, 61.0, 62.0):
+            d.scan()
+        assert d._counters.folders_reused == 3
         with open(movie, "ab") as f:
             f.write(b"more")
         deadline = time.monotonic() + 5.0
-        while sizes(d.scan())["m1.mrc"] != 5 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the event reaches the observer thread
+        while str(tmp_path / "sub") not in d._listings._touched and time.monotonic() < deadline:
+            time.sleep(0.02)  # the event reaches the observer thread (watchdog holds some)
+        now[0] = 64.0
         assert sizes(d.scan())["m1.mrc"] == 5
+        assert d._counters.folders_reused == 2  # the root and other
