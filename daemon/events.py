@@ -239,6 +239,11 @@ class MetadataResolver(Protocol):
     def busy(self) -> bool:
         """Background work is running (the service must not exit as idle)."""
 
+    def quiet_s(self) -> float:
+        """How long a metadata file must have stayed unchanged, over scans, before the resolver
+        takes it as final (s; 0 when it takes none so): discovery lists such a file's folder
+        afresh at every scan for at least this long after it last changed."""
+
     def stop(self) -> None:
         """The service stops: cancel background work."""
 
@@ -260,6 +265,9 @@ class NoMetadata:
 
     def poll(self) -> None:
         return None
+
+    def quiet_s(self) -> float:
+        return 0.0
 
     def busy(self) -> bool:
         return False

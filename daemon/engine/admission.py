@@ -209,6 +209,7 @@ class Admission:
         #: settled movies the last scan left for the next (its admission time was spent): the
         #: service is not idle while there are any
         self.deferred = 0
+        self._deferred_paths: list[Path] = []
         self._looked: set[tuple[str, int, int]] = set()  # versions admission has looked at
         self._stems = OutputStems()
 
@@ -255,6 +256,12 @@ class Admission:
         getattr(self._log, level)(event, movie=subject, reason=reason)
 
     # --- one scan -------------------------------------------------------------------------
+    def busy_folders(self) -> set[str]:
+        """The folders of the movies the last scan left waiting or deferred: discovery lists
+        them afresh at every scan (:class:`daemon.intake.discover.ListingCache`), as the
+        waits (settling, a complete file, a frame mdoc, metadata) are measured over scans."""
+        return {os.path.dirname(str(p)) for p in (*self.waiting, *self._deferred_paths)}
+
     def take(self, result: ScanResult) -> None:
         """Handle one scan: report unreadable folders and non-movies, then admit what settled."""
         for folder, reason in result.errors:
@@ -296,12 +303,12 @@ class Admission:
         # time from the movies behind it
         to_admit.sort(key=lambda o: (str(o.path), o.size, o.mtime_ns) in self._looked)
         ends = None  # the clock at which this scan's admission work ends (ADMISSION_BUDGET_S)
-        deferred = 0
+        deferred: list[Path] = []
         for obs in to_admit:
             if ends is None:
                 ends = self._clock() + self._budget_s
             elif self._clock() >= ends:  # the next scans go on (at least one movie a scan)
-                deferred += 1
+                deferred.append(obs.path)
                 continue
             self._looked.add((str(obs.path), obs.size, obs.mtime_ns))
             try:
@@ -318,7 +325,8 @@ class Admission:
             if reason is not None:
                 waiting[obs.path] = reason
         self.waiting = waiting
-        self.deferred = deferred
+        self.deferred = len(deferred)
+        self._deferred_paths = deferred
 
     def _quarantine_unless_recorded(self, key: MovieKey, why: str) -> None:
         ledger = self._ledger()

@@ -297,9 +297,10 @@ class Service:
             self.discovery = Discovery(cfg.watch_dir, exclude=[cfg.out_dir, cfg.state_dir],
                                        movie_patterns=cfg.movie_patterns,
                                        metadata_patterns=cfg.metadata_patterns,
-                                       polling=cfg.polling, wake=self.wake,
-                                       listing_still_s=max(LISTING_STILL_S,
-                                                           2 * cfg.settle_time_s),
+                                       polling=cfg.polling, wake=self.wake, clock=self._clock,
+                                       listing_still_s=max(
+                                           LISTING_STILL_S, 2 * cfg.settle_time_s,
+                                           self._resolver.quiet_s() + 2 * cfg.scan_interval_s),
                                        log=lambda event, **kw: self._log.warning(event, **kw))
             self.discovery.start()
             self.pool = build_executor(cfg, runner=self._runner)  # local WorkerPool by default
@@ -466,7 +467,7 @@ class Service:
         if self._watch_moved():
             return
         started = self._clock()
-        result = self.discovery.scan(now_s=started)
+        result = self.discovery.scan(now_s=started, fresh=self.admission.busy_folders())
         self._last_scan_s = self._clock()
         self.admission.take(result)
         self._flush_series_events()

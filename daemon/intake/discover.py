@@ -25,7 +25,10 @@ Listings taken again
     the cache), no event (of any kind, a write included) named the folder or a file in it since,
     and the folder's own mtime and ctime are unchanged (:class:`ListingCache`): an old session's
     folders are then neither listed nor stat'ed again, while a folder being acquired into is
-    listed at every scan. Folders behind symbolic links (inotify does not follow them) are
+    listed at every scan, and so is the folder of any movie the daemon still waits on (to
+    settle, to be whole, for its metadata: :meth:`Discovery.scan`'s ``fresh``; the service
+    also makes the stillness longer than its settle time and its resolver's mdoc quiet time).
+    Folders behind symbolic links (inotify does not follow them) are
     listed at every scan, every folder is listed afresh every ``FULL_SCAN_S`` (30 s) and after
     lost events, and none is taken again once watchdog says it could not watch a folder (the
     inotify watch limit) or its reading thread stopped. 40,500 files (20,500 of them movies
@@ -42,7 +45,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -136,8 +139,10 @@ class ListingCache:
     inotify has no watch: a watched folder given as a link, a file linked in from elsewhere, a
     folder the watch limit left unwatched). A folder is listed afresh when an event named it
     or anything in it since its listing (:meth:`touched`, any event, a write to a file
-    included), when its own key changed, when it lies behind a symbolic link, and at every
-    scan after :meth:`expire` (the periodic full scan, and the one after lost events).
+    included), when its own key changed, when it lies behind a symbolic link, when the scan
+    is told to (a movie there still waits to be admitted: its waits are measured over scans),
+    and at every scan after :meth:`expire` (the periodic full scan, and the one after lost
+    events).
     """
 
     def __init__(self, still_s: float = 60.0) -> None:
@@ -177,7 +182,8 @@ class ListingCache:
 def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
          metadata_patterns: Sequence[str] = METADATA_PATTERNS,
          exclude: Iterable[Path] = (), paths: dict[str, Path] | None = None,
-         cache: ListingCache | None = None, now_s: float | None = None) -> ScanResult:
+         cache: ListingCache | None = None, now_s: float | None = None,
+         fresh: Collection[str] = ()) -> ScanResult:
     """List ``root`` recursively once.
 
     Parameters
@@ -197,6 +203,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         this scan's.
     now_s : float, optional
         Monotonic time of this scan (s), for the cache's stillness; ``time.monotonic()``.
+    fresh : collection of str
+        Folders listed afresh whatever the cache holds.
 
     Returns
     -------
@@ -260,7 +268,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
             key = (st_folder.st_dev, st_folder.st_ino, st_folder.st_mtime_ns,
                    st_folder.st_ctime_ns)
             before = previous.get(name_of_folder)
-            if not (full or via_link or name_of_folder in touched) and before is not None \
+            if not (full or via_link or name_of_folder in touched
+                    or name_of_folder in fresh) and before is not None \
                     and before.key == key and before.still_since_s is not None \
                     and now_s - before.still_since_s >= cache.still_s:
                 taken = before
@@ -639,11 +648,11 @@ class Discovery:
                    for folder in self._exclude_strs)
 
     # --- scanning -------------------------------------------------------------------------
-    def scan(self, *, now_s: float | None = None) -> ScanResult:
+    def scan(self, *, now_s: float | None = None, fresh: Collection[str] = ()) -> ScanResult:
         """Rescan the tree (the source of truth): while events arrive, folders that none
         named since they were last listed, and that held still then, are taken from that
-        listing (:class:`ListingCache`); every folder is listed afresh every
-        ``full_scan_s`` seconds."""
+        listing (:class:`ListingCache`), except the ``fresh`` ones (folders of movies still
+        waiting to be admitted); every folder is listed afresh every ``full_scan_s`` seconds."""
         cache = None
         if self._observer is not None and not self._listings_off:
             cache = self._listings
@@ -653,7 +662,7 @@ class Discovery:
                 self._last_full_s = now
         result = scan(self.root, movie_patterns=self._movie_patterns,
                       metadata_patterns=self._metadata_patterns, exclude=self._exclude,
-                      paths=self._paths, cache=cache, now_s=self._clock())
+                      paths=self._paths, cache=cache, now_s=self._clock(), fresh=fresh)
         self._counters.folders_reused = cache.reused_last if cache is not None else 0
         self._counters.scans += 1
         self._counters.last_scan_s = now_s

@@ -319,6 +319,10 @@ class TiltSeriesResolver:
         mdoc to be quiet (the service must not exit as idle)."""
         return bool(self._assembling or self._completing)
 
+    def quiet_s(self) -> float:
+        """A series mdoc unchanged this long (``mdoc_quiet_s``) is taken as finished."""
+        return float(self.series_config.mdoc_quiet_s)
+
     def _now(self) -> float:
         return self._ctx.now()
 
