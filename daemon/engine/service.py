@@ -305,7 +305,7 @@ class Service:
             self.discovery.start()
             self.pool = build_executor(cfg, runner=self._runner)  # local WorkerPool by default
             self.pool.start()
-            self._scan()
+            self._scan(timed=False)  # reads every row of the state: not a measure of scans
             state = self.discovery.state()
             self._log.info("service_ready", discovery=state.mode, reason=state.reason,
                            fs_type=state.fs_type, workers=cfg.workers,
@@ -463,7 +463,8 @@ class Service:
         self._out_ok = ok
 
     # --- scans and heartbeats -------------------------------------------------------------
-    def _scan(self) -> None:
+    def _scan(self, *, timed: bool = True) -> None:
+        """Discover, then admit (``timed``: its length spaces the rescans events wake)."""
         if self._watch_moved():
             return
         started = self._clock()
@@ -471,7 +472,8 @@ class Service:
         self._last_scan_s = self._clock()
         self.admission.take(result)
         self._flush_series_events()
-        self._scan_took_s = self._clock() - started
+        if timed:
+            self._scan_took_s = self._clock() - started
 
     def _rescan_after_event(self) -> float:
         """When to rescan after an event: soon (0.1 s), but not before the main loop has

@@ -10,8 +10,9 @@ inotify sees nothing written by other machines, so ``polling="auto"`` uses resca
 
 Events
     Only events that can change what a rescan finds wake it (:meth:`Discovery.wakes_for`): a
-    movie or metadata file made, renamed, removed or closed after writing, a folder made,
-    moved or removed, outside the excluded folders. A detector writing a movie gives one
+    file or folder made, renamed or removed, a movie or metadata file closed after writing (or
+    any file, in a folder where a movie waits), outside the excluded folders. A detector
+    writing a movie gives one
     "modified" event per write, and waking on those rescanned the tree about ten times a second
     for as long as the writing lasted: with 20,000 movies of old sessions in the watched folder
     (0.3 s a scan), the daemon's main loop used 80 % of a core (``benchmarks/
@@ -496,6 +497,7 @@ class Discovery:
         self._reason = ""
         self._listings = ListingCache(listing_still_s)
         self._listings_off = False  # a folder left unwatched: listings are never taken again
+        self._waiting_folders: frozenset[str] = frozenset()  # the last scan's ``fresh``
         self._clock = clock
         self._full_scan_s = full_scan_s
         self._last_full_s: float | None = None
@@ -618,10 +620,12 @@ class Discovery:
                   dest_path: str = "") -> bool:
         """Whether a file-system event calls for a rescan now (module docstring, "Events").
 
-        A folder made, moved or removed; a movie or metadata file made, renamed to or from such
-        a name, removed, or closed after writing; outside the excluded folders (the output
-        folder inside the watched one). Not a write to an open file: a movie being written
-        gives one event per write, and a rescan then only finds it still growing.
+        Outside the excluded folders (the output folder inside the watched one): any file or
+        folder made, renamed or removed (an EPU metadata file, a SerialEM lock, a session
+        folder linked in); a movie or metadata file closed after writing, or any file closed
+        after writing in a folder where a movie waits (:meth:`scan`'s ``fresh``: the metadata
+        file it waits for). Not a write to an open file: a movie being written gives one event
+        per write, and a rescan then only finds it still growing.
         """
         if event_type not in _WAKING_EVENTS:
             return False
@@ -630,8 +634,12 @@ class Discovery:
         paths = [p for p in (src_path, dest_path) if p]
         if all(self._excluded(p) for p in paths):
             return False
+        if event_type != "closed":
+            return True
         if is_directory:
-            return event_type != "closed"
+            return False
+        if os.path.dirname(src_path) in self._waiting_folders:
+            return True
         names = (os.path.basename(p) for p in paths)
         is_movie_name = _matcher(self._movie_patterns)
         is_metadata_name = _matcher(self._metadata_patterns)
@@ -653,6 +661,7 @@ class Discovery:
         named since they were last listed, and that held still then, are taken from that
         listing (:class:`ListingCache`), except the ``fresh`` ones (folders of movies still
         waiting to be admitted); every folder is listed afresh every ``full_scan_s`` seconds."""
+        self._waiting_folders = frozenset(fresh)  # replaced whole: read by the observer thread
         cache = None
         if self._observer is not None and not self._listings_off:
             cache = self._listings

@@ -320,8 +320,9 @@ class TiltSeriesResolver:
         return bool(self._assembling or self._completing)
 
     def quiet_s(self) -> float:
-        """A series mdoc unchanged this long (``mdoc_quiet_s``) is taken as finished."""
-        return float(self.series_config.mdoc_quiet_s)
+        """A series mdoc unchanged this long is taken as finished (``mdoc_quiet_s``) or its
+        incomplete last section as final (``metadata_wait_s``)."""
+        return float(max(self.series_config.mdoc_quiet_s, self.series_config.metadata_wait_s))
 
     def _now(self) -> float:
         return self._ctx.now()

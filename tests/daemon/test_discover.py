@@ -158,9 +158,14 @@ def test_inotify_events_wake_the_scanner(tmp_path):
     ("opened", False, "w/a.mrc", "", False),
     ("closed_no_write", False, "w/a.mrc", "", False),    # read by our own validation
     ("attrib", False, "w/a.mrc", "", False),
-    ("created", False, "w/FoilHole_1.xml", "", False),   # not a movie or an mdoc
+    ("created", False, "w/FoilHole_1.xml", "", True),    # EPU's metadata file, made
+    ("closed", False, "w/FoilHole_1.xml", "", False),    # written, no movie waits for it
+    ("closed", False, "w/wait/FoilHole_2.xml", "", True),  # written beside a waiting movie
     ("closed", False, "w/FoilHole_1.jpg", "", False),
-    ("created", False, "w/a.mrc.part", "", False),       # still being copied
+    ("created", False, "w/TS_1.mrc.openTS", "", True),   # SerialEM's lock beside its stack
+    ("deleted", False, "w/TS_1.mrc.openTS", "", True),
+    ("modified", False, "w/a.mrc.part", "", False),      # still being copied
+    ("closed", False, "w/a.mrc.part", "", False),
     ("created", False, "w/out/S_DW.mrc", "", False),     # our outputs, in the watched folder
     ("moved", False, "w/out/.S.mrc.tmp", "w/out/S.mrc", False),
     ("created", True, "w/session2", "", True),           # a new folder
@@ -172,6 +177,7 @@ def test_only_events_that_can_change_a_scan_wake_it(tmp_path, event_type, is_dir
                                                     wakes):
     (tmp_path / "w" / "out").mkdir(parents=True)
     d = Discovery(tmp_path / "w", exclude=[tmp_path / "w" / "out"], polling="off")
+    d.scan(fresh={str(tmp_path / "w" / "wait")})  # a movie there waits to be admitted
     full = (lambda p: str(tmp_path / p) if p else "")
     assert d.wakes_for(event_type, is_dir, full(src), full(dest)) is wakes
 
@@ -199,9 +205,11 @@ def test_a_movie_written_piece_by_piece_wakes_the_scanner_when_made_and_when_clo
         if len(wakes) >= 2:
             closed.set()
 
+    touch(tmp_path / "FoilHole_1_Data_2.xml")  # beside the movie, as EPU writes it
     with Discovery(tmp_path, polling="off", wake=wake) as discovery:
         assert discovery.uses_events
-        touch(tmp_path / "FoilHole_1_Data_2.xml")  # beside the movie, as EPU writes it
+        with open(tmp_path / "FoilHole_1_Data_2.xml", "ab") as f:  # no movie waits for it
+            f.write(b"<xml/>")
         with open(tmp_path / "movie.tif", "wb") as f:
             for _ in range(200):
                 f.write(b"x" * 4096)
@@ -213,6 +221,26 @@ def test_a_movie_written_piece_by_piece_wakes_the_scanner_when_made_and_when_clo
         assert discovery.state().scans == 0
         # the writes were seen (the kernel merges repeated ones it has not yet handed over)
         assert discovery._counters.events > 10
+
+
+def test_a_file_written_beside_a_waiting_movie_wakes_the_scanner(tmp_path):
+    """EPU completes a movie's metadata file after the movie: while the movie waits for it,
+    the file's closing wakes a rescan (in another folder it does not)."""
+    import threading
+    import time
+
+    for folder in ("waiting", "other"):
+        touch(tmp_path / folder / "FoilHole_1_Data_2.xml", b"<half")
+    woke = threading.Event()
+    with Discovery(tmp_path, polling="off", wake=woke.set) as discovery:
+        discovery.scan(fresh={str(tmp_path / "waiting")})
+        with open(tmp_path / "other" / "FoilHole_1_Data_2.xml", "ab") as f:
+            f.write(b"/>")
+        time.sleep(1.0)  # watchdog may hold an event up to 0.5 s
+        assert not woke.is_set()
+        with open(tmp_path / "waiting" / "FoilHole_1_Data_2.xml", "ab") as f:
+            f.write(b"/>")
+        assert woke.wait(5.0)
 
 
 def test_observer_that_cannot_start_falls_back_to_rescans(tmp_path, monkeypatch):

@@ -60,3 +60,32 @@ def test_rescans_woken_by_events_leave_the_main_loop_three_times_a_scan_for_othe
         assert next_start - end >= (EVENT_SCAN_GAP_FACTOR - 0.5) * (end - start)
     # without the gap, a scan every 0.1 s after the one before: about 12 in the 3 s
     assert len(woken) <= 3.0 / ((1 + EVENT_SCAN_GAP_FACTOR) * SCAN_S) + 1
+
+
+def test_the_start_up_scan_does_not_hold_back_the_rescans_events_wake(tmp_path, monkeypatch):
+    """The first scan reads every row of the state (seconds, with months of sessions): its
+    length is not what the next scans cost, and must not space them."""
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    starts: list[float] = []
+    real_scan = Discovery.scan
+
+    def scan(self, **kwargs):
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            time.sleep(2.0)  # the start-up scan
+        return real_scan(self, **kwargs)
+
+    monkeypatch.setattr(Discovery, "scan", scan)
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=30.0, heartbeat_s=0.2, polling="off")
+    service = Service(config, runner="fake_runners:correct", logger=RecordingLog())
+    with running(service) as wait_for:
+        wait_for(lambda: service.discovery is not None and service.discovery.state().scans)
+        made = time.monotonic()
+        (watch / "new.mrc").write_bytes(b"")
+        wait_for(lambda: len(starts) >= 2, timeout_s=10.0)
+    assert len(starts) >= 2
+    # three times the start-up scan would be 6 s; the periodic rescan 30 s
+    assert starts[1] - made < 4.0

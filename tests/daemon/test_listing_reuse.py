@@ -77,10 +77,11 @@ def test_without_a_waiting_movie_the_same_folder_is_taken_from_the_last_listing(
         assert discovery._counters.folders_reused == 0
 
 
-def test_the_daemon_takes_listings_again_only_after_its_settle_time_and_mdoc_quiet_time(
+def test_the_daemon_takes_listings_again_only_after_its_settle_time_and_mdoc_waits(
         tmp_path):
-    """Longer than either: a file shown from a stale listing has already stood still long
-    enough to count as complete, and a series mdoc as finished."""
+    """Longer than any: a file shown from a stale listing has already stood still long
+    enough to count as complete, and a series mdoc as finished (its quiet time) or its last
+    section as final (the metadata wait)."""
     from service_run import running
 
     from daemon.engine.service import Service
@@ -90,11 +91,14 @@ def test_the_daemon_takes_listings_again_only_after_its_settle_time_and_mdoc_qui
     (tmp_path / "w").mkdir()
     (tmp_path / "o").mkdir()
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
-    for settle_s, quiet_s, expected_s in ((5.0, 10.0, 60.0), (45.0, 10.0, 90.0),
-                                          (5.0, 300.0, 304.0)):
+    for settle_s, quiet_s, wait_s, expected_s in ((5.0, 10.0, 10.0, 60.0),
+                                                  (45.0, 10.0, 10.0, 90.0),
+                                                  (5.0, 300.0, 10.0, 304.0),
+                                                  (5.0, 10.0, 3600.0, 3604.0)):
         config = Config(tmp_path / "w", tmp_path / "o", tmp_path / "o", params,
                         settle_time_s=settle_s, scan_interval_s=2.0, polling="off",
-                        options={"tilt_series": "auto", "mdoc_quiet": quiet_s})
+                        options={"tilt_series": "auto", "mdoc_quiet": quiet_s,
+                                 "metadata_wait": wait_s})
         service = Service(config, runner="fake_runners:correct", logger=RecordingLog(),
                           resolver=resolver_from_config(config))
         with running(service) as wait_for:
