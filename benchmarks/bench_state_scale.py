@@ -56,8 +56,8 @@ renamed, removed or closed waking one, never sooner than three times the last sc
 12.0 s in 21 scans (26.1 s of CPU). With folders that held still for 60 s and that no
 event named taken from the last scan's listing (``--seconds 135 --steady-after 75``: the old
 sessions' folders are taken again from about 64 s), after the first 75 s the main loop spent
-9.6-10.2 s of 60 s in 35-36 scans, median discovery 36 ms and resolver 121-126 ms a scan
-(41.5-42.2 s of CPU in 135 s; two runs).
+9.6-10.2 s of 60 s in 34-36 scans, median discovery 36-37 ms and resolver 121-132 ms a scan
+(41.5-43.6 s of CPU in 135 s; three runs).
 """
 
 from __future__ import annotations
