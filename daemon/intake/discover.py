@@ -126,7 +126,7 @@ class FolderListing:
     skipped: tuple[tuple[Path, str], ...]
     subfolders: tuple[tuple[Path, bool], ...]  # (folder, reached through a symbolic link)
     paths: tuple[tuple[str, Path], ...]
-    still_since_s: float | None = None  # listings found these same files since (clock, s)
+    still_since_s: float = 0.0  # listings found these same files since (clock, s; set by scan)
 
 
 class ListingCache:
@@ -271,8 +271,7 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
             before = previous.get(name_of_folder)
             if not (full or via_link or name_of_folder in touched
                     or name_of_folder in fresh) and before is not None \
-                    and before.key == key and before.still_since_s is not None \
-                    and now_s - before.still_since_s >= cache.still_s:
+                    and before.key == key and now_s - before.still_since_s >= cache.still_s:
                 taken = before
             if taken is None:
                 with os.scandir(folder) as entries:
@@ -283,8 +282,7 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         if taken is None:
             taken = _list_folder(folder, listing, key, root, root_real, excluded,
                                  is_movie_name, is_metadata_name, path_of)
-            still = (before.still_since_s if before is not None
-                     and before.still_since_s is not None and before.files == taken.files
+            still = (before.still_since_s if before is not None and before.files == taken.files
                      else now_s)
             taken = dataclasses.replace(taken, still_since_s=still)
         else:
@@ -662,16 +660,16 @@ class Discovery:
         listing (:class:`ListingCache`), except the ``fresh`` ones (folders of movies still
         waiting to be admitted); every folder is listed afresh every ``full_scan_s`` seconds."""
         self._waiting_folders = frozenset(fresh)  # replaced whole: read by the observer thread
+        now = self._clock()
         cache = None
         if self._observer is not None and not self._listings_off:
             cache = self._listings
-            now = self._clock()
             if self._last_full_s is None or now - self._last_full_s >= self._full_scan_s:
                 cache.expire()
                 self._last_full_s = now
         result = scan(self.root, movie_patterns=self._movie_patterns,
                       metadata_patterns=self._metadata_patterns, exclude=self._exclude,
-                      paths=self._paths, cache=cache, now_s=self._clock(), fresh=fresh)
+                      paths=self._paths, cache=cache, now_s=now, fresh=fresh)
         self._counters.folders_reused = cache.reused_last if cache is not None else 0
         self._counters.scans += 1
         self._counters.last_scan_s = now_s
