@@ -28,6 +28,7 @@ from daemon.series.options import add_series_arguments, resolver_from_config
 from daemon.settings.config import (Config, ConfigError, add_watch_arguments, finalize_parser,
                                     load_config, make_folders)
 from daemon.settings.correction_options import add_correction_arguments
+from daemon.system.collector import paced_garbage_collector
 from daemon.system.logs import configure_logging, get_logger, running_under_journald
 from daemon.system.notify_listener import (NotifyListener, add_watchdog_arguments,
                                            watchdog_thresholds)
@@ -130,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
             getattr(listener, "close", lambda: None)()
         return exitcodes.CONFIG
     try:
-        return Service(config, listeners=listeners, resolver=resolver).run()
+        with paced_garbage_collector():
+            return Service(config, listeners=listeners, resolver=resolver).run()
     finally:
         if dashboard is not None:
             dashboard.close()
