@@ -8,16 +8,17 @@ disk, objects that live exactly one scan (observations, assignments, comparison 
 700 allocations of patience they all reach the oldest generation, and the daemon walked its
 whole heap (every state row and every listing, about 430,000 objects with 20,000 old movies on
 disk) about once every second scan: ``benchmarks/bench_state_scale.py --old-rows 20000 --series
-2 --old-on-disk --events --live-MB 100 --seconds 135 --steady-after 75`` measured 52 full
-collections taking 10.0 s of the 43.5 s the main loop spent scanning.
+2 --old-on-disk --events --live-MB 100 --seconds 135 --steady-after 75 --cpython-gc`` measured
+50 full collections taking 9.5 s of the 42.6 s the main loop spent scanning.
 
 :func:`paced_garbage_collector` makes the youngest generation wait for
 :data:`YOUNG_COLLECTION_ALLOCATIONS` allocations instead, so that objects of one scan die by
 reference counting before they are promoted; the older generations keep CPython's thresholds
-(so cycles are still collected, only later). Same benchmark: no full collection in 135 s, the
-main loop 8.1-8.4 s instead of 12.7 s in scans over its last 60 s, median resolver 134-141 ms
-instead of 197 ms a scan, the process 44.5-44.8 s instead of 56.7 s of CPU. Garbage in cycles
-waits for at most that many allocations more (a few MB).
+(so cycles are still collected, only later). Same benchmark without ``--cpython-gc``: one full
+collection in 135 s; over the last 60 s the main loop scanned 9.4 s instead of 13.6 s, the
+median resolver took 154 ms instead of 288 ms a scan, and the process used 48.3 s instead of
+55.0 s of CPU. With 100,000 rows of archived sessions: 102 ms instead of 126 ms a scan.
+Garbage in cycles waits for at most that many allocations more (a few MB).
 
 The threshold is the process's, so only the command that owns the process (``motionwatch
 watch``) sets it, while the service runs; the correction library never touches it.
