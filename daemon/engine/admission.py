@@ -206,6 +206,8 @@ class Admission:
         self._reported: set[tuple[str, str]] = set()
         self._requeue_serial: int | None = None  # the ledger's, when last looked at
         self.waiting: dict[Path, str] = {}
+        #: why the resolver could not take the last scan in (nothing admitted), or None
+        self.resolver_problem: str | None = None
         #: settled movies the last scan left for the next (its admission time was spent): the
         #: service is not idle while there are any
         self.deferred = 0
@@ -274,9 +276,13 @@ class Admission:
                 self._safe(lambda: self._ledger().add(key, status="quarantined", error=reason))
         try:
             changed = {str(p) for p in (self._resolver.observe(result) or ())}
-        except Exception as exc:  # noqa: BLE001 - a resolver bug must not stop discovery
-            self._log.error("metadata_observe_failed", error=f"{type(exc).__name__}: {exc}")
-            changed = set()
+        except Exception as exc:  # noqa: BLE001 - a resolver bug must not stop the service
+            self._resolver_failed(result, f"metadata resolver failed: {type(exc).__name__}: "
+                                          f"{exc}")
+            return
+        if self.resolver_problem is not None:
+            self._log.info("metadata_observe_recovered", was=self.resolver_problem)
+            self.resolver_problem = None
         if changed:
             self._handled = {h for h in self._handled if h[0] not in changed}
         self._look_again_at_requeued()
@@ -328,6 +334,24 @@ class Admission:
         self.deferred = len(deferred)
         self._deferred_paths = deferred
 
+    def _resolver_failed(self, result: ScanResult, why: str) -> None:
+        """The resolver could not take this scan in: nothing is admitted until it can. A movie
+        admitted without what the resolver knows would be corrected without its series' dose
+        and pre-exposure, and one corrected before, looked up under that other dose, would be
+        corrected again. Every movie not recorded yet waits with ``why`` (listed by status;
+        the service lists ``why`` as a problem); logged when it first fails and when the
+        failure changes, and once it recovers."""
+        if why != self.resolver_problem:
+            self._log.error("metadata_observe_failed", error=why,
+                            note="no movie is admitted until the resolver takes a scan in")
+        self.resolver_problem = why
+        recorded = self._recorded_versions()
+        self.waiting = {o.path: why for o in result.observations if o.kind == "movie"
+                        and (str(o.path), o.size, o.mtime_ns) not in self._handled
+                        and (str(o.path), o.size, o.mtime_ns) not in recorded}
+        self.deferred = 0
+        self._deferred_paths = []
+
     def _quarantine_unless_recorded(self, key: MovieKey, why: str) -> None:
         ledger = self._ledger()
         if not any((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
@@ -371,10 +395,9 @@ class Admission:
             return None
         try:
             meta = self._resolver.resolve(obs, cfg.params, n_frames=verdict.n_frames)
-        except Exception as exc:  # noqa: BLE001
-            self.report_once(str(obs.path), "metadata_failed", f"{type(exc).__name__}: {exc}",
-                             level="error")
-            meta = MovieMetadata()
+        except Exception as exc:  # noqa: BLE001 - quarantined: not corrected without it
+            meta = MovieMetadata(quarantine_reason=f"metadata failed: {type(exc).__name__}: "
+                                                   f"{exc}")
         if meta.wait_reason:
             self.report_once(str(obs.path), "movie_waiting", meta.wait_reason)
             return meta.wait_reason

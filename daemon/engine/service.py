@@ -209,8 +209,13 @@ class Service:
         # scheduler): listed, but the daemon itself is well and the watchdog keeps pinging;
         # systemd restarting it would not mend it, and after 5 restarts in 10 min would leave
         # it stopped for the night
+        # the metadata resolver failing on every scan (a bug): nothing is admitted; listed, but
+        # the watchdog keeps pinging (a restart would meet the same files)
+        resolver = self.admission.resolver_problem
+        if resolver is not None:
+            problems.append(resolver)
         outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
-        ok = not [problem for problem in problems if problem != outside]
+        ok = not [problem for problem in problems if problem not in (outside, resolver)]
         return Health(ok, tuple(problems), tuple(notes))
 
     # --- lifecycle ------------------------------------------------------------------------
