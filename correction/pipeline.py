@@ -139,6 +139,12 @@ class CorrectedFrames:
     n_hot_pixels : int
     padding_px : (int, int)
         Padding of the output grid on each axis (the largest shift that cannot wrap).
+    movie_shape_yx : (int, int)
+        Frame size of the movie as read (an EER movie's at its sampling), movie pixels.
+    replaced_pixels_yx : ndarray of int, shape (n, 2)
+        ``[row, column]`` of the pixels found in the movie itself (hot, not finite, gross
+        outliers) and replaced, in the movie's frame grid; not the reference's defects (the
+        defect file's, the gain's zeros). Empty without the hot-pixel search.
     timings_s : dict
     local : LocalMotion or None
         Patch-based local motion (:mod:`correction.align_local`); when ``local.applied`` the
@@ -166,6 +172,8 @@ class CorrectedFrames:
     frames_used: tuple[int, int]
     n_hot_pixels: int
     padding_px: tuple[int, int]
+    movie_shape_yx: tuple[int, int] = (0, 0)
+    replaced_pixels_yx: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     timings_s: dict[str, float] = field(default_factory=dict)
     local: LocalMotion | None = None
     resolution: FRCResolution | None = None
@@ -402,7 +410,9 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     # hot pixels and the mean used to pad every frame
     bad = gain_reference.defect_mask.copy() if gain_reference is not None and \
         gain_reference.defect_mask is not None else None
+    reference_bad = bad  # the reference's defects (a defect file, the gain's zeros)
     n_hot = 0
+    replaced_yx = np.empty((0, 2), np.int64)  # pixels found in the movie itself and replaced
     fill = None
     orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
     t_orientation = 0.0
@@ -438,6 +448,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         n_hot = int(hot.sum())
         if n_hot:
             bad = hot if bad is None else (bad | hot)
+        found = bad if bad is not None and reference_bad is None else (
+            bad & ~reference_bad if bad is not None else None)
+        if found is not None:
+            replaced_yx = np.argwhere(found)
+            del found
         # mean of the good pixels: whole sum minus the (few) bad ones, no full-size copy
         total = frame_mean(corrected_sum, workers) * corrected_sum.size
         n_good = corrected_sum.size
@@ -476,7 +491,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
                            pixel_size_A=pixel_out, shape_yx=grids.out_yx,
                            frame_doses_e_A2=doses_all, frames_used=(first, stop),
-                           n_hot_pixels=n_hot,
+                           n_hot_pixels=n_hot, movie_shape_yx=(ny, nx),
+                           replaced_pixels_yx=replaced_yx,
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
@@ -1030,6 +1046,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
                if corrected.local is not None else None),
         references=references, software=software_record(),
+        movie_shape_yx=corrected.movie_shape_yx,
+        replaced_pixels_yx=corrected.replaced_pixels_yx,
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {}),

@@ -31,11 +31,13 @@ import numpy as np
 
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
-__all__ = ["SCHEMA", "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
+__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
            "file_sha256",
            "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
+#: Replaced pixels whose coordinates a record lists (a damaged movie may have millions)
+MAX_REPLACED_PIXELS_LISTED = 100_000
 _DISTRIBUTION = "motionwatch"
 _CHUNK_BYTES = 1 << 20
 
@@ -171,6 +173,8 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
                   resolution: dict[str, Any] | None = None,
                   references: dict[str, Any] | None = None,
                   software: dict[str, Any] | None = None,
+                  movie_shape_yx: tuple[int, int] | None = None,
+                  replaced_pixels_yx: np.ndarray | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the JSON-serialisable ``motion.json`` record of one corrected movie.
 
@@ -204,6 +208,14 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
         The gain, dark and defect files with their checksums (:func:`reference_record`).
     software : dict, optional
         Program and version (:func:`software_record`).
+    movie_shape_yx : (int, int), optional
+        The movie's frame size as read (an EER movie's at its sampling), movie pixels; written
+        as ``movie_shape`` ``[ny, nx]`` (RELION's ``rlnImageSizeY/X``).
+    replaced_pixels_yx : ndarray of int, shape (n, 2), optional
+        ``[row, column]`` (0-based, the movie's frame grid) of the pixels found in the movie
+        itself (hot, not finite, gross outliers) and replaced; written as ``replaced_pixels``:
+        ``count`` and ``yx``, the first :data:`MAX_REPLACED_PIXELS_LISTED` of them (``listed``
+        says how many are), for RELION's ``data_hot_pixels`` (polishing masks them).
     extra : dict, optional
         Further top-level fields (e.g. tilt-series facts from the daemon); must not clash with
         the schema's own keys.
@@ -236,6 +248,13 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
         "outputs": dict(outputs),
         "timings_s": {k: _r(v, 3) for k, v in timings_s.items()},
     }
+    if movie_shape_yx is not None:
+        record["movie_shape"] = [int(movie_shape_yx[0]), int(movie_shape_yx[1])]
+    if replaced_pixels_yx is not None:
+        yx = np.asarray(replaced_pixels_yx, dtype=np.int64).reshape(-1, 2)
+        listed = yx[:MAX_REPLACED_PIXELS_LISTED]
+        record["replaced_pixels"] = {"count": int(len(yx)), "listed": int(len(listed)),
+                                     "yx": listed.tolist()}
     if alignment is not None:
         record["alignment"] = alignment
     if local is not None:

@@ -24,6 +24,9 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``): motionwatch's local
   model is not RELION's 18-coefficient polynomial, and Bayesian polishing re-estimates local
   motion from the global track anyway.
+  With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch found bad in the
+  movie and replaced, and ``rlnMicrographDefectFile`` the defect file it was given: polishing,
+  which reads the raw movie again, masks them as RELION's own motion correction has it do.
 * **accumulated motion** (:func:`accumulated_motion_px`), as ``generateLogFilePDFAndWriteStarFiles``
   computes ``rlnAccumMotionTotal/Early/Late``: the sum over frames f >= 2 with a shift of
   ``|s(f) - s(previous observed frame)|`` in unbinned pixels; a step is early when frame f lies
@@ -57,7 +60,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +166,11 @@ class MovieMotion:
     spherical_aberration_mm, amplitude_contrast : float or None
         The Cs (mm) and amplitude contrast the movie was corrected under (its record's
         ``optics``); None for a record written before they were recorded.
+    hot_pixels_xy : ndarray of int, shape (n, 2)
+        ``[x, y]`` (column, row; 0-based movie pixels) of the pixels found bad in the movie
+        itself and replaced (the record's ``replaced_pixels``).
+    defect_file : str or None
+        The defect file the movie was corrected with (absolute path).
     """
 
     motion_path: Path
@@ -183,6 +191,32 @@ class MovieMotion:
     eer_raw_frames: int | None = None
     spherical_aberration_mm: float | None = None
     amplitude_contrast: float | None = None
+    hot_pixels_xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    defect_file: str | None = None
+
+
+def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
+    """``[x, y]`` (column, row; 0-based movie pixels) of the pixels the record lists as found
+    bad in the movie itself (``replaced_pixels``); empty for a record without them."""
+    listed = (record.get("replaced_pixels") or {}).get("yx") or []
+    yx = np.asarray(listed, dtype=np.int64).reshape(-1, 2)
+    return yx[:, ::-1].copy()
+
+
+def _defect_file(record: Mapping[str, Any]) -> str | None:
+    """The defect file (absolute path) the movie was corrected with, if any."""
+    defects = (record.get("references") or {}).get("defects")
+    return str(defects["path"]) if isinstance(defects, Mapping) and defects.get("path") else None
+
+
+def _movie_shape_yx(record: Mapping[str, Any], bin_factor: float) -> tuple[int, int]:
+    """The movie's frame size (``movie_shape``); for a record written before it was recorded,
+    the output size times the binning (exact unless a side did not divide by it)."""
+    shape = record.get("movie_shape")
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
+    out = record["shape"]
+    return int(round(out[0] * bin_factor)), int(round(out[1] * bin_factor))
 
 
 def _eer_facts(record: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
@@ -215,7 +249,7 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
         trunc = int(record.get("trunc_frames") or 0)
         bin_factor = float((record.get("alignment") or {}).get("bin_factor") or 1.0)
         out_px = float(record["pixel_size_A"])
-        shape = record["shape"]
+        shape_yx = _movie_shape_yx(record, bin_factor)
         doses = np.asarray((record.get("dose") or {}).get("per_frame_e_A2") or [],
                            dtype=np.float64)
         pre = float((record.get("dose") or {}).get("pre_exposure_e_A2") or 0.0)
@@ -236,11 +270,12 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
     outputs["motion"] = motion_path
     return MovieMotion(
         motion_path=motion_path, movie=movie,
-        shape_yx=(int(round(shape[0] * bin_factor)), int(round(shape[1] * bin_factor))),
+        shape_yx=shape_yx,
         frames_in_movie=n_movie, first_frame=throw + 1, shifts_px=relion,
         frame_doses_e_A2=doses, pre_exposure_e_A2=pre, voltage_kV=voltage,
         movie_pixel_size_A=out_px / bin_factor, output_pixel_size_A=out_px,
-        bin_factor=bin_factor, outputs=outputs,
+        bin_factor=bin_factor, outputs=outputs, hot_pixels_xy=_hot_pixels_xy(record),
+        defect_file=_defect_file(record),
         **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))),
         **dict(zip(("spherical_aberration_mm", "amplitude_contrast"), recorded_optics(record))))
 
@@ -282,9 +317,14 @@ def motion_star_path(motion_path: str | Path) -> Path:
 
 
 def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> dict[str, Any]:
-    """The blocks of the per-movie motion STAR (``general``, ``global_shift``); ``gain_name``
-    is the gain MRC in the movie's orientation that polishing reads
-    (``rlnMicrographGainName``).
+    """The blocks of the per-movie motion STAR (``general``, ``global_shift`` and, when the
+    movie had any, ``hot_pixels``); ``gain_name`` is the gain MRC in the movie's orientation
+    that polishing reads (``rlnMicrographGainName``).
+
+    Polishing masks the pixels of ``data_hot_pixels`` (``rlnCoordinateX/Y``, 0-based column
+    and row of the movie, as ``Micrograph::fillDefectAndHotpixels`` indexes its mask) and of
+    ``rlnMicrographDefectFile`` (the defect file the movie was corrected with) on a mask of
+    ``rlnImageSizeY`` x ``rlnImageSizeX``, the movie's own frame size (``movie_shape``).
 
     EER movies (3dem/relion ``src/micrograph_model.cpp``: ``Micrograph::write`` adds
     ``rlnEERUpsampling`` and ``rlnEERGrouping`` for an EER movie, ``Micrograph::read`` takes -1
@@ -323,11 +363,18 @@ def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> 
     general["rlnMotionModelVersion"] = 0
     if gain_name:
         general["rlnMicrographGainName"] = gain_name
+    if motion.defect_file:
+        general["rlnMicrographDefectFile"] = motion.defect_file
     shifts = np.where(np.isfinite(motion.shifts_px), motion.shifts_px, NOT_OBSERVED)[:n_frames]
     table = pd.DataFrame({
         "rlnMicrographFrameNumber": np.arange(1, n_frames + 1),
         "rlnMicrographShiftX": shifts[:, 0], "rlnMicrographShiftY": shifts[:, 1]})
-    return {"general": general, "global_shift": table}
+    blocks = {"general": general, "global_shift": table}
+    if len(motion.hot_pixels_xy):
+        blocks["hot_pixels"] = pd.DataFrame({
+            "rlnCoordinateX": motion.hot_pixels_xy[:, 0].astype(np.float64),
+            "rlnCoordinateY": motion.hot_pixels_xy[:, 1].astype(np.float64)})
+    return blocks
 
 
 def star_table(rows: Sequence[Mapping[str, Any]]) -> Any:

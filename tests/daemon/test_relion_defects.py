@@ -1,0 +1,72 @@
+"""RELION's per-movie motion STAR tells polishing which pixels to mask, on the movie's own grid.
+
+Bayesian polishing reads the raw movie again. ``Micrograph::fillDefectAndHotpixels``
+(3dem/relion ``src/micrograph_model.cpp``) builds its mask as ``rlnImageSizeY`` x
+``rlnImageSizeX`` and sets ``mask[y][x]`` for each row of ``data_hot_pixels``
+(``rlnCoordinateX/Y``) and each pixel of ``rlnMicrographDefectFile``. Before, the STAR gave
+the output size times the binning (510 x 508 for a 511 x 509 movie binned by 2, a mask that
+does not fit the gain or the movie) and neither the hot pixels motionwatch found nor the
+defect file it was given."""
+
+from __future__ import annotations
+
+import json
+
+import mrcfile
+import numpy as np
+import starfile
+
+from correction.synthetic import render_movie
+from daemon.commands.cli import main
+
+
+def _write(path, frames, pixel_size_A=1.1):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(frames)
+        mrc.voxel_size = pixel_size_A
+
+
+def test_the_hot_pixels_found_are_listed_in_movie_pixels_x_then_y(tmp_path):
+    movie = render_movie(np.random.default_rng(3), shape_yx=(160, 192), n_frames=6,
+                         gain=None, n_hot_pixels=6, hot_pixel_counts=200.0,
+                         pixel_size_A=1.0)
+    _write(tmp_path / "m.mrc", movie.frames.astype(np.int16))
+    assert main(["correct", str(tmp_path / "m.mrc"), "--out", str(tmp_path / "out"),
+                 "--dose-per-frame", "1"]) == 0
+
+    record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
+    planted = {(int(y), int(x)) for y, x in movie.hot_pixels_yx}
+    found = {tuple(yx) for yx in record["replaced_pixels"]["yx"]}
+    assert planted <= found and len(found) <= len(planted) + 2
+    assert record["replaced_pixels"]["count"] == len(found)
+    assert record["movie_shape"] == [160, 192]
+
+    star = starfile.read(tmp_path / "out" / "m.star", always_dict=True)
+    hot = star["hot_pixels"]
+    assert list(hot.columns) == ["rlnCoordinateX", "rlnCoordinateY"]
+    assert {(int(y), int(x)) for x, y in zip(hot["rlnCoordinateX"], hot["rlnCoordinateY"])} \
+        == found
+    general = star["general"]
+    assert (general["rlnImageSizeX"], general["rlnImageSizeY"]) == (192, 160)
+
+
+def test_an_odd_sized_movie_binned_by_2_names_its_own_size_and_its_defect_file(tmp_path):
+    movie = render_movie(np.random.default_rng(4), shape_yx=(511, 509), n_frames=5,
+                         gain=None, n_hot_pixels=0, pixel_size_A=1.0)
+    _write(tmp_path / "odd.mrc", movie.frames.astype(np.int16))
+    defects = tmp_path / "defects.mrc"  # a defect map: non-zero is a defect
+    bad = np.zeros((511, 509), np.int8)
+    bad[200:230, 100] = 1  # a bad column segment
+    _write(defects, bad)
+    assert main(["correct", str(tmp_path / "odd.mrc"), "--out", str(tmp_path / "out"),
+                 "--dose-per-frame", "1", "--bin", "2", "--defects", str(defects)]) == 0
+
+    record = json.loads((tmp_path / "out" / "odd.motion.json").read_text())
+    assert record["shape"] == [255, 254]  # the binned output
+    general = starfile.read(tmp_path / "out" / "odd.star", always_dict=True)["general"]
+    assert (general["rlnImageSizeX"], general["rlnImageSizeY"]) == (509, 511)
+    assert general["rlnMicrographBinning"] == 2
+    assert general["rlnMicrographDefectFile"] == str(defects)
+    # the defect file's pixels are the file's to name, not listed again as found in the movie
+    listed = {tuple(yx) for yx in record["replaced_pixels"]["yx"]}
+    assert not listed & {(y, 100) for y in range(200, 230)}
