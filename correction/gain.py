@@ -187,6 +187,11 @@ class GainReference:
     listed : ListedPixels or None
         The gain and dark values under ``defect_rects`` that are not defects of the
         references themselves (0 in ``gain`` and ``dark``), kept for moving to another grid.
+    on_movie_grid : bool
+        A defect list given alone (as MotionCor2's ``-DefectFile`` and RELION's
+        ``--defect_file`` take it, e.g. for gain-normalised movies): no reference file gives a
+        grid, so ``gain`` is a 1 x 1 stand-in and :meth:`fit_to` makes the reference (a gain of
+        ones, the list rasterized) on the grid of the movie's frames.
 
     The forms a movie applies (:func:`reference_for_movie`: an EER gain inverted, or combined
     onto a coarser grid; :meth:`fit_to`, :meth:`onto_coarser_grid`) are made once and kept
@@ -208,6 +213,7 @@ class GainReference:
     eer_rule: str | None = None
     defect_rects: tuple[DefectRect, ...] = ()
     listed: ListedPixels | None = field(default=None, repr=False)
+    on_movie_grid: bool = False
     _derived: dict[tuple[Any, ...], GainReference] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     _deriving: Any = field(  # a threading.RLock
@@ -420,7 +426,8 @@ class GainReference:
 
     def fit_to(self, shape_yx: tuple[int, int], movie_path: str | Path | None = None, *,
                super_resolution_factor: int | None = None) -> GainReference:
-        """This reference for frames of ``shape_yx``: itself, or expanded to a finer grid.
+        """This reference for frames of ``shape_yx``: itself, or expanded to a finer grid
+        (a defect list given alone: made on that grid, see ``on_movie_grid``).
 
         When the frames are an integer multiple (2, 3 ...) of the reference on both axes,
         as for EER movies decoded with ``eer_sampling=2`` against a physical-pixel ``.gain``,
@@ -445,6 +452,10 @@ class GainReference:
         GainReferenceError
         """
         shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
+        if self.on_movie_grid:  # a defect list alone: made on the frames' grid
+            return self.derived(("movie grid", shape_yx), lambda: GainReference.from_arrays(
+                np.ones(shape_yx, np.float32), defects_path=self.defects_path,
+                defect_rects=self.defect_rects))
         if shape_yx == self.shape_yx:
             return self
         fy, ry = divmod(shape_yx[0], self.shape_yx[0])
@@ -500,7 +511,8 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
     -------
     GainReference or None
         None when no gain, dark or defects are given. Without a gain (dark or defects only),
-        the gain is all ones.
+        the gain is all ones; with a defect list alone, on the movie's grid once it is known
+        (``on_movie_grid``, :meth:`GainReference.fit_to`).
 
     Raises
     ------
@@ -525,9 +537,10 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
     if gain is None:  # dark or defects only: a gain of ones of their shape
         shape = dark.shape if dark is not None else defects.shape if defects is not None \
             else None
-        if shape is None:
-            raise GainReferenceError(dpath, "a defect list alone has no frame shape; give a "
-                                            "gain or dark reference, or a defect map image")
+        if shape is None:  # a defect list alone: the movie gives the grid (fit_to)
+            rects = parse_defect_list(dpath)
+            return GainReference(gain=np.ones((1, 1), np.float32), defects_path=dpath,
+                                 defect_rects=tuple(rects), on_movie_grid=True)
         gain = np.ones(shape, dtype=np.float32)
     rects = parse_defect_list(dpath) if dpath is not None and defects is None else ()
     return GainReference.from_arrays(

@@ -998,6 +998,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                raw_frames_per_frame=movie.raw_frames_per_frame,
                                super_resolution_factor=int(super_res))
     gain_expanded_by = (int(super_res) if gain_reference is not None
+                        and not gain_reference.on_movie_grid
                         and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)
     float_frames = movie.frames.dtype.kind == "f"
     del movie

@@ -166,19 +166,28 @@ def test_a_defect_map_image_is_in_the_movies_grid_and_not_turned_with_the_gain(t
     assert ref.defect_mask[9, 5] and ref.defect_mask.sum() == 1
 
 
-def test_a_defect_map_image_alone_gives_a_gain_of_ones_and_a_list_alone_a_clear_error(tmp_path):
+def test_a_defect_map_image_alone_gives_a_gain_of_ones_and_a_list_alone_its_movies_grid(
+        tmp_path):
     """A defect map has the frame's shape, so it needs no gain (gain-normalised frames); a
-    text list alone cannot say which frame it covers."""
+    text list alone is rasterized on the grid of each movie's frames, as MotionCor2's
+    -DefectFile and RELION's --defect_file take it (before, it was refused)."""
     defect_map = np.zeros((8, 12), np.uint8)
     defect_map[3, 5] = 1
     tifffile.imwrite(tmp_path / "map.tif", defect_map)
     ref = load_gain_reference(GainParams(defects_path=tmp_path / "map.tif"))
     assert ref.shape_yx == (8, 12) and ref.gain_path is None
     assert np.all(ref.gain[~ref.defect_mask] == 1) and ref.defect_mask.sum() == 1
-    (tmp_path / "d.txt").write_text("4 2 1 3\n")
-    with pytest.raises(GainReferenceError, match=r"d\.txt: a defect list alone has no frame "
-                                                 r"shape"):
-        load_gain_reference(GainParams(defects_path=tmp_path / "d.txt"))
+    (tmp_path / "d.txt").write_text("4 2 1 3\n")  # x y w h
+    listed = load_gain_reference(GainParams(defects_path=tmp_path / "d.txt"))
+    assert listed.on_movie_grid and listed.defects_path == tmp_path / "d.txt"
+    for shape in ((8, 12), (6, 5)):
+        on_grid = listed.fit_to(shape)
+        assert on_grid.shape_yx == shape and not on_grid.on_movie_grid
+        expected = np.zeros(shape, bool)
+        expected[2:5, 4] = True  # rows y .. y + h - 1 of column x, clipped to the frame
+        np.testing.assert_array_equal(on_grid.defect_mask, expected)
+        assert np.all(on_grid.gain[~expected] == 1)
+    assert listed.fit_to((8, 12)) is listed.fit_to((8, 12))  # made once per grid
 
 
 def test_defect_map_nonzero_and_nonfinite_are_defects():

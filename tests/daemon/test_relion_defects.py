@@ -70,3 +70,22 @@ def test_an_odd_sized_movie_binned_by_2_names_its_own_size_and_its_defect_file(t
     # the defect file's pixels are the file's to name, not listed again as found in the movie
     listed = {tuple(yx) for yx in record["replaced_pixels"]["yx"]}
     assert not listed & {(y, 100) for y in range(200, 230)}
+
+
+def test_a_defect_list_alone_masks_its_pixels_on_the_movies_grid_and_is_named(tmp_path):
+    """Gain-normalised movies with a MotionCor-style defect list and no gain: before, refused
+    ("a defect list alone has no frame shape")."""
+    movie = render_movie(np.random.default_rng(1), shape_yx=(256, 200), n_frames=6, gain=None,
+                         n_hot_pixels=0, pixel_size_A=1.1)
+    frames = movie.frames.astype(np.int16)
+    frames[:, 50:60, 30] = 3000  # a bad column segment: x = 30, y = 50-59
+    _write(tmp_path / "m.mrc", frames)
+    defects = tmp_path / "defects.txt"
+    defects.write_text("30 50 1 10\n")  # x y w h
+    assert main(["correct", str(tmp_path / "m.mrc"), "--out", str(tmp_path / "out"),
+                 "--dose-per-frame", "1", "--defects", str(defects)]) == 0
+    image = mrcfile.read(tmp_path / "out" / "m.mrc")
+    assert abs(float(image[50:60, 28:33].mean()) - float(image.mean())) < 3 * float(image.std())
+    general = starfile.read(tmp_path / "out" / "m.star", always_dict=True)["general"]
+    assert general["rlnMicrographDefectFile"] == str(defects)
+    assert (general["rlnImageSizeX"], general["rlnImageSizeY"]) == (200, 256)
