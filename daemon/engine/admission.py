@@ -352,11 +352,14 @@ class Admission:
         self.deferred = 0
         self._deferred_paths = []
 
+    def _version_recorded(self, key: MovieKey) -> bool:
+        """A row of this file version (path, size, mtime) exists, under any parameters."""
+        return any((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
+                   for r in self._ledger().rows(path=key.path))
+
     def _quarantine_unless_recorded(self, key: MovieKey, why: str) -> None:
-        ledger = self._ledger()
-        if not any((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
-                   for r in ledger.rows(path=key.path)):
-            ledger.add(key, status="quarantined", error=why)
+        if not self._version_recorded(key):
+            self._ledger().add(key, status="quarantined", error=why)
 
     def _recorded_versions(self) -> set[tuple[str, int, int]]:
         """``(path, size, mtime_ns)`` of every row the ledger held when first asked (after a
@@ -395,9 +398,20 @@ class Admission:
             return None
         try:
             meta = self._resolver.resolve(obs, cfg.params, n_frames=verdict.n_frames)
-        except Exception as exc:  # noqa: BLE001 - quarantined: not corrected without it
-            meta = MovieMetadata(quarantine_reason=f"metadata failed: {type(exc).__name__}: "
-                                                   f"{exc}")
+        except OSError as exc:  # a share's I/O error under its metadata: looked at again
+            why = f"metadata unreadable: {type(exc).__name__}: {exc}; tried again at each scan"
+            self.report_once(str(obs.path), "metadata_failed", why, level="warning")
+            return why
+        except Exception as exc:  # noqa: BLE001 - never corrected without its metadata
+            why = f"metadata failed: {type(exc).__name__}: {exc}"
+            key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
+            recorded = self._safe(lambda: self._version_recorded(key))
+            if recorded is None:
+                return _DB_DOWN
+            if recorded:  # corrected before (other parameters): it keeps that record, waits
+                self.report_once(str(obs.path), "metadata_failed", why, level="error")
+                return why
+            meta = MovieMetadata(quarantine_reason=why)  # quarantined: status lists it
         if meta.wait_reason:
             self.report_once(str(obs.path), "movie_waiting", meta.wait_reason)
             return meta.wait_reason

@@ -430,7 +430,8 @@ class Service:
         counts = self.ledger.counts()
         busy = (self.dispatcher.in_flight or self.admission.waiting or self.admission.deferred
                 or counts["pending"] or counts["running"] or counts["failed"]
-                or self.dispatcher.unrecorded or self._resolver.busy())
+                or self.dispatcher.unrecorded or self._resolver.busy()
+                or self.admission.resolver_problem is not None)  # nothing looked at: not idle
         if busy:
             self._idle_since = None
             return False

@@ -444,7 +444,11 @@ class TiltSeriesResolver:
                            series=series, note="its metadata changed after correction: redone "
                                                "with the new dose and pre-exposure")
         self._advance_series(res, movies, list(changed), now)
-        self._remove_ghosts(res)
+        try:
+            self._remove_ghosts(res)
+        except Exception as exc:  # noqa: BLE001 - files of gone series: tried at the next scan
+            self._once_log("error", "series_cleanup_failed", "", f"{type(exc).__name__}: {exc}",
+                           note="tried again at the next scan")
         return [Path(p) for p in changed] + [Path(p) for p, _ in late if p not in changed]
 
     def _settled_series(self, res: Resolution, now: float) -> frozenset[str]:
@@ -570,7 +574,10 @@ class TiltSeriesResolver:
         movie (a junk or abandoned mdoc must not hold it for ever)."""
         if now - self._first_seen.get(str(movie), now) < self.series_config.metadata_wait_s:
             return False
-        if any(lock.exists() for lock in lock_paths(Path(str(movie) + ".mdoc"), movie.stem)):
+        try:
+            if any(lock.exists() for lock in lock_paths(Path(str(movie) + ".mdoc"), movie.stem)):
+                return False
+        except OSError:  # the share answers an I/O error: undecided still, looked at again
             return False
         self._once_log("warning", "movie_mdoc_without_section", str(movie),
                        f"its .mdoc has no section after {self.series_config.metadata_wait_s:g} "
@@ -600,75 +607,89 @@ class TiltSeriesResolver:
         for m, a in res.assignments.items():
             assigned.setdefault(a.series, set()).add(m)
         for name, summary in res.series.items():
-            state = self._states.get(name)
-            if (state is not None and self._settled.holds(name, summary, state)
-                    and (state.lock_seen or not self._lock_present(name, summary))):
-                continue  # complete, and nothing it reads changed (daemon/series/settled.py)
-            if state is None:
-                state = SeriesState(name)
-                self._states[name] = state
-                self._persist(name, state)
-                self._log.info("series_started", series=name, source=summary.match_source,
-                               mdoc=summary.mdoc_path)
-                self._emit("started", name)
-            if name in self._assembling:
-                continue
-            known = set(assigned.get(name, ()))
-            known |= {m for m in summary.listed_movies if m in by_name}
-            finished_rows = {(m, (row.row_id, row.finished))
-                             for m in known | summary.listed_movies if m in by_name and m not in changed_names
-                             and (row := self._rows.get(by_name[m])) is not None
-                             and row.status in _FINISHED and not renamed_away(row, unrecorded)}
-            finished = {m for m, _ in finished_rows}
-            lock = self._lock_present(name, summary)
-            mdoc_since = None
-            folder_of = Path(by_name[sorted(known)[0]]) if known else None
-            if summary.mdoc_path is not None:
-                m = self._mdocs.get(summary.mdoc_path)
-                mdoc_since = m.unchanged_since_s if m is not None else None
-                folder_of = Path(summary.mdoc_path)
-            self._update_info(name, state, summary, folder_of)
-            times = [self._first_seen.get(by_name[m], 0.0) for m in known if m in by_name]
-            times += [r.first_seen for m in known if (r := self._rows.get(by_name.get(m, "")))]
-            if mdoc_since is not None:
-                times.append(mdoc_since)
-            obs = SeriesObservation(frozenset(summary.listed_movies), frozenset(known),
-                                    frozenset(finished), lock, mdoc_since,
-                                    max(times) if times else now, frozenset(finished_rows))
-            if state.status == "complete" and changed_names & state.assembled_movies:
-                new, assemble = replace(state, status="open", reason="re-opened: metadata of "
-                                        f"{sorted(changed_names & state.assembled_movies)[0]} "
-                                        "changed"), False
-            else:
-                new, assemble = update_series_state(state, obs, now_s=now,
-                                                    config=self.series_config)
-            # every tilt corrected, nothing writing: it completes once its mdoc is quiet, and
-            # the service is not idle until then (a batch run on a finished session's folder
-            # gets its stacks)
-            awaited = obs.known_movies | (obs.listed_movies if new.generation == 0 else set())
-            if (new.status != "complete" and not assemble and not lock and not new.lock_seen
-                    and mdoc_since is not None and summary.listed_movies and obs.known_movies
-                    and awaited <= obs.finished_movies):
-                self._completing.add(name)
-            else:
-                self._completing.discard(name)
-            if state.status == "complete" and new.status == "open":
-                self._log.info("series_reopened", series=name, reason=new.reason)
-                self._states[name] = new
-                self._persist(name, new)
-                self._emit("reopened", name)
-                continue
-            if assemble and folder_of is not None:
-                self._submit(name, new, summary, by_name, folder_of)
-                continue
-            if new != state:
-                self._states[name] = new
-                self._persist(name, new)
-            elif new.status == "complete":
-                read = known | summary.listed_movies | state.assembled_movies
-                self._settled.settle(name, summary, state, read, watches_renames=any(
-                    vanished_row(row) for m in read
-                    if (row := self._rows.get(by_name.get(m, ""))) is not None))
+            try:
+                self._advance_one(name, summary, assigned, by_name, changed_names, unrecorded,
+                                  now)
+            except Exception as exc:  # noqa: BLE001 - one series' trouble waits for the next
+                # scan (an I/O error of the share under its lock or mdoc, an assembly job that
+                # could not be started): the other series, and admission, go on
+                self._once_log("error", "series_advance_failed", name,
+                               f"{type(exc).__name__}: {exc}", series=name,
+                               note="tried again at the next scan")
+
+    def _advance_one(self, name: str, summary: SeriesSummary, assigned: Mapping[str, set[str]],
+                     by_name: Mapping[str, str], changed_names: set[str],
+                     unrecorded: set[tuple[tuple[int, int], int, int]], now: float) -> None:
+        """One series' step of :meth:`_advance_series`: its state, completion, assembly."""
+        state = self._states.get(name)
+        if (state is not None and self._settled.holds(name, summary, state)
+                and (state.lock_seen or not self._lock_present(name, summary))):
+            return  # complete, and nothing it reads changed (daemon/series/settled.py)
+        if state is None:
+            state = SeriesState(name)
+            self._states[name] = state
+            self._persist(name, state)
+            self._log.info("series_started", series=name, source=summary.match_source,
+                           mdoc=summary.mdoc_path)
+            self._emit("started", name)
+        if name in self._assembling:
+            return
+        known = set(assigned.get(name, ()))
+        known |= {m for m in summary.listed_movies if m in by_name}
+        finished_rows = {(m, (row.row_id, row.finished))
+                         for m in known | summary.listed_movies if m in by_name and m not in changed_names
+                         and (row := self._rows.get(by_name[m])) is not None
+                         and row.status in _FINISHED and not renamed_away(row, unrecorded)}
+        finished = {m for m, _ in finished_rows}
+        lock = self._lock_present(name, summary)
+        mdoc_since = None
+        folder_of = Path(by_name[sorted(known)[0]]) if known else None
+        if summary.mdoc_path is not None:
+            m = self._mdocs.get(summary.mdoc_path)
+            mdoc_since = m.unchanged_since_s if m is not None else None
+            folder_of = Path(summary.mdoc_path)
+        self._update_info(name, state, summary, folder_of)
+        times = [self._first_seen.get(by_name[m], 0.0) for m in known if m in by_name]
+        times += [r.first_seen for m in known if (r := self._rows.get(by_name.get(m, "")))]
+        if mdoc_since is not None:
+            times.append(mdoc_since)
+        obs = SeriesObservation(frozenset(summary.listed_movies), frozenset(known),
+                                frozenset(finished), lock, mdoc_since,
+                                max(times) if times else now, frozenset(finished_rows))
+        if state.status == "complete" and changed_names & state.assembled_movies:
+            new, assemble = replace(state, status="open", reason="re-opened: metadata of "
+                                    f"{sorted(changed_names & state.assembled_movies)[0]} "
+                                    "changed"), False
+        else:
+            new, assemble = update_series_state(state, obs, now_s=now,
+                                                config=self.series_config)
+        # every tilt corrected, nothing writing: it completes once its mdoc is quiet, and
+        # the service is not idle until then (a batch run on a finished session's folder
+        # gets its stacks)
+        awaited = obs.known_movies | (obs.listed_movies if new.generation == 0 else set())
+        if (new.status != "complete" and not assemble and not lock and not new.lock_seen
+                and mdoc_since is not None and summary.listed_movies and obs.known_movies
+                and awaited <= obs.finished_movies):
+            self._completing.add(name)
+        else:
+            self._completing.discard(name)
+        if state.status == "complete" and new.status == "open":
+            self._log.info("series_reopened", series=name, reason=new.reason)
+            self._states[name] = new
+            self._persist(name, new)
+            self._emit("reopened", name)
+            return
+        if assemble and folder_of is not None:
+            self._submit(name, new, summary, by_name, folder_of)
+            return
+        if new != state:
+            self._states[name] = new
+            self._persist(name, new)
+        elif new.status == "complete":
+            read = known | summary.listed_movies | state.assembled_movies
+            self._settled.settle(name, summary, state, read, watches_renames=any(
+                vanished_row(row) for m in read
+                if (row := self._rows.get(by_name.get(m, ""))) is not None))
 
     @staticmethod
     def _lock_present(name: str, summary: SeriesSummary) -> bool:
