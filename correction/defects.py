@@ -9,6 +9,7 @@ bad pixels only, not a pass over the frame.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ __all__ = [
     "read_defect_list",
     "parse_defect_list",
     "rasterize_defects",
+    "relion_reads_defect_list",
+    "first_coordinates_yx",
     "DefectRect",
     "defect_mask_from_image",
 ]
@@ -605,6 +608,42 @@ def parse_defect_list(path: str | Path) -> tuple[DefectRect, ...]:
                       f"{line.strip()!r}")
         rects.append((x, y, w, h))
     return tuple(rects)
+
+
+_STRICT_RECT = re.compile(r"\s*\d+\s+\d+\s+\d+\s+\d+\s*")
+
+
+def relion_reads_defect_list(path: str | Path) -> bool:
+    """Whether RELION reads ``path`` as the defect list it is: named ``*.txt`` (RELION compares
+    the extension exactly; any other name is read as an image) and nothing but ``x y w h``
+    integers (``MotioncorrRunner::fillDefectMask`` reads ``f >> x >> y >> w >> h`` until end of
+    file: a comment or a comma stops the stream short of the end, and the loop never ends).
+    False when the file cannot be read."""
+    path = Path(path)
+    if path.suffix != ".txt":
+        return False
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(not line.strip() or _STRICT_RECT.fullmatch(line) for line in lines)
+
+
+def first_coordinates_yx(mask: np.ndarray, limit: int) -> tuple[np.ndarray, int]:
+    """``([row, column] of the first ``limit`` True pixels in row order, how many there are)``,
+    without listing them all (a damaged movie may have tens of millions)."""
+    count = int(np.count_nonzero(mask))
+    if count <= limit:
+        return np.argwhere(mask), count
+    found, got, rows = [], 0, max(1, (1 << 22) // max(1, mask.shape[1]))
+    for y0 in range(0, mask.shape[0], rows):
+        block = np.argwhere(mask[y0:y0 + rows])
+        block[:, 0] += y0
+        found.append(block)
+        got += len(block)
+        if got >= limit:
+            break
+    return np.concatenate(found)[:limit], count
 
 
 def defect_mask_from_image(image: np.ndarray) -> np.ndarray:

@@ -79,7 +79,8 @@ from .allocator import drop_mapped_pages as _drop_mapped
 from .allocator import movie_memory_settings, peak_resident_MB
 from .align_global import GlobalAlignment, estimate_shifts
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
-from .defects import detect_hot_pixels, gross_outliers, plan_replacement
+from .defects import (detect_hot_pixels, first_coordinates_yx, gross_outliers, plan_replacement,
+                      rasterize_defects, relion_reads_defect_list)
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import CorrectionError, MissingPixelSizeError, ParameterError, UnreadableMovieError
@@ -95,7 +96,8 @@ from .local_apply import local_sums
 from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
 from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
-from .report import DriftStats, drift_stats, motion_record, reference_record, software_record
+from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
+                     motion_record, reference_record, software_record)
 from .stems import fit_output_stem
 from .summation import SumImages, accumulate_sums, frame_mean, sums_to_images
 from .threads import run_chunks
@@ -141,10 +143,9 @@ class CorrectedFrames:
         Padding of the output grid on each axis (the largest shift that cannot wrap).
     movie_shape_yx : (int, int)
         Frame size of the movie as read (an EER movie's at its sampling), movie pixels.
-    replaced_pixels_yx : ndarray of int, shape (n, 2)
-        ``[row, column]`` of the pixels found in the movie itself (hot, not finite, gross
-        outliers) and replaced, in the movie's frame grid; not the reference's defects (the
-        defect file's, the gain's zeros). Empty without the hot-pixel search.
+    replaced : ReplacedPixels
+        The replaced pixels RELION's polishing is told of in ``data_hot_pixels``
+        (:func:`_pixels_to_tell_relion`).
     timings_s : dict
     local : LocalMotion or None
         Patch-based local motion (:mod:`correction.align_local`); when ``local.applied`` the
@@ -173,7 +174,7 @@ class CorrectedFrames:
     n_hot_pixels: int
     padding_px: tuple[int, int]
     movie_shape_yx: tuple[int, int] = (0, 0)
-    replaced_pixels_yx: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    replaced: ReplacedPixels = field(default_factory=ReplacedPixels)
     timings_s: dict[str, float] = field(default_factory=dict)
     local: LocalMotion | None = None
     resolution: FRCResolution | None = None
@@ -410,9 +411,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     # hot pixels and the mean used to pad every frame
     bad = gain_reference.defect_mask.copy() if gain_reference is not None and \
         gain_reference.defect_mask is not None else None
-    reference_bad = bad  # the reference's defects (a defect file, the gain's zeros)
     n_hot = 0
-    replaced_yx = np.empty((0, 2), np.int64)  # pixels found in the movie itself and replaced
     fill = None
     orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
     t_orientation = 0.0
@@ -448,11 +447,6 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         n_hot = int(hot.sum())
         if n_hot:
             bad = hot if bad is None else (bad | hot)
-        found = bad if bad is not None and reference_bad is None else (
-            bad & ~reference_bad if bad is not None else None)
-        if found is not None:
-            replaced_yx = np.argwhere(found)
-            del found
         # mean of the good pixels: whole sum minus the (few) bad ones, no full-size copy
         total = frame_mean(corrected_sum, workers) * corrected_sum.size
         n_good = corrected_sum.size
@@ -467,6 +461,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         t_orientation = time.perf_counter() - t
     timings["hot_pixels"] = time.perf_counter() - t0 - t_orientation
     timings["gain_orientation"] = t_orientation
+    replaced = _pixels_to_tell_relion(bad, gain_reference, (ny, nx))
 
     pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
     margin = int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX
@@ -491,12 +486,35 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
                            pixel_size_A=pixel_out, shape_yx=grids.out_yx,
                            frame_doses_e_A2=doses_all, frames_used=(first, stop),
-                           n_hot_pixels=n_hot, movie_shape_yx=(ny, nx),
-                           replaced_pixels_yx=replaced_yx,
+                           n_hot_pixels=n_hot, movie_shape_yx=(ny, nx), replaced=replaced,
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
                            gain_orientation=orientation, detector_pattern=detector_pattern)
+
+
+def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference | None,
+                           shape_yx: tuple[int, int]) -> ReplacedPixels:
+    """The replaced pixels (``bad``, on the frames' grid) that RELION's polishing, which reads
+    the raw movie again, learns of only from ``data_hot_pixels``: all of them but those it
+    masks anyway, the zeros of the gain exported for it (every defect of the reference is 0
+    there: ``others_in="gain"``) or, without a gain, the defect list named as
+    ``rlnMicrographDefectFile`` when RELION reads that file as it is
+    (:func:`correction.defects.relion_reads_defect_list`: ``others_in="defect_file"``). So the
+    hot pixels and damaged pixels found in the movie, a dark reference's non-finite pixels
+    without a gain, and a defect map or a list RELION cannot read, without a gain."""
+    told, others_in = None, None
+    if gain_reference is not None and gain_reference.gain_path is not None:
+        told, others_in = gain_reference.defect_mask, "gain"
+    elif gain_reference is not None and gain_reference.defect_rects \
+            and gain_reference.defects_path is not None \
+            and relion_reads_defect_list(gain_reference.defects_path):
+        told, others_in = rasterize_defects(gain_reference.defect_rects, shape_yx), "defect_file"
+    if bad is None:
+        return ReplacedPixels(others_in=others_in)
+    yx, count = first_coordinates_yx(bad if told is None else bad & ~told,
+                                     MAX_REPLACED_PIXELS_LISTED)
+    return ReplacedPixels(yx, count, others_in)
 
 
 def _gain_advice(gain_reference: GainReference | None) -> str | None:
@@ -1047,8 +1065,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         local=(local_motion_record(corrected.local, corrected.shifts_yx_px)
                if corrected.local is not None else None),
         references=references, software=software_record(),
-        movie_shape_yx=corrected.movie_shape_yx,
-        replaced_pixels_yx=corrected.replaced_pixels_yx,
+        movie_shape_yx=corrected.movie_shape_yx, replaced_pixels=corrected.replaced,
         extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {}),

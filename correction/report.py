@@ -22,7 +22,7 @@ import functools
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import numpy as np
 
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
-__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
+__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
            "file_sha256",
            "reference_record", "software_record"]
 
@@ -40,6 +40,33 @@ SCHEMA = "motionwatch.motion/1"
 MAX_REPLACED_PIXELS_LISTED = 100_000
 _DISTRIBUTION = "motionwatch"
 _CHUNK_BYTES = 1 << 20
+
+@dataclass(frozen=True, slots=True)
+class ReplacedPixels:
+    """Replaced pixels that a program reading the raw movie again must be told of (RELION's
+    ``data_hot_pixels``).
+
+    Attributes
+    ----------
+    yx : ndarray of int, shape (n, 2)
+        ``[row, column]`` (0-based, the movie's frame grid) of the first
+        :data:`MAX_REPLACED_PIXELS_LISTED` of them, in row order.
+    count : int
+        How many there are.
+    others_in : {"gain", "defect_file"} or None
+        Where the other replaced pixels are given: the zeros of the gain exported beside the
+        outputs, or the defect file (named as it is); None when nothing else is replaced.
+    """
+
+    yx: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    count: int = 0
+    others_in: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        yx = np.asarray(self.yx, dtype=np.int64).reshape(-1, 2)
+        return {"count": int(self.count), "listed": int(len(yx)), "yx": yx.tolist(),
+                "others_in": self.others_in}
+
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 (hex) of a file's content, computed once per process for each file version.
@@ -174,7 +201,7 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
                   references: dict[str, Any] | None = None,
                   software: dict[str, Any] | None = None,
                   movie_shape_yx: tuple[int, int] | None = None,
-                  replaced_pixels_yx: np.ndarray | None = None,
+                  replaced_pixels: ReplacedPixels | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the JSON-serialisable ``motion.json`` record of one corrected movie.
 
@@ -211,11 +238,9 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
     movie_shape_yx : (int, int), optional
         The movie's frame size as read (an EER movie's at its sampling), movie pixels; written
         as ``movie_shape`` ``[ny, nx]`` (RELION's ``rlnImageSizeY/X``).
-    replaced_pixels_yx : ndarray of int, shape (n, 2), optional
-        ``[row, column]`` (0-based, the movie's frame grid) of the pixels found in the movie
-        itself (hot, not finite, gross outliers) and replaced; written as ``replaced_pixels``:
-        ``count`` and ``yx``, the first :data:`MAX_REPLACED_PIXELS_LISTED` of them (``listed``
-        says how many are), for RELION's ``data_hot_pixels`` (polishing masks them).
+    replaced_pixels : ReplacedPixels, optional
+        The replaced pixels RELION's polishing must be told of; written as ``replaced_pixels``
+        (``count``, ``listed``, ``yx`` [row, column], ``others_in``), for ``data_hot_pixels``.
     extra : dict, optional
         Further top-level fields (e.g. tilt-series facts from the daemon); must not clash with
         the schema's own keys.
@@ -250,11 +275,8 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
     }
     if movie_shape_yx is not None:
         record["movie_shape"] = [int(movie_shape_yx[0]), int(movie_shape_yx[1])]
-    if replaced_pixels_yx is not None:
-        yx = np.asarray(replaced_pixels_yx, dtype=np.int64).reshape(-1, 2)
-        listed = yx[:MAX_REPLACED_PIXELS_LISTED]
-        record["replaced_pixels"] = {"count": int(len(yx)), "listed": int(len(listed)),
-                                     "yx": listed.tolist()}
+    if replaced_pixels is not None:
+        record["replaced_pixels"] = replaced_pixels.to_record()
     if alignment is not None:
         record["alignment"] = alignment
     if local is not None:

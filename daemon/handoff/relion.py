@@ -24,9 +24,11 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``): motionwatch's local
   model is not RELION's 18-coefficient polynomial, and Bayesian polishing re-estimates local
   motion from the global track anyway.
-  With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch found bad in the
-  movie and replaced, and ``rlnMicrographDefectFile`` the defect file it was given: polishing,
-  which reads the raw movie again, masks them as RELION's own motion correction has it do.
+  With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch replaced that
+  polishing, which reads the raw movie again, would not mask otherwise (the record's
+  ``replaced_pixels``: not the zeros of the gain exported for it), and without a gain
+  ``rlnMicrographDefectFile``, the defect list, when RELION reads it as it is (a strict
+  ``x y w h`` ``.txt``; a comment or a comma would hang its reader).
 * **accumulated motion** (:func:`accumulated_motion_px`), as ``generateLogFilePDFAndWriteStarFiles``
   computes ``rlnAccumMotionTotal/Early/Late``: the sum over frames f >= 2 with a shift of
   ``|s(f) - s(previous observed frame)|`` in unbinned pixels; a step is early when frame f lies
@@ -170,7 +172,8 @@ class MovieMotion:
         ``[x, y]`` (column, row; 0-based movie pixels) of the pixels found bad in the movie
         itself and replaced (the record's ``replaced_pixels``).
     defect_file : str or None
-        The defect file the movie was corrected with (absolute path).
+        The defect file the movie was corrected with (absolute path), when RELION is to read
+        the defects from it (see :func:`_defect_file`).
     """
 
     motion_path: Path
@@ -204,9 +207,14 @@ def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
 
 
 def _defect_file(record: Mapping[str, Any]) -> str | None:
-    """The defect file (absolute path) the movie was corrected with, if any."""
+    """The defect file (absolute path) to name as ``rlnMicrographDefectFile``: only when the
+    record says RELION is to learn the defects from it (``replaced_pixels.others_in``: no gain
+    exported, and a list RELION reads as it is); else its pixels are zeros of the exported gain
+    or listed as hot pixels. A file RELION cannot read hangs or aborts polishing."""
     defects = (record.get("references") or {}).get("defects")
-    return str(defects["path"]) if isinstance(defects, Mapping) and defects.get("path") else None
+    named = (record.get("replaced_pixels") or {}).get("others_in") == "defect_file"
+    return str(defects["path"]) if named and isinstance(defects, Mapping) \
+        and defects.get("path") else None
 
 
 def _movie_shape_yx(record: Mapping[str, Any], bin_factor: float) -> tuple[int, int]:

@@ -9,8 +9,10 @@ import tifffile
 from correction.defects import (
     defect_mask_from_image,
     detect_hot_pixels,
+    first_coordinates_yx,
     plan_replacement,
     read_defect_list,
+    relion_reads_defect_list,
     replace_pixels,
 )
 from correction.errors import GainReferenceError
@@ -295,3 +297,25 @@ def test_correct_frames_keeps_99_percent_of_electrons_of_a_0_03_e_per_px_movie()
     kept = float(out.images.sum.sum(dtype=np.float64)) / float(frames.sum(dtype=np.float64))
     assert kept >= 0.99, kept
     assert out.n_hot_pixels <= 2
+
+
+def test_relion_reads_only_a_strict_txt_defect_list(tmp_path):
+    """RELION's reader: ``f >> x >> y >> w >> h`` until end of file, only for ``*.txt``."""
+    cases = {"plain.txt": "30 50 1 10\n\n4 5 6 7", "comment.txt": "# x y w h\n30 50 1 10\n",
+             "commas.txt": "30, 50, 1, 10\n", "other.dat": "30 50 1 10\n",
+             "upper.TXT": "30 50 1 10\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    assert {name: relion_reads_defect_list(tmp_path / name) for name in cases} == {
+        "plain.txt": True, "comment.txt": False, "commas.txt": False, "other.dat": False,
+        "upper.TXT": False}
+
+
+def test_first_coordinates_lists_a_bounded_number_of_pixels_in_row_order():
+    mask = np.zeros((3000, 700), bool)
+    mask[::2, ::3] = True  # 1500 x 234 pixels
+    yx, count = first_coordinates_yx(mask, 1000)
+    assert count == int(mask.sum()) and len(yx) == 1000
+    np.testing.assert_array_equal(yx, np.argwhere(mask)[:1000])
+    yx, count = first_coordinates_yx(mask, 10**6)
+    assert count == len(yx) == int(mask.sum())

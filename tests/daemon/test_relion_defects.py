@@ -63,13 +63,16 @@ def test_an_odd_sized_movie_binned_by_2_names_its_own_size_and_its_defect_file(t
 
     record = json.loads((tmp_path / "out" / "odd.motion.json").read_text())
     assert record["shape"] == [255, 254]  # the binned output
-    general = starfile.read(tmp_path / "out" / "odd.star", always_dict=True)["general"]
+    star = starfile.read(tmp_path / "out" / "odd.star", always_dict=True)
+    general = star["general"]
     assert (general["rlnImageSizeX"], general["rlnImageSizeY"]) == (509, 511)
     assert general["rlnMicrographBinning"] == 2
-    assert general["rlnMicrographDefectFile"] == str(defects)
-    # the defect file's pixels are the file's to name, not listed again as found in the movie
-    listed = {tuple(yx) for yx in record["replaced_pixels"]["yx"]}
-    assert not listed & {(y, 100) for y in range(200, 230)}
+    # a defect map without a gain: RELION would read it only at the movie's size and as MRC or
+    # TIFF; its pixels are listed instead, as hot pixels (x = column, y = row)
+    assert "rlnMicrographDefectFile" not in general
+    hot = star["hot_pixels"]
+    assert {(200 + i, 100) for i in range(30)} <= {
+        (int(y), int(x)) for x, y in zip(hot["rlnCoordinateX"], hot["rlnCoordinateY"])}
 
 
 def test_a_defect_list_alone_masks_its_pixels_on_the_movies_grid_and_is_named(tmp_path):
@@ -89,3 +92,37 @@ def test_a_defect_list_alone_masks_its_pixels_on_the_movies_grid_and_is_named(tm
     general = starfile.read(tmp_path / "out" / "m.star", always_dict=True)["general"]
     assert general["rlnMicrographDefectFile"] == str(defects)
     assert (general["rlnImageSizeX"], general["rlnImageSizeY"]) == (200, 256)
+
+
+def test_a_defect_list_relion_cannot_read_is_not_named_and_its_pixels_are_listed(tmp_path):
+    """RELION reads a defect list with ``f >> x >> y >> w >> h`` until end of file, only from a
+    ``*.txt``: a comment or a comma never reaches the end, and polishing hangs. motionwatch
+    reads such a list; RELION is told its pixels as hot pixels instead."""
+    movie = render_movie(np.random.default_rng(2), shape_yx=(64, 80), n_frames=4, gain=None,
+                         n_hot_pixels=0, pixel_size_A=1.1)
+    _write(tmp_path / "m.mrc", movie.frames.astype(np.int16))
+    defects = tmp_path / "defects.txt"
+    defects.write_text("# x y w h\n30, 50, 2, 1\n")
+    assert main(["correct", str(tmp_path / "m.mrc"), "--out", str(tmp_path / "out"),
+                 "--dose-per-frame", "1", "--defects", str(defects)]) == 0
+    star = starfile.read(tmp_path / "out" / "m.star", always_dict=True)
+    assert "rlnMicrographDefectFile" not in star["general"]
+    hot = star["hot_pixels"]
+    assert {(50, 30), (50, 31)} <= {
+        (int(y), int(x)) for x, y in zip(hot["rlnCoordinateX"], hot["rlnCoordinateY"])}
+
+
+def test_without_a_gain_a_dark_references_bad_pixels_are_listed(tmp_path):
+    """With only a dark reference, no gain is exported whose zeros would mask them."""
+    movie = render_movie(np.random.default_rng(5), shape_yx=(64, 80), n_frames=4, gain=None,
+                         n_hot_pixels=0, pixel_size_A=1.1)
+    _write(tmp_path / "m.mrc", movie.frames.astype(np.int16))
+    dark = np.zeros((64, 80), np.float32)
+    dark[5, 7] = np.nan
+    _write(tmp_path / "dark.mrc", dark)
+    assert main(["correct", str(tmp_path / "m.mrc"), "--out", str(tmp_path / "out"),
+                 "--dose-per-frame", "1", "--dark", str(tmp_path / "dark.mrc")]) == 0
+    record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
+    assert [5, 7] in record["replaced_pixels"]["yx"]
+    hot = starfile.read(tmp_path / "out" / "m.star", always_dict=True)["hot_pixels"]
+    assert (7.0, 5.0) in set(zip(hot["rlnCoordinateX"], hot["rlnCoordinateY"]))
