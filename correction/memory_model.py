@@ -148,7 +148,8 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * movie: the frames as read (stored dtype); a memory-mapped MRC's pages only up to
       ``MAPPED_BUDGET_BYTES`` (beyond it they are dropped once used: about one frame);
     * references: 4 bytes per input pixel for each of gain and dark, 1 for the defect mask,
-      held throughout (as named in ``params.gain``);
+      held throughout (as named in ``params.gain``; a dark reference or defects given alone
+      come with a gain of ones);
     * hot pixels: about 16 bytes per input pixel (the raw sum and the detector's maps);
     * fft stage: ``8 Pi`` (padded frame + its spectrum) + ``4 Pp``
       (Fourier crop, binned output; unbinned, ``Pi`` for the 2 x 2 block sums when
@@ -187,8 +188,9 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     stages = stage_bytes(g, n, params, frames_kept_for(g, n, params, 4 * pp))
     stage = max(stages, key=stages.get)
     gp = params.gain
-    references = ny * nx * (4 * (gp.gain_path is not None) + 4 * (gp.dark_path is not None)
-                            + (gp.gain_path is not None or gp.defects_path is not None))
+    any_reference = (gp.gain_path is not None or gp.dark_path is not None
+                     or gp.defects_path is not None)  # a dark or defects alone: a gain of ones
+    references = ny * nx * (5 * any_reference + 4 * (gp.dark_path is not None))
     terms = {"movie": movie, "references": references, "stage": stages[stage],
              "base": BASE_BYTES}
     return MemoryEstimate(int(sum(terms.values())), terms, stage)
