@@ -340,3 +340,18 @@ def _below_nyquist(image: np.ndarray, fraction: float = 0.8) -> np.ndarray:
     kx = 2 * np.abs(np.fft.fftfreq(image.shape[1]))
     spectrum[(ky[:, None] >= fraction) | (kx[None, :] >= fraction)] = 0
     return np.fft.ifft2(spectrum).real
+
+
+@pytest.mark.parametrize("given, bytes_per_px", [
+    ({}, 0), ({"gain_path": "g.mrc"}, 5), ({"defects_path": "d.txt"}, 5),
+    ({"dark_path": "k.mrc"}, 9), ({"gain_path": "g.mrc", "dark_path": "k.mrc"}, 9)])
+def test_the_references_term_counts_the_arrays_each_reference_makes(given, bytes_per_px):
+    """A gain (float32) and its defect mask (bool) for any reference, a dark (float32) beside:
+    a dark or a defect list given alone come with a gain of ones on the movie's grid."""
+    from correction.params import GainParams
+
+    frames = np.zeros((3, 64, 96), np.uint8)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(**given))
+    estimate = memory_model.predict_peak_bytes(frames, params)
+    assert estimate.terms_bytes["references"] == 64 * 96 * bytes_per_px
