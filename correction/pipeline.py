@@ -345,7 +345,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                    gain_reference: GainReference | None = None,
                    movie_path: str | Path | None = None, workers: int = -1,
                    raw_frames_per_frame: tuple[int, ...] | None = None,
-                   super_resolution_factor: int = 1) -> CorrectedFrames:
+                   super_resolution_factor: int = 1,
+                   gain_binned_by: int = 1) -> CorrectedFrames:
     """Gain-correct, align, dose-weight and sum the frames of one movie (nothing written).
 
     Parameters
@@ -370,6 +371,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         Sub-pixels per physical pixel that the movie declares (EER sampling 2: 2). A gain
         reference is expanded onto the frames only by exactly this factor; any other shape
         that is not the frames' is refused (:meth:`correction.gain.GainReference.fit_to`).
+    gain_binned_by : int
+        The reference was combined onto the frames' grid from one this many times finer (an
+        8K EER gain for frames decoded at 4K): RELION combines it its own way, and masks a
+        pixel only where all its sub-pixels are defects, so every replaced pixel is listed
+        for it (``replaced``).
 
     Returns
     -------
@@ -461,7 +467,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         t_orientation = time.perf_counter() - t
     timings["hot_pixels"] = time.perf_counter() - t0 - t_orientation
     timings["gain_orientation"] = t_orientation
-    replaced = _pixels_to_tell_relion(bad, gain_reference, (ny, nx))
+    replaced = _pixels_to_tell_relion(bad, gain_reference, (ny, nx),
+                                      gain_zeros_told=gain_binned_by == 1)
 
     pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
     margin = int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX
@@ -494,7 +501,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
 
 
 def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference | None,
-                           shape_yx: tuple[int, int]) -> ReplacedPixels:
+                           shape_yx: tuple[int, int], *, gain_zeros_told: bool = True
+                           ) -> ReplacedPixels:
     """The replaced pixels (``bad``, on the frames' grid) that RELION's polishing, which reads
     the raw movie again, learns of only from ``data_hot_pixels``: all of them but those it
     masks anyway, the zeros of the gain exported for it (every defect of the reference is 0
@@ -505,7 +513,8 @@ def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference
     without a gain, and a defect map or a list RELION cannot read, without a gain."""
     told, others_in = None, None
     if gain_reference is not None and gain_reference.gain_path is not None:
-        told, others_in = gain_reference.defect_mask, "gain"
+        if gain_zeros_told:  # not a gain RELION combines from a finer grid its own way
+            told, others_in = gain_reference.defect_mask, "gain"
     elif gain_reference is not None and gain_reference.defect_rects \
             and gain_reference.defects_path is not None \
             and relion_reads_defect_list(gain_reference.defects_path):
@@ -1014,7 +1023,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                params=frame_params, gain_reference=gain_reference,
                                movie_path=movie_path, workers=workers,
                                raw_frames_per_frame=movie.raw_frames_per_frame,
-                               super_resolution_factor=int(super_res))
+                               super_resolution_factor=int(super_res),
+                               gain_binned_by=gain_binned_by)
     gain_expanded_by = (int(super_res) if gain_reference is not None
                         and not gain_reference.on_movie_grid
                         and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)

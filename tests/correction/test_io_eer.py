@@ -516,3 +516,17 @@ def test_an_eer_count_image_used_as_a_multiplier_is_reported_with_the_other_way(
     assert pattern["detected"]
     assert "count.mrc applied as a multiplier (as MotionCor2's -Gain" in pattern["message"]
     assert "try --eer-gain reciprocal" in pattern["message"]
+
+
+def test_an_8k_gains_defect_sub_pixel_is_listed_for_relion_on_the_4k_grid(tmp_path):
+    """One defect sub-pixel makes its physical pixel a defect here; RELION combines the 8K gain
+    itself (summing multipliers) and masks a pixel only where all four sub-pixels are zero, so
+    the pixel must be listed for polishing (``replaced_pixels``), not left to the gain."""
+    sub_response = np.random.default_rng(7).uniform(0.8, 1.2, (256, 256)).astype(np.float32)
+    response = sub_response.reshape(128, 2, 128, 2).mean(axis=(1, 3))
+    path = _flat_field_eer(tmp_path, response)
+    gain = (sub_response * 5000).mean() / (sub_response * 5000)
+    gain[81, 40] = 0.0  # one defect sub-pixel: physical pixel (40, 20)
+    result = _correct_flat_field(tmp_path, path, "mult.gain", gain, "default", flip_tiff=False)
+    replaced = result.record["replaced_pixels"]
+    assert [40, 20] in replaced["yx"] and replaced["others_in"] is None
