@@ -99,6 +99,17 @@ def _scans(admission: Admission, scan: ScanResult, now: list[float], n: int) -> 
         admission.take(scan)
 
 
+def _one_tilt_corrected(watch: Path, out: Path) -> tuple[ScanResult, object]:
+    """A tilt on disk, admitted with its series' dose and corrected (its done row)."""
+    scan = _movies(watch, ("TS_07_001.mrc",))
+    admission, ledger, now = _admission(watch, out, SeriesResolver(), RecordingLog())
+    _scans(admission, scan, now, 2)
+    (row,) = ledger.rows()
+    ledger.claim(row.key)
+    ledger.mark_done(row.key, outputs={}, timings={}, summary={})
+    return scan, row
+
+
 def test_movies_wait_while_the_resolver_fails_and_get_its_dose_once_it_recovers(folders):
     watch, out = folders
     scan = _movies(watch, ("TS_07_001.mrc", "TS_07_002.mrc"))
@@ -125,12 +136,7 @@ def test_a_tilt_corrected_before_is_not_corrected_again_while_the_resolver_fails
     """After a restart with the resolver failing: the tilt's row (under its series' dose) is
     not found under the configured dose, so it was corrected again."""
     watch, out = folders
-    scan = _movies(watch, ("TS_07_001.mrc",))
-    admission, ledger, now = _admission(watch, out, SeriesResolver(), RecordingLog())
-    _scans(admission, scan, now, 2)
-    (row,) = ledger.rows()
-    ledger.claim(row.key)
-    ledger.mark_done(row.key, outputs={}, timings={}, summary={})
+    scan, row = _one_tilt_corrected(watch, out)
 
     restarted, ledger, now = _admission(watch, out, SeriesResolver(failures=10),
                                         RecordingLog())
@@ -204,12 +210,7 @@ def test_a_movie_recorded_before_whose_metadata_fails_waits_and_is_redone_once_i
     of the version exists), so it waits, listed, and is taken up once the resolver can (before:
     dropped without a row, until a restart)."""
     watch, out = folders
-    scan = _movies(watch, ("TS_07_001.mrc",))
-    admission, ledger, now = _admission(watch, out, SeriesResolver(), RecordingLog())
-    _scans(admission, scan, now, 2)
-    (row,) = ledger.rows()
-    ledger.claim(row.key)
-    ledger.mark_done(row.key, outputs={}, timings={}, summary={})
+    scan, row = _one_tilt_corrected(watch, out)
 
     resolver = SeriesResolver(broken=("TS_07_001.mrc",))
     restarted, ledger, now = _admission(watch, out, resolver, RecordingLog())
