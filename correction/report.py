@@ -31,8 +31,8 @@ import numpy as np
 
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
-__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
-           "file_sha256",
+__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "DriftStats", "drift_stats",
+           "early_steps", "motion_record", "read_motion_record", "file_sha256",
            "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
@@ -40,6 +40,7 @@ SCHEMA = "motionwatch.motion/1"
 MAX_REPLACED_PIXELS_LISTED = 100_000
 _DISTRIBUTION = "motionwatch"
 _CHUNK_BYTES = 1 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class ReplacedPixels:

@@ -169,8 +169,8 @@ class MovieMotion:
         The Cs (mm) and amplitude contrast the movie was corrected under (its record's
         ``optics``); None for a record written before they were recorded.
     hot_pixels_xy : ndarray of int, shape (n, 2)
-        ``[x, y]`` (column, row; 0-based movie pixels) of the pixels found bad in the movie
-        itself and replaced (the record's ``replaced_pixels``).
+        ``[x, y]`` (column, row; 0-based movie pixels) of the replaced pixels polishing must be
+        told of (the record's ``replaced_pixels``).
     defect_file : str or None
         The defect file the movie was corrected with (absolute path), when RELION is to read
         the defects from it (see :func:`_defect_file`).
@@ -199,8 +199,8 @@ class MovieMotion:
 
 
 def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
-    """``[x, y]`` (column, row; 0-based movie pixels) of the pixels the record lists as found
-    bad in the movie itself (``replaced_pixels``); empty for a record without them."""
+    """``[x, y]`` (column, row; 0-based movie pixels) of the replaced pixels the record lists
+    for polishing (``replaced_pixels``); empty for a record without them."""
     listed = (record.get("replaced_pixels") or {}).get("yx") or []
     yx = np.asarray(listed, dtype=np.int64).reshape(-1, 2)
     return yx[:, ::-1].copy()
