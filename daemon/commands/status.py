@@ -7,7 +7,8 @@ the dose the specimen has accumulated up to the last tilt recorded, and their st
 Failures list only movies that have not been corrected since (a retried movie that succeeded
 is no longer a failure); a movie ``motionwatch retry`` requeued is listed as ``requeued`` (and
 counted in the backlog) until the daemon meets it again and gives it a row; files still being
-written or settling are listed by name with what they wait for. Times are ISO 8601 UTC (``2026-11-26T00:12:03.412Z``), as in the live feed.
+written, settling or waiting for their metadata are listed by name with what they wait for.
+Times are ISO 8601 UTC (``2026-11-26T00:12:03.412Z``), as in the live feed.
 Piped into ``head``, it stops quietly.
 """
 
@@ -233,8 +234,8 @@ def _print_text(status: dict[str, Any]) -> None:
     if not d["running"]:  # what is being written is the daemon's live view
         print(f"backlog: {b['pending']} to correct")
     else:
-        print(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} still being "
-              f"written or settling, {len(b['in_flight'])} in progress"
+        print(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} waiting (being "
+              f"written, settling, or for their metadata), {len(b['in_flight'])} in progress"
               + (f", {b['waiting_for_admission']} settled and waiting for admission (a scan "
                  "admits for at most 2 s)" if b["waiting_for_admission"] else ""))
     for path in b["in_flight"]:

@@ -28,7 +28,7 @@ def test_status_shows_counts_last_done_failures_and_backlog(tmp_path, capsys):
     assert "daemon: not running" in text  # the heartbeat is ancient
     assert "1 done, 2 pending, 0 running, 0 failed, 1 quarantined" in text
     # what it last saw being written is no news once it is gone (stopped, or killed)
-    assert "backlog: 2 to correct\n" in text and "still being written" not in text
+    assert "backlog: 2 to correct\n" in text and "being written" not in text
     assert "/d/a.mrc (drift 4.2 Å)" in text or "/d/a.mrc (drift 4.3 Å)" in text
     assert "quarantined: /d/b.mrc: b.mrc: 3 of 6 frames readable" in text
     assert main(["status", str(tmp_path), "--json"]) == 0
@@ -310,7 +310,8 @@ def test_status_of_a_running_daemon_counts_the_settled_movies_left_for_admission
                               "admission_backlog": 5000, "in_flight": []})
     assert main(["status", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert ("backlog: 1 to correct, 1 still being written or settling, 0 in progress, 5000 "
-            "settled and waiting for admission (a scan admits for at most 2 s)") in text
+    assert ("backlog: 1 to correct, 1 waiting (being written, settling, or for their metadata), "
+            "0 in progress, 5000 settled and waiting for admission (a scan admits for at most "
+            "2 s)") in text
     assert main(["status", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["backlog"]["waiting_for_admission"] == 5000
