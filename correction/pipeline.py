@@ -521,7 +521,7 @@ def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference
         told, others_in = rasterize_defects(gain_reference.defect_rects, shape_yx), "defect_file"
     if bad is None:
         return ReplacedPixels(others_in=others_in)
-    yx, count = first_coordinates_yx(bad if told is None else bad & ~told,
+    yx, count = first_coordinates_yx(bad if told is None else np.greater(bad, told),  # and not
                                      MAX_REPLACED_PIXELS_LISTED)
     return ReplacedPixels(yx, count, others_in)
 
