@@ -73,6 +73,16 @@ def rss_mb(proc: subprocess.Popen) -> float:
         return float("nan")
 
 
+def unmount(folder: Path) -> None:
+    """Unmount the soak's tmpfs, also when the soak fails; while a process still holds a file
+    there (a worker of the last daemon winding down), detach it lazily. Before, a failed
+    unmount was silent and the tmpfs stayed mounted over the --workdir."""
+    if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+        done = subprocess.run(["umount", "-l", str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"  warning: {folder} is still mounted: {done.stderr.strip()}")
+
+
 def mount_tmpfs(folder: Path, size_mb: int) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
@@ -204,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             if not finished.is_set():
                 continue
         thread.join()
+    except BaseException:
+        if tmpfs:
+            unmount(out)
+        raise
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -225,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  RSS of daemon + workers over the last stretch: {first:.0f} -> {last:.0f} MB "
           f"({growth:+.1f} %, bound < 5 %)")
     if tmpfs:
-        subprocess.run(["umount", str(out)], capture_output=True)
+        unmount(out)
     ok = (counts["lost"] == counts["duplicated"] == counts["partial"] == counts["temporaries"]
           == 0 and counts["vanished_accounted"] == counts["vanished"])
     return 0 if ok else 1
