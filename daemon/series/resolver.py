@@ -637,7 +637,8 @@ class TiltSeriesResolver:
         known = set(assigned.get(name, ()))
         known |= {m for m in summary.listed_movies if m in by_name}
         finished_rows = {(m, (row.row_id, row.finished))
-                         for m in known | summary.listed_movies if m in by_name and m not in changed_names
+                         for m in known | summary.listed_movies
+                         if m in by_name and m not in changed_names
                          and (row := self._rows.get(by_name[m])) is not None
                          and row.status in _FINISHED and not renamed_away(row, unrecorded)}
         finished = {m for m, _ in finished_rows}
