@@ -469,6 +469,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     timings["gain_orientation"] = t_orientation
     replaced = _pixels_to_tell_relion(bad, gain_reference, (ny, nx),
                                       gain_zeros_told=gain_binned_by == 1)
+    if replaced.truncated:
+        warnings.warn(replaced.message(), stacklevel=2)
 
     pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
     margin = int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX

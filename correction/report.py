@@ -31,9 +31,9 @@ import numpy as np
 
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
-__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "DriftStats", "drift_stats",
-           "early_steps", "motion_record", "read_motion_record", "file_sha256",
-           "reference_record", "software_record"]
+__all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "unlisted_pixels_message",
+           "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
+           "file_sha256", "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
 #: Replaced pixels whose coordinates a record lists (a damaged movie may have millions)
@@ -63,10 +63,29 @@ class ReplacedPixels:
     count: int = 0
     others_in: str | None = None
 
+    @property
+    def truncated(self) -> bool:
+        """More were replaced than are listed: RELION's polishing does not mask the rest."""
+        return self.count > len(self.yx)
+
+    def message(self) -> str:
+        """What a truncated list leaves unmasked (:func:`unlisted_pixels_message`)."""
+        return unlisted_pixels_message(self.count, len(self.yx))
+
     def to_record(self) -> dict[str, Any]:
         yx = np.asarray(self.yx, dtype=np.int64).reshape(-1, 2)
         return {"count": int(self.count), "listed": int(len(yx)), "yx": yx.tolist(),
                 "others_in": self.others_in}
+
+
+def unlisted_pixels_message(count: int, listed: int) -> str:
+    """One line: ``count`` pixels replaced, ``listed`` of them in the record (a motion
+    record's ``replaced_pixels``), what RELION's polishing leaves unmasked and what to give."""
+    return (f"{count:,} pixels were replaced (defects, hot or damaged pixels); the motion "
+            f"record and RELION's data_hot_pixels list the first {listed:,}, so RELION's "
+            "polishing, which reads the raw movie again, does not mask the others: give the bad "
+            "pixels as zeros of a gain reference or as a defect list RELION reads (x y w h per "
+            "line, .txt)")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from correction.report import unlisted_pixels_message
 from daemon.engine.faults import LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
@@ -139,6 +140,7 @@ class Dispatcher:
         self.in_flight: dict[int, InFlight] = {}
         self._gain_warned = False
         self._pattern_warned = False
+        self._replaced_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
         self.pause = Pause(wall_clock, first_s=max(settings.retry_delay_s, 1.0))
@@ -277,6 +279,7 @@ class Dispatcher:
                          outputs=dict(outcome.outputs))
                 self._check_gain_orientation(outcome.record, log)
                 self._check_detector_pattern(outcome.record, log)
+                self._check_replaced_pixels(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
@@ -328,6 +331,18 @@ class Dispatcher:
         self._pattern_warned = True
         log.warning("detector_pattern", reason=check.get("message"),
                     note="said once per run; each movie's record has its detector_pattern")
+
+    def _check_replaced_pixels(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run when a movie replaced more pixels than its record lists (RELION's
+        polishing masks only those listed: :class:`correction.report.ReplacedPixels`)."""
+        replaced = record.get("replaced_pixels") or {}
+        if replaced.get("count", 0) <= replaced.get("listed", 0) or self._replaced_warned:
+            return
+        self._replaced_warned = True
+        log.warning("replaced_pixels_not_all_listed",
+                    reason=unlisted_pixels_message(int(replaced["count"]),
+                                                   int(replaced.get("listed", 0))),
+                    note="said once per run; each movie's record has its replaced_pixels")
 
     def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:
         """The configured references do not fit a movie and no movie was corrected yet: it is

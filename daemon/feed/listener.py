@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from correction.report import read_motion_record
+from correction.report import read_motion_record, unlisted_pixels_message
 
 from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
@@ -210,6 +210,7 @@ class PublishListener(ServiceListener):
         self._gain_warned = False
         self._pattern_warned = False
         self._voltage_warned = False
+        self._replaced_warned = False
 
     def on_ready(self, info: ServiceInfo) -> None:
         """Name the output folder in the feed and rebuild the late joiners' state from the
@@ -241,6 +242,11 @@ class PublishListener(ServiceListener):
             self._pattern_warned = True
             self.publisher.warning("detector_pattern", str(pattern.get("message")),
                                    path=event.path)
+        replaced = record.get("replaced_pixels") or {}
+        if replaced.get("count", 0) > replaced.get("listed", 0) and not self._replaced_warned:
+            self._replaced_warned = True  # once per run
+            self.publisher.warning("replaced_pixels_not_all_listed", unlisted_pixels_message(
+                int(replaced["count"]), int(replaced.get("listed", 0))), path=event.path)
         if record.get("voltage_source") == "default" and not self._voltage_warned:  # once
             self._voltage_warned = True
             self.publisher.warning("voltage_assumed", ASSUMED_VOLTAGE_NOTE, path=event.path)

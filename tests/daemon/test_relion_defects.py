@@ -126,3 +126,52 @@ def test_without_a_gain_a_dark_references_bad_pixels_are_listed(tmp_path):
     assert [5, 7] in record["replaced_pixels"]["yx"]
     hot = starfile.read(tmp_path / "out" / "m.star", always_dict=True)["hot_pixels"]
     assert (7.0, 5.0) in set(zip(hot["rlnCoordinateX"], hot["rlnCoordinateY"]))
+
+
+def _movie_with_a_damaged_band(folder, name):
+    """A 512 x 512 movie and a defect list of a band of 102,400 pixels (over the 100,000 a
+    record lists) that RELION cannot read (a comment): every pixel of it is to be listed."""
+    movie = render_movie(np.random.default_rng(7), shape_yx=(512, 512), n_frames=6, gain=None,
+                         n_hot_pixels=0, pixel_size_A=1.1)
+    _write(folder / name, movie.frames.astype(np.int16))
+    defects = folder.parent / "band.txt"
+    defects.write_text("# x y w h: a dead band\n0 0 512 200\n")
+    return defects
+
+
+def test_a_movie_with_more_replaced_pixels_than_listed_says_so(tmp_path, capsys):
+    """RELION's polishing masks only the pixels ``data_hot_pixels`` lists: a movie that
+    replaced more than the record lists warns, naming both counts."""
+    (tmp_path / "in").mkdir()
+    defects = _movie_with_a_damaged_band(tmp_path / "in", "m.mrc")
+    assert main(["correct", str(tmp_path / "in" / "m.mrc"), "--out", str(tmp_path / "out"),
+                 "--dose-per-frame", "1", "--defects", str(defects)]) == 0
+    replaced = json.loads((tmp_path / "out" / "m.motion.json").read_text())["replaced_pixels"]
+    assert replaced["count"] >= 102_400 and replaced["listed"] == 100_000
+    warned = [line for line in capsys.readouterr().err.splitlines()
+              if "m.mrc: warning:" in line and "pixels were replaced" in line]
+    assert len(warned) == 1
+    assert f"{replaced['count']:,} pixels" in warned[0] and "first 100,000" in warned[0]
+
+
+def test_the_daemon_says_once_per_run_that_replaced_pixels_went_unlisted(tmp_path):
+    from service_run import watch_once
+
+    from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+
+    watch, out = tmp_path / "watch", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    defects = _movie_with_a_damaged_band(watch, "a.mrc")
+    _movie_with_a_damaged_band(watch, "b.mrc")
+    params = CorrectionParams(gain=GainParams(defects_path=defects),
+                              dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    log, publisher = watch_once(watch, out, params)
+    for name in ("a", "b"):
+        replaced = json.loads((out / f"{name}.motion.json").read_text())["replaced_pixels"]
+        assert replaced["count"] > replaced["listed"] == 100_000
+    (logged,) = [f for _, e, f in log.events if e == "replaced_pixels_not_all_listed"]
+    assert "first 100,000" in logged["reason"]
+    warned = [m for k, m in publisher.warnings if k == "replaced_pixels_not_all_listed"]
+    assert len(warned) == 1 and "does not mask the others" in warned[0]
