@@ -25,8 +25,9 @@ def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *
     ``tolerance_e_A2`` means the outputs are wrong: the service redoes the movie (its file is
     still there; the cost is one correction). So does another series (a series mdoc renamed):
     the movie's record, its RELION and AreTomo3 entries and the stack it goes into name its
-    series, and the old series, left without tilts, is removed. Angle changes only affect the
-    stack.
+    series, and the old series, left without tilts, is removed. So does a tilt corrected by
+    its file name's guess once its series mdoc or frame mdoc describes it, whatever its dose.
+    Angle changes only affect the stack.
     """
     if recorded is None:
         return "no tilt record"
@@ -35,19 +36,45 @@ def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *
     reasons = []
     if recorded.get("series") != new.series:
         reasons.append(f"series {recorded.get('series')} -> {new.series}")
+    if recorded.get("match_source") == "filename" and new.match_source != "filename":
+        # its record (mdoc, acquisition order, dose source) is the file name's guess
+        reasons.append(f"found by its file name before, now by its {new.match_source}")
     if moved(recorded.get("dose_e_A2"), new.dose_e_A2):
         reasons.append(f"dose {recorded.get('dose_e_A2')} -> {new.dose_e_A2:.4f} e/Å²")
     if moved(recorded.get("pre_exposure_e_A2"), new.pre_exposure_e_A2):
         reasons.append(f"pre-exposure {recorded.get('pre_exposure_e_A2')} -> "
                        f"{new.pre_exposure_e_A2:.4f} e/Å²")
-    old_fd = recorded.get("frame_doses_e_A2")
-    new_fd = new.frame_doses_e_A2
-    if (old_fd is None) != (new_fd is None) or (
-            old_fd is not None and new_fd is not None and (
-                len(old_fd) != len(new_fd)
-                or any(abs(float(a) - b) > tolerance_e_A2 for a, b in zip(old_fd, new_fd)))):
+    if _frame_doses_moved(recorded.get("frame_doses_e_A2"), recorded.get("dose_e_A2"),
+                          new.frame_doses_e_A2, new.dose_e_A2, tolerance_e_A2):
         reasons.append("frame doses changed")
     return "; ".join(reasons) or None
+
+
+def _frame_doses_moved(old: Any, old_dose_e_A2: Any, new: tuple[float, ...] | None,
+                       new_dose_e_A2: float, tolerance_e_A2: float) -> bool:
+    """Per-frame doses (e/Å², per raw frame for EER) whose running sums, the dose each frame
+    has received, differ by more than the tolerance at any frame (equal values off by the
+    tolerance each add up over 200 raw frames). No list (None) means the tilt's dose spread
+    evenly, the same as a list of equal values of that dose: a tilt corrected by its series
+    section's ``ExposureDose`` is not redone when its frame mdoc comes with
+    ``FrameDosesAndNumber = 0.02 200`` for 4 e/Å²."""
+    if old is None and new is None:
+        return False
+    if old is None or new is None:
+        listed, dose = (new, old_dose_e_A2) if old is None else (old, new_dose_e_A2)
+        if dose is None or not listed or not math.isfinite(float(dose)):
+            return True
+        even = [float(dose) / len(listed)] * len(listed)
+        old, new = (even, listed) if old is None else (listed, even)
+    if len(old) != len(new):
+        return True
+    received_old = received_new = 0.0
+    for a, b in zip(old, new):
+        received_old += float(a)
+        received_new += float(b)
+        if abs(received_old - received_new) > tolerance_e_A2:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ from daemon.events import (VANISHED, MovieEvent, MovieMetadata, Observation, Res
                            ScanResult, SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
+from daemon.series.late_dose import LateFrameMdocDose
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.partition import PartitionedResolution
@@ -73,8 +74,9 @@ from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
                                       classify_mdocs, dose_params_of, frame_mdoc_dose,
                                       frame_mdoc_voltage_kV, split_qualified)
-from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV, Voltage,
-                                     epu_xml_pending, files_voltage_kV, resolve_voltage)
+from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV,
+                                     VOLTAGE_TOLERANCE_KV, Voltage, epu_xml_pending,
+                                     files_voltage_kV, resolve_voltage)
 
 __all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
 
@@ -89,8 +91,8 @@ _UNDECIDED_REASON = ("its .mdoc has no section yet: a tilt-series stack or a fra
 def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
                      res: Resolution, *, relative: Any, tolerance_e_A2: float,
                      settled_series: frozenset[str] = frozenset(),
-                     memo: dict[str, tuple[Any, Any, str | None]] | None = None
-                     ) -> dict[str, tuple[str, str]]:
+                     memo: dict[str, tuple[Any, Any, str | None]] | None = None,
+                     voltage_option_kV: float | None = None) -> dict[str, tuple[str, str]]:
     """Corrected movies whose tilt metadata (dose, frame doses, pre-exposure) moved since they
     were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key;
     under the same key its record is stale, and it is redone all the same). So is a movie
@@ -103,7 +105,9 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
 
     ``memo`` (path -> (row, assignment, why)), kept by the caller from scan to scan: a done
     tilt whose row and assignment are the very objects of the last scan is not compared again
-    (weeks of sessions left in the watched folder: every one of their tilts, at every scan)."""
+    (weeks of sessions left in the watched folder: every one of their tilts, at every scan).
+    So is a tilt weighted at another voltage than its mdoc gives now (:func:`voltage_change`),
+    unless ``voltage_option_kV`` (``--voltage``) is given, which the mdoc does not override."""
     changed = {}
     seen: dict[str, tuple[Any, Any, str | None]] = {}
     for path, o in movies.items():
@@ -130,8 +134,10 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
             reason = held[2]
         else:
             tilt = recorded_tilt(row)
-            reason = assignment_change(None if tilt is None else tilt.to_json(), a,
-                                       tolerance_e_A2=tolerance_e_A2)
+            reason = "; ".join(r for r in (
+                assignment_change(None if tilt is None else tilt.to_json(), a,
+                                  tolerance_e_A2=tolerance_e_A2),
+                None if voltage_option_kV is not None else voltage_change(row, a)) if r) or None
         seen[path] = (row, a, reason)
         if reason:
             changed[path] = (a.series, reason)
@@ -139,6 +145,23 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
         memo.clear()
         memo.update(seen)
     return changed
+
+
+def voltage_change(row: Any, assignment: Any) -> str | None:
+    """Why a tilt weighted at one voltage must be redone at the one its mdoc gives now (a
+    frame mdoc that came after the tilt was corrected at the 300 kV assumed without it), or
+    None: the same voltage, none in the mdoc, or weighted at ``--voltage`` (``voltage_source``
+    "option"), which the mdoc does not override."""
+    said = resolve_voltage(None, [(assignment.voltage_kV, "mdoc")])
+    if said.source == "default":
+        return None
+    stored = row.peek_metadata()
+    used = (stored.get("dose") or {}).get("voltage_kV")
+    if (stored.get("extra_record") or {}).get("voltage_source") == "option" or used is None:
+        return None
+    if abs(float(used) - said.kV) <= VOLTAGE_TOLERANCE_KV:
+        return None
+    return f"voltage {float(used):g} -> {said.kV:g} kV"
 
 
 def unrecorded_files(movies: Mapping[str, Observation], rows: Mapping[str, Any]
@@ -291,6 +314,8 @@ class TiltSeriesResolver:
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
+        # movies of no series resolved without a dose: corrected if their frame mdoc gives one
+        self._late_dose = LateFrameMdocDose()
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -396,6 +421,12 @@ class TiltSeriesResolver:
                              relative_name(Path(k).parent, self._ctx.watch_dir, folder=True))
              for k, m in self._mdocs.items()])
         self._frame_mdocs = frame_map
+        for path in self._late_dose.found(movies, self._frame_mdoc_gives_dose,
+                                          self._ctx.store.newest_rows):
+            why = "its frame mdoc came after it was quarantined for want of a dose"
+            late = [*late, (path, why)]
+            self._once_log("info", "movie_dose_found", path, why, movie=path,
+                           note="corrected with the dose its frame mdoc gives")
         if not self._active and any(m.parsed.kind == "tilt_series" for m in self._mdocs.values()):
             self._active = True
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
@@ -427,7 +458,8 @@ class TiltSeriesResolver:
         changed = metadata_changed(movies, self._rows, res, relative=self._rel,
                                    tolerance_e_A2=self.series_config.change_tolerance_e_A2,
                                    settled_series=self._settled_series(res, now),
-                                   memo=self._tilts_compared)
+                                   memo=self._tilts_compared,
+                                   voltage_option_kV=self._ctx.voltage_kV)
         self._changed = changed
         for path, (series, _) in changed.items():
             row = self._rows.get(path)
@@ -539,10 +571,18 @@ class TiltSeriesResolver:
             return MovieMetadata(wait_reason=wait)
         meta = standalone_metadata(movie, params, n_frames, log_context, frame_mdoc,
                                    self.series_config, recorded)
+        self._late_dose.resolved(str(movie.path), self._rel(movie.path),
+                                 has_dose=params.dose.known or meta.dose is not None)
         voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
                                 movie=str(movie.path))
         self._late_epu.weighted(movie.path, voltage.kV, voltage.source, self._now())
         return with_voltage(meta, params, voltage)
+
+    def _frame_mdoc_gives_dose(self, name: str) -> bool:
+        """The frame mdoc of the movie named ``name`` (below the watch folder) gives a dose."""
+        frame_mdoc = self._frame_mdocs.get(name)
+        return frame_mdoc is not None and frame_mdoc_dose(
+            frame_mdoc, config=self.series_config) is not None
 
     def _epu_metadata_wait(self, path: Path, mdoc_kV: float | None) -> str | None:
         """Why an EPU movie waits for EPU's metadata file of it (:func:`epu_xml_pending`), or

@@ -77,28 +77,31 @@ def _eer(path: Path, n_raw: int, rng: np.random.Generator, metadata=()) -> Path:
 
 
 def _frame_mdoc(movie: Path, *, tilt_deg: float, pairs: list[tuple[float, int]],
-                timestamp: int) -> None:
+                timestamp: int, voltage_kV: float = 300) -> None:
     """``<movie>.mdoc`` as SerialEM writes it for an EER movie: counts are raw frames."""
     n_raw = sum(n for _, n in pairs)
     dose = sum(d * n for d, n in pairs)
     fdn = "  ".join(f"{d:g} {n}" for d, n in pairs)
     movie.with_name(movie.name + ".mdoc").write_text(
-        f"PixelSpacing = {PIXEL_A:g}\nVoltage = 300\nImageFile = {movie.name}\n\n"
+        f"PixelSpacing = {PIXEL_A:g}\nVoltage = {voltage_kV:g}\nImageFile = {movie.name}\n\n"
         f"[FrameSet = 0]\nTiltAngle = {tilt_deg:g}\nExposureDose = {dose:g}\n"
         f"PixelSpacing = {PIXEL_A:g}\nSubFramePath = X:\\frames\\{movie.name}\n"
         f"NumSubFrames = {n_raw}\nFrameDosesAndNumber = {fdn}\nTimeStamp = {timestamp}\n"
         f"DateTime = 24-Mar-2023  12:{timestamp % 60:02d}:00\n")
 
 
-def _series_mdoc(path: Path, tilts: list[tuple[str, float, float, int, int]]) -> None:
-    text = (f"PixelSpacing = {PIXEL_A:g}\nVoltage = 300\nImageFile = {path.name[:-5]}\n"
+def _series_mdoc(path: Path, tilts: list[tuple[str, float, float, int, int]], *,
+                 frame_doses: bool = True, voltage: bool = True) -> None:
+    text = (f"PixelSpacing = {PIXEL_A:g}\n" + ("Voltage = 300\n" if voltage else "")
+            + f"ImageFile = {path.name[:-5]}\n"
             f"ImageSize = {SHAPE[1]} {SHAPE[0]}\nDataMode = 1\n\n"
             "[T = SerialEM: Digitized on a Krios G4    24-Mar-2023  12:13:11    ]\n\n")
     for z, (movie, angle, dose, n_raw, stamp) in enumerate(tilts):
         text += (f"[ZValue = {z}]\nTiltAngle = {angle:g}\nExposureDose = {dose:g}\n"
                  f"PixelSpacing = {PIXEL_A:g}\nSubFramePath = X:\\frames\\{movie}\n"
-                 f"NumSubFrames = {n_raw}\nFrameDosesAndNumber = {dose / n_raw:g} {n_raw}\n"
-                 f"TimeStamp = {stamp}\nDateTime = 24-Mar-2023  12:{stamp % 60:02d}:00\n\n")
+                 f"NumSubFrames = {n_raw}\n"
+                 + (f"FrameDosesAndNumber = {dose / n_raw:g} {n_raw}\n" if frame_doses else "")
+                 + f"TimeStamp = {stamp}\nDateTime = 24-Mar-2023  12:{stamp % 60:02d}:00\n\n")
     path.write_text(text)
 
 
@@ -182,3 +185,121 @@ def test_without_any_dose_a_movie_is_quarantined_with_the_reason_and_an_eer_head
         rows = [r for r in ledger.rows() if Path(r.key.path).name == bare.name]
     assert [r.status for r in rows] == ["quarantined"]
     assert NO_DOSE_REASON in rows[0].error
+
+
+def _service(watch: Path, out: Path, dose: DoseParams, log, **options) -> Service:
+    out.mkdir()
+    params = CorrectionParams(dose=dose, read=ReadParams(pixel_size_A=PIXEL_A,
+                                                         eer_group_frames=GROUP))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, polling="on", max_attempts=1,
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3, **options})
+    return Service(config, resolver=resolver_from_config(config), logger=log)
+
+
+def _rows(out: Path, movie: Path) -> list:
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    if not (out / DB_NAME).exists():  # the service has not started yet
+        return []
+    with Ledger(out / DB_NAME, read_only=True) as ledger:
+        return [r for r in ledger.rows() if Path(r.key.path).name == movie.name]
+
+
+def test_an_eer_tilt_whose_frame_mdoc_comes_later_is_redone_only_if_its_doses_moved(tmp_path):
+    """SerialEM may write an EER tilt's frame mdoc after the movie has settled. The tilt was
+    corrected with its series section's ExposureDose spread evenly over its raw frames; a frame
+    mdoc whose FrameDosesAndNumber spread that dose evenly changes nothing, and the tilt is not
+    corrected again (every such tilt was: "frame doses changed"). Uneven doses of the same
+    total do change the weighting: that tilt is redone with them."""
+    from recording_log import RecordingLog
+    from service_run import more_heartbeats, running
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    rng = np.random.default_rng(11)
+    plan = [("Position_3_001_0.00_EER.eer", 0.0, 3.0, 120, 1000),
+            ("Position_3_002_-3.00_EER.eer", -3.0, 3.0, 120, 1060),
+            ("Position_3_003_3.00_EER.eer", 3.0, 3.0, 120, 1120)]
+    movies = [_eer(watch / name, n_raw, rng) for name, _, _, n_raw, _ in plan]
+    _series_mdoc(watch / "Position_3.mrc.mdoc", plan, frame_doses=False)
+    log = RecordingLog()
+    with running(_service(watch, out, DoseParams(), log)) as wait_for:
+        wait_for(lambda: all((out / f"{m.stem}.motion.json").exists() for m in movies))
+        first = {m.name: _record(out, m)["dose"]["per_frame_e_A2"] for m in movies}
+        for movie, (_, angle, dose, n_raw, stamp) in zip(movies[:2], plan):
+            _frame_mdoc(movie, tilt_deg=angle, pairs=[(dose / n_raw, n_raw)], timestamp=stamp)
+        _, angle, _, _, stamp = plan[2]
+        _frame_mdoc(movies[2], tilt_deg=angle, pairs=[(0.02, 60), (0.03, 60)], timestamp=stamp)
+        wait_for(lambda: len([r for r in _rows(out, movies[2]) if r.status == "done"]) == 2)
+        more_heartbeats(log, wait_for, n=5)
+    np.testing.assert_allclose(first[movies[0].name], [0.3] * 10, rtol=1e-5)
+    for movie in movies[:2]:
+        assert [r.status for r in _rows(out, movie)] == ["done"]
+    redone = [f["movie"] for _, e, f in log.events if e == "movie_redo_metadata_changed"]
+    assert redone == [str(movies[2])]
+    np.testing.assert_allclose(_record(out, movies[2])["dose"]["per_frame_e_A2"],
+                               [0.24] * 5 + [0.36] * 5, rtol=1e-5)
+
+
+def test_a_movie_of_no_series_quarantined_without_a_dose_is_corrected_once_its_frame_mdoc_comes(
+        tmp_path):
+    """No dose configured, none in its header, its frame mdoc not there yet when it settled:
+    quarantined for want of a dose. The frame mdoc then comes (SerialEM or the share late): the
+    running daemon corrects it with the mdoc's dose, as a restart would (it stayed
+    quarantined until one)."""
+    from recording_log import RecordingLog
+    from service_run import running
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    movie = _eer(watch / "FoilHole_7_Data_1_EER.eer", 120, np.random.default_rng(12))
+    log = RecordingLog()
+    with running(_service(watch, out, DoseParams(), log)) as wait_for:
+        wait_for(lambda: [r.status for r in _rows(out, movie)] == ["quarantined"])
+        assert NO_DOSE_REASON in _rows(out, movie)[0].error
+        _frame_mdoc(movie, tilt_deg=0.0, pairs=[(0.025, 120)], timestamp=5)
+        wait_for(lambda: (out / f"{movie.stem}.motion.json").exists())
+    np.testing.assert_allclose(_record(out, movie)["dose"]["per_frame_e_A2"], [0.3] * 10,
+                               rtol=1e-5)
+    assert [e for _, e, _ in log.events if e == "movie_dose_found"] == ["movie_dose_found"]
+
+
+@pytest.mark.parametrize("voltage_option_kV", [None, 300.0])
+def test_an_eer_tilt_weighted_at_300_kV_assumed_is_redone_at_the_voltage_its_late_frame_mdoc_gives(
+        tmp_path, voltage_option_kV):
+    """Only the frame mdocs say the voltage (200 kV), and they come after the tilts were
+    corrected at the 300 kV assumed without one: each tilt is redone once, at 200 kV (the
+    redo came before only by a frame-dose comparison that also redid tilts whose doses had not
+    moved). With ``--voltage`` the option wins over any mdoc: nothing is redone."""
+    from recording_log import RecordingLog
+    from service_run import more_heartbeats, running
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    rng = np.random.default_rng(13)
+    plan = [("Position_4_001_0.00_EER.eer", 0.0, 3.0, 120, 1000),
+            ("Position_4_002_-3.00_EER.eer", -3.0, 3.0, 120, 1060)]
+    movies = [_eer(watch / name, n_raw, rng) for name, _, _, n_raw, _ in plan]
+    _series_mdoc(watch / "Position_4.mrc.mdoc", plan, frame_doses=False, voltage=False)
+    log = RecordingLog()
+    with running(_service(watch, out, DoseParams(), log, voltage=voltage_option_kV)
+                 ) as wait_for:
+        wait_for(lambda: all((out / f"{m.stem}.motion.json").exists() for m in movies))
+        assert {_record(out, m)["voltage_kV"] for m in movies} == {300.0}
+        for movie, (_, angle, dose, n_raw, stamp) in zip(movies, plan):
+            _frame_mdoc(movie, tilt_deg=angle, pairs=[(dose / n_raw, n_raw)], timestamp=stamp,
+                        voltage_kV=200)
+        if voltage_option_kV is None:
+            wait_for(lambda: all(_record(out, m)["voltage_kV"] == 200.0 for m in movies))
+        more_heartbeats(log, wait_for, n=5)
+    redone = sorted(f["movie"] for f in log.named("movie_redo_metadata_changed"))
+    if voltage_option_kV is None:
+        assert redone == sorted(str(m) for m in movies)
+        assert all("voltage 300 -> 200 kV" in f["reason"]
+                   for f in log.named("movie_redo_metadata_changed"))
+        assert {_record(out, m)["voltage_source"] for m in movies} == {"mdoc"}
+    else:
+        assert redone == []
+    for movie in movies:
+        assert len(_rows(out, movie)) == (2 if voltage_option_kV is None else 1)

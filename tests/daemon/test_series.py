@@ -537,6 +537,29 @@ def test_assignment_gives_dose_params_with_frame_doses_when_counts_match():
     assert rec["pre_exposure_e_A2"] == 5.0 and rec["dose_source"] == "ExposureDose"
 
 
+def test_frame_doses_move_only_when_the_dose_each_frame_has_received_moves():
+    """No per-frame list is the tilt's dose spread evenly: the same as an even list of it.
+    The comparison is of the running sums (what dose weighting reads), so values each off by
+    less than the tolerance still move when they add up over 200 raw frames."""
+    from dataclasses import replace
+
+    md, angles = dose_symmetric_mdoc(3)
+    a = replace(_resolve(md).assignments[f"TS_7_002_{angles[2]:.1f}.tif"], dose_e_A2=4.0,
+                frame_doses_e_A2=None)
+    even = (0.02,) * 200
+    uneven = (0.015,) * 100 + (0.025,) * 100  # the same 4 e/Å²
+    with_list = {fd: replace(a, frame_doses_e_A2=fd) for fd in (even, uneven)}
+    assert assignment_change(a.record(), with_list[even], tolerance_e_A2=0.01) is None
+    assert assignment_change(with_list[even].record(), a, tolerance_e_A2=0.01) is None
+    for recorded, new in [(a, with_list[uneven]), (with_list[uneven], a),
+                          (with_list[even], with_list[uneven])]:
+        assert assignment_change(recorded.record(), new,
+                                 tolerance_e_A2=0.01) == "frame doses changed"
+    higher = replace(a, frame_doses_e_A2=(0.029,) * 200)  # 0.009 above each, 5.8 in all
+    assert assignment_change(with_list[even].record(), higher,
+                             tolerance_e_A2=0.01) == "frame doses changed"
+
+
 def test_config_rejects_a_pattern_without_series_and_angle_groups():
     with pytest.raises(ValueError, match="series"):
         SeriesConfig(filename_pattern=r"^(?P<series>\w+)\.tif$")
