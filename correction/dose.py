@@ -44,6 +44,7 @@ from .errors import ParameterError
 from .params import DoseParams
 
 __all__ = [
+    "same_weighting",
     "CRITICAL_EXPOSURE_A",
     "CRITICAL_EXPOSURE_B",
     "CRITICAL_EXPOSURE_C",
@@ -130,8 +131,8 @@ def half_inverse_critical_exposure(k2_per_A2: np.ndarray, voltage_kV: float = 30
 
 
 def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
-                     raw_frames_per_frame: tuple[int, ...] | np.ndarray | None = None
-                     ) -> np.ndarray:
+                     raw_frames_per_frame: tuple[int, ...] | np.ndarray | None = None,
+                     raw_frames_per_group: int | None = None) -> np.ndarray:
     """Dose of every frame of the movie as stored (e/Å²), shape (n_frames,), float64.
 
     ``n_frames`` counts *all* frames in the file (before throw/trunc). ``frame_doses_e_A2``
@@ -140,11 +141,14 @@ def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
     raw frame, and each frame gets the sum of the doses of exactly the raw frames it holds
     (``raw_frames_per_frame``, consecutive; they must account for every listed raw frame).
     Without ``raw_frames_per_frame`` a raw-frame list is taken per frame when its length is
-    ``n_frames`` (a movie whose frames are its raw frames). Otherwise the movie's dose,
-    ``total_dose_e_A2`` or ``dose_per_frame_e_A2 * n_frames``, is spread over the frames in
-    proportion to ``raw_frames_per_frame`` when given (EER fractions of uneven size, e.g. 19,
-    19 and 22 raw frames: ``dose_per_frame_e_A2`` is then the dose of a fraction of the mean
-    size, and a fraction of 22 raw frames receives 22/20 of it), else evenly.
+    ``n_frames`` (a movie whose frames are its raw frames). Otherwise ``total_dose_e_A2`` is
+    spread over the frames in proportion to ``raw_frames_per_frame`` when given (EER fractions
+    of uneven size), else evenly; ``dose_per_frame_e_A2`` is the dose of each frame, and with
+    ``raw_frames_per_frame`` the dose of a whole fraction of ``raw_frames_per_group`` raw
+    frames (the EER group; default: the first fraction's count, as every fraction but the last
+    holds a whole group), as RELION's "dose per frame" of EER fractions: each fraction gets it
+    times its raw frames over the group (fractions of 19, 19 and 22 raw frames grouped by 19:
+    1, 1 and 22/19 of it; the leftover raw frames RELION drops keep their dose here).
 
     Raises
     ------
@@ -172,6 +176,11 @@ def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
             raise ParameterError(f"frame_doses_e_A2 lists {doses.size} {per} for a movie of "
                                  f"{n_frames} frames")
         return doses
+    if params.dose_per_frame_e_A2 is not None and raw is not None:
+        group = int(raw[0]) if raw_frames_per_group is None else int(raw_frames_per_group)
+        if group <= 0:
+            raise ParameterError(f"raw_frames_per_group must be positive, got {group}")
+        return float(params.dose_per_frame_e_A2) * raw.astype(np.float64) / group
     if params.dose_per_frame_e_A2 is not None:
         total = float(params.dose_per_frame_e_A2) * n_frames
     elif params.total_dose_e_A2 is not None:
@@ -182,6 +191,46 @@ def frame_doses_e_A2(params: DoseParams, n_frames: int, *,
         return np.full(n_frames, total / n_frames)
     raw = raw.astype(np.float64)
     return total * raw / raw.sum()
+
+
+def same_weighting(a: DoseParams, b: DoseParams, n_frames: int, *,
+                   tolerance_e_A2: float) -> bool:
+    """Whether two dose parameters weight one movie of ``n_frames`` frames alike: the same
+    voltage (kV), pre-exposures within ``tolerance_e_A2``, and at every frame the dose received
+    (the running sum of the frame doses, e/Å²) within it. ``n_frames`` counts the frames a
+    list gives doses for (raw frames of an EER movie, as a list per raw frame does); a total
+    dose is spread evenly over them, as :func:`frame_doses_e_A2` spreads it (in proportion to
+    the raw frames of EER fractions). A list of another length, a list per frame against one
+    per raw frame, or ``dose_per_frame_e_A2`` (whose meaning depends on the EER grouping) is
+    alike only when equal. So ``total 4`` and 200 raw frames of ``0.02`` are alike; so are
+    SerialEM's rounded ``0.63824`` and the spread ``0.638243``."""
+    if a == b:
+        return True
+    if abs(a.voltage_kV - b.voltage_kV) > 1e-6 \
+            or abs(a.pre_exposure_e_A2 - b.pre_exposure_e_A2) > tolerance_e_A2:
+        return False
+    spread_a, spread_b = _spread(a, n_frames), _spread(b, n_frames)
+    if spread_a is None or spread_b is None:
+        return False
+    (doses_a, per_a), (doses_b, per_b) = spread_a, spread_b
+    if per_a is not None and per_b is not None and per_a != per_b:
+        return False
+    received = np.cumsum(doses_a) - np.cumsum(doses_b)
+    return bool(np.all(np.abs(received) <= tolerance_e_A2))
+
+
+def _spread(params: DoseParams, n_frames: int) -> tuple[np.ndarray, str | None] | None:
+    """``(dose of each of n_frames, what they are)``: a list as given ("frame" or
+    "raw_frame"), a total spread evenly (None: either); None when not comparable."""
+    if n_frames < 1:
+        return None
+    if params.frame_doses_e_A2 is not None:
+        if len(params.frame_doses_e_A2) != n_frames:
+            return None
+        return np.asarray(params.frame_doses_e_A2, np.float64), params.frame_doses_per
+    if params.total_dose_e_A2 is not None:
+        return np.full(n_frames, float(params.total_dose_e_A2) / n_frames), None
+    return None
 
 
 def accumulated_dose_e_A2(frame_doses: np.ndarray, pre_exposure_e_A2: float = 0.0

@@ -13,9 +13,10 @@ import hashlib
 import json
 import math
 import numbers
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ParameterError
 
@@ -277,6 +278,16 @@ class DoseParams:
         """True when one of the three dose fields gives the movie's dose."""
         return (self.dose_per_frame_e_A2 is not None or self.total_dose_e_A2 is not None
                 or self.frame_doses_e_A2 is not None)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> DoseParams:
+        """From ``dataclasses.asdict`` of one, as JSON keeps it (lists for tuples); keys this
+        version does not know (written by a newer one) are ignored."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        if values.get("frame_doses_e_A2") is not None:
+            values["frame_doses_e_A2"] = tuple(float(v) for v in values["frame_doses_e_A2"])
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

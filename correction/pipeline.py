@@ -345,6 +345,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                    gain_reference: GainReference | None = None,
                    movie_path: str | Path | None = None, workers: int = -1,
                    raw_frames_per_frame: tuple[int, ...] | None = None,
+                   raw_frames_per_group: int | None = None,
                    super_resolution_factor: int = 1,
                    gain_binned_by: int = 1) -> CorrectedFrames:
     """Gain-correct, align, dose-weight and sum the frames of one movie (nothing written).
@@ -367,6 +368,9 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         Raw frames summed into each frame (EER fractions, ``Movie.raw_frames_per_frame``): the
         movie's dose is spread over uneven fractions in proportion to these counts
         (:func:`correction.dose.frame_doses_e_A2`).
+    raw_frames_per_group : int, optional
+        Raw frames of a whole fraction (the EER group), of which ``dose_per_frame_e_A2`` is the
+        dose (default: the first fraction's count).
     super_resolution_factor : int
         Sub-pixels per physical pixel that the movie declares (EER sampling 2: 2). A gain
         reference is expanded onto the frames only by exactly this factor; any other shape
@@ -403,7 +407,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                                           f"frames leave {max(0, stop - first)} of {n_all}: "
                                           "at least 2 are needed")
     try:
-        doses_all = frame_doses_e_A2(dp, n_all, raw_frames_per_frame=raw_frames_per_frame)
+        doses_all = frame_doses_e_A2(dp, n_all, raw_frames_per_frame=raw_frames_per_frame,
+                                     raw_frames_per_group=raw_frames_per_group)
     except ParameterError as exc:
         raise CorrectionError(movie_path, exc.reason) from None
     dose_end = accumulated_dose_e_A2(doses_all, dp.pre_exposure_e_A2)[first:stop]
@@ -1025,6 +1030,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                params=frame_params, gain_reference=gain_reference,
                                movie_path=movie_path, workers=workers,
                                raw_frames_per_frame=movie.raw_frames_per_frame,
+                               raw_frames_per_group=movie.header.get("eer_group_frames"),
                                super_resolution_factor=int(super_res),
                                gain_binned_by=gain_binned_by)
     gain_expanded_by = (int(super_res) if gain_reference is not None

@@ -424,8 +424,9 @@ def read_eer(path: str | Path, *, params: ReadParams | None = None,
     Movie
         ``frames`` (n_fractions, ny, nx) uint8 or uint16 counts on the 4K (sampling 1) or 8K
         (sampling 2) grid; ``raw_frames_per_frame`` the grouping; ``pixel_size_A`` of the
-        returned grid; ``dose_per_frame_e_A2`` the mean dose per fraction when the metadata
-        gives the total dose and a pixel size is known.
+        returned grid; ``dose_per_frame_e_A2`` the dose of a fraction of ``eer_group_frames``
+        raw frames (:func:`correction.dose.frame_doses_e_A2`) when the metadata gives the total
+        dose and a pixel size is known.
 
     Raises
     ------
@@ -519,7 +520,7 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     pixel = phys_pixel / factor if phys_pixel is not None else None
     dose_per_fraction = None
     if dose_per_raw_e_px is not None and phys_pixel is not None and dose_source == "metadata":
-        dose_per_fraction = dose_per_raw_e_px / phys_pixel ** 2 * layout.n_raw / len(sizes)
+        dose_per_fraction = dose_per_raw_e_px / phys_pixel ** 2 * group  # a whole group's
     return Movie(frames=frames, path=path, pixel_size_A=pixel,
                  dose_per_frame_e_A2=dose_per_fraction, raw_frames_per_frame=sizes,
                  header=header)

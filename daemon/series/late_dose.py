@@ -39,6 +39,12 @@ class LateFrameMdocDose:
         else:
             self.undosed[path] = name
 
+    def finished(self, path: str, status: str) -> None:
+        """``path`` was recorded with ``status``: one corrected (with its EER header's dose)
+        is forgotten; one quarantined stays, for its frame mdoc's dose."""
+        if status == "done":
+            self.undosed.pop(path, None)
+
     def found(self, on_disk: Container[str], gives_dose: Callable[[str], bool],
               rows: Callable[[], Mapping[str, Any]]) -> list[str]:
         """Movies quarantined for want of a dose whose frame mdoc now gives one (to be

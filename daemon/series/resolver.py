@@ -56,7 +56,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from correction.dose import NO_DOSE_REASON
+from correction.dose import NO_DOSE_REASON, same_weighting
+from correction.params import DoseParams
 from daemon.events import (VANISHED, MovieEvent, MovieMetadata, Observation, ResolverContext,
                            ScanResult, SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
@@ -150,14 +151,14 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
 def voltage_change(row: Any, assignment: Any) -> str | None:
     """Why a tilt weighted at one voltage must be redone at the one its mdoc gives now (a
     frame mdoc that came after the tilt was corrected at the 300 kV assumed without it), or
-    None: the same voltage, none in the mdoc, or weighted at ``--voltage`` (``voltage_source``
-    "option"), which the mdoc does not override."""
+    None: the same voltage, or none in the mdoc. Only for a run without ``--voltage`` (which
+    the mdoc does not override), whatever gave the voltage it was weighted at: a ``--voltage``
+    of an earlier run too, as then its mdoc's would be used now."""
     said = resolve_voltage(None, [(assignment.voltage_kV, "mdoc")])
     if said.source == "default":
         return None
-    stored = row.peek_metadata()
-    used = (stored.get("dose") or {}).get("voltage_kV")
-    if (stored.get("extra_record") or {}).get("voltage_source") == "option" or used is None:
+    used = (row.peek_metadata().get("dose") or {}).get("voltage_kV")
+    if used is None:
         return None
     if abs(float(used) - said.kV) <= VOLTAGE_TOLERANCE_KV:
         return None
@@ -516,8 +517,10 @@ class TiltSeriesResolver:
                 return self._standalone(movie, params, n_frames, {"series": None})
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
         voltage = self._voltage(movie.path, a.voltage_kV, "mdoc", a.series, series=a.series)
-        dose = a.dose_params(voltage_kV=voltage.kV, n_frames=n_frames,
-                             raw_frames=_is_eer(movie.path))
+        dose = self._as_corrected(movie, a.dose_params(voltage_kV=voltage.kV,
+                                                       n_frames=n_frames,
+                                                       raw_frames=_is_eer(movie.path)),
+                                  n_frames)
         if params.dose.pre_exposure_e_A2 > 0:
             self._once_log("warning", "pre_exposure_flag_not_used", "",
                            f"--pre-exposure {params.dose.pre_exposure_e_A2:g} e/Å² is for movies "
@@ -538,6 +541,32 @@ class TiltSeriesResolver:
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg},
                              expected_frames=a.num_subframes,
                              redo_reason=None if changed is None else changed[1])
+
+    def _as_corrected(self, movie: Observation, dose: DoseParams, n_frames: int | None
+                      ) -> DoseParams:
+        """The dose parameters this file version of a tilt was corrected with, when they weight
+        it as ``dose`` does (:func:`correction.dose.same_weighting`, within the change
+        tolerance): ``dose`` spelled otherwise (the series section's ``ExposureDose`` alone,
+        then its frame mdoc's even ``FrameDosesAndNumber``; SerialEM's rounded values) must
+        not give it a new ledger key, which a restart would correct again although
+        :func:`metadata_changed` saw nothing move. Else ``dose``."""
+        path = str(movie.path)
+        row = self._rows.get(path)
+        if (n_frames is None or row is None or row.status != "done" or path in self._changed
+                or (row.key.size, row.key.mtime_ns) != (movie.size, movie.mtime_ns)):
+            return dose
+        stored = row.peek_metadata().get("dose")
+        if not stored:
+            return dose
+        try:
+            corrected = DoseParams.from_json(stored)
+        except (TypeError, ValueError):  # a row of another version: its own spelling
+            return dose
+        if corrected == dose or not same_weighting(
+                corrected, dose, n_frames,
+                tolerance_e_A2=self.series_config.change_tolerance_e_A2):
+            return dose
+        return corrected
 
     def _voltage(self, path: Path, metadata_kV: float | None, source: str, subject: str,
                  **kw: Any) -> Voltage:
@@ -882,6 +911,7 @@ class TiltSeriesResolver:
         """A movie was recorded (an EPU movie weighted without its metadata file's voltage is
         then looked at for it); a movie of a series: the series is ``updated``."""
         self._late_epu.finished(event.path, event.status)
+        self._late_dose.finished(str(event.path), event.status)
         name = (event.metadata.get("log_context") or {}).get("series")
         if not name or self._ctx is None:
             return

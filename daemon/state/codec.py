@@ -30,13 +30,7 @@ def dose_to_json(dose: DoseParams | None) -> dict[str, Any] | None:
 
 def dose_from_json(d: Mapping[str, Any] | None) -> DoseParams | None:
     """Inverse of :func:`dose_to_json`; unknown keys (written by a newer version) are ignored."""
-    if d is None:
-        return None
-    names = {f.name for f in dataclasses.fields(DoseParams)}
-    values = {k: v for k, v in d.items() if k in names}
-    if values.get("frame_doses_e_A2") is not None:
-        values["frame_doses_e_A2"] = tuple(float(v) for v in values["frame_doses_e_A2"])
-    return DoseParams(**values)
+    return None if d is None else DoseParams.from_json(d)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

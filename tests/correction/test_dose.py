@@ -110,10 +110,21 @@ def test_dose_weighted_sum_is_closer_to_undamaged_truth_at_high_frequency_than_p
 
 
 def test_eer_fractions_of_uneven_size_get_dose_in_proportion_to_their_raw_frames():
-    sizes = (19, 19, 22)  # 60 raw frames in 3 fractions: the last one took the remainder
+    """The dose per frame of EER fractions is that of a whole group of raw frames, as RELION's:
+    each raw frame receives it over the group, whatever the fractions' sizes."""
+    sizes = (19, 19, 22)  # 60 raw frames grouped by 19: the last fraction took the remainder
     per_fraction = frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.0), 3,
                                     raw_frames_per_frame=sizes)
-    np.testing.assert_allclose(per_fraction, [0.95, 0.95, 1.10], rtol=1e-12)
+    np.testing.assert_allclose(per_fraction, [1.0, 1.0, 22 / 19], rtol=1e-12)
+    # 50 raw frames grouped by 20: [20, 20, 10]; 45: [20, 25]; 2 e/Å² per 20 raw frames
+    for raw, truth in [((20, 20, 10), [2.0, 2.0, 1.0]), ((20, 25), [2.0, 2.5])]:
+        np.testing.assert_allclose(frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=2.0),
+                                                    len(raw), raw_frames_per_frame=raw,
+                                                    raw_frames_per_group=20), truth,
+                                   rtol=1e-12)
+    one = frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=2.0), 1, raw_frames_per_frame=(25,),
+                           raw_frames_per_group=20)  # one fraction of 25 raw frames
+    np.testing.assert_allclose(one, [2.5], rtol=1e-12)
     total = frame_doses_e_A2(DoseParams(total_dose_e_A2=6.0), 3, raw_frames_per_frame=sizes)
     np.testing.assert_allclose(total, [1.9, 1.9, 2.2], rtol=1e-12)
     even = frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.5), 4,
@@ -124,6 +135,30 @@ def test_eer_fractions_of_uneven_size_get_dose_in_proportion_to_their_raw_frames
     np.testing.assert_array_equal(listed, [1.0, 2.0, 3.0])  # an explicit list is used as given
     with pytest.raises(ParameterError):
         frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=1.0), 3, raw_frames_per_frame=(20, 40))
+
+
+def test_dose_parameters_weight_alike_when_every_frame_has_received_the_same_dose():
+    """A total and an even list of it, SerialEM's rounded per-frame doses and the exact spread,
+    weight a movie alike (within 0.01 e/Å² at every frame); another voltage, pre-exposure,
+    order of doses, kind of list or length does not."""
+    from correction.dose import same_weighting
+
+    total = DoseParams(total_dose_e_A2=4.0)
+    raw_even = DoseParams(frame_doses_e_A2=(0.02,) * 200, frame_doses_per="raw_frame")
+    assert same_weighting(total, raw_even, 200, tolerance_e_A2=0.01)
+    rounded = DoseParams(frame_doses_e_A2=(0.63824,) * 12)
+    spread = DoseParams(frame_doses_e_A2=(7.658916 / 12,) * 12)
+    assert same_weighting(rounded, spread, 12, tolerance_e_A2=0.01)
+    uneven = DoseParams(frame_doses_e_A2=(0.015,) * 100 + (0.025,) * 100,
+                        frame_doses_per="raw_frame")
+    each_a_little_more = DoseParams(frame_doses_e_A2=(0.0201,) * 200, frame_doses_per="raw_frame")
+    for other, n in [(uneven, 200), (each_a_little_more, 200),
+                     (DoseParams(total_dose_e_A2=4.0, voltage_kV=200.0), 200),
+                     (DoseParams(total_dose_e_A2=4.0, pre_exposure_e_A2=3.0), 200),
+                     (DoseParams(frame_doses_e_A2=(0.02,) * 200), 200),  # per frame, not raw
+                     (DoseParams(dose_per_frame_e_A2=0.02), 200)]:
+        assert not same_weighting(raw_even, other, n, tolerance_e_A2=0.01), other
+    assert not same_weighting(total, raw_even, 199, tolerance_e_A2=0.01)  # another length
 
 
 def test_correct_frames_weights_uneven_eer_fractions_by_their_raw_frame_counts():
@@ -138,7 +173,7 @@ def test_correct_frames_weights_uneven_eer_fractions_by_their_raw_frame_counts()
                               align=AlignParams(patches_x=1, patches_y=1))
     out = correct_frames(movie.frames, pixel_size_A=1.0, params=params,
                          raw_frames_per_frame=(19, 19, 22))
-    np.testing.assert_allclose(out.frame_doses_e_A2, [1.9, 1.9, 2.2], rtol=1e-12)
+    np.testing.assert_allclose(out.frame_doses_e_A2, [2.0, 2.0, 2 * 22 / 19], rtol=1e-12)
 
 
 # --- late tilts: pre-exposure must not turn the weighted sums into NaN -----------------------

@@ -188,7 +188,7 @@ def test_without_any_dose_a_movie_is_quarantined_with_the_reason_and_an_eer_head
 
 
 def _service(watch: Path, out: Path, dose: DoseParams, log, **options) -> Service:
-    out.mkdir()
+    out.mkdir(exist_ok=True)  # a restart: the same output folder and state
     params = CorrectionParams(dose=dose, read=ReadParams(pixel_size_A=PIXEL_A,
                                                          eer_group_frames=GROUP))
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
@@ -240,6 +240,13 @@ def test_an_eer_tilt_whose_frame_mdoc_comes_later_is_redone_only_if_its_doses_mo
     assert redone == [str(movies[2])]
     np.testing.assert_allclose(_record(out, movies[2])["dose"]["per_frame_e_A2"],
                                [0.24] * 5 + [0.36] * 5, rtol=1e-5)
+    # a restart resolves every tilt anew: the even list is the dose they were corrected with
+    # (their ledger key), not a new one to correct them again under
+    again = RecordingLog()
+    with running(_service(watch, out, DoseParams(), again)) as wait_for:
+        more_heartbeats(again, wait_for, n=8)
+    assert [len(_rows(out, m)) for m in movies] == [1, 1, 2]
+    assert again.named("movie_ready") == []
 
 
 def test_a_movie_of_no_series_quarantined_without_a_dose_is_corrected_once_its_frame_mdoc_comes(
@@ -263,6 +270,34 @@ def test_a_movie_of_no_series_quarantined_without_a_dose_is_corrected_once_its_f
     np.testing.assert_allclose(_record(out, movie)["dose"]["per_frame_e_A2"], [0.3] * 10,
                                rtol=1e-5)
     assert [e for _, e, _ in log.events if e == "movie_dose_found"] == ["movie_dose_found"]
+
+
+def test_a_voltage_option_removed_at_a_restart_lets_a_late_frame_mdoc_voltage_redo_the_tilt(
+        tmp_path):
+    """Corrected with ``--voltage 300`` (no voltage in the series mdoc), restarted without it:
+    the same key, kept. A frame mdoc then says 200 kV: without ``--voltage`` the mdoc's rules
+    (as a later restart would use it), so the tilt is redone at 200 kV now, once."""
+    from recording_log import RecordingLog
+    from service_run import more_heartbeats, running
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    plan = [("Position_5_001_0.00_EER.eer", 0.0, 3.0, 120, 1000)]
+    movie = _eer(watch / plan[0][0], 120, np.random.default_rng(14))
+    _series_mdoc(watch / "Position_5.mrc.mdoc", plan, frame_doses=False, voltage=False)
+    log = RecordingLog()
+    with running(_service(watch, out, DoseParams(), log, voltage=300.0)) as wait_for:
+        wait_for(lambda: (out / f"{movie.stem}.motion.json").exists())
+    assert _record(out, movie)["voltage_source"] == "option"
+    log = RecordingLog()
+    with running(_service(watch, out, DoseParams(), log, voltage=None)) as wait_for:
+        more_heartbeats(log, wait_for, n=3)
+        assert len(_rows(out, movie)) == 1  # the same key: kept
+        _frame_mdoc(movie, tilt_deg=0.0, pairs=[(0.025, 120)], timestamp=1000, voltage_kV=200)
+        wait_for(lambda: _record(out, movie)["voltage_kV"] == 200.0)
+        more_heartbeats(log, wait_for, n=5)
+    assert _record(out, movie)["voltage_source"] == "mdoc"
+    assert [r.status for r in _rows(out, movie)] == ["done", "done"]
 
 
 @pytest.mark.parametrize("voltage_option_kV", [None, 300.0])

@@ -865,6 +865,29 @@ def test_the_motion_star_of_an_eer_movie_counts_fractions_as_relion_renders_them
         assert "rlnEERGrouping" not in plain and "rlnEERUpsampling" not in plain
 
 
+@pytest.mark.parametrize("n_raw, fractions", [(50, [2.0, 2.0, 1.0]), (45, [2.0, 2.5])])
+def test_eer_dose_per_frame_is_that_of_a_whole_group_whatever_is_left_over(
+        tmp_path, n_raw, fractions):
+    """``--dose-per-frame`` of an EER movie is the dose of one fraction of ``--eer-group`` raw
+    frames (RELION's dose per frame): 2 e/Å² per 20 raw frames is 0.1 per raw frame, so 50 raw
+    frames ([20, 20, 10] here) receive 5 e/Å² and 45 ([20, 25]) 4.5, by hand; and RELION is
+    told 2 e/Å² per fraction. (They received 6 and 4: the value was taken as the dose of a
+    fraction of the mean size.)"""
+    from eer_writer import write_eer
+
+    rng = np.random.default_rng(26)
+    shape = (128, 128)
+    frames = [np.flatnonzero(rng.random(shape[0] * shape[1]) < 0.05) for _ in range(n_raw)]
+    movie = write_eer(tmp_path / "m.eer", frames, shape_yx=shape)
+    out = tmp_path / "out"
+    assert _correct(movie, "--eer-group", 20, "--pixel-size", 0.9, "--dose-per-frame", 2.0,
+                    "--out", out) == 0
+    record = read_motion(out / "m.motion.json")
+    np.testing.assert_allclose(record["dose"]["per_frame_e_A2"], fractions, rtol=1e-9)
+    general = starfile.read(out / "m.star", always_dict=True)["general"]
+    assert general["rlnMicrographDoseRate"] == pytest.approx(2.0)
+
+
 def test_tilt_series_of_distinct_optics_get_distinct_optics_group_names(tmp_path):
     """``corrected_tilt_series.star``: two series at 1.1 Å and one binned to 2.2 Å: the binned
     one gets its own ``rlnOpticsGroupName`` (it had the same name as the others)."""
