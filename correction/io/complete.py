@@ -24,6 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import CorrectionError, TruncatedMovieError, UnreadableMovieError
 
@@ -49,6 +50,10 @@ class Completeness:
     unreadable : bool
         The file could not be opened or read (permissions, an I/O error): nothing is known
         of its content.
+    zero_filled : bool
+        An MRC of its full size whose last frame reads as zeros where every movie has counts:
+        most likely a copy that gave the file its size first and fills it (Windows over SMB),
+        stalled; perhaps a movie whose last frame is blank (:func:`_last_frame_unwritten`).
     """
 
     complete: bool
@@ -56,6 +61,7 @@ class Completeness:
     n_frames: int | None
     not_a_movie: bool = False
     unreadable: bool = False
+    zero_filled: bool = False
 
 
 def check_complete(path: str | Path) -> Completeness:
@@ -142,8 +148,30 @@ def _check_mrc(path: Path) -> Completeness:
                             layout.nz)
     if layout.nz == 0:
         return Completeness(False, "header gives 0 frames", 0)
+    if _last_frame_unwritten(path, layout):
+        return Completeness(False, f"its size matches its header ({layout.nz} frames), but its "
+                                   "last frame reads as zeros: still being filled (a copy that "
+                                   "sized the file first)?", layout.nz, zero_filled=True)
     return Completeness(True, f"size matches header: {layout.nz} frames of "
                               f"{layout.nx}x{layout.ny} mode {layout.mode}", layout.nz)
+
+
+def _last_frame_unwritten(path: Path, layout: Any) -> bool:
+    """Whether the middle and the end of an MRC's last frame are zeros (up to 64 KiB each,
+    a quarter of a small frame): a copy that sizes the file first and fills it from the start
+    leaves them so until it is done, while a movie's frames have counts there (a detector's
+    dead rows at an edge are not both; a whole blank frame is, and is taken after the
+    incomplete grace). Two small reads."""
+    size = max(1, min(64 << 10, layout.frame_bytes // 4))
+    start = layout.data_offset + (layout.nz - 1) * layout.frame_bytes
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in (start + layout.frame_bytes // 2, start + layout.frame_bytes - size):
+            if os.pread(fd, size, offset).strip(b"\0"):
+                return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _check_eer(path: Path) -> Completeness:

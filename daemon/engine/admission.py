@@ -47,7 +47,7 @@ from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, Mov
                            Observation, ScanResult, output_dir_for)
 from daemon.intake.content import content_fingerprint
 from daemon.intake.settle import Settler
-from daemon.intake.validate import UNREADABLE, Verdict, validate
+from daemon.intake.validate import TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
 from daemon.state.codec import StoredMetadata, metadata_to_json
@@ -388,6 +388,9 @@ class Admission:
             return verdict.reason
         if verdict.decision == "reject":
             return self._reject(obs, verdict)
+        if verdict.reason.endswith(TAKEN_AS_IT_IS):  # a full-size MRC ending in zeros
+            self.report_once(str(obs.path), "movie_zero_filled", verdict.reason,
+                             level="warning")
         if verdict.n_frames is not None and verdict.n_frames < 2:
             # EPU's atlas, grid-square and foil-hole images, SerialEM's single shots, a gain
             # reference: they share the movies' suffixes; a movie still being written is looked

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["UNREADABLE", "Verdict", "FrameMdoc", "read_frame_mdoc", "frame_mdoc_path",
+__all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "Verdict", "FrameMdoc", "read_frame_mdoc", "frame_mdoc_path",
            "validate"]
 
 Decision = Literal["ready", "wait", "reject"]
 
 #: How the reason of a movie rejected as unreadable begins (stored with its quarantine).
 UNREADABLE = "unreadable after"
+#: How the reason of a full-size MRC whose last frame stayed zeros ends (corrected all the same).
+TAKEN_AS_IT_IS = "taken as it is"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,12 @@ def validate(path: Path, *, stable_for_s: float, incomplete_grace_s: float,
     except Exception as exc:  # noqa: BLE001 - a reader bug must not stop the daemon
         return Verdict("reject", f"completeness check failed: {type(exc).__name__}: {exc}")
     n_frames = getattr(completeness, "n_frames", None)
-    if not completeness.complete:
+    taken = ""
+    if getattr(completeness, "zero_filled", False) and stable_for_s >= incomplete_grace_s:
+        # a full-size MRC whose last frame read as zeros all this while: no copy is filling
+        # it; a movie with a blank last frame is corrected as it is, not quarantined
+        taken = f"{completeness.reason}; unchanged for {stable_for_s:.0f} s: {TAKEN_AS_IT_IS}"
+    elif not completeness.complete:
         reason = str(completeness.reason) or "incomplete"
         if getattr(completeness, "not_a_movie", False):  # no valid header: settled, so final
             return Verdict("reject", reason, n_frames)
@@ -133,10 +140,10 @@ def validate(path: Path, *, stable_for_s: float, incomplete_grace_s: float,
                 return Verdict("reject", f"no frame mdoc {frame_mdoc_path(path).name} after "
                                f"{stable_for_s:.0f} s", n_frames)
             return Verdict("wait", f"waiting for {frame_mdoc_path(path).name}", n_frames)
-        return Verdict("ready", "", n_frames)
+        return Verdict("ready", taken, n_frames)
     if mdoc.num_subframes is not None and n_frames is not None and mdoc.num_subframes != n_frames:
         reason = f"frame mdoc says {mdoc.num_subframes} frames, file has {n_frames}"
         if stable_for_s >= incomplete_grace_s:
             return Verdict("reject", reason, n_frames)
         return Verdict("wait", reason, n_frames)
-    return Verdict("ready", "frame mdoc agrees", n_frames)
+    return Verdict("ready", taken or "frame mdoc agrees", n_frames)

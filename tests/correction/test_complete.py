@@ -12,8 +12,28 @@ from correction.io import check_complete
 
 def _mrc(path, nz=10, shape=(32, 32)):
     with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.zeros((nz, *shape), np.int16))
+        mrc.set_data(np.random.default_rng(1).poisson(1.0, (nz, *shape)).astype(np.int16))
     return path
+
+
+def test_a_full_size_mrc_whose_last_frames_are_still_zeros_is_not_complete(tmp_path):
+    """A copy that gives the file its size first (Windows over SMB) and fills it from the
+    start: the header and the size are right long before the frames are; a movie's frames
+    have counts in their middle and at their end."""
+    path = _mrc(tmp_path / "a.mrc", shape=(64, 64))
+    data = bytearray(path.read_bytes())
+    filled_to = 1024 + 4 * 64 * 64 * 2 + 100  # 4 frames and a bit of 10
+    data[filled_to:] = bytes(len(data) - filled_to)
+    path.write_bytes(bytes(data))
+    result = check_complete(path)
+    assert not result.complete and result.zero_filled and result.n_frames == 10
+    assert "last frame reads as zeros" in result.reason
+    # a detector's dead rows at the end of every frame are no copy in progress
+    with mrcfile.new(tmp_path / "dead_rows.mrc") as mrc:
+        frames = np.random.default_rng(2).poisson(1.0, (10, 64, 64)).astype(np.int16)
+        frames[:, -16:] = 0  # the last quarter of each frame
+        mrc.set_data(frames)
+    assert check_complete(tmp_path / "dead_rows.mrc").complete
 
 
 def test_mrc_of_exactly_the_header_size_is_complete(tmp_path):

@@ -30,6 +30,21 @@ def test_a_movie_shorter_than_its_header_waits_then_is_rejected_after_the_grace_
     assert rejected.decision == "reject" and "incomplete after 61 s" in rejected.reason
 
 
+def test_a_full_size_mrc_ending_in_zeros_waits_then_is_taken_as_it_is_after_the_grace(tmp_path):
+    """A copy that sized the file first and stalled: it waits (it was corrected as it stood,
+    then again once filled); unchanged for the grace time, a movie whose last frame is blank
+    is corrected as it is, not quarantined."""
+    path = tmp_path / "a.mrc"
+    movie = frames(6)
+    movie[3:] = 0
+    write_movie_progressively(path, movie, pixel_size_A=1.0, sleep=no_sleep)
+    waiting = validate(path, stable_for_s=10.0, incomplete_grace_s=60)
+    assert waiting.decision == "wait" and "last frame reads as zeros" in waiting.reason
+    taken = validate(path, stable_for_s=61.0, incomplete_grace_s=60)
+    assert (taken.decision, taken.n_frames) == ("ready", 6)
+    assert taken.reason.endswith("unchanged for 61 s: taken as it is")
+
+
 def test_header_rewritten_with_fewer_frames_at_the_end_makes_the_movie_complete(tmp_path):
     path = tmp_path / "a.mrc"
     write_movie_progressively(path, frames(4), pixel_size_A=1.0, expected_frames=6, sleep=no_sleep)
