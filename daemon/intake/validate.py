@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "Verdict", "FrameMdoc", "read_frame_mdoc", "frame_mdoc_path",
-           "validate"]
+__all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "Verdict", "FrameMdoc", "read_frame_mdoc",
+           "frame_mdoc_path", "validate"]
 
 Decision = Literal["ready", "wait", "reject"]
 
