@@ -51,9 +51,10 @@ class Completeness:
         The file could not be opened or read (permissions, an I/O error): nothing is known
         of its content.
     zero_filled : bool
-        An MRC of its full size whose last frame reads as zeros where every movie has counts:
-        most likely a copy that gave the file its size first and fills it (Windows over SMB),
-        stalled; perhaps a movie whose last frame is blank (:func:`_last_frame_unwritten`).
+        An MRC of its full size whose last frame ends in zeros where its first has counts, or
+        whose middle is zeros too: most likely a copy that gave the file its size first and
+        fills it (Windows over SMB), stalled; perhaps a movie whose last frame is blank
+        (:func:`_last_frame_unwritten`).
     """
 
     complete: bool
@@ -150,28 +151,33 @@ def _check_mrc(path: Path) -> Completeness:
         return Completeness(False, "header gives 0 frames", 0)
     if _last_frame_unwritten(path, layout):
         return Completeness(False, f"its size matches its header ({layout.nz} frames), but its "
-                                   "last frame reads as zeros: still being filled (a copy that "
+                                   "last frame ends in zeros: still being filled (a copy that "
                                    "sized the file first)?", layout.nz, zero_filled=True)
     return Completeness(True, f"size matches header: {layout.nz} frames of "
                               f"{layout.nx}x{layout.ny} mode {layout.mode}", layout.nz)
 
 
 def _last_frame_unwritten(path: Path, layout: Any) -> bool:
-    """Whether the middle and the end of an MRC's last frame are zeros (up to 64 KiB each,
-    a quarter of a small frame): a copy that sizes the file first and fills it from the start
-    leaves them so until it is done, while a movie's frames have counts there (a detector's
-    dead rows at an edge are not both; a whole blank frame is, and is taken after the
-    incomplete grace). Two small reads."""
+    """Whether the end of an MRC's last frame (up to 64 KiB, a quarter of a small frame) is
+    zeros while that frame's middle is zeros too or the first frame's end is not: a copy that
+    sizes the file first and fills it from the start leaves it so until it is done, while a
+    detector's dead rows at the edge are zeros at the end of every frame, and a movie's
+    frames have counts in their middle. A whole blank last frame is taken after the
+    incomplete grace. Three small reads; a single image (one frame) is not looked at."""
+    if layout.nz < 2:
+        return False
     size = max(1, min(64 << 10, layout.frame_bytes // 4))
-    start = layout.data_offset + (layout.nz - 1) * layout.frame_bytes
+    last = layout.data_offset + (layout.nz - 1) * layout.frame_bytes
     fd = os.open(path, os.O_RDONLY)
     try:
-        for offset in (start + layout.frame_bytes // 2, start + layout.frame_bytes - size):
-            if os.pread(fd, size, offset).strip(b"\0"):
-                return False
+        def zeros(offset: int) -> bool:
+            return not os.pread(fd, size, offset).strip(b"\0")
+
+        end = layout.frame_bytes - size
+        return zeros(last + end) and (zeros(last + layout.frame_bytes // 2)
+                                      or not zeros(layout.data_offset + end))
     finally:
         os.close(fd)
-    return True
 
 
 def _check_eer(path: Path) -> Completeness:

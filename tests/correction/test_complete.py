@@ -27,13 +27,25 @@ def test_a_full_size_mrc_whose_last_frames_are_still_zeros_is_not_complete(tmp_p
     path.write_bytes(bytes(data))
     result = check_complete(path)
     assert not result.complete and result.zero_filled and result.n_frames == 10
-    assert "last frame reads as zeros" in result.reason
-    # a detector's dead rows at the end of every frame are no copy in progress
+    assert "last frame ends in zeros" in result.reason
+    # stalled in the second half of the last frame: its middle has counts, its end not yet
+    data = bytearray(_mrc(tmp_path / "b.mrc", shape=(64, 64)).read_bytes())
+    filled_to = len(data) - 64 * 64 * 2 // 4 - 10  # its last quarter and a little
+    data[filled_to:] = bytes(len(data) - filled_to)
+    (tmp_path / "b.mrc").write_bytes(bytes(data))
+    assert check_complete(tmp_path / "b.mrc").zero_filled
+    # a detector's dead rows at the end of every frame are no copy in progress; nor is a
+    # single image whose lower rows are blank (an atlas montage)
     with mrcfile.new(tmp_path / "dead_rows.mrc") as mrc:
         frames = np.random.default_rng(2).poisson(1.0, (10, 64, 64)).astype(np.int16)
         frames[:, -16:] = 0  # the last quarter of each frame
         mrc.set_data(frames)
     assert check_complete(tmp_path / "dead_rows.mrc").complete
+    with mrcfile.new(tmp_path / "image.mrc") as mrc:
+        image = np.random.default_rng(3).poisson(1.0, (1, 64, 64)).astype(np.int16)
+        image[:, 20:] = 0
+        mrc.set_data(image)
+    assert check_complete(tmp_path / "image.mrc").complete
 
 
 def test_mrc_of_exactly_the_header_size_is_complete(tmp_path):

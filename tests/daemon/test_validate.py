@@ -39,7 +39,7 @@ def test_a_full_size_mrc_ending_in_zeros_waits_then_is_taken_as_it_is_after_the_
     movie[3:] = 0
     write_movie_progressively(path, movie, pixel_size_A=1.0, sleep=no_sleep)
     waiting = validate(path, stable_for_s=10.0, incomplete_grace_s=60)
-    assert waiting.decision == "wait" and "last frame reads as zeros" in waiting.reason
+    assert waiting.decision == "wait" and "last frame ends in zeros" in waiting.reason
     taken = validate(path, stable_for_s=61.0, incomplete_grace_s=60)
     assert (taken.decision, taken.n_frames) == ("ready", 6)
     assert taken.reason.endswith("unchanged for 61 s: taken as it is")
