@@ -48,7 +48,9 @@ single-particle movies (no wait for metadata).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
@@ -186,6 +188,20 @@ def renamed_away(row: Any, unrecorded: set[tuple[tuple[int, int], int, int]]) ->
     return vanished_row(row) and (row.inode, row.key.size, row.key.mtime_ns) in unrecorded
 
 
+def _exists(path: str) -> bool:
+    """As ``Path.exists``, on a path's text: False when it is not there; any other error (a
+    share's I/O error, a permission) raises, so that its series waits for the next scan."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    return True
+
+
 def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     """SerialEM's acquisition lock of a series: ``<stack>.openTS`` (the mdoc's name without
     ``.mdoc``), or ``<series>.openTS``, next to the mdoc."""
@@ -311,6 +327,10 @@ class TiltSeriesResolver:
         self._partitions = PartitionedResolution()  # top-level folders resolved when changed
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
+        self._lock_names: dict[tuple[str, str], tuple[str, ...]] = {}  # series, mdoc -> locks
+        # path -> (its scan's Observation, its rows' MovieObservation or None, the one made of
+        # them): a movie whose two are the very objects of the last scan is observed as then
+        self._observed: dict[str, tuple[Any, Any, MovieObservation]] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
@@ -411,11 +431,11 @@ class TiltSeriesResolver:
         for p in movies:
             self._first_seen.setdefault(p, now)
         stacks = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind == "tilt_series"}
-        self._stack_files = {p for p in movies if p in stacks}  # TS_01.mrc beside TS_01.mrc.mdoc
+        self._stack_files = {p for p in stacks if p in movies}  # TS_01.mrc beside TS_01.mrc.mdoc
         # x.mrc beside an x.mrc.mdoc without a section yet: a series stack (a [ZValue] comes)
         # or a movie whose frame mdoc is being written (a [FrameSet] comes): not decided yet
         undecided = {k[:-5] for k, m in self._mdocs.items() if m.parsed.kind == "empty"}
-        self._undecided_files = {p for p in movies if p in undecided
+        self._undecided_files = {p for p in undecided if p in movies
                                  and not self._undecided_long(Path(p), now)}
         series_obs, frame_map, _ = classify_mdocs(
             [MdocObservation(m.parsed, m.unchanged_since_s,
@@ -438,16 +458,27 @@ class TiltSeriesResolver:
         not_movies = self._stack_files | self._undecided_files
         observations: dict[str, MovieObservation] = {
             o.name: o for path, o in self._view.observations.items() if path not in not_movies}
+        built = self._observed  # path -> (its scan observation, its rows', what they made)
         for path, o in movies.items():
-            if path in self._stack_files or path in self._undecided_files:
+            if path in not_movies:
+                continue
+            held = built.get(path)
+            if held is not None and held[0] is o \
+                    and observations.get(held[2].name) is held[1]:
+                observations[held[2].name] = held[2]  # the same objects: the same observation
                 continue
             name = self._rel(o.path)
+            recorded = observations.get(name)
             first = self._first_seen[path]
-            if name in observations:
-                first = min(first, observations[name].first_seen_s)
-            observations[name] = MovieObservation(
-                name, first, o.mtime_ns,
-                observations[name].recorded_mdoc if name in observations else None)
+            if recorded is not None:
+                first = min(first, recorded.first_seen_s)
+            made = MovieObservation(name, first, o.mtime_ns,
+                                    None if recorded is None else recorded.recorded_mdoc)
+            observations[name] = made
+            built[path] = (o, recorded, made)
+        if len(built) > len(movies):  # movies gone from the disk
+            for path in [p for p in built if p not in movies]:
+                del built[path]
         res = self._partitions.resolve(list(observations.values()), series_obs, frame_map,
                                        config=self.series_config, now_s=now)
         self._res = res
@@ -761,8 +792,7 @@ class TiltSeriesResolver:
                 vanished_row(row) for m in read
                 if (row := self._rows.get(by_name.get(m, ""))) is not None))
 
-    @staticmethod
-    def _lock_present(name: str, summary: SeriesSummary) -> bool:
+    def _lock_present(self, name: str, summary: SeriesSummary) -> bool:
         """The series' ``.openTS`` lock is beside its mdoc, or the mdoc is missing: a lock
         missing from a folder whose mdoc is missing too is a doubtful listing (a network share
         reconnecting, a mount dropped for seconds), not the end of the series. False without
@@ -770,9 +800,13 @@ class TiltSeriesResolver:
         complete series notes of it, ``lock_seen``, decides how it completes once re-opened.)"""
         if summary.mdoc_path is None:
             return False
-        mpath = Path(summary.mdoc_path)
-        return (any(p.exists() for p in lock_paths(mpath, split_qualified(name)[1]))
-                or not mpath.exists())
+        looked = self._lock_names.get((name, summary.mdoc_path))
+        if looked is None:  # made once a series: a settled one is looked at every scan
+            if len(self._lock_names) >= _REL_NAMES_KEPT:
+                self._lock_names.clear()
+            looked = self._lock_names[(name, summary.mdoc_path)] = tuple(
+                str(p) for p in lock_paths(Path(summary.mdoc_path), split_qualified(name)[1]))
+        return any(_exists(p) for p in looked) or not _exists(summary.mdoc_path)
 
     def _update_info(self, name: str, state: SeriesState, summary: SeriesSummary,
                      folder_of: Path | None) -> None:
