@@ -94,7 +94,7 @@ _UNDECIDED_REASON = ("its .mdoc has no section yet: a tilt-series stack or a fra
 def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
                      res: Resolution, *, relative: Any, tolerance_e_A2: float,
                      settled_series: frozenset[str] = frozenset(),
-                     memo: dict[str, tuple[Any, Any, str | None]] | None = None,
+                     memo: dict[str, tuple[Any, Any, str, Any, str | None]] | None = None,
                      voltage_option_kV: float | None = None) -> dict[str, tuple[str, str]]:
     """Corrected movies whose tilt metadata (dose, frame doses, pre-exposure) moved since they
     were corrected: path -> (series, why). Such a movie is redone (its new dose is a new key;
@@ -106,18 +106,26 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
     longer lists (SerialEM took the tilt again): it is corrected on its own, and leaves its
     series' files.
 
-    ``memo`` (path -> (row, assignment, why)), kept by the caller from scan to scan: a done
-    tilt whose row and assignment are the very objects of the last scan is not compared again
-    (weeks of sessions left in the watched folder: every one of their tilts, at every scan).
+    ``memo`` (path -> (scan observation, row, name, assignment, why)), kept by the caller from
+    scan to scan: a done tilt whose row and assignment are the very objects of the last scan
+    is not compared again, nor looked at further when its scan observation is too (weeks of
+    sessions left in the watched folder: every one of their tilts, at every scan).
     So is a tilt weighted at another voltage than its mdoc gives now (:func:`voltage_change`),
     unless ``voltage_option_kV`` (``--voltage``) is given, which the mdoc does not override."""
     changed = {}
-    seen: dict[str, tuple[Any, Any, str | None]] = {}
+    seen: dict[str, tuple[Any, Any, str, Any, str | None]] = {}
     for path, o in movies.items():
         row = rows.get(path)
+        held = memo.get(path) if memo is not None else None
+        if held is not None and held[0] is o and held[1] is row \
+                and res.assignments.get(held[2]) is held[3]:  # all as at the last scan
+            seen[path] = held
+            if held[4]:
+                changed[path] = (held[3].series, held[4])
+            continue
         if row is None or (row.key.size, row.key.mtime_ns) != (o.size, o.mtime_ns):
             continue
-        name = relative(o.path)
+        name = relative(path)
         a = res.assignments.get(name)
         if row.status == "quarantined" and a is not None and (
                 NO_DOSE_REASON in (row.error or "") or TILT_NO_DOSE_REASON in (row.error or "")):
@@ -132,16 +140,15 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
                 changed[path] = (series, f"no longer listed by the series mdoc of {series} (a "
                                          "discarded or retaken tilt): corrected on its own")
             continue
-        held = memo.get(path) if memo is not None else None
-        if held is not None and held[0] is row and held[1] is a:
-            reason = held[2]
+        if held is not None and held[1] is row and held[3] is a:  # another scan observation
+            reason = held[4]
         else:
             tilt = recorded_tilt(row)
             reason = "; ".join(r for r in (
                 assignment_change(None if tilt is None else tilt.to_json(), a,
                                   tolerance_e_A2=tolerance_e_A2),
                 None if voltage_option_kV is not None else voltage_change(row, a)) if r) or None
-        seen[path] = (row, a, reason)
+        seen[path] = (o, row, name, a, reason)
         if reason:
             changed[path] = (a.series, reason)
     if memo is not None:
@@ -323,7 +330,8 @@ class TiltSeriesResolver:
         self._rows: Mapping[str, Any] = {}
         self._view = RowsView(self._rel)  # what scans read of the rows, kept up to date
         self._settled = SettledSeries()  # complete series skipped until what they read changes
-        self._tilts_compared: dict[str, tuple[Any, Any, str | None]] = {}  # metadata_changed
+        self._tilts_compared: dict[str, tuple[Any, Any, str, Any, str | None]] = {}  # see
+        # metadata_changed
         self._partitions = PartitionedResolution()  # top-level folders resolved when changed
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
