@@ -104,14 +104,14 @@ def metadata_changed(movies: Mapping[str, Observation], rows: Mapping[str, Any],
     So is a movie corrected as a tilt of one of ``settled_series`` (series whose mdoc has not
     changed for the metadata wait: not one read while SerialEM rewrites it) that its mdoc no
     longer lists (SerialEM took the tilt again): it is corrected on its own, and leaves its
-    series' files.
+    series' files. So is a tilt weighted at another voltage than its mdoc gives now
+    (:func:`voltage_change`), unless ``voltage_option_kV`` (``--voltage``) is given, which the
+    mdoc does not override.
 
     ``memo`` (path -> (scan observation, row, name, assignment, why)), kept by the caller from
     scan to scan: a done tilt whose row and assignment are the very objects of the last scan
     is not compared again, nor looked at further when its scan observation is too (weeks of
-    sessions left in the watched folder: every one of their tilts, at every scan).
-    So is a tilt weighted at another voltage than its mdoc gives now (:func:`voltage_change`),
-    unless ``voltage_option_kV`` (``--voltage``) is given, which the mdoc does not override."""
+    sessions left in the watched folder: every one of their tilts, at every scan)."""
     changed = {}
     seen: dict[str, tuple[Any, Any, str, Any, str | None]] = {}
     for path, o in movies.items():
@@ -330,8 +330,8 @@ class TiltSeriesResolver:
         self._rows: Mapping[str, Any] = {}
         self._view = RowsView(self._rel)  # what scans read of the rows, kept up to date
         self._settled = SettledSeries()  # complete series skipped until what they read changes
-        self._tilts_compared: dict[str, tuple[Any, Any, str, Any, str | None]] = {}  # see
-        # metadata_changed
+        # metadata_changed's memo: path -> (scan observation, row, name, assignment, why)
+        self._tilts_compared: dict[str, tuple[Any, Any, str, Any, str | None]] = {}
         self._partitions = PartitionedResolution()  # top-level folders resolved when changed
         self._changed: dict[str, tuple[str, str]] = {}  # path -> (series, why): redo these
         self._rel_names: dict[str, str] = {}  # path -> its name below the watch folder
