@@ -38,6 +38,8 @@ using a 2.6 Å reconstruction of rotavirus VP6. eLife 4, e06980.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .errors import ParameterError
@@ -45,6 +47,7 @@ from .params import DoseParams
 
 __all__ = [
     "same_weighting",
+    "doses_received_alike",
     "CRITICAL_EXPOSURE_A",
     "CRITICAL_EXPOSURE_B",
     "CRITICAL_EXPOSURE_C",
@@ -215,7 +218,17 @@ def same_weighting(a: DoseParams, b: DoseParams, n_frames: int, *,
     (doses_a, per_a), (doses_b, per_b) = spread_a, spread_b
     if per_a is not None and per_b is not None and per_a != per_b:
         return False
-    received = np.cumsum(doses_a) - np.cumsum(doses_b)
+    return doses_received_alike(doses_a, doses_b, tolerance_e_A2=tolerance_e_A2)
+
+
+def doses_received_alike(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
+                         tolerance_e_A2: float) -> bool:
+    """Whether two lists of per-frame doses (e/Å²) have the same length and, at every frame,
+    running sums (the dose received so far, what dose weighting reads) within the tolerance:
+    values each off by less than it still differ when they add up over many frames."""
+    if len(a) != len(b):
+        return False
+    received = np.cumsum(np.asarray(a, np.float64)) - np.cumsum(np.asarray(b, np.float64))
     return bool(np.all(np.abs(received) <= tolerance_e_A2))
 
 

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
 __all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "unlisted_pixels_message",
+           "unlisted_pixels_warning",
            "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
            "file_sha256", "reference_record", "software_record"]
 
@@ -86,6 +88,14 @@ def unlisted_pixels_message(count: int, listed: int) -> str:
             "polishing, which reads the raw movie again, does not mask the others: give the bad "
             "pixels as zeros of a gain reference or as a defect list RELION reads (x y w h per "
             "line, .txt)")
+
+
+def unlisted_pixels_warning(record: Mapping[str, Any]) -> str | None:
+    """The warning of a motion record whose ``replaced_pixels`` list fewer than were replaced
+    (:func:`unlisted_pixels_message`), else None."""
+    replaced = record.get("replaced_pixels") or {}
+    count, listed = int(replaced.get("count", 0)), int(replaced.get("listed", 0))
+    return unlisted_pixels_message(count, listed) if count > listed else None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from correction.report import unlisted_pixels_message
+from correction.report import unlisted_pixels_warning
 from daemon.engine.faults import LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
@@ -335,13 +335,11 @@ class Dispatcher:
     def _check_replaced_pixels(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run when a movie replaced more pixels than its record lists (RELION's
         polishing masks only those listed: :class:`correction.report.ReplacedPixels`)."""
-        replaced = record.get("replaced_pixels") or {}
-        if replaced.get("count", 0) <= replaced.get("listed", 0) or self._replaced_warned:
+        warning = unlisted_pixels_warning(record)
+        if warning is None or self._replaced_warned:
             return
         self._replaced_warned = True
-        log.warning("replaced_pixels_not_all_listed",
-                    reason=unlisted_pixels_message(int(replaced["count"]),
-                                                   int(replaced.get("listed", 0))),
+        log.warning("replaced_pixels_not_all_listed", reason=warning,
                     note="said once per run; each movie's record has its replaced_pixels")
 
     def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from correction.report import read_motion_record, unlisted_pixels_message
+from correction.report import read_motion_record, unlisted_pixels_warning
 
 from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
@@ -242,11 +242,10 @@ class PublishListener(ServiceListener):
             self._pattern_warned = True
             self.publisher.warning("detector_pattern", str(pattern.get("message")),
                                    path=event.path)
-        replaced = record.get("replaced_pixels") or {}
-        if replaced.get("count", 0) > replaced.get("listed", 0) and not self._replaced_warned:
+        unlisted = unlisted_pixels_warning(record)
+        if unlisted is not None and not self._replaced_warned:
             self._replaced_warned = True  # once per run
-            self.publisher.warning("replaced_pixels_not_all_listed", unlisted_pixels_message(
-                int(replaced["count"]), int(replaced.get("listed", 0))), path=event.path)
+            self.publisher.warning("replaced_pixels_not_all_listed", unlisted, path=event.path)
         if record.get("voltage_source") == "default" and not self._voltage_warned:  # once
             self._voltage_warned = True
             self.publisher.warning("voltage_assumed", ASSUMED_VOLTAGE_NOTE, path=event.path)

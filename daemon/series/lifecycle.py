@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from correction.dose import doses_received_alike
 from daemon.series.resolution import SeriesConfig, TiltAssignment
 
 __all__ = ["SeriesObservation", "SeriesState", "assignment_change", "update_series_state"]
@@ -66,15 +67,7 @@ def _frame_doses_moved(old: Any, old_dose_e_A2: Any, new: tuple[float, ...] | No
             return True
         even = [float(dose) / len(listed)] * len(listed)
         old, new = (even, listed) if old is None else (listed, even)
-    if len(old) != len(new):
-        return True
-    received_old = received_new = 0.0
-    for a, b in zip(old, new):
-        received_old += float(a)
-        received_new += float(b)
-        if abs(received_old - received_new) > tolerance_e_A2:
-            return True
-    return False
+    return not doses_received_alike(old, new, tolerance_e_A2=tolerance_e_A2)
 
 
 @dataclass(frozen=True, slots=True)
