@@ -56,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from correction.dose import NO_DOSE_REASON, same_weighting
 from correction.params import DoseParams
@@ -64,7 +64,7 @@ from daemon.events import (VANISHED, MovieEvent, MovieMetadata, Observation, Res
                            ScanResult, SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
-from daemon.series.late_dose import LateFrameMdocDose
+from daemon.series.late_frame_mdoc import DOSE_FOUND_REASON, LateFrameMdoc, Unsettled
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.partition import PartitionedResolution
@@ -262,6 +262,26 @@ def with_voltage(meta: MovieMetadata, params: Any, voltage: Voltage) -> MovieMet
                    extra_record={**meta.extra_record, "voltage_source": voltage.source})
 
 
+class _DoselessKey(NamedTuple):
+    """The dose parameters of a done row's key that give no dose of their own (the movie was
+    corrected with its EER header's): ``stored``, or None for the configured ones."""
+
+    stored: DoseParams | None
+
+
+def _header_dosed(row: Any) -> _DoselessKey | None:
+    """A done row's key's dose parameters when they give no dose (corrected with the EER
+    header's dose, or under configured parameters that give none), else None."""
+    stored = row.peek_metadata().get("dose")
+    if not stored:
+        return _DoselessKey(None)
+    try:
+        keyed = DoseParams.from_json(stored)
+    except (TypeError, ValueError):  # a row of another version: its own spelling
+        return None
+    return None if keyed.known else _DoselessKey(keyed)
+
+
 def _is_eer(path: Path) -> bool:
     """An EER movie: its frame count (validation's, the frame mdoc's) counts raw frames."""
     return Path(path).suffix.lower() == ".eer"
@@ -344,7 +364,7 @@ class TiltSeriesResolver:
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
         # movies of no series resolved without a dose: corrected if their frame mdoc gives one
-        self._late_dose = LateFrameMdocDose()
+        self._late_frame_mdoc = LateFrameMdoc()
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -450,12 +470,17 @@ class TiltSeriesResolver:
                              relative_name(Path(k).parent, self._ctx.watch_dir, folder=True))
              for k, m in self._mdocs.items()])
         self._frame_mdocs = frame_map
-        for path in self._late_dose.found(movies, self._frame_mdoc_gives_dose,
-                                          self._ctx.store.newest_rows):
-            why = "its frame mdoc came after it was quarantined for want of a dose"
+        for path, why in self._late_frame_mdoc.found(
+                movies, self._frame_mdocs.get, self._frame_mdoc_gives_dose,
+                self._ctx.store.newest_rows, self._frame_mdoc_moved):
             late = [*late, (path, why)]
-            self._once_log("info", "movie_dose_found", path, why, movie=path,
-                           note="corrected with the dose its frame mdoc gives")
+            if why == DOSE_FOUND_REASON:
+                self._once_log("info", "movie_dose_found", path, why, movie=path,
+                               note="corrected with the dose its frame mdoc gives")
+            else:
+                self._once_log("warning", "movie_redo_metadata_changed", path, why, movie=path,
+                               note="its metadata changed after correction: redone with what "
+                                    "its frame mdoc gives")
         if not self._active and any(m.parsed.kind == "tilt_series" for m in self._mdocs.values()):
             self._active = True
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
@@ -639,12 +664,73 @@ class TiltSeriesResolver:
             return MovieMetadata(wait_reason=wait)
         meta = standalone_metadata(movie, params, n_frames, log_context, frame_mdoc,
                                    self.series_config, recorded)
-        self._late_dose.resolved(str(movie.path), self._rel(movie.path),
-                                 has_dose=params.dose.known or meta.dose is not None)
+        if meta.dose is not None:
+            meta = replace(meta, dose=self._header_dose_kept(movie, params, meta.dose, n_frames))
         voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
                                 movie=str(movie.path))
+        own_dose = params.dose.known or (meta.dose is not None and meta.dose.known)
+        open_kV = None if voltage.source in ("option", "frame mdoc") else voltage.kV
+        self._late_frame_mdoc.resolved(
+            str(movie.path), None if frame_mdoc is not None or (own_dose and open_kV is None)
+            else Unsettled(self._rel(movie.path), own_dose, open_kV))
         self._late_epu.weighted(movie.path, voltage.kV, voltage.source, self._now())
         return with_voltage(meta, params, voltage)
+
+    def _header_dose_kept(self, movie: Observation, params: Any, dose: DoseParams,
+                          n_frames: int | None) -> DoseParams | None:
+        """``dose`` (a movie of no series, its frame mdoc's), or the parameters this file
+        version was corrected with when that was with its EER header's dose and ``dose``
+        weights it alike: it keeps its key, and is not corrected again at a restart for a dose
+        spelled otherwise (:func:`correction.dose.same_weighting`)."""
+        row = self._ctx.store.newest_rows().get(str(movie.path))  # also outside tilt series
+        if (n_frames is None or row is None or row.status != "done"
+                or (row.key.size, row.key.mtime_ns) != (movie.size, movie.mtime_ns)):
+            return dose
+        corrected = _header_dosed(row)
+        if corrected is None or row.key.fingerprint != (
+                params if corrected.stored is None
+                else replace(params, dose=corrected.stored)).fingerprint():
+            return dose
+        if self._header_dose_moved_by(row, dose, n_frames):
+            return dose
+        return corrected.stored
+
+    def _frame_mdoc_moved(self, entry: Unsettled, row: Any) -> str | None:
+        """Why a movie of no series, done before its frame mdoc came, is weighted otherwise
+        by it (another dose than its EER header's; another voltage than the one used when no
+        option or mdoc gave one), or None."""
+        frame_mdoc = self._frame_mdocs.get(entry.name)
+        moved = []
+        n_frames = row.peek_metadata().get("n_frames")
+        found = frame_mdoc_dose(frame_mdoc, config=self.series_config)
+        if not entry.own_dose and _header_dosed(row) is not None and found is not None \
+                and isinstance(n_frames, int):
+            dose_e_A2, frames, _ = found
+            dose = dose_params_of(dose_e_A2, frames, voltage_kV=DEFAULT_VOLTAGE_KV,
+                                  n_frames=n_frames, raw_frames=_is_eer(Path(row.key.path)))
+            if self._header_dose_moved_by(row, dose, n_frames):
+                moved.append(f"gives another dose ({dose_e_A2:g} e/Å²) than its EER header's, "
+                             "which it was corrected with")
+        kV = frame_mdoc_voltage_kV(frame_mdoc)
+        if entry.voltage_kV is not None and kV is not None \
+                and abs(kV - entry.voltage_kV) > VOLTAGE_TOLERANCE_KV:
+            moved.append(f"says {kV:g} kV, where {entry.voltage_kV:g} kV was used")
+        if not moved:
+            return None
+        return "its frame mdoc came after it was corrected, and " + "; and ".join(moved)
+
+    def _header_dose_moved_by(self, row: Any, dose: DoseParams, n_frames: int) -> bool:
+        """Whether ``dose`` weights a movie of ``n_frames`` frames otherwise than the EER
+        header's dose ``row`` records (its total, spread evenly over the raw frames, and its
+        pre-exposure); the voltage is compared apart (:func:`with_voltage`)."""
+        recorded = row.summary.get("dose") or {}
+        total, pre = recorded.get("total_e_A2"), recorded.get("pre_exposure_e_A2") or 0.0
+        if not isinstance(total, (int, float)) or not total > 0:
+            return True
+        header = DoseParams(voltage_kV=dose.voltage_kV, total_dose_e_A2=float(total),
+                            pre_exposure_e_A2=float(pre))
+        return not same_weighting(header, dose, n_frames,
+                                  tolerance_e_A2=self.series_config.change_tolerance_e_A2)
 
     def _frame_mdoc_gives_dose(self, name: str) -> bool:
         """The frame mdoc of the movie named ``name`` (below the watch folder) gives a dose."""
@@ -953,7 +1039,6 @@ class TiltSeriesResolver:
         """A movie was recorded (an EPU movie weighted without its metadata file's voltage is
         then looked at for it); a movie of a series: the series is ``updated``."""
         self._late_epu.finished(event.path, event.status)
-        self._late_dose.finished(str(event.path), event.status)
         name = (event.metadata.get("log_context") or {}).get("series")
         if not name or self._ctx is None:
             return

@@ -276,6 +276,44 @@ def test_a_movie_of_no_series_quarantined_without_a_dose_is_corrected_once_its_f
     assert [e for _, e, _ in log.events if e == "movie_dose_found"] == ["movie_dose_found"]
 
 
+@pytest.mark.parametrize("mdoc_dose_e_A2, mdoc_kV, corrections", [
+    (5.0, 300, 1),  # the header's dose and the voltage used: nothing moves
+    (7.5, 300, 2),  # another dose
+    (5.0, 200, 2),  # another voltage than the 300 kV assumed
+])
+def test_a_movie_of_no_series_corrected_before_its_frame_mdoc_came_is_redone_only_if_it_moves(
+        tmp_path, mdoc_dose_e_A2, mdoc_kV, corrections):
+    """No dose or voltage configured: an EER movie of no series is corrected with its header's
+    dose (5 e/Å²) at 300 kV assumed before its frame mdoc comes. The frame mdoc's dose or
+    voltage, when another, has it corrected again now, once (it stayed as it was until a
+    restart redid it); when alike, it is not corrected again, not even at a restart (which
+    took the frame mdoc's dose as new parameters and corrected it again)."""
+    from recording_log import RecordingLog
+    from service_run import more_heartbeats, running
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    movie = _eer(watch / "FoilHole_8_Data_1_EER.eer", 120, np.random.default_rng(15), metadata=[
+        ("numberOfFrames", None, "120"), ("totalDose", "e/px", f"{5.0 * PIXEL_A ** 2:.6f}"),
+        ("sensorPixelSize.width", "m", f"{PIXEL_A * 1e-10:g}")])
+    log = RecordingLog()
+    with running(_service(watch, out, DoseParams(), log, voltage=None)) as wait_for:
+        wait_for(lambda: (out / f"{movie.stem}.motion.json").exists())
+        _frame_mdoc(movie, tilt_deg=0.0, pairs=[(mdoc_dose_e_A2 / 120, 120)], timestamp=5,
+                    voltage_kV=mdoc_kV)
+        wait_for(lambda: [r.status for r in _rows(out, movie)] == ["done"] * corrections)
+        more_heartbeats(log, wait_for, n=5)
+    assert len(_rows(out, movie)) == corrections
+    assert len(log.named("movie_redo_metadata_changed")) == corrections - 1
+    again = RecordingLog()
+    with running(_service(watch, out, DoseParams(), again, voltage=None)) as wait_for:
+        more_heartbeats(again, wait_for, n=8)
+    assert len(_rows(out, movie)) == corrections
+    record = _record(out, movie)
+    np.testing.assert_allclose(record["dose"]["total_e_A2"], mdoc_dose_e_A2, rtol=1e-4)
+    assert record["voltage_kV"] == mdoc_kV
+
+
 def test_a_voltage_option_removed_at_a_restart_lets_a_late_frame_mdoc_voltage_redo_the_tilt(
         tmp_path):
     """Corrected with ``--voltage 300`` (no voltage in the series mdoc), restarted without it:
