@@ -661,6 +661,14 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     # 2. movies not listed by a series mdoc: frame mdoc, file-name fallback or standalone
     series_folders = {ob.folder.strip("/") for ob in series_mdocs
                       if ob.mdoc.kind in ("tilt_series", "empty")}
+    # (folder, file-name series) of listed tilts -> their series: a movie named like them and
+    # not listed is one of that series' that SerialEM discarded (also in a frames folder, or
+    # when the mdoc's name is not the movies' prefix, as PACEtomo names them)
+    listed_by_name: dict[tuple[str, str], str] = {}
+    for movie, name in listed.items():
+        folder, base = split_qualified(movie)
+        if (m := rx.search(base)) is not None:
+            listed_by_name.setdefault((folder, m.group("series")), name)
     other: dict[str, list[_Tilt]] = {}
     standalone: set[str] = set()
     for mv in sorted(movies, key=lambda m: m.name):
@@ -682,12 +690,14 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             standalone.add(mv.name)
             continue
         series = qualified_name(folder, m.group("series"))
-        if series in series_tilts and not waited:
-            pending[mv.name] = f"waiting for the series mdoc of {series} to list it"
+        owner = series if series in series_tilts else listed_by_name.get(
+            (folder, m.group("series")))
+        if owner is not None and not waited:
+            pending[mv.name] = f"waiting for the series mdoc of {owner} to list it"
             continue
-        if series in series_tilts:  # still not listed: SerialEM discarded it (a retaken tilt)
+        if owner is not None:  # still not listed: SerialEM discarded it (a retaken tilt)
             standalone.add(mv.name)
-            warnings.append(f"{mv.name}: not listed by the series mdoc of {series} (a discarded "
+            warnings.append(f"{mv.name}: not listed by the series mdoc of {owner} (a discarded "
                             "or retaken tilt?): corrected on its own, outside the series")
             continue
         try:
@@ -805,13 +815,15 @@ def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | N
         return {}
     threshold = max(0.05, 0.5 * float(sorted(known)[len(known) // 2]))
     jumps: dict[int, tuple[str, float, str]] = {}
-    running, previous = 0.0, None
+    # nothing unlisted before the first tilt: SerialEM's small offset there (0.07 e/Å² in
+    # cryoCAT's TS_017) stays below the threshold, a first tilt taken again does not
+    running, previous = 0.0, 0.0
     for i, (t, dose) in enumerate(zip(ordered, doses)):
         if dose is None:
             return jumps  # the pre-exposures after an unknown dose are not given anyway
         if t.prior_record_dose is not None and t.prior_record_dose >= 0:
             missing = t.prior_record_dose - running
-            if previous is not None and missing - previous > threshold:
+            if missing - previous > threshold:
                 jumps[i] = (t.movie or f"section {t.z_value}", missing - previous,
                             f"PriorRecordDose counts {missing - previous:.3g} e/Å² more before "
                             "this tilt than the tilts the mdoc lists (an exposure SerialEM made "

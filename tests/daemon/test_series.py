@@ -231,6 +231,19 @@ def test_an_exposure_serialem_counted_but_the_mdoc_does_not_list_is_reported_at_
     assert not any("PriorRecordDose" in w for w in _resolve(dose_symmetric_mdoc(7)[0]).warnings)
 
 
+def test_a_first_tilt_taken_again_counts_its_discarded_exposure_from_the_retake_on():
+    """SerialEM took the first tilt, discarded it and took it again: the retake's
+    PriorRecordDose (2.5 e/Å²) counts the discarded exposure, which irradiated the specimen.
+    Every pre-exposure includes it, with a warning at the retake (it was taken as an offset
+    before the first tilt and dropped: every tilt 2.5 e/Å² low)."""
+    md, _ = dose_symmetric_mdoc(7, dose=2.5, omit=(0,))  # the first exposure was discarded
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5, 5, 7.5, 10, 12.5, 15])
+    flagged = [a.movie for a in by_index if any("PriorRecordDose" in w for w in a.warnings)]
+    assert flagged == [by_index[0].movie]
+
+
 @pytest.mark.parametrize("dose_per_tilt", [None, 3.0])
 def test_a_discarded_tilts_movie_the_mdoc_no_longer_lists_stays_out_of_the_series(dose_per_tilt):
     """SerialEM backs up and retakes a tilt: the first movie stays on disk, the mdoc lists only
@@ -246,6 +259,27 @@ def test_a_discarded_tilts_movie_the_mdoc_no_longer_lists_stays_out_of_the_serie
     assert [a.acquisition_index for a in sorted(res.assignments.values(),
                                                 key=lambda a: a.acquisition_index)] == [0, 1, 2, 3]
     assert any(names[1] in w and "not listed by the series mdoc" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("dose_per_tilt", [None, 3.0])
+@pytest.mark.parametrize("mdoc_name", ["TS_7", "L1_tgt_007"])
+def test_a_discarded_tilts_movie_in_the_frames_folder_stays_out_of_the_series(dose_per_tilt,
+                                                                              mdoc_name):
+    """As above, with the movies in SerialEM's frames folder below the mdoc (its usual layout),
+    and with an mdoc named otherwise than the movies (as PACEtomo names its series): the
+    discarded movie is corrected on its own, not made the one tilt of a series
+    ``frames/TS_7`` (with a configured dose) nor quarantined for want of a dose."""
+    md, angles = dose_symmetric_mdoc(5, omit=(1,), path=f"/w/{mdoc_name}.mrc.mdoc")
+    names = [f"frames/TS_7_{i:03d}_{a:.1f}.tif" for i, a in enumerate(angles)]
+    res = _resolve(md, movies=[MovieObservation(n, 0.0) for n in names], now_s=1000.0,
+                   config=SeriesConfig(dose_per_tilt_e_A2=dose_per_tilt))
+    assert res.standalone == {names[1]} and not res.pending and not res.no_dose
+    assert set(res.series) == {mdoc_name}
+    assert res.series[mdoc_name].listed_movies == frozenset(names[:1] + names[2:])
+    assert any(names[1] in w and f"series mdoc of {mdoc_name}" in w for w in res.warnings)
+    # before the metadata wait, it waits for the mdoc to list it
+    early = _resolve(md, movies=[MovieObservation(n, 999.0) for n in names], now_s=1000.0)
+    assert names[1] in early.pending
 
 
 def test_hand_edited_portal_mdoc_first_tilt_from_metadata_rest_blocked_or_configured():
