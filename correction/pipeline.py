@@ -92,6 +92,7 @@ from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_wi
                                check_gain_orientation)
 from .gained_rows import GainedRows, sum_raw_frames
 from .grids import EXTRA_MARGIN_PX, Grids, align_from_block_sums, plan_grids
+from .hot_lines import HotLines, detect_hot_lines
 from .local_apply import local_sums
 from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
 from .params import CorrectionParams
@@ -139,6 +140,7 @@ class CorrectedFrames:
     frames_used : (int, int)
         First and one-past-last frame index used.
     n_hot_pixels : int
+        Pixels found hot, those of hot lines included.
     padding_px : (int, int)
         Padding of the output grid on each axis (the largest shift that cannot wrap).
     movie_shape_yx : (int, int)
@@ -162,6 +164,8 @@ class CorrectedFrames:
         Whether the gain-corrected frames share a pattern fixed to the detector (a missing or
         unfitting gain reference, :mod:`correction.detector_pattern`, central 1024 x 1024
         window); None for frames under 64 pixels on a side.
+    hot_lines : HotLines
+        Rows and columns found hot (:mod:`correction.hot_lines`), replaced as hot pixels.
     """
 
     images: SumImages
@@ -180,6 +184,7 @@ class CorrectedFrames:
     resolution: FRCResolution | None = None
     gain_orientation: GainOrientationCheck | None = None
     detector_pattern: DetectorPatternCheck | None = None
+    hot_lines: HotLines = field(default_factory=HotLines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +428,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     bad = gain_reference.defect_mask.copy() if gain_reference is not None and \
         gain_reference.defect_mask is not None else None
     n_hot = 0
+    hot_lines = HotLines()
     fill = None
     orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
     t_orientation = 0.0
@@ -458,6 +464,14 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         n_hot = int(hot.sum())
         if n_hot:
             bad = hot if bad is None else (bad | hot)
+        hot_lines = detect_hot_lines(corrected_sum, gain=counting_gain, exclude=bad,
+                                     sigma=params.gain.hot_pixel_sigma, workers=workers)
+        if hot_lines:
+            lines = hot_lines.mask((ny, nx))
+            if bad is not None:
+                lines &= ~bad
+            n_hot += int(lines.sum())
+            bad = lines if bad is None else (bad | lines)
         # mean of the good pixels: whole sum minus the (few) bad ones, no full-size copy
         total = frame_mean(corrected_sum, workers) * corrected_sum.size
         n_good = corrected_sum.size
@@ -504,7 +518,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            padding_px=(grids.padded_out[0] - grids.out_yx[0],
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
-                           gain_orientation=orientation, detector_pattern=detector_pattern)
+                           gain_orientation=orientation, detector_pattern=detector_pattern,
+                           hot_lines=hot_lines)
 
 
 def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference | None,
@@ -1075,6 +1090,9 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                    "noise_peak_significance": _rounded(alignment.noise_peak_significance, 2),
                    "last_update_px": round(float(alignment.last_update_px), 5),
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
+                   **({"hot_lines": {"rows": list(corrected.hot_lines.rows),
+                                     "columns": list(corrected.hot_lines.columns)}}
+                      if corrected.hot_lines else {}),
                    "bin_factor": frame_params.read.bin_factor,
                    "group_frames": params.align.group_frames,
                    "params_fingerprint": params.fingerprint()},

@@ -1,0 +1,96 @@
+"""Hot rows and columns: found on the movie's sum, replaced, and no longer biasing alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from correction.hot_lines import MAX_HOT_LINES, detect_hot_lines
+from correction.params import AlignParams, CorrectionParams, DoseParams
+from correction.pipeline import correct_frames
+from correction.synthetic import render_movie
+
+
+def _poisson_sum(rng, shape=(1024, 1024), counts=9.0, specimen=None):
+    mean = counts * (np.ones(shape) if specimen is None else specimen)
+    return rng.poisson(mean).astype(np.float32)
+
+
+@pytest.mark.parametrize("counts", [0.3, 9.0, 300.0])
+def test_a_clean_sum_has_no_hot_lines_at_any_dose(counts):
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        assert not detect_hot_lines(_poisson_sum(rng, counts=counts))
+
+
+def test_an_edge_of_the_specimen_or_of_the_beam_along_a_column_is_not_a_hot_line():
+    """A step up (carbon to hole, 30 %) steps up on one side only, and a bright band of eight
+    columns is wider than the three lines each side is compared with: neither is flagged."""
+    rng = np.random.default_rng(3)
+    specimen = np.ones((1024, 1024))
+    specimen[:, 400:] = 1.3
+    specimen[200:, 700:708] = 1.5  # a bright band (a specimen feature)
+    found = detect_hot_lines(_poisson_sum(rng, counts=100.0, specimen=specimen))
+    assert not found.columns and not found.rows
+
+
+def test_a_stuck_column_and_a_partly_hot_row_are_found_however_faint_per_pixel():
+    """+1.5 counts per pixel over 9 expected (the per-pixel test finds none of them) on a whole
+    column, and on 700 of a row's 1024 pixels."""
+    rng = np.random.default_rng(4)
+    image = _poisson_sum(rng, counts=9.0)
+    image[:, 300] += rng.poisson(1.5, 1024)
+    image[700, 200:900] += 2.0
+    found = detect_hot_lines(image)
+    assert found.columns == (300,) and found.rows == (700,)
+    mask = found.mask(image.shape)
+    assert mask[:, 300].all() and mask[700].all() and int(mask.sum()) == 2 * 1024 - 1
+
+
+def test_lines_in_gain_units_are_tested_in_counts_and_excluded_pixels_do_not_count():
+    rng = np.random.default_rng(5)
+    gain = rng.uniform(0.8, 1.2, (512, 512)).astype(np.float32)
+    counts = _poisson_sum(rng, shape=(512, 512), counts=20.0)
+    counts[:, 100] += 2.0
+    counts[:, 200] += 50.0  # a column the defect list already names
+    exclude = np.zeros((512, 512), bool)
+    exclude[:, 200] = True
+    found = detect_hot_lines(counts * gain, gain=gain, exclude=exclude)
+    assert found.columns == (100,) and not found.rows
+
+
+def test_a_pattern_of_the_whole_detector_is_not_taken_for_hot_lines():
+    """Every 16th column 10 % brighter (a missing gain reference): a fixed pattern, which the
+    detector-pattern check reports; replacing 64 columns would not be right."""
+    rng = np.random.default_rng(6)
+    image = _poisson_sum(rng, counts=50.0)
+    image[:, ::16] *= 1.1
+    assert 1024 // 16 > MAX_HOT_LINES
+    assert not detect_hot_lines(image)
+
+
+def test_a_stuck_column_no_longer_pulls_the_shifts_towards_zero():
+    """1024^2 x 30 frames at 0.3 e/px/frame of a weak (cryo-like, 7 %) specimen, with a column
+    and 700 pixels of a row at +1 count per frame (the classic cause of zero-shift bias): the
+    lines are found and replaced, and the shifts are as accurate as those of the same movie
+    without them (before: 0.80 px RMS against 0.35 px, the drift found 28 % short)."""
+    def shifts_error(add_line: bool) -> tuple[float, object]:
+        rng = np.random.default_rng(8)
+        movie = render_movie(rng, shape_yx=(1024, 1024), n_frames=30,
+                             electrons_per_px_per_frame=0.3, gain=None, n_hot_pixels=0,
+                             dtype=np.int16, contrast=0.07)
+        frames = movie.frames.copy()
+        if add_line:
+            frames[:, :, 300] += rng.poisson(1.0, (30, 1024)).astype(frames.dtype)
+            frames[:, 700, 200:900] += rng.poisson(1.0, (30, 700)).astype(frames.dtype)
+        params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.3),
+                                  align=AlignParams(patches_x=1, patches_y=1))
+        out = correct_frames(frames, pixel_size_A=1.0, params=params, workers=1)
+        truth = movie.shifts_yx_px - movie.shifts_yx_px.mean(axis=0)
+        found = out.shifts_yx_px - out.shifts_yx_px.mean(axis=0)
+        return float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1)))), out
+
+    clean, _ = shifts_error(False)
+    with_line, out = shifts_error(True)
+    assert out.hot_lines.columns == (300,) and out.hot_lines.rows == (700,)
+    assert with_line <= 1.1 * clean + 0.01, (with_line, clean)
