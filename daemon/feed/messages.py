@@ -137,6 +137,14 @@ def _local_summary(local: Any, global_xy_px: np.ndarray, pixel_size_A: float
     if out is None:
         return None
     out = {k: v for k, v in out.items() if not k.endswith("convention")}  # prose, not data
+    if "patches_xy" in local:  # a list: [columns, rows], or null
+        patches = local["patches_xy"]
+        out["patches_xy"] = ([int(v) for v in patches] if isinstance(patches, (list, tuple))
+                             and len(patches) == 2 else None)
+    if "model" in local:  # the fitted model's scalars (its arrays stay in the record), or null
+        model = _scalars(local["model"])
+        out["model"] = None if model is None else {k: v for k, v in model.items()
+                                                   if k != "formula"}
     fitted = local.get("fitted_shifts_px")
     if fitted is not None:
         try:

@@ -136,6 +136,8 @@ def test_movie_message_from_the_correction_library_record_with_local_motion_magn
     local = {"applied": True, "reason": "2 of 2 patches fitted", "patches_xy": [2, 1],
              "shift_convention": "prose", "group_frames": 1, "residual_sigma_px": 0.05,
              "predicted_error_px": 0.02, "rejected_patches": [],
+             "model": {"name": "polynomial", "formula": "prose", "spatial_degree": 1,
+                       "temporal_degree": 3, "coefficients_x_px": [[0.1, 0.2]]},
              "fitted_shifts_px": [(global_xy + [0.4, 0.0]).tolist(), global_xy.tolist()]}
     rec = library_record(movie="/data/TS_01_003_9.0.mrc", shape_yx=(256, 256), pixel_size_A=2.0,
                          voltage_kV=300.0, shifts_yx_px=shifts_yx,
@@ -151,6 +153,10 @@ def test_movie_message_from_the_correction_library_record_with_local_motion_magn
     assert body["local"]["max_A"] == pytest.approx(0.8)  # 0.4 px x 2 Å
     assert body["local"]["rms_A"] == pytest.approx(0.8 / np.sqrt(2))
     assert body["local"]["n_patches"] == 2 and body["local"]["n_rejected_patches"] == 0
+    # the patch grid and the fitted model's scalars are there when they have a value (docs/zmq.md)
+    assert body["local"]["patches_xy"] == [2, 1]
+    assert body["local"]["model"] == {"name": "polynomial", "spatial_degree": 1,
+                                      "temporal_degree": 3}
     assert body["resolution"] == {"resolution_A": 5.1, "status": "crossing"}
 
 
