@@ -95,6 +95,7 @@ class Service:
         # service runs would bring the next session's movies into this output folder)
         self._watch_real = os.path.realpath(config.watch_dir)
         self._stop_problem: str | None = None  # a configuration problem met while running
+        self._cluster_problem_said: str | None = None  # the last one logged
         self._started_s = clock()
         self._last_tick_s = clock()
         self._last_scan_s: float | None = None
@@ -215,8 +216,17 @@ class Service:
         if resolver is not None:
             problems.append(resolver)
         outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
-        ok = not [problem for problem in problems if problem not in (outside, resolver)]
+        # a cluster that does not answer, also before any movie was sent to it (outside too)
+        cluster = self._cluster_problem()
+        if cluster is not None and outside is None:
+            problems.append(cluster)
+        ok = not [problem for problem in problems if problem not in (outside, resolver, cluster)]
         return Health(ok, tuple(problems), tuple(notes))
+
+    def _cluster_problem(self) -> str | None:
+        """The executor's own problem line (a Dask scheduler that does not answer), or None."""
+        problem = getattr(self.pool, "problem", None)
+        return problem() if callable(problem) else None
 
     # --- lifecycle ------------------------------------------------------------------------
     def _open_ledger(self, *, check_ownership: bool = True) -> None:
@@ -516,6 +526,15 @@ class Service:
         self._flush_series_events()
         counts = self._safe(lambda: self.ledger.movie_counts()) or {}  # each movie once
         health = self.health()
+        cluster_problem = self._cluster_problem()
+        if cluster_problem != self._cluster_problem_said:
+            if cluster_problem is not None:
+                self._log.error("cluster_unreachable", reason=cluster_problem,
+                                note="correction waits for the cluster; check the scheduler's "
+                                     "address and that it runs")
+            else:
+                self._log.info("cluster_reachable", note="the Dask scheduler answers")
+            self._cluster_problem_said = cluster_problem
         in_flight = tuple(e.key.path for e in self.dispatcher.in_flight.values())
         waiting = self.admission.waiting
         state = self.discovery.state()

@@ -180,7 +180,9 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
     from correction.errors import CorrectionError, GainReferenceError
 
     if isinstance(exc, GainReferenceError):
-        return "config"
+        # a reference the daemon checked at start that this worker cannot see (a cluster
+        # node's mount missing, a share gone): not the configuration's fault, retried later
+        return "environment" if _reference_unseen(task) else "config"
     if not task.out_root.is_dir() or not Path(task.movie_path).exists():
         # this worker does not see the session: a cluster's path_map or mount, a share gone
         # (a movie that vanished is found so by the daemon, which sees the watched folder)
@@ -199,6 +201,16 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
                                                   else task.out_root):
             return "environment"
     return "error"
+
+
+def _reference_unseen(task: Task) -> bool:
+    """Whether a gain, dark or defect file the task names is not there for this worker."""
+    gain = getattr(getattr(task, "params", None), "gain", None)
+    paths = [getattr(gain, name, None) for name in ("gain_path", "dark_path", "defects_path")]
+    try:
+        return any(p is not None and not Path(p).exists() for p in paths)
+    except OSError:  # the share answers an I/O error: not seen either
+        return True
 
 
 def _one_line(exc: BaseException) -> str:

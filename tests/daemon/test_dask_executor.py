@@ -237,6 +237,42 @@ def test_the_daemon_waits_while_the_scheduler_is_gone_and_resumes_when_it_return
     assert_one_output_set_each(out, movies)
 
 
+def test_a_scheduler_that_never_answers_makes_the_daemon_say_so_not_look_well(tmp_path,
+                                                                             monkeypatch):
+    """A mistyped scheduler address, or a scheduler not started yet: nothing can be corrected.
+    The service lists it as a problem (heartbeat, status, systemd STATUS) and logs it once;
+    before, it sat idle all night with nothing in its log and status said healthy. Like a
+    scheduler lost mid-run, it is trouble outside the daemon: the watchdog keeps pinging."""
+    from recording_log import RecordingLog
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    write_movies(watch, ["a.mrc"])
+    import daemon.work.dask_executor as module
+
+    class QuickToGiveUp(DaskExecutor):  # one connection attempt of 0.3 s, then 0.2 s apart
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "connect_timeout_s": 0.3, "reconnect_s": 0.2})
+
+    monkeypatch.setattr(module, "DaskExecutor", QuickToGiveUp)
+    log = RecordingLog()
+    service = Service(service_config(watch, out, scheduler=f"tcp://127.0.0.1:{free_port()}"),
+                      logger=log)
+    guard = threading.Thread(target=run_service, args=(service, 6.0), daemon=True)
+    guard.start()
+    deadline = time.monotonic() + 5.0
+    while not log.named("cluster_unreachable") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    health = service.health()
+    service.request_stop("test")
+    guard.join(timeout=10)
+    said = log.named("cluster_unreachable")
+    assert len(said) == 1 and "unreachable" in said[0]["reason"]
+    assert health.ok and any("Dask scheduler" in p and "unreachable" in p
+                             for p in health.problems)
+
+
 def _rows(out: Path):
     ledger = Ledger(out / "motionwatch.sqlite")
     try:

@@ -230,3 +230,25 @@ def test_an_output_name_the_file_system_refuses_is_the_movies_fault_not_the_outp
     denied = PermissionError(errno.EACCES, "Permission denied", str(t.out_dir / "x_DW.mrc"))
     assert _classify(too_long, t) == "data"
     assert _classify(denied, t) == "environment"
+
+
+def test_a_reference_this_worker_cannot_see_is_trouble_outside_the_movie_not_a_config_error(
+        tmp_path):
+    """A Dask worker whose node misses the share with the gain: the daemon checked the file at
+    start-up, so this is its mount, not the configuration. It was taken for a reference that
+    fits no movie, and after three movies the daemon stopped as misconfigured (exit 78, which
+    systemd does not restart). A reference that is there but does not fit stays a config error."""
+    from correction.errors import GainReferenceError
+    from correction.params import CorrectionParams, DoseParams, GainParams
+
+    from daemon.work.workers import _classify
+
+    gain = tmp_path / "gain.mrc"
+    params = CorrectionParams(dose=DoseParams(total_dose_e_A2=10.0),
+                              gain=GainParams(gain_path=gain))
+    t = task(tmp_path, 0, "m.mrc", params)
+    (tmp_path / "out").mkdir()
+    error = GainReferenceError(gain, "no such file")
+    assert _classify(error, t) == "environment"
+    gain.write_bytes(b"not an image")
+    assert _classify(GainReferenceError(gain, "not an MRC, TIFF or DM4 image"), t) == "config"
