@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from correction.report import unlisted_pixels_warning
-from daemon.engine.faults import LedgerWrites, Pause
+from daemon.engine.faults import MAX_PAUSE_S, LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
 from daemon.events import SOURCE_KEY, VANISHED, MovieEvent, MovieKey, output_dir_for
@@ -127,7 +128,8 @@ class Dispatcher:
                  pool: Callable[[], Any],
                  log: Any, finished: Callable[[str, MovieEvent], None],
                  wall_clock: Callable[[], float], writes: LedgerWrites,
-                 policy: EnginePolicy | None = None, read_ahead: Any = None) -> None:
+                 policy: EnginePolicy | None = None, read_ahead: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._ledger = ledger
         self._pool = pool
@@ -143,7 +145,12 @@ class Dispatcher:
         self._replaced_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
-        self.pause = Pause(wall_clock, first_s=max(settings.retry_delay_s, 1.0))
+        # monotonic: a wall clock stepped back (NTP mending a PC's clock) must not hold all
+        # correction back for the length of the step
+        self.pause = Pause(clock, first_s=max(settings.retry_delay_s, 1.0))
+        # the longest a failed movie waits to be retried (s): a retry time further ahead was
+        # set before the wall clock stepped back, and is due now
+        self._retry_horizon_s = max(MAX_PAUSE_S, settings.retry_delay_s) + 60.0
         self._trouble_kind: str | None = None
         self._corrected = 0  # movies done since the start (the references fit them)
         self._reference_misfits: dict[str, str] = {}  # movie -> why, while none was corrected
@@ -183,7 +190,8 @@ class Dispatcher:
         self._fill(pool)
         if pool.idle == 0 and self._read_ahead is not None \
                 and getattr(pool, "reads_files_here", False):
-            row = self._safe(lambda: self._ledger().next_pending(now=self._wall()))
+            row = self._safe(lambda: self._ledger().next_pending(
+                now=self._wall(), horizon_s=self._retry_horizon_s))
             if row is not None:
                 self._read_ahead.hint(row.key.path)
 
@@ -191,7 +199,8 @@ class Dispatcher:
         """Claim pending movies (oldest first) while a worker is idle."""
         cfg = self.settings
         while pool.idle > 0:
-            row = self._safe(lambda: self._ledger().next_pending(now=self._wall()))
+            row = self._safe(lambda: self._ledger().next_pending(
+                now=self._wall(), horizon_s=self._retry_horizon_s))
             if row is None:
                 return
             key = row.key

@@ -85,7 +85,7 @@ class Pause:
     Parameters
     ----------
     clock : callable
-        Wall clock (s), the ledger's clock for retry times.
+        Monotonic clock (s): a wall clock stepped back would hold correction back.
     first_s : float
         First delay (s); doubled per consecutive failure, capped at :data:`MAX_PAUSE_S`.
     """

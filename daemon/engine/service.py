@@ -132,6 +132,7 @@ class Service:
         self.dispatcher = Dispatcher(DispatchSettings.of(config), ledger=lambda: self.ledger,
                                      pool=lambda: self.pool,
                                      log=self._log, finished=self._finished, wall_clock=wall_clock,
+                                     clock=clock,
                                      writes=self._writes, policy=self._policy,
                                      read_ahead=self._read_ahead)
         self._locks = FolderLocks(config.out_dir, config.state_dir)

@@ -404,17 +404,22 @@ class Ledger:
             out[r["status"]] = r["n"]
         return out
 
-    def next_pending(self, *, now: float | None = None) -> MovieRow | None:
-        """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry."""
+    def next_pending(self, *, now: float | None = None,
+                     horizon_s: float | None = None) -> MovieRow | None:
+        """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry
+        (wall clock ``now``, s); with ``horizon_s``, a retry time more than that beyond ``now``
+        counts as due (set before the wall clock stepped back)."""
         now = self._clock() if now is None else now
+        beyond = now + horizon_s if horizon_s is not None else float("inf")
         # two queries, each walking the (status, mtime_ns) index: one with OR sorted every
         # pending row at each claim (a backlog of thousands after a downtime)
         r = self._db.execute(
             "SELECT * FROM (SELECT * FROM movies WHERE status = 'pending' "
             "ORDER BY mtime_ns, path, id LIMIT 1) UNION ALL "
             "SELECT * FROM (SELECT * FROM movies WHERE status = 'failed' "
-            "AND (retry_after IS NULL OR retry_after <= ?) ORDER BY mtime_ns, path, id LIMIT 1) "
-            "ORDER BY mtime_ns, path, id LIMIT 1", (now,)).fetchone()
+            "AND (retry_after IS NULL OR retry_after <= ? OR retry_after > ?) "
+            "ORDER BY mtime_ns, path, id LIMIT 1) "
+            "ORDER BY mtime_ns, path, id LIMIT 1", (now, beyond)).fetchone()
         return None if r is None else _row(r)
 
     def recent(self, status: str, limit: int = 10) -> list[MovieRow]:

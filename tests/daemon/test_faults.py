@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,38 @@ def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_
     assert not log.named("movie_quarantined")
     # paused: while the output side failed, no other movie was tried
     assert len(log.named("movie_retry_later")) == len(log.named("movie_started")) - 3
+
+
+def test_a_wall_clock_stepped_back_an_hour_does_not_hold_correction_back_for_that_hour(setup):
+    """The output side fails (a full disk): correction pauses for a second and each movie is to
+    be retried a second later. NTP then steps the wall clock back an hour (a PC booted with
+    its hardware clock on local time) and the disk has room again: the movies are corrected at
+    once. The pause and the retry times were wall-clock times: nothing ran for the hour."""
+    config = dataclasses.replace(setup, retry_delay_s=1.0, exit_when_idle_s=3.0,
+                                 max_attempts=5)
+    full = config.out_dir.parent / "OUTPUT_FULL"
+    full.write_text("")
+    for name in ("a.mrc", "b.mrc"):
+        movie(config.watch_dir, name)
+    offset = [0.0]
+    log = RecordingLog()
+
+    def step_back_once_paused(beat):
+        if log.named("movie_retry_later") and not offset[0]:
+            offset[0] = -3600.0
+            full.unlink()
+
+    service = Service(config, listeners=[Beats(step_back_once_paused)],
+                      runner="fake_runners:correct", logger=log,
+                      wall_clock=lambda: time.time() + offset[0])
+    guard = threading.Timer(40.0, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        service.run()
+    finally:
+        guard.cancel()
+    assert offset[0] == -3600.0
+    assert {n: r.status for n, r in rows(config).items()} == {"a.mrc": "done", "b.mrc": "done"}
 
 
 # --- 5: the state database cannot be written ------------------------------------------------
