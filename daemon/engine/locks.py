@@ -86,8 +86,11 @@ class FolderLocks:
             raise
         if "file" in self._fds:
             fd = self._fds["file"]
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:  # for people and older tools: the locks hold without it
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:  # a full disk at start: the service starts, and pauses correction
+                pass
 
     def check(self) -> str | None:
         """Follow a re-created output folder; a problem line when another daemon has it."""

@@ -24,6 +24,7 @@ The output folder and the state folder are locked with ``flock`` on the folders 
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sqlite3
@@ -45,7 +46,7 @@ from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, Movi
                            NoMetadata, ResolverContext, SeriesEvent, ServiceInfo,
                            ServiceListener)
 from daemon.intake.discover import LISTING_STILL_S, Discovery
-from daemon.settings.config import Config, ConfigError
+from daemon.settings.config import Config, ConfigError, Unreachable
 from daemon.state.ledger import DB_NAME, Ledger, open_or_rebuild
 from daemon.state.newest import NewestRows
 from daemon.system.logs import get_logger
@@ -237,8 +238,13 @@ class Service:
         try:
             self.ledger, moved, reason = open_or_rebuild(path, clock=self._wall)
         except (sqlite3.Error, OSError) as exc:
+            text = " ".join(str(exc).split())
+            if _disk_trouble(exc):  # mended by the file system, not by hand: restarted (69)
+                raise ConfigError([Unreachable(
+                    f"state database {path}: cannot be opened or written ({text}); started "
+                    "again once the disk has room or is writable")]) from None
             raise ConfigError([f"state database {path}: cannot be opened or moved aside "
-                               f"({' '.join(str(exc).split())}); move it away by hand and "
+                               f"({text}); move it away by hand and "
                                f"start again (the outputs are adopted)"]) from None
         if moved is not None:
             self._log.error("state_database_corrupt", path=str(path), moved_to=str(moved),
@@ -301,6 +307,10 @@ class Service:
                 self._log.info("service_starting", config=cfg.describe(), pid=os.getpid())
                 self._open_ledger()
             except ConfigError as exc:
+                if exc.unreachable_only:  # the file system may mend it: systemd restarts
+                    self._log.error("start_unavailable", problems=list(exc.problems),
+                                    note="exits 69: systemd starts it again")
+                    return exitcodes.UNAVAILABLE
                 self._log.error("config_invalid", problems=list(exc.problems))
                 return exitcodes.CONFIG
             report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy)
@@ -560,6 +570,18 @@ class Service:
         self._log.debug("heartbeat", counts=counts, waiting=len(waiting),
                         in_flight=len(in_flight), healthy=health.ok)
         self._notify("on_heartbeat", beat)
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _disk_trouble(exc: BaseException) -> bool:
+    """A full, read-only or failing disk (an OSError of those, or SQLite saying so)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_ERRNOS
+    text = str(exc).lower()
+    return any(words in text for words in ("disk is full", "readonly database",
+                                           "disk i/o error"))
 
 
 def _given_voltage_kV(cfg: Any) -> float | None:

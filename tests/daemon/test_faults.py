@@ -617,3 +617,28 @@ def test_a_restart_corrects_a_movie_quarantined_as_unreadable_that_reads_now(set
 def rows_of(config: Config) -> list:
     with Ledger(config.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
         return ledger.rows()
+
+
+def test_a_start_on_a_full_disk_exits_69_to_be_restarted_not_with_a_traceback(setup,
+                                                                               monkeypatch):
+    """systemd restarts the daemon after the output disk filled overnight: the pid could not be
+    written into the lock file (a traceback, exit 1, every 30 s), and the state database not
+    created (exit 78: systemd would not restart it once the disk had room). Now the pid is
+    left out and the start ends with one line and 69, which systemd restarts."""
+    import errno
+
+    import daemon.engine.locks as locks
+    import daemon.engine.service as service_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_database(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(locks.os, "write", full)
+    monkeypatch.setattr(service_module, "open_or_rebuild", full_database)
+    log = RecordingLog()
+    assert run(setup, log=log) == 69
+    (said,) = log.named("start_unavailable")
+    assert "disk is full" in said["problems"][0] and not log.named("config_invalid")
