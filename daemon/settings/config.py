@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,10 @@ from daemon.settings.optics import optics_problems
 
 __all__ = ["Config", "ConfigError", "Unreachable", "add_watch_arguments", "finalize_parser",
            "load_config", "make_folders"]
+
+
+#: most worker processes a configuration may ask for (each holds a movie's frames in memory)
+MAX_WORKERS = 256
 
 
 class Unreachable(str):
@@ -512,7 +517,13 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
 
     need(merged.out is not None or "out" in refused,
          "no output folder: give --out DIR (or out = ... in the config)")
+    for dest, value in sorted(vars(merged).items()):  # inf or nan: never a setting (a time
+        if isinstance(value, float) and not math.isfinite(value):  # of inf waits for ever)
+            problems.append(f"{dest} must be a finite number, got {value}")
     need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
+    need(merged.workers <= MAX_WORKERS,
+         f"workers must be <= {MAX_WORKERS} (a worker process each, ~0.1-2 GB), got "
+         f"{merged.workers}")
     need(merged.settle_time >= 0, f"settle_time must be >= 0 s, got {merged.settle_time}")
     need(merged.scan_interval > 0, f"scan_interval must be > 0 s, got {merged.scan_interval}")
     need(merged.incomplete_grace >= 0,

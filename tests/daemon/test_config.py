@@ -70,6 +70,22 @@ def test_all_problems_are_reported_together(tmp_path):
     assert "dose" not in text  # each movie's dose may come from its metadata
 
 
+def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp_path):
+    """``settle_time = inf`` (TOML allows it) left every movie settling for ever while status
+    said healthy; ``workers = 100000`` spawned processes until the machine ran out of memory."""
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text("settle_time = inf\nheartbeat = nan\nworkers = 100000\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "w"), "--config", str(toml),
+                           "--out", str(tmp_path / "o")]))
+    text = "\n".join(info.value.problems)
+    for expected in ("settle_time must be a finite number, got inf",
+                     "heartbeat must be a finite number, got nan", "workers must be <= 256"):
+        assert expected in text, text
+    assert not (tmp_path / "o").exists()
+
+
 def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metadata(tmp_path):
     config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o")]))
     assert not config.params.dose.known
