@@ -115,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
         resolver = build_resolver(config)
         executor_settings(config)  # a bad executor section is a configuration error (78)
         watchdog_thresholds(config)
-        make_folders(config)  # only once everything checked here is valid
     except ConfigError as exc:
         _print_config_error(exc)
         return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG
@@ -125,11 +124,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         listeners = build_listeners(config)
         dashboard = start_dashboard(config, listeners)
+        make_folders(config)  # only once everything checked here is valid (endpoints bound)
     except ConfigError as exc:
         _print_config_error(exc)
+        if dashboard is not None:
+            dashboard.close()
         for listener in listeners:
             getattr(listener, "close", lambda: None)()
-        return exitcodes.CONFIG
+        return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG
     try:
         with paced_garbage_collector():
             return Service(config, listeners=listeners, resolver=resolver).run()

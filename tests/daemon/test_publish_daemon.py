@@ -197,6 +197,7 @@ def test_an_endpoint_in_use_stops_the_daemon_with_a_config_error(tmp_path):
         ctx.term()
     assert result.returncode == 78
     assert f"tcp://127.0.0.1:{port}" in result.stderr and "--publish" in result.stderr
+    assert not out.exists()  # a configuration with any error creates no folder
 
 
 def test_a_network_endpoint_without_allow_remote_is_a_config_error_naming_the_key(tmp_path):
@@ -206,3 +207,4 @@ def test_a_network_endpoint_without_allow_remote_is_a_config_error_naming_the_ke
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 78
     assert "publish_allow_remote" in result.stderr
+    assert not (tmp_path / "out").exists()
