@@ -208,6 +208,8 @@ class Admission:
         self.waiting: dict[Path, str] = {}
         #: why the resolver could not take the last scan in (nothing admitted), or None
         self.resolver_problem: str | None = None
+        #: the watched folder could not be listed at the last scan (a share unmounted): why
+        self.watch_problem: str | None = None
         #: settled movies the last scan left for the next (its admission time was spent): the
         #: service is not idle while there are any
         self.deferred = 0
@@ -266,8 +268,13 @@ class Admission:
 
     def take(self, result: ScanResult) -> None:
         """Handle one scan: report unreadable folders and non-movies, then admit what settled."""
+        root = os.path.abspath(self.settings.watch_dir)
+        self.watch_problem = None
         for folder, reason in result.errors:
             self.report_once(str(folder), "folder_unreadable", reason, level="warning")
+            if os.path.abspath(folder) == root:
+                self.watch_problem = (f"watch folder {self.settings.watch_dir} cannot be listed "
+                                      f"({reason}): no movie can arrive (a share unmounted?)")
         for path, reason in result.skipped:
             if (str(path), "skip") not in self._reported:
                 self._reported.add((str(path), "skip"))

@@ -642,3 +642,32 @@ def test_a_start_on_a_full_disk_exits_69_to_be_restarted_not_with_a_traceback(se
     assert run(setup, log=log) == 69
     (said,) = log.named("start_unavailable")
     assert "disk is full" in said["problems"][0] and not log.named("config_invalid")
+
+
+def test_a_watched_folder_gone_makes_the_service_say_so_and_its_return_clears_it(setup):
+    """The share with the watched folder is unmounted at night: nothing can arrive. Status,
+    the feed and systemd's STATUS said healthy with no problem (one folder_unreadable line in
+    the log). Now a problem is listed until the folder is back; the watchdog keeps pinging
+    (a restart would find no share either)."""
+    import shutil
+
+    movie(setup.watch_dir, "a.mrc")
+    seen: list = []
+    gone = setup.watch_dir.with_name("away")
+
+    def unmount_then_mount(beat):
+        seen.append(beat.health)
+        if len(seen) == 3:
+            setup.watch_dir.rename(gone)
+        problem = any("watch folder" in p for p in beat.health.problems)
+        if problem and gone.exists():
+            gone.rename(setup.watch_dir)
+
+    beats = Beats(unmount_then_mount)
+    assert run(setup, beats) == 0
+    flagged = [h for h in seen if any("watch folder" in p and "cannot be listed" in p
+                                      for p in h.problems)]
+    assert flagged and all(h.ok for h in flagged)
+    assert not any("watch folder" in p for p in seen[-1].problems)
+    assert {n: r.status for n, r in rows(setup).items()} == {"a.mrc": "done"}
+    shutil.rmtree(gone, ignore_errors=True)
