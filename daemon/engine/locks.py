@@ -55,6 +55,9 @@ class FolderLocks:
         self.out_dir = Path(out_dir)
         self.state_dir = Path(state_dir)
         self._fds: dict[str, int] = {}
+        #: folders or files whose file system has no flock (NFS without lockd, some FUSE
+        #: shares): a second daemon there is not kept out
+        self.unlocked: list[str] = []
 
     def acquire(self) -> None:
         """Lock the output folder, the state folder and its lock file.
@@ -81,6 +84,8 @@ class FolderLocks:
                     continue  # absent for now: check() locks it once it is there
                 if fd is not None:
                     self._fds[name] = fd
+                else:
+                    self.unlocked.append(str(path))
         except BaseException:
             self.release()
             raise

@@ -309,6 +309,11 @@ class Service:
                     raise ConfigError([self._policy_error])
                 self._locks.acquire()
                 self._log.info("service_starting", config=cfg.describe(), pid=os.getpid())
+                if self._locks.unlocked:
+                    self._log.warning("locks_unsupported", paths=self._locks.unlocked,
+                                      note="this file system cannot lock them: nothing keeps "
+                                           "a second motionwatch watch out of this output "
+                                           "folder; run one only")
                 self._open_ledger()
             except ConfigError as exc:
                 if exc.unreachable_only:  # the file system may mend it: systemd restarts

@@ -671,3 +671,20 @@ def test_a_watched_folder_gone_makes_the_service_say_so_and_its_return_clears_it
     assert not any("watch folder" in p for p in seen[-1].problems)
     assert {n: r.status for n, r in rows(setup).items()} == {"a.mrc": "done"}
     shutil.rmtree(gone, ignore_errors=True)
+
+
+def test_a_file_system_without_locks_is_said_at_start(setup, monkeypatch):
+    """NFS without lockd, some FUSE shares: flock fails with ENOLCK and the folders cannot be
+    locked, so nothing keeps a second daemon out. That was silent; now it is logged once."""
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    movie(setup.watch_dir, "a.mrc")
+    log = RecordingLog()
+    assert run(setup, log=log) == 0
+    (said,) = log.named("locks_unsupported")
+    assert str(setup.out_dir) in said["paths"]
