@@ -166,6 +166,8 @@ class CorrectedFrames:
         window); None for frames under 64 pixels on a side.
     hot_lines : HotLines
         Rows and columns found hot (:mod:`correction.hot_lines`), replaced as hot pixels.
+    alignment_advice : tuple of str
+        Lines on an alignment the data may not support (:func:`alignment_advice`).
     """
 
     images: SumImages
@@ -185,6 +187,7 @@ class CorrectedFrames:
     gain_orientation: GainOrientationCheck | None = None
     detector_pattern: DetectorPatternCheck | None = None
     hot_lines: HotLines = field(default_factory=HotLines)
+    alignment_advice: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +342,48 @@ def unaligned_message(alignment: GlobalAlignment) -> str:
             f"{alignment.peak_significance:.1f} standard deviations above their maps' mean, "
             f"which noise alone reaches ({alignment.noise_peak_significance:.1f}); the frames "
             "are summed without shifts (alignment.supported false in the motion record)")
+
+
+#: electrons per correlated sum below which whole-frame alignment follows noise (``--group``)
+FEW_ELECTRONS_PER_SUM = 250_000
+_UNCONVERGED_PX = 1.0  # a last iteration that still moved a frame this far (alignment pixels)
+_WEAK_PEAK_FACTOR = 1.5  # correlation peaks this many times above noise's: strong enough
+
+
+def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
+                     shape_yx: tuple[int, int], *, n_used: int, group_frames: int,
+                     counting: bool) -> tuple[str, ...]:
+    """Lines for an alignment the data may not support, each also a warning:
+
+    * frames of a counting detector with fewer than :data:`FEW_ELECTRONS_PER_SUM` electrons
+      (``mean_per_px``, counts per pixel and frame, times the frame's pixels) aligned one by
+      one, whose correlation peaks stand less than :data:`_WEAK_PEAK_FACTOR` times above what
+      noise reaches: single frames' peaks are then noise often enough to put frames pixels to
+      tens of pixels off without the noise test noticing (a weak specimen at 0.02-0.03
+      e/px/frame on 1440 x 1024: peaks 1.1x noise's), and ``--group`` sums of enough frames
+      are 1.5-3x more precise (a specimen of strong contrast, peaks 2x noise's at 65,000
+      electrons per frame, aligns well frame by frame);
+    * a whole-frame alignment whose last iteration still moved a frame by more than a pixel
+      (it did not converge)."""
+    lines = []
+    per_frame = (None if mean_per_px is None or not counting
+                 else float(mean_per_px) * shape_yx[0] * shape_yx[1])
+    weak = not (alignment.peak_significance
+                >= _WEAK_PEAK_FACTOR * alignment.noise_peak_significance)  # NaN: not measured
+    if (alignment.supported and group_frames == 1 and n_used >= 4 and per_frame is not None
+            and 0 < per_frame < FEW_ELECTRONS_PER_SUM and weak
+            and np.isfinite(alignment.peak_significance)):
+        group = int(np.ceil(FEW_ELECTRONS_PER_SUM / per_frame))
+        lines.append(f"about {per_frame:,.0f} electrons per frame, fewer than "
+                     f"{FEW_ELECTRONS_PER_SUM:,}: single frames carry too little signal to "
+                     f"align reliably; give --group {min(group, n_used // 2)} (MotionCor2's "
+                     "-Group) to align sums of frames")
+    if alignment.supported and not alignment.converged \
+            and alignment.last_update_px > _UNCONVERGED_PX:
+        lines.append(f"the whole-frame alignment did not converge: its last iteration still "
+                     f"moved a frame {alignment.last_update_px:.1f} px (alignment grid); the "
+                     "shifts may be off")
+    return tuple(lines)
 
 
 def _rounded(value: float, digits: int) -> float | None:
@@ -501,6 +546,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
             break
         margin = 2 * margin  # a shift exceeded the padding: redo with more
     shifts_out, alignment, images, local, resolution = result
+    advice = alignment_advice(alignment, fill, (ny, nx), n_used=n,
+                              group_frames=params.align.group_frames,
+                              counting=gain_reference is None or gain_reference.dark is None)
+    for line in advice:
+        warnings.warn(line, stacklevel=2)
     t = time.perf_counter()
     detector_pattern = pattern.check()
     del pattern
@@ -519,7 +569,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
                            gain_orientation=orientation, detector_pattern=detector_pattern,
-                           hot_lines=hot_lines)
+                           hot_lines=hot_lines, alignment_advice=advice)
 
 
 def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference | None,
@@ -1086,6 +1136,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         alignment={"iterations": alignment.iterations, "converged": alignment.converged,
                    "supported": alignment.supported,
                    **({} if alignment.supported else {"note": unaligned_message(alignment)}),
+                   **({"advice": list(corrected.alignment_advice)}
+                      if corrected.alignment_advice else {}),
                    "peak_significance": _rounded(alignment.peak_significance, 2),
                    "noise_peak_significance": _rounded(alignment.noise_peak_significance, 2),
                    "last_update_px": round(float(alignment.last_update_px), 5),

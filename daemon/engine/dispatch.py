@@ -142,6 +142,7 @@ class Dispatcher:
         self.in_flight: dict[int, InFlight] = {}
         self._gain_warned = False
         self._pattern_warned = False
+        self._advice_warned: set[str] = set()  # the kinds of alignment advice said
         self._replaced_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
@@ -289,6 +290,7 @@ class Dispatcher:
                 self._check_gain_orientation(outcome.record, log)
                 self._check_detector_pattern(outcome.record, log)
                 self._check_replaced_pixels(outcome.record, log)
+                self._check_alignment_advice(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
@@ -340,6 +342,18 @@ class Dispatcher:
         self._pattern_warned = True
         log.warning("detector_pattern", reason=check.get("message"),
                     note="said once per run; each movie's record has its detector_pattern")
+
+    def _check_alignment_advice(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run and kind when a movie's alignment the data may not support (too
+        few electrons per frame for single frames, no convergence:
+        :func:`correction.pipeline.alignment_advice`)."""
+        for line in (record.get("alignment") or {}).get("advice") or ():
+            kind = "electrons" if "electrons per frame" in str(line) else str(line).split(":")[0]
+            if kind in self._advice_warned:
+                continue
+            self._advice_warned.add(kind)
+            log.warning("alignment_advice", reason=line, movie=record.get("movie"),
+                        note="said once per run; each movie's record has alignment.advice")
 
     def _check_replaced_pixels(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run when a movie replaced more pixels than its record lists (RELION's
