@@ -64,6 +64,7 @@ from daemon.events import (VANISHED, MovieEvent, MovieMetadata, Observation, Res
                            ScanResult, SeriesEvent, SeriesEventKind, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
+from daemon.series.interleaved import InterleavedMdocs
 from daemon.series.late_frame_mdoc import DOSE_FOUND_REASON, LateFrameMdoc, Unsettled
 from daemon.series.late_epu import LateEpuMetadata
 from daemon.series.mdoc_watch import MdocWatcher
@@ -365,6 +366,7 @@ class TiltSeriesResolver:
         self._late_epu = LateEpuMetadata()
         # movies of no series resolved without a dose: corrected if their frame mdoc gives one
         self._late_frame_mdoc = LateFrameMdoc()
+        self._interleaved = InterleavedMdocs()  # series mdocs written in turns (PACEtomo)
 
     # --- wiring ---------------------------------------------------------------------------
     def start(self, context: ResolverContext) -> None:
@@ -791,6 +793,8 @@ class TiltSeriesResolver:
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         self._completing &= set(res.series)  # a series no longer described waits for nothing
+        self._interleaved.look({path: m.unchanged_since_s for path, m in self._mdocs.items()
+                                if m.parsed.kind == "tilt_series"})
         on_disk = {self._rel(p): p for p in movies}
         by_name = ChainMap(on_disk, self._view.path_of_name)  # a movie on disk: its own path
         changed_names = {self._rel(p) for p in changed}
@@ -841,7 +845,10 @@ class TiltSeriesResolver:
         folder_of = Path(by_name[sorted(known)[0]]) if known else None
         if summary.mdoc_path is not None:
             m = self._mdocs.get(summary.mdoc_path)
-            mdoc_since = m.unchanged_since_s if m is not None else None
+            # not quiet while a series written in turns with it goes on (PACEtomo)
+            mdoc_since = (self._interleaved.unchanged_since_s(
+                summary.mdoc_path, m.unchanged_since_s, young=len(summary.tilts) < 3)
+                if m is not None else None)
             folder_of = Path(summary.mdoc_path)
         self._update_info(name, state, summary, folder_of)
         times = [self._first_seen.get(by_name[m], 0.0) for m in known if m in by_name]

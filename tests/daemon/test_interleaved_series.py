@@ -1,0 +1,88 @@
+"""Series acquired in turns in one folder (PACEtomo), with no ``.openTS`` lock.
+
+PACEtomo takes one tilt of every target, then the next tilt, appending each target's section
+to its own mdoc. A round over the targets takes minutes, longer than the mdoc quiet time by
+which a series without a lock is taken to have ended: each series was completed, assembled
+and announced after every round, then re-opened by its next tilt (stacks re-read each time,
+and a feed subscriber starting a reconstruction on ``completed`` got partial series).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from recording_log import RecordingLog
+from series_session import N_FRAMES, PIXEL_A, SHAPE, write_series_mdoc
+from service_run import run_until_idle  # tests/helpers
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.engine.service import Service
+from daemon.series.interleaved import InterleavedMdocs
+from daemon.series.resolution import SeriesConfig
+from daemon.series.resolver import TiltSeriesResolver
+from daemon.settings.config import Config
+from daemon.simulation.tilt_series import simulate_tilt_series
+
+QUIET_S = 0.9  # mdoc quiet time (s); a round of the targets takes longer
+
+
+def test_series_written_in_turns_complete_once_each_when_the_acquisition_ends(tmp_path):
+    """Four targets, three rounds of one tilt each, a target every 0.35 s (a round takes
+    1.4 s, the quiet time is 0.9 s): each series completes once, with all its tilts (it
+    completed after each round)."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    for folder in (watch, out, staging):
+        folder.mkdir()
+    names = ("L1_tgt_001", "L1_tgt_002", "L1_tgt_003", "L1_tgt_004")
+    series = {name: simulate_tilt_series(staging / name, rng=np.random.default_rng(k),
+                                         name=name, n_tilts=3, shape_yx=SHAPE,
+                                         n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
+                                         frame_interval_s=0, tilt_interval_s=0, lock=False,
+                                         sleep=lambda s: None)
+              for k, name in enumerate(names)}
+
+    def pacetomo() -> None:  # a target every 0.35 s: a round of 1.4 s, longer than quiet
+        for k in range(3):
+            for name, tilts in series.items():
+                shutil.copy2(tilts[k].movie.path, watch / tilts[k].movie.path.name)
+                write_series_mdoc(watch, tilts[:k + 1], name=name)
+                time.sleep(0.35)
+
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                    heartbeat_s=0.2, exit_when_idle_s=1.5, polling="on")
+    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.3, mdoc_quiet_s=QUIET_S),
+                                  mode="on")
+    log = RecordingLog()
+    writer = threading.Thread(target=pacetomo, daemon=True)
+    writer.start()
+    run_until_idle(Service(config, resolver=resolver, logger=log), guard_s=40.0)
+    writer.join(timeout=5)
+    completed = [e["series"] for e in log.named("series_completed")]
+    assert sorted(completed) == sorted(names), completed
+    assert all(e["tilts"] == 3 for e in log.named("series_completed"))
+
+
+def test_mdocs_become_partners_only_when_one_changed_between_two_changes_of_the_other():
+    """Written in turns: partners, each unchanged only since the last change of both. Written
+    one after the other, or in another folder: not partners."""
+    seen = InterleavedMdocs()
+    seen.look({"/w/a.mrc.mdoc": 1.0, "/w/b.mrc.mdoc": 2.0, "/x/c.mrc.mdoc": 2.5})
+    seen.look({"/w/a.mrc.mdoc": 3.0, "/w/b.mrc.mdoc": 2.0, "/x/c.mrc.mdoc": 2.5})
+    assert seen.partners == {"/w/a.mrc.mdoc": {"/w/b.mrc.mdoc"},
+                             "/w/b.mrc.mdoc": {"/w/a.mrc.mdoc"}}
+    seen.look({"/w/a.mrc.mdoc": 3.0, "/w/b.mrc.mdoc": 4.0, "/x/c.mrc.mdoc": 2.5})
+    assert seen.unchanged_since_s("/w/a.mrc.mdoc", 3.0) == 4.0
+    assert seen.unchanged_since_s("/x/c.mrc.mdoc", 2.5) == 2.5
+    sequential = InterleavedMdocs()
+    sequential.look({"/w/a.mrc.mdoc": 1.0})
+    sequential.look({"/w/a.mrc.mdoc": 2.0})
+    sequential.look({"/w/a.mrc.mdoc": 2.0, "/w/b.mrc.mdoc": 3.0})
+    sequential.look({"/w/a.mrc.mdoc": 2.0, "/w/b.mrc.mdoc": 4.0})
+    assert not sequential.partners
+    seen.look({"/w/a.mrc.mdoc": 3.0})  # b gone: forgotten
+    assert seen.partners == {"/w/a.mrc.mdoc": set()} or not seen.partners.get("/w/a.mrc.mdoc")
