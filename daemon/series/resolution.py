@@ -880,6 +880,14 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
         if len(set(times)) < len(times):
             warn.append("two tilts share a DateTime (1 s resolution): tie broken by "
                         + ("section order" if from_series_mdoc else "file-name index"))
+        by_prior = _prior_record_dose_order(tilts)
+        if by_prior is not None and [id(t) for t in by_prior] != [
+                id(t) for t in sorted(tilts, key=key)]:
+            # DateTime is the acquisition PC's local time: an autumn clock change (or a clock
+            # set during the series) puts the last tilts first; PriorRecordDose only grows
+            warn.append("DateTime order contradicts PriorRecordDose (the PC's clock changed "
+                        "during the series?): acquisition order from PriorRecordDose")
+            return by_prior, "PriorRecordDose", warn
     elif from_series_mdoc:
         key, source = (lambda t: (t.file_index,)), "mdoc_section_order"
         n_dt = sum(t.datetime is not None for t in tilts)
@@ -901,6 +909,19 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
         key, source = (lambda t: (t.movie or "",)), "file_name"
         warn.append("no acquisition time or index for every tilt: ordered by file name")
     return sorted(tilts, key=key), source, warn
+
+
+def _prior_record_dose_order(tilts: list[_Tilt]) -> list[_Tilt] | None:
+    """The tilts by ``PriorRecordDose`` (the dose before each, which only grows in acquisition
+    order), when every tilt has one and no two are within 1e-3 e/Å²; else None."""
+    priors = [t.prior_record_dose for t in tilts]
+    if any(p is None for p in priors):
+        return None
+    ordered = sorted(tilts, key=lambda t: t.prior_record_dose)  # type: ignore[arg-type,return-value]
+    values = [t.prior_record_dose for t in ordered]
+    if any(b - a < 1e-3 for a, b in zip(values, values[1:])):  # type: ignore[operator]
+        return None
+    return ordered
 
 
 def _dose(t: _Tilt, config: SeriesConfig

@@ -43,8 +43,9 @@ def _independent_sections(path):
 
 
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
-                        n_sections=None, path="/w/TS_7.mrc.mdoc", omit=()):
-    """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart."""
+                        n_sections=None, path="/w/TS_7.mrc.mdoc", omit=(), clock_back_at=None):
+    """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart
+    (``clock_back_at``: the PC's clock set back an hour before that exposure)."""
     angles = [0.0]
     k = 1
     while len(angles) < n_tilts:
@@ -55,6 +56,8 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
     rows = []
     for i, a in enumerate(angles):
         t = t0 + dt.timedelta(seconds=40 * i)
+        if clock_back_at is not None and i >= clock_back_at:
+            t -= dt.timedelta(hours=1)
         rows.append((i, a, t))
     if sort_by_angle:
         rows.sort(key=lambda r: r[1])
@@ -295,6 +298,22 @@ def test_hand_edited_portal_mdoc_first_tilt_from_metadata_rest_blocked_or_config
     assert a5.order_source == "mdoc_section_order" and a5.acquisition_index == 4
     assert a5.pre_exposure_e_A2 == pytest.approx(2.35936 + 3 * 2.0)
     assert any("only 1 of 9 sections" in w for w in a5.warnings)
+
+
+def test_a_clock_set_back_during_a_series_does_not_reorder_its_tilts_by_datetime():
+    """The autumn clock change at 3:00 during a night's series (DateTime is the PC's local
+    time, without TimeStamp in older SerialEM): the last tilts' DateTimes come an hour before
+    the first ones'. PriorRecordDose, which only grows, gives the order (every tilt's
+    pre-exposure was wrong: the last five came first)."""
+    md, _ = dose_symmetric_mdoc(9, dose=2.5, clock_back_at=5)
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(9)])
+    assert [a.movie.split("_")[2] for a in by_index] == [f"{i:03d}" for i in range(9)]
+    assert all(a.order_source == "PriorRecordDose" for a in by_index)
+    assert any("contradicts PriorRecordDose" in w for w in res.warnings + by_index[0].warnings)
+    plain = _resolve(dose_symmetric_mdoc(9, dose=2.5)[0])  # in order: DateTime as before
+    assert {a.order_source for a in plain.assignments.values()} == {"DateTime"}
 
 
 def test_ot2rec_exposures_counted_by_prior_record_dose_but_not_listed_are_added():
