@@ -888,6 +888,11 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
             warn.append("DateTime order contradicts PriorRecordDose (the PC's clock changed "
                         "during the series?): acquisition order from PriorRecordDose")
             return by_prior, "PriorRecordDose", warn
+    elif (by_prior := _prior_record_dose_order(tilts)) is not None:
+        n_dt = sum(t.datetime is not None for t in tilts)
+        warn.append(f"only {n_dt} of {len(tilts)} tilts have a DateTime/TimeStamp: acquisition "
+                    "order from PriorRecordDose")
+        return by_prior, "PriorRecordDose", warn
     elif from_series_mdoc:
         key, source = (lambda t: (t.file_index,)), "mdoc_section_order"
         n_dt = sum(t.datetime is not None for t in tilts)

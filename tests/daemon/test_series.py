@@ -43,7 +43,8 @@ def _independent_sections(path):
 
 
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
-                        n_sections=None, path="/w/TS_7.mrc.mdoc", omit=(), clock_back_at=None):
+                        n_sections=None, path="/w/TS_7.mrc.mdoc", omit=(), clock_back_at=None,
+                        no_datetime=()):
     """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart
     (``clock_back_at``: the PC's clock set back an hour before that exposure)."""
     angles = [0.0]
@@ -72,7 +73,9 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
                   rf"SubFramePath = X:\session\frames\TS_7_{i:03d}_{a:.1f}.tif"]
         if timestamps:
             lines.append(f"TimeStamp = {int((t - dt.datetime(2020, 1, 1)).total_seconds())}")
-        lines += [f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}", ""]
+        if i not in no_datetime:
+            lines.append(f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}")
+        lines.append("")
     return parse_mdoc_text("\n".join(lines) + "\n", path=path), angles
 
 
@@ -314,6 +317,18 @@ def test_a_clock_set_back_during_a_series_does_not_reorder_its_tilts_by_datetime
     assert any("contradicts PriorRecordDose" in w for w in res.warnings + by_index[0].warnings)
     plain = _resolve(dose_symmetric_mdoc(9, dose=2.5)[0])  # in order: DateTime as before
     assert {a.order_source for a in plain.assignments.values()} == {"DateTime"}
+
+
+def test_a_section_without_datetime_in_a_file_sorted_by_angle_is_ordered_by_prior_record_dose():
+    """One section lost its DateTime and the file was re-sorted by angle: the section order
+    is not the acquisition order (pre-exposures were scrambled, with a warning), but
+    PriorRecordDose is there for every tilt and gives it."""
+    md, _ = dose_symmetric_mdoc(7, dose=2.5, sort_by_angle=True, no_datetime=(3,))
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.movie.split("_")[2] for a in by_index] == [f"{i:03d}" for i in range(7)]
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(7)])
+    assert {a.order_source for a in by_index} == {"PriorRecordDose"}
 
 
 def test_ot2rec_exposures_counted_by_prior_record_dose_but_not_listed_are_added():
