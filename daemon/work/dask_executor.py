@@ -361,7 +361,10 @@ class DaskExecutor:
         while self._started:
             message = self._started.popleft()
             running = self._running.get(message.get("task_id"))
-            if running is not None and running.started_s is None:
+            # started again on another worker (the scheduler re-ran it after its worker died,
+            # with Dask's allowed-failures above 0): its time limit and worker are the new one's
+            if running is not None and (running.started_s is None
+                                        or message.get("worker") != running.worker):
                 running.started_s, running.worker = self._clock(), message.get("worker")
         while self._done:
             running = self._running.pop(self._done.popleft(), None)

@@ -428,3 +428,25 @@ def test_heartbeats_tell_movies_waiting_for_a_dask_worker_from_those_a_worker_ha
     assert all(queued <= in_flight for in_flight, queued in beats)
     assert any(len(queued) >= 2 for _, queued in beats)  # one running, the rest waiting
     assert_one_output_set_each(out, movies)
+
+
+def test_a_movie_started_again_on_another_worker_is_timed_and_named_from_that_start():
+    """With Dask's allowed-failures above 0 the scheduler runs a task again on another worker
+    when its worker dies. The daemon kept the dead worker's start: the time limit counted from
+    it, and a time-out would have restarted the wrong worker."""
+    from daemon.work.dask_executor import _Running
+
+    now = [100.0]
+    executor = DaskExecutor(ExecutorSettings("dask", "tcp://127.0.0.1:1", 1), timeout_s=50.0,
+                            clock=lambda: now[0])
+    task = Task(0, Path("/w/a.mrc"), Path("/o"), Path("/o"), PARAMS, "a")
+    executor._running[0] = _Running(task, future=None)
+    executor._started.append({"task_id": 0, "worker": "tcp://10.0.0.1:4000"})
+    assert executor.collect() == []
+    now[0] = 140.0  # the first worker died; the scheduler started it on another
+    executor._started.append({"task_id": 0, "worker": "tcp://10.0.0.2:4000"})
+    assert executor.collect() == []
+    now[0] = 170.0
+    assert executor.collect() == []  # 30 s into the second start: within its 50 s
+    running = executor._running[0]
+    assert (running.worker, running.started_s) == ("tcp://10.0.0.2:4000", 140.0)
