@@ -3,7 +3,7 @@
 A tilt series written without SerialEM's tilt-series controller leaves no ``.openTS`` lock, so
 its end is taken from its mdoc staying unchanged for ``mdoc_quiet_s``. PACEtomo acquires many
 series at once in one folder, one tilt of every target and then the next tilt
-(:func:`PACEtomo`'s ``OpenOldFile`` / ``CloseFile`` per target and tilt): a round over 5-10
+(its script opens and closes each target's file for each tilt): a round over 5-10
 targets takes minutes, so each series' mdoc stays unchanged for longer than the quiet time
 while the others are written, and each series was completed, assembled and announced after
 every round, then re-opened by its next tilt.
@@ -12,8 +12,8 @@ Here two series mdocs of one folder are partners once one of them was seen chang
 two changes of the other (written in turns; series written one after the other never are), and
 a series counts as unchanged only since the last change of it and its partners: the group
 completes together, when its acquisition ends. Before a turn can be seen (a series of one or
-two tilts, after the first round) every mdoc of its folder counts as a partner. Learnt from the changes seen in this run (a
-restart learns it again within a round).
+two tilts, after the first round) every mdoc of its folder counts as a partner. Learnt from the
+changes seen in this run (a restart learns it again within a round).
 """
 
 from __future__ import annotations

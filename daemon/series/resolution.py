@@ -922,9 +922,9 @@ def _prior_record_dose_order(tilts: list[_Tilt]) -> list[_Tilt] | None:
     priors = [t.prior_record_dose for t in tilts]
     if any(p is None for p in priors):
         return None
-    ordered = sorted(tilts, key=lambda t: t.prior_record_dose)  # type: ignore[arg-type,return-value]
-    values = [t.prior_record_dose for t in ordered]
-    if any(b - a < 1e-3 for a, b in zip(values, values[1:])):  # type: ignore[operator]
+    ordered = sorted(tilts, key=lambda t: float(t.prior_record_dose or 0.0))
+    values = [float(t.prior_record_dose or 0.0) for t in ordered]
+    if any(b - a < 1e-3 for a, b in zip(values, values[1:])):
         return None
     return ordered
 
