@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from daemon import exitcodes
+from daemon.engine.locks import FolderLocks
 from daemon.engine.policy import add_engine_arguments
 from daemon.engine.service import Service
 from daemon.events import MetadataResolver, ServiceListener
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         listeners = build_listeners(config)
         dashboard = start_dashboard(config, listeners)
+        FolderLocks(config.out_dir, config.state_dir).check_free()  # a second daemon
         make_folders(config)  # only once everything checked here is valid (endpoints bound)
     except ConfigError as exc:
         _print_config_error(exc)

@@ -43,6 +43,11 @@ def _lock(path: Path, *, directory: bool) -> int | None:
     return fd
 
 
+def _held(what: str, path: Path, directory: bool) -> ConfigError:
+    return ConfigError([f"{what} {path if directory else path.parent}: another motionwatch "
+                        f"watch is using it (locked)"])
+
+
 class FolderLocks:
     """The locks of one service run.
 
@@ -67,17 +72,12 @@ class FolderLocks:
         ConfigError
             Another motionwatch holds one of them.
         """
-        targets = [("out", self.out_dir, True, "output folder"),
-                   ("file", self.state_dir / LOCK_NAME, False, "state folder")]
-        if self.state_dir != self.out_dir:
-            targets.append(("state", self.state_dir, True, "state folder"))
         try:
-            for name, path, directory, what in targets:
+            for name, path, directory, what in self._targets():
                 try:
                     fd = _lock(path, directory=directory)
                 except BlockingIOError:
-                    raise ConfigError([f"{what} {path if directory else path.parent}: another "
-                                       f"motionwatch watch is using it (locked)"]) from None
+                    raise _held(what, path, directory) from None
                 except FileNotFoundError:
                     if not directory:
                         raise
@@ -96,6 +96,35 @@ class FolderLocks:
                 os.write(fd, f"{os.getpid()}\n".encode())
             except OSError:  # a full disk at start: the service starts, and pauses correction
                 pass
+
+    def _targets(self) -> list[tuple[str, Path, bool, str]]:
+        """(name, path, a folder?, what it is) of each lock."""
+        targets = [("out", self.out_dir, True, "output folder"),
+                   ("file", self.state_dir / LOCK_NAME, False, "state folder")]
+        if self.state_dir != self.out_dir:
+            targets.append(("state", self.state_dir, True, "state folder"))
+        return targets
+
+    def check_free(self) -> None:
+        """Refuse, as :meth:`acquire` would, when another motionwatch holds one of the folders
+        that exist already: called before any folder is made (a refused start makes none).
+        Locks nothing.
+
+        Raises
+        ------
+        ConfigError
+        """
+        for _, path, directory, what in self._targets():
+            if not path.exists():
+                continue
+            try:
+                fd = _lock(path, directory=directory)
+            except BlockingIOError:
+                raise _held(what, path, directory) from None
+            except OSError:
+                continue  # acquire() says what is wrong with it
+            if fd is not None:
+                os.close(fd)
 
     def check(self) -> str | None:
         """Follow a re-created output folder; a problem line when another daemon has it."""

@@ -326,6 +326,23 @@ def test_a_second_daemon_with_another_state_dir_on_the_same_output_folder_is_ref
         holder.release()
 
 
+def test_a_second_daemon_refused_for_a_held_state_folder_makes_no_output_folder(setup,
+                                                                                tmp_path):
+    """``motionwatch watch W --out new --state-dir <held by a running daemon>``: refused (78),
+    and ``new`` is not made (it was, then the start was refused)."""
+    state = tmp_path / "held-state"
+    state.mkdir()
+    holder = FolderLocks(tmp_path / "first-out", state)
+    holder.acquire()
+    try:
+        status = cli_main(["watch", str(setup.watch_dir), "--out", str(tmp_path / "new-out"),
+                           "--state-dir", str(state), "--dose-per-frame", "1", "--no-publish"])
+    finally:
+        holder.release()
+    assert status == 78
+    assert not (tmp_path / "new-out").exists()
+
+
 def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(setup):
     first = Service(dataclasses.replace(setup, exit_when_idle_s=None),
                     runner="fake_runners:correct", logger=RecordingLog())
