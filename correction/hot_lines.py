@@ -8,8 +8,9 @@ whole-frame alignment towards zero shift (the line does not move with the specim
 on 1024^2 x 30 frames at 0.3 e/px/frame with a column at +1 count/frame, shifts 0.44 px RMS off
 against 0.23 px without the line, 0.26 px with the line replaced.
 
-The test runs on the mean of each line of the movie's sum, in counts (the gain divided out when
-given). A line is hot when its mean exceeds the median of the 3 lines on EACH side by more than
+The test runs on the mean of each line of the movie's gain-corrected sum (a column more
+sensitive than its neighbours, which the gain reference corrects, is the detector's pattern,
+not a stuck column; :mod:`correction.pipeline` passes no ``gain``). A line is hot when its mean exceeds the median of the 3 lines on EACH side by more than
 ``max(sigma, z)`` robust spreads of the line means about their neighbours' (``z``: the normal
 quantile of ``false_positives`` over the number of lines, as a Bonferroni bound), so an edge of
 the specimen or of the illuminated area, which steps up on one side only, is not one, nor is a

@@ -509,7 +509,9 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         n_hot = int(hot.sum())
         if n_hot:
             bad = hot if bad is None else (bad | hot)
-        hot_lines = detect_hot_lines(corrected_sum, gain=counting_gain, exclude=bad,
+        # on the gain-corrected sum: a column more sensitive than its neighbours, which the
+        # gain corrects, is the detector's pattern, not a stuck column
+        hot_lines = detect_hot_lines(corrected_sum, exclude=bad,
                                      sigma=params.gain.hot_pixel_sigma, workers=workers)
         if hot_lines:
             lines = hot_lines.mask((ny, nx))

@@ -94,3 +94,25 @@ def test_a_stuck_column_no_longer_pulls_the_shifts_towards_zero():
     with_line, out = shifts_error(True)
     assert out.hot_lines.columns == (300,) and out.hot_lines.rows == (700,)
     assert with_line <= 1.1 * clean + 0.01, (with_line, clean)
+
+
+def test_a_column_the_gain_reference_corrects_is_not_a_hot_line_but_a_stuck_one_is():
+    """A column 6 % more sensitive than the rest, which the gain corrects exactly: the
+    detector's pattern, not a stuck column (it was flagged on the raw counts and replaced).
+    A column stuck at +1 count per frame on top of the same gain is still found."""
+    from correction.gain import GainReference
+
+    rng = np.random.default_rng(3)
+    gain = np.ones((1024, 1024), np.float32)
+    gain[:, 512] = 1 / 1.06
+    frames = rng.poisson(1.0 / gain, (40, 1024, 1024)).astype(np.uint8)
+    params = CorrectionParams(dose=DoseParams(total_dose_e_A2=40.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    reference = GainReference.from_arrays(gain)
+    out = correct_frames(frames, pixel_size_A=1.0, params=params, gain_reference=reference,
+                         workers=1)
+    assert not out.hot_lines
+    frames[:, :, 300] += rng.poisson(1.0, (40, 1024)).astype(np.uint8)
+    out = correct_frames(frames, pixel_size_A=1.0, params=params, gain_reference=reference,
+                         workers=1)
+    assert out.hot_lines.columns == (300,)
