@@ -884,11 +884,18 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
         if by_prior is not None and [id(t) for t in by_prior] != [
                 id(t) for t in sorted(tilts, key=key)]:
             # DateTime is the acquisition PC's local time: an autumn clock change (or a clock
-            # set during the series) puts the last tilts first; PriorRecordDose only grows
-            warn.append("DateTime order contradicts PriorRecordDose (the PC's clock changed "
-                        "during the series?): acquisition order from PriorRecordDose")
-            return by_prior, "PriorRecordDose", warn
-    elif (by_prior := _prior_record_dose_order(tilts)) is not None:
+            # set during the series) puts the last tilts first, while PriorRecordDose grows
+            # on: in its order the clock went back once. Otherwise (SerialEM restarted during
+            # the series, its PriorRecordDose counted from 0 again) DateTime stays
+            if _datetime_falls(by_prior) == 1:
+                warn.append("DateTime order contradicts PriorRecordDose, along which the clock "
+                            "went back once (the PC's clock changed during the series?): "
+                            "acquisition order from PriorRecordDose")
+                return by_prior, "PriorRecordDose", warn
+            warn.append("DateTime order contradicts PriorRecordDose (counted anew: SerialEM "
+                        "restarted during the series?): acquisition order from DateTime")
+    elif (by_prior := _prior_record_dose_order(tilts)) is not None \
+            and _datetime_falls(by_prior) == 0:  # the times there are agree with it
         n_dt = sum(t.datetime is not None for t in tilts)
         warn.append(f"only {n_dt} of {len(tilts)} tilts have a DateTime/TimeStamp: acquisition "
                     "order from PriorRecordDose")
@@ -914,6 +921,12 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
         key, source = (lambda t: (t.movie or "",)), "file_name"
         warn.append("no acquisition time or index for every tilt: ordered by file name")
     return sorted(tilts, key=key), source, warn
+
+
+def _datetime_falls(ordered: list[_Tilt]) -> int:
+    """How often DateTime goes back along ``ordered`` (tilts without one skipped)."""
+    times = [t.datetime for t in ordered if t.datetime is not None]
+    return sum(later < earlier for earlier, later in zip(times, times[1:]))
 
 
 def _prior_record_dose_order(tilts: list[_Tilt]) -> list[_Tilt] | None:

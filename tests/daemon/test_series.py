@@ -42,9 +42,14 @@ def _independent_sections(path):
     return out
 
 
+def _prior(dose, i, restart_at):
+    """PriorRecordDose of exposure ``i``; counted anew from ``restart_at`` (SerialEM restarted)."""
+    return dose * i if restart_at is None or i < restart_at else 0.05 + dose * (i - restart_at)
+
+
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
                         n_sections=None, path="/w/TS_7.mrc.mdoc", omit=(), clock_back_at=None,
-                        no_datetime=()):
+                        no_datetime=(), prior_restart_at=None):
     """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart
     (``clock_back_at``: the PC's clock set back an hour before that exposure)."""
     angles = [0.0]
@@ -69,7 +74,8 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
     for z, (i, a, t) in enumerate(rows):
         lines += [f"[ZValue = {z}]", f"TiltAngle = {a:.3f}", f"ExposureDose = {dose}",
                   "PixelSpacing = 1.5", "ExposureTime = 1", "NumSubFrames = 10",
-                  f"FrameDosesAndNumber = {dose / 10:g} 10", f"PriorRecordDose = {dose * i:g}",
+                  f"FrameDosesAndNumber = {dose / 10:g} 10",
+                  f"PriorRecordDose = {_prior(dose, i, prior_restart_at):g}",
                   rf"SubFramePath = X:\session\frames\TS_7_{i:03d}_{a:.1f}.tif"]
         if timestamps:
             lines.append(f"TimeStamp = {int((t - dt.datetime(2020, 1, 1)).total_seconds())}")
@@ -317,6 +323,18 @@ def test_a_clock_set_back_during_a_series_does_not_reorder_its_tilts_by_datetime
     assert any("contradicts PriorRecordDose" in w for w in res.warnings + by_index[0].warnings)
     plain = _resolve(dose_symmetric_mdoc(9, dose=2.5)[0])  # in order: DateTime as before
     assert {a.order_source for a in plain.assignments.values()} == {"DateTime"}
+
+
+def test_a_prior_record_dose_counted_anew_mid_series_leaves_the_datetime_order():
+    """SerialEM restarted during the series and PriorRecordDose counts from 0 again: its order
+    interleaves the two parts, and along it the clock goes back and forth, not back once. The
+    DateTime order stays (it was overruled: every pre-exposure wrong)."""
+    md, _ = dose_symmetric_mdoc(16, dose=2.5, prior_restart_at=8)
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(16)])
+    assert {a.order_source for a in by_index} == {"DateTime"}
+    assert any("counted anew" in w for w in res.warnings + by_index[0].warnings)
 
 
 def test_a_section_without_datetime_in_a_file_sorted_by_angle_is_ordered_by_prior_record_dose():
