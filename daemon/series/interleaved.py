@@ -11,9 +11,10 @@ every round, then re-opened by its next tilt.
 Here two series mdocs of one folder are partners once one of them was seen changing between
 two changes of the other (written in turns; series written one after the other never are), and
 a series counts as unchanged only since the last change of it and its partners: the group
-completes together, when its acquisition ends. Before a turn can be seen (a series of one or
-two tilts, after the first round) every mdoc of its folder counts as a partner. Learnt from the
-changes seen in this run (a restart learns it again within a round).
+completes together, when its acquisition ends. Before a turn can be seen (a series of one
+tilt, after the first round) every mdoc of its folder counts as a partner, for at most the
+series idle timeout (the resolver's choice). Learnt from the changes seen in this run (a restart
+learns it again within a round).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class InterleavedMdocs:
 
     def unchanged_since_s(self, path: str, since_s: float, *, young: bool = False) -> float:
         """When ``path`` (last changed at ``since_s``) and every partner of it last changed:
-        the latest of those times. A ``young`` series (a tilt or two: no turn seen yet, as
-        after PACEtomo's first round) takes every mdoc of its folder as a partner."""
+        the latest of those times. A ``young`` series (one tilt: no turn seen yet, as after
+        PACEtomo's first round) takes every mdoc of its folder as a partner."""
         others = self.partners.get(path, set())
         if young:
             folder = os.path.dirname(path)

@@ -846,8 +846,13 @@ class TiltSeriesResolver:
         if summary.mdoc_path is not None:
             m = self._mdocs.get(summary.mdoc_path)
             # not quiet while a series written in turns with it goes on (PACEtomo)
+            # a series of one tilt, no turn seen yet (PACEtomo's first round), waits for its
+            # folder, for at most the idle timeout (one aborted at its first tilt, then the
+            # next series of the folder: it must not wait for the session's end)
+            young = m is not None and len(summary.tilts) < 2 \
+                and now - m.unchanged_since_s < self.series_config.idle_timeout_s
             mdoc_since = (self._interleaved.unchanged_since_s(
-                summary.mdoc_path, m.unchanged_since_s, young=len(summary.tilts) < 3)
+                summary.mdoc_path, m.unchanged_since_s, young=young)
                 if m is not None else None)
             folder_of = Path(summary.mdoc_path)
         self._update_info(name, state, summary, folder_of)

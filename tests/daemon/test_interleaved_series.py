@@ -14,6 +14,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from recording_log import RecordingLog
 from series_session import N_FRAMES, PIXEL_A, SHAPE, write_series_mdoc
 from service_run import run_until_idle  # tests/helpers
@@ -64,6 +65,55 @@ def test_series_written_in_turns_complete_once_each_when_the_acquisition_ends(tm
     completed = [e["series"] for e in log.named("series_completed")]
     assert sorted(completed) == sorted(names), completed
     assert all(e["tilts"] == 3 for e in log.named("series_completed"))
+
+
+@pytest.mark.parametrize("tilts_of_the_first", [1, 2])
+def test_a_series_aborted_early_does_not_wait_for_the_next_series_of_its_folder(
+        tmp_path, tilts_of_the_first):
+    """A series without a lock stops after one or two tilts; the next series of the folder
+    starts within the quiet time and runs for 6 s. The first completes before the second
+    ends: by its own quiet time (two tilts: no turn was seen), or by the series idle timeout
+    (one tilt, taken as PACEtomo's first round: it waited for the whole folder, the session)."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    for folder in (watch, out, staging):
+        folder.mkdir()
+
+    def series(name, n, seed):
+        return simulate_tilt_series(staging / name, rng=np.random.default_rng(seed), name=name,
+                                    n_tilts=n, shape_yx=SHAPE, n_frames=N_FRAMES,
+                                    pixel_size_A=PIXEL_A, frame_interval_s=0,
+                                    tilt_interval_s=0, lock=False, sleep=lambda s: None)
+
+    first, second = series("TS_01", tilts_of_the_first, 1), series("TS_02", 12, 2)
+    ended: dict[str, float] = {}
+
+    def serialem() -> None:
+        for k in range(len(first)):
+            shutil.copy2(first[k].movie.path, watch / first[k].movie.path.name)
+            write_series_mdoc(watch, first[:k + 1], name="TS_01")
+            time.sleep(0.3)
+        for k in range(12):
+            shutil.copy2(second[k].movie.path, watch / second[k].movie.path.name)
+            write_series_mdoc(watch, second[:k + 1], name="TS_02")
+            time.sleep(0.5)
+        ended["TS_02"] = time.monotonic()
+
+    class Completions(RecordingLog):
+        def info(self, event, **kw):
+            if event == "series_completed":
+                ended.setdefault(f"{kw['series']} completed", time.monotonic())
+            super().info(event, **kw)
+
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                    heartbeat_s=0.2, exit_when_idle_s=1.5, polling="on")
+    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.3, mdoc_quiet_s=QUIET_S,
+                                               idle_timeout_s=2.5), mode="on")
+    writer = threading.Thread(target=serialem, daemon=True)
+    writer.start()
+    run_until_idle(Service(config, resolver=resolver, logger=Completions()), guard_s=40.0)
+    writer.join(timeout=5)
+    assert ended["TS_01 completed"] < ended["TS_02"] - 1.0, ended
 
 
 def test_mdocs_become_partners_only_when_one_changed_between_two_changes_of_the_other():
