@@ -212,7 +212,8 @@ def test_truncated_section_and_missing_mdoc_give_warnings_and_recorded_fallbacks
         tilt = motion(out, t.movie.path)["tilt"]
         assert tilt["pre_exposure_e_A2"] == pytest.approx(t.pre_exposure_e_A2, abs=1e-9)
         assert tilt["dose_e_A2"] == pytest.approx(t.dose_e_A2, abs=1e-9)  # read before the cut
-        assert tilt["order_source"] == "mdoc_section_order"
+        # the cut section has no time, but every section its PriorRecordDose
+        assert tilt["order_source"] == "PriorRecordDose"
         assert any("incomplete section" in w for w in tilt["warnings"])
     for k, name in enumerate(sorted(names)):
         record = motion(out, watch / name)
