@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
     dashboard = None
     try:
         listeners = build_listeners(config)
-        dashboard = start_dashboard(config, listeners)
         FolderLocks(config.out_dir, config.state_dir).check_free()  # a second daemon
-        make_folders(config)  # only once everything checked here is valid (endpoints bound)
+        make_folders(config)  # only once everything checked here is valid (the feed bound)
+        dashboard = start_dashboard(config, listeners)  # serves the output folder: made
     except ConfigError as exc:
         _print_config_error(exc)
         if dashboard is not None:

@@ -271,8 +271,17 @@ class Service:
             self.ledger.close()
             self.ledger = None
             raise ConfigError([problem])
-        self.ledger.set_service_state(served_folders(recorded, **folders))
-        self._running_at_crash = self.ledger.recover_running()  # see _recover_running
+        try:  # the first writes: a database on a full disk, or left read-only (root's)
+            self.ledger.set_service_state(served_folders(recorded, **folders))
+            self._running_at_crash = self.ledger.recover_running()  # see _recover_running
+        except (sqlite3.Error, OSError) as exc:
+            if not _disk_trouble(exc):
+                raise
+            self.ledger.close()
+            self.ledger = None
+            raise ConfigError([Unreachable(
+                f"state database {path}: cannot be written ({' '.join(str(exc).split())}); "
+                "started again once it can (a full disk, a read-only database)")]) from None
         self._recovered = len(self._running_at_crash)
 
     def _recover_running(self) -> None:

@@ -161,12 +161,10 @@ class DaskExecutor:
         self._wake_r, self._wake_w = -1, -1
         self.last_error: str | None = None
         self.disconnects = 0
-        self._unreachable_since: float | None = None  # clock (s); None while connected
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Start the jobqueue cluster (if configured) and the connecting thread."""
-        self._unreachable_since = self._clock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -193,7 +191,6 @@ class DaskExecutor:
                     with self._lock:
                         self._client, self.last_error = client, None
                         self._last_count_s = float("-inf")
-                        self._unreachable_since = None
                     self._wake()
             self._stop.wait(self._reconnect_s)
 
@@ -241,17 +238,14 @@ class DaskExecutor:
         return client is not None and client.status == "running"
 
     def problem(self) -> str | None:
-        """A health problem line while the scheduler has not answered for longer than one
-        connection attempt and the pause after it (from start-up too: a mistyped address or a
-        scheduler not started would otherwise leave the daemon idle and looking well), else
-        None."""
-        since = self._unreachable_since
-        if self.connected or since is None \
-                or self._clock() - since < self._connect_timeout_s + self._reconnect_s:
+        """A health problem line while the scheduler is not connected and a connection attempt
+        failed (from start-up too: a mistyped address or a scheduler not started would
+        otherwise leave the daemon idle and looking well; an attempt still going on, on a cold
+        cluster whose workers load the gain, is not one), else None."""
+        if self.connected or self.last_error is None:
             return None
-        why = f" ({self.last_error})" if self.last_error else ""
-        return (f"Dask scheduler {self._address} unreachable{why}: nothing is corrected until "
-                "it answers")
+        return (f"Dask scheduler {self._address} unreachable ({self.last_error}): nothing is "
+                "corrected until it answers")
 
     @property
     def max_in_flight(self) -> int:
@@ -415,7 +409,6 @@ class DaskExecutor:
             client, self._client = self._client, None
         self.disconnects += 1
         self.last_error = f"lost the connection to the Dask scheduler {self._address}"
-        self._unreachable_since = self._clock()
         threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()
         outcomes = [Outcome(tid, "environment",
                             error=f"Dask scheduler {self._address} unreachable; the movie "

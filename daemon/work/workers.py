@@ -182,7 +182,7 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
     if isinstance(exc, GainReferenceError):
         # a reference the daemon checked at start that this worker cannot see (a cluster
         # node's mount missing, a share gone): not the configuration's fault, retried later
-        return "environment" if _reference_unseen(task) else "config"
+        return "environment" if _reference_unseen(exc, task) else "config"
     if not task.out_root.is_dir() or not Path(task.movie_path).exists():
         # this worker does not see the session: a cluster's path_map or mount, a share gone
         # (a movie that vanished is found so by the daemon, which sees the watched folder)
@@ -203,12 +203,17 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
     return "error"
 
 
-def _reference_unseen(task: Task) -> bool:
-    """Whether a gain, dark or defect file the task names is not there for this worker."""
+def _reference_unseen(exc: BaseException, task: Task) -> bool:
+    """Whether the reference file ``exc`` names is a gain, dark or defect file of the task's
+    that is not there for this worker (another one missing does not excuse a broken one)."""
     gain = getattr(getattr(task, "params", None), "gain", None)
-    paths = [getattr(gain, name, None) for name in ("gain_path", "dark_path", "defects_path")]
+    named = getattr(exc, "path", None)
+    paths = {Path(p) for name in ("gain_path", "dark_path", "defects_path")
+             if (p := getattr(gain, name, None)) is not None}
+    if named is None or Path(named) not in paths:
+        return False
     try:
-        return any(p is not None and not Path(p).exists() for p in paths)
+        return not Path(named).exists()
     except OSError:  # the share answers an I/O error: not seen either
         return True
 

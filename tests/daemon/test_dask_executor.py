@@ -450,3 +450,36 @@ def test_a_movie_started_again_on_another_worker_is_timed_and_named_from_that_st
     assert executor.collect() == []  # 30 s into the second start: within its 50 s
     running = executor._running[0]
     assert (running.worker, running.started_s) == ("tcp://10.0.0.2:4000", 140.0)
+
+
+def test_a_connection_still_being_made_is_no_problem_and_a_failed_one_is(monkeypatch):
+    """A cold cluster takes its time to connect (its workers import and load the gain): no
+    problem is said while the first attempt goes on, however long (it was said after 7 s, then
+    taken back); once an attempt fails, it is."""
+    import daemon.work.dask_executor as module
+
+    attempt = threading.Event()
+    release = threading.Event()
+
+    class SlowClient:
+        def __init__(self, *args, **kwargs):
+            attempt.set()
+            release.wait(10)
+            raise OSError("Timed out trying to connect")
+
+    monkeypatch.setattr(module, "Client", SlowClient)
+    executor = DaskExecutor(ExecutorSettings("dask", "tcp://127.0.0.1:1", 1),
+                            connect_timeout_s=0.1, reconnect_s=30.0)
+    executor.start()
+    try:
+        assert attempt.wait(5)
+        time.sleep(0.3)
+        assert executor.problem() is None  # the attempt is still under way
+        release.set()
+        deadline = time.monotonic() + 5
+        while executor.problem() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "unreachable" in (executor.problem() or "")
+    finally:
+        release.set()
+        executor.stop(timeout_s=1)

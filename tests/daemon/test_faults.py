@@ -705,3 +705,16 @@ def test_a_file_system_without_locks_is_said_at_start(setup, monkeypatch):
     assert run(setup, log=log) == 0
     (said,) = log.named("locks_unsupported")
     assert str(setup.out_dir) in said["paths"]
+
+
+def test_a_state_database_left_read_only_exits_69_with_one_line(setup, monkeypatch):
+    """The database opens but its first write fails (left owned by root after a ``sudo
+    motionwatch watch``, or the disk full): one line and 69, not a traceback and 1."""
+    def read_only(self, *args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(Ledger, "set_service_state", read_only)
+    log = RecordingLog()
+    assert run(setup, log=log) == 69
+    (said,) = log.named("start_unavailable")
+    assert "readonly database" in said["problems"][0]

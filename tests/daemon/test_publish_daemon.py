@@ -208,3 +208,24 @@ def test_a_network_endpoint_without_allow_remote_is_a_config_error_naming_the_ke
     assert result.returncode == 78
     assert "publish_allow_remote" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_watch_with_its_dashboard_starts_into_an_output_folder_not_made_yet(tmp_path):
+    """A new session's output folder with ``--dashboard``: the folder is made, then the
+    dashboard serves it (made after the dashboard, the start was refused with 78, which systemd
+    does not restart)."""
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    watch, out = tmp_path / "w", tmp_path / "new-session"
+    watch.mkdir()
+    result = subprocess.run(
+        watch_command(watch, out, f"tcp://127.0.0.1:{free_port()}", "--dashboard",
+                      f"127.0.0.1:{free_port()}", "--exit-when-idle", "1"),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.is_dir()

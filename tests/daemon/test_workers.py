@@ -252,3 +252,8 @@ def test_a_reference_this_worker_cannot_see_is_trouble_outside_the_movie_not_a_c
     assert _classify(error, t) == "environment"
     gain.write_bytes(b"not an image")
     assert _classify(GainReferenceError(gain, "not an MRC, TIFF or DM4 image"), t) == "config"
+    # another reference missing does not excuse a broken gain
+    dark = tmp_path / "dark.mrc"
+    t = task(tmp_path, 1, "n.mrc", CorrectionParams(
+        dose=DoseParams(total_dose_e_A2=10.0), gain=GainParams(gain_path=gain, dark_path=dark)))
+    assert _classify(GainReferenceError(gain, "not an MRC, TIFF or DM4 image"), t) == "config"
