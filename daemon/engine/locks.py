@@ -10,6 +10,7 @@ that another daemon holds it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -91,11 +92,11 @@ class FolderLocks:
             raise
         if "file" in self._fds:
             fd = self._fds["file"]
-            try:  # for people and older tools: the locks hold without it
+            # for people and older tools: the locks hold without it (a full disk at start:
+            # the service goes on, and says so when the state database cannot be written)
+            with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
-            except OSError:  # a full disk at start: the service starts, and pauses correction
-                pass
 
     def _targets(self) -> list[tuple[str, Path, bool, str]]:
         """(name, path, a folder?, what it is) of each lock."""

@@ -364,7 +364,7 @@ class TiltSeriesResolver:
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
-        # movies of no series resolved without a dose: corrected if their frame mdoc gives one
+        # movies of no series resolved before their frame mdoc came: redone if it moves them
         self._late_frame_mdoc = LateFrameMdoc()
         self._interleaved = InterleavedMdocs()  # series mdocs written in turns (PACEtomo)
 
@@ -845,10 +845,10 @@ class TiltSeriesResolver:
         folder_of = Path(by_name[sorted(known)[0]]) if known else None
         if summary.mdoc_path is not None:
             m = self._mdocs.get(summary.mdoc_path)
-            # not quiet while a series written in turns with it goes on (PACEtomo)
-            # a series of one tilt, no turn seen yet (PACEtomo's first round), waits for its
-            # folder, for at most the idle timeout (one aborted at its first tilt, then the
-            # next series of the folder: it must not wait for the session's end)
+            # not quiet while a series written in turns with it goes on (PACEtomo); one of a
+            # single tilt, no turn seen yet (PACEtomo's first round), waits for its folder, for
+            # at most the idle timeout (one aborted at its first tilt must not wait for the
+            # end of the next series of its folder)
             young = m is not None and len(summary.tilts) < 2 \
                 and now - m.unchanged_since_s < self.series_config.idle_timeout_s
             mdoc_since = (self._interleaved.unchanged_since_s(
