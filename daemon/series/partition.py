@@ -134,6 +134,7 @@ def _union(parts: Sequence[Resolution]) -> Resolution:
     series: dict = {}
     ignored: dict = {}
     no_dose: dict = {}
+    discarded: dict = {}
     standalone: set[str] = set()
     warnings: list[str] = []
     for r in parts:
@@ -142,8 +143,9 @@ def _union(parts: Sequence[Resolution]) -> Resolution:
         series.update(r.series)
         ignored.update(r.ignored_mdocs)
         no_dose.update(r.no_dose)
+        discarded.update(r.discarded)
         standalone |= r.standalone
         warnings.extend(r.warnings)
     return Resolution(assignments=assignments, pending=pending,
                       standalone=frozenset(standalone), series=series, ignored_mdocs=ignored,
-                      warnings=tuple(warnings), no_dose=no_dose)
+                      warnings=tuple(warnings), no_dose=no_dose, discarded=discarded)

@@ -384,6 +384,8 @@ class Resolution:
     ``no_dose``: movie name -> why a tilt without a dose (or after one) stopped waiting, its
     series idle for ``SeriesConfig.idle_timeout_s`` (an aborted position whose mdoc never
     came): the service quarantines it, and redoes it once its series' metadata gives the dose.
+    ``discarded``: movie name -> the series whose mdoc no longer lists it (a retaken tilt's
+    first exposure, standalone: corrected at that series' voltage).
     """
 
     assignments: Mapping[str, TiltAssignment]
@@ -393,6 +395,7 @@ class Resolution:
     ignored_mdocs: Mapping[str, str]
     warnings: tuple[str, ...] = ()
     no_dose: Mapping[str, str] = field(default_factory=dict)
+    discarded: Mapping[str, str] = field(default_factory=dict)
 
 
 def classify_mdocs(observations: Sequence[MdocObservation]
@@ -671,6 +674,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             listed_by_name.setdefault((folder, m.group("series")), name)
     other: dict[str, list[_Tilt]] = {}
     standalone: set[str] = set()
+    discarded: dict[str, str] = {}  # movie -> the series that discarded it
     for mv in sorted(movies, key=lambda m: m.name):
         if mv.name in listed:
             continue
@@ -697,6 +701,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             continue
         if owner is not None:  # still not listed: SerialEM discarded it (a retaken tilt)
             standalone.add(mv.name)
+            discarded[mv.name] = owner
             warnings.append(f"{mv.name}: not listed by the series mdoc of {owner} (a discarded "
                             "or retaken tilt?): corrected on its own, outside the series")
             continue
@@ -801,7 +806,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         summaries[name] = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn)
     return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
                       series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings),
-                      no_dose=no_dose)
+                      no_dose=no_dose, discarded=discarded)
 
 
 def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | None]

@@ -283,6 +283,14 @@ def _header_dosed(row: Any) -> _DoselessKey | None:
     return None if keyed.known else _DoselessKey(keyed)
 
 
+def _series_voltage(res: Resolution, series: str | None) -> float | None:
+    """The voltage (kV) a series' mdoc gives its tilts, or None (no such series, none given)."""
+    if series is None:
+        return None
+    return next((a.voltage_kV for a in res.assignments.values()
+                 if a.series == series and a.voltage_kV), None)
+
+
 def _is_eer(path: Path) -> bool:
     """An EER movie: its frame count (validation's, the frame mdoc's) counts raw frames."""
     return Path(path).suffix.lower() == ".eer"
@@ -580,7 +588,8 @@ class TiltSeriesResolver:
         a = res.assignments.get(name)
         if a is None:
             if name in res.standalone:
-                return self._standalone(movie, params, n_frames, {"series": None})
+                return self._standalone(movie, params, n_frames, {"series": None},
+                                        series_kV=_series_voltage(res, res.discarded.get(name)))
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
         voltage = self._voltage(movie.path, a.voltage_kV, "mdoc", a.series, series=a.series)
         dose = self._as_corrected(movie, a.dose_params(voltage_kV=voltage.kV,
@@ -655,12 +664,17 @@ class TiltSeriesResolver:
         return voltage
 
     def _standalone(self, movie: Observation, params: Any, n_frames: int | None,
-                    log_context: dict[str, Any]) -> MovieMetadata:
+                    log_context: dict[str, Any], *, series_kV: float | None = None
+                    ) -> MovieMetadata:
+        """A movie of no series; ``series_kV``: the voltage (kV) of the series whose mdoc
+        discarded it (a retaken tilt's first exposure), when its own frame mdoc gives none."""
         row = self._rows.get(str(movie.path))
         recorded = TiltRecord.from_json(
             ((row.metadata.get("extra_record") or {}).get("tilt")) if row is not None else None)
         frame_mdoc = self._frame_mdocs.get(self._rel(movie.path))
         mdoc_kV = frame_mdoc_voltage_kV(frame_mdoc)
+        kV_source = "frame mdoc" if mdoc_kV is not None or series_kV is None else "mdoc"
+        mdoc_kV = series_kV if mdoc_kV is None else mdoc_kV
         wait = self._epu_metadata_wait(movie.path, mdoc_kV)
         if wait is not None:
             return MovieMetadata(wait_reason=wait)
@@ -668,10 +682,10 @@ class TiltSeriesResolver:
                                    self.series_config, recorded)
         if meta.dose is not None:
             meta = replace(meta, dose=self._header_dose_kept(movie, params, meta.dose, n_frames))
-        voltage = self._voltage(movie.path, mdoc_kV, "frame mdoc", str(movie.path),
+        voltage = self._voltage(movie.path, mdoc_kV, kV_source, str(movie.path),
                                 movie=str(movie.path))
         own_dose = params.dose.known or (meta.dose is not None and meta.dose.known)
-        open_kV = None if voltage.source in ("option", "frame mdoc") else voltage.kV
+        open_kV = None if voltage.source in ("option", "frame mdoc", "mdoc") else voltage.kV
         self._late_frame_mdoc.resolved(
             str(movie.path), None if frame_mdoc is not None or (own_dose and open_kV is None)
             else Unsettled(self._rel(movie.path), own_dose, open_kV))

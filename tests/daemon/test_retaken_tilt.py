@@ -106,6 +106,39 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
         N_FRAMES * 1.0 if configured else first.dose_e_A2, abs=1e-4)
 
 
+def test_a_discarded_tilt_corrected_on_its_own_keeps_its_series_voltage(tmp_path):
+    """A 200 kV series: the discarded exposure, corrected on its own once SerialEM took its
+    tilt again, is weighted at the 200 kV its series' mdoc gives (it fell back to the 300 kV
+    assumed, with a warning to give --voltage that the session did not need)."""
+    from recording_log import RecordingLog
+
+    watch, out, tilts = _session(tmp_path)
+    write_series_mdoc(watch, tilts, voltage_kV=200)
+    first = tilts[2]
+    retake_path = watch / f"TS_01_003_{first.tilt_deg:.1f}.mrc"
+    retake = dataclasses.replace(
+        first, movie=dataclasses.replace(first.movie, path=retake_path),
+        acquired_at=first.acquired_at + dt.timedelta(seconds=40),
+        pre_exposure_e_A2=first.pre_exposure_e_A2 + first.dose_e_A2)
+
+    class SerialEM(ServiceListener):
+        def on_series_event(self, event):
+            if event.kind == "completed" and not retake_path.exists():
+                shutil.copy(tilts[1].movie.path, retake_path)
+                write_series_mdoc(watch, [tilts[0], tilts[1], retake], voltage_kV=200)
+
+    log = RecordingLog()
+    resolver = TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.2),
+                                  mode="on")
+    config = dataclasses.replace(_config(watch, out), options={"voltage": None})  # no option
+    run_until_idle(Service(config, listeners=[SerialEM()], resolver=resolver, logger=log),
+                   guard_s=20.0)
+    record = json.loads((out / f"{first.movie.path.stem}.motion.json").read_text())
+    assert TiltRecord.from_json(record) is None  # corrected on its own
+    assert (record["voltage_kV"], record["voltage_source"]) == (200.0, "mdoc")
+    assert not log.named("voltage_assumed")
+
+
 @pytest.mark.parametrize("read_before_its_event", [False, True],
                          ids=["record-first-read-at-its-event", "record-read-before-its-event"])
 def test_a_tilt_redone_as_no_tilt_leaves_its_series_star_whenever_its_redo_ends(

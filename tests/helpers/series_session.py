@@ -20,11 +20,11 @@ N_FRAMES = 4
 PIXEL_A = 1.1
 
 
-def write_series_mdoc(watch: Path, tilts, name: str = "TS_01") -> Path:
+def write_series_mdoc(watch: Path, tilts, name: str = "TS_01", voltage_kV: float = 300) -> Path:
     """``watch/<name>.mrc.mdoc`` listing ``tilts`` (written at once); its path."""
     mdoc = watch / f"{name}.mrc.mdoc"
     mdoc.write_text(series_mdoc_text(name, tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE,
-                                     n_frames=N_FRAMES))
+                                     n_frames=N_FRAMES, voltage_kV=voltage_kV))
     return mdoc
 
 
