@@ -63,6 +63,16 @@ def _session(tmp_path: Path):
     return copied_series(tmp_path, seed=3)
 
 
+def _retake(watch: Path, first):
+    """SerialEM's second exposure of the tilt ``first``, 40 s later under the next file name:
+    (its path, its simulated tilt, whose pre-exposure counts the first exposure)."""
+    path = watch / f"TS_01_003_{first.tilt_deg:.1f}.mrc"
+    return path, dataclasses.replace(
+        first, movie=dataclasses.replace(first.movie, path=path),
+        acquired_at=first.acquired_at + dt.timedelta(seconds=40),
+        pre_exposure_e_A2=first.pre_exposure_e_A2 + first.dose_e_A2)
+
+
 @pytest.mark.parametrize("configured", [True, False], ids=["dose-configured", "dose-from-mdoc"])
 def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_corrected_alone(
         tmp_path, configured):
@@ -71,11 +81,7 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
     dose = DoseParams(dose_per_frame_e_A2=1.0) if configured else DoseParams()
     watch, out, tilts = _session(tmp_path)
     first = tilts[2]
-    retake_path = watch / f"TS_01_003_{first.tilt_deg:.1f}.mrc"
-    retake = dataclasses.replace(
-        first, movie=dataclasses.replace(first.movie, path=retake_path),
-        acquired_at=first.acquired_at + dt.timedelta(seconds=40),
-        pre_exposure_e_A2=first.pre_exposure_e_A2 + first.dose_e_A2)
+    retake_path, retake = _retake(watch, first)
 
     class SerialEM(ServiceListener):
         """Once the three tilts are assembled, the last one is taken again: the mdoc lists the
@@ -115,11 +121,7 @@ def test_a_discarded_tilt_corrected_on_its_own_keeps_its_series_voltage(tmp_path
     watch, out, tilts = _session(tmp_path)
     write_series_mdoc(watch, tilts, voltage_kV=200)
     first = tilts[2]
-    retake_path = watch / f"TS_01_003_{first.tilt_deg:.1f}.mrc"
-    retake = dataclasses.replace(
-        first, movie=dataclasses.replace(first.movie, path=retake_path),
-        acquired_at=first.acquired_at + dt.timedelta(seconds=40),
-        pre_exposure_e_A2=first.pre_exposure_e_A2 + first.dose_e_A2)
+    retake_path, retake = _retake(watch, first)
 
     class SerialEM(ServiceListener):
         def on_series_event(self, event):
