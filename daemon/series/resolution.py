@@ -892,7 +892,13 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
             # set during the series) puts the last tilts first, while PriorRecordDose grows
             # on: in its order the clock went back once. Otherwise (SerialEM restarted during
             # the series, its PriorRecordDose counted from 0 again) DateTime stays
-            if _datetime_falls(by_prior) == 1:
+            falls = _datetime_falls(by_prior)
+            if falls == 0:  # they differ only where DateTime ties (1 s): PriorRecordDose says
+                warn = [w for w in warn if not w.startswith("two tilts share a DateTime")]
+                warn.append("two tilts share a DateTime (1 s resolution): tie broken by "
+                            "PriorRecordDose")
+                return by_prior, source, warn
+            if falls == 1:
                 warn.append("DateTime order contradicts PriorRecordDose, along which the clock "
                             "went back once (the PC's clock changed during the series?): "
                             "acquisition order from PriorRecordDose")

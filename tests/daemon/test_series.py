@@ -49,7 +49,7 @@ def _prior(dose, i, restart_at):
 
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
                         n_sections=None, path="/w/TS_7.mrc.mdoc", omit=(), clock_back_at=None,
-                        no_datetime=(), prior_restart_at=None):
+                        no_datetime=(), prior_restart_at=None, same_second=()):
     """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart
     (``clock_back_at``: the PC's clock set back an hour before that exposure)."""
     angles = [0.0]
@@ -64,6 +64,8 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
         t = t0 + dt.timedelta(seconds=40 * i)
         if clock_back_at is not None and i >= clock_back_at:
             t -= dt.timedelta(hours=1)
+        if i in same_second:  # within the second of the exposure before (DateTime ties)
+            t = rows[-1][2]
         rows.append((i, a, t))
     if sort_by_angle:
         rows.sort(key=lambda r: r[1])
@@ -323,6 +325,20 @@ def test_a_clock_set_back_during_a_series_does_not_reorder_its_tilts_by_datetime
     assert any("contradicts PriorRecordDose" in w for w in res.warnings + by_index[0].warnings)
     plain = _resolve(dose_symmetric_mdoc(9, dose=2.5)[0])  # in order: DateTime as before
     assert {a.order_source for a in plain.assignments.values()} == {"DateTime"}
+
+
+def test_two_tilts_in_one_second_of_a_file_sorted_by_angle_are_ordered_by_prior_record_dose():
+    """Two exposures within one second (DateTime's resolution) in a file re-sorted by angle:
+    the section order would break the tie the wrong way round; PriorRecordDose breaks it,
+    without taking it for a restarted SerialEM."""
+    md, _ = dose_symmetric_mdoc(7, dose=2.5, sort_by_angle=True, same_second=(4,))
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.movie.split("_")[2] for a in by_index] == [f"{i:03d}" for i in range(7)]
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(7)])
+    warnings = res.warnings + tuple(w for a in by_index for w in a.warnings)
+    assert any("tie broken by PriorRecordDose" in w for w in warnings)
+    assert not any("counted anew" in w for w in warnings)
 
 
 def test_a_prior_record_dose_counted_anew_mid_series_leaves_the_datetime_order():
