@@ -1,4 +1,5 @@
-"""Hot lines: whole detector rows or columns that count more than their neighbours.
+"""Hot and dead lines: whole detector rows or columns that count more, or less, than their
+neighbours.
 
 A row or column of a counting detector can stick high: each of its pixels counts a little more
 than it should, too little for the per-pixel test of :func:`correction.defects.detect_hot_pixels`
@@ -6,13 +7,17 @@ than it should, too little for the per-pixel test of :func:`correction.defects.d
 summed along the line it stands far out. Left in, it shows as a line in every sum and pulls the
 whole-frame alignment towards zero shift (the line does not move with the specimen): measured
 on 1024^2 x 30 frames at 0.3 e/px/frame with a column at +1 count/frame, shifts 0.44 px RMS off
-against 0.23 px without the line, 0.26 px with the line replaced.
+against 0.23 px without the line, 0.26 px with the line replaced. A column that died after the
+gain reference was taken (the gain does not mark it) reads zero: it left a dark streak in every
+sum, smeared over the drift (6-10 robust spreads of the column means below its neighbours).
 
 The test runs on the mean of each line of the movie's gain-corrected sum (a column more
 sensitive than its neighbours, which the gain reference corrects, is the detector's pattern,
-not a stuck column; :mod:`correction.pipeline` passes no ``gain``). A line is hot when its mean exceeds the median of the 3 lines on EACH side by more than
-``max(sigma, z)`` robust spreads of the line means about their neighbours' (``z``: the normal
-quantile of ``false_positives`` over the number of lines, as a Bonferroni bound), so an edge of
+not a stuck column; :mod:`correction.pipeline` passes no ``gain``). A line is hot when its
+mean exceeds the median of the 3 lines on EACH side by more than ``max(sigma, z)`` robust
+spreads of the line means about their neighbours' (``z``: the normal quantile of
+``false_positives`` over the number of lines, as a Bonferroni bound), dead when it falls below
+both by as much, so an edge of
 the specimen or of the illuminated area, which steps up on one side only, is not one, nor is a
 feature wider than three lines. More than
 :data:`MAX_HOT_FRACTION` of the lines (at least :data:`MAX_HOT_LINES`) standing out is a fixed
@@ -42,20 +47,29 @@ _ROWS_PER_CHUNK_PX = 1 << 20  # pixels of the sum read at once
 
 @dataclass(frozen=True, slots=True)
 class HotLines:
-    """Hot rows and columns of a frame (indices from 0)."""
+    """Hot (``rows``, ``columns``) and dead rows and columns of a frame (indices from 0)."""
 
     rows: tuple[int, ...] = ()
     columns: tuple[int, ...] = ()
+    dead_rows: tuple[int, ...] = ()
+    dead_columns: tuple[int, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.columns)
+        return bool(self.rows or self.columns or self.dead_rows or self.dead_columns)
 
     def mask(self, shape_yx: tuple[int, int]) -> np.ndarray:
-        """Their pixels, as a boolean image of ``shape_yx``."""
+        """Their pixels, hot and dead, as a boolean image of ``shape_yx``."""
         out = np.zeros(shape_yx, dtype=bool)
-        out[list(self.rows), :] = True
-        out[:, list(self.columns)] = True
+        out[list(self.rows + self.dead_rows), :] = True
+        out[:, list(self.columns + self.dead_columns)] = True
         return out
+
+    def to_record(self) -> dict[str, list[int]]:
+        """The motion record's ``alignment.hot_lines``: ``rows``, ``columns`` and, where there
+        are any, ``dead_rows``, ``dead_columns``."""
+        return {"rows": list(self.rows), "columns": list(self.columns),
+                **({"dead_rows": list(self.dead_rows)} if self.dead_rows else {}),
+                **({"dead_columns": list(self.dead_columns)} if self.dead_columns else {})}
 
 
 def detect_hot_lines(summed_frames: np.ndarray, *, gain: np.ndarray | None = None,
@@ -63,7 +77,7 @@ def detect_hot_lines(summed_frames: np.ndarray, *, gain: np.ndarray | None = Non
                      false_positives: float = 0.01, workers: int = 1) -> HotLines:
     """Rows and columns of ``summed_frames`` (the gain-corrected sum of a movie, as
     :func:`~correction.defects.detect_hot_pixels` takes it) that stand out from their
-    neighbours on both sides (module docstring).
+    neighbours on both sides, above (hot) or below (dead) (module docstring).
 
     Parameters
     ----------
@@ -109,19 +123,22 @@ def detect_hot_lines(summed_frames: np.ndarray, *, gain: np.ndarray | None = Non
                 col_n[:] += n
 
     run_chunks(add, ny, workers)
-    return HotLines(rows=_hot(row_sum, row_n, sigma, false_positives),
-                    columns=_hot(col_sum, col_n, sigma, false_positives))
+    hot_rows, dead_rows = _outstanding(row_sum, row_n, sigma, false_positives)
+    hot_columns, dead_columns = _outstanding(col_sum, col_n, sigma, false_positives)
+    return HotLines(rows=hot_rows, columns=hot_columns, dead_rows=dead_rows,
+                    dead_columns=dead_columns)
 
 
-def _hot(sums: np.ndarray, counts: np.ndarray, sigma: float,
-         false_positives: float) -> tuple[int, ...]:
-    """Indices of the lines whose mean (``sums / counts``) stands out on both sides; lines of
-    which fewer than half the pixels count take the mean of their nearest usable neighbour (and
-    are never flagged); the first and last lines are compared with their mirror images."""
+def _outstanding(sums: np.ndarray, counts: np.ndarray, sigma: float, false_positives: float
+                 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Indices of the lines whose mean (``sums / counts``) stands out above (first) and below
+    (second) the lines on both sides; lines of which fewer than half the pixels count take the
+    mean of their nearest usable neighbour (and are never flagged); the first and last lines are
+    compared with their mirror images."""
     n = sums.size
     usable = counts >= 0.5 * counts.max(initial=0)
     if n < 2 * _SIDE_LINES + 1 or usable.sum() < 2 * _SIDE_LINES + 1:
-        return ()
+        return (), ()
     index = np.arange(n)
     means = np.interp(index, index[usable], sums[usable] / counts[usable])
     windows = sliding_window_view(np.pad(means, _SIDE_LINES, mode="reflect"),
@@ -132,9 +149,11 @@ def _hot(sums: np.ndarray, counts: np.ndarray, sigma: float,
     residual = means - around
     spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     if not spread > 0:
-        return ()
-    z = float(-special.ndtri(min(0.5, false_positives / n)))
-    hot = usable & (means - np.maximum(left, right) > max(sigma, z) * spread)
-    if int(hot.sum()) > max(MAX_HOT_LINES, MAX_HOT_FRACTION * n):
-        return ()  # a pattern of the whole detector, not a few hot lines
-    return tuple(int(i) for i in np.flatnonzero(hot))
+        return (), ()
+    least = max(sigma, float(-special.ndtri(min(0.5, false_positives / n)))) * spread
+    hot = usable & (means - np.maximum(left, right) > least)
+    dead = usable & (np.minimum(left, right) - means > least)
+    if int(hot.sum() + dead.sum()) > max(MAX_HOT_LINES, MAX_HOT_FRACTION * n):
+        return (), ()  # a pattern of the whole detector, not a few stuck lines
+    return (tuple(int(i) for i in np.flatnonzero(hot)),
+            tuple(int(i) for i in np.flatnonzero(dead)))

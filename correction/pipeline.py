@@ -165,7 +165,8 @@ class CorrectedFrames:
         unfitting gain reference, :mod:`correction.detector_pattern`, central 1024 x 1024
         window); None for frames under 64 pixels on a side.
     hot_lines : HotLines
-        Rows and columns found hot (:mod:`correction.hot_lines`), replaced as hot pixels.
+        Rows and columns found hot or dead (:mod:`correction.hot_lines`), replaced as hot
+        pixels.
     alignment_advice : tuple of str
         Lines on an alignment the data may not support (:func:`alignment_advice`).
     """
@@ -1146,8 +1147,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                    "noise_peak_significance": _rounded(alignment.noise_peak_significance, 2),
                    "last_update_px": round(float(alignment.last_update_px), 5),
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
-                   **({"hot_lines": {"rows": list(corrected.hot_lines.rows),
-                                     "columns": list(corrected.hot_lines.columns)}}
+                   **({"hot_lines": corrected.hot_lines.to_record()}
                       if corrected.hot_lines else {}),
                    "bin_factor": frame_params.read.bin_factor,
                    "group_frames": params.align.group_frames,
