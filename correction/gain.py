@@ -273,7 +273,7 @@ class GainReference:
         gain = np.array(gain, dtype=np.float32, order="C")
         if gain.ndim != 2:
             raise GainReferenceError(gain_path, f"gain must be a 2-D image, got shape {gain.shape}")
-        bad = ~np.isfinite(gain) | (gain == 0)
+        bad = ~np.isfinite(gain) | (gain <= 0)  # a multiplier is never negative
         if dark is not None:
             dark = np.array(dark, dtype=np.float32, order="C")
             if dark.shape != gain.shape:
@@ -294,7 +294,7 @@ class GainReference:
                                   None if dark is None else dark.ravel()[only_listed])
             bad |= in_list
         if bad.all():
-            raise GainReferenceError(gain_path, "gain has no valid pixel (all 0, NaN or defect)")
+            raise GainReferenceError(gain_path, "gain has no valid pixel (all <= 0, NaN or defect)")
         mask = bad if bad.any() else None
         if mask is not None:
             gain[mask] = 0.0

@@ -127,8 +127,9 @@ class GainParams:
     ``-RotGain K``, a quarter turn moving ``gain[y, x]`` to ``out[x, ny - 1 - y]`` (clockwise
     as displayed with row 0 at the top; ``numpy.rot90(gain, k=-K)``); THEN ``flip`` is
     ``-FlipGain``: ``"none"``/0, ``"updown"``/1 (rows reversed), ``"leftright"``/2 (columns
-    reversed). The number is accepted and stored as the name. The dark reference and defect
-    map get the same orientation.
+    reversed). The number is accepted and stored as the name. The dark reference gets the same
+    orientation; a defect list or map is in the movie's grid and is not turned (as MotionCor3's
+    ``-DefectMap``, "the same dimension and orientation as the input movie frame").
 
     ``eer_gain`` says how the gain file is applied to an EER movie (other movies: always
     multiplicative): ``"multiplicative"`` (default) as MotionCor2/3's ``-Gain``, any file;

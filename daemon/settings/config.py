@@ -552,8 +552,10 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         elif not Path(ref).is_file():
             problems.append(f"{what} {ref}: not a file")
     gain_params = getattr(params, "gain", None)
-    if gain_params is not None and gain_params.gain_path is not None \
-            and Path(gain_params.gain_path).is_file():
+    references = [] if gain_params is None else [
+        path for path in (gain_params.gain_path, gain_params.dark_path, gain_params.defects_path)
+        if path is not None]
+    if references and all(Path(path).is_file() for path in references):  # read as correct does
         try:
             from correction.gain import load_gain_reference
 

@@ -149,16 +149,20 @@ def test_no_references_gives_none():
     assert load_gain_reference(GainParams()) is None
 
 
-def test_zero_and_nan_gain_pixels_become_defects_replaced_by_neighbour_mean():
+def test_zero_negative_and_nan_gain_pixels_become_defects_replaced_by_neighbour_mean():
+    """A multiplier is never negative: a negative gain pixel (a masked region written as -1)
+    made a negative output pixel, and stayed negative in the gain exported for RELION."""
     gain = np.ones((8, 8), np.float32) * 2
     gain[3, 4] = 0.0
     gain[6, 1] = np.nan
+    gain[1, 6] = -1.0
     ref = GainReference.from_arrays(gain)
-    assert ref.defect_mask.sum() == 2 and ref.defect_mask[3, 4] and ref.defect_mask[6, 1]
+    assert ref.defect_mask.sum() == 3 and ref.defect_mask[3, 4] and ref.defect_mask[6, 1]
+    assert ref.defect_mask[1, 6] and ref.gain[1, 6] == 0.0
     raw = np.arange(64, dtype=np.uint16).reshape(8, 8)
     out = apply_gain(raw, ref)
-    assert np.all(np.isfinite(out))
-    for y, x in [(3, 4), (6, 1)]:
+    assert np.all(np.isfinite(out)) and np.all(out >= 0)
+    for y, x in [(3, 4), (6, 1), (1, 6)]:
         neighbours = [2.0 * raw[y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                       if (dy, dx) != (0, 0)]
         assert out[y, x] == pytest.approx(np.mean(neighbours))
