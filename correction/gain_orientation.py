@@ -22,6 +22,13 @@ survive an up-down flip) score in between (0.04 there). "Clearly better" means a
 least ``max(MIN_MARGIN_R, 10 / sqrt(M))`` = 0.03. A central crop keeps the pixel pattern;
 binning would average it away.
 
+A gain file that holds the reciprocal of the multiplier (a flat-field count image, or a gain
+written as ``1 / g``) correlates negatively, about ``-r``, in the orientation that fits. When
+some orientation scores below ``-margin`` and by more than the margin beyond the best positive
+score, the check says the gain looks inverted (``inverted``) and proposes no orientation:
+before, it named the orientation whose score was nearest zero, and following that left the
+movie with no gain correction at all.
+
 Cost, measured on a loaded 2-core machine at 4096^2 (10 frames): 0.04 s CPU per movie for the
 default crop, 0.8 % of ``correct_frames`` (4.6 s CPU, 7.6 s wall); a 1024^2 crop costs 0.14 s
 CPU, the whole frame (``crop_px=None``) about 5.5 s, so do not.
@@ -146,7 +153,13 @@ class GainOrientationCheck:
         The best-fitting orientation (a member of :data:`ORIENTATIONS`).
     best_r : float
     clearly_better : bool
-        ``best`` is not the configured mapping and ``best_r - configured_r >= margin_r``.
+        ``best`` is not the configured mapping, ``best_r - configured_r >= margin_r``, and the
+        gain does not look inverted.
+    inverted : Orientation or None
+        The orientation in which the gain's reciprocal fits, when it fits by the margin better
+        than any orientation of the gain itself (the file is a count image, not a multiplier).
+    inverted_r : float
+        That orientation's (negative) correlation; 0.0 when ``inverted`` is None.
     margin_r : float
         ``max(MIN_MARGIN_R, 10 / sqrt(n_pixels))``.
     n_pixels : int
@@ -163,11 +176,26 @@ class GainOrientationCheck:
     margin_r: float
     n_pixels: int
     scores: tuple[OrientationScore, ...]
+    inverted: Orientation | None = None
+    inverted_r: float = 0.0
+
+    @property
+    def suspect(self) -> bool:
+        """The gain as configured does not fit: another orientation, or its reciprocal, does."""
+        return self.clearly_better or self.inverted is not None
 
     @property
     def message(self) -> str:
         """One line naming MotionCor2's flags (which are motionwatch's ``--gain-rotate/-flip``)."""
         conf = f"the configured {self.configured.motioncor2_flags} (r={self.configured_r:.2f})"
+        if self.inverted is not None:
+            where = ("in the configured orientation"
+                     if self.inverted == self.configured.canonical()
+                     else f"as {self.inverted.motioncor2_flags}")
+            return (f"gain orientation: the gain looks inverted: its reciprocal fits {where} "
+                    f"(r={-self.inverted_r:.2f}), better than any orientation of the gain "
+                    f"(best {self.best.motioncor2_flags}, r={self.best_r:.2f}); the gain must "
+                    f"be a multiplier (raw x gain is flat), not a flat-field count image")
         if self.clearly_better:
             return (f"gain orientation: {self.best.motioncor2_flags} fits better "
                     f"(r={self.best_r:.2f}) than {conf}")
@@ -185,7 +213,10 @@ class GainOrientationCheck:
         """JSON-ready summary for the motion record (``"gain_orientation"``)."""
         return {"configured": {**self.configured.to_record(), "r": round(self.configured_r, 4)},
                 "best": {**self.best.to_record(), "r": round(self.best_r, 4)},
-                "clearly_better": self.clearly_better, "margin_r": round(self.margin_r, 4),
+                "clearly_better": self.clearly_better,
+                **({"inverted": {**self.inverted.to_record(), "r": round(self.inverted_r, 4)}}
+                   if self.inverted is not None else {}),
+                "margin_r": round(self.margin_r, 4),
                 "pixels": self.n_pixels, "message": self.message,
                 "scores": [{**s.orientation.to_record(), "r": round(s.r, 4)}
                            for s in self.scores]}
@@ -366,8 +397,13 @@ def check_gain_orientation(raw_sum: np.ndarray, gain_as_configured: np.ndarray, 
     by_orientation = {s.orientation: s.r for s in scores}
     conf_r = by_orientation[conf.canonical()]
     best = max(scores, key=lambda s: s.r)
+    worst = min(scores, key=lambda s: s.r)
     margin = max(MIN_MARGIN_R, _MARGIN_SIGMAS / math.sqrt(n_pixels))
-    better = best.orientation != conf.canonical() and best.r - conf_r >= margin
+    inverted = worst.r <= -margin and -worst.r - max(best.r, 0.0) >= margin
+    better = (not inverted and best.orientation != conf.canonical()
+              and best.r - conf_r >= margin)
     return GainOrientationCheck(configured=conf, configured_r=conf_r, best=best.orientation,
                                 best_r=best.r, clearly_better=better, margin_r=margin,
-                                n_pixels=n_pixels, scores=scores)
+                                n_pixels=n_pixels, scores=scores,
+                                inverted=worst.orientation if inverted else None,
+                                inverted_r=worst.r if inverted else 0.0)

@@ -157,13 +157,19 @@ def _print_failure(movie: Path, message: str, *, as_json: bool) -> None:
 
 
 def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
-    """One line on stderr when the movie's raw sum says another gain orientation fits clearly
-    better than the one given (:mod:`correction.gain_orientation`); True when said."""
+    """One line on stderr when the movie's raw sum says another gain orientation, or the
+    gain's reciprocal, fits clearly better than the gain as given
+    (:mod:`correction.gain_orientation`); True when said."""
     check = record.get("gain_orientation") or {}
-    if not check.get("clearly_better"):
+    if check.get("inverted"):
+        advice = ("give its reciprocal (for an EER movie, --eer-gain reciprocal); said once "
+                  "per run")
+    elif check.get("clearly_better"):
+        advice = ("check --gain-rotate/--gain-flip (MotionCor2's -RotGain/-FlipGain); said "
+                  "once per run")
+    else:
         return False
-    print(f"motionwatch: {movie}: warning: {check.get('message')}: check --gain-rotate/"
-          "--gain-flip (MotionCor2's -RotGain/-FlipGain); said once per run",
+    print(f"motionwatch: {movie}: warning: {check.get('message')}: {advice}",
           file=sys.stderr, flush=True)
     return True
 

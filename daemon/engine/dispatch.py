@@ -321,16 +321,18 @@ class Dispatcher:
                                                      error=outcome.error, metadata=meta))
 
     def _check_gain_orientation(self, record: dict[str, Any], log: Any) -> None:
-        """Warn once per run when a movie's raw sum says another gain orientation fits clearly
-        better than the configured one (:mod:`correction.gain_orientation`)."""
+        """Warn once per run when a movie's raw sum says another gain orientation, or the
+        gain's reciprocal, fits clearly better than the gain as configured
+        (:mod:`correction.gain_orientation`)."""
         check = record.get("gain_orientation") or {}
-        if not check.get("clearly_better") or self._gain_warned:
+        inverted = check.get("inverted")
+        if not (check.get("clearly_better") or inverted) or self._gain_warned:
             return
         self._gain_warned = True
-        best = check.get("best") or {}
+        fit = inverted or check.get("best") or {}
+        flags = f"--gain-rotate {fit.get('rot_gain')} --gain-flip {fit.get('flip_gain')}"
         log.warning("gain_orientation_suspect", reason=check.get("message"),
-                    fits=f"--gain-rotate {best.get('rot_gain')} --gain-flip "
-                         f"{best.get('flip_gain')}",
+                    fits=f"the reciprocal of the gain file, {flags}" if inverted else flags,
                     note="the flags mean MotionCor2's -RotGain/-FlipGain; said once per run")
 
     def _check_detector_pattern(self, record: dict[str, Any], log: Any) -> None:

@@ -233,7 +233,8 @@ class PublishListener(ServiceListener):
         if alignment.get("supported") is False:  # summed without shifts: each one is news
             self.publisher.warning("not_aligned", str(alignment.get("note")), path=event.path)
         check = record.get("gain_orientation") or {}
-        if check.get("clearly_better") and not self._gain_warned:  # once per run
+        if (check.get("clearly_better") or check.get("inverted")) \
+                and not self._gain_warned:  # once per run
             self._gain_warned = True
             self.publisher.warning("gain_orientation", str(check.get("message")),
                                    path=event.path)

@@ -192,3 +192,31 @@ def test_motion_record_reports_a_better_gain_orientation_and_none_when_right(tmp
     assert (wrong["best"]["rot_gain"], wrong["best"]["flip_gain"]) == (1, 1)
     assert (wrong["configured"]["rot_gain"], wrong["configured"]["flip_gain"]) == (3, 1)
     assert wrong["message"].startswith("gain orientation: -RotGain 1 -FlipGain 1 fits better")
+
+
+@pytest.mark.parametrize("stored_as", [(0, "none"), (2, "none"), (1, "updown")])
+def test_a_gain_given_as_its_reciprocal_is_said_to_be_inverted_and_no_orientation_is_proposed(
+        k3_like, stored_as):
+    """A flat-field count image given as the gain (the file holds 1 / multiplier): its score
+    is strongly negative where it fits. Before, the check proposed the orientation nearest
+    r = 0 (-RotGain 2 for a file in the right orientation), and following that left the movie
+    with no gain correction at all."""
+    gain_true, raw = k3_like
+    k, flip = stored_as
+    reciprocal = np.where(gain_true > 0, 1.0 / np.where(gain_true > 0, gain_true, 1.0), 0.0)
+    stored = _stored_as_written(reciprocal, k, flip)
+    as_configured = orient(stored, rotate_quarter_turns=0, flip="none") \
+        if stored.shape == gain_true.shape else orient(stored, rotate_quarter_turns=3)
+    configured = Orientation(0, "none") if stored.shape == gain_true.shape \
+        else Orientation(3, "none")
+    check = check_gain_orientation(raw, as_configured, configured=configured)
+    assert check.inverted == Orientation(k, flip).canonical()
+    assert check.inverted_r < -0.1 and not check.clearly_better and check.suspect
+    assert check.message.startswith("gain orientation: the gain looks inverted")
+    assert "fits better" not in check.message
+    assert check.to_record()["inverted"]["r"] < -0.1
+
+    right = check_gain_orientation(raw, gain_true, configured=Orientation(0, "none"))
+    assert right.inverted is None and not right.suspect
+    assert "inverted" not in right.to_record()
+

@@ -1,6 +1,7 @@
 """A gain reference given in the wrong orientation is named once per run (science issue, item 6):
 the daemon logs ``gain_orientation_suspect`` and the feed publishes one ``gain_orientation``
-warning naming the MotionCor2 flags that fit, however many movies show it."""
+warning naming the MotionCor2 flags that fit, however many movies show it. A gain given as its
+reciprocal (a flat-field count image) is said to be inverted, with no orientation proposed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from service_run import watch_once
 
 from correction.params import CorrectionParams, DoseParams, GainParams
 from correction.synthetic import render_movie
+from daemon.commands.cli import main
 from daemon.simulation.movies import write_movie_progressively
 
 
@@ -37,3 +39,43 @@ def test_a_rotated_gain_is_named_once_with_the_motioncor2_flags_that_fit(tmp_pat
     assert suspects[0]["fits"] == "--gain-rotate 2 --gain-flip 0"
     gain_warnings = [m for k, m in publisher.warnings if k == "gain_orientation"]
     assert len(gain_warnings) == 1 and "-RotGain 2" in gain_warnings[0]
+
+
+def test_a_gain_given_as_its_reciprocal_is_named_inverted_once(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(5)
+    movie = render_movie(rng, shape_yx=(384, 512), n_frames=12, gain=True, n_hot_pixels=0,
+                         pixel_size_A=1.1, electrons_per_px_per_frame=1.5)
+    write_movie_progressively(watch / "m0.mrc", movie.frames, pixel_size_A=1.1,
+                              frame_interval_s=0)
+    with mrcfile.new(tmp_path / "counts.mrc") as mrc:
+        mrc.set_data((1.0 / movie.gain).astype(np.float32))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=tmp_path / "counts.mrc"))
+    log, publisher = watch_once(watch, out, params, log_level="warning")
+    suspects = [f for level, e, f in log.events if e == "gain_orientation_suspect"]
+    assert len(suspects) == 1
+    assert suspects[0]["fits"] == "the reciprocal of the gain file, --gain-rotate 0 --gain-flip 0"
+    assert "the gain looks inverted" in suspects[0]["reason"]
+    gain_warnings = [m for k, m in publisher.warnings if k == "gain_orientation"]
+    assert len(gain_warnings) == 1 and "inverted" in gain_warnings[0]
+
+
+def test_the_correct_command_says_an_inverted_gain_is_inverted_not_turned(tmp_path, capsys):
+    rng = np.random.default_rng(12)
+    syn = render_movie(rng, shape_yx=(192, 320), n_frames=12, electrons_per_px_per_frame=1.0,
+                       pixel_size_A=1.1, dtype=np.uint8)
+    with mrcfile.new(tmp_path / "movie.mrc") as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = 1.1
+    with mrcfile.new(tmp_path / "counts.mrc") as mrc:
+        mrc.set_data((1.0 / syn.gain).astype(np.float32))
+    status = main(["correct", str(tmp_path / "movie.mrc"), "--gain", str(tmp_path / "counts.mrc"),
+                   "--dose-per-frame", "1", "--voltage", "300", "--patches", "1", "1",
+                   "--out", str(tmp_path / "out")])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "the gain looks inverted" in err and "give its reciprocal" in err
+    assert "check --gain-rotate" not in err
