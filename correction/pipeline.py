@@ -83,7 +83,8 @@ from .defects import (detect_hot_pixels, first_coordinates_yx, gross_outliers, p
                       rasterize_defects, relion_reads_defect_list)
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
-from .errors import CorrectionError, MissingPixelSizeError, ParameterError, UnreadableMovieError
+from .errors import (CorrectionError, GainReferenceError, MissingPixelSizeError, ParameterError,
+                     UnreadableMovieError)
 from .fourier import (fourier_crop, irfft2, rfft2, rfft2_cropped, rfft2_cropped_of_2x2,
                       rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
@@ -493,6 +494,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                 corrected_sum[gross] = 0.0
         if gain_reference is not None:
             if gain_reference.dark is not None:
+                _check_dark_level(frame_mean(corrected_sum, workers) / n, gain_reference)
                 corrected_sum -= np.float32(n) * gain_reference.dark
             t = time.perf_counter()
             orientation = _check_orientation(corrected_sum, used, gain_reference, params)
@@ -575,6 +577,32 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                            timings_s=timings, local=local, resolution=resolution,
                            gain_orientation=orientation, detector_pattern=detector_pattern,
                            hot_lines=hot_lines, alignment_advice=advice)
+
+
+#: raw frames whose mean is below this fraction of the dark's: the dark is not one frame's
+_DARK_ABOVE_FRAMES = 0.75
+
+
+def _check_dark_level(raw_mean_per_frame: float, gain_reference: GainReference) -> None:
+    """Refuse a dark reference larger than the frames it is subtracted from (a dark of the
+    whole exposure, N frames' worth: every corrected pixel came out negative, about -(N - 1)
+    darks, with no other sign than a detector-pattern warning). A frame is the dark plus a
+    signal that is never negative, so its mean is at least the dark's.
+
+    Raises
+    ------
+    GainReferenceError
+        The frames' mean is below :data:`_DARK_ABOVE_FRAMES` of the dark's.
+    """
+    dark, defects = gain_reference.dark, gain_reference.defect_mask  # the dark is 0 at defects
+    n_valid = dark.size - (0 if defects is None else int(np.count_nonzero(defects)))
+    dark_mean = float(dark.sum(dtype=np.float64)) / max(1, n_valid)
+    if dark_mean > 0 and raw_mean_per_frame < _DARK_ABOVE_FRAMES * dark_mean:
+        raise GainReferenceError(
+            gain_reference.dark_path,
+            f"dark reference above the frames: its mean {dark_mean:.4g} per pixel against the "
+            f"frames' {raw_mean_per_frame:.4g} per pixel and frame; --dark is the dark of one "
+            "frame (divide a dark of the whole exposure by its frame count)")
 
 
 def _pixels_to_tell_relion(bad: np.ndarray | None, gain_reference: GainReference | None,

@@ -79,7 +79,8 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "defect); reciprocal: mean / gain for any file. Not MotionCor's "
                           "-InvGain, which takes 1 / gain for any movie (default %(default)s)")
     ref.add_argument("--dark", type=Path, default=None, metavar="PATH",
-                     help="dark reference, subtracted before the gain")
+                     help="dark reference of one frame (not of the whole exposure), "
+                          "subtracted from each frame before the gain")
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
                      help="defect list ('x y w h' per line) or defect map image (non-zero: "
                           "defect), both in the movie's pixel grid, as RELION and MotionCor2 "

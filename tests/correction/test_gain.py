@@ -20,7 +20,8 @@ import tifffile
 from correction.errors import GainReferenceError, ParameterError
 from correction.gain import KEPT_DERIVED as KEPT
 from correction.gain import GainReference, apply_gain, load_gain_reference, orient
-from correction.params import GainParams
+from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams
+from correction.pipeline import correct_frames
 
 
 def _truth_orient(image, k, flip):
@@ -500,3 +501,26 @@ def test_the_default_eer_gain_mode_leaves_the_parameter_fingerprint_as_it_was():
                                ).fingerprint() != before
     assert dataclasses.replace(params, align=dataclasses.replace(
         params.align, patch_group_frames=4)).fingerprint() != before
+
+
+def test_a_dark_of_the_whole_exposure_is_refused_naming_the_file_and_one_frames_dark_works(
+        tmp_path):
+    """An integrating camera's frames: a dark of 20 per pixel plus 2 counts of signal. The dark
+    of one frame gives the signal back; the dark of all 16 frames (what a dark exposure of the
+    same length holds) made every pixel about -300 with no error before."""
+    rng = np.random.default_rng(14)
+    dark = rng.uniform(18.0, 22.0, (256, 256)).astype(np.float32)
+    frames = (rng.poisson(2.0, (16, 256, 256)) + np.rint(dark)).astype(np.int16)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    gain = np.ones((256, 256), np.float32)
+    one_frame = GainReference.from_arrays(gain, dark=np.rint(dark), dark_path=tmp_path / "d.mrc")
+    out = correct_frames(frames, pixel_size_A=1.0, params=params, gain_reference=one_frame,
+                         workers=1)
+    assert 1.9 < float(out.images.sum.mean()) / 16 < 2.1
+    exposure = GainReference.from_arrays(gain, dark=16 * np.rint(dark),
+                                         dark_path=tmp_path / "dark_exposure.mrc")
+    with pytest.raises(GainReferenceError, match=r"dark_exposure\.mrc: dark reference above "
+                                                 r"the frames.*dark of one frame"):
+        correct_frames(frames, pixel_size_A=1.0, params=params, gain_reference=exposure,
+                       workers=1)
