@@ -82,6 +82,7 @@ from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import (detect_hot_pixels, first_coordinates_yx, gross_outliers, plan_replacement,
                       rasterize_defects, relion_reads_defect_list)
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
+from .dose_counts import DoseCount, check_dose_count
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
 from .errors import (CorrectionError, GainReferenceError, MissingPixelSizeError, ParameterError,
                      UnreadableMovieError)
@@ -170,6 +171,10 @@ class CorrectedFrames:
         pixels.
     alignment_advice : tuple of str
         Lines on an alignment the data may not support (:func:`alignment_advice`).
+    dose_count : DoseCount or None
+        The dose per frame the frames count, against the dose given
+        (:mod:`correction.dose_counts`); None but for counting data (integer frames, no dark
+        reference) with hot-pixel detection on.
     """
 
     images: SumImages
@@ -190,6 +195,7 @@ class CorrectedFrames:
     detector_pattern: DetectorPatternCheck | None = None
     hot_lines: HotLines = field(default_factory=HotLines)
     alignment_advice: tuple[str, ...] = ()
+    dose_count: DoseCount | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,8 +487,18 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     fill = None
     orientation: GainOrientationCheck | None = None  # checked on the raw sum it makes
     t_orientation = 0.0
+    dose_count: DoseCount | None = None
     if params.gain.detect_hot_pixels:
         corrected_sum = sum_raw_frames(used, workers)
+        dark = gain_reference.dark if gain_reference is not None else None
+        raw_mean = frame_mean(corrected_sum, workers) / n \
+            if dark is not None or used.dtype.kind in "iu" else None
+        if dark is None and raw_mean is not None:  # counts: electrons (dose_counts)
+            dose_count = check_dose_count(raw_mean, pixel_size_A,
+                                          float(np.mean(doses_all[first:stop])),
+                                          eer=raw_frames_per_frame is not None)
+            if dose_count.mismatch:
+                warnings.warn(dose_count.mismatch, stacklevel=2)
         if used.dtype.kind == "f":  # a damaged float movie: NaN, Inf or 1e30 pixels are defects
             nonfinite = ~np.isfinite(corrected_sum)
             if nonfinite.any():
@@ -494,7 +510,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                 corrected_sum[gross] = 0.0
         if gain_reference is not None:
             if gain_reference.dark is not None:
-                _check_dark_level(frame_mean(corrected_sum, workers) / n, gain_reference)
+                _check_dark_level(raw_mean, gain_reference)
                 corrected_sum -= np.float32(n) * gain_reference.dark
             t = time.perf_counter()
             orientation = _check_orientation(corrected_sum, used, gain_reference, params)
@@ -576,7 +592,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                                        grids.padded_out[1] - grids.out_yx[1]),
                            timings_s=timings, local=local, resolution=resolution,
                            gain_orientation=orientation, detector_pattern=detector_pattern,
-                           hot_lines=hot_lines, alignment_advice=advice)
+                           hot_lines=hot_lines, alignment_advice=advice,
+                           dose_count=dose_count)
 
 
 #: raw frames whose mean is below this fraction of the dark's: the dark is not one frame's
@@ -1162,6 +1179,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         pixel_size_A=corrected.pixel_size_A, voltage_kV=params.dose.voltage_kV,
         shifts_yx_px=corrected.shifts_yx_px, frame_doses_e_A2=corrected.frame_doses_e_A2,
         pre_exposure_e_A2=params.dose.pre_exposure_e_A2,
+        dose_counted=(corrected.dose_count.to_record()
+                      if corrected.dose_count is not None else None),
         outputs={k: str(p.name) for k, p in outputs.items()},
         timings_s={**timings, "total": time.perf_counter() - t0},
         frames_in_movie=len(corrected.frame_doses_e_A2),

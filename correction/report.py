@@ -232,6 +232,7 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
                   software: dict[str, Any] | None = None,
                   movie_shape_yx: tuple[int, int] | None = None,
                   replaced_pixels: ReplacedPixels | None = None,
+                  dose_counted: dict[str, Any] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the JSON-serialisable ``motion.json`` record of one corrected movie.
 
@@ -250,6 +251,9 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
     frame_doses_e_A2 : ndarray, shape (frames_in_movie,)
         Dose of every frame in the file, thrown/truncated ones included.
     pre_exposure_e_A2 : float
+    dose_counted : dict, optional
+        The dose per frame the frames count (:meth:`correction.dose_counts.DoseCount.to_record`);
+        written as ``dose.counted``.
     outputs : dict
         Output kind (``sum``, ``dw``, ``even``, ``odd``, ``motion``) -> file name.
     timings_s : dict
@@ -298,6 +302,7 @@ def motion_record(*, movie: str, shape_yx: tuple[int, int], pixel_size_A: float,
             "per_frame_e_A2": [_r(d, 6) for d in doses],
             "pre_exposure_e_A2": float(pre_exposure_e_A2),
             "total_e_A2": _r(doses.sum(), 6),
+            **({"counted": dict(dose_counted)} if dose_counted else {}),
         },
         "drift": {k: (_r(v) if isinstance(v, float) else v) for k, v in drift.as_dict().items()},
         "outputs": dict(outputs),

@@ -143,6 +143,7 @@ class Dispatcher:
         self._gain_warned = False
         self._pattern_warned = False
         self._advice_warned: set[str] = set()  # the kinds of alignment advice said
+        self._dose_warned = False  # a dose far from the frames' counts said
         self._replaced_warned = False
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
@@ -291,6 +292,7 @@ class Dispatcher:
                 self._check_detector_pattern(outcome.record, log)
                 self._check_replaced_pixels(outcome.record, log)
                 self._check_alignment_advice(outcome.record, log)
+                self._check_dose_count(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
@@ -344,6 +346,16 @@ class Dispatcher:
         self._pattern_warned = True
         log.warning("detector_pattern", reason=check.get("message"),
                     note="said once per run; each movie's record has its detector_pattern")
+
+    def _check_dose_count(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run when a movie's frames count a dose far from the one it was given
+        (:mod:`correction.dose_counts`)."""
+        mismatch = ((record.get("dose") or {}).get("counted") or {}).get("mismatch")
+        if not mismatch or self._dose_warned:
+            return
+        self._dose_warned = True
+        log.warning("dose_mismatch", reason=mismatch, movie=record.get("movie"),
+                    note="said once per run; each movie's record has dose.counted")
 
     def _check_alignment_advice(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run and kind when a movie's alignment the data may not support (too
