@@ -361,7 +361,9 @@ class SeriesSummary:
     """A series as the metadata describes it now.
 
     ``listed_movies``: movie names the metadata lists (sections with a ``SubFramePath``);
-    ``tilts``: (movie or None, tilt_deg, dose_e_A2 or None) in acquisition order.
+    ``tilts``: (movie or None, tilt_deg, dose_e_A2 or None) in acquisition order;
+    ``unlisted_dose_e_A2``: exposures SerialEM's ``PriorRecordDose`` counts that the mdoc does
+    not list (a retaken tilt's discarded one), which irradiated the specimen all the same (e/Å²).
     """
 
     name: str
@@ -371,6 +373,16 @@ class SeriesSummary:
     tilts: tuple[tuple[str | None, float | None, float | None], ...]
     order_source: str
     warnings: tuple[str, ...] = ()
+    unlisted_dose_e_A2: float = 0.0
+
+    @property
+    def accumulated_dose_e_A2(self) -> float | None:
+        """The dose the specimen has received from the series so far (e/Å²): every tilt's,
+        and the unlisted exposures'; None while a tilt's dose is unknown."""
+        doses = [d for _, _, d in self.tilts]
+        if not doses or any(d is None for d in doses):
+            return None
+        return float(sum(doses)) + self.unlisted_dose_e_A2
 
 
 @dataclass(frozen=True, slots=True)
@@ -803,7 +815,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                                f"({dwarn[-1] if dwarn else 'unknown'}): pre-exposure unknown")
             else:
                 running += dose
-        summaries[name] = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn)
+        summaries[name] = _summary(name, src, mdoc_path, ordered, order_source, doses, swarn,
+                                   unlisted_e_A2=sum(jump[1] for jump in jumps.values()))
     return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
                       series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings),
                       no_dose=no_dose, discarded=discarded)
@@ -842,13 +855,15 @@ def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | N
 
 
 def _summary(name: str, src: str, mdoc_path: str | None, ordered: list[_Tilt], order_source: str,
-             doses: list[float | None], swarn: list[str]) -> SeriesSummary:
+             doses: list[float | None], swarn: list[str], *,
+             unlisted_e_A2: float = 0.0) -> SeriesSummary:
     doses = doses or [None] * len(ordered)
     return SeriesSummary(
         name=name, match_source=src, mdoc_path=mdoc_path,
         listed_movies=frozenset(t.movie for t in ordered if t.movie is not None),
         tilts=tuple((t.movie, t.tilt_deg, d) for t, d in zip(ordered, doses)),
-        order_source=order_source, warnings=tuple(dict.fromkeys(swarn)))
+        order_source=order_source, warnings=tuple(dict.fromkeys(swarn)),
+        unlisted_dose_e_A2=float(unlisted_e_A2))
 
 
 def _frame_section(fm: MdocFile | None) -> TiltSection | None:

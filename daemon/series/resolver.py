@@ -217,7 +217,7 @@ def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     return mdoc_path.with_name(name + ".openTS"), mdoc_path.with_name(series + ".openTS")
 
 
-_INFO_KEYS = ("expected_tilts", "mdoc", "folder")
+_INFO_KEYS = ("expected_tilts", "mdoc", "folder", "listed_movies")
 
 
 def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) -> str:
@@ -299,8 +299,8 @@ def _is_eer(path: Path) -> bool:
 def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ledger's JSON of a series: its state, its stacks and, for ``motionwatch status``,
-    ``expected_tilts`` (tilts its mdoc lists; None without one), ``mdoc`` and ``folder`` (where
-    its stacks are assembled)."""
+    ``expected_tilts`` (tilts its mdoc lists; None without one), ``listed_movies`` (their movies'
+    names below the watch folder), ``mdoc`` and ``folder`` (where its stacks are assembled)."""
     return {"status": state.status, "generation": state.generation, "lock_seen": state.lock_seen,
             "assembled_movies": sorted(state.assembled_movies), "reason": state.reason,
             "assembled_rows": sorted([m, i, f] for m, (i, f) in state.assembled_rows),
@@ -435,15 +435,16 @@ class TiltSeriesResolver:
     def _emit(self, kind: SeriesEventKind, name: str,
               stacks: Mapping[str, str] | None = None) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
-        n_done, n_failed = self._view.done_and_failed(name)
+        listed = summary.listed_movies \
+            if summary is not None and summary.match_source == "series_mdoc" else None
+        n_done, n_failed = self._view.done_and_failed(name, listed)
         n_expected = dose = None
         mdoc = None
         if summary is not None:
             if summary.match_source == "series_mdoc":
                 n_expected = len(summary.tilts)
                 mdoc = summary.mdoc_path
-            doses = [d for _, _, d in summary.tilts]
-            dose = sum(doses) if doses and all(d is not None for d in doses) else None
+            dose = summary.accumulated_dose_e_A2
         self._ctx.emit(SeriesEvent(kind, name, n_expected, n_done, n_failed, dose, mdoc,
                                    dict(stacks or {})))
 
@@ -936,8 +937,10 @@ class TiltSeriesResolver:
         if folder_of is not None:
             folder = str(output_dir_for(folder_of, watch_dir=ctx.watch_dir,
                                         out_dir=ctx.out_dir) / split_qualified(name)[1])
-        info = {"expected_tilts": len(summary.tilts) if summary.match_source == "series_mdoc"
-                else None, "mdoc": summary.mdoc_path, "folder": folder}
+        from_mdoc = summary.match_source == "series_mdoc"
+        info = {"expected_tilts": len(summary.tilts) if from_mdoc else None,
+                "mdoc": summary.mdoc_path, "folder": folder,
+                "listed_movies": sorted(summary.listed_movies) if from_mdoc else None}
         if self._info.get(name) != info:
             self._info[name] = info
             self._persist(name, state)

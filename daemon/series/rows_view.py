@@ -74,6 +74,7 @@ class RowsView:
         self._paths_named: dict[str, set[str]] = {}  # name -> its paths (one, but for a
         # database that holds both a relative and an absolute path of one movie)
         self._counts: dict[str, list[int]] = {}  # series -> [rows done, failed or quarantined]
+        self._members: dict[str, set[str]] = {}  # series -> paths of the rows that name it
         self.rows_read = 0  # rows whose facts were read (for tests and profiles)
         self._touched: set[str] = set()  # names whose row was read or forgotten since taken
 
@@ -98,10 +99,19 @@ class RowsView:
         touched, self._touched = self._touched, set()
         return touched
 
-    def done_and_failed(self, series: str) -> tuple[int, int]:
-        """(rows done, rows failed or quarantined) whose log context names ``series``."""
-        done, failed = self._counts.get(series, (0, 0))
-        return done, failed
+    def done_and_failed(self, series: str, listed: frozenset[str] | None = None
+                        ) -> tuple[int, int]:
+        """(rows done, rows failed or quarantined) whose log context names ``series``; with
+        ``listed``, only those of the movies so named (the tilts its mdoc lists now: a retaken
+        tilt's discarded movie, corrected as a tilt before the mdoc dropped it, is no longer
+        one of them)."""
+        if listed is None:
+            done, failed = self._counts.get(series, (0, 0))
+            return done, failed
+        rows = [self._facts[path] for path in self._members.get(series, ())]
+        rows = [facts.row for facts in rows if facts.observation.name in listed]
+        return (sum(row.status == "done" for row in rows),
+                sum(row.status in ("failed", "quarantined") for row in rows))
 
     def _read(self, path: str, row: Any) -> None:
         metadata = row.peek_metadata()  # one decoding for both fields, not kept
@@ -114,7 +124,7 @@ class RowsView:
             self.observations[path] = observation
         self.path_of_name[observation.name] = path
         self._paths_named.setdefault(observation.name, set()).add(path)
-        self._count(facts, +1)
+        self._count(path, facts, +1)
         self.rows_read += 1
         self._touched.add(observation.name)
 
@@ -129,11 +139,16 @@ class RowsView:
             del self._paths_named[name], self.path_of_name[name]
         elif self.path_of_name[name] == path:  # the name stays, with another of its paths
             self.path_of_name[name] = max(paths)
-        self._count(facts, -1)
+        self._count(path, facts, -1)
 
-    def _count(self, facts: _RowFacts, sign: int) -> None:
+    def _count(self, path: str, facts: _RowFacts, sign: int) -> None:
         if facts.series is None:
             return
+        members = self._members.setdefault(facts.series, set())
+        if sign > 0:
+            members.add(path)
+        else:
+            members.discard(path)
         counts = self._counts.setdefault(facts.series, [0, 0])
         counts[0] += sign * (facts.row.status == "done")
         counts[1] += sign * (facts.row.status in ("failed", "quarantined"))

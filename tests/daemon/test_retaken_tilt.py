@@ -221,3 +221,39 @@ def test_a_tilt_its_mdoc_no_longer_lists_leaves_the_series_stacks_reassembled_wi
     assert (folder / "aretomo3" / "TS_01.mrc_TLT.txt").read_text() == (
         folder / "TS_01_TLT.txt").read_text()
     assert len((folder / "TS_01_TLT.txt").read_text().splitlines()) == 2
+
+
+def test_while_the_discarded_movie_waits_the_series_counts_only_its_listed_tilts_and_every_dose(
+        tmp_path):
+    """Before the discarded movie is redone on its own (the metadata wait, 60 s here), it was
+    counted as a tilt of its series ("4/3 tilts done" in status and on the feed), and the feed's
+    series dose left out its exposure, which PriorRecordDose counts and the pre-exposures and
+    `motionwatch status` include."""
+    from daemon.commands.status import collect_status
+
+    watch, out, tilts = _session(tmp_path)
+    first = tilts[2]
+    retake_path, retake = _retake(watch, first)
+
+    class SerialEM(ServiceListener):
+        def __init__(self):
+            self.events = []
+
+        def on_series_event(self, event):
+            self.events.append(event)
+            if event.kind == "completed" and not retake_path.exists():
+                shutil.copy(tilts[1].movie.path, retake_path)
+                write_series_mdoc(watch, [tilts[0], tilts[1], retake])
+
+    serialem = SerialEM()
+    _run(watch, out, serialem, wait_s=60.0)
+    assert retake_path.exists()
+    counted = [(e.n_done, e.n_expected) for e in serialem.events if e.n_expected]
+    assert counted and all(done <= expected == 3 for done, expected in counted), counted
+    last = [e for e in serialem.events if e.kind == "completed"][-1]
+    exposures = sum(t.dose_e_A2 for t in tilts) + retake.dose_e_A2  # the first tilt 3 too
+    assert last.n_done == 3
+    assert last.accumulated_dose_e_A2 == pytest.approx(exposures, rel=1e-4)
+    series = collect_status(out / "motionwatch.sqlite")["series"]
+    assert [(s["tilts_done"], s["tilts_expected"]) for s in series] == [(3, 3)]
+    assert series[0]["accumulated_dose_e_A2"] == pytest.approx(exposures, abs=1e-3)
