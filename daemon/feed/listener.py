@@ -124,6 +124,7 @@ def build_publish_listener(config: Config, *, logger: Any = None) -> PublishList
         publisher.close()
         raise ConfigError([f"publisher: {exc} (choose another endpoint with --publish, "
                            f"or --no-publish)"]) from exc
+    publisher.hold_state()  # until on_ready restores what the state database holds
     if logger is not None:
         logger.info("publisher_started", endpoint=publisher.endpoint,
                     session=publisher.session, curve=publish.curve_enabled)
@@ -216,9 +217,13 @@ class PublishListener(ServiceListener):
         """Name the output folder in the feed and rebuild the late joiners' state from the
         state database (read-only), so a restart does not show 'no movies yet'."""
         self.publisher.out_dir = str(info.out_dir)
-        movies, series, errors = restored_state(Path(info.state_dir) / DB_NAME,
-                                                out_dir=Path(info.out_dir))
-        if movies or series or errors:
+        movies: list[dict] = []
+        series: list[dict] = []
+        errors: list[dict] = []
+        try:
+            movies, series, errors = restored_state(Path(info.state_dir) / DB_NAME,
+                                                    out_dir=Path(info.out_dir))
+        finally:  # also answers a state request held (hold_state), whatever happened
             self.publisher.restore(movies, series, errors)
         if movies:
             self._last_movie = movies[-1].get("path")

@@ -298,6 +298,7 @@ class Publisher:
         self._subscriptions = 0
         self._build_errors = 0
         self._closed = False
+        self._state_held = False  # no state sent until restore(): hold_state()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -405,6 +406,14 @@ class Publisher:
             self._put("warning", warning)
         return True
 
+    def hold_state(self) -> None:
+        """Send no ``state`` until :meth:`restore` has seeded it: a subscriber that was
+        connected while the daemon was down (a dashboard left running over a restart) subscribes
+        at the bind, before the state database is read, and was answered with an empty state
+        that nothing replaced. Its request is answered once the state is restored."""
+        with self._lock:
+            self._state_held = True
+
     def restore(self, movies: Iterable[Mapping[str, Any]] = (),
                 series: Iterable[Mapping[str, Any]] = (),
                 errors: Iterable[Mapping[str, Any]] = ()) -> None:
@@ -427,6 +436,9 @@ class Publisher:
             self._put(_RESTORE + "series", dict(body), keep_time=True)
         for body in errors:
             self._put(_RESTORE + "error", dict(body), keep_time=True)
+        with self._lock:
+            self._state_held = False  # after the seeds: the thread sees them first
+        self._wake()
 
     def series(self, event: SeriesEvent, series: str, *, n_done: int, n_failed: int = 0,
                n_expected: int | None = None, accumulated_dose_e_A2: float | None = None,
@@ -550,6 +562,7 @@ class Publisher:
     def _loop(self, sock: zmq.Socket) -> None:
         feed = _Feed(self.config.max_tilts_per_series)
         seq = 0
+        state_asked = False  # a state request not answered yet (held: hold_state)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -577,6 +590,7 @@ class Publisher:
                 self._queue.clear()
                 gap, self._dropped_pending = self._dropped_pending, 0
                 closing = self._closed
+                held = self._state_held
                 self._subscriptions += n_subs
             seq += gap
             sent = 0
@@ -590,7 +604,9 @@ class Publisher:
                     feed.apply(topic, body)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     pass  # an odd body must not stop the socket thread; it was still sent
-            if want_state:
+            state_asked |= want_state
+            if state_asked and not held:
+                state_asked = False
                 seq += 1
                 state = {**feed.snapshot(), "out_dir": self.out_dir,
                          "time": _now_iso(self._clock())}
