@@ -65,6 +65,8 @@ ADMISSION_BUDGET_S = 2.0
 #: one denied is read again as soon as it is readable (a chmod, a share mounted again)
 UNREADABLE_RETRY_S = 60.0
 
+_FOLDERS_REMEMBERED = 10_000  # folders whose last movie's frame count is kept
+
 
 def _series_renamed(old: Path, new: Path, watch_dir: Path
                     ) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -216,6 +218,8 @@ class Admission:
         self._deferred_paths: list[Path] = []
         self._looked: set[tuple[str, int, int]] = set()  # versions admission has looked at
         self._stems = OutputStems()
+        #: folder -> frames of the last movie admitted from it (a movie with fewer waits)
+        self._folder_frames: dict[str, int] = {}
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
@@ -730,20 +734,37 @@ class Admission:
 
     def _short_of_frames(self, obs: Observation, verdict: Verdict, meta: MovieMetadata
                          ) -> str | None:
-        """A wait reason while a movie has fewer frames than its mdoc says (a TIFF whose
-        writer paused between pages looks complete); after the incomplete grace the movie is
-        corrected with the frames it has, with a warning. None: nothing to wait for."""
+        """A wait reason while a movie has fewer frames than its mdoc says or, with no mdoc
+        to say, than the movie admitted before it from its folder (a TIFF, EER or MRC whose
+        writer paused between frames for longer than the settle time is a whole file of fewer
+        frames; it was corrected as it stood, again at every pause, and for good if the writer
+        died); after the incomplete grace the movie is corrected with the frames it has, with
+        a warning. None: nothing to wait for."""
         expected, found = meta.expected_frames, verdict.n_frames
+        folder = str(obs.path.parent)
+        said = "the mdoc says"
+        if not expected and found is not None:
+            expected, said = self._folder_frames.get(folder), "the movie before it here had"
         if not expected or found is None or found >= expected:
+            self._folder_seen(folder, found)
             return None
-        reason = f"the mdoc says {expected} frames, the file has {found} so far"
+        reason = f"{said} {expected} frames, the file has {found} so far"
         if (self._settler.stable_for_s(obs.path) or 0.0) < self.settings.incomplete_grace_s:
             self.report_once(str(obs.path), "movie_incomplete", reason)
             return reason
         self.report_once(str(obs.path), "movie_short_of_frames",
                          f"{reason} after {self.settings.incomplete_grace_s:g} s unchanged: "
                          f"corrected with its {found} frames", level="warning")
+        self._folder_seen(folder, found)
         return None
+
+    def _folder_seen(self, folder: str, frames: int | None) -> None:
+        """Remember the frames of the movie admitted last from ``folder`` (bounded)."""
+        if frames is None:
+            return
+        if len(self._folder_frames) >= _FOLDERS_REMEMBERED and folder not in self._folder_frames:
+            self._folder_frames.clear()
+        self._folder_frames[folder] = frames
 
     def _known_complete(self, obs: Observation) -> Verdict | None:
         """The verdict of a movie version this ledger already found complete (same path, size

@@ -372,6 +372,46 @@ def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_
     assert not any(e.get("event") == "movie_changed" for e in events(log))
 
 
+def test_a_movie_of_no_mdoc_whose_tiff_writer_pauses_waits_for_the_frames_of_the_one_before(
+        tmp_path):
+    """No mdoc says how many frames a single-particle movie has; a TIFF whose writer pauses
+    between pages for longer than the settle time is a whole TIFF of fewer frames. It was
+    corrected with 3 of 6 frames, then again with each page (for good if the writer died).
+    The movie before it in its folder had 6: it waits for them, and is corrected once."""
+    import tifffile
+
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    frames = np.random.default_rng(6).poisson(2.0, (2, 6, *SHAPE)).astype(np.uint8)
+    tifffile.imwrite(watch / "FoilHole_1_Data_1_fractions.tiff", frames[0])
+    paused = watch / "FoilHole_1_Data_2_fractions.tiff"
+    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--incomplete-grace", "60",
+                          "--pixel-size", "1.1")
+    try:
+        wait_for(log, "movie_done", 1)
+        with open(paused, "wb") as fh, tifffile.TiffWriter(fh) as writer:
+            for frame in frames[1, :3]:
+                writer.write(frame, contiguous=False)
+            fh.flush()
+            deadline = time.monotonic() + 60
+            while not any(e.get("event") == "movie_incomplete" and "the movie before it here "
+                          "had 6 frames, the file has 3 so far" in e.get("reason", "")
+                          for e in events(log)):
+                assert time.monotonic() < deadline, "the paused TIFF was not held back"
+                time.sleep(0.05)
+            for frame in frames[1, 3:]:
+                writer.write(frame, contiguous=False)
+        wait_for(log, "movie_done", 2)
+        wait_for_heartbeats(out, 3)  # a redo would follow within a few scans
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert sorted(r["path"] for r in rows(out) if r["status"] == "done") == sorted(
+        str(p) for p in watch.glob("*.tiff"))
+    assert motion(out, paused)["frames"] == 6
+    assert sum(e.get("event") == "movie_done" for e in events(log)) == 2
+
+
 def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_series_early(
         tmp_path):
     """A network share reconnecting (or a mount dropped for seconds) lists the series folder
