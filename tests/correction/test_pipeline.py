@@ -62,6 +62,8 @@ def test_correct_movie_writes_four_float32_mrcs_with_pixel_size_and_a_motion_rec
     assert record["schema"] == "motionwatch.motion/1"
     assert record["frames"] == 8 and record["shape"] == [256, 320]
     assert record["voltage_kV"] == 200 and record["tilt_deg"] == 12.0
+    counted = record["dose"].pop("counted")  # 2 counts per pixel and frame of PIXEL^2 Å^2
+    assert counted == {"per_frame_e_A2": pytest.approx(2.0 / PIXEL**2, rel=0.05)}
     assert record["dose"] == {"per_frame_e_A2": [1.2] * 8, "pre_exposure_e_A2": 3.0,
                               "total_e_A2": pytest.approx(9.6)}
     assert set(record["drift"]) >= {"total_A", "early_A", "late_A", "max_frame_jump_A"}
