@@ -176,9 +176,17 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         done = [_brief(r) for r in ledger.recent("done", last)]
         # a movie corrected after it failed (a retry, a new version) is no longer a failure
         done_since = ledger.done_times()
-        failures = [_brief(r) for status in ("quarantined", "failed")
-                    for r in ledger.recent(status, last + len(done_since))
-                    if not done_since.get(r.key.path, -1.0) >= r.updated][:2 * last]
+        # a file once, by its newest failure (quarantined again under other settings: an
+        # empty or cut file fails alike whatever they are)
+        newest_failure: dict[str, MovieRow] = {}
+        for status in ("quarantined", "failed"):
+            for r in ledger.recent(status, 2 * last + len(done_since)):
+                known = newest_failure.get(r.key.path)
+                if not done_since.get(r.key.path, -1.0) >= r.updated and (
+                        known is None or r.updated > known.updated):
+                    newest_failure[r.key.path] = r
+        failures = [_brief(r) for r in sorted(newest_failure.values(), key=lambda r: r.updated,
+                                              reverse=True)][:2 * last]
         backlog = [_brief(r) for r in ledger.rows(status="pending", limit=last)]
         requeued = _requeued(ledger)
         series = _series(ledger.series_states(), ledger.rows())

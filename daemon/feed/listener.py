@@ -161,9 +161,12 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
             done_paths = {r.key.path: r.updated for r in ledger.rows(status="done")}
     except (FileNotFoundError, sqlite3.Error):
         return [], [], []
+    newest_error = {}  # a file once, by its newest quarantine (again under other settings)
+    for r in quarantined:  # newest first
+        if not done_paths.get(r.key.path, -1.0) >= r.updated:
+            newest_error.setdefault(r.key.path, r)
     errors = [{"path": r.key.path, "reason": " ".join(f"quarantined: {r.error}".split()),
-               "time": _iso(r.updated)}
-              for r in reversed(quarantined) if not done_paths.get(r.key.path, -1.0) >= r.updated]
+               "time": _iso(r.updated)} for r in reversed(list(newest_error.values()))]
     movies: list[dict] = []
     n_done: dict[str, int] = {}
     reached: dict[str, float] = {}  # accumulated dose of each series' tilts (e/Å²)

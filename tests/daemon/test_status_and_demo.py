@@ -315,3 +315,24 @@ def test_status_of_a_running_daemon_counts_the_settled_movies_left_for_admission
             "2 s)") in text
     assert main(["status", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["backlog"]["waiting_for_admission"] == 5000
+
+
+def test_a_file_quarantined_again_under_other_settings_is_one_failure(tmp_path, capsys):
+    """An empty file fails alike whatever the settings: after a change of settings it was
+    quarantined again under the new ones, and status (and a restarted feed's state) listed
+    it twice."""
+    from daemon.feed.listener import restored_state
+
+    with Ledger(tmp_path / "motionwatch.sqlite") as ledger:
+        for fingerprint in ("patches-5", "patches-1"):
+            key = MovieKey("/d/empty.mrc", 0, 1, fingerprint)
+            ledger.add(key)
+            ledger.claim(key)
+            ledger.mark_failed(key, "file is 0 bytes", quarantine=True)
+            time.sleep(0.01)
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [(f["movie"], f["status"]) for f in status["failures"]] == [("/d/empty.mrc",
+                                                                        "quarantined")]
+    _, _, errors = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
+    assert [e["path"] for e in errors] == ["/d/empty.mrc"]
