@@ -8,7 +8,13 @@ whole movie. Used by the daemon's validate stage after the file's size has settl
   at the end, so a file shorter than its header is still being written (or was cut). A file
   longer than its header says also fails: its header is not (yet) the final one.
 * TIFF / EER: every page's IFD is inside the file, the last page's next-IFD pointer is 0 and
-  the last page decodes.
+  the last page decodes, and the file does not end in zeros (64 bytes) unless its first
+  page's data does too: a copy that sizes the file first (Windows over SMB) and stalls leaves zeros
+  at its end, which read as a page chain's end (a zero next-IFD pointer) and as frames' data.
+  Such a file is ``zero_filled``, as an MRC is, and taken as it is after the incomplete grace.
+
+A format's reader failing on a half-written structure (tifffile on a zeroed tag) is an
+incomplete file, not an error of the check (it was a rejection at once).
 
 A file that can be read but has no valid movie header (neither MRC, TIFF nor EER; an MRC header
 with an impossible mode or size; a reference image) is *not a movie*: no amount of waiting will
@@ -108,6 +114,8 @@ def check_complete(path: str | Path) -> Completeness:
         return Completeness(False, exc.reason, None)
     except OSError as exc:
         return Completeness(False, f"cannot read: {exc.strerror or exc}", None, unreadable=True)
+    except Exception as exc:  # noqa: BLE001 - a reader failing on a half-written structure
+        return Completeness(False, f"does not read yet: {type(exc).__name__}: {exc}", None)
 
 
 def _not_a_movie(reason: str) -> Completeness:
@@ -195,7 +203,42 @@ def _check_eer(path: Path) -> Completeness:
             return Completeness(False, exc.reason, n)
         except Exception as exc:  # noqa: BLE001 - any decode failure means not complete
             return Completeness(False, f"last raw frame ({n - 1}) does not decode: {exc}", n)
+        if _ends_in_zeros(path, tif):
+            return _zero_tail(n, "raw EER frames")
     return Completeness(True, f"{n} raw EER frames, last frame decodes", n)
+
+
+#: the end of a TIFF or EER file looked at for zeros: a copy stalled with less than this left
+#: is not seen (a chance of 64 in the size of a frame); the end of a compressed page or of an
+#: IFD is never zeros, an uncompressed frame's last 64 pixels are at 1 count per 2 pixels
+#: 1 in 10^14, and dead rows at its end are zeros in the first page too
+_TAIL_BYTES = 64
+
+
+def _ends_in_zeros(path: Path, tif: Any) -> bool:
+    """Whether the file's last bytes (:data:`_TAIL_BYTES`, at most an eighth of it) are zeros
+    while the end of its first page's data is not (uncompressed frames whose last rows are
+    dead end in zeros in every page)."""
+    size = os.stat(path).st_size
+    tail = max(1, min(_TAIL_BYTES, size // 8))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.pread(fd, tail, size - tail).strip(b"\0"):
+            return False
+        page = tif.pages[0]
+        ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts) if c]
+        if not ends:
+            return True
+        first_end = max(ends)
+        first = min(tail, first_end)
+        return bool(os.pread(fd, first, first_end - first).strip(b"\0"))
+    finally:
+        os.close(fd)
+
+
+def _zero_tail(n: int, what: str) -> Completeness:
+    return Completeness(False, f"{n} {what} read, but the file ends in zeros: still being filled "
+                               "(a copy that sized the file first)?", n, zero_filled=True)
 
 
 def _check_tiff(path: Path) -> Completeness:
@@ -217,4 +260,6 @@ def _check_tiff(path: Path) -> Completeness:
             return Completeness(False, exc.reason, n)
         except Exception as exc:  # noqa: BLE001 - any decode failure means not complete
             return Completeness(False, f"last page ({n - 1}) does not decode: {exc}", n)
+        if _ends_in_zeros(path, tif):
+            return _zero_tail(n, "pages")
     return Completeness(True, f"{n} pages, last page decodes", n)

@@ -84,6 +84,72 @@ def test_tiff_complete_and_cut(tmp_path):
     assert not cut.complete and cut.n_frames < 12
 
 
+def _pre_sized(path, complete: bytes, written: int) -> None:
+    """A copy that sized the file first (Windows over SMB) and has written ``written`` bytes."""
+    path.write_bytes(complete[:written] + bytes(len(complete) - written))
+
+
+@pytest.mark.parametrize("compression", [None, "lzw"])
+def test_a_pre_sized_tiff_filled_up_to_its_last_page_is_not_complete(tmp_path, compression):
+    """The zeros not written yet read as the chain's end (a zero next-IFD pointer) and as the
+    last page's data: the movie was corrected with a part of its last frame missing."""
+    data = np.random.default_rng(1).integers(1, 5, (8, 64, 64)).astype(np.uint8)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, data, compression=compression)
+    complete = path.read_bytes()
+    assert check_complete(path).complete
+    zero_filled = []
+    for written in range(len(complete) // 2, len(complete) - 64, 37):  # the fill's points
+        _pre_sized(path, complete, written)
+        filling = check_complete(path)
+        assert not filling.complete, written
+        if filling.zero_filled:
+            zero_filled.append(written)
+            assert "ends in zeros" in filling.reason
+    assert zero_filled  # the points the page chain and the last page took for complete
+
+
+def test_a_tiff_whose_frames_end_in_dead_rows_is_complete(tmp_path):
+    """Uncompressed frames whose last rows are dead end in zeros in every page, the first too."""
+    data = np.random.default_rng(2).integers(1, 5, (6, 128, 64)).astype(np.uint8)
+    data[:, -100:] = 0
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, data)
+    assert check_complete(path).complete
+
+
+def test_a_pre_sized_eer_filled_up_to_its_last_frame_is_not_complete(tmp_path):
+    from eer_writer import write_eer
+
+    rng = np.random.default_rng(3)
+    raw = [(rng.random((64, 64)) < 0.3).astype(np.uint8) for _ in range(40)]
+    path = write_eer(tmp_path / "m.eer", raw, shape_yx=(64, 64))
+    complete = path.read_bytes()
+    assert check_complete(path).complete
+    for written in range(len(complete) // 2, len(complete) - 64, 23):
+        _pre_sized(path, complete, written)
+        assert not check_complete(path).complete, written
+
+
+def test_a_reader_failing_on_a_half_written_structure_is_incomplete_not_an_error(
+        tmp_path, monkeypatch):
+    """tifffile raises TypeError or IndexError on a zeroed tag: the movie was rejected at
+    once (quarantined) instead of waiting for the copy."""
+    import correction.io.tiff as tiff
+
+    data = np.zeros((4, 32, 32), np.uint8)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, data)
+
+    def zeroed_tag(*args, **kwargs):
+        raise TypeError("int() argument must be a string, not 'tuple'")
+
+    monkeypatch.setattr(tiff, "scan_tiff", zeroed_tag)
+    result = check_complete(path)
+    assert not result.complete and not result.not_a_movie
+    assert "does not read yet: TypeError" in result.reason
+
+
 def test_missing_or_empty_files_are_incomplete_not_errors(tmp_path):
     missing = check_complete(tmp_path / "none.mrc")
     assert not missing.complete and "no such file" in missing.reason
