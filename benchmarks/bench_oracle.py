@@ -17,8 +17,11 @@ Two kinds of movie, both with exactly known motion:
   field is that real exposure; otherwise a stand-in with a cryo-EM-like spectrum is rendered:
   a ``1/k`` amplitude specimen through a 300 kV contrast transfer function (1.5 um defocus,
   Cs 2.7 mm, 7 % amplitude contrast) with a B = 80 A^2 envelope, 7 % relative contrast, Poisson
-  counts at ``--dose`` e/px per frame. NOTE: no real counted exposure could be installed here
-  (PyPI/Debian/npm only), so the default is the stand-in, not real data.
+  counts at ``--dose`` e/px per frame. A real one: ``benchmarks/real_exposure.py`` fetches a
+  K2 counting-mode exposure from PyPI (the only one there) and writes its counts; the dose per
+  frame is then its mean over ``--frames``, and the output adds the field's power over the
+  Poisson level per ring of spatial frequency and, for frames larger than the alignment grid,
+  the oracle on that grid's Fourier crop (the frequencies the estimator is given).
 * ``synthetic``: the project's synthetic movies (:func:`correction.synthetic.render_movie`, 30 %
   contrast, sub-pixel drift, gain and hot pixels), as in ``bench_correct.py``.
 
@@ -39,7 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from correction.align_global import leave_one_out_oracle  # noqa: E402
-from correction.fourier import fast_length, irfft2, radial_frequency_sq, rfft2  # noqa: E402
+from correction.fourier import (fast_length, fourier_crop, irfft2,  # noqa: E402
+                                radial_frequency_sq, rfft2)
 from correction.gain import GainReference, apply_gain  # noqa: E402
 from correction.params import AlignParams, CorrectionParams, DoseParams  # noqa: E402
 from correction.pipeline import correct_frames  # noqa: E402
@@ -138,9 +142,36 @@ def _rms(errors: list[np.ndarray]) -> float:
     return float(np.sqrt(np.nanmean(np.sum(e**2, axis=1))))
 
 
+def power_over_poisson(counts: np.ndarray, edges: tuple[float, ...] = (
+        0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)) -> list[tuple[float, float, float]]:
+    """(ring start, ring end in cycles/pixel, mean power over the mean count) of a counted
+    field: 1 where it holds Poisson noise alone, above 1 where specimen or detector correlation
+    adds power."""
+    field = counts.astype(np.float64)
+    mean = field.mean()
+    power = np.abs(np.fft.rfft2(field - mean)) ** 2 / field.size
+    k = np.sqrt(np.fft.fftfreq(field.shape[0])[:, None] ** 2
+                + np.fft.rfftfreq(field.shape[1])[None, :] ** 2)
+    return [(lo, hi, float(power[(k > lo) & (k <= hi)].mean() / mean))
+            for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def crop_oracle(spectra: np.ndarray, truth: np.ndarray, align_px: int) -> np.ndarray | None:
+    """The oracle on the Fourier crop whose short side is ``align_px`` (shifts in input px);
+    None when the grid is not larger."""
+    ny, nx = spectra.shape[1], 2 * (spectra.shape[2] - 1)
+    if min(ny, nx) <= align_px:
+        return None
+    ratio = align_px / min(ny, nx)
+    out = (2 * int(round(ny * ratio / 2)), 2 * int(round(nx * ratio / 2)))
+    cropped = fourier_crop(spectra, (ny, nx), out)
+    return leave_one_out_oracle(cropped, truth * (out[0] / ny), shape_yx=out) / (out[0] / ny)
+
+
 def run(kind: str, size: int, n_frames: int, seeds: int, dose_e_px: float,
-        field: np.ndarray | None) -> None:
-    est, orc = [], []
+        field: np.ndarray | None, *, field_spectrum: bool = False) -> None:
+    est, orc, orc_crop = [], [], []
+    align_px = AlignParams().align_size_px
     orc_b: dict[float, list[np.ndarray]] = {b: [] for b in ORACLE_BFACTORS_PX2}
     t_align = []
     for seed in range(seeds):
@@ -148,6 +179,8 @@ def run(kind: str, size: int, n_frames: int, seeds: int, dose_e_px: float,
         if kind == "exposure":
             frames, truth = exposure_movie(rng, size, n_frames, dose_e_px, field)
             gain, hot = None, None
+            if field is not None:  # a real exposure: its own dose
+                dose_e_px = float(frames.mean())
         else:
             syn = render_movie(rng, shape_yx=(size, size), n_frames=n_frames,
                                electrons_per_px_per_frame=dose_e_px, pixel_size_A=PIXEL_SIZE_A,
@@ -162,6 +195,9 @@ def run(kind: str, size: int, n_frames: int, seeds: int, dose_e_px: float,
         est.append(_errors(out.shifts_yx_px, truth))
         spectra = padded_spectra(frames, gain, int(np.ceil(np.abs(truth).max())) + 16, hot)
         orc.append(_errors(leave_one_out_oracle(spectra, truth), truth))
+        cropped = crop_oracle(spectra, truth, align_px)
+        if cropped is not None:
+            orc_crop.append(_errors(cropped, truth))
         for b in ORACLE_BFACTORS_PX2:
             orc_b[b].append(_errors(leave_one_out_oracle(spectra, truth, bfactor_px2=b), truth))
         del spectra
@@ -176,6 +212,14 @@ def run(kind: str, size: int, n_frames: int, seeds: int, dose_e_px: float,
           f"   [align {np.median(t_align):.2f} s]")
     print(f"  oracle: matched filter {o:.4f} px; B-factor (px^2) "
           + ", ".join(f"{b:g}: {v:.4f}" for b, v in ob.items()), flush=True)
+    if orc_crop:
+        oc = _rms(orc_crop)
+        print(f"  oracle on the alignment grid's crop ({align_px} px short side): {oc:.4f} px "
+              f"(estimator {e / oc:.2f}x that)", flush=True)
+    if kind == "exposure" and field is not None and field_spectrum:
+        rings = power_over_poisson(field)
+        print("  the field's power over the Poisson level per ring (cycles/px): "
+              + ", ".join(f"{lo:g}-{hi:g}: {r:.3f}" for lo, hi, r in rings), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         for kind in args.kinds:
             t = time.perf_counter()
-            run(kind, size, args.frames, args.seeds, args.dose, field)
+            run(kind, size, args.frames, args.seeds, args.dose, field,
+                field_spectrum=size == args.sizes[-1])
             print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
     return 0
 
