@@ -66,6 +66,9 @@ ADMISSION_BUDGET_S = 2.0
 UNREADABLE_RETRY_S = 60.0
 
 _FOLDERS_REMEMBERED = 10_000  # folders whose last movie's frame count is kept
+#: a movie of no mdoc waits when it has fewer than this fraction of the frames of the movie
+#: admitted before it from its folder (an EER's raw frames may differ by one or two)
+_FOLDER_FRAMES_SHORT = 0.98
 
 
 def _series_renamed(old: Path, new: Path, watch_dir: Path
@@ -744,7 +747,9 @@ class Admission:
         folder = str(obs.path.parent)
         said = "the mdoc says"
         if not expected and found is not None:
-            expected, said = self._folder_frames.get(folder), "the movie before it here had"
+            usual = self._folder_frames.get(folder)
+            if usual is not None and found < _FOLDER_FRAMES_SHORT * usual:
+                expected, said = usual, "the movie before it here had"
         if not expected or found is None or found >= expected:
             self._folder_seen(folder, found)
             return None

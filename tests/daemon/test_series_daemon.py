@@ -412,6 +412,26 @@ def test_a_movie_of_no_mdoc_whose_tiff_writer_pauses_waits_for_the_frames_of_the
     assert sum(e.get("event") == "movie_done" for e in events(log)) == 2
 
 
+def test_a_movie_a_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_path):
+    """EER exposures of one setting differ by a raw frame or two: within 2 % a movie is not
+    taken for a paused writer's and is corrected at once, not after the incomplete grace."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    rng = np.random.default_rng(7)
+    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
+                          "--incomplete-grace", "60")
+    try:
+        for count, (name, n) in enumerate((("a.mrc", 50), ("b.mrc", 49)), start=1):
+            with mrcfile.new(tmp_path / name) as mrc:
+                mrc.set_data(rng.poisson(1.0, (n, 64, 64)).astype(np.int16))
+            (tmp_path / name).rename(watch / name)
+            wait_for(log, "movie_done", count, timeout_s=30)  # held: 60 s
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert not any(e.get("event") == "movie_incomplete" for e in events(log))
+
+
 def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_series_early(
         tmp_path):
     """A network share reconnecting (or a mount dropped for seconds) lists the series folder
