@@ -210,8 +210,11 @@ class Dispatcher:
             if problem is not None:
                 self._safe(lambda: self._ledger().mark_failed(key, problem, quarantine=True,
                                                               count=False))
-                self._log.warning("movie_quarantined", movie=key.path, reason=problem,
-                                  stage="dispatch")
+                if problem == _CHANGED:  # a file still growing: its new version follows
+                    self._log.info("movie_version_superseded", movie=key.path, reason=problem)
+                else:
+                    self._log.warning("movie_quarantined", movie=key.path, reason=problem,
+                                      stage="dispatch")
                 continue
             stored = metadata_from_json(row.metadata)
             params = cfg.params if stored.dose is None else dataclasses.replace(cfg.params,
@@ -466,5 +469,8 @@ def _stale(key: MovieKey) -> str | None:
     except OSError as exc:
         return f"cannot stat movie: {exc.strerror or exc}"
     if (st.st_size, st.st_mtime_ns) != (key.size, key.mtime_ns):
-        return "movie file changed before correction (the new version is handled separately)"
+        return _CHANGED
     return None
+
+
+_CHANGED = "movie file changed before correction (the new version is handled separately)"

@@ -153,3 +153,25 @@ def test_no_read_ahead_when_the_workers_read_the_files_elsewhere(tmp_path):
         assert len(pool.tasks) == 1 and hints.paths == []
     finally:
         ledger.close()
+
+
+def test_a_movie_that_grew_after_admission_is_superseded_quietly_not_quarantined(tmp_path):
+    """A writer that wrote on after the movie was admitted: that version is set aside for the
+    new one, which is admitted anew. It was logged as a warning, movie_quarantined, which
+    alarms an operator for a movie that will be corrected."""
+    pool, hints = _BusyPool(), _Hints()
+    dispatcher, ledger, movies = _dispatcher(tmp_path, pool, hints)
+    said = []
+    dispatcher._log = SimpleNamespace(
+        info=lambda event, **k: said.append(("info", event)),
+        warning=lambda event, **k: said.append(("warning", event)),
+        error=lambda event, **k: said.append(("error", event)))
+    with open(movies[0], "ab") as fh:
+        fh.write(b"more frames")
+    try:
+        dispatcher.dispatch()
+        assert ("info", "movie_version_superseded") in said
+        assert not [s for s in said if s[0] != "info"]
+        assert [t.movie_path for t in pool.tasks] == [movies[1]]
+    finally:
+        ledger.close()
