@@ -327,6 +327,24 @@ def test_observers_receive_series_started_updated_per_movie_and_completed_with_s
     assert all(Path(p).is_file() for p in last.stacks.values())
 
 
+def _write_pausing_until_held(movie: Path, frames: np.ndarray, log: Path, said: str) -> None:
+    """Write ``movie`` as a TIFF page by page, pausing after 3 pages until the daemon says it
+    waits for more (``movie_incomplete``, its reason starting ``said``), then the rest."""
+    import tifffile
+
+    with open(movie, "wb") as fh, tifffile.TiffWriter(fh) as writer:
+        for frame in frames[:3]:
+            writer.write(frame, contiguous=False)
+        fh.flush()
+        deadline = time.monotonic() + 60
+        while not any(e.get("event") == "movie_incomplete" and e.get("reason", "").startswith(
+                f"{said}, the file has 3 so far") for e in events(log)):
+            assert time.monotonic() < deadline, "the paused TIFF was not held back"
+            time.sleep(0.05)
+        for frame in frames[3:]:
+            writer.write(frame, contiguous=False)
+
+
 def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_section_lists(
         tmp_path):
     """The section of a tilt can be in the series mdoc while its frames are still being saved;
@@ -335,8 +353,6 @@ def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_
     (it was corrected with 3 of 6 frames, published as done, then redone)."""
     import datetime as dt
     from types import SimpleNamespace
-
-    import tifffile
 
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
@@ -351,17 +367,7 @@ def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_
     daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--incomplete-grace", "60",
                           "--pixel-size", "1.1")
     try:
-        with open(movie, "wb") as fh, tifffile.TiffWriter(fh) as writer:
-            for frame in frames[:3]:
-                writer.write(frame, contiguous=False)
-            fh.flush()
-            deadline = time.monotonic() + 60
-            while not any(e.get("event") == "movie_incomplete" and "the mdoc says 6 frames, the "
-                          "file has 3 so far" in e.get("reason", "") for e in events(log)):
-                assert time.monotonic() < deadline, "the paused TIFF was not held back"
-                time.sleep(0.05)
-            for frame in frames[3:]:
-                writer.write(frame, contiguous=False)
+        _write_pausing_until_held(movie, frames, log, "the mdoc says 6 frames")
         wait_for(log, "movie_done", 1)
         wait_for_heartbeats(out, 3)  # a redo would follow within a few scans
     finally:
@@ -389,18 +395,7 @@ def test_a_movie_of_no_mdoc_whose_tiff_writer_pauses_waits_for_the_frames_of_the
                           "--pixel-size", "1.1")
     try:
         wait_for(log, "movie_done", 1)
-        with open(paused, "wb") as fh, tifffile.TiffWriter(fh) as writer:
-            for frame in frames[1, :3]:
-                writer.write(frame, contiguous=False)
-            fh.flush()
-            deadline = time.monotonic() + 60
-            while not any(e.get("event") == "movie_incomplete" and "the movie before it here "
-                          "had 6 frames, the file has 3 so far" in e.get("reason", "")
-                          for e in events(log)):
-                assert time.monotonic() < deadline, "the paused TIFF was not held back"
-                time.sleep(0.05)
-            for frame in frames[1, 3:]:
-                writer.write(frame, contiguous=False)
+        _write_pausing_until_held(paused, frames[1], log, "the movie before it here had 6 frames")
         wait_for(log, "movie_done", 2)
         wait_for_heartbeats(out, 3)  # a redo would follow within a few scans
     finally:
