@@ -8,7 +8,7 @@ whole movie. Used by the daemon's validate stage after the file's size has settl
   at the end, so a file shorter than its header is still being written (or was cut). A file
   longer than its header says also fails: its header is not (yet) the final one.
 * TIFF / EER: every page's IFD is inside the file, the last page's next-IFD pointer is 0 and
-  the last page decodes, and the file does not end in zeros (64 bytes) unless its first
+  the last page decodes, and the file does not end in zeros (4 KiB) unless its first
   page's data does too: a copy that sizes the file first (Windows over SMB) and stalls leaves zeros
   at its end, which read as a page chain's end (a zero next-IFD pointer) and as frames' data.
   Such a file is ``zero_filled``, as an MRC is, and taken as it is after the incomplete grace.
@@ -209,10 +209,11 @@ def _check_eer(path: Path) -> Completeness:
 
 
 #: the end of a TIFF or EER file looked at for zeros: a copy stalled with less than this left
-#: is not seen (a chance of 64 in the size of a frame); the end of a compressed page or of an
-#: IFD is never zeros, an uncompressed frame's last 64 pixels are at 1 count per 2 pixels
-#: 1 in 10^14, and dead rows at its end are zeros in the first page too
-_TAIL_BYTES = 64
+#: is not seen (a chance of 4 KiB in the size of a frame); the end of a compressed page or of
+#: an IFD is never zeros, an uncompressed frame's last 4096 bytes at 0.01 counts per pixel
+#: about 1 in e^40 (64 bytes: 11 of 40 complete low-dose movies waited), and dead rows at its
+#: end are zeros in the first page too
+_TAIL_BYTES = 4096
 
 
 def _ends_in_zeros(path: Path, tif: Any) -> bool:

@@ -161,7 +161,10 @@ def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
     gain's reciprocal, fits clearly better than the gain as given
     (:mod:`correction.gain_orientation`); True when said."""
     check = record.get("gain_orientation") or {}
-    if check.get("inverted"):
+    if check.get("inverted") and _gain_applied_as(record) == "reciprocal":
+        advice = ("the gain file was applied as a count image (--eer-gain): give --eer-gain "
+                  "multiplicative; said once per run")
+    elif check.get("inverted"):
         advice = ("give its reciprocal (for an EER movie, --eer-gain reciprocal); said once "
                   "per run")
     elif check.get("clearly_better"):
@@ -172,6 +175,11 @@ def _warn_gain_orientation(movie: Path, record: dict[str, Any]) -> bool:
     print(f"motionwatch: {movie}: warning: {check.get('message')}: {advice}",
           file=sys.stderr, flush=True)
     return True
+
+
+def _gain_applied_as(record: dict[str, Any]) -> str | None:
+    """How the movie's gain file was applied (``references.gain_applied_as``)."""
+    return (record.get("references") or {}).get("gain_applied_as")
 
 
 def _note_eer_gain(movie: Path, record: dict[str, Any], eer_gain: str) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import REMOVED_SERIES_REASON
+from daemon.series.stored_state import listed_now
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["add_arguments", "run", "collect_status"]
@@ -94,9 +95,7 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
         if not mine and (state.get("moved_to") or state.get("reason") == REMOVED_SERIES_REASON):
             continue  # its tilts were renamed or redone into another series: a ghost
         reached = [t.pre_exposure_e_A2 + t.dose_e_A2 for _, t in mine]
-        listed = state.get("listed_movies")
-        if isinstance(listed, list):  # a retaken tilt's discarded movie is no tilt of it now
-            mine = [(r, t) for r, t in mine if _named_in(r.key.path, listed)]
+        mine = [(r, t) for r, t in mine if listed_now(state, r.key.path)]
         stacks = state.get("stacks") or {}
         folder = state.get("folder")
         if folder is None and stacks.get("sum"):
@@ -111,11 +110,6 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
             "stack_folder": folder, "stacks": stacks, "mdoc": state.get("mdoc"),
             "reason": state.get("reason")})
     return out
-
-
-def _named_in(path: str, names: list[str]) -> bool:
-    """Whether the movie at ``path`` is one of ``names`` (below the watch folder)."""
-    return any(path == name or path.endswith("/" + name) for name in names)
 
 
 def _met_by_another_name(ledger: Ledger, st: os.stat_result, since: float | None) -> bool:

@@ -66,9 +66,10 @@ ADMISSION_BUDGET_S = 2.0
 UNREADABLE_RETRY_S = 60.0
 
 _FOLDERS_REMEMBERED = 10_000  # folders whose last movie's frame count is kept
-#: a movie of no mdoc waits when it has fewer than this fraction of the frames of the movie
-#: admitted before it from its folder (an EER's raw frames may differ by one or two)
-_FOLDER_FRAMES_SHORT = 0.98
+#: a movie of no mdoc waits when it has fewer frames than the movie admitted before it from
+#: its folder by more than 2 frames and this fraction (an EER's raw frames may differ by one
+#: or two, a K3 movie may drop one)
+_FOLDER_FRAMES_SLACK = 0.02
 
 
 def _series_renamed(old: Path, new: Path, watch_dir: Path
@@ -746,9 +747,10 @@ class Admission:
         expected, found = meta.expected_frames, verdict.n_frames
         folder = str(obs.path.parent)
         said = "the mdoc says"
-        if not expected and found is not None:
-            usual = self._folder_frames.get(folder)
-            if usual is not None and found < _FOLDER_FRAMES_SHORT * usual:
+        if not expected and found is not None and (
+                str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
+            usual = self._folder_frames.get(folder)  # a version recorded before is not news
+            if usual is not None and found < usual - max(2.0, _FOLDER_FRAMES_SLACK * usual):
                 expected, said = usual, "the movie before it here had"
         if not expected or found is None or found >= expected:
             self._folder_seen(folder, found)

@@ -336,8 +336,11 @@ class Dispatcher:
         self._gain_warned = True
         fit = inverted or check.get("best") or {}
         flags = f"--gain-rotate {fit.get('rot_gain')} --gain-flip {fit.get('flip_gain')}"
-        log.warning("gain_orientation_suspect", reason=check.get("message"),
-                    fits=f"the reciprocal of the gain file, {flags}" if inverted else flags,
+        if inverted:  # the file as a multiplier, if it was taken as a count image (eer_gain)
+            counts = (record.get("references") or {}).get("gain_applied_as") == "reciprocal"
+            flags = (f"the gain file as a multiplier (eer_gain multiplicative), {flags}"
+                     if counts else f"the reciprocal of the gain file, {flags}")
+        log.warning("gain_orientation_suspect", reason=check.get("message"), fits=flags,
                     note="the flags mean MotionCor2's -RotGain/-FlipGain; said once per run")
 
     def _check_detector_pattern(self, record: dict[str, Any], log: Any) -> None:

@@ -27,6 +27,7 @@ from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, Servi
 from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
 from daemon.feed.messages import DriftRules, movie_message
 from daemon.feed.publisher import PublishConfig, Publisher, PublishError
+from daemon.series.stored_state import listed_now
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
 from daemon.state.ledger import DB_NAME, Ledger
@@ -185,7 +186,9 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
             continue  # outputs removed or a record this version cannot read: leave it out
         body["time"] = _iso(row.finished if row.finished is not None else row.updated)
         movies.append(body)
-        if body.get("series"):
+        state = states.get(body.get("series")) if body.get("series") else None
+        if body.get("series") and listed_now(state if isinstance(state, Mapping) else {},
+                                             row.key.path):
             n_done[body["series"]] = n_done.get(body["series"], 0) + 1
             dose = body.get("dose") or {}
             if dose.get("pre_exposure_e_A2") is not None and dose.get("total_e_A2") is not None:

@@ -407,10 +407,11 @@ class Publisher:
         return True
 
     def hold_state(self) -> None:
-        """Send no ``state`` until :meth:`restore` has seeded it: a subscriber that was
-        connected while the daemon was down (a dashboard left running over a restart) subscribes
-        at the bind, before the state database is read, and was answered with an empty state
-        that nothing replaced. Its request is answered once the state is restored."""
+        """Until :meth:`restore` has seeded the state, answer a subscription with the state so
+        far and again once it is restored: a subscriber that was connected while the daemon
+        was down (a dashboard left running over a restart) subscribes at the bind, before the
+        state database is read, and was answered with an empty state that nothing replaced.
+        (Held back instead, `monitor --once` found no daemon during a long start-up scan.)"""
         with self._lock:
             self._state_held = True
 
@@ -562,7 +563,7 @@ class Publisher:
     def _loop(self, sock: zmq.Socket) -> None:
         feed = _Feed(self.config.max_tilts_per_series)
         seq = 0
-        state_asked = False  # a state request not answered yet (held: hold_state)
+        asked_while_held = False  # the state goes out again once restored (hold_state)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -604,9 +605,10 @@ class Publisher:
                     feed.apply(topic, body)
                 except (KeyError, TypeError, ValueError, AttributeError):
                     pass  # an odd body must not stop the socket thread; it was still sent
-            state_asked |= want_state
-            if state_asked and not held:
-                state_asked = False
+            asked_while_held |= want_state and held
+            if asked_while_held and not held:
+                asked_while_held, want_state = False, True
+            if want_state:
                 seq += 1
                 state = {**feed.snapshot(), "out_dir": self.out_dir,
                          "time": _now_iso(self._clock())}

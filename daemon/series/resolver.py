@@ -71,6 +71,7 @@ from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.partition import PartitionedResolution
 from daemon.series.rows_view import RowsView, recorded_tilt_field, row_series
 from daemon.series.settled import SettledSeries
+from daemon.series.stored_state import LISTED_MOVIES
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
@@ -217,7 +218,7 @@ def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     return mdoc_path.with_name(name + ".openTS"), mdoc_path.with_name(series + ".openTS")
 
 
-_INFO_KEYS = ("expected_tilts", "mdoc", "folder", "listed_movies")
+_INFO_KEYS = ("expected_tilts", "mdoc", "folder", LISTED_MOVIES)
 
 
 def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) -> str:
@@ -940,7 +941,7 @@ class TiltSeriesResolver:
         from_mdoc = summary.match_source == "series_mdoc"
         info = {"expected_tilts": len(summary.tilts) if from_mdoc else None,
                 "mdoc": summary.mdoc_path, "folder": folder,
-                "listed_movies": sorted(summary.listed_movies) if from_mdoc else None}
+                LISTED_MOVIES: sorted(summary.listed_movies) if from_mdoc else None}
         if self._info.get(name) != info:
             self._info[name] = info
             self._persist(name, state)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from eer_writer import write_eer
 
-from correction.dose_counts import FACTOR, check_dose_count
+from correction.dose_counts import ABOVE, check_dose_count
 from correction.params import AlignParams, CorrectionParams, DoseParams, ReadParams
 from correction.pipeline import correct_frames, correct_movie
 from correction.synthetic import render_movie
@@ -20,7 +20,8 @@ def test_counts_over_the_pixel_area_are_the_dose_and_alike_doses_say_nothing():
     count = check_dose_count(1.44, 1.2, 1.0, eer=True)  # 1.44 counts on 1.44 Å²
     assert count.counted_e_A2 == pytest.approx(1.0) and count.mismatch is None
     assert check_dose_count(1.0, 1.0, 0.7, eer=True).mismatch is None  # coincidence loss
-    assert check_dose_count(1.0, 1.0, FACTOR * 0.99, eer=False).mismatch is None
+    assert check_dose_count(1.0, 1.0, ABOVE * 0.99, eer=False).mismatch is None
+    assert check_dose_count(0.36, 1.0, 1.0, eer=False).mismatch is None  # 66°, thick
 
 
 def test_a_dose_given_far_above_the_counts_is_said_for_any_movie():

@@ -79,3 +79,27 @@ def test_the_correct_command_says_an_inverted_gain_is_inverted_not_turned(tmp_pa
     err = capsys.readouterr().err
     assert "the gain looks inverted" in err and "give its reciprocal" in err
     assert "check --gain-rotate" not in err
+
+
+def test_an_eer_multiplier_taken_as_a_count_image_is_told_to_be_multiplicative(tmp_path,
+                                                                               capsys):
+    """A multiplier given with --eer-gain reciprocal looks inverted; the advice was to give its
+    reciprocal with --eer-gain reciprocal, the flag already given."""
+    from eer_writer import write_eer
+
+    from correction.synthetic import gain_pattern
+
+    rng = np.random.default_rng(9)
+    gain = gain_pattern(rng, (256, 256)).astype(np.float32)
+    raw = [(rng.random((256, 256)) < 0.06 / gain).astype(np.uint8) for _ in range(200)]
+    write_eer(tmp_path / "m.eer", raw, shape_yx=(256, 256))
+    with mrcfile.new(tmp_path / "gain.mrc") as mrc:
+        mrc.set_data(gain)
+    status = main(["correct", str(tmp_path / "m.eer"), "--gain", str(tmp_path / "gain.mrc"),
+                   "--eer-gain", "reciprocal", "--eer-group", "40", "--dose-per-frame", "1",
+                   "--pixel-size", "1", "--voltage", "300", "--patches", "1", "1",
+                   "--out", str(tmp_path / "out")])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "the gain looks inverted" in err and "give --eer-gain multiplicative" in err
+    assert "give its reciprocal" not in err

@@ -427,6 +427,35 @@ def test_a_movie_a_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_pat
     assert not any(e.get("event") == "movie_incomplete" for e in events(log))
 
 
+def test_a_short_movie_corrected_before_a_restart_is_not_held_back_again(tmp_path):
+    """After a restart nothing remembers the frames of the movie before it: a version the
+    state already holds is no news (it waited the incomplete grace again and said it was
+    corrected with its frames, though it was not corrected again)."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    rng = np.random.default_rng(8)
+    for name, n in (("a.mrc", 12), ("b.mrc", 6)):
+        with mrcfile.new(tmp_path / name) as mrc:
+            mrc.set_data(rng.poisson(1.0, (n, 64, 64)).astype(np.int16))
+    flags = ("--tilt-series", "off", "--pixel-size", "1.1", "--incomplete-grace", "3",
+             "--exit-when-idle", "1")
+    (tmp_path / "a.mrc").rename(watch / "a.mrc")
+    first = start_daemon(watch, out, log, *flags)
+    try:
+        wait_for(log, "movie_done", 1)
+        (tmp_path / "b.mrc").rename(watch / "b.mrc")  # half the frames of the one before
+        assert first.wait(timeout=60) == 0
+    finally:
+        first.kill()
+    assert [e["event"] for e in events(log) if e.get("event") in (
+        "movie_short_of_frames", "movie_done")] == ["movie_done", "movie_short_of_frames",
+                                                     "movie_done"]
+    seen = len(events(log))
+    assert start_daemon(watch, out, log, *flags).wait(timeout=60) == 0
+    again = [e.get("event") for e in events(log)[seen:]]
+    assert "movie_incomplete" not in again and "movie_short_of_frames" not in again
+
+
 def test_a_series_folder_that_lists_empty_for_a_while_does_not_complete_its_series_early(
         tmp_path):
     """A network share reconnecting (or a mount dropped for seconds) lists the series folder
