@@ -747,9 +747,10 @@ class Admission:
         expected, found = meta.expected_frames, verdict.n_frames
         folder = str(obs.path.parent)
         said = "the mdoc says"
+        # a version the state held at the start is no news, whatever came before it
         if not expected and found is not None and (
                 str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
-            usual = self._folder_frames.get(folder)  # a version recorded before is not news
+            usual = self._folder_frames.get(folder)
             if usual is not None and found < usual - max(2.0, _FOLDER_FRAMES_SLACK * usual):
                 expected, said = usual, "the movie before it here had"
         if not expected or found is None or found >= expected:

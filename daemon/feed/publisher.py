@@ -298,7 +298,7 @@ class Publisher:
         self._subscriptions = 0
         self._build_errors = 0
         self._closed = False
-        self._state_held = False  # no state sent until restore(): hold_state()
+        self._state_held = False  # a state sent before restore() goes again: hold_state()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
