@@ -490,15 +490,6 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     dose_count: DoseCount | None = None
     if params.gain.detect_hot_pixels:
         corrected_sum = sum_raw_frames(used, workers)
-        dark = gain_reference.dark if gain_reference is not None else None
-        raw_mean = frame_mean(corrected_sum, workers) / n \
-            if dark is not None or used.dtype.kind in "iu" else None
-        if dark is None and raw_mean is not None:  # counts: electrons (dose_counts)
-            dose_count = check_dose_count(raw_mean, pixel_size_A,
-                                          float(np.mean(doses_all[first:stop])),
-                                          eer=raw_frames_per_frame is not None)
-            if dose_count.mismatch:
-                warnings.warn(dose_count.mismatch, stacklevel=2)
         if used.dtype.kind == "f":  # a damaged float movie: NaN, Inf or 1e30 pixels are defects
             nonfinite = ~np.isfinite(corrected_sum)
             if nonfinite.any():
@@ -508,6 +499,15 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
             if gross is not None:
                 bad = gross if bad is None else (bad | gross)
                 corrected_sum[gross] = 0.0
+        dark = gain_reference.dark if gain_reference is not None else None
+        raw_mean = frame_mean(corrected_sum, workers) / n \
+            if dark is not None or used.dtype.kind in "iu" else None
+        if dark is None and raw_mean is not None:  # counts: electrons (dose_counts)
+            dose_count = check_dose_count(raw_mean, pixel_size_A,
+                                          float(np.mean(doses_all[first:stop])),
+                                          eer=raw_frames_per_frame is not None)
+            if dose_count.mismatch:
+                warnings.warn(dose_count.mismatch, stacklevel=2)
         if gain_reference is not None:
             if gain_reference.dark is not None:
                 _check_dark_level(raw_mean, gain_reference)
