@@ -17,7 +17,9 @@ not a stuck column; :mod:`correction.pipeline` passes no ``gain``). A line is ho
 mean exceeds the median of the 3 lines on EACH side by more than ``max(sigma, z)`` robust
 spreads of the line means about their neighbours' (``z``: the normal quantile of
 ``false_positives`` over the number of lines, as a Bonferroni bound), dead when it falls below
-both by as much, so an edge of
+both by as much and to less than :data:`DEAD_FRACTION` of them (a dead line reads next to
+nothing; a dark specimen feature along a detector row, a filament with the drift parallel to
+it, stays a feature: a 3-row band at 80 % transmission was taken for a dead row), so an edge of
 the specimen or of the illuminated area, which steps up on one side only, is not one, nor is a
 feature wider than three lines. More than
 :data:`MAX_HOT_FRACTION` of the lines (at least :data:`MAX_HOT_LINES`) standing out is a fixed
@@ -37,10 +39,11 @@ from scipy import special
 
 from .threads import run_chunks
 
-__all__ = ["HotLines", "detect_hot_lines", "MAX_HOT_FRACTION", "MAX_HOT_LINES"]
+__all__ = ["HotLines", "detect_hot_lines", "DEAD_FRACTION", "MAX_HOT_FRACTION", "MAX_HOT_LINES"]
 
 MAX_HOT_FRACTION = 0.01  # more lines than this standing out: a fixed pattern, not hot lines
 MAX_HOT_LINES = 8  # ... and at least this many
+DEAD_FRACTION = 0.5  # a dead line's mean is below this fraction of its neighbours' on each side
 _SIDE_LINES = 3  # neighbouring lines on each side the expected mean is taken from
 _ROWS_PER_CHUNK_PX = 1 << 20  # pixels of the sum read at once
 
@@ -152,7 +155,8 @@ def _outstanding(sums: np.ndarray, counts: np.ndarray, sigma: float, false_posit
         return (), ()
     least = max(sigma, float(-special.ndtri(min(0.5, false_positives / n)))) * spread
     hot = usable & (means - np.maximum(left, right) > least)
-    dead = usable & (np.minimum(left, right) - means > least)
+    dead = usable & (np.minimum(left, right) - means > least) \
+        & (means < DEAD_FRACTION * np.minimum(left, right))
     if int(hot.sum() + dead.sum()) > max(MAX_HOT_LINES, MAX_HOT_FRACTION * n):
         return (), ()  # a pattern of the whole detector, not a few stuck lines
     return (tuple(int(i) for i in np.flatnonzero(hot)),
