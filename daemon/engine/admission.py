@@ -72,6 +72,11 @@ _FOLDERS_REMEMBERED = 10_000  # folders whose last movie's frame count is kept
 _FOLDER_FRAMES_SLACK = 0.02
 
 
+def _frames_slack(frames: int) -> float:
+    """Frames two movies of one exposure setting may differ by."""
+    return max(2.0, _FOLDER_FRAMES_SLACK * frames)
+
+
 def _series_renamed(old: Path, new: Path, watch_dir: Path
                     ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The stored metadata of a movie moved from ``old`` to ``new``: its tilt's series and mdoc
@@ -224,6 +229,9 @@ class Admission:
         self._stems = OutputStems()
         #: folder -> frames of the last movie admitted from it (a movie with fewer waits)
         self._folder_frames: dict[str, int] = {}
+        #: folder -> the movies held for fewer frames (path -> frames): two alike are a
+        #: shorter exposure setting
+        self._held_short: dict[str, dict[str, int]] = {}
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
@@ -747,13 +755,24 @@ class Admission:
         expected, found = meta.expected_frames, verdict.n_frames
         folder = str(obs.path.parent)
         said = "the mdoc says"
+        held = self._held_short.setdefault(folder, {})
         # a version the state held at the start is no news, whatever came before it
         if not expected and found is not None and (
                 str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
             usual = self._folder_frames.get(folder)
-            if usual is not None and found < usual - max(2.0, _FOLDER_FRAMES_SLACK * usual):
-                expected, said = usual, "the movie before it here had"
+            if usual is not None and found < usual - _frames_slack(usual):
+                held[str(obs.path)] = found
+                if any(other != str(obs.path) and abs(n - found) <= _frames_slack(found)
+                       for other, n in held.items()):
+                    # two movies alike: a shorter exposure setting, not a paused writer
+                    self.report_once(folder, "folder_exposure_changed",
+                                     f"movies of {found} frames after {usual}: taken as a "
+                                     "new exposure setting")
+                    self._folder_frames[folder] = found
+                else:
+                    expected, said = usual, "the movie before it here had"
         if not expected or found is None or found >= expected:
+            held.pop(str(obs.path), None)
             self._folder_seen(folder, found)
             return None
         reason = f"{said} {expected} frames, the file has {found} so far"
@@ -763,6 +782,7 @@ class Admission:
         self.report_once(str(obs.path), "movie_short_of_frames",
                          f"{reason} after {self.settings.incomplete_grace_s:g} s unchanged: "
                          f"corrected with its {found} frames", level="warning")
+        held.pop(str(obs.path), None)
         self._folder_seen(folder, found)
         return None
 
@@ -772,6 +792,7 @@ class Admission:
             return
         if len(self._folder_frames) >= _FOLDERS_REMEMBERED and folder not in self._folder_frames:
             self._folder_frames.clear()
+            self._held_short.clear()
         self._folder_frames[folder] = frames
 
     def _known_complete(self, obs: Observation) -> Verdict | None:

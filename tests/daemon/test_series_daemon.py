@@ -427,6 +427,31 @@ def test_a_movie_a_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_pat
     assert not any(e.get("event") == "movie_incomplete" for e in events(log))
 
 
+def test_a_change_to_a_shorter_exposure_holds_its_first_movie_only_until_the_second(tmp_path):
+    """Two movies of the same shorter count are a new exposure setting, not a paused writer:
+    every shorter movie waited for the first one's incomplete grace (120 s by default), and the
+    first said it was corrected short."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    rng = np.random.default_rng(9)
+    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
+                          "--incomplete-grace", "60")
+    try:
+        for count, (name, n) in enumerate((("a.mrc", 20), ("b.mrc", 10), ("c.mrc", 10)),
+                                          start=1):
+            with mrcfile.new(tmp_path / name) as mrc:
+                mrc.set_data(rng.poisson(1.0, (n, 64, 64)).astype(np.int16))
+            (tmp_path / name).rename(watch / name)
+            if count == 1:
+                wait_for(log, "movie_done", 1)
+        wait_for(log, "movie_done", 3, timeout_s=30)  # held: 60 s
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert not any(e.get("event") == "movie_short_of_frames" for e in events(log))
+    assert any(e.get("event") == "folder_exposure_changed" for e in events(log))
+
+
 def test_a_short_movie_corrected_before_a_restart_is_not_held_back_again(tmp_path):
     """After a restart nothing remembers the frames of the movie before it: a version the
     state already holds is no news (it waited the incomplete grace again and said it was
