@@ -407,20 +407,27 @@ def test_a_movie_of_no_mdoc_whose_tiff_writer_pauses_waits_for_the_frames_of_the
     assert sum(e.get("event") == "movie_done" for e in events(log)) == 2
 
 
+_HELD_FOR_200_S = ("--tilt-series", "off", "--pixel-size", "1.1", "--incomplete-grace", "200")
+
+
+def _drop_movie(rng: np.random.Generator, written: Path, watch: Path, n_frames: int) -> None:
+    """A whole MRC of ``n_frames`` counted frames, moved into ``watch`` complete."""
+    with mrcfile.new(written) as mrc:
+        mrc.set_data(rng.poisson(1.0, (n_frames, 64, 64)).astype(np.int16))
+    written.rename(watch / written.name)
+
+
 def test_a_movie_a_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_path):
     """EER exposures of one setting differ by a raw frame or two: within 2 % a movie is not
     taken for a paused writer's and is corrected at once, not after the incomplete grace."""
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(7)
-    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
-                          "--incomplete-grace", "60")
+    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S)
     try:
         for count, (name, n) in enumerate((("a.mrc", 50), ("b.mrc", 49)), start=1):
-            with mrcfile.new(tmp_path / name) as mrc:
-                mrc.set_data(rng.poisson(1.0, (n, 64, 64)).astype(np.int16))
-            (tmp_path / name).rename(watch / name)
-            wait_for(log, "movie_done", count, timeout_s=30)  # held: 60 s
+            _drop_movie(rng, tmp_path / name, watch, n)
+            wait_for(log, "movie_done", count, timeout_s=100)  # held: 200 s
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
@@ -434,17 +441,13 @@ def test_a_change_to_a_shorter_exposure_holds_its_first_movie_only_until_the_sec
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(9)
-    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
-                          "--incomplete-grace", "60")
+    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S)
     try:
-        for count, (name, n) in enumerate((("a.mrc", 20), ("b.mrc", 10), ("c.mrc", 10)),
-                                          start=1):
-            with mrcfile.new(tmp_path / name) as mrc:
-                mrc.set_data(rng.poisson(1.0, (n, 64, 64)).astype(np.int16))
-            (tmp_path / name).rename(watch / name)
-            if count == 1:
-                wait_for(log, "movie_done", 1)
-        wait_for(log, "movie_done", 3, timeout_s=30)  # held: 60 s
+        _drop_movie(rng, tmp_path / "a.mrc", watch, 20)
+        wait_for(log, "movie_done", 1)
+        for name in ("b.mrc", "c.mrc"):
+            _drop_movie(rng, tmp_path / name, watch, 10)
+        wait_for(log, "movie_done", 3, timeout_s=100)  # held: 200 s
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
@@ -459,16 +462,13 @@ def test_a_short_movie_corrected_before_a_restart_is_not_held_back_again(tmp_pat
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(8)
-    for name, n in (("a.mrc", 12), ("b.mrc", 6)):
-        with mrcfile.new(tmp_path / name) as mrc:
-            mrc.set_data(rng.poisson(1.0, (n, 64, 64)).astype(np.int16))
     flags = ("--tilt-series", "off", "--pixel-size", "1.1", "--incomplete-grace", "3",
-             "--exit-when-idle", "1")
-    (tmp_path / "a.mrc").rename(watch / "a.mrc")
+             "--exit-when-idle", "5")
+    _drop_movie(rng, tmp_path / "a.mrc", watch, 12)
     first = start_daemon(watch, out, log, *flags)
     try:
         wait_for(log, "movie_done", 1)
-        (tmp_path / "b.mrc").rename(watch / "b.mrc")  # half the frames of the one before
+        _drop_movie(rng, tmp_path / "b.mrc", watch, 6)  # half the frames of the one before
         assert first.wait(timeout=60) == 0
     finally:
         first.kill()
