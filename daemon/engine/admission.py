@@ -227,7 +227,8 @@ class Admission:
         self._deferred_paths: list[Path] = []
         self._looked: set[tuple[str, int, int]] = set()  # versions admission has looked at
         self._stems = OutputStems()
-        #: folder -> frames of the last movie admitted from it (a movie with fewer waits)
+        #: folder and suffix (``/data/grid1/*.tif``) -> frames of the last movie of that kind
+        #: admitted from it (a movie with fewer waits)
         self._folder_frames: dict[str, int] = {}
         #: folder -> the movies held for fewer frames (path -> frames): two alike are a
         #: shorter exposure setting
@@ -753,7 +754,8 @@ class Admission:
         died); after the incomplete grace the movie is corrected with the frames it has, with
         a warning. None: nothing to wait for."""
         expected, found = meta.expected_frames, verdict.n_frames
-        folder = str(obs.path.parent)
+        # movies of one kind (an EER's raw frames are no MRC's frames) in one folder
+        folder = f"{obs.path.parent}/*{obs.path.suffix.lower()}"
         said = "the mdoc says"
         held = self._held_short.setdefault(folder, {})
         # a version the state held at the start is no news, whatever came before it
@@ -765,7 +767,7 @@ class Admission:
                 if any(other != str(obs.path) and abs(n - found) <= _frames_slack(found)
                        for other, n in held.items()):
                     # two movies alike: a shorter exposure setting, not a paused writer
-                    self.report_once(folder, "folder_exposure_changed",
+                    self.report_once(str(obs.path.parent), "folder_exposure_changed",
                                      f"movies of {found} frames after {usual}: taken as a "
                                      "new exposure setting")
                     self._folder_frames[folder] = found

@@ -455,6 +455,28 @@ def test_a_change_to_a_shorter_exposure_holds_its_first_movie_only_until_the_sec
     assert any(e.get("event") == "folder_exposure_changed" for e in events(log))
 
 
+def test_movies_of_another_kind_in_the_folder_are_not_compared_frame_for_frame(tmp_path):
+    """An EER counts raw frames, an MRC frames: an MRC of 8 frames after an EER of 40 raw
+    frames in the same folder is no paused writer's (it was held for the incomplete grace)."""
+    from eer_writer import write_eer
+
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    rng = np.random.default_rng(10)
+    write_eer(tmp_path / "e.eer", [(rng.random((64, 64)) < 0.2).astype(np.uint8)
+                                   for _ in range(40)], shape_yx=(64, 64))
+    (tmp_path / "e.eer").rename(watch / "e.eer")
+    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S, "--eer-group", "5")
+    try:
+        wait_for(log, "movie_done", 1)
+        _drop_movie(rng, tmp_path / "m.mrc", watch, 8)
+        wait_for(log, "movie_done", 2, timeout_s=100)  # held: 200 s
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert not any(e.get("event") == "movie_incomplete" for e in events(log))
+
+
 def test_a_short_movie_corrected_before_a_restart_is_not_held_back_again(tmp_path):
     """After a restart nothing remembers the frames of the movie before it: a version the
     state already holds is no news (it waited the incomplete grace again and said it was
