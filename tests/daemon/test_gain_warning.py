@@ -72,11 +72,7 @@ def test_the_correct_command_says_an_inverted_gain_is_inverted_not_turned(tmp_pa
         mrc.voxel_size = 1.1
     with mrcfile.new(tmp_path / "counts.mrc") as mrc:
         mrc.set_data((1.0 / syn.gain).astype(np.float32))
-    status = main(["correct", str(tmp_path / "movie.mrc"), "--gain", str(tmp_path / "counts.mrc"),
-                   "--dose-per-frame", "1", "--voltage", "300", "--patches", "1", "1",
-                   "--out", str(tmp_path / "out")])
-    assert status == 0
-    err = capsys.readouterr().err
+    err = _correct_stderr(capsys, tmp_path / "movie.mrc", tmp_path / "counts.mrc")
     assert "the gain looks inverted" in err and "give its reciprocal" in err
     assert "check --gain-rotate" not in err
 
@@ -95,11 +91,16 @@ def test_an_eer_multiplier_taken_as_a_count_image_is_told_to_be_multiplicative(t
     write_eer(tmp_path / "m.eer", raw, shape_yx=(256, 256))
     with mrcfile.new(tmp_path / "gain.mrc") as mrc:
         mrc.set_data(gain)
-    status = main(["correct", str(tmp_path / "m.eer"), "--gain", str(tmp_path / "gain.mrc"),
-                   "--eer-gain", "reciprocal", "--eer-group", "40", "--dose-per-frame", "1",
-                   "--pixel-size", "1", "--voltage", "300", "--patches", "1", "1",
-                   "--out", str(tmp_path / "out")])
-    assert status == 0
-    err = capsys.readouterr().err
+    err = _correct_stderr(capsys, tmp_path / "m.eer", tmp_path / "gain.mrc",
+                          "--eer-gain", "reciprocal", "--eer-group", "40", "--pixel-size", "1")
     assert "the gain looks inverted" in err and "give --eer-gain multiplicative" in err
     assert "give its reciprocal" not in err
+
+
+def _correct_stderr(capsys, movie, gain, *flags: str) -> str:
+    """What ``motionwatch correct`` says on stderr of ``movie`` with ``gain`` (global only)."""
+    status = main(["correct", str(movie), "--gain", str(gain), "--dose-per-frame", "1",
+                   "--voltage", "300", "--patches", "1", "1", "--out",
+                   str(movie.parent / "out"), *flags])
+    assert status == 0
+    return capsys.readouterr().err
