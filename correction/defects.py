@@ -596,7 +596,8 @@ def parse_defect_list(path: str | Path) -> tuple[DefectRect, ...]:
             raise GainReferenceError(
                 path, f"a SerialEM camera defects file (line {number}: {line.strip()!r}), "
                       "which motionwatch does not read: give a defect map image (non-zero = "
-                      "defect) or an 'x y w h' list, in the frames' orientation")
+                      "defect; IMOD's 'clip defectmap' writes one from this file) or an "
+                      "'x y w h' list, in the frames' orientation")
         try:
             x, y, w, h = (int(float(p)) for p in parts)
         except (ValueError, OverflowError):  # OverflowError: inf

@@ -139,7 +139,8 @@ def test_a_serialem_defects_file_is_named_as_such_not_called_malformed(tmp_path)
     path.write_text("CameraSizeX 5760\nCameraSizeY 4092\nRotationAndFlip 0\n"
                     "BadColumns 10 11\nPartialBadColumn 70 1 10 50\n")
     with pytest.raises(GainReferenceError, match=r"defects_K3\.txt: a SerialEM camera defects "
-                                                 r"file \(line 1: 'CameraSizeX 5760'\)"):
+                                                 r"file \(line 1: 'CameraSizeX 5760'\).*"
+                                                 r"IMOD's 'clip defectmap' writes one"):
         read_defect_list(path, (4092, 5760))
 
 
