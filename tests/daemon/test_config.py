@@ -284,6 +284,8 @@ def test_the_example_config_of_the_systemd_unit_is_accepted(tmp_path):
 
     example = Path(__file__).resolve().parents[2] / "systemd" / "motionwatch.toml"
     table = tomllib.loads(example.read_text())
+    # a voltage set here would override every movie's metadata: 200 kV data weighted at 300
+    assert "voltage" not in table
     table.update(watch_dir=str(tmp_path), out=str(tmp_path / "mc"))
     table.pop("gain", None)
     lines = [f"{k} = {json_value(v)}" for k, v in table.items()]
