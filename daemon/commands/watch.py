@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parts' (tilt series, feed, watchdog); :func:`finalize_parser` gives each its TOML key."""
     add_watch_arguments(parser)
     add_engine_arguments(parser)
-    add_correction_arguments(parser)
+    add_correction_arguments(parser, series_mdocs=True)
     add_series_arguments(parser)
     add_feed_arguments(parser)
     add_watchdog_arguments(parser)

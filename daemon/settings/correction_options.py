@@ -41,8 +41,8 @@ def _flip(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: bool = True
-                             ) -> None:
+def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: bool = True,
+                             series_mdocs: bool = False) -> None:
     """Add the correction flags to ``parser`` (in three argument groups).
 
     Parameters
@@ -50,6 +50,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
     parser : argparse.ArgumentParser
     dose_required : bool
         Require one of ``--dose-per-frame`` / ``--total-dose`` at parse time.
+    series_mdocs : bool
+        The command reads tilt-series mdocs (``watch``; ``correct`` reads frame mdocs only):
+        the help names them among the voltage's sources.
     """
     from correction.params import AlignParams
 
@@ -95,9 +98,11 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "from the header")
     mov.add_argument("--voltage", type=float, default=None, metavar="kV",
                      help="acceleration voltage (kV), scales dose weighting; default from the "
-                          "metadata: the tilt's mdoc Voltage (or a frame mdoc's), else the "
-                          "movie header's (FEI MRC), else 300. Given and unlike the metadata "
-                          "by more than 1 kV: used, with a warning")
+                          "metadata: " + ("the tilt's series mdoc Voltage, else " if series_mdocs
+                                          else "") +
+                          "the movie's frame mdoc (S.mrc.mdoc), else EPU's metadata file, else "
+                          "the movie header's (FEI MRC), else 300. Given and unlike the "
+                          "metadata by more than 1 kV: used, with a warning")
     dose = mov.add_mutually_exclusive_group(required=dose_required)
     dose.add_argument("--dose-per-frame", type=float, default=None, metavar="e/Å²",
                       help="dose per frame on the specimen (e/Å²); for EER, per fraction "

@@ -26,6 +26,7 @@ from daemon.events import (Heartbeat, MetadataResolver, MovieEvent, SeriesEvent,
 from daemon.handoff.listener import build_handoff_listener
 from daemon.series.options import resolver_from_config
 from daemon.settings.config import Config
+from daemon.settings.optics import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL_ABERRATION_MM
 from daemon.simulation.movies import simulate_session
 from daemon.simulation.tilt_series import simulate_tilt_series
 from daemon.system.logs import configure_logging
@@ -256,6 +257,9 @@ def _demo_config(watch: Path, out: Path, gain_path: Path, dose_per_frame_e_A2: f
                  **options: Any) -> Config:
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose_per_frame_e_A2),
                               gain=GainParams(gain_path=gain_path))
+    # as `watch` has them (its defaults): every motion record keeps the optics
+    options = {"spherical_aberration": DEFAULT_SPHERICAL_ABERRATION_MM,
+               "amplitude_contrast": DEFAULT_AMPLITUDE_CONTRAST, **options}
     return Config(watch, out, out, params, settle_time_s=0.5, scan_interval_s=0.25,
                   heartbeat_s=0.5, incomplete_grace_s=30.0, log_level="warning",
                   options=options)

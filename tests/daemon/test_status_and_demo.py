@@ -51,6 +51,9 @@ def test_demo_session_corrects_every_simulated_movie_accurately(tmp_path):
               if "shift error" in line]
     assert len(errors) == 2 and max(errors) < 0.2  # px RMS against the rendered truth
     assert (tmp_path / "motioncorr" / "demo_001_DW.mrc").is_file()
+    # the optics go into every motion record, as `watch` writes them (RELION's defaults)
+    record = json.loads((tmp_path / "motioncorr" / "demo_001.motion.json").read_text())
+    assert record["optics"] == {"spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1}
 
 
 def _tilt_movie(db, name, mtime, series, pre, dose=3.0, *, done=True):
