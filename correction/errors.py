@@ -15,6 +15,7 @@ __all__ = [
     "GainReferenceError",
     "MissingPixelSizeError",
     "ParameterError",
+    "ForeignOutputError",
 ]
 
 
@@ -64,3 +65,8 @@ class ParameterError(CorrectionError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(None, reason)
+
+
+class ForeignOutputError(CorrectionError):
+    """An output's name is taken by a file motionwatch did not write (a raw movie, when the
+    output folder is a frames folder): it is never replaced. The path is that file's."""

@@ -4,7 +4,10 @@ Each writer writes to a dotfile in the target folder (``.S.mrc.tmp-<pid>``, invi
 watchers that skip dotfiles), flushes and fsyncs it, renames it over the target with
 ``os.replace`` and fsyncs the folder, so a reader sees either the old file or the complete new
 one, never a partial one. On any error the temporary file is removed and the target is left
-as it was.
+as it was. A target that exists and is a file of a kind detectors write (MRC, TIFF, EER)
+that motionwatch did not write (its marks: the ``motionwatch`` label of its MRC files, the word
+in its TIFFs' description) is never replaced: :class:`~correction.errors.ForeignOutputError`
+(a raw movie of the same name in an output folder that is a frames folder).
 
 :func:`write_output_set` (and :class:`OutputSet`) does the same for a movie's whole set of
 outputs: every file is written and fsynced under its temporary name first (the files of a set
@@ -31,9 +34,11 @@ import mrcfile.dtypes
 import mrcfile.utils
 import numpy as np
 
+from .errors import ForeignOutputError
+
 __all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
            "write_output_set", "OutputSet", "mrc_writer", "json_writer", "temporary_name", "plain",
-           "text_bytes"]
+           "text_bytes", "written_by_motionwatch"]
 
 #: writes one file's whole content to the binary handle it is given
 Writer = Callable[[IO[bytes]], None]
@@ -42,6 +47,13 @@ _LABEL = b"motionwatch"
 _WRITE_THREADS = 4  # files of a set written at once
 _ROW_BLOCK_BYTES = 4 << 20  # rows written (and a cropped image's rows copied) at a time
 _HEADER_BYTES = mrcfile.dtypes.HEADER_DTYPE.itemsize  # 1024: no extended header
+_LABELS_AT, _LABEL_BYTES, _N_LABELS = 224, 80, 10  # the MRC header's text labels
+#: suffixes (lower case) of the files detectors and their software write: an output of such a
+#: name replaces only a file motionwatch wrote
+_GUARDED_MRC = frozenset({".mrc", ".mrcs", ".st", ".ali"})
+_GUARDED_TIFF = frozenset({".tif", ".tiff", ".gain"})
+_GUARDED_OTHER = frozenset({".eer", ".dm4", ".dm3"})  # motionwatch writes none of these
+_TIFF_MARK_BYTES = 64 << 10  # a TIFF's description (tifffile writes it before the pixels)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -62,6 +74,39 @@ def temporary_name(path: str | Path) -> Path:
     daemon removes such files left by a killed process)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def written_by_motionwatch(path: str | Path) -> bool:
+    """Whether the file at ``path`` (which exists) is motionwatch's, as far as an output of
+    its name may replace it: an MRC with the ``motionwatch`` label, a TIFF that names it in its
+    first 64 KiB (its description), any file of a kind detectors do not write (JSON, STAR,
+    text ...). False for an EER or DM file, for a folder, and for a file that cannot be read."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _GUARDED_OTHER:
+        return False
+    if suffix not in _GUARDED_MRC and suffix not in _GUARDED_TIFF:
+        return not path.is_dir()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_BYTES if suffix in _GUARDED_MRC else _TIFF_MARK_BYTES)
+    except OSError:
+        return False
+    if suffix in _GUARDED_TIFF:
+        return _LABEL in head
+    labels = head[_LABELS_AT:_LABELS_AT + _N_LABELS * _LABEL_BYTES]
+    return any(labels[i:i + _LABEL_BYTES].startswith(_LABEL)
+               for i in range(0, len(labels), _LABEL_BYTES))
+
+
+def _refuse_foreign(paths: Sequence[Path]) -> None:
+    """Raise :class:`ForeignOutputError` for the first of ``paths`` that exists and is not
+    motionwatch's (:func:`written_by_motionwatch`), before any is replaced."""
+    for path in paths:
+        if os.path.lexists(path) and not written_by_motionwatch(path):
+            raise ForeignOutputError(path, "an output's name, but not a file motionwatch wrote "
+                                           "(a raw movie? is the output folder a frames "
+                                           "folder?): not replaced")
 
 
 def _write_synced(tmp: Path, write: Writer) -> None:
@@ -98,6 +143,8 @@ def write_output_set(files: Sequence[tuple[str | Path, Writer]]) -> list[Path]:
 
     Raises
     ------
+    ForeignOutputError
+        A name is taken by a file motionwatch did not write (a raw movie): nothing replaced.
     OSError
         A write, fsync or rename failed (``errno`` kept: ``ENOSPC``, ``EDQUOT``, ``EACCES``,
         ``EROFS`` ...). Every temporary is removed; no file of the set was renamed into place
@@ -165,13 +212,15 @@ class OutputSet:
         """Wait for every write and rename the files into place in order; the final paths.
 
         Raises the first failed write's ``OSError`` (every temporary removed), as
-        :func:`write_output_set` does."""
+        :func:`write_output_set` does, or :class:`ForeignOutputError` (nothing replaced) when a
+        name is taken by a file motionwatch did not write."""
         try:
             wait(self._futures, return_when=FIRST_EXCEPTION)
             self._pool.shutdown(wait=True, cancel_futures=True)
             for future in self._futures:
                 if not future.cancelled() and future.exception() is not None:
                     raise future.exception()
+            _refuse_foreign(self._paths)
             for tmp, path in zip(self._temps, self._paths):
                 os.replace(tmp, path)
         except BaseException:

@@ -40,6 +40,7 @@ from correction.write import plain
 
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 from daemon.settings.optics import optics_problems
+from daemon.settings.output_folder import output_folder_problem
 
 __all__ = ["Config", "ConfigError", "Unreachable", "add_watch_arguments", "finalize_parser",
            "load_config", "make_folders"]
@@ -574,9 +575,9 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     if merged.out is not None:
         out_dir = merged.out
         state_dir = merged.state_dir or out_dir
-        if out_dir == watch_dir:
-            problems.append(f"output folder {out_dir} is the watch folder: use a subfolder or "
-                            f"another folder")
+        problem = output_folder_problem(out_dir, watch_dir, merged.movie_patterns)
+        if problem is not None:
+            problems.append(problem)
     scratch_dir = merged.scratch
     for path, what in _written_folders(out_dir, state_dir, scratch_dir):
         _check_dir_creatable(path, what, problems)

@@ -8,8 +8,11 @@ import os
 import mrcfile
 import numpy as np
 import pytest
+import tifffile
 
-from correction.write import write_json_atomic, write_mrc_atomic
+from correction.errors import ForeignOutputError
+from correction.write import (atomic_write, json_writer, write_json_atomic, write_mrc_atomic,
+                              write_output_set, written_by_motionwatch)
 
 
 def test_mrc_image_round_trips_with_pixel_size_and_valid_header(tmp_path):
@@ -112,3 +115,60 @@ def test_unserialisable_json_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         write_json_atomic(tmp_path / "S.motion.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def _raw_movie(path, labels=("SerialEM: Digitized on Krios",)):
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.arange(3 * 8 * 8, dtype=np.int16).reshape(3, 8, 8))
+        for label in labels:
+            mrc.add_label(label)
+    return path.read_bytes()
+
+
+def test_an_output_never_replaces_a_raw_movie_of_its_name(tmp_path):
+    """An output folder that is a frames folder (a typo, a link): the movie stays as it was,
+    the error names it, and no temporary is left."""
+    movie = tmp_path / "TS_01_001_-3.0.mrc"
+    before = _raw_movie(movie)
+    with pytest.raises(ForeignOutputError, match=r"TS_01_001_-3\.0\.mrc: an output's name, but "
+                                                 r"not a file motionwatch wrote"):
+        write_mrc_atomic(movie, np.ones((4, 4), np.float32), pixel_size_A=1.0)
+    assert movie.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [movie.name]
+
+
+def test_no_file_of_a_set_is_replaced_when_one_name_is_a_raw_movie(tmp_path):
+    (tmp_path / "x.mrc").write_bytes(b"old record")  # not an MRC kind: replaced
+    tiff = tmp_path / "x_DW.tif"
+    tifffile.imwrite(tiff, np.zeros((4, 4), np.uint8), description="EPU fractions")
+    with pytest.raises(ForeignOutputError, match="x_DW.tif"):
+        write_output_set([(tmp_path / "x.json", json_writer({"a": 1})),
+                          (tiff, lambda fh: fh.write(b"new"))])
+    assert not (tmp_path / "x.json").exists()  # nothing of the set appeared
+    assert tiff.read_bytes()[:2] in (b"II", b"MM")
+
+
+@pytest.mark.parametrize("suffix", [".eer", ".dm4"])
+def test_a_detector_file_kind_motionwatch_never_writes_is_never_replaced(tmp_path, suffix):
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(b"raw")
+    with pytest.raises(ForeignOutputError):
+        atomic_write(path, lambda fh: fh.write(b"new"))
+    assert path.read_bytes() == b"raw"
+
+
+def test_motionwatch_replaces_its_own_outputs_mrc_and_tiff(tmp_path):
+    image = tmp_path / "S.mrc"
+    write_mrc_atomic(image, np.zeros((4, 4), np.float32), pixel_size_A=1.0)
+    write_mrc_atomic(image, np.ones((4, 4), np.float32), pixel_size_A=1.0)
+    with mrcfile.open(image) as mrc:
+        assert mrc.data.mean() == 1.0
+    gain = tmp_path / "gain.tif"
+    atomic_write(gain, lambda fh: tifffile.imwrite(fh, np.ones((4, 4), np.float32),
+                                                    description="motionwatch: gain"))
+    atomic_write(gain, lambda fh: tifffile.imwrite(fh, np.full((4, 4), 2, np.float32),
+                                                    description="motionwatch: gain"))
+    assert tifffile.imread(gain).mean() == 2.0
+    assert written_by_motionwatch(image) and written_by_motionwatch(gain)
+    _raw_movie(tmp_path / "other.mrc")
+    assert not written_by_motionwatch(tmp_path / "other.mrc")

@@ -267,6 +267,52 @@ def test_output_folder_equal_to_the_watch_folder_is_refused(tmp_path):
         load_config(parse([str(tmp_path), "--out", str(tmp_path), "--dose-per-frame", "1"]))
 
 
+def test_an_output_folder_that_links_to_the_watch_folder_is_refused(tmp_path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "frames")
+    with pytest.raises(ConfigError, match="is the watch folder"):
+        load_config(parse([str(tmp_path / "frames"), "--out", str(tmp_path / "out"),
+                           "--dose-per-frame", "1"]))
+
+
+@pytest.mark.parametrize("out", ["grid1", "grid2/grid1"])
+def test_an_output_folder_holding_raw_movies_is_refused_before_any_is_touched(tmp_path, out):
+    """``watch session/grid2 --out session/grid1`` (a typo): grid1's movies have grid2's names
+    (SerialEM's), so their sums would replace them; ``--out`` below the watch folder, on a
+    grid's frames: those movies would never be watched."""
+    import mrcfile
+    import numpy as np
+
+    (tmp_path / "grid2").mkdir()
+    (tmp_path / "grid2" / "grid1").mkdir()
+    (tmp_path / "grid1").mkdir()
+    for folder in ("grid1", "grid2/grid1"):
+        with mrcfile.new(tmp_path / folder / "TS_01_001_-3.0.mrc") as mrc:
+            mrc.set_data(np.zeros((3, 8, 8), np.int16))
+    watch = tmp_path / "grid2"
+    with pytest.raises(ConfigError, match=r"holds movies \(.*TS_01_001_-3\.0\.mrc\): outputs "
+                                          r"named like them would replace them"):
+        load_config(parse([str(watch), "--out", str(tmp_path / out), "--dose-per-frame", "1"]))
+
+
+def test_an_output_folder_of_motionwatch_outputs_is_accepted(tmp_path):
+    import numpy as np
+
+    from correction.write import write_json_atomic, write_mrc_atomic
+
+    (tmp_path / "frames").mkdir()
+    out = tmp_path / "mc"
+    (out / "TS_01").mkdir(parents=True)
+    write_mrc_atomic(out / "m.mrc", np.zeros((4, 4), np.float32), pixel_size_A=1.0)
+    write_json_atomic(out / "m.motion.json", {})
+    (out / "m_DW.mrc").write_bytes(b"")  # beside its record: not read
+    write_mrc_atomic(out / "TS_01" / "TS_01.mrc", np.zeros((2, 4, 4), np.float32),
+                     pixel_size_A=1.0)  # a stack: its label says whose it is
+    config = load_config(parse([str(tmp_path / "frames"), "--out", str(out),
+                                "--dose-per-frame", "1"]))
+    assert config.out_dir == out
+
+
 def test_the_watch_folder_can_come_from_the_config_file_as_in_the_systemd_unit(tmp_path):
     (tmp_path / "frames").mkdir()
     toml = tmp_path / "c.toml"
