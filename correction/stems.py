@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["MAX_STEM_BYTES", "fit_output_stem"]
+__all__ = ["MAX_STEM_BYTES", "OUTPUT_TAILS", "fit_output_stem", "stems_sharing_an_output"]
 
 #: Longest output stem (bytes): every file named from it, with the longest suffix
 #: (``.spectrum.png``) and as a writer's temporary (``.<name>.tmp-<pid>``, a pid of up to 7
@@ -28,3 +28,25 @@ def fit_output_stem(stem: str) -> str:
     while len(os.fsencode(head)) > _KEPT_BYTES:
         head = head[:-1]
     return f"{head}~{hashlib.sha1(encoded).hexdigest()[:8]}"
+
+
+#: What follows the stem in the name of each file of a movie's outputs: the images and motion
+#: record (:func:`correction.pipeline.output_names`), RELION's motion STAR, the quick-look
+#: pictures (:func:`correction.quicklook.quicklook_names`).
+OUTPUT_TAILS: tuple[str, ...] = (".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".motion.json",
+                                 ".star", ".thumb.png", ".spectrum.png", ".drift.png")
+
+
+def stems_sharing_an_output(stem: str) -> frozenset[str]:
+    """The stems whose outputs and ``stem``'s share a file name, ``stem`` included: ``x`` and
+    ``x_DW`` share ``x_DW.mrc`` (the dose-weighted sum of the one, the sum of the other), so two
+    movies named so must not both get their plain stems in one folder."""
+    shared = {stem}
+    for tail in OUTPUT_TAILS:
+        name = stem + tail
+        for other_tail in OUTPUT_TAILS:
+            if other_tail != tail and name.endswith(other_tail):
+                other = name[:-len(other_tail)]
+                if other:
+                    shared.add(other)
+    return frozenset(shared)

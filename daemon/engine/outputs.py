@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import read_motion_record
-from correction.stems import fit_output_stem
+from correction.stems import fit_output_stem, stems_sharing_an_output
 from daemon.events import SOURCE_KEY, MovieKey
 
 __all__ = ["OutputStems", "movie_stem", "source_identity", "find_adoptable_outputs",
@@ -119,8 +119,10 @@ class OutputStems:
     in one folder never write the same outputs.
 
     A movie gets its plain stem (``x``: the name without its last suffix, as MotionCor2 and RELION
-    name outputs) unless a *different* movie already owns that stem in that output folder; it then
-    gets the stem with its extension (``x_tif``). Owners come from the ledger (each row's stored
+    name outputs) unless a *different* movie already owns that stem in that output folder, or a
+    stem whose outputs share a name with it (``x`` and ``x_DW`` share ``x_DW.mrc``:
+    :func:`correction.stems.stems_sharing_an_output`); it then gets the stem with its extension
+    (``x_tif``, then ``x_tif_2`` ...). Owners come from the ledger (each row's stored
     stem), so the choice survives restarts and never renames outputs already written.
     """
 
@@ -154,8 +156,10 @@ class OutputStems:
         with_ext = f"{plain_stem}_{movie.suffix.lstrip('.').lower()}"
         candidates = (fit_output_stem(c) for c in [plain_stem, with_ext]
                       + [f"{with_ext}_{n}" for n in range(2, 1000)])
+        folder = str(Path(movie).parent)
         for stem in candidates:
-            owner = self._owner.setdefault((str(Path(movie).parent), stem), str(movie))
-            if owner == str(movie):
+            if all(self._owner.get((folder, other), str(movie)) == str(movie)
+                   for other in stems_sharing_an_output(stem)):
+                self._owner[(folder, stem)] = str(movie)
                 return stem
         raise ValueError(f"{movie}: no free output stem in {out_dir}")

@@ -77,3 +77,23 @@ def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_
     _run(watch, out)
     assert validated == ["b.mrc"]
     assert json.loads((out / "b.motion.json").read_text())["frames"] == 4
+
+
+def test_a_movie_named_like_another_movies_dose_weighted_sum_writes_its_own_outputs(tmp_path):
+    """``x``'s dose-weighted sum is ``x_DW.mrc``, the name of ``x_DW``'s plain sum: each record
+    must name images of its own movie, before and after a restart."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("x.mrc", "x_DW.mrc"):
+        write_movie_progressively(watch / name, rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
+                                  pixel_size_A=1.1, frame_interval_s=0)
+    _run(watch, out)
+    records = [json.loads(p.read_text()) for p in out.glob("*.motion.json")]
+    images = [os.path.basename(r["outputs"][k]) for r in records
+              for k in ("sum", "dw", "even", "odd")]
+    assert len(records) == 2 and len(set(images)) == 8, images
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("x*")}
+    _run(watch, out)  # a restart keeps the names and redoes nothing
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("x*")} == before
