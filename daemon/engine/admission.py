@@ -47,7 +47,7 @@ from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, Mov
                            Observation, ScanResult, output_dir_for)
 from daemon.intake.content import content_fingerprint
 from daemon.intake.settle import Settler
-from daemon.intake.validate import TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
+from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
 from daemon.state.codec import StoredMetadata, metadata_to_json
@@ -408,7 +408,8 @@ class Admission:
             obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
             incomplete_grace_s=cfg.incomplete_grace_s, require_frame_mdoc=cfg.require_frame_mdoc)
         if verdict.decision == "wait":
-            self.report_once(str(obs.path), "movie_incomplete", verdict.reason)
+            if verdict.reason != GONE_REASON:  # gone: the next scans say whether it is back
+                self.report_once(str(obs.path), "movie_incomplete", verdict.reason)
             return verdict.reason
         if verdict.decision == "reject":
             return self._reject(obs, verdict)

@@ -11,14 +11,15 @@ that stays incomplete although its size has not changed for ``incomplete_grace_s
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "Verdict", "FrameMdoc", "read_frame_mdoc",
-           "frame_mdoc_path", "validate"]
+__all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "GONE_REASON", "Verdict", "FrameMdoc",
+           "read_frame_mdoc", "frame_mdoc_path", "validate"]
 
 Decision = Literal["ready", "wait", "reject"]
 
@@ -26,6 +27,8 @@ Decision = Literal["ready", "wait", "reject"]
 UNREADABLE = "unreadable after"
 #: How the reason of a full-size MRC whose last frame stayed zeros ends (corrected all the same).
 TAKEN_AS_IT_IS = "taken as it is"
+#: a movie no longer there when validated (a folder moved aside and back): waits, never rejected
+GONE_REASON = "gone from its folder since it was listed (moved or deleted)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,8 @@ def validate(path: Path, *, stable_for_s: float, incomplete_grace_s: float,
     Verdict
     """
     if not path.is_file():
+        if not os.path.lexists(path):  # moved aside or deleted since it was listed: the scans
+            return Verdict("wait", GONE_REASON)  # decide (it may come back, as it was)
         return Verdict("reject", "not a regular file")
     try:
         completeness = check(path)

@@ -73,6 +73,21 @@ def test_a_directory_with_a_movie_name_is_rejected(tmp_path):
     assert (verdict.decision, verdict.reason) == ("reject", "not a regular file")
 
 
+def test_a_movie_gone_when_validated_waits_and_is_ready_when_it_comes_back(tmp_path):
+    """A folder moved aside and back by an operator, between the scan that listed its movies
+    and their validation: before, each was quarantined for good as "not a regular file"."""
+    from daemon.intake.validate import GONE_REASON
+
+    path = tmp_path / "grid2" / "TS_01_001_3.0.mrc"
+    path.parent.mkdir()
+    write_movie_progressively(path, frames(4), pixel_size_A=1.0, sleep=no_sleep)
+    path.parent.rename(tmp_path / "aside")
+    verdict = validate(path, stable_for_s=5, incomplete_grace_s=60)
+    assert (verdict.decision, verdict.reason) == ("wait", GONE_REASON)
+    (tmp_path / "aside").rename(path.parent)
+    assert validate(path, stable_for_s=5, incomplete_grace_s=60).decision == "ready"
+
+
 def test_a_frame_mdoc_that_disagrees_with_the_frame_count_makes_the_movie_wait(tmp_path):
     path = tmp_path / "a.mrc"
     write_movie_progressively(path, frames(4), pixel_size_A=1.0, sleep=no_sleep)
