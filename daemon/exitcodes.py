@@ -9,3 +9,4 @@ UNAVAILABLE = 69  # EX_UNAVAILABLE: a folder or file the configuration names is 
 SOFTWARE = 70  # EX_SOFTWARE: the service crashed (an internal error); systemd restarts it
 CONFIG = 78  # EX_CONFIG: configuration error; systemd must not restart on it
 INTERRUPTED = 130  # stopped by Ctrl-C before finishing
+TERMINATED = 143  # `correct` stopped by SIGTERM before finishing (128 + 15, as a shell reports it)

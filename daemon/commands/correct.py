@@ -2,11 +2,13 @@
 
 For each MOVIE with stem S, writes into --out: S.mrc (aligned sum), S_DW.mrc (dose-weighted),
 S_EVN.mrc and S_ODD.mrc (dose-weighted sums of the even and odd frames) and S.motion.json;
-then RELION's files: S.star of each movie corrected (naming the gain, written as polishing
-reads it, with ``--gain``), ``corrected_micrographs.star`` of every movie in --out (the
-motion STARs of other movies, e.g. the daemon's, are left as they are).
-A movie that fails prints one line ``motionwatch: <file>: <reason>`` on stderr and the others
-are still corrected; the exit status is then 1.
+and RELION's S.star as each is corrected (naming the gain, written as polishing reads it,
+with ``--gain``); at the end, also after Ctrl-C (status 130) or SIGTERM (143),
+``corrected_micrographs.star`` of every movie in --out (the motion STARs of other movies, e.g.
+the daemon's, are left as they are). A movie given twice is corrected once; one corrected
+again overwrites its own outputs. A movie that fails prints one line ``motionwatch: <file>:
+<reason>`` on stderr and the others are still corrected; the exit status is then 1, as it is
+when a RELION file could not be written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -118,34 +121,116 @@ def _warnings_as_lines(movie: Path) -> Iterator[None]:
                 print(f"motionwatch: {movie}: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _distinct_movies(movies: list[Path]) -> list[Path]:
+    """``movies`` without repeats of a file (given twice, by overlapping globs, or through a
+    link): each is corrected once, under its first name."""
+    seen: set[Path] = set()
+    distinct = []
+    for movie in movies:
+        key = movie.resolve()
+        if key not in seen:
+            seen.add(key)
+            distinct.append(movie)
+    return distinct
+
+
 def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
     """Each movie's output stem: its name without the last suffix, or with its extension added
-    (``x_tif``) when an earlier movie of the same run, or the motion record an earlier run left
-    in ``out_dir``, already has that stem for another movie (``x.mrc``), so no two movies write
-    the same outputs (the same movie corrected again overwrites its own); shortened when too
-    long to name files (:func:`correction.stems.fit_output_stem`)."""
-    from correction.stems import fit_output_stem
+    (``x_tif``, then ``x_tif_2`` ...) when that stem, or one whose outputs share a file name with
+    it (``x`` and ``x_DW`` share ``x_DW.mrc``: :func:`correction.stems.stems_sharing_an_output`),
+    is an earlier movie's of the same run or the motion record an earlier run left in
+    ``out_dir`` names another movie, so no two movies write the same outputs. The same movie
+    corrected again overwrites its own outputs: a record that names this file (by any path), or
+    a file of its name that is no longer there (a session moved to an archive), is its own.
+    Shortened when too long to name files (:func:`correction.stems.fit_output_stem`)."""
+    from correction.stems import fit_output_stem, stems_sharing_an_output
 
-    taken: set[str] = set()
+    taken: dict[str, Path] = {}  # stem -> the movie of this run that has it
     stems = {}
     for movie in movies:
         ext = movie.suffix.lstrip(".").lower()
         candidates = (fit_output_stem(c) for c in [movie.stem, f"{movie.stem}_{ext}"]
                       + [f"{movie.stem}_{ext}_{n}" for n in range(2, 1000)])
         stem = next(c for c in candidates
-                    if c not in taken and _recorded_movie(out_dir, c) in (None, movie.resolve()))
-        taken.add(stem)
+                    if all(taken.get(other, movie) == movie
+                           and _owned_by(out_dir, other, movie)
+                           for other in stems_sharing_an_output(c)))
+        taken[stem] = movie
         stems[movie] = stem
     return stems
 
 
+def _owned_by(out_dir: Path, stem: str, movie: Path) -> bool:
+    """Whether ``movie`` may write the outputs of ``stem`` in ``out_dir``: no readable motion
+    record of that stem, or one of this movie (the same file, or a file of its name no longer
+    there)."""
+    recorded = _recorded_movie(out_dir, stem)
+    if recorded is None:
+        return True
+    if recorded.exists():
+        try:
+            return os.path.samefile(recorded, movie)
+        except OSError:
+            return False
+    return recorded.name == movie.name
+
+
 def _recorded_movie(out_dir: Path, stem: str) -> Path | None:
     """The movie whose motion record ``out_dir/stem.motion.json`` is (None: none readable)."""
+    record = _record(out_dir, stem)
     try:
-        recorded = json.loads((out_dir / f"{stem}.motion.json").read_text())["movie"]
-        return Path(recorded).resolve()
-    except (OSError, ValueError, KeyError, TypeError):
+        return Path(record["movie"]).resolve() if record is not None else None
+    except (KeyError, TypeError, ValueError, OSError):
         return None
+
+
+def _record(out_dir: Path, stem: str) -> dict[str, Any] | None:
+    """The motion record ``out_dir/stem.motion.json`` (None: none readable)."""
+    try:
+        record = json.loads((out_dir / f"{stem}.motion.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _daemon_tilt(out_dir: Path, stem: str) -> str | None:
+    """The series of the tilt a ``watch`` daemon corrected under ``stem`` in ``out_dir`` (its
+    record's ``tilt``), or None: ``correct`` does not replace it, which would drop its series'
+    pre-exposure and leave its series' stacks made of the old sums."""
+    record = _record(out_dir, stem)
+    tilt = record.get("tilt") if record is not None else None
+    if isinstance(tilt, dict):
+        return str(tilt.get("series") or "its series")
+    return None
+
+
+def _remove_dead_temporaries(out_dir: Path, stem: str) -> None:
+    """Remove the temporaries of ``stem``'s outputs (``.<name>.tmp-<pid>``) that a process no
+    longer running left (a ``correct`` killed while writing); another running writer's stay."""
+    import glob
+
+    from correction.stems import OUTPUT_TAILS
+
+    for tail in OUTPUT_TAILS:
+        for path in Path(out_dir).glob(f".{glob.escape(stem + tail)}.tmp-*"):
+            pid = path.name.rsplit(".tmp-", 1)[-1]
+            if pid.isdigit() and not _running(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a batch system's time limit, ``timeout``): stop as at Ctrl-C, cleaning up."""
 
 
 def _print_failure(movie: Path, message: str, *, as_json: bool) -> None:
@@ -295,80 +380,127 @@ def run(args: argparse.Namespace) -> int:
                                   "error": f"{movie}: {message}"}), flush=True)
         return exitcodes.CONFIG  # no movie was tried
 
+    movies = _distinct_movies(args.movies)
+    if len(movies) < len(args.movies):
+        print(f"motionwatch: {len(args.movies) - len(movies)} movie(s) given more than once "
+              "(by name, or through a link): each is corrected once", file=sys.stderr)
     failed = 0
-    corrected: list[tuple[Path, dict[str, Any]]] = []  # (motion record path, record)
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
     eer_gain_noted = False  # how the gain file is applied to EER movies, said once per run
     voltage_noted = False  # 300 kV assumed for want of any voltage, said once per run
-    stems = _output_stems(args.movies, Path(args.out))
+    stems = _output_stems(movies, Path(args.out))
+    relion = _RelionFiles(Path(args.out), params, optics)
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
-    # one allocator setting around all the movies: each reuses the memory the one before
-    # freed instead of faulting it in afresh (correction.allocator)
-    with movie_memory_settings():
-        for index, movie in enumerate(args.movies):
-            t0 = time.perf_counter()
-            if index + 1 < len(args.movies):
-                read_ahead.hint(args.movies[index + 1])
-            voltage = movie_voltage(movie, getattr(args, "voltage", None))
-            if voltage.warning:
-                print(f"motionwatch: {movie}: warning: {voltage.warning}", file=sys.stderr,
-                      flush=True)
-            try:
-                with _warnings_as_lines(movie):
-                    result = correct_movie(movie, args.out, _at_voltage(params, voltage.kV),
-                                           gain_reference=gain, stem=stems[movie],
-                                           scratch_dir=args.scratch,
-                                           extra_record={OPTICS_KEY: optics.record(),
-                                                         "voltage_source": voltage.source})
-            except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
-                failed += 1
-                _print_failure(movie, _fail(movie, exc), as_json=args.json)
-                continue
-            _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
-            corrected.append((Path(result.outputs["motion"]), result.record))
-            if voltage.source == "default" and not voltage_noted:  # once corrected at it
-                voltage_noted = True
-                print(f"motionwatch: {movie}: warning: {ASSUMED_VOLTAGE_NOTE}", file=sys.stderr,
-                      flush=True)
-            if not gain_warned:
-                gain_warned = _warn_gain_orientation(movie, result.record)
-            if not eer_gain_noted:
-                eer_gain_noted = _note_eer_gain(movie, result.record, params.gain.eer_gain)
-    read_ahead.close()
-    _write_relion_files(args.out, params, optics, corrected)
-    return exitcodes.SOME_FAILED if failed else exitcodes.OK
+    status = None
+    previous_handler = _terminate_on_sigterm()
+    try:
+        # one allocator setting around all the movies: each reuses the memory the one before
+        # freed instead of faulting it in afresh (correction.allocator)
+        with movie_memory_settings():
+            for index, movie in enumerate(movies):
+                t0 = time.perf_counter()
+                if index + 1 < len(movies):
+                    read_ahead.hint(movies[index + 1])
+                series = _daemon_tilt(Path(args.out), stems[movie])
+                if series is not None:
+                    failed += 1
+                    _print_failure(movie, f"{movie}: a tilt of {series} that motionwatch watch "
+                                          f"corrected into {args.out}: not replaced (motionwatch "
+                                          "retry redoes it in its series)", as_json=args.json)
+                    continue
+                _remove_dead_temporaries(Path(args.out), stems[movie])
+                voltage = movie_voltage(movie, getattr(args, "voltage", None))
+                if voltage.warning:
+                    print(f"motionwatch: {movie}: warning: {voltage.warning}", file=sys.stderr,
+                          flush=True)
+                try:
+                    with _warnings_as_lines(movie):
+                        result = correct_movie(
+                            movie, args.out, _at_voltage(params, voltage.kV),
+                            gain_reference=gain, stem=stems[movie], scratch_dir=args.scratch,
+                            extra_record={OPTICS_KEY: optics.record(),
+                                          "voltage_source": voltage.source})
+                except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
+                    failed += 1
+                    _print_failure(movie, _fail(movie, exc), as_json=args.json)
+                    continue
+                _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
+                relion.corrected(Path(result.outputs["motion"]), result.record)
+                if voltage.source == "default" and not voltage_noted:  # once corrected at it
+                    voltage_noted = True
+                    print(f"motionwatch: {movie}: warning: {ASSUMED_VOLTAGE_NOTE}",
+                          file=sys.stderr, flush=True)
+                if not gain_warned:
+                    gain_warned = _warn_gain_orientation(movie, result.record)
+                if not eer_gain_noted:
+                    eer_gain_noted = _note_eer_gain(movie, result.record, params.gain.eer_gain)
+    except _Terminated:
+        print("motionwatch: terminated (SIGTERM)", file=sys.stderr)
+        status = exitcodes.TERMINATED
+    finally:  # also at Ctrl-C: the movies corrected so far are listed for RELION
+        signal.signal(signal.SIGTERM, previous_handler)
+        read_ahead.close()
+        relion.finish()
+    if status is not None:
+        return status
+    return exitcodes.SOME_FAILED if failed or relion.failed else exitcodes.OK
 
 
-def _write_relion_files(out: Path, params: Any, optics: Any,
-                        corrected: list[tuple[Path, dict[str, Any]]]) -> None:
+def _terminate_on_sigterm() -> Any:
+    """Make SIGTERM stop the run as Ctrl-C does (temporaries removed, the movies corrected so
+    far listed for RELION); the handler it replaces."""
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+class _RelionFiles:
     """RELION's hand-off for this run: the gain as polishing reads it (the daemon's
     :func:`~correction.gain_export.write_relion_gain`, the same file when the daemon already
     wrote this gain into the folder, its own name otherwise; EER movies' a ``.gain``, which
-    RELION does not invert), the motion STAR of each movie
-    corrected now naming it, and ``corrected_micrographs.star`` of every movie in the folder.
-    The motion STARs of other movies (the daemon's, an earlier run's) are left as they are."""
-    from correction.gain_export import write_relion_gain
+    RELION does not invert), the motion STAR of each movie as soon as it is corrected, naming
+    it, and at the end (also after Ctrl-C or SIGTERM) ``corrected_micrographs.star`` of every
+    movie in the folder. The motion STARs of other movies (the daemon's, an earlier run's) are
+    left as they are. ``failed``: a file was not written (said on stderr; the run's status 1)."""
 
-    gain_names: dict[bool, str | None] = {}  # EER movie or not -> the file its STAR names
+    def __init__(self, out: Path, params: Any, optics: Any) -> None:
+        self.out = out
+        self.params = params
+        self.optics = optics
+        self.failed = False
+        self._gain_names: dict[bool, str | None] = {}  # EER movie or not -> the file named
 
-    def gain_name(eer: bool) -> str | None:
-        if params.gain.gain_path is None:
+    def _gain_name(self, eer: bool) -> str | None:
+        from correction.gain_export import write_relion_gain
+
+        if self.params.gain.gain_path is None:
             return None
-        if eer not in gain_names:
-            gain_names[eer] = None
+        if eer not in self._gain_names:
+            self._gain_names[eer] = None
             try:
-                gain = write_relion_gain(out, params.gain, eer=eer)
-                gain_names[eer] = gain.name if gain is not None else None
+                gain = write_relion_gain(self.out, self.params.gain, eer=eer)
+                self._gain_names[eer] = gain.name if gain is not None else None
             except (OSError, ValueError) as exc:
-                print(f"motionwatch: the gain for RELION was not written into {out}: {exc}",
-                      file=sys.stderr)
-        return gain_names[eer]
+                self.failed = True
+                print(f"motionwatch: the gain for RELION was not written into {self.out}: "
+                      f"{exc}", file=sys.stderr)
+        return self._gain_names[eer]
 
-    try:
-        for path, record in corrected:
-            motion = movie_motion(record, path)
-            write_motion_star(motion, gain_name=gain_name(motion.eer_grouping is not None))
-        # every movie corrected into this folder so far (a STAR only where one is missing)
-        write_single_particle_star(out, motion_records_in(out), optics)
-    except (OSError, ValueError) as exc:
-        print(f"motionwatch: RELION files not written: {exc}", file=sys.stderr)
+    def corrected(self, motion_path: Path, record: dict[str, Any]) -> None:
+        """Write the motion STAR of a movie just corrected."""
+        try:
+            motion = movie_motion(record, motion_path)
+            write_motion_star(motion, gain_name=self._gain_name(motion.eer_grouping is not None))
+        except (OSError, ValueError) as exc:
+            self.failed = True
+            print(f"motionwatch: RELION motion STAR not written: {exc}", file=sys.stderr)
+
+    def finish(self) -> None:
+        """Write ``corrected_micrographs.star`` of every movie corrected into the folder so far
+        (a motion STAR only where one is missing)."""
+        try:
+            write_single_particle_star(self.out, motion_records_in(self.out), self.optics)
+        except (OSError, ValueError) as exc:
+            self.failed = True
+            print(f"motionwatch: RELION files not written: {exc}", file=sys.stderr)

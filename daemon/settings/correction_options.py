@@ -111,9 +111,10 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
     dose.add_argument("--total-dose", type=float, default=None, metavar="e/Å²",
                       help="dose of the whole movie (e/Å²), spread evenly over its frames")
     mov.add_argument("--pre-exposure", type=float, default=0.0, metavar="e/Å²",
-                     help="dose the specimen received before this movie (e/Å²; a tilt of a "
-                          "tilt series gets its series' accumulated dose instead) "
-                          "(default %(default)s)")
+                     help="dose the specimen received before this movie (e/Å²" + (
+                         "; a tilt of a tilt series gets its series' accumulated dose instead"
+                         if series_mdocs else "; correct reads no series mdoc: a tilt's "
+                         "accumulated dose is the watch daemon's") + ") (default %(default)s)")
     mov.add_argument("--bin", type=float, default=1.0, metavar="F",
                      help="Fourier binning of the output (e.g. 2 for super-resolution; "
                           "non-integer allowed) (default %(default)s)")

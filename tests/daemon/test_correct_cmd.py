@@ -349,3 +349,119 @@ def test_an_unknown_flag_is_reported_with_the_subcommands_usage(folder, capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: motionwatch correct ")
     assert err.strip().endswith("motionwatch correct: error: unrecognized arguments: --frobnicate")
+
+
+def _star_movies(out):
+    import starfile
+
+    table = starfile.read(out / "corrected_micrographs.star")["micrographs"]
+    return sorted(table["rlnMicrographName"])
+
+
+def test_a_movie_given_twice_or_through_a_link_is_corrected_once_and_listed_once(tmp_path,
+                                                                              capsys):
+    """Overlapping globs, or the frames folder reached by two paths: one output set, one STAR
+    row (two rows are the same particles twice, in both half-sets)."""
+    _movie(tmp_path / "m.mrc", np.random.default_rng(6))
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(tmp_path / "m.mrc"), str(tmp_path / "m.mrc"),
+                 str(tmp_path / "link" / "m.mrc"), *flags]) == 0
+    assert "2 movie(s) given more than once" in capsys.readouterr().err
+    assert main(["correct", str(tmp_path / "link" / "m.mrc"), *flags]) == 0  # a later run
+    assert sorted(p.name for p in out.glob("*.motion.json")) == ["m.motion.json"]
+    assert _star_movies(out) == ["m_DW.mrc"]
+
+
+def test_a_movie_moved_and_corrected_again_into_its_folder_overwrites_its_own_outputs(tmp_path):
+    (tmp_path / "session").mkdir()
+    _movie(tmp_path / "session" / "m.mrc", np.random.default_rng(7))
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(tmp_path / "session" / "m.mrc"), *flags]) == 0
+    (tmp_path / "session").rename(tmp_path / "archive")
+    assert main(["correct", str(tmp_path / "archive" / "m.mrc"), *flags]) == 0
+    assert sorted(p.name for p in out.glob("*.motion.json")) == ["m.motion.json"]
+    assert json.loads((out / "m.motion.json").read_text())["movie"].startswith(
+        str(tmp_path / "archive"))
+
+
+@pytest.mark.parametrize("order", [("x.mrc", "x_DW.mrc"), ("x_DW.mrc", "x.mrc")])
+def test_a_movie_named_like_another_movies_dose_weighted_sum_gets_its_own_outputs(tmp_path,
+                                                                                 order):
+    """``x``'s dose-weighted sum is ``x_DW.mrc``, the name of ``x_DW``'s plain sum: in one run or
+    two, each movie's record must name its own images."""
+    rng = np.random.default_rng(8)
+    for name in order:
+        _movie(tmp_path / name, rng)
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    for name in order:
+        assert main(["correct", str(tmp_path / name), *flags]) == 0
+    records = [json.loads(p.read_text()) for p in out.glob("*.motion.json")]
+    assert len(records) == 2
+    images = [Path(record["outputs"][kind]).name for record in records
+              for kind in ("sum", "dw", "even", "odd")]
+    assert len(set(images)) == 8  # no file is two movies' outputs
+    for record in records:
+        sum_path = out / Path(record["outputs"]["sum"]).name
+        with mrcfile.open(sum_path) as mrc:
+            assert Path(record["movie"]).name.encode() in b"".join(mrc.header.label)
+
+
+def test_correct_into_the_movies_own_folder_never_replaces_a_raw_movie(tmp_path, capsys):
+    movie = _movie(tmp_path / "m.mrc", np.random.default_rng(9))
+    before = movie.read_bytes()
+    status = main(["correct", str(movie), "--out", str(tmp_path), "--dose-per-frame", "1",
+                   "--patches", "1", "1"])
+    assert status == exitcodes.SOME_FAILED
+    err = capsys.readouterr().err
+    assert f"{movie}: an output's name, but not a file motionwatch wrote" in err
+    assert movie.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_the_movies_corrected_before_a_sigterm_are_listed_for_relion_with_their_gain(
+        tmp_path):
+    """A batch system's time limit: status 143, no temporaries, and the movies done so far in
+    corrected_micrographs.star, each with its motion STAR naming the gain."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(10)
+    movies = [str(_movie(tmp_path / f"m{i}.mrc", rng, shape=(512, 512))) for i in range(40)]
+    with mrcfile.new(tmp_path / "gain.mrc") as mrc:
+        mrc.set_data(np.ones((512, 512), np.float32))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.commands.cli", "correct", *movies,
+                             "--out", str(out), "--dose-per-frame", "1", "--gain",
+                             str(tmp_path / "gain.mrc")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.star"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == exitcodes.TERMINATED == 143, err
+    assert "terminated (SIGTERM)" in err
+    assert not list(out.glob(".*tmp-*"))
+    done = sorted(p.name.removesuffix(".motion.json") for p in out.glob("*.motion.json"))
+    assert 1 <= len(done) < len(movies)
+    assert _star_movies(out) == sorted(f"{stem}_DW.mrc" for stem in done)
+    for stem in done:
+        assert "rlnMicrographGainName" in (out / f"{stem}.star").read_text()
+
+
+def test_correct_does_not_replace_a_tilt_the_daemon_corrected_in_its_series(tmp_path, capsys):
+    """Its pre-exposure would drop to 0 and its series' stacks stay made of the old sums."""
+    movie = _movie(tmp_path / "TS_01_001_3.0.mrc", np.random.default_rng(11))
+    out = tmp_path / "motioncorr"
+    out.mkdir()
+    record = {"movie": str(movie), "tilt": {"series": "TS_01", "pre_exposure_e_A2": 6.61}}
+    (out / "TS_01_001_3.0.motion.json").write_text(json.dumps(record))
+    status = main(["correct", str(movie), "--out", str(out), "--dose-per-frame", "1"])
+    assert status == exitcodes.SOME_FAILED
+    assert "a tilt of TS_01 that motionwatch watch corrected" in capsys.readouterr().err
+    assert json.loads((out / "TS_01_001_3.0.motion.json").read_text()) == record
