@@ -63,7 +63,7 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
     OSError
         The file system refuses hard links or the folder is not writable.
     """
-    from correction.write import atomic_write
+    from correction.write import atomic_write, text_bytes
 
     folder = motion.motion_path.parent
     root = output_stem(motion.motion_path)
@@ -78,8 +78,8 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
             made.append(link)
     if made:
         xml = warp_xml_path(motion)
-        payload = WARP_XML.format(
-            folder=xml_escape(str(Path(motion.movie).parent), {'"': "&quot;"})).encode()
+        payload = text_bytes(WARP_XML.format(  # a folder name not in UTF-8: its bytes on disk
+            folder=xml_escape(str(Path(motion.movie).parent), {'"': "&quot;"})))
         atomic_write(xml, lambda fh: fh.write(payload))
         made.append(xml)
     return tuple(made)

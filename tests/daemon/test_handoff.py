@@ -1052,3 +1052,17 @@ def test_watch_names_the_dot_gain_for_eer_movies_and_the_mrc_for_others(tmp_path
     applied = counts if eer_gain == "multiplicative" else counts[valid].mean() / counts
     np.testing.assert_allclose(tifffile.imread(out / "motionwatch_gain.gain"), applied,
                                rtol=1e-5)
+
+
+def test_a_movie_in_a_folder_named_in_another_charset_gets_its_warp_xml(tmp_path):
+    """Warp finds a movie's folder through its ``.xml`` (``DataDirectory``): a folder name that
+    is not UTF-8 is written as its bytes on disk (the xml was not written at all)."""
+    out, config = _single_particle_session(tmp_path, seed=12)
+    raw = b"grille_\xe9t\xe9"
+    folder = os.path.join(os.fsencode(config.watch_dir), raw)
+    os.mkdir(folder)
+    os.rename(config.watch_dir / "spa_1.mrc", os.path.join(folder, b"spa_1.mrc"))
+    _run_single_particle(config)
+    xml = os.path.join(os.fsencode(out), raw, b"spa_1.xml")
+    assert os.path.isfile(xml)
+    assert b'DataDirectory="' + folder + b'"' in open(xml, "rb").read()
