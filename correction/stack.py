@@ -65,6 +65,7 @@ from .mdoc_text import format_mdoc, serialem_datetime
 from .quicklook import (SERIES_QUICKLOOK_KINDS, SeriesTilt, motion_record_beside,
                         write_series_quicklook)
 from .write import atomic_write, mrc_header_bytes, text_bytes
+from .stems import fit_output_stem
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
            "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs", "ARETOMO_FOLDER",
@@ -256,7 +257,8 @@ def aretomo_name(mdoc_name: str) -> str:
     last extension (``TS_01.mrc.mdoc`` -> ``TS_01.mrc``, ``TS_01.mdoc`` -> ``TS_01``), as its
     ``CFileName::GetName`` cuts at the last dot."""
     name = Path(mdoc_name).name
-    return name.rsplit(".", 1)[0] if "." in name else name
+    # shortened, for a name too long to name its files, as output stems are
+    return fit_output_stem(name.rsplit(".", 1)[0] if "." in name else name)
 
 
 def aretomo_tilt_table(ordered: Sequence[StackTilt]) -> str:
@@ -312,6 +314,7 @@ def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Pat
     folder = Path(folder)
     if not name or "/" in name or name in (".", ".."):
         raise ParameterError(f"bad AreTomo3 name {name!r}")
+    series = fit_output_stem(series)
     weighted = folder / f"{series}_DW.mrc"
     main = weighted if weighted.exists() else folder / f"{series}.mrc"
     targets = {".mrc": main, "_TLT.txt": folder / f"{series}_TLT.txt"}
@@ -406,14 +409,15 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
 
     folder = Path(out_dir) / series
     folder.mkdir(parents=True, exist_ok=True)
+    stem = fit_output_stem(series)  # the files' names: shortened as movies' stems are
     stacks: dict[str, Path] = {}
     for k in kinds:
-        path = folder / f"{series}{STACK_KINDS[k]}.mrc"
+        path = folder / f"{stem}{STACK_KINDS[k]}.mrc"
         _stream_stack(path, [Path(t.outputs[k]) for t in ordered], shape_yx, pixel_size_A,
                       (f"{series}: {k} sums sorted by tilt angle",))
         stacks[k] = path
     if exposure_filtered:
-        path = folder / f"{series}_EF.mrc"
+        path = folder / f"{stem}_EF.mrc"
         accumulated = [t.pre_exposure_e_A2 + t.dose_e_A2 for t in ordered]
 
         def ef(i: int, data: np.ndarray) -> np.ndarray:
@@ -425,14 +429,14 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         stacks["exposure_filtered"] = path
 
     tlt_bytes = "".join(f"{a:.2f}\n" for a in angles).encode()
-    tlt_path = folder / f"{series}.tlt"
+    tlt_path = folder / f"{stem}.tlt"
     atomic_write(tlt_path, lambda fh: fh.write(tlt_bytes))
-    rawtlt_path = folder / f"{series}.rawtlt"
+    rawtlt_path = folder / f"{stem}.rawtlt"
     atomic_write(rawtlt_path, lambda fh: fh.write(tlt_bytes))
     aretomo_bytes = aretomo_tilt_table(ordered).encode()
-    aretomo_tlt_path = folder / f"{series}_TLT.txt"
+    aretomo_tlt_path = folder / f"{stem}_TLT.txt"
     atomic_write(aretomo_tlt_path, lambda fh: fh.write(aretomo_bytes))
-    links = [folder / f"{series}.st"]
+    links = [folder / f"{stem}.st"]
     _replace_with_link(stacks["sum"], links[0])
 
     buf = io.StringIO()
@@ -445,7 +449,7 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
                     _fmt(t.pre_exposure_e_A2), _fmt(t.pre_exposure_e_A2 + t.dose_e_A2),
                     t.dose_source, t.order_source, t.movie, _fmt(t.drift_total_A, 3),
                     _fmt(t.prior_record_dose_difference_e_A2)])
-    csv_path = folder / f"{series}.csv"
+    csv_path = folder / f"{stem}.csv"
     csv_bytes = text_bytes(buf.getvalue())  # movie names as they are on disk
     atomic_write(csv_path, lambda fh: fh.write(csv_bytes))
 
@@ -456,8 +460,8 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         payload = text_bytes(text)  # SubFramePath as on disk
         atomic_write(mdoc_path, lambda fh, p=payload: fh.write(p))
         mdoc_paths.append(mdoc_path)
-    links.extend(link_aretomo_inputs(folder, series, aretomo_name or series))
-    pictures = write_series_quicklook(folder, series, [SeriesTilt(
+    links.extend(link_aretomo_inputs(folder, stem, aretomo_name or stem))
+    pictures = write_series_quicklook(folder, stem, [SeriesTilt(
         tilt_deg=t.tilt_deg, image_path=Path(t.outputs.get("dw", t.outputs["sum"])),
         drift_total_A=t.drift_total_A, dose_e_A2=t.dose_e_A2,
         pre_exposure_e_A2=t.pre_exposure_e_A2,
@@ -475,6 +479,7 @@ def series_files(series: str) -> tuple[str, ...]:
     """The names :func:`assemble_series` may write into a series folder (relative to it, its
     AreTomo3 links left out: :func:`remove_series` finds those): the stacks (``S_EF.mrc``
     too), their mdocs, the tilt files, ``S.st``, the table and the pictures."""
+    series = fit_output_stem(series)
     stacks = [f"{series}{suffix}.mrc" for suffix in (*STACK_KINDS.values(), "_EF")]
     return (*stacks, *(f"{name}.mdoc" for name in stacks),
             *(f"{series}{suffix}" for suffix in (".tlt", ".rawtlt", "_TLT.txt", ".st", ".csv")),
@@ -487,7 +492,7 @@ def _aretomo_links(folder: Path, series: str, names: Sequence[str]) -> list[Path
     to its files: a file of that name that is not (AreTomo3's own, the user's) is not ours."""
     ours = [p for p in (folder / name for name in series_files(series)) if p.is_file()]
     links = []
-    for name in dict.fromkeys((*names, series)):
+    for name in dict.fromkeys((*names, fit_output_stem(series))):
         for suffix in _ARETOMO_SUFFIXES:
             for link in (folder / ARETOMO_FOLDER / f"{name}{suffix}", folder / f"{name}{suffix}"):
                 if link.is_file() and not link.is_symlink() and link not in ours and any(

@@ -288,3 +288,24 @@ def test_the_csv_and_stack_mdocs_name_a_movie_not_named_in_utf8_by_its_bytes_on_
     sub_frame_paths = [line for line in res.mdoc_paths[0].read_bytes().splitlines()
                        if line.startswith(b"SubFramePath")]
     assert sub_frame_paths.count(b"SubFramePath = " + raw) == 1
+
+
+def test_a_series_named_near_the_file_name_limit_is_assembled_and_removed(tmp_path):
+    """A series name of 246 bytes (its mdoc 249, legal for SerialEM): its files are named from
+    the name shortened as movies' stems are (before: "File name too long" and no stacks),
+    AreTomo3's links too, and removing the series finds them all."""
+    from correction.stack import aretomo_name
+    from correction.stems import fit_output_stem
+
+    series = "TS_" + "x" * 243
+    tilts, _ = _series(tmp_path, n=3)
+    mdoc = f"{series}.mdoc"
+    res = assemble_series(series, tilts, tmp_path / "out", exposure_filtered=True,
+                          aretomo_name=aretomo_name(mdoc))
+    stem = fit_output_stem(series)
+    assert res.stacks["dw"].name == f"{stem}_DW.mrc" and res.folder.name == series
+    written = _files(res.folder)
+    assert set(series_files(series)) <= written
+    assert all(len(os.fsencode(name.split("/")[-1])) <= 255 - 13 for name in written)
+    removed = remove_series(res.folder, series, aretomo_names=[aretomo_name(mdoc)])
+    assert {p.relative_to(res.folder).as_posix() for p in removed} == written
