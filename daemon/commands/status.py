@@ -27,7 +27,7 @@ from typing import Any
 
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
-from daemon.series.resolution import REMOVED_SERIES_REASON
+from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
 from daemon.series.stored_state import listed_now
 from daemon.series.tilt_record import TiltRecord
 
@@ -279,7 +279,9 @@ def _print_text(status: dict[str, Any]) -> None:
             if s["tilts_failed"]:
                 parts.append(f"{s['tilts_failed']} failed")
             parts.append("dose ?" if dose is None else f"{dose:.1f} e/Å² accumulated")
-            if s["stack_folder"]:
+            if (s["reason"] or "").startswith(ASSEMBLY_FAILED_REASON):
+                parts.append(f"stacks NOT written ({s['reason']})")
+            elif s["stack_folder"]:
                 parts.append(f"stacks in {s['stack_folder']}")
             print(f"  {s['series']}: {s['status']}, " + ", ".join(parts))
 

@@ -90,6 +90,8 @@ DEFAULT_FILENAME_PATTERN = (
     r"(?:_[^/\\]*)?\.(?i:mrc|mrcs|tif|tiff|eer)$")
 
 _STACK_EXTENSIONS = (".mrc", ".st", ".mrcs", ".ali", ".tif", ".tiff")
+#: How a series state's reason begins when its stacks could not be written (status says so).
+ASSEMBLY_FAILED_REASON = "assembly failed"
 #: The state reason of a series whose tilts all went to another (its mdoc renamed, its tilts
 #: redone into another series): its assembled files were removed; ``status`` lists it no more.
 REMOVED_SERIES_REASON = "no tilts left (moved to another series): its assembled files removed"

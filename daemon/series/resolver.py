@@ -75,7 +75,8 @@ from daemon.series.stored_state import LISTED_MOVIES
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
-from daemon.series.resolution import (REMOVED_SERIES_REASON, TILT_NO_DOSE_REASON, MdocObservation,
+from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON,
+                                      TILT_NO_DOSE_REASON, MdocObservation,
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
                                       classify_mdocs, dose_params_of, frame_mdoc_dose,
                                       frame_mdoc_voltage_kV, split_qualified)
@@ -1049,7 +1050,7 @@ class TiltSeriesResolver:
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - recorded; the series re-opens on new movies
-                self._states[name] = replace(state, reason=f"assembly failed: {exc}")
+                self._states[name] = replace(state, reason=f"{ASSEMBLY_FAILED_REASON}: {exc}")
                 self._persist(name, self._states[name])
                 self._log.error("series_assembly_failed", series=name, folder=folder,
                                 error=f"{type(exc).__name__}: {exc}")

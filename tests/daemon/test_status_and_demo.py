@@ -98,6 +98,19 @@ def test_status_lists_tilt_series_with_tilts_done_of_expected_dose_and_stack_fol
     assert series["TS_02"]["accumulated_dose_e_A2"] == 5.0
 
 
+def test_status_says_when_a_completed_series_has_no_stacks(tmp_path, capsys):
+    """Its assembly failed (a full disk, a name too long): before, plain "completed"."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        _tilt_movie(db, "TS_03_000.tif", 30, "TS_03", 0.0)
+        db.set_series_state("TS_03", {
+            "status": "complete", "expected_tilts": 1, "folder": "/o/TS_03", "stacks": {},
+            "reason": "assembly failed: OSError: [Errno 28] No space left on device"})
+    assert main(["status", str(tmp_path)]) == 0
+    assert ("TS_03: completed, 1/1 tilts done, 3.0 e/Å² accumulated, stacks NOT written "
+            "(assembly failed: OSError: [Errno 28] No space left on device)"
+            in capsys.readouterr().out)
+
+
 def test_status_of_a_session_without_tilt_series_has_an_empty_series_list(tmp_path, capsys):
     with Ledger(tmp_path / "motionwatch.sqlite") as db:
         db.add(MovieKey("/d/a.mrc", 10, 1, "f"))
