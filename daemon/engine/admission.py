@@ -221,6 +221,9 @@ class Admission:
         self.resolver_problem: str | None = None
         #: the watched folder could not be listed at the last scan (a share unmounted): why
         self.watch_problem: str | None = None
+        #: folders below the watch folder that the last scan could not list (a grid written by
+        #: another account with a strict umask): their movies are not seen until they can be
+        self.folders_problem: str | None = None
         #: settled movies the last scan left for the next (its admission time was spent): the
         #: service is not idle while there are any
         self.deferred = 0
@@ -287,11 +290,18 @@ class Admission:
         """Handle one scan: report unreadable folders and non-movies, then admit what settled."""
         root = os.path.abspath(self.settings.watch_dir)
         self.watch_problem = None
+        unlisted = []
         for folder, reason in result.errors:
             self.report_once(str(folder), "folder_unreadable", reason, level="warning")
             if os.path.abspath(folder) == root:
                 self.watch_problem = (f"watch folder {self.settings.watch_dir} cannot be listed "
                                       f"({reason}): no movie can arrive (a share unmounted?)")
+            else:
+                unlisted.append((folder, reason))
+        self.folders_problem = None if not unlisted else (
+            f"{len(unlisted)} folder(s) in the watch folder cannot be listed ({unlisted[0][0]}: "
+            f"{unlisted[0][1]}{' ...' if len(unlisted) > 1 else ''}): their movies are not "
+            "seen until they can be (permissions?)")
         for path, reason in result.skipped:
             if (str(path), "skip") not in self._reported:
                 self._reported.add((str(path), "skip"))

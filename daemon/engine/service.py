@@ -220,13 +220,16 @@ class Service:
         watch = self.admission.watch_problem  # outside the daemon too: a restart finds no share
         if watch is not None:
             problems.append(watch)
+        folders = self.admission.folders_problem  # outside too: a grid's permissions
+        if folders is not None:
+            problems.append(folders)
         outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
         # a cluster that does not answer, also before any movie was sent to it (outside too)
         cluster = self._cluster_problem()
         if cluster is not None and outside is None:
             problems.append(cluster)
         ok = not [problem for problem in problems
-                  if problem not in (outside, resolver, cluster, watch)]
+                  if problem not in (outside, resolver, cluster, watch, folders)]
         return Health(ok, tuple(problems), tuple(notes))
 
     def _cluster_problem(self) -> str | None:

@@ -690,6 +690,40 @@ def test_a_watched_folder_gone_makes_the_service_say_so_and_its_return_clears_it
     shutil.rmtree(gone, ignore_errors=True)
 
 
+def test_a_grid_folder_that_cannot_be_listed_is_a_problem_until_it_can(setup, monkeypatch):
+    """A grid written by another account with a strict umask: one folder_unreadable line in
+    the log, then status said healthy, no problem, while its movies sat unseen. Now a problem
+    is listed until the folder reads; its movie is then corrected (no restart, no retry)."""
+    import daemon.intake.discover as discover
+
+    grid = setup.watch_dir / "grid2"
+    grid.mkdir()
+    movie(grid, "b.mrc")
+    movie(setup.watch_dir, "a.mrc")
+    real_scandir = discover.os.scandir
+    denied = {"on": True}
+
+    def scandir(path):
+        if denied["on"] and os.path.abspath(path) == str(grid):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(discover.os, "scandir", scandir)
+    seen: list = []
+
+    def grant_after_a_while(beat):
+        seen.append(beat.health)
+        if len(seen) == 6:
+            denied["on"] = False
+
+    assert run(setup, Beats(grant_after_a_while)) == 0
+    flagged = [h for h in seen if any("1 folder(s) in the watch folder cannot be listed" in p
+                                      and "grid2: Permission denied" in p for p in h.problems)]
+    assert flagged and all(h.ok for h in flagged)
+    assert not any("cannot be listed" in p for p in seen[-1].problems)
+    assert {n: r.status for n, r in rows(setup).items()} == {"a.mrc": "done", "b.mrc": "done"}
+
+
 def test_a_file_system_without_locks_is_said_at_start(setup, monkeypatch):
     """NFS without lockd, some FUSE shares: flock fails with ENOLCK and the folders cannot be
     locked, so nothing keeps a second daemon out. That was silent; now it is logged once."""
