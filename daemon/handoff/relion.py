@@ -410,19 +410,30 @@ def _not_utf8(value: Any) -> bool:
     return False
 
 
+#: First characters that make RELION's STAR reader take a value for something else: before a
+#: loop's first row, a line starting with ``_`` is a label and one starting with ``;`` or ``#``
+#: is skipped (``MetaDataTable::readStarLoop``); a value so named (a folder ``_a/``) is quoted.
+_STAR_SPECIAL_FIRST = ("_", ";", "#")
+
+
+def _needs_quotes(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(_STAR_SPECIAL_FIRST)
+
+
 def _shield_names(blocks: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``blocks`` with each text that is not UTF-8 replaced by a plain token (``starfile`` maps
-    cells through pandas' Arrow-backed strings, which refuse it), and the text of each token."""
+    """``blocks`` with each text that is not UTF-8 (``starfile`` maps cells through pandas'
+    Arrow-backed strings, which refuse it) or that must be quoted (:data:`_STAR_SPECIAL_FIRST`)
+    replaced by a plain token, and the text of each token."""
     import pandas as pd
 
     names: dict[str, str] = {}
 
     def shield(value: Any) -> Any:
-        if not _not_utf8(value):
+        if not (_not_utf8(value) or _needs_quotes(value)):
             return value
         token = f"@motionwatch-name-{len(names)}@"
         # starfile quotes a text with a space; the token has none, so quote it here
-        names[token] = f'"{value}"' if " " in value else value
+        names[token] = f'"{value}"' if " " in value or _needs_quotes(value) else value
         return token
 
     shielded: dict[str, Any] = {}

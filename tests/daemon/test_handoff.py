@@ -1066,3 +1066,18 @@ def test_a_movie_in_a_folder_named_in_another_charset_gets_its_warp_xml(tmp_path
     xml = os.path.join(os.fsencode(out), raw, b"spa_1.xml")
     assert os.path.isfile(xml)
     assert b'DataDirectory="' + folder + b'"' in open(xml, "rb").read()
+
+
+def test_a_name_starting_as_a_star_label_or_comment_is_quoted(tmp_path):
+    """Folders ``_a/`` and ``;x/``: RELION's reader takes a row starting ``_a/...`` for a label
+    and one starting ``;`` for a comment; quoted, the rows read as rows."""
+    out, config = _single_particle_session(tmp_path, seed=13)
+    for folder, name in (("_a", "spa_0.mrc"), (";x", "spa_1.mrc")):
+        (config.watch_dir / folder).mkdir()
+        os.rename(config.watch_dir / name, config.watch_dir / folder / name)
+    _run_single_particle(config)
+    lines = (out / "corrected_micrographs.star").read_text().splitlines()
+    rows = [line for line in lines if "_DW.mrc" in line]
+    assert len(rows) == 2 and not any(row.startswith(("_", ";")) for row in rows), rows
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographName"]) == [";x/spa_1_DW.mrc", "_a/spa_0_DW.mrc"]
