@@ -90,6 +90,13 @@ def is_temporary_name(name: str) -> bool:
     return name.startswith((".", "~", "#")) or lower.endswith(_TEMP_SUFFIXES)
 
 
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -318,8 +325,8 @@ def _list_folder(folder: Path, listing: list[os.DirEntry], key: tuple[int, int, 
     folder_control = _control_character(os.path.relpath(folder, root))  # once per folder
     for entry in listing:
         name = entry.name
-        if is_temporary_name(name):
-            continue
+        if is_temporary_name(name) and (name.startswith(".") or not _is_folder(entry)):
+            continue  # a folder named like a writer's temporary (``#2``, ``~old``) is looked in
         lower = name.lower()
         is_movie = is_movie_name(lower) is not None
         try:

@@ -27,6 +27,17 @@ def test_ordinary_names_are_not_temporary(name):
     assert not is_temporary_name(name)
 
 
+def test_movies_in_folders_named_like_temporaries_are_found_but_not_in_hidden_ones(tmp_path):
+    """``#2/``, ``~old/``, ``x.tmp/``: folders a user names so, not writers' temporary files;
+    their movies were skipped without a word."""
+    for folder in ("#2", "~old", "run.tmp", "grid.part"):
+        touch(tmp_path / folder / "m.mrc")
+    touch(tmp_path / ".snapshot" / "m.mrc")
+    touch(tmp_path / "#2" / "m.mrc.part")
+    found = sorted(o.path.relative_to(tmp_path).as_posix() for o in scan(tmp_path).observations)
+    assert found == ["#2/m.mrc", "grid.part/m.mrc", "run.tmp/m.mrc", "~old/m.mrc"]
+
+
 def test_scan_finds_movies_recursively_in_acquisition_order_and_skips_temporaries(tmp_path):
     touch(tmp_path / "grid1" / "b.tif", mtime_ns=2_000_000_000)
     touch(tmp_path / "a.mrc", mtime_ns=3_000_000_000)
