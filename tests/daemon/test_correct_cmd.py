@@ -432,9 +432,9 @@ def test_the_movies_corrected_before_a_sigterm_are_listed_for_relion_with_their_
     import time
 
     rng = np.random.default_rng(10)
-    movies = [str(_movie(tmp_path / f"m{i}.mrc", rng, shape=(512, 512))) for i in range(40)]
+    movies = [str(_movie(tmp_path / f"m{i}.mrc", rng, shape=(256, 256))) for i in range(40)]
     with mrcfile.new(tmp_path / "gain.mrc") as mrc:
-        mrc.set_data(np.ones((512, 512), np.float32))
+        mrc.set_data(np.ones((256, 256), np.float32))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "daemon.commands.cli", "correct", *movies,
                              "--out", str(out), "--dose-per-frame", "1", "--gain",
