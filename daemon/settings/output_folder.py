@@ -29,9 +29,11 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
                           movie_patterns: Sequence[str]) -> str | None:
     """Why ``out_dir`` cannot take the outputs (one line), or None.
 
-    It is the watch folder (also through a link), or it holds a file a movie pattern matches
-    that motionwatch did not write (:func:`~correction.write.written_by_motionwatch`; a sum
-    beside its motion record is not read)."""
+    It is the watch folder (also through a link), or it holds a movie: a file a movie pattern
+    matches, of two frames or more, that motionwatch did not write
+    (:func:`~correction.write.written_by_motionwatch`; a sum beside its motion record is not
+    read). A single image there (a gain reference kept with the outputs) is no reason to
+    refuse: the writer never replaces it either."""
     try:
         same = watch_dir is not None and out_dir.resolve() == watch_dir.resolve()
     except OSError:
@@ -42,7 +44,7 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
     for read, path in enumerate(_movies_in(out_dir, movie_patterns)):
         if read >= _MAX_READS:
             break  # outputs of motionwatch so far: the writer guards the rest
-        if not written_by_motionwatch(path):
+        if not written_by_motionwatch(path) and _frames(path) >= 2:
             return (f"output folder {out_dir} holds movies ({path}): outputs named like them "
                     "would replace them, and movies there are not watched; give the outputs a "
                     "folder of their own")
@@ -84,3 +86,13 @@ def _movies_in(folder: Path, patterns: Sequence[str]) -> Iterator[Path]:
             if f"{stem}.motion.json" in names:
                 continue  # a sum beside its record: motionwatch's
             yield Path(entry.path)
+
+
+def _frames(path: Path) -> int:
+    """Frames the file holds as its format says (0 when it reads as no movie)."""
+    from correction.io.complete import check_complete
+
+    try:
+        return int(check_complete(path).n_frames or 0)
+    except Exception:  # noqa: BLE001 - unreadable here: not known to be a movie
+        return 0

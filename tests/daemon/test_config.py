@@ -296,6 +296,7 @@ def test_an_output_folder_holding_raw_movies_is_refused_before_any_is_touched(tm
 
 
 def test_an_output_folder_of_motionwatch_outputs_is_accepted(tmp_path):
+    import mrcfile
     import numpy as np
 
     from correction.write import write_json_atomic, write_mrc_atomic
@@ -308,6 +309,9 @@ def test_an_output_folder_of_motionwatch_outputs_is_accepted(tmp_path):
     (out / "m_DW.mrc").write_bytes(b"")  # beside its record: not read
     write_mrc_atomic(out / "TS_01" / "TS_01.mrc", np.zeros((2, 4, 4), np.float32),
                      pixel_size_A=1.0)  # a stack: its label says whose it is
+    with mrcfile.new(out / "gain.mrc") as mrc:  # a gain kept with the outputs: one image
+        mrc.set_data(np.ones((8, 8), np.float32))
+    (out / "notes.tif").write_text("not a TIFF")
     config = load_config(parse([str(tmp_path / "frames"), "--out", str(out),
                                 "--dose-per-frame", "1"]))
     assert config.out_dir == out
