@@ -290,8 +290,8 @@ def test_an_output_folder_holding_raw_movies_is_refused_before_any_is_touched(tm
         with mrcfile.new(tmp_path / folder / "TS_01_001_-3.0.mrc") as mrc:
             mrc.set_data(np.zeros((3, 8, 8), np.int16))
     watch = tmp_path / "grid2"
-    with pytest.raises(ConfigError, match=r"holds movies \(.*TS_01_001_-3\.0\.mrc\): outputs "
-                                          r"named like them would replace them"):
+    with pytest.raises(ConfigError, match=r"holds movies \(.*TS_01_001_-3\.0\.mrc\), where the "
+                                          r"outputs of movies of the same names would go"):
         load_config(parse([str(watch), "--out", str(tmp_path / out), "--dose-per-frame", "1"]))
 
 
@@ -315,6 +315,26 @@ def test_an_output_folder_of_motionwatch_outputs_is_accepted(tmp_path):
     config = load_config(parse([str(tmp_path / "frames"), "--out", str(out),
                                 "--dose-per-frame", "1"]))
     assert config.out_dir == out
+
+
+def test_an_output_folder_with_other_programs_results_or_the_frames_inside_is_accepted(tmp_path):
+    """The README's next steps write AreTomo3's volumes into TS_01/aretomo/ and RELION's jobs
+    into the project (the output folder), and a RELION project may hold its frames folder:
+    none is where an output goes, so a restart is not refused (78 is never restarted)."""
+    import mrcfile
+    import numpy as np
+
+    project = tmp_path / "PROJ"
+    volume = np.zeros((4, 8, 8), np.float32)
+    for path in (project / "frames" / "TS_01_000_0.0.mrc",
+                 project / "TS_01" / "aretomo" / "TS_01.mrc_Vol.mrc",
+                 project / "Refine3D" / "job010" / "run_class001.mrc"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(volume)
+    config = load_config(parse([str(project / "frames"), "--out", str(project),
+                                "--dose-per-frame", "1"]))
+    assert config.out_dir == project
 
 
 def test_the_watch_folder_can_come_from_the_config_file_as_in_the_systemd_unit(tmp_path):
