@@ -20,12 +20,14 @@ every temporary and leaves no file of the set behind; the ``OSError`` keeps its 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
+import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Any
@@ -107,6 +109,23 @@ def _refuse_foreign(paths: Sequence[Path]) -> None:
             raise ForeignOutputError(path, "an output's name, but not a file motionwatch wrote "
                                            "(a raw movie? is the output folder a frames "
                                            "folder?): not replaced")
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM in this thread for the block (a few renames): a Ctrl-C or a
+    batch system's SIGTERM arriving meanwhile is taken after it, so it never stops a set half
+    renamed (new images beside the old record). Where signals cannot be masked, a no-op."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _write_synced(tmp: Path, write: Writer) -> None:
@@ -221,8 +240,9 @@ class OutputSet:
                 if not future.cancelled() and future.exception() is not None:
                     raise future.exception()
             _refuse_foreign(self._paths)
-            for tmp, path in zip(self._temps, self._paths):
-                os.replace(tmp, path)
+            with _stop_signals_held():  # a set renamed in part is a set of two versions
+                for tmp, path in zip(self._temps, self._paths):
+                    os.replace(tmp, path)
         except BaseException:
             self._discard()
             raise

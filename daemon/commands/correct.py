@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -121,17 +122,35 @@ def _warnings_as_lines(movie: Path) -> Iterator[None]:
                 print(f"motionwatch: {movie}: warning: {text}", file=sys.stderr, flush=True)
 
 
+#: the motion record's note of the movie file ``correct`` read: ``size`` (bytes) and
+#: ``mtime_ns``, which a move or an archive copy (``mv``, ``rsync -a``, ``cp -p``) keeps
+MOVIE_FILE_KEY = "movie_file"
+
+
 def _distinct_movies(movies: list[Path]) -> list[Path]:
-    """``movies`` without repeats of a file (given twice, by overlapping globs, or through a
-    link): each is corrected once, under its first name."""
-    seen: set[Path] = set()
+    """``movies`` without repeats of a file (given twice, by overlapping globs, through a
+    symbolic or a hard link): each is corrected once, under its first name."""
+    seen: set[object] = set()
     distinct = []
     for movie in movies:
-        key = movie.resolve()
+        try:
+            st = movie.stat()
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:  # missing: its correction says so, once
+            key = movie.resolve()
         if key not in seen:
             seen.add(key)
             distinct.append(movie)
     return distinct
+
+
+def _movie_file(movie: Path) -> dict[str, int] | None:
+    """``{"size", "mtime_ns"}`` of ``movie`` (None when it cannot be read)."""
+    try:
+        st = movie.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
@@ -141,7 +160,9 @@ def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
     is an earlier movie's of the same run or the motion record an earlier run left in
     ``out_dir`` names another movie, so no two movies write the same outputs. The same movie
     corrected again overwrites its own outputs: a record that names this file (by any path), or
-    a file of its name that is no longer there (a session moved to an archive), is its own.
+    a file of its name, size and mtime that is no longer there (a session moved to an archive:
+    the record's ``movie_file``), is its own; a record of another file of that name that is no
+    longer there (another session's, a share unmounted) is not.
     Shortened when too long to name files (:func:`correction.stems.fit_output_stem`)."""
     from correction.stems import fit_output_stem, stems_sharing_an_output
 
@@ -164,15 +185,17 @@ def _owned_by(out_dir: Path, stem: str, movie: Path) -> bool:
     """Whether ``movie`` may write the outputs of ``stem`` in ``out_dir``: no readable motion
     record of that stem, or one of this movie (the same file, or a file of its name no longer
     there)."""
+    record = _record(out_dir, stem)
     recorded = _recorded_movie(out_dir, stem)
     if recorded is None:
-        return True
+        return record is None or "movie" not in record
     if recorded.exists():
         try:
             return os.path.samefile(recorded, movie)
         except OSError:
             return False
-    return recorded.name == movie.name
+    noted = record.get(MOVIE_FILE_KEY) if record is not None else None
+    return recorded.name == movie.name and noted is not None and noted == _movie_file(movie)
 
 
 def _recorded_movie(out_dir: Path, stem: str) -> Path | None:
@@ -419,7 +442,8 @@ def run(args: argparse.Namespace) -> int:
                             movie, args.out, _at_voltage(params, voltage.kV),
                             gain_reference=gain, stem=stems[movie], scratch_dir=args.scratch,
                             extra_record={OPTICS_KEY: optics.record(),
-                                          "voltage_source": voltage.source})
+                                          "voltage_source": voltage.source,
+                                          MOVIE_FILE_KEY: _movie_file(movie)})
                 except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
                     failed += 1
                     _print_failure(movie, _fail(movie, exc), as_json=args.json)
@@ -438,7 +462,8 @@ def run(args: argparse.Namespace) -> int:
         print("motionwatch: terminated (SIGTERM)", file=sys.stderr)
         status = exitcodes.TERMINATED
     finally:  # also at Ctrl-C: the movies corrected so far are listed for RELION
-        signal.signal(signal.SIGTERM, previous_handler)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         read_ahead.close()
         relion.finish()
     if status is not None:
@@ -448,7 +473,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _terminate_on_sigterm() -> Any:
     """Make SIGTERM stop the run as Ctrl-C does (temporaries removed, the movies corrected so
-    far listed for RELION); the handler it replaces."""
+    far listed for RELION); the handler it replaces (None: none set, ``correct`` run outside the
+    main thread, where Python takes no signal handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
     def handler(signum: int, frame: Any) -> None:
         raise _Terminated()
 

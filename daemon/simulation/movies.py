@@ -59,6 +59,8 @@ def mrc_movie_header(n_frames: int, shape_yx: tuple[int, int], *, pixel_size_A: 
                                      stats=(0.0, 0.0, 0.0, 0.0)))
     header = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE.newbyteorder("="), count=1)
     header["mode"] = 1
+    # a detector's movie, not an output of motionwatch's (which an output may replace)
+    header["label"][0, 0] = b"SerialEM: a movie simulated for motionwatch's demo".ljust(80)
     return bytes(raw)
 
 

@@ -172,3 +172,35 @@ def test_motionwatch_replaces_its_own_outputs_mrc_and_tiff(tmp_path):
     assert written_by_motionwatch(image) and written_by_motionwatch(gain)
     _raw_movie(tmp_path / "other.mrc")
     assert not written_by_motionwatch(tmp_path / "other.mrc")
+
+
+def test_a_stop_signal_during_the_renames_is_taken_after_the_whole_set_is_in_place(
+        tmp_path, monkeypatch):
+    """A SIGTERM (a batch system's limit) between two renames stopped a set half renamed: new
+    images beside the old record. Now it is taken once the set is complete."""
+    import signal
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    try:
+        with pytest.raises(Stop):
+            write_output_set([(tmp_path / f"{name}.json", json_writer({"v": 2}))
+                              for name in ("a", "b", "record")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "record.json"]

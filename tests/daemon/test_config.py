@@ -275,6 +275,21 @@ def test_an_output_folder_that_links_to_the_watch_folder_is_refused(tmp_path):
                            "--dose-per-frame", "1"]))
 
 
+def test_an_output_folder_holding_the_demos_simulated_movies_is_refused(tmp_path):
+    """The simulator writes movies as a detector does, not as motionwatch's outputs."""
+    import numpy as np
+
+    from daemon.simulation.movies import write_movie_progressively
+
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "grid1").mkdir()
+    write_movie_progressively(tmp_path / "grid1" / "m.mrc", np.zeros((3, 8, 8), np.int16),
+                              pixel_size_A=1.0, frame_interval_s=0)
+    with pytest.raises(ConfigError, match=r"holds movies"):
+        load_config(parse([str(tmp_path / "frames"), "--out", str(tmp_path / "grid1"),
+                           "--dose-per-frame", "1"]))
+
+
 @pytest.mark.parametrize("out", ["grid1", "grid2/grid1"])
 def test_an_output_folder_holding_raw_movies_is_refused_before_any_is_touched(tmp_path, out):
     """``watch session/grid2 --out session/grid1`` (a typo): grid1's movies have grid2's names

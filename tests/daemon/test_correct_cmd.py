@@ -364,11 +364,14 @@ def test_a_movie_given_twice_or_through_a_link_is_corrected_once_and_listed_once
     row (two rows are the same particles twice, in both half-sets)."""
     _movie(tmp_path / "m.mrc", np.random.default_rng(6))
     (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "hard").mkdir()
+    os.link(tmp_path / "m.mrc", tmp_path / "hard" / "m.mrc")
     out = tmp_path / "out"
     flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
     assert main(["correct", str(tmp_path / "m.mrc"), str(tmp_path / "m.mrc"),
-                 str(tmp_path / "link" / "m.mrc"), *flags]) == 0
-    assert "2 movie(s) given more than once" in capsys.readouterr().err
+                 str(tmp_path / "link" / "m.mrc"), str(tmp_path / "hard" / "m.mrc"),
+                 *flags]) == 0
+    assert "3 movie(s) given more than once" in capsys.readouterr().err
     assert main(["correct", str(tmp_path / "link" / "m.mrc"), *flags]) == 0  # a later run
     assert sorted(p.name for p in out.glob("*.motion.json")) == ["m.motion.json"]
     assert _star_movies(out) == ["m_DW.mrc"]
@@ -465,3 +468,59 @@ def test_correct_does_not_replace_a_tilt_the_daemon_corrected_in_its_series(tmp_
     assert status == exitcodes.SOME_FAILED
     assert "a tilt of TS_01 that motionwatch watch corrected" in capsys.readouterr().err
     assert json.loads((out / "TS_01_001_3.0.motion.json").read_text()) == record
+
+
+def test_another_movie_of_a_name_whose_first_movie_is_gone_keeps_the_first_ones_outputs(
+        tmp_path):
+    """Session A's x.mrc corrected into out, session A archived away (or its share unmounted),
+    then session B's own x.mrc: A's outputs stay, B's get their own stem."""
+    for session, seed in (("A", 12), ("B", 13)):
+        (tmp_path / session).mkdir()
+        _movie(tmp_path / session / "x.mrc", np.random.default_rng(seed))
+    os.utime(tmp_path / "B" / "x.mrc", ns=(1, 1))  # another file, another mtime
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(tmp_path / "A" / "x.mrc"), *flags]) == 0
+    first = (out / "x_DW.mrc").read_bytes()
+    (tmp_path / "A").rename(tmp_path / "archived")
+    assert main(["correct", str(tmp_path / "B" / "x.mrc"), *flags]) == 0
+    assert (out / "x_DW.mrc").read_bytes() == first
+    assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(
+        tmp_path / "B" / "x.mrc")
+
+
+def test_a_killed_runs_temporaries_are_removed_and_a_running_writers_are_kept(tmp_path):
+    import subprocess
+    import sys
+
+    movie = _movie(tmp_path / "m.mrc", np.random.default_rng(14))
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        left = out / f".m_DW.mrc.tmp-{dead}"  # a correct killed while writing (SIGKILL)
+        running = out / f".m_EVN.mrc.tmp-{other.pid}"  # another run writing now
+        left.write_bytes(b"x" * 1000)
+        running.write_bytes(b"y")
+        assert main(["correct", str(movie), "--out", str(out), "--dose-per-frame", "1",
+                     "--patches", "1", "1"]) == 0
+        assert not left.exists() and running.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_correct_run_outside_the_main_thread_corrects_its_movies(tmp_path):
+    """A GUI or a pipeline calling it from a thread: signal handlers are the main thread's."""
+    import threading
+
+    movie = _movie(tmp_path / "m.mrc", np.random.default_rng(15))
+    status = []
+    worker = threading.Thread(target=lambda: status.append(main([
+        "correct", str(movie), "--out", str(tmp_path / "out"), "--dose-per-frame", "1",
+        "--patches", "1", "1"])))
+    worker.start()
+    worker.join(timeout=120)
+    assert status == [0] and (tmp_path / "out" / "m_DW.mrc").is_file()
