@@ -291,6 +291,15 @@ class DoseParams:
         return cls(**values)
 
 
+#: How this release reads files: a count bumped whenever a release reads a movie or a reference
+#: otherwise (its orientation, its scale), part of :meth:`CorrectionParams.fingerprint`, so that
+#: the daemon redoes what an earlier release corrected (``on_parameter_change = redo``, the
+#: default) and a session never mixes two readings. 2: TIFF frames and TIFF gains read top row
+#: first reversed, as IMOD and MotionCor2 read them; DM4 gains in their stored order; a defect
+#: map no longer turned with the gain (all since 2026-12-03; 1 before).
+READING_CONVENTIONS = 2
+
+
 @dataclass(frozen=True, slots=True)
 class CorrectionParams:
     """Everything that determines the result of correcting one movie."""
@@ -300,12 +309,15 @@ class CorrectionParams:
     gain: GainParams = field(default_factory=GainParams)
     align: AlignParams = field(default_factory=AlignParams)
 
-    def fingerprint(self) -> str:
-        """A short stable hash of all parameters (hex), for state keys and records."""
+    def fingerprint(self, *, reading_conventions: int = READING_CONVENTIONS) -> str:
+        """A short stable hash of all parameters and of :data:`READING_CONVENTIONS` (hex), for
+        state keys and records: a release that reads files otherwise keys every movie anew."""
         def default(value: object) -> str:
             return str(value)
 
-        values = dataclasses.asdict(self)
+        values: dict[str, object] = dataclasses.asdict(self)
+        if reading_conventions != 1:  # 1: before it was counted, hashed as then
+            values["reading_conventions"] = reading_conventions
         if values["dose"]["frame_doses_per"] == "frame":  # the default: hashes as before it existed
             del values["dose"]["frame_doses_per"]
         if values["gain"]["eer_gain"] == "multiplicative":  # the default: hashes as before

@@ -61,12 +61,19 @@ def test_a_dose_params_without_dose_loads_but_cannot_weight_a_movie():
         DoseParams(dose_per_frame_e_A2=1.0, total_dose_e_A2=4.0)
 
 
-def test_the_params_fingerprint_of_an_old_configuration_is_unchanged():
+def test_the_params_fingerprint_changes_only_with_the_reading_conventions():
+    """Options added since hash as before they existed; a release that reads files otherwise
+    (READING_CONVENTIONS) keys every movie anew, so an upgraded daemon redoes the movies an
+    earlier release read the other way instead of mixing two readings in one series."""
+    from correction.params import READING_CONVENTIONS
+
     # values computed with the parameter classes before frame_doses_per existed
-    assert CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2)).fingerprint() \
-        == "79cb009e8e6590e3"
-    assert CorrectionParams(dose=DoseParams(frame_doses_e_A2=(1.0, 2.0), pre_exposure_e_A2=3.0)
-                            ).fingerprint() == "62350d02d6ec14d7"
+    old = {CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2)): "79cb009e8e6590e3",
+           CorrectionParams(dose=DoseParams(frame_doses_e_A2=(1.0, 2.0),
+                                            pre_exposure_e_A2=3.0)): "62350d02d6ec14d7"}
+    for params, before in old.items():
+        assert params.fingerprint(reading_conventions=1) == before
+        assert READING_CONVENTIONS > 1 and params.fingerprint() != before
 
 
 # --- SerialEM EER sessions through the real daemon -------------------------------------------

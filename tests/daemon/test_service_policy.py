@@ -275,3 +275,22 @@ def test_after_a_restart_corrected_movies_are_not_shown_as_settling_while_they_s
     # 1 s of settling at a 0.05 s heartbeat: about 20 beats on a quiet machine, fewer when
     # it is loaded (9 seen with four test processes on 2 cores); a few suffice
     assert len(seen.counts) >= 3 and set(seen.counts) == {0}
+
+
+def test_a_movie_an_earlier_release_read_otherwise_is_redone_after_the_upgrade(setup):
+    """An earlier release read TIFF rows and DM4 gains the other way (READING_CONVENTIONS 1):
+    after an upgrade in mid-session its movies are redone, so no series mixes two readings
+    (before, the fingerprint left them done and the stacks mixed both hands)."""
+    path = movie(setup.watch_dir, "early.mrc")
+    st = path.stat()
+    old = MovieKey(str(path), st.st_size, st.st_mtime_ns,
+                   setup.params.fingerprint(reading_conventions=1))
+    with Ledger(setup.state_dir / "motionwatch.sqlite") as ledger:
+        ledger.add(old)
+        ledger.claim(old)
+        ledger.mark_done(old, outputs={"sum": str(setup.out_dir / "early.mrc")}, timings={},
+                         summary={})
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        done = {r.key.fingerprint: r.status for r in ledger.rows()}
+    assert done.get(setup.params.fingerprint()) == "done"
