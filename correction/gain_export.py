@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from .gain import load_gain_reference, reference_for_movie
+from .params import READING_CONVENTIONS
 from .write import atomic_write, text_bytes, write_mrc_atomic
 
 __all__ = ["RELION_GAIN_NAME", "relion_gain_stamp", "relion_gain_names", "write_relion_gain"]
@@ -26,15 +27,26 @@ RELION_GAIN_NAME = "motionwatch_gain.mrc"
 _GAIN_STAMP_PREFIX = "motionwatch gain stamp "
 
 
+#: gain file suffixes read otherwise since READING_CONVENTIONS 2 (rows reversed or kept)
+_READ_OTHERWISE = frozenset({".dm4", ".dm3", ".tif", ".tiff"})
+
+
 def relion_gain_stamp(gain_params: Any) -> str:
     """A digest of the gain settings and of the files they name (absolute path, size,
     modification time): equal stamps mean the same gain in the same orientation. The default
     ``eer_gain`` (``multiplicative``) is left out of it, so that a gain written before that
-    setting existed keeps its stamp (and is not written again beside itself)."""
+    setting existed keeps its stamp (and is not written again beside itself). For a gain file
+    of a format whose reading changed (DM4/DM3 and TIFF rows: :data:`_READ_OTHERWISE`), the
+    reading conventions count too (:data:`correction.params.READING_CONVENTIONS`): a gain an
+    earlier release read the other way is written again as this one reads it."""
     text = repr(gain_params)
     if getattr(gain_params, "eer_gain", "multiplicative") == "multiplicative":
         text = text.replace(", eer_gain='multiplicative'", "")
     parts = [text]
+    gain_path = getattr(gain_params, "gain_path", None)
+    if READING_CONVENTIONS != 1 and gain_path is not None \
+            and Path(gain_path).suffix.lower() in _READ_OTHERWISE:
+        parts.append(f"reading_conventions={READING_CONVENTIONS}")
     for name in ("gain_path", "dark_path", "defects_path"):
         path = getattr(gain_params, name, None)
         if path is not None:

@@ -594,6 +594,25 @@ def test_a_relion_gain_written_before_eer_gain_existed_is_found_again_not_writte
     assert write_relion_gain(out, GainParams(gain_path=gain_path)) == out / "motionwatch_gain.mrc"
 
 
+def test_a_relion_gain_an_earlier_release_read_the_other_way_is_written_again(tmp_path,
+                                                                             monkeypatch):
+    """A DM4 or TIFF gain was read with its rows the other way before READING_CONVENTIONS 2:
+    its stamp changes, so the gain RELION is given is written again as the movies are now
+    corrected; an MRC gain, read as before, keeps its stamp (no second copy)."""
+    import correction.gain_export as gain_export
+    from correction.params import GainParams
+
+    stamps = {}
+    for suffix in (".dm4", ".tif", ".mrc"):
+        path = tmp_path / f"gain{suffix}"
+        path.write_bytes(b"x")
+        now = gain_export.relion_gain_stamp(GainParams(gain_path=path))
+        with monkeypatch.context() as patch:
+            patch.setattr(gain_export, "READING_CONVENTIONS", 1)
+            stamps[suffix] = now != gain_export.relion_gain_stamp(GainParams(gain_path=path))
+    assert stamps == {".dm4": True, ".tif": True, ".mrc": False}
+
+
 def test_the_relion_gain_is_written_again_only_when_the_gain_or_its_orientation_changes(
         tmp_path, monkeypatch):
     """A restart with the same gain leaves ``motionwatch_gain.mrc`` alone (a super-resolution
