@@ -188,8 +188,10 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scan-interval", type=float, default=2.0, metavar="S",
                    help="period of the full rescan (default 2 s)")
     g.add_argument("--incomplete-grace", type=float, default=120.0, metavar="S",
-                   help="a movie incomplete and unchanged this long is corrected with the frames it "
-                        "has, or quarantined when it does not read (default 120 s)")
+                   help="a movie incomplete and unchanged this long: a whole file of fewer frames "
+                        "than expected (a TIFF or EER, an MRC whose header says so) is "
+                        "corrected with them; a file shorter than its own header (an MRC cut "
+                        "in a frame) or that does not read is quarantined (default 120 s)")
     g.add_argument("--require-frame-mdoc", action="store_true", default=False,
                    help="wait for SerialEM's per-movie <movie>.mdoc before reading a movie")
     g.add_argument("--polling", choices=("auto", "on", "off"), default="auto",
