@@ -69,7 +69,7 @@ from .stems import fit_output_stem
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
            "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs", "ARETOMO_FOLDER",
-           "series_files", "remove_series"]
+           "series_files", "remove_series", "series_shape"]
 
 #: Per-tilt output kind -> stack file suffix.
 STACK_KINDS: dict[str, str] = {"sum": "", "dw": "_DW", "even": "_EVN", "odd": "_ODD"}
@@ -252,6 +252,18 @@ def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: flo
     return format_mdoc(header, sections, titles=titles)
 
 
+def series_shape(shapes_in_acquisition_order: Sequence[object]) -> object:
+    """The image shape of a series: the most common of its tilts' (None: a tilt whose images
+    disagree), ties going to the one acquired first. A tilt of another shape (a movie of
+    another camera setting) is left out of the series' stacks and STAR files."""
+    shapes = [s for s in shapes_in_acquisition_order if s is not None]
+    if not shapes:
+        return None
+    counts = {s: shapes.count(s) for s in shapes}
+    best = max(counts.values())
+    return next(s for s in shapes if counts[s] == best)
+
+
 def aretomo_name(mdoc_name: str) -> str:
     """The name AreTomo3 gives a series read from the mdoc ``mdoc_name``: the file name minus its
     last extension (``TS_01.mrc.mdoc`` -> ``TS_01.mrc``, ``TS_01.mdoc`` -> ``TS_01``), as its
@@ -390,15 +402,25 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         for k in kinds:
             if k not in t.outputs:
                 raise CorrectionError(Path(t.movie), f"no {k!r} output for this tilt of {series}")
-    # Check every input's header before writing anything: the series shape is the majority's.
+    # Check every input's header before writing anything: the series shape is the majority's;
+    # a tilt of another (a movie of another camera setting) is left out of the stacks, named
     headers = {Path(t.outputs[k]): _header_facts(Path(t.outputs[k])) for t in ordered for k in kinds}
-    shapes = [h[0] for h in headers.values()]
-    shape_yx = max(set(shapes), key=shapes.count)
-    for path, (shape, _) in headers.items():
-        if shape != shape_yx:
-            raise CorrectionError(path, f"image shape {shape} differs from the series' {shape_yx}")
-    first_pixel = headers[Path(ordered[0].outputs["sum"])][1]
+    tilt_shapes = [{headers[Path(t.outputs[k])][0] for k in kinds} for t in ordered]
+    by_acquisition = sorted(zip(ordered, tilt_shapes), key=lambda ts: ts[0].acquisition_index)
+    shape_yx = series_shape([next(iter(s)) if len(s) == 1 else None for _, s in by_acquisition])
     warnings: list[str] = []
+    kept = []
+    for t, shapes in zip(ordered, tilt_shapes):
+        if shapes == {shape_yx}:
+            kept.append(t)
+        else:
+            warnings.append(f"{series}: {t.movie} left out of the stacks: its images are "
+                            f"{' '.join(map(str, sorted(shapes)))}, the series' {shape_yx}")
+    if not kept:
+        raise CorrectionError(Path(ordered[0].outputs["sum"]), f"no two tilts of {series} "
+                                                               "have images of one shape")
+    ordered = kept
+    first_pixel = headers[Path(ordered[0].outputs["sum"])][1]
     if pixel_size_A is None:
         if not first_pixel > 0:
             raise CorrectionError(Path(ordered[0].outputs["sum"]), "no pixel size in the header")

@@ -437,8 +437,20 @@ class RelionListener(ServiceListener):
         return folder / base / f"{base}.star"
 
     def _series_entries(self, series: str) -> list[TiltEntry]:
-        return [TiltEntry(m, t) for m, t in self._entries()
-                if t is not None and t.series == series and t.tilt_deg is not None]
+        """The series' tilts its STAR lists: those of the series' image shape, as its stacks
+        hold them (:func:`correction.stack.series_shape`: a movie of another camera setting
+        is left out of both)."""
+        from correction.stack import series_shape
+
+        entries = [TiltEntry(m, t) for m, t in self._entries()
+                   if t is not None and t.series == series and t.tilt_deg is not None]
+
+        def shape(e: TiltEntry) -> tuple[object, ...]:
+            return (tuple(e.motion.shape_yx), e.motion.bin_factor)
+
+        kept = series_shape([shape(e) for e in sorted(
+            entries, key=lambda e: e.tilt.acquisition_index)])
+        return [e for e in entries if shape(e) == kept]
 
     # --- writing --------------------------------------------------------------------------
     def _write_movie_files(self, motion: MovieMotion) -> None:

@@ -147,13 +147,28 @@ def test_exposure_filtered_stack_weakens_later_tilts_more(tmp_path):
             assert np.std(m.data[z]) < noise_in
 
 
-def test_tilt_of_another_shape_or_missing_output_is_an_error_naming_the_file(tmp_path):
+def test_a_tilt_of_another_image_shape_is_left_out_of_every_file_named_in_a_warning(tmp_path):
+    """A movie of another camera setting in the series (192 px among 256): before, the whole
+    series got no stacks at all; now the others are stacked, every file agreeing."""
+    tilts, images = _series(tmp_path, n=5)
+    odd = tilts[3]
+    for kind in ("sum", "dw", "even", "odd"):
+        _write(odd.outputs[kind], np.zeros((24, 40), np.float32))
+    res = assemble_series("TS_9", tilts, tmp_path / "out")
+    kept = [t for t in sorted(tilts, key=lambda t: t.tilt_deg) if t is not odd]
+    assert res.order == tuple(t.movie for t in kept)
+    assert any(f"{odd.movie} left out of the stacks: its images are (24, 40)" in w
+               for w in res.warnings)
+    with mrcfile.open(res.stacks["dw"]) as mrc:
+        assert mrc.data.shape[0] == len(kept)
+        for z, t in enumerate(kept):
+            np.testing.assert_array_equal(mrc.data[z], images[("dw", t.movie)])
+    assert len(res.tlt_path.read_text().split()) == len(kept)
+    assert len(res.aretomo_tlt_path.read_text().splitlines()) == len(kept)
+
+
+def test_a_tilt_missing_an_output_is_an_error_naming_the_file(tmp_path):
     tilts, _ = _series(tmp_path, n=3)
-    bad = _write(tmp_path / "bad.mrc", np.zeros((10, 10)))
-    odd_one = StackTilt(**{**{f: getattr(tilts[2], f) for f in StackTilt.__slots__},
-                           "outputs": {**tilts[2].outputs, "sum": bad}})
-    with pytest.raises(CorrectionError, match="bad.mrc"):
-        assemble_series("TS_9", [tilts[0], tilts[1], odd_one], tmp_path / "out")
     missing = StackTilt(**{**{f: getattr(tilts[2], f) for f in StackTilt.__slots__},
                            "outputs": {"sum": tilts[2].outputs["sum"]}})
     with pytest.raises(CorrectionError, match="no 'dw' output"):
