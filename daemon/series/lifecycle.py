@@ -166,15 +166,23 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     missing = obs.listed_movies - obs.finished_movies
     if all_known_finished and not_written and obs.listed_movies and (
             all_listed_finished or state.generation > 0):
-        reason = f"all listed tilts corrected; {why}" if not missing else (
-            f"re-assembled; {why}; {len(missing)} listed tilt(s) never corrected")
+        reason = f"every listed tilt corrected or quarantined; {why}" if not missing else (
+            f"re-assembled; {why}; {_never_corrected(missing)}")
         return replace(state, status="complete", generation=state.generation + 1,
                        assembled_movies=finished, assembled_rows=rows, reason=reason), True
     if all_known_finished and now_s - obs.last_activity_s >= config.idle_timeout_s:
         missing = obs.listed_movies - obs.finished_movies
         reason = f"idle for {config.idle_timeout_s:g} s"
         if missing:
-            reason += f"; {len(missing)} listed tilt(s) never corrected"
+            reason += f"; {_never_corrected(missing)}"
         return replace(state, status="complete", generation=state.generation + 1,
                        assembled_movies=finished, assembled_rows=rows, reason=reason), True
     return state, False
+
+
+def _never_corrected(missing: frozenset[str]) -> str:
+    """``N listed tilt(s) never corrected (names...)``: the operator need not compare the mdoc
+    with the stacks to find the gap."""
+    names = sorted(missing)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{len(names)} listed tilt(s) never corrected ({shown})"

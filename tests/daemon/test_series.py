@@ -763,7 +763,7 @@ def test_series_with_missing_movies_completes_after_idle_timeout_only_when_nothi
     st, go = update_series_state(st, _obs("abc", "ab", "a", activity=0.0), now_s=2000, config=cfg)
     assert not go  # b is still being corrected
     st, go = update_series_state(st, _obs("abc", "ab", "ab", activity=0.0), now_s=2000, config=cfg)
-    assert go and "idle" in st.reason and "1 listed tilt(s) never corrected" in st.reason
+    assert go and "idle" in st.reason and "1 listed tilt(s) never corrected (c)" in st.reason
 
 
 def test_classify_mdocs_separates_series_frame_and_montage_files():
