@@ -104,14 +104,22 @@ class RowsView:
         """(rows done, rows failed or quarantined) whose log context names ``series``; with
         ``listed``, only those of the movies so named (the tilts its mdoc lists now: a retaken
         tilt's discarded movie, corrected as a tilt before the mdoc dropped it, is no longer
-        one of them)."""
+        one of them). A listed movie quarantined before its series was resolved (at validation:
+        a corrupt header, a truncated file) has no series in its log context: it is counted
+        among the failed all the same."""
         if listed is None:
             done, failed = self._counts.get(series, (0, 0))
             return done, failed
-        rows = [self._facts[path] for path in self._members.get(series, ())]
+        members = self._members.get(series, set())
+        rows = [self._facts[path] for path in members]
         rows = [facts.row for facts in rows if facts.observation.name in listed]
+        unresolved = [self._facts[path] for name in listed
+                      if (path := self.path_of_name.get(name)) is not None
+                      and path not in members and path in self._facts]
         return (sum(row.status == "done" for row in rows),
-                sum(row.status in ("failed", "quarantined") for row in rows))
+                sum(row.status in ("failed", "quarantined") for row in rows)
+                + sum(facts.series is None and facts.row.status in ("failed", "quarantined")
+                      for facts in unresolved))
 
     def _read(self, path: str, row: Any) -> None:
         metadata = row.peek_metadata()  # one decoding for both fields, not kept

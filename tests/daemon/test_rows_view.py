@@ -129,3 +129,21 @@ def test_a_look_at_every_row_of_a_long_history_keeps_none_of_them_decoded(tmp_pa
     assert view.observations["/w/old/TS_3_007.tif"].recorded_mdoc == "/w/old/TS_3.mdoc"
     assert view.done_and_failed("old/TS_3") == (0, 0)
     assert held_text < 0.5 * held_decoded, (held_text, held_decoded)
+
+
+def test_a_listed_tilt_quarantined_before_its_series_was_resolved_counts_as_failed(tmp_path):
+    """A corrupt or truncated tilt is quarantined at validation, before its metadata names its
+    series: the feed's series messages said n_failed 0 (a dashboard could not tell it from a
+    tilt still to come)."""
+    newest = NewestRows(clock=lambda: 0.0, wall=lambda: 1000.0)
+    with Ledger(tmp_path / "state.sqlite", clock=lambda: 1000.0) as ledger:
+        good = MovieKey("/w/TS_01_000.tif", 100, 10, "fp")
+        bad = MovieKey("/w/TS_01_001.tif", 100, 11, "fp")
+        ledger.add(good, metadata=_tilt_metadata("TS_01", "/w/TS_01.mdoc"))
+        ledger.claim(good)
+        ledger.mark_done(good, outputs={}, timings={}, summary={})
+        ledger.add(bad, status="quarantined", error="not a movie: bad header")
+        ledger.add(MovieKey("/w/other.tif", 100, 12, "fp"), status="quarantined", error="x")
+        view = _fresh(newest.rows(ledger), lambda path: path.removeprefix("/w/"))
+    listed = frozenset({"TS_01_000.tif", "TS_01_001.tif", "TS_01_002.tif"})
+    assert view.done_and_failed("TS_01", listed) == (1, 1)
