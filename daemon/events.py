@@ -38,7 +38,7 @@ SOURCE_KEY = "source_file"
 #: renamed movie met again under its new name is corrected under it)
 VANISHED = "movie file vanished before correction"
 
-SeriesEventKind = Literal["started", "updated", "completed", "reopened"]
+SeriesEventKind = Literal["started", "updated", "completed", "reopened", "assembly_failed"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -350,9 +350,9 @@ class SeriesEvent:
 
     Attributes
     ----------
-    kind : {"started", "updated", "completed", "reopened"}
+    kind : {"started", "updated", "completed", "reopened", "assembly_failed"}
         First seen; one of its movies done or failed; stacks assembled; movies arrived (or were
-        redone) after completion.
+        redone) after completion; its stacks could not be written (``reason`` says why).
     series : str
         Series name (the series mdoc's name without ``.mdoc``, or the file-name pattern's group).
     n_expected : int or None
@@ -375,6 +375,7 @@ class SeriesEvent:
     accumulated_dose_e_A2: float | None = None
     mdoc: str | None = None
     stacks: Mapping[str, str] = field(default_factory=dict)
+    reason: str | None = None
 
 
 class ServiceListener:

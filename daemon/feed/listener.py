@@ -266,6 +266,10 @@ class PublishListener(ServiceListener):
         self.publisher.error(event.path, f"{event.status}: {event.error or 'failed'}")
 
     def on_series_event(self, event: SeriesEvent) -> None:
+        if event.kind == "assembly_failed":  # a dashboard waiting for `completed` is told
+            self.publisher.warning("series_assembly_failed", f"{event.series}: stacks not "
+                                   f"written: {event.reason}", series=event.series)
+            return
         self.publisher.series(event.kind, event.series, n_done=event.n_done,
                               n_failed=event.n_failed, n_expected=event.n_expected,
                               accumulated_dose_e_A2=event.accumulated_dose_e_A2, mdoc=event.mdoc,

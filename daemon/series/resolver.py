@@ -435,7 +435,7 @@ class TiltSeriesResolver:
         getattr(self._log, level)(event, reason=reason, **kw)
 
     def _emit(self, kind: SeriesEventKind, name: str,
-              stacks: Mapping[str, str] | None = None) -> None:
+              stacks: Mapping[str, str] | None = None, *, reason: str | None = None) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
         listed = summary.listed_movies \
             if summary is not None and summary.match_source == "series_mdoc" else None
@@ -448,7 +448,7 @@ class TiltSeriesResolver:
                 mdoc = summary.mdoc_path
             dose = summary.accumulated_dose_e_A2
         self._ctx.emit(SeriesEvent(kind, name, n_expected, n_done, n_failed, dose, mdoc,
-                                   dict(stacks or {})))
+                                   dict(stacks or {}), reason))
 
     def _refresh_rows(self) -> None:
         """Newest ledger row per movie path (real movies only; read incrementally by the
@@ -1054,6 +1054,7 @@ class TiltSeriesResolver:
                 self._persist(name, self._states[name])
                 self._log.error("series_assembly_failed", series=name, folder=folder,
                                 error=f"{type(exc).__name__}: {exc}")
+                self._emit("assembly_failed", name, reason=f"{type(exc).__name__}: {exc}")
                 continue
             self._stacks[name] = result["stacks"]
             self._states[name] = state

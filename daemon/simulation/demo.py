@@ -221,6 +221,8 @@ class _DemoListener(ServiceListener):
         self.say(f"  {event.status} {event.path.name}: {event.error}")
 
     def on_series_event(self, event: SeriesEvent) -> None:
+        if event.kind == "assembly_failed":
+            self.say(f"  series {event.series}: stacks not written: {event.reason}")
         if event.kind in ("started", "completed", "reopened"):
             self.say(f"  series {event.series} {event.kind}"
                      + (f": {event.n_done} tilts assembled" if event.kind == "completed" else ""))

@@ -492,3 +492,19 @@ def test_a_subscriber_connected_before_the_state_is_restored_gets_the_restored_s
         assert [s["series"] for s in state["series"]] == ["TS_01"]
     finally:
         publisher.close()
+
+
+def test_a_series_whose_stacks_could_not_be_written_is_a_warning_naming_it(publisher):
+    """Before, its last message was `updated`: a dashboard waiting for `completed` waited on."""
+    from daemon.events import SeriesEvent
+    from daemon.feed.listener import PublishListener
+
+    with Subscriber(publisher.endpoint) as sub:
+        receive_until(sub, has_topic("state"))
+        PublishListener(publisher).on_series_event(SeriesEvent(
+            "assembly_failed", "grid1/TS_01", 9, 9, 0,
+            reason="OSError: [Errno 28] No space left on device"))
+        got = receive_until(sub, has_topic("warning"))
+    body = got[-1][1]
+    assert (body["kind"], body["series"]) == ("series_assembly_failed", "grid1/TS_01")
+    assert "stacks not written: OSError: [Errno 28] No space left" in body["message"]
