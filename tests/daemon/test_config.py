@@ -281,10 +281,10 @@ def test_an_output_folder_holding_the_demos_simulated_movies_is_refused(tmp_path
 
     from daemon.simulation.movies import write_movie_progressively
 
-    (tmp_path / "frames").mkdir()
-    (tmp_path / "grid1").mkdir()
-    write_movie_progressively(tmp_path / "grid1" / "m.mrc", np.zeros((3, 8, 8), np.int16),
-                              pixel_size_A=1.0, frame_interval_s=0)
+    for grid in ("frames", "grid1"):  # two grids, the same names
+        (tmp_path / grid).mkdir()
+        write_movie_progressively(tmp_path / grid / "m.mrc", np.zeros((3, 8, 8), np.int16),
+                                  pixel_size_A=1.0, frame_interval_s=0)
     with pytest.raises(ConfigError, match=r"holds movies"):
         load_config(parse([str(tmp_path / "frames"), "--out", str(tmp_path / "grid1"),
                            "--dose-per-frame", "1"]))
@@ -298,15 +298,14 @@ def test_an_output_folder_holding_raw_movies_is_refused_before_any_is_touched(tm
     import mrcfile
     import numpy as np
 
-    (tmp_path / "grid2").mkdir()
-    (tmp_path / "grid2" / "grid1").mkdir()
+    (tmp_path / "grid2" / "grid1").mkdir(parents=True)
     (tmp_path / "grid1").mkdir()
-    for folder in ("grid1", "grid2/grid1"):
+    for folder in ("grid1", "grid2", "grid2/grid1"):  # SerialEM: the same names in each grid
         with mrcfile.new(tmp_path / folder / "TS_01_001_-3.0.mrc") as mrc:
             mrc.set_data(np.zeros((3, 8, 8), np.int16))
+            mrc.set_image_stack()
     watch = tmp_path / "grid2"
-    with pytest.raises(ConfigError, match=r"holds movies \(.*TS_01_001_-3\.0\.mrc\), where the "
-                                          r"outputs of movies of the same names would go"):
+    with pytest.raises(ConfigError, match=r"holds movies \(.*TS_01_001_-3\.0\.mrc\)"):
         load_config(parse([str(watch), "--out", str(tmp_path / out), "--dose-per-frame", "1"]))
 
 
@@ -342,11 +341,16 @@ def test_an_output_folder_with_other_programs_results_or_the_frames_inside_is_ac
     project = tmp_path / "PROJ"
     volume = np.zeros((4, 8, 8), np.float32)
     for path in (project / "frames" / "TS_01_000_0.0.mrc",
+                 project / "frames" / "TS_01" / "TS_01_001_3.0.mrc",
                  project / "TS_01" / "aretomo" / "TS_01.mrc_Vol.mrc",
+                 project / "TS_01" / "TS_01_rec.mrc", project / "mask.mrc",
+                 project / "particles.mrcs",
                  project / "Refine3D" / "job010" / "run_class001.mrc"):
         path.parent.mkdir(parents=True, exist_ok=True)
         with mrcfile.new(path) as mrc:
             mrc.set_data(volume)
+            if path.suffix == ".mrcs" or "frames" in path.parts:
+                mrc.set_image_stack()
     config = load_config(parse([str(project / "frames"), "--out", str(project),
                                 "--dose-per-frame", "1"]))
     assert config.out_dir == project
