@@ -113,19 +113,25 @@ def _refuse_foreign(paths: Sequence[Path]) -> None:
 
 @contextlib.contextmanager
 def _stop_signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM in this thread for the block (a few renames): a Ctrl-C or a
-    batch system's SIGTERM arriving meanwhile is taken after it, so it never stops a set half
-    renamed (new images beside the old record). Where signals cannot be masked, a no-op."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, OSError, ValueError):
+    """Defer SIGINT and SIGTERM for the block (a few renames): a Ctrl-C or a batch system's
+    SIGTERM arriving meanwhile is raised again after it, so it never stops a set half renamed
+    (new images beside the old record). Python runs signal handlers in the main thread
+    whichever thread the signal reached, so handlers that only note the signal are installed
+    for the block. Outside the main thread (a daemon's writer thread), nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
     try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda signum, frame: caught.append(signum))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def _write_synced(tmp: Path, write: Writer) -> None:

@@ -194,8 +194,27 @@ def _owned_by(out_dir: Path, stem: str, movie: Path) -> bool:
             return os.path.samefile(recorded, movie)
         except OSError:
             return False
-    noted = record.get(MOVIE_FILE_KEY) if record is not None else None
-    return recorded.name == movie.name and noted is not None and noted == _movie_file(movie)
+    return recorded.name == movie.name and _same_file_noted(record, _movie_file(movie))
+
+
+#: a copy may keep a file's mtime only to this (FAT and some shares: 2 s)
+_MTIME_SLACK_NS = 2_000_000_000
+
+
+def _same_file_noted(record: dict[str, Any] | None, now: dict[str, int] | None) -> bool:
+    """Whether the record notes a file of the size and mtime ``now`` has (``correct``'s
+    ``movie_file``, or the daemon's ``source_file``), the mtime to within 2 s (a copy to a
+    share that keeps whole or even seconds)."""
+    if record is None or now is None:
+        return False
+    for key in (MOVIE_FILE_KEY, "source_file"):
+        noted = record.get(key)
+        if isinstance(noted, dict) and noted.get("size") == now["size"]:
+            try:
+                return abs(int(noted["mtime_ns"]) - now["mtime_ns"]) <= _MTIME_SLACK_NS
+            except (KeyError, TypeError, ValueError):
+                return False
+    return False
 
 
 def _recorded_movie(out_dir: Path, stem: str) -> Path | None:

@@ -445,8 +445,8 @@ class RelionListener(ServiceListener):
         entries = [TiltEntry(m, t) for m, t in self._entries()
                    if t is not None and t.series == series and t.tilt_deg is not None]
 
-        def shape(e: TiltEntry) -> tuple[object, ...]:
-            return (tuple(e.motion.shape_yx), e.motion.bin_factor)
+        def shape(e: TiltEntry) -> object:  # the sums' size, as the stacks compare them
+            return e.motion.image_shape_yx or (tuple(e.motion.shape_yx), e.motion.bin_factor)
 
         kept = series_shape([shape(e) for e in sorted(
             entries, key=lambda e: e.tilt.acquisition_index)])

@@ -196,6 +196,7 @@ class MovieMotion:
     amplitude_contrast: float | None = None
     hot_pixels_xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     defect_file: str | None = None
+    image_shape_yx: tuple[int, int] | None = None  # the sums' (the record's ``shape``)
 
 
 def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
@@ -225,6 +226,14 @@ def _movie_shape_yx(record: Mapping[str, Any], bin_factor: float) -> tuple[int, 
         return int(shape[0]), int(shape[1])
     out = record["shape"]
     return int(round(out[0] * bin_factor)), int(round(out[1] * bin_factor))
+
+
+def _image_shape_yx(record: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The sums' size (the record's ``shape``), or None."""
+    try:
+        return int(record["shape"][0]), int(record["shape"][1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
 
 
 def _eer_facts(record: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
@@ -283,7 +292,7 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
         frame_doses_e_A2=doses, pre_exposure_e_A2=pre, voltage_kV=voltage,
         movie_pixel_size_A=out_px / bin_factor, output_pixel_size_A=out_px,
         bin_factor=bin_factor, outputs=outputs, hot_pixels_xy=_hot_pixels_xy(record),
-        defect_file=_defect_file(record),
+        defect_file=_defect_file(record), image_shape_yx=_image_shape_yx(record),
         **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))),
         **dict(zip(("spherical_aberration_mm", "amplitude_contrast"), recorded_optics(record))))
 

@@ -9,11 +9,16 @@ inside the watch folder that holds a grid's movies hides them: discovery skips t
 folder. The writer refuses to replace a file motionwatch did not write (:mod:`correction.write`);
 this refuses such a configuration at start, before any movie is touched.
 
-Nothing else refuses a start (status 78, which systemd does not restart): only a movie (a file
-of two frames or more that motionwatch did not write, not a volume) whose name an output of a
-watched movie would take, or, for an output folder inside the watch folder, any movie in it.
-A gain kept with the outputs, AreTomo3's or RELION's results (a mask, a map, a particle stack),
-or the frames folder inside a RELION project are no reason to refuse.
+Nothing else refuses a start (status 78, which systemd does not restart). Refused: a movie (a
+file of two frames or more that motionwatch did not write; an MRC of space group 0) in the
+output folder's mirror of a watch folder, named as a watched movie there is (another grid's
+frames folder) or as one of its outputs would be; and, in an output folder inside the watch
+folder, a movie a detector wrote there (a TIFF or EER of two frames or more, an MRC labelled by
+SerialEM), which is not watched. RELION, IMOD and AreTomo3 write image stacks of space group 0
+too (classes, aligned stacks, tomograms), so an MRC is no proof of a movie: a gain, a mask, a
+map, class averages or a tomogram kept with the outputs, or the frames folder inside a RELION
+project, are no reason to refuse. A typo met before the other grid has a movie (a start before
+acquisition) is not seen here; the writer's guard keeps the raw movies then.
 """
 
 from __future__ import annotations
@@ -49,12 +54,10 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
     if out_real.is_relative_to(watch_real):
         candidates = (Path(here) / name for here, names in _folders(out_dir)
                       for name in names if is_movie(name))
-        hidden = _first_movie(candidates)
+        hidden = _first_movie(candidates, detector_only=True)
         if hidden is not None:
             return (f"output folder {out_dir} holds movies ({hidden}); inside the watch folder, "
-                    "it is not watched, and outputs of movies of their names would replace "
-                    "them: give the outputs a folder of their own")
-        return None
+                    "it is not watched: give the outputs a folder of their own")
     taken = _first_movie(_output_names_taken(out_dir, watch_dir, is_movie))
     if taken is not None:
         return (f"output folder {out_dir} holds movies ({taken}) whose names the outputs of "
@@ -69,8 +72,8 @@ def _matcher(patterns: Sequence[str]):  # noqa: ANN202 - a predicate on file nam
 
 
 def _output_names_taken(out_dir: Path, watch_dir: Path, is_movie) -> Iterator[Path]:  # noqa: ANN001
-    """Files in the output folder's mirror of each watch folder (to ``_DEPTH``) named as an
-    output of a movie there would be (``S.mrc``, ``S_DW.mrc`` ... of ``S.tif``)."""
+    """Files in the output folder's mirror of each watch folder (to ``_DEPTH``) named as a movie
+    there is, or as an output of one would be (``S.mrc``, ``S_DW.mrc`` ... of ``S.tif``)."""
     for here, names in _folders(watch_dir):
         relative = os.path.relpath(here, watch_dir)
         movies = [name for name in names if is_movie(name)]
@@ -82,9 +85,11 @@ def _output_names_taken(out_dir: Path, watch_dir: Path, is_movie) -> Iterator[Pa
         except OSError:
             continue
         for name in movies:
+            if name in present:
+                yield mirror / name
             stem = fit_output_stem(Path(name).stem)
             for tail in OUTPUT_TAILS:
-                if stem + tail in present:
+                if stem + tail in present and stem + tail != name:
                     yield mirror / (stem + tail)
 
 
@@ -117,28 +122,37 @@ def _folders(top: Path) -> Iterator[tuple[str, list[str]]]:
             queue.extend((path, depth + 1) for path in sorted(subfolders))
 
 
-def _first_movie(paths: Iterator[Path]) -> Path | None:
+def _first_movie(paths: Iterator[Path], *, detector_only: bool = False) -> Path | None:
     """The first of ``paths`` that is a movie motionwatch did not write (at most
-    ``_MAX_READS`` read: the writer guards the rest)."""
-    for read, path in enumerate(paths):
-        if read >= _MAX_READS:
+    ``_MAX_READS`` read: the writer guards the rest); ``detector_only``: one a detector wrote
+    (an MRC only when SerialEM's label says so)."""
+    read = 0
+    for path in paths:
+        if path.suffix.lower() in (".mrc", ".mrcs", ".st") and written_by_motionwatch(path):
+            continue  # motionwatch's own (a first look at the labels, not counted)
+        read += 1
+        if read > _MAX_READS:
             return None
-        if not written_by_motionwatch(path) and _is_movie_file(path):
+        if _is_movie_file(path, detector_only=detector_only):
             return path
     return None
 
 
-def _is_movie_file(path: Path) -> bool:
-    """Two frames or more as its format says, and for an MRC not a volume (space group 0: an
-    image stack; a map or mask has 1)."""
+def _is_movie_file(path: Path, *, detector_only: bool) -> bool:
+    """Two frames or more as its format says, not motionwatch's; an MRC of space group 0 (an
+    image stack; a map or mask has 1), and with ``detector_only`` labelled by SerialEM."""
     from correction.io.complete import check_complete
 
     try:
+        if written_by_motionwatch(path):
+            return False
         if path.suffix.lower() in (".mrc", ".mrcs"):
             with open(path, "rb") as fh:
                 header = fh.read(1024)
-            if len(header) < 1024 or int.from_bytes(header[88:92], "little") not in (0,):
+            if len(header) < 1024 or int.from_bytes(header[88:92], "little") != 0:
                 return False  # ISPG (bytes 88-92): a volume's is 1 or more
+            if detector_only and not header[224:232] == b"SerialEM":
+                return False
         return int(check_complete(path).n_frames or 0) >= 2
     except Exception:  # noqa: BLE001 - unreadable here: not known to be a movie
         return False

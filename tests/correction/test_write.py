@@ -174,11 +174,18 @@ def test_motionwatch_replaces_its_own_outputs_mrc_and_tiff(tmp_path):
     assert not written_by_motionwatch(tmp_path / "other.mrc")
 
 
+@pytest.mark.parametrize("other_thread", [False, True])
 def test_a_stop_signal_during_the_renames_is_taken_after_the_whole_set_is_in_place(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, other_thread):
     """A SIGTERM (a batch system's limit) between two renames stopped a set half renamed: new
-    images beside the old record. Now it is taken once the set is complete."""
+    images beside the old record. Now it is taken once the set is complete, also while another
+    thread (``correct``'s read-ahead) could receive it."""
     import signal
+    import threading
+
+    idle = threading.Event()
+    if other_thread:
+        threading.Thread(target=idle.wait, daemon=True).start()
 
     class Stop(Exception):
         pass
@@ -203,4 +210,5 @@ def test_a_stop_signal_during_the_renames_is_taken_after_the_whole_set_is_in_pla
                               for name in ("a", "b", "record")])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        idle.set()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "record.json"]

@@ -519,3 +519,44 @@ def test_a_plain_text_option_takes_a_number_or_a_toml_time_as_its_text(tmp_path)
                                 "--config", str(tmp_path / "c.toml")]))
     assert config.options["optics_group"] == "3"
     assert config.options["executor_walltime"] == "08:00:00"
+
+
+def test_another_grids_tiff_frames_folder_as_the_output_folder_is_refused(tmp_path):
+    """``watch session/grid2 --out session/grid1`` with K3 TIFF frames: the sums (S.mrc) would
+    not replace the movies (S.tif) but land beside another grid's movies of the same names."""
+    import numpy as np
+    import tifffile
+
+    frames = np.zeros((3, 8, 8), np.uint8)
+    for grid in ("grid1", "grid2"):
+        (tmp_path / grid).mkdir()
+        tifffile.imwrite(tmp_path / grid / "TS_01_001_3.0.tif", frames, photometric="minisblack")
+    with pytest.raises(ConfigError, match=r"grid1/TS_01_001_3\.0\.tif"):
+        load_config(parse([str(tmp_path / "grid2"), "--out", str(tmp_path / "grid1"),
+                           "--dose-per-frame", "1"]))
+
+
+def test_an_output_folder_inside_the_watch_folder_with_relion_and_imod_stacks_is_accepted(
+        tmp_path):
+    """RELION's class averages and IMOD's aligned stack are image stacks (space group 0), as a
+    movie is: only a movie a detector wrote refuses an output folder inside the watch folder."""
+    import mrcfile
+    import numpy as np
+
+    session = tmp_path / "session"
+    out = session / "motioncorr"
+    for path in (out / "Class2D" / "job010" / "run_it025_classes.mrcs",
+                 out / "grid1" / "TS_01" / "TS_01_ali.mrc"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(np.zeros((5, 8, 8), np.float32))
+            mrc.set_image_stack()
+    config = load_config(parse([str(session), "--out", str(out), "--dose-per-frame", "1"]))
+    assert config.out_dir == out
+    with mrcfile.new(out / "grid1" / "TS_02_000_0.0.mrc") as mrc:  # a grid's movie in it
+        mrc.set_data(np.zeros((4, 8, 8), np.int16))
+        mrc.set_image_stack()
+        mrc.header.label[0] = b"SerialEM: Digitized on Krios"
+        mrc.header.nlabl = 1
+    with pytest.raises(ConfigError, match=r"inside the watch folder, it is not watched"):
+        load_config(parse([str(session), "--out", str(out), "--dose-per-frame", "1"]))

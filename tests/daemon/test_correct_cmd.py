@@ -524,3 +524,25 @@ def test_correct_run_outside_the_main_thread_corrects_its_movies(tmp_path):
     worker.start()
     worker.join(timeout=120)
     assert status == [0] and (tmp_path / "out" / "m_DW.mrc").is_file()
+
+
+def test_a_moved_movie_recorded_by_the_daemon_or_copied_with_coarse_mtimes_is_its_own(tmp_path):
+    """The daemon's record notes the file as ``source_file``; a copy to a share may keep its
+    mtime to the second: either way the movie corrected again overwrites its own outputs."""
+    (tmp_path / "session").mkdir()
+    movie = _movie(tmp_path / "session" / "m.mrc", np.random.default_rng(16))
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(movie), *flags]) == 0
+    record = json.loads((out / "m.motion.json").read_text())
+    noted = record.pop("movie_file")
+    record["source_file"] = {"path": str(movie), **noted, "params_fingerprint": "x"}
+    (out / "m.motion.json").write_text(json.dumps(record))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "m.mrc").write_bytes(movie.read_bytes())
+    whole_s = noted["mtime_ns"] // 10**9 * 10**9
+    os.utime(archive / "m.mrc", ns=(whole_s, whole_s))
+    movie.unlink()
+    assert main(["correct", str(archive / "m.mrc"), *flags]) == 0
+    assert sorted(p.name for p in out.glob("*.motion.json")) == ["m.motion.json"]
