@@ -15,8 +15,9 @@ Sums
     Each dose-weighted sum is normalised per frequency by ``sqrt(n / sum w^2)`` over its own
     frames (:mod:`correction.dose`), so ``even`` and ``odd`` are independent half-data maps,
     each normalised like ``dw`` (each holds about half its intensity: ``even + odd`` is
-    ``dw`` up to the weights' normalisation). Only three spectra are accumulated (plain, unnormalised even
-    and odd); ``dw`` is their combination, so four inverse FFTs finish the job.
+    ``dw`` up to the weights' normalisation). Only three spectra are accumulated (plain,
+    unnormalised even and odd); ``dw`` is their combination, so four inverse FFTs finish the
+    job.
 
 Shifts follow :mod:`correction.conventions`: frame ``i`` is moved by ``-shifts_yx_px[i]``.
 """
