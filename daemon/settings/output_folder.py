@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from correction.stems import OUTPUT_TAILS, fit_output_stem
@@ -66,12 +66,14 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
     return None
 
 
-def _matcher(patterns: Sequence[str]):  # noqa: ANN202 - a predicate on file names
+def _matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a file name is a movie's (the movie patterns, case ignored)."""
     lowered = [p.lower() for p in patterns]
     return lambda name: any(fnmatch.fnmatchcase(name.lower(), p) for p in lowered)
 
 
-def _output_names_taken(out_dir: Path, watch_dir: Path, is_movie) -> Iterator[Path]:  # noqa: ANN001
+def _output_names_taken(out_dir: Path, watch_dir: Path,
+                        is_movie: Callable[[str], bool]) -> Iterator[Path]:
     """Files in the output folder's mirror of each watch folder (to ``_DEPTH``) named as a movie
     there is, or as an output of one would be (``S.mrc``, ``S_DW.mrc`` ... of ``S.tif``)."""
     for here, names in _folders(watch_dir):
