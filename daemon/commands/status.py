@@ -30,6 +30,7 @@ from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
 from daemon.series.stored_state import listed_now
 from daemon.series.tilt_record import TiltRecord
+from daemon.system.terminal_text import printable
 
 __all__ = ["add_arguments", "run", "collect_status"]
 
@@ -215,62 +216,68 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
     }
 
 
+def _say(text: str = "") -> None:
+    """Print a line that may hold file names, made safe for a terminal: a control character
+    in a refused movie's name (an escape sequence) is shown, not run."""
+    print(printable(text, keep_undecodable=True))
+
+
 def _print_text(status: dict[str, Any]) -> None:
     d = status["daemon"]
     if d["running"]:
-        print(f"daemon: running (pid {d['pid']}, heartbeat {d['last_heartbeat_s_ago']} s ago, "
+        _say(f"daemon: running (pid {d['pid']}, heartbeat {d['last_heartbeat_s_ago']} s ago, "
               f"{'healthy' if d['healthy'] else 'UNHEALTHY'}; discovery: {d['discovery']})")
         for problem in d["problems"]:
-            print(f"  problem: {problem}")
+            _say(f"  problem: {problem}")
         pace = d.get("pace")
         if pace and pace.get("corrected_per_min") is not None:
             verdict = "keeping up" if pace["keeping_up"] else "FALLING BEHIND"
-            print(f"pace: {verdict}: {pace['arrived_per_min']:.1f} movies/min acquired, "
+            _say(f"pace: {verdict}: {pace['arrived_per_min']:.1f} movies/min acquired, "
                   f"{pace['corrected_per_min']:.1f} corrected (last "
                   f"{pace['window_s'] / 60:.0f} min)")
     else:
-        print("daemon: not running")
+        _say("daemon: not running")
     cluster = status["daemon"].get("cluster")
     if cluster:
-        print(f"cluster: {cluster.get('scheduler')} "
+        _say(f"cluster: {cluster.get('scheduler')} "
               f"{'connected' if cluster.get('connected') else 'NOT connected'}, "
               f"{cluster.get('workers', 0)} workers / {cluster.get('threads', 0)} threads, "
               f"{cluster.get('in_flight', 0)}/{cluster.get('max_in_flight', 0)} in flight")
     c = status["counts"]
-    print("movies: " + ", ".join(f"{c[k]} {k}" for k in ("done", "pending", "running", "failed",
+    _say("movies: " + ", ".join(f"{c[k]} {k}" for k in ("done", "pending", "running", "failed",
                                                             "quarantined"))
           + (f", {c['requeued']} requeued" if c.get("requeued") else ""))
     b = status["backlog"]
     if not d["running"]:  # what is being written is the daemon's live view
-        print(f"backlog: {b['pending']} to correct")
+        _say(f"backlog: {b['pending']} to correct")
     else:
-        print(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} waiting (being "
+        _say(f"backlog: {b['pending']} to correct, {b['waiting_for_completion']} waiting (being "
               f"written, settling, or for their metadata), {len(b['in_flight'])} in progress"
               + (f", {b['waiting_for_admission']} settled and waiting for admission (a scan "
                  "admits for at most 2 s)" if b["waiting_for_admission"] else ""))
     for path in b["in_flight"]:
-        print(f"  in progress: {path}")
+        _say(f"  in progress: {path}")
     for entry in b["requeued"]:
-        print(f"  requeued: {entry['movie']} (by retry; the daemon takes it up at its next scan)")
+        _say(f"  requeued: {entry['movie']} (by retry; the daemon takes it up at its next scan)")
     for entry in b["waiting"]:
-        print(f"  waiting: {entry['movie']}: {entry['reason']}")
+        _say(f"  waiting: {entry['movie']}: {entry['reason']}")
     if len(b["waiting"]) < b["waiting_for_completion"]:
-        print(f"  (and {b['waiting_for_completion'] - len(b['waiting'])} more waiting)")
+        _say(f"  (and {b['waiting_for_completion'] - len(b['waiting'])} more waiting)")
     if status["last_done"]:
-        print("last done:")
+        _say("last done:")
         for row in status["last_done"]:
             drift = row.get("drift") or {}
             extra = f" (drift {drift['total_A']:.1f} Å)" if "total_A" in drift else ""
             if row.get("ran_on"):
                 extra += f" on {row['ran_on'].get('worker') or row['ran_on'].get('host')}"
-            print(f"  {row['movie']}{extra}")
+            _say(f"  {row['movie']}{extra}")
     if status["failures"]:
-        print("failures:")
+        _say("failures:")
         for row in status["failures"]:
-            print(f"  {row['status']}: {row['movie']}: {row.get('reason', '')}")
+            _say(f"  {row['status']}: {row['movie']}: {row.get('reason', '')}")
     if status["series"]:
         n_done = sum(s["status"] == "completed" for s in status["series"])
-        print(f"tilt series: {len(status['series'])} ({n_done} completed, "
+        _say(f"tilt series: {len(status['series'])} ({n_done} completed, "
               f"{len(status['series']) - n_done} open)")
         for s in status["series"]:
             expected = "?" if s["tilts_expected"] is None else s["tilts_expected"]
@@ -283,7 +290,7 @@ def _print_text(status: dict[str, Any]) -> None:
                 parts.append(f"stacks NOT written ({s['reason']})")
             elif s["stack_folder"]:
                 parts.append(f"stacks in {s['stack_folder']}")
-            print(f"  {s['series']}: {s['status']}, " + ", ".join(parts))
+            _say(f"  {s['series']}: {s['status']}, " + ", ".join(parts))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ import collections
 import statistics
 import sys
 import time
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from daemon import exitcodes
+from daemon.system.terminal_text import printable
 
 __all__ = ["add_arguments", "run", "MonitorState", "SeriesView", "render", "sparkline", "EXAMPLES"]
 
@@ -221,7 +221,7 @@ def _fmt(value: Any, spec: str = ".1f", missing: str = "–") -> str:
     try:
         return format(value, spec)
     except (TypeError, ValueError):
-        return escape(_printable(value))  # not a number (a malformed message): shown as text
+        return escape(printable(value))  # not a number (a malformed message): shown as text
 
 
 def _duration(seconds: float | None) -> str:
@@ -246,7 +246,7 @@ def _header(state: MonitorState, now: float) -> Text:
     text.append("motionwatch monitor", style="bold")
     text.append(f"  {state.endpoint}")
     if state.host:
-        text.append(f"  host {_printable(state.host)}")
+        text.append(f"  host {printable(state.host)}")
     if state.session:
         text.append(f"  session {state.session[:8]}")
     if state.version:
@@ -280,21 +280,9 @@ def _header(state: MonitorState, now: float) -> Text:
     return text
 
 
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                           "\u2066\u2067\u2068\u2069")
-
-
-def _printable(value: Any) -> str:
-    """``value`` as text a terminal shows as it is: control characters (an escape sequence
-    in a file name would be run by the terminal), bidirectional controls (U+202E shows a name
-    reordered) and undecodable bytes become U+FFFD."""
-    return "".join("\ufffd" if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs")
-                   else c for c in str(value))
-
-
 def _plain(value: Any) -> Text:
     """A cell or title from a name: never read as markup (``[red]``, ``[link=...]``)."""
-    return Text(_printable(value))
+    return Text(printable(value))
 
 
 def _series_title(view: SeriesView) -> Text:
@@ -393,14 +381,14 @@ def render(state: MonitorState, now: float, *, max_rows: int = 20,
     if state.warnings:
         text = Text("warnings\n", style="bold yellow")
         for note in list(state.warnings)[-max_notes:]:
-            text.append(f"  {_clock(note.get('time'))}  {_printable(note.get('message', ''))}\n",
+            text.append(f"  {_clock(note.get('time'))}  {printable(note.get('message', ''))}\n",
                         style="yellow")
         parts.append(text)
     if state.errors:
         text = Text("errors\n", style="bold red")
         for note in list(state.errors)[-max(1, max_notes // 2):]:
-            text.append(f"  {_clock(note.get('time'))}  {_printable(note.get('path'))}: "
-                        f"{_printable(note.get('reason'))}\n", style="red")
+            text.append(f"  {_clock(note.get('time'))}  {printable(note.get('path'))}: "
+                        f"{printable(note.get('reason'))}\n", style="red")
         parts.append(text)
     if focus is None and not state.movies and state.session is not None:
         parts.append(Text("no movies yet", style="dim"))

@@ -352,3 +352,17 @@ def test_a_file_quarantined_again_under_other_settings_is_one_failure(tmp_path, 
                                                                         "quarantined")]
     _, _, errors = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
     assert [e["path"] for e in errors] == ["/d/empty.mrc"]
+
+
+def test_status_shows_a_refused_name_with_an_escape_sequence_without_running_it(tmp_path,
+                                                                               capsys):
+    """A movie named with an OSC sequence is refused at intake and listed as a failure: the
+    terminal must not have its title set or its line erased by ``status``."""
+    name = "/d/osc\x1b]0;PWNED\x07\x1b[2K\rlooks fine.mrc"
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.add(MovieKey(name, -1, -1, "f"), status="quarantined",
+               error="its name holds a control character")
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "osc\ufffd]0;PWNED\ufffd\ufffd[2K\ufffdlooks fine.mrc" in out
