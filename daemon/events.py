@@ -38,7 +38,8 @@ SOURCE_KEY = "source_file"
 #: renamed movie met again under its new name is corrected under it)
 VANISHED = "movie file vanished before correction"
 
-SeriesEventKind = Literal["started", "updated", "completed", "reopened", "assembly_failed"]
+SeriesEventKind = Literal["started", "updated", "completed", "reopened", "assembly_failed",
+                          "warning"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -350,9 +351,11 @@ class SeriesEvent:
 
     Attributes
     ----------
-    kind : {"started", "updated", "completed", "reopened", "assembly_failed"}
+    kind : {"started", "updated", "completed", "reopened", "assembly_failed", "warning"}
         First seen; one of its movies done or failed; stacks assembled; movies arrived (or were
-        redone) after completion; its stacks could not be written (``reason`` says why).
+        redone) after completion; its stacks could not be written (``reason`` says why); its
+        assembly has something to say (``reason``: a tilt left out of the stacks ...), sent
+        before its ``completed``.
     series : str
         Series name (the series mdoc's name without ``.mdoc``, or the file-name pattern's group).
     n_expected : int or None

@@ -270,6 +270,9 @@ class PublishListener(ServiceListener):
             self.publisher.warning("series_assembly_failed", f"{event.series}: stacks not "
                                    f"written: {event.reason}", series=event.series)
             return
+        if event.kind == "warning":  # e.g. a tilt of another image size left out of the stacks
+            self.publisher.warning("series_warning", str(event.reason), series=event.series)
+            return
         self.publisher.series(event.kind, event.series, n_done=event.n_done,
                               n_failed=event.n_failed, n_expected=event.n_expected,
                               accumulated_dose_e_A2=event.accumulated_dose_e_A2, mdoc=event.mdoc,

@@ -327,7 +327,7 @@ class RelionListener(ServiceListener):
         self._write_after(key, motion_path, series)
 
     def on_series_event(self, event: SeriesEvent) -> None:
-        if self._out is None:
+        if self._out is None or event.kind == "warning":  # a warning changes no file
             return
         self._write_series(event.series)
         self._write_globals(tomo=True, single=False)

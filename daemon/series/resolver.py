@@ -1061,6 +1061,7 @@ class TiltSeriesResolver:
             self._persist(name, state)
             for w in result["warnings"]:
                 self._log.warning("series_warning", series=name, reason=w)
+                self._emit("warning", name, reason=w)  # the feed: a tilt left out, shown live
             self._log.info("series_completed", series=name, folder=result["folder"],
                            tilts=len(result["order"]), reason=state.reason,
                            stacks=result["stacks"])

@@ -508,3 +508,20 @@ def test_a_series_whose_stacks_could_not_be_written_is_a_warning_naming_it(publi
     body = got[-1][1]
     assert (body["kind"], body["series"]) == ("series_assembly_failed", "grid1/TS_01")
     assert "stacks not written: OSError: [Errno 28] No space left" in body["message"]
+
+
+def test_a_tilt_left_out_of_a_series_stacks_is_a_series_warning_on_the_feed(publisher):
+    """Before, only the log said it; the dashboard and monitor showed "completed, 3/3"."""
+    from daemon.events import SeriesEvent
+    from daemon.feed.listener import PublishListener
+
+    reason = ("mix/TS_mix: TS_mix_001_3.0.mrc left out of the stacks: its images are "
+              "(192, 192), the series' (256, 256)")
+    with Subscriber(publisher.endpoint) as sub:
+        receive_until(sub, has_topic("state"))
+        PublishListener(publisher).on_series_event(SeriesEvent("warning", "mix/TS_mix", 3, 3, 0,
+                                                               reason=reason))
+        got = receive_until(sub, has_topic("warning"))
+    body = got[-1][1]
+    assert (body["kind"], body["series"], body["message"]) == ("series_warning", "mix/TS_mix",
+                                                              reason)
