@@ -42,7 +42,7 @@ from typing import Any
 from correction.report import read_motion_record
 from daemon.engine.faults import LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
-from daemon.engine.policy import EnginePolicy
+from daemon.engine.policy import EnginePolicy, finished_under_other_parameters
 from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, MovieMetadata,
                            Observation, ScanResult, output_dir_for)
 from daemon.intake.content import content_fingerprint
@@ -652,6 +652,15 @@ class Admission:
             for stem in stems:
                 self._stems.moved(name, str(obs.path), stem)
         self._announce_moved(obs.path, new_keys)
+        if self._policy.on_parameter_change != "keep" and self._done_under_other_parameters(
+                ledger, obs.path):
+            # corrected under other parameters (another release's reading conventions, a
+            # changed setting): admitted now under its new name, as the start's
+            # parameters_changed warning says, not at the next start
+            self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
+                           status="pending", note="renamed; corrected before under other "
+                                                  "parameters: corrected again")
+            return False, None
         revived = [r for r in rows if r.status == "quarantined"
                    and (r.error or "").startswith(VANISHED)]
         if revived:
@@ -668,6 +677,12 @@ class Admission:
                                 "with its outputs as written, not corrected again")
         self._handled.add(ident)
         return True, None
+
+    def _done_under_other_parameters(self, ledger: Any, path: Path) -> bool:
+        """Whether the movie's rows, now under ``path``, are done only under parameters other
+        than those it would be corrected with now (:func:`finished_under_other_parameters`)."""
+        rows = self._safe(lambda: ledger.rows(path=str(path)))
+        return bool(rows) and bool(finished_under_other_parameters(rows, self.settings.params))
 
     def _forget_name(self, path: str) -> None:
         """Forget having handled any version under ``path`` (its rows moved away): a file

@@ -294,3 +294,21 @@ def test_a_movie_an_earlier_release_read_otherwise_is_redone_after_the_upgrade(s
     with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
         done = {r.key.fingerprint: r.status for r in ledger.rows()}
     assert done.get(setup.params.fingerprint()) == "done"
+
+
+def test_a_movie_moved_and_corrected_under_other_parameters_before_is_redone_at_the_first_start(
+        setup):
+    """A session folder renamed (archived) between two runs, the second with other parameters
+    (or another release's reading conventions): its movies were redone only at the start after
+    (the first said "parameters_changed ... will be corrected again", then moved them only)."""
+    (setup.watch_dir / "grid").mkdir()
+    movie(setup.watch_dir / "grid", "m.mrc")
+    assert Service(setup, runner="fake_runners:correct").run() == 0
+    (setup.watch_dir / "grid").rename(setup.watch_dir / "grid_done")
+    other = dataclasses.replace(setup, params=CorrectionParams(
+        dose=DoseParams(dose_per_frame_e_A2=2.0)))
+    assert Service(other, runner="fake_runners:correct").run() == 0
+    with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        rows_now = ledger.rows(path=str(setup.watch_dir / "grid_done" / "m.mrc"))
+    assert {(r.key.fingerprint, r.status) for r in rows_now} >= {
+        (other.params.fingerprint(), "done")}
