@@ -307,7 +307,10 @@ class Admission:
                 self._reported.add((str(path), "skip"))
                 self._log.warning("movie_ignored", movie=str(path), reason=reason)
                 key = MovieKey(str(path), -1, -1, self._fingerprint)
-                self._safe(lambda: self._ledger().add(key, status="quarantined", error=reason))
+                if self._safe(lambda: self._ledger().add(key, status="quarantined",
+                                                         error=reason)) is not None:
+                    # the feed's `error` too: a live view listed it only as a count
+                    self._quarantined(MovieEvent(path, key, "quarantined", 0, error=reason))
         try:
             changed = {str(p) for p in (self._resolver.observe(result) or ())}
         except Exception as exc:  # noqa: BLE001 - a resolver bug must not stop the service

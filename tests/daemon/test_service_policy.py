@@ -312,3 +312,13 @@ def test_a_movie_moved_and_corrected_under_other_parameters_before_is_redone_at_
         rows_now = ledger.rows(path=str(setup.watch_dir / "grid_done" / "m.mrc"))
     assert {(r.key.fingerprint, r.status) for r in rows_now} >= {
         (other.params.fingerprint(), "done")}
+
+
+def test_a_file_refused_at_discovery_is_heard_as_a_failed_movie(setup):
+    """A folder named like a movie, a name with a control character: refused at discovery and
+    counted as quarantined, but never sent as a movie failure, so the feed's `error` and the
+    live views did not list it."""
+    (setup.watch_dir / "folder.mrc").mkdir()
+    recorder = Recorder()
+    assert Service(setup, listeners=[recorder], runner="fake_runners:correct").run() == 0
+    assert ("quarantined", "folder.mrc") in recorder.calls
