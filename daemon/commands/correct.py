@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import exitcodes
+from daemon.engine.outputs import remove_partial_outputs
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion_star,
                                    write_single_particle_star)
@@ -183,10 +184,10 @@ def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
 
 def _owned_by(out_dir: Path, stem: str, movie: Path) -> bool:
     """Whether ``movie`` may write the outputs of ``stem`` in ``out_dir``: no readable motion
-    record of that stem, or one of this movie (the same file, or a file of its name no longer
-    there)."""
+    record of that stem, or one of this movie (the same file, or a file of its name, size and
+    mtime no longer there)."""
     record = _record(out_dir, stem)
-    recorded = _recorded_movie(out_dir, stem)
+    recorded = _recorded_movie(record)
     if recorded is None:
         return record is None or "movie" not in record
     if recorded.exists():
@@ -217,9 +218,8 @@ def _same_file_noted(record: dict[str, Any] | None, now: dict[str, int] | None) 
     return False
 
 
-def _recorded_movie(out_dir: Path, stem: str) -> Path | None:
-    """The movie whose motion record ``out_dir/stem.motion.json`` is (None: none readable)."""
-    record = _record(out_dir, stem)
+def _recorded_movie(record: dict[str, Any] | None) -> Path | None:
+    """The movie a motion record names, resolved (None: no record, or no usable name)."""
     try:
         return Path(record["movie"]).resolve() if record is not None else None
     except (KeyError, TypeError, ValueError, OSError):
@@ -244,31 +244,6 @@ def _daemon_tilt(out_dir: Path, stem: str) -> str | None:
     if isinstance(tilt, dict):
         return str(tilt.get("series") or "its series")
     return None
-
-
-def _remove_dead_temporaries(out_dir: Path, stem: str) -> None:
-    """Remove the temporaries of ``stem``'s outputs (``.<name>.tmp-<pid>``) that a process no
-    longer running left (a ``correct`` killed while writing); another running writer's stay."""
-    import glob
-
-    from correction.stems import OUTPUT_TAILS
-
-    for tail in OUTPUT_TAILS:
-        for path in Path(out_dir).glob(f".{glob.escape(stem + tail)}.tmp-*"):
-            pid = path.name.rsplit(".tmp-", 1)[-1]
-            if pid.isdigit() and not _running(int(pid)):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process
-    return True
 
 
 class _Terminated(BaseException):
@@ -450,7 +425,8 @@ def run(args: argparse.Namespace) -> int:
                                           f"corrected into {args.out}: not replaced (motionwatch "
                                           "retry redoes it in its series)", as_json=args.json)
                     continue
-                _remove_dead_temporaries(Path(args.out), stems[movie])
+                # a run killed while writing this movie's set left them; a running one's stay
+                remove_partial_outputs(Path(args.out), stems[movie], dead_writers_only=True)
                 voltage = movie_voltage(movie, getattr(args, "voltage", None))
                 if voltage.warning:
                     print(f"motionwatch: {movie}: warning: {voltage.warning}", file=sys.stderr,

@@ -30,6 +30,7 @@ from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
 from daemon.series.stored_state import listed_now
 from daemon.series.tilt_record import TiltRecord
+from daemon.system.processes import process_exists
 from daemon.system.terminal_text import printable
 
 __all__ = ["add_arguments", "run", "collect_status"]
@@ -153,12 +154,7 @@ def _daemon_running(state: dict[str, Any], now: float) -> bool:
     if now - beat >= max(180.0, 3.0 * float(state.get("heartbeat_s") or 0.0)):
         return False
     if state.get("host") == socket.gethostname():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process
-            return True
+        return process_exists(int(pid))
     return True
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from correction.report import read_motion_record
 from correction.stems import fit_output_stem, stems_sharing_an_output
 from daemon.events import SOURCE_KEY, MovieKey
+from daemon.system.processes import process_exists
 
 __all__ = ["OutputStems", "movie_stem", "source_identity", "find_adoptable_outputs",
            "clean_temporary_outputs", "remove_partial_outputs", "summarise"]
@@ -91,17 +92,27 @@ def clean_temporary_outputs(out_dir: Path) -> list[Path]:
     return _remove(found)
 
 
-def remove_partial_outputs(out_dir: Path, stem: str) -> list[Path]:
+def remove_partial_outputs(out_dir: Path, stem: str, *,
+                           dead_writers_only: bool = False) -> list[Path]:
     """Remove the temporaries of one movie's output set (``.<output>.tmp-<pid>``: the images,
-    the pictures, the record), left when its worker was killed while writing it."""
+    the pictures, the record, its motion STAR), left when its writer was killed while writing
+    it; ``dead_writers_only``: only those whose process no longer runs on this host (another
+    ``correct`` run writing the same folder keeps its own)."""
     import glob
 
-    from correction.pipeline import output_names  # noqa: PLC0415 - heavy: only when needed
-    from correction.quicklook import quicklook_names  # noqa: PLC0415
+    from correction.stems import OUTPUT_TAILS
 
-    names = [*output_names(stem).values(), *quicklook_names(stem).values()]
-    return _remove([path for name in names
-                    for path in Path(out_dir).glob(f".{glob.escape(name)}.tmp-*")])
+    found = [path for tail in OUTPUT_TAILS
+             for path in Path(out_dir).glob(f".{glob.escape(stem + tail)}.tmp-*")]
+    if dead_writers_only:
+        found = [path for path in found if not _writer_runs(path)]
+    return _remove(found)
+
+
+def _writer_runs(temporary: Path) -> bool:
+    """Whether the process whose pid ends a temporary's name runs (:func:`process_exists`)."""
+    pid = temporary.name.rsplit(".tmp-", 1)[-1]
+    return pid.isdigit() and process_exists(int(pid))
 
 
 def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from daemon.events import Observation, ScanResult
 
 __all__ = [
     "MOVIE_PATTERNS",
+    "name_matcher",
     "METADATA_PATTERNS",
     "ScanResult",
     "Discovery",
@@ -109,7 +110,7 @@ def _control_character(text: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match | None]:
+def name_matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match | None]:
     """One compiled test of a lower-case name against shell ``patterns``, case-insensitive
     (a scan tests every file of the tree: one regex, not ``fnmatch`` pattern by pattern)."""
     if not patterns:
@@ -242,8 +243,8 @@ def scan(root: Path, *, movie_patterns: Sequence[str] = MOVIE_PATTERNS,
         listed[entry.path] = made
         return made
 
-    is_movie_name = _matcher(tuple(movie_patterns))
-    is_metadata_name = _matcher(tuple(metadata_patterns))
+    is_movie_name = name_matcher(tuple(movie_patterns))
+    is_metadata_name = name_matcher(tuple(metadata_patterns))
     excluded = {os.path.realpath(p) for p in exclude}
     root_real = os.path.realpath(root)
     observations: list[Observation] = []
@@ -646,8 +647,8 @@ class Discovery:
         if os.path.dirname(src_path) in self._waiting_folders:
             return True
         names = (os.path.basename(p) for p in paths)
-        is_movie_name = _matcher(self._movie_patterns)
-        is_metadata_name = _matcher(self._metadata_patterns)
+        is_movie_name = name_matcher(self._movie_patterns)
+        is_metadata_name = name_matcher(self._metadata_patterns)
         return any(not is_temporary_name(name) and (
             is_movie_name(name.lower()) is not None or is_metadata_name(name.lower()) is not None)
             for name in names)

@@ -23,13 +23,13 @@ acquisition) is not seen here; the writer's guard keeps the raw movies then.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from correction.stems import OUTPUT_TAILS, fit_output_stem
 from correction.write import written_by_motionwatch
+from daemon.intake.discover import name_matcher
 
 __all__ = ["output_folder_problem"]
 
@@ -50,7 +50,11 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
     if out_real == watch_real:
         return (f"output folder {out_dir} is the watch folder {watch_dir}: use a subfolder or "
                 "another folder")
-    is_movie = _matcher(movie_patterns)
+    match = name_matcher(tuple(movie_patterns))  # discovery's own test of a movie's name
+
+    def is_movie(name: str) -> bool:
+        return match(name.lower()) is not None
+
     if out_real.is_relative_to(watch_real):
         candidates = (Path(here) / name for here, names in _folders(out_dir)
                       for name in names if is_movie(name))
@@ -64,12 +68,6 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
                 "watched movies would take (is it a frames folder?): give the outputs a folder "
                 "of their own")
     return None
-
-
-def _matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
-    """Whether a file name is a movie's (the movie patterns, case ignored)."""
-    lowered = [p.lower() for p in patterns]
-    return lambda name: any(fnmatch.fnmatchcase(name.lower(), p) for p in lowered)
 
 
 def _output_names_taken(out_dir: Path, watch_dir: Path,
@@ -130,8 +128,8 @@ def _first_movie(paths: Iterator[Path], *, detector_only: bool = False) -> Path 
     (an MRC only when SerialEM's label says so)."""
     read = 0
     for path in paths:
-        if path.suffix.lower() in (".mrc", ".mrcs", ".st") and written_by_motionwatch(path):
-            continue  # motionwatch's own (a first look at the labels, not counted)
+        if written_by_motionwatch(path):
+            continue  # motionwatch's own (a look at its first bytes, not counted)
         read += 1
         if read > _MAX_READS:
             return None
@@ -141,13 +139,11 @@ def _first_movie(paths: Iterator[Path], *, detector_only: bool = False) -> Path 
 
 
 def _is_movie_file(path: Path, *, detector_only: bool) -> bool:
-    """Two frames or more as its format says, not motionwatch's; an MRC of space group 0 (an
-    image stack; a map or mask has 1), and with ``detector_only`` labelled by SerialEM."""
+    """Two frames or more as its format says; an MRC of space group 0 (an image stack; a map
+    or mask has 1), and with ``detector_only`` labelled by SerialEM."""
     from correction.io.complete import check_complete
 
     try:
-        if written_by_motionwatch(path):
-            return False
         if path.suffix.lower() in (".mrc", ".mrcs"):
             with open(path, "rb") as fh:
                 header = fh.read(1024)

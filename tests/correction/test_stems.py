@@ -47,3 +47,14 @@ def test_a_movie_with_a_240_character_name_is_corrected_and_its_outputs_named_sh
     assert stem == fit_output_stem("L" * 240) and len(stem) < 240
     assert result.outputs["dw"].name == f"{stem}_DW.mrc" and result.outputs["dw"].is_file()
     assert result.record["movie"] == str(tmp_path / name)
+
+
+def test_output_tails_name_every_file_a_movies_outputs_comprise():
+    """The tails are the one list stem clashes and a killed writer's temporaries are found by:
+    the images and record, the RELION motion STAR, the quick-look pictures."""
+    from correction.pipeline import output_names
+    from correction.quicklook import quicklook_names
+    from correction.stems import OUTPUT_TAILS
+
+    names = {*output_names("S").values(), *quicklook_names("S").values(), "S.star"}
+    assert {f"S{tail}" for tail in OUTPUT_TAILS} == names
