@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon import exitcodes
+from daemon.commands.stem_claims import StemClaims, resolved_movie
 from daemon.engine.outputs import remove_partial_outputs
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion_star,
@@ -154,12 +155,15 @@ def _movie_file(movie: Path) -> dict[str, int] | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
+def _output_stems(movies: list[Path], out_dir: Path,
+                  held: dict[str, Path] | None = None) -> dict[Path, str]:
     """Each movie's output stem: its name without the last suffix, or with its extension added
     (``x_tif``, then ``x_tif_2`` ...) when that stem, or one whose outputs share a file name with
     it (``x`` and ``x_DW`` share ``x_DW.mrc``: :func:`correction.stems.stems_sharing_an_output`),
-    is an earlier movie's of the same run or the motion record an earlier run left in
-    ``out_dir`` names another movie, so no two movies write the same outputs. The same movie
+    is an earlier movie's of the same run, another movie's that a run still running holds
+    (``held``: stem -> resolved movie, :mod:`daemon.commands.stem_claims`), or the motion record
+    an earlier run left in ``out_dir`` names another movie, so no two movies write the same
+    outputs. The same movie
     corrected again overwrites its own outputs: a record that names this file (by any path), or
     a file of its name, size and mtime that is no longer there (a session moved to an archive:
     the record's ``movie_file``), is its own; a record of another file of that name that is no
@@ -167,17 +171,18 @@ def _output_stems(movies: list[Path], out_dir: Path) -> dict[Path, str]:
     Shortened when too long to name files (:func:`correction.stems.fit_output_stem`)."""
     from correction.stems import fit_output_stem, stems_sharing_an_output
 
-    taken: dict[str, Path] = {}  # stem -> the movie of this run that has it
+    taken = dict(held or {})  # stem -> the resolved movie that has it
     stems = {}
     for movie in movies:
+        key = resolved_movie(movie)
         ext = movie.suffix.lstrip(".").lower()
         candidates = (fit_output_stem(c) for c in [movie.stem, f"{movie.stem}_{ext}"]
                       + [f"{movie.stem}_{ext}_{n}" for n in range(2, 1000)])
         stem = next(c for c in candidates
-                    if all(taken.get(other, movie) == movie
+                    if all(taken.get(other, key) == key
                            and _owned_by(out_dir, other, movie)
                            for other in stems_sharing_an_output(c)))
-        taken[stem] = movie
+        taken[stem] = key
         stems[movie] = stem
     return stems
 
@@ -405,7 +410,8 @@ def run(args: argparse.Namespace) -> int:
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
     eer_gain_noted = False  # how the gain file is applied to EER movies, said once per run
     voltage_noted = False  # 300 kV assumed for want of any voltage, said once per run
-    stems = _output_stems(movies, Path(args.out))
+    claims = StemClaims(Path(args.out))  # two runs into one folder never share a stem
+    stems = claims.claim(lambda held: _output_stems(movies, Path(args.out), held))
     relion = _RelionFiles(Path(args.out), params, optics)
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     status = None
@@ -461,6 +467,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous_handler)
         read_ahead.close()
         relion.finish()
+        claims.release()
     if status is not None:
         return status
     return exitcodes.SOME_FAILED if failed or relion.failed else exitcodes.OK

@@ -546,3 +546,39 @@ def test_a_moved_movie_recorded_by_the_daemon_or_copied_with_coarse_mtimes_is_it
     movie.unlink()
     assert main(["correct", str(archive / "m.mrc"), *flags]) == 0
     assert sorted(p.name for p in out.glob("*.motion.json")) == ["m.motion.json"]
+
+
+def test_a_run_never_takes_a_stem_another_running_run_chose_for_a_movie_of_the_same_name(
+        tmp_path):
+    """``xargs -P`` over two grids with SerialEM's names: a run chooses all its stems first and
+    writes each record only when that movie is done, so a stem chosen by a running run is
+    noted (``.motionwatch-correct-claims``) and the other run takes ``x_mrc``; the notes of a
+    run that has ended hold nothing."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(16)
+    for grid in ("grid1", "grid2", "out"):
+        (tmp_path / grid).mkdir()
+    first = _movie(tmp_path / "grid1" / "x.mrc", rng)
+    second = _movie(tmp_path / "grid2" / "x.mrc", rng)
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path\n"
+         "from daemon.commands.stem_claims import StemClaims\n"
+         "StemClaims(Path(sys.argv[1])).claim(lambda held: {Path(sys.argv[2]): 'x'})\n"
+         "print('claimed', flush=True); time.sleep(60)", str(out), str(first)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"  # a run correcting grid1/x.mrc
+        flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+        assert main(["correct", str(second), *flags]) == 0
+        assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(second)
+        assert not (out / "x.motion.json").exists()  # left to the run that chose it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["correct", str(first), *flags]) == 0  # that run was killed: x is free
+    assert json.loads((out / "x.motion.json").read_text())["movie"] == str(first)
+    assert not (out / ".motionwatch-correct-claims").exists()
