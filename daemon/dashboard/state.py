@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.quicklook import quicklook_names
-from daemon.feed.messages import tilt_summary
+from daemon.feed.messages import ASSEMBLY_FAILED_STATUS, series_status, tilt_summary
 
 __all__ = ["SessionView"]
 
@@ -113,6 +113,9 @@ class SessionView:
             self._heartbeat(body, now)
         elif topic == "warning":
             self.warnings.append(_without_envelope(body))
+            if body.get("series") in self.series:  # e.g. its stacks were not written
+                entry = self.series[str(body["series"])]
+                entry["status"] = series_status(entry["status"], topic, body)
             if body.get("kind") == "stopping":
                 self.stopping = str(body.get("message") or "stopping")
         elif topic == "error":
@@ -171,17 +174,14 @@ class SessionView:
         for key in ("n_done", "n_failed", "n_expected", "accumulated_dose_e_A2"):
             if key in body:
                 entry[key] = body[key]
-        event = body.get("event")
-        if event == "completed":
-            entry["status"] = "completed"
-        elif event in ("reopened", "started"):
-            entry["status"] = "open"
+        entry["status"] = series_status(entry["status"], "series", body)
         self._prune_series()
 
     def _prune_series(self) -> None:
         """Keep the newest ``_COMPLETED_KEPT`` completed and ``_OPEN_KEPT`` open series (the page
         and its snapshot stay bounded over a long session)."""
-        for status, kept in (("completed", _COMPLETED_KEPT), ("open", _OPEN_KEPT)):
+        for status, kept in (("completed", _COMPLETED_KEPT), ("open", _OPEN_KEPT),
+                             (ASSEMBLY_FAILED_STATUS, _COMPLETED_KEPT)):
             names = [n for n, e in self.series.items() if e["status"] == status]
             for name in names[:max(0, len(names) - kept)]:
                 del self.series[name]

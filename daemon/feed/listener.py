@@ -25,8 +25,9 @@ from correction.report import read_motion_record, unlisted_pixels_warning
 
 from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
-from daemon.feed.messages import DriftRules, movie_message
+from daemon.feed.messages import ASSEMBLY_FAILED_KIND, DriftRules, movie_message
 from daemon.feed.publisher import PublishConfig, Publisher, PublishError
+from daemon.series.resolution import ASSEMBLY_FAILED_REASON
 from daemon.series.stored_state import listed_now
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
@@ -140,18 +141,19 @@ def _iso(wall_s: float | None) -> str | None:
 
 
 def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED_MOVIES
-                   ) -> tuple[list[dict], list[dict], list[dict]]:
+                   ) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """What an earlier run did, as message bodies for :meth:`Publisher.restore`.
 
     Reads the state database read-only: the ``limit`` most recently done movies (oldest first;
     each from its motion record on disk, skipped when that is gone or unreadable; a movie done
     more than once by its newest row), one ``series`` body per tilt series (``completed`` or
-    ``updated``, with its movies done) and one ``error`` body per movie still quarantined (the
-    newest ``limit``, oldest first).
+    ``updated``, with its movies done), one ``error`` body per movie still quarantined (the
+    newest ``limit``, oldest first) and one ``warning`` body per series whose last assembly
+    failed (``updated``, not ``completed``, in ``series``).
 
     Returns
     -------
-    movies, series, errors : list of dict
+    movies, series, errors, warnings : list of dict
         Empty when there is no database yet.
     """
     try:
@@ -161,7 +163,7 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
             quarantined = ledger.recent("quarantined", limit)
             done_paths = {r.key.path: r.updated for r in ledger.rows(status="done")}
     except (FileNotFoundError, sqlite3.Error):
-        return [], [], []
+        return [], [], [], []
     newest_error = {}  # a file once, by its newest quarantine (again under other settings)
     for r in quarantined:  # newest first
         if not done_paths.get(r.key.path, -1.0) >= r.updated:
@@ -195,16 +197,23 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
                 reached[body["series"]] = max(reached.get(body["series"], 0.0),
                                               dose["pre_exposure_e_A2"] + dose["total_e_A2"])
     series = []
+    warnings = []
     for name, state in states.items():
         if not isinstance(state, Mapping):
             continue
         stacks = state.get("stacks") or None
-        series.append({"event": "completed" if state.get("status") == "complete" else "updated",
+        reason = str(state.get("reason") or "")
+        assembly_failed = reason.startswith(ASSEMBLY_FAILED_REASON)
+        completed = state.get("status") == "complete" and not assembly_failed
+        series.append({"event": "completed" if completed else "updated",
                        "series": name, "n_done": n_done.get(name, 0), "n_failed": 0,
                        "n_expected": state.get("expected_tilts"),
                        "accumulated_dose_e_A2": reached.get(name), "mdoc": state.get("mdoc"),
                        "stacks": dict(stacks) if isinstance(stacks, Mapping) else None})
-    return movies, series, errors
+        if assembly_failed:  # shown so, not as completed with no stacks
+            warnings.append({"kind": ASSEMBLY_FAILED_KIND, "series": name, "path": None,
+                             "message": f"{name}: stacks not written: {reason}"})
+    return movies, series, errors, warnings
 
 
 class PublishListener(ServiceListener):
@@ -226,11 +235,12 @@ class PublishListener(ServiceListener):
         movies: list[dict] = []
         series: list[dict] = []
         errors: list[dict] = []
+        warnings: list[dict] = []
         try:
-            movies, series, errors = restored_state(Path(info.state_dir) / DB_NAME,
+            movies, series, errors, warnings = restored_state(Path(info.state_dir) / DB_NAME,
                                                     out_dir=Path(info.out_dir))
         finally:  # also answers a state request held (hold_state), whatever happened
-            self.publisher.restore(movies, series, errors)
+            self.publisher.restore(movies, series, errors, warnings)
         if movies:
             self._last_movie = movies[-1].get("path")
 
@@ -267,7 +277,7 @@ class PublishListener(ServiceListener):
 
     def on_series_event(self, event: SeriesEvent) -> None:
         if event.kind == "assembly_failed":  # a dashboard waiting for `completed` is told
-            self.publisher.warning("series_assembly_failed", f"{event.series}: stacks not "
+            self.publisher.warning(ASSEMBLY_FAILED_KIND, f"{event.series}: stacks not "
                                    f"written: {event.reason}", series=event.series)
             return
         if event.kind == "warning":  # e.g. a tilt of another image size left out of the stacks

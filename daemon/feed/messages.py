@@ -19,12 +19,32 @@ from correction.write import plain
 from daemon.feed.endpoint import PublishConfigError
 from daemon.series.tilt_record import TiltRecord
 
-__all__ = ["SCHEMA", "TOPICS", "SERIES_EVENTS", "PRIMARY_DOSE_SOURCES", "DriftRules", "TiltInfo",
-           "movie_message", "movie_warnings", "tilt_summary"]
+__all__ = ["SCHEMA", "TOPICS", "SERIES_EVENTS", "PRIMARY_DOSE_SOURCES", "ASSEMBLY_FAILED_KIND",
+           "ASSEMBLY_FAILED_STATUS", "DriftRules", "TiltInfo", "movie_message", "movie_warnings",
+           "series_status", "tilt_summary"]
 
 SCHEMA = "motionwatch/1"
 TOPICS = ("movie", "series", "heartbeat", "error", "warning", "state")
 SERIES_EVENTS = ("started", "updated", "completed", "reopened")
+#: the ``warning`` kind that says a series' stacks were not written (the message names why)
+ASSEMBLY_FAILED_KIND = "series_assembly_failed"
+#: a live view's status of a series whose last assembly failed (else "open" or "completed")
+ASSEMBLY_FAILED_STATUS = "assembly failed"
+
+
+def series_status(status: str, topic: str, body: Mapping[str, Any]) -> str:
+    """A tilt series' status in a live view (``open``, ``completed``, ``assembly failed``) after
+    one message about it: ``completed`` on its ``completed`` event, ``open`` on ``started`` or
+    ``reopened``, ``assembly failed`` on an :data:`ASSEMBLY_FAILED_KIND` warning (until the
+    series is reopened or assembled again); other messages leave ``status`` as it is."""
+    if topic == "series":
+        event = body.get("event")
+        if event == "completed":
+            return "completed"
+        return "open" if event in ("started", "reopened") else status
+    if topic == "warning" and body.get("kind") == ASSEMBLY_FAILED_KIND:
+        return ASSEMBLY_FAILED_STATUS
+    return status
 
 
 @dataclass(frozen=True, slots=True)

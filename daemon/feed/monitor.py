@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from daemon import exitcodes
+from daemon.feed.messages import series_status
 from daemon.system.terminal_text import printable
 
 __all__ = ["add_arguments", "run", "MonitorState", "SeriesView", "render", "sparkline", "EXAMPLES"]
@@ -163,7 +164,7 @@ class MonitorState:
             self._add_tilt(summary, body.get("series"), received_at)
         elif topic == "series":
             view = self._series(body["series"], received_at)
-            view.status = "completed" if body.get("event") == "completed" else "open"
+            view.status = series_status(view.status, topic, body)
             for key in ("n_done", "n_failed", "n_expected", "accumulated_dose_e_A2"):
                 if body.get(key) is not None:
                     setattr(view, key, body[key])
@@ -173,6 +174,9 @@ class MonitorState:
             self.version = body.get("version", self.version)
         elif topic in ("warning", "error"):
             self._note(topic, body)
+            if topic == "warning" and body.get("series") in self.series:
+                view = self.series[str(body["series"])]  # e.g. its stacks were not written
+                view.status = series_status(view.status, topic, body)
         elif topic == "state":
             for entry in body.get("series") or []:
                 view = self._series(entry["series"], received_at)

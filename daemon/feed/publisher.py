@@ -61,7 +61,7 @@ from correction.write import plain
 from daemon import __version__
 from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError, endpoint_is_local
 from daemon.feed.messages import (SCHEMA, SERIES_EVENTS, DriftRules, TiltInfo, movie_message,
-                                  movie_warnings, tilt_summary)
+                                  movie_warnings, series_status, tilt_summary)
 
 __all__ = ["PublishConfig", "PublishError", "Publisher", "PublisherStats"]
 
@@ -220,18 +220,18 @@ class _Feed:
                 if key in body:
                     entry[key] = body[key]
             entry["updated"] = body.get("time")
-            if body.get("event") == "completed":
-                entry["status"] = "completed"
+            entry["status"] = series_status(entry["status"], topic, body)
+            if entry["status"] == "completed" and entry not in self.completed:
                 self.open.pop(body["series"], None)
-                if entry not in self.completed:
-                    self.completed.append(entry)
-            elif body.get("event") == "reopened" and entry.get("status") == "completed":
-                entry["status"] = "open"
-                if entry in self.completed:
-                    self.completed.remove(entry)
+                self.completed.append(entry)
+            elif entry["status"] == "open" and entry in self.completed:  # reopened
+                self.completed.remove(entry)
                 self.open[body["series"]] = entry
         elif topic == "warning":
             self.warnings.append(body)
+            for entry in [*self.open.values(), *self.completed]:  # stacks not written
+                if entry["series"] == body.get("series"):
+                    entry["status"] = series_status(entry["status"], topic, body)
         elif topic == "error":
             self.errors.append(body)
         elif topic == "heartbeat":
@@ -417,7 +417,8 @@ class Publisher:
 
     def restore(self, movies: Iterable[Mapping[str, Any]] = (),
                 series: Iterable[Mapping[str, Any]] = (),
-                errors: Iterable[Mapping[str, Any]] = ()) -> None:
+                errors: Iterable[Mapping[str, Any]] = (),
+                warnings: Iterable[Mapping[str, Any]] = ()) -> None:
         """Seed the late joiners' state with what an earlier run did (nothing is sent).
 
         Parameters
@@ -430,6 +431,9 @@ class Publisher:
             the movies.
         errors : iterable of mapping
             ``error`` message bodies (``path``, ``reason``): the movies still quarantined.
+        warnings : iterable of mapping
+            ``warning`` message bodies (``kind``, ``series``, ``message``): the series whose
+            stacks were not written.
         """
         for body in movies:
             self._put(_RESTORE + "movie", dict(body), keep_time=True)
@@ -437,6 +441,8 @@ class Publisher:
             self._put(_RESTORE + "series", dict(body), keep_time=True)
         for body in errors:
             self._put(_RESTORE + "error", dict(body), keep_time=True)
+        for body in warnings:
+            self._put(_RESTORE + "warning", dict(body), keep_time=True)
         with self._lock:
             self._state_held = False  # after the seeds: the thread sees them first
         self._wake()

@@ -447,7 +447,7 @@ def test_a_restart_restores_a_redone_movie_once_and_its_series_count_once(tmp_pa
         ledger.add(bad)
         ledger.claim(bad)
         ledger.mark_failed(bad, "header needs 4864 bytes", quarantine=True)
-    movies, series, errors = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
+    movies, series, errors, _ = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
     assert [m["name"] for m in movies] == ["TS_01_000_0.0.mrc"]
     assert [(s["series"], s["n_done"]) for s in series] == [("TS_01", 1)]
     # the quarantined movie is listed again with its reason (the page showed none after a restart)
@@ -508,6 +508,41 @@ def test_a_series_whose_stacks_could_not_be_written_is_a_warning_naming_it(publi
     body = got[-1][1]
     assert (body["kind"], body["series"]) == ("series_assembly_failed", "grid1/TS_01")
     assert "stacks not written: OSError: [Errno 28] No space left" in body["message"]
+
+
+def test_every_live_view_shows_a_series_whose_stacks_were_not_written_as_assembly_failed(
+        publisher):
+    """Before, the dashboard, `monitor` and a late joiner's state kept such a series "open"
+    (its last series event), so a night's failed stacks looked like a series still recording.
+    A reopened series (a tilt retaken) is open again."""
+    from daemon.dashboard.state import SessionView
+    from daemon.events import SeriesEvent
+    from daemon.feed.listener import PublishListener
+    from daemon.feed.monitor import MonitorState
+
+    listener = PublishListener(publisher)
+    dashboard = SessionView(locate=lambda name: None, clock=time.monotonic)
+    monitor = MonitorState(publisher.endpoint)
+
+    def views_after(event: SeriesEvent) -> tuple[str, str, str]:
+        with Subscriber(publisher.endpoint) as sub:
+            receive_until(sub, has_topic("state"))
+            listener.on_series_event(event)
+            got = receive_until(sub, lambda got: got and got[-1][1].get("series") == "g/TS_01")
+        for topic, body in got:
+            dashboard.apply(topic, body)
+            monitor.apply(topic, body, time.monotonic())
+        with Subscriber(publisher.endpoint) as late:  # a late joiner's state message
+            state = receive_until(late, has_topic("state"))[-1][1]
+        late_status = {s["series"]: s["status"] for s in state["series"]}["g/TS_01"]
+        return dashboard.series["g/TS_01"]["status"], monitor.series["g/TS_01"].status, late_status
+
+    assert views_after(SeriesEvent("started", "g/TS_01", 3, 0, 0)) == ("open",) * 3
+    failed = views_after(SeriesEvent("assembly_failed", "g/TS_01", 3, 3, 0,
+                                     reason="OSError: [Errno 28] No space left on device"))
+    assert failed == ("assembly failed",) * 3
+    assert views_after(SeriesEvent("reopened", "g/TS_01", 3, 2, 0)) == ("open",) * 3
+    assert views_after(SeriesEvent("completed", "g/TS_01", 3, 3, 0)) == ("completed",) * 3
 
 
 def test_a_tilt_left_out_of_a_series_stacks_is_a_series_warning_on_the_feed(publisher):

@@ -259,5 +259,5 @@ def test_while_the_discarded_movie_waits_the_series_counts_only_its_listed_tilts
     assert [(s["tilts_done"], s["tilts_expected"]) for s in series] == [(3, 3)]
     assert series[0]["accumulated_dose_e_A2"] == pytest.approx(exposures, abs=1e-3)
     # and in the state a restarted daemon's feed gives a dashboard (it said 4 of 3)
-    _, restored, _ = restored_state(out / "motionwatch.sqlite", out_dir=out)
+    _, restored, _, _ = restored_state(out / "motionwatch.sqlite", out_dir=out)
     assert [(s["n_done"], s["n_expected"]) for s in restored] == [(3, 3)]

@@ -15,9 +15,11 @@ from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
 from daemon.engine.service import Service
+from daemon.feed.listener import restored_state
 from daemon.series.options import resolver_from_config
 from daemon.settings.config import Config
 from daemon.simulation.tilt_series import simulate_tilt_series
+from daemon.state.ledger import DB_NAME
 from daemon.work.jobs import JobRunner
 
 
@@ -61,6 +63,13 @@ def test_a_failed_assembly_is_reported_and_later_series_are_still_assembled(tmp_
     assert [e["series"] for e in failed] == ["grid1/TS_01", "grid2/TS_01"]
     assert all("cannot read tilt image" in e["error"] for e in failed)
     assert log.named("metadata_observe_failed") == []
+    # after a restart, the live views' state says so too (not "completed" with no stacks)
+    _, series, _, warnings = restored_state(out / DB_NAME, out_dir=out)
+    assert {s["series"]: s["event"] for s in series} == {"grid1/TS_01": "updated",
+                                                         "grid2/TS_01": "updated"}
+    assert sorted((w["kind"], w["series"]) for w in warnings) == [
+        ("series_assembly_failed", "grid1/TS_01"), ("series_assembly_failed", "grid2/TS_01")]
+    assert all("stacks not written: assembly failed" in w["message"] for w in warnings)
 
 
 def test_a_job_runner_whose_process_died_starts_a_new_one():

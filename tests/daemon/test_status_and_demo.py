@@ -350,7 +350,7 @@ def test_a_file_quarantined_again_under_other_settings_is_one_failure(tmp_path, 
     status = json.loads(capsys.readouterr().out)
     assert [(f["movie"], f["status"]) for f in status["failures"]] == [("/d/empty.mrc",
                                                                         "quarantined")]
-    _, _, errors = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
+    _, _, errors, _ = restored_state(tmp_path / "motionwatch.sqlite", out_dir=tmp_path)
     assert [e["path"] for e in errors] == ["/d/empty.mrc"]
 
 
