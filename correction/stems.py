@@ -12,7 +12,9 @@ __all__ = ["MAX_STEM_BYTES", "OUTPUT_TAILS", "fit_output_stem", "stems_sharing_a
 #: Longest output stem (bytes): every file named from it, with the longest suffix
 #: (``.spectrum.png``) and as a writer's temporary (``.<name>.tmp-<pid>``, a pid of up to 7
 #: digits), stays within the 255 bytes a file name may have on Linux file systems:
-#: 255 - 1 - 13 - 5 - 7. Every stem that fitted keeps its name.
+#: 255 - 1 - 13 - 5 - 7. Every stem that fitted keeps its name. (A second thread of one process
+#: writing the same name at once adds ``.<k>`` to its temporary; at this length that write
+#: fails with ENAMETOOLONG, named, rather than mixing the two sets.)
 MAX_STEM_BYTES = 229
 _KEPT_BYTES = MAX_STEM_BYTES - 10  # then "~" and 8 hex digits
 

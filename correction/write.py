@@ -73,9 +73,41 @@ def _fsync_dir(folder: Path) -> None:
 
 def temporary_name(path: str | Path) -> Path:
     """The hidden temporary a writer uses for ``path``: ``.<name>.tmp-<pid>`` beside it (the
-    daemon removes such files left by a killed process)."""
+    daemon removes such files left by a killed process); ``.<name>.tmp-<pid>.<k>`` for a second
+    set of this process writing ``path`` at the same time (:class:`_TemporariesInUse`)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class _TemporariesInUse:
+    """The temporaries the output sets of this process are writing. Threads share a pid, so two
+    sets writing one name at once (two movies of one name, corrected in two threads into one
+    folder) would write one temporary; the second gets a numbered one instead. ``renaming``
+    is held while a set is renamed into place, so the sets of one process never interleave
+    their renames (one set's sum beside another's record)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_use: set[Path] = set()
+        self.renaming = threading.Lock()
+
+    def take(self, path: Path) -> Path:
+        """A temporary for ``path`` that no other set of this process is writing."""
+        base = temporary_name(path)
+        with self._lock:
+            candidate, k = base, 1
+            while candidate in self._in_use:
+                candidate, k = base.with_name(f"{base.name}.{k}"), k + 1
+            self._in_use.add(candidate)
+        return candidate
+
+    def give_back(self, temporaries: Sequence[Path]) -> None:
+        with self._lock:
+            self._in_use.difference_update(temporaries)
+
+
+#: one per process, as the pid in the temporaries' names is
+_TEMPORARIES = _TemporariesInUse()
 
 
 def written_by_motionwatch(path: str | Path) -> bool:
@@ -218,7 +250,7 @@ class OutputSet:
             raise RuntimeError("the output set is already committed or discarded")
         path = Path(path)
         self._paths.append(path)
-        self._temps.append(temporary_name(path))
+        self._temps.append(_TEMPORARIES.take(path))
         if self._failed.is_set():
             return  # a write has failed: nothing more is written; commit raises its error
         self._futures.append(self._pool.submit(self._write, self._temps[-1], write))
@@ -245,14 +277,16 @@ class OutputSet:
             for future in self._futures:
                 if not future.cancelled() and future.exception() is not None:
                     raise future.exception()
-            _refuse_foreign(self._paths)
-            with _stop_signals_held():  # a set renamed in part is a set of two versions
-                for tmp, path in zip(self._temps, self._paths):
-                    os.replace(tmp, path)
+            with _TEMPORARIES.renaming:  # another thread's set of these names waits
+                _refuse_foreign(self._paths)
+                with _stop_signals_held():  # a set renamed in part is a set of two versions
+                    for tmp, path in zip(self._temps, self._paths):
+                        os.replace(tmp, path)
         except BaseException:
             self._discard()
             raise
         self._done = True
+        _TEMPORARIES.give_back(self._temps)
         for folder in dict.fromkeys(p.parent for p in self._paths):
             _fsync_dir(folder)
         return list(self._paths)
@@ -262,6 +296,7 @@ class OutputSet:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for tmp in self._temps:
             _unlink_quietly(tmp)
+        _TEMPORARIES.give_back(self._temps)
 
 
 def text_bytes(text: str) -> bytes:

@@ -111,7 +111,7 @@ def remove_partial_outputs(out_dir: Path, stem: str, *,
 
 def _writer_runs(temporary: Path) -> bool:
     """Whether the process whose pid ends a temporary's name runs (:func:`process_exists`)."""
-    pid = temporary.name.rsplit(".tmp-", 1)[-1]
+    pid = temporary.name.rsplit(".tmp-", 1)[-1].split(".")[0]  # .<name>.tmp-<pid>[.<k>]
     return pid.isdigit() and process_exists(int(pid))
 
 

@@ -217,3 +217,42 @@ def test_an_output_set_left_without_commit_leaves_no_file_and_no_temporary(tmp_p
         output_set.add(tmp_path / "S.mrc", lambda fh: fh.write(b"image"))
         1 / 0  # e.g. drawing a picture failed in a way nobody caught
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_threads_writing_movies_of_one_name_into_one_folder_leave_one_whole_set(tmp_path):
+    """Threads share a pid, so two sets of one name wrote one temporary: one thread failed
+    (FileNotFoundError at its rename) and the set left mixed one movie's sum with the other's
+    record. Each set now has its own temporaries and renames whole: the last one wins."""
+    from correction.pipeline import prepare_movie
+
+    prepared = []
+    for grid, seed in (("Grid1", 1), ("Grid2", 2)):
+        (tmp_path / grid).mkdir()
+        syn = render_movie(np.random.default_rng(seed), shape_yx=(384, 384), n_frames=6,
+                           gain=None, n_hot_pixels=0)
+        with mrcfile.new(tmp_path / grid / "FoilHole_1_Data_1.mrc") as mrc:
+            mrc.set_data(syn.frames)
+            mrc.voxel_size = PIXEL_A
+        prepared.append(prepare_movie(tmp_path / grid / "FoilHole_1_Data_1.mrc",
+                                      tmp_path / "out", PARAMS, workers=1))
+    sums = {str(p.movie_path): np.array(p.images.sum) for p in prepared}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def write(p) -> None:
+        start.wait()
+        try:
+            p.write()
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in prepared]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    record = json.loads((tmp_path / "out" / "FoilHole_1_Data_1.motion.json").read_text())
+    on_disk = mrcfile.read(tmp_path / "out" / "FoilHole_1_Data_1.mrc")
+    assert np.array_equal(on_disk, sums[record["movie"]])  # the sum of the movie it names
+    assert [p.name for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name] == []

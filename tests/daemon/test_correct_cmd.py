@@ -502,11 +502,13 @@ def test_a_killed_runs_temporaries_are_removed_and_a_running_writers_are_kept(tm
     try:
         left = out / f".m_DW.mrc.tmp-{dead}"  # a correct killed while writing (SIGKILL)
         running = out / f".m_EVN.mrc.tmp-{other.pid}"  # another run writing now
+        second = out / f".m_ODD.mrc.tmp-{other.pid}.1"  # its second thread on that name
         left.write_bytes(b"x" * 1000)
         running.write_bytes(b"y")
+        second.write_bytes(b"z")
         assert main(["correct", str(movie), "--out", str(out), "--dose-per-frame", "1",
                      "--patches", "1", "1"]) == 0
-        assert not left.exists() and running.exists()
+        assert not left.exists() and running.exists() and second.exists()
     finally:
         other.kill()
         other.wait()
