@@ -16,6 +16,7 @@ __all__ = [
     "MissingPixelSizeError",
     "ParameterError",
     "ForeignOutputError",
+    "OutputClashError",
 ]
 
 
@@ -70,3 +71,9 @@ class ParameterError(CorrectionError):
 class ForeignOutputError(CorrectionError):
     """An output's name is taken by a file motionwatch did not write (a raw movie, when the
     output folder is a frames folder): it is never replaced. The path is that file's."""
+
+
+class OutputClashError(CorrectionError):
+    """The movie's outputs would take the names of another stem's in the output folder (``x``
+    and ``x_DW`` share ``x_DW.mrc``: :func:`correction.stems.stems_sharing_an_output`), whose
+    motion record is there: they are not replaced. The path is the movie's."""

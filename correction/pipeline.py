@@ -84,8 +84,8 @@ from .defects import (detect_hot_pixels, first_coordinates_yx, gross_outliers, p
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose_counts import DoseCount, check_dose_count
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
-from .errors import (CorrectionError, GainReferenceError, MissingPixelSizeError, ParameterError,
-                     UnreadableMovieError)
+from .errors import (CorrectionError, GainReferenceError, MissingPixelSizeError,
+                     OutputClashError, ParameterError, UnreadableMovieError)
 from .fourier import (fourier_crop, irfft2, rfft2, rfft2_cropped, rfft2_cropped_of_2x2,
                       rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
@@ -101,7 +101,7 @@ from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
                      motion_record, reference_record, software_record)
-from .stems import fit_output_stem
+from .stems import fit_output_stem, stems_sharing_an_output
 from .summation import SumImages, accumulate_sums, frame_mean, sums_to_images
 from .threads import run_chunks
 
@@ -1096,6 +1096,19 @@ def prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                               scratch_dir=scratch_dir)
 
 
+def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str) -> None:
+    """Raise :class:`OutputClashError` when another stem whose outputs share a name with
+    ``stem``'s has its motion record in ``out_dir`` (``x.motion.json`` for stem ``x_DW``:
+    ``x``'s dose-weighted sum is ``x_DW.mrc``). ``motionwatch correct`` and ``watch`` choose
+    stems that never clash (``x_DW_mrc``); a library caller gives ``stem``."""
+    for other in sorted(stems_sharing_an_output(stem) - {stem}):
+        record = out_dir / f"{other}.motion.json"
+        if record.exists():
+            raise OutputClashError(movie_path, f"its outputs (stem {stem!r}) would replace "
+                                               f"those of {other!r} in {out_dir} ({record.name} "
+                                               "is there): give another stem")
+
+
 def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                    gain_reference: GainReference | None, stem: str | None,
                    extra_record: dict[str, Any] | None, workers: int,
@@ -1108,6 +1121,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     movie_path = Path(movie_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = stem or fit_output_stem(movie_path.stem)
+    _refuse_output_clash(movie_path, out_dir, stem)  # before the work, not after
     # a compressed movie too large to decode in memory is decoded into an unnamed file in the
     # scratch folder, by default the output folder (on a disk, unlike a RAM-backed /tmp), and
     # used memory-mapped
@@ -1160,7 +1175,6 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                                "hold values beyond float32's range (or NaN/Inf, "
                                                "replaced only by the hot-pixel search)")
 
-    stem = stem or fit_output_stem(movie_path.stem)
     names = output_names(stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {kind: out_dir / name for kind, name in names.items()}

@@ -337,3 +337,32 @@ def test_too_few_electrons_per_frame_for_single_frames_is_said_with_the_group_th
     assert grouped_error < 0.5 * single_error, (grouped_error, single_error)
     strong, strong_error, _ = corrected(0.3, 0.06, 1)
     assert not strong.alignment_advice and strong_error < 0.4
+
+
+@pytest.mark.parametrize("first, second", [("x", "x_DW"), ("x_DW", "x")])
+def test_the_library_never_lets_one_movies_outputs_replace_anothers_of_a_clashing_stem(
+        tmp_path, first, second):
+    """``x``'s dose-weighted sum is ``x_DW.mrc``, the name of ``x_DW``'s plain sum. The command
+    line and the daemon give such a movie another stem (``x_DW_mrc``); a library caller who
+    gave none silently replaced x's dose-weighted sum, its record still naming it."""
+    from correction.errors import OutputClashError
+
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    for name, seed in ((first, 1), (second, 2)):
+        syn = render_movie(np.random.default_rng(seed), shape_yx=(128, 128), n_frames=4,
+                           gain=None, n_hot_pixels=0)
+        with mrcfile.new(tmp_path / f"{name}.mrc") as mrc:
+            mrc.set_data(syn.frames)
+            mrc.voxel_size = 1.3
+    done = correct_movie(tmp_path / f"{first}.mrc", tmp_path / "out", params, workers=1)
+    kept = {kind: path.read_bytes() for kind, path in done.outputs.items()}
+    with pytest.raises(OutputClashError, match=f"{second}.mrc: .*would replace those of "
+                                                f"'{first}'.*give another stem"):
+        correct_movie(tmp_path / f"{second}.mrc", tmp_path / "out", params, workers=1)
+    assert {kind: path.read_bytes() for kind, path in done.outputs.items()} == kept
+    again = correct_movie(tmp_path / f"{second}.mrc", tmp_path / "out", params, workers=1,
+                          stem=f"{second}_mrc")  # as the command line names it
+    assert json.loads(again.outputs["motion"].read_text())["movie"].endswith(f"{second}.mrc")
+    assert correct_movie(tmp_path / f"{first}.mrc", tmp_path / "out", params,
+                         workers=1).outputs == done.outputs  # the same movie again: its own
