@@ -154,10 +154,10 @@ class Dispatcher:
         # set before the wall clock stepped back, and is due now
         self._retry_horizon_s = max(MAX_PAUSE_S, settings.retry_delay_s) + 60.0
         self._trouble_kind: str | None = None
-        self._corrected = 0  # movies done since the start (the references fit them)
+        self._corrected = 0  # movies done since the start (the settings fit them)
         self._reference_misfits: dict[str, str] = {}  # movie -> why, while none was corrected
-        #: set when the configured references fit none of the first movies: the service stops
-        #: with the configuration-error status
+        #: set when the settings (references, pixel size) fit none of the first movies: the
+        #: service stops with the configuration-error status
         self.config_error: str | None = None
 
     def _safe(self, action: Callable[[], Any]) -> Any:
@@ -386,10 +386,11 @@ class Dispatcher:
                     note="said once per run; each movie's record has its replaced_pixels")
 
     def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:
-        """The configured references do not fit a movie and no movie was corrected yet: it is
-        retried like a failed movie (quarantined only after ``max_attempts``), and once they fit
-        none of ``REFERENCE_MISFITS_TO_STOP`` movies the service is to stop as misconfigured
-        (the movies stay failed, retried at the restart with the right references)."""
+        """The configured references do not fit a movie, or it has no pixel size and none is
+        configured, and no movie was corrected yet: it is retried like a failed movie
+        (quarantined only after ``max_attempts``), and once the settings fit none of
+        ``REFERENCE_MISFITS_TO_STOP`` movies the service is to stop as misconfigured (the
+        movies stay failed, retried at the restart with the right settings)."""
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
         status = ledger.mark_failed(key, outcome.error or outcome.kind,
@@ -397,10 +398,11 @@ class Dispatcher:
                                     retry_delay_s=self.settings.retry_delay_s)
         self._reference_misfits[key.path] = outcome.error or outcome.kind
         log.error("movie_reference_misfit", reason=outcome.error, failures=failures,
-                  note="the configured gain, dark or defect reference does not fit this movie, "
-                       "and no movie was corrected with it yet")
+                  note="the configured gain, dark or defect reference does not fit this movie "
+                       "(or it has no pixel size and --pixel-size is not given), and no movie "
+                       "was corrected with the settings yet")
         if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP and self.config_error is None:
-            self.config_error = (f"the configured references fit none of the first "
+            self.config_error = (f"the configured references or pixel size fit none of the first "
                                  f"{len(self._reference_misfits)} movies: {outcome.error}")
         return status
 

@@ -406,8 +406,9 @@ class Service:
                 return exitcodes.RESTART if self._signals.restart else exitcodes.OK
             if self.dispatcher.config_error is not None and not draining:
                 self._log.error("config_invalid", problems=[self.dispatcher.config_error],
-                                note="fix --gain, --gain-rotate, --gain-flip, --dark or "
-                                     "--defects and start again; the movies are kept")
+                                note="fix --gain, --gain-rotate, --gain-flip, --dark, "
+                                     "--defects or --pixel-size and start again; the movies "
+                                     "are kept")
                 self._signals.request_stop(f"configuration error: {self.dispatcher.config_error}",
                                            wake=False)
                 continue

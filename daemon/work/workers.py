@@ -112,7 +112,8 @@ class Outcome:
     kind : {"done", "data", "config", "environment", "crash", "timeout", "error", "unstarted"}
         ``data``: the movie itself is bad (a ``CorrectionError``; retrying will not help);
         ``config``: the configured gain, dark or defect reference does not fit the movie or
-        cannot be read (a ``GainReferenceError``: the movie's fault only if others fit);
+        cannot be read (a ``GainReferenceError``), or the movie has no pixel size and none is
+        configured (a ``MissingPixelSizeError``): the movie's fault only if others fit;
         ``environment``: full disk, read-only or vanished output folder, any error writing on
         the output side (retry later, not the movie's fault); ``crash``: the worker process
         died; ``timeout``: killed after its time limit; ``error``: any other exception;
@@ -177,12 +178,14 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
     an output name the file system refuses (too long, bytes it cannot store) is the movie's
     name's fault: ``data`` (retried, it would fail the same way for ever).
     """
-    from correction.errors import CorrectionError, GainReferenceError
+    from correction.errors import CorrectionError, GainReferenceError, MissingPixelSizeError
 
     if isinstance(exc, GainReferenceError):
         # a reference the daemon checked at start that this worker cannot see (a cluster
         # node's mount missing, a share gone): not the configuration's fault, retried later
         return "environment" if _reference_unseen(exc, task) else "config"
+    if isinstance(exc, MissingPixelSizeError):  # TIFFs without one, and no --pixel-size
+        return "config"
     if not task.out_root.is_dir() or not Path(task.movie_path).exists():
         # this worker does not see the session: a cluster's path_map or mount, a share gone
         # (a movie that vanished is found so by the daemon, which sees the watched folder)

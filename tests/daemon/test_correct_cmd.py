@@ -581,6 +581,7 @@ def test_a_run_never_takes_a_stem_another_running_run_chose_for_a_movie_of_the_s
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert main(["correct", str(first), *flags]) == 0  # that run was killed: x is free
     assert json.loads((out / "x.motion.json").read_text())["movie"] == str(first)
     assert not (out / ".motionwatch-correct-claims").exists()

@@ -78,3 +78,35 @@ def test_after_a_movie_fitted_the_gain_a_movie_it_does_not_fit_is_quarantined_al
     assert _statuses(out) == [("a.mrc", "done"), ("b.mrc", "done"), ("stray.mrc", "quarantined")]
     (quarantined,) = [f for level, e, f in log.events if e == "movie_quarantined"]
     assert quarantined["kind"] == "config" and "stray.mrc" in quarantined["reason"]
+
+
+def test_movies_with_no_pixel_size_and_none_given_stop_the_service_and_lose_none(tmp_path):
+    """TIFFs rarely carry a pixel size: without --pixel-size, every movie of the night was
+    quarantined one by one while the daemon ran on. Like a gain that fits none, it is a
+    configuration error once none of the first movies has one; the movies are kept."""
+    from correction.params import ReadParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    for i in range(4):
+        frames = np.random.default_rng(i).poisson(2.0, (4, 64, 96)).astype(np.int16)
+        write_movie_progressively(watch / f"m{i}.mrc", frames, pixel_size_A=0.0,
+                                  frame_interval_s=0)  # 0: the header knows none
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+
+    def run(params, log):
+        config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                        heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on",
+                        retry_delay_s=0.2)
+        return Service(config, logger=log).run()
+
+    log = RecordingLog()
+    assert run(params, log) == exitcodes.CONFIG
+    (problem,) = [f for level, e, f in log.events if e == "config_invalid"]
+    assert "fit none of the first 3 movies" in problem["problems"][0]
+    assert "no pixel size" in problem["problems"][0] and "--pixel-size" in problem["note"]
+    assert not any(e == "movie_quarantined" for level, e, f in log.events)
+    given = CorrectionParams(dose=params.dose, read=ReadParams(pixel_size_A=1.1))
+    assert run(given, RecordingLog()) == exitcodes.OK
+    assert _statuses(out) == [(f"m{i}.mrc", "done") for i in range(4)]
