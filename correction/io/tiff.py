@@ -1,4 +1,5 @@
-"""TIFF movie reader: one frame per page, uint8/uint16 (K2/K3), uncompressed or LZW.
+"""TIFF movie reader: one frame per page, uint8/uint16 (K2/K3), uncompressed or LZW (or another
+lossless compression tifffile decodes; a JPEG, JPEG 2000, WebP ... TIFF is refused).
 
 tifffile parses the pages; imagecodecs' libtiff decodes them (tifffile where it cannot). A
 TIFF cut while being written can look complete to tifffile, which silently stops at the first
@@ -366,8 +367,23 @@ def _decoded_by_libtiff(path: Path, i0: int, i1: int, out: np.ndarray) -> bool:
     return True
 
 
+#: TIFF compressions that may lose information (the JPEG family, JPEG 2000, JPEG XR, JPEG XL,
+#: WebP, LERC: whether a file's was lossless is not told by its tags): counts decoded from them
+#: are not the detector's counts (a movie converted after acquisition), so they are refused
+_MAYBE_LOSSY = {6: "old-style JPEG", 7: "JPEG", 99: "JPEG", 22610: "JPEG XR", 33003: "JPEG 2000",
+                33004: "JPEG 2000", 33005: "JPEG 2000", 33007: "JPEG", 34712: "JPEG 2000",
+                34887: "LERC", 34892: "lossy JPEG", 34927: "WebP",
+                34934: "JPEG XR", 50001: "WebP", 50002: "JPEG XL", 52546: "JPEG XL"}
+
+
 def _require_decoder(path: Path, compression: int) -> None:
-    """Raise :class:`UnsupportedFormatError` for a compression tifffile cannot decode."""
+    """Raise :class:`UnsupportedFormatError` for a compression tifffile cannot decode, or one
+    that may lose information (:data:`_MAYBE_LOSSY`)."""
+    if compression in _MAYBE_LOSSY:
+        raise UnsupportedFormatError(path, f"TIFF compression {_MAYBE_LOSSY[compression]} "
+                                           f"({compression}) may lose information: counts must "
+                                           "be stored losslessly (none, LZW, deflate, zstd); "
+                                           "use the file the detector wrote")
     try:
         known = compression in tifffile.TIFF.DECOMPRESSORS
     except Exception:  # noqa: BLE001 - an unknown code is simply not known

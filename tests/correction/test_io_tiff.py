@@ -341,3 +341,17 @@ def test_a_fifo_named_like_a_movie_is_refused_without_blocking(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "jpeg2000"])
+def test_a_tiff_movie_through_a_lossy_codec_is_refused_naming_it_not_read_as_counts(
+        tmp_path, compression):
+    """A JPEG TIFF (a movie converted after acquisition) was decoded and corrected: half its
+    pixels changed, its sum 1 % off, with no warning."""
+    pytest.importorskip("imagecodecs")
+    path = tmp_path / "converted.tif"
+    frames = np.random.default_rng(0).poisson(2.0, (3, 64, 64)).astype(np.uint8)
+    tifffile.imwrite(path, frames, compression=compression, photometric="minisblack")
+    with pytest.raises(UnsupportedFormatError, match=r"converted\.tif: TIFF compression "
+                                                     r"JPEG( 2000)? \(\d+\) may lose information"):
+        read_movie(path)
