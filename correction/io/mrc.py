@@ -103,8 +103,14 @@ def _byte_order(raw: bytes) -> str:
         return "<"
     if stamp[0] == 0x11 and stamp[1] == 0x11:
         return ">"
-    # No usable stamp: take the order that makes the mode a known one.
+    # No usable stamp: take the order that makes the mode a known one; for mode 0, the same in
+    # both orders, the one that makes the image sizes plausible (as RELION checks nx)
     little = int.from_bytes(raw[12:16], "little")
+    if little == 0:
+        def plausible(order: str) -> bool:
+            return all(0 < int.from_bytes(raw[i:i + 4], order, signed=True) < 1 << 20
+                       for i in (0, 4, 8))
+        return ">" if plausible("big") and not plausible("little") else "<"
     return "<" if little in MRC_MODES or little in _MODE_NAMES or little < 1 << 16 else ">"
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from correction.errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
 from correction.io import read_image, read_movie
+from correction.params import ReadParams
 
 RNG_SEED = 20261126
 
@@ -232,6 +233,24 @@ def test_big_endian_mrc_reads_exactly(tmp_path):
     assert movie.header["byte_order"] == "big"
     np.testing.assert_array_equal(movie.frames, data)
     assert movie.pixel_size_A == 2.5
+
+
+def test_a_big_endian_mode_0_mrc_without_a_machine_stamp_reads_exactly(tmp_path):
+    """Mode 0 reads 0 in either byte order: the order was taken as little, and the file
+    refused as truncated (its header 'needing' 4e17 bytes). The image sizes decide."""
+    import struct
+
+    data = np.random.default_rng(2).integers(0, 100, (3, 12, 10)).astype(np.int8)
+    header = bytearray(1024)
+    struct.pack_into(">4i", header, 0, 10, 12, 3, 0)              # nx, ny, nz, mode 0
+    struct.pack_into(">3i3f", header, 28, 10, 12, 3, 10.0, 12.0, 3.0)  # mx..mz, cella
+    struct.pack_into(">3i", header, 64, 1, 2, 3)                   # mapc, mapr, maps
+    header[208:212] = b"MAP "                                       # no machine stamp
+    path = tmp_path / "be0.mrc"
+    path.write_bytes(bytes(header) + data.tobytes())
+    movie = read_movie(path, params=ReadParams(pixel_size_A=1.0))
+    assert movie.header["byte_order"] == "big"
+    np.testing.assert_array_equal(np.asarray(movie.frames).astype(np.int16), data)
 
 
 def test_mode_0_without_imod_stamp_follows_the_header_range(tmp_path):
