@@ -449,6 +449,13 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     factor = 2 if superres else 1
     if superres and (layout.horz_bits < 1 or layout.vert_bits < 1):
         raise UnsupportedFormatError(path, "EER file has no sub-pixel bits; use sampling 1")
+    if superres and (layout.horz_bits, layout.vert_bits) != (2, 2):
+        # RELION decodes 2-bit fields only (renderEER.cpp), and the decoder's placement of
+        # wider fields on the 8K grid has no authority to check it against
+        raise UnsupportedFormatError(path, f"EER sub-pixel fields of {layout.horz_bits} x "
+                                           f"{layout.vert_bits} bits: sampling 2 is read only "
+                                           "from 2-bit fields (as RELION reads them); use "
+                                           "sampling 1")
     ny, nx = layout.shape_yx[0] * factor, layout.shape_yx[1] * factor
     # a given pixel size is the decoded grid's (MotionCor2's -PixSize); the file's, physical
     phys_pixel = (params.pixel_size_A * factor if params.pixel_size_A is not None

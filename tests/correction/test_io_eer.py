@@ -530,3 +530,18 @@ def test_an_8k_gains_defect_sub_pixel_is_listed_for_relion_on_the_4k_grid(tmp_pa
     result = _correct_flat_field(tmp_path, path, "mult.gain", gain, "default", flip_tiff=False)
     replaced = result.record["replaced_pixels"]
     assert [40, 20] in replaced["yx"] and replaced["others_in"] is None
+
+
+def test_sampling_2_of_an_eer_file_with_wider_sub_pixel_fields_is_refused_and_sampling_1_reads(
+        tmp_path):
+    """RELION reads 2-bit sub-pixel fields only; the decoder put 3-bit fields' sub-pixels on
+    the wrong 8K column (it XORs as for 2 bits), so such files were read at sampling 2 with
+    their events misplaced. Sampling 1 does not use the fields."""
+    frames = [np.random.default_rng(i).random((16, 16)) < 0.05 for i in range(3)]
+    path = eer_writer.write_eer(tmp_path / "wide.eer", frames, shape_yx=(16, 16), compression=65002,
+                     bits=(6, 3, 3))
+    with pytest.raises(UnsupportedFormatError, match=r"wide\.eer: EER sub-pixel fields of 3 x 3 "
+                                                     r"bits: sampling 2 is read only"):
+        read_movie(path, params=ReadParams(pixel_size_A=1.0, eer_sampling=2, eer_group_frames=1))
+    movie = read_movie(path, params=ReadParams(pixel_size_A=1.0, eer_group_frames=1))
+    np.testing.assert_array_equal(np.asarray(movie.frames), np.array(frames))
