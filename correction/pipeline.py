@@ -100,7 +100,7 @@ from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
 from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
-                     motion_record, reference_record, software_record)
+                     motion_record, movie_pixel_size_record, reference_record, software_record)
 from .stems import fit_output_stem, stems_sharing_an_output
 from .summation import SumImages, accumulate_sums, frame_mean, sums_to_images
 from .threads import run_chunks
@@ -1133,6 +1133,10 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
         raise MissingPixelSizeError(movie_path, "no pixel size given and none usable in the "
                                                 "header (0, or exactly 1.0 Å, which writers "
                                                 "leave when they know none)")
+    given_pixel_A = params.read.pixel_size_A
+    movie_pixel = movie_pixel_size_record(
+        given_pixel_A, movie.header.get("header_pixel_size_A", pixel_size_A)
+        if given_pixel_A is not None else None, pixel_size_A)
     if gain_reference is None:
         gain_reference = load_gain_reference(params.gain)
     is_eer = movie.header.get("format") == "eer"
@@ -1219,7 +1223,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                if corrected.local is not None else None),
         references=references, software=software_record(),
         movie_shape_yx=corrected.movie_shape_yx, replaced_pixels=corrected.replaced,
-        extra={**(extra_record or {}), **({"eer": eer_grouping} if eer_grouping else {}),
+        extra={**(extra_record or {}), "movie_pixel_size": movie_pixel,
+               **({"eer": eer_grouping} if eer_grouping else {}),
                **({"gain_orientation": corrected.gain_orientation.to_record()}
                   if corrected.gain_orientation is not None else {}),
                **({"detector_pattern": corrected.detector_pattern.to_record(

@@ -33,7 +33,8 @@ import numpy as np
 from .conventions import SHIFT_CONVENTION, yx_to_xy
 
 __all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "unlisted_pixels_message",
-           "unlisted_pixels_warning",
+           "unlisted_pixels_warning", "PIXEL_SIZE_TOLERANCE", "movie_pixel_size_record",
+           "pixel_size_warning",
            "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
            "file_sha256", "reference_record", "software_record"]
 
@@ -96,6 +97,39 @@ def unlisted_pixels_warning(record: Mapping[str, Any]) -> str | None:
     replaced = record.get("replaced_pixels") or {}
     count, listed = int(replaced.get("count", 0)), int(replaced.get("listed", 0))
     return unlisted_pixels_message(count, listed) if count > listed else None
+
+
+#: a pixel size given that differs from the movie file's by more than this is warned of
+PIXEL_SIZE_TOLERANCE = 0.01
+
+
+def movie_pixel_size_record(given_A: float | None, in_file_A: float | None,
+                            used_A: float) -> dict[str, Any]:
+    """The motion record's ``movie_pixel_size``: the movie's pixel (Å, on the grid decoded onto,
+    before ``--bin``) ``used_A``, its ``source`` (``given``: ``--pixel-size``, which wins over
+    the file's as MotionCor2's ``-PixSize`` does; ``file``: the header, EER metadata), and
+    ``in_file_A``, the file's own value, when one was given and the file has one."""
+    out: dict[str, Any] = {"used_A": float(used_A),
+                           "source": "given" if given_A is not None else "file"}
+    if given_A is not None and in_file_A is not None and in_file_A > 0:
+        out["in_file_A"] = float(in_file_A)
+    return out
+
+
+def pixel_size_warning(record: Mapping[str, Any]) -> str | None:
+    """One line when the pixel size given differs from the movie file's by more than
+    :data:`PIXEL_SIZE_TOLERANCE` (a setting left from another magnification), else None."""
+    pixel = record.get("movie_pixel_size") or {}
+    used, in_file = pixel.get("used_A"), pixel.get("in_file_A")
+    if pixel.get("source") != "given" or not in_file or not used:
+        return None
+    change = used / in_file - 1.0
+    if abs(change) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    return (f"the pixel size given, {used:g} Å, is not the movie file's, {in_file:g} Å "
+            f"({100 * change:+.0f} %): the given one is used (as MotionCor2's -PixSize), in every "
+            "output and the dose; check --pixel-size (TOML pixel_size) if the magnification "
+            "changed")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -390,7 +390,7 @@ def _pixel_size_A(layout: EerLayout) -> float | None:
     scale = {"m": 1e10, "nm": 10.0, "A": 1.0, "Å": 1.0}.get(unit)
     if scale is None:
         return None
-    pix = value * scale
+    pix = float(f"{value * scale:.6g}")  # 0.8e-10 m is 0.8 Å, not 0.7999999999999999
     return pix if 0.01 < pix < 100 else None
 
 
@@ -458,8 +458,8 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
                                            "sampling 1")
     ny, nx = layout.shape_yx[0] * factor, layout.shape_yx[1] * factor
     # a given pixel size is the decoded grid's (MotionCor2's -PixSize); the file's, physical
-    phys_pixel = (params.pixel_size_A * factor if params.pixel_size_A is not None
-                  else _pixel_size_A(layout))
+    file_pixel = _pixel_size_A(layout)
+    phys_pixel = params.pixel_size_A * factor if params.pixel_size_A is not None else file_pixel
     header: dict = {
         "format": "eer",
         "compression": layout.compression,
@@ -471,6 +471,9 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
         "eer_metadata": {k: v for k, v in layout.metadata.items()
                          if isinstance(v, (float, str))},
     }
+    if params.pixel_size_A is not None:  # the file's own, on the decoded grid (None: none)
+        header["header_pixel_size_A"] = (float(f"{file_pixel / factor:.6g}")
+                                         if file_pixel is not None else None)
     dose_per_raw_e_px = _metadata_dose_per_raw_e_px(layout)
     dose_source = "metadata" if dose_per_raw_e_px is not None else None
     if params.eer_group_frames is not None:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from correction.report import pixel_size_warning
 from daemon import exitcodes
 from daemon.commands.stem_claims import StemClaims, resolved_movie
 from daemon.engine.outputs import remove_partial_outputs
@@ -408,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
               "(by name, or through a link): each is corrected once", file=sys.stderr)
     failed = 0
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
+    pixel_warned = False  # a --pixel-size unlike the movie files' is named once per run
     eer_gain_noted = False  # how the gain file is applied to EER movies, said once per run
     voltage_noted = False  # 300 kV assumed for want of any voltage, said once per run
     claims = StemClaims(Path(args.out))  # two runs into one folder never share a stem
@@ -457,6 +459,11 @@ def run(args: argparse.Namespace) -> int:
                           file=sys.stderr, flush=True)
                 if not gain_warned:
                     gain_warned = _warn_gain_orientation(movie, result.record)
+                pixel_warning = pixel_size_warning(result.record)
+                if pixel_warning is not None and not pixel_warned:
+                    pixel_warned = True
+                    print(f"motionwatch: {movie}: warning: {pixel_warning}; said once per run",
+                          file=sys.stderr, flush=True)
                 if not eer_gain_noted:
                     eer_gain_noted = _note_eer_gain(movie, result.record, params.gain.eer_gain)
     except _Terminated:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from correction.report import unlisted_pixels_warning
+from correction.report import pixel_size_warning, unlisted_pixels_warning
 from daemon.engine.faults import MAX_PAUSE_S, LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
@@ -145,6 +145,7 @@ class Dispatcher:
         self._advice_warned: set[str] = set()  # the kinds of alignment advice said
         self._dose_warned = False  # a dose far from the frames' counts said
         self._replaced_warned = False
+        self._pixel_warned = False  # a pixel size given unlike the movie files' said
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
         # monotonic: a wall clock stepped back (NTP mending a PC's clock) must not hold all
@@ -296,6 +297,7 @@ class Dispatcher:
                 self._check_replaced_pixels(outcome.record, log)
                 self._check_alignment_advice(outcome.record, log)
                 self._check_dose_count(outcome.record, log)
+                self._check_pixel_size(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
@@ -362,6 +364,16 @@ class Dispatcher:
         self._dose_warned = True
         log.warning("dose_mismatch", reason=mismatch, movie=record.get("movie"),
                     note="said once per run; each movie's record has dose.counted")
+
+    def _check_pixel_size(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run when the pixel size given is not the movie file's
+        (:func:`correction.report.pixel_size_warning`)."""
+        warning = pixel_size_warning(record)
+        if warning is None or self._pixel_warned:
+            return
+        self._pixel_warned = True
+        log.warning("pixel_size_differs_from_file", reason=warning, movie=record.get("movie"),
+                    note="said once per run; each movie's record has movie_pixel_size")
 
     def _check_alignment_advice(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run and kind when a movie's alignment the data may not support (too

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from correction.report import read_motion_record, unlisted_pixels_warning
+from correction.report import pixel_size_warning, read_motion_record, unlisted_pixels_warning
 
 from daemon.events import Heartbeat, MovieEvent, SeriesEvent, ServiceInfo, ServiceListener
 from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
@@ -227,6 +227,7 @@ class PublishListener(ServiceListener):
         self._pattern_warned = False
         self._voltage_warned = False
         self._replaced_warned = False
+        self._pixel_warned = False
 
     def on_ready(self, info: ServiceInfo) -> None:
         """Name the output folder in the feed and rebuild the late joiners' state from the
@@ -268,6 +269,10 @@ class PublishListener(ServiceListener):
         if unlisted is not None and not self._replaced_warned:
             self._replaced_warned = True  # once per run
             self.publisher.warning("replaced_pixels_not_all_listed", unlisted, path=event.path)
+        pixel = pixel_size_warning(record)
+        if pixel is not None and not self._pixel_warned:
+            self._pixel_warned = True  # once per run
+            self.publisher.warning("pixel_size_differs_from_file", pixel, path=event.path)
         if record.get("voltage_source") == "default" and not self._voltage_warned:  # once
             self._voltage_warned = True
             self.publisher.warning("voltage_assumed", ASSUMED_VOLTAGE_NOTE, path=event.path)

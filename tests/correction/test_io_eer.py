@@ -233,8 +233,13 @@ def test_a_given_pixel_size_is_the_decoded_grids_and_the_files_own_the_physical_
     assert read_movie(path, params=ReadParams(pixel_size_A=0.8)).pixel_size_A == 0.8
     assert read_movie(path, params=ReadParams(pixel_size_A=0.45, eer_sampling=2)
                       ).pixel_size_A == 0.45
-    assert read_movie(path).pixel_size_A == pytest.approx(0.9)
-    assert read_movie(path, params=ReadParams(eer_sampling=2)).pixel_size_A == pytest.approx(0.45)
+    assert read_movie(path).pixel_size_A == 0.9  # 0.9e-10 m: not 0.8999999999999999
+    assert read_movie(path, params=ReadParams(eer_sampling=2)).pixel_size_A == 0.45
+    # the file's own value on the decoded grid, kept beside a given one (to warn of a mismatch)
+    assert read_movie(path, params=ReadParams(pixel_size_A=0.8)
+                      ).header["header_pixel_size_A"] == 0.9
+    assert read_movie(path, params=ReadParams(pixel_size_A=0.45, eer_sampling=2)
+                      ).header["header_pixel_size_A"] == 0.45
 
 
 def test_decoder_adds_events_into_uint8_and_uint16_fractions_with_this_imagecodecs():

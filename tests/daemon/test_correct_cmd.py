@@ -585,3 +585,26 @@ def test_a_run_never_takes_a_stem_another_running_run_chose_for_a_movie_of_the_s
     assert main(["correct", str(first), *flags]) == 0  # that run was killed: x is free
     assert json.loads((out / "x.motion.json").read_text())["movie"] == str(first)
     assert not (out / ".motionwatch-correct-claims").exists()
+
+
+def test_a_pixel_size_given_unlike_the_movie_files_is_used_recorded_and_named_once(
+        tmp_path, capsys):
+    """A `pixel_size` left in a TOML from another magnification silently replaced SerialEM's
+    right headers in every output (CTF, resolution wrong by the ratio). It is still used
+    (MotionCor2's -PixSize wins), but said once, and the record keeps the file's value."""
+    rng = np.random.default_rng(17)
+    movies = [_movie(tmp_path / f"m{i}.mrc", rng, pixel_size_A=1.06) for i in range(2)]
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", *map(str, movies), *flags, "--pixel-size", "0.83"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "pixel size given" in line]
+    assert len(warned) == 1 and "0.83 Å, is not the movie file's, 1.06 Å (-22 %)" in warned[0]
+    record = json.loads((out / "m0.motion.json").read_text())
+    assert record["movie_pixel_size"] == {"used_A": 0.83, "source": "given", "in_file_A": 1.06}
+    assert record["pixel_size_A"] == 0.83
+    assert main(["correct", *map(str, movies), *flags, "--pixel-size", "1.065"]) == 0  # 0.5 %
+    assert "pixel size given" not in capsys.readouterr().err
+    assert main(["correct", *map(str, movies), *flags]) == 0
+    assert "pixel size given" not in capsys.readouterr().err
+    assert json.loads((out / "m1.motion.json").read_text())["movie_pixel_size"] == {
+        "used_A": 1.06, "source": "file"}
