@@ -69,7 +69,7 @@ from .stems import fit_output_stem
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
            "aretomo_name", "aretomo_tilt_table", "link_aretomo_inputs", "ARETOMO_FOLDER",
-           "series_files", "remove_series", "series_shape"]
+           "series_files", "remove_series", "series_shape", "image_geometry"]
 
 #: Per-tilt output kind -> stack file suffix.
 STACK_KINDS: dict[str, str] = {"sum": "", "dw": "_DW", "even": "_EVN", "odd": "_ODD"}
@@ -252,10 +252,17 @@ def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: flo
     return format_mdoc(header, sections, titles=titles)
 
 
+def image_geometry(shape_yx: object, pixel_size_A: float) -> tuple[object, float]:
+    """What the tilts of one stack must share: their images' shape and pixel size (Å, to 4
+    significant digits, as headers store it to float32's 7)."""
+    return shape_yx, float(f"{pixel_size_A:.4g}")
+
+
 def series_shape(shapes_in_acquisition_order: Sequence[object]) -> object:
-    """The image shape of a series: the most common of its tilts' (None: a tilt whose images
-    disagree), ties going to the one acquired first. A tilt of another shape (a movie of
-    another camera setting) is left out of the series' stacks and STAR files."""
+    """The image shape (or :func:`image_geometry`) of a series: the most common of its tilts'
+    (None: a tilt whose images disagree), ties going to the one acquired first. A tilt of
+    another (a movie of another camera setting, or recorded at another pixel size) is left out
+    of the series' stacks and STAR files."""
     shapes = [s for s in shapes_in_acquisition_order if s is not None]
     if not shapes:
         return None
@@ -402,20 +409,27 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         for k in kinds:
             if k not in t.outputs:
                 raise CorrectionError(Path(t.movie), f"no {k!r} output for this tilt of {series}")
-    # Check every input's header before writing anything: the series shape is the majority's;
-    # a tilt of another (a movie of another camera setting) is left out of the stacks, named
+    # Check every input's header before writing anything: the series' shape and pixel size are
+    # the majority's; a tilt of another (a movie of another camera setting, magnification) is
+    # left out of the stacks, named
     headers = {Path(t.outputs[k]): _header_facts(Path(t.outputs[k])) for t in ordered for k in kinds}
-    tilt_shapes = [{headers[Path(t.outputs[k])][0] for k in kinds} for t in ordered]
+    tilt_shapes = [{image_geometry(*headers[Path(t.outputs[k])]) for k in kinds} for t in ordered]
     by_acquisition = sorted(zip(ordered, tilt_shapes), key=lambda ts: ts[0].acquisition_index)
-    shape_yx = series_shape([next(iter(s)) if len(s) == 1 else None for _, s in by_acquisition])
+    geometry = series_shape([next(iter(s)) if len(s) == 1 else None for _, s in by_acquisition])
+    shape_yx = geometry[0] if geometry is not None else None
     warnings: list[str] = []
     kept = []
     for t, shapes in zip(ordered, tilt_shapes):
-        if shapes == {shape_yx}:
+        if shapes == {geometry}:
             kept.append(t)
+        elif {s for s, _ in shapes} == {shape_yx}:
+            warnings.append(f"{series}: {t.movie} left out of the stacks: its pixel size is "
+                            f"{' '.join(f'{p:g}' for p in sorted({p for _, p in shapes}))} Å, "
+                            f"the series' {geometry[1]:g} Å")
         else:
             warnings.append(f"{series}: {t.movie} left out of the stacks: its images are "
-                            f"{' '.join(map(str, sorted(shapes)))}, the series' {shape_yx}")
+                            f"{' '.join(map(str, sorted({s for s, _ in shapes})))}, the "
+                            f"series' {shape_yx}")
     if not kept:
         raise CorrectionError(Path(ordered[0].outputs["sum"]), f"no two tilts of {series} "
                                                                "have images of one shape")

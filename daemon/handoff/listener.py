@@ -437,16 +437,18 @@ class RelionListener(ServiceListener):
         return folder / base / f"{base}.star"
 
     def _series_entries(self, series: str) -> list[TiltEntry]:
-        """The series' tilts its STAR lists: those of the series' image shape, as its stacks
-        hold them (:func:`correction.stack.series_shape`: a movie of another camera setting
-        is left out of both)."""
-        from correction.stack import series_shape
+        """The series' tilts its STAR lists: those of the series' image shape and pixel size, as
+        its stacks hold them (:func:`correction.stack.series_shape`: a movie of another camera
+        setting or magnification is left out of both)."""
+        from correction.stack import image_geometry, series_shape
 
         entries = [TiltEntry(m, t) for m, t in self._entries()
                    if t is not None and t.series == series and t.tilt_deg is not None]
 
-        def shape(e: TiltEntry) -> object:  # the sums' size, as the stacks compare them
-            return e.motion.image_shape_yx or (tuple(e.motion.shape_yx), e.motion.bin_factor)
+        def shape(e: TiltEntry) -> object:  # the sums' size and pixel, as the stacks compare them
+            return image_geometry(e.motion.image_shape_yx
+                                  or (tuple(e.motion.shape_yx), e.motion.bin_factor),
+                                  e.motion.output_pixel_size_A)
 
         kept = series_shape([shape(e) for e in sorted(
             entries, key=lambda e: e.tilt.acquisition_index)])

@@ -20,10 +20,10 @@ from daemon.series.mdoc import read_mdoc
 PIXEL_A = 2.0
 
 
-def _write(path: Path, data: np.ndarray) -> Path:
+def _write(path: Path, data: np.ndarray, pixel_size_A: float = PIXEL_A) -> Path:
     with mrcfile.new(path, overwrite=True) as m:
         m.set_data(data.astype(np.float32))
-        m.voxel_size = PIXEL_A
+        m.voxel_size = pixel_size_A
     return path
 
 
@@ -165,6 +165,24 @@ def test_a_tilt_of_another_image_shape_is_left_out_of_every_file_named_in_a_warn
             np.testing.assert_array_equal(mrc.data[z], images[("dw", t.movie)])
     assert len(res.tlt_path.read_text().split()) == len(kept)
     assert len(res.aretomo_tlt_path.read_text().splitlines()) == len(kept)
+
+
+def test_a_tilt_of_another_pixel_size_is_left_out_of_every_file_named_in_a_warning(tmp_path):
+    """Tilts recorded at another magnification (or corrected under another --pixel-size) were
+    stacked with the others under the first tilt's pixel size: a reconstruction of mixed
+    magnifications, with no word."""
+    tilts, images = _series(tmp_path, n=5)
+    odd = tilts[1]
+    for kind in ("sum", "dw", "even", "odd"):
+        _write(odd.outputs[kind], images[(kind, odd.movie)], pixel_size_A=1.2 * PIXEL_A)
+    res = assemble_series("TS_9", tilts, tmp_path / "out")
+    kept = [t for t in sorted(tilts, key=lambda t: t.tilt_deg) if t is not odd]
+    assert res.order == tuple(t.movie for t in kept)
+    assert any(f"{odd.movie} left out of the stacks: its pixel size is {1.2 * PIXEL_A:.4g} Å, "
+               f"the series' {PIXEL_A:g} Å" in w for w in res.warnings)
+    with mrcfile.open(res.stacks["sum"]) as mrc:
+        assert mrc.data.shape[0] == len(kept)
+        assert float(mrc.voxel_size.x) == pytest.approx(PIXEL_A)
 
 
 def test_a_tilt_missing_an_output_is_an_error_naming_the_file(tmp_path):

@@ -261,6 +261,36 @@ def _check_series_star(out: Path, watch: Path, tilts) -> None:
         assert general["rlnMicrographPreExposure"] == pytest.approx(t.pre_exposure_e_A2)
 
 
+def test_a_tilt_of_another_pixel_size_is_left_out_of_the_stacks_and_the_series_star_alike(
+        tmp_path):
+    """Two tilts whose headers say another pixel size (another magnification) were stacked with
+    the others under the first tilt's pixel size, and listed in the series STAR: a
+    reconstruction of mixed magnifications, with no word. Both now leave them out."""
+    import mrcfile
+
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    odd = [tilts[1], tilts[4]]
+    for t in odd:
+        with mrcfile.open(t.movie.path, mode="r+") as mrc:
+            mrc.voxel_size = 1.2 * PIXEL_A
+    _deliver(staging, watch, tilts, len(tilts), finished=True)
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
+                    exit_when_idle_s=1.5, polling="on")
+    run_until_idle(Service(config, listeners=[RelionListener(OPTICS)], resolver=(
+        TiltSeriesResolver(SeriesConfig(mdoc_quiet_s=0.3), mode="on"))), guard_s=60)
+    table = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
+    kept = [t for t in tilts if t not in odd]
+    assert list(table["rlnMicrographMovieName"]) == [str(watch / t.movie.path.name)
+                                                     for t in kept]
+    with mrcfile.open(out / "TS_01" / "TS_01.mrc", header_only=True) as mrc:
+        assert int(mrc.header.nz) == len(kept)
+        assert float(mrc.voxel_size.x) == pytest.approx(PIXEL_A)
+
+
 def read_motion(path: Path) -> dict:
     import json
 
