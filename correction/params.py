@@ -13,10 +13,13 @@ import hashlib
 import json
 import math
 import numbers
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from .errors import ParameterError
 
@@ -75,6 +78,33 @@ def _require(condition: bool, message: str) -> None:
         raise ParameterError(message)
 
 
+#: what each annotation of the parameter classes accepts (``None`` besides, where it says so)
+_KINDS: dict[str, tuple[str, Any]] = {
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    "int": ("a whole number", lambda v: isinstance(v, numbers.Integral)
+            and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, (bool, np.bool_))),
+    "Path": ("a path", lambda v: isinstance(v, (str, os.PathLike))),
+}
+
+
+def _require_types(params: object) -> None:
+    """Raise :class:`ParameterError` naming the field, the value and the kind it must be, for a
+    value of another kind (``pixel_size_A="0.83"`` read from a text file, ``patches_x=2.5``):
+    they failed later, inside numpy, as a ``TypeError`` naming nothing."""
+    for f in fields(params):  # type: ignore[arg-type]
+        annotation = str(f.type)
+        kinds = [k.strip() for k in annotation.split("|")]
+        base = [k for k in kinds if k != "None"]
+        if len(base) != 1 or base[0] not in _KINDS:
+            continue  # literals, tuples, nested parameters: checked by their own rules
+        value = getattr(params, f.name)
+        what, accepts = _KINDS[base[0]]
+        if value is None and "None" in kinds:
+            continue
+        _require(accepts(value), f"{f.name} must be {what}, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ReadParams:
     """How a movie is read and resampled to the output grid.
@@ -106,6 +136,7 @@ class ReadParams:
     eer_sampling: int = 1
 
     def __post_init__(self) -> None:
+        _require_types(self)
         _require(self.pixel_size_A is None or 0 < self.pixel_size_A < math.inf,
                  f"pixel_size_A must be a finite number > 0 Å, got {self.pixel_size_A}")
         _require(self.bin_factor >= 1.0, f"bin_factor must be >= 1, got {self.bin_factor}")
@@ -153,6 +184,7 @@ class GainParams:
     eer_gain: EerGain = "multiplicative"
 
     def __post_init__(self) -> None:
+        _require_types(self)
         _require(self.eer_gain in EER_GAIN_MODES,
                  f"eer_gain must be one of {', '.join(EER_GAIN_MODES)}, got {self.eer_gain!r}")
         _require(self.rotate_quarter_turns in (0, 1, 2, 3),
@@ -198,6 +230,7 @@ class AlignParams:
     patches_y: int = 5
 
     def __post_init__(self) -> None:
+        _require_types(self)
         _require(self.align_size_px >= 64, f"align_size_px must be >= 64 px, got {self.align_size_px}")
         _require(self.bfactor_px2 >= 0, f"bfactor_px2 must be >= 0 px², got {self.bfactor_px2}")
         _require(self.max_shift_px > 0, f"max_shift_px must be > 0 px, got {self.max_shift_px}")
@@ -247,6 +280,7 @@ class DoseParams:
     frame_doses_per: Literal["frame", "raw_frame"] = "frame"
 
     def __post_init__(self) -> None:
+        _require_types(self)
         for name in ("voltage_kV", "dose_per_frame_e_A2", "total_dose_e_A2", "pre_exposure_e_A2"):
             value = getattr(self, name)
             _require(value is None or math.isfinite(value),

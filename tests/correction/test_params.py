@@ -1,0 +1,41 @@
+"""The parameter dataclasses refuse a value of the wrong kind with a ParameterError naming the
+field, as they refuse one out of range: a pixel size read from a text file as "0.83", or a
+patch count of 2.5, failed later inside numpy with a TypeError that named nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from correction.errors import ParameterError
+from correction.params import AlignParams, CorrectionParams, DoseParams, GainParams, ReadParams
+
+
+@pytest.mark.parametrize("make, field, value", [
+    (ReadParams, "pixel_size_A", "0.83"),
+    (ReadParams, "throw_frames", 1.5),
+    (ReadParams, "bin_factor", "2"),
+    (AlignParams, "patches_x", 2.5),
+    (AlignParams, "max_iterations", 2.5),
+    (AlignParams, "group_frames", True),
+    (DoseParams, "voltage_kV", None),
+    (DoseParams, "dose_per_frame_e_A2", "1.2"),
+    (GainParams, "detect_hot_pixels", "no"),
+    (GainParams, "gain_path", 3),
+])
+def test_a_value_of_the_wrong_kind_is_refused_naming_the_field_and_the_value(make, field, value):
+    with pytest.raises(ParameterError, match=rf"^{field} must be .*, got {value!r}$".replace(
+            "(", r"\(").replace(")", r"\)")):
+        make(**{field: value})
+
+
+def test_numbers_of_numpy_and_paths_as_strings_are_accepted_as_they_were():
+    read = ReadParams(pixel_size_A=np.float32(0.83), throw_frames=np.int64(2), bin_factor=2)
+    assert read.throw_frames == 2 and read.bin_factor == 2
+    assert GainParams(gain_path="gain.mrc", detect_hot_pixels=np.bool_(False)).gain_path \
+        == "gain.mrc"
+    assert GainParams(gain_path=Path("gain.mrc")).gain_path == Path("gain.mrc")
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1, voltage_kV=200))
+    assert params.dose.voltage_kV == 200
