@@ -1037,7 +1037,11 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                   extra_record: dict[str, Any] | None = None,
                   workers: int = -1, scratch_dir: str | Path | None = None
                   ) -> CorrectionResult:
-    """Correct one movie file and write its four images and motion record atomically.
+    """Correct one movie file and write its four images, quick-look pictures and motion record
+    as one set (:class:`correction.write.OutputSet`).
+
+    Within the call the C allocator reuses freed memory (:func:`correction.allocator.
+    movie_memory_settings`); its arena limit stays in place afterwards.
 
     Parameters
     ----------
