@@ -457,6 +457,9 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     if frames.ndim != 3:
         raise CorrectionError(movie_path, f"movie must be 3-D (frames, ny, nx), got shape "
                                           f"{frames.shape}")
+    if isinstance(pixel_size_A, bool) or not (
+            isinstance(pixel_size_A, (int, float, np.floating)) and 0 < pixel_size_A < np.inf):
+        raise ParameterError(f"pixel_size_A must be a finite number > 0 Å, got {pixel_size_A!r}")
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap, dp = params.read, params.align, params.dose
     first, stop = rp.throw_frames, n_all - rp.trunc_frames

@@ -366,3 +366,15 @@ def test_the_library_never_lets_one_movies_outputs_replace_anothers_of_a_clashin
     assert json.loads(again.outputs["motion"].read_text())["movie"].endswith(f"{second}.mrc")
     assert correct_movie(tmp_path / f"{first}.mrc", tmp_path / "out", params,
                          workers=1).outputs == done.outputs  # the same movie again: its own
+
+
+@pytest.mark.parametrize("pixel", [0.0, -1.0, float("nan"), "1.1"])
+def test_correct_frames_refuses_a_pixel_size_that_is_not_a_positive_number_naming_it(pixel):
+    """0 raised ZeroDivisionError from the dose count, deep inside."""
+    from correction.errors import ParameterError
+
+    syn = render_movie(np.random.default_rng(3), shape_yx=(64, 64), n_frames=4, gain=None,
+                       n_hot_pixels=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL)
+    with pytest.raises(ParameterError, match=r"pixel_size_A must be a finite number > 0 Å"):
+        correct_frames(syn.frames, pixel_size_A=pixel, params=params)
