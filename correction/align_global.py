@@ -106,7 +106,10 @@ class GlobalAlignment:
         False when the peaks of the first search were noise (too little signal: low-dose
         tilts, thick ice; :func:`_peaks_are_noise`): the shifts are then left at their initial
         values (zero) rather than following the noise, which scatters frames by tens of
-        pixels.
+        pixels; also when all frames are in one group (``--group`` of the frame count or
+        more): nothing to align against.
+    note : str
+        Why, when not supported for a reason other than the peaks (one group); else "".
     """
 
     shifts_yx_px: np.ndarray
@@ -117,6 +120,7 @@ class GlobalAlignment:
     peak_significance: float = float("nan")
     noise_peak_significance: float = float("nan")
     supported: bool = True
+    note: str = ""
 
 
 def alignment_working_bytes(spectra_bytes: int) -> int:
@@ -634,10 +638,13 @@ def _estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams()
         np.array(initial_shifts_yx_px, dtype=np.float64).reshape(n, 2)
     shifts -= shifts.mean(axis=0)
     if n_groups < 2:
+        note = (f"{n} frames in one group of {params.group_frames} (--group): nothing to align "
+                "against; the frames are summed without shifts (alignment.supported false in "
+                "the motion record)")
         if n > 1:
-            warnings.warn(f"{n} frames in one group of {params.group_frames}: nothing to align "
-                          "against; shifts left at their initial values", stacklevel=2)
-        return GlobalAlignment(shifts, np.full(n, np.nan), 0, True, 0.0)
+            warnings.warn(note, stacklevel=2)
+        return GlobalAlignment(shifts, np.full(n, np.nan), 0, n < 2, 0.0, supported=n < 2,
+                               note=note if n > 1 else "")
 
     b0 = params.bfactor_px2 / scale**2
     window = params.max_shift_px / scale

@@ -139,7 +139,8 @@ class ReadParams:
         _require_types(self)
         _require(self.pixel_size_A is None or 0 < self.pixel_size_A < math.inf,
                  f"pixel_size_A must be a finite number > 0 Å, got {self.pixel_size_A}")
-        _require(self.bin_factor >= 1.0, f"bin_factor must be >= 1, got {self.bin_factor}")
+        _require(1.0 <= self.bin_factor < math.inf,
+                 f"bin_factor must be a finite number >= 1, got {self.bin_factor}")
         _require(self.throw_frames >= 0, f"throw_frames must be >= 0, got {self.throw_frames}")
         _require(self.trunc_frames >= 0, f"trunc_frames must be >= 0, got {self.trunc_frames}")
         _require(self.eer_group_frames is None or self.eer_group_frames >= 1,
@@ -233,7 +234,8 @@ class AlignParams:
         _require_types(self)
         _require(self.align_size_px >= 64, f"align_size_px must be >= 64 px, got {self.align_size_px}")
         _require(self.bfactor_px2 >= 0, f"bfactor_px2 must be >= 0 px², got {self.bfactor_px2}")
-        _require(self.max_shift_px > 0, f"max_shift_px must be > 0 px, got {self.max_shift_px}")
+        _require(0 < self.max_shift_px < math.inf,
+                 f"max_shift_px must be a finite number > 0 px, got {self.max_shift_px}")
         _require(self.max_iterations >= 1, f"max_iterations must be >= 1, got {self.max_iterations}")
         _require(self.tolerance_px > 0, f"tolerance_px must be > 0 px, got {self.tolerance_px}")
         _require(self.group_frames >= 1, f"group_frames must be >= 1, got {self.group_frames}")

@@ -346,11 +346,16 @@ class _BinnedFrames:
 
 def unaligned_message(alignment: GlobalAlignment) -> str:
     """One line for a movie whose whole-frame alignment the data did not support."""
+    if alignment.note:  # not the peaks: e.g. every frame in one group
+        return alignment.note
     return (f"too little signal to align: the frames' correlation peaks stand "
             f"{alignment.peak_significance:.1f} standard deviations above their maps' mean, "
             f"which noise alone reaches ({alignment.noise_peak_significance:.1f}); the frames "
             "are summed without shifts (alignment.supported false in the motion record)")
 
+
+#: the smallest output image side (pixels) a --bin may leave
+MIN_OUTPUT_PX = 32
 
 #: electrons per correlated sum below which whole-frame alignment follows noise (``--group``)
 FEW_ELECTRONS_PER_SUM = 250_000
@@ -462,6 +467,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         raise ParameterError(f"pixel_size_A must be a finite number > 0 Å, got {pixel_size_A!r}")
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap, dp = params.read, params.align, params.dose
+    if min(ny, nx) / rp.bin_factor < MIN_OUTPUT_PX:
+        raise CorrectionError(movie_path, f"--bin {rp.bin_factor:g} leaves images of "
+                                          f"{nx / rp.bin_factor:.0f} x {ny / rp.bin_factor:.0f} "
+                                          f"px of the {nx} x {ny} frames: at least "
+                                          f"{MIN_OUTPUT_PX} px are needed")
     first, stop = rp.throw_frames, n_all - rp.trunc_frames
     if n_all < 2:  # EPU's and SerialEM's single images (atlas, grid square, gain) share suffixes
         raise CorrectionError(movie_path, f"a single image ({n_all} frame), not a movie")
@@ -563,7 +573,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         warnings.warn(replaced.message(), stacklevel=2)
 
     pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
-    margin = int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX
+    # no shift exceeds the frame: a --max-shift of 1e9 pads by the frame, not by 1e9 pixels
+    margin = int(np.ceil(min(ap.max_shift_px, max(ny, nx)))) + EXTRA_MARGIN_PX
     while True:
         grids = plan_grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
         result = _transform_align_sum(used, grids, params, gain_reference, bad, fill,
@@ -575,6 +586,13 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     advice = alignment_advice(alignment, fill, (ny, nx), n_used=n,
                               group_frames=params.align.group_frames,
                               counting=gain_reference is None or gain_reference.dark is None)
+    largest = float(np.abs(shifts_out).max(initial=0.0))
+    if largest >= 0.95 * ap.max_shift_px:  # in the record's advice: the daemon says it too
+        advice = (*advice, f"search limit reached: a frame's shift ({largest:.1f} px from the "
+                           f"mean) reached the search limit --max-shift {ap.max_shift_px:g} px: "
+                           "the drift "
+                           "may be larger (a stage that had not settled); correct again with a "
+                           "larger --max-shift")
     for line in advice:
         warnings.warn(line, stacklevel=2)
     t = time.perf_counter()
@@ -950,14 +968,8 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
                                 workers=workers)
     shifts_out = alignment.shifts_yx_px * scale_yx[None, :]
     timings["align"] = time.perf_counter() - t
-    if not alignment.supported:
+    if not alignment.supported and not alignment.note:  # a note was warned of where it arose
         warnings.warn(unaligned_message(alignment), stacklevel=2)
-    largest = float(np.abs(shifts_out).max(initial=0.0))
-    if largest >= 0.95 * params.align.max_shift_px:
-        warnings.warn(f"a frame's shift ({largest:.1f} px from the mean) reached the search "
-                      f"limit --max-shift {params.align.max_shift_px:g} px: the drift may be "
-                      "larger (a stage that had not settled); correct again with a larger "
-                      "--max-shift", stacklevel=2)
     pad = np.array(grids.padded_out) - np.array(grids.out_yx)
     if np.any(np.abs(shifts_out).max(axis=0) > pad):
         return None

@@ -372,8 +372,10 @@ def test_a_drift_beyond_the_search_limit_is_named_in_a_warning():
                               align=AlignParams(patches_x=1, patches_y=1, max_shift_px=40.0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=2)
+        corrected = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=2)
     assert any("reached the search limit --max-shift 40 px" in str(w.message) for w in caught)
+    # in the record's advice too, which the daemon logs (a bare warning reached no log)
+    assert any(line.startswith("search limit reached: ") for line in corrected.alignment_advice)
 
 
 def test_a_large_stage_drift_is_followed_by_every_frame_not_split_into_two_groups():

@@ -378,3 +378,26 @@ def test_correct_frames_refuses_a_pixel_size_that_is_not_a_positive_number_namin
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL)
     with pytest.raises(ParameterError, match=r"pixel_size_A must be a finite number > 0 Å"):
         correct_frames(syn.frames, pixel_size_A=pixel, params=params)
+
+
+def test_an_absurd_max_shift_or_bin_fails_at_once_or_corrects_not_after_minutes():
+    """--max-shift 1e9 padded each frame by 1e9 px (MemoryError, 900 PiB, three times per
+    movie); --bin 600 on 512 px frames worked 7 minutes for a 0 x 0 micrograph; inf was an
+    internal OverflowError."""
+    from correction.errors import CorrectionError, ParameterError
+
+    syn = render_movie(np.random.default_rng(4), shape_yx=(96, 96), n_frames=4, gain=None,
+                       n_hot_pixels=0)
+    dose = DoseParams(dose_per_frame_e_A2=1.0)
+    wide = CorrectionParams(dose=dose, align=AlignParams(patches_x=1, patches_y=1,
+                                                         max_shift_px=1e9))
+    assert correct_frames(syn.frames, pixel_size_A=PIXEL, params=wide).images.sum.shape \
+        == (96, 96)
+    binned = CorrectionParams(dose=dose, read=ReadParams(bin_factor=600), align=GLOBAL)
+    with pytest.raises(CorrectionError, match=r"--bin 600 leaves images of 0 x 0 px of the "
+                                              r"96 x 96 frames"):
+        correct_frames(syn.frames, pixel_size_A=PIXEL, params=binned)
+    for bad in (lambda: ReadParams(bin_factor=float("inf")),
+                lambda: AlignParams(max_shift_px=float("inf"))):
+        with pytest.raises(ParameterError, match="must be a finite number"):
+            bad()

@@ -103,7 +103,7 @@ def test_infinite_dose_voltage_or_pixel_size_is_a_usage_error_not_an_internal_er
 
 @pytest.mark.parametrize("flags, message", [
     (["--dose-per-frame", "-1"], "--dose-per-frame must be > 0 e/Å², got -1.0"),
-    (["--dose-per-frame", "1", "--bin", "0.5"], "--bin must be >= 1, got 0.5"),
+    (["--dose-per-frame", "1", "--bin", "0.5"], "--bin must be a finite number >= 1, got 0.5"),
     (["--dose-per-frame", "1", "--voltage", "300000"], "--voltage must be 60-400 kV, got 300000.0"),
 ])
 def test_a_bad_value_is_named_by_the_flag_that_gave_it(folder, capsys, flags, message):
