@@ -71,6 +71,8 @@ def flip_name(value: object) -> Flip:
 
 
 _MIN_VOLTAGE_KV, _MAX_VOLTAGE_KV = 60.0, 400.0  # accepted acceleration voltages
+#: accepted pixel sizes (Å): no detector's is finer than 0.1 Å (below: a value in nm)
+_MIN_PIXEL_A, _MAX_PIXEL_A = 0.1, 1000.0
 
 
 def _require(condition: bool, message: str) -> None:
@@ -137,8 +139,13 @@ class ReadParams:
 
     def __post_init__(self) -> None:
         _require_types(self)
-        _require(self.pixel_size_A is None or 0 < self.pixel_size_A < math.inf,
-                 f"pixel_size_A must be a finite number > 0 Å, got {self.pixel_size_A}")
+        pixel = self.pixel_size_A
+        if pixel is not None and not _MIN_PIXEL_A <= pixel <= _MAX_PIXEL_A:
+            finite = "" if math.isfinite(pixel) else "a finite number of "
+            raise ParameterError(f"pixel_size_A must be {finite}{_MIN_PIXEL_A:g}-{_MAX_PIXEL_A:g} "
+                                 "Å, got "
+                                 f"{pixel}" + (" (a value in nm? 0.83 Å is 0.083 nm)"
+                                               if 0 < pixel < _MIN_PIXEL_A else ""))
         _require(1.0 <= self.bin_factor < math.inf,
                  f"bin_factor must be a finite number >= 1, got {self.bin_factor}")
         _require(self.throw_frames >= 0, f"throw_frames must be >= 0, got {self.throw_frames}")

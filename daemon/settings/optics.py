@@ -27,12 +27,15 @@ __all__ = ["OPTICS_KEY", "DEFAULT_SPHERICAL_ABERRATION_MM", "DEFAULT_AMPLITUDE_C
 OPTICS_KEY = "optics"
 DEFAULT_SPHERICAL_ABERRATION_MM = 2.7
 DEFAULT_AMPLITUDE_CONTRAST = 0.1
+_MAX_CS_MM = 20.0  # microscopes' Cs are 0.001-6 mm
 
 
 def _problems(cs: float, ac: float) -> list[str]:
     problems = []
-    if not (math.isfinite(cs) and cs >= 0):
-        problems.append(f"spherical_aberration must be >= 0 mm, got {cs}")
+    if not (math.isfinite(cs) and 0 <= cs <= _MAX_CS_MM):  # far above: a Cs in µm
+        problems.append(f"spherical_aberration must be 0-{_MAX_CS_MM:g} mm, got {cs:g} (a value "
+                        "in µm? 2.7 mm is 2700 µm)" if cs > _MAX_CS_MM else
+                        f"spherical_aberration must be 0-{_MAX_CS_MM:g} mm, got {cs}")
     if not 0.0 <= ac < 1.0:
         problems.append(f"amplitude_contrast must be in [0, 1), got {ac}")
     return problems

@@ -39,3 +39,13 @@ def test_numbers_of_numpy_and_paths_as_strings_are_accepted_as_they_were():
     assert GainParams(gain_path=Path("gain.mrc")).gain_path == Path("gain.mrc")
     params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1, voltage_kV=200))
     assert params.dose.voltage_kV == 200
+
+
+@pytest.mark.parametrize("pixel", [0.083, 1e-9, 5000.0])
+def test_a_pixel_size_no_detector_has_is_refused_a_value_in_nm_named_as_such(pixel):
+    """0.083 (the nm value of 0.83 Å typed as Å) weighted every movie for a tenfold wrong
+    frequency scale and wrote it into every header and STAR file, with no word."""
+    with pytest.raises(ParameterError, match=r"pixel_size_A must be 0.1-1000 Å") as caught:
+        ReadParams(pixel_size_A=pixel)
+    assert ("a value in nm?" in str(caught.value)) == (pixel < 0.1)
+    assert ReadParams(pixel_size_A=0.2).pixel_size_A == 0.2  # EER 8K at 0.4 Å physical

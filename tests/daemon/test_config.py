@@ -560,3 +560,16 @@ def test_an_output_folder_inside_the_watch_folder_with_relion_and_imod_stacks_is
         mrc.header.nlabl = 1
     with pytest.raises(ConfigError, match=r"inside the watch folder, it is not watched"):
         load_config(parse([str(session), "--out", str(out), "--dose-per-frame", "1"]))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pixel_size = 0.083", "--pixel-size must be 0.1-1000 Å, got 0.083 (a value in nm? 0.83 Å "
+                           "is 0.083 nm)"),
+    ("spherical_aberration = 2700", "spherical_aberration must be 0-20 mm, got 2700 (a value in "
+                                    "µm? 2.7 mm is 2700 µm)"),
+])
+def test_a_value_in_the_wrong_unit_is_a_config_error_naming_the_unit(tmp_path, text, expected):
+    """Both were accepted: a tenfold wrong pixel size in every output, a Cs in µm in RELION's
+    optics table."""
+    (problem,) = toml_problems(tmp_path, text)
+    assert expected in problem
