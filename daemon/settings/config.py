@@ -286,7 +286,7 @@ def _convert_item(action: argparse.Action, item: Any) -> Any:
             raise ValueError(item)
         return float(item)
     if action.type is Path:
-        if not isinstance(item, str):
+        if not isinstance(item, str) or not item.strip():  # "": the working folder, by chance
             raise ValueError(item)
         return Path(item)
     if action.type is None:  # plain text: a number or a TOML time is its text (optics_group = 3)
@@ -323,6 +323,10 @@ def _convert(action: argparse.Action, key: str, value: Any, problems: list[str],
             raise ValueError(value)
         converted = [_convert_item(action, item) for item in items]
     except ValueError:
+        if action.type is Path and isinstance(value, str) and not value.strip():
+            problems.append(f"{where}: an empty path ('' would be the working folder of the "
+                            "moment): give the path, or leave the key out")
+            return argparse.SUPPRESS
         got = repr(value) if isinstance(value, (str, int, float, list, dict)) else value
         problems.append(f"{where}: expected {_expected(action)}, got {got} ({_toml_type(value)})")
         return argparse.SUPPRESS

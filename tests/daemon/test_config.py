@@ -573,3 +573,12 @@ def test_a_value_in_the_wrong_unit_is_a_config_error_naming_the_unit(tmp_path, t
     optics table."""
     (problem,) = toml_problems(tmp_path, text)
     assert expected in problem
+
+
+@pytest.mark.parametrize("key", ["out", "state_dir", "scratch", "gain"])
+def test_an_empty_path_in_the_config_file_is_refused_naming_the_key(tmp_path, key):
+    """`out = ""` meant the working folder: outputs and state went wherever the daemon was
+    started, and under systemd (working folder /, read-only) it exited 69 to be restarted every
+    30 s, naming the resolved folder, never the key."""
+    problems = toml_problems(tmp_path, f'{key} = ""')
+    assert f"config key {key!r}: an empty path ('' would be the working folder" in problems[0]
