@@ -488,6 +488,7 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     if gain_reference is not None:  # a physical-pixel gain is repeated onto EER sampling-2 frames
         gain_reference = gain_reference.fit_to(
             (ny, nx), movie_path, super_resolution_factor=super_resolution_factor)
+        _check_defects_in_frame(gain_reference, (ny, nx))
     used = frames[first:stop]
     n = stop - first
 
@@ -619,6 +620,20 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
 
 #: raw frames whose mean is below this fraction of the dark's: the dark is not one frame's
 _DARK_ABOVE_FRAMES = 0.75
+
+
+def _check_defects_in_frame(gain_reference: GainReference, shape_yx: tuple[int, int]) -> None:
+    """Raise :class:`GainReferenceError` when a defect list has rectangles and none of them
+    lies within the frames (a list of another camera, or another orientation: it was dropped
+    without a word, as its rectangles are clipped to the frame)."""
+    rects = gain_reference.defect_rects
+    ny, nx = shape_yx
+    if rects and not any(x < nx and y < ny and x + w > 0 and y + h > 0
+                         for x, y, w, h in rects):
+        raise GainReferenceError(gain_reference.defects_path,
+                                 f"none of its {len(rects)} defects lies within the {nx} x {ny} "
+                                 "frames (x y w h, 0-based, in the movie's pixels): a list of "
+                                 "another camera, or of another orientation?")
 
 
 def _check_dark_level(raw_mean_per_frame: float, gain_reference: GainReference) -> None:

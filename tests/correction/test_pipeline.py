@@ -401,3 +401,23 @@ def test_an_absurd_max_shift_or_bin_fails_at_once_or_corrects_not_after_minutes(
                 lambda: AlignParams(max_shift_px=float("inf"))):
         with pytest.raises(ParameterError, match="must be a finite number"):
             bad()
+
+
+def test_a_defect_list_with_no_defect_within_the_frames_is_a_reference_error_naming_it(tmp_path):
+    """A list of another camera (600 600 10 10 for 96 px frames) was clipped away without a
+    word, every defect left in."""
+    from correction.gain import load_gain_reference
+
+    defects = tmp_path / "defects.txt"
+    defects.write_text("600 600 10 10\n700 20 1 5\n")
+    syn = render_movie(np.random.default_rng(5), shape_yx=(96, 96), n_frames=4, gain=None,
+                       n_hot_pixels=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL,
+                              gain=GainParams(defects_path=defects))
+    with pytest.raises(GainReferenceError, match=r"defects\.txt: none of its 2 defects lies "
+                                                 r"within the 96 x 96 frames"):
+        correct_frames(syn.frames, pixel_size_A=PIXEL, params=params,
+                       gain_reference=load_gain_reference(params.gain))
+    defects.write_text("600 600 10 10\n10 20 1 5\n")  # one within: the list is the movie's
+    correct_frames(syn.frames, pixel_size_A=PIXEL, params=params,
+                   gain_reference=load_gain_reference(params.gain))
