@@ -19,10 +19,11 @@ import sys
 
 from daemon import exitcodes
 from daemon.engine.locks import FolderLocks
-from daemon.engine.policy import add_engine_arguments
+from daemon.engine.policy import EnginePolicy, add_engine_arguments
 from daemon.engine.service import Service
 from daemon.events import MetadataResolver, ServiceListener
-from daemon.dashboard.server import Dashboard, DashboardConfig, DashboardError
+from daemon.dashboard.server import (Dashboard, DashboardConfig, DashboardError, is_loopback,
+                                     parse_listen)
 from daemon.feed.listener import PublishListener, add_feed_arguments, build_publish_listener
 from daemon.handoff.listener import add_handoff_arguments, build_handoff_listener
 from daemon.series.options import add_series_arguments, resolver_from_config
@@ -96,6 +97,33 @@ def start_dashboard(config: Config, listeners: list[ServiceListener]) -> Dashboa
         raise ConfigError([f"dashboard: {exc}"]) from exc
 
 
+def check_before_folders(config: Config) -> None:
+    """The options checked only once running otherwise (the engine's timeouts and parameter
+    policy, the dashboard's address), checked with the others: before any folder is made,
+    each problem a line naming its key.
+
+    Raises
+    ------
+    ConfigError
+    """
+    problems = []
+    try:
+        EnginePolicy.from_options(config.options)
+    except (TypeError, ValueError) as exc:
+        problems.append(str(exc))
+    listen = config.options.get("dashboard")
+    if listen:
+        try:
+            host, _ = parse_listen(str(listen))
+            if not is_loopback(host):
+                problems.append(f"dashboard (--dashboard) {listen}: {host} is not a loopback "
+                                "address; serve it with motionwatch dashboard --allow-remote")
+        except DashboardError as exc:
+            problems.append(f"dashboard (--dashboard): {exc}".replace("--listen ", ""))
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_resolver(config: Config) -> MetadataResolver:
     """The metadata resolver ``motionwatch watch`` runs with: tilt series and dose bookkeeping.
 
@@ -116,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         resolver = build_resolver(config)
         executor_settings(config)  # a bad executor section is a configuration error (78)
         watchdog_thresholds(config)
+        check_before_folders(config)
     except ConfigError as exc:
         _print_config_error(exc)
         return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG

@@ -42,8 +42,8 @@ from typing import Any
 from daemon.dashboard.state import SessionView
 from daemon.feed.subscriber import Subscriber
 
-__all__ = ["DEFAULT_LISTEN", "DashboardConfig", "DashboardError", "Dashboard", "parse_listen",
-           "resolve_inside"]
+__all__ = ["DEFAULT_LISTEN", "DashboardConfig", "DashboardError", "Dashboard", "is_loopback",
+           "parse_listen", "resolve_inside"]
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 STATIC = Path(__file__).with_name("static")
@@ -80,7 +80,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
@@ -112,7 +112,7 @@ class DashboardConfig:
 
     def __post_init__(self) -> None:
         host, _ = parse_listen(self.listen)
-        if not _is_loopback(host) and not self.allow_remote:
+        if not is_loopback(host) and not self.allow_remote:
             raise DashboardError(f"--listen {self.listen}: {host} is not a loopback address; "
                                  "add --allow-remote to serve the dashboard on the network")
         if not Path(self.out_dir).is_dir():
@@ -340,12 +340,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _host_ok(self) -> bool:
-        if self.dashboard.config.allow_remote and not _is_loopback(
+        if self.dashboard.config.allow_remote and not is_loopback(
                 str(self.server.server_address[0])):
             return True  # listening for other hosts: any name of this one
         host = (self.headers.get("Host") or "").strip()
         name = host.rpartition(":")[0] if host.count(":") == 1 or host.startswith("[") else host
-        return _is_loopback(name.strip("[]") or host)
+        return is_loopback(name.strip("[]") or host)
 
     def _route(self, *, head: bool) -> None:
         if self.headers.get("Content-Length") not in (None, "0") \

@@ -582,3 +582,18 @@ def test_an_empty_path_in_the_config_file_is_refused_naming_the_key(tmp_path, ke
     30 s, naming the resolved folder, never the key."""
     problems = toml_problems(tmp_path, f'{key} = ""')
     assert f"config key {key!r}: an empty path ('' would be the working folder" in problems[0]
+
+
+def test_engine_timeouts_and_the_dashboard_address_are_checked_with_the_others_before_folders(
+        tmp_path, capsys):
+    """They were checked once running: after the output folder was made, each alone, as a JSON
+    log line, and a bad dashboard address was named as the dashboard command's --listen."""
+    (tmp_path / "w").mkdir()
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1", "--movie-timeout-floor", "-1",
+                   "--dashboard", "nonsense"])
+    assert status == exitcodes.CONFIG
+    err = capsys.readouterr().err
+    assert "movie_timeout_floor" in err and "dashboard (--dashboard): 'nonsense' is not HOST:PORT" \
+        in err
+    assert not (tmp_path / "o").exists()
