@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .align_global import alignment_working_bytes
+from .fourier import binned_length
 from .grids import EXTRA_MARGIN_PX, Grids, align_from_block_sums, plan_grids
 from .local_apply import band_scratch_bytes
 from .params import CorrectionParams
@@ -126,7 +127,7 @@ def stage_bytes(g: Grids, n: int, params: CorrectionParams, n_kept: int) -> dict
                           max(max(kept, min(_SUM_GROUP_BYTES, 4 * pp * (n - n_kept)))
                               + 16 * pp, 16 * pp + 16 * p))
     if ap.local_enabled:
-        stages["local_align"] = kept + 8 * a * n + 4 * a
+        stages["local_align"] = kept + 8 * a * n + 4 * a + _patch_threads_bytes(g, n, params)
         # Fourier-binned: the frames whose spectra are kept are one block (each spectrum
         # transformed in place into its frame and released, one new frame in flight); the
         # others are read in blocks, whose parts are kept for all tiles (43 P)
@@ -136,6 +137,21 @@ def stage_bytes(g: Grids, n: int, params: CorrectionParams, n_kept: int) -> dict
                                 43 * p + _BLOCK_BYTES if n_kept < n else 0)
         stages["local"] = 16 * p + band_scratch_bytes(g.out_yx) + binned_frames
     return stages
+
+
+def _patch_threads_bytes(g: Grids, n: int, params: CorrectionParams) -> int:
+    """The patch loop's scratch (:func:`correction.align_local.measure_patch_shifts`): one
+    patch's alignment, and the patches aligned beside it in other threads, which it keeps
+    within the aligned frames' size (4 bytes per patch-grid pixel per frame)."""
+    from .align_local import LocalParams, patch_grid, patch_scratch_bytes  # noqa: PLC0415
+
+    local = LocalParams()
+    shape = tuple(int(v) for v in g.align)
+    if min(shape) > local.patch_grid_px:
+        factor = min(shape) / local.patch_grid_px
+        shape = (binned_length(shape[0], factor), binned_length(shape[1], factor))
+    grid = patch_grid(shape, g.padded_out, (params.align.patches_y, params.align.patches_x))
+    return patch_scratch_bytes(n, grid.patch_shape_yx) + 4 * n * int(np.prod(shape))
 
 
 def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEstimate:
@@ -165,7 +181,9 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
     * whole-frame alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
       aligned stack, which the cross spectra overwrite) + batches of correlation maps;
     * patch alignment: the kept spectra + ``8 A`` per frame (alignment spectra and the
-      aligned frames on the patch grid);
+      aligned frames on the patch grid) + one patch stack's alignment
+      (:func:`correction.align_local.patch_scratch_bytes`) + at most ``4 A`` per frame more
+      for the patches aligned at once in other threads (their number is kept to that);
     * local sums: ``16 P`` (four images) + one band of tiles per thread
       (:func:`correction.local_apply.band_scratch_bytes`) + for Fourier-binned
       output the larger of the kept spectra + ``4 P`` (the kept frames are one block, each
@@ -173,13 +191,14 @@ def predict_peak_bytes(frames: np.ndarray, params: CorrectionParams) -> MemoryEs
       of the sums for all tiles) + ``_BLOCK_BYTES`` of frames made again (:func:`stage_bytes`).
 
     So the peak is the movie plus about 36 bytes per output pixel (global) or 16-60 (local),
-    plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440) and 4 bytes per padded
+    plus 8 bytes per alignment pixel per frame (~12 MB at 1024 x 1440; with a patch grid up to
+    about 14, the patch loop's threads included) and 4 bytes per padded
     output pixel per kept frame (at most ``SPECTRA_BUDGET_BYTES`` in all).
     """
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap = params.read, params.align
     n = max(1, n_all - rp.throw_frames - rp.trunc_frames)
-    margin = int(np.ceil(ap.max_shift_px)) + EXTRA_MARGIN_PX
+    margin = int(np.ceil(min(ap.max_shift_px, max(ny, nx)))) + EXTRA_MARGIN_PX  # as corrected
     g = plan_grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
     pp = int(np.prod(g.padded_out))
     mapped = mapped_bytes(frames)
