@@ -35,8 +35,11 @@ def sum_raw_frames(frames: np.ndarray, workers: int = 1) -> np.ndarray:
                    workers)
         return out
     acc = zeros_written(frames.shape[1:])
+    drop = memory_model.mapped_bytes(frames) > memory_model.MAPPED_BUDGET_BYTES
     for frame in frames:
         np.add(acc, frame, out=acc, casting="unsafe")
+        if drop:  # a float movie's pages too (2 GB of float32 frames stayed resident)
+            _drop_mapped(frame)
     return acc
 
 

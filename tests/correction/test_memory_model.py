@@ -32,12 +32,16 @@ def _mapped_movie(path: Path, shape: tuple[int, int, int], dtype=np.uint16) -> n
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
-def test_a_memory_mapped_movie_over_the_budget_is_not_kept_resident(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_a_memory_mapped_movie_over_the_budget_is_not_kept_resident(tmp_path, monkeypatch,
+                                                                    dtype):
     """The raw sum reads every page of a 192 MB mapped movie; with the mapped budget below
     the movie's size, its pages are dropped as they are used, so resident memory grows by
-    far less than the movie (without dropping it grows by all of it)."""
+    far less than the movie (without dropping it grows by all of it: a float32 movie's did,
+    2 GB of it for 2048^2 x 120)."""
     monkeypatch.setattr(memory_model, "MAPPED_BUDGET_BYTES", 16 << 20)
-    frames = _mapped_movie(tmp_path / "movie.raw", (24, 2048, 2048))
+    frames = _mapped_movie(tmp_path / "movie.raw", (24 // np.dtype(dtype).itemsize * 2, 2048,
+                                                    2048), dtype)
     before = _resident_bytes()
     total = sum_raw_frames(frames)
     grown = _resident_bytes() - before
