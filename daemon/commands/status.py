@@ -30,6 +30,7 @@ from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
 from daemon.series.stored_state import listed_now
 from daemon.series.tilt_record import TiltRecord
+from daemon.system.pace_text import pace_phrase
 from daemon.system.processes import process_exists
 from daemon.system.terminal_text import printable
 
@@ -191,7 +192,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "healthy": state.get("healthy"), "problems": state.get("problems", []),
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster") if running else None,
-                   "pace": state.get("pace")},
+                   "pace": state.get("pace") if running else None},
         "counts": {**counts, "requeued": len(requeued)},
         # what a daemon saw being written or had in hand is its own live view: once it is gone
         # (stopped, or killed before it could say so) it holds for nothing
@@ -225,12 +226,9 @@ def _print_text(status: dict[str, Any]) -> None:
               f"{'healthy' if d['healthy'] else 'UNHEALTHY'}; discovery: {d['discovery']})")
         for problem in d["problems"]:
             _say(f"  problem: {problem}")
-        pace = d.get("pace")
-        if pace and pace.get("corrected_per_min") is not None:
-            verdict = "keeping up" if pace["keeping_up"] else "FALLING BEHIND"
-            _say(f"pace: {verdict}: {pace['arrived_per_min']:.1f} movies/min acquired, "
-                  f"{pace['corrected_per_min']:.1f} corrected (last "
-                  f"{pace['window_s'] / 60:.0f} min)")
+        phrase = pace_phrase(d.get("pace"))
+        if phrase is not None:
+            _say(f"pace: {phrase}")
     else:
         _say("daemon: not running")
     cluster = status["daemon"].get("cluster")

@@ -271,15 +271,16 @@ class SessionView:
     @staticmethod
     def _rates(beat: Mapping[str, Any], corrected: float | None, arrived: float | None
                ) -> dict[str, Any]:
-        """The daemon's pace when its heartbeat has a verdict (acquisition timed by the movies'
-        modification times: a backlog counts at its recording rate), else the rates of the
-        messages seen here (``source`` says which)."""
+        """The daemon's pace when its heartbeat has a verdict (by the minutes of work waiting:
+        :mod:`daemon.engine.pace`), else the rates of the messages seen here (``source`` says
+        which)."""
         pace = beat.get("pace") or {}
         if pace.get("keeping_up") is not None:
             return {"corrected_per_min": pace.get("corrected_per_min"),
                     "arrived_per_min": pace.get("arrived_per_min"),
+                    "behind_min": pace.get("behind_min"),
                     "keeping_up": bool(pace["keeping_up"]), "source": "daemon"}
-        return {"corrected_per_min": corrected, "arrived_per_min": arrived,
+        return {"corrected_per_min": corrected, "arrived_per_min": arrived, "behind_min": None,
                 "keeping_up": None if corrected is None or arrived is None
                 else bool(corrected >= 0.9 * arrived or not beat.get("backlog")),
                 "source": "dashboard"}

@@ -1,11 +1,19 @@
-"""Whether the service keeps pace with the microscope: movies acquired vs corrected per minute.
+"""Whether the service keeps pace with the microscope: the work waiting, in minutes, and movies
+acquired vs corrected per minute.
 
-Acquisition is timed by the movies' own modification times (when the detector finished
-writing them), so a backlog found at start-up counts at the rate it was recorded, not all at
-once; correction by the wall-clock times of the movies recorded done. Both are counted over
-the last ``window_s`` (10 minutes), correction over at most the service's uptime. The service
-keeps up when nothing is pending, or when it corrects at least 90 % as fast as movies arrive
-(the same rule as the dashboard's, :mod:`daemon.dashboard.state`).
+The verdict is the backlog's: the service keeps up while nothing waits for a worker, or while
+what waits would be done within ``MAX_BEHIND_MIN`` (5) minutes at the rate it corrects now
+(``behind_min`` = waiting / corrected per minute). So a session that starts, or restarts, onto
+more than it can correct, a copy that delivers movies with old modification times, a slow
+steady overload (11 acquired a minute for 10 corrected) and a burst all say "falling behind"
+once the backlog is five minutes of work, and a lunch break says "keeping up" once what is
+left is under five minutes (the rates of the last ten minutes alone said the opposite in each).
+
+The rates are counted over the last ``window_s`` (10 minutes), or the service's uptime when
+shorter, the same span for both: corrections by the wall times the movies were recorded done;
+acquisitions by the wall times the service first saw the movies, except those found by the
+start-up scan, dated by their modification times (a backlog recorded before the start is not a
+burst of acquisitions; it is in ``behind_min``).
 """
 
 from __future__ import annotations
@@ -13,43 +21,56 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Pace", "PaceMeter", "KEEPING_UP_FRACTION"]
+__all__ = ["Pace", "PaceMeter", "MAX_BEHIND_MIN"]
 
-#: corrected per minute over arrived per minute at or above which the service keeps up
-KEEPING_UP_FRACTION = 0.9
+#: minutes of work waiting beyond which the service is falling behind
+MAX_BEHIND_MIN = 5.0
+_MIN_SPAN_S = 60.0  # rates over less than this are not told
 
 
 @dataclass(frozen=True, slots=True)
 class Pace:
-    """Movies per minute over the last ``window_s`` seconds.
+    """The service's pace at a moment.
 
     Attributes
     ----------
-    arrived_per_min : float
-        Movies whose modification time falls in the window.
+    arrived_per_min : float or None
+        Movies first seen (acquired) per minute over the last ``window_s`` seconds, or the
+        uptime when shorter; None before the service has run 60 s.
     corrected_per_min : float or None
-        Movies recorded done in the window; None before the service has run 60 s.
+        Movies recorded done per minute over the same span; None before 60 s.
+    waiting : int
+        Movies waiting for a worker.
+    behind_min : float or None
+        Minutes of work waiting: ``waiting`` / ``corrected_per_min`` (0 when nothing waits);
+        None while nothing was corrected in the span (or before 60 s).
     keeping_up : bool or None
-        Nothing pending, or corrected >= 0.9 x arrived; None while ``corrected_per_min`` is.
+        Nothing waits, or ``behind_min`` <= :data:`MAX_BEHIND_MIN`; False when movies wait
+        and none was corrected in the span; None before 60 s.
     window_s : float
     """
 
-    arrived_per_min: float
+    arrived_per_min: float | None
     corrected_per_min: float | None
+    waiting: int
+    behind_min: float | None
     keeping_up: bool | None
     window_s: float
 
-    def to_record(self) -> dict[str, float | bool | None]:
-        """JSON-ready, rates rounded to 0.01 per minute."""
-        return {"arrived_per_min": round(self.arrived_per_min, 2),
-                "corrected_per_min": None if self.corrected_per_min is None
-                else round(self.corrected_per_min, 2),
+    def to_record(self) -> dict[str, float | int | bool | None]:
+        """JSON-ready, rates and minutes rounded to 0.01."""
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 2)
+
+        return {"arrived_per_min": rounded(self.arrived_per_min),
+                "corrected_per_min": rounded(self.corrected_per_min),
+                "waiting": self.waiting, "behind_min": rounded(self.behind_min),
                 "keeping_up": self.keeping_up, "window_s": self.window_s}
 
 
 class PaceMeter:
-    """Counts arrivals (movie modification times) and corrections (wall times), both in
-    seconds since the epoch, and gives the :class:`Pace` at a moment.
+    """Counts acquisitions and corrections (wall times, s since the epoch) and gives the
+    :class:`Pace` at a moment.
 
     Parameters
     ----------
@@ -62,27 +83,38 @@ class PaceMeter:
     def __init__(self, started_s: float, window_s: float = 600.0) -> None:
         self.started_s = float(started_s)
         self.window_s = float(window_s)
+        self._scanned = False  # the start-up scan is over
         self._arrived: deque[float] = deque()
         self._corrected: deque[float] = deque()
 
-    def arrived(self, mtime_s: float) -> None:
-        """A movie joined the queue; ``mtime_s`` is its modification time."""
-        self._arrived.append(float(mtime_s))
+    def start_up_scan_done(self) -> None:
+        """Movies seen from now on are dated by when they are seen."""
+        self._scanned = True
+
+    def arrived(self, mtime_s: float, seen_s: float) -> None:
+        """A movie joined the queue: its modification time and the wall time it was seen (the
+        first dates it while the start-up scan runs, the second after)."""
+        self._arrived.append(float(seen_s if self._scanned else mtime_s))
 
     def corrected(self, wall_s: float) -> None:
         """A movie was recorded done at ``wall_s``."""
         self._corrected.append(float(wall_s))
 
-    def pace(self, now_s: float, *, pending: int) -> Pace:
-        """The rates at ``now_s`` with ``pending`` movies waiting for a worker."""
-        since = now_s - self.window_s
-        self._corrected = deque(t for t in self._corrected if t > since)
-        self._arrived = deque(t for t in self._arrived if t > since)
-        arrived = 60.0 * sum(1 for t in self._arrived if t <= now_s) / self.window_s
-        running_s = min(self.window_s, now_s - self.started_s)
-        corrected = 60.0 * len(self._corrected) / running_s if running_s >= 60.0 else None
-        if corrected is None:
-            keeping_up = None
+    def pace(self, now_s: float, *, waiting: int) -> Pace:
+        """The pace at ``now_s`` with ``waiting`` movies waiting for a worker."""
+        span = min(self.window_s, now_s - self.started_s)
+        since = now_s - span
+        self._corrected = deque(t for t in self._corrected if t > now_s - self.window_s)
+        self._arrived = deque(t for t in self._arrived if t > now_s - self.window_s)
+        if span < _MIN_SPAN_S:
+            return Pace(None, None, int(waiting), None, None, self.window_s)
+        arrived = 60.0 * sum(1 for t in self._arrived if since < t <= now_s) / span
+        corrected = 60.0 * sum(1 for t in self._corrected if t > since) / span
+        if waiting <= 0:
+            behind, keeping_up = 0.0, True
+        elif corrected > 0:
+            behind = waiting / corrected
+            keeping_up = behind <= MAX_BEHIND_MIN
         else:
-            keeping_up = pending == 0 or corrected >= KEEPING_UP_FRACTION * arrived
-        return Pace(arrived, corrected, keeping_up, self.window_s)
+            behind, keeping_up = None, False
+        return Pace(arrived, corrected, int(waiting), behind, keeping_up, self.window_s)

@@ -39,7 +39,7 @@ from daemon.engine.faults import LedgerWrites
 from daemon.engine.locks import LOCK_NAME, FolderLocks
 from daemon.engine.outputs import clean_temporary_outputs
 from daemon.engine.ownership import other_watch_folder, served_folders
-from daemon.engine.pace import PaceMeter
+from daemon.engine.pace import MAX_BEHIND_MIN, Pace, PaceMeter
 from daemon.engine.policy import EnginePolicy, report_parameter_change
 from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, MovieKey,
@@ -122,10 +122,13 @@ class Service:
         # the next movie into the page cache while the (local) workers are busy
         self._read_ahead = ReadAhead() if config.read_ahead else None
         self._pace = PaceMeter(wall_clock())  # movies acquired vs corrected per minute
+        self._keeping_up: bool | None = None  # the pace verdict last logged
         self.admission = Admission(AdmissionSettings.of(config), ledger=lambda: self.ledger,
                                    resolver=self._resolver,
                                    log=self._log, clock=clock, writes=self._writes,
-                                   policy=self._policy, arrived=self._pace.arrived,
+                                   policy=self._policy,
+                                   arrived=lambda mtime_s: self._pace.arrived(mtime_s,
+                                                                              self._wall()),
                                    quarantined=lambda e: self._finished("on_movie_failed", e),
                                    adopted=lambda e: self._finished("on_movie_done", e,
                                                                     corrected=False),
@@ -353,6 +356,7 @@ class Service:
             self.pool = build_executor(cfg, runner=self._runner)  # local WorkerPool by default
             self.pool.start()
             self._scan(timed=False)  # reads every row of the state: not a measure of scans
+            self._pace.start_up_scan_done()  # later movies are dated by when they are seen
             state = self.discovery.state()
             self._log.info("service_ready", discovery=state.mode, reason=state.reason,
                            fs_type=state.fs_type, workers=cfg.workers,
@@ -573,10 +577,13 @@ class Service:
         state = self.discovery.state()
         cluster_state = getattr(self.pool, "cluster_state", None)
         cluster = cluster_state() if callable(cluster_state) else None
-        pace = self._pace.pace(self._wall(), pending=int(counts.get("pending", 0))).to_record()
         started = (cluster or {}).get("running_on")
         queued = () if started is None else tuple(
             e.key.path for tid, e in self.dispatcher.in_flight.items() if tid not in started)
+        # waiting for a worker: pending here, or queued in a cluster
+        pace = self._pace.pace(self._wall(), waiting=int(counts.get("pending", 0)) + len(queued))
+        self._say_pace(pace)
+        pace = pace.to_record()
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
                          in_flight, self.pool.alive(), state.mode, health, cluster, pace, queued)
         self._safe(lambda: self.ledger.set_service_state({
@@ -592,6 +599,23 @@ class Service:
         self._log.debug("heartbeat", counts=counts, waiting=len(waiting),
                         in_flight=len(in_flight), healthy=health.ok)
         self._notify("on_heartbeat", beat)
+
+
+    def _say_pace(self, pace: Pace) -> None:
+        """Log when the service falls behind (its backlog is more than ``MAX_BEHIND_MIN``
+        minutes of work), and when it has caught up again: the journal tells the night's pace."""
+        if pace.keeping_up is None or pace.keeping_up == self._keeping_up:
+            return
+        facts = {"waiting": pace.waiting, "behind_min": pace.behind_min,
+                 "acquired_per_min": pace.arrived_per_min,
+                 "corrected_per_min": pace.corrected_per_min}
+        if not pace.keeping_up:
+            self._log.warning("falling_behind", **facts,
+                              note=f"more than {MAX_BEHIND_MIN:g} minutes of work waiting; "
+                                   "more --workers (or a cluster) corrects faster")
+        elif self._keeping_up is False:
+            self._log.info("keeping_up_again", **facts)
+        self._keeping_up = pace.keeping_up
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)

@@ -33,6 +33,7 @@ from typing import Any
 
 from daemon.events import Heartbeat, ServiceInfo, ServiceListener
 from daemon.settings.config import Config, ConfigError
+from daemon.system.pace_text import pace_phrase
 from daemon.system.sdnotify import Notifier, WatchdogPinger, watchdog_interval_s, watchdog_timeout_s
 
 __all__ = ["add_watchdog_arguments", "NotifyListener", "watchdog_thresholds"]
@@ -185,9 +186,9 @@ class NotifyListener(ServiceListener):
             self._in_flight_since = {p: self._in_flight_since.get(p, now) for p in current}
             stuck = [p for p, t in self._in_flight_since.items() if now - t > self.stuck_after_s]
         text = _counts_text(beat.counts, beat.waiting, len(beat.in_flight))
-        if beat.pace and beat.pace.get("keeping_up") is False:
-            text += (f"; FALLING BEHIND ({beat.pace['corrected_per_min']:.1f}/min corrected, "
-                     f"{beat.pace['arrived_per_min']:.1f}/min acquired)")
+        phrase = pace_phrase(beat.pace)
+        if phrase is not None and beat.pace.get("keeping_up") is False:
+            text += f"; {phrase}"
         problems = list(beat.health.problems) + [f"stuck on {Path(p).name}" for p in stuck]
         if problems:
             text += "; UNHEALTHY: " + "; ".join(problems)

@@ -170,15 +170,16 @@ def test_view_shows_the_daemons_own_pace_once_its_heartbeat_has_a_verdict():
     recording rate), which the messages reaching the dashboard cannot tell."""
     clock = Clock()
     view = SessionView(locate=lambda name: None, clock=clock)
-    pace = {"arrived_per_min": 6.0, "corrected_per_min": 6.5, "keeping_up": True,
-            "window_s": 600.0}
+    pace = {"arrived_per_min": 6.0, "corrected_per_min": 6.5, "waiting": 3, "behind_min": 0.46,
+            "keeping_up": True, "window_s": 600.0}
     for k in range(4):  # as fast as above, but the daemon says it keeps up
         view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=30.0, backlog=k, done=k,
                                          failed=0, running=0, pace=pace))
         view.apply("movie", envelope("a", 2 + 3 * k, **movie_message(record(f"m{k}.mrc", 1.0))))
         clock.t += 60.0
     assert view.snapshot()["rates"] == {"corrected_per_min": 6.5, "arrived_per_min": 6.0,
-                                        "keeping_up": True, "source": "daemon"}
+                                        "behind_min": 0.46, "keeping_up": True,
+                                        "source": "daemon"}
     view.apply("heartbeat", envelope("a", 13, interval_s=30.0, backlog=3, done=4, failed=0,
                                      running=0, pace={**pace, "corrected_per_min": None,
                                                       "keeping_up": None}))

@@ -1,5 +1,7 @@
-"""The service's pace: movies acquired (by their modification times) against movies corrected
-(by the wall time they were recorded done) per minute, and whether it keeps up."""
+"""The service's pace: whether it keeps up, by the work waiting in minutes at the rate it
+corrects, and the rates of acquisition and correction over the same span. The cases an audit
+found the last-ten-minutes rates alone got wrong (a session starting, or restarting, onto more
+than it corrects; old modification times; a slow steady overload; a burst; a lunch break)."""
 
 from __future__ import annotations
 
@@ -9,70 +11,128 @@ import time
 import pytest
 
 from daemon.commands.cli import main
-from daemon.engine.pace import PaceMeter
+from daemon.engine.pace import MAX_BEHIND_MIN, PaceMeter
 from daemon.state.ledger import Ledger
 
-
-def test_rates_count_the_last_ten_minutes_and_a_backlog_counts_at_its_recording_rate():
-    start = 1_000_000.0
-    meter = PaceMeter(start, window_s=600.0)
-    for k in range(30):  # a backlog found at start-up: one movie every 20 s over 10 minutes
-        meter.arrived(start - 600.0 + 20.0 * k + 10.0)
-    for k in range(10):  # the first 300 s: one movie corrected every 30 s
-        meter.corrected(start + 30.0 * (k + 1))
-    pace = meter.pace(start + 300.0, pending=20)
-    # acquired: the 15 movies of the last 600 s (mtimes after start - 300) -> 1.5 per minute
-    assert pace.arrived_per_min == pytest.approx(1.5)
-    # corrected over the 300 s the service has run: 10 -> 2.0 per minute
-    assert pace.corrected_per_min == pytest.approx(2.0)
-    assert pace.keeping_up is True
+START = 1_000_000.0
 
 
-def test_falling_behind_needs_a_backlog_and_less_than_ninety_percent_of_the_acquisition_rate():
-    start = 0.0
-    meter = PaceMeter(start, window_s=600.0)
-    for k in range(60):  # acquired: 6 per minute over the last 600 s
-        meter.arrived(605.0 + 10.0 * k)
-    for k in range(50):  # corrected: 5 per minute
-        meter.corrected(1200.0 - 12.0 * k)
-    behind = meter.pace(1200.0, pending=10)
-    assert behind.arrived_per_min == pytest.approx(6.0)
-    assert behind.corrected_per_min == pytest.approx(5.0)
-    assert behind.keeping_up is False  # 5 < 0.9 x 6
-    assert meter.pace(1200.0, pending=0).keeping_up is True  # nothing waits: keeping up
+def _meter(*, scanned: bool = True) -> PaceMeter:
+    meter = PaceMeter(START, window_s=600.0)
+    if scanned:
+        meter.start_up_scan_done()
+    return meter
+
+
+def test_a_session_starting_onto_more_than_it_corrects_falls_behind_within_minutes():
+    """48 acquired a minute, 18 corrected: the rates of the last ten minutes said 'keeping up'
+    for the first 4.5 minutes (acquisitions over 10 minutes, corrections over the uptime)."""
+    meter = _meter()
+    for k in range(int(48 * 3)):  # three minutes of acquisition, seen as written
+        meter.arrived(START + k * 60 / 48, START + k * 60 / 48)
+    for k in range(18 * 3):
+        meter.corrected(START + 5 + k * 60 / 18)
+    pace = meter.pace(START + 180.0, waiting=48 * 3 - 18 * 3 + 10)
+    assert pace.arrived_per_min == pytest.approx(48.0, rel=0.02)
+    assert pace.corrected_per_min == pytest.approx(18.0, rel=0.02)
+    assert pace.behind_min == pytest.approx(100 / 18.0) and pace.keeping_up is False
+
+
+def test_a_restart_or_a_copy_with_old_modification_times_is_judged_by_its_backlog():
+    """After a restart the backlog in the database was no arrival, and a copy delivering
+    movies with mtimes over ten minutes old counted none: 'keeping up' with 80 waiting."""
+    meter = _meter(scanned=False)
+    for k in range(40):  # found by the start-up scan, recorded an hour ago: not acquisitions
+        meter.arrived(START - 3600 + k, START + 1)
+    meter.start_up_scan_done()
+    for k in range(120):  # copied in now, with the acquisition's old mtimes: seen now
+        meter.arrived(START - 720 + k, START + 60 + k)
+    for k in range(40):
+        meter.corrected(START + 10 + 4.5 * k)
+    pace = meter.pace(START + 180.0, waiting=120)
+    assert pace.arrived_per_min == pytest.approx(40.0)  # 120 seen in the 3 minutes run
+    assert pace.behind_min == pytest.approx(120 / pace.corrected_per_min)
+    assert pace.keeping_up is False
+
+
+def test_a_slow_steady_overload_falls_behind_once_five_minutes_of_work_wait():
+    """11 acquired a minute for 10 corrected kept 'keeping up' (within 90 %) for a whole night
+    while the backlog grew 60 an hour."""
+    meter = _meter()
+    now = START + 3600.0
+    for k in range(110):
+        meter.arrived(now - 600 + k * 600 / 110, now - 600 + k * 600 / 110)
+    for k in range(100):
+        meter.corrected(now - 600 + k * 6.0 + 3)
+    assert meter.pace(now, waiting=45).keeping_up is True   # 4.5 minutes of work
+    late = meter.pace(now, waiting=60)                       # an hour on: 6 minutes
+    assert late.behind_min == pytest.approx(6.0) and late.keeping_up is False
+    assert MAX_BEHIND_MIN == 5.0
+
+
+def test_a_lunch_break_keeps_up_once_what_waits_is_under_five_minutes_of_work():
+    """Acquisition stopped: the last ten minutes' rates still said 'FALLING BEHIND' for five
+    minutes while the backlog fell."""
+    meter = _meter()
+    now = START + 3600.0
+    for k in range(450):  # 45 a minute until five minutes ago
+        meter.arrived(now - 900 + k * 600 / 450, now - 900 + k * 600 / 450)
+    for k in range(180):
+        meter.corrected(now - 600 + k * 600 / 180)
+    pace = meter.pace(now, waiting=40)
+    assert pace.corrected_per_min < 0.9 * pace.arrived_per_min  # the old rule: falling behind
+    assert pace.behind_min == pytest.approx(40 / pace.corrected_per_min) and pace.keeping_up
+
+
+def test_movies_waiting_with_none_corrected_lately_is_falling_behind_and_nothing_waiting_keeps_up():
+    meter = _meter()
+    stalled = meter.pace(START + 300.0, waiting=3)
+    assert stalled.behind_min is None and stalled.keeping_up is False
+    idle = meter.pace(START + 300.0, waiting=0)
+    assert idle.behind_min == 0.0 and idle.keeping_up is True
 
 
 def test_no_verdict_before_a_minute_of_running_and_old_events_leave_the_window():
-    meter = PaceMeter(100.0, window_s=600.0)
-    meter.arrived(90.0)
-    meter.corrected(120.0)
-    early = meter.pace(130.0, pending=5)
+    meter = _meter()
+    meter.arrived(START - 10, START + 10)
+    meter.corrected(START + 20.0)
+    early = meter.pace(START + 30.0, waiting=5)
     assert early.corrected_per_min is None and early.keeping_up is None
-    later = meter.pace(2000.0, pending=0)  # both events are older than the window now
-    assert later.arrived_per_min == 0.0 and later.corrected_per_min == 0.0
+    later = meter.pace(START + 2000.0, waiting=0)  # both events are older than the window now
     assert later.to_record() == {"arrived_per_min": 0.0, "corrected_per_min": 0.0,
-                                 "keeping_up": True, "window_s": 600.0}
+                                 "waiting": 0, "behind_min": 0.0, "keeping_up": True,
+                                 "window_s": 600.0}
 
 
-def test_status_says_whether_the_running_daemon_keeps_up(tmp_path, capsys):
+def test_status_says_whether_the_running_daemon_keeps_up_and_a_stopped_ones_pace_is_gone(
+        tmp_path, capsys):
+    pace = {"arrived_per_min": 6.0, "corrected_per_min": 4.5, "waiting": 36, "behind_min": 8.0,
+            "keeping_up": False, "window_s": 600.0}
     with Ledger(tmp_path / "motionwatch.sqlite") as db:
         db.set_service_state({"pid": 1, "heartbeat_wall": time.time(), "healthy": True,
                               "problems": [], "discovery": "inotify", "waiting": 0,
-                              "pace": {"arrived_per_min": 6.0, "corrected_per_min": 4.5,
-                                       "keeping_up": False, "window_s": 600.0}})
+                              "pace": pace})
     assert main(["status", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "pace: FALLING BEHIND: 6.0 movies/min acquired, 4.5 corrected (last 10 min)" in text
+    assert ("pace: FALLING BEHIND: 36 waiting, 8.0 min of work (6.0 movies/min acquired, 4.5 "
+            "corrected, last 10 min)") in text
     assert main(["status", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["daemon"]["pace"]["keeping_up"] is False
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:  # its heartbeat long gone
+        db.set_service_state({"pid": 1, "heartbeat_wall": time.time() - 3600, "pace": pace})
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["daemon"]["pace"] is None
 
 
-def test_the_running_service_records_its_pace_with_every_heartbeat(tmp_path):
-    """Two movies written just now: the heartbeat's state holds 2 acquired in the last 10
-    minutes (0.2 per minute); a run shorter than a minute gives no corrected rate yet."""
+def test_the_running_service_records_its_pace_and_logs_falling_behind_and_catching_up(
+        tmp_path, monkeypatch):
+    """The journal told nothing of the pace (the heartbeat is logged at debug): falling behind
+    and catching up are now one line each."""
     import numpy as np
+    from recording_log import RecordingLog
     from service_run import run_until_idle  # tests/helpers
 
+    import daemon.engine.pace as pace_module
     from correction.params import CorrectionParams, DoseParams
     from correction.synthetic import render_movie
     from daemon.engine.service import Service
@@ -80,20 +140,24 @@ def test_the_running_service_records_its_pace_with_every_heartbeat(tmp_path):
     from daemon.settings.config import Config
     from daemon.simulation.movies import write_movie_progressively
 
+    monkeypatch.setattr(pace_module, "_MIN_SPAN_S", 0.0)  # a verdict from the first beat
+    monkeypatch.setattr(pace_module, "MAX_BEHIND_MIN", 1e-6)  # any wait is 'behind'
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
     rng = np.random.default_rng(4)
-    for i in range(2):
+    for i in range(4):
         movie = render_movie(rng, shape_yx=(96, 96), n_frames=4, gain=None, n_hot_pixels=0,
-                             pixel_size_A=1.0)
-        write_movie_progressively(watch / f"m_{i}.mrc", movie.frames, pixel_size_A=1.0,
+                             pixel_size_A=1.1)
+        write_movie_progressively(watch / f"m_{i}.mrc", movie.frames, pixel_size_A=1.1,
                                   frame_interval_s=0)
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.2,
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.05,
                     exit_when_idle_s=0.6, polling="on")
-    run_until_idle(Service(config, resolver=NoMetadata()))
+    log = RecordingLog()
+    run_until_idle(Service(config, resolver=NoMetadata(), logger=log))
     with Ledger(out / "motionwatch.sqlite") as db:
         pace = db.service_state()["pace"]
-    assert pace["arrived_per_min"] == pytest.approx(0.2)
-    assert pace["corrected_per_min"] is None and pace["keeping_up"] is None
+    assert pace["waiting"] == 0 and pace["keeping_up"] is True and pace["behind_min"] == 0.0
+    events = [e for _, e, _ in log.events if e in ("falling_behind", "keeping_up_again")]
+    assert events[-1:] == ["keeping_up_again"] and events.count("falling_behind") <= 1

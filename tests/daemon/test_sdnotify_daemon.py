@@ -344,12 +344,14 @@ def test_the_status_line_says_falling_behind_only_when_the_pace_says_so():
                               stuck_after_s=60.0, extend_s=30.0, clock=lambda: 0.0)
     counts = {"done": 40, "pending": 12}
     for keeping_up, corrected in ((False, 4.5), (True, 6.0), (None, None)):
-        pace = {"arrived_per_min": 6.0, "corrected_per_min": corrected,
+        pace = {"arrived_per_min": 6.0, "corrected_per_min": corrected, "waiting": 12,
+                "behind_min": None if corrected is None else 12 / corrected,
                 "keeping_up": keeping_up, "window_s": 600.0}
         listener.on_heartbeat(Heartbeat(0.0, 0.0, counts, 0, (), 1, "poll", Health(True),
                                         None, pace))
     behind, ok, unknown = systemd.lines
-    assert behind.endswith("; FALLING BEHIND (4.5/min corrected, 6.0/min acquired)")
+    assert behind.endswith("; FALLING BEHIND: 12 waiting, 2.7 min of work (6.0 movies/min "
+                           "acquired, 4.5 corrected, last 10 min)")
     assert "FALLING BEHIND" not in ok and "FALLING BEHIND" not in unknown
     assert ok.startswith("40 done, 0 running, 12 pending")
 

@@ -54,6 +54,7 @@ function renderCounters(s) {
     card("corrected / min", num(r.corrected_per_min)), card("arriving / min", num(r.arrived_per_min)),
     card("keeping up", r.keeping_up === null ? "–" : (r.keeping_up ? "yes" : "no"),
          r.keeping_up === false ? "bad" : (r.keeping_up ? "good" : "")),
+    card("work waiting (min)", num(r.behind_min), r.keeping_up === false ? "bad" : ""),
     card("feed gaps", s.feed.gaps, s.feed.gaps ? "bad" : ""),
     card("dropped by the daemon", c.dropped ?? 0, c.dropped ? "bad" : ""));
 }
