@@ -40,6 +40,7 @@ from .errors import ForeignOutputError
 
 __all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
            "write_output_set", "OutputSet", "mrc_writer", "json_writer", "temporary_name", "plain",
+           "open_new_file", "write_probe_error",
            "text_bytes", "written_by_motionwatch"]
 
 #: writes one file's whole content to the binary handle it is given
@@ -166,8 +167,33 @@ def _stop_signals_held() -> Iterator[None]:
             signal.raise_signal(number)
 
 
+def open_new_file(path: str | Path, flags: int = os.O_WRONLY) -> int:
+    """An fd of a file made anew at ``path`` (mode 0o666 less the umask, as ``open``): whatever
+    is there already (a temporary of a writer that was killed, or a symbolic link another
+    account planted in a shared output folder, to make this process write a file elsewhere) is
+    removed first, never written through."""
+    flags |= os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags, 0o666)
+    except FileExistsError:
+        os.unlink(path)  # a link itself, not what it points to
+        return os.open(path, flags, 0o666)
+
+
+def write_probe_error(folder: str | Path) -> OSError | None:
+    """Whether this process can write into ``folder``: a hidden probe file made anew
+    (:func:`open_new_file`) and removed; the error when it cannot, None when it can."""
+    probe = Path(folder) / f".motionwatch-write-test-{os.getpid()}"
+    try:
+        os.close(open_new_file(probe))
+        probe.unlink()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def _write_synced(tmp: Path, write: Writer) -> None:
-    with open(tmp, "wb") as fh:
+    with os.fdopen(open_new_file(tmp), "wb") as fh:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import pixel_size_warning
+from correction.write import write_probe_error
 from daemon import exitcodes
 from daemon.commands.stem_claims import StemClaims, resolved_movie
 from daemon.engine.outputs import remove_partial_outputs
@@ -98,11 +99,8 @@ def _writable_folder_problem(out: Path, what: str = "output folder") -> str | No
         reason = ("exists and is not a folder" if out.exists() and not out.is_dir()
                   else exc.strerror or str(exc))
         return f"{out}: cannot create the {what}: {reason}"
-    probe = out / f".motionwatch-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    exc = write_probe_error(out)
+    if exc is not None:
         return f"{out}: cannot write into the {what}: {exc.strerror or exc}"
     return None
 

@@ -38,6 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the state database when it is not OUT_DIR")
 
 
+def _owner(path: Path) -> str:
+    """The name of the account that owns ``path`` (its uid when it has no name)."""
+    import pwd
+
+    uid = path.stat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch retry``: 0 when requeued (or nothing to do), 1 when a named movie is not
     quarantined, 78 without a usable state database."""
@@ -46,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if not db_path.is_file():
         print(f"motionwatch retry: {db_path}: no state database (is this the --out folder of "
               f"motionwatch watch?)", file=sys.stderr)
+        return exitcodes.CONFIG
+    if not os.access(db_path, os.W_OK):  # else SQLite leaves its -wal and -shm files ours,
+        owner = _owner(db_path)           # and the service cannot open the database again
+        print(f"motionwatch retry: {db_path}: not writable by this account (the service's "
+              f"database, {owner}'s): run it as that account (sudo -u {owner} motionwatch "
+              "retry ...); nothing was changed", file=sys.stderr)
         return exitcodes.CONFIG
     wanted = None
     if args.movies:

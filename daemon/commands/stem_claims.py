@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from daemon.system.own_files import open_own_file
 from daemon.system.processes import process_exists
 
 __all__ = ["CLAIMS_NAME", "StemClaims", "resolved_movie"]
@@ -67,7 +68,7 @@ class StemClaims:
         """An fd of the claims file, locked; the file at ``path`` (never one unlinked while
         this run waited for the lock)."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_own_file(self.path)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)

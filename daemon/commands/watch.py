@@ -112,6 +112,10 @@ def check_before_folders(config: Config) -> None:
     except (TypeError, ValueError) as exc:
         problems.append(str(exc))
     listen = config.options.get("dashboard")
+    if listen and config.options.get("publish_curve_secret_key"):
+        problems.append("dashboard (--dashboard): the dashboard reads the feed without CURVE "
+                        "keys, so with publish_curve_secret_key it would show nothing; use "
+                        "motionwatch monitor with --curve-server-key, or a feed without CURVE")
     if listen:
         try:
             host, _ = parse_listen(str(listen))

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from daemon.settings.config import ConfigError
+from daemon.system.own_files import open_own_file
 
 __all__ = ["FolderLocks", "LOCK_NAME"]
 
@@ -29,8 +30,7 @@ def _lock(path: Path, *, directory: bool) -> int | None:
 
     Raises BlockingIOError when another process holds it.
     """
-    flags = (os.O_RDONLY | os.O_DIRECTORY) if directory else (os.O_RDWR | os.O_CREAT)
-    fd = os.open(path, flags, 0o644)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY) if directory else open_own_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from correction.write import plain
+from correction.write import plain, write_probe_error
 
 from daemon.intake.discover import METADATA_PATTERNS, MOVIE_PATTERNS
 from daemon.settings.optics import optics_problems
@@ -396,11 +396,8 @@ def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:
     if not path.is_dir():
         problems.append(f"{what} {path}: not a folder")
         return
-    probe = path / f".motionwatch-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    exc = write_probe_error(path)
+    if exc is not None:
         problems.append(Unreachable(f"{what} {path}: not writable ({exc.strerror or exc})"))
 
 

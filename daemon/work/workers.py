@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from correction.allocator import movie_memory_settings
-from correction.write import plain
+from correction.write import plain, write_probe_error
 
 from daemon.system.logs import quiet_reader_logs
 from daemon.work.orphans import die_with_parent
@@ -159,13 +159,7 @@ def _within(name: Any, folders: Iterable[Path]) -> bool:
 
 
 def _writable(folder: Path) -> bool:
-    probe = folder / f".motionwatch-probe-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-        return True
-    except OSError:
-        return False
+    return write_probe_error(folder) is None
 
 
 def _classify(exc: BaseException, task: Task) -> OutcomeKind:

@@ -597,3 +597,17 @@ def test_engine_timeouts_and_the_dashboard_address_are_checked_with_the_others_b
     assert "movie_timeout_floor" in err and "dashboard (--dashboard): 'nonsense' is not HOST:PORT" \
         in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_built_in_dashboard_with_a_curve_encrypted_feed_is_refused_at_start(tmp_path, capsys):
+    """It read the feed without keys: a page that stayed blank, with no word at start."""
+    import zmq.auth
+
+    (tmp_path / "w").mkdir()
+    _, secret = zmq.auth.create_certificates(str(tmp_path), "server")
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1", "--dashboard", "127.0.0.1:0",
+                   "--publish-curve-secret-key", secret])
+    assert status == exitcodes.CONFIG
+    assert "the dashboard reads the feed without CURVE keys" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

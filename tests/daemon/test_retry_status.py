@@ -82,3 +82,36 @@ def test_a_requeued_movie_that_was_replaced_or_deleted_since_is_not_listed(tmp_p
     with open(replaced, "ab") as fh:  # a new version: the daemon meets it as a new movie
         fh.write(b"\0" * 16)
     assert collect_status(out / "motionwatch.sqlite")["backlog"]["requeued"] == []
+
+
+def test_retry_by_an_account_that_cannot_write_the_database_changes_nothing_and_says_whose(
+        tmp_path, capsys):
+    """A lab member in the output folder's group ran retry on the service's 0640 database:
+    SQLite left its -wal and -shm files, the member's, and the service could not open the
+    database again (exit 69, restarted every 30 s for ever). Here the database cannot be
+    written (a read-only bind mount: root ignores permission bits)."""
+    import subprocess
+
+    import pytest
+
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    folder, view = tmp_path / "out", tmp_path / "view"
+    folder.mkdir()
+    view.mkdir()
+    with Ledger(folder / DB_NAME):
+        pass
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(view)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("bind mounts not permitted here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(view)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("read-only remounts not permitted here")
+        assert cli_main(["retry", str(view)]) == 78
+        err = capsys.readouterr().err
+        assert f"{view / DB_NAME}: not writable by this account" in err
+        assert "nothing was changed" in err
+        assert sorted(p.name for p in folder.iterdir()) == [DB_NAME]
+    finally:
+        subprocess.run(["umount", str(view)], capture_output=True)
