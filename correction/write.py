@@ -193,7 +193,7 @@ def write_probe_error(folder: str | Path) -> OSError | None:
 
 
 def _write_synced(tmp: Path, write: Writer) -> None:
-    with os.fdopen(open_new_file(tmp), "wb") as fh:
+    with open(tmp, "wb", opener=lambda path, flags: open_new_file(path)) as fh:
         write(fh)
         fh.flush()
         os.fsync(fh.fileno())
