@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import read_motion_record
-from daemon.engine.faults import LedgerWrites
+from daemon.engine.faults import RETRY_NOTE, LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
 from daemon.engine.policy import EnginePolicy, finished_under_other_parameters
 from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, MovieMetadata,
@@ -467,7 +467,7 @@ class Admission:
                 return _DB_DOWN
             # said once recorded: whoever reads the state on the event finds the row
             self.report_once(str(obs.path), "movie_quarantined", meta.quarantine_reason,
-                             level="warning")
+                             level="error")  # not corrected: an error, as a worker's
             self._handled.add(ident)
             return None
         short = self._short_of_frames(obs, verdict, meta)
@@ -863,8 +863,8 @@ class Admission:
                                              metadata=stored, inode=obs.inode,
                                              content=content_fingerprint(obs.path))) is None:
                 return _DB_DOWN
-            self._log.warning("movie_quarantined", movie=str(obs.path), reason=verdict.reason,
-                              stage="validate")
+            self._log.error("movie_quarantined", movie=str(obs.path), reason=verdict.reason,
+                            stage="validate", note=RETRY_NOTE)
             self._quarantined(MovieEvent(obs.path, key, "quarantined", 0, error=verdict.reason,
                                          metadata=stored))
         self._handled.add(ident)

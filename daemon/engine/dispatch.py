@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import pixel_size_warning, unlisted_pixels_warning
-from daemon.engine.faults import MAX_PAUSE_S, LedgerWrites, Pause
+from daemon.engine.faults import MAX_PAUSE_S, RETRY_NOTE, LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
 from daemon.events import SOURCE_KEY, VANISHED, MovieEvent, MovieKey, output_dir_for
@@ -433,6 +433,7 @@ class Dispatcher:
             status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=False,
                                         count=False, retry_delay_s=delay,
                                         started=outcome.kind != "unstarted")
+            pausing = self.pause.reason is None
             self.pause.failed(outcome.error or outcome.kind, delay)  # only once recorded
             self._trouble_kind = outcome.kind
             note = ("no worker process could start; not counted against the movie"
@@ -440,7 +441,9 @@ class Dispatcher:
                     "trouble outside the movie (the output side: disk, permissions, folder; "
                     "a worker that cannot see the session: a cluster's path_map or mounts; a "
                     "lost Dask scheduler); not counted against the movie; all correction paused")
-            log.error("movie_retry_later", reason=outcome.error, retry_in_s=delay, note=note)
+            if pausing:  # the error, once; each movie put back is a warning
+                log.error("correction_paused", reason=outcome.error, note=note)
+            log.warning("movie_retry_later", reason=outcome.error, retry_in_s=delay, note=note)
             return status
         if outcome.kind == "config" and not self._corrected:
             return self._reference_misfit(ledger, key, outcome, log)
@@ -455,7 +458,7 @@ class Dispatcher:
                                     retry_delay_s=delay)
         if quarantine:
             log.error("movie_quarantined", reason=outcome.error, kind=outcome.kind,
-                      attempt=attempt, failures=failures)
+                      attempt=attempt, failures=failures, note=RETRY_NOTE)
         else:
             log.warning("movie_failed", reason=outcome.error, kind=outcome.kind,
                         attempt=attempt, failures=failures, retry_in_s=delay)

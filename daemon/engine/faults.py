@@ -13,9 +13,12 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["LedgerWrites", "Pause", "MAX_PAUSE_S"]
+__all__ = ["LedgerWrites", "Pause", "MAX_PAUSE_S", "RETRY_NOTE"]
 
 MAX_PAUSE_S = 300.0
+#: what to do about a quarantined movie, said with it
+RETRY_NOTE = ("not corrected; once the cause is mended (a file written again, a setting given: "
+              "restart with it), `motionwatch retry OUT` requeues it")
 T = TypeVar("T")
 
 

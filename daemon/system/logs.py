@@ -85,6 +85,17 @@ def quiet_reader_logs() -> None:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
+def quiet_correction_warnings() -> None:
+    """Keep the correction library's own warnings off a worker's stderr: each is in the
+    movie's record (``alignment.advice`` and ``note``, ``dose.counted``, ``replaced_pixels``,
+    ``detector_pattern``), from which the daemon logs it as a JSON event (once per run and kind,
+    or for each movie not aligned). Raw on stderr they reached the journal at info, one per
+    movie, two lines each, not JSON. Other libraries' warnings still show."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"correction(\.|$)")
+
+
 def configure_logging(*, level: str = "info", stream: TextIO | None = None,
                       json_lines: bool | None = None, journald: bool | None = None) -> None:
     """Configure structlog for this process.

@@ -50,7 +50,7 @@ from typing import Any, Literal
 from correction.allocator import movie_memory_settings
 from correction.write import plain, write_probe_error
 
-from daemon.system.logs import quiet_reader_logs
+from daemon.system.logs import quiet_correction_warnings, quiet_reader_logs
 from daemon.work.orphans import die_with_parent
 
 __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "GainCache",
@@ -353,6 +353,7 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
                  preload_gain: Any = None) -> None:
     die_with_parent(parent_pid)  # no orphan writing outputs after a killed daemon
     quiet_reader_logs()  # a failing read is reported through the result, not raw on stderr
+    quiet_correction_warnings()  # each is in the record, logged from it as a JSON event
 
     correct = resolve_runner(runner)
     gains = GainCache(gain_loader)

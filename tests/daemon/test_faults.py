@@ -190,6 +190,13 @@ def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_
     assert not log.named("movie_quarantined")
     # paused: while the output side failed, no other movie was tried
     assert len(log.named("movie_retry_later")) == len(log.named("movie_started")) - 3
+    # levels: the pause is one error (nothing was lost), each movie put back a warning; the
+    # errors were one per movie put back, above movies quarantined at validation (warnings)
+    levels = {(level, event) for level, event, _ in log.events
+              if event in ("correction_paused", "movie_retry_later", "correction_resumed")}
+    assert levels == {("error", "correction_paused"), ("warning", "movie_retry_later"),
+                      ("warning", "correction_resumed")}
+    assert len(log.named("correction_paused")) == 1
 
 
 def test_a_wall_clock_stepped_back_an_hour_does_not_hold_correction_back_for_that_hour(setup):

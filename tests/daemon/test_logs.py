@@ -64,3 +64,26 @@ def test_a_tiff_still_being_written_leaves_no_raw_tifffile_lines_in_the_daemon_l
         read_tiff(tmp_path / "growing.tif")
     structlog.reset_defaults()
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_a_workers_correction_warnings_stay_off_its_stderr_and_others_still_show():
+    """Each is in the movie's record and logged from it as a JSON event; raw on a worker's
+    stderr they reached the journal at info, two lines per movie, not JSON."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, warnings, numpy as np\n"
+        "from daemon.system.logs import quiet_correction_warnings\n"
+        "if sys.argv[1] == 'quiet': quiet_correction_warnings()\n"
+        "from correction.params import AlignParams, CorrectionParams, DoseParams\n"
+        "from correction.pipeline import correct_frames\n"
+        "frames = np.random.default_rng(0).poisson(2.0, (4, 64, 64)).astype(np.int16)\n"
+        "params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),\n"
+        "                          align=AlignParams(patches_x=1, patches_y=1, group_frames=8))\n"
+        "correct_frames(frames, pixel_size_A=1.1, params=params)\n"
+        "warnings.warn('a library of another name speaks')\n")
+    said = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True,
+                                 text=True, check=True).stderr for mode in ("loud", "quiet")}
+    assert "4 frames in one group of 8" in said["loud"]
+    assert "group" not in said["quiet"] and "a library of another name speaks" in said["quiet"]

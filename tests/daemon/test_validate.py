@@ -115,3 +115,19 @@ def test_a_frame_mdocs_absurd_subframe_count_is_no_count_not_an_error(tmp_path):
     mdoc = tmp_path / "m.tif.mdoc"
     mdoc.write_text("[FrameSet = 0]\nNumSubFrames = " + "9" * 5000 + "\n")
     assert read_frame_mdoc(mdoc).num_subframes is None
+
+
+def test_a_movie_quarantined_at_validation_is_an_error_saying_how_to_requeue_it(tmp_path):
+    """It is not corrected: it was logged a warning, below a full disk's retries (errors that
+    lost nothing), and `journalctl -p err` missed it."""
+    from service_run import watch_once
+
+    from correction.params import CorrectionParams, DoseParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    (watch / "corrupt.mrc").write_bytes(np.random.default_rng(0).bytes(4096))
+    log, _ = watch_once(watch, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
+    (entry,) = [(level, f) for level, e, f in log.events if e == "movie_quarantined"]
+    assert entry[0] == "error" and "motionwatch retry" in entry[1]["note"]
