@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from daemon import exitcodes
+from daemon import __version__, exitcodes
 from daemon.engine.admission import Admission, AdmissionSettings
 from daemon.engine.dispatch import Dispatcher, DispatchSettings
 from daemon.engine.faults import LedgerWrites
@@ -323,7 +323,8 @@ class Service:
                 if self._policy_error is not None:
                     raise ConfigError([self._policy_error])
                 self._locks.acquire()
-                self._log.info("service_starting", config=cfg.describe(), pid=os.getpid())
+                self._log.info("service_starting", config=cfg.describe(), pid=os.getpid(),
+                               version=__version__)
                 if self._locks.unlocked:
                     self._log.warning("locks_unsupported", paths=self._locks.unlocked,
                                       note="this file system cannot lock them: nothing keeps "
@@ -459,12 +460,13 @@ class Service:
         if self.discovery is not None:
             self.discovery.stop()
         if self.ledger is not None:
+            counts = self._safe(self.ledger.counts)
             self._safe(lambda: self.ledger.set_service_state(
                 {"stopped_wall": self._wall(), "pid": None, "waiting": 0,
                  "waiting_examples": {}, "admission_backlog": 0, "in_flight": []}))
             self.ledger.close()
             self.ledger = None
-            self._log.info("service_stopped")
+            self._log.info("service_stopped", counts=counts)
         self._locks.release()
         self._signals.close()
 

@@ -74,6 +74,8 @@ class StopSignals:
         elif signum == signal.SIGHUP:
             self.restart = True
             self.reason = "SIGHUP: finishing the movie in hand, then exiting to be restarted"
+        elif self.reason is None:  # the journal says which (systemctl stop: SIGTERM)
+            self.reason = f"{signal.Signals(signum).name}: finishing the movie in hand"
         self.stop.set()
 
     def install(self) -> None:

@@ -242,6 +242,12 @@ def test_sigterm_stops_the_daemon_cleanly_with_status_0(tmp_path):
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    names = [e.get("event") for e in events(log)]
+    logged = events(log)
+    names = [e.get("event") for e in logged]
     assert names[-2:] == ["service_stopping", "service_stopped"]
     assert not (out / "motionwatch.sqlite-wal").exists()  # closed cleanly
+    # the journal says which signal, which release started, and what the run left
+    assert logged[-2]["reason"].startswith("SIGTERM: ")
+    assert logged[-1]["counts"]["done"] == 0
+    from daemon import __version__
+    assert [e["version"] for e in logged if e.get("event") == "service_starting"] == [__version__]
