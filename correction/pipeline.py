@@ -65,6 +65,8 @@ kernel's clearing, several microseconds here); the free memory is returned after
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -1130,17 +1132,42 @@ def prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
                               scratch_dir=scratch_dir)
 
 
-def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str) -> None:
+def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str, *, chosen: bool) -> None:
     """Raise :class:`OutputClashError` when another stem whose outputs share a name with
     ``stem``'s has its motion record in ``out_dir`` (``x.motion.json`` for stem ``x_DW``:
-    ``x``'s dose-weighted sum is ``x_DW.mrc``). ``motionwatch correct`` and ``watch`` choose
-    stems that never clash (``x_DW_mrc``); a library caller gives ``stem``."""
+    ``x``'s dose-weighted sum is ``x_DW.mrc``), or, for the default stem (``chosen`` false),
+    when its own record names another movie that is still there (``Grid1/TS_01_001.mrc`` and
+    ``Grid2/TS_01_001.mrc``). ``motionwatch correct`` and ``watch`` choose stems that never
+    clash (``x_DW_mrc``, ``x_mrc``) and own a moved movie's record; a library caller gives
+    ``stem``."""
+    if not chosen:
+        other_movie = _recorded_movie(out_dir / f"{stem}.motion.json")
+        if other_movie is not None and other_movie.exists() and not _same_file(other_movie,
+                                                                                movie_path):
+            raise OutputClashError(movie_path, f"its outputs (stem {stem!r}) would replace "
+                                               f"those of {other_movie} in {out_dir}: give "
+                                               "another stem")
     for other in sorted(stems_sharing_an_output(stem) - {stem}):
         record = out_dir / f"{other}.motion.json"
         if record.exists():
             raise OutputClashError(movie_path, f"its outputs (stem {stem!r}) would replace "
                                                f"those of {other!r} in {out_dir} ({record.name} "
                                                "is there): give another stem")
+
+
+def _recorded_movie(record_path: Path) -> Path | None:
+    """The movie a motion record names (None: no readable record)."""
+    try:
+        return Path(json.loads(record_path.read_text())["movie"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
@@ -1155,8 +1182,9 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     movie_path = Path(movie_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_output_clash(movie_path, out_dir, stem or fit_output_stem(movie_path.stem),
+                         chosen=stem is not None)  # before the work, not after
     stem = stem or fit_output_stem(movie_path.stem)
-    _refuse_output_clash(movie_path, out_dir, stem)  # before the work, not after
     # a compressed movie too large to decode in memory is decoded into an unnamed file in the
     # scratch folder, by default the output folder (on a disk, unlike a RAM-backed /tmp), and
     # used memory-mapped

@@ -152,6 +152,14 @@ class OutputStems:
                 owner.setdefault((str(Path(name).parent), stem), row.key.path)
         return owner
 
+    def _foreign_record(self, folder: str, other: str, stem: str, out_dir: Path) -> bool:
+        """Whether another stem's outputs that share a name with ``stem``'s were recorded in
+        ``out_dir`` by someone the ledger does not know (``motionwatch correct`` into this
+        folder, a state database started afresh): the library refuses to replace them
+        (:class:`correction.errors.OutputClashError`), so the movie takes the next stem."""
+        return (other != stem and (folder, other) not in self._owner
+                and (Path(out_dir) / f"{other}.motion.json").exists())
+
     def moved(self, old: str, new: str, stem: str) -> None:
         """A movie's rows took a new name: it still owns the stem its outputs were written
         under (so a new file under the old name does not overwrite them)."""
@@ -170,6 +178,7 @@ class OutputStems:
         folder = str(Path(movie).parent)
         for stem in candidates:
             if all(self._owner.get((folder, other), str(movie)) == str(movie)
+                   and not self._foreign_record(folder, other, stem, out_dir)
                    for other in stems_sharing_an_output(stem)):
                 self._owner[(folder, stem)] = str(movie)
                 return stem

@@ -421,3 +421,32 @@ def test_a_defect_list_with_no_defect_within_the_frames_is_a_reference_error_nam
     defects.write_text("600 600 10 10\n10 20 1 5\n")  # one within: the list is the movie's
     correct_frames(syn.frames, pixel_size_A=PIXEL, params=params,
                    gain_reference=load_gain_reference(params.gain))
+
+
+def test_the_default_stem_never_replaces_another_movies_outputs_recorded_under_it(tmp_path):
+    """SerialEM gives every grid the same names: a library loop over frames/** corrected
+    Grid2/TS_01_001.mrc over Grid1's outputs, without a word. The same movie again, or one
+    whose recorded movie is gone (a session moved), still writes its own."""
+    from correction.errors import OutputClashError
+
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL)
+    movies = []
+    for grid, seed in (("Grid1", 1), ("Grid2", 2)):
+        (tmp_path / grid).mkdir()
+        syn = render_movie(np.random.default_rng(seed), shape_yx=(96, 96), n_frames=4,
+                           gain=None, n_hot_pixels=0)
+        movies.append(tmp_path / grid / "TS_01_001.mrc")
+        with mrcfile.new(movies[-1]) as mrc:
+            mrc.set_data(syn.frames)
+            mrc.voxel_size = PIXEL
+    out = tmp_path / "out"
+    first = correct_movie(movies[0], out, params, workers=1)
+    kept = first.outputs["sum"].read_bytes()
+    with pytest.raises(OutputClashError, match=r"Grid2/TS_01_001\.mrc: its outputs \(stem "
+                                               r"'TS_01_001'\) would replace those of .*Grid1"):
+        correct_movie(movies[1], out, params, workers=1)
+    assert first.outputs["sum"].read_bytes() == kept
+    correct_movie(movies[1], out, params, workers=1, stem="TS_01_001_grid2")  # a stem given
+    correct_movie(movies[0], out, params, workers=1)  # the same movie again: its own
+    movies[0].rename(tmp_path / "Grid1" / "moved.mrc")
+    correct_movie(movies[1], out, params, workers=1)  # the recorded movie is gone

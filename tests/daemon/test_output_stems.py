@@ -97,3 +97,25 @@ def test_a_movie_named_like_another_movies_dose_weighted_sum_writes_its_own_outp
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("x*")}
     _run(watch, out)  # a restart keeps the names and redoes nothing
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("x*")} == before
+
+
+def test_a_movie_whose_stem_clashes_with_a_record_the_ledger_does_not_know_takes_the_next(tmp_path):
+    """`motionwatch correct x_DW.mrc --out OUT` into the daemon's folder, then the daemon meets
+    x.mrc: its plain stem would replace x_DW's sum with its own dose-weighted sum; the library
+    refuses that (OutputClashError) and the daemon quarantined a good movie. It takes x_mrc."""
+    from daemon.commands.cli import main
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(3)
+    other = tmp_path / "elsewhere" / "x_DW.mrc"
+    other.parent.mkdir()
+    for path in (other, watch / "x.mrc"):
+        write_movie_progressively(path, rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
+                                  pixel_size_A=1.1, frame_interval_s=0)
+    assert main(["correct", str(other), "--out", str(out), "--dose-per-frame", "1",
+                 "--patches", "1", "1"]) == 0
+    _run(watch, out)
+    assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(watch / "x.mrc")
+    assert json.loads((out / "x_DW.motion.json").read_text())["movie"] == str(other)
