@@ -97,7 +97,7 @@ class MrcLayout:
                 f"{self.nz} frames of {self.nx}x{self.ny} mode {self.mode}")
 
 
-def _byte_order(raw: bytes) -> str:
+def _byte_order(raw: bytes, file_size: int | None = None) -> str:
     stamp = raw[212:214]
     if stamp[0] == 0x44 and stamp[1] in (0x41, 0x44):
         return "<"
@@ -107,10 +107,20 @@ def _byte_order(raw: bytes) -> str:
     # both orders, the one that makes the image sizes plausible (as RELION checks nx)
     little = int.from_bytes(raw[12:16], "little")
     if little == 0:
+        def sizes(order: str) -> list[int]:
+            return [int.from_bytes(raw[i:i + 4], order, signed=True) for i in (0, 4, 8)]
+
         def plausible(order: str) -> bool:
-            return all(0 < int.from_bytes(raw[i:i + 4], order, signed=True) < 1 << 20
-                       for i in (0, 4, 8))
-        return ">" if plausible("big") and not plausible("little") else "<"
+            return all(0 < n < 1 << 20 for n in sizes(order))
+
+        def fits(order: str) -> bool:  # mode 0: one byte per pixel, after the extended header
+            nx, ny, nz = sizes(order)
+            extended = int.from_bytes(raw[92:96], order, signed=True)
+            return file_size is not None and 1024 + max(0, extended) + nx * ny * nz <= file_size
+
+        if plausible("big") and plausible("little"):  # both: the one the file holds
+            return ">" if fits("big") and not fits("little") else "<"
+        return ">" if plausible("big") else "<"
     return "<" if little in MRC_MODES or little in _MODE_NAMES or little < 1 << 16 else ">"
 
 
@@ -144,7 +154,7 @@ def read_mrc_layout(path: str | Path) -> MrcLayout:
     if len(raw) < HEADER_BYTES:
         raise TruncatedMovieError(path, f"file is {size} bytes, shorter than the "
                                         f"{HEADER_BYTES}-byte MRC header")
-    order = _byte_order(raw)
+    order = _byte_order(raw, size)
     hdr = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE.newbyteorder(order))[0]
     nx, ny, nz, mode = (int(hdr["nx"]), int(hdr["ny"]), int(hdr["nz"]), int(hdr["mode"]))
     nsymbt = int(hdr["nsymbt"])

@@ -235,15 +235,18 @@ def test_big_endian_mrc_reads_exactly(tmp_path):
     assert movie.pixel_size_A == 2.5
 
 
-def test_a_big_endian_mode_0_mrc_without_a_machine_stamp_reads_exactly(tmp_path):
+@pytest.mark.parametrize("shape", [(3, 12, 10), (256, 256, 256)])
+def test_a_big_endian_mode_0_mrc_without_a_machine_stamp_reads_exactly(tmp_path, shape):
     """Mode 0 reads 0 in either byte order: the order was taken as little, and the file
-    refused as truncated (its header 'needing' 4e17 bytes). The image sizes decide."""
+    refused as truncated (its header 'needing' 4e17 bytes). The image sizes decide, and where
+    both orders give plausible sizes (multiples of 256), the file's size."""
     import struct
 
-    data = np.random.default_rng(2).integers(0, 100, (3, 12, 10)).astype(np.int8)
+    data = np.random.default_rng(2).integers(0, 100, shape).astype(np.int8)
+    nz, ny, nx = shape
     header = bytearray(1024)
-    struct.pack_into(">4i", header, 0, 10, 12, 3, 0)              # nx, ny, nz, mode 0
-    struct.pack_into(">3i3f", header, 28, 10, 12, 3, 10.0, 12.0, 3.0)  # mx..mz, cella
+    struct.pack_into(">4i", header, 0, nx, ny, nz, 0)             # nx, ny, nz, mode 0
+    struct.pack_into(">3i3f", header, 28, nx, ny, nz, nx * 1.0, ny * 1.0, nz * 1.0)  # mx.., cella
     struct.pack_into(">3i", header, 64, 1, 2, 3)                   # mapc, mapr, maps
     header[208:212] = b"MAP "                                       # no machine stamp
     path = tmp_path / "be0.mrc"
