@@ -18,6 +18,7 @@ from scipy import ndimage, special
 
 from .allocator import zeros_written
 from .errors import GainReferenceError
+from .metadata_text import decode_metadata_text
 from .threads import run_chunks
 
 __all__ = [
@@ -581,10 +582,10 @@ def parse_defect_list(path: str | Path) -> tuple[DefectRect, ...]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = decode_metadata_text(path.read_bytes()).text  # a BOM, UTF-16, cp1252 too
     except FileNotFoundError:
         raise GainReferenceError(path, "defect list: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise GainReferenceError(path, f"defect list unreadable: {exc}") from None
     rects: list[DefectRect] = []
     for number, line in enumerate(text.splitlines(), start=1):

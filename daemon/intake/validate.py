@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from correction.metadata_text import decode_metadata_text
+
 __all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "GONE_REASON", "Verdict", "FrameMdoc",
            "read_frame_mdoc", "frame_mdoc_path", "validate"]
 
@@ -75,7 +77,7 @@ def frame_mdoc_path(movie: Path) -> Path:
 def read_frame_mdoc(path: Path) -> FrameMdoc | None:
     """Read a frame mdoc; None when absent or unreadable (it may be half-written)."""
     try:
-        text = path.read_text(errors="replace")
+        text = decode_metadata_text(path.read_bytes()).text  # UTF-16, cp1252 too
     except OSError:
         return None
     match = _SUBFRAMES.search(text)

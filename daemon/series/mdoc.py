@@ -45,6 +45,7 @@ Units and conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import math
@@ -53,6 +54,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from correction.metadata_text import decode_metadata_text
 
 __all__ = [
     "TIMESTAMP_EPOCH",
@@ -318,10 +321,16 @@ def read_mdoc(path: str | Path) -> MdocFile:
 
 
 def parse_mdoc(data: bytes, *, path: str | Path | None = None) -> MdocFile:
-    """Parse the bytes of an mdoc file (UTF-8, undecodable bytes replaced)."""
-    text = data.decode("utf-8", errors="replace")
-    return parse_mdoc_text(text, path=path, sha256=hashlib.sha256(data).hexdigest(),
-                           size_bytes=len(data))
+    """Parse the bytes of an mdoc file (UTF-8, or as a byte-order mark says, or cp1252 line by
+    line: :func:`correction.metadata_text.decode_metadata_text`)."""
+    decoded = decode_metadata_text(data)
+    parsed = parse_mdoc_text(decoded.text, path=path, sha256=hashlib.sha256(data).hexdigest(),
+                             size_bytes=len(data))
+    if not decoded.notes:
+        return parsed
+    name = Path(path).name if path is not None else "<mdoc>"
+    return dataclasses.replace(parsed, warnings=(*(f"{name}: {note}" for note in decoded.notes),
+                                                 *parsed.warnings))
 
 
 def parse_mdoc_text(text: str, *, path: str | Path | None = None, sha256: str | None = None,

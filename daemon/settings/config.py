@@ -486,7 +486,14 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         except OSError as exc:  # without the file, what else is missing means nothing
             raise ConfigError([f"config file {config_file}: {exc.strerror or exc}"]) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"config file {config_file}: not valid TOML ({exc})"]) from None
+            bom = Path(config_file).read_bytes()[:3] == b"\xef\xbb\xbf"
+            hint = "; it starts with a byte-order mark: save it as UTF-8 without one" if bom else ""
+            raise ConfigError([f"config file {config_file}: not valid TOML ({exc}){hint}"]) \
+                from None
+        except UnicodeDecodeError as exc:  # a traceback and status 1: systemd restarted it
+            raise ConfigError([f"config file {config_file}: not UTF-8 text (byte "
+                               f"{exc.start}: {exc.reason}): TOML files are UTF-8; save it so "
+                               "(Notepad: UTF-8)"]) from None
         for raw_key, value in table.items():
             dest = raw_key.replace("-", "_")
             action, as_flag = keys.get(dest, (None, False))

@@ -320,3 +320,18 @@ def test_first_coordinates_lists_a_bounded_number_of_pixels_in_row_order():
     np.testing.assert_array_equal(yx, np.argwhere(mask)[:1000])
     yx, count = first_coordinates_yx(mask, 10**6)
     assert count == len(yx) == int(mask.sum())
+
+
+def test_a_defect_list_saved_with_a_byte_order_mark_or_as_utf16_reads_its_rectangles(tmp_path):
+    """Notepad's UTF-8 byte-order mark made the first line unparseable ('\\ufeff10'), and a
+    UTF-16 list was refused: the same rectangles as plain text."""
+    from correction.defects import parse_defect_list
+
+    text = "10 20 1 5\n30 40 2 2\n"
+    plain = tmp_path / "plain.txt"
+    plain.write_text(text)
+    for name, data in (("bom.txt", b"\xef\xbb\xbf" + text.encode()),
+                       ("utf16.txt", text.encode("utf-16"))):
+        (tmp_path / name).write_bytes(data)
+        assert parse_defect_list(tmp_path / name) == parse_defect_list(plain) == (
+            (10, 20, 1, 5), (30, 40, 2, 2))

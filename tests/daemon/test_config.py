@@ -611,3 +611,19 @@ def test_the_built_in_dashboard_with_a_curve_encrypted_feed_is_refused_at_start(
     assert status == exitcodes.CONFIG
     assert "the dashboard reads the feed without CURVE keys" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("data, said", [
+    ("# réglages: 5 µm\npixel_size = 0.83\n".encode("cp1252"), "not UTF-8 text"),
+    ("pixel_size = 0.83\n".encode("utf-16"), "not UTF-8 text"),
+    (b"\xef\xbb\xbfpixel_size = 0.83\n", "byte-order mark"),
+])
+def test_a_config_file_saved_in_another_encoding_is_a_config_error_naming_it(tmp_path, data,
+                                                                             said):
+    """Notepad's ANSI or UTF-16 file was a Python traceback and status 1: systemd restarted
+    it every 30 s instead of stopping it as misconfigured (78)."""
+    (tmp_path / "c.toml").write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config",
+                           str(tmp_path / "c.toml")]))
+    assert said in info.value.problems[0]

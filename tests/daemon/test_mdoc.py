@@ -201,3 +201,36 @@ def test_ts017_and_ts019_frame_mdocs_parse_completely():
         fm = read_mdoc(f)
         assert fm.kind == "frames" and fm.sections[0].complete
         assert fm.sections[0].sub_frame_name == f.name[: -len(".mdoc")]
+
+
+@pytest.mark.parametrize("encode, said", [
+    (lambda text: "\ufeff".encode("utf-16-be") + text.encode("utf-16-be"), "UTF-16"),
+    (lambda text: text.encode("utf-16"), "UTF-16"),
+    (lambda text: b"\xef\xbb\xbf" + text.encode("utf-8"), None),
+])
+def test_an_mdoc_saved_as_utf16_or_with_a_byte_order_mark_reads_as_serialem_wrote_it(encode,
+                                                                                      said):
+    """PowerShell 5.1's `>` and Out-File write UTF-16: read as UTF-8 it was NULs between the
+    letters, no section at all, and the series' doses and voltage were taken as absent."""
+    text = (DATA / "TS_01.mrc.mdoc").read_text()
+    plain, other = parse_mdoc(text.encode()), parse_mdoc(encode(text))
+    assert [_dose_fields(s) for s in other.sections] == [_dose_fields(s) for s in plain.sections]
+    assert other.global_items == plain.global_items and other.kind == plain.kind
+    assert any(said in w for w in other.warnings) if said else other.warnings == plain.warnings
+
+
+def test_a_cp1252_movie_name_matches_its_movie_and_a_nul_run_loses_no_section():
+    """A name with an accent written by a Windows program in its code page matched no movie
+    (the series left to file names and configured doses); 300 NULs before a section header (a
+    range a copy never wrote) merged two sections, a tilt lost from its series."""
+    text = (DATA / "TS_01.mrc.mdoc").read_text()
+    plain = parse_mdoc(text.encode())
+    accented = text.replace("TS_01_", "TSé_01_")
+    windows = parse_mdoc(accented.encode("cp1252"))
+    assert [s.sub_frame_name for s in windows.sections] == [
+        s.sub_frame_name.replace("TS_01_", "TSé_01_") for s in plain.sections]
+    assert any("read as Windows cp1252" in w for w in windows.warnings)
+    cut = text.encode().replace(b"[ZValue = 2]", b"\x00" * 300 + b"[ZValue = 2]")
+    holed = parse_mdoc(cut)
+    assert [_dose_fields(s) for s in holed.sections] == [_dose_fields(s) for s in plain.sections]
+    assert any("300 NUL byte(s) dropped" in w for w in holed.warnings)

@@ -131,3 +131,13 @@ def test_a_movie_quarantined_at_validation_is_an_error_saying_how_to_requeue_it(
     log, _ = watch_once(watch, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
     (entry,) = [(level, f) for level, e, f in log.events if e == "movie_quarantined"]
     assert entry[0] == "error" and "motionwatch retry" in entry[1]["note"]
+
+
+def test_a_frame_mdoc_saved_as_utf16_is_found_complete_with_its_frame_count(tmp_path):
+    """It was read as UTF-8: no [FrameSet = 0] found, so a movie requiring its frame mdoc was
+    refused as having none after the wait, though the file was there."""
+    text = "PixelSpacing = 0.83\n\n[FrameSet = 0]\nNumSubFrames = 40\nTiltAngle = 3.0\n"
+    path = tmp_path / "m.tif.mdoc"
+    path.write_bytes(text.encode("utf-16"))
+    found = read_frame_mdoc(path)
+    assert found.has_frameset and found.num_subframes == 40

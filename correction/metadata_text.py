@@ -1,0 +1,57 @@
+"""Text of the metadata files written beside movies (SerialEM's mdocs, defect lists) as the
+programs and copies of a Windows acquisition PC leave it.
+
+SerialEM writes single-byte text; a script that rewrites an mdoc with Windows PowerShell 5.1
+(``>``, ``Out-File``) writes UTF-16 with a byte-order mark, Notepad may add a UTF-8 one, and a
+name with an accent in a Windows program's file comes in the code page cp1252. Read as UTF-8 with
+replacement, a UTF-16 file became NULs between the letters (no section at all: the series' doses
+and voltage taken as absent) and a cp1252 name matched no movie. :func:`decode_metadata_text`
+reads each of them as written, and says which it was.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+__all__ = ["DecodedText", "decode_metadata_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedText:
+    """``text`` of a file, with ``notes``: what in its bytes was not plain UTF-8 (an encoding
+    told by a byte-order mark, lines read as cp1252, NUL bytes dropped)."""
+
+    text: str
+    notes: tuple[str, ...] = ()
+
+
+def decode_metadata_text(data: bytes) -> DecodedText:
+    """The text of a metadata file's bytes: UTF-16 or UTF-8 as its byte-order mark says (the
+    mark dropped), else each line as UTF-8 or, where that fails, as Windows' cp1252; NUL bytes
+    (a range of a copy never written) are dropped, and said."""
+    notes = []
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        even = data[:len(data) - len(data) % 2]  # a file cut while written: a whole unit
+        text = even.decode("utf-16", errors="replace")
+        notes.append("UTF-16 (byte-order mark), not the single-byte text SerialEM writes")
+    else:
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        lines = data.split(b"\n")
+        decoded = []
+        cp1252 = 0
+        for line in lines:
+            try:
+                decoded.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(line.decode("cp1252", errors="replace"))
+                cp1252 += 1
+        text = "\n".join(decoded)
+        if cp1252:
+            notes.append(f"{cp1252} line(s) not UTF-8, read as Windows cp1252")
+    if "\x00" in text:
+        notes.append(f"{text.count(chr(0))} NUL byte(s) dropped (a range of the file never "
+                     "written: a copy or a share that lost it)")
+        text = text.replace("\x00", "")
+    return DecodedText(text, tuple(notes))
