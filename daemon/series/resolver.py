@@ -777,8 +777,10 @@ class TiltSeriesResolver:
             return f"waiting for EPU's metadata file {xml.name} (its voltage), at most {wait_s:g} s"
         self._late_epu.gave_up(path)
         self._once_log("warning", "epu_metadata_missing", str(path),
-                       f"EPU's metadata file {xml.name} was not complete within {wait_s:g} s: "
-                       "the voltage from the movie's header, else 300 kV", movie=str(path))
+                       f"EPU's metadata file {xml.name} was not complete within {wait_s:g} s "
+                       "(or is not readable XML: cut, or saved in another encoding than it "
+                       "declares): the voltage from the movie's header, else 300 kV; give "
+                       "--voltage", movie=str(path))
         return None
 
     def _undecided_long(self, movie: Path, now: float) -> bool:

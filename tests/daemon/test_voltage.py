@@ -355,8 +355,9 @@ def test_an_epu_movie_whose_metadata_file_never_completes_goes_on_after_the_wait
     record = _record(out, movie)
     assert record["voltage_kV"] == 300.0 and record["voltage_source"] == "default"
     missing = [f["reason"] for _, e, f in log.events if e == "epu_metadata_missing"]
-    assert missing == [f"EPU's metadata file {EPU_STEM}.xml was not complete within 1 s: the "
-                       "voltage from the movie's header, else 300 kV"]
+    assert missing == [f"EPU's metadata file {EPU_STEM}.xml was not complete within 1 s (or is "
+                       "not readable XML: cut, or saved in another encoding than it declares): "
+                       "the voltage from the movie's header, else 300 kV; give --voltage"]
 
 
 @pytest.mark.parametrize("mode", ["on", "auto"], ids=["tilt-series-on", "single-particle"])
