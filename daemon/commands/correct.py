@@ -412,6 +412,10 @@ def run(args: argparse.Namespace) -> int:
     voltage_noted = False  # 300 kV assumed for want of any voltage, said once per run
     claims = StemClaims(Path(args.out))  # two runs into one folder never share a stem
     stems = claims.claim(lambda held: _output_stems(movies, Path(args.out), held))
+    if claims.unavailable is not None:
+        print(f"motionwatch: warning: this run's output stems are not noted "
+              f"({claims.unavailable}): a run into {args.out} at the same time may choose a "
+              "stem of this run's for a movie of the same name", file=sys.stderr, flush=True)
     relion = _RelionFiles(Path(args.out), params, optics)
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     status = None

@@ -5,9 +5,15 @@ only when that movie is done: until then, another run into the same folder (``xa
 terminals) would see the stem free and give it to another movie of the same name (``grid1/x.tif``
 and ``grid2/x.tif``), and the two would write the same outputs. So a run notes its stems in
 ``.motionwatch-correct-claims`` in the output folder (JSON: stem -> the movie's resolved path and
-the run's pid), chosen and noted under an ``flock`` of that file, and removes its notes when it
-ends. Notes of a process that no longer runs (killed) are ignored and dropped. On a file system
-without ``flock`` the notes are still read and written, unlocked.
+the run's pid, host and start), chosen and noted under an ``flock`` of that file, and removes
+its notes when it ends. Notes of a process of this host that no longer runs (killed) are
+ignored and dropped. A note of another host (a cluster node sharing the folder) or another
+container cannot be checked that way: it holds for :data:`FOREIGN_NOTE_DAYS` (a stem taken
+meanwhile by a note left by a killed run costs another stem, ``x_mrc``; a stem given twice would
+cost a movie's outputs). On a file system without ``flock`` the notes are still read and
+written, unlocked. Where the file cannot be made or written (a shared folder where another
+account's run left it, not group-writable), the run chooses its stems without notes, as runs
+did before claims, and says so (:attr:`StemClaims.unavailable`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import errno
 import fcntl
 import json
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +32,11 @@ from typing import Any
 from daemon.system.own_files import open_own_file
 from daemon.system.processes import process_exists
 
-__all__ = ["CLAIMS_NAME", "StemClaims", "resolved_movie"]
+__all__ = ["CLAIMS_NAME", "FOREIGN_NOTE_DAYS", "StemClaims", "resolved_movie"]
 
 CLAIMS_NAME = ".motionwatch-correct-claims"
+#: days a note of a run on another host (or in another PID namespace) holds its stem
+FOREIGN_NOTE_DAYS = 7.0
 _NO_FLOCK = (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP)
 
 #: chooses stems given those other runs hold: {stem: resolved movie} -> {movie: stem}
@@ -36,28 +46,41 @@ Chooser = Callable[[dict[str, Path]], dict[Path, str]]
 class StemClaims:
     """One run's claims on output stems in ``out_dir``."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(out_dir) / CLAIMS_NAME
         self.pid = os.getpid()
+        self.runner = runner_identity()
+        self._clock = clock
+        #: why the notes could not be kept (``None`` while they are): stems chosen unnoted
+        self.unavailable: str | None = None
 
     def claim(self, choose: Chooser) -> dict[Path, str]:
         """Stems chosen by ``choose`` (given the stems other running runs hold), noted for this
-        run; choosing and noting are one step for every run into the folder."""
-        with self._locked() as fd:
-            notes = self._live_notes(fd)
-            held = {stem: Path(note["movie"]) for stem, note in notes.items()
-                    if note["pid"] != self.pid}
-            stems = choose(held)
-            notes.update({stem: {"movie": str(resolved_movie(movie)), "pid": self.pid}
-                          for movie, stem in stems.items()})
-            _write(fd, notes)
+        run; choosing and noting are one step for every run into the folder. Where the claims
+        file cannot be used, the stems ``choose`` gives holding none (:attr:`unavailable`)."""
+        try:
+            with self._locked() as fd:
+                notes = self._live_notes(fd)
+                held = {stem: Path(note["movie"]) for stem, note in notes.items()
+                        if not self._mine(note)}
+                stems = choose(held)
+                now_s = round(self._clock(), 3)
+                notes.update({stem: {"movie": str(resolved_movie(movie)), "pid": self.pid,
+                                     "runner": self.runner, "since_s": now_s}
+                              for movie, stem in stems.items()})
+                _write(fd, notes)
+        except OSError as exc:
+            self.unavailable = f"{self.path}: {exc.strerror or exc}"
+            return choose({})
         return stems
 
     def release(self) -> None:
         """Remove this run's notes (the file with them, when no other run has any)."""
+        if self.unavailable is not None:
+            return
         with contextlib.suppress(OSError), self._locked() as fd:
             notes = {stem: note for stem, note in self._live_notes(fd).items()
-                     if note["pid"] != self.pid}
+                     if not self._mine(note)}
             if notes:
                 _write(fd, notes)
             else:  # under the lock: a run waiting for it finds the file gone and opens anew
@@ -68,7 +91,7 @@ class StemClaims:
         """An fd of the claims file, locked; the file at ``path`` (never one unlinked while
         this run waited for the lock)."""
         while True:
-            fd = open_own_file(self.path)
+            fd = open_own_file(self.path, 0o666)  # the umask decides (a group-shared folder)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -85,8 +108,22 @@ class StemClaims:
             finally:
                 os.close(fd)  # also releases the lock
 
+    def _mine(self, note: dict[str, Any]) -> bool:
+        return note["pid"] == self.pid and note.get("runner", self.runner) == self.runner
+
+    def _holds(self, note: dict[str, Any]) -> bool:
+        """Whether a note still holds its stem: this run's, a running process's of this host
+        (notes without a runner are of a release that ran on one host only), or another
+        host's of the last :data:`FOREIGN_NOTE_DAYS`."""
+        runner = note.get("runner", self.runner)
+        if runner == self.runner:
+            return note["pid"] == self.pid or process_exists(note["pid"])
+        since_s = note.get("since_s")
+        return isinstance(since_s, (int, float)) \
+            and self._clock() - since_s < FOREIGN_NOTE_DAYS * 86400.0
+
     def _live_notes(self, fd: int) -> dict[str, dict[str, Any]]:
-        """The notes in the file whose run still runs (unreadable notes count as none)."""
+        """The notes in the file that still hold (unreadable notes count as none)."""
         os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
@@ -99,8 +136,7 @@ class StemClaims:
             return {}
         return {stem: note for stem, note in notes.items()
                 if isinstance(note, dict) and isinstance(note.get("pid"), int)
-                and isinstance(note.get("movie"), str)
-                and (note["pid"] == self.pid or process_exists(note["pid"]))}
+                and isinstance(note.get("movie"), str) and self._holds(note)}
 
 
 def _write(fd: int, notes: dict[str, dict[str, Any]]) -> None:
@@ -109,6 +145,16 @@ def _write(fd: int, notes: dict[str, dict[str, Any]]) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     while data:
         data = data[os.write(fd, data):]
+
+
+def runner_identity() -> str:
+    """This process's host and PID namespace (``host/pid:[inode]``): where its pids mean
+    something (a container on the same host has pids of its own)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
 
 
 def resolved_movie(movie: Path) -> Path:

@@ -608,3 +608,73 @@ def test_a_pixel_size_given_unlike_the_movie_files_is_used_recorded_and_named_on
     assert "pixel size given" not in capsys.readouterr().err
     assert json.loads((out / "m1.motion.json").read_text())["movie_pixel_size"] == {
         "used_A": 1.06, "source": "file"}
+
+
+def test_a_stem_noted_by_a_run_on_another_host_holds_for_days_and_then_frees(tmp_path):
+    """An ``sbatch --array`` of ``correct`` runs on two nodes into one shared folder: a note of
+    another host's run cannot be checked by its pid (4000000 runs nowhere here), so it holds
+    its stem for FOREIGN_NOTE_DAYS; an older one (a killed run's) no longer does."""
+    import time
+
+    from daemon.commands.stem_claims import CLAIMS_NAME, FOREIGN_NOTE_DAYS
+
+    rng = np.random.default_rng(18)
+    for grid in ("grid1", "grid2", "out"):
+        (tmp_path / grid).mkdir()
+    second = _movie(tmp_path / "grid2" / "x.mrc", rng)
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+
+    def note_of_another_node(age_s: float) -> None:
+        (out / CLAIMS_NAME).write_text(json.dumps({"x": {
+            "movie": str(tmp_path / "grid1" / "x.mrc"), "pid": 4000000,
+            "runner": "node17/pid:[4026531836]", "since_s": time.time() - age_s}}))
+
+    note_of_another_node(3600.0)
+    assert main(["correct", str(second), *flags]) == 0
+    assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(second)
+    assert not (out / "x.motion.json").exists()
+    assert "x" in json.loads((out / CLAIMS_NAME).read_text())  # the other node's note stays
+    for name in ("x_mrc.mrc", "x_mrc.motion.json"):
+        (out / name).unlink()
+    note_of_another_node(FOREIGN_NOTE_DAYS * 86400.0 + 60.0)
+    assert main(["correct", str(second), *flags]) == 0
+    assert json.loads((out / "x.motion.json").read_text())["movie"] == str(second)
+    assert not (out / CLAIMS_NAME).exists()
+
+
+def test_a_claims_file_this_account_cannot_use_leaves_the_stems_unnoted_and_says_so(
+        tmp_path, capsys):
+    """Another account's run left its claims file in a shared folder (not writable here; a
+    folder of that name stands in, which no account can open as a file): the run corrects its
+    movies, choosing stems as runs did before claims, with one warning naming the file."""
+    from daemon.commands.stem_claims import CLAIMS_NAME
+
+    rng = np.random.default_rng(19)
+    movie = _movie(tmp_path / "x.mrc", rng)
+    out = tmp_path / "out"
+    (out / CLAIMS_NAME).mkdir(parents=True)
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(movie), *flags]) == 0
+    assert (out / "x.motion.json").exists()
+    warned = [line for line in capsys.readouterr().err.splitlines() if CLAIMS_NAME in line]
+    assert len(warned) == 1 and "output stems are not noted" in warned[0]
+
+
+def test_the_claims_file_is_as_writable_as_the_umask_makes_it_for_a_group_shared_folder(
+        tmp_path):
+    """With the umask 002 of a lab's shared folder, the claims file is group-writable, so a
+    colleague's run into the folder can note its stems too (it was 0644 whatever the umask)."""
+    from pathlib import Path
+
+    from daemon.commands.stem_claims import StemClaims
+
+    claims = StemClaims(tmp_path)
+    previous = os.umask(0o002)
+    try:
+        claims.claim(lambda held: {Path("/data/x.mrc"): "x"})
+    finally:
+        os.umask(previous)
+    assert claims.path.stat().st_mode & 0o777 == 0o664
+    claims.release()
+    assert not claims.path.exists()
