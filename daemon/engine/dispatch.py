@@ -157,6 +157,7 @@ class Dispatcher:
         self._trouble_kind: str | None = None
         self._corrected = 0  # movies done since the start (the settings fit them)
         self._reference_misfits: dict[str, str] = {}  # movie -> why, while none was corrected
+        self._first_misfit_seen = False  # a misfit among them that had not failed before
         #: set when the settings (references, pixel size) fit none of the first movies: the
         #: service stops with the configuration-error status
         self.config_error: str | None = None
@@ -303,6 +304,7 @@ class Dispatcher:
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
                 self._corrected += 1
                 self._reference_misfits.clear()
+                self._first_misfit_seen = False
                 self.in_flight.pop(outcome.task_id)
                 self._finished("on_movie_done", MovieEvent(
                     Path(key.path), key, "done", attempt, outcome.outputs, outcome.record,
@@ -402,18 +404,23 @@ class Dispatcher:
         configured, and no movie was corrected yet: it is retried like a failed movie
         (quarantined only after ``max_attempts``), and once the settings fit none of
         ``REFERENCE_MISFITS_TO_STOP`` movies the service is to stop as misconfigured (the
-        movies stay failed, retried at the restart with the right settings)."""
+        movies stay failed, retried at the restart with the right settings). At a restart the
+        failed movies are retried first: they alone never stop it, so three stray files (no
+        pixel size: a test exposure) cannot hold back the movies that fit at every restart; a
+        misconfiguration still stops it at the first new movie that does not fit either."""
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
         status = ledger.mark_failed(key, outcome.error or outcome.kind,
                                     quarantine=failures >= self.settings.max_attempts,
                                     retry_delay_s=self.settings.retry_delay_s)
         self._reference_misfits[key.path] = outcome.error or outcome.kind
+        self._first_misfit_seen |= failures == 1
         log.error("movie_reference_misfit", reason=outcome.error, failures=failures,
                   note="the configured gain, dark or defect reference does not fit this movie "
                        "(or it has no pixel size and --pixel-size is not given), and no movie "
                        "was corrected with the settings yet")
-        if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP and self.config_error is None:
+        if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP \
+                and self._first_misfit_seen and self.config_error is None:
             self.config_error = (f"the configured references or pixel size fit none of the first "
                                  f"{len(self._reference_misfits)} movies: {outcome.error}")
         return status

@@ -110,3 +110,50 @@ def test_movies_with_no_pixel_size_and_none_given_stop_the_service_and_lose_none
     given = CorrectionParams(dose=params.dose, read=ReadParams(pixel_size_A=1.1))
     assert run(given, RecordingLog()) == exitcodes.OK
     assert _statuses(out) == [(f"m{i}.mrc", "done") for i in range(4)]
+
+
+def test_three_stray_movies_without_a_pixel_size_never_hold_back_the_movies_that_have_one(
+        tmp_path):
+    """The three oldest files have no pixel size (test exposures), the others 1.1 Å. The first
+    start may stop on them (78: they fit none of the first movies); a restart retries them
+    first, and they alone no longer stop it: the movies that have a pixel size are corrected
+    (the stop came again at every restart, after at most one good movie)."""
+    import os
+    import time
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    now = time.time()
+    for i in range(6):
+        frames = np.random.default_rng(i).poisson(2.0, (4, 64, 96)).astype(np.int16)
+        path = watch / f"m{i}.mrc"
+        write_movie_progressively(path, frames, pixel_size_A=0.0 if i < 3 else 1.1,
+                                  frame_interval_s=0)
+        os.utime(path, (now - 600 + 10 * i, now - 600 + 10 * i))  # the stray ones oldest
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", retry_delay_s=0.2)
+    first = Service(config, logger=RecordingLog()).run()
+    assert first in (exitcodes.CONFIG, exitcodes.OK)
+    assert Service(config, logger=RecordingLog()).run() == exitcodes.OK
+    statuses = dict(_statuses(out))
+    assert [statuses[f"m{i}.mrc"] for i in range(3, 6)] == ["done"] * 3
+    assert all(statuses[f"m{i}.mrc"] in ("failed", "quarantined") for i in range(3))
+
+
+def test_a_restart_with_the_same_wrong_gain_stops_again_at_the_first_new_movie(tmp_path):
+    """The retried misfits alone do not stop a restart, but a new movie the gain does not fit
+    either does: a misconfiguration left as it was still stops the service (78)."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    for i in range(3):
+        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
+    _gain(tmp_path / "wrong.mrc", (96, 64))
+    assert _run(watch, out, tmp_path / "wrong.mrc", RecordingLog()) == exitcodes.CONFIG
+    _movie(watch / "m3.mrc", (64, 96), 3, 1_000_003)
+    log = RecordingLog()
+    assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
+    assert not any(e == "movie_quarantined" for level, e, f in log.events)
+    assert {s for _, s in _statuses(out)} <= {"failed", "pending"}
