@@ -49,9 +49,10 @@ def decode_metadata_text(data: bytes) -> DecodedText:
                 cp1252 += 1
         text = "\n".join(decoded)
         if cp1252:
-            notes.append(f"{cp1252} line(s) not UTF-8, read as Windows cp1252")
+            notes.append("lines not UTF-8 read as Windows cp1252")  # no count: a growing
+            # mdoc would say it again with each count
     if "\x00" in text:
-        notes.append(f"{text.count(chr(0))} NUL byte(s) dropped (a range of the file never "
-                     "written: a copy or a share that lost it)")
+        notes.append("NUL bytes dropped (a range of the file never written: a copy or a "
+                     "share that lost it)")
         text = text.replace("\x00", "")
     return DecodedText(text, tuple(notes))

@@ -434,6 +434,17 @@ class TiltSeriesResolver:
         self._once.add((subject, reason))
         getattr(self._log, level)(event, reason=reason, **kw)
 
+    def _mdoc_warnings(self, mdoc_path: str | None) -> frozenset[str]:
+        """The warnings of the mdoc at ``mdoc_path`` as last read (its file's and its complete
+        sections'), each logged once as ``mdoc_warning`` by the watcher: every tilt it lists
+        carries them in its record, but the log says them once, not once per tilt."""
+        watched = self._watcher.mdocs.get(mdoc_path or "") if self._watcher else None
+        if watched is None:
+            return frozenset()
+        md = watched.parsed
+        return frozenset(md.warnings).union(
+            *(s.warnings for s in md.sections if s.complete))
+
     def _emit(self, kind: SeriesEventKind, name: str,
               stacks: Mapping[str, str] | None = None, *, reason: str | None = None) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
@@ -604,9 +615,11 @@ class TiltSeriesResolver:
                            f"--pre-exposure {params.dose.pre_exposure_e_A2:g} e/Å² is for movies "
                            "outside a tilt series: a tilt's pre-exposure is the dose of the "
                            "tilts of its series acquired before it", series=a.series)
+        logged = self._mdoc_warnings(a.mdoc_path)  # said once for its mdoc (mdoc_warning)
         for w in a.warnings:
-            self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
-                           movie=str(movie.path), series=a.series)
+            if w not in logged:
+                self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
+                               movie=str(movie.path), series=a.series)
         if a.match_source == "filename":
             self._once_log("warning", "movie_metadata_fallback", str(movie.path),
                            f"no mdoc section or frame mdoc within "

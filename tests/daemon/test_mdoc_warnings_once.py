@@ -1,0 +1,79 @@
+"""A warning about an mdoc's file (its text encoding, a hole in it) is said once in the log.
+
+A Windows PC writes an accented folder in SubFramePath in cp1252; the mdoc is read as written and
+its warning is kept in every tilt's record, but the log says it once, as ``mdoc_warning``: it was
+said again at every section the growing mdoc gained (the note held a count of lines), and once
+more per tilt as ``movie_metadata_warning``, about 80 lines for a 41-tilt series.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from recording_log import RecordingLog
+from service_run import run_until_idle
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.engine.service import Service
+from daemon.events import Observation, ScanResult
+from daemon.series.mdoc_watch import MdocWatcher
+from daemon.series.options import resolver_from_config
+from daemon.settings.config import Config
+from daemon.simulation.tilt_series import simulate_tilt_series
+
+_REAL_MDOC = Path(__file__).parent.parent / "data" / "mdoc" / "TS_01.mrc.mdoc"
+
+
+class _NoStore:
+    def set_mdoc_state(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def mdoc_states(self) -> dict:
+        return {}
+
+
+def test_a_growing_cp1252_mdoc_is_warned_about_once_not_at_each_new_section(tmp_path):
+    text = _REAL_MDOC.read_text().replace("D:\\DATA\\Flo", "D:\\Données\\Flo")
+    head, *sections = re.split(r"(?=\[ZValue = )", text)
+    assert len(sections) == 41 and "Données" in text
+    said: list[str] = []
+    once: set[tuple[str, str]] = set()
+
+    def log_once(level: str, event: str, subject: str, reason: str, **kw: object) -> None:
+        if (subject, reason) not in once:  # as the resolver's once-log keys it
+            once.add((subject, reason))
+            said.append(f"{event}: {reason}")
+
+    watcher = MdocWatcher(_NoStore(), log=RecordingLog(), log_once=log_once)
+    mdoc = tmp_path / "TS_01.mrc.mdoc"
+    for n in range(1, len(sections) + 1):  # SerialEM appends a section per tilt
+        mdoc.write_bytes((head + "".join(sections[:n])).encode("cp1252"))
+        os.utime(mdoc, ns=(n * 10**9, n * 10**9))
+        size = mdoc.stat().st_size
+        watcher.read(ScanResult(observations=(
+            Observation(mdoc, size, n * 10**9, "metadata", None),)), now=float(n))
+    assert said == ["mdoc_warning: TS_01.mrc.mdoc: lines not UTF-8 read as Windows cp1252"]
+
+
+def test_a_cp1252_series_mdoc_is_warned_about_once_not_once_more_per_tilt(tmp_path):
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    simulate_tilt_series(watch, rng=np.random.default_rng(1), n_tilts=7, shape_yx=(32, 32),
+                         n_frames=4, frame_interval_s=0.0, tilt_interval_s=0.0, lock=False)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    lines = [line.replace("SubFramePath = ", "SubFramePath = D:\\Données\\frames\\")
+             if line.startswith("SubFramePath") else line
+             for line in mdoc.read_text().splitlines()]
+    mdoc.write_bytes("\n".join(lines).encode("cp1252") + b"\n")
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on", exit_when_idle_s=1.0,
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    log = RecordingLog()
+    run_until_idle(Service(config, runner="fake_runners:correct",
+                           resolver=resolver_from_config(config), logger=log))
+    assert len(log.named("movie_done")) == 7
+    said = [event for _, event, fields in log.events if "cp1252" in str(fields.get("reason"))]
+    assert said == ["mdoc_warning"]
