@@ -182,15 +182,15 @@ class Admission:
     policy : EnginePolicy, optional
         ``on_parameter_change`` (default: redo).
     arrived : callable, optional
-        ``arrived(mtime_s)``: a movie joined the queue (its modification time, s since the
-        epoch), for the service's pace (:mod:`daemon.engine.pace`).
+        ``arrived(observation)``: a movie joined the queue (its path and modification
+        time), for the service's pace (:mod:`daemon.engine.pace`).
     """
 
     def __init__(self, settings: AdmissionSettings, *, ledger: Callable[[], Any],
                  resolver: MetadataResolver,
                  log: Any, quarantined: Callable[[MovieEvent], None], clock: Callable[[], float],
                  writes: LedgerWrites, policy: EnginePolicy | None = None,
-                 arrived: Callable[[float], None] | None = None,
+                 arrived: Callable[[Observation], None] | None = None,
                  adopted: Callable[[MovieEvent], None] | None = None,
                  moved: Callable[[MovieEvent], None] | None = None,
                  budget_s: float = ADMISSION_BUDGET_S) -> None:
@@ -568,7 +568,7 @@ class Admission:
                 return _DB_DOWN
             log.info("movie_ready", size=obs.size, frames=verdict.n_frames)
             if self._arrived is not None:
-                self._arrived(obs.mtime_ns / 1e9)
+                self._arrived(obs)
         self._handled.add(ident)
         return None
 
@@ -672,7 +672,7 @@ class Admission:
                            note="renamed before a worker read it (quarantined then as "
                                 "vanished): corrected under its new name")
             if self._arrived is not None:
-                self._arrived(obs.mtime_ns / 1e9)
+                self._arrived(obs)
         else:
             self._log.info("movie_moved", movie=str(obs.path), moved_from=names,
                            status=rows[-1].status,

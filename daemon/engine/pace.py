@@ -11,9 +11,10 @@ left is under five minutes (the rates of the last ten minutes alone said the opp
 
 The rates are counted over the last ``window_s`` (10 minutes), or the service's uptime when
 shorter, the same span for both: corrections by the wall times the movies were recorded done;
-acquisitions by the wall times the service first saw the movies, except those found by the
-start-up scan, dated by their modification times (a backlog recorded before the start is not a
-burst of acquisitions; it is in ``behind_min``).
+acquisitions by the wall times the service admitted the movies, except those on disk when it
+started (listed by its start-up scan), dated by their modification times: a backlog recorded
+before the start is not a burst of acquisitions (it is in ``behind_min``), while a copy with old
+modification times that comes in later is.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Pace:
         Nothing waits, or ``behind_min`` <= :data:`MAX_BEHIND_MIN`; False when movies wait
         and none was corrected in the span; None before 60 s.
     window_s : float
+        The longest span the rates are counted over (s).
+    span_s : float
+        The span they are counted over now: ``window_s``, or the uptime when shorter (s).
     """
 
     arrived_per_min: float | None
@@ -56,6 +60,7 @@ class Pace:
     behind_min: float | None
     keeping_up: bool | None
     window_s: float
+    span_s: float
 
     def to_record(self) -> dict[str, float | int | bool | None]:
         """JSON-ready, rates and minutes rounded to 0.01."""
@@ -65,7 +70,8 @@ class Pace:
         return {"arrived_per_min": rounded(self.arrived_per_min),
                 "corrected_per_min": rounded(self.corrected_per_min),
                 "waiting": self.waiting, "behind_min": rounded(self.behind_min),
-                "keeping_up": self.keeping_up, "window_s": self.window_s}
+                "keeping_up": self.keeping_up, "window_s": self.window_s,
+                "span_s": round(self.span_s, 1)}
 
 
 class PaceMeter:
@@ -83,18 +89,13 @@ class PaceMeter:
     def __init__(self, started_s: float, window_s: float = 600.0) -> None:
         self.started_s = float(started_s)
         self.window_s = float(window_s)
-        self._scanned = False  # the start-up scan is over
         self._arrived: deque[float] = deque()
         self._corrected: deque[float] = deque()
 
-    def start_up_scan_done(self) -> None:
-        """Movies seen from now on are dated by when they are seen."""
-        self._scanned = True
-
-    def arrived(self, mtime_s: float, seen_s: float) -> None:
-        """A movie joined the queue: its modification time and the wall time it was seen (the
-        first dates it while the start-up scan runs, the second after)."""
-        self._arrived.append(float(seen_s if self._scanned else mtime_s))
+    def arrived(self, mtime_s: float, seen_s: float, *, on_disk_at_start: bool) -> None:
+        """A movie joined the queue: its modification time and the wall time it was admitted;
+        the first dates it when it was on disk when the service started, the second else."""
+        self._arrived.append(float(mtime_s if on_disk_at_start else seen_s))
 
     def corrected(self, wall_s: float) -> None:
         """A movie was recorded done at ``wall_s``."""
@@ -107,7 +108,7 @@ class PaceMeter:
         self._corrected = deque(t for t in self._corrected if t > now_s - self.window_s)
         self._arrived = deque(t for t in self._arrived if t > now_s - self.window_s)
         if span < _MIN_SPAN_S:
-            return Pace(None, None, int(waiting), None, None, self.window_s)
+            return Pace(None, None, int(waiting), None, None, self.window_s, max(span, 0.0))
         arrived = 60.0 * sum(1 for t in self._arrived if since < t <= now_s) / span
         corrected = 60.0 * sum(1 for t in self._corrected if t > since) / span
         if waiting <= 0:
@@ -117,4 +118,4 @@ class PaceMeter:
             keeping_up = behind <= MAX_BEHIND_MIN
         else:
             behind, keeping_up = None, False
-        return Pace(arrived, corrected, int(waiting), behind, keeping_up, self.window_s)
+        return Pace(arrived, corrected, int(waiting), behind, keeping_up, self.window_s, span)

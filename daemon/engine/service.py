@@ -30,6 +30,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from daemon import __version__, exitcodes
@@ -43,7 +44,7 @@ from daemon.engine.pace import MAX_BEHIND_MIN, Pace, PaceMeter
 from daemon.engine.policy import EnginePolicy, report_parameter_change
 from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, MovieKey,
-                           NoMetadata, ResolverContext, SeriesEvent, ServiceInfo,
+                           NoMetadata, Observation, ResolverContext, SeriesEvent, ServiceInfo,
                            ServiceListener)
 from daemon.intake.discover import LISTING_STILL_S, Discovery
 from daemon.settings.config import Config, ConfigError, Unreachable
@@ -123,12 +124,12 @@ class Service:
         self._read_ahead = ReadAhead() if config.read_ahead else None
         self._pace = PaceMeter(wall_clock())  # movies acquired vs corrected per minute
         self._keeping_up: bool | None = None  # the pace verdict last logged
+        self._on_disk_at_start: frozenset[Path] | None = None  # the start-up scan's files
         self.admission = Admission(AdmissionSettings.of(config), ledger=lambda: self.ledger,
                                    resolver=self._resolver,
                                    log=self._log, clock=clock, writes=self._writes,
                                    policy=self._policy,
-                                   arrived=lambda mtime_s: self._pace.arrived(mtime_s,
-                                                                              self._wall()),
+                                   arrived=self._arrived,
                                    quarantined=lambda e: self._finished("on_movie_failed", e),
                                    adopted=lambda e: self._finished("on_movie_done", e,
                                                                     corrected=False),
@@ -357,7 +358,6 @@ class Service:
             self.pool = build_executor(cfg, runner=self._runner)  # local WorkerPool by default
             self.pool.start()
             self._scan(timed=False)  # reads every row of the state: not a measure of scans
-            self._pace.start_up_scan_done()  # later movies are dated by when they are seen
             state = self.discovery.state()
             self._log.info("service_ready", discovery=state.mode, reason=state.reason,
                            fs_type=state.fs_type, workers=cfg.workers,
@@ -524,6 +524,8 @@ class Service:
             return
         started = self._clock()
         result = self.discovery.scan(now_s=started, fresh=self.admission.busy_folders())
+        if self._on_disk_at_start is None:  # the start-up scan
+            self._on_disk_at_start = frozenset(o.path for o in result.observations)
         self._last_scan_s = self._clock()
         self.admission.take(result)
         self._flush_series_events()
@@ -603,18 +605,32 @@ class Service:
         self._notify("on_heartbeat", beat)
 
 
+    def _arrived(self, observation: Observation) -> None:
+        """A movie joined the queue: counted for the pace (dated by its mtime when it was on
+        disk at the start, :mod:`daemon.engine.pace`)."""
+        self._pace.arrived(observation.mtime_ns / 1e9, self._wall(),
+                           on_disk_at_start=observation.path in (self._on_disk_at_start or ()))
+
     def _say_pace(self, pace: Pace) -> None:
         """Log when the service falls behind (its backlog is more than ``MAX_BEHIND_MIN``
-        minutes of work), and when it has caught up again: the journal tells the night's pace."""
+        minutes of work), and when it has caught up again, which the log says once the backlog
+        is under half of that (a backlog sitting at five minutes said both in turn, 40 lines in
+        ten minutes): the journal tells the night's pace."""
         if pace.keeping_up is None or pace.keeping_up == self._keeping_up:
             return
+        if pace.keeping_up and self._keeping_up is False and pace.behind_min is not None \
+                and pace.behind_min > MAX_BEHIND_MIN / 2:
+            return  # caught up only just: said once under half
         facts = {"waiting": pace.waiting, "behind_min": pace.behind_min,
                  "acquired_per_min": pace.arrived_per_min,
                  "corrected_per_min": pace.corrected_per_min}
         if not pace.keeping_up:
+            paused = self.dispatcher.pause.reason
+            advice = (f"correction is paused ({paused})" if paused is not None
+                      else "more --workers (or a cluster) corrects faster")
             self._log.warning("falling_behind", **facts,
                               note=f"more than {MAX_BEHIND_MIN:g} minutes of work waiting; "
-                                   "more --workers (or a cluster) corrects faster")
+                                   f"{advice}")
         elif self._keeping_up is False:
             self._log.info("keeping_up_again", **facts)
         self._keeping_up = pace.keeping_up

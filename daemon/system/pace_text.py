@@ -15,9 +15,10 @@ def pace_phrase(pace: Mapping[str, Any] | None) -> str | None:
     older release (no ``behind_min``)."""
     if not pace or pace.get("keeping_up") is None or "waiting" not in pace:
         return None
+    span_s = float(pace.get("span_s", pace["window_s"]))  # the uptime, when shorter
     rates = (f"{pace['arrived_per_min']:.1f} movies/min acquired, "
              f"{pace['corrected_per_min']:.1f} corrected, last "
-             f"{float(pace['window_s']) / 60:.0f} min")
+             f"{span_s / 60:.0f} min")
     waiting, behind = int(pace["waiting"]), pace.get("behind_min")
     if behind is None:
         backlog = f"{waiting} waiting, none corrected lately"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,11 +18,8 @@ from daemon.state.ledger import Ledger
 START = 1_000_000.0
 
 
-def _meter(*, scanned: bool = True) -> PaceMeter:
-    meter = PaceMeter(START, window_s=600.0)
-    if scanned:
-        meter.start_up_scan_done()
-    return meter
+def _meter() -> PaceMeter:
+    return PaceMeter(START, window_s=600.0)
 
 
 def test_a_session_starting_onto_more_than_it_corrects_falls_behind_within_minutes():
@@ -29,7 +27,8 @@ def test_a_session_starting_onto_more_than_it_corrects_falls_behind_within_minut
     for the first 4.5 minutes (acquisitions over 10 minutes, corrections over the uptime)."""
     meter = _meter()
     for k in range(int(48 * 3)):  # three minutes of acquisition, seen as written
-        meter.arrived(START + k * 60 / 48, START + k * 60 / 48)
+        meter.arrived(START + k * 60 / 48, START + k * 60 / 48,
+                      on_disk_at_start=False)
     for k in range(18 * 3):
         meter.corrected(START + 5 + k * 60 / 18)
     pace = meter.pace(START + 180.0, waiting=48 * 3 - 18 * 3 + 10)
@@ -41,12 +40,11 @@ def test_a_session_starting_onto_more_than_it_corrects_falls_behind_within_minut
 def test_a_restart_or_a_copy_with_old_modification_times_is_judged_by_its_backlog():
     """After a restart the backlog in the database was no arrival, and a copy delivering
     movies with mtimes over ten minutes old counted none: 'keeping up' with 80 waiting."""
-    meter = _meter(scanned=False)
-    for k in range(40):  # found by the start-up scan, recorded an hour ago: not acquisitions
-        meter.arrived(START - 3600 + k, START + 1)
-    meter.start_up_scan_done()
+    meter = _meter()
+    for k in range(40):  # on disk at the start, recorded an hour ago: not acquisitions
+        meter.arrived(START - 3600 + k, START + 1, on_disk_at_start=True)
     for k in range(120):  # copied in now, with the acquisition's old mtimes: seen now
-        meter.arrived(START - 720 + k, START + 60 + k)
+        meter.arrived(START - 720 + k, START + 60 + k, on_disk_at_start=False)
     for k in range(40):
         meter.corrected(START + 10 + 4.5 * k)
     pace = meter.pace(START + 180.0, waiting=120)
@@ -61,7 +59,8 @@ def test_a_slow_steady_overload_falls_behind_once_five_minutes_of_work_wait():
     meter = _meter()
     now = START + 3600.0
     for k in range(110):
-        meter.arrived(now - 600 + k * 600 / 110, now - 600 + k * 600 / 110)
+        meter.arrived(now - 600 + k * 600 / 110, now - 600 + k * 600 / 110,
+                      on_disk_at_start=False)
     for k in range(100):
         meter.corrected(now - 600 + k * 6.0 + 3)
     assert meter.pace(now, waiting=45).keeping_up is True   # 4.5 minutes of work
@@ -76,7 +75,8 @@ def test_a_lunch_break_keeps_up_once_what_waits_is_under_five_minutes_of_work():
     meter = _meter()
     now = START + 3600.0
     for k in range(450):  # 45 a minute until five minutes ago
-        meter.arrived(now - 900 + k * 600 / 450, now - 900 + k * 600 / 450)
+        meter.arrived(now - 900 + k * 600 / 450, now - 900 + k * 600 / 450,
+                      on_disk_at_start=False)
     for k in range(180):
         meter.corrected(now - 600 + k * 600 / 180)
     pace = meter.pace(now, waiting=40)
@@ -94,14 +94,14 @@ def test_movies_waiting_with_none_corrected_lately_is_falling_behind_and_nothing
 
 def test_no_verdict_before_a_minute_of_running_and_old_events_leave_the_window():
     meter = _meter()
-    meter.arrived(START - 10, START + 10)
+    meter.arrived(START - 10, START + 10, on_disk_at_start=False)
     meter.corrected(START + 20.0)
     early = meter.pace(START + 30.0, waiting=5)
     assert early.corrected_per_min is None and early.keeping_up is None
     later = meter.pace(START + 2000.0, waiting=0)  # both events are older than the window now
     assert later.to_record() == {"arrived_per_min": 0.0, "corrected_per_min": 0.0,
                                  "waiting": 0, "behind_min": 0.0, "keeping_up": True,
-                                 "window_s": 600.0}
+                                 "window_s": 600.0, "span_s": 600.0}
 
 
 def test_status_says_whether_the_running_daemon_keeps_up_and_a_stopped_ones_pace_is_gone(
@@ -161,3 +161,81 @@ def test_the_running_service_records_its_pace_and_logs_falling_behind_and_catchi
     assert pace["waiting"] == 0 and pace["keeping_up"] is True and pace["behind_min"] == 0.0
     events = [e for _, e, _ in log.events if e in ("falling_behind", "keeping_up_again")]
     assert events[-1:] == ["keeping_up_again"] and events.count("falling_behind") <= 1
+
+
+def test_a_backlog_on_disk_when_the_service_starts_is_no_burst_of_acquisitions(
+        tmp_path, monkeypatch):
+    """Six movies recorded an hour before the start: they are dated by their modification
+    times, outside the window, so nothing was acquired lately. The start-up scan admits none of
+    them (a file settles over two scans), and every one was dated by when it was admitted: a
+    burst of six acquisitions after each restart."""
+    import os
+
+    import numpy as np
+    from recording_log import RecordingLog
+    from service_run import run_until_idle
+
+    import daemon.engine.pace as pace_module
+    from correction.params import CorrectionParams, DoseParams
+    from daemon.engine.service import Service
+    from daemon.events import NoMetadata
+    from daemon.settings.config import Config
+    from daemon.simulation.movies import write_movie_progressively
+
+    monkeypatch.setattr(pace_module, "_MIN_SPAN_S", 0.0)  # rates from the first beat
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    hour_ago = time.time() - 3600
+    for i in range(6):
+        frames = np.random.default_rng(i).poisson(2.0, (4, 64, 64)).astype(np.int16)
+        write_movie_progressively(watch / f"m_{i}.mrc", frames, pixel_size_A=1.1,
+                                  frame_interval_s=0)
+        os.utime(watch / f"m_{i}.mrc", (hour_ago, hour_ago))
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.05,
+                    exit_when_idle_s=0.6, polling="on")
+    run_until_idle(Service(config, resolver=NoMetadata(), logger=RecordingLog()))
+    with Ledger(out / "motionwatch.sqlite") as db:
+        assert len(db.rows(status="done")) == 6
+        pace = db.service_state()["pace"]
+    assert pace["arrived_per_min"] == 0.0 and pace["corrected_per_min"] > 0
+
+
+def test_the_log_says_caught_up_once_under_half_the_limit_not_at_each_crossing_of_it():
+    """A backlog sitting at five minutes of work said falling_behind and keeping_up_again in
+    turn (40 lines in ten minutes); 'paused' is the advice while correction is paused, not
+    more workers."""
+    from recording_log import RecordingLog
+
+    from correction.params import CorrectionParams, DoseParams
+    from daemon.engine.pace import Pace
+    from daemon.engine.service import Service
+    from daemon.settings.config import Config
+
+    log = RecordingLog()
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    service = Service(Config(Path("/w"), Path("/o"), Path("/o"), params), logger=log)
+
+    def beat(behind_min: float) -> None:
+        service._say_pace(Pace(10.0, 10.0, int(10 * behind_min), behind_min,
+                               behind_min <= MAX_BEHIND_MIN, 600.0, 600.0))
+
+    for behind in (5.2, 4.9, 5.1, 4.8, 5.3, 4.0, 3.0, 5.4, 2.4, 5.1):
+        beat(behind)
+    said = [(e, f["behind_min"]) for _, e, f in log.events]
+    assert said == [("falling_behind", 5.2), ("keeping_up_again", 2.4), ("falling_behind", 5.1)]
+    assert "more --workers" in log.events[0][2]["note"]
+    service.dispatcher.pause.failed("[Errno 28] No space left on device", 30.0)
+    beat(2.0)
+    beat(6.0)
+    assert log.events[-1][1] == "falling_behind"
+    assert "correction is paused ([Errno 28] No space left on device)" in log.events[-1][2]["note"]
+
+
+def test_the_pace_phrase_names_the_span_the_rates_cover_the_uptime_when_shorter():
+    from daemon.system.pace_text import pace_phrase
+
+    pace = {"arrived_per_min": 5.0, "corrected_per_min": 5.0, "waiting": 0, "behind_min": 0.0,
+            "keeping_up": True, "window_s": 600.0, "span_s": 120.0}
+    assert pace_phrase(pace).endswith("(5.0 movies/min acquired, 5.0 corrected, last 2 min)")
