@@ -361,7 +361,7 @@ class Service:
             state = self.discovery.state()
             self._log.info("service_ready", discovery=state.mode, reason=state.reason,
                            fs_type=state.fs_type, workers=cfg.workers,
-                           recovered=self._recovered, counts=self.ledger.counts())
+                           recovered=self._recovered, counts=self.ledger.movie_counts())
             gain = cfg.params.gain if cfg.params.gain.gain_path is not None else None
             self._notify("on_ready", ServiceInfo(
                 watch_dir=cfg.watch_dir, out_dir=cfg.out_dir, state_dir=cfg.state_dir, gain=gain,
@@ -460,7 +460,7 @@ class Service:
         if self.discovery is not None:
             self.discovery.stop()
         if self.ledger is not None:
-            counts = self._safe(self.ledger.counts)
+            counts = self._safe(self.ledger.movie_counts)  # each movie once, as status says
             self._safe(lambda: self.ledger.set_service_state(
                 {"stopped_wall": self._wall(), "pid": None, "waiting": 0,
                  "waiting_examples": {}, "admission_backlog": 0, "in_flight": []}))

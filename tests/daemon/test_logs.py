@@ -87,3 +87,35 @@ def test_a_workers_correction_warnings_stay_off_its_stderr_and_others_still_show
                                  text=True, check=True).stderr for mode in ("loud", "quiet")}
     assert "4 frames in one group of 8" in said["loud"]
     assert "group" not in said["quiet"] and "a library of another name speaks" in said["quiet"]
+
+
+def test_the_start_and_stop_lines_count_each_movie_once_as_status_does(tmp_path):
+    """A movie redone under new parameters has a row per version: service_ready and
+    service_stopped counted rows ({'done': 2} for one movie) where status and the heartbeat
+    say movies ({'done': 1})."""
+    import numpy as np
+    from recording_log import RecordingLog
+    from service_run import run_until_idle
+
+    from correction.params import CorrectionParams, DoseParams
+    from daemon.engine.service import Service
+    from daemon.events import NoMetadata
+    from daemon.settings.config import Config
+    from daemon.simulation.movies import write_movie_progressively
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    frames = np.random.default_rng(3).poisson(2.0, (4, 64, 64)).astype(np.int16)
+    write_movie_progressively(watch / "m.mrc", frames, pixel_size_A=1.1, frame_interval_s=0)
+    for dose in (1.0, 2.0):  # the second run redoes it under the new dose
+        config = Config(watch, out, out,
+                        CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=dose)),
+                        settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.05,
+                        exit_when_idle_s=0.6, polling="on")
+        log = RecordingLog()
+        run_until_idle(Service(config, resolver=NoMetadata(), logger=log))
+    (stopped,) = [fields for _, event, fields in log.events if event == "service_stopped"]
+    assert stopped["counts"]["done"] == 1
+    (ready,) = [fields for _, event, fields in log.events if event == "service_ready"]
+    assert ready["counts"]["done"] == 1
