@@ -475,8 +475,10 @@ def run(args: argparse.Namespace) -> int:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         read_ahead.close()
-        relion.finish()
-        claims.release()
+        try:
+            relion.finish()
+        finally:
+            claims.release()  # also when the STAR could not be written
     if status is not None:
         return status
     return exitcodes.SOME_FAILED if failed or relion.failed else exitcodes.OK
