@@ -49,6 +49,11 @@ def _owner(path: Path) -> str:
         return str(uid)
 
 
+def _root_on_anothers(db_path: Path, euid: int) -> bool:
+    """Whether this is root acting on a database another account (the service's) owns."""
+    return euid == 0 and db_path.stat().st_uid != 0
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch retry``: 0 when requeued (or nothing to do), 1 when a named movie is not
     quarantined, 78 without a usable state database."""
@@ -58,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"motionwatch retry: {db_path}: no state database (is this the --out folder of "
               f"motionwatch watch?)", file=sys.stderr)
         return exitcodes.CONFIG
-    if not os.access(db_path, os.W_OK):  # else SQLite leaves its -wal and -shm files ours,
-        owner = _owner(db_path)           # and the service cannot open the database again
+    # another account's database: SQLite would make its -wal and -shm files ours (root's too:
+    # root may write anything), and the service could not open the database again
+    if not os.access(db_path, os.W_OK) or _root_on_anothers(db_path, os.geteuid()):
+        owner = _owner(db_path)
         print(f"motionwatch retry: {db_path}: not writable by this account (the service's "
               f"database, {owner}'s): run it as that account (sudo -u {owner} motionwatch "
               "retry ...); nothing was changed", file=sys.stderr)

@@ -115,3 +115,25 @@ def test_retry_by_an_account_that_cannot_write_the_database_changes_nothing_and_
         assert sorted(p.name for p in folder.iterdir()) == [DB_NAME]
     finally:
         subprocess.run(["umount", str(view)], capture_output=True)
+
+
+def test_retry_on_the_service_accounts_database_is_refused_also_to_root(tmp_path, capsys):
+    """``sudo motionwatch retry`` passed the writability check (root may write anything); a
+    retry stopped mid-way then left root's -wal and -shm files, which the service's account
+    cannot open. As root the database is given to another account here; as anyone else it is
+    made read-only: either way retry refuses, naming the owner, and changes nothing."""
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with Ledger(out / DB_NAME):
+        pass
+    if os.geteuid() == 0:
+        os.chown(out / DB_NAME, 4242, 4242)  # the service's account
+    else:
+        os.chmod(out / DB_NAME, 0o444)
+    assert cli_main(["retry", str(out)]) == 78
+    err = capsys.readouterr().err
+    assert f"{out / DB_NAME}: not writable by this account" in err
+    assert "sudo -u" in err and "nothing was changed" in err
+    assert sorted(p.name for p in out.iterdir()) == [DB_NAME]
