@@ -38,6 +38,7 @@ CLAIMS_NAME = ".motionwatch-correct-claims"
 #: days a note of a run on another host (or in another PID namespace) holds its stem
 FOREIGN_NOTE_DAYS = 7.0
 _NO_FLOCK = (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP)
+_MAX_REOPENS = 100  # another run removed the file while this one waited: opened anew
 
 #: chooses stems given those other runs hold: {stem: resolved movie} -> {movie: stem}
 Chooser = Callable[[dict[str, Path]], dict[Path, str]]
@@ -90,7 +91,7 @@ class StemClaims:
     def _locked(self) -> Iterator[int]:
         """An fd of the claims file, locked; the file at ``path`` (never one unlinked while
         this run waited for the lock)."""
-        while True:
+        for attempt in range(_MAX_REOPENS + 1):
             fd = open_own_file(self.path, 0o666)  # the umask decides (a group-shared folder)
             try:
                 try:
@@ -102,7 +103,8 @@ class StemClaims:
                     current = os.stat(self.path).st_ino
                 except FileNotFoundError:
                     current = None
-                if current == os.fstat(fd).st_ino:
+                # a file system whose inode numbers are not stable: the file as it is
+                if current == os.fstat(fd).st_ino or attempt == _MAX_REOPENS:
                     yield fd
                     return
             finally:

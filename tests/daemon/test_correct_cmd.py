@@ -678,3 +678,20 @@ def test_the_claims_file_is_as_writable_as_the_umask_makes_it_for_a_group_shared
     assert claims.path.stat().st_mode & 0o777 == 0o664
     claims.release()
     assert not claims.path.exists()
+
+
+def test_claims_on_a_file_system_whose_inode_numbers_change_are_still_taken(
+        tmp_path, monkeypatch):
+    """The claims file is reopened while the name leads to another file than the one locked
+    (a run removed it meanwhile); where inode numbers are not stable that was for ever."""
+    import types
+    from pathlib import Path
+
+    import daemon.commands.stem_claims as stem_claims
+
+    real_stat = os.stat
+    monkeypatch.setattr(stem_claims.os, "stat", lambda path, *a, **k: types.SimpleNamespace(
+        st_ino=real_stat(path, *a, **k).st_ino + 1))
+    claims = stem_claims.StemClaims(tmp_path)
+    assert claims.claim(lambda held: {Path("/data/x.mrc"): "x"}) == {Path("/data/x.mrc"): "x"}
+    claims.release()
