@@ -12,8 +12,9 @@ container cannot be checked that way: it holds for :data:`FOREIGN_NOTE_DAYS` (a 
 meanwhile by a note left by a killed run costs another stem, ``x_mrc``; a stem given twice would
 cost a movie's outputs). On a file system without ``flock`` the notes are still read and
 written, unlocked. Where the file cannot be made or written (a shared folder where another
-account's run left it, not group-writable), the run chooses its stems without notes, as runs
-did before claims, and says so (:attr:`StemClaims.unavailable`).
+account's run left it, not group-writable), the run chooses its stems given the notes it can
+read there, and does not note its own: it says so (:attr:`StemClaims.unavailable`). A run
+removes its notes when it ends, also from a file it may not remove (a sticky folder).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ _MAX_REOPENS = 100  # another run removed the file while this one waited: opened
 Chooser = Callable[[dict[str, Path]], dict[Path, str]]
 
 
+class _NotOpened(Exception):
+    """The claims file could not be opened for writing, or locked."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class StemClaims:
     """One run's claims on output stems in ``out_dir``."""
 
@@ -62,29 +71,50 @@ class StemClaims:
         try:
             with self._locked() as fd:
                 notes = self._live_notes(fd)
-                held = {stem: Path(note["movie"]) for stem, note in notes.items()
-                        if not self._mine(note)}
-                stems = choose(held)
+                stems = choose(self._held(notes))
                 now_s = round(self._clock(), 3)
                 notes.update({stem: {"movie": str(resolved_movie(movie)), "pid": self.pid,
                                      "runner": self.runner, "since_s": now_s}
                               for movie, stem in stems.items()})
-                _write(fd, notes)
-        except OSError as exc:
-            self.unavailable = f"{self.path}: {exc.strerror or exc}"
-            return choose({})
+                try:
+                    _write(fd, notes)
+                except OSError as exc:  # a full disk: chosen given the others' notes
+                    self.unavailable = f"{self.path}: {exc.strerror or exc}"
+        except _NotOpened as exc:
+            self.unavailable = f"{self.path}: {exc.cause.strerror or exc.cause}"
+            return choose(self._held(self._read_notes()))  # the others' notes, if readable
         return stems
+
+    def _held(self, notes: dict[str, dict[str, Any]]) -> dict[str, Path]:
+        return {stem: Path(note["movie"]) for stem, note in notes.items()
+                if not self._mine(note)}
+
+    def _read_notes(self) -> dict[str, dict[str, Any]]:
+        """The live notes of a claims file this run cannot write (another account's, 0644),
+        read under a shared lock where it can be read; none where it cannot."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except OSError:
+            return {}
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            return self._live_notes(fd)
+        except OSError:
+            return {}
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Remove this run's notes (the file with them, when no other run has any)."""
         if self.unavailable is not None:
             return
-        with contextlib.suppress(OSError), self._locked() as fd:
+        with contextlib.suppress(OSError, _NotOpened), self._locked() as fd:
             notes = {stem: note for stem, note in self._live_notes(fd).items()
                      if not self._mine(note)}
-            if notes:
-                _write(fd, notes)
-            else:  # under the lock: a run waiting for it finds the file gone and opens anew
+            _write(fd, notes)  # first: a file this run may not remove (a sticky folder)
+            if not notes:  # under the lock: a run waiting for it finds it gone, opens anew
                 self.path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -92,13 +122,16 @@ class StemClaims:
         """An fd of the claims file, locked; the file at ``path`` (never one unlinked while
         this run waited for the lock)."""
         for attempt in range(_MAX_REOPENS + 1):
-            fd = open_own_file(self.path, 0o666)  # the umask decides (a group-shared folder)
+            try:
+                fd = open_own_file(self.path, 0o666)  # the umask decides (a shared folder)
+            except OSError as exc:
+                raise _NotOpened(exc) from exc
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 except OSError as exc:
                     if exc.errno not in _NO_FLOCK:
-                        raise
+                        raise _NotOpened(exc) from exc
                 try:
                     current = os.stat(self.path).st_ino
                 except FileNotFoundError:

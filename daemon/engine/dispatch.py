@@ -405,9 +405,10 @@ class Dispatcher:
         (quarantined only after ``max_attempts``), and once the settings fit none of
         ``REFERENCE_MISFITS_TO_STOP`` movies the service is to stop as misconfigured (the
         movies stay failed, retried at the restart with the right settings). At a restart the
-        failed movies are retried first: they alone never stop it, so three stray files (no
-        pixel size: a test exposure) cannot hold back the movies that fit at every restart; a
-        misconfiguration still stops it at the first new movie that does not fit either."""
+        failed movies are retried first: while other movies wait they alone never stop it, so
+        three stray files (no pixel size: a test exposure) cannot hold back the movies that fit
+        at every restart; a misconfiguration still stops it at the first new movie that does
+        not fit either, or once no other movie waits."""
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
         status = ledger.mark_failed(key, outcome.error or outcome.kind,
@@ -420,10 +421,18 @@ class Dispatcher:
                        "(or it has no pixel size and --pixel-size is not given), and no movie "
                        "was corrected with the settings yet")
         if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP \
-                and self._first_misfit_seen and self.config_error is None:
+                and self.config_error is None \
+                and (self._first_misfit_seen or not self._other_movies_waiting(ledger)):
             self.config_error = (f"the configured references or pixel size fit none of the first "
                                  f"{len(self._reference_misfits)} movies: {outcome.error}")
         return status
+
+    @staticmethod
+    def _other_movies_waiting(ledger: Any) -> bool:
+        """Whether movies wait to be corrected, or are being corrected, beside the misfits
+        (which are failed): one of them may fit the settings."""
+        counts = ledger.movie_counts()
+        return counts.get("pending", 0) + counts.get("running", 0) > 0
 
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any) -> str:

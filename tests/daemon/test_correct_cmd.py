@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import mrcfile
@@ -695,3 +696,48 @@ def test_claims_on_a_file_system_whose_inode_numbers_change_are_still_taken(
     claims = stem_claims.StemClaims(tmp_path)
     assert claims.claim(lambda held: {Path("/data/x.mrc"): "x"}) == {Path("/data/x.mrc"): "x"}
     claims.release()
+
+
+def test_a_claims_file_this_account_may_read_but_not_write_still_keeps_its_notes_stems(
+        tmp_path, monkeypatch):
+    """Another account's run, still running, left its claims file 0644 in a shared folder:
+    this run cannot note its own stems (refused here as the file system would refuse it), but
+    it reads the other run's notes and takes ``x_mrc``, never the ``x`` that run holds."""
+    import daemon.commands.stem_claims as stem_claims
+
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = {"x": {"movie": str(tmp_path / "grid1" / "x.mrc"), "pid": 4000000,
+                    "runner": "node17/pid:[4026531836]", "since_s": time.time()}}
+    (out / stem_claims.CLAIMS_NAME).write_text(json.dumps(theirs))
+
+    def refused(path, mode=0o644):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(stem_claims, "open_own_file", refused)
+    claims = stem_claims.StemClaims(out)
+    mine = tmp_path / "grid2" / "x.mrc"
+    chosen = claims.claim(lambda held: {mine: "x_mrc" if "x" in held else "x"})
+    assert chosen == {mine: "x_mrc"}
+    assert claims.unavailable is not None and "Permission denied" in claims.unavailable
+    claims.release()
+    assert json.loads((out / stem_claims.CLAIMS_NAME).read_text()) == theirs  # untouched
+
+
+def test_a_run_that_may_not_remove_the_claims_file_still_takes_its_notes_out_of_it(
+        tmp_path, monkeypatch):
+    """In a sticky shared folder the claims file is another account's: this run may write
+    it but not remove it. Its notes went on holding its stems, for 7 days on other hosts."""
+    from pathlib import Path
+
+    from daemon.commands.stem_claims import StemClaims
+
+    claims = StemClaims(tmp_path)
+    claims.claim(lambda held: {Path("/data/x.mrc"): "x"})
+
+    def not_permitted(self, missing_ok=False):
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "unlink", not_permitted)
+    claims.release()
+    assert json.loads(claims.path.read_text()) == {}

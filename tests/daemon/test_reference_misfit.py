@@ -157,3 +157,20 @@ def test_a_restart_with_the_same_wrong_gain_stops_again_at_the_first_new_movie(t
     assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
     assert not any(e == "movie_quarantined" for level, e, f in log.events)
     assert {s for _, s in _statuses(out)} <= {"failed", "pending"}
+
+
+def test_a_restart_with_the_same_wrong_gain_and_no_other_movie_stops_again_and_keeps_them(
+        tmp_path):
+    """Nothing new came, nothing was fixed: with no other movie waiting, the retried misfits
+    stop the service again (78) and stay failed, rather than being quarantined one by one."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    for i in range(3):
+        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
+    _gain(tmp_path / "wrong.mrc", (96, 64))
+    assert _run(watch, out, tmp_path / "wrong.mrc", RecordingLog()) == exitcodes.CONFIG
+    log = RecordingLog()
+    assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
+    assert not any(e == "movie_quarantined" for level, e, f in log.events)
+    assert _statuses(out) == [(f"m{i}.mrc", "failed") for i in range(3)]
