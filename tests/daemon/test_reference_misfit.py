@@ -142,9 +142,8 @@ def test_three_stray_movies_without_a_pixel_size_never_hold_back_the_movies_that
     assert all(statuses[f"m{i}.mrc"] in ("failed", "quarantined") for i in range(3))
 
 
-def test_a_restart_with_the_same_wrong_gain_stops_again_at_the_first_new_movie(tmp_path):
-    """The retried misfits alone do not stop a restart, but a new movie the gain does not fit
-    either does: a misconfiguration left as it was still stops the service (78)."""
+def _stopped_by_a_wrong_gain(tmp_path):
+    """Three movies, a gain that fits none: the first start stops (78); (watch, out)."""
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
@@ -152,6 +151,13 @@ def test_a_restart_with_the_same_wrong_gain_stops_again_at_the_first_new_movie(t
         _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
     _gain(tmp_path / "wrong.mrc", (96, 64))
     assert _run(watch, out, tmp_path / "wrong.mrc", RecordingLog()) == exitcodes.CONFIG
+    return watch, out
+
+
+def test_a_restart_with_the_same_wrong_gain_stops_again_at_the_first_new_movie(tmp_path):
+    """The retried misfits alone do not stop a restart, but a new movie the gain does not fit
+    either does: a misconfiguration left as it was still stops the service (78)."""
+    watch, out = _stopped_by_a_wrong_gain(tmp_path)
     _movie(watch / "m3.mrc", (64, 96), 3, 1_000_003)
     log = RecordingLog()
     assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
@@ -163,13 +169,7 @@ def test_a_restart_with_the_same_wrong_gain_and_no_other_movie_stops_again_and_k
         tmp_path):
     """Nothing new came, nothing was fixed: with no other movie waiting, the retried misfits
     stop the service again (78) and stay failed, rather than being quarantined one by one."""
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    for i in range(3):
-        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
-    _gain(tmp_path / "wrong.mrc", (96, 64))
-    assert _run(watch, out, tmp_path / "wrong.mrc", RecordingLog()) == exitcodes.CONFIG
+    watch, out = _stopped_by_a_wrong_gain(tmp_path)
     log = RecordingLog()
     assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
     assert not any(e == "movie_quarantined" for level, e, f in log.events)
