@@ -41,20 +41,28 @@ def _run(watch, out, gain, log):
     return Service(config, logger=log).run()
 
 
+def _stopped_by_a_wrong_gain(tmp_path, *, n_movies=3, log=None):
+    """Movies 64 x 96 and a gain 96 x 64 (a rotated K3-like gain without --gain-rotate): the
+    first start stops (78); (watch, out)."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    for i in range(n_movies):
+        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
+    _gain(tmp_path / "wrong.mrc", (96, 64))
+    log = RecordingLog() if log is None else log
+    assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
+    return watch, out
+
+
 def _statuses(out):
     with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
         return sorted((r.key.path.rsplit("/", 1)[-1], r.status) for r in ledger.rows())
 
 
 def test_a_gain_that_fits_none_of_the_first_movies_stops_the_service_and_loses_none(tmp_path):
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    for i in range(4):
-        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
-    _gain(tmp_path / "wrong.mrc", (96, 64))  # a rotated K3-like gain without --gain-rotate
     log = RecordingLog()
-    assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
+    watch, out = _stopped_by_a_wrong_gain(tmp_path, n_movies=4, log=log)
     (problem,) = [f for level, e, f in log.events if e == "config_invalid"]
     assert "fit none of the first 3 movies" in problem["problems"][0]
     assert "96x64" in problem["problems"][0] or "96 x 64" in problem["problems"][0]
@@ -140,18 +148,6 @@ def test_three_stray_movies_without_a_pixel_size_never_hold_back_the_movies_that
     statuses = dict(_statuses(out))
     assert [statuses[f"m{i}.mrc"] for i in range(3, 6)] == ["done"] * 3
     assert all(statuses[f"m{i}.mrc"] in ("failed", "quarantined") for i in range(3))
-
-
-def _stopped_by_a_wrong_gain(tmp_path):
-    """Three movies, a gain that fits none: the first start stops (78); (watch, out)."""
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    for i in range(3):
-        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
-    _gain(tmp_path / "wrong.mrc", (96, 64))
-    assert _run(watch, out, tmp_path / "wrong.mrc", RecordingLog()) == exitcodes.CONFIG
-    return watch, out
 
 
 def test_a_restart_with_the_same_wrong_gain_stops_again_at_the_first_new_movie(tmp_path):
