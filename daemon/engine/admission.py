@@ -269,8 +269,8 @@ class Admission:
             others = [h for h in self._handled if h[1:] == (size, mtime_ns)]
             self._handled.difference_update(h for h in others if _same_file(h[0], path))
 
-    def _safe(self, action: Callable[[], Any]) -> Any:
-        return self._writes.guard(action)
+    def _safe(self, action: Callable[[], Any], *, write: bool = True) -> Any:
+        return self._writes.guard(action, write=write)
 
     def report_once(self, subject: str, event: str, reason: str, *, level: str = "info") -> None:
         """Log ``event`` for ``subject`` once per distinct reason."""
@@ -446,7 +446,7 @@ class Admission:
         except Exception as exc:  # noqa: BLE001 - never corrected without its metadata
             why = f"metadata failed: {type(exc).__name__}: {exc}"
             key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
-            recorded = self._safe(lambda: self._version_recorded(key))
+            recorded = self._safe(lambda: self._version_recorded(key), write=False)
             if recorded is None:
                 return _DB_DOWN
             if recorded:  # corrected before (other parameters): it keeps that record, waits
@@ -684,7 +684,7 @@ class Admission:
     def _done_under_other_parameters(self, ledger: Any, path: Path) -> bool:
         """Whether the movie's rows, now under ``path``, are done only under parameters other
         than those it would be corrected with now (:func:`finished_under_other_parameters`)."""
-        rows = self._safe(lambda: ledger.rows(path=str(path)))
+        rows = self._safe(lambda: ledger.rows(path=str(path)), write=False)
         return bool(rows) and bool(finished_under_other_parameters(rows, self.settings.params))
 
     def _forget_name(self, path: str) -> None:

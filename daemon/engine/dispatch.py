@@ -6,7 +6,8 @@ growing delay, then quarantined (a bad movie at once, a timed-out one after one 
 a crash). Environmental trouble is never the movie's fault: an error on the output side (full
 disk, permission denied, vanished or replaced output folder) or a worker that cannot start pauses
 all correction with a growing delay (:class:`~daemon.engine.faults.Pause`), without counting
-against the movie, and the service reports itself unhealthy until a movie succeeds again.
+against the movie, and the service lists the problem until a movie succeeds again (it stays
+healthy: a restart would not mend a full disk).
 A movie its worker could not find that the daemon, which still sees the watched folder, finds
 gone or changed too was renamed or deleted, not hidden from the worker: it is quarantined as
 vanished (a renamed one is corrected under its new name) and nothing is paused.
@@ -162,8 +163,8 @@ class Dispatcher:
         #: service stops with the configuration-error status
         self.config_error: str | None = None
 
-    def _safe(self, action: Callable[[], Any]) -> Any:
-        return self._writes.guard(action)
+    def _safe(self, action: Callable[[], Any], *, write: bool = True) -> Any:
+        return self._writes.guard(action, write=write)
 
     def problem(self) -> str | None:
         """A health problem line while the output side or the workers fail, or outcomes wait
@@ -195,7 +196,7 @@ class Dispatcher:
         if pool.idle == 0 and self._read_ahead is not None \
                 and getattr(pool, "reads_files_here", False):
             row = self._safe(lambda: self._ledger().next_pending(
-                now=self._wall(), horizon_s=self._retry_horizon_s))
+                now=self._wall(), horizon_s=self._retry_horizon_s), write=False)
             if row is not None:
                 self._read_ahead.hint(row.key.path)
 
@@ -204,7 +205,7 @@ class Dispatcher:
         cfg = self.settings
         while pool.idle > 0:
             row = self._safe(lambda: self._ledger().next_pending(
-                now=self._wall(), horizon_s=self._retry_horizon_s))
+                now=self._wall(), horizon_s=self._retry_horizon_s), write=False)
             if row is None:
                 return
             key = row.key
@@ -446,9 +447,11 @@ class Dispatcher:
             return status
         if outcome.kind in ("environment", "unstarted"):
             delay = self.pause.next_delay_s()
+            # due at once in the ledger: the pause (this process's) holds it back, and a new
+            # process, whose pause is fresh, retries it first (oldest first) rather than after
+            # the newer movies
             status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=False,
-                                        count=False, retry_delay_s=delay,
-                                        started=outcome.kind != "unstarted")
+                                        count=False, started=outcome.kind != "unstarted")
             pausing = self.pause.reason is None
             self.pause.failed(outcome.error or outcome.kind, delay)  # only once recorded
             self._trouble_kind = outcome.kind
@@ -459,7 +462,8 @@ class Dispatcher:
                     "lost Dask scheduler); not counted against the movie; all correction paused")
             if pausing:  # the error, once; each movie put back is a warning
                 log.error("correction_paused", reason=outcome.error, note=note)
-            log.warning("movie_retry_later", reason=outcome.error, retry_in_s=delay, note=note)
+            log.warning("movie_retry_later", reason=outcome.error, retry_in_s=round(delay, 1),
+                        note=note)
             return status
         if outcome.kind == "config" and not self._corrected:
             return self._reference_misfit(ledger, key, outcome, log)

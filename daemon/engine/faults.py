@@ -4,7 +4,9 @@ and the output side (or the workers) that cannot be used. Neither is any movie's
 :class:`LedgerWrites` logs ``ledger_write_failed`` once, then at most once a minute with how many
 were suppressed, and ``ledger_write_recovered`` when a write succeeds again; while it fails, the
 service is unhealthy. :class:`Pause` holds all correction back with a growing delay (1 s doubling,
-at most 300 s) while the output side or the workers fail, and is cleared by the first success.
+at most 300 s) while the output side or the workers fail, and is cleared by the first success;
+the delay doubles once per round of retries, not once per movie that was in flight when the
+trouble began (six workers' movies failing on one full disk held correction for minutes).
 """
 
 from __future__ import annotations
@@ -67,14 +69,17 @@ class LedgerWrites:
             self._logged_failure = False
         self.error = None
 
-    def guard(self, action: Callable[[], T], **context: Any) -> T | None:
-        """Run a write; None (and :meth:`failed`) on ``sqlite3.Error``."""
+    def guard(self, action: Callable[[], T], *, write: bool = True, **context: Any) -> T | None:
+        """Run ``action``; None (and :meth:`failed`) on ``sqlite3.Error``. Only a ``write``
+        that goes through is :meth:`succeeded`: reads go through on a full disk too (a read
+        between two failed writes said 'recovered' at once, and hid the outage)."""
         try:
             result = action()
         except sqlite3.Error as exc:
             self.failed(exc, **context)
             return None
-        self.succeeded()
+        if write:
+            self.succeeded()
         return result
 
     def problem(self) -> str | None:
@@ -101,12 +106,19 @@ class Pause:
         self.reason: str | None = None
 
     def next_delay_s(self) -> float:
-        """The delay the next failure would set (nothing changes until :meth:`failed`)."""
+        """How long correction waits after a failure now (s): what is left of the pause
+        running, else the next delay of the streak (nothing changes until :meth:`failed`)."""
+        if self.active:
+            return self.until - self._clock()
         return min(MAX_PAUSE_S, self._first_s * 2 ** self.streak)
 
     def failed(self, reason: str, delay_s: float) -> None:
-        self.streak += 1
+        """A failure outside the movies: a new pause of ``delay_s``, or, while one runs (the
+        other movies in flight when the trouble began), the same pause."""
         self.reason = reason
+        if self.active:
+            return
+        self.streak += 1
         self.until = self._clock() + delay_s
 
     def cleared(self) -> None:

@@ -460,7 +460,7 @@ class Service:
         if self.discovery is not None:
             self.discovery.stop()
         if self.ledger is not None:
-            counts = self._safe(self.ledger.movie_counts)  # each movie once, as status says
+            counts = self._safe(self.ledger.movie_counts, write=False)  # each movie once
             self._safe(lambda: self.ledger.set_service_state(
                 {"stopped_wall": self._wall(), "pid": None, "waiting": 0,
                  "waiting_examples": {}, "admission_backlog": 0, "in_flight": []}))
@@ -470,8 +470,8 @@ class Service:
         self._locks.release()
         self._signals.close()
 
-    def _safe(self, action: Callable[[], Any]) -> Any:
-        return self._writes.guard(action, state_dir=str(self.config.state_dir))
+    def _safe(self, action: Callable[[], Any], *, write: bool = True) -> Any:
+        return self._writes.guard(action, write=write, state_dir=str(self.config.state_dir))
 
     def _idle_exit_due(self, now: float) -> bool:
         if self.config.exit_when_idle_s is None:
@@ -565,7 +565,7 @@ class Service:
         except Exception as exc:  # noqa: BLE001
             self._log.error("resolver_failed", method="poll", error=f"{type(exc).__name__}: {exc}")
         self._flush_series_events()
-        counts = self._safe(lambda: self.ledger.movie_counts()) or {}  # each movie once
+        counts = self._safe(lambda: self.ledger.movie_counts(), write=False) or {}
         health = self.health()
         cluster_problem = self._cluster_problem()
         if cluster_problem != self._cluster_problem_said:

@@ -231,6 +231,61 @@ def test_a_wall_clock_stepped_back_an_hour_does_not_hold_correction_back_for_tha
     assert {n: r.status for n, r in rows(config).items()} == {"a.mrc": "done", "b.mrc": "done"}
 
 
+def test_movies_in_flight_when_the_disk_fills_share_one_pause_not_one_doubling_each(setup):
+    """Three workers' movies fail on one full disk: each doubled the shared pause (1, 2, 4 s;
+    six workers reached 64 s and correction came back minutes after the disk was freed).
+    They now wait out one pause, and each is told the time it really waits."""
+    config = dataclasses.replace(setup, workers=3, retry_delay_s=1.0, exit_when_idle_s=1.5,
+                                 max_attempts=5)
+    full = config.out_dir.parent / "OUTPUT_FULL"
+    full.write_text("")
+    for name in ("a.mrc", "b.mrc", "c.mrc"):
+        movie(config.watch_dir, name)
+    log = RecordingLog()
+
+    def free_once_all_three_failed(beat):
+        if len(log.named("movie_retry_later")) >= 3:
+            full.unlink(missing_ok=True)
+
+    assert run(config, Beats(free_once_all_three_failed), log=log) == 0
+    assert {n: r.status for n, r in rows(config).items()} == dict.fromkeys(
+        ("a.mrc", "b.mrc", "c.mrc"), "done")
+    waits = [e["retry_in_s"] for e in log.named("movie_retry_later")][:3]
+    assert waits[0] == 1.0 and all(w <= 1.0 for w in waits), waits
+
+
+def test_a_movie_put_back_by_a_full_disk_is_retried_at_once_by_the_next_start(setup):
+    """The pause is the process's, but the movie's retry time was stored with it: a restart on
+    a disk with room again corrected the newer movies and left it waiting (a 30 s pause here;
+    up to 300 s), out of its order."""
+    config = dataclasses.replace(setup, retry_delay_s=30.0, exit_when_idle_s=1.0,
+                                 max_attempts=5)
+    full = config.out_dir.parent / "OUTPUT_FULL"
+    full.write_text("")
+    movie(config.watch_dir, "a.mrc")
+    log = RecordingLog()
+    service = Service(config, runner="fake_runners:correct", logger=log)
+
+    def stop_once_put_back(beat):
+        if log.named("movie_retry_later"):
+            service.request_stop("test: the operator restarts it")
+
+    service._listeners.append(Beats(stop_once_put_back))
+    guard = threading.Timer(30.0, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        service.run()
+    finally:
+        guard.cancel()
+    assert rows(config)["a.mrc"].status == "failed"
+    with Ledger(config.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
+        due = ledger.next_pending(now=time.time(), horizon_s=3600.0)
+    assert due is not None and Path(due.key.path).name == "a.mrc"  # not in 30 s
+    full.unlink()
+    assert run(config) == 0
+    assert rows(config)["a.mrc"].status == "done"
+
+
 # --- 5: the state database cannot be written ------------------------------------------------
 
 def test_an_unwritable_state_database_is_reported_once_counts_nothing_and_recovers(
@@ -759,3 +814,23 @@ def test_a_state_database_left_read_only_exits_69_with_one_line(setup, monkeypat
     assert run(setup, log=log) == 69
     (said,) = log.named("start_unavailable")
     assert "readonly database" in said["problems"][0]
+
+
+def test_a_read_between_failed_writes_is_no_recovery_of_the_state_database():
+    """On a full disk reads go through: a read right after a failed write said
+    ledger_write_recovered 0.1 ms after ledger_write_failed, cleared the health problem, and
+    the rest of the outage was silent. Only a write that goes through is a recovery."""
+    from daemon.engine.faults import LedgerWrites
+
+    log = RecordingLog()
+    writes = LedgerWrites(log, clock=lambda: 0.0)
+
+    def full():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    assert writes.guard(full) is None
+    assert writes.guard(lambda: 7, write=False) == 7
+    assert not log.named("ledger_write_recovered")
+    assert writes.problem() == "state database cannot be written (database or disk is full)"
+    assert writes.guard(lambda: None) is None  # a write that went through
+    assert len(log.named("ledger_write_recovered")) == 1 and writes.problem() is None
