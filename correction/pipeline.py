@@ -65,8 +65,6 @@ kernel's clearing, several microseconds here); the free memory is returned after
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -103,7 +101,7 @@ from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
                      motion_record, movie_pixel_size_record, reference_record, software_record)
-from .stems import fit_output_stem, stems_sharing_an_output
+from .stems import fit_output_stem, stem_recorded_for_another, stems_sharing_an_output
 from .summation import SumImages, accumulate_sums, frame_mean, sums_to_images
 from .threads import run_chunks
 
@@ -1141,9 +1139,8 @@ def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str, *, chosen: 
     clash (``x_DW_mrc``, ``x_mrc``) and own a moved movie's record; a library caller gives
     ``stem``."""
     if not chosen:
-        other_movie = _recorded_movie(out_dir / f"{stem}.motion.json")
-        if other_movie is not None and other_movie.exists() and not _same_file(other_movie,
-                                                                                movie_path):
+        other_movie = stem_recorded_for_another(out_dir, stem, movie_path)
+        if other_movie is not None:
             raise OutputClashError(movie_path, f"its outputs (stem {stem!r}) would replace "
                                                f"those of {other_movie} in {out_dir}: give "
                                                "another stem")
@@ -1153,21 +1150,6 @@ def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str, *, chosen: 
             raise OutputClashError(movie_path, f"its outputs (stem {stem!r}) would replace "
                                                f"those of {other!r} in {out_dir} ({record.name} "
                                                "is there): give another stem")
-
-
-def _recorded_movie(record_path: Path) -> Path | None:
-    """The movie a motion record names (None: no readable record)."""
-    try:
-        return Path(json.loads(record_path.read_text())["movie"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,

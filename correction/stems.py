@@ -5,9 +5,12 @@ too long to name files."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from pathlib import Path
 
-__all__ = ["MAX_STEM_BYTES", "OUTPUT_TAILS", "fit_output_stem", "stems_sharing_an_output"]
+__all__ = ["MAX_STEM_BYTES", "OUTPUT_TAILS", "fit_output_stem", "stem_recorded_for_another",
+           "stems_sharing_an_output"]
 
 #: Longest output stem (bytes): every file named from it, with the longest suffix
 #: (``.spectrum.png``) and as a writer's temporary (``.<name>.tmp-<pid>``, a pid of up to 7
@@ -52,3 +55,18 @@ def stems_sharing_an_output(stem: str) -> frozenset[str]:
                 if other:
                     shared.add(other)
     return frozenset(shared)
+
+
+def stem_recorded_for_another(out_dir: str | Path, stem: str, movie: str | Path) -> Path | None:
+    """The other movie whose outputs are recorded under ``stem`` in ``out_dir`` (its motion
+    record ``<stem>.motion.json`` names a movie that is still there and is not ``movie``:
+    ``Grid1/TS_01_001.mrc`` beside ``Grid2/TS_01_001.mrc``), or None (no readable record, one
+    of ``movie``, or of a movie no longer there: a session moved to an archive)."""
+    try:
+        recorded = Path(json.loads((Path(out_dir) / f"{stem}.motion.json").read_text())["movie"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        return None if os.path.samefile(recorded, movie) else recorded
+    except OSError:  # either is gone: no other movie's outputs to keep
+        return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import read_motion_record
-from correction.stems import fit_output_stem, stems_sharing_an_output
+from correction.stems import fit_output_stem, stem_recorded_for_another, stems_sharing_an_output
 from daemon.events import SOURCE_KEY, MovieKey
 from daemon.system.processes import process_exists
 
@@ -152,13 +152,19 @@ class OutputStems:
                 owner.setdefault((str(Path(name).parent), stem), row.key.path)
         return owner
 
-    def _foreign_record(self, folder: str, other: str, stem: str, out_dir: Path) -> bool:
-        """Whether another stem's outputs that share a name with ``stem``'s were recorded in
-        ``out_dir`` by someone the ledger does not know (``motionwatch correct`` into this
-        folder, a state database started afresh): the library refuses to replace them
-        (:class:`correction.errors.OutputClashError`), so the movie takes the next stem."""
-        return (other != stem and (folder, other) not in self._owner
-                and (Path(out_dir) / f"{other}.motion.json").exists())
+    def _foreign_record(self, folder: str, other: str, stem: str, out_dir: Path,
+                        movie: Path) -> bool:
+        """Whether outputs that share a name with ``stem``'s were recorded in ``out_dir`` by
+        someone the ledger does not know (``motionwatch correct`` into this folder, a state
+        database started afresh): another stem's (the library refuses to replace them:
+        :class:`correction.errors.OutputClashError`), or ``stem``'s own for another movie that
+        is still there (``correct`` gave ``grid1/x.mrc`` the stem ``x``; the daemon watching
+        ``grid2`` wrote ``grid2/x.mrc`` over them), so the movie takes the next stem."""
+        if (folder, other) in self._owner:
+            return False
+        if other != stem:
+            return (Path(out_dir) / f"{other}.motion.json").exists()
+        return stem_recorded_for_another(out_dir, stem, movie) is not None
 
     def moved(self, old: str, new: str, stem: str) -> None:
         """A movie's rows took a new name: it still owns the stem its outputs were written
@@ -178,7 +184,7 @@ class OutputStems:
         folder = str(Path(movie).parent)
         for stem in candidates:
             if all(self._owner.get((folder, other), str(movie)) == str(movie)
-                   and not self._foreign_record(folder, other, stem, out_dir)
+                   and not self._foreign_record(folder, other, stem, out_dir, movie)
                    for other in stems_sharing_an_output(stem)):
                 self._owner[(folder, stem)] = str(movie)
                 return stem

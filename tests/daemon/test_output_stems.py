@@ -119,3 +119,24 @@ def test_a_movie_whose_stem_clashes_with_a_record_the_ledger_does_not_know_takes
     _run(watch, out)
     assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(watch / "x.mrc")
     assert json.loads((out / "x_DW.motion.json").read_text())["movie"] == str(other)
+
+
+def test_the_daemon_never_writes_over_outputs_correct_gave_another_movie_of_the_name(tmp_path):
+    """`correct grid1/x.mrc grid2/x.mrc --out OUT` gives them x and x_mrc; a daemon then
+    watching grid2 into OUT gave grid2/x.mrc the stem x, replacing grid1's outputs with no
+    word, and corrected it a second time. The record under x names grid1/x.mrc, which is still
+    there: grid2/x.mrc takes the next stem, x_mrc, where its own outputs already are."""
+    from daemon.commands.cli import main
+
+    grid1, grid2, out = tmp_path / "grid1", tmp_path / "grid2", tmp_path / "out"
+    for folder in (grid1, grid2, out):
+        folder.mkdir()
+    rng = np.random.default_rng(5)
+    for path in (grid1 / "x.mrc", grid2 / "x.mrc"):
+        write_movie_progressively(path, rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
+                                  pixel_size_A=1.1, frame_interval_s=0)
+    assert main(["correct", str(grid1 / "x.mrc"), str(grid2 / "x.mrc"), "--out", str(out),
+                 "--dose-per-frame", "1", "--patches", "1", "1"]) == 0
+    _run(grid2, out)
+    assert json.loads((out / "x.motion.json").read_text())["movie"] == str(grid1 / "x.mrc")
+    assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(grid2 / "x.mrc")
