@@ -41,7 +41,8 @@ class Pace:
     corrected_per_min : float or None
         Movies recorded done per minute over the same span; None before 60 s.
     waiting : int
-        Movies waiting for a worker.
+        Movies to correct: pending, or failed and to be retried (a full disk's put back), or
+        queued in a cluster.
     behind_min : float or None
         Minutes of work waiting: ``waiting`` / ``corrected_per_min`` (0 when nothing waits);
         None while nothing was corrected in the span (or before 60 s).

@@ -413,7 +413,9 @@ class Service:
                 self._log.error("config_invalid", problems=[self.dispatcher.config_error],
                                 note="fix --gain, --gain-rotate, --gain-flip, --dark, "
                                      "--defects or --pixel-size and start again; the movies "
-                                     "are kept")
+                                     "are kept (movies corrected before are corrected again "
+                                     "under a changed setting, unless "
+                                     "--on-parameter-change keep)")
                 self._signals.request_stop(f"configuration error: {self.dispatcher.config_error}",
                                            wake=False)
                 continue
@@ -584,8 +586,10 @@ class Service:
         started = (cluster or {}).get("running_on")
         queued = () if started is None else tuple(
             e.key.path for tid, e in self.dispatcher.in_flight.items() if tid not in started)
-        # waiting for a worker: pending here, or queued in a cluster
-        pace = self._pace.pace(self._wall(), waiting=int(counts.get("pending", 0)) + len(queued))
+        # waiting for a worker: pending or failed (to be retried) here, or queued in a cluster:
+        # the backlog status counts ('2 to correct' beside '0 waiting' before)
+        backlog = int(counts.get("pending", 0)) + int(counts.get("failed", 0))
+        pace = self._pace.pace(self._wall(), waiting=backlog + len(queued))
         self._say_pace(pace)
         pace = pace.to_record()
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),

@@ -834,3 +834,34 @@ def test_a_read_between_failed_writes_is_no_recovery_of_the_state_database():
     assert writes.problem() == "state database cannot be written (database or disk is full)"
     assert writes.guard(lambda: None) is None  # a write that went through
     assert len(log.named("ledger_write_recovered")) == 1 and writes.problem() is None
+
+
+def test_movies_put_back_by_a_full_disk_are_work_waiting_in_the_pace(setup, monkeypatch):
+    """The pace counted only pending movies: with movies put back by a full disk, status said
+    'keeping up: 0 waiting' beside 'backlog: 2 to correct'."""
+    import daemon.engine.pace as pace_module
+
+    monkeypatch.setattr(pace_module, "_MIN_SPAN_S", 0.0)
+    config = dataclasses.replace(setup, retry_delay_s=30.0, exit_when_idle_s=1.0,
+                                 max_attempts=5)
+    (config.out_dir.parent / "OUTPUT_FULL").write_text("")
+    for name in ("a.mrc", "b.mrc"):
+        movie(config.watch_dir, name)
+    paces = []
+    service = Service(config, runner="fake_runners:correct", logger=RecordingLog())
+
+    def stop_once_put_back(beat):
+        statuses = [r.status for r in rows(config).values()]
+        if "failed" in statuses and "running" not in statuses and beat.pace is not None:
+            paces.append((beat.pace, sorted(statuses)))
+            service.request_stop("test: seen")
+
+    service._listeners.append(Beats(stop_once_put_back))
+    guard = threading.Timer(30.0, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        service.run()
+    finally:
+        guard.cancel()
+    pace, statuses = paces[0]
+    assert len(statuses) == 2 and pace["waiting"] == 2, (pace, statuses)
