@@ -159,6 +159,8 @@ class Dispatcher:
         self._corrected = 0  # movies done since the start (the settings fit them)
         self._reference_misfits: dict[str, str] = {}  # movie -> why, while none was corrected
         self._first_misfit_seen = False  # a misfit among them that had not failed before
+        #: movie -> movies corrected when trouble outside the movies last put it back
+        self._put_back_at: dict[str, int] = {}
         #: set when the settings (references, pixel size) fit none of the first movies: the
         #: service stops with the configuration-error status
         self.config_error: str | None = None
@@ -200,12 +202,27 @@ class Dispatcher:
             if row is not None:
                 self._read_ahead.hint(row.key.path)
 
+    def _next(self) -> Any:
+        """The movie to give a worker next: the oldest due; while trouble outside the movies
+        has not passed (no success since the pause), a movie not yet put back is tried first,
+        so one movie whose own output side fails (its folder not writable) is not retried at
+        the end of every pause before every other movie, holding them all back."""
+        def next_pending(pending_only: bool) -> Any:
+            return self._safe(lambda: self._ledger().next_pending(
+                now=self._wall(), horizon_s=self._retry_horizon_s, pending_only=pending_only),
+                write=False)
+
+        if self.pause.reason is not None:
+            row = next_pending(True)
+            if row is not None:
+                return row
+        return next_pending(False)
+
     def _fill(self, pool: Any) -> None:
         """Claim pending movies (oldest first) while a worker is idle."""
         cfg = self.settings
         while pool.idle > 0:
-            row = self._safe(lambda: self._ledger().next_pending(
-                now=self._wall(), horizon_s=self._retry_horizon_s), write=False)
+            row = self._next()
             if row is None:
                 return
             key = row.key
@@ -304,6 +321,7 @@ class Dispatcher:
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
                 self._corrected += 1
+                self._put_back_at.pop(key.path, None)
                 self._reference_misfits.clear()
                 self._first_misfit_seen = False
                 self.in_flight.pop(outcome.task_id)
@@ -445,13 +463,20 @@ class Dispatcher:
                         note="gone from its name before the worker read it: a renamed movie "
                              "is corrected under its new name")
             return status
-        if outcome.kind in ("environment", "unstarted"):
+        # the same trouble again after other movies were corrected since it was put back (its
+        # output folder alone not writable): its own, counted against it like any failure, so
+        # it cannot pause all correction for ever; a full disk is never one movie's
+        own = (outcome.kind == "environment" and not _full_disk(outcome.error)
+               and self._put_back_at.get(key.path, self._corrected) < self._corrected)
+        self._put_back_at[key.path] = self._corrected
+        if outcome.kind in ("environment", "unstarted") and not own:
             delay = self.pause.next_delay_s()
-            # due at once in the ledger: the pause (this process's) holds it back, and a new
-            # process, whose pause is fresh, retries it first (oldest first) rather than after
-            # the newer movies
+            # its own retry time too: another movie's success clears the pause, and a trouble
+            # of this movie's output folder alone would have it retried after each (the next
+            # process, whose pause is fresh, retries it at once: Ledger.put_back_due_now)
             status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=False,
-                                        count=False, started=outcome.kind != "unstarted")
+                                        count=False, retry_delay_s=delay,
+                                        started=outcome.kind != "unstarted")
             pausing = self.pause.reason is None
             self.pause.failed(outcome.error or outcome.kind, delay)  # only once recorded
             self._trouble_kind = outcome.kind
@@ -477,11 +502,15 @@ class Dispatcher:
         status = ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=quarantine,
                                     retry_delay_s=delay)
         if quarantine:
+            self._put_back_at.pop(key.path, None)
             log.error("movie_quarantined", reason=outcome.error, kind=outcome.kind,
                       attempt=attempt, failures=failures, note=RETRY_NOTE)
         else:
+            extra = {"note": "its output side failed again while other movies were "
+                             "corrected: its own trouble, counted against it"} \
+                if outcome.kind == "environment" else {}
             log.warning("movie_failed", reason=outcome.error, kind=outcome.kind,
-                        attempt=attempt, failures=failures, retry_in_s=delay)
+                        attempt=attempt, failures=failures, retry_in_s=delay, **extra)
         return status
 
     def _moved_away(self, key: MovieKey) -> str | None:
@@ -498,6 +527,11 @@ def timeout_quarantine_after(max_attempts: int) -> int:
     """Failures after which a movie that keeps timing out is quarantined: one fewer than for a
     crash (at least 1), since every timeout holds a worker for the whole time limit."""
     return max(1, max_attempts - 1)
+
+
+def _full_disk(error: str | None) -> bool:
+    """Whether a worker's error is a full disk or quota (never one movie's own trouble)."""
+    return any(words in (error or "") for words in ("No space left", "Disk quota exceeded"))
 
 
 def _stale(key: MovieKey) -> str | None:

@@ -41,8 +41,8 @@ class Pace:
     corrected_per_min : float or None
         Movies recorded done per minute over the same span; None before 60 s.
     waiting : int
-        Movies to correct: pending, or failed and to be retried (a full disk's put back), or
-        queued in a cluster.
+        Movies to correct: pending, or put back by trouble outside them (a full disk), or
+        queued in a cluster (not those waiting out their own retry delay after a crash).
     behind_min : float or None
         Minutes of work waiting: ``waiting`` / ``corrected_per_min`` (0 when nothing waits);
         None while nothing was corrected in the span (or before 60 s).

@@ -342,6 +342,7 @@ class Service:
             report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy)
             self._resolver.start(self._resolver_context())
             self._recover_running()
+            self._safe(self.ledger.put_back_due_now)  # the last process's pause has ended
             removed = clean_temporary_outputs(cfg.out_dir)
             if removed:
                 self._log.info("temporary_outputs_removed", count=len(removed),
@@ -586,10 +587,12 @@ class Service:
         started = (cluster or {}).get("running_on")
         queued = () if started is None else tuple(
             e.key.path for tid, e in self.dispatcher.in_flight.items() if tid not in started)
-        # waiting for a worker: pending or failed (to be retried) here, or queued in a cluster:
-        # the backlog status counts ('2 to correct' beside '0 waiting' before)
-        backlog = int(counts.get("pending", 0)) + int(counts.get("failed", 0))
-        pace = self._pace.pace(self._wall(), waiting=backlog + len(queued))
+        # waiting for a worker: pending, or put back by trouble outside the movies (a full
+        # disk: '0 waiting' beside 'backlog: 2 to correct' before), or queued in a cluster; a
+        # movie waiting out its own retry delay (it crashed) is not work the service could do
+        put_back = self._safe(self.ledger.put_back_count, write=False) or 0
+        pace = self._pace.pace(self._wall(),
+                               waiting=int(counts.get("pending", 0)) + put_back + len(queued))
         self._say_pace(pace)
         pace = pace.to_record()
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),

@@ -404,18 +404,23 @@ class Ledger:
             out[r["status"]] = r["n"]
         return out
 
-    def next_pending(self, *, now: float | None = None,
-                     horizon_s: float | None = None) -> MovieRow | None:
+    def next_pending(self, *, now: float | None = None, horizon_s: float | None = None,
+                     pending_only: bool = False) -> MovieRow | None:
         """The oldest (by file mtime) movie ready to run: pending, or failed and due for retry
         (wall clock ``now``, s); with ``horizon_s``, a retry time more than that beyond ``now``
-        counts as due (set before the wall clock stepped back)."""
+        counts as due (set before the wall clock stepped back); ``pending_only``: never
+        failed (a movie to try whether trouble outside the movies has passed)."""
         now = self._clock() if now is None else now
         beyond = now + horizon_s if horizon_s is not None else float("inf")
+        pending = ("SELECT * FROM (SELECT * FROM movies WHERE status = 'pending' "
+                   "ORDER BY mtime_ns, path, id LIMIT 1)")
+        if pending_only:
+            r = self._db.execute(pending).fetchone()
+            return None if r is None else _row(r)
         # two queries, each walking the (status, mtime_ns) index: one with OR sorted every
         # pending row at each claim (a backlog of thousands after a downtime)
         r = self._db.execute(
-            "SELECT * FROM (SELECT * FROM movies WHERE status = 'pending' "
-            "ORDER BY mtime_ns, path, id LIMIT 1) UNION ALL "
+            f"{pending} UNION ALL "
             "SELECT * FROM (SELECT * FROM movies WHERE status = 'failed' "
             "AND (retry_after IS NULL OR retry_after <= ? OR retry_after > ?) "
             "ORDER BY mtime_ns, path, id LIMIT 1) "
@@ -575,6 +580,23 @@ class Ledger:
                  None if quarantine else now + retry_delay_s, now if quarantine else None,
                  0 if started else 1, *_k(key)))
         return status
+
+    def put_back_due_now(self) -> int:
+        """Make the movies put back by trouble outside them (failed, never counted against:
+        a full disk, a worker that could not start) due at once: the pause that held them
+        was a process's that has ended, and a new one retries them first (oldest first),
+        not after the newer movies. Returns how many."""
+        with self._tx() as db:
+            return db.execute("UPDATE movies SET retry_after=? WHERE status='failed' "
+                              "AND failures=0 AND retry_after > ?",
+                              (self._clock(), self._clock())).rowcount
+
+    def put_back_count(self) -> int:
+        """Movies put back by trouble outside them, waiting for it to pass (failed, never
+        counted against; each file's newest row)."""
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM movies WHERE status='failed' AND failures=0 AND id IN "
+            "(SELECT MAX(id) FROM movies GROUP BY path)").fetchone()[0])
 
     def requeue(self, paths: Iterable[str] | None = None) -> list[MovieKey]:
         """Lift the quarantine of movies (all, or those whose path or file name is in

@@ -278,12 +278,46 @@ def test_a_movie_put_back_by_a_full_disk_is_retried_at_once_by_the_next_start(se
     finally:
         guard.cancel()
     assert rows(config)["a.mrc"].status == "failed"
-    with Ledger(config.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
-        due = ledger.next_pending(now=time.time(), horizon_s=3600.0)
-    assert due is not None and Path(due.key.path).name == "a.mrc"  # not in 30 s
     full.unlink()
-    assert run(config) == 0
-    assert rows(config)["a.mrc"].status == "done"
+    movie(config.watch_dir, "b.mrc")  # acquired meanwhile
+    log = RecordingLog()
+    assert run(config, log=log) == 0
+    assert [Path(e["movie"]).name for e in log.named("movie_started")] == ["a.mrc", "b.mrc"]
+    assert {n: r.status for n, r in rows(config).items()} == {"a.mrc": "done", "b.mrc": "done"}
+
+
+def test_a_movie_whose_output_side_fails_alone_waits_its_delay_while_the_others_succeed(
+        setup):
+    """Only one movie's output side fails (its folder not writable, a cluster worker without
+    the mount). It was retried at the end of every pause before the other movies, so none of
+    them was ever corrected; with other movies in flight, each success cleared the pause and
+    it was retried after every one of them. Now the others are tried first while the trouble
+    lasts, and its failing again after they were corrected counts against it (quarantined at
+    max_attempts, not pausing all correction for ever)."""
+    config = dataclasses.replace(setup, retry_delay_s=10.0, max_attempts=3, exit_when_idle_s=30.0)
+    movie(config.watch_dir, "denied_a.mrc")
+    for i in range(8):
+        movie(config.watch_dir, f"m{i}.mrc")
+    log = RecordingLog()
+    service = Service(config, runner="fake_runners:correct", logger=log)
+
+    def stop_once_the_others_are_done(beat):
+        if sum(r.status == "done" for r in rows(config).values()) == 8:
+            service.request_stop("test: the others are done")
+
+    service._listeners.append(Beats(stop_once_the_others_are_done))
+    guard = threading.Timer(40.0, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        service.run()
+    finally:
+        guard.cancel()
+    put_back = [e for e in log.named("movie_retry_later") if "denied_a" in e["movie"]]
+    assert sum(r.status == "done" for r in rows(config).values()) == 8
+    assert len(put_back) <= 2, len(put_back)
+    # failing again after the others were corrected: its own trouble, counted against it
+    (counted,) = [e for e in log.named("movie_failed") if "denied_a" in e["movie"]]
+    assert "its own trouble" in counted["note"] and rows(config)["denied_a.mrc"].failures == 1
 
 
 # --- 5: the state database cannot be written ------------------------------------------------
@@ -865,3 +899,32 @@ def test_movies_put_back_by_a_full_disk_are_work_waiting_in_the_pace(setup, monk
         guard.cancel()
     pace, statuses = paces[0]
     assert len(statuses) == 2 and pace["waiting"] == 2, (pace, statuses)
+
+
+def test_a_movie_waiting_out_its_own_retry_delay_is_not_work_waiting(setup, monkeypatch):
+    """A movie that crashed its worker waits its back-off (up to 300 s): counted as waiting,
+    an idle daemon said falling_behind and advised more workers."""
+    import daemon.engine.pace as pace_module
+
+    monkeypatch.setattr(pace_module, "_MIN_SPAN_S", 0.0)
+    config = dataclasses.replace(setup, retry_delay_s=30.0, exit_when_idle_s=1.0,
+                                 max_attempts=5)
+    movie(config.watch_dir, "crash_a.mrc")
+    paces = []
+    log = RecordingLog()
+    service = Service(config, runner="fake_runners:correct", logger=log)
+
+    def stop_once_it_waits(beat):
+        if rows(config).get("crash_a.mrc") and rows(config)["crash_a.mrc"].failures == 1:
+            paces.append(beat.pace)
+            service.request_stop("test: seen")
+
+    service._listeners.append(Beats(stop_once_it_waits))
+    guard = threading.Timer(30.0, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        service.run()
+    finally:
+        guard.cancel()
+    assert paces and paces[0]["waiting"] == 0 and paces[0]["keeping_up"] is True
+    assert not log.named("falling_behind")
