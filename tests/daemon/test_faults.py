@@ -74,6 +74,25 @@ def run(config: Config, *listeners, log: RecordingLog | None = None) -> int:
                    logger=log or RecordingLog()).run()
 
 
+def run_until(config: Config, seen, *, log: RecordingLog | None = None,
+              guard_s: float = 30.0) -> None:
+    """Run the service until a heartbeat is ``seen(beat)`` (then stopped as by the
+    operator), at most ``guard_s``."""
+    service = Service(config, runner="fake_runners:correct", logger=log or RecordingLog())
+
+    def stop_once_seen(beat):
+        if seen(beat):
+            service.request_stop("test: seen")
+
+    service._listeners.append(Beats(stop_once_seen))
+    guard = threading.Timer(guard_s, service.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        service.run()
+    finally:
+        guard.cancel()
+
+
 # --- 1, 2: file names that are not UTF-8, files dated 2300 ----------------------------------
 
 def test_a_file_name_with_non_utf8_bytes_is_corrected_and_its_path_round_trips(setup):
@@ -264,19 +283,7 @@ def test_a_movie_put_back_by_a_full_disk_is_retried_at_once_by_the_next_start(se
     full.write_text("")
     movie(config.watch_dir, "a.mrc")
     log = RecordingLog()
-    service = Service(config, runner="fake_runners:correct", logger=log)
-
-    def stop_once_put_back(beat):
-        if log.named("movie_retry_later"):
-            service.request_stop("test: the operator restarts it")
-
-    service._listeners.append(Beats(stop_once_put_back))
-    guard = threading.Timer(30.0, service.request_stop, args=("test guard",))
-    guard.start()
-    try:
-        service.run()
-    finally:
-        guard.cancel()
+    run_until(config, lambda beat: bool(log.named("movie_retry_later")), log=log)  # restarted
     assert rows(config)["a.mrc"].status == "failed"
     full.unlink()
     movie(config.watch_dir, "b.mrc")  # acquired meanwhile
@@ -299,19 +306,8 @@ def test_a_movie_whose_output_side_fails_alone_waits_its_delay_while_the_others_
     for i in range(8):
         movie(config.watch_dir, f"m{i}.mrc")
     log = RecordingLog()
-    service = Service(config, runner="fake_runners:correct", logger=log)
-
-    def stop_once_the_others_are_done(beat):
-        if sum(r.status == "done" for r in rows(config).values()) == 8:
-            service.request_stop("test: the others are done")
-
-    service._listeners.append(Beats(stop_once_the_others_are_done))
-    guard = threading.Timer(40.0, service.request_stop, args=("test guard",))
-    guard.start()
-    try:
-        service.run()
-    finally:
-        guard.cancel()
+    run_until(config, lambda beat: sum(r.status == "done" for r in rows(config).values()) == 8,
+              log=log, guard_s=40.0)
     put_back = [e for e in log.named("movie_retry_later") if "denied_a" in e["movie"]]
     assert sum(r.status == "done" for r in rows(config).values()) == 8
     assert len(put_back) <= 2, len(put_back)
@@ -882,21 +878,14 @@ def test_movies_put_back_by_a_full_disk_are_work_waiting_in_the_pace(setup, monk
     for name in ("a.mrc", "b.mrc"):
         movie(config.watch_dir, name)
     paces = []
-    service = Service(config, runner="fake_runners:correct", logger=RecordingLog())
 
-    def stop_once_put_back(beat):
+    def put_back(beat):
         statuses = [r.status for r in rows(config).values()]
         if "failed" in statuses and "running" not in statuses and beat.pace is not None:
             paces.append((beat.pace, sorted(statuses)))
-            service.request_stop("test: seen")
+        return bool(paces)
 
-    service._listeners.append(Beats(stop_once_put_back))
-    guard = threading.Timer(30.0, service.request_stop, args=("test guard",))
-    guard.start()
-    try:
-        service.run()
-    finally:
-        guard.cancel()
+    run_until(config, put_back)
     pace, statuses = paces[0]
     assert len(statuses) == 2 and pace["waiting"] == 2, (pace, statuses)
 
@@ -912,19 +901,12 @@ def test_a_movie_waiting_out_its_own_retry_delay_is_not_work_waiting(setup, monk
     movie(config.watch_dir, "crash_a.mrc")
     paces = []
     log = RecordingLog()
-    service = Service(config, runner="fake_runners:correct", logger=log)
 
-    def stop_once_it_waits(beat):
+    def waits(beat):
         if rows(config).get("crash_a.mrc") and rows(config)["crash_a.mrc"].failures == 1:
             paces.append(beat.pace)
-            service.request_stop("test: seen")
+        return bool(paces)
 
-    service._listeners.append(Beats(stop_once_it_waits))
-    guard = threading.Timer(30.0, service.request_stop, args=("test guard",))
-    guard.start()
-    try:
-        service.run()
-    finally:
-        guard.cancel()
+    run_until(config, waits, log=log)
     assert paces and paces[0]["waiting"] == 0 and paces[0]["keeping_up"] is True
     assert not log.named("falling_behind")
