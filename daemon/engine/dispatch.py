@@ -463,12 +463,15 @@ class Dispatcher:
                         note="gone from its name before the worker read it: a renamed movie "
                              "is corrected under its new name")
             return status
-        # the same trouble again after other movies were corrected since it was put back (its
-        # output folder alone not writable): its own, counted against it like any failure, so
-        # it cannot pause all correction for ever; a full disk is never one movie's
-        own = (outcome.kind == "environment" and not _full_disk(outcome.error)
+        # permission refused again on its output side after other movies were corrected since
+        # it was put back (its output folder alone not writable: made by another account): its
+        # own trouble, counted against it like any failure, so it cannot pause all correction
+        # for ever; a full disk, a read-only share, a worker that cannot see the movie are
+        # never one movie's
+        own = (outcome.kind == "environment" and _permission_refused(outcome.error)
                and self._put_back_at.get(key.path, self._corrected) < self._corrected)
-        self._put_back_at[key.path] = self._corrected
+        if outcome.kind in ("environment", "unstarted"):
+            self._put_back_at[key.path] = self._corrected
         if outcome.kind in ("environment", "unstarted") and not own:
             delay = self.pause.next_delay_s()
             # its own retry time too: another movie's success clears the pause, and a trouble
@@ -529,9 +532,10 @@ def timeout_quarantine_after(max_attempts: int) -> int:
     return max(1, max_attempts - 1)
 
 
-def _full_disk(error: str | None) -> bool:
-    """Whether a worker's error is a full disk or quota (never one movie's own trouble)."""
-    return any(words in (error or "") for words in ("No space left", "Disk quota exceeded"))
+def _permission_refused(error: str | None) -> bool:
+    """Whether a worker's error is a permission refused (a folder another account made), the
+    one trouble outside the movies that may be one movie's own."""
+    return "Permission denied" in (error or "") or "Operation not permitted" in (error or "")
 
 
 def _stale(key: MovieKey) -> str | None:
