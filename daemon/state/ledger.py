@@ -54,6 +54,8 @@ __all__ = ["DB_NAME", "MovieKey", "MovieRow", "Ledger", "STATUSES", "CorruptData
 
 DB_NAME = "motionwatch.sqlite"
 STATUSES = ("pending", "running", "done", "failed", "quarantined")
+#: rows put back by trouble outside the movie (failed, never counted against it)
+_PUT_BACK = "status = 'failed' AND failures = 0"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS movies (
@@ -587,16 +589,19 @@ class Ledger:
         was a process's that has ended, and a new one retries them first (oldest first),
         not after the newer movies. Returns how many."""
         with self._tx() as db:
-            return db.execute("UPDATE movies SET retry_after=? WHERE status='failed' "
-                              "AND failures=0 AND retry_after > ?",
+            return db.execute(f"UPDATE movies SET retry_after=? WHERE {_PUT_BACK} "
+                              "AND retry_after > ?",
                               (self._clock(), self._clock())).rowcount
 
     def put_back_count(self) -> int:
         """Movies put back by trouble outside them, waiting for it to pass (failed, never
         counted against; each file's newest row)."""
+        # the newest row of the files that have a put-back row only (usually none): not a
+        # second walk of every row at each heartbeat, beside movie_counts'
         return int(self._db.execute(
-            "SELECT COUNT(*) FROM movies WHERE status='failed' AND failures=0 AND id IN "
-            "(SELECT MAX(id) FROM movies GROUP BY path)").fetchone()[0])
+            f"SELECT COUNT(*) FROM movies WHERE {_PUT_BACK} AND id IN (SELECT MAX(id) FROM "
+            f"movies WHERE path IN (SELECT path FROM movies WHERE {_PUT_BACK}) GROUP BY path)"
+        ).fetchone()[0])
 
     def requeue(self, paths: Iterable[str] | None = None) -> list[MovieKey]:
         """Lift the quarantine of movies (all, or those whose path or file name is in
