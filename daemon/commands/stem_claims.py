@@ -67,7 +67,8 @@ class StemClaims:
     def claim(self, choose: Chooser) -> dict[Path, str]:
         """Stems chosen by ``choose`` (given the stems other running runs hold), noted for this
         run; choosing and noting are one step for every run into the folder. Where the claims
-        file cannot be used, the stems ``choose`` gives holding none (:attr:`unavailable`)."""
+        file cannot be written, the stems ``choose`` gives holding the notes it can read there,
+        this run's unnoted (:attr:`unavailable` says why)."""
         try:
             with self._locked() as fd:
                 notes = self._live_notes(fd)
