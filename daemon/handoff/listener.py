@@ -45,7 +45,7 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
                                    movie_motion, single_particle_blocks, write_motion_star,
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
-                                 relion_tomo_name, series_block)
+                                 relion_tomo_names, series_block)
 from daemon.handoff.warp import warp_layout, warp_xml_path
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
@@ -240,6 +240,7 @@ class RelionListener(ServiceListener):
         # (for another file) between its write and its event, so the series it leaves are
         # known from what was written, not from the record last loaded
         self._star_movies: dict[str, frozenset[str]] = {}
+        self._tomo_names: dict[str, str] = {}  # series -> the data block its STAR has
 
     # --- service events -------------------------------------------------------------------
     def on_ready(self, info: ServiceInfo) -> None:
@@ -494,12 +495,18 @@ class RelionListener(ServiceListener):
             if (loaded := self._cache.get(key)) is not None and loaded[2] is not None
             and loaded[2].series == series and loaded[2].tilt_deg is not None)
         table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
+        names = relion_tomo_names({t.series for _, t in self._entries()
+                                   if t is not None and t.tilt_deg is not None} | {series})
+        self._tomo_names[series] = names[series]
 
         def write() -> None:
             star.parent.mkdir(parents=True, exist_ok=True)
-            write_star(star, {relion_tomo_name(series): table})
+            write_star(star, {names[series]: table})
 
         self._guard(str(star), "series_star", write)
+        for other in sorted(self._tomo_names):  # a series named otherwise now (a new series)
+            if other in names and self._tomo_names.get(other, names[other]) != names[other]:
+                self._write_series(other)
 
     def _remove_series_star(self, series: str) -> None:
         """Remove the STAR this listener last wrote for ``series`` (unless another series' STAR
@@ -507,6 +514,7 @@ class RelionListener(ServiceListener):
         removed before: a series whose tilts all moved away); removing a name is atomic, as the
         rewrites are."""
         self._star_movies.pop(series, None)
+        self._tomo_names.pop(series, None)
         star = self._series_stars.pop(series, None)
         if star is None or star in self._series_stars.values():
             return

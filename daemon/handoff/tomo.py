@@ -49,7 +49,8 @@ from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key, optics
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
-           "global_block", "relion_tomo_name", "movie_frame_count"]
+           "global_block", "relion_tomo_name", "relion_tomo_names",
+           "movie_frame_count"]
 
 TILT_SERIES_STAR = "corrected_tilt_series.star"
 
@@ -159,10 +160,34 @@ def series_block(entries: Sequence[TiltEntry], out_dir: str | Path, optics: Reli
 
 
 def relion_tomo_name(series: str) -> str:
-    """RELION's ``rlnTomoName`` of a series (also the data block of its STAR): the qualified
-    name with ``_`` for ``/`` (``grid2/TS_01`` -> ``grid2_TS_01``), as RELION puts the name
-    into file names (``rec_<name>.mrc``) and two grids may hold a ``TS_01`` each."""
+    """RELION's ``rlnTomoName`` of a series (also the data block of its STAR) where no other
+    series takes it (:func:`relion_tomo_names`): the qualified name with ``_`` for ``/``
+    (``grid2/TS_01`` -> ``grid2_TS_01``), as RELION puts the name into file names
+    (``rec_<name>.mrc``) and two grids may hold a ``TS_01`` each."""
     return series.replace("/", "_")
+
+
+def relion_tomo_names(series: Iterable[str]) -> dict[str, str]:
+    """Each series' ``rlnTomoName``, one name per series: RELION finds a tomogram by its name
+    (the first row of that name), so two series of one name would be read as one. Where
+    :func:`relion_tomo_name` gives several series one name (``grid1/TS_01`` and a series
+    ``grid1_TS_01`` in the watch folder itself), the series of that very name keeps it, and the
+    others, in the order of their names, take ``<name>_2``, ``<name>_3``, ... (the next number
+    no series holds). The same series always get the same names."""
+    wanted: dict[str, list[str]] = {}
+    for name in sorted(set(series), key=lambda s: (relion_tomo_name(s) != s, s)):
+        wanted.setdefault(relion_tomo_name(name), []).append(name)
+    names = {group[0]: plain for plain, group in wanted.items()}
+    taken = set(wanted)
+    for plain, group in sorted(wanted.items()):
+        number = 1
+        for name in group[1:]:
+            number += 1
+            while f"{plain}_{number}" in taken:
+                number += 1
+            names[name] = f"{plain}_{number}"
+            taken.add(names[name])
+    return names
 
 
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
@@ -177,12 +202,13 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
     ``optics2``, ... in the order of their first movie, as ``corrected_micrographs.star``
     numbers its groups); one kind of optics keeps the configured name."""
     series = sorted(series, key=lambda s: s[0])
+    tomo_names = relion_tomo_names(name for name, _, _ in series)
     keys = optics_keys_in_order((m for _, _, m in series), optics)
     names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
     for name, star, m in series:
         key = optics_key(m, optics)  # Cs and amplitude contrast: the record's, else the writer's
-        rows.append({"rlnTomoName": relion_tomo_name(name),
+        rows.append({"rlnTomoName": tomo_names[name],
                      "rlnTomoTiltSeriesStarFile": relative_to(star, out_dir),
                      "rlnVoltage": m.voltage_kV,
                      "rlnSphericalAberration": key[3],

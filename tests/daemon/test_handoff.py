@@ -725,6 +725,57 @@ def test_two_grids_with_the_same_series_name_get_one_relion_tilt_series_each(tmp
     assert not (out / "grid1" / "grid1").exists() and not (out / "grid2" / "grid2").exists()
 
 
+def test_a_series_named_like_another_grids_series_gets_a_relion_name_of_its_own(tmp_path):
+    """``grid1/TS_01`` and a series ``grid1_TS_01`` in the watch folder itself: RELION finds a
+    tomogram by ``rlnTomoName`` (the first row of that name), and both were ``grid1_TS_01``,
+    so the second series' particles would be read against the first's tilts. The series of
+    that very name keeps it, the other takes ``grid1_TS_01_2``, in the global table and as its
+    STAR's data block, also when the top-level series comes second (its STAR rewritten)."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    out.mkdir()
+    tilts = _acquire(staging)
+    (watch / "grid1").mkdir(parents=True)
+    for finished in (False, True):  # SerialEM's lock seen, then gone
+        _deliver(staging, watch / "grid1", tilts, len(tilts), finished=finished)
+        _run(watch, out, RelionListener(OPTICS))
+    (block, _), = starfile.read(out / "grid1" / "TS_01" / "TS_01.star", always_dict=True).items()
+    assert block == "grid1_TS_01"  # alone, it has the name
+
+    for t in tilts:  # then the same tilts as the watch folder's own series grid1_TS_01
+        shutil.copy2(t.movie.path, watch / f"grid1_{t.movie.path.name}")
+    text = series_mdoc_text("grid1_TS_01", tilts, pixel_size_A=PIXEL_A, shape_yx=SHAPE,
+                            n_frames=N_FRAMES)
+    (watch / "grid1_TS_01.mrc.mdoc").write_text(text.replace("\\frames\\", "\\frames\\grid1_"))
+    for lock in (True, False):
+        if lock:
+            (watch / "grid1_TS_01.mrc.openTS").write_text("")
+        else:
+            (watch / "grid1_TS_01.mrc.openTS").unlink()
+        _run(watch, out, RelionListener(OPTICS))
+        (block, _), = starfile.read(out / "grid1" / "TS_01" / "TS_01.star",
+                                    always_dict=True).items()
+        assert block == "grid1_TS_01_2"  # rewritten when the other series came
+
+    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+    by_star = dict(zip(glob["rlnTomoTiltSeriesStarFile"], glob["rlnTomoName"]))
+    assert by_star == {"grid1/TS_01/TS_01.star": "grid1_TS_01_2",
+                       "grid1_TS_01/grid1_TS_01.star": "grid1_TS_01"}
+    for star, name in by_star.items():
+        (block, table), = starfile.read(out / star, always_dict=True).items()
+        assert block == name and len(table) == len(tilts)
+
+
+def test_relion_tomo_names_are_one_per_series_whatever_the_names():
+    from daemon.handoff.tomo import relion_tomo_names
+
+    assert relion_tomo_names(["grid2/TS_01", "TS_01", "grid1/TS_01"]) == {
+        "grid2/TS_01": "grid2_TS_01", "TS_01": "TS_01", "grid1/TS_01": "grid1_TS_01"}
+    names = relion_tomo_names(["a_b/c", "a/b_c", "a_b_c_2", "a_b_c"])
+    assert names == {"a_b_c": "a_b_c", "a/b_c": "a_b_c_3", "a_b/c": "a_b_c_4",
+                     "a_b_c_2": "a_b_c_2"}
+    assert relion_tomo_names(reversed(list(names))) == names  # whatever the order given
+
+
 # --- motionwatch correct: the gain, optics groups, EER -------------------------------------
 
 
