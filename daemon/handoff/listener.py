@@ -437,13 +437,15 @@ class RelionListener(ServiceListener):
             folder = entries[0].motion.motion_path.parent
         return folder / base / f"{base}.star"
 
-    def _series_entries(self, series: str) -> list[TiltEntry]:
+    def _series_entries(self, series: str, every: list[tuple[MovieMotion, TiltRecord | None]]
+                        | None = None) -> list[TiltEntry]:
         """The series' tilts its STAR lists: those of the series' image shape and pixel size, as
         its stacks hold them (:func:`correction.stack.series_shape`: a movie of another camera
-        setting or magnification is left out of both)."""
+        setting or magnification is left out of both); of ``every`` (:meth:`_entries`) when
+        the caller has them."""
         from correction.stack import image_geometry, series_shape
 
-        entries = [TiltEntry(m, t) for m, t in self._entries()
+        entries = [TiltEntry(m, t) for m, t in (self._entries() if every is None else every)
                    if t is not None and t.series == series and t.tilt_deg is not None]
 
         def shape(e: TiltEntry) -> object:  # the sums' size and pixel, as the stacks compare them
@@ -481,7 +483,8 @@ class RelionListener(ServiceListener):
         that are gone."""
         if self._out is None:
             return
-        entries = self._series_entries(series)
+        every = self._entries()
+        entries = self._series_entries(series, every)
         if not entries:
             self._remove_series_star(series)
             return
@@ -495,7 +498,7 @@ class RelionListener(ServiceListener):
             if (loaded := self._cache.get(key)) is not None and loaded[2] is not None
             and loaded[2].series == series and loaded[2].tilt_deg is not None)
         table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
-        names = relion_tomo_names({t.series for _, t in self._entries()
+        names = relion_tomo_names({t.series for _, t in every
                                    if t is not None and t.tilt_deg is not None} | {series})
         self._tomo_names[series] = names[series]
 
