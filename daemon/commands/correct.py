@@ -426,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
         with movie_memory_settings():
             for index, movie in enumerate(movies):
                 t0 = time.perf_counter()
+                claims.keep()  # a run of more than a week keeps its stems
                 if index + 1 < len(movies):
                     read_ahead.hint(movies[index + 1])
                 series = _daemon_tilt(Path(args.out), stems[movie])

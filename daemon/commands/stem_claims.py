@@ -8,13 +8,14 @@ and ``grid2/x.tif``), and the two would write the same outputs. So a run notes i
 the run's pid, host and start), chosen and noted under an ``flock`` of that file, and removes
 its notes when it ends. Notes of a process of this host that no longer runs (killed) are
 ignored and dropped. A note of another host (a cluster node sharing the folder) or another
-container cannot be checked that way: it holds for :data:`FOREIGN_NOTE_DAYS` (a stem taken
-meanwhile by a note left by a killed run costs another stem, ``x_mrc``; a stem given twice would
-cost a movie's outputs). On a file system without ``flock`` the notes are still read and
+container cannot be checked that way: it holds for :data:`FOREIGN_NOTE_DAYS` from when that
+run last noted it (:meth:`StemClaims.keep`, once a day): a stem taken meanwhile by a note left
+by a killed run costs another stem, ``x_mrc``; a stem given twice would cost a movie's outputs. On a file system without ``flock`` the notes are still read and
 written, unlocked. Where the file cannot be made or written (a shared folder where another
 account's run left it, not group-writable), the run chooses its stems given the notes it can
-read there, and does not note its own: it says so (:attr:`StemClaims.unavailable`). A run
-removes its notes when it ends, also from a file it may not remove (a sticky folder).
+read there, and does not note its own: it says so (:attr:`StemClaims.unavailable`); a write
+that fails part-way (a full disk) leaves the file as it was. A run removes its notes when it
+ends, also from a file it may not remove (a sticky folder).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ CLAIMS_NAME = ".motionwatch-correct-claims"
 FOREIGN_NOTE_DAYS = 7.0
 _NO_FLOCK = (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP)
 _MAX_REOPENS = 100  # another run removed the file while this one waited: opened anew
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV, errno.ESPIPE)
+_KEEP_EVERY_S = 86400.0  # a long run notes its stems again once a day (StemClaims.keep)
 
 #: chooses stems given those other runs hold: {stem: resolved movie} -> {movie: stem}
 Chooser = Callable[[dict[str, Path]], dict[Path, str]]
@@ -63,6 +66,7 @@ class StemClaims:
         self._clock = clock
         #: why the notes could not be kept (``None`` while they are): stems chosen unnoted
         self.unavailable: str | None = None
+        self._noted_at_s: float | None = None  # when this run's notes were last written
 
     def claim(self, choose: Chooser) -> dict[Path, str]:
         """Stems chosen by ``choose`` (given the stems other running runs hold), noted for this
@@ -71,14 +75,16 @@ class StemClaims:
         this run's unnoted (:attr:`unavailable` says why)."""
         try:
             with self._locked() as fd:
-                notes = self._live_notes(fd)
+                was = _read_all(fd)
+                notes = self._live_notes(was)
                 stems = choose(self._held(notes))
                 now_s = round(self._clock(), 3)
+                self._noted_at_s = now_s
                 notes.update({stem: {"movie": str(resolved_movie(movie)), "pid": self.pid,
                                      "runner": self.runner, "since_s": now_s}
                               for movie, stem in stems.items()})
                 try:
-                    _write(fd, notes)
+                    _write(fd, notes, was)
                 except OSError as exc:  # a full disk: chosen given the others' notes
                     self.unavailable = f"{self.path}: {exc.strerror or exc}"
         except _NotOpened as exc:
@@ -101,20 +107,38 @@ class StemClaims:
         try:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_SH)
-            return self._live_notes(fd)
+            return self._live_notes(_read_all(fd))
         except OSError:
             return {}
         finally:
             os.close(fd)
+
+    def keep(self) -> None:
+        """Note again that this run holds its stems, once a day at most: a note of another host
+        holds for :data:`FOREIGN_NOTE_DAYS` from when it was last noted, so a run that lasts
+        longer (call this between movies) keeps its stems to the end."""
+        if self.unavailable is not None or self._noted_at_s is None \
+                or self._clock() - self._noted_at_s < _KEEP_EVERY_S:
+            return
+        with contextlib.suppress(OSError, _NotOpened), self._locked() as fd:
+            was = _read_all(fd)
+            notes = self._live_notes(was)
+            now_s = round(self._clock(), 3)
+            for note in notes.values():
+                if self._mine(note):
+                    note["since_s"] = now_s
+            _write(fd, notes, was)
+            self._noted_at_s = now_s
 
     def release(self) -> None:
         """Remove this run's notes (the file with them, when no other run has any)."""
         if self.unavailable is not None:
             return
         with contextlib.suppress(OSError, _NotOpened), self._locked() as fd:
-            notes = {stem: note for stem, note in self._live_notes(fd).items()
+            was = _read_all(fd)
+            notes = {stem: note for stem, note in self._live_notes(was).items()
                      if not self._mine(note)}
-            _write(fd, notes)  # first: a file this run may not remove (a sticky folder)
+            _write(fd, notes, was)  # first: a file this run may not remove (a sticky folder)
             if not notes:  # under the lock: a run waiting for it finds it gone, opens anew
                 self.path.unlink(missing_ok=True)
 
@@ -158,14 +182,10 @@ class StemClaims:
         return isinstance(since_s, (int, float)) \
             and self._clock() - since_s < FOREIGN_NOTE_DAYS * 86400.0
 
-    def _live_notes(self, fd: int) -> dict[str, dict[str, Any]]:
-        """The notes in the file that still hold (unreadable notes count as none)."""
-        os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
+    def _live_notes(self, text: bytes) -> dict[str, dict[str, Any]]:
+        """The notes in the file's ``text`` that still hold (unreadable notes count as none)."""
         try:
-            notes = json.loads(b"".join(chunks) or b"{}")
+            notes = json.loads(text or b"{}")
         except ValueError:
             return {}
         if not isinstance(notes, dict):
@@ -175,12 +195,39 @@ class StemClaims:
                 and isinstance(note.get("movie"), str) and self._holds(note)}
 
 
-def _write(fd: int, notes: dict[str, dict[str, Any]]) -> None:
-    data = json.dumps(notes, indent=1).encode()
-    os.ftruncate(fd, 0)
+def _read_all(fd: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
-    while data:
-        data = data[os.write(fd, data):]
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write(fd: int, notes: dict[str, dict[str, Any]], was: bytes) -> None:
+    """The file holds ``notes`` now, or, where they cannot be written (a full disk, a file
+    size limit), still the text it had (``was``): the other runs' notes are never lost. The
+    space is taken first where the file system can; the new text is written over the old,
+    never into an emptied file, and the old text written back where that fails."""
+    data = json.dumps(notes, indent=1).encode()
+    try:
+        try:
+            os.posix_fallocate(fd, 0, max(len(data), 1))
+        except OSError as exc:
+            if exc.errno not in _NO_FALLOCATE:
+                raise
+        _write_at_start(fd, data)
+    except OSError:
+        with contextlib.suppress(OSError):
+            _write_at_start(fd, was)
+            os.ftruncate(fd, len(was))
+        raise
+    os.ftruncate(fd, len(data))
+
+
+def _write_at_start(fd: int, data: bytes) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], done)
 
 
 def runner_identity() -> str:

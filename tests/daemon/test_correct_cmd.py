@@ -724,6 +724,70 @@ def test_a_claims_file_this_account_may_read_but_not_write_still_keeps_its_notes
     assert json.loads((out / stem_claims.CLAIMS_NAME).read_text()) == theirs  # untouched
 
 
+@pytest.mark.parametrize("fallocate", ["supported", "not supported"])
+def test_a_claims_file_that_cannot_grow_keeps_the_other_runs_notes(tmp_path, fallocate):
+    """A full disk while a run notes its stems: the file was emptied before the new notes were
+    written, so the failed write left it empty or cut, and every other run's notes were gone
+    (their stems free for a movie of the same name). A file size limit makes the write fail
+    here as a full disk would; the run is told, and the other runs' notes stay, also on a file
+    system that cannot take the space first (the cut write is undone)."""
+    import subprocess
+    import sys
+
+    from daemon.commands.stem_claims import CLAIMS_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = {"x": {"movie": str(tmp_path / "grid1" / "x.mrc"), "pid": 4000000,
+                    "runner": "node17/pid:[4026531836]", "since_s": time.time()}}
+    (out / CLAIMS_NAME).write_text(json.dumps(theirs, indent=1))
+    limit = (out / CLAIMS_NAME).stat().st_size + 64  # room for part of one more note
+    run = subprocess.run(
+        [sys.executable, "-c",
+         "import os, resource, signal, sys; from pathlib import Path\n"
+         "from daemon.commands.stem_claims import StemClaims\n"
+         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+         "if sys.argv[3] == 'not supported':\n"
+         "    def refuse(*args): raise OSError(95, 'Operation not supported')\n"
+         "    os.posix_fallocate = refuse\n"
+         "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))\n"
+         "claims = StemClaims(Path(sys.argv[1]))\n"
+         "chosen = claims.claim(lambda held: {Path(f'/data/grid2/m{i}.mrc'): f'm{i}'\n"
+         "                                    for i in range(5)} if 'x' in held else {})\n"
+         "print(len(chosen), claims.unavailable)\n"
+         "claims.release()", str(out), str(limit), fallocate],
+        capture_output=True, text=True, check=True)
+    count, unavailable = run.stdout.split(maxsplit=1)
+    assert count == "5" and "File too large" in unavailable
+    assert json.loads((out / CLAIMS_NAME).read_text()) == theirs
+
+
+def test_a_run_longer_than_the_days_a_note_holds_keeps_its_stems_to_the_end(tmp_path):
+    """A note of another host holds for FOREIGN_NOTE_DAYS from when it was noted; a run on a
+    cluster node that lasted longer lost its stems part-way to the other runs. Between movies
+    it notes them again (once a day at most)."""
+    from pathlib import Path
+
+    from daemon.commands.stem_claims import FOREIGN_NOTE_DAYS, StemClaims
+
+    now_s = [1.0e9]
+    mine = StemClaims(tmp_path, clock=lambda: now_s[0])
+    mine.claim(lambda held: {Path("/data/grid1/x.mrc"): "x"})
+    other_node = StemClaims(tmp_path, clock=lambda: now_s[0])
+    other_node.runner = "node17/pid:[4026531836]"  # the same folder, seen from another host
+    seen: list[bool] = []
+    for _day in range(int(FOREIGN_NOTE_DAYS) + 3):
+        now_s[0] += 86400.0
+        mine.keep()
+        chosen = other_node.claim(lambda held: {Path("/data/grid2/x.mrc"): "x_mrc"
+                                                if "x" in held else "x"})
+        seen.append(chosen[Path("/data/grid2/x.mrc")] == "x_mrc")
+        other_node.release()
+    assert all(seen)
+    mine.release()
+    assert not mine.path.exists()
+
+
 def test_a_run_that_may_not_remove_the_claims_file_still_takes_its_notes_out_of_it(
         tmp_path, monkeypatch):
     """In a sticky shared folder the claims file is another account's: this run may write
