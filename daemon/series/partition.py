@@ -136,7 +136,7 @@ def _union(parts: Sequence[Resolution]) -> Resolution:
     no_dose: dict = {}
     discarded: dict = {}
     standalone: set[str] = set()
-    warnings: list[str] = []
+    warnings: list[tuple[str, str]] = []  # (series, text)
     for r in parts:
         assignments.update(r.assignments)
         pending.update(r.pending)

@@ -400,6 +400,8 @@ class Resolution:
     came): the service quarantines it, and redoes it once its series' metadata gives the dose.
     ``discarded``: movie name -> the series whose mdoc no longer lists it (a retaken tilt's
     first exposure, standalone: corrected at that series' voltage).
+    ``warnings``: ``(series, text)``: what the operator should know of a series (two series
+    mdocs of one name, a movie its mdoc no longer lists, exposures the mdoc left out).
     """
 
     assignments: Mapping[str, TiltAssignment]
@@ -407,7 +409,7 @@ class Resolution:
     standalone: frozenset[str]
     series: Mapping[str, SeriesSummary]
     ignored_mdocs: Mapping[str, str]
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[tuple[str, str], ...] = ()
     no_dose: Mapping[str, str] = field(default_factory=dict)
     discarded: Mapping[str, str] = field(default_factory=dict)
 
@@ -586,7 +588,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     rx = re.compile(config.filename_pattern)
     obs_by_name = {m.name: m for m in movies}
     ignored: dict[str, str] = {}
-    warnings: list[str] = []
+    warnings: list[tuple[str, str]] = []  # (series, text)
     pending: dict[str, str] = {}
     no_dose: dict[str, str] = {}
     assignments: dict[str, TiltAssignment] = {}
@@ -615,7 +617,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             continue
         name = qualified_name(ob.folder, series_name_of_mdoc(md))
         if name in series_tilts:
-            warnings.append(f"two series mdocs named {name}: {key} ignored")
+            warnings.append((name, f"two series mdocs named {name}: {key} ignored"))
             ignored[key] = f"duplicate series name {name}"
             continue
         swarn = list(md.warnings)
@@ -672,7 +674,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         text = (f"{len(both)} movie(s) listed by the mdocs of both {owner_name} and {other} "
                 f"stay tilts of {owner_name}: {', '.join(both[:3])}"
                 f"{' ...' if len(both) > 3 else ''}")
-        warnings.append(text)
+        warnings.append((owner_name, text))
         series_meta[other][1].append(text)
 
     # 2. movies not listed by a series mdoc: frame mdoc, file-name fallback or standalone
@@ -716,8 +718,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         if owner is not None:  # still not listed: SerialEM discarded it (a retaken tilt)
             standalone.add(mv.name)
             discarded[mv.name] = owner
-            warnings.append(f"{mv.name}: not listed by the series mdoc of {owner} (a discarded "
-                            "or retaken tilt?): corrected on its own, outside the series")
+            warnings.append((owner, f"{mv.name}: not listed by the series mdoc of {owner} (a "
+                                    "discarded or retaken tilt?): corrected on its own, outside "
+                                    "the series"))
             continue
         try:
             angle = float(m.group("angle"))
@@ -769,7 +772,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         undosed = no_dose if idle else pending
         dose_info = [_dose(t, config) for t in ordered]
         jumps = _prior_record_dose_jumps(ordered, [d[0] for d in dose_info])
-        warnings.extend(f"{name}, {label}: {why}" for label, _, why in jumps.values())
+        warnings.extend((name, f"{name}, {label}: {why}") for label, _, why in jumps.values())
         for i, t in enumerate(ordered):
             dose, dsource, frames, dwarn = dose_info[i]
             if i in jumps:  # the unlisted exposure irradiated the specimen: it counts

@@ -541,8 +541,10 @@ class TiltSeriesResolver:
         self._res = res
         for path, why in res.ignored_mdocs.items():
             self._once_log("info", "mdoc_ignored", path, why, mdoc=path)
-        for w in res.warnings:
-            self._once_log("warning", "series_warning", "", w)
+        for series, text in res.warnings:  # in the log and on the feed, once each
+            if (series, text) not in self._once:
+                self._once_log("warning", "series_warning", series, text, series=series)
+                self._emit("warning", series, reason=text)
 
         changed = metadata_changed(movies, self._rows, res, relative=self._rel,
                                    tolerance_e_A2=self.series_config.change_tolerance_e_A2,

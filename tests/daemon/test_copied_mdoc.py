@@ -4,7 +4,8 @@ An operator copies ``TS_01.mrc.mdoc`` in the session folder (Windows names the c
 ``TS_01.mrc - Copy.mdoc``, which sorts before the original). Both list the same movies. The
 movies stay the tilts of TS_01, whose name their file names carry: none is corrected again,
 neither while the daemon runs nor after a restart, and their records, pre-exposures and TS_01's
-stack are unchanged. The copy's series is reported (``series_warning``) and gets no movie.
+stack are unchanged. The copy's series is reported (``series_warning``, in the log and on the
+feed, naming TS_01) and gets no movie.
 """
 
 from __future__ import annotations
@@ -53,16 +54,30 @@ def test_a_copy_of_the_series_mdoc_neither_takes_its_tilts_nor_has_them_correcte
                     not (watch / COPY).exists():
                 shutil.copy(mdoc, watch / COPY)
 
-    runs = [_run(watch, out, Operator()), _run(watch, out)]  # then a restart
+    class Feed(ServiceListener):
+        """The series warnings a live view hears."""
+
+        def __init__(self):
+            self.warnings = []
+
+        def on_series_event(self, event):
+            if event.kind == "warning":
+                self.warnings.append((event.series, event.reason))
+
+    feed = Feed()
+    runs = [_run(watch, out, Operator(), feed), _run(watch, out)]  # then a restart
     assert (watch / COPY).exists()
     names = sorted(t.movie.path.name for t in tilts)
     done = [Path(f["movie"]).name for log in runs for _, e, f in log.events if e == "movie_done"]
     assert sorted(done) == names  # each once, in the first run
     for log in runs:
         assert [f for _, e, f in log.events if e == "movie_redo_metadata_changed"] == []
-    warned = [f["reason"] for log in runs for _, e, f in log.events if e == "series_warning"]
-    assert warned == ["3 movie(s) listed by the mdocs of both TS_01 and TS_01.mrc - Copy stay "
-                      f"tilts of TS_01: {', '.join(names)}"] * 2  # once in each run
+    warned = [(f.get("series"), f["reason"])
+              for log in runs for _, e, f in log.events if e == "series_warning"]
+    shared = ("TS_01", "3 movie(s) listed by the mdocs of both TS_01 and TS_01.mrc - Copy stay "
+                       f"tilts of TS_01: {', '.join(names)}")
+    assert warned == [shared] * 2  # once in each run, naming the series in its own field
+    assert feed.warnings == [shared]  # and on the feed, as an assembly's warnings are
     for t in tilts:
         tilt = json.loads((out / f"{t.movie.path.stem}.motion.json").read_text())["tilt"]
         assert tilt["series"] == "TS_01" and tilt["mdoc"] == str(mdoc)
