@@ -124,6 +124,7 @@ class Service:
         self._read_ahead = ReadAhead() if config.read_ahead else None
         self._pace = PaceMeter(wall_clock())  # movies acquired vs corrected per minute
         self._keeping_up: bool | None = None  # the pace verdict last logged
+        self._keeping_up_from: float | None = None  # since when it keeps up again (clock, s)
         self._on_disk_at_start: frozenset[Path] | None = None  # the start-up scan's files
         self.admission = Admission(AdmissionSettings.of(config), ledger=lambda: self.ledger,
                                    resolver=self._resolver,
@@ -621,13 +622,20 @@ class Service:
     def _say_pace(self, pace: Pace) -> None:
         """Log when the service falls behind (its backlog is more than ``MAX_BEHIND_MIN``
         minutes of work), and when it has caught up again, which the log says once the backlog
-        is under half of that (a backlog sitting at five minutes said both in turn, 40 lines in
-        ten minutes): the journal tells the night's pace."""
+        is under half of that, or has kept under the limit for ``MAX_BEHIND_MIN`` minutes (a
+        backlog sitting at five minutes said both in turn, 40 lines in ten minutes; one that
+        settled between half and the limit left falling_behind the journal's last word while
+        ``status`` said keeping up): the journal tells the night's pace."""
+        if not pace.keeping_up:
+            self._keeping_up_from = None
         if pace.keeping_up is None or pace.keeping_up == self._keeping_up:
             return
         if pace.keeping_up and self._keeping_up is False and pace.behind_min is not None \
                 and pace.behind_min > MAX_BEHIND_MIN / 2:
-            return  # caught up only just: said once under half
+            if self._keeping_up_from is None:
+                self._keeping_up_from = self._clock()
+            if self._clock() - self._keeping_up_from < MAX_BEHIND_MIN * 60.0:
+                return  # caught up only just: said under half, or once it has lasted
         facts = {"waiting": pace.waiting, "behind_min": pace.behind_min,
                  "acquired_per_min": pace.arrived_per_min,
                  "corrected_per_min": pace.corrected_per_min}

@@ -233,6 +233,36 @@ def test_the_log_says_caught_up_once_under_half_the_limit_not_at_each_crossing_o
     assert "correction is paused ([Errno 28] No space left on device)" in log.events[-1][2]["note"]
 
 
+def test_a_backlog_that_settles_under_the_limit_is_said_caught_up_once_it_has_lasted():
+    """Behind, then a backlog between half the limit and the limit for good: the journal's
+    last word stayed falling_behind all night while ``status`` said keeping up. It says
+    keeping_up_again once that has lasted MAX_BEHIND_MIN minutes (a dip above the limit
+    starts the count again)."""
+    from recording_log import RecordingLog
+
+    from correction.params import CorrectionParams, DoseParams
+    from daemon.engine.pace import Pace
+    from daemon.engine.service import Service
+    from daemon.settings.config import Config
+
+    now_s = [0.0]
+    log = RecordingLog()
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    service = Service(Config(Path("/w"), Path("/o"), Path("/o"), params), logger=log,
+                      clock=lambda: now_s[0])
+
+    def beat(behind_min: float, at_min: float) -> None:
+        now_s[0] = at_min * 60.0
+        service._say_pace(Pace(10.0, 10.0, int(10 * behind_min), behind_min,
+                               behind_min <= MAX_BEHIND_MIN, 600.0, 600.0))
+
+    beat(6.0, 0.0)
+    for minute, behind in enumerate((4.0, 4.5, 3.5, 5.5, 4.0, 4.2, 3.8, 4.1, 3.9, 4.0, 4.4), 1):
+        beat(behind, minute)
+    said = [(e, f["behind_min"]) for _, e, f in log.events]
+    assert said == [("falling_behind", 6.0), ("keeping_up_again", 4.0)]  # minute 10: 5 after 5
+
+
 def test_the_pace_phrase_names_the_span_the_rates_cover_the_uptime_when_shorter():
     from daemon.system.pace_text import pace_phrase
 
