@@ -124,7 +124,8 @@ class MonitorState:
             self._series(series, received_at).tilts[path] = dict(summary)
 
     def _note(self, kind: str, body: Mapping[str, Any]) -> None:
-        key = (kind, body.get("session"), body.get("seq"), body.get("message") or body.get("reason"))
+        key = (kind, body.get("session"), body.get("seq"), body.get("path"),
+               body.get("message") or body.get("reason"))  # restored ones have no seq
         if key in self._seen_notes:
             return  # a state snapshot repeats notes already received
         self._seen_notes.add(key)

@@ -152,6 +152,18 @@ def test_state_snapshot_merges_with_what_is_known_and_repeats_no_warning():
     assert state.heartbeat["done"] == 2 and state.heartbeat_at == pytest.approx(97.0)
 
 
+def test_restored_errors_of_two_movies_with_one_reason_are_two_errors():
+    """The state message rebuilt from the database after a restart carries its errors without a
+    seq: grid1/x.mrc and grid2/x.mrc, both cut short by one failing transfer, showed as one."""
+    state = MonitorState("ipc:///x")
+    errors = [{"kind": "quarantined", "path": f"/data/{grid}/x.mrc", "series": None,
+               "reason": "not an MRC file", "seq": None} for grid in ("grid1", "grid2")]
+    snapshot = {"series": [], "movies": [], "warnings": [], "errors": errors, "heartbeat": None}
+    for seq in (1, 2):  # and a second snapshot repeats them
+        state.apply("state", envelope(snapshot, seq), 0.0)
+    assert [e["path"] for e in state.errors] == ["/data/grid1/x.mrc", "/data/grid2/x.mrc"]
+
+
 def test_sparkline_scales_to_the_maximum_and_leaves_gaps_for_missing_values():
     assert sparkline([0.0, 5.0, 10.0, None]) == "▁▅█ "
     assert sparkline([]) == ""
