@@ -17,6 +17,7 @@ folder by a ``locate`` callable (the server's, which only ever answers paths ins
 from __future__ import annotations
 
 import collections
+import posixpath
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class SessionView:
         self.gaps = 0
         self.invalid = 0  # messages that do not fit the schema (left out)
         self._seq: int | None = None
+        self._root: str | None = None  # the deepest folder holding every movie heard of
 
     # -- folding
 
@@ -122,6 +124,15 @@ class SessionView:
             self.errors.append(_without_envelope(body))
         elif topic == "state":
             self._state(body)
+        if topic in ("movie", "warning", "error"):
+            self._heard_of(body.get("path"))
+
+    def _heard_of(self, path: Any) -> None:
+        """Widen the folder that holds every movie heard of to hold ``path`` too."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            return
+        folder = posixpath.dirname(path)
+        self._root = folder if self._root is None else posixpath.commonpath([self._root, folder])
 
     def _new_session(self, session: str, body: Mapping[str, Any], now: float) -> None:
         if self.session is not None:  # the daemon restarted: counters and rates start again
@@ -229,6 +240,10 @@ class SessionView:
         for e in body.get("errors") or []:
             if e not in self.errors:
                 self.errors.append(e)
+        for item in [*(t for s in body.get("series") or [] for t in s.get("tilts") or []),
+                     *(body.get("movies") or []), *(body.get("warnings") or []),
+                     *(body.get("errors") or [])]:
+            self._heard_of(item.get("path"))
         if body.get("heartbeat") and self.heartbeat is None:
             self.heartbeat = dict(body["heartbeat"])
 
@@ -332,11 +347,28 @@ class SessionView:
             "loose": list(self.loose),
             "latest": latest,
             "history": list(self.history),
-            "warnings": list(self.warnings)[::-1],
-            "errors": list(self.errors)[::-1],
+            "warnings": [self._named(w) for w in reversed(self.warnings)],
+            "errors": [self._named(e) for e in reversed(self.errors)],
             "quarantined": quarantined[::-1],
             "feed": {"messages": self.messages, "gaps": self.gaps, "invalid": self.invalid},
         }
+
+
+    def _named(self, note: Mapping[str, Any]) -> dict[str, Any]:
+        """A warning or error with ``shown``: its movie's path below the folder that holds every
+        movie heard of (``grid2/x.mrc`` where two grids each have an ``x.mrc``; the file name
+        where all are in one folder), and its ``message`` naming the movie so."""
+        path = note.get("path")
+        if not isinstance(path, str) or not path:
+            return dict(note)
+        root = self._root
+        inside = root is not None and path.startswith(root.rstrip("/") + "/")
+        shown = path[len(root.rstrip("/")) + 1:] if inside else posixpath.basename(path)
+        named = {**note, "shown": shown}
+        message, name = note.get("message"), posixpath.basename(path)
+        if isinstance(message, str) and message.startswith(name + ":"):
+            named["message"] = shown + message[len(name):]
+        return named
 
 
 def _without_envelope(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -282,6 +282,27 @@ def test_a_failed_movie_corrected_since_is_no_longer_listed_as_failed():
     assert view.snapshot()["errors"] == []
 
 
+def test_errors_and_warnings_name_the_movie_by_its_folder_where_two_grids_share_a_name():
+    """grid1/x.mrc and grid2/x.mrc quarantined, and drift warnings of two grids' TS_01_000.tif:
+    the page printed ``x.mrc: ...`` twice, and the warnings by file name only, so nobody could
+    tell which grid's movie was meant. They are named below the folder holding every movie the
+    view heard of; in a session of one folder, by the file name as before."""
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    for seq, grid in enumerate(("grid1", "grid2"), 1):
+        view.apply("error", envelope("a", seq, path=f"/data/s/{grid}/x.mrc",
+                                     reason="quarantined: not an MRC file"))
+    view.apply("warning", envelope("a", 3, kind="drift_total", path="/data/s/grid2/TS_01_000.tif",
+                                   message="TS_01_000.tif: total drift 90.0 Å above 60 Å"))
+    snap = view.snapshot()
+    assert [e["shown"] for e in snap["errors"]] == ["grid2/x.mrc", "grid1/x.mrc"]
+    assert snap["warnings"][0]["message"] == "grid2/TS_01_000.tif: total drift 90.0 Å above 60 Å"
+
+    one_folder = SessionView(locate=lambda name: None, clock=Clock())
+    one_folder.apply("error", envelope("a", 1, path="/data/s/y.mrc", reason="quarantined"))
+    one_folder.apply("movie", envelope("a", 2, **movie_message(record("s/m.mrc", 1.0))))
+    assert [e["shown"] for e in one_folder.snapshot()["errors"]] == ["y.mrc"]
+
+
 def test_a_page_that_joins_after_a_restart_shows_the_movie_done_last_as_the_latest():
     """Movies restored from the state database after a restart carry no seq; the latest was
     chosen by seq, so a page opened then showed whichever the sort put last."""

@@ -146,7 +146,7 @@ function render(s) {
   renderLatest(s);
   renderHistory(s);
   renderSeries(s);
-  renderLog($("errors"), s.errors, (e) => `${(e.path || "").split("/").pop()}: ${e.reason}`);
+  renderLog($("errors"), s.errors, (e) => `${e.shown || (e.path || "").split("/").pop()}: ${e.reason}`);
   renderLog($("warnings"), s.warnings, (w) => w.message || w.kind);
   document.body.dataset.version = s.version;
 }
