@@ -46,7 +46,7 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_names, series_block)
-from daemon.handoff.warp import warp_layout, warp_xml_path
+from daemon.handoff.warp import warp_layout, warp_name, warp_name_taken, warp_xml_path
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
@@ -463,6 +463,13 @@ class RelionListener(ServiceListener):
         self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
                     gain_name=self._gain_name_for(motion))
         if self.warp:
+            if warp_name_taken(motion) and self._log is not None:
+                self._log.warning(
+                    "warp_name_reused", movie=str(motion.movie), name=warp_name(motion),
+                    folder=str(motion.motion_path.parent),
+                    note="Warp tells movies apart by file name only: the Warp layout of that "
+                         "name in this folder (average/, .xml) is this movie's now, no longer "
+                         "the one corrected there before")
             self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
 
     def _gain_name_for(self, motion: MovieMotion) -> str | None:

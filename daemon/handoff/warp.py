@@ -4,9 +4,12 @@ WarpTools' ``ts_import`` (warpem/warp ``WarpTools/Commands/Tiltseries/ImportTilt
 lists every ``*.xml`` in the ``--frameseries`` folder, makes a movie of each (root name = the
 file name without extension) and requires that movie's aligned average
 ``average/<root>.mrc``; it matches mdoc sections to movies by the ``SubFramePath`` file name.
-So for each corrected movie with output stem ``S`` (the movie's root name; ``x_tif`` for an
-``x.tif`` beside an ``x.mrc``, whose layout is then ``x``'s: never another movie's sums under
-a name) this module makes, in the movie's output folder:
+So the layout names a movie ``S`` by its file name without its extension, as Warp does, even
+where its outputs have another stem (``TS_01_000_0.0_mrc`` for a tilt of a new grid in a folder
+whose old grid, renamed, still holds ``TS_01_000_0.0``): Warp would find the old grid's sums
+under the name the new mdoc gives. One name is one movie for Warp; where another movie had the
+name, the movie corrected last takes it (:func:`warp_name_taken` says so first). For each
+corrected movie this module makes, in the movie's output folder:
 
 * ``average/S.mrc`` -> the dose-weighted sum ``S_DW.mrc`` (the plain sum when there is none),
   ``average/even/S.mrc`` -> ``S_EVN.mrc``, ``average/odd/S.mrc`` -> ``S_ODD.mrc``: hard links
@@ -34,7 +37,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from daemon.handoff.relion import MovieMotion, output_stem
 
-__all__ = ["WARP_XML", "warp_layout", "warp_xml_path"]
+__all__ = ["WARP_XML", "warp_layout", "warp_name", "warp_name_taken", "warp_xml_path"]
 
 WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folder}" />\n'
 
@@ -50,9 +53,47 @@ def _link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+def warp_name(motion: MovieMotion) -> str:
+    """The movie's name for Warp: its file name without the extension (``x`` for ``x.tif``);
+    its output stem where that name would not fit a file name with ``.mrc``."""
+    root = Path(str(motion.movie)).stem
+    if not root or len(os.fsencode(root)) + len(".mrc") > 255:
+        return output_stem(motion.motion_path)
+    return root
+
+
+def _remove_own(pairs: list[tuple[str | None, Path]], xml: Path) -> None:
+    """Remove the links of ``pairs`` that are links to this movie's sums, and ``xml`` with them."""
+    own = False
+    for target, link in pairs:
+        try:
+            if target is not None and os.path.samefile(link, target):
+                link.unlink()
+                own = True
+        except OSError:
+            continue
+    if own:
+        xml.unlink(missing_ok=True)
+
+
 def warp_xml_path(motion: MovieMotion) -> Path:
-    """``<root>.xml`` beside the movie's outputs (written last by :func:`warp_layout`)."""
-    return motion.motion_path.with_name(f"{output_stem(motion.motion_path)}.xml")
+    """``<name>.xml`` beside the movie's outputs (written last by :func:`warp_layout`)."""
+    return motion.motion_path.with_name(f"{warp_name(motion)}.xml")
+
+
+def _average(motion: MovieMotion) -> str | None:
+    return motion.outputs.get("dw") or motion.outputs.get("sum")
+
+
+def warp_name_taken(motion: MovieMotion) -> bool:
+    """Whether the movie's Warp name holds another movie's sums now (which
+    :func:`warp_layout` replaces)."""
+    link = motion.motion_path.parent / "average" / f"{warp_name(motion)}.mrc"
+    average = _average(motion)
+    try:
+        return link.exists() and not (average is not None and os.path.samefile(link, average))
+    except OSError:
+        return False
 
 
 def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
@@ -66,16 +107,18 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
     from correction.write import atomic_write, text_bytes
 
     folder = motion.motion_path.parent
-    root = output_stem(motion.motion_path)
     made = []
-    average = motion.outputs.get("dw") or motion.outputs.get("sum")
-    pairs = [(average, folder / "average" / f"{root}.mrc"),
-             (motion.outputs.get("even"), folder / "average" / "even" / f"{root}.mrc"),
-             (motion.outputs.get("odd"), folder / "average" / "odd" / f"{root}.mrc")]
-    for target, link in pairs:
-        if target is not None and Path(target).exists():
-            _link(Path(target), link)
-            made.append(link)
+    for root in dict.fromkeys((output_stem(motion.motion_path), warp_name(motion))):
+        pairs = [(_average(motion), folder / "average" / f"{root}.mrc"),
+                 (motion.outputs.get("even"), folder / "average" / "even" / f"{root}.mrc"),
+                 (motion.outputs.get("odd"), folder / "average" / "odd" / f"{root}.mrc")]
+        if root != warp_name(motion):  # this movie's layout of an earlier release, by stem
+            _remove_own(pairs, folder / f"{root}.xml")
+            continue
+        for target, link in pairs:
+            if target is not None and Path(target).exists():
+                _link(Path(target), link)
+                made.append(link)
     if made:
         xml = warp_xml_path(motion)
         payload = text_bytes(WARP_XML.format(  # a folder name not in UTF-8: its bytes on disk

@@ -18,14 +18,14 @@ from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 
 
-def _run(watch, out, *, handoff=False):
+def _run(watch, out, *, handoff=False, log=None):
     params = CorrectionParams(align=AlignParams(patches_x=1, patches_y=1),
                               dose=DoseParams(dose_per_frame_e_A2=1.0),
                               read=ReadParams(pixel_size_A=1.1))  # TIFFs carry none
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning",
                     options={"handoff": "on" if handoff else "off"})
-    listeners = [build_handoff_listener(config)] if handoff else []
+    listeners = [build_handoff_listener(config, logger=log)] if handoff else []
     assert Service(config, listeners=listeners).run() == 0
 
 
@@ -46,15 +46,51 @@ def test_same_stem_with_two_extensions_writes_two_output_sets_and_keeps_them_on_
     second = json.loads((out / "x_tif.motion.json").read_text())
     assert first["movie"].endswith("x.mrc") and second["movie"].endswith("x.tif")
     assert (out / "x_tif_DW.mrc").is_file() and (out / "x_DW.mrc").is_file()
-    # the Warp layout and the RELION motion STARs follow the output names: never x.tif's sums
-    # under x (average/x.mrc was a link to x_tif_DW.mrc)
+    # the RELION motion STARs follow the output names; Warp tells movies apart by file name
+    # without extension only, so its layout of x is the movie corrected last, x.tif's
     for stem in ("x", "x_tif"):
-        assert os.path.samefile(out / "average" / f"{stem}.mrc", out / f"{stem}_DW.mrc")
-        assert os.path.samefile(out / "average" / "even" / f"{stem}.mrc", out / f"{stem}_EVN.mrc")
-        assert (out / f"{stem}.xml").is_file() and (out / f"{stem}.star").is_file()
+        assert (out / f"{stem}.star").is_file()
+    assert os.path.samefile(out / "average" / "x.mrc", out / "x_tif_DW.mrc")
+    assert os.path.samefile(out / "average" / "even" / "x.mrc", out / "x_tif_EVN.mrc")
+    assert (out / "x.xml").is_file() and not (out / "x_tif.xml").exists()
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("x*")}
     _run(watch, out)  # a restart keeps both names and redoes nothing
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("x*")} == before
+
+
+def test_a_new_grid_in_the_folder_of_a_renamed_one_has_the_warp_names_its_mdoc_gives(tmp_path):
+    """The operator renames the finished grid's folder (grid1 -> grid1_done) and SerialEM
+    writes the next grid into a new grid1, with the same movie names. Their outputs take the
+    stem ``x_mrc`` (the old movie keeps ``x`` in OUT/grid1), and the Warp layout followed the
+    stem: ``average/x.mrc`` and ``x.xml``, which Warp finds by the mdoc's file name, stayed the
+    old grid's, so Warp would have built the new series from the old grid's images. The name
+    is the new movie's now, and the log says the old one's was replaced."""
+    from recording_log import RecordingLog
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    (watch / "grid1").mkdir(parents=True)
+    out.mkdir()
+    rng = np.random.default_rng(5)
+    write_movie_progressively(watch / "grid1" / "x.mrc", rng.poisson(2.0, (4, 96, 96)).astype(
+        np.int16), pixel_size_A=1.1, frame_interval_s=0)
+    _run(watch, out, handoff=True)
+    (watch / "grid1").rename(watch / "grid1_done")
+    (watch / "grid1").mkdir()
+    write_movie_progressively(watch / "grid1" / "x.mrc", rng.poisson(9.0, (4, 96, 96)).astype(
+        np.int16), pixel_size_A=1.1, frame_interval_s=0)
+    log = RecordingLog()
+    _run(watch, out, handoff=True, log=log)
+    new = json.loads((out / "grid1" / "x_mrc.motion.json").read_text())
+    assert new["movie"] == str(watch / "grid1" / "x.mrc")
+    assert os.path.samefile(out / "grid1" / "average" / "x.mrc", out / "grid1" / "x_mrc_DW.mrc")
+    assert os.path.samefile(out / "grid1" / "average" / "odd" / "x.mrc",
+                            out / "grid1" / "x_mrc_ODD.mrc")
+    xml = (out / "grid1" / "x.xml").read_text()
+    assert f'DataDirectory="{watch / "grid1"}"' in xml
+    assert not (out / "grid1" / "x_mrc.xml").exists()
+    assert not (out / "grid1" / "average" / "x_mrc.mrc").exists()
+    (reused,) = [f for _, e, f in log.events if e == "warp_name_reused"]
+    assert reused["name"] == "x" and reused["movie"] == str(watch / "grid1" / "x.mrc")
 
 
 def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_path,
