@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
-__all__ = ["MAX_STEM_BYTES", "OUTPUT_TAILS", "fit_output_stem", "stem_recorded_for_another",
-           "stems_sharing_an_output"]
+__all__ = ["MAX_STEM_BYTES", "OUTPUT_TAILS", "fit_output_stem", "folder_file_stem",
+           "stem_recorded_for_another", "stems_sharing_an_output"]
 
 #: Longest output stem (bytes): every file named from it, with the longest suffix
 #: (``.spectrum.png``) and as a writer's temporary (``.<name>.tmp-<pid>``, a pid of up to 7
@@ -55,6 +56,21 @@ def stems_sharing_an_output(stem: str) -> frozenset[str]:
                 if other:
                     shared.add(other)
     return frozenset(shared)
+
+
+#: Stems of the files motionwatch writes once per output folder, whose names a movie's outputs
+#: would take: the RELION gain (``motionwatch_gain.mrc``, ``motionwatch_gain_<16 hex>.mrc``,
+#: :func:`correction.gain_export.relion_gain_names`) and the folder's STAR files
+#: (``corrected_micrographs.star``, ``corrected_tilt_series.star``).
+_FOLDER_FILE_STEMS = re.compile(
+    r"motionwatch_gain(_[0-9a-f]{16})?|corrected_micrographs|corrected_tilt_series")
+
+
+def folder_file_stem(stem: str) -> bool:
+    """Whether a movie's outputs under ``stem`` would replace one of the output folder's own
+    files (a movie named ``motionwatch_gain.mrc`` wrote its sum over the RELION gain that every
+    motion STAR names): such a movie gets another stem, as ``x_DW`` does."""
+    return _FOLDER_FILE_STEMS.fullmatch(stem) is not None
 
 
 def stem_recorded_for_another(out_dir: str | Path, stem: str, movie: str | Path) -> Path | None:

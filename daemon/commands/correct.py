@@ -168,7 +168,7 @@ def _output_stems(movies: list[Path], out_dir: Path,
     the record's ``movie_file``), is its own; a record of another file of that name that is no
     longer there (another session's, a share unmounted) is not.
     Shortened when too long to name files (:func:`correction.stems.fit_output_stem`)."""
-    from correction.stems import fit_output_stem, stems_sharing_an_output
+    from correction.stems import fit_output_stem, folder_file_stem, stems_sharing_an_output
 
     taken = dict(held or {})  # stem -> the resolved movie that has it
     stems = {}
@@ -178,9 +178,9 @@ def _output_stems(movies: list[Path], out_dir: Path,
         candidates = (fit_output_stem(c) for c in [movie.stem, f"{movie.stem}_{ext}"]
                       + [f"{movie.stem}_{ext}_{n}" for n in range(2, 1000)])
         stem = next(c for c in candidates
-                    if all(taken.get(other, key) == key
-                           and _owned_by(out_dir, other, movie)
-                           for other in stems_sharing_an_output(c)))
+                    if not folder_file_stem(c) and all(taken.get(other, key) == key
+                                                       and _owned_by(out_dir, other, movie)
+                                                       for other in stems_sharing_an_output(c)))
         taken[stem] = key
         stems[movie] = stem
     return stems

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import read_motion_record
-from correction.stems import fit_output_stem, stem_recorded_for_another, stems_sharing_an_output
+from correction.stems import (fit_output_stem, folder_file_stem, stem_recorded_for_another,
+                              stems_sharing_an_output)
 from daemon.events import SOURCE_KEY, MovieKey
 from daemon.system.processes import process_exists
 
@@ -183,9 +184,10 @@ class OutputStems:
                       + [f"{with_ext}_{n}" for n in range(2, 1000)])
         folder = str(Path(movie).parent)
         for stem in candidates:
-            if all(self._owner.get((folder, other), str(movie)) == str(movie)
-                   and not self._foreign_record(folder, other, stem, out_dir, movie)
-                   for other in stems_sharing_an_output(stem)):
+            if not folder_file_stem(stem) and all(
+                    self._owner.get((folder, other), str(movie)) == str(movie)
+                    and not self._foreign_record(folder, other, stem, out_dir, movie)
+                    for other in stems_sharing_an_output(stem)):
                 self._owner[(folder, stem)] = str(movie)
                 return stem
         raise ValueError(f"{movie}: no free output stem in {out_dir}")

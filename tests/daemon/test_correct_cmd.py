@@ -588,6 +588,21 @@ def test_a_run_never_takes_a_stem_another_running_run_chose_for_a_movie_of_the_s
     assert not (out / ".motionwatch-correct-claims").exists()
 
 
+def test_a_movie_named_like_the_folders_micrographs_star_keeps_its_own_motion_star(tmp_path):
+    """``corrected_micrographs.mrc``: its motion STAR ``corrected_micrographs.star`` was the
+    folder's micrographs STAR, whose row for it then named the folder's STAR as its motion."""
+    import starfile
+
+    rng = np.random.default_rng(21)
+    movies = [_movie(tmp_path / name, rng) for name in ("m1.mrc", "corrected_micrographs.mrc")]
+    out = tmp_path / "out"
+    assert main(["correct", *map(str, movies), "--out", str(out), "--dose-per-frame", "1",
+                 "--patches", "1", "1"]) == 0
+    assert (out / "corrected_micrographs_mrc.motion.json").is_file()
+    rows = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(rows["rlnMicrographMetadata"]) == ["corrected_micrographs_mrc.star", "m1.star"]
+
+
 def test_a_pixel_size_given_unlike_the_movie_files_is_used_recorded_and_named_once(
         tmp_path, capsys):
     """A `pixel_size` left in a TOML from another magnification silently replaced SerialEM's

@@ -93,6 +93,43 @@ def test_a_new_grid_in_the_folder_of_a_renamed_one_has_the_warp_names_its_mdoc_g
     assert reused["name"] == "x" and reused["movie"] == str(watch / "grid1" / "x.mrc")
 
 
+def test_movies_named_like_the_output_folders_own_files_never_replace_them(tmp_path):
+    """A movie ``motionwatch_gain.mrc`` wrote its sum over the RELION gain that every motion
+    STAR names (polishing would have divided by a micrograph), and ``corrected_micrographs.mrc``
+    its motion STAR over the folder's micrographs STAR. They get their extension in their
+    stems, as ``x_DW.mrc`` beside ``x.mrc`` does."""
+    import mrcfile
+    import starfile
+
+    from correction.params import GainParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(6)
+    for name in ("m1.mrc", "motionwatch_gain.mrc", "corrected_micrographs.mrc"):
+        write_movie_progressively(watch / name, rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
+                                  pixel_size_A=1.1, frame_interval_s=0)
+    gain = tmp_path / "gain_ref.mrc"
+    with mrcfile.new(gain) as mrc:
+        mrc.set_data(np.full((96, 96), 1.25, np.float32))
+    params = CorrectionParams(align=AlignParams(patches_x=1, patches_y=1),
+                              dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              gain=GainParams(gain_path=gain))
+    config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                    heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning",
+                    options={"handoff": "on"})
+    assert Service(config, listeners=[build_handoff_listener(config)]).run() == 0
+    with mrcfile.open(out / "motionwatch_gain.mrc") as mrc:
+        np.testing.assert_allclose(mrc.data, 1.25)  # the gain (multiplicative), not a sum
+    for stem in ("motionwatch_gain_mrc", "corrected_micrographs_mrc"):
+        assert json.loads((out / f"{stem}.motion.json").read_text())["movie"].endswith(
+            stem.replace("_mrc", ".mrc"))
+    blocks = starfile.read(out / "corrected_micrographs.star", always_dict=True)
+    assert sorted(blocks["micrographs"]["rlnMicrographMetadata"]) == [
+        "corrected_micrographs_mrc.star", "m1.star", "motionwatch_gain_mrc.star"]
+
+
 def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_path,
                                                                            monkeypatch):
     """Work not done twice: a corrected movie, unchanged on disk, is not validated again (its
