@@ -102,7 +102,9 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
     Raises
     ------
     OSError
-        The file system refuses hard links or the folder is not writable.
+        The file system refuses hard links or the folder is not writable;
+        ``FileExistsError`` where a name of the layout is a movie's sum (a watched sub-folder
+        named ``average``, whose outputs are in ``OUT/average``).
     """
     from correction.write import atomic_write, text_bytes
 
@@ -115,6 +117,11 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
         if root != warp_name(motion):  # this movie's layout of an earlier release, by stem
             _remove_own(pairs, folder / f"{root}.xml")
             continue
+        for _, link in pairs:
+            if link.with_name(f"{link.stem}.motion.json").exists():
+                raise FileExistsError(
+                    f"{link} is the sum of a movie of a watched folder named "
+                    f"{link.parent.name}: no Warp layout for {motion.movie}")
         for target, link in pairs:
             if target is not None and Path(target).exists():
                 _link(Path(target), link)

@@ -130,6 +130,35 @@ def test_movies_named_like_the_output_folders_own_files_never_replace_them(tmp_p
         "corrected_micrographs_mrc.star", "m1.star", "motionwatch_gain_mrc.star"]
 
 
+def test_a_watched_folder_named_average_keeps_its_sums_from_the_warp_layout(tmp_path):
+    """``session/average/x.mrc`` has its sum in ``OUT/average/x.mrc``, the name of Warp's
+    average of ``session/x.mrc``: the layout's link replaced that sum (its record and the STAR
+    still named it). The layout is refused, said in the log, and the sum stays."""
+    import mrcfile
+    from recording_log import RecordingLog
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    (watch / "average").mkdir(parents=True)
+    out.mkdir()
+    rng = np.random.default_rng(7)
+    write_movie_progressively(watch / "average" / "x.mrc", rng.poisson(40.0, (4, 96, 96)).astype(
+        np.int16), pixel_size_A=1.1, frame_interval_s=0)
+    _run(watch, out, handoff=True)
+    with mrcfile.open(out / "average" / "x.mrc") as mrc:
+        own_sum = mrc.data.copy()
+    write_movie_progressively(watch / "x.mrc", rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
+                              pixel_size_A=1.1, frame_interval_s=0)
+    log = RecordingLog()
+    _run(watch, out, handoff=True, log=log)
+    assert (out / "x_DW.mrc").is_file()
+    with mrcfile.open(out / "average" / "x.mrc") as mrc:
+        np.testing.assert_array_equal(mrc.data, own_sum)
+    assert not (out / "x.xml").exists()
+    (refused,) = [f for _, e, f in log.events
+                  if e == "handoff_write_failed" and f["step"] == "warp_layout"]
+    assert "a watched folder named average" in refused["error"]
+
+
 def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_path,
                                                                            monkeypatch):
     """Work not done twice: a corrected movie, unchanged on disk, is not validated again (its
