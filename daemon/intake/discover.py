@@ -85,10 +85,12 @@ def is_temporary_name(name: str) -> bool:
     """True for dotfiles and names writers use while a file is incomplete.
 
     Dotfiles (``.x.mrc``), editor/transfer temporaries (``x.mrc.tmp``, ``x.mrc.part``,
-    ``x.mrc~``, ``#x.mrc#``, ``~$x``) and SerialEM's ``.openTS`` lock files.
+    ``x.mrc~``, ``#x.mrc#``, ``~$x``) and SerialEM's ``.openTS`` lock files; ``#1.mrc`` is a
+    movie (a position numbered so), not an editor's ``#...#``.
     """
     lower = name.lower()
-    return name.startswith((".", "~", "#")) or lower.endswith(_TEMP_SUFFIXES)
+    return name.startswith((".", "~")) or (name.startswith("#") and name.endswith("#")) \
+        or lower.endswith(_TEMP_SUFFIXES)
 
 
 def _is_folder(entry: os.DirEntry) -> bool:

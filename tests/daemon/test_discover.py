@@ -22,7 +22,8 @@ def test_temporary_names_and_dotfiles_are_recognised(name):
     assert is_temporary_name(name)
 
 
-@pytest.mark.parametrize("name", ["a.mrc", "Position_1_001.tif", "x.eer", "a.mrc.mdoc", "tmp.mrc"])
+@pytest.mark.parametrize("name", ["a.mrc", "Position_1_001.tif", "x.eer", "a.mrc.mdoc", "tmp.mrc",
+                                  "#1_001.mrc"])
 def test_ordinary_names_are_not_temporary(name):
     assert not is_temporary_name(name)
 
