@@ -28,7 +28,7 @@ from typing import Any
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
-from daemon.series.stored_state import listed_now
+from daemon.series.stored_state import SeriesTally, series_tallies
 from daemon.series.tilt_record import TiltRecord
 from daemon.system.pace_text import pace_phrase
 from daemon.system.processes import process_exists
@@ -81,24 +81,16 @@ def _tilt(row: MovieRow) -> TiltRecord | None:
 
 
 def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dict[str, Any]]:
-    """One entry per tilt series, from its persisted state and its movies' tilt records."""
-    latest: dict[str, MovieRow] = {}
-    for row in rows:  # acquisition order, then insertion: the last row of a path is its newest
-        if row.key.size >= 0:
-            latest[row.key.path] = row
-    tilts: dict[str, list[tuple[MovieRow, TiltRecord]]] = {}
-    for row in latest.values():
-        tilt = _tilt(row)
-        if tilt is not None:
-            tilts.setdefault(tilt.series, []).append((row, tilt))
+    """One entry per tilt series, from its persisted state and its movies' tilt records
+    (counted as the feed counts them: :func:`daemon.series.stored_state.series_tallies`)."""
+    tallies = series_tallies(states, rows)
     out = []
-    for name in sorted(set(states) | set(tilts)):
+    for name in sorted(set(states) | set(tallies)):
         state = states.get(name, {})
-        mine = tilts.get(name, [])
-        if not mine and (state.get("moved_to") or state.get("reason") == REMOVED_SERIES_REASON):
+        tally = tallies.get(name, SeriesTally())
+        if not tally.tilts and (state.get("moved_to")
+                                or state.get("reason") == REMOVED_SERIES_REASON):
             continue  # its tilts were renamed or redone into another series: a ghost
-        reached = [t.pre_exposure_e_A2 + t.dose_e_A2 for _, t in mine]
-        mine = [(r, t) for r, t in mine if listed_now(state, r.key.path)]
         stacks = state.get("stacks") or {}
         folder = state.get("folder")
         if folder is None and stacks.get("sum"):
@@ -106,10 +98,11 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dic
         out.append({
             "series": name,
             "status": "completed" if state.get("status") == "complete" else "open",
-            "tilts_done": sum(r.status == "done" for r, _ in mine),
-            "tilts_failed": sum(r.status in ("failed", "quarantined") for r, _ in mine),
+            "tilts_done": tally.done,
+            "tilts_failed": tally.failed,
             "tilts_expected": state.get("expected_tilts"),
-            "accumulated_dose_e_A2": round(max(reached), 3) if reached else None,
+            "accumulated_dose_e_A2": None if tally.reached_e_A2 is None
+            else round(tally.reached_e_A2, 3),
             "stack_folder": folder, "stacks": stacks, "mdoc": state.get("mdoc"),
             "reason": state.get("reason")})
     return out

@@ -28,7 +28,7 @@ from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
 from daemon.feed.messages import ASSEMBLY_FAILED_KIND, DriftRules, movie_message
 from daemon.feed.publisher import PublishConfig, Publisher, PublishError
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON
-from daemon.series.stored_state import listed_now
+from daemon.series.stored_state import SeriesTally, series_tallies
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
 from daemon.state.ledger import DB_NAME, Ledger
@@ -147,7 +147,8 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
     Reads the state database read-only: the ``limit`` most recently done movies (oldest first;
     each from its motion record on disk, skipped when that is gone or unreadable; a movie done
     more than once by its newest row), one ``series`` body per tilt series (``completed`` or
-    ``updated``, with its movies done), one ``error`` body per movie still quarantined (the
+    ``updated``, with its tilts done and failed and the dose reached, of all its movies:
+    :func:`~daemon.series.stored_state.series_tallies`), one ``error`` body per movie still quarantined (the
     newest ``limit``, oldest first) and one ``warning`` body per series whose last assembly
     failed (``updated``, not ``completed``, in ``series``).
 
@@ -161,9 +162,11 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
             rows = ledger.recent("done", limit)
             states = ledger.series_states()
             quarantined = ledger.recent("quarantined", limit)
-            done_paths = {r.key.path: r.updated for r in ledger.rows(status="done")}
+            every = ledger.rows()
     except (FileNotFoundError, sqlite3.Error):
         return [], [], [], []
+    done_paths = {r.key.path: r.updated for r in every if r.status == "done"}
+    tallies = series_tallies(states, every)  # every movie, not only the ``limit`` restored
     newest_error = {}  # a file once, by its newest quarantine (again under other settings)
     for r in quarantined:  # newest first
         if not done_paths.get(r.key.path, -1.0) >= r.updated:
@@ -171,8 +174,6 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
     errors = [{"path": r.key.path, "reason": " ".join(f"quarantined: {r.error}".split()),
                "time": _iso(r.updated)} for r in reversed(list(newest_error.values()))]
     movies: list[dict] = []
-    n_done: dict[str, int] = {}
-    reached: dict[str, float] = {}  # accumulated dose of each series' tilts (e/Å²)
     newest = {}  # a movie redone (new metadata, a new version) once, by its newest row
     for row in rows:
         newest.setdefault(row.key.path, row)
@@ -188,14 +189,6 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
             continue  # outputs removed or a record this version cannot read: leave it out
         body["time"] = _iso(row.finished if row.finished is not None else row.updated)
         movies.append(body)
-        state = states.get(body.get("series")) if body.get("series") else None
-        if body.get("series") and listed_now(state if isinstance(state, Mapping) else {},
-                                             row.key.path):
-            n_done[body["series"]] = n_done.get(body["series"], 0) + 1
-            dose = body.get("dose") or {}
-            if dose.get("pre_exposure_e_A2") is not None and dose.get("total_e_A2") is not None:
-                reached[body["series"]] = max(reached.get(body["series"], 0.0),
-                                              dose["pre_exposure_e_A2"] + dose["total_e_A2"])
     series = []
     warnings = []
     for name, state in states.items():
@@ -205,10 +198,11 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
         reason = str(state.get("reason") or "")
         assembly_failed = reason.startswith(ASSEMBLY_FAILED_REASON)
         completed = state.get("status") == "complete" and not assembly_failed
+        tally = tallies.get(name, SeriesTally())
         series.append({"event": "completed" if completed else "updated",
-                       "series": name, "n_done": n_done.get(name, 0), "n_failed": 0,
+                       "series": name, "n_done": tally.done, "n_failed": tally.failed,
                        "n_expected": state.get("expected_tilts"),
-                       "accumulated_dose_e_A2": reached.get(name), "mdoc": state.get("mdoc"),
+                       "accumulated_dose_e_A2": tally.reached_e_A2, "mdoc": state.get("mdoc"),
                        "stacks": dict(stacks) if isinstance(stacks, Mapping) else None})
         if assembly_failed:  # shown so, not as completed with no stacks
             warnings.append({"kind": ASSEMBLY_FAILED_KIND, "series": name, "path": None,

@@ -9,10 +9,13 @@ dropped it, keeps a record naming the series but is no tilt of it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LISTED_MOVIES", "listed_now"]
+from daemon.series.tilt_record import TiltRecord
+
+__all__ = ["LISTED_MOVIES", "SeriesTally", "listed_now", "series_tallies"]
 
 LISTED_MOVIES = "listed_movies"
 
@@ -25,3 +28,51 @@ def listed_now(state: Mapping[str, Any], movie_path: str) -> bool:
     if not isinstance(listed, list):
         return True
     return any(movie_path == name or movie_path.endswith("/" + name) for name in listed)
+
+
+@dataclass
+class SeriesTally:
+    """A series' movies as the state database holds them (the newest row of each file).
+
+    ``done`` and ``failed`` (failed or quarantined) count the tilts its mdoc lists now; a
+    listed movie quarantined before it was resolved as a tilt (a corrupt header) counts among
+    the failed. ``reached_e_A2``: the dose its tilts reached (pre-exposure + own dose, e/Å²,
+    the largest), None without any."""
+
+    done: int = 0
+    failed: int = 0
+    reached_e_A2: float | None = None
+    tilts: list[tuple[Any, TiltRecord]] = field(default_factory=list)
+
+
+def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any]
+                   ) -> dict[str, SeriesTally]:
+    """:class:`SeriesTally` by series name, from the stored ``states`` and the database's movie
+    ``rows`` (any order; the newest row of each file counts; moved rows, of size < 0, not)."""
+    latest: dict[str, Any] = {}
+    for row in rows:
+        prev = latest.get(row.key.path)
+        if row.key.size >= 0 and (prev is None or (row.updated or 0) >= (prev.updated or 0)):
+            latest[row.key.path] = row
+    tallies: dict[str, SeriesTally] = {}
+    listing = {name: state for name, state in states.items()
+               if isinstance(state, Mapping) and isinstance(state.get(LISTED_MOVIES), list)}
+    for path, row in latest.items():
+        tilt = TiltRecord.from_json(((row.metadata or {}).get("extra_record") or {}).get("tilt"))
+        failed = row.status in ("failed", "quarantined")
+        if tilt is None:
+            if failed:  # quarantined before it was resolved: a tilt of the series listing it
+                owner = next((name for name, state in listing.items()
+                              if listed_now(state, path)), None)
+                if owner is not None:
+                    tallies.setdefault(owner, SeriesTally()).failed += 1
+            continue
+        tally = tallies.setdefault(tilt.series, SeriesTally())
+        tally.tilts.append((row, tilt))
+        reached = tilt.pre_exposure_e_A2 + tilt.dose_e_A2
+        tally.reached_e_A2 = reached if tally.reached_e_A2 is None \
+            else max(tally.reached_e_A2, reached)
+        if listed_now(states.get(tilt.series) or {}, path):
+            tally.done += row.status == "done"
+            tally.failed += failed
+    return tallies

@@ -1,0 +1,50 @@
+"""After a restart, the live views learn a tilt series' figures from the state database: its
+tilts done and failed and the dose reached, of all its movies, as ``motionwatch status`` and
+the live feed count them (before, of the 200 movies restored only, and never a failure)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_run import run_until_idle
+
+from correction.params import CorrectionParams, DoseParams
+from daemon.commands.cli import main
+from daemon.engine.service import Service
+from daemon.feed.listener import restored_state
+from daemon.series.options import resolver_from_config
+from daemon.settings.config import Config
+from daemon.simulation.tilt_series import simulate_tilt_series
+from daemon.state.ledger import DB_NAME
+
+
+def test_a_restored_series_has_every_tilt_done_its_failures_and_its_dose(tmp_path, capsys):
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(3), n_tilts=4,
+                                 shape_yx=(64, 64), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    cut = Path(tilts[2].movie.path)  # a transfer's garbage: quarantined before it is a tilt
+    cut.write_bytes(os.urandom(cut.stat().st_size))
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, exit_when_idle_s=0.8,
+                    incomplete_grace_s=0.5, polling="on",
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    run_until_idle(Service(config, resolver=resolver_from_config(config)))
+
+    done = [t for t in tilts if t is not tilts[2]]
+    reached = max(t.pre_exposure_e_A2 + t.dose_e_A2 for t in done)
+    capsys.readouterr()  # the service's log
+    assert main(["status", str(out), "--json"]) == 0
+    (status,) = json.loads(capsys.readouterr().out)["series"]
+    assert (status["tilts_done"], status["tilts_failed"]) == (3, 1)
+    assert status["accumulated_dose_e_A2"] == pytest.approx(reached, abs=1e-3)
+    for limit in (200, 1):  # however few movies the restored state carries
+        _, (series,), errors, _ = restored_state(out / DB_NAME, out_dir=out, limit=limit)
+        assert (series["n_done"], series["n_failed"]) == (3, 1)
+        assert series["accumulated_dose_e_A2"] == pytest.approx(reached, abs=1e-3)
+        assert [e["path"] for e in errors] == [str(cut)]
