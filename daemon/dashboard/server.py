@@ -9,8 +9,9 @@ and a stdlib :class:`http.server.ThreadingHTTPServer` answers
 ``/api/state``
     the current :meth:`SessionView.snapshot` as JSON;
 ``/events``
-    a ``text/event-stream``: the snapshot whenever it changes (at most every 0.25 s) and at least
-    every second (so a silent daemon shows as silent);
+    a ``text/event-stream``: the snapshot whenever it changes (at most every 0.25 s), when the
+    daemon's state changes with time (looked at every second: a silent daemon shows as
+    silent), and every ``_PUSH_IDLE_S`` otherwise (the rates fall while nothing is corrected);
 ``/files/<path>``
     a picture or table below the output folder (``.png``, ``.json``, ``.csv``, ``.tlt``,
     ``.mdoc``, ``.txt``): the path is resolved (symbolic links included) and refused with 404
@@ -54,7 +55,8 @@ _FILE_TYPES = {".png": "image/png", ".json": "application/json", ".csv": "text/c
                ".tlt": "text/plain", ".mdoc": "text/plain", ".txt": "text/plain"}
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 _PUSH_MIN_S = 0.25
-_PUSH_MAX_S = 1.0
+_PUSH_MAX_S = 1.0  # how often a stream looks whether the daemon's state changed with time
+_PUSH_IDLE_S = 10.0  # an unchanged view is sent again this often (its rates fall with time)
 _IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
 _MISS_KEPT_S = 5.0  # a picture not found is looked for again after this long
 _SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
@@ -285,6 +287,11 @@ class Dashboard:
         with self._lock:
             return self.view.snapshot()
 
+    def daemon_state(self) -> str:
+        """The daemon's state now (:meth:`SessionView.daemon_state`: it changes with time)."""
+        with self._lock:
+            return self.view.daemon_state()
+
     def wait_change(self, version: int, timeout_s: float) -> int:
         """Wait until the view's version differs from ``version`` (or the timeout); returns
         the version now."""
@@ -382,17 +389,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if head:
             return
-        version = -1
+        # sent when the view changed, when the daemon's state changed with time (silent), and
+        # every _PUSH_IDLE_S: an idle page was sent the whole view every second (half a MB
+        # for a full page, and a fifth of a core to draw it again)
+        version, state = -1, None
         last = 0.0
         try:
             while not self.dashboard.stopped:
                 changed = self.dashboard.wait_change(version, _PUSH_MAX_S) != version
-                if changed or time.monotonic() - last >= _PUSH_MAX_S:
+                if changed or self.dashboard.daemon_state() != state \
+                        or time.monotonic() - last >= _PUSH_IDLE_S:
                     wait = _PUSH_MIN_S - (time.monotonic() - last)
                     if wait > 0 and version >= 0:
                         time.sleep(wait)
                     snap = self.dashboard.snapshot()
-                    version = snap["version"]
+                    version, state = snap["version"], snap["daemon"]["state"]
                     self.wfile.write(b"data: " + json.dumps(snap).encode() + b"\n\n")
                     self.wfile.flush()
                     last = time.monotonic()

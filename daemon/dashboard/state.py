@@ -114,14 +114,14 @@ class SessionView:
         elif topic == "heartbeat":
             self._heartbeat(body, now)
         elif topic == "warning":
-            self.warnings.append(_without_envelope(body))
+            _note(self.warnings, _without_envelope(body), _warning_key)
             if body.get("series") in self.series:  # e.g. its stacks were not written
                 entry = self.series[str(body["series"])]
                 entry["status"] = series_status(entry["status"], topic, body)
             if body.get("kind") == "stopping":
                 self.stopping = str(body.get("message") or "stopping")
         elif topic == "error":
-            self.errors.append(_without_envelope(body))
+            _note(self.errors, _without_envelope(body), _error_key)
         elif topic == "state":
             self._state(body)
         if topic in ("movie", "warning", "error"):
@@ -234,12 +234,8 @@ class SessionView:
                 self.history.extend({"name": t.get("name"), "time": t.get("time"),
                                      "total_A": t.get("total_A"),
                                      "resolution_A": t.get("resolution_A")} for t in seen)
-        for w in body.get("warnings") or []:
-            if w not in self.warnings:
-                self.warnings.append(w)
-        for e in body.get("errors") or []:
-            if e not in self.errors:
-                self.errors.append(e)
+        _merge(self.warnings, body.get("warnings") or [], _warning_key)
+        _merge(self.errors, body.get("errors") or [], _error_key)
         for item in [*(t for s in body.get("series") or [] for t in s.get("tilts") or []),
                      *(body.get("movies") or []), *(body.get("warnings") or []),
                      *(body.get("errors") or [])]:
@@ -369,6 +365,39 @@ class SessionView:
         if isinstance(message, str) and message.startswith(name + ":"):
             named["message"] = shown + message[len(name):]
         return named
+
+
+def _error_key(note: Mapping[str, Any]) -> Any:
+    """One failure per file (a restored one carries no seq, and its own time)."""
+    return note.get("path") or note.get("reason")
+
+
+def _warning_key(note: Mapping[str, Any]) -> Any:
+    """One warning per kind, series, file and text (a restored one is stamped anew)."""
+    return note.get("kind"), note.get("series"), note.get("path"), note.get("message")
+
+
+def _note(notes: collections.deque, note: dict[str, Any], key: Callable[[Any], Any]) -> None:
+    """``note`` as the newest of ``notes``, in place of an earlier one of its key."""
+    for old in [n for n in notes if key(n) == key(note)]:
+        notes.remove(old)
+    notes.append(note)
+
+
+def _merge(notes: collections.deque, restored: Any, key: Callable[[Any], Any]) -> None:
+    """Add the ``restored`` notes of a state message not known yet (by key), all kept in the
+    order of their times: a daemon's restart sent its failures again, each listed once more
+    and above newer ones."""
+    known = {key(n) for n in notes}
+    new = []
+    for note in restored:
+        if key(note) not in known:
+            known.add(key(note))
+            new.append(note)
+    if new:
+        merged = sorted([*notes, *new], key=lambda n: str(n.get("time") or ""))
+        notes.clear()
+        notes.extend(merged)
 
 
 def _without_envelope(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -244,6 +244,31 @@ def test_files_are_served_from_the_output_folder_only(tmp_path):
         conn.close()
 
 
+def test_an_idle_view_is_not_sent_to_the_page_every_second(tmp_path):
+    """An open page was sent the whole view every second while nothing changed (half a MB for
+    a full page, and a fifth of a core to draw it again, all night); now once, then when it
+    changes (or the daemon's state does, or every ten seconds)."""
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=tmp_path,
+                                   listen="127.0.0.1:0")) as dash:
+        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/events")
+        stream = conn.getresponse()
+        pushes = []
+        reader = threading.Thread(target=lambda: pushes.extend(
+            line for line in iter(stream.readline, b"") if line.startswith(b"data: ")),
+            daemon=True)
+        reader.start()
+        time.sleep(3.5)
+        assert len(pushes) == 1  # the view as it is; nothing changed since
+        with dash._lock:  # as a feed message is folded in
+            dash.view.apply("heartbeat", envelope("a", 1, interval_s=5, done=0, backlog=0,
+                                                  running=0, failed=0))
+            dash._lock.notify_all()
+        _wait(lambda: len(pushes) == 2, 5, "the changed view")
+        conn.close()
+
+
 def test_movie_names_with_glob_characters_or_bytes_not_utf8_find_only_their_own_pictures(
         tmp_path):
     """The picture of a movie is looked up by name: ``**.thumb.png`` made the lookup raise
@@ -301,6 +326,33 @@ def test_errors_and_warnings_name_the_movie_by_its_folder_where_two_grids_share_
     one_folder.apply("error", envelope("a", 1, path="/data/s/y.mrc", reason="quarantined"))
     one_folder.apply("movie", envelope("a", 2, **movie_message(record("s/m.mrc", 1.0))))
     assert [e["shown"] for e in one_folder.snapshot()["errors"]] == ["y.mrc"]
+
+
+def test_a_restarts_failures_and_warnings_are_listed_once_in_the_order_they_happened():
+    """A daemon's restart sends the failures and warnings it restored again (without a seq,
+    warnings stamped anew): each was listed once more per restart, above newer ones."""
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    view.apply("error", envelope("a", 1, path="/data/g/old.mrc", reason="not an MRC file",
+                                 time="2026-12-06T01:00:00.000Z"))
+    view.apply("error", envelope("a", 2, path="/data/g/new.mrc", reason="not an MRC file",
+                                 time="2026-12-06T03:00:00.000Z"))
+    stacks = {"kind": "series_assembly_failed", "series": "TS_02", "path": None,
+              "message": "TS_02: stacks not written: assembly failed"}
+    view.apply("warning", envelope("a", 3, time="2026-12-06T03:30:00.000Z", **stacks))
+    for restart, seq in (("b", 1), ("c", 1)):
+        restored = {"series": [], "movies": [], "heartbeat": None,
+                    "errors": [{"path": "/data/g/old.mrc", "seq": None,
+                                "reason": "quarantined: not an MRC file",
+                                "time": "2026-12-06T01:00:01.000Z"},
+                               {"path": "/data/g/gone.mrc", "seq": None,
+                                "reason": "quarantined: file is 0 bytes",
+                                "time": "2026-12-06T02:00:00.000Z"}],
+                    "warnings": [{**stacks, "time": f"2026-12-06T04:0{len(restart)}:00.000Z"}]}
+        view.apply("state", envelope(restart, seq, **restored))
+    snap = view.snapshot()
+    assert [e["path"] for e in snap["errors"]] == ["/data/g/new.mrc", "/data/g/gone.mrc",
+                                                   "/data/g/old.mrc"]
+    assert [w["series"] for w in snap["warnings"]] == ["TS_02"]
 
 
 def test_a_page_that_joins_after_a_restart_shows_the_movie_done_last_as_the_latest():
@@ -450,10 +502,29 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                                        " === 'restarted'", timeout=30000)
                 assert "(1x, new session)" in page.locator("#daemon-state").text_content()
                 assert page.locator("div[data-series='TS_01'] tr.tilt").count() == 5
+                assert re.search(r"· 5(/5)? tilts",
+                                 page.locator("div[data-series='TS_01'] h3").inner_text())
                 shot = page.screenshot(full_page=False)
                 (tmp_path / "dashboard.png").write_bytes(shot)
                 if os.environ.get("MOTIONWATCH_SAVE_SCREENSHOT"):
                     Path(os.environ["MOTIONWATCH_SAVE_SCREENSHOT"]).write_bytes(shot)
+                # the dashboard gone: the page no longer says the daemon is live
+                dash.send_signal(signal.SIGTERM)
+                assert dash.wait(timeout=15) == 0
+                page.wait_for_function("document.getElementById('daemon-state').dataset.state"
+                                       " === 'unreachable'", timeout=15000)
+                # a series' heading counts the tilts the daemon counts done (a page that joined
+                # after a restart has its newest movies only), and the drift chart's max is the
+                # largest drift, not the warning threshold above it
+                page.evaluate("renderSeries({thresholds: {}, series: [{series: 'TS_07', "
+                              "status: 'completed', n_done: 41, n_expected: 41, n_failed: 0, "
+                              "tilts: [], pictures: {}}]})")
+                assert "TS_07 · completed · 41/41 tilts" in page.locator(
+                    "div[data-series='TS_07'] h3").inner_text()
+                assert page.evaluate(
+                    "(() => { const d = document.createElement('div'); sparkline(d, [{v: 3}, "
+                    "{v: 15}], 'v', 40, 'drift'); return d.querySelector('text').textContent; "
+                    "})()") == "drift (max 15.0)"
             finally:
                 browser.close()
     finally:

@@ -265,12 +265,14 @@ def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_mo
             folder = out / "TS_01" if i < 12 else out
             body = record(f"{name}.tif", 4.0 + i)
             if i < 12:
-                body["tilt"] = {"series": "TS_01", "tilt_deg": 3.0 * i, "acquisition_index": i,
+                body["tilt"] = {"series": "TS_01", "movie": f"{name}.tif", "tilt_deg": 3.0 * i,
+                                "acquisition_index": i, "dose_e_A2": 3.0,
                                 "pre_exposure_e_A2": 3.0 * i, "dose_source": "ExposureDose"}
             motion = folder / f"{name}.motion.json"
             motion.write_text(json.dumps(body))
             key = MovieKey(f"/data/{name}.tif", 10, i, "f")
-            db.add(key)
+            # the tilt in the row too, as admission records it (what status and the state count)
+            db.add(key, metadata={"extra_record": {"tilt": body["tilt"]}} if i < 12 else None)
             db.claim(key)
             db.mark_done(key, outputs={"sum": str(folder / f"{name}.mrc"),
                                        "motion": str(motion)}, timings={}, summary={})
@@ -293,6 +295,7 @@ def test_after_a_restart_the_monitor_shows_the_movies_the_ledger_holds_not_no_mo
     (series,) = state["series"]
     assert series["series"] == "TS_01" and series["status"] == "completed"
     assert series["n_done"] == 12 and series["n_expected"] == 12
+    assert series["accumulated_dose_e_A2"] == 36.0  # 3 e/Å² each, the twelfth after 33
     assert [t["name"] for t in series["tilts"]] == [f"TS_01_{i:03d}.tif" for i in range(12)]
     assert [m["name"] for m in state["movies"]] == [f"loose_{i:03d}.tif" for i in range(12, 19)]
     view = MonitorState(endpoint)

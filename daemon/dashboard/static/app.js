@@ -84,10 +84,11 @@ function sparkline(target, points, key, threshold, label) {
   svg.setAttribute("preserveAspectRatio", "none");
   const values = points.map((p) => p[key]).filter((v) => v !== null && v !== undefined);
   const top = Math.max(1, ...values, threshold || 0) * 1.1;
+  const peak = values.length ? Math.max(...values) : null;  // the data's, not the threshold's
   const x = (i) => 30 + (560 * i) / Math.max(1, points.length - 1);
   const y = (v) => 110 - (100 * v) / top;
   const t = document.createElementNS(NS, "text");
-  t.setAttribute("x", 32); t.setAttribute("y", 10); t.textContent = `${label} (max ${num(top / 1.1)})`;
+  t.setAttribute("x", 32); t.setAttribute("y", 10); t.textContent = `${label} (max ${num(peak)})`;
   svg.append(t);
   if (threshold) {
     const line = document.createElementNS(NS, "line");
@@ -115,7 +116,8 @@ function renderSeries(s) {
   box.replaceChildren(...s.series.map((series) => {
     const div = el("div", { class: "series", "data-series": series.series });
     const expected = series.n_expected ? `/${series.n_expected}` : "";
-    div.append(el("h3", {}, `${series.series} · ${series.status} · ${series.tilts.length}${expected} tilts` +
+    const done = series.n_done ?? series.tilts.length;  // the daemon's count: the page keeps fewer
+    div.append(el("h3", {}, `${series.series} · ${series.status} · ${done}${expected} tilts` +
       (series.n_failed ? ` · ${series.n_failed} failed` : "") +
       (series.accumulated_dose_e_A2 ? ` · ${num(series.accumulated_dose_e_A2)} e/Å²` : "")));
     const table = el("table");
@@ -155,7 +157,13 @@ function connect() {
   fetch("/api/state").then((r) => r.json()).then(render).catch(() => {});
   const source = new EventSource("/events");
   source.onopen = () => { $("connection").textContent = "connected"; };
-  source.onerror = () => { $("connection").textContent = "reconnecting to the dashboard…"; };
+  source.onerror = () => {  // what the page shows is no longer live: said where it is read
+    $("connection").textContent = "reconnecting to the dashboard…";
+    const badge = $("daemon-state");
+    badge.className = "badge unreachable";
+    badge.dataset.state = "unreachable";
+    badge.textContent = "dashboard unreachable: figures as last seen";
+  };
   source.onmessage = (event) => render(JSON.parse(event.data));
 }
 
