@@ -315,12 +315,18 @@ def movie_warnings(movie: Mapping[str, Any], rules: DriftRules) -> list[dict[str
 
     One warning per rule broken (``drift_total``, ``drift_jump``, ``drift_early``, each with
     ``value`` and ``threshold`` in Å), plus ``dose_fallback`` when the dose source fell back.
-    A threshold of None, or a missing or null drift value, raises nothing.
+    A threshold of None, or a missing or null drift value, raises nothing. The message names
+    the movie below the watched folder (``grid2/x.mrc``: two grids have the same names), as
+    its outputs' folder below ``out_dir`` mirrors it.
     """
     drift = movie.get("drift") or {}
     where = {"path": movie.get("path"), "series": movie.get("series"),
              "tilt_deg": movie.get("tilt_deg")}
     name = movie.get("name") or movie.get("path")
+    written = (movie.get("outputs") or {}).get("motion")
+    if movie.get("name") and isinstance(written, str) and "/" in written \
+            and not written.startswith("/") and movie.get("out_dir"):
+        name = f"{written.rpartition('/')[0]}/{movie['name']}"
     out = []
     for kind, key, threshold, what in (
             ("drift_total", "total_A", rules.max_total_drift_A, "total drift"),

@@ -222,6 +222,20 @@ def test_drift_rules_warn_above_thresholds_and_on_dose_fallback_only():
         "kind"] == "dose_fallback"
 
 
+def test_a_drift_warning_names_the_movie_below_the_watched_folder():
+    """grid1/x.tif and grid2/x.tif: the warning said ``x.tif: total drift ...`` for both, in
+    the journal, the monitor and the page alike. Its outputs' folder below the output folder
+    mirrors the movie's below the watched one: ``grid2/x.tif``."""
+    rules = DriftRules(max_total_drift_A=40.0)
+    record = {**motion_record("x.tif", total_A=55.5), "movie": "/data/session/grid2/x.tif"}
+    body = movie_message(record, outputs={"motion": "/data/out/grid2/x.motion.json"},
+                         out_dir="/data/out")
+    assert movie_warnings(body, rules)[0]["message"].startswith("grid2/x.tif: total drift 55.5")
+    top = movie_message(motion_record("x.tif", total_A=55.5),
+                        outputs={"motion": "/data/out/x.motion.json"}, out_dir="/data/out")
+    assert movie_warnings(top, rules)[0]["message"].startswith("x.tif: total drift 55.5")
+
+
 def test_movie_with_excessive_drift_is_followed_by_a_warning_message(publisher):
     with Subscriber(publisher.endpoint) as sub:
         receive_until(sub, has_topic("state"))
