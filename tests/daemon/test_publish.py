@@ -444,16 +444,17 @@ def test_a_restart_restores_a_redone_movie_once_and_its_series_count_once(tmp_pa
     from daemon.state.ledger import Ledger, MovieKey
 
     motion = tmp_path / "TS_01_000_0.0.motion.json"
+    tilt = {"series": "TS_01", "movie": "TS_01_000_0.0.mrc", "tilt_deg": 0.0,
+            "acquisition_index": 0, "dose_e_A2": 3.0, "pre_exposure_e_A2": 0.0}
     motion.write_text(json.dumps({
         "movie": "/w/TS_01_000_0.0.mrc", "pixel_size_A": 1.0,
         "global_shifts_px": [[0.0, 0.0], [1.0, 0.0]],
         "drift": {"total_A": 1.0, "early_A": 1.0, "late_A": 0.0, "max_frame_jump_A": 1.0},
-        "outputs": {"motion": motion.name},
-        "tilt": {"series": "TS_01", "tilt_deg": 0.0, "acquisition_index": 0}}))
+        "outputs": {"motion": motion.name}, "tilt": tilt}))
     with Ledger(tmp_path / "motionwatch.sqlite") as ledger:
         for fingerprint in ("dose-a", "dose-b"):  # corrected, then redone with other doses
             key = MovieKey("/w/TS_01_000_0.0.mrc", 100, 1, fingerprint)
-            ledger.add(key)
+            ledger.add(key, metadata={"extra_record": {"tilt": tilt}})  # as admission does
             ledger.claim(key)
             ledger.mark_done(key, outputs={"motion": str(motion)}, timings={}, summary={})
         ledger.set_series_state("TS_01", {"status": "complete", "expected_tilts": 1})
