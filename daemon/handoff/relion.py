@@ -426,7 +426,10 @@ _STAR_SPECIAL_FIRST = ("_", ";", "#")
 
 
 def _needs_quotes(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(_STAR_SPECIAL_FIRST)
+    """A value quoted in STAR files: one starting with :data:`_STAR_SPECIAL_FIRST`, or holding
+    a ``#`` anywhere (``grid1/#1_002_DW.mrc``: RELION reads it as it is, but ``starfile``,
+    through pandas, cut the line there, and the whole file failed to read)."""
+    return isinstance(value, str) and (value.startswith(_STAR_SPECIAL_FIRST) or "#" in value)
 
 
 def _shield_names(blocks: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -1181,3 +1181,17 @@ def test_a_name_starting_as_a_star_label_or_comment_is_quoted(tmp_path):
     assert len(rows) == 2 and not any(row.startswith(("_", ";")) for row in rows), rows
     mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
     assert sorted(mics["rlnMicrographName"]) == [";x/spa_1_DW.mrc", "_a/spa_0_DW.mrc"]
+
+
+def test_a_name_holding_a_hash_keeps_the_folders_star_readable(tmp_path):
+    """``#1_001.mrc`` (a position numbered so) and a folder ``grid#2/``: a ``#`` inside a value
+    left unquoted cut the row where pandas (``starfile``) reads a comment, and the folder's
+    whole micrographs STAR failed to read."""
+    out, config = _single_particle_session(tmp_path, seed=14)
+    (config.watch_dir / "grid#2").mkdir()
+    os.rename(config.watch_dir / "spa_0.mrc", config.watch_dir / "grid#2" / "spa_0.mrc")
+    os.rename(config.watch_dir / "spa_1.mrc", config.watch_dir / "#1_001.mrc")
+    _run_single_particle(config)
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographName"]) == ["#1_001_DW.mrc", "grid#2/spa_0_DW.mrc"]
+    assert sorted(mics["rlnMicrographMetadata"]) == ["#1_001.star", "grid#2/spa_0.star"]
