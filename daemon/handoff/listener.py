@@ -491,9 +491,20 @@ class RelionListener(ServiceListener):
         if self._out is None:
             return
         every = self._entries()
+        names = relion_tomo_names({t.series for _, t in every
+                                   if t is not None and t.tilt_deg is not None})
         entries = self._series_entries(series, every)
-        if not entries:
+        if entries:
+            self._write_series_star(series, entries, names[series])
+        else:
             self._remove_series_star(series)
+        for other in sorted(self._tomo_names):  # named otherwise now: a series came or went
+            if other in names and self._tomo_names.get(other, names[other]) != names[other]:
+                self._write_series(other)
+
+    def _write_series_star(self, series: str, entries: list[TiltEntry], name: str) -> None:
+        """Write the series' STAR (data block ``name``, its ``rlnTomoName``) from ``entries``."""
+        if self._out is None:
             return
         mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
         star = self._series_star(series, entries)
@@ -505,18 +516,13 @@ class RelionListener(ServiceListener):
             if (loaded := self._cache.get(key)) is not None and loaded[2] is not None
             and loaded[2].series == series and loaded[2].tilt_deg is not None)
         table = series_block(entries, self._out, self.optics, mdoc_facts(mdoc))
-        names = relion_tomo_names({t.series for _, t in every
-                                   if t is not None and t.tilt_deg is not None} | {series})
-        self._tomo_names[series] = names[series]
+        self._tomo_names[series] = name
 
         def write() -> None:
             star.parent.mkdir(parents=True, exist_ok=True)
-            write_star(star, {names[series]: table})
+            write_star(star, {name: table})
 
         self._guard(str(star), "series_star", write)
-        for other in sorted(self._tomo_names):  # a series named otherwise now (a new series)
-            if other in names and self._tomo_names.get(other, names[other]) != names[other]:
-                self._write_series(other)
 
     def _remove_series_star(self, series: str) -> None:
         """Remove the STAR this listener last wrote for ``series`` (unless another series' STAR

@@ -45,7 +45,7 @@ from correction.params import CorrectionParams, DoseParams, ReadParams
 from correction.pipeline import correct_movie
 from correction.synthetic import render_movie
 from daemon.engine.service import Service
-from daemon.events import NoMetadata
+from daemon.events import MovieEvent, MovieKey, NoMetadata
 from daemon.handoff.listener import RelionListener
 from daemon.handoff.relion import (MovieMotion, RelionOptics, accumulated_motion_px,
                                    motion_records_in, movie_motion, write_motion_star,
@@ -751,18 +751,32 @@ def test_a_series_named_like_another_grids_series_gets_a_relion_name_of_its_own(
             (watch / "grid1_TS_01.mrc.openTS").write_text("")
         else:
             (watch / "grid1_TS_01.mrc.openTS").unlink()
-        _run(watch, out, RelionListener(OPTICS))
+        listener = RelionListener(OPTICS)
+        _run(watch, out, listener)
         (block, _), = starfile.read(out / "grid1" / "TS_01" / "TS_01.star",
                                     always_dict=True).items()
         assert block == "grid1_TS_01_2"  # rewritten when the other series came
 
-    glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
-    by_star = dict(zip(glob["rlnTomoTiltSeriesStarFile"], glob["rlnTomoName"]))
+    def names_by_star() -> dict:
+        glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
+        return dict(zip(glob["rlnTomoTiltSeriesStarFile"], glob["rlnTomoName"]))
+
+    by_star = names_by_star()
     assert by_star == {"grid1/TS_01/TS_01.star": "grid1_TS_01_2",
                        "grid1_TS_01/grid1_TS_01.star": "grid1_TS_01"}
     for star, name in by_star.items():
         (block, table), = starfile.read(out / star, always_dict=True).items()
         assert block == name and len(table) == len(tilts)
+    # the watch folder's own series goes (its tilts quarantined on a redo): grid1/TS_01 has its
+    # plain name again, in the global table and as its STAR's block alike
+    for t in tilts:
+        movie = watch / f"grid1_{t.movie.path.name}"
+        listener.on_movie_failed(MovieEvent(path=movie, key=MovieKey(str(movie), 0, 0, "x"),
+                                            status="quarantined", attempt=3))
+    listener.on_stopped(0)
+    assert names_by_star() == {"grid1/TS_01/TS_01.star": "grid1_TS_01"}
+    (block, _), = starfile.read(out / "grid1" / "TS_01" / "TS_01.star", always_dict=True).items()
+    assert block == "grid1_TS_01"
 
 
 def test_relion_tomo_names_are_one_per_series_whatever_the_names():
