@@ -433,8 +433,9 @@ def run(args: argparse.Namespace) -> int:
                 if series is not None:
                     failed += 1
                     _print_failure(movie, f"{movie}: a tilt of {series} that motionwatch watch "
-                                          f"corrected into {args.out}: not replaced (motionwatch "
-                                          "retry redoes it in its series)", as_json=args.json)
+                                          f"corrected into {args.out}: not replaced (its "
+                                          "pre-exposure and its series' stacks are the daemon's; "
+                                          "correct it into another --out)", as_json=args.json)
                     continue
                 # a run killed while writing this movie's set left them; a running one's stay
                 remove_partial_outputs(Path(args.out), stems[movie], dead_writers_only=True)

@@ -467,7 +467,10 @@ def test_correct_does_not_replace_a_tilt_the_daemon_corrected_in_its_series(tmp_
     (out / "TS_01_001_3.0.motion.json").write_text(json.dumps(record))
     status = main(["correct", str(movie), "--out", str(out), "--dose-per-frame", "1"])
     assert status == exitcodes.SOME_FAILED
-    assert "a tilt of TS_01 that motionwatch watch corrected" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a tilt of TS_01 that motionwatch watch corrected" in err
+    # what the user can do: retry requeues quarantined movies only, never a done tilt
+    assert "correct it into another --out" in err and "retry" not in err
     assert json.loads((out / "TS_01_001_3.0.motion.json").read_text()) == record
 
 
