@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from correction.report import read_motion_record
+from correction.stems import folder_file_stem
 from daemon.engine.faults import RETRY_NOTE, LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
 from daemon.engine.policy import EnginePolicy, finished_under_other_parameters
@@ -531,9 +532,11 @@ class Admission:
         out_dir = output_dir_for(obs.path, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
         stem = self._stems.stem_for(obs.path, out_dir, ledger)
         if stem != movie_stem(obs.path):
+            why = (f"{movie_stem(obs.path)}.* names a file of the output folder itself"
+                   if folder_file_stem(movie_stem(obs.path)) else
+                   f"another movie already writes {movie_stem(obs.path)}.* into {out_dir}")
             log.warning("output_stem_changed", stem=stem,
-                        note=f"another movie already writes {movie_stem(obs.path)}.* into "
-                             f"{out_dir}: this one's outputs are named {stem}.*")
+                        note=f"{why}: this one's outputs are named {stem}.*")
         stored = metadata_to_json(StoredMetadata(meta.dose, meta.extra_record, meta.log_context,
                                                  verdict.n_frames, stem))
         try:

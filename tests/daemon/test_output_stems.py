@@ -100,6 +100,7 @@ def test_movies_named_like_the_output_folders_own_files_never_replace_them(tmp_p
     stems, as ``x_DW.mrc`` beside ``x.mrc`` does."""
     import mrcfile
     import starfile
+    from recording_log import RecordingLog
 
     from correction.params import GainParams
 
@@ -119,7 +120,13 @@ def test_movies_named_like_the_output_folders_own_files_never_replace_them(tmp_p
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning",
                     options={"handoff": "on"})
-    assert Service(config, listeners=[build_handoff_listener(config)]).run() == 0
+    log = RecordingLog()
+    assert Service(config, listeners=[build_handoff_listener(config)], logger=log).run() == 0
+    notes = sorted(f["note"] for _, e, f in log.events if e == "output_stem_changed")
+    assert notes == ["corrected_micrographs.* names a file of the output folder itself: this "
+                     "one's outputs are named corrected_micrographs_mrc.*",
+                     "motionwatch_gain.* names a file of the output folder itself: this one's "
+                     "outputs are named motionwatch_gain_mrc.*"]
     with mrcfile.open(out / "motionwatch_gain.mrc") as mrc:
         np.testing.assert_allclose(mrc.data, 1.25)  # the gain (multiplicative), not a sum
     for stem in ("motionwatch_gain_mrc", "corrected_micrographs_mrc"):
