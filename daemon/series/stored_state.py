@@ -45,6 +45,17 @@ class SeriesTally:
     tilts: list[tuple[Any, TiltRecord]] = field(default_factory=list)
 
 
+def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str) -> str | None:
+    """The series whose mdoc lists the movie at ``path`` by the longest name: ``grid1/x.mrc``
+    (listed by ``grid1/TS_01``) is also ``x.mrc`` of a series in the watch folder itself."""
+    best, best_len = None, -1
+    for name, state in listing.items():
+        for listed in state[LISTED_MOVIES]:
+            if (path == listed or path.endswith("/" + listed)) and len(listed) > best_len:
+                best, best_len = name, len(listed)
+    return best
+
+
 def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any]
                    ) -> dict[str, SeriesTally]:
     """:class:`SeriesTally` by series name, from the stored ``states`` and the database's movie
@@ -62,8 +73,7 @@ def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any]
         failed = row.status in ("failed", "quarantined")
         if tilt is None:
             if failed:  # quarantined before it was resolved: a tilt of the series listing it
-                owner = next((name for name, state in listing.items()
-                              if listed_now(state, path)), None)
+                owner = _listing_owner(listing, path)
                 if owner is not None:
                     tallies.setdefault(owner, SeriesTally()).failed += 1
             continue

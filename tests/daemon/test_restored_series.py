@@ -48,3 +48,31 @@ def test_a_restored_series_has_every_tilt_done_its_failures_and_its_dose(tmp_pat
         assert (series["n_done"], series["n_failed"]) == (3, 1)
         assert series["accumulated_dose_e_A2"] == pytest.approx(reached, abs=1e-3)
         assert [e["path"] for e in errors] == [str(cut)]
+
+
+def test_a_movie_quarantined_before_it_was_a_tilt_counts_for_the_series_listing_it_by_path():
+    """``grid1/TS_01_002_-3.0.mrc`` quarantined at validation (no tilt record yet), listed by
+    ``grid1/TS_01``'s mdoc; a series ``TS_01`` in the watch folder itself lists the same file
+    name, which also ends the path: it was counted as that series' failure."""
+    from types import SimpleNamespace
+
+    from daemon.series.stored_state import series_tallies
+
+    def row(path, status, updated, series=None, index=0):
+        tilt = {"series": series, "movie": path.rpartition("/")[2], "tilt_deg": 0.0,
+                "acquisition_index": index, "dose_e_A2": 3.0,
+                "pre_exposure_e_A2": 3.0 * index} if series else None
+        return SimpleNamespace(key=SimpleNamespace(path=path, size=10), status=status,
+                               updated=updated,
+                               metadata={"extra_record": {"tilt": tilt}} if tilt else {})
+
+    names = [f"TS_01_00{i}_{a}.mrc" for i, a in enumerate(("0.0", "3.0", "-3.0"))]
+    states = {"TS_01": {"listed_movies": names},
+              "grid1/TS_01": {"listed_movies": [f"grid1/{n}" for n in names]}}
+    rows = [row(f"/w/{n}", "done", 1.0 + i, "TS_01", i) for i, n in enumerate(names)]
+    rows += [row(f"/w/grid1/{n}", "done", 10.0 + i, "grid1/TS_01", i)
+             for i, n in enumerate(names[:2])]
+    rows.append(row(f"/w/grid1/{names[2]}", "quarantined", 20.0))
+    tallies = series_tallies(states, rows)
+    assert (tallies["TS_01"].done, tallies["TS_01"].failed) == (3, 0)
+    assert (tallies["grid1/TS_01"].done, tallies["grid1/TS_01"].failed) == (2, 1)
