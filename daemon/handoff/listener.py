@@ -46,7 +46,8 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_names, series_block)
-from daemon.handoff.warp import warp_layout, warp_name, warp_name_taken, warp_xml_path
+from daemon.handoff.warp import (warp_layout, warp_layout_in_place, warp_name, warp_name_taken,
+                                 warp_remove_stem_layout)
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
@@ -373,15 +374,24 @@ class RelionListener(ServiceListener):
     def _catch_up(self) -> None:
         """Write the per-movie files of movies recorded done that lack them: a service stopped
         (killed, power cut) after the ledger recorded a movie and before this listener heard
-        of it leaves them unwritten, and no later event would bring them."""
-        for key in sorted(self._motions):
-            loaded = self._load(key)
-            if loaded is None:
-                continue
-            motion = loaded[1]
+        of it leaves them unwritten, and no later event would bring them. A Warp name shared
+        by movies of one folder is the one's whose record is newest (as when it was written);
+        its layout is made again where it is not in place (an output folder of a release that
+        named the layout by the output stem), and the others' stem-named layouts go."""
+        loaded_all = {key: loaded for key in sorted(self._motions)
+                      if (loaded := self._load(key)) is not None}
+        warp_owner: dict[tuple[Path, str], tuple[float, str]] = {}  # the newest record names it
+        for key, (mtime, motion, _) in loaded_all.items():
+            place = (motion.motion_path.parent, warp_name(motion))
+            warp_owner[place] = max(warp_owner.get(place, (mtime, key)), (mtime, key))
+        for key, (_, motion, _) in loaded_all.items():
+            owner = warp_owner[(motion.motion_path.parent, warp_name(motion))][1] == key
             if key in self._renamed or not motion_star_path(motion.motion_path).exists() or (
-                    self.warp and not warp_xml_path(motion).exists()):
-                self._write_movie_files(motion)
+                    self.warp and owner and not warp_layout_in_place(motion)):
+                self._write_movie_files(motion, warp=owner)
+            if self.warp and not owner:  # an earlier release's layout of it, by its stem
+                self._guard(str(motion.motion_path), "warp_layout", warp_remove_stem_layout,
+                            motion)
 
     def _link_completed_series(self) -> None:
         """Give every series recorded complete the AreTomo3 names of its stacks (present ones
@@ -458,11 +468,12 @@ class RelionListener(ServiceListener):
         return [e for e in entries if shape(e) == kept]
 
     # --- writing --------------------------------------------------------------------------
-    def _write_movie_files(self, motion: MovieMotion) -> None:
-        """The movie's RELION motion STAR and (when on) its Warp layout."""
+    def _write_movie_files(self, motion: MovieMotion, *, warp: bool = True) -> None:
+        """The movie's RELION motion STAR and (when on, and ``warp``) its Warp layout, which
+        takes its Warp name from any other movie of that name in the folder."""
         self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
                     gain_name=self._gain_name_for(motion))
-        if self.warp:
+        if self.warp and warp:
             if warp_name_taken(motion) and self._log is not None:
                 self._log.warning(
                     "warp_name_reused", movie=str(motion.movie), name=warp_name(motion),

@@ -37,7 +37,8 @@ from xml.sax.saxutils import escape as xml_escape
 
 from daemon.handoff.relion import MovieMotion, output_stem
 
-__all__ = ["WARP_XML", "warp_layout", "warp_name", "warp_name_taken", "warp_xml_path"]
+__all__ = ["WARP_XML", "warp_layout", "warp_layout_in_place", "warp_name", "warp_name_taken",
+           "warp_remove_stem_layout", "warp_xml_path"]
 
 WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folder}" />\n'
 
@@ -96,6 +97,28 @@ def warp_name_taken(motion: MovieMotion) -> bool:
         return False
 
 
+def warp_layout_in_place(motion: MovieMotion) -> bool:
+    """Whether the movie's Warp layout is there as :func:`warp_layout` makes it: its ``.xml``
+    and ``average/<name>.mrc``, a link to its own sum, and no layout of it by its output stem
+    (an earlier release's)."""
+    folder, name = motion.motion_path.parent, warp_name(motion)
+    stem = output_stem(motion.motion_path)
+    return ((folder / f"{name}.xml").exists()
+            and (folder / "average" / f"{name}.mrc").exists() and not warp_name_taken(motion)
+            and (stem == name or not (folder / f"{stem}.xml").exists()))
+
+
+def warp_remove_stem_layout(motion: MovieMotion) -> None:
+    """Remove the movie's layout by its output stem, where that is not its Warp name (an
+    earlier release's; only links to its own sums, and their ``.xml``)."""
+    folder, stem = motion.motion_path.parent, output_stem(motion.motion_path)
+    if stem != warp_name(motion):
+        _remove_own([(_average(motion), folder / "average" / f"{stem}.mrc"),
+                     (motion.outputs.get("even"), folder / "average" / "even" / f"{stem}.mrc"),
+                     (motion.outputs.get("odd"), folder / "average" / "odd" / f"{stem}.mrc")],
+                    folder / f"{stem}.xml")
+
+
 def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
     """Make (or renew) the Warp layout of one movie; returns the paths made.
 
@@ -110,22 +133,20 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
 
     folder = motion.motion_path.parent
     made = []
-    for root in dict.fromkeys((output_stem(motion.motion_path), warp_name(motion))):
-        pairs = [(_average(motion), folder / "average" / f"{root}.mrc"),
-                 (motion.outputs.get("even"), folder / "average" / "even" / f"{root}.mrc"),
-                 (motion.outputs.get("odd"), folder / "average" / "odd" / f"{root}.mrc")]
-        if root != warp_name(motion):  # this movie's layout of an earlier release, by stem
-            _remove_own(pairs, folder / f"{root}.xml")
-            continue
-        for _, link in pairs:
-            if link.with_name(f"{link.stem}.motion.json").exists():
-                raise FileExistsError(
-                    f"{link} is the sum of a movie of a watched folder named "
-                    f"{link.parent.name}: no Warp layout for {motion.movie}")
-        for target, link in pairs:
-            if target is not None and Path(target).exists():
-                _link(Path(target), link)
-                made.append(link)
+    warp_remove_stem_layout(motion)
+    root = warp_name(motion)
+    pairs = [(_average(motion), folder / "average" / f"{root}.mrc"),
+             (motion.outputs.get("even"), folder / "average" / "even" / f"{root}.mrc"),
+             (motion.outputs.get("odd"), folder / "average" / "odd" / f"{root}.mrc")]
+    for _, link in pairs:
+        if link.with_name(f"{link.stem}.motion.json").exists():
+            raise FileExistsError(
+                f"{link} is the sum of a movie of a watched folder named "
+                f"{link.parent.name}: no Warp layout for {motion.movie}")
+    for target, link in pairs:
+        if target is not None and Path(target).exists():
+            _link(Path(target), link)
+            made.append(link)
     if made:
         xml = warp_xml_path(motion)
         payload = text_bytes(WARP_XML.format(  # a folder name not in UTF-8: its bytes on disk

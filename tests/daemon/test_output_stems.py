@@ -92,6 +92,22 @@ def test_a_new_grid_in_the_folder_of_a_renamed_one_has_the_warp_names_its_mdoc_g
     (reused,) = [f for _, e, f in log.events if e == "warp_name_reused"]
     assert reused["name"] == "x" and reused["movie"] == str(watch / "grid1" / "x.mrc")
 
+    # an output folder as the release before wrote it (the layout by output stem, so x still
+    # the old grid's): a restart puts the new movie's layout in place
+    grid = out / "grid1"
+    for folder in (grid / "average", grid / "average" / "even", grid / "average" / "odd"):
+        (folder / "x.mrc").unlink()
+    os.link(grid / "x_DW.mrc", grid / "average" / "x.mrc")
+    os.link(grid / "x_mrc_DW.mrc", grid / "average" / "x_mrc.mrc")
+    (grid / "x.xml").write_text(f'<Movie DataDirectory="{watch / "grid1_done"}" />\n')
+    (grid / "x_mrc.xml").write_text(f'<Movie DataDirectory="{watch / "grid1"}" />\n')
+    _run(watch, out, handoff=True)
+    assert os.path.samefile(grid / "average" / "x.mrc", grid / "x_mrc_DW.mrc")
+    assert f'DataDirectory="{watch / "grid1"}"' in (grid / "x.xml").read_text()
+    assert not (grid / "x_mrc.xml").exists() and not (grid / "average" / "x_mrc.mrc").exists()
+    assert os.path.samefile(grid / "average" / "odd" / "x.mrc", grid / "x_mrc_ODD.mrc")
+    assert (grid / "x_DW.mrc").is_file()  # the old grid's own sums stay
+
 
 def test_movies_named_like_the_output_folders_own_files_never_replace_them(tmp_path):
     """A movie ``motionwatch_gain.mrc`` wrote its sum over the RELION gain that every motion
