@@ -168,8 +168,12 @@ def run(args: argparse.Namespace) -> int:
             getattr(listener, "close", lambda: None)()
         return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG
     try:
+        service = Service(config, listeners=listeners, resolver=resolver)
         with paced_garbage_collector():
-            return Service(config, listeners=listeners, resolver=resolver).run()
+            status = service.run()
+        if service.config_error is not None:  # said on stderr too, as any other refusal
+            _print_config_error(service.config_error)
+        return status
     finally:
         if dashboard is not None:
             dashboard.close()

@@ -97,6 +97,8 @@ class Service:
         # service runs would bring the next session's movies into this output folder)
         self._watch_real = os.path.realpath(config.watch_dir)
         self._stop_problem: str | None = None  # a configuration problem met while running
+        #: the configuration error :meth:`run` returned 78 (or 69) for, for the command to say
+        self.config_error: ConfigError | None = None
         self._cluster_problem_said: str | None = None  # the last one logged
         self._started_s = clock()
         self._last_tick_s = clock()
@@ -334,6 +336,7 @@ class Service:
                                            "folder; run one only")
                 self._open_ledger()
             except ConfigError as exc:
+                self.config_error = exc
                 if exc.unreachable_only:  # the file system may mend it: systemd restarts
                     self._log.error("start_unavailable", problems=list(exc.problems),
                                     note="exits 69: systemd starts it again")
@@ -409,6 +412,8 @@ class Service:
                                in_flight=len(self.dispatcher.in_flight))
             if draining and not self.dispatcher.in_flight:
                 if self.dispatcher.config_error is not None or self._stop_problem is not None:
+                    self.config_error = ConfigError(
+                        [p for p in (self.dispatcher.config_error, self._stop_problem) if p])
                     return exitcodes.CONFIG
                 return exitcodes.RESTART if self._signals.restart else exitcodes.OK
             if self.dispatcher.config_error is not None and not draining:

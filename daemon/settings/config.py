@@ -65,7 +65,9 @@ class ConfigError(ValueError):
         self.problems = tuple(problems)
         self.unreachable_only = bool(self.problems) and all(
             isinstance(p, Unreachable) for p in self.problems)
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        what = ("out of reach (exits 69: systemd starts it again)" if self.unreachable_only
+                else "invalid configuration")
+        super().__init__(f"{what}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,6 +208,7 @@ def test_a_folder_or_file_out_of_reach_at_start_up_exits_69_which_systemd_restar
     err = capsys.readouterr().err
     assert status == exitcodes.UNAVAILABLE == 69, err
     assert what in err
+    assert "out of reach" in err and "invalid configuration" not in err  # no wrong value
     unit = (Path(__file__).resolve().parents[2] / "systemd" / "motionwatch.service").read_text()
     assert "RestartPreventExitStatus=78\n" in unit and "StartLimitIntervalSec=0\n" in unit
 

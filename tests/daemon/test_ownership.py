@@ -38,6 +38,23 @@ def _source(out: Path, stem: str) -> str:
     return json.loads((out / f"{stem}.motion.json").read_text())["source_file"]["path"]
 
 
+def test_the_command_says_why_it_refuses_another_watch_folder_on_stderr(tmp_path, capsys):
+    """``motionwatch watch`` on another session into an output folder that serves the first
+    exited 78 with the reason in a JSON log line on stdout only; every other refusal is said
+    on stderr, as the README promises."""
+    from daemon.commands.cli import main
+
+    first, second, out = tmp_path / "sessionA", tmp_path / "sessionB", tmp_path / "out"
+    _movie(first / "m_001.mrc", 0)
+    second.mkdir()
+    assert _run(first, out)[0] == 0
+    capsys.readouterr()
+    status = main(["watch", str(second), "--out", str(out), "--dose-per-frame", "1"])
+    err = capsys.readouterr().err
+    assert status == exitcodes.CONFIG
+    assert err.startswith("motionwatch watch: invalid configuration:") and str(first) in err
+
+
 def test_another_watch_folder_into_the_same_output_folder_stops_before_writing(tmp_path):
     first, second, out = tmp_path / "sessionA", tmp_path / "sessionB", tmp_path / "out"
     _movie(first / "m_001.mrc", 0)
