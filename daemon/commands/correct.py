@@ -403,8 +403,9 @@ def run(args: argparse.Namespace) -> int:
 
     movies = _distinct_movies(args.movies)
     if len(movies) < len(args.movies):
-        print(f"motionwatch: {len(args.movies) - len(movies)} movie(s) given more than once "
-              "(by name, or through a link): each is corrected once", file=sys.stderr)
+        print(f"motionwatch: {len(args.movies)} movies given, {len(movies)} distinct (the same "
+              "file given again, by name or through a link): each is corrected once",
+              file=sys.stderr)
     failed = 0
     gain_warned = False  # a gain orientation that fits clearly better is named once per run
     pixel_warned = False  # a --pixel-size unlike the movie files' is named once per run
