@@ -531,9 +531,11 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
 
     need(merged.out is not None or "out" in refused,
          "no output folder: give --out DIR (or out = ... in the config)")
+    not_finite = False
     for dest, value in sorted(vars(merged).items()):  # inf or nan: never a setting (a time
         if isinstance(value, float) and not math.isfinite(value):  # of inf waits for ever)
             problems.append(f"{dest} must be a finite number, got {value}")
+            not_finite = True
     need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
     need(merged.workers <= MAX_WORKERS,
          f"workers must be <= {MAX_WORKERS} (a worker process each, ~0.1-2 GB), got "
@@ -550,8 +552,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
          f"exit_when_idle must be >= 0 s, got {merged.exit_when_idle}")
 
     params = None
-    try:
-        params = params_from_args(merged, dose_required=False)  # metadata may give each dose
+    try:  # not with a value said not finite above: its flag's name would say it again
+        params = None if not_finite else params_from_args(merged, dose_required=False)
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
         problems.append(str(exc))
     problems.extend(optics_problems(vars(merged)))  # recorded with every movie, hand-off or not

@@ -84,6 +84,11 @@ def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp
                      "heartbeat must be a finite number, got nan", "workers must be <= 256"):
         assert expected in text, text
     assert not (tmp_path / "o").exists()
+    toml.write_text("dose_per_frame = inf\n")  # one problem, said once (it was said twice,
+    with pytest.raises(ConfigError) as info:  # the second time as a flag never given)
+        load_config(parse([str(tmp_path / "w"), "--config", str(toml),
+                           "--out", str(tmp_path / "o")]))
+    assert info.value.problems == ("dose_per_frame must be a finite number, got inf",)
 
 
 def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metadata(tmp_path):
