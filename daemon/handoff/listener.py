@@ -46,8 +46,8 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_names, series_block)
-from daemon.handoff.warp import (warp_layout, warp_layout_in_place, warp_name, warp_name_taken,
-                                 warp_remove_stem_layout)
+from daemon.handoff.warp import (warp_layout, warp_layout_displaced, warp_layout_in_place,
+                                 warp_name, warp_name_taken, warp_remove_stem_layout)
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
@@ -473,6 +473,14 @@ class RelionListener(ServiceListener):
         takes its Warp name from any other movie of that name in the folder."""
         self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
                     gain_name=self._gain_name_for(motion))
+        displaced = warp_layout_displaced(motion) if self.warp else None
+        if displaced is not None:  # Warp would read this movie's sum as the other's average
+            self._guard(str(displaced), "warp_layout", displaced.unlink, missing_ok=True)
+            if self._log is not None:
+                self._log.warning(
+                    "warp_layout_removed", xml=str(displaced), movie=str(motion.movie),
+                    note="this movie's sum is where that Warp layout had its average (a "
+                         "watched folder named average): Warp no longer lists that movie")
         if self.warp and warp:
             if warp_name_taken(motion) and self._log is not None:
                 self._log.warning(

@@ -37,8 +37,8 @@ from xml.sax.saxutils import escape as xml_escape
 
 from daemon.handoff.relion import MovieMotion, output_stem
 
-__all__ = ["WARP_XML", "warp_layout", "warp_layout_in_place", "warp_name", "warp_name_taken",
-           "warp_remove_stem_layout", "warp_xml_path"]
+__all__ = ["WARP_XML", "warp_layout", "warp_layout_displaced", "warp_layout_in_place",
+           "warp_name", "warp_name_taken", "warp_remove_stem_layout", "warp_xml_path"]
 
 WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folder}" />\n'
 
@@ -117,6 +117,23 @@ def warp_remove_stem_layout(motion: MovieMotion) -> None:
                      (motion.outputs.get("even"), folder / "average" / "even" / f"{stem}.mrc"),
                      (motion.outputs.get("odd"), folder / "average" / "odd" / f"{stem}.mrc")],
                     folder / f"{stem}.xml")
+
+
+def warp_layout_displaced(motion: MovieMotion) -> Path | None:
+    """The ``.xml`` of another movie's Warp layout whose average is now this movie's sum: a
+    movie of a watched folder named ``average`` has its sum where the layout of the movie of
+    its name in the folder above had its link (that movie was corrected first); None if none.
+    Warp would read this sum as that movie's average."""
+    folder = motion.motion_path.parent
+    sum_path = motion.outputs.get("sum")
+    if folder.name != "average" or sum_path is None:
+        return None
+    xml = folder.parent / f"{output_stem(motion.motion_path)}.xml"
+    link = folder / f"{output_stem(motion.motion_path)}.mrc"
+    try:
+        return xml if xml.exists() and os.path.samefile(link, sum_path) else None
+    except OSError:
+        return None
 
 
 def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:

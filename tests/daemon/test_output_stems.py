@@ -182,6 +182,36 @@ def test_a_watched_folder_named_average_keeps_its_sums_from_the_warp_layout(tmp_
     assert "a watched folder named average" in refused["error"]
 
 
+def test_a_watched_folder_named_average_corrected_second_takes_warps_average_from_no_one(
+        tmp_path):
+    """``session/x.mrc`` first (its Warp link ``OUT/average/x.mrc``), then
+    ``session/average/x.mrc``, whose sum is written at that name: ``x.xml`` stayed, and Warp
+    read the other movie's plain sum as x's average. The layout is taken out, and said."""
+    import mrcfile
+    from recording_log import RecordingLog
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(8)
+    write_movie_progressively(watch / "x.mrc", rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
+                              pixel_size_A=1.1, frame_interval_s=0)
+    _run(watch, out, handoff=True)
+    assert (out / "x.xml").is_file()
+    (watch / "average").mkdir()
+    write_movie_progressively(watch / "average" / "x.mrc", rng.poisson(40.0, (4, 96, 96)).astype(
+        np.int16), pixel_size_A=1.1, frame_interval_s=0)
+    log = RecordingLog()
+    _run(watch, out, handoff=True, log=log)
+    with mrcfile.open(out / "average" / "x.mrc") as mrc:
+        assert mrc.data.mean() > 100  # its own sum (40 e/px per frame), not x's
+    assert not (out / "x.xml").exists()
+    assert [f["xml"] for _, e, f in log.events if e == "warp_layout_removed"] == [
+        str(out / "x.xml")]
+    _run(watch, out, handoff=True)  # a restart does not make it again over that sum
+    assert not (out / "x.xml").exists()
+
+
 def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_path,
                                                                            monkeypatch):
     """Work not done twice: a corrected movie, unchanged on disk, is not validated again (its
