@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from daemon import exitcodes
+from daemon.feed.endpoint import endpoint_is_local
 from daemon.feed.messages import series_status
 from daemon.system.terminal_text import printable
 
@@ -436,8 +437,11 @@ def run(args: argparse.Namespace) -> int:
                     state.apply(msg[0], msg[1], time.monotonic())
                     got_state = msg[0] == "state"
             if state.session is None:
+                remote = args.curve_server_key is None and not endpoint_is_local(args.endpoint)
+                keys = "; a feed on a network address may need --curve-server-key" \
+                    if remote else ""
                 print(f"motionwatch monitor: nothing from {args.endpoint} in {args.wait:g} s "
-                      "(is the daemon running?)", file=sys.stderr)
+                      f"(is the daemon running?{keys})", file=sys.stderr)
                 return 1
             console.print(render(state, time.monotonic()))
             return exitcodes.OK

@@ -188,6 +188,11 @@ def test_monitor_once_prints_the_state_of_a_running_publisher_and_exits():
                                   "--once", "--wait", "0.5"], capture_output=True, text=True,
                                  timeout=60, cwd=REPO)
         assert missing.returncode == 1 and "is the daemon running?" in missing.stderr
+        assert "--curve-server-key" not in missing.stderr  # a local feed has no keys
+        remote = subprocess.run([sys.executable, "-m", "daemon", "monitor",
+                                 "tcp://192.0.2.1:5557", "--once", "--wait", "0.5"],
+                                capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert remote.returncode == 1 and "--curve-server-key" in remote.stderr
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
