@@ -29,6 +29,23 @@ def _run(watch, out, *, handoff=False, log=None):
     assert Service(config, listeners=listeners).run() == 0
 
 
+def _write(path, rng, electrons_per_px: float) -> None:
+    """A 4-frame 96 x 96 MRC movie of Poisson counts at ``path`` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_movie_progressively(path, rng.poisson(electrons_per_px, (4, 96, 96)).astype(np.int16),
+                              pixel_size_A=1.1, frame_interval_s=0)
+
+
+def _first_movie(tmp_path, name: str, seed: int, electrons_per_px: float):
+    """``watch/<name>`` written and corrected with the hand-off on; ``(watch, out, rng)``."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    out.mkdir()
+    rng = np.random.default_rng(seed)
+    _write(watch / name, rng, electrons_per_px)
+    _run(watch, out, handoff=True)
+    return watch, out, rng
+
+
 def test_same_stem_with_two_extensions_writes_two_output_sets_and_keeps_them_on_restart(tmp_path):
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
@@ -67,17 +84,10 @@ def test_a_new_grid_in_the_folder_of_a_renamed_one_has_the_warp_names_its_mdoc_g
     is the new movie's now, and the log says the old one's was replaced."""
     from recording_log import RecordingLog
 
-    watch, out = tmp_path / "w", tmp_path / "out"
-    (watch / "grid1").mkdir(parents=True)
-    out.mkdir()
-    rng = np.random.default_rng(5)
-    write_movie_progressively(watch / "grid1" / "x.mrc", rng.poisson(2.0, (4, 96, 96)).astype(
-        np.int16), pixel_size_A=1.1, frame_interval_s=0)
-    _run(watch, out, handoff=True)
+    watch, out, rng = _first_movie(tmp_path, "grid1/x.mrc", 5, 2.0)
     (watch / "grid1").rename(watch / "grid1_done")
     (watch / "grid1").mkdir()
-    write_movie_progressively(watch / "grid1" / "x.mrc", rng.poisson(9.0, (4, 96, 96)).astype(
-        np.int16), pixel_size_A=1.1, frame_interval_s=0)
+    _write(watch / "grid1" / "x.mrc", rng, 9.0)
     log = RecordingLog()
     _run(watch, out, handoff=True, log=log)
     new = json.loads((out / "grid1" / "x_mrc.motion.json").read_text())
@@ -125,8 +135,7 @@ def test_movies_named_like_the_output_folders_own_files_never_replace_them(tmp_p
     out.mkdir()
     rng = np.random.default_rng(6)
     for name in ("m1.mrc", "motionwatch_gain.mrc", "corrected_micrographs.mrc"):
-        write_movie_progressively(watch / name, rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
-                                  pixel_size_A=1.1, frame_interval_s=0)
+        _write(watch / name, rng, 2.0)
     gain = tmp_path / "gain_ref.mrc"
     with mrcfile.new(gain) as mrc:
         mrc.set_data(np.full((96, 96), 1.25, np.float32))
@@ -160,17 +169,10 @@ def test_a_watched_folder_named_average_keeps_its_sums_from_the_warp_layout(tmp_
     import mrcfile
     from recording_log import RecordingLog
 
-    watch, out = tmp_path / "w", tmp_path / "out"
-    (watch / "average").mkdir(parents=True)
-    out.mkdir()
-    rng = np.random.default_rng(7)
-    write_movie_progressively(watch / "average" / "x.mrc", rng.poisson(40.0, (4, 96, 96)).astype(
-        np.int16), pixel_size_A=1.1, frame_interval_s=0)
-    _run(watch, out, handoff=True)
+    watch, out, rng = _first_movie(tmp_path, "average/x.mrc", 7, 40.0)
     with mrcfile.open(out / "average" / "x.mrc") as mrc:
         own_sum = mrc.data.copy()
-    write_movie_progressively(watch / "x.mrc", rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
-                              pixel_size_A=1.1, frame_interval_s=0)
+    _write(watch / "x.mrc", rng, 2.0)
     log = RecordingLog()
     _run(watch, out, handoff=True, log=log)
     assert (out / "x_DW.mrc").is_file()
@@ -190,17 +192,10 @@ def test_a_watched_folder_named_average_corrected_second_takes_warps_average_fro
     import mrcfile
     from recording_log import RecordingLog
 
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir()
-    out.mkdir()
-    rng = np.random.default_rng(8)
-    write_movie_progressively(watch / "x.mrc", rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
-                              pixel_size_A=1.1, frame_interval_s=0)
-    _run(watch, out, handoff=True)
+    watch, out, rng = _first_movie(tmp_path, "x.mrc", 8, 2.0)
     assert (out / "x.xml").is_file()
     (watch / "average").mkdir()
-    write_movie_progressively(watch / "average" / "x.mrc", rng.poisson(40.0, (4, 96, 96)).astype(
-        np.int16), pixel_size_A=1.1, frame_interval_s=0)
+    _write(watch / "average" / "x.mrc", rng, 40.0)
     log = RecordingLog()
     _run(watch, out, handoff=True, log=log)
     with mrcfile.open(out / "average" / "x.mrc") as mrc:
@@ -242,8 +237,7 @@ def test_a_movie_named_like_another_movies_dose_weighted_sum_writes_its_own_outp
     out.mkdir()
     rng = np.random.default_rng(2)
     for name in ("x.mrc", "x_DW.mrc"):
-        write_movie_progressively(watch / name, rng.poisson(2.0, (4, 96, 96)).astype(np.int16),
-                                  pixel_size_A=1.1, frame_interval_s=0)
+        _write(watch / name, rng, 2.0)
     _run(watch, out)
     records = [json.loads(p.read_text()) for p in out.glob("*.motion.json")]
     images = [os.path.basename(r["outputs"][k]) for r in records
