@@ -7,15 +7,15 @@ and ``grid2/x.tif``), and the two would write the same outputs. So a run notes i
 ``.motionwatch-correct-claims`` in the output folder (JSON: stem -> the movie's resolved path and
 the run's pid, host and start), chosen and noted under an ``flock`` of that file, and removes
 its notes when it ends. Notes of a process of this host that no longer runs (killed) are
-ignored and dropped. A note of another host (a cluster node sharing the folder) or another
-container cannot be checked that way: it holds for :data:`FOREIGN_NOTE_DAYS` from when that
-run last noted it (:meth:`StemClaims.keep`, once a day): a stem taken meanwhile by a note left
-by a killed run costs another stem, ``x_mrc``; a stem given twice would cost a movie's outputs. On a file system without ``flock`` the notes are still read and
-written, unlocked. Where the file cannot be made or written (a shared folder where another
-account's run left it, not group-writable), the run chooses its stems given the notes it can
-read there, and does not note its own: it says so (:attr:`StemClaims.unavailable`); a write
-that fails part-way (a full disk) leaves the file as it was. A run removes its notes when it
-ends, also from a file it may not remove (a sticky folder).
+ignored and dropped. A note of another host (a cluster node sharing the folder) or another container
+cannot be checked that way: it holds for :data:`FOREIGN_NOTE_DAYS` from when that run last noted it
+(:meth:`StemClaims.keep`, once a day): a stem taken meanwhile by a note left by a killed run costs
+another stem, ``x_mrc``; a stem given twice would cost a movie's outputs. On a file system without
+``flock`` the notes are still read and written, unlocked. Where the file cannot be made or written
+(a shared folder where another account's run left it, not group-writable), the run chooses its stems
+given the notes it can read there, and does not note its own: it says so
+(:attr:`StemClaims.unavailable`); a write that fails part-way (a full disk) leaves the file as it
+was. A run removes its notes when it ends, also from a file it may not remove (a sticky folder).
 """
 
 from __future__ import annotations

@@ -144,13 +144,13 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
                    ) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """What an earlier run did, as message bodies for :meth:`Publisher.restore`.
 
-    Reads the state database read-only: the ``limit`` most recently done movies (oldest first;
-    each from its motion record on disk, skipped when that is gone or unreadable; a movie done
-    more than once by its newest row), one ``series`` body per tilt series (``completed`` or
-    ``updated``, with its tilts done and failed and the dose reached, of all its movies:
-    :func:`~daemon.series.stored_state.series_tallies`), one ``error`` body per movie still quarantined (the
-    newest ``limit``, oldest first) and one ``warning`` body per series whose last assembly
-    failed (``updated``, not ``completed``, in ``series``).
+    Reads the state database read-only: the ``limit`` most recently done movies (oldest first; each
+    from its motion record on disk, skipped when that is gone or unreadable; a movie done more than
+    once by its newest row), one ``series`` body per tilt series (``completed`` or ``updated``, with
+    its tilts done and failed and the dose reached, of all its movies:
+    :func:`~daemon.series.stored_state.series_tallies`), one ``error`` body per movie still
+    quarantined (the newest ``limit``, oldest first) and one ``warning`` body per series whose last
+    assembly failed (``updated``, not ``completed``, in ``series``).
 
     Returns
     -------

@@ -148,7 +148,8 @@ function render(s) {
   renderLatest(s);
   renderHistory(s);
   renderSeries(s);
-  renderLog($("errors"), s.errors, (e) => `${e.shown || (e.path || "").split("/").pop()}: ${e.reason}`);
+  const named = (e) => e.shown || (e.path || "").split("/").pop();  // below the common folder
+  renderLog($("errors"), s.errors, (e) => `${named(e)}: ${e.reason}`);
   renderLog($("warnings"), s.warnings, (w) => w.message || w.kind);
   document.body.dataset.version = s.version;
 }
