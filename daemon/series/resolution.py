@@ -671,9 +671,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                 tilt.name_index = tilt.mtime_ns = None
                 shared.setdefault((listed[movie], name), []).append(movie)
     for (owner_name, other), both in shared.items():
-        text = (f"{len(both)} movie(s) listed by the mdocs of both {owner_name} and {other} "
-                f"stay tilts of {owner_name}: {', '.join(both[:3])}"
-                f"{' ...' if len(both) > 3 else ''}")
+        # no count: the text stays the same while both mdocs grow (said once, not per tilt)
+        text = (f"movies listed by the mdocs of both {owner_name} and {other} stay tilts of "
+                f"{owner_name}: {', '.join(both[:3])}{', ...' if len(both) > 3 else ''}")
         warnings.append((owner_name, text))
         series_meta[other][1].append(text)
 

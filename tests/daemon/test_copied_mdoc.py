@@ -74,7 +74,7 @@ def test_a_copy_of_the_series_mdoc_neither_takes_its_tilts_nor_has_them_correcte
         assert [f for _, e, f in log.events if e == "movie_redo_metadata_changed"] == []
     warned = [(f.get("series"), f["reason"])
               for log in runs for _, e, f in log.events if e == "series_warning"]
-    shared = ("TS_01", "3 movie(s) listed by the mdocs of both TS_01 and TS_01.mrc - Copy stay "
+    shared = ("TS_01", "movies listed by the mdocs of both TS_01 and TS_01.mrc - Copy stay "
                        f"tilts of TS_01: {', '.join(names)}")
     assert warned == [shared] * 2  # once in each run, naming the series in its own field
     assert feed.warnings == [shared]  # and on the feed, as an assembly's warnings are
