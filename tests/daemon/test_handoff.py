@@ -1197,6 +1197,28 @@ def test_a_name_starting_as_a_star_label_or_comment_is_quoted(tmp_path):
     assert sorted(mics["rlnMicrographName"]) == [";x/spa_1_DW.mrc", "_a/spa_0_DW.mrc"]
 
 
+def test_names_starting_with_a_quote_or_holding_a_hash_read_back_as_written(tmp_path):
+    """A value starting with a quote is read by RELION as quoted, up to its closing quote: a
+    movie ``'x.mrc`` left bare made its folder's whole STAR unreadable. Every value holding a
+    ``#`` (a folder ``grid#2/``: every row) is quoted, in one pass over the file."""
+    import pandas as pd
+
+    from daemon.handoff.relion import write_star
+
+    names = ["plain_DW.mrc", "grid 1#2/x y_DW.mrc"] + [f"grid#2/m{i}_DW.mrc" for i in range(2000)]
+    write_star(tmp_path / "t.star", {"micrographs": pd.DataFrame(
+        {"rlnMicrographName": names, "rlnOpticsGroup": [1] * len(names)})})
+    back = starfile.read(tmp_path / "t.star", always_dict=True)["micrographs"]
+    assert list(back["rlnMicrographName"]) == names
+    # starfile reads every ' as " (no file with a quote in a name reads back there): the
+    # rows as RELION's reader takes them, quoted by the other quote
+    write_star(tmp_path / "q.star", {"micrographs": pd.DataFrame(
+        {"rlnMicrographName": ["'single_DW.mrc", '"double_DW.mrc'], "rlnOpticsGroup": [1, 1]})})
+    rows = [line.split("\t") for line in (tmp_path / "q.star").read_text().splitlines()
+            if "_DW.mrc" in line]
+    assert rows == [["\"'single_DW.mrc\"", "1"], ["'\"double_DW.mrc'", "1"]]
+
+
 def test_a_name_holding_a_hash_keeps_the_folders_star_readable(tmp_path):
     """``#1_001.mrc`` (a position numbered so) and a folder ``grid#2/``: a ``#`` inside a value
     left unquoted cut the row where pandas (``starfile``) reads a comment, and the folder's
