@@ -171,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
         service = Service(config, listeners=listeners, resolver=resolver)
         with paced_garbage_collector():
             status = service.run()
-        if service.config_error is not None:  # said on stderr too, as any other refusal
+        # said on stderr as any other refusal; under journald the log line says it already
+        if service.config_error is not None and not running_under_journald():
             _print_config_error(service.config_error)
         return status
     finally:

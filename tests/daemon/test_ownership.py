@@ -38,7 +38,8 @@ def _source(out: Path, stem: str) -> str:
     return json.loads((out / f"{stem}.motion.json").read_text())["source_file"]["path"]
 
 
-def test_the_command_says_why_it_refuses_another_watch_folder_on_stderr(tmp_path, capsys):
+def test_the_command_says_why_it_refuses_another_watch_folder_on_stderr(tmp_path, capsys,
+                                                                         monkeypatch):
     """``motionwatch watch`` on another session into an output folder that serves the first
     exited 78 with the reason in a JSON log line on stdout only; every other refusal is said
     on stderr, as the README promises."""
@@ -53,6 +54,12 @@ def test_the_command_says_why_it_refuses_another_watch_folder_on_stderr(tmp_path
     err = capsys.readouterr().err
     assert status == exitcodes.CONFIG
     assert err.startswith("motionwatch watch: invalid configuration:") and str(first) in err
+    # under journald the service's log line is in the journal already: said once there
+    import daemon.commands.watch as watch_command
+
+    monkeypatch.setattr(watch_command, "running_under_journald", lambda: True)
+    assert main(["watch", str(second), "--out", str(out), "--dose-per-frame", "1"]) == 78
+    assert "invalid configuration" not in capsys.readouterr().err
 
 
 def test_another_watch_folder_into_the_same_output_folder_stops_before_writing(tmp_path):
