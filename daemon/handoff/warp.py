@@ -86,25 +86,47 @@ def _average(motion: MovieMotion) -> str | None:
     return motion.outputs.get("dw") or motion.outputs.get("sum")
 
 
-def warp_name_taken(motion: MovieMotion) -> bool:
-    """Whether the movie's Warp name holds another movie's sums now (which
-    :func:`warp_layout` replaces)."""
+def _own_average(motion: MovieMotion) -> bool:
+    """Whether ``average/<name>.mrc`` is a link to the movie's average now."""
     link = motion.motion_path.parent / "average" / f"{warp_name(motion)}.mrc"
     average = _average(motion)
     try:
-        return link.exists() and not (average is not None and os.path.samefile(link, average))
+        return average is not None and os.path.samefile(link, average)
     except OSError:
         return False
 
 
+def _xml_folder(xml: Path) -> str | None:
+    """The ``DataDirectory`` a Warp ``.xml`` names (None: no file, or not readable as XML)."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        return ElementTree.parse(xml).getroot().get("DataDirectory")
+    except (OSError, ElementTree.ParseError):
+        return None
+
+
+def warp_name_taken(motion: MovieMotion) -> bool:
+    """Whether the movie's Warp name is another movie's now (which :func:`warp_layout`
+    replaces): its average is not this movie's and its ``.xml`` names another folder (this
+    movie corrected again has new sums, in its own folder: no other movie's)."""
+    link = motion.motion_path.parent / "average" / f"{warp_name(motion)}.mrc"
+    if not link.exists() or _own_average(motion):
+        return False
+    folder = _xml_folder(warp_xml_path(motion))
+    return folder is not None and folder != str(Path(motion.movie).parent)
+
+
 def warp_layout_in_place(motion: MovieMotion) -> bool:
-    """Whether the movie's Warp layout is there as :func:`warp_layout` makes it: its ``.xml``
-    and ``average/<name>.mrc``, a link to its own sum, and no layout of it by its output stem
-    (an earlier release's)."""
+    """Whether the movie's Warp layout is as :func:`warp_layout` makes it: its ``.xml`` and
+    ``average/<name>.mrc``, a link to its own average, and no layout of it by its output stem
+    (an earlier release's); or none can be (its average's name is the sum of a movie of a
+    watched folder named ``average``: refused, and said, when it was first made)."""
     folder, name = motion.motion_path.parent, warp_name(motion)
+    if (folder / "average" / f"{name}.motion.json").exists():
+        return True
     stem = output_stem(motion.motion_path)
-    return ((folder / f"{name}.xml").exists()
-            and (folder / "average" / f"{name}.mrc").exists() and not warp_name_taken(motion)
+    return ((folder / f"{name}.xml").exists() and _own_average(motion)
             and (stem == name or not (folder / f"{stem}.xml").exists()))
 
 

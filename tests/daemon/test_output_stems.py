@@ -18,9 +18,9 @@ from daemon.settings.config import Config
 from daemon.simulation.movies import write_movie_progressively
 
 
-def _run(watch, out, *, handoff=False, log=None):
+def _run(watch, out, *, handoff=False, log=None, dose_per_frame_e_A2=1.0):
     params = CorrectionParams(align=AlignParams(patches_x=1, patches_y=1),
-                              dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              dose=DoseParams(dose_per_frame_e_A2=dose_per_frame_e_A2),
                               read=ReadParams(pixel_size_A=1.1))  # TIFFs carry none
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on", log_level="warning",
@@ -203,8 +203,26 @@ def test_a_watched_folder_named_average_corrected_second_takes_warps_average_fro
     assert not (out / "x.xml").exists()
     assert [f["xml"] for _, e, f in log.events if e == "warp_layout_removed"] == [
         str(out / "x.xml")]
-    _run(watch, out, handoff=True)  # a restart does not make it again over that sum
+    star = (out / "x.star").stat().st_mtime_ns
+    restart = RecordingLog()
+    _run(watch, out, handoff=True, log=restart)  # a restart does not make it again over that sum
     assert not (out / "x.xml").exists()
+    assert (out / "x.star").stat().st_mtime_ns == star  # nor write x's files again
+    assert not [e for _, e, _ in restart.events
+                if e in ("warp_name_reused", "handoff_write_failed")]
+
+
+def test_a_movie_corrected_again_keeps_its_warp_name_without_a_warning(tmp_path):
+    """Corrected again under another dose, a movie has new sums: its Warp average was no longer
+    the same file, and every movie said ``warp_name_reused`` (another movie's name taken)."""
+    from recording_log import RecordingLog
+
+    watch, out, _ = _first_movie(tmp_path, "x.mrc", 9, 2.0)
+    log = RecordingLog()
+    _run(watch, out, handoff=True, log=log, dose_per_frame_e_A2=2.0)
+    assert json.loads((out / "x.motion.json").read_text())["dose"]["per_frame_e_A2"] == [2.0] * 4
+    assert os.path.samefile(out / "average" / "x.mrc", out / "x_DW.mrc")
+    assert not [e for _, e, _ in log.events if e == "warp_name_reused"]
 
 
 def test_a_restart_does_not_reread_movies_the_ledger_already_found_complete(tmp_path,
