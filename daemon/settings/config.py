@@ -525,35 +525,38 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
                 setattr(merged, other, args._config_defaults.get(other))  # noqa: SLF001
     _absolute_paths(merged, parser)
 
-    def need(condition: bool, message: str) -> None:
-        if not condition:
+    not_finite = {dest for dest, value in vars(merged).items()  # inf or nan: never a setting
+                  if isinstance(value, float) and not math.isfinite(value)}  # (inf waits for ever)
+
+    def need(condition: bool, message: str, dest: str | None = None) -> None:
+        if not condition and dest not in not_finite:  # a value not finite is said once
             problems.append(message)
 
     need(merged.out is not None or "out" in refused,
          "no output folder: give --out DIR (or out = ... in the config)")
-    not_finite = False
-    for dest, value in sorted(vars(merged).items()):  # inf or nan: never a setting (a time
-        if isinstance(value, float) and not math.isfinite(value):  # of inf waits for ever)
-            problems.append(f"{dest} must be a finite number, got {value}")
-            not_finite = True
+    for dest in sorted(not_finite):
+        problems.append(f"{dest} must be a finite number, got {getattr(merged, dest)}")
     need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
     need(merged.workers <= MAX_WORKERS,
          f"workers must be <= {MAX_WORKERS} (a worker process each, ~0.1-2 GB), got "
          f"{merged.workers}")
-    need(merged.settle_time >= 0, f"settle_time must be >= 0 s, got {merged.settle_time}")
-    need(merged.scan_interval > 0, f"scan_interval must be > 0 s, got {merged.scan_interval}")
-    need(merged.incomplete_grace >= 0,
-         f"incomplete_grace must be >= 0 s, got {merged.incomplete_grace}")
-    need(merged.movie_timeout > 0, f"movie_timeout must be > 0 s, got {merged.movie_timeout}")
-    need(merged.max_attempts >= 1, f"max_attempts must be >= 1, got {merged.max_attempts}")
-    need(merged.retry_delay >= 0, f"retry_delay must be >= 0 s, got {merged.retry_delay}")
-    need(merged.heartbeat > 0, f"heartbeat must be > 0 s, got {merged.heartbeat}")
-    need(merged.exit_when_idle is None or merged.exit_when_idle >= 0,
-         f"exit_when_idle must be >= 0 s, got {merged.exit_when_idle}")
+    for dest, least, unit in (("settle_time", 0, " s"), ("scan_interval", None, " s"),
+                              ("incomplete_grace", 0, " s"), ("movie_timeout", None, " s"),
+                              ("max_attempts", 1, ""), ("retry_delay", 0, " s"),
+                              ("heartbeat", None, " s"), ("exit_when_idle", 0, " s")):
+        value = getattr(merged, dest)
+        if value is None:  # exit_when_idle: never
+            continue
+        if least is None:  # above 0
+            need(value > 0, f"{dest} must be > 0{unit}, got {value}", dest)
+        else:
+            need(value >= least, f"{dest} must be >= {least}{unit}, got {value}", dest)
 
     params = None
-    try:  # not with a value said not finite above: its flag's name would say it again
-        params = None if not_finite else params_from_args(merged, dose_required=False)
+    try:  # a value said not finite above is left at its default here, not said again
+        params = params_from_args(argparse.Namespace(**{
+            dest: args._config_defaults.get(dest) if dest in not_finite else value  # noqa: SLF001
+            for dest, value in vars(merged).items()}), dose_required=False)
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
         problems.append(str(exc))
     problems.extend(optics_problems(vars(merged)))  # recorded with every movie, hand-off or not

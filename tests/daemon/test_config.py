@@ -89,6 +89,14 @@ def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp
         load_config(parse([str(tmp_path / "w"), "--config", str(toml),
                            "--out", str(tmp_path / "o")]))
     assert info.value.problems == ("dose_per_frame must be a finite number, got inf",)
+    # nor hides another problem, nor is said again by a range check
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--heartbeat",
+                           "nan", "--settle-time=-inf", "--pixel-size", "-2"]))
+    problems = info.value.problems
+    assert problems[:2] == ("heartbeat must be a finite number, got nan",
+                            "settle_time must be a finite number, got -inf")
+    assert len(problems) == 3 and "pixel" in problems[2], problems
 
 
 def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metadata(tmp_path):
