@@ -80,10 +80,11 @@ def _tilt(row: MovieRow) -> TiltRecord | None:
     return TiltRecord.from_json((row.metadata.get("extra_record") or {}).get("tilt"))
 
 
-def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow]) -> list[dict[str, Any]]:
+def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: str | None
+            ) -> list[dict[str, Any]]:
     """One entry per tilt series, from its persisted state and its movies' tilt records
     (counted as the feed counts them: :func:`daemon.series.stored_state.series_tallies`)."""
-    tallies = series_tallies(states, rows)
+    tallies = series_tallies(states, rows, watch_dir)
     out = []
     for name in sorted(set(states) | set(tallies)):
         state = states.get(name, {})
@@ -174,7 +175,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                                               reverse=True)][:2 * last]
         backlog = [_brief(r) for r in ledger.rows(status="pending", limit=last)]
         requeued = _requeued(ledger)
-        series = _series(ledger.series_states(), ledger.rows())
+        series = _series(ledger.series_states(), ledger.rows(), state.get("watch_dir"))
     beat = state.get("heartbeat_wall")
     running = _daemon_running(state, now)
     return {

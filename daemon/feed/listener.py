@@ -163,10 +163,12 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
             states = ledger.series_states()
             quarantined = ledger.recent("quarantined", limit)
             every = ledger.rows()
+            watch_dir = ledger.service_state().get("watch_dir")
     except (FileNotFoundError, sqlite3.Error):
         return [], [], [], []
     done_paths = {r.key.path: r.updated for r in every if r.status == "done"}
-    tallies = series_tallies(states, every)  # every movie, not only the ``limit`` restored
+    # every movie, not only the ``limit`` restored
+    tallies = series_tallies(states, every, watch_dir if isinstance(watch_dir, str) else None)
     newest_error = {}  # a file once, by its newest quarantine (again under other settings)
     for r in quarantined:  # newest first
         if not done_paths.get(r.key.path, -1.0) >= r.updated:

@@ -45,9 +45,18 @@ class SeriesTally:
     tilts: list[tuple[Any, TiltRecord]] = field(default_factory=list)
 
 
-def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str) -> str | None:
-    """The series whose mdoc lists the movie at ``path`` by the longest name: ``grid1/x.mrc``
-    (listed by ``grid1/TS_01``) is also ``x.mrc`` of a series in the watch folder itself."""
+def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str,
+                   watch_dir: str | None) -> str | None:
+    """The series whose mdoc lists the movie at ``path``: by its name below ``watch_dir``
+    (the names mdocs list are so), or without it, by the longest name that ends the path
+    (``grid1/x.mrc``, listed by ``grid1/TS_01``, is also ``x.mrc`` of the watch folder's own)."""
+    if watch_dir is not None:
+        root = watch_dir.rstrip("/") + "/"
+        if not path.startswith(root):
+            return None
+        relative = path[len(root):]
+        return next((name for name, state in listing.items()
+                     if relative in state[LISTED_MOVIES]), None)
     best, best_len = None, -1
     for name, state in listing.items():
         for listed in state[LISTED_MOVIES]:
@@ -56,10 +65,11 @@ def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str) -> str |
     return best
 
 
-def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any]
-                   ) -> dict[str, SeriesTally]:
+def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any],
+                   watch_dir: str | None = None) -> dict[str, SeriesTally]:
     """:class:`SeriesTally` by series name, from the stored ``states`` and the database's movie
-    ``rows`` (any order; the newest row of each file counts; moved rows, of size < 0, not)."""
+    ``rows`` (any order; the newest row of each file counts; moved rows, of size < 0, not);
+    ``watch_dir``, the service's watch folder (its heartbeat's), when known."""
     latest: dict[str, Any] = {}
     for row in rows:
         prev = latest.get(row.key.path)
@@ -73,7 +83,7 @@ def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any]
         failed = row.status in ("failed", "quarantined")
         if tilt is None:
             if failed:  # quarantined before it was resolved: a tilt of the series listing it
-                owner = _listing_owner(listing, path)
+                owner = _listing_owner(listing, path, watch_dir)
                 if owner is not None:
                     tallies.setdefault(owner, SeriesTally()).failed += 1
             continue
