@@ -57,6 +57,8 @@ def test_the_watch_command_paces_the_collector_before_the_service_runs(
     seen = []
 
     class RecordingService:
+        config_error = None  # no refusal to say
+
         def __init__(self, *args, **kwargs):
             pass
 
