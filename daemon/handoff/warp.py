@@ -96,25 +96,16 @@ def _own_average(motion: MovieMotion) -> bool:
         return False
 
 
-def _xml_folder(xml: Path) -> str | None:
-    """The ``DataDirectory`` a Warp ``.xml`` names (None: no file, or not readable as XML)."""
-    import xml.etree.ElementTree as ElementTree
-
-    try:
-        return ElementTree.parse(xml).getroot().get("DataDirectory")
-    except (OSError, ElementTree.ParseError):
-        return None
-
-
 def warp_name_taken(motion: MovieMotion) -> bool:
     """Whether the movie's Warp name is another movie's now (which :func:`warp_layout`
-    replaces): its average is not this movie's and its ``.xml`` names another folder (this
-    movie corrected again has new sums, in its own folder: no other movie's)."""
+    replaces): its average is a link to another file that has a name of its own (another
+    movie's sum; this movie corrected again has new sums, and its old average is held by the
+    link alone)."""
     link = motion.motion_path.parent / "average" / f"{warp_name(motion)}.mrc"
-    if not link.exists() or _own_average(motion):
+    try:
+        return not _own_average(motion) and link.stat().st_nlink > 1
+    except OSError:
         return False
-    folder = _xml_folder(warp_xml_path(motion))
-    return folder is not None and folder != str(Path(motion.movie).parent)
 
 
 def warp_layout_in_place(motion: MovieMotion) -> bool:

@@ -58,7 +58,11 @@ def test_same_stem_with_two_extensions_writes_two_output_sets_and_keeps_them_on_
     with tifffile.TiffWriter(watch / "x.tif") as tif:  # one page per frame, as detectors write
         for frame in tif_frames:
             tif.write(frame, photometric="minisblack", metadata=None)
-    _run(watch, out, handoff=True)
+    from recording_log import RecordingLog
+
+    log = RecordingLog()
+    _run(watch, out, handoff=True, log=log)
+    assert [f["name"] for _, e, f in log.events if e == "warp_name_reused"] == ["x"]
     first = json.loads((out / "x.motion.json").read_text())
     second = json.loads((out / "x_tif.motion.json").read_text())
     assert first["movie"].endswith("x.mrc") and second["movie"].endswith("x.tif")
