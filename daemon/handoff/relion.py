@@ -435,6 +435,12 @@ def _needs_quotes(value: Any) -> bool:
     return isinstance(value, str) and (value.startswith(_STAR_SPECIAL_FIRST) or "#" in value)
 
 
+def _spaced_with_quote(value: Any) -> bool:
+    """A value with a space and a ``"``: ``starfile`` puts it between ``"``, and RELION ends a
+    quoted value at a ``"`` followed by a space (two values); it is quoted by ``'``."""
+    return isinstance(value, str) and " " in value and '"' in value
+
+
 def _quoted(value: str) -> str:
     """``value`` between double quotes, or single ones where it holds a double quote (RELION
     reads a quoted value up to the quote that opened it)."""
@@ -453,10 +459,12 @@ def _shield_names(blocks: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]
     names: list[str] = []
 
     def shield(value: Any) -> Any:
-        if not (_not_utf8(value) or _needs_quotes(value)):
+        if not (_not_utf8(value) or _needs_quotes(value) or _spaced_with_quote(value)
+                or (isinstance(value, str) and "@motionwatch-name-" in value)):
             return value
         # starfile quotes a text with a space; the token has none, so quote it here
-        names.append(_quoted(value) if " " in value or _needs_quotes(value) else value)
+        names.append(_quoted(value) if " " in value or _needs_quotes(value)
+                     or "@motionwatch-name-" in value else value)
         return f"@motionwatch-name-{len(names) - 1}@"
 
     shielded: dict[str, Any] = {}

@@ -671,9 +671,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                 tilt.name_index = tilt.mtime_ns = None
                 shared.setdefault((listed[movie], name), []).append(movie)
     for (owner_name, other), both in shared.items():
-        # no count: the text stays the same while both mdocs grow (said once, not per tilt)
+        # no count, one name: the text stays the same while both mdocs grow (said once)
         text = (f"movies listed by the mdocs of both {owner_name} and {other} stay tilts of "
-                f"{owner_name}: {', '.join(both[:3])}{', ...' if len(both) > 3 else ''}")
+                f"{owner_name} (the first: {both[0]})")
         warnings.append((owner_name, text))
         series_meta[other][1].append(text)
 

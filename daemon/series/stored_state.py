@@ -50,10 +50,8 @@ def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str,
     """The series whose mdoc lists the movie at ``path``: by its name below ``watch_dir``
     (the names mdocs list are so), or without it, by the longest name that ends the path
     (``grid1/x.mrc``, listed by ``grid1/TS_01``, is also ``x.mrc`` of the watch folder's own)."""
-    if watch_dir is not None:
-        root = watch_dir.rstrip("/") + "/"
-        if not path.startswith(root):
-            return None
+    root = None if watch_dir is None else watch_dir.rstrip("/") + "/"
+    if root is not None and path.startswith(root):  # else a path of another mount: by suffix
         relative = path[len(root):]
         return next((name for name, state in listing.items()
                      if relative in state[LISTED_MOVIES]), None)

@@ -553,13 +553,14 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
             need(value >= least, f"{dest} must be >= {least}{unit}, got {value}", dest)
 
     params = None
-    try:  # a value said not finite above is left at its default here, not said again
-        params = params_from_args(argparse.Namespace(**{
-            dest: args._config_defaults.get(dest) if dest in not_finite else value  # noqa: SLF001
-            for dest, value in vars(merged).items()}), dose_required=False)
+    # a value said not finite above is at its default in what checks it again, not said twice
+    finite = {dest: args._config_defaults.get(dest) if dest in not_finite else value  # noqa: SLF001
+              for dest, value in vars(merged).items()}
+    try:
+        params = params_from_args(argparse.Namespace(**finite), dose_required=False)
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
         problems.append(str(exc))
-    problems.extend(optics_problems(vars(merged)))  # recorded with every movie, hand-off or not
+    problems.extend(optics_problems(finite))  # recorded with every movie, hand-off or not
 
     for name, what in (("gain", "gain reference"), ("dark", "dark reference"),
                        ("defects", "defect map")):

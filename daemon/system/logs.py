@@ -26,9 +26,23 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
-def running_under_journald(environ: Mapping[str, str] | None = None) -> bool:
-    """True when stdout/stderr are connected to journald (systemd sets ``$JOURNAL_STREAM``)."""
-    return bool((os.environ if environ is None else environ).get("JOURNAL_STREAM"))
+def running_under_journald(environ: Mapping[str, str] | None = None,
+                           streams: tuple[int, ...] = (1, 2)) -> bool:
+    """True when stdout or stderr is the stream journald reads: systemd sets
+    ``$JOURNAL_STREAM`` to its ``device:inode`` (``systemd.exec(5)``); a shell that inherited the
+    variable (a terminal of a user service) writes elsewhere."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    for fd in streams:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (int(device), int(inode)):
+            return True
+    return False
 
 
 def _event_first(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

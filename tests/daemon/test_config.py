@@ -97,6 +97,10 @@ def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp
     assert problems[:2] == ("heartbeat must be a finite number, got nan",
                             "settle_time must be a finite number, got -inf")
     assert len(problems) == 3 and "pixel" in problems[2], problems
+    with pytest.raises(ConfigError) as info:  # the optics too
+        load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                           "--spherical-aberration", "nan"]))
+    assert info.value.problems == ("spherical_aberration must be a finite number, got nan",)
 
 
 def test_watch_starts_without_a_dose_flag_and_the_dose_stays_unknown_until_metadata(tmp_path):

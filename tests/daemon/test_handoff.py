@@ -1217,6 +1217,15 @@ def test_names_starting_with_a_quote_or_holding_a_hash_read_back_as_written(tmp_
     rows = [line.split("\t") for line in (tmp_path / "q.star").read_text().splitlines()
             if "_DW.mrc" in line]
     assert rows == [["\"'single_DW.mrc\"", "1"], ["'\"double_DW.mrc'", "1"]]
+    # a space beside a ": quoted by ' (RELION ends a "-quoted value at a " and a space); a name
+    # like the writer's own placeholder is quoted, never taken for it
+    write_star(tmp_path / "s.star", {"micrographs": pd.DataFrame(
+        {"rlnMicrographName": ['my "best" grid/x_DW.mrc', "@motionwatch-name-7@_DW.mrc",
+                               "#a_DW.mrc"], "rlnOpticsGroup": [1, 1, 1]})})
+    rows = [line.split("\t") for line in (tmp_path / "s.star").read_text().splitlines()
+            if "_DW.mrc" in line]
+    assert rows == [["'my \"best\" grid/x_DW.mrc'", "1"],
+                    ['"@motionwatch-name-7@_DW.mrc"', "1"], ['"#a_DW.mrc"', "1"]]
 
 
 def test_a_name_holding_a_hash_keeps_the_folders_star_readable(tmp_path):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import structlog
 
@@ -30,9 +31,18 @@ def test_under_journald_every_line_starts_with_its_priority():
     structlog.reset_defaults()
 
 
-def test_journald_is_detected_from_journal_stream():
-    assert running_under_journald({"JOURNAL_STREAM": "8:1234"})
+def test_journald_is_detected_from_journal_stream_naming_the_stream_written(tmp_path):
+    """systemd sets ``JOURNAL_STREAM`` to the journal stream's ``device:inode``; a terminal
+    of a user service inherits the variable but writes elsewhere (its refusals went unsaid
+    on stderr, and its log lines took ``<N>`` prefixes)."""
+    with open(tmp_path / "stream", "w") as stream:
+        st = os.fstat(stream.fileno())
+        journal = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        assert running_under_journald(journal, streams=(stream.fileno(),))
+        with open(tmp_path / "terminal", "w") as terminal:
+            assert not running_under_journald(journal, streams=(terminal.fileno(),))
     assert not running_under_journald({})
+    assert not running_under_journald({"JOURNAL_STREAM": "garbage"})
 
 
 def test_debug_events_are_filtered_at_info_level():

@@ -76,6 +76,9 @@ def test_a_movie_quarantined_before_it_was_a_tilt_counts_for_the_series_listing_
     tallies = series_tallies(states, rows)
     assert (tallies["TS_01"].done, tallies["TS_01"].failed) == (3, 0)
     assert (tallies["grid1/TS_01"].done, tallies["grid1/TS_01"].failed) == (2, 1)
+    # a watch folder named otherwise now (another mount): the longest listed name, as without
+    tallies = series_tallies(states, rows, watch_dir="/mnt/other/w")
+    assert (tallies["grid1/TS_01"].done, tallies["grid1/TS_01"].failed) == (2, 1)
     # grid1's mdoc not stored yet (Tomography 5 writes it at the series' end): by the path
     # below the watch folder, the watch folder's own series does not list that movie
     del states["grid1/TS_01"]

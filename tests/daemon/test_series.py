@@ -497,12 +497,12 @@ def test_a_copy_of_a_series_mdoc_does_not_take_its_tilts_though_its_name_sorts_f
         copy_series = res.series["TS_7.mrc - Copy"]
         assert len(copy_series.tilts) == 7 and all(m is None for m, _, _ in copy_series.tilts)
         both = ("movies listed by the mdocs of both TS_7 and TS_7.mrc - Copy stay tilts "
-                f"of TS_7: {names[0]}, {names[1]}, {names[2]}, ...")
+                f"of TS_7 (the first: {names[0]})")
         assert list(res.warnings) == [("TS_7", both)] and both in copy_series.warnings
     # both mdocs growing, tilt by tilt: the warning reads the same (it is said once, in the log
     # and on the feed; with a count in it, once per tilt)
     texts = set()
-    for k in range(5, 8):
+    for k in range(1, 8):
         grown = [dose_symmetric_mdoc(7, path=path, n_sections=k)[0]
                  for path in ("/w/TS_7.mrc.mdoc", "/w/TS_7.mrc - Copy.mdoc")]
         texts.update(res_k.warnings for res_k in [_resolve_mdocs(grown, names[:k])])
