@@ -121,15 +121,20 @@ def warp_layout_in_place(motion: MovieMotion) -> bool:
             and (stem == name or not (folder / f"{stem}.xml").exists()))
 
 
+def _links(motion: MovieMotion, root: str) -> list[tuple[str | None, Path]]:
+    """(the movie's sum, its link) of a layout under the name ``root``: average, even, odd."""
+    average = motion.motion_path.parent / "average"
+    return [(_average(motion), average / f"{root}.mrc"),
+            (motion.outputs.get("even"), average / "even" / f"{root}.mrc"),
+            (motion.outputs.get("odd"), average / "odd" / f"{root}.mrc")]
+
+
 def warp_remove_stem_layout(motion: MovieMotion) -> None:
     """Remove the movie's layout by its output stem, where that is not its Warp name (an
     earlier release's; only links to its own sums, and their ``.xml``)."""
-    folder, stem = motion.motion_path.parent, output_stem(motion.motion_path)
+    stem = output_stem(motion.motion_path)
     if stem != warp_name(motion):
-        _remove_own([(_average(motion), folder / "average" / f"{stem}.mrc"),
-                     (motion.outputs.get("even"), folder / "average" / "even" / f"{stem}.mrc"),
-                     (motion.outputs.get("odd"), folder / "average" / "odd" / f"{stem}.mrc")],
-                    folder / f"{stem}.xml")
+        _remove_own(_links(motion, stem), motion.motion_path.parent / f"{stem}.xml")
 
 
 def warp_layout_displaced(motion: MovieMotion) -> Path | None:
@@ -161,13 +166,9 @@ def warp_layout(motion: MovieMotion) -> tuple[Path, ...]:
     """
     from correction.write import atomic_write, text_bytes
 
-    folder = motion.motion_path.parent
     made = []
     warp_remove_stem_layout(motion)
-    root = warp_name(motion)
-    pairs = [(_average(motion), folder / "average" / f"{root}.mrc"),
-             (motion.outputs.get("even"), folder / "average" / "even" / f"{root}.mrc"),
-             (motion.outputs.get("odd"), folder / "average" / "odd" / f"{root}.mrc")]
+    pairs = _links(motion, warp_name(motion))
     for _, link in pairs:
         if link.with_name(f"{link.stem}.motion.json").exists():
             raise FileExistsError(
