@@ -246,12 +246,15 @@ def test_config_errors_are_printed_as_journald_errors_and_exit_78_or_69(tmp_path
     (tmp_path / "w").mkdir()
     watch = tmp_path / ("missing" if problem == "missing watch folder" else "w")
     extra = problem.split() if problem.startswith("--") else []
-    env = {**os.environ, "JOURNAL_STREAM": "8:12345"}
-    result = subprocess.run([sys.executable, "-m", "daemon", "watch", str(watch),
-                             "--out", str(tmp_path / "out"), "--dose-per-frame", "1", *extra],
-                            capture_output=True, text=True, env=env, timeout=60)
+    journal = tmp_path / "journal"  # the stream journald reads, as systemd names it
+    with open(journal, "w") as stream:
+        st = os.fstat(stream.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        result = subprocess.run([sys.executable, "-m", "daemon", "watch", str(watch),
+                                 "--out", str(tmp_path / "out"), "--dose-per-frame", "1", *extra],
+                                stdout=subprocess.DEVNULL, stderr=stream, env=env, timeout=60)
     assert result.returncode == status
-    lines = result.stderr.splitlines()
+    lines = journal.read_text().splitlines()
     assert lines and all(line.startswith("<3>") for line in lines), lines
     assert any(("watch folder" if status == 69 else "workers") in line for line in lines)
 
