@@ -29,7 +29,6 @@ from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
 from daemon.series.stored_state import SeriesTally, series_tallies
-from daemon.series.tilt_record import TiltRecord
 from daemon.system.pace_text import pace_phrase
 from daemon.system.processes import process_exists
 from daemon.system.terminal_text import printable
@@ -76,10 +75,6 @@ def _brief(row: MovieRow) -> dict[str, Any]:
     return out
 
 
-def _tilt(row: MovieRow) -> TiltRecord | None:
-    return TiltRecord.from_json((row.metadata.get("extra_record") or {}).get("tilt"))
-
-
 def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: str | None
             ) -> list[dict[str, Any]]:
     """One entry per tilt series, from its persisted state and its movies' tilt records
@@ -89,7 +84,7 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: 
     for name in sorted(set(states) | set(tallies)):
         state = states.get(name, {})
         tally = tallies.get(name, SeriesTally())
-        if not tally.tilts and (state.get("moved_to")
+        if not tally.records and (state.get("moved_to")
                                 or state.get("reason") == REMOVED_SERIES_REASON):
             continue  # its tilts were renamed or redone into another series: a ghost
         stacks = state.get("stacks") or {}

@@ -10,7 +10,7 @@ dropped it, keeps a record naming the series but is no tilt of it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from daemon.series.tilt_record import TiltRecord
@@ -37,12 +37,13 @@ class SeriesTally:
     ``done`` and ``failed`` (failed or quarantined) count the tilts its mdoc lists now; a
     listed movie quarantined before it was resolved as a tilt (a corrupt header) counts among
     the failed. ``reached_e_A2``: the dose its tilts reached (pre-exposure + own dose, e/Å²,
-    the largest), None without any."""
+    the largest), None without any. ``records``: movies whose tilt record names the series,
+    listed now or not (none: a series whose tilts went to another name)."""
 
     done: int = 0
     failed: int = 0
     reached_e_A2: float | None = None
-    tilts: list[tuple[Any, TiltRecord]] = field(default_factory=list)
+    records: int = 0
 
 
 def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str,
@@ -86,7 +87,7 @@ def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any],
                     tallies.setdefault(owner, SeriesTally()).failed += 1
             continue
         tally = tallies.setdefault(tilt.series, SeriesTally())
-        tally.tilts.append((row, tilt))
+        tally.records += 1
         reached = tilt.pre_exposure_e_A2 + tilt.dose_e_A2
         tally.reached_e_A2 = reached if tally.reached_e_A2 is None \
             else max(tally.reached_e_A2, reached)
