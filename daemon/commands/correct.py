@@ -33,8 +33,8 @@ from daemon import exitcodes
 from daemon.commands.stem_claims import StemClaims, resolved_movie
 from daemon.engine.outputs import remove_partial_outputs
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
-from daemon.handoff.relion import (motion_records_in, movie_motion, write_motion_star,
-                                   write_single_particle_star)
+from daemon.handoff.relion import (SINGLE_PARTICLE_STAR, UnwritableStarValue, motion_records_in,
+                                   movie_motion, write_motion_star, write_single_particle_star)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, files_voltage_kV,
@@ -537,6 +537,8 @@ class _RelionFiles:
         try:
             motion = movie_motion(record, motion_path)
             write_motion_star(motion, gain_name=self._gain_name(motion.eer_grouping is not None))
+        except UnwritableStarValue as exc:  # the images are right; only RELION misses it
+            print(f"motionwatch: RELION motion STAR not written: {exc}", file=sys.stderr)
         except (OSError, ValueError) as exc:
             self.failed = True
             print(f"motionwatch: RELION motion STAR not written: {exc}", file=sys.stderr)
@@ -544,8 +546,13 @@ class _RelionFiles:
     def finish(self) -> None:
         """Write ``corrected_micrographs.star`` of every movie corrected into the folder so far
         (a motion STAR only where one is missing)."""
+        left_out: list[str] = []
         try:
-            write_single_particle_star(self.out, motion_records_in(self.out), self.optics)
+            write_single_particle_star(self.out, motion_records_in(self.out), self.optics,
+                                       left_out=left_out)
         except (OSError, ValueError) as exc:
             self.failed = True
             print(f"motionwatch: RELION files not written: {exc}", file=sys.stderr)
+        for name in left_out:
+            print(f"motionwatch: {SINGLE_PARTICLE_STAR}: {name!r} left out: a STAR row cannot "
+                  "hold a tab or a line break", file=sys.stderr)

@@ -539,7 +539,7 @@ class RelionListener(ServiceListener):
 
         def write() -> None:
             star.parent.mkdir(parents=True, exist_ok=True)
-            write_star(star, {name: table})
+            self._write_star(star, {name: table})
 
         self._guard(str(star), "series_star", write)
 
@@ -603,14 +603,14 @@ class RelionListener(ServiceListener):
                 rows = [(name, self._series_star(name, es), es[0].motion)
                         for name, es in by_series.items()]
                 table = global_block(rows, self._out, self.optics)
-                self._guard(TILT_SERIES_STAR, "tilt_series_star", write_star,
+                self._guard(TILT_SERIES_STAR, "tilt_series_star", self._write_star,
                             self._out / TILT_SERIES_STAR, {"global": table})
         if single:
             blocks = single_particle_blocks(
                 self._out, [m for m, t in entries if t is None] + self._foreign_motions(),
                 self.optics)
             if blocks is not None:
-                self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", write_star,
+                self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", self._write_star,
                             self._out / SINGLE_PARTICLE_STAR, blocks)
 
     def _foreign_motions(self) -> list[MovieMotion]:
@@ -659,6 +659,18 @@ class RelionListener(ServiceListener):
         folder = _stack_folder(stem, stacks)
         if folder is not None and mdoc:
             link_aretomo_inputs(folder, stem, aretomo_name(Path(mdoc).name))
+
+    def _write_star(self, star: Path, blocks: Mapping[str, Any]) -> None:
+        """:func:`write_star`, saying once each name whose row it left out."""
+        left_out: list[str] = []
+        write_star(star, blocks, left_out=left_out)
+        for name in left_out:
+            key = ("star_row_left_out", f"{star}: {name}")
+            if key not in self._warned and self._log is not None:
+                self._warned.add(key)
+                self._log.warning("star_row_left_out", path=str(star), name=name,
+                                  note="a STAR row cannot hold a tab or a line break: RELION "
+                                       "does not get this movie from this file")
 
     def _guard(self, what: str, step: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

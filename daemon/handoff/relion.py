@@ -75,7 +75,7 @@ from daemon.settings.optics import (DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICA
 
 __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion", "movie_motion",
            "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
-           "star_table", "write_star", "write_motion_star", "relative_to",
+           "star_table", "write_star", "UnwritableStarValue", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "optics_group_names", "optics_key", "optics_keys_in_order",
            "MOTION_SUFFIX"]
@@ -480,15 +480,60 @@ def _shield_names(blocks: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]
     return shielded, names
 
 
-def write_star(path: str | Path, blocks: Mapping[str, Any]) -> Path:
+#: Characters no STAR value can hold: a line break ends RELION's row (it reads a loop line by
+#: line) and a tab splits it, quoted or not; ``starfile`` refuses to write either.
+_LINE_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UnwritableStarValue(ValueError):
+    """A value of a simple STAR block holds a tab, a line break or another control character."""
+
+
+def _unwritable(value: Any) -> bool:
+    return isinstance(value, str) and _LINE_CONTROL.search(value) is not None
+
+
+def _writable_rows(path: Path, blocks: Mapping[str, Any], left_out: list[str] | None
+                   ) -> dict[str, Any]:
+    """``blocks`` without the loop rows holding an unwritable value (each such value is added to
+    ``left_out``); :class:`UnwritableStarValue` for one in a simple block."""
+    import pandas as pd
+
+    kept: dict[str, Any] = {}
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame):
+            bad = np.zeros(len(block), dtype=bool)
+            for column in block.columns:
+                if block[column].dtype == object or pd.api.types.is_string_dtype(block[column]):
+                    bad |= block[column].map(_unwritable).to_numpy(dtype=bool)
+            if bad.any() and left_out is not None:
+                left_out.extend(next(v for v in row if _unwritable(v))
+                                for row in block[bad].itertuples(index=False))
+            kept[name] = block[~bad] if bad.any() else block
+        elif isinstance(block, Mapping) and any(_unwritable(v) for v in block.values()):
+            value = next(v for v in block.values() if _unwritable(v))
+            raise UnwritableStarValue(f"{str(path)!r}: {value!r} holds a tab or a line break, "
+                                      "which a STAR value cannot hold")
+        else:
+            kept[name] = block
+    return kept
+
+
+def write_star(path: str | Path, blocks: Mapping[str, Any], *,
+               left_out: list[str] | None = None) -> Path:
     """Write STAR ``blocks`` (name -> DataFrame for a loop, dict for a simple block) to ``path``
     atomically, each block preceded by ``# version 50001``; file names that are not UTF-8
-    as the bytes they have on disk."""
+    as the bytes they have on disk.
+
+    A loop row with a value holding a tab or a line break (a movie named so) is left out, so
+    that one such name never keeps a folder's STAR from being written; the value is added to
+    ``left_out`` for the caller to say. Such a value in a simple block raises
+    :class:`UnwritableStarValue` (nothing is written)."""
     import starfile
 
     from correction.write import atomic_write, text_bytes
 
-    shielded, names = _shield_names(blocks)
+    shielded, names = _shield_names(_writable_rows(Path(path), blocks, left_out))
     text = starfile.to_string(shielded)
     if names:  # in one pass (a replace per name was quadratic: 200 s for 16,000 movies)
         text = _TOKEN.sub(lambda m: names[int(m.group(1))], text)
@@ -630,7 +675,8 @@ def motion_records_in(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
 def write_single_particle_star(out_dir: str | Path,
                                records: Iterable[tuple[str | Path, Mapping[str, Any]]],
                                optics: RelionOptics | None = None, *,
-                               motion_stars: bool = True) -> Path | None:
+                               motion_stars: bool = True,
+                               left_out: list[str] | None = None) -> Path | None:
     """Write ``OUT/corrected_micrographs.star`` for the movies of ``records`` outside tilt series.
 
     Parameters
@@ -647,6 +693,9 @@ def write_single_particle_star(out_dir: str | Path,
         An existing one is never replaced: another writer (the daemon, or ``correct`` with its
         gain) put it there, with what only that writer knows (``rlnMicrographGainName``); the
         writer of a movie writes its STAR itself (:func:`write_motion_star`).
+    left_out : list, optional
+        Gets the name of each movie left out because a name of it holds a tab or a line break
+        (:func:`write_star`).
 
     Returns
     -------
@@ -665,10 +714,15 @@ def write_single_particle_star(out_dir: str | Path,
         if "sum" not in motion.outputs and "dw" not in motion.outputs:
             continue
         if motion_stars and not motion_star_path(motion.motion_path).exists():
-            write_motion_star(motion)
+            try:
+                write_motion_star(motion)
+            except UnwritableStarValue:
+                if left_out is not None:
+                    left_out.append(str(motion.movie))
+                continue
         motions.append(motion)
     blocks = single_particle_blocks(out_dir, motions, optics)
     if blocks is None:
         return None
-    return write_star(Path(out_dir) / SINGLE_PARTICLE_STAR, blocks)
+    return write_star(Path(out_dir) / SINGLE_PARTICLE_STAR, blocks, left_out=left_out)
 

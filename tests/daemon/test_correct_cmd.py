@@ -359,6 +359,26 @@ def _star_movies(out):
     return sorted(table["rlnMicrographName"])
 
 
+def test_a_movie_named_with_a_tab_is_corrected_and_named_and_the_folders_star_lists_the_rest(
+        tmp_path, capsys):
+    """A STAR row cannot hold a tab (nor a line break): one movie so named kept every later run
+    from writing its folder's ``corrected_micrographs.star``. Its images are written, the two
+    RELION files that cannot name it are said, and the others are listed."""
+    rng = np.random.default_rng(8)
+    movies = [_movie(tmp_path / "a.mrc", rng), _movie(tmp_path / "b\tc.mrc", rng)]
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", *map(str, movies), *flags]) == 0
+    err = capsys.readouterr().err
+    assert "RELION motion STAR not written" in err and "b\\tc.mrc' holds a tab" in err
+    assert f"corrected_micrographs.star: {str(movies[1])!r} left out" in err
+    assert (out / "b\tc_DW.mrc").is_file()
+    assert _star_movies(out) == ["a_DW.mrc"]
+    _movie(tmp_path / "d.mrc", rng)
+    assert main(["correct", str(tmp_path / "d.mrc"), *flags]) == 0  # a later run: listed too
+    assert _star_movies(out) == ["a_DW.mrc", "d_DW.mrc"]
+
+
 def test_a_movie_given_twice_or_through_a_link_is_corrected_once_and_listed_once(tmp_path,
                                                                               capsys):
     """Overlapping globs, or the frames folder reached by two paths: one output set, one STAR

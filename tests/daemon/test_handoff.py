@@ -1228,6 +1228,55 @@ def test_names_starting_with_a_quote_or_holding_a_hash_read_back_as_written(tmp_
                     ['"@motionwatch-name-7@_DW.mrc"', "1"], ['"#a_DW.mrc"', "1"]]
 
 
+def test_a_row_naming_a_tab_or_a_line_break_is_left_out_and_said_and_the_rest_is_written(
+        tmp_path):
+    """A STAR row ends at a line break and splits at a tab, quoted or not, and ``starfile``
+    refused to write either: one movie so named kept its folder's whole micrographs STAR from
+    being written, all night. Its row is left out and named; a simple block with such a value
+    is not written, and the error names the file."""
+    import pandas as pd
+
+    from daemon.handoff.relion import UnwritableStarValue, write_star
+
+    names = ["a_DW.mrc", "tab\there_DW.mrc", "b_DW.mrc", "line\nbreak_DW.mrc", "cr\r_DW.mrc"]
+    left_out: list[str] = []
+    write_star(tmp_path / "t.star", {"micrographs": pd.DataFrame(
+        {"rlnMicrographName": names, "rlnOpticsGroup": [1, 2, 3, 4, 5]})}, left_out=left_out)
+    back = starfile.read(tmp_path / "t.star", always_dict=True)["micrographs"]
+    assert list(back["rlnMicrographName"]) == ["a_DW.mrc", "b_DW.mrc"]
+    assert list(back["rlnOpticsGroup"]) == [1, 3]
+    assert left_out == ["tab\there_DW.mrc", "line\nbreak_DW.mrc", "cr\r_DW.mrc"]
+    with pytest.raises(UnwritableStarValue, match=r"g\.star': 'x\\ty\.mrc' holds a tab"):
+        write_star(tmp_path / "g.star", {"general": {"rlnMicrographMovieName": "x\ty.mrc"}})
+    assert not (tmp_path / "g.star").exists()
+
+
+def test_a_movie_corrected_by_hand_with_a_tab_in_its_name_leaves_the_daemons_star_whole(
+        tmp_path):
+    """The daemon never takes such a movie (discovery refuses its name), but ``correct`` does,
+    into the daemon's output folder: the folder's STAR lists every other movie, and the daemon
+    names the one left out once."""
+    from recording_log import RecordingLog
+
+    from daemon.commands.cli import main
+
+    out, config = _single_particle_session(tmp_path, seed=15)
+    by_hand = tmp_path / "by hand"
+    by_hand.mkdir()
+    m = render_movie(np.random.default_rng(16), shape_yx=SHAPE, n_frames=N_FRAMES, gain=None,
+                     n_hot_pixels=0, pixel_size_A=PIXEL_A)
+    write_movie_progressively(by_hand / "x\ty.mrc", m.frames, pixel_size_A=PIXEL_A,
+                              frame_interval_s=0)
+    assert main(["correct", str(by_hand / "x\ty.mrc"), "--out", str(out),
+                 "--dose-per-frame", "1", "--patches", "1", "1"]) == 0
+    log = RecordingLog()
+    run_until_idle(Service(config, listeners=[RelionListener(OPTICS, logger=log)],
+                           resolver=NoMetadata()))
+    mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+    assert sorted(mics["rlnMicrographName"]) == ["spa_0_DW.mrc", "spa_1_DW.mrc"]
+    assert [f["name"] for _, e, f in log.events if e == "star_row_left_out"] == ["x\ty_DW.mrc"]
+
+
 def test_a_name_holding_a_hash_keeps_the_folders_star_readable(tmp_path):
     """``#1_001.mrc`` (a position numbered so) and a folder ``grid#2/``: a ``#`` inside a value
     left unquoted cut the row where pandas (``starfile``) reads a comment, and the folder's
