@@ -80,7 +80,10 @@ def test_non_integer_fourier_crop_preserves_total():
 def test_binned_length_and_fast_length():
     assert binned_length(4096, 1.0) == 4096
     assert binned_length(8192, 2.0) == 4096
-    assert binned_length(1000, 1.5) % 2 == 0
+    assert binned_length(1000, 1.5) == 666  # 666.7 rounded, then even: never past the crop
+    for n in (999, 1000, 4092, 5760, 11520):  # a binned axis holds no more than n / factor
+        for factor in (1.5, 2.0, 3.0):
+            assert binned_length(n, factor) <= n / factor + 0.5
     assert fast_length(4178) >= 4178 and fast_length(4178) % 2 == 0
     assert fast_length(1024) == 1024
 

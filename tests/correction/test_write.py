@@ -46,15 +46,23 @@ def test_a_cropped_image_view_is_written_row_block_by_row_block_as_the_crop(tmp_
     assert os.path.getsize(path) == 1024 + crop.size * 4
 
 
-def test_mrc_stack_round_trips(tmp_path):
+def test_mrc_stack_round_trips_with_its_sampling_in_z_and_the_axes_in_order(tmp_path):
+    """A tilt-series stack: the z sampling (``cella.z / mz``) is the pixel size, whichever
+    convention gives ``mz`` (IMOD: nz; MRC2014 image stack: 1), and columns, rows and sections
+    are x, y, z (``mapc, mapr, maps`` = 1, 2, 3; IMOD reads another order transposed)."""
     data = np.arange(3 * 8 * 10, dtype=np.float64).reshape(3, 8, 10)
     path = write_mrc_atomic(tmp_path / "stack.mrcs", data, pixel_size_A=2.0,
                             labels=("source: movie_001.tif",))
-    with mrcfile.open(path) as mrc:
+    with mrcfile.open(path, permissive=False) as mrc:
         assert mrc.data.dtype == np.float32
         np.testing.assert_array_equal(mrc.data, data.astype(np.float32))
         assert mrc.header.nz == 3
         assert b"movie_001.tif" in mrc.header.label[1]
+        voxel = mrc.voxel_size
+        assert (float(voxel.x), float(voxel.y), float(voxel.z)) == pytest.approx((2, 2, 2))
+        header = mrc.header
+        assert (int(header.mapc), int(header.mapr), int(header.maps)) == (1, 2, 3)
+    assert mrcfile.validate(str(path), print_file=open(os.devnull, "w"))
 
 
 def test_unknown_pixel_size_is_written_as_zero(tmp_path):
