@@ -111,6 +111,13 @@ def test_per_tilt_table_and_stack_mdoc_agree_with_the_inputs(tmp_path):
         [t.pre_exposure_e_A2 for t in expected])
     assert [s.sub_frame_name for s in md.sections] == [t.movie for t in expected]
     assert all(s.complete and s.datetime is not None for s in md.sections)
+    # as SerialEM writes a stack's: sections numbered from 0 in stack order, each with its own
+    # tilt's dose (RELION's import sums ExposureDose over the earlier tilts: an accumulated one
+    # would count each dose again), the image size as nx ny
+    assert [s.z_value for s in md.sections] == list(range(len(tilts)))
+    assert [s.exposure_dose_e_A2 for s in md.sections] == pytest.approx(
+        [t.dose_e_A2 for t in expected])
+    assert "ImageSize = 64 48" in res.stacks["sum"].with_name("TS_9.mrc.mdoc").read_text()
     # NaN where the tilt's metadata gave none (as SerialEM writes a missing number)
     assert [s.exposure_time_s for s in md.sections] == [t.exposure_time_s for t in expected]
     assert sum("ExposureTime = NaN" in line for line in

@@ -168,7 +168,10 @@ def test_single_particle_star_lists_each_movie_once_with_its_records_values(tmp_
     assert len(mics) == 3
     for _, row in mics.iterrows():
         stem = Path(row["rlnMicrographName"]).name.removesuffix("_DW.mrc")
-        assert row["rlnMicrographName"] == f"{stem}_DW.mrc"  # relative to the project folder
+        # each sum by its own name, relative to the project folder (RELION's CTF job reads
+        # NoDW when told to use the sums without dose weighting)
+        assert [row[f"rlnMicrographName{kind}"] for kind in ("", "NoDW", "Even", "Odd")] == [
+            f"{stem}_DW.mrc", f"{stem}.mrc", f"{stem}_EVN.mrc", f"{stem}_ODD.mrc"]
         for label in ("rlnMicrographName", "rlnMicrographNameNoDW", "rlnMicrographNameEven",
                       "rlnMicrographNameOdd", "rlnMicrographMetadata"):
             assert (out / row[label]).is_file(), label
@@ -1018,6 +1021,8 @@ def test_tilt_series_of_distinct_optics_get_distinct_optics_group_names(tmp_path
     names = dict(zip(table["rlnTomoName"], table["rlnOpticsGroupName"]))
     assert names == {"TS_01": "optics1", "TS_02": "optics2", "TS_03": "optics1"}
     assert list(table["rlnTomoTiltSeriesPixelSize"]) == pytest.approx([1.1, 2.2, 1.1])
+    # the movies' pixel, binned or not (RELION's import writes the nominal one there)
+    assert list(table["rlnMicrographOriginalPixelSize"]) == pytest.approx([1.1, 1.1, 1.1])
     one = global_block([("TS_01", tmp_path / "TS_01.star", fine)], tmp_path,
                        RelionOptics(optics_group_name="krios"))
     assert list(one["rlnOpticsGroupName"]) == ["krios"]

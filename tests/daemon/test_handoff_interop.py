@@ -57,7 +57,9 @@ def test_an_eer_tilt_lists_the_raw_frames_of_its_movie_as_relions_import_copies_
     out = tmp_path / "out"
     out.mkdir()
     eer_motion = movie_motion(_record("a.eer", 10, eer=eer), out / "a.motion.json")
-    tif_motion = movie_motion(_record("b.tif", 8), out / "b.motion.json")
+    thrown = _record("b.tif", 8) | {"throw_frames": 2}  # its file holds 8 frames all the same
+    thrown["global_shifts_px"] = thrown["global_shifts_px"][2:]
+    tif_motion = movie_motion(thrown, out / "b.motion.json")
     table = series_block([TiltEntry(eer_motion, _tilt("a.eer", 0, 0.0)),
                           TiltEntry(tif_motion, _tilt("b.tif", 1, 3.0))], out, OPTICS)
     star = write_star(out / "TS_01.star", {"TS_01": table})
@@ -253,3 +255,8 @@ def test_each_tilt_gets_its_own_sections_target_defocus_after_serialem_sorts_the
     rows = starfile.read(star)
     assert list(rows["rlnTomoNominalStageTiltAngle"]) == [0.0, 3.0, -3.0]
     assert list(rows["rlnTomoNominalDefocus"]) == [-3.0, -3.5, -4.0]
+    # a section without a TargetDefocus: no column rather than an empty cell in RELION's table
+    mdoc.write_text(text.replace("TargetDefocus = -3.5\n", ""))
+    star = write_star(out / "TS_01.star",
+                      {"TS_01": series_block(entries, out, OPTICS, mdoc_facts(mdoc))})
+    assert "rlnTomoNominalDefocus" not in starfile.read(star).columns
