@@ -541,12 +541,18 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
 
 def test_retry_requeues_quarantined_movies_by_name_or_all_and_the_next_start_takes_them_up(
         setup, capsys):
-    """A retried movie's quarantine is lifted (its row goes): the daemon meets it again as a
-    new movie, and one still bad is quarantined again after one more attempt."""
+    """A quarantine holds across restarts until it is retried: a retried movie's quarantine is
+    lifted (its row goes), the daemon meets it again as a new movie, and one still bad is
+    quarantined again after one more attempt."""
     movie(setup.watch_dir, "bad_1.mrc")
     movie(setup.watch_dir, "bad_2.mrc")
     assert run(setup) == 0
     assert {r.status for r in rows(setup).values()} == {"quarantined"}
+    log = RecordingLog()
+    assert run(setup, log=log) == 0  # a restart, nothing retried: nothing is tried again
+    assert {name: (r.status, r.attempts) for name, r in rows(setup).items()} == {
+        "bad_1.mrc": ("quarantined", 1), "bad_2.mrc": ("quarantined", 1)}
+    assert not log.named("movie_started")
     assert cli_main(["retry", str(setup.out_dir), "bad_1.mrc"]) == 0
     assert {name: r.status for name, r in rows(setup).items()} == {"bad_2.mrc": "quarantined"}
     assert cli_main(["retry", str(setup.out_dir), "nope.mrc"]) == 1

@@ -45,6 +45,30 @@ def test_adding_the_same_key_twice_keeps_one_row(ledger):
     assert ledger.counts()["pending"] == 1
 
 
+def test_a_movie_is_claimed_once_and_added_again_it_stays_done_with_its_outputs(ledger):
+    """One movie, one correction, whatever the caller checked before: a running or done row
+    cannot be claimed again, and a done movie seen again (another scan, a restart) keeps its
+    state and outputs."""
+    ledger.add(key())
+    ledger.claim(key())
+    with pytest.raises(LookupError):
+        ledger.claim(key())  # running: a second worker would correct it twice
+    ledger.mark_done(key(), outputs={"sum": "/o/a.mrc"}, timings={}, summary={})
+    with pytest.raises(LookupError):
+        ledger.claim(key())
+    ledger.add(key())
+    row = ledger.get(key())
+    assert (row.status, row.attempts, row.outputs) == ("done", 1, {"sum": "/o/a.mrc"})
+
+
+def test_a_rename_leaves_a_movie_being_corrected_under_the_name_its_worker_has(ledger):
+    ledger.add(key("/d/b.mrc"))
+    ledger.claim(key("/d/b.mrc"))
+    assert ledger.move("/d/b.mrc", "/e/b.mrc", size=100, mtime_ns=1) == []
+    assert ledger.get(key("/d/b.mrc")).status == "running"
+    assert ledger.get(key("/e/b.mrc")) is None
+
+
 def test_a_changed_file_or_new_parameters_is_a_new_movie(ledger):
     ledger.add(key())
     ledger.claim(key())

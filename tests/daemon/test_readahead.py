@@ -7,15 +7,13 @@ import mmap
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from daemon.engine.dispatch import Dispatcher, DispatchSettings
-from daemon.engine.faults import LedgerWrites
-from daemon.events import MovieKey
-from daemon.state.ledger import Ledger
+from dispatch_harness import RecordingPool, three_movie_dispatcher  # tests/helpers
+from recording_log import RecordingLog
+
 from daemon.work.readahead import ReadAhead
 
 SIZE = 48 << 20
@@ -83,22 +81,6 @@ def test_a_movie_too_large_for_the_memory_available_or_gone_is_left_alone(tmp_pa
         read_ahead.close()
 
 
-class _BusyPool:
-    """One local worker: takes one task, then is busy."""
-
-    reads_files_here = True
-
-    def __init__(self) -> None:
-        self.tasks: list = []
-
-    @property
-    def idle(self) -> int:
-        return 0 if self.tasks else 1
-
-    def submit(self, task) -> None:
-        self.tasks.append(task)
-
-
 class _Hints:
     def __init__(self) -> None:
         self.paths: list[str] = []
@@ -107,34 +89,9 @@ class _Hints:
         self.paths.append(str(path))
 
 
-def _dispatcher(tmp_path: Path, pool, hints) -> tuple[Dispatcher, Ledger, list[Path]]:
-    from correction.params import CorrectionParams, DoseParams
-
-    ledger = Ledger(tmp_path / "state.sqlite")
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
-    movies = []
-    for i, name in enumerate(("TS_01_001.mrc", "TS_01_002.mrc", "TS_01_003.mrc")):
-        path = tmp_path / name
-        path.write_bytes(b"x" * 1024)
-        os.utime(path, ns=(10**18 + i, 10**18 + i))  # acquisition order
-        st = path.stat()
-        ledger.add(MovieKey(str(path), st.st_size, st.st_mtime_ns, params.fingerprint()))
-        movies.append(path)
-    settings = DispatchSettings(watch_dir=tmp_path, out_dir=tmp_path / "out", params=params,
-                                max_attempts=3, retry_delay_s=1.0, movie_timeout_s=600.0,
-                                scratch_dir=None, optics={})
-    log = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None,
-                          error=lambda *a, **k: None)
-    dispatcher = Dispatcher(settings, ledger=lambda: ledger, pool=lambda: pool, log=log,
-                            finished=lambda *a: None, wall_clock=time.time,
-                            writes=LedgerWrites(log, clock=time.monotonic),
-                            read_ahead=hints)
-    return dispatcher, ledger, movies
-
-
 def test_with_every_worker_busy_the_movie_next_in_line_is_read_ahead(tmp_path):
-    pool, hints = _BusyPool(), _Hints()
-    dispatcher, ledger, movies = _dispatcher(tmp_path, pool, hints)
+    pool, hints = RecordingPool(), _Hints()
+    dispatcher, ledger, movies = three_movie_dispatcher(tmp_path, pool, read_ahead=hints)
     try:
         dispatcher.dispatch()
         assert [t.movie_path for t in pool.tasks] == [movies[0]]
@@ -145,9 +102,8 @@ def test_with_every_worker_busy_the_movie_next_in_line_is_read_ahead(tmp_path):
 
 
 def test_no_read_ahead_when_the_workers_read_the_files_elsewhere(tmp_path):
-    pool, hints = _BusyPool(), _Hints()
-    pool.reads_files_here = False  # a Dask cluster's workers
-    dispatcher, ledger, _ = _dispatcher(tmp_path, pool, hints)
+    pool, hints = RecordingPool(reads_files_here=False), _Hints()  # a Dask cluster's workers
+    dispatcher, ledger, _ = three_movie_dispatcher(tmp_path, pool, read_ahead=hints)
     try:
         dispatcher.dispatch()
         assert len(pool.tasks) == 1 and hints.paths == []
@@ -159,19 +115,16 @@ def test_a_movie_that_grew_after_admission_is_superseded_quietly_not_quarantined
     """A writer that wrote on after the movie was admitted: that version is set aside for the
     new one, which is admitted anew. It was logged as a warning, movie_quarantined, which
     alarms an operator for a movie that will be corrected."""
-    pool, hints = _BusyPool(), _Hints()
-    dispatcher, ledger, movies = _dispatcher(tmp_path, pool, hints)
-    said = []
-    dispatcher._log = SimpleNamespace(
-        info=lambda event, **k: said.append(("info", event)),
-        warning=lambda event, **k: said.append(("warning", event)),
-        error=lambda event, **k: said.append(("error", event)))
+    pool, log = RecordingPool(), RecordingLog()
+    dispatcher, ledger, movies = three_movie_dispatcher(tmp_path, pool, read_ahead=_Hints(),
+                                                        log=log)
     with open(movies[0], "ab") as fh:
         fh.write(b"more frames")
     try:
         dispatcher.dispatch()
+        said = [(level, event) for level, event, _ in log.events]
         assert ("info", "movie_version_superseded") in said
-        assert not [s for s in said if s[0] != "info"]
+        assert not [s for s in said if s[0] not in ("debug", "info")]
         assert [t.movie_path for t in pool.tasks] == [movies[1]]
     finally:
         ledger.close()

@@ -85,3 +85,10 @@ def test_a_movie_quarantined_before_it_was_a_tilt_counts_for_the_series_listing_
     tallies = series_tallies(states, rows, watch_dir="/w")
     assert (tallies["TS_01"].done, tallies["TS_01"].failed) == (3, 0)
     assert series_tallies(states, [rows[-1]], watch_dir="/w/") == {}
+    # a movie redone after a failure counts by its newest row; a retaken tilt's first take,
+    # which the mdoc no longer lists, is not one of the series' tilts
+    redone = [row(f"/w/{names[0]}", "failed", 30.0, "TS_01", 0),
+              row(f"/w/{names[0]}", "done", 31.0, "TS_01", 0),
+              row("/w/TS_01_009_3.0.mrc", "done", 32.0, "TS_01", 1)]
+    tallies = series_tallies({"TS_01": states["TS_01"]}, redone, watch_dir="/w")
+    assert (tallies["TS_01"].done, tallies["TS_01"].failed) == (1, 0)

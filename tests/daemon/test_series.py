@@ -247,6 +247,36 @@ def test_an_exposure_serialem_counted_but_the_mdoc_does_not_list_is_reported_at_
                    for _, w in _resolve(dose_symmetric_mdoc(7)[0]).warnings)
 
 
+def test_a_prior_record_dose_running_slowly_ahead_of_the_listed_doses_is_no_lost_exposure():
+    """PriorRecordDose 1.4 times the listed doses before it (1 e/Å² more a tilt, below the
+    2.5 e/Å² of a whole exposure: a calibration's drift, not an exposure the mdoc left out):
+    every pre-exposure stays the sum of the listed doses before it."""
+    dose, t0 = 2.5, dt.datetime(2024, 5, 17, 9, 58, 10)
+    lines, names = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", ""], []
+    for i in range(7):
+        angle = 3.0 * ((i + 1) // 2) * (1 if i % 2 else -1)
+        names.append(f"TS_7_{i:03d}_{angle:.1f}.tif")
+        lines += [f"[ZValue = {i}]", f"TiltAngle = {angle:.3f}", f"ExposureDose = {dose}",
+                  f"PriorRecordDose = {dose * 1.4 * i:g}", rf"SubFramePath = X:\s\{names[-1]}",
+                  f"DateTime = {(t0 + dt.timedelta(seconds=40 * i)):%d-%b-%Y  %H:%M:%S}", ""]
+    md = parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc")
+    res = _resolve(md, movies=[MovieObservation(n, 0.0) for n in names])
+    assert [res.assignments[n].pre_exposure_e_A2 for n in names] == pytest.approx(
+        [dose * i for i in range(7)])
+
+
+def test_a_tilt_waiting_for_a_missing_index_still_counts_for_a_later_tilt_that_stopped_waiting():
+    """No mdoc, 2 e/Å² a tilt by configuration, index 2 never came: tilt 4, seen long ago, has
+    waited out the gap; tilt 3, seen just now, still waits. Tilt 4's pre-exposure counts
+    tilts 0, 1 and 3 (6 e/Å²), not only those already assigned."""
+    cfg = SeriesConfig(dose_per_tilt_e_A2=2.0, metadata_wait_s=0.0, missing_tilt_wait_s=100.0)
+    seen = [MovieObservation("S_000_0.0.tif", 0.0), MovieObservation("S_001_3.0.tif", 0.0),
+            MovieObservation("S_004_-6.0.tif", 0.0), MovieObservation("S_003_6.0.tif", 95.0)]
+    res = resolve(seen, [], {}, config=cfg, now_s=101.0)
+    assert "S_003_6.0.tif" in res.pending
+    assert res.assignments["S_004_-6.0.tif"].pre_exposure_e_A2 == pytest.approx(6.0)
+
+
 def test_a_first_tilt_taken_again_counts_its_discarded_exposure_from_the_retake_on():
     """SerialEM took the first tilt, discarded it and took it again: the retake's
     PriorRecordDose (2.5 e/Å²) counts the discarded exposure, which irradiated the specimen.
@@ -769,6 +799,15 @@ def test_series_without_lock_completes_only_after_the_mdoc_is_quiet():
     assert not go  # all corrected, but the mdoc changed 50 s ago: more tilts may come
     st, go = update_series_state(st, _obs("ab", "ab", "ab", mdoc_since=100.0), now_s=221, config=cfg)
     assert go and "unchanged" in st.reason
+
+
+def test_a_finished_discarded_take_does_not_stand_in_for_a_listed_tilt_not_yet_corrected():
+    """Listed a, b, c; c not yet here; x, a retaken tilt's first take the mdoc dropped, is
+    finished: as many finished movies as listed tilts, but not the listed ones."""
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1000.0)
+    st, go = update_series_state(SeriesState("TS_1"), _obs("abc", "abx", "abx"), now_s=200,
+                                 config=cfg)
+    assert not go and st.status != "complete"
 
 
 def test_series_with_missing_movies_completes_after_idle_timeout_only_when_nothing_in_flight():
