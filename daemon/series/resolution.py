@@ -118,6 +118,7 @@ class SeriesConfig:
     missing_tilt_wait_s : float
         In a series without series mdoc, a tilt whose file-name index comes after an index not
         seen yet waits this long (from its own first sight) for that tilt, whose dose it needs.
+        One after a tilt seen but still waiting for its metadata waits for it whatever this.
     mdoc_quiet_s : float
         A series whose ``.openTS`` lock was never seen is "no longer written" once its mdoc
         has been unchanged this long.
@@ -691,6 +692,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     other: dict[str, list[_Tilt]] = {}
     standalone: set[str] = set()
     discarded: dict[str, str] = {}  # movie -> the series that discarded it
+    # file-name series -> name indices of its movies seen and waiting for their metadata: not
+    # missing tilts, and their dose counts in the pre-exposure of the tilts after them
+    awaiting: dict[str, set[int]] = {}
     for mv in sorted(movies, key=lambda m: m.name):
         if mv.name in listed:
             continue
@@ -705,6 +709,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         if fsec is None and not waited and could_be_tilt:
             pending[mv.name] = (f"waiting for metadata (series mdoc section or frame mdoc) until "
                                 f"{config.metadata_wait_s:g} s after first seen")
+            if m is not None and (index := _name_index(rx, base)) is not None:
+                awaiting.setdefault(qualified_name(folder, m.group("series")), set()).add(index)
             continue
         if m is None:
             standalone.add(mv.name)
@@ -780,6 +786,12 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                 dwarn = dwarn + [jumps[i][2]]
             doses.append(dose)
             below = [g for g in gaps if t.name_index is not None and g < t.name_index]
+            seen_below = sorted(set(below) & awaiting.get(name, set()))
+            if seen_below and t.movie in obs_by_name:  # here, its dose not known yet
+                pending[t.movie] = (f"waiting for the metadata of tilt index {seen_below[0]} of "
+                                    f"{name}: its dose counts in this tilt's pre-exposure")
+                running += dose or 0.0
+                continue
             if below and t.movie in obs_by_name:
                 if now_s - obs_by_name[t.movie].first_seen_s < config.missing_tilt_wait_s:
                     pending[t.movie] = (f"waiting for tilt index {below[0]} of {name}: its dose "

@@ -268,12 +268,20 @@ def test_a_prior_record_dose_running_slowly_ahead_of_the_listed_doses_is_no_lost
 def test_a_tilt_waiting_for_a_missing_index_still_counts_for_a_later_tilt_that_stopped_waiting():
     """No mdoc, 2 e/Å² a tilt by configuration, index 2 never came: tilt 4, seen long ago, has
     waited out the gap; tilt 3, seen just now, still waits. Tilt 4's pre-exposure counts
-    tilts 0, 1 and 3 (6 e/Å²), not only those already assigned."""
+    tilts 0, 1 and 3 (6 e/Å²), not only those already assigned, and never less."""
     cfg = SeriesConfig(dose_per_tilt_e_A2=2.0, metadata_wait_s=0.0, missing_tilt_wait_s=100.0)
     seen = [MovieObservation("S_000_0.0.tif", 0.0), MovieObservation("S_001_3.0.tif", 0.0),
             MovieObservation("S_004_-6.0.tif", 0.0), MovieObservation("S_003_6.0.tif", 95.0)]
     res = resolve(seen, [], {}, config=cfg, now_s=101.0)
     assert "S_003_6.0.tif" in res.pending
+    assert res.assignments["S_004_-6.0.tif"].pre_exposure_e_A2 == pytest.approx(6.0)
+    # tilt 3 still waiting for its metadata (a frame mdoc may come): its dose is not known,
+    # so tilt 4 waits too; it took 4 e/Å², and was corrected again once tilt 3 was resolved
+    cfg = replace(cfg, metadata_wait_s=30.0)
+    res = resolve(seen, [], {}, config=cfg, now_s=101.0)
+    assert "S_004_-6.0.tif" not in res.assignments
+    assert "metadata of tilt index 3" in res.pending["S_004_-6.0.tif"]
+    res = resolve(seen, [], {}, config=cfg, now_s=126.0)
     assert res.assignments["S_004_-6.0.tif"].pre_exposure_e_A2 == pytest.approx(6.0)
 
 
