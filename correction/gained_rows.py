@@ -16,7 +16,7 @@ from . import memory_model
 from .allocator import drop_mapped_pages as _drop_mapped
 from .allocator import zeros_written
 from .defects import ReplacementPlan
-from .gain import GainReference
+from .gain import GainReference, gain_corrected_rows
 from .summation import frame_mean
 from .threads import run_chunks
 
@@ -98,14 +98,9 @@ class GainedRows:
     def _gain(self, raw: np.ndarray, window: tuple[slice, slice], out: np.ndarray
               ) -> np.ndarray:
         ref = self.arith
-        if ref is None:
-            np.copyto(out, raw, casting="unsafe")
-        elif ref.dark is not None:
-            np.subtract(raw, ref.dark[window], out=out, dtype=np.float32, casting="unsafe")
-            np.multiply(out, ref.gain[window], out=out)
-        else:
-            np.multiply(raw, ref.gain[window], out=out, dtype=np.float32, casting="unsafe")
-        return out
+        return gain_corrected_rows(raw, None if ref is None else ref.gain[window],
+                                   None if ref is None or ref.dark is None else ref.dark[window],
+                                   out)
 
     def _mean(self, i: int) -> float:
         """Padding value of frame ``i``: ``fill``, else the gain-corrected frame's mean."""
