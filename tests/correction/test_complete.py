@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+
 import mrcfile
 import numpy as np
 import pytest
 import tifffile
 
-from correction.io import check_complete
+from eer_writer import write_eer  # tests/helpers
+
+from correction.io import check_complete, read_movie
 
 
 def _mrc(path, nz=10, shape=(32, 32)):
@@ -139,13 +143,42 @@ def test_a_pre_sized_tiff_filled_up_to_its_last_page_is_not_complete(tmp_path, l
         assert zero_filled  # the points the page chain and the last page took for complete
 
 
+def _ifd_first_tiff(frames: np.ndarray) -> bytes:
+    """uint8 TIFF laid out IFD first, then that page's data (one strip): the file ENDS in the
+    last page's data, so dead last rows make a zero tail in a complete file."""
+    n, ny, nx = frames.shape
+    out = bytearray(b"II*\0" + bytes(4))
+    link = 4
+    tags_n = 9
+    for frame in frames:
+        ifd_at = len(out)
+        struct.pack_into("<I", out, link, ifd_at)
+        data_at = ifd_at + 2 + tags_n * 12 + 4
+        tags = [(256, 4, nx), (257, 4, ny), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+                (273, 4, data_at), (277, 3, 1), (278, 4, ny), (279, 4, ny * nx)]
+        out += struct.pack("<H", tags_n)
+        for tag, kind, value in tags:
+            out += struct.pack("<HHII", tag, kind, 1, value)
+        link = len(out)
+        out += bytes(4)
+        out += frame.tobytes()
+    return bytes(out)
+
+
 def test_a_tiff_whose_frames_end_in_dead_rows_is_complete(tmp_path):
-    """Uncompressed frames whose last rows are dead end in zeros in every page, the first too."""
+    """Frames whose last rows are dead end in zeros in every page, the first too. Written as
+    SerialEM's library writes a page (its directory, then its data), the file ends in the last
+    page's zeros; tifffile puts the directories after the data, where the tail is never
+    zeros."""
     data = np.random.default_rng(2).integers(1, 5, (6, 128, 64)).astype(np.uint8)
     data[:, -100:] = 0
     path = tmp_path / "m.tif"
     tifffile.imwrite(path, data)
     assert check_complete(path).complete
+    path.write_bytes(_ifd_first_tiff(data))
+    assert path.read_bytes().endswith(bytes(100 * 64))
+    assert check_complete(path).complete
+    np.testing.assert_array_equal(read_movie(path).frames, data[:, ::-1])
 
 
 def test_a_pre_sized_eer_filled_up_to_its_last_frame_is_not_complete(tmp_path):
@@ -268,3 +301,93 @@ def test_a_movie_the_reader_may_not_open_is_unreadable_not_incomplete_nor_bad():
     complete, unreadable, not_a_movie, reason = report
     assert (complete, unreadable, not_a_movie) == (False, True, False), reason
     assert reason == "cannot read: Permission denied"
+
+
+def test_an_eer_whose_last_raw_frame_does_not_decode_is_not_complete(tmp_path):
+
+    rng = np.random.default_rng(3)
+    raw = [(rng.random((64, 64)) < 0.3).astype(np.uint8) for _ in range(6)]
+    path = write_eer(tmp_path / "m.eer", raw, shape_yx=(64, 64))
+    assert check_complete(path).complete
+    with tifffile.TiffFile(path) as tif:
+        o, c = tif.pages[-1].dataoffsets[0], tif.pages[-1].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[o:o + c] = b"\xff" * c              # page chain intact, last frame's stream damaged
+    path.write_bytes(bytes(data))
+    result = check_complete(path)
+    assert not result.complete and "raw frame 5" in result.reason
+
+
+def test_a_tiff_whose_last_lzw_page_does_not_decode_is_not_complete(tmp_path):
+
+    data = np.random.default_rng(1).integers(0, 5, (6, 64, 64)).astype(np.uint8)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, data, compression="lzw")
+    assert check_complete(path).complete
+    with tifffile.TiffFile(path) as tif:
+        o, c = tif.pages[-1].dataoffsets[0], tif.pages[-1].databytecounts[0]
+    raw = bytearray(path.read_bytes())
+    raw[o:o + c] = b"\xff" * c                # inside the file, page chain intact
+    path.write_bytes(bytes(raw))
+    result = check_complete(path)
+    assert not result.complete and "last page (5)" in result.reason
+
+
+def test_an_odd_width_mode_101_movie_is_complete_and_has_no_trailing_bytes(tmp_path):
+    nz, ny, nx = 3, 10, 63
+    truth = np.random.default_rng(5).integers(0, 16, (nz, ny, nx)).astype(np.uint8)
+    row_bytes = (nx + 1) // 2
+    padded = np.zeros((nz, ny, 2 * row_bytes), np.uint8)
+    padded[..., :nx] = truth
+    packed = (padded[..., 0::2] | (padded[..., 1::2] << 4)).astype(np.uint8)
+    header = np.zeros((), dtype=mrcfile.dtypes.HEADER_DTYPE)
+    header["nx"], header["ny"], header["nz"], header["mode"] = nx, ny, nz, 101
+    header["mx"], header["my"], header["mz"] = nx, ny, nz
+    header["mapc"], header["mapr"], header["maps"] = 1, 2, 3
+    header["map"] = b"MAP "
+    header["machst"] = [0x44, 0x44, 0, 0]
+    path = tmp_path / "s.mrc"
+    path.write_bytes(header.tobytes() + packed.tobytes())  # SerialEM: each row on a byte
+    assert check_complete(path).complete
+    movie = read_movie(path)
+    assert "trailing_bytes" not in movie.header
+    np.testing.assert_array_equal(movie.frames, truth)
+
+
+def _mrc_with_ext(path, nz=6, shape=(32, 32), nsymbt=4096):
+    data = np.random.default_rng(1).integers(1, 9, (nz, *shape)).astype(np.int16)
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(data)
+        mrc.set_extended_header(np.frombuffer(b"\x07" * nsymbt, dtype="V1"))
+    return path
+
+
+def test_zero_filled_last_frame_is_found_after_an_extended_header(tmp_path):
+    path = _mrc_with_ext(tmp_path / "m.mrc", nsymbt=2048 * 3)   # 1.5 frames of 2048 bytes
+    full = path.read_bytes()
+    assert check_complete(path).complete
+    frame = 32 * 32 * 2
+    written = len(full) - frame // 2         # the last frame's second half not yet filled
+    path.write_bytes(full[:written] + bytes(len(full) - written))
+    result = check_complete(path)
+    assert not result.complete and result.zero_filled
+
+
+def test_frames_so_far_are_counted_after_the_extended_header(tmp_path):
+    path = _mrc_with_ext(tmp_path / "m.mrc", nsymbt=8192)     # 4 frames' worth
+    full = path.read_bytes()
+    frame = 32 * 32 * 2
+    path.write_bytes(full[:1024 + 8192 + 2 * frame + 10])
+    result = check_complete(path)
+    assert not result.complete and result.n_frames == 2
+
+
+def test_an_mrc_header_of_zero_frames_is_not_complete(tmp_path):
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.zeros((1, 8, 8), np.int16))
+    data = bytearray(path.read_bytes()[:1024])
+    struct.pack_into("<i", data, 8, 0)                          # nz = 0, no data
+    path.write_bytes(bytes(data))
+    result = check_complete(path)
+    assert not result.complete and result.n_frames == 0

@@ -550,3 +550,70 @@ def test_sampling_2_of_an_eer_file_with_wider_sub_pixel_fields_is_refused_and_sa
         read_movie(path, params=ReadParams(pixel_size_A=1.0, eer_sampling=2, eer_group_frames=1))
     movie = read_movie(path, params=ReadParams(pixel_size_A=1.0, eer_group_frames=1))
     np.testing.assert_array_equal(np.asarray(movie.frames), np.array(frames))
+
+
+def test_256_raw_frames_per_fraction_count_to_256_not_0(tmp_path):
+    raw = np.ones((256, 4, 6), bool)
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(4, 6))
+    movie = read_movie(path, params=ReadParams(eer_group_frames=256))
+    assert movie.raw_frames_per_frame == (256,)
+    assert np.all(movie.frames == 256)
+
+
+
+def test_dose_grouping_rounds_to_the_nearest_raw_frame_count(tmp_path):
+    raw = np.random.default_rng(4).random((30, 48, 80)) < 0.05
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(48, 80), metadata=META)
+    per_raw = 0.05 / 0.83 ** 2
+    movie = read_movie(path, params=ReadParams(eer_dose_per_fraction_e_A2=5.7 * per_raw))
+    assert movie.header["eer_group_frames"] == 6
+    assert movie.raw_frames_per_frame == (6,) * 5
+
+
+
+def test_sensor_pixel_size_in_nanometres(tmp_path):
+    raw = np.random.default_rng(4).random((4, 48, 80)) < 0.05
+    meta = [("sensorPixelSize.width", "nm", "0.083")]
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(48, 80), metadata=meta)
+    assert read_movie(path).pixel_size_A == pytest.approx(0.83)
+
+
+
+def test_a_raw_frame_stored_in_an_odd_number_of_bytes_decodes(tmp_path, monkeypatch):
+    original = eer_writer.encode_strip
+
+    def unpadded(positions, n_pixels, **kw):
+        stream = original(positions, n_pixels, **kw)
+        assert n_pixels < 127                      # no run codes: (events + 1) codes of 11 bits
+        return stream[:(11 * (len(positions) + 1) + 7) // 8]
+
+    monkeypatch.setattr(eer_writer, "encode_strip", unpadded)
+    raw = np.zeros((3, 4, 6), bool)
+    raw[:, 1, 2] = True                            # one event: 22 bits, 3 bytes
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(4, 6))
+    with tifffile.TiffFile(path) as tif:
+        assert all(int(p.databytecounts[0]) % 2 for p in tif.pages)
+    movie = read_movie(path, params=ReadParams(eer_group_frames=3))
+    np.testing.assert_array_equal(movie.frames[0], raw.sum(axis=0))
+
+
+
+def test_no_dose_per_fraction_is_reported_when_the_dose_was_only_measured(tmp_path):
+    raw = np.random.default_rng(4).random((30, 48, 80)) < 0.05
+    meta = [("sensorPixelSize.width", "m", "8.3e-11")]          # no totalDose
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(48, 80), metadata=meta)
+    movie = read_movie(path, params=ReadParams(eer_dose_per_fraction_e_A2=0.4))
+    assert movie.header["eer_dose_source"] == "counts"
+    assert movie.dose_per_frame_e_A2 is None                    # read_eer docstring
+
+
+
+def test_an_eer_with_an_integrated_image_first_is_eer_whatever_its_suffix(tmp_path):
+    from correction.io import detect_format
+
+    raw = np.random.default_rng(4).random((8, 48, 80)) < 0.05
+    path = eer_writer.write_eer(tmp_path / "m.tif", raw, shape_yx=(48, 80),
+                                integrated_image=raw.sum(0).astype(np.uint16))
+    assert detect_format(path) == "eer"
+    movie = read_movie(path, params=ReadParams(eer_group_frames=8))
+    np.testing.assert_array_equal(movie.frames[0], raw.sum(0))

@@ -355,3 +355,23 @@ def test_a_tiff_movie_through_a_lossy_codec_is_refused_naming_it_not_read_as_cou
     with pytest.raises(UnsupportedFormatError, match=r"converted\.tif: TIFF compression "
                                                      r"JPEG( 2000)? \(\d+\) may lose information"):
         read_movie(path)
+
+
+def test_a_packed_title_followed_by_another_programs_title_is_not_unpacked(tmp_path):
+    data = np.random.default_rng(12).integers(0, 256, size=(2, 12, 20), dtype=np.uint8)
+    path = tmp_path / "p.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for page in data:
+            tif.write(page, photometric="minisblack", datetime=True, contiguous=False,
+                      description="SerialEMCCD: Dose frac. image, 4 bits packed  r/f 0\n"
+                                  "clip: 8-bit copy")
+    movie = read_movie(path)
+    assert movie.frames.shape == (2, 12, 20) and "packed_4bit" not in movie.header
+
+
+
+def test_an_upper_case_gain_suffix_keeps_the_stored_row_order(tmp_path):
+    gain = np.arange(12, dtype=np.float32).reshape(3, 4) + 1
+    for name in ("r.gain", "R.GAIN"):
+        tifffile.imwrite(tmp_path / name, gain)
+        np.testing.assert_array_equal(read_image(tmp_path / name)[0], gain)

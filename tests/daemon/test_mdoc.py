@@ -234,3 +234,44 @@ def test_a_cp1252_movie_name_matches_its_movie_and_a_nul_run_loses_no_section():
     holed = parse_mdoc(cut)
     assert [_dose_fields(s) for s in holed.sections] == [_dose_fields(s) for s in plain.sections]
     assert any("NUL bytes dropped" in w for w in holed.warnings)
+
+
+_REPEATS_MDOC = """PixelSpacing = 1.1
+Voltage = 300
+
+[ZValue = 7]
+TiltAngle = 3.0
+ExposureDose = 2.5
+ExposureDose = 3.5
+FrameDosesAndNumbers = 0.5 7
+SubFramePath = X:\\a\\t7.tif
+DateTime = 01-Aug-2022  18:58:35
+
+"""
+
+
+
+def test_a_section_keeps_its_own_zvalue_the_last_repeat_and_the_first_token():
+    (s,) = parse_mdoc_text(_REPEATS_MDOC).sections
+    assert s.z_value == 7                                  # MD6
+    assert s.get("ExposureDose") == "3.5"                  # MD5
+    assert s.exposure_dose_e_A2 == 3.5
+    assert s.frame_doses_and_numbers == ((0.5, 7),)        # MD8
+
+
+
+def test_a_utf16_mdoc_cut_mid_unit_keeps_every_whole_character():
+    from correction.metadata_text import decode_metadata_text
+
+    data = "\ufeffTiltAngle = 3\n".encode("utf-16-le") + b"\x41"   # cut after one byte
+    decoded = decode_metadata_text(data)
+    assert decoded.text == "TiltAngle = 3\n"
+
+
+
+def test_a_last_line_cut_inside_frame_doses_leaves_the_section_incomplete():
+    sec = "TiltAngle = {a}\nFrameDosesAndNumber = 0.5 8\nDateTime = 01-Aug-2022  18:58:35\n"
+    text = ("[ZValue = 0]\n" + sec.format(a=0) + "\n[ZValue = 1]\nTiltAngle = 3\n"
+            "DateTime = 01-Aug-2022  18:59:35\nFrameDosesAndNumber = 0.5")   # cut, no newline
+    last = parse_mdoc_text(text).sections[-1]
+    assert not last.complete
