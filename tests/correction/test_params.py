@@ -49,3 +49,11 @@ def test_a_pixel_size_no_detector_has_is_refused_a_value_in_nm_named_as_such(pix
         ReadParams(pixel_size_A=pixel)
     assert ("a value in nm?" in str(caught.value)) == (pixel < 0.1)
     assert ReadParams(pixel_size_A=0.2).pixel_size_A == 0.2  # EER 8K at 0.4 Å physical
+
+
+@pytest.mark.parametrize("nx, ny, local", [(5, 5, True), (5, 1, False), (1, 5, False),
+                                           (0, 7, False), (2, 2, True)])
+def test_a_patch_count_of_0_or_1_on_either_axis_means_global_only(nx, ny, local):
+    """Mutant S16 (params.py:263, ``and`` -> ``or``): --patches' help and AlignParams say "a
+    count of 0 or 1 on either axis = global only"; MotionCor2's -Patch 5 1 is no patch grid."""
+    assert AlignParams(patches_x=nx, patches_y=ny).local_enabled is local

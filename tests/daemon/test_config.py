@@ -645,3 +645,102 @@ def test_a_config_file_saved_in_another_encoding_is_a_config_error_naming_it(tmp
         load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config",
                            str(tmp_path / "c.toml")]))
     assert said in info.value.problems[0]
+
+
+def _base(tmp_path):
+    return [str(tmp_path), "--out", str(tmp_path / "o")]
+
+
+def test_no_hot_pixels_true_in_the_toml_file_turns_hot_pixel_detection_off(tmp_path):
+    """Mutant S6 (config.py:316, a flag-named boolean key ignored): ``no_hot_pixels = true``
+    was accepted and silently did nothing."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("no_hot_pixels = true\n")
+    config = load_config(parse([*_base(tmp_path), "--config", str(toml)]),
+                         make_output_folders=False)
+    assert config.params.gain.detect_hot_pixels is False
+    toml.write_text("hot_pixels = false\n")  # the dest's key too
+    config = load_config(parse([*_base(tmp_path), "--config", str(toml)]),
+                         make_output_folders=False)
+    assert config.params.gain.detect_hot_pixels is False
+    toml.write_text("no_hot_pixels = false\n")  # false: not given
+    config = load_config(parse([*_base(tmp_path), "--config", str(toml)]),
+                         make_output_folders=False)
+    assert config.params.gain.detect_hot_pixels is True
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--pre-exposure", "-5"], "--pre-exposure"),
+    (["--settle-time", "-1"], "settle_time"),
+])
+def test_a_negative_pre_exposure_or_settle_time_is_a_config_error_naming_it(tmp_path, argv,
+                                                                             flag):
+    """Mutants S10 (correction_options.py:204, a negative --pre-exposure taken as its size:
+    MotionCor2's -InitDose is a dose, >= 0) and S11 (config.py:543, settle_time's >= 0 check
+    dropped): both went through."""
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([*_base(tmp_path), *argv]), make_output_folders=False)
+    assert any(p.startswith(flag) for p in info.value.problems), info.value.problems
+
+
+def test_watch_defaults_are_those_its_help_and_the_config_class_say(tmp_path):
+    """Mutant S8 (config.py:209, --retry-delay default 10 -> 1 s): no test read a default."""
+    config = load_config(parse(_base(tmp_path)), make_output_folders=False)
+    assert (config.settle_time_s, config.scan_interval_s, config.incomplete_grace_s,
+            config.movie_timeout_s, config.max_attempts, config.retry_delay_s,
+            config.heartbeat_s, config.workers) == (5.0, 2.0, 120.0, 1800.0, 3, 10.0, 10.0, 1)
+    p = config.params
+    assert (p.read.throw_frames, p.read.trunc_frames, p.read.bin_factor, p.read.eer_sampling,
+            p.gain.rotate_quarter_turns, p.gain.flip, p.dose.pre_exposure_e_A2,
+            p.align.group_frames, p.align.patch_group) == (0, 0, 1.0, 1, 0, "none", 0.0, 1, 1)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--trunc", "-1"], "--trunc"), (["--throw", "-1"], "--throw"),
+    (["--eer-group", "0"], "--eer-group"), (["--max-shift", "0"], "--max-shift"),
+    (["--total-dose", "0"], "--total-dose"), (["--pixel-size", "0.05"], "--pixel-size"),
+])
+def test_each_bad_frame_or_dose_flag_is_named_by_itself(tmp_path, argv, flag):
+    """Mutant S17 (correction_options.py:24, a bad --trunc reported as --throw): each flag of
+    _FLAG_OF_FIELD must name itself."""
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([*_base(tmp_path), *argv]), make_output_folders=False)
+    assert any(p.startswith(f"{flag} ") for p in info.value.problems), info.value.problems
+
+
+def test_optics_default_to_relions_and_an_amplitude_contrast_of_1_is_refused(tmp_path):
+    """Mutants S18 (optics.py:39, amplitude contrast 1 let through; the range is [0, 1)) and
+    S19 (optics.py:28, default Cs 2.7 -> 2.0 mm)."""
+    from daemon.settings.optics import optics_record_from
+
+    assert optics_record_from({}) == {"spherical_aberration_mm": 2.7, "amplitude_contrast": 0.1}
+    with pytest.raises(ConfigError, match="amplitude_contrast"):
+        load_config(parse([*_base(tmp_path), "--amplitude-contrast", "1"]),
+                    make_output_folders=False)
+
+
+def test_default_drift_warning_thresholds_are_40_A_total_10_A_jump_and_no_early(tmp_path):
+    """Mutant F8 (listener.py:59, --drift-warning-jump default 10 -> 20 A)."""
+    from daemon.feed.listener import publish_config_from
+    from daemon.feed.messages import DriftRules
+
+    config = load_config(parse(_base(tmp_path)), make_output_folders=False)
+    publish = publish_config_from(config)
+    assert publish.drift == DriftRules(40.0, 10.0, None)
+    assert publish.heartbeat_interval_s == config.heartbeat_s == 10.0
+
+
+def test_watchdog_defaults_stuck_after_movie_timeout_plus_60_s_and_extend_at_least_30_s(
+        tmp_path):
+    """Mutants D5 (notify_listener.py:86, stuck = movie_timeout) and D7 (notify_listener.py:151,
+    no 30 s floor on EXTEND_TIMEOUT_USEC): the defaults the module docstring and
+    --watchdog-stuck-after's help give."""
+    from daemon.system.notify_listener import NotifyListener, watchdog_thresholds
+
+    config = load_config(parse([*_base(tmp_path), "--heartbeat", "2"]),
+                         make_output_folders=False)
+    stall, stuck = watchdog_thresholds(config, environ={})
+    assert stuck == config.movie_timeout_s + 60.0 == 1860.0
+    assert stall == max(3 * 2.0, 3 * 2.0, 10.0)
+    listener = NotifyListener.from_config(config, environ={})
+    assert listener.extend_s == 30.0

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from service_run import empty_session  # tests/helpers
+
 from daemon.commands.cli import main
 from daemon.engine.pace import MAX_BEHIND_MIN, PaceMeter
 from daemon.state.ledger import Ledger
@@ -269,3 +271,38 @@ def test_the_pace_phrase_names_the_span_the_rates_cover_the_uptime_when_shorter(
     pace = {"arrived_per_min": 5.0, "corrected_per_min": 5.0, "waiting": 0, "behind_min": 0.0,
             "keeping_up": True, "window_s": 600.0, "span_s": 120.0}
     assert pace_phrase(pace).endswith("(5.0 movies/min acquired, 5.0 corrected, last 2 min)")
+
+
+def test_five_minutes_of_work_waiting_is_still_keeping_up():
+    """Mutant P2 (pace.py:119, ``<``): the verdict is 'at most 5 minutes' (docs/zmq.md)."""
+    from daemon.engine.pace import MAX_BEHIND_MIN, PaceMeter
+
+    start = 1_000_000.0
+    meter = PaceMeter(start, window_s=600.0)
+    for k in range(100):  # 10 corrected a minute over the last 10 minutes
+        meter.corrected(start + 1 + k * 6.0)
+    pace = meter.pace(start + 600.0, waiting=50)
+    assert pace.corrected_per_min == 10.0 and pace.behind_min == MAX_BEHIND_MIN == 5.0
+    assert pace.keeping_up is True
+    assert meter.pace(start + 600.0, waiting=51).keeping_up is False
+
+
+def test_the_services_pace_is_counted_over_ten_minutes(tmp_path):
+    """Mutant P5 (service.py:127, the service's PaceMeter window 600 -> 300 s): docs/zmq.md's
+    heartbeat says window_s (600)."""
+    from recording_log import RecordingLog
+
+    from daemon.engine.service import Service
+    from daemon.events import ServiceListener
+
+    paces = []
+
+    class Beats(ServiceListener):
+        def on_heartbeat(self, beat):
+            paces.append(beat.pace)
+
+    service = Service(empty_session(tmp_path), listeners=[Beats()],
+                      runner="fake_runners:correct", logger=RecordingLog())
+    assert service.run() == 0
+    assert paces and all(p["window_s"] == 600.0 for p in paces if p is not None)
+    assert any(p is not None for p in paces)

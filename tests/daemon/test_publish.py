@@ -575,3 +575,96 @@ def test_a_tilt_left_out_of_a_series_stacks_is_a_series_warning_on_the_feed(publ
     body = got[-1][1]
     assert (body["kind"], body["series"], body["message"]) == ("series_warning", "mix/TS_mix",
                                                               reason)
+
+
+def _feed_record(total_e_A2=4.96, pre=12.0, total_A=12.0):
+    return {"schema": "motionwatch.motion/1", "movie": "/data/TS_01_001_3.0.tif",
+            "pixel_size_A": 1.0, "global_shifts_px": [[0.0, 0.0], [1.0, 0.0]],
+            "drift": {"total_A": total_A, "early_A": 1.0, "late_A": 1.0,
+                      "max_frame_jump_A": 1.0},
+            "dose": {"total_e_A2": total_e_A2, "pre_exposure_e_A2": pre}}
+
+
+def test_a_state_tilt_carries_the_movies_own_dose_and_its_pre_exposure_apart():
+    """Mutant F3 (messages.py:366, ``dose_e_A2`` from the pre-exposure): docs/zmq.md's state
+    example has dose_e_A2 == the movie's dose.total_e_A2; the dashboard shows both columns."""
+    from daemon.feed.messages import TiltInfo, movie_message, tilt_summary
+
+    body = movie_message(_feed_record(), TiltInfo(series="TS_01", pre_exposure_e_A2=12.0))
+    tilt = tilt_summary(body)
+    assert tilt["dose_e_A2"] == 4.96 and tilt["pre_exposure_e_A2"] == 12.0
+
+
+def test_a_drift_equal_to_its_threshold_raises_no_warning():
+    """Mutant F7 (messages.py:336, ``>=``): warnings are for a value that exceeds the
+    threshold (docs/zmq.md, --drift-warning-total's help)."""
+    from daemon.feed.messages import DriftRules, TiltInfo, movie_message, movie_warnings
+
+    body = movie_message(_feed_record(total_A=40.0), TiltInfo())
+    assert movie_warnings(body, DriftRules(max_total_drift_A=40.0)) == []
+    body = movie_message(_feed_record(total_A=40.01), TiltInfo())
+    assert [w["kind"] for w in movie_warnings(body, DriftRules(max_total_drift_A=40.0))] == [
+        "drift_total"]
+
+
+def test_the_state_keeps_the_last_4_completed_series_and_the_last_20_warnings_errors_movies():
+    """Mutants F9 (publisher.py:72, 4 -> 2 completed series) and F11 (publisher.py:71, 20 ->
+    10): the counts docs/zmq.md's state table gives."""
+    from daemon.feed.messages import movie_message
+    from daemon.feed.publisher import _Feed
+
+    feed = _Feed(max_tilts=400)
+    for i in range(6):
+        feed.apply("series", {"event": "started", "series": f"TS_{i}", "n_done": 0})
+        feed.apply("series", {"event": "completed", "series": f"TS_{i}", "n_done": 1})
+    for i in range(25):
+        feed.apply("warning", {"kind": "x", "message": str(i)})
+        feed.apply("error", {"path": f"/d/e{i}.mrc", "reason": "r"})
+        rec = dict(_feed_record(), movie=f"/d/m{i}.mrc")
+        feed.apply("movie", movie_message(rec, path=f"/d/m{i}.mrc"))
+    state = feed.snapshot()
+    assert [s["series"] for s in state["series"]] == ["TS_2", "TS_3", "TS_4", "TS_5"]
+    assert len(state["warnings"]) == len(state["errors"]) == len(state["movies"]) == 20
+    assert state["movies"][-1]["path"] == "/d/m24.mrc"
+
+
+@pytest.mark.parametrize("source, fallback", [
+    ("ExposureDose (frame mdoc)", False), ("FrameDosesAndNumber (frame mdoc)", False),
+    ("DoseRate (frame mdoc)", True), ("configured", True)])
+def test_a_dose_from_the_frame_mdocs_exposuredose_is_no_fallback(source, fallback):
+    """Mutant F18 (messages.py:127, the source compared whole): the resolver names a frame-mdoc
+    dose "ExposureDose (frame mdoc)" (daemon/series/resolution.py); docs/zmq.md: fallback is
+    null when the source is ExposureDose or FrameDosesAndNumber."""
+    from daemon.feed.messages import TiltInfo
+    from daemon.series.resolution import TiltAssignment
+
+    tilt = TiltAssignment(movie="TS_02_005_-9.0.tif", series="TS_02", tilt_deg=-9.0,
+                          acquisition_index=5, dose_e_A2=3.0, frame_doses_e_A2=None,
+                          pre_exposure_e_A2=15.0, dose_source=source, order_source="TimeStamp",
+                          match_source="SubFramePath", warnings=())
+    info = TiltInfo.from_record({"tilt": tilt.record()})
+    assert (info.dose_fallback is not None) is fallback
+
+
+def test_the_state_keeps_the_last_max_tilts_of_a_series_in_arrival_order():
+    """Mutant F21 (publisher.py:216, the per-series tilt list unbounded): docs/zmq.md, state
+    ``series[].tilts``: "in arrival order (last 400)" (PublishConfig.max_tilts_per_series)."""
+    from daemon.feed.messages import TiltInfo, movie_message
+    from daemon.feed.publisher import _Feed
+
+    feed = _Feed(max_tilts=3)
+    for i in range(5):
+        rec = dict(_feed_record(), movie=f"/d/TS_01_{i:03d}.tif")
+        feed.apply("movie", movie_message(rec, TiltInfo(series="TS_01")))
+    (series,) = feed.snapshot()["series"]
+    assert [t["name"] for t in series["tilts"]] == ["TS_01_002.tif", "TS_01_003.tif",
+                                                    "TS_01_004.tif"]
+
+
+def test_a_malformed_record_is_counted_in_the_publishers_build_errors():
+    """Mutant F25 (publisher.py:399, build_errors never counted): PublisherStats.build_errors."""
+    from daemon.feed.publisher import PublishConfig, Publisher
+
+    publisher = Publisher(PublishConfig(endpoint="inproc://gaps-build-errors"))  # not started
+    assert publisher.movie({"movie": "/d/x.mrc"}) is False
+    assert publisher.stats.build_errors == 1

@@ -137,3 +137,28 @@ def test_retry_on_the_service_accounts_database_is_refused_also_to_root(tmp_path
     assert f"{out / DB_NAME}: not writable by this account" in err
     assert "sudo -u" in err and "nothing was changed" in err
     assert sorted(p.name for p in out.iterdir()) == [DB_NAME]
+
+
+def _quarantined(folder, paths):
+    from daemon.state.ledger import DB_NAME, Ledger, MovieKey
+
+    with Ledger(folder / DB_NAME) as db:
+        for p in paths:
+            key = MovieKey(str(p), 100, 1, "f")
+            db.add(key)
+            db.claim(key)
+            db.mark_failed(key, "bad", quarantine=True)
+
+
+def test_retry_names_a_movie_by_a_relative_path_and_exits_1_for_one_not_quarantined(
+        tmp_path, monkeypatch, capsys):
+    """Mutants R3 (retry.py:79, a relative path not made absolute) and R5 (retry.py:98, exit 0
+    when a named movie is not quarantined: its docstring says 1)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _quarantined(out, [tmp_path / "grid1" / "a.mrc", tmp_path / "grid2" / "b.mrc"])
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["retry", str(out), os.path.join("grid1", "a.mrc")]) == 0
+    assert "1 quarantined movie(s) requeued" in capsys.readouterr().out
+    assert cli_main(["retry", str(out), "nothing_such.mrc"]) == 1
+    assert "nothing_such.mrc: not a quarantined movie" in capsys.readouterr().err

@@ -366,3 +366,31 @@ def test_status_shows_a_refused_name_with_an_escape_sequence_without_running_it(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert "osc\ufffd]0;PWNED\ufffd\ufffd[2K\ufffdlooks fine.mrc" in out
+
+
+def test_status_backlog_counts_failed_movies_waiting_for_their_retry(tmp_path):
+    """Mutant R1 (status.py:188, failed rows left out of the backlog)."""
+    from daemon.commands.status import collect_status
+    from daemon.state.ledger import DB_NAME, Ledger, MovieKey
+
+    with Ledger(tmp_path / DB_NAME) as db:
+        for name in ("a", "b", "c"):
+            db.add(MovieKey(f"/d/{name}.mrc", 100, 1, "f"))
+        db.claim(MovieKey("/d/a.mrc", 100, 1, "f"))
+        assert db.mark_failed(MovieKey("/d/a.mrc", 100, 1, "f"), "worker died",
+                              quarantine=False, retry_delay_s=60) == "failed"
+    status = collect_status(tmp_path / DB_NAME)
+    assert (status["counts"]["pending"], status["counts"]["failed"]) == (2, 1)
+    assert status["backlog"]["pending"] == 3
+
+
+def test_status_lists_the_failed_tilts_of_a_series(tmp_path, monkeypatch):
+    """Mutant R4 (status.py:98, tilts_failed always 0)."""
+    from daemon.commands import status as status_cmd
+    from daemon.series.stored_state import SeriesTally
+
+    tally = SeriesTally()
+    tally.done, tally.failed, tally.records = 5, 2, 7
+    monkeypatch.setattr(status_cmd, "series_tallies", lambda *a, **k: {"TS_01": tally})
+    (entry,) = status_cmd._series({"TS_01": {"status": "open", "expected_tilts": 41}}, [], None)
+    assert (entry["tilts_done"], entry["tilts_failed"], entry["tilts_expected"]) == (5, 2, 41)

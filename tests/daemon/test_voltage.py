@@ -465,3 +465,11 @@ def test_a_single_movie_in_the_daemon_takes_its_frame_mdocs_voltage(tmp_path):
     record = _record(out, movie)
     assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "frame mdoc"
     assert record["dose"]["total_e_A2"] == pytest.approx(4.0)
+
+
+def test_a_voltage_option_more_than_1_kV_off_the_metadata_is_warned_about():
+    """Mutant V1 (voltage.py:29, tolerance 1 -> 10 kV): --voltage's help says "more than 1 kV"."""
+    from daemon.settings.voltage import resolve_voltage
+
+    assert resolve_voltage(300.0, [(297.0, "mdoc")]).warning is not None
+    assert resolve_voltage(300.0, [(300.5, "mdoc")]).warning is None

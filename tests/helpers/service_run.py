@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["run_until_idle", "running", "watch_once", "more_heartbeats"]
+__all__ = ["run_until_idle", "running", "watch_once", "more_heartbeats", "empty_session"]
 
 
 def run_until_idle(service: Any, *, guard_s: float = 60.0,
@@ -75,3 +75,17 @@ def more_heartbeats(log: Any, wait_for: Callable[..., None], n: int = 3) -> None
     seen = len(log.named("heartbeat"))
     wait_for(lambda: len(log.named("heartbeat")) >= seen + n, timeout_s=30.0)
     assert len(log.named("heartbeat")) >= seen + n, f"fewer than {n} more heartbeats"
+
+
+def empty_session(tmp_path: Any) -> Any:
+    """The :class:`Config` of a service on an empty watch folder (``tmp_path/w``, outputs and
+    state in ``tmp_path/out``), 1 e/Å² a frame, fast test timings, idle after 0.3 s."""
+    from correction.params import CorrectionParams, DoseParams  # noqa: PLC0415
+    from daemon.settings.config import Config  # noqa: PLC0415
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    return Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                  settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.1,
+                  exit_when_idle_s=0.3, polling="on")
