@@ -303,32 +303,32 @@ def test_a_movie_the_reader_may_not_open_is_unreadable_not_incomplete_nor_bad():
     assert reason == "cannot read: Permission denied"
 
 
-def test_an_eer_whose_last_raw_frame_does_not_decode_is_not_complete(tmp_path):
+def _damage_last_page(path) -> None:
+    """Overwrite the last page's data with 0xff bytes: the file keeps its size and its chain of
+    pages, but its last frame does not decode (a copy that wrote garbage, a bad sector)."""
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[-1].dataoffsets[0], tif.pages[-1].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + count] = b"\xff" * count
+    path.write_bytes(bytes(data))
 
+
+def test_an_eer_whose_last_raw_frame_does_not_decode_is_not_complete(tmp_path):
     rng = np.random.default_rng(3)
     raw = [(rng.random((64, 64)) < 0.3).astype(np.uint8) for _ in range(6)]
     path = write_eer(tmp_path / "m.eer", raw, shape_yx=(64, 64))
     assert check_complete(path).complete
-    with tifffile.TiffFile(path) as tif:
-        o, c = tif.pages[-1].dataoffsets[0], tif.pages[-1].databytecounts[0]
-    data = bytearray(path.read_bytes())
-    data[o:o + c] = b"\xff" * c              # page chain intact, last frame's stream damaged
-    path.write_bytes(bytes(data))
+    _damage_last_page(path)
     result = check_complete(path)
     assert not result.complete and "raw frame 5" in result.reason
 
 
 def test_a_tiff_whose_last_lzw_page_does_not_decode_is_not_complete(tmp_path):
-
     data = np.random.default_rng(1).integers(0, 5, (6, 64, 64)).astype(np.uint8)
     path = tmp_path / "m.tif"
     tifffile.imwrite(path, data, compression="lzw")
     assert check_complete(path).complete
-    with tifffile.TiffFile(path) as tif:
-        o, c = tif.pages[-1].dataoffsets[0], tif.pages[-1].databytecounts[0]
-    raw = bytearray(path.read_bytes())
-    raw[o:o + c] = b"\xff" * c                # inside the file, page chain intact
-    path.write_bytes(bytes(raw))
+    _damage_last_page(path)
     result = check_complete(path)
     assert not result.complete and "last page (5)" in result.reason
 
