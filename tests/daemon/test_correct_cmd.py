@@ -843,3 +843,63 @@ def test_a_run_that_may_not_remove_the_claims_file_still_takes_its_notes_out_of_
     monkeypatch.setattr(Path, "unlink", not_permitted)
     claims.release()
     assert json.loads(claims.path.read_text()) == {}
+
+
+def test_the_stems_of_a_run_that_died_on_this_host_are_free_again(tmp_path):
+    """K1: a run killed (SIGKILL, OOM) leaves its notes; they hold only while its process
+    lives, or every later run into the folder names its movies x_tif, x_tif_2 ..."""
+    import subprocess
+    import sys
+
+    from daemon.commands.stem_claims import CLAIMS_NAME, StemClaims, runner_identity
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = os.getppid()
+    (tmp_path / CLAIMS_NAME).write_text(json.dumps({
+        "x": {"movie": "/data/a/x.tif", "pid": dead.pid, "runner": runner_identity(),
+              "since_s": time.time()},
+        "y": {"movie": "/data/a/y.tif", "pid": live, "runner": runner_identity(),
+              "since_s": time.time()}}))
+    claims = StemClaims(tmp_path)
+    seen = {}
+    claims.claim(lambda held: seen.update(held) or {})
+    claims.release()
+    assert seen == {"y": Path("/data/a/y.tif")}
+
+
+def test_a_later_run_on_another_movie_of_the_same_name_still_there_keeps_the_first_ones_outputs(
+        tmp_path):
+    """C7: session A's x.mrc corrected into out, then (another run) session B's x.mrc, A's
+    still in place: B gets its own stem; A's outputs are not overwritten by a movie that only
+    shares their name (the record's movie exists and is another file)."""
+    for session, seed in (("A", 12), ("B", 13)):
+        (tmp_path / session).mkdir()
+        _movie(tmp_path / session / "x.mrc", np.random.default_rng(seed))
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    assert main(["correct", str(tmp_path / "A" / "x.mrc"), *flags]) == 0
+    first = (out / "x_DW.mrc").read_bytes()
+    assert main(["correct", str(tmp_path / "B" / "x.mrc"), *flags]) == 0
+    assert (out / "x_DW.mrc").read_bytes() == first
+    assert json.loads((out / "x.motion.json").read_text())["movie"] == str(tmp_path / "A" / "x.mrc")
+    assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(
+        tmp_path / "B" / "x.mrc")
+
+
+def test_a_motion_record_whose_movie_cannot_be_told_is_not_taken_as_free(tmp_path):
+    """C8: a stem whose motion record has a "movie" that names no usable path (null, a
+    number: damaged) is not this movie's to overwrite; no record, or one of another tool
+    without a "movie" at all, is free."""
+    from daemon.commands.correct import _owned_by
+
+    (tmp_path / "data").mkdir()
+    movie = tmp_path / "data" / "x.mrc"
+    movie.write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _owned_by(out, "x", movie)
+    (out / "x.motion.json").write_text(json.dumps({"shifts": []}))
+    assert _owned_by(out, "x", movie)
+    (out / "x.motion.json").write_text(json.dumps({"movie": None}))
+    assert not _owned_by(out, "x", movie)

@@ -519,3 +519,37 @@ def test_a_movie_written_on_in_a_still_folder_is_seen_once_its_event_has_come(tm
         now[0] = 64.0
         assert sizes(d.scan())["m1.mrc"] == 5
         assert d._counters.folders_reused == 2  # the root and other
+
+
+def test_a_link_to_a_folder_above_the_watched_one_is_not_followed(tmp_path):
+    """D4: ``watch/up -> ..`` is a loop through a folder above the watched one: following it
+    lists the watched folder's siblings (another session, the output folder's neighbours)."""
+    watch = tmp_path / "watch"
+    touch(watch / "a.mrc")
+    touch(tmp_path / "other_session" / "b.mrc")
+    (watch / "up").symlink_to(tmp_path)
+    result = scan(watch)
+    assert [o.path.relative_to(watch).as_posix() for o in result.observations] == ["a.mrc"]
+
+
+def test_filesystem_type_takes_the_last_of_mounts_on_one_mount_point(tmp_path):
+    """D9: autofs lists its trigger mount first and the NFS mount over it after: the later
+    one (the one in effect) decides, or a share would be watched with inotify alone."""
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n"
+                      "auto.data /data autofs rw 0 0\n"
+                      "server:/export /data nfs4 rw 0 0\n")
+    assert filesystem_type(Path("/data/session1"), mounts_file=mounts) == "nfs4"
+    assert needs_polling(filesystem_type(Path("/data/session1"), mounts_file=mounts))
+
+
+def test_an_event_making_or_removing_a_folder_touches_its_parent(tmp_path):
+    """D7: a folder made, removed or renamed names its parent's listing (not only itself);
+    only a folder's own "modified" event spares its parent."""
+    d = Discovery(tmp_path, polling="on")
+    d._touched("created", True, str(tmp_path / "g" / "new"), "")
+    _, touched, _ = d._listings.begin()
+    assert str(tmp_path / "g") in touched and str(tmp_path / "g" / "new") in touched
+    d._touched("modified", True, str(tmp_path / "g" / "new"), "")
+    _, touched, _ = d._listings.begin()
+    assert touched == {str(tmp_path / "g" / "new")}

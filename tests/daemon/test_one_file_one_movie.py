@@ -991,3 +991,55 @@ def test_a_session_of_many_movies_of_one_size_and_mtime_is_admitted_reading_few_
     log = _run(_config(watch, out, params=_DOSE1))
     assert len(_started(log)) == n_movies and log.named("movie_moved") == []
     assert len(decoded) < 20 * n_movies  # the old lookups alone read n_movies² rows
+
+
+def test_a_file_of_two_gone_names_of_its_name_size_and_mtime_is_not_taken_for_either(tmp_path):
+    """A2: where inodes do not tell (a remount), a file is taken for a renamed recorded movie
+    only when one name of its file name, size and mtime is gone; with two gone (grid1/m1.mrc
+    and grid2/m1.mrc, both moved away) which one it is cannot be told, and its rows must not
+    be merged into one."""
+    from types import SimpleNamespace
+
+    from daemon.engine.admission import Admission
+    from daemon.events import Observation
+
+    def row(path):
+        return SimpleNamespace(key=SimpleNamespace(path=str(path), size=10, mtime_ns=5))
+
+    new = tmp_path / "sorted" / "m1.mrc"
+    obs = Observation(new, 10, 5, "movie", (1, 2))
+    one = SimpleNamespace(rows_named=lambda name, size, mtime: [row(tmp_path / "g1" / name)])
+    assert [r.key.path for r in Admission._renamed_before_inodes(None, one, obs)] == [
+        str(tmp_path / "g1" / "m1.mrc")]
+    two = SimpleNamespace(rows_named=lambda name, size, mtime: [
+        row(tmp_path / "g1" / name), row(tmp_path / "g2" / name)])
+    assert Admission._renamed_before_inodes(None, two, obs) == []
+    (tmp_path / "g2").mkdir()  # one of them still there: the other is the one gone
+    (tmp_path / "g2" / "m1.mrc").write_bytes(b"x")
+    assert [r.key.path for r in Admission._renamed_before_inodes(None, two, obs)] == [
+        str(tmp_path / "g1" / "m1.mrc")]
+
+
+def test_another_devices_file_of_a_recorded_inode_number_size_and_mtime_is_not_that_movie(
+        tmp_path):
+    """A3: a row on another device is this file only when its content fingerprint agrees; a
+    different movie that shares the inode number, size and mtime (``cp -p`` onto a second
+    disk of the same layout) would be taken for an alias of the recorded one, still there
+    under its name, and never corrected."""
+    from types import SimpleNamespace
+
+    from daemon.engine.admission import Admission
+    from daemon.events import Observation
+    from daemon.intake.content import content_fingerprint
+
+    new = tmp_path / "disk2" / "m.mrc"
+    new.parent.mkdir()
+    new.write_bytes(b"new movie" * 100)
+    st = os.stat(new)
+    other = SimpleNamespace(key=SimpleNamespace(path=str(tmp_path / "disk1" / "m.mrc")),
+                            inode=(st.st_dev + 1, st.st_ino), content="another fingerprint")
+    same = SimpleNamespace(key=SimpleNamespace(path=str(tmp_path / "disk1" / "n.mrc")),
+                           inode=(st.st_dev + 1, st.st_ino), content=content_fingerprint(new))
+    obs = Observation(new, st.st_size, st.st_mtime_ns, "movie", (st.st_dev, st.st_ino))
+    ledger = SimpleNamespace(rows_of_inode_number=lambda ino, size, mtime: [other, same])
+    assert Admission._on_another_mount(None, ledger, obs) == [same]

@@ -322,3 +322,36 @@ def test_a_file_refused_at_discovery_is_heard_as_a_failed_movie(setup):
     recorder = Recorder()
     assert Service(setup, listeners=[recorder], runner="fake_runners:correct").run() == 0
     assert ("quarantined", "folder.mrc") in recorder.calls
+
+
+def _idle_stub(**admission):
+    from types import SimpleNamespace
+
+    counts = {"pending": 0, "running": 0, "failed": 0}
+    return SimpleNamespace(
+        config=SimpleNamespace(exit_when_idle_s=1.0),
+        ledger=SimpleNamespace(counts=lambda: counts),
+        dispatcher=SimpleNamespace(in_flight={}, unrecorded=0),
+        admission=SimpleNamespace(**{"waiting": {}, "deferred": 0, "resolver_problem": None,
+                                     **admission}),
+        _resolver=SimpleNamespace(busy=lambda: False), _idle_since=None)
+
+
+def test_settled_movies_left_for_the_next_scans_keep_the_service_from_exiting_idle():
+    """E2: a backlog admission left for the next scans (its 2 s a scan spent: weeks of sessions
+    at a start) is work: ``exit_when_idle`` must not stop the service with movies unadmitted."""
+    stub = _idle_stub(deferred=5)
+    assert not Service._idle_exit_due(stub, 0.0) and not Service._idle_exit_due(stub, 10.0)
+    idle = _idle_stub()
+    assert not Service._idle_exit_due(idle, 0.0) and Service._idle_exit_due(idle, 1.5)
+
+
+def test_the_idle_time_starts_again_after_work(tmp_path):
+    """E4: idle, then busy, then idle again: the idle time counts from the end of the work."""
+    stub = _idle_stub()
+    assert not Service._idle_exit_due(stub, 0.0)
+    stub.admission.waiting = {Path("/w/a.mrc"): "settling"}
+    assert not Service._idle_exit_due(stub, 0.5)
+    stub.admission.waiting = {}
+    assert not Service._idle_exit_due(stub, 1.2)  # idle again for 0 s, not for 1.2 s
+    assert Service._idle_exit_due(stub, 2.3)

@@ -141,3 +141,16 @@ def test_a_frame_mdoc_saved_as_utf16_is_found_complete_with_its_frame_count(tmp_
     path.write_bytes(text.encode("utf-16"))
     found = read_frame_mdoc(path)
     assert found.has_frameset and found.num_subframes == 40
+
+
+def test_a_frame_mdoc_saying_fewer_frames_than_the_file_has_also_waits_then_is_rejected(tmp_path):
+    """V1: "a movie whose frame count disagrees waits": an mdoc of fewer frames than the file
+    (the mdoc of another exposure left beside it, a file written again) is a disagreement too,
+    and one that lasts past the grace time is rejected."""
+    path = tmp_path / "a.mrc"
+    data = np.random.default_rng(0).poisson(1.0, (4, 64, 64)).astype(np.int16)
+    write_movie_progressively(path, data, pixel_size_A=1.0, sleep=lambda _: None)
+    write_frame_mdoc(path, 3, pixel_size_A=1.0, dose_per_frame_e_A2=1.0)
+    verdict = validate(path, stable_for_s=1, incomplete_grace_s=60)
+    assert verdict.decision == "wait" and "3 frames" in verdict.reason
+    assert validate(path, stable_for_s=61, incomplete_grace_s=60).decision == "reject"

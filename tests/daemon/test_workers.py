@@ -257,3 +257,31 @@ def test_a_reference_this_worker_cannot_see_is_trouble_outside_the_movie_not_a_c
     t = task(tmp_path, 1, "n.mrc", CorrectionParams(
         dose=DoseParams(total_dose_e_A2=10.0), gain=GainParams(gain_path=gain, dark_path=dark)))
     assert _classify(GainReferenceError(gain, "not an MRC, TIFF or DM4 image"), t) == "config"
+
+
+def test_an_error_naming_the_output_folder_itself_is_environmental(tmp_path):
+    """W3: "a path on the output side" includes the output folder itself (mkdir or open of
+    the folder denied: ``filename`` is the folder), not only paths below it."""
+    import errno
+
+    from daemon.work.workers import _classify
+
+    t = task(tmp_path, 0, "m.mrc")
+    t.out_dir.mkdir()
+    for folder in (t.out_dir, t.out_root):
+        exc = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+        assert _classify(exc, t) == "environment", folder
+
+
+def test_outputs_being_written_time_out_on_their_own_limit_while_a_longer_next_movie_runs(
+        tmp_path):
+    """W4: a movie whose writes hang (the pool's 1.5 s limit, begun at 99 s) is due at 100.5 s,
+    even while the next movie in the same worker has a 20 s limit of its own (due at 120 s)."""
+    from dataclasses import replace
+
+    from daemon.work.workers import _Slot
+
+    slot = _Slot(process=None, conn=None,
+                 task=replace(task(tmp_path, 1, "next.mrc"), timeout_s=20.0), started_s=100.0,
+                 writing=task(tmp_path, 0, "written.mrc"), writing_started_s=99.0)
+    assert slot.deadline(1.5, startup_s=5.0) == pytest.approx(100.5)
