@@ -349,3 +349,59 @@ def test_a_series_named_near_the_file_name_limit_is_assembled_and_removed(tmp_pa
     assert all(len(os.fsencode(name.split("/")[-1])) <= 255 - 13 for name in written)
     removed = remove_series(res.folder, series, aretomo_names=[aretomo_name(mdoc)])
     assert {p.relative_to(res.folder).as_posix() for p in removed} == written
+
+
+def _one_tilt(tmp_path, movie, angle, index, shape=(32, 32)):
+    """A tilt of 2 e/Å² whose sum is filled with ``10 index + 1``."""
+    path = tmp_path / f"{movie}_sum.mrc"
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.full(shape, 10.0 * index + 1, np.float32))
+        m.voxel_size = 2.0
+    return StackTilt(movie=movie, tilt_deg=angle, acquisition_index=index, dose_e_A2=2.0,
+                     pre_exposure_e_A2=2.0 * index, dose_source="ExposureDose",
+                     order_source="DateTime", outputs={"sum": path}, drift_total_A=1.0,
+                     prior_record_dose_difference_e_A2=None, acquired_at=None,
+                     exposure_time_s=1.0)
+
+
+def test_repeated_angles_are_stacked_in_acquisition_order_whatever_the_movie_names(tmp_path):
+    """A tilt taken again at the same angle: by acquisition order, as the warning says."""
+    tilts = [_one_tilt(tmp_path, "a_retake.tif", 3.0, 2),
+             _one_tilt(tmp_path, "z_first.tif", 3.0, 1), _one_tilt(tmp_path, "m_zero.tif", 0.0, 0)]
+    res = assemble_series("TS_1", tilts, tmp_path / "out")
+    assert res.order == ("m_zero.tif", "z_first.tif", "a_retake.tif")
+    assert any("repeated tilt angles" in w for w in res.warnings)
+
+
+def test_a_shape_tie_keeps_the_tilt_acquired_first(tmp_path):
+    """One tilt of each shape: the shape of the tilt acquired first is the series'."""
+    tilts = [_one_tilt(tmp_path, "zero.tif", 0.0, 1, shape=(32, 32)),
+             _one_tilt(tmp_path, "three.tif", 3.0, 0, shape=(32, 48))]
+    res = assemble_series("TS_1", tilts, tmp_path / "out")
+    assert res.order == ("three.tif",)
+
+
+def test_the_exposure_filtered_stack_uses_the_given_voltage(tmp_path):
+    rng = np.random.default_rng(1)
+    tilts = []
+    for i, a in enumerate((0.0, 3.0)):
+        p = tmp_path / f"t{i}_sum.mrc"
+        with mrcfile.new(p, overwrite=True) as m:
+            m.set_data(rng.normal(size=(32, 32)).astype(np.float32))
+            m.voxel_size = 1.0
+        tilts.append(StackTilt(movie=f"t{i}.tif", tilt_deg=a, acquisition_index=i,
+                               dose_e_A2=20.0, pre_exposure_e_A2=20.0 * i,
+                               dose_source="ExposureDose", order_source="DateTime",
+                               outputs={"sum": p}, drift_total_A=1.0,
+                               prior_record_dose_difference_e_A2=None, acquired_at=None,
+                               exposure_time_s=1.0))
+    res = assemble_series("TS_1", tilts, tmp_path / "out", voltage_kV=200.0,
+                          exposure_filtered=True)
+    with mrcfile.open(res.stacks["exposure_filtered"]) as m:
+        got = np.array(m.data[1])
+    with mrcfile.open(tilts[1].outputs["sum"]) as m:
+        src = np.array(m.data)
+    want = exposure_filter(src, pixel_size_A=1.0, dose_e_A2=40.0, voltage_kV=200.0)
+    at300 = exposure_filter(src, pixel_size_A=1.0, dose_e_A2=40.0, voltage_kV=300.0)
+    assert not np.allclose(want, at300, atol=1e-4)  # the test can tell the two apart
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -244,21 +244,26 @@ def test_files_are_served_from_the_output_folder_only(tmp_path):
         conn.close()
 
 
+def _pushes(dash: Dashboard) -> tuple[http.client.HTTPConnection, list[bytes]]:
+    """A page's connection to ``/events`` and the list its pushed views are added to."""
+    host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/events")
+    stream = conn.getresponse()
+    pushes: list[bytes] = []
+    threading.Thread(target=lambda: pushes.extend(
+        line for line in iter(stream.readline, b"") if line.startswith(b"data: ")),
+        daemon=True).start()
+    return conn, pushes
+
+
 def test_an_idle_view_is_not_sent_to_the_page_every_second(tmp_path):
     """An open page was sent the whole view every second while nothing changed (half a MB for
     a full page, and a fifth of a core to draw it again, all night); now once, then when it
     changes (or the daemon's state does, or every ten seconds)."""
     with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=tmp_path,
                                    listen="127.0.0.1:0")) as dash:
-        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        conn.request("GET", "/events")
-        stream = conn.getresponse()
-        pushes = []
-        reader = threading.Thread(target=lambda: pushes.extend(
-            line for line in iter(stream.readline, b"") if line.startswith(b"data: ")),
-            daemon=True)
-        reader.start()
+        conn, pushes = _pushes(dash)
         time.sleep(3.5)
         assert len(pushes) == 1  # the view as it is; nothing changed since
         with dash._lock:  # as a feed message is folded in
@@ -267,6 +272,41 @@ def test_an_idle_view_is_not_sent_to_the_page_every_second(tmp_path):
             dash._lock.notify_all()
         _wait(lambda: len(pushes) == 2, 5, "the changed view")
         conn.close()
+
+
+def test_an_unchanged_view_is_sent_again_every_idle_period(tmp_path, monkeypatch):
+    import daemon.dashboard.server as dash_server
+
+    monkeypatch.setattr(dash_server, "_PUSH_IDLE_S", 1.5)
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=tmp_path,
+                                   listen="127.0.0.1:0")) as dash:
+        conn, pushes = _pushes(dash)
+        _wait(lambda: len(pushes) >= 1, 5, "the first view")
+        _wait(lambda: len(pushes) >= 2, 5, "the unchanged view sent again")
+        conn.close()
+
+
+def test_a_daemon_gone_silent_is_pushed_without_a_new_message(tmp_path):
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=tmp_path,
+                                   listen="127.0.0.1:0")) as dash:
+        with dash._lock:
+            dash.view.apply("heartbeat", envelope("a", 1, interval_s=0.2, done=0, backlog=0,
+                                              running=0, failed=0))
+            dash._lock.notify_all()
+        conn, pushes = _pushes(dash)
+        _wait(lambda: any(b'"state": "silent"' in p for p in pushes), 5,
+              "the silent state pushed (well before the 10 s idle resend)")
+        conn.close()
+
+
+def test_two_warnings_of_one_kind_and_series_with_different_texts_are_both_listed():
+    view = SessionView(locate=lambda name: None, clock=lambda: 1000.0)
+    view.apply("warning", envelope("a", 1, kind="mdoc", series="TS_01", path=None,
+                               message="TS_01: tilt 3 has no ExposureDose"))
+    view.apply("warning", envelope("a", 2, kind="mdoc", series="TS_01", path=None,
+                               message="TS_01: tilt 7 has no ExposureDose"))
+    assert [w["message"] for w in view.snapshot()["warnings"]] == [
+        "TS_01: tilt 7 has no ExposureDose", "TS_01: tilt 3 has no ExposureDose"]
 
 
 def test_movie_names_with_glob_characters_or_bytes_not_utf8_find_only_their_own_pictures(

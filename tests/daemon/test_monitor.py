@@ -327,3 +327,26 @@ def test_monitor_and_dashboard_refuse_an_endpoint_without_its_transport_in_one_l
         err = capsys.readouterr().err
         assert "Traceback" not in err
         assert "endpoint '127.0.0.1:5557' is not transport://address" in err.splitlines()[-1]
+
+
+def _menv(body, seq, session="a" * 32):
+    return {"schema": "motionwatch/1", "seq": seq, "time": "2026-11-25T23:10:00.000Z",
+            "host": "em-pc", "session": session, **body}
+
+
+def test_a_late_lower_seq_does_not_make_the_next_message_count_as_missed():
+    state = MonitorState("ipc:///x")
+    state.apply("heartbeat", _menv({"interval_s": 5}, 5), 0.0)
+    state.apply("heartbeat", _menv({"interval_s": 5}, 3), 0.5)  # late (a state answer, say)
+    state.apply("heartbeat", _menv({"interval_s": 5}, 6), 1.0)
+    assert state.missed == 0 and state.last_seq == 6
+
+
+def test_a_state_snapshots_older_heartbeat_does_not_replace_the_newer_one():
+    state = MonitorState("ipc:///x")
+    state.apply("heartbeat", _menv({"interval_s": 5, "done": 9, "version": "2.0"}, 10), 0.0)
+    old = {"seq": 4, "interval_s": 5, "done": 3, "version": "1.0",
+           "time": "2026-11-25T23:09:00.000Z"}
+    state.apply("state", _menv({"series": [], "movies": [], "warnings": [], "errors": [],
+                                "heartbeat": old}, 11), 1.0)
+    assert state.heartbeat["done"] == 9 and state.heartbeat_at == 0.0

@@ -1,0 +1,288 @@
+"""The hand-off listener driven directly, without a daemon: restarts, moved and redone movies,
+records another writer (``correct``) put in the output folder, and the Warp layout's names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import starfile
+
+from daemon.events import MovieEvent, MovieKey, ServiceInfo
+from daemon.handoff.listener import RelionListener
+from daemon.handoff.relion import RelionOptics, movie_motion
+from daemon.handoff.warp import warp_layout, warp_layout_in_place, warp_name
+
+
+def _motion(out, movie, stem):
+    """A movie ``movie`` whose outputs in ``out`` have the stem ``stem``."""
+    for suffix in ("", "_DW", "_EVN", "_ODD"):
+        (out / f"{stem}{suffix}.mrc").write_bytes(b"sum" + suffix.encode())
+    record = {"movie": str(movie), "global_shifts_px": [[0.0, 0.0], [1.0, 0.0]],
+              "pixel_size_A": 1.0, "voltage_kV": 300.0, "shape": [8, 8],
+              "outputs": {"sum": f"{stem}.mrc", "dw": f"{stem}_DW.mrc",
+                          "even": f"{stem}_EVN.mrc", "odd": f"{stem}_ODD.mrc"}}
+    return movie_motion(record, out / f"{stem}.motion.json")
+
+
+def test_a_layout_left_under_the_output_stem_is_not_in_place(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    motion = _motion(out, tmp_path / "w" / "TS_01_000_0.0.mrc", "TS_01_000_0.0_mrc")
+    warp_layout(motion)
+    assert warp_layout_in_place(motion)
+    # an earlier release's layout of it by its output stem, beside the one by its name
+    os.link(out / "TS_01_000_0.0_mrc_DW.mrc", out / "average" / "TS_01_000_0.0_mrc.mrc")
+    (out / "TS_01_000_0.0_mrc.xml").write_text("<Movie />")
+    assert not warp_layout_in_place(motion)  # so a restart's catch-up makes it again ...
+    warp_layout(motion)
+    assert warp_layout_in_place(motion)  # ... which removes the stem-named one
+    assert not (out / "TS_01_000_0.0_mrc.xml").exists()
+
+
+def test_a_warp_name_too_long_in_bytes_though_short_in_characters_falls_back_to_the_stem(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    motion = _motion(out, tmp_path / "w" / ("é" * 130 + ".tif"), "short_stem")
+    assert warp_name(motion) == "short_stem"
+    made = warp_layout(motion)
+    assert out / "average" / "short_stem.mrc" in made
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _record(out: Path, watch: Path, stem: str, *, total=1.0, outputs=None) -> Path:
+    """A single-particle motion record ``out/<stem>.motion.json`` with its sums on disk."""
+    for suffix in ("", "_DW"):
+        (out / f"{stem}{suffix}.mrc").write_bytes(b"x")
+    record = {"movie": str(watch / f"{stem}.tif"), "global_shifts_px": [[0.0, 0.0], [total, 0.0]],
+              "pixel_size_A": 1.0, "voltage_kV": 300.0, "shape": [8, 8],
+              "dose": {"per_frame_e_A2": [1.0, 1.0]},
+              "outputs": outputs if outputs is not None else {"sum": f"{stem}.mrc",
+                                                               "dw": f"{stem}_DW.mrc"}}
+    path = out / f"{stem}.motion.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def _ready(tmp_path, clock):
+    watch, out, state = tmp_path / "w", tmp_path / "out", tmp_path / "state"
+    for d in (watch, out, state):
+        d.mkdir(exist_ok=True)
+    listener = RelionListener(RelionOptics(), warp=False, clock=clock, logger=None)
+    listener.on_ready(ServiceInfo(watch_dir=watch, out_dir=out, state_dir=state, gain=None,
+                                  pid=1, discovery_mode="poll", discovery_reason="",
+                                  recovered=0))
+    return listener, watch, out
+
+
+def _done(listener, watch, motion):
+    movie = watch / (Path(motion).name[:-len(".motion.json")] + ".tif")
+    listener.on_movie_done(MovieEvent(path=movie, key=MovieKey(str(movie), 1, 1, "f"),
+                                      status="done", attempt=1, outputs={"motion": str(motion)}))
+
+
+def _mics(out):
+    star = out / "corrected_micrographs.star"
+    if not star.exists():
+        return []
+    return sorted(starfile.read(star, always_dict=True)["micrographs"]["rlnMicrographName"])
+
+
+def test_a_held_back_micrographs_star_is_written_at_the_first_heartbeat_ten_seconds_on(tmp_path):
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    clock.t = 10.0  # (the ready counts as a write)
+    _done(listener, watch, _record(out, watch, "a"))
+    assert _mics(out) == ["a_DW.mrc"]
+    clock.t = 11.0
+    _done(listener, watch, _record(out, watch, "b"))
+    assert _mics(out) == ["a_DW.mrc"]  # held back: written less than 10 s ago
+    clock.t = 15.0
+    listener.on_heartbeat(None)
+    assert _mics(out) == ["a_DW.mrc"]
+    clock.t = 20.5
+    listener.on_heartbeat(None)
+    assert _mics(out) == ["a_DW.mrc", "b_DW.mrc"]
+
+
+def test_a_foreign_record_corrected_again_is_listed_with_its_new_values(tmp_path):
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    foreign = _record(out, watch, "other", total=1.0)
+    clock.t = 20.0
+    _done(listener, watch, _record(out, watch, "a"))
+
+    def other_total():
+        rows = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
+        return float(rows[rows["rlnMicrographName"] == "other_DW.mrc"]["rlnAccumMotionTotal"]
+                     .iloc[0])
+
+    before = other_total()
+    _record(out, watch, "other", total=7.0)  # correct --out OUT ran again on it
+    st = foreign.stat()
+    os.utime(foreign, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    clock.t = 40.0
+    _done(listener, watch, _record(out, watch, "b"))
+    assert other_total() > before
+
+
+def test_a_foreign_record_without_sums_is_not_listed(tmp_path):
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    _record(out, watch, "nosums", outputs={"even": "nosums_EVN.mrc"})
+    clock.t = 20.0
+    _done(listener, watch, _record(out, watch, "a"))
+    assert _mics(out) == ["a_DW.mrc"]
+
+
+def test_removing_a_stem_named_layout_leaves_another_movies_layout_of_that_name(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    # s_mrc.tif: outputs s_mrc_tif* (s_mrc was taken), Warp name s_mrc
+    other = _motion(out, tmp_path / "w" / "s_mrc.tif", "s_mrc_tif")
+    warp_layout(other)
+    # s.mrc: outputs s_mrc* (s was taken), Warp name s; its stem is the other's Warp name
+    mine = _motion(out, tmp_path / "w" / "s.mrc", "s_mrc")
+    warp_layout(mine)
+    assert os.path.samefile(out / "average" / "s_mrc.mrc", out / "s_mrc_tif_DW.mrc")
+    assert os.path.samefile(out / "average" / "odd" / "s_mrc.mrc", out / "s_mrc_tif_ODD.mrc")
+    assert (out / "s_mrc.xml").exists()
+
+
+def _ledger(tmp_path, rows):
+    """The state database ``tmp_path/state`` with ``rows``: (path, fingerprint, kind, motion,
+    at): kind "done" (adopted) or "quarantined"."""
+    from daemon.state.ledger import DB_NAME, Ledger
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    t = {"now": 0.0}
+    with Ledger(state / DB_NAME, clock=lambda: t["now"]) as ledger:
+        for path, fp, kind, motion, at in rows:
+            t["now"] = at
+            key = MovieKey(str(path), 1, 1, fp)
+            if kind == "done":
+                ledger.adopt(key, outputs={"motion": str(motion)}, summary={}, timings={})
+            else:
+                ledger.add(key, status="quarantined", error="not an MRC file")
+
+
+def test_a_restart_lists_a_movie_by_its_newest_done_row(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir(), out.mkdir()
+    old = _record(out, watch, "old_stem")
+    new = _record(out, watch, "new_stem")
+    movie = watch / "m.tif"
+    for p in (old, new):  # both records name the one movie m.tif
+        r = json.loads(p.read_text())
+        r["movie"] = str(movie)
+        p.write_text(json.dumps(r))
+    _ledger(tmp_path, [(movie, "params1", "done", old, 100.0),
+                       (movie, "params2", "done", new, 200.0)])
+    listener, _, _ = _ready(tmp_path, _Clock())
+    assert _mics(out) == ["new_stem_DW.mrc"]
+
+
+def test_a_quarantined_movies_old_record_is_not_listed_after_a_restart(tmp_path):
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir(), out.mkdir()
+    good = _record(out, watch, "good")
+    _record(out, watch, "bad")  # from before the movie was replaced by a broken file
+    _ledger(tmp_path, [(watch / "good.tif", "f", "done", good, 100.0),
+                       (watch / "bad.tif", "f", "quarantined", None, 200.0)])
+    listener, _, _ = _ready(tmp_path, _Clock())
+    assert _mics(out) == ["good_DW.mrc"]
+
+
+def test_a_failed_attempt_to_redo_a_movie_keeps_its_row(tmp_path):
+    from daemon.events import MovieEvent as ME
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    clock.t = 20.0
+    _done(listener, watch, _record(out, watch, "a"))
+    clock.t = 40.0
+    movie = watch / "a.tif"
+    listener.on_movie_failed(ME(path=movie, key=MovieKey(str(movie), 1, 1, "f"),
+                                status="failed", attempt=2, error="disk full"))
+    clock.t = 60.0
+    _done(listener, watch, _record(out, watch, "b"))
+    assert _mics(out) == ["a_DW.mrc", "b_DW.mrc"]
+
+
+def test_a_moved_tilt_corrected_again_as_another_series_tilt_is_listed_in_that_series(tmp_path):
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    motion = _record(out, watch, "a")
+
+    def as_tilt_of(series):
+        r = json.loads(motion.read_text())
+        r["tilt"] = {"series": series, "tilt_deg": 0.0, "acquisition_index": 0, "movie": "a.tif",
+                     "dose_e_A2": 1.0, "pre_exposure_e_A2": 0.0}
+        motion.write_text(json.dumps(r))
+        st = motion.stat()
+        os.utime(motion, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+    as_tilt_of("TS_02")
+    movie = watch / "a.tif"
+    key = MovieKey(str(movie), 1, 1, "f")
+    listener.on_movie_moved(MovieEvent(
+        path=movie, key=key, status="done", attempt=0, outputs={"motion": str(motion)},
+        metadata={"extra_record": {"tilt": {"series": "TS_02"}},
+                  "moved_from": [str(watch / "old.tif")]}))
+    assert (out / "TS_02" / "TS_02.star").exists()
+    as_tilt_of("TS_03")  # redone: its mdoc now says TS_03
+    listener.on_movie_done(MovieEvent(path=movie, key=key, status="done", attempt=1,
+                                      outputs={"motion": str(motion)}))
+    assert (out / "TS_03" / "TS_03.star").exists()
+    assert not (out / "TS_02" / "TS_02.star").exists()
+
+
+def test_a_restart_rewrites_the_motion_star_of_a_movie_moved_before_it_was_heard_of(tmp_path):
+    from daemon.state.ledger import DB_NAME, Ledger
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    motion = _record(out, watch, "a")  # names w/a.tif
+    _done(listener, watch, motion)
+    assert "a.tif" in (out / "a.star").read_text()
+    new = watch / "sub" / "renamed.tif"
+    with Ledger(tmp_path / "state" / DB_NAME) as ledger:
+        ledger.adopt(MovieKey(str(new), 1, 1, "f"), outputs={"motion": str(motion)},
+                     summary={}, timings={}, metadata={"moved_from": [str(watch / "a.tif")]})
+    _ready(tmp_path, _Clock())  # the service restarted: the move is in its state database
+    text = (out / "a.star").read_text()
+    assert "renamed.tif" in text and "/w/a.tif" not in text
+
+
+def test_a_series_star_that_moves_once_its_mdoc_is_known_leaves_no_copy_behind(tmp_path):
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    frames = out / "frames"
+    frames.mkdir()
+    (watch / "TS_01.mdoc").write_text("PixelSpacing = 1.0\n")
+
+    def tilt(stem, index, mdoc):
+        motion = _record(frames, watch / "frames", stem)
+        r = json.loads(motion.read_text())
+        r["tilt"] = {"series": "TS_01", "tilt_deg": 3.0 * index, "acquisition_index": index,
+                     "movie": f"{stem}.tif", "dose_e_A2": 1.0, "mdoc": mdoc,
+                     "pre_exposure_e_A2": float(index)}
+        motion.write_text(json.dumps(r))
+        return motion
+
+    _done(listener, watch / "frames", tilt("t0", 0, None))
+    first = frames / "TS_01" / "TS_01.star"
+    assert first.exists()
+    for motion in (tilt("t0", 0, str(watch / "TS_01.mdoc")),
+                   tilt("t1", 1, str(watch / "TS_01.mdoc"))):
+        st = motion.stat()
+        os.utime(motion, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+        _done(listener, watch / "frames", motion)
+    assert (out / "TS_01" / "TS_01.star").exists()
+    assert not first.exists()
