@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the state database when it is not OUT_DIR")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--last", type=int, default=5, metavar="N",
-                        help="how many recent movies to list, and twice as many failures (default 5)")
+                        help="how many recent movies to list, and twice as many failures "
+                             "(default 5)")
 
 
 def iso_utc(wall_s: float | None) -> str | None:
