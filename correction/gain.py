@@ -638,8 +638,8 @@ def gain_corrected_rows(raw: np.ndarray, gain: np.ndarray | None, dark: np.ndarr
     same rows of the references); ``gain`` None only converts.
 
     Integer counts are converted into ``out`` first, then the float32 references applied in
-    place: numpy's mixed-type ufuncs convert through small buffers, 2-3 times slower here than
-    one conversion and one pass of float32 arithmetic (the same values, rounded alike).
+    place: numpy's mixed-type ufuncs convert through small buffers, about 1.5 times slower here
+    than one conversion and one pass of float32 arithmetic (the same values, rounded alike).
     """
     if gain is None or raw.dtype != np.float32:
         np.copyto(out, raw, casting="unsafe")
