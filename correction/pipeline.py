@@ -473,6 +473,14 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                                           f"px of the {nx} x {ny} frames: at least "
                                           f"{MIN_OUTPUT_PX} px are needed")
     first, stop = rp.throw_frames, n_all - rp.trunc_frames
+    if n_all < 2 and raw_frames_per_frame is not None and sum(raw_frames_per_frame) > 1:
+        # an EER movie whose raw frames all went into one fraction: a movie, grouped too coarsely
+        raw = int(sum(raw_frames_per_frame))
+        by = f" by {raw_frames_per_group}" if raw_frames_per_group else ""
+        raise CorrectionError(movie_path, f"its {raw} raw EER frames grouped{by} make 1 "
+                                          "fraction: nothing to align; group fewer raw frames "
+                                          "per fraction (--eer-group or --eer-dose-per-fraction; "
+                                          "TOML eer_group or eer_dose_per_fraction)")
     if n_all < 2:  # EPU's and SerialEM's single images (atlas, grid square, gain) share suffixes
         raise CorrectionError(movie_path, f"a single image ({n_all} frame), not a movie")
     if stop - first < 2:  # one frame: nothing to align, no odd frame for the half sums

@@ -617,3 +617,44 @@ def test_an_eer_with_an_integrated_image_first_is_eer_whatever_its_suffix(tmp_pa
     assert detect_format(path) == "eer"
     movie = read_movie(path, params=ReadParams(eer_group_frames=8))
     np.testing.assert_array_equal(movie.frames[0], raw.sum(0))
+
+
+def test_a_movie_shorter_than_one_group_reports_a_whole_groups_dose_that_scales_to_its_own(
+        tmp_path):
+    """30 raw frames and the default group of 40: one fraction of 30. The reader reports the
+    dose of a whole group (40 raw frames), as for every movie; scaled by the fraction's 30 of
+    40 (:func:`correction.dose.frame_doses_e_A2`), it gives the metadata's totalDose."""
+    from correction.dose import frame_doses_e_A2
+    from correction.params import DoseParams
+
+    path = eer_writer.write_eer(tmp_path / "short.eer", _raw_frames(n=30), shape_yx=SHAPE,
+                                metadata=META)             # totalDose 1.5 e/px, 0.83 Å
+    movie = read_movie(path)
+    assert movie.raw_frames_per_frame == (30,) and movie.header["eer_group_frames"] == 40
+    per_raw_e_A2 = 1.5 / 30 / 0.83 ** 2
+    assert movie.dose_per_frame_e_A2 == pytest.approx(40 * per_raw_e_A2)
+    doses = frame_doses_e_A2(DoseParams(dose_per_frame_e_A2=movie.dose_per_frame_e_A2), 1,
+                             raw_frames_per_frame=movie.raw_frames_per_frame,
+                             raw_frames_per_group=movie.header["eer_group_frames"])
+    assert doses.sum() == pytest.approx(1.5 / 0.83 ** 2)
+
+
+def test_an_eer_movie_grouped_into_one_fraction_is_named_as_such_not_as_a_single_image(
+        tmp_path):
+    """50 raw frames under the default group of 40 make one fraction (the 10 left over join
+    it): the movie cannot be aligned, and the error says why and what to change."""
+    from correction.params import CorrectionParams, DoseParams
+    from correction.pipeline import correct_movie
+
+    path = eer_writer.write_eer(tmp_path / "short.eer", _raw_frames(n=50), shape_yx=SHAPE,
+                                metadata=META)
+    params = CorrectionParams(dose=DoseParams(total_dose_e_A2=2.0))
+    with pytest.raises(CorrectionError) as info:
+        correct_movie(path, tmp_path / "out", params)
+    assert str(info.value) == (
+        f"{path}: its 50 raw EER frames grouped by 40 make 1 fraction: nothing to align; group "
+        "fewer raw frames per fraction (--eer-group or --eer-dose-per-fraction; TOML eer_group "
+        "or eer_dose_per_fraction)")
+    params = CorrectionParams(dose=DoseParams(total_dose_e_A2=2.0),
+                              read=ReadParams(eer_group_frames=10))
+    assert correct_movie(path, tmp_path / "out", params).record["frames"] == 5

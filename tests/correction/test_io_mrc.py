@@ -173,6 +173,28 @@ def test_fei_extended_header_gives_pixel_size_voltage_and_dose(tmp_path):
     np.testing.assert_array_equal(movie.frames, data)
 
 
+@pytest.mark.parametrize("stored_m", [1.25, 1.25e-13])  # Å and fm stored as if metres
+def test_an_fei_pixel_size_in_another_unit_is_not_taken_and_the_header_voxel_size_is(
+        tmp_path, stored_m):
+    """An FEI extended header's pixel size is in metres; a value that is no pixel size once
+    read so (1.25e10 Å, 0.00125 Å) is left out, and the main header's voxel size stands."""
+    ext_dtype = mrcfile.dtypes.get_ext_header_dtype(b"FEI1", "<")
+    ext = np.zeros(2, dtype=ext_dtype)
+    ext["Metadata size"] = ext_dtype.itemsize
+    ext["Pixel size X"] = ext["Pixel size Y"] = stored_m
+    ext["HT"] = 200000.0
+    path = tmp_path / "fei.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.zeros((2, 16, 16), dtype=np.float32))
+        mrc.set_extended_header(ext)
+        mrc.header.exttyp = b"FEI1"
+        mrc.voxel_size = 0.83
+    movie = read_movie(path)
+    assert movie.pixel_size_A == pytest.approx(0.83)
+    assert "fei_pixel_size_A" not in movie.header
+    assert movie.voltage_kV == pytest.approx(200.0)
+
+
 def test_truncated_mrc_names_file_and_sizes(tmp_path):
     data = np.zeros((10, 32, 32), dtype=np.int16)
     path = _write_mrc(tmp_path / "a.mrc", data)
