@@ -127,6 +127,25 @@ def test_model_fit_recovers_known_field_from_noisy_patch_shifts_with_outliers_wi
     assert fit.predicted_error_px < 0.05
 
 
+@pytest.mark.parametrize("wrong_px", [1.0, 2.5, 8.0])
+def test_one_wrong_peak_costs_its_frame_not_the_patch(wrong_px):
+    """A patch whose correlation peak was wrong in one frame keeps its other frames: the wrong
+    frame gets no weight, the patch stays in the fit, and the fit is as good as without it."""
+    rng = np.random.default_rng(1)
+    shape, n_frames = (4096, 4096), 10
+    truth = _random_model(rng, shape, n_frames)
+    c = patch_grid((1024, 1024), shape, (5, 5)).centres_yx_px
+    true = truth.displacement_yx_px(c[:, 0], c[:, 1]).transpose(1, 0, 2)  # (P, F, 2)
+    measured = true + rng.normal(scale=0.05, size=true.shape)
+    measured += rng.normal(scale=3.0, size=(len(c), 1, 2))  # unknown constant per patch
+    clean = fit_local_model(c, measured, shape_yx=shape)
+    measured[12, 4] += wrong_px * np.array([0.6, -0.8])   # the centre patch, frame 4
+    fit = fit_local_model(c, measured, shape_yx=shape)
+    assert not fit.rejected[12] and np.array_equal(fit.rejected, clean.rejected)
+    assert fit.weights[12, 4] == 0 and np.all(fit.weights[12, np.arange(n_frames) != 4] > 0.5)
+    assert _rms(fit.fitted_yx_px - true) < 1.05 * _rms(clean.fitted_yx_px - true)
+
+
 def test_model_is_fitted_to_what_patches_measure_the_field_averaged_over_their_tapers():
     """A patch's shift is the displacement averaged over its pixels (weights: the taper
     squared), not the value at its centre; where the field curves the two differ (here 2-3 %
