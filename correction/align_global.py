@@ -55,7 +55,7 @@ from .fourier import (bfactor_filter_1d, frequency_indices, radial_frequency_sq,
 from .params import AlignParams
 from .threads import run_chunks
 
-__all__ = ["GlobalAlignment", "alignment_working_bytes", "estimate_shifts", "frame_groups",
+__all__ = ["GlobalAlignment", "alignment_working_bytes", "dark_frames", "estimate_shifts", "frame_groups",
            "interpolate_group_shifts", "leave_one_out_oracle"]
 
 # B-factor schedule: B_i = B_0 * max(_B_FLOOR, _B_DECAY ** i) for iteration i.
@@ -73,6 +73,9 @@ _MAPS_BATCH_BYTES = 64 << 20  # spectra per batched inverse FFT of full correlat
 #: a search window of at most this many grid px (e.g. the patches: 12 output px / 4) is searched
 #: in the first iteration by the local DFT too, on offsets one beyond the window
 _FIRST_LOCAL_MAX_PX = 5
+#: a frame whose spectrum holds less than this fraction of the median frame's power (DC left
+#: out) has nothing to align: no counts (a beam blanked before the last frame, a late shutter)
+_DARK_POWER_FRACTION = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,10 @@ class GlobalAlignment:
         more): nothing to align against.
     note : str
         Why, when not supported for a reason other than the peaks (one group); else "".
+    dark_frames : tuple of int
+        Frames (indices into the spectra given) that hold no counts to align
+        (:func:`dark_frames`): not aligned, their shifts interpolated between the frames
+        around them (held beyond the first and last), their ``peak_quality`` NaN.
     """
 
     shifts_yx_px: np.ndarray
@@ -121,6 +128,7 @@ class GlobalAlignment:
     noise_peak_significance: float = float("nan")
     supported: bool = True
     note: str = ""
+    dark_frames: tuple[int, ...] = ()
 
 
 def alignment_working_bytes(spectra_bytes: int) -> int:
@@ -533,6 +541,48 @@ def _leave_one_out(aligned: np.ndarray, total: np.ndarray, groups: list[np.ndarr
         yield _part_and_rest(aligned, total, g)
 
 
+def dark_frames(spectra: np.ndarray, shape_yx: tuple[int, int] | None = None) -> np.ndarray:
+    """Which frames of a stack of half spectra hold no counts to align, shape (n_frames,).
+
+    A frame is dark when its power above half the Nyquist frequency (the sum of ``|F|^2``
+    over spatial frequencies of at least 0.25 cycles/px) is below
+    :data:`_DARK_POWER_FRACTION` of the upper quartile of the frames' (a beam blanked for most
+    of the movie still leaves the lit frames' power there). There, the shot noise of a frame of
+    counts has a power in proportion to its counts, while the edges of a dark frame padded
+    with the movie's mean (the pipeline pads every frame so) have almost none: a frame with a
+    fiftieth of those counts is dark. A dark frame's correlation with the others
+    is flat, and its peak would be taken anywhere in the search window: at its edge, tens of
+    pixels off. None is dark when that quartile has no such power.
+    """
+    n = spectra.shape[0]
+    shape = (spectra.shape[1], 2 * (spectra.shape[2] - 1)) if shape_yx is None else \
+        tuple(int(v) for v in shape_yx)
+    outer = radial_frequency_sq(shape) >= np.float32(0.25 ** 2)
+    power = np.empty(n)
+    for i in range(n):  # one frame at a time: no stack-sized temporary
+        band = spectra[i][outer]
+        power[i] = float(np.vdot(band, band).real)
+    lit_power = float(np.percentile(power, 75))
+    if not lit_power > 0:
+        return np.zeros(n, bool)
+    return power < _DARK_POWER_FRACTION * lit_power
+
+
+def _with_dark_frames(result: GlobalAlignment, lit: np.ndarray, n: int) -> GlobalAlignment:
+    """A result for the ``lit`` frames of ``n`` widened to all: the dark frames' shifts
+    interpolated over the frame index between their lit neighbours (held beyond the ends),
+    all shifts centred again on their mean."""
+    frames = np.arange(n)
+    shifts = np.column_stack([np.interp(frames, lit, result.shifts_yx_px[:, a])
+                              for a in range(2)])
+    quality = np.full(n, np.nan)
+    quality[lit] = result.peak_quality
+    dark = np.setdiff1d(frames, lit)
+    return dataclasses.replace(result, shifts_yx_px=shifts - shifts.mean(axis=0),
+                               peak_quality=quality,
+                               dark_frames=tuple(int(i) for i in dark))
+
+
 def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
                     shape_yx: tuple[int, int] | None = None,
                     output_px_per_grid_px: float = 1.0,
@@ -548,10 +598,19 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     the one before (:func:`_chained_start`), and the result whose groups correlate better with
     their references (mean ``peak_quality``, the quantity the alignment maximises) is kept.
     """
+    spectra = np.asarray(spectra)
+    dark = dark_frames(spectra, shape_yx)
+    if dark.any() and np.sum(~dark) >= 2:  # align the frames that hold counts
+        lit = np.flatnonzero(~dark)
+        start = None if initial_shifts_yx_px is None else np.asarray(initial_shifts_yx_px)[lit]
+        return _with_dark_frames(
+            estimate_shifts(spectra[lit], params=params, shape_yx=shape_yx,
+                            output_px_per_grid_px=output_px_per_grid_px,
+                            initial_shifts_yx_px=start, workers=workers),
+            lit, spectra.shape[0])
     result = _estimate_shifts(spectra, params=params, shape_yx=shape_yx,
                               output_px_per_grid_px=output_px_per_grid_px,
                               initial_shifts_yx_px=initial_shifts_yx_px, workers=workers)
-    spectra = np.asarray(spectra)
     groups = frame_groups(spectra.shape[0], params.group_frames)
     if initial_shifts_yx_px is not None or not result.supported or len(groups) < 3:
         return result

@@ -595,6 +595,14 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     advice = alignment_advice(alignment, fill, (ny, nx), n_used=n,
                               group_frames=params.align.group_frames,
                               counting=gain_reference is None or gain_reference.dark is None)
+    if alignment.dark_frames:  # numbered in the movie, as --throw and --trunc count
+        dark = [first + i for i in alignment.dark_frames]
+        advice = (*advice, f"frame{'s' if len(dark) > 1 else ''} "
+                           f"{', '.join(str(i) for i in dark)} of {n_all} (0-based) "
+                           f"{'hold' if len(dark) > 1 else 'holds'} no counts to align (a "
+                           "beam blanked before the last frame, a late shutter?): shifted as "
+                           "the frames beside them, not aligned (alignment.dark_frames in the "
+                           "motion record); --throw or --trunc leaves such frames out")
     largest = float(np.abs(shifts_out).max(initial=0.0))
     if largest >= 0.95 * ap.max_shift_px:  # in the record's advice: the daemon says it too
         advice = (*advice, f"search limit reached: a frame's shift ({largest:.1f} px from the "
@@ -1263,6 +1271,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                    "peak_significance": _rounded(alignment.peak_significance, 2),
                    "noise_peak_significance": _rounded(alignment.noise_peak_significance, 2),
                    "last_update_px": round(float(alignment.last_update_px), 5),
+                   "dark_frames": [params.read.throw_frames + i for i in alignment.dark_frames],
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
                    **({"hot_lines": corrected.hot_lines.to_record()}
                       if corrected.hot_lines else {}),

@@ -393,3 +393,24 @@ def test_a_large_stage_drift_is_followed_by_every_frame_not_split_into_two_group
     out = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=2)
     oracle = _oracle_rms(movie.frames, movie.shifts_yx_px)
     assert _rms(out.shifts_yx_px, movie.shifts_yx_px) < 1.5 * oracle
+
+
+def test_a_frame_with_a_fiftieth_of_the_counts_is_dark_and_one_with_a_tenth_is_not():
+    """Dark: below 1/50 of the frames' upper quartile of power above half Nyquist (shot
+    noise, in proportion to the counts); a frame of a shutter opening late, with a tenth of
+    the counts, is still aligned. The edges of a dark frame padded with the movie's mean make
+    no frame of counts dark, and no padded dark frame lit. A beam blanked for most of the
+    movie leaves its lit frames the measure."""
+    from correction.align_global import dark_frames
+
+    rng = np.random.default_rng(5)
+    rates = np.array([1.0, 1.0, 0.1, 0.01, 0.0, 1.0, 1.0, 1.0])
+    frames = rng.poisson(rates[:, None, None], size=(8, 256, 256)).astype(np.float32)
+    padded = np.full((8, 320, 320), np.float32(frames.mean()))
+    padded[:, :256, :256] = frames
+    for stack, shape in ((frames, (256, 256)), (padded, (320, 320))):
+        dark = dark_frames(rfft2(stack), shape)
+        assert dark.tolist() == [False, False, False, True, True, False, False, False]
+    mostly_dark = rng.poisson(np.array([1.0, 1.0, 1.0, 0, 0, 0, 0, 0])[:, None, None],
+                              size=(8, 256, 256)).astype(np.float32)
+    assert dark_frames(rfft2(mostly_dark)).tolist() == [False] * 3 + [True] * 5

@@ -450,3 +450,38 @@ def test_the_default_stem_never_replaces_another_movies_outputs_recorded_under_i
     correct_movie(movies[0], out, params, workers=1)  # the same movie again: its own
     movies[0].rename(tmp_path / "Grid1" / "moved.mrc")
     correct_movie(movies[1], out, params, workers=1)  # the recorded movie is gone
+
+
+@pytest.mark.parametrize("dark_frame", [0, 11])
+def test_a_frame_without_counts_is_shifted_as_its_neighbour_and_said_not_sent_to_the_window_edge(
+        dark_frame):
+    """A frame with no counts (the beam blanked before the last frame, a shutter late for the
+    first) correlates with nothing: its peak was taken at the edge of the search window, 80 px
+    off, and the movie was said to drift beyond --max-shift. It is now left out of the
+    alignment and shifted as the frame beside it; the others align as well as without it."""
+    import warnings
+
+    movie = render_movie(np.random.default_rng(3), shape_yx=(512, 512), n_frames=12,
+                         electrons_per_px_per_frame=1.0, gain=None, n_hot_pixels=0)
+    frames = movie.frames.copy()
+    frames[dark_frame] = 0
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = correct_frames(frames, pixel_size_A=1.0, params=params)
+    lit = np.arange(12) != dark_frame
+    without = correct_frames(movie.frames[lit], pixel_size_A=1.0, params=params).shifts_yx_px
+    found = result.shifts_yx_px[lit] - result.shifts_yx_px[lit].mean(axis=0)
+    assert np.abs(found - (without - without.mean(axis=0))).max() < 0.01
+    truth = movie.shifts_yx_px[lit] - movie.shifts_yx_px[lit].mean(axis=0)
+    assert np.abs(found - truth).max() < 0.06
+    neighbour = 1 if dark_frame == 0 else 10
+    np.testing.assert_allclose(result.shifts_yx_px[dark_frame], result.shifts_yx_px[neighbour])
+    assert result.alignment.dark_frames == (dark_frame,)
+    said = [str(w.message) for w in caught]
+    assert [line for line in said if "no counts" in line] == [
+        f"frame {dark_frame} of 12 (0-based) holds no counts to align (a beam blanked before the "
+        "last frame, a late shutter?): shifted as the frames beside them, not aligned "
+        "(alignment.dark_frames in the motion record); --throw or --trunc leaves such frames out"]
+    assert not [line for line in said if "search limit" in line]
