@@ -597,12 +597,14 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
                               counting=gain_reference is None or gain_reference.dark is None)
     if alignment.dark_frames:  # numbered in the movie, as --throw and --trunc count
         dark = [first + i for i in alignment.dark_frames]
-        advice = (*advice, f"frame{'s' if len(dark) > 1 else ''} "
-                           f"{', '.join(str(i) for i in dark)} of {n_all} (0-based) "
-                           f"{'hold' if len(dark) > 1 else 'holds'} no counts to align (a "
-                           "beam blanked before the last frame, a late shutter?): shifted as "
-                           "the frames beside them, not aligned (alignment.dark_frames in the "
-                           "motion record); --throw or --trunc leaves such frames out")
+        one = len(dark) == 1
+        advice = (*advice, f"frame{'' if one else 's'} {', '.join(str(i) for i in dark)} of "
+                           f"{n_all} (0-based) {'holds' if one else 'hold'} no counts to align "
+                           "(a beam blanked before the last frame, a late shutter?): not "
+                           "aligned, shifted as the "
+                           f"{'frame beside it' if one else 'frames beside them'} "
+                           "(alignment.dark_frames in the motion record); --throw or --trunc "
+                           "leaves such frames out")
     largest = float(np.abs(shifts_out).max(initial=0.0))
     if largest >= 0.95 * ap.max_shift_px:  # in the record's advice: the daemon says it too
         advice = (*advice, f"search limit reached: a frame's shift ({largest:.1f} px from the "

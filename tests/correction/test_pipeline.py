@@ -482,6 +482,6 @@ def test_a_frame_without_counts_is_shifted_as_its_neighbour_and_said_not_sent_to
     said = [str(w.message) for w in caught]
     assert [line for line in said if "no counts" in line] == [
         f"frame {dark_frame} of 12 (0-based) holds no counts to align (a beam blanked before the "
-        "last frame, a late shutter?): shifted as the frames beside them, not aligned "
+        "last frame, a late shutter?): not aligned, shifted as the frame beside it "
         "(alignment.dark_frames in the motion record); --throw or --trunc leaves such frames out"]
     assert not [line for line in said if "search limit" in line]
