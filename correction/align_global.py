@@ -55,8 +55,8 @@ from .fourier import (bfactor_filter_1d, frequency_indices, radial_frequency_sq,
 from .params import AlignParams
 from .threads import run_chunks
 
-__all__ = ["GlobalAlignment", "alignment_working_bytes", "dark_frames", "estimate_shifts", "frame_groups",
-           "interpolate_group_shifts", "leave_one_out_oracle"]
+__all__ = ["GlobalAlignment", "alignment_working_bytes", "dark_frames", "estimate_shifts",
+           "frame_groups", "interpolate_group_shifts", "leave_one_out_oracle"]
 
 # B-factor schedule: B_i = B_0 * max(_B_FLOOR, _B_DECAY ** i) for iteration i.
 _B_DECAY = 0.6
@@ -73,8 +73,8 @@ _MAPS_BATCH_BYTES = 64 << 20  # spectra per batched inverse FFT of full correlat
 #: a search window of at most this many grid px (e.g. the patches: 12 output px / 4) is searched
 #: in the first iteration by the local DFT too, on offsets one beyond the window
 _FIRST_LOCAL_MAX_PX = 5
-#: a frame whose spectrum holds less than this fraction of the median frame's power (DC left
-#: out) has nothing to align: no counts (a beam blanked before the last frame, a late shutter)
+#: a frame with less than this fraction of the frames' upper quartile of power above half
+#: Nyquist has no counts to align (a beam blanked before the last frame, a late shutter)
 _DARK_POWER_FRACTION = 0.02
 
 
@@ -597,6 +597,9 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     times the median step), the alignment is run again from the path that chains each group to
     the one before (:func:`_chained_start`), and the result whose groups correlate better with
     their references (mean ``peak_quality``, the quantity the alignment maximises) is kept.
+
+    Frames without counts (:func:`dark_frames`) are left out when at least two others have
+    counts; each is given the shift of the frames beside it (``dark_frames`` in the result).
     """
     spectra = np.asarray(spectra)
     dark = dark_frames(spectra, shape_yx)
