@@ -603,14 +603,22 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
     """
     spectra = np.asarray(spectra)
     dark = dark_frames(spectra, shape_yx)
-    if dark.any() and np.sum(~dark) >= 2:  # align the frames that hold counts
-        lit = np.flatnonzero(~dark)
-        start = None if initial_shifts_yx_px is None else np.asarray(initial_shifts_yx_px)[lit]
-        return _with_dark_frames(
-            estimate_shifts(spectra[lit], params=params, shape_yx=shape_yx,
-                            output_px_per_grid_px=output_px_per_grid_px,
-                            initial_shifts_yx_px=start, workers=workers),
-            lit, spectra.shape[0])
+    if not dark.any() or np.sum(~dark) < 2:
+        return _estimate_with_restart(spectra, params, shape_yx, output_px_per_grid_px,
+                                      initial_shifts_yx_px, workers)
+    lit = np.flatnonzero(~dark)  # align the frames that hold counts
+    start = None if initial_shifts_yx_px is None else np.asarray(initial_shifts_yx_px)[lit]
+    return _with_dark_frames(_estimate_with_restart(spectra[lit], params, shape_yx,
+                                                    output_px_per_grid_px, start, workers),
+                             lit, spectra.shape[0])
+
+
+def _estimate_with_restart(spectra: np.ndarray, params: AlignParams,
+                           shape_yx: tuple[int, int] | None, output_px_per_grid_px: float,
+                           initial_shifts_yx_px: np.ndarray | None,
+                           workers: int) -> GlobalAlignment:
+    """:func:`_estimate_shifts`, run again from the chained start when the stack split in
+    two offset groups (:func:`estimate_shifts`)."""
     result = _estimate_shifts(spectra, params=params, shape_yx=shape_yx,
                               output_px_per_grid_px=output_px_per_grid_px,
                               initial_shifts_yx_px=initial_shifts_yx_px, workers=workers)
