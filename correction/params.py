@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ParameterError
+from .frame_integration import FrameIntegration
 
 __all__ = [
     "Flip",
@@ -127,6 +128,11 @@ class ReadParams:
         Target dose per EER fraction (e/Å²), used when ``eer_group_frames`` is None.
     eer_sampling : int
         1 decodes EER on the 4K grid, 2 on the 8K super-resolution grid.
+    frame_integration : FrameIntegration or None
+        MotionCor2's frame integration file (:mod:`correction.frame_integration`): how an EER
+        movie's raw frames are grouped into fractions, instead of ``eer_group_frames`` and
+        ``eer_dose_per_fraction_e_A2``; a movie of other frames takes it only when it sums
+        one raw frame per fraction (its doses alone).
     """
 
     pixel_size_A: float | None = None
@@ -136,6 +142,7 @@ class ReadParams:
     eer_group_frames: int | None = None
     eer_dose_per_fraction_e_A2: float | None = None
     eer_sampling: int = 1
+    frame_integration: FrameIntegration | None = None
 
     def __post_init__(self) -> None:
         _require_types(self)
@@ -155,6 +162,10 @@ class ReadParams:
         _require(self.eer_dose_per_fraction_e_A2 is None or self.eer_dose_per_fraction_e_A2 > 0,
                  f"eer_dose_per_fraction_e_A2 must be > 0 e/Å², got {self.eer_dose_per_fraction_e_A2}")
         _require(self.eer_sampling in (1, 2), f"eer_sampling must be 1 or 2, got {self.eer_sampling}")
+        _require(self.frame_integration is None
+                 or (self.eer_group_frames is None and self.eer_dose_per_fraction_e_A2 is None),
+                 "give one of frame_integration, eer_group_frames and "
+                 "eer_dose_per_fraction_e_A2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,5 +378,9 @@ class CorrectionParams:
             del values["gain"]["eer_gain"]
         if values["align"]["patch_group_frames"] is None:  # the default: hashes as before
             del values["align"]["patch_group_frames"]
+        if values["read"]["frame_integration"] is None:  # the default: hashes as before
+            del values["read"]["frame_integration"]
+        else:  # its content, wherever the file lies
+            del values["read"]["frame_integration"]["source"]
         text = json.dumps(values, sort_keys=True, default=default)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

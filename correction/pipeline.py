@@ -477,10 +477,11 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         # an EER movie whose raw frames all went into one fraction: a movie, grouped too coarsely
         raw = int(sum(raw_frames_per_frame))
         by = f" by {raw_frames_per_group}" if raw_frames_per_group else ""
+        how = ("the frame integration file's second column" if rp.frame_integration else
+               "--eer-group or --eer-dose-per-fraction; TOML eer_group or eer_dose_per_fraction")
         raise CorrectionError(movie_path, f"its {raw} raw EER frames grouped{by} make 1 "
                                           "fraction: nothing to align; group fewer raw frames "
-                                          "per fraction (--eer-group or --eer-dose-per-fraction; "
-                                          "TOML eer_group or eer_dose_per_fraction)")
+                                          f"per fraction ({how})")
     if n_all < 2:  # EPU's and SerialEM's single images (atlas, grid square, gain) share suffixes
         raise CorrectionError(movie_path, f"a single image ({n_all} frame), not a movie")
     if stop - first < 2:  # one frame: nothing to align, no odd frame for the half sums

@@ -87,10 +87,12 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
         An MRC, TIFF or EER movie.
     params : ReadParams, optional
         Used for EER grouping and sampling (``eer_group_frames``,
-        ``eer_dose_per_fraction_e_A2``, ``eer_sampling``). ``pixel_size_A`` given here
-        overrides the header's: for MRC/TIFF it is the pixel of the frames as stored; for EER
-        it is the physical detector pixel and the returned frames' pixel is it divided by
-        ``eer_sampling``. Use the returned ``Movie.pixel_size_A``, not the parameter.
+        ``eer_dose_per_fraction_e_A2``, ``frame_integration``, ``eer_sampling``; a
+        ``frame_integration`` that sums raw frames of another movie is refused).
+        ``pixel_size_A`` given here overrides the header's: for MRC/TIFF it is the pixel of
+        the frames as stored; for EER it is the physical detector pixel and the returned
+        frames' pixel is it divided by ``eer_sampling``. Use the returned
+        ``Movie.pixel_size_A``, not the parameter.
     spill_dir : str or Path, optional
         For TIFF and EER: a decoded movie over
         :data:`~correction.io.spill.SPILL_OVER_BYTES` goes to an unnamed temporary file here
@@ -111,6 +113,7 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
     params = ReadParams() if params is None else params
     path = Path(path)
     kind = detect_format(path)
+    _check_integration(kind, path, params)
     try:
         movie = _read_kind(kind, path, params, spill_dir)
     except (CorrectionError, OSError, MemoryError, ImportError, NotImplementedError):
@@ -129,6 +132,21 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
                       dose_per_frame_e_A2=movie.dose_per_frame_e_A2,
                       raw_frames_per_frame=movie.raw_frames_per_frame, header=header)
     return movie
+
+
+def _check_integration(kind: str, path: Path, params: ReadParams) -> None:
+    """Refuse a frame integration file that sums raw frames of a movie other than EER: its
+    frames are read as they are (MotionCor2/3 would sum them)."""
+    integration = params.frame_integration
+    if kind == "eer" or integration is None:
+        return
+    summed = max(entry.per_fraction for entry in integration.entries)
+    if summed > 1:
+        raise UnsupportedFormatError(
+            path, f"the frame integration file {integration.source} sums {summed} raw frames "
+                  f"per fraction: motionwatch sums the raw frames of EER movies only, and "
+                  f"reads a {kind.upper()} movie's frames as they are; give a file whose "
+                  "second column is 1 (its doses alone), or align sums of frames with --group")
 
 
 def _read_kind(kind: str, path: Path, params: ReadParams, spill_dir: str | Path | None

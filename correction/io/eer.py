@@ -31,6 +31,8 @@ Strips
     The joined stream is padded to an even number of bytes (``eer_decode`` refuses odd ones).
 
 Grouping
+    ``ReadParams.frame_integration`` (MotionCor2's ``-FmIntFile``) groups as MotionCor2/3 do
+    (:mod:`correction.frame_integration`); else
     ``ReadParams.eer_group_frames`` raw frames per fraction; else ``eer_dose_per_fraction_e_A2``
     divided by the dose per raw frame (from the acquisition metadata ``totalDose`` in e/pixel
     and the pixel size, else measured from the counts of the first raw frames); else 40. Raw
@@ -65,7 +67,8 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from ..errors import (ParameterError, TruncatedMovieError, UnreadableMovieError,
+                      UnsupportedFormatError)
 from ..movie import Movie
 from ..params import ReadParams
 from .frame_size import check_frame_size
@@ -476,7 +479,16 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
                                          if file_pixel is not None else None)
     dose_per_raw_e_px = _metadata_dose_per_raw_e_px(layout)
     dose_source = "metadata" if dose_per_raw_e_px is not None else None
-    if params.eer_group_frames is not None:
+    integration = params.frame_integration
+    if integration is not None:  # MotionCor2's -FmIntFile: its own sizes, its first group
+        group = integration.per_fraction
+        header["eer_grouping"] = "frame integration file"
+        header["eer_frame_integration"] = integration.to_record()
+        try:
+            sizes = integration.fraction_sizes(layout.n_raw)
+        except ParameterError as exc:
+            raise UnreadableMovieError(path, exc.reason) from None
+    elif params.eer_group_frames is not None:
         group = params.eer_group_frames
         header["eer_grouping"] = "frames"
     elif params.eer_dose_per_fraction_e_A2 is not None:
@@ -495,7 +507,8 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     else:
         group = DEFAULT_GROUP_FRAMES
         header["eer_grouping"] = "default"
-    sizes = group_sizes(layout.n_raw, group)
+    if integration is None:
+        sizes = group_sizes(layout.n_raw, group)
     header["eer_group_frames"] = int(group)
     dtype = np.uint8 if max(sizes) <= 255 else np.uint16
     sink = FrameSink((len(sizes), ny, nx), dtype, spill_dir=spill_dir, zeroed=True)
@@ -565,8 +578,10 @@ def grouping_record(movie: Movie) -> dict | None:
     -------
     dict or None
         ``raw_frames`` (in the file), ``fractions``, ``group_frames`` (the grouping asked
-        for), ``grouped_by`` (``"frames"``, ``"dose"`` or ``"default"``),
-        ``raw_frames_per_fraction`` (exact, the last fraction may differ), ``sampling`` and,
+        for: a frame integration file's first entry's), ``grouped_by`` (``"frames"``,
+        ``"dose"``, ``"frame integration file"`` or ``"default"``),
+        ``raw_frames_per_fraction`` (exact, the last fraction may differ), ``sampling``,
+        with a frame integration file its ``frame_integration`` (``file`` and ``entries``) and,
         when grouped by dose, ``dose_per_raw_frame_e_A2`` and its source.
     """
     if movie.raw_frames_per_frame is None or movie.header.get("format") != "eer":
@@ -580,6 +595,8 @@ def grouping_record(movie: Movie) -> dict | None:
         "raw_frames_per_fraction": [int(n) for n in movie.raw_frames_per_frame],
         "sampling": int(header.get("eer_sampling", 1)),
     }
+    if "eer_frame_integration" in header:
+        record["frame_integration"] = header["eer_frame_integration"]
     if "eer_dose_per_raw_frame_e_A2" in header:
         record["dose_per_raw_frame_e_A2"] = float(header["eer_dose_per_raw_frame_e_A2"])
         record["dose_source"] = header.get("eer_dose_source")

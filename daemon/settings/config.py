@@ -556,6 +556,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     # a value said not finite above is at its default in what checks it again, not said twice
     finite = {dest: args._config_defaults.get(dest) if dest in not_finite else value  # noqa: SLF001
               for dest, value in vars(merged).items()}
+    if finite.get("fm_int_file") is not None and not Path(finite["fm_int_file"]).exists():
+        finite["fm_int_file"] = None  # said below, as a file out of reach (a share not mounted?)
     try:
         params = params_from_args(argparse.Namespace(**finite), dose_required=False)
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
@@ -563,7 +565,7 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     problems.extend(optics_problems(finite))  # recorded with every movie, hand-off or not
 
     for name, what in (("gain", "gain reference"), ("dark", "dark reference"),
-                       ("defects", "defect map")):
+                       ("defects", "defect map"), ("fm_int_file", "frame integration file")):
         ref = getattr(merged, name, None)
         if ref is None:
             continue

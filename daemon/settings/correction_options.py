@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from correction.frame_integration import FrameIntegration
     from correction.params import CorrectionParams
 
 __all__ = ["add_correction_arguments", "params_from_args"]
@@ -28,6 +29,7 @@ _FLAG_OF_FIELD = {
     "rotate_quarter_turns": "--gain-rotate", "group_frames": "--group",
     "patch_group_frames": "--patch-group",
     "max_shift_px": "--max-shift", "patches": "--patches", "eer_gain": "--eer-gain",
+    "frame_integration": "--fm-int-file",
 }
 
 
@@ -41,15 +43,15 @@ def _flip(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: bool = True,
+def add_correction_arguments(parser: argparse.ArgumentParser, *,
                              series_mdocs: bool = False) -> None:
-    """Add the correction flags to ``parser`` (in three argument groups).
+    """Add the correction flags to ``parser`` (in three argument groups). No dose flag is
+    required here: :func:`params_from_args` asks for a dose where one is needed (a
+    ``--fm-int-file`` can give it).
 
     Parameters
     ----------
     parser : argparse.ArgumentParser
-    dose_required : bool
-        Require one of ``--dose-per-frame`` / ``--total-dose`` at parse time.
     series_mdocs : bool
         The command reads tilt-series mdocs (``watch``; ``correct`` reads frame mdocs only):
         the help names them among the voltage's sources.
@@ -103,7 +105,7 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "the movie's frame mdoc (S.mrc.mdoc), else EPU's metadata file, else "
                           "the movie header's (FEI MRC), else 300. Given and unlike the "
                           "metadata by more than 1 kV: used, with a warning")
-    dose = mov.add_mutually_exclusive_group(required=dose_required)
+    dose = mov.add_mutually_exclusive_group()
     dose.add_argument("--dose-per-frame", type=float, default=None, metavar="e/Å²",
                       help="dose per frame on the specimen (e/Å²); for EER, per fraction "
                            "after --eer-group, as RELION's 'dose per frame' (not per raw EER "
@@ -128,6 +130,13 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *, dose_required: 
                           "--eer-dose-per-fraction, else 40)")
     eer.add_argument("--eer-dose-per-fraction", type=float, default=None, metavar="e/Å²",
                      help="EER: group raw frames to about this dose per fraction (e/Å²)")
+    eer.add_argument("--fm-int-file", type=Path, default=None, metavar="PATH",
+                     help="MotionCor2's -FmIntFile: lines of 'RAW_FRAMES PER_FRACTION DOSE' "
+                          "('1000 25 0.02': EER raw frames summed 25 at a time, 0.02 e/Å² "
+                          "each), grouped as MotionCor2/3 group them; its dose per raw frame "
+                          "replaces --dose-per-frame/--total-dose, which a file without the "
+                          "DOSE column needs (then per fraction of the first line's "
+                          "PER_FRACTION). Other movies: PER_FRACTION 1 only (the doses)")
     mov.add_argument("--eer-sampling", type=int, choices=(1, 2), default=1,
                      help="EER: decode on the physical (1) or 2x super-resolution (8K) grid "
                           "(2), as MotionCor2's -EerSampling: 2 gives 8K sums unless --bin 2 "
@@ -165,7 +174,8 @@ def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = Tr
     ----------
     args : Namespace
     dose_required : bool
-        Refuse to go on without ``--dose-per-frame`` / ``--total-dose``. False (the daemon)
+        Refuse to go on without a dose: ``--dose-per-frame`` / ``--total-dose``, or the dose
+        column of ``--fm-int-file`` (read here, once). False (the daemon)
         gives a :class:`~correction.params.DoseParams` without dose when neither is given: each
         movie's dose then comes from its metadata (SerialEM mdoc, EER header), and a movie
         without any fails with :data:`correction.dose.NO_DOSE_REASON`.
@@ -173,40 +183,60 @@ def params_from_args(args: argparse.Namespace | Any, *, dose_required: bool = Tr
     Raises
     ------
     correction.errors.ParameterError
-        A missing dose (when required) or an out-of-range value, as a one-line message naming it.
+        A missing dose (when required), a dose given twice, an out-of-range value or a frame
+        integration file that cannot be read or is refused, as a one-line message naming it.
     """
     from correction.errors import ParameterError
 
     from daemon.settings.flags import in_flag_terms
 
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    if dose_required and get("dose_per_frame") is None and get("total_dose") is None:
-        raise ParameterError("no dose given: use --dose-per-frame e/Å² or --total-dose e/Å²")
-    if get("dose_per_frame") is not None and get("total_dose") is not None:
+    integration = None
+    if get("fm_int_file") is not None:
+        from correction.frame_integration import read_frame_integration
+
+        integration = read_frame_integration(get("fm_int_file"))
+    dose_flags = [flag for flag, name in (("--dose-per-frame", "dose_per_frame"),
+                                          ("--total-dose", "total_dose")) if get(name) is not None]
+    file_dose = integration is not None and integration.dose_per_raw_frame_e_A2 is not None
+    if dose_required and not dose_flags and not file_dose:
+        raise ParameterError("no dose given: use --dose-per-frame e/Å² or --total-dose e/Å² "
+                             "(or a --fm-int-file with a dose column)")
+    if len(dose_flags) > 1:
         raise ParameterError("give only one of --dose-per-frame and --total-dose")
+    if file_dose and dose_flags:
+        raise ParameterError(f"give the dose once: --fm-int-file {get('fm_int_file')} gives "
+                             f"one per raw frame, and {dose_flags[0]} another")
     try:
-        return _params(get)
+        return _params(get, integration)
     except ParameterError as exc:
         raise ParameterError(in_flag_terms(str(exc), _FLAG_OF_FIELD)) from None
 
 
-def _params(get: Any) -> CorrectionParams:
-    """:class:`correction.params.CorrectionParams` from the options ``get(name, default)``."""
+def _params(get: Any, integration: FrameIntegration | None = None) -> CorrectionParams:
+    """:class:`correction.params.CorrectionParams` from the options ``get(name, default)``
+    and the frame integration file's entries (read from ``fm_int_file``)."""
     from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
                                    ReadParams)
 
     from daemon.settings.voltage import DEFAULT_VOLTAGE_KV
 
     voltage = get("voltage")  # None: from each movie's metadata (daemon.settings.voltage)
+    dose_per_frame = get("dose_per_frame")
+    if integration is not None and integration.dose_per_raw_frame_e_A2 is not None:
+        # a fraction of the first entry's raw frames: each fraction gets the dose of the raw
+        # frames it holds (correction.dose.frame_doses_e_A2), MotionCor2's sum of -FmDose
+        dose_per_frame = integration.dose_per_raw_frame_e_A2 * integration.per_fraction
     dose = DoseParams(voltage_kV=float(DEFAULT_VOLTAGE_KV if voltage is None else voltage),
-                      dose_per_frame_e_A2=get("dose_per_frame"),
+                      dose_per_frame_e_A2=dose_per_frame,
                       total_dose_e_A2=get("total_dose"),
                       pre_exposure_e_A2=float(get("pre_exposure", 0.0)))
     read = ReadParams(pixel_size_A=get("pixel_size"), bin_factor=float(get("bin", 1.0)),
                       throw_frames=int(get("throw", 0)), trunc_frames=int(get("trunc", 0)),
                       eer_group_frames=get("eer_group"),
                       eer_dose_per_fraction_e_A2=get("eer_dose_per_fraction"),
-                      eer_sampling=int(get("eer_sampling", 1)))
+                      eer_sampling=int(get("eer_sampling", 1)),
+                      frame_integration=integration)
     gain = GainParams(gain_path=get("gain"), dark_path=get("dark"),
                       defects_path=get("defects"),
                       rotate_quarter_turns=int(get("gain_rotate", 0)),

@@ -495,6 +495,7 @@ def test_the_default_eer_gain_mode_leaves_the_parameter_fingerprint_as_it_was():
     values = dataclasses.asdict(params)
     del values["dose"]["frame_doses_per"], values["gain"]["eer_gain"]
     del values["align"]["patch_group_frames"]  # added later, None by default
+    del values["read"]["frame_integration"]  # added later, None by default
     before = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()
                             ).hexdigest()[:16]
     assert params.fingerprint(reading_conventions=1) == before
@@ -502,6 +503,20 @@ def test_the_default_eer_gain_mode_leaves_the_parameter_fingerprint_as_it_was():
                                ).fingerprint() != before
     assert dataclasses.replace(params, align=dataclasses.replace(
         params.align, patch_group_frames=4)).fingerprint() != before
+
+    from correction.frame_integration import parse_frame_integration
+
+    def integrated(text: str, source: str) -> CorrectionParams:
+        read = dataclasses.replace(params.read,
+                                   frame_integration=parse_frame_integration(text, source))
+        return dataclasses.replace(params, read=read)
+
+    # a frame integration file keys by its lines, not by where it lies
+    assert integrated("1000 25", "/a/fm.txt").fingerprint() != params.fingerprint()
+    assert integrated("1000 25", "/a/fm.txt").fingerprint() \
+        == integrated("1000 25", "/b/fm.txt").fingerprint()
+    assert integrated("1000 25", "/a/fm.txt").fingerprint() \
+        != integrated("1000 20", "/a/fm.txt").fingerprint()
 
 
 def test_a_dark_of_the_whole_exposure_is_refused_naming_the_file_and_one_frames_dark_works(

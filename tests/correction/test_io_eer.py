@@ -272,24 +272,10 @@ def test_buffered_fallback_decodes_the_same_counts_as_direct_accumulation(tmp_pa
 
 
 def _drifting_eer(path, *, shape, n_raw, group, rate, truth_yx, seed):
-    """An EER movie of a specimen that moves by ``truth_yx[f]`` in fraction f (events drawn
-    with probability ``rate * specimen`` per pixel per raw frame)."""
-    from correction.fourier import apply_shift, irfft2, rfft2
-    from correction.synthetic import specimen_image
-
-    rng = np.random.default_rng(seed)
-    margin = 24
-    canvas = (shape[0] + 2 * margin, shape[1] + 2 * margin)
-    spec = rfft2(specimen_image(rng, canvas) * np.float32(rate))
-    raw = []
-    for f, n in enumerate(group_sizes(n_raw, group)):
-        p = np.clip(irfft2(apply_shift(spec, canvas, truth_yx[f]), canvas)
-                    [margin:margin + shape[0], margin:margin + shape[1]], 0, 1)
-        raw += [np.flatnonzero(rng.random(p.shape, dtype=np.float32).ravel() < p.ravel())
-                for _ in range(n)]
-    return eer_writer.write_eer(path, raw, shape_yx=shape, metadata=[
-        ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", "1.1e-10"),
-        ("totalDose", "e/px", str(rate * n_raw))])
+    """An EER movie of a specimen that moves by ``truth_yx[f]`` in fraction f of the reader's
+    grouping by ``group`` (:func:`eer_writer.write_drifting_eer`)."""
+    return eer_writer.write_drifting_eer(path, shape=shape, sizes=group_sizes(n_raw, group),
+                                         rate=rate, truth_yx=truth_yx, seed=seed)
 
 
 def test_eer_movie_corrected_end_to_end_records_its_grouping_in_motion_json(tmp_path):

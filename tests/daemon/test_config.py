@@ -169,7 +169,7 @@ def test_gain_flags_help_says_they_are_motioncor2s_rotgain_and_flipgain(capsys):
     from daemon.settings.correction_options import add_correction_arguments
 
     probe = argparse.ArgumentParser()
-    add_correction_arguments(probe, dose_required=False)
+    add_correction_arguments(probe)
     helps = {a.dest: " ".join(a.help.split()) for a in probe._actions if a.help}
     assert "MotionCor2's -RotGain K" in helps["gain_rotate"]
     assert "gain[y, x] to [x, ny-1-y]" in helps["gain_rotate"]
@@ -206,7 +206,8 @@ def test_a_defect_or_dark_file_that_cannot_be_read_is_refused_at_start_without_a
                            option, str(reference)]))
 
 
-@pytest.mark.parametrize("what", ["watch folder", "gain reference", "output folder"])
+@pytest.mark.parametrize("what", ["watch folder", "gain reference", "frame integration file",
+                                  "output folder"])
 def test_a_folder_or_file_out_of_reach_at_start_up_exits_69_which_systemd_restarts(
         tmp_path, capsys, what):
     """A share not mounted yet (or away for a while) is no wrong value: with only such
@@ -219,6 +220,8 @@ def test_a_folder_or_file_out_of_reach_at_start_up_exits_69_which_systemd_restar
         watch = tmp_path / "unmounted" / "frames"
     elif what == "gain reference":
         extra = ["--gain", str(tmp_path / "unmounted" / "gain.mrc")]
+    elif what == "frame integration file":
+        extra = ["--fm-int-file", str(tmp_path / "unmounted" / "fmint.txt")]
     else:  # a folder nobody can create, not even root (as under an unmounted share's root)
         out = Path("/proc/motionwatch-unmounted-share/motioncorr")
     status = main(["watch", str(watch), "--out", str(out), "--dose-per-frame", "1", *extra])

@@ -84,9 +84,11 @@ def test_all_good_exits_zero_and_missing_dose_is_a_usage_error(folder, capsys):
     tmp, good, _, _ = folder
     assert main(["correct", str(good), "--out", str(tmp / "o2"), "--total-dose", "8"]) == 0
     assert "good.mrc" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
-        main(["correct", str(good), "--out", str(tmp / "o3")])
-    assert exc.value.code == exitcodes.USAGE
+    assert main(["correct", str(good), "--out", str(tmp / "o3")]) == exitcodes.USAGE
+    assert capsys.readouterr().err == ("motionwatch correct: no dose given: use --dose-per-frame "
+                                       "e/Å² or --total-dose e/Å² (or a --fm-int-file with a "
+                                       "dose column)\n")
+    assert not (tmp / "o3").exists()
 
 
 @pytest.mark.parametrize("flag", ["--dose-per-frame", "--pre-exposure", "--voltage",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["encode_strip", "split_stream", "write_eer", "events_from_counts"]
+__all__ = ["encode_strip", "split_stream", "write_eer", "write_drifting_eer", "events_from_counts"]
 
 _TYPE_SHORT, _TYPE_LONG, _TYPE_UNDEFINED, _TYPE_LONG8 = 3, 4, 7, 16
 
@@ -230,3 +230,29 @@ def write_eer(path: str | Path, frames: Iterable[np.ndarray], *, shape_yx: tuple
                             (65009, _TYPE_SHORT, 1, struct.pack("<H", bits[2]))]
             write_ifd(entries)
     return path
+
+
+def write_drifting_eer(path: str | Path, *, shape: tuple[int, int], sizes: Sequence[int],
+                       rate: float, truth_yx: np.ndarray, seed: int,
+                       pixel_size_m: str = "1.1e-10") -> Path:
+    """An EER movie of a specimen that moves by ``truth_yx[f]`` (pixels, ``[dy, dx]``) in the
+    fraction ``f`` of ``sizes[f]`` raw frames (events drawn with probability ``rate *
+    specimen`` per pixel and raw frame); its metadata gives the raw frame count, the pixel
+    size (m) and the total dose (e/px)."""
+    from correction.fourier import apply_shift, irfft2, rfft2
+    from correction.synthetic import specimen_image
+
+    rng = np.random.default_rng(seed)
+    margin = 24
+    canvas = (shape[0] + 2 * margin, shape[1] + 2 * margin)
+    spec = rfft2(specimen_image(rng, canvas) * np.float32(rate))
+    raw = []
+    for f, n in enumerate(sizes):
+        p = np.clip(irfft2(apply_shift(spec, canvas, truth_yx[f]), canvas)
+                    [margin:margin + shape[0], margin:margin + shape[1]], 0, 1)
+        raw += [np.flatnonzero(rng.random(p.shape, dtype=np.float32).ravel() < p.ravel())
+                for _ in range(n)]
+    n_raw = int(sum(sizes))
+    return write_eer(path, raw, shape_yx=shape, metadata=[
+        ("numberOfFrames", None, str(n_raw)), ("sensorPixelSize.width", "m", pixel_size_m),
+        ("totalDose", "e/px", str(rate * n_raw))])

@@ -1,0 +1,201 @@
+"""MotionCor2/3's frame integration file (``-FmIntFile``): how raw frames are summed into
+fractions, and the dose of each raw frame.
+
+The file is text, one entry per line: ``RAW_FRAMES  PER_FRACTION  DOSE``. ``RAW_FRAMES`` raw
+frames of the movie, in order, are summed ``PER_FRACTION`` at a time; each raw frame received
+``DOSE`` e/Å² (per raw frame, as MotionCor2's ``-FmDose``). ``1000 25 0.02`` makes 40
+fractions of 25 raw frames of an EER movie, 0.5 e/Å² each. The dose column may be left out on
+every line (MotionCor2 then takes ``-FmDose``; here the dose comes from the other settings:
+``--dose-per-frame``, which for an EER movie is the dose of a fraction of the first entry's
+``PER_FRACTION`` raw frames, or ``--total-dose``, or the metadata). A movie of more raw frames
+than the entries list still works as it does in MotionCor2/3 (``CFmIntParam::mSetupFileInt``):
+
+* the entries are taken in order, each for at most the raw frames still left, and make
+  ``RAW_FRAMES // PER_FRACTION`` fractions of ``PER_FRACTION`` (the rest of an entry that does
+  not divide moves on to the next entry's fractions); they stop when fewer raw frames are left
+  than the entry's ``PER_FRACTION``;
+* the raw frames left then are added one each to the last fractions (3 left: the last three
+  fractions hold one more raw frame).
+
+So ``1000 25 0.02`` on a movie of 1,010 raw frames gives 30 fractions of 25 and 10 of 26;
+``2000 25 0.02`` on one of 1,000 gives 40 fractions of 25 (a file written for the longest
+movie serves shorter ones).
+
+What is refused, each with a one-line reason naming the file and line: a line that is not
+two or three numbers; counts below 1; a negative dose; lines that differ in how many
+columns they have; and entries whose doses differ. For that last case MotionCor2/3 sum nothing
+(each raw frame its own frame, each with its entry's dose), which for an EER movie of 1,000
+raw frames is 1,000 frames to align: give one dose, or a frame mdoc's ``FrameDosesAndNumber``.
+A movie with too few raw frames for the first fraction, or more left over than there are
+fractions, is refused when it is read (:meth:`FrameIntegration.fraction_sizes`). Blank lines
+and lines starting with ``#`` are skipped (MotionCor2 reads three numbers from each line and
+skips what it cannot read).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ParameterError
+
+__all__ = ["FrameIntegration", "IntegrationEntry", "parse_frame_integration",
+           "read_frame_integration"]
+
+#: a frame integration file larger than this is not one (bytes)
+_MAX_FILE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationEntry:
+    """One line of a frame integration file.
+
+    Attributes
+    ----------
+    raw_frames : int
+        Raw frames the line covers.
+    per_fraction : int
+        Raw frames summed into one fraction.
+    dose_per_raw_frame_e_A2 : float or None
+        Dose of each raw frame (e/Å²); None when the line has two columns.
+    """
+
+    raw_frames: int
+    per_fraction: int
+    dose_per_raw_frame_e_A2: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameIntegration:
+    """The entries of a frame integration file, in order, and the file they came from."""
+
+    entries: tuple[IntegrationEntry, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise ParameterError(f"frame integration file {self.source}: no entries")
+
+    @property
+    def per_fraction(self) -> int:
+        """Raw frames per fraction of the first entry: the group an EER movie's
+        ``--dose-per-frame`` is the dose of (as RELION's dose per fraction)."""
+        return self.entries[0].per_fraction
+
+    @property
+    def dose_per_raw_frame_e_A2(self) -> float | None:
+        """The dose of every raw frame (e/Å²), or None when the file gives none."""
+        return self.entries[0].dose_per_raw_frame_e_A2
+
+    def fraction_sizes(self, n_raw: int) -> tuple[int, ...]:
+        """Raw frames in each fraction of a movie of ``n_raw`` raw frames, in order, as
+        MotionCor2/3 group them (the module's rules); they add up to ``n_raw``.
+
+        Raises
+        ------
+        ParameterError
+            When ``n_raw`` makes no fraction, or leaves more raw frames over than fractions.
+        """
+        sizes: list[int] = []
+        left = n_raw
+        for entry in self.entries:
+            count = min(entry.raw_frames, left) // entry.per_fraction
+            sizes.extend([entry.per_fraction] * count)
+            left -= count * entry.per_fraction
+            if left < entry.per_fraction:
+                break
+        if not sizes:
+            raise ParameterError(f"frame integration file {self.source}: {n_raw} raw frames "
+                                 f"make no fraction of {self.entries[0].per_fraction}")
+        if left > len(sizes):
+            covered = sum(entry.raw_frames for entry in self.entries)
+            raise ParameterError(f"frame integration file {self.source} covers {covered} raw "
+                                 f"frames; the movie has {n_raw}: {left} left over for "
+                                 f"{len(sizes)} fractions (list at least {n_raw})")
+        for i in range(left):  # one each to the last fractions
+            sizes[len(sizes) - 1 - i] += 1
+        return tuple(sizes)
+
+    def to_record(self) -> dict[str, object]:
+        """The entries as the motion record keeps them (the file's three columns)."""
+        return {"file": self.source,
+                "entries": [[e.raw_frames, e.per_fraction, e.dose_per_raw_frame_e_A2]
+                            for e in self.entries]}
+
+
+def _entry(fields: list[str], where: str) -> IntegrationEntry:
+    try:
+        raw, per = int(fields[0]), int(fields[1])
+        dose = float(fields[2]) if len(fields) == 3 else None
+    except ValueError:
+        raise ParameterError(f"{where}: expected 'RAW_FRAMES PER_FRACTION [DOSE]' (two whole "
+                             f"numbers and a dose in e/Å²), got {' '.join(fields)!r}") from None
+    if raw < 1 or per < 1:
+        raise ParameterError(f"{where}: raw frames and raw frames per fraction must be >= 1, "
+                             f"got {raw} and {per}")
+    if dose is not None and not (math.isfinite(dose) and dose >= 0):
+        raise ParameterError(f"{where}: the dose per raw frame must be a number >= 0 e/Å², "
+                             f"got {fields[2]}")
+    return IntegrationEntry(raw, per, dose)
+
+
+def parse_frame_integration(text: str, source: str = "") -> FrameIntegration:
+    """The entries of a frame integration file's ``text`` (module docstring); ``source``
+    names it in messages. A dose of 0 on every line is no dose (as MotionCor2 takes it).
+
+    Raises
+    ------
+    ParameterError
+        One line naming the source, the line number and what is wrong.
+    """
+    entries: list[IntegrationEntry] = []
+    columns = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"frame integration file {source} line {number}"
+        if len(fields) not in (2, 3):
+            raise ParameterError(f"{where}: expected 'RAW_FRAMES PER_FRACTION [DOSE]', got "
+                                 f"{len(fields)} values")
+        if columns is not None and len(fields) != columns:
+            raise ParameterError(f"{where}: {len(fields)} values where the lines before have "
+                                 f"{columns}: give the dose on every line or on none")
+        columns = len(fields)
+        entries.append(_entry(fields, where))
+    doses = {e.dose_per_raw_frame_e_A2 for e in entries}
+    if doses == {0.0}:  # MotionCor2: no dose in the file
+        entries = [IntegrationEntry(e.raw_frames, e.per_fraction) for e in entries]
+    elif len(doses) > 1:
+        listed = ", ".join(f"{d:g}" for d in sorted(d for d in doses if d is not None))
+        raise ParameterError(f"frame integration file {source}: the entries' doses differ "
+                             f"({listed} e/Å² per raw frame): MotionCor2/3 then sum no raw "
+                             "frames; give one dose per raw frame (or a frame mdoc's "
+                             "FrameDosesAndNumber)")
+    return FrameIntegration(tuple(entries), source)
+
+
+def read_frame_integration(path: str | Path) -> FrameIntegration:
+    """:func:`parse_frame_integration` of the file at ``path``.
+
+    Raises
+    ------
+    ParameterError
+        The file cannot be read, is not text, is too large, or its content is refused.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ParameterError(f"frame integration file {path}: cannot be read "
+                             f"({exc.strerror or exc})") from None
+    if len(data) > _MAX_FILE_BYTES:
+        raise ParameterError(f"frame integration file {path}: larger than 1 MiB, not a "
+                             "frame integration file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ParameterError(f"frame integration file {path}: not text") from None
+    return parse_frame_integration(text, str(path))
