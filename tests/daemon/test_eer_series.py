@@ -113,10 +113,11 @@ def _series_mdoc(path: Path, tilts: list[tuple[str, float, float, int, int]], *,
     path.write_text(text)
 
 
-def _run(watch: Path, out: Path, dose: DoseParams, **options) -> None:
+def _run(watch: Path, out: Path, dose: DoseParams, read: ReadParams | None = None,
+         **options) -> None:
     out.mkdir()
-    params = CorrectionParams(dose=dose, read=ReadParams(pixel_size_A=PIXEL_A,
-                                                         eer_group_frames=GROUP))
+    params = CorrectionParams(dose=dose, read=read or ReadParams(pixel_size_A=PIXEL_A,
+                                                                 eer_group_frames=GROUP))
     config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
                     heartbeat_s=0.2, exit_when_idle_s=0.8, polling="on", log_level="warning",
                     max_attempts=1, options={"tilt_series": "auto", "mdoc_quiet": 0.3,
@@ -154,6 +155,39 @@ def test_eer_tilt_series_with_frame_mdocs_sums_raw_frame_doses_into_each_fractio
         assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(pre, abs=1e-9)
         pre += dose
     assert (out / "Position_10" / "Position_10.tlt").is_file()  # the series was assembled
+
+
+def test_a_frame_integration_file_groups_the_tilts_as_motioncor2_and_their_mdocs_dose_them(
+        tmp_path):
+    """``fm_int_file`` with '120 12 0.02' on tilts of 125 raw frames: 10 fractions, the 5 raw
+    frames left over one each to the last 5 (MotionCor2's rule); the tilts' doses are their
+    mdocs' (the file's dose stands for --dose-per-frame, which a tilt's mdoc dose replaces),
+    each fraction holding the dose of exactly its raw frames."""
+    from correction.frame_integration import parse_frame_integration
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    rng = np.random.default_rng(9)
+    plan = [("TS_07_001_0.0.eer", 0.0, 2.5, 125, 1000),
+            ("TS_07_002_3.0.eer", 3.0, 3.75, 125, 1060)]
+    for name, angle, dose, n_raw, stamp in plan:
+        movie = _eer(watch / name, n_raw, rng)
+        _frame_mdoc(movie, tilt_deg=angle, pairs=[(dose / n_raw, n_raw)], timestamp=stamp)
+    _series_mdoc(watch / "TS_07.mrc.mdoc", plan)
+    integration = parse_frame_integration("120 12 0.02\n", "fmint.txt")
+    _run(watch, out, DoseParams(dose_per_frame_e_A2=0.02 * 12),
+         read=ReadParams(pixel_size_A=PIXEL_A, frame_integration=integration))
+    sizes = [12] * 5 + [13] * 5
+    pre = 0.0
+    for name, _, dose, n_raw, _ in plan:
+        record = _record(out, watch / name)
+        assert record["eer"]["raw_frames_per_fraction"] == sizes
+        assert record["eer"]["grouped_by"] == "frame integration file"
+        np.testing.assert_allclose(record["dose"]["per_frame_e_A2"],
+                                   [dose / n_raw * k for k in sizes], rtol=1e-5)
+        assert record["tilt"]["pre_exposure_e_A2"] == pytest.approx(pre, abs=1e-9)
+        pre += dose
+    assert (out / "TS_07" / "TS_07.tlt").is_file()
 
 
 def test_eer_movie_with_only_its_frame_mdoc_needs_no_dose_flag_and_uneven_doses_land_exactly(
