@@ -105,14 +105,19 @@ class FrameIntegration:
             left -= count * entry.per_fraction
             if left < entry.per_fraction:
                 break
+        first = self.entries[0]
         if not sizes:
-            raise ParameterError(f"frame integration file {self.source}: {n_raw} raw frames "
-                                 f"make no fraction of {self.entries[0].per_fraction}")
-        if left > len(sizes):
+            raise ParameterError(f"frame integration file {self.source} makes no fraction of "
+                                 f"the movie's {n_raw} raw frames (its first line sums "
+                                 f"{first.per_fraction} of {first.raw_frames})")
+        if left > len(sizes):  # MotionCor2 would add one to each of more fractions than made
             covered = sum(entry.raw_frames for entry in self.entries)
-            raise ParameterError(f"frame integration file {self.source} covers {covered} raw "
-                                 f"frames; the movie has {n_raw}: {left} left over for "
-                                 f"{len(sizes)} fractions (list at least {n_raw})")
+            made = f"{len(sizes)} fraction{'s' * (len(sizes) > 1)}"
+            why = (f"covers {covered} raw frames; the movie has {n_raw}" if covered < n_raw
+                   else f"makes {made} of the movie's {n_raw} raw frames")
+            raise ParameterError(f"frame integration file {self.source} {why}: the {left} left "
+                                 f"over are more than its {made} can take (one each)"
+                                 + (f"; list at least {n_raw}" if covered < n_raw else ""))
         for i in range(left):  # one each to the last fractions
             sizes[len(sizes) - 1 - i] += 1
         return tuple(sizes)

@@ -59,11 +59,14 @@ def test_a_file_motionwatch_cannot_take_is_refused_in_one_line_naming_file_and_l
 
 def test_a_movie_too_short_for_one_fraction_or_too_long_for_the_file_is_refused():
     integration = parse_frame_integration("1000 25 0.02", "fm.txt")
-    with pytest.raises(ParameterError, match="24 raw frames make no fraction of 25"):
+    with pytest.raises(ParameterError, match="makes no fraction of the movie's 24 raw frames"):
         integration.fraction_sizes(24)
-    with pytest.raises(ParameterError, match="covers 1000 raw frames; the movie has 2000: 1000 "
-                                             "left over for 40 fractions"):
+    with pytest.raises(ParameterError, match="covers 1000 raw frames; the movie has 2000: the "
+                                             "1000 left over are more than its 40 fractions"):
         integration.fraction_sizes(2000)
+    with pytest.raises(ParameterError, match="makes 1 fraction of the movie's 30 raw frames: "
+                                             "the 5 left over are more than its 1 fraction"):
+        integration.fraction_sizes(30)
 
 
 def test_the_file_is_read_as_text_and_a_missing_or_binary_one_is_a_one_line_error(tmp_path):

@@ -98,8 +98,8 @@ def test_an_eer_movie_the_file_cannot_group_fails_alone_with_one_line(tmp_path, 
         == exitcodes.SOME_FAILED
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"motionwatch: {movie}: frame integration file {tmp_path / 'fmint.txt'} "
-                   "covers 30 raw frames; the movie has 60: 30 left over for 3 fractions "
-                   "(list at least 60)"]
+                   "covers 30 raw frames; the movie has 60: the 30 left over are more than its "
+                   "3 fractions can take (one each); list at least 60"]
 
 
 def _mrc(tmp_path):
