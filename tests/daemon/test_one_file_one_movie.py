@@ -7,6 +7,7 @@ was given)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -620,7 +621,9 @@ def test_a_renamed_frames_folder_on_a_share_whose_inodes_changed_keeps_its_tilts
     out, grid, tilts, config = _corrected_series_in_a_frames_folder(tmp_path)
     _remount(out / "motionwatch.sqlite")
     os.rename(grid / "frames", grid / "frames_sorted")
-    with _running(config, timeout_s=20.0) as (log, wait_for):
+    # not idle-exited while it is watched (0.6 s idle: three more heartbeats could miss it)
+    with _running(dataclasses.replace(config, exit_when_idle_s=30.0), timeout_s=20.0) as (
+            log, wait_for):
         wait_for(lambda: len(log.named("movie_moved")) >= 3)
         more_heartbeats(log, wait_for)  # some more scans
     assert _started(log) == [] and len(log.named("movie_moved")) == 3
