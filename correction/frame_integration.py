@@ -28,8 +28,8 @@ columns they have; and entries whose doses differ. For that last case MotionCor2
 raw frames is 1,000 frames to align: give one dose, or a frame mdoc's ``FrameDosesAndNumber``.
 A movie with too few raw frames for the first fraction, or more left over than there are
 fractions, is refused when it is read (:meth:`FrameIntegration.fraction_sizes`). Blank lines
-and lines starting with ``#`` are skipped (MotionCor2 reads three numbers from each line and
-skips what it cannot read).
+and what follows a ``#`` are skipped (MotionCor2 reads up to three numbers from each line,
+ignores what follows them and skips a line it cannot read: here such a line is refused).
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ def parse_frame_integration(text: str, source: str = "") -> FrameIntegration:
     entries: list[IntegrationEntry] = []
     columns = None
     for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
             continue
         where = f"frame integration file {source} line {number}"
         if len(fields) not in (2, 3):

@@ -29,7 +29,8 @@ def test_raw_frames_are_grouped_as_motioncor2_groups_them(text, n_raw, expected)
 
 
 def test_the_dose_column_is_per_raw_frame_and_may_be_left_out_on_every_line():
-    three = parse_frame_integration("# EER, Falcon 4i\n\n1000 25 0.02\n", "fm.txt")
+    three = parse_frame_integration("# EER, Falcon 4i\n\n1000 25 0.02  # 40 fractions\n",
+                                    "fm.txt")
     assert three.entries == (IntegrationEntry(1000, 25, 0.02),)
     assert (three.per_fraction, three.dose_per_raw_frame_e_A2) == (25, 0.02)
     two = parse_frame_integration("200 10\n800 40\n", "fm.txt")
