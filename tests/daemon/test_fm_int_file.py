@@ -11,6 +11,7 @@ import eer_writer  # tests/helpers (on sys.path via tests/conftest.py)
 import mrcfile
 import numpy as np
 import pytest
+import starfile
 
 from correction.synthetic import render_movie
 from daemon import exitcodes
@@ -60,6 +61,10 @@ def test_an_eer_movie_is_grouped_and_dose_weighted_as_motioncor2_reads_the_file(
     np.testing.assert_allclose(record["dose"]["per_frame_e_A2"], [1.05, 1.05, 1.05])
     found = np.array(record["global_shifts_px"])[:, ::-1]  # [dx, dy] -> [dy, dx]
     np.testing.assert_allclose(found, truth - truth.mean(0), atol=0.15)
+    # RELION's polishing renders 63 // 20 = 3 fractions of 20 raw frames, 1.0 e/Å² each
+    general = starfile.read(tmp_path / "out" / "tilt.star")["general"]
+    assert (general["rlnEERGrouping"], general["rlnImageSizeZ"]) == (20, 3)
+    assert general["rlnMicrographDoseRate"] == pytest.approx(0.05 * 20)
 
 
 def test_a_file_without_doses_takes_dose_per_frame_as_the_dose_of_its_first_fractions(
