@@ -22,6 +22,7 @@ from correction.frame_integration import (IntegrationEntry, parse_frame_integrat
     ("200 10 0.02\n800 40 0.02", 1000, [10] * 20 + [40] * 20),  # finer early fractions
     ("10 3 0.1\n90 10 0.1", 100, [3, 3, 3] + [10] * 8 + [11]),  # an entry's rest moves on
     ("1000 25 0.02", 52, [26, 26]),                            # 2 left: one each to the two
+    ("10 5 0.1\n100 2 0.1", 12, [6, 6]),       # fewer left than the line's 5: the lines stop
 ])
 def test_raw_frames_are_grouped_as_motioncor2_groups_them(text, n_raw, expected):
     sizes = parse_frame_integration(text, "fm.txt").fraction_sizes(n_raw)
