@@ -7,29 +7,34 @@ frames of the movie, in order, are summed ``PER_FRACTION`` at a time; each raw f
 fractions of 25 raw frames of an EER movie, 0.5 e/Å² each. The dose column may be left out on
 every line (MotionCor2 then takes ``-FmDose``; here the dose comes from the other settings:
 ``--dose-per-frame``, which for an EER movie is the dose of a fraction of the first entry's
-``PER_FRACTION`` raw frames, or ``--total-dose``, or the metadata). A movie of more raw frames
-than the entries list still works as it does in MotionCor2/3 (``CFmIntParam::mSetupFileInt``):
+``PER_FRACTION`` raw frames, or ``--total-dose``, or the metadata). Raw frames are grouped as
+MotionCor3 groups them (``DataUtil/CFmIntParam.cpp``, ``mCalcIntFms``):
 
-* the entries are taken in order, each for at most the raw frames still left, and make
-  ``RAW_FRAMES // PER_FRACTION`` fractions of ``PER_FRACTION`` (the rest of an entry that does
-  not divide moves on to the next entry's fractions); they stop when fewer raw frames are left
-  than the entry's ``PER_FRACTION``;
-* the raw frames left then are added one each to the last fractions (3 left: the last three
+* the lines are fitted to the movie: raw frames the movie has beyond those the lines list join
+  the last line; raw frames the lines list beyond the movie's are taken off the last lines,
+  the last first (MotionCor3 means to; when it uses up a line it takes the whole excess off
+  the line before again, and leaves raw frames out: not copied);
+* each line makes ``RAW_FRAMES // PER_FRACTION`` fractions of ``PER_FRACTION``, and its
+  remainder joins the next line's raw frames;
+* the last line's remainder goes one each to the last fractions (3 left: the last three
   fractions hold one more raw frame).
 
-So ``1000 25 0.02`` on a movie of 1,010 raw frames gives 30 fractions of 25 and 10 of 26;
-``2000 25 0.02`` on one of 1,000 gives 40 fractions of 25 (a file written for the longest
-movie serves shorter ones).
+So ``1000 25 0.02`` gives a movie of 1,010 raw frames 30 fractions of 25 and 10 of 26, one of
+1,030 raw frames 36 of 25 and 5 of 26, and one of 990 raw frames 24 of 25 and 15 of 26: a
+file written for one movie serves longer and shorter ones. A movie too short for one
+fraction, or whose last remainder is larger than its number of fractions (where MotionCor3
+writes past its array), is refused when it is read (:meth:`FrameIntegration.fraction_sizes`).
 
 What is refused, each with a one-line reason naming the file and line: a line that is not
 two or three numbers; counts below 1; a negative dose; lines that differ in how many
 columns they have; and entries whose doses differ. For that last case MotionCor2/3 sum nothing
 (each raw frame its own frame, each with its entry's dose), which for an EER movie of 1,000
 raw frames is 1,000 frames to align: give one dose, or a frame mdoc's ``FrameDosesAndNumber``.
-A movie with too few raw frames for the first fraction, or more left over than there are
-fractions, is refused when it is read (:meth:`FrameIntegration.fraction_sizes`). Blank lines
-and what follows a ``#`` are skipped (MotionCor2 reads up to three numbers from each line,
-ignores what follows them and skips a line it cannot read: here such a line is refused).
+Blank lines and what follows a ``#`` are skipped. MotionCor3 (``CReadFmIntFile::DoIt``)
+reads up to three numbers from each line and ignores what follows them; it ignores a whole
+file whose first line it cannot read, and takes a later line it cannot read (a blank one) as
+the line before once more, which its fitting then mostly evens out. Here a line that is not
+two or three numbers is refused.
 """
 
 from __future__ import annotations
@@ -90,35 +95,39 @@ class FrameIntegration:
 
     def fraction_sizes(self, n_raw: int) -> tuple[int, ...]:
         """Raw frames in each fraction of a movie of ``n_raw`` raw frames, in order, as
-        MotionCor2/3 group them (the module's rules); they add up to ``n_raw``.
+        MotionCor3 groups them (the module's rules); they add up to ``n_raw``.
 
         Raises
         ------
         ParameterError
             When ``n_raw`` makes no fraction, or leaves more raw frames over than fractions.
         """
-        sizes: list[int] = []
-        left = n_raw
-        for entry in self.entries:
-            count = min(entry.raw_frames, left) // entry.per_fraction
-            sizes.extend([entry.per_fraction] * count)
-            left -= count * entry.per_fraction
-            if left < entry.per_fraction:
+        listed = [entry.raw_frames for entry in self.entries]
+        excess = sum(listed) - n_raw
+        for i in reversed(range(len(listed))):  # the lines list more: off the last ones
+            if excess <= 0:
                 break
+            cut = min(excess, listed[i])
+            listed[i] -= cut
+            excess -= cut
+        if excess < 0:  # the movie has more: they join the last line
+            listed[-1] -= excess
+        sizes: list[int] = []
+        carried = 0
+        for entry, raw_frames in zip(self.entries, listed):
+            count, carried = divmod(raw_frames + carried, entry.per_fraction)
+            sizes.extend([entry.per_fraction] * count)
         first = self.entries[0]
         if not sizes:
             raise ParameterError(f"frame integration file {self.source} makes no fraction of "
                                  f"the movie's {n_raw} raw frames (its first line sums "
                                  f"{first.per_fraction} of {first.raw_frames})")
-        if left > len(sizes):  # MotionCor2 would add one to each of more fractions than made
-            covered = sum(entry.raw_frames for entry in self.entries)
+        if carried > len(sizes):  # MotionCor3 would add one to more fractions than it made
             made = f"{len(sizes)} fraction{'s' * (len(sizes) > 1)}"
-            why = (f"covers {covered} raw frames; the movie has {n_raw}" if covered < n_raw
-                   else f"makes {made} of the movie's {n_raw} raw frames")
-            raise ParameterError(f"frame integration file {self.source} {why}: the {left} left "
-                                 f"over are more than its {made} can take (one each)"
-                                 + (f"; list at least {n_raw}" if covered < n_raw else ""))
-        for i in range(left):  # one each to the last fractions
+            raise ParameterError(f"frame integration file {self.source} makes {made} of the "
+                                 f"movie's {n_raw} raw frames: the {carried} left over are "
+                                 f"more than its {made} can take (one each)")
+        for i in range(carried):  # one each to the last fractions
             sizes[len(sizes) - 1 - i] += 1
         return tuple(sizes)
 

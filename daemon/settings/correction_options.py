@@ -133,7 +133,7 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
     eer.add_argument("--fm-int-file", type=Path, default=None, metavar="PATH",
                      help="MotionCor2's -FmIntFile: lines of 'RAW_FRAMES PER_FRACTION DOSE' "
                           "('1000 25 0.02': EER raw frames summed 25 at a time, 0.02 e/Å² "
-                          "each), grouped as MotionCor2/3 group them; its dose per raw frame "
+                          "each), grouped as MotionCor3 groups them; its dose per raw frame "
                           "replaces --dose-per-frame/--total-dose, which a file without the "
                           "DOSE column needs (then per fraction of the first line's "
                           "PER_FRACTION). Other movies: PER_FRACTION 1 only (the doses)")

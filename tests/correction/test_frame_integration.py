@@ -1,8 +1,9 @@
-"""MotionCor2/3's frame integration file (``-FmIntFile``) groups raw frames as they do.
+"""MotionCor2/3's frame integration file (``-FmIntFile``) groups raw frames as MotionCor3 does.
 
-The expected groupings follow MotionCor3's ``CFmIntParam::mSetupFileInt``, worked by hand:
-entries in order, each for at most the raw frames left, ``RAW // PER`` fractions each, stop
-when fewer than the entry's ``PER`` are left, the rest one each to the last fractions.
+The expected groupings follow MotionCor3's ``CFmIntParam::mCalcIntFms`` (DataUtil/
+CFmIntParam.cpp), worked by hand: the lines fitted to the movie (its extra raw frames join
+the last line, the lines' extra taken off the last lines), ``RAW // PER`` fractions a line,
+each line's remainder carried to the next, the last remainder one each to the last fractions.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from correction.frame_integration import (IntegrationEntry, parse_frame_integrat
 @pytest.mark.parametrize("text, n_raw, expected", [
     ("1000 25 0.02", 1000, [25] * 40),
     ("1000 25 0.02", 1010, [25] * 30 + [26] * 10),             # 10 more: one each to the last
-    ("2000 25 0.02", 1000, [25] * 40),                         # written for a longer movie
-    ("990 10 0.1", 1000, [10] * 89 + [11] * 10),               # the file lists fewer
+    ("1000 25 0.02", 1030, [25] * 36 + [26] * 5),              # 30 more: a fraction, and 5
+    ("1000 25 0.02", 990, [25] * 24 + [26] * 15),              # written for a longer movie
+    ("2000 25 0.02", 1000, [25] * 40),
     ("200 10 0.02\n800 40 0.02", 1000, [10] * 20 + [40] * 20),  # finer early fractions
-    ("10 3 0.1\n90 10 0.1", 100, [3, 3, 3] + [10] * 8 + [11]),  # an entry's rest moves on
+    ("10 3 0.1\n90 10 0.1", 100, [3, 3, 3] + [10] * 8 + [11]),  # a line's rest joins the next
+    ("10 4 0.1\n10 3 0.1", 20, [4, 4, 3, 3, 3, 3]),
+    ("30 3 0.1\n30 6 0.1", 75, [3] * 10 + [6] * 4 + [7] * 3),   # the movie's extra: last line
+    ("10 5 0.1\n100 2 0.1", 12, [5, 5, 2]),                     # the lines' extra: off the last
+    ("200 10 0.1\n800 40 0.1", 200, [10] * 20),  # the last line used up (MotionCor3: none)
     ("1000 25 0.02", 52, [26, 26]),                            # 2 left: one each to the two
-    ("10 5 0.1\n100 2 0.1", 12, [6, 6]),       # fewer left than the line's 5: the lines stop
 ])
-def test_raw_frames_are_grouped_as_motioncor2_groups_them(text, n_raw, expected):
+def test_raw_frames_are_grouped_as_motioncor3_groups_them(text, n_raw, expected):
     sizes = parse_frame_integration(text, "fm.txt").fraction_sizes(n_raw)
     assert list(sizes) == expected and sum(sizes) == n_raw
 
@@ -59,16 +64,13 @@ def test_a_file_motionwatch_cannot_take_is_refused_in_one_line_naming_file_and_l
     assert "\n" not in message
 
 
-def test_a_movie_too_short_for_one_fraction_or_too_long_for_the_file_is_refused():
+def test_a_movie_too_short_for_its_fractions_is_refused():
     integration = parse_frame_integration("1000 25 0.02", "fm.txt")
     with pytest.raises(ParameterError, match="makes no fraction of the movie's 24 raw frames"):
         integration.fraction_sizes(24)
-    with pytest.raises(ParameterError, match="covers 1000 raw frames; the movie has 2000: the "
-                                             "1000 left over are more than its 40 fractions"):
-        integration.fraction_sizes(2000)
     with pytest.raises(ParameterError, match="makes 1 fraction of the movie's 30 raw frames: "
                                              "the 5 left over are more than its 1 fraction"):
-        integration.fraction_sizes(30)
+        integration.fraction_sizes(30)  # MotionCor3 writes past its array
 
 
 def test_the_file_is_read_as_text_and_a_missing_or_binary_one_is_a_one_line_error(tmp_path):

@@ -157,10 +157,10 @@ def test_eer_tilt_series_with_frame_mdocs_sums_raw_frame_doses_into_each_fractio
     assert (out / "Position_10" / "Position_10.tlt").is_file()  # the series was assembled
 
 
-def test_a_frame_integration_file_groups_the_tilts_as_motioncor2_and_their_mdocs_dose_them(
+def test_a_frame_integration_file_groups_the_tilts_as_motioncor3_and_their_mdocs_dose_them(
         tmp_path):
     """``fm_int_file`` with '120 12 0.02' on tilts of 125 raw frames: 10 fractions, the 5 raw
-    frames left over one each to the last 5 (MotionCor2's rule); the tilts' doses are their
+    frames left over one each to the last 5 (MotionCor3's rule); the tilts' doses are their
     mdocs' (the file's dose stands for --dose-per-frame, which a tilt's mdoc dose replaces),
     each fraction holding the dose of exactly its raw frames."""
     from correction.frame_integration import parse_frame_integration

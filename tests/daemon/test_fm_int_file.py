@@ -1,5 +1,5 @@
-"""``--fm-int-file`` (TOML ``fm_int_file``) is MotionCor2's ``-FmIntFile``: EER raw frames
-grouped as MotionCor2/3 group them, each raw frame given the file's dose."""
+"""``--fm-int-file`` (TOML ``fm_int_file``) is MotionCor2/3's ``-FmIntFile``: EER raw frames
+grouped as MotionCor3 groups them, each raw frame given the file's dose."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def _record(tmp_path, stem="tilt"):
 
 def test_an_eer_movie_is_grouped_and_dose_weighted_as_motioncor2_reads_the_file(tmp_path,
                                                                                  capsys):
-    """63 raw frames, '60 20 0.05': three fractions of 20, and the three raw frames left over
-    one each to the last three (MotionCor2's rule; --eer-group 20 would give 20, 20 and 23),
-    each fraction 21 x 0.05 e/Å²."""
+    """63 raw frames, '60 20 0.05': the 3 raw frames beyond the line join it, three fractions
+    of 20 and the 3 left over one each to the last three (MotionCor3's rule; --eer-group 20
+    would give 20, 20 and 23), each fraction 21 x 0.05 e/Å²."""
     truth = np.array([[-1.5, 2.0], [0.2, -0.4], [1.3, -1.6]])
     movie = _eer(tmp_path, truth, sizes=[21, 21, 21])
     (tmp_path / "fmint.txt").write_text("60 20 0.05\n")
@@ -98,13 +98,13 @@ def test_a_dose_or_a_grouping_given_twice_is_a_usage_error(tmp_path, capsys, fla
 
 def test_an_eer_movie_the_file_cannot_group_fails_alone_with_one_line(tmp_path, capsys):
     movie = _eer(tmp_path, np.zeros((3, 2)), sizes=[20, 20, 20])
-    (tmp_path / "fmint.txt").write_text("30 10 0.05\n")  # 30 raw frames left for 3 fractions
+    (tmp_path / "fmint.txt").write_text("1000 50 0.05\n")  # 60 raw frames: 1 of 50 and 10 left
     assert _correct(tmp_path, movie, "--fm-int-file", str(tmp_path / "fmint.txt")) \
         == exitcodes.SOME_FAILED
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"motionwatch: {movie}: frame integration file {tmp_path / 'fmint.txt'} "
-                   "covers 30 raw frames; the movie has 60: the 30 left over are more than its "
-                   "3 fractions can take (one each); list at least 60"]
+                   "makes 1 fraction of the movie's 60 raw frames: the 10 left over are more "
+                   "than its 1 fraction can take (one each)"]
 
 
 def _mrc(tmp_path):
