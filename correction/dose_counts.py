@@ -85,5 +85,6 @@ def check_dose_count(counts_per_px_per_frame: float, pixel_size_A: float,
     elif eer and given > 0 and counted >= BELOW * given:
         mismatch = (head.format(f"1/{counted / given:.3g} of what") + ": for an EER movie "
                     "--dose-per-frame is the dose of a fraction (RELION's), not of one raw "
-                    "frame (MotionCor2's -FmDose)")
+                    "frame (MotionCor2's -FmDose: give that times the raw frames of a "
+                    "fraction, or as the DOSE column of --fm-int-file)")
     return DoseCount(counted_e_A2=counted, given_e_A2=given, mismatch=mismatch)

@@ -39,6 +39,7 @@ def test_a_dose_given_far_below_the_counts_is_said_only_for_eer():
     assert check_dose_count(40.0, 1.0, 1.0, eer=False).mismatch is None
     line = check_dose_count(1.0, 1.0, 0.025, eer=True).mismatch
     assert "1/40 of what the frames count" in line and "MotionCor2's -FmDose" in line
+    assert "times the raw frames of a fraction, or as the DOSE column of --fm-int-file" in line
 
 
 def test_an_eer_movie_given_motioncor2s_per_raw_frame_dose_is_said_in_record_and_warning(
