@@ -108,7 +108,8 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
     dose = mov.add_mutually_exclusive_group()
     dose.add_argument("--dose-per-frame", type=float, default=None, metavar="e/Å²",
                       help="dose per frame on the specimen (e/Å²); for EER, per fraction "
-                           "after --eer-group, as RELION's 'dose per frame' (not per raw EER "
+                           "of --eer-group raw frames (or of --fm-int-file's first "
+                           "PER_FRACTION), as RELION's 'dose per frame' (not per raw EER "
                            "frame)")
     dose.add_argument("--total-dose", type=float, default=None, metavar="e/Å²",
                       help="dose of the whole movie (e/Å²), spread evenly over its frames")
