@@ -31,7 +31,7 @@ Strips
     The joined stream is padded to an even number of bytes (``eer_decode`` refuses odd ones).
 
 Grouping
-    ``ReadParams.frame_integration`` (MotionCor2's ``-FmIntFile``) groups as MotionCor2/3 do
+    ``ReadParams.frame_integration`` (MotionCor2's ``-FmIntFile``) groups as MotionCor3 does
     (:mod:`correction.frame_integration`); else
     ``ReadParams.eer_group_frames`` raw frames per fraction; else ``eer_dose_per_fraction_e_A2``
     divided by the dose per raw frame (from the acquisition metadata ``totalDose`` in e/pixel
