@@ -19,7 +19,7 @@ library), so no arrow can run back up. It holds
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -28,7 +28,7 @@ __all__ = [
     "Observation", "ScanResult", "MovieKey", "MovieMetadata", "MetadataResolver", "NoMetadata",
     "ResolverContext", "SeriesStore", "ServiceListener", "ServiceInfo", "MovieEvent",
     "SeriesEvent", "SeriesEventKind", "Heartbeat", "Health", "SOURCE_KEY", "VANISHED",
-    "output_dir_for",
+    "output_dir_for", "MovieGain", "movie_params", "movie_fingerprint",
 ]
 
 #: motion-record key naming the movie version and parameters an output set was made from
@@ -97,7 +97,7 @@ class MovieKey:
     """Identity of one movie version under one set of parameters (a row of the state database).
 
     ``fingerprint`` is :meth:`correction.params.CorrectionParams.fingerprint` of the parameters
-    the movie is corrected with (its own dose included).
+    the movie is corrected with (its own dose and gain included: :func:`movie_fingerprint`).
     """
 
     path: str
@@ -113,6 +113,56 @@ def output_dir_for(movie: Path, *, watch_dir: Path, out_dir: Path) -> Path:
     except ValueError:
         rel = Path()
     return out_dir / rel
+
+
+@dataclass(frozen=True, slots=True)
+class MovieGain:
+    """A movie's own gain reference: the file its SerialEM frame mdoc names (``GainReference``),
+    found beside it, and the turn that fits it onto the movie's frames (MotionCor2's
+    ``-RotGain``/``-FlipGain``, as ``correction.params.GainParams``). Used when no gain is
+    configured (:mod:`daemon.intake.frame_gain`).
+    """
+
+    path: str
+    rotate_quarter_turns: int = 0
+    flip: str = "none"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "rotate_quarter_turns": self.rotate_quarter_turns,
+                "flip": self.flip}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> MovieGain | None:
+        """Inverse of :meth:`to_json`; None for None (a row without a gain of its own)."""
+        if not d:
+            return None
+        return cls(str(d["path"]), int(d.get("rotate_quarter_turns", 0)),
+                   str(d.get("flip", "none")))
+
+    def identity(self) -> MovieGain:
+        """This gain as a movie's key knows it: its file name and turn, not its folder (a
+        session folder renamed or moved keeps its movies' keys; SerialEM names each copy of a
+        reference after the first movie saved with it)."""
+        return MovieGain(Path(self.path).name, self.rotate_quarter_turns, self.flip)
+
+
+def movie_params(params: Any, dose: Any = None, gain: MovieGain | None = None) -> Any:
+    """The parameters one movie is corrected under: the configured ``params`` (a
+    ``correction.params.CorrectionParams``) with the movie's own dose and gain reference where
+    it has them (None: the configured ones)."""
+    if dose is not None:
+        params = replace(params, dose=dose)
+    if gain is not None:
+        params = replace(params, gain=replace(params.gain, gain_path=Path(gain.path),
+                                              rotate_quarter_turns=gain.rotate_quarter_turns,
+                                              flip=gain.flip))
+    return params
+
+
+def movie_fingerprint(params: Any, dose: Any = None, gain: MovieGain | None = None) -> str:
+    """The fingerprint of a movie's key (:class:`MovieKey`): that of :func:`movie_params`, its
+    own gain known by :meth:`MovieGain.identity`."""
+    return movie_params(params, dose, None if gain is None else gain.identity()).fingerprint()
 
 
 # ------------------------------------------------------------------------------------------
@@ -149,6 +199,9 @@ class MovieMetadata:
         The metadata will not come (a tilt whose series went idle without a dose for it): the
         movie is quarantined with this reason, not corrected; the resolver redoes it if the
         metadata comes after all.
+    gain : MovieGain or None
+        The movie's own gain reference (its frame mdoc's; admission sets it, not the
+        resolver); None: the configured one.
     """
 
     dose: Any = None
@@ -159,6 +212,7 @@ class MovieMetadata:
     expected_frames: int | None = None
     redo_reason: str | None = None
     quarantine_reason: str | None = None
+    gain: MovieGain | None = None
 
 
 class SeriesStore(Protocol):

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ from correction.write import write_probe_error
 from daemon import exitcodes
 from daemon.commands.stem_claims import StemClaims, resolved_movie
 from daemon.engine.outputs import remove_partial_outputs
+from daemon.events import MovieGain, movie_params
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (SINGLE_PARTICLE_STAR, UnwritableStarValue, motion_records_in,
                                    movie_motion, write_motion_star, write_single_particle_star)
+from daemon.intake.frame_gain import find_frame_mdoc_gain
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, files_voltage_kV,
@@ -418,6 +420,8 @@ def run(args: argparse.Namespace) -> int:
               f"({claims.unavailable}): a run into {args.out} at the same time may choose a "
               "stem of this run's for a movie of the same name", file=sys.stderr, flush=True)
     relion = _RelionFiles(Path(args.out), params, optics)
+    own_gains = _FrameMdocGains(params, enabled=params.gain.gain_path is None
+                                and getattr(args, "frame_mdoc_gain", True))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     status = None
     previous_handler = _terminate_on_sigterm()
@@ -445,13 +449,15 @@ def run(args: argparse.Namespace) -> int:
                     print(f"motionwatch: {movie}: warning: {voltage.warning}", file=sys.stderr,
                           flush=True)
                 try:
+                    own = own_gains.lookup(Path(movie))
                     with _warnings_as_lines(movie):
                         result = correct_movie(
-                            movie, args.out, _at_voltage(params, voltage.kV),
-                            gain_reference=gain, stem=stems[movie], scratch_dir=args.scratch,
+                            movie, args.out, _at_voltage(own.params, voltage.kV),
+                            gain_reference=gain if own.gain is None else own.reference,
+                            stem=stems[movie], scratch_dir=args.scratch,
                             extra_record={OPTICS_KEY: optics.record(),
                                           "voltage_source": voltage.source,
-                                          MOVIE_FILE_KEY: _movie_file(movie)})
+                                          MOVIE_FILE_KEY: _movie_file(movie), **own.record})
                 except Exception as exc:  # noqa: BLE001 - one movie's failure must not stop others
                     failed += 1
                     _print_failure(movie, _fail(movie, exc), as_json=args.json)
@@ -500,6 +506,47 @@ def _terminate_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
+@dataclasses.dataclass(frozen=True)
+class _OwnGain:
+    """What one movie is corrected with under :class:`_FrameMdocGains`."""
+
+    params: Any  # the run's CorrectionParams, with the frame mdoc's gain where it named one
+    gain: MovieGain | None = None
+    reference: Any = None  # the loaded reference of ``gain``
+    record: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # into the record
+
+
+class _FrameMdocGains:
+    """The gain reference each movie's frame mdoc names (:mod:`daemon.intake.frame_gain`),
+    for a run given no ``--gain``: loaded once per file and turn (the last one kept)."""
+
+    def __init__(self, params: Any, *, enabled: bool) -> None:
+        self.params = params
+        self.enabled = enabled
+        self._loaded: tuple[Any, Any] | None = None  # (GainParams, reference)
+
+    def lookup(self, movie: Path) -> _OwnGain:
+        """The movie's parameters and gain; raises ``GainReferenceError`` when its frame mdoc
+        names a gain that is not there or does not read (the movie fails, the run goes on)."""
+        from correction.errors import GainReferenceError
+        from correction.gain import load_gain_reference
+
+        if not self.enabled:
+            return _OwnGain(self.params)
+        found = find_frame_mdoc_gain(movie)
+        if found.missing_reason is not None:
+            raise GainReferenceError(movie, f"{found.missing_reason} (give --gain, or "
+                                            "--no-frame-mdoc-gain)")
+        if found.gain is None:
+            return _OwnGain(self.params)
+        params = movie_params(self.params, gain=found.gain)
+        if self._loaded is None or self._loaded[0] != params.gain:
+            self._loaded = None
+            self._loaded = (params.gain, load_gain_reference(params.gain))
+        return _OwnGain(params, found.gain, self._loaded[1],
+                        {"frame_mdoc_gain": {**found.gain.to_json(), "turn": found.turn}})
+
+
 class _RelionFiles:
     """RELION's hand-off for this run: the gain as polishing reads it (the daemon's
     :func:`~correction.gain_export.write_relion_gain`, the same file when the daemon already
@@ -514,29 +561,38 @@ class _RelionFiles:
         self.params = params
         self.optics = optics
         self.failed = False
-        self._gain_names: dict[bool, str | None] = {}  # EER movie or not -> the file named
+        # (gain parameters, EER movie or not) -> the file named
+        self._gain_names: dict[tuple[Any, bool], str | None] = {}
 
-    def _gain_name(self, eer: bool) -> str | None:
+    def _gain_name(self, gain_params: Any, eer: bool) -> str | None:
         from correction.gain_export import write_relion_gain
 
-        if self.params.gain.gain_path is None:
+        if gain_params.gain_path is None:
             return None
-        if eer not in self._gain_names:
-            self._gain_names[eer] = None
+        key = (gain_params, eer)
+        if key not in self._gain_names:
+            self._gain_names[key] = None
             try:
-                gain = write_relion_gain(self.out, self.params.gain, eer=eer)
-                self._gain_names[eer] = gain.name if gain is not None else None
+                gain = write_relion_gain(self.out, gain_params, eer=eer)
+                self._gain_names[key] = gain.name if gain is not None else None
             except (OSError, ValueError) as exc:
                 self.failed = True
                 print(f"motionwatch: the gain for RELION was not written into {self.out}: "
                       f"{exc}", file=sys.stderr)
-        return self._gain_names[eer]
+        return self._gain_names[key]
 
     def corrected(self, motion_path: Path, record: dict[str, Any]) -> None:
-        """Write the motion STAR of a movie just corrected."""
+        """Write the motion STAR of a movie just corrected (naming the gain its frame mdoc
+        gave, where it was corrected with that one)."""
         try:
             motion = movie_motion(record, motion_path)
-            write_motion_star(motion, gain_name=self._gain_name(motion.eer_grouping is not None))
+            gain_params = self.params.gain
+            if motion.own_gain is not None:
+                path, turns, flip = motion.own_gain
+                gain_params = dataclasses.replace(gain_params, gain_path=Path(path),
+                                                  rotate_quarter_turns=turns, flip=flip)
+            write_motion_star(motion, gain_name=self._gain_name(
+                gain_params, motion.eer_grouping is not None))
         except UnwritableStarValue as exc:  # the images are right; only RELION misses it
             print(f"motionwatch: RELION motion STAR not written: {exc}", file=sys.stderr)
         except (OSError, ValueError) as exc:

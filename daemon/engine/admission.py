@@ -45,8 +45,10 @@ from daemon.engine.faults import RETRY_NOTE, LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
 from daemon.engine.policy import EnginePolicy, finished_under_other_parameters
 from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, MovieMetadata,
-                           Observation, ScanResult, output_dir_for)
+                           Observation, ScanResult, movie_fingerprint,
+                           output_dir_for)
 from daemon.intake.content import content_fingerprint
+from daemon.intake.frame_gain import find_frame_mdoc_gain
 from daemon.intake.settle import Settler
 from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
@@ -147,12 +149,14 @@ class AdmissionSettings:
     settle_time_s: float
     incomplete_grace_s: float
     require_frame_mdoc: bool
+    frame_mdoc_gain: bool = True  # without a configured gain, the one the frame mdoc names
 
     @classmethod
     def of(cls, config: Any) -> AdmissionSettings:
         """The settings of a :class:`~daemon.settings.config.Config`."""
         return cls(config.watch_dir, config.out_dir, config.params, config.settle_time_s,
-                   config.incomplete_grace_s, config.require_frame_mdoc)
+                   config.incomplete_grace_s, config.require_frame_mdoc,
+                   config.frame_mdoc_gain)
 
 
 class Admission:
@@ -237,6 +241,7 @@ class Admission:
         #: folder -> the movies held for fewer frames (path -> frames): two alike are a
         #: shorter exposure setting
         self._held_short: dict[str, dict[str, int]] = {}
+        self._gain_folders: set[str] = set()  # folders whose movies named their gain reference
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
@@ -454,6 +459,8 @@ class Admission:
                 self.report_once(str(obs.path), "metadata_failed", why, level="error")
                 return why
             meta = MovieMetadata(quarantine_reason=why)  # quarantined: status lists it
+        if not (meta.wait_reason or meta.ignore_reason or meta.quarantine_reason):
+            meta = self._with_own_gain(obs, meta)
         if meta.wait_reason:
             self.report_once(str(obs.path), "movie_waiting", meta.wait_reason)
             return meta.wait_reason
@@ -474,8 +481,8 @@ class Admission:
         short = self._short_of_frames(obs, verdict, meta)
         if short is not None:
             return short
-        params = cfg.params if meta.dose is None else dataclasses.replace(cfg.params, dose=meta.dose)
-        key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, params.fingerprint())
+        key = MovieKey(str(obs.path), obs.size, obs.mtime_ns,
+                       movie_fingerprint(cfg.params, meta.dose, meta.gain))
         ledger = self._ledger()
         try:
             row = ledger.get(key)
@@ -538,7 +545,7 @@ class Admission:
             log.warning("output_stem_changed", stem=stem,
                         note=f"{why}: this one's outputs are named {stem}.*")
         stored = metadata_to_json(StoredMetadata(meta.dose, meta.extra_record, meta.log_context,
-                                                 verdict.n_frames, stem))
+                                                 verdict.n_frames, stem, meta.gain))
         try:
             earlier = [r for r in ledger.rows(path=key.path) if r.key != key]
         except sqlite3.Error as exc:
@@ -581,7 +588,7 @@ class Admission:
         """The stored metadata of ``row``'s movie under ``meta`` (its output stem kept)."""
         return metadata_to_json(StoredMetadata(
             meta.dose, meta.extra_record, meta.log_context, verdict.n_frames,
-            (row.metadata or {}).get("stem") or movie_stem(obs.path)))
+            (row.metadata or {}).get("stem") or movie_stem(obs.path), meta.gain))
 
     @staticmethod
     def _replaced(row: Any, obs: Observation) -> str | None:
@@ -776,6 +783,41 @@ class Admission:
         record = read_motion_record(Path(outputs["motion"])) or {}
         self._adopted(MovieEvent(path, key, "done", 0, outputs=outputs, record=record,
                                  metadata=stored))
+
+    def _with_own_gain(self, obs: Observation, meta: MovieMetadata) -> MovieMetadata:
+        """``meta`` with the gain reference the movie's frame mdoc names, where no gain is
+        configured (:mod:`daemon.intake.frame_gain`; it is named in the motion record as
+        ``frame_mdoc_gain``). Named and not found, the movie waits for it up to the incomplete
+        grace (a share may deliver it after the movie), then is quarantined with the reason. A
+        movie without a frame mdoc in a folder whose movies took their gain from theirs waits
+        for its frame mdoc as long, then is corrected without, with a warning."""
+        cfg = self.settings
+        if not cfg.frame_mdoc_gain or cfg.params.gain.gain_path is not None:
+            return meta
+        lookup = find_frame_mdoc_gain(obs.path)
+        folder = str(obs.path.parent)
+        waited = (self._settler.stable_for_s(obs.path) or 0.0) >= cfg.incomplete_grace_s
+        if lookup.gain is not None:
+            self._gain_folders.add(folder)
+            return dataclasses.replace(meta, gain=lookup.gain, extra_record={
+                **meta.extra_record,
+                "frame_mdoc_gain": {**lookup.gain.to_json(), "turn": lookup.turn}})
+        if lookup.missing_reason is not None:
+            if not waited:
+                return dataclasses.replace(meta, wait_reason=lookup.missing_reason)
+            return dataclasses.replace(meta, quarantine_reason=(
+                f"{lookup.missing_reason} after {cfg.incomplete_grace_s:g} s: put it there and "
+                "run motionwatch retry, or give --gain"))
+        if not lookup.has_mdoc and folder in self._gain_folders:
+            # a share may bring the frame mdoc after its movie: not corrected without its gain
+            why = ("no frame mdoc yet; the movies before it here took their gain reference "
+                   "from theirs")
+            if not waited:
+                return dataclasses.replace(meta, wait_reason=why)
+            self.report_once(str(obs.path), "movie_without_frame_mdoc_gain",
+                             f"{why}: after {cfg.incomplete_grace_s:g} s corrected without a "
+                             "gain", level="warning")
+        return meta
 
     def _short_of_frames(self, obs: Observation, verdict: Verdict, meta: MovieMetadata
                          ) -> str | None:

@@ -35,7 +35,9 @@ from correction.report import pixel_size_warning, unlisted_pixels_warning
 from daemon.engine.faults import MAX_PAUSE_S, RETRY_NOTE, LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
-from daemon.events import SOURCE_KEY, VANISHED, MovieEvent, MovieKey, output_dir_for
+from daemon.events import (SOURCE_KEY, VANISHED, MovieEvent, MovieGain, MovieKey,
+                           movie_fingerprint, movie_params, output_dir_for)
+from daemon.intake.frame_gain import find_frame_mdoc_gain
 from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
 from daemon.work.workers import Outcome, Task
@@ -237,9 +239,7 @@ class Dispatcher:
                                       stage="dispatch")
                 continue
             stored = metadata_from_json(row.metadata)
-            params = cfg.params if stored.dose is None else dataclasses.replace(cfg.params,
-                                                                                dose=stored.dose)
-            if params.fingerprint() != key.fingerprint:
+            if movie_fingerprint(cfg.params, stored.dose, stored.gain) != key.fingerprint:
                 # waiting from a run with other parameters (e.g. another gain after a stop for
                 # a misfitting one): the movie is admitted under these, never corrected twice
                 if self._safe(lambda: self._ledger().forget(key) or True) is None:
@@ -253,6 +253,7 @@ class Dispatcher:
             extra = {**stored.extra_record, SOURCE_KEY: source_identity(key, row.content),
                      **cfg.optics}
             movie = Path(key.path)
+            params = movie_params(cfg.params, stored.dose, _moved_gain(stored.gain, movie))
             task_id = self._next_task
             self._next_task += 1
             out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
@@ -337,7 +338,8 @@ class Dispatcher:
                                  "not counted against this one")
                 self.in_flight.pop(outcome.task_id)
                 return
-            status = self._record_failure(ledger, key, attempt, outcome, log)
+            status = self._record_failure(ledger, key, attempt, outcome, log,
+                                          own_gain=metadata_from_json(meta).gain is not None)
             self._writes.succeeded()
         except sqlite3.Error as exc:
             self._writes.failed(exc, movie=key.path)
@@ -454,7 +456,10 @@ class Dispatcher:
         return counts.get("pending", 0) + counts.get("running", 0) > 0
 
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
-                        log: Any) -> str:
+                        log: Any, *, own_gain: bool = False) -> str:
+        """Record a failed attempt; ``own_gain``: the movie was corrected with the gain
+        reference its frame mdoc names, so a reference that does not fit it is the movie's
+        (quarantined), never the settings' (no stop as misconfigured)."""
         cfg = self.settings
         moved = self._moved_away(key) if outcome.kind == "environment" else None
         if moved is not None:
@@ -493,7 +498,7 @@ class Dispatcher:
             log.warning("movie_retry_later", reason=outcome.error, retry_in_s=round(delay, 1),
                         note=note)
             return status
-        if outcome.kind == "config" and not self._corrected:
+        if outcome.kind == "config" and not self._corrected and not own_gain:
             return self._reference_misfit(ledger, key, outcome, log)
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1
@@ -524,6 +529,16 @@ class Dispatcher:
         if problem is None or problem.startswith("cannot stat"):
             return None
         return problem if self.settings.watch_dir.is_dir() else None
+
+
+def _moved_gain(gain: MovieGain | None, movie: Path) -> MovieGain | None:
+    """A movie's own gain where it lies now: the one its frame mdoc names found again, when the
+    file recorded at admission is gone with its folder (renamed or moved; the movie's key keeps
+    the gain's file name, :meth:`MovieGain.identity`)."""
+    if gain is None or Path(gain.path).exists():
+        return gain
+    found = find_frame_mdoc_gain(movie).gain
+    return found if found is not None and found.identity() == gain.identity() else gain
 
 
 def timeout_quarantine_after(max_attempts: int) -> int:

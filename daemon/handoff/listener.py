@@ -36,10 +36,12 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from correction.gain_export import write_relion_gain
+from correction.params import GainParams
 from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
 from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
                                    movie_motion, single_particle_blocks, write_motion_star,
@@ -231,6 +233,7 @@ class RelionListener(ServiceListener):
         self._gain_name: str | None = None
         self._gain_params: Any = None  # for the gain of EER movies, written at the first one
         self._eer_gain_name: str | None = None
+        self._own_gain_names: dict[tuple[str, int, str, bool], str | None] = {}  # frame mdocs'
         self._own: set[str] = set()  # every motion record the ledger or an event named
         self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
         # movies renamed after their record was written (movie path -> its series, or None):
@@ -494,7 +497,10 @@ class RelionListener(ServiceListener):
     def _gain_name_for(self, motion: MovieMotion) -> str | None:
         """The gain file a movie's motion STAR names: ``motionwatch_gain.mrc``, or for an EER
         movie the ``.gain`` RELION applies as it is (:func:`write_relion_gain` with ``eer``,
-        written when the first EER movie comes)."""
+        written when the first EER movie comes); for a movie corrected with the gain its frame
+        mdoc named, that gain as RELION reads it (written once per gain and turn)."""
+        if motion.own_gain is not None and self._out is not None:
+            return self._own_gain_name(motion.own_gain, eer=motion.eer_grouping is not None)
         if motion.eer_grouping is None or self._gain_params is None or self._out is None:
             return self._gain_name
         if self._eer_gain_name is None:
@@ -502,6 +508,17 @@ class RelionListener(ServiceListener):
                                self._gain_params, eer=True)
             self._eer_gain_name = Path(gain).name if gain else None
         return self._eer_gain_name
+
+    def _own_gain_name(self, own: tuple[str, int, str], *, eer: bool) -> str | None:
+        path, turns, flip = own
+        key = (path, turns, flip, eer)
+        if key not in self._own_gain_names:
+            params = replace(self._gain_params or GainParams(), gain_path=Path(path),
+                             rotate_quarter_turns=turns, flip=flip)
+            gain = self._guard(str(self._out), "relion_gain", write_relion_gain, self._out,
+                               params, eer=eer)
+            self._own_gain_names[key] = Path(gain).name if gain else None
+        return self._own_gain_names[key]
 
     def _write_series(self, series: str) -> None:
         """The series' STAR rewritten from its tilts now; removed once it has none left (its

@@ -175,6 +175,9 @@ class MovieMotion:
     defect_file : str or None
         The defect file the movie was corrected with (absolute path), when RELION is to read
         the defects from it (see :func:`_defect_file`).
+    own_gain : (str, int, str) or None
+        The gain reference its frame mdoc named, which it was corrected with instead of a
+        configured one (the record's ``frame_mdoc_gain``: path, quarter turns, flip).
     """
 
     motion_path: Path
@@ -198,6 +201,7 @@ class MovieMotion:
     hot_pixels_xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     defect_file: str | None = None
     image_shape_yx: tuple[int, int] | None = None  # the sums' (the record's ``shape``)
+    own_gain: tuple[str, int, str] | None = None  # (path, -RotGain, -FlipGain) its frame mdoc's
 
 
 def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
@@ -206,6 +210,15 @@ def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
     listed = (record.get("replaced_pixels") or {}).get("yx") or []
     yx = np.asarray(listed, dtype=np.int64).reshape(-1, 2)
     return yx[:, ::-1].copy()
+
+
+def _own_gain(record: Mapping[str, Any]) -> tuple[str, int, str] | None:
+    """The record's ``frame_mdoc_gain`` as ``(path, rotate_quarter_turns, flip)``, or None."""
+    own = record.get("frame_mdoc_gain")
+    if not isinstance(own, Mapping) or not own.get("path"):
+        return None
+    return (str(own["path"]), int(own.get("rotate_quarter_turns") or 0),
+            str(own.get("flip") or "none"))
 
 
 def _defect_file(record: Mapping[str, Any]) -> str | None:
@@ -294,6 +307,7 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
         movie_pixel_size_A=out_px / bin_factor, output_pixel_size_A=out_px,
         bin_factor=bin_factor, outputs=outputs, hot_pixels_xy=_hot_pixels_xy(record),
         defect_file=_defect_file(record), image_shape_yx=_image_shape_yx(record),
+        own_gain=_own_gain(record),
         **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))),
         **dict(zip(("spherical_aberration_mm", "amplitude_contrast"), recorded_optics(record))))
 

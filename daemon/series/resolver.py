@@ -60,8 +60,9 @@ from typing import Any, NamedTuple
 
 from correction.dose import NO_DOSE_REASON, same_weighting
 from correction.params import DoseParams
-from daemon.events import (VANISHED, MovieEvent, MovieMetadata, Observation, ResolverContext,
-                           ScanResult, SeriesEvent, SeriesEventKind, output_dir_for)
+from daemon.events import (VANISHED, MovieEvent, MovieGain, MovieMetadata, Observation,
+                           ResolverContext, ScanResult, SeriesEvent, SeriesEventKind,
+                           movie_fingerprint, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
 from daemon.series.interleaved import InterleavedMdocs
@@ -721,9 +722,8 @@ class TiltSeriesResolver:
                 or (row.key.size, row.key.mtime_ns) != (movie.size, movie.mtime_ns)):
             return dose
         corrected = _header_dosed(row)
-        if corrected is None or row.key.fingerprint != (
-                params if corrected.stored is None
-                else replace(params, dose=corrected.stored)).fingerprint():
+        if corrected is None or row.key.fingerprint != movie_fingerprint(
+                params, corrected.stored, MovieGain.from_json(row.peek_metadata().get("gain"))):
             return dose
         if self._header_dose_moved_by(row, dose, n_frames):
             return dose

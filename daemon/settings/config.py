@@ -93,6 +93,9 @@ class Config:
         A settled movie that stays incomplete this long (s) is quarantined.
     require_frame_mdoc : bool
         Wait for SerialEM's per-movie frame ``.mdoc`` before reading a movie.
+    frame_mdoc_gain : bool
+        Without a configured gain, correct a movie with the gain reference its frame mdoc
+        names (:mod:`daemon.intake.frame_gain`).
     polling : {"auto", "on", "off"}
     movie_patterns, metadata_patterns : tuple of str
     movie_timeout_s : float
@@ -127,6 +130,7 @@ class Config:
     scan_interval_s: float = 2.0
     incomplete_grace_s: float = 120.0
     require_frame_mdoc: bool = False
+    frame_mdoc_gain: bool = True
     polling: str = "auto"
     movie_patterns: tuple[str, ...] = MOVIE_PATTERNS
     metadata_patterns: tuple[str, ...] = METADATA_PATTERNS
@@ -609,7 +613,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         workers=merged.workers, settle_time_s=float(merged.settle_time),
         scan_interval_s=float(merged.scan_interval),
         incomplete_grace_s=float(merged.incomplete_grace),
-        require_frame_mdoc=bool(merged.require_frame_mdoc), polling=merged.polling,
+        require_frame_mdoc=bool(merged.require_frame_mdoc),
+        frame_mdoc_gain=bool(merged.frame_mdoc_gain), polling=merged.polling,
         movie_patterns=tuple(merged.movie_patterns),
         metadata_patterns=tuple(merged.metadata_patterns),
         movie_timeout_s=float(merged.movie_timeout), max_attempts=int(merged.max_attempts),

@@ -14,6 +14,8 @@ from typing import Any
 
 from correction.params import DoseParams
 
+from daemon.events import MovieGain
+
 __all__ = ["StoredMetadata", "metadata_to_json", "metadata_from_json", "dose_to_json",
            "dose_from_json"]
 
@@ -50,6 +52,8 @@ class StoredMetadata:
     stem : str or None
         Output stem chosen at admission (None: :func:`daemon.engine.outputs.movie_stem`); differs from
         the plain stem only when another movie already writes that stem into the same folder.
+    gain : MovieGain or None
+        The movie's own gain reference (its frame mdoc's; None: the configured one).
     """
 
     dose: DoseParams | None = None
@@ -57,17 +61,20 @@ class StoredMetadata:
     log_context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     n_frames: int | None = None
     stem: str | None = None
+    gain: MovieGain | None = None
 
 
 def metadata_to_json(meta: StoredMetadata) -> dict[str, Any]:
     """The ``metadata`` column of a movie row."""
     return {"dose": dose_to_json(meta.dose), "extra_record": dict(meta.extra_record),
             "log_context": dict(meta.log_context), "n_frames": meta.n_frames,
-            "stem": meta.stem}
+            "stem": meta.stem,
+            **({"gain": meta.gain.to_json()} if meta.gain is not None else {})}
 
 
 def metadata_from_json(d: Mapping[str, Any] | None) -> StoredMetadata:
     """Inverse of :func:`metadata_to_json` (an empty or missing column gives the defaults)."""
     d = d or {}
     return StoredMetadata(dose_from_json(d.get("dose")), dict(d.get("extra_record") or {}),
-                          dict(d.get("log_context") or {}), d.get("n_frames"), d.get("stem"))
+                          dict(d.get("log_context") or {}), d.get("n_frames"), d.get("stem"),
+                          MovieGain.from_json(d.get("gain")))

@@ -1,0 +1,136 @@
+"""A movie's own gain reference, as SerialEM names it in the movie's frame mdoc.
+
+SerialEM saving K2/K3 frames unnormalized (counts, not gain-corrected) copies the camera's gain
+reference into the frames folder, ``CountRef_<first movie>.dm4`` (``SuperRef_`` in
+super-resolution), a new copy each time the reference changes, and names it in each movie's
+frame mdoc (``<movie>.mdoc``, section ``[FrameSet = 0]``): ``GainReference = CountRef_....dm4``
+(SerialEM's help, "Frame File Options"; SerialEMCCD ``CopyK2ReferenceIfNeeded``). For a Falcon 4
+saving EER it names the ``*_EER_GainReference.gain`` it copied there. The name is bare; the file
+lies in the movie's folder, or in its parent when SerialEM files movies into sub-folders.
+
+A session's gain reference is thus found without configuring it, and a movie always gets the one
+it was recorded with. Used only when no gain is configured (``--gain`` wins, as MotionCor2's
+``-Gain``) and ``frame_mdoc_gain`` is on.
+
+Orientation (:func:`frame_gain_turn`): SerialEM copies the reference byte for byte, never turned,
+while the frames are written turned by the camera's rotation/flip, unless "skip rotation/flip" is
+set; the frames' title says which (``r/f N``). EER frames are never turned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import tifffile
+from correction.io.titles import movie_titles
+from correction.metadata_text import decode_metadata_text
+
+from daemon.events import MovieGain
+
+__all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "find_frame_mdoc_gain",
+           "frame_gain_turn"]
+
+_FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
+_SECTION = re.compile(r"^\s*\[", re.MULTILINE)
+_GAIN_KEY = re.compile(r"^\s*GainReference\s*=[ \t]*(\S[^\r\n]*?)\s*$", re.MULTILINE)
+#: folders searched for the named file: the movie's, then up to this many above it
+_PARENTS_SEARCHED = 1
+#: SerialEMCCD's title of the frame files it writes ends ``r/f N``: the code of the rotation and
+#: flip it applied to the frames (0 with "skip rotation/flip")
+_ROTATION_FLIP = re.compile(r"SerialEMCCD:.*\br/f\s+(\d+)")
+#: SerialEM's rotation/flip code N (SerialEMCCD ``RotateFlip``, IMOD ``rotateFlipImage``, on
+#: arrays whose row 0 is the top: N x 90 degrees counter-clockwise, + 4 mirroring x first),
+#: applied to the raw reference, gives the frames as stored. Both are read here with their rows
+#: reversed (a DM4 as IMOD reads it, a TIFF as IMOD, MotionCor2 and RELION read it; an MRC
+#: frame the plugin stored reversed): the turn onto the frames is N seen through that reversal,
+#: as MotionCor2's -RotGain K (clockwise quarter turns) then -FlipGain.
+TURN_OF_SERIALEM_CODE: dict[int, tuple[int, str]] = {
+    0: (0, "none"), 1: (1, "none"), 2: (2, "none"), 3: (3, "none"),
+    4: (0, "leftright"), 5: (1, "updown"), 6: (0, "updown"), 7: (1, "leftright")}
+
+
+@dataclass(frozen=True, slots=True)
+class GainLookup:
+    """What a movie's frame mdoc says of its gain reference.
+
+    Attributes
+    ----------
+    gain : MovieGain or None
+        The named file, found, and its turn onto the frames; None: no gain named (or no frame
+        mdoc), or named and not found.
+    named : str or None
+        The file name the frame mdoc gives (``GainReference``).
+    missing_reason : str or None
+        Named but not found (one line naming the file and the folders searched).
+    turn : str or None
+        Where the gain's turn onto the frames comes from (:func:`frame_gain_turn`).
+    has_mdoc : bool
+        The movie has a frame mdoc (read).
+    """
+
+    gain: MovieGain | None = None
+    named: str | None = None
+    missing_reason: str | None = None
+    turn: str | None = None
+    has_mdoc: bool = False
+
+
+def gain_reference_name(mdoc_text: str) -> str | None:
+    r"""The file name a frame mdoc's ``[FrameSet = 0]`` section gives as ``GainReference``
+    (a Windows or POSIX path reduced to its last part), or None."""
+    start = _FRAMESET.search(mdoc_text)
+    if start is None:
+        return None
+    body = mdoc_text[start.end():]
+    following = _SECTION.search(body)
+    match = _GAIN_KEY.search(body[:following.start()] if following else body)
+    if match is None:
+        return None
+    name = re.split(r"[\\/]", match.group(1).strip())[-1].strip()
+    return name or None
+
+
+def find_frame_mdoc_gain(movie: Path) -> GainLookup:
+    """The gain reference ``<movie>.mdoc`` names, looked for in the movie's folder and its
+    parent. An unreadable or absent frame mdoc names none."""
+    try:
+        text = decode_metadata_text((movie.with_name(movie.name + ".mdoc")).read_bytes()).text
+    except OSError:
+        return GainLookup()
+    name = gain_reference_name(text)
+    if name is None:
+        return GainLookup(has_mdoc=True)
+    folders = [movie.parent, *list(movie.parent.parents)[:_PARENTS_SEARCHED]]
+    for folder in folders:
+        candidate = folder / name
+        if candidate.is_file():
+            turns, flip, how = frame_gain_turn(movie, candidate)
+            return GainLookup(MovieGain(str(candidate.absolute()), turns, flip), name,
+                              turn=how, has_mdoc=True)
+    where = " or ".join(str(f) for f in folders)
+    return GainLookup(None, name, f"its frame mdoc names the gain reference {name}, not found "
+                                  f"in {where}", has_mdoc=True)
+
+
+def frame_gain_turn(movie: Path, gain: Path) -> tuple[int, str, str]:
+    """``(rotate_quarter_turns, flip, how)`` fitting SerialEM's copy of the gain reference
+    ``gain`` onto ``movie``'s frames (MotionCor2's ``-RotGain``, ``-FlipGain``); ``how`` says
+    where the turn comes from.
+
+    Only a DM4/DM3 reference beside K2/K3 frames is turned: by the code ``N`` of ``r/f N`` in
+    the frames' title (:data:`TURN_OF_SERIALEM_CODE`). An EER movie's ``.gain`` fits as it is;
+    frames without that title are taken as not turned (``N = 0``)."""
+    if gain.suffix.lower() not in (".dm4", ".dm3"):
+        return 0, "none", "as written (not a DM reference)"
+    try:
+        titles = movie_titles(movie)
+    except (OSError, ValueError, tifffile.TiffFileError):  # unreadable: the reader will say
+        titles = ()
+    for title in titles:
+        match = _ROTATION_FLIP.search(title)
+        if match and int(match.group(1)) in TURN_OF_SERIALEM_CODE:
+            code = int(match.group(1))
+            return (*TURN_OF_SERIALEM_CODE[code], f"r/f {code} in the frames' title")
+    return 0, "none", "no SerialEMCCD r/f in the frames' title: taken as 0"

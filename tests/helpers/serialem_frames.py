@@ -1,0 +1,79 @@
+"""Unnormalized K2/K3 frames as SerialEM's plugin writes them, with the gain reference it copies.
+
+Made from SerialEMCCD's ``RotateFlip`` / IMOD's ``rotateFlipImage`` (arrays whose row 0 is the
+top, SerialEM's "left-handed" data) as index rules, independent of motionwatch's table of
+turns:
+
+* the camera's raw image ``raw[y][x]`` and the gain reference ``gain_raw`` (a multiplier:
+  ``corrected = raw * gain``) share the raw orientation; the reference is copied byte for byte
+  into the frames folder as ``CountRef_<movie stem>.dm4``, never turned;
+* each frame is written turned by the code ``N`` (``SERIALEM_ROTATE_FLIP``): a TIFF's rows in
+  array order, titled ``SerialEMCCD: Dose frac. image, scaled by 1.00  r/f N`` (the description
+  of its first page); an MRC turned by ``N`` and then upside down (the plugin's ``invert``),
+  the title as its first label;
+* the frame mdoc ``<movie>.mdoc`` names the reference: ``GainReference = CountRef_....dm4``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import tifffile
+
+from dm4_writer import write_dm4
+
+__all__ = ["SERIALEM_ROTATE_FLIP", "serialem_turn", "write_serialem_movie"]
+
+#: out[y'][x'] = in[...] for each code N (nx, ny: the input's size); odd codes swap the axes
+SERIALEM_ROTATE_FLIP = {
+    0: lambda a, y, x, nx, ny: a[y, x],
+    1: lambda a, y, x, nx, ny: a[x, nx - 1 - y],
+    2: lambda a, y, x, nx, ny: a[ny - 1 - y, nx - 1 - x],
+    3: lambda a, y, x, nx, ny: a[ny - 1 - x, y],
+    4: lambda a, y, x, nx, ny: a[y, nx - 1 - x],
+    5: lambda a, y, x, nx, ny: a[x, y],
+    6: lambda a, y, x, nx, ny: a[ny - 1 - y, x],
+    7: lambda a, y, x, nx, ny: a[ny - 1 - x, nx - 1 - y],
+}
+
+
+def serialem_turn(image: np.ndarray, code: int) -> np.ndarray:
+    """``image`` turned by SerialEM's rotation/flip ``code`` (index rules above)."""
+    ny, nx = image.shape
+    out_ny, out_nx = (nx, ny) if code % 2 else (ny, nx)
+    y, x = np.meshgrid(np.arange(out_ny), np.arange(out_nx), indexing="ij")
+    return SERIALEM_ROTATE_FLIP[code](image, y, x, nx, ny)
+
+
+def write_serialem_movie(folder: Path, name: str, *, gain_raw: np.ndarray,
+                         counts_per_frame: float, n_frames: int, code: int,
+                         rng: np.random.Generator, kind: str = "tif",
+                         gain_name: str | None = None) -> Path:
+    """Write ``folder/name`` (a TIFF or MRC of unnormalized counts of a flat specimen,
+    ``counts_per_frame`` electrons per pixel), its frame mdoc, and (unless it is there)
+    SerialEM's copy of the reference; returns the movie path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    movie = folder / name
+    gain_name = gain_name or f"CountRef_{movie.stem}.dm4"
+    if not (folder / gain_name).exists():
+        write_dm4(folder / gain_name, gain_raw.astype(np.float32))
+    raw = rng.poisson(counts_per_frame / gain_raw, size=(n_frames, *gain_raw.shape))
+    frames = np.stack([serialem_turn(f, code) for f in raw.astype(np.uint8)])
+    title = f"SerialEMCCD: Dose frac. image, scaled by 1.00  r/f {code}"
+    if kind == "tif":
+        tifffile.imwrite(movie, frames, description=title, metadata=None, compression="lzw",
+                         photometric="minisblack")
+    else:
+        with mrcfile.new(movie, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(frames[:, ::-1, :]))
+            mrc.header.label[0] = title.encode()
+            mrc.header.nlabl = 1
+    (folder / f"{name}.mdoc").write_text(
+        "PixelSpacing = 1.0\r\nVoltage = 300\r\nImageFile = " + name + "\r\n\r\n"
+        "[FrameSet = 0]\r\n"
+        f"GainReference = {gain_name}\r\nDefectFile = defects_{movie.stem}.txt\r\n"
+        "RotationAndFlip = 3\r\nTiltAngle = 0.0\r\nExposureDose = 10\r\n"
+        f"NumSubFrames = {n_frames}\r\nDateTime = 08-Oct-21  07:47:29\r\n")
+    return movie
