@@ -564,9 +564,14 @@ class WorkerPool:
         self.replaced += 1
 
     def stop(self, *, timeout_s: float = 5.0) -> None:
-        """Stop every worker: ask idle ones to exit, kill whatever remains after ``timeout_s``."""
+        """Stop every worker: one holding no movie is killed at once (it holds nothing, and one
+        still starting would be waited for until its imports were done); one writing a movie's
+        outputs is asked to exit once they are written; whatever remains after ``timeout_s`` is
+        killed."""
         for slot in self._slots:
-            if slot.task is None and slot.alive():
+            if slot.empty():
+                self._kill(slot)
+            elif slot.task is None and slot.alive():
                 try:
                     slot.conn.send(None)
                 except OSError:
