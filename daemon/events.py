@@ -29,6 +29,7 @@ __all__ = [
     "ResolverContext", "SeriesStore", "ServiceListener", "ServiceInfo", "MovieEvent",
     "SeriesEvent", "SeriesEventKind", "Heartbeat", "Health", "SOURCE_KEY", "VANISHED",
     "output_dir_for", "MovieGain", "movie_params", "movie_fingerprint",
+    "gain_in_force", "frame_mdoc_gains_apply",
 ]
 
 #: motion-record key naming the movie version and parameters an output set was made from
@@ -157,6 +158,23 @@ def movie_params(params: Any, dose: Any = None, gain: MovieGain | None = None) -
                                               rotate_quarter_turns=gain.rotate_quarter_turns,
                                               flip=gain.flip))
     return params
+
+
+def frame_mdoc_gains_apply(params: Any, frame_mdoc_gain: bool = True) -> bool:
+    """Whether movies get the gain reference their frame mdoc names: ``frame_mdoc_gain`` on,
+    and neither a gain nor a dark reference configured (a configured dark belongs with a
+    configured gain and its turn)."""
+    return bool(frame_mdoc_gain) and params.gain.gain_path is None \
+        and params.gain.dark_path is None
+
+
+def gain_in_force(gain: MovieGain | None, params: Any, frame_mdoc_gain: bool = True
+                  ) -> MovieGain | None:
+    """A movie's stored own gain where the settings let it stand
+    (:func:`frame_mdoc_gains_apply`); else None: a movie admitted under other settings is
+    keyed, and corrected, under these."""
+    return gain if gain is not None and frame_mdoc_gains_apply(params, frame_mdoc_gain) \
+        else None
 
 
 def movie_fingerprint(params: Any, dose: Any = None, gain: MovieGain | None = None) -> str:

@@ -21,7 +21,10 @@ import numpy as np
 
 from ..errors import UnreadableMovieError, UnsupportedFormatError
 
-__all__ = ["read_dm_image"]
+__all__ = ["read_dm_image", "DM4_EXTRA_NEEDED"]
+
+#: what a DM4/DM3 read without ncempy says (an installation's fault, not the file's)
+DM4_EXTRA_NEEDED = "needs the optional 'dm4' extra"
 
 _UNIT_TO_A = {"nm": 10.0, "Å": 1.0, "A": 1.0, "\u00c5": 1.0, "µm": 1e4, "um": 1e4}
 
@@ -49,9 +52,8 @@ def read_dm_image(path: str | Path) -> tuple[np.ndarray, float | None]:
     try:
         from ncempy.io import dm  # noqa: PLC0415 - optional, only for Gatan files
     except ImportError:
-        raise UnsupportedFormatError(path, "reading a Gatan DM4/DM3 file needs the optional "
-                                           "'dm4' extra: pip install -e '.[dm4]' in the checkout"
-                                           ) from None
+        raise UnsupportedFormatError(path, f"reading a Gatan DM4/DM3 file {DM4_EXTRA_NEEDED}: "
+                                           "pip install -e '.[dm4]' in the checkout") from None
     try:
         with dm.fileDM(str(path), on_memory=True) as handle:
             dataset = handle.getDataset(0)

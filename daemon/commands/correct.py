@@ -32,7 +32,7 @@ from correction.write import write_probe_error
 from daemon import exitcodes
 from daemon.commands.stem_claims import StemClaims, resolved_movie
 from daemon.engine.outputs import remove_partial_outputs
-from daemon.events import MovieGain, movie_params
+from daemon.events import MovieGain, frame_mdoc_gains_apply, movie_params
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (SINGLE_PARTICLE_STAR, UnwritableStarValue, motion_records_in,
                                    movie_motion, write_motion_star, write_single_particle_star)
@@ -420,8 +420,8 @@ def run(args: argparse.Namespace) -> int:
               f"({claims.unavailable}): a run into {args.out} at the same time may choose a "
               "stem of this run's for a movie of the same name", file=sys.stderr, flush=True)
     relion = _RelionFiles(Path(args.out), params, optics)
-    own_gains = _FrameMdocGains(params, enabled=params.gain.gain_path is None
-                                and getattr(args, "frame_mdoc_gain", True))
+    own_gains = _FrameMdocGains(params, enabled=frame_mdoc_gains_apply(
+        params, getattr(args, "frame_mdoc_gain", True)))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     status = None
     previous_handler = _terminate_on_sigterm()

@@ -44,16 +44,16 @@ from correction.stems import folder_file_stem
 from daemon.engine.faults import RETRY_NOTE, LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
 from daemon.engine.policy import EnginePolicy, finished_under_other_parameters
-from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieKey, MovieMetadata,
-                           Observation, ScanResult, movie_fingerprint,
-                           output_dir_for)
+from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieGain, MovieKey,
+                           MovieMetadata, Observation, ScanResult, frame_mdoc_gains_apply,
+                           movie_fingerprint, output_dir_for)
 from daemon.intake.content import content_fingerprint
 from daemon.intake.frame_gain import find_frame_mdoc_gain
 from daemon.intake.settle import Settler
 from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
-from daemon.state.codec import StoredMetadata, metadata_to_json
+from daemon.state.codec import StoredMetadata, metadata_from_json, metadata_to_json
 
 __all__ = ["Admission", "AdmissionSettings"]
 
@@ -695,7 +695,8 @@ class Admission:
         """Whether the movie's rows, now under ``path``, are done only under parameters other
         than those it would be corrected with now (:func:`finished_under_other_parameters`)."""
         rows = self._safe(lambda: ledger.rows(path=str(path)), write=False)
-        return bool(rows) and bool(finished_under_other_parameters(rows, self.settings.params))
+        return bool(rows) and bool(finished_under_other_parameters(
+            rows, self.settings.params, frame_mdoc_gain=self.settings.frame_mdoc_gain))
 
     def _forget_name(self, path: str) -> None:
         """Forget having handled any version under ``path`` (its rows moved away): a file
@@ -792,7 +793,7 @@ class Admission:
         movie without a frame mdoc in a folder whose movies took their gain from theirs waits
         for its frame mdoc as long, then is corrected without, with a warning."""
         cfg = self.settings
-        if not cfg.frame_mdoc_gain or cfg.params.gain.gain_path is not None:
+        if not frame_mdoc_gains_apply(cfg.params, cfg.frame_mdoc_gain):
             return meta
         lookup = find_frame_mdoc_gain(obs.path)
         folder = str(obs.path.parent)
@@ -803,6 +804,9 @@ class Admission:
                 **meta.extra_record,
                 "frame_mdoc_gain": {**lookup.gain.to_json(), "turn": lookup.turn}})
         if lookup.missing_reason is not None:
+            recorded = self._recorded_gain(obs, lookup.named)
+            if recorded is not None:  # done with it: its outputs stand without the file
+                return dataclasses.replace(meta, gain=recorded)
             if not waited:
                 return dataclasses.replace(meta, wait_reason=lookup.missing_reason)
             return dataclasses.replace(meta, quarantine_reason=(
@@ -818,6 +822,21 @@ class Admission:
                              f"{why}: after {cfg.incomplete_grace_s:g} s corrected without a "
                              "gain", level="warning")
         return meta
+
+    def _recorded_gain(self, obs: Observation, named: str | None) -> MovieGain | None:
+        """The own gain a done row of this file version was corrected with, when it is the file
+        its frame mdoc names (by name), else None."""
+        try:
+            rows = self._ledger().rows(path=str(obs.path))
+        except sqlite3.Error:
+            return None
+        for row in rows:
+            gain = metadata_from_json(row.metadata).gain
+            if (row.status == "done" and (row.key.size, row.key.mtime_ns) == (obs.size,
+                                                                             obs.mtime_ns)
+                    and gain is not None and Path(gain.path).name == named):
+                return gain
+        return None
 
     def _short_of_frames(self, obs: Observation, verdict: Verdict, meta: MovieMetadata
                          ) -> str | None:

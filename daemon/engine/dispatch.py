@@ -31,12 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from correction.io.dm import DM4_EXTRA_NEEDED
 from correction.report import pixel_size_warning, unlisted_pixels_warning
 from daemon.engine.faults import MAX_PAUSE_S, RETRY_NOTE, LedgerWrites, Pause
 from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_identity, summarise
 from daemon.engine.policy import EnginePolicy
 from daemon.events import (SOURCE_KEY, VANISHED, MovieEvent, MovieGain, MovieKey,
-                           movie_fingerprint, movie_params, output_dir_for)
+                           gain_in_force, movie_fingerprint, movie_params, output_dir_for)
 from daemon.intake.frame_gain import find_frame_mdoc_gain
 from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
@@ -92,13 +93,14 @@ class DispatchSettings:
     movie_timeout_s: float
     scratch_dir: Path | None
     optics: dict[str, Any]
+    frame_mdoc_gain: bool = True  # without a configured gain, the one the frame mdoc names
 
     @classmethod
     def of(cls, config: Any) -> DispatchSettings:
         """The settings of a :class:`~daemon.settings.config.Config`."""
         return cls(config.watch_dir, config.out_dir, config.params, config.max_attempts,
                    config.retry_delay_s, config.movie_timeout_s, config.scratch_dir,
-                   _recorded_optics(config.options))
+                   _recorded_optics(config.options), config.frame_mdoc_gain)
 
 
 class Dispatcher:
@@ -239,7 +241,8 @@ class Dispatcher:
                                       stage="dispatch")
                 continue
             stored = metadata_from_json(row.metadata)
-            if movie_fingerprint(cfg.params, stored.dose, stored.gain) != key.fingerprint:
+            own_gain = gain_in_force(stored.gain, cfg.params, cfg.frame_mdoc_gain)
+            if movie_fingerprint(cfg.params, stored.dose, own_gain) != key.fingerprint:
                 # waiting from a run with other parameters (e.g. another gain after a stop for
                 # a misfitting one): the movie is admitted under these, never corrected twice
                 if self._safe(lambda: self._ledger().forget(key) or True) is None:
@@ -247,13 +250,27 @@ class Dispatcher:
                 self._log.info("movie_superseded", movie=key.path,
                                note="waiting under other parameters; corrected under these")
                 continue
+            movie = Path(key.path)
+            own_gain = _moved_gain(own_gain, movie)
+            if own_gain is not None and not Path(own_gain.path).is_file():
+                # gone since admission (deleted, or the movie moved alone): never corrected
+                # without it, nor retried for ever as a trouble of the output side
+                problem = (f"the gain reference its frame mdoc names, {own_gain.path}, is gone "
+                           "since the movie was admitted: put it back and run motionwatch retry")
+                self._safe(lambda: self._ledger().mark_failed(key, problem, quarantine=True,
+                                                              count=False))
+                self._log.error("movie_quarantined", movie=key.path, reason=problem,
+                                stage="dispatch")
+                continue
             attempt = self._safe(lambda: self._ledger().claim(key))
             if attempt is None:
                 return
             extra = {**stored.extra_record, SOURCE_KEY: source_identity(key, row.content),
                      **cfg.optics}
-            movie = Path(key.path)
-            params = movie_params(cfg.params, stored.dose, _moved_gain(stored.gain, movie))
+            if own_gain is not None:  # where it lies now, for the record (RELION's S.star)
+                extra["frame_mdoc_gain"] = {**dict(extra.get("frame_mdoc_gain") or {}),
+                                            **own_gain.to_json()}
+            params = movie_params(cfg.params, stored.dose, own_gain)
             task_id = self._next_task
             self._next_task += 1
             out_dir = output_dir_for(movie, watch_dir=cfg.watch_dir, out_dir=cfg.out_dir)
@@ -338,8 +355,9 @@ class Dispatcher:
                                  "not counted against this one")
                 self.in_flight.pop(outcome.task_id)
                 return
-            status = self._record_failure(ledger, key, attempt, outcome, log,
-                                          own_gain=metadata_from_json(meta).gain is not None)
+            status = self._record_failure(
+                ledger, key, attempt, outcome, log,
+                own_gain=_own_gain_misfit(outcome, metadata_from_json(meta).gain))
             self._writes.succeeded()
         except sqlite3.Error as exc:
             self._writes.failed(exc, movie=key.path)
@@ -457,8 +475,8 @@ class Dispatcher:
 
     def _record_failure(self, ledger: Any, key: MovieKey, attempt: int, outcome: Outcome,
                         log: Any, *, own_gain: bool = False) -> str:
-        """Record a failed attempt; ``own_gain``: the movie was corrected with the gain
-        reference its frame mdoc names, so a reference that does not fit it is the movie's
+        """Record a failed attempt; ``own_gain``: the gain reference its frame mdoc names does
+        not fit the movie or does not read (:func:`_own_gain_misfit`): the movie's fault
         (quarantined), never the settings' (no stop as misconfigured)."""
         cfg = self.settings
         moved = self._moved_away(key) if outcome.kind == "environment" else None
@@ -529,6 +547,18 @@ class Dispatcher:
         if problem is None or problem.startswith("cannot stat"):
             return None
         return problem if self.settings.watch_dir.is_dir() else None
+
+
+def _own_gain_misfit(outcome: Outcome, gain: MovieGain | None) -> bool:
+    """A reference failure (``config``) of the movie's own gain file (named first in the error,
+    by its file name: it may have moved with its folder), not of a configured dark or defect
+    file, a missing pixel size, or an installation without the ``dm4`` extra (the settings'
+    or the machine's, met by every movie alike)."""
+    if gain is None or outcome.kind != "config" or not outcome.error:
+        return False
+    named = outcome.error.split(": ")[:2]  # "[ErrorType: ]path: reason"
+    return (any(Path(part).name == Path(gain.path).name for part in named)
+            and DM4_EXTRA_NEEDED not in outcome.error)
 
 
 def _moved_gain(gain: MovieGain | None, movie: Path) -> MovieGain | None:

@@ -343,7 +343,8 @@ class Service:
                     return exitcodes.UNAVAILABLE
                 self._log.error("config_invalid", problems=list(exc.problems))
                 return exitcodes.CONFIG
-            report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy)
+            report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy,
+                                    frame_mdoc_gain=cfg.frame_mdoc_gain)
             self._resolver.start(self._resolver_context())
             self._recover_running()
             self._safe(self.ledger.put_back_due_now)  # the last process's pause has ended

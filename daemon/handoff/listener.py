@@ -50,6 +50,7 @@ from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc
                                  relion_tomo_names, series_block)
 from daemon.handoff.warp import (warp_layout, warp_layout_displaced, warp_layout_in_place,
                                  warp_name, warp_name_taken, warp_remove_stem_layout)
+from daemon.intake.frame_gain import find_frame_mdoc_gain
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
@@ -500,7 +501,8 @@ class RelionListener(ServiceListener):
         written when the first EER movie comes); for a movie corrected with the gain its frame
         mdoc named, that gain as RELION reads it (written once per gain and turn)."""
         if motion.own_gain is not None and self._out is not None:
-            return self._own_gain_name(motion.own_gain, eer=motion.eer_grouping is not None)
+            return self._own_gain_name(motion.own_gain, motion.movie,
+                                       eer=motion.eer_grouping is not None)
         if motion.eer_grouping is None or self._gain_params is None or self._out is None:
             return self._gain_name
         if self._eer_gain_name is None:
@@ -509,8 +511,15 @@ class RelionListener(ServiceListener):
             self._eer_gain_name = Path(gain).name if gain else None
         return self._eer_gain_name
 
-    def _own_gain_name(self, own: tuple[str, int, str], *, eer: bool) -> str | None:
+    def _own_gain_name(self, own: tuple[str, int, str], movie: Path, *, eer: bool
+                       ) -> str | None:
+        """The RELION gain of a movie corrected with the reference its frame mdoc names: found
+        again beside the movie when its folder was renamed or moved since (by file name)."""
         path, turns, flip = own
+        if not Path(path).is_file():
+            found = find_frame_mdoc_gain(movie).gain
+            if found is not None and Path(found.path).name == Path(path).name:
+                path = found.path
         key = (path, turns, flip, eer)
         if key not in self._own_gain_names:
             params = replace(self._gain_params or GainParams(), gain_path=Path(path),

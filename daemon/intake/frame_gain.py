@@ -34,6 +34,9 @@ __all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "find_f
 
 _FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
 _SECTION = re.compile(r"^\s*\[", re.MULTILINE)
+#: keys SerialEM writes after GainReference in the section: a section holding one is written
+#: past the gain's name
+_LATER_KEY = re.compile(r"^\s*(NumSubFrames|DateTime)\s*=", re.MULTILINE)
 _GAIN_KEY = re.compile(r"^\s*GainReference\s*=[ \t]*(\S[^\r\n]*?)\s*$", re.MULTILINE)
 #: folders searched for the named file: the movie's, then up to this many above it
 _PARENTS_SEARCHED = 1
@@ -67,7 +70,8 @@ class GainLookup:
     turn : str or None
         Where the gain's turn onto the frames comes from (:func:`frame_gain_turn`).
     has_mdoc : bool
-        The movie has a frame mdoc (read).
+        The movie has a frame mdoc, its ``[FrameSet = 0]`` section written (past the place of
+        ``GainReference``).
     """
 
     gain: MovieGain | None = None
@@ -92,6 +96,13 @@ def gain_reference_name(mdoc_text: str) -> str | None:
     return name or None
 
 
+def _written(mdoc_text: str) -> bool:
+    """The ``[FrameSet = 0]`` section is there and written past where SerialEM puts
+    ``GainReference`` (its first key)."""
+    start = _FRAMESET.search(mdoc_text)
+    return start is not None and _LATER_KEY.search(mdoc_text, start.end()) is not None
+
+
 def find_frame_mdoc_gain(movie: Path) -> GainLookup:
     """The gain reference ``<movie>.mdoc`` names, looked for in the movie's folder and its
     parent. An unreadable or absent frame mdoc names none."""
@@ -100,8 +111,8 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
     except OSError:
         return GainLookup()
     name = gain_reference_name(text)
-    if name is None:
-        return GainLookup(has_mdoc=True)
+    if name is None:  # a frame mdoc still being written is not one yet
+        return GainLookup(has_mdoc=_written(text))
     folders = [movie.parent, *list(movie.parent.parents)[:_PARENTS_SEARCHED]]
     for folder in folders:
         candidate = folder / name

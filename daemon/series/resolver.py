@@ -62,7 +62,7 @@ from correction.dose import NO_DOSE_REASON, same_weighting
 from correction.params import DoseParams
 from daemon.events import (VANISHED, MovieEvent, MovieGain, MovieMetadata, Observation,
                            ResolverContext, ScanResult, SeriesEvent, SeriesEventKind,
-                           movie_fingerprint, output_dir_for)
+                           gain_in_force, movie_fingerprint, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
 from daemon.series.interleaved import InterleavedMdocs
@@ -722,8 +722,9 @@ class TiltSeriesResolver:
                 or (row.key.size, row.key.mtime_ns) != (movie.size, movie.mtime_ns)):
             return dose
         corrected = _header_dosed(row)
+        own_gain = gain_in_force(MovieGain.from_json(row.peek_metadata().get("gain")), params)
         if corrected is None or row.key.fingerprint != movie_fingerprint(
-                params, corrected.stored, MovieGain.from_json(row.peek_metadata().get("gain"))):
+                params, corrected.stored, own_gain):
             return dose
         if self._header_dose_moved_by(row, dose, n_frames):
             return dose

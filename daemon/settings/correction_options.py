@@ -65,10 +65,10 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
                           "(raw - dark) * gain")
     ref.add_argument("--no-frame-mdoc-gain", dest="frame_mdoc_gain", action="store_false",
                      default=True,
-                     help="without --gain, do not apply the gain reference a movie's frame "
-                          "mdoc names (GainReference = CountRef_*.dm4: SerialEM's copy beside "
-                          "unnormalized K2/K3 frames, turned by the frames' r/f; a Falcon's "
-                          "EER .gain). Applied by default")
+                     help="do not apply the gain reference a movie's frame mdoc names "
+                          "(GainReference = CountRef_*.dm4: SerialEM's copy beside unnormalized "
+                          "K2/K3 frames, turned by the frames' r/f; a Falcon's EER .gain). "
+                          "Applied by default, unless --gain or --dark is given")
     ref.add_argument("--gain-rotate", type=int, choices=(0, 1, 2, 3), default=0, metavar="0-3",
                      help="MotionCor2's -RotGain K, as RELION implements it: rotate the gain "
                           "(and dark; not --defects, which is in the movie's grid) by K "

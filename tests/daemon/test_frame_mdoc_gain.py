@@ -13,6 +13,7 @@ the pattern stays (variance / mean over 10).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import mrcfile
@@ -179,9 +180,9 @@ def test_watch_corrects_each_movie_with_its_own_reference_and_a_restart_redoes_n
 
 
 def test_watch_holds_a_movie_whose_named_reference_is_missing_then_quarantines_it(tmp_path):
-    """A reference that a share delivers late is waited for; one that never comes quarantines
-    its movie with the reason (the service goes on and exits 0), never a movie corrected
-    without its gain."""
+    """A named reference not there is waited for (up to the incomplete grace); one that never
+    comes quarantines its movie with the reason (the service goes on and exits 0), never a
+    movie corrected without its gain."""
     config = _session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
     frames = config.watch_dir / "frames"
     write_serialem_movie(frames, "lost.tif", gain_raw=_gain(7), counts_per_frame=COUNTS,
@@ -282,10 +283,17 @@ def test_a_session_folder_renamed_between_runs_is_not_corrected_again(tmp_path):
         write_serialem_movie(config.watch_dir / "grid1", f"m_{i}.tif", gain_raw=_gain(11),
                              counts_per_frame=COUNTS, n_frames=4, code=1,
                              rng=np.random.default_rng(40 + i), gain_name="CountRef_m_0.dm4")
-    assert Service(config, resolver=NoMetadata()).run() == 0
+    optics = RelionOptics(spherical_aberration_mm=2.7, amplitude_contrast=0.1)
+    assert Service(config, listeners=[RelionListener(optics)], resolver=NoMetadata()).run() == 0
     os.rename(config.watch_dir / "grid1", config.watch_dir / "grid1_good")
     for _ in range(2):  # the rows follow the files, then the next start finds them as they are
-        assert Service(config, resolver=NoMetadata()).run() == 0
+        assert Service(config, listeners=[RelionListener(optics)],
+                       resolver=NoMetadata()).run() == 0
+    stars = [p for p in config.out_dir.glob("**/m_*.star")]
+    assert len(stars) == 2
+    for star in stars:  # RELION's gain still named (the recorded path is gone with its folder)
+        name = starfile.read(star, always_dict=True)["general"]["rlnMicrographGainName"]
+        assert (config.out_dir / name).is_file(), star
     with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
         rows = ledger.rows()
     assert sorted((Path(r.key.path).parent.name, r.status, r.attempts) for r in rows) == [
@@ -305,3 +313,144 @@ def test_the_reference_name_is_read_from_the_frameset_section_whatever_path_it_c
     outside = "GainReference = CountRef_a.dm4\n\n[FrameSet = 0]\nTiltAngle = 0\n"
     assert gain_reference_name(outside) is None  # SerialEM writes it in the section
     assert gain_reference_name("[ZValue = 0]\nGainReference = CountRef_a.dm4\n") is None
+
+
+def _admitted_then_stopped(config: Config, movie: Path) -> None:
+    """The ledger as a run without a gain setting leaves it when stopped before correcting
+    ``movie``: pending, keyed and stored with the gain its frame mdoc names."""
+    from daemon.events import MovieKey, movie_fingerprint
+    from daemon.intake.content import content_fingerprint
+    from daemon.state.codec import StoredMetadata, metadata_to_json
+
+    found = find_frame_mdoc_gain(movie)
+    stat = movie.stat()
+    key = MovieKey(str(movie), stat.st_size, stat.st_mtime_ns,
+                   movie_fingerprint(config.params, None, found.gain))
+    stored = StoredMetadata(None, {"frame_mdoc_gain": found.gain.to_json()}, {}, 4, movie.stem,
+                            found.gain)
+    with Ledger(config.state_dir / DB_NAME) as ledger:
+        ledger.add(key, metadata=metadata_to_json(stored), inode=(stat.st_dev, stat.st_ino),
+                   content=content_fingerprint(movie))
+
+
+@pytest.mark.parametrize("setting", ["gain", "off"])
+def test_a_movie_admitted_with_its_frame_mdoc_gain_is_corrected_once_under_new_settings(
+        tmp_path, setting):
+    """Admitted by a run without a gain setting and stopped before its correction; restarted
+    with ``--gain`` (or ``--no-frame-mdoc-gain``): the row keyed with the frame mdoc's gain
+    no longer stands. It was corrected under it as well as under the new settings, both at
+    once into the same outputs."""
+    import dataclasses
+
+    config = _session(tmp_path)
+    movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(12),
+                                 counts_per_frame=COUNTS, n_frames=4, code=1,
+                                 rng=np.random.default_rng(50))
+    _admitted_then_stopped(config, movie)
+    ones = tmp_path / "ones.mrc"
+    mrcfile.new(ones, data=np.ones((SHAPE[1], SHAPE[0]), np.float32)).close()
+    if setting == "gain":
+        gain = dataclasses.replace(config.params.gain, gain_path=ones)
+        config = dataclasses.replace(config, params=dataclasses.replace(config.params, gain=gain))
+    else:
+        config = dataclasses.replace(config, frame_mdoc_gain=False)
+    assert Service(config, resolver=NoMetadata()).run() == 0
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        rows = ledger.rows()
+    assert [(r.status, r.attempts) for r in rows] == [("done", 1)]
+    record = json.loads((config.out_dir / "frames" / "m.motion.json").read_text())
+    assert "frame_mdoc_gain" not in record
+    assert (record["references"]["gain"] or {}).get("path") == (
+        str(ones) if setting == "gain" else None)
+
+
+def test_a_movie_whose_reference_is_gone_after_its_admission_is_quarantined_with_the_reason(
+        tmp_path):
+    """Its worker could not read the gain: taken for trouble outside the movie, all correction
+    paused and the movie retried for ever."""
+    config = _session(tmp_path)
+    movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(13),
+                                 counts_per_frame=COUNTS, n_frames=4, code=0,
+                                 rng=np.random.default_rng(51))
+    _admitted_then_stopped(config, movie)
+    (movie.parent / "CountRef_m.dm4").unlink()
+    run = Service(config, resolver=NoMetadata())
+    guard = threading.Timer(30.0, run.request_stop, args=("test guard",))
+    guard.start()
+    try:
+        assert run.run() == 0
+    finally:
+        guard.cancel()
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        rows = ledger.rows()
+    assert [r.status for r in rows] == ["quarantined"]
+    assert "CountRef_m.dm4, is gone since the movie was admitted" in rows[0].error
+
+
+def test_three_movies_without_a_pixel_size_stop_the_service_though_their_gain_is_their_own(
+        tmp_path):
+    """A movie's own gain makes a misfit of that gain the movie's, not the settings' (above);
+    a missing pixel size is still the settings' (78)."""
+    import dataclasses
+
+    config = _session(tmp_path)
+    config = dataclasses.replace(config, params=dataclasses.replace(
+        config.params, read=ReadParams()))
+    for i in range(3):
+        write_serialem_movie(config.watch_dir / "frames", f"m_{i}.tif", gain_raw=_gain(14),
+                             counts_per_frame=COUNTS, n_frames=4, code=0,
+                             rng=np.random.default_rng(60 + i), gain_name="CountRef_m_0.dm4")
+    assert Service(config, resolver=NoMetadata()).run() == 78
+
+
+def test_a_done_movie_whose_reference_was_deleted_since_is_not_held_at_the_next_start(
+        tmp_path):
+    """Its row names the reference: the next start finds it done, with no wait for the file
+    and no quarantine said."""
+    from recording_log import RecordingLog
+
+    config = _session(tmp_path)
+    movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(15),
+                                 counts_per_frame=COUNTS, n_frames=4, code=0,
+                                 rng=np.random.default_rng(70))
+    assert Service(config, resolver=NoMetadata()).run() == 0
+    (movie.parent / "CountRef_m.dm4").unlink()
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    assert not log.named("movie_waiting") and not log.named("movie_quarantined")
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        assert [(r.status, r.attempts) for r in ledger.rows()] == [("done", 1)]
+
+
+def test_a_frame_mdoc_still_being_written_is_not_yet_one_without_a_gain(tmp_path):
+    movie = write_serialem_movie(tmp_path, "m.tif", gain_raw=_gain(16), counts_per_frame=1.0,
+                                 n_frames=2, code=0, rng=np.random.default_rng(71))
+    mdoc = movie.with_name("m.tif.mdoc")
+    full = mdoc.read_text()
+    mdoc.write_text(full[:full.index("[FrameSet")])
+    assert not find_frame_mdoc_gain(movie).has_mdoc
+    mdoc.write_text(full[:full.index("GainReference")])
+    assert not find_frame_mdoc_gain(movie).has_mdoc
+    mdoc.write_text("".join(line for line in full.splitlines(keepends=True)
+                            if not line.startswith("GainReference")))
+    lookup = find_frame_mdoc_gain(movie)
+    assert lookup.has_mdoc and lookup.gain is None and lookup.named is None
+
+
+def test_a_configured_dark_or_gain_turn_without_a_gain(tmp_path):
+    """A dark belongs with a configured gain and its turn (turned with the frame mdoc's gain
+    it was silently wrong where the shape still fitted): with one, no frame mdoc's gain is
+    applied. ``--gain-rotate``/``--gain-flip`` turn a configured gain only: the frame mdoc's
+    comes with its own turn."""
+    movie = write_serialem_movie(tmp_path / "frames", "m.tif", gain_raw=_gain(17),
+                                 counts_per_frame=COUNTS, n_frames=4, code=1,
+                                 rng=np.random.default_rng(72))
+    dark = tmp_path / "dark.mrc"
+    mrcfile.new(dark, data=np.zeros((SHAPE[1], SHAPE[0]), np.float32)).close()
+    assert main(["correct", str(movie), "--out", str(tmp_path / "dark"), *CORRECT_FLAGS,
+                 "--dark", str(dark)]) == 0
+    record = json.loads((tmp_path / "dark" / "m.motion.json").read_text())
+    assert "frame_mdoc_gain" not in record and record["references"]["gain"] is None
+    assert main(["correct", str(movie), "--out", str(tmp_path / "turned"), *CORRECT_FLAGS,
+                 "--gain-rotate", "2", "--gain-flip", "updown"]) == 0
+    assert _flatness(tmp_path / "turned" / "m.mrc") < FLAT
