@@ -20,7 +20,8 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
-from serialem_frames import serialem_turn, write_serialem_movie  # tests/helpers
+from recording_log import RecordingLog  # tests/helpers
+from serialem_frames import serialem_turn, write_serialem_movie
 
 from correction.gain import orient
 from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
@@ -142,7 +143,8 @@ def _session(tmp_path: Path, **config) -> Config:
 def test_watch_corrects_each_movie_with_its_own_reference_and_a_restart_redoes_none(tmp_path):
     """A session whose reference was taken anew half-way: each movie gets the one its frame
     mdoc names (flat sums), RELION's motion STARs name each as polishing reads it, and the
-    restart finds every movie done under the parameters it would use now."""
+    restart finds every movie done under the parameters it would use now, also one whose
+    reference was deleted since."""
     config = _session(tmp_path)
     frames = config.watch_dir / "frames"
     first, second = _gain(5), _gain(6)
@@ -173,7 +175,10 @@ def test_watch_corrects_each_movie_with_its_own_reference_and_a_restart_redoes_n
     assert [r.status for r in rows] == ["done"] * 3
     assert finished_under_other_parameters(rows, config.params) == []
     log_before = len(list(config.out_dir.glob("**/*.motion.json")))
-    assert Service(config, resolver=NoMetadata()).run() == 0
+    (frames / "CountRef_b_0.dm4").unlink()  # its row names it: not waited for, nor quarantined
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    assert not log.named("movie_waiting") and not log.named("movie_quarantined")
     with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
         assert len(ledger.rows()) == 3 and all(r.attempts == 1 for r in ledger.rows())
     assert len(list(config.out_dir.glob("**/*.motion.json"))) == log_before
@@ -247,7 +252,6 @@ def test_a_movie_whose_frame_mdoc_comes_late_waits_for_it_where_its_folder_names
     """A share may bring a frame mdoc after its movie. In a folder whose movies took their gain
     from their frame mdocs, a movie without one yet is not corrected without a gain: it waits,
     and is corrected with the gain once its frame mdoc comes."""
-    from recording_log import RecordingLog
     from service_run import more_heartbeats, running
 
     config = _session(tmp_path, incomplete_grace_s=60.0, exit_when_idle_s=None)
@@ -368,7 +372,7 @@ def test_a_movie_whose_reference_is_gone_after_its_admission_is_quarantined_with
         tmp_path):
     """Its worker could not read the gain: taken for trouble outside the movie, all correction
     paused and the movie retried for ever."""
-    config = _session(tmp_path)
+    config = _session(tmp_path, incomplete_grace_s=0.5)  # admission's own wait for the file
     movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(13),
                                  counts_per_frame=COUNTS, n_frames=4, code=0,
                                  rng=np.random.default_rng(51))
@@ -401,25 +405,6 @@ def test_three_movies_without_a_pixel_size_stop_the_service_though_their_gain_is
                              counts_per_frame=COUNTS, n_frames=4, code=0,
                              rng=np.random.default_rng(60 + i), gain_name="CountRef_m_0.dm4")
     assert Service(config, resolver=NoMetadata()).run() == 78
-
-
-def test_a_done_movie_whose_reference_was_deleted_since_is_not_held_at_the_next_start(
-        tmp_path):
-    """Its row names the reference: the next start finds it done, with no wait for the file
-    and no quarantine said."""
-    from recording_log import RecordingLog
-
-    config = _session(tmp_path)
-    movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(15),
-                                 counts_per_frame=COUNTS, n_frames=4, code=0,
-                                 rng=np.random.default_rng(70))
-    assert Service(config, resolver=NoMetadata()).run() == 0
-    (movie.parent / "CountRef_m.dm4").unlink()
-    log = RecordingLog()
-    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
-    assert not log.named("movie_waiting") and not log.named("movie_quarantined")
-    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
-        assert [(r.status, r.attempts) for r in ledger.rows()] == [("done", 1)]
 
 
 def test_a_frame_mdoc_still_being_written_is_not_yet_one_without_a_gain(tmp_path):
