@@ -803,10 +803,12 @@ class Admission:
             return dataclasses.replace(meta, gain=lookup.gain, extra_record={
                 **meta.extra_record,
                 "frame_mdoc_gain": {**lookup.gain.to_json(), "turn": lookup.turn}})
+        # done with a gain it names no more (its reference or frame mdoc deleted or left
+        # behind since): its outputs stand, not corrected again without it
+        recorded = self._recorded_gain(obs, lookup.named)
+        if recorded is not None:
+            return dataclasses.replace(meta, gain=recorded)
         if lookup.missing_reason is not None:
-            recorded = self._recorded_gain(obs, lookup.named)
-            if recorded is not None:  # done with it: its outputs stand without the file
-                return dataclasses.replace(meta, gain=recorded)
             if not waited:
                 return dataclasses.replace(meta, wait_reason=lookup.missing_reason)
             return dataclasses.replace(meta, quarantine_reason=(
@@ -825,7 +827,10 @@ class Admission:
 
     def _recorded_gain(self, obs: Observation, named: str | None) -> MovieGain | None:
         """The own gain a done row of this file version was corrected with, when it is the file
-        its frame mdoc names (by name), else None."""
+        its frame mdoc names (by name; ``named`` None: it names none now), else None. Asked of
+        the versions the state held at the start only."""
+        if (str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
+            return None
         try:
             rows = self._ledger().rows(path=str(obs.path))
         except sqlite3.Error:
@@ -834,7 +839,7 @@ class Admission:
             gain = metadata_from_json(row.metadata).gain
             if (row.status == "done" and (row.key.size, row.key.mtime_ns) == (obs.size,
                                                                              obs.mtime_ns)
-                    and gain is not None and Path(gain.path).name == named):
+                    and gain is not None and named in (None, Path(gain.path).name)):
                 return gain
         return None
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -556,9 +557,9 @@ def _own_gain_misfit(outcome: Outcome, gain: MovieGain | None) -> bool:
     or the machine's, met by every movie alike)."""
     if gain is None or outcome.kind != "config" or not outcome.error:
         return False
-    named = outcome.error.split(": ")[:2]  # "[ErrorType: ]path: reason"
-    return (any(Path(part).name == Path(gain.path).name for part in named)
-            and DM4_EXTRA_NEEDED not in outcome.error)
+    # "[ErrorType: ]/path/to/file: reason", the folders' names may hold ": " themselves
+    named = re.search(rf"(^|[/\\ ]){re.escape(Path(gain.path).name)}: ", outcome.error)
+    return named is not None and DM4_EXTRA_NEEDED not in outcome.error
 
 
 def _moved_gain(gain: MovieGain | None, movie: Path) -> MovieGain | None:

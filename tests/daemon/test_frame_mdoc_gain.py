@@ -144,7 +144,7 @@ def test_watch_corrects_each_movie_with_its_own_reference_and_a_restart_redoes_n
     """A session whose reference was taken anew half-way: each movie gets the one its frame
     mdoc names (flat sums), RELION's motion STARs name each as polishing reads it, and the
     restart finds every movie done under the parameters it would use now, also one whose
-    reference was deleted since."""
+    reference, and one whose frame mdoc, was deleted since."""
     config = _session(tmp_path)
     frames = config.watch_dir / "frames"
     first, second = _gain(5), _gain(6)
@@ -176,6 +176,7 @@ def test_watch_corrects_each_movie_with_its_own_reference_and_a_restart_redoes_n
     assert finished_under_other_parameters(rows, config.params) == []
     log_before = len(list(config.out_dir.glob("**/*.motion.json")))
     (frames / "CountRef_b_0.dm4").unlink()  # its row names it: not waited for, nor quarantined
+    (frames / "a_1.tif.mdoc").unlink()  # nor corrected again without its gain
     log = RecordingLog()
     assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
     assert not log.named("movie_waiting") and not log.named("movie_quarantined")
@@ -209,7 +210,7 @@ def test_a_named_reference_that_does_not_fit_quarantines_its_movies_not_the_serv
     misconfigured (78); a frame mdoc's reference is the movie's own: its movies are
     quarantined, the service goes on."""
     config = _session(tmp_path)
-    frames = config.watch_dir / "frames"
+    frames = config.watch_dir / "grid 1: good"  # its error names the folder before the file
     for i in range(3):
         write_serialem_movie(frames, f"m_{i}.tif", gain_raw=_gain(8), counts_per_frame=COUNTS,
                              n_frames=4, code=0, rng=np.random.default_rng(20 + i),
