@@ -140,6 +140,11 @@ class MovieGain:
         return cls(str(d["path"]), int(d.get("rotate_quarter_turns", 0)),
                    str(d.get("flip", "none")))
 
+    def onto(self, gain_params: Any) -> Any:
+        """``gain_params`` (a ``correction.params.GainParams``) with this file and its turn."""
+        return replace(gain_params, gain_path=Path(self.path),
+                       rotate_quarter_turns=self.rotate_quarter_turns, flip=self.flip)
+
     def identity(self) -> MovieGain:
         """This gain as a movie's key knows it: its file name and turn, not its folder (a
         session folder renamed or moved keeps its movies' keys; SerialEM names each copy of a
@@ -154,9 +159,7 @@ def movie_params(params: Any, dose: Any = None, gain: MovieGain | None = None) -
     if dose is not None:
         params = replace(params, dose=dose)
     if gain is not None:
-        params = replace(params, gain=replace(params.gain, gain_path=Path(gain.path),
-                                              rotate_quarter_turns=gain.rotate_quarter_turns,
-                                              flip=gain.flip))
+        params = replace(params, gain=gain.onto(params.gain))
     return params
 
 

@@ -588,9 +588,7 @@ class _RelionFiles:
             motion = movie_motion(record, motion_path)
             gain_params = self.params.gain
             if motion.own_gain is not None:
-                path, turns, flip = motion.own_gain
-                gain_params = dataclasses.replace(gain_params, gain_path=Path(path),
-                                                  rotate_quarter_turns=turns, flip=flip)
+                gain_params = motion.own_gain.onto(gain_params)
             write_motion_star(motion, gain_name=self._gain_name(
                 gain_params, motion.eer_grouping is not None))
         except UnwritableStarValue as exc:  # the images are right; only RELION misses it

@@ -39,7 +39,7 @@ from daemon.engine.outputs import movie_stem, remove_partial_outputs, source_ide
 from daemon.engine.policy import EnginePolicy
 from daemon.events import (SOURCE_KEY, VANISHED, MovieEvent, MovieGain, MovieKey,
                            gain_in_force, movie_fingerprint, movie_params, output_dir_for)
-from daemon.intake.frame_gain import find_frame_mdoc_gain
+from daemon.intake.frame_gain import relocated
 from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
 from daemon.work.workers import Outcome, Task
@@ -252,7 +252,7 @@ class Dispatcher:
                                note="waiting under other parameters; corrected under these")
                 continue
             movie = Path(key.path)
-            own_gain = _moved_gain(own_gain, movie)
+            own_gain = None if own_gain is None else relocated(own_gain, movie)
             if own_gain is not None and not Path(own_gain.path).is_file():
                 # gone since admission (deleted, or the movie moved alone): never corrected
                 # without it, nor retried for ever as a trouble of the output side
@@ -560,16 +560,6 @@ def _own_gain_misfit(outcome: Outcome, gain: MovieGain | None) -> bool:
     # "[ErrorType: ]/path/to/file: reason", the folders' names may hold ": " themselves
     named = re.search(rf"(^|[/\\ ]){re.escape(Path(gain.path).name)}: ", outcome.error)
     return named is not None and DM4_EXTRA_NEEDED not in outcome.error
-
-
-def _moved_gain(gain: MovieGain | None, movie: Path) -> MovieGain | None:
-    """A movie's own gain where it lies now: the one its frame mdoc names found again, when the
-    file recorded at admission is gone with its folder (renamed or moved; the movie's key keeps
-    the gain's file name, :meth:`MovieGain.identity`)."""
-    if gain is None or Path(gain.path).exists():
-        return gain
-    found = find_frame_mdoc_gain(movie).gain
-    return found if found is not None and found.identity() == gain.identity() else gain
 
 
 def timeout_quarantine_after(max_attempts: int) -> int:

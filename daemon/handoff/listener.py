@@ -36,13 +36,13 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from correction.gain_export import write_relion_gain
 from correction.params import GainParams
-from daemon.events import MovieEvent, SeriesEvent, ServiceInfo, ServiceListener, output_dir_for
+from daemon.events import (MovieEvent, MovieGain, SeriesEvent, ServiceInfo, ServiceListener,
+                           output_dir_for)
 from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
                                    movie_motion, single_particle_blocks, write_motion_star,
                                    write_star, SINGLE_PARTICLE_STAR)
@@ -50,7 +50,7 @@ from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc
                                  relion_tomo_names, series_block)
 from daemon.handoff.warp import (warp_layout, warp_layout_displaced, warp_layout_in_place,
                                  warp_name, warp_name_taken, warp_remove_stem_layout)
-from daemon.intake.frame_gain import find_frame_mdoc_gain
+from daemon.intake.frame_gain import relocated
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
 from daemon.series.tilt_record import TiltRecord, read_motion_record
@@ -234,7 +234,7 @@ class RelionListener(ServiceListener):
         self._gain_name: str | None = None
         self._gain_params: Any = None  # for the gain of EER movies, written at the first one
         self._eer_gain_name: str | None = None
-        self._own_gain_names: dict[tuple[str, int, str, bool], str | None] = {}  # frame mdocs'
+        self._own_gain_names: dict[tuple[MovieGain, bool], str | None] = {}  # frame mdocs'
         self._own: set[str] = set()  # every motion record the ledger or an event named
         self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
         # movies renamed after their record was written (movie path -> its series, or None):
@@ -511,19 +511,12 @@ class RelionListener(ServiceListener):
             self._eer_gain_name = Path(gain).name if gain else None
         return self._eer_gain_name
 
-    def _own_gain_name(self, own: tuple[str, int, str], movie: Path, *, eer: bool
-                       ) -> str | None:
+    def _own_gain_name(self, own: MovieGain, movie: Path, *, eer: bool) -> str | None:
         """The RELION gain of a movie corrected with the reference its frame mdoc names: found
         again beside the movie when its folder was renamed or moved since (by file name)."""
-        path, turns, flip = own
-        if not Path(path).is_file():
-            found = find_frame_mdoc_gain(movie).gain
-            if found is not None and Path(found.path).name == Path(path).name:
-                path = found.path
-        key = (path, turns, flip, eer)
+        key = (relocated(own, movie), eer)
         if key not in self._own_gain_names:
-            params = replace(self._gain_params or GainParams(), gain_path=Path(path),
-                             rotate_quarter_turns=turns, flip=flip)
+            params = key[0].onto(self._gain_params or GainParams())
             gain = self._guard(str(self._out), "relion_gain", write_relion_gain, self._out,
                                params, eer=eer)
             self._own_gain_names[key] = Path(gain).name if gain else None

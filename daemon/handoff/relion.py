@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from correction.conventions import shift_to_apply
+from daemon.events import MovieGain
 from daemon.settings.optics import (DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL_ABERRATION_MM,
                                     optics_record, recorded_optics)
 
@@ -175,7 +176,7 @@ class MovieMotion:
     defect_file : str or None
         The defect file the movie was corrected with (absolute path), when RELION is to read
         the defects from it (see :func:`_defect_file`).
-    own_gain : (str, int, str) or None
+    own_gain : MovieGain or None
         The gain reference its frame mdoc named, which it was corrected with instead of a
         configured one (the record's ``frame_mdoc_gain``: path, quarter turns, flip).
     """
@@ -201,7 +202,7 @@ class MovieMotion:
     hot_pixels_xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     defect_file: str | None = None
     image_shape_yx: tuple[int, int] | None = None  # the sums' (the record's ``shape``)
-    own_gain: tuple[str, int, str] | None = None  # (path, -RotGain, -FlipGain) its frame mdoc's
+    own_gain: MovieGain | None = None  # its frame mdoc's
 
 
 def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
@@ -212,13 +213,10 @@ def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
     return yx[:, ::-1].copy()
 
 
-def _own_gain(record: Mapping[str, Any]) -> tuple[str, int, str] | None:
-    """The record's ``frame_mdoc_gain`` as ``(path, rotate_quarter_turns, flip)``, or None."""
+def _own_gain(record: Mapping[str, Any]) -> MovieGain | None:
+    """The record's ``frame_mdoc_gain``, or None."""
     own = record.get("frame_mdoc_gain")
-    if not isinstance(own, Mapping) or not own.get("path"):
-        return None
-    return (str(own["path"]), int(own.get("rotate_quarter_turns") or 0),
-            str(own.get("flip") or "none"))
+    return MovieGain.from_json(own) if isinstance(own, Mapping) and own.get("path") else None
 
 
 def _defect_file(record: Mapping[str, Any]) -> str | None:

@@ -30,7 +30,7 @@ from correction.metadata_text import decode_metadata_text
 from daemon.events import MovieGain
 
 __all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "find_frame_mdoc_gain",
-           "frame_gain_turn"]
+           "frame_gain_turn", "relocated"]
 
 _FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
 _SECTION = re.compile(r"^\s*\[", re.MULTILINE)
@@ -123,6 +123,16 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
     where = " or ".join(str(f) for f in folders)
     return GainLookup(None, name, f"its frame mdoc names the gain reference {name}, not found "
                                   f"in {where}", has_mdoc=True)
+
+
+def relocated(gain: MovieGain, movie: Path) -> MovieGain:
+    """``gain`` (recorded for ``movie``) where it lies now: when its file is gone with its
+    folder (renamed or moved), the one the frame mdoc names found again, if it is the same
+    file name and turn (:meth:`MovieGain.identity`); else ``gain`` as it was."""
+    if Path(gain.path).exists():
+        return gain
+    found = find_frame_mdoc_gain(movie).gain
+    return found if found is not None and found.identity() == gain.identity() else gain
 
 
 def frame_gain_turn(movie: Path, gain: Path) -> tuple[int, str, str]:
