@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from .allocator import zeros_written
+from .camera_defects import CameraDefectList, is_camera_defect_list, parse_camera_defect_text
 from .errors import GainReferenceError
 from .metadata_text import decode_metadata_text
 from .threads import run_chunks
@@ -28,6 +29,7 @@ __all__ = [
     "detect_hot_pixels",
     "gross_outliers",
     "read_defect_list",
+    "load_defect_list",
     "parse_defect_list",
     "rasterize_defects",
     "relion_reads_defect_list",
@@ -535,21 +537,16 @@ def _neighbour_mean(img: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return box
 
 
-#: First words of the lines of SerialEM's camera defects files (``CameraDefects``).
-_SERIALEM_DEFECT_KEYS = frozenset({
-    "CameraSizeX", "CameraSizeY", "RotationAndFlip", "WasScaled", "K2Type", "FalconType",
-    "NumToAvgSuperRes", "UsableArea", "BadColumns", "BadRows", "BadPixels",
-    "PartialBadColumn", "PartialBadRow"})
-
-
 #: One defect-list rectangle: first column x, first row y (0-based), w columns, h rows.
 DefectRect = tuple[int, int, int, int]
 
 
 def read_defect_list(path: str | Path, shape_yx: tuple[int, int]) -> np.ndarray:
-    """Turn a defect list into a mask of ``shape_yx`` (:func:`parse_defect_list`, then
-    :func:`rasterize_defects`)."""
-    return rasterize_defects(parse_defect_list(path), shape_yx)
+    """Turn a defect list (``x y w h`` lines, or SerialEM's camera defect list fitted onto the
+    frames, :mod:`correction.camera_defects`) into a mask of ``shape_yx``."""
+    listed = load_defect_list(path)
+    rects = listed.rects_on(shape_yx) if isinstance(listed, CameraDefectList) else listed
+    return rasterize_defects(rects, shape_yx)
 
 
 def rasterize_defects(rects: tuple[DefectRect, ...], shape_yx: tuple[int, int]) -> np.ndarray:
@@ -560,8 +557,34 @@ def rasterize_defects(rects: tuple[DefectRect, ...], shape_yx: tuple[int, int]) 
     return mask
 
 
+def load_defect_list(path: str | Path) -> tuple[DefectRect, ...] | CameraDefectList:
+    """Read a defect list file: ``x y w h`` rectangles in the movie's grid
+    (:func:`parse_defect_list`), or SerialEM's camera defect list, whose rectangles depend on the
+    frames' size (:class:`correction.camera_defects.CameraDefectList`).
+
+    Raises
+    ------
+    GainReferenceError
+        Missing file or a malformed line (quoted with its number).
+    """
+    path = Path(path)
+    text = _defect_list_text(path)
+    if is_camera_defect_list(text):
+        return parse_camera_defect_text(text, path)
+    return _rectangles(text, path)
+
+
+def _defect_list_text(path: Path) -> str:
+    try:
+        return decode_metadata_text(path.read_bytes()).text  # a BOM, UTF-16, cp1252 too
+    except FileNotFoundError:
+        raise GainReferenceError(path, "defect list: no such file") from None
+    except OSError as exc:
+        raise GainReferenceError(path, f"defect list unreadable: {exc}") from None
+
+
 def parse_defect_list(path: str | Path) -> tuple[DefectRect, ...]:
-    """Read a defect list: its rectangles, in the movie's pixel grid.
+    """Read a defect list of rectangles, in the movie's pixel grid.
 
     Each non-empty line not starting with ``#`` holds ``x y w h``: a rectangle of bad pixels
     whose first column is x and first row is y (0-based), w columns wide and h rows high, as
@@ -578,27 +601,25 @@ def parse_defect_list(path: str | Path) -> tuple[DefectRect, ...]:
     Raises
     ------
     GainReferenceError
-        Missing file or a malformed line (quoted with its number).
+        Missing file, a malformed line (quoted with its number), or SerialEM's camera defect
+        list (read by :func:`load_defect_list`).
     """
     path = Path(path)
-    try:
-        text = decode_metadata_text(path.read_bytes()).text  # a BOM, UTF-16, cp1252 too
-    except FileNotFoundError:
-        raise GainReferenceError(path, "defect list: no such file") from None
-    except OSError as exc:
-        raise GainReferenceError(path, f"defect list unreadable: {exc}") from None
+    text = _defect_list_text(path)
+    if is_camera_defect_list(text):
+        raise GainReferenceError(path, "a SerialEM camera defect list, not 'x y w h' lines: "
+                                       "its rectangles depend on the frames' size")
+    return _rectangles(text, path)
+
+
+def _rectangles(text: str, path: Path) -> tuple[DefectRect, ...]:
+    """The ``x y w h`` rectangles of a defect list's ``text``."""
     rects: list[DefectRect] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.split("#", 1)[0].strip()
         if not stripped:
             continue
         parts = stripped.replace(",", " ").split()
-        if parts[0] in _SERIALEM_DEFECT_KEYS:
-            raise GainReferenceError(
-                path, f"a SerialEM camera defects file (line {number}: {line.strip()!r}), "
-                      "which motionwatch does not read: give a defect map image (non-zero = "
-                      "defect; IMOD's 'clip defectmap' writes one from this file) or an "
-                      "'x y w h' list, in the frames' orientation")
         try:
             x, y, w, h = (int(float(p)) for p in parts)
         except (ValueError, OverflowError):  # OverflowError: inf

@@ -13,7 +13,9 @@ motion-correction job; MotionCor's ``-DefectMap`` "must have the same dimension 
 orientation as the input movie frame"). A defect list stays in the movie's grid when the gain
 is moved to another (:meth:`GainReference.fit_to`, :meth:`GainReference.onto_coarser_grid`:
 RELION fills its defect mask on the rendered EER frames); a defect map image has the gain's
-shape and moves with it. :mod:`correction.gain_orientation` checks the orientation against the
+shape and moves with it. SerialEM's camera defect list (``CameraSizeX`` ...) is fitted onto
+each grid by its camera size (:mod:`correction.camera_defects`: scaled up, binned, flipped in
+y as the frames are read). :mod:`correction.gain_orientation` checks the orientation against the
 data.
 
 Defects are the union of the defect list or map, the gain's zero and non-finite pixels, and the
@@ -70,11 +72,12 @@ from typing import Any
 
 import numpy as np
 
+from .camera_defects import CameraDefectList
 from .defects import (
     DefectRect,
     ReplacementPlan,
     defect_mask_from_image,
-    parse_defect_list,
+    load_defect_list,
     plan_replacement,
     rasterize_defects,
 )
@@ -187,6 +190,10 @@ class GainReference:
     listed : ListedPixels or None
         The gain and dark values under ``defect_rects`` that are not defects of the
         references themselves (0 in ``gain`` and ``dark``), kept for moving to another grid.
+    camera_defects : CameraDefectList or None
+        SerialEM's camera defect list when the defect file is one: ``defect_rects`` are its
+        rectangles fitted onto this reference's grid (:meth:`CameraDefectList.rects_on`), made
+        again for each grid the reference is moved to.
     on_movie_grid : bool
         A defect list given alone (as MotionCor2's ``-DefectFile`` and RELION's
         ``--defect_file`` take it, e.g. for gain-normalised movies): no reference file gives a
@@ -213,6 +220,7 @@ class GainReference:
     eer_rule: str | None = None
     defect_rects: tuple[DefectRect, ...] = ()
     listed: ListedPixels | None = field(default=None, repr=False)
+    camera_defects: CameraDefectList | None = field(default=None, repr=False)
     on_movie_grid: bool = False
     _derived: dict[tuple[Any, ...], GainReference] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -250,7 +258,8 @@ class GainReference:
     def from_arrays(cls, gain: np.ndarray, *, dark: np.ndarray | None = None,
                     defects: np.ndarray | None = None, gain_path: Path | None = None,
                     dark_path: Path | None = None, defects_path: Path | None = None,
-                    defect_rects: tuple[DefectRect, ...] = ()) -> GainReference:
+                    defect_rects: tuple[DefectRect, ...] = (),
+                    camera_defects: CameraDefectList | None = None) -> GainReference:
         """Build a reference from already oriented arrays.
 
         Gain pixels that are 0 or non-finite, and dark pixels that are non-finite, are added
@@ -264,6 +273,8 @@ class GainReference:
             A defect map on this grid (moved with the gain to another grid).
         defect_rects : tuple of (x, y, w, h)
             A defect list in the movie's grid, rasterized on this one.
+        camera_defects : CameraDefectList, optional
+            SerialEM's camera defect list, fitted onto this grid (instead of ``defect_rects``).
 
         Raises
         ------
@@ -287,6 +298,8 @@ class GainReference:
                                                        f"gain is {_fmt(gain.shape)}")
             bad |= defects
         listed = None
+        if camera_defects is not None:
+            defect_rects = camera_defects.rects_on(gain.shape)
         if defect_rects:
             in_list = rasterize_defects(defect_rects, gain.shape)
             only_listed = np.flatnonzero(in_list & ~bad)
@@ -303,7 +316,8 @@ class GainReference:
         plan = plan_replacement(mask) if mask is not None else None
         return cls(gain=gain, dark=dark, defect_mask=mask, gain_path=gain_path,
                    dark_path=dark_path, defects_path=defects_path, plan=plan,
-                   defect_rects=tuple(defect_rects), listed=listed)
+                   defect_rects=tuple(defect_rects), listed=listed,
+                   camera_defects=camera_defects)
 
     def _unlisted(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Gain and dark with the values under the defect list put back (copies when any)."""
@@ -380,7 +394,8 @@ class GainReference:
         coarse = GainReference.from_arrays(gain, dark=dark, gain_path=self.gain_path,
                                            dark_path=self.dark_path,
                                            defects_path=self.defects_path,
-                                           defect_rects=self.defect_rects)
+                                           defect_rects=self.defect_rects,
+                                           camera_defects=self.camera_defects)
         return dataclasses.replace(coarse, applied_as=self.applied_as, eer_rule=self.eer_rule)
 
     def eer_advice(self) -> str | None:
@@ -455,7 +470,7 @@ class GainReference:
         if self.on_movie_grid:  # a defect list alone: made on the frames' grid
             return self.derived(("movie grid", shape_yx), lambda: GainReference.from_arrays(
                 np.ones(shape_yx, np.float32), defects_path=self.defects_path,
-                defect_rects=self.defect_rects))
+                defect_rects=self.defect_rects, camera_defects=self.camera_defects))
         if shape_yx == self.shape_yx:
             return self
         fy, ry = divmod(shape_yx[0], self.shape_yx[0])
@@ -473,7 +488,8 @@ class GainReference:
         grown = GainReference.from_arrays(grow(coarse_gain), dark=grow(coarse_dark),
                                           gain_path=self.gain_path, dark_path=self.dark_path,
                                           defects_path=self.defects_path,
-                                          defect_rects=self.defect_rects)
+                                          defect_rects=self.defect_rects,
+                                          camera_defects=self.camera_defects)
         return dataclasses.replace(grown, applied_as=self.applied_as, eer_rule=self.eer_rule)
 
 
@@ -538,16 +554,24 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
         shape = dark.shape if dark is not None else defects.shape if defects is not None \
             else None
         if shape is None:  # a defect list alone: the movie gives the grid (fit_to)
-            rects = parse_defect_list(dpath)
+            rects, camera = _defect_list(dpath)
             return GainReference(gain=np.ones((1, 1), np.float32), defects_path=dpath,
-                                 defect_rects=tuple(rects), on_movie_grid=True)
+                                 defect_rects=rects, camera_defects=camera,
+                                 on_movie_grid=True)
         gain = np.ones(shape, dtype=np.float32)
-    rects = parse_defect_list(dpath) if dpath is not None and defects is None else ()
+    rects, camera = _defect_list(dpath) if dpath is not None and defects is None else ((), None)
     return GainReference.from_arrays(
-        gain, dark=dark, defects=defects, defect_rects=rects,
+        gain, dark=dark, defects=defects, defect_rects=rects, camera_defects=camera,
         gain_path=Path(params.gain_path) if params.gain_path is not None else None,
         dark_path=Path(params.dark_path) if params.dark_path is not None else None,
         defects_path=Path(params.defects_path) if params.defects_path is not None else None)
+
+
+def _defect_list(path: Path) -> tuple[tuple[DefectRect, ...], CameraDefectList | None]:
+    """``(rectangles, None)`` of an ``x y w h`` list, ``((), list)`` of SerialEM's camera
+    defect list (fitted onto a grid later)."""
+    listed = load_defect_list(path)
+    return ((), listed) if isinstance(listed, CameraDefectList) else (listed, None)
 
 
 def eer_gain_is_reciprocal(gain_path: str | Path | None,

@@ -641,6 +641,13 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
 _DARK_ABOVE_FRAMES = 0.75
 
 
+def _defects_fitted(gain_reference: GainReference, frames_yx: tuple[int, int]) -> str | None:
+    """How SerialEM's camera defect list was fitted onto the frames (one line); None for
+    other defect files."""
+    camera = gain_reference.camera_defects
+    return None if camera is None else camera.describe_fit(frames_yx)
+
+
 def _check_defects_in_frame(gain_reference: GainReference, shape_yx: tuple[int, int]) -> None:
     """Raise :class:`GainReferenceError` when a defect list has rectangles and none of them
     lies within the frames (a list of another camera, or another orientation: it was dropped
@@ -1234,6 +1241,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                         and not gain_reference.on_movie_grid
                         and gain_reference.shape_yx != tuple(movie.frames.shape[1:]) else 1)
     float_frames = movie.frames.dtype.kind == "f"
+    frames_yx = (int(movie.frames.shape[1]), int(movie.frames.shape[2]))
     del movie
     images = corrected.images
     if float_frames and not all(np.isfinite(frame_mean(image, workers)) for image in (
@@ -1250,7 +1258,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                    gain_reference.defects_path, expanded_by=gain_expanded_by,
                                    binned_by=gain_binned_by,
                                    applied_as=gain_reference.applied_as,
-                                   eer_rule=gain_reference.eer_rule)
+                                   eer_rule=gain_reference.eer_rule,
+                                   defects_fitted=_defects_fitted(gain_reference, frames_yx))
                   if gain_reference is not None else reference_record())
     alignment = corrected.alignment
     quality = [None if not np.isfinite(q) else round(float(q), 4)

@@ -162,7 +162,8 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
                      defects_path: str | Path | None = None, *,
                      expanded_by: int = 1, binned_by: int = 1,
                      applied_as: str = "multiplicative",
-                     eer_rule: str | None = None) -> dict[str, Any]:
+                     eer_rule: str | None = None,
+                     defects_fitted: str | None = None) -> dict[str, Any]:
     """The ``references`` object of the motion record: which gain, dark and defect files.
 
     Parameters
@@ -181,6 +182,9 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
         image, :func:`correction.gain.reference_for_movie`).
     eer_rule : str, optional
         For an EER movie, the one line saying why (:attr:`correction.gain.GainReference.eer_rule`).
+    defects_fitted : str, optional
+        For SerialEM's camera defect list, how it was fitted onto the frames (one line,
+        :meth:`correction.camera_defects.CameraDefectList.describe_fit`): ``defects.fitted``.
 
     Returns
     -------
@@ -194,7 +198,10 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
             return None
         return {"path": str(Path(path).absolute()), "sha256": file_sha256(path)}
 
-    return {"gain": one(gain_path), "dark": one(dark_path), "defects": one(defects_path),
+    defects = one(defects_path)
+    if defects is not None and defects_fitted:
+        defects["fitted"] = defects_fitted
+    return {"gain": one(gain_path), "dark": one(dark_path), "defects": defects,
             "gain_expanded_by": int(expanded_by),
             **({"gain_binned_by": int(binned_by)} if binned_by != 1 else {}),
             "gain_applied_as": applied_as if gain_path is not None else None,

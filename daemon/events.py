@@ -120,36 +120,48 @@ def output_dir_for(movie: Path, *, watch_dir: Path, out_dir: Path) -> Path:
 class MovieGain:
     """A movie's own gain reference: the file its SerialEM frame mdoc names (``GainReference``),
     found beside it, and the turn that fits it onto the movie's frames (MotionCor2's
-    ``-RotGain``/``-FlipGain``, as ``correction.params.GainParams``). Used when no gain is
-    configured (:mod:`daemon.intake.frame_gain`).
+    ``-RotGain``/``-FlipGain``, as ``correction.params.GainParams``), with the camera defect
+    list the frame mdoc names beside it (``DefectFile``; already in the frames' orientation).
+    Used when no gain is configured (:mod:`daemon.intake.frame_gain`).
     """
 
     path: str
     rotate_quarter_turns: int = 0
     flip: str = "none"
+    defects: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "rotate_quarter_turns": self.rotate_quarter_turns,
-                "flip": self.flip}
+                "flip": self.flip, **({"defects": self.defects} if self.defects else {})}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> MovieGain | None:
         """Inverse of :meth:`to_json`; None for None (a row without a gain of its own)."""
         if not d:
             return None
+        defects = d.get("defects")
         return cls(str(d["path"]), int(d.get("rotate_quarter_turns", 0)),
-                   str(d.get("flip", "none")))
+                   str(d.get("flip", "none")), None if defects is None else str(defects))
+
+    def files(self) -> tuple[str, ...]:
+        """The files it names: the gain reference, then the defect list (when named)."""
+        return (self.path,) + ((self.defects,) if self.defects else ())
 
     def onto(self, gain_params: Any) -> Any:
-        """``gain_params`` (a ``correction.params.GainParams``) with this file and its turn."""
-        return replace(gain_params, gain_path=Path(self.path),
+        """``gain_params`` (a ``correction.params.GainParams``) with this file and its turn, and
+        its defect list unless one is configured (``--defects`` wins, as ``--gain``)."""
+        defects = gain_params.defects_path
+        if defects is None and self.defects:
+            defects = Path(self.defects)
+        return replace(gain_params, gain_path=Path(self.path), defects_path=defects,
                        rotate_quarter_turns=self.rotate_quarter_turns, flip=self.flip)
 
     def identity(self) -> MovieGain:
-        """This gain as a movie's key knows it: its file name and turn, not its folder (a
+        """This gain as a movie's key knows it: its file names and turn, not their folder (a
         session folder renamed or moved keeps its movies' keys; SerialEM names each copy of a
         reference after the first movie saved with it)."""
-        return MovieGain(Path(self.path).name, self.rotate_quarter_turns, self.flip)
+        return MovieGain(Path(self.path).name, self.rotate_quarter_turns, self.flip,
+                         Path(self.defects).name if self.defects else None)
 
 
 def movie_params(params: Any, dose: Any = None, gain: MovieGain | None = None) -> Any:

@@ -539,12 +539,18 @@ class _FrameMdocGains:
                                             "--no-frame-mdoc-gain)")
         if found.gain is None:
             return _OwnGain(self.params)
-        params = movie_params(self.params, gain=found.gain)
+        own = found.gain
+        if self.params.gain.defects_path is not None:  # --defects wins
+            own = dataclasses.replace(own, defects=None)
+        elif found.defects_missing is not None:
+            print(f"motionwatch: {movie}: warning: {found.defects_missing}: corrected without "
+                  "it", file=sys.stderr, flush=True)
+        params = movie_params(self.params, gain=own)
         if self._loaded is None or self._loaded[0] != params.gain:
             self._loaded = None
             self._loaded = (params.gain, load_gain_reference(params.gain))
-        return _OwnGain(params, found.gain, self._loaded[1],
-                        {"frame_mdoc_gain": {**found.gain.to_json(), "turn": found.turn}})
+        return _OwnGain(params, own, self._loaded[1],
+                        {"frame_mdoc_gain": {**own.to_json(), "turn": found.turn}})
 
 
 class _RelionFiles:

@@ -788,10 +788,12 @@ class Admission:
     def _with_own_gain(self, obs: Observation, meta: MovieMetadata) -> MovieMetadata:
         """``meta`` with the gain reference the movie's frame mdoc names, where no gain is
         configured (:mod:`daemon.intake.frame_gain`; it is named in the motion record as
-        ``frame_mdoc_gain``). Named and not found, the movie waits for it up to the incomplete
-        grace (a share may deliver it after the movie), then is quarantined with the reason. A
-        movie without a frame mdoc in a folder whose movies took their gain from theirs waits
-        for its frame mdoc as long, then is corrected without, with a warning."""
+        ``frame_mdoc_gain``), and the camera defect list named beside it unless ``--defects``
+        is given. Named and not found, the movie waits for it up to the incomplete grace (a
+        share may deliver it after the movie), then is quarantined with the reason (a defect
+        list: corrected without it, with a warning). A movie without a frame mdoc in a folder
+        whose movies took their gain from theirs waits for its frame mdoc as long, then is
+        corrected without, with a warning."""
         cfg = self.settings
         if not frame_mdoc_gains_apply(cfg.params, cfg.frame_mdoc_gain):
             return meta
@@ -800,9 +802,16 @@ class Admission:
         waited = (self._settler.stable_for_s(obs.path) or 0.0) >= cfg.incomplete_grace_s
         if lookup.gain is not None:
             self._gain_folders.add(folder)
-            return dataclasses.replace(meta, gain=lookup.gain, extra_record={
-                **meta.extra_record,
-                "frame_mdoc_gain": {**lookup.gain.to_json(), "turn": lookup.turn}})
+            if lookup.defects_missing is not None:  # the frames are fine without it: a warning
+                if not waited:
+                    return dataclasses.replace(meta, wait_reason=lookup.defects_missing)
+                self.report_once(str(obs.path), "movie_without_frame_mdoc_defects",
+                                 f"{lookup.defects_missing} after {cfg.incomplete_grace_s:g} "
+                                 "s: corrected without it", level="warning")
+            gain = lookup.gain if cfg.params.gain.defects_path is None \
+                else dataclasses.replace(lookup.gain, defects=None)  # --defects wins
+            return dataclasses.replace(meta, gain=gain, extra_record={
+                **meta.extra_record, "frame_mdoc_gain": {**gain.to_json(), "turn": lookup.turn}})
         # done with a gain it names no more (its reference or frame mdoc deleted or left
         # behind since): its outputs stand, not corrected again without it
         recorded = self._recorded_gain(obs, lookup.named)

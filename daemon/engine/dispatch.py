@@ -253,11 +253,14 @@ class Dispatcher:
                 continue
             movie = Path(key.path)
             own_gain = None if own_gain is None else relocated(own_gain, movie)
-            if own_gain is not None and not Path(own_gain.path).is_file():
+            gone = [] if own_gain is None else [f for f in own_gain.files()
+                                                  if not Path(f).is_file()]
+            if gone:
                 # gone since admission (deleted, or the movie moved alone): never corrected
                 # without it, nor retried for ever as a trouble of the output side
-                problem = (f"the gain reference its frame mdoc names, {own_gain.path}, is gone "
-                           "since the movie was admitted: put it back and run motionwatch retry")
+                what = "gain reference" if gone[0] == own_gain.path else "camera defect list"
+                problem = (f"the {what} its frame mdoc names, {gone[0]}, is gone since the "
+                           "movie was admitted: put it back and run motionwatch retry")
                 self._safe(lambda: self._ledger().mark_failed(key, problem, quarantine=True,
                                                               count=False))
                 self._log.error("movie_quarantined", movie=key.path, reason=problem,
@@ -551,14 +554,15 @@ class Dispatcher:
 
 
 def _own_gain_misfit(outcome: Outcome, gain: MovieGain | None) -> bool:
-    """A reference failure (``config``) of the movie's own gain file (named first in the error,
-    by its file name: it may have moved with its folder), not of a configured dark or defect
-    file, a missing pixel size, or an installation without the ``dm4`` extra (the settings'
-    or the machine's, met by every movie alike)."""
+    """A reference failure (``config``) of the movie's own gain file or defect list (named
+    first in the error, by its file name: it may have moved with its folder), not of a
+    configured dark or defect file, a missing pixel size, or an installation without the
+    ``dm4`` extra (the settings' or the machine's, met by every movie alike)."""
     if gain is None or outcome.kind != "config" or not outcome.error:
         return False
     # "[ErrorType: ]/path/to/file: reason", the folders' names may hold ": " themselves
-    named = re.search(rf"(^|[/\\ ]){re.escape(Path(gain.path).name)}: ", outcome.error)
+    names = "|".join(re.escape(Path(f).name) for f in gain.files())
+    named = re.search(rf"(^|[/\\ ])({names}): ", outcome.error)
     return named is not None and DM4_EXTRA_NEEDED not in outcome.error
 
 

@@ -9,7 +9,10 @@ saving EER it names the ``*_EER_GainReference.gain`` it copied there. The name i
 lies in the movie's folder, or in its parent when SerialEM files movies into sub-folders.
 
 A session's gain reference is thus found without configuring it, and a movie always gets the one
-it was recorded with. Used only when no gain is configured (``--gain`` wins, as MotionCor2's
+it was recorded with. Beside it, SerialEM saves the camera's defect list for K2/K3 frames
+(``defects_<frames name>.txt``, named ``DefectFile``; a K3 has one only when SerialEM's
+properties define defects), in the frames' orientation (:mod:`correction.camera_defects`); it
+goes with the gain unless ``--defects`` is given. Used only when no gain is configured (``--gain`` wins, as MotionCor2's
 ``-Gain``) and ``frame_mdoc_gain`` is on.
 
 Orientation (:func:`frame_gain_turn`): SerialEM copies the reference byte for byte, never turned,
@@ -29,15 +32,14 @@ from correction.metadata_text import decode_metadata_text
 
 from daemon.events import MovieGain
 
-__all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "find_frame_mdoc_gain",
-           "frame_gain_turn", "relocated"]
+__all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "defect_file_name",
+           "find_frame_mdoc_gain", "frame_gain_turn", "relocated"]
 
 _FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
 _SECTION = re.compile(r"^\s*\[", re.MULTILINE)
 #: keys SerialEM writes after GainReference in the section: a section holding one is written
 #: past the gain's name
 _LATER_KEY = re.compile(r"^\s*(NumSubFrames|DateTime)\s*=", re.MULTILINE)
-_GAIN_KEY = re.compile(r"^\s*GainReference\s*=[ \t]*(\S[^\r\n]*?)\s*$", re.MULTILINE)
 #: folders searched for the named file: the movie's, then up to this many above it
 _PARENTS_SEARCHED = 1
 #: SerialEMCCD's title of the frame files it writes ends ``r/f N``: the code of the rotation and
@@ -67,6 +69,9 @@ class GainLookup:
         The file name the frame mdoc gives (``GainReference``).
     missing_reason : str or None
         Named but not found (one line naming the file and the folders searched).
+    defects_missing : str or None
+        The gain found, and the defect list named beside it not found (one line, as
+        ``missing_reason``); ``gain`` then has no defect list.
     turn : str or None
         Where the gain's turn onto the frames comes from (:func:`frame_gain_turn`).
     has_mdoc : bool
@@ -79,17 +84,29 @@ class GainLookup:
     missing_reason: str | None = None
     turn: str | None = None
     has_mdoc: bool = False
+    defects_missing: str | None = None
 
 
 def gain_reference_name(mdoc_text: str) -> str | None:
     r"""The file name a frame mdoc's ``[FrameSet = 0]`` section gives as ``GainReference``
     (a Windows or POSIX path reduced to its last part), or None."""
+    return _frameset_file_name(mdoc_text, "GainReference")
+
+
+def defect_file_name(mdoc_text: str) -> str | None:
+    """The file name the ``[FrameSet = 0]`` section gives as ``DefectFile``, or None."""
+    return _frameset_file_name(mdoc_text, "DefectFile")
+
+
+def _frameset_file_name(mdoc_text: str, key: str) -> str | None:
+    """The last part of the path ``key`` holds in the ``[FrameSet = 0]`` section, or None."""
     start = _FRAMESET.search(mdoc_text)
     if start is None:
         return None
     body = mdoc_text[start.end():]
     following = _SECTION.search(body)
-    match = _GAIN_KEY.search(body[:following.start()] if following else body)
+    pattern = re.compile(rf"^\s*{key}\s*=[ \t]*(\S[^\r\n]*?)\s*$", re.MULTILINE)
+    match = pattern.search(body[:following.start()] if following else body)
     if match is None:
         return None
     name = re.split(r"[\\/]", match.group(1).strip())[-1].strip()
@@ -114,22 +131,38 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
     if name is None:  # a frame mdoc still being written is not one yet
         return GainLookup(has_mdoc=_written(text))
     folders = [movie.parent, *list(movie.parent.parents)[:_PARENTS_SEARCHED]]
-    for folder in folders:
-        candidate = folder / name
-        if candidate.is_file():
-            turns, flip, how = frame_gain_turn(movie, candidate)
-            return GainLookup(MovieGain(str(candidate.absolute()), turns, flip), name,
-                              turn=how, has_mdoc=True)
+    gain = _found(name, folders)
+    if gain is None:
+        return GainLookup(None, name, _not_found("gain reference", name, folders),
+                          has_mdoc=True)
+    turns, flip, how = frame_gain_turn(movie, gain)
+    defects_name, defects, defects_missing = defect_file_name(text), None, None
+    if defects_name is not None:
+        defects = _found(defects_name, folders)
+        if defects is None:
+            defects_missing = _not_found("camera defect list", defects_name, folders)
+    elif not _written(text):  # the defect list's name may follow the gain's
+        defects_missing = "its frame mdoc is written no further than its gain reference yet"
+    return GainLookup(MovieGain(str(gain.absolute()), turns, flip,
+                                None if defects is None else str(defects.absolute())),
+                      name, turn=how, has_mdoc=True, defects_missing=defects_missing)
+
+
+def _found(name: str, folders: list[Path]) -> Path | None:
+    """The first ``folder / name`` that is a file, or None."""
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def _not_found(what: str, name: str, folders: list[Path]) -> str:
     where = " or ".join(str(f) for f in folders)
-    return GainLookup(None, name, f"its frame mdoc names the gain reference {name}, not found "
-                                  f"in {where}", has_mdoc=True)
+    return f"its frame mdoc names the {what} {name}, not found in {where}"
 
 
 def relocated(gain: MovieGain, movie: Path) -> MovieGain:
     """``gain`` (recorded for ``movie``) where it lies now: when its file is gone with its
     folder (renamed or moved), the one the frame mdoc names found again, if it is the same
     file name and turn (:meth:`MovieGain.identity`); else ``gain`` as it was."""
-    if Path(gain.path).exists():
+    if all(Path(f).exists() for f in gain.files()):
         return gain
     found = find_frame_mdoc_gain(movie).gain
     return found if found is not None and found.identity() == gain.identity() else gain

@@ -95,7 +95,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
                      help="defect list ('x y w h' per line) or defect map image (non-zero: "
                           "defect), both in the movie's pixel grid, as RELION and MotionCor2 "
-                          "take them: not turned or flipped with the gain (a map was before)")
+                          "take them: not turned or flipped with the gain (a map was before); "
+                          "or SerialEM's camera defect list (defects_*.txt), fitted onto the "
+                          "frames as IMOD's alignframes fits it")
     ref.add_argument("--no-hot-pixels", dest="hot_pixels", action="store_false", default=True,
                      help="do not detect and replace hot pixels")
 

@@ -133,17 +133,6 @@ def test_malformed_defect_list_line_is_quoted(tmp_path, bad_line):
         read_defect_list(path, (10, 10))
 
 
-def test_a_serialem_defects_file_is_named_as_such_not_called_malformed(tmp_path):
-    # SerialEM writes its camera defects (CorDefDefectsToString) as keyword lines
-    path = tmp_path / "defects_K3.txt"
-    path.write_text("CameraSizeX 5760\nCameraSizeY 4092\nRotationAndFlip 0\n"
-                    "BadColumns 10 11\nPartialBadColumn 70 1 10 50\n")
-    with pytest.raises(GainReferenceError, match=r"defects_K3\.txt: a SerialEM camera defects "
-                                                 r"file \(line 1: 'CameraSizeX 5760'\).*"
-                                                 r"IMOD's 'clip defectmap' writes one"):
-        read_defect_list(path, (4092, 5760))
-
-
 def test_defect_list_through_gain_params_is_replaced_in_frames(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", np.ones((16, 16), np.float32))
     (tmp_path / "d.txt").write_text("4 2 1 3\n")

@@ -195,12 +195,13 @@ def test_bad_configuration_exits_78(tmp_path, capsys, extra):
 @pytest.mark.parametrize("option", ["--defects", "--dark"])
 def test_a_defect_or_dark_file_that_cannot_be_read_is_refused_at_start_without_a_gain(
         tmp_path, option):
-    """Gain-normalised frames and SerialEM's defects file: without --gain the file was read at
-    the first movie only, failed there and again every 10 s, and stopped the daemon at the
-    third movie; as `correct`, `watch` reads it before it starts."""
+    """Gain-normalised frames and a defect list that does not read (here a camera defect list
+    without its camera size): without --gain the file was read at the first movie only, failed
+    there and again every 10 s, and stopped the daemon at the third movie; as `correct`,
+    `watch` reads it before it starts."""
     (tmp_path / "w").mkdir()
     reference = tmp_path / "defects_K3.txt"
-    reference.write_text("CameraSizeX 576\nCameraSizeY 410\nBadColumns 100\n")
+    reference.write_text("RotationAndFlip 0\nBadColumns 100\n")
     with pytest.raises(ConfigError, match=r"defects_K3\.txt"):
         load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                            option, str(reference)]))

@@ -11,7 +11,8 @@ turns:
   array order, titled ``SerialEMCCD: Dose frac. image, scaled by 1.00  r/f N`` (the description
   of its first page); an MRC turned by ``N`` and then upside down (the plugin's ``invert``),
   the title as its first label;
-* the frame mdoc ``<movie>.mdoc`` names the reference: ``GainReference = CountRef_....dm4``.
+* the frame mdoc ``<movie>.mdoc`` names the reference: ``GainReference = CountRef_....dm4``,
+  and the camera defect list when there is one: ``DefectFile = defects_....txt``.
 """
 
 from __future__ import annotations
@@ -50,17 +51,34 @@ def serialem_turn(image: np.ndarray, code: int) -> np.ndarray:
 def write_serialem_movie(folder: Path, name: str, *, gain_raw: np.ndarray,
                          counts_per_frame: float, n_frames: int, code: int,
                          rng: np.random.Generator, kind: str = "tif",
-                         gain_name: str | None = None) -> Path:
+                         gain_name: str | None = None, defect_list: str | None = None,
+                         dead_top_down_yx: np.ndarray | None = None,
+                         specimen_raw: np.ndarray | None = None) -> Path:
     """Write ``folder/name`` (a TIFF or MRC of unnormalized counts of a flat specimen,
     ``counts_per_frame`` electrons per pixel), its frame mdoc, and (unless it is there)
-    SerialEM's copy of the reference; returns the movie path."""
+    SerialEM's copy of the reference; returns the movie path.
+
+    ``defect_list``: the text of the camera defect list SerialEM saves beside the frames, in
+    their orientation, written as ``defects_<movie stem>.txt`` and named ``DefectFile`` (a K3
+    without defects in SerialEM's properties has none: not named). ``dead_top_down_yx``: a
+    mask, on the frames as written (row 0 at the top), of pixels that read 0 in every frame.
+    ``specimen_raw``: the specimen's transmission on the raw image (default flat), for movies
+    that must align to their truth (no motion)."""
     folder.mkdir(parents=True, exist_ok=True)
     movie = folder / name
     gain_name = gain_name or f"CountRef_{movie.stem}.dm4"
     if not (folder / gain_name).exists():
         write_dm4(folder / gain_name, gain_raw.astype(np.float32))
-    raw = rng.poisson(counts_per_frame / gain_raw, size=(n_frames, *gain_raw.shape))
+    specimen = 1.0 if specimen_raw is None else specimen_raw
+    raw = rng.poisson(counts_per_frame * specimen / gain_raw, size=(n_frames, *gain_raw.shape))
     frames = np.stack([serialem_turn(f, code) for f in raw.astype(np.uint8)])
+    if dead_top_down_yx is not None:
+        frames[:, dead_top_down_yx] = 0
+    defect_line = ""
+    if defect_list is not None:
+        defect_name = f"defects_{movie.stem}.txt"
+        (folder / defect_name).write_text(defect_list.replace("\n", "\r\n"))
+        defect_line = f"DefectFile = {defect_name}\r\n"
     title = f"SerialEMCCD: Dose frac. image, scaled by 1.00  r/f {code}"
     if kind == "tif":
         tifffile.imwrite(movie, frames, description=title, metadata=None, compression="lzw",
@@ -73,7 +91,7 @@ def write_serialem_movie(folder: Path, name: str, *, gain_raw: np.ndarray,
     (folder / f"{name}.mdoc").write_text(
         "PixelSpacing = 1.0\r\nVoltage = 300\r\nImageFile = " + name + "\r\n\r\n"
         "[FrameSet = 0]\r\n"
-        f"GainReference = {gain_name}\r\nDefectFile = defects_{movie.stem}.txt\r\n"
+        f"GainReference = {gain_name}\r\n{defect_line}"
         "RotationAndFlip = 3\r\nTiltAngle = 0.0\r\nExposureDose = 10\r\n"
         f"NumSubFrames = {n_frames}\r\nDateTime = 08-Oct-21  07:47:29\r\n")
     return movie

@@ -1,0 +1,224 @@
+"""The camera defect list a SerialEM frame mdoc names beside the gain is applied to the frames.
+
+SerialEM saving unnormalized K2 frames (and K3 frames when its properties define defects)
+writes the camera's defect list beside them, already in the frames' orientation, with
+``WasScaled 1`` (super-resolution coordinates), and names it ``DefectFile`` in each frame mdoc.
+The movies here (``tests/helpers/serialem_frames.py``, of a still specimen with strong
+contrast, so that they align to no motion) have pixels that read 0 in every frame where the
+list says so: with the list applied, those pixels of the sum come near the truth (the
+specimen's counts); without it, they stay dark.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import starfile
+from recording_log import RecordingLog  # tests/helpers
+from scipy import ndimage
+from serialem_frames import serialem_turn, write_serialem_movie
+
+from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
+from daemon.commands.cli import main
+from daemon.engine.policy import finished_under_other_parameters
+from daemon.engine.service import Service
+from daemon.events import NoMetadata
+from daemon.handoff.listener import RelionListener
+from daemon.handoff.relion import RelionOptics
+from daemon.intake.frame_gain import defect_file_name
+from daemon.settings.config import Config
+from daemon.state.ledger import DB_NAME, Ledger
+
+RAW_SHAPE = (48, 80)  # the camera's raw image; r/f 3 writes frames of 80 rows x 48 columns
+CODE = 3
+COUNTS = 30.0
+N_FRAMES = 4
+FLAGS = ("--pixel-size", "1", "--dose-per-frame", "1", "--no-hot-pixels")
+
+#: on the frames as written (80 x 48, row 0 at the top), as SerialEM writes it for them:
+#: super-resolution coordinates on the 96 x 160 camera, a bad pixel the 2 x 2 block from it
+DEFECT_LIST = """CameraSizeX 96
+CameraSizeY 160
+RotationAndFlip 3
+WasScaled 1
+K2Type 1
+FalconType 0
+NumToAvgSuperRes 0
+UsableArea 0 0 0 0
+PartialBadColumn 20 2 10 41
+BadPixels 60 100
+"""
+
+
+def dead_top_down() -> np.ndarray:
+    """The frames' pixels the list names (frame pixel = list pixel // 2), row 0 at the top."""
+    dead = np.zeros((80, 48), bool)
+    dead[5:21, 10] = True   # PartialBadColumn 20 2 10 41
+    dead[50, 30] = True     # BadPixels 60 100
+    return dead
+
+
+def _specimen_raw() -> np.ndarray:
+    """Smooth blobs of 0.3-1.7 transmission on the raw image (the same for every movie)."""
+    field = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=RAW_SHAPE), 2.0)
+    return 1.0 + 0.7 * field / np.abs(field).max()
+
+
+def _movie(folder: Path, name: str, seed: int, *, defect_list: str | None = DEFECT_LIST
+           ) -> Path:
+    gain = np.random.default_rng(seed).uniform(0.8, 1.2, size=RAW_SHAPE).astype(np.float32)
+    return write_serialem_movie(folder, name, gain_raw=gain, counts_per_frame=COUNTS,
+                                n_frames=N_FRAMES, code=CODE, rng=np.random.default_rng(seed),
+                                defect_list=defect_list, dead_top_down_yx=dead_top_down(),
+                                specimen_raw=_specimen_raw())
+
+
+def _dead_level(path: Path, where: np.ndarray | None = None) -> float:
+    """The sum at the dead pixels (``where``: some of them) over the truth there, the lowest
+    (the sum's rows are the frames' rows reversed: row 0 at the bottom)."""
+    where = dead_top_down() if where is None else where
+    truth = N_FRAMES * COUNTS * serialem_turn(_specimen_raw(), CODE)
+    image = np.flipud(mrcfile.read(path).astype(np.float64))
+    return float((image[where] / truth[where]).min())
+
+
+def test_correct_replaces_the_pixels_the_named_defect_list_gives_in_the_frames_orientation(
+        tmp_path):
+    movie = _movie(tmp_path / "frames", "m.tif", 1)
+    assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS]) == 0
+    assert _dead_level(tmp_path / "out" / "m.mrc") > 0.6
+    record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
+    listed = tmp_path / "frames" / "defects_m.txt"
+    assert record["frame_mdoc_gain"]["defects"] == str(listed)
+    assert record["references"]["defects"]["path"] == str(listed)
+    assert record["references"]["defects"]["fitted"] == (
+        "SerialEM camera defect list of a 96 x 160 camera, binned by 2")
+    # the truth holds without the list: the same movie leaves those pixels dark
+    assert main(["correct", str(movie), "--out", str(tmp_path / "plain"), *FLAGS,
+                 "--defects", str(_xywh(tmp_path, []))]) == 0
+    assert _dead_level(tmp_path / "plain" / "m.mrc") < 0.3
+
+
+def _xywh(tmp_path: Path, rects: list[tuple[int, int, int, int]]) -> Path:
+    path = tmp_path / "given.txt"
+    path.write_text("".join(f"{x} {y} {w} {h}\n" for x, y, w, h in rects))
+    return path
+
+
+def test_a_configured_defect_list_wins_over_the_frame_mdoc_s(tmp_path):
+    movie = _movie(tmp_path / "frames", "m.tif", 2)
+    given = _xywh(tmp_path, [(10, 80 - 21, 1, 16)])  # the partial column only, rows reversed
+    assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS,
+                 "--defects", str(given)]) == 0
+    record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
+    assert "defects" not in record["frame_mdoc_gain"]
+    assert record["references"]["defects"]["path"] == str(given)
+    column, pixel = np.zeros((80, 48), bool), np.zeros((80, 48), bool)
+    column[5:21, 10], pixel[50, 30] = True, True
+    assert _dead_level(tmp_path / "out" / "m.mrc", column) > 0.6
+    assert _dead_level(tmp_path / "out" / "m.mrc", pixel) < 0.3
+
+
+def test_correct_without_the_named_list_says_so_in_one_line_and_corrects_the_movie(
+        tmp_path, capsys):
+    movie = _movie(tmp_path / "frames", "m.tif", 3)
+    (tmp_path / "frames" / "defects_m.txt").unlink()
+    assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert any("m.tif: warning: its frame mdoc names the camera defect list defects_m.txt, "
+               "not found in" in line and line.endswith("corrected without it")
+               for line in warned), warned
+    record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
+    assert record["references"]["defects"] is None
+
+
+def _session(tmp_path: Path, **config) -> Config:
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(pixel_size_A=1.0),
+                              gain=GainParams(detect_hot_pixels=False))
+    fields = {"settle_time_s": 0.1, "scan_interval_s": 0.05, "heartbeat_s": 0.2,
+              "exit_when_idle_s": 0.6, "polling": "on", **config}
+    return Config(watch, out, out, params, **fields)
+
+
+def test_watch_applies_each_movie_s_list_waits_for_a_missing_one_and_a_restart_redoes_none(
+        tmp_path):
+    config = _session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
+    frames = config.watch_dir / "frames"
+    _movie(frames, "listed.tif", 4)
+    _movie(frames, "unlisted.tif", 5)
+    (frames / "defects_unlisted.txt").unlink()
+    log = RecordingLog()
+    optics = RelionOptics(spherical_aberration_mm=2.7, amplitude_contrast=0.1)
+    assert Service(config, resolver=NoMetadata(), logger=log,
+                   listeners=[RelionListener(optics)]).run() == 0
+    out = config.out_dir / "frames"
+    assert _dead_level(out / "listed.mrc") > 0.6
+    assert _dead_level(out / "unlisted.mrc") < 0.3
+    for stem, zeros in (("listed", True), ("unlisted", False)):  # RELION's polishing: 0 = defect
+        name = starfile.read(out / f"{stem}.star", always_dict=True)["general"][
+            "rlnMicrographGainName"]
+        exported = np.flipud(mrcfile.read(config.out_dir / name))[dead_top_down()]
+        assert np.all(exported == 0) if zeros else np.all(exported > 0), stem
+    assert any(e.get("movie") == str(frames / "unlisted.tif") for e in log.named("movie_waiting"))
+    warned = log.named("movie_without_frame_mdoc_defects")
+    assert len(warned) == 1 and "defects_unlisted.txt" in warned[0]["reason"]
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        rows = ledger.rows()
+    assert [r.status for r in rows] == ["done"] * 2
+    assert finished_under_other_parameters(rows, config.params) == []
+    restarted = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=restarted).run() == 0
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        assert all(r.attempts == 1 for r in ledger.rows())
+
+
+def test_a_named_list_of_another_camera_quarantines_its_movie_not_the_service(tmp_path):
+    config = _session(tmp_path)
+    frames = config.watch_dir / "frames"
+    for i in range(3):  # three movies: a configured list would stop the service (78)
+        _movie(frames, f"m_{i}.tif", 10 + i,
+               defect_list=DEFECT_LIST.replace("CameraSizeY 160", "CameraSizeY 40"))
+    assert Service(config, resolver=NoMetadata()).run() == 0
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        rows = ledger.rows()
+    assert [r.status for r in rows] == ["quarantined"] * 3
+    assert "defects_m_0.txt: camera defect list" in rows[0].error
+
+
+def test_the_list_name_is_read_from_the_frameset_section_whatever_path_it_carries():
+    text = ("ImageFile = m.tif\r\nDefectFile = elsewhere.txt\r\n\r\n[FrameSet = 0]\r\n"
+            "GainReference = CountRef_m.dm4\r\n"
+            "DefectFile = X:\\frames\\session\\defects_first_0001.txt\r\n"
+            "NumSubFrames = 4\r\n")
+    assert defect_file_name(text) == "defects_first_0001.txt"
+    assert defect_file_name(text.replace("DefectFile = X:", "Other = X:")) is None
+
+
+def test_a_movie_done_without_its_list_is_corrected_once_more_with_it(tmp_path):
+    """As after an upgrade from a release that did not read the list: the movie's parameters
+    now include it, so it is corrected again, once, and not at the next start."""
+    config = _session(tmp_path)
+    frames = config.watch_dir / "frames"
+    movie = _movie(frames, "m.tif", 20, defect_list=None)
+    assert Service(config, resolver=NoMetadata()).run() == 0
+    assert _dead_level(config.out_dir / "frames" / "m.mrc") < 0.3
+    (frames / "defects_m.txt").write_text(DEFECT_LIST)
+    mdoc = movie.with_name("m.tif.mdoc")
+    mdoc.write_text(mdoc.read_text().replace("GainReference = CountRef_m.dm4\n",
+                                             "GainReference = CountRef_m.dm4\n"
+                                             "DefectFile = defects_m.txt\n"))
+    for _ in range(2):
+        assert Service(config, resolver=NoMetadata()).run() == 0
+    assert _dead_level(config.out_dir / "frames" / "m.mrc") > 0.6
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        rows = ledger.rows()
+    # one row per parameter set it was corrected under, each corrected once
+    assert [(r.status, r.attempts) for r in rows] == [("done", 1), ("done", 1)]
+    assert finished_under_other_parameters(rows, config.params) == []
