@@ -12,8 +12,8 @@ A session's gain reference is thus found without configuring it, and a movie alw
 it was recorded with. Beside it, SerialEM saves the camera's defect list for K2/K3 frames
 (``defects_<frames name>.txt``, named ``DefectFile``; a K3 has one only when SerialEM's
 properties define defects), in the frames' orientation (:mod:`correction.camera_defects`); it
-goes with the gain unless ``--defects`` is given. Used only when no gain is configured (``--gain`` wins, as MotionCor2's
-``-Gain``) and ``frame_mdoc_gain`` is on.
+goes with the gain unless ``--defects`` is given. Used only when no gain is configured
+(``--gain`` wins, as MotionCor2's ``-Gain``) and ``frame_mdoc_gain`` is on.
 
 Orientation (:func:`frame_gain_turn`): SerialEM copies the reference byte for byte, never turned,
 while the frames are written turned by the camera's rotation/flip, unless "skip rotation/flip" is
