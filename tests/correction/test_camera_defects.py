@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from serialem_frames import camera_defect_list  # tests/helpers
 
 from correction.camera_defects import read_camera_defect_list
 from correction.defects import read_defect_list
@@ -22,21 +23,12 @@ from correction.params import GainParams
 
 #: a K2-like list as SerialEM writes it: super-resolution coordinates (WasScaled 1) on a
 #: 64 x 48 camera; keys in CorDefDefectsToString's order
-K2_LIKE = """CameraSizeX 64
-CameraSizeY 48
-RotationAndFlip 3
-WasScaled 1
-K2Type 1
-FalconType 0
-NumToAvgSuperRes 0
-UsableArea 0 0 0 0
-PartialBadColumn 20 2 6 17
+K2_LIKE = camera_defect_list((64, 48), """PartialBadColumn 20 2 6 17
 PartialBadRow 30 2 40 61
 BadPixels 10 4 50 44 0 0
 BadColumns 7 8 40
 BadRows 12
-"""
-
+""", rotation_flip=3)
 
 def drawn_top_down(cam_x: int, cam_y: int, block: int) -> np.ndarray:
     """The defects of ``K2_LIKE`` drawn on its camera, row 0 at the top."""

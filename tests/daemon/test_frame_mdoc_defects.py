@@ -19,9 +19,9 @@ import numpy as np
 import starfile
 from recording_log import RecordingLog  # tests/helpers
 from scipy import ndimage
-from serialem_frames import serialem_turn, write_serialem_movie
+from serialem_frames import (camera_defect_list, frames_session, serialem_turn,
+                             write_serialem_movie)
 
-from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
 from daemon.commands.cli import main
 from daemon.engine.policy import finished_under_other_parameters
 from daemon.engine.service import Service
@@ -29,7 +29,6 @@ from daemon.events import NoMetadata
 from daemon.handoff.listener import RelionListener
 from daemon.handoff.relion import RelionOptics
 from daemon.intake.frame_gain import defect_file_name
-from daemon.settings.config import Config
 from daemon.state.ledger import DB_NAME, Ledger
 
 RAW_SHAPE = (48, 80)  # the camera's raw image; r/f 3 writes frames of 80 rows x 48 columns
@@ -40,17 +39,8 @@ FLAGS = ("--pixel-size", "1", "--dose-per-frame", "1", "--no-hot-pixels")
 
 #: on the frames as written (80 x 48, row 0 at the top), as SerialEM writes it for them:
 #: super-resolution coordinates on the 96 x 160 camera, a bad pixel the 2 x 2 block from it
-DEFECT_LIST = """CameraSizeX 96
-CameraSizeY 160
-RotationAndFlip 3
-WasScaled 1
-K2Type 1
-FalconType 0
-NumToAvgSuperRes 0
-UsableArea 0 0 0 0
-PartialBadColumn 20 2 10 41
-BadPixels 60 100
-"""
+DEFECT_LIST = camera_defect_list((96, 160), "PartialBadColumn 20 2 10 41\nBadPixels 60 100\n",
+                                 rotation_flip=3)
 
 
 def dead_top_down() -> np.ndarray:
@@ -135,21 +125,9 @@ def test_correct_without_the_named_list_says_so_in_one_line_and_corrects_the_mov
     assert record["references"]["defects"] is None
 
 
-def _session(tmp_path: Path, **config) -> Config:
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir(exist_ok=True)
-    out.mkdir(exist_ok=True)
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(pixel_size_A=1.0),
-                              gain=GainParams(detect_hot_pixels=False))
-    fields = {"settle_time_s": 0.1, "scan_interval_s": 0.05, "heartbeat_s": 0.2,
-              "exit_when_idle_s": 0.6, "polling": "on", **config}
-    return Config(watch, out, out, params, **fields)
-
-
 def test_watch_applies_each_movie_s_list_waits_for_a_missing_one_and_a_restart_redoes_none(
         tmp_path):
-    config = _session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
+    config = frames_session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
     frames = config.watch_dir / "frames"
     _movie(frames, "listed.tif", 4)
     _movie(frames, "unlisted.tif", 5)
@@ -180,7 +158,7 @@ def test_watch_applies_each_movie_s_list_waits_for_a_missing_one_and_a_restart_r
 
 
 def test_a_named_list_of_another_camera_quarantines_its_movie_not_the_service(tmp_path):
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     frames = config.watch_dir / "frames"
     for i in range(3):  # three movies: a configured list would stop the service (78)
         _movie(frames, f"m_{i}.tif", 10 + i,
@@ -204,7 +182,7 @@ def test_the_list_name_is_read_from_the_frameset_section_whatever_path_it_carrie
 def test_a_movie_done_without_its_list_is_corrected_once_more_with_it(tmp_path):
     """As after an upgrade from a release that did not read the list: the movie's parameters
     now include it, so it is corrected again, once, and not at the next start."""
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     frames = config.watch_dir / "frames"
     movie = _movie(frames, "m.tif", 20, defect_list=None)
     assert Service(config, resolver=NoMetadata()).run() == 0

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import starfile
 from recording_log import RecordingLog  # tests/helpers
-from serialem_frames import serialem_turn, write_serialem_movie
+from serialem_frames import frames_session, serialem_turn, write_serialem_movie
 
 from correction.gain import orient
-from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
+from correction.params import ReadParams
 from daemon.commands.cli import main
 from daemon.engine.policy import finished_under_other_parameters
 from daemon.engine.service import Service
@@ -128,24 +128,12 @@ def test_the_reference_is_looked_for_beside_the_movie_then_in_the_folder_above(t
     assert str(movie.parent) in missing.missing_reason
 
 
-def _session(tmp_path: Path, **config) -> Config:
-    watch, out = tmp_path / "w", tmp_path / "out"
-    watch.mkdir(exist_ok=True)
-    out.mkdir(exist_ok=True)
-    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
-                              read=ReadParams(pixel_size_A=1.0),
-                              gain=GainParams(detect_hot_pixels=False))
-    fields = {"settle_time_s": 0.1, "scan_interval_s": 0.05, "heartbeat_s": 0.2,
-              "exit_when_idle_s": 0.6, "polling": "on", **config}
-    return Config(watch, out, out, params, **fields)
-
-
 def test_watch_corrects_each_movie_with_its_own_reference_and_a_restart_redoes_none(tmp_path):
     """A session whose reference was taken anew half-way: each movie gets the one its frame
     mdoc names (flat sums), RELION's motion STARs name each as polishing reads it, and the
     restart finds every movie done under the parameters it would use now, also one whose
     reference, and one whose frame mdoc, was deleted since."""
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     frames = config.watch_dir / "frames"
     first, second = _gain(5), _gain(6)
     for i in range(2):
@@ -189,7 +177,7 @@ def test_watch_holds_a_movie_whose_named_reference_is_missing_then_quarantines_i
     """A named reference not there is waited for (up to the incomplete grace); one that never
     comes quarantines its movie with the reason (the service goes on and exits 0), never a
     movie corrected without its gain."""
-    config = _session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
+    config = frames_session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
     frames = config.watch_dir / "frames"
     write_serialem_movie(frames, "lost.tif", gain_raw=_gain(7), counts_per_frame=COUNTS,
                          n_frames=4, code=0, rng=np.random.default_rng(13))
@@ -209,7 +197,7 @@ def test_a_named_reference_that_does_not_fit_quarantines_its_movies_not_the_serv
     """The configured references not fitting the first three movies stops the service as
     misconfigured (78); a frame mdoc's reference is the movie's own: its movies are
     quarantined, the service goes on."""
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     frames = config.watch_dir / "grid 1: good"  # its error names the folder before the file
     for i in range(3):
         write_serialem_movie(frames, f"m_{i}.tif", gain_raw=_gain(8), counts_per_frame=COUNTS,
@@ -255,7 +243,7 @@ def test_a_movie_whose_frame_mdoc_comes_late_waits_for_it_where_its_folder_names
     and is corrected with the gain once its frame mdoc comes."""
     from service_run import more_heartbeats, running
 
-    config = _session(tmp_path, incomplete_grace_s=60.0, exit_when_idle_s=None)
+    config = frames_session(tmp_path, incomplete_grace_s=60.0, exit_when_idle_s=None)
     frames = config.watch_dir / "frames"
     write_serialem_movie(frames, "a.tif", gain_raw=_gain(10), counts_per_frame=COUNTS,
                          n_frames=4, code=2, rng=np.random.default_rng(30))
@@ -283,7 +271,7 @@ def test_a_session_folder_renamed_between_runs_is_not_corrected_again(tmp_path):
     again, under "new parameters")."""
     import os
 
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     for i in range(2):
         write_serialem_movie(config.watch_dir / "grid1", f"m_{i}.tif", gain_raw=_gain(11),
                              counts_per_frame=COUNTS, n_frames=4, code=1,
@@ -347,7 +335,7 @@ def test_a_movie_admitted_with_its_frame_mdoc_gain_is_corrected_once_under_new_s
     once into the same outputs."""
     import dataclasses
 
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(12),
                                  counts_per_frame=COUNTS, n_frames=4, code=1,
                                  rng=np.random.default_rng(50))
@@ -373,7 +361,7 @@ def test_a_movie_whose_reference_is_gone_after_its_admission_is_quarantined_with
         tmp_path):
     """Its worker could not read the gain: taken for trouble outside the movie, all correction
     paused and the movie retried for ever."""
-    config = _session(tmp_path, incomplete_grace_s=0.5)  # admission's own wait for the file
+    config = frames_session(tmp_path, incomplete_grace_s=0.5)  # admission's own wait for the file
     movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(13),
                                  counts_per_frame=COUNTS, n_frames=4, code=0,
                                  rng=np.random.default_rng(51))
@@ -398,7 +386,7 @@ def test_three_movies_without_a_pixel_size_stop_the_service_though_their_gain_is
     a missing pixel size is still the settings' (78)."""
     import dataclasses
 
-    config = _session(tmp_path)
+    config = frames_session(tmp_path)
     config = dataclasses.replace(config, params=dataclasses.replace(
         config.params, read=ReadParams()))
     for i in range(3):

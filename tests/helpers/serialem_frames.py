@@ -18,6 +18,7 @@ turns:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -25,7 +26,8 @@ import tifffile
 
 from dm4_writer import write_dm4
 
-__all__ = ["SERIALEM_ROTATE_FLIP", "serialem_turn", "write_serialem_movie"]
+__all__ = ["SERIALEM_ROTATE_FLIP", "serialem_turn", "write_serialem_movie", "camera_defect_list",
+           "frames_session"]
 
 #: out[y'][x'] = in[...] for each code N (nx, ny: the input's size); odd codes swap the axes
 SERIALEM_ROTATE_FLIP = {
@@ -95,3 +97,31 @@ def write_serialem_movie(folder: Path, name: str, *, gain_raw: np.ndarray,
         "RotationAndFlip = 3\r\nTiltAngle = 0.0\r\nExposureDose = 10\r\n"
         f"NumSubFrames = {n_frames}\r\nDateTime = 08-Oct-21  07:47:29\r\n")
     return movie
+
+
+def camera_defect_list(camera_xy: tuple[int, int], entries: str, *, rotation_flip: int = 0,
+                       was_scaled: int = 1) -> str:
+    """The text of a camera defect list as SerialEM writes it (IMOD ``CorDefDefectsToString``:
+    its header, then ``entries``, one per line); a K2/K3 list has ``WasScaled 1``."""
+    return (f"CameraSizeX {camera_xy[0]}\nCameraSizeY {camera_xy[1]}\n"
+            f"RotationAndFlip {rotation_flip}\nWasScaled {was_scaled}\n"
+            f"K2Type {int(was_scaled == 1)}\nFalconType 0\nNumToAvgSuperRes 0\n"
+            f"UsableArea 0 0 0 0\n{entries}")
+
+
+def frames_session(tmp_path: Path, **config: Any) -> Any:
+    """A ``watch`` configuration over ``tmp_path/w`` (outputs and state in ``tmp_path/out``)
+    for such movies: pixel size and dose given, no hot-pixel search, quick scans, exits when
+    idle; ``config`` overrides the fields."""
+    from correction.params import CorrectionParams, DoseParams, GainParams, ReadParams
+    from daemon.settings.config import Config
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(pixel_size_A=1.0),
+                              gain=GainParams(detect_hot_pixels=False))
+    fields = {"settle_time_s": 0.1, "scan_interval_s": 0.05, "heartbeat_s": 0.2,
+              "exit_when_idle_s": 0.6, "polling": "on", **config}
+    return Config(watch, out, out, params, **fields)
