@@ -19,12 +19,17 @@ and ``y`` the row of the image as SerialEM and DM show it (row 0 at the top), ra
   ``alignframes`` does not;
 - ``WasScaled``: 1 when the list was scaled up to super-resolution pixels (every K2/K3 list
   SerialEM writes: then ``CameraSize`` is the super-resolution size and a bad pixel stands for
-  the 2 x 2 block from ``x y``), 2 for 4 x 4 blocks (Falcon), 0 when on physical pixels;
-- ``K2Type``, ``FalconType``, ``NumToAvgSuperRes``: the camera kind (read, not needed here);
+  the 2 x 2 block from ``x y``), 0 when on physical pixels;
+- ``K2Type``, ``NumToAvgSuperRes``: the camera kind (read, not needed here); a Falcon's list
+  (``FalconType``, which IMOD makes from the defects in a Falcon gain file) is refused: EER
+  frames keep their stored row order, and a Falcon's defects come with its gain;
 - ``UsableArea top left bottom right``: the first and last good row and column (0: not set);
 - ``BadColumns c ...``, ``BadRows r ...``: whole columns and rows;
 - ``PartialBadColumn x width y1 y2``, ``PartialBadRow y height x1 x2``: part of one;
 - ``BadPixels x y x y ...``: single pixels (blocks when scaled).
+
+A line starting with a space is refused (IMOD fails on it), one holding a tag and a space but
+no value too.
 
 Fitting onto frames of ``nx x ny`` pixels (as IMOD ``CorDefSetupToCorrect``): frames larger
 than the camera (super-resolution frames against a list on physical pixels, at most twice it)
@@ -62,7 +67,7 @@ _MAX_UP = 2
 #: ``(x, y, w, h)``: first column and row (0-based), columns wide, rows high
 Rect = tuple[int, int, int, int]
 
-_TAG = re.compile(r"^([^\s#]\S*)[ \t]+(.*)$")
+_TAG = re.compile(r"^(\S+)[ \t](.*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,6 @@ class CameraDefectList:
     rects_top_down: tuple[Rect, ...]
     was_scaled: int = 0
     rotation_flip: int = 0
-    falcon: bool = False
 
     def fit(self, shape_yx: tuple[int, int]) -> tuple[int, int, int, int]:
         """``(up, binning, left, top)`` fitting the list onto frames of ``shape_yx``: the
@@ -109,7 +113,7 @@ class CameraDefectList:
             raise GainReferenceError(self.path, problem)
         up = 1
         if nx > cam_x or ny > cam_y:
-            up = nx // cam_x if self.falcon else _MAX_UP
+            up = _MAX_UP
             cam_x, cam_y = cam_x * up, cam_y * up
         binning = max(1, min(cam_x // nx, cam_y // ny))
         return up, binning, (cam_x // binning - nx) // 2, (cam_y // binning - ny) // 2
@@ -120,9 +124,6 @@ class CameraDefectList:
                f"{cam_x} x {cam_y}"
         if nx > _MAX_UP * cam_x or ny > _MAX_UP * cam_y:
             return f"camera defect list of a smaller camera: {size}"
-        if self.falcon and (nx > cam_x or ny > cam_y) and not (
-                nx % cam_x == 0 and ny % cam_y == 0 and nx // cam_x == ny // cam_y in (2, 4)):
-            return f"camera defect list does not scale onto the frames: {size}"
         if not _whole_multiple(nx, ny, cam_x, cam_y) and _whole_multiple(ny, nx, cam_x, cam_y):
             return (f"camera defect list of another orientation: {size}, which fits only "
                     "transposed")
@@ -216,16 +217,20 @@ def parse_camera_defect_text(text: str, path: str | Path) -> CameraDefectList:
     partial_rows: list[tuple[int, int, int, int]] = []
     pixels: list[tuple[int, int]] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        match = _TAG.match(line.rstrip())
-        if match is None:  # empty, a comment, or a tag without values: skipped, as IMOD
+
+        def bad(why: str) -> GainReferenceError:
+            return _entry_error(path, number, line, why)
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0] in " \t":  # IMOD takes the empty tag for CameraSizeX and fails
+            raise bad("does not start with its tag")
+        match = _TAG.match(line)
+        if match is None:  # a tag alone, without a space: skipped, as IMOD skips it
             continue
         tag, rest = match.groups()
         key = next((k for k in CAMERA_DEFECT_KEYS if k.startswith(tag)), None)
         if key is None:
             continue
-
-        def bad(why: str) -> GainReferenceError:
-            return _entry_error(path, number, line, why)
         try:
             numbers = [int(v) for v in rest.replace(",", " ").split()]
         except ValueError:
@@ -254,6 +259,10 @@ def parse_camera_defect_text(text: str, path: str | Path) -> CameraDefectList:
             rows.extend(numbers)
         else:
             values[key] = numbers[0]
+    if values.get("FalconType", 0) > 0:
+        raise GainReferenceError(path, "a Falcon camera defect list (FalconType): not read "
+                                       "(a Falcon's defects come with its gain reference, and "
+                                       "its EER frames keep their stored row order)")
     cam_x, cam_y = values.get("CameraSizeX", 0), values.get("CameraSizeY", 0)
     if cam_x <= 0 or cam_y <= 0:
         raise GainReferenceError(path, "camera defect list without CameraSizeX and "
@@ -280,4 +289,4 @@ def parse_camera_defect_text(text: str, path: str | Path) -> CameraDefectList:
         raise GainReferenceError(path, f"camera defect list has a defect at x {x}, y {y}, "
                                        f"outside its {cam_x} x {cam_y} camera")
     return CameraDefectList(path, (cam_x, cam_y), tuple(rects), was_scaled,
-                            values.get("RotationAndFlip", 0), values.get("FalconType", 0) > 0)
+                            values.get("RotationAndFlip", 0))

@@ -802,14 +802,21 @@ class Admission:
         waited = (self._settler.stable_for_s(obs.path) or 0.0) >= cfg.incomplete_grace_s
         if lookup.gain is not None:
             self._gain_folders.add(folder)
-            if lookup.defects_missing is not None:  # the frames are fine without it: a warning
+            gain = lookup.gain
+            if cfg.params.gain.defects_path is not None:  # --defects wins
+                gain = dataclasses.replace(gain, defects=None)
+            elif lookup.defects_missing is not None:  # the frames are fine without it
+                # done with this gain (with the list, deleted since, or without it after the
+                # wait): its outputs stand, not corrected again without it nor waited for
+                recorded = self._recorded_gain(obs, lookup.named,
+                                               defects=(lookup.defects_named, None))
+                if recorded is not None:
+                    return dataclasses.replace(meta, gain=recorded)
                 if not waited:
                     return dataclasses.replace(meta, wait_reason=lookup.defects_missing)
                 self.report_once(str(obs.path), "movie_without_frame_mdoc_defects",
                                  f"{lookup.defects_missing} after {cfg.incomplete_grace_s:g} "
                                  "s: corrected without it", level="warning")
-            gain = lookup.gain if cfg.params.gain.defects_path is None \
-                else dataclasses.replace(lookup.gain, defects=None)  # --defects wins
             return dataclasses.replace(meta, gain=gain, extra_record={
                 **meta.extra_record, "frame_mdoc_gain": {**gain.to_json(), "turn": lookup.turn}})
         # done with a gain it names no more (its reference or frame mdoc deleted or left
@@ -834,10 +841,12 @@ class Admission:
                              "gain", level="warning")
         return meta
 
-    def _recorded_gain(self, obs: Observation, named: str | None) -> MovieGain | None:
+    def _recorded_gain(self, obs: Observation, named: str | None,
+                       defects: tuple[str | None, ...] | None = None) -> MovieGain | None:
         """The own gain a done row of this file version was corrected with, when it is the file
-        its frame mdoc names (by name; ``named`` None: it names none now), else None. Asked of
-        the versions the state held at the start only."""
+        its frame mdoc names (by name; ``named`` None: it names none now) and, when
+        ``defects`` is given, its defect list one of those names (None: without one), else
+        None. Asked of the versions the state held at the start only."""
         if (str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
             return None
         try:
@@ -848,7 +857,9 @@ class Admission:
             gain = metadata_from_json(row.metadata).gain
             if (row.status == "done" and (row.key.size, row.key.mtime_ns) == (obs.size,
                                                                              obs.mtime_ns)
-                    and gain is not None and named in (None, Path(gain.path).name)):
+                    and gain is not None and named in (None, Path(gain.path).name)
+                    and (defects is None or (gain.defects and Path(gain.defects).name)
+                         in defects)):
                 return gain
         return None
 

@@ -23,7 +23,7 @@ set; the frames' title says which (``r/f N``). EER frames are never turned.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tifffile
@@ -71,7 +71,10 @@ class GainLookup:
         Named but not found (one line naming the file and the folders searched).
     defects_missing : str or None
         The gain found, and the defect list named beside it not found (one line, as
-        ``missing_reason``); ``gain`` then has no defect list.
+        ``missing_reason``), or its name perhaps not written yet; ``gain`` then has no defect
+        list.
+    defects_named : str or None
+        The file name the frame mdoc gives as ``DefectFile``.
     turn : str or None
         Where the gain's turn onto the frames comes from (:func:`frame_gain_turn`).
     has_mdoc : bool
@@ -85,6 +88,7 @@ class GainLookup:
     turn: str | None = None
     has_mdoc: bool = False
     defects_missing: str | None = None
+    defects_named: str | None = None
 
 
 def gain_reference_name(mdoc_text: str) -> str | None:
@@ -145,7 +149,8 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
         defects_missing = "its frame mdoc is written no further than its gain reference yet"
     return GainLookup(MovieGain(str(gain.absolute()), turns, flip,
                                 None if defects is None else str(defects.absolute())),
-                      name, turn=how, has_mdoc=True, defects_missing=defects_missing)
+                      name, turn=how, has_mdoc=True, defects_missing=defects_missing,
+                      defects_named=defects_name)
 
 
 def _found(name: str, folders: list[Path]) -> Path | None:
@@ -159,12 +164,15 @@ def _not_found(what: str, name: str, folders: list[Path]) -> str:
 
 
 def relocated(gain: MovieGain, movie: Path) -> MovieGain:
-    """``gain`` (recorded for ``movie``) where it lies now: when its file is gone with its
-    folder (renamed or moved), the one the frame mdoc names found again, if it is the same
-    file name and turn (:meth:`MovieGain.identity`); else ``gain`` as it was."""
+    """``gain`` (recorded for ``movie``) where it lies now: when its files are gone with their
+    folder (renamed or moved), the ones the frame mdoc names found again, if they are the same
+    file names and turn (:meth:`MovieGain.identity`; a gain recorded without a defect list, as
+    with ``--defects`` given, stays without); else ``gain`` as it was."""
     if all(Path(f).exists() for f in gain.files()):
         return gain
     found = find_frame_mdoc_gain(movie).gain
+    if found is not None and gain.defects is None:  # corrected without the frame mdoc's list
+        found = replace(found, defects=None)
     return found if found is not None and found.identity() == gain.identity() else gain
 
 

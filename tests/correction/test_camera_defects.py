@@ -128,12 +128,14 @@ def test_frames_more_than_twice_the_camera_are_refused(k2_list):
     ("BadColumns 4 x", "holds a value that is not an integer"),
     ("PartialBadRow 5 1 30 20", "has an empty range"),
     ("BadRows -3", "has a negative value"),
+    (" BadColumns 3", "does not start with its tag"),
+    ("BadRows ", "has no value"),
 ])
 def test_a_malformed_entry_is_quoted_with_its_line_number(tmp_path, line, why):
     path = tmp_path / "defects.txt"
     path.write_text(f"CameraSizeX 64\nCameraSizeY 48\n{line}\n")
     with pytest.raises(GainReferenceError, match=rf"defects\.txt: camera defect list line 3 "
-                                                 rf"{why}: '{line}'"):
+                                                 rf"{why}: '{line.strip()}'"):
         read_camera_defect_list(path)
 
 
@@ -166,3 +168,13 @@ def test_with_a_gain_the_list_is_fitted_onto_the_gain_and_joins_its_defects(tmp_
     assert reference.camera_defects is not None
     assert reference.camera_defects.describe_fit((24, 32)) == (
         "SerialEM camera defect list of a 64 x 48 camera, binned by 2")
+
+
+def test_a_falcon_list_is_refused_with_the_reason(tmp_path):
+    """IMOD makes one from a Falcon gain file's defects; EER frames keep their stored row order
+    (not IMOD's), so its rows would land mirrored."""
+    path = tmp_path / "falcon.txt"
+    path.write_text("CameraSizeX 4096\nCameraSizeY 4096\nWasScaled 0\nFalconType 1\n"
+                    "BadRows 0\n")
+    with pytest.raises(GainReferenceError, match=r"falcon\.txt: a Falcon camera defect list"):
+        read_camera_defect_list(path)

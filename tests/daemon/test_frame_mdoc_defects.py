@@ -11,7 +11,9 @@ specimen's counts); without it, they stay dark.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import mrcfile
@@ -25,10 +27,10 @@ from serialem_frames import (camera_defect_list, frames_session, serialem_turn,
 from daemon.commands.cli import main
 from daemon.engine.policy import finished_under_other_parameters
 from daemon.engine.service import Service
-from daemon.events import NoMetadata
+from daemon.events import MovieGain, NoMetadata
 from daemon.handoff.listener import RelionListener
 from daemon.handoff.relion import RelionOptics
-from daemon.intake.frame_gain import defect_file_name
+from daemon.intake.frame_gain import defect_file_name, relocated
 from daemon.state.ledger import DB_NAME, Ledger
 
 RAW_SHAPE = (48, 80)  # the camera's raw image; r/f 3 writes frames of 80 rows x 48 columns
@@ -200,3 +202,49 @@ def test_a_movie_done_without_its_list_is_corrected_once_more_with_it(tmp_path):
     # one row per parameter set it was corrected under, each corrected once
     assert [(r.status, r.attempts) for r in rows] == [("done", 1), ("done", 1)]
     assert finished_under_other_parameters(rows, config.params) == []
+
+
+def test_a_done_movie_keeps_its_outputs_when_its_list_goes_and_one_done_without_is_not_held(
+        tmp_path):
+    """A list deleted after its movie was corrected: the movie is not corrected again without
+    it; a movie corrected without its list (never delivered) is not held for it again at each
+    start."""
+    config = frames_session(tmp_path, incomplete_grace_s=0.5, exit_when_idle_s=1.5)
+    frames = config.watch_dir / "frames"
+    _movie(frames, "listed.tif", 30)
+    _movie(frames, "unlisted.tif", 31)
+    (frames / "defects_unlisted.txt").unlink()
+    assert Service(config, resolver=NoMetadata()).run() == 0
+    (frames / "defects_listed.txt").unlink()
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    assert not log.named("movie_waiting") and not log.named("movie_without_frame_mdoc_defects")
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        assert [(r.status, r.attempts) for r in ledger.rows()] == [("done", 1)] * 2
+    assert _dead_level(config.out_dir / "frames" / "listed.mrc") > 0.6
+
+
+def test_with_defects_given_a_missing_frame_mdoc_list_holds_nothing_and_a_moved_folder_is_found(
+        tmp_path):
+    """``--defects`` wins: the frame mdoc's list, there or not, is not waited for, and a session
+    folder moved before its movies were corrected finds their gain there, without the list."""
+    given = tmp_path / "given.txt"
+    given.write_text("10 59 1 16\n")  # the partial column, rows reversed
+    config = frames_session(tmp_path, incomplete_grace_s=30.0, exit_when_idle_s=1.5)
+    config = dataclasses.replace(config, params=dataclasses.replace(
+        config.params, gain=dataclasses.replace(config.params.gain, defects_path=given)))
+    frames = config.watch_dir / "frames"
+    movie = _movie(frames, "m.tif", 32)
+    (frames / "defects_m.txt").unlink()
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    assert not log.named("movie_waiting")
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        (row,) = ledger.rows()
+    stored = MovieGain.from_json(row.metadata["gain"])
+    assert stored.defects is None
+    _movie(frames, "m.tif", 32)  # the list back, and the folder moved: the same gain found
+    shutil.move(frames, config.watch_dir / "moved")
+    found = relocated(stored, config.watch_dir / "moved" / movie.name)
+    assert found.path == str(config.watch_dir / "moved" / "CountRef_m.dm4")
+    assert found.defects is None
