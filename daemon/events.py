@@ -372,7 +372,9 @@ class NoMetadata:
 class ServiceInfo:
     """What the service runs with, given to listeners once ready: the folders (absolute), the
     gain reference's parameters (``correction.params.GainParams``; None without a gain file),
-    the process and how discovery watches."""
+    the process and how discovery watches; ``gain_settings``: the configured gain parameters
+    whether or not they name a gain file (the EER gain rule, a defect list), which a movie's own
+    gain (its frame mdoc's) is corrected under (None: the defaults)."""
 
     watch_dir: Path
     out_dir: Path
@@ -382,6 +384,7 @@ class ServiceInfo:
     discovery_mode: str
     discovery_reason: str
     recovered: int
+    gain_settings: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -372,7 +372,7 @@ class Service:
             self._notify("on_ready", ServiceInfo(
                 watch_dir=cfg.watch_dir, out_dir=cfg.out_dir, state_dir=cfg.state_dir, gain=gain,
                 pid=os.getpid(), discovery_mode=state.mode, discovery_reason=state.reason,
-                recovered=self._recovered))
+                recovered=self._recovered, gain_settings=cfg.params.gain))
             self._ready = True
             for method, event, corrected in self._before_ready:
                 self._finished(method, event, corrected=corrected)

@@ -233,6 +233,7 @@ class RelionListener(ServiceListener):
         self._warned: set[tuple[str, str]] = set()
         self._gain_name: str | None = None
         self._gain_params: Any = None  # for the gain of EER movies, written at the first one
+        self._gain_settings: Any = None  # the configured ones, gain file or not (own gains')
         self._eer_gain_name: str | None = None
         self._own_gain_names: dict[tuple[MovieGain, bool], str | None] = {}  # frame mdocs'
         self._own: set[str] = set()  # every motion record the ledger or an event named
@@ -261,6 +262,7 @@ class RelionListener(ServiceListener):
                            info.gain) if info.gain is not None else None
         self._gain_name = Path(gain).name if gain else None
         self._gain_params = info.gain
+        self._gain_settings = info.gain_settings
         self._seed(Path(info.state_dir))
         self._catch_up()
         series = {t.series for _, t in self._entries() if t is not None}
@@ -516,7 +518,7 @@ class RelionListener(ServiceListener):
         again beside the movie when its folder was renamed or moved since (by file name)."""
         key = (relocated(own, movie), eer)
         if key not in self._own_gain_names:
-            params = key[0].onto(self._gain_params or GainParams())
+            params = key[0].onto(self._gain_settings or self._gain_params or GainParams())
             gain = self._guard(str(self._out), "relion_gain", write_relion_gain, self._out,
                                params, eer=eer)
             self._own_gain_names[key] = Path(gain).name if gain else None

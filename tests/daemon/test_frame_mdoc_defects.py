@@ -226,8 +226,9 @@ def test_a_done_movie_keeps_its_outputs_when_its_list_goes_and_one_done_without_
 
 def test_with_defects_given_a_missing_frame_mdoc_list_holds_nothing_and_a_moved_folder_is_found(
         tmp_path):
-    """``--defects`` wins: the frame mdoc's list, there or not, is not waited for, and a session
-    folder moved before its movies were corrected finds their gain there, without the list."""
+    """``--defects`` wins: the frame mdoc's list, there or not, is not waited for, the gain
+    exported for RELION masks the given list's pixels, and a session folder moved before its
+    movies were corrected finds their gain there, without the list."""
     given = tmp_path / "given.txt"
     given.write_text("10 59 1 16\n")  # the partial column, rows reversed
     config = frames_session(tmp_path, incomplete_grace_s=30.0, exit_when_idle_s=1.5)
@@ -237,8 +238,15 @@ def test_with_defects_given_a_missing_frame_mdoc_list_holds_nothing_and_a_moved_
     movie = _movie(frames, "m.tif", 32)
     (frames / "defects_m.txt").unlink()
     log = RecordingLog()
-    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    optics = RelionOptics(spherical_aberration_mm=2.7, amplitude_contrast=0.1)
+    assert Service(config, resolver=NoMetadata(), logger=log,
+                   listeners=[RelionListener(optics)]).run() == 0
     assert not log.named("movie_waiting")
+    # RELION's polishing masks what the movie was corrected with: the given list's pixels
+    name = starfile.read(config.out_dir / "frames" / "m.star", always_dict=True)["general"][
+        "rlnMicrographGainName"]
+    exported = np.flipud(mrcfile.read(config.out_dir / name))
+    assert np.all(exported[5:21, 10] == 0) and exported[50, 30] > 0
     with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
         (row,) = ledger.rows()
     stored = MovieGain.from_json(row.metadata["gain"])

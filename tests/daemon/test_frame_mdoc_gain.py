@@ -12,6 +12,7 @@ the pattern stays (variance / mean over 10).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -236,6 +237,42 @@ def test_an_eer_movie_gets_the_falcon_gain_its_frame_mdoc_names_as_it_is(tmp_pat
     assert own["turn"] == "as written (not a DM reference)"
 
 
+def test_the_eer_gain_exported_for_relion_is_the_own_gain_under_the_configured_eer_rule(
+        tmp_path):
+    """With ``--eer-gain reciprocal`` and no gain file configured, the Falcon gain a frame mdoc
+    names is applied as ``mean / gain``: the ``.gain`` RELION's polishing applies as it is must
+    be that too (it was written under the default rule, the file itself)."""
+    import tifffile
+    from eer_writer import write_eer
+
+    from correction.gain import load_gain_reference, reference_for_movie
+
+    config = frames_session(tmp_path)
+    config = dataclasses.replace(config, params=dataclasses.replace(
+        config.params, gain=dataclasses.replace(config.params.gain, eer_gain="reciprocal"),
+        read=dataclasses.replace(config.params.read, eer_group_frames=20)))
+    frames = config.watch_dir / "frames"
+    frames.mkdir()
+    counts = _gain(11)  # a flat-field count image, as the reciprocal rule takes it
+    rng = np.random.default_rng(11)
+    write_eer(frames / "e.eer", [rng.random(SHAPE) < 0.01 * counts for _ in range(100)],
+              shape_yx=SHAPE)
+    tifffile.imwrite(frames / "E_EER_GainReference.gain", counts)
+    (frames / "e.eer.mdoc").write_text(
+        "Voltage = 300\n\n[FrameSet = 0]\nGainReference = E_EER_GainReference.gain\n"
+        "TiltAngle = 0\nNumSubFrames = 100\nDateTime = 19-Apr-25  04:01:00\n")
+    optics = RelionOptics(spherical_aberration_mm=2.7, amplitude_contrast=0.1)
+    assert Service(config, listeners=[RelionListener(optics)], resolver=NoMetadata()).run() == 0
+    name = starfile.read(config.out_dir / "frames" / "e.star", always_dict=True)["general"][
+        "rlnMicrographGainName"]
+    exported = tifffile.imread(config.out_dir / name)
+    gain_params = dataclasses.replace(config.params.gain,
+                                      gain_path=frames / "E_EER_GainReference.gain")
+    applied = reference_for_movie(load_gain_reference(gain_params), gain_params, is_eer=True)
+    np.testing.assert_allclose(exported, applied.gain, rtol=1e-6)
+    assert not np.allclose(exported, counts, rtol=0.01)
+
+
 def test_a_movie_whose_frame_mdoc_comes_late_waits_for_it_where_its_folder_names_gains(
         tmp_path):
     """A share may bring a frame mdoc after its movie. In a folder whose movies took their gain
@@ -333,8 +370,6 @@ def test_a_movie_admitted_with_its_frame_mdoc_gain_is_corrected_once_under_new_s
     with ``--gain`` (or ``--no-frame-mdoc-gain``): the row keyed with the frame mdoc's gain
     no longer stands. It was corrected under it as well as under the new settings, both at
     once into the same outputs."""
-    import dataclasses
-
     config = frames_session(tmp_path)
     movie = write_serialem_movie(config.watch_dir / "frames", "m.tif", gain_raw=_gain(12),
                                  counts_per_frame=COUNTS, n_frames=4, code=1,
@@ -384,8 +419,6 @@ def test_three_movies_without_a_pixel_size_stop_the_service_though_their_gain_is
         tmp_path):
     """A movie's own gain makes a misfit of that gain the movie's, not the settings' (above);
     a missing pixel size is still the settings' (78)."""
-    import dataclasses
-
     config = frames_session(tmp_path)
     config = dataclasses.replace(config, params=dataclasses.replace(
         config.params, read=ReadParams()))
