@@ -217,13 +217,10 @@ def parse_camera_defect_text(text: str, path: str | Path) -> CameraDefectList:
     partial_rows: list[tuple[int, int, int, int]] = []
     pixels: list[tuple[int, int]] = []
     for number, line in enumerate(text.splitlines(), start=1):
-
-        def bad(why: str) -> GainReferenceError:
-            return _entry_error(path, number, line, why)
         if not line.strip() or line.startswith("#"):
             continue
         if line[0] in " \t":  # IMOD takes the empty tag for CameraSizeX and fails
-            raise bad("does not start with its tag")
+            raise _entry_error(path, number, line, "does not start with its tag")
         match = _TAG.match(line)
         if match is None:  # a tag alone, without a space: skipped, as IMOD skips it
             continue
@@ -234,21 +231,22 @@ def parse_camera_defect_text(text: str, path: str | Path) -> CameraDefectList:
         try:
             numbers = [int(v) for v in rest.replace(",", " ").split()]
         except ValueError:
-            raise bad("holds a value that is not an integer") from None
+            raise _entry_error(path, number, line,
+                               "holds a value that is not an integer") from None
         if not numbers:
-            raise bad("has no value")
+            raise _entry_error(path, number, line, "has no value")
         if any(n < 0 for n in numbers) and key not in ("WasScaled", "RotationAndFlip"):
-            raise bad("has a negative value")
+            raise _entry_error(path, number, line, "has a negative value")
         if key in ("UsableArea", "PartialBadColumn", "PartialBadRow") and len(numbers) < 4:
-            raise bad("needs 4 values")
+            raise _entry_error(path, number, line, "needs 4 values")
         if key == "BadPixels" and len(numbers) % 2:
-            raise bad("needs x y pairs")
+            raise _entry_error(path, number, line, "needs x y pairs")
         if key == "UsableArea":
             usable = (numbers[0], numbers[1], numbers[2], numbers[3])
         elif key in ("PartialBadColumn", "PartialBadRow"):
             start, width, first, last = numbers[:4]
             if width < 1 or last < first:
-                raise bad("has an empty range")
+                raise _entry_error(path, number, line, "has an empty range")
             (partial_columns if key == "PartialBadColumn" else partial_rows).append(
                 (start, width, first, last))
         elif key == "BadPixels":
