@@ -35,7 +35,10 @@ Fitting onto frames of ``nx x ny`` pixels (as IMOD ``CorDefSetupToCorrect``): fr
 than the camera (super-resolution frames against a list on physical pixels, at most twice it)
 take the list scaled up by 2; frames smaller take it binned by the largest integer ``b`` with
 ``b * nx`` and ``b * ny`` within the camera (K3 counting frames of 5760 x 4092 against the
-11520 x 8184 list: 2); frames smaller than the binned camera are a subarea centred on it.
+11520 x 8184 list: 2); frames smaller than the binned camera are a subarea centred on it (said
+in a warning by :mod:`correction.pipeline`, as IMOD says it). A binning no camera saves frames
+at (other than 1, 2, 3, 4, 6, 8: SerialEM's K2/K3 binnings on super-resolution pixels) is
+refused: a list of another camera.
 Frames whose size matches the list only transposed are refused (a list of another
 orientation), as are frames more than twice the camera.
 
@@ -63,6 +66,9 @@ CAMERA_DEFECT_KEYS = ("CameraSizeX", "CameraSizeY", "RotationAndFlip", "WasScale
 
 #: frames may be at most this many times the list's camera (IMOD: a list scaled up by 2)
 _MAX_UP = 2
+#: binnings of frames against a list: SerialEM's K2/K3 binnings 0.5-4 (1-8 on the list's
+#: super-resolution pixels), and 1-8 of a list on physical pixels
+CAMERA_BINNINGS = (1, 2, 3, 4, 6, 8)
 
 #: ``(x, y, w, h)``: first column and row (0-based), columns wide, rows high
 Rect = tuple[int, int, int, int]
@@ -104,7 +110,8 @@ class CameraDefectList:
         Raises
         ------
         GainReferenceError
-            Frames more than twice the camera, or fitting it only transposed.
+            Frames more than twice the camera, fitting it only transposed, or only at a
+            binning no camera saves frames at (a list of another camera).
         """
         ny, nx = int(shape_yx[0]), int(shape_yx[1])
         cam_x, cam_y = self.camera_size_xy
@@ -116,6 +123,10 @@ class CameraDefectList:
             up = _MAX_UP
             cam_x, cam_y = cam_x * up, cam_y * up
         binning = max(1, min(cam_x // nx, cam_y // ny))
+        if binning not in CAMERA_BINNINGS:
+            raise GainReferenceError(
+                self.path, f"camera defect list of another camera: the frames are {nx} x {ny}, "
+                           f"its camera {cam_x} x {cam_y}, which fits only binned by {binning}")
         return up, binning, (cam_x // binning - nx) // 2, (cam_y // binning - ny) // 2
 
     def _misfit(self, nx: int, ny: int, cam_x: int, cam_y: int) -> str | None:

@@ -643,9 +643,17 @@ _DARK_ABOVE_FRAMES = 0.75
 
 def _defects_fitted(gain_reference: GainReference, frames_yx: tuple[int, int]) -> str | None:
     """How SerialEM's camera defect list was fitted onto the frames (one line); None for
-    other defect files."""
+    other defect files. Frames taken as a subarea of its camera are said in a warning (a list
+    of another camera lands its defects elsewhere)."""
     camera = gain_reference.camera_defects
-    return None if camera is None else camera.describe_fit(frames_yx)
+    if camera is None:
+        return None
+    fitted = camera.describe_fit(frames_yx)
+    if camera.fit(frames_yx)[2:] != (0, 0):
+        warnings.warn(f"{camera.path.name}: {fitted}: taken as a subarea centred on the "
+                      "camera; if the frames are the whole camera, the list is another "
+                      "camera's", UserWarning, stacklevel=2)
+    return fitted
 
 
 def _check_defects_in_frame(gain_reference: GainReference, shape_yx: tuple[int, int]) -> None:

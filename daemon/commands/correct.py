@@ -36,7 +36,8 @@ from daemon.events import MovieGain, frame_mdoc_gains_apply, movie_params
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (SINGLE_PARTICLE_STAR, UnwritableStarValue, motion_records_in,
                                    movie_motion, write_motion_star, write_single_particle_star)
-from daemon.intake.frame_gain import find_frame_mdoc_gain
+from daemon.intake.frame_gain import (defect_list_not_applied, find_frame_mdoc_gain,
+                                      why_no_frame_mdoc_gain)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, files_voltage_kV,
@@ -421,6 +422,7 @@ def run(args: argparse.Namespace) -> int:
               "stem of this run's for a movie of the same name", file=sys.stderr, flush=True)
     relion = _RelionFiles(Path(args.out), params, optics)
     own_gains = _FrameMdocGains(params, enabled=frame_mdoc_gains_apply(
+        params, getattr(args, "frame_mdoc_gain", True)), why_not=why_no_frame_mdoc_gain(
         params, getattr(args, "frame_mdoc_gain", True)))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     status = None
@@ -520,10 +522,22 @@ class _FrameMdocGains:
     """The gain reference each movie's frame mdoc names (:mod:`daemon.intake.frame_gain`),
     for a run given no ``--gain``: loaded once per file and turn (the last one kept)."""
 
-    def __init__(self, params: Any, *, enabled: bool) -> None:
+    def __init__(self, params: Any, *, enabled: bool, why_not: str | None = None) -> None:
         self.params = params
         self.enabled = enabled
+        self.why_not = why_not or "none is applied"  # why no frame mdoc gain is
         self._loaded: tuple[Any, Any] | None = None  # (GainParams, reference)
+        self._told: set[Path] = set()  # folders told their defect lists are not applied
+
+    def _tell_defects_not_applied(self, movie: Path, why: str) -> None:
+        """One line on stderr per folder whose frame mdocs name a camera defect list that is
+        not applied (unless --defects is given)."""
+        if self.params.gain.defects_path is not None or movie.parent in self._told:
+            return
+        line = defect_list_not_applied(movie, why)
+        if line is not None:
+            self._told.add(movie.parent)
+            print(f"motionwatch: {movie}: warning: {line}", file=sys.stderr, flush=True)
 
     def lookup(self, movie: Path) -> _OwnGain:
         """The movie's parameters and gain; raises ``GainReferenceError`` when its frame mdoc
@@ -532,12 +546,15 @@ class _FrameMdocGains:
         from correction.gain import load_gain_reference
 
         if not self.enabled:
+            self._tell_defects_not_applied(movie, self.why_not)
             return _OwnGain(self.params)
         found = find_frame_mdoc_gain(movie)
         if found.missing_reason is not None:
             raise GainReferenceError(movie, f"{found.missing_reason} (give --gain, or "
                                             "--no-frame-mdoc-gain)")
         if found.gain is None:
+            if found.defects_named is not None:
+                self._tell_defects_not_applied(movie, "it names no gain reference")
             return _OwnGain(self.params)
         own = found.gain
         if self.params.gain.defects_path is not None:  # --defects wins

@@ -48,7 +48,8 @@ from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieGain, Mo
                            MovieMetadata, Observation, ScanResult, frame_mdoc_gains_apply,
                            movie_fingerprint, output_dir_for)
 from daemon.intake.content import content_fingerprint
-from daemon.intake.frame_gain import find_frame_mdoc_gain
+from daemon.intake.frame_gain import (defect_list_not_applied, find_frame_mdoc_gain,
+                                      why_no_frame_mdoc_gain)
 from daemon.intake.settle import Settler
 from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
@@ -242,6 +243,7 @@ class Admission:
         #: shorter exposure setting
         self._held_short: dict[str, dict[str, int]] = {}
         self._gain_folders: set[str] = set()  # folders whose movies named their gain reference
+        self._defects_told: set[str] = set()  # folders told their defect lists are not applied
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
@@ -796,6 +798,8 @@ class Admission:
         corrected without, with a warning."""
         cfg = self.settings
         if not frame_mdoc_gains_apply(cfg.params, cfg.frame_mdoc_gain):
+            self._tell_defects_not_applied(obs.path, why_no_frame_mdoc_gain(
+                cfg.params, cfg.frame_mdoc_gain) or "none is applied")
             return meta
         lookup = find_frame_mdoc_gain(obs.path)
         folder = str(obs.path.parent)
@@ -830,6 +834,8 @@ class Admission:
             return dataclasses.replace(meta, quarantine_reason=(
                 f"{lookup.missing_reason} after {cfg.incomplete_grace_s:g} s: put it there and "
                 "run motionwatch retry, or give --gain"))
+        if lookup.defects_named is not None:  # gain-normalised frames with a list?
+            self._tell_defects_not_applied(obs.path, "it names no gain reference")
         if not lookup.has_mdoc and folder in self._gain_folders:
             # a share may bring the frame mdoc after its movie: not corrected without its gain
             why = ("no frame mdoc yet; the movies before it here took their gain reference "
@@ -840,6 +846,18 @@ class Admission:
                              f"{why}: after {cfg.incomplete_grace_s:g} s corrected without a "
                              "gain", level="warning")
         return meta
+
+    def _tell_defects_not_applied(self, movie: Path, why: str) -> None:
+        """Say once per folder, with a warning, that its movies' frame mdocs name a camera
+        defect list that is not applied (it goes with the frame mdoc's gain; ``why`` none is
+        applied), unless ``--defects`` is given."""
+        folder = str(movie.parent)
+        if self.settings.params.gain.defects_path is not None or folder in self._defects_told:
+            return
+        line = defect_list_not_applied(movie, why)
+        if line is not None:
+            self._defects_told.add(folder)
+            self.report_once(folder, "frame_mdoc_defects_not_applied", line, level="warning")
 
     def _recorded_gain(self, obs: Observation, named: str | None,
                        defects: tuple[str | None, ...] | None = None) -> MovieGain | None:

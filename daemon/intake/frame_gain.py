@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import tifffile
 from correction.io.titles import movie_titles
@@ -33,7 +34,8 @@ from correction.metadata_text import decode_metadata_text
 from daemon.events import MovieGain
 
 __all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "defect_file_name",
-           "find_frame_mdoc_gain", "frame_gain_turn", "relocated"]
+           "find_frame_mdoc_gain", "frame_gain_turn", "relocated", "defect_list_not_applied",
+           "why_no_frame_mdoc_gain"]
 
 _FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
 _SECTION = re.compile(r"^\s*\[", re.MULTILINE)
@@ -133,7 +135,7 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
         return GainLookup()
     name = gain_reference_name(text)
     if name is None:  # a frame mdoc still being written is not one yet
-        return GainLookup(has_mdoc=_written(text))
+        return GainLookup(has_mdoc=_written(text), defects_named=defect_file_name(text))
     folders = [movie.parent, *list(movie.parent.parents)[:_PARENTS_SEARCHED]]
     gain = _found(name, folders)
     if gain is None:
@@ -145,6 +147,10 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
         defects = _found(defects_name, folders)
         if defects is None:
             defects_missing = _not_found("camera defect list", defects_name, folders)
+        elif defects.stat().st_size == 0:  # SerialEM writes none empty: a copy under way
+            defects_missing = (f"its frame mdoc names the camera defect list {defects_name}, "
+                               f"empty in {defects.parent}")
+            defects = None
     elif not _written(text):  # the defect list's name may follow the gain's
         defects_missing = "its frame mdoc is written no further than its gain reference yet"
     return GainLookup(MovieGain(str(gain.absolute()), turns, flip,
@@ -161,6 +167,31 @@ def _found(name: str, folders: list[Path]) -> Path | None:
 def _not_found(what: str, name: str, folders: list[Path]) -> str:
     where = " or ".join(str(f) for f in folders)
     return f"its frame mdoc names the {what} {name}, not found in {where}"
+
+
+def defect_list_not_applied(movie: Path, why: str) -> str | None:
+    """One line when ``<movie>.mdoc`` names a camera defect list that is not applied because
+    no frame mdoc gain is (``why``: ``--gain`` given ...); None when it names none."""
+    try:
+        text = decode_metadata_text((movie.with_name(movie.name + ".mdoc")).read_bytes()).text
+    except OSError:
+        return None
+    name = defect_file_name(text)
+    if name is None:
+        return None
+    return (f"its frame mdoc names the camera defect list {name}, not applied: it goes with "
+            f"the gain reference a frame mdoc names, and {why}; give --defects "
+            f"{movie.parent / name} to apply it")
+
+
+def why_no_frame_mdoc_gain(params: Any, frame_mdoc_gain: bool = True) -> str | None:
+    """Why no movie gets the gain its frame mdoc names under these settings (``params``: a
+    ``correction.params.CorrectionParams``), or None when they may."""
+    if params.gain.gain_path is not None:
+        return "--gain is given"
+    if params.gain.dark_path is not None:
+        return "--dark is given"
+    return None if frame_mdoc_gain else "--no-frame-mdoc-gain is given"
 
 
 def relocated(gain: MovieGain, movie: Path) -> MovieGain:

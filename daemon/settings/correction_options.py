@@ -67,8 +67,10 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
                      default=True,
                      help="do not apply the gain reference a movie's frame mdoc names "
                           "(GainReference = CountRef_*.dm4: SerialEM's copy beside unnormalized "
-                          "K2/K3 frames, turned by the frames' r/f; a Falcon's EER .gain). "
-                          "Applied by default, unless --gain or --dark is given")
+                          "K2/K3 frames, turned by the frames' r/f; a Falcon's EER .gain), nor "
+                          "the camera defect list named with it (DefectFile). Applied by "
+                          "default, unless --gain or --dark is given (a warning then names a "
+                          "defect list left out: give it as --defects)")
     ref.add_argument("--gain-rotate", type=int, choices=(0, 1, 2, 3), default=0, metavar="0-3",
                      help="MotionCor2's -RotGain K, as RELION implements it: rotate the gain "
                           "(and dark; not --defects, which is in the movie's grid) by K "
@@ -93,11 +95,12 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
                      help="dark reference of one frame (not of the whole exposure), "
                           "subtracted from each frame before the gain")
     ref.add_argument("--defects", type=Path, default=None, metavar="PATH",
-                     help="defect list ('x y w h' per line) or defect map image (non-zero: "
-                          "defect), both in the movie's pixel grid, as RELION and MotionCor2 "
-                          "take them: not turned or flipped with the gain (a map was before); "
-                          "or SerialEM's camera defect list (defects_*.txt), fitted onto the "
-                          "frames as IMOD's alignframes fits it")
+                     help="defect list ('x y w h' per line, row 0 the frames' first row as "
+                          "read: a TIFF's bottom row) or defect map image (non-zero: defect), "
+                          "both in the movie's pixel grid, as RELION and MotionCor2 take them: "
+                          "neither is turned or flipped with the gain; or SerialEM's camera "
+                          "defect list (defects_*.txt), fitted onto the frames as IMOD's "
+                          "alignframes fits it. Given, it replaces the list a frame mdoc names")
     ref.add_argument("--no-hot-pixels", dest="hot_pixels", action="store_false", default=True,
                      help="do not detect and replace hot pixels")
 

@@ -178,3 +178,15 @@ def test_a_falcon_list_is_refused_with_the_reason(tmp_path):
                     "BadRows 0\n")
     with pytest.raises(GainReferenceError, match=r"falcon\.txt: a Falcon camera defect list"):
         read_camera_defect_list(path)
+
+
+def test_a_fit_only_at_a_binning_no_camera_saves_is_refused_as_another_camera_s_list(k2_list):
+    """A K3's list (11520 x 8184) on frames of another camera fitted "binned by 21": refused,
+    not applied with its defects elsewhere. SerialEM's binnings (1-8 on super-resolution
+    pixels) fit."""
+    with pytest.raises(GainReferenceError, match=r"camera defect list of another camera: the "
+                                                 r"frames are 7 x 5, its camera 64 x 48, which "
+                                                 r"fits only binned by 9"):
+        read_defect_list(k2_list, (5, 7))
+    for binning in (3, 4, 6, 8):
+        assert read_defect_list(k2_list, (48 // binning, 64 // binning)).any()

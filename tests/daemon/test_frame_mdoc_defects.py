@@ -256,3 +256,54 @@ def test_with_defects_given_a_missing_frame_mdoc_list_holds_nothing_and_a_moved_
     found = relocated(stored, config.watch_dir / "moved" / movie.name)
     assert found.path == str(config.watch_dir / "moved" / "CountRef_m.dm4")
     assert found.defects is None
+
+
+def test_correct_says_when_it_takes_the_frames_for_a_subarea_of_the_list_s_camera(
+        tmp_path, capsys):
+    """As IMOD says it: frames smaller than the camera, and no binning of it, are a subarea
+    centred on it, or the list is another camera's."""
+    movie = tmp_path / "normalised.mrc"
+    rng = np.random.default_rng(40)
+    mrcfile.new(movie, data=rng.poisson(20.0, size=(4, 60, 80)).astype(np.int16)).close()
+    listed = tmp_path / "defects.txt"
+    listed.write_text(camera_defect_list((128, 96), "BadPixels 40 30\n", was_scaled=0))
+    assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS,
+                 "--defects", str(listed)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert any("defects.txt: SerialEM camera defect list of a 128 x 96 camera, frames a "
+               "subarea from column 24, row 18: taken as a subarea centred on the camera"
+               in line for line in warned), warned
+
+
+def test_a_list_not_applied_with_a_gain_given_is_said_once_per_folder_with_the_option_to_use(
+        tmp_path, capsys):
+    """The list goes with the frame mdoc's gain: with ``--gain`` given it is not applied, and
+    ``correct`` and ``watch`` say so (once per folder), naming ``--defects`` and the file."""
+    frames = tmp_path / "frames"
+    movies = [_movie(frames, f"m_{i}.tif", 50 + i) for i in range(2)]
+    given = ("--gain", str(frames / "CountRef_m_0.dm4"), "--gain-rotate", "3")
+    assert main(["correct", *map(str, movies), "--out", str(tmp_path / "out"), *FLAGS,
+                 *given]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "not applied" in line]
+    assert len(lines) == 1 and lines[0].endswith(
+        "its frame mdoc names the camera defect list defects_m_0.txt, not applied: it goes "
+        "with the gain reference a frame mdoc names, and --gain is given; give --defects "
+        f"{frames / 'defects_m_0.txt'} to apply it"), lines
+    config = frames_session(tmp_path)
+    config = dataclasses.replace(config, params=dataclasses.replace(
+        config.params, gain=dataclasses.replace(config.params.gain, gain_path=frames / (
+            "CountRef_m_0.dm4"), rotate_quarter_turns=3)))
+    shutil.copytree(frames, config.watch_dir / "frames")
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    told = log.named("frame_mdoc_defects_not_applied")
+    assert len(told) == 1 and "--gain is given" in told[0]["reason"], told
+
+
+def test_an_empty_named_list_is_a_copy_under_way_not_an_empty_list(tmp_path, capsys):
+    movie = _movie(tmp_path / "frames", "m.tif", 60)
+    (tmp_path / "frames" / "defects_m.txt").write_text("")
+    assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS]) == 0
+    assert "names the camera defect list defects_m.txt, empty in" in capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
+    assert record["references"]["defects"] is None
