@@ -52,6 +52,7 @@ MAX_RETRY_DELAY_S = 300.0
 #: since the start, before the service stops as misconfigured: a stray movie of another camera
 #: is quarantined alone once any movie was corrected
 REFERENCE_MISFITS_TO_STOP = 3
+_CONFIG_FIX = "fix --gain, --gain-rotate, --gain-flip, --dark, --defects or --pixel-size"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -169,6 +170,7 @@ class Dispatcher:
         #: set when the settings (references, pixel size) fit none of the first movies: the
         #: service stops with the configuration-error status
         self.config_error: str | None = None
+        self.config_fix = _CONFIG_FIX  # what to do about it (one phrase)
 
     def _safe(self, action: Callable[[], Any], *, write: bool = True) -> Any:
         return self._writes.guard(action, write=write)
@@ -466,8 +468,13 @@ class Dispatcher:
         if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP \
                 and self.config_error is None \
                 and (self._first_misfit_seen or not self._other_movies_waiting(ledger)):
-            self.config_error = (f"the configured references or pixel size fit none of the first "
-                                 f"{len(self._reference_misfits)} movies: {outcome.error}")
+            unreadable = DM4_EXTRA_NEEDED in (outcome.error or "")
+            what = ("this installation cannot read the gain references" if unreadable else
+                    "the configured references or pixel size fit none")
+            self.config_error = (f"{what} of the first {len(self._reference_misfits)} movies: "
+                                 f"{outcome.error}")
+            self.config_fix = ("install the dm4 extra (pip install -e '.[dm4]' in the checkout)"
+                               if unreadable else _CONFIG_FIX)
         return status
 
     @staticmethod

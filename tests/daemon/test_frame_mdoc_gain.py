@@ -429,6 +429,30 @@ def test_three_movies_without_a_pixel_size_stop_the_service_though_their_gain_is
     assert Service(config, resolver=NoMetadata()).run() == 78
 
 
+def test_an_installation_without_the_dm4_extra_stops_saying_so_not_blaming_the_settings(
+        tmp_path, monkeypatch):
+    """Nothing was configured: the first three movies' DM4 references cannot be read by this
+    installation (ncempy, the ``dm4`` extra, missing in the worker processes). The service
+    stops (78), saying to install the extra, not to fix --gain and the like."""
+    shadow = tmp_path / "no_ncempy" / "ncempy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.syspath_prepend(str(shadow.parent))  # a spawned worker takes the parent's path
+    config = frames_session(tmp_path)
+    for i in range(3):
+        write_serialem_movie(config.watch_dir / "frames", f"m_{i}.tif", gain_raw=_gain(17),
+                             counts_per_frame=COUNTS, n_frames=4, code=0,
+                             rng=np.random.default_rng(80 + i), gain_name="CountRef_m_0.dm4")
+    log = RecordingLog()
+    service = Service(config, resolver=NoMetadata(), logger=log)
+    assert service.run() == 78
+    (problem,) = service.config_error.problems
+    assert str(problem).startswith("this installation cannot read the gain references of the "
+                                   "first 3 movies:"), problem
+    (invalid,) = log.named("config_invalid")
+    assert invalid["note"].startswith("install the dm4 extra"), invalid
+
+
 def test_a_frame_mdoc_still_being_written_is_not_yet_one_without_a_gain(tmp_path):
     movie = write_serialem_movie(tmp_path, "m.tif", gain_raw=_gain(16), counts_per_frame=1.0,
                                  n_frames=2, code=0, rng=np.random.default_rng(71))
