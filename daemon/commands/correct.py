@@ -37,7 +37,7 @@ from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_f
 from daemon.handoff.relion import (SINGLE_PARTICLE_STAR, UnwritableStarValue, motion_records_in,
                                    movie_motion, write_motion_star, write_single_particle_star)
 from daemon.intake.frame_gain import (defect_list_not_applied, find_frame_mdoc_gain,
-                                      why_no_frame_mdoc_gain)
+                                      frame_mdoc_defects_notes, why_no_frame_mdoc_gain)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, Voltage, files_voltage_kV,
@@ -566,8 +566,8 @@ class _FrameMdocGains:
         if self._loaded is None or self._loaded[0] != params.gain:
             self._loaded = None
             self._loaded = (params.gain, load_gain_reference(params.gain))
-        return _OwnGain(params, own, self._loaded[1],
-                        {"frame_mdoc_gain": {**own.to_json(), "turn": found.turn}})
+        return _OwnGain(params, own, self._loaded[1], {"frame_mdoc_gain": {
+            **own.to_json(), "turn": found.turn, **frame_mdoc_defects_notes(found, self.params)}})
 
 
 class _RelionFiles:

@@ -49,7 +49,7 @@ from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieGain, Mo
                            movie_fingerprint, output_dir_for)
 from daemon.intake.content import content_fingerprint
 from daemon.intake.frame_gain import (defect_list_not_applied, find_frame_mdoc_gain,
-                                      why_no_frame_mdoc_gain)
+                                      frame_mdoc_defects_notes, why_no_frame_mdoc_gain)
 from daemon.intake.settle import Settler
 from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
@@ -806,7 +806,7 @@ class Admission:
         waited = (self._settler.stable_for_s(obs.path) or 0.0) >= cfg.incomplete_grace_s
         if lookup.gain is not None:
             self._gain_folders.add(folder)
-            gain = lookup.gain
+            gain, notes = lookup.gain, frame_mdoc_defects_notes(lookup, cfg.params)
             if cfg.params.gain.defects_path is not None:  # --defects wins
                 gain = dataclasses.replace(gain, defects=None)
             elif lookup.defects_missing is not None:  # the frames are fine without it
@@ -822,7 +822,8 @@ class Admission:
                                  f"{lookup.defects_missing} after {cfg.incomplete_grace_s:g} "
                                  "s: corrected without it", level="warning")
             return dataclasses.replace(meta, gain=gain, extra_record={
-                **meta.extra_record, "frame_mdoc_gain": {**gain.to_json(), "turn": lookup.turn}})
+                **meta.extra_record,
+                "frame_mdoc_gain": {**gain.to_json(), "turn": lookup.turn, **notes}})
         # done with a gain it names no more (its reference or frame mdoc deleted or left
         # behind since): its outputs stand, not corrected again without it
         recorded = self._recorded_gain(obs, lookup.named)

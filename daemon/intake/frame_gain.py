@@ -35,7 +35,7 @@ from daemon.events import MovieGain
 
 __all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "defect_file_name",
            "find_frame_mdoc_gain", "frame_gain_turn", "relocated", "defect_list_not_applied",
-           "why_no_frame_mdoc_gain"]
+           "why_no_frame_mdoc_gain", "frame_mdoc_defects_notes"]
 
 _FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
 _SECTION = re.compile(r"^\s*\[", re.MULTILINE)
@@ -167,6 +167,17 @@ def _found(name: str, folders: list[Path]) -> Path | None:
 def _not_found(what: str, name: str, folders: list[Path]) -> str:
     where = " or ".join(str(f) for f in folders)
     return f"its frame mdoc names the {what} {name}, not found in {where}"
+
+
+def frame_mdoc_defects_notes(lookup: GainLookup, params: Any) -> dict[str, str]:
+    """What the motion record's ``frame_mdoc_gain`` says of a named defect list that is not
+    applied with the gain: ``defects_not_applied`` (``--defects`` is given) or
+    ``defects_missing`` (the reason); empty otherwise."""
+    if lookup.defects_named is None:
+        return {}
+    if params.gain.defects_path is not None:
+        return {"defects_not_applied": f"{lookup.defects_named}: --defects is given"}
+    return {"defects_missing": lookup.defects_missing} if lookup.defects_missing else {}
 
 
 def defect_list_not_applied(movie: Path, why: str) -> str | None:

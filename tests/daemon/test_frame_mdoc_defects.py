@@ -107,6 +107,8 @@ def test_a_configured_defect_list_wins_over_the_frame_mdoc_s(tmp_path):
                  "--defects", str(given)]) == 0
     record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
     assert "defects" not in record["frame_mdoc_gain"]
+    assert record["frame_mdoc_gain"]["defects_not_applied"] == (
+        "defects_m.txt: --defects is given")
     assert record["references"]["defects"]["path"] == str(given)
     column, pixel = np.zeros((80, 48), bool), np.zeros((80, 48), bool)
     column[5:21, 10], pixel[50, 30] = True, True
@@ -125,6 +127,8 @@ def test_correct_without_the_named_list_says_so_in_one_line_and_corrects_the_mov
                for line in warned), warned
     record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
     assert record["references"]["defects"] is None
+    assert record["frame_mdoc_gain"]["defects_missing"].startswith(
+        "its frame mdoc names the camera defect list defects_m.txt, not found in")
 
 
 def test_watch_applies_each_movie_s_list_waits_for_a_missing_one_and_a_restart_redoes_none(
