@@ -57,7 +57,7 @@ from .errors import GainReferenceError
 from .metadata_text import decode_metadata_text
 
 __all__ = ["CameraDefectList", "CAMERA_DEFECT_KEYS", "is_camera_defect_list",
-           "read_camera_defect_list", "parse_camera_defect_text"]
+           "read_camera_defect_list", "parse_camera_defect_text", "SUBAREA_FIT", "SUBAREA_NOTE"]
 
 #: The tags of the format, in the order IMOD matches a shortened tag against them.
 CAMERA_DEFECT_KEYS = ("CameraSizeX", "CameraSizeY", "RotationAndFlip", "WasScaled", "K2Type",
@@ -69,6 +69,12 @@ _MAX_UP = 2
 #: binnings of frames against a list: SerialEM's K2/K3 binnings 0.5-4 (1-8 on the list's
 #: super-resolution pixels), and 1-8 of a list on physical pixels
 CAMERA_BINNINGS = (1, 2, 3, 4, 6, 8)
+
+#: how :meth:`CameraDefectList.describe_fit` says the frames were taken for a subarea, and what
+#: that may mean (a warning: IMOD says it too)
+SUBAREA_FIT = "frames a subarea from column"
+SUBAREA_NOTE = ("taken as a subarea centred on the camera; if the frames are the whole camera, "
+                "the list is another camera's")
 
 #: ``(x, y, w, h)``: first column and row (0-based), columns wide, rows high
 Rect = tuple[int, int, int, int]
@@ -125,8 +131,9 @@ class CameraDefectList:
         binning = max(1, min(cam_x // nx, cam_y // ny))
         if binning not in CAMERA_BINNINGS:
             raise GainReferenceError(
-                self.path, f"camera defect list of another camera: the frames are {nx} x {ny}, "
-                           f"its camera {cam_x} x {cam_y}, which fits only binned by {binning}")
+                self.path, f"camera defect list of another camera (or frames of a small "
+                           f"subarea): the frames are {nx} x {ny}, its camera {cam_x} x "
+                           f"{cam_y}, which fits only binned by {binning}")
         return up, binning, (cam_x // binning - nx) // 2, (cam_y // binning - ny) // 2
 
     def _misfit(self, nx: int, ny: int, cam_x: int, cam_y: int) -> str | None:
@@ -167,7 +174,7 @@ class CameraDefectList:
         if binning > 1:
             how.append(f"binned by {binning}")
         if left or top:
-            how.append(f"frames a subarea from column {left}, row {top}")
+            how.append(f"{SUBAREA_FIT} {left}, row {top}")
         return ", ".join(how)
 
 

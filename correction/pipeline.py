@@ -89,6 +89,7 @@ from .errors import (CorrectionError, GainReferenceError, MissingPixelSizeError,
 from .fourier import (fourier_crop, irfft2, rfft2, rfft2_cropped, rfft2_cropped_of_2x2,
                       rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
+from .camera_defects import SUBAREA_NOTE
 from .gain import GainReference, apply_gain, load_gain_reference, reference_for_movie
 from .gain_orientation import (DEFAULT_CROP_PX, GainOrientationCheck, central_window,
                                check_gain_orientation)
@@ -650,9 +651,8 @@ def _defects_fitted(gain_reference: GainReference, frames_yx: tuple[int, int]) -
         return None
     fitted = camera.describe_fit(frames_yx)
     if camera.fit(frames_yx)[2:] != (0, 0):
-        warnings.warn(f"{camera.path.name}: {fitted}: taken as a subarea centred on the "
-                      "camera; if the frames are the whole camera, the list is another "
-                      "camera's", UserWarning, stacklevel=2)
+        warnings.warn(f"{camera.path.name}: {fitted}: {SUBAREA_NOTE}", UserWarning,
+                      stacklevel=2)
     return fitted
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from correction.camera_defects import SUBAREA_FIT, SUBAREA_NOTE
 from correction.io.dm import DM4_EXTRA_NEEDED
 from correction.report import pixel_size_warning, unlisted_pixels_warning
 from daemon.engine.faults import MAX_PAUSE_S, RETRY_NOTE, LedgerWrites, Pause
@@ -149,6 +150,7 @@ class Dispatcher:
         self.in_flight: dict[int, InFlight] = {}
         self._gain_warned = False
         self._pattern_warned = False
+        self._fits_warned: set[str | None] = set()  # defect lists said fitted as a subarea
         self._advice_warned: set[str] = set()  # the kinds of alignment advice said
         self._dose_warned = False  # a dose far from the frames' counts said
         self._replaced_warned = False
@@ -337,6 +339,7 @@ class Dispatcher:
                          outputs=dict(outcome.outputs))
                 self._check_gain_orientation(outcome.record, log)
                 self._check_detector_pattern(outcome.record, log)
+                self._check_defect_list_fit(outcome.record, log)
                 self._check_replaced_pixels(outcome.record, log)
                 self._check_alignment_advice(outcome.record, log)
                 self._check_dose_count(outcome.record, log)
@@ -401,6 +404,19 @@ class Dispatcher:
         self._pattern_warned = True
         log.warning("detector_pattern", reason=check.get("message"),
                     note="said once per run; each movie's record has its detector_pattern")
+
+    def _check_defect_list_fit(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run and defect list when SerialEM's camera defect list was fitted
+        onto a movie's frames as a subarea of its camera (``correct`` says it as a warning
+        line; the workers of ``watch`` keep the library's warnings quiet)."""
+        defects = (record.get("references") or {}).get("defects") or {}
+        fitted = defects.get("fitted") or ""
+        if SUBAREA_FIT not in fitted or defects.get("path") in self._fits_warned:
+            return
+        self._fits_warned.add(defects.get("path"))
+        log.warning("defect_list_subarea", reason=f"{Path(defects.get('path', '')).name}: "
+                                                  f"{fitted}: {SUBAREA_NOTE}",
+                    movie=record.get("movie"), note="said once per run and list")
 
     def _check_dose_count(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run when a movie's frames count a dose far from the one it was given
@@ -468,11 +484,11 @@ class Dispatcher:
         if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP \
                 and self.config_error is None \
                 and (self._first_misfit_seen or not self._other_movies_waiting(ledger)):
-            unreadable = DM4_EXTRA_NEEDED in (outcome.error or "")
+            unreadable = [e for e in self._reference_misfits.values() if DM4_EXTRA_NEEDED in e]
             what = ("this installation cannot read the gain references" if unreadable else
                     "the configured references or pixel size fit none")
             self.config_error = (f"{what} of the first {len(self._reference_misfits)} movies: "
-                                 f"{outcome.error}")
+                                 f"{unreadable[0] if unreadable else outcome.error}")
             self.config_fix = ("install the dm4 extra (pip install -e '.[dm4]' in the checkout)"
                                if unreadable else _CONFIG_FIX)
         return status

@@ -147,7 +147,7 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
         defects = _found(defects_name, folders)
         if defects is None:
             defects_missing = _not_found("camera defect list", defects_name, folders)
-        elif defects.stat().st_size == 0:  # SerialEM writes none empty: a copy under way
+        elif _empty(defects):  # SerialEM writes none empty: a copy under way
             defects_missing = (f"its frame mdoc names the camera defect list {defects_name}, "
                                f"empty in {defects.parent}")
             defects = None
@@ -162,6 +162,14 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
 def _found(name: str, folders: list[Path]) -> Path | None:
     """The first ``folder / name`` that is a file, or None."""
     return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def _empty(path: Path) -> bool:
+    """Whether ``path`` holds nothing (gone since it was found: nothing either)."""
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return True
 
 
 def _not_found(what: str, name: str, folders: list[Path]) -> str:
@@ -190,9 +198,12 @@ def defect_list_not_applied(movie: Path, why: str) -> str | None:
     name = defect_file_name(text)
     if name is None:
         return None
+    folders = [movie.parent, *list(movie.parent.parents)[:_PARENTS_SEARCHED]]
+    found = _found(name, folders)
+    where = (f"give --defects {found} to apply it" if found is not None else
+             f"not found in {' or '.join(str(f) for f in folders)} either")
     return (f"its frame mdoc names the camera defect list {name}, not applied: it goes with "
-            f"the gain reference a frame mdoc names, and {why}; give --defects "
-            f"{movie.parent / name} to apply it")
+            f"the gain reference a frame mdoc names, and {why}; {where}")
 
 
 def why_no_frame_mdoc_gain(params: Any, frame_mdoc_gain: bool = True) -> str | None:

@@ -88,3 +88,29 @@ def test_a_reference_that_fits_other_movies_but_not_this_one_quarantines_it_at_o
 def _key(ledger, path) -> MovieKey:
     (row,) = [r for r in ledger.rows() if r.key.path == str(path)]
     return row.key
+
+
+def test_the_first_movies_failing_for_pixel_size_and_an_unreadable_dm4_stop_naming_the_extra(
+        tmp_path):
+    """Two movies without a pixel size, then one whose DM4 gain this installation cannot read:
+    the stop says to install the dm4 extra (then the pixel size is said in turn), in whichever
+    order they failed."""
+    from correction.io.dm import DM4_EXTRA_NEEDED
+
+    dm4 = f"CountRef_a.dm4: reading a Gatan DM4/DM3 file {DM4_EXTRA_NEEDED}: pip install"
+    for order in ((0, 1, 2), (2, 0, 1)):
+        folder = tmp_path / "".join(map(str, order))
+        folder.mkdir()
+        pool = RecordingPool(workers=3)
+        dispatcher, ledger, _ = three_movie_dispatcher(folder, pool)
+        try:
+            dispatcher.dispatch()
+            errors = ["m.mrc: no pixel size given", "n.mrc: no pixel size given", dm4]
+            for task, which in zip(pool.tasks, order):
+                dispatcher.record(Outcome(task.task_id, "config", error=errors[which]))
+            assert dispatcher.config_error == (
+                f"this installation cannot read the gain references of the first 3 movies: "
+                f"{dm4}"), order
+            assert dispatcher.config_fix.startswith("install the dm4 extra")
+        finally:
+            ledger.close()

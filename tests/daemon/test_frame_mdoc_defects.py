@@ -266,9 +266,7 @@ def test_correct_says_when_it_takes_the_frames_for_a_subarea_of_the_list_s_camer
         tmp_path, capsys):
     """As IMOD says it: frames smaller than the camera, and no binning of it, are a subarea
     centred on it, or the list is another camera's."""
-    movie = tmp_path / "normalised.mrc"
-    rng = np.random.default_rng(40)
-    mrcfile.new(movie, data=rng.poisson(20.0, size=(4, 60, 80)).astype(np.int16)).close()
+    movie = _normalised_movie(tmp_path / "normalised.mrc", 40)
     listed = tmp_path / "defects.txt"
     listed.write_text(camera_defect_list((128, 96), "BadPixels 40 30\n", was_scaled=0))
     assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS,
@@ -311,3 +309,40 @@ def test_an_empty_named_list_is_a_copy_under_way_not_an_empty_list(tmp_path, cap
     assert "names the camera defect list defects_m.txt, empty in" in capsys.readouterr().err
     record = json.loads((tmp_path / "out" / "m.motion.json").read_text())
     assert record["references"]["defects"] is None
+
+
+def _normalised_movie(path: Path, seed: int) -> Path:
+    """Gain-normalised frames of 60 x 80 pixels (an MRC), smaller than the lists' cameras."""
+    rng = np.random.default_rng(seed)
+    mrcfile.new(path, data=rng.poisson(20.0, size=(4, 60, 80)).astype(np.int16)).close()
+    return path
+
+
+def test_watch_warns_once_when_a_list_is_fitted_as_a_subarea_of_its_camera(tmp_path):
+    """The workers keep the library's warnings quiet: the service says it from the record."""
+    listed = tmp_path / "defects.txt"
+    listed.write_text(camera_defect_list((128, 96), "BadPixels 40 30\n", was_scaled=0))
+    config = frames_session(tmp_path)
+    config = dataclasses.replace(config, params=dataclasses.replace(
+        config.params, gain=dataclasses.replace(config.params.gain, defects_path=listed)))
+    for i in range(2):
+        _normalised_movie(config.watch_dir / f"n_{i}.mrc", 70 + i)
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    said = log.named("defect_list_subarea")
+    assert len(said) == 1 and said[0]["reason"].startswith(
+        "defects.txt: SerialEM camera defect list of a 128 x 96 camera, frames a subarea from "
+        "column 24, row 18: taken as a subarea centred on the camera"), said
+
+
+def test_the_list_to_give_is_named_where_it_lies_beside_or_above_the_movie(tmp_path, capsys):
+    frames = tmp_path / "session" / "frames"
+    movie = _movie(frames, "m.tif", 80)
+    (frames / "defects_m.txt").rename(tmp_path / "session" / "defects_m.txt")
+    given = ("--gain", str(frames / "CountRef_m.dm4"), "--gain-rotate", "3")
+    assert main(["correct", str(movie), "--out", str(tmp_path / "out"), *FLAGS, *given]) == 0
+    assert f"give --defects {tmp_path / 'session' / 'defects_m.txt'} to apply it" in (
+        capsys.readouterr().err)
+    (tmp_path / "session" / "defects_m.txt").unlink()
+    assert main(["correct", str(movie), "--out", str(tmp_path / "again"), *FLAGS, *given]) == 0
+    assert f"not found in {frames} or {frames.parent} either" in capsys.readouterr().err
