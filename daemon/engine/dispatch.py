@@ -462,7 +462,9 @@ class Dispatcher:
 
     def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:
         """The configured references do not fit a movie, or it has no pixel size and none is
-        configured, and no movie was corrected yet: it is retried like a failed movie
+        configured, and no movie was corrected yet (or, corrected movies or not, this
+        installation cannot read its DM4 reference: the dm4 extra is missing): it is retried
+        like a failed movie
         (quarantined only after ``max_attempts``), and once the settings fit none of
         ``REFERENCE_MISFITS_TO_STOP`` movies the service is to stop as misconfigured (the
         movies stay failed, retried at the restart with the right settings). At a restart the
@@ -477,8 +479,10 @@ class Dispatcher:
                                     retry_delay_s=self.settings.retry_delay_s)
         self._reference_misfits[key.path] = outcome.error or outcome.kind
         self._first_misfit_seen |= failures == 1
+        unreadable = DM4_EXTRA_NEEDED in (outcome.error or "")
         log.error("movie_reference_misfit", reason=outcome.error, failures=failures,
-                  note="the configured gain, dark or defect reference does not fit this movie "
+                  note="this installation cannot read its DM4 gain reference" if unreadable
+                  else "the configured gain, dark or defect reference does not fit this movie "
                        "(or it has no pixel size and --pixel-size is not given), and no movie "
                        "was corrected with the settings yet")
         if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP \
@@ -487,7 +491,8 @@ class Dispatcher:
             unreadable = [e for e in self._reference_misfits.values() if DM4_EXTRA_NEEDED in e]
             what = ("this installation cannot read the gain references" if unreadable else
                     "the configured references or pixel size fit none")
-            self.config_error = (f"{what} of the first {len(self._reference_misfits)} movies: "
+            first = "" if self._corrected else "the first "
+            self.config_error = (f"{what} of {first}{len(self._reference_misfits)} movies: "
                                  f"{unreadable[0] if unreadable else outcome.error}")
             self.config_fix = ("install the dm4 extra (pip install -e '.[dm4]' in the checkout)"
                                if unreadable else _CONFIG_FIX)
@@ -543,7 +548,10 @@ class Dispatcher:
             log.warning("movie_retry_later", reason=outcome.error, retry_in_s=round(delay, 1),
                         note=note)
             return status
-        if outcome.kind == "config" and not self._corrected and not own_gain:
+        if outcome.kind == "config" and not own_gain and (
+                not self._corrected or DM4_EXTRA_NEEDED in (outcome.error or "")):
+            # an installation that cannot read DM4 references fails every such movie alike,
+            # whatever was corrected before (a gain-normalised test exposure)
             return self._reference_misfit(ledger, key, outcome, log)
         row = ledger.get(key)
         failures = (row.failures if row else 0) + 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 
 import mrcfile
@@ -451,6 +452,41 @@ def test_an_installation_without_the_dm4_extra_stops_saying_so_not_blaming_the_s
                                    "first 3 movies:"), problem
     (invalid,) = log.named("config_invalid")
     assert invalid["note"].startswith("install the dm4 extra"), invalid
+
+
+def test_without_the_dm4_extra_a_service_that_corrected_a_movie_first_stops_too(
+        tmp_path, monkeypatch):
+    """A gain-normalised test exposure corrected first: the DM4 references that follow are
+    still this installation's trouble, met by every such movie. Before, each was quarantined
+    alone (a retry each, after installing the extra); now the service stops saying so, the
+    movies failed, not quarantined (retried at the restart)."""
+    shadow = tmp_path / "no_ncempy" / "ncempy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.syspath_prepend(str(shadow.parent))  # a spawned worker takes the parent's path
+    config = frames_session(tmp_path, exit_when_idle_s=5.0)
+    mrcfile.new(config.watch_dir / "test_exposure.mrc", data=np.random.default_rng(1).poisson(
+        20.0, size=(4, *SHAPE)).astype(np.int16)).close()
+    service = Service(config, resolver=NoMetadata())
+    status: list[int] = []
+    runner = threading.Thread(target=lambda: status.append(service.run()))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not (config.out_dir / "test_exposure.mrc").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for i in range(3):  # the session's movies come after the test exposure was corrected
+        write_serialem_movie(config.watch_dir / "frames", f"m_{i}.tif", gain_raw=_gain(18),
+                             counts_per_frame=COUNTS, n_frames=4, code=0,
+                             rng=np.random.default_rng(90 + i), gain_name="CountRef_m_0.dm4")
+    runner.join(timeout=120)
+    assert status == [78]
+    with Ledger(config.state_dir / DB_NAME, read_only=True) as ledger:
+        statuses = {Path(r.key.path).name: r.status for r in ledger.rows()}
+    (problem,) = service.config_error.problems
+    assert str(problem).startswith("this installation cannot read the gain references of 3 "
+                                   "movies:"), (problem, statuses)
+    assert statuses == {"test_exposure.mrc": "done", "m_0.tif": "failed", "m_1.tif": "failed",
+                        "m_2.tif": "failed"}
 
 
 def test_a_frame_mdoc_still_being_written_is_not_yet_one_without_a_gain(tmp_path):
