@@ -419,9 +419,10 @@ class Service:
                 return exitcodes.RESTART if self._signals.restart else exitcodes.OK
             if self.dispatcher.config_error is not None and not draining:
                 self._log.error("config_invalid", problems=[self.dispatcher.config_error],
-                                note=f"{self.dispatcher.config_fix} and start again; the movies are kept (movies "
-                                     "corrected before are corrected again under a changed "
-                                     "setting, unless --on-parameter-change keep)")
+                                note=f"{self.dispatcher.config_fix} and start again; the "
+                                     "movies are kept (movies corrected before are corrected "
+                                     "again under a changed setting, unless "
+                                     "--on-parameter-change keep)")
                 self._signals.request_stop(f"configuration error: {self.dispatcher.config_error}",
                                            wake=False)
                 continue
