@@ -36,7 +36,7 @@ from daemon.events import MovieGain, frame_mdoc_gains_apply, movie_params
 from daemon.handoff.listener import add_relion_optics_arguments, relion_optics_from_args
 from daemon.handoff.relion import (SINGLE_PARTICLE_STAR, UnwritableStarValue, motion_records_in,
                                    movie_motion, write_motion_star, write_single_particle_star)
-from daemon.intake.frame_gain import (defect_list_not_applied, find_frame_mdoc_gain,
+from daemon.intake.frame_gain import (UnappliedDefectLists, find_frame_mdoc_gain,
                                       frame_mdoc_defects_notes, why_no_frame_mdoc_gain)
 from daemon.settings.correction_options import add_correction_arguments, params_from_args
 from daemon.settings.optics import OPTICS_KEY
@@ -527,16 +527,14 @@ class _FrameMdocGains:
         self.enabled = enabled
         self.why_not = why_not or "none is applied"  # why no frame mdoc gain is
         self._loaded: tuple[Any, Any] | None = None  # (GainParams, reference)
-        self._told: set[Path] = set()  # folders told their defect lists are not applied
+        self._unapplied_lists = UnappliedDefectLists(
+            configured=params.gain.defects_path is not None)
 
     def _tell_defects_not_applied(self, movie: Path, why: str) -> None:
         """One line on stderr per folder whose frame mdocs name a camera defect list that is
-        not applied (unless --defects is given)."""
-        if self.params.gain.defects_path is not None or movie.parent in self._told:
-            return
-        line = defect_list_not_applied(movie, why)
+        not applied."""
+        line = self._unapplied_lists.line(movie, why)
         if line is not None:
-            self._told.add(movie.parent)
             print(f"motionwatch: {movie}: warning: {line}", file=sys.stderr, flush=True)
 
     def lookup(self, movie: Path) -> _OwnGain:

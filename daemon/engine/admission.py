@@ -48,7 +48,7 @@ from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieGain, Mo
                            MovieMetadata, Observation, ScanResult, frame_mdoc_gains_apply,
                            movie_fingerprint, output_dir_for)
 from daemon.intake.content import content_fingerprint
-from daemon.intake.frame_gain import (defect_list_not_applied, find_frame_mdoc_gain,
+from daemon.intake.frame_gain import (UnappliedDefectLists, find_frame_mdoc_gain,
                                       frame_mdoc_defects_notes, why_no_frame_mdoc_gain)
 from daemon.intake.settle import Settler
 from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
@@ -243,7 +243,8 @@ class Admission:
         #: shorter exposure setting
         self._held_short: dict[str, dict[str, int]] = {}
         self._gain_folders: set[str] = set()  # folders whose movies named their gain reference
-        self._defects_told: set[str] = set()  # folders told their defect lists are not applied
+        self._unapplied_lists = UnappliedDefectLists(
+            configured=settings.params.gain.defects_path is not None)
 
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
@@ -849,16 +850,12 @@ class Admission:
         return meta
 
     def _tell_defects_not_applied(self, movie: Path, why: str) -> None:
-        """Say once per folder, with a warning, that its movies' frame mdocs name a camera
-        defect list that is not applied (it goes with the frame mdoc's gain; ``why`` none is
-        applied), unless ``--defects`` is given."""
-        folder = str(movie.parent)
-        if self.settings.params.gain.defects_path is not None or folder in self._defects_told:
-            return
-        line = defect_list_not_applied(movie, why)
+        """Warn once per folder that its movies' frame mdocs name a camera defect list that is
+        not applied (it goes with the frame mdoc's gain; ``why`` none is applied)."""
+        line = self._unapplied_lists.line(movie, why)
         if line is not None:
-            self._defects_told.add(folder)
-            self.report_once(folder, "frame_mdoc_defects_not_applied", line, level="warning")
+            self.report_once(str(movie.parent), "frame_mdoc_defects_not_applied", line,
+                             level="warning")
 
     def _recorded_gain(self, obs: Observation, named: str | None,
                        defects: tuple[str | None, ...] | None = None) -> MovieGain | None:

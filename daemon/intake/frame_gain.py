@@ -35,7 +35,7 @@ from daemon.events import MovieGain
 
 __all__ = ["GainLookup", "TURN_OF_SERIALEM_CODE", "gain_reference_name", "defect_file_name",
            "find_frame_mdoc_gain", "frame_gain_turn", "relocated", "defect_list_not_applied",
-           "why_no_frame_mdoc_gain", "frame_mdoc_defects_notes"]
+           "why_no_frame_mdoc_gain", "frame_mdoc_defects_notes", "UnappliedDefectLists"]
 
 _FRAMESET = re.compile(r"^\s*\[\s*FrameSet\s*=\s*0\s*\]", re.MULTILINE | re.IGNORECASE)
 _SECTION = re.compile(r"^\s*\[", re.MULTILINE)
@@ -214,6 +214,25 @@ def why_no_frame_mdoc_gain(params: Any, frame_mdoc_gain: bool = True) -> str | N
     if params.gain.dark_path is not None:
         return "--dark is given"
     return None if frame_mdoc_gain else "--no-frame-mdoc-gain is given"
+
+
+class UnappliedDefectLists:
+    """The warnings that frame mdocs name a camera defect list that is not applied
+    (:func:`defect_list_not_applied`): one per folder, none when ``--defects`` is given
+    (``configured``: that list is the movies' own)."""
+
+    def __init__(self, *, configured: bool) -> None:
+        self.configured = configured
+        self._told: set[Path] = set()  # folders told
+
+    def line(self, movie: Path, why: str) -> str | None:
+        """The warning for ``movie``'s folder the first time it has one; None otherwise."""
+        if self.configured or movie.parent in self._told:
+            return None
+        line = defect_list_not_applied(movie, why)
+        if line is not None:
+            self._told.add(movie.parent)
+        return line
 
 
 def relocated(gain: MovieGain, movie: Path) -> MovieGain:
