@@ -3,7 +3,8 @@
 Reads the state database in OUT_DIR (or the folder given by --state-dir) read-only, so it is safe
 while ``motionwatch watch`` runs. ``--json`` prints one JSON object instead of text. Tilt series
 are listed with their status (open or completed), tilts corrected out of those their mdoc lists,
-the dose the specimen has accumulated up to the last tilt recorded, and their stack folder.
+the dose the specimen has accumulated (the series metadata's: every tilt listed, a quarantined one
+too), and their stack folder.
 Failures list only movies that have not been corrected since (a retried movie that succeeded
 is no longer a failure); a movie ``motionwatch retry`` requeued is listed as ``requeued`` (and
 counted in the backlog) until the daemon meets it again and gives it a row; files still being
@@ -28,7 +29,7 @@ from typing import Any
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
-from daemon.series.stored_state import SeriesTally, series_tallies
+from daemon.series.stored_state import SeriesTally, accumulated_dose_e_A2, series_tallies
 from daemon.system.pace_text import pace_phrase
 from daemon.system.processes import process_exists
 from daemon.system.terminal_text import printable
@@ -98,8 +99,8 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: 
             "tilts_done": tally.done,
             "tilts_failed": tally.failed,
             "tilts_expected": state.get("expected_tilts"),
-            "accumulated_dose_e_A2": None if tally.reached_e_A2 is None
-            else round(tally.reached_e_A2, 3),
+            "accumulated_dose_e_A2": None if (dose := accumulated_dose_e_A2(state, tally)) is None
+            else round(dose, 3),
             "stack_folder": folder, "stacks": stacks, "mdoc": state.get("mdoc"),
             "reason": state.get("reason")})
     return out

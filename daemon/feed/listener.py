@@ -28,7 +28,7 @@ from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
 from daemon.feed.messages import ASSEMBLY_FAILED_KIND, DriftRules, movie_message
 from daemon.feed.publisher import PublishConfig, Publisher, PublishError
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON
-from daemon.series.stored_state import SeriesTally, series_tallies
+from daemon.series.stored_state import SeriesTally, accumulated_dose_e_A2, series_tallies
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
 from daemon.state.ledger import DB_NAME, Ledger
@@ -204,7 +204,8 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
         series.append({"event": "completed" if completed else "updated",
                        "series": name, "n_done": tally.done, "n_failed": tally.failed,
                        "n_expected": state.get("expected_tilts"),
-                       "accumulated_dose_e_A2": tally.reached_e_A2, "mdoc": state.get("mdoc"),
+                       "accumulated_dose_e_A2": accumulated_dose_e_A2(state, tally),
+                       "mdoc": state.get("mdoc"),
                        "stacks": dict(stacks) if isinstance(stacks, Mapping) else None})
         if assembly_failed:  # shown so, not as completed with no stacks
             warnings.append({"kind": ASSEMBLY_FAILED_KIND, "series": name, "path": None,

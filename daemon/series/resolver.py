@@ -72,7 +72,7 @@ from daemon.series.mdoc_watch import MdocWatcher
 from daemon.series.partition import PartitionedResolution
 from daemon.series.rows_view import RowsView, recorded_tilt_field, row_series
 from daemon.series.settled import SettledSeries
-from daemon.series.stored_state import LISTED_MOVIES
+from daemon.series.stored_state import ACCUMULATED_DOSE, LISTED_MOVIES
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
@@ -220,7 +220,7 @@ def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
     return mdoc_path.with_name(name + ".openTS"), mdoc_path.with_name(series + ".openTS")
 
 
-_INFO_KEYS = ("expected_tilts", "mdoc", "folder", LISTED_MOVIES)
+_INFO_KEYS = ("expected_tilts", "mdoc", "folder", LISTED_MOVIES, ACCUMULATED_DOSE)
 
 
 def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) -> str:
@@ -303,7 +303,8 @@ def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ledger's JSON of a series: its state, its stacks and, for ``motionwatch status``,
     ``expected_tilts`` (tilts its mdoc lists; None without one), ``listed_movies`` (their movies'
-    names below the watch folder), ``mdoc`` and ``folder`` (where its stacks are assembled)."""
+    names below the watch folder), ``accumulated_dose_e_A2`` (its metadata's, as the live feed
+    gives it), ``mdoc`` and ``folder`` (where its stacks are assembled)."""
     return {"status": state.status, "generation": state.generation, "lock_seen": state.lock_seen,
             "assembled_movies": sorted(state.assembled_movies), "reason": state.reason,
             "assembled_rows": sorted([m, i, f] for m, (i, f) in state.assembled_rows),
@@ -960,7 +961,8 @@ class TiltSeriesResolver:
         from_mdoc = summary.match_source == "series_mdoc"
         info = {"expected_tilts": len(summary.tilts) if from_mdoc else None,
                 "mdoc": summary.mdoc_path, "folder": folder,
-                LISTED_MOVIES: sorted(summary.listed_movies) if from_mdoc else None}
+                LISTED_MOVIES: sorted(summary.listed_movies) if from_mdoc else None,
+                ACCUMULATED_DOSE: summary.accumulated_dose_e_A2}
         if self._info.get(name) != info:
             self._info[name] = info
             self._persist(name, state)

@@ -4,20 +4,25 @@
 :mod:`daemon.series.resolver`) without resolving its metadata. Of its fields, ``listed_movies``
 names the movies its mdoc lists now (below the watch folder), or is absent or None when no
 series mdoc lists them: a retaken tilt's discarded movie, corrected as a tilt before the mdoc
-dropped it, keeps a record naming the series but is no tilt of it.
+dropped it, keeps a record naming the series but is no tilt of it. ``accumulated_dose_e_A2``
+is the dose its metadata says the specimen has received (every tilt listed, corrected or not,
+and discarded exposures), the live feed's; None while a tilt's dose is unknown.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from daemon.series.tilt_record import TiltRecord
 
-__all__ = ["LISTED_MOVIES", "SeriesTally", "listed_now", "series_tallies"]
+__all__ = ["ACCUMULATED_DOSE", "LISTED_MOVIES", "SeriesTally", "accumulated_dose_e_A2",
+           "listed_now", "series_tallies"]
 
 LISTED_MOVIES = "listed_movies"
+ACCUMULATED_DOSE = "accumulated_dose_e_A2"
 
 
 def listed_now(state: Mapping[str, Any], movie_path: str) -> bool:
@@ -28,6 +33,18 @@ def listed_now(state: Mapping[str, Any], movie_path: str) -> bool:
     if not isinstance(listed, list):
         return True
     return any(movie_path == name or movie_path.endswith("/" + name) for name in listed)
+
+
+def accumulated_dose_e_A2(state: Mapping[str, Any], tally: SeriesTally) -> float | None:
+    """The dose (e/Å²) a series' specimen has received, as the live feed says it: its stored
+    metadata's (a quarantined tilt irradiated the specimen all the same), else the largest its
+    tilts reached (``tally.reached_e_A2``; a state stored before the metadata's was kept, or a
+    tilt's dose unknown)."""
+    stored = state.get(ACCUMULATED_DOSE)
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool) \
+            and math.isfinite(stored) and stored >= 0:
+        return float(stored)
+    return tally.reached_e_A2
 
 
 @dataclass
