@@ -616,13 +616,16 @@ class RelionListener(ServiceListener):
             return
         entries = self._entries()
         if tomo:
-            by_series: dict[str, list[TiltEntry]] = {}
-            for m, t in entries:
-                if t is not None and t.tilt_deg is not None:
-                    by_series.setdefault(t.series, []).append(TiltEntry(m, t))
-            if by_series:
-                rows = [(name, self._series_star(name, es), es[0].motion)
-                        for name, es in by_series.items()]
+            rows = []
+            for name in sorted({t.series for _, t in entries
+                                if t is not None and t.tilt_deg is not None}):
+                # the tilts its STAR and stacks hold give its optics and pixel sizes, not a
+                # tilt left out of them (another camera setting or pixel size)
+                kept = self._series_entries(name, entries)
+                if kept:
+                    first = min(kept, key=lambda e: e.tilt.acquisition_index)
+                    rows.append((name, self._series_star(name, kept), first.motion))
+            if rows:
                 table = global_block(rows, self._out, self.optics)
                 self._guard(TILT_SERIES_STAR, "tilt_series_star", self._write_star,
                             self._out / TILT_SERIES_STAR, {"global": table})

@@ -286,3 +286,30 @@ def test_a_series_star_that_moves_once_its_mdoc_is_known_leaves_no_copy_behind(t
         _done(listener, watch / "frames", motion)
     assert (out / "TS_01" / "TS_01.star").exists()
     assert not first.exists()
+
+
+def test_a_series_global_row_has_the_pixel_size_of_the_tilts_its_star_lists(tmp_path):
+    """Its first tilt recorded at camera binning 2 (8 x 8 sums of 2.2 Å) is left out of the
+    series' stacks and STAR, which list the three of 16 x 16 at 1.1 Å; the global row of
+    ``corrected_tilt_series.star`` took the pixel size of the series' first movie by name, the
+    left-out tilt (RELION 5 reconstructs at the global row's pixel size)."""
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    clock.t = 10.0
+    for index, (pixel_A, side) in enumerate(((2.2, 8), (1.1, 16), (1.1, 16), (1.1, 16))):
+        motion = _record(out, watch, f"TS_01_{index:03d}")
+        r = json.loads(motion.read_text())
+        r.update(pixel_size_A=pixel_A, shape=[side, side],
+                 tilt={"series": "TS_01", "tilt_deg": 3.0 * index, "acquisition_index": index,
+                       "movie": f"TS_01_{index:03d}.tif", "dose_e_A2": 1.0,
+                       "pre_exposure_e_A2": float(index)})
+        motion.write_text(json.dumps(r))
+        _done(listener, watch, motion)
+    clock.t = 30.0
+    listener.on_heartbeat(None)
+    listed = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
+    assert len(listed) == 3 and "TS_01_000_DW.mrc" not in " ".join(listed["rlnMicrographName"])
+    (row,) = starfile.read(out / "corrected_tilt_series.star",
+                           always_dict=True)["global"].to_dict("records")
+    assert row["rlnTomoTiltSeriesPixelSize"] == 1.1
+    assert row["rlnMicrographOriginalPixelSize"] == 1.1
