@@ -79,6 +79,7 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "star_table", "write_star", "UnwritableStarValue", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "optics_group_names", "optics_key", "optics_keys_in_order",
+           "written_optics_order",
            "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
@@ -586,8 +587,66 @@ def optics_key(motion: MovieMotion, optics: RelionOptics | None = None) -> Optic
           else optics.spherical_aberration_mm)
     ac = (motion.amplitude_contrast if motion.amplitude_contrast is not None
           else optics.amplitude_contrast)
-    return (round(motion.voltage_kV, 3), round(motion.movie_pixel_size_A, 5),
-            round(motion.output_pixel_size_A, 5), round(cs, 5), round(ac, 5))
+    return _rounded_key(motion.voltage_kV, motion.movie_pixel_size_A, motion.output_pixel_size_A,
+                        cs, ac)
+
+
+def _rounded_key(voltage_kV: float, movie_pixel_A: float, output_pixel_A: float, cs_mm: float,
+                 amplitude_contrast: float) -> OpticsKey:
+    return (round(voltage_kV, 3), round(movie_pixel_A, 5), round(output_pixel_A, 5),
+            round(cs_mm, 5), round(amplitude_contrast, 5))
+
+
+def _first_loop_rows(path: Path) -> list[dict[str, str]]:
+    """The rows (label -> text) of the first loop of a STAR file written here (its first data
+    block only is read: the optics table of ``corrected_micrographs.star`` is a few lines
+    above thousands of micrographs); [] when there is none or it cannot be read."""
+    import shlex
+
+    labels: list[str] = []
+    rows: list[dict[str, str]] = []
+    blocks = 0
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                text = line.strip()
+                if text.startswith("data_"):
+                    blocks += 1
+                    if blocks > 1:
+                        break
+                elif text.startswith("_"):
+                    labels.append(text.split()[0][1:])
+                elif text and labels and not text.startswith("#"):
+                    values = shlex.split(text)
+                    if len(values) == len(labels):
+                        rows.append(dict(zip(labels, values)))
+    except (OSError, ValueError):
+        return []
+    return rows
+
+
+def written_optics_order(path: str | Path, *, output_pixel_label: str = "rlnMicrographPixelSize"
+                         ) -> list[OpticsKey]:
+    """The optics keys of the STAR file at ``path`` (as written here before) in the order of
+    their group numbers: ``rlnOpticsGroup`` of ``corrected_micrographs.star``'s optics table,
+    or the number ending ``rlnOpticsGroupName`` in ``corrected_tilt_series.star``'s global
+    table (``output_pixel_label`` its ``rlnTomoTiltSeriesPixelSize``); [] without a file."""
+    keyed = []
+    for row in _first_loop_rows(Path(path)):
+        try:
+            key = _rounded_key(float(row["rlnVoltage"]),
+                               float(row["rlnMicrographOriginalPixelSize"]),
+                               float(row[output_pixel_label]),
+                               float(row["rlnSphericalAberration"]),
+                               float(row["rlnAmplitudeContrast"]))
+            number = row.get("rlnOpticsGroup")
+            if number is None:
+                digits = re.search(r"(\d+)$", row.get("rlnOpticsGroupName", ""))
+                number = digits.group(1) if digits else 0
+            keyed.append((int(number), key))
+        except (KeyError, ValueError):
+            continue
+    return list(dict.fromkeys(key for _, key in sorted(keyed)))
 
 
 def optics_group_names(name: str, count: int) -> list[str]:
@@ -599,12 +658,16 @@ def optics_group_names(name: str, count: int) -> list[str]:
     return [f"{base}{i}" for i in range(1, count + 1)]
 
 
-def optics_keys_in_order(motions: Iterable[MovieMotion], optics: RelionOptics | None = None
-                         ) -> list[OpticsKey]:
-    """The distinct :func:`optics_key` of ``motions``, in the order their first movie was
-    corrected (its motion record written; ties and unreadable records by the key itself): a
-    movie of new optics joining a folder gets the next number, and the groups already
-    numbered keep theirs (RELION jobs run on an earlier file still agree)."""
+def optics_keys_in_order(motions: Iterable[MovieMotion], optics: RelionOptics | None = None,
+                         earlier: Sequence[OpticsKey] = ()) -> list[OpticsKey]:
+    """The distinct :func:`optics_key` of ``motions``: first those of ``earlier`` (the order of
+    the file written before, :func:`written_optics_order`) that still have movies, in that
+    order, then the others in the order their first movie was corrected (its motion record
+    written; ties and unreadable records by the key itself). A movie of new optics joining a
+    folder gets the next number, and the groups already numbered keep theirs (RELION jobs run
+    on an earlier file still agree), also when a movie is corrected again (its record newer
+    than the other groups') or the folder was copied without its times; only a group left
+    without movies gives its number up to the groups after it."""
     first: dict[OpticsKey, tuple[int, int]] = {}
     for m in motions:
         try:
@@ -613,14 +676,15 @@ def optics_keys_in_order(motions: Iterable[MovieMotion], optics: RelionOptics | 
             written = (1, 0)
         key = optics_key(m, optics)
         first[key] = min(first.get(key, written), written)
-    return sorted(first, key=lambda k: (first[k], k))
+    kept = [key for key in dict.fromkeys(earlier) if key in first]
+    return kept + sorted((k for k in first if k not in kept), key=lambda k: (first[k], k))
 
 
-def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
-                   ) -> tuple[dict[OpticsKey, int], Any]:
+def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics,
+                   earlier: Sequence[OpticsKey] = ()) -> tuple[dict[OpticsKey, int], Any]:
     """One optics group per distinct (voltage, movie pixel size, output pixel size, Cs,
-    amplitude contrast), numbered
-    1, 2, ... in the order of their first movie (:func:`optics_keys_in_order`), and the
+    amplitude contrast), numbered 1, 2, ... as the file written before (``earlier``) numbered
+    them, new ones in the order of their first movie (:func:`optics_keys_in_order`), and the
     ``data_optics`` table. Columns as RELION's motion correction writes them
     (3dem/relion ``src/motioncorr_runner.cpp``, ``generateLogFilePDFAndWriteStarFiles``: the
     input optics table with ``rlnMicrographPixelSize`` = original pixel size x binning added;
@@ -629,7 +693,7 @@ def _optics_groups(motions: Sequence[MovieMotion], optics: RelionOptics
     writer's (``--spherical-aberration``, ``--amplitude-contrast``)."""
     import pandas as pd
 
-    keys = optics_keys_in_order(motions, optics)
+    keys = optics_keys_in_order(motions, optics, earlier)
     ids = {key: i + 1 for i, key in enumerate(keys)}
     table = pd.DataFrame({
         "rlnOpticsGroupName": optics_group_names(optics.optics_group_name, len(keys)),
@@ -649,7 +713,8 @@ def single_particle_blocks(out_dir: str | Path, motions: Iterable[MovieMotion],
     motions = sorted(motions, key=lambda m: str(m.motion_path))
     if not motions:
         return None
-    group_of, optics_table = _optics_groups(motions, optics)
+    group_of, optics_table = _optics_groups(
+        motions, optics, written_optics_order(Path(out_dir) / SINGLE_PARTICLE_STAR))
     rows = []
     for m in motions:
         total, early, late = accumulated_motion_px(

@@ -45,7 +45,7 @@ from typing import Any
 
 from daemon.handoff.relion import (MovieMotion, RelionOptics, optics_key, optics_keys_in_order,
                                    accumulated_motion_px, motion_star_path, optics_group_names,
-                                   relative_to, star_table)
+                                   relative_to, star_table, written_optics_order)
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["TILT_SERIES_STAR", "TiltEntry", "MdocFacts", "mdoc_facts", "series_block",
@@ -199,11 +199,14 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
     series' motion record keeps (:mod:`daemon.settings.optics`), else ``optics``'. Series of
     distinct optics (voltage, movie pixel size, tilt-series pixel size, Cs, amplitude contrast)
     get distinct ``rlnOpticsGroupName`` (``optics1``,
-    ``optics2``, ... in the order of their first movie, as ``corrected_micrographs.star``
-    numbers its groups); one kind of optics keeps the configured name."""
+    ``optics2``, ... as the file written before named them, new ones in the order of their
+    first movie, as ``corrected_micrographs.star`` numbers its groups); one kind of optics
+    keeps the configured name."""
     series = sorted(series, key=lambda s: s[0])
     tomo_names = relion_tomo_names(name for name, _, _ in series)
-    keys = optics_keys_in_order((m for _, _, m in series), optics)
+    earlier = written_optics_order(Path(out_dir) / TILT_SERIES_STAR,
+                                   output_pixel_label="rlnTomoTiltSeriesPixelSize")
+    keys = optics_keys_in_order((m for _, _, m in series), optics, earlier)
     names = dict(zip(keys, optics_group_names(optics.optics_group_name, len(keys))))
     rows = []
     for name, star, m in series:

@@ -1005,6 +1005,64 @@ def test_eer_dose_per_frame_is_that_of_a_whole_group_whatever_is_left_over(
     assert general["rlnMicrographDoseRate"] == pytest.approx(2.0)
 
 
+def _written_motion(folder, stem, pixel_A, mtime_s):
+    """A motion of ``pixel_A`` Å whose record ``folder/stem.motion.json`` was written at
+    ``mtime_s`` (the order of first movies goes by it)."""
+    from dataclasses import replace
+
+    path = folder / f"{stem}.motion.json"
+    path.write_text("{}")
+    os.utime(path, (mtime_s, mtime_s))
+    return replace(_motion([0, 1], [1, 1], 0.0), motion_path=path, movie=folder / f"{stem}.mrc",
+                   movie_pixel_size_A=pixel_A, output_pixel_size_A=pixel_A,
+                   outputs={"dw": str(folder / f"{stem}_DW.mrc")})
+
+
+def test_optics_groups_keep_their_numbers_when_a_movie_of_the_first_is_corrected_again(tmp_path):
+    """0.85 Å movies were group 1, 1.0 Å group 2; one 0.85 Å movie corrected again (its record
+    now the newest) swapped them: particles extracted from the first file would point at the
+    other pixel size. The file written before keeps the numbers (also when the folder is
+    copied without its times); a group left without movies gives its number up."""
+    from daemon.handoff.relion import SINGLE_PARTICLE_STAR, single_particle_blocks, write_star
+
+    a = _written_motion(tmp_path, "a", 0.85, 1000)
+    b = _written_motion(tmp_path, "b", 1.0, 2000)
+
+    def groups(motions):
+        blocks = single_particle_blocks(tmp_path, motions, OPTICS)
+        write_star(tmp_path / SINGLE_PARTICLE_STAR, blocks)
+        optics = blocks["optics"]
+        return dict(zip(optics["rlnMicrographOriginalPixelSize"], optics["rlnOpticsGroup"]))
+
+    assert groups([a, b]) == {0.85: 1, 1.0: 2}
+    a = _written_motion(tmp_path, "a", 0.85, 3000)  # corrected again: newer than b
+    assert groups([a, b]) == {0.85: 1, 1.0: 2}
+    c = _written_motion(tmp_path, "c", 1.3, 2500)  # new optics: the next number
+    assert groups([a, b, c]) == {0.85: 1, 1.0: 2, 1.3: 3}
+    assert groups([b, c]) == {1.0: 1, 1.3: 2}  # the 0.85 Å movies gone
+    (tmp_path / SINGLE_PARTICLE_STAR).unlink()  # no file: by the first movies' times
+    assert groups([a, b, c]) == {1.0: 1, 1.3: 2, 0.85: 3}
+
+
+def test_tilt_series_optics_names_keep_their_numbers_when_a_series_is_corrected_again(tmp_path):
+    from daemon.handoff.relion import write_star
+    from daemon.handoff.tomo import TILT_SERIES_STAR, global_block
+
+    def names(series):
+        table = global_block([(n, tmp_path / f"{n}.star", m) for n, m in series], tmp_path,
+                             OPTICS)
+        write_star(tmp_path / TILT_SERIES_STAR, {"global": table})
+        return dict(zip(table["rlnTomoName"], table["rlnOpticsGroupName"]))
+
+    fine = _written_motion(tmp_path, "TS_01_000", 1.1, 1000)
+    coarse = _written_motion(tmp_path, "TS_02_000", 2.2, 2000)
+    assert names([("TS_01", fine), ("TS_02", coarse)]) == {"TS_01": "optics1",
+                                                            "TS_02": "optics2"}
+    fine = _written_motion(tmp_path, "TS_01_000", 1.1, 3000)  # redone: its records newer
+    assert names([("TS_01", fine), ("TS_02", coarse)]) == {"TS_01": "optics1",
+                                                            "TS_02": "optics2"}
+
+
 def test_tilt_series_of_distinct_optics_get_distinct_optics_group_names(tmp_path):
     """``corrected_tilt_series.star``: two series at 1.1 Å and one binned to 2.2 Å: the binned
     one gets its own ``rlnOpticsGroupName`` (it had the same name as the others)."""
