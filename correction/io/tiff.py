@@ -17,8 +17,10 @@ readers here do too: frame row 0 is the page's last row. A TIFF movie's sums are
 images MotionCor2 and RELION make of it (not their mirror image: a tomogram of the other hand),
 an MRC or DM4 gain fits it as it fits theirs, ``--gain-rotate``/``--gain-flip`` copied from
 their jobs mean the same, and the tilt axis of its mdoc holds. EER movies and EER ``.gain``
-files keep their stored order, as RELION (which reverts the flip for ``.gain``) and MotionCor3
-keep them.
+files keep their stored order, as RELION (which reverts the flip for ``.gain``) keeps them.
+MotionCor3 decodes EER frames in stored order but reads a ``.gain`` through its TIFF reader,
+rows reversed (``TiffUtil/CLoadTiffImage.cpp``), so its ``-FlipGain`` of an EER job differs
+from ``--gain-flip`` by that reversal (README, "TIFF row order").
 
 SerialEM saves K2/K3 super-resolution frames as 4-bit counts packed two to a byte into 8-bit
 pages of half the width (low nibble first). As IMOD (``libiimod/iitif.c``, ``iiTIFFCheck``)

@@ -87,6 +87,20 @@ def test_flip_numbers_are_motioncor2_flipgain_after_the_rotation():
             GainParams(flip=bad)
 
 
+def test_a_motioncor3_eer_jobs_turns_of_a_gain_file_translate_as_the_readme_says():
+    """MotionCor3 reads an EER ``.gain`` rows reversed (its TIFF reader), then turns it; the
+    ``.gain`` is read here in stored order. README ("TIFF row order"): its ``-RotGain K
+    -FlipGain F`` is ``--gain-rotate (4 - K) % 4`` with updown for F = 0 and none for F = 1,
+    and ``--gain-rotate (2 - K) % 4`` with none for F = 2."""
+    gain = np.arange(24, dtype=np.float32).reshape(4, 6)
+    for k in range(4):
+        for f in (0, 1, 2):
+            motioncor3 = orient(gain[::-1], rotate_quarter_turns=k, flip=f)
+            ours = (orient(gain, rotate_quarter_turns=(2 - k) % 4) if f == 2 else
+                    orient(gain, rotate_quarter_turns=(4 - k) % 4, flip=1 if f == 0 else 0))
+            np.testing.assert_array_equal(ours, motioncor3)
+
+
 @pytest.mark.parametrize("k, flip", list(itertools.product(
     range(4), ["none", "updown", "leftright", 0, 1, 2])))
 @pytest.mark.parametrize("fmt", ["mrc", "tif"])
