@@ -46,7 +46,7 @@ def simulate(watch: Path, seed: int, **kw):
     return simulate_tilt_series(watch, **{**defaults, **kw})
 
 
-def wait_for(log: Path, event: str, count: int, timeout_s: float = 60.0) -> None:
+def wait_for(log: Path, event: str, count: int, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while sum(e.get("event") == event for e in events(log)) < count:
         assert time.monotonic() < deadline, f"fewer than {count} {event} events"
