@@ -337,6 +337,11 @@ class Admission:
                 self._handled.discard(ident)  # share back, or a while after an I/O error
                 del self._unreadable[path]
         movies = [o for o in result.observations if o.kind == "movie"]
+        # a version no longer in the tree is no longer handled: back under its name (a share
+        # unmounted for a while, a folder moved away and back), it is met again, and a movie
+        # quarantined as vanished meanwhile is corrected (a version the ledger holds otherwise
+        # is found there again)
+        self._handled.intersection_update((str(o.path), o.size, o.mtime_ns) for o in movies)
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
         recorded = self._recorded_versions()
@@ -493,12 +498,14 @@ class Admission:
             self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
             return _DB_DOWN
         if row is not None and row.status == "quarantined" and \
-                (row.error or "").startswith(UNREADABLE):
-            # it could not be read before; it reads and is complete now: its fault is gone,
-            # and it is admitted afresh (with its metadata, which the quarantine did not keep)
+                (row.error or "").startswith((UNREADABLE, VANISHED)):
+            # it could not be read before, or was gone from its name when a worker was free
+            # (a share's blip, a folder moved away and back); it reads and is complete now:
+            # its fault is gone, and it is admitted afresh (with its metadata now)
             if self._safe(lambda: ledger.forget(key, statuses=("quarantined",)) or True) is None:
                 return _DB_DOWN
-            self._log.info("movie_readable_again", movie=str(obs.path),
+            self._log.info("movie_back" if row.error.startswith(VANISHED)
+                           else "movie_readable_again", movie=str(obs.path),
                            note=f"was quarantined as: {row.error}")
             row = None
         outdated = row is not None and _record_outdated(row, meta)

@@ -384,6 +384,43 @@ def test_a_folder_renamed_while_its_movies_wait_for_a_worker_is_corrected_under_
     assert (rows["gone/m3.mrc"].status, rows["gone/m3.mrc"].error) == ("quarantined", vanished)
 
 
+@pytest.mark.parametrize("when", ["while it runs", "at the restart"])
+def test_a_movie_gone_from_its_name_when_a_worker_was_free_is_corrected_once_it_is_back(
+        tmp_path, when):
+    """m1 waits while the one worker is busy; its folder is moved away (a share unmounted for a
+    moment) when the worker frees, so dispatch quarantines it as vanished, and back. Before, it
+    stayed quarantined for good, though readable (its version was handled, and a restart found
+    its quarantined row); now it is corrected, once."""
+    watch, out, away = tmp_path / "w", tmp_path / "out", tmp_path / "away"
+    frames = np.random.default_rng(1).poisson(1.0, (4, 32, 32)).astype(np.int16)
+    for folder in ("a_first", "grid1"):
+        (watch / folder).mkdir(parents=True)
+    write_movie_progressively(watch / "a_first" / "slow_a.mrc", frames, pixel_size_A=1.1,
+                              frame_interval_s=0)
+    write_movie_progressively(watch / "grid1" / "m1.mrc", frames, pixel_size_A=1.1,
+                              frame_interval_s=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
+    config = _config(watch, out, exit_when_idle_s=30.0, params=params)
+    with _running(config) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_started")))
+        os.rename(watch / "grid1", away)
+        wait_for(lambda: bool(log.named("movie_quarantined")))
+        more_heartbeats(log, wait_for)  # scans without it
+        if when == "while it runs":
+            os.rename(away, watch / "grid1")
+            wait_for(lambda: len(log.named("movie_done")) >= 2)
+    assert [e["reason"] for e in log.named("movie_quarantined")] == [
+        "movie file vanished before correction"]
+    if when == "at the restart":
+        os.rename(away, watch / "grid1")
+        log = _run(_config(watch, out, params=params))
+    assert [Path(p).name for p in _started(log)][-1:] == ["m1.mrc"]
+    assert [e["movie"] for e in log.named("movie_back")] == [str(watch / "grid1" / "m1.mrc")]
+    rows = {Path(r.key.path).relative_to(watch).as_posix(): r for r in _rows(out)}
+    assert sorted(rows) == ["a_first/slow_a.mrc", "grid1/m1.mrc"]
+    assert (rows["grid1/m1.mrc"].status, rows["grid1/m1.mrc"].attempts) == ("done", 1)
+
+
 def test_rows_an_older_version_recorded_under_a_folder_link_are_not_corrected_again(tmp_path):
     """The previous version visited ``aa_all -> grid1`` first and recorded grid1's tilts under
     ``aa_all/...`` (no inode). This version does not visit links inside the tree, so it meets
