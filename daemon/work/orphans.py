@@ -3,8 +3,9 @@
 :func:`die_with_parent` is called first thing in a worker or job process: the kernel kills it
 when its parent dies (``PR_SET_PDEATHSIG``, Linux), and a thread checks the parent pid every
 second as well (the signal is tied to the thread that started the child, and absent
-elsewhere). Signals SIGINT and SIGTERM are ignored: the daemon decides when its children stop,
-so a first signal can let the movie in hand finish.
+elsewhere). Signals SIGINT, SIGTERM and SIGHUP are ignored: the daemon decides when its
+children stop, so a first signal can let the movie in hand finish (also one sent to the whole
+process group: Ctrl-C, a closed terminal, ``systemctl kill``).
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import signal
 import threading
 import time
 
-__all__ = ["die_with_parent"]
+__all__ = ["STOP_SIGNALS", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
+#: the signals that ask the daemon to stop (drain: 0, or 75 for SIGHUP), never its children
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Ignore SIGINT/SIGTERM, and exit (status 70) when the process ``parent_pid`` is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Ignore SIGINT/SIGTERM/SIGHUP, and exit (status 70) when the process ``parent_pid`` is
+    gone."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

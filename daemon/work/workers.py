@@ -51,7 +51,7 @@ from correction.allocator import movie_memory_settings
 from correction.write import plain, write_probe_error
 
 from daemon.system.logs import quiet_correction_warnings, quiet_reader_logs
-from daemon.work.orphans import die_with_parent
+from daemon.work.orphans import STOP_SIGNALS, die_with_parent
 
 __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "GainCache",
            "execute_task", "resolve_runner"]
@@ -522,7 +522,7 @@ class WorkerPool:
         process = self._ctx.Process(target=_worker_main, name="motionwatch-worker", daemon=True,
                                     args=(child_conn, os.getpid(), self._runner, self._gain_loader,
                                           self._preload_gain))
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process.start()
         except Exception as exc:  # noqa: BLE001 - interpreter gone, no processes left ...

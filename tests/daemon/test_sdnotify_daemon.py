@@ -239,6 +239,31 @@ def test_sigterm_during_a_movie_ends_with_it_done_or_redone_never_half_written_e
     assert sorted(done) == sorted(str(m.path) for m in movies)
 
 
+def test_a_sighup_to_the_whole_process_group_lets_the_movie_in_hand_finish_exit_75(tmp_path):
+    """A closed terminal (or ``systemctl kill -s HUP``) signals every process of the group.
+    Before, the worker died of it: the movie in hand failed as a crash (three such nights
+    quarantine a good movie); now the daemon drains as for a SIGHUP to it alone."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    simulate_session(watch, n_movies=2, rng=np.random.default_rng(4), shape_yx=(512, 512),
+                     n_frames=10, frame_interval_s=0, movie_interval_s=0, rename_indices=())
+    log = tmp_path / "log"
+    daemon = spawn(watch_argv(watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.2",
+                              "--scan-interval", "0.1", "--tilt-series", "off", "--no-publish"),
+                   log, new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "movie_started" for e in log_events(log)):
+            assert time.monotonic() < deadline and daemon.poll() is None
+            time.sleep(0.01)
+        os.killpg(daemon.pid, signal.SIGHUP)
+        assert daemon.wait(60) == exitcodes.RESTART
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+    events = [e["event"] for e in log_events(log)]
+    assert "movie_failed" not in events and events.count("movie_done") >= 1
+
+
 @pytest.mark.parametrize("problem, status", [("--workers 0", 78), ("missing watch folder", 69)])
 def test_config_errors_are_printed_as_journald_errors_and_exit_78_or_69(tmp_path, problem,
                                                                          status):

@@ -28,15 +28,17 @@ def watch_argv(watch: Path, out: Path, *flags: str) -> list[str]:
             *flags]
 
 
-def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
-          ) -> subprocess.Popen:
+def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None, *,
+          new_session: bool = False) -> subprocess.Popen:
     """Start ``argv`` with stdout and stderr appended to ``log``, output unbuffered and outside
     any systemd journal (so the daemon logs JSON lines) and away from any real systemd notify
-    socket, plus ``env`` (which may give a test's own ``NOTIFY_SOCKET``)."""
+    socket, plus ``env`` (which may give a test's own ``NOTIFY_SOCKET``); ``new_session``: in
+    a process group of its own (a signal to the group does not reach the tests)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET")}
     environ.update({"PYTHONUNBUFFERED": "1", **dict(env or {})})
     with open(log, "ab") as fh:
-        return subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ)
+        return subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, env=environ,
+                                start_new_session=new_session)
 
 
 def events(log: Path) -> list[dict]:
