@@ -169,6 +169,12 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://[^\s/]+$")
+#: a batch job's memory: a number with its unit (dask's ``parse_bytes``: a bare number is
+#: bytes, and dask-jobqueue's SLURM script then fails to format it)
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*[kmgtp]i?b?\s*$", re.IGNORECASE)
+#: a batch job's time limit, ``[D-]HH:MM[:SS]``: a bare number is minutes to SLURM and seconds
+#: to PBS
+_WALLTIME = re.compile(r"^(\d+-)?\d+:\d{2}(:\d{2})?$")
 
 
 #: options that only say where a Dask executor finds its workers
@@ -217,13 +223,20 @@ def executor_settings(config: Any) -> ExecutorSettings:
         high = options.get("executor_maximum_workers", 1)
         if cores is None or cores < 1:
             problems.append(f"executor_cores must be >= 1 with executor_cluster, got {cores}")
+        walltime = options.get("executor_walltime")
         if not memory:
             problems.append("executor_memory is needed with executor_cluster (e.g. \"32GB\")")
+        elif not _MEMORY.match(str(memory)):
+            problems.append(f"executor_memory {memory!r}: expected a size with its unit, e.g. "
+                            "\"64GB\" (a bare number is bytes)")
+        if walltime is not None and not _WALLTIME.match(str(walltime).strip()):
+            problems.append(f"executor_walltime {walltime!r}: expected [D-]HH:MM[:SS], e.g. "
+                            "\"08:00:00\" (a bare number is minutes to SLURM, seconds to PBS)")
         if low < 0 or high < max(1, low):
             problems.append(f"executor workers: need 0 <= minimum <= maximum and maximum >= 1, "
                             f"got {low} and {high}")
         jobqueue = JobQueueSettings(cluster, cores or 1, str(memory or ""),
-                                    options.get("executor_walltime"),
+                                    None if walltime is None else str(walltime).strip(),
                                     options.get("executor_queue"), low, high)
     try:
         import distributed  # noqa: F401

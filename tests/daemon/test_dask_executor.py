@@ -338,6 +338,24 @@ def test_dask_options_are_validated_together_and_path_maps_replace_whole_compone
                                 "--executor-memory", "8GB"))
 
 
+def test_a_batch_jobs_memory_and_time_limit_without_their_units_are_refused_at_start():
+    """``executor_memory = 64`` passed the check and crashed the daemon at start (exit 1, a
+    restart loop under systemd: dask-jobqueue's SLURM script cannot format 64 bytes); a bare
+    ``executor_walltime = 8`` went into the job script as 8 minutes (SLURM) or seconds (PBS)."""
+    slurm = ("--executor", "dask", "--executor-cluster", "slurm", "--executor-cores", "8")
+    for memory, walltime, bad in (("64", "08:00:00", "executor_memory '64'"),
+                                  ("64GB", "8", "executor_walltime '8'"),
+                                  ("lots", "8h", "executor_memory 'lots'")):
+        with pytest.raises(ConfigError, match=bad):
+            executor_settings(parse(*slurm, "--executor-memory", memory,
+                                    "--executor-walltime", walltime))
+    for memory, walltime in (("64GB", "08:00:00"), ("64 GiB", "2-00:00"), ("512mb", "48:00:00"),
+                             ("1.5TB", "30:00")):
+        settings = executor_settings(parse(*slurm, "--executor-memory", memory,
+                                           "--executor-walltime", walltime))
+        assert (settings.jobqueue.memory, settings.jobqueue.walltime) == (memory, walltime)
+
+
 def test_the_executor_is_configured_by_flat_toml_keys_of_motionwatch_watch(tmp_path):
     from daemon.commands.watch import add_arguments
     from daemon.settings.config import load_config
