@@ -30,6 +30,7 @@ import datetime
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -540,6 +541,12 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
          "no output folder: give --out DIR (or out = ... in the config)")
     for dest in sorted(not_finite):
         problems.append(f"{dest} must be a finite number, got {getattr(merged, dest)}")
+    for dest in ("movie_patterns", "metadata_patterns"):
+        for pattern in getattr(merged, dest):
+            # matched against file names only: a folder part would match nothing, silently
+            name = re.split(r"[/\\]", pattern)[-1]
+            need(name == pattern, f"{dest} {pattern!r}: a pattern matches file names, in every "
+                                  f"folder below the watch folder: give {name!r}", dest)
     need(merged.workers >= 1, f"workers must be >= 1, got {merged.workers}")
     need(merged.workers <= MAX_WORKERS,
          f"workers must be <= {MAX_WORKERS} (a worker process each, ~0.1-2 GB), got "

@@ -165,6 +165,23 @@ def test_gain_flip_outside_motioncor2s_numbers_is_a_config_error(tmp_path):
         load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(toml)]))
 
 
+def test_a_pattern_with_a_folder_part_is_a_config_error_naming_the_file_name_pattern(tmp_path):
+    """Patterns match file names in every folder: ``Grid1/*.mrc`` or ``**/*.mrc`` matched
+    nothing, and the daemon ran healthy, correcting nothing all night."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('movie_patterns = ["**/*.mrc", "*.tif"]\nmetadata_patterns = ["a\\\\*.mdoc"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(toml)]))
+    assert list(err.value.problems) == [
+        "movie_patterns '**/*.mrc': a pattern matches file names, in every folder below the "
+        "watch folder: give '*.mrc'",
+        "metadata_patterns 'a\\\\*.mdoc': a pattern matches file names, in every folder below "
+        "the watch folder: give '*.mdoc'"]
+    config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
+                                "--movie-patterns", "*.mrc", "*.eer"]))
+    assert config.movie_patterns == ("*.mrc", "*.eer")
+
+
 def test_gain_flags_help_says_they_are_motioncor2s_rotgain_and_flipgain(capsys):
     from daemon.settings.correction_options import add_correction_arguments
 
