@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     db_path = Path(folder) / DB_NAME
     if not db_path.is_file():
         print(f"motionwatch retry: {db_path}: no state database (is this the --out folder of "
-              f"motionwatch watch?)", file=sys.stderr)
+              f"motionwatch watch? one whose state_dir is set keeps it there: give "
+              f"--state-dir)", file=sys.stderr)
         return exitcodes.CONFIG
     # another account's database: SQLite would make its -wal and -shm files ours (root's too:
     # root may write anything), and the service could not open the database again

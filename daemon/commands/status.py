@@ -286,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
         status = collect_status(db_path, last=args.last)
     except FileNotFoundError:
         print(f"motionwatch status: {db_path}: no state database (is this the --out folder of "
-              f"motionwatch watch?)", file=sys.stderr)
+              f"motionwatch watch? one whose state_dir is set keeps it there: give "
+              f"--state-dir)", file=sys.stderr)
         return exitcodes.CONFIG
     except (sqlite3.Error, OSError) as exc:  # a file that is not (or no longer) our database
         reason = " ".join(str(exc).split())

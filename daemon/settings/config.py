@@ -381,7 +381,7 @@ def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
         if not os.path.isdir(path):
             problems.append(f"{what} {path}: not a folder")
         elif not os.access(path, os.W_OK | os.X_OK):  # also a share's mount point, unmounted
-            problems.append(Unreachable(f"{what} {path}: not writable (permission denied)"))
+            problems.append(Unreachable(f"{what} {path}: not writable ({_denial(path)})"))
         return
     parent = path.parent
     while not os.path.lexists(parent) and parent != parent.parent:
@@ -389,8 +389,20 @@ def _check_dir_creatable(path: Path, what: str, problems: list[str]) -> None:
     if not os.path.isdir(parent):
         problems.append(f"{what} {path}: cannot be created ({parent} is not a folder)")
     elif not os.access(parent, os.W_OK | os.X_OK):
-        problems.append(Unreachable(f"{what} {path}: cannot be created (permission denied in "
+        problems.append(Unreachable(f"{what} {path}: cannot be created ({_denial(parent)} in "
                                     f"{parent})"))
+
+
+def _denial(path: Path) -> str:
+    """Why a folder cannot be written: a read-only file system (a read-only mount, or under
+    systemd's ``ProtectSystem=strict`` a folder missing from ``ReadWritePaths=``) or denied
+    permission."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return ("read-only file system; under systemd, is it in the unit's ReadWritePaths=?"
+            if read_only else "permission denied")
 
 
 def _make_dir_writable(path: Path, what: str, problems: list[str]) -> None:

@@ -182,6 +182,30 @@ def test_a_pattern_with_a_folder_part_is_a_config_error_naming_the_file_name_pat
     assert config.movie_patterns == ("*.mrc", "*.eer")
 
 
+def test_an_output_folder_on_a_read_only_file_system_is_said_so_not_permission_denied(
+        tmp_path, monkeypatch):
+    """Under systemd's ProtectSystem=strict a folder left out of ReadWritePaths= is read-only:
+    "permission denied" sent the administrator to chmod."""
+    import os as os_module
+    from types import SimpleNamespace
+
+    from daemon.settings import config as config_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access, real_statvfs = os_module.access, os_module.statvfs
+    monkeypatch.setattr(config_module.os, "access", lambda p, mode, **kw: (
+        False if Path(p) == out and mode & os_module.W_OK else real_access(p, mode, **kw)))
+    for flag, said in ((os_module.ST_RDONLY, "read-only file system; under systemd, is it in "
+                                             "the unit's ReadWritePaths=?"),
+                       (0, "permission denied")):
+        monkeypatch.setattr(config_module.os, "statvfs", lambda p, flag=flag: SimpleNamespace(
+            f_flag=flag) if Path(p) == out else real_statvfs(p))
+        problems = []
+        config_module._check_dir_creatable(out, "output folder", problems)
+        assert [str(p) for p in problems] == [f"output folder {out}: not writable ({said})"]
+
+
 def test_gain_flags_help_says_they_are_motioncor2s_rotgain_and_flipgain(capsys):
     from daemon.settings.correction_options import add_correction_arguments
 

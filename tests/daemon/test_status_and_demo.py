@@ -38,8 +38,12 @@ def test_status_shows_counts_last_done_failures_and_backlog(tmp_path, capsys):
 
 
 def test_status_of_a_folder_without_a_database_says_so(tmp_path, capsys):
-    assert main(["status", str(tmp_path)]) == 78
-    assert "no state database" in capsys.readouterr().err
+    """And where else it may be: a service whose state_dir is set (its state on local disk,
+    the outputs on a share) keeps it there, which the folder given does not show."""
+    for command in ("status", "retry"):
+        assert main([command, str(tmp_path)]) == 78
+        err = capsys.readouterr().err
+        assert "no state database" in err and "give --state-dir" in err
 
 
 def test_demo_session_corrects_every_simulated_movie_accurately(tmp_path):
