@@ -356,6 +356,13 @@ class Dispatcher:
                     Path(key.path), key, "done", attempt, outcome.outputs, outcome.record,
                     outcome.timings_s, None, meta))
                 return
+            if outcome.kind == "superseded":  # another version took its name: that one's
+                ledger.mark_failed(key, outcome.error or outcome.kind, quarantine=True,
+                                   count=False)
+                self._writes.succeeded()
+                log.info("movie_version_superseded", reason=outcome.error, attempt=attempt)
+                self.in_flight.pop(outcome.task_id)
+                return
             if outcome.kind == "interrupted":  # lost with its worker for another movie
                 ledger.release(key)
                 self._writes.succeeded()

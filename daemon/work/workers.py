@@ -50,6 +50,7 @@ from typing import Any, Literal
 from correction.allocator import movie_memory_settings
 from correction.write import plain, write_probe_error
 
+from daemon.events import SOURCE_KEY
 from daemon.system.logs import quiet_correction_warnings, quiet_reader_logs
 from daemon.work.orphans import STOP_SIGNALS, die_with_parent
 
@@ -59,7 +60,13 @@ __all__ = ["Task", "Outcome", "OutcomeKind", "WorkerPool", "DEFAULT_RUNNER", "Ga
 DEFAULT_RUNNER = "correction.pipeline:prepare_movie"
 
 OutcomeKind = Literal["done", "data", "config", "environment", "crash", "timeout", "error",
-                      "unstarted", "interrupted"]
+                      "unstarted", "interrupted", "superseded"]
+
+#: why a movie's outputs were not written: its file is another version now
+VERSION_REPLACED = ("another version of the movie file took its name while it was corrected: "
+                    "its outputs were not written (the new version is corrected as a movie of "
+                    "its own)")
+_MTIME_SLACK_NS = 2_000_000_000  # another mount's view of one file's mtime (a share's rounding)
 
 _WRITER_NICENESS = 10  # the writer thread's niceness above the worker's
 _HOLD_MEMORY_S = 2.0  # a worker idle this long hands its freed memory back to the system
@@ -119,7 +126,9 @@ class Outcome:
         died; ``timeout``: killed after its time limit; ``error``: any other exception;
         ``unstarted``: no worker could start on the task (it never began; not the movie's);
         ``interrupted``: the worker was killed or died for the other movie it held (its
-        outputs were being written while the next movie was corrected; not the movie's).
+        outputs were being written while the next movie was corrected; not the movie's);
+        ``superseded``: another version of the file took the movie's name while it was
+        corrected (:data:`VERSION_REPLACED`): its outputs were not written.
     outputs : dict of str
         Output name (``sum``, ``dw``, ``even``, ``odd``, ``motion``) -> path, when done.
     record : dict
@@ -298,9 +307,34 @@ def begin_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
     return _Begun(task, result, started, worker)
 
 
+def version_replaced(task: Task) -> bool:
+    """Whether the file at the task's movie path is no longer the version it was given (the
+    daemon's ``source_file``: another size, or an mtime more than 2 s away): a new version
+    renamed over it (rsync, a copy made again), or the writer went on. Its outputs must not
+    be written over those of that version, which is corrected as a movie of its own. False
+    without a ``source_file`` (``motionwatch correct``) and for a file gone since it was read
+    (its outputs are of what was read)."""
+    source = task.extra_record.get(SOURCE_KEY) if isinstance(task.extra_record, Mapping) \
+        else None
+    if not isinstance(source, Mapping) or not isinstance(source.get("size"), int) \
+            or not isinstance(source.get("mtime_ns"), int):
+        return False
+    try:
+        st = os.stat(task.movie_path)
+    except OSError:
+        return False
+    return st.st_size != source["size"] or \
+        abs(st.st_mtime_ns - source["mtime_ns"]) > _MTIME_SLACK_NS
+
+
 def finish_task(begun: _Begun) -> Outcome:
-    """Write a begun task's outputs when its runner left them to write; its Outcome."""
+    """Write a begun task's outputs when its runner left them to write; its Outcome (not
+    written, ``superseded``, when another version of the file took its name meanwhile)."""
     task = begun.task
+    if begun.writes_later and version_replaced(task):
+        return Outcome(task.task_id, "superseded", error=VERSION_REPLACED,
+                       timings_s={"worker_wall": time.perf_counter() - begun.started},
+                       worker_pid=os.getpid())
     try:
         result = begun.result.write() if begun.writes_later else begun.result
         timings = {k: float(v) for k, v in dict(getattr(result, "timings_s", {}) or {}).items()}

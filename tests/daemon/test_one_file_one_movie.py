@@ -916,6 +916,39 @@ def test_a_folder_renamed_before_the_worker_opened_its_movie_is_corrected_under_
             for r in _rows(out)] == [("grid1_good/held_m1.mrc", "done", 1)]
 
 
+def test_a_new_version_renamed_over_a_movie_in_a_worker_is_the_one_whose_outputs_stay(tmp_path):
+    """rsync (or a copy made again) renames another version over held_m1 while a worker holds
+    it, before the worker opens it. Before, the worker corrected the new file under the old
+    version's row (done), and the new version was corrected once more under its own; with two
+    workers the old version's outputs could land over the new one's, which the state called
+    done. Now the old version's outputs are not written (``movie_version_superseded``) and the
+    new version is corrected once, its outputs the ones on disk."""
+    import json
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    movie = watch / "grid1" / "held_m1.mrc"
+    _movie(movie)
+    config = _config(watch, out, params=_DOSE1, exit_when_idle_s=60.0)
+    (out / "HOLD").write_text("")  # the worker holds the movie, unopened, while this exists
+    with _running(config, timeout_s=20.0) as (log, wait_for):
+        wait_for(lambda: bool(log.named("movie_started")))
+        old_size = movie.stat().st_size
+        frames = np.random.default_rng(5).poisson(1.0, (6, 32, 32)).astype(np.int16)
+        write_movie_progressively(tmp_path / "held_m1.mrc", frames, pixel_size_A=1.1,
+                                  frame_interval_s=0)
+        os.rename(tmp_path / "held_m1.mrc", movie)  # as rsync puts a file in place
+        new_size = movie.stat().st_size
+        (out / "HOLD").unlink()
+        wait_for(lambda: bool(log.named("movie_done")))
+        more_heartbeats(log, wait_for)
+    assert [e["attempt"] for e in log.named("movie_version_superseded")] == [1]
+    (done,) = log.named("movie_done")
+    record = json.loads((out / "grid1" / "held_m1.motion.json").read_text())
+    assert record["source_file"]["size"] == new_size != old_size
+    rows = sorted((r.key.size, r.status, r.attempts) for r in _rows(out))
+    assert rows == sorted([(old_size, "quarantined", 1), (new_size, "done", 1)])
+
+
 def test_a_series_is_not_assembled_without_a_tilt_renamed_while_it_waited_for_a_worker(
         tmp_path):
     """Tilts 0-1 corrected; tilt 2 waits for the one worker (held by another movie) when the

@@ -12,7 +12,8 @@ at once, leaving its outputs to write: ``write()`` takes 1 s; the record has ``b
 ``written_at``, wall-clock s, and the niceness of the threads that corrected and wrote it),
 ``stuck`` (the same, but its write hangs for 60 s), ``held`` (holds its worker while a file
 ``HOLD`` exists beside the output folder, at most 30 s, then opens its movie as the reader does:
-a movie renamed meanwhile is not found), ``bad`` (a bad movie: ``not a movie: 3 of
+a movie renamed meanwhile is not found; its outputs are left to write, as the pipeline's
+are), ``bad`` (a bad movie: ``not a movie: 3 of
 6 frames readable``), ``flaky`` (the same while ``<movie>.bad`` exists beside it), ``never`` (must
 not run), ``enospc_once`` (full disk on the first attempt), ``enospc`` (full disk, always), ``denied``
 (the output folder refuses writes), ``bug`` (an internal error). A file ``OUTPUT_LOCKED`` or
@@ -103,6 +104,8 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
                                record={**record, "written_at": time.time(),
                                        "writer_niceness": _niceness()})
 
+    if name.startswith("held"):
+        return SimpleNamespace(write=write)
     if name.startswith(("later", "stuck")):
         def write_later() -> SimpleNamespace:
             time.sleep(60 if name.startswith("stuck") else 1.0)
