@@ -552,7 +552,9 @@ def dark_frames(spectra: np.ndarray, shape_yx: tuple[int, int] | None = None) ->
     with the movie's mean (the pipeline pads every frame so) have almost none: a frame with a
     fiftieth of those counts is dark. A dark frame's correlation with the others
     is flat, and its peak would be taken anywhere in the search window: at its edge, tens of
-    pixels off. None is dark when that quartile has no such power.
+    pixels off. The quartile is taken as at least a tenth of the brightest frame's power (the
+    beam blanked for most of the movie); when no frame has any (a movie of zeros: the column
+    valves closed), all are dark.
     """
     n = spectra.shape[0]
     shape = (spectra.shape[1], 2 * (spectra.shape[2] - 1)) if shape_yx is None else \
@@ -562,9 +564,11 @@ def dark_frames(spectra: np.ndarray, shape_yx: tuple[int, int] | None = None) ->
     for i in range(n):  # one frame at a time: no stack-sized temporary
         band = spectra[i][outer]
         power[i] = float(np.vdot(band, band).real)
-    lit_power = float(np.percentile(power, 75))
-    if not lit_power > 0:
-        return np.zeros(n, bool)
+    # a tenth of the brightest frame's stands for the quartile when most frames are dark (the
+    # beam blanked for most of the movie: their padded edges leave the quartile a little)
+    lit_power = max(float(np.percentile(power, 75)), 0.1 * float(power.max(initial=0.0)))
+    if not lit_power > 0:  # a movie of zeros
+        return np.ones(n, bool)
     return power < _DARK_POWER_FRACTION * lit_power
 
 
@@ -600,12 +604,23 @@ def estimate_shifts(spectra: np.ndarray, *, params: AlignParams = AlignParams(),
 
     Frames without counts (:func:`dark_frames`) are left out when at least two others have
     counts; each is given the shift of the frames beside it (``dark_frames`` in the result).
+    With fewer, nothing is aligned (``supported`` false, the shifts zero: a movie of zeros
+    searched its flat correlations and said it did not converge, a frame moved 72 px).
     """
     spectra = np.asarray(spectra)
     dark = dark_frames(spectra, shape_yx)
-    if not dark.any() or np.sum(~dark) < 2:
+    if not dark.any():
         return _estimate_with_restart(spectra, params, shape_yx, output_px_per_grid_px,
                                       initial_shifts_yx_px, workers)
+    if np.sum(~dark) < 2:
+        n = spectra.shape[0]
+        note = (f"{int(np.sum(~dark))} of {n} frames hold counts (the beam blanked, the column "
+                "valves closed?): nothing to align; the frames are summed without shifts "
+                "(alignment.supported false in the motion record)")
+        warnings.warn(note, stacklevel=2)
+        return GlobalAlignment(np.zeros((n, 2)), np.full(n, np.nan), 0, True, 0.0,
+                               supported=False, note=note,
+                               dark_frames=tuple(int(i) for i in np.flatnonzero(dark)))
     lit = np.flatnonzero(~dark)  # align the frames that hold counts
     start = None if initial_shifts_yx_px is None else np.asarray(initial_shifts_yx_px)[lit]
     return _with_dark_frames(_estimate_with_restart(spectra[lit], params, shape_yx,

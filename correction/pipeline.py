@@ -597,7 +597,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     advice = alignment_advice(alignment, fill, (ny, nx), n_used=n,
                               group_frames=params.align.group_frames,
                               counting=gain_reference is None or gain_reference.dark is None)
-    if alignment.dark_frames:  # numbered in the movie, as --throw and --trunc count
+    if alignment.dark_frames and alignment.supported:  # numbered in the movie, as --throw
+        # and --trunc count (not supported: too few frames with counts, said in its note)
         dark = [first + i for i in alignment.dark_frames]
         one = len(dark) == 1
         advice = (*advice, f"frame{'' if one else 's'} {', '.join(str(i) for i in dark)} of "

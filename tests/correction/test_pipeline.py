@@ -452,6 +452,33 @@ def test_the_default_stem_never_replaces_another_movies_outputs_recorded_under_i
     correct_movie(movies[1], out, params, workers=1)  # the recorded movie is gone
 
 
+@pytest.mark.parametrize("lit", [0, 1])
+def test_a_movie_with_fewer_than_two_frames_of_counts_is_not_aligned_and_says_so(lit):
+    """A movie of zeros (the column valves closed at night) was aligned on flat correlations:
+    "did not converge ... moved a frame 72 px", alignment supported, no dark frame. Now, as
+    with one frame of counts, nothing is aligned: shifts zero, ``supported`` false, one line
+    saying why; the sums are the frames summed."""
+    import warnings
+
+    frames = np.zeros((10, 128, 128), np.float32)
+    if lit:
+        frames[4] = np.random.default_rng(0).poisson(1.0, (128, 128))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = correct_frames(frames, pixel_size_A=1.0, params=params)
+    assert not result.alignment.supported and np.all(result.shifts_yx_px == 0)
+    assert result.alignment.dark_frames == tuple(i for i in range(10) if not (lit and i == 4))
+    said = [str(w.message) for w in caught]
+    assert [line for line in said if "hold counts" in line] == [
+        f"{lit} of 10 frames hold counts (the beam blanked, the column valves closed?): nothing "
+        "to align; the frames are summed without shifts (alignment.supported false in the "
+        "motion record)"]
+    assert not [line for line in said if "converge" in line or "no counts to align" in line]
+    np.testing.assert_allclose(result.images.sum, frames.sum(axis=0), atol=1e-3)
+
+
 @pytest.mark.parametrize("dark_frame", [0, 11])
 def test_a_frame_without_counts_is_shifted_as_its_neighbour_and_said_not_sent_to_the_window_edge(
         dark_frame):
