@@ -610,13 +610,16 @@ class Ledger:
 
         A quarantined row keeps the key and metadata of its quarantine (none at all when
         validation rejected the file), so it is never set pending as it is. Rows of files that
-        were never movies (ignored names, size -1) are left alone.
+        were never movies (ignored names, size -1) are left alone, and so are those of a version
+        whose file has another version recorded since (a copy made again, a writer that went
+        on): that file is not this version any more, and requeueing it did nothing.
         """
         wanted = None if paths is None else {str(p) for p in paths}
         with self._tx() as db:
             found = [_row(r) for r in db.execute(
-                "SELECT * FROM movies WHERE status='quarantined' AND size >= 0 "
-                "ORDER BY mtime_ns, path, id")]
+                "SELECT * FROM movies AS q WHERE status='quarantined' AND size >= 0 AND NOT "
+                "EXISTS (SELECT 1 FROM movies AS n WHERE n.path = q.path AND n.id > q.id AND "
+                "(n.size != q.size OR n.mtime_ns != q.mtime_ns)) ORDER BY mtime_ns, path, id")]
             chosen = [r.key for r in found if wanted is None or r.key.path in wanted
                       or os.path.basename(r.key.path) in wanted]
             db.executemany(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status='quarantined'",

@@ -276,6 +276,31 @@ def test_requeue_lifts_quarantines_by_dropping_their_rows_and_counts_the_requeue
         ("/d/notes.txt", "quarantined"), ("/d/c.mrc", "pending")]
 
 
+def test_requeue_leaves_a_version_whose_file_has_another_version_recorded_since(ledger):
+    """rep.mrc's first version was quarantined (its copy stalled), then the copy made again
+    was corrected; ``retry`` said it requeued the first (and counted it), though its file was
+    the second version: nothing came of it. A version quarantined under other parameters
+    (the same file) and the newest version quarantined are requeued."""
+    old, new = key("/d/rep.mrc", size=100, mtime=1), key("/d/rep.mrc", size=200, mtime=2)
+    for version in (old, new):
+        ledger.add(version)
+        ledger.claim(version)
+    ledger.mark_failed(old, "stalled", quarantine=True)
+    ledger.mark_done(new, outputs={}, timings={}, summary={})
+    twice = key("/d/b.mrc", fp="f0"), key("/d/b.mrc", fp="f1")  # parameters changed
+    for version in twice:
+        ledger.add(version)
+        ledger.claim(version)
+        ledger.mark_failed(version, "bad", quarantine=True)
+    newest = key("/d/c.mrc", size=300, mtime=3)
+    for version in (key("/d/c.mrc"), newest):
+        ledger.add(version)
+        ledger.claim(version)
+        ledger.mark_failed(version, "bad", quarantine=True)
+    assert ledger.requeue(["rep.mrc"]) == []
+    assert sorted(ledger.requeue(), key=str) == sorted([*twice, newest], key=str)
+
+
 def test_a_corrupt_database_is_moved_aside_and_a_new_one_begun(tmp_path):
     from daemon.state.ledger import open_or_rebuild
 
