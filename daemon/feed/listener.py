@@ -174,7 +174,8 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
         if not done_paths.get(r.key.path, -1.0) >= r.updated:
             newest_error.setdefault(r.key.path, r)
     errors = [{"path": r.key.path, "reason": " ".join(f"quarantined: {r.error}".split()),
-               "time": _iso(r.updated)} for r in reversed(list(newest_error.values()))]
+               "time": _iso(r.updated), "seq": None}  # no message of this daemon carried it
+              for r in reversed(list(newest_error.values()))]
     movies: list[dict] = []
     newest = {}  # a movie redone (new metadata, a new version) once, by its newest row
     for row in rows:

@@ -130,7 +130,15 @@ class MonitorState:
         if key in self._seen_notes:
             return  # a state snapshot repeats notes already received
         self._seen_notes.add(key)
+        if kind == "error" and body.get("path"):  # a movie's error: its latest only (a
+            self._clear_errors(body["path"])  # restarted daemon's state restores it)
         (self.warnings if kind == "warning" else self.errors).append(dict(body))
+
+    def _clear_errors(self, path: str) -> None:
+        """Forget the errors of the movie at ``path`` (corrected since, or said again)."""
+        kept = [e for e in self.errors if e.get("path") != path]
+        if len(kept) != len(self.errors):
+            self.errors = collections.deque(kept, maxlen=self.errors.maxlen)
 
     def apply(self, topic: str, body: Mapping[str, Any], received_at: float) -> None:
         """Fold one message into the state (idempotent for ``state`` and repeated movies); one
@@ -164,6 +172,8 @@ class MonitorState:
         if topic == "movie":
             summary = tilt_summary(body)
             self._add_tilt(summary, body.get("series"), received_at)
+            if body.get("path"):  # corrected (a retried movie): no longer an error
+                self._clear_errors(body["path"])
         elif topic == "series":
             view = self._series(body["series"], received_at)
             view.status = series_status(view.status, topic, body)

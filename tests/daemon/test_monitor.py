@@ -164,6 +164,27 @@ def test_restored_errors_of_two_movies_with_one_reason_are_two_errors():
     assert [e["path"] for e in state.errors] == ["/data/grid1/x.mrc", "/data/grid2/x.mrc"]
 
 
+def test_a_movies_error_is_listed_once_across_restarts_and_gone_once_it_is_corrected():
+    """A quarantined movie was listed once more after each restart (the restored error, of
+    another session and without a seq, matched nothing); a movie retried and corrected stayed
+    under errors, while status, the dashboard and a monitor started later showed none."""
+    state = MonitorState("ipc:///x")
+    bad = {"kind": "quarantined", "path": "/data/bad.mrc", "series": None,
+           "reason": "quarantined: not a movie: unknown MRC mode 99"}
+    state.apply("error", envelope(bad, 1), 0.0)
+    restored = {"series": [], "movies": [], "warnings": [], "heartbeat": None,
+                "errors": [{"path": "/data/bad.mrc", "reason": bad["reason"],
+                            "time": "2026-12-07T03:57:43.000Z", "seq": None}]}
+    for session in ("b" * 32, "c" * 32):  # two restarts
+        state.apply("state", envelope(restored, 1, session), 0.0)
+    assert [e["path"] for e in state.errors] == ["/data/bad.mrc"]
+    other = {**bad, "path": "/data/other.mrc"}
+    state.apply("error", envelope(other, 2, "c" * 32), 0.0)
+    body = movie_message({**record("bad.mrc", 3.0), "movie": "/data/bad.mrc"}, TiltInfo())
+    state.apply("movie", envelope(body, 3, "c" * 32), 0.0)  # retried, corrected
+    assert [e["path"] for e in state.errors] == ["/data/other.mrc"]
+
+
 def test_sparkline_scales_to_the_maximum_and_leaves_gaps_for_missing_values():
     assert sparkline([0.0, 5.0, 10.0, None]) == "▁▅█ "
     assert sparkline([]) == ""

@@ -53,6 +53,7 @@ def test_a_restored_series_has_every_tilt_done_its_failures_and_its_dose(tmp_pat
         _, (series,), errors, _ = restored_state(out / DB_NAME, out_dir=out, limit=limit)
         assert (series["n_done"], series["n_failed"]) == (2, 2)
         assert series["accumulated_dose_e_A2"] == pytest.approx(received, abs=1e-3)
+        assert all(e["seq"] is None for e in errors)  # docs/zmq.md: no message carried them
         paths = sorted(e["path"] for e in errors)  # the newest ``limit`` of them
         assert len(paths) == min(limit, 2) and set(paths) <= {str(t.movie.path) for t in bad}
 
