@@ -485,7 +485,7 @@ def test_a_short_movie_corrected_before_a_restart_is_not_held_back_again(tmp_pat
     watch.mkdir()
     rng = np.random.default_rng(8)
     flags = ("--tilt-series", "off", "--pixel-size", "1.1", "--incomplete-grace", "3",
-             "--exit-when-idle", "5")
+             "--exit-when-idle", "2")
     _drop_movie(rng, tmp_path / "a.mrc", watch, 12)
     first = start_daemon(watch, out, log, *flags)
     try:
