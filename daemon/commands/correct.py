@@ -426,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
         params, getattr(args, "frame_mdoc_gain", True)))
     read_ahead = ReadAhead()  # the next movie is read into the page cache meanwhile
     status = None
-    previous_handler = _terminate_on_sigterm()
+    termination = _Termination()
+    previous_handler = termination.install()
     try:
         # one allocator setting around all the movies: each reuses the memory the one before
         # freed instead of faulting it in afresh (correction.allocator)
@@ -465,7 +466,8 @@ def run(args: argparse.Namespace) -> int:
                     _print_failure(movie, _fail(movie, exc), as_json=args.json)
                     continue
                 _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
-                relion.corrected(Path(result.outputs["motion"]), result.record)
+                with termination.deferred():  # its motion STAR names its gain, or none is left
+                    relion.corrected(Path(result.outputs["motion"]), result.record)
                 if voltage.source == "default" and not voltage_noted:  # once corrected at it
                     voltage_noted = True
                     print(f"motionwatch: {movie}: warning: {ASSUMED_VOLTAGE_NOTE}",
@@ -495,17 +497,40 @@ def run(args: argparse.Namespace) -> int:
     return exitcodes.SOME_FAILED if failed or relion.failed else exitcodes.OK
 
 
-def _terminate_on_sigterm() -> Any:
-    """Make SIGTERM stop the run as Ctrl-C does (temporaries removed, the movies corrected so
-    far listed for RELION); the handler it replaces (None: none set, ``correct`` run outside the
-    main thread, where Python takes no signal handler)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class _Termination:
+    """SIGTERM stops the run as Ctrl-C does (temporaries removed, the movies corrected so far
+    listed for RELION), except inside :meth:`deferred`, whose end it waits for: a movie's
+    motion STAR written there names the gain RELION must apply (the gain exported first, a
+    K3 super-resolution one in seconds); stopped half-way, the STAR written at the end for a
+    movie without one named none, and an existing STAR is never replaced."""
 
-    def handler(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self._deferring = False
+        self._pending = False
+
+    def install(self) -> Any:
+        """Take SIGTERM; the handler replaced (None: none set, ``correct`` run outside the
+        main thread, where Python takes no signal handler)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._pending = True
+            return
         raise _Terminated()
 
-    return signal.signal(signal.SIGTERM, handler)
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A SIGTERM inside stops the run at its end."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending:
+            raise _Terminated()
 
 
 @dataclasses.dataclass(frozen=True)

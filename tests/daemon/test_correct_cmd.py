@@ -480,6 +480,39 @@ def test_the_movies_corrected_before_a_sigterm_are_listed_for_relion_with_their_
         assert "rlnMicrographGainName" in (out / f"{stem}.star").read_text()
 
 
+def test_a_sigterm_while_the_gain_is_exported_for_relion_waits_for_the_motion_star(
+        tmp_path, monkeypatch, capsys):
+    """SIGTERM while the first movie's gain was exported for RELION (after its motion record
+    was in place; seconds for a K3 super-resolution gain): its motion STAR was then written at
+    the end without the gain (polishing would read the raw frames uncorrected), and an
+    existing STAR is never replaced. Now the STAR is written, naming the gain, then the run
+    stops (143)."""
+    import os
+    import signal
+
+    from correction import gain_export
+
+    rng = np.random.default_rng(12)
+    movies = [str(_movie(tmp_path / f"m{i}.mrc", rng)) for i in range(2)]
+    with mrcfile.new(tmp_path / "gain.mrc") as mrc:
+        mrc.set_data(np.ones((128, 128), np.float32))
+    real = gain_export.write_relion_gain
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the batch system's time limit, now
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gain_export, "write_relion_gain", signalled)
+    out = tmp_path / "out"
+    status = main(["correct", *movies, "--out", str(out), "--dose-per-frame", "1",
+                   "--gain", str(tmp_path / "gain.mrc"), "--patches", "1", "1"])
+    assert status == exitcodes.TERMINATED
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.motion.json")) == ["m0.motion.json"]
+    assert "rlnMicrographGainName" in (out / "m0.star").read_text()
+    assert _star_movies(out) == ["m0_DW.mrc"]
+
+
 def test_correct_does_not_replace_a_tilt_the_daemon_corrected_in_its_series(tmp_path, capsys):
     """Its pre-exposure would drop to 0 and its series' stacks stay made of the old sums."""
     movie = _movie(tmp_path / "TS_01_001_3.0.mrc", np.random.default_rng(11))
