@@ -809,6 +809,24 @@ def _mrc_movie(path: Path, rng, *, shape=SHAPE, gain=None, pixel_size_A=PIXEL_A)
     return m
 
 
+def test_the_movies_pixel_size_for_relion_is_its_own_under_a_non_integer_bin(tmp_path):
+    """302 x 250 px at 0.85 Å binned by 1.5: the sums' pixel is 1.2767 Å (250 / 1.5 is no whole
+    number of output pixels), and the movie's pixel RELION was told, output / 1.5, was
+    0.851133 Å; it is the movie's, 0.85 Å, as its motion record keeps it."""
+    _mrc_movie(tmp_path / "odd.mrc", np.random.default_rng(31), shape=(250, 302),
+               pixel_size_A=0.85)
+    out = tmp_path / "out"
+    assert _correct(tmp_path / "odd.mrc", "--bin", 1.5, "--dose-per-frame", 1.0, "--out", out,
+                    "--patches", 1, 1) == 0
+    record = read_motion(out / "odd.motion.json")
+    assert record["pixel_size_A"] != pytest.approx(0.85 * 1.5, rel=1e-4)  # not the nominal bin
+    general = starfile.read(out / "odd.star", always_dict=True)["general"]
+    assert general["rlnMicrographOriginalPixelSize"] == pytest.approx(0.85, rel=1e-6)
+    optics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["optics"]
+    assert list(optics["rlnMicrographOriginalPixelSize"]) == pytest.approx([0.85], rel=1e-6)
+    assert list(optics["rlnMicrographPixelSize"]) == pytest.approx([record["pixel_size_A"]])
+
+
 def test_correct_with_a_gain_names_it_in_each_motion_star_in_the_movies_orientation(tmp_path):
     """``correct --gain`` keeps the gain as polishing reads it, as ``watch`` does: an MRC in the
     movie's orientation (``-RotGain 1`` undone), named by ``rlnMicrographGainName`` in the
