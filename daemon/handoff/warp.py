@@ -44,7 +44,16 @@ WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folde
 
 
 def _link(target: Path, link: Path) -> None:
+    """``link`` a hard link to ``target``, replaced atomically (through a hidden temporary
+    name); nothing to do when it already is one: ``rename`` of two names of one file does
+    nothing, and the temporary name stayed, a third name of the image at every restart that
+    adopted the movie's outputs."""
     link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if os.path.samefile(target, link):
+            return
+    except OSError:  # no link yet (or no target: os.link says so)
+        pass
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
     try:
         tmp.unlink()

@@ -41,6 +41,21 @@ def test_a_layout_left_under_the_output_stem_is_not_in_place(tmp_path):
     assert not (out / "TS_01_000_0.0_mrc.xml").exists()
 
 
+def test_a_warp_layout_made_again_leaves_no_hidden_names_of_its_images(tmp_path):
+    """At a restart that adopts a movie's outputs the layout is made again: the hidden
+    temporary link of each image stayed (``rename`` of two names of one file does nothing), a
+    third name of the sum and halves per restart, whose space a redo could not free."""
+    out = tmp_path / "out"
+    out.mkdir()
+    motion = _motion(out, tmp_path / "w" / "m.mrc", "m")
+    for _ in range(3):
+        warp_layout(motion)
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["average/even/m.mrc", "average/m.mrc", "average/odd/m.mrc", "m.mrc",
+                     "m.xml", "m_DW.mrc", "m_EVN.mrc", "m_ODD.mrc"]
+    assert (out / "m_DW.mrc").stat().st_nlink == 2
+
+
 def test_a_warp_name_too_long_in_bytes_though_short_in_characters_falls_back_to_the_stem(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
