@@ -329,8 +329,18 @@ def version_replaced(task: Task) -> bool:
 
 def finish_task(begun: _Begun) -> Outcome:
     """Write a begun task's outputs when its runner left them to write; its Outcome (not
-    written, ``superseded``, when another version of the file took its name meanwhile)."""
+    written: ``timeout`` when it is over its time limit, ``superseded`` when another version of
+    the file took its name meanwhile)."""
     task = begun.task
+    spent_s = time.perf_counter() - begun.started
+    if begun.writes_later and task.timeout_s is not None and spent_s > task.timeout_s:
+        # timed out already: a Dask worker asked to restart closes gracefully, letting the
+        # task run on, and its outputs appeared after the daemon had quarantined the movie
+        # (a retry's attempt could be writing the same movie then)
+        return Outcome(task.task_id, "timeout",
+                       error=f"over its time limit of {task.timeout_s:.0f} s ({spent_s:.0f} s "
+                             "corrected): its outputs were not written",
+                       timings_s={"worker_wall": spent_s}, worker_pid=os.getpid())
     if begun.writes_later and version_replaced(task):
         return Outcome(task.task_id, "superseded", error=VERSION_REPLACED,
                        timings_s={"worker_wall": time.perf_counter() - begun.started},

@@ -285,3 +285,29 @@ def test_outputs_being_written_time_out_on_their_own_limit_while_a_longer_next_m
                  task=replace(task(tmp_path, 1, "next.mrc"), timeout_s=20.0), started_s=100.0,
                  writing=task(tmp_path, 0, "written.mrc"), writing_started_s=99.0)
     assert slot.deadline(1.5, startup_s=5.0) == pytest.approx(100.5)
+
+
+def test_a_movie_over_its_time_limit_when_its_outputs_are_due_does_not_write_them(tmp_path):
+    """A Dask worker asked to restart after a timeout closes gracefully and lets its task run
+    on: the movie's outputs appeared after the daemon had quarantined it (and a retry could be
+    writing the same movie meanwhile). A task over its limit when its outputs are due writes
+    none and says it timed out; one within its limit writes them."""
+    from types import SimpleNamespace
+
+    from daemon.work.workers import _Begun, finish_task
+
+    written = []
+
+    def result(name):
+        def write():
+            written.append(name)
+            return SimpleNamespace(outputs={}, timings_s={}, record={})
+        return SimpleNamespace(write=write)
+
+    late = Task(1, tmp_path / "late.mrc", tmp_path, tmp_path, None, timeout_s=5.0)
+    outcome = finish_task(_Begun(late, result("late"), time.perf_counter() - 6.0, "w"))
+    assert (outcome.kind, written) == ("timeout", [])
+    assert outcome.error.startswith("over its time limit of 5 s")
+    in_time = Task(2, tmp_path / "ok.mrc", tmp_path, tmp_path, None, timeout_s=5.0)
+    assert finish_task(_Begun(in_time, result("ok"), time.perf_counter() - 1.0, "w")).kind == "done"
+    assert written == ["ok"]
