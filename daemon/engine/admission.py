@@ -341,7 +341,10 @@ class Admission:
         # unmounted for a while, a folder moved away and back), it is met again, and a movie
         # quarantined as vanished meanwhile is corrected (a version the ledger holds otherwise
         # is found there again)
-        self._handled.intersection_update((str(o.path), o.size, o.mtime_ns) for o in movies)
+        present = {(str(o.path), o.size, o.mtime_ns) for o in movies}
+        unlisted = tuple(os.path.join(str(folder), "") for folder, _ in result.errors)
+        self._handled = {h for h in self._handled  # a folder not listed this time: kept
+                         if h in present or (unlisted and h[0].startswith(unlisted))}
         settled = {o.path for o in self._settler.update(movies)}
         waiting: dict[Path, str] = {}
         recorded = self._recorded_versions()
