@@ -306,7 +306,8 @@ class Service:
                 if key in adopted else "was running when the daemon stopped; will be redone"))
         for key in adopted - running:
             self._log.warning("movie_adopted", movie=key.path,
-                              note="pending, but its complete outputs were on disk (the state "
+                              note="pending, but its complete outputs were on disk (written "
+                                   "as the daemon was stopped by a second signal, or the state "
                                    "database had lost their record): adopted")
         self._running_at_crash = []
 
