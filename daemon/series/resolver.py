@@ -781,13 +781,19 @@ class TiltSeriesResolver:
         When no ``--voltage`` is given and no frame mdoc gives one, the voltage comes from that
         file; EPU writes it beside each acquisition, apart from the camera's movie, so it may
         appear (or be complete) after the movie. A movie then waits for it while metadata files
-        are written in its folder (a folder of movies alone waits for nothing), for at most
-        the metadata wait; after that it goes on, with a warning (the voltage from its header,
-        else 300 kV)."""
+        are written in its folder, for at most the metadata wait; after that it goes on, with a
+        warning (the voltage from its header, else 300 kV). A folder of movies alone waits for
+        nothing (EPU's files may never be copied), but its movies are looked at for their file
+        as one that waited in vain is (:mod:`daemon.series.late_epu`): the first movies of a new
+        grid square come before any file, and were weighted at 300 kV for good on a 200 kV
+        microscope."""
         if self._ctx.voltage_kV is not None or mdoc_kV is not None:
             return None
         xml = epu_xml_pending(path)
-        if xml is None or next(xml.parent.glob("*.xml"), None) is None:
+        if xml is None:
+            return None
+        if next(xml.parent.glob("*.xml"), None) is None:
+            self._late_epu.gave_up(path)
             return None
         now, wait_s = self._now(), self.series_config.metadata_wait_s
         if now - self._first_seen.get(str(path), now) < wait_s:

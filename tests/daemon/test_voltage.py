@@ -384,6 +384,31 @@ def test_an_epu_movie_corrected_before_its_metadata_file_came_is_redone_at_its_v
     assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)] * 2
 
 
+def test_the_first_epu_movie_of_a_new_grid_square_is_redone_when_its_metadata_file_comes(
+        tmp_path):
+    """A new grid square's first movie comes before any metadata file in its folder, so it
+    waits for none and is corrected at 300 kV; its file (200 kV) came after. Before, it was
+    never looked at again: the first movies of every grid square stayed weighted at 300 kV on
+    a 200 kV microscope (and in an optics group of their own); now it is redone, once."""
+    watch, out = tmp_path / "Data", tmp_path / "out"
+    watch.mkdir()
+    movie = _epu_movie(watch, f"{EPU_STEM}_Fractions.mrc")
+    xml = watch / f"{EPU_STEM}.xml"
+
+    class EPU(ServiceListener):
+        """Writes the metadata file once the movie is corrected without it."""
+
+        def on_movie_done(self, event):
+            if not xml.exists():
+                xml.write_text(_epu_metadata("200000"))
+
+    log = _run_with_metadata_wait(watch, out, EPU(), mode="auto")
+    record = _record(out, movie)
+    assert (record["voltage_kV"], record["voltage_source"]) == (200.0, "EPU xml")
+    assert [f["movie"] for _, e, f in log.events if e == "movie_done"] == [str(movie)] * 2
+    assert not [e for _, e, _ in log.events if e == "movie_waiting"]
+
+
 def test_an_epu_movie_whose_metadata_file_came_while_the_daemon_was_down_is_redone_at_restart(
         tmp_path):
     """The daemon stops after correcting an EPU movie at 300 kV (its metadata file was cut
