@@ -311,7 +311,10 @@ class RelionListener(ServiceListener):
             series.add(tilt.series)
         for name in sorted(series):
             self._write_series(name)
-        self._write_globals(tomo=bool(series), single=tilt is None)
+        # a single movie redone as a tilt (its series mdoc came after it: Tomography 5) leaves
+        # the micrographs' file, as a tilt redone as a single movie joins it
+        was_single = previous is not None and previous[2] is None
+        self._write_globals(tomo=bool(series), single=tilt is None or was_single)
 
     def _forget(self, key: str) -> tuple[float, MovieMotion, TiltRecord | None] | None:
         """The movie ``key`` is no longer listed; returns its record as it was loaded."""
@@ -633,9 +636,13 @@ class RelionListener(ServiceListener):
             blocks = single_particle_blocks(
                 self._out, [m for m, t in entries if t is None] + self._foreign_motions(),
                 self.optics)
+            star = self._out / SINGLE_PARTICLE_STAR
             if blocks is not None:
                 self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", self._write_star,
-                            self._out / SINGLE_PARTICLE_STAR, blocks)
+                            star, blocks)
+            elif star.exists():  # its last movies are tilts now: it would list them still
+                self._guard(SINGLE_PARTICLE_STAR, "micrographs_star", star.unlink,
+                            missing_ok=True)
 
     def _foreign_motions(self) -> list[MovieMotion]:
         """Single-particle movies another writer corrected into the output folder (``correct

@@ -328,3 +328,31 @@ def test_a_series_global_row_has_the_pixel_size_of_the_tilts_its_star_lists(tmp_
                            always_dict=True)["global"].to_dict("records")
     assert row["rlnTomoTiltSeriesPixelSize"] == 1.1
     assert row["rlnMicrographOriginalPixelSize"] == 1.1
+
+
+def test_a_movie_redone_as_a_tilt_leaves_the_micrographs_star(tmp_path):
+    """Tomography 5 writes its series mdoc at the series' end: the tilts are corrected first
+    as single movies, then again as tilts. The micrographs' STAR was not written again (a tilt
+    does not make it due), and with no single movie left it would not have been: it listed
+    the tilts, with motion of their first pass, for good."""
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    clock.t = 10.0
+    for stem in ("a", "b"):
+        _done(listener, watch, _record(out, watch, stem))
+    clock.t = 30.0
+    listener.on_heartbeat(None)
+    assert _mics(out) == ["a_DW.mrc", "b_DW.mrc"]
+    for index, stem in enumerate(("a", "b")):  # redone as tilts once the mdoc came
+        motion = out / f"{stem}.motion.json"
+        r = json.loads(motion.read_text())
+        r["tilt"] = {"series": "Position_1", "tilt_deg": 3.0 * index, "acquisition_index": index,
+                     "movie": f"{stem}.tif", "dose_e_A2": 1.0, "pre_exposure_e_A2": float(index)}
+        motion.write_text(json.dumps(r))
+        st = motion.stat()
+        os.utime(motion, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+        clock.t += 20.0
+        _done(listener, watch, motion)
+        assert _mics(out) == (["b_DW.mrc"] if stem == "a" else [])
+    assert not (out / "corrected_micrographs.star").exists()
+    assert (out / "Position_1" / "Position_1.star").exists()
