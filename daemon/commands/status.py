@@ -28,8 +28,9 @@ from typing import Any
 
 from daemon import exitcodes
 from daemon.state.ledger import DB_NAME, Ledger, MovieRow
-from daemon.series.resolution import ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON
-from daemon.series.stored_state import SeriesTally, accumulated_dose_e_A2, series_tallies
+from daemon.series.resolution import ASSEMBLY_FAILED_REASON
+from daemon.series.stored_state import (SeriesTally, accumulated_dose_e_A2, series_gone,
+                                         series_tallies)
 from daemon.system.pace_text import pace_phrase
 from daemon.system.processes import process_exists
 from daemon.system.terminal_text import printable
@@ -86,9 +87,8 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: 
     for name in sorted(set(states) | set(tallies)):
         state = states.get(name, {})
         tally = tallies.get(name, SeriesTally())
-        if not tally.records and (state.get("moved_to")
-                                or state.get("reason") == REMOVED_SERIES_REASON):
-            continue  # its tilts were renamed or redone into another series: a ghost
+        if series_gone(state, tally):
+            continue  # its tilts are another series': a ghost
         stacks = state.get("stacks") or {}
         folder = state.get("folder")
         if folder is None and stacks.get("sum"):

@@ -28,7 +28,8 @@ from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError
 from daemon.feed.messages import ASSEMBLY_FAILED_KIND, DriftRules, movie_message
 from daemon.feed.publisher import PublishConfig, Publisher, PublishError
 from daemon.series.resolution import ASSEMBLY_FAILED_REASON
-from daemon.series.stored_state import SeriesTally, accumulated_dose_e_A2, series_tallies
+from daemon.series.stored_state import (SeriesTally, accumulated_dose_e_A2, series_gone,
+                                         series_tallies)
 from daemon.settings.config import Config, ConfigError
 from daemon.settings.voltage import ASSUMED_VOLTAGE_NOTE
 from daemon.state.ledger import DB_NAME, Ledger
@@ -202,6 +203,8 @@ def restored_state(db_path: Path, *, out_dir: Path | None, limit: int = RESTORED
         assembly_failed = reason.startswith(ASSEMBLY_FAILED_REASON)
         completed = state.get("status") == "complete" and not assembly_failed
         tally = tallies.get(name, SeriesTally())
+        if series_gone(state, tally):
+            continue  # its tilts are another series': a ghost (as status has it)
         series.append({"event": "completed" if completed else "updated",
                        "series": name, "n_done": tally.done, "n_failed": tally.failed,
                        "n_expected": state.get("expected_tilts"),

@@ -95,6 +95,9 @@ ASSEMBLY_FAILED_REASON = "assembly failed"
 #: The state reason of a series whose tilts all went to another (its mdoc renamed, its tilts
 #: redone into another series): its assembled files were removed; ``status`` lists it no more.
 REMOVED_SERIES_REASON = "no tilts left (moved to another series): its assembled files removed"
+#: The reason of a series begun from its movies' names that never had a tilt: an mdoc that
+#: came after them made them another series' tilts (Tomography 5 writes it at the end).
+DROPPED_SERIES_REASON = "no tilts: its movies are another series' tilts"
 
 
 #: Begins the quarantine reason of a tilt given up for want of a dose (:attr:`Resolution.no_dose`).

@@ -76,7 +76,8 @@ from daemon.series.stored_state import ACCUMULATED_DOSE, LISTED_MOVIES
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
-from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, REMOVED_SERIES_REASON,
+from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, DROPPED_SERIES_REASON,
+                                      REMOVED_SERIES_REASON,
                                       TILT_NO_DOSE_REASON, MdocObservation,
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
                                       classify_mdocs, dose_params_of, frame_mdoc_dose,
@@ -1017,12 +1018,22 @@ class TiltSeriesResolver:
         are gone, so a removal cut short is finished at the next scan or restart, and a
         series that is gone is never assembled again from the record."""
         alive = set(res.series) | set(self._assembling)
-        if all(n in alive for n, stacks in self._stacks.items() if stacks):
+        # begun from its movies' names, never assembled, and gone from the metadata: an mdoc
+        # that came after them made them another series' tilts
+        begun = [n for n, state in self._states.items() if n not in alive and not
+                 self._stacks.get(n) and state.reason not in (REMOVED_SERIES_REASON,
+                                                              DROPPED_SERIES_REASON)]
+        if not begun and all(n in alive for n, stacks in self._stacks.items() if stacks):
             return  # the common scan: every assembled series is in the metadata (rows unread)
         alive |= {name for row in self._rows.values() if row.status != "quarantined"
                   for name in row_series(row)}
         for name in sorted(n for n, stacks in self._stacks.items() if stacks and n not in alive):
             self._remove_ghost(name, self._live_folders(alive))
+        for name in sorted(n for n in begun if n not in alive):
+            state = SeriesState(name, reason=DROPPED_SERIES_REASON)
+            self._states[name] = state
+            self._persist(name, state, keep=("moved_to",))
+            self._log.info("series_dropped", series=name, reason=state.reason)
 
     def _live_folders(self, alive: set[str]) -> set[Path]:
         """The stack folders of the series in ``alive`` (recorded or to be assembled)."""

@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.series.resolution import DROPPED_SERIES_REASON, REMOVED_SERIES_REASON
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["ACCUMULATED_DOSE", "LISTED_MOVIES", "SeriesTally", "accumulated_dose_e_A2",
-           "listed_now", "series_tallies"]
+           "listed_now", "series_gone", "series_tallies"]
 
 LISTED_MOVIES = "listed_movies"
 ACCUMULATED_DOSE = "accumulated_dose_e_A2"
@@ -45,6 +46,15 @@ def accumulated_dose_e_A2(state: Mapping[str, Any], tally: SeriesTally) -> float
             and math.isfinite(stored) and stored >= 0:
         return float(stored)
     return tally.reached_e_A2
+
+
+def series_gone(state: Mapping[str, Any], tally: SeriesTally) -> bool:
+    """A series none of whose movies is its tilt any more, or ever was (its tilts renamed or
+    redone into another series; begun from its movies' names before the mdoc that made them
+    another series' tilts): a ghost, which the views do not list."""
+    return not tally.records and bool(
+        state.get("moved_to") or state.get("reason") in (REMOVED_SERIES_REASON,
+                                                          DROPPED_SERIES_REASON))
 
 
 @dataclass

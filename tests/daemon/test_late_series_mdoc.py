@@ -160,3 +160,38 @@ def test_tilts_of_a_position_whose_mdoc_never_comes_are_quarantined_once_it_is_i
         _write_tomo5_mdoc(watch, tilts)
         wait_for(lambda: bool(log.named("series_completed")), 60)
     _assert_done_with_true_doses_and_assembled(out, tilts)
+
+
+def test_a_series_begun_from_the_tilts_names_before_their_mdoc_is_not_listed_once_it_came(
+        tmp_path, capsys):
+    """Tomography 5 puts the tilts into ``Position_1/`` and writes ``Position_1.mdoc`` beside
+    that folder at the end. While the tilts waited, a series named from their file names,
+    ``Position_1/Position_1``, was begun and stored; it never had a tilt, yet status listed
+    it as open (0 tilts) for good, after restarts too. Now it is dropped once its movies are
+    the mdoc's series' tilts."""
+    import json
+
+    from daemon.commands.cli import main
+
+    watch, out, tilts = _tomo5_series(tmp_path, dose_growth=0.1)
+    (watch / "Position_1").mkdir()
+    moved = []
+    for t in tilts:
+        path = watch / "Position_1" / t.movie.path.name
+        t.movie.path.rename(path)
+        moved.append(dataclasses.replace(t, movie=dataclasses.replace(t.movie, path=path)))
+    series = SeriesConfig(metadata_wait_s=0.5, mdoc_quiet_s=0.3)
+    with _daemon(watch, out, DoseParams(), series, mode="on") as (log, wait_for):
+        wait_for(lambda: bool(log.named("series_started")), 60)
+        (watch / "Position_1.mdoc").write_text(series_mdoc_text(
+            "Position_1", moved, pixel_size_A=PIXEL_A, shape_yx=SHAPE, n_frames=N_FRAMES,
+            frames_folder=r"X:\Position_1"))
+        wait_for(lambda: bool(log.named("series_completed")), 60)
+    assert [f["series"] for f in log.named("series_started")] == ["Position_1/Position_1",
+                                                                  "Position_1"]
+    assert [f["series"] for f in log.named("series_dropped")] == ["Position_1/Position_1"]
+    capsys.readouterr()
+    assert main(["status", str(out), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["series"]
+    assert [(s["series"], s["status"], s["tilts_done"]) for s in listed] == [
+        ("Position_1", "completed", N_TILTS)]
