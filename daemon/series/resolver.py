@@ -377,6 +377,7 @@ class TiltSeriesResolver:
         self._frame_mdocs: dict[str, Any] = {}
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
+        self._run_start_s: float | None = None  # this run's first scan (the service's clock)
         # movies of no series resolved before their frame mdoc came: redone if it moves them
         self._late_frame_mdoc = LateFrameMdoc()
         self._interleaved = InterleavedMdocs()  # series mdocs written in turns (PACEtomo)
@@ -475,6 +476,8 @@ class TiltSeriesResolver:
         if self._ctx is None or self.mode == "off":
             return None
         now = self._now()
+        if self._run_start_s is None:
+            self._run_start_s = now
         self.poll()
         late = self._late_epu.due(now)
         for path, reason in late:
@@ -892,10 +895,19 @@ class TiltSeriesResolver:
             # single tilt, no turn seen yet (PACEtomo's first round), waits for its folder, for
             # at most the idle timeout (one aborted at its first tilt must not wait for the
             # end of the next series of its folder)
+            idle_s = self.series_config.idle_timeout_s
             young = m is not None and len(summary.tilts) < 2 \
-                and now - m.unchanged_since_s < self.series_config.idle_timeout_s
+                and now - m.unchanged_since_s < idle_s
+            # unchanged since before this run: its turns with the mdocs of its folder, learnt
+            # in memory, are not known yet; written in turns with them (PACEtomo, restarted
+            # between rounds), it completed at the first scan with the tilts of then, and was
+            # assembled again at its end. Its folder's mdocs are its partners until one is
+            # seen (a round), for at most the idle timeout from the start
+            restarted = m is not None and self._run_start_s is not None \
+                and m.unchanged_since_s < self._run_start_s \
+                and now - self._run_start_s < idle_s
             mdoc_since = (self._interleaved.unchanged_since_s(
-                summary.mdoc_path, m.unchanged_since_s, young=young)
+                summary.mdoc_path, m.unchanged_since_s, young=young or restarted)
                 if m is not None else None)
             folder_of = Path(summary.mdoc_path)
         self._update_info(name, state, summary, folder_of)

@@ -135,3 +135,60 @@ def test_mdocs_become_partners_only_when_one_changed_between_two_changes_of_the_
     assert not sequential.partners
     seen.look({"/w/a.mrc.mdoc": 3.0})  # b gone: forgotten
     assert seen.partners == {"/w/a.mrc.mdoc": set()} or not seen.partners.get("/w/a.mrc.mdoc")
+
+
+def test_series_written_in_turns_do_not_complete_at_a_restart_between_rounds(tmp_path):
+    """The daemon restarts between two rounds; the first target's next tilt came while it was
+    down. Which mdocs are written in turns is learnt in memory: at the first scan after the
+    restart the other targets, unchanged for longer than the quiet time, had no partner and
+    completed at once with the tilts of then (announced complete, partial stacks), then were
+    assembled again at their end. Now every series completes once, with all its tilts."""
+    from service_run import running
+
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    for folder in (watch, out, staging):
+        folder.mkdir()
+    names = ("L1_tgt_001", "L1_tgt_002", "L1_tgt_003")
+    series = {name: simulate_tilt_series(staging / name, rng=np.random.default_rng(k),
+                                         name=name, n_tilts=3, shape_yx=SHAPE,
+                                         n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
+                                         frame_interval_s=0, tilt_interval_s=0, lock=False,
+                                         sleep=lambda s: None)
+              for k, name in enumerate(names)}
+    quiet_s = 2.0
+
+    def tilt(name: str, k: int) -> None:
+        tilts = series[name]
+        shutil.copy2(tilts[k].movie.path, watch / tilts[k].movie.path.name)
+        write_series_mdoc(watch, tilts[:k + 1], name=name)
+
+    def service(log: RecordingLog) -> Service:
+        config = Config(watch, out, out,
+                        CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                        settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                        heartbeat_s=0.2, exit_when_idle_s=1.5, polling="on")
+        return Service(config, logger=log, resolver=TiltSeriesResolver(
+            SeriesConfig(metadata_wait_s=0.3, mdoc_quiet_s=quiet_s), mode="on"))
+
+    first = RecordingLog()
+    with running(service(first)):
+        for k in range(2):  # two rounds, a target every 0.4 s (a round well within quiet)
+            for name in names:
+                tilt(name, k)
+                time.sleep(0.4)
+    assert not first.named("series_completed")
+    time.sleep(quiet_s + 0.5)  # down for longer than the quiet time
+    tilt(names[0], 2)  # the next round began while it was down
+
+    def next_round() -> None:
+        for name in names[1:]:
+            time.sleep(0.4)
+            tilt(name, 2)
+
+    second = RecordingLog()
+    writer = threading.Thread(target=next_round, daemon=True)
+    writer.start()
+    run_until_idle(service(second), guard_s=40.0)
+    writer.join(timeout=5)
+    completed = [(e["series"], e["tilts"]) for e in second.named("series_completed")]
+    assert sorted(completed) == [(name, 3) for name in names], completed
