@@ -14,7 +14,8 @@ a series counts as unchanged only since the last change of it and its partners: 
 completes together, when its acquisition ends. Before a turn can be seen (a series of one
 tilt, after the first round) every mdoc of its folder counts as a partner, for at most the
 series idle timeout (the resolver's choice). Learnt from the changes seen in this run (a restart
-learns it again within a round).
+learns it again within a round; until an mdoc unchanged since before the restart changes, the
+resolver takes every mdoc of its folder as its partner, for at most the idle timeout).
 """
 
 from __future__ import annotations
