@@ -30,6 +30,15 @@ from daemon.simulation.tilt_series import simulate_tilt_series
 QUIET_S = 0.9  # mdoc quiet time (s); a round of the targets takes longer
 
 
+def _targets(staging, names) -> dict:
+    """Three tilts of each PACEtomo target ``names``, rendered in ``staging``: name -> tilts."""
+    return {name: simulate_tilt_series(staging / name, rng=np.random.default_rng(k), name=name,
+                                       n_tilts=3, shape_yx=SHAPE, n_frames=N_FRAMES,
+                                       pixel_size_A=PIXEL_A, frame_interval_s=0,
+                                       tilt_interval_s=0, lock=False, sleep=lambda s: None)
+            for k, name in enumerate(names)}
+
+
 def test_series_written_in_turns_complete_once_each_when_the_acquisition_ends(tmp_path):
     """Four targets, three rounds of one tilt each, a target every 0.35 s (a round takes
     1.4 s, the quiet time is 0.9 s): each series completes once, with all its tilts (it
@@ -38,12 +47,7 @@ def test_series_written_in_turns_complete_once_each_when_the_acquisition_ends(tm
     for folder in (watch, out, staging):
         folder.mkdir()
     names = ("L1_tgt_001", "L1_tgt_002", "L1_tgt_003", "L1_tgt_004")
-    series = {name: simulate_tilt_series(staging / name, rng=np.random.default_rng(k),
-                                         name=name, n_tilts=3, shape_yx=SHAPE,
-                                         n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
-                                         frame_interval_s=0, tilt_interval_s=0, lock=False,
-                                         sleep=lambda s: None)
-              for k, name in enumerate(names)}
+    series = _targets(staging, names)
 
     def pacetomo() -> None:  # a target every 0.35 s: a round of 1.4 s, longer than quiet
         for k in range(3):
@@ -149,12 +153,7 @@ def test_series_written_in_turns_do_not_complete_at_a_restart_between_rounds(tmp
     for folder in (watch, out, staging):
         folder.mkdir()
     names = ("L1_tgt_001", "L1_tgt_002", "L1_tgt_003")
-    series = {name: simulate_tilt_series(staging / name, rng=np.random.default_rng(k),
-                                         name=name, n_tilts=3, shape_yx=SHAPE,
-                                         n_frames=N_FRAMES, pixel_size_A=PIXEL_A,
-                                         frame_interval_s=0, tilt_interval_s=0, lock=False,
-                                         sleep=lambda s: None)
-              for k, name in enumerate(names)}
+    series = _targets(staging, names)
     quiet_s = 2.0
 
     def tilt(name: str, k: int) -> None:
