@@ -458,6 +458,12 @@ class SeriesEvent:
         Path of the series mdoc.
     stacks : dict
         Assembled outputs by name (paths; on ``completed``).
+    reason : str or None
+        Why (``assembly_failed``, ``warning``).
+    tilts : tuple of str
+        On ``completed``: the movies its stacks were assembled from (names below the watch
+        folder); its STAR lists those only (a retaken tilt's discarded movie, still recorded
+        as its tilt until it is redone on its own, is not one of them).
     """
 
     kind: SeriesEventKind
@@ -469,6 +475,7 @@ class SeriesEvent:
     mdoc: str | None = None
     stacks: Mapping[str, str] = field(default_factory=dict)
     reason: str | None = None
+    tilts: tuple[str, ...] = ()
 
 
 class ServiceListener:

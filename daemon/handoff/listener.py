@@ -229,6 +229,9 @@ class RelionListener(ServiceListener):
         self._watch: Path | None = None
         self._motions: dict[str, Path] = {}  # movie path -> motion record path
         self._completed: dict[str, Mapping[str, Any]] = {}  # series -> its state when ready
+        # series -> the movies its stacks were assembled from (names below the watch folder),
+        # while it is complete: its STAR lists those only
+        self._assembled: dict[str, frozenset[str]] = {}
         self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._gain_name: str | None = None
@@ -340,6 +343,10 @@ class RelionListener(ServiceListener):
     def on_series_event(self, event: SeriesEvent) -> None:
         if self._out is None or event.kind == "warning":  # a warning changes no file
             return
+        if event.kind == "completed":
+            self._assembled[event.series] = frozenset(event.tilts)
+        elif event.kind in ("started", "reopened"):
+            self._assembled.pop(event.series, None)
         self._write_series(event.series)
         self._write_globals(tomo=True, single=False)
         if event.kind == "completed":
@@ -362,6 +369,8 @@ class RelionListener(ServiceListener):
             return
         self._completed = {name: state for name, state in series.items()
                            if state.get("status") == "complete" and state.get("stacks")}
+        self._assembled = {name: frozenset(state.get("assembled_movies") or ())
+                           for name, state in self._completed.items()}
         # the ledger's movies, whatever became of them (a quarantined one stays out of the
         # micrographs STAR even when an earlier record of it is still on disk)
         self._own.update(_abs(row.key.path) for row in every)
@@ -445,6 +454,16 @@ class RelionListener(ServiceListener):
                 out.append((loaded[1], loaded[2]))
         return out
 
+    def _name_below_watch(self, movie: Path) -> str | None:
+        """The movie's name below the watch folder (as series states name movies); None for
+        one outside it (archived since), which is not looked up."""
+        if self._watch is None:
+            return None
+        try:
+            return Path(movie).relative_to(self._watch).as_posix()
+        except ValueError:
+            return None
+
     def _series_star(self, series: str, entries: list[TiltEntry]) -> Path:
         """``<series folder>/<name>.star`` beside the stacks: ``OUT/grid2/TS_01/TS_01.star``
         for the series ``grid2/TS_01`` of ``grid2/TS_01.mrc.mdoc``."""
@@ -466,6 +485,10 @@ class RelionListener(ServiceListener):
 
         entries = [TiltEntry(m, t) for m, t in (self._entries() if every is None else every)
                    if t is not None and t.series == series and t.tilt_deg is not None]
+        assembled = self._assembled.get(series)
+        if assembled:  # complete: the movies of its stacks (not a retaken tilt's discarded one)
+            entries = [e for e in entries if self._name_below_watch(e.motion.movie) in assembled
+                       or self._name_below_watch(e.motion.movie) is None]
 
         def shape(e: TiltEntry) -> object:  # the sums' size and pixel, as the stacks compare them
             return image_geometry(e.motion.image_shape_yx

@@ -450,7 +450,8 @@ class TiltSeriesResolver:
             *(s.warnings for s in md.sections if s.complete))
 
     def _emit(self, kind: SeriesEventKind, name: str,
-              stacks: Mapping[str, str] | None = None, *, reason: str | None = None) -> None:
+              stacks: Mapping[str, str] | None = None, *, reason: str | None = None,
+              tilts: Iterable[str] = ()) -> None:
         summary = self._res.series.get(name) if self._res is not None else None
         listed = summary.listed_movies \
             if summary is not None and summary.match_source == "series_mdoc" else None
@@ -463,7 +464,7 @@ class TiltSeriesResolver:
                 mdoc = summary.mdoc_path
             dose = summary.accumulated_dose_e_A2
         self._ctx.emit(SeriesEvent(kind, name, n_expected, n_done, n_failed, dose, mdoc,
-                                   dict(stacks or {}), reason))
+                                   dict(stacks or {}), reason, tuple(sorted(tilts))))
 
     def _refresh_rows(self) -> None:
         """Newest ledger row per movie path (real movies only; read incrementally by the
@@ -1114,7 +1115,7 @@ class TiltSeriesResolver:
             self._log.info("series_completed", series=name, folder=result["folder"],
                            tilts=len(result["order"]), reason=state.reason,
                            stacks=result["stacks"])
-            self._emit("completed", name, result["stacks"])
+            self._emit("completed", name, result["stacks"], tilts=state.assembled_movies)
 
     # --- movie events ---------------------------------------------------------------------
     def movie_finished(self, event: MovieEvent) -> None:

@@ -356,3 +356,32 @@ def test_a_movie_redone_as_a_tilt_leaves_the_micrographs_star(tmp_path):
         assert _mics(out) == (["b_DW.mrc"] if stem == "a" else [])
     assert not (out / "corrected_micrographs.star").exists()
     assert (out / "Position_1" / "Position_1.star").exists()
+
+
+def test_a_complete_series_star_lists_the_movies_of_its_stacks_not_a_discarded_retake(tmp_path):
+    """The last tilt taken again: the discarded movie keeps its tilt record until it is redone
+    on its own (a metadata wait later), and the series completes meanwhile. Its STAR listed
+    the discarded movie too (12 rows for a stack of 11, both with the last index), for good
+    when the daemon stopped within that wait; now, complete, it lists the stacks' movies."""
+    from daemon.events import SeriesEvent
+
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    for index, stem in ((0, "t0"), (1, "t1"), (1, "t1_retaken")):
+        motion = _record(out, watch, stem)
+        r = json.loads(motion.read_text())
+        r["tilt"] = {"series": "TS_01", "tilt_deg": 3.0 * index, "acquisition_index": index,
+                     "movie": f"{stem}.tif", "dose_e_A2": 1.0, "pre_exposure_e_A2": float(index)}
+        motion.write_text(json.dumps(r))
+        _done(listener, watch, motion)
+
+    def listed():
+        rows = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
+        return sorted(Path(p).name for p in rows["rlnMicrographMovieName"])
+
+    assert listed() == ["t0.tif", "t1.tif", "t1_retaken.tif"]
+    listener.on_series_event(SeriesEvent("completed", "TS_01", 2, 2, 0,
+                                         tilts=("t0.tif", "t1_retaken.tif")))
+    assert listed() == ["t0.tif", "t1_retaken.tif"]
+    listener.on_series_event(SeriesEvent("reopened", "TS_01", 3, 2, 0))
+    assert listed() == ["t0.tif", "t1.tif", "t1_retaken.tif"]
