@@ -487,8 +487,9 @@ class RelionListener(ServiceListener):
                    if t is not None and t.series == series and t.tilt_deg is not None]
         assembled = self._assembled.get(series)
         if assembled:  # complete: the movies of its stacks (not a retaken tilt's discarded one)
-            entries = [e for e in entries if self._name_below_watch(e.motion.movie) in assembled
-                       or self._name_below_watch(e.motion.movie) is None]
+            entries = [e for e in entries
+                       if (name := self._name_below_watch(e.motion.movie)) is None
+                       or name in assembled]
 
         def shape(e: TiltEntry) -> object:  # the sums' size and pixel, as the stacks compare them
             return image_geometry(e.motion.image_shape_yx
@@ -642,12 +643,15 @@ class RelionListener(ServiceListener):
             return
         entries = self._entries()
         if tomo:
+            by_series: dict[str, list[tuple[MovieMotion, TiltRecord | None]]] = {}
+            for m, t in entries:
+                if t is not None and t.tilt_deg is not None:
+                    by_series.setdefault(t.series, []).append((m, t))
             rows = []
-            for name in sorted({t.series for _, t in entries
-                                if t is not None and t.tilt_deg is not None}):
+            for name, own in sorted(by_series.items()):
                 # the tilts its STAR and stacks hold give its optics and pixel sizes, not a
                 # tilt left out of them (another camera setting or pixel size)
-                kept = self._series_entries(name, entries)
+                kept = self._series_entries(name, own)
                 if kept:
                     first = min(kept, key=lambda e: e.tilt.acquisition_index)
                     rows.append((name, self._series_star(name, kept), first.motion))
