@@ -180,7 +180,10 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         "daemon": {"running": running, "pid": state.get("pid"),
                    "last_heartbeat": iso_utc(beat),
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
-                   "healthy": state.get("healthy"), "problems": state.get("problems", []),
+                   # a stopped daemon serves nothing, whatever its last heartbeat said (a
+                   # check on ``healthy`` alone read a daemon killed overnight as well)
+                   "healthy": bool(state.get("healthy")) and running,
+                   "problems": state.get("problems", []) if running else [],
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster") if running else None,
                    "pace": state.get("pace") if running else None},

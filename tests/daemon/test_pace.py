@@ -6,6 +6,8 @@ than it corrects; old modification times; a slow steady overload; a burst; a lun
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -124,6 +126,23 @@ def test_status_says_whether_the_running_daemon_keeps_up_and_a_stopped_ones_pace
         db.set_service_state({"pid": 1, "heartbeat_wall": time.time() - 3600, "pace": pace})
     assert main(["status", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["daemon"]["pace"] is None
+
+
+def test_a_stopped_daemon_is_not_healthy_whatever_its_last_heartbeat_said(tmp_path, capsys):
+    """A monitoring script reading ``healthy`` took a daemon killed in the night for a well
+    one: the field was its last heartbeat's."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.set_service_state({"pid": 1, "heartbeat_wall": time.time() - 3600, "healthy": True,
+                              "problems": ["disk full"], "discovery": "inotify"})
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    daemon = json.loads(capsys.readouterr().out)["daemon"]
+    assert daemon["running"] is False
+    assert daemon["healthy"] is False and daemon["problems"] == []
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:  # beating now
+        db.set_service_state({"pid": os.getpid(), "host": socket.gethostname(),
+                              "heartbeat_wall": time.time(), "healthy": True, "problems": []})
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["daemon"]["healthy"] is True
 
 
 def test_the_running_service_records_its_pace_and_logs_falling_behind_and_catching_up(
