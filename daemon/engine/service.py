@@ -366,8 +366,13 @@ class Service:
             self.pool.start()
             self._scan(timed=False)  # reads every row of the state: not a measure of scans
             state = self.discovery.state()
+            # under Dask the workers are the cluster's (counted once connected; the heartbeat
+            # and status give them): --workers, 1 by default, said nothing of them
+            cluster_state = getattr(self.pool, "cluster_state", None)
+            executor = ({"executor": "dask", "scheduler": cluster_state()["scheduler"]}
+                        if callable(cluster_state) else {"workers": cfg.workers})
             self._log.info("service_ready", discovery=state.mode, reason=state.reason,
-                           fs_type=state.fs_type, workers=cfg.workers,
+                           fs_type=state.fs_type, **executor,
                            recovered=self._recovered, counts=self.ledger.movie_counts())
             gain = cfg.params.gain if cfg.params.gain.gain_path is not None else None
             self._notify("on_ready", ServiceInfo(

@@ -271,6 +271,10 @@ def test_a_scheduler_that_never_answers_makes_the_daemon_say_so_not_look_well(tm
     assert len(said) == 1 and "unreachable" in said[0]["reason"]
     assert health.ok and any("Dask scheduler" in p and "unreachable" in p
                              for p in health.problems)
+    # its start names the scheduler, not --workers (1 by default: not the cluster's workers)
+    (ready,) = log.named("service_ready")
+    assert ready["executor"] == "dask" and ready["scheduler"].startswith("tcp://127.0.0.1:")
+    assert "workers" not in ready
 
 
 def _rows(out: Path):
