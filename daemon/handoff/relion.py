@@ -19,9 +19,15 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   ``data_global_shift`` (``rlnMicrographFrameNumber`` 1-based over every frame of the movie,
   ``rlnMicrographShiftX/Y``). Shifts are RELION's: the shift to APPLY, i.e. minus motionwatch's
   displacement (``global_shifts_px``, :mod:`correction.conventions`), in unbinned movie pixels
-  (output pixels x ``bin_factor``), with the first aligned frame as origin (RELION's
-  ``-FmRef 0``); frames skipped by ``--throw``/``--trunc`` get RELION's "not observed" value
-  -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``): motionwatch's local
+  (output pixels x ``bin_factor``), with the sums' own origin: polishing puts a particle
+  picked at ``p`` on the micrograph at ``p - shift(f)`` in frame ``f``
+  (``MicrographHandler::loadInitialTracks``, no frame taken as zero), so the shifts are those
+  that bring each frame onto the micrograph motionwatch wrote, whose origin is the frames' mean
+  position (:mod:`correction.conventions`), and the first summed frame's is not 0 as in
+  RELION's own output (its sum is made at that frame, ``-FmRef 0``: taking that frame as zero
+  here put every particle's starting track off by the first frame's displacement, several
+  pixels on a drifting movie); frames skipped by ``--throw``/``--trunc`` get RELION's "not
+  observed" value -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``): motionwatch's local
   model is not RELION's 18-coefficient polynomial, and Bayesian polishing re-estimates local
   motion from the global track anyway.
   With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch replaced that
@@ -31,7 +37,8 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   ``x y w h`` ``.txt``; a comment or a comma would hang its reader).
 * **accumulated motion** (:func:`accumulated_motion_px`), as ``generateLogFilePDFAndWriteStarFiles``
   computes ``rlnAccumMotionTotal/Early/Late``: the sum over frames f >= 2 with a shift of
-  ``|s(f) - s(previous observed frame)|`` in unbinned pixels; a step is early when frame f lies
+  ``|s(f) - s(previous observed frame)|`` in unbinned pixels (the first observed frame, RELION's
+  origin, adds nothing); a step is early when frame f lies
   before the dose cutoff (``--dose_motionstats_cutoff``, default 4 e/Å²):
   ``f <= (cutoff - pre_exposure) / dose_per_frame``, i.e. the dose received by the end of frame f,
   pre-exposure included, is at most the cutoff (here with the actual per-frame doses).
@@ -155,8 +162,8 @@ class MovieMotion:
     first_frame : int
         First frame summed, 1-based (RELION's ``rlnMicrographStartFrame``).
     shifts_px : ndarray, shape (frames_in_movie, 2)
-        RELION shifts ``[x, y]`` (shift to apply, unbinned movie pixels, first aligned frame at
-        0); NaN where not observed.
+        RELION shifts ``[x, y]`` (shift to apply onto the micrograph, unbinned movie pixels, the
+        sums' origin); NaN where not observed.
     frame_doses_e_A2 : ndarray, shape (frames_in_movie,)
     pre_exposure_e_A2, voltage_kV : float
     movie_pixel_size_A, output_pixel_size_A, bin_factor : float
@@ -304,8 +311,8 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
     if len(doses) != n_movie:
         doses = np.full(n_movie, float(np.mean(doses)) if len(doses) else 0.0)
     relion = np.full((n_movie, 2), np.nan)
-    # RELION: the shift that aligns each frame, [x, y] from the first frame, movie pixels
-    relion[throw:throw + len(shifts)] = shift_to_apply(shifts - shifts[0]) * bin_factor
+    # RELION: the shift that brings each frame onto the sums, [x, y], unbinned movie pixels
+    relion[throw:throw + len(shifts)] = shift_to_apply(shifts) * bin_factor
     outputs = {str(k): motion_path.parent / str(v)
                for k, v in (record.get("outputs") or {}).items()}
     outputs["motion"] = motion_path
@@ -327,8 +334,9 @@ def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
     """``(total, early, late)`` accumulated motion in unbinned movie pixels, as RELION computes
     ``rlnAccumMotionTotal/Early/Late`` (module docstring).
 
-    Frames without a shift (thrown) are skipped: each step runs from the last observed shift
-    (from 0 for the first observed frame after frame 1). Vectorised: the micrographs STAR file
+    Frames without a shift (thrown) are skipped: each step runs from the last observed shift;
+    the first observed frame adds nothing, whatever its shift (RELION's own output has it at 0,
+    its origin, so a step into it from 0 is 0 there; here the origin is the sums'). Vectorised: the micrographs STAR file
     is rewritten with every movie of a session as each one finishes, so this runs for all of
     them each time (a loop over frames took 0.3 s per rewrite at 1,000 movies of 40 frames).
     """
@@ -338,7 +346,7 @@ def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
     if observed.size == 0:
         return 0.0, 0.0, 0.0
     at = shifts[observed]
-    before = np.vstack([np.zeros((1, 2)), at[:-1]])  # the last observed shift (or 0)
+    before = np.vstack([at[:1], at[:-1]])  # the last observed shift (the first: itself)
     step = np.hypot(at[:, 0] - before[:, 0], at[:, 1] - before[:, 1])
     counted = observed >= 1  # RELION counts steps into frames 2, 3 ... (1-based)
     early = dose_at_end[observed] <= dose_cutoff_e_A2 + 1e-9
