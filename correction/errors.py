@@ -14,6 +14,7 @@ __all__ = [
     "UnsupportedFormatError",
     "GainReferenceError",
     "MissingPixelSizeError",
+    "FrameSelectionError",
     "ParameterError",
     "ForeignOutputError",
     "OutputClashError",
@@ -59,6 +60,12 @@ class GainReferenceError(CorrectionError):
 
 class MissingPixelSizeError(CorrectionError):
     """Neither the command line nor the movie header gives a pixel size."""
+
+
+class FrameSelectionError(CorrectionError):
+    """The frames or pixels the settings select leave too little of the movie to correct
+    (``--throw``/``--trunc``, ``--bin``, EER grouping): the settings' fault where they fit no
+    movie of a session, the movie's where others fitted."""
 
 
 class ParameterError(CorrectionError):

@@ -84,8 +84,9 @@ from .defects import (detect_hot_pixels, first_coordinates_yx, gross_outliers, p
 from .detector_pattern import DetectorPatternCheck, HalfSumWindows
 from .dose_counts import DoseCount, check_dose_count
 from .dose import accumulated_dose_e_A2, frame_doses_e_A2
-from .errors import (CorrectionError, GainReferenceError, MissingPixelSizeError,
-                     OutputClashError, ParameterError, UnreadableMovieError)
+from .errors import (CorrectionError, FrameSelectionError, GainReferenceError,
+                     MissingPixelSizeError, OutputClashError, ParameterError,
+                     UnreadableMovieError)
 from .fourier import (fourier_crop, irfft2, rfft2, rfft2_cropped, rfft2_cropped_of_2x2,
                       rfft2_cropped_of_rows, sum_2x2, sum_2x2_of_rows)
 from .frc import FRCResolution, even_odd_resolution_fast, even_odd_resolution_from_spectra
@@ -469,10 +470,10 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap, dp = params.read, params.align, params.dose
     if min(ny, nx) / rp.bin_factor < MIN_OUTPUT_PX:
-        raise CorrectionError(movie_path, f"--bin {rp.bin_factor:g} leaves images of "
-                                          f"{nx / rp.bin_factor:.0f} x {ny / rp.bin_factor:.0f} "
-                                          f"px of the {nx} x {ny} frames: at least "
-                                          f"{MIN_OUTPUT_PX} px are needed")
+        raise FrameSelectionError(movie_path, f"--bin {rp.bin_factor:g} leaves images of "
+                                              f"{nx / rp.bin_factor:.0f} x "
+                                              f"{ny / rp.bin_factor:.0f} px of the {nx} x {ny} "
+                                              f"frames: at least {MIN_OUTPUT_PX} px are needed")
     first, stop = rp.throw_frames, n_all - rp.trunc_frames
     if n_all < 2 and raw_frames_per_frame is not None and sum(raw_frames_per_frame) > 1:
         # an EER movie whose raw frames all went into one fraction: a movie, grouped too coarsely
@@ -480,15 +481,16 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         by = f" by {raw_frames_per_group}" if raw_frames_per_group else ""
         how = ("the frame integration file's second column" if rp.frame_integration else
                "--eer-group or --eer-dose-per-fraction; TOML eer_group or eer_dose_per_fraction")
-        raise CorrectionError(movie_path, f"its {raw} raw EER frames grouped{by} make 1 "
-                                          "fraction: nothing to align; group fewer raw frames "
-                                          f"per fraction ({how})")
+        raise FrameSelectionError(movie_path, f"its {raw} raw EER frames grouped{by} make 1 "
+                                              "fraction: nothing to align; group fewer raw "
+                                              f"frames per fraction ({how})")
     if n_all < 2:  # EPU's and SerialEM's single images (atlas, grid square, gain) share suffixes
         raise CorrectionError(movie_path, f"a single image ({n_all} frame), not a movie")
     if stop - first < 2:  # one frame: nothing to align, no odd frame for the half sums
-        raise CorrectionError(movie_path, f"throw {rp.throw_frames} + trunc {rp.trunc_frames} "
-                                          f"frames leave {max(0, stop - first)} of {n_all}: "
-                                          "at least 2 are needed")
+        raise FrameSelectionError(movie_path, f"throw {rp.throw_frames} + trunc "
+                                              f"{rp.trunc_frames} frames leave "
+                                              f"{max(0, stop - first)} of {n_all}: at least 2 "
+                                              "are needed")
     try:
         doses_all = frame_doses_e_A2(dp, n_all, raw_frames_per_frame=raw_frames_per_frame,
                                      raw_frames_per_group=raw_frames_per_group)

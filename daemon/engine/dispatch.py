@@ -53,7 +53,8 @@ MAX_RETRY_DELAY_S = 300.0
 #: since the start, before the service stops as misconfigured: a stray movie of another camera
 #: is quarantined alone once any movie was corrected
 REFERENCE_MISFITS_TO_STOP = 3
-_CONFIG_FIX = "fix --gain, --gain-rotate, --gain-flip, --dark, --defects or --pixel-size"
+_CONFIG_FIX = ("fix --gain, --gain-rotate, --gain-flip, --dark, --defects, --pixel-size, "
+               "--throw, --trunc, --bin or the EER grouping")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -469,7 +470,8 @@ class Dispatcher:
 
     def _reference_misfit(self, ledger: Any, key: MovieKey, outcome: Outcome, log: Any) -> str:
         """The configured references do not fit a movie, or it has no pixel size and none is
-        configured, and no movie was corrected yet (or, corrected movies or not, this
+        configured, or the frames and pixels the settings select leave too little of it
+        (``FrameSelectionError``), and no movie was corrected yet (or, corrected movies or not, this
         installation cannot read its DM4 reference: the dm4 extra is missing): it is retried
         like a failed movie
         (quarantined only after ``max_attempts``), and once the settings fit none of
@@ -490,14 +492,15 @@ class Dispatcher:
         log.error("movie_reference_misfit", reason=outcome.error, failures=failures,
                   note="this installation cannot read its DM4 gain reference" if unreadable
                   else "the configured gain, dark or defect reference does not fit this movie "
-                       "(or it has no pixel size and --pixel-size is not given), and no movie "
-                       "was corrected with the settings yet")
+                       "(or it has no pixel size and --pixel-size is not given, or --throw, "
+                       "--trunc, --bin or the EER grouping leave too little of it), and no "
+                       "movie was corrected with the settings yet")
         if len(self._reference_misfits) >= REFERENCE_MISFITS_TO_STOP \
                 and self.config_error is None \
                 and (self._first_misfit_seen or not self._other_movies_waiting(ledger)):
             unreadable = [e for e in self._reference_misfits.values() if DM4_EXTRA_NEEDED in e]
             what = ("this installation cannot read the gain references" if unreadable else
-                    "the configured references or pixel size fit none")
+                    "the configured references, pixel size or frame selection fit none")
             first = "" if self._corrected else "the first "
             self.config_error = (f"{what} of {first}{len(self._reference_misfits)} movies: "
                                  f"{unreadable[0] if unreadable else outcome.error}")

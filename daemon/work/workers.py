@@ -172,7 +172,7 @@ def _writable(folder: Path) -> bool:
 
 
 def _classify(exc: BaseException, task: Task) -> OutcomeKind:
-    """``config`` (the references), ``data`` (the movie), ``environment`` (disk, output side,
+    """``config`` (the references, pixel size, frame selection), ``data`` (the movie), ``environment`` (disk, output side,
     a movie or output folder this worker cannot see), else ``error``.
 
     An OSError is environmental when its errno says so (full disk, quota, read-only, I/O), when
@@ -181,13 +181,16 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
     an output name the file system refuses (too long, bytes it cannot store) is the movie's
     name's fault: ``data`` (retried, it would fail the same way for ever).
     """
-    from correction.errors import CorrectionError, GainReferenceError, MissingPixelSizeError
+    from correction.errors import (CorrectionError, FrameSelectionError, GainReferenceError,
+                                   MissingPixelSizeError)
 
     if isinstance(exc, GainReferenceError):
         # a reference the daemon checked at start that this worker cannot see (a cluster
         # node's mount missing, a share gone): not the configuration's fault, retried later
         return "environment" if _reference_unseen(exc, task) else "config"
     if isinstance(exc, MissingPixelSizeError):  # TIFFs without one, and no --pixel-size
+        return "config"
+    if isinstance(exc, FrameSelectionError):  # --throw/--trunc, --bin, EER grouping
         return "config"
     if not task.out_root.is_dir() or not Path(task.movie_path).exists():
         # this worker does not see the session: a cluster's path_map or mount, a share gone

@@ -170,3 +170,34 @@ def test_a_restart_with_the_same_wrong_gain_and_no_other_movie_stops_again_and_k
     assert _run(watch, out, tmp_path / "wrong.mrc", log) == exitcodes.CONFIG
     assert not any(e == "movie_quarantined" for level, e, f in log.events)
     assert _statuses(out) == [(f"m{i}.mrc", "failed") for i in range(3)]
+
+
+def test_a_throw_that_leaves_too_few_frames_of_the_first_movies_stops_the_service(tmp_path):
+    """``--throw`` meant for 40-frame movies on a session of 4-frame ones: every movie of the
+    night was quarantined one by one (kind ``data``) while the daemon ran on. Like a gain that
+    fits none, it stops the service (78) once it fits none of the first movies; they are kept
+    and corrected after the restart with a throw that fits."""
+    from correction.params import ReadParams
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    for i in range(4):
+        _movie(watch / f"m{i}.mrc", (64, 96), i, 1_000_000 + i)
+
+    def run(throw, log):
+        params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                                  read=ReadParams(throw_frames=throw))
+        config = Config(watch, out, out, params, settle_time_s=0.1, scan_interval_s=0.05,
+                        heartbeat_s=0.2, exit_when_idle_s=0.5, polling="on",
+                        retry_delay_s=0.2)
+        return Service(config, logger=log).run()
+
+    log = RecordingLog()
+    assert run(3, log) == exitcodes.CONFIG
+    (problem,) = [f for level, e, f in log.events if e == "config_invalid"]
+    assert "fit none of the first 3 movies" in problem["problems"][0]
+    assert "leave 1 of 4" in problem["problems"][0] and "--throw" in problem["note"]
+    assert not any(e == "movie_quarantined" for level, e, f in log.events)
+    assert run(1, RecordingLog()) == exitcodes.OK
+    assert _statuses(out) == [(f"m{i}.mrc", "done") for i in range(4)]
