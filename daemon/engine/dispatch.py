@@ -401,7 +401,9 @@ class Dispatcher:
             flags = (f"the gain file as a multiplier (eer_gain multiplicative), {flags}"
                      if counts else f"the reciprocal of the gain file, {flags}")
         log.warning("gain_orientation_suspect", reason=check.get("message"), fits=flags,
-                    note="the flags mean MotionCor2's -RotGain/-FlipGain; said once per run")
+                    note="the flags mean MotionCor2's -RotGain/-FlipGain, of an EER .gain in "
+                         "the TIFF's row order (MotionCor3 reverses its rows first: its "
+                         "-FlipGain differs); said once per run")
 
     def _check_detector_pattern(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run when a movie's frames share a pattern fixed to the detector (a
