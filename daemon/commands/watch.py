@@ -28,7 +28,8 @@ from daemon.feed.listener import PublishListener, add_feed_arguments, build_publ
 from daemon.handoff.listener import add_handoff_arguments, build_handoff_listener
 from daemon.series.options import add_series_arguments, resolver_from_config
 from daemon.settings.config import (Config, ConfigError, add_watch_arguments, finalize_parser,
-                                    load_config, make_folders)
+                                    folders_to_make, load_config, make_folders,
+                                    remove_empty_folders)
 from daemon.settings.correction_options import add_correction_arguments
 from daemon.system.collector import paced_garbage_collector
 from daemon.system.logs import configure_logging, get_logger, running_under_journald
@@ -93,8 +94,8 @@ def start_dashboard(config: Config, listeners: list[ServiceListener]) -> Dashboa
     try:
         return Dashboard(DashboardConfig(feed=feed.publisher.endpoint, out_dir=config.out_dir,
                                          listen=str(listen))).start()
-    except (DashboardError, OSError) as exc:
-        raise ConfigError([f"dashboard: {exc}"]) from exc
+    except (DashboardError, OSError) as exc:  # watch's option is --dashboard
+        raise ConfigError([f"dashboard (--dashboard): {exc}".replace("--listen ", "")]) from exc
 
 
 def check_before_folders(config: Config) -> None:
@@ -155,13 +156,16 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(level=config.log_level)
     listeners: list[ServiceListener] = []
     dashboard = None
+    made = folders_to_make(config)
     try:
+        # a second daemon first: binding its feed would take an ipc:// path from the first
+        FolderLocks(config.out_dir, config.state_dir).check_free()
         listeners = build_listeners(config)
-        FolderLocks(config.out_dir, config.state_dir).check_free()  # a second daemon
         make_folders(config)  # only once everything checked here is valid (the feed bound)
         dashboard = start_dashboard(config, listeners)  # serves the output folder: made
     except ConfigError as exc:
         _print_config_error(exc)
+        remove_empty_folders(made)  # a configuration with any error creates no folder
         if dashboard is not None:
             dashboard.close()
         for listener in listeners:

@@ -655,6 +655,7 @@ def _bind_xpub(ctx: zmq.Context, cfg: PublishConfig
             sock.curve_secretkey = secret
             sock.curve_publickey = public
             sock.curve_server = True
+        _refuse_live_ipc(cfg.endpoint)
         sock.bind(cfg.endpoint)
         return sock, auth, sock.getsockopt_string(zmq.LAST_ENDPOINT)
     except BaseException:
@@ -663,6 +664,30 @@ def _bind_xpub(ctx: zmq.Context, cfg: PublishConfig
         if auth is not None:
             auth.stop()
         raise
+
+
+def _refuse_live_ipc(endpoint: str) -> None:
+    """Raise ``OSError`` when ``endpoint`` is an ``ipc://`` path another process listens on.
+
+    libzmq binds an ``ipc://`` path by replacing whatever socket file is there: a second
+    daemon given the same feed took the running one's subscribers away for good (over TCP the
+    bind fails with "Address already in use"). A socket file nobody answers on (left by a
+    daemon killed outright) is replaced as before. Abstract names (``ipc://@name``) are
+    refused by the kernel when taken.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return
+    path = endpoint[len("ipc://"):]
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return  # no such file, not a socket, or nobody listening: free to bind
+    finally:
+        probe.close()
+    raise OSError(f"Address already in use (another process, a motionwatch watch?, listens "
+                  f"on {path})")
 
 
 def _send(sock: zmq.Socket, envelope: Mapping[str, Any], topic: str, body: dict,

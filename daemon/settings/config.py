@@ -431,6 +431,34 @@ def _written_folders(out_dir: Path | None, state_dir: Path | None, scratch_dir: 
     return folders
 
 
+def folders_to_make(config: Config) -> list[Path]:
+    """The outermost missing folder on the way to each folder :func:`make_folders` makes (for
+    :func:`remove_empty_folders` when start-up fails after it)."""
+    missing: list[Path] = []
+    for path, _ in _written_folders(config.out_dir, config.state_dir, config.scratch_dir):
+        outermost = None
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            outermost = folder
+        if outermost is not None and outermost not in missing:
+            missing.append(outermost)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` with the empty folders inside it, deepest first; a folder
+    holding any file stays (whatever wrote it is kept)."""
+    for top in folders:
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for root, _dirs, _files in os.walk(top, topdown=False):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+
+
 def make_folders(config: Config) -> None:
     """Create the output, state and scratch folders of a valid ``config``; check they are writable.
 

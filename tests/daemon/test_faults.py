@@ -435,6 +435,91 @@ def test_a_second_daemon_refused_for_a_held_state_folder_makes_no_output_folder(
     assert not (tmp_path / "new-out").exists()
 
 
+class _FirstDaemonsFeed:
+    """A feed bound on an ``ipc://`` path (as the running daemon's), sending a message every
+    20 ms; :meth:`reaches_subscribers` says whether a new subscriber still gets them."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.endpoint, self._zmq = endpoint, zmq
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.bind(endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+        self._thread.start()
+
+    def _send(self) -> None:
+        while not self._stop.wait(0.02):
+            self._sock.send_multipart([b"heartbeat", b"{}"])
+
+    def reaches_subscribers(self) -> bool:
+        sub = self._ctx.socket(self._zmq.SUB)
+        sub.setsockopt(self._zmq.SUBSCRIBE, b"")
+        sub.connect(self.endpoint)
+        try:
+            return bool(sub.poll(3000))
+        finally:
+            sub.close(linger=0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+
+@pytest.mark.parametrize("same_out", [True, False], ids=["same-out", "other-out"])
+def test_a_second_daemon_given_the_running_ones_ipc_feed_is_refused_and_leaves_it_whole(
+        setup, tmp_path, same_out):
+    """The same ``watch`` started twice, or another session given the feed path of the
+    units: libzmq binds an ``ipc://`` path by replacing the socket file, so the second daemon
+    took the first one's subscribers away for good, even when refused for its output folder
+    (over TCP the bind fails). Refused (78), it makes no folder, and the first feed still
+    reaches new subscribers."""
+    endpoint = f"ipc://{tmp_path}/feed.ipc"
+    first_out = setup.out_dir if same_out else tmp_path / "first-out"
+    first_out.mkdir(exist_ok=True)
+    holder = FolderLocks(first_out, first_out)
+    holder.acquire()
+    feed = _FirstDaemonsFeed(endpoint)
+    try:
+        assert feed.reaches_subscribers()
+        out = setup.out_dir if same_out else tmp_path / "second-out"
+        status = cli_main(["watch", str(setup.watch_dir), "--out", str(out),
+                           "--dose-per-frame", "1", "--publish", endpoint,
+                           "--exit-when-idle", "0.5"])  # were it to start
+        assert status == 78
+        assert same_out or not out.exists()
+        assert feed.reaches_subscribers()
+    finally:
+        feed.close()
+        holder.release()
+
+
+def test_a_dashboard_address_in_use_makes_no_output_folder(setup, tmp_path, capsys):
+    """"A configuration with any error creates no folder": a ``--dashboard`` port in use was
+    found only once the output folder was made; the message named ``--listen``, an option of
+    ``motionwatch dashboard``, not of ``watch``."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        out = tmp_path / "new" / "out"
+        status = cli_main(["watch", str(setup.watch_dir), "--out", str(out),
+                           "--dose-per-frame", "1", "--publish", "tcp://127.0.0.1:*",
+                           "--dashboard", f"127.0.0.1:{taken.getsockname()[1]}"])
+    finally:
+        taken.close()
+    assert status == 78
+    assert not (tmp_path / "new").exists()
+    err = capsys.readouterr().err
+    assert "--dashboard" in err and "--listen" not in err
+
+
 def test_deleting_the_lock_file_does_not_let_a_second_daemon_in(setup):
     first = Service(dataclasses.replace(setup, exit_when_idle_s=None),
                     runner="fake_runners:correct", logger=RecordingLog())
