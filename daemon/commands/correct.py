@@ -140,8 +140,8 @@ def _distinct_movies(movies: list[Path]) -> list[Path]:
         try:
             st = movie.stat()
             key: object = (st.st_dev, st.st_ino)
-        except OSError:  # missing: its correction says so, once
-            key = movie.resolve()
+        except OSError:  # missing, a link loop: its correction says so, once
+            key = os.path.abspath(movie)  # Path.resolve raises on a loop (RuntimeError)
         if key not in seen:
             seen.add(key)
             distinct.append(movie)
@@ -229,7 +229,7 @@ def _recorded_movie(record: dict[str, Any] | None) -> Path | None:
     """The movie a motion record names, resolved (None: no record, or no usable name)."""
     try:
         return Path(record["movie"]).resolve() if record is not None else None
-    except (KeyError, TypeError, ValueError, OSError):
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError):  # RuntimeError: a loop
         return None
 
 

@@ -244,5 +244,5 @@ def resolved_movie(movie: Path) -> Path:
     """``movie`` with links and ``..`` resolved (absolute only, where that fails)."""
     try:
         return movie.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # a link loop: RuntimeError before Python 3.13
         return movie.absolute()

@@ -185,7 +185,10 @@ def resolve_inside(root: Path, url_path: str) -> Path | None:
     if not parts or any(p == ".." or p.startswith(".") for p in parts):
         return None
     base = root.resolve()
-    target = base.joinpath(*parts).resolve()
+    try:
+        target = base.joinpath(*parts).resolve()
+    except (OSError, RuntimeError):  # a link loop: RuntimeError before Python 3.13
+        return None
     if target != base and base not in target.parents:
         return None
     if target.suffix.lower() not in _FILE_TYPES or not target.is_file():

@@ -45,7 +45,7 @@ def output_folder_problem(out_dir: Path, watch_dir: Path | None,
         return None
     try:
         out_real, watch_real = out_dir.resolve(), watch_dir.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # a link loop: RuntimeError before Python 3.13
         return None
     if out_real == watch_real:
         return (f"output folder {out_dir} is the watch folder {watch_dir}: use a subfolder or "

@@ -400,6 +400,21 @@ def test_a_movie_given_twice_or_through_a_link_is_corrected_once_and_listed_once
     assert _star_movies(out) == ["m_DW.mrc"]
 
 
+def test_a_link_to_itself_among_the_movies_fails_alone_in_one_line(tmp_path, capsys):
+    """A symbolic link loop named like a movie stopped the whole batch with a traceback before
+    any movie was corrected (finding repeats resolved the path, which raises on a loop)."""
+    _movie(tmp_path / "m.mrc", np.random.default_rng(6))
+    (tmp_path / "z.eer").symlink_to(tmp_path / "z.eer")
+    out = tmp_path / "out"
+    assert main(["correct", str(tmp_path / "z.eer"), str(tmp_path / "m.mrc"), "--out", str(out),
+                 "--dose-per-frame", "1", "--patches", "1", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (said,) = [line for line in err.splitlines() if "z.eer" in line]
+    assert said.startswith(f"motionwatch: {tmp_path / 'z.eer'}: ")
+    assert sorted(p.name for p in out.glob("*.motion.json")) == ["m.motion.json"]
+
+
 def test_a_movie_moved_and_corrected_again_into_its_folder_overwrites_its_own_outputs(tmp_path):
     (tmp_path / "session").mkdir()
     _movie(tmp_path / "session" / "m.mrc", np.random.default_rng(7))
