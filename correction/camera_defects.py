@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GainReferenceError
-from .metadata_text import decode_metadata_text
+from .metadata_text import decode_metadata_text, read_regular_file
 
 __all__ = ["CameraDefectList", "CAMERA_DEFECT_KEYS", "is_camera_defect_list",
            "read_camera_defect_list", "parse_camera_defect_text", "SUBAREA_FIT", "SUBAREA_NOTE"]
@@ -209,7 +209,7 @@ def read_camera_defect_list(path: str | Path) -> CameraDefectList:
     """
     path = Path(path)
     try:
-        text = decode_metadata_text(path.read_bytes()).text
+        text = decode_metadata_text(read_regular_file(path)).text
     except FileNotFoundError:
         raise GainReferenceError(path, "camera defect list: no such file") from None
     except OSError as exc:

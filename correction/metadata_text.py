@@ -12,9 +12,32 @@ reads each of them as written, and says which it was.
 from __future__ import annotations
 
 import codecs
+import errno
+import os
+import stat
 from dataclasses import dataclass
 
-__all__ = ["DecodedText", "decode_metadata_text"]
+__all__ = ["DecodedText", "decode_metadata_text", "read_regular_file"]
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``path``; ``OSError`` when it is no regular file.
+
+    Opened without blocking: a named pipe (FIFO) named like a metadata file (``x.mrc.mdoc``)
+    blocked ``open`` until a writer came, which held the daemon (and ``correct``) for good,
+    deaf to SIGTERM.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as handle:
+            fd = -1
+            return handle.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import tifffile
 from correction.io.titles import movie_titles
-from correction.metadata_text import decode_metadata_text
+from correction.metadata_text import decode_metadata_text, read_regular_file
 
 from daemon.events import MovieGain
 
@@ -130,7 +130,7 @@ def find_frame_mdoc_gain(movie: Path) -> GainLookup:
     """The gain reference ``<movie>.mdoc`` names, looked for in the movie's folder and its
     parent. An unreadable or absent frame mdoc names none."""
     try:
-        text = decode_metadata_text((movie.with_name(movie.name + ".mdoc")).read_bytes()).text
+        text = decode_metadata_text(read_regular_file(movie.with_name(movie.name + ".mdoc"))).text
     except OSError:
         return GainLookup()
     name = gain_reference_name(text)
@@ -192,7 +192,7 @@ def defect_list_not_applied(movie: Path, why: str) -> str | None:
     """One line when ``<movie>.mdoc`` names a camera defect list that is not applied because
     no frame mdoc gain is (``why``: ``--gain`` given ...); None when it names none."""
     try:
-        text = decode_metadata_text((movie.with_name(movie.name + ".mdoc")).read_bytes()).text
+        text = decode_metadata_text(read_regular_file(movie.with_name(movie.name + ".mdoc"))).text
     except OSError:
         return None
     name = defect_file_name(text)

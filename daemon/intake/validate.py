@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from correction.metadata_text import decode_metadata_text
+from correction.metadata_text import decode_metadata_text, read_regular_file
 
 __all__ = ["UNREADABLE", "TAKEN_AS_IT_IS", "GONE_REASON", "Verdict", "FrameMdoc",
            "read_frame_mdoc", "frame_mdoc_path", "validate"]
@@ -77,7 +77,7 @@ def frame_mdoc_path(movie: Path) -> Path:
 def read_frame_mdoc(path: Path) -> FrameMdoc | None:
     """Read a frame mdoc; None when absent or unreadable (it may be half-written)."""
     try:
-        text = decode_metadata_text(path.read_bytes()).text  # UTF-16, cp1252 too
+        text = decode_metadata_text(read_regular_file(path)).text  # UTF-16, cp1252 too
     except OSError:
         return None
     match = _SUBFRAMES.search(text)

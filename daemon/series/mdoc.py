@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from correction.metadata_text import decode_metadata_text
+from correction.metadata_text import decode_metadata_text, read_regular_file
 
 __all__ = [
     "TIMESTAMP_EPOCH",
@@ -317,7 +317,7 @@ def read_mdoc(path: str | Path) -> MdocFile:
         When the file cannot be read (missing, permissions). Content problems never raise.
     """
     p = Path(path)
-    return parse_mdoc(p.read_bytes(), path=p)
+    return parse_mdoc(read_regular_file(p), path=p)
 
 
 def parse_mdoc(data: bytes, *, path: str | Path | None = None) -> MdocFile:
