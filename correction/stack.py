@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as _dt
 import io
 import math
 import os
@@ -242,14 +243,30 @@ def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: flo
     # AreTomo3 (DataUtil/CReadMdoc.cpp, DoIt) skips an mdoc unless it has as many ExposureTime,
     # ExposureDose, SubFramePath and DateTime lines as TiltAngle lines: each section has all
     # five (ExposureTime NaN where the metadata gave none: AreTomo3 then weighs the tilts'
-    # exposure times alike)
+    # exposure times alike; DateTime the movie file's time where no series mdoc gave one)
     sections = [[("TiltAngle", float(t.tilt_deg)), ("ExposureDose", float(t.dose_e_A2)),
                  ("ExposureTime", math.nan if t.exposure_time_s is None
                   else float(t.exposure_time_s)),
                  ("PriorRecordDose", float(t.pre_exposure_e_A2)),
                  ("PixelSpacing", float(pixel_size_A)), ("SubFramePath", t.movie),
-                 ("DateTime", serialem_datetime(t.acquired_at))] for t in ordered]
+                 ("DateTime", _acquired_datetime(t))] for t in ordered]
     return format_mdoc(header, sections, titles=titles)
+
+
+def _acquired_datetime(tilt: StackTilt) -> str:
+    """The stack mdoc's ``DateTime`` of a tilt: its series mdoc's, else the modification time
+    of its movie (written as it was recorded), else of its corrected image, in local time as
+    SerialEM writes it. A series known from file names alone had none: the stack mdoc lacked
+    every ``DateTime`` line, and AreTomo3 skipped it as faulty."""
+    known = serialem_datetime(tilt.acquired_at)
+    if known is not None:
+        return known
+    for path in (Path(tilt.movie), *tilt.outputs.values()):
+        try:
+            return serialem_datetime(_dt.datetime.fromtimestamp(os.stat(path).st_mtime))
+        except (OSError, ValueError, OverflowError):
+            continue
+    return serialem_datetime(_dt.datetime.now())
 
 
 def image_geometry(shape_yx: object, pixel_size_A: float) -> tuple[object, float]:

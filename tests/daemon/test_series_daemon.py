@@ -22,6 +22,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+from aretomo3_rules import mdoc_key_counts
 from daemon_process import events, rows, spawn, wait_for_heartbeats, watch_argv
 from movie_damage import mend_mrc_header, spoil_mrc_header
 
@@ -225,6 +226,13 @@ def test_truncated_section_and_missing_mdoc_give_warnings_and_recorded_fallbacks
     assert {"movie_metadata_warning", "movie_metadata_fallback"} <= warned
     assert (out / "TS_01" / "TS_01.mrc").is_file() and (out / "TS_02" / "TS_02.mrc").is_file()
     assert not any(e.get("level") == "error" for e in events(log))
+    # AreTomo3 reads both stack mdocs: one line of each key per tilt. A tilt whose time no
+    # mdoc gave (the cut section, the series of no mdoc) had no DateTime line: skipped whole
+    for series in ("TS_01", "TS_02"):
+        stack_mdocs = sorted((out / series).glob("*.mdoc"))  # one per stack
+        assert len(stack_mdocs) == 4
+        for stack_mdoc in stack_mdocs:
+            assert set(mdoc_key_counts(stack_mdoc).values()) == {3}, stack_mdoc.name
 
 
 def test_metadata_changed_after_correction_redoes_the_movies_and_reassembles(tmp_path):
