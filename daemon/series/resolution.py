@@ -48,6 +48,7 @@ given) rather than producing a silently wrong pre-exposure.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -403,7 +404,8 @@ class Resolution:
     series idle for ``SeriesConfig.idle_timeout_s`` (an aborted position whose mdoc never
     came): the service quarantines it, and redoes it once its series' metadata gives the dose.
     ``discarded``: movie name -> the series whose mdoc no longer lists it (a retaken tilt's
-    first exposure, standalone: corrected at that series' voltage).
+    first exposure, standalone: corrected at that series' voltage); ``discarded_deg``: the
+    tilt angle (°) such a movie's name gives, where it gives one (its retake's dose is its own).
     ``warnings``: ``(series, text)``: what the operator should know of a series (two series
     mdocs of one name, a movie its mdoc no longer lists, exposures the mdoc left out).
     """
@@ -416,6 +418,7 @@ class Resolution:
     warnings: tuple[tuple[str, str], ...] = ()
     no_dose: Mapping[str, str] = field(default_factory=dict)
     discarded: Mapping[str, str] = field(default_factory=dict)
+    discarded_deg: Mapping[str, float] = field(default_factory=dict)
 
 
 def classify_mdocs(observations: Sequence[MdocObservation]
@@ -695,6 +698,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     other: dict[str, list[_Tilt]] = {}
     standalone: set[str] = set()
     discarded: dict[str, str] = {}  # movie -> the series that discarded it
+    discarded_deg: dict[str, float] = {}  # movie -> the tilt angle its name gives (°)
     # file-name series -> name indices of its movies seen and waiting for their metadata: not
     # missing tilts, and their dose counts in the pre-exposure of the tilts after them
     awaiting: dict[str, set[int]] = {}
@@ -727,6 +731,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
         if owner is not None:  # still not listed: SerialEM discarded it (a retaken tilt)
             standalone.add(mv.name)
             discarded[mv.name] = owner
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                discarded_deg[mv.name] = float(m.group("angle"))
             warnings.append((owner, f"{mv.name}: not listed by the series mdoc of {owner} (a "
                                     "discarded or retaken tilt?): corrected on its own, outside "
                                     "the series"))
@@ -839,7 +845,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                                    unlisted_e_A2=sum(jump[1] for jump in jumps.values()))
     return Resolution(assignments=assignments, pending=pending, standalone=frozenset(standalone),
                       series=summaries, ignored_mdocs=ignored, warnings=tuple(warnings),
-                      no_dose=no_dose, discarded=discarded)
+                      no_dose=no_dose, discarded=discarded, discarded_deg=discarded_deg)
 
 
 def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | None]

@@ -80,6 +80,7 @@ from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, DROPPED_SERIES_REA
                                       REMOVED_SERIES_REASON,
                                       TILT_NO_DOSE_REASON, MdocObservation,
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
+                                      TiltAssignment,
                                       classify_mdocs, dose_params_of, frame_mdoc_dose,
                                       frame_mdoc_voltage_kV, split_qualified)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV,
@@ -238,10 +239,13 @@ def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) ->
 def standalone_metadata(movie: Observation, params: Any, n_frames: int | None,
                         log_context: dict[str, Any], frame_mdoc: Any,
                         series_config: SeriesConfig,
-                        recorded: TiltRecord | None = None) -> MovieMetadata:
+                        recorded: TiltRecord | None = None,
+                        retake: TiltAssignment | None = None) -> MovieMetadata:
     """A movie of no series: the configured dose, else its frame mdoc's, else the dose it was
     corrected with as a tilt (``recorded``: a tilt its series mdoc no longer lists, SerialEM
-    took it again), else none (the correction uses the EER header's dose or fails with a
+    took it again), else the dose of the exposure that took its place (``retake``: the mdoc
+    listed the retake before the daemon first met the movie, a session corrected after it
+    was recorded), else none (the correction uses the EER header's dose or fails with a
     clear reason)."""
     if params.dose.known:
         return MovieMetadata(log_context=log_context)
@@ -249,6 +253,11 @@ def standalone_metadata(movie: Observation, params: Any, n_frames: int | None,
     if found is None and recorded is not None and recorded.dose_e_A2 > 0:
         found = (recorded.dose_e_A2, recorded.frame_doses_e_A2,
                  f"{recorded.dose_source} (as a tilt of {recorded.series})")
+    if found is None and retake is not None and retake.dose_e_A2 > 0:
+        # SerialEM takes a tilt again with the same exposure: the same dose
+        found = (retake.dose_e_A2, retake.frame_doses_e_A2,
+                 f"{retake.dose_source} of {retake.movie}, listed in its place by the mdoc of "
+                 f"{retake.series} (a retaken tilt)")
     if found is None:
         return MovieMetadata(log_context=log_context)
     dose_e_A2, frames, source = found
@@ -293,6 +302,23 @@ def _series_voltage(res: Resolution, series: str | None) -> float | None:
         return None
     return next((a.voltage_kV for a in res.assignments.values()
                  if a.series == series and a.voltage_kV), None)
+
+
+#: largest difference (°) between a discarded movie's angle and the retake taken in its place
+_RETAKE_ANGLE_DEG = 0.5
+
+
+def _retake_of(res: Resolution, name: str) -> TiltAssignment | None:
+    """The tilt a series mdoc lists in place of the discarded movie ``name``: of the series
+    that discarded it, the one at its angle (its name's, within 0.5°), the first acquired when
+    SerialEM took it more than once; None when none is (or the name gives no angle)."""
+    series, angle = res.discarded.get(name), res.discarded_deg.get(name)
+    if series is None or angle is None:
+        return None
+    near = [a for a in res.assignments.values() if a.series == series
+            and a.tilt_deg is not None and abs(a.tilt_deg - angle) <= _RETAKE_ANGLE_DEG]
+    return min(near, key=lambda a: (abs(a.tilt_deg - angle), a.acquisition_index),
+               default=None)
 
 
 def _is_eer(path: Path) -> bool:
@@ -612,7 +638,8 @@ class TiltSeriesResolver:
         if a is None:
             if name in res.standalone:
                 return self._standalone(movie, params, n_frames, {"series": None},
-                                        series_kV=_series_voltage(res, res.discarded.get(name)))
+                                        series_kV=_series_voltage(res, res.discarded.get(name)),
+                                        retake=_retake_of(res, name))
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
         voltage = self._voltage(movie.path, a.voltage_kV, "mdoc", a.series, series=a.series)
         dose = self._as_corrected(movie, a.dose_params(voltage_kV=voltage.kV,
@@ -689,10 +716,11 @@ class TiltSeriesResolver:
         return voltage
 
     def _standalone(self, movie: Observation, params: Any, n_frames: int | None,
-                    log_context: dict[str, Any], *, series_kV: float | None = None
-                    ) -> MovieMetadata:
+                    log_context: dict[str, Any], *, series_kV: float | None = None,
+                    retake: TiltAssignment | None = None) -> MovieMetadata:
         """A movie of no series; ``series_kV``: the voltage (kV) of the series whose mdoc
-        discarded it (a retaken tilt's first exposure), when its own frame mdoc gives none."""
+        discarded it (a retaken tilt's first exposure), when its own frame mdoc gives none;
+        ``retake``: the tilt that mdoc lists in its place (:func:`_retake_of`)."""
         row = self._rows.get(str(movie.path))
         recorded = TiltRecord.from_json(
             ((row.metadata.get("extra_record") or {}).get("tilt")) if row is not None else None)
@@ -704,7 +732,7 @@ class TiltSeriesResolver:
         if wait is not None:
             return MovieMetadata(wait_reason=wait)
         meta = standalone_metadata(movie, params, n_frames, log_context, frame_mdoc,
-                                   self.series_config, recorded)
+                                   self.series_config, recorded, retake)
         if meta.dose is not None:
             meta = replace(meta, dose=self._header_dose_kept(movie, params, meta.dose, n_frames))
         voltage = self._voltage(movie.path, mdoc_kV, kV_source, str(movie.path),

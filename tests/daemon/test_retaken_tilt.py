@@ -112,6 +112,31 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
         N_FRAMES * 1.0 if configured else first.dose_e_A2, abs=1e-4)
 
 
+def test_a_discarded_exposure_met_after_its_retake_is_corrected_on_its_own_with_its_dose(
+        tmp_path):
+    """A session corrected after it was recorded (a backlog, a daemon started late): the mdoc
+    already lists the retake in place of the first exposure, whose movie stays on disk. With
+    the dose from the mdoc (none configured) it was quarantined for want of a dose, though
+    the log said it was corrected on its own. SerialEM takes a tilt again with the same
+    exposure: the first exposure is corrected on its own with the retake's dose."""
+    watch, out, tilts = _session(tmp_path)
+    first = tilts[2]
+    retake_path, retake = _retake(watch, first)
+    retake = dataclasses.replace(retake, dose_e_A2=first.dose_e_A2 * 1.25)  # told apart
+    shutil.copy(tilts[1].movie.path, retake_path)
+    write_series_mdoc(watch, [tilts[0], tilts[1], retake])
+    _run(watch, out, dose=DoseParams())
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        statuses = {Path(r.key.path).name: r.status for r in ledger.rows()}
+    assert statuses == {t.movie.path.name: "done" for t in (*tilts, retake)}
+    record = json.loads((out / f"{first.movie.path.stem}.motion.json").read_text())
+    assert TiltRecord.from_json(record) is None  # on its own, no tilt of TS_01
+    assert record["dose"]["pre_exposure_e_A2"] == 0.0
+    assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(retake.dose_e_A2, abs=1e-4)
+    assert list(_series_star(out)["rlnMicrographMovieName"]) == [
+        str(watch / t.movie.path.name) for t in (tilts[0], tilts[1], retake)]
+
+
 def test_a_discarded_tilt_corrected_on_its_own_keeps_its_series_voltage(tmp_path):
     """A 200 kV series: the discarded exposure, corrected on its own once SerialEM took its
     tilt again, is weighted at the 200 kV its series' mdoc gives (it fell back to the 300 kV
