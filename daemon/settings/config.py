@@ -486,6 +486,26 @@ def _absolute_paths(merged: argparse.Namespace, parser: argparse.ArgumentParser)
             setattr(merged, action.dest, Path(value).expanduser().absolute())
 
 
+def _each_parameter_problem(values: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """What is wrong with each correction option given on its own (the others at their
+    defaults): every bad value is said at once, not the first the parameters refuse (``--bin
+    0 --voltage 0 --throw -1`` named the voltage alone, then the bin at the next start ...).
+    Empty when each is valid alone (the fault is in a combination: said as it is)."""
+    from daemon.settings.correction_options import params_from_args
+
+    found: list[str] = []
+    for dest, value in values.items():
+        if dest not in defaults or value == defaults[dest]:
+            continue
+        alone = argparse.Namespace(**{**defaults, dest: value})
+        try:
+            params_from_args(alone, dose_required=False)
+        except (ValueError, OSError) as exc:
+            if str(exc) not in found:
+                found.append(str(exc))
+    return found
+
+
 def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -> Config:
     """Merge defaults, the TOML file named by ``--config``, then the flags; validate everything.
 
@@ -612,7 +632,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     try:
         params = params_from_args(argparse.Namespace(**finite), dose_required=False)
     except (ValueError, OSError) as exc:  # ParameterError / CorrectionError are ValueErrors
-        problems.append(str(exc))
+        problems.extend(_each_parameter_problem(finite, args._config_defaults)  # noqa: SLF001
+                        or [str(exc)])
     problems.extend(optics_problems(finite))  # recorded with every movie, hand-off or not
 
     for name, what in (("gain", "gain reference"), ("dark", "dark reference"),

@@ -70,6 +70,21 @@ def test_all_problems_are_reported_together(tmp_path):
     assert "dose" not in text  # each movie's dose may come from its metadata
 
 
+def test_every_bad_correction_value_is_said_at_once_not_the_first_alone(tmp_path):
+    """``bin = 0``, ``voltage = 0``, ``throw = -1``: the parameters named the voltage alone,
+    then the bin at the next start, then the throw."""
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text("bin = 0\nvoltage = 0\nthrow = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "w"), "--config", str(toml),
+                           "--out", str(tmp_path / "o")]))
+    text = "\n".join(info.value.problems)
+    for expected in ("--voltage must be", "--bin must be", "--throw must be >= 0"):
+        assert expected in text, expected
+    assert len(info.value.problems) == 3
+
+
 def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp_path):
     """``settle_time = inf`` (TOML allows it) left every movie settling for ever while status
     said healthy; ``workers = 100000`` spawned processes until the machine ran out of memory."""
