@@ -44,6 +44,7 @@ import collections
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -657,6 +658,7 @@ def _bind_xpub(ctx: zmq.Context, cfg: PublishConfig
             sock.curve_server = True
         _refuse_live_ipc(cfg.endpoint)
         sock.bind(cfg.endpoint)
+        _group_may_connect(cfg.endpoint)
         return sock, auth, sock.getsockopt_string(zmq.LAST_ENDPOINT)
     except BaseException:
         if sock is not None:
@@ -688,6 +690,25 @@ def _refuse_live_ipc(endpoint: str) -> None:
         probe.close()
     raise OSError(f"Address already in use (another process, a motionwatch watch?, listens "
                   f"on {path})")
+
+
+def _group_may_connect(endpoint: str) -> None:
+    """Give an ``ipc://`` socket file's group write permission where it has read permission.
+
+    Connecting to a Unix socket takes write permission; libzmq makes the file under the
+    process's umask, so the units' ``UMask=0027`` left ``srwxr-x---``: the people of the
+    service's group, whom the docs send to the feed, were refused (``monitor`` said "is the
+    daemon running?"). Others stay as the umask left them.
+    """
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return
+    path = endpoint[len("ipc://"):]
+    try:
+        mode = os.stat(path).st_mode
+        if mode & stat.S_IRGRP and not mode & stat.S_IWGRP:
+            os.chmod(path, stat.S_IMODE(mode) | stat.S_IWGRP)
+    except OSError:  # not ours to change (a file system without modes): as it was
+        pass
 
 
 def _send(sock: zmq.Socket, envelope: Mapping[str, Any], topic: str, body: dict,

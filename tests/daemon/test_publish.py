@@ -313,6 +313,29 @@ def test_queue_overflow_drops_oldest_counts_drops_and_shows_them_as_a_seq_gap(sh
     assert got[-1][1]["seq"] == 13  # 7 dropped + 5 sent + the state: the gap is visible
 
 
+def test_an_ipc_feed_under_the_units_umask_admits_the_services_group(short_dir):
+    """Connecting to a Unix socket takes write permission: under the units' ``UMask=0027``
+    libzmq made the feed ``srwxr-x---`` and the people of the service's group, whom the docs
+    send to an ``ipc://`` feed, were refused. Others stay shut out, as the umask says."""
+    import os
+    import stat
+
+    endpoint = f"ipc://{short_dir}/feed"
+    before = os.umask(0o027)
+    try:
+        pub = Publisher(PublishConfig(endpoint=endpoint)).start()
+    finally:
+        os.umask(before)
+    try:
+        mode = stat.S_IMODE(os.stat(short_dir / "feed").st_mode)
+        assert mode & stat.S_IRWXG == stat.S_IRWXG
+        assert mode & stat.S_IRWXO == 0
+        with Subscriber(endpoint) as sub:
+            assert receive_until(sub, has_topic("state"))
+    finally:
+        pub.close()
+
+
 def test_late_subscriber_gets_state_with_open_series_and_their_tilts(publisher):
     publisher.series("started", "TS_01", n_done=0, n_expected=41, accumulated_dose_e_A2=0.0)
     for i, angle in enumerate([0.0, 3.0, -3.0]):

@@ -116,7 +116,7 @@ def log_events(log: Path) -> list[dict]:
     return out
 
 
-def test_ready_after_start_up_watchdog_pings_at_half_watchdog_usec_and_stopping_on_sigterm(
+def test_ready_after_start_up_watchdog_pings_while_healthy_and_stopping_on_sigterm(
         tmp_path, systemd):
     watch, out = tmp_path / "w", tmp_path / "out"
     simulate_session(watch, n_movies=2, rng=np.random.default_rng(1), shape_yx=(128, 128),

@@ -130,6 +130,9 @@ def test_unit_declares_notify_watchdog_restart_policy_and_config_exit_status(nam
     assert single["User"] == single["Group"] == "motionwatch"
     assert single["ProtectSystem"] == "strict"
     assert single["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6 AF_NETLINK"
+    # every log line has its <N> priority; a line without one (a traceback, the watchdog's
+    # stack dump) is an error, not info hidden from journalctl -p warning
+    assert single["SyslogLevel"] == "err"
     config = "%i.toml" if "@" in name else "motionwatch.toml"
     assert single["ExecStart"] == f"{INSTALLED_BINARY} watch --config /etc/motionwatch/{config}"
 
