@@ -27,9 +27,9 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   RELION's own output (its sum is made at that frame, ``-FmRef 0``: taking that frame as zero
   here put every particle's starting track off by the first frame's displacement, several
   pixels on a drifting movie); frames skipped by ``--throw``/``--trunc`` get RELION's "not
-  observed" value -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``): motionwatch's local
-  model is not RELION's 18-coefficient polynomial, and Bayesian polishing re-estimates local
-  motion from the global track anyway.
+  observed" value -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``):
+  motionwatch's local model is not RELION's 18-coefficient polynomial, and Bayesian polishing
+  re-estimates local motion from the global track anyway.
   With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch replaced that
   polishing, which reads the raw movie again, would not mask otherwise (the record's
   ``replaced_pixels``: not the zeros of the gain exported for it), and without a gain
@@ -336,9 +336,10 @@ def accumulated_motion_px(motion: MovieMotion, *, dose_cutoff_e_A2: float = 4.0
 
     Frames without a shift (thrown) are skipped: each step runs from the last observed shift;
     the first observed frame adds nothing, whatever its shift (RELION's own output has it at 0,
-    its origin, so a step into it from 0 is 0 there; here the origin is the sums'). Vectorised: the micrographs STAR file
-    is rewritten with every movie of a session as each one finishes, so this runs for all of
-    them each time (a loop over frames took 0.3 s per rewrite at 1,000 movies of 40 frames).
+    its origin, so a step into it from 0 is 0 there; here the origin is the sums').
+    Vectorised: the micrographs STAR file is rewritten with every movie of a session as each
+    one finishes, so this runs for all of them each time (a loop over frames took 0.3 s per
+    rewrite at 1,000 movies of 40 frames).
     """
     shifts = np.asarray(motion.shifts_px, dtype=np.float64)[:motion.frames_in_movie]
     dose_at_end = motion.pre_exposure_e_A2 + np.cumsum(motion.frame_doses_e_A2)

@@ -172,8 +172,9 @@ def _writable(folder: Path) -> bool:
 
 
 def _classify(exc: BaseException, task: Task) -> OutcomeKind:
-    """``config`` (the references, pixel size, frame selection), ``data`` (the movie), ``environment`` (disk, output side,
-    a movie or output folder this worker cannot see), else ``error``.
+    """``config`` (the references, pixel size, frame selection), ``data`` (the movie),
+    ``environment`` (disk, output side, a movie or output folder this worker cannot see), else
+    ``error``.
 
     An OSError is environmental when its errno says so (full disk, quota, read-only, I/O), when
     it names a path on the output side (permission denied, a folder that is a file ...), when the
