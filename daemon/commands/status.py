@@ -67,6 +67,10 @@ def _brief(row: MovieRow) -> dict[str, Any]:
                            "updated": iso_utc(row.updated)}
     if row.error:
         out["reason"] = row.error
+    if row.status == "failed" and row.failures == 0:
+        # put back by trouble outside it (a full disk, a Dask scheduler gone): it waits for
+        # that to pass, never counted against it; no failure of the movie's
+        out["put_back"] = True
     drift = row.summary.get("drift") if row.summary else None
     if drift:
         out["drift"] = drift
@@ -172,6 +176,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                                               reverse=True)][:2 * last]
         backlog = [_brief(r) for r in ledger.rows(status="pending", limit=last)]
         requeued = _requeued(ledger)
+        put_back = ledger.put_back_count()
         series = _series(ledger.series_states(), ledger.rows(), state.get("watch_dir"))
     beat = state.get("heartbeat_wall")
     running = _daemon_running(state, now)
@@ -187,7 +192,9 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster") if running else None,
                    "pace": state.get("pace") if running else None},
-        "counts": {**counts, "requeued": len(requeued)},
+        # "failed" counts the movies put back as well ("put_back": waiting for trouble outside
+        # them to pass, never counted against them)
+        "counts": {**counts, "requeued": len(requeued), "put_back": put_back},
         # what a daemon saw being written or had in hand is its own live view: once it is gone
         # (stopped, or killed before it could say so) it holds for nothing
         "backlog": {"pending": counts["pending"] + counts["failed"] + len(requeued),
@@ -232,8 +239,11 @@ def _print_text(status: dict[str, Any]) -> None:
               f"{cluster.get('workers', 0)} workers / {cluster.get('threads', 0)} threads, "
               f"{cluster.get('in_flight', 0)}/{cluster.get('max_in_flight', 0)} in flight")
     c = status["counts"]
-    _say("movies: " + ", ".join(f"{c[k]} {k}" for k in ("done", "pending", "running", "failed",
-                                                            "quarantined"))
+    shown = {**c, "failed": c["failed"] - c.get("put_back", 0)}
+    _say("movies: " + ", ".join(f"{shown[k]} {k}" for k in ("done", "pending", "running",
+                                                                "failed", "quarantined"))
+          + (f", {c['put_back']} put back (trouble outside them; they wait for it to pass)"
+             if c.get("put_back") else "")
           + (f", {c['requeued']} requeued" if c.get("requeued") else ""))
     b = status["backlog"]
     if not d["running"]:  # what is being written is the daemon's live view
@@ -262,7 +272,8 @@ def _print_text(status: dict[str, Any]) -> None:
     if status["failures"]:
         _say("failures:")
         for row in status["failures"]:
-            _say(f"  {row['status']}: {row['movie']}: {row.get('reason', '')}")
+            state = "put back" if row.get("put_back") else row["status"]
+            _say(f"  {state}: {row['movie']}: {row.get('reason', '')}")
     if status["series"]:
         n_done = sum(s["status"] == "completed" for s in status["series"])
         _say(f"tilt series: {len(status['series'])} ({n_done} completed, "

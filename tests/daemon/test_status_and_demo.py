@@ -398,3 +398,32 @@ def test_status_lists_the_failed_tilts_of_a_series(tmp_path, monkeypatch):
     monkeypatch.setattr(status_cmd, "series_tallies", lambda *a, **k: {"TS_01": tally})
     (entry,) = status_cmd._series({"TS_01": {"status": "open", "expected_tilts": 41}}, [], None)
     assert (entry["tilts_done"], entry["tilts_failed"], entry["tilts_expected"]) == (5, 2, 41)
+
+
+def test_movies_put_back_by_trouble_outside_them_are_not_shown_as_failed(tmp_path, capsys):
+    """While a Dask scheduler is gone (or the disk is full) the movies it had in hand wait,
+    never counted against them; status called them failed beside the movie that truly failed
+    (a worker that died on it)."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        for name in ("a", "b", "c"):
+            db.add(MovieKey(f"/d/{name}.mrc", 100, 1, "f"))
+            db.claim(MovieKey(f"/d/{name}.mrc", 100, 1, "f"))
+        for name in ("a", "b"):
+            db.mark_failed(MovieKey(f"/d/{name}.mrc", 100, 1, "f"),
+                           "Dask scheduler tcp://h:8786 unreachable; the movie waits and is "
+                           "redone when it is back", quarantine=False, count=False,
+                           retry_delay_s=60)
+        db.mark_failed(MovieKey("/d/c.mrc", 100, 1, "f"), "worker died", quarantine=False,
+                       retry_delay_s=60)
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert ("movies: 0 done, 0 pending, 0 running, 1 failed, 0 quarantined, 2 put back "
+            "(trouble outside them; they wait for it to pass)") in text
+    assert "  put back: /d/a.mrc: Dask scheduler tcp://h:8786 unreachable" in text
+    assert "  failed: /d/c.mrc: worker died" in text
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["counts"]["failed"], status["counts"]["put_back"]) == (3, 2)
+    assert status["backlog"]["pending"] == 3
+    assert {r["movie"]: r.get("put_back", False) for r in status["failures"]} == {
+        "/d/a.mrc": True, "/d/b.mrc": True, "/d/c.mrc": False}
