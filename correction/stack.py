@@ -513,6 +513,14 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         payload = text_bytes(text)  # SubFramePath as on disk
         atomic_write(mdoc_path, lambda fh, p=payload: fh.write(p))
         mdoc_paths.append(mdoc_path)
+    # IMOD finds an image's metadata as "<image file>.mdoc" (extracttilts, etomo's "extract
+    # tilt angles from raw stack header or mdoc", mtffilter's dose): S.st, the name etomo is
+    # given, had none (only S.mrc.mdoc), so etomo found no tilt angles for it
+    st_mdoc = links[0].with_name(links[0].name + ".mdoc")
+    st_payload = text_bytes(_stack_mdoc(links[0].name, ordered, pixel_size_A, voltage_kV,
+                                        shape_yx, tilt_axis_deg))
+    atomic_write(st_mdoc, lambda fh: fh.write(st_payload))
+    mdoc_paths.append(st_mdoc)
     links.extend(link_aretomo_inputs(folder, stem, aretomo_name or stem))
     pictures = write_series_quicklook(folder, stem, [SeriesTilt(
         tilt_deg=t.tilt_deg, image_path=Path(t.outputs.get("dw", t.outputs["sum"])),
@@ -531,11 +539,12 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
 def series_files(series: str) -> tuple[str, ...]:
     """The names :func:`assemble_series` may write into a series folder (relative to it, its
     AreTomo3 links left out: :func:`remove_series` finds those): the stacks (``S_EF.mrc``
-    too), their mdocs, the tilt files, ``S.st``, the table and the pictures."""
+    too), their mdocs, the tilt files, ``S.st`` and its mdoc, the table and the pictures."""
     series = fit_output_stem(series)
     stacks = [f"{series}{suffix}.mrc" for suffix in (*STACK_KINDS.values(), "_EF")]
     return (*stacks, *(f"{name}.mdoc" for name in stacks),
-            *(f"{series}{suffix}" for suffix in (".tlt", ".rawtlt", "_TLT.txt", ".st", ".csv")),
+            *(f"{series}{suffix}" for suffix in (".tlt", ".rawtlt", "_TLT.txt", ".st",
+                                                   ".st.mdoc", ".csv")),
             *(f"{series}{suffix}" for suffix in SERIES_QUICKLOOK_KINDS.values()))
 
 

@@ -122,7 +122,14 @@ def test_per_tilt_table_and_stack_mdoc_agree_with_the_inputs(tmp_path):
     assert [s.exposure_time_s for s in md.sections] == [t.exposure_time_s for t in expected]
     assert sum("ExposureTime = NaN" in line for line in
                res.stacks["sum"].with_name("TS_9.mrc.mdoc").read_text().splitlines()) == 1
-    assert len(res.mdoc_paths) == 4
+    assert len(res.mdoc_paths) == 5  # one per stack, and S.st's
+    # IMOD looks for an image's metadata as "<image file>.mdoc": etomo is given TS_9.st
+    st_mdoc = res.folder / "TS_9.st.mdoc"
+    assert st_mdoc in res.mdoc_paths
+    st = read_mdoc(st_mdoc)
+    assert [s.tilt_deg for s in st.sections] == [s.tilt_deg for s in md.sections]
+    assert [s.z_value for s in st.sections] == list(range(len(tilts)))
+    assert "ImageFile = TS_9.st" in st_mdoc.read_text().splitlines()
     # AreTomo3 reads it: each of its keys once per tilt (and it needs at least 7 tilts)
     counts = mdoc_key_counts(res.stacks["sum"].with_name("TS_9.mrc.mdoc"))
     assert set(counts.values()) == {len(tilts)} and len(tilts) >= 7, counts
