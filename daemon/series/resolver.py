@@ -1109,15 +1109,21 @@ class TiltSeriesResolver:
         if self.tilt_axis_deg is not None:
             return self.tilt_axis_deg
         watched = self._watcher.mdocs.get(summary.mdoc_path or "") if self._watcher else None
-        if watched is None:
-            return None
-        tomo5 = watched.parsed.tomo5_tilt_axis_deg
-        if watched.parsed.tilt_axis_deg is None and tomo5 is not None:
+        tomo5 = watched.parsed.tomo5_tilt_axis_deg if watched is not None else None
+        if watched is not None and watched.parsed.tilt_axis_deg is None and tomo5 is not None:
             self._once_log("warning", "tilt_axis_unknown", summary.name,
                            f"Tomography 5's TiltAxisAngle = {tomo5:g} is not SerialEM's tilt "
                            "axis (another convention) and is not used: set tilt_axis "
                            "(--tilt-axis) for the stacks' mdoc and RELION", series=summary.name)
-        return watched.parsed.tilt_axis_deg
+        elif watched is None or watched.parsed.tilt_axis_deg is None:
+            # RELION's import requires the axis (its alignment hands it to IMOD); written as 0
+            # it sent the alignment ~85 degrees off, with nothing said
+            self._once_log("warning", "tilt_axis_unknown", summary.name,
+                           "no tilt axis: no series mdoc with SerialEM's 'Tilt axis angle' "
+                           "title; RELION's rlnTomoNominalTiltAxisAngle is written as 0 and the "
+                           "stacks' mdocs give none: set tilt_axis (--tilt-axis)",
+                           series=summary.name)
+        return None if watched is None else watched.parsed.tilt_axis_deg
 
     def poll(self) -> None:
         """Collect finished assemblies (each completes its series)."""

@@ -50,3 +50,26 @@ def test_tomography_5s_tilt_axis_is_not_taken_for_serialems_and_the_log_says_so(
     table = starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]
     assert -171.35 not in set(table["rlnTomoNominalTiltAxisAngle"])
     assert len(table) == len(tilts)
+
+
+def test_a_series_whose_mdoc_gives_no_tilt_axis_says_so_once(tmp_path):
+    """No ``Tilt axis angle`` title (a series mdoc written by a script, or only frame mdocs):
+    RELION's table got a tilt axis of 0, which its alignment hands to IMOD (85 degrees off
+    here), and nothing was said."""
+    watch, out, tilts = copied_series(tmp_path, seed=4)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    text = mdoc.read_text()
+    serialem_title = "    Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 1"
+    mdoc.write_text(text.replace(serialem_title, "    binning = 1  spot = 8  camera = 1"))
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
+                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on")
+    log = RecordingLog()
+    run_until_idle(Service(config, logger=log, listeners=[RelionListener(RelionOptics())],
+                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5,
+                                                                    mdoc_quiet_s=0.2),
+                                                       mode="on")), guard_s=30.0)
+    assert [f["series"] for _, e, f in log.events if e == "series_completed"] == ["TS_01"]
+    (unknown,) = [f["reason"] for _, e, f in log.events if e == "tilt_axis_unknown"]
+    assert unknown.startswith("no tilt axis") and "--tilt-axis" in unknown
+    assert len(starfile.read(out / "TS_01" / "TS_01.star", always_dict=True)["TS_01"]) == len(tilts)
