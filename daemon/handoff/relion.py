@@ -566,6 +566,11 @@ def write_star(path: str | Path, blocks: Mapping[str, Any], *,
 
     from correction.write import atomic_write, text_bytes
 
+    # a simple block's floats as its loops' are (6 decimals, RELION's own %12.6f): not the
+    # float noise of repr (rlnMicrographDoseRate 0.49999999999999994)
+    blocks = {name: ({k: round(v, 6) if isinstance(v, float) and math.isfinite(v) else v
+                      for k, v in block.items()} if isinstance(block, Mapping) else block)
+              for name, block in blocks.items()}
     shielded, names = _shield_names(_writable_rows(Path(path), blocks, left_out))
     text = starfile.to_string(shielded)
     if names:  # in one pass (a replace per name was quadratic: 200 s for 16,000 movies)

@@ -159,6 +159,19 @@ def test_motion_star_shifts_bring_each_frame_onto_the_written_micrograph_in_unbi
     assert accumulated_motion_px(motion, dose_cutoff_e_A2=0.0)[0] == pytest.approx(total, abs=1.0)
 
 
+def test_a_simple_blocks_floats_are_written_to_six_decimals_as_its_loops_are(tmp_path):
+    """``rlnMicrographDoseRate 0.49999999999999994``: a mean of per-frame doses written with
+    every digit of its float noise, unlike the loops' 6 decimals (RELION's own %12.6f)."""
+    from daemon.handoff.relion import write_star
+
+    dose_rate = 1.5 / 3.0000000000000004  # 0.49999999999999994
+    path = write_star(tmp_path / "m.star", {"general": {"rlnMicrographDoseRate": dose_rate,
+                                                        "rlnVoltage": 300.0}})
+    text = path.read_text()
+    assert "0.49999999999999" not in text
+    assert starfile.read(path)["rlnMicrographDoseRate"] == pytest.approx(0.5, abs=1e-12)
+
+
 def test_single_particle_star_lists_each_movie_once_with_its_records_values(tmp_path):
     rng = np.random.default_rng(7)
     out = tmp_path / "out"
