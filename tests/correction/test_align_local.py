@@ -792,6 +792,20 @@ def test_grouped_frames_follow_the_fast_early_motion_of_a_strong_field(seed, e_p
     assert 0.6 * lm.predicted_error_px < actual < 1.5 * lm.predicted_error_px
 
 
+def test_patches_without_signal_predict_no_error_and_the_record_says_none():
+    """10 % contrast at 0.05 e/px/frame: no patch has signal. The model fitted to the noise
+    peaks had a small residual, and the record said a predicted error of 0.36 px (0.14 px on
+    a cryo-like field) where the shifts erred by pixels: a claim the data cannot make."""
+    from correction.align_local import local_motion_record
+
+    movie, _, _ = local_movie(2, (1024, 1024), 10, e_per_px=0.05, corner_px=0.0, drift_px=6.0,
+                              contrast=0.1)
+    shifts, lm = _global_then_local(movie.frames)
+    assert not lm.applied and lm.reason.startswith("too little signal")
+    assert not np.isfinite(lm.predicted_error_px)
+    assert local_motion_record(lm, shifts)["predicted_error_px"] is None
+
+
 def test_a_frame_whose_patches_are_all_rejected_leaves_a_finite_predicted_error():
     """A stage jerk in one frame that the time basis cannot follow: the robust fit rejects
     every patch in that frame. Its weight (0) made the frame-common error 0 / 0 (a floor of
