@@ -65,7 +65,7 @@ from .io.mrc import header_pixel_size_A
 from .mdoc_text import format_mdoc, serialem_datetime
 from .quicklook import (SERIES_QUICKLOOK_KINDS, SeriesTilt, motion_record_beside,
                         write_series_quicklook)
-from .write import atomic_write, mrc_header_bytes, text_bytes
+from .write import atomic_write, mrc_header_bytes, replace_with_hard_link, text_bytes
 from .stems import fit_output_stem
 
 __all__ = ["STACK_KINDS", "StackTilt", "StackResult", "assemble_series", "exposure_filter",
@@ -304,20 +304,6 @@ def aretomo_tilt_table(ordered: Sequence[StackTilt]) -> str:
                    for t in ordered)
 
 
-def _replace_with_link(target: Path, link: Path) -> None:
-    """``link`` becomes a hard link to ``target`` (atomically replacing what was there; left
-    alone when it already is one)."""
-    if link.exists() and os.path.samefile(link, target):
-        return
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    os.link(target, tmp)
-    os.replace(tmp, link)
-
-
 #: The sub-folder of a series folder that holds AreTomo3's inputs (:func:`link_aretomo_inputs`).
 ARETOMO_FOLDER = "aretomo3"
 _ARETOMO_SUFFIXES = (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")
@@ -365,7 +351,7 @@ def link_aretomo_inputs(folder: str | Path, series: str, name: str) -> tuple[Pat
         target = targets.get(suffix)
         if target is not None and target.exists():
             sub.mkdir(exist_ok=True)
-            _replace_with_link(target, link)
+            replace_with_hard_link(target, link)
             made.append(link)
         elif link.exists() or link.is_symlink():
             link.unlink()  # a half no longer given with this main stack
@@ -490,7 +476,7 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
     aretomo_tlt_path = folder / f"{stem}_TLT.txt"
     atomic_write(aretomo_tlt_path, lambda fh: fh.write(aretomo_bytes))
     links = [folder / f"{stem}.st"]
-    _replace_with_link(stacks["sum"], links[0])
+    replace_with_hard_link(stacks["sum"], links[0])
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

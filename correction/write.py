@@ -40,7 +40,7 @@ from .errors import ForeignOutputError
 
 __all__ = ["write_mrc_atomic", "write_json_atomic", "mrc_header_bytes", "atomic_write",
            "write_output_set", "OutputSet", "mrc_writer", "json_writer", "temporary_name", "plain",
-           "open_new_file", "write_probe_error",
+           "open_new_file", "write_probe_error", "replace_with_hard_link",
            "text_bytes", "written_by_motionwatch"]
 
 #: writes one file's whole content to the binary handle it is given
@@ -78,6 +78,30 @@ def temporary_name(path: str | Path) -> Path:
     set of this process writing ``path`` at the same time (:class:`_TemporariesInUse`)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def replace_with_hard_link(target: str | Path, link: str | Path) -> None:
+    """Make ``link`` a hard link to ``target``, replacing what was there atomically; nothing to
+    do when it already is one.
+
+    The new name is made under the writers' hidden temporary (:func:`temporary_name`), then
+    renamed over ``link``: a process killed in between leaves a ``.<name>.tmp-<pid>`` that the
+    daemon removes at its next start (the hand-off's links had a name of their own, and a
+    third name of a stack stayed in ``aretomo3/`` for good).
+    """
+    target, link = Path(target), Path(link)
+    try:
+        if os.path.samefile(target, link):
+            return
+    except OSError:  # no link yet (or no target: os.link says so)
+        pass
+    tmp = temporary_name(link)
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.link(target, tmp)
+    os.replace(tmp, link)
 
 
 class _TemporariesInUse:

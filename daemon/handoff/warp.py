@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
+from correction.write import replace_with_hard_link
 from daemon.handoff.relion import MovieMotion, output_stem
 
 __all__ = ["WARP_XML", "warp_layout", "warp_layout_displaced", "warp_layout_in_place",
@@ -44,23 +45,12 @@ WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folde
 
 
 def _link(target: Path, link: Path) -> None:
-    """``link`` a hard link to ``target``, replaced atomically (through a hidden temporary
-    name); nothing to do when it already is one: ``rename`` of two names of one file does
-    nothing, and the temporary name stayed, a third name of the image at every restart that
-    adopted the movie's outputs."""
+    """``link`` a hard link to ``target`` (:func:`correction.write.replace_with_hard_link`:
+    nothing to do when it already is one; ``rename`` of two names of one file does nothing,
+    and a temporary name stayed, a third name of the image at every restart that adopted the
+    movie's outputs)."""
     link.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if os.path.samefile(target, link):
-            return
-    except OSError:  # no link yet (or no target: os.link says so)
-        pass
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    os.link(target, tmp)
-    os.replace(tmp, link)
+    replace_with_hard_link(target, link)
 
 
 def warp_name(motion: MovieMotion) -> str:

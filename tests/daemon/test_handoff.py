@@ -1398,3 +1398,33 @@ def test_a_name_holding_a_hash_keeps_the_folders_star_readable(tmp_path):
     mics = starfile.read(out / "corrected_micrographs.star", always_dict=True)["micrographs"]
     assert sorted(mics["rlnMicrographName"]) == ["#1_001_DW.mrc", "grid#2/spa_0_DW.mrc"]
     assert sorted(mics["rlnMicrographMetadata"]) == ["#1_001.star", "grid#2/spa_0.star"]
+
+
+@pytest.mark.parametrize("make_link", ["warp", "stack"])
+def test_a_link_left_half_made_by_a_killed_daemon_is_removed_at_the_next_start(
+        tmp_path, monkeypatch, make_link):
+    """SIGKILL between making a hand-off link's new name and renaming it over the old one
+    (Warp's ``average/``, AreTomo3's ``aretomo3/``, ``S.st``): the hidden name had a pattern of
+    its own that the start-up clean-up did not know, and a third name of the image stayed."""
+    import daemon.handoff.warp as warp
+    from correction import stack
+    from daemon.engine.outputs import clean_temporary_outputs
+
+    target = tmp_path / "x_DW.mrc"
+    target.write_bytes(b"image")
+    link = tmp_path / "average" / "x.mrc"
+    link.parent.mkdir()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        if make_link == "warp":
+            warp._link(target, link)
+        else:
+            stack.replace_with_hard_link(target, link)  # S.st, aretomo3/
+    monkeypatch.undo()
+    assert [p.name for p in link.parent.iterdir() if p.name.startswith(".")]  # left behind
+    clean_temporary_outputs(tmp_path)
+    assert list(link.parent.iterdir()) == [] and os.stat(target).st_nlink == 1
