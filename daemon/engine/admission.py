@@ -235,6 +235,9 @@ class Admission:
         self.deferred = 0
         self._deferred_paths: list[Path] = []
         self._looked: set[tuple[str, int, int]] = set()  # versions admission has looked at
+        # the inode each handled path had when admission took it: another file renamed in
+        # under the same name, size and mtime (rsync -a --checksum) is met again
+        self._handled_inodes: dict[str, tuple[int, int] | None] = {}
         self._stems = OutputStems()
         #: folder and suffix (``/data/grid1/*.tif``) -> frames of the last movie of that kind
         #: admitted from it (a movie with fewer waits)
@@ -249,6 +252,7 @@ class Admission:
     def forget_all(self) -> None:
         """Look at every movie again (the ledger was re-created)."""
         self._handled.clear()
+        self._handled_inodes.clear()
         self._looked.clear()
         self._recorded = None
         self._requeue_serial = None
@@ -349,9 +353,19 @@ class Admission:
         waiting: dict[Path, str] = {}
         recorded = self._recorded_versions()
         to_admit = []
+        present_paths = {h[0] for h in present}
+        self._handled_inodes = {p: i for p, i in self._handled_inodes.items()
+                                if p in present_paths}
         for obs in movies:
-            if (str(obs.path), obs.size, obs.mtime_ns) in self._handled:
-                continue
+            ident = (str(obs.path), obs.size, obs.mtime_ns)
+            if ident in self._handled:
+                known = self._handled_inodes.setdefault(str(obs.path), obs.inode)
+                if known is None or obs.inode is None or known == obs.inode:
+                    continue
+                # another file under the name, size and mtime: admission compares it with the
+                # done row (movie_replaced), as a restart did
+                self._handled.discard(ident)
+            self._handled_inodes[str(obs.path)] = obs.inode
             if obs.path not in settled:
                 if (str(obs.path), obs.size, obs.mtime_ns) not in recorded:
                     waiting[obs.path] = "settling"

@@ -681,6 +681,27 @@ def test_a_renamed_grid_folder_on_a_share_whose_inodes_changed_is_not_corrected_
     assert [r.status for r in _rows_moved_to(out, watch / "grid1_good", tilts)] == ["done"] * 3
 
 
+def test_another_movie_renamed_in_with_the_same_name_size_and_mtime_is_corrected_while_running(
+        tmp_path):
+    """``rsync -a --checksum`` of another exposure of the same size over a corrected movie (a
+    temporary renamed into place, the mtime kept): a running daemon had handled that name,
+    size and mtime and never looked again; only a restart found the new file. Now its new
+    inode is seen at the next scan and the file is corrected again, once."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    movie = watch / "grid1" / "m1.mrc"
+    _movie(movie, seed=0)
+    _movie(tmp_path / "other.mrc", seed=1)  # the same size: another movie
+    config = _config(watch, out, params=_DOSE1, exit_when_idle_s=None)
+    with _running(config) as (log, wait_for):
+        wait_for(lambda: len(log.named("movie_done")) == 1)
+        st = os.stat(movie)
+        os.replace(tmp_path / "other.mrc", movie)
+        os.utime(movie, ns=(st.st_atime_ns, st.st_mtime_ns))
+        wait_for(lambda: len(log.named("movie_done")) == 2, timeout_s=15.0)
+        time.sleep(0.5)  # scans go on: not corrected a third time
+    assert _started(log) == [str(movie)] * 2 and len(log.named("movie_replaced")) == 1
+
+
 def test_a_movie_whose_inode_changed_in_place_learns_its_new_inode(tmp_path):
     """A remount alone: nothing is corrected again and the rows learn the files' inodes, so a
     later link or rename is recognised by inode again."""
@@ -846,8 +867,8 @@ def _assembled(folder: Path) -> set[str]:
 #: what the assembly and the hand-off write for series TS_01 of ``TS_01.mrc.mdoc``
 _SERIES_FILES = {f"TS_01{s}" for s in (
     ".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".mrc.mdoc", "_DW.mrc.mdoc", "_EVN.mrc.mdoc",
-    "_ODD.mrc.mdoc", ".tlt", ".rawtlt", "_TLT.txt", ".st", ".csv", ".sheet.png", ".chart.png",
-    ".star")} | {f"aretomo3/TS_01.mrc{s}" for s in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")}
+    "_ODD.mrc.mdoc", ".tlt", ".rawtlt", "_TLT.txt", ".st", ".st.mdoc", ".csv", ".sheet.png",
+    ".chart.png", ".star")} | {f"aretomo3/TS_01.mrc{s}" for s in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")}
 
 
 def test_a_renamed_folders_old_series_stacks_are_removed_and_stay_removed(tmp_path):
