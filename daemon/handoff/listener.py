@@ -197,6 +197,15 @@ def _abs(path: str | Path) -> str:
     return os.path.abspath(os.fspath(path))
 
 
+def _star_current(motion: MovieMotion) -> bool:
+    """Whether the movie's motion STAR is there and written since its motion record (a kill
+    after a redo's record and before its STAR left the old correction's STAR, present)."""
+    try:
+        star = motion_star_path(motion.motion_path).stat().st_mtime_ns
+        return star >= motion.motion_path.stat().st_mtime_ns
+    except OSError:
+        return False
+
 class _NullLog:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
@@ -404,7 +413,7 @@ class RelionListener(ServiceListener):
             warp_owner[place] = max(warp_owner.get(place, (mtime, key)), (mtime, key))
         for key, (_, motion, _) in loaded_all.items():
             owner = warp_owner[(motion.motion_path.parent, warp_name(motion))][1] == key
-            if key in self._renamed or not motion_star_path(motion.motion_path).exists() or (
+            if key in self._renamed or not _star_current(motion) or (
                     self.warp and owner and not warp_layout_in_place(motion)):
                 self._write_movie_files(motion, warp=owner)
             if self.warp and not owner:  # an earlier release's layout of it, by its stem

@@ -116,8 +116,21 @@ def warp_layout_in_place(motion: MovieMotion) -> bool:
     if (folder / "average" / f"{name}.motion.json").exists():
         return True
     stem = output_stem(motion.motion_path)
-    return ((folder / f"{name}.xml").exists() and _own_average(motion)
+    return ((folder / f"{name}.xml").exists() and _own_links(motion, name)
             and (stem == name or not (folder / f"{stem}.xml").exists()))
+
+
+def _own_links(motion: MovieMotion, root: str) -> bool:
+    """Whether the average and the even and odd halves of the layout under ``root`` are links
+    to the movie's own images now (a kill during a redo left old halves behind a new
+    average)."""
+    for target, link in _links(motion, root):
+        try:
+            if target is not None and not os.path.samefile(link, target):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _links(motion: MovieMotion, root: str) -> list[tuple[str | None, Path]]:

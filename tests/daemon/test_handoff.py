@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -589,6 +590,34 @@ def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
     _run_single_particle(config)
     assert table(star) == written and xml.exists()
     assert (out / "spa_1.star").stat().st_mtime_ns == untouched  # present files are left alone
+
+
+def test_a_restart_renews_the_per_movie_files_a_kill_during_a_redo_left_stale(tmp_path):
+    """A movie corrected again (new settings), the service killed after its new record and
+    before the listener rewrote its motion STAR and Warp halves: the STAR kept the old
+    correction's values and ``average/even|odd`` the old halves, as both were present."""
+    import shutil
+
+    out, config = _single_particle_session(tmp_path, seed=5)
+
+    def table(path: Path) -> list[str]:  # without starfile's "# Created ... at <time>" line
+        return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+    _run_single_particle(config)
+    star, record = out / "spa_0.star", out / "spa_0.motion.json"
+    written = table(star)
+    stale = re.sub(r"(_rlnVoltage\s+)300\.0", r"\g<1>200.0", star.read_text())  # the old run's
+    assert stale != star.read_text()
+    star.write_text(stale)
+    old = record.stat().st_mtime_ns - 10**9
+    os.utime(star, ns=(old, old))
+    even = out / "average" / "even" / "spa_0.mrc"
+    shutil.copy(out / "spa_0_EVN.mrc", tmp_path / "old_EVN.mrc")
+    even.unlink()
+    os.link(tmp_path / "old_EVN.mrc", even)  # the old half, held by the link alone
+    _run_single_particle(config)
+    assert table(star) == written
+    assert os.path.samefile(even, out / "spa_0_EVN.mrc")
 
 
 def test_polishing_gets_the_gain_as_mrc_in_the_movies_orientation_named_in_each_motion_star(
