@@ -573,22 +573,24 @@ def test_a_movie_named_in_another_charset_is_listed_under_its_name_on_disk(tmp_p
     assert movie in open(motion_star, "rb").read().split()  # rlnMicrographMovieName
 
 
+def _table(path: Path) -> list[str]:
+    """A STAR file's lines without starfile's "# Created ... at <time>" line."""
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
 def test_a_restart_writes_the_per_movie_files_a_kill_left_unwritten(tmp_path):
     """A service killed after the ledger recorded a movie done and before the listener wrote
     its motion STAR and Warp xml: the next start writes them (no later event would)."""
     out, config = _single_particle_session(tmp_path, seed=5)
 
-    def table(path: Path) -> list[str]:  # without starfile's "# Created ... at <time>" line
-        return [line for line in path.read_text().splitlines() if not line.startswith("#")]
-
     _run_single_particle(config)
     star, xml = out / "spa_0.star", out / "spa_0.xml"
-    written = table(star)
+    written = _table(star)
     star.unlink()  # as if killed before the listener heard of spa_0
     xml.unlink()
     untouched = (out / "spa_1.star").stat().st_mtime_ns
     _run_single_particle(config)
-    assert table(star) == written and xml.exists()
+    assert _table(star) == written and xml.exists()
     assert (out / "spa_1.star").stat().st_mtime_ns == untouched  # present files are left alone
 
 
@@ -600,12 +602,9 @@ def test_a_restart_renews_the_per_movie_files_a_kill_during_a_redo_left_stale(tm
 
     out, config = _single_particle_session(tmp_path, seed=5)
 
-    def table(path: Path) -> list[str]:  # without starfile's "# Created ... at <time>" line
-        return [line for line in path.read_text().splitlines() if not line.startswith("#")]
-
     _run_single_particle(config)
     star, record = out / "spa_0.star", out / "spa_0.motion.json"
-    written = table(star)
+    written = _table(star)
     stale = re.sub(r"(_rlnVoltage\s+)300\.0", r"\g<1>200.0", star.read_text())  # the old run's
     assert stale != star.read_text()
     star.write_text(stale)
@@ -616,7 +615,7 @@ def test_a_restart_renews_the_per_movie_files_a_kill_during_a_redo_left_stale(tm
     even.unlink()
     os.link(tmp_path / "old_EVN.mrc", even)  # the old half, held by the link alone
     _run_single_particle(config)
-    assert table(star) == written
+    assert _table(star) == written
     assert os.path.samefile(even, out / "spa_0_EVN.mrc")
 
 

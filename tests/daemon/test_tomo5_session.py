@@ -23,14 +23,8 @@ from daemon.series.resolver import TiltSeriesResolver
 from daemon.settings.config import Config
 
 
-def test_tomography_5s_tilt_axis_is_not_taken_for_serialems_and_the_log_says_so(tmp_path):
-    watch, out, tilts = copied_series(tmp_path, seed=4)
-    mdoc = watch / "TS_01.mrc.mdoc"
-    text = mdoc.read_text()
-    serialem_title = "    Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 1"
-    assert serialem_title in text
-    mdoc.write_text(text.replace(serialem_title, "TiltAxisAngle = -171.35 Binning = 1 "
-                                                 "SpotSize = 8"))
+def _run(watch, out) -> RecordingLog:
+    """The daemon with the RELION hand-off until idle; its log."""
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
                     settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
                     heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on")
@@ -39,6 +33,18 @@ def test_tomography_5s_tilt_axis_is_not_taken_for_serialems_and_the_log_says_so(
                            resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5,
                                                                     mdoc_quiet_s=0.2),
                                                        mode="on")), guard_s=30.0)
+    return log
+
+
+def test_tomography_5s_tilt_axis_is_not_taken_for_serialems_and_the_log_says_so(tmp_path):
+    watch, out, tilts = copied_series(tmp_path, seed=4)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    text = mdoc.read_text()
+    serialem_title = "    Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 1"
+    assert serialem_title in text
+    mdoc.write_text(text.replace(serialem_title, "TiltAxisAngle = -171.35 Binning = 1 "
+                                                 "SpotSize = 8"))
+    log = _run(watch, out)
 
     assert [f["series"] for _, e, f in log.events if e == "series_completed"] == ["TS_01"]
     unknown = [f["reason"] for _, e, f in log.events if e == "tilt_axis_unknown"]
@@ -61,14 +67,7 @@ def test_a_series_whose_mdoc_gives_no_tilt_axis_says_so_once(tmp_path):
     text = mdoc.read_text()
     serialem_title = "    Tilt axis angle = 85.3, binning = 1  spot = 8  camera = 1"
     mdoc.write_text(text.replace(serialem_title, "    binning = 1  spot = 8  camera = 1"))
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
-                    settle_time_s=0.1, scan_interval_s=0.05, incomplete_grace_s=2.0,
-                    heartbeat_s=0.2, exit_when_idle_s=1.0, polling="on")
-    log = RecordingLog()
-    run_until_idle(Service(config, logger=log, listeners=[RelionListener(RelionOptics())],
-                           resolver=TiltSeriesResolver(SeriesConfig(metadata_wait_s=0.5,
-                                                                    mdoc_quiet_s=0.2),
-                                                       mode="on")), guard_s=30.0)
+    log = _run(watch, out)
     assert [f["series"] for _, e, f in log.events if e == "series_completed"] == ["TS_01"]
     (unknown,) = [f["reason"] for _, e, f in log.events if e == "tilt_axis_unknown"]
     assert unknown.startswith("no tilt axis") and "--tilt-axis" in unknown
