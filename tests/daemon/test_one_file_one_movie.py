@@ -868,7 +868,8 @@ def _assembled(folder: Path) -> set[str]:
 _SERIES_FILES = {f"TS_01{s}" for s in (
     ".mrc", "_DW.mrc", "_EVN.mrc", "_ODD.mrc", ".mrc.mdoc", "_DW.mrc.mdoc", "_EVN.mrc.mdoc",
     "_ODD.mrc.mdoc", ".tlt", ".rawtlt", "_TLT.txt", ".st", ".st.mdoc", ".csv", ".sheet.png",
-    ".chart.png", ".star")} | {f"aretomo3/TS_01.mrc{s}" for s in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")}
+    ".chart.png", ".star")} | {f"aretomo3/TS_01.mrc{s}"
+                               for s in (".mrc", "_EVN.mrc", "_ODD.mrc", "_TLT.txt")}
 
 
 def test_a_renamed_folders_old_series_stacks_are_removed_and_stay_removed(tmp_path):
