@@ -160,7 +160,12 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
     with Ledger(db_path, read_only=True) as ledger:
         counts = ledger.movie_counts()  # a file once, by its newest version
         state = ledger.service_state()
-        done = [_brief(r) for r in ledger.recent("done", last)]
+        # a file once, by its newest row (a movie corrected again under other settings keeps
+        # a done row per parameter set: it was listed twice)
+        newest_done: dict[str, MovieRow] = {}
+        for r in ledger.recent("done", 4 * last):
+            newest_done.setdefault(r.key.path, r)
+        done = [_brief(r) for r in list(newest_done.values())[:last]]
         # a movie corrected after it failed (a retry, a new version) is no longer a failure
         done_since = ledger.done_times()
         # a file once, by its newest failure (quarantined again under other settings: an

@@ -427,3 +427,17 @@ def test_movies_put_back_by_trouble_outside_them_are_not_shown_as_failed(tmp_pat
     assert status["backlog"]["pending"] == 3
     assert {r["movie"]: r.get("put_back", False) for r in status["failures"]} == {
         "/d/a.mrc": True, "/d/b.mrc": True, "/d/c.mrc": False}
+
+
+def test_a_movie_corrected_again_under_other_settings_is_listed_once_among_the_last_done(
+        tmp_path, capsys):
+    """Each parameter set keeps its done row: the movie was listed twice under "last done"."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        for key in (MovieKey("/d/a.mrc", 10, 1, "300kV"), MovieKey("/d/b.mrc", 10, 2, "f"),
+                    MovieKey("/d/a.mrc", 10, 1, "200kV")):
+            db.add(key)
+            db.claim(key)
+            db.mark_done(key, outputs={"sum": "/o/x.mrc"}, timings={"total": 1.0}, summary={})
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [r["movie"] for r in status["last_done"]] == ["/d/a.mrc", "/d/b.mrc"]
