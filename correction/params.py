@@ -259,8 +259,10 @@ class AlignParams:
         _require(self.group_frames >= 1, f"group_frames must be >= 1, got {self.group_frames}")
         _require(self.patch_group_frames is None or self.patch_group_frames >= 1,
                  f"patch_group_frames must be >= 1, got {self.patch_group_frames}")
-        _require(self.patches_x >= 0 and self.patches_y >= 0,
-                 f"patches must be >= 0, got {self.patches_x} x {self.patches_y}")
+        negative = [f"{axis} is {count}" for axis, count in
+                    (("NX (across x)", self.patches_x), ("NY (down y)", self.patches_y))
+                    if count < 0]
+        _require(not negative, f"patches must be >= 0 on each axis: {', '.join(negative)}")
 
     @property
     def patch_group(self) -> int:

@@ -57,3 +57,13 @@ def test_a_patch_count_of_0_or_1_on_either_axis_means_global_only(nx, ny, local)
     """Mutant S16 (params.py:263, ``and`` -> ``or``): --patches' help and AlignParams say "a
     count of 0 or 1 on either axis = global only"; MotionCor2's -Patch 5 1 is no patch grid."""
     assert AlignParams(patches_x=nx, patches_y=ny).local_enabled is local
+
+
+@pytest.mark.parametrize("nx, ny, named", [(-1, 5, "NX (across x) is -1"),
+                                           (5, -2, "NY (down y) is -2"),
+                                           (-3, -4, "NX (across x) is -3, NY (down y) is -4")])
+def test_a_negative_patch_count_is_refused_naming_its_axis(nx, ny, named):
+    """"patches must be >= 0, got 5 x -2" named neither axis (is 5 x -2 the NX NY order?)."""
+    with pytest.raises(ParameterError, match=r"^patches must be >= 0 on each axis: ") as caught:
+        AlignParams(patches_x=nx, patches_y=ny)
+    assert str(caught.value).endswith(named)
