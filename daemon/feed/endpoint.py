@@ -4,10 +4,15 @@ exposed beyond this machine only when allowed), for the publisher and its subscr
 from __future__ import annotations
 
 import argparse
+import errno
+import grp
 import ipaddress
+import os
+import socket
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_ENDPOINT", "PublishConfigError", "endpoint_is_local", "feed_endpoint"]
+__all__ = ["DEFAULT_ENDPOINT", "PublishConfigError", "endpoint_is_local", "feed_endpoint",
+           "ipc_connect_problem"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 _LOOPBACK_NAMES = {"localhost", "lo", "ip6-localhost"}
@@ -60,3 +65,37 @@ def endpoint_is_local(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # "*", an interface name or a host name
+
+
+def ipc_connect_problem(endpoint: str) -> str | None:
+    """Why a subscriber cannot reach an ``ipc://`` feed, told by connecting to its socket file
+    once (None when it connects, or for any other transport: ZeroMQ retries a refused connect
+    in silence, so a subscriber refused for lack of permission heard nothing and asked "is the
+    daemon running?"). Connecting to a Unix socket takes write permission on it."""
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    path = endpoint[len("ipc://"):]
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except PermissionError:
+        return f"this account may not connect to {path} (permission denied){_group_hint(path)}"
+    except FileNotFoundError:
+        return f"no socket at {path}: is the daemon running, with this feed?"
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return f"nothing listens on {path}: the daemon that made it has stopped"
+        return f"cannot connect to {path}: {exc.strerror or exc}"
+    finally:
+        probe.close()
+    return None
+
+
+def _group_hint(path: str) -> str:
+    """Whom to ask: the group that may connect to the socket file (as the units make it)."""
+    try:
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return ""
+    return f": its group {group} may; ask to be added to it"

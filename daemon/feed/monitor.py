@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from daemon import exitcodes
-from daemon.feed.endpoint import endpoint_is_local
+from daemon.feed.endpoint import endpoint_is_local, ipc_connect_problem
 from daemon.feed.messages import series_status
 from daemon.system.terminal_text import printable
 
@@ -450,8 +450,9 @@ def run(args: argparse.Namespace) -> int:
                 remote = args.curve_server_key is None and not endpoint_is_local(args.endpoint)
                 keys = "; a feed on a network address may need --curve-server-key" \
                     if remote else ""
+                why = ipc_connect_problem(args.endpoint) or f"is the daemon running?{keys}"
                 print(f"motionwatch monitor: nothing from {args.endpoint} in {args.wait:g} s "
-                      f"(is the daemon running?{keys})", file=sys.stderr)
+                      f"({why})", file=sys.stderr)
                 return 1
             console.print(render(state, time.monotonic()))
             return exitcodes.OK

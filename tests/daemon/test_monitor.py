@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import pytest
 from rich.console import Console
 from system_tools import require_tool
 
+from daemon.feed.endpoint import ipc_connect_problem
 from daemon.feed.monitor import MonitorState, render, sparkline
 from daemon.feed.messages import SCHEMA, DriftRules, movie_message, movie_warnings, TiltInfo
 from daemon.feed.publisher import PublishConfig, Publisher
@@ -208,7 +211,8 @@ def test_monitor_once_prints_the_state_of_a_running_publisher_and_exits():
         missing = subprocess.run([sys.executable, "-m", "daemon", "monitor", f"ipc://{folder}/none",
                                   "--once", "--wait", "0.5"], capture_output=True, text=True,
                                  timeout=60, cwd=REPO)
-        assert missing.returncode == 1 and "is the daemon running?" in missing.stderr
+        assert missing.returncode == 1 and "is the daemon running" in missing.stderr
+        assert f"no socket at {folder}/none" in missing.stderr
         assert "--curve-server-key" not in missing.stderr  # a local feed has no keys
         remote = subprocess.run([sys.executable, "-m", "daemon", "monitor",
                                  "tcp://192.0.2.1:5557", "--once", "--wait", "0.5"],
@@ -371,3 +375,55 @@ def test_a_state_snapshots_older_heartbeat_does_not_replace_the_newer_one():
     state.apply("state", _menv({"series": [], "movies": [], "warnings": [], "errors": [],
                                 "heartbeat": old}, 11), 1.0)
     assert state.heartbeat["done"] == 9 and state.heartbeat_at == 0.0
+
+
+def _connect_problem_as_nobody(endpoint: str) -> str | None:
+    """:func:`ipc_connect_problem` asked by the account ``nobody`` (a forked child that drops
+    root, which ignores a socket's permissions; the interpreter is not readable by others)."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            os.close(reader)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(writer, repr(ipc_connect_problem(endpoint)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        said = pipe.read()
+    os.waitpid(child, 0)
+    return None if said == "None" else said.strip("'\"")
+
+
+def test_a_subscriber_refused_by_the_feed_socket_is_told_so_not_asked_if_the_daemon_runs():
+    """The units make the feed's socket group-writable; a user outside that group was refused
+    in silence by ZeroMQ's retries, and ``monitor --once`` asked "is the daemon running?"
+    of a daemon that ran. The probe names the socket and its group."""
+    folder = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))
+    endpoint = f"ipc://{folder}/feed"
+    try:
+        folder.chmod(0o755)
+        with Publisher(PublishConfig(endpoint=endpoint)):
+            (folder / "feed").chmod(0o750)
+            assert ipc_connect_problem(endpoint) is None  # its owner connects
+            if os.geteuid() == 0:
+                said = _connect_problem_as_nobody(endpoint)
+            else:
+                (folder / "feed").chmod(0o000)
+                said = ipc_connect_problem(endpoint)
+            group = grp.getgrgid((folder / "feed").stat().st_gid).gr_name
+            assert said == (f"this account may not connect to {folder}/feed (permission denied)"
+                            f": its group {group} may; ask to be added to it")
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # left by a killed daemon
+        stale.bind(str(folder / "stale"))
+        try:
+            assert ipc_connect_problem(f"ipc://{folder}/stale") == \
+                f"nothing listens on {folder}/stale: the daemon that made it has stopped"
+        finally:
+            stale.close()
+        assert ipc_connect_problem("tcp://127.0.0.1:5557") is None  # only ipc is probed
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
