@@ -52,6 +52,48 @@ def test_a_full_size_mrc_whose_last_frames_are_still_zeros_is_not_complete(tmp_p
     assert check_complete(tmp_path / "image.mrc").complete
 
 
+@pytest.mark.parametrize("mode, dtype, counts_per_px, left", [
+    (1, np.int16, 1.0, 60),  # 30 samples of the last frame not written
+    (1, np.int16, 1.0, 4000),  # < 64 KiB left: the window's end was never all zeros
+    (6, np.uint16, 0.1, 1200),
+    (0, np.int8, 1.0, 40),
+    (2, np.float32, 1.0, 200),
+])
+def test_a_pre_sized_mrc_stalled_within_its_last_64_KiB_is_not_complete(tmp_path, mode, dtype,
+                                                                          counts_per_px, left):
+    """A copy stalled with less than the 64-KiB window left was corrected from the partial
+    file, then again once filled: the zero samples ending it are too many for the counts
+    the first frame has there."""
+    frames = np.random.default_rng(4).poisson(counts_per_px, (6, 512, 512)).astype(dtype)
+    with mrcfile.new(tmp_path / "m.mrc") as mrc:
+        mrc.set_data(frames)
+        assert int(mrc.header.mode) == mode
+    complete = (tmp_path / "m.mrc").read_bytes()
+    assert check_complete(tmp_path / "m.mrc").complete
+    _pre_sized(tmp_path / "m.mrc", complete, len(complete) - left)
+    stalled = check_complete(tmp_path / "m.mrc")
+    assert not stalled.complete and stalled.zero_filled
+
+
+@pytest.mark.parametrize("counts_per_px", [0.01, 0.05, 0.3])
+def test_low_dose_movies_and_dead_pixels_ending_in_zero_samples_are_complete(tmp_path,
+                                                                             counts_per_px):
+    """Zero samples end a low-dose frame by chance (at 0.01 e/px, 100 on average), and a
+    detector's dead last columns end every frame: 200 complete movies of each, none held."""
+    rng = np.random.default_rng(5)
+    held = []
+    for i in range(200):
+        frames = rng.poisson(counts_per_px, (3, 64, 256)).astype(np.uint8)
+        if i % 2:
+            frames[:, :, -40:] = 0  # dead last columns, in every frame
+        path = tmp_path / f"m{i}.mrc"
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(frames)
+        if not check_complete(path).complete:
+            held.append(i)
+    assert held == []
+
+
 def test_mrc_of_exactly_the_header_size_is_complete(tmp_path):
     result = check_complete(_mrc(tmp_path / "a.mrc"))
     assert result.complete and result.n_frames == 10
