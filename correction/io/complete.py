@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,4 +296,56 @@ def _check_tiff(path: Path) -> Completeness:
             return Completeness(False, f"last page ({n - 1}) does not decode: {exc}", n)
         if _ends_in_zeros(path, tif):
             return _zero_tail(n, "pages")
+        unwritten = _unwritten_after_last_page(tif, tif.pages[n - 1].offset, layout.file_size)
+        if unwritten:
+            return Completeness(False, f"{n} pages read, but {unwritten}: still being filled "
+                                       "(a copy that sized the file first)?", n,
+                                zero_filled=True)
     return Completeness(True, f"{n} pages, last page decodes", n)
+
+
+#: bytes of TIFF value types (type code -> bytes per value), for values stored out of line
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                    13: 4, 16: 8, 17: 8, 18: 8}
+#: zeros after the last byte a TIFF's last page refers to that a writer's padding may leave
+_PADDING_BYTES = 16
+
+
+def _unwritten_after_last_page(tif: Any, ifd_offset: int, size: int) -> str:
+    """What says that a TIFF whose page chain ends at the IFD at ``ifd_offset`` is not
+    written yet ("" when nothing does): an entry of that IFD that is zeros (no tag has type
+    0), or zeros from the end of everything that page refers to (its IFD, its tags' values,
+    its data) to the end of the file. A writer that puts the IFDs after all image data
+    (tifffile's layout), copied by one that sizes the file first and stalled among them,
+    left a chain cut short at a zero link, and the movie was corrected with the pages found
+    (the file's last 4 KiB are not all zeros when less is left)."""
+    fmt = tif.tiff
+    fh = tif.filehandle
+    fh.seek(ifd_offset)
+    (n_tags,) = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))
+    entries = fh.read(n_tags * fmt.tagsize)
+    referenced = ifd_offset + fmt.tagnosize + n_tags * fmt.tagsize + fmt.offsetsize
+    inline = fmt.tagsize - 4 - fmt.offsetsize  # bytes a value holds in its entry
+    count_format = fmt.byteorder + ("Q" if fmt.offsetsize == 8 else "I")
+    for i in range(n_tags):
+        entry = entries[i * fmt.tagsize:(i + 1) * fmt.tagsize]
+        _, kind = struct.unpack(fmt.byteorder + "HH", entry[:4])
+        if kind not in _TIFF_TYPE_BYTES:
+            return f"entry {i} of its last page's IFD (at byte {ifd_offset}) is not written"
+        (count,) = struct.unpack(count_format, entry[4:4 + fmt.offsetsize])
+        if count * _TIFF_TYPE_BYTES[kind] > inline:
+            (at,) = struct.unpack(fmt.offsetformat, entry[4 + fmt.offsetsize:])
+            referenced = max(referenced, at + count * _TIFF_TYPE_BYTES[kind])
+    page = tif.pages[len(tif.pages) - 1]
+    referenced = max([referenced] + [int(o) + int(c) for o, c in
+                                     zip(page.dataoffsets, page.databytecounts)])
+    if size - referenced <= _PADDING_BYTES:
+        return ""
+    fd = tif.filehandle.fileno()
+    window = 64 << 10
+    if os.pread(fd, min(window, size - referenced), referenced).strip(b"\0") or \
+            os.pread(fd, min(window, size - referenced), max(referenced, size - window)) \
+            .strip(b"\0"):
+        return ""
+    return (f"its bytes {referenced}-{size} after the last page found are zeros (pages not "
+            "linked yet)")

@@ -190,6 +190,26 @@ def test_a_pre_sized_tiff_filled_up_to_its_last_page_is_not_complete(tmp_path, l
         assert zero_filled  # the points the page chain and the last page took for complete
 
 
+@pytest.mark.parametrize("compression", [None, "lzw"])
+def test_a_pre_sized_tiff_stalled_among_its_trailing_page_directories_is_not_complete(
+        tmp_path, compression):
+    """tifffile writes every page's IFD after all the image data: a copy that sized the file
+    first and stalled among them (its last 4 KiB not all zeros) left the chain cut at a zero
+    link, and the movie was taken complete with the pages linked so far (2-7 of 8). Once
+    all 8 pages are linked, the pixels are all there, whatever is left to write."""
+    data = np.random.default_rng(1).integers(1, 5, (8, 128, 128)).astype(np.uint8)
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, data, compression=compression)
+    complete = path.read_bytes()
+    taken_short = []
+    for written in range(len(complete) - 2048, len(complete), 3):
+        _pre_sized(path, complete, written)
+        filling = check_complete(path)
+        if filling.complete and filling.n_frames != 8:
+            taken_short.append((written, filling.n_frames))
+    assert taken_short == []
+
+
 def _ifd_first_tiff(frames: np.ndarray) -> bytes:
     """uint8 TIFF laid out IFD first, then that page's data (one strip): the file ENDS in the
     last page's data, so dead last rows make a zero tail in a complete file."""
