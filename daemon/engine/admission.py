@@ -318,7 +318,10 @@ class Admission:
         for path, reason in result.skipped:
             if (str(path), "skip") not in self._reported:
                 self._reported.add((str(path), "skip"))
-                self._log.warning("movie_ignored", movie=str(path), reason=reason)
+                # recorded quarantined (status lists it), so logged as such: "movie_ignored"
+                # is for what is never recorded (a single image, SerialEM's own stack)
+                self._log.warning("movie_quarantined", movie=str(path), reason=reason,
+                                  stage="discover")
                 key = MovieKey(str(path), -1, -1, self._fingerprint)
                 if self._safe(lambda: self._ledger().add(key, status="quarantined",
                                                          error=reason)) is not None:
