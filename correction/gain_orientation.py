@@ -91,6 +91,16 @@ class Orientation:
         """``"-RotGain K -FlipGain F"``."""
         return f"-RotGain {self.rotate_quarter_turns} -FlipGain {self.flip_gain}"
 
+    @property
+    def motioncor3_gain_file_flags(self) -> str:
+        """The ``-RotGain K -FlipGain F`` that make MotionCor3 orient an EER ``.gain`` file as
+        this orientation does here: MotionCor3 reads a ``.gain`` through its TIFF reader,
+        rows reversed (``TiffUtil/CLoadTiffImage.cpp``, ``mReadByStrip``), where motionwatch
+        keeps its stored rows, as RELION does; so its numbers differ (README, TIFF row order)."""
+        canonical = self.canonical()
+        return (f"-RotGain {(4 - canonical.rotate_quarter_turns) % 4} "
+                f"-FlipGain {0 if canonical.flip == 'updown' else 1}")
+
     def canonical(self) -> Orientation:
         """The member of :data:`ORIENTATIONS` with the same pixel mapping."""
         if self.flip == "leftright":  # reversing columns after K turns = rows after K + 2
@@ -178,6 +188,15 @@ class GainOrientationCheck:
     scores: tuple[OrientationScore, ...]
     inverted: Orientation | None = None
     inverted_r: float = 0.0
+    gain_file_rows_as_stored: bool = False
+
+    def _flags(self, orientation: Orientation) -> str:
+        """MotionCor2's flags (motionwatch's numbers), and for a ``.gain`` file (rows as
+        stored) MotionCor3's, which differ: copied either way, they turned the gain over."""
+        if not self.gain_file_rows_as_stored:
+            return orientation.motioncor2_flags
+        return (f"{orientation.motioncor2_flags} (MotionCor3 on this .gain: "
+                f"{orientation.motioncor3_gain_file_flags})")
 
     @property
     def suspect(self) -> bool:
@@ -187,17 +206,17 @@ class GainOrientationCheck:
     @property
     def message(self) -> str:
         """One line naming MotionCor2's flags (which are motionwatch's ``--gain-rotate/-flip``)."""
-        conf = f"the configured {self.configured.motioncor2_flags} (r={self.configured_r:.2f})"
+        conf = f"the configured {self._flags(self.configured)} (r={self.configured_r:.2f})"
         if self.inverted is not None:
             where = ("in the configured orientation"
                      if self.inverted == self.configured.canonical()
-                     else f"as {self.inverted.motioncor2_flags}")
+                     else f"as {self._flags(self.inverted)}")
             return (f"gain orientation: the gain looks inverted: its reciprocal fits {where} "
                     f"(r={-self.inverted_r:.2f}), better than any orientation of the gain "
-                    f"(best {self.best.motioncor2_flags}, r={self.best_r:.2f}); the gain must "
+                    f"(best {self._flags(self.best)}, r={self.best_r:.2f}); the gain must "
                     f"be a multiplier (raw x gain is flat), not a flat-field count image")
         if self.clearly_better:
-            return (f"gain orientation: {self.best.motioncor2_flags} fits better "
+            return (f"gain orientation: {self._flags(self.best)} fits better "
                     f"(r={self.best_r:.2f}) than {conf}")
         if self.best == self.configured.canonical():
             others = [s for s in self.scores if s.orientation != self.best]
@@ -205,9 +224,9 @@ class GainOrientationCheck:
                 return f"gain orientation: {conf} is the only one that fits the frame shape"
             runner = max(others, key=lambda s: s.r)
             return (f"gain orientation: {conf} fits best; next "
-                    f"{runner.orientation.motioncor2_flags} (r={runner.r:.2f})")
+                    f"{self._flags(runner.orientation)} (r={runner.r:.2f})")
         return (f"gain orientation: no orientation fits clearly better than {conf}; best "
-                f"{self.best.motioncor2_flags} (r={self.best_r:.2f})")
+                f"{self._flags(self.best)} (r={self.best_r:.2f})")
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready summary for the motion record (``"gain_orientation"``)."""
@@ -356,7 +375,8 @@ def _stored_span(o: Orientation, stored_shape: tuple[int, int],
 def check_gain_orientation(raw_sum: np.ndarray, gain_as_configured: np.ndarray, *,
                            configured: Orientation | tuple[int, Flip | int],
                            frame_shape_yx: tuple[int, int] | None = None,
-                           crop_px: int | None = DEFAULT_CROP_PX) -> GainOrientationCheck:
+                           crop_px: int | None = DEFAULT_CROP_PX,
+                           gain_file_rows_as_stored: bool = False) -> GainOrientationCheck:
     """Does another gain orientation fit the movie clearly better than the configured one?
 
     Parameters
@@ -370,6 +390,9 @@ def check_gain_orientation(raw_sum: np.ndarray, gain_as_configured: np.ndarray, 
         The orientation that produced ``gain_as_configured`` (``-RotGain``, ``-FlipGain``).
     frame_shape_yx, crop_px
         As :func:`gain_orientation_scores`.
+    gain_file_rows_as_stored : bool
+        The gain is a ``.gain`` file, read in its stored row order: the message names
+        MotionCor3's flags for it too.
 
     Returns
     -------
@@ -406,4 +429,5 @@ def check_gain_orientation(raw_sum: np.ndarray, gain_as_configured: np.ndarray, 
                                 best_r=best.r, clearly_better=better, margin_r=margin,
                                 n_pixels=n_pixels, scores=scores,
                                 inverted=worst.orientation if inverted else None,
-                                inverted_r=worst.r if inverted else 0.0)
+                                inverted_r=worst.r if inverted else 0.0,
+                                gain_file_rows_as_stored=gain_file_rows_as_stored)

@@ -755,7 +755,8 @@ def _check_orientation(raw_sum: np.ndarray | None, used: np.ndarray,
             raw_sum -= np.float32(used.shape[0]) * gain_reference.dark[window]
     return check_gain_orientation(
         raw_sum, gain_reference.gain, frame_shape_yx=frame_shape,
-        configured=(params.gain.rotate_quarter_turns, params.gain.flip))
+        configured=(params.gain.rotate_quarter_turns, params.gain.flip),
+        gain_file_rows_as_stored=Path(gain_reference.gain_path).suffix.lower() == ".gain")
 
 
 def _tile_fill(fill: float | None, frame_means: dict[int, float], n: int, binned: bool,

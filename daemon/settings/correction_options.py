@@ -81,7 +81,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
                      default="none", metavar="{none,updown,leftright} or 0-2",
                      help="MotionCor2's -FlipGain, applied after the rotation: 0 or none, 1 or "
                           "updown (rows reversed, upside down), 2 or leftright (columns "
-                          "reversed) (default %(default)s)")
+                          "reversed) (default %(default)s). A .gain file keeps its stored "
+                          "rows here, as in RELION; MotionCor3 reverses them, so its numbers "
+                          "for a .gain differ (README, TIFF row order; warnings name both)")
     ref.add_argument("--eer-gain", choices=("multiplicative", "relion", "reciprocal"),
                      default="multiplicative",
                      help="EER movies only: how the --gain file is applied. multiplicative: "

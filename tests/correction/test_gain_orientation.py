@@ -220,3 +220,32 @@ def test_a_gain_given_as_its_reciprocal_is_said_to_be_inverted_and_no_orientatio
     assert right.inverted is None and not right.suspect
     assert "inverted" not in right.to_record()
 
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS + (Orientation(1, "leftright"),))
+def test_motioncor3_flags_for_a_gain_file_orient_its_rows_as_read_by_motioncor3_as_here(
+        orientation):
+    """MotionCor3 reads a ``.gain`` through its TIFF reader, rows reversed
+    (``CLoadTiffImage::mReadByStrip``), then applies -RotGain and -FlipGain; motionwatch keeps
+    a ``.gain``'s stored rows. The MotionCor3 numbers named must give the same gain."""
+    stored = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)  # as in the file, row 0 first
+    here = orientation.view(stored)
+    rot, flip = (int(v) for v in orientation.motioncor3_gain_file_flags.split()[1::2])
+    assert np.array_equal(_truth_orient(stored[::-1], rot, flip), here)
+
+
+def test_the_message_for_a_gain_file_names_motioncor3s_flags_beside_motionwatchs(k3_like):
+    """An EER's ``.gain`` stored upside down: ``--gain-flip 1`` here, which a MotionCor3 EER
+    job gives as ``-FlipGain 0`` (its reader already reversed the rows); the message named only
+    "-RotGain 0 -FlipGain 1", wrong for MotionCor3 users."""
+    gain_true, raw = k3_like
+    stored = _stored_as_written(gain_true, 0, "updown")
+    check = check_gain_orientation(raw, orient(stored), configured=Orientation(0, "none"),
+                                   gain_file_rows_as_stored=True)
+    assert check.clearly_better and check.best == Orientation(0, "updown")
+    assert check.message.startswith("gain orientation: -RotGain 0 -FlipGain 1 (MotionCor3 on "
+                                    "this .gain: -RotGain 0 -FlipGain 0) fits better")
+    assert "the configured -RotGain 0 -FlipGain 0 (MotionCor3 on this .gain: -RotGain 0 " \
+           "-FlipGain 1)" in check.message
+    plain = check_gain_orientation(raw, orient(stored), configured=Orientation(0, "none"))
+    assert "MotionCor3" not in plain.message  # an MRC or TIFF gain: the same numbers
