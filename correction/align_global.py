@@ -235,8 +235,11 @@ def _peaks_are_noise(peaks_yx: np.ndarray, significance: np.ndarray, noise_level
     out from their maps (median significance below what noise reaches) AND they scatter over
     the window (consecutive groups a median of more than a tenth of the window, at least 4 px,
     apart), as a specimen that drifts does not. A map that the specimen's own structure
-    widens can look insignificant though its peaks are right; they then follow a path."""
-    if peaks_yx.shape[0] < 3 or not float(np.median(significance)) < noise_level:
+    widens can look insignificant though its peaks are right; they then follow a path. Two
+    groups' peaks mirror each other (each against the other): their distance is the one step,
+    and following noise there put the halves of a pure-noise EER tens of pixels apart with
+    ``supported`` true."""
+    if peaks_yx.shape[0] < 2 or not float(np.median(significance)) < noise_level:
         return False
     steps = np.hypot(*np.diff(peaks_yx, axis=0).T)
     return float(np.median(steps)) > max(4.0, 0.1 * float(window_px))

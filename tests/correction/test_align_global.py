@@ -414,3 +414,24 @@ def test_a_frame_with_a_fiftieth_of_the_counts_is_dark_and_one_with_a_tenth_is_n
     mostly_dark = rng.poisson(np.array([1.0, 1.0, 1.0, 0, 0, 0, 0, 0])[:, None, None],
                               size=(8, 256, 256)).astype(np.float32)
     assert dark_frames(rfft2(mostly_dark)).tolist() == [False] * 3 + [True] * 5
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_two_groups_of_pure_noise_are_summed_unaligned_and_say_so(seed):
+    """An EER of two fractions, or a movie in two groups, of events with no specimen: the two
+    groups' peaks mirror each other, so the scatter test (3 groups or more) was never made,
+    and the halves were put 18-38 px apart with ``supported`` true. A specimen in two frames
+    at the same dose stays aligned (its peak stands out: 8.5 sigma against noise's 5)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.poisson(1.2, (2, 512, 512)).astype(np.int16)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.2),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    with pytest.warns(UserWarning, match="too little signal to align"):
+        out = correct_frames(noise, pixel_size_A=1.0, params=params, workers=2)
+    assert out.alignment.supported is False and np.all(out.shifts_yx_px == 0.0)
+
+    frames, truth = _split_exposure(rng, 512, 2, 0.6)
+    out = correct_frames(frames, pixel_size_A=1.0, params=params, workers=2)
+    assert out.alignment.supported is True
+    assert out.alignment.peak_significance > out.alignment.noise_peak_significance
+    assert _rms(out.shifts_yx_px, truth) < 0.25 * _rms(np.zeros_like(truth), truth)
