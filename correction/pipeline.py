@@ -380,6 +380,11 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
       electrons per frame, aligns well frame by frame; so can a small frame whose peaks the
       specimen widens: 192 x 256 at 98,000 electrons, peaks at noise's, 0.04 px, advised all
       the same, as advice);
+    * otherwise, weak peaks (as above) at any count that stand no higher than noise's but
+      do not scatter (so the alignment was kept), or that leave the alignment unsettled after
+      its last iteration: a weak specimen (8 frames of 1.5 million electrons at 3-5 %
+      contrast after 100 e/Å²: 1.1-4.0 px off, against 2.7 px unaligned, with nothing said;
+      ``--group 2`` 0.5-3.0 px; at 10 % contrast 0.25 px, settled, nothing said);
     * a whole-frame alignment whose last iteration still moved a frame by more than a pixel
       (it did not converge)."""
     lines = []
@@ -395,6 +400,21 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
                      f"{FEW_ELECTRONS_PER_SUM:,}, and correlation peaks barely above noise's: "
                      "the shifts of single frames may follow noise; --group "
                      f"{min(group, n_used // 2)} (MotionCor2's -Group) aligns sums of frames")
+    elif alignment.supported and weak and np.isfinite(alignment.peak_significance) and (
+            alignment.peak_significance < alignment.noise_peak_significance
+            or not alignment.converged):
+        group = 2 * group_frames
+        grouped = (f"; --group {group} (MotionCor2's -Group) aligns sums of frames"
+                   if n_used // group >= 3 else "")
+        sigmas = (f"{alignment.peak_significance:.1f} standard deviations against noise's "
+                  f"{alignment.noise_peak_significance:.1f}")
+        why = (f"correlation peaks no higher than noise reaches ({sigmas})"
+               if alignment.peak_significance < alignment.noise_peak_significance else
+               f"correlation peaks barely above noise's ({sigmas}) and an alignment that did "
+               f"not settle (its last iteration moved a frame {alignment.last_update_px:.2f} "
+               "px, alignment grid)")
+        lines.append(f"{why}: a weak specimen (thick ice, high tilt, damage), whose shifts may "
+                     f"be pixels off{grouped}")
     if alignment.supported and not alignment.converged \
             and alignment.last_update_px > _UNCONVERGED_PX:
         lines.append(f"the whole-frame alignment did not converge: its last iteration still "
