@@ -20,8 +20,8 @@ A file that can be read but has no valid movie header (neither MRC, TIFF nor EER
 with an impossible mode or size; a reference image) is *not a movie*: no amount of waiting will
 complete it, so :attr:`Completeness.not_a_movie` says so and its reason starts with
 ``"not a movie: "``, for the caller to reject it once its size has settled rather than wait for
-it as incomplete. An empty file, or one shorter than an MRC header, may still be being written
-and stays merely incomplete.
+it as incomplete. An empty file, one shorter than an MRC header, or one whose first 1 KiB is
+zeros (a copy that sized the file first) may still be being written and stays merely incomplete.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def check_complete(path: str | Path) -> Completeness:
         except UnreadableMovieError as exc:
             has_bytes, denied = _first_byte(path)
             if has_bytes:  # bytes there, but no format's signature
-                return _not_a_movie(exc.reason)
+                return _not_a_movie(exc.reason, path)
             if denied is not None:  # permission denied, a share's I/O error: not the movie's
                 raise denied from None
             raise
@@ -108,12 +108,12 @@ def check_complete(path: str | Path) -> Completeness:
             except TruncatedMovieError:
                 raise  # shorter than a header: perhaps still being written
             except CorrectionError as exc:  # a full header that no movie has
-                return _not_a_movie(exc.reason)
+                return _not_a_movie(exc.reason, path)
         if kind == "eer":
             return _check_eer(path)
         if kind == "tiff":
             return _check_tiff(path)
-        return _not_a_movie(f"{kind} files are references, not movies")
+        return _not_a_movie(f"{kind} files are references, not movies", path)
     except CorrectionError as exc:
         return Completeness(False, exc.reason, None)
     except OSError as exc:
@@ -122,8 +122,38 @@ def check_complete(path: str | Path) -> Completeness:
         return Completeness(False, f"does not read yet: {type(exc).__name__}: {exc}", None)
 
 
-def _not_a_movie(reason: str) -> Completeness:
+def _not_a_movie(reason: str, path: Path) -> Completeness:
+    if _head_is_zeros(path):  # no header yet: a copy that sized the file first, stalled
+        return Completeness(False, "its header is zeros (from its first bytes on): not written "
+                                   "yet (a copy that sized the file first)?", None)
     return Completeness(False, f"not a movie: {reason}", None, not_a_movie=True)
+
+
+#: the start of a file looked at for a header not written yet (an MRC's whole main header)
+_HEAD_BYTES = 1024
+#: bytes a stalled copy may have written of a header that is otherwise zeros (a TIFF's 8-byte
+#: header and a little more: an MRC's nx, ny, nz and mode are its first 16)
+_HEAD_WRITTEN_BYTES = 16
+
+
+def _head_is_zeros(path: Path) -> bool:
+    """Whether the file's first bytes (up to :data:`_HEAD_BYTES`) are zeros after its first
+    :data:`_HEAD_WRITTEN_BYTES`: no format has such a header (an MRC's has its axes' order
+    at bytes 64-75 and ``MAP`` at 208, a TIFF's its first IFD's tags), so nobody has written
+    it yet: a Windows copy over SMB sizes the file first and fills it from the start, and
+    stalled in its first bytes it was quarantined as not a movie at once. Only a file whose
+    format was not recognised is asked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        head = os.read(fd, _HEAD_BYTES)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return len(head) > _HEAD_WRITTEN_BYTES and len(head.rstrip(b"\0")) <= _HEAD_WRITTEN_BYTES
 
 
 def _first_byte(path: Path) -> tuple[bool, OSError | None]:

@@ -304,6 +304,31 @@ def test_a_garbage_file_says_not_a_movie_distinctly_from_incomplete(tmp_path, na
     assert result.reason.startswith("not a movie: ")
 
 
+@pytest.mark.parametrize("name", ["m.mrc", "m.tif", "m.eer"])
+@pytest.mark.parametrize("written", [0, 2, 5])
+def test_a_pre_sized_copy_stalled_in_its_first_bytes_is_incomplete_not_garbage(tmp_path, name,
+                                                                             written):
+    """A copy that sized the file first and stalled before its header (its first bytes still
+    zeros) was "not a movie" (nx=0, or "file starts with b'\\x00\\x00'"): quarantined at
+    once, said on the feed as a failure, though it was corrected once filled."""
+    frames = np.random.default_rng(1).poisson(1.0, (4, 128, 128))
+    path = tmp_path / name
+    if name.endswith(".mrc"):
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(frames.astype(np.int16))
+    elif name.endswith(".tif"):
+        tifffile.imwrite(path, frames.astype(np.uint8), compression="lzw")
+    else:
+        write_eer(path, list(frames > 1), shape_yx=(128, 128))
+    complete = path.read_bytes()
+    if written == 0:
+        _pre_sized(path, complete, 0)
+        assert check_complete(path).reason.startswith("its header is zeros")
+    _pre_sized(path, complete, written)
+    stalled = check_complete(path)
+    assert not stalled.complete and not stalled.not_a_movie, stalled.reason
+
+
 @pytest.mark.parametrize("content", [b"", b"\x00" * 100])
 def test_an_empty_or_header_short_mrc_is_incomplete_not_garbage(tmp_path, content):
     path = tmp_path / "being_written.mrc"
