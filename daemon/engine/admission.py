@@ -71,14 +71,15 @@ UNREADABLE_RETRY_S = 60.0
 
 _FOLDERS_REMEMBERED = 10_000  # folders whose last movie's frame count is kept
 #: a movie of no mdoc waits when it has fewer frames than the movie admitted before it from
-#: its folder by more than 2 frames and this fraction (an EER's raw frames may differ by one
-#: or two, a K3 movie may drop one)
-_FOLDER_FRAMES_SLACK = 0.02
+#: its folder: an EER by more than 2 raw frames and this fraction (the raw frames of one
+#: exposure setting differ by one or two), an MRC or TIFF by any (its frames are an exposure
+#: setting's: a writer that paused 2 frames short was corrected at 8, 9 and 10 of 10)
+_EER_FRAMES_SLACK = 0.02
 
 
-def _frames_slack(frames: int) -> float:
-    """Frames two movies of one exposure setting may differ by."""
-    return max(2.0, _FOLDER_FRAMES_SLACK * frames)
+def _frames_slack(frames: int, suffix: str) -> float:
+    """Frames two movies of one exposure setting may differ by (``suffix``: the movies')."""
+    return max(2.0, _EER_FRAMES_SLACK * frames) if suffix == ".eer" else 0.0
 
 
 def _series_renamed(old: Path, new: Path, watch_dir: Path
@@ -923,9 +924,10 @@ class Admission:
         if not expected and found is not None and (
                 str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
             usual = self._folder_frames.get(folder)
-            if usual is not None and found < usual - _frames_slack(usual):
+            suffix = obs.path.suffix.lower()
+            if usual is not None and found < usual - _frames_slack(usual, suffix):
                 held[str(obs.path)] = found
-                if any(other != str(obs.path) and abs(n - found) <= _frames_slack(found)
+                if any(other != str(obs.path) and abs(n - found) <= _frames_slack(found, suffix)
                        for other, n in held.items()):
                     # two movies alike: a shorter exposure setting, not a paused writer
                     self.report_once(str(obs.path.parent), "folder_exposure_changed",

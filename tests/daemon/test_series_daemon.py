@@ -425,21 +425,46 @@ def _drop_movie(rng: np.random.Generator, written: Path, watch: Path, n_frames: 
     written.rename(watch / written.name)
 
 
-def test_a_movie_a_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_path):
+def test_an_eer_a_raw_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_path):
     """EER exposures of one setting differ by a raw frame or two: within 2 % a movie is not
     taken for a paused writer's and is corrected at once, not after the incomplete grace."""
+    from eer_writer import write_eer
+
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(7)
-    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S)
+    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S, "--eer-group", "5")
     try:
-        for count, (name, n) in enumerate((("a.mrc", 50), ("b.mrc", 49)), start=1):
-            _drop_movie(rng, tmp_path / name, watch, n)
+        for count, (name, n) in enumerate((("a.eer", 50), ("b.eer", 49)), start=1):
+            write_eer(tmp_path / name, [(rng.random((64, 64)) < 0.2).astype(np.uint8)
+                                        for _ in range(n)], shape_yx=(64, 64))
+            (tmp_path / name).rename(watch / name)
             wait_for(log, "movie_done", count, timeout_s=100)  # held: 200 s
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
     assert not any(e.get("event") == "movie_incomplete" for e in events(log))
+
+
+def test_an_mrc_a_frame_short_of_the_one_before_waits_for_the_rest(tmp_path):
+    """An MRC's or TIFF's frames are its exposure setting's, exactly: a writer that paused a
+    frame or two short (a TIFF appended page by page on a slow share) was corrected then, and
+    again at each frame after, within the EER's slack of 2 frames."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    rng = np.random.default_rng(7)
+    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
+                          "--incomplete-grace", "3")
+    try:
+        for count, (name, n) in enumerate((("a.mrc", 10), ("b.mrc", 9)), start=1):
+            _drop_movie(rng, tmp_path / name, watch, n)
+            wait_for(log, "movie_done", count, timeout_s=100)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    held = [e for e in events(log) if e.get("event") == "movie_short_of_frames"]
+    assert [Path(e["movie"]).name for e in held] == ["b.mrc"]
+    assert "the movie before it here had 10 frames, the file has 9" in held[0]["reason"]
 
 
 def test_a_change_to_a_shorter_exposure_holds_its_first_movie_only_until_the_second(tmp_path):
