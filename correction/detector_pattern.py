@@ -63,7 +63,7 @@ class DetectorPatternCheck:
     significance : float
         ``frc_high`` in standard deviations of the FRC of independent noise over that band.
     window_yx_px : (int, int)
-        The central window summed (pixels).
+        The central window summed (the detector's physical pixels).
     detected : bool
         A pattern fixed to the detector: significant and flat (see the module docstring).
     """
@@ -110,13 +110,22 @@ class HalfSumWindows:
 
     :meth:`add` takes each frame once (a frame given again is skipped), gain-corrected, in
     detector coordinates; :meth:`check` gives the :class:`DetectorPatternCheck` (None for a
-    window under 64 pixels on a side, or without a frame of each parity).
+    window under 64 pixels on a side, or without a frame of each parity). Frames rendered on
+    a finer grid than the detector's pixels (``subpixels``: an EER at sampling 2) are summed
+    over each physical pixel's sub-pixels first (the window is ``window_px`` physical pixels):
+    a pattern of the physical pixels lies below half the fine grid's Nyquist, and was not seen
+    at 0.8-1.0 of it.
     """
 
-    def __init__(self, frame_shape_yx: tuple[int, int], window_px: int = WINDOW_PX) -> None:
+    def __init__(self, frame_shape_yx: tuple[int, int], window_px: int = WINDOW_PX, *,
+                 subpixels: int = 1) -> None:
         ny, nx = (int(v) for v in frame_shape_yx)
-        wy, wx = min(ny, int(window_px)) // 2 * 2, min(nx, int(window_px)) // 2 * 2
-        y0, x0 = (ny - wy) // 2, (nx - wx) // 2
+        self.subpixels = max(1, int(subpixels))
+        step = 2 * self.subpixels  # whole physical pixels, an even count of them
+        window_px = int(window_px) * self.subpixels
+        wy, wx = min(ny, window_px) // step * step, min(nx, window_px) // step * step
+        y0 = (ny - wy) // 2 // self.subpixels * self.subpixels
+        x0 = (nx - wx) // 2 // self.subpixels * self.subpixels
         self.window = (slice(y0, y0 + wy), slice(x0, x0 + wx))
         self.sums = np.zeros((2, wy, wx), np.float32)
         self.seen: set[int] = set()
@@ -138,10 +147,12 @@ class HalfSumWindows:
         self.count[parity] += 1
 
     def check(self) -> DetectorPatternCheck | None:
-        wy, wx = self.sums.shape[1:]
+        b = self.subpixels
+        wy, wx = self.sums.shape[1] // b, self.sums.shape[2] // b
         if min(wy, wx) < 64 or min(self.count) < 1:
             return None
-        centred = [total - np.float32(total.mean()) for total in self.sums]
+        physical = self.sums.reshape(2, wy, b, wx, b).sum(axis=(2, 4)) if b > 1 else self.sums
+        centred = [total - np.float32(total.mean()) for total in physical]
         curve = fourier_ring_correlation(*centred, axis_mask_px=None)
         nyquist = 0.5
         high, n_high = curve.band_mean(_HIGH_BAND[0] * nyquist, _HIGH_BAND[1] * nyquist)

@@ -605,7 +605,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     if replaced.truncated:
         warnings.warn(replaced.message(), stacklevel=2)
 
-    pattern = HalfSumWindows((ny, nx))  # frames in detector coordinates, as transformed
+    # frames in detector coordinates, as transformed; judged in the detector's own pixels
+    pattern = HalfSumWindows((ny, nx), subpixels=super_resolution_factor)
     # no shift exceeds the frame: a --max-shift of 1e9 pads by the frame, not by 1e9 pixels
     margin = int(np.ceil(min(ap.max_shift_px, max(ny, nx)))) + EXTRA_MARGIN_PX
     while True:

@@ -59,6 +59,34 @@ def test_frames_without_their_gain_share_a_flat_pattern_and_with_it_none():
     assert abs(with_gain.significance) < 4
 
 
+def test_a_pattern_of_the_physical_pixels_is_found_in_frames_rendered_on_a_finer_grid():
+    """An EER at sampling 2 without its gain: each physical pixel's gain is shared by its 2 x 2
+    sub-pixels, whose events fall at random among them, so the pattern lies below half the
+    8K grid's Nyquist: the check looked at 0.8-1.0 of it and said nothing (it did at
+    sampling 1). Summed over each pixel's sub-pixels, it is found; with the gain, not."""
+    movie = _movie(1, e_per_px=8.0, contrast=0.03, pixel_sigma=0.05, column_sigma=0.0)
+    rng = np.random.default_rng(2)
+    events = movie.frames.astype(np.int64)  # each pixel's events, spread over its sub-pixels
+    top = rng.binomial(events, 0.5)
+    bottom = events - top
+    tl, bl = rng.binomial(top, 0.5), rng.binomial(bottom, 0.5)
+    fine = np.empty((events.shape[0], 2 * events.shape[1], 2 * events.shape[2]), np.float32)
+    fine[:, 0::2, 0::2], fine[:, 0::2, 1::2] = tl, top - tl
+    fine[:, 1::2, 0::2], fine[:, 1::2, 1::2] = bl, bottom - bl
+
+    def check(frames, subpixels, gain=None):
+        windows = HalfSumWindows(frames.shape[1:], subpixels=subpixels)
+        for i, frame in enumerate(frames):
+            windows.add(i, frame * (1.0 if gain is None else gain))
+        return windows.check()
+
+    assert not check(fine, 1).detected  # at 0.8-1.0 of the fine grid's Nyquist: blind
+    found = check(fine, 2)
+    assert found.detected and found.window_yx_px == (512, 512)
+    gain_fine = np.repeat(np.repeat(movie.gain, 2, axis=0), 2, axis=1)
+    assert not check(fine, 2, gain_fine).detected
+
+
 @pytest.mark.parametrize("drift_px", [0.2, 3.0])
 def test_a_strong_specimen_at_high_dose_is_not_taken_for_a_pattern(drift_px):
     # a specimen's FRC falls off towards Nyquist even when it barely moves (0.2 px)
