@@ -603,6 +603,10 @@ class Service:
         # disk: '0 waiting' beside 'backlog: 2 to correct' before), or queued in a cluster; a
         # movie waiting out its own retry delay (it crashed) is not work the service could do
         put_back = self._safe(self.ledger.put_back_count, write=False) or 0
+        if put_back:  # failed rows, never counted against them: said apart, as status does
+            # (systemd's STATUS= and the feed said "2 failed" while status said "0 failed")
+            counts = {**counts, "failed": max(0, int(counts.get("failed", 0)) - put_back),
+                      "put_back": put_back}
         pace = self._pace.pace(self._wall(),
                                waiting=int(counts.get("pending", 0)) + put_back + len(queued))
         self._say_pace(pace)

@@ -54,9 +54,11 @@ def add_watchdog_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _counts_text(counts: Mapping[str, int], waiting: int, running: int) -> str:
+    put_back = counts.get("put_back", 0)
     return (f"{counts.get('done', 0)} done, {running} running, {counts.get('pending', 0)} pending, "
             f"{waiting} waiting, {counts.get('failed', 0)} failed, "
-            f"{counts.get('quarantined', 0)} quarantined")
+            f"{counts.get('quarantined', 0)} quarantined"
+            + (f", {put_back} put back" if put_back else ""))
 
 
 def watchdog_thresholds(config: Config, *, environ: Mapping[str, str] | None = None

@@ -24,6 +24,7 @@ from movie_damage import mend_mrc_header, spoil_mrc_header
 from recording_log import RecordingLog
 
 from correction.params import CorrectionParams, DoseParams
+from daemon.system.notify_listener import _counts_text
 from daemon.commands.cli import main as cli_main
 from daemon.engine.locks import FolderLocks
 from daemon.engine.policy import movie_time_limit_s
@@ -191,9 +192,12 @@ def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_
         movie(setup.watch_dir, name)
     unhealthy = []
 
+    counted = []
+
     def unlock_after_reported(beat):
         if any("trouble outside the movies" in p for p in beat.health.problems):
             unhealthy.append(beat.health)
+            counted.append(dict(beat.counts))
             if len(unhealthy) >= 3:
                 locked.unlink(missing_ok=True)  # writable again
 
@@ -204,6 +208,12 @@ def test_an_unwritable_output_side_pauses_reports_unhealthy_and_resumes_without_
     assert {n: (r.status, r.failures) for n, r in table.items()} == {
         "a.mrc": ("done", 0), "b.mrc": ("done", 0), "c.mrc": ("done", 0)}
     assert unhealthy and beats.health[-1].ok
+    # the movies put back are no failures: the heartbeat (systemd's STATUS=, the feed) said
+    # "1 failed" while `motionwatch status` said "0 failed, 1 put back"
+    assert any(c.get("put_back") for c in counted)
+    assert all(c.get("failed", 0) == 0 for c in counted), counted
+    assert _counts_text({"done": 2, "failed": 1, "put_back": 3}, 0, 0).endswith(
+        "1 failed, 0 quarantined, 3 put back")
     # the daemon itself was well: the watchdog kept pinging (a restart frees no disk)
     assert all(health.ok for health in unhealthy)
     assert not log.named("movie_quarantined")
