@@ -37,6 +37,7 @@ from typing import Any
 
 from distributed import Client, KilledWorker, WorkerPlugin, get_worker
 
+from correction.write import write_json_atomic
 from daemon.system.logs import quiet_reader_logs
 from daemon.work.workers import DEFAULT_RUNNER, GainCache, Outcome, Task, execute_task, resolve_runner
 
@@ -71,6 +72,18 @@ def _remap(value: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
                 if new is not old:
                     changes[f.name] = new
         return dataclasses.replace(value, **changes) if changes else value
+    return value
+
+
+def _remap_strings(value: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
+    """``value`` (a JSON-like record) with every string that is a path under a prefix of
+    ``pairs`` mapped (:func:`map_path`)."""
+    if isinstance(value, str):
+        return map_path(value, pairs) if value.startswith("/") else value
+    if isinstance(value, dict):
+        return {k: _remap_strings(v, pairs) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_remap_strings(v, pairs) for v in value)
     return value
 
 
@@ -160,6 +173,7 @@ class DaskExecutor:
         self._connector: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self.last_error: str | None = None
+        self.worker_setup_error: str | None = None
         self.disconnects = 0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -178,21 +192,36 @@ class DaskExecutor:
     def _connect_loop(self) -> None:
         while not self._stop.is_set():
             if self._client is None:
+                client = None
                 try:
                     client = Client(self._address, timeout=self._connect_timeout_s,
                                     set_as_default=False)
-                    client.register_plugin(_WorkerState(self._runner, self._gain_loader,
-                                                        self._preload_gain), name=PLUGIN_NAME)
+                    self._register_worker_state(client)
                     client.subscribe_topic(STARTED_TOPIC, self._on_started)
                     self._threads = sum(client.nthreads(callback_timeout=5).values())
                 except Exception as exc:  # noqa: BLE001 - unreachable: try again later
                     self.last_error = f"{type(exc).__name__}: {exc}"
+                    if client is not None:  # one per attempt was left open on the scheduler
+                        _close_quietly(client)
                 else:
                     with self._lock:
                         self._client, self.last_error = client, None
                         self._last_count_s = float("-inf")
                     self._wake()
             self._stop.wait(self._reconnect_s)
+
+    def _register_worker_state(self, client: Any) -> None:
+        """Set each worker up (runner, gain) ahead of its first task. A worker that cannot
+        (another motionwatch there) fails the registration: the cluster is used all the same,
+        each task sets its worker up itself, and one that cannot comes back as environment
+        trouble (the scheduler was said unreachable, and nothing was corrected)."""
+        try:
+            client.register_plugin(_WorkerState(self._runner, self._gain_loader,
+                                                self._preload_gain), name=PLUGIN_NAME)
+        except Exception as exc:  # noqa: BLE001 - any worker's setup error
+            self.worker_setup_error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.worker_setup_error = None
 
     def stop(self, *, timeout_s: float = 5.0) -> None:
         """Cancel what is left, disconnect, stop the jobqueue cluster."""
@@ -280,7 +309,7 @@ class DaskExecutor:
                 "in_flight": len(self._running), "max_in_flight": self.max_in_flight,
                 "running_on": {tid: r.worker for tid, r in self._running.items()
                                if r.worker is not None},
-                "last_error": self.last_error}
+                "last_error": self.last_error, "worker_setup_error": self.worker_setup_error}
 
     # --- callbacks (client thread) --------------------------------------------------------
     def _wake(self) -> None:
@@ -390,18 +419,36 @@ class DaskExecutor:
                 outcome = future.result(timeout=30)
             except Exception as exc:  # noqa: BLE001 - the result was lost with its worker
                 return Outcome(task.task_id, "crash", error=f"result lost on {where}: {exc}")
-            pairs = tuple((b, a) for a, b in self._settings.path_map)
-            if pairs and outcome.outputs:
-                outcome = dataclasses.replace(outcome, outputs={
-                    k: map_path(v, pairs) for k, v in outcome.outputs.items()})
-            return outcome
+            return self._in_daemon_paths(outcome)
         if future.status == "cancelled":
             return Outcome(task.task_id, "environment",
                            error="Dask scheduler connection lost; the movie waits for it")
         exc = future.exception(timeout=5)
         if isinstance(exc, KilledWorker):
             return Outcome(task.task_id, "crash", error=f"Dask worker died ({where}): {exc}")
-        return Outcome(task.task_id, "error", error=f"{type(exc).__name__}: {exc} (on {where})")
+        # the task function itself raised: execute_task never does, so the worker could not
+        # run it (another motionwatch there: a runner or a field it lacks): not the movie's
+        # fault (each such movie was quarantined within seconds); it waits for a worker that can
+        return Outcome(task.task_id, "environment", error=(
+            f"{where} could not run motionwatch's task ({type(exc).__name__}: {exc}; another "
+            "motionwatch version on that worker?); the movie waits"))
+
+    def _in_daemon_paths(self, outcome: Outcome) -> Outcome:
+        """A worker's outcome with the paths it names (outputs, and the motion record's
+        movie, references ...) as the daemon sees them, ``path_map`` undone; the record on
+        disk rewritten so (the per-movie and series STAR files, Warp's XML and a restart's
+        catch-up read it, and named the workers' paths)."""
+        pairs = tuple((b, a) for a, b in self._settings.path_map)
+        if not pairs:
+            return outcome
+        outputs = {k: map_path(v, pairs) for k, v in outcome.outputs.items()}
+        record = _remap_strings(outcome.record, pairs)
+        if record != outcome.record and outputs.get("motion"):
+            try:
+                write_json_atomic(outputs["motion"], record)
+            except OSError:  # as the worker wrote it; the daemon's own files use ``record``
+                pass
+        return dataclasses.replace(outcome, outputs=outputs, record=record)
 
     def _lost(self) -> list[Outcome]:
         """The scheduler went away: tasks in hand come back as environment trouble."""

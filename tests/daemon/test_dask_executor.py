@@ -138,6 +138,11 @@ def test_a_session_corrected_through_two_dask_workers_gives_bit_identical_images
     for i, movie in enumerate(movies):
         # outputs reported in the daemon's paths, written by a cluster worker through the mount
         assert remote[i].outputs["sum"] == str(session / "dask" / f"{movie.path.stem}.mrc")
+        # and the record names the movie as the daemon sees it, in hand and on disk (the
+        # STAR files and Warp's XML made from it named the workers' mount)
+        assert remote[i].record["movie"] == str(movie.path)
+        on_disk = json.loads((session / "dask" / f"{movie.path.stem}.motion.json").read_text())
+        assert on_disk["movie"] == str(movie.path) and str(mount) not in json.dumps(on_disk)
         assert remote[i].record["ran_on"]["worker"] in workers
         assert local[i].record["ran_on"]["worker"].startswith("pid ")
         for suffix in IMAGES:
@@ -505,3 +510,29 @@ def test_a_connection_still_being_made_is_no_problem_and_a_failed_one_is(monkeyp
     finally:
         release.set()
         executor.stop(timeout_s=1)
+
+
+def test_a_worker_that_cannot_run_the_task_puts_the_movie_back_and_the_cluster_stays_in_use(
+        tmp_path):
+    """A worker running another motionwatch (here: a runner its code lacks) failed the
+    plugin's registration, which was taken for an unreachable scheduler (a new client left
+    open every 2 s, nothing corrected); where it did connect, the task's own exception was an
+    ``error`` counted against the movie, quarantined within seconds."""
+    movie = write_movies(tmp_path, ["a.mrc"])[0]
+    with local_cluster(n_workers=1) as cluster:
+        settings = ExecutorSettings("dask", cluster.scheduler_address, 1)
+        with DaskExecutor(settings, runner="correction.pipeline:no_such_runner",
+                          reconnect_s=0.2) as executor:
+            deadline = time.monotonic() + 30
+            while not executor.connected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert executor.connected and executor.problem() is None
+            assert "no_such_runner" in executor.cluster_state()["worker_setup_error"]
+            (outcome,) = run_all(executor, [Task(0, movie, tmp_path / "out", tmp_path / "out",
+                                                 PARAMS, "a")]).values()
+            time.sleep(1.0)  # five reconnect periods: no new client
+            clients = len(cluster.scheduler.clients)
+    assert outcome.kind == "environment"
+    assert "could not run motionwatch's task (AttributeError" in outcome.error
+    assert "another motionwatch version on that worker?" in outcome.error
+    assert clients <= 2  # the executor's, and the cluster's own
