@@ -29,6 +29,7 @@ paraphrased here (3dem/relion):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -87,6 +88,17 @@ def test_accumulated_motion_splits_early_and_late_at_relions_dose_cutoff():
     m = _motion([0, 1, 3, 6], [1] * 4, 0.0)
     m.shifts_px[2] = np.nan
     assert accumulated_motion_px(m, dose_cutoff_e_A2=100.0) == pytest.approx((6, 6, 0))
+
+
+def test_an_eers_fraction_of_leftover_raw_frames_adds_no_motion_as_relion_lists_it_not():
+    """100 raw frames in groups of 40: motionwatch sums 40, 40 and a fraction of the 20 left;
+    RELION renders 100 // 40 = 2 fractions, and ``S.star`` lists those two. The step into the
+    third was counted in ``rlnAccumMotionTotal`` (4.83 px against RELION's 2.80)."""
+    m = dataclasses.replace(_motion([0, 2.8, 4.83], [2.0, 2.0, 1.0], 0.0), eer_grouping=40,
+                            eer_raw_frames=100, eer_upsampling=1)
+    assert accumulated_motion_px(m, dose_cutoff_e_A2=100.0) == pytest.approx((2.8, 2.8, 0.0))
+    plain = _motion([0, 2.8, 4.83], [2.0, 2.0, 1.0], 0.0)  # three frames of an MRC: all count
+    assert accumulated_motion_px(plain, dose_cutoff_e_A2=100.0)[0] == pytest.approx(4.83)
 
 
 def test_accumulated_motion_of_a_long_walk_with_thrown_frames_follows_relions_rule():
