@@ -311,8 +311,11 @@ def _note_eer_gain(movie: Path, record: dict[str, Any], eer_gain: str) -> bool:
     return True
 
 
-def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool) -> None:
-    """One line per corrected movie on stdout: a summary, or JSON with ``--json``."""
+def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool,
+                  star_problem: str | None = None) -> None:
+    """One line per corrected movie on stdout: a summary, or JSON with ``--json`` (with
+    ``relion_star_error`` when its motion STAR could not be written: the line said "ok" and
+    nothing else while the run exited 1 for it)."""
     rec = result.record
     if as_json:
         print(json.dumps({
@@ -320,7 +323,8 @@ def _print_result(movie: Path, result: Any, wall_s: float, *, as_json: bool) -> 
             "shape": rec["shape"], "pixel_size_A": rec["pixel_size_A"],
             "drift": rec["drift"], "outputs": {k: str(p) for k, p in result.outputs.items()},
             "wall_s": round(wall_s, 3),
-            "predicted_peak_MB": rec.get("memory", {}).get("predicted_peak_MB")}),
+            "predicted_peak_MB": rec.get("memory", {}).get("predicted_peak_MB"),
+            **({"relion_star_error": star_problem} if star_problem else {})}),
             flush=True)
         return
     d = rec["drift"]
@@ -465,9 +469,11 @@ def run(args: argparse.Namespace) -> int:
                     failed += 1
                     _print_failure(movie, _fail(movie, exc), as_json=args.json)
                     continue
-                _print_result(movie, result, time.perf_counter() - t0, as_json=args.json)
                 with termination.deferred():  # its motion STAR names its gain, or none is left
-                    relion.corrected(Path(result.outputs["motion"]), result.record)
+                    star_problem = relion.corrected(movie, Path(result.outputs["motion"]),
+                                                    result.record)
+                _print_result(movie, result, time.perf_counter() - t0, as_json=args.json,
+                              star_problem=star_problem)
                 if voltage.source == "default" and not voltage_noted:  # once corrected at it
                     voltage_noted = True
                     print(f"motionwatch: {movie}: warning: {ASSUMED_VOLTAGE_NOTE}",
@@ -627,9 +633,10 @@ class _RelionFiles:
                       f"{exc}", file=sys.stderr)
         return self._gain_names[key]
 
-    def corrected(self, motion_path: Path, record: dict[str, Any]) -> None:
+    def corrected(self, movie: Path, motion_path: Path, record: dict[str, Any]) -> str | None:
         """Write the motion STAR of a movie just corrected (naming the gain its frame mdoc
-        gave, where it was corrected with that one)."""
+        gave, where it was corrected with that one); the problem said when it could not be
+        (None when written)."""
         try:
             motion = movie_motion(record, motion_path)
             gain_params = self.params.gain
@@ -638,10 +645,14 @@ class _RelionFiles:
             write_motion_star(motion, gain_name=self._gain_name(
                 gain_params, motion.eer_grouping is not None))
         except UnwritableStarValue as exc:  # the images are right; only RELION misses it
-            print(f"motionwatch: RELION motion STAR not written: {exc}", file=sys.stderr)
+            problem = f"RELION motion STAR not written: {exc}"
         except (OSError, ValueError) as exc:
             self.failed = True
-            print(f"motionwatch: RELION motion STAR not written: {exc}", file=sys.stderr)
+            problem = f"RELION motion STAR not written: {exc}"
+        else:
+            return None
+        print(f"motionwatch: {movie}: {problem}", file=sys.stderr)
+        return problem
 
     def finish(self) -> None:
         """Write ``corrected_micrographs.star`` of every movie corrected into the folder so far

@@ -381,6 +381,20 @@ def test_a_movie_named_with_a_tab_is_corrected_and_named_and_the_folders_star_li
     assert _star_movies(out) == ["a_DW.mrc", "d_DW.mrc"]
 
 
+def test_a_movie_whose_motion_star_is_not_written_says_so_in_its_json_line_and_by_name(
+        tmp_path, capsys):
+    """Its ``--json`` line said ``"status": "ok"`` and nothing more, and the stderr line named
+    only the STAR's problem, not the movie."""
+    movie = _movie(tmp_path / "b\tc.mrc", np.random.default_rng(8))
+    out = tmp_path / "out"
+    assert main(["correct", str(movie), "--out", str(out), "--dose-per-frame", "1",
+                 "--patches", "1", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    (line,) = [json.loads(text) for text in captured.out.splitlines()]
+    assert line["status"] == "ok" and "holds a tab" in line["relion_star_error"]
+    assert f"motionwatch: {movie}: RELION motion STAR not written" in captured.err
+
+
 def test_a_movie_given_twice_or_through_a_link_is_corrected_once_and_listed_once(tmp_path,
                                                                               capsys):
     """Overlapping globs, or the frames folder reached by two paths: one output set, one STAR
