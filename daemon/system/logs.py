@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "JOURNAL_PRIORITY", "running_under_journald"]
+__all__ = ["configure_logging", "get_logger", "JOURNAL_PRIORITY", "running_under_journald",
+           "capture_library_logs"]
 
 JOURNAL_PRIORITY: Mapping[str, int] = {
     "critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7,
@@ -154,3 +155,34 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None,
 def get_logger(**bound: Any) -> Any:
     """A structlog logger with ``bound`` context (e.g. ``movie=str(path)``)."""
     return structlog.get_logger("motionwatch").bind(**bound)
+
+
+class _LibraryLogHandler(logging.Handler):
+    """A library's stdlib log record as one event of the daemon's log (``library_log``, with
+    the library's ``logger`` and ``message``, an exception as one ``error`` line): Dask's
+    client logged a multi-line traceback, its own format, among the JSON lines when the
+    scheduler went away (a log shipper takes each line for an event)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name,
+                                      "message": " ".join(record.getMessage().split())}
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                fields["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())
+            log = get_logger()
+            method = {logging.DEBUG: log.debug, logging.INFO: log.info,
+                      logging.WARNING: log.warning}.get(record.levelno, log.error)
+            method("library_log", **fields)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def capture_library_logs(*names: str, level: int = logging.WARNING) -> None:
+    """Send the stdlib loggers ``names`` (and their children) through the daemon's log at
+    ``level`` and above, and nowhere else (their own handlers removed)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers = [_LibraryLogHandler()]
+        logger.propagate = False
+        logger.setLevel(level)

@@ -38,7 +38,7 @@ from typing import Any
 from distributed import Client, KilledWorker, WorkerPlugin, get_worker
 
 from correction.write import write_json_atomic
-from daemon.system.logs import quiet_reader_logs
+from daemon.system.logs import capture_library_logs, quiet_reader_logs
 from daemon.work.workers import DEFAULT_RUNNER, GainCache, Outcome, Task, execute_task, resolve_runner
 
 __all__ = ["DaskExecutor", "run_on_dask_worker", "map_path", "PLUGIN_NAME", "STARTED_TOPIC"]
@@ -179,6 +179,7 @@ class DaskExecutor:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Start the jobqueue cluster (if configured) and the connecting thread."""
+        capture_library_logs("distributed")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

@@ -536,3 +536,33 @@ def test_a_worker_that_cannot_run_the_task_puts_the_movie_back_and_the_cluster_s
     assert "could not run motionwatch's task (AttributeError" in outcome.error
     assert "another motionwatch version on that worker?" in outcome.error
     assert clients <= 2  # the executor's, and the cluster's own
+
+
+def test_dasks_own_log_records_join_the_daemons_json_lines_one_line_each():
+    """When the scheduler went away, Dask's client logged a traceback of many lines in its own
+    format among the daemon's JSON lines (a log shipper takes each line for an event)."""
+    import io
+    import logging
+
+    from daemon.system.logs import configure_logging
+
+    stream = io.StringIO()
+    configure_logging(stream=stream, json_lines=True, journald=False)
+    executor = DaskExecutor(ExecutorSettings("dask", f"tcp://127.0.0.1:{free_port()}", 1),
+                            connect_timeout_s=0.2, reconnect_s=30.0)
+    executor.start()
+    try:
+        try:
+            raise OSError("Timed out during handshake\n  while reading")
+        except OSError:
+            logging.getLogger("distributed.client").exception("Lost connection to\nscheduler")
+        logging.getLogger("distributed.worker").info("chatter below the warning level")
+    finally:
+        executor.stop(timeout_s=1)
+        configure_logging()
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()
+               if "library_log" in text]
+    assert (line["level"], line["logger"], line["message"]) == (
+        "error", "distributed.client", "Lost connection to scheduler")
+    assert line["error"] == "OSError: Timed out during handshake while reading"
+    assert "chatter" not in stream.getvalue()
