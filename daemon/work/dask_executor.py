@@ -420,6 +420,10 @@ class DaskExecutor:
                 outcome = future.result(timeout=30)
             except Exception as exc:  # noqa: BLE001 - the result was lost with its worker
                 return Outcome(task.task_id, "crash", error=f"result lost on {where}: {exc}")
+            if not outcome.ok and outcome.error and running.worker:
+                # which node it was: a gain one node's mount lacks was said with no name
+                outcome = dataclasses.replace(outcome, error=f"{outcome.error} (on Dask worker "
+                                                             f"{running.worker})")
             return self._in_daemon_paths(outcome)
         if future.status == "cancelled":
             return Outcome(task.task_id, "environment",

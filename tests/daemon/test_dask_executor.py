@@ -566,3 +566,16 @@ def test_dasks_own_log_records_join_the_daemons_json_lines_one_line_each():
         "error", "distributed.client", "Lost connection to scheduler")
     assert line["error"] == "OSError: Timed out during handshake while reading"
     assert "chatter" not in stream.getvalue()
+
+
+def test_a_movie_that_fails_on_a_worker_names_the_worker():
+    """A reference or a movie one node's mount lacks was said with no word of which node."""
+    with local_cluster(n_workers=1) as cluster:
+        settings = ExecutorSettings("dask", cluster.scheduler_address, 1)
+        with DaskExecutor(settings) as executor:
+            workers = set(cluster.scheduler_info["workers"])
+            (outcome,) = run_all(executor, [Task(0, Path("/nonexistent/a.mrc"),
+                                                 Path("/tmp/mw-none"), Path("/tmp/mw-none"),
+                                                 PARAMS, "a")]).values()
+    assert not outcome.ok
+    assert outcome.error.endswith(f"(on Dask worker {next(iter(workers))})"), outcome.error
