@@ -208,7 +208,10 @@ class Service:
             problems.append(f"no scan for {now - self._last_scan_s:.0f} s")
         if not self._out_ok:
             problems.append(self._lock_problem or f"output folder {cfg.out_dir} missing or unusable")
-        for problem in (self._writes.problem(), self.dispatcher.problem()):
+        # the state database's disk full or refusing writes: outside the daemon too (pings
+        # stopped, and systemd killed and restarted it on the full disk every 2.5 min)
+        ledger = self._writes.problem()
+        for problem in (ledger, self.dispatcher.problem()):
             if problem is not None:
                 problems.append(problem)
         if self.pool is not None and self.pool.alive() < cfg.workers:
@@ -231,12 +234,15 @@ class Service:
         if folders is not None:
             problems.append(folders)
         outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
+        # outcomes the state database refuses to record: the same trouble as ``ledger``
+        unrecorded = self.dispatcher.problem() if self.dispatcher.unrecorded else None
         # a cluster that does not answer, also before any movie was sent to it (outside too)
         cluster = self._cluster_problem()
         if cluster is not None and outside is None:
             problems.append(cluster)
         ok = not [problem for problem in problems
-                  if problem not in (outside, resolver, cluster, watch, folders)]
+                  if problem not in (outside, resolver, cluster, watch, folders, ledger,
+                                     unrecorded)]
         return Health(ok, tuple(problems), tuple(notes))
 
     def _cluster_problem(self) -> str | None:
