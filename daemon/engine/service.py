@@ -325,9 +325,19 @@ class Service:
                                emit=self._series_events.append, run_job=self._jobs.run_job)
 
     def run(self) -> int:
-        """Run until stopped (signal, :meth:`request_stop`, or ``exit_when_idle_s``); exit status."""
-        cfg = self.config
+        """Run until stopped (signal, :meth:`request_stop`, or ``exit_when_idle_s``); exit status.
+
+        The stop signals stay handled until the listeners have stopped (they write what they
+        held back, the RELION tables): a second signal just after ``service_stopped`` killed
+        the process there, the tables unwritten."""
         self._signals.install()
+        try:
+            return self._run()
+        finally:
+            self._signals.restore()
+
+    def _run(self) -> int:
+        cfg = self.config
         crashed = False
         try:
             try:
@@ -398,7 +408,6 @@ class Service:
                 raise
         finally:
             self._shutdown()
-            self._signals.restore()
             if crashed:  # the listeners still write what they held back (hand-off files)
                 self._notify("on_stopped", exitcodes.SOFTWARE)
         self._notify("on_stopped", status)

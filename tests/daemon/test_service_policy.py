@@ -355,3 +355,24 @@ def test_the_idle_time_starts_again_after_work(tmp_path):
     stub.admission.waiting = {}
     assert not Service._idle_exit_due(stub, 1.2)  # idle again for 0 s, not for 1.2 s
     assert Service._idle_exit_due(stub, 2.3)
+
+
+def test_the_stop_signals_stay_handled_while_the_listeners_write_what_they_held_back(setup):
+    """The default handlers were put back before the listeners' ``on_stopped`` (the RELION
+    tables written there): a second SIGTERM just after ``service_stopped`` killed the
+    process, the tables unwritten. Asked here, not sent: the test runner would die."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen = {}
+
+    class Stopped(ServiceListener):
+        def on_stopped(self, status):
+            seen["handler"] = signal.getsignal(signal.SIGTERM)
+
+    movie(setup.watch_dir, "ok.mrc")
+    service = Service(setup, listeners=[Stopped()], runner="fake_runners:correct")
+    assert service.run() == 0
+    assert seen["handler"] not in (before, signal.SIG_DFL)
+    assert getattr(seen["handler"], "__self__", None) is service._signals  # noqa: SLF001
+    assert signal.getsignal(signal.SIGTERM) == before  # put back once they are done
