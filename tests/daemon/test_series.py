@@ -265,6 +265,32 @@ def test_a_prior_record_dose_running_slowly_ahead_of_the_listed_doses_is_no_lost
         [dose * i for i in range(7)])
 
 
+@pytest.mark.parametrize("unlisted, drift", [(1.35, 1.0), (0.7, 1.0), (1.35, 1.3)])
+def test_an_unlisted_exposure_cut_short_counts_also_beside_a_prior_record_dose_running_ahead(
+        unlisted, drift):
+    """An exposure before the 6th tilt stopped early (1.35 e/Å² of 3.0) and was discarded:
+    under half a tilt's dose, it was dropped in silence (every later pre-exposure 1.35 low),
+    as was a deleted section of 1.77 among 3.6. Measured against PriorRecordDose's own pace
+    (here also 1.3 times the listed doses: a calibration's drift, no exposure), a fifth of a
+    tilt's dose counts."""
+    dose, t0 = 3.0, dt.datetime(2024, 5, 17, 9, 58, 10)
+    lines, names = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", ""], []
+    for i in range(9):
+        angle = 3.0 * ((i + 1) // 2) * (1 if i % 2 else -1)
+        names.append(f"TS_7_{i:03d}_{angle:.1f}.tif")
+        prior = dose * drift * i + (unlisted if i >= 5 else 0.0)
+        lines += [f"[ZValue = {i}]", f"TiltAngle = {angle:.3f}", f"ExposureDose = {dose}",
+                  f"PriorRecordDose = {prior:g}", rf"SubFramePath = X:\s\{names[-1]}",
+                  f"DateTime = {(t0 + dt.timedelta(seconds=40 * i)):%d-%b-%Y  %H:%M:%S}", ""]
+    md = parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc")
+    res = _resolve(md, movies=[MovieObservation(n, 0.0) for n in names])
+    assert [res.assignments[n].pre_exposure_e_A2 for n in names] == pytest.approx(
+        [dose * i + (unlisted if i >= 5 else 0.0) for i in range(9)], abs=1e-3)
+    flagged = [n for n in names if any("PriorRecordDose" in w
+                                       for w in res.assignments[n].warnings)]
+    assert flagged == [names[5]]
+
+
 def test_a_tilt_waiting_for_a_missing_index_still_counts_for_a_later_tilt_that_stopped_waiting():
     """No mdoc, 2 e/Å² a tilt by configuration, index 2 never came: tilt 4, seen long ago, has
     waited out the gap; tilt 3, seen just now, still waits. Tilt 4's pre-exposure counts
