@@ -23,13 +23,15 @@ __all__ = ["MdocWatcher", "WatchedMdoc"]
 
 @dataclass(frozen=True, slots=True)
 class WatchedMdoc:
-    """One mdoc as last read: its size and mtime then, its parse, and since when (wall clock,
-    s) its content has not changed."""
+    """One mdoc as last read: its size and mtime then, its parse, since when (wall clock, s)
+    its content has not changed, and whether it changed after this process first read it
+    (``rewritten``: SerialEM appending a tilt, or rewriting it for a retake)."""
 
     size: int
     mtime_ns: int
     parsed: MdocFile
     unchanged_since_s: float
+    rewritten: bool = False
 
 
 class MdocWatcher:
@@ -83,7 +85,8 @@ class MdocWatcher:
                                mdoc=key, note="the last content read is kept")
                 continue
             since = self._unchanged_since(key, prev, md, now)
-            self.mdocs[key] = WatchedMdoc(o.size, o.mtime_ns, md, since)
+            rewritten = prev is not None and (prev.rewritten or prev.parsed.sha256 != md.sha256)
+            self.mdocs[key] = WatchedMdoc(o.size, o.mtime_ns, md, since, rewritten)
             try:
                 self._store.set_mdoc_state(key, sha256=md.sha256, size=o.size,
                                            mtime_ns=o.mtime_ns, kind=md.kind,

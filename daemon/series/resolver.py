@@ -431,9 +431,19 @@ class TiltSeriesResolver:
             self._log.error("series_state_unreadable", error=f"{type(exc).__name__}: {exc}")
 
     def busy(self) -> bool:
-        """An assembly is running, or a series whose tilts are all corrected waits only for its
-        mdoc to be quiet (the service must not exit as idle)."""
-        return bool(self._assembling or self._completing)
+        """An assembly is running, a series whose tilts are all corrected waits only for its
+        mdoc to be quiet, or a series mdoc rewritten while watched has not settled for the
+        metadata wait yet: what it lists may still move a corrected tilt (a tilt it no longer
+        lists is redone on its own once it settles). The service must not exit as idle: it
+        did, the movie left a tilt. (An mdoc as first read, a finished session's, holds
+        nothing back.)"""
+        if self._assembling or self._completing:
+            return True
+        if self._ctx is None:
+            return False
+        now, wait = self._now(), self.series_config.metadata_wait_s
+        return any(m.rewritten and now - m.unchanged_since_s < wait
+                   for m in self._mdocs.values() if m.parsed.kind == "tilt_series")
 
     def quiet_s(self) -> float:
         """A series mdoc unchanged this long is taken as finished (``mdoc_quiet_s``) or its

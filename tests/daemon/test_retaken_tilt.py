@@ -73,11 +73,14 @@ def _retake(watch: Path, first):
         pre_exposure_e_A2=first.pre_exposure_e_A2 + first.dose_e_A2)
 
 
-@pytest.mark.parametrize("configured", [True, False], ids=["dose-configured", "dose-from-mdoc"])
+@pytest.mark.parametrize("configured, wait_s", [(True, 0.5), (False, 0.5), (True, 2.0)],
+                         ids=["dose-configured", "dose-from-mdoc", "metadata-wait-over-idle"])
 def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_corrected_alone(
-        tmp_path, configured):
+        tmp_path, configured, wait_s):
     """Corrected on its own with the configured dose, else (tilt series take theirs from the
-    mdoc) with the dose it had as a tilt: not quarantined for want of one."""
+    mdoc) with the dose it had as a tilt: not quarantined for want of one. With a metadata
+    wait longer than ``exit_when_idle`` (0.6 s), the daemon waits for the redo: it exited as
+    idle while the mdoc that discarded the tilt was still settling, the movie left a tilt."""
     dose = DoseParams(dose_per_frame_e_A2=1.0) if configured else DoseParams()
     watch, out, tilts = _session(tmp_path)
     first = tilts[2]
@@ -97,7 +100,7 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
                 write_series_mdoc(watch, [tilts[0], tilts[1], retake])
 
     serialem = SerialEM()
-    _run(watch, out, serialem, dose=dose)
+    _run(watch, out, serialem, dose=dose, wait_s=wait_s)
     assert retake_path.exists() and serialem.tilts_listed_before == 3
 
     table = _series_star(out)
