@@ -481,8 +481,12 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                                          headless=True)
             try:
                 context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                              bypass_csp=True)  # lets playwright evaluate
+                                              bypass_csp=True,  # lets playwright evaluate
+                                              timezone_id="Europe/Berlin")
                 page = context.new_page()
+                console_errors: list[str] = []
+                page.on("console", lambda m: console_errors.append(m.text)
+                        if m.type == "error" else None)
                 page.goto(url)
                 page.evaluate("window.__loadedOnce = true")  # gone if the page reloads
                 rows_seen: list[int] = []
@@ -521,6 +525,10 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                         f"document.getElementById('{pic}').naturalWidth > 0", timeout=15000)
                 latest = page.locator("#latest-name").inner_text()
                 assert latest.startswith("TS_01_")
+                # a failure's time on the clock of the room (UTC+1 here), not the UTC one
+                assert page.evaluate("clock('2026-11-25T23:10:00.000Z')") == "00:10:00"
+                # no request fails (the favicon the page named none of was a 404 each load)
+                assert console_errors == [], console_errors
                 # a name's bidirectional override is shown, not obeyed (it would reorder it)
                 assert page.evaluate("el('td', {}, 'TS_01_\\u202egpj.mrc').textContent") \
                     == "TS_01_\ufffdgpj.mrc"

@@ -138,8 +138,15 @@ function renderSeries(s) {
   }));
 }
 
+// a note's time (ISO 8601 in UTC, as the daemon stamps it) on the browser's own clock: the UTC
+// clock cut out of the string read an hour or more off beside the microscope, unlabelled
+function clock(iso) {
+  const time = new Date(iso || "");
+  return isNaN(time) ? "" : time.toLocaleTimeString("en-GB", { hour12: false });
+}
+
 function renderLog(list, items, text) {
-  list.replaceChildren(...items.slice(0, 30).map((item) => el("li", {}, `${(item.time || "").slice(11, 19)} ${text(item)}`)));
+  list.replaceChildren(...items.slice(0, 30).map((item) => el("li", {}, `${clock(item.time)} ${text(item)}`)));
 }
 
 function render(s) {
