@@ -12,7 +12,7 @@ import socket
 from collections.abc import Sequence
 
 __all__ = ["DEFAULT_ENDPOINT", "PublishConfigError", "endpoint_is_local", "feed_endpoint",
-           "ipc_connect_problem"]
+           "ipc_connect_problem", "ipc_socket_path", "unix_connect_error"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 _LOOPBACK_NAMES = {"localhost", "lo", "ip6-localhost"}
@@ -67,29 +67,44 @@ def endpoint_is_local(endpoint: str) -> bool:
         return False  # "*", an interface name or a host name
 
 
-def ipc_connect_problem(endpoint: str) -> str | None:
-    """Why a subscriber cannot reach an ``ipc://`` feed, told by connecting to its socket file
-    once (None when it connects, or for any other transport: ZeroMQ retries a refused connect
-    in silence, so a subscriber refused for lack of permission heard nothing and asked "is the
-    daemon running?"). Connecting to a Unix socket takes write permission on it."""
+def ipc_socket_path(endpoint: str) -> str | None:
+    """The socket file of an ``ipc://`` endpoint; None for another transport or an abstract
+    name (``ipc://@name``), which has no file."""
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
         return None
-    path = endpoint[len("ipc://"):]
+    return endpoint[len("ipc://"):]
+
+
+def unix_connect_error(path: str) -> OSError | None:
+    """Why connecting once to the Unix stream socket at ``path`` fails; None when something
+    listens there. Connecting takes write permission on the socket file."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(path)
-    except PermissionError:
-        return f"this account may not connect to {path} (permission denied){_group_hint(path)}"
-    except FileNotFoundError:
-        return f"no socket at {path}: is the daemon running, with this feed?"
     except OSError as exc:
-        if exc.errno == errno.ECONNREFUSED:
-            return f"nothing listens on {path}: the daemon that made it has stopped"
-        return f"cannot connect to {path}: {exc.strerror or exc}"
+        return exc
     finally:
         probe.close()
     return None
+
+
+def ipc_connect_problem(endpoint: str) -> str | None:
+    """Why a subscriber cannot reach an ``ipc://`` feed, told by connecting to its socket file
+    once (None when it connects, or for any other transport: ZeroMQ retries a refused connect
+    in silence, so a subscriber refused for lack of permission heard nothing and asked "is the
+    daemon running?")."""
+    path = ipc_socket_path(endpoint)
+    exc = None if path is None else unix_connect_error(path)
+    if exc is None:
+        return None
+    if isinstance(exc, PermissionError):
+        return f"this account may not connect to {path} (permission denied){_group_hint(path)}"
+    if isinstance(exc, FileNotFoundError):
+        return f"no socket at {path}: is the daemon running, with this feed?"
+    if exc.errno == errno.ECONNREFUSED:
+        return f"nothing listens on {path}: the daemon that made it has stopped"
+    return f"cannot connect to {path}: {exc.strerror or exc}"
 
 
 def _group_hint(path: str) -> str:

@@ -60,7 +60,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from correction.write import plain
 from daemon import __version__
-from daemon.feed.endpoint import DEFAULT_ENDPOINT, PublishConfigError, endpoint_is_local
+from daemon.feed.endpoint import (DEFAULT_ENDPOINT, PublishConfigError, endpoint_is_local,
+                                  ipc_socket_path, unix_connect_error)
 from daemon.feed.messages import (SCHEMA, SERIES_EVENTS, DriftRules, TiltInfo, movie_message,
                                   movie_warnings, series_status, tilt_summary)
 
@@ -677,17 +678,9 @@ def _refuse_live_ipc(endpoint: str) -> None:
     daemon killed outright) is replaced as before. Abstract names (``ipc://@name``) are
     refused by the kernel when taken.
     """
-    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
-        return
-    path = endpoint[len("ipc://"):]
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError:
+    path = ipc_socket_path(endpoint)
+    if path is None or unix_connect_error(path) is not None:
         return  # no such file, not a socket, or nobody listening: free to bind
-    finally:
-        probe.close()
     raise OSError(f"Address already in use (another process, a motionwatch watch?, listens "
                   f"on {path})")
 
@@ -700,9 +693,9 @@ def _group_may_connect(endpoint: str) -> None:
     service's group, whom the docs send to the feed, were refused (``monitor`` said "is the
     daemon running?"). Others stay as the umask left them.
     """
-    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+    path = ipc_socket_path(endpoint)
+    if path is None:
         return
-    path = endpoint[len("ipc://"):]
     try:
         mode = os.stat(path).st_mode
         if mode & stat.S_IRGRP and not mode & stat.S_IWGRP:
