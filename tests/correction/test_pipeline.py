@@ -305,6 +305,14 @@ def test_a_float_movie_whose_sums_cannot_be_finite_is_an_error_and_nothing_is_wr
     assert not list((tmp_path / "out").glob("*.mrc"))
 
 
+def _shift_error_px(out, movie) -> float:
+    """RMS length (px) of the found shifts' error against the rendered truth, the common
+    offset removed."""
+    truth = movie.shifts_yx_px - movie.shifts_yx_px.mean(axis=0)
+    found = out.shifts_yx_px - out.shifts_yx_px.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1))))
+
+
 def test_too_few_electrons_per_frame_for_single_frames_is_said_with_the_group_that_helps():
     """A weak (7 %) specimen at 0.15 e/px/frame on 512 x 720 (55,000 electrons a frame):
     single frames' correlation peaks barely clear noise's, and the shifts are hardly better than
@@ -323,10 +331,7 @@ def test_too_few_electrons_per_frame_for_single_frames_is_said_with_the_group_th
         with w.catch_warnings(record=True) as caught:
             w.simplefilter("always")
             out = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=1)
-        truth = movie.shifts_yx_px - movie.shifts_yx_px.mean(axis=0)
-        found = out.shifts_yx_px - out.shifts_yx_px.mean(axis=0)
-        error = float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1))))
-        return out, error, [str(c.message) for c in caught]
+        return out, _shift_error_px(out, movie), [str(c.message) for c in caught]
 
     single, single_error, said = corrected(0.07, 0.15, 1)
     (advice,) = single.alignment_advice
@@ -358,9 +363,7 @@ def test_a_weak_tilt_at_many_electrons_per_frame_is_said_to_be_possibly_pixels_o
     with w.catch_warnings(record=True) as caught:
         w.simplefilter("always")
         out = correct_frames(movie.frames, pixel_size_A=2.0, params=params, workers=2)
-    truth = movie.shifts_yx_px - movie.shifts_yx_px.mean(axis=0)
-    found = out.shifts_yx_px - out.shifts_yx_px.mean(axis=0)
-    error = float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1))))
+    error = _shift_error_px(out, movie)
     assert out.alignment.supported
     if advised:
         (advice,) = out.alignment_advice

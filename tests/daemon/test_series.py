@@ -247,19 +247,26 @@ def test_an_exposure_serialem_counted_but_the_mdoc_does_not_list_is_reported_at_
                    for _, w in _resolve(dose_symmetric_mdoc(7)[0]).warnings)
 
 
+def _mdoc_of_prior_record_doses(dose: float, priors: list[float]):
+    """A dose-symmetric series mdoc whose tilts list ``dose`` each and SerialEM's
+    ``PriorRecordDose`` as given, acquired 40 s apart: (the mdoc, its movies' names)."""
+    t0 = dt.datetime(2024, 5, 17, 9, 58, 10)
+    lines, names = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", ""], []
+    for i, prior in enumerate(priors):
+        angle = 3.0 * ((i + 1) // 2) * (1 if i % 2 else -1)
+        names.append(f"TS_7_{i:03d}_{angle:.1f}.tif")
+        lines += [f"[ZValue = {i}]", f"TiltAngle = {angle:.3f}", f"ExposureDose = {dose}",
+                  f"PriorRecordDose = {prior:g}", rf"SubFramePath = X:\s\{names[-1]}",
+                  f"DateTime = {(t0 + dt.timedelta(seconds=40 * i)):%d-%b-%Y  %H:%M:%S}", ""]
+    return parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc"), names
+
+
 def test_a_prior_record_dose_running_slowly_ahead_of_the_listed_doses_is_no_lost_exposure():
     """PriorRecordDose 1.4 times the listed doses before it (1 e/Å² more a tilt, below the
     2.5 e/Å² of a whole exposure: a calibration's drift, not an exposure the mdoc left out):
     every pre-exposure stays the sum of the listed doses before it."""
-    dose, t0 = 2.5, dt.datetime(2024, 5, 17, 9, 58, 10)
-    lines, names = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", ""], []
-    for i in range(7):
-        angle = 3.0 * ((i + 1) // 2) * (1 if i % 2 else -1)
-        names.append(f"TS_7_{i:03d}_{angle:.1f}.tif")
-        lines += [f"[ZValue = {i}]", f"TiltAngle = {angle:.3f}", f"ExposureDose = {dose}",
-                  f"PriorRecordDose = {dose * 1.4 * i:g}", rf"SubFramePath = X:\s\{names[-1]}",
-                  f"DateTime = {(t0 + dt.timedelta(seconds=40 * i)):%d-%b-%Y  %H:%M:%S}", ""]
-    md = parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc")
+    dose = 2.5
+    md, names = _mdoc_of_prior_record_doses(dose, [dose * 1.4 * i for i in range(7)])
     res = _resolve(md, movies=[MovieObservation(n, 0.0) for n in names])
     assert [res.assignments[n].pre_exposure_e_A2 for n in names] == pytest.approx(
         [dose * i for i in range(7)])
@@ -273,16 +280,9 @@ def test_an_unlisted_exposure_cut_short_counts_also_beside_a_prior_record_dose_r
     as was a deleted section of 1.77 among 3.6. Measured against PriorRecordDose's own pace
     (here also 1.3 times the listed doses: a calibration's drift, no exposure), a fifth of a
     tilt's dose counts."""
-    dose, t0 = 3.0, dt.datetime(2024, 5, 17, 9, 58, 10)
-    lines, names = ["PixelSpacing = 1.5", "Voltage = 300", "ImageFile = TS_7.mrc", ""], []
-    for i in range(9):
-        angle = 3.0 * ((i + 1) // 2) * (1 if i % 2 else -1)
-        names.append(f"TS_7_{i:03d}_{angle:.1f}.tif")
-        prior = dose * drift * i + (unlisted if i >= 5 else 0.0)
-        lines += [f"[ZValue = {i}]", f"TiltAngle = {angle:.3f}", f"ExposureDose = {dose}",
-                  f"PriorRecordDose = {prior:g}", rf"SubFramePath = X:\s\{names[-1]}",
-                  f"DateTime = {(t0 + dt.timedelta(seconds=40 * i)):%d-%b-%Y  %H:%M:%S}", ""]
-    md = parse_mdoc_text("\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc")
+    dose = 3.0
+    md, names = _mdoc_of_prior_record_doses(
+        dose, [dose * drift * i + (unlisted if i >= 5 else 0.0) for i in range(9)])
     res = _resolve(md, movies=[MovieObservation(n, 0.0) for n in names])
     assert [res.assignments[n].pre_exposure_e_A2 for n in names] == pytest.approx(
         [dose * i + (unlisted if i >= 5 else 0.0) for i in range(9)], abs=1e-3)
