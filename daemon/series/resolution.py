@@ -863,12 +863,12 @@ def _prior_record_dose_jumps(ordered: Sequence[_Tilt], doses: Sequence[float | N
     which irradiated the specimen all the same. Index in ``ordered`` -> (tilt label, the
     unlisted dose in e/Å², reason).
 
-    The usual pace is the lower median of the steps (``PriorRecordDose`` less the listed
-    doses before each tilt, from one tilt to the next), of at least :data:`_PACE_STEPS` steps
-    and up to half a tilt's dose (more is an exposure left out at most tilts, not a drift): a
-    calibration that makes it run ahead of the listed doses by the same amount at every tilt
-    is no exposure. Before, without a pace, the threshold was half a tilt's dose: an exposure cut short at 45 % of one, or a deleted
-    section of 1.77 e/Å² among 3.6, was dropped in silence. On real mdocs the steps differ
+    The usual pace is the lower median of the steps (``PriorRecordDose`` less the listed doses
+    before each tilt, from one tilt to the next), of at least :data:`_PACE_STEPS` steps and up to
+    half a tilt's dose (more is an exposure left out at most tilts, not a drift): a calibration that
+    makes it run ahead of the listed doses by the same amount at every tilt is no exposure. Before,
+    without a pace, the threshold was half a tilt's dose: an exposure cut short at 45 % of one, or a
+    deleted section of 1.77 e/Å² among 3.6, was dropped in silence. On real mdocs the steps differ
     from their median by 0.001 e/Å² but at the discarded exposure (cryoCAT's TS_017: 2.24)."""
     known = [d for d in doses if d is not None and d > 0]
     if not known:
