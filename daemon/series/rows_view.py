@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.series.resolution import MovieObservation
+from daemon.series.stored_state import failed_tilt
 
 __all__ = ["RowsView", "recorded_tilt_field", "row_series"]
 
@@ -117,9 +118,8 @@ class RowsView:
                       if (path := self.path_of_name.get(name)) is not None
                       and path not in members and path in self._facts]
         return (sum(row.status == "done" for row in rows),
-                sum(row.status in ("failed", "quarantined") for row in rows)
-                + sum(facts.series is None and facts.row.status in ("failed", "quarantined")
-                      for facts in unresolved))
+                sum(failed_tilt(row) for row in rows)
+                + sum(facts.series is None and failed_tilt(facts.row) for facts in unresolved))
 
     def _read(self, path: str, row: Any) -> None:
         metadata = row.peek_metadata()  # one decoding for both fields, not kept
@@ -159,4 +159,4 @@ class RowsView:
             members.discard(path)
         counts = self._counts.setdefault(facts.series, [0, 0])
         counts[0] += sign * (facts.row.status == "done")
-        counts[1] += sign * (facts.row.status in ("failed", "quarantined"))
+        counts[1] += sign * failed_tilt(facts.row)

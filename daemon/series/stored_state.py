@@ -20,7 +20,7 @@ from daemon.series.resolution import DROPPED_SERIES_REASON, REMOVED_SERIES_REASO
 from daemon.series.tilt_record import TiltRecord
 
 __all__ = ["ACCUMULATED_DOSE", "LISTED_MOVIES", "SeriesTally", "accumulated_dose_e_A2",
-           "listed_now", "series_gone", "series_tallies"]
+           "failed_tilt", "listed_now", "series_gone", "series_tallies"]
 
 LISTED_MOVIES = "listed_movies"
 ACCUMULATED_DOSE = "accumulated_dose_e_A2"
@@ -91,6 +91,15 @@ def _listing_owner(listing: Mapping[str, Mapping[str, Any]], path: str,
     return best
 
 
+def failed_tilt(row: Any) -> bool:
+    """Whether a movie's newest row counts as a failed tilt: quarantined, or failed against it.
+    A row put back by trouble outside the movie (failed, never counted against it: a full
+    disk, workers that cannot start) is none: "3 failed" beside "0 failed, 6 put back" sent
+    the operator after three good tilts."""
+    return row.status == "quarantined" or (row.status == "failed"
+                                           and getattr(row, "failures", 1) > 0)
+
+
 def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any],
                    watch_dir: str | None = None) -> dict[str, SeriesTally]:
     """:class:`SeriesTally` by series name, from the stored ``states`` and the database's movie
@@ -106,7 +115,7 @@ def series_tallies(states: Mapping[str, Mapping[str, Any]], rows: Iterable[Any],
                if isinstance(state, Mapping) and isinstance(state.get(LISTED_MOVIES), list)}
     for path, row in latest.items():
         tilt = TiltRecord.from_json(((row.metadata or {}).get("extra_record") or {}).get("tilt"))
-        failed = row.status in ("failed", "quarantined")
+        failed = failed_tilt(row)
         if tilt is None:
             if failed:  # quarantined before it was resolved: a tilt of the series listing it
                 owner = _listing_owner(listing, path, watch_dir)

@@ -113,3 +113,24 @@ def test_a_movie_quarantined_before_it_was_a_tilt_counts_for_the_series_listing_
               row("/w/TS_01_009_3.0.mrc", "done", 32.0, "TS_01", 1)]
     tallies = series_tallies({"TS_01": states["TS_01"]}, redone, watch_dir="/w")
     assert (tallies["TS_01"].done, tallies["TS_01"].failed) == (1, 0)
+
+
+def test_a_tilt_put_back_by_trouble_outside_it_is_no_failed_tilt_of_its_series():
+    """Workers that could not start put every movie back (failed, never counted against):
+    ``status`` said "0 failed, 6 put back" and, below it, "TS_01: 0/3 tilts done, 3 failed"."""
+    from types import SimpleNamespace
+
+    from daemon.series.stored_state import series_tallies
+
+    def row(name, status, failures, index):
+        tilt = {"series": "TS_01", "movie": name, "tilt_deg": 0.0, "acquisition_index": index,
+                "dose_e_A2": 3.0, "pre_exposure_e_A2": 3.0 * index}
+        return SimpleNamespace(key=SimpleNamespace(path=f"/w/{name}", size=10), status=status,
+                               failures=failures, updated=1.0 + index,
+                               metadata={"extra_record": {"tilt": tilt}})
+
+    names = [f"TS_01_00{i}.mrc" for i in range(3)]
+    rows = [row(names[0], "failed", 0, 0), row(names[1], "failed", 1, 1),
+            row(names[2], "quarantined", 2, 2)]
+    tally = series_tallies({"TS_01": {"listed_movies": names}}, rows)["TS_01"]
+    assert (tally.done, tally.failed) == (0, 2)  # the put-back tilt waits; it did not fail
