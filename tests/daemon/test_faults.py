@@ -686,7 +686,7 @@ def test_a_tilt_retried_after_its_correction_failed_is_corrected_once_with_its_d
     marker = flaky.with_name(flaky.name + ".bad")
     marker.write_text("")
     config = dataclasses.replace(setup, exit_when_idle_s=1.0, options={
-        "tilt_series": "on", "metadata_wait": 30, "mdoc_quiet": 0.5})
+        "tilt_series": "on", "metadata_wait": 5, "mdoc_quiet": 0.5})
 
     class Operator(ServiceListener):
         """Fixes the first dose once the tilt is quarantined; retries it once the last tilt was

@@ -108,7 +108,10 @@ def test_dose_symmetric_session_with_late_arrival_gives_exact_pre_exposures_and_
         tmp_path, capsys):
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
-    daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--exit-when-idle", "2")
+    # the mdoc re-sorted at the end keeps the run going for the metadata wait (it may move a
+    # tilt's metadata): 8 s here, against 0.2 s between tilts
+    daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--metadata-wait", "8",
+                          "--exit-when-idle", "2")
     try:
         wait_for(log, "service_ready", 1, 30)
         # tilts 3 and 4 (acquisition order) arrive the other way round; re-sorted mdoc at the end
@@ -239,7 +242,7 @@ def test_metadata_changed_after_correction_redoes_the_movies_and_reassembles(tmp
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     tilts = simulate(watch, 25, n_tilts=3, tilt_interval_s=0.0, frame_interval_s=0.0)
-    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--metadata-wait", "30",
+    daemon = start_daemon(watch, out, log, "--tilt-series", "on", "--metadata-wait", "8",
                           "--mdoc-quiet", "1", "--exit-when-idle", "2")
     try:
         wait_for(log, "series_completed", 1)
