@@ -30,6 +30,8 @@ __all__ = ["SessionView"]
 _HISTORY = 300      # movies kept for the drift / resolution history
 _RECENT = 30        # warnings and errors kept
 _RATE_WINDOW_S = 600.0
+#: seconds of arrivals the page's own "keeping up" verdict needs (the daemon's comes after one)
+_OWN_VERDICT_S = 120.0
 _SILENT_BEATS = 3   # heartbeats missed before the daemon counts as silent
 _COMPLETED_KEPT = 8  # completed tilt series shown (the newest)
 _OPEN_KEPT = 16      # open tilt series shown (the newest)
@@ -279,12 +281,18 @@ class SessionView:
             return "restarted"
         return "live"
 
+    def _arrivals_span_s(self) -> float:
+        """Seconds between the first and the last arrival counted in the rate window."""
+        return self._arrivals[-1][0] - self._arrivals[0][0] if self._arrivals else 0.0
+
     @staticmethod
-    def _rates(beat: Mapping[str, Any], corrected: float | None, arrived: float | None
-               ) -> dict[str, Any]:
+    def _rates(beat: Mapping[str, Any], corrected: float | None, arrived: float | None,
+               observed_s: float = float("inf")) -> dict[str, Any]:
         """The daemon's pace when its heartbeat has a verdict (by the minutes of work waiting:
         :mod:`daemon.engine.pace`), else the rates of the messages seen here (``source`` says
-        which)."""
+        which), with a verdict of its own only once they span :data:`_OWN_VERDICT_S`
+        (``observed_s``): on a backlog's first minute the page said "no" in red, then the
+        daemon's verdict "yes"."""
         pace = beat.get("pace") or {}
         if pace.get("keeping_up") is not None:
             return {"corrected_per_min": pace.get("corrected_per_min"),
@@ -293,6 +301,7 @@ class SessionView:
                     "keeping_up": bool(pace["keeping_up"]), "source": "daemon"}
         return {"corrected_per_min": corrected, "arrived_per_min": arrived, "behind_min": None,
                 "keeping_up": None if corrected is None or arrived is None
+                or observed_s < _OWN_VERDICT_S
                 else bool(corrected >= 0.9 * arrived or not beat.get("backlog")),
                 "source": "dashboard"}
 
@@ -309,7 +318,7 @@ class SessionView:
         corrected, arrived = self._rate_per_min(now)
         beat = self.heartbeat or {}
         state = self.daemon_state(now)
-        rates = self._rates(beat, corrected, arrived)
+        rates = self._rates(beat, corrected, arrived, self._arrivals_span_s())
         if state in ("silent", "stopped"):  # a daemon killed or gone keeps up with nothing
             rates["keeping_up"] = None
         series = []

@@ -147,6 +147,20 @@ def test_view_counts_lost_messages_and_compares_correction_with_arrival_rate():
     assert view.snapshot()["feed"]["gaps"] == 3  # seq 3, 6, 9 never came
 
 
+def test_the_pages_own_verdict_waits_for_two_minutes_of_arrivals():
+    """On a backlog's first minute, before the daemon's pace has a verdict, the page said
+    "keeping up: no" in red from a few movies' rates, then the daemon's "yes"."""
+    clock = Clock()
+    view = SessionView(locate=lambda name: None, clock=clock)
+    for k in range(8):  # 8 movies a minute arrive, 4 are corrected, for 105 s
+        view.apply("heartbeat", envelope("a", 1 + 3 * k, interval_s=5.0, backlog=k, done=k,
+                                         failed=0, running=0))
+        view.apply("movie", envelope("a", 2 + 3 * k, **movie_message(record(f"m{k}.mrc", 1.0))))
+        clock.t += 15.0
+    rates = view.snapshot()["rates"]
+    assert rates["arrived_per_min"] is not None and rates["keeping_up"] is None  # shown "–"
+
+
 def test_the_pages_own_correction_rate_falls_while_no_movie_is_corrected():
     """Counted here (no verdict from the daemon): a night whose corrections stop shows a rate
     that falls with the wait, not the last one for the ten minutes of the window."""
