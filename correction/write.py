@@ -90,16 +90,11 @@ def replace_with_hard_link(target: str | Path, link: str | Path) -> None:
     third name of a stack stayed in ``aretomo3/`` for good).
     """
     target, link = Path(target), Path(link)
-    try:
+    with contextlib.suppress(OSError):  # no link yet (or no target: os.link says so)
         if os.path.samefile(target, link):
             return
-    except OSError:  # no link yet (or no target: os.link says so)
-        pass
     tmp = temporary_name(link)
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
+    tmp.unlink(missing_ok=True)
     os.link(target, tmp)
     os.replace(tmp, link)
 

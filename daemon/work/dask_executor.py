@@ -23,6 +23,7 @@ that :meth:`DaskExecutor.wait` selects on, beside the engine's own wake-up descr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import select
@@ -449,10 +450,9 @@ class DaskExecutor:
         outputs = {k: map_path(v, pairs) for k, v in outcome.outputs.items()}
         record = _remap_strings(outcome.record, pairs)
         if record != outcome.record and outputs.get("motion"):
-            try:
+            # unwritable here: left as the worker wrote it; the daemon's files use ``record``
+            with contextlib.suppress(OSError):
                 write_json_atomic(outputs["motion"], record)
-            except OSError:  # as the worker wrote it; the daemon's own files use ``record``
-                pass
         return dataclasses.replace(outcome, outputs=outputs, record=record)
 
     def _lost(self) -> list[Outcome]:
