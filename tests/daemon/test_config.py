@@ -269,7 +269,7 @@ def test_a_folder_or_file_out_of_reach_at_start_up_exits_69_which_systemd_restar
         tmp_path, capsys, what):
     """A share not mounted yet (or away for a while) is no wrong value: with only such
     problems ``watch`` exits 69 (EX_UNAVAILABLE), with the same one-line reasons, and the unit
-    restarts it (its RestartPreventExitStatus= holds 78 alone) until the share is back."""
+    restarts it (its RestartPreventExitStatus= holds 2 and 78 only) until the share is back."""
     watch, out = tmp_path / "w", tmp_path / "o"
     watch.mkdir()
     extra = []
@@ -287,7 +287,7 @@ def test_a_folder_or_file_out_of_reach_at_start_up_exits_69_which_systemd_restar
     assert what in err
     assert "out of reach" in err and "invalid configuration" not in err  # no wrong value
     unit = (Path(__file__).resolve().parents[2] / "systemd" / "motionwatch.service").read_text()
-    assert "RestartPreventExitStatus=78\n" in unit and "StartLimitIntervalSec=0\n" in unit
+    assert "RestartPreventExitStatus=2 78\n" in unit and "StartLimitIntervalSec=0\n" in unit
 
 
 def test_unreadable_watch_folder_exits_78(tmp_path, capsys):

@@ -124,7 +124,9 @@ def test_unit_declares_notify_watchdog_restart_policy_and_config_exit_status(nam
     assert single["NotifyAccess"] == "main"
     assert single["WatchdogSec"]
     assert single["Restart"] == "on-failure"
-    assert single["RestartPreventExitStatus"] == str(exitcodes.CONFIG)
+    # neither a bad config nor a command line argparse refuses will fix itself
+    assert single["RestartPreventExitStatus"].split() == [str(exitcodes.USAGE),
+                                                          str(exitcodes.CONFIG)]
     assert single["KillMode"] == "mixed" and single["KillSignal"] == "SIGTERM"
     assert single["TimeoutStopSec"] == "10min"
     assert single["User"] == single["Group"] == "motionwatch"
