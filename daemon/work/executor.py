@@ -107,6 +107,11 @@ class JobQueueSettings:
     maximum_workers: int = 1
 
 
+#: movies a local worker process corrects before it is replaced by a fresh one (a new worker
+#: costs its imports and the gain reference, ~1-3 s, once in this many movies)
+DEFAULT_WORKER_MAX_MOVIES = 200
+
+
 @dataclass(frozen=True, slots=True)
 class ExecutorSettings:
     """The executor options of a :class:`~daemon.settings.config.Config`.
@@ -122,6 +127,9 @@ class ExecutorSettings:
     path_map : tuple of (str, str)
         ``(daemon_prefix, worker_prefix)`` pairs: where the workers see the daemon's folders.
     jobqueue : JobQueueSettings or None
+    worker_max_movies : int or None
+        Movies a local worker process corrects before it is replaced; None: never (and for
+        Dask, whose workers are its own).
     """
 
     kind: str = "local"
@@ -129,6 +137,7 @@ class ExecutorSettings:
     max_in_flight: int | None = None
     path_map: tuple[tuple[str, str], ...] = ()
     jobqueue: JobQueueSettings | None = None
+    worker_max_movies: int | None = None
 
 
 def _path_pair(text: str) -> tuple[str, str]:
@@ -151,6 +160,11 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
                         "worker threads)")
     g.add_argument("--path-map", type=_path_pair, nargs="+", default=[], metavar="FROM=TO",
                    help="the cluster sees the daemon's folder FROM at TO (repeatable pairs)")
+    g.add_argument("--worker-max-movies", type=int, default=DEFAULT_WORKER_MAX_MOVIES,
+                   metavar="N",
+                   help="replace a local worker process after it has corrected N movies, so "
+                        "that slow memory growth (a library's caches, fragmentation) cannot "
+                        "build up over a night; 0: never (default %(default)s)")
     g.add_argument("--executor-cluster", choices=tuple(JOBQUEUE_CLUSTERS), default=None,
                    help="start workers as batch jobs through dask-jobqueue (instead of "
                         "--scheduler; needs --executor dask)")
@@ -203,7 +217,11 @@ def executor_settings(config: Any) -> ExecutorSettings:
     kind = options.get("executor") or "local"
     if kind == "local":
         _refuse_dask_options(options)
-        return ExecutorSettings()
+        max_movies = options.get("worker_max_movies", DEFAULT_WORKER_MAX_MOVIES)
+        if max_movies is None or max_movies < 0:
+            raise ConfigError([f"worker_max_movies must be >= 0 (0: never replace a worker), "
+                               f"got {max_movies}"])
+        return ExecutorSettings(worker_max_movies=max_movies or None)
     problems: list[str] = []
     scheduler = options.get("scheduler")
     cluster = options.get("executor_cluster")
@@ -265,7 +283,8 @@ def build_executor(config: Any, *, runner: str = DEFAULT_RUNNER) -> Executor:
     settings = executor_settings(config)
     if settings.kind == "local":
         return WorkerPool(config.workers, timeout_s=config.movie_timeout_s, runner=runner,
-                          preload_gain=config.params.gain)
+                          preload_gain=config.params.gain,
+                          max_tasks_per_worker=settings.worker_max_movies)
     from daemon.work.dask_executor import DaskExecutor
 
     return DaskExecutor(settings, timeout_s=config.movie_timeout_s, runner=runner,

@@ -35,8 +35,9 @@ from daemon.settings.config import Config, ConfigError  # noqa: E402
 from daemon.simulation.movies import simulate_session, write_movie_progressively  # noqa: E402
 from daemon.state.ledger import Ledger  # noqa: E402
 from daemon.work.dask_executor import DaskExecutor, map_path  # noqa: E402
-from daemon.work.executor import (ExecutorSettings, add_executor_arguments,  # noqa: E402
-                                  build_executor, executor_settings)
+from daemon.work.executor import (DEFAULT_WORKER_MAX_MOVIES, ExecutorSettings,  # noqa: E402
+                                  add_executor_arguments, build_executor,
+                                  executor_settings)
 from daemon.work.workers import Task, WorkerPool  # noqa: E402
 
 PARAMS = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0))
@@ -309,6 +310,7 @@ def test_the_local_executor_is_the_default_worker_pool():
     assert isinstance(executor, WorkerPool)
 
 
+
 @pytest.mark.parametrize(("argv", "keys"), [
     (["--scheduler", "tcp://h:8786"], "scheduler"),
     (["--executor-cluster", "slurm"], "executor_cluster"),
@@ -387,7 +389,8 @@ def test_the_executor_is_configured_by_flat_toml_keys_of_motionwatch_watch(tmp_p
                                         (("/data", "/cluster/data"),))
     flagged = load_config(parser.parse_args([str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                                              "--dose-per-frame", "1"]))
-    assert executor_settings(flagged) == ExecutorSettings()  # local unless asked
+    assert executor_settings(flagged) == ExecutorSettings(  # local unless asked
+        worker_max_movies=DEFAULT_WORKER_MAX_MOVIES)
 
 
 def test_a_slurm_cluster_section_becomes_the_batch_job_that_dask_jobqueue_submits():

@@ -50,6 +50,42 @@ def test_a_crashing_worker_is_replaced_and_later_movies_are_still_corrected(tmp_
         assert pool.replaced == 1
 
 
+def test_a_worker_is_replaced_after_its_bound_of_movies_and_no_movie_is_lost(tmp_path, runners):
+    with WorkerPool(1, runner=runners, gain_loader=None, max_tasks_per_worker=2) as pool:
+        results = run_all(pool, [task(tmp_path, i, f"ok{i}.mrc") for i in range(5)])
+    assert sorted(results) == list(range(5))
+    assert {r.kind for r in results.values()} == {"done"}
+    pids = [results[i].record["pid"] for i in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] != pids[0]
+
+
+def test_the_daemons_local_workers_are_replaced_after_a_bounded_number_of_movies():
+    """A night of thousands of movies must not run in processes that only ever grow: the
+    daemon's pool replaces a worker after ``worker_max_movies`` (the pool had the bound;
+    nothing set it)."""
+    import argparse
+
+    from correction.params import CorrectionParams, DoseParams
+    from daemon.settings.config import Config, ConfigError
+    from daemon.work.executor import (DEFAULT_WORKER_MAX_MOVIES, add_executor_arguments,
+                                      build_executor, executor_settings)
+
+    def config(*argv: str) -> Config:
+        parser = argparse.ArgumentParser()
+        add_executor_arguments(parser)
+        return Config(Path("/w"), Path("/o"), Path("/o"), CorrectionParams(DoseParams(dose_per_frame_e_A2=1.0)),
+                      options=vars(parser.parse_args(list(argv))))
+
+    def bound(*argv: str) -> int | None:
+        return build_executor(config(*argv))._max_tasks  # noqa: SLF001
+
+    assert bound() == DEFAULT_WORKER_MAX_MOVIES == 200
+    assert bound("--worker-max-movies", "25") == 25
+    assert bound("--worker-max-movies", "0") is None  # never
+    with pytest.raises(ConfigError, match="worker_max_movies must be >= 0"):
+        executor_settings(config("--worker-max-movies", "-1"))
+
+
 def test_a_hanging_movie_is_killed_after_the_timeout(tmp_path, runners):
     with WorkerPool(1, runner=runners, gain_loader=None, timeout_s=1.0) as pool:
         results = run_all(pool, [task(tmp_path, 0, "hang.mrc"), task(tmp_path, 1, "ok.mrc")])
