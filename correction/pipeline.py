@@ -295,6 +295,8 @@ class PreparedMovie:
                 pictures = []
                 record["quicklook"] = {"error": f"{type(exc).__name__}: {exc}"}
             record["timings_s"]["quicklook"] = round(time.perf_counter() - t_pictures, 3)
+            if "memory" in record:  # the peak so far, the pictures' spectra included
+                record["memory"]["process_peak_MB"] = round(peak_resident_MB())
             for path, writer in [*pictures, (self.outputs["motion"], json_writer(record))]:
                 output_set.add(path, writer)
             output_set.commit()
