@@ -427,7 +427,9 @@ class Publisher:
         ----------
         movies : iterable of mapping
             ``movie`` message bodies (:func:`movie_message`), oldest first; a ``time`` they
-            carry (when the movie was done) is kept.
+            carry (when the movie was done) is kept. The warnings each raises under
+            ``config.drift`` are restored with it (a dashboard opened after a restart lists the
+            night's drift warnings, not only this run's).
         series : iterable of mapping
             ``series`` message bodies (``event`` ``updated`` or ``completed``), applied after
             the movies.
@@ -439,6 +441,9 @@ class Publisher:
         """
         for body in movies:
             self._put(_RESTORE + "movie", dict(body), keep_time=True)
+            for warning in movie_warnings(body, self.config.drift):
+                self._put(_RESTORE + "warning", {**warning, "time": body.get("time")},
+                          keep_time=True)
         for body in series:
             self._put(_RESTORE + "series", dict(body), keep_time=True)
         for body in errors:

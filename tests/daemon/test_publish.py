@@ -532,6 +532,23 @@ def test_a_subscriber_connected_before_the_state_is_restored_gets_the_restored_s
         publisher.close()
 
 
+def test_a_restart_restores_the_drift_warnings_of_the_movies_it_restores(publisher):
+    """A dashboard opened after a daemon restart listed only this run's drift warnings: the
+    night's movies came back, the warnings they had raised did not."""
+    drifted = movie_message(motion_record("TS_01_003_9.0.tif", total_A=80.0),
+                            path="/data/session/TS_01_003_9.0.tif")
+    calm = movie_message(motion_record("TS_01_004_-9.0.tif"),
+                         path="/data/session/TS_01_004_-9.0.tif")
+    drifted["time"], calm["time"] = "2026-12-07T01:02:03.000Z", "2026-12-07T01:04:00.000Z"
+    publisher.restore([drifted, calm])
+    with Subscriber(publisher.endpoint) as sub:
+        got = receive_until(sub, has_topic("state"))
+    state = [body for topic, body in got if topic == "state"][0]
+    (warning,) = state["warnings"]
+    assert warning["kind"] == "drift_total" and warning["path"] == drifted["path"]
+    assert warning["value"] == 80.0 and warning["time"] == drifted["time"]
+
+
 def test_a_series_whose_stacks_could_not_be_written_is_a_warning_naming_it(publisher):
     """Before, its last message was `updated`: a dashboard waiting for `completed` waited on."""
     from daemon.events import SeriesEvent
