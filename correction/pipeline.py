@@ -275,7 +275,7 @@ class PreparedMovie:
 
         t = time.perf_counter()
         record, img = self.record, self.images
-        label = (f"motionwatch: {self.movie_path.name}",)
+        label = movie_labels(self.movie_path)
         # all as one set: the images are written (temporaries) while the pictures are drawn,
         # the files renamed into place only when all are written, the record last
         with OutputSet() as output_set:
@@ -307,6 +307,16 @@ class PreparedMovie:
                                 record=record, shifts_yx_px=self.shifts_yx_px,
                                 drift=drift_stats(self.shifts_yx_px, self.pixel_size_A),
                                 timings_s=timings)
+
+
+def movie_labels(movie_path: Path, width: int = 80) -> tuple[str, str]:
+    """The MRC header labels naming an output's movie: its name, and its folder (absolute, its
+    last ``width`` characters; two grids' sessions have the same movie names)."""
+    folder = str(Path(movie_path).absolute().parent)
+    prefix = "from: "
+    if len(prefix) + len(folder) > width:
+        folder = "..." + folder[-(width - len(prefix) - 3):]
+    return f"motionwatch: {Path(movie_path).name}", prefix + folder
 
 
 @dataclass(frozen=True, slots=True)

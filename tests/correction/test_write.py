@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -220,3 +221,34 @@ def test_a_stop_signal_during_the_renames_is_taken_after_the_whole_set_is_in_pla
         signal.signal(signal.SIGTERM, previous)
         idle.set()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "record.json"]
+
+
+def test_each_output_names_its_movies_folder_as_two_grids_have_the_same_movie_names(tmp_path):
+    """The header said only ``motionwatch: TS_01_000_0.0.mrc``: grid 1's and grid 2's
+    micrographs of a session could not be told apart by their headers."""
+    from correction.params import AlignParams, CorrectionParams, DoseParams
+    from correction.pipeline import correct_movie, movie_labels
+    from correction.synthetic import render_movie
+
+    syn = render_movie(np.random.default_rng(5), shape_yx=(96, 96), n_frames=4,
+                       electrons_per_px_per_frame=1.0, gain=None, dtype=np.int16)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    labels = {}
+    for grid in ("grid1", "grid2"):
+        movie = tmp_path / grid / "TS_01_000_0.0.mrc"
+        movie.parent.mkdir()
+        with mrcfile.new(movie) as mrc:
+            mrc.set_data(syn.frames)
+            mrc.voxel_size = 1.1
+        outputs = correct_movie(movie, tmp_path / "out" / grid, params).outputs
+        for kind in ("sum", "dw", "even", "odd"):
+            with mrcfile.open(outputs[kind], header_only=True) as mrc:
+                header = [bytes(mrc.header.label[i]).decode().strip()
+                          for i in range(int(mrc.header.nlabl))]
+            assert header[1:] == ["motionwatch: TS_01_000_0.0.mrc", f"from: {movie.parent}"]
+        labels[grid] = header
+    assert labels["grid1"] != labels["grid2"]
+    deep = Path("/data") / ("session_" * 12) / "grid2" / "frames" / "TS_01_000_0.0.mrc"
+    name, folder = movie_labels(deep)
+    assert len(folder) == 80 and folder.endswith("/grid2/frames") and "..." in folder
