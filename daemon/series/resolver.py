@@ -51,6 +51,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
@@ -276,6 +277,19 @@ def with_voltage(meta: MovieMetadata, params: Any, voltage: Voltage) -> MovieMet
                    extra_record={**meta.extra_record, "voltage_source": voltage.source})
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def warning_template(text: str) -> str:
+    """A tilt's metadata warning without its movie and its numbers: the tilts of a series
+    whose calibration disagrees the same way (every ``FrameDosesAndNumber`` against its
+    ``ExposureDose``) have one template, logged once."""
+    head, sep, rest = text.partition(": ")
+    if sep and " " not in head:  # "<movie>: ..."
+        text = rest
+    return _NUMBER.sub("#", text)
+
+
 class _DoselessKey(NamedTuple):
     """The dose parameters of a done row's key that give no dose of their own (the movie was
     corrected with its EER header's): ``stored``, or None for the configured ones."""
@@ -385,6 +399,8 @@ class TiltSeriesResolver:
         self._assembling: dict[str, tuple[Future, SeriesState, str]] = {}
         self._completing: set[str] = set()  # series waiting only for their mdoc to be quiet
         self._once: set[tuple[str, str]] = set()
+        # (series, warning_template) of the movie warnings said (one line a series, not a tilt)
+        self._said_alike: set[tuple[str, str]] = set()
         self._stack_files: set[str] = set()
         self._undecided_files: set[str] = set()
         self._rows: Mapping[str, Any] = {}
@@ -663,9 +679,16 @@ class TiltSeriesResolver:
                            "tilts of its series acquired before it", series=a.series)
         logged = self._mdoc_warnings(a.mdoc_path)  # said once for its mdoc (mdoc_warning)
         for w in a.warnings:
-            if w not in logged:
-                self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
-                               movie=str(movie.path), series=a.series)
+            if w in logged:
+                continue
+            alike = (a.series or "", warning_template(w))
+            if alike in self._said_alike:  # every tilt's calibration alike: its record has it
+                continue
+            self._said_alike.add(alike)
+            self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
+                           movie=str(movie.path), series=a.series,
+                           **({"alike": "said for the first tilt of its series only; each "
+                                        "tilt's record keeps its own"} if a.series else {}))
         if a.match_source == "filename":
             self._once_log("warning", "movie_metadata_fallback", str(movie.path),
                            f"no mdoc section or frame mdoc within "

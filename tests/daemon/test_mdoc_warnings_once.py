@@ -8,6 +8,7 @@ more per tilt as ``movie_metadata_warning``, about 80 lines for a 41-tilt series
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -77,3 +78,45 @@ def test_a_cp1252_series_mdoc_is_warned_about_once_not_once_more_per_tilt(tmp_pa
     assert len(log.named("movie_done")) == 7
     said = [event for _, event, fields in log.events if "cp1252" in str(fields.get("reason"))]
     assert said == ["mdoc_warning"]
+
+
+def test_a_series_whose_every_tilt_disagrees_alike_is_warned_about_once_its_records_keep_each(
+        tmp_path):
+    """TS_017's FrameDosesAndNumber disagreed with its ExposureDose in every tilt: 60 warning
+    lines, one per tilt, the same calibration each time. One is said for the series; every
+    tilt's record keeps its own (with its numbers); a warning of another kind is still said."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    simulate_tilt_series(watch, rng=np.random.default_rng(2), n_tilts=6, shape_yx=(32, 32),
+                         n_frames=4, frame_interval_s=0.0, tilt_interval_s=0.0, lock=False)
+    mdoc = watch / "TS_01.mrc.mdoc"
+
+    def frame_doses_high(match: re.Match) -> str:  # each tilt's frames sum to 1.25 x its dose
+        return f"FrameDosesAndNumber = {float(match.group(1)) * 1.25:.5f} {match.group(2)}"
+
+    mdoc.write_text(re.sub(r"FrameDosesAndNumber = (\S+) (\d+)", frame_doses_high,
+                           mdoc.read_text()))
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on", exit_when_idle_s=1.0,
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    log = RecordingLog()
+    run_until_idle(Service(config, runner="fake_runners:correct",
+                           resolver=resolver_from_config(config), logger=log))
+    done = log.named("movie_done")
+    assert len(done) == 6
+    said = [fields["reason"] for _, event, fields in log.events
+            if event == "movie_metadata_warning"]
+    assert len(said) == 1 and "FrameDosesAndNumber sums to" in said[0], said
+    records = [json.loads(path.read_text()) for path in sorted(out.rglob("*.motion.json"))]
+    kept = [w for r in records for w in r["tilt"]["warnings"] if "FrameDosesAndNumber" in w]
+    assert len(kept) == 6 and len(set(kept)) == 6  # each with its own movie and sums
+
+
+def test_the_template_of_a_tilt_warning_drops_its_movie_and_numbers_only():
+    from daemon.series.resolver import warning_template
+
+    a = "TS_01_003_9.0.tif: FrameDosesAndNumber sums to 3.1 but the tilt dose is 2.48 e/Å²"
+    b = "TS_01_004_-9.0.tif: FrameDosesAndNumber sums to 2.9 but the tilt dose is 2.32 e/Å²"
+    assert warning_template(a) == warning_template(b)
+    assert warning_template(a) != warning_template("TS_01_004_-9.0.tif: dose 2.3 e/Å² from "
+                                                   "DoseRate (measured at the camera)")
