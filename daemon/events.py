@@ -327,6 +327,11 @@ class MetadataResolver(Protocol):
     def busy(self) -> bool:
         """Background work is running (the service must not exit as idle)."""
 
+    def end_of_run(self) -> bool:
+        """The service is idle and would exit (``--exit-when-idle``): finish what waits only
+        for time to pass (an open tilt series is assembled with the tilts it has). True when
+        that makes work (the service is not idle yet); called until it returns False."""
+
     def quiet_s(self) -> float:
         """How long a metadata file must have stayed unchanged, over scans, before the resolver
         takes it as final (s; 0 when it takes none so): discovery lists such a file's folder
@@ -358,6 +363,9 @@ class NoMetadata:
         return 0.0
 
     def busy(self) -> bool:
+        return False
+
+    def end_of_run(self) -> bool:
         return False
 
     def stop(self) -> None:

@@ -292,8 +292,10 @@ def _print_text(status: dict[str, Any]) -> None:
             parts.append("dose ?" if dose is None else f"{dose:.1f} e/Å² accumulated")
             if (s["reason"] or "").startswith(ASSEMBLY_FAILED_REASON):
                 parts.append(f"stacks NOT written ({s['reason']})")
-            elif s["stack_folder"]:
+            elif s["stacks"] and s["stack_folder"]:
                 parts.append(f"stacks in {s['stack_folder']}")
+            elif s["stack_folder"]:  # the series' folder, its stacks not assembled yet
+                parts.append(f"no stacks yet (to be in {s['stack_folder']})")
             _say(f"  {s['series']}: {s['status']}, " + ", ".join(parts))
 
 

@@ -516,7 +516,12 @@ class Service:
             return False
         if self._idle_since is None:
             self._idle_since = now
-        return now - self._idle_since >= self.config.exit_when_idle_s
+        if now - self._idle_since < self.config.exit_when_idle_s:
+            return False
+        if self._resolver.end_of_run():  # an open series is assembled first
+            self._idle_since = None
+            return False
+        return True
 
     # --- output folder --------------------------------------------------------------------
     def _check_output_folder(self) -> None:

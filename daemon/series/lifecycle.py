@@ -131,7 +131,8 @@ def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
 
 
 def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: float,
-                        config: SeriesConfig) -> tuple[SeriesState, bool]:
+                        config: SeriesConfig, run_ending: bool = False
+                        ) -> tuple[SeriesState, bool]:
     """Advance a series' completion state; returns ``(new_state, assemble_now)``.
 
     Complete when every listed and every known movie is finished and the series is no longer
@@ -141,7 +142,8 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     movie arrives that it was not assembled with (or one's metadata moved), or when one it was
     assembled with is being corrected again (a quarantined tilt retried, a rewritten file); it
     is assembled again once its known movies are finished and it is not written, listed tilts
-    that never came notwithstanding.
+    that never came notwithstanding. When the run ends (``run_ending``: the service exits as
+    idle) no series waits for its idle timeout but one whose ``.openTS`` lock is there.
     """
     lock_seen = state.lock_seen or obs.lock_present
     state = replace(state, lock_seen=lock_seen)
@@ -170,9 +172,11 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
             f"re-assembled; {why}; {_never_corrected(missing)}")
         return replace(state, status="complete", generation=state.generation + 1,
                        assembled_movies=finished, assembled_rows=rows, reason=reason), True
-    if all_known_finished and now_s - obs.last_activity_s >= config.idle_timeout_s:
+    ending = run_ending and not obs.lock_present  # a series SerialEM still writes waits
+    if all_known_finished and (ending or now_s - obs.last_activity_s >= config.idle_timeout_s):
         missing = obs.listed_movies - obs.finished_movies
-        reason = f"idle for {config.idle_timeout_s:g} s"
+        reason = ("the run ended idle (exit_when_idle)" if ending
+                  else f"idle for {config.idle_timeout_s:g} s")
         if missing:
             reason += f"; {_never_corrected(missing)}"
         return replace(state, status="complete", generation=state.generation + 1,

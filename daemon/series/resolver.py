@@ -398,6 +398,7 @@ class TiltSeriesResolver:
         self._stacks: dict[str, dict[str, str]] = {}
         self._assembling: dict[str, tuple[Future, SeriesState, str]] = {}
         self._completing: set[str] = set()  # series waiting only for their mdoc to be quiet
+        self._run_ending = False  # the service exits when idle: no series waits any longer
         self._once: set[tuple[str, str]] = set()
         # (series, warning_template) of the movie warnings said (one line a series, not a tilt)
         self._said_alike: set[tuple[str, str]] = set()
@@ -460,6 +461,16 @@ class TiltSeriesResolver:
         now, wait = self._now(), self.series_config.metadata_wait_s
         return any(m.rewritten and now - m.unchanged_since_s < wait
                    for m in self._mdocs.values() if m.parsed.kind == "tilt_series")
+
+    def end_of_run(self) -> bool:
+        """The service would exit as idle (``--exit-when-idle``): each open series is assembled
+        with the tilts it has, as after its idle timeout, without waiting for it (a tilt its
+        mdoc lists whose movie never came held its stacks back for 30 minutes, and the run
+        exited without them). True, once, when there is such a series: not idle yet."""
+        if self._run_ending:
+            return False
+        self._run_ending = True
+        return any(state.status != "complete" for state in self._states.values())
 
     def quiet_s(self) -> float:
         """A series mdoc unchanged this long is taken as finished (``mdoc_quiet_s``) or its
@@ -986,7 +997,8 @@ class TiltSeriesResolver:
                                     "changed"), False
         else:
             new, assemble = update_series_state(state, obs, now_s=now,
-                                                config=self.series_config)
+                                                config=self.series_config,
+                                                run_ending=self._run_ending)
         # every tilt corrected, nothing writing: it completes once its mdoc is quiet, and
         # the service is not idle until then (a batch run on a finished session's folder
         # gets its stacks)
