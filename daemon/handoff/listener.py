@@ -49,7 +49,8 @@ from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, mot
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
                                  relion_tomo_names, series_block)
 from daemon.handoff.warp import (warp_layout, warp_layout_displaced, warp_layout_in_place,
-                                 warp_name, warp_name_taken, warp_remove_stem_layout)
+                                 warp_name, warp_name_taken, warp_remove_stem_layout,
+                                 warp_series_mdoc)
 from daemon.intake.frame_gain import relocated
 from daemon.series.moved import moved_tilt
 from daemon.series.resolution import split_qualified
@@ -361,6 +362,9 @@ class RelionListener(ServiceListener):
         if event.kind == "completed":
             self._guard(event.series, "aretomo_names", self._aretomo_names, event.series,
                         event.mdoc, event.stacks)
+            if self.warp:
+                self._guard(event.series, "warp_mdoc", self._warp_mdoc, event.series,
+                            event.stacks)
 
     # --- state ----------------------------------------------------------------------------
     def _seed(self, state_dir: Path) -> None:
@@ -726,6 +730,19 @@ class RelionListener(ServiceListener):
         folder = _stack_folder(stem, stacks)
         if folder is not None and mdoc:
             link_aretomo_inputs(folder, stem, aretomo_name(Path(mdoc).name))
+
+    def _warp_mdoc(self, series: str, stacks: Mapping[str, str]) -> None:
+        """The series' mdoc for Warp's ``ts_import`` (:func:`warp_series_mdoc`), in the folder
+        that holds most of its tilts' outputs (Warp's ``--frameseries``)."""
+        stem = split_qualified(series)[1]
+        folder = _stack_folder(stem, stacks)
+        stack_mdoc = None if folder is None else folder / f"{stem}.st.mdoc"
+        if stack_mdoc is None or not stack_mdoc.is_file():
+            return
+        places = [e.motion.motion_path.parent
+                  for e in self._series_entries(series, self._entries())]
+        if places:
+            warp_series_mdoc(stack_mdoc, max(set(places), key=places.count), stem)
 
     def _write_star(self, star: Path, blocks: Mapping[str, Any]) -> None:
         """:func:`write_star`, saying once each name whose row it left out."""

@@ -23,6 +23,15 @@ corrected movie this module makes, in the movie's output folder:
   only ``S.mrc`` (the steps after ``ts_import`` failed for TIFF and EER movies). Caveat: this
   file has not been opened by Warp itself here (no Warp in this environment).
 
+``ts_import`` fails a whole series when one section of its mdoc names a movie without
+``S.xml`` (a tilt lost, quarantined or left out of the stacks): "At least one of the referenced
+frame series could not be found". So each assembled series also gets ``warp_mdocs/T.mdoc`` in
+its tilts' output folder (``T`` the series' file stem, the name Warp gives its ``.tomostar``):
+a hard link to the stack mdoc ``T.st.mdoc``, whose sections are the tilts of the stacks alone,
+each with ``TiltAngle``, ``SubFramePath`` and ``DateTime`` (Warp sorts by it), under the
+``Tilt axis angle = `` title Warp reads. ``ts_import --mdocs <folder>/warp_mdocs
+--frameseries <folder>`` imports every series of the folder.
+
 Warp reads no dose from the mdoc: ``ImportTiltseries`` sorts the tilts by ``DateTime`` and gives
 the i-th (from 0) the pre-exposure ``i x --tilt_exposure``, so give ``--tilt_exposure`` the
 series' mean dose per tilt (the mdoc's ``ExposureDose`` summed, divided by the tilt count);
@@ -38,10 +47,19 @@ from xml.sax.saxutils import escape as xml_escape
 from correction.write import replace_with_hard_link
 from daemon.handoff.relion import MovieMotion, output_stem
 
-__all__ = ["WARP_XML", "warp_layout", "warp_layout_displaced", "warp_layout_in_place",
+__all__ = ["WARP_MDOCS", "WARP_XML", "warp_layout", "warp_series_mdoc", "warp_layout_displaced", "warp_layout_in_place",
            "warp_name", "warp_name_taken", "warp_remove_stem_layout", "warp_xml_path"]
 
 WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folder}" />\n'
+WARP_MDOCS = "warp_mdocs"  # the folder of series mdocs for ts_import --mdocs
+
+
+def warp_series_mdoc(stack_mdoc: Path, frameseries: Path, stem: str) -> Path:
+    """Link ``frameseries/warp_mdocs/<stem>.mdoc`` to the series' stack mdoc (renewed at each
+    assembly: the stack mdoc is replaced, a new file each time); returns the link."""
+    link = frameseries / WARP_MDOCS / f"{stem}.mdoc"
+    _link(stack_mdoc, link)
+    return link
 
 
 def _link(target: Path, link: Path) -> None:

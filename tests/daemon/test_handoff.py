@@ -476,6 +476,64 @@ def _single_particle_session(tmp_path: Path, seed: int) -> tuple[Path, Config]:
                        exit_when_idle_s=0.6, polling="on")
 
 
+def _warp_ts_import(mdocs: Path, frameseries: Path) -> dict[str, list[tuple[float, str]]]:
+    """What WarpTools ``ts_import --mdocs MDOCS --frameseries FRAMESERIES`` would import, read
+    as its ``ImportTiltseries.cs`` reads (warpem/warp): every ``*.mdoc`` of MDOCS (not below);
+    the tilt axis from a ``Tilt axis angle = A,`` line; each ``[ZValue = n]`` section up to a
+    blank line, its movie the ``SubFramePath`` name after the last slash or backslash, which
+    must have ``<root>.xml`` and ``average/<root>.mrc`` in FRAMESERIES, and a ``DateTime`` of
+    ``dd-MMM-yy[yy]  HH:mm:ss``; any fault fails the whole series. Returns, per ``.tomostar``
+    name, its tilts ``(angle, movie)`` in time order."""
+    import datetime as dt
+
+    roots = {p.stem for p in frameseries.glob("*.xml")}
+    imported = {}
+    for mdoc in sorted(mdocs.glob("*.mdoc")):
+        lines, entries, axis_found = mdoc.read_text().splitlines(), [], False
+        for i, line in enumerate(lines):
+            axis_found |= "Tilt axis angle = " in line
+            if line[1:7] != "ZValue":
+                continue
+            fields = {}
+            for following in lines[i + 1:]:
+                key, sep, value = following.partition(" = ")
+                if not sep:
+                    break
+                fields[key] = value
+            name = re.split(r"[/\\]", fields["SubFramePath"])[-1]
+            root = name.rsplit(".", 1)[0]
+            assert root in roots, f"{mdoc.name}: frame series not found: {name}"
+            assert (frameseries / "average" / f"{root}.mrc").is_file()
+            when = dt.datetime.strptime(fields["DateTime"], "%d-%b-%Y  %H:%M:%S")
+            entries.append((when, float(fields["TiltAngle"]), name))
+        assert axis_found and entries
+        name = mdoc.name.replace(".mrc.mdoc", ".mdoc").rsplit(".", 1)[0]
+        imported[name] = [(angle, movie) for _, angle, movie in sorted(entries)]
+    return imported
+
+
+def test_warp_imports_a_series_with_a_lost_tilt_from_the_mdocs_motionwatch_writes(tmp_path):
+    """A tilt listed in the session's mdoc whose movie never came failed Warp's ts_import for
+    the whole series ("At least one of the referenced frame series could not be found"), the
+    README's command pointing at the session's mdocs. warp_mdocs/ holds an mdoc per series
+    that lists the tilts of its stacks alone."""
+    watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    out.mkdir()
+    tilts = _acquire(staging)
+    _deliver(staging, watch, tilts, len(tilts), finished=True)
+    lost = tilts[3]
+    (watch / lost.movie.path.name).unlink()
+    _run(watch, out, RelionListener(OPTICS))
+    with pytest.raises(AssertionError, match="frame series not found"):
+        _warp_ts_import(watch, out)  # the session's own mdoc
+    imported = _warp_ts_import(out / "warp_mdocs", out)
+    expected = sorted((t.acquisition_index, t.tilt_deg, t.movie.path.name) for t in tilts
+                      if t is not lost)
+    assert list(imported) == ["TS_01"]
+    assert imported["TS_01"] == [(angle, name) for _, angle, name in expected]
+
+
 def _run_single_particle(config: Config) -> None:
     """One run of the service with the hand-off listener, until idle (60 s guard)."""
     run_until_idle(Service(config, listeners=[RelionListener(OPTICS)], resolver=NoMetadata()))
