@@ -65,6 +65,7 @@ kernel's clearing, several microseconds here); the free memory is returned after
 from __future__ import annotations
 
 import dataclasses
+import errno
 import time
 import warnings
 from collections.abc import Callable
@@ -1296,7 +1297,9 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                                "replaced only by the hot-pixel search)")
 
     names = output_names(stem)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not out_dir.is_dir():  # made at the start: someone moved or removed it since
+        raise FileNotFoundError(errno.ENOENT, "the output folder went away while the movie "
+                                              "was corrected (not made again)", str(out_dir))
     outputs = {kind: out_dir / name for kind, name in names.items()}
     timings = {"read": t_read, **corrected.timings_s}
     references = (reference_record(gain_reference.gain_path, gain_reference.dark_path,

@@ -301,7 +301,10 @@ def begin_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
     started = time.perf_counter()
     try:
         gain_reference = gains.get(getattr(task.params, "gain", None))
-        task.out_dir.mkdir(parents=True, exist_ok=True) if task.out_root.is_dir() else None
+        if not task.out_root.is_dir():  # moved away, unmounted: never made again here (the
+            # daemon would take an empty new folder for its state, and redo the movies done)
+            raise FileNotFoundError(errno.ENOENT, "output folder gone", str(task.out_root))
+        task.out_dir.mkdir(parents=True, exist_ok=True)
         scratch = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
         result = correct(task.movie_path, task.out_dir, task.params,
                          gain_reference=gain_reference, stem=task.stem,

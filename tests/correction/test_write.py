@@ -252,3 +252,33 @@ def test_each_output_names_its_movies_folder_as_two_grids_have_the_same_movie_na
     deep = Path("/data") / ("session_" * 12) / "grid2" / "frames" / "TS_01_000_0.0.mrc"
     name, folder = movie_labels(deep)
     assert len(folder) == 80 and folder.endswith("/grid2/frames") and "..." in folder
+
+
+def test_an_output_folder_removed_while_its_movie_is_corrected_is_not_made_again(
+        tmp_path, monkeypatch):
+    """It was made again before the outputs were written: a daemon whose output folder was
+    moved away took the new, empty one for its own, remounted, and redid the movies done."""
+    import shutil
+
+    import correction.pipeline as pipeline
+    from correction.params import AlignParams, CorrectionParams, DoseParams
+    from correction.synthetic import render_movie
+
+    syn = render_movie(np.random.default_rng(6), shape_yx=(96, 96), n_frames=4,
+                       electrons_per_px_per_frame=1.0, gain=None, dtype=np.int16)
+    movie, out = tmp_path / "m.mrc", tmp_path / "out"
+    with mrcfile.new(movie) as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = 1.1
+    names = pipeline.output_names
+
+    def moved_away_meanwhile(stem: str):
+        shutil.move(out, tmp_path / "out.moved")
+        return names(stem)
+
+    monkeypatch.setattr(pipeline, "output_names", moved_away_meanwhile)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    with pytest.raises(FileNotFoundError, match="output folder went away"):
+        pipeline.correct_movie(movie, out, params)
+    assert not out.exists()

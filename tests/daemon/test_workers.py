@@ -309,6 +309,19 @@ def test_an_error_naming_the_output_folder_itself_is_environmental(tmp_path):
         assert _classify(exc, t) == "environment", folder
 
 
+def test_a_worker_never_makes_an_output_folder_that_went_away_again(tmp_path, runners):
+    """The session's output folder moved away (``mv out out.moved``) while a movie waited: the
+    worker made it again, the daemon took the empty folder as remounted, started a new state
+    database there and corrected the movies done before once more."""
+    gone = tmp_path / "out"  # never made, or moved away
+    (tmp_path / "m.mrc").touch()
+    moved = Task(0, tmp_path / "m.mrc", gone / "grid2", gone, None, "m", {"source": 0})
+    with WorkerPool(1, runner=runners, gain_loader=None) as pool:
+        (outcome,) = run_all(pool, [moved]).values()
+    assert outcome.kind == "environment" and "output folder gone" in outcome.error
+    assert not gone.exists()
+
+
 def test_outputs_being_written_time_out_on_their_own_limit_while_a_longer_next_movie_runs(
         tmp_path):
     """W4: a movie whose writes hang (the pool's 1.5 s limit, begun at 99 s) is due at 100.5 s,
