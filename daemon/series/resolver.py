@@ -277,6 +277,11 @@ def with_voltage(meta: MovieMetadata, params: Any, voltage: Voltage) -> MovieMet
                    extra_record={**meta.extra_record, "voltage_source": voltage.source})
 
 
+#: an assembly that met trouble outside its series (an OSError: a full disk, a share gone) is
+#: tried again after this long, doubled at each failure up to ASSEMBLY_RETRY_MAX_S (s)
+ASSEMBLY_RETRY_FIRST_S = 10.0
+ASSEMBLY_RETRY_MAX_S = 300.0
+
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -399,6 +404,10 @@ class TiltSeriesResolver:
         self._assembling: dict[str, tuple[Future, SeriesState, str]] = {}
         self._completing: set[str] = set()  # series waiting only for their mdoc to be quiet
         self._run_ending = False  # the service exits when idle: no series waits any longer
+        # series whose assembly met trouble outside it (a full disk, a share gone):
+        # name -> (failures, daemon clock of the next try); tried again, 10 s doubling to 300 s
+        self._assembly_retry: dict[str, tuple[int, float]] = {}
+        self.assembly_retry_first_s = ASSEMBLY_RETRY_FIRST_S
         self._once: set[tuple[str, str]] = set()
         # (series, warning_template) of the movie warnings said (one line a series, not a tilt)
         self._said_alike: set[tuple[str, str]] = set()
@@ -442,6 +451,9 @@ class TiltSeriesResolver:
             self._watcher.load()
             for name, d in context.store.series_states().items():
                 self._states[name] = _state_from(name, d)
+                if str(d.get("reason") or "").startswith(ASSEMBLY_FAILED_REASON):
+                    # its stacks were not written: assembled again at this start
+                    self._states[name] = replace(self._states[name], status="open")
                 self._stacks[name] = dict(d.get("stacks") or {})
                 self._info[name] = {k: d.get(k) for k in _INFO_KEYS}
         except Exception as exc:  # noqa: BLE001 - an unreadable state only costs a re-assembly
@@ -454,7 +466,7 @@ class TiltSeriesResolver:
         lists is redone on its own once it settles). The service must not exit as idle: it
         did, the movie left a tilt. (An mdoc as first read, a finished session's, holds
         nothing back.)"""
-        if self._assembling or self._completing:
+        if self._assembling or self._completing or self._assembly_retry:
             return True
         if self._ctx is None:
             return False
@@ -912,6 +924,7 @@ class TiltSeriesResolver:
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         self._completing &= set(res.series)  # a series no longer described waits for nothing
+        self._assembly_retry = {k: v for k, v in self._assembly_retry.items() if k in res.series}
         self._interleaved.look({path: m.unchanged_since_s for path, m in self._mdocs.items()
                                 if m.parsed.kind == "tilt_series"})
         on_disk = {self._rel(p): p for p in movies}
@@ -949,7 +962,7 @@ class TiltSeriesResolver:
             self._log.info("series_started", series=name, source=summary.match_source,
                            mdoc=summary.mdoc_path)
             self._emit("started", name)
-        if name in self._assembling:
+        if name in self._assembling or now < self._assembly_retry.get(name, (0, -math.inf))[1]:
             return
         known = set(assigned.get(name, ()))
         known |= {m for m in summary.listed_movies if m in by_name}
@@ -1179,12 +1192,24 @@ class TiltSeriesResolver:
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - recorded; the series re-opens on new movies
-                self._states[name] = replace(state, reason=f"{ASSEMBLY_FAILED_REASON}: {exc}")
+                reason = f"{ASSEMBLY_FAILED_REASON}: {exc}"
+                again = None
+                if isinstance(exc, OSError):  # the disk, the share: not the series' fault
+                    failures = self._assembly_retry.get(name, (0, 0.0))[0] + 1
+                    again = min(ASSEMBLY_RETRY_MAX_S,
+                                self.assembly_retry_first_s * 2 ** (failures - 1))
+                    self._assembly_retry[name] = (failures, self._now() + again)
+                    reason += f" (tried again in {again:g} s)"
+                # open again when it is tried again (now, or at the next start)
+                self._states[name] = replace(state, reason=reason,
+                                             status="open" if again else state.status)
                 self._persist(name, self._states[name])
                 self._log.error("series_assembly_failed", series=name, folder=folder,
-                                error=f"{type(exc).__name__}: {exc}")
+                                error=f"{type(exc).__name__}: {exc}",
+                                **({} if again is None else {"retry_in_s": again}))
                 self._emit("assembly_failed", name, reason=f"{type(exc).__name__}: {exc}")
                 continue
+            self._assembly_retry.pop(name, None)
             self._stacks[name] = result["stacks"]
             self._states[name] = state
             self._persist(name, state)

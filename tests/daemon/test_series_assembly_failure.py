@@ -82,3 +82,67 @@ def test_a_job_runner_whose_process_died_starts_a_new_one():
         assert runner.run_job(math.sqrt, 4.0).result(timeout=30) == 2.0
     finally:
         runner.close()
+
+
+def _start(service: Service) -> threading.Thread:
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    return thread
+
+
+def _wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_there_is_room(
+        tmp_path):
+    """A series' stacks hit a full disk (or a share gone): the series stayed 'assembly failed'
+    for good, its AreTomo3 and IMOD inputs never written, not even after a restart. Trouble
+    outside the series (an OSError) is tried again, 10 s doubling to 300 s (here 0.2 s)."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    simulate_tilt_series(watch, rng=np.random.default_rng(1), n_tilts=3, shape_yx=(64, 64),
+                         n_frames=4, frame_interval_s=0.0, tilt_interval_s=0.0, lock=False)
+    blocker = out / "TS_01"
+    blocker.write_text("a file where the series' folder goes: no folder can be made there")
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on",
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    log = RecordingLog()
+    resolver = resolver_from_config(config)
+    resolver.assembly_retry_first_s = 0.2
+    service = Service(config, resolver=resolver, logger=log)
+    thread = _start(service)
+    try:
+        _wait_until(lambda: log.named("series_assembly_failed"))
+        (failed,) = log.named("series_assembly_failed")
+        assert failed["retry_in_s"] == 0.2
+        blocker.unlink()  # room again
+        _wait_until(lambda: log.named("series_completed"))
+    finally:
+        service.request_stop("test done")
+        thread.join(60)
+    (completed,) = log.named("series_completed")
+    assert (blocker / "TS_01.mrc").is_file() and (blocker / "TS_01_TLT.txt").is_file()
+    assert len(log.named("series_assembling")) == 2
+
+
+def test_a_series_whose_assembly_failed_is_assembled_again_at_the_next_start(tmp_path):
+    """A failure of the series' own (here the fake runner's sums, no images) is not tried
+    again in the run: at the next start it is (a release that mends the cause gets the
+    stacks written), and reported again when it fails again."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    _series(watch)
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on", exit_when_idle_s=0.5,
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    for run in range(2):
+        log = RecordingLog()
+        thread = _start(Service(config, runner="fake_runners:correct",
+                                resolver=resolver_from_config(config), logger=log))
+        thread.join(60)
+        assert [e["series"] for e in log.named("series_assembly_failed")] == ["TS_01"], run
+        assert "retry_in_s" not in log.named("series_assembly_failed")[0]
