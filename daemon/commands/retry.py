@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from daemon import exitcodes
-from daemon.state.ledger import DB_NAME, Ledger, display_path
+from daemon.state.ledger import DB_NAME, Ledger, MovieKey, display_path
 
 __all__ = ["add_arguments", "run"]
 
@@ -54,6 +54,14 @@ def _root_on_anothers(db_path: Path, euid: int) -> bool:
     return euid == 0 and db_path.stat().st_uid != 0
 
 
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     """``motionwatch retry``: 0 when requeued (or nothing to do), 1 when a named movie is not
     quarantined, 78 without a usable state database."""
@@ -66,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         return exitcodes.CONFIG
     # another account's database: SQLite would make its -wal and -shm files ours (root's too:
     # root may write anything), and the service could not open the database again
+    if _read_only(db_path):
+        print(f"motionwatch retry: {db_path}: on a read-only file system (mounted read-only "
+              "here?): nothing was changed", file=sys.stderr)
+        return exitcodes.CONFIG
     if not os.access(db_path, os.W_OK) or _root_on_anothers(db_path, os.geteuid()):
         owner = _owner(db_path)
         print(f"motionwatch retry: {db_path}: not writable by this account (the service's "
@@ -79,22 +91,44 @@ def run(args: argparse.Namespace) -> int:
             wanted.add(name)
             if os.sep in name:
                 wanted.add(os.path.abspath(name))
+    gone: list[str] = []
+
+    def on_disk(key: MovieKey) -> bool:
+        """A movie whose file is gone stays quarantined (requeued, it left no trace)."""
+        if os.path.lexists(key.path):
+            return True
+        gone.append(key.path)
+        return False
+
     try:
         with Ledger(db_path) as ledger:
-            keys = ledger.requeue(wanted)
+            keys = ledger.requeue(wanted, keep_if=on_disk)
     except (sqlite3.Error, OSError) as exc:
         reason = " ".join(str(exc).split())
-        print(f"motionwatch retry: {db_path}: not a usable state database ({reason})",
-              file=sys.stderr)
+        print(f"motionwatch retry: {db_path}: cannot be written ({reason}: "
+              f"{_write_hint(db_path)}); nothing was changed", file=sys.stderr)
         return exitcodes.CONFIG
     for key in keys:
         print(f"requeued: {display_path(key.path)}")
     print(f"{len(keys)} quarantined movie(s) requeued")
+    for path in gone:
+        print(f"motionwatch retry: {display_path(path)}: no such file (deleted, moved, or a "
+              "share not mounted): left quarantined", file=sys.stderr)
     if wanted is not None:
         found = {k.path for k in keys} | {os.path.basename(k.path) for k in keys}
+        found |= set(gone) | {os.path.basename(p) for p in gone}
         missing = [m for m in args.movies if m not in found and os.path.abspath(m) not in found]
         for name in missing:
             print(f"motionwatch retry: {name}: not a quarantined movie", file=sys.stderr)
-        if missing:
+        if missing or gone:
             return exitcodes.SOME_FAILED
     return exitcodes.OK
+
+
+def _write_hint(db_path: Path) -> str:
+    """Why SQLite may not write the state database: a read-only file system, or a folder
+    in which it cannot make its ``-wal`` and ``-shm`` files."""
+    if _read_only(db_path.parent):
+        return f"{db_path.parent} is on a read-only file system"
+    return (f"can {db_path.parent} be written? SQLite makes its -wal and -shm files beside "
+            "the database; or it is not a motionwatch state database")

@@ -603,7 +603,8 @@ class Ledger:
             f"movies WHERE path IN (SELECT path FROM movies WHERE {_PUT_BACK}) GROUP BY path)"
         ).fetchone()[0])
 
-    def requeue(self, paths: Iterable[str] | None = None) -> list[MovieKey]:
+    def requeue(self, paths: Iterable[str] | None = None, *,
+                keep_if: Callable[[MovieKey], bool] | None = None) -> list[MovieKey]:
         """Lift the quarantine of movies (all, or those whose path or file name is in
         ``paths``): their rows are dropped and :meth:`requeue_serial` counts up, so the daemon
         admits each again as a new movie (validation, metadata, dose, key); returns their keys.
@@ -612,7 +613,8 @@ class Ledger:
         validation rejected the file), so it is never set pending as it is. Rows of files that
         were never movies (ignored names, size -1) are left alone, and so are those of a version
         whose file has another version recorded since (a copy made again, a writer that went
-        on): that file is not this version any more, and requeueing it did nothing.
+        on): that file is not this version any more, and requeueing it did nothing. A row
+        ``keep_if`` refuses (a file gone: requeued, it left no trace) stays quarantined.
         """
         wanted = None if paths is None else {str(p) for p in paths}
         with self._tx() as db:
@@ -620,8 +622,9 @@ class Ledger:
                 "SELECT * FROM movies AS q WHERE status='quarantined' AND size >= 0 AND NOT "
                 "EXISTS (SELECT 1 FROM movies AS n WHERE n.path = q.path AND n.id > q.id AND "
                 "(n.size != q.size OR n.mtime_ns != q.mtime_ns)) ORDER BY mtime_ns, path, id")]
-            chosen = [r.key for r in found if wanted is None or r.key.path in wanted
-                      or os.path.basename(r.key.path) in wanted]
+            chosen = [r.key for r in found if (wanted is None or r.key.path in wanted
+                                               or os.path.basename(r.key.path) in wanted)
+                      and (keep_if is None or keep_if(r.key))]
             db.executemany(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status='quarantined'",
                            [_k(k) for k in chosen])
             if chosen:

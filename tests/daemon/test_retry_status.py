@@ -84,12 +84,11 @@ def test_a_requeued_movie_that_was_replaced_or_deleted_since_is_not_listed(tmp_p
     assert collect_status(out / "motionwatch.sqlite")["backlog"]["requeued"] == []
 
 
-def test_retry_by_an_account_that_cannot_write_the_database_changes_nothing_and_says_whose(
+def test_retry_on_a_read_only_mount_of_the_database_changes_nothing_and_says_why(
         tmp_path, capsys):
-    """A lab member in the output folder's group ran retry on the service's 0640 database:
-    SQLite left its -wal and -shm files, the member's, and the service could not open the
-    database again (exit 69, restarted every 30 s for ever). Here the database cannot be
-    written (a read-only bind mount: root ignores permission bits)."""
+    """A database that cannot be written (a read-only bind mount: root ignores permission
+    bits) is left as it is, and the reason is the file system's (it was said to be another
+    account's, root's, and root told to run it as root)."""
     import subprocess
 
     import pytest
@@ -110,8 +109,8 @@ def test_retry_by_an_account_that_cannot_write_the_database_changes_nothing_and_
             pytest.skip("read-only remounts not permitted here")
         assert cli_main(["retry", str(view)]) == 78
         err = capsys.readouterr().err
-        assert f"{view / DB_NAME}: not writable by this account" in err
-        assert "nothing was changed" in err
+        assert f"{view / DB_NAME}: on a read-only file system" in err
+        assert "nothing was changed" in err and "sudo" not in err
         assert sorted(p.name for p in folder.iterdir()) == [DB_NAME]
     finally:
         subprocess.run(["umount", str(view)], capture_output=True)
@@ -144,6 +143,8 @@ def _quarantined(folder, paths):
 
     with Ledger(folder / DB_NAME) as db:
         for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"\0" * 100)
             key = MovieKey(str(p), 100, 1, "f")
             db.add(key)
             db.claim(key)
@@ -162,3 +163,40 @@ def test_retry_names_a_movie_by_a_relative_path_and_exits_1_for_one_not_quaranti
     assert "1 quarantined movie(s) requeued" in capsys.readouterr().out
     assert cli_main(["retry", str(out), "nothing_such.mrc"]) == 1
     assert "nothing_such.mrc: not a quarantined movie" in capsys.readouterr().err
+
+
+def test_a_quarantined_movie_whose_file_is_gone_stays_quarantined_and_retry_says_so(
+        tmp_path, capsys):
+    """Requeued, a deleted movie's quarantined row was dropped and the daemon never met it
+    again: it vanished from status, its series and every record, retry saying 'requeued'."""
+    out = tmp_path / "out"
+    out.mkdir()
+    kept, gone = tmp_path / "grid1" / "a.mrc", tmp_path / "grid1" / "b.mrc"
+    _quarantined(out, [kept, gone])
+    gone.unlink()
+    assert cli_main(["retry", str(out)]) == 0  # all: the others are requeued
+    captured = capsys.readouterr()
+    assert f"requeued: {kept}" in captured.out and str(gone) not in captured.out
+    assert f"{gone}: no such file" in captured.err and "left quarantined" in captured.err
+    status = collect_status(out / "motionwatch.sqlite")
+    assert status["counts"]["quarantined"] == 1
+    assert [f["movie"] for f in status["failures"]] == [str(gone)]
+    assert cli_main(["retry", str(out), "b.mrc"]) == 1  # named: it was not requeued
+    assert "b.mrc: not a quarantined movie" not in capsys.readouterr().err
+
+
+def test_retry_on_a_read_only_file_system_says_so_and_changes_nothing(tmp_path, capsys,
+                                                                     monkeypatch):
+    """Root on a read-only mount was told the database was another account's, root's, and to
+    run retry as root."""
+    import daemon.commands.retry as retry
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _quarantined(out, [tmp_path / "a.mrc"])
+    monkeypatch.setattr(retry, "_read_only", lambda path: True)
+    assert cli_main(["retry", str(out)]) == 78
+    err = capsys.readouterr().err
+    assert "read-only file system" in err and "nothing was changed" in err
+    assert "sudo" not in err
+    assert collect_status(out / "motionwatch.sqlite")["counts"]["quarantined"] == 1
