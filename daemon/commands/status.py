@@ -32,7 +32,7 @@ from daemon.series.resolution import ASSEMBLY_FAILED_REASON
 from daemon.series.stored_state import (SeriesTally, accumulated_dose_e_A2, series_gone,
                                          series_tallies)
 from daemon.system.pace_text import pace_phrase
-from daemon.system.processes import process_exists
+from daemon.system.processes import flock_holder, process_exists
 from daemon.system.terminal_text import printable
 
 __all__ = ["add_arguments", "run", "collect_status"]
@@ -154,6 +154,21 @@ def _daemon_running(state: dict[str, Any], now: float) -> bool:
     return True
 
 
+#: a running daemon that has not beaten for this long (or three of its periods) is silent
+SILENT_AFTER_S = 60.0
+
+
+def _silent_s(state: dict[str, Any], now: float) -> float | None:
+    """Seconds since the last heartbeat of a daemon taken to be running, when that is more
+    than three of its periods and at least :data:`SILENT_AFTER_S` (else None)."""
+    beat = state.get("heartbeat_wall")
+    if beat is None:
+        return None
+    age = now - float(beat)
+    limit = max(SILENT_AFTER_S, 3.0 * float(state.get("heartbeat_s") or 0.0))
+    return age if age >= limit else None
+
+
 def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) -> dict[str, Any]:
     """Everything ``status`` shows, as a JSON-serialisable dict."""
     now = time.time() if now is None else now
@@ -184,16 +199,24 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         put_back = ledger.put_back_count()
         series = _series(ledger.series_states(), ledger.rows(), state.get("watch_dir"))
     beat = state.get("heartbeat_wall")
-    running = _daemon_running(state, now)
+    holder = flock_holder(db_path.parent)  # a daemon holds its folder's lock while it runs
+    running = _daemon_running(state, now) or holder is not None
+    silent_s = _silent_s(state, now) if running else None
+    problems = list(state.get("problems", [])) if running else []
+    if silent_s is not None:
+        problems.insert(0, f"SILENT: no heartbeat for {silent_s:.0f} s while its process "
+                           f"(pid {holder or state.get('pid')}) holds the folder: stopped "
+                           "(SIGSTOP), swapping, or hung (a share that stopped answering?)")
     return {
         "database": str(db_path),
         "daemon": {"running": running, "pid": state.get("pid"),
                    "last_heartbeat": iso_utc(beat),
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
+                   "silent_s": None if silent_s is None else round(silent_s, 1),
                    # a stopped daemon serves nothing, whatever its last heartbeat said (a
                    # check on ``healthy`` alone read a daemon killed overnight as well)
-                   "healthy": bool(state.get("healthy")) and running,
-                   "problems": state.get("problems", []) if running else [],
+                   "healthy": bool(state.get("healthy")) and running and silent_s is None,
+                   "problems": problems,
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster") if running else None,
                    "pace": state.get("pace") if running else None},
@@ -228,8 +251,10 @@ def _say(text: str = "") -> None:
 def _print_text(status: dict[str, Any]) -> None:
     d = status["daemon"]
     if d["running"]:
+        verdict = ("SILENT" if d.get("silent_s") is not None
+                   else "healthy" if d["healthy"] else "UNHEALTHY")
         _say(f"daemon: running (pid {d['pid']}, heartbeat {d['last_heartbeat_s_ago']} s ago, "
-              f"{'healthy' if d['healthy'] else 'UNHEALTHY'}; discovery: {d['discovery']})")
+              f"{verdict}; discovery: {d['discovery']})")
         for problem in d["problems"]:
             _say(f"  problem: {problem}")
         phrase = pace_phrase(d.get("pace"))

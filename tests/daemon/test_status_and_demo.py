@@ -443,3 +443,37 @@ def test_a_movie_corrected_again_under_other_settings_is_listed_once_among_the_l
     assert main(["status", str(tmp_path), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert [r["movie"] for r in status["last_done"]] == ["/d/a.mrc", "/d/b.mrc"]
+
+
+def test_a_daemon_that_holds_its_folder_but_stopped_beating_is_running_and_silent(tmp_path,
+                                                                                  capsys):
+    """A daemon stopped by SIGSTOP (or hung on a share) read 'running, healthy' for three
+    minutes, then 'not running' while it still held the folder: a second daemon was refused
+    as 'locked'. Its lock says it runs; its heartbeat's age says it is silent."""
+    import fcntl
+
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.set_service_state({"pid": os.getpid(), "host": "another-host", "healthy": True,
+                              "heartbeat_wall": time.time() - 400, "heartbeat_s": 10.0})
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["daemon"]["running"] is False  # no lock held
+    lock = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the daemon holds its folder
+    try:
+        assert main(["status", str(tmp_path), "--json"]) == 0
+        daemon = json.loads(capsys.readouterr().out)["daemon"]
+        assert daemon["running"] is True and daemon["healthy"] is False
+        assert 395 <= daemon["silent_s"] <= 405
+        assert daemon["problems"][0].startswith("SILENT: no heartbeat for 400 s")
+        assert main(["status", str(tmp_path)]) == 0
+        assert "heartbeat 400" in capsys.readouterr().out
+    finally:
+        os.close(lock)
+    import socket
+
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:  # 70 s, on this host: silent too
+        db.set_service_state({"pid": os.getpid(), "host": socket.gethostname(),
+                              "healthy": True, "heartbeat_wall": time.time() - 70,
+                              "heartbeat_s": 10.0})
+    assert main(["status", str(tmp_path)]) == 0
+    assert "SILENT" in capsys.readouterr().out
