@@ -1014,3 +1014,42 @@ def test_a_movie_waiting_out_its_own_retry_delay_is_not_work_waiting(setup, monk
     run_until(config, waits, log=log)
     assert paces and paces[0]["waiting"] == 0 and paces[0]["keeping_up"] is True
     assert not log.named("falling_behind")
+
+
+def test_a_watched_share_unmounted_is_a_problem_until_it_is_mounted_again(tmp_path):
+    """An unmounted share leaves its mount point, an empty folder that lists fine: the daemon
+    said 'healthy' with no problem while no movie could arrive (a tmpfs stands in for the
+    share here: a file system of its own, as a share is)."""
+    from service_run import running
+
+    watch, out = tmp_path / "mnt", tmp_path / "out"
+    for folder in (watch, out):
+        folder.mkdir()
+
+    def mount() -> None:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "share", str(watch)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("mounts not permitted here")
+
+    mount()
+    log = RecordingLog()
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)),
+                    settle_time_s=0.1, scan_interval_s=0.05, heartbeat_s=0.1, polling="on")
+    service = Service(config, runner="fake_runners:correct", logger=log)
+    mounted = True
+    try:
+        with running(service) as wait_for:
+            wait_for(lambda: service.health().ok and log.named("service_ready"), 20)
+            assert not service.health().problems
+            subprocess.run(["umount", str(watch)], check=True)
+            mounted = False
+            wait_for(lambda: log.named("watch_share_unmounted"), 20)
+            (problem,) = service.health().problems
+            assert f"the share mounted at {watch} at start is not mounted now" in problem
+            mount()
+            mounted = True
+            wait_for(lambda: log.named("watch_share_mounted_again"), 20)
+            assert not service.health().problems
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(watch)], capture_output=True)
