@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from daemon import __version__
@@ -100,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("motionwatch: interrupted", file=sys.stderr)
         return exitcodes.INTERRUPTED
+    except Exception:  # noqa: BLE001 - a bug: said with its traceback, as EX_SOFTWARE (70)
+        traceback.print_exc()  # (Python's own exit status 1 means "some movies failed" here)
+        print("motionwatch: internal error (the traceback above): exit 70", file=sys.stderr)
+        return exitcodes.SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover

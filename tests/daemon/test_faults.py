@@ -593,6 +593,40 @@ def test_sighup_drains_like_sigterm_and_exits_75_to_be_restarted(setup, monkeypa
     assert statuses == [("slow_1.mrc", "done"), ("slow_2.mrc", "pending")]
 
 
+def test_a_sighup_while_watch_starts_exits_75_to_be_restarted_not_killed_by_it(
+        tmp_path, monkeypatch, capsys):
+    """Before the service's handlers were installed SIGHUP killed the process (status 129):
+    systemd counts a death by SIGHUP as clean, and did not restart it."""
+    import daemon.commands.watch as watch_command
+
+    loaded = watch_command.load_config
+
+    def hangup_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGHUP)  # the operator's `systemctl reload` at start
+        return loaded(*args, **kwargs)
+
+    monkeypatch.setattr(watch_command, "load_config", hangup_while_loading)
+    (tmp_path / "w").mkdir()
+    before = signal.getsignal(signal.SIGHUP)
+    status = cli_main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                       "--dose-per-frame", "1", "--no-publish"])
+    assert status == 75 and "SIGHUP while starting" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGHUP) is before
+
+
+def test_an_internal_error_exits_70_with_its_traceback_not_1(tmp_path, monkeypatch, capsys):
+    """A crash ended with Python's status 1, which says 'some movies failed'."""
+    import daemon.commands.status as status_command
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(status_command, "run", broken)
+    assert cli_main(["status", str(tmp_path)]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err and "exit 70" in err
+
+
 # --- 9: a runaway movie ---------------------------------------------------------------------
 
 def test_the_time_limit_scales_with_the_movie_size_between_floor_and_cap():
