@@ -59,6 +59,17 @@ def test_a_growing_cp1252_mdoc_is_warned_about_once_not_at_each_new_section(tmp_
     assert said == ["mdoc_warning: TS_01.mrc.mdoc: lines not UTF-8 read as Windows cp1252"]
 
 
+def _watch_until_idle(watch: Path, out: Path) -> RecordingLog:
+    """A tilt-series daemon (fake corrections) run on ``watch`` until idle: its log."""
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on", exit_when_idle_s=1.0,
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    log = RecordingLog()
+    run_until_idle(Service(config, runner="fake_runners:correct",
+                           resolver=resolver_from_config(config), logger=log))
+    return log
+
+
 def test_a_cp1252_series_mdoc_is_warned_about_once_not_once_more_per_tilt(tmp_path):
     watch, out = tmp_path / "session", tmp_path / "out"
     out.mkdir()
@@ -69,12 +80,7 @@ def test_a_cp1252_series_mdoc_is_warned_about_once_not_once_more_per_tilt(tmp_pa
              if line.startswith("SubFramePath") else line
              for line in mdoc.read_text().splitlines()]
     mdoc.write_bytes("\n".join(lines).encode("cp1252") + b"\n")
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
-                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on", exit_when_idle_s=1.0,
-                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
-    log = RecordingLog()
-    run_until_idle(Service(config, runner="fake_runners:correct",
-                           resolver=resolver_from_config(config), logger=log))
+    log = _watch_until_idle(watch, out)
     assert len(log.named("movie_done")) == 7
     said = [event for _, event, fields in log.events if "cp1252" in str(fields.get("reason"))]
     assert said == ["mdoc_warning"]
@@ -96,12 +102,7 @@ def test_a_series_whose_every_tilt_disagrees_alike_is_warned_about_once_its_reco
 
     mdoc.write_text(re.sub(r"FrameDosesAndNumber = (\S+) (\d+)", frame_doses_high,
                            mdoc.read_text()))
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
-                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on", exit_when_idle_s=1.0,
-                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
-    log = RecordingLog()
-    run_until_idle(Service(config, runner="fake_runners:correct",
-                           resolver=resolver_from_config(config), logger=log))
+    log = _watch_until_idle(watch, out)
     done = log.named("movie_done")
     assert len(done) == 6
     said = [fields["reason"] for _, event, fields in log.events
