@@ -47,8 +47,9 @@ from xml.sax.saxutils import escape as xml_escape
 from correction.write import replace_with_hard_link
 from daemon.handoff.relion import MovieMotion, output_stem
 
-__all__ = ["WARP_MDOCS", "WARP_XML", "warp_layout", "warp_series_mdoc", "warp_layout_displaced", "warp_layout_in_place",
-           "warp_name", "warp_name_taken", "warp_remove_stem_layout", "warp_xml_path"]
+__all__ = ["WARP_MDOCS", "WARP_XML", "warp_layout", "warp_series_mdoc", "warp_layout_displaced",
+           "warp_layout_in_place", "warp_name", "warp_name_taken", "warp_remove_stem_layout",
+           "warp_xml_path"]
 
 WARP_XML = '<?xml version="1.0" encoding="utf-8"?>\n<Movie DataDirectory="{folder}" />\n'
 WARP_MDOCS = "warp_mdocs"  # the folder of series mdocs for ts_import --mdocs

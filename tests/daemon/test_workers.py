@@ -73,7 +73,8 @@ def test_the_daemons_local_workers_are_replaced_after_a_bounded_number_of_movies
     def config(*argv: str) -> Config:
         parser = argparse.ArgumentParser()
         add_executor_arguments(parser)
-        return Config(Path("/w"), Path("/o"), Path("/o"), CorrectionParams(DoseParams(dose_per_frame_e_A2=1.0)),
+        params = CorrectionParams(DoseParams(dose_per_frame_e_A2=1.0))
+        return Config(Path("/w"), Path("/o"), Path("/o"), params,
                       options=vars(parser.parse_args(list(argv))))
 
     def bound(*argv: str) -> int | None:
