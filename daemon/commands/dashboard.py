@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
                                               allow_remote=args.allow_remote)).start()
     except DashboardError as exc:
         print(f"motionwatch dashboard: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
+        # an address that cannot be bound now (in use) is no wrong command line
+        return (exitcodes.UNAVAILABLE if isinstance(exc.__cause__, OSError)
+                else exitcodes.USAGE)
     previous = {sig: signal.signal(sig, lambda *_: dashboard.close())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     print(f"motionwatch dashboard: {dashboard.url} (feed {args.feed})", flush=True)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import socket
 import tempfile
 import threading
 import time
@@ -599,3 +600,19 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                     proc.kill()
         shutil.rmtree(short, ignore_errors=True)
     assert dash.returncode == 0, dash_log.read_text()[-2000:]
+
+
+def test_the_dashboard_command_on_a_port_in_use_exits_69_not_2(tmp_path, capsys):
+    """A port another program holds is out of reach for now, not a usage error (2)."""
+    from daemon.commands.cli import main
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        status = main(["dashboard", "--feed", "tcp://127.0.0.1:5557", "--out", str(tmp_path),
+                       "--listen", f"127.0.0.1:{port}"])
+    assert status == 69
+    assert f"--listen 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["dashboard", "--feed", "tcp://127.0.0.1:5557", "--out", str(tmp_path),
+                 "--listen", "127.0.0.1:99999"]) == 2  # a wrong value is still a usage error
