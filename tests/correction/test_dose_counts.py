@@ -5,13 +5,15 @@ setting gone wrong, said in the record and as a warning."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from eer_writer import write_eer
 
 from correction.dose_counts import ABOVE, check_dose_count
-from correction.params import AlignParams, CorrectionParams, DoseParams, ReadParams
+from correction.params import (AlignParams, CorrectionParams, DoseParams, GainParams,
+                               ReadParams)
 from correction.pipeline import correct_frames, correct_movie
 from correction.synthetic import render_movie
 
@@ -84,3 +86,21 @@ def test_counting_movies_record_what_they_count_and_others_do_not():
     floats = correct_frames(movie.frames.astype(np.float32) * 16, pixel_size_A=1.0,
                             params=params, workers=1)  # gain-normalised, scaled: no count
     assert floats.dose_count is None
+
+
+def test_the_dose_is_checked_against_the_counts_also_without_the_hot_pixel_search():
+    """``--no-hot-pixels`` skipped the pass over the raw sum, and the dose check with it: a
+    dose ten times the counted one was weighted with no word."""
+    rng = np.random.default_rng(5)
+    movie = render_movie(rng, shape_yx=(256, 256), n_frames=8, electrons_per_px_per_frame=1.5,
+                         gain=None, n_hot_pixels=0, pixel_size_A=1.0, dtype=np.uint8)
+    for given, said in ((1.5, False), (15.0, True)):
+        params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=given),
+                                  gain=GainParams(detect_hot_pixels=False),
+                                  align=AlignParams(patches_x=1, patches_y=1))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=1)
+        assert out.dose_count.counted_e_A2 == pytest.approx(1.5, rel=0.05)
+        assert (out.dose_count.mismatch is not None) is said
+        assert any("dose check:" in str(w.message) for w in caught) is said
