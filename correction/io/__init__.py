@@ -78,7 +78,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_movie(path: str | Path, *, params: ReadParams | None = None,
-               spill_dir: str | Path | None = None) -> Movie:
+               spill_dir: str | Path | None = None,
+               movie_dose_e_A2: float | None = None) -> Movie:
     """Read a movie in its stored dtype, shape (n_frames, ny, nx).
 
     Parameters
@@ -97,6 +98,9 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
         For TIFF and EER: a decoded movie over
         :data:`~correction.io.spill.SPILL_OVER_BYTES` goes to an unnamed temporary file here
         and is returned memory-mapped (:mod:`correction.io.spill`); None decodes in memory.
+    movie_dose_e_A2 : float, optional
+        EER: the dose given for the whole movie, which ``eer_dose_per_fraction_e_A2`` groups
+        by (:func:`~correction.io.eer.read_eer`).
 
     Returns
     -------
@@ -115,7 +119,7 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
     kind = detect_format(path)
     _check_integration(kind, path, params)
     try:
-        movie = _read_kind(kind, path, params, spill_dir)
+        movie = _read_kind(kind, path, params, spill_dir, movie_dose_e_A2)
     except (CorrectionError, OSError, MemoryError, ImportError, NotImplementedError):
         raise  # OSError: the environment's (a share's I/O error), told apart by the daemon;
         # ImportError, NotImplementedError: this installation's, not the file's
@@ -149,8 +153,8 @@ def _check_integration(kind: str, path: Path, params: ReadParams) -> None:
                   "second column is 1 (its doses alone), or align sums of frames with --group")
 
 
-def _read_kind(kind: str, path: Path, params: ReadParams, spill_dir: str | Path | None
-               ) -> Movie:
+def _read_kind(kind: str, path: Path, params: ReadParams, spill_dir: str | Path | None,
+               movie_dose_e_A2: float | None = None) -> Movie:
     """The reader of ``kind`` (:func:`detect_format`) on ``path``."""
     if kind == "mrc":
         from .mrc import read_mrc  # noqa: PLC0415
@@ -163,7 +167,8 @@ def _read_kind(kind: str, path: Path, params: ReadParams, spill_dir: str | Path 
     if kind == "eer":
         from .eer import read_eer  # noqa: PLC0415
 
-        return read_eer(path, params=params, spill_dir=spill_dir)
+        return read_eer(path, params=params, spill_dir=spill_dir,
+                        movie_dose_e_A2=movie_dose_e_A2)
     raise UnsupportedFormatError(path, f"a {kind.upper()} file is a reference image, "
                                        "not a movie")
 

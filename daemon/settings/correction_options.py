@@ -143,7 +143,9 @@ def add_correction_arguments(parser: argparse.ArgumentParser, *,
                      help="EER: raw frames summed into one fraction (default: by "
                           "--eer-dose-per-fraction, else 40)")
     eer.add_argument("--eer-dose-per-fraction", type=float, default=None, metavar="e/Å²",
-                     help="EER: group raw frames to about this dose per fraction (e/Å²)")
+                     help="EER: group raw frames to about this dose per fraction (e/Å²), "
+                          "by the movie's dose given (--total-dose, a tilt's ExposureDose), "
+                          "else the file's totalDose, else its counted events")
     eer.add_argument("--fm-int-file", type=Path, default=None, metavar="PATH",
                      help="MotionCor2's -FmIntFile: lines of 'RAW_FRAMES PER_FRACTION DOSE' "
                           "('1000 25 0.02': EER raw frames summed 25 at a time, 0.02 e/Å² "
