@@ -1194,7 +1194,9 @@ class TiltSeriesResolver:
             except Exception as exc:  # noqa: BLE001 - recorded; the series re-opens on new movies
                 reason = f"{ASSEMBLY_FAILED_REASON}: {exc}"
                 again = None
-                if isinstance(exc, OSError):  # the disk, the share: not the series' fault
+                if not isinstance(exc, OSError):  # the series' own: at the next start
+                    self._assembly_retry.pop(name, None)
+                else:  # the disk, the share: not the series' fault
                     failures = self._assembly_retry.get(name, (0, 0.0))[0] + 1
                     again = min(ASSEMBLY_RETRY_MAX_S,
                                 self.assembly_retry_first_s * 2 ** (failures - 1))

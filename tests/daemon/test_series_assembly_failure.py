@@ -146,3 +146,36 @@ def test_a_series_whose_assembly_failed_is_assembled_again_at_the_next_start(tmp
         thread.join(60)
         assert [e["series"] for e in log.named("series_assembly_failed")] == ["TS_01"], run
         assert "retry_in_s" not in log.named("series_assembly_failed")[0]
+
+
+def test_a_retried_assembly_that_then_fails_on_its_own_holds_the_service_no_longer(tmp_path):
+    """Tried again after a full disk, the assembly failed on a tilt image that cannot be read:
+    the retry it had been waiting for stayed, and the service was never idle again."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(2), n_tilts=3,
+                                 shape_yx=(64, 64), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
+    blocker = out / "TS_01"
+    blocker.write_text("no folder can be made here")
+    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
+                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on",
+                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
+    log = RecordingLog()
+    resolver = resolver_from_config(config)
+    resolver.assembly_retry_first_s = 0.5
+    service = Service(config, resolver=resolver, logger=log)
+    thread = _start(service)
+    try:
+        _wait_until(lambda: log.named("series_assembly_failed"))
+        blocker.unlink()
+        sums = sorted(out.glob(f"{tilts[0].movie.path.stem}*.mrc"))
+        for image in sums:  # the tilt's images damaged meanwhile: the series' own trouble
+            image.write_bytes(b"not an image")
+        _wait_until(lambda: len(log.named("series_assembly_failed")) == 2)
+        assert "retry_in_s" not in log.named("series_assembly_failed")[1]
+        _wait_until(lambda: not resolver.busy(), 10)
+        assert not resolver.busy()
+    finally:
+        service.request_stop("test done")
+        thread.join(60)
