@@ -246,7 +246,9 @@ def test_each_output_names_its_movies_folder_as_two_grids_have_the_same_movie_na
             with mrcfile.open(outputs[kind], header_only=True) as mrc:
                 header = [bytes(mrc.header.label[i]).decode().strip()
                           for i in range(int(mrc.header.nlabl))]
-            assert header[1:] == ["motionwatch: TS_01_000_0.0.mrc", f"from: {movie.parent}"]
+            assert header[1:] == list(movie_labels(movie))
+            assert header[1] == "motionwatch: TS_01_000_0.0.mrc"
+            assert header[2].startswith("from: ") and header[2].endswith(f"/{grid}")
         labels[grid] = header
     assert labels["grid1"] != labels["grid2"]
     deep = Path("/data") / ("session_" * 12) / "grid2" / "frames" / "TS_01_000_0.0.mrc"

@@ -123,6 +123,7 @@ def test_a_session_corrected_through_two_dask_workers_gives_bit_identical_images
     mount.symlink_to(session, target_is_directory=True)
 
     def tasks(out: Path):
+        out.mkdir()  # the output root is the daemon's to make (a worker never makes it)
         return [Task(i, m.path, out, out, PARAMS, m.path.stem, {"index": i})
                 for i, m in enumerate(movies)]
 

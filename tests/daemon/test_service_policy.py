@@ -334,7 +334,8 @@ def _idle_stub(**admission):
         dispatcher=SimpleNamespace(in_flight={}, unrecorded=0),
         admission=SimpleNamespace(**{"waiting": {}, "deferred": 0, "resolver_problem": None,
                                      **admission}),
-        _resolver=SimpleNamespace(busy=lambda: False), _idle_since=None)
+        _resolver=SimpleNamespace(busy=lambda: False, end_of_run=lambda: False),
+        _idle_since=None)
 
 
 def test_settled_movies_left_for_the_next_scans_keep_the_service_from_exiting_idle():
