@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -89,8 +90,34 @@ def single_threaded_blas_environment() -> dict[str, str]:
     return {**os.environ, **{name: os.environ.get(name, "1") for name in BLAS_THREAD_VARIABLES}}
 
 
+class _HangupWhileStarting(BaseException):
+    """SIGHUP came before ``watch``'s service took the signal (a BaseException, as
+    KeyboardInterrupt: no ``except Exception`` of the start-up swallows it)."""
+
+
+def _hangup_while_starting(signum: int, frame: object) -> None:
+    raise _HangupWhileStarting
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``motionwatch``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # ``watch`` restarts on SIGHUP (75) from its first moment: killed by the signal before its
+    # service handled it (the imports take most of a second), it was not restarted (systemd
+    # counts a death by SIGHUP clean)
+    previous = (signal.signal(signal.SIGHUP, _hangup_while_starting)
+                if argv[:1] == ["watch"] else None)
+    try:
+        return _main(argv)
+    except _HangupWhileStarting:
+        print("motionwatch watch: SIGHUP while starting: exit to be restarted", file=sys.stderr)
+        return exitcodes.RESTART
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
+
+
+def _main(argv: list[str]) -> int:
     single_threaded_blas()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -15,7 +15,6 @@ start-up) or kept (keep); `motionwatch retry OUT` requeues quarantined movies.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from daemon import exitcodes
@@ -141,31 +140,11 @@ def build_resolver(config: Config) -> MetadataResolver:
     return resolver_from_config(config)
 
 
-class _RestartBeforeReady(Exception):
-    """SIGHUP came while the service was being set up."""
-
-
-def _hangup_before_ready(signum: int, frame: object) -> None:
-    raise _RestartBeforeReady
-
-
 def run(args: argparse.Namespace) -> int:
     """``motionwatch watch``: returns 0 after a clean stop, 78 on a configuration error, 69 when
     the only problems are folders or files out of reach (a share not mounted yet: systemd
     restarts it; see :class:`daemon.settings.config.Unreachable`), 75 on SIGHUP (also while
-    it starts: killed by the signal, it was not restarted, systemd counting SIGHUP clean)."""
-    previous = signal.signal(signal.SIGHUP, _hangup_before_ready)
-    try:
-        return _run(args)
-    except _RestartBeforeReady:
-        print("motionwatch watch: SIGHUP while starting: exit to be restarted",
-              file=sys.stderr)
-        return exitcodes.RESTART
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-
-
-def _run(args: argparse.Namespace) -> int:
+    it starts: :func:`daemon.commands.cli.main`)."""
     try:
         config = load_config(args, make_output_folders=False)
         resolver = build_resolver(config)

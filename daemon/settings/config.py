@@ -614,9 +614,10 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     for dest, least, unit in (("settle_time", 0, " s"), ("scan_interval", None, " s"),
                               ("incomplete_grace", 0, " s"), ("movie_timeout", None, " s"),
                               ("max_attempts", 1, ""), ("retry_delay", 0, " s"),
-                              ("heartbeat", None, " s"), ("exit_when_idle", 0, " s")):
-        value = getattr(merged, dest)
-        if value is None:  # exit_when_idle: never
+                              ("heartbeat", None, " s"), ("exit_when_idle", 0, " s"),
+                              ("worker_max_movies", 0, " (0: never replace a worker)")):
+        value = getattr(merged, dest, None)
+        if value is None:  # exit_when_idle: never; an integration's option not added
             continue
         if least is None:  # above 0
             need(value > 0, f"{dest} must be > 0{unit}, got {value}", dest)

@@ -804,3 +804,14 @@ def test_watchdog_defaults_stuck_after_movie_timeout_plus_60_s_and_extend_at_lea
     assert stall == max(3 * 2.0, 3 * 2.0, 10.0)
     listener = NotifyListener.from_config(config, environ={})
     assert listener.extend_s == 30.0
+
+
+def test_a_bad_worker_bound_is_a_config_error_even_while_the_watch_share_is_away(tmp_path,
+                                                                              capsys):
+    """The bound was checked after the folders: with the share away the run exited 69 (to be
+    restarted every 30 s), the wrong value unsaid until the share came back."""
+    status = main(["watch", str(tmp_path / "unmounted" / "frames"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1", "--worker-max-movies", "-1"])
+    err = capsys.readouterr().err
+    assert status == 78, err
+    assert "worker_max_movies must be >= 0" in err and "watch folder" in err

@@ -614,6 +614,23 @@ def test_a_sighup_while_watch_starts_exits_75_to_be_restarted_not_killed_by_it(
     assert signal.getsignal(signal.SIGHUP) is before
 
 
+def test_a_sighup_while_watch_imports_its_modules_exits_75(tmp_path, monkeypatch, capsys):
+    """The handler came after the imports (most of a second): a SIGHUP then still killed it."""
+    import daemon.commands.cli as cli
+
+    built = cli.build_parser
+
+    def hangup_while_importing():
+        os.kill(os.getpid(), signal.SIGHUP)
+        return built()
+
+    monkeypatch.setattr(cli, "build_parser", hangup_while_importing)
+    (tmp_path / "w").mkdir()
+    assert cli.main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                     "--dose-per-frame", "1", "--no-publish"]) == 75
+    assert "SIGHUP while starting" in capsys.readouterr().err
+
+
 def test_an_internal_error_exits_70_with_its_traceback_not_1(tmp_path, monkeypatch, capsys):
     """A crash ended with Python's status 1, which says 'some movies failed'."""
     import daemon.commands.status as status_command
