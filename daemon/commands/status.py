@@ -144,7 +144,7 @@ def _daemon_running(state: dict[str, Any], now: float) -> bool:
     heartbeat periods (at least 3 minutes), and, when it ran on this host, its process exists
     (a daemon killed outright cannot say it stopped: without this check it looked alive for
     minutes)."""
-    pid, beat = state.get("pid"), state.get("heartbeat_wall")
+    pid, beat = state.get("pid"), _last_sign_wall(state)
     if not pid or beat is None:
         return False
     if now - beat >= max(180.0, 3.0 * float(state.get("heartbeat_s") or 0.0)):
@@ -158,11 +158,25 @@ def _daemon_running(state: dict[str, Any], now: float) -> bool:
 SILENT_AFTER_S = 60.0
 
 
+def _last_sign_wall(state: dict[str, Any]) -> float | None:
+    """The wall time of the daemon's last sign of life: its last heartbeat, or its start."""
+    signs = [float(v) for v in (state.get("heartbeat_wall"), state.get("started_wall"))
+             if v is not None]
+    return max(signs) if signs else None
+
+
+def _starting(state: dict[str, Any]) -> bool:
+    """The daemon has started and not beaten yet (its first scan may take minutes)."""
+    started, beat = state.get("started_wall"), state.get("heartbeat_wall")
+    return started is not None and (beat is None or float(beat) < float(started))
+
+
 def _silent_s(state: dict[str, Any], now: float) -> float | None:
     """Seconds since the last heartbeat of a daemon taken to be running, when that is more
-    than three of its periods and at least :data:`SILENT_AFTER_S` (else None)."""
+    than three of its periods and at least :data:`SILENT_AFTER_S` (else None); None while it
+    is starting."""
     beat = state.get("heartbeat_wall")
-    if beat is None:
+    if beat is None or _starting(state):
         return None
     age = now - float(beat)
     limit = max(SILENT_AFTER_S, 3.0 * float(state.get("heartbeat_s") or 0.0))
@@ -213,6 +227,9 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "last_heartbeat": iso_utc(beat),
                    "last_heartbeat_s_ago": None if beat is None else round(now - beat, 1),
                    "silent_s": None if silent_s is None else round(silent_s, 1),
+                   "starting": running and _starting(state),
+                   "started_s_ago": None if state.get("started_wall") is None
+                   else round(now - float(state["started_wall"]), 1),
                    # a stopped daemon serves nothing, whatever its last heartbeat said (a
                    # check on ``healthy`` alone read a daemon killed overnight as well)
                    "healthy": bool(state.get("healthy")) and running and silent_s is None,
@@ -253,8 +270,12 @@ def _print_text(status: dict[str, Any]) -> None:
     if d["running"]:
         verdict = ("SILENT" if d.get("silent_s") is not None
                    else "healthy" if d["healthy"] else "UNHEALTHY")
-        _say(f"daemon: running (pid {d['pid']}, heartbeat {d['last_heartbeat_s_ago']} s ago, "
-              f"{verdict}; discovery: {d['discovery']})")
+        if d.get("starting"):  # no heartbeat of this run yet: its first scan
+            _say(f"daemon: starting (pid {d['pid']}, started {d['started_s_ago']} s ago, "
+                 "its first scan under way)")
+        else:
+            _say(f"daemon: running (pid {d['pid']}, heartbeat {d['last_heartbeat_s_ago']} s "
+                 f"ago, {verdict}; discovery: {d['discovery']})")
         for problem in d["problems"]:
             _say(f"  problem: {problem}")
         phrase = pace_phrase(d.get("pace"))

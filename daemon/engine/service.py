@@ -288,7 +288,10 @@ class Service:
             self.ledger = None
             raise ConfigError([problem])
         try:  # the first writes: a database on a full disk, or left read-only (root's)
-            self.ledger.set_service_state(served_folders(recorded, **folders))
+            # this process, starting (``status`` says so, not "silent", until its first beat)
+            self.ledger.set_service_state({**served_folders(recorded, **folders),
+                                           "pid": os.getpid(), "host": socket.gethostname(),
+                                           "started_wall": self._wall()})
             self._running_at_crash = self.ledger.recover_running()  # see _recover_running
         except (sqlite3.Error, OSError) as exc:
             if not _disk_trouble(exc):

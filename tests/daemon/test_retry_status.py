@@ -50,6 +50,11 @@ def test_a_retried_movie_is_listed_as_requeued_until_the_daemon_meets_it_again(t
     _run(config)
     db = out / "motionwatch.sqlite"
     assert collect_status(db)["counts"]["quarantined"] == 2
+    from daemon.state.ledger import Ledger
+
+    with Ledger(db, read_only=True) as ledger:  # its start, then its beats, were recorded
+        state = ledger.service_state()
+    assert state["started_wall"] <= state["heartbeat_wall"] <= state["stopped_wall"]
 
     marker.unlink()  # mended
     assert cli_main(["retry", str(out)]) == 0

@@ -477,3 +477,27 @@ def test_a_daemon_that_holds_its_folder_but_stopped_beating_is_running_and_silen
                               "heartbeat_s": 10.0})
     assert main(["status", str(tmp_path)]) == 0
     assert "SILENT" in capsys.readouterr().out
+
+
+def test_a_daemon_starting_after_a_stop_is_starting_not_silent(tmp_path, capsys):
+    """Restarted a while after a clean stop, a daemon holds its folder from its first moment
+    and beats only after its first scan (seconds to minutes): status read the last run's
+    heartbeat and called it SILENT."""
+    import fcntl
+    import socket
+
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        db.set_service_state({"pid": os.getpid(), "host": socket.gethostname(),
+                              "healthy": True, "heartbeat_wall": time.time() - 400,
+                              "heartbeat_s": 10.0, "started_wall": time.time() - 20})
+    lock = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert main(["status", str(tmp_path), "--json"]) == 0
+        daemon = json.loads(capsys.readouterr().out)["daemon"]
+        assert daemon["running"] is True and daemon["starting"] is True
+        assert daemon["silent_s"] is None and not any("SILENT" in p for p in daemon["problems"])
+        assert main(["status", str(tmp_path)]) == 0
+        assert "daemon: starting (pid" in capsys.readouterr().out
+    finally:
+        os.close(lock)
