@@ -40,6 +40,7 @@ RELION's files carry the exact pre-exposures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
@@ -57,9 +58,17 @@ WARP_MDOCS = "warp_mdocs"  # the folder of series mdocs for ts_import --mdocs
 
 def warp_series_mdoc(stack_mdoc: Path, frameseries: Path, stem: str) -> Path:
     """Link ``frameseries/warp_mdocs/<stem>.mdoc`` to the series' stack mdoc (renewed at each
-    assembly: the stack mdoc is replaced, a new file each time); returns the link."""
+    assembly: the stack mdoc is replaced, a new file each time); returns the link.
+
+    A link there that is its file's only name is removed: its series' stack mdoc is gone (the
+    series renamed, its tilts moved to another) or was replaced without it, and
+    ``ts_import`` would import its movies a second time, under the old name."""
     link = frameseries / WARP_MDOCS / f"{stem}.mdoc"
     _link(stack_mdoc, link)
+    for other in link.parent.glob("*.mdoc"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if other != link and other.stat().st_nlink == 1:
+                other.unlink()
     return link
 
 

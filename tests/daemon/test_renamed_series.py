@@ -80,6 +80,8 @@ def test_a_series_mdoc_renamed_after_assembly_moves_its_tilts_to_the_new_series(
     assert sorted(Path(m).name for m in table["rlnMicrographMovieName"]) == sorted(
         t.movie.path.name for t in tilts)
     assert not (out / "TS_01").exists()  # stacks, links, STAR, then the folder
+    # Warp's mdocs: the new name's alone (the old one imported its movies a second time)
+    assert sorted(p.name for p in (out / "warp_mdocs").iterdir()) == ["TS_02.mdoc"]
     global_star = starfile.read(out / "corrected_tilt_series.star", always_dict=True)
     assert list(global_star["global"]["rlnTomoName"]) == ["TS_02"]
     assert [f["series"] for _, e, f in log.events if e == "series_outputs_removed"] == ["TS_01"]
