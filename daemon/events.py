@@ -332,6 +332,11 @@ class MetadataResolver(Protocol):
         for time to pass (an open tilt series is assembled with the tilts it has). True when
         that makes work (the service is not idle yet); called until it returns False."""
 
+    def problem(self) -> str | None:
+        """Trouble outside the service that holds the resolver's own work back (a series'
+        stacks not written on a full disk, tried again), as a problem line; None when none.
+        Read from any thread."""
+
     def quiet_s(self) -> float:
         """How long a metadata file must have stayed unchanged, over scans, before the resolver
         takes it as final (s; 0 when it takes none so): discovery lists such a file's folder
@@ -367,6 +372,9 @@ class NoMetadata:
 
     def end_of_run(self) -> bool:
         return False
+
+    def problem(self) -> str | None:
+        return None
 
     def stop(self) -> None:
         return None

@@ -233,6 +233,9 @@ class Service:
         folders = self.admission.folders_problem  # outside too: a grid's permissions
         if folders is not None:
             problems.append(folders)
+        stacks = self._resolver.problem()  # outside too: stacks not written on a full disk
+        if stacks is not None:
+            problems.append(stacks)
         outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
         # outcomes the state database refuses to record: the same trouble as ``ledger``
         unrecorded = self.dispatcher.problem() if self.dispatcher.unrecorded else None
@@ -242,7 +245,7 @@ class Service:
             problems.append(cluster)
         ok = not [problem for problem in problems
                   if problem not in (outside, resolver, cluster, watch, folders, ledger,
-                                     unrecorded)]
+                                     unrecorded, stacks)]
         return Health(ok, tuple(problems), tuple(notes))
 
     def _cluster_problem(self) -> str | None:

@@ -484,6 +484,16 @@ class TiltSeriesResolver:
         self._run_ending = True
         return any(state.status != "complete" for state in self._states.values())
 
+    def problem(self) -> str | None:
+        """The series whose assembly waits to be tried again (a full disk, a share gone)."""
+        waiting = sorted(self._assembly_retry)  # a copy: read from the watchdog's thread
+        if not waiting:
+            return None
+        state = self._states.get(waiting[0])
+        more = f" (and {len(waiting) - 1} more series)" if len(waiting) > 1 else ""
+        return (f"series {waiting[0]}: stacks not written: "
+                f"{state.reason if state is not None else ASSEMBLY_FAILED_REASON}{more}")
+
     def quiet_s(self) -> float:
         """A series mdoc unchanged this long is taken as finished (``mdoc_quiet_s``) or its
         incomplete last section as final (``metadata_wait_s``)."""

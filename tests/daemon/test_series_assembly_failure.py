@@ -119,6 +119,10 @@ def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_ther
         _wait_until(lambda: log.named("series_assembly_failed"))
         (failed,) = log.named("series_assembly_failed")
         assert failed["retry_in_s"] == 0.2
+        # listed as trouble outside the daemon (status, STATUS=), the watchdog still pinged
+        health = service.health()
+        assert health.ok and any(p.startswith("series TS_01: stacks not written: assembly "
+                                              "failed") for p in health.problems)
         blocker.unlink()  # room again
         _wait_until(lambda: log.named("series_completed"))
     finally:
