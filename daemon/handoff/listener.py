@@ -238,6 +238,9 @@ class RelionListener(ServiceListener):
         self._out: Path | None = None
         self._watch: Path | None = None
         self._motions: dict[str, Path] = {}  # movie path -> motion record path
+        # movies whose files could not be written (their record or folder out of reach):
+        # tried again at each heartbeat
+        self._unwritten: set[str] = set()
         self._completed: dict[str, Mapping[str, Any]] = {}  # series -> its state when ready
         # series -> the movies its stacks were assembled from (names below the watch folder),
         # while it is complete: its STAR lists those only
@@ -316,10 +319,14 @@ class RelionListener(ServiceListener):
             series.add(previous[2].series)
         series.update(name for name, movies in self._star_movies.items() if key in movies)
         loaded = self._load(key)
-        if loaded is None:
+        if loaded is None:  # its record out of reach (the output folder moved away)
+            self._unwritten.add(key)
             return
         _, motion, tilt = loaded
-        self._write_movie_files(motion)
+        if self._write_movie_files(motion):
+            self._unwritten.discard(key)
+        else:  # written again at a heartbeat, once the folder takes it
+            self._unwritten.add(key)
         if tilt is not None:
             series.add(tilt.series)
         for name in sorted(series):
@@ -514,11 +521,12 @@ class RelionListener(ServiceListener):
         return [e for e in entries if shape(e) == kept]
 
     # --- writing --------------------------------------------------------------------------
-    def _write_movie_files(self, motion: MovieMotion, *, warp: bool = True) -> None:
+    def _write_movie_files(self, motion: MovieMotion, *, warp: bool = True) -> bool:
         """The movie's RELION motion STAR and (when on, and ``warp``) its Warp layout, which
-        takes its Warp name from any other movie of that name in the folder."""
-        self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
-                    gain_name=self._gain_name_for(motion))
+        takes its Warp name from any other movie of that name in the folder; False when the
+        STAR could not be written."""
+        written = self._guard(str(motion.motion_path), "motion_star", write_motion_star,
+                              motion, gain_name=self._gain_name_for(motion)) is not None
         displaced = warp_layout_displaced(motion) if self.warp else None
         if displaced is not None:  # Warp would read this movie's sum as the other's average
             self._guard(str(displaced), "warp_layout", displaced.unlink, missing_ok=True)
@@ -536,6 +544,7 @@ class RelionListener(ServiceListener):
                          "name in this folder (average/, .xml) is this movie's now, no longer "
                          "the one corrected there before")
             self._guard(str(motion.motion_path), "warp_layout", warp_layout, motion)
+        return written
 
     def _gain_name_for(self, motion: MovieMotion) -> str | None:
         """The gain file a movie's motion STAR names: ``motionwatch_gain.mrc``, or for an EER
@@ -624,6 +633,11 @@ class RelionListener(ServiceListener):
         self._guard(str(star), "series_star", remove)
 
     def on_heartbeat(self, beat: Any) -> None:
+        for key in sorted(self._unwritten):  # their folder back (moved away and back)
+            if key in self._motions:
+                self._write_after(key, self._motions[key])
+            else:
+                self._unwritten.discard(key)
         if self._globals_quiet():
             self._flush_globals()
 

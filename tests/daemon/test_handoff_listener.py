@@ -385,3 +385,20 @@ def test_a_complete_series_star_lists_the_movies_of_its_stacks_not_a_discarded_r
     assert listed() == ["t0.tif", "t1_retaken.tif"]
     listener.on_series_event(SeriesEvent("reopened", "TS_01", 3, 2, 0))
     assert listed() == ["t0.tif", "t1.tif", "t1_retaken.tif"]
+
+
+def test_a_movie_whose_record_was_out_of_reach_gets_its_files_once_the_folder_is_back(tmp_path):
+    """The output folder moved away as a movie finished and came back: the movie had no
+    S.star (nor a row in the micrographs' STAR) until the daemon's next start."""
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    motion = _record(out, watch, "a")
+    away = tmp_path / "out.away"
+    out.rename(away)  # the operator moves the session's outputs ...
+    _done(listener, watch, motion)
+    listener.on_heartbeat(None)
+    assert not (away / "a.star").exists()
+    away.rename(out)  # ... and back
+    clock.t = 20.0
+    listener.on_heartbeat(None)
+    assert (out / "a.star").is_file() and _mics(out) == ["a_DW.mrc"]
