@@ -141,21 +141,6 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def mount_point_of(folder: str | os.PathLike[str]) -> str | None:
-    """The mount point ``folder`` lies under (itself or its nearest parent that is one), None
-    when that is ``/`` or the folder cannot be looked at."""
-    path = os.path.abspath(folder)
-    try:
-        while not os.path.ismount(path):
-            parent = os.path.dirname(path)
-            if parent == path:
-                return None
-            path = parent
-    except OSError:
-        return None
-    return None if path == os.path.sep else path
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionSettings:
     """What admission reads of the configuration (folders, parameters, times in seconds)."""
@@ -243,9 +228,6 @@ class Admission:
         self.resolver_problem: str | None = None
         #: the watched folder could not be listed at the last scan (a share unmounted): why
         self.watch_problem: str | None = None
-        #: the mount point the watch folder lay under at start (a share), None: the root's
-        self._watch_mount = mount_point_of(settings.watch_dir)
-        self._watch_unmounted = False  # said so (once, until it is mounted again)
         #: folders below the watch folder that the last scan could not list (a grid written by
         #: another account with a strict umask): their movies are not seen until they can be
         self.folders_problem: str | None = None
@@ -330,18 +312,6 @@ class Admission:
                                       f"({reason}): no movie can arrive (a share unmounted?)")
             else:
                 unlisted.append((folder, reason))
-        mount = self._watch_mount
-        if self.watch_problem is None and mount is not None and not os.path.ismount(mount):
-            # an unmounted share leaves its empty mount point: listed, it holds nothing
-            self.watch_problem = (f"watch folder {self.settings.watch_dir}: the share mounted at "
-                                  f"{mount} at start is not mounted now: no movie can arrive")
-            if not self._watch_unmounted:
-                self._watch_unmounted = True
-                self._log.warning("watch_share_unmounted", mount=mount,
-                                  reason=self.watch_problem)
-        elif self._watch_unmounted and mount is not None and os.path.ismount(mount):
-            self._watch_unmounted = False
-            self._log.info("watch_share_mounted_again", mount=mount)
         self.folders_problem = None if not unlisted else (
             f"{len(unlisted)} folder(s) in the watch folder cannot be listed ({unlisted[0][0]}: "
             f"{unlisted[0][1]}{' ...' if len(unlisted) > 1 else ''}): their movies are not "

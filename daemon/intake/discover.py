@@ -62,6 +62,7 @@ __all__ = [
     "scan",
     "is_temporary_name",
     "filesystem_type",
+    "mount_of",
     "needs_polling",
 ]
 
@@ -387,22 +388,31 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def filesystem_type(path: Path, *, mounts_file: Path = Path("/proc/mounts")) -> str | None:
-    """File system type of the mount holding ``path`` (longest mount-point prefix), or None."""
+def mount_of(path: Path, *, mounts_file: Path = Path("/proc/mounts")
+             ) -> tuple[str, str] | None:
+    """``(mount point, file system type)`` of the mount holding ``path`` (its real path; the
+    longest mount-point prefix, the last mount on it), or None."""
     try:
         lines = mounts_file.read_text().splitlines()
     except OSError:
         return None
     target = os.path.realpath(path)
-    best, best_type = "", None
+    best: tuple[str, str] | None = None
     for line in lines:
         parts = line.split()
         if len(parts) < 3:
             continue
         mount = parts[1].replace("\\040", " ")
-        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-            best, best_type = mount, parts[2]
-    return best_type
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and (
+                best is None or len(mount) >= len(best[0])):
+            best = (mount, parts[2])
+    return best
+
+
+def filesystem_type(path: Path, *, mounts_file: Path = Path("/proc/mounts")) -> str | None:
+    """File system type of the mount holding ``path`` (:func:`mount_of`), or None."""
+    mount = mount_of(path, mounts_file=mounts_file)
+    return None if mount is None else mount[1]
 
 
 def needs_polling(fs_type: str | None) -> bool:
@@ -497,7 +507,12 @@ class Discovery:
         self._polling = polling
         self._wake = wake
         self._log = log
-        self._fs_type = filesystem_type(self.root, mounts_file=mounts_file)
+        mount = mount_of(self.root, mounts_file=mounts_file)
+        self._fs_type = None if mount is None else mount[1]
+        # the share the watch folder lies on (a mount point of its own, not the root's): when
+        # it is not mounted any more, its empty mount point would list as a session emptied
+        self._share = (mount[0] if mount is not None and mount[0] != os.sep
+                       and os.path.ismount(mount[0]) else None)
         self._observer = None
         self._observer_failed = False
         self._overflow_handler: _OverflowHandler | None = None
@@ -677,6 +692,12 @@ class Discovery:
             if self._last_full_s is None or now - self._last_full_s >= self._full_scan_s:
                 cache.expire()
                 self._last_full_s = now
+        if self._share is not None and not os.path.ismount(self._share):
+            # the root not listed, as for any listing error: nothing seen in it is dropped
+            self._counters.scans += 1
+            self._counters.last_scan_s = now_s
+            return ScanResult((), (), ((self.root, f"the share mounted at {self._share} at "
+                                                   "start is not mounted now"),))
         result = scan(self.root, movie_patterns=self._movie_patterns,
                       metadata_patterns=self._metadata_patterns, exclude=self._exclude,
                       paths=self._paths, cache=cache, now_s=now, fresh=fresh)

@@ -1094,12 +1094,13 @@ def test_a_watched_share_unmounted_is_a_problem_until_it_is_mounted_again(tmp_pa
             assert not service.health().problems
             subprocess.run(["umount", str(watch)], check=True)
             mounted = False
-            wait_for(lambda: log.named("watch_share_unmounted"), 20)
+            wait_for(lambda: service.health().problems, 20)
             (problem,) = service.health().problems
             assert f"the share mounted at {watch} at start is not mounted now" in problem
+            assert "no movie can arrive" in problem
             mount()
             mounted = True
-            wait_for(lambda: log.named("watch_share_mounted_again"), 20)
+            wait_for(lambda: not service.health().problems, 20)
             assert not service.health().problems
     finally:
         if mounted:
