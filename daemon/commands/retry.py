@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from daemon import exitcodes
-from daemon.state.ledger import DB_NAME, Ledger, MovieKey, display_path
+from daemon.state.ledger import DB_NAME, Ledger, display_path
 
 __all__ = ["add_arguments", "run"]
 
@@ -64,7 +64,8 @@ def _read_only(path: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """``motionwatch retry``: 0 when requeued (or nothing to do), 1 when a named movie is not
-    quarantined, 78 without a usable state database."""
+    quarantined or its file is gone (left quarantined; without names such files are said and
+    left, and the status is 0), 78 without a usable state database."""
     folder = args.state_dir if args.state_dir is not None else args.out_dir
     db_path = Path(folder) / DB_NAME
     if not db_path.is_file():
@@ -72,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
               f"motionwatch watch? one whose state_dir is set keeps it there: give "
               f"--state-dir)", file=sys.stderr)
         return exitcodes.CONFIG
-    # another account's database: SQLite would make its -wal and -shm files ours (root's too:
-    # root may write anything), and the service could not open the database again
     if _read_only(db_path):
         print(f"motionwatch retry: {db_path}: on a read-only file system (mounted read-only "
               "here?): nothing was changed", file=sys.stderr)
         return exitcodes.CONFIG
+    # another account's database: SQLite would make its -wal and -shm files ours (root's too:
+    # root may write anything), and the service could not open the database again
     if not os.access(db_path, os.W_OK) or _root_on_anothers(db_path, os.geteuid()):
         owner = _owner(db_path)
         print(f"motionwatch retry: {db_path}: not writable by this account (the service's "
@@ -91,18 +92,12 @@ def run(args: argparse.Namespace) -> int:
             wanted.add(name)
             if os.sep in name:
                 wanted.add(os.path.abspath(name))
-    gone: list[str] = []
-
-    def on_disk(key: MovieKey) -> bool:
-        """A movie whose file is gone stays quarantined (requeued, it left no trace)."""
-        if os.path.lexists(key.path):
-            return True
-        gone.append(key.path)
-        return False
-
     try:
+        with Ledger(db_path, read_only=True) as ledger:  # files looked at outside any write
+            quarantined = {row.key.path for row in ledger.rows(status="quarantined")}
+        gone = sorted(path for path in quarantined if not os.path.lexists(path))
         with Ledger(db_path) as ledger:
-            keys = ledger.requeue(wanted, keep_if=on_disk)
+            keys = ledger.requeue(wanted, leave=gone)
     except (sqlite3.Error, OSError) as exc:
         reason = " ".join(str(exc).split())
         print(f"motionwatch retry: {db_path}: cannot be written ({reason}: "
@@ -111,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     for key in keys:
         print(f"requeued: {display_path(key.path)}")
     print(f"{len(keys)} quarantined movie(s) requeued")
+    if wanted is not None:  # only those named
+        gone = [p for p in gone if p in wanted or os.path.basename(p) in wanted]
     for path in gone:
         print(f"motionwatch retry: {display_path(path)}: no such file (deleted, moved, or a "
               "share not mounted): left quarantined", file=sys.stderr)
@@ -126,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_hint(db_path: Path) -> str:
-    """Why SQLite may not write the state database: a read-only file system, or a folder
-    in which it cannot make its ``-wal`` and ``-shm`` files."""
-    if _read_only(db_path.parent):
-        return f"{db_path.parent} is on a read-only file system"
+    """Why SQLite may not write the state database (not on a read-only file system: said
+    before): a folder in which it cannot make its ``-wal`` and ``-shm`` files."""
     return (f"can {db_path.parent} be written? SQLite makes its -wal and -shm files beside "
             "the database; or it is not a motionwatch state database")

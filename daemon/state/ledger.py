@@ -41,7 +41,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -604,7 +604,7 @@ class Ledger:
         ).fetchone()[0])
 
     def requeue(self, paths: Iterable[str] | None = None, *,
-                keep_if: Callable[[MovieKey], bool] | None = None) -> list[MovieKey]:
+                leave: Collection[str] = ()) -> list[MovieKey]:
         """Lift the quarantine of movies (all, or those whose path or file name is in
         ``paths``): their rows are dropped and :meth:`requeue_serial` counts up, so the daemon
         admits each again as a new movie (validation, metadata, dose, key); returns their keys.
@@ -613,8 +613,8 @@ class Ledger:
         validation rejected the file), so it is never set pending as it is. Rows of files that
         were never movies (ignored names, size -1) are left alone, and so are those of a version
         whose file has another version recorded since (a copy made again, a writer that went
-        on): that file is not this version any more, and requeueing it did nothing. A row
-        ``keep_if`` refuses (a file gone: requeued, it left no trace) stays quarantined.
+        on): that file is not this version any more, and requeueing it did nothing. The rows
+        of the paths in ``leave`` stay quarantined (files gone: requeued, they left no trace).
         """
         wanted = None if paths is None else {str(p) for p in paths}
         with self._tx() as db:
@@ -624,7 +624,7 @@ class Ledger:
                 "(n.size != q.size OR n.mtime_ns != q.mtime_ns)) ORDER BY mtime_ns, path, id")]
             chosen = [r.key for r in found if (wanted is None or r.key.path in wanted
                                                or os.path.basename(r.key.path) in wanted)
-                      and (keep_if is None or keep_if(r.key))]
+                      and r.key.path not in leave]
             db.executemany(f"DELETE FROM movies WHERE {_KEY_WHERE} AND status='quarantined'",
                            [_k(k) for k in chosen])
             if chosen:
