@@ -407,6 +407,7 @@ class TiltSeriesResolver:
         # series whose assembly met trouble outside it (a full disk, a share gone):
         # name -> (failures, daemon clock of the next try); tried again, 10 s doubling to 300 s
         self._assembly_retry: dict[str, tuple[int, float]] = {}
+        self._retry_problem: str | None = None  # problem(): a line made from the above
         self.assembly_retry_first_s = ASSEMBLY_RETRY_FIRST_S
         self._once: set[tuple[str, str]] = set()
         # (series, warning_template) of the movie warnings said (one line a series, not a tilt)
@@ -478,21 +479,29 @@ class TiltSeriesResolver:
         """The service would exit as idle (``--exit-when-idle``): each open series is assembled
         with the tilts it has, as after its idle timeout, without waiting for it (a tilt its
         mdoc lists whose movie never came held its stacks back for 30 minutes, and the run
-        exited without them). True, once, when there is such a series: not idle yet."""
+        exited without them). True, once (until a movie finishes again), when there is such
+        a series: not idle yet."""
         if self._run_ending:
             return False
         self._run_ending = True
         return any(state.status != "complete" for state in self._states.values())
 
     def problem(self) -> str | None:
-        """The series whose assembly waits to be tried again (a full disk, a share gone)."""
-        waiting = sorted(self._assembly_retry)  # a copy: read from the watchdog's thread
-        if not waiting:
-            return None
-        state = self._states.get(waiting[0])
-        more = f" (and {len(waiting) - 1} more series)" if len(waiting) > 1 else ""
-        return (f"series {waiting[0]}: stacks not written: "
-                f"{state.reason if state is not None else ASSEMBLY_FAILED_REASON}{more}")
+        """The series whose assembly waits to be tried again (a full disk, a share gone): a
+        line made on the main thread as that changes (read from the watchdog's)."""
+        return self._retry_problem
+
+    def _set_assembly_retry(self, retry: dict[str, tuple[int, float]]) -> None:
+        """Replace the series waiting to be tried again, and the problem line they make."""
+        self._assembly_retry = retry
+        waiting = sorted(retry)
+        line = None
+        if waiting:
+            state = self._states.get(waiting[0])
+            more = f" (and {len(waiting) - 1} more series)" if len(waiting) > 1 else ""
+            line = (f"series {waiting[0]}: stacks not written: "
+                    f"{state.reason if state is not None else ASSEMBLY_FAILED_REASON}{more}")
+        self._retry_problem = line
 
     def quiet_s(self) -> float:
         """A series mdoc unchanged this long is taken as finished (``mdoc_quiet_s``) or its
@@ -714,14 +723,14 @@ class TiltSeriesResolver:
         for w in a.warnings:
             if w in logged:
                 continue
-            alike = (a.series or "", warning_template(w))
+            alike = (a.series, warning_template(w))
             if alike in self._said_alike:  # every tilt's calibration alike: its record has it
                 continue
             self._said_alike.add(alike)
             self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
                            movie=str(movie.path), series=a.series,
-                           **({"alike": "said for the first tilt of its series only; each "
-                                        "tilt's record keeps its own"} if a.series else {}))
+                           alike="said for the first tilt of its series only; each tilt's "
+                                 "record keeps its own")
         if a.match_source == "filename":
             self._once_log("warning", "movie_metadata_fallback", str(movie.path),
                            f"no mdoc section or frame mdoc within "
@@ -934,7 +943,9 @@ class TiltSeriesResolver:
     def _advance_series(self, res: Resolution, movies: Mapping[str, Observation],
                         changed: list[str], now: float) -> None:
         self._completing &= set(res.series)  # a series no longer described waits for nothing
-        self._assembly_retry = {k: v for k, v in self._assembly_retry.items() if k in res.series}
+        if set(self._assembly_retry) - set(res.series):  # a series no longer described
+            self._set_assembly_retry({k: v for k, v in self._assembly_retry.items()
+                                      if k in res.series})
         self._interleaved.look({path: m.unchanged_since_s for path, m in self._mdocs.items()
                                 if m.parsed.kind == "tilt_series"})
         on_disk = {self._rel(p): p for p in movies}
@@ -1204,24 +1215,28 @@ class TiltSeriesResolver:
             except Exception as exc:  # noqa: BLE001 - recorded; the series re-opens on new movies
                 reason = f"{ASSEMBLY_FAILED_REASON}: {exc}"
                 again = None
-                if not isinstance(exc, OSError):  # the series' own: at the next start
-                    self._assembly_retry.pop(name, None)
-                else:  # the disk, the share: not the series' fault
+                retry = {k: v for k, v in self._assembly_retry.items() if k != name}
+                if isinstance(exc, OSError):  # the disk, the share: not the series' fault
                     failures = self._assembly_retry.get(name, (0, 0.0))[0] + 1
                     again = min(ASSEMBLY_RETRY_MAX_S,
                                 self.assembly_retry_first_s * 2 ** (failures - 1))
-                    self._assembly_retry[name] = (failures, self._now() + again)
+                    retry[name] = (failures, self._now() + again)
                     reason += f" (tried again in {again:g} s)"
+                # (else the series' own trouble: tried again at the next start)
                 # open again when it is tried again (now, or at the next start)
                 self._states[name] = replace(state, reason=reason,
-                                             status="open" if again else state.status)
+                                             status="open" if again is not None
+                                             else state.status)
+                self._set_assembly_retry(retry)
                 self._persist(name, self._states[name])
                 self._log.error("series_assembly_failed", series=name, folder=folder,
                                 error=f"{type(exc).__name__}: {exc}",
                                 **({} if again is None else {"retry_in_s": again}))
                 self._emit("assembly_failed", name, reason=f"{type(exc).__name__}: {exc}")
                 continue
-            self._assembly_retry.pop(name, None)
+            if name in self._assembly_retry:
+                self._set_assembly_retry({k: v for k, v in self._assembly_retry.items()
+                                          if k != name})
             self._stacks[name] = result["stacks"]
             self._states[name] = state
             self._persist(name, state)
@@ -1238,6 +1253,7 @@ class TiltSeriesResolver:
         """A movie was recorded (an EPU movie weighted without its metadata file's voltage is
         then looked at for it); a movie of a series: the series is ``updated``."""
         self._late_epu.finished(event.path, event.status)
+        self._run_ending = False  # work again: the run goes on (end_of_run says when it ends)
         name = (event.metadata.get("log_context") or {}).get("series")
         if not name or self._ctx is None:
             return

@@ -38,3 +38,23 @@ def test_a_series_missing_a_listed_tilt_is_assembled_before_an_idle_run_ends(tmp
     angles = (folder / f"{completed['series']}.tlt").read_text().split()
     assert sorted(float(a) for a in angles) == sorted(t.tilt_deg for t in tilts if
                                                       t.movie.path != lost)
+
+
+def test_the_end_of_a_run_is_called_off_when_a_movie_finishes_after_it():
+    """Once said, the run's end held: a tilt that came during the last idle wait had its
+    series assembled at once, and again after every later tilt, as if the run were over."""
+    from pathlib import Path
+
+    from daemon.events import MovieEvent, MovieKey
+    from daemon.series.lifecycle import SeriesState
+    from daemon.series.resolution import SeriesConfig
+    from daemon.series.resolver import TiltSeriesResolver
+
+    resolver = TiltSeriesResolver(SeriesConfig(), mode="on")
+    resolver._states["TS_01"] = SeriesState("TS_01")  # noqa: SLF001 - an open series
+    assert resolver.end_of_run() is True  # assembled with what it has, then ...
+    assert resolver.end_of_run() is False  # ... the run ends
+    late = Path("/w/TS_01_009_27.0.mrc")
+    resolver.movie_finished(MovieEvent(path=late, key=MovieKey(str(late), 1, 1, "f"),
+                                       status="done", attempt=1))
+    assert resolver.end_of_run() is True  # the run went on: its end is said again
