@@ -297,6 +297,21 @@ def aretomo_name(mdoc_name: str) -> str:
     return fit_output_stem(name.rsplit(".", 1)[0] if "." in name else name)
 
 
+def aretomo_dose_shortfall(tilts: Sequence[StackTilt], tolerance_e_A2: float = 0.05
+                           ) -> tuple[float, str] | None:
+    """``(dose, movie)``: the dose (e/Å²) of exposures outside ``tilts`` that the first tilt
+    ``movie`` to follow them counts in its pre-exposure, which AreTomo3's tilt table (each
+    tilt's own dose, by acquisition index) cannot say; None when the tilts' own doses add up
+    to every pre-exposure."""
+    running = 0.0
+    for tilt in sorted(tilts, key=lambda t: t.acquisition_index):
+        gap = tilt.pre_exposure_e_A2 - running
+        if gap > tolerance_e_A2:
+            return gap, tilt.movie
+        running += tilt.dose_e_A2
+    return None
+
+
 def aretomo_tilt_table(ordered: Sequence[StackTilt]) -> str:
     """AreTomo3's ``_TLT.txt`` for tilts in stack order: angle (°), 1-based acquisition index,
     dose of the tilt (e/Å²), one line per section."""
@@ -437,6 +452,14 @@ def assemble_series(series: str, tilts: Sequence[StackTilt], out_dir: str | Path
         raise CorrectionError(Path(ordered[0].outputs["sum"]), f"no two tilts of {series} "
                                                                "have images of one shape")
     ordered = kept
+    short = aretomo_dose_shortfall(ordered)
+    if short is not None:
+        gap, first = short
+        warnings.append(f"{series}: {gap:.2f} e/Å² exposed outside the stacks' tilts before "
+                        f"{first} (a retake's first exposure, a tilt lost or left out) is in "
+                        "the tilts' pre-exposures and RELION's STAR, not in AreTomo3's "
+                        "_TLT.txt, whose dose sums count the tilts it lists: from that tilt "
+                        "on, AreTomo3's pre-exposures are short by it")
     first_pixel = headers[Path(ordered[0].outputs["sum"])][1]
     if pixel_size_A is None:
         if not first_pixel > 0:

@@ -412,3 +412,19 @@ def test_the_exposure_filtered_stack_uses_the_given_voltage(tmp_path):
     at300 = exposure_filter(src, pixel_size_A=1.0, dose_e_A2=40.0, voltage_kV=300.0)
     assert not np.allclose(want, at300, atol=1e-4)  # the test can tell the two apart
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_an_exposure_outside_the_stack_is_said_as_aretomo3s_table_cannot_carry_it(tmp_path):
+    """A retake's first exposure (3.9 e/Å² before the 4th tilt) is in every later tilt's
+    pre-exposure and RELION's STAR; AreTomo3's _TLT.txt sums the listed tilts' doses, so its
+    pre-exposures fell short by it from the retake on, and nothing said so."""
+    tilts, _ = _series(tmp_path, n=6)
+    assert not any("AreTomo3" in w for w in assemble_series("TS_9", tilts,
+                                                             tmp_path / "a").warnings)
+    retaken = [t if t.acquisition_index < 3 else StackTilt(**{
+        **{f: getattr(t, f) for f in StackTilt.__slots__},
+        "pre_exposure_e_A2": t.pre_exposure_e_A2 + 3.9}) for t in tilts]
+    warnings = assemble_series("TS_9", retaken, tmp_path / "b").warnings
+    (said,) = [w for w in warnings if "AreTomo3" in w]
+    assert said.startswith(f"TS_9: 3.90 e/Å² exposed outside the stacks' tilts before "
+                           f"{tilts[3].movie}")
