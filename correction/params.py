@@ -336,6 +336,17 @@ class DoseParams:
         return (self.dose_per_frame_e_A2 is not None or self.total_dose_e_A2 is not None
                 or self.frame_doses_e_A2 is not None)
 
+    @property
+    def movie_dose_e_A2(self) -> float | None:
+        """The dose given for the whole movie (e/Å²): ``total_dose_e_A2``, or the sum of the
+        frame doses (an EER tilt's, per raw frame); None when only a dose per frame (an EER
+        fraction) is given, which says none before the movie is grouped."""
+        if self.total_dose_e_A2 is not None:
+            return float(self.total_dose_e_A2)
+        if self.frame_doses_e_A2:
+            return float(sum(self.frame_doses_e_A2))
+        return None
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> DoseParams:
         """From ``dataclasses.asdict`` of one, as JSON keeps it (lists for tuples); keys this

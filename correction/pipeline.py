@@ -100,7 +100,7 @@ from .grids import EXTRA_MARGIN_PX, Grids, align_from_block_sums, plan_grids
 from .hot_lines import HotLines, detect_hot_lines
 from .local_apply import local_sums
 from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
-from .params import CorrectionParams, DoseParams
+from .params import CorrectionParams
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
                      motion_record, movie_pixel_size_record, reference_record, software_record)
@@ -308,17 +308,6 @@ class PreparedMovie:
                                 record=record, shifts_yx_px=self.shifts_yx_px,
                                 drift=drift_stats(self.shifts_yx_px, self.pixel_size_A),
                                 timings_s=timings)
-
-
-def given_movie_dose_e_A2(dose: DoseParams) -> float | None:
-    """The dose given for a whole movie (e/Å²): ``total_dose_e_A2``, or the sum of the frame
-    doses given (an EER tilt's, per raw frame); None when only a dose per frame (fraction)
-    is given, which does not say it before the movie is grouped."""
-    if dose.total_dose_e_A2 is not None:
-        return float(dose.total_dose_e_A2)
-    if dose.frame_doses_e_A2:
-        return float(sum(dose.frame_doses_e_A2))
-    return None
 
 
 def movie_labels(movie_path: Path, width: int = 80) -> tuple[str, str]:
@@ -1265,7 +1254,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     # used memory-mapped
     movie = read_movie(movie_path, params=params.read,
                        spill_dir=out_dir if scratch_dir is None else Path(scratch_dir),
-                       movie_dose_e_A2=given_movie_dose_e_A2(params.dose))
+                       movie_dose_e_A2=params.dose.movie_dose_e_A2)
     pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
     if not pixel_size_A or not pixel_size_A > 0:
         raise MissingPixelSizeError(movie_path, "no pixel size given and none usable in the "

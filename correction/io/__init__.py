@@ -154,7 +154,7 @@ def _check_integration(kind: str, path: Path, params: ReadParams) -> None:
 
 
 def _read_kind(kind: str, path: Path, params: ReadParams, spill_dir: str | Path | None,
-               movie_dose_e_A2: float | None = None) -> Movie:
+               movie_dose_e_A2: float | None) -> Movie:
     """The reader of ``kind`` (:func:`detect_format`) on ``path``."""
     if kind == "mrc":
         from .mrc import read_mrc  # noqa: PLC0415

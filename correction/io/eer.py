@@ -455,7 +455,7 @@ def read_eer(path: str | Path, *, params: ReadParams | None = None,
 
 def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, superres: int,
                  max_workers: int, spill_dir: str | Path | None,
-                 movie_dose_e_A2: float | None = None) -> Movie:
+                 movie_dose_e_A2: float | None) -> Movie:
     factor = 2 if superres else 1
     if superres and (layout.horz_bits < 1 or layout.vert_bits < 1):
         raise UnsupportedFormatError(path, "EER file has no sub-pixel bits; use sampling 1")
@@ -498,21 +498,19 @@ def _read_frames(fd: int, layout: EerLayout, path: Path, params: ReadParams, sup
     elif params.eer_group_frames is not None:
         group = params.eer_group_frames
         header["eer_grouping"] = "frames"
-    elif params.eer_dose_per_fraction_e_A2 is not None and movie_dose_e_A2 is not None:
-        dose_per_raw_e_A2 = movie_dose_e_A2 / max(1, layout.n_raw)
-        group = max(1, round(params.eer_dose_per_fraction_e_A2 / dose_per_raw_e_A2)) \
-            if dose_per_raw_e_A2 > 0 else layout.n_raw
-        header["eer_grouping"] = "dose"
-        header["eer_dose_per_raw_frame_e_A2"] = dose_per_raw_e_A2
-        header["eer_dose_source"] = "given"
     elif params.eer_dose_per_fraction_e_A2 is not None:
-        if phys_pixel is None:
-            raise UnreadableMovieError(path, "cannot group EER frames by dose: no pixel size in "
-                                             "the file; give one")
-        if dose_per_raw_e_px is None:
-            dose_per_raw_e_px = _measure_counts(fd, layout, path)
-            dose_source = "counts"
-        dose_per_raw_e_A2 = dose_per_raw_e_px / phys_pixel ** 2
+        # the dose given for the movie, else the file's, else its counted events
+        if movie_dose_e_A2 is not None and movie_dose_e_A2 > 0:
+            dose_per_raw_e_A2 = movie_dose_e_A2 / max(1, layout.n_raw)
+            dose_source = "given"
+        else:
+            if phys_pixel is None:
+                raise UnreadableMovieError(path, "cannot group EER frames by dose: no pixel "
+                                                 "size in the file; give one")
+            if dose_per_raw_e_px is None:
+                dose_per_raw_e_px = _measure_counts(fd, layout, path)
+                dose_source = "counts"
+            dose_per_raw_e_A2 = dose_per_raw_e_px / phys_pixel ** 2
         group = max(1, round(params.eer_dose_per_fraction_e_A2 / dose_per_raw_e_A2)) \
             if dose_per_raw_e_A2 > 0 else layout.n_raw
         header["eer_grouping"] = "dose"

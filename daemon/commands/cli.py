@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except _HangupWhileStarting:
-        print("motionwatch watch: SIGHUP while starting: exit to be restarted", file=sys.stderr)
+        print("motionwatch watch: SIGHUP before or after the service took signals (starting, "
+              "or stopped): exit to be restarted", file=sys.stderr)
         return exitcodes.RESTART
     finally:
         if previous is not None:

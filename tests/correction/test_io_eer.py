@@ -126,6 +126,13 @@ def test_grouping_by_dose_takes_the_dose_given_for_the_movie_over_the_counted_on
     assert movie.raw_frames_per_frame == (5, 5, 5, 5)
     assert movie.header["eer_dose_source"] == "given"
     assert read_movie(path, params=params).raw_frames_per_frame == (10, 10)  # counted
+    from correction.params import AlignParams, CorrectionParams, DoseParams
+    from correction.pipeline import correct_movie
+
+    record = correct_movie(path, tmp_path / "out", CorrectionParams(
+        dose=DoseParams(total_dose_e_A2=4.0), read=params,
+        align=AlignParams(patches_x=1, patches_y=1))).record
+    assert record["eer"]["raw_frames_per_fraction"] == [5, 5, 5, 5]  # the movie's, as given
 
 
 def test_dose_grouping_without_any_pixel_size_is_a_clear_error(tmp_path):
