@@ -63,6 +63,11 @@ __all__ = ["Service", "LOCK_NAME", "EVENT_SCAN_GAP_FACTOR"]
 EVENT_SCAN_GAP_FACTOR = 3.0
 
 
+def _this_process() -> dict[str, Any]:
+    """The service state naming this process (``motionwatch status`` finds it by them)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
 class Service:
     """The watch daemon.
 
@@ -199,54 +204,47 @@ class Service:
         """
         cfg = self.config
         now = self._clock()
-        problems, notes = [], []
+        notes: list[str] = []
+        # (problem, outside the daemon?): trouble outside it (a full disk, an output share, a
+        # lost Dask scheduler, a watched share unmounted) is listed, but the daemon itself is
+        # well and the watchdog keeps pinging; systemd restarting it would not mend it, and
+        # after 5 restarts in 10 min would leave it stopped for the night
+        listed: list[tuple[str, bool]] = []
+
+        def problem(line: str | None, *, outside: bool) -> None:
+            if line is not None:
+                listed.append((line, outside))
+
         # the loop never waits on a movie (workers are processes): it turns every scan/heartbeat
         if now - self._last_tick_s > max(60.0, 10 * cfg.scan_interval_s, 3 * cfg.heartbeat_s):
-            problems.append(f"main loop stalled for {now - self._last_tick_s:.0f} s")
+            problem(f"main loop stalled for {now - self._last_tick_s:.0f} s", outside=False)
         if self._last_scan_s is not None and now - self._last_scan_s > max(
                 60.0, 10 * cfg.scan_interval_s):
-            problems.append(f"no scan for {now - self._last_scan_s:.0f} s")
+            problem(f"no scan for {now - self._last_scan_s:.0f} s", outside=False)
         if not self._out_ok:
-            problems.append(self._lock_problem or f"output folder {cfg.out_dir} missing or unusable")
-        # the state database's disk full or refusing writes: outside the daemon too (pings
-        # stopped, and systemd killed and restarted it on the full disk every 2.5 min)
-        ledger = self._writes.problem()
-        for problem in (ledger, self.dispatcher.problem()):
-            if problem is not None:
-                problems.append(problem)
+            problem(self._lock_problem or f"output folder {cfg.out_dir} missing or unusable",
+                    outside=False)
+        # the state database's disk full or refusing writes (pings stopped, and systemd killed
+        # and restarted it on the full disk every 2.5 min)
+        problem(self._writes.problem(), outside=True)
+        # a movie's trouble outside it, or outcomes the state database refuses to record
+        trouble_outside = self.dispatcher.outside_trouble()
+        problem(self.dispatcher.problem(),
+                outside=trouble_outside or bool(self.dispatcher.unrecorded))
         if self.pool is not None and self.pool.alive() < cfg.workers:
             notes.append(f"{cfg.workers - self.pool.alive()} worker(s) being replaced")
         if self.discovery is not None and not self.discovery.uses_events:
             notes.append(f"discovery by rescans only: {self.discovery.state().reason}")
-        # paused by trouble outside the daemon (a full disk, an output share, a lost Dask
-        # scheduler): listed, but the daemon itself is well and the watchdog keeps pinging;
-        # systemd restarting it would not mend it, and after 5 restarts in 10 min would leave
-        # it stopped for the night
-        # the metadata resolver failing on every scan (a bug): nothing is admitted; listed, but
-        # the watchdog keeps pinging (a restart would meet the same files)
-        resolver = self.admission.resolver_problem
-        if resolver is not None:
-            problems.append(resolver)
-        watch = self.admission.watch_problem  # outside the daemon too: a restart finds no share
-        if watch is not None:
-            problems.append(watch)
-        folders = self.admission.folders_problem  # outside too: a grid's permissions
-        if folders is not None:
-            problems.append(folders)
-        stacks = self._resolver.problem()  # outside too: stacks not written on a full disk
-        if stacks is not None:
-            problems.append(stacks)
-        outside = self.dispatcher.problem() if self.dispatcher.outside_trouble() else None
-        # outcomes the state database refuses to record: the same trouble as ``ledger``
-        unrecorded = self.dispatcher.problem() if self.dispatcher.unrecorded else None
-        # a cluster that does not answer, also before any movie was sent to it (outside too)
-        cluster = self._cluster_problem()
-        if cluster is not None and outside is None:
-            problems.append(cluster)
-        ok = not [problem for problem in problems
-                  if problem not in (outside, resolver, cluster, watch, folders, ledger,
-                                     unrecorded, stacks)]
-        return Health(ok, tuple(problems), tuple(notes))
+        # the metadata resolver failing on every scan (a bug): nothing is admitted (a restart
+        # would meet the same files)
+        problem(self.admission.resolver_problem, outside=True)
+        problem(self.admission.watch_problem, outside=True)  # a restart finds no share
+        problem(self.admission.folders_problem, outside=True)  # a grid's permissions
+        problem(self._resolver.problem(), outside=True)  # stacks waiting on a full disk
+        if not trouble_outside:  # a cluster that does not answer, also before any movie
+            problem(self._cluster_problem(), outside=True)
+        ok = all(outside for _, outside in listed)
+        return Health(ok, tuple(line for line, _ in listed), tuple(notes))
 
     def _cluster_problem(self) -> str | None:
         """The executor's own problem line (a Dask scheduler that does not answer), or None."""
@@ -291,10 +289,13 @@ class Service:
             self.ledger = None
             raise ConfigError([problem])
         try:  # the first writes: a database on a full disk, or left read-only (root's)
-            # this process, starting (``status`` says so, not "silent", until its first beat)
-            self.ledger.set_service_state({**served_folders(recorded, **folders),
-                                           "pid": os.getpid(), "host": socket.gethostname(),
-                                           "started_wall": self._wall()})
+            # this process, starting (``status`` says so, not "silent", until its first beat);
+            # what the last run's heartbeats said of themselves holds for nothing now
+            self.ledger.set_service_state({
+                **served_folders(recorded, **folders), **_this_process(),
+                "started_wall": self._wall(), "healthy": None, "problems": [], "pace": None,
+                "cluster": None, "waiting": 0, "waiting_examples": {}, "admission_backlog": 0,
+                "in_flight": []})
             self._running_at_crash = self.ledger.recover_running()  # see _recover_running
         except (sqlite3.Error, OSError) as exc:
             if not _disk_trouble(exc):
@@ -640,7 +641,7 @@ class Service:
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
                          in_flight, self.pool.alive(), state.mode, health, cluster, pace, queued)
         self._safe(lambda: self.ledger.set_service_state({
-            "pid": os.getpid(), "host": socket.gethostname(), "heartbeat_wall": beat.wall_time_s,
+            **_this_process(), "heartbeat_wall": beat.wall_time_s,
             "heartbeat_s": self.config.heartbeat_s, "uptime_s": beat.uptime_s,
             "watch_dir": str(self.config.watch_dir), "waiting": len(waiting),
             "waiting_examples": {str(p): r for p, r in list(waiting.items())[:10]},
@@ -652,7 +653,6 @@ class Service:
         self._log.debug("heartbeat", counts=counts, waiting=len(waiting),
                         in_flight=len(in_flight), healthy=health.ok)
         self._notify("on_heartbeat", beat)
-
 
     def _arrived(self, observation: Observation) -> None:
         """A movie joined the queue: counted for the pace (dated by its mtime when it was on

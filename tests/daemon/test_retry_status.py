@@ -205,3 +205,28 @@ def test_retry_on_a_read_only_file_system_says_so_and_changes_nothing(tmp_path, 
     assert "read-only file system" in err and "nothing was changed" in err
     assert "sudo" not in err
     assert collect_status(out / "motionwatch.sqlite")["counts"]["quarantined"] == 1
+
+
+def test_a_starting_daemon_records_itself_and_drops_what_the_last_run_said(tmp_path):
+    """Until its first heartbeat, ``status`` read the last run's problems, health and pace as
+    the starting daemon's (and its start not at all)."""
+    from daemon.events import ServiceListener
+    from daemon.state.ledger import Ledger
+
+    watch, out, config = _session(tmp_path)
+    db = out / "motionwatch.sqlite"
+    with Ledger(db) as ledger:
+        ledger.set_service_state({"pid": 1, "healthy": False, "pace": {"behind_min": 9.0},
+                                  "problems": ["the disk is full"], "in_flight": ["/d/a.mrc"]})
+    seen = {}
+
+    class _AtReady(ServiceListener):  # before the first heartbeat
+        def on_ready(self, info):
+            with Ledger(db, read_only=True) as ledger:
+                seen.update(ledger.service_state())
+
+    assert Service(config, runner="fake_runners:correct", logger=RecordingLog(),
+                   listeners=[_AtReady()]).run() == 0
+    assert seen["pid"] == os.getpid() and seen["started_wall"] > 0
+    assert seen["problems"] == [] and seen["in_flight"] == []
+    assert seen["healthy"] is None and seen["pace"] is None
