@@ -319,14 +319,11 @@ class RelionListener(ServiceListener):
             series.add(previous[2].series)
         series.update(name for name, movies in self._star_movies.items() if key in movies)
         loaded = self._load(key)
-        if loaded is None:  # its record out of reach (the output folder moved away)
-            self._unwritten.add(key)
+        if loaded is None:  # its record out of reach (the output folder moved away)?
+            self._note_unwritten(key, written=False)
             return
         _, motion, tilt = loaded
-        if self._write_movie_files(motion):
-            self._unwritten.discard(key)
-        else:  # written again at a heartbeat, once the folder takes it
-            self._unwritten.add(key)
+        self._note_unwritten(key, written=self._write_movie_files(motion))
         if tilt is not None:
             series.add(tilt.series)
         for name in sorted(series):
@@ -335,6 +332,16 @@ class RelionListener(ServiceListener):
         # the micrographs' file, as a tilt redone as a single movie joins it
         was_single = previous is not None and previous[2] is None
         self._write_globals(tomo=bool(series), single=tilt is None or was_single)
+
+    def _note_unwritten(self, key: str, *, written: bool) -> None:
+        """Keep ``key`` to be written again at a heartbeat while its record's folder is out of
+        reach (moved away, a share gone); a record that does not read, or a folder there
+        that refuses the files, is not tried again and again (said once by ``_warn``)."""
+        folder = self._motions[key].parent
+        if written or folder.is_dir():
+            self._unwritten.discard(key)
+        else:
+            self._unwritten.add(key)
 
     def _forget(self, key: str) -> tuple[float, MovieMotion, TiltRecord | None] | None:
         """The movie ``key`` is no longer listed; returns its record as it was loaded."""
