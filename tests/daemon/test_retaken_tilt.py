@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -273,6 +275,8 @@ def test_while_the_discarded_movie_waits_the_series_counts_only_its_listed_tilts
             if event.kind == "completed" and not retake_path.exists():
                 shutil.copy(tilts[1].movie.path, retake_path)
                 write_series_mdoc(watch, [tilts[0], tilts[1], retake])
+            elif event.kind == "completed":  # assembled with the retake: the operator stops
+                os.kill(os.getpid(), signal.SIGTERM)  # it (the discarded movie still waits)
 
     serialem = SerialEM()
     _run(watch, out, serialem, wait_s=60.0)
