@@ -610,7 +610,8 @@ def test_a_sighup_while_watch_starts_exits_75_to_be_restarted_not_killed_by_it(
     before = signal.getsignal(signal.SIGHUP)
     status = cli_main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                        "--dose-per-frame", "1", "--no-publish"])
-    assert status == 75 and "SIGHUP before or after the service took signals" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert status == 75 and "SIGHUP before or after the service took signals" in err
     assert signal.getsignal(signal.SIGHUP) is before
 
 

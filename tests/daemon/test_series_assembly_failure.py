@@ -96,15 +96,15 @@ def _wait_until(condition, timeout_s: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_there_is_room(
-        tmp_path):
-    """A series' stacks hit a full disk (or a share gone): the series stayed 'assembly failed'
-    for good, its AreTomo3 and IMOD inputs never written, not even after a restart. Trouble
-    outside the series (an OSError) is tried again, 10 s doubling to 300 s (here 0.2 s)."""
+def _blocked_series(tmp_path: Path, *, retry_first_s: float):
+    """A 3-tilt series whose stacks' folder cannot be made (a file has its name, as a full disk
+    refuses it), and a service for it whose assembly retries start at ``retry_first_s``:
+    ``(tilts, out, blocker, resolver, log, service)``."""
     watch, out = tmp_path / "session", tmp_path / "out"
     out.mkdir()
-    simulate_tilt_series(watch, rng=np.random.default_rng(1), n_tilts=3, shape_yx=(64, 64),
-                         n_frames=4, frame_interval_s=0.0, tilt_interval_s=0.0, lock=False)
+    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(1), n_tilts=3,
+                                 shape_yx=(64, 64), n_frames=4, frame_interval_s=0.0,
+                                 tilt_interval_s=0.0, lock=False)
     blocker = out / "TS_01"
     blocker.write_text("a file where the series' folder goes: no folder can be made there")
     config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
@@ -112,8 +112,16 @@ def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_ther
                     options={"tilt_series": "auto", "mdoc_quiet": 0.3})
     log = RecordingLog()
     resolver = resolver_from_config(config)
-    resolver.assembly_retry_first_s = 0.2
-    service = Service(config, resolver=resolver, logger=log)
+    resolver.assembly_retry_first_s = retry_first_s
+    return tilts, out, blocker, resolver, log, Service(config, resolver=resolver, logger=log)
+
+
+def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_there_is_room(
+        tmp_path):
+    """A series' stacks hit a full disk (or a share gone): the series stayed 'assembly failed'
+    for good, its AreTomo3 and IMOD inputs never written, not even after a restart. Trouble
+    outside the series (an OSError) is tried again, 10 s doubling to 300 s (here 0.2 s)."""
+    _, out, blocker, resolver, log, service = _blocked_series(tmp_path, retry_first_s=0.2)
     thread = _start(service)
     try:
         _wait_until(lambda: log.named("series_assembly_failed"))
@@ -155,20 +163,7 @@ def test_a_series_whose_assembly_failed_is_assembled_again_at_the_next_start(tmp
 def test_a_retried_assembly_that_then_fails_on_its_own_holds_the_service_no_longer(tmp_path):
     """Tried again after a full disk, the assembly failed on a tilt image that cannot be read:
     the retry it had been waiting for stayed, and the service was never idle again."""
-    watch, out = tmp_path / "session", tmp_path / "out"
-    out.mkdir()
-    tilts = simulate_tilt_series(watch, rng=np.random.default_rng(2), n_tilts=3,
-                                 shape_yx=(64, 64), n_frames=4, frame_interval_s=0.0,
-                                 tilt_interval_s=0.0, lock=False)
-    blocker = out / "TS_01"
-    blocker.write_text("no folder can be made here")
-    config = Config(watch, out, out, CorrectionParams(dose=DoseParams()), settle_time_s=0.1,
-                    scan_interval_s=0.05, heartbeat_s=0.2, polling="on",
-                    options={"tilt_series": "auto", "mdoc_quiet": 0.3})
-    log = RecordingLog()
-    resolver = resolver_from_config(config)
-    resolver.assembly_retry_first_s = 0.5
-    service = Service(config, resolver=resolver, logger=log)
+    tilts, out, blocker, resolver, log, service = _blocked_series(tmp_path, retry_first_s=0.5)
     thread = _start(service)
     try:
         _wait_until(lambda: log.named("series_assembly_failed"))
