@@ -553,3 +553,30 @@ def test_an_event_making_or_removing_a_folder_touches_its_parent(tmp_path):
     d._touched("modified", True, str(tmp_path / "g" / "new"), "")
     _, touched, _ = d._listings.begin()
     assert touched == {str(tmp_path / "g" / "new")}
+
+
+def test_a_watched_share_no_longer_mounted_is_a_listing_error_not_an_empty_session(
+        tmp_path, monkeypatch):
+    """An unmounted share leaves its mount point, an empty folder that lists fine: the daemon
+    took it for a session emptied and said nothing. (The share is a line of a mounts file
+    here; the daemon tests mount a tmpfs where they may.)"""
+    watch = tmp_path / "share" / "session"
+    watch.mkdir(parents=True)
+    (watch / "movie_001.tif").write_bytes(b"II*\0")
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\n//cam/share {tmp_path / 'share'} cifs rw 0 0\n")
+    mounted = {"now": True}
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: (
+        mounted["now"] if str(p) == str(tmp_path / "share") else real_ismount(p)))
+    with Discovery(watch, polling="on", mounts_file=mounts) as discovery:
+        listed = discovery.scan()
+        assert [o.path.name for o in listed.observations] == ["movie_001.tif"]
+        assert listed.errors == ()
+        mounted["now"] = False
+        away = discovery.scan()
+        assert away.observations == ()
+        assert away.errors == ((watch, f"the share mounted at {tmp_path / 'share'} at start "
+                                       "is not mounted now"),)
+        mounted["now"] = True
+        assert [o.path.name for o in discovery.scan().observations] == ["movie_001.tif"]
