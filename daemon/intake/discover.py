@@ -38,6 +38,7 @@ Listings taken again
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
@@ -692,7 +693,7 @@ class Discovery:
             if self._last_full_s is None or now - self._last_full_s >= self._full_scan_s:
                 cache.expire()
                 self._last_full_s = now
-        if self._share is not None and not os.path.ismount(self._share):
+        if self._share is not None and not self._share_mounted():
             # the root not listed, as for any listing error: nothing seen in it is dropped
             self._counters.scans += 1
             self._counters.last_scan_s = now_s
@@ -705,6 +706,15 @@ class Discovery:
         self._counters.scans += 1
         self._counters.last_scan_s = now_s
         return result
+
+    def _share_mounted(self) -> bool:
+        """Whether the watch folder's share is mounted; not at first look, once more after
+        listing the watch folder (an automounter mounts it again when it is looked into)."""
+        if os.path.ismount(self._share):
+            return True
+        with contextlib.suppress(OSError):
+            os.listdir(self.root)
+        return os.path.ismount(self._share)
 
     def state(self) -> DiscoveryState:
         """Mode, file-system type and counters."""

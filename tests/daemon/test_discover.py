@@ -580,3 +580,17 @@ def test_a_watched_share_no_longer_mounted_is_a_listing_error_not_an_empty_sessi
                                        "is not mounted now"),)
         mounted["now"] = True
         assert [o.path.name for o in discovery.scan().observations] == ["movie_001.tif"]
+        # an automounter mounts the share again when the folder is looked into: it is
+        # (else the check, made before the listing, would keep it unmounted for good)
+        looked = []
+        real_listdir = os.listdir
+
+        def listdir_mounts(path):
+            looked.append(path)
+            mounted["now"] = True
+            return real_listdir(path)
+
+        monkeypatch.setattr(os, "listdir", listdir_mounts)
+        mounted["now"] = False
+        assert [o.path.name for o in discovery.scan().observations] == ["movie_001.tif"]
+        assert looked == [watch]
