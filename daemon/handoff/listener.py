@@ -371,14 +371,14 @@ class RelionListener(ServiceListener):
             self._assembled[event.series] = frozenset(event.tilts)
         elif event.kind in ("started", "reopened"):
             self._assembled.pop(event.series, None)
-        self._write_series(event.series)
+        entries = self._write_series(event.series)
         self._write_globals(tomo=True, single=False)
         if event.kind == "completed":
             self._guard(event.series, "aretomo_names", self._aretomo_names, event.series,
                         event.mdoc, event.stacks)
             if self.warp:
                 self._guard(event.series, "warp_mdoc", self._warp_mdoc, event.series,
-                            event.stacks)
+                            event.stacks, entries)
 
     # --- state ----------------------------------------------------------------------------
     def _seed(self, state_dir: Path) -> None:
@@ -580,12 +580,12 @@ class RelionListener(ServiceListener):
             self._own_gain_names[key] = Path(gain).name if gain else None
         return self._own_gain_names[key]
 
-    def _write_series(self, series: str) -> None:
+    def _write_series(self, series: str) -> list[TiltEntry]:
         """The series' STAR rewritten from its tilts now; removed once it has none left (its
         tilts moved to another series' name, or were set aside), so that no STAR names movies
-        that are gone."""
+        that are gone. Returns the tilts it lists."""
         if self._out is None:
-            return
+            return []
         every = self._entries()
         names = relion_tomo_names({t.series for _, t in every
                                    if t is not None and t.tilt_deg is not None})
@@ -597,6 +597,7 @@ class RelionListener(ServiceListener):
         for other in sorted(self._tomo_names):  # named otherwise now: a series came or went
             if other in names and self._tomo_names.get(other, names[other]) != names[other]:
                 self._write_series(other)
+        return entries
 
     def _write_series_star(self, series: str, entries: list[TiltEntry], name: str) -> None:
         """Write the series' STAR (data block ``name``, its ``rlnTomoName``) from ``entries``."""
@@ -752,16 +753,17 @@ class RelionListener(ServiceListener):
         if folder is not None and mdoc:
             link_aretomo_inputs(folder, stem, aretomo_name(Path(mdoc).name))
 
-    def _warp_mdoc(self, series: str, stacks: Mapping[str, str]) -> None:
+    def _warp_mdoc(self, series: str, stacks: Mapping[str, str],
+                   entries: list[TiltEntry]) -> None:
         """The series' mdoc for Warp's ``ts_import`` (:func:`warp_series_mdoc`), in the folder
-        that holds most of its tilts' outputs (Warp's ``--frameseries``)."""
+        that holds most of its tilts' outputs (Warp's ``--frameseries``); ``entries``: its
+        tilts, as its STAR was just written from them."""
         stem = split_qualified(series)[1]
         folder = _stack_folder(stem, stacks)
         stack_mdoc = None if folder is None else folder / f"{stem}.st.mdoc"
         if stack_mdoc is None or not stack_mdoc.is_file():
             return
-        places = [e.motion.motion_path.parent
-                  for e in self._series_entries(series, self._entries())]
+        places = [e.motion.motion_path.parent for e in entries]
         if places:
             warp_series_mdoc(stack_mdoc, max(set(places), key=places.count), stem)
 
