@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import socket
 import sys
@@ -82,10 +83,23 @@ def _brief(row: MovieRow) -> dict[str, Any]:
     return out
 
 
-def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: str | None
-            ) -> list[dict[str, Any]]:
+#: the daemon's own countdown to an assembly's next try, as it persisted it in the reason
+_RETRY_COUNTDOWN = re.compile(r" \(tried again in [0-9.e+]+ s\)$")
+
+
+def _reason_seen(reason: str | None, running: bool) -> str | None:
+    """A series' persisted reason as it holds now: a stopped daemon's countdown to the next
+    try of an assembly is void (it is tried again when the daemon starts)."""
+    if reason is None or running:
+        return reason
+    return _RETRY_COUNTDOWN.sub(" (tried again when the daemon starts)", reason)
+
+
+def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: str | None,
+            *, running: bool) -> list[dict[str, Any]]:
     """One entry per tilt series, from its persisted state and its movies' tilt records
-    (counted as the feed counts them: :func:`daemon.series.stored_state.series_tallies`)."""
+    (counted as the feed counts them: :func:`daemon.series.stored_state.series_tallies`);
+    ``running``: whether its daemon runs now."""
     tallies = series_tallies(states, rows, watch_dir)
     out = []
     for name in sorted(set(states) | set(tallies)):
@@ -106,7 +120,7 @@ def _series(states: dict[str, dict[str, Any]], rows: list[MovieRow], watch_dir: 
             "accumulated_dose_e_A2": None if (dose := accumulated_dose_e_A2(state, tally)) is None
             else round(dose, 3),
             "stack_folder": folder, "stacks": stacks, "mdoc": state.get("mdoc"),
-            "reason": state.get("reason")})
+            "reason": _reason_seen(state.get("reason"), running)})
     return out
 
 
@@ -211,10 +225,11 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         backlog = [_brief(r) for r in ledger.rows(status="pending", limit=last)]
         requeued = _requeued(ledger)
         put_back = ledger.put_back_count()
-        series = _series(ledger.series_states(), ledger.rows(), state.get("watch_dir"))
-    beat = state.get("heartbeat_wall")
-    holder = flock_holder(db_path.parent)  # a daemon holds its folder's lock while it runs
-    running = _daemon_running(state, now) or holder is not None
+        beat = state.get("heartbeat_wall")
+        holder = flock_holder(db_path.parent)  # a daemon holds its folder's lock while it runs
+        running = _daemon_running(state, now) or holder is not None
+        series = _series(ledger.series_states(), ledger.rows(), state.get("watch_dir"),
+                         running=running)
     silent_s = _silent_s(state, now) if running else None
     problems = list(state.get("problems", [])) if running else []
     if silent_s is not None:

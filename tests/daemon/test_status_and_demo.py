@@ -117,6 +117,27 @@ def test_status_says_when_a_completed_series_has_no_stacks(tmp_path, capsys):
             in capsys.readouterr().out)
 
 
+def test_a_stopped_daemons_countdown_to_the_next_assembly_try_is_not_shown_as_running(
+        tmp_path, capsys):
+    """The daemon persisted "(tried again in 10 s)" with a full disk's failure: once it has
+    stopped, nothing is tried in 10 s; it is when the daemon starts again."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        _tilt_movie(db, "TS_04_000.tif", 40, "TS_04", 0.0)
+        db.set_series_state("TS_04", {
+            "status": "open", "expected_tilts": 1, "folder": "/o/TS_04", "stacks": {},
+            "reason": "assembly failed: OSError: [Errno 28] No space left on device "
+                      "(tried again in 10 s)"})
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "daemon: not running" in text
+    assert ("stacks NOT written (assembly failed: OSError: [Errno 28] No space left on device "
+            "(tried again when the daemon starts))") in text
+    assert "in 10 s" not in text
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert series["reason"].endswith("(tried again when the daemon starts)")
+
+
 def test_status_of_a_session_without_tilt_series_has_an_empty_series_list(tmp_path, capsys):
     with Ledger(tmp_path / "motionwatch.sqlite") as db:
         db.add(MovieKey("/d/a.mrc", 10, 1, "f"))
@@ -398,7 +419,8 @@ def test_status_lists_the_failed_tilts_of_a_series(tmp_path, monkeypatch):
     tally = SeriesTally()
     tally.done, tally.failed, tally.records = 5, 2, 7
     monkeypatch.setattr(status_cmd, "series_tallies", lambda *a, **k: {"TS_01": tally})
-    (entry,) = status_cmd._series({"TS_01": {"status": "open", "expected_tilts": 41}}, [], None)
+    (entry,) = status_cmd._series({"TS_01": {"status": "open", "expected_tilts": 41}}, [], None,
+                                      running=True)
     assert (entry["tilts_done"], entry["tilts_failed"], entry["tilts_expected"]) == (5, 2, 41)
 
 
