@@ -283,16 +283,33 @@ ASSEMBLY_RETRY_FIRST_S = 10.0
 ASSEMBLY_RETRY_MAX_S = 300.0
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+#: decimals of a tilt warning within this factor of one another's ratios read alike
+_ALIKE_RATIO = 1.1
 
 
 def warning_template(text: str) -> str:
-    """A tilt's metadata warning without its movie and its numbers: the tilts of a series
-    whose calibration disagrees the same way (every ``FrameDosesAndNumber`` against its
-    ``ExposureDose``) have one template, logged once."""
+    """A tilt's metadata warning without its movie, its integers kept (tilt indices, frame
+    counts) and each decimal as its ratio to the warning's first (bucketed by 10 %): the tilts
+    of a series whose calibration disagrees the same way (every ``FrameDosesAndNumber`` 1.25x
+    its ``ExposureDose``, whatever the tilt's dose) have one template, logged once; a tilt that
+    disagrees by another factor has its own (it was hidden behind the first)."""
     head, sep, rest = text.partition(": ")
     if sep and " " not in head:  # "<movie>: ..."
         text = rest
-    return _NUMBER.sub("#", text)
+    decimals = [float(n) for n in _NUMBER.findall(text) if not n.lstrip("+-").isdigit()]
+    unit = next((abs(d) for d in decimals if d != 0.0), 1.0)
+
+    def shown(match: re.Match[str]) -> str:
+        number = match.group(0)
+        if number.lstrip("+-").isdigit():
+            return number
+        value = float(number)
+        if value == 0.0:
+            return "#0"
+        bucket = round(math.log(abs(value) / unit) / math.log(_ALIKE_RATIO))
+        return f"#{'-' if value < 0 else ''}{bucket}"
+
+    return _NUMBER.sub(shown, text)
 
 
 class _DoselessKey(NamedTuple):
@@ -729,8 +746,8 @@ class TiltSeriesResolver:
             self._said_alike.add(alike)
             self._once_log("warning", "movie_metadata_warning", str(movie.path), w,
                            movie=str(movie.path), series=a.series,
-                           alike="said for the first tilt of its series only; each tilt's "
-                                 "record keeps its own")
+                           alike="said once in its series for the tilts that disagree alike "
+                                 "(by the same factors); each tilt's record keeps its own")
         if a.match_source == "filename":
             self._once_log("warning", "movie_metadata_fallback", str(movie.path),
                            f"no mdoc section or frame mdoc within "

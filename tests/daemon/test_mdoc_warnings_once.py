@@ -113,11 +113,40 @@ def test_a_series_whose_every_tilt_disagrees_alike_is_warned_about_once_its_reco
     assert len(kept) == 6 and len(set(kept)) == 6  # each with its own movie and sums
 
 
+def test_a_tilt_that_disagrees_by_another_factor_than_its_series_is_warned_about_as_well(
+        tmp_path):
+    """Every tilt's frames sum to 1.25x its dose but one's to 3x (its frame mdoc from
+    another session): the one was hidden behind the series' first warning."""
+    watch, out = tmp_path / "session", tmp_path / "out"
+    out.mkdir()
+    simulate_tilt_series(watch, rng=np.random.default_rng(2), n_tilts=6, shape_yx=(32, 32),
+                         n_frames=4, frame_interval_s=0.0, tilt_interval_s=0.0, lock=False)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    seen = iter(range(100))
+
+    def frame_doses_high(match: re.Match) -> str:
+        factor = 3.0 if next(seen) == 4 else 1.25
+        return f"FrameDosesAndNumber = {float(match.group(1)) * factor:.5f} {match.group(2)}"
+
+    mdoc.write_text(re.sub(r"FrameDosesAndNumber = (\S+) (\d+)", frame_doses_high,
+                           mdoc.read_text()))
+    log = _watch_until_idle(watch, out)
+    assert len(log.named("movie_done")) == 6
+    said = [fields["reason"] for _, event, fields in log.events
+            if event == "movie_metadata_warning"]
+    assert len(said) == 2 and all("FrameDosesAndNumber sums to" in s for s in said), said
+
+
 def test_the_template_of_a_tilt_warning_drops_its_movie_and_numbers_only():
     from daemon.series.resolver import warning_template
 
     a = "TS_01_003_9.0.tif: FrameDosesAndNumber sums to 3.1 but the tilt dose is 2.48 e/Å²"
     b = "TS_01_004_-9.0.tif: FrameDosesAndNumber sums to 2.9 but the tilt dose is 2.32 e/Å²"
-    assert warning_template(a) == warning_template(b)
+    assert warning_template(a) == warning_template(b)  # both 1.25x
+    assert warning_template(a) != warning_template(
+        "TS_01_005_12.0.tif: FrameDosesAndNumber sums to 7.5 but the tilt dose is 2.5 e/Å²")
+    # tilt indices are named, not measured: another tilt missing is another warning
+    assert (warning_template("tilt index(es) [3] of TS_01 never seen")
+            != warning_template("tilt index(es) [3, 7] of TS_01 never seen"))
     assert warning_template(a) != warning_template("TS_01_004_-9.0.tif: dose 2.3 e/Å² from "
                                                    "DoseRate (measured at the camera)")
