@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -178,12 +179,23 @@ def _output_stems(movies: list[Path], out_dir: Path,
     for movie in movies:
         key = resolved_movie(movie)
         ext = movie.suffix.lstrip(".").lower()
-        candidates = (fit_output_stem(c) for c in [movie.stem, f"{movie.stem}_{ext}"]
-                      + [f"{movie.stem}_{ext}_{n}" for n in range(2, 1000)])
-        stem = next(c for c in candidates
-                    if not folder_file_stem(c) and all(taken.get(other, key) == key
-                                                       and _owned_by(out_dir, other, movie)
-                                                       for other in stems_sharing_an_output(c)))
+        candidates = [fit_output_stem(c) for c in [movie.stem, f"{movie.stem}_{ext}"]
+                      + [f"{movie.stem}_{ext}_{n}" for n in range(2, 1000)]]
+
+        def usable(c: str) -> bool:
+            return not folder_file_stem(c) and all(
+                taken.get(other, key) == key and _owned_by(out_dir, other, movie)
+                for other in stems_sharing_an_output(c))
+
+        # the stem whose record names this movie best (two grids' x.tif, copied at once, both
+        # moved to an archive: each record fits either by name, size and mtime, and the first
+        # stem took the other grid's outputs), else the first free one
+        recorded = itertools.takewhile(
+            lambda c: (out_dir / f"{c}.motion.json").exists(), candidates)
+        owned = [(_ownership(out_dir, c, movie), -i, c) for i, c in enumerate(recorded)]
+        best = max(((score, i, c) for score, i, c in owned if score > 0 and usable(c)),
+                   default=None)
+        stem = best[2] if best is not None else next(c for c in candidates if usable(c))
         taken[stem] = key
         stems[movie] = stem
     return stems
@@ -203,6 +215,21 @@ def _owned_by(out_dir: Path, stem: str, movie: Path) -> bool:
         except OSError:
             return False
     return recorded.name == movie.name and _same_file_noted(record, _movie_file(movie))
+
+
+def _ownership(out_dir: Path, stem: str, movie: Path) -> int:
+    """How well the motion record of ``stem`` names ``movie``: 0 not at all (no record, another
+    file), most for this very file, else (its file gone: moved to an archive) one more for
+    each trailing folder the two paths share (``grid2/x.tif``)."""
+    record = _record(out_dir, stem)
+    recorded = _recorded_movie(record)
+    if recorded is None or not _owned_by(out_dir, stem, movie):
+        return 0
+    if recorded.exists():
+        return 1 << 16
+    here = movie.resolve().parts[::-1]
+    return 1 + sum(1 for _ in itertools.takewhile(lambda pair: pair[0] == pair[1],
+                                                  zip(recorded.parts[::-1][1:], here[1:])))
 
 
 #: a copy may keep a file's mtime only to this (FAT and some shares: 2 s)

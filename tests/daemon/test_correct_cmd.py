@@ -577,6 +577,31 @@ def test_another_movie_of_a_name_whose_first_movie_is_gone_keeps_the_first_ones_
         tmp_path / "B" / "x.mrc")
 
 
+def test_two_grids_movies_copied_at_once_and_archived_each_overwrite_their_own_outputs(
+        tmp_path):
+    """grid1/x.mrc and grid2/x.mrc, of one size and copied a second apart, corrected into one
+    out (``x`` and ``x_mrc``), then the session moved to an archive: grid2's movie corrected
+    again took ``x``, grid1's outputs (both records fit by name, size and mtime within 2 s)."""
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--dose-per-frame", "1", "--patches", "1", "1"]
+    for grid, seed in (("grid1", 17), ("grid2", 18)):
+        (tmp_path / "session" / grid).mkdir(parents=True)
+        _movie(tmp_path / "session" / grid / "x.mrc", np.random.default_rng(seed))
+    os.utime(tmp_path / "session" / "grid1" / "x.mrc", ns=(10**18, 10**18))
+    os.utime(tmp_path / "session" / "grid2" / "x.mrc", ns=(10**18 + 10**9,) * 2)
+    assert main(["correct", str(tmp_path / "session" / "grid1" / "x.mrc"),
+                 str(tmp_path / "session" / "grid2" / "x.mrc"), *flags]) == 0
+    grid1_sum = (out / "x_DW.mrc").read_bytes()
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "session").rename(tmp_path / "archive" / "session")
+    moved = tmp_path / "archive" / "session" / "grid2" / "x.mrc"
+    assert main(["correct", str(moved), *flags]) == 0
+    assert (out / "x_DW.mrc").read_bytes() == grid1_sum
+    assert json.loads((out / "x_mrc.motion.json").read_text())["movie"] == str(moved)
+    assert sorted(p.name for p in out.glob("*.motion.json")) == ["x.motion.json",
+                                                                  "x_mrc.motion.json"]
+
+
 def test_a_killed_runs_temporaries_are_removed_and_a_running_writers_are_kept(tmp_path):
     import subprocess
     import sys
