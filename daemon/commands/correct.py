@@ -407,7 +407,11 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_reader_logs()  # the readers turn tifffile's complaints into one-line errors
     try:
-        params = params_from_args(args)
+        # an EER movie's header may give its dose (totalDose): a batch of EER movies needs no
+        # dose option (one whose header has none fails on its own, naming the file); a
+        # --fm-int-file without its DOSE column does (its help says so)
+        params = params_from_args(args, dose_required=args.fm_int_file is not None or not all(
+            Path(movie).suffix.lower() == ".eer" for movie in args.movies))
         optics = relion_optics_from_args(args)
     except (ParameterError, ValueError) as exc:
         print(f"motionwatch correct: {exc}", file=sys.stderr)

@@ -229,6 +229,31 @@ def test_without_any_dose_a_movie_is_quarantined_with_the_reason_and_an_eer_head
     assert NO_DOSE_REASON in rows[0].error
 
 
+def test_correct_takes_an_eer_movies_dose_from_its_header_when_no_option_gives_one(
+        tmp_path, capsys):
+    """``--eer-dose-per-fraction`` promises the file's totalDose, the README "a dose from the
+    EER header": ``correct`` refused every EER movie without a dose option (usage, 2)."""
+    from daemon.commands.cli import main
+
+    rng = np.random.default_rng(10)
+    header = _eer(tmp_path / "header_dose.eer", 120, rng, metadata=[
+        ("numberOfFrames", None, "120"), ("totalDose", "e/px", f"{5.0 * PIXEL_A ** 2:.6f}"),
+        ("sensorPixelSize.width", "m", f"{PIXEL_A * 1e-10:g}")])
+    bare = _eer(tmp_path / "no_dose.eer", 120, rng)
+    out = tmp_path / "out"
+    status = main(["correct", str(header), str(bare), "--out", str(out), "--eer-group",
+                   str(GROUP), "--patches", "1", "1", "--pixel-size", f"{PIXEL_A:g}"])
+    assert status == 1  # the bare one failed, on its own, naming itself
+    record = json.loads((out / "header_dose.motion.json").read_text())
+    np.testing.assert_allclose(record["dose"]["per_frame_e_A2"], [0.5] * 10, rtol=1e-4)
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "no_dose.eer" in line]
+    assert NO_DOSE_REASON in said
+    # a batch with a movie of another format still needs the option, before any work
+    mrc = tmp_path / "m.mrc"
+    mrc.write_bytes(b"")
+    assert main(["correct", str(header), str(mrc), "--out", str(tmp_path / "o2")]) == 2
+
+
 def _service(watch: Path, out: Path, dose: DoseParams, log, **options) -> Service:
     out.mkdir(exist_ok=True)  # a restart: the same output folder and state
     params = CorrectionParams(dose=dose, read=ReadParams(pixel_size_A=PIXEL_A,
