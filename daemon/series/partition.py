@@ -45,9 +45,11 @@ class _Inputs:
     movies: tuple[MovieObservation, ...]
     series_mdocs: tuple[tuple[MdocFile, float, str], ...]
     frame_mdocs: tuple[tuple[str, MdocFile], ...]
+    series_mdocs_elsewhere: bool  # another part has a series mdoc (the session writes them)
 
     def same_as(self, other: _Inputs) -> bool:
         return (self.movies == other.movies
+                and self.series_mdocs_elsewhere == other.series_mdocs_elsewhere
                 and len(self.series_mdocs) == len(other.series_mdocs)
                 and all(a[0] is b[0] and a[1:] == b[1:]
                         for a, b in zip(self.series_mdocs, other.series_mdocs))
@@ -108,15 +110,21 @@ class PartitionedResolution:
         for name, md in frame_mdocs.items():
             part(None if one_part else top_folder(split_qualified(name)[0]))[2].append((name, md))
 
+        # the parts holding a series mdoc (a session that writes them: resolve's wait of a
+        # tilt with a frame mdoc for one to list it reaches across parts)
+        with_series = {key for key, (_, mdocs_k, _) in grouped.items()
+                       if any(md.kind in ("tilt_series", "empty") for md, _, _ in mdocs_k)}
         results: list[Resolution] = []
         kept: dict[str | None, _Part] = {}
         for key in sorted(grouped, key=lambda k: (k is not None, k or "")):
             movies_k, mdocs_k, frames_k = grouped[key]
-            inputs = _Inputs(tuple(movies_k), tuple(mdocs_k), tuple(frames_k))
+            inputs = _Inputs(tuple(movies_k), tuple(mdocs_k), tuple(frames_k),
+                             bool(with_series - {key}))
             last = self._parts.get(key)
             if last is None or not last.holds(inputs, now_s):
                 res = resolve(movies_k, [MdocObservation(md, t, f) for md, t, f in mdocs_k],
-                              dict(frames_k), config=config, now_s=now_s)
+                              dict(frames_k), config=config, now_s=now_s,
+                              series_mdocs_elsewhere=inputs.series_mdocs_elsewhere)
                 last = _Part(inputs, res, now_s, _stable_until(inputs, config, now_s))
                 self.resolved_parts += 1
             kept[key] = last

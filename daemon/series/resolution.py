@@ -573,7 +573,7 @@ def _owning_listing(movie: str, listings: Sequence[tuple[str, _Tilt]],
 
 def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObservation],
             frame_mdocs: Mapping[str, MdocFile], *, config: SeriesConfig,
-            now_s: float) -> Resolution:
+            now_s: float, series_mdocs_elsewhere: bool = False) -> Resolution:
     """Assign every movie to its series and tilt, with dose and pre-exposure.
 
     Parameters
@@ -588,6 +588,10 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     config : SeriesConfig
     now_s : float
         The daemon's clock (same clock as ``first_seen_s`` and ``unchanged_since_s``).
+    series_mdocs_elsewhere : bool
+        The session has series mdocs outside ``series_mdocs`` (another top-level folder's,
+        :mod:`daemon.series.partition`): a tilt with a frame mdoc waits for one to list it
+        as it does when ``series_mdocs`` has one.
 
     Returns
     -------
@@ -688,6 +692,7 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
     # 2. movies not listed by a series mdoc: frame mdoc, file-name fallback or standalone
     series_folders = {ob.folder.strip("/") for ob in series_mdocs
                       if ob.mdoc.kind in ("tilt_series", "empty")}
+    writes_series_mdocs = bool(series_folders) or series_mdocs_elsewhere
     # (folder, file-name series) of listed tilts -> their series: a movie named like them and
     # not listed is one of that series' that SerialEM discarded (also in a frames folder, or
     # when the mdoc's name is not the movies' prefix, as PACEtomo names them)
@@ -728,6 +733,15 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             (folder, m.group("series")))
         if owner is not None and not waited:
             pending[mv.name] = f"waiting for the series mdoc of {owner} to list it"
+            continue
+        if owner is None and fsec is not None and not waited and writes_series_mdocs:
+            # a session that writes series mdocs: the one listing this tilt may come after its
+            # frame mdoc (the first tilt of a series, an mdoc copied over from the SerialEM
+            # computer): corrected as its frame mdoc's series, each tilt was done twice
+            pending[mv.name] = (f"waiting for a series mdoc to list it (else its frame mdoc "
+                                f"alone) until {config.metadata_wait_s:g} s after first seen")
+            if (index := _name_index(rx, base)) is not None:
+                awaiting.setdefault(series, set()).add(index)
             continue
         if owner is not None:  # still not listed: SerialEM discarded it (a retaken tilt)
             standalone.add(mv.name)

@@ -853,6 +853,35 @@ def test_series_with_missing_movies_completes_after_idle_timeout_only_when_nothi
     assert go and "idle" in st.reason and "1 listed tilt(s) never corrected (c)" in st.reason
 
 
+def test_a_tilt_with_a_frame_mdoc_waits_for_a_series_mdoc_in_a_session_that_writes_them():
+    """grid1's series mdoc is there; grid2's tilts come with their frame mdocs and grid2's
+    series mdoc after them (copied over from the SerialEM computer, or the first tilt before
+    its section): each was corrected at once as its frame mdoc's series, then again when the
+    series mdoc listed it. It waits for the metadata wait; a session without series mdocs
+    corrects it at once."""
+    md, _ = dose_symmetric_mdoc(3)
+    tilt = "grid2/frames/TS_01_000_0.0.tif"
+    frame = parse_mdoc_text("[FrameSet = 0]\nTiltAngle = 0\nExposureDose = 2.5\n"
+                            "SubFramePath = X:\\frames\\TS_01_000_0.0.tif\n"
+                            "DateTime = 17-May-2024  10:00:00\n", path=f"/w/{tilt}.mdoc")
+    movies = [MovieObservation(tilt, 0.0)]
+    config = SeriesConfig(metadata_wait_s=60.0)
+    grid1 = [MdocObservation(md, 0.0, folder="grid1")]
+    res = resolve(movies, grid1, {tilt: frame}, config=config, now_s=10.0)
+    assert "waiting for a series mdoc to list it" in res.pending[tilt]
+    assert tilt not in res.assignments
+    # as the daemon resolves a tree, by top-level folder: grid1's mdoc is another part's
+    from daemon.series.partition import PartitionedResolution
+
+    res = PartitionedResolution().resolve(movies, grid1, {tilt: frame}, config=config,
+                                          now_s=10.0)
+    assert "waiting for a series mdoc to list it" in res.pending[tilt]
+    res = resolve(movies, grid1, {tilt: frame}, config=config, now_s=61.0)
+    assert res.assignments[tilt].match_source == "frame_mdoc"  # the wait is over
+    res = resolve(movies, [], {tilt: frame}, config=config, now_s=10.0)
+    assert res.assignments[tilt].match_source == "frame_mdoc"
+
+
 def test_classify_mdocs_separates_series_frame_and_montage_files():
     obs = [MdocObservation(read_mdoc(DATA / n), 0.0)
            for n in ("TS_01.mrc.mdoc", "frame_set_single.mdoc", "montage_section.mdoc")]
