@@ -210,7 +210,8 @@ class Dashboard:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.root = Path(config.out_dir).resolve()
-        self.view = SessionView(locate=_Locator(self.root), clock=clock)
+        self.view = SessionView(locate=_Locator(self.root), clock=clock, own_folder=self.root,
+                                feed=config.feed)
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -17,6 +17,7 @@ folder by a ``locate`` callable (the server's, which only ever answers paths ins
 from __future__ import annotations
 
 import collections
+import os
 import posixpath
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,12 +60,24 @@ class SessionView:
         the output folder, or None when there is none (yet).
     clock : callable
         Seconds (monotonic) for message arrival, rates and heartbeat age.
+    own_folder : Path, optional
+        The folder ``locate`` finds pictures in (the dashboard's ``--out``): when the daemon's
+        ``out_dir`` is another folder on this machine, no pictures are shown (they would be
+        another session's) and the snapshot says so (``daemon.problem``).
+    feed : str, optional
+        The feed's endpoint, shown while nothing is heard from it.
     """
 
     def __init__(self, *, locate: Callable[[str], str | None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], own_folder: Path | None = None,
+                 feed: str | None = None) -> None:
         self._locate = locate
         self._clock = clock
+        self._own_folder = own_folder
+        self.feed = feed
+        self.out_dir: str | None = None  # the daemon's output folder, as its feed says
+        self._activity: dict[str, int] = {}  # series -> when it last had news (a tick)
+        self._tick = 0
         self.version = 0
         self.session: str | None = None
         self.host: str | None = None
@@ -104,6 +117,11 @@ class SessionView:
         session = body.get("session")
         if session and session != self.session:
             self._new_session(str(session), body, now)
+        out_dir = body.get("out_dir") if topic in ("state", "heartbeat") else None
+        if isinstance(out_dir, str) and out_dir:  # (a state sent before it is known has none)
+            if self.out_dir is not None and out_dir != self.out_dir:
+                self._another_folder()
+            self.out_dir = out_dir
         seq = body.get("seq")
         if isinstance(seq, int):
             if self._seq is not None and seq > self._seq + 1:
@@ -150,6 +168,24 @@ class SessionView:
         self.host = body.get("host")
         self.stopping = None
 
+    def _another_folder(self) -> None:
+        """The feed is another daemon's, writing into another output folder (every session
+        on the default endpoint): what the view held is that session's, not this one's (its
+        series merged with this one's by name, its latest movie shown as this one's)."""
+        self.series.clear()
+        self._activity.clear()
+        self.loose.clear()
+        self.latest = None
+        self.history.clear()
+        self.warnings.clear()
+        self.errors.clear()
+        self._root = None
+
+    def _touch(self, name: str) -> None:
+        """``name`` had news now: the last series to be pruned."""
+        self._tick += 1
+        self._activity[name] = self._tick
+
     def _series_entry(self, name: str) -> dict[str, Any]:
         entry = self.series.get(name)
         if entry is None:
@@ -166,6 +202,7 @@ class SessionView:
         summary["series"] = body.get("series")
         if body.get("series"):
             self._series_entry(str(body["series"]))["tilts"][summary["path"]] = summary
+            self._touch(str(body["series"]))
         else:  # one entry per movie (restored by a state message, then announced)
             for known in [m for m in self.loose if m.get("path") == summary["path"]]:
                 self.loose.remove(known)
@@ -188,16 +225,20 @@ class SessionView:
             if key in body:
                 entry[key] = body[key]
         entry["status"] = series_status(entry["status"], "series", body)
+        self._touch(str(body["series"]))
         self._prune_series()
 
     def _prune_series(self) -> None:
-        """Keep the newest ``_COMPLETED_KEPT`` completed and ``_OPEN_KEPT`` open series (the page
-        and its snapshot stay bounded over a long session)."""
+        """Keep the ``_COMPLETED_KEPT`` completed and ``_OPEN_KEPT`` open series that had news
+        last (the page and its snapshot stay bounded over a long session; on a backlog the
+        series being corrected was pruned for the 16 mdocs seen after it, and lost its tilts)."""
         for status, kept in (("completed", _COMPLETED_KEPT), ("open", _OPEN_KEPT),
                              (ASSEMBLY_FAILED_STATUS, _COMPLETED_KEPT)):
-            names = [n for n, e in self.series.items() if e["status"] == status]
+            names = sorted((n for n, e in self.series.items() if e["status"] == status),
+                           key=lambda n: self._activity.get(n, 0))
             for name in names[:max(0, len(names) - kept)]:
                 del self.series[name]
+                self._activity.pop(name, None)
 
     def _heartbeat(self, body: Mapping[str, Any], now: float) -> None:
         self.heartbeat = _without_envelope(body)
@@ -208,7 +249,12 @@ class SessionView:
         self._last_total = total
 
     def _state(self, body: Mapping[str, Any]) -> None:
-        for s in body.get("series") or []:
+        # the series the daemon last did work on are the last to be pruned: by their newest tilt
+        listed = sorted(body.get("series") or [], key=lambda s: max(
+            (str(t.get("time") or "") for t in s.get("tilts") or []), default=""))
+        for s in listed:
+            self._touch(str(s["series"]))
+        for s in listed:
             entry = self._series_entry(str(s["series"]))
             for key in ("status", "n_done", "n_failed", "n_expected", "accumulated_dose_e_A2"):
                 if key in s:
@@ -305,8 +351,22 @@ class SessionView:
                 else bool(corrected >= 0.9 * arrived or not beat.get("backlog")),
                 "source": "dashboard"}
 
+    def folder_problem(self) -> str | None:
+        """What is wrong with the folder pictures are read from: the daemon's ``out_dir`` is
+        another folder of this machine than ``own_folder`` (None: the same, or not seen from
+        here, as on another machine that mounts it elsewhere)."""
+        if self._own_folder is None or self.out_dir is None:
+            return None
+        try:
+            if os.path.samefile(self.out_dir, self._own_folder):
+                return None
+        except OSError:  # not a folder of this machine (another's, mounted elsewhere here)
+            return None
+        return (f"the daemon writes into {self.out_dir}, not into {self._own_folder} (this "
+                f"dashboard's --out): no pictures shown; start it with --out {self.out_dir}")
+
     def _pictures(self, stem: str | None) -> dict[str, str | None]:
-        if not stem:
+        if not stem or self.folder_problem() is not None:
             return {}
         folder, _, base = stem.rpartition("/")
         return {kind: self._locate(f"{folder}/{name}" if folder else name)
@@ -327,10 +387,11 @@ class SessionView:
                            key=lambda t: (t.get("tilt_deg") is None, t.get("tilt_deg") or 0.0))
             name = entry["series"]  # grid2/TS_01: its stacks are in grid2/TS_01/
             base = name.rpartition("/")[2]
+            pictures = {} if self.folder_problem() is not None else {
+                "sheet": self._locate(f"{name}/{base}.sheet.png"),
+                "chart": self._locate(f"{name}/{base}.chart.png")}
             series.append({**{k: v for k, v in entry.items() if k not in ("tilts", "pictures")},
-                           "tilts": tilts,
-                           "pictures": {"sheet": self._locate(f"{name}/{base}.sheet.png"),
-                                        "chart": self._locate(f"{name}/{base}.chart.png")}})
+                           "tilts": tilts, "pictures": pictures})
         latest = dict(self.latest) if self.latest else None
         if latest is not None:
             latest["pictures"] = self._pictures(latest.get("stem"))
@@ -341,6 +402,8 @@ class SessionView:
             "daemon": {"state": state, "session": self.session,
                        "host": self.host, "restarts": max(0, len(self.sessions) - 1),
                        "sessions": list(self.sessions), "stopping": self.stopping,
+                       "out_dir": self.out_dir, "feed": self.feed,
+                       "problem": self.folder_problem(),
                        "heartbeat_age_s": None if self._beat_at is None
                        else round(now - self._beat_at, 1)},
             "counters": {k: beat.get(k) for k in ("done", "failed", "quarantined", "backlog",

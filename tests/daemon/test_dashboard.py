@@ -113,6 +113,73 @@ def test_a_page_that_joins_late_shows_the_states_movies_and_a_bounded_list_of_se
     assert [s["series"] for s in snap["series"]] == [f"TS_{k:02d}" for k in range(22, 30)]
 
 
+def test_on_a_backlog_the_series_being_corrected_keeps_all_its_tilts():
+    """A daemon started on a folder of 40 series announces them all, then corrects TS_00's
+    tilts: TS_00 was pruned as the oldest open series and came back with its last tilts only."""
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    seq = 0
+    for k in range(5):
+        seq += 1
+        msg = movie_message(record(f"TS_00_{k:03d}_{3.0 * k}.mrc", 1.0),
+                            TiltInfo(series="TS_00", tilt_deg=3.0 * k, acquisition_index=k))
+        view.apply("movie", envelope("a", seq, **msg))
+        for other in range(1 + 8 * k, 9 + 8 * k):  # mdocs seen meanwhile: series announced
+            seq += 1
+            view.apply("series", envelope("a", seq, event="started", series=f"TS_{other:02d}",
+                                          n_done=0, n_expected=41))
+    (ts00,) = [s for s in view.snapshot()["series"] if s["series"] == "TS_00"]
+    assert len(ts00["tilts"]) == 5
+    assert len(view.snapshot()["series"]) == 16  # still bounded
+
+
+def test_another_daemon_on_the_feed_writing_elsewhere_starts_a_fresh_view(tmp_path):
+    """Every session on the default endpoint: daemon B (out b/) stopped, daemon A (out a/)
+    started, each with its TS_01. A restart into the same folder keeps the view."""
+    view = SessionView(locate=lambda name: None, clock=Clock())
+    view.apply("heartbeat", envelope("b", 1, interval_s=1.0, out_dir="/o/b"))
+    for k in range(3):
+        msg = movie_message(record(f"TS_01_{k:03d}_{3.0 * k}.mrc", 1.0),
+                            TiltInfo(series="TS_01", tilt_deg=3.0 * k, acquisition_index=k))
+        view.apply("movie", envelope("b", 2 + k, **msg))
+    view.apply("heartbeat", envelope("b2", 1, interval_s=1.0, out_dir="/o/b"))  # restarted
+    assert len(view.snapshot()["series"][0]["tilts"]) == 3
+    view.apply("state", envelope("a", 1, out_dir="/o/a", series=[], movies=[]))
+    msg = movie_message(record("TS_01_000_0.0.mrc", 7.0),
+                        TiltInfo(series="TS_01", tilt_deg=0.0, acquisition_index=0))
+    view.apply("movie", envelope("a", 2, **msg))
+    snap = view.snapshot()
+    [series] = snap["series"]
+    assert len(series["tilts"]) == 1 and snap["latest"]["total_A"] == 7.0
+    assert snap["daemon"]["out_dir"] == "/o/a" and len(snap["history"]) == 1
+
+
+def test_a_dashboard_whose_out_is_not_the_daemons_folder_says_so_and_shows_no_pictures(
+        tmp_path):
+    """Pictures of folder B beside daemon A's numbers (a dashboard left with the last
+    session's --out): they are another session's."""
+    mine, theirs = tmp_path / "b", tmp_path / "a"
+    for folder in (mine, theirs):
+        folder.mkdir()
+        (folder / "m.thumb.png").write_bytes(b"png")
+    def view_of(out_dir: str) -> dict:
+        view = SessionView(locate={"m.thumb.png": "/files/m.thumb.png"}.get, clock=Clock(),
+                           own_folder=mine)
+        view.apply("heartbeat", envelope("a", 1, interval_s=1.0, out_dir=out_dir))
+        view.apply("movie", envelope("a", 2, **movie_message(record("m.mrc", 1.0))))
+        return view.snapshot()
+
+    snap = view_of(str(theirs))
+    assert snap["latest"]["pictures"] == {}
+    assert snap["daemon"]["problem"].startswith(f"the daemon writes into {theirs}, not into "
+                                                f"{mine}")
+    # the same folder (by another name: a link), or one not seen here: pictures shown
+    (tmp_path / "link").symlink_to(mine)
+    for out_dir in (str(tmp_path / "link"), "/mnt/elsewhere/on/the/microscope/pc"):
+        snap = view_of(out_dir)
+        assert snap["daemon"]["problem"] is None
+        assert snap["latest"]["pictures"]["thumbnail"] == "/files/m.thumb.png"
+
+
 def test_view_says_restarted_when_the_session_changes_and_silent_when_heartbeats_stop():
     clock = Clock()
     view = SessionView(locate=lambda name: None, clock=clock)
@@ -588,6 +655,24 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
                     "(() => { const d = document.createElement('div'); sparkline(d, [{v: 3}, "
                     "{v: 15}], 'v', 40, 'drift'); return d.querySelector('text').textContent; "
                     "})()") == "drift (max 15.0)"
+                # another folder than the daemon's: said above everything; a session with no
+                # movie yet (another daemon on the feed) shows none of the last one's
+                page.evaluate("renderHeader({daemon: {state: 'live', session: 'abcdef012', "
+                              "host: 'em', restarts: 0, out_dir: '/o/a', problem: 'the daemon "
+                              "writes into /o/a, not into /o/b'}})")
+                assert page.locator("#problem").is_visible()
+                assert page.locator("#problem").inner_text().startswith(
+                    "the daemon writes into /o/a")
+                assert "writing into /o/a" in page.locator("#session").inner_text()
+                page.evaluate("renderLatest({latest: null})")
+                assert page.locator("#latest-name").inner_text() == "none yet"
+                assert page.evaluate(
+                    "document.getElementById('latest-thumb').hasAttribute('src')") is False
+                page.evaluate("renderHeader({daemon: {state: 'waiting', session: null, "
+                              "restarts: 0, feed: 'tcp://127.0.0.1:5999', problem: null}})")
+                assert not page.locator("#problem").is_visible()
+                assert page.locator("#session").inner_text() == (
+                    "nothing heard from tcp://127.0.0.1:5999 yet")
             finally:
                 browser.close()
     finally:

@@ -35,7 +35,10 @@ function renderHeader(s) {
   badge.dataset.state = d.state;
   $("session").textContent = d.session
     ? `session ${d.session.slice(0, 8)} on ${d.host || "?"}` + (d.restarts ? ` · restarts ${d.restarts}` : "")
-    : "";
+      + (d.out_dir ? ` · writing into ${d.out_dir}` : "")
+    : (d.feed ? `nothing heard from ${d.feed} yet` : "");
+  $("problem").textContent = d.problem ? shown(d.problem) : "";
+  $("problem").hidden = !d.problem;
 }
 
 function card(label, value, cls = "") {
@@ -61,7 +64,12 @@ function renderCounters(s) {
 
 function renderLatest(s) {
   const m = s.latest;
-  if (!m) return;
+  if (!m) {  // none (yet) in this session: nothing of another's left shown
+    $("latest-name").textContent = "none yet";
+    $("latest-facts").replaceChildren();
+    for (const id of ["latest-thumb", "latest-spectrum", "latest-drift"]) setImage($(id), null);
+    return;
+  }
   $("latest-name").textContent = shown(m.name) + (m.series ? ` · ${shown(m.series)} ${num(m.tilt_deg)}°` : "");
   const f = $("latest-facts");
   f.replaceChildren(
