@@ -162,6 +162,8 @@ class SessionView:
             self._arrivals.clear()
             self._last_total = None
             self._seq = None
+            for note in [w for w in self.warnings if w.get("kind") == "stopping"]:
+                self.warnings.remove(note)  # that daemon's stop is over
         self.sessions.append({"session": session, "host": body.get("host"),
                               "first_seen": body.get("time")})
         self.session = session

@@ -46,9 +46,15 @@ _BAR_WIDTH = 20
 _KEPT_WARNINGS = 50
 
 
-def sparkline(values: list[float | None], *, top: float | None = None) -> str:
+def sparkline(values: list[float | None], *, top: float | None = None,
+              width: int | None = None) -> str:
     """One character per value, height proportional to ``value / top`` (``top``: the maximum);
-    a missing value is a space."""
+    a missing value is a space. ``width``: at most this many characters, each the largest of
+    consecutive values (41 tilts took the other columns' room at 80 columns)."""
+    if width is not None and len(values) > width:
+        size = -(-len(values) // width)
+        values = [max((v for v in values[i:i + size] if v is not None), default=None)
+                  for i in range(0, len(values), size)]
     present = [v for v in values if v is not None]
     if not present:
         return ""
@@ -107,6 +113,8 @@ class MonitorState:
         self.warnings: collections.deque[dict] = collections.deque(maxlen=_KEPT_WARNINGS)
         self.errors: collections.deque[dict] = collections.deque(maxlen=_KEPT_WARNINGS)
         self._seen_notes: set[tuple] = set()
+        self.out_dir: str | None = None  # the daemon's output folder, as its feed says
+        self.stopping: str | None = None  # the daemon said it stops (its message)
 
     def _series(self, name: str, received_at: float) -> SeriesView:
         view = self.series.get(name)
@@ -160,8 +168,17 @@ class MonitorState:
             if self.session is not None:
                 self.restarts += 1
                 self.heartbeat = self.heartbeat_at = None  # the old daemon's; series are kept
+                self.stopping = None
+                self.warnings = collections.deque(  # its "stopping" is over
+                    (w for w in self.warnings if w.get("kind") != "stopping"),
+                    maxlen=self.warnings.maxlen)
             self.session = session
             self.last_seq = None
+        out_dir = body.get("out_dir") if topic in ("state", "heartbeat") else None
+        if isinstance(out_dir, str) and out_dir:  # (a state sent before it is known has none)
+            if self.out_dir is not None and out_dir != self.out_dir:
+                self._another_folder()
+            self.out_dir = out_dir
         self.host = body.get("host", self.host)
         seq = body["seq"]
         if isinstance(seq, int):
@@ -186,6 +203,8 @@ class MonitorState:
             self.version = body.get("version", self.version)
         elif topic in ("warning", "error"):
             self._note(topic, body)
+            if topic == "warning" and body.get("kind") == "stopping":
+                self.stopping = str(body.get("message") or "daemon stopping")
             if topic == "warning" and body.get("series") in self.series:
                 view = self.series[str(body["series"])]  # e.g. its stacks were not written
                 view.status = series_status(view.status, topic, body)
@@ -213,12 +232,28 @@ class MonitorState:
                 age = _seconds_between(beat.get("time"), body.get("time"))
                 self.heartbeat_at = None if age is None else received_at - max(age, 0.0)
 
+    def _another_folder(self) -> None:
+        """The feed is another daemon's, writing into another output folder (every session
+        on the default endpoint): its series are not this one's (two TS_01 were merged)."""
+        self.series.clear()
+        self.movies.clear()
+        self.warnings.clear()
+        self.errors.clear()
+        self._seen_notes.clear()
+
+    def by_recency(self) -> list[SeriesView]:
+        """The series, the one with news last at the end: by receipt, then (a state names them
+        all at once) by their newest tilt's time."""
+        return sorted(self.series.values(), key=lambda v: (
+            v.updated_at, max((str(t.get("time") or "") for t in v.tilts.values()),
+                              default="")))
+
     def focus(self) -> SeriesView | None:
-        """The series to show in full: the most recently updated open one, else the latest."""
+        """The series to show in full: the open one with news last, else the latest."""
         if not self.series:
             return None
-        views = sorted(self.series.values(), key=lambda v: (v.status == "open", v.updated_at))
-        return views[-1]
+        views = self.by_recency()
+        return next((v for v in reversed(views) if v.status == "open"), views[-1])
 
 
 def _seconds_between(earlier: Any, later: Any) -> float | None:
@@ -279,7 +314,9 @@ def _header(state: MonitorState, now: float) -> Text:
             interval = float((hb or {}).get("interval_s") or 5.0)
         except (TypeError, ValueError):
             interval = 5.0
-        if age > 3 * interval:
+        if age > 3 * interval and state.stopping:
+            text.append(f"daemon stopped ({printable(state.stopping)})", style="yellow")
+        elif age > 3 * interval:
             text.append(f"no heartbeat for {age:.0f} s: daemon down?", style="bold red")
         else:
             text.append(f"heartbeat {age:.0f} s ago", style="green")
@@ -364,7 +401,7 @@ def _other_series(views: list[SeriesView]) -> Table:
         table.add_row(_plain(view.name), _plain(view.status), f"{len(view.tilts)}{expected}",
                       _fmt(view.accumulated_dose_e_A2),
                       _fmt(statistics.median(present) if present else None),
-                      _fmt(max(present) if present else None), sparkline(totals))
+                      _fmt(max(present) if present else None), sparkline(totals, width=20))
     return table
 
 
@@ -383,7 +420,7 @@ def render(state: MonitorState, now: float, *, max_rows: int = 20,
     focus = state.focus()
     if focus is not None:
         parts.append(_tilt_table(focus, _thresholds(state), max_rows))
-        others = [v for v in state.series.values() if v is not focus]
+        others = [v for v in state.by_recency() if v is not focus]
         if others:
             parts.append(_other_series(others[-8:]))
     if state.movies:
@@ -445,7 +482,8 @@ def run(args: argparse.Namespace) -> int:
                 msg = sub.receive(max(0.0, deadline - time.monotonic()))
                 if msg is not None:
                     state.apply(msg[0], msg[1], time.monotonic())
-                    got_state = msg[0] == "state"
+                    # (a daemon starting answers with what it has, then with its full state)
+                    got_state = msg[0] == "state" and not msg[1].get("provisional")
             if state.session is None:
                 remote = args.curve_server_key is None and not endpoint_is_local(args.endpoint)
                 keys = "; a feed on a network address may need --curve-server-key" \

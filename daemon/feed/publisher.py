@@ -624,7 +624,9 @@ class Publisher:
             if want_state:
                 seq += 1
                 state = {**feed.snapshot(), "out_dir": self.out_dir,
-                         "time": _now_iso(self._clock())}
+                         "time": _now_iso(self._clock()),
+                         # sent before the state database is read: another state follows
+                         "provisional": held}
                 sent += _send(sock, self._envelope, "state", state, seq)
             with self._lock:
                 self._sent += sent

@@ -194,6 +194,7 @@ def test_view_says_restarted_when_the_session_changes_and_silent_when_heartbeats
     snap = view.snapshot()
     assert snap["daemon"]["state"] == "restarted" and snap["daemon"]["restarts"] == 1
     assert snap["daemon"]["session"] == "b" and snap["counters"]["done"] == 9
+    assert snap["warnings"] == []  # the last daemon's "stopping" is over, not a warning now
     clock.t += 3.5  # more than three heartbeat intervals without one
     assert view.daemon_state() == "silent"
     view.apply("warning", envelope("b", 2, kind="stopping", message="daemon stopping: SIGTERM"))

@@ -222,6 +222,82 @@ def test_monitor_once_prints_the_state_of_a_running_publisher_and_exits():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_monitor_once_waits_past_the_state_a_starting_daemon_sends_before_it_read_its_own():
+    """Started with the daemon, ``--once`` took the first, provisional, state (sent before the
+    state database was read) and printed "no movies yet" for a session of 14 tilts."""
+    folder = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))
+    endpoint = f"ipc://{folder}/feed"
+    try:
+        with Publisher(PublishConfig(endpoint=endpoint)) as pub:
+            pub.hold_state()  # a daemon starting: its state database not read yet
+            monitor = subprocess.Popen([sys.executable, "-m", "daemon", "monitor", endpoint,
+                                        "--once", "--wait", "30"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                       env={**os.environ, "COLUMNS": "150"})
+            time.sleep(3)  # it has subscribed and had the provisional state
+            body = movie_message(record("TS_05_000.tif", 8.5),
+                                 TiltInfo(series="TS_05", tilt_deg=0.0, acquisition_index=0))
+            pub.restore(movies=[body], series=[{"event": "updated", "series": "TS_05",
+                                                "n_done": 1, "n_expected": 3}])
+            out, err = monitor.communicate(timeout=60)
+        assert monitor.returncode == 0, err
+        assert "TS_05 (open) · 1/3 tilts" in out and "TS_05_000.tif" in out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_daemon_that_said_it_stops_is_shown_stopped_then_not_after_its_restart():
+    """A clean SIGTERM: "no heartbeat: daemon down?" in red where the dashboard said
+    "daemon stopped"; after the restart its "stopping" warning was still listed."""
+    state = MonitorState("tcp://127.0.0.1:5557")
+    state.apply("heartbeat", envelope({"interval_s": 1.0}, 1), 0.0)
+    state.apply("warning", envelope({"kind": "stopping", "message": "daemon stopping: SIGTERM"},
+                                    2), 0.5)
+    text = screen_text(state, 10.0)
+    assert "daemon stopped (daemon stopping: SIGTERM)" in text and "daemon down?" not in text
+    state.apply("heartbeat", envelope({"interval_s": 1.0}, 1, "c" * 32), 11.0)
+    text = screen_text(state, 11.5)
+    assert "SIGTERM" not in text and "heartbeat 0 s ago" in text
+
+
+def test_another_daemon_writing_elsewhere_on_the_feed_is_not_merged_with_the_last_one():
+    """Daemon B (out b/, TS_01 of 8 tilts) stopped, daemon A (out a/, its own TS_01) started
+    on the same endpoint: the monitor showed "TS_01 · 14/6 tilts"."""
+    state = MonitorState("tcp://127.0.0.1:5557")
+    state.apply("heartbeat", envelope({"out_dir": "/o/b", "interval_s": 1.0}, 1, "b" * 32), 0.0)
+    for i in range(8):
+        body = movie_message(record(f"TS_01_{i:03d}.tif", 5.0),
+                             TiltInfo(series="TS_01", tilt_deg=3.0 * i, acquisition_index=i))
+        state.apply("movie", envelope(body, 2 + i, "b" * 32), 1.0)
+    state.apply("heartbeat", envelope({"out_dir": "/o/a", "interval_s": 1.0}, 1, "a" * 32), 2.0)
+    body = movie_message(record("TS_01_000.tif", 6.0),
+                         TiltInfo(series="TS_01", tilt_deg=0.0, acquisition_index=0))
+    state.apply("movie", envelope(body, 2, "a" * 32), 3.0)
+    assert len(state.series["TS_01"].tilts) == 1
+
+
+def test_the_series_being_corrected_is_shown_after_a_state_that_names_every_series_at_once():
+    """``--once`` on a backlog of 40 series: TS_40 (0/41, idle) was shown as the series being
+    acquired, TS_21 (21 tilts, the one being corrected) nowhere; at 80 columns 41 tilts' drift
+    sparkline cut the other columns to "T…"."""
+    series = []
+    for k in range(1, 41):
+        tilts = [{**movie_message(record(f"TS_{k:02d}_{i:03d}.tif", 3.0 + i % 5),
+                                  TiltInfo(series=f"TS_{k:02d}", tilt_deg=0.0,
+                                           acquisition_index=i)),
+                  "time": f"2026-11-25T23:{k:02d}:{i:02d}.000Z"}
+                 for i in range(41 if k < 21 else 21 if k == 21 else 0)]
+        series.append({"series": f"TS_{k:02d}", "status": "completed" if k < 21 else "open",
+                       "n_done": len(tilts), "n_expected": 41, "tilts": tilts})
+    state = MonitorState("tcp://127.0.0.1:5557")
+    state.apply("state", envelope({"series": series, "movies": [], "out_dir": "/o"}, 1), 0.0)
+    assert state.focus().name == "TS_21"
+    text = screen_text(state, 0.0, width=80)
+    assert "TS_21 (open) · 21/41 tilts" in text
+    assert "TS_20" in text and "completed" in text and "41/41" in text  # other series, whole
+    assert sparkline([1.0, 9.0, 2.0, 2.0, None, None], width=3) == "█▃ "
+
+
 def _wait_for_screen(tmux: list[str], check: Callable[[str], bool], timeout_s: float = 20.0) -> str:
     deadline = time.monotonic() + timeout_s
     screen = ""
