@@ -402,3 +402,31 @@ def test_a_movie_whose_record_was_out_of_reach_gets_its_files_once_the_folder_is
     clock.t = 20.0
     listener.on_heartbeat(None)
     assert (out / "a.star").is_file() and _mics(out) == ["a_DW.mrc"]
+
+
+def test_a_movie_done_looks_at_its_own_record_not_at_every_record_of_the_night(tmp_path,
+                                                                              monkeypatch):
+    """Each movie done looked at (stat) every motion record of the folder, twice: 1,640 a
+    movie late in a night, 43 ms on a local disk, seconds of the main loop on a share. The
+    records are looked at again once a minute: one deleted by hand leaves the STAR then."""
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    for k in range(60):
+        _done(listener, watch, _record(out, watch, f"m{k:02d}"))
+    clock.t = 30.0  # the micrographs' STAR due again, the records looked at 30 s ago
+    looked_at = []
+    real_stat = Path.stat
+
+    def counting_stat(self, *args, **kwargs):
+        if self.name.endswith(".motion.json"):
+            looked_at.append(self.name)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", counting_stat)
+    _done(listener, watch, _record(out, watch, "last"))
+    assert len(_mics(out)) == 61
+    assert len(looked_at) <= 3, looked_at
+    (out / "m07.motion.json").unlink()
+    clock.t = 100.0
+    _done(listener, watch, _record(out, watch, "after"))
+    assert "m07_DW.mrc" not in _mics(out) and len(_mics(out)) == 61
