@@ -306,6 +306,20 @@ class Dispatcher:
             self._log.warning("movie_abandoned", movie=entry.key.path,
                               note="second signal: stopped at once; redone at next start")
 
+    def withdraw_unstarted(self) -> None:
+        """The service stops: the movies no worker has started (queued on a Dask cluster) go
+        back to the ledger untouched, corrected at the next start; those in hand finish."""
+        pool = self._pool()
+        withdraw = getattr(pool, "withdraw_unstarted", None)
+        for task in withdraw() if withdraw is not None else []:
+            entry = self.in_flight.pop(task.task_id, None)
+            if entry is None:
+                continue
+            self._safe(lambda: self._ledger().release(entry.key))
+            self._log.info("movie_withdrawn", movie=entry.key.path,
+                           note="no worker had started it when the daemon began to stop; "
+                                "corrected at the next start")
+
     def retry_unrecorded(self) -> None:
         """Record outcomes whose ledger write failed earlier."""
         pending, self.unrecorded = self.unrecorded, []

@@ -439,6 +439,7 @@ class Service:
                 self._notify("on_stopping", reason)
                 self._log.info("service_stopping", reason=reason,
                                in_flight=len(self.dispatcher.in_flight))
+                self.dispatcher.withdraw_unstarted()  # queued on a cluster: not in hand
             if draining and not self.dispatcher.in_flight:
                 if self.dispatcher.config_error is not None or self._stop_problem is not None:
                     self.config_error = ConfigError(

@@ -88,6 +88,10 @@ def _remap_strings(value: Any, pairs: tuple[tuple[str, str], ...]) -> Any:
     return value
 
 
+#: a connected scheduler without a worker while movies wait is said to be a problem after (s)
+NO_WORKERS_SAID_AFTER_S = 60.0
+
+
 class _WorkerState(WorkerPlugin):
     """Per-Dask-worker state: the runner and the gain reference, loaded once per worker."""
 
@@ -169,6 +173,7 @@ class DaskExecutor:
         self._threads = 0
         self._workers = 0
         self._last_count_s = float("-inf")
+        self._no_workers_since: float | None = None  # when a count last found none (clock)
         self._counting = False  # a worker count is being fetched (off the engine's thread)
         self._stop = threading.Event()
         self._connector: threading.Thread | None = None
@@ -262,6 +267,21 @@ class DaskExecutor:
         self._running.clear()
         return tasks
 
+    def withdraw_unstarted(self) -> list[Task]:
+        """Cancel the tasks no worker has started yet and return them (the daemon stops: it
+        finishes the movies in hand only; with 64 in flight, or no worker at all, a stop
+        waited for every queued movie, past systemd's stop timeout). A task whose start is
+        on its way is cancelled too: its worker may still finish it (adopted at the next
+        start)."""
+        self.collect_starts()
+        withdrawn = [tid for tid, r in self._running.items() if r.started_s is None]
+        tasks = []
+        for task_id in withdrawn:
+            running = self._running.pop(task_id)
+            _cancel(running.future)
+            tasks.append(running.task)
+        return tasks
+
     # --- state ----------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
@@ -273,7 +293,15 @@ class DaskExecutor:
         failed (from start-up too: a mistyped address or a scheduler not started would
         otherwise leave the daemon idle and looking well; an attempt still going on, on a cold
         cluster whose workers load the gain, is not one), else None."""
-        if self.connected or self.last_error is None:
+        if self.connected:
+            since = self._no_workers_since
+            waiting = len(self._running)
+            if since is None or not waiting or self._clock() - since < NO_WORKERS_SAID_AFTER_S:
+                return None
+            return (f"no Dask worker has joined scheduler {self._address} for "
+                    f"{self._clock() - since:.0f} s: {waiting} movie(s) wait (workers not "
+                    "started, or their batch jobs still queued)")
+        if self.last_error is None:
             return None
         return (f"Dask scheduler {self._address} unreachable ({self.last_error}): nothing is "
                 "corrected until it answers")
@@ -383,14 +411,7 @@ class DaskExecutor:
         outcomes, self._refused = self._refused, []
         if self._client is not None and not self.connected:
             outcomes += self._lost()
-        while self._started:
-            message = self._started.popleft()
-            running = self._running.get(message.get("task_id"))
-            # started again on another worker (the scheduler re-ran it after its worker died,
-            # with Dask's allowed-failures above 0): its time limit and worker are the new one's
-            if running is not None and (running.started_s is None
-                                        or message.get("worker") != running.worker):
-                running.started_s, running.worker = self._clock(), message.get("worker")
+        self.collect_starts()
         while self._done:
             running = self._running.pop(self._done.popleft(), None)
             if running is not None:
@@ -412,6 +433,17 @@ class DaskExecutor:
             self._last_count_s, self._counting = now, True
             threading.Thread(target=self._count_workers, name="dask-count", daemon=True).start()
         return outcomes
+
+    def collect_starts(self) -> None:
+        """Note the starts the workers announced (the time limit counts from each)."""
+        while self._started:
+            message = self._started.popleft()
+            running = self._running.get(message.get("task_id"))
+            # started again on another worker (the scheduler re-ran it after its worker died,
+            # with Dask's allowed-failures above 0): its time limit and worker are the new one's
+            if running is not None and (running.started_s is None
+                                        or message.get("worker") != running.worker):
+                running.started_s, running.worker = self._clock(), message.get("worker")
 
     def _outcome(self, running: _Running) -> Outcome:
         task, future = running.task, running.future
@@ -460,6 +492,7 @@ class DaskExecutor:
         with self._lock:
             client, self._client = self._client, None
         self.disconnects += 1
+        self._no_workers_since = None  # said as the lost connection now
         self.last_error = f"lost the connection to the Dask scheduler {self._address}"
         threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()
         outcomes = [Outcome(tid, "environment",
@@ -479,6 +512,10 @@ class DaskExecutor:
                 return
             threads = client.nthreads(callback_timeout=5)
             self._workers, self._threads = len(threads), sum(threads.values())
+            if threads:
+                self._no_workers_since = None
+            elif self._no_workers_since is None:
+                self._no_workers_since = self._clock()
         except Exception:  # noqa: BLE001 - noticed as a lost connection next time
             return
         finally:

@@ -583,3 +583,59 @@ def test_a_movie_that_fails_on_a_worker_names_the_worker():
                                                  PARAMS, "a")]).values()
     assert not outcome.ok
     assert outcome.error.endswith(f"(on Dask worker {next(iter(workers))})"), outcome.error
+
+
+def test_a_stop_finishes_the_movies_a_worker_has_and_gives_back_those_queued_for_one(
+        tmp_path, fake_runners):
+    """One worker thread, four movies in flight: SIGTERM ("finishing the movie in hand")
+    waited for all four (with no worker at all, for ever, until systemd's SIGKILL). The
+    three no worker had started go back to the state database, corrected at the next start."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    movies = write_movies(watch, ["slow_1.mrc", "slow_2.mrc", "slow_3.mrc", "slow_4.mrc"])
+    with local_cluster(n_workers=1) as cluster:
+        config = service_config(watch, out, scheduler=cluster.scheduler_address,
+                                max_in_flight=4)
+        service = Service(config, runner=fake_runners)
+        stopper = threading.Thread(target=lambda: (
+            _wait_for(lambda: list(out.glob("*.started")), 60),
+            service.request_stop("SIGTERM")))
+        stopper.start()
+        assert run_service(service) == 0
+        stopper.join()
+        with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+            counts = ledger.movie_counts()
+        assert (counts["done"], counts["pending"], counts["running"]) == (1, 3, 0)
+        assert run_service(Service(config, runner=fake_runners)) == 0  # the rest, once each
+    assert_one_output_set_each(out, movies)
+
+
+def _wait_for(check, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_scheduler_without_workers_while_movies_wait_is_said_to_be_a_problem(tmp_path):
+    """Connected, 0 workers, a movie in flight: status said healthy, "in progress", for as
+    long as one liked (no time limit runs before a worker starts a task)."""
+    now = [1000.0]
+    with distributed.LocalCluster(n_workers=0, dashboard_address=None,
+                                  protocol="tcp") as cluster:
+        settings = ExecutorSettings("dask", cluster.scheduler_address, 1)
+        with DaskExecutor(settings, runner="fake_runners:correct", gain_loader=None,
+                          clock=lambda: now[0]) as executor:
+            assert _wait_for(lambda: executor.connected, 30)
+            executor.submit(Task(0, tmp_path / "a.mrc", tmp_path, tmp_path, PARAMS, "a"))
+            executor._last_count_s = float("-inf")
+            executor.collect()  # counts the workers (none)
+            assert _wait_for(lambda: executor._no_workers_since is not None, 10)
+            assert executor.problem() is None  # a cluster may take its time to start some
+            now[0] += 61.0
+            problem = executor.problem() or ""
+            assert problem.startswith("no Dask worker has joined scheduler") and "61 s" in problem
+            assert "1 movie(s) wait" in problem
+            assert [t.task_id for t in executor.withdraw_unstarted()] == [0]
+            assert executor.problem() is None  # nothing waits
