@@ -188,6 +188,8 @@ class Dispatcher:
             return None
         what = ("workers cannot start" if self._trouble_kind == "unstarted"
                 else "trouble outside the movies")
+        if not self.pause.active:  # its wait is over: tried again (no movie done since)
+            return f"{what} when last tried: {self.pause.reason} (trying again)"
         return f"{what}: {self.pause.reason} (correction paused, retrying)"
 
     def outside_trouble(self) -> bool:

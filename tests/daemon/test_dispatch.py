@@ -114,3 +114,22 @@ def test_the_first_movies_failing_for_pixel_size_and_an_unreadable_dm4_stop_nami
             assert dispatcher.config_fix.startswith("install the dm4 extra")
         finally:
             ledger.close()
+
+
+def test_a_pause_whose_wait_is_over_is_not_said_to_hold_correction_back(tmp_path):
+    """A Dask scheduler lost, then back: status said "unreachable ... (correction paused)"
+    beside "connected" until a movie was corrected, minutes later on long movies."""
+    import time
+
+    pool = RecordingPool(workers=1)
+    dispatcher, ledger, _ = three_movie_dispatcher(tmp_path, pool)
+    with ledger:
+        dispatcher.dispatch()
+        (task,) = pool.tasks
+        dispatcher.record(Outcome(task.task_id, "environment",
+                                  error="Dask scheduler tcp://h:8786 unreachable"))
+        assert dispatcher.problem() == ("trouble outside the movies: Dask scheduler "
+                                        "tcp://h:8786 unreachable (correction paused, retrying)")
+        time.sleep(dispatcher.pause.until - time.monotonic() + 0.05)  # the pause's 1 s
+        assert dispatcher.problem() == ("trouble outside the movies when last tried: Dask "
+                                        "scheduler tcp://h:8786 unreachable (trying again)")
