@@ -35,7 +35,7 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,9 @@ class RelionListener(ServiceListener):
         self._gain_settings = info.gain_settings
         self._seed(Path(info.state_dir))
         self._catch_up()
-        series = {t.series for _, t in self._entries() if t is not None}
+        every = self._entries()
+        series = {t.series for _, t in every if t is not None}
+        self._seed_tomo_names(series, every)
         for name in sorted(series):
             self._write_series(name)
         self._write_globals(tomo=bool(series), single=True)
@@ -440,6 +442,23 @@ class RelionListener(ServiceListener):
             if self.warp and not owner:  # an earlier release's layout of it, by its stem
                 self._guard(str(motion.motion_path), "warp_layout", warp_remove_stem_layout,
                             motion)
+
+    def _seed_tomo_names(self, series: Iterable[str],
+                         every: list[tuple[MovieMotion, TiltRecord | None]]) -> None:
+        """The ``rlnTomoName`` each series' STAR was written with by an earlier run (its data
+        block): kept, so that a series met since does not take it (RELION jobs run on it)."""
+        for name in sorted(series):
+            entries = self._series_entries(name, every)
+            if not entries:
+                continue
+            try:
+                with self._series_star(name, entries).open(encoding="utf-8") as star:
+                    block = next((line.rstrip("\r\n")[len("data_"):] for line in star
+                                  if line.startswith("data_")), None)
+            except (OSError, UnicodeDecodeError):
+                continue
+            if block:
+                self._tomo_names[name] = block
 
     def _link_completed_series(self) -> None:
         """Give every series recorded complete the AreTomo3 names of its stacks (present ones
@@ -603,7 +622,8 @@ class RelionListener(ServiceListener):
             return []
         every = self._entries()
         names = relion_tomo_names({t.series for _, t in every
-                                   if t is not None and t.tilt_deg is not None})
+                                   if t is not None and t.tilt_deg is not None},
+                                  self._tomo_names)
         entries = self._series_entries(series, every)
         if entries:
             self._write_series_star(series, entries, names[series])
@@ -706,7 +726,7 @@ class RelionListener(ServiceListener):
                     first = min(kept, key=lambda e: e.tilt.acquisition_index)
                     rows.append((name, self._series_star(name, kept), first.motion))
             if rows:
-                table = global_block(rows, self._out, self.optics)
+                table = global_block(rows, self._out, self.optics, self._tomo_names)
                 self._guard(TILT_SERIES_STAR, "tilt_series_star", self._write_star,
                             self._out / TILT_SERIES_STAR, {"global": table})
         if single:

@@ -167,21 +167,34 @@ def relion_tomo_name(series: str) -> str:
     return series.replace("/", "_")
 
 
-def relion_tomo_names(series: Iterable[str]) -> dict[str, str]:
+def relion_tomo_names(series: Iterable[str], kept: Mapping[str, str] | None = None
+                      ) -> dict[str, str]:
     """Each series' ``rlnTomoName``, one name per series: RELION finds a tomogram by its name
-    (the first row of that name), so two series of one name would be read as one. Where
-    :func:`relion_tomo_name` gives several series one name (``grid1/TS_01`` and a series
-    ``grid1_TS_01`` in the watch folder itself), the series of that very name keeps it, and the
-    others, in the order of their names, take ``<name>_2``, ``<name>_3``, ... (the next number
-    no series holds). The same series always get the same names."""
+    (the first row of that name), so two series of one name would be read as one. A series
+    named before (``kept``: series -> the name its STAR was written with) keeps that name while
+    no other series kept it: a series that comes later never takes a name given (a RELION job
+    run on ``a_b_TS_01`` read another grid's tilts once ``a/b/TS_01`` came). Where
+    :func:`relion_tomo_name` gives the others one name (``grid1/TS_01`` and a series
+    ``grid1_TS_01`` in the watch folder itself), the series of that very name takes it if free,
+    and the others, in the order of their names, take ``<name>_2``, ``<name>_3``, ... (the next
+    number no series holds). The same series always get the same names."""
+    series = set(series)
+    kept = dict(kept or {})
+    names: dict[str, str] = {}
+    for name in sorted(series & set(kept)):
+        if kept[name] not in names.values():
+            names[name] = kept[name]
     wanted: dict[str, list[str]] = {}
-    for name in sorted(set(series), key=lambda s: (relion_tomo_name(s) != s, s)):
+    for name in sorted(series - set(names), key=lambda s: (relion_tomo_name(s) != s, s)):
         wanted.setdefault(relion_tomo_name(name), []).append(name)
-    names = {group[0]: plain for plain, group in wanted.items()}
-    taken = set(wanted)
+    given = set(names.values())
+    taken = given | set(wanted)
     for plain, group in sorted(wanted.items()):
         number = 1
-        for name in group[1:]:
+        for k, name in enumerate(group):
+            if k == 0 and plain not in given:
+                names[name] = plain
+                continue
             number += 1
             while f"{plain}_{number}" in taken:
                 number += 1
@@ -191,9 +204,10 @@ def relion_tomo_names(series: Iterable[str]) -> dict[str, str]:
 
 
 def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str | Path,
-                 optics: RelionOptics) -> Any:
+                 optics: RelionOptics, kept: Mapping[str, str] | None = None) -> Any:
     """``data_global`` of ``corrected_tilt_series.star``: ``(name, series STAR path, a motion
-    of the series)`` per series; rows sorted by name. The columns RELION 5's import writes
+    of the series)`` per series; rows sorted by name; ``kept``: the ``rlnTomoName`` given
+    before (:func:`relion_tomo_names`). The columns RELION 5's import writes
     (voltage, Cs, amplitude contrast, movie pixel size, hand, optics group name) and the
     tilt-series pixel size its motion correction adds; Cs and amplitude contrast those the
     series' motion record keeps (:mod:`daemon.settings.optics`), else ``optics``'. Series of
@@ -203,7 +217,7 @@ def global_block(series: Iterable[tuple[str, Path, MovieMotion]], out_dir: str |
     first movie, as ``corrected_micrographs.star`` numbers its groups); one kind of optics
     keeps the configured name."""
     series = sorted(series, key=lambda s: s[0])
-    tomo_names = relion_tomo_names(name for name, _, _ in series)
+    tomo_names = relion_tomo_names((name for name, _, _ in series), kept)
     earlier = written_optics_order(Path(out_dir) / TILT_SERIES_STAR,
                                    output_pixel_label="rlnTomoTiltSeriesPixelSize")
     keys = optics_keys_in_order((m for _, _, m in series), optics, earlier)

@@ -857,9 +857,11 @@ def test_two_grids_with_the_same_series_name_get_one_relion_tilt_series_each(tmp
 def test_a_series_named_like_another_grids_series_gets_a_relion_name_of_its_own(tmp_path):
     """``grid1/TS_01`` and a series ``grid1_TS_01`` in the watch folder itself: RELION finds a
     tomogram by ``rlnTomoName`` (the first row of that name), and both were ``grid1_TS_01``,
-    so the second series' particles would be read against the first's tilts. The series of
-    that very name keeps it, the other takes ``grid1_TS_01_2``, in the global table and as its
-    STAR's data block, also when the top-level series comes second (its STAR rewritten)."""
+    so the second series' particles would be read against the first's tilts. The series named
+    first keeps its name, across restarts (its STAR's data block says it); the one that comes
+    later takes ``grid1_TS_01_2``, in the global table and as its STAR's data block. (The
+    later one took the name, the first was renamed: a RELION job run on ``grid1_TS_01`` then
+    pointed at the other series' tilts.)"""
     watch, out, staging = tmp_path / "w", tmp_path / "out", tmp_path / "staging"
     out.mkdir()
     tilts = _acquire(staging)
@@ -884,20 +886,20 @@ def test_a_series_named_like_another_grids_series_gets_a_relion_name_of_its_own(
         _run(watch, out, listener)
         (block, _), = starfile.read(out / "grid1" / "TS_01" / "TS_01.star",
                                     always_dict=True).items()
-        assert block == "grid1_TS_01_2"  # rewritten when the other series came
+        assert block == "grid1_TS_01"  # kept when the other series came (a new listener)
 
     def names_by_star() -> dict:
         glob = starfile.read(out / "corrected_tilt_series.star", always_dict=True)["global"]
         return dict(zip(glob["rlnTomoTiltSeriesStarFile"], glob["rlnTomoName"]))
 
     by_star = names_by_star()
-    assert by_star == {"grid1/TS_01/TS_01.star": "grid1_TS_01_2",
-                       "grid1_TS_01/grid1_TS_01.star": "grid1_TS_01"}
+    assert by_star == {"grid1/TS_01/TS_01.star": "grid1_TS_01",
+                       "grid1_TS_01/grid1_TS_01.star": "grid1_TS_01_2"}
     for star, name in by_star.items():
         (block, table), = starfile.read(out / star, always_dict=True).items()
         assert block == name and len(table) == len(tilts)
     # the watch folder's own series goes (its tilts quarantined on a redo): grid1/TS_01 has its
-    # plain name again, in the global table and as its STAR's block alike
+    # plain name still, in the global table and as its STAR's block alike
     for t in tilts:
         movie = watch / f"grid1_{t.movie.path.name}"
         listener.on_movie_failed(MovieEvent(path=movie, key=MovieKey(str(movie), 0, 0, "x"),
@@ -917,6 +919,13 @@ def test_relion_tomo_names_are_one_per_series_whatever_the_names():
     assert names == {"a_b_c": "a_b_c", "a/b_c": "a_b_c_3", "a_b/c": "a_b_c_4",
                      "a_b_c_2": "a_b_c_2"}
     assert relion_tomo_names(reversed(list(names))) == names  # whatever the order given
+    # names given before are kept: a series that comes later takes none of them
+    assert relion_tomo_names(["a_b/TS_01", "a/b/TS_01"], {"a_b/TS_01": "a_b_TS_01"}) == {
+        "a_b/TS_01": "a_b_TS_01", "a/b/TS_01": "a_b_TS_01_2"}
+    assert relion_tomo_names(["a_b_c", "a/b_c"], {"a/b_c": "a_b_c"}) == {
+        "a/b_c": "a_b_c", "a_b_c": "a_b_c_2"}  # the very name too
+    assert relion_tomo_names(["x/y", "x_y"], {"x/y": "x_y", "x_y": "x_y"}) == {
+        "x/y": "x_y", "x_y": "x_y_2"}  # one name kept twice (older files): once
 
 
 # --- motionwatch correct: the gain, optics groups, EER -------------------------------------
