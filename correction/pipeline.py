@@ -251,6 +251,9 @@ class PreparedMovie:
         Stage timings so far (s); :meth:`write` adds ``write`` and updates ``total``.
     started_s : float
         ``time.perf_counter()`` when the movie was begun.
+    named_as : Path or None
+        The movie's path as its user names it, for the images' labels, where it was read
+        under another (a cluster node's mount of the session); None: ``movie_path``.
     """
 
     movie_path: Path
@@ -263,6 +266,7 @@ class PreparedMovie:
     shifts_yx_px: np.ndarray
     timings_s: dict[str, float]
     started_s: float
+    named_as: Path | None = None
 
     def write(self) -> CorrectionResult:
         """Write the four images, the pictures and the motion record (last) as one set.
@@ -276,7 +280,7 @@ class PreparedMovie:
 
         t = time.perf_counter()
         record, img = self.record, self.images
-        label = movie_labels(self.movie_path)
+        label = movie_labels(self.named_as or self.movie_path)
         # all as one set: the images are written (temporaries) while the pictures are drawn,
         # the files renamed into place only when all are written, the record last
         with OutputSet() as output_set:
@@ -1147,8 +1151,8 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
 def correct_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                   gain_reference: GainReference | None = None, stem: str | None = None,
                   extra_record: dict[str, Any] | None = None,
-                  workers: int = -1, scratch_dir: str | Path | None = None
-                  ) -> CorrectionResult:
+                  workers: int = -1, scratch_dir: str | Path | None = None,
+                  named_as: str | Path | None = None) -> CorrectionResult:
     """Correct one movie file and write its four images, quick-look pictures and motion record
     as one set (:class:`correction.write.OutputSet`).
 
@@ -1175,6 +1179,9 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         Folder for a compressed movie too large to decode in memory (:mod:`correction.io.spill`:
         an unnamed temporary file of its decoded size); default ``out_dir``. Give a local disk
         when ``out_dir`` is a network share.
+    named_as : str or Path, optional
+        The movie's path as its user names it, for the images' header labels, where it is read
+        under another (a cluster node's mount of the session); default ``movie_path``.
 
     Returns
     -------
@@ -1193,13 +1200,14 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     with movie_memory_settings():
         return _prepare_movie(movie_path, out_dir, params, gain_reference=gain_reference,
                               stem=stem, extra_record=extra_record, workers=workers,
-                              scratch_dir=scratch_dir).write()
+                              scratch_dir=scratch_dir, named_as=named_as).write()
 
 
 def prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                   gain_reference: GainReference | None = None, stem: str | None = None,
                   extra_record: dict[str, Any] | None = None,
-                  workers: int = -1, scratch_dir: str | Path | None = None) -> PreparedMovie:
+                  workers: int = -1, scratch_dir: str | Path | None = None,
+                  named_as: str | Path | None = None) -> PreparedMovie:
     """:func:`correct_movie` up to its outputs: the movie corrected, nothing written yet.
 
     Parameters and errors as :func:`correct_movie` (less the writing); its
@@ -1209,7 +1217,7 @@ def prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
     with movie_memory_settings():
         return _prepare_movie(movie_path, out_dir, params, gain_reference=gain_reference,
                               stem=stem, extra_record=extra_record, workers=workers,
-                              scratch_dir=scratch_dir)
+                              scratch_dir=scratch_dir, named_as=named_as)
 
 
 def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str, *, chosen: bool) -> None:
@@ -1237,7 +1245,8 @@ def _refuse_output_clash(movie_path: Path, out_dir: Path, stem: str, *, chosen: 
 def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: CorrectionParams, *,
                    gain_reference: GainReference | None, stem: str | None,
                    extra_record: dict[str, Any] | None, workers: int,
-                   scratch_dir: str | Path | None = None) -> PreparedMovie:
+                   scratch_dir: str | Path | None = None,
+                   named_as: str | Path | None = None) -> PreparedMovie:
     """:func:`prepare_movie` without the allocator settings."""
     from .io import read_movie  # noqa: PLC0415 - readers pull in tifffile/imagecodecs
     from .io.eer import grouping_record  # noqa: PLC0415
@@ -1367,4 +1376,5 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,
                          images=corrected.images, pixel_size_A=corrected.pixel_size_A,
                          record=record, shifts_yx_px=corrected.shifts_yx_px,
-                         timings_s=timings, started_s=t0)
+                         timings_s=timings, started_s=t0,
+                         named_as=None if named_as is None else Path(named_as))

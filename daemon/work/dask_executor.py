@@ -368,6 +368,8 @@ class DaskExecutor:
         """
         if self.connected and len(self._running) >= self.max_in_flight:
             raise RuntimeError("no capacity: max_in_flight tasks are in flight")
+        if self._settings.path_map:  # its images' labels name it as the daemon does
+            task = dataclasses.replace(task, movie_named_as=str(task.movie_path))
         remote = _remap(task, self._settings.path_map)
         try:
             future = self._client.submit(

@@ -97,6 +97,10 @@ class Task:
     scratch_dir : Path or None
         Passed to the runner as ``scratch_dir`` when set (where a compressed movie too large
         to decode in memory is held); None: not passed.
+    movie_named_as : str or None
+        The movie's path as the daemon names it, where a worker reads it under another (a
+        Dask node's ``path_map``): passed to the runner as ``named_as`` (its images' labels);
+        a string, which the mapping leaves as it is. None: not passed.
     """
 
     task_id: int
@@ -108,6 +112,7 @@ class Task:
     extra_record: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
     scratch_dir: Path | None = None
+    movie_named_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,10 +310,12 @@ def begin_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
             # daemon would take an empty new folder for its state, and redo the movies done)
             raise FileNotFoundError(errno.ENOENT, "output folder gone", str(task.out_root))
         task.out_dir.mkdir(parents=True, exist_ok=True)
-        scratch = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
+        optional = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
+        if task.movie_named_as is not None:
+            optional["named_as"] = task.movie_named_as
         result = correct(task.movie_path, task.out_dir, task.params,
                          gain_reference=gain_reference, stem=task.stem,
-                         extra_record=dict(task.extra_record), **scratch)
+                         extra_record=dict(task.extra_record), **optional)
     except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
         return _failed(task, exc, started)
     return _Begun(task, result, started, worker)

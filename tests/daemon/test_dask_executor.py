@@ -639,3 +639,53 @@ def test_a_scheduler_without_workers_while_movies_wait_is_said_to_be_a_problem(t
             assert "1 movie(s) wait" in problem
             assert [t.task_id for t in executor.withdraw_unstarted()] == [0]
             assert executor.problem() is None  # nothing waits
+
+
+def test_a_movie_read_under_a_nodes_path_map_is_labelled_by_the_daemons_path(tmp_path):
+    """``path_map = ["/data=/cluster/data"]``: the images' header said "from:
+    /cluster/data/..." (the node's mount), where the records name the daemon's paths."""
+    import mrcfile
+
+    from correction.synthetic import render_movie
+    from daemon.work.workers import GainCache, execute_task, resolve_runner
+
+    daemon_side, node_side = tmp_path / "data", tmp_path / "cluster" / "data"
+    node_side.mkdir(parents=True)
+    (node_side / "grid2").mkdir()
+    syn = render_movie(np.random.default_rng(6), shape_yx=(64, 64), n_frames=4,
+                       electrons_per_px_per_frame=1.0, gain=None, dtype=np.int16)
+    with mrcfile.new(node_side / "grid2" / "m.mrc") as mrc:
+        mrc.set_data(syn.frames)
+        mrc.voxel_size = 1.1
+    sent = {}
+
+    class Client:
+        status = "running"
+
+        def submit(self, function, task, *args, **kwargs):
+            sent["task"] = task
+
+            class Future:
+                def add_done_callback(self, callback):
+                    pass
+            return Future()
+
+    settings = ExecutorSettings("dask", "tcp://127.0.0.1:1", 1,
+                                path_map=((str(daemon_side), str(node_side)),))
+    executor = DaskExecutor(settings)
+    executor._client = Client()
+    out = daemon_side / "out"
+    executor.submit(Task(0, daemon_side / "grid2" / "m.mrc", out, out, PARAMS, "m"))
+    remote = sent["task"]
+    assert remote.movie_path == node_side / "grid2" / "m.mrc"
+    (node_side / "out").mkdir()
+    outcome = execute_task(remote, resolve_runner("correction.pipeline:prepare_movie"),
+                           GainCache(None), worker="tcp://node:1")
+    assert outcome.ok, outcome.error
+    with mrcfile.open(node_side / "out" / "m_DW.mrc", header_only=True) as mrc:
+        labels = [bytes(mrc.header.label[i]).decode().strip()
+                  for i in range(int(mrc.header.nlabl))]
+    from correction.pipeline import movie_labels
+
+    assert labels[1:] == list(movie_labels(daemon_side / "grid2" / "m.mrc"))
+    assert "cluster" not in labels[2]
