@@ -68,7 +68,9 @@ def watchdog_thresholds(config: Config, *, environ: Mapping[str, str] | None = N
     Raises
     ------
     ConfigError
-        A threshold <= 0; a ``watchdog_stall`` over half of systemd's ``WatchdogSec`` (pings
+        A threshold <= 0; a ``watchdog_stuck_after`` not above ``movie_timeout`` (a long
+        movie taken for a stuck worker); a ``watchdog_stall`` over half of systemd's
+        ``WatchdogSec`` (pings
         would go on after a hang until systemd's timeout, so a hung daemon is never killed); a
         heartbeat too slow for the watchdog (it must come well within the stall threshold).
     """
@@ -90,6 +92,13 @@ def watchdog_thresholds(config: Config, *, environ: Mapping[str, str] | None = N
         problems.append(f"watchdog_stall must be > 0 s, got {stall}")
     if not stuck > 0:
         problems.append(f"watchdog_stuck_after must be > 0 s, got {stuck}")
+    elif stuck <= config.movie_timeout_s:
+        # the workers end a movie at its time limit (at most movie_timeout): a movie under it
+        # is no stuck worker, and taken for one the pings stopped and systemd killed the
+        # daemon in the middle of a long movie
+        problems.append(f"watchdog_stuck_after ({stuck:g} s) must be above movie_timeout "
+                        f"({config.movie_timeout_s:g} s), when a worker's movie is ended: "
+                        f"leave it out (movie_timeout + {_STUCK_MARGIN_S:g} s) or raise it")
     if stall > 0 and config.heartbeat_s >= stall / 2:
         problems.append(f"heartbeat ({config.heartbeat_s:g} s) must be under half the watchdog "
                         f"stall threshold ({stall:g} s): lower heartbeat"

@@ -806,6 +806,22 @@ def test_watchdog_defaults_stuck_after_movie_timeout_plus_60_s_and_extend_at_lea
     assert listener.extend_s == 30.0
 
 
+def test_a_watchdog_stuck_limit_not_above_the_movie_time_limit_is_refused_at_start(tmp_path,
+                                                                                capsys):
+    """``watchdog_stuck_after = 1860`` kept while ``movie_timeout`` was raised for K3
+    super-resolution movies: a movie running past 1860 s under its own limit was taken for a
+    stuck worker, the pings stopped and systemd killed the daemon mid-movie."""
+    config = tmp_path / "session.toml"
+    config.write_text("movie_timeout = 3600.0\nwatchdog_stuck_after = 1860.0\n")
+    (tmp_path / "w").mkdir()
+    status = main(["watch", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                   "--dose-per-frame", "1", "--config", str(config), "--exit-when-idle", "1"])
+    err = capsys.readouterr().err
+    assert status == 78, err
+    assert "watchdog_stuck_after (1860 s) must be above movie_timeout (3600 s)" in err
+    assert not (tmp_path / "o").exists()  # refused before any folder is made
+
+
 def test_a_bad_worker_bound_is_a_config_error_even_while_the_watch_share_is_away(tmp_path,
                                                                               capsys):
     """The bound was checked after the folders: with the share away the run exited 69 (to be
