@@ -288,22 +288,19 @@ _ALIKE_RATIO = 1.1
 
 
 def warning_template(text: str) -> str:
-    """A tilt's metadata warning without its movie, its integers kept (tilt indices, frame
-    counts) and each decimal as its ratio to the warning's first (bucketed by 10 %): the tilts
-    of a series whose calibration disagrees the same way (every ``FrameDosesAndNumber`` 1.25x
-    its ``ExposureDose``, whatever the tilt's dose) have one template, logged once; a tilt that
-    disagrees by another factor has its own (it was hidden behind the first)."""
+    """A tilt's metadata warning without its movie, each number as its ratio to the warning's
+    first (bucketed by 10 %): the tilts of a series whose calibration disagrees the same way
+    (every ``FrameDosesAndNumber`` 1.25x its ``ExposureDose``, whatever the tilt's dose) have
+    one template, logged once; a tilt that disagrees by another factor has its own (it was
+    hidden behind the first). Numbers as written (``3`` for a sum of 3.0), all alike."""
     head, sep, rest = text.partition(": ")
     if sep and " " not in head:  # "<movie>: ..."
         text = rest
-    decimals = [float(n) for n in _NUMBER.findall(text) if not n.lstrip("+-").isdigit()]
-    unit = next((abs(d) for d in decimals if d != 0.0), 1.0)
+    values = [float(n) for n in _NUMBER.findall(text)]
+    unit = next((abs(v) for v in values if v != 0.0), 1.0)
 
     def shown(match: re.Match[str]) -> str:
-        number = match.group(0)
-        if number.lstrip("+-").isdigit():
-            return number
-        value = float(number)
+        value = float(match.group(0))
         if value == 0.0:
             return "#0"
         bucket = round(math.log(abs(value) / unit) / math.log(_ALIKE_RATIO))

@@ -145,7 +145,13 @@ def test_the_template_of_a_tilt_warning_drops_its_movie_and_numbers_only():
     assert warning_template(a) == warning_template(b)  # both 1.25x
     assert warning_template(a) != warning_template(
         "TS_01_005_12.0.tif: FrameDosesAndNumber sums to 7.5 but the tilt dose is 2.5 e/Å²")
-    # tilt indices are named, not measured: another tilt missing is another warning
+    # a sum written as a whole number (3.0 as "3") is a number like the others
+    whole = warning_template("a.tif: FrameDosesAndNumber sums to 3 but the tilt dose is 2.4")
+    assert whole == warning_template(
+        "b.tif: FrameDosesAndNumber sums to 3.125 but the tilt dose is 2.5")
+    assert whole != warning_template(
+        "c.tif: FrameDosesAndNumber sums to 3 but the tilt dose is 1.2")
+    # another tilt missing is another warning
     assert (warning_template("tilt index(es) [3] of TS_01 never seen")
             != warning_template("tilt index(es) [3, 7] of TS_01 never seen"))
     assert warning_template(a) != warning_template("TS_01_004_-9.0.tif: dose 2.3 e/Å² from "
