@@ -368,7 +368,7 @@ class SessionView:
                 f"dashboard's --out): no pictures shown; start it with --out {self.out_dir}")
 
     def _pictures(self, stem: str | None) -> dict[str, str | None]:
-        if not stem or self.folder_problem() is not None:
+        if not stem:
             return {}
         folder, _, base = stem.rpartition("/")
         return {kind: self._locate(f"{folder}/{name}" if folder else name)
@@ -383,20 +383,21 @@ class SessionView:
         rates = self._rates(beat, corrected, arrived, self._arrivals_span_s())
         if state in ("silent", "stopped"):  # a daemon killed or gone keeps up with nothing
             rates["keeping_up"] = None
+        problem = self.folder_problem()  # another folder's pictures are not this session's
         series = []
         for entry in self.series.values():
             tilts = sorted(entry["tilts"].values(),
                            key=lambda t: (t.get("tilt_deg") is None, t.get("tilt_deg") or 0.0))
             name = entry["series"]  # grid2/TS_01: its stacks are in grid2/TS_01/
             base = name.rpartition("/")[2]
-            pictures = {} if self.folder_problem() is not None else {
+            pictures = {} if problem is not None else {
                 "sheet": self._locate(f"{name}/{base}.sheet.png"),
                 "chart": self._locate(f"{name}/{base}.chart.png")}
             series.append({**{k: v for k, v in entry.items() if k not in ("tilts", "pictures")},
                            "tilts": tilts, "pictures": pictures})
         latest = dict(self.latest) if self.latest else None
         if latest is not None:
-            latest["pictures"] = self._pictures(latest.get("stem"))
+            latest["pictures"] = {} if problem is not None else self._pictures(latest.get("stem"))
         quarantined = [e for e in self.errors
                        if str(e.get("reason", "")).startswith(("quarantined", "failed"))]
         return {
@@ -405,7 +406,7 @@ class SessionView:
                        "host": self.host, "restarts": max(0, len(self.sessions) - 1),
                        "sessions": list(self.sessions), "stopping": self.stopping,
                        "out_dir": self.out_dir, "feed": self.feed,
-                       "problem": self.folder_problem(),
+                       "problem": problem,
                        "heartbeat_age_s": None if self._beat_at is None
                        else round(now - self._beat_at, 1)},
             "counters": {k: beat.get(k) for k in ("done", "failed", "quarantined", "backlog",
