@@ -303,6 +303,22 @@ def _convert_item(action: argparse.Action, item: Any) -> Any:
     return action.type(item if isinstance(item, str) else str(item))
 
 
+def _naming_the_file(problems: list[Any], from_file: dict[str, str], given: set[str],
+                     config_file: Any) -> list[Any]:
+    """The problems of values the config file set, with the file and its key said after them
+    (``--dose-per-frame must be > 0 ... (config file /etc/motionwatch/session.toml:
+    dose_per_frame)``): under systemd the command line has only ``--config``, and the flag
+    alone named no file; problems of flags given, and others, as they are."""
+    out: list[Any] = []
+    for problem in problems:
+        if type(problem) is str and config_file is not None:
+            dest = problem.partition(" ")[0].lstrip("-").replace("-", "_")
+            if dest in from_file and dest not in given:
+                problem = f"{problem} (config file {config_file}: {from_file[dest]})"
+        out.append(problem)
+    return out
+
+
 def _convert(action: argparse.Action, key: str, value: Any, problems: list[str], *,
              as_flag: bool = False) -> Any:
     """Turn a TOML value into what argparse would have produced for the flag.
@@ -676,7 +692,7 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
         _check_dir_creatable(path, what, problems)
 
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_naming_the_file(problems, from_file, set(given), config_file))
     config = Config(
         watch_dir=watch_dir, out_dir=out_dir, state_dir=state_dir, params=params,
         workers=merged.workers, settle_time_s=float(merged.settle_time),

@@ -103,7 +103,8 @@ def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp
     with pytest.raises(ConfigError) as info:  # the second time as a flag never given)
         load_config(parse([str(tmp_path / "w"), "--config", str(toml),
                            "--out", str(tmp_path / "o")]))
-    assert info.value.problems == ("dose_per_frame must be a finite number, got inf",)
+    assert info.value.problems == (f"dose_per_frame must be a finite number, got inf (config "
+                                   f"file {toml}: dose_per_frame)",)
     # nor hides another problem, nor is said again by a range check
     with pytest.raises(ConfigError) as info:
         load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--heartbeat",
@@ -189,9 +190,9 @@ def test_a_pattern_with_a_folder_part_is_a_config_error_naming_the_file_name_pat
         load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(toml)]))
     assert list(err.value.problems) == [
         "movie_patterns '**/*.mrc': a pattern matches file names, in every folder below the "
-        "watch folder: give '*.mrc'",
+        f"watch folder: give '*.mrc' (config file {toml}: movie_patterns)",
         "metadata_patterns 'a\\\\*.mdoc': a pattern matches file names, in every folder below "
-        "the watch folder: give '*.mdoc'"]
+        f"the watch folder: give '*.mdoc' (config file {toml}: metadata_patterns)"]
     config = load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"),
                                 "--movie-patterns", "*.mrc", "*.eer"]))
     assert config.movie_patterns == ("*.mrc", "*.eer")
@@ -577,6 +578,25 @@ def test_every_option_with_a_fixed_count_of_values_takes_a_list_of_that_many(tmp
 def test_a_toml_value_of_the_wrong_type_is_a_config_error_naming_key_and_type(
         tmp_path, text, expected):
     assert toml_problems(tmp_path, text) == (expected,)
+
+
+def test_a_bad_value_from_the_config_file_names_the_file_and_its_key(tmp_path):
+    """Under systemd the command line has only --config: "--dose-per-frame must be > 0" named
+    no file. A value given as a flag is named by the flag alone."""
+    toml = tmp_path / "c.toml"
+    toml.write_text("dose_per_frame = -1.0\nworkers = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(toml)]),
+                    make_output_folders=False)
+    problems = info.value.problems
+    assert (f"--dose-per-frame must be > 0 e/Å², got -1.0 (config file {toml}: "
+            "dose_per_frame)") in problems
+    assert f"workers must be >= 1, got 0 (config file {toml}: workers)" in problems
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(toml),
+                           "--dose-per-frame", "-2", "--workers", "1"]),
+                    make_output_folders=False)
+    assert info.value.problems == ("--dose-per-frame must be > 0 e/Å², got -2.0",)
 
 
 def test_toml_values_of_the_right_type_are_taken_as_the_flags_would_be(tmp_path):
