@@ -42,6 +42,7 @@ from daemon.engine.outputs import clean_temporary_outputs
 from daemon.engine.ownership import other_watch_folder, served_folders
 from daemon.engine.pace import MAX_BEHIND_MIN, Pace, PaceMeter
 from daemon.engine.policy import EnginePolicy, report_parameter_change
+from daemon.engine.reference_change import rewritten_references
 from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, MovieKey,
                            NoMetadata, Observation, ResolverContext, SeriesEvent, ServiceInfo,
@@ -367,8 +368,17 @@ class Service:
                     return exitcodes.UNAVAILABLE
                 self._log.error("config_invalid", problems=list(exc.problems))
                 return exitcodes.CONFIG
-            report_parameter_change(self._log, self.ledger.rows(), cfg.params, self._policy,
+            rows = self.ledger.rows()
+            report_parameter_change(self._log, rows, cfg.params, self._policy,
                                     frame_mdoc_gain=cfg.frame_mdoc_gain)
+            rewritten = rewritten_references(rows, cfg.params.gain)
+            if rewritten:  # the same setting, another file: no movie is corrected again
+                self._log.warning(
+                    "reference_rewritten", references=rewritten,
+                    note="written anew since the last movie was corrected with it: the movies "
+                         "done keep the old one's correction, new ones take the new one; to "
+                         "correct them again with it, give it under a new name (a copy)")
+            del rows
             self._resolver.start(self._resolver_context())
             self._recover_running()
             self._safe(self.ledger.put_back_due_now)  # the last process's pause has ended
