@@ -105,7 +105,8 @@ def finished_under_other_parameters(rows: Sequence[Any], params: Any, *,
     stored dose and own gain (from its metadata; the gain only where ``frame_mdoc_gain`` and no
     configured gain let it stand, :func:`daemon.events.gain_in_force`) over ``params``; a version with a done row under another
     fingerprint and no row under that one would be corrected again (``redo``) or is kept
-    (``keep``). Returns the newest such done row of each movie.
+    (``keep``), and so would one whose row under that one was done before another's (settings
+    changed A -> B -> A: its outputs are B's). Returns the newest such done row of each movie.
     """
     versions: dict[str, dict[tuple[int, int], list[Any]]] = {}
     for row in rows:
@@ -117,11 +118,13 @@ def finished_under_other_parameters(rows: Sequence[Any], params: Any, *,
     for by_version in versions.values():
         newest = by_version[max(by_version, key=lambda v: v[1])]
         current = {_fingerprint_now(r, params, memo, frame_mdoc_gain) for r in newest}
-        if any(r.key.fingerprint in current for r in newest):
-            continue
-        done = [r for r in newest if r.status == "done"]
-        if done:
-            out.append(done[-1])
+        done = sorted((r for r in newest if r.status == "done"),
+                      key=lambda r: r.finished or 0.0)
+        if not done or done[-1].key.fingerprint in current:
+            continue  # nothing done, or done last under these parameters
+        if any(r.key.fingerprint in current and r.status != "done" for r in newest):
+            continue  # waiting to be corrected under these anyway
+        out.append(done[-1])
     return out
 
 

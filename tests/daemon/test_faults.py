@@ -687,6 +687,13 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
     assert (said["finished_movies"], said["policy"]) == (1, "redo")
     with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
         assert sorted(r.status for r in ledger.rows()) == ["done", "done"]
+    # back to the first settings (A -> B -> A): its outputs are B's, and it is said so (the
+    # movie was corrected again, with no word at the start)
+    log = RecordingLog()
+    assert run(setup, log=log) == 0
+    [said] = log.named("parameters_changed")
+    assert (said["finished_movies"], said["policy"]) == (1, "redo")
+    assert len(log.named("movie_done")) == 1
 
 
 def test_retry_requeues_quarantined_movies_by_name_or_all_and_the_next_start_takes_them_up(
