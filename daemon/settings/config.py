@@ -561,6 +561,7 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
     from_file: dict[str, str] = {}  # dest -> the key that set it in the file
     partners = _exclusive_partners(parser)
     refused: set[str] = set()  # dests whose value in the file was refused (already reported)
+    file_not_finite: dict[str, float] = {}  # dest -> inf or nan the file gives
     config_file = getattr(args, "config", None)
     if config_file is not None:
         try:
@@ -599,6 +600,8 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
             elif converted is not argparse.SUPPRESS:
                 setattr(merged, action.dest, converted)
                 from_file[action.dest] = raw_key
+                if isinstance(converted, float) and not math.isfinite(converted):
+                    file_not_finite[action.dest] = converted
     for dest, value in given.items():
         setattr(merged, dest, value)
         for other in partners.get(dest, ()):  # a flag replaces the file's exclusive partner too
@@ -617,6 +620,9 @@ def load_config(args: argparse.Namespace, *, make_output_folders: bool = True) -
          "no output folder: give --out DIR (or out = ... in the config)")
     for dest in sorted(not_finite):
         problems.append(f"{dest} must be a finite number, got {getattr(merged, dest)}")
+    for dest in sorted(set(file_not_finite) - not_finite):  # a flag replaced it: still wrong
+        problems.append(f"{dest} must be a finite number, got {file_not_finite[dest]} "
+                        f"(config file {config_file}: {from_file[dest]})")
     for dest in ("movie_patterns", "metadata_patterns"):
         for pattern in getattr(merged, dest):
             # matched against file names only: a folder part would match nothing, silently

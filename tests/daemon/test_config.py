@@ -105,6 +105,14 @@ def test_an_infinite_time_or_a_runaway_worker_count_is_a_configuration_error(tmp
                            "--out", str(tmp_path / "o")]))
     assert info.value.problems == (f"dose_per_frame must be a finite number, got inf (config "
                                    f"file {toml}: dose_per_frame)",)
+    # the file's value is wrong whatever the command line gives (the flag dropped one day, the
+    # daemon would not start: it is said now)
+    toml.write_text("settle_time = inf\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(parse([str(tmp_path / "w"), "--config", str(toml), "--settle-time", "0.5",
+                           "--out", str(tmp_path / "o"), "--dose-per-frame", "1"]))
+    assert info.value.problems == (f"settle_time must be a finite number, got inf (config "
+                                   f"file {toml}: settle_time)",)
     # nor hides another problem, nor is said again by a range check
     with pytest.raises(ConfigError) as info:
         load_config(parse([str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--heartbeat",
