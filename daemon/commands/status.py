@@ -168,6 +168,10 @@ def _daemon_running(state: dict[str, Any], now: float) -> bool:
     return True
 
 
+#: a daemon still in its first scan after this long (s) is said to take long (a scan of a
+#: large folder on a share takes minutes; one that does not answer, for ever)
+STARTING_LONG_S = 600.0
+
 #: a running daemon that has not beaten for this long (or three of its periods) is silent
 SILENT_AFTER_S = 60.0
 
@@ -286,8 +290,10 @@ def _print_text(status: dict[str, Any]) -> None:
         verdict = ("SILENT" if d.get("silent_s") is not None
                    else "healthy" if d["healthy"] else "UNHEALTHY")
         if d.get("starting"):  # no heartbeat of this run yet: its first scan
+            slow = (d["started_s_ago"] or 0) > STARTING_LONG_S
             _say(f"daemon: starting (pid {d['pid']}, started {d['started_s_ago']} s ago, "
-                 "its first scan under way)")
+                 "its first scan under way" + ("; longer than a first scan takes: a share "
+                                               "that does not answer?)" if slow else ")"))
         else:
             _say(f"daemon: running (pid {d['pid']}, heartbeat {d['last_heartbeat_s_ago']} s "
                  f"ago, {verdict}; discovery: {d['discovery']})")

@@ -520,6 +520,15 @@ def test_a_daemon_starting_after_a_stop_is_starting_not_silent(tmp_path, capsys)
         assert daemon["running"] is True and daemon["starting"] is True
         assert daemon["silent_s"] is None and not any("SILENT" in p for p in daemon["problems"])
         assert main(["status", str(tmp_path)]) == 0
-        assert "daemon: starting (pid" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "daemon: starting (pid" in out and "longer than" not in out
+        with Ledger(tmp_path / "motionwatch.sqlite") as db:  # an hour in its first scan
+            db.set_service_state({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "healthy": True, "heartbeat_s": 10.0,
+                                  "heartbeat_wall": time.time() - 4000,
+                                  "started_wall": time.time() - 3600})
+        assert main(["status", str(tmp_path)]) == 0
+        assert ("its first scan under way; longer than a first scan takes: a share that does "
+                "not answer?)") in capsys.readouterr().out
     finally:
         os.close(lock)
