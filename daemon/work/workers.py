@@ -407,6 +407,18 @@ def _write_in_background(begun: _Begun) -> Outcome:
     return finish_task(begun)
 
 
+def _send_to_parent(conn: Connection, lock: threading.Lock, message: Any) -> bool:
+    """Send ``message`` to the daemon; False when it is gone (killed: this worker's outputs
+    are on disk, adopted at the next start). Each worker's writer thread printed a
+    ``BrokenPipeError`` traceback into the daemon's JSON log after a SIGKILL."""
+    with lock:
+        try:
+            conn.send(message)
+        except OSError:  # BrokenPipeError, ConnectionResetError: no one reads it any more
+            return False
+    return True
+
+
 def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: str | None,
                  preload_gain: Any = None) -> None:
     die_with_parent(parent_pid)  # no orphan writing outputs after a killed daemon
@@ -419,8 +431,7 @@ def _worker_main(conn: Connection, parent_pid: int, runner: str, gain_loader: st
     sending = threading.Lock()  # the writer thread sends outcomes too
 
     def send(message: Any) -> None:
-        with sending:
-            conn.send(message)
+        _send_to_parent(conn, sending, message)
 
     writer: threading.Thread | None = None  # writes one movie's outputs during the next
     held: contextlib.ExitStack | None = None  # the allocator setting, open while movies come

@@ -361,3 +361,18 @@ def test_a_movie_over_its_time_limit_when_its_outputs_are_due_does_not_write_the
     in_time = Task(2, tmp_path / "ok.mrc", tmp_path, tmp_path, None, timeout_s=5.0)
     assert finish_task(_Begun(in_time, result("ok"), time.perf_counter() - 1.0, "w")).kind == "done"
     assert written == ["ok"]
+
+
+def test_a_worker_whose_daemon_is_gone_sends_its_outcome_into_nothing_without_a_traceback():
+    """Killed daemon (SIGKILL) while a worker's writer thread finished a movie: each worker
+    printed a BrokenPipeError traceback into the daemon's JSON log."""
+    import multiprocessing
+    import threading
+
+    from daemon.work.workers import _send_to_parent
+
+    daemon_end, worker_end = multiprocessing.Pipe()
+    assert _send_to_parent(worker_end, threading.Lock(), ("started", 1))
+    assert daemon_end.recv() == ("started", 1)
+    daemon_end.close()  # the daemon is gone
+    assert _send_to_parent(worker_end, threading.Lock(), ("done", 1)) is False
