@@ -292,7 +292,8 @@ class DaskExecutor:
         """A health problem line while the scheduler is not connected and a connection attempt
         failed (from start-up too: a mistyped address or a scheduler not started would
         otherwise leave the daemon idle and looking well; an attempt still going on, on a cold
-        cluster whose workers load the gain, is not one), else None."""
+        cluster whose workers load the gain, is not one); while connected, a scheduler that
+        has had no worker for :data:`NO_WORKERS_SAID_AFTER_S` while movies wait; else None."""
         if self.connected:
             since = self._no_workers_since
             waiting = len(self._running)
