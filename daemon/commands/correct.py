@@ -192,7 +192,7 @@ def _output_stems(movies: list[Path], out_dir: Path,
         # stem took the other grid's outputs), else the first free one
         recorded = itertools.takewhile(
             lambda c: (out_dir / f"{c}.motion.json").exists(), candidates)
-        owned = [(_ownership(out_dir, c, movie), -i, c) for i, c in enumerate(recorded)]
+        owned = [(_ownership(out_dir, c, movie) or 0, -i, c) for i, c in enumerate(recorded)]
         best = max(((score, i, c) for score, i, c in owned if score > 0 and usable(c)),
                    default=None)
         stem = best[2] if best is not None else next(c for c in candidates if usable(c))
@@ -205,28 +205,26 @@ def _owned_by(out_dir: Path, stem: str, movie: Path) -> bool:
     """Whether ``movie`` may write the outputs of ``stem`` in ``out_dir``: no readable motion
     record of that stem, or one of this movie (the same file, or a file of its name, size and
     mtime no longer there)."""
+    ownership = _ownership(out_dir, stem, movie)
+    return ownership is None or ownership > 0
+
+
+def _ownership(out_dir: Path, stem: str, movie: Path) -> int | None:
+    """How well the motion record of ``stem`` names ``movie``: None when it names no movie (no
+    readable record: the stem is free), 0 another file, most this very file, else (its file
+    gone: moved to an archive, a file of its name, size and mtime noted) one more for each
+    trailing folder the two paths share (``grid2/x.tif``)."""
     record = _record(out_dir, stem)
     recorded = _recorded_movie(record)
     if recorded is None:
-        return record is None or "movie" not in record
+        return None if record is None or "movie" not in record else 0
     if recorded.exists():
         try:
-            return os.path.samefile(recorded, movie)
+            return 1 << 16 if os.path.samefile(recorded, movie) else 0
         except OSError:
-            return False
-    return recorded.name == movie.name and _same_file_noted(record, _movie_file(movie))
-
-
-def _ownership(out_dir: Path, stem: str, movie: Path) -> int:
-    """How well the motion record of ``stem`` names ``movie``: 0 not at all (no record, another
-    file), most for this very file, else (its file gone: moved to an archive) one more for
-    each trailing folder the two paths share (``grid2/x.tif``)."""
-    record = _record(out_dir, stem)
-    recorded = _recorded_movie(record)
-    if recorded is None or not _owned_by(out_dir, stem, movie):
+            return 0
+    if recorded.name != movie.name or not _same_file_noted(record, _movie_file(movie)):
         return 0
-    if recorded.exists():
-        return 1 << 16
     here = movie.resolve().parts[::-1]
     return 1 + sum(1 for _ in itertools.takewhile(lambda pair: pair[0] == pair[1],
                                                   zip(recorded.parts[::-1][1:], here[1:])))

@@ -299,10 +299,9 @@ class Dispatcher:
         """Second signal: give the movies in hand back to the ledger (redone at next start)."""
         pool = self._pool()
         for task in pool.abandon() if pool is not None else []:
-            entry = self.in_flight.pop(task.task_id, None)
+            entry = self._give_back(task)
             if entry is None:
                 continue
-            self._safe(lambda: self._ledger().release(entry.key))
             if pool.abandon_stops_workers:  # killed, perhaps writing: no temporaries left
                 remove_partial_outputs(task.out_dir, task.stem or movie_stem(task.movie_path))
             self._log.warning("movie_abandoned", movie=entry.key.path,
@@ -311,16 +310,21 @@ class Dispatcher:
     def withdraw_unstarted(self) -> None:
         """The service stops: the movies no worker has started (queued on a Dask cluster) go
         back to the ledger untouched, corrected at the next start; those in hand finish."""
-        pool = self._pool()
-        withdraw = getattr(pool, "withdraw_unstarted", None)
+        withdraw = getattr(self._pool(), "withdraw_unstarted", None)
         for task in withdraw() if withdraw is not None else []:
-            entry = self.in_flight.pop(task.task_id, None)
-            if entry is None:
-                continue
+            entry = self._give_back(task)
+            if entry is not None:
+                self._log.info("movie_withdrawn", movie=entry.key.path,
+                               note="no worker had started it when the daemon began to stop; "
+                                    "corrected at the next start")
+
+    def _give_back(self, task: Any) -> InFlight | None:
+        """A task taken back from the workers: its movie pending again in the ledger, its
+        attempt undone; returns what was in flight (None: not this dispatcher's)."""
+        entry = self.in_flight.pop(task.task_id, None)
+        if entry is not None:
             self._safe(lambda: self._ledger().release(entry.key))
-            self._log.info("movie_withdrawn", movie=entry.key.path,
-                           note="no worker had started it when the daemon began to stop; "
-                                "corrected at the next start")
+        return entry
 
     def retry_unrecorded(self) -> None:
         """Record outcomes whose ledger write failed earlier."""
