@@ -589,18 +589,28 @@ def test_a_stop_finishes_the_movies_a_worker_has_and_gives_back_those_queued_for
         tmp_path, fake_runners):
     """One worker thread, four movies in flight: SIGTERM ("finishing the movie in hand")
     waited for all four (with no worker at all, for ever, until systemd's SIGKILL). The
-    three no worker had started go back to the state database, corrected at the next start."""
+    three no worker had started go back to the state database, corrected at the next start.
+    The movie in hand is held (``SLOW``) until they are back, however slow the machine."""
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     out.mkdir()
     movies = write_movies(watch, ["slow_1.mrc", "slow_2.mrc", "slow_3.mrc", "slow_4.mrc"])
+    hold = tmp_path / "SLOW"
+    hold.touch()
+
+    def three_given_back() -> bool:
+        with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+            return ledger.movie_counts()["pending"] == 3
+
     with local_cluster(n_workers=1) as cluster:
         config = service_config(watch, out, scheduler=cluster.scheduler_address,
                                 max_in_flight=4)
         service = Service(config, runner=fake_runners)
         stopper = threading.Thread(target=lambda: (
             _wait_for(lambda: list(out.glob("*.started")), 60),
-            service.request_stop("SIGTERM")))
+            service.request_stop("SIGTERM"),
+            _wait_for(three_given_back, 30),
+            hold.unlink()))
         stopper.start()
         assert run_service(service) == 0
         stopper.join()

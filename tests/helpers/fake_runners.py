@@ -5,8 +5,9 @@ puts this folder on ``sys.path``, and worker processes inherit it through ``PYTH
 Name prefixes: ``crash`` (the worker kills itself), ``torn`` (the same, after it began writing
 its outputs' temporaries), ``hang`` (60 s; ``hangwriting``: after it began writing its
 outputs' temporaries), ``victim`` (30 s on the
-first attempt: a test kills the worker), ``slow`` (1.5 s; both leave ``<stem>.started``
-holding the worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
+first attempt: a test kills the worker), ``slow`` (1.5 s, and then while a file ``SLOW``
+exists beside the output folder, at most 30 s; both leave ``<stem>.started`` holding the
+worker's pid), ``alloc`` (writes and frees 256 MiB; the record's
 ``rss_at_start_MB`` is the worker's resident memory when the movie began), ``later`` (returns
 at once, leaving its outputs to write: ``write()`` takes 1 s; the record has ``began_at`` and
 ``written_at``, wall-clock s, and the niceness of the threads that corrected and wrote it),
@@ -62,6 +63,7 @@ def correct(movie_path: Path, out_dir: Path, params: Any, *, gain_reference: Any
             time.sleep(30)  # killed here by the test
     if name.startswith("slow"):
         time.sleep(1.5)
+        _hold_while(out_dir.parent / "SLOW")
     if name.startswith("held"):
         _hold_while(out_dir.parent / "HOLD")
         from correction.io import detect_format
