@@ -17,7 +17,8 @@ written while the next movie was corrected) comes back ``interrupted``: it is pe
 once, its attempt taken back, nothing counted against it.
 
 Each movie's time limit scales with its size (:class:`~daemon.engine.policy.EnginePolicy`) and is
-logged with ``movie_started``. Counters change only once the ledger has recorded the outcome: an
+logged with ``movie_started``, when a worker takes the movie (on a cluster, a movie handed over
+first waits in the scheduler's queue: ``movie_queued``). Counters change only once the ledger has recorded the outcome: an
 outcome that could not be recorded is retried as it was, as soon as the database takes writes.
 """
 
@@ -66,6 +67,8 @@ class InFlight:
     metadata: dict[str, Any]
 
 
+#: outcomes only a worker that ran the task returns (a cancelled or lost one never started)
+_RAN_ON_A_WORKER = ("done", "data", "config", "error", "superseded")
 #: outcomes of a worker that died or was killed with the movie in hand
 _WORKER_KILLED = ("crash", "timeout", "interrupted")
 
@@ -149,6 +152,8 @@ class Dispatcher:
         self._policy = policy or EnginePolicy()
         self._read_ahead = read_ahead
         self.in_flight: dict[int, InFlight] = {}
+        #: task id -> what ``movie_started`` will say, for tasks queued for a cluster's worker
+        self._queued: dict[int, dict[str, Any]] = {}
         self._gain_warned = False
         self._pattern_warned = False
         self._fits_warned: set[str | None] = set()  # defect lists said fitted as a subarea
@@ -291,9 +296,21 @@ class Dispatcher:
                              stored.stem or movie_stem(movie),
                              extra, timeout_s=limit_s,
                              scratch_dir=cfg.scratch_dir))
-            self._log.info("movie_started", movie=key.path, attempt=attempt,
-                           time_limit_s=round(limit_s, 1), size=key.size,
-                           **dict(stored.log_context))
+            said = dict(movie=key.path, attempt=attempt, time_limit_s=round(limit_s, 1),
+                        size=key.size, **dict(stored.log_context))
+            if pool.starts_when_submitted:
+                self._log.info("movie_started", **said)
+            else:
+                self._queued[task_id] = said
+                self._log.info("movie_queued", **said)
+
+    def note_starts(self) -> None:
+        """Log ``movie_started`` for the queued movies a cluster's worker has taken since."""
+        pool = self._pool()
+        for task_id, worker in pool.started() if pool is not None else []:
+            said = self._queued.pop(task_id, None)
+            if said is not None:
+                self._log.info("movie_started", **said, worker=worker)
 
     def abandon(self) -> None:
         """Second signal: give the movies in hand back to the ledger (redone at next start)."""
@@ -321,6 +338,7 @@ class Dispatcher:
     def _give_back(self, task: Any) -> InFlight | None:
         """A task taken back from the workers: its movie pending again in the ledger, its
         attempt undone; returns what was in flight (None: not this dispatcher's)."""
+        self._queued.pop(task.task_id, None)
         entry = self.in_flight.pop(task.task_id, None)
         if entry is not None:
             self._safe(lambda: self._ledger().release(entry.key))
@@ -336,6 +354,10 @@ class Dispatcher:
     def record(self, outcome: Outcome) -> None:
         """Record one outcome in the ledger, then tell the listeners."""
         cfg = self.settings
+        self.note_starts()  # its start first, when the outcome came with it
+        said = self._queued.pop(outcome.task_id, None)
+        if said is not None and outcome.kind in _RAN_ON_A_WORKER:  # its start said late
+            self._log.info("movie_started", **said, worker=None)
         entry = self.in_flight.get(outcome.task_id)
         if entry is None:
             return

@@ -487,6 +487,7 @@ class Service:
             outcomes = self.pool.wait(timeout, also=[self._signals.wake_fd])
             if self._signals.drain_wake() and not draining and self.discovery.uses_events:
                 next_scan = min(next_scan, self._rescan_after_event())
+            self.dispatcher.note_starts()
             for outcome in outcomes:
                 self.dispatcher.record(outcome)
             if self.discovery is not None:

@@ -148,6 +148,8 @@ class DaskExecutor:
     #: the movies are read on the cluster's machines, not here
     reads_files_here = False
     abandon_stops_workers = False
+    #: a task waits in the scheduler's queue until a worker thread is free for it
+    starts_when_submitted = False
 
     def __init__(self, settings: Any, *, timeout_s: float | None = None,
                  runner: str = DEFAULT_RUNNER,
@@ -169,6 +171,7 @@ class DaskExecutor:
         self._running: dict[int, _Running] = {}
         self._done: deque[int] = deque()
         self._started: deque[dict[str, Any]] = deque()
+        self._began: list[tuple[int, str | None]] = []  # first starts not yet reported
         self._refused: list[Outcome] = []
         self._threads = 0
         self._workers = 0
@@ -446,7 +449,16 @@ class DaskExecutor:
             # with Dask's allowed-failures above 0): its time limit and worker are the new one's
             if running is not None and (running.started_s is None
                                         or message.get("worker") != running.worker):
+                if running.started_s is None:
+                    self._began.append((running.task.task_id, message.get("worker")))
                 running.started_s, running.worker = self._clock(), message.get("worker")
+
+    def started(self) -> list[tuple[int, str | None]]:
+        """Tasks a worker began since the last call (their first start): ``(task id, worker
+        address)``."""
+        self.collect_starts()
+        began, self._began = self._began, []
+        return began
 
     def _outcome(self, running: _Running) -> Outcome:
         task, future = running.task, running.future

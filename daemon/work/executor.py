@@ -54,6 +54,10 @@ class Executor(Protocol):
     #: then removes the temporaries they may have left; a Dask worker goes on, and may still
     #: finish its set (adopted at the next start)
     abandon_stops_workers: bool
+    #: True when a submitted task starts at once (a local worker is free whenever ``idle``
+    #: is); False when it may wait in the cluster's queue: the engine then logs its start
+    #: when :meth:`started` reports it
+    starts_when_submitted: bool
 
     def start(self) -> None:
         """Start (worker processes, or the connection to a cluster)."""
@@ -68,6 +72,9 @@ class Executor(Protocol):
     @property
     def idle(self) -> int:
         """How many more tasks may be submitted now (0 while none can run)."""
+
+    def started(self) -> list[tuple[int, str | None]]:
+        """Tasks a worker began since the last call: ``(task id, worker name)``."""
 
     def alive(self) -> int:
         """Workers alive (local processes, or connected Dask workers)."""

@@ -563,6 +563,8 @@ class WorkerPool:
     #: the workers read the movies on this machine (the engine may read ahead for them)
     reads_files_here = True
     abandon_stops_workers = True
+    #: a task is submitted only to a free worker, which takes it at once
+    starts_when_submitted = True
 
     def __init__(self, n_workers: int, *, timeout_s: float | None = None,
                  startup_s: float = 120.0, runner: str = DEFAULT_RUNNER,
@@ -686,6 +688,10 @@ class WorkerPool:
 
     def alive(self) -> int:
         return sum(1 for s in self._slots if s.alive())
+
+    def started(self) -> list[tuple[int, str | None]]:
+        """None to report: a task starts when it is submitted (:attr:`starts_when_submitted`)."""
+        return []
 
     def submit(self, task: Task) -> None:
         """Give a task to an idle worker (raises RuntimeError when none is idle).

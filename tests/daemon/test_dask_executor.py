@@ -621,6 +621,45 @@ def test_a_stop_finishes_the_movies_a_worker_has_and_gives_back_those_queued_for
     assert_one_output_set_each(out, movies)
 
 
+def test_a_movie_is_said_started_when_a_worker_takes_it_not_when_it_is_queued(
+        tmp_path, fake_runners):
+    """One worker thread, two movies in flight: both were logged ``movie_started`` at once,
+    the second while it waited in the scheduler's queue for the first's worker."""
+    from recording_log import RecordingLog
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    out.mkdir()
+    write_movies(watch, ["slow_1.mrc", "slow_2.mrc"])
+    hold = tmp_path / "SLOW"
+    hold.touch()
+    log = RecordingLog()
+    with local_cluster(n_workers=1) as cluster:
+        config = service_config(watch, out, scheduler=cluster.scheduler_address,
+                                max_in_flight=2)
+        service = Service(config, runner=fake_runners, logger=log)
+        seen = {}
+
+        def look_then_release():
+            _wait_for(lambda: len(log.named("movie_queued")) == 2
+                      and list(out.glob("*.started")), 60)
+            time.sleep(1.0)  # the main loop's ticks: a start said by now would be logged
+            seen["started"] = [Path(e["movie"]).name for e in log.named("movie_started")]
+            seen["in_hand"] = [p.name.removesuffix(".started") for p in out.glob("*.started")]
+            hold.unlink()
+
+        looker = threading.Thread(target=look_then_release)
+        looker.start()
+        assert run_service(service) == 0
+        looker.join()
+        workers = set(cluster.scheduler_info["workers"])
+    assert seen["started"] == [f"{seen['in_hand'][0]}.mrc"]  # the one a worker has
+    started = log.named("movie_started")
+    assert sorted(Path(e["movie"]).name for e in started) == ["slow_1.mrc", "slow_2.mrc"]
+    assert {e["worker"] for e in started} == workers, started
+    assert all(e["time_limit_s"] == 60.0 for e in started)
+
+
 def _wait_for(check, timeout_s: float):
     deadline = time.monotonic() + timeout_s
     while not check() and time.monotonic() < deadline:

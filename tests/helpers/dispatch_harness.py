@@ -24,7 +24,11 @@ class RecordingPool:
 
     def __init__(self, workers: int = 1, *, reads_files_here: bool = True) -> None:
         self.workers, self.reads_files_here = workers, reads_files_here
+        self.starts_when_submitted = True
         self.tasks: list = []
+
+    def started(self) -> list:
+        return []
 
     @property
     def idle(self) -> int:
