@@ -36,8 +36,6 @@ import numpy as np
 
 __all__ = [
     "SHIFT_CONVENTION",
-    "px_to_A",
-    "A_to_px",
     "shift_to_apply",
     "yx_to_xy",
 ]
@@ -47,16 +45,6 @@ SHIFT_CONVENTION = (
     "aligned sum, in output pixels; +x = increasing column index, +y = increasing row index; "
     "the frame is aligned by shifting it by [-dx, -dy]."
 )
-
-
-def px_to_A(length_px: np.ndarray | float, pixel_size_A: float) -> np.ndarray | float:
-    """Convert a length in pixels to Ångström."""
-    return length_px * pixel_size_A
-
-
-def A_to_px(length_A: np.ndarray | float, pixel_size_A: float) -> np.ndarray | float:
-    """Convert a length in Ångström to pixels."""
-    return length_A / pixel_size_A
 
 
 def shift_to_apply(shifts_yx_px: np.ndarray) -> np.ndarray:

@@ -439,7 +439,6 @@ class Heartbeat:
     counts: Mapping[str, int]
     waiting: int
     in_flight: tuple[str, ...]
-    workers_alive: int
     discovery_mode: str
     health: Health
     cluster: Mapping[str, Any] | None = None  # a distributed executor's state (None: local)

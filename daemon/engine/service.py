@@ -577,7 +577,7 @@ class Service:
         if self._watch_moved():
             return
         started = self._clock()
-        result = self.discovery.scan(now_s=started, fresh=self.admission.busy_folders())
+        result = self.discovery.scan(fresh=self.admission.busy_folders())
         if self._on_disk_at_start is None:  # the start-up scan
             self._on_disk_at_start = frozenset(o.path for o in result.observations)
         self._last_scan_s = self._clock()
@@ -651,7 +651,7 @@ class Service:
         self._say_pace(pace)
         pace = pace.to_record()
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
-                         in_flight, self.pool.alive(), state.mode, health, cluster, pace, queued)
+                         in_flight, state.mode, health, cluster, pace, queued)
         self._safe(lambda: self.ledger.set_service_state({
             **_this_process(), "heartbeat_wall": beat.wall_time_s,
             "heartbeat_s": self.config.heartbeat_s, "uptime_s": beat.uptime_s,

@@ -448,15 +448,12 @@ class DiscoveryState:
     fs_type: str | None
     reason: str
     scans: int
-    last_scan_monotonic_s: float | None
 
 
 @dataclass(slots=True)
 class _Counters:
     scans: int = 0
-    last_scan_s: float | None = None
-    overflows: int = 0
-    events: int = 0
+    events: int = 0  # file-system events received
     folders_reused: int = 0  # by the last scan, from the one before
 
 
@@ -515,7 +512,6 @@ class Discovery:
         self._share = (mount[0] if mount is not None and mount[0] != os.sep
                        and os.path.ismount(mount[0]) else None)
         self._observer = None
-        self._observer_failed = False
         self._overflow_handler: _OverflowHandler | None = None
         self._counters = _Counters()
         self._reason = ""
@@ -575,7 +571,6 @@ class Discovery:
         self._reason = "inotify events wake the rescans"
 
     def _fallback(self, reason: str) -> None:
-        self._observer_failed = True
         self._reason = reason
         self._log("discovery_fallback", reason=reason, root=str(self.root))
 
@@ -603,7 +598,6 @@ class Discovery:
 
     def _on_overflow(self) -> None:
         self._listings.expire()
-        self._counters.overflows += 1
         self._log("discovery_event_overflow", root=str(self.root),
                   note="kernel event queue overflowed; the next rescan finds what was missed")
         self._wake()
@@ -680,7 +674,7 @@ class Discovery:
                    for folder in self._exclude_strs)
 
     # --- scanning -------------------------------------------------------------------------
-    def scan(self, *, now_s: float | None = None, fresh: Collection[str] = ()) -> ScanResult:
+    def scan(self, *, fresh: Collection[str] = ()) -> ScanResult:
         """Rescan the tree (the source of truth): while events arrive, folders that none
         named since they were last listed, and that held still then, are taken from that
         listing (:class:`ListingCache`), except the ``fresh`` ones (folders of movies still
@@ -696,7 +690,6 @@ class Discovery:
         if self._share is not None and not self._share_mounted():
             # the root not listed, as for any listing error: nothing seen in it is dropped
             self._counters.scans += 1
-            self._counters.last_scan_s = now_s
             return ScanResult((), (), ((self.root, f"the share mounted at {self._share} at "
                                                    "start is not mounted now"),))
         result = scan(self.root, movie_patterns=self._movie_patterns,
@@ -704,7 +697,6 @@ class Discovery:
                       paths=self._paths, cache=cache, now_s=now, fresh=fresh)
         self._counters.folders_reused = cache.reused_last if cache is not None else 0
         self._counters.scans += 1
-        self._counters.last_scan_s = now_s
         return result
 
     def _share_mounted(self) -> bool:
@@ -719,8 +711,7 @@ class Discovery:
     def state(self) -> DiscoveryState:
         """Mode, file-system type and counters."""
         mode = "events+rescan" if self._observer is not None else "rescan"
-        return DiscoveryState(mode, self._fs_type, self._reason, self._counters.scans,
-                              self._counters.last_scan_s)
+        return DiscoveryState(mode, self._fs_type, self._reason, self._counters.scans)
 
     @property
     def uses_events(self) -> bool:

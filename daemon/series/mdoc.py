@@ -269,11 +269,6 @@ class MdocFile:
         return self.kind == "montage"
 
     @property
-    def complete_sections(self) -> tuple[TiltSection, ...]:
-        """The sections that are completely written."""
-        return tuple(s for s in self.sections if s.complete)
-
-    @property
     def tilt_axis_deg(self) -> float | None:
         """The nominal tilt-axis angle of the first ``Tilt axis angle = x`` title (degrees, as
         SerialEM gives it); None without such a title (Tomography 5's ``TiltAxisAngle`` is
@@ -285,13 +280,6 @@ class MdocFile:
         """Tomography 5's ``TiltAxisAngle = x`` title value (degrees, its own convention, not
         SerialEM's; reported, never used as the tilt axis); None without one."""
         return _title_number(self.titles, _TOMO5_TILT_AXIS_RE)
-
-    def global_value(self, key: str) -> str | None:
-        """Raw text of a global ``key``, or ``None``."""
-        for k, v in reversed(self.global_items):
-            if k == key:
-                return v
-        return None
 
 
 def _title_number(titles: Sequence[str], pattern: re.Pattern[str]) -> float | None:

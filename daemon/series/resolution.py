@@ -328,15 +328,6 @@ class TiltAssignment:
     voltage_kV: float | None = None
     exposure_time_s: float | None = None
 
-    def frame_doses_for(self, n_frames: int) -> tuple[float, ...]:
-        """Per-frame doses for a movie read as ``n_frames`` frames: the metadata's when their
-        count matches, else the tilt dose spread uniformly."""
-        if n_frames < 1:
-            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-        if self.frame_doses_e_A2 is not None and len(self.frame_doses_e_A2) == n_frames:
-            return self.frame_doses_e_A2
-        return (self.dose_e_A2 / n_frames,) * n_frames
-
     def dose_params(self, *, voltage_kV: float, n_frames: int | None = None,
                     raw_frames: bool = False) -> DoseParams:
         """The :class:`~correction.params.DoseParams` for correcting this movie.

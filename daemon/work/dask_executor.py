@@ -183,7 +183,6 @@ class DaskExecutor:
         self._wake_r, self._wake_w = -1, -1
         self.last_error: str | None = None
         self.worker_setup_error: str | None = None
-        self.disconnects = 0
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -506,7 +505,6 @@ class DaskExecutor:
         """The scheduler went away: tasks in hand come back as environment trouble."""
         with self._lock:
             client, self._client = self._client, None
-        self.disconnects += 1
         self._no_workers_since = None  # said as the lost connection now
         self.last_error = f"lost the connection to the Dask scheduler {self._address}"
         threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()

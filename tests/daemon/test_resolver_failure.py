@@ -291,7 +291,7 @@ def test_a_series_whose_assembly_cannot_start_does_not_hold_back_other_movies(tm
     def scans(n: int) -> None:
         for _ in range(n):
             now[0] += 5.0
-            admission.take(discovery.scan(now_s=now[0], fresh=admission.busy_folders()))
+            admission.take(discovery.scan(fresh=admission.busy_folders()))
 
     now[0] += 10_000  # the series mdoc is quiet
     scans(3)

@@ -308,7 +308,7 @@ def test_the_watchdog_turns_unhealthy_once_a_movie_is_in_flight_longer_than_stuc
                               stuck_after_s=1.5, extend_s=30.0, clock=lambda: now[0])
 
     def beat(in_flight):
-        listener.on_heartbeat(Heartbeat(0.0, 0.0, {}, 0, tuple(in_flight), 1, "poll",
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, {}, 0, tuple(in_flight), "poll",
                                         Health(True)))
 
     beat(["a.mrc"])
@@ -342,7 +342,7 @@ def test_a_movie_waiting_in_a_distributed_executors_queue_is_not_stuck():
                               stuck_after_s=1.5, extend_s=30.0, clock=lambda: now[0])
 
     def beat(queued):
-        listener.on_heartbeat(Heartbeat(0.0, 0.0, {}, 0, ("a.mrc",), 1, "poll", Health(True),
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, {}, 0, ("a.mrc",), "poll", Health(True),
                                         {"executor": "dask"}, None, tuple(queued)))
 
     for _ in range(10):  # ten seconds in the queue
@@ -380,7 +380,7 @@ def test_the_status_line_says_falling_behind_only_when_the_pace_says_so():
         pace = {"arrived_per_min": 6.0, "corrected_per_min": corrected, "waiting": 12,
                 "behind_min": None if corrected is None else 12 / corrected,
                 "keeping_up": keeping_up, "window_s": 600.0}
-        listener.on_heartbeat(Heartbeat(0.0, 0.0, counts, 0, (), 1, "poll", Health(True),
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, counts, 0, (), "poll", Health(True),
                                         None, pace))
     behind, ok, unknown = systemd.lines
     assert behind.endswith("; FALLING BEHIND: 12 waiting, 2.7 min of work (6.0 movies/min "
@@ -482,7 +482,7 @@ def test_stopping_asks_systemd_for_more_stop_time_and_again_each_beat_while_a_mo
 
     def beat(in_flight):
         systemd.sent.clear()
-        listener.on_heartbeat(Heartbeat(0.0, 0.0, {"done": 1}, 0, in_flight, 1, "poll",
+        listener.on_heartbeat(Heartbeat(0.0, 0.0, {"done": 1}, 0, in_flight, "poll",
                                         Health(True), None, None))
         return [kind for kind, _ in systemd.sent]
 
