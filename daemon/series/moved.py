@@ -22,8 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.series.resolution import qualified_name, split_qualified
-from daemon.series.resolver import relative_name
+from daemon.series.resolution import qualified_name, relative_name, split_qualified
 
 __all__ = ["moved_tilt"]
 

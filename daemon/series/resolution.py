@@ -53,6 +53,7 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from correction.dose import dose_from_rate_e_A2
@@ -75,6 +76,7 @@ __all__ = [
     "frame_mdoc_dose",
     "frame_mdoc_voltage_kV",
     "qualified_name",
+    "relative_name",
     "resolve",
     "split_qualified",
     "series_name_of_mdoc",
@@ -198,6 +200,17 @@ class MdocObservation:
     mdoc: MdocFile
     unchanged_since_s: float
     folder: str = ""
+
+
+def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) -> str:
+    """A path's name in the resolution: below the watch folder, ``/`` separated; a path outside
+    it keeps its whole name. ``folder``: the watch folder itself is ``""`` (not ``"."``)."""
+    p = Path(path)
+    try:
+        name = p.relative_to(watch_dir).as_posix()
+    except ValueError:
+        name = p.as_posix()
+    return "" if folder and name == "." else name
 
 
 def qualified_name(folder: str, name: str) -> str:

@@ -83,12 +83,12 @@ from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, DROPPED_SERIES_REA
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
                                       TiltAssignment,
                                       classify_mdocs, dose_params_of, frame_mdoc_dose,
-                                      frame_mdoc_voltage_kV, split_qualified)
+                                      frame_mdoc_voltage_kV, relative_name, split_qualified)
 from daemon.settings.voltage import (ASSUMED_VOLTAGE_NOTE, DEFAULT_VOLTAGE_KV,
                                      VOLTAGE_TOLERANCE_KV, Voltage, epu_xml_pending,
                                      files_voltage_kV, resolve_voltage)
 
-__all__ = ["TiltSeriesResolver", "lock_paths", "relative_name", "standalone_metadata"]
+__all__ = ["TiltSeriesResolver", "lock_paths", "standalone_metadata"]
 
 _FINISHED = ("done", "quarantined")
 #: paths whose relative names are remembered (a few weeks of sessions; then it starts over)
@@ -224,17 +224,6 @@ def lock_paths(mdoc_path: Path, series: str) -> tuple[Path, Path]:
 
 
 _INFO_KEYS = ("expected_tilts", "mdoc", "folder", LISTED_MOVIES, ACCUMULATED_DOSE)
-
-
-def relative_name(path: str | Path, watch_dir: Path, *, folder: bool = False) -> str:
-    """A path's name in the resolution: below the watch folder, ``/`` separated; a path outside
-    it keeps its whole name. ``folder``: the watch folder itself is ``""`` (not ``"."``)."""
-    p = Path(path)
-    try:
-        name = p.relative_to(watch_dir).as_posix()
-    except ValueError:
-        name = p.as_posix()
-    return "" if folder and name == "." else name
 
 
 def standalone_metadata(movie: Observation, params: Any, n_frames: int | None,
