@@ -27,8 +27,12 @@ spectra, tile batches). Two defaults of the C library and numpy make that slow:
   (the rest of the heap then stays below the threshold) came to the same: 15.4-16.8 s and 1.93
   GB. All threads allocate from one arena (``M_ARENA_MAX`` 1): the band threads of the local
   sums would otherwise each get a heap of at most 64 MiB that glibc unmaps whenever it empties,
-  and fault it in again for the next band (about 60,000 extra faults per 4K movie here). The
-  arena limit is left in place afterwards.
+  and fault it in again for the next band (about 60,000 extra faults per 4K movie here).
+  After the block only ``M_MMAP_MAX`` is restored: the arena limit, the 32 MiB mmap threshold
+  and the 1 GiB trim threshold stay set for the rest of the process (glibc has no call that
+  gives back its self-adjusting thresholds once they were set; a program that embeds the
+  library and minds its allocator should correct its movies in a process of their own, as
+  the daemon's workers do).
 * numpy asks the kernel for transparent huge pages on every large array
   (``madvise(MADV_HUGEPAGE)``). With the kernel's default ``defrag=madvise`` a fault in such
   an array compacts memory synchronously: on the 2-core test machine, first touching a fresh
