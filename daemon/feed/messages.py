@@ -178,7 +178,7 @@ def _local_summary(local: Any, global_xy_px: np.ndarray, pixel_size_A: float
                 out["max_A"] = float(lengths.max())
             out["n_patches"] = int(f.shape[0])
     rejected = local.get("rejected_patches")
-    if isinstance(rejected, (list, tuple)):
+    if isinstance(rejected, (list, tuple)) and "n_patches" in out:  # patches were measured
         out["n_rejected_patches"] = len(rejected)
     return out
 

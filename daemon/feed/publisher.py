@@ -28,8 +28,9 @@ Late joiners
     any time, and should treat it idempotently (tilts are keyed by ``path``).
 
 Security
-    The default endpoint is ``tcp://127.0.0.1:5557``. ``ipc://`` and ``inproc://`` endpoints and
-    TCP on a loopback address are local. Any other endpoint (``tcp://*:5557``, an interface name,
+    The default endpoint is ``tcp://127.0.0.1:5557``. ``ipc://`` endpoints and TCP on a
+    loopback address are local (``inproc://`` is refused: nothing outside the publisher's own
+    ZeroMQ context could read it). Any other endpoint (``tcp://*:5557``, an interface name,
     a routable address, another transport) is refused unless ``allow_remote`` is set: exposing
     the feed is an explicit choice. CURVE encryption and authentication (``zmq.auth``) are
     available for any endpoint: ``curve_secret_key`` is the server certificate (written by
@@ -127,7 +128,13 @@ class PublishConfig:
         except PublishConfigError as exc:
             problems.extend(exc.problems)
         else:
-            if not local and not self.allow_remote:
+            if self.endpoint.startswith("inproc://"):
+                problems.append(
+                    f"publish endpoint {self.endpoint}: inproc:// reaches only sockets inside "
+                    "the publisher's own ZeroMQ context, so no dashboard, monitor or "
+                    "subscriber could ever read the feed; use ipc://PATH or "
+                    "tcp://127.0.0.1:PORT")
+            elif not local and not self.allow_remote:
                 problems.append(
                     f"publish endpoint {self.endpoint} is not a loopback or ipc:// address; "
                     "set publish_allow_remote = true to expose the feed on the network "

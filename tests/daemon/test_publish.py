@@ -373,9 +373,18 @@ def test_binding_a_non_loopback_endpoint_is_refused_without_the_explicit_flag(en
 
 @pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5557", "tcp://127.0.0.2:1", "tcp://[::1]:5557",
                                       "tcp://localhost:5557", "tcp://lo:5557",
-                                      "ipc:///run/motionwatch/feed", "inproc://feed"])
-def test_loopback_ipc_and_inproc_endpoints_need_no_flag(endpoint):
+                                      "ipc:///run/motionwatch/feed"])
+def test_loopback_and_ipc_endpoints_need_no_flag(endpoint):
     assert PublishConfig(endpoint=endpoint).endpoint == endpoint
+
+
+def test_an_inproc_endpoint_no_subscriber_could_reach_is_refused_at_start():
+    """``--publish inproc://feed`` was taken: the feed was bound inside the publisher's own
+    ZeroMQ context, and no dashboard (not even ``watch --dashboard``'s), monitor or
+    subscriber ever saw a message."""
+    with pytest.raises(PublishConfigError, match="inproc://feed: inproc:// reaches only "
+                                                 ".*use ipc://PATH or tcp://127.0.0.1:PORT"):
+        PublishConfig(endpoint="inproc://feed")
 
 
 def test_config_reports_every_problem_at_once(tmp_path):
@@ -705,6 +714,6 @@ def test_a_malformed_record_is_counted_in_the_publishers_build_errors():
     """Mutant F25 (publisher.py:399, build_errors never counted): PublisherStats.build_errors."""
     from daemon.feed.publisher import PublishConfig, Publisher
 
-    publisher = Publisher(PublishConfig(endpoint="inproc://gaps-build-errors"))  # not started
+    publisher = Publisher(PublishConfig(endpoint="ipc://@gaps-build-errors"))  # not started
     assert publisher.movie({"movie": "/d/x.mrc"}) is False
     assert publisher.stats.build_errors == 1
