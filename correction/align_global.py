@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.fft
@@ -54,6 +55,9 @@ from .fourier import (bfactor_filter_1d, frequency_indices, radial_frequency_sq,
                       shift_ramps, shift_ramps_stack)
 from .params import AlignParams
 from .threads import run_chunks
+
+if TYPE_CHECKING:
+    from .path_fit import FittedPath
 
 __all__ = ["GlobalAlignment", "alignment_working_bytes", "dark_frames", "estimate_shifts",
            "frame_groups", "interpolate_group_shifts", "leave_one_out_oracle"]
@@ -117,6 +121,10 @@ class GlobalAlignment:
         Frames (indices into the spectra given) that hold no counts to align
         (:func:`dark_frames`): not aligned, their shifts interpolated between the frames
         around them (held beyond the first and last), their ``peak_quality`` NaN.
+    fitted_path : FittedPath or None
+        Set when ``shifts_yx_px`` are a smooth path in time fitted to shifts that followed
+        noise (:func:`correction.path_fit.with_fitted_path`, which the pipeline applies to
+        the whole-frame alignment); None: the shifts as measured.
     """
 
     shifts_yx_px: np.ndarray
@@ -129,6 +137,7 @@ class GlobalAlignment:
     supported: bool = True
     note: str = ""
     dark_frames: tuple[int, ...] = ()
+    fitted_path: FittedPath | None = None
 
 
 def alignment_working_bytes(spectra_bytes: int) -> int:

@@ -27,9 +27,10 @@ Steps of :func:`correct_movie`:
    more in step 6; a central window of each gain-corrected frame is added to an even or an odd sum,
    whose FRC in detector coordinates says whether the frames share a fixed pattern (a missing or
    unfitting gain, warned about: :mod:`correction.detector_pattern`);
-5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`), shifts
-   scaled to output pixels; if any exceeds the padding the frames are redone with more padding
-   (so no content can wrap around);
+5. whole-frame alignment on the alignment grid (:func:`align_global.estimate_shifts`; shifts
+   that follow noise at weak peaks are replaced by a smooth path in time:
+   :func:`path_fit.whole_frame_alignment`), shifts scaled to output pixels; if any exceeds the
+   padding the frames are redone with more padding (so no content can wrap around);
 5b. local motion (``AlignParams.patches_x/y`` > 1): patch shifts on the globally aligned
    alignment-grid spectra and a smooth model (:func:`align_local.estimate_local_motion`);
    falls back to global only, with a reason, when the patches carry too little signal;
@@ -78,7 +79,7 @@ import numpy as np
 from . import memory_model
 from .allocator import drop_mapped_pages as _drop_mapped
 from .allocator import movie_memory_settings, peak_resident_MB
-from .align_global import GlobalAlignment, estimate_shifts
+from .align_global import GlobalAlignment
 from .align_local import LocalMotion, estimate_local_motion, local_motion_record
 from .defects import (detect_hot_pixels, first_coordinates_yx, gross_outliers, plan_replacement,
                       rasterize_defects, relion_reads_defect_list)
@@ -101,6 +102,7 @@ from .hot_lines import HotLines, detect_hot_lines
 from .local_apply import local_sums
 from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
 from .params import CorrectionParams
+from .path_fit import peaks_are_weak, whole_frame_alignment
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
                      motion_record, movie_pixel_size_record, reference_record, software_record)
@@ -379,7 +381,6 @@ MIN_OUTPUT_PX = 32
 #: electrons per correlated sum below which whole-frame alignment follows noise (``--group``)
 FEW_ELECTRONS_PER_SUM = 250_000
 _UNCONVERGED_PX = 1.0  # a last iteration that still moved a frame this far (alignment pixels)
-_WEAK_PEAK_FACTOR = 1.5  # correlation peaks this many times above noise's: strong enough
 
 
 def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
@@ -389,7 +390,8 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
 
     * frames of a counting detector with fewer than :data:`FEW_ELECTRONS_PER_SUM` electrons
       (``mean_per_px``, counts per pixel and frame, times the frame's pixels) aligned one by
-      one, whose correlation peaks stand less than :data:`_WEAK_PEAK_FACTOR` times above what
+      one, whose correlation peaks stand less than :data:`~correction.path_fit.WEAK_PEAK_FACTOR`
+      times above what
       noise reaches: single frames' peaks are then noise often enough to put frames pixels to
       tens of pixels off without the noise test noticing (a weak specimen at 0.02-0.03
       e/px/frame on 1440 x 1024: peaks 1.1x noise's), and ``--group`` sums of enough frames
@@ -402,13 +404,15 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
       its last iteration: a weak specimen (8 frames of 1.5 million electrons at 3-5 %
       contrast after 100 e/Å²: 1.1-4.0 px off, against 2.7 px unaligned, with nothing said;
       ``--group 2`` 0.5-3.0 px; at 10 % contrast 0.25 px, settled, nothing said);
+    * shifts replaced by a smooth path in time because, at weak peaks, the measured ones
+      scattered by more than a pixel about it (:func:`correction.path_fit.with_fitted_path`;
+      that late tilt 0.84-1.67 px off after it, 2.71-3.56 px before);
     * a whole-frame alignment whose last iteration still moved a frame by more than a pixel
       (it did not converge)."""
     lines = []
     per_frame = (None if mean_per_px is None or not counting
                  else float(mean_per_px) * shape_yx[0] * shape_yx[1])
-    weak = not (alignment.peak_significance
-                >= _WEAK_PEAK_FACTOR * alignment.noise_peak_significance)  # NaN: not measured
+    weak = peaks_are_weak(alignment)  # False where not measured
     if (alignment.supported and group_frames == 1 and n_used >= 4 and per_frame is not None
             and 0 < per_frame < FEW_ELECTRONS_PER_SUM and weak
             and np.isfinite(alignment.peak_significance)):
@@ -432,6 +436,17 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
                "px, alignment grid)")
         lines.append(f"{why}: a weak specimen (thick ice, high tilt, damage), whose shifts may "
                      f"be pixels off{grouped}")
+    if alignment.fitted_path is not None:
+        path = alignment.fitted_path
+        shape = {1: "straight", 2: "quadratic"}.get(path.degree, f"degree-{path.degree}")
+        group = 2 * group_frames
+        grouped = (f"; --group {group} (MotionCor2's -Group) aligns sums of frames"
+                   if n_used // group >= 3 else "")
+        lines.append(f"shifts fitted to a smooth path: at correlation peaks barely above "
+                     f"noise's, the measured shifts scattered by {path.scatter_px:.1f} px (RMS) "
+                     f"about a {shape} path in time; the frames were aligned again from that "
+                     "path and shifted along the path fitted to the new shifts "
+                     f"(alignment.fitted_path in the motion record){grouped}")
     if alignment.supported and not alignment.converged \
             and alignment.last_update_px > _UNCONVERGED_PX:
         lines.append(f"the whole-frame alignment did not converge: its last iteration still "
@@ -1064,9 +1079,8 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
 
     t = time.perf_counter()
     scale_yx = np.array(grids.out_px_per_align_px)
-    alignment = estimate_shifts(align_spectra, params=params.align, shape_yx=grids.align,
-                                output_px_per_grid_px=float(np.sqrt(np.prod(scale_yx))),
-                                workers=workers)
+    alignment = whole_frame_alignment(align_spectra, params=params.align,
+                                      shape_yx=grids.align, scale_yx=scale_yx, workers=workers)
     shifts_out = alignment.shifts_yx_px * scale_yx[None, :]
     timings["align"] = time.perf_counter() - t
     if not alignment.supported and not alignment.note:  # a note was warned of where it arose
@@ -1352,6 +1366,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                    "noise_peak_significance": _rounded(alignment.noise_peak_significance, 2),
                    "last_update_px": round(float(alignment.last_update_px), 5),
                    "dark_frames": [params.read.throw_frames + i for i in alignment.dark_frames],
+                   **({"fitted_path": alignment.fitted_path.to_record()}
+                      if alignment.fitted_path is not None else {}),
                    "peak_quality": quality, "hot_pixels": corrected.n_hot_pixels,
                    **({"hot_lines": corrected.hot_lines.to_record()}
                       if corrected.hot_lines else {}),

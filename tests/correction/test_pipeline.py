@@ -305,20 +305,22 @@ def test_a_float_movie_whose_sums_cannot_be_finite_is_an_error_and_nothing_is_wr
     assert not list((tmp_path / "out").glob("*.mrc"))
 
 
-def _shift_error_px(out, movie) -> float:
-    """RMS length (px) of the found shifts' error against the rendered truth, the common
-    offset removed."""
+def _shift_error_px(out, movie, shifts_yx_px=None) -> float:
+    """RMS length (px) of the found shifts' error (or of ``shifts_yx_px``') against the rendered
+    truth, the common offset removed."""
     truth = movie.shifts_yx_px - movie.shifts_yx_px.mean(axis=0)
-    found = out.shifts_yx_px - out.shifts_yx_px.mean(axis=0)
+    found = out.shifts_yx_px if shifts_yx_px is None else shifts_yx_px
+    found = found - found.mean(axis=0)
     return float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1))))
 
 
 def test_too_few_electrons_per_frame_for_single_frames_is_said_with_the_group_that_helps():
     """A weak (7 %) specimen at 0.15 e/px/frame on 512 x 720 (55,000 electrons a frame):
     single frames' correlation peaks barely clear noise's, and the shifts are hardly better than
-    none, with nothing said. Now the record and a warning advise --group; aligning sums of that
-    many frames, as advised, halves the error. A strong specimen at fewer electrons aligns
-    well frame by frame: nothing is said."""
+    none, with nothing said. Now the record and a warning advise --group, and the frames are
+    shifted along a smooth path fitted to their scattered shifts (2.1 -> 0.8 px); aligning sums
+    of that many frames, as advised, does better still. A strong specimen at fewer electrons
+    aligns well frame by frame: nothing is said, nothing fitted."""
     import warnings as w
 
     def corrected(contrast, dose, group):
@@ -331,17 +333,23 @@ def test_too_few_electrons_per_frame_for_single_frames_is_said_with_the_group_th
         with w.catch_warnings(record=True) as caught:
             w.simplefilter("always")
             out = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=1)
-        return out, _shift_error_px(out, movie), [str(c.message) for c in caught]
+        measured = (None if out.alignment.fitted_path is None
+                    else _shift_error_px(out, movie,
+                                         out.alignment.fitted_path.measured_shifts_yx_px))
+        return out, _shift_error_px(out, movie), [str(c.message) for c in caught], measured
 
-    single, single_error, said = corrected(0.07, 0.15, 1)
-    (advice,) = single.alignment_advice
+    single, single_error, said, measured_error = corrected(0.07, 0.15, 1)
+    advice, fitted = single.alignment_advice
     assert "electrons per frame" in advice and any(advice == s for s in said)
+    assert fitted.startswith("shifts fitted to a smooth path") and fitted in said
+    assert single_error < 0.5 * measured_error, (single_error, measured_error)
     group = int(advice.split("--group ")[1].split()[0])
-    grouped, grouped_error, _ = corrected(0.07, 0.15, group)
-    assert not grouped.alignment_advice
-    assert grouped_error < 0.5 * single_error, (grouped_error, single_error)
-    strong, strong_error, _ = corrected(0.3, 0.06, 1)
+    grouped, grouped_error, _, _ = corrected(0.07, 0.15, group)
+    assert not grouped.alignment_advice and grouped.alignment.fitted_path is None
+    assert grouped_error < min(single_error, 0.5 * measured_error), (grouped_error, single_error)
+    strong, strong_error, _, _ = corrected(0.3, 0.06, 1)
     assert not strong.alignment_advice and strong_error < 0.4
+    assert strong.alignment.fitted_path is None
 
 
 @pytest.mark.parametrize("contrast, advised", [(0.03, True), (0.05, True), (0.3, False)])
@@ -350,8 +358,10 @@ def test_a_weak_tilt_at_many_electrons_per_frame_is_said_to_be_possibly_pixels_o
     """A late high tilt: 8 frames of 1.5 e/px (1.5 million electrons a frame, so the electrons
     rule above is silent) of a 3-5 % specimen after 100 e/Å². The peaks stand barely above
     noise's and the alignment never settles; its shifts were 1.1-4.0 px off (2.7 px
-    unaligned) with ``supported`` true and nothing said. Now the record and a warning say
-    so. A 30 % specimen at the same counts aligns to 0.1 px: nothing is said."""
+    unaligned: worse than none) with ``supported`` true and nothing said. Now the record and a
+    warning say so, and the frames are shifted along a smooth path fitted to the measured
+    shifts: closer to the truth than measured, and less than half as far as unaligned. A 30 % specimen at the same counts aligns
+    to 0.1 px: nothing is said, its shifts are kept as measured."""
     import warnings as w
 
     movie = render_movie(np.random.default_rng(2), shape_yx=(768, 768), n_frames=8,
@@ -364,15 +374,20 @@ def test_a_weak_tilt_at_many_electrons_per_frame_is_said_to_be_possibly_pixels_o
         w.simplefilter("always")
         out = correct_frames(movie.frames, pixel_size_A=2.0, params=params, workers=2)
     error = _shift_error_px(out, movie)
+    unaligned = _shift_error_px(out, movie, np.zeros_like(movie.shifts_yx_px))
     assert out.alignment.supported
     if advised:
-        (advice,) = out.alignment_advice
-        assert error > 1.0  # the failure said
-        assert advice.endswith("whose shifts may be pixels off; --group 2 (MotionCor2's -Group) "
-                               "aligns sums of frames")
-        assert any(advice == str(c.message) for c in caught)
+        path = out.alignment.fitted_path
+        (fitted,) = [a for a in out.alignment_advice if a.startswith("shifts fitted")]
+        measured = _shift_error_px(out, movie, path.measured_shifts_yx_px)
+        assert measured > 1.0  # pixels off, as measured
+        assert error < min(measured, 0.5 * unaligned), (error, measured, unaligned)  # the path
+        assert f"scattered by {path.scatter_px:.1f} px (RMS) about a quadratic path" in fitted
+        assert fitted.endswith("; --group 2 (MotionCor2's -Group) aligns sums of frames")
+        assert set(out.alignment_advice) <= {str(c.message) for c in caught}
     else:
         assert out.alignment_advice == () and error < 0.2
+        assert out.alignment.fitted_path is None
 
 
 @pytest.mark.parametrize("first, second", [("x", "x_DW"), ("x_DW", "x")])
