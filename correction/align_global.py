@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -56,11 +56,9 @@ from .fourier import (bfactor_filter_1d, frequency_indices, radial_frequency_sq,
 from .params import AlignParams
 from .threads import run_chunks
 
-if TYPE_CHECKING:
-    from .path_fit import FittedPath
-
-__all__ = ["GlobalAlignment", "alignment_working_bytes", "dark_frames", "estimate_shifts",
-           "frame_groups", "interpolate_group_shifts", "leave_one_out_oracle"]
+__all__ = ["FittedPath", "GlobalAlignment", "alignment_working_bytes", "dark_frames",
+           "estimate_shifts", "frame_groups", "interpolate_group_shifts",
+           "leave_one_out_oracle"]
 
 # B-factor schedule: B_i = B_0 * max(_B_FLOOR, _B_DECAY ** i) for iteration i.
 _B_DECAY = 0.6
@@ -80,6 +78,41 @@ _FIRST_LOCAL_MAX_PX = 5
 #: a frame with less than this fraction of the frames' upper quartile of power above half
 #: Nyquist has no counts to align (a beam blanked before the last frame, a late shutter)
 _DARK_POWER_FRACTION = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class FittedPath:
+    """The path the frames were shifted along instead of their measured shifts
+    (:func:`correction.path_fit.with_fitted_path`).
+
+    Attributes
+    ----------
+    degree : int
+        Degree of the polynomial in frame index (1 or 2).
+    scatter_px : float
+        RMS length of (measured - its fitted path) over the frames with counts, output
+        pixels: why a path was fitted (above :data:`NOISY_PATH_PX`).
+    measured_shifts_yx_px : ndarray, shape (n_frames, 2)
+        The shifts as the whole-frame alignment measured them, output pixels, mean zero.
+    realigned_shifts_yx_px : ndarray, shape (n_frames, 2), or None
+        The shifts of the second alignment, started from the first path, to which the path
+        used was fitted (output pixels, mean zero); None: fitted to the measured ones.
+    """
+
+    degree: int
+    scatter_px: float
+    measured_shifts_yx_px: np.ndarray
+    realigned_shifts_yx_px: np.ndarray | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready, shifts as ``[dx, dy]`` per frame, as the record's ``global_shifts_px``."""
+        def xy(shifts: np.ndarray) -> list:
+            return np.round(shifts[:, ::-1], 3).tolist()
+
+        return {"degree": self.degree, "scatter_px": round(float(self.scatter_px), 3),
+                "measured_shifts_px": xy(self.measured_shifts_yx_px),
+                **({"realigned_shifts_px": xy(self.realigned_shifts_yx_px)}
+                   if self.realigned_shifts_yx_px is not None else {})}
 
 
 @dataclass(frozen=True, slots=True)

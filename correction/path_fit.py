@@ -31,15 +31,13 @@ Shifts follow :mod:`correction.conventions` (``[dy, dx]``, specimen displacement
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from .align_global import GlobalAlignment, estimate_shifts
+from .align_global import FittedPath, GlobalAlignment, estimate_shifts
 from .params import AlignParams
 
-__all__ = ["FittedPath", "NOISY_PATH_PX", "WEAK_PEAK_FACTOR", "peaks_are_weak",
+__all__ = ["NOISY_PATH_PX", "WEAK_PEAK_FACTOR", "peaks_are_weak",
            "whole_frame_alignment", "with_fitted_path"]
 
 #: correlation peaks this many times above what noise reaches stand out: strong enough
@@ -48,40 +46,6 @@ WEAK_PEAK_FACTOR = 1.5
 NOISY_PATH_PX = 1.0
 _MIN_FRAMES_QUADRATIC = 6
 _MIN_FRAMES_LINEAR = 4
-
-
-@dataclass(frozen=True, slots=True)
-class FittedPath:
-    """The path the frames were shifted along instead of their measured shifts.
-
-    Attributes
-    ----------
-    degree : int
-        Degree of the polynomial in frame index (1 or 2).
-    scatter_px : float
-        RMS length of (measured - its fitted path) over the frames with counts, output
-        pixels: why a path was fitted (above :data:`NOISY_PATH_PX`).
-    measured_shifts_yx_px : ndarray, shape (n_frames, 2)
-        The shifts as the whole-frame alignment measured them, output pixels, mean zero.
-    realigned_shifts_yx_px : ndarray, shape (n_frames, 2), or None
-        The shifts of the second alignment, started from the first path, to which the path
-        used was fitted (output pixels, mean zero); None: fitted to the measured ones.
-    """
-
-    degree: int
-    scatter_px: float
-    measured_shifts_yx_px: np.ndarray
-    realigned_shifts_yx_px: np.ndarray | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        """JSON-ready, shifts as ``[dx, dy]`` per frame, as the record's ``global_shifts_px``."""
-        def xy(shifts: np.ndarray) -> list:
-            return np.round(shifts[:, ::-1], 3).tolist()
-
-        return {"degree": self.degree, "scatter_px": round(float(self.scatter_px), 3),
-                "measured_shifts_px": xy(self.measured_shifts_yx_px),
-                **({"realigned_shifts_px": xy(self.realigned_shifts_yx_px)}
-                   if self.realigned_shifts_yx_px is not None else {})}
 
 
 def peaks_are_weak(alignment: GlobalAlignment) -> bool:
