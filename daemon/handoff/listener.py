@@ -44,6 +44,7 @@ from correction.params import GainParams
 from daemon.events import (MovieEvent, MovieGain, SeriesEvent, ServiceInfo, ServiceListener,
                            output_dir_for)
 from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
+                                   motion_star_stamped,
                                    movie_motion, single_particle_blocks, write_motion_star,
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
@@ -201,13 +202,17 @@ def _abs(path: str | Path) -> str:
 
 
 def _star_current(motion: MovieMotion) -> bool:
-    """Whether the movie's motion STAR is there and written since its motion record (a kill
-    after a redo's record and before its STAR left the old correction's STAR, present)."""
+    """Whether the movie's motion STAR is there, written since its motion record (a kill
+    after a redo's record and before its STAR left the old correction's STAR, present), and
+    stamped with the shifts' convention of this release (an upgrade left STARs of the
+    convention before, frame 1 at zero, beside new ones in one session)."""
+    star_path = motion_star_path(motion.motion_path)
     try:
-        star = motion_star_path(motion.motion_path).stat().st_mtime_ns
-        return star >= motion.motion_path.stat().st_mtime_ns
+        star = star_path.stat().st_mtime_ns
+        current = star >= motion.motion_path.stat().st_mtime_ns
     except OSError:
         return False
+    return current and motion_star_stamped(star_path)
 
 class _NullLog:
     def __getattr__(self, name: str) -> Any:

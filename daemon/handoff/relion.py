@@ -86,10 +86,14 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "star_table", "write_star", "UnwritableStarValue", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "optics_group_names", "optics_key", "optics_keys_in_order",
-           "written_optics_order",
+           "written_optics_order", "MOTION_STAR_STAMP", "motion_star_stamped",
            "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
+#: the first line of every motion STAR written here: which convention its shifts follow
+#: (2: each frame brought onto the written micrograph; the releases before it wrote none, and
+#: put the first frame at zero). RELION and starfile skip comment lines.
+MOTION_STAR_STAMP = "# motionwatch motion STAR 2: shifts bring each frame onto the micrograph"
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
 NOT_OBSERVED = -9999.0
 SINGLE_PARTICLE_STAR = "corrected_micrographs.star"
@@ -563,7 +567,7 @@ def _writable_rows(path: Path, blocks: Mapping[str, Any], left_out: list[str] | 
 
 
 def write_star(path: str | Path, blocks: Mapping[str, Any], *,
-               left_out: list[str] | None = None) -> Path:
+               left_out: list[str] | None = None, first_line: str | None = None) -> Path:
     """Write STAR ``blocks`` (name -> DataFrame for a loop, dict for a simple block) to ``path``
     atomically, each block preceded by ``# version 50001``; file names that are not UTF-8
     as the bytes they have on disk.
@@ -571,7 +575,8 @@ def write_star(path: str | Path, blocks: Mapping[str, Any], *,
     A loop row with a value holding a tab or a line break (a movie named so) is left out, so
     that one such name never keeps a folder's STAR from being written; the value is added to
     ``left_out`` for the caller to say. Such a value in a simple block raises
-    :class:`UnwritableStarValue` (nothing is written)."""
+    :class:`UnwritableStarValue` (nothing is written). ``first_line``: a comment line put
+    first (a stamp)."""
     import starfile
 
     from correction.write import atomic_write, text_bytes
@@ -585,7 +590,7 @@ def write_star(path: str | Path, blocks: Mapping[str, Any], *,
     text = starfile.to_string(shielded)
     if names:  # in one pass (a replace per name was quadratic: 200 s for 16,000 movies)
         text = _TOKEN.sub(lambda m: names[int(m.group(1))], text)
-    lines = []
+    lines = [] if first_line is None else [first_line, ""]
     for line in text.splitlines():
         if line.startswith("data_"):
             lines.extend([RELION_VERSION_LINE, ""])
@@ -595,9 +600,22 @@ def write_star(path: str | Path, blocks: Mapping[str, Any], *,
 
 
 def write_motion_star(motion: MovieMotion, *, gain_name: str | None = None) -> Path:
-    """Write ``S.star`` beside ``S.motion.json``; returns its path."""
+    """Write ``S.star`` beside ``S.motion.json``, stamped (:data:`MOTION_STAR_STAMP`);
+    returns its path."""
     return write_star(motion_star_path(motion.motion_path),
-                      motion_star_blocks(motion, gain_name=gain_name))
+                      motion_star_blocks(motion, gain_name=gain_name),
+                      first_line=MOTION_STAR_STAMP)
+
+
+def motion_star_stamped(path: str | Path) -> bool:
+    """Whether the motion STAR at ``path`` starts with this release's stamp (one written
+    before the shifts' convention changed has none: written again from its record)."""
+    try:
+        with open(path, "rb") as star:
+            head = star.read(len(MOTION_STAR_STAMP) + 1)
+    except OSError:
+        return False
+    return head.rstrip(b"\r\n") == MOTION_STAR_STAMP.encode()
 
 
 def relative_to(path: str | Path, root: str | Path) -> str:

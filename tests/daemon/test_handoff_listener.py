@@ -275,6 +275,42 @@ def test_a_restart_rewrites_the_motion_star_of_a_movie_moved_before_it_was_heard
     assert "renamed.tif" in text and "/w/a.tif" not in text
 
 
+def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convention_before(
+        tmp_path):
+    """A release before fe60fee wrote each ``S.star`` with the first frame at zero, and no
+    stamp; after an upgrade those files stayed (newer than their records), so one session's
+    ``corrected_micrographs.star`` listed STARs of both conventions for polishing. A restart
+    writes again every motion STAR that lacks this release's stamp, from its record."""
+    from daemon.handoff.relion import MOTION_STAR_STAMP, movie_motion, write_motion_star
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    listener, watch, out = _ready(tmp_path, _Clock())
+    motion = _record(out, watch, "a")
+    record = json.loads(motion.read_text())
+    motion.write_text(json.dumps({**record, "global_shifts_px": [[-2.0, 0.0], [2.0, 0.0]]}))
+    _done(listener, watch, motion)
+    star = out / "a.star"
+    made_now = star.read_bytes()
+    assert made_now.decode().splitlines()[0] == MOTION_STAR_STAMP
+    assert "1\t2.000000\t-0.000000\n2\t-2.000000\t-0.000000" in made_now.decode()
+    old = made_now.decode().split("\n", 2)[2].replace(  # the release before: frame 1 at 0
+        "1\t2.000000\t-0.000000\n2\t-2.000000", "1\t0.000000\t-0.000000\n2\t-4.000000")
+    star.write_text(old)
+    later = motion.stat().st_mtime_ns + 5_000_000_000
+    os.utime(star, ns=(later, later))  # written after its record, as the old release did
+    with Ledger(tmp_path / "state" / DB_NAME) as ledger:
+        ledger.adopt(MovieKey(str(watch / "a.tif"), 1, 1, "f"), outputs={"motion": str(motion)},
+                     summary={}, timings={}, metadata={})
+    _ready(tmp_path, _Clock())  # upgraded and restarted
+    assert star.read_bytes() == made_now
+    record = json.loads(motion.read_text())
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "a.motion.json").write_text(json.dumps(record))
+    assert write_motion_star(movie_motion(record, again / "a.motion.json")).read_bytes() \
+        == made_now  # what this release writes from the record
+
+
 def test_a_series_star_that_moves_once_its_mdoc_is_known_leaves_no_copy_behind(tmp_path):
     clock = _Clock()
     listener, watch, out = _ready(tmp_path, clock)
