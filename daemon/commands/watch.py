@@ -15,10 +15,12 @@ start-up) or kept (keep); `motionwatch retry OUT` requeues quarantined movies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from daemon import exitcodes
 from daemon.engine.locks import FolderLocks
+from daemon.engine.ownership import recorded_spelling_in
 from daemon.engine.policy import EnginePolicy, add_engine_arguments
 from daemon.engine.service import Service
 from daemon.events import MetadataResolver, ServiceListener
@@ -147,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     it starts: :func:`daemon.commands.cli.main`)."""
     try:
         config = load_config(args, make_output_folders=False)
+        given = config.watch_dir
+        recorded = recorded_spelling_in(config.state_dir, watch_dir=given, out_dir=config.out_dir)
+        if recorded is not None:  # the state's rows name its movies under that spelling
+            config = dataclasses.replace(config, watch_dir=recorded)
         resolver = build_resolver(config)
         executor_settings(config)  # a bad executor section is a configuration error (78)
         watchdog_thresholds(config)
@@ -155,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
         _print_config_error(exc)
         return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG
     configure_logging(level=config.log_level)
+    if recorded is not None:
+        get_logger().info("watch_folder_as_recorded", given=str(given), watching=str(recorded),
+                          note="the same folder, spelled as the state database names its "
+                               "movies (a link to it, or its real path)")
     listeners: list[ServiceListener] = []
     dashboard = None
     made = folders_to_make(config)

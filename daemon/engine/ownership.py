@@ -8,19 +8,27 @@ started on another watch folder with the same output folder stops at start-up wi
 reason, before anything is written, when the output folder holds a motion record of a done
 movie of the watch folder it serves. A state folder shared by runs that write their outputs
 to different folders keeps which watch folder each output folder serves.
+
+One folder has many spellings (its real path, a link to it, a path through a linked parent);
+the state's rows name movies by the spelling of the run that met them. A run started on
+another spelling of the same folder (a unit file installed again with the link's name) takes
+the recorded one (:func:`recorded_spelling`): under its own, every tilt of a finished series
+read as another file and the series was re-opened for good.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.state.ledger import DB_NAME
+from daemon.state.ledger import DB_NAME, Ledger
 
-__all__ = ["ServedWatch", "served_folders", "other_watch_folder"]
+__all__ = ["ServedWatch", "served_folders", "other_watch_folder", "recorded_spelling",
+           "recorded_spelling_in"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,34 @@ def other_watch_folder(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir:
             f"database {database}); watching {watch_dir} into it would write over those of "
             f"the movies with the same names: give another --out, or, if {was.given} was moved "
             f"to {watch_dir}, move {database} aside (its movies are corrected again)")
+
+
+def recorded_spelling(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
+                      state_dir: Path) -> Path | None:
+    """The spelling under which the output folder's state names ``watch_dir`` when it is
+    another spelling of the same folder (a link to it, its real path): the one to watch it
+    by; None when it is spelled so already, or the recorded spelling leads elsewhere now (a
+    link re-pointed) or nowhere."""
+    was = _served(recorded, state_dir).get(os.path.realpath(out_dir))
+    if was is None or was.given == str(watch_dir):
+        return None
+    try:
+        same = os.path.samefile(was.given, watch_dir)
+    except OSError:
+        return None
+    return Path(was.given) if same else None
+
+
+def recorded_spelling_in(state_dir: Path, *, watch_dir: Path, out_dir: Path) -> Path | None:
+    """:func:`recorded_spelling` read from the state database in ``state_dir`` (read only);
+    None without a readable one."""
+    path = Path(state_dir) / DB_NAME
+    if not path.is_file():
+        return None
+    try:
+        with Ledger(path, read_only=True) as ledger:
+            recorded = ledger.service_state()
+    except (sqlite3.Error, OSError, ValueError):
+        return None
+    return recorded_spelling(recorded, watch_dir=watch_dir, out_dir=out_dir,
+                             state_dir=state_dir)
