@@ -8,7 +8,6 @@ that hangs on cue (as in test_service_policy.py).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+from daemon_process import events as log_events
 from daemon_process import spawn, watch_argv
 from service_run import empty_session
 import pytest
@@ -105,16 +105,6 @@ def start_daemon(watch: Path, out: Path, log: Path, env_extra: dict[str, str],
                             "--scan-interval", "0.1", "--heartbeat", "0.2", "--tilt-series", "off",
                             "--publish", f"ipc://{out.parent}/feed-{uuid.uuid4().hex[:8]}.ipc",
                             *extra), log, env_extra)
-
-
-def log_events(log: Path) -> list[dict]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def test_ready_after_start_up_watchdog_pings_while_healthy_and_stopping_on_sigterm(

@@ -3,8 +3,7 @@ watched by its real path (or the other way round) watches it as the state names 
 
 from __future__ import annotations
 
-import json
-
+from daemon_process import events_in
 from series_session import copied_series
 
 from daemon.commands.cli import main
@@ -12,16 +11,6 @@ from daemon.state.ledger import DB_NAME, Ledger
 
 FAST = ["--settle-time", "0.2", "--scan-interval", "0.1", "--mdoc-quiet", "0.5",
         "--exit-when-idle", "2", "--no-publish", "--dose-per-frame", "1"]
-
-
-def _events(text: str) -> list[dict]:
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def test_a_run_on_a_link_to_the_watched_folder_leaves_its_finished_series_finished(
@@ -32,14 +21,14 @@ def test_a_run_on_a_link_to_the_watched_folder_leaves_its_finished_series_finish
     new spelling. Now run 2 watches the folder as the state names it, and nothing happens."""
     watch, out, tilts = copied_series(tmp_path, seed=5)
     assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
-    first = _events(capsys.readouterr().out)
+    first = events_in(capsys.readouterr().out)
     assert [e["event"] for e in first].count("movie_done") == len(tilts)
     assert any(e["event"] == "series_completed" for e in first)
 
     link = tmp_path / "current"
     link.symlink_to(watch, target_is_directory=True)
     assert main(["watch", str(link), "--out", str(out), *FAST]) == 0
-    second = _events(capsys.readouterr().out)
+    second = events_in(capsys.readouterr().out)
     said = [e for e in second if e["event"] == "watch_folder_as_recorded"]
     assert said and said[0]["given"] == str(link) and said[0]["watching"] == str(watch)
     assert not [e for e in second if e["event"] in ("series_reopened", "movie_done",

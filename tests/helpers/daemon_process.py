@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["watch_argv", "spawn", "events", "rows", "wait_for_heartbeats"]
+__all__ = ["watch_argv", "spawn", "events", "events_in", "rows", "wait_for_heartbeats"]
 
 
 def watch_argv(watch: Path, out: Path, *flags: str) -> list[str]:
@@ -43,10 +43,13 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None, 
 
 def events(log: Path) -> list[dict]:
     """The JSON log events in ``log`` so far (other lines skipped; [] before it exists)."""
+    return events_in(log.read_text()) if log.exists() else []
+
+
+def events_in(text: str) -> list[dict]:
+    """The JSON log events among the lines of ``text`` (other lines skipped)."""
     out = []
-    if not log.exists():
-        return out
-    for line in log.read_text().splitlines():
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except ValueError:
