@@ -16,8 +16,11 @@ RMS shift error against the truth (common offset removed, output px) is printed 
 Cases: ``late3``/``late5``/``late10``: a late tilt (8 frames of 1.5 e/px after 100 e/Å² at 3,
 5 and 10 % contrast, 768^2, 2 Å/px); ``few7``: 20 frames of 0.15 e/px at 7 % (512 x 720);
 ``dim10``: 10 frames of 0.08 e/px at 10 % (1024^2); ``strong``: 20 frames of 0.06 e/px at 30 %;
-``small``: 12 frames of 2 e/px at 30 % on 192 x 256. The cases with strong peaks must keep
-their shifts as measured (``fitted 0/N``).
+``small``: 12 frames of 2 e/px at 30 % on 192 x 256; ``late30jump``/``late5jump``: the late
+tilt at 30 and 5 % contrast whose specimen jumps 10 px between its first two frames (a stage
+that had not settled), a path no quadratic follows. The cases with strong peaks must keep
+their shifts as measured (``fitted 0/N``), the jumps too where the alignment finds them again
+from the path.
 
     .venv/bin/python benchmarks/bench_fitted_path.py [--seeds 4] [--cases late3 few7 ...]
 """
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from correction import path_fit  # noqa: E402
 from correction.params import AlignParams, CorrectionParams, DoseParams  # noqa: E402
 from correction.pipeline import correct_frames  # noqa: E402
-from correction.synthetic import render_movie  # noqa: E402
+from correction.synthetic import drift_trajectory, render_movie  # noqa: E402
 
 CASES = {
     "late3": dict(shape=(768, 768), frames=8, e_px=1.5, contrast=0.03, pre_e_A2=100.0, px=2.0),
@@ -46,6 +49,10 @@ CASES = {
     "dim10": dict(shape=(1024, 1024), frames=10, e_px=0.08, contrast=0.10, pre_e_A2=0.0, px=1.0),
     "strong": dict(shape=(512, 720), frames=20, e_px=0.06, contrast=0.30, pre_e_A2=0.0, px=1.0),
     "small": dict(shape=(192, 256), frames=12, e_px=2.0, contrast=0.30, pre_e_A2=0.0, px=1.0),
+    "late30jump": dict(shape=(768, 768), frames=8, e_px=1.5, contrast=0.30, pre_e_A2=100.0,
+                       px=2.0, jump_px=10.0),
+    "late5jump": dict(shape=(768, 768), frames=8, e_px=1.5, contrast=0.05, pre_e_A2=100.0,
+                      px=2.0, jump_px=10.0),
 }
 
 
@@ -81,7 +88,14 @@ def run_case(name: str, seeds: int) -> None:
     case = CASES[name]
     rows, fitted = [], 0
     for seed in range(seeds):
-        movie = render_movie(np.random.default_rng(1000 + seed), shape_yx=case["shape"],
+        rng = np.random.default_rng(1000 + seed)
+        shifts = None
+        if case.get("jump_px"):  # the default drift, and a jump after the first frame
+            angle = rng.uniform(0, 2 * np.pi)
+            shifts = drift_trajectory(rng, case["frames"])
+            shifts[1:] += case["jump_px"] * np.array([np.sin(angle), np.cos(angle)])
+            shifts -= shifts.mean(axis=0)
+        movie = render_movie(rng, shape_yx=case["shape"], shifts_yx_px=shifts,
                              n_frames=case["frames"], electrons_per_px_per_frame=case["e_px"],
                              gain=None, n_hot_pixels=0, damage=case["pre_e_A2"] > 0,
                              pre_exposure_e_A2=case["pre_e_A2"], pixel_size_A=case["px"],
