@@ -105,6 +105,9 @@ class StackTilt:
         ISO acquisition time (for the stack mdoc's ``DateTime``).
     exposure_time_s : float or None
         Exposure time (s; for the stack mdoc's ``ExposureTime``).
+    movie_path : str or None
+        The movie's whole path (its modification time stands for ``acquired_at`` where that
+        is unknown); None: ``movie`` is looked up as given.
     """
 
     movie: str
@@ -119,6 +122,7 @@ class StackTilt:
     prior_record_dose_difference_e_A2: float | None = None
     acquired_at: str | None = None
     exposure_time_s: float | None = None
+    movie_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,29 +248,54 @@ def _stack_mdoc(image_file: str, ordered: Sequence[StackTilt], pixel_size_A: flo
     # ExposureDose, SubFramePath and DateTime lines as TiltAngle lines: each section has all
     # five (ExposureTime NaN where the metadata gave none: AreTomo3 then weighs the tilts'
     # exposure times alike; DateTime the movie file's time where no series mdoc gave one)
+    acquired = _rising_datetimes(ordered)
     sections = [[("TiltAngle", float(t.tilt_deg)), ("ExposureDose", float(t.dose_e_A2)),
                  ("ExposureTime", math.nan if t.exposure_time_s is None
                   else float(t.exposure_time_s)),
                  ("PriorRecordDose", float(t.pre_exposure_e_A2)),
                  ("PixelSpacing", float(pixel_size_A)), ("SubFramePath", t.movie),
-                 ("DateTime", _acquired_datetime(t))] for t in ordered]
+                 ("DateTime", when)] for t, when in zip(ordered, acquired)]
     return format_mdoc(header, sections, titles=titles)
 
 
-def _acquired_datetime(tilt: StackTilt) -> str:
-    """The stack mdoc's ``DateTime`` of a tilt: its series mdoc's, else the modification time
-    of its movie (written as it was recorded), else of its corrected image, in local time as
-    SerialEM writes it. A series known from file names alone had none: the stack mdoc lacked
-    every ``DateTime`` line, and AreTomo3 skipped it as faulty."""
-    known = serialem_datetime(tilt.acquired_at)
-    if known is not None:
-        return known
-    for path in (Path(tilt.movie), *tilt.outputs.values()):
+def _rising_datetimes(tilts: Sequence[StackTilt]) -> list[str]:
+    """Each tilt's stack-mdoc ``DateTime`` (in the order given), rising along the acquisition
+    order:
+    Warp's ``ts_import`` orders the tilts by it and gives the i-th i doses. Where a time does
+    not come after the one of the tilt acquired before (the PC's clock set back during the
+    series, at the end of daylight saving time; two tilts in one second; movies whose
+    modification times are those of a copy), it and every later one are moved on by as much
+    as it takes to come 1 s after it: the order is the one the dose was accumulated in, the
+    intervals after the step as they were."""
+    out = [""] * len(tilts)
+    offset, previous = _dt.timedelta(0), None
+    for i in sorted(range(len(tilts)), key=lambda i: tilts[i].acquisition_index):
+        when = _acquired_datetime(tilts[i]) + offset
+        if previous is not None and when <= previous:
+            offset += previous - when + _dt.timedelta(seconds=1)
+            when = previous + _dt.timedelta(seconds=1)
+        out[i] = serialem_datetime(when)
+        previous = when
+    return out
+
+
+def _acquired_datetime(tilt: StackTilt) -> _dt.datetime:
+    """A tilt's acquisition time: its series mdoc's, else the modification time of its movie
+    (written as it was recorded), else of its corrected image, in local time as SerialEM
+    writes it. A series known from file names alone had none: the stack mdoc lacked every
+    ``DateTime`` line, and AreTomo3 skipped it as faulty."""
+    if tilt.acquired_at is not None:
+        with contextlib.suppress(ValueError, TypeError):
+            known = _dt.datetime.fromisoformat(tilt.acquired_at)
+            # naive local time, as SerialEM writes it (and as the others are compared)
+            return known if known.tzinfo is None else known.astimezone().replace(tzinfo=None)
+    movie = Path(tilt.movie_path if tilt.movie_path is not None else tilt.movie)
+    for path in (movie, *tilt.outputs.values()):
         try:
-            return serialem_datetime(_dt.datetime.fromtimestamp(os.stat(path).st_mtime))
+            return _dt.datetime.fromtimestamp(os.stat(path).st_mtime)
         except (OSError, ValueError, OverflowError):
             continue
-    return serialem_datetime(_dt.datetime.now())
+    return _dt.datetime.now()
 
 
 def image_geometry(shape_yx: object, pixel_size_A: float) -> tuple[object, float]:

@@ -54,7 +54,8 @@ def assembly_tilts(rows: Iterable[Any], *, log: Any, series: str) -> list[dict[s
             "order_source": tilt.order_source, "outputs": outputs,
             "drift_total_A": None if drift is None else float(drift),
             "prior_record_dose_difference_e_A2": tilt.prior_record_dose_difference_e_A2,
-            "acquired_at": tilt.acquired_at, "exposure_time_s": tilt.exposure_time_s})
+            "acquired_at": tilt.acquired_at, "exposure_time_s": tilt.exposure_time_s,
+            "movie_path": row.key.path})
     return tilts
 
 

@@ -49,9 +49,10 @@ given) rather than producing a silently wrong pre-exposure.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -956,39 +957,57 @@ def _name_index(rx: re.Pattern[str], name: str | None) -> int | None:
 
 
 def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str, list[str]]:
-    """Acquisition order: TimeStamp, else DateTime, else acquisition index."""
+    """Acquisition order: TimeStamp, else DateTime, else acquisition index. A clock that went
+    back once during the series (the acquisition PC's local time at the end of daylight
+    saving time, a clock set by hand) is told by an order that does not depend on it:
+    PriorRecordDose, else the series mdoc's section order, else the file names' acquisition
+    index (:func:`_clock_went_back`)."""
     warn: list[str] = []
     if not tilts:
         return [], "none", warn
     if all(t.timestamp_s is not None for t in tilts):
         key, source = (lambda t: (t.timestamp_s, t.file_index, t.name_index or 0)), "TimeStamp"
+        stamp_s = _timestamp_s
     elif all(t.datetime is not None for t in tilts):
         key, source = (lambda t: (t.datetime, t.file_index, t.name_index or 0)), "DateTime"
+        stamp_s = _datetime_s
         times = [t.datetime for t in tilts]
         if len(set(times)) < len(times):
             warn.append("two tilts share a DateTime (1 s resolution): tie broken by "
                         + ("section order" if from_series_mdoc else "file-name index"))
+    else:
+        stamp_s = None
+    if stamp_s is not None:
+        by_time = sorted(tilts, key=key)
         by_prior = _prior_record_dose_order(tilts)
-        if by_prior is not None and [id(t) for t in by_prior] != [
-                id(t) for t in sorted(tilts, key=key)]:
-            # DateTime is the acquisition PC's local time: an autumn clock change (or a clock
-            # set during the series) puts the last tilts first, while PriorRecordDose grows
-            # on: in its order the clock went back once. Otherwise (SerialEM restarted during
-            # the series, its PriorRecordDose counted from 0 again) DateTime stays
-            falls = _datetime_falls(by_prior)
-            if falls == 0:  # they differ only where DateTime ties (1 s): PriorRecordDose says
+        if by_prior is not None and [id(t) for t in by_prior] != [id(t) for t in by_time]:
+            # the stamps are the acquisition PC's local time: an autumn clock change (or a
+            # clock set during the series) puts the last tilts first, while PriorRecordDose
+            # grows on: in its order the clock went back once. Otherwise (SerialEM restarted
+            # during the series, its PriorRecordDose counted from 0 again) the stamps stay
+            falls = _falls(by_prior, stamp_s)
+            if falls == 0:  # they differ only where the stamps tie (1 s): PriorRecordDose says
                 warn = [w for w in warn if not w.startswith("two tilts share a DateTime")]
-                warn.append("two tilts share a DateTime (1 s resolution): tie broken by "
+                warn.append(f"two tilts share a {source} (1 s resolution): tie broken by "
                             "PriorRecordDose")
                 return by_prior, source, warn
             if falls == 1:
-                warn.append("DateTime order contradicts PriorRecordDose, along which the clock "
-                            "went back once (the PC's clock changed during the series?): "
-                            "acquisition order from PriorRecordDose")
+                warn.append(f"{source} order contradicts PriorRecordDose, along which the "
+                            "clock went back once (the PC's clock changed during the "
+                            "series?): acquisition order from PriorRecordDose")
                 return by_prior, "PriorRecordDose", warn
-            warn.append("DateTime order contradicts PriorRecordDose (counted anew: SerialEM "
-                        "restarted during the series?): acquisition order from DateTime")
-    elif (by_prior := _prior_record_dose_order(tilts)) is not None \
+            warn.append(f"{source} order contradicts PriorRecordDose (counted anew: SerialEM "
+                        f"restarted during the series?): acquisition order from {source}")
+        elif by_prior is None:
+            went_back = _clock_went_back(tilts, by_time, stamp_s, from_series_mdoc)
+            if went_back is not None:
+                written, written_source, what, fall_s = went_back
+                warn.append(f"{source} goes back once, by {fall_s / 60:.0f} min, along the "
+                            f"{what} (the PC's clock changed during the series: the end of "
+                            f"daylight saving time?): acquisition order from the {what}")
+                return written, written_source, warn
+        return by_time, source, warn
+    if (by_prior := _prior_record_dose_order(tilts)) is not None \
             and _datetime_falls(by_prior) == 0:  # the times there are agree with it
         n_dt = sum(t.datetime is not None for t in tilts)
         warn.append(f"only {n_dt} of {len(tilts)} tilts have a DateTime/TimeStamp: acquisition "
@@ -1021,6 +1040,60 @@ def _datetime_falls(ordered: list[_Tilt]) -> int:
     """How often DateTime goes back along ``ordered`` (tilts without one skipped)."""
     times = [t.datetime for t in ordered if t.datetime is not None]
     return sum(later < earlier for earlier, later in zip(times, times[1:]))
+
+
+def _timestamp_s(t: _Tilt) -> float:
+    return float(t.timestamp_s or 0)
+
+
+_NAIVE_EPOCH = _dt.datetime(2000, 1, 1)
+
+
+def _datetime_s(t: _Tilt) -> float:
+    """DateTime (naive local time) as seconds from a fixed naive time: its steps as written,
+    whatever the daemon's own time zone."""
+    return (t.datetime - _NAIVE_EPOCH).total_seconds()
+
+
+def _falls(ordered: list[_Tilt], stamp_s: Callable[[_Tilt], float]) -> int:
+    """How often the stamps (TimeStamp or DateTime, every tilt has one) go back along
+    ``ordered``."""
+    times = [stamp_s(t) for t in ordered]
+    return sum(later < earlier for earlier, later in zip(times, times[1:]))
+
+
+#: the largest step back of the clock taken for a clock change rather than another order:
+#: daylight saving time's hour, with room for a clock set by hand
+_CLOCK_CHANGE_MAX_S = 2 * 3600.0
+
+
+def _clock_went_back(tilts: list[_Tilt], by_time: list[_Tilt],
+                     stamp_s: Callable[[_Tilt], float], from_series_mdoc: bool
+                     ) -> tuple[list[_Tilt], str, str, float] | None:
+    """Where no PriorRecordDose says the order, the order the tilts were written in (the
+    series mdoc's sections, which SerialEM appends as it acquires; else the file names'
+    acquisition index, every tilt a different one) when it differs from the stamps' and
+    along it the stamps go back exactly once, by at most :data:`_CLOCK_CHANGE_MAX_S`: the
+    clock changed during the series (the night daylight saving time ends, the last tilts
+    took the first places and the earliest the most dose). Returns (that order, its order
+    source, what it is, the step back in s), or None."""
+    if from_series_mdoc:
+        written = sorted(tilts, key=lambda t: t.file_index)
+        source, what = "mdoc_section_order", "series mdoc's section order"
+    elif all(t.name_index is not None for t in tilts) and \
+            len({t.name_index for t in tilts}) == len(tilts):
+        written = sorted(tilts, key=lambda t: (t.name_index, t.movie or ""))
+        source, what = "filename_index", "file names' acquisition index"
+    else:
+        return None
+    if [id(t) for t in written] == [id(t) for t in by_time]:
+        return None
+    times = [stamp_s(t) for t in written]
+    steps = [later - earlier for earlier, later in zip(times, times[1:])]
+    back = [-step for step in steps if step < 0]
+    if len(back) != 1 or back[0] > _CLOCK_CHANGE_MAX_S:
+        return None
+    return written, source, what, back[0]
 
 
 def _prior_record_dose_order(tilts: list[_Tilt]) -> list[_Tilt] | None:

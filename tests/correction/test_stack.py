@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -386,6 +387,57 @@ def test_a_shape_tie_keeps_the_tilt_acquired_first(tmp_path):
              _one_tilt(tmp_path, "three.tif", 3.0, 0, shape=(32, 48))]
     res = assemble_series("TS_1", tilts, tmp_path / "out")
     assert res.order == ("three.tif",)
+
+
+def test_the_stack_mdocs_datetimes_rise_in_the_order_the_dose_was_accumulated_in(tmp_path):
+    """The night daylight saving time ends: the last three tilts' DateTimes come an hour
+    before the first ones'. motionwatch ordered and dosed them right (by PriorRecordDose),
+    but the stack mdoc, which Warp's ts_import orders by DateTime (giving the i-th tilt i
+    doses), kept the raw times: Warp would have dosed them as acquired first. Each time now
+    comes after the one of the tilt acquired before it, the intervals after the step kept."""
+    tilts, _ = _series(tmp_path, n=7)
+    clock = [dt.datetime(2026, 11, 1, 1, 30) + dt.timedelta(minutes=4 * i) for i in range(7)]
+    clock[4:] = [t - dt.timedelta(hours=1) for t in clock[4:]]
+    tilts = [StackTilt(**{**{f: getattr(t, f) for f in StackTilt.__slots__},
+                          "acquired_at": clock[t.acquisition_index].isoformat()})
+             for t in tilts]
+    res = assemble_series("TS_9", tilts, tmp_path / "out")
+    for mdoc in res.mdoc_paths:
+        sections = read_mdoc(mdoc).sections
+        by_acquisition = [s.datetime for s in sorted(
+            sections, key=lambda s: next(t.acquisition_index for t in tilts
+                                         if t.movie == s.sub_frame_name))]
+        assert by_acquisition == sorted(by_acquisition), mdoc
+        assert len(set(by_acquisition)) == len(by_acquisition)
+        assert by_acquisition[:4] == clock[:4]  # as acquired before the step
+        steps = [b - a for a, b in zip(by_acquisition[4:], by_acquisition[5:])]
+        assert steps == [dt.timedelta(minutes=4)] * 2  # and the intervals after it
+
+
+def test_a_stack_mdocs_datetime_of_a_tilt_known_by_name_is_its_movies_time_wherever_run(
+        tmp_path, monkeypatch):
+    """Without a DateTime from any mdoc, a tilt's stack-mdoc time is its movie's modification
+    time: the movie was looked up by its bare name in the process's working folder, so a
+    daemon started elsewhere wrote the times its sums were written (several tilts in one
+    second, Warp's order left to chance)."""
+    tilts, _ = _series(tmp_path, n=5)
+    watch = tmp_path / "session"
+    watch.mkdir()
+    recorded = dt.datetime(2026, 11, 1, 5, 30)
+    moved = []
+    for t in tilts:
+        movie = watch / t.movie
+        movie.write_bytes(b"frames")
+        stamp = (recorded + dt.timedelta(minutes=3 * t.acquisition_index)).timestamp()
+        os.utime(movie, (stamp, stamp))
+        moved.append(StackTilt(**{**{f: getattr(t, f) for f in StackTilt.__slots__},
+                                  "acquired_at": None, "movie_path": str(movie)}))
+    monkeypatch.chdir(tmp_path)  # not the watched folder
+    res = assemble_series("TS_9", moved, tmp_path / "out")
+    sections = read_mdoc(res.folder / "TS_9.st.mdoc").sections
+    got = {s.sub_frame_name: s.datetime for s in sections}
+    assert got == {t.movie: recorded + dt.timedelta(minutes=3 * t.acquisition_index)
+                   for t in moved}
 
 
 def test_the_exposure_filtered_stack_uses_the_given_voltage(tmp_path):

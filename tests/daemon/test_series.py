@@ -49,9 +49,11 @@ def _prior(dose, i, restart_at):
 
 def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, timestamps=False,
                         n_sections=None, path="/w/TS_7.mrc.mdoc", omit=(), clock_back_at=None,
-                        no_datetime=(), prior_restart_at=None, same_second=()):
+                        no_datetime=(), prior_restart_at=None, same_second=(), prior=True):
     """A series mdoc of a dose-symmetric scheme 0, +3, -3, +6, -6 ... acquired 40 s apart
-    (``clock_back_at``: the PC's clock set back an hour before that exposure)."""
+    (``clock_back_at``: the PC's clock set back an hour before that exposure; ``prior``
+    False: no PriorRecordDose, as older SerialEM writes; ``timestamps``: TimeStamp from the
+    same local clock as DateTime)."""
     angles = [0.0]
     k = 1
     while len(angles) < n_tilts:
@@ -77,7 +79,8 @@ def dose_symmetric_mdoc(n_tilts=9, *, dose=2.5, step=3.0, sort_by_angle=False, t
         lines += [f"[ZValue = {z}]", f"TiltAngle = {a:.3f}", f"ExposureDose = {dose}",
                   "PixelSpacing = 1.5", "ExposureTime = 1", "NumSubFrames = 10",
                   f"FrameDosesAndNumber = {dose / 10:g} 10",
-                  f"PriorRecordDose = {_prior(dose, i, prior_restart_at):g}",
+                  *([f"PriorRecordDose = {_prior(dose, i, prior_restart_at):g}"] if prior
+                    else []),
                   rf"SubFramePath = X:\session\frames\TS_7_{i:03d}_{a:.1f}.tif"]
         if timestamps:
             lines.append(f"TimeStamp = {int((t - dt.datetime(2020, 1, 1)).total_seconds())}")
@@ -394,6 +397,72 @@ def test_a_clock_set_back_during_a_series_does_not_reorder_its_tilts_by_datetime
                for w in [w for _, w in res.warnings] + list(by_index[0].warnings))
     plain = _resolve(dose_symmetric_mdoc(9, dose=2.5)[0])  # in order: DateTime as before
     assert {a.order_source for a in plain.assignments.values()} == {"DateTime"}
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_the_night_daylight_saving_time_ends_without_prior_record_dose_keeps_the_section_order(
+        timestamps):
+    """The clock goes back an hour during a night's series in an mdoc without PriorRecordDose
+    (older SerialEM): the last four tilts sorted first by DateTime (or TimeStamp), each
+    pre-exposure wrong (9.5-20.5 e/Å² for the first tilts, 0 for the sixth) with nothing
+    said. The sections, which SerialEM appends as it acquires, hold the order; along them the
+    clock went back once, by an hour less the 40 s between two tilts."""
+    md, _ = dose_symmetric_mdoc(9, dose=2.5, clock_back_at=5, prior=False,
+                                timestamps=timestamps)
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.movie.split("_")[2] for a in by_index] == [f"{i:03d}" for i in range(9)]
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(9)])
+    assert {a.order_source for a in by_index} == {"mdoc_section_order"}
+    said = [w for _, w in res.warnings] + list(by_index[0].warnings)
+    assert any("goes back once, by 59 min, along the series mdoc's section order" in w
+               for w in said), said
+
+
+def test_frame_mdocs_alone_across_the_clock_change_are_ordered_by_the_file_names_index():
+    """Tilts known by their frame mdocs only (no series mdoc, no PriorRecordDose): the last
+    three, an hour earlier by DateTime, took the first places and their pre-exposures. The
+    file names' acquisition index (000, 001 ...), every tilt a different one, holds the
+    order; along it the clock went back once."""
+    angles = [0.0, 3.0, -3.0, 6.0, -6.0, 9.0, -9.0]
+    t0 = dt.datetime(2026, 11, 1, 1, 30, 0)
+    frames = {}
+    for i, angle in enumerate(angles):
+        t = t0 + dt.timedelta(seconds=240 * i) - dt.timedelta(hours=1 if i >= 4 else 0)
+        frames[f"TS_7_{i:03d}_{angle:.1f}.tif"] = parse_mdoc_text(
+            f"[FrameSet = 0]\nTiltAngle = {angle}\nExposureDose = 2.5\nNumSubFrames = 8\n"
+            f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}\n", path=f"/w/TS_7_{i:03d}.mdoc")
+    res = resolve([MovieObservation(n, 0.0) for n in frames], [], frames,
+                  config=SeriesConfig(), now_s=0.0)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.movie for a in by_index] == list(frames)
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(7)])
+    assert {a.order_source for a in by_index} == {"filename_index"}
+
+
+def test_a_time_stamp_from_the_local_clock_set_back_is_ordered_by_prior_record_dose():
+    """TimeStamp was trusted without the check DateTime had: set back an hour with the clock,
+    it put the last tilts first, and PriorRecordDose's disagreement was then read as a
+    retaken tilt: 12.5 e/Å² of phantom dose added to every pre-exposure, with a warning of a
+    retake that never was."""
+    md, _ = dose_symmetric_mdoc(9, dose=2.5, clock_back_at=5, timestamps=True)
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.pre_exposure_e_A2 for a in by_index] == pytest.approx([2.5 * i for i in range(9)])
+    assert {a.order_source for a in by_index} == {"PriorRecordDose"}
+    said = [w for _, w in res.warnings] + [w for a in by_index for w in a.warnings]
+    assert any("TimeStamp order contradicts PriorRecordDose" in w for w in said)
+    assert not any("retaken" in w for w in said)
+
+
+def test_a_file_sorted_by_angle_is_not_taken_for_a_clock_change():
+    """Along sections re-sorted by angle the clock goes back and forth (a dose-symmetric
+    scheme): no clock change; DateTime keeps the order, whatever the hour."""
+    md, _ = dose_symmetric_mdoc(9, dose=2.5, sort_by_angle=True, prior=False)
+    res = _resolve(md)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert [a.movie.split("_")[2] for a in by_index] == [f"{i:03d}" for i in range(9)]
+    assert {a.order_source for a in by_index} == {"DateTime"}
 
 
 def test_two_tilts_in_one_second_of_a_file_sorted_by_angle_are_ordered_by_prior_record_dose():
