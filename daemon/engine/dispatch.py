@@ -18,8 +18,9 @@ once, its attempt taken back, nothing counted against it.
 
 Each movie's time limit scales with its size (:class:`~daemon.engine.policy.EnginePolicy`) and is
 logged with ``movie_started``, when a worker takes the movie (on a cluster, a movie handed over
-first waits in the scheduler's queue: ``movie_queued``). Counters change only once the ledger has recorded the outcome: an
-outcome that could not be recorded is retried as it was, as soon as the database takes writes.
+first waits in the scheduler's queue: ``movie_queued``). Counters change only once the ledger
+has recorded the outcome: an outcome that could not be recorded is retried as it was, as soon
+as the database takes writes.
 """
 
 from __future__ import annotations

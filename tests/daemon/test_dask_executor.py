@@ -602,12 +602,15 @@ def test_a_stop_finishes_the_movies_a_worker_has_and_gives_back_those_queued_for
         with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
             return ledger.movie_counts()["pending"] == 3
 
+    from recording_log import RecordingLog
+
+    log = RecordingLog()
     with local_cluster(n_workers=1) as cluster:
         config = service_config(watch, out, scheduler=cluster.scheduler_address,
                                 max_in_flight=4)
-        service = Service(config, runner=fake_runners)
-        stopper = threading.Thread(target=lambda: (
-            _wait_for(lambda: list(out.glob("*.started")), 60),
+        service = Service(config, runner=fake_runners, logger=log)
+        stopper = threading.Thread(target=lambda: (  # once the daemon knows one was taken
+            _wait_for(lambda: log.named("movie_started"), 60),
             service.request_stop("SIGTERM"),
             _wait_for(three_given_back, 30),
             hold.unlink()))
