@@ -10,10 +10,11 @@ movie of the watch folder it serves. A state folder shared by runs that write th
 to different folders keeps which watch folder each output folder serves.
 
 One folder has many spellings (its real path, a link to it, a path through a linked parent);
-the state's rows name movies by the spelling of the run that met them. A run started on
-another spelling of the same folder (a unit file installed again with the link's name) takes
-the recorded one (:func:`recorded_spelling`): under its own, every tilt of a finished series
-read as another file and the series was re-opened for good.
+the state's rows name movies by the spelling of the run that met them. A run started on a
+link to the folder an earlier run watched by its real path (a unit file installed again with
+the link's name) watches it by that real path (:func:`recorded_spelling`): under the link,
+every tilt of a finished series read as another file and the series was re-opened for good.
+The other way round (a link recorded, the real path given) is left as given.
 """
 
 from __future__ import annotations
@@ -96,12 +97,13 @@ def other_watch_folder(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir:
 
 def recorded_spelling(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
                       state_dir: Path) -> Path | None:
-    """The spelling under which the output folder's state names ``watch_dir`` when it is
-    another spelling of the same folder (a link to it, its real path): the one to watch it
-    by; None when it is spelled so already, or the recorded spelling leads elsewhere now (a
-    link re-pointed) or nowhere."""
+    """The real path under which the output folder's state names ``watch_dir`` when that is
+    given by another spelling (a link to it): the one to watch it by; None when it is spelled
+    so already, when the recorded spelling leads elsewhere now or nowhere, or when it goes
+    through a link itself (watched by it, the service would stop at the link's next
+    re-pointing, which a real path given instead is meant to avoid)."""
     was = _served(recorded, state_dir).get(os.path.realpath(out_dir))
-    if was is None or was.given == str(watch_dir):
+    if was is None or was.given == str(watch_dir) or os.path.realpath(was.given) != was.given:
         return None
     try:
         same = os.path.samefile(was.given, watch_dir)

@@ -37,3 +37,19 @@ def test_a_run_on_a_link_to_the_watched_folder_leaves_its_finished_series_finish
         assert ledger.movie_counts()["done"] == len(tilts)
         assert {r.key.path for r in ledger.rows()} == {str(watch / t.movie.path.name)
                                                       for t in tilts}
+
+
+def test_a_recorded_link_is_not_taken_over_a_real_path_given_instead(tmp_path):
+    """Watched by a ``current`` link before, by the real path now (so that re-pointing the link
+    at the next session does not stop the service): the real path stays, as given."""
+    from daemon.engine.ownership import recorded_spelling, served_folders
+
+    real, out = tmp_path / "2026-12-07", tmp_path / "out"
+    real.mkdir()
+    out.mkdir()
+    link = tmp_path / "current"
+    link.symlink_to(real, target_is_directory=True)
+    by_link = served_folders({}, watch_dir=link, out_dir=out, state_dir=out)
+    assert recorded_spelling(by_link, watch_dir=real, out_dir=out, state_dir=out) is None
+    by_real = served_folders({}, watch_dir=real, out_dir=out, state_dir=out)
+    assert recorded_spelling(by_real, watch_dir=link, out_dir=out, state_dir=out) == real
