@@ -1062,9 +1062,10 @@ def _falls(ordered: list[_Tilt], stamp_s: Callable[[_Tilt], float]) -> int:
     return sum(later < earlier for earlier, later in zip(times, times[1:]))
 
 
-#: the largest step back of the clock taken for a clock change rather than another order:
-#: daylight saving time's hour, with room for a clock set by hand
-_CLOCK_CHANGE_MAX_S = 2 * 3600.0
+#: the steps back of the clock taken for the end of daylight saving time rather than another
+#: order (s): its hour less the time between two tilts (up to 20 min). A tilt retaken later
+#: whose section stayed in place goes back minutes, not an hour: the times keep the order
+_CLOCK_CHANGE_S = (40 * 60.0, 61 * 60.0)
 
 
 def _clock_went_back(tilts: list[_Tilt], by_time: list[_Tilt],
@@ -1073,8 +1074,8 @@ def _clock_went_back(tilts: list[_Tilt], by_time: list[_Tilt],
     """Where no PriorRecordDose says the order, the order the tilts were written in (the
     series mdoc's sections, which SerialEM appends as it acquires; else the file names'
     acquisition index, every tilt a different one) when it differs from the stamps' and
-    along it the stamps go back exactly once, by at most :data:`_CLOCK_CHANGE_MAX_S`: the
-    clock changed during the series (the night daylight saving time ends, the last tilts
+    along it the stamps go back exactly once, by about an hour (:data:`_CLOCK_CHANGE_S`):
+    the clock changed during the series (the night daylight saving time ends, the last tilts
     took the first places and the earliest the most dose). Returns (that order, its order
     source, what it is, the step back in s), or None."""
     if from_series_mdoc:
@@ -1091,7 +1092,7 @@ def _clock_went_back(tilts: list[_Tilt], by_time: list[_Tilt],
     times = [stamp_s(t) for t in written]
     steps = [later - earlier for earlier, later in zip(times, times[1:])]
     back = [-step for step in steps if step < 0]
-    if len(back) != 1 or back[0] > _CLOCK_CHANGE_MAX_S:
+    if len(back) != 1 or not _CLOCK_CHANGE_S[0] <= back[0] <= _CLOCK_CHANGE_S[1]:
         return None
     return written, source, what, back[0]
 

@@ -455,6 +455,28 @@ def test_a_time_stamp_from_the_local_clock_set_back_is_ordered_by_prior_record_d
     assert not any("retaken" in w for w in said)
 
 
+def test_a_tilt_retaken_later_in_its_sections_place_keeps_the_datetime_order():
+    """A tilt taken again three tilts later, its section rewritten in place (no
+    PriorRecordDose): along the sections the clock goes back once, by minutes, not by the
+    hour daylight saving time takes back: the DateTime order stays."""
+    md, _ = dose_symmetric_mdoc(8, dose=2.5, prior=False)
+    lines = []  # the same sections, section 2's time 40 s after the last tilt's
+    for section in md.sections:
+        t = section.datetime + (dt.timedelta(seconds=40 * 6) if section.z_value == 2
+                                else dt.timedelta(0))
+        lines += [f"[ZValue = {section.z_value}]", f"TiltAngle = {section.tilt_deg:.3f}",
+                  "ExposureDose = 2.5", "PixelSpacing = 1.5", "NumSubFrames = 10",
+                  rf"SubFramePath = X:\session\frames\{section.sub_frame_name}",
+                  f"DateTime = {t.strftime('%d-%b-%Y  %H:%M:%S')}", ""]
+    retaken = parse_mdoc_text("PixelSpacing = 1.5\nVoltage = 300\nImageFile = TS_7.mrc\n\n"
+                              + "\n".join(lines) + "\n", path="/w/TS_7.mrc.mdoc")
+    res = _resolve(retaken)
+    by_index = sorted(res.assignments.values(), key=lambda a: a.acquisition_index)
+    assert {a.order_source for a in by_index} == {"DateTime"}
+    assert [a.movie.split("_")[2] for a in by_index] == ["000", "001", "003", "004", "005",
+                                                         "006", "007", "002"]
+
+
 def test_a_file_sorted_by_angle_is_not_taken_for_a_clock_change():
     """Along sections re-sorted by angle the clock goes back and forth (a dose-symmetric
     scheme): no clock change; DateTime keeps the order, whatever the hour."""
