@@ -63,6 +63,10 @@ from daemon.settings.optics import DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICAL
 GLOBALS_EVERY_S = 10.0
 #: the cached motion records are looked at on disk again (gone, rewritten) at most this often (s)
 RECORDS_CHECKED_EVERY_S = 60.0
+#: motion STARs of an earlier convention written again per heartbeat (5-6 ms each): the first
+#: start after an upgrade says READY at once, not after 20,000 of them (about 2 minutes here,
+#: more on a share, against systemd's start timeout)
+RESTAMPED_PER_BEAT = 200
 
 __all__ = ["add_handoff_arguments", "add_relion_optics_arguments", "relion_optics_from_args",
            "handoff_options_from", "build_handoff_listener", "RelionListener"]
@@ -202,17 +206,13 @@ def _abs(path: str | Path) -> str:
 
 
 def _star_current(motion: MovieMotion) -> bool:
-    """Whether the movie's motion STAR is there, written since its motion record (a kill
-    after a redo's record and before its STAR left the old correction's STAR, present), and
-    stamped with the shifts' convention of this release (an upgrade left STARs of the
-    convention before, frame 1 at zero, beside new ones in one session)."""
-    star_path = motion_star_path(motion.motion_path)
+    """Whether the movie's motion STAR is there and written since its motion record (a kill
+    after a redo's record and before its STAR left the old correction's STAR, present)."""
     try:
-        star = star_path.stat().st_mtime_ns
-        current = star >= motion.motion_path.stat().st_mtime_ns
+        star = motion_star_path(motion.motion_path).stat().st_mtime_ns
+        return star >= motion.motion_path.stat().st_mtime_ns
     except OSError:
         return False
-    return current and motion_star_stamped(star_path)
 
 class _NullLog:
     def __getattr__(self, name: str) -> Any:
@@ -248,6 +248,8 @@ class RelionListener(ServiceListener):
         # movies whose files could not be written (their record or folder out of reach):
         # tried again at each heartbeat
         self._unwritten: set[str] = set()
+        #: motion STARs without this release's stamp (an earlier convention), to write again
+        self._unstamped: list[str] = []
         self._completed: dict[str, Mapping[str, Any]] = {}  # series -> its state when ready
         # series -> the movies its stacks were assembled from (names below the watch folder),
         # while it is complete: its STAR lists those only
@@ -444,6 +446,8 @@ class RelionListener(ServiceListener):
             if key in self._renamed or not _star_current(motion) or (
                     self.warp and owner and not warp_layout_in_place(motion)):
                 self._write_movie_files(motion, warp=owner)
+            elif not motion_star_stamped(motion_star_path(motion.motion_path)):
+                self._unstamped.append(key)  # written again from the heartbeats on
             if self.warp and not owner:  # an earlier release's layout of it, by its stem
                 self._guard(str(motion.motion_path), "warp_layout", warp_remove_stem_layout,
                             motion)
@@ -681,6 +685,7 @@ class RelionListener(ServiceListener):
         self._guard(str(star), "series_star", remove)
 
     def on_heartbeat(self, beat: Any) -> None:
+        self._restamp(RESTAMPED_PER_BEAT)
         for key in sorted(self._unwritten):  # their folder back (moved away and back)
             if key in self._motions:
                 self._write_after(key, self._motions[key])
@@ -691,6 +696,18 @@ class RelionListener(ServiceListener):
 
     def on_stopped(self, exit_status: int) -> None:
         self._flush_globals()
+
+    def _restamp(self, at_most: int) -> None:
+        """Write again, from their records, up to ``at_most`` motion STARs of an earlier
+        convention (the upgrade's first start found them; an upgrade from a release before
+        fe60fee left STARs with the first frame at zero beside new ones in one session)."""
+        batch, self._unstamped = self._unstamped[:at_most], self._unstamped[at_most:]
+        for key in batch:
+            loaded = self._load(key)  # None: gone since
+            if loaded is not None and not motion_star_stamped(
+                    motion_star_path(loaded[1].motion_path)):
+                self._guard(str(loaded[1].motion_path), "motion_star", write_motion_star,
+                            loaded[1], gain_name=self._gain_name_for(loaded[1]))
 
     def _write_globals(self, *, tomo: bool, single: bool) -> None:
         """Mark the global STARs due; written now unless written less than GLOBALS_EVERY_S

@@ -280,7 +280,8 @@ def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convent
     """A release before fe60fee wrote each ``S.star`` with the first frame at zero, and no
     stamp; after an upgrade those files stayed (newer than their records), so one session's
     ``corrected_micrographs.star`` listed STARs of both conventions for polishing. A restart
-    writes again every motion STAR that lacks this release's stamp, from its record."""
+    writes again every motion STAR that lacks this release's stamp, from its record: from its
+    heartbeats on, so many at a time (READY waited for 20,000 of them, about 2 minutes)."""
     from daemon.handoff.relion import MOTION_STAR_STAMP, movie_motion, write_motion_star
     from daemon.state.ledger import DB_NAME, Ledger
 
@@ -301,7 +302,9 @@ def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convent
     with Ledger(tmp_path / "state" / DB_NAME) as ledger:
         ledger.adopt(MovieKey(str(watch / "a.tif"), 1, 1, "f"), outputs={"motion": str(motion)},
                      summary={}, timings={}, metadata={})
-    _ready(tmp_path, _Clock())  # upgraded and restarted
+    restarted, _, _ = _ready(tmp_path, _Clock())  # upgraded and restarted
+    assert star.read_text() == old  # not before READY
+    restarted.on_heartbeat(None)
     assert star.read_bytes() == made_now
     record = json.loads(motion.read_text())
     again = tmp_path / "again"
