@@ -78,10 +78,14 @@ def _lit_frames(alignment: GlobalAlignment) -> np.ndarray:
 def _polynomial_path(shifts_yx_px: np.ndarray, lit: np.ndarray,
                      degree: int) -> tuple[np.ndarray, float]:
     """The least-squares polynomial in frame index through the ``lit`` frames' shifts, at
-    every frame (mean zero), and the RMS scatter of those shifts about it (same units)."""
+    every frame (mean zero), and the RMS scatter of those shifts about it (same units).
+    Frames without counts before the first lit frame or after the last hold its value, as
+    :func:`~correction.align_global.estimate_shifts` holds their shifts: a quadratic carried
+    on over six dark frames went 15 px out, and the mean with it."""
     frames = np.arange(len(shifts_yx_px), dtype=np.float64)
     coefficients = np.polyfit(frames[lit], shifts_yx_px[lit], degree)  # (degree + 1, 2)
-    path = np.stack([np.polyval(coefficients[:, axis], frames) for axis in range(2)], axis=1)
+    held = np.clip(frames, lit.min(), lit.max())
+    path = np.stack([np.polyval(coefficients[:, axis], held) for axis in range(2)], axis=1)
     scatter = float(np.sqrt(np.mean(np.sum((shifts_yx_px[lit] - path[lit]) ** 2, axis=1))))
     return path - path.mean(axis=0), scatter
 

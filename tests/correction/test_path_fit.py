@@ -84,7 +84,7 @@ def test_few_frames_get_a_straight_path_and_fewer_than_four_none(n_frames, degre
     assert (None if out.fitted_path is None else out.fitted_path.degree) == degree
 
 
-def test_frames_without_counts_are_left_out_of_the_fit_and_placed_on_the_path():
+def test_frames_without_counts_are_left_out_of_the_fit_and_hold_the_path_beyond_it():
     rng = np.random.default_rng(4)
     truth = _drift(10)
     measured = truth + 2.0 * rng.standard_normal(truth.shape)
@@ -93,8 +93,22 @@ def test_frames_without_counts_are_left_out_of_the_fit_and_placed_on_the_path():
     lit_only = with_fitted_path(_alignment(measured[:9], WEAK), np.array([1.0, 1.0]))
     np.testing.assert_allclose(out.fitted_path.scatter_px, lit_only.fitted_path.scatter_px)
     first = np.polyfit(np.arange(9.0), measured[:9], 2)
-    expected = np.stack([np.polyval(first[:, a], np.arange(10.0)) for a in (0, 1)], axis=1)
+    held = np.minimum(np.arange(10.0), 8.0)  # the dark last frame holds the last lit one's
+    expected = np.stack([np.polyval(first[:, a], held) for a in (0, 1)], axis=1)
     np.testing.assert_allclose(out.shifts_yx_px, expected - expected.mean(axis=0))
+
+
+def test_frames_without_counts_before_the_first_lit_one_hold_the_paths_value_there():
+    """Six dark frames first (a late shutter): the quadratic was carried on over them, 15 px
+    out, and the mean of all frames with it, which moved the lit frames by pixels too."""
+    rng = np.random.default_rng(5)
+    truth = _drift(16)
+    measured = truth + 1.5 * rng.standard_normal(truth.shape)
+    measured[:6] = measured[6]  # held, as the alignment holds the dark frames' shifts
+    out = with_fitted_path(_alignment(measured, WEAK, dark=range(6)), np.array([1.0, 1.0]))
+    assert out.fitted_path is not None
+    np.testing.assert_allclose(out.shifts_yx_px[:6], out.shifts_yx_px[6][None].repeat(6, 0))
+    assert np.abs(out.shifts_yx_px).max() <= np.abs(measured - measured.mean(0)).max() + 1.0
 
 
 def test_a_weak_late_tilt_is_shifted_along_its_fitted_path_and_the_record_keeps_both(tmp_path):
