@@ -44,7 +44,7 @@ from correction.params import GainParams
 from daemon.events import (MovieEvent, MovieGain, SeriesEvent, ServiceInfo, ServiceListener,
                            output_dir_for)
 from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
-                                   motion_star_stamped,
+                                   motion_star_gain_name, motion_star_stamped,
                                    movie_motion, single_particle_blocks, write_motion_star,
                                    write_star, SINGLE_PARTICLE_STAR)
 from daemon.handoff.tomo import (TILT_SERIES_STAR, TiltEntry, global_block, mdoc_facts,
@@ -248,8 +248,10 @@ class RelionListener(ServiceListener):
         # movies whose files could not be written (their record or folder out of reach):
         # tried again at each heartbeat
         self._unwritten: set[str] = set()
-        #: motion STARs without this release's stamp (an earlier convention), to write again
+        #: motion STARs without this release's stamp (an earlier convention), to write again:
+        #: this service's movies (by key) and another writer's (``correct --out``: its record)
         self._unstamped: list[str] = []
+        self._unstamped_foreign: list[MovieMotion] = []
         self._completed: dict[str, Mapping[str, Any]] = {}  # series -> its state when ready
         # series -> the movies its stacks were assembled from (names below the watch folder),
         # while it is complete: its STAR lists those only
@@ -701,6 +703,14 @@ class RelionListener(ServiceListener):
         """Write again, from their records, up to ``at_most`` motion STARs of an earlier
         convention (the upgrade's first start found them; an upgrade from a release before
         fe60fee left STARs with the first frame at zero beside new ones in one session)."""
+        foreign = self._unstamped_foreign[:at_most]
+        self._unstamped_foreign = self._unstamped_foreign[at_most:]
+        for motion in foreign:  # written by ``correct``: the gain it named stays
+            star = motion_star_path(motion.motion_path)
+            if star.exists() and not motion_star_stamped(star):
+                self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
+                            gain_name=motion_star_gain_name(star))
+        at_most -= len(foreign)
         batch, self._unstamped = self._unstamped[:at_most], self._unstamped[at_most:]
         for key in batch:
             loaded = self._load(key)  # None: gone since
@@ -796,6 +806,9 @@ class RelionListener(ServiceListener):
                     motion = None  # one of this service's movies (its record elsewhere)
                 if motion is not None and not ({"sum", "dw"} & set(motion.outputs)):
                     motion = None
+                star = None if motion is None else motion_star_path(motion.motion_path)
+                if star is not None and star.exists() and not motion_star_stamped(star):
+                    self._unstamped_foreign.append(motion)  # an earlier release's correct
                 cached = self._foreign[key] = (mtime, motion)
             if cached[1] is not None:
                 out.append(cached[1])

@@ -87,6 +87,7 @@ __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "optics_group_names", "optics_key", "optics_keys_in_order",
            "written_optics_order", "MOTION_STAR_STAMP", "motion_star_stamped",
+           "motion_star_gain_name",
            "MOTION_SUFFIX"]
 
 RELION_VERSION_LINE = "# version 50001"
@@ -605,6 +606,22 @@ def write_motion_star(motion: MovieMotion, *, gain_name: str | None = None) -> P
     return write_star(motion_star_path(motion.motion_path),
                       motion_star_blocks(motion, gain_name=gain_name),
                       first_line=MOTION_STAR_STAMP)
+
+
+def motion_star_gain_name(path: str | Path) -> str | None:
+    """The ``rlnMicrographGainName`` a motion STAR written here names (what only its writer
+    knew: kept when it is written again); None without one or a readable file."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as star:
+            for line in star:
+                if line.startswith("_rlnMicrographGainName"):
+                    value = line.split(None, 1)[1].strip() if len(line.split()) > 1 else ""
+                    return value.strip("\"'") or None
+                if line.startswith("data_global_shift"):
+                    return None
+    except OSError:
+        return None
+    return None
 
 
 def motion_star_stamped(path: str | Path) -> bool:

@@ -149,6 +149,34 @@ def test_a_foreign_record_corrected_again_is_listed_with_its_new_values(tmp_path
     assert other_total() > before
 
 
+def test_a_motion_star_an_earlier_release_of_correct_wrote_is_written_again_with_its_gain(
+        tmp_path):
+    """``correct --out OUT`` of a release before fe60fee wrote S.star with the first frame at
+    zero and the gain it was given; the service lists the movie in its micrographs STAR, but
+    wrote again only its own movies' STARs: one table of two conventions. Another writer's
+    STAR without the stamp is written again from its record, naming the gain it named."""
+    from daemon.handoff.relion import (MOTION_STAR_STAMP, motion_star_gain_name, movie_motion,
+                                       write_motion_star)
+
+    clock = _Clock()
+    listener, watch, out = _ready(tmp_path, clock)
+    foreign = _record(out, watch, "other")
+    record = json.loads(foreign.read_text())
+    foreign.write_text(json.dumps({**record, "global_shifts_px": [[-2.0, 0.0], [2.0, 0.0]]}))
+    star = write_motion_star(movie_motion(json.loads(foreign.read_text()), foreign),
+                             gain_name="their_gain.mrc")
+    now = star.read_text()
+    old = now.split("\n", 2)[2].replace("1\t2.000000\t-0.000000\n2\t-2.000000",
+                                          "1\t0.000000\t-0.000000\n2\t-4.000000")
+    star.write_text(old)  # as the release before wrote it
+    clock.t = 20.0
+    _done(listener, watch, _record(out, watch, "a"))  # the micrographs STAR lists "other"
+    assert "other_DW.mrc" in _mics(out) and star.read_text() == old
+    listener.on_heartbeat(None)
+    assert star.read_text() == now and now.startswith(MOTION_STAR_STAMP)
+    assert motion_star_gain_name(star) == "their_gain.mrc"
+
+
 def test_a_foreign_record_without_sums_is_not_listed(tmp_path):
     clock = _Clock()
     listener, watch, out = _ready(tmp_path, clock)
