@@ -985,7 +985,7 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
             # clock set during the series) puts the last tilts first, while PriorRecordDose
             # grows on: in its order the clock went back once. Otherwise (SerialEM restarted
             # during the series, its PriorRecordDose counted from 0 again) the stamps stay
-            falls = _falls(by_prior, stamp_s)
+            falls = _falls([stamp_s(t) for t in by_prior])
             if falls == 0:  # they differ only where the stamps tie (1 s): PriorRecordDose says
                 warn = [w for w in warn if not w.startswith("two tilts share a DateTime")]
                 warn.append(f"two tilts share a {source} (1 s resolution): tie broken by "
@@ -1038,8 +1038,7 @@ def _order(tilts: list[_Tilt], from_series_mdoc: bool) -> tuple[list[_Tilt], str
 
 def _datetime_falls(ordered: list[_Tilt]) -> int:
     """How often DateTime goes back along ``ordered`` (tilts without one skipped)."""
-    times = [t.datetime for t in ordered if t.datetime is not None]
-    return sum(later < earlier for earlier, later in zip(times, times[1:]))
+    return _falls([_datetime_s(t) for t in ordered if t.datetime is not None])
 
 
 def _timestamp_s(t: _Tilt) -> float:
@@ -1055,11 +1054,9 @@ def _datetime_s(t: _Tilt) -> float:
     return (t.datetime - _NAIVE_EPOCH).total_seconds()
 
 
-def _falls(ordered: list[_Tilt], stamp_s: Callable[[_Tilt], float]) -> int:
-    """How often the stamps (TimeStamp or DateTime, every tilt has one) go back along
-    ``ordered``."""
-    times = [stamp_s(t) for t in ordered]
-    return sum(later < earlier for earlier, later in zip(times, times[1:]))
+def _falls(times_s: list[float]) -> int:
+    """How often ``times_s`` go back from one to the next."""
+    return sum(later < earlier for earlier, later in zip(times_s, times_s[1:]))
 
 
 #: the steps back of the clock taken for the end of daylight saving time rather than another
