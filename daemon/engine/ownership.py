@@ -14,7 +14,10 @@ the state's rows name movies by the spelling of the run that met them. A run sta
 link to the folder an earlier run watched by its real path (a unit file installed again with
 the link's name) watches it by that real path (:func:`recorded_spelling`): under the link,
 every tilt of a finished series read as another file and the series was re-opened for good.
-The other way round (a link recorded, the real path given) is left as given.
+The other way round (a link recorded, the real path given: so that re-pointing the link at
+the next session does not stop the service) the state's rows are named anew below the path
+given (:func:`respelled_from`, :meth:`Ledger.respell`): left as they were, every tilt was met
+again as another file, and its series re-opened and never assembled again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from daemon.state.ledger import DB_NAME, Ledger
 
 __all__ = ["ServedWatch", "served_folders", "other_watch_folder", "recorded_spelling",
-           "recorded_spelling_in"]
+           "recorded_spelling_in", "respelled_from"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,21 @@ def recorded_spelling(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: 
     except OSError:
         return None
     return Path(was.given) if same else None
+
+
+def respelled_from(recorded: Mapping[str, Any], *, watch_dir: Path, out_dir: Path,
+                   state_dir: Path) -> str | None:
+    """The spelling the state's rows name ``watch_dir`` by when it is another one of the same
+    folder (a link to it, or a path through one, that the last run watched), to be named anew
+    by the one given; None when it is spelled so already or was another folder then (a
+    ``current`` link since re-pointed at the next session: its rows stay its own). Only a
+    recorded map says which folder a spelling led to when it was served."""
+    if not isinstance(recorded.get("served"), dict):
+        return None
+    was = _served(recorded, state_dir).get(os.path.realpath(out_dir))
+    if was is None or was.given == str(watch_dir) or was.real != os.path.realpath(watch_dir):
+        return None
+    return was.given
 
 
 def recorded_spelling_in(state_dir: Path, *, watch_dir: Path, out_dir: Path) -> Path | None:

@@ -39,7 +39,7 @@ from daemon.engine.dispatch import Dispatcher, DispatchSettings
 from daemon.engine.faults import LedgerWrites
 from daemon.engine.locks import LOCK_NAME, FolderLocks
 from daemon.engine.outputs import clean_temporary_outputs
-from daemon.engine.ownership import other_watch_folder, served_folders
+from daemon.engine.ownership import other_watch_folder, respelled_from, served_folders
 from daemon.engine.pace import MAX_BEHIND_MIN, Pace, PaceMeter
 from daemon.engine.policy import EnginePolicy, report_parameter_change
 from daemon.engine.reference_change import rewritten_references
@@ -290,6 +290,11 @@ class Service:
             self.ledger = None
             raise ConfigError([problem])
         try:  # the first writes: a database on a full disk, or left read-only (root's)
+            if (was := respelled_from(recorded, **folders)) is not None:
+                renamed = self.ledger.respell(was, str(cfg.watch_dir))
+                self._log.info("state_respelled", was=was, now=str(cfg.watch_dir),
+                               movies=renamed, note="the same folder, watched by another "
+                               "spelling: the state names its movies as given now")
             # this process, starting (``status`` says so, not "silent", until its first beat);
             # what the last run's heartbeats said of themselves holds for nothing now
             self.ledger.set_service_state({

@@ -729,6 +729,55 @@ class Ledger:
                     self._retire_series(db, before, after)
         return moved
 
+    def respell(self, old_folder: str, new_folder: str) -> int:
+        """Name the movies and mdocs recorded below ``old_folder`` below ``new_folder``, another
+        spelling of the same folder (its real path, where a link to it was watched): their
+        paths, and every path below it in their JSON columns, the series states and the requeue
+        log. Rows whose new name is recorded already keep the old one. Returns the movie rows
+        renamed."""
+        old, new = old_folder.rstrip(os.sep) + os.sep, new_folder.rstrip(os.sep) + os.sep
+
+        def spelt(value: Any) -> Any:
+            if isinstance(value, str):
+                return new + value[len(old):] if value.startswith(old) else value
+            if isinstance(value, list):
+                return [spelt(v) for v in value]
+            if isinstance(value, dict):
+                return {k: spelt(v) for k, v in value.items()}
+            return value
+
+        def spelt_json(text: str | None) -> str | None:
+            return None if text is None else json.dumps(spelt(json.loads(text)))
+
+        renamed = 0
+        with self._tx() as db:
+            for r in db.execute("SELECT id, path, outputs, summary, metadata FROM movies"
+                                ).fetchall():
+                path = _path_out(r[1])
+                if not path.startswith(old):
+                    continue
+                try:
+                    db.execute("UPDATE movies SET path = ?, outputs = ?, summary = ?, "
+                               "metadata = ? WHERE id = ?",
+                               (_path_in(spelt(path)), *map(spelt_json, r[2:5]), r[0]))
+                except sqlite3.IntegrityError:
+                    continue  # that version is recorded under the new name too
+                renamed += 1
+            for r in db.execute("SELECT path FROM mdocs").fetchall():
+                path = _path_out(r[0])
+                if path.startswith(old):
+                    db.execute("UPDATE OR IGNORE mdocs SET path = ? WHERE path = ?",
+                               (_path_in(spelt(path)), r[0]))
+                    db.execute("DELETE FROM mdocs WHERE path = ?", (r[0],))  # known anew
+            for name, state in db.execute("SELECT name, state FROM series").fetchall():
+                db.execute("UPDATE series SET state = ? WHERE name = ?",
+                           (spelt_json(state), name))
+            log = self._state_json(db, _REQUEUED_VERSIONS, None)
+            if log is not None:
+                db.execute("UPDATE service_state SET value = ? WHERE key = ?",
+                           (json.dumps(spelt(log)), _REQUEUED_VERSIONS))
+        return renamed
+
     @staticmethod
     def _retire_series(db: sqlite3.Connection, name: str, moved_to: str) -> None:
         """A move took a tilt of series ``name`` to ``moved_to``: once no movie is left in

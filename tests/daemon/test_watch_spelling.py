@@ -1,5 +1,6 @@
 """One watch folder, two spellings: a run started on a link to the folder an earlier run
-watched by its real path (or the other way round) watches it as the state names it."""
+watched by its real path watches it as the state names it; the other way round, the state's
+rows are named anew by the real path given."""
 
 from __future__ import annotations
 
@@ -53,3 +54,48 @@ def test_a_recorded_link_is_not_taken_over_a_real_path_given_instead(tmp_path):
     assert recorded_spelling(by_link, watch_dir=real, out_dir=out, state_dir=out) is None
     by_real = served_folders({}, watch_dir=real, out_dir=out, state_dir=out)
     assert recorded_spelling(by_real, watch_dir=link, out_dir=out, state_dir=out) == real
+
+
+def test_a_run_on_the_real_path_of_a_linked_folder_leaves_its_finished_series_finished(
+        tmp_path, capsys):
+    """Run 1 watched ``current -> w``; run 2 watches ``w`` itself (so that re-pointing the link
+    at the next session does not stop it). Every tilt was met again under the new spelling:
+    none was corrected twice, but the series was re-opened and never assembled again
+    (its STAR listed both spellings). Now the state's rows are named anew below the path
+    given, and nothing happens."""
+    watch, out, tilts = copied_series(tmp_path, seed=6)
+    link = tmp_path / "current"
+    link.symlink_to(watch, target_is_directory=True)
+    assert main(["watch", str(link), "--out", str(out), *FAST]) == 0
+    first = events_in(capsys.readouterr().out)
+    assert [e["event"] for e in first].count("movie_done") == len(tilts)
+    assert any(e["event"] == "series_completed" for e in first)
+
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    second = events_in(capsys.readouterr().out)
+    assert not [e for e in second if e["event"] in ("series_reopened", "movie_done",
+                                                    "movie_alias")]
+    with Ledger(out / DB_NAME, read_only=True) as ledger:
+        assert ledger.movie_counts()["done"] == len(tilts)
+        assert {r.key.path for r in ledger.rows()} == {str(watch / t.movie.path.name)
+                                                      for t in tilts}
+    respelled = [e for e in second if e["event"] == "state_respelled"]
+    assert respelled and respelled[0]["movies"] == len(tilts)
+
+
+def test_rows_of_a_link_since_re_pointed_stay_their_session_s(tmp_path):
+    """``current`` led to yesterday's folder when it was watched; it leads to today's now, which
+    is given by its real path: yesterday's rows are not today's movies, and keep their names."""
+    from daemon.engine.ownership import respelled_from, served_folders
+
+    yesterday, today, out = tmp_path / "2026-12-06", tmp_path / "2026-12-07", tmp_path / "out"
+    for folder in (yesterday, today, out):
+        folder.mkdir()
+    link = tmp_path / "current"
+    link.symlink_to(yesterday, target_is_directory=True)
+    served = served_folders({}, watch_dir=link, out_dir=out, state_dir=out)
+    assert respelled_from(served, watch_dir=yesterday, out_dir=out, state_dir=out) == str(link)
+    link.unlink()
+    link.symlink_to(today, target_is_directory=True)
+    assert respelled_from(served, watch_dir=today, out_dir=out, state_dir=out) is None
+    assert respelled_from(served, watch_dir=link, out_dir=out, state_dir=out) is None
