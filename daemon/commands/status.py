@@ -255,6 +255,7 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
                    "problems": problems,
                    "discovery": state.get("discovery"), "watch_dir": state.get("watch_dir"),
                    "cluster": state.get("cluster") if running else None,
+                   "serving": (state.get("serving") or {}) if running else {},
                    "pace": state.get("pace") if running else None},
         # "failed" counts the movies put back as well ("put_back": waiting for trouble outside
         # them to pass, never counted against them)
@@ -299,6 +300,9 @@ def _print_text(status: dict[str, Any]) -> None:
                  f"ago, {verdict}; discovery: {d['discovery']})")
         for problem in d["problems"]:
             _say(f"  problem: {problem}")
+        serving = d.get("serving") or {}
+        if serving:
+            _say("serving: " + ", ".join(f"{name} {where}" for name, where in serving.items()))
         phrase = pace_phrase(d.get("pace"))
         if phrase is not None:
             _say(f"pace: {phrase}")

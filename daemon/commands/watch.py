@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
             getattr(listener, "close", lambda: None)()
         return exitcodes.UNAVAILABLE if exc.unreachable_only else exitcodes.CONFIG
     try:
-        service = Service(config, listeners=listeners, resolver=resolver)
+        service = Service(config, listeners=listeners, resolver=resolver,
+                          serving=_serving(listeners, dashboard))
         with paced_garbage_collector():
             status = service.run()
         # said on stderr as any other refusal; under journald the log line says it already
@@ -197,6 +198,18 @@ def run(args: argparse.Namespace) -> int:
             close = getattr(listener, "close", None)
             if close is not None:
                 close()
+
+
+def _serving(listeners: list[ServiceListener], dashboard: Dashboard | None) -> dict[str, str]:
+    """Where this run serves its readers, for ``motionwatch status``: the feed's bound endpoint
+    (the real port of ``tcp://...:*``) and the dashboard's URL."""
+    serving = {}
+    feed = next((x for x in listeners if isinstance(x, PublishListener)), None)
+    if feed is not None and feed.publisher.endpoint:
+        serving["feed"] = str(feed.publisher.endpoint)
+    if dashboard is not None:
+        serving["dashboard"] = dashboard.url
+    return serving
 
 
 def _print_config_error(exc: ConfigError) -> None:

@@ -86,11 +86,15 @@ class Service:
     """
 
     def __init__(self, config: Config, *, listeners: Sequence[ServiceListener] = (),
+                 serving: Mapping[str, str] | None = None,
                  resolver: MetadataResolver | None = None, runner: str = DEFAULT_RUNNER,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, logger: Any = None) -> None:
         self.config = config
         self._listeners = list(listeners)
+        # where this run serves its readers (``feed``: the bound ZeroMQ endpoint, ``dashboard``:
+        # its URL), for ``motionwatch status``: with ``tcp://...:*`` the port is known only here
+        self._serving = dict(serving or {})
         self._resolver: MetadataResolver = resolver or NoMetadata()
         self._runner = runner
         self._clock = clock
@@ -299,6 +303,7 @@ class Service:
             # what the last run's heartbeats said of themselves holds for nothing now
             self.ledger.set_service_state({
                 **served_folders(recorded, **folders), **_this_process(),
+                "serving": self._serving,
                 "started_wall": self._wall(), "healthy": None, "problems": [], "pace": None,
                 "cluster": None, "waiting": 0, "waiting_examples": {}, "admission_backlog": 0,
                 "in_flight": []})

@@ -229,3 +229,37 @@ def test_watch_with_its_dashboard_starts_into_an_output_folder_not_made_yet(tmp_
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.is_dir()
+
+
+def test_status_names_where_a_running_daemon_serves_its_feed_and_dashboard(tmp_path):
+    """With ``tcp://127.0.0.1:*`` the feed's port was only in the log's ``publisher_started``:
+    ``motionwatch status`` names the bound endpoint and the dashboard's URL while the daemon
+    runs, and nothing once it has stopped."""
+    from daemon_process import events, wait_for_heartbeats
+
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    daemon = start(watch_argv(watch, out, "--heartbeat", "0.3", "--scan-interval", "0.1",
+                              "--dashboard", "127.0.0.1:0"), log)
+    try:
+        wait_for_heartbeats(out, 1)
+        said = json.loads(subprocess.run(
+            [*watch_argv(watch, out)[:3], "status", str(out), "--json"],
+            capture_output=True, text=True, check=True).stdout)["daemon"]["serving"]
+        text = subprocess.run([*watch_argv(watch, out)[:3], "status", str(out)],
+                              capture_output=True, text=True, check=True).stdout
+        logged = {e["event"]: e for e in events(log)}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    endpoint = logged["publisher_started"]["endpoint"]
+    assert endpoint.startswith("tcp://127.0.0.1:") and endpoint.rsplit(":", 1)[1].isdigit()
+    assert said["feed"] == endpoint
+    assert said["dashboard"].startswith("http://127.0.0.1:") and not said["dashboard"].endswith(
+        ":0/")
+    assert f"serving: feed {endpoint}, dashboard {said['dashboard']}" in text
+    after = subprocess.run([*watch_argv(watch, out)[:3], "status", str(out), "--json"],
+                           capture_output=True, text=True, check=True).stdout
+    assert json.loads(after)["daemon"]["serving"] == {}
