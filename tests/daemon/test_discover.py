@@ -594,3 +594,36 @@ def test_a_watched_share_no_longer_mounted_is_a_listing_error_not_an_empty_sessi
         mounted["now"] = False
         assert [o.path.name for o in discovery.scan().observations] == ["movie_001.tif"]
         assert looked == [watch]
+
+
+def test_events_come_again_once_a_removed_watch_folder_is_made_again(tmp_path):
+    """A session folder cleared by hand (removed, made again) stopped inotify's reader for
+    good: rescans alone found the next movies, at every scan interval, for the rest of the run.
+    The reader is started again once the folder is back, and its events wake the scans."""
+    import shutil
+    import threading
+    import time
+
+    root = tmp_path / "w"
+    root.mkdir()
+    now, logged, woken = [0.0], [], threading.Event()
+    with Discovery(root, polling="off", clock=lambda: now[0], wake=woken.set,
+                   log=lambda e, **kw: logged.append(e)) as d:
+        assert d.uses_events
+        shutil.rmtree(root)
+        deadline = time.monotonic() + 10
+        while d.uses_events and time.monotonic() < deadline:
+            time.sleep(0.05)
+            d.check_observer()
+        assert not d.uses_events and logged == ["discovery_fallback"]
+        d.check_observer()
+        assert not d.uses_events  # not there yet
+        root.mkdir()
+        d.check_observer()
+        assert not d.uses_events  # not before REARM_S
+        now[0] += 5.0
+        d.check_observer()
+        assert d.uses_events and logged == ["discovery_fallback", "discovery_events_restored"]
+        woken.clear()
+        touch(root / "m1.mrc")
+        assert woken.wait(5)
