@@ -265,15 +265,19 @@ def _rising_datetimes(tilts: Sequence[StackTilt]) -> list[str]:
     not come after the one of the tilt acquired before (the PC's clock set back during the
     series, at the end of daylight saving time; two tilts in one second; movies whose
     modification times are those of a copy), it and every later one are moved on by as much
-    as it takes to come 1 s after it: the order is the one the dose was accumulated in, the
-    intervals after the step as they were."""
+    as it takes to come one interval after it (the median of the series' rising steps, else
+    1 s): the order is the one the dose was accumulated in, the intervals as they were."""
+    order = sorted(range(len(tilts)), key=lambda i: tilts[i].acquisition_index)
+    raw = [_acquired_datetime(tilts[i]) for i in order]
+    rising = sorted(b - a for a, b in zip(raw, raw[1:]) if b > a)
+    step = rising[len(rising) // 2] if rising else _dt.timedelta(seconds=1)
     out = [""] * len(tilts)
     offset, previous = _dt.timedelta(0), None
-    for i in sorted(range(len(tilts)), key=lambda i: tilts[i].acquisition_index):
-        when = _acquired_datetime(tilts[i]) + offset
+    for i, acquired in zip(order, raw):
+        when = acquired + offset
         if previous is not None and when <= previous:
-            offset += previous - when + _dt.timedelta(seconds=1)
-            when = previous + _dt.timedelta(seconds=1)
+            offset += previous - when + step
+            when = previous + step
         out[i] = serialem_datetime(when)
         previous = when
     return out

@@ -394,7 +394,8 @@ def test_the_stack_mdocs_datetimes_rise_in_the_order_the_dose_was_accumulated_in
     before the first ones'. motionwatch ordered and dosed them right (by PriorRecordDose),
     but the stack mdoc, which Warp's ts_import orders by DateTime (giving the i-th tilt i
     doses), kept the raw times: Warp would have dosed them as acquired first. Each time now
-    comes after the one of the tilt acquired before it, the intervals after the step kept."""
+    comes after the one of the tilt acquired before it, the intervals kept (across the step
+    too: the series' own, not 1 s)."""
     tilts, _ = _series(tmp_path, n=7)
     clock = [dt.datetime(2026, 11, 1, 1, 30) + dt.timedelta(minutes=4 * i) for i in range(7)]
     clock[4:] = [t - dt.timedelta(hours=1) for t in clock[4:]]
@@ -410,8 +411,8 @@ def test_the_stack_mdocs_datetimes_rise_in_the_order_the_dose_was_accumulated_in
         assert by_acquisition == sorted(by_acquisition), mdoc
         assert len(set(by_acquisition)) == len(by_acquisition)
         assert by_acquisition[:4] == clock[:4]  # as acquired before the step
-        steps = [b - a for a, b in zip(by_acquisition[4:], by_acquisition[5:])]
-        assert steps == [dt.timedelta(minutes=4)] * 2  # and the intervals after it
+        steps = [b - a for a, b in zip(by_acquisition, by_acquisition[1:])]
+        assert steps == [dt.timedelta(minutes=4)] * 6  # and the intervals, the step's too
 
 
 def test_a_stack_mdocs_datetime_of_a_tilt_known_by_name_is_its_movies_time_wherever_run(
