@@ -268,6 +268,15 @@ def _check_eer(path: Path) -> Completeness:
             return Completeness(False, f"last raw frame ({n - 1}) does not decode: {exc}", n)
         if _ends_in_zeros(path, tif):
             return _zero_tail(n, "raw EER frames")
+        # a copy that sized the file first, stalled in the last IFD's entries: tifffile drops
+        # zero entries (a strip's offset or count among them) and the last frame decoded
+        # short or empty (one raw frame's counts lost, corrected again once whole)
+        unwritten = _unwritten_after_last_page(tif, tif.pages[len(tif.pages) - 1].offset,
+                                               os.fstat(tif.filehandle.fileno()).st_size)
+        if unwritten:
+            return Completeness(False, f"{n} raw EER frames read, but {unwritten}: still being "
+                                       "filled (a copy that sized the file first)?", n,
+                                zero_filled=True)
     return Completeness(True, f"{n} raw EER frames, last frame decodes", n)
 
 
@@ -367,15 +376,24 @@ def _unwritten_after_last_page(tif: Any, ifd_offset: int, size: int) -> str:
             (at,) = struct.unpack(fmt.offsetformat, entry[4 + fmt.offsetsize:])
             referenced = max(referenced, at + count * _TIFF_TYPE_BYTES[kind])
     page = tif.pages[len(tif.pages) - 1]
+    if not all(page.dataoffsets) or not all(page.databytecounts):  # a strip never starts at
+        # byte 0 (the header) nor is empty (an EER or LZW strip of no counts has its codes)
+        return "its last page's strip offsets or byte counts are zeros"
     referenced = max([referenced] + [int(o) + int(c) for o, c in
                                      zip(page.dataoffsets, page.databytecounts)])
     if size - referenced <= _PADDING_BYTES:
         return ""
     fd = tif.filehandle.fileno()
     window = 64 << 10
-    if os.pread(fd, min(window, size - referenced), referenced).strip(b"\0") or \
-            os.pread(fd, min(window, size - referenced), max(referenced, size - window)) \
-            .strip(b"\0"):
-        return ""
-    return (f"its bytes {referenced}-{size} after the last page found are zeros (pages not "
-            "linked yet)")
+    last = os.pread(fd, min(window, size - referenced), max(referenced, size - window))
+    if not os.pread(fd, min(window, size - referenced), referenced).strip(b"\0") and \
+            not last.strip(b"\0"):
+        return (f"its bytes {referenced}-{size} after the last page found are zeros (pages "
+                "not linked yet)")
+    zeros = len(last) - len(last.rstrip(b"\0"))
+    if zeros > _PADDING_BYTES:
+        # a page's data written after the last linked one, and zeros after it: a writer
+        # that puts each page's IFD after its data, copied by one that sized the file first
+        return (f"its bytes {referenced}-{size} after the last page found end in {zeros} "
+                "zero bytes (a page not linked yet)")
+    return ""
