@@ -419,6 +419,16 @@ def parse_mdoc_text(text: str, *, path: str | Path | None = None, sha256: str | 
         kind = "montage"
     elif kinds == {"FrameSet"}:
         kind = "frames"
+    elif kinds == {"FrameSet", "ZValue"} and all(
+            s.frame_ts_start_end for s in sections if s.kind == "ZValue"):
+        # a series recorded as one movie (SerialEM's frame tilt series): the [FrameSet] is the
+        # movie's, and each [ZValue] a frame range of it; taken for a series mdoc, its movie
+        # read as the series' stack and was never corrected, its series open for good
+        kind = "frames"
+        n_ranges = sum(s.kind == "ZValue" for s in sections)
+        file_warnings.append(f"{name}: a tilt series recorded as one movie "
+                             f"(FrameTSStartEndFrames, {n_ranges} frame ranges): the movie is "
+                             "corrected whole, not split into its tilts")
     else:
         kind = "tilt_series"
         if kinds - {"ZValue", "FrameSet"}:

@@ -126,6 +126,22 @@ def test_frame_mdoc_is_kind_frames_with_expanded_frame_doses():
     assert md.titles and md.titles[0].startswith("SerialEM: UMass_Krios")
 
 
+def test_a_series_recorded_as_one_movie_is_that_movies_frame_mdoc():
+    """SerialEM's frame tilt series: one 243-frame movie, its ``[FrameSet = 0]`` followed by
+    20 ``[ZValue]`` frame ranges (``FrameTSStartEndFrames``). Read as a series mdoc, its movie
+    was taken for the series' stack and never corrected (``movie_ignored``), the series open
+    for good with 0 of 20 tilts. It is the movie's frame mdoc, and says it is not split."""
+    md = read_mdoc(DATA / "frame_set_multiple.mdoc")
+    assert md.kind == "frames"
+    assert [s.kind for s in md.sections] == ["FrameSet"] + ["ZValue"] * 20
+    assert md.sections[0].sub_frame_name == "s_mmm_01013_33.0_Oct08_07.46.46.tif"
+    assert md.sections[1].frame_ts_start_end == (0, 12)
+    assert any("recorded as one movie" in w and "20 frame ranges" in w for w in md.warnings)
+    # a series mdoc whose sections carry frame ranges without a movie's [FrameSet] stays one
+    text = "ImageFile = ts.mrc\n\n[ZValue = 0]\nTiltAngle = 0\nFrameTSStartEndFrames = 0 9\n"
+    assert parse_mdoc_text(text).kind == "tilt_series"
+
+
 def test_hand_edited_portal_mdoc_parses_with_sections_lacking_dose_and_time():
     md = read_mdoc(DATA / "close-TS_run1.mdoc")
     assert md.kind == "tilt_series" and len(md.sections) == 9

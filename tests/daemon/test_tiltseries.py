@@ -116,6 +116,27 @@ def test_a_movie_whose_frame_mdoc_has_no_section_yet_waits_for_it_then_is_correc
     assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(7.65892, rel=1e-4)
 
 
+def test_a_tilt_series_recorded_as_one_movie_is_corrected_as_that_movie(tmp_path):
+    """SerialEM's frame tilt series: one movie (243 frames) whose mdoc holds its [FrameSet]
+    and 20 [ZValue] frame ranges. The movie was ignored as the series' stack (``movie_ignored``,
+    never corrected, nothing quarantined) and ``status`` showed a series open for good with
+    0 of 20 tilts. It is corrected, whole, with its frame mdoc's dose."""
+    watch, out, movie = _one_movie(tmp_path, "s_mmm_01013_33.0_Oct08_07.46.46.mrc", 243)
+    text = (DATA / "frame_set_multiple.mdoc").read_text().replace(".tif", ".mrc")
+    text = "".join(line for line in text.splitlines(keepends=True)
+                   if not line.startswith("GainReference"))  # not among the test files
+    (watch / f"{movie.name}.mdoc").write_text(text)
+    reasons = _run_until_idle(watch, out, guard_s=60.0)
+    assert reasons and "exit_when_idle" in reasons[0], reasons
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        assert [r.status for r in ledger.rows(path=str(movie))] == ["done"]
+        # a series of its own name (the resolver is on): the one tilt it holds, completed
+        assert {n: s["status"] for n, s in ledger.series_states().items()} == {
+            "s_mmm": "complete"}
+    record = json.loads((out / f"{movie.stem}.motion.json").read_text())
+    assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(291.302, rel=1e-4)
+
+
 def test_a_movie_beside_an_mdoc_that_never_gets_a_section_is_corrected_after_the_wait(tmp_path):
     watch, out, movie = _one_movie(tmp_path, "single_a.mrc", 4)
     (watch / "single_a.mrc.mdoc").write_text("T = SerialEM: a file cut before its section\n")
