@@ -370,6 +370,16 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
                            for r in d.get("assembled_rows") or ()))
 
 
+def _tilt_frame_mdoc(mdocs: Mapping[str, Any]) -> str | None:
+    """The path of a frame mdoc that says its movie is a tilt of a series (SerialEM writes
+    ``PriorRecordDose`` > 0 only for a record after others at its position), else None."""
+    for path, m in mdocs.items():
+        if m.parsed.kind == "frames" and any(
+                (s.prior_record_dose_e_A2 or 0.0) > 0.0 for s in m.parsed.sections):
+            return path
+    return None
+
+
 class TiltSeriesResolver:
     """Tilt-series metadata, dose bookkeeping and series assembly (a
     :class:`~daemon.events.MetadataResolver`).
@@ -613,6 +623,15 @@ class TiltSeriesResolver:
             self._active = True
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
                            "for their metadata and get their series' pre-exposure")
+        elif not self._active and (tilt := _tilt_frame_mdoc(self._mdocs)) is not None:
+            # frames saved to a share and the series mdoc beside the stack elsewhere: each tilt
+            # comes with its frame mdoc only, and was corrected as a single movie with no
+            # dose before it (134 e/Å² at the end of a series), with not a word
+            self._active = True
+            self._log.info("tilt_series_on", mdoc=tilt, note="a frame mdoc with a dose before "
+                           "its exposure (PriorRecordDose > 0: a tilt of a series) was seen: "
+                           "movies now wait for their metadata and get their series' "
+                           "pre-exposure")
         if not self._active:
             return [Path(p) for p, _ in late] or None
         self._refresh_rows()

@@ -1,0 +1,63 @@
+"""Tilts that come with their frame mdocs alone: SerialEM saves the frames to a share and
+the series mdoc beside its stack elsewhere. Under ``--tilt-series auto`` (the default) each
+tilt was corrected as a single movie with no dose before it, whatever its frame mdoc's
+``PriorRecordDose`` said (134 e/Å² at the end of a real series), with not a word."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from daemon_process import events_in
+
+from correction.mdoc_text import format_mdoc
+from daemon.commands.cli import main
+from daemon.simulation.tilt_series import simulate_tilt_series
+
+FAST = ["--settle-time", "0.2", "--scan-interval", "0.1", "--mdoc-quiet", "0.5",
+        "--metadata-wait", "1", "--exit-when-idle", "2", "--no-publish"]
+
+
+def _frame_mdoc_tilts(tmp_path, n_tilts=3):
+    """Tilts rendered in ``staging`` with the truth; each is copied in with its frame mdoc."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    tilts = simulate_tilt_series(staging, rng=np.random.default_rng(8), n_tilts=n_tilts,
+                                 shape_yx=(64, 64), n_frames=4, pixel_size_A=1.1,
+                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
+    return sorted(tilts, key=lambda t: t.acquisition_index)
+
+
+def _copy_in(watch, tilt):
+    shutil.copy2(tilt.movie.path, watch / tilt.movie.path.name)
+    text = format_mdoc([("PixelSpacing", 1.1)], [[
+        ("TiltAngle", tilt.tilt_deg), ("ExposureDose", tilt.dose_e_A2),
+        ("PixelSpacing", 1.1), ("PriorRecordDose", tilt.pre_exposure_e_A2),
+        ("SubFramePath", f"X:\\frames\\{tilt.movie.path.name}"), ("NumSubFrames", 4),
+        ("DateTime", tilt.acquired_at.strftime("%d-%b-%y  %H:%M:%S"))]], section_key="FrameSet")
+    (watch / f"{tilt.movie.path.name}.mdoc").write_text(text)
+
+
+def test_tilts_with_frame_mdocs_alone_get_the_dose_before_them(tmp_path, capsys):
+    """The first tilt (no dose before it) is corrected alone; the next ones' frame mdocs say
+    a dose came before them (``PriorRecordDose`` > 0): the resolver turns on, each tilt gets
+    its pre-exposure, and the first is corrected again as a tilt of its series."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    tilts = _frame_mdoc_tilts(tmp_path)
+    _copy_in(watch, tilts[0])  # the first tilt: no dose before it, and corrected alone
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    for tilt in tilts[1:]:
+        _copy_in(watch, tilt)
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    said = events_in(capsys.readouterr().out)
+    assert [e for e in said if e["event"] == "tilt_series_on"]
+    for tilt in tilts:
+        record = json.loads((out / f"{tilt.movie.path.stem}.motion.json").read_text())
+        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(tilt.pre_exposure_e_A2,
+                                                                    abs=1e-3), tilt.movie.path
+    assert (out / "TS_01" / "TS_01.tlt").read_text().split() == [
+        f"{t.tilt_deg:.2f}" for t in sorted(tilts, key=lambda t: t.tilt_deg)]
