@@ -4,7 +4,8 @@ It is written into the movie's motion record (``S.motion.json`` key ``tilt``) an
 and read back by series assembly, ``motionwatch status`` and the live feed. This module is its one
 schema: :meth:`TiltRecord.to_json` writes it, :meth:`TiltRecord.from_json` reads it. All doses are
 e/Å² on the specimen; ``pre_exposure_e_A2`` is the sum of the doses of the tilts of the same
-series acquired before this one.
+series acquired before this one, and of exposures its mdoc does not list that SerialEM's
+``PriorRecordDose`` counts (a tracking shot's), as :data:`PRE_EXPOSURE_CONVENTION` says.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ __all__ = ["TiltRecord", "PRE_EXPOSURE_CONVENTION", "read_motion_record"]
 
 # the motion record's parser lives beside its writer; re-exported for the record's readers here
 
-PRE_EXPOSURE_CONVENTION = "sum of the doses of the tilts acquired before this one"
+PRE_EXPOSURE_CONVENTION = ("sum of the doses of the tilts acquired before this one, and of the "
+                           "exposures the series mdoc does not list that SerialEM's "
+                           "PriorRecordDose counts before it")
 
 
 @dataclass(frozen=True, slots=True)

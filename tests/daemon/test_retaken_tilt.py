@@ -110,6 +110,9 @@ def test_a_tilt_retaken_after_it_was_corrected_leaves_the_series_star_and_is_cor
     assert list(table["rlnMicrographMovieName"]) == listed
     assert list(table["rlnMicrographPreExposure"]) == pytest.approx(
         [0.0, tilts[0].dose_e_A2, first.pre_exposure_e_A2 + first.dose_e_A2], abs=1e-4)
+    # the retake's record says its pre-exposure holds more than the listed tilts' doses
+    said = json.loads((out / f"{retake_path.stem}.motion.json").read_text())["tilt"]
+    assert "PriorRecordDose" in said["pre_exposure_convention"]
     record = json.loads((out / f"{first.movie.path.stem}.motion.json").read_text())
     assert TiltRecord.from_json(record) is None  # corrected on its own, no tilt of TS_01
     assert record["dose"]["pre_exposure_e_A2"] == 0.0
