@@ -256,6 +256,10 @@ class RelionListener(ServiceListener):
         # series -> the movies its stacks were assembled from (names below the watch folder),
         # while it is complete: its STAR lists those only
         self._assembled: dict[str, frozenset[str]] = {}
+        # series -> its series mdoc (the tilt axis, the tilts' target defocus): a series made
+        # from frame mdocs whose series mdoc came later has tilt records naming the frame
+        # mdocs, which give neither (its STAR said axis 0)
+        self._series_mdocs: dict[str, str] = {}
         self._cache: dict[str, tuple[float, MovieMotion, TiltRecord | None]] = {}
         self._records_checked_at: float | None = None  # every cached record's last look
         self._warned: set[tuple[str, str]] = set()
@@ -381,6 +385,8 @@ class RelionListener(ServiceListener):
     def on_series_event(self, event: SeriesEvent) -> None:
         if self._out is None or event.kind == "warning":  # a warning changes no file
             return
+        if event.mdoc:
+            self._series_mdocs[event.series] = str(event.mdoc)
         if event.kind == "completed":
             self._assembled[event.series] = frozenset(event.tilts)
         elif event.kind in ("started", "reopened"):
@@ -412,6 +418,8 @@ class RelionListener(ServiceListener):
                            if state.get("status") == "complete" and state.get("stacks")}
         self._assembled = {name: frozenset(state.get("assembled_movies") or ())
                            for name, state in self._completed.items()}
+        self._series_mdocs = {name: str(state["mdoc"]) for name, state in series.items()
+                              if state.get("mdoc")}
         # the ledger's movies, whatever became of them (a quarantined one stays out of the
         # micrographs STAR even when an earlier record of it is still on disk)
         self._own.update(_abs(row.key.path) for row in every)
@@ -649,7 +657,8 @@ class RelionListener(ServiceListener):
         """Write the series' STAR (data block ``name``, its ``rlnTomoName``) from ``entries``."""
         if self._out is None:
             return
-        mdoc = next((e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
+        mdoc = self._series_mdocs.get(series) or next(
+            (e.tilt.mdoc for e in entries if e.tilt.mdoc), None)
         star = self._series_star(series, entries)
         if self._series_stars.get(series, star) != star:
             self._remove_series_star(series)

@@ -7,6 +7,7 @@ what the service observed; times are the daemon's clock, in seconds.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -31,7 +32,8 @@ def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *
     Angle changes only affect the stack.
     """
     if recorded is None:
-        return "no tilt record"
+        return (f"corrected as a single movie before it was known as a tilt of {new.series} "
+                f"(by its {new.match_source.replace('_', ' ')})")
     def moved(a: Any, b: float) -> bool:
         return a is None or not math.isfinite(float(a)) or abs(float(a) - b) > tolerance_e_A2
     reasons = []
@@ -84,6 +86,10 @@ class SeriesState:
     #: from: a movie corrected again since (another version of its file, a redo, a retry) has
     #: another row, or the same id finished again (SQLite gives a deleted row's id anew)
     assembled_rows: frozenset[tuple[str, tuple[int, float | None]]] = frozenset()
+    #: the series mdoc the stacks were assembled with (None: none, from frame mdocs or file
+    #: names), once known (a state of an earlier version does not say: ``mdoc_known`` False)
+    assembled_mdoc: str | None = None
+    mdoc_known: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,8 @@ class SeriesObservation:
     on disk; ``finished_movies``: those done or quarantined; ``lock_present``: the stack's
     ``.openTS`` exists; ``mdoc_unchanged_since_s``: daemon clock of the last mdoc change (None
     without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock);
-    ``finished_rows``: (movie, (state row id, finished stamp)) of the finished movies' rows.
+    ``finished_rows``: (movie, (state row id, finished stamp)) of the finished movies' rows;
+    ``mdoc_path``: the series mdoc describing it (None without one).
     """
 
     listed_movies: frozenset[str]
@@ -104,6 +111,7 @@ class SeriesObservation:
     mdoc_unchanged_since_s: float | None
     last_activity_s: float
     finished_rows: frozenset[tuple[str, tuple[int, float | None]]] = frozenset()
+    mdoc_path: str | None = None
 
 
 def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
@@ -127,6 +135,11 @@ def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
     if again:
         return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "
                                                      f"corrected again, e.g. {sorted(again)[0]}")
+    if state.mdoc_known and obs.mdoc_path is not None and obs.mdoc_path != state.assembled_mdoc:
+        # assembled from frame mdocs (or file names), its series mdoc copied in since: the
+        # stacks' mdocs and RELION's STAR get the tilt axis and target defocus it gives
+        return replace(state, status="open", reason=f"re-opened: its series mdoc "
+                                                     f"{os.path.basename(obs.mdoc_path)} came")
     return state
 
 
@@ -171,7 +184,8 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
         reason = f"every listed tilt corrected or quarantined; {why}" if not missing else (
             f"re-assembled; {why}; {_never_corrected(missing)}")
         return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, assembled_rows=rows, reason=reason), True
+                       assembled_movies=finished, assembled_rows=rows, reason=reason,
+                       assembled_mdoc=obs.mdoc_path, mdoc_known=True), True
     ending = run_ending and not obs.lock_present  # a series SerialEM still writes waits
     if all_known_finished and (ending or now_s - obs.last_activity_s >= config.idle_timeout_s):
         missing = obs.listed_movies - obs.finished_movies
@@ -180,7 +194,8 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
         if missing:
             reason += f"; {_never_corrected(missing)}"
         return replace(state, status="complete", generation=state.generation + 1,
-                       assembled_movies=finished, assembled_rows=rows, reason=reason), True
+                       assembled_movies=finished, assembled_rows=rows, reason=reason,
+                       assembled_mdoc=obs.mdoc_path, mdoc_known=True), True
     return state, False
 
 

@@ -772,6 +772,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             t.warnings.extend(fsec.warnings)
         other.setdefault(series, []).append(t)
 
+    for name in [n for n, tilts in other.items() if _single_movies(tilts)]:
+        standalone.update(t.movie for t in other.pop(name) if t.movie)
+
     # 3. order, dose and pre-exposure per series
     groups: list[tuple[str, list[_Tilt], str, bool, list[str], str | None]] = []
     for name, tilts in series_tilts.items():
@@ -933,6 +936,23 @@ def _summary(name: str, src: str, mdoc_path: str | None, ordered: list[_Tilt], o
         tilts=tuple((t.movie, t.tilt_deg, d) for t, d in zip(ordered, doses)),
         order_source=order_source, warnings=tuple(dict.fromkeys(swarn)),
         unlisted_dose_e_A2=float(unlisted_e_A2))
+
+
+#: stage angles (°) within this of each other are one angle
+_ONE_ANGLE_DEG = 0.5
+
+
+def _single_movies(tilts: Sequence[_Tilt]) -> bool:
+    """Movies named like the tilts of one series whose frame mdocs say they are not: all at
+    one stage angle, none with a dose before it (``PriorRecordDose`` > 0). Single-particle
+    movies named ``spa_00012_0.0.mrc`` in a session that also records tilt series were one
+    series, each with the doses of those before it as its pre-exposure (40, 80, 120 e/Å²)."""
+    if len(tilts) < 2 or any(t.match_source != "frame_mdoc" or t.tilt_deg is None
+                             for t in tilts):
+        return False
+    angles = [float(t.tilt_deg) for t in tilts]
+    return (max(angles) - min(angles) <= _ONE_ANGLE_DEG
+            and not any((t.prior_record_dose or 0.0) > 0.0 for t in tilts))
 
 
 def _frame_section(fm: MdocFile | None) -> TiltSection | None:

@@ -357,6 +357,7 @@ def _state_dict(state: SeriesState, stacks: Mapping[str, str] | None = None,
     return {"status": state.status, "generation": state.generation, "lock_seen": state.lock_seen,
             "assembled_movies": sorted(state.assembled_movies), "reason": state.reason,
             "assembled_rows": sorted([m, i, f] for m, (i, f) in state.assembled_rows),
+            **({"assembled_mdoc": state.assembled_mdoc} if state.mdoc_known else {}),
             "stacks": dict(stacks or {}), **{k: (info or {}).get(k) for k in _INFO_KEYS}}
 
 
@@ -367,7 +368,8 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
                        reason=d.get("reason"),  # a state of an earlier version: no rows
                        assembled_rows=frozenset(
                            (str(r[0]), (int(r[1]), r[2] if len(r) > 2 else None))
-                           for r in d.get("assembled_rows") or ()))
+                           for r in d.get("assembled_rows") or ()),
+                       assembled_mdoc=d.get("assembled_mdoc"), mdoc_known="assembled_mdoc" in d)
 
 
 def _tilt_frame_mdoc(mdocs: Mapping[str, Any]) -> str | None:
@@ -678,7 +680,9 @@ class TiltSeriesResolver:
         for path, (series, _) in changed.items():
             row = self._rows.get(path)
             tilt = recorded_tilt(row) if row is not None and row.status == "done" else None
-            if row is not None and (tilt is None or tilt.match_source == "filename"):
+            now_by = res.assignments.get(self._rel(path))
+            if row is not None and (tilt is None or tilt.match_source == "filename") \
+                    and now_by is not None and now_by.match_source == "series_mdoc":
                 self._once_log("warning", "series_mdoc_after_tilts", series,
                                "its series mdoc came after tilts were corrected without it "
                                "(as Tomography 5 writes it, when the series ends): they are "
@@ -1046,7 +1050,8 @@ class TiltSeriesResolver:
             times.append(mdoc_since)
         obs = SeriesObservation(frozenset(summary.listed_movies), frozenset(known),
                                 frozenset(finished), lock, mdoc_since,
-                                max(times) if times else now, frozenset(finished_rows))
+                                max(times) if times else now, frozenset(finished_rows),
+                                summary.mdoc_path)
         if state.status == "complete" and changed_names & state.assembled_movies:
             new, assemble = replace(state, status="open", reason="re-opened: metadata of "
                                     f"{sorted(changed_names & state.assembled_movies)[0]} "

@@ -14,7 +14,7 @@ from daemon_process import events_in
 
 from correction.mdoc_text import format_mdoc
 from daemon.commands.cli import main
-from daemon.simulation.tilt_series import simulate_tilt_series
+from daemon.simulation.tilt_series import series_mdoc_text, simulate_tilt_series
 
 FAST = ["--settle-time", "0.2", "--scan-interval", "0.1", "--mdoc-quiet", "0.5",
         "--metadata-wait", "1", "--exit-when-idle", "2", "--no-publish"]
@@ -55,9 +55,44 @@ def test_tilts_with_frame_mdocs_alone_get_the_dose_before_them(tmp_path, capsys)
     assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
     said = events_in(capsys.readouterr().out)
     assert [e for e in said if e["event"] == "tilt_series_on"]
+    # said as what it is: no series mdoc came ("series_mdoc_after_tilts" said one had)
+    assert not [e for e in said if e["event"] == "series_mdoc_after_tilts"]
+    redone = [e for e in said if e["event"] == "movie_redo_metadata_changed"]
+    assert [e["movie"] for e in redone] == [str(watch / tilts[0].movie.path.name)]
+    assert "a single movie before it was known as a tilt of TS_01" in redone[0]["reason"]
     for tilt in tilts:
         record = json.loads((out / f"{tilt.movie.path.stem}.motion.json").read_text())
         assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(tilt.pre_exposure_e_A2,
                                                                     abs=1e-3), tilt.movie.path
     assert (out / "TS_01" / "TS_01.tlt").read_text().split() == [
         f"{t.tilt_deg:.2f}" for t in sorted(tilts, key=lambda t: t.tilt_deg)]
+
+
+def test_a_series_mdoc_copied_in_after_the_stacks_gives_them_its_tilt_axis(tmp_path, capsys):
+    """Frames on a share, the series mdoc copied over after the series was assembled from its
+    frame mdocs (as Murfey and facilities copy it, at the end): RELION's series STAR kept the
+    tilt axis 0 (the tilt records name the frame mdocs, which give none) and the stacks were
+    never assembled again. The series is assembled again with it; no tilt is corrected again
+    (nothing that weights them changed)."""
+    import starfile
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    tilts = _frame_mdoc_tilts(tmp_path)
+    for tilt in tilts:
+        _copy_in(watch, tilt)
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    star = out / "TS_01" / "TS_01.star"
+    assert float(starfile.read(star, always_dict=True)["TS_01"][
+        "rlnTomoNominalTiltAxisAngle"].iloc[0]) == 0.0
+    (watch / "TS_01.mrc.mdoc").write_text(series_mdoc_text(
+        "TS_01", tilts, pixel_size_A=1.1, shape_yx=(64, 64), n_frames=4))
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    said = events_in(capsys.readouterr().out)
+    assert not [e for e in said if e["event"] in ("movie_done", "movie_redo_metadata_changed")]
+    assert [e["event"] for e in said if e["event"].startswith("series_")].count(
+        "series_completed") == 1
+    table = starfile.read(star, always_dict=True)["TS_01"]
+    assert set(table["rlnTomoNominalTiltAxisAngle"]) == {85.3}
+    assert "Tilt axis angle = 85.3" in (out / "TS_01" / "TS_01.st.mdoc").read_text()

@@ -691,7 +691,8 @@ def test_changed_metadata_after_correction_is_detected_for_redo():
     after = _resolve(changed).assignments[name]
     why = assignment_change(before, after, tolerance_e_A2=0.01)
     assert "dose" in why and "pre-exposure" in why and "frame doses" in why
-    assert assignment_change(None, after, tolerance_e_A2=0.01) == "no tilt record"
+    assert assignment_change(None, after, tolerance_e_A2=0.01) == (
+        "corrected as a single movie before it was known as a tilt of TS_7 (by its series mdoc)")
 
 
 def test_a_done_tilts_record_is_compared_again_only_when_its_row_or_assignment_changes(
@@ -1055,3 +1056,59 @@ def test_a_reopened_series_is_assembled_again_though_a_listed_tilt_never_came():
                                     now_s=40, config=cfg)
     fresh, go = update_series_state(fresh, _obs("abx", "ab", "ab"), now_s=41, config=cfg)
     assert not go and fresh.status == "open"
+
+
+def _frame_mdoc(name: str, angle: float, prior: float | None, minute: int):
+    prior_line = "" if prior is None else f"PriorRecordDose = {prior}\n"
+    return parse_mdoc_text(f"[FrameSet = 0]\nTiltAngle = {angle}\nExposureDose = 40\n"
+                           f"{prior_line}SubFramePath = X:\\frames\\{name}\n"
+                           f"DateTime = 17-May-2024  10:{minute:02d}:00\n", path=f"/w/{name}.mdoc")
+
+
+def test_single_particle_movies_named_like_tilts_are_not_one_series():
+    """Movies named ``spa_00012_0.0.mrc`` (the default pattern's series, index and angle) in a
+    session where tilt series are on: their frame mdocs say one stage angle and no dose before
+    any of them, yet they were one series, each weighted with the doses of those before it as
+    its pre-exposure (0, 40, 80, 120 e/Å²). A dose series at one angle, whose PriorRecordDose
+    counts up, and a tilt series stay series."""
+    config = SeriesConfig(metadata_wait_s=60.0)
+    spa = [f"spa_{i:05d}_0.0.mrc" for i in range(4)]
+    frames = {n: _frame_mdoc(n, 0.01 * (i % 2), None if i == 2 else 0.0, i)
+              for i, n in enumerate(spa)}
+    res = resolve([MovieObservation(n, 0.0) for n in spa], [], frames, config=config,
+                  now_s=100.0)
+    assert set(spa) <= set(res.standalone) and not res.series
+    doses = [f"ds_{i:05d}_30.0.mrc" for i in range(3)]
+    frames = {n: _frame_mdoc(n, 30.0, 40.0 * i, i) for i, n in enumerate(doses)}
+    res = resolve([MovieObservation(n, 0.0) for n in doses], [], frames, config=config,
+                  now_s=100.0)
+    assert [res.assignments[n].pre_exposure_e_A2 for n in doses] == [0.0, 40.0, 80.0]
+    tilts = [f"TS_03_{i:03d}_{a:.1f}.mrc" for i, a in enumerate((0.0, 3.0, -3.0))]
+    frames = {n: _frame_mdoc(n, a, None, i) for i, (n, a) in enumerate(zip(tilts, (0, 3, -3)))}
+    res = resolve([MovieObservation(n, 0.0) for n in tilts], [], frames, config=config,
+                  now_s=100.0)
+    assert [res.assignments[n].pre_exposure_e_A2 for n in tilts] == [0.0, 40.0, 80.0]
+
+
+def test_a_series_assembled_without_its_series_mdoc_reopens_when_it_comes_not_after_upgrade():
+    """Assembled from frame mdocs (no series mdoc), it re-opens when its series mdoc comes, to
+    be assembled with its tilt axis; a series state an earlier version wrote does not say
+    which mdoc it was assembled with, and does not re-open for it (weeks of sessions' series
+    assembled again at the first start after an upgrade)."""
+    from dataclasses import replace
+
+    cfg = SeriesConfig(mdoc_quiet_s=1.0, idle_timeout_s=1000.0)
+    frames_only = _obs("", "ab", "ab", mdoc_since=None)
+    st, go = update_series_state(SeriesState("TS_7"), frames_only, now_s=2000.0, config=cfg,
+                                 run_ending=True)
+    assert go and st.status == "complete" and st.mdoc_known and st.assembled_mdoc is None
+    with_mdoc = replace(_obs("ab", "ab", "ab"), mdoc_path="/w/TS_7.mrc.mdoc")
+    again, _ = update_series_state(st, with_mdoc, now_s=2001.0, config=cfg)
+    assert again.status == "open" and "TS_7.mrc.mdoc came" in again.reason
+    again, go = update_series_state(again, with_mdoc, now_s=2002.0, config=cfg)
+    assert go and again.assembled_mdoc == "/w/TS_7.mrc.mdoc"
+    assert update_series_state(again, with_mdoc, now_s=2003.0, config=cfg)[0].status == \
+        "complete"
+    earlier = replace(st, mdoc_known=False)  # read from an earlier version's state
+    assert update_series_state(earlier, with_mdoc, now_s=2001.0, config=cfg)[0].status == \
+        "complete"
