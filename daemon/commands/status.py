@@ -153,6 +153,14 @@ def _requeued(ledger: Ledger) -> list[dict[str, Any]]:
     return out
 
 
+def _recorded_since(ledger: Ledger, path: str, beat_wall: float | None) -> bool:
+    """Whether ``path`` has a row written after the heartbeat at ``beat_wall`` (admitted,
+    corrected or quarantined since that heartbeat listed it as waiting)."""
+    if beat_wall is None:
+        return False
+    return any((row.updated or 0.0) > float(beat_wall) for row in ledger.rows(path=path))
+
+
 def _daemon_running(state: dict[str, Any], now: float) -> bool:
     """Whether the daemon that wrote ``state`` still runs: it beat within three of its
     heartbeat periods (at least 3 minutes), and, when it ran on this host, its process exists
@@ -234,6 +242,10 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         running = _daemon_running(state, now) or holder is not None
         series = _series(ledger.series_states(), ledger.rows(), state.get("watch_dir"),
                          running=running)
+        # the heartbeat's examples are as old as it is: one admitted since is not waiting
+        examples = (state.get("waiting_examples") or {}) if running else {}
+        waiting = {path: reason for path, reason in examples.items()
+                   if not _recorded_since(ledger, path, beat)}
     silent_s = _silent_s(state, now) if running else None
     problems = list(state.get("problems", [])) if running else []
     if silent_s is not None:
@@ -264,13 +276,14 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         # (stopped, or killed before it could say so) it holds for nothing
         "backlog": {"pending": counts["pending"] + counts["failed"] + len(requeued),
                     "requeued": requeued,
-                    "waiting_for_completion": state.get("waiting", 0) if running else 0,
+                    "waiting_for_completion": max(0, state.get("waiting", 0)
+                                                  - len(examples) + len(waiting)) if running
+                    else 0,
                     # settled movies a scan left for the next (admission's time a scan spent)
                     "waiting_for_admission": state.get("admission_backlog", 0) if running
                     else 0,
-                    "waiting": [{"movie": path, "reason": reason} for path, reason
-                                in (state.get("waiting_examples") or {}).items()] if running
-                    else [],
+                    "waiting": [{"movie": path, "reason": reason}
+                                for path, reason in waiting.items()],
                     "in_flight": state.get("in_flight", []) if running else [],
                     "next": backlog},
         "last_done": done,

@@ -230,3 +230,31 @@ def test_a_starting_daemon_records_itself_and_drops_what_the_last_run_said(tmp_p
     assert seen["pid"] == os.getpid() and seen["started_wall"] > 0
     assert seen["problems"] == [] and seen["in_flight"] == []
     assert seen["healthy"] is None and seen["pace"] is None
+
+
+def test_status_does_not_list_as_waiting_a_movie_done_since_the_last_heartbeat(tmp_path):
+    """The waiting movies are the last heartbeat's (up to 10 s old): a movie corrected since was
+    shown both as waiting ("settling") and among the last done."""
+    import socket
+    import time
+
+    from daemon.commands.status import collect_status
+    from daemon.events import MovieKey
+    from daemon.state.ledger import Ledger
+
+    db = tmp_path / "motionwatch.sqlite"
+    beat = time.time() - 5.0
+    clock = [beat - 30.0]
+    with Ledger(db, clock=lambda: clock[0]) as ledger:
+        ledger.set_service_state({
+            "pid": os.getpid(), "host": socket.gethostname(), "heartbeat_wall": beat,
+            "started_wall": beat - 60.0, "heartbeat_s": 10.0, "waiting": 3,
+            "waiting_examples": {"/w/a.mrc": "settling", "/w/b.mrc": "settling"}})
+        key = MovieKey("/w/a.mrc", 10, 1, "f")
+        ledger.add(key)
+        clock[0] = beat + 2.0  # corrected after that heartbeat
+        ledger.claim(key)
+        ledger.mark_done(key, outputs={}, timings={}, summary={})
+    backlog = collect_status(db)["backlog"]
+    assert backlog["waiting"] == [{"movie": "/w/b.mrc", "reason": "settling"}]
+    assert backlog["waiting_for_completion"] == 2
