@@ -295,7 +295,8 @@ class Service:
             raise ConfigError([problem])
         try:  # the first writes: a database on a full disk, or left read-only (root's)
             if (was := respelled_from(recorded, **folders)) is not None:
-                renamed = self.ledger.respell(was, str(cfg.watch_dir))
+                renamed = self.ledger.respell(was, str(cfg.watch_dir),
+                                              out_dir=str(cfg.out_dir))
                 self._log.info("state_respelled", was=was, now=str(cfg.watch_dir),
                                movies=renamed, note="the same folder, watched by another "
                                "spelling: the state names its movies as given now")

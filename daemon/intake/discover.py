@@ -614,8 +614,9 @@ class Discovery:
     def check_observer(self) -> None:
         """Notice a dead observer thread; log once and continue with rescans only. An event
         reader that stopped (the watched folder removed, and made again: a session folder
-        cleared by hand) is started again once the folder is there, at most every
-        :data:`REARM_S` seconds and :data:`MAX_REARMS` times a run."""
+        cleared by hand) is started again once the folder is there, at the first call
+        :data:`REARM_S` seconds or more after it stopped (the service calls once a scan), and
+        at most :data:`MAX_REARMS` times a run."""
         observer = self._observer
         if observer is not None and not observer.is_alive():
             self._observer = None

@@ -21,9 +21,9 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the tilt-series integration (each has a TOML key, e.g. ``dose_per_tilt``)."""
     g = parser.add_argument_group("tilt series")
     g.add_argument("--tilt-series", choices=("auto", "on", "off"), default="auto",
-                   help="tilt-series dose bookkeeping: on once a series mdoc, or a frame "
-                        "mdoc with a PriorRecordDose, is seen or --dose-per-tilt is given "
-                        "(auto), always (on), never (off)")
+                   help="tilt-series dose bookkeeping: on once a series mdoc is seen (or "
+                        "frame mdocs of several stage angles, one with a PriorRecordDose) or "
+                        "--dose-per-tilt is given (auto), always (on), never (off)")
     g.add_argument("--filename-pattern", default=DEFAULT_FILENAME_PATTERN, metavar="REGEX",
                    help="movie-name pattern with named groups series and angle (and index) for "
                         "movies without metadata")

@@ -65,6 +65,7 @@ from daemon.series.tilt_record import TiltRecord
 
 __all__ = [
     "DEFAULT_FILENAME_PATTERN",
+    "ONE_ANGLE_DEG",
     "MdocObservation",
     "MovieObservation",
     "Resolution",
@@ -82,6 +83,9 @@ __all__ = [
     "split_qualified",
     "series_name_of_mdoc",
 ]
+
+#: stage angles (°) within this of each other are one angle
+ONE_ANGLE_DEG = 0.5
 
 #: ``TS_01_003_-3.0.mrc``, ``TS_019_0000_8.0.mrc``, ``chrom_07_ts_010_167_000_-0.0.mrc``,
 #: ``Position_10_001_-20.00_20230324_121311_EER.eer``, ``s_mmm_00993_33.0_Oct08_07.39.05.tif``:
@@ -938,21 +942,19 @@ def _summary(name: str, src: str, mdoc_path: str | None, ordered: list[_Tilt], o
         unlisted_dose_e_A2=float(unlisted_e_A2))
 
 
-#: stage angles (°) within this of each other are one angle
-_ONE_ANGLE_DEG = 0.5
-
-
 def _single_movies(tilts: Sequence[_Tilt]) -> bool:
     """Movies named like the tilts of one series whose frame mdocs say they are not: all at
-    one stage angle, none with a dose before it (``PriorRecordDose`` > 0). Single-particle
-    movies named ``spa_00012_0.0.mrc`` in a session that also records tilt series were one
-    series, each with the doses of those before it as its pre-exposure (40, 80, 120 e/Å²)."""
+    one stage angle, and none with a dose before it (``PriorRecordDose`` > 0) or more than one
+    with none (two shots on each position). Single-particle movies named
+    ``spa_00012_0.0.mrc`` in a session that also records tilt series were one series, each
+    with the doses of those before it as its pre-exposure (40, 80, 120 e/Å²)."""
     if len(tilts) < 2 or any(t.match_source != "frame_mdoc" or t.tilt_deg is None
                              for t in tilts):
         return False
     angles = [float(t.tilt_deg) for t in tilts]
-    return (max(angles) - min(angles) <= _ONE_ANGLE_DEG
-            and not any((t.prior_record_dose or 0.0) > 0.0 for t in tilts))
+    priors = [t.prior_record_dose for t in tilts if t.prior_record_dose is not None]
+    return max(angles) - min(angles) <= ONE_ANGLE_DEG and (
+        not any(p > 0.0 for p in priors) or sum(p <= 0.0 for p in priors) > 1)
 
 
 def _frame_section(fm: MdocFile | None) -> TiltSection | None:

@@ -78,7 +78,7 @@ from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
                                      update_series_state)
 from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, DROPPED_SERIES_REASON,
-                                      REMOVED_SERIES_REASON,
+                                      ONE_ANGLE_DEG, REMOVED_SERIES_REASON,
                                       TILT_NO_DOSE_REASON, MdocObservation,
                                       MovieObservation, Resolution, SeriesConfig, SeriesSummary,
                                       TiltAssignment,
@@ -373,11 +373,24 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
 
 
 def _tilt_frame_mdoc(mdocs: Mapping[str, Any]) -> str | None:
-    """The path of a frame mdoc that says its movie is a tilt of a series (SerialEM writes
-    ``PriorRecordDose`` > 0 only for a record after others at its position), else None."""
+    """The path of a frame mdoc that says its movie is a tilt of a series, else None: its
+    ``[FrameSet]`` has a dose before it (``PriorRecordDose`` > 0) and another frame mdoc's a
+    stage angle more than :data:`ONE_ANGLE_DEG` from its own. Single-particle shots at one
+    angle (tilted or not) may show a dose before them (two shots on one position); the
+    ``[ZValue]`` frame ranges of a series recorded as one movie count doses within it."""
+    angles: list[float] = []
+    dosed: list[tuple[str, float]] = []
     for path, m in mdocs.items():
-        if m.parsed.kind == "frames" and any(
-                (s.prior_record_dose_e_A2 or 0.0) > 0.0 for s in m.parsed.sections):
+        if m.parsed.kind != "frames":
+            continue
+        for section in m.parsed.sections:
+            if section.kind != "FrameSet" or section.tilt_deg is None:
+                continue
+            angles.append(float(section.tilt_deg))
+            if (section.prior_record_dose_e_A2 or 0.0) > 0.0:
+                dosed.append((path, float(section.tilt_deg)))
+    for path, angle in dosed:
+        if any(abs(a - angle) > ONE_ANGLE_DEG for a in angles):
             return path
     return None
 

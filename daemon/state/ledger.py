@@ -729,13 +729,19 @@ class Ledger:
                     self._retire_series(db, before, after)
         return moved
 
-    def respell(self, old_folder: str, new_folder: str) -> int:
+    def respell(self, old_folder: str, new_folder: str, *, out_dir: str) -> int:
         """Name the movies and mdocs recorded below ``old_folder`` below ``new_folder``, another
         spelling of the same folder (its real path, where a link to it was watched): their
         paths, and every path below it in their JSON columns, the series states and the requeue
-        log. Rows whose new name is recorded already keep the old one. Returns the movie rows
-        renamed."""
+        log. Only what belongs to the output folder ``out_dir`` is renamed (a state folder
+        shared by sessions may hold another session's rows under the same link's name): a
+        movie whose outputs lie in it, or, without outputs, whose file is at the new name (the
+        same size and modification time), as for an mdoc and a requeued version; a series
+        whose stacks lie in it. Rows whose new name is recorded already keep the old one.
+        Returns the movie rows renamed."""
         old, new = old_folder.rstrip(os.sep) + os.sep, new_folder.rstrip(os.sep) + os.sep
+        outs = tuple({str(out_dir).rstrip(os.sep) + os.sep,
+                      os.path.realpath(out_dir).rstrip(os.sep) + os.sep})
 
         def spelt(value: Any) -> Any:
             if isinstance(value, str):
@@ -749,33 +755,50 @@ class Ledger:
         def spelt_json(text: str | None) -> str | None:
             return None if text is None else json.dumps(spelt(json.loads(text)))
 
+        def in_out(values: Any) -> bool:
+            return any(isinstance(v, str) and v.startswith(outs) for v in values)
+
+        def there(path: str, size: Any, mtime_ns: Any) -> bool:
+            try:
+                st = os.stat(spelt(path))
+            except OSError:
+                return False
+            return st.st_size == _ns_out(size) and st.st_mtime_ns == _ns_out(mtime_ns)
+
         renamed = 0
         with self._tx() as db:
-            for r in db.execute("SELECT id, path, outputs, summary, metadata FROM movies"
-                                ).fetchall():
+            for r in db.execute("SELECT id, path, size, mtime_ns, outputs, summary, metadata "
+                                "FROM movies").fetchall():
                 path = _path_out(r[1])
                 if not path.startswith(old):
                     continue
+                outputs = json.loads(r[4]) if r[4] else {}
+                if not (in_out(outputs.values()) if outputs else there(path, r[2], r[3])):
+                    continue  # another output folder's (a shared state folder)
                 try:
                     db.execute("UPDATE movies SET path = ?, outputs = ?, summary = ?, "
                                "metadata = ? WHERE id = ?",
-                               (_path_in(spelt(path)), *map(spelt_json, r[2:5]), r[0]))
+                               (_path_in(spelt(path)), *map(spelt_json, r[4:7]), r[0]))
                 except sqlite3.IntegrityError:
                     continue  # that version is recorded under the new name too
                 renamed += 1
-            for r in db.execute("SELECT path FROM mdocs").fetchall():
+            for r in db.execute("SELECT path, size, mtime_ns FROM mdocs").fetchall():
                 path = _path_out(r[0])
-                if path.startswith(old):
+                if path.startswith(old) and there(path, r[1], r[2]):
                     db.execute("UPDATE OR IGNORE mdocs SET path = ? WHERE path = ?",
                                (_path_in(spelt(path)), r[0]))
                     db.execute("DELETE FROM mdocs WHERE path = ?", (r[0],))  # known anew
-            for name, state in db.execute("SELECT name, state FROM series").fetchall():
-                db.execute("UPDATE series SET state = ? WHERE name = ?",
-                           (spelt_json(state), name))
+            for name, text in db.execute("SELECT name, state FROM series").fetchall():
+                state = json.loads(text)
+                if in_out([state.get("folder"), *(state.get("stacks") or {}).values()]):
+                    db.execute("UPDATE series SET state = ? WHERE name = ?",
+                               (json.dumps(spelt(state)), name))
             log = self._state_json(db, _REQUEUED_VERSIONS, None)
             if log is not None:
+                log = [[n, spelt(p) if there(p, size, mtime) else p, size, mtime, *rest]
+                       for n, p, size, mtime, *rest in log]
                 db.execute("UPDATE service_state SET value = ? WHERE key = ?",
-                           (json.dumps(spelt(log)), _REQUEUED_VERSIONS))
+                           (json.dumps(log), _REQUEUED_VERSIONS))
         return renamed
 
     @staticmethod

@@ -96,3 +96,30 @@ def test_a_series_mdoc_copied_in_after_the_stacks_gives_them_its_tilt_axis(tmp_p
     table = starfile.read(star, always_dict=True)["TS_01"]
     assert set(table["rlnTomoNominalTiltAxisAngle"]) == {85.3}
     assert "Tilt axis angle = 85.3" in (out / "TS_01" / "TS_01.st.mdoc").read_text()
+
+
+def test_single_particle_shots_with_a_dose_before_some_do_not_turn_tilt_series_on(tmp_path,
+                                                                                  capsys):
+    """Two shots on each position, named with the stage angle (``grid1_00002_0.00.mrc``):
+    every second frame mdoc gives a dose before it. One such mdoc turned the tilt-series
+    bookkeeping on, and the movies became one series with pre-exposures 0, 45, 90, 135 e/Å².
+    Frame mdocs at one stage angle are not a tilt series: each is a single movie."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    rng = np.random.default_rng(2)
+    from daemon.simulation.movies import write_movie_progressively
+
+    names = [f"grid1_{i:05d}_0.00.mrc" for i in range(4)]
+    for i, name in enumerate(names):
+        frames = rng.poisson(1.0, (4, 64, 64)).astype(np.int16)
+        write_movie_progressively(watch / name, frames, pixel_size_A=1.1, frame_interval_s=0)
+        (watch / f"{name}.mdoc").write_text(format_mdoc([("PixelSpacing", 1.1)], [[
+            ("TiltAngle", 0.0), ("ExposureDose", 45.0), ("PriorRecordDose", 45.0 * (i % 2)),
+            ("SubFramePath", f"X:\\frames\\{name}"), ("NumSubFrames", 4),
+            ("DateTime", f"07-Dec-26  10:0{i}:00")]], section_key="FrameSet"))
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    said = events_in(capsys.readouterr().out)
+    assert not [e for e in said if e["event"] == "tilt_series_on"]
+    for name in names:
+        record = json.loads((out / f"{name[:-4]}.motion.json").read_text())
+        assert record["dose"]["pre_exposure_e_A2"] == 0.0 and "tilt" not in record

@@ -1078,6 +1078,11 @@ def test_single_particle_movies_named_like_tilts_are_not_one_series():
     res = resolve([MovieObservation(n, 0.0) for n in spa], [], frames, config=config,
                   now_s=100.0)
     assert set(spa) <= set(res.standalone) and not res.series
+    # two shots on each position: a dose before every second one, none before the others
+    frames = {n: _frame_mdoc(n, 0.0, 45.0 * (i % 2), i) for i, n in enumerate(spa)}
+    res = resolve([MovieObservation(n, 0.0) for n in spa], [], frames, config=config,
+                  now_s=100.0)
+    assert set(spa) <= set(res.standalone) and not res.series
     doses = [f"ds_{i:05d}_30.0.mrc" for i in range(3)]
     frames = {n: _frame_mdoc(n, 30.0, 40.0 * i, i) for i, n in enumerate(doses)}
     res = resolve([MovieObservation(n, 0.0) for n in doses], [], frames, config=config,

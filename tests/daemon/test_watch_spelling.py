@@ -99,3 +99,29 @@ def test_rows_of_a_link_since_re_pointed_stay_their_session_s(tmp_path):
     link.symlink_to(today, target_is_directory=True)
     assert respelled_from(served, watch_dir=today, out_dir=out, state_dir=out) is None
     assert respelled_from(served, watch_dir=link, out_dir=out, state_dir=out) is None
+
+
+def test_only_the_output_folders_rows_are_named_anew_in_a_shared_state_folder(tmp_path):
+    """A state folder shared by two sessions, both watched through ``current`` (re-pointed):
+    the rows of both were under ``current/``, and giving one session's real path named the
+    other's movies as its own. Only rows whose outputs lie in this output folder (or, without
+    outputs, whose file is at the new name) are named anew."""
+    from daemon.events import MovieKey
+
+    real, out_a, out_b, link = (tmp_path / "s2", tmp_path / "outA", tmp_path / "outB",
+                                tmp_path / "current")
+    real.mkdir()
+    (real / "pending.mrc").write_bytes(b"frames")
+    st = (real / "pending.mrc").stat()
+    with Ledger(tmp_path / DB_NAME) as ledger:
+        for name, out in (("mine.mrc", out_b), ("theirs.mrc", out_a)):
+            key = MovieKey(f"{link}/{name}", 10, 1, "f")
+            ledger.add(key)
+            ledger.claim(key)
+            ledger.mark_done(key, outputs={"motion": f"{out}/{name}.motion.json"}, timings={},
+                             summary={})
+        ledger.add(MovieKey(f"{link}/pending.mrc", st.st_size, st.st_mtime_ns, "f"))
+        ledger.add(MovieKey(f"{link}/gone.mrc", 5, 1, "f"))
+        assert ledger.respell(str(link), str(real), out_dir=str(out_b)) == 2
+        assert sorted(r.key.path for r in ledger.rows()) == sorted([
+            f"{real}/mine.mrc", f"{link}/theirs.mrc", f"{real}/pending.mrc", f"{link}/gone.mrc"])
