@@ -14,6 +14,17 @@ FAST = ["--settle-time", "0.2", "--scan-interval", "0.1", "--mdoc-quiet", "0.5",
         "--exit-when-idle", "2", "--no-publish", "--dose-per-frame", "1"]
 
 
+def _nothing_happened(events, out, watch, tilts) -> None:
+    """No tilt corrected or met again, the series not re-opened, and the state naming every
+    tilt once, below ``watch``."""
+    assert not [e for e in events if e["event"] in ("series_reopened", "movie_done",
+                                                    "movie_alias")]
+    with Ledger(out / DB_NAME, read_only=True) as ledger:
+        assert ledger.movie_counts()["done"] == len(tilts)
+        assert {r.key.path for r in ledger.rows()} == {str(watch / t.movie.path.name)
+                                                      for t in tilts}
+
+
 def test_a_run_on_a_link_to_the_watched_folder_leaves_its_finished_series_finished(
         tmp_path, capsys):
     """Run 1 watched ``w`` and finished its series; run 2, on ``current -> w`` (a unit file
@@ -32,12 +43,7 @@ def test_a_run_on_a_link_to_the_watched_folder_leaves_its_finished_series_finish
     second = events_in(capsys.readouterr().out)
     said = [e for e in second if e["event"] == "watch_folder_as_recorded"]
     assert said and said[0]["given"] == str(link) and said[0]["watching"] == str(watch)
-    assert not [e for e in second if e["event"] in ("series_reopened", "movie_done",
-                                                    "movie_alias")]
-    with Ledger(out / DB_NAME, read_only=True) as ledger:
-        assert ledger.movie_counts()["done"] == len(tilts)
-        assert {r.key.path for r in ledger.rows()} == {str(watch / t.movie.path.name)
-                                                      for t in tilts}
+    _nothing_happened(second, out, watch, tilts)
 
 
 def test_a_recorded_link_is_not_taken_over_a_real_path_given_instead(tmp_path):
@@ -73,12 +79,7 @@ def test_a_run_on_the_real_path_of_a_linked_folder_leaves_its_finished_series_fi
 
     assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
     second = events_in(capsys.readouterr().out)
-    assert not [e for e in second if e["event"] in ("series_reopened", "movie_done",
-                                                    "movie_alias")]
-    with Ledger(out / DB_NAME, read_only=True) as ledger:
-        assert ledger.movie_counts()["done"] == len(tilts)
-        assert {r.key.path for r in ledger.rows()} == {str(watch / t.movie.path.name)
-                                                      for t in tilts}
+    _nothing_happened(second, out, watch, tilts)
     respelled = [e for e in second if e["event"] == "state_respelled"]
     assert respelled and respelled[0]["movies"] == len(tilts)
 
