@@ -30,6 +30,9 @@ from correction.defects import detect_hot_pixels  # noqa: E402
 DOSES = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
+#: clean pixels flagged a movie, on average at most (detect_hot_pixels' false_positives)
+_FALSE_POSITIVES = 0.01
+
 def _load_old(path: Path):
     spec = importlib.util.spec_from_file_location("old_defects", path / "correction" / "defects.py",
                                                   submodule_search_locations=[])
@@ -54,7 +57,9 @@ def sweep(size: int, n_frames: int, n_planted: int, detectors: dict) -> None:
     rng = np.random.default_rng(0)
     shape = (size, size)
     gain = rng.uniform(0.8, 1.25, shape).astype(np.float32)
-    print(f"{size}² x {n_frames} frames, {n_planted} planted at +20 counts/frame")
+    print(f"{size}² x {n_frames} frames, {n_planted} planted at +20 counts/frame; bounds: "
+          f"clean pixels flagged {_FALSE_POSITIVES:g} expected a movie (the Poisson test's "
+          f"Bonferroni level), planted caught {n_planted} of {n_planted}")
     print(f"{'detector':>8} {'dose':>5} {'gain':>5} | {'clean: kept':>11} {'flagged':>8} | "
           f"{'planted: kept':>13} {'flagged':>8} {'caught':>7} | {'time s':>6}")
     for dose in DOSES:

@@ -47,6 +47,9 @@ import numpy as np
 from daemon.commands.cli import single_threaded_blas_environment
 
 
+#: the largest residual displacement the applied field may leave (README, tests)
+APPLICATION_BOUND_PX = 0.05
+
 def _render_movie(args: argparse.Namespace, *, noise_free: bool = False):
     from correction.synthetic_local import (LocalDeformation, render_local_movie,
                                             smooth_global_drift)
@@ -316,8 +319,9 @@ def _report(r: dict) -> None:
     if app:
         print(f"  application error (true field, noise-free, frames 0 and n-1, 32-px windows): "
               f"tiles {app['tile_px']} px, first-order term {app['taylor']}, max gradient "
-              f"{app['max_gradient']:.5f}: max {app['planned']['max_px']:.4f} px, RMS "
-              f"{app['planned']['rms_px']:.4f} px; constant shifts on 512-px tiles: max "
+              f"{app['max_gradient']:.5f}: max {app['planned']['max_px']:.4f} px (bound "
+              f"{APPLICATION_BOUND_PX:g} px; the tile plan's own {app['bound_px']:.4f} px), "
+              f"RMS {app['planned']['rms_px']:.4f} px; constant shifts on 512-px tiles: max "
               f"{app['constant_512']['max_px']:.4f}, RMS {app['constant_512']['rms_px']:.4f}")
     for name, f in r["frc"].items():  # plain_tiled: per 512-px tile (as for the tmc figure)
         print(f"  FRC vs truth 0.2-0.7 Nyquist, {name:>13}: local {f['local']:.4f}, global only "
