@@ -590,8 +590,13 @@ class Admission:
             self._handled.add(ident)
             return None
         if earlier:
-            log.info("movie_changed", note="new size, mtime or parameters: treated as a new movie",
-                     size=obs.size, previous=[r.status for r in earlier])
+            same_file = all((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
+                            for r in earlier)
+            log.info("movie_changed", note=(
+                "the same file under new metadata or settings (its dose, pre-exposure, gain or "
+                "parameters): corrected anew" if same_file
+                else "new size or mtime: treated as a new movie"),
+                size=obs.size, previous=[r.status for r in earlier])
         content = content_fingerprint(obs.path)
         adopted = find_adoptable_outputs(key, out_dir, stem, content)
         if adopted is not None:

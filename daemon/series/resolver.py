@@ -369,7 +369,17 @@ def _state_from(name: str, d: Mapping[str, Any]) -> SeriesState:
                        assembled_rows=frozenset(
                            (str(r[0]), (int(r[1]), r[2] if len(r) > 2 else None))
                            for r in d.get("assembled_rows") or ()),
-                       assembled_mdoc=d.get("assembled_mdoc"), mdoc_known="assembled_mdoc" in d)
+                       **_assembled_mdoc(d))
+
+
+def _assembled_mdoc(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The series mdoc a stored state was assembled with: recorded, or, in a state of an
+    earlier version, the one it last named (none: a series of frame mdocs, whose series mdoc
+    copied in after an upgrade re-assembles it too); unknown without either."""
+    for key in ("assembled_mdoc", "mdoc"):
+        if key in d and (key == "assembled_mdoc" or d.get("status") == "complete"):
+            return {"assembled_mdoc": d.get(key), "mdoc_known": True}
+    return {"assembled_mdoc": None, "mdoc_known": False}
 
 
 def _tilt_frame_mdoc(mdocs: Mapping[str, Any]) -> str | None:

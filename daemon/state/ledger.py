@@ -775,10 +775,15 @@ class Ledger:
                 outputs = json.loads(r[4]) if r[4] else {}
                 if not (in_out(outputs.values()) if outputs else there(path, r[2], r[3])):
                     continue  # another output folder's (a shared state folder)
+                # noted as a move (``moved_from``): the hand-off's files name it anew, as
+                # those of a movie renamed (RELION's STARs named it through the old link)
+                metadata = spelt(json.loads(r[6])) if r[6] else {}
+                metadata["moved_from"] = [*metadata.get("moved_from", []), path]
                 try:
                     db.execute("UPDATE movies SET path = ?, outputs = ?, summary = ?, "
                                "metadata = ? WHERE id = ?",
-                               (_path_in(spelt(path)), *map(spelt_json, r[4:7]), r[0]))
+                               (_path_in(spelt(path)), *map(spelt_json, r[4:6]),
+                                json.dumps(metadata), r[0]))
                 except sqlite3.IntegrityError:
                     continue  # that version is recorded under the new name too
                 renamed += 1

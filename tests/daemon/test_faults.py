@@ -687,6 +687,9 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
     assert (said["finished_movies"], said["policy"]) == (1, "redo")
     with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
         assert sorted(r.status for r in ledger.rows()) == ["done", "done"]
+    # said as what it is: the file did not change ("new size, mtime or parameters" before)
+    assert [e["note"].startswith("the same file under new metadata or settings")
+            for e in log.named("movie_changed")] == [True]
     # back to the first settings (A -> B -> A): its outputs are B's, and it is said so (the
     # movie was corrected again, with no word at the start)
     log = RecordingLog()

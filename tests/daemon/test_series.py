@@ -1117,3 +1117,18 @@ def test_a_series_assembled_without_its_series_mdoc_reopens_when_it_comes_not_af
     earlier = replace(st, mdoc_known=False)  # read from an earlier version's state
     assert update_series_state(earlier, with_mdoc, now_s=2001.0, config=cfg)[0].status == \
         "complete"
+
+
+def test_an_earlier_versions_state_says_which_mdoc_it_was_assembled_with_by_the_one_it_named():
+    """A series an earlier release assembled from frame mdocs named no series mdoc in its
+    state: its series mdoc copied in after the upgrade left the stacks' mdocs without the
+    tilt axis RELION's STAR then gave. A complete state's last ``mdoc`` is the one it was
+    assembled with."""
+    from daemon.series.resolver import _state_from
+
+    frames = _state_from("TS_2", {"status": "complete", "mdoc": None})
+    assert frames.mdoc_known and frames.assembled_mdoc is None
+    listed = _state_from("TS_1", {"status": "complete", "mdoc": "/w/TS_1.mrc.mdoc"})
+    assert listed.mdoc_known and listed.assembled_mdoc == "/w/TS_1.mrc.mdoc"
+    assert not _state_from("TS_3", {"status": "open", "mdoc": None}).mdoc_known
+    assert not _state_from("TS_4", {"status": "complete"}).mdoc_known

@@ -82,6 +82,19 @@ def test_a_run_on_the_real_path_of_a_linked_folder_leaves_its_finished_series_fi
     _nothing_happened(second, out, watch, tilts)
     respelled = [e for e in second if e["event"] == "state_respelled"]
     assert respelled and respelled[0]["movies"] == len(tilts)
+    # RELION's files name the movies by the real path too: the link is re-pointed at the next
+    # session, whose movies of the same names they would have named
+    import starfile
+
+    for star in (out / "TS_01" / "TS_01.star", out / "corrected_tilt_series.star"):
+        tables = starfile.read(star, always_dict=True)
+        names = [str(v) for t in tables.values() if hasattr(t, "columns")
+                 for c in ("rlnMicrographMovieName",) if c in t.columns for v in t[c]]
+        assert all(str(link) not in n for n in names), (star, names)
+    assert sorted(n for t in starfile.read(out / "TS_01" / "TS_01.star",
+                                           always_dict=True).values()
+                  for n in t["rlnMicrographMovieName"]) == sorted(
+        str(watch / t.movie.path.name) for t in tilts)
 
 
 def test_rows_of_a_link_since_re_pointed_stay_their_session_s(tmp_path):
