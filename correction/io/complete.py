@@ -320,6 +320,8 @@ def _check_tiff(path: Path) -> Completeness:
     with open_tiff(path) as tif:
         layout = scan_tiff(tif, path, all_pages=False)
         n = layout.n_pages
+        if layout.chain_loops_to is not None:
+            return _not_a_movie(layout.loop_reason, path)
         if layout.chain_cut_at is not None:
             return Completeness(False, f"file cut at byte {layout.file_size}: {n} pages "
                                        f"present, the next IFD (at byte "

@@ -504,3 +504,29 @@ def test_a_pre_sized_eer_stalled_in_its_last_bytes_is_not_complete(tmp_path, den
                 taken.append((len(complete) - written, filling.n_frames))
     # the last IFD's strip byte count's high byte: its low byte read alone is a count too
     assert all(left <= 16 for left, _ in taken), taken[:5]
+
+
+@pytest.mark.parametrize("back_to", [0, 2])
+def test_a_tiff_whose_page_chain_loops_is_not_a_movie_not_a_cut_file(tmp_path, back_to):
+    """The last IFD links back to one already read (directly, or through an IFD tifffile does
+    not list): it was reported as a file cut short ("the next page's IFD is missing or
+    incomplete"), waited for as still being written, and only then quarantined with that
+    reason; no more bytes end such a chain."""
+    from correction.errors import UnsupportedFormatError
+
+    data = np.random.default_rng(2).integers(1, 5, (4, 32, 32)).astype(np.uint8)
+    path = tmp_path / "loop.tif"
+    path.write_bytes(_libtiff_layout(data))  # SerialEM's: each IFD, then its page's data
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        offsets = [page.offset for page in tif.pages]
+    assert len(offsets) == 4
+    last = offsets[-1]
+    (n_tags,) = struct.unpack_from("<H", raw, last)
+    struct.pack_into("<I", raw, last + 2 + 12 * n_tags, offsets[back_to])
+    path.write_bytes(bytes(raw))
+    result = check_complete(path)
+    assert not result.complete and result.not_a_movie
+    assert "page chain loops" in result.reason and "cut" not in result.reason
+    with pytest.raises(UnsupportedFormatError, match="page chain loops"):
+        read_movie(path)
