@@ -243,6 +243,7 @@ class Admission:
         #: folder and suffix (``/data/grid1/*.tif``) -> frames of the last movie of that kind
         #: admitted from it (a movie with fewer waits)
         self._folder_frames: dict[str, int] = {}
+        self._folder_last: dict[str, str] = {}  # folder -> the movie its frame count is of
         #: folder -> the movies held for fewer frames (path -> frames): two alike are a
         #: shorter exposure setting
         self._held_short: dict[str, dict[str, int]] = {}
@@ -929,6 +930,10 @@ class Admission:
         if not expected and found is not None and (
                 str(obs.path), obs.size, obs.mtime_ns) not in self._recorded_versions():
             usual = self._folder_frames.get(folder)
+            if usual is not None and self._given_up(self._folder_last.get(folder)):
+                # the movie it came from failed (a 10,000-page file of 4 x 4 px): no measure
+                usual = None
+                self._folder_frames.pop(folder, None)
             suffix = obs.path.suffix.lower()
             if usual is not None and found < usual - _frames_slack(usual, suffix):
                 held[str(obs.path)] = found
@@ -939,11 +944,12 @@ class Admission:
                                      f"movies of {found} frames after {usual}: taken as a "
                                      "new exposure setting")
                     self._folder_frames[folder] = found
+                    self._folder_last[folder] = str(obs.path)
                 else:
                     expected, said = usual, "the movie before it here had"
         if not expected or found is None or found >= expected:
             held.pop(str(obs.path), None)
-            self._folder_seen(folder, found)
+            self._folder_seen(folder, found, str(obs.path))
             return None
         reason = f"{said} {expected} frames, the file has {found} so far"
         if (self._settler.stable_for_s(obs.path) or 0.0) < self.settings.incomplete_grace_s:
@@ -953,17 +959,32 @@ class Admission:
                          f"{reason} after {self.settings.incomplete_grace_s:g} s unchanged: "
                          f"corrected with its {found} frames", level="warning")
         held.pop(str(obs.path), None)
-        self._folder_seen(folder, found)
+        self._folder_seen(folder, found, str(obs.path))
         return None
 
-    def _folder_seen(self, folder: str, frames: int | None) -> None:
-        """Remember the frames of the movie admitted last from ``folder`` (bounded)."""
+    def _folder_seen(self, folder: str, frames: int | None, movie: str) -> None:
+        """Remember the frames of the movie admitted last from ``folder`` (bounded), and
+        which movie it was."""
         if frames is None:
             return
         if len(self._folder_frames) >= _FOLDERS_REMEMBERED and folder not in self._folder_frames:
             self._folder_frames.clear()
+            self._folder_last.clear()
             self._held_short.clear()
         self._folder_frames[folder] = frames
+        self._folder_last[folder] = movie
+
+    def _given_up(self, movie: str | None) -> bool:
+        """Whether ``movie`` failed or was quarantined and was never corrected (its frame
+        count measures nothing: a file no movie is, refused by its worker)."""
+        if movie is None:
+            return False
+        try:
+            rows = self._ledger().rows(path=movie)
+        except sqlite3.Error:
+            return False
+        return any(r.status in ("failed", "quarantined") for r in rows) and not any(
+            r.status == "done" for r in rows)
 
     def _known_complete(self, obs: Observation) -> Verdict | None:
         """The verdict of a movie version this ledger already found complete (same path, size

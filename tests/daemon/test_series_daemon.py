@@ -491,6 +491,28 @@ def test_a_change_to_a_shorter_exposure_holds_its_first_movie_only_until_the_sec
     assert any(e.get("event") == "folder_exposure_changed" for e in events(log))
 
 
+def test_a_quarantined_file_does_not_set_the_frames_the_next_movie_waits_for(tmp_path):
+    """A file of 400 frames of 8 x 8 pixels (no movie: refused by its worker) set the count
+    the next movie of its folder was held to: a whole movie of 10 frames waited the
+    incomplete grace and was said to be corrected short. Once the file it came from has
+    failed, the count measures nothing."""
+    watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
+    watch.mkdir()
+    rng = np.random.default_rng(12)
+    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S)
+    try:
+        with mrcfile.new(tmp_path / "junk.mrc") as mrc:
+            mrc.set_data(rng.poisson(1.0, (400, 8, 8)).astype(np.int16))
+        (tmp_path / "junk.mrc").rename(watch / "junk.mrc")
+        wait_for(log, "movie_started", 1)
+        _drop_movie(rng, tmp_path / "good.mrc", watch, 10)
+        wait_for(log, "movie_done", 1, timeout_s=100)  # held: 200 s
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    assert not any(e.get("event") == "movie_short_of_frames" for e in events(log))
+
+
 def test_movies_of_another_kind_in_the_folder_are_not_compared_frame_for_frame(tmp_path):
     """An EER counts raw frames, an MRC frames: an MRC of 8 frames after an EER of 40 raw
     frames in the same folder is no paused writer's (it was held for the incomplete grace)."""
