@@ -436,7 +436,22 @@ def parse_mdoc_text(text: str, *, path: str | Path | None = None, sha256: str | 
     return MdocFile(path=p, kind=kind, sections=tuple(sections), global_items=tuple(global_items),
                     titles=tuple(titles), image_file=g.get("ImageFile"), pixel_spacing_A=g_pixel,
                     voltage_kV=g_voltage, sha256=sha256, size_bytes=int(size_bytes or 0),
-                    warnings=tuple(file_warnings))
+                    warnings=_capped(file_warnings))
+
+
+#: warnings kept of one file's (or section's) lines, the rest counted in one more line
+_WARNINGS_KEPT = 5
+
+
+def _capped(warnings: list[str]) -> tuple[str, ...]:
+    """At most :data:`_WARNINGS_KEPT` warnings and one counting the rest: a file of junk gave
+    a log line for each of its lines (1,044 for 200 kB of random bytes)."""
+    if len(warnings) <= _WARNINGS_KEPT + 1:
+        return tuple(warnings)
+    rest = len(warnings) - _WARNINGS_KEPT
+    return (*warnings[:_WARNINGS_KEPT],
+            f"{warnings[_WARNINGS_KEPT].split(':', 1)[0]}: and {rest} more such warnings "
+            "(lines not read as an mdoc's: is it one?)")
 
 
 _NUMERIC_KEYS = frozenset((
@@ -547,6 +562,6 @@ def _make_section(name: str, index: int, kind: str, value: str, items: list[tupl
         frame_ts_start_end=ts_pair,
         has_piece_coordinates="PieceCoordinates" in d,
         complete=complete,
-        warnings=tuple(warns),
+        warnings=_capped(warns),
         items=tuple(items),
     )
