@@ -643,11 +643,9 @@ class Discovery:
 
     @staticmethod
     def _stop_observer(observer: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # stopping must not raise
             observer.stop()
             observer.join(timeout=5)
-        except Exception:  # noqa: BLE001 - stopping must not raise
-            pass
 
     def stop(self) -> None:
         """Stop the observer thread (if any) and detach the overflow handler."""

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mrcfile
@@ -35,6 +37,19 @@ def start_daemon(watch: Path, out: Path, log: Path, *extra: str) -> subprocess.P
     return spawn(watch_argv(watch, out, "--dose-per-frame", "1.0", "--settle-time", "0.3",
                             "--scan-interval", "0.1", "--heartbeat", "0.5",
                             "--incomplete-grace", "5", *extra), log)
+
+
+@contextmanager
+def running_daemon(watch: Path, out: Path, log: Path, *extra: str
+                   ) -> Iterator[subprocess.Popen]:
+    """:func:`start_daemon`, stopped by SIGTERM (and waited for) when the block ends."""
+    daemon = start_daemon(watch, out, log, *extra)
+    try:
+        yield daemon
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+
 
 SHAPE = (128, 128)
 N_FRAMES = 4
@@ -375,15 +390,11 @@ def test_a_tilt_whose_tiff_writer_pauses_between_pages_waits_for_the_frames_its_
     (watch / "TS_01.mrc.mdoc").write_text(series_mdoc_text(
         "TS_01", [tilt], pixel_size_A=1.1, shape_yx=SHAPE, n_frames=6))
     frames = np.random.default_rng(5).poisson(2.0, (6, *SHAPE)).astype(np.uint8)
-    daemon = start_daemon(watch, out, log, *SERIES_FLAGS, "--incomplete-grace", "60",
-                          "--pixel-size", "1.1")
-    try:
+    with running_daemon(watch, out, log, *SERIES_FLAGS, "--incomplete-grace", "60",
+                         "--pixel-size", "1.1"):
         _write_pausing_until_held(movie, frames, log, "the mdoc says 6 frames")
         wait_for(log, "movie_done", 1)
         wait_for_heartbeats(out, 3)  # a redo would follow within a few scans
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert [(r["status"], r["path"]) for r in rows(out)] == [("done", str(movie))]
     assert motion(out, movie)["frames"] == 6
     assert not any(e.get("event") == "movie_changed" for e in events(log))
@@ -402,16 +413,12 @@ def test_a_movie_of_no_mdoc_whose_tiff_writer_pauses_waits_for_the_frames_of_the
     frames = np.random.default_rng(6).poisson(2.0, (2, 6, *SHAPE)).astype(np.uint8)
     tifffile.imwrite(watch / "FoilHole_1_Data_1_fractions.tiff", frames[0])
     paused = watch / "FoilHole_1_Data_2_fractions.tiff"
-    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--incomplete-grace", "60",
-                          "--pixel-size", "1.1")
-    try:
+    with running_daemon(watch, out, log, "--tilt-series", "off", "--incomplete-grace", "60",
+                         "--pixel-size", "1.1"):
         wait_for(log, "movie_done", 1)
         _write_pausing_until_held(paused, frames[1], log, "the movie before it here had 6 frames")
         wait_for(log, "movie_done", 2)
         wait_for_heartbeats(out, 3)  # a redo would follow within a few scans
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert sorted(r["path"] for r in rows(out) if r["status"] == "done") == sorted(
         str(p) for p in watch.glob("*.tiff"))
     assert motion(out, paused)["frames"] == 6
@@ -436,16 +443,12 @@ def test_an_eer_a_raw_frame_or_two_short_of_the_one_before_is_not_held_back(tmp_
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(7)
-    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S, "--eer-group", "5")
-    try:
+    with running_daemon(watch, out, log, *_HELD_FOR_200_S, "--eer-group", "5"):
         for count, (name, n) in enumerate((("a.eer", 50), ("b.eer", 49)), start=1):
             write_eer(tmp_path / name, [(rng.random((64, 64)) < 0.2).astype(np.uint8)
                                         for _ in range(n)], shape_yx=(64, 64))
             (tmp_path / name).rename(watch / name)
             wait_for(log, "movie_done", count, timeout_s=100)  # held: 200 s
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert not any(e.get("event") == "movie_incomplete" for e in events(log))
 
 
@@ -456,15 +459,11 @@ def test_an_mrc_a_frame_short_of_the_one_before_waits_for_the_rest(tmp_path):
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(7)
-    daemon = start_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
-                          "--incomplete-grace", "3")
-    try:
+    with running_daemon(watch, out, log, "--tilt-series", "off", "--pixel-size", "1.1",
+                         "--incomplete-grace", "3"):
         for count, (name, n) in enumerate((("a.mrc", 10), ("b.mrc", 9)), start=1):
             _drop_movie(rng, tmp_path / name, watch, n)
             wait_for(log, "movie_done", count, timeout_s=100)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     held = [e for e in events(log) if e.get("event") == "movie_short_of_frames"]
     assert [Path(e["movie"]).name for e in held] == ["b.mrc"]
     assert "the movie before it here had 10 frames, the file has 9" in held[0]["reason"]
@@ -477,16 +476,12 @@ def test_a_change_to_a_shorter_exposure_holds_its_first_movie_only_until_the_sec
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(9)
-    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S)
-    try:
+    with running_daemon(watch, out, log, *_HELD_FOR_200_S):
         _drop_movie(rng, tmp_path / "a.mrc", watch, 20)
         wait_for(log, "movie_done", 1)
         for name in ("b.mrc", "c.mrc"):
             _drop_movie(rng, tmp_path / name, watch, 10)
         wait_for(log, "movie_done", 3, timeout_s=100)  # held: 200 s
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert not any(e.get("event") == "movie_short_of_frames" for e in events(log))
     assert any(e.get("event") == "folder_exposure_changed" for e in events(log))
 
@@ -499,17 +494,13 @@ def test_a_quarantined_file_does_not_set_the_frames_the_next_movie_waits_for(tmp
     watch, out, log = tmp_path / "w", tmp_path / "out", tmp_path / "log"
     watch.mkdir()
     rng = np.random.default_rng(12)
-    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S)
-    try:
+    with running_daemon(watch, out, log, *_HELD_FOR_200_S):
         with mrcfile.new(tmp_path / "junk.mrc") as mrc:
             mrc.set_data(rng.poisson(1.0, (400, 8, 8)).astype(np.int16))
         (tmp_path / "junk.mrc").rename(watch / "junk.mrc")
         wait_for(log, "movie_started", 1)
         _drop_movie(rng, tmp_path / "good.mrc", watch, 10)
         wait_for(log, "movie_done", 1, timeout_s=100)  # held: 200 s
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert not any(e.get("event") == "movie_short_of_frames" for e in events(log))
 
 
@@ -524,14 +515,10 @@ def test_movies_of_another_kind_in_the_folder_are_not_compared_frame_for_frame(t
     write_eer(tmp_path / "e.eer", [(rng.random((64, 64)) < 0.2).astype(np.uint8)
                                    for _ in range(40)], shape_yx=(64, 64))
     (tmp_path / "e.eer").rename(watch / "e.eer")
-    daemon = start_daemon(watch, out, log, *_HELD_FOR_200_S, "--eer-group", "5")
-    try:
+    with running_daemon(watch, out, log, *_HELD_FOR_200_S, "--eer-group", "5"):
         wait_for(log, "movie_done", 1)
         _drop_movie(rng, tmp_path / "m.mrc", watch, 8)
         wait_for(log, "movie_done", 2, timeout_s=100)  # held: 200 s
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
     assert not any(e.get("event") == "movie_incomplete" for e in events(log))
 
 
