@@ -654,9 +654,9 @@ class TiltSeriesResolver:
             # dose before it (134 e/Å² at the end of a series), with not a word
             self._active = True
             self._log.info("tilt_series_on", mdoc=tilt, note="a frame mdoc with a dose before "
-                           "its exposure (PriorRecordDose > 0: a tilt of a series) was seen: "
-                           "movies now wait for their metadata and get their series' "
-                           "pre-exposure")
+                           "its exposure (PriorRecordDose > 0), beside frame mdocs of other "
+                           "stage angles, was seen (tilts of a series): movies now wait for "
+                           "their metadata and get their series' pre-exposure")
         if not self._active:
             return [Path(p) for p, _ in late] or None
         self._refresh_rows()
