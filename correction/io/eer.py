@@ -322,6 +322,11 @@ def _frame_stream(fd: int, strips: tuple[tuple[int, int], ...], raw_index: int,
         data = b"".join(pieces)
     if not complete:
         raise TruncatedMovieError(path, f"raw frame {raw_index} is cut short")
+    if data.count(0) == len(data):
+        # codes of zero-length runs: an event on every pixel, which no exposure records; a
+        # damaged file (or one sized first and not written yet) decoded as a frame lit all over
+        raise UnreadableMovieError(path, f"raw frame {raw_index}'s data ({len(data)} bytes) "
+                                         "are all zero bytes: damaged or not written yet")
     return data + b"\x00" if len(data) % 2 else data
 
 

@@ -666,3 +666,20 @@ def test_an_eer_movie_grouped_into_one_fraction_is_named_as_such_not_as_a_single
     params = CorrectionParams(dose=DoseParams(total_dose_e_A2=2.0),
                               read=ReadParams(eer_group_frames=10))
     assert correct_movie(path, tmp_path / "out", params).record["frames"] == 5
+
+
+def test_a_raw_frame_whose_data_are_all_zero_bytes_is_damaged_not_a_frame(tmp_path):
+    """Zero bytes are codes of zero-length runs: an event on every pixel. A raw frame whose
+    stored data were zeroed (a disk error) was decoded as a frame lit all over, without a
+    word, and the movie aligned to nothing (drift 0 against 32 Å intact)."""
+    rng = np.random.default_rng(6)
+    raw = [(rng.random((64, 64)) < 0.1).astype(np.uint8) for _ in range(20)]
+    path = eer_writer.write_eer(tmp_path / "m.eer", raw, shape_yx=(64, 64))
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[7]
+        offset, count = page.dataoffsets[0], page.databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnreadableMovieError, match="raw frame 7's data .* all zero bytes"):
+        read_movie(path, params=ReadParams(eer_group_frames=5))
