@@ -12,6 +12,7 @@ __all__ = [
     "UnreadableMovieError",
     "TruncatedMovieError",
     "UnsupportedFormatError",
+    "PageChainLoopError",
     "GainReferenceError",
     "MissingPixelSizeError",
     "FrameSelectionError",
@@ -52,6 +53,11 @@ class TruncatedMovieError(CorrectionError):
 
 class UnsupportedFormatError(CorrectionError):
     """A valid file of a variant motionwatch does not read (mode, compression, layout)."""
+
+
+class PageChainLoopError(UnsupportedFormatError):
+    """A TIFF or EER whose chain of page directories links back to a page it had: no writer
+    makes one, and no more bytes end it (not a movie)."""
 
 
 class GainReferenceError(CorrectionError):

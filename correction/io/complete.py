@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorrectionError, TruncatedMovieError, UnreadableMovieError
+from ..errors import (CorrectionError, PageChainLoopError, TruncatedMovieError,
+                      UnreadableMovieError)
 
 __all__ = ["Completeness", "check_complete"]
 
@@ -109,10 +110,13 @@ def check_complete(path: str | Path) -> Completeness:
                 raise  # shorter than a header: perhaps still being written
             except CorrectionError as exc:  # a full header that no movie has
                 return _not_a_movie(exc.reason, path)
-        if kind == "eer":
-            return _check_eer(path)
-        if kind == "tiff":
-            return _check_tiff(path)
+        try:
+            if kind == "eer":
+                return _check_eer(path)
+            if kind == "tiff":
+                return _check_tiff(path)
+        except PageChainLoopError as exc:  # no more bytes will end it
+            return _not_a_movie(exc.reason, path)
         return _not_a_movie(f"{kind} files are references, not movies", path)
     except CorrectionError as exc:
         return Completeness(False, exc.reason, None)
@@ -320,8 +324,6 @@ def _check_tiff(path: Path) -> Completeness:
     with open_tiff(path) as tif:
         layout = scan_tiff(tif, path, all_pages=False)
         n = layout.n_pages
-        if layout.chain_loops_to is not None:
-            return _not_a_movie(layout.loop_reason, path)
         if layout.chain_cut_at is not None:
             return Completeness(False, f"file cut at byte {layout.file_size}: {n} pages "
                                        f"present, the next IFD (at byte "

@@ -67,13 +67,13 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from ..errors import (ParameterError, TruncatedMovieError, UnreadableMovieError,
-                      UnsupportedFormatError)
+from ..errors import (PageChainLoopError, ParameterError, TruncatedMovieError,
+                      UnreadableMovieError, UnsupportedFormatError)
 from ..movie import Movie
 from ..params import ReadParams
 from .frame_size import check_frame_size
 from .spill import FrameSink
-from .tiff import EER_COMPRESSIONS, open_tiff
+from .tiff import EER_COMPRESSIONS, loop_reason, open_tiff, page_chain_loop
 
 __all__ = [
     "EerLayout",
@@ -207,6 +207,9 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
 
     path = Path(path)
     size = os.fstat(tif.filehandle.fileno()).st_size
+    loop = page_chain_loop(tif)
+    if loop is not None:  # tifffile would list a long loop for ever
+        raise PageChainLoopError(path, loop_reason(*loop))
     pages = tif.pages
     n_pages = len(pages)
     if n_pages == 0:

@@ -43,7 +43,8 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from ..errors import TruncatedMovieError, UnreadableMovieError, UnsupportedFormatError
+from ..errors import (PageChainLoopError, TruncatedMovieError, UnreadableMovieError,
+                      UnsupportedFormatError)
 from ..movie import Movie
 from .frame_size import check_frame_size
 from .spill import FrameSink
@@ -80,9 +81,6 @@ class TiffLayout:
     first_short_page : int or None
         Index of the first page whose strips run past the end of the file.
     file_size : int
-    chain_loops_to : int or None
-        Index of the page whose IFD the last page links to again (a chain that loops: no
-        camera writes one, and no more bytes will end it).
     """
 
     n_pages: int
@@ -92,13 +90,12 @@ class TiffLayout:
     chain_cut_at: int | None
     first_short_page: int | None
     file_size: int
-    chain_loops_to: int | None = None
 
-    @property
-    def loop_reason(self) -> str:
-        """Why a looping chain is no movie (for errors and the completeness check)."""
-        return (f"its page chain loops: after page {self.n_pages - 1} it links back to the "
-                f"page directory of page {self.chain_loops_to}")
+
+def loop_reason(n_pages: int, loops_to: int) -> str:
+    """Why a TIFF or EER whose page chain loops is no movie (:func:`page_chain_loop`)."""
+    return (f"its page chain loops: after page {n_pages - 1} it links back to the page "
+            f"directory of page {loops_to}")
 
 
 def open_tiff(path: str | Path) -> tifffile.TiffFile:
@@ -154,6 +151,9 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
     path = Path(path)
     size = os.fstat(tif.filehandle.fileno()).st_size if hasattr(tif.filehandle, "fileno") \
         else os.path.getsize(path)
+    loop = page_chain_loop(tif)
+    if loop is not None:
+        raise PageChainLoopError(path, loop_reason(*loop))
     pages = tif.pages
     n = len(pages)
     if n == 0:
@@ -189,33 +189,31 @@ def scan_tiff(tif: tifffile.TiffFile, path: str | Path, *,
     # found means pages are missing.
     nxt = _next_ifd_offset(tif, last_offset)
     chain_cut = nxt if nxt != 0 else None
-    loops_to = _chain_loops_to(tif, pages, n, chain_cut) if chain_cut is not None else None
-    if loops_to is not None:
-        chain_cut = None
     return TiffLayout(n_pages=n, shape_yx=(shape[0], shape[1]), dtype=dtype,
                       compression=int(first.compression), chain_cut_at=chain_cut,
-                      first_short_page=first_short, file_size=size, chain_loops_to=loops_to)
+                      first_short_page=first_short, file_size=size)
 
 
-#: IFDs followed beyond the last page tifffile found, looking for a link back
-_LOOP_HOPS = 16
+def page_chain_loop(tif: tifffile.TiffFile) -> tuple[int, int] | None:
+    """``(pages before the link back, index of the page linked to again)`` when the file's
+    chain of page directories loops, else None (it ends, or runs past the end of the file).
 
-
-def _chain_loops_to(tif: tifffile.TiffFile, pages: tifffile.TiffPages, n: int,
-                    nxt: int) -> int | None:
-    """The index of the page whose IFD the chain links to again, following it from ``nxt``
-    (the last found page's link; tifffile stops before a link back and reads the page there
-    as missing), or None: the chain ends, or runs past the end of the file (cut)."""
+    Followed here, two small reads a page, before tifffile lists the pages: tifffile looks for
+    a link back once, at its 100th page, and lists a longer loop for ever (the daemon's
+    completeness check hung on a TIFF of 150 pages linking back, memory growing)."""
+    fmt = tif.tiff
+    fh = tif.filehandle
+    fh.seek(8 if fmt.offsetsize == 8 else 4)
+    raw = fh.read(fmt.offsetsize)
+    if len(raw) < fmt.offsetsize:
+        return None
+    offset = int(struct.unpack(fmt.offsetformat, raw)[0])
     seen: dict[int, int] = {}
-    for _ in range(_LOOP_HOPS):
-        if nxt <= 0:
-            return None
-        if not seen:
-            seen = {int(pages[i].offset): i for i in range(n)}
-        if nxt in seen:
-            return seen[nxt]
-        seen[nxt] = n + len(seen)  # an IFD beyond the pages found
-        nxt = _next_ifd_offset(tif, nxt)
+    while offset > 0:
+        if offset in seen:
+            return len(seen), seen[offset]
+        seen[offset] = len(seen)
+        offset = _next_ifd_offset(tif, offset)
     return None
 
 
@@ -284,8 +282,6 @@ def read_tiff(path: str | Path, *, spill_dir: str | Path | None = None) -> Movie
             sink.close()
         if layout.chain_cut_at is not None:
             raise TruncatedMovieError(path, _truncation_reason(layout, n))
-        if layout.chain_loops_to is not None:
-            raise UnsupportedFormatError(path, layout.loop_reason)
         pixel_size_A = _pixel_size_from_tags(tif.pages[0])
         header = {
             "format": "tiff",
