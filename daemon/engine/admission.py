@@ -141,6 +141,11 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+#: a worker's errors that say a file is no movie (its frames unusable, its format unread)
+_NOT_A_MOVIE_ERRORS = ("FrameSelectionError", "UnreadableMovieError", "UnsupportedFormatError",
+                       "PageChainLoopError", "TruncatedMovieError")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdmissionSettings:
     """What admission reads of the configuration (folders, parameters, times in seconds)."""
@@ -975,16 +980,18 @@ class Admission:
         self._folder_last[folder] = movie
 
     def _given_up(self, movie: str | None) -> bool:
-        """Whether ``movie`` failed or was quarantined and was never corrected (its frame
-        count measures nothing: a file no movie is, refused by its worker)."""
+        """Whether ``movie`` was refused for its content and never corrected (its frame count
+        measures nothing: a file no movie is); one that timed out or met trouble outside it
+        (retried) still counts."""
         if movie is None:
             return False
         try:
             rows = self._ledger().rows(path=movie)
         except sqlite3.Error:
             return False
-        return any(r.status in ("failed", "quarantined") for r in rows) and not any(
-            r.status == "done" for r in rows)
+        return any(r.status in ("failed", "quarantined")
+                   and (r.error or "").startswith(_NOT_A_MOVIE_ERRORS) for r in rows) \
+            and not any(r.status == "done" for r in rows)
 
     def _known_complete(self, obs: Observation) -> Verdict | None:
         """The verdict of a movie version this ledger already found complete (same path, size

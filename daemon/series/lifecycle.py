@@ -135,9 +135,10 @@ def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
     if again:
         return replace(state, status="open", reason=f"re-opened: {len(again)} movie(s) "
                                                      f"corrected again, e.g. {sorted(again)[0]}")
-    if state.mdoc_known and obs.mdoc_path is not None and obs.mdoc_path != state.assembled_mdoc:
+    if state.mdoc_known and state.assembled_mdoc is None and obs.mdoc_path is not None:
         # assembled from frame mdocs (or file names), its series mdoc copied in since: the
-        # stacks' mdocs and RELION's STAR get the tilt axis and target defocus it gives
+        # stacks' mdocs and RELION's STAR get the tilt axis and target defocus it gives (a
+        # second copy or a new name of the mdoc it was assembled with changes nothing)
         return replace(state, status="open", reason=f"re-opened: its series mdoc "
                                                      f"{os.path.basename(obs.mdoc_path)} came")
     return state

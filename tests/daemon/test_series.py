@@ -1114,6 +1114,9 @@ def test_a_series_assembled_without_its_series_mdoc_reopens_when_it_comes_not_af
     assert go and again.assembled_mdoc == "/w/TS_7.mrc.mdoc"
     assert update_series_state(again, with_mdoc, now_s=2003.0, config=cfg)[0].status == \
         "complete"
+    # a second copy of its mdoc, or the mdoc renamed, takes the series over: nothing to add
+    copy = replace(with_mdoc, mdoc_path="/w/TS_7.mdoc")
+    assert update_series_state(again, copy, now_s=2004.0, config=cfg)[0].status == "complete"
     earlier = replace(st, mdoc_known=False)  # read from an earlier version's state
     assert update_series_state(earlier, with_mdoc, now_s=2001.0, config=cfg)[0].status == \
         "complete"
