@@ -214,6 +214,18 @@ def _star_current(motion: MovieMotion) -> bool:
     except OSError:
         return False
 
+def _star_names(motion: MovieMotion, movie: str) -> bool:
+    """Whether the movie's motion STAR names it as ``movie`` already (a renamed movie's files,
+    written again once under its new name, were written again at every start)."""
+    try:
+        text = motion_star_path(motion.motion_path).read_text(encoding="utf-8",
+                                                              errors="replace")
+    except OSError:
+        return False
+    return any(line.split()[1:2] == [movie] for line in text.splitlines()
+               if line.startswith("_rlnMicrographMovieName"))
+
+
 class _NullLog:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
@@ -453,7 +465,8 @@ class RelionListener(ServiceListener):
             warp_owner[place] = max(warp_owner.get(place, (mtime, key)), (mtime, key))
         for key, (_, motion, _) in loaded_all.items():
             owner = warp_owner[(motion.motion_path.parent, warp_name(motion))][1] == key
-            if key in self._renamed or not _star_current(motion) or (
+            renamed = key in self._renamed and not _star_names(motion, key)
+            if renamed or not _star_current(motion) or (
                     self.warp and owner and not warp_layout_in_place(motion)):
                 self._write_movie_files(motion, warp=owner)
             elif not motion_star_stamped(motion_star_path(motion.motion_path)):

@@ -95,6 +95,12 @@ def test_a_run_on_the_real_path_of_a_linked_folder_leaves_its_finished_series_fi
                                            always_dict=True).values()
                   for n in t["rlnMicrographMovieName"]) == sorted(
         str(watch / t.movie.path.name) for t in tilts)
+    # written again once: the next start leaves the movies' own files as they are
+    stars = {t.movie.path.stem: (out / f"{t.movie.path.stem}.star").stat().st_mtime_ns
+             for t in tilts}
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert {stem: (out / f"{stem}.star").stat().st_mtime_ns for stem in stars} == stars
 
 
 def test_rows_of_a_link_since_re_pointed_stay_their_session_s(tmp_path):
