@@ -857,6 +857,7 @@ class TiltSeriesResolver:
             return MovieMetadata(wait_reason=wait)
         meta = standalone_metadata(movie, params, n_frames, log_context, frame_mdoc,
                                    self.series_config, recorded, retake)
+        self._prior_dose_unused(movie, frame_mdoc, params)
         if meta.dose is not None:
             meta = replace(meta, dose=self._header_dose_kept(movie, params, meta.dose, n_frames))
         voltage = self._voltage(movie.path, mdoc_kV, kV_source, str(movie.path),
@@ -868,6 +869,23 @@ class TiltSeriesResolver:
             else Unsettled(self._rel(movie.path), own_dose, open_kV))
         self._late_epu.weighted(movie.path, voltage.kV, voltage.source, self._now())
         return with_voltage(meta, params, voltage)
+
+    def _prior_dose_unused(self, movie: Observation, frame_mdoc: Any, params: Any) -> None:
+        """Say once a run that a movie of no series is weighted without the dose its frame
+        mdoc says fell on it before (``PriorRecordDose``): a dose series at one stage angle,
+        which ``--tilt-series auto`` does not take for a tilt series, had none, without a
+        word (135 e/Å² before its fourth exposure)."""
+        prior = max((s.prior_record_dose_e_A2 or 0.0 for s in
+                     (frame_mdoc.sections if frame_mdoc is not None else ())
+                     if s.kind == "FrameSet"), default=0.0)
+        if prior <= 0.0:
+            return
+        self._once_log("warning", "movie_prior_dose_unused", "prior_dose_unused",
+                       f"its frame mdoc says {prior:g} e/Å² fell on it before "
+                       "(PriorRecordDose), which a movie of no series is not weighted with "
+                       f"(its pre-exposure: {params.dose.pre_exposure_e_A2:g} e/Å², "
+                       "--pre-exposure): a dose series at one stage angle? --tilt-series on "
+                       "counts it; said once a run", movie=str(movie.path))
 
     def _header_dose_kept(self, movie: Observation, params: Any, dose: DoseParams,
                           n_frames: int | None) -> DoseParams | None:

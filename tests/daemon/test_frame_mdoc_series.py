@@ -120,6 +120,10 @@ def test_single_particle_shots_with_a_dose_before_some_do_not_turn_tilt_series_o
     assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
     said = events_in(capsys.readouterr().out)
     assert not [e for e in said if e["event"] == "tilt_series_on"]
+    # but it is said, once, that a dose before some of them was not counted (a dose series at
+    # one angle had 0 without a word)
+    unused = [e for e in said if e["event"] == "movie_prior_dose_unused"]
+    assert len(unused) == 1 and "45 e/Å² fell on it before" in unused[0]["reason"]
     for name in names:
         record = json.loads((out / f"{name[:-4]}.motion.json").read_text())
         assert record["dose"]["pre_exposure_e_A2"] == 0.0 and "tilt" not in record
