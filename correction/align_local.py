@@ -181,8 +181,9 @@ Predicted error
         groups of 2-4, 10-20 frames, 0.1-0.3 48   2.68 (1.86-6.92)   0.79 (0.53-1.23)
 
     All 183: 2.08 (1.65-3.54, 10-90 %) before, 0.94 (0.71-1.15) now (re-measured 2026-12-07;
-    0.95 (0.72-1.17) when first measured); 91 % within 0.7-1.5, none above 1.5. The 135 ungrouped movies: 0.98 (0.86-1.17), 133 within 0.7-1.5; of the 14 below
-    0.7, 12 are grouped. (Against the reference-position truth with 1.5 % allowed, as before
+    0.95 (0.72-1.17) when first measured); 91 % within 0.7-1.5, none above 1.5. When first
+    measured, the 135 ungrouped movies: 0.98 (0.86-1.17), 133 within 0.7-1.5; of the 14
+    below 0.7, 12 were grouped. (Against the reference-position truth with 1.5 % allowed, as before
     this calibration: 0.94 (0.72-1.17), 93 %.) With groups of 2-4 the prediction is
     pessimistic: 0.71 (0.60-1.26) without a field, 0.88 (0.53-1.23) with one (the term for the
     global step's error per frame takes its variance as ``group`` times the patches' mean error
