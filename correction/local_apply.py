@@ -30,9 +30,10 @@ Within a tile the field is not constant
     term of the displacement within each tile, ``d(q) - d(c) ~ J (q - c)`` with ``J`` the
     field's Jacobian at the tile centre ``c``: ``F(q + d(c) + J (q - c)) ~ S(q) + sum_b
     (q - c)_b sum_a J_ab dS/dq_a`` where ``S`` is the tile shifted by ``d(c)``. The
-    derivative is exact (spectral) and linear in the frames: ``G_b = sum_a i k_a H_ab`` with ``H_ab = sum_i J_i,ab S_i``, so
-    the four ``H_ab`` are accumulated in Fourier space beside each sum, ``G_b`` is formed once
-    per band, and its inverse FFT is multiplied by ``(q - c)_b``. For each tile, a group of
+    derivative is exact (spectral) and linear in the frames: ``G_b = sum_a i k_a H_ab`` with
+    ``H_ab = sum_i J_i,ab S_i``, so the four ``H_ab`` are accumulated in Fourier space
+    beside each sum, ``G_b`` is formed once per band, and its inverse FFT is multiplied by
+    ``(q - c)_b``. For each tile, a group of
     frames' shifted spectra is one matrix (frames x frequencies) and a sum family's ``S`` and
     four ``H_ab`` are one matrix product with the frames' coefficients (1 and ``J_i,ab``;
     BLAS ``sgemm``): each spectrum is read once per family, not once per sum (13 passes per
