@@ -39,6 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from correction.errors import (FrameSelectionError, PageChainLoopError,
+                               TruncatedMovieError, UnreadableMovieError,
+                               UnsupportedFormatError)
 from correction.report import read_motion_record
 from correction.stems import folder_file_stem
 from daemon.engine.faults import RETRY_NOTE, LedgerWrites
@@ -141,9 +144,11 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-#: a worker's errors that say a file is no movie (its frames unusable, its format unread)
-_NOT_A_MOVIE_ERRORS = ("FrameSelectionError", "UnreadableMovieError", "UnsupportedFormatError",
-                       "PageChainLoopError", "TruncatedMovieError")
+#: a worker's errors (recorded as ``"<class>: <reason>"``) that say a file is no movie: its
+#: frames unusable, its format unread (PageChainLoopError is an UnsupportedFormatError)
+_NOT_A_MOVIE_ERRORS = tuple(f"{cls.__name__}:" for cls in (
+    FrameSelectionError, UnreadableMovieError, UnsupportedFormatError, PageChainLoopError,
+    TruncatedMovieError))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
