@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ from .defects import (
 )
 from .errors import CorrectionError, GainReferenceError, ParameterError
 from .params import Flip, GainParams, flip_name
+from .report import FileVersion, file_stat_key, file_version
 from .threads import run_chunks
 
 __all__ = ["GainReference", "load_gain_reference", "apply_gain", "gain_corrected_rows", "orient",
@@ -199,6 +201,10 @@ class GainReference:
         ``--defect_file`` take it, e.g. for gain-normalised movies): no reference file gives a
         grid, so ``gain`` is a 1 x 1 stand-in and :meth:`fit_to` makes the reference (a gain of
         ones, the list rasterized) on the grid of the movie's frames.
+    read : tuple of FileVersion
+        The versions of the gain, dark and defect files this reference was read from (size,
+        modification time, SHA-256: :func:`load_gain_reference`), kept by every form derived
+        from it; empty for a reference made from arrays.
 
     The forms a movie applies (:func:`reference_for_movie`: an EER gain inverted, or combined
     onto a coarser grid; :meth:`fit_to`, :meth:`onto_coarser_grid`) are made once and kept
@@ -222,6 +228,7 @@ class GainReference:
     listed: ListedPixels | None = field(default=None, repr=False)
     camera_defects: CameraDefectList | None = field(default=None, repr=False)
     on_movie_grid: bool = False
+    read: tuple[FileVersion, ...] = ()
     _derived: dict[tuple[Any, ...], GainReference] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     _deriving: Any = field(  # a threading.RLock
@@ -396,7 +403,8 @@ class GainReference:
                                            defects_path=self.defects_path,
                                            defect_rects=self.defect_rects,
                                            camera_defects=self.camera_defects)
-        return dataclasses.replace(coarse, applied_as=self.applied_as, eer_rule=self.eer_rule)
+        return dataclasses.replace(coarse, applied_as=self.applied_as, eer_rule=self.eer_rule,
+                                   read=self.read)
 
     def eer_advice(self) -> str | None:
         """For a reference chosen for an EER movie: how its file was applied and which
@@ -468,9 +476,12 @@ class GainReference:
         """
         shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
         if self.on_movie_grid:  # a defect list alone: made on the frames' grid
-            return self.derived(("movie grid", shape_yx), lambda: GainReference.from_arrays(
-                np.ones(shape_yx, np.float32), defects_path=self.defects_path,
-                defect_rects=self.defect_rects, camera_defects=self.camera_defects))
+            return self.derived(("movie grid", shape_yx), lambda: dataclasses.replace(
+                GainReference.from_arrays(np.ones(shape_yx, np.float32),
+                                          defects_path=self.defects_path,
+                                          defect_rects=self.defect_rects,
+                                          camera_defects=self.camera_defects),
+                read=self.read))
         if shape_yx == self.shape_yx:
             return self
         fy, ry = divmod(shape_yx[0], self.shape_yx[0])
@@ -490,7 +501,8 @@ class GainReference:
                                           defects_path=self.defects_path,
                                           defect_rects=self.defect_rects,
                                           camera_defects=self.camera_defects)
-        return dataclasses.replace(grown, applied_as=self.applied_as, eer_rule=self.eer_rule)
+        return dataclasses.replace(grown, applied_as=self.applied_as, eer_rule=self.eer_rule,
+                                   read=self.read)
 
 
 def _multiple(big: tuple[int, int], small: tuple[int, int]) -> bool:
@@ -499,6 +511,12 @@ def _multiple(big: tuple[int, int], small: tuple[int, int]) -> bool:
 
 def _fmt(shape: tuple[int, ...]) -> str:
     return "x".join(str(int(s)) for s in shape)
+
+
+#: reads of a reference file that changes while it is read, before giving up
+READ_TRIES = 3
+#: pause before the second read of such a file (seconds; twice that before the third)
+REREAD_PAUSE_S = 0.5
 
 
 def _read_reference(path: Path, what: str) -> np.ndarray:
@@ -530,14 +548,52 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
         the gain is all ones; with a defect list alone, on the movie's grid once it is known
         (``on_movie_grid``, :meth:`GainReference.fit_to`).
 
+    The files' versions (size, modification time, SHA-256) are in the reference's ``read``;
+    a file written anew while it was read (its size or modification time changed between a
+    look before and after) is read again, up to :data:`READ_TRIES` times, so that the arrays
+    and the hashes are of one version.
+
     Raises
     ------
     GainReferenceError
-        Naming the reference file that is missing, unreadable or does not fit.
+        Naming the reference file that is missing, unreadable or does not fit, or that kept
+        changing while it was read.
     """
-    if params.gain_path is None and params.dark_path is None and params.defects_path is None:
+    paths = [Path(p) for p in (params.gain_path, params.dark_path, params.defects_path)
+             if p is not None]
+    if not paths:
         return None
+    for attempt in range(READ_TRIES):
+        before = _stat_keys(paths)
+        try:
+            reference = _load_once(params)
+            read = tuple(file_version(path) for path in paths)
+        except (GainReferenceError, OSError):
+            if _stat_keys(paths) == before:
+                raise
+        else:
+            if _stat_keys(paths) == before == [v.stat_key() for v in read]:
+                return dataclasses.replace(reference, read=read)
+        time.sleep(REREAD_PAUSE_S * (attempt + 1))
+    changing = [p for p, was, now in zip(paths, before, _stat_keys(paths)) if was != now]
+    raise GainReferenceError((changing or paths)[0],
+                             f"kept changing while it was read ({READ_TRIES} tries): written "
+                             "anew right now?")
 
+
+def _stat_keys(paths: list[Path]) -> list[tuple[str, int, int] | None]:
+    """Each file's ``(path, size, mtime_ns)`` now (None where it cannot be seen)."""
+    keys: list[tuple[str, int, int] | None] = []
+    for path in paths:
+        try:
+            keys.append(file_stat_key(path))
+        except OSError:
+            keys.append(None)
+    return keys
+
+
+def _load_once(params: GainParams) -> GainReference:
+    """:func:`load_gain_reference` without the version checks (at least one file named)."""
     def oriented(image: np.ndarray) -> np.ndarray:
         return orient(image, rotate_quarter_turns=params.rotate_quarter_turns, flip=params.flip)
 

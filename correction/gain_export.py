@@ -9,7 +9,9 @@ so the file RELION gets is that reference as applied, not the user's file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,16 @@ import tifffile
 
 from .gain import load_gain_reference, reference_for_movie
 from .params import READING_CONVENTIONS
+from .report import file_sha256
 from .write import atomic_write, text_bytes, write_mrc_atomic
 
-__all__ = ["RELION_GAIN_NAME", "relion_gain_stamp", "relion_gain_names", "write_relion_gain"]
+__all__ = ["RELION_GAIN_NAME", "relion_gain_stamp", "relion_gain_content", "relion_gain_names",
+           "write_relion_gain"]
 
 RELION_GAIN_NAME = "motionwatch_gain.mrc"
 _GAIN_STAMP_PREFIX = "motionwatch gain stamp "
+_GAIN_CONTENT_PREFIX = "motionwatch gain content "
+_FILES = (("gain", "gain_path"), ("dark", "dark_path"), ("defects", "defects_path"))
 
 
 #: gain file suffixes read otherwise since READING_CONVENTIONS 2 (rows reversed or kept)
@@ -55,32 +61,55 @@ def relion_gain_stamp(gain_params: Any) -> str:
     return hashlib.sha256(text_bytes("\n".join(parts))).hexdigest()[:16]
 
 
-def _written_stamp(path: Path) -> str | None:
-    """The stamp in the labels of an earlier ``motionwatch_gain.mrc`` (header only), or in the
-    ImageDescription of an earlier ``motionwatch_gain.gain``, if any."""
-    if path.suffix == ".gain":
-        return _written_tiff_stamp(path)
+def relion_gain_content(gain_params: Any, applied_sha256: Mapping[str, str] | None = None
+                        ) -> str:
+    """A digest of the gain settings (orientation, EER rule; not the files' paths) and of the
+    content of the files they name: equal digests mean the same gain as RELION is given,
+    wherever the files lie now. ``applied_sha256``: the SHA-256 of each file by kind
+    (``gain``, ``dark``, ``defects``), as a motion record's ``references`` give those a movie
+    was corrected with; a kind not given is hashed as the file is now (raises ``OSError``)."""
+    settings = dataclasses.replace(gain_params, gain_path=None, dark_path=None,
+                                   defects_path=None)
+    parts = [repr(settings), f"reading_conventions={READING_CONVENTIONS}"]
+    for kind, name in _FILES:
+        path = getattr(gain_params, name, None)
+        if path is not None:
+            known = (applied_sha256 or {}).get(kind)
+            parts.append(f"{kind}={known or file_sha256(path)}")
+    return hashlib.sha256(text_bytes("\n".join(parts))).hexdigest()[:16]
+
+
+def _written_labels(path: Path) -> list[str]:
+    """The labels of an earlier ``motionwatch_gain.mrc`` (header only), or the lines of the
+    ImageDescription of an earlier ``motionwatch_gain.gain``; empty when unreadable."""
     try:
+        if path.suffix == ".gain":
+            with tifffile.TiffFile(path) as tif:
+                return str(tif.pages.first.tags.valueof(270) or "").splitlines()
         with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            labels = [bytes(label).decode("ascii", "replace").strip()
-                      for label in mrc.header.label[:int(mrc.header.nlabl)]]
-    except (OSError, ValueError):
-        return None
-    stamps = [label[len(_GAIN_STAMP_PREFIX):] for label in labels
-              if label.startswith(_GAIN_STAMP_PREFIX)]
-    return stamps[0] if stamps else None
-
-
-def _written_tiff_stamp(path: Path) -> str | None:
-    """The stamp in the ImageDescription of an earlier ``motionwatch_gain.gain``, if any."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            text = str(tif.pages.first.tags.valueof(270) or "")
+            return [bytes(label).decode("ascii", "replace").strip()
+                    for label in mrc.header.label[:int(mrc.header.nlabl)]]
     except (OSError, ValueError, IndexError):
-        return None
-    stamps = [line[len(_GAIN_STAMP_PREFIX):] for line in text.splitlines()
-              if line.startswith(_GAIN_STAMP_PREFIX)]
-    return stamps[0] if stamps else None
+        return []
+
+
+def _labelled(path: Path, prefix: str) -> str | None:
+    """The value after ``prefix`` in the labels of an earlier gain file, if any."""
+    found = [line[len(prefix):] for line in _written_labels(path) if line.startswith(prefix)]
+    return found[0] if found else None
+
+
+def _written_stamp(path: Path) -> str | None:
+    """The stamp (:func:`relion_gain_stamp`) of an earlier gain file, if any."""
+    return _labelled(path, _GAIN_STAMP_PREFIX)
+
+
+def _written_with_content(out_dir: Path, content: str, suffix: str) -> Path | None:
+    """The gain file of the folder labelled with ``content`` (:func:`relion_gain_content`)."""
+    for path in sorted(out_dir.glob(f"motionwatch_gain*{suffix}")):
+        if path.is_file() and _labelled(path, _GAIN_CONTENT_PREFIX) == content:
+            return path
+    return None
 
 
 def relion_gain_names(gain_params: Any, *, eer: bool = False) -> tuple[str, str]:
@@ -94,8 +123,8 @@ def relion_gain_names(gain_params: Any, *, eer: bool = False) -> tuple[str, str]
             f"motionwatch_gain_{relion_gain_stamp(gain_params)}{suffix}")
 
 
-def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = False
-                      ) -> Path | None:
+def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = False,
+                      applied_sha256: Mapping[str, str] | None = None) -> Path | None:
     """The gain reference as RELION's polishing reads it: an MRC in the movie's orientation
     (the ``--gain-rotate``/``--gain-flip`` applied), multiplicative, 0 at defects; None without
     a gain. Used by ``watch`` (the hand-off listener) and ``motionwatch correct`` alike.
@@ -112,9 +141,23 @@ def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = Fals
     (:func:`correction.gain.reference_for_movie`: an EER count image already inverted), written
     as a float32 TIFF named ``.gain`` (:func:`relion_gain_names` with ``eer``), rows in the
     movie's stored order: RELION's ``EERRenderer::loadEERGain`` uses a ``.gain`` file as a
-    multiplier, undoing its TIFF reader's row reversal, and inverts any other file."""
+    multiplier, undoing its TIFF reader's row reversal, and inverts any other file.
+
+    ``applied_sha256``: the content a movie was corrected with (its record's ``references``,
+    SHA-256 by kind): the file written for that content (labelled with
+    :func:`relion_gain_content`), also when the gain file was written anew since; written now
+    when the files still hold it; None when they hold other content now and none was written
+    for it (a gain rewritten before its first movie's STAR was written)."""
     if getattr(gain_params, "gain_path", None) is None:
         return None
+    suffix = ".gain" if eer else ".mrc"
+    if applied_sha256:
+        wanted = relion_gain_content(gain_params, applied_sha256)
+        found = _written_with_content(Path(out_dir), wanted, suffix)
+        if found is not None:
+            return found
+        if wanted != relion_gain_content(gain_params):
+            return None
     stamp = relion_gain_stamp(gain_params)
     first, own = (Path(out_dir) / name for name in relion_gain_names(gain_params, eer=eer))
     for path in (first, own):
@@ -124,15 +167,20 @@ def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = Fals
     reference = load_gain_reference(gain_params)
     if reference is None:
         return None
+    read = {v.path: v.sha256 for v in reference.read}
+    content = _GAIN_CONTENT_PREFIX + relion_gain_content(gain_params, {
+        kind: read[str(Path(p).absolute())] for kind, name in _FILES
+        if (p := getattr(gain_params, name, None)) is not None
+        and str(Path(p).absolute()) in read})
     if eer:
         reference = reference_for_movie(reference, gain_params, is_eer=True)
         return _write_gain_tiff(path, np.asarray(reference.gain, dtype=np.float32),
                                 ("motionwatch: gain of EER movies, multiplicative, rows as "
-                                 "stored, for RELION", _GAIN_STAMP_PREFIX + stamp))
+                                 "stored, for RELION", _GAIN_STAMP_PREFIX + stamp, content))
     return write_mrc_atomic(path, np.asarray(reference.gain, dtype=np.float32),
                             pixel_size_A=None,
                             labels=("motionwatch: gain in the movie orientation, for RELION",
-                                    _GAIN_STAMP_PREFIX + stamp))
+                                    _GAIN_STAMP_PREFIX + stamp, content))
 
 
 def _write_gain_tiff(path: Path, gain: np.ndarray, lines: tuple[str, ...]) -> Path:

@@ -1341,7 +1341,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                                    binned_by=gain_binned_by,
                                    applied_as=gain_reference.applied_as,
                                    eer_rule=gain_reference.eer_rule,
-                                   defects_fitted=_defects_fitted(gain_reference, frames_yx))
+                                   defects_fitted=_defects_fitted(gain_reference, frames_yx),
+                                   read=gain_reference.read)
                   if gain_reference is not None else reference_record())
     alignment = corrected.alignment
     quality = [None if not np.isfinite(q) else round(float(q), 4)

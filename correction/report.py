@@ -36,7 +36,7 @@ __all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "unlisted_p
            "unlisted_pixels_warning", "PIXEL_SIZE_TOLERANCE", "movie_pixel_size_record",
            "pixel_size_warning",
            "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
-           "file_sha256", "reference_record", "software_record"]
+           "FileVersion", "file_sha256", "file_version", "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
 #: Replaced pixels whose coordinates a record lists (a damaged movie may have millions)
@@ -148,6 +148,43 @@ def file_sha256(path: str | Path) -> str:
     return _sha256_of_version(str(path), st.st_size, st.st_mtime_ns)
 
 
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    """The version of a file that was read: absolute path, size (bytes), modification time
+    (ns) and the SHA-256 (hex) of its content."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    def stat_key(self) -> tuple[str, int, int]:
+        """``(path, size, mtime_ns)``: what :func:`file_stat_key` gives while it is current."""
+        return self.path, self.size, self.mtime_ns
+
+    def is_rewritten(self) -> bool:
+        """Whether the file now has another size or modification time (written anew); False
+        while it cannot be seen (being replaced, a share that does not answer)."""
+        try:
+            return file_stat_key(self.path) != self.stat_key()
+        except OSError:
+            return False
+
+
+def file_stat_key(path: str | Path) -> tuple[str, int, int]:
+    """``(absolute path, size, mtime_ns)`` of a file as it is now; raises ``OSError``."""
+    absolute = Path(path).absolute()
+    st = os.stat(absolute)
+    return str(absolute), st.st_size, st.st_mtime_ns
+
+
+def file_version(path: str | Path) -> FileVersion:
+    """The file's current :class:`FileVersion` (its content hashed once per version, as
+    :func:`file_sha256`); raises ``OSError``."""
+    key = file_stat_key(path)
+    return FileVersion(*key, _sha256_of_version(*key))
+
+
 @functools.lru_cache(maxsize=64)  # a session's gain, dark and defect files, a few versions each
 def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
     """SHA-256 (hex) of ``path``'s content; ``size`` and ``mtime_ns`` key its version."""
@@ -163,7 +200,8 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
                      expanded_by: int = 1, binned_by: int = 1,
                      applied_as: str = "multiplicative",
                      eer_rule: str | None = None,
-                     defects_fitted: str | None = None) -> dict[str, Any]:
+                     defects_fitted: str | None = None,
+                     read: tuple[FileVersion, ...] = ()) -> dict[str, Any]:
     """The ``references`` object of the motion record: which gain, dark and defect files.
 
     Parameters
@@ -185,6 +223,10 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
     defects_fitted : str, optional
         For SerialEM's camera defect list, how it was fitted onto the frames (one line,
         :meth:`correction.camera_defects.CameraDefectList.describe_fit`): ``defects.fitted``.
+    read : tuple of FileVersion
+        The versions of the files that were read (:attr:`correction.gain.GainReference.read`):
+        a file's SHA-256 is the one of the content applied, even when the file was written
+        anew since; a file not among them is hashed as it is now.
 
     Returns
     -------
@@ -196,7 +238,9 @@ def reference_record(gain_path: str | Path | None = None, dark_path: str | Path 
     def one(path: str | Path | None) -> dict[str, str] | None:
         if path is None:
             return None
-        return {"path": str(Path(path).absolute()), "sha256": file_sha256(path)}
+        absolute = str(Path(path).absolute())
+        known = [v.sha256 for v in read if v.path == absolute]
+        return {"path": absolute, "sha256": known[0] if known else file_sha256(path)}
 
     defects = one(defects_path)
     if defects is not None and defects_fitted:

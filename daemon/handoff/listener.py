@@ -41,7 +41,7 @@ from typing import Any
 
 from correction.gain_export import write_relion_gain
 from correction.params import GainParams
-from daemon.events import (MovieEvent, MovieGain, SeriesEvent, ServiceInfo, ServiceListener,
+from daemon.events import (MovieEvent, SeriesEvent, ServiceInfo, ServiceListener,
                            output_dir_for)
 from daemon.handoff.relion import (MOTION_SUFFIX, MovieMotion, RelionOptics, motion_star_path,
                                    motion_star_gain_name, motion_star_stamped,
@@ -278,8 +278,8 @@ class RelionListener(ServiceListener):
         self._gain_name: str | None = None
         self._gain_params: Any = None  # for the gain of EER movies, written at the first one
         self._gain_settings: Any = None  # the configured ones, gain file or not (own gains')
-        self._eer_gain_name: str | None = None
-        self._own_gain_names: dict[tuple[MovieGain, bool], str | None] = {}  # frame mdocs'
+        # (gain settings, EER, content applied) -> the name of its file for RELION
+        self._gain_exports: dict[tuple[Any, bool, tuple[tuple[str, str], ...]], str | None] = {}
         self._own: set[str] = set()  # every motion record the ledger or an event named
         self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
         # movies renamed after their record was written (movie path -> its series, or None):
@@ -623,28 +623,56 @@ class RelionListener(ServiceListener):
         """The gain file a movie's motion STAR names: ``motionwatch_gain.mrc``, or for an EER
         movie the ``.gain`` RELION applies as it is (:func:`write_relion_gain` with ``eer``,
         written when the first EER movie comes); for a movie corrected with the gain its frame
-        mdoc named, that gain as RELION reads it (written once per gain and turn)."""
-        if motion.own_gain is not None and self._out is not None:
-            return self._own_gain_name(motion.own_gain, motion.movie,
-                                       eer=motion.eer_grouping is not None)
-        if motion.eer_grouping is None or self._gain_params is None or self._out is None:
+        mdoc named, that gain as RELION reads it (written once per gain and turn). Each is the
+        content the movie was corrected with (its record's hashes): a gain file written anew
+        during the session has its own file for the movies corrected with it."""
+        if self._out is None:
+            return None
+        eer = motion.eer_grouping is not None
+        if motion.own_gain is not None:  # found again beside the movie when its folder
+            # was renamed or moved since (by file name)
+            params = relocated(motion.own_gain, motion.movie).onto(
+                self._gain_settings or self._gain_params or GainParams())
+        elif self._gain_params is None:
             return self._gain_name
-        if self._eer_gain_name is None:
-            gain = self._guard(str(self._out), "relion_gain", write_relion_gain, self._out,
-                               self._gain_params, eer=True)
-            self._eer_gain_name = Path(gain).name if gain else None
-        return self._eer_gain_name
+        else:
+            params = self._gain_params
+        return self._exported_gain(params, eer=eer, motion=motion)
 
-    def _own_gain_name(self, own: MovieGain, movie: Path, *, eer: bool) -> str | None:
-        """The RELION gain of a movie corrected with the reference its frame mdoc names: found
-        again beside the movie when its folder was renamed or moved since (by file name)."""
-        key = (relocated(own, movie), eer)
-        if key not in self._own_gain_names:
-            params = key[0].onto(self._gain_settings or self._gain_params or GainParams())
-            gain = self._guard(str(self._out), "relion_gain", write_relion_gain, self._out,
-                               params, eer=eer)
-            self._own_gain_names[key] = Path(gain).name if gain else None
-        return self._own_gain_names[key]
+    def _exported_gain(self, params: Any, *, eer: bool, motion: MovieMotion) -> str | None:
+        """The name of the RELION gain of ``params`` with the content ``motion`` was corrected
+        with, written at the first movie that needs it; when that content is gone (the file
+        written anew before the gain was written for RELION), the gain as it is now, said in
+        the log (``relion_gain_not_kept``)."""
+        applied = motion.reference_sha256
+        key = (params, eer, applied)
+        if key in self._gain_exports:
+            return self._gain_exports[key]
+        out = self._out
+
+        def export() -> tuple[Path | None, bool]:
+            found = write_relion_gain(out, params, eer=eer, applied_sha256=dict(applied))
+            if found is None and applied:
+                return write_relion_gain(out, params, eer=eer), True
+            return found, False
+
+        gain, gone = self._guard(str(out), "relion_gain", export) or (None, False)
+        name = Path(gain).name if gain else None
+        if gone:
+            (self._log or _NullLog()).warning(
+                "relion_gain_not_kept", movie=str(motion.movie), gain=str(params.gain_path),
+                relion_gain=name,
+                note="the gain file was written anew after this movie was corrected and before "
+                     "its gain was written for RELION: its STAR names the gain as it is now")
+        elif any(k[:2] == key[:2] and v != name for k, v in self._gain_exports.items()):
+            (self._log or _NullLog()).warning(
+                "reference_rewritten", movie=str(motion.movie), gain=str(params.gain_path),
+                relion_gain=name,
+                note="the gain file was written anew: this movie and those after it were "
+                     "corrected with its new content, and their STARs name it as "
+                     f"{name} (the movies before keep theirs)")
+        self._gain_exports[key] = name
+        return name
 
     def _write_series(self, series: str) -> list[TiltEntry]:
         """The series' STAR rewritten from its tilts now; removed once it has none left (its

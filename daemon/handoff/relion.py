@@ -192,6 +192,9 @@ class MovieMotion:
     own_gain : MovieGain or None
         The gain reference its frame mdoc named, which it was corrected with instead of a
         configured one (the record's ``frame_mdoc_gain``: path, quarter turns, flip).
+    reference_sha256 : tuple of (str, str)
+        ``(kind, SHA-256)`` of the gain, dark and defect files it was corrected with (the
+        record's ``references``): the content, which a file written anew since no longer has.
     """
 
     motion_path: Path
@@ -216,6 +219,7 @@ class MovieMotion:
     defect_file: str | None = None
     image_shape_yx: tuple[int, int] | None = None  # the sums' (the record's ``shape``)
     own_gain: MovieGain | None = None  # its frame mdoc's
+    reference_sha256: tuple[tuple[str, str], ...] = ()  # (kind, SHA-256) of the files applied
 
 
 def _hot_pixels_xy(record: Mapping[str, Any]) -> np.ndarray:
@@ -230,6 +234,13 @@ def _own_gain(record: Mapping[str, Any]) -> MovieGain | None:
     """The record's ``frame_mdoc_gain``, or None."""
     own = record.get("frame_mdoc_gain")
     return MovieGain.from_json(own) if isinstance(own, Mapping) and own.get("path") else None
+
+
+def _reference_sha256(record: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``(kind, SHA-256)`` of the record's ``references`` (gain, dark, defects) that name one."""
+    references = record.get("references") or {}
+    return tuple((kind, str(one["sha256"])) for kind in ("gain", "dark", "defects")
+                 if isinstance(one := references.get(kind), Mapping) and one.get("sha256"))
 
 
 def _defect_file(record: Mapping[str, Any]) -> str | None:
@@ -329,7 +340,7 @@ def movie_motion(record: Mapping[str, Any], motion_path: str | Path) -> MovieMot
         movie_pixel_size_A=_movie_pixel_A(record, out_px, bin_factor), output_pixel_size_A=out_px,
         bin_factor=bin_factor, outputs=outputs, hot_pixels_xy=_hot_pixels_xy(record),
         defect_file=_defect_file(record), image_shape_yx=_image_shape_yx(record),
-        own_gain=_own_gain(record),
+        own_gain=_own_gain(record), reference_sha256=_reference_sha256(record),
         **dict(zip(("eer_grouping", "eer_upsampling", "eer_raw_frames"), _eer_facts(record))),
         **dict(zip(("spherical_aberration_mm", "amplitude_contrast"), recorded_optics(record))))
 

@@ -239,7 +239,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 class GainCache:
-    """The gain reference one worker holds: loaded once, reloaded when the gain parameters change.
+    """The gain reference one worker holds: loaded once, loaded again when the gain parameters
+    change or one of its files is written anew (another size or modification time: a new gain
+    reference saved over the old one), so that every movie is corrected with the files as
+    they are when it starts, and its record's hashes are of the content applied.
 
     Parameters
     ----------
@@ -265,11 +268,16 @@ class GainCache:
         """The reference for ``gain_params`` (None without a gain); raises what the loader raises."""
         if self._load is None or getattr(gain_params, "gain_path", None) is None:
             return None
-        if gain_params != self._key:
+        if gain_params != self._key or self._rewritten():
             self._reference, self._key = None, None
             self._reference = self._load(gain_params)
             self._key = gain_params
         return self._reference
+
+    def _rewritten(self) -> bool:
+        """Whether a file the reference held was read from has been written anew since."""
+        read = getattr(self._reference, "read", ())
+        return any(version.is_rewritten() for version in read)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ ImageOp::rotate90 "equivalent to MotionCor2's -RotGain 1", flipY = FlipGain 1, f
 from __future__ import annotations
 
 import itertools
+import os
 
 import mrcfile
 import numpy as np
@@ -554,3 +555,67 @@ def test_a_dark_of_the_whole_exposure_is_refused_naming_the_file_and_one_frames_
                                                  r"the frames.*dark of one frame"):
         correct_frames(frames, pixel_size_A=1.0, params=params, gain_reference=exposure,
                        workers=1)
+
+
+def _gain_file(path, value):
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.full((16, 24), value, np.float32))
+
+
+def test_a_reference_remembers_the_version_of_each_file_it_was_read_from(tmp_path):
+    """The files' size, modification time and SHA-256 travel with the reference and every form
+    derived from it, so a record states the content applied, not the file as it is later."""
+    import hashlib
+
+    from correction.gain import reference_for_movie
+    from correction.report import reference_record
+
+    gain, defects = tmp_path / "gain.mrc", tmp_path / "defects.txt"
+    _gain_file(gain, 2.0)
+    defects.write_text("3 4 2 2\n")
+    params = GainParams(gain_path=gain, defects_path=defects, eer_gain="reciprocal")
+    ref = load_gain_reference(params)
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (gain, defects)}
+    assert {(v.path, v.sha256) for v in ref.read} == {(str(p), s) for p, s in sha.items()}
+    derived = [ref.fit_to((32, 48)), ref.onto_coarser_grid(2),
+               reference_for_movie(ref, params, is_eer=True)]
+    assert all(d is not ref and d.read == ref.read for d in derived)
+    _gain_file(gain, 3.0)  # written anew after it was read
+    record = reference_record(gain, None, defects, read=derived[0].read)
+    assert record["gain"]["sha256"] == sha[gain] != hashlib.sha256(gain.read_bytes()).hexdigest()
+    assert reference_record(gain)["gain"]["sha256"] != sha[gain]  # not read: as it is now
+
+
+def test_a_gain_written_anew_while_it_is_read_is_read_again(tmp_path, monkeypatch):
+    """A file whose size or modification time changes between the looks before and after it
+    is read is read again, so the arrays and the hashes are of one version."""
+    import correction.gain as gain_module
+
+    gain = tmp_path / "gain.mrc"
+    _gain_file(gain, 2.0)
+    real = gain_module._load_once
+    calls = []
+    monkeypatch.setattr(gain_module, "REREAD_PAUSE_S", 0.0)
+
+    def rewritten_during_the_first_read(params):
+        loaded = real(params)
+        calls.append(float(loaded.gain[0, 0]))
+        if len(calls) == 1:
+            _gain_file(gain, 3.0)
+            stat = gain.stat()
+            os.utime(gain, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))
+        return loaded
+
+    monkeypatch.setattr(gain_module, "_load_once", rewritten_during_the_first_read)
+    ref = load_gain_reference(GainParams(gain_path=gain))
+    assert calls == [2.0, 3.0] and float(ref.gain[0, 0]) == 3.0
+    assert ref.read[0].sha256 == __import__("hashlib").sha256(gain.read_bytes()).hexdigest()
+
+    def always_rewritten(params):
+        stat = gain.stat()
+        os.utime(gain, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))
+        return real(params)
+
+    monkeypatch.setattr(gain_module, "_load_once", always_rewritten)
+    with pytest.raises(GainReferenceError, match="gain.mrc: kept changing while it was read"):
+        load_gain_reference(GainParams(gain_path=gain))

@@ -1535,3 +1535,38 @@ def test_a_link_left_half_made_by_a_killed_daemon_is_removed_at_the_next_start(
     assert [p.name for p in link.parent.iterdir() if p.name.startswith(".")]  # left behind
     clean_temporary_outputs(tmp_path)
     assert list(link.parent.iterdir()) == [] and os.stat(target).st_nlink == 1
+
+
+def test_the_relion_gain_of_a_movie_is_the_content_it_was_corrected_with(tmp_path):
+    """A motion STAR names the gain of the content its movie was corrected with (its record's
+    hashes), found by the content label of each gain file written, also after the gain file
+    was written anew; when that content is gone and no file holds it, there is none to name."""
+    import hashlib
+
+    import mrcfile
+
+    from correction.gain_export import write_relion_gain
+    from correction.params import GainParams
+
+    gain_path, out = tmp_path / "gain.mrc", tmp_path / "out"
+    out.mkdir()
+    values = {}
+    for value in (2.0, 3.0):
+        with mrcfile.new(gain_path, overwrite=True) as mrc:
+            mrc.set_data(np.full((8, 8), value, np.float32))
+        stat = gain_path.stat()
+        os.utime(gain_path, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))
+        sha = hashlib.sha256(gain_path.read_bytes()).hexdigest()
+        values[value] = {"gain": sha}
+        assert write_relion_gain(out, GainParams(gain_path=gain_path)) is not None
+    params = GainParams(gain_path=gain_path)
+    for value, applied in values.items():
+        named = write_relion_gain(out, params, applied_sha256=applied)
+        assert float(mrcfile.read(named)[0, 0]) == value
+    first = write_relion_gain(out, params, applied_sha256=values[2.0])
+    assert first.name == "motionwatch_gain.mrc"
+    assert write_relion_gain(out, params, applied_sha256={"gain": "0" * 64}) is None
+    turned = GainParams(gain_path=gain_path, rotate_quarter_turns=1)  # not written yet: the
+    assert write_relion_gain(out, turned, applied_sha256=values[2.0]) is None  # 2.0 is gone
+    assert float(mrcfile.read(write_relion_gain(out, turned, applied_sha256=values[3.0]))[0, 0]
+                 ) == 3.0
