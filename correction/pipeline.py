@@ -398,7 +398,10 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
       are 1.5-3x more precise (a specimen of strong contrast, peaks 2x noise's at 65,000
       electrons per frame, aligns well frame by frame; so can a small frame whose peaks the
       specimen widens: 192 x 256 at 98,000 electrons, peaks at noise's, 0.04 px, advised all
-      the same, as advice);
+      the same, as advice); such frames summed without shifts (their peaks did not clear
+      noise's) are advised the same group: 16 frames of 29,000 electrons, 2.4-2.6 px off
+      unaligned, 1.1-1.8 px with ``--group 4``; one group is advised per movie (at least four
+      groups: :func:`_advised_group`), also by the lines below;
     * otherwise, weak peaks (as above) at any count that stand no higher than noise's but
       do not scatter (so the alignment was kept), or that leave the alignment unsettled after
       its last iteration: a weak specimen (8 frames of 1.5 million electrons at 3-5 %
@@ -413,14 +416,20 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
     per_frame = (None if mean_per_px is None or not counting
                  else float(mean_per_px) * shape_yx[0] * shape_yx[1])
     weak = peaks_are_weak(alignment)  # False where not measured
-    if (alignment.supported and group_frames == 1 and n_used >= 4 and per_frame is not None
-            and 0 < per_frame < FEW_ELECTRONS_PER_SUM and weak
+    few = (group_frames == 1 and per_frame is not None
+           and 0 < per_frame < FEW_ELECTRONS_PER_SUM)
+    advised = _advised_group(per_frame, n_used) if few else None
+    if few and advised is not None and not alignment.supported:
+        lines.append(f"about {per_frame:,.0f} electrons per frame, fewer than "
+                     f"{FEW_ELECTRONS_PER_SUM:,}: too few for single frames, which were summed "
+                     f"without shifts; --group {advised} (MotionCor2's -Group) aligns sums of "
+                     "frames, which may find the shifts")
+    elif (few and advised is not None and alignment.supported and weak
             and np.isfinite(alignment.peak_significance)):
-        group = int(np.ceil(FEW_ELECTRONS_PER_SUM / per_frame))
         lines.append(f"about {per_frame:,.0f} electrons per frame, fewer than "
                      f"{FEW_ELECTRONS_PER_SUM:,}, and correlation peaks barely above noise's: "
                      "the shifts of single frames may follow noise; --group "
-                     f"{min(group, n_used // 2)} (MotionCor2's -Group) aligns sums of frames")
+                     f"{advised} (MotionCor2's -Group) aligns sums of frames")
     elif alignment.supported and weak and np.isfinite(alignment.peak_significance) and (
             alignment.peak_significance < alignment.noise_peak_significance
             or not alignment.converged):
@@ -439,7 +448,7 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
     if alignment.fitted_path is not None:
         path = alignment.fitted_path
         shape = {1: "straight", 2: "quadratic"}.get(path.degree, f"degree-{path.degree}")
-        group = 2 * group_frames
+        group = advised or 2 * group_frames  # one --group advised per movie
         grouped = (f"; --group {group} (MotionCor2's -Group) aligns sums of frames"
                    if n_used // group >= 3 else "")
         lines.append(f"shifts fitted to a smooth path: at correlation peaks barely above "
@@ -453,6 +462,16 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
                      f"moved a frame {alignment.last_update_px:.1f} px (alignment grid); the "
                      "shifts may be off")
     return tuple(lines)
+
+
+def _advised_group(electrons_per_frame: float, n_used: int) -> int | None:
+    """The ``--group`` advised for frames of few electrons: enough frames for
+    :data:`FEW_ELECTRONS_PER_SUM` per sum, but at least four groups (fewer leave the shifts
+    of the frames between their centres to a line through two or three points: 12 frames at
+    42,000 electrons, ``--group 6``, 1.5-3.3 px off against 1.1-2.1 px ungrouped); None below
+    two frames a group."""
+    group = min(int(np.ceil(FEW_ELECTRONS_PER_SUM / electrons_per_frame)), n_used // 4)
+    return group if group >= 2 else None
 
 
 def _rounded(value: float, digits: int) -> float | None:

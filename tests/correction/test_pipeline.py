@@ -352,6 +352,57 @@ def test_too_few_electrons_per_frame_for_single_frames_is_said_with_the_group_th
     assert strong.alignment.fitted_path is None
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_frames_too_weak_to_align_alone_are_advised_the_group_that_aligns_them(seed):
+    """A 7 % specimen at 0.08 e/px/frame on 512 x 720 (29,000 electrons a frame), 16 frames:
+    single frames' peaks do not clear noise's, so the frames are summed without shifts (2.4-2.6
+    px off). Before, nothing but that was said; now the record and a warning advise
+    ``--group`` (enough frames for 250,000 electrons, at least four groups: 4), and aligning
+    sums of that many frames finds the shifts (1.1 and 1.8 px off)."""
+    import warnings as w
+
+    movie = render_movie(np.random.default_rng(seed), shape_yx=(512, 720), n_frames=16,
+                         electrons_per_px_per_frame=0.08, gain=None, n_hot_pixels=0,
+                         dtype=np.int16, contrast=0.07)
+
+    def corrected(group):
+        params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.08),
+                                  align=AlignParams(patches_x=1, patches_y=1,
+                                                    group_frames=group))
+        with w.catch_warnings(record=True) as caught:
+            w.simplefilter("always")
+            out = correct_frames(movie.frames, pixel_size_A=1.0, params=params, workers=2)
+        return out, [str(c.message) for c in caught]
+
+    single, said = corrected(1)
+    assert not single.alignment.supported
+    (advice,) = [a for a in single.alignment_advice if "electrons per frame" in a]
+    assert "summed without shifts; --group 4 (MotionCor2's -Group)" in advice and advice in said
+    unaligned = _shift_error_px(single, movie)
+    grouped, _ = corrected(4)
+    assert grouped.alignment.supported
+    assert _shift_error_px(grouped, movie) < 0.8 * unaligned
+
+
+def test_one_group_is_advised_however_many_lines_advise_one():
+    """At 42,000 electrons a frame over 12 frames, the electrons rule asked for ``--group 6``
+    (two groups: their shifts a straight line, 1.5-3.3 px off against 1.1-2.1 ungrouped in
+    the audit's three movies) while the fitted-path line of the same movie asked for 2. Both
+    now name the same group, of at least four groups."""
+    from correction.align_global import FittedPath, GlobalAlignment
+    from correction.pipeline import alignment_advice
+
+    alignment = GlobalAlignment(
+        shifts_yx_px=np.zeros((12, 2)), peak_quality=np.full(12, 0.01), iterations=3,
+        converged=True, last_update_px=0.01, peak_significance=6.0, noise_peak_significance=5.0,
+        fitted_path=FittedPath(degree=2, scatter_px=2.1,
+                               measured_shifts_yx_px=np.zeros((12, 2))))
+    lines = alignment_advice(alignment, 0.04, (1024, 1024), n_used=12, group_frames=1,
+                             counting=True)
+    groups = {line.split("--group ")[1].split()[0] for line in lines if "--group" in line}
+    assert len(lines) == 2 and groups == {"3"}
+
+
 @pytest.mark.parametrize("contrast, said", [(0.03, "fitted"), (0.05, "weak"), (0.3, None)])
 def test_a_weak_tilt_at_many_electrons_per_frame_is_said_to_be_possibly_pixels_off(contrast,
                                                                                   said):
