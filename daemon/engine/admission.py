@@ -454,6 +454,16 @@ class Admission:
                 return set()
         return self._recorded
 
+    def _unchanged_for_s(self, obs: Observation) -> float:
+        """How long the file has been seen unchanged (s); a version the ledger held at start
+        (corrected or quarantined before a restart) at least ``incomplete_grace_s``: it was
+        looked at, and waited for, then (a truncated file quarantined as incomplete is not
+        waited for, nor said to be incomplete, again after each restart)."""
+        seen = self._settler.stable_for_s(obs.path) or 0.0
+        if (str(obs.path), obs.size, obs.mtime_ns) in self._recorded_versions():
+            return max(seen, self.settings.incomplete_grace_s)
+        return seen
+
     # --- one movie ------------------------------------------------------------------------
     def _admit(self, obs: Observation) -> str | None:
         """Handle a settled movie; returns a wait reason, or None once it is in the ledger."""
@@ -464,7 +474,7 @@ class Admission:
             if known:
                 return reason
         verdict = self._known_complete(obs) or validate(
-            obs.path, stable_for_s=self._settler.stable_for_s(obs.path) or 0.0,
+            obs.path, stable_for_s=self._unchanged_for_s(obs),
             incomplete_grace_s=cfg.incomplete_grace_s, require_frame_mdoc=cfg.require_frame_mdoc)
         if verdict.decision == "wait":
             if verdict.reason != GONE_REASON:  # gone: the next scans say whether it is back
@@ -848,7 +858,7 @@ class Admission:
             return meta
         lookup = find_frame_mdoc_gain(obs.path)
         folder = str(obs.path.parent)
-        waited = (self._settler.stable_for_s(obs.path) or 0.0) >= cfg.incomplete_grace_s
+        waited = self._unchanged_for_s(obs) >= cfg.incomplete_grace_s
         if lookup.gain is not None:
             self._gain_folders.add(folder)
             gain, notes = lookup.gain, frame_mdoc_defects_notes(lookup, cfg.params)
@@ -962,7 +972,7 @@ class Admission:
             self._folder_seen(folder, found, str(obs.path))
             return None
         reason = f"{said} {expected} frames, the file has {found} so far"
-        if (self._settler.stable_for_s(obs.path) or 0.0) < self.settings.incomplete_grace_s:
+        if self._unchanged_for_s(obs) < self.settings.incomplete_grace_s:
             self.report_once(str(obs.path), "movie_incomplete", reason)
             return reason
         self.report_once(str(obs.path), "movie_short_of_frames",

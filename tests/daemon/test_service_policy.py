@@ -277,6 +277,30 @@ def test_after_a_restart_corrected_movies_are_not_shown_as_settling_while_they_s
     assert len(seen.counts) >= 3 and set(seen.counts) == {0}
 
 
+def test_a_truncated_movie_quarantined_before_a_restart_is_not_waited_for_again(setup):
+    """A movie cut short (its header promises frames the file lacks) is quarantined after
+    --incomplete-grace unchanged. At each restart it was said to be incomplete again and waited
+    for the whole grace (the idle exit held back that long), though unchanged since: now its
+    recorded version counts as having waited, and nothing is said of it."""
+    from recording_log import RecordingLog
+    from service_run import run_until_idle
+
+    path = movie(setup.watch_dir, "cut.mrc")
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 1000)
+    first = RecordingLog()
+    run_until_idle(Service(setup, runner="fake_runners:correct", logger=first))
+    (quarantined,) = first.named("movie_quarantined")
+    assert "incomplete" in quarantined["reason"]
+    again = RecordingLog()
+    patient = dataclasses.replace(setup, incomplete_grace_s=60.0)
+    run_until_idle(Service(patient, runner="fake_runners:correct", logger=again), guard_s=20.0)
+    assert not again.named("movie_incomplete") and not again.named("movie_quarantined")
+    (stopping,) = again.named("service_stopping")
+    assert "idle" in stopping["reason"]
+    assert rows(setup)["cut.mrc"].status == "quarantined"
+
+
 def test_a_movie_an_earlier_release_read_otherwise_is_redone_after_the_upgrade(setup):
     """An earlier release read TIFF rows and DM4 gains the other way (READING_CONVENTIONS 1):
     after an upgrade in mid-session its movies are redone, so no series mixes two readings
