@@ -162,25 +162,45 @@ def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = Fals
     first, own = (Path(out_dir) / name for name in relion_gain_names(gain_params, eer=eer))
     for path in (first, own):
         if path.is_file() and _written_stamp(path) == stamp:
+            if _labelled(path, _GAIN_CONTENT_PREFIX) is None:  # an earlier release's: its
+                # content is the files' as they are now (the stamp says so), labelled now so
+                # that it is found for its movies once the gain file is written anew
+                _add_label(path, _GAIN_CONTENT_PREFIX + relion_gain_content(gain_params))
             return path
     path = own if first.exists() else first
     reference = load_gain_reference(gain_params)
     if reference is None:
         return None
     read = {v.path: v.sha256 for v in reference.read}
-    content = _GAIN_CONTENT_PREFIX + relion_gain_content(gain_params, {
+    loaded = relion_gain_content(gain_params, {
         kind: read[str(Path(p).absolute())] for kind, name in _FILES
         if (p := getattr(gain_params, name, None)) is not None
         and str(Path(p).absolute()) in read})
+    content = _GAIN_CONTENT_PREFIX + loaded
     if eer:
         reference = reference_for_movie(reference, gain_params, is_eer=True)
-        return _write_gain_tiff(path, np.asarray(reference.gain, dtype=np.float32),
-                                ("motionwatch: gain of EER movies, multiplicative, rows as "
-                                 "stored, for RELION", _GAIN_STAMP_PREFIX + stamp, content))
-    return write_mrc_atomic(path, np.asarray(reference.gain, dtype=np.float32),
-                            pixel_size_A=None,
-                            labels=("motionwatch: gain in the movie orientation, for RELION",
-                                    _GAIN_STAMP_PREFIX + stamp, content))
+        written = _write_gain_tiff(path, np.asarray(reference.gain, dtype=np.float32),
+                                   ("motionwatch: gain of EER movies, multiplicative, rows as "
+                                    "stored, for RELION", _GAIN_STAMP_PREFIX + stamp, content))
+    else:
+        written = write_mrc_atomic(path, np.asarray(reference.gain, dtype=np.float32),
+                                   pixel_size_A=None,
+                                   labels=("motionwatch: gain in the movie orientation, for "
+                                           "RELION", _GAIN_STAMP_PREFIX + stamp, content))
+    if applied_sha256 and loaded != wanted:  # written anew between the look and the read
+        return None
+    return written
+
+
+def _add_label(path: Path, line: str) -> None:
+    """Add ``line`` to the labels of an earlier gain file (the header of an MRC, the
+    ImageDescription of a ``.gain`` TIFF), in place."""
+    if path.suffix == ".gain":
+        text = "\n".join([*_written_labels(path), line])
+        tifffile.tiffcomment(path, comment=text)
+        return
+    with mrcfile.mmap(path, mode="r+", permissive=True) as mrc:  # the header only is written
+        mrc.add_label(line)
 
 
 def _write_gain_tiff(path: Path, gain: np.ndarray, lines: tuple[str, ...]) -> Path:

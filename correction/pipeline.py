@@ -419,7 +419,8 @@ def alignment_advice(alignment: GlobalAlignment, mean_per_px: float | None,
     few = (group_frames == 1 and per_frame is not None
            and 0 < per_frame < FEW_ELECTRONS_PER_SUM)
     advised = _advised_group(per_frame, n_used) if few else None
-    if few and advised is not None and not alignment.supported:
+    if few and advised is not None and not alignment.supported and not alignment.note:
+        # (a note: not the peaks, e.g. one frame with counts, which no grouping mends)
         lines.append(f"about {per_frame:,.0f} electrons per frame, fewer than "
                      f"{FEW_ELECTRONS_PER_SUM:,}: too few for single frames, which were summed "
                      f"without shifts; --group {advised} (MotionCor2's -Group) aligns sums of "

@@ -159,6 +159,7 @@ class Dispatcher:
         self._pattern_warned = False
         self._fits_warned: set[str | None] = set()  # defect lists said fitted as a subarea
         self._advice_warned: set[str] = set()  # the kinds of alignment advice said
+        self._gain_notes_warned: set[str] = set()  # gain notes of workers (GainCache) said
         self._dose_warned = False  # a dose far from the frames' counts said
         self._replaced_warned = False
         self._pixel_warned = False  # a pixel size given unlike the movie files' said
@@ -386,6 +387,7 @@ class Dispatcher:
                 self._check_defect_list_fit(outcome.record, log)
                 self._check_replaced_pixels(outcome.record, log)
                 self._check_alignment_advice(outcome.record, log)
+                self._check_gain_note(outcome.record, log)
                 self._check_dose_count(outcome.record, log)
                 self._check_pixel_size(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
@@ -502,6 +504,17 @@ class Dispatcher:
             self._advice_warned.add(kind)
             log.warning("alignment_advice", reason=line, movie=record.get("movie"),
                         note="said once per run; each movie's record has alignment.advice")
+
+    def _check_gain_note(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per note when a movie was corrected with a gain, dark or defect content
+        read before because its file was being written anew, or cannot be used as written
+        (:class:`daemon.work.workers.GainCache`: the record's ``gain_reference_note``)."""
+        note = record.get("gain_reference_note")
+        if note and note not in self._gain_notes_warned:
+            self._gain_notes_warned.add(str(note))
+            log.warning("gain_reference_kept", reason=note, movie=record.get("movie"),
+                        note="said once per file version; each such movie's record has "
+                             "gain_reference_note")
 
     def _check_replaced_pixels(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run when a movie replaced more pixels than its record lists (RELION's

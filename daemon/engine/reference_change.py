@@ -21,34 +21,46 @@ __all__ = ["rewritten_references"]
 _KINDS = (("gain", "gain_path"), ("dark", "dark_path"), ("defects", "defects_path"))
 
 
+#: the newest corrected movies whose records are read at start (movies corrected side by side
+#: finish out of order: the newest may hold the content read before a rewrite)
+NEWEST_RECORDS = 8
+
+
 def rewritten_references(rows: Sequence[Any], gain_params: Any) -> list[str]:
     """The configured reference files (``gain_params``: their paths) whose content is not the
-    one the newest done movie (``rows``: the ledger's) was corrected with, each as ``"gain
-    /path"``; empty when none is, or nothing says (no done movie, its record unreadable, a
-    file out of reach)."""
+    one any of the :data:`NEWEST_RECORDS` newest done movies (``rows``: the ledger's) was
+    corrected with, each as ``"gain /path"``; empty when none is, or nothing says (no done
+    movie, their records unreadable, a file out of reach)."""
     if gain_params is None:
         return []
-    newest = max((r for r in rows if r.status == "done"), key=lambda r: r.updated, default=None)
-    motion = None if newest is None else newest.outputs.get("motion")
-    if not motion:
-        return []
-    try:
-        record = json.loads(Path(motion).read_text())
-        used = record.get("references") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
+    done = sorted((r for r in rows if r.status == "done"), key=lambda r: r.updated,
+                  reverse=True)[:NEWEST_RECORDS]
+    used = [_references(r.outputs.get("motion")) for r in done]
     rewritten = []
     for kind, attribute in _KINDS:
         path = getattr(gain_params, attribute, None)
-        noted = used.get(kind) if isinstance(used, dict) else None
-        if path is None or not isinstance(noted, dict):
+        if path is None:
             continue
-        if noted.get("path") != str(Path(path).absolute()) or not noted.get("sha256"):
-            continue  # another file: a setting changed (parameters_changed says so)
+        absolute = str(Path(path).absolute())
+        noted = {one.get("sha256") for refs in used if isinstance(one := refs.get(kind), dict)
+                 and one.get("path") == absolute and one.get("sha256")}
+        if not noted:  # another file: a setting changed (parameters_changed says so)
+            continue
         try:
             now = file_sha256(path)
         except OSError:
             continue
-        if now != noted["sha256"]:
-            rewritten.append(f"{kind} {Path(path).absolute()}")
+        if now not in noted:
+            rewritten.append(f"{kind} {absolute}")
     return rewritten
+
+
+def _references(motion: Any) -> dict[str, Any]:
+    """The ``references`` of a motion record; empty when it has none or cannot be read."""
+    if not motion:
+        return {}
+    try:
+        used = json.loads(Path(motion).read_text()).get("references") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return used if isinstance(used, dict) else {}

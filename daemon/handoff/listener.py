@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from correction.gain_export import write_relion_gain
+from correction.gain_export import relion_gain_content, write_relion_gain
+from correction.report import file_sha256
 from correction.params import GainParams
 from daemon.events import (MovieEvent, SeriesEvent, ServiceInfo, ServiceListener,
                            output_dir_for)
@@ -164,6 +165,14 @@ def build_handoff_listener(config: Config, *, logger: Any = None) -> RelionListe
                           logger=logger)
 
 
+def _content_now(gain: Any) -> tuple[tuple[str, str], ...]:
+    """``(kind, SHA-256)`` of the gain, dark and defect files of ``gain`` as they are now (in
+    the order of a record's ``references``)."""
+    return tuple((kind, file_sha256(path)) for kind, path in (
+        ("gain", gain.gain_path), ("dark", gain.dark_path), ("defects", gain.defects_path))
+        if path is not None)
+
+
 def _renaming(metadata: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     """From a moved movie's ledger metadata: the series it is in now (None: not a tilt) and
     the name it was recorded under before its last move."""
@@ -280,6 +289,7 @@ class RelionListener(ServiceListener):
         self._gain_settings: Any = None  # the configured ones, gain file or not (own gains')
         # (gain settings, EER, content applied) -> the name of its file for RELION
         self._gain_exports: dict[tuple[Any, bool, tuple[tuple[str, str], ...]], str | None] = {}
+        self._quiet_gains = False  # while the STARs of earlier movies are written again
         self._own: set[str] = set()  # every motion record the ledger or an event named
         self._foreign: dict[str, tuple[int, MovieMotion | None]] = {}  # path -> (mtime, view)
         # movies renamed after their record was written (movie path -> its series, or None):
@@ -307,15 +317,23 @@ class RelionListener(ServiceListener):
         self._gain_name = Path(gain).name if gain else None
         self._gain_params = info.gain
         self._gain_settings = info.gain_settings
-        self._seed(Path(info.state_dir))
-        self._catch_up()
-        every = self._entries()
-        series = {t.series for _, t in every if t is not None}
-        self._seed_tomo_names(series, every)
-        for name in sorted(series):
-            self._write_series(name)
-        self._write_globals(tomo=bool(series), single=True)
-        self._link_completed_series()
+        if gain is not None:  # the content of now: a movie with other content is news
+            now = self._guard(str(info.gain.gain_path), "relion_gain", _content_now, info.gain)
+            if now is not None:
+                self._gain_exports[(info.gain, False, now)] = self._gain_name
+        self._quiet_gains = True  # the STARs of movies corrected before: their gains are old
+        try:
+            self._seed(Path(info.state_dir))
+            self._catch_up()
+            every = self._entries()
+            series = {t.series for _, t in every if t is not None}
+            self._seed_tomo_names(series, every)
+            for name in sorted(series):
+                self._write_series(name)
+            self._write_globals(tomo=bool(series), single=True)
+            self._link_completed_series()
+        finally:
+            self._quiet_gains = False
 
     def on_movie_done(self, event: MovieEvent) -> None:
         motion_path = (event.outputs or {}).get("motion")
@@ -656,7 +674,10 @@ class RelionListener(ServiceListener):
                 return write_relion_gain(out, params, eer=eer), True
             return found, False
 
-        gain, gone = self._guard(str(out), "relion_gain", export) or (None, False)
+        exported = self._guard(str(out), "relion_gain", export)
+        if exported is None:  # failed (logged): tried again for the next movie
+            return None
+        gain, gone = exported
         name = Path(gain).name if gain else None
         if gone:
             (self._log or _NullLog()).warning(
@@ -664,15 +685,23 @@ class RelionListener(ServiceListener):
                 relion_gain=name,
                 note="the gain file was written anew after this movie was corrected and before "
                      "its gain was written for RELION: its STAR names the gain as it is now")
-        elif any(k[:2] == key[:2] and v != name for k, v in self._gain_exports.items()):
+        elif not self._quiet_gains and self._current_content(params, applied) and any(
+                k[:2] == key[:2] and v != name for k, v in self._gain_exports.items()):
             (self._log or _NullLog()).warning(
                 "reference_rewritten", movie=str(motion.movie), gain=str(params.gain_path),
                 relion_gain=name,
-                note="the gain file was written anew: this movie and those after it were "
-                     "corrected with its new content, and their STARs name it as "
-                     f"{name} (the movies before keep theirs)")
+                note="the gain file was written anew: the movies corrected with its new "
+                     f"content (this one is the first to finish) name it as {name} in their "
+                     "STARs; those corrected before keep theirs")
         self._gain_exports[key] = name
         return name
+
+    def _current_content(self, params: Any, applied: tuple[tuple[str, str], ...]) -> bool:
+        """Whether ``applied`` (kind, SHA-256) is what the files of ``params`` hold now."""
+        try:
+            return relion_gain_content(params, dict(applied)) == relion_gain_content(params)
+        except OSError:
+            return False
 
     def _write_series(self, series: str) -> list[TiltEntry]:
         """The series' STAR rewritten from its tilts now; removed once it has none left (its

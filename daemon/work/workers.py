@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from correction.allocator import movie_memory_settings
+from correction.errors import CorrectionError
+from correction.report import file_stat_key
 from correction.write import plain, write_probe_error
 
 from daemon.events import SOURCE_KEY
@@ -238,11 +240,22 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: a reference file written anew is taken once modified this long ago, or seen unchanged this
+#: long (seconds): before, it may still be being written (a copy onto a share)
+REWRITE_SETTLE_S = 5.0
+
+
 class GainCache:
     """The gain reference one worker holds: loaded once, loaded again when the gain parameters
     change or one of its files is written anew (another size or modification time: a new gain
     reference saved over the old one), so that every movie is corrected with the files as
     they are when it starts, and its record's hashes are of the content applied.
+
+    A file written anew is taken once it has settled: modified :data:`REWRITE_SETTLE_S` ago,
+    or seen unchanged that long (a copy onto a share takes seconds to minutes; a half-written
+    gain would quarantine the movie as a reference that does not fit). Until then, and when
+    the new content cannot be read, the movie is corrected with the content read before, and
+    :attr:`note` says so (the task adds it to the record: ``gain_reference_note``).
 
     Parameters
     ----------
@@ -255,6 +268,9 @@ class GainCache:
         self._load = resolve_runner(gain_loader) if gain_loader else None
         self._key: Any = None
         self._reference: Any = None
+        self._first_seen: dict[tuple[Any, ...], float] = {}  # rewritten versions, monotonic s
+        self._unreadable: dict[tuple[Any, ...], str] = {}  # settled versions that failed
+        self.note: str | None = None
 
     def preload(self, gain_params: Any) -> None:
         """Load ``gain_params`` now; a failure shows up again at the first movie that needs it."""
@@ -265,19 +281,61 @@ class GainCache:
                 self._reference, self._key = None, None
 
     def get(self, gain_params: Any) -> Any:
-        """The reference for ``gain_params`` (None without a gain); raises what the loader raises."""
+        """The reference for ``gain_params`` (None without a gain); raises what the loader
+        raises, except for a file written anew while a reference read before is held
+        (:attr:`note`)."""
+        self.note = None
         if self._load is None or getattr(gain_params, "gain_path", None) is None:
             return None
-        if gain_params != self._key or self._rewritten():
+        if gain_params != self._key:
             self._reference, self._key = None, None
             self._reference = self._load(gain_params)
             self._key = gain_params
+            return self._reference
+        rewritten = self._rewritten()
+        if not rewritten:
+            return self._reference
+        names = ", ".join(path for path, _, _ in rewritten)
+        versions = tuple(rewritten)
+        if versions in self._unreadable:
+            self.note = self._unreadable[versions]
+        elif not self._settled(rewritten):
+            self.note = (f"{names} is being written anew: this movie was corrected with the "
+                         "content read before (references in its record)")
+        else:
+            try:
+                self._reference = self._load(gain_params)
+                self._first_seen.clear()
+                self._unreadable.clear()
+            except (CorrectionError, OSError) as exc:
+                self.note = self._unreadable[versions] = (
+                    f"{names} was written anew but cannot be used ({_one_line(exc)}): movies "
+                    "are corrected with the content read before (references in each record) "
+                    "until it is written again")
         return self._reference
 
-    def _rewritten(self) -> bool:
-        """Whether a file the reference held was read from has been written anew since."""
-        read = getattr(self._reference, "read", ())
-        return any(version.is_rewritten() for version in read)
+    def _rewritten(self) -> list[tuple[str, int, int]]:
+        """``(path, size, mtime_ns)`` now of the files the reference was read from that have
+        been written anew since (not those out of sight)."""
+        changed = []
+        for version in getattr(self._reference, "read", ()):
+            if version.is_rewritten():
+                try:
+                    changed.append(file_stat_key(version.path))
+                except OSError:
+                    continue
+        return changed
+
+    def _settled(self, keys: list[tuple[str, int, int]]) -> bool:
+        """Whether every rewritten file was modified :data:`REWRITE_SETTLE_S` ago by the
+        clock, or has been seen unchanged that long by this worker."""
+        now = time.monotonic()
+        settled = True
+        for key in keys:
+            first = self._first_seen.setdefault(key, now)
+            if time.time() - key[2] / 1e9 < REWRITE_SETTLE_S and now - first < REWRITE_SETTLE_S:
+                settled = False
+        return settled
 
 
 @dataclass(slots=True)
@@ -321,9 +379,12 @@ def begin_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
         optional = {} if task.scratch_dir is None else {"scratch_dir": task.scratch_dir}
         if task.movie_named_as is not None:
             optional["named_as"] = task.movie_named_as
+        extra = dict(task.extra_record)
+        if gains.note is not None:
+            extra["gain_reference_note"] = gains.note
         result = correct(task.movie_path, task.out_dir, task.params,
                          gain_reference=gain_reference, stem=task.stem,
-                         extra_record=dict(task.extra_record), **optional)
+                         extra_record=extra, **optional)
     except Exception as exc:  # noqa: BLE001 - the worker boundary: everything is recorded
         return _failed(task, exc, started)
     return _Begun(task, result, started, worker)

@@ -384,6 +384,23 @@ def test_frames_too_weak_to_align_alone_are_advised_the_group_that_aligns_them(s
     assert _shift_error_px(grouped, movie) < 0.8 * unaligned
 
 
+def test_a_movie_with_counts_in_one_frame_is_advised_no_group():
+    """A beam blanked after the first frame: one of 16 frames holds counts, so there is
+    nothing to align, as the note says; the electrons rule advised ``--group 4`` all the same
+    (the empty frames pulled the mean count under its bound)."""
+    import warnings as w
+
+    frames = np.zeros((16, 256, 256), np.int16)
+    frames[0] = np.random.default_rng(3).poisson(4.0, (256, 256))
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=0.25),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    with w.catch_warnings():
+        w.simplefilter("ignore")
+        out = correct_frames(frames, pixel_size_A=1.0, params=params, workers=1)
+    assert not out.alignment.supported and "1 of 16 frames hold counts" in out.alignment.note
+    assert not any("--group" in line for line in out.alignment_advice)
+
+
 def test_one_group_is_advised_however_many_lines_advise_one():
     """At 42,000 electrons a frame over 12 frames, the electrons rule asked for ``--group 6``
     (two groups: their shifts a straight line, 1.5-3.3 px off against 1.1-2.1 ungrouped in

@@ -1570,3 +1570,37 @@ def test_the_relion_gain_of_a_movie_is_the_content_it_was_corrected_with(tmp_pat
     assert write_relion_gain(out, turned, applied_sha256=values[2.0]) is None  # 2.0 is gone
     assert float(mrcfile.read(write_relion_gain(out, turned, applied_sha256=values[3.0]))[0, 0]
                  ) == 3.0
+
+
+def test_a_relion_gain_an_earlier_release_wrote_is_found_for_its_movies_after_a_rewrite(
+        tmp_path):
+    """The previous release wrote ``motionwatch_gain.mrc`` without a content label. Found by
+    its stamp while the gain file still holds that content, it is labelled then, so that once
+    the gain file is written anew the movies corrected with the first content still name it
+    (they named the new gain's file after a restart before)."""
+    import hashlib
+
+    import mrcfile
+
+    from correction.gain_export import write_relion_gain
+    from correction.params import GainParams
+
+    gain_path, out = tmp_path / "gain.mrc", tmp_path / "out"
+    out.mkdir()
+    with mrcfile.new(gain_path) as mrc:
+        mrc.set_data(np.full((8, 8), 2.0, np.float32))
+    params = GainParams(gain_path=gain_path)
+    first = write_relion_gain(out, params)
+    with mrcfile.mmap(first, mode="r+") as mrc:  # as the previous release left it
+        labels = [bytes(label).decode().strip() for label in mrc.header.label[:mrc.header.nlabl]]
+        assert labels[-1].startswith("motionwatch gain content")
+        mrc.header.nlabl = len(labels) - 1
+        mrc.header.label[len(labels) - 1] = b""
+    old = {"gain": hashlib.sha256(gain_path.read_bytes()).hexdigest()}
+    assert write_relion_gain(out, params, applied_sha256=old) == first  # by its stamp
+    with mrcfile.new(gain_path, overwrite=True) as mrc:
+        mrc.set_data(np.full((8, 8), 3.0, np.float32))
+    stat = gain_path.stat()
+    os.utime(gain_path, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))
+    assert write_relion_gain(out, params, applied_sha256=old) == first
+    assert float(mrcfile.read(write_relion_gain(out, params))[0, 0]) == 3.0

@@ -3,6 +3,7 @@ path, is unchanged, so the movies done with the old one are not corrected again)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mrcfile
@@ -101,10 +102,10 @@ def test_a_gain_written_anew_while_the_daemon_runs_is_applied_and_named_from_the
         while not (out / "a.star").exists():
             assert daemon.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        before = gain.stat().st_mtime_ns
         with mrcfile.new(gain, overwrite=True) as mrc:  # the new reference, same name
             mrc.set_data(new_gain)
-        os.utime(gain, ns=(before + 10**9, before + 10**9))  # a coarse clock still moves on
+        saved = time.time_ns() - 60 * 10**9  # saved a while before the next movie: settled
+        os.utime(gain, ns=(saved, saved))
         _movie_through(new_gain, watch / "b.mrc", 2)
         assert daemon.wait(timeout=120) == 0
     finally:
@@ -120,3 +121,33 @@ def test_a_gain_written_anew_while_the_daemon_runs_is_applied_and_named_from_the
         "motionwatch_gain.mrc"
     (said,) = [e for e in events(log) if e.get("event") == "reference_rewritten"]
     assert said["movie"].endswith("b.mrc") and said["gain"] == str(gain)
+
+
+def test_a_newest_movie_corrected_with_the_content_before_a_rewrite_is_no_news_at_start(
+        tmp_path):
+    """Two workers: a long movie began with the old gain, the gain was saved anew, a short one
+    was corrected with the new gain and finished first. The long one is the newest done row,
+    and its record (rightly) hashes the old gain: the start-up check said the gain had been
+    written anew though every movie since was corrected with what it holds."""
+    import json
+    from types import SimpleNamespace
+
+    from correction.report import file_sha256
+    from daemon.engine.reference_change import rewritten_references
+
+    gain = tmp_path / "gain.mrc"
+    _gain(gain, 2.0)
+    old = file_sha256(gain)
+    _gain(gain, 3.0)
+    os.utime(gain, ns=(10**18, 10**18))
+
+    def row(name, sha, updated):
+        motion = tmp_path / f"{name}.motion.json"
+        motion.write_text(json.dumps({"references": {"gain": {"path": str(gain),
+                                                                "sha256": sha}}}))
+        return SimpleNamespace(status="done", updated=updated, outputs={"motion": str(motion)})
+
+    params = GainParams(gain_path=gain)
+    finished = [row("short", file_sha256(gain), 10.0), row("long", old, 11.0)]
+    assert rewritten_references(finished, params) == []
+    assert rewritten_references([row("long", old, 11.0)], params) == [f"gain {gain}"]

@@ -376,3 +376,49 @@ def test_a_worker_whose_daemon_is_gone_sends_its_outcome_into_nothing_without_a_
     assert daemon_end.recv() == ("started", 1)
     daemon_end.close()  # the daemon is gone
     assert _send_to_parent(worker_end, threading.Lock(), ("done", 1)) is False
+
+
+def _gain_mrc(path, value, *, age_s=60.0, rows=16):
+    import mrcfile
+    import numpy as np
+
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.full((rows, 16), value, np.float32))
+    when = time.time() - age_s
+    os.utime(path, (when, when))
+
+
+def test_a_gain_written_anew_is_taken_once_settled_and_the_old_one_kept_meanwhile(tmp_path,
+                                                                                 monkeypatch):
+    """A new gain saved over the configured file: a worker takes it for its next movie once
+    the file was modified REWRITE_SETTLE_S ago (or seen unchanged that long). While it is still
+    being written (a copy onto a share takes seconds), or when it cannot be read once settled,
+    the movie is corrected with the content read before and ``note`` says so; before, the
+    half-written file was loaded, failed as a reference that does not fit, and the movie was
+    quarantined."""
+    import numpy as np
+
+    import daemon.work.workers as workers
+    from correction.params import GainParams
+
+    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 0.5)
+    gain = tmp_path / "gain.mrc"
+    _gain_mrc(gain, 2.0)
+    params = GainParams(gain_path=gain)
+    cache = workers.GainCache("correction.gain:load_gain_reference")
+    assert float(np.asarray(cache.get(params).gain).mean()) == 2.0 and cache.note is None
+
+    gain.write_bytes(gain.read_bytes()[:600])  # being copied: a few bytes so far, just now
+    held = cache.get(params)
+    assert float(np.asarray(held.gain).mean()) == 2.0
+    assert cache.note.endswith("is being written anew: this movie was corrected with the "
+                               "content read before (references in its record)")
+    time.sleep(0.6)  # settled, and still cut short: it cannot be used
+    assert cache.get(params) is held and "was written anew but cannot be used" in cache.note
+
+    _gain_mrc(gain, 3.0, age_s=0.0)  # the copy done, a moment ago
+    assert cache.get(params) is held and "is being written anew" in cache.note
+    time.sleep(0.6)
+    assert float(np.asarray(cache.get(params).gain).mean()) == 3.0 and cache.note is None
+    _gain_mrc(gain, 4.0, age_s=30.0)  # saved a while before this movie: taken at once
+    assert float(np.asarray(cache.get(params).gain).mean()) == 4.0 and cache.note is None
