@@ -74,10 +74,12 @@ class DetectorPatternCheck:
     window_yx_px: tuple[int, int]
     detected: bool
 
-    def to_record(self, *, gain_given: bool, gain_advice: str | None = None) -> dict[str, Any]:
+    def to_record(self, *, gain_given: bool, gain_advice: str | None = None,
+                  hot_pixels_searched: bool = True) -> dict[str, Any]:
         """JSON-ready dict (the motion record's ``detector_pattern``; ``message`` when
         detected)."""
-        message = self.message(gain_given=gain_given, gain_advice=gain_advice)
+        message = self.message(gain_given=gain_given, gain_advice=gain_advice,
+                               hot_pixels_searched=hot_pixels_searched)
         return {"detected": self.detected,
                 **({"message": message} if self.detected else {}),
                 "frc_0.8_1.0_nyquist": round(self.frc_high, 4),
@@ -87,11 +89,14 @@ class DetectorPatternCheck:
                 "rule": f"significance >= {MIN_SIGNIFICANCE:g}, 0.8-1.0 >= {FLATNESS:g} x "
                         "0.5-0.65 Nyquist"}
 
-    def message(self, *, gain_given: bool, gain_advice: str | None = None) -> str:
+    def message(self, *, gain_given: bool, gain_advice: str | None = None,
+                hot_pixels_searched: bool = True) -> str:
         """One line for a movie whose frames share a fixed pattern.
 
         ``gain_advice``: for an EER movie, how its gain file was applied and the other way
         (:meth:`correction.gain.GainReference.eer_advice`), added to the cause.
+        ``hot_pixels_searched``: False with ``--no-hot-pixels``, when hot pixels left in the
+        frames are a pattern of their own (ten of them in a normalised 512^2 movie suffice).
         """
         cause = ("the gain reference does not remove it (another camera mode, session or "
                  "orientation?)" if gain_given else
@@ -99,6 +104,8 @@ class DetectorPatternCheck:
                  "normalised with a gain that does not fit them")
         if gain_given and gain_advice:
             cause += f"; {gain_advice}"
+        if not hot_pixels_searched:
+            cause += "; or hot pixels left in the frames (--no-hot-pixels)"
         return (f"the frames share a pattern fixed to the detector (even/odd FRC "
                 f"{self.frc_high:.3f} at 0.8-1.0 Nyquist in detector coordinates, "
                 f"{self.significance:.0f} sigma, as high as at mid frequencies, where a "

@@ -600,11 +600,16 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         # no pass over the raw sum: the counts' mean from every 16th row (a sixteenth of a
         # mapped movie's pages), enough to tell a dose off by 4 times
         dose_count = counted(float(np.mean(used[:, ::16, ::4], dtype=np.float64)))
+    if not params.gain.detect_hot_pixels and used.dtype.kind == "f":
+        # a float movie's NaN or Inf pixels are defects with or without the hot-pixel search
+        nonfinite = _nonfinite_defects(sum_raw_frames(used, workers), used, movie_path)
+        if nonfinite is not None:
+            bad = nonfinite if bad is None else (bad | nonfinite)
     if params.gain.detect_hot_pixels:
         corrected_sum = sum_raw_frames(used, workers)
         if used.dtype.kind == "f":  # a damaged float movie: NaN, Inf or 1e30 pixels are defects
-            nonfinite = ~np.isfinite(corrected_sum)
-            if nonfinite.any():
+            nonfinite = _nonfinite_defects(corrected_sum, used, movie_path)
+            if nonfinite is not None:
                 bad = nonfinite if bad is None else (bad | nonfinite)
                 corrected_sum[nonfinite] = 0.0
             gross = gross_outliers(corrected_sum)
@@ -707,9 +712,9 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     del pattern
     timings["detector_pattern"] = time.perf_counter() - t
     if detector_pattern is not None and detector_pattern.detected:
-        warnings.warn(detector_pattern.message(gain_given=_gain_given(gain_reference),
-                                               gain_advice=_gain_advice(gain_reference)),
-                      stacklevel=2)
+        warnings.warn(detector_pattern.message(
+            gain_given=_gain_given(gain_reference), gain_advice=_gain_advice(gain_reference),
+            hot_pixels_searched=params.gain.detect_hot_pixels), stacklevel=2)
     pixel_out = pixel_size_A * float(np.mean(grids.bin_yx))
     timings["total"] = time.perf_counter() - t0
     return CorrectedFrames(images=images, shifts_yx_px=shifts_out, alignment=alignment,
@@ -808,6 +813,37 @@ def _gain_advice(gain_reference: GainReference | None) -> str | None:
     """How an EER movie's gain file was applied and the other way to try
     (:meth:`correction.gain.GainReference.eer_advice`)."""
     return gain_reference.eer_advice() if gain_reference is not None else None
+
+
+#: NaN or Inf pixels in a float movie's raw sum, as a fraction of a frame, beyond which the
+#: movie is damaged (a frame or part of one lost), not a few dead pixels stored as NaN
+NONFINITE_DAMAGED_FRACTION = 0.01
+
+
+def _nonfinite_defects(raw_sum: np.ndarray, frames: np.ndarray,
+                       movie_path: str | Path | None) -> np.ndarray | None:
+    """The pixels that are NaN or Inf in any frame of a float movie (``raw_sum`` their sum),
+    to be replaced in every frame as defects; None when there are none.
+
+    Raises
+    ------
+    UnreadableMovieError
+        More than :data:`NONFINITE_DAMAGED_FRACTION` of a frame's pixels: replaced from their
+        neighbours they would wipe out that part of every frame (half a frame of NaN in one of
+        12 frames left the sums' half noise, an all-NaN frame left them zeros, said done).
+    """
+    nonfinite = ~np.isfinite(raw_sum)
+    count = int(np.count_nonzero(nonfinite))
+    if count == 0:
+        return None
+    if count > NONFINITE_DAMAGED_FRACTION * nonfinite.size:
+        hit = [i for i in range(len(frames)) if not np.isfinite(frames[i]).all()]
+        listed = ", ".join(str(i) for i in hit[:10]) + (" ..." if len(hit) > 10 else "")
+        raise UnreadableMovieError(
+            movie_path, f"{count:,} pixels ({100 * count / nonfinite.size:.0f} % of a frame) "
+                        f"are NaN or Inf in {len(hit)} of {len(frames)} frames ({listed}, "
+                        "0-based): a damaged float movie, not dead pixels")
+    return nonfinite
 
 
 def _gain_given(gain_reference: GainReference | None) -> bool:
@@ -918,8 +954,9 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
         if fill is not None:
             value = fill
         else:  # a frame transformed again for the sums reuses its mean
-            if i not in frame_means:
-                frame_means[i] = frame_mean(frame_view, workers)
+            if i not in frame_means:  # its defects (NaN pixels of a float movie) left out
+                frame_means[i] = frame_mean(frame_view, workers) if bad is None else \
+                    float(np.mean(frame_view[~bad], dtype=np.float64))
             value = frame_means[i]
         pad_buf[:ny, nx:] = value
         pad_buf[ny:, :] = value
@@ -1407,7 +1444,8 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
                   if corrected.gain_orientation is not None else {}),
                **({"detector_pattern": corrected.detector_pattern.to_record(
                    gain_given=corrected.detector_pattern.detected
-                   and _gain_given(gain_reference), gain_advice=_gain_advice(gain_reference))}
+                   and _gain_given(gain_reference), gain_advice=_gain_advice(gain_reference),
+                   hot_pixels_searched=params.gain.detect_hot_pixels)}
                   if corrected.detector_pattern is not None else {})})
     record["memory"] = {**memory.to_record(), "process_peak_MB": round(peak_resident_MB())}
     return PreparedMovie(movie_path=movie_path, out_dir=out_dir, stem=stem, outputs=outputs,

@@ -291,6 +291,69 @@ def test_a_damaged_band_of_absurd_values_in_a_float_movie_is_replaced_as_defects
         assert mrc.data.max() < 6 * 2.0 + 10 * np.sqrt(6 * 2.0)
 
 
+def _normalised_movie(seed=5, shape=(256, 256), n_frames=12):
+    """A gain-normalised float32 movie (1 e/px/frame, 30 % contrast) with known drift."""
+    movie = render_movie(np.random.default_rng(seed), shape_yx=shape, n_frames=n_frames,
+                         electrons_per_px_per_frame=1.0, gain=None, n_hot_pixels=0,
+                         dtype=np.int16, contrast=0.3)
+    return movie, movie.frames.astype(np.float32)
+
+
+@pytest.mark.parametrize("rows, share", [(slice(128, None), "50 %"), (slice(None), "100 %")])
+def test_a_float_movie_with_part_of_a_frame_lost_to_nan_is_an_error_naming_the_frame(rows,
+                                                                                    share):
+    """NaN pixels in any frame are replaced in every frame, as defects: right for a few dead
+    pixels, but half a frame of NaN in one of 12 left the sums' half noise (and a frame all
+    NaN left them zeros, with the movie said done). Beyond 1 % of a frame the movie is a
+    damaged one: an error naming the frames."""
+    from correction.errors import UnreadableMovieError
+
+    _, frames = _normalised_movie()
+    frames[4, rows] = np.nan
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1))
+    with pytest.raises(UnreadableMovieError, match=rf"\({share} of a frame\) are NaN or Inf in "
+                                                   r"1 of 12 frames \(4, 0-based\)"):
+        correct_frames(frames, pixel_size_A=1.0, params=params, workers=1)
+
+
+def test_a_float_movies_nan_pixels_are_replaced_without_the_hot_pixel_search_too():
+    """Four NaN pixels of a normalised float movie: the hot-pixel search replaced them, but
+    with ``--no-hot-pixels`` the movie failed (its frames' means NaN: "0 of 12 frames hold
+    counts", then sums not finite). They are defects either way now."""
+    import warnings as w
+
+    movie, frames = _normalised_movie()
+    frames[3, 10, 20] = frames[7, 100, 200] = np.nan
+    frames[5, 50, 60] = np.inf
+    frames[9, 200, 30] = -np.inf
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              align=AlignParams(patches_x=1, patches_y=1),
+                              gain=GainParams(detect_hot_pixels=False))
+    with w.catch_warnings():
+        w.simplefilter("ignore")
+        out = correct_frames(frames, pixel_size_A=1.0, params=params, workers=1)
+    assert out.alignment.supported and _shift_error_px(out, movie) < 0.1
+    assert all(np.isfinite(image).all() for image in (out.images.sum, out.images.dw))
+
+
+def test_a_detector_pattern_names_hot_pixels_left_in_without_the_hot_pixel_search():
+    """With ``--no-hot-pixels`` a few hot pixels left in a normalised movie are a pattern fixed
+    to the detector: the warning blamed the gain alone."""
+    from correction.detector_pattern import HalfSumWindows
+
+    windows = HalfSumWindows((64, 64))
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        frame = rng.poisson(1.0, (64, 64)).astype(np.float32)
+        frame[10, 10] = frame[30, 40] = 50.0
+        windows.add(i, frame)
+    found = windows.check()
+    said = found.message(gain_given=False, hot_pixels_searched=False)
+    assert "or hot pixels left in the frames (--no-hot-pixels)" in said
+    assert "hot pixels" not in found.message(gain_given=False)
+
+
 def test_a_float_movie_whose_sums_cannot_be_finite_is_an_error_and_nothing_is_written(tmp_path):
     """Without the hot-pixel search, which replaces such pixels, a value near float32's
     largest overflows the sums."""
