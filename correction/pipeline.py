@@ -602,13 +602,15 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         dose_count = counted(float(np.mean(used[:, ::16, ::4], dtype=np.float64)))
     if not params.gain.detect_hot_pixels and used.dtype.kind == "f":
         # a float movie's NaN or Inf pixels are defects with or without the hot-pixel search
-        nonfinite = _nonfinite_defects(sum_raw_frames(used, workers), used, movie_path)
+        nonfinite = _nonfinite_defects(sum_raw_frames(used, workers), used, movie_path,
+                                       first=first, n_movie=n_all)
         if nonfinite is not None:
             bad = nonfinite if bad is None else (bad | nonfinite)
     if params.gain.detect_hot_pixels:
         corrected_sum = sum_raw_frames(used, workers)
         if used.dtype.kind == "f":  # a damaged float movie: NaN, Inf or 1e30 pixels are defects
-            nonfinite = _nonfinite_defects(corrected_sum, used, movie_path)
+            nonfinite = _nonfinite_defects(corrected_sum, used, movie_path, first=first,
+                                           n_movie=n_all)
             if nonfinite is not None:
                 bad = nonfinite if bad is None else (bad | nonfinite)
                 corrected_sum[nonfinite] = 0.0
@@ -821,9 +823,12 @@ NONFINITE_DAMAGED_FRACTION = 0.01
 
 
 def _nonfinite_defects(raw_sum: np.ndarray, frames: np.ndarray,
-                       movie_path: str | Path | None) -> np.ndarray | None:
+                       movie_path: str | Path | None, *, first: int = 0,
+                       n_movie: int | None = None) -> np.ndarray | None:
     """The pixels that are NaN or Inf in any frame of a float movie (``raw_sum`` their sum),
-    to be replaced in every frame as defects; None when there are none.
+    to be replaced in every frame as defects; None when there are none. ``frames`` are the
+    movie's ``first:`` frames used (after ``--throw``) of ``n_movie``, as messages number
+    them.
 
     Raises
     ------
@@ -837,11 +842,12 @@ def _nonfinite_defects(raw_sum: np.ndarray, frames: np.ndarray,
     if count == 0:
         return None
     if count > NONFINITE_DAMAGED_FRACTION * nonfinite.size:
-        hit = [i for i in range(len(frames)) if not np.isfinite(frames[i]).all()]
+        hit = [first + i for i in range(len(frames)) if not np.isfinite(frames[i]).all()]
         listed = ", ".join(str(i) for i in hit[:10]) + (" ..." if len(hit) > 10 else "")
+        total = len(frames) if n_movie is None else n_movie
         raise UnreadableMovieError(
             movie_path, f"{count:,} pixels ({100 * count / nonfinite.size:.0f} % of a frame) "
-                        f"are NaN or Inf in {len(hit)} of {len(frames)} frames ({listed}, "
+                        f"are NaN or Inf in {len(hit)} of {total} frames ({listed}, "
                         "0-based): a damaged float movie, not dead pixels")
     return nonfinite
 

@@ -29,6 +29,7 @@ import glob
 import ipaddress
 import json
 import os
+import select
 import socket
 import threading
 import time
@@ -58,6 +59,15 @@ _PUSH_MIN_S = 0.25
 _PUSH_MAX_S = 1.0  # how often a stream looks whether the daemon's state changed with time
 _PUSH_IDLE_S = 10.0  # an unchanged view is sent again this often (its rates fall with time)
 _IDLE_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
+#: connections served at once (each a thread and a socket); more are answered 503 at once:
+#: a thousand clients that never left took the daemon's file descriptors (its correction
+#: stopped on "Too many open files") and its accept loop spun at a whole core
+MAX_CONNECTIONS = 64
+#: live pages (``/events`` streams) at once, within MAX_CONNECTIONS
+MAX_EVENT_STREAMS = 32
+_BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+               b"Content-Length: 20\r\nRetry-After: 5\r\nConnection: close\r\n\r\n"
+               b"503 too many clients")
 _MISS_KEPT_S = 5.0  # a picture not found is looked for again after this long
 _SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                      ("Content-Security-Policy",
@@ -191,9 +201,44 @@ def resolve_inside(root: Path, url_path: str) -> Path | None:
         return None
     if target != base and base not in target.parents:
         return None
-    if target.suffix.lower() not in _FILE_TYPES or not target.is_file():
+    try:  # a name too long for the file system, a folder it may not enter
+        if target.suffix.lower() not in _FILE_TYPES or not target.is_file():
+            return None
+    except OSError:
         return None
     return target
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most :data:`MAX_CONNECTIONS` connections at
+    once and answers the others ``503`` without a thread."""
+
+    daemon_threads = True
+    request_queue_size = 64  # the listen backlog (5 made a burst of pages wait a second)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(_BUSY_REPLY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Dashboard:
@@ -216,6 +261,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._httpd: ThreadingHTTPServer | None = None
+        self.streams = threading.BoundedSemaphore(MAX_EVENT_STREAMS)  # live pages served
 
     # -- lifecycle
 
@@ -229,9 +275,9 @@ class Dashboard:
         """
         host, port = parse_listen(self.config.listen)
         handler = type("Handler", (_Handler,), {"dashboard": self})
-        server_class = ThreadingHTTPServer
+        server_class: type[ThreadingHTTPServer] = _BoundedServer
         if ":" in host:
-            server_class = type("Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+            server_class = type("Server6", (_BoundedServer,), {"address_family": socket.AF_INET6})
         try:
             self._httpd = server_class((host, port), handler)
         except OSError as exc:
@@ -379,12 +425,36 @@ class _Handler(BaseHTTPRequestHandler):
             if target is None:
                 self._refuse(HTTPStatus.NOT_FOUND, "no such file in the output folder")
                 return
-            self._send(target.read_bytes(), _FILE_TYPES[target.suffix.lower()], head=head,
-                       cache="no-cache")
+            try:
+                body = target.read_bytes()
+            except OSError:  # gone since, or not readable by this account
+                self._refuse(HTTPStatus.NOT_FOUND, "no such file in the output folder")
+                return
+            self._send(body, _FILE_TYPES[target.suffix.lower()], head=head, cache="no-cache")
         else:
             self._refuse(HTTPStatus.NOT_FOUND, "no such page")
 
     def _events(self, *, head: bool) -> None:
+        if not self.dashboard.streams.acquire(blocking=False):
+            self.close_connection = True
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
+                         f"{MAX_EVENT_STREAMS} live pages are open already")
+            return
+        try:
+            self._stream(head=head)
+        finally:
+            self.dashboard.streams.release()
+
+    def _client_left(self) -> bool:
+        """Whether the page closed its connection (seen within a second, not at the next
+        push, up to :data:`_PUSH_IDLE_S` later: its thread and slot are given back)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _stream(self, *, head: bool) -> None:
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -399,7 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
         version, state = -1, None
         last = 0.0
         try:
-            while not self.dashboard.stopped:
+            while not self.dashboard.stopped and not self._client_left():
                 changed = self.dashboard.wait_change(version, _PUSH_MAX_S) != version
                 if changed or self.dashboard.daemon_state() != state \
                         or time.monotonic() - last >= _PUSH_IDLE_S:

@@ -21,6 +21,10 @@ Wire format
 
 Late joiners
     The socket is an XPUB with ``XPUB_VERBOSE``: every subscription reaches the publisher thread.
+    A frame from a subscriber is at most :data:`_MAX_SUBSCRIBER_FRAME` bytes (a subscription is
+    a topic prefix; a larger frame drops its connection): libzmq keeps every subscription in a
+    trie of about 50 bytes a character, for good (one client's 10,000 distinct 1 kB
+    subscriptions held 470 MB of the daemon's memory, one 5 MB frame 240 MB).
     When one arrives that covers the ``state`` topic (a subscription to ``""``, ``"s"``, ...,
     ``"state"``), the thread sends a ``state`` message: the open tilt series with their tilts
     so far, the last few completed series, recent loose movies, warnings and errors, and the last
@@ -71,6 +75,9 @@ __all__ = ["PublishConfig", "PublishError", "Publisher", "PublisherStats"]
 SeriesEvent = Literal["started", "updated", "completed", "reopened"]
 
 _STATE_TOPIC = b"state"
+#: bytes: a subscription is 1 + a topic prefix (at most 9 bytes); CURVE's handshake commands
+#: count too (its INITIATE with metadata, about 300 bytes: 256 failed)
+_MAX_SUBSCRIBER_FRAME = 512
 _RECENT = 20  # warnings, errors and loose movies kept for the state message
 _COMPLETED_KEPT = 4  # completed series kept (with their tilts) in the state message
 _OPEN_SERIES_KEPT = 64
@@ -661,6 +668,7 @@ def _bind_xpub(ctx: zmq.Context, cfg: PublishConfig
             auth.configure_curve(domain="*", location=location)
         sock = ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_SUBSCRIBER_FRAME)
         sock.setsockopt(zmq.SNDHWM, cfg.send_hwm)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)

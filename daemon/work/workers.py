@@ -240,9 +240,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-#: a reference file written anew is taken once modified this long ago, or seen unchanged this
-#: long (seconds): before, it may still be being written (a copy onto a share)
+#: a reference file written anew is taken once this worker has seen it unchanged this long
+#: (seconds; the file's own modification time may be a share's clock, or a copy's source's)
 REWRITE_SETTLE_S = 5.0
+#: the longest a worker waits for a rewritten reference file to settle before a movie (s)
+REWRITE_WAIT_MAX_S = 60.0
 
 
 class GainCache:
@@ -251,11 +253,15 @@ class GainCache:
     reference saved over the old one), so that every movie is corrected with the files as
     they are when it starts, and its record's hashes are of the content applied.
 
-    A file written anew is taken once it has settled: modified :data:`REWRITE_SETTLE_S` ago,
-    or seen unchanged that long (a copy onto a share takes seconds to minutes; a half-written
-    gain would quarantine the movie as a reference that does not fit). Until then, and when
-    the new content cannot be read, the movie is corrected with the content read before, and
-    :attr:`note` says so (the task adds it to the record: ``gain_reference_note``).
+    A file written anew is taken once it has settled: the worker waits, before the movie,
+    until it has seen the file unchanged for :data:`REWRITE_SETTLE_S` (a copy onto a share
+    takes seconds to minutes, and a pre-sized one is zeros at the end until done; a
+    half-written gain would quarantine the movie as a reference that does not fit, or leave
+    its zeros as defects), at most :data:`REWRITE_WAIT_MAX_S` (once: the next movies do not
+    wait while that copy goes on). While it is still being written then, and when the new
+    content cannot be read, the movie is corrected with the content read before, and
+    :attr:`note` says so, naming the file's size and modification time (the task adds it to
+    the record: ``gain_reference_note``).
 
     Parameters
     ----------
@@ -270,6 +276,7 @@ class GainCache:
         self._reference: Any = None
         self._first_seen: dict[tuple[Any, ...], float] = {}  # rewritten versions, monotonic s
         self._unreadable: dict[tuple[Any, ...], str] = {}  # settled versions that failed
+        self._waited_in_vain = False  # for a rewrite still going on after REWRITE_WAIT_MAX_S
         self.note: str | None = None
 
     def preload(self, gain_params: Any) -> None:
@@ -295,11 +302,15 @@ class GainCache:
         rewritten = self._rewritten()
         if not rewritten:
             return self._reference
-        names = ", ".join(path for path, _, _ in rewritten)
         versions = tuple(rewritten)
+        if versions not in self._unreadable:
+            versions = self._settled(rewritten)
+        names = ", ".join(f"{path} ({size:,} bytes, modified "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(mtime / 1e9))})"
+                          for path, size, mtime in versions or rewritten)
         if versions in self._unreadable:
             self.note = self._unreadable[versions]
-        elif not self._settled(rewritten):
+        elif versions is None:
             self.note = (f"{names} is being written anew: this movie was corrected with the "
                          "content read before (references in its record)")
         else:
@@ -307,6 +318,7 @@ class GainCache:
                 self._reference = self._load(gain_params)
                 self._first_seen.clear()
                 self._unreadable.clear()
+                self._waited_in_vain = False
             except (CorrectionError, OSError) as exc:
                 self.note = self._unreadable[versions] = (
                     f"{names} was written anew but cannot be used ({_one_line(exc)}): movies "
@@ -326,16 +338,30 @@ class GainCache:
                     continue
         return changed
 
-    def _settled(self, keys: list[tuple[str, int, int]]) -> bool:
-        """Whether every rewritten file was modified :data:`REWRITE_SETTLE_S` ago by the
-        clock, or has been seen unchanged that long by this worker."""
-        now = time.monotonic()
-        settled = True
+    def _settled(self, keys: list[tuple[str, int, int]]
+                 ) -> tuple[tuple[str, int, int], ...] | None:
+        """The rewritten files' ``(path, size, mtime_ns)`` once this worker has seen them
+        unchanged for :data:`REWRITE_SETTLE_S` (waiting for it, at most
+        :data:`REWRITE_WAIT_MAX_S`); None when they were still changing then."""
+        started = time.monotonic()
+        keys = list(keys)
         for key in keys:
-            first = self._first_seen.setdefault(key, now)
-            if time.time() - key[2] / 1e9 < REWRITE_SETTLE_S and now - first < REWRITE_SETTLE_S:
-                settled = False
-        return settled
+            self._first_seen.setdefault(key, started)
+        # waited for once, in vain: the next movies are not held up while the copy goes on
+        patience = 0.0 if self._waited_in_vain else REWRITE_WAIT_MAX_S
+        while True:
+            now = time.monotonic()
+            if all(now - self._first_seen[key] >= REWRITE_SETTLE_S for key in keys):
+                return tuple(keys)
+            if now - started >= patience:
+                self._waited_in_vain = True
+                return None
+            time.sleep(min(0.25, REWRITE_SETTLE_S))
+            latest = self._rewritten()
+            if latest != keys:  # still being written: its settling starts again
+                keys = latest
+                for key in keys:
+                    self._first_seen.setdefault(key, time.monotonic())
 
 
 @dataclass(slots=True)

@@ -315,6 +315,11 @@ def test_a_float_movie_with_part_of_a_frame_lost_to_nan_is_an_error_naming_the_f
     with pytest.raises(UnreadableMovieError, match=rf"\({share} of a frame\) are NaN or Inf in "
                                                    r"1 of 12 frames \(4, 0-based\)"):
         correct_frames(frames, pixel_size_A=1.0, params=params, workers=1)
+    thrown = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),  # numbered in the movie
+                              align=AlignParams(patches_x=1, patches_y=1),
+                              read=ReadParams(throw_frames=2))
+    with pytest.raises(UnreadableMovieError, match=r"in 1 of 12 frames \(4, 0-based\)"):
+        correct_frames(frames, pixel_size_A=1.0, params=thrown, workers=1)
 
 
 def test_a_float_movies_nan_pixels_are_replaced_without_the_hot_pixel_search_too():

@@ -327,6 +327,75 @@ def test_files_are_served_from_the_output_folder_only(tmp_path):
         conn.close()
 
 
+def test_a_file_name_too_long_for_the_file_system_is_not_found_not_a_traceback(tmp_path,
+                                                                              capsys):
+    """``/files/<300 characters>.png`` raised ENAMETOOLONG in the server thread: no reply, and
+    a traceback printed into the daemon's log for every such request."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert resolve_inside(out, "a" * 300 + ".png") is None
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=out,
+                                   listen="127.0.0.1:0")) as dash:
+        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request("GET", "/files/" + "a" * 300 + ".png")
+        assert conn.getresponse().status == 404
+        conn.close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_clients_beyond_the_bounds_are_answered_503_at_once_and_the_rest_served(tmp_path,
+                                                                             monkeypatch):
+    """A thousand clients that connected and never left held a thread and a socket each: the
+    daemon ran out of file descriptors (its correction stopped on "Too many open files") and
+    the accept loop spun at a whole core. Connections and live pages are bounded now: the
+    ones beyond are answered 503 without a thread, and served again once others leave."""
+    import socket
+
+    import daemon.dashboard.server as server
+
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server, "MAX_EVENT_STREAMS", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=out,
+                                   listen="127.0.0.1:0")) as dash:
+        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+
+        def status(path: str) -> int:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.request("GET", path)
+            try:
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        def live_page() -> socket.socket:
+            page = socket.create_connection((host, int(port)))
+            page.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert page.recv(4096).startswith(b"HTTP/1.1 200")
+            return page
+
+        def becomes(path: str, code: int, within_s: float = 10.0) -> float:
+            """Seconds until ``path`` answers ``code`` (asserted within ``within_s``)."""
+            began = time.monotonic()
+            while status(path) != code:
+                assert time.monotonic() - began < within_s, f"{path} never answered {code}"
+                time.sleep(0.1)
+            return time.monotonic() - began
+
+        pages = [live_page() for _ in range(2)]
+        assert status("/events") == 503  # a third live page
+        idle = [socket.create_connection((host, int(port))) for _ in range(2)]  # say nothing
+        becomes("/api/state", 503)  # once the server has taken them
+        for sock in idle:
+            sock.close()
+        becomes("/api/state", 200)
+        for page in pages:  # closed pages are seen within a second, not at the next push
+            page.close()
+        assert becomes("/events", 200) < 5.0  # (_PUSH_IDLE_S, 10 s, before)
+
+
 def _pushes(dash: Dashboard) -> tuple[http.client.HTTPConnection, list[bytes]]:
     """A page's connection to ``/events`` and the list its pushed views are added to."""
     host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()

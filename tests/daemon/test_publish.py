@@ -717,3 +717,40 @@ def test_a_malformed_record_is_counted_in_the_publishers_build_errors():
     publisher = Publisher(PublishConfig(endpoint="ipc://@gaps-build-errors"))  # not started
     assert publisher.movie({"movie": "/d/x.mrc"}) is False
     assert publisher.stats.build_errors == 1
+
+
+def _resident_MB() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+
+def test_subscriptions_longer_than_any_topic_cost_the_publisher_nothing(publisher):
+    """One client subscribing to 3,000 distinct 1 kB prefixes made the daemon hold their trie
+    (about 140 MB here; 10,000 of them 470 MB, kept after the client left), and one 5 MB
+    subscription frame 240 MB. Subscriber frames are at most 512 bytes now (a subscription is
+    a topic prefix; a larger frame drops its connection), and a well-behaved subscriber is
+    still served.
+    (The greedy client runs in a process of its own: libzmq 4.3.5 crashes a context that
+    terminates with such a frame in flight, on the client's side.)"""
+    greedy = (
+        "import os, sys, time, zmq\n"
+        "sock = zmq.Context().socket(zmq.XSUB)\n"
+        "sock.connect(sys.argv[1])\n"
+        "for i in range(3000):\n"
+        "    sock.send(b'\\x01' + b'x%07d' % i + b'y' * 1000)\n"
+        "sock.send(b'\\x01' + b'z' * 5_000_000)\n"
+        "time.sleep(2.0)\n"
+        "print('sent', flush=True)\n"
+        "os._exit(0)\n")
+    with Subscriber(publisher.endpoint, topics=("movie",)) as sub:
+        before = _resident_MB()
+        done = subprocess.run([sys.executable, "-c", greedy, publisher.endpoint],
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "sent", done.stderr
+        time.sleep(0.5)  # the publisher thread has read them all
+        grown = _resident_MB() - before
+        publisher.movie(motion_record(), TiltInfo(series=None, tilt_deg=None,
+                                                   acquisition_index=None))
+        got = receive_until(sub, has_topic("movie"))
+    assert [t for t, _ in got] == ["movie"]
+    assert grown < 30, f"the publisher's process grew by {grown:.0f} MB"

@@ -390,35 +390,53 @@ def _gain_mrc(path, value, *, age_s=60.0, rows=16):
 
 def test_a_gain_written_anew_is_taken_once_settled_and_the_old_one_kept_meanwhile(tmp_path,
                                                                                  monkeypatch):
-    """A new gain saved over the configured file: a worker takes it for its next movie once
-    the file was modified REWRITE_SETTLE_S ago (or seen unchanged that long). While it is still
-    being written (a copy onto a share takes seconds), or when it cannot be read once settled,
-    the movie is corrected with the content read before and ``note`` says so; before, the
-    half-written file was loaded, failed as a reference that does not fit, and the movie was
-    quarantined."""
+    """A new gain saved over the configured file: before its next movie a worker waits until it
+    has seen the file unchanged for REWRITE_SETTLE_S, and takes it. While a copy is still going
+    on after REWRITE_WAIT_MAX_S (once; later movies do not wait for it), or when the settled
+    file cannot be read, the movie is corrected with the content read before and ``note``
+    says so, naming the file's size and time. Before, a half-written file was loaded and the
+    movie quarantined as having a reference that does not fit, and a pre-sized copy's zeros
+    were taken at once when the share's clock dated it back."""
+    import threading
+
     import numpy as np
 
     import daemon.work.workers as workers
     from correction.params import GainParams
 
-    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 0.5)
+    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 0.4)
+    monkeypatch.setattr(workers, "REWRITE_WAIT_MAX_S", 1.0)
     gain = tmp_path / "gain.mrc"
     _gain_mrc(gain, 2.0)
+    whole = gain.read_bytes()
     params = GainParams(gain_path=gain)
     cache = workers.GainCache("correction.gain:load_gain_reference")
-    assert float(np.asarray(cache.get(params).gain).mean()) == 2.0 and cache.note is None
-
-    gain.write_bytes(gain.read_bytes()[:600])  # being copied: a few bytes so far, just now
     held = cache.get(params)
-    assert float(np.asarray(held.gain).mean()) == 2.0
+    assert float(np.asarray(held.gain).mean()) == 2.0 and cache.note is None
+
+    def copy_slowly():  # a copy onto a share: the bytes come over 2 s
+        for k in range(1, 21):
+            gain.write_bytes(whole[:len(whole) * k // 20])
+            time.sleep(0.1)
+        _gain_mrc(gain, 3.0, age_s=60.0)  # done; its time the source's, a minute back
+
+    copier = threading.Thread(target=copy_slowly)
+    copier.start()
+    time.sleep(0.15)
+    began = time.monotonic()
+    assert cache.get(params) is held and time.monotonic() - began >= 0.9  # waited, in vain
+    assert "bytes, modified" in cache.note
     assert cache.note.endswith("is being written anew: this movie was corrected with the "
                                "content read before (references in its record)")
-    time.sleep(0.6)  # settled, and still cut short: it cannot be used
-    assert cache.get(params) is held and "was written anew but cannot be used" in cache.note
-
-    _gain_mrc(gain, 3.0, age_s=0.0)  # the copy done, a moment ago
+    began = time.monotonic()
+    assert cache.get(params) is held and time.monotonic() - began < 0.3  # not again
+    copier.join()  # done: seen unchanged long enough from the next movie but one
     assert cache.get(params) is held and "is being written anew" in cache.note
-    time.sleep(0.6)
+    time.sleep(0.45)
     assert float(np.asarray(cache.get(params).gain).mean()) == 3.0 and cache.note is None
-    _gain_mrc(gain, 4.0, age_s=30.0)  # saved a while before this movie: taken at once
-    assert float(np.asarray(cache.get(params).gain).mean()) == 4.0 and cache.note is None
+
+    taken = cache.get(params)
+    gain.write_bytes(whole[:600])  # cut short, and left so
+    assert cache.get(params) is taken and "was written anew but cannot be used" in cache.note
+    began = time.monotonic()
+    assert cache.get(params) is taken and time.monotonic() - began < 0.3
