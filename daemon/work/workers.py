@@ -287,16 +287,19 @@ class GainCache:
             except Exception:  # noqa: BLE001
                 self._reference, self._key = None, None
 
-    def get(self, gain_params: Any) -> Any:
+    def get(self, gain_params: Any, *, wait_limit_s: float | None = None) -> Any:
         """The reference for ``gain_params`` (None without a gain); raises what the loader
         raises, except for a file written anew while a reference read before is held
-        (:attr:`note`)."""
+        (:attr:`note`). ``wait_limit_s``: the longest wait for a file being written (the
+        movie's time limit runs meanwhile), below :data:`REWRITE_WAIT_MAX_S`."""
         self.note = None
         if self._load is None or getattr(gain_params, "gain_path", None) is None:
             return None
+        patience = REWRITE_WAIT_MAX_S if wait_limit_s is None \
+            else max(0.0, min(REWRITE_WAIT_MAX_S, wait_limit_s))
         if gain_params != self._key:
             self._reference, self._key = None, None
-            self._reference = self._load(gain_params)
+            self._reference = self._first_load(gain_params, patience)
             self._key = gain_params
             return self._reference
         rewritten = self._rewritten()
@@ -304,7 +307,7 @@ class GainCache:
             return self._reference
         versions = tuple(rewritten)
         if versions not in self._unreadable:
-            versions = self._settled(rewritten)
+            versions = self._settled(rewritten, patience)
         names = ", ".join(f"{path} ({size:,} bytes, modified "
                           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(mtime / 1e9))})"
                           for path, size, mtime in versions or rewritten)
@@ -338,17 +341,45 @@ class GainCache:
                     continue
         return changed
 
-    def _settled(self, keys: list[tuple[str, int, int]]
+    def _first_load(self, gain_params: Any, patience_s: float) -> Any:
+        """Load ``gain_params`` with no reference held (a worker's first movie, one that
+        replaced a worker, new settings): a file that cannot be read is read again once it
+        has settled when it is changing (being written: a copy onto a share), at most
+        ``patience_s``; raises what the loader raises."""
+        try:
+            return self._load(gain_params)
+        except (CorrectionError, OSError):
+            paths = [str(p) for p in (getattr(gain_params, name, None) for name in (
+                "gain_path", "dark_path", "defects_path")) if p is not None]
+            before = _stat_keys(paths)
+            began = time.monotonic()
+            while time.monotonic() - began < min(REWRITE_SETTLE_S, patience_s):
+                time.sleep(0.25)
+                if _stat_keys(paths) != before:  # being written: wait until it settles
+                    break
+            else:
+                raise  # unchanged: a reference that cannot be read
+            before, settled_at = _stat_keys(paths), time.monotonic()
+            while time.monotonic() - began < patience_s:
+                now = _stat_keys(paths)
+                if now != before:
+                    before, settled_at = now, time.monotonic()
+                elif time.monotonic() - settled_at >= REWRITE_SETTLE_S:
+                    break
+                time.sleep(0.25)
+            return self._load(gain_params)
+
+    def _settled(self, keys: list[tuple[str, int, int]], patience_s: float
                  ) -> tuple[tuple[str, int, int], ...] | None:
         """The rewritten files' ``(path, size, mtime_ns)`` once this worker has seen them
-        unchanged for :data:`REWRITE_SETTLE_S` (waiting for it, at most
-        :data:`REWRITE_WAIT_MAX_S`); None when they were still changing then."""
+        unchanged for :data:`REWRITE_SETTLE_S` (waiting for it, at most ``patience_s``);
+        None when they were still changing then."""
         started = time.monotonic()
         keys = list(keys)
         for key in keys:
             self._first_seen.setdefault(key, started)
         # waited for once, in vain: the next movies are not held up while the copy goes on
-        patience = 0.0 if self._waited_in_vain else REWRITE_WAIT_MAX_S
+        patience = 0.0 if self._waited_in_vain else patience_s
         while True:
             now = time.monotonic()
             if all(now - self._first_seen[key] >= REWRITE_SETTLE_S for key in keys):
@@ -362,6 +393,17 @@ class GainCache:
                 keys = latest
                 for key in keys:
                     self._first_seen.setdefault(key, time.monotonic())
+
+
+def _stat_keys(paths: list[str]) -> list[tuple[str, int, int] | None]:
+    """``(path, size, mtime_ns)`` of each file now; None where it cannot be seen."""
+    keys: list[tuple[str, int, int] | None] = []
+    for path in paths:
+        try:
+            keys.append(file_stat_key(path))
+        except OSError:
+            keys.append(None)
+    return keys
 
 
 @dataclass(slots=True)
@@ -397,7 +439,9 @@ def begin_task(task: Task, correct: Callable[..., Any], gains: GainCache, *,
     """Run the runner on one task's movie; an exception becomes a classified Outcome."""
     started = time.perf_counter()
     try:
-        gain_reference = gains.get(getattr(task.params, "gain", None))
+        # a gain file being written is waited for within a quarter of the movie's time limit
+        gain_reference = gains.get(getattr(task.params, "gain", None), wait_limit_s=None
+                                   if task.timeout_s is None else 0.25 * task.timeout_s)
         if not task.out_root.is_dir():  # moved away, unmounted: never made again here (the
             # daemon would take an empty new folder for its state, and redo the movies done)
             raise FileNotFoundError(errno.ENOENT, "output folder gone", str(task.out_root))

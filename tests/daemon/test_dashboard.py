@@ -757,6 +757,46 @@ def test_page_in_headless_chromium_follows_a_simulated_series_live_and_shows_a_r
     assert dash.returncode == 0, dash_log.read_text()[-2000:]
 
 
+def test_a_page_refused_by_the_bounds_says_so_and_connects_once_a_slot_is_free(tmp_path,
+                                                                             monkeypatch):
+    """A page whose live stream was answered 503 (the dashboard's bounds) stayed frozen for
+    good under a "live" badge: a browser does not retry an event stream refused with an HTTP
+    error, and the snapshot fetched beside it overwrote the "unreachable" badge. It says it
+    is not live now, and opens its stream again every 5 s until one is free."""
+    import socket
+
+    import daemon.dashboard.server as server
+
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    monkeypatch.setattr(server, "MAX_EVENT_STREAMS", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with Dashboard(DashboardConfig(feed="ipc:///nonexistent/feed", out_dir=out,
+                                   listen="127.0.0.1:0")) as dash:
+        host, port = re.match(r"http://(.+):(\d+)/", dash.url).groups()
+        held = socket.create_connection((host, int(port)))
+        held.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert held.recv(4096).startswith(b"HTTP/1.1 200")
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS[1:],
+                                         headless=True)
+            try:
+                page = browser.new_context(bypass_csp=True).new_page()  # lets it evaluate
+                page.goto(dash.url)
+                page.wait_for_timeout(1500)  # the snapshot fetched, the stream refused
+                assert page.locator("#daemon-state").get_attribute("data-state") \
+                    == "unreachable"
+                held.close()
+                page.wait_for_function(
+                    "document.getElementById('connection').textContent === 'connected'",
+                    timeout=15000)
+                assert page.locator("#daemon-state").get_attribute("data-state") \
+                    != "unreachable"
+            finally:
+                browser.close()
+
+
 def test_the_dashboard_command_on_a_port_in_use_exits_69_not_2(tmp_path, capsys):
     """A port another program holds is out of reach for now, not a usage error (2)."""
     from daemon.commands.cli import main

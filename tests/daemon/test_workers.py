@@ -440,3 +440,45 @@ def test_a_gain_written_anew_is_taken_once_settled_and_the_old_one_kept_meanwhil
     assert cache.get(params) is taken and "was written anew but cannot be used" in cache.note
     began = time.monotonic()
     assert cache.get(params) is taken and time.monotonic() - began < 0.3
+
+
+def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_within_its_limit(
+        tmp_path, monkeypatch):
+    """A worker that replaced one (killed at its movie's time limit, or after its bound of
+    movies) loaded a gain being copied at once: the movie was quarantined as having a gain
+    that does not fit. It now waits for a file that is changing to settle, within the wait
+    limit it is given (a quarter of the movie's time limit); a file that cannot be read and
+    does not change fails at once, as before."""
+    import threading
+
+    import numpy as np
+
+    import daemon.work.workers as workers
+    from correction.errors import GainReferenceError
+    from correction.params import GainParams
+
+    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 0.4)
+    gain = tmp_path / "gain.mrc"
+    _gain_mrc(gain, 3.0)
+    whole = gain.read_bytes()
+    gain.write_bytes(whole[:700])
+
+    def copy_slowly():
+        for k in range(2, 11):
+            time.sleep(0.15)
+            gain.write_bytes(whole[:len(whole) * k // 10])
+
+    copier = threading.Thread(target=copy_slowly)
+    copier.start()
+    cache = workers.GainCache("correction.gain:load_gain_reference")
+    reference = cache.get(GainParams(gain_path=gain), wait_limit_s=10.0)
+    copier.join()
+    assert float(np.asarray(reference.gain).mean()) == 3.0 and cache.note is None
+
+    broken = tmp_path / "broken.mrc"
+    broken.write_bytes(whole[:700])
+    began = time.monotonic()
+    with pytest.raises(GainReferenceError):
+        workers.GainCache("correction.gain:load_gain_reference").get(
+            GainParams(gain_path=broken), wait_limit_s=10.0)
+    assert time.monotonic() - began < 2.0  # the settle time, not the limit

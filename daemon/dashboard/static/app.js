@@ -169,18 +169,31 @@ function render(s) {
   document.body.dataset.version = s.version;
 }
 
+// a stream refused (503: the dashboard's bounds) or lost for good is opened again this often
+const RECONNECT_MS = 5000;
+
+function unreachable() {  // what the page shows is no longer live: said where it is read
+  $("connection").textContent = "reconnecting to the dashboard…";
+  const badge = $("daemon-state");
+  badge.className = "badge unreachable";
+  badge.dataset.state = "unreachable";
+  badge.textContent = "dashboard unreachable: figures as last seen";
+}
+
 function connect() {
-  fetch("/api/state").then((r) => r.json()).then(render).catch(() => {});
+  let live = false;  // a snapshot fetched before the stream failed must not say "live"
+  fetch("/api/state").then((r) => r.json()).then((s) => { if (live) render(s); })
+    .catch(() => {});
   const source = new EventSource("/events");
-  source.onopen = () => { $("connection").textContent = "connected"; };
-  source.onerror = () => {  // what the page shows is no longer live: said where it is read
-    $("connection").textContent = "reconnecting to the dashboard…";
-    const badge = $("daemon-state");
-    badge.className = "badge unreachable";
-    badge.dataset.state = "unreachable";
-    badge.textContent = "dashboard unreachable: figures as last seen";
+  source.onopen = () => { live = true; $("connection").textContent = "connected"; };
+  source.onerror = () => {
+    live = false;
+    unreachable();
+    if (source.readyState === EventSource.CLOSED) {  // an HTTP error: the browser gives up
+      setTimeout(connect, RECONNECT_MS);
+    }
   };
-  source.onmessage = (event) => render(JSON.parse(event.data));
+  source.onmessage = (event) => { live = true; render(JSON.parse(event.data)); };
 }
 
 connect();
