@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -232,6 +233,13 @@ class _BoundedServer(ThreadingHTTPServer):
         except BaseException:  # no thread started: its slot is free again
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (reset, broken pipe, timed out) is no error to print into
+        the daemon's log; anything else is, with its traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

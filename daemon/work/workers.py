@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from correction.allocator import movie_memory_settings
 from correction.errors import CorrectionError
-from correction.report import file_stat_key
+from correction.report import file_stat_key, file_stat_keys
 from correction.write import plain, write_probe_error
 
 from daemon.events import SOURCE_KEY
@@ -192,6 +192,8 @@ def _classify(exc: BaseException, task: Task) -> OutcomeKind:
     from correction.errors import (CorrectionError, FrameSelectionError, GainReferenceError,
                                    MissingPixelSizeError)
 
+    if isinstance(exc, ReferenceBeingWritten):
+        return "environment"
     if isinstance(exc, GainReferenceError):
         # a reference the daemon checked at start that this worker cannot see (a cluster
         # node's mount missing, a share gone): not the configuration's fault, retried later
@@ -247,6 +249,11 @@ REWRITE_SETTLE_S = 5.0
 REWRITE_WAIT_MAX_S = 60.0
 
 
+class ReferenceBeingWritten(OSError):
+    """A gain, dark or defect file still being written when a worker had to read it: trouble
+    outside the movie (``environment``), which waits until it has settled."""
+
+
 class GainCache:
     """The gain reference one worker holds: loaded once, loaded again when the gain parameters
     change or one of its files is written anew (another size or modification time: a new gain
@@ -277,6 +284,7 @@ class GainCache:
         self._first_seen: dict[tuple[Any, ...], float] = {}  # rewritten versions, monotonic s
         self._unreadable: dict[tuple[Any, ...], str] = {}  # settled versions that failed
         self._waited_in_vain = False  # for a rewrite still going on after REWRITE_WAIT_MAX_S
+        self._failed_versions: list[Any] | None = None  # files a first load failed on
         self.note: str | None = None
 
     def preload(self, gain_params: Any) -> None:
@@ -343,31 +351,47 @@ class GainCache:
 
     def _first_load(self, gain_params: Any, patience_s: float) -> Any:
         """Load ``gain_params`` with no reference held (a worker's first movie, one that
-        replaced a worker, new settings): a file that cannot be read is read again once it
-        has settled when it is changing (being written: a copy onto a share), at most
-        ``patience_s``; raises what the loader raises."""
+        replaced a worker, new settings): a file that cannot be read is looked at for
+        :data:`REWRITE_SETTLE_S`; when it is changing (being written: a copy onto a share) it
+        is read again once it has settled, waiting at most ``patience_s``.
+
+        Raises
+        ------
+        ReferenceBeingWritten
+            Still changing after ``patience_s``: not read half-written (its movie waits).
+        Exception
+            What the loader raises for a file that does not change (at once for the version
+            that failed before).
+        """
+        paths = [str(p) for p in (getattr(gain_params, name, None) for name in (
+            "gain_path", "dark_path", "defects_path")) if p is not None]
         try:
             return self._load(gain_params)
         except (CorrectionError, OSError):
-            paths = [str(p) for p in (getattr(gain_params, name, None) for name in (
-                "gain_path", "dark_path", "defects_path")) if p is not None]
-            before = _stat_keys(paths)
+            before = file_stat_keys(paths)
+            if before == self._failed_versions:  # failed as it is before: not waited for
+                raise
+            self._failed_versions = before
             began = time.monotonic()
             while time.monotonic() - began < min(REWRITE_SETTLE_S, patience_s):
                 time.sleep(0.25)
-                if _stat_keys(paths) != before:  # being written: wait until it settles
+                if file_stat_keys(paths) != before:  # being written: wait until it settles
                     break
             else:
                 raise  # unchanged: a reference that cannot be read
-            before, settled_at = _stat_keys(paths), time.monotonic()
-            while time.monotonic() - began < patience_s:
-                now = _stat_keys(paths)
-                if now != before:
-                    before, settled_at = now, time.monotonic()
-                elif time.monotonic() - settled_at >= REWRITE_SETTLE_S:
-                    break
-                time.sleep(0.25)
-            return self._load(gain_params)
+        before, settled_at = file_stat_keys(paths), time.monotonic()
+        while time.monotonic() - settled_at < REWRITE_SETTLE_S:
+            if time.monotonic() - began >= patience_s:
+                raise ReferenceBeingWritten(
+                    errno.EBUSY, f"still being written after {patience_s:.0f} s (a copy onto "
+                                 "a share?): not read half-written; its movies wait",
+                    paths[0])
+            time.sleep(0.25)
+            now = file_stat_keys(paths)
+            if now != before:
+                before, settled_at = now, time.monotonic()
+        self._failed_versions = None
+        return self._load(gain_params)
 
     def _settled(self, keys: list[tuple[str, int, int]], patience_s: float
                  ) -> tuple[tuple[str, int, int], ...] | None:
@@ -393,17 +417,6 @@ class GainCache:
                 keys = latest
                 for key in keys:
                     self._first_seen.setdefault(key, time.monotonic())
-
-
-def _stat_keys(paths: list[str]) -> list[tuple[str, int, int] | None]:
-    """``(path, size, mtime_ns)`` of each file now; None where it cannot be seen."""
-    keys: list[tuple[str, int, int] | None] = []
-    for path in paths:
-        try:
-            keys.append(file_stat_key(path))
-        except OSError:
-            keys.append(None)
-    return keys
 
 
 @dataclass(slots=True)

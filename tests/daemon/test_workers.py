@@ -477,8 +477,33 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
 
     broken = tmp_path / "broken.mrc"
     broken.write_bytes(whole[:700])
+    fresh = workers.GainCache("correction.gain:load_gain_reference")
     began = time.monotonic()
     with pytest.raises(GainReferenceError):
-        workers.GainCache("correction.gain:load_gain_reference").get(
-            GainParams(gain_path=broken), wait_limit_s=10.0)
+        fresh.get(GainParams(gain_path=broken), wait_limit_s=10.0)
     assert time.monotonic() - began < 2.0  # the settle time, not the limit
+    began = time.monotonic()
+    with pytest.raises(GainReferenceError):  # the same version: at once
+        fresh.get(GainParams(gain_path=broken), wait_limit_s=10.0)
+    assert time.monotonic() - began < 0.2
+
+    growing = tmp_path / "growing.mrc"
+    growing.write_bytes(whole[:100])
+    stop = threading.Event()
+
+    def never_done():
+        k = 100
+        while not stop.is_set() and k < len(whole):
+            time.sleep(0.1)
+            k += 20
+            growing.write_bytes(whole[:k])
+
+    copier = threading.Thread(target=never_done)
+    copier.start()
+    try:
+        with pytest.raises(workers.ReferenceBeingWritten, match="still being written"):
+            workers.GainCache("correction.gain:load_gain_reference").get(
+                GainParams(gain_path=growing), wait_limit_s=1.5)
+    finally:
+        stop.set()
+        copier.join()
