@@ -84,7 +84,7 @@ from .defects import (
 )
 from .errors import CorrectionError, GainReferenceError, ParameterError
 from .params import Flip, GainParams, flip_name
-from .report import FileVersion, file_stat_key, file_version
+from .report import FileVersion, file_stat_keys, file_version
 from .threads import run_chunks
 
 __all__ = ["GainReference", "load_gain_reference", "apply_gain", "gain_corrected_rows", "orient",
@@ -564,32 +564,21 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
     if not paths:
         return None
     for attempt in range(READ_TRIES):
-        before = _stat_keys(paths)
+        before = file_stat_keys(paths)
         try:
             reference = _load_once(params)
             read = tuple(file_version(path) for path in paths)
         except (GainReferenceError, OSError):
-            if _stat_keys(paths) == before:
+            if file_stat_keys(paths) == before:
                 raise
         else:
-            if _stat_keys(paths) == before == [v.stat_key() for v in read]:
+            if file_stat_keys(paths) == before == [v.stat_key() for v in read]:
                 return dataclasses.replace(reference, read=read)
         time.sleep(REREAD_PAUSE_S * (attempt + 1))
-    changing = [p for p, was, now in zip(paths, before, _stat_keys(paths)) if was != now]
+    changing = [p for p, was, now in zip(paths, before, file_stat_keys(paths)) if was != now]
     raise GainReferenceError((changing or paths)[0],
                              f"kept changing while it was read ({READ_TRIES} tries): written "
                              "anew right now?")
-
-
-def _stat_keys(paths: list[Path]) -> list[tuple[str, int, int] | None]:
-    """Each file's ``(path, size, mtime_ns)`` now (None where it cannot be seen)."""
-    keys: list[tuple[str, int, int] | None] = []
-    for path in paths:
-        try:
-            keys.append(file_stat_key(path))
-        except OSError:
-            keys.append(None)
-    return keys
 
 
 def _load_once(params: GainParams) -> GainReference:

@@ -36,7 +36,8 @@ __all__ = ["SCHEMA", "MAX_REPLACED_PIXELS_LISTED", "ReplacedPixels", "unlisted_p
            "unlisted_pixels_warning", "PIXEL_SIZE_TOLERANCE", "movie_pixel_size_record",
            "pixel_size_warning",
            "DriftStats", "drift_stats", "early_steps", "motion_record", "read_motion_record",
-           "FileVersion", "file_sha256", "file_version", "reference_record", "software_record"]
+           "FileVersion", "file_sha256", "file_stat_key", "file_stat_keys", "file_version",
+           "reference_record", "software_record"]
 
 SCHEMA = "motionwatch.motion/1"
 #: Replaced pixels whose coordinates a record lists (a damaged movie may have millions)
@@ -176,6 +177,17 @@ def file_stat_key(path: str | Path) -> tuple[str, int, int]:
     absolute = Path(path).absolute()
     st = os.stat(absolute)
     return str(absolute), st.st_size, st.st_mtime_ns
+
+
+def file_stat_keys(paths: list[str] | list[Path]) -> list[tuple[str, int, int] | None]:
+    """:func:`file_stat_key` of each file now; None where it cannot be seen."""
+    keys: list[tuple[str, int, int] | None] = []
+    for path in paths:
+        try:
+            keys.append(file_stat_key(path))
+        except OSError:
+            keys.append(None)
+    return keys
 
 
 def file_version(path: str | Path) -> FileVersion:
