@@ -429,7 +429,7 @@ def test_a_gain_written_anew_is_taken_once_settled_and_the_old_one_kept_meanwhil
     assert cache.note.endswith("is being written anew: this movie was corrected with the "
                                "content read before (references in its record)")
     began = time.monotonic()
-    assert cache.get(params) is held and time.monotonic() - began < 0.3  # not again
+    assert cache.get(params) is held and time.monotonic() - began < 0.6  # not again
     copier.join()  # done: seen unchanged long enough from the next movie but one
     assert cache.get(params) is held and "is being written anew" in cache.note
     time.sleep(0.45)
@@ -439,7 +439,7 @@ def test_a_gain_written_anew_is_taken_once_settled_and_the_old_one_kept_meanwhil
     gain.write_bytes(whole[:600])  # cut short, and left so
     assert cache.get(params) is taken and "was written anew but cannot be used" in cache.note
     began = time.monotonic()
-    assert cache.get(params) is taken and time.monotonic() - began < 0.3
+    assert cache.get(params) is taken and time.monotonic() - began < 0.6
 
 
 def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_within_its_limit(
@@ -457,7 +457,7 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
     from correction.errors import GainReferenceError
     from correction.params import GainParams
 
-    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 0.4)
+    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 1.0)
     gain = tmp_path / "gain.mrc"
     _gain_mrc(gain, 3.0)
     whole = gain.read_bytes()
@@ -481,11 +481,11 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
     began = time.monotonic()
     with pytest.raises(GainReferenceError):
         fresh.get(GainParams(gain_path=broken), wait_limit_s=10.0)
-    assert time.monotonic() - began < 2.0  # the settle time, not the limit
+    assert 1.0 <= time.monotonic() - began < 5.0  # the settle time, not the limit
     began = time.monotonic()
     with pytest.raises(GainReferenceError):  # the same version: at once
         fresh.get(GainParams(gain_path=broken), wait_limit_s=10.0)
-    assert time.monotonic() - began < 0.2
+    assert time.monotonic() - began < 0.9
 
     growing = tmp_path / "growing.mrc"
     growing.write_bytes(whole[:100])
@@ -503,7 +503,7 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
     try:
         with pytest.raises(workers.ReferenceBeingWritten, match="still being written"):
             workers.GainCache("correction.gain:load_gain_reference").get(
-                GainParams(gain_path=growing), wait_limit_s=1.5)
+                GainParams(gain_path=growing), wait_limit_s=2.5)
     finally:
         stop.set()
         copier.join()
