@@ -401,16 +401,16 @@ def test_a_gain_written_anew_is_taken_once_settled_and_the_old_one_kept_meanwhil
 
     import numpy as np
 
-    import daemon.work.workers as workers
+    import daemon.work.gain_cache as gain_cache
     from correction.params import GainParams
 
-    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 0.4)
-    monkeypatch.setattr(workers, "REWRITE_WAIT_MAX_S", 1.0)
+    monkeypatch.setattr(gain_cache, "REWRITE_SETTLE_S", 0.4)
+    monkeypatch.setattr(gain_cache, "REWRITE_WAIT_MAX_S", 1.0)
     gain = tmp_path / "gain.mrc"
     _gain_mrc(gain, 2.0)
     whole = gain.read_bytes()
     params = GainParams(gain_path=gain)
-    cache = workers.GainCache("correction.gain:load_gain_reference")
+    cache = gain_cache.GainCache("correction.gain:load_gain_reference")
     held = cache.get(params)
     assert float(np.asarray(held.gain).mean()) == 2.0 and cache.note is None
 
@@ -453,11 +453,11 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
 
     import numpy as np
 
-    import daemon.work.workers as workers
+    import daemon.work.gain_cache as gain_cache
     from correction.errors import GainReferenceError
     from correction.params import GainParams
 
-    monkeypatch.setattr(workers, "REWRITE_SETTLE_S", 1.0)
+    monkeypatch.setattr(gain_cache, "REWRITE_SETTLE_S", 1.0)
     gain = tmp_path / "gain.mrc"
     _gain_mrc(gain, 3.0)
     whole = gain.read_bytes()
@@ -470,14 +470,14 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
 
     copier = threading.Thread(target=copy_slowly)
     copier.start()
-    cache = workers.GainCache("correction.gain:load_gain_reference")
+    cache = gain_cache.GainCache("correction.gain:load_gain_reference")
     reference = cache.get(GainParams(gain_path=gain), wait_limit_s=10.0)
     copier.join()
     assert float(np.asarray(reference.gain).mean()) == 3.0 and cache.note is None
 
     broken = tmp_path / "broken.mrc"
     broken.write_bytes(whole[:700])
-    fresh = workers.GainCache("correction.gain:load_gain_reference")
+    fresh = gain_cache.GainCache("correction.gain:load_gain_reference")
     began = time.monotonic()
     with pytest.raises(GainReferenceError):
         fresh.get(GainParams(gain_path=broken), wait_limit_s=10.0)
@@ -501,8 +501,8 @@ def test_a_worker_that_starts_while_the_gain_is_being_written_waits_for_it_withi
     copier = threading.Thread(target=never_done)
     copier.start()
     try:
-        with pytest.raises(workers.ReferenceBeingWritten, match="still being written"):
-            workers.GainCache("correction.gain:load_gain_reference").get(
+        with pytest.raises(gain_cache.ReferenceBeingWritten, match="still being written"):
+            gain_cache.GainCache("correction.gain:load_gain_reference").get(
                 GainParams(gain_path=growing), wait_limit_s=2.5)
     finally:
         stop.set()
