@@ -559,8 +559,7 @@ def load_gain_reference(params: GainParams) -> GainReference | None:
         Naming the reference file that is missing, unreadable or does not fit, or that kept
         changing while it was read.
     """
-    paths = [Path(p) for p in (params.gain_path, params.dark_path, params.defects_path)
-             if p is not None]
+    paths = [path for _, path in params.files()]
     if not paths:
         return None
     for attempt in range(READ_TRIES):

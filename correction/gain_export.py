@@ -30,7 +30,6 @@ __all__ = ["RELION_GAIN_NAME", "relion_gain_stamp", "relion_gain_content", "reli
 RELION_GAIN_NAME = "motionwatch_gain.mrc"
 _GAIN_STAMP_PREFIX = "motionwatch gain stamp "
 _GAIN_CONTENT_PREFIX = "motionwatch gain content "
-_FILES = (("gain", "gain_path"), ("dark", "dark_path"), ("defects", "defects_path"))
 
 
 #: gain file suffixes read otherwise since READING_CONVENTIONS 2 (rows reversed or kept)
@@ -71,11 +70,9 @@ def relion_gain_content(gain_params: Any, applied_sha256: Mapping[str, str] | No
     settings = dataclasses.replace(gain_params, gain_path=None, dark_path=None,
                                    defects_path=None)
     parts = [repr(settings), f"reading_conventions={READING_CONVENTIONS}"]
-    for kind, name in _FILES:
-        path = getattr(gain_params, name, None)
-        if path is not None:
-            known = (applied_sha256 or {}).get(kind)
-            parts.append(f"{kind}={known or file_sha256(path)}")
+    for kind, path in gain_params.files():
+        known = (applied_sha256 or {}).get(kind)
+        parts.append(f"{kind}={known or file_sha256(path)}")
     return hashlib.sha256(text_bytes("\n".join(parts))).hexdigest()[:16]
 
 
@@ -173,9 +170,8 @@ def write_relion_gain(out_dir: str | Path, gain_params: Any, *, eer: bool = Fals
         return None
     read = {v.path: v.sha256 for v in reference.read}
     loaded = relion_gain_content(gain_params, {
-        kind: read[str(Path(p).absolute())] for kind, name in _FILES
-        if (p := getattr(gain_params, name, None)) is not None
-        and str(Path(p).absolute()) in read})
+        kind: read[str(path.absolute())] for kind, path in gain_params.files()
+        if str(path.absolute()) in read})
     content = _GAIN_CONTENT_PREFIX + loaded
     if eer:
         reference = reference_for_movie(reference, gain_params, is_eer=True)

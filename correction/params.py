@@ -211,6 +211,13 @@ class GainParams:
         object.__setattr__(self, "flip", flip_name(self.flip))  # 0/1/2 -> the name
         _require(self.hot_pixel_sigma > 0, f"hot_pixel_sigma must be > 0, got {self.hot_pixel_sigma}")
 
+    def files(self) -> tuple[tuple[str, Path], ...]:
+        """``(kind, path)`` of the reference files named (``gain``, ``dark``, ``defects``, in
+        the order of a motion record's ``references``)."""
+        return tuple((kind, Path(path)) for kind, path in (
+            ("gain", self.gain_path), ("dark", self.dark_path), ("defects", self.defects_path))
+            if path is not None)
+
 
 @dataclass(frozen=True, slots=True)
 class AlignParams:

@@ -224,7 +224,7 @@ class _BoundedServer(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             try:
                 request.sendall(_BUSY_REPLY)
-            except OSError:
+            except OSError:  # gone already: nothing to tell it
                 pass
             self.shutdown_request(request)
             return

@@ -18,7 +18,6 @@ from correction.report import file_sha256
 
 __all__ = ["rewritten_references"]
 
-_KINDS = (("gain", "gain_path"), ("dark", "dark_path"), ("defects", "defects_path"))
 
 
 #: the newest corrected movies whose records are read at start (movies corrected side by side
@@ -37,10 +36,7 @@ def rewritten_references(rows: Sequence[Any], gain_params: Any) -> list[str]:
                   reverse=True)[:NEWEST_RECORDS]
     used = [_references(r.outputs.get("motion")) for r in done]
     rewritten = []
-    for kind, attribute in _KINDS:
-        path = getattr(gain_params, attribute, None)
-        if path is None:
-            continue
+    for kind, path in gain_params.files():
         absolute = str(Path(path).absolute())
         noted = {one.get("sha256") for refs in used if isinstance(one := refs.get(kind), dict)
                  and one.get("path") == absolute and one.get("sha256")}

@@ -168,9 +168,7 @@ def build_handoff_listener(config: Config, *, logger: Any = None) -> RelionListe
 def _content_now(gain: Any) -> tuple[tuple[str, str], ...]:
     """``(kind, SHA-256)`` of the gain, dark and defect files of ``gain`` as they are now (in
     the order of a record's ``references``)."""
-    return tuple((kind, file_sha256(path)) for kind, path in (
-        ("gain", gain.gain_path), ("dark", gain.dark_path), ("defects", gain.defects_path))
-        if path is not None)
+    return tuple((kind, file_sha256(path)) for kind, path in gain.files())
 
 
 def _renaming(metadata: Mapping[str, Any] | None) -> tuple[str | None, str | None]:

@@ -142,11 +142,10 @@ class GainCache:
             What the loader raises for a file that does not change (at once for the version
             that failed before).
         """
-        paths = [str(p) for p in (getattr(gain_params, name, None) for name in (
-            "gain_path", "dark_path", "defects_path")) if p is not None]
         try:
             return self._load(gain_params)
         except (CorrectionError, OSError):
+            paths = [str(path) for _, path in gain_params.files()]
             before = file_stat_keys(paths)
             if before == self._failed_versions:  # failed as it is before: not waited for
                 raise

@@ -220,8 +220,7 @@ def _reference_unseen(exc: BaseException, task: Task) -> bool:
     that is not there for this worker (another one missing does not excuse a broken one)."""
     gain = getattr(getattr(task, "params", None), "gain", None)
     named = getattr(exc, "path", None)
-    paths = {Path(p) for name in ("gain_path", "dark_path", "defects_path")
-             if (p := getattr(gain, name, None)) is not None}
+    paths = {path for _, path in gain.files()} if hasattr(gain, "files") else set()
     if named is None or Path(named) not in paths:
         return False
     try:
