@@ -66,6 +66,7 @@ from daemon.events import (VANISHED, MovieEvent, MovieGain, MovieMetadata, Obser
                            gain_in_force, movie_fingerprint, output_dir_for)
 from daemon.series.assembly import (assemble_job, assembly_tilts, recorded_tilt,
                                     remove_assembled, series_voltage_kV)
+from daemon.series.first_tilt import FirstTiltWait
 from daemon.series.interleaved import InterleavedMdocs
 from daemon.series.late_frame_mdoc import DOSE_FOUND_REASON, LateFrameMdoc, Unsettled
 from daemon.series.late_epu import LateEpuMetadata
@@ -466,6 +467,9 @@ class TiltSeriesResolver:
         self._observed: dict[str, tuple[Any, Any, MovieObservation]] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
+        # under auto, before it turns on: a possible first tilt waits for the next movie
+        self._first_tilt = FirstTiltWait(series_config.filename_pattern,
+                                         series_config.metadata_wait_s)
         # EPU movies weighted without their metadata file's voltage: redone if it comes
         self._late_epu = LateEpuMetadata()
         self._run_start_s: float | None = None  # this run's first scan (the service's clock)
@@ -736,6 +740,10 @@ class TiltSeriesResolver:
                 ) -> MovieMetadata:
         if self._ctx is None or self.mode == "off":
             return MovieMetadata()
+        if not self._active and (why := self._first_tilt.why(
+                self._rel(movie.path), self._frame_mdocs,
+                self._now() - self._first_seen.get(str(movie.path), self._now()))):
+            return MovieMetadata(wait_reason=why)
         if not self._active or self._res is None:
             return self._standalone(movie, params, n_frames, {})
         name = self._rel(movie.path)

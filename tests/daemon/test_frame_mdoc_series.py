@@ -127,3 +127,51 @@ def test_single_particle_shots_with_a_dose_before_some_do_not_turn_tilt_series_o
     for name in names:
         record = json.loads((out / f"{name[:-4]}.motion.json").read_text())
         assert record["dose"]["pre_exposure_e_A2"] == 0.0 and "tilt" not in record
+
+
+def test_a_first_tilt_with_its_frame_mdoc_alone_is_corrected_once_as_a_tilt(tmp_path, capsys):
+    """Tilts coming one by one with their frame mdocs alone, the daemon running: the first
+    (no dose before it, no other angle seen yet) was corrected at once as a single movie and
+    a second time as a tilt when the next came. It waits for the next movie of its name (at
+    most the metadata wait), then each tilt is corrected once, with its pre-exposure."""
+    import threading
+
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    tilts = _frame_mdoc_tilts(tmp_path)
+    _copy_in(watch, tilts[0])
+    later = threading.Timer(2.0, lambda: [_copy_in(watch, t) for t in tilts[1:]])
+    later.start()
+    try:
+        args = [a if a != "1" else "30" for a in FAST]  # a metadata wait of 30 s
+        assert main(["watch", str(watch), "--out", str(out), *args]) == 0
+    finally:
+        later.join()
+    said = events_in(capsys.readouterr().out)
+    assert not [e for e in said if e["event"] == "movie_redo_metadata_changed"]
+    done = [e["movie"] for e in said if e["event"] == "movie_done"]
+    assert sorted(done) == sorted(str(watch / t.movie.path.name) for t in tilts)
+    waited = [e for e in said if e["event"] == "movie_waiting"]
+    assert [e["movie"] for e in waited] == [str(watch / tilts[0].movie.path.name)]
+    assert "for the next movie named like it" in waited[0]["reason"]
+    for tilt in tilts:
+        record = json.loads((out / f"{tilt.movie.path.stem}.motion.json").read_text())
+        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(tilt.pre_exposure_e_A2,
+                                                                    abs=1e-3), tilt.movie.path
+        assert record["tilt"]["series"] == "TS_01"
+
+
+def test_a_single_movie_named_like_a_tilt_waits_at_most_the_metadata_wait(tmp_path, capsys):
+    """A lone movie named like a tilt with its frame mdoc (a series aborted at its first tilt,
+    or the last shot of a session) is corrected alone after the metadata wait, not held."""
+    watch, out = tmp_path / "w", tmp_path / "out"
+    watch.mkdir()
+    tilts = _frame_mdoc_tilts(tmp_path, n_tilts=1)
+    _copy_in(watch, tilts[0])
+    assert main(["watch", str(watch), "--out", str(out), *FAST]) == 0
+    said = events_in(capsys.readouterr().out)
+    assert [e["movie"] for e in said if e["event"] == "movie_done"] == [
+        str(watch / tilts[0].movie.path.name)]
+    record = json.loads((out / f"{tilts[0].movie.path.stem}.motion.json").read_text())
+    assert record["dose"]["pre_exposure_e_A2"] == 0.0
+    assert record.get("tilt") is None
