@@ -24,7 +24,8 @@ compares the two; their order of iteration is by part).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from daemon.series.mdoc import MdocFile
 from daemon.series.resolution import (MdocObservation, MovieObservation, Resolution,
@@ -134,26 +135,22 @@ class PartitionedResolution:
 
 
 def _union(parts: Sequence[Resolution]) -> Resolution:
-    """One resolution of disjoint parts."""
+    """One resolution of disjoint parts: each field of :class:`Resolution` merged by its kind
+    (mappings updated, sets joined, tuples chained), so that a field added later is merged
+    too (the retaken tilts' angles were left out: a discarded first exposure found no retake
+    to take its dose from, and was quarantined, wherever the watch folder had two folders)."""
     if len(parts) == 1:
         return parts[0]
-    assignments: dict = {}
-    pending: dict = {}
-    series: dict = {}
-    ignored: dict = {}
-    no_dose: dict = {}
-    discarded: dict = {}
-    standalone: set[str] = set()
-    warnings: list[tuple[str, str]] = []  # (series, text)
-    for r in parts:
-        assignments.update(r.assignments)
-        pending.update(r.pending)
-        series.update(r.series)
-        ignored.update(r.ignored_mdocs)
-        no_dose.update(r.no_dose)
-        discarded.update(r.discarded)
-        standalone |= r.standalone
-        warnings.extend(r.warnings)
-    return Resolution(assignments=assignments, pending=pending,
-                      standalone=frozenset(standalone), series=series, ignored_mdocs=ignored,
-                      warnings=tuple(warnings), no_dose=no_dose, discarded=discarded)
+    merged: dict[str, Any] = {}
+    for f in fields(Resolution):
+        values = [getattr(r, f.name) for r in parts]
+        if isinstance(values[0], frozenset):
+            merged[f.name] = frozenset().union(*values)
+        elif isinstance(values[0], tuple):
+            merged[f.name] = tuple(item for v in values for item in v)
+        elif isinstance(values[0], Mapping):
+            merged[f.name] = {k: x for v in values for k, x in v.items()}
+        else:
+            raise TypeError(f"Resolution.{f.name}: no rule to merge a "
+                            f"{type(values[0]).__name__} of disjoint parts")
+    return Resolution(**merged)

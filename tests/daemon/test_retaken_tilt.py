@@ -145,6 +145,38 @@ def test_a_discarded_exposure_met_after_its_retake_is_corrected_on_its_own_with_
         str(watch / t.movie.path.name) for t in (tilts[0], tilts[1], retake)]
 
 
+def test_a_discarded_exposure_in_a_session_of_two_grid_folders_takes_its_retakes_dose(
+        tmp_path):
+    """The same with another grid's series in a folder of its own beside it: the watched tree
+    is resolved folder by folder, and their union left out the discarded exposures' angles,
+    so the first exposure found no retake to take its dose from and was quarantined for want
+    of a dose, though the log said it was corrected on its own."""
+    watch, out, tilts = _session(tmp_path)
+    grids = {g: watch / g for g in ("grid1", "grid2")}
+    for folder in grids.values():
+        folder.mkdir()
+        for t in tilts:
+            shutil.copy2(t.movie.path, folder / t.movie.path.name)
+        write_series_mdoc(folder, tilts)  # TS_01 of each grid, as SerialEM names it again
+    for t in tilts:
+        (watch / t.movie.path.name).unlink()
+    (watch / "TS_01.mrc.mdoc").unlink()
+    first = tilts[2]
+    retake_path, retake = _retake(grids["grid1"], first)
+    retake = dataclasses.replace(retake, dose_e_A2=first.dose_e_A2 * 1.25)  # told apart
+    shutil.copy(tilts[1].movie.path, retake_path)
+    write_series_mdoc(grids["grid1"], [tilts[0], tilts[1], retake])
+    _run(watch, out, dose=DoseParams())
+    with Ledger(out / "motionwatch.sqlite", read_only=True) as ledger:
+        statuses = {Path(r.key.path).relative_to(watch).as_posix(): r.status
+                    for r in ledger.rows()}
+    assert statuses == {**{f"grid1/{t.movie.path.name}": "done" for t in (*tilts, retake)},
+                        **{f"grid2/{t.movie.path.name}": "done" for t in tilts}}
+    record = json.loads((out / "grid1" / f"{first.movie.path.stem}.motion.json").read_text())
+    assert TiltRecord.from_json(record) is None
+    assert sum(record["dose"]["per_frame_e_A2"]) == pytest.approx(retake.dose_e_A2, abs=1e-4)
+
+
 def test_a_discarded_tilt_corrected_on_its_own_keeps_its_series_voltage(tmp_path):
     """A 200 kV series: the discarded exposure, corrected on its own once SerialEM took its
     tilt again, is weighted at the 200 kV its series' mdoc gives (it fell back to the 300 kV
