@@ -40,6 +40,15 @@ def _copy_in(watch, tilt):
     (watch / f"{tilt.movie.path.name}.mdoc").write_text(text)
 
 
+def _each_a_tilt_with_its_pre_exposure(out, tilts) -> None:
+    """Each tilt's motion record names its series, TS_01, and its pre-exposure (e/Å²)."""
+    for tilt in tilts:
+        record = json.loads((out / f"{tilt.movie.path.stem}.motion.json").read_text())
+        assert record["tilt"]["series"] == "TS_01", tilt.movie.path
+        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(tilt.pre_exposure_e_A2,
+                                                                    abs=1e-3), tilt.movie.path
+
+
 def test_tilts_with_frame_mdocs_alone_get_the_dose_before_them(tmp_path, capsys):
     """The first tilt (no dose before it) is corrected alone; the next ones' frame mdocs say
     a dose came before them (``PriorRecordDose`` > 0): the resolver turns on, each tilt gets
@@ -60,10 +69,7 @@ def test_tilts_with_frame_mdocs_alone_get_the_dose_before_them(tmp_path, capsys)
     redone = [e for e in said if e["event"] == "movie_redo_metadata_changed"]
     assert [e["movie"] for e in redone] == [str(watch / tilts[0].movie.path.name)]
     assert "a single movie before it was known as a tilt of TS_01" in redone[0]["reason"]
-    for tilt in tilts:
-        record = json.loads((out / f"{tilt.movie.path.stem}.motion.json").read_text())
-        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(tilt.pre_exposure_e_A2,
-                                                                    abs=1e-3), tilt.movie.path
+    _each_a_tilt_with_its_pre_exposure(out, tilts)
     assert (out / "TS_01" / "TS_01.tlt").read_text().split() == [
         f"{t.tilt_deg:.2f}" for t in sorted(tilts, key=lambda t: t.tilt_deg)]
 
@@ -154,11 +160,7 @@ def test_a_first_tilt_with_its_frame_mdoc_alone_is_corrected_once_as_a_tilt(tmp_
     waited = [e for e in said if e["event"] == "movie_waiting"]
     assert [e["movie"] for e in waited] == [str(watch / tilts[0].movie.path.name)]
     assert "for the next movie named like it" in waited[0]["reason"]
-    for tilt in tilts:
-        record = json.loads((out / f"{tilt.movie.path.stem}.motion.json").read_text())
-        assert record["dose"]["pre_exposure_e_A2"] == pytest.approx(tilt.pre_exposure_e_A2,
-                                                                    abs=1e-3), tilt.movie.path
-        assert record["tilt"]["series"] == "TS_01"
+    _each_a_tilt_with_its_pre_exposure(out, tilts)
 
 
 def test_a_single_movie_named_like_a_tilt_waits_at_most_the_metadata_wait(tmp_path, capsys):
