@@ -29,6 +29,7 @@ __all__ = [
     "EerGain",
     "EER_GAIN_MODES",
     "flip_name",
+    "pixel_size_problem",
     "ReadParams",
     "GainParams",
     "AlignParams",
@@ -74,6 +75,16 @@ def flip_name(value: object) -> Flip:
 _MIN_VOLTAGE_KV, _MAX_VOLTAGE_KV = 60.0, 400.0  # accepted acceleration voltages
 #: accepted pixel sizes (Å): no detector's is finer than 0.1 Å (below: a value in nm)
 _MIN_PIXEL_A, _MAX_PIXEL_A = 0.1, 1000.0
+
+
+def pixel_size_problem(pixel_A: float) -> str | None:
+    """Why ``pixel_A`` (Å) is no pixel size a detector has, or None: outside 0.1-1000 Å (below,
+    a value in nm), or not finite."""
+    if _MIN_PIXEL_A <= pixel_A <= _MAX_PIXEL_A:
+        return None
+    finite = "" if math.isfinite(pixel_A) else "a finite number of "
+    return (f"must be {finite}{_MIN_PIXEL_A:g}-{_MAX_PIXEL_A:g} Å, got {pixel_A}"
+            + (" (a value in nm? 0.83 Å is 0.083 nm)" if 0 < pixel_A < _MIN_PIXEL_A else ""))
 
 
 def _require(condition: bool, message: str) -> None:
@@ -146,13 +157,9 @@ class ReadParams:
 
     def __post_init__(self) -> None:
         _require_types(self)
-        pixel = self.pixel_size_A
-        if pixel is not None and not _MIN_PIXEL_A <= pixel <= _MAX_PIXEL_A:
-            finite = "" if math.isfinite(pixel) else "a finite number of "
-            raise ParameterError(f"pixel_size_A must be {finite}{_MIN_PIXEL_A:g}-{_MAX_PIXEL_A:g} "
-                                 "Å, got "
-                                 f"{pixel}" + (" (a value in nm? 0.83 Å is 0.083 nm)"
-                                               if 0 < pixel < _MIN_PIXEL_A else ""))
+        if self.pixel_size_A is not None and (
+                problem := pixel_size_problem(self.pixel_size_A)) is not None:
+            raise ParameterError(f"pixel_size_A {problem}")
         _require(1.0 <= self.bin_factor < math.inf,
                  f"bin_factor must be a finite number >= 1, got {self.bin_factor}")
         _require(self.throw_frames >= 0, f"throw_frames must be >= 0, got {self.throw_frames}")
@@ -310,6 +317,13 @@ class DoseParams:
 
     def __post_init__(self) -> None:
         _require_types(self)
+        doses = self.frame_doses_e_A2
+        if doses is not None and not isinstance(doses, tuple):  # a list, an array: hashable
+            try:
+                object.__setattr__(self, "frame_doses_e_A2", tuple(float(v) for v in doses))
+            except (TypeError, ValueError):
+                raise ParameterError(f"frame_doses_e_A2 must be a sequence of doses (e/Å²), "
+                                     f"got {doses!r}") from None
         for name in ("voltage_kV", "dose_per_frame_e_A2", "total_dose_e_A2", "pre_exposure_e_A2"):
             value = getattr(self, name)
             _require(value is None or math.isfinite(value),
@@ -382,6 +396,13 @@ class CorrectionParams:
     read: ReadParams = field(default_factory=ReadParams)
     gain: GainParams = field(default_factory=GainParams)
     align: AlignParams = field(default_factory=AlignParams)
+
+    def __post_init__(self) -> None:
+        for name, kind in (("dose", DoseParams), ("read", ReadParams), ("gain", GainParams),
+                           ("align", AlignParams)):
+            value = getattr(self, name)
+            _require(isinstance(value, kind),
+                     f"{name} must be a {kind.__name__}, got {type(value).__name__}")
 
     def fingerprint(self, *, reading_conventions: int = READING_CONVENTIONS) -> str:
         """A short stable hash of all parameters and of :data:`READING_CONVENTIONS` (hex), for

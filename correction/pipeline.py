@@ -101,7 +101,7 @@ from .grids import EXTRA_MARGIN_PX, Grids, align_from_block_sums, plan_grids
 from .hot_lines import HotLines, detect_hot_lines
 from .local_apply import local_sums
 from .memory_model import MemoryEstimate, frames_kept_for, predict_peak_bytes
-from .params import CorrectionParams
+from .params import CorrectionParams, pixel_size_problem
 from .path_fit import peaks_are_weak, whole_frame_alignment
 from .quicklook import QUICKLOOK_KINDS, movie_quicklook_files
 from .report import (MAX_REPLACED_PIXELS_LISTED, DriftStats, ReplacedPixels, drift_stats,
@@ -533,12 +533,22 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if not isinstance(params, CorrectionParams):
+        raise ParameterError(f"params must be a CorrectionParams, got {type(params).__name__}")
+    if not isinstance(frames, np.ndarray):
+        raise ParameterError(f"frames must be a numpy array (frames, ny, nx), got "
+                             f"{type(frames).__name__}")
     if frames.ndim != 3:
         raise CorrectionError(movie_path, f"movie must be 3-D (frames, ny, nx), got shape "
                                           f"{frames.shape}")
+    if frames.dtype.kind not in "uif":
+        raise CorrectionError(movie_path, f"frames of dtype {frames.dtype}: counts are integer "
+                                          "or real floating-point numbers")
     if isinstance(pixel_size_A, bool) or not (
             isinstance(pixel_size_A, (int, float, np.floating)) and 0 < pixel_size_A < np.inf):
         raise ParameterError(f"pixel_size_A must be a finite number > 0 Å, got {pixel_size_A!r}")
+    if (problem := pixel_size_problem(float(pixel_size_A))) is not None:
+        raise CorrectionError(movie_path, f"pixel size {problem}")
     n_all, ny, nx = (int(v) for v in frames.shape)
     rp, ap, dp = params.read, params.align, params.dose
     if min(ny, nx) / rp.bin_factor < MIN_OUTPUT_PX:
@@ -556,8 +566,10 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
         raise FrameSelectionError(movie_path, f"its {raw} raw EER frames grouped{by} make 1 "
                                               "fraction: nothing to align; group fewer raw "
                                               f"frames per fraction ({how})")
+    if n_all == 0:
+        raise CorrectionError(movie_path, "no frames")
     if n_all < 2:  # EPU's and SerialEM's single images (atlas, grid square, gain) share suffixes
-        raise CorrectionError(movie_path, f"a single image ({n_all} frame), not a movie")
+        raise CorrectionError(movie_path, "a single image (1 frame), not a movie")
     if stop - first < 2:  # one frame: nothing to align, no odd frame for the half sums
         raise FrameSelectionError(movie_path, f"throw {rp.throw_frames} + trunc "
                                               f"{rp.trunc_frames} frames leave "
@@ -1247,7 +1259,8 @@ def correct_movie(movie_path: str | Path, out_dir: str | Path, params: Correctio
         Already loaded reference (load once for many movies); when None, the references named
         in ``params.gain`` are loaded here (none named: no gain correction).
     stem : str, optional
-        Output stem S; default the movie's file name without suffix.
+        Output stem S, a file name without a folder; default the movie's file name without
+        its suffix.
     extra_record : dict, optional
         Extra top-level fields for ``motion.json`` (e.g. tilt-series facts).
     workers : int
@@ -1329,6 +1342,12 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     from .io.eer import grouping_record  # noqa: PLC0415
 
     t0 = time.perf_counter()
+    if not isinstance(params, CorrectionParams):
+        raise ParameterError(f"params must be a CorrectionParams, got {type(params).__name__}")
+    if stem is not None and (not isinstance(stem, str) or stem in ("", ".", "..")
+                             or "/" in stem or "\0" in stem):
+        raise ParameterError(f"stem must be a file name without a folder (outputs go into "
+                             f"out_dir), got {stem!r}")
     movie_path = Path(movie_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1341,7 +1360,7 @@ def _prepare_movie(movie_path: str | Path, out_dir: str | Path, params: Correcti
     movie = read_movie(movie_path, params=params.read,
                        spill_dir=out_dir if scratch_dir is None else Path(scratch_dir),
                        movie_dose_e_A2=params.dose.movie_dose_e_A2)
-    pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A applied (EER: / sampling)
+    pixel_size_A = movie.pixel_size_A  # params.read.pixel_size_A, else the file's
     if not pixel_size_A or not pixel_size_A > 0:
         raise MissingPixelSizeError(movie_path, "no pixel size given and none usable in the "
                                                 "header (0, or exactly 1.0 Å, which writers "

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorrectionError, UnreadableMovieError, UnsupportedFormatError
+from ..errors import (CorrectionError, ParameterError, UnreadableMovieError,
+                      UnsupportedFormatError)
 from ..movie import Movie
 from ..params import ReadParams
 from .complete import Completeness, check_complete
@@ -90,10 +91,11 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
         Used for EER grouping and sampling (``eer_group_frames``,
         ``eer_dose_per_fraction_e_A2``, ``frame_integration``, ``eer_sampling``; a
         ``frame_integration`` that sums raw frames of another movie is refused).
-        ``pixel_size_A`` given here overrides the header's: for MRC/TIFF it is the pixel of
-        the frames as stored; for EER it is the physical detector pixel and the returned
-        frames' pixel is it divided by ``eer_sampling``. Use the returned
-        ``Movie.pixel_size_A``, not the parameter.
+        ``pixel_size_A`` given here overrides the header's: the pixel of the frames as
+        returned (for EER, of the grid decoded onto: at ``eer_sampling`` 2, half the physical
+        pixel, as MotionCor2's ``-PixSize``; the file's own ``sensorPixelSize`` is the physical
+        pixel, divided by the sampling when none is given). Use the returned
+        ``Movie.pixel_size_A``.
     spill_dir : str or Path, optional
         For TIFF and EER: a decoded movie over
         :data:`~correction.io.spill.SPILL_OVER_BYTES` goes to an unnamed temporary file here
@@ -115,6 +117,8 @@ def read_movie(path: str | Path, *, params: ReadParams | None = None,
         Each with a one-line reason naming the file.
     """
     params = ReadParams() if params is None else params
+    if not isinstance(params, ReadParams):
+        raise ParameterError(f"params must be a ReadParams, got {type(params).__name__}")
     path = Path(path)
     kind = detect_format(path)
     _check_integration(kind, path, params)

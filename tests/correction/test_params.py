@@ -51,6 +51,24 @@ def test_a_pixel_size_no_detector_has_is_refused_a_value_in_nm_named_as_such(pix
     assert ReadParams(pixel_size_A=0.2).pixel_size_A == 0.2  # EER 8K at 0.4 Å physical
 
 
+def test_nested_parameters_of_the_wrong_kind_are_refused_naming_the_field():
+    """A dict for the dose was accepted, and failed later as an AttributeError naming nothing."""
+    with pytest.raises(ParameterError, match=r"^dose must be a DoseParams, got dict$"):
+        CorrectionParams(dose={"dose_per_frame_e_A2": 1.0})
+    with pytest.raises(ParameterError, match=r"^read must be a ReadParams, got DoseParams$"):
+        CorrectionParams(dose=DoseParams(), read=DoseParams())
+
+
+def test_frame_doses_given_as_a_list_or_array_are_kept_as_a_tuple_and_hash():
+    """A list was kept as given: the frozen parameters could not be hashed."""
+    listed = DoseParams(frame_doses_e_A2=[1.0, 2.0])
+    from_array = DoseParams(frame_doses_e_A2=np.array([1.0, 2.0]))
+    assert listed.frame_doses_e_A2 == from_array.frame_doses_e_A2 == (1.0, 2.0)
+    assert hash(listed) == hash(DoseParams(frame_doses_e_A2=(1.0, 2.0)))
+    with pytest.raises(ParameterError, match=r"frame_doses_e_A2 must be a sequence of doses"):
+        DoseParams(frame_doses_e_A2=["a lot"])
+
+
 @pytest.mark.parametrize("nx, ny, local", [(5, 5, True), (5, 1, False), (1, 5, False),
                                            (0, 7, False), (2, 2, True)])
 def test_a_patch_count_of_0_or_1_on_either_axis_means_global_only(nx, ny, local):

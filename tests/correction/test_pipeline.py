@@ -573,6 +573,67 @@ def test_correct_frames_refuses_a_pixel_size_that_is_not_a_positive_number_namin
         correct_frames(syn.frames, pixel_size_A=pixel, params=params)
 
 
+@pytest.mark.parametrize("pixel", [0.083, 1e9])
+def test_correct_frames_refuses_a_pixel_size_no_detector_has(pixel):
+    """0.083 (0.83 Å typed in nm) was accepted by correct_frames, which ReadParams refuses:
+    every weight on a tenfold wrong frequency scale."""
+    from correction.errors import CorrectionError
+
+    syn = render_movie(np.random.default_rng(3), shape_yx=(64, 64), n_frames=4, gain=None,
+                       n_hot_pixels=0)
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL)
+    with pytest.raises(CorrectionError, match=r"pixel size must be 0.1-1000 Å") as caught:
+        correct_frames(syn.frames, pixel_size_A=pixel, params=params)
+    assert ("a value in nm?" in str(caught.value)) == (pixel < 0.1)
+
+
+@pytest.mark.parametrize("frames, said", [
+    (np.ones((4, 64, 64), np.complex64), "frames of dtype complex64"),
+    (np.ones((4, 64, 64), bool), "frames of dtype bool"),
+    (np.full((4, 64, 64), "1"), "frames of dtype <U1"),
+    ([np.ones((64, 64))] * 4, "frames must be a numpy array (frames, ny, nx), got list"),
+    (np.ones((0, 64, 64), np.float32), "no frames"),  # "a single image (0 frame)"
+])
+def test_correct_frames_refuses_frames_that_are_no_counts_in_one_line(frames, said):
+    """Complex frames lost their imaginary part with 84 numpy warnings, text frames failed
+    inside numpy, a list with an AttributeError: none was a CorrectionError."""
+    from correction.errors import CorrectionError
+
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL)
+    with pytest.raises(CorrectionError) as caught:
+        correct_frames(frames, pixel_size_A=1.0, params=params)
+    assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("stem", ["../escape", "sub/name", "", ".."])
+def test_a_stem_with_a_folder_is_refused_before_anything_is_written(movie_files, tmp_path,
+                                                                    stem):
+    """``stem="../escape"`` wrote the four sums and the record beside the output folder."""
+    from correction.errors import ParameterError
+
+    out = tmp_path / "deep" / "out"
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0), align=GLOBAL)
+    with pytest.raises(ParameterError, match=r"stem must be a file name without a folder"):
+        correct_movie(movie_files[0] / "mov.mrc", out, params, stem=stem, workers=1)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_parameters_of_the_wrong_kind_are_refused_naming_what_is_expected(movie_files,
+                                                                          tmp_path):
+    """ReadParams given to correct_movie (or CorrectionParams to read_movie) failed with an
+    AttributeError naming nothing."""
+    from correction.errors import ParameterError
+    from correction.io import read_movie
+
+    with pytest.raises(ParameterError, match=r"^params must be a CorrectionParams, got "
+                                             r"ReadParams$"):
+        correct_movie(movie_files[0] / "mov.mrc", tmp_path, ReadParams(), workers=1)
+    with pytest.raises(ParameterError, match=r"^params must be a ReadParams, got "
+                                             r"CorrectionParams$"):
+        read_movie(movie_files[0] / "mov.mrc",
+                   params=CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0)))
+
+
 def test_an_absurd_max_shift_or_bin_fails_at_once_or_corrects_not_after_minutes():
     """--max-shift 1e9 padded each frame by 1e9 px (MemoryError, 900 PiB, three times per
     movie); --bin 600 on 512 px frames worked 7 minutes for a 0 x 0 micrograph; inf was an
