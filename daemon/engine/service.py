@@ -658,7 +658,8 @@ class Service:
             counts = {**counts, "failed": max(0, int(counts.get("failed", 0)) - put_back),
                       "put_back": put_back}
         pace = self._pace.pace(self._wall(),
-                               waiting=int(counts.get("pending", 0)) + put_back + len(queued))
+                               waiting=int(counts.get("pending", 0)) + put_back + len(queued),
+                               running=len(in_flight) - len(queued))
         self._say_pace(pace)
         pace = pace.to_record()
         beat = Heartbeat(self._wall(), self._clock() - self._started_s, counts, len(waiting),
@@ -707,9 +708,10 @@ class Service:
             paused = self.dispatcher.pause.reason
             advice = (f"correction is paused ({paused})" if paused is not None
                       else "more --workers (or a cluster) corrects faster")
-            self._log.warning("falling_behind", **facts,
-                              note=f"more than {MAX_BEHIND_MIN:g} minutes of work waiting; "
-                                   f"{advice}")
+            waited = (f"more than {MAX_BEHIND_MIN:g} minutes of work waiting"
+                      if pace.behind_min is not None else
+                      f"movies have waited {MAX_BEHIND_MIN:g} minutes with none corrected")
+            self._log.warning("falling_behind", **facts, note=f"{waited}; {advice}")
         elif self._keeping_up is False:
             self._log.info("keeping_up_again", **facts)
         self._keeping_up = pace.keeping_up

@@ -11,9 +11,12 @@ __all__ = ["pace_phrase"]
 
 def pace_phrase(pace: Mapping[str, Any] | None) -> str | None:
     """``keeping up (...)`` or ``FALLING BEHIND: ...``, with the work waiting in minutes and the
-    rates; None before the service has a verdict (its first minute) or for a record of an
-    older release (no ``behind_min``)."""
-    if not pace or pace.get("keeping_up") is None or "waiting" not in pace:
+    rates; ``starting on N waiting (...)`` while movies that came lately wait with none
+    corrected yet; None in the service's first minute or for a record of an older release (no
+    ``behind_min``)."""
+    if not pace or "waiting" not in pace or pace.get("arrived_per_min") is None:
+        return None
+    if pace.get("keeping_up") is None and int(pace["waiting"]) <= 0:
         return None
     span_s = float(pace.get("span_s", pace["window_s"]))  # the uptime, when shorter
     rates = (f"{pace['arrived_per_min']:.1f} movies/min acquired, "
@@ -24,5 +27,7 @@ def pace_phrase(pace: Mapping[str, Any] | None) -> str | None:
         backlog = f"{waiting} waiting, none corrected lately"
     else:
         backlog = f"{waiting} waiting, {float(behind):.1f} min of work"
+    if pace.get("keeping_up") is None:
+        return f"starting on {waiting} waiting, none corrected yet ({rates})"
     verdict = "keeping up" if pace["keeping_up"] else "FALLING BEHIND"
     return f"{verdict}: {backlog} ({rates})"

@@ -325,3 +325,56 @@ def test_the_services_pace_is_counted_over_ten_minutes(tmp_path):
     assert service.run() == 0
     assert paces and all(p["window_s"] == 600.0 for p in paces if p is not None)
     assert any(p is not None for p in paces)
+
+
+def _heartbeats(meter, start_s, end_s, *, every_s=2.0, waiting=0):
+    """Heartbeats every ``every_s`` seconds from ``start_s`` up to ``end_s``, with ``waiting``
+    movies waiting and none running: the paces."""
+    beats = []
+    t = start_s
+    while t < end_s:
+        beats.append(meter.pace(t, waiting=waiting))
+        t += every_s
+    return beats
+
+
+def test_a_burst_after_a_quiet_spell_is_judged_by_the_rate_it_corrects_while_it_has_work():
+    """Twelve movies after a quiet quarter of an hour, corrected in 8 s: status said
+    'FALLING BEHIND: 11 waiting' 2 s after they came (one corrected in ten minutes of mostly
+    idle time: 100 minutes of work) and the journal logged falling_behind, then
+    keeping_up_again. At the rate it corrects while it has work, it keeps up throughout."""
+    meter = _meter()
+    _heartbeats(meter, START, START + 900.0)
+    burst = START + 900.5
+    for _ in range(12):
+        meter.arrived(burst, burst, on_disk_at_start=False)
+    finished = [burst + 1.0 + 0.7 * k for k in range(12)]
+    paces = []
+    for beat in (burst + 1.5, burst + 3.5, burst + 5.5, burst + 7.5, burst + 9.5):
+        for t in finished:
+            if beat - 2.0 < t <= beat:
+                meter.corrected(t)
+        done = sum(t <= beat for t in finished)
+        left = 12 - done
+        paces.append(meter.pace(beat, waiting=max(left - 1, 0), running=min(left, 1)))
+    assert [p.keeping_up for p in paces] == [True] * 5
+    assert max(p.behind_min for p in paces) < 0.5  # minutes: seconds of work, not 100 minutes
+    assert paces[0].corrected_per_min == pytest.approx(0.1)  # the rate over the span, as told
+
+
+def test_movies_that_came_lately_with_none_corrected_yet_give_no_verdict_until_five_minutes():
+    """Movies waiting for their first worker after a quiet spell: no verdict (status says it
+    is starting on them), until they have waited five minutes of busy time with none done."""
+    from daemon.system.pace_text import pace_phrase
+
+    meter = _meter()
+    _heartbeats(meter, START, START + 900.0)
+    meter.arrived(START + 900.5, START + 900.5, on_disk_at_start=False)
+    meter.arrived(START + 900.5, START + 900.5, on_disk_at_start=False)
+    first = meter.pace(START + 901.0, waiting=1, running=1)
+    assert first.keeping_up is None and first.behind_min is None
+    assert pace_phrase(first.to_record()).startswith("starting on 1 waiting, none corrected yet")
+    beats = _heartbeats(meter, START + 903.0, START + 900.5 + 301.0, waiting=2)
+    assert all(b.keeping_up is None for b in beats[:-1]) and beats[-1].keeping_up is False
+    assert pace_phrase(beats[-1].to_record()).startswith(
+        "FALLING BEHIND: 2 waiting, none corrected lately")
