@@ -481,9 +481,10 @@ def run(args: argparse.Namespace) -> int:
                 # a run killed while writing this movie's set left them; a running one's stay
                 remove_partial_outputs(Path(args.out), stems[movie], dead_writers_only=True)
                 voltage = movie_voltage(movie, getattr(args, "voltage", None))
-                if voltage.warning:
-                    print(f"motionwatch: {movie}: warning: {voltage.warning}", file=sys.stderr,
-                          flush=True)
+                for said in (voltage.ignored, voltage.warning):
+                    if said:
+                        print(f"motionwatch: {movie}: warning: {said}", file=sys.stderr,
+                              flush=True)
                 try:
                     own = own_gains.lookup(Path(movie))
                     with _warnings_as_lines(movie):

@@ -322,8 +322,9 @@ class TiltAssignment:
     now; ``frame_doses_e_A2`` is per SerialEM sub-frame (``None`` = uniform);
     ``prior_record_dose_difference_e_A2`` = ``pre_exposure_e_A2 - PriorRecordDose``;
     ``voltage_kV`` is the metadata's (its series section's ``Voltage`` or the mdoc's global one,
-    else its frame mdoc's; None when neither gives one); ``exposure_time_s`` its section's
-    ``ExposureTime`` (s; None when no section gives one).
+    else its frame mdoc's; None when neither gives one) and ``voltage_source`` which
+    (``"mdoc"``, ``"frame mdoc"``); ``exposure_time_s`` its section's ``ExposureTime`` (s;
+    None when no section gives one).
     """
 
     movie: str
@@ -345,6 +346,7 @@ class TiltAssignment:
     num_subframes: int | None = None
     voltage_kV: float | None = None
     exposure_time_s: float | None = None
+    voltage_source: str | None = None
 
     def dose_params(self, *, voltage_kV: float, n_frames: int | None = None,
                     raw_frames: bool = False) -> DoseParams:
@@ -859,6 +861,8 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                                             if s.num_subframes), None),
                         voltage_kV=next((s.voltage_kV for s in t.sections if s.voltage_kV),
                                         None),
+                        voltage_source=next(("frame mdoc" if s.kind == "FrameSet" else "mdoc"
+                                             for s in t.sections if s.voltage_kV), None),
                         exposure_time_s=next((s.exposure_time_s for s in t.sections
                                               if s.exposure_time_s is not None), None))
             if dose is None:

@@ -766,7 +766,8 @@ class TiltSeriesResolver:
                                         series_kV=_series_voltage(res, res.discarded.get(name)),
                                         retake=_retake_of(res, name))
             return MovieMetadata(wait_reason="not resolved yet (seen after this scan's metadata)")
-        voltage = self._voltage(movie.path, a.voltage_kV, "mdoc", a.series, series=a.series)
+        voltage = self._voltage(movie.path, a.voltage_kV, a.voltage_source or "mdoc", a.series,
+                                series=a.series)
         dose = self._as_corrected(movie, a.dose_params(voltage_kV=voltage.kV,
                                                        n_frames=n_frames,
                                                        raw_frames=_is_eer(movie.path)),
@@ -839,6 +840,8 @@ class TiltSeriesResolver:
             yield from files_voltage_kV(path)
 
         voltage = resolve_voltage(self._ctx.voltage_kV, found())
+        if voltage.ignored:
+            self._once_log("warning", "voltage_ignored", subject, voltage.ignored, **kw)
         if voltage.warning:
             self._once_log("warning", "voltage_differs_from_metadata", subject, voltage.warning,
                            **kw)

@@ -38,11 +38,13 @@ ASSUMED_VOLTAGE_NOTE = (
 @dataclass(frozen=True, slots=True)
 class Voltage:
     """A resolved voltage (kV), where it came from (``"option"``, ``"mdoc"``, ``"frame mdoc"``,
-    ``"movie header"``, ``"default"``) and a warning when the option contradicts the metadata."""
+    ``"movie header"``, ``"default"``), a warning when the option contradicts the metadata, and
+    what was left out of the metadata as no voltage in kV (``Voltage = 200000``, in V)."""
 
     kV: float
     source: str
     warning: str | None = None
+    ignored: str | None = None  # a value the metadata gives that is no voltage in kV
 
 
 def _plausible(value: float | None) -> bool:
@@ -60,16 +62,23 @@ def resolve_voltage(option_kV: float | None,
     metadata : iterable of (kV or None, source)
         What the metadata says, first source first; None or implausible values are skipped.
     """
-    found = next(((float(v), s) for v, s in metadata if _plausible(v)), None)
+    found, ignored = None, None
+    for value, source in metadata:
+        if _plausible(value):
+            found = (float(value), source)
+            break
+        if value is not None and ignored is None:  # the first such value is said
+            ignored = (f"the {source} gives {float(value):g} as the voltage, which is no "
+                       f"voltage in kV ({_PLAUSIBLE_KV[0]:g}-{_PLAUSIBLE_KV[1]:g}): left out")
     if option_kV is not None:
         warning = None
         if found is not None and abs(found[0] - float(option_kV)) > VOLTAGE_TOLERANCE_KV:
             warning = (f"--voltage {float(option_kV):g} kV used, but the {found[1]} says "
                        f"{found[0]:g} kV: dose weighting and records use {float(option_kV):g} kV")
-        return Voltage(float(option_kV), "option", warning)
+        return Voltage(float(option_kV), "option", warning, ignored)
     if found is not None:
-        return Voltage(found[0], found[1])
-    return Voltage(DEFAULT_VOLTAGE_KV, "default")
+        return Voltage(found[0], found[1], ignored=ignored)
+    return Voltage(DEFAULT_VOLTAGE_KV, "default", ignored=ignored)
 
 
 def files_voltage_kV(movie: str | Path) -> Iterator[tuple[float | None, str]]:

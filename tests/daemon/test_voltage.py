@@ -498,3 +498,36 @@ def test_a_voltage_option_more_than_1_kV_off_the_metadata_is_warned_about():
 
     assert resolve_voltage(300.0, [(297.0, "mdoc")]).warning is not None
     assert resolve_voltage(300.0, [(300.5, "mdoc")]).warning is None
+
+
+def test_a_series_whose_frame_mdocs_give_the_voltage_records_it_as_the_frame_mdocs(tmp_path):
+    """The series mdoc gives no voltage, each tilt's frame mdoc gives 200 kV: weighted at 200
+    kV, and the record said the voltage came from the series mdoc."""
+    watch, out, tilts = _session(tmp_path, mdoc_voltage_kV=200, n_tilts=2)
+    mdoc = watch / "TS_01.mrc.mdoc"
+    mdoc.write_text("\n".join(line for line in mdoc.read_text().splitlines()
+                              if not line.startswith("Voltage")) + "\n")
+    for t in tilts:
+        (watch / f"{t.movie.path.name}.mdoc").write_text(
+            f"PixelSpacing = {PIXEL_A:g}\nVoltage = 200\nImageFile = {t.movie.path.name}\n\n"
+            f"[FrameSet = 0]\nTiltAngle = {t.tilt_deg}\nExposureDose = {t.dose_e_A2}\n"
+            f"PixelSpacing = {PIXEL_A:g}\nSubFramePath = X:\\frames\\{t.movie.path.name}\n"
+            f"NumSubFrames = {N_FRAMES}\nTimeStamp = 5\n"
+            f"DateTime = {t.acquired_at.strftime('%d-%b-%y  %H:%M:%S')}\n")
+    _run(_watch_config(watch, out))
+    for t in tilts:
+        record = _record(out, t.movie.path)
+        assert (record["voltage_kV"], record["voltage_source"]) == (200.0, "frame mdoc")
+
+
+def test_a_voltage_the_metadata_gives_in_volts_is_said_to_be_left_out_not_missing():
+    """``Voltage = 200000`` (V) was skipped and 300 kV assumed with 'no voltage in the
+    metadata', though the metadata held one."""
+    from daemon.settings.voltage import resolve_voltage
+
+    said = resolve_voltage(None, [(200000.0, "mdoc"), (None, "movie header")])
+    assert (said.kV, said.source) == (300.0, "default")
+    assert said.ignored == ("the mdoc gives 200000 as the voltage, which is no voltage in kV "
+                            "(60-400): left out")
+    assert resolve_voltage(None, [(200000.0, "mdoc"), (200.0, "movie header")]).kV == 200.0
+    assert resolve_voltage(None, [(200.0, "mdoc")]).ignored is None
