@@ -141,6 +141,9 @@ def _union(parts: Sequence[Resolution]) -> Resolution:
     to take its dose from, and was quarantined, wherever the watch folder had two folders)."""
     if len(parts) == 1:
         return parts[0]
+    if not parts:  # an empty tree
+        return Resolution(assignments={}, pending={}, standalone=frozenset(), series={},
+                          ignored_mdocs={})
     merged: dict[str, Any] = {}
     for f in fields(Resolution):
         values = [getattr(r, f.name) for r in parts]

@@ -14,7 +14,8 @@ def pace_phrase(pace: Mapping[str, Any] | None) -> str | None:
     rates; ``starting on N waiting (...)`` while movies that came lately wait with none
     corrected yet; None in the service's first minute or for a record of an older release (no
     ``behind_min``)."""
-    if not pace or "waiting" not in pace or pace.get("arrived_per_min") is None:
+    if not pace or "waiting" not in pace or pace.get("arrived_per_min") is None \
+            or pace.get("corrected_per_min") is None:
         return None
     if pace.get("keeping_up") is None and int(pace["waiting"]) <= 0:
         return None

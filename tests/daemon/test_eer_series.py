@@ -404,7 +404,7 @@ def test_a_voltage_option_removed_at_a_restart_lets_a_late_frame_mdoc_voltage_re
         _frame_mdoc(movie, tilt_deg=0.0, pairs=[(0.025, 120)], timestamp=1000, voltage_kV=200)
         wait_for(lambda: _record(out, movie)["voltage_kV"] == 200.0)
         more_heartbeats(log, wait_for, n=5)
-    assert _record(out, movie)["voltage_source"] == "mdoc"
+    assert _record(out, movie)["voltage_source"] == "frame mdoc"  # the series mdoc gives none
     assert [r.status for r in _rows(out, movie)] == ["done", "done"]
 
 

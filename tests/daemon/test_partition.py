@@ -133,3 +133,9 @@ def test_a_clock_stepped_back_or_another_configuration_resolves_the_parts_again(
     res = parts.resolve(movies, mdocs, {}, config=longer, now_s=2000.0)
     _same(res, resolve(movies, mdocs, {}, config=longer, now_s=2000.0))
     assert res.assignments["session5/grid2/Pos1_000_0.0.tif"].dose_e_A2 == 4.0
+
+
+def test_an_empty_tree_resolves_to_nothing():
+    """A watch folder with nothing in it yet: the union of no parts (an IndexError, once)."""
+    empty = PartitionedResolution().resolve([], [], {}, config=CONFIG, now_s=0.0)
+    _same(empty, resolve([], [], {}, config=CONFIG, now_s=0.0))
