@@ -441,7 +441,7 @@ def test_an_eer_tilt_weighted_at_300_kV_assumed_is_redone_at_the_voltage_its_lat
         assert redone == sorted(str(m) for m in movies)
         assert all("voltage 300 -> 200 kV" in f["reason"]
                    for f in log.named("movie_redo_metadata_changed"))
-        assert {_record(out, m)["voltage_source"] for m in movies} == {"mdoc"}
+        assert {_record(out, m)["voltage_source"] for m in movies} == {"frame mdoc"}
     else:
         assert redone == []
     for movie in movies:
