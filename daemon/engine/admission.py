@@ -409,7 +409,8 @@ class Admission:
                 # quarantined, so that status lists it and `motionwatch retry` lifts it (unless
                 # a row of this version says more: corrected before, under other parameters)
                 key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
-                self._safe(lambda key=key, why=why: self._quarantine_unless_recorded(key, why))
+                self._safe(lambda key=key, why=why, obs=obs: self._quarantine_unless_recorded(
+                    key, why, obs))
                 reason = None
             if reason is not None:
                 waiting[obs.path] = reason
@@ -440,9 +441,16 @@ class Admission:
         return any((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
                    for r in self._ledger().rows(path=key.path))
 
-    def _quarantine_unless_recorded(self, key: MovieKey, why: str) -> None:
-        if not self._version_recorded(key):
-            self._ledger().add(key, status="quarantined", error=why)
+    def _quarantine_unless_recorded(self, key: MovieKey, why: str,
+                                    obs: Observation | None = None) -> bool:
+        """Record the file version quarantined for ``why`` (with its inode and content
+        fingerprint when ``obs`` is given) unless a row of it exists; whether it was added."""
+        if self._version_recorded(key):
+            return False
+        self._ledger().add(key, status="quarantined", error=why,
+                           inode=None if obs is None else obs.inode,
+                           content=None if obs is None else content_fingerprint(obs.path))
+        return True
 
     def _recorded_versions(self) -> set[tuple[str, int, int]]:
         """``(path, size, mtime_ns)`` of every row the ledger held when first asked (after a
@@ -520,12 +528,14 @@ class Admission:
             return None
         if meta.quarantine_reason:
             key = MovieKey(str(obs.path), obs.size, obs.mtime_ns, self._fingerprint)
-            if self._safe(lambda: self._quarantine_unless_recorded(
-                    key, meta.quarantine_reason) or True) is None:
+            added = self._safe(lambda: self._quarantine_unless_recorded(
+                key, meta.quarantine_reason, obs))
+            if added is None:
                 return _DB_DOWN
-            # said once recorded: whoever reads the state on the event finds the row
-            self.report_once(str(obs.path), "movie_quarantined", meta.quarantine_reason,
-                             level="error")  # not corrected: an error, as a worker's
+            if added:  # said once recorded (whoever reads the state on the event finds the
+                # row); a version recorded before a restart is no news (status lists it)
+                self.report_once(str(obs.path), "movie_quarantined", meta.quarantine_reason,
+                                 level="error")  # not corrected: an error, as a worker's
             self._handled.add(ident)
             return None
         short = self._short_of_frames(obs, verdict, meta)

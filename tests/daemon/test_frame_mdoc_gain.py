@@ -193,6 +193,13 @@ def test_watch_holds_a_movie_whose_named_reference_is_missing_then_quarantines_i
     assert rows["lost.tif"].status == "quarantined"
     assert "names the gain reference CountRef_lost.dm4, not found" in rows["lost.tif"].error
     assert not (config.out_dir / "frames" / "lost.mrc").exists()
+    # the row knows its file (a restart said ledger_inodes_filled "movies recorded before
+    # rows kept their file's inode"), and a restart does not say the quarantine again (it
+    # logged a new movie_quarantined at every start, "after 0.5 s" though nothing waited)
+    assert rows["lost.tif"].inode is not None and rows["lost.tif"].content is not None
+    log = RecordingLog()
+    assert Service(config, resolver=NoMetadata(), logger=log).run() == 0
+    assert not log.named("movie_quarantined") and not log.named("ledger_inodes_filled")
 
 
 def test_a_named_reference_that_does_not_fit_quarantines_its_movies_not_the_service(tmp_path):
