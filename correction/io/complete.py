@@ -319,15 +319,13 @@ def _zero_tail(n: int, what: str) -> Completeness:
 
 
 def _check_tiff(path: Path) -> Completeness:
-    from .tiff import open_tiff, scan_tiff  # noqa: PLC0415
+    from .tiff import chain_cut_reason, open_tiff, scan_tiff  # noqa: PLC0415
 
     with open_tiff(path) as tif:
         layout = scan_tiff(tif, path, all_pages=False)
         n = layout.n_pages
         if layout.chain_cut_at is not None:
-            return Completeness(False, f"file cut at byte {layout.file_size}: {n} pages "
-                                       f"present, the next IFD (at byte "
-                                       f"{layout.chain_cut_at}) is missing or incomplete", n)
+            return Completeness(False, chain_cut_reason(layout, n, "pages present"), n)
         if layout.first_short_page is not None:
             return Completeness(False, f"page {layout.first_short_page} of {n} runs past the "
                                        f"end of the file ({layout.file_size} bytes)", n)

@@ -50,7 +50,7 @@ from .frame_size import check_frame_size
 from .spill import FrameSink
 
 __all__ = ["TiffLayout", "open_tiff", "scan_tiff", "read_tiff", "read_tiff_image",
-           "EER_COMPRESSIONS"]
+           "chain_cut_reason", "EER_COMPRESSIONS"]
 
 #: TIFF compression codes used by EER files (Falcon 4/4i).
 EER_COMPRESSIONS = (65000, 65001, 65002)
@@ -217,10 +217,22 @@ def page_chain_loop(tif: tifffile.TiffFile) -> tuple[int, int] | None:
     return None
 
 
+def chain_cut_reason(layout: TiffLayout, readable: int, unit: str = "frames readable") -> str:
+    """Why the page chain of ``layout`` stops (``chain_cut_at`` set): the next page's IFD lies
+    past the end of the file (cut short, or still being written), or inside it but is no
+    whole IFD (cut off while being written, or a damaged file: it said "file cut" of a whole
+    file with one damaged page directory)."""
+    at, size = layout.chain_cut_at, layout.file_size
+    if at is not None and at < size:
+        return (f"{readable} {unit}; the next page's IFD, at byte {at} of the file's {size}, "
+                "is not a whole IFD (cut off while being written, or a damaged file)")
+    return (f"file cut at byte {size}: {readable} {unit}, the next page's IFD (at byte "
+            f"{at}) lies past its end")
+
+
 def _truncation_reason(layout: TiffLayout, readable: int) -> str:
     if layout.chain_cut_at is not None:
-        return (f"file cut at byte {layout.file_size}: {readable} frames readable, the next "
-                f"page's IFD (at byte {layout.chain_cut_at}) is missing or incomplete")
+        return chain_cut_reason(layout, readable)
     return f"{readable} of {layout.n_pages} frames readable"
 
 

@@ -380,8 +380,8 @@ class Dispatcher:
                     log.warning("correction_resumed", previous_problem=self.pause.reason)
                 self.pause.cleared()
                 log.info("movie_done", attempt=attempt, drift=outcome.record.get("drift"),
-                         timings_s=dict(outcome.timings_s), frames=outcome.record.get("frames"),
-                         outputs=dict(outcome.outputs))
+                         timings_s={k: round(float(v), 3) for k, v in outcome.timings_s.items()},
+                         frames=outcome.record.get("frames"), outputs=dict(outcome.outputs))
                 self._check_gain_orientation(outcome.record, log)
                 self._check_detector_pattern(outcome.record, log)
                 self._check_defect_list_fit(outcome.record, log)

@@ -448,6 +448,8 @@ class TiltSeriesResolver:
         self._assembly_retry: dict[str, tuple[int, float]] = {}
         self._retry_problem: str | None = None  # problem(): a line made from the above
         self.assembly_retry_first_s = ASSEMBLY_RETRY_FIRST_S
+        # series -> (exception class, errno) of its last failed assembly: said once
+        self._assembly_trouble: dict[str, tuple[str, int | None]] = {}
         self._once: set[tuple[str, str]] = set()
         # (series, warning_template) of the movie warnings said (one line a series, not a tilt)
         self._said_alike: set[tuple[str, str]] = set()
@@ -1205,8 +1207,9 @@ class TiltSeriesResolver:
         future = ctx.run_job(assemble_job, stem, tilts, str(out), voltage_kV,
                              self.exposure_filtered, self._tilt_axis_of(summary), mdoc_name)
         self._assembling[name] = (future, state, str(out / stem))
-        self._log.info("series_assembling", series=name, tilts=len(tilts), reason=state.reason,
-                       folder=str(out / stem))
+        level = "debug" if name in self._assembly_trouble else "info"  # a try again: quiet
+        getattr(self._log, level)("series_assembling", series=name, tilts=len(tilts),
+                                  reason=state.reason, folder=str(out / stem))
 
     def _remove_ghosts(self, res: Resolution) -> None:
         """Remove the assembled files of every series with stacks recorded and no tilt left:
@@ -1308,14 +1311,20 @@ class TiltSeriesResolver:
                                              else state.status)
                 self._set_assembly_retry(retry)
                 self._persist(name, self._states[name])
-                self._log.error("series_assembly_failed", series=name, folder=folder,
-                                error=f"{type(exc).__name__}: {exc}",
-                                **({} if again is None else {"retry_in_s": again}))
+                # the same trouble again (a folder still not writable) is the journal's news
+                # once, not at every try all night; at debug level, the tries go on
+                trouble = (type(exc).__name__, getattr(exc, "errno", None))
+                level = "debug" if self._assembly_trouble.get(name) == trouble else "error"
+                self._assembly_trouble[name] = trouble
+                getattr(self._log, level)("series_assembly_failed", series=name, folder=folder,
+                                          error=f"{type(exc).__name__}: {exc}",
+                                          **({} if again is None else {"retry_in_s": again}))
                 self._emit("assembly_failed", name, reason=f"{type(exc).__name__}: {exc}")
                 continue
             if name in self._assembly_retry:
                 self._set_assembly_retry({k: v for k, v in self._assembly_retry.items()
                                           if k != name})
+            self._assembly_trouble.pop(name, None)
             self._stacks[name] = result["stacks"]
             self._states[name] = state
             self._persist(name, state)

@@ -135,6 +135,32 @@ def test_tiff_complete_cut_or_with_a_last_lzw_page_that_does_not_decode(tmp_path
     assert not cut.complete and cut.n_frames < 12
 
 
+def test_a_whole_tiff_with_a_damaged_page_directory_is_not_said_to_be_cut(tmp_path):
+    """A page directory inside a whole file broken (its tag count overwritten): the reason
+    said "file cut at byte <its size>", and an operator looked for a truncated copy. A file
+    that does end before the next directory is still said to be cut."""
+    import struct
+
+    data = np.random.default_rng(4).integers(1, 5, (6, 64, 64)).astype(np.uint8)
+    whole = _libtiff_layout(data)
+    path = tmp_path / "m.tif"
+    path.write_bytes(whole)
+    with tifffile.TiffFile(path) as tif:
+        fifth = tif.pages[4].offset
+    damaged = bytearray(whole)
+    struct.pack_into("<H", damaged, fifth, 0xFFFF)  # 65535 tags: runs past the end
+    path.write_bytes(bytes(damaged))
+    result = check_complete(path)
+    assert not result.complete and result.n_frames == 4
+    assert result.reason == (f"4 pages present; the next page's IFD, at byte {fifth} of the "
+                             f"file's {len(whole)}, is not a whole IFD (cut off while being "
+                             "written, or a damaged file)")
+    path.write_bytes(whole[:fifth])  # cut just before the fifth page's directory
+    cut = check_complete(path)
+    assert cut.reason == (f"file cut at byte {fifth}: 4 pages present, the next page's IFD "
+                          f"(at byte {fifth}) lies past its end")
+
+
 def _pre_sized(path, complete: bytes, written: int) -> None:
     """A copy that sized the file first (Windows over SMB) and has written ``written`` bytes."""
     path.write_bytes(complete[:written] + bytes(len(complete) - written))

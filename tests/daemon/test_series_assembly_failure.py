@@ -124,9 +124,15 @@ def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_ther
     _, out, blocker, resolver, log, service = _blocked_series(tmp_path, retry_first_s=0.2)
     thread = _start(service)
     try:
-        _wait_until(lambda: log.named("series_assembly_failed"))
-        (failed,) = log.named("series_assembly_failed")
-        assert failed["retry_in_s"] == 0.2
+        _wait_until(lambda: len(log.named("series_assembly_failed")) >= 3)
+        failed = log.named("series_assembly_failed")
+        assert [f["retry_in_s"] for f in failed[:3]] == [0.2, 0.4, 0.8]
+        # the same trouble said once at error level (and its tries quietly): it was an
+        # identical error line at every try, about 240 a night
+        failures = [level for level, event, _ in log.events if event == "series_assembly_failed"]
+        assert failures[0] == "error" and set(failures[1:]) == {"debug"}
+        assert [level for level, event, _ in log.events if event == "series_assembling"][:2] \
+            == ["info", "debug"]
         # listed as trouble outside the daemon (status, STATUS=), the watchdog still pinged
         health = service.health()
         assert health.ok and any(p.startswith("series TS_01: stacks not written: assembly "
@@ -138,7 +144,7 @@ def test_an_assembly_that_met_a_full_disk_is_tried_again_and_completes_once_ther
         thread.join(60)
     (completed,) = log.named("series_completed")
     assert (blocker / "TS_01.mrc").is_file() and (blocker / "TS_01_TLT.txt").is_file()
-    assert len(log.named("series_assembling")) == 2
+    assert len(log.named("series_assembling")) == len(log.named("series_assembly_failed")) + 1
 
 
 def test_a_series_whose_assembly_failed_is_assembled_again_at_the_next_start(tmp_path):

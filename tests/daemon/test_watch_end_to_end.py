@@ -97,6 +97,8 @@ def test_simulated_acquisition_every_movie_corrected_exactly_once_never_before_c
     assert done[:2] == [str(m.path) for m in backlog]  # backlog first, in acquisition order
     summary = next(e for e in events(log) if e.get("event") == "movie_done")
     assert {"total_A", "max_frame_jump_A"} <= set(summary["drift"]) and summary["timings_s"]["total"] > 0
+    # the journal's line a movie: timings in ms (unrounded, 416 characters of each ~1 KB line)
+    assert all(round(v, 3) == v for v in summary["timings_s"].values()), summary["timings_s"]
     assert not any(e.get("level") == "error" for e in events(log))
     assert not list(out.glob(".*tmp*"))
 
