@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from correction.dose import doses_received_alike
 from daemon.series.resolution import SeriesConfig, TiltAssignment
 
-__all__ = ["SeriesObservation", "SeriesState", "assignment_change", "update_series_state"]
+__all__ = ["SeriesObservation", "SeriesState", "assignment_change", "update_series_state",
+           "last_arrival_of_turns"]
 
 
 def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *,
@@ -101,7 +102,10 @@ class SeriesObservation:
     ``.openTS`` exists; ``mdoc_unchanged_since_s``: daemon clock of the last mdoc change (None
     without mdoc); ``last_activity_s``: latest new movie or mdoc change (daemon clock);
     ``finished_rows``: (movie, (state row id, finished stamp)) of the finished movies' rows;
-    ``mdoc_path``: the series mdoc describing it (None without one).
+    ``mdoc_path``: the series mdoc describing it (None without one); ``by_arrival``: no series
+    mdoc lists its tilts (frame mdocs, file names): ``listed_movies`` are the known ones and
+    ``mdoc_unchanged_since_s`` the last arrival of a movie, its own or of a series written in
+    turns with it.
     """
 
     listed_movies: frozenset[str]
@@ -112,6 +116,7 @@ class SeriesObservation:
     last_activity_s: float
     finished_rows: frozenset[tuple[str, tuple[int, float | None]]] = frozenset()
     mdoc_path: str | None = None
+    by_arrival: bool = False
 
 
 def _reopened(state: SeriesState, obs: SeriesObservation) -> SeriesState:
@@ -173,6 +178,9 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
         not_written, why = False, ""
     elif lock_seen:
         not_written, why = True, ".openTS lock gone"
+    elif obs.by_arrival:  # tilts by their frame mdocs: the movies' last arrival
+        not_written, why = quiet, (f"no new tilt for {config.mdoc_quiet_s:g} s (no series "
+                                   "mdoc lists its tilts)")
     else:
         not_written, why = quiet, f"mdoc unchanged for {config.mdoc_quiet_s:g} s"
     finished = frozenset(obs.known_movies & obs.finished_movies)
@@ -182,7 +190,8 @@ def update_series_state(state: SeriesState, obs: SeriesObservation, *, now_s: fl
     missing = obs.listed_movies - obs.finished_movies
     if all_known_finished and not_written and obs.listed_movies and (
             all_listed_finished or state.generation > 0):
-        reason = f"every listed tilt corrected or quarantined; {why}" if not missing else (
+        which = "every tilt" if obs.by_arrival else "every listed tilt"
+        reason = f"{which} corrected or quarantined; {why}" if not missing else (
             f"re-assembled; {why}; {_never_corrected(missing)}")
         return replace(state, status="complete", generation=state.generation + 1,
                        assembled_movies=finished, assembled_rows=rows, reason=reason,
@@ -206,3 +215,21 @@ def _never_corrected(missing: frozenset[str]) -> str:
     names = sorted(missing)
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return f"{len(names)} listed tilt(s) never corrected ({shown})"
+
+
+def last_arrival_of_turns(spans: Iterable[tuple[float, float, str]]) -> dict[str, float]:
+    """Series of one folder that nothing lists the tilts of, each ``(first, last, name)``: its
+    movies' first and last arrival (s). Series whose spans overlap (chained) were written in
+    turns (PACEtomo's targets: a round of first tilts, then of second ones): each -> the last
+    arrival of them all; a series written alone -> its own last arrival."""
+    quiet: dict[str, float] = {}
+    group: list[str] = []
+    group_end = -math.inf
+    for first, last, name in sorted(spans):
+        if group and first > group_end:  # the turns before ended: one group
+            quiet.update(dict.fromkeys(group, group_end))
+            group, group_end = [], -math.inf
+        group.append(name)
+        group_end = max(group_end, last)
+    quiet.update(dict.fromkeys(group, group_end))
+    return quiet

@@ -77,7 +77,7 @@ from daemon.series.settled import SettledSeries
 from daemon.series.stored_state import ACCUMULATED_DOSE, LISTED_MOVIES
 from daemon.series.tilt_record import TiltRecord
 from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
-                                     update_series_state)
+                                     last_arrival_of_turns, update_series_state)
 from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, DROPPED_SERIES_REASON,
                                       ONE_ANGLE_DEG, REMOVED_SERIES_REASON,
                                       TILT_NO_DOSE_REASON, MdocObservation,
@@ -448,8 +448,9 @@ class TiltSeriesResolver:
         self._assembly_retry: dict[str, tuple[int, float]] = {}
         self._retry_problem: str | None = None  # problem(): a line made from the above
         self.assembly_retry_first_s = ASSEMBLY_RETRY_FIRST_S
-        # series -> (exception class, errno) of its last failed assembly: said once
-        self._assembly_trouble: dict[str, tuple[str, int | None]] = {}
+        # series -> (exception class, errno, text unless an OSError) of its last failed
+        # assembly: the same trouble again is said once
+        self._assembly_trouble: dict[str, tuple[str, int | None, str]] = {}
         self._once: set[tuple[str, str]] = set()
         # (series, warning_template) of the movie warnings said (one line a series, not a tilt)
         self._said_alike: set[tuple[str, str]] = set()
@@ -469,6 +470,7 @@ class TiltSeriesResolver:
         self._observed: dict[str, tuple[Any, Any, MovieObservation]] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._frame_mdocs: dict[str, Any] = {}
+        self._quiet_without_mdoc: dict[str, float] = {}  # _no_mdoc_quiet_since of this scan
         # under auto, before it turns on: a possible first tilt waits for the next movie
         self._first_tilt = FirstTiltWait(series_config.filename_pattern,
                                          series_config.metadata_wait_s)
@@ -742,9 +744,7 @@ class TiltSeriesResolver:
                 ) -> MovieMetadata:
         if self._ctx is None or self.mode == "off":
             return MovieMetadata()
-        if not self._active and (why := self._first_tilt.why(
-                self._rel(movie.path), self._frame_mdocs,
-                self._now() - self._first_seen.get(str(movie.path), self._now()))):
+        if not self._active and (why := self._first_tilt_wait(movie)):
             return MovieMetadata(wait_reason=why)
         if not self._active or self._res is None:
             return self._standalone(movie, params, n_frames, {})
@@ -803,6 +803,21 @@ class TiltSeriesResolver:
                              log_context={"series": a.series, "tilt_deg": a.tilt_deg},
                              expected_frames=a.num_subframes,
                              redo_reason=None if changed is None else changed[1])
+
+    def _first_tilt_wait(self, movie: Observation) -> str | None:
+        """Why a movie that may be a series' first tilt waits (:mod:`.first_tilt`), or None:
+        not for a version corrected before, and counted from its modification time when that
+        is earlier than its first sight (a restart does not begin the wait again)."""
+        now = self._now()
+        came = min(self._first_seen.get(str(movie.path), now), movie.mtime_ns / 1e9)
+        why = self._first_tilt.why(self._rel(movie.path), self._frame_mdocs, now - came)
+        if why is None:
+            return None
+        row = self._ctx.store.newest_rows().get(str(movie.path))  # rows are read once active
+        if row is not None and row.status == "done" \
+                and (row.key.size, row.key.mtime_ns) == (movie.size, movie.mtime_ns):
+            return None
+        return why
 
     def _as_corrected(self, movie: Observation, dose: DoseParams, n_frames: int | None
                       ) -> DoseParams:
@@ -1037,6 +1052,7 @@ class TiltSeriesResolver:
         assigned: dict[str, set[str]] = {}  # series -> its movies' names
         for m, a in res.assignments.items():
             assigned.setdefault(a.series, set()).add(m)
+        self._quiet_without_mdoc = self._no_mdoc_quiet_since(res, assigned, by_name)
         for name, summary in res.series.items():
             try:
                 self._advance_one(name, summary, assigned, by_name, changed_names, unrecorded,
@@ -1047,6 +1063,38 @@ class TiltSeriesResolver:
                 self._once_log("error", "series_advance_failed", name,
                                f"{type(exc).__name__}: {exc}", series=name,
                                note="tried again at the next scan")
+
+    def _no_mdoc_quiet_since(self, res: Resolution, assigned: Mapping[str, set[str]],
+                             by_name: Mapping[str, str]) -> dict[str, float]:
+        """Open series that no series mdoc describes (tilts by their frame mdocs or file
+        names) -> since when (the service's clock, s) no movie came to them: a series
+        written in turns with others of its folder (PACEtomo's targets: their movies' arrival
+        spans overlap) counts the last movie of them all. Such a series is not written any more
+        once that is ``mdoc_quiet_s`` ago: it waited for the idle timeout (30 minutes) for
+        its stacks, as nothing lists its tilts."""
+        spans: dict[str, list[tuple[float, float, str]]] = {}  # folder -> (first, last, series)
+        for name, summary in res.series.items():
+            state = self._states.get(name)
+            if summary.mdoc_path is not None or (state is not None
+                                                 and state.status == "complete"):
+                continue
+            times = [t for m in assigned.get(name, ()) if (t := self._came_at(m, by_name))]
+            if times:
+                spans.setdefault(split_qualified(name)[0], []).append(
+                    (min(times), max(times), name))
+        quiet: dict[str, float] = {}
+        for folder_spans in spans.values():
+            quiet.update(last_arrival_of_turns(folder_spans))
+        return quiet
+
+    def _came_at(self, movie: str, by_name: Mapping[str, str]) -> float | None:
+        """When a movie came (the service's clock, s): its state row's first sight, which a
+        restart keeps, else this run's."""
+        path = by_name.get(movie)
+        if path is None:
+            return None
+        row = self._rows.get(path)
+        return row.first_seen if row is not None else self._first_seen.get(path)
 
     def _advance_one(self, name: str, summary: SeriesSummary, assigned: Mapping[str, set[str]],
                      by_name: Mapping[str, str], changed_names: set[str],
@@ -1102,10 +1150,15 @@ class TiltSeriesResolver:
         times += [r.first_seen for m in known if (r := self._rows.get(by_name.get(m, "")))]
         if mdoc_since is not None:
             times.append(mdoc_since)
-        obs = SeriesObservation(frozenset(summary.listed_movies), frozenset(known),
+        listed = frozenset(summary.listed_movies)
+        by_arrival = summary.mdoc_path is None and name in self._quiet_without_mdoc
+        if by_arrival:  # nothing lists its tilts: those known are its tilts, and it is
+            # written while movies come to it (or to the series written in turns with it)
+            listed, mdoc_since = frozenset(known), self._quiet_without_mdoc[name]
+        obs = SeriesObservation(listed, frozenset(known),
                                 frozenset(finished), lock, mdoc_since,
                                 max(times) if times else now, frozenset(finished_rows),
-                                summary.mdoc_path)
+                                summary.mdoc_path, by_arrival)
         if state.status == "complete" and changed_names & state.assembled_movies:
             new, assemble = replace(state, status="open", reason="re-opened: metadata of "
                                     f"{sorted(changed_names & state.assembled_movies)[0]} "
@@ -1120,7 +1173,7 @@ class TiltSeriesResolver:
         awaited = obs.known_movies | (obs.listed_movies if new.generation == 0 else set())
         if (new.status != "complete" and not assemble and not lock and not new.lock_seen
                 and mdoc_since is not None and summary.listed_movies and obs.known_movies
-                and awaited <= obs.finished_movies):
+                and awaited <= obs.finished_movies and not by_arrival):
             self._completing.add(name)
         else:
             self._completing.discard(name)
@@ -1313,7 +1366,8 @@ class TiltSeriesResolver:
                 self._persist(name, self._states[name])
                 # the same trouble again (a folder still not writable) is the journal's news
                 # once, not at every try all night; at debug level, the tries go on
-                trouble = (type(exc).__name__, getattr(exc, "errno", None))
+                trouble = (type(exc).__name__, getattr(exc, "errno", None),
+                           "" if isinstance(exc, OSError) else str(exc))  # (temporary names)
                 level = "debug" if self._assembly_trouble.get(name) == trouble else "error"
                 self._assembly_trouble[name] = trouble
                 getattr(self._log, level)("series_assembly_failed", series=name, folder=folder,

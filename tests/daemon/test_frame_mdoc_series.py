@@ -160,6 +160,11 @@ def test_a_first_tilt_with_its_frame_mdoc_alone_is_corrected_once_as_a_tilt(tmp_
     waited = [e for e in said if e["event"] == "movie_waiting"]
     assert [e["movie"] for e in waited] == [str(watch / tilts[0].movie.path.name)]
     assert "for the next movie named like it" in waited[0]["reason"]
+    # complete once no tilt came for --mdoc-quiet (0.5 s): nothing lists its tilts, and it
+    # waited for the series idle timeout (30 minutes) for its stacks
+    (completed,) = [e for e in said if e["event"] == "series_completed"]
+    assert completed["reason"] == ("every tilt corrected or quarantined; no new tilt for 0.5 s "
+                                   "(no series mdoc lists its tilts)")
     _each_a_tilt_with_its_pre_exposure(out, tilts)
 
 
@@ -177,3 +182,8 @@ def test_a_single_movie_named_like_a_tilt_waits_at_most_the_metadata_wait(tmp_pa
     record = json.loads((out / f"{tilts[0].movie.path.stem}.motion.json").read_text())
     assert record["dose"]["pre_exposure_e_A2"] == 0.0
     assert record.get("tilt") is None
+    # a restart finds it corrected: it does not wait again (it did, the whole wait, each time)
+    args = [a if a != "1" else "30" for a in FAST]  # a wait longer than the run would last
+    assert main(["watch", str(watch), "--out", str(out), *args]) == 0
+    said = events_in(capsys.readouterr().out)
+    assert not [e for e in said if e["event"] in ("movie_waiting", "movie_done")]

@@ -1135,3 +1135,27 @@ def test_an_earlier_versions_state_says_which_mdoc_it_was_assembled_with_by_the_
     assert listed.mdoc_known and listed.assembled_mdoc == "/w/TS_1.mrc.mdoc"
     assert not _state_from("TS_3", {"status": "open", "mdoc": None}).mdoc_known
     assert not _state_from("TS_4", {"status": "complete"}).mdoc_known
+
+
+def test_series_without_a_series_mdoc_written_in_turns_wait_for_the_last_of_their_turns():
+    """Frame-mdoc series of one folder: PACEtomo's targets (overlapping arrivals) are written
+    until the last of them gets a movie; one written after another is its own."""
+    from daemon.series.lifecycle import last_arrival_of_turns
+
+    spans = [(0.0, 100.0, "TS_01"), (10.0, 110.0, "TS_02"), (20.0, 120.0, "TS_03"),
+             (200.0, 300.0, "TS_04"), (300.5, 310.0, "TS_05")]
+    assert last_arrival_of_turns(spans) == {"TS_01": 120.0, "TS_02": 120.0, "TS_03": 120.0,
+                                            "TS_04": 300.0, "TS_05": 310.0}
+    assert last_arrival_of_turns([]) == {}
+
+
+def test_a_series_nothing_lists_completes_once_no_tilt_came_for_the_quiet_time():
+    """It waited for the idle timeout (30 minutes) for its stacks."""
+    cfg = SeriesConfig(mdoc_quiet_s=120.0, idle_timeout_s=1800.0)
+    obs = SeriesObservation(frozenset("ab"), frozenset("ab"), frozenset("ab"), False, 100.0,
+                            100.0, by_arrival=True)
+    st, go = update_series_state(SeriesState("TS_1"), obs, now_s=150, config=cfg)
+    assert not go
+    st, go = update_series_state(st, obs, now_s=221, config=cfg)
+    assert go and st.reason == ("every tilt corrected or quarantined; no new tilt for 120 s (no "
+                                "series mdoc lists its tilts)")
