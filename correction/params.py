@@ -318,12 +318,15 @@ class DoseParams:
     def __post_init__(self) -> None:
         _require_types(self)
         doses = self.frame_doses_e_A2
-        if doses is not None and not isinstance(doses, tuple):  # a list, an array: hashable
-            try:
-                object.__setattr__(self, "frame_doses_e_A2", tuple(float(v) for v in doses))
-            except (TypeError, ValueError):
+        if doses is not None:  # a tuple of floats whatever was given (a list, an array, numpy
+            # floats): hashable, and one fingerprint for one list of doses
+            listed = not isinstance(doses, (str, bytes)) and hasattr(doses, "__iter__") and all(
+                isinstance(v, (int, float, np.integer, np.floating))
+                and not isinstance(v, (bool, np.bool_)) for v in doses)
+            if not listed:
                 raise ParameterError(f"frame_doses_e_A2 must be a sequence of doses (e/Å²), "
-                                     f"got {doses!r}") from None
+                                     f"got {doses!r}")
+            object.__setattr__(self, "frame_doses_e_A2", tuple(float(v) for v in doses))
         for name in ("voltage_kV", "dose_per_frame_e_A2", "total_dose_e_A2", "pre_exposure_e_A2"):
             value = getattr(self, name)
             _require(value is None or math.isfinite(value),

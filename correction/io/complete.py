@@ -325,7 +325,8 @@ def _check_tiff(path: Path) -> Completeness:
         layout = scan_tiff(tif, path, all_pages=False)
         n = layout.n_pages
         if layout.chain_cut_at is not None:
-            return Completeness(False, chain_cut_reason(layout, n, "pages present"), n)
+            return Completeness(False, chain_cut_reason(layout.chain_cut_at, layout.file_size,
+                                                        n, "pages present"), n)
         if layout.first_short_page is not None:
             return Completeness(False, f"page {layout.first_short_page} of {n} runs past the "
                                        f"end of the file ({layout.file_size} bytes)", n)

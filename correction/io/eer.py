@@ -73,7 +73,7 @@ from ..movie import Movie
 from ..params import ReadParams
 from .frame_size import check_frame_size
 from .spill import FrameSink
-from .tiff import EER_COMPRESSIONS, loop_reason, open_tiff, page_chain_loop
+from .tiff import EER_COMPRESSIONS, chain_cut_reason, loop_reason, open_tiff, page_chain_loop
 
 __all__ = [
     "EerLayout",
@@ -269,9 +269,8 @@ def scan_eer(tif: tifffile.TiffFile, path: str | Path, *, all_pages: bool = True
         strips.append(segs)
     nxt = _next_ifd_offset(tif, pages[n_pages - 1].offset)
     if nxt != 0:  # a link tifffile could not follow: the next IFD is missing or cut short
-        raise TruncatedMovieError(path, f"file cut at byte {size}: {n_pages - first_page} raw "
-                                        f"frames readable, the next page's IFD (at byte {nxt}) "
-                                        f"is missing or incomplete")
+        raise TruncatedMovieError(path, chain_cut_reason(nxt, size, n_pages - first_page,
+                                                         "raw frames readable"))
     return EerLayout(first_page=first_page, n_raw=n_pages - first_page, shape_yx=shape,
                      compression=compression, skip_bits=skip_bits, horz_bits=horz_bits,
                      vert_bits=vert_bits, strips=strips, rows_per_strip=rows_per_strip,

@@ -217,22 +217,23 @@ def page_chain_loop(tif: tifffile.TiffFile) -> tuple[int, int] | None:
     return None
 
 
-def chain_cut_reason(layout: TiffLayout, readable: int, unit: str = "frames readable") -> str:
-    """Why the page chain of ``layout`` stops (``chain_cut_at`` set): the next page's IFD lies
-    past the end of the file (cut short, or still being written), or inside it but is no
-    whole IFD (cut off while being written, or a damaged file: it said "file cut" of a whole
-    file with one damaged page directory)."""
-    at, size = layout.chain_cut_at, layout.file_size
-    if at is not None and at < size:
-        return (f"{readable} {unit}; the next page's IFD, at byte {at} of the file's {size}, "
-                "is not a whole IFD (cut off while being written, or a damaged file)")
-    return (f"file cut at byte {size}: {readable} {unit}, the next page's IFD (at byte "
-            f"{at}) lies past its end")
+def chain_cut_reason(next_ifd_at: int, file_size: int, readable: int,
+                     unit: str = "frames readable") -> str:
+    """Why a TIFF's (or an EER's) page chain stops at a link to ``next_ifd_at`` that could not
+    be read: the next page's IFD lies past the end of the ``file_size``-byte file (cut short,
+    or still being written), or inside it but is no whole IFD (cut off while being written,
+    or a damaged file: it said "file cut" of a whole file with one damaged page directory)."""
+    if next_ifd_at < file_size:
+        return (f"{readable} {unit}; the next page's IFD, at byte {next_ifd_at} of the file's "
+                f"{file_size}, is not a whole IFD (cut off while being written, or a damaged "
+                "file)")
+    return (f"file cut at byte {file_size}: {readable} {unit}, the next page's IFD (at byte "
+            f"{next_ifd_at}) lies past its end")
 
 
 def _truncation_reason(layout: TiffLayout, readable: int) -> str:
     if layout.chain_cut_at is not None:
-        return chain_cut_reason(layout, readable)
+        return chain_cut_reason(layout.chain_cut_at, layout.file_size, readable)
     return f"{readable} of {layout.n_pages} frames readable"
 
 

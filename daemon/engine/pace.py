@@ -130,7 +130,7 @@ class PaceMeter:
         arrived = 60.0 * sum(1 for t in self._arrived if since < t <= now_s) / span
         n_corrected = sum(1 for t in self._corrected if t > since)
         corrected = 60.0 * n_corrected / span
-        busy_s = sum(min(b, now_s) - max(a, since) for a, b in self._busy if b > since)
+        busy_s = sum(max(0.0, min(b, now_s) - max(a, since)) for a, b in self._busy)
         if waiting <= 0:
             behind, keeping_up = 0.0, True
         elif n_corrected > 0:
@@ -149,6 +149,10 @@ class PaceMeter:
         calls). At the first call, the span up to now when movies wait or were corrected in
         it."""
         last = self._last_s
+        if last is not None and now_s < last:  # the clock stepped back: what lies after now
+            # is not busy time of the span (it was subtracted), and counting goes on from now
+            self._busy = deque((a, min(b, now_s)) for a, b in self._busy if a < now_s)
+            last = now_s
         if last is None:
             if has_work or any(t > since for t in self._corrected):
                 self._busy.append((since, now_s))
@@ -167,6 +171,6 @@ class PaceMeter:
                     self._busy[-1] = (self._busy[-1][0], now_s)
                 else:
                     self._busy.append((start, now_s))
-        self._last_s, self._last_had_work = max(now_s, last or now_s), has_work
+        self._last_s, self._last_had_work = now_s, has_work
         while self._busy and self._busy[0][1] <= now_s - self.window_s:
             self._busy.popleft()

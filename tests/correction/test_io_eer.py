@@ -683,3 +683,23 @@ def test_a_raw_frame_whose_data_are_all_zero_bytes_is_damaged_not_a_frame(tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(UnreadableMovieError, match="raw frame 7's data .* all zero bytes"):
         read_movie(path, params=ReadParams(eer_group_frames=5))
+
+
+def test_a_whole_eer_with_a_damaged_page_directory_is_not_said_to_be_cut(tmp_path):
+    """As a TIFF's: the reason said "file cut at byte <its size>" of a whole file."""
+    import struct
+
+    path = tmp_path / "m.eer"
+    rng = np.random.default_rng(3)
+    eer_writer.write_eer(path, [(rng.random((64, 64)) < 0.05).astype(np.uint8)
+                                for _ in range(8)], shape_yx=(64, 64))
+    whole = path.read_bytes()
+    with tifffile.TiffFile(path) as tif:
+        fifth = tif.pages[4].offset
+    damaged = bytearray(whole)
+    struct.pack_into("<H", damaged, fifth, 0xFFFF)
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(TruncatedMovieError, match=rf"4 raw frames readable; the next page's "
+                                                  rf"IFD, at byte {fifth} of the file's "
+                                                  rf"{len(whole)}, is not a whole IFD"):
+        read_movie(path)

@@ -378,3 +378,26 @@ def test_movies_that_came_lately_with_none_corrected_yet_give_no_verdict_until_f
     assert all(b.keeping_up is None for b in beats[:-1]) and beats[-1].keeping_up is False
     assert pace_phrase(beats[-1].to_record()).startswith(
         "FALLING BEHIND: 2 waiting, none corrected lately")
+
+
+def test_a_wall_clock_stepped_back_leaves_no_busy_time_after_now_to_subtract():
+    """Busy slices after the clock stepped back 5 minutes were subtracted from the span's busy
+    time (it went negative): 200 movies waiting at 2 corrected a minute said 'keeping up'."""
+    meter = _meter()
+    for i in range(0, 3600, 10):  # an hour of bursts: 3 movies every 2 minutes, done in 20 s
+        t = START + i
+        if i % 120 == 0:
+            for _ in range(3):
+                meter.arrived(t, t, on_disk_at_start=False)
+        if i % 120 == 20:
+            for _ in range(3):
+                meter.corrected(t)
+        meter.pace(t, waiting=3 if i % 120 < 20 else 0)
+    stepped_back = START + 3590 - 300
+    paces = []
+    for j in range(0, 240, 10):  # a backlog now
+        if j % 30 == 0:
+            meter.corrected(stepped_back + j)
+        paces.append(meter.pace(stepped_back + j, waiting=200, running=2))
+    assert all(p.keeping_up is False for p in paces), [p.behind_min for p in paces]
+    assert all(p.behind_min > 5.0 for p in paces)
