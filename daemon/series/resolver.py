@@ -721,9 +721,13 @@ class TiltSeriesResolver:
                                "on without dose_per_tilt, or a metadata_wait longer than a "
                                "series", series=series)
         for path, (series, reason) in changed.items():
+            row = self._rows.get(path)
+            note = ("quarantined for want of a dose: corrected now with the one its metadata "
+                    "gives" if row is not None and row.status == "quarantined" else
+                    "its metadata changed after correction: redone with the new dose and "
+                    "pre-exposure")
             self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
-                           series=series, note="its metadata changed after correction: redone "
-                                               "with the new dose and pre-exposure")
+                           series=series, note=note)
         self._advance_series(res, movies, list(changed), now)
         try:
             self._remove_ghosts(res)

@@ -138,6 +138,11 @@ def test_tilts_quarantined_for_want_of_a_dose_are_corrected_when_their_series_md
         wait_for(lambda: bool(log.named("series_completed")), 60)
     assert [f["series"] for f in log.named("series_completed")] == ["Position_1"]
     assert [f["series"] for f in log.named("series_mdoc_after_tilts")] == ["Position_1"]
+    # said as what happened: they were never corrected ("its metadata changed after
+    # correction: redone" before)
+    notes = {f["note"] for f in log.named("movie_redo_metadata_changed")}
+    assert notes == {"quarantined for want of a dose: corrected now with the one its metadata "
+                     "gives"}
     _assert_done_with_true_doses_and_assembled(out, tilts)
 
 
