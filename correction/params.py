@@ -320,13 +320,16 @@ class DoseParams:
         doses = self.frame_doses_e_A2
         if doses is not None:  # a tuple of floats whatever was given (a list, an array, numpy
             # floats): hashable, and one fingerprint for one list of doses
-            listed = not isinstance(doses, (str, bytes)) and hasattr(doses, "__iter__") and all(
-                isinstance(v, (int, float, np.integer, np.floating))
-                and not isinstance(v, (bool, np.bool_)) for v in doses)
-            if not listed:
+            try:  # taken once: a generator is read here, and only here
+                values = None if isinstance(doses, (str, bytes)) else tuple(doses)
+            except TypeError:  # not iterable (a number, a 0-d array)
+                values = None
+            if values is None or not all(isinstance(v, (int, float, np.integer, np.floating))
+                                         and not isinstance(v, (bool, np.bool_))
+                                         for v in values):
                 raise ParameterError(f"frame_doses_e_A2 must be a sequence of doses (e/Å²), "
                                      f"got {doses!r}")
-            object.__setattr__(self, "frame_doses_e_A2", tuple(float(v) for v in doses))
+            object.__setattr__(self, "frame_doses_e_A2", tuple(float(v) for v in values))
         for name in ("voltage_kV", "dose_per_frame_e_A2", "total_dose_e_A2", "pre_exposure_e_A2"):
             value = getattr(self, name)
             _require(value is None or math.isfinite(value),

@@ -128,7 +128,7 @@ class PaceMeter:
         if span < _MIN_SPAN_S:
             return Pace(None, None, int(waiting), None, None, self.window_s, max(span, 0.0))
         arrived = 60.0 * sum(1 for t in self._arrived if since < t <= now_s) / span
-        n_corrected = sum(1 for t in self._corrected if t > since)
+        n_corrected = sum(1 for t in self._corrected if since < t <= now_s)  # (clock back)
         corrected = 60.0 * n_corrected / span
         busy_s = sum(max(0.0, min(b, now_s) - max(a, since)) for a, b in self._busy)
         if waiting <= 0:

@@ -12,11 +12,11 @@ of ``filename_pattern``) has a frame mdoc: by then the bookkeeping has turned on
 are single movies (single-particle shots named with the stage angle, two a position), and it
 is corrected once either way. It may be the first tilt when it is named like a tilt, its frame
 mdoc's ``[FrameSet]`` gives a stage angle, and no other movie of its file-name series has a
-frame mdoc yet. Other movies are not held, nor a movie corrected before (a restart), and the
-wait counts from the file's modification time when that is earlier than its first sight (a
-restart does not begin it again). Once one such movie of a folder waited it all out alone,
-the folder's names are taken as one shot each (single-particle shots named by their hole,
-``sq5_h3_00003_0.0.mrc``): its later movies do not wait (each waited the whole wait).
+frame mdoc yet. Other movies are not held, nor a movie corrected before (a restart). Once
+movies of :data:`LONE_NAMES` names of a folder waited it all out alone, the folder's names are
+taken as one shot each (single-particle shots named by their hole, ``sq5_h3_00003_0.0.mrc``:
+each waited the whole wait): its later movies do not wait. One such name is a series aborted
+at its first tilt, and the next series' first tilt still waits.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from typing import Any
 
 from daemon.series.resolution import split_qualified
 
-__all__ = ["FirstTiltWait"]
+__all__ = ["FirstTiltWait", "LONE_NAMES"]
+
+#: names of a folder whose movie waited the whole wait alone, after which its movies do not wait
+LONE_NAMES = 2
 
 
 class FirstTiltWait:
@@ -47,20 +50,20 @@ class FirstTiltWait:
         self._wait_s = float(wait_s)
         self._indexed: Mapping[str, Any] | None = None  # the frame mdocs counted below
         self._counts: Counter[tuple[str, str]] = Counter()  # (folder, series) -> frame mdocs
-        self._lone_folders: set[str] = set()  # where a movie waited it all out alone
+        self._lone: dict[str, set[str]] = {}  # folder -> names whose movie waited it out alone
 
     def why(self, name: str, frame_mdocs: Mapping[str, Any], waited_s: float) -> str | None:
         """The wait reason for movie ``name`` (qualified, as the keys of ``frame_mdocs``: movie
         -> its parsed frame mdoc, a mapping made anew at each scan, counted once) that came
         ``waited_s`` seconds ago and is not corrected yet, or None: go on."""
         group = self._group(name)
-        if group is None or group[0] in self._lone_folders \
+        if group is None or len(self._lone.get(group[0], ())) >= LONE_NAMES \
                 or not _stage_angle_given(frame_mdocs.get(name)):
             return None
         if self._count(frame_mdocs)[group] > 1:
             return None
         if waited_s >= self._wait_s:
-            self._lone_folders.add(group[0])
+            self._lone.setdefault(group[0], set()).add(group[1])
             return None
         return (f"waiting up to {self._wait_s:g} s after first seen for the next movie named "
                 f"like it ({group[1]}): the first tilt of a series saved with frame mdocs "

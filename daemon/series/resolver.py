@@ -810,10 +810,11 @@ class TiltSeriesResolver:
 
     def _first_tilt_wait(self, movie: Observation) -> str | None:
         """Why a movie that may be a series' first tilt waits (:mod:`.first_tilt`), or None:
-        not for a version corrected before, and counted from its modification time when that
-        is earlier than its first sight (a restart does not begin the wait again)."""
+        not for a version corrected before (a restart). The wait counts from its first sight
+        in this run: not from its modification time, which a copy keeps (``cp -p``, rsync) or
+        another clock gives."""
         now = self._now()
-        came = min(self._first_seen.get(str(movie.path), now), movie.mtime_ns / 1e9)
+        came = self._first_seen.get(str(movie.path), now)
         why = self._first_tilt.why(self._rel(movie.path), self._frame_mdocs, now - came)
         if why is None:
             return None

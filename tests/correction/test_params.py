@@ -68,7 +68,8 @@ def test_frame_doses_given_as_a_list_or_array_are_kept_as_a_tuple_and_hash():
     float32 = DoseParams(frame_doses_e_A2=tuple(np.array([1.0, 2.5], np.float32)))
     assert CorrectionParams(dose=float32).fingerprint() == CorrectionParams(
         dose=DoseParams(frame_doses_e_A2=[1.0, 2.5])).fingerprint()  # one key for one list
-    for given in (["a lot"], "12", b"12", 1.5, [True, False]):
+    assert DoseParams(frame_doses_e_A2=(d for d in (1.0, 2.0))).frame_doses_e_A2 == (1.0, 2.0)
+    for given in (["a lot"], "12", b"12", 1.5, np.array(1.5), [True, False]):
         with pytest.raises(ParameterError, match=r"frame_doses_e_A2 must be a sequence of "
                                                  r"doses"):
             DoseParams(frame_doses_e_A2=given)

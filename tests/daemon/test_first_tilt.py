@@ -39,14 +39,25 @@ def test_movies_not_named_like_tilts_or_without_a_stage_angle_do_not_wait():
     assert wait.why("TS_03_000_0.0.mrc", mdocs, 0.0) is None  # no frame mdoc (yet)
 
 
-def test_once_a_movie_of_a_folder_waited_it_out_alone_the_folders_names_are_single_shots():
+def test_once_two_names_of_a_folder_waited_it_out_alone_its_names_are_single_shots():
     """Single-particle shots named by their hole (``sq5_h3_00003_0.0.mrc``): each is the first
     of its name, and each waited the whole metadata wait."""
     wait = FirstTiltWait(DEFAULT_FILENAME_PATTERN, WAIT_S)
     mdocs = {f"grid1/sq5_h{i}_0000{i}_0.0.mrc": _frame_mdoc(f"sq5_h{i}_0000{i}_0.0.mrc")
              for i in range(1, 4)}
-    assert wait.why("grid1/sq5_h1_00001_0.0.mrc", mdocs, 1.0) is not None
-    assert wait.why("grid1/sq5_h1_00001_0.0.mrc", mdocs, WAIT_S) is None
+    for i in (1, 2):
+        assert wait.why(f"grid1/sq5_h{i}_0000{i}_0.0.mrc", mdocs, 1.0) is not None
+        assert wait.why(f"grid1/sq5_h{i}_0000{i}_0.0.mrc", mdocs, WAIT_S) is None
     assert wait.why("grid1/sq5_h3_00003_0.0.mrc", mdocs, 1.0) is None
     other = {"grid2/TS_01_000_0.0.mrc": _frame_mdoc("TS_01_000_0.0.mrc")}
     assert wait.why("grid2/TS_01_000_0.0.mrc", other, 1.0) is not None  # another folder
+
+
+def test_after_a_series_aborted_at_its_first_tilt_the_next_series_first_tilt_still_waits():
+    """One name that waited it out alone turned the wait off for the folder: the next series'
+    first tilt was corrected alone, then again as a tilt."""
+    wait = FirstTiltWait(DEFAULT_FILENAME_PATTERN, WAIT_S)
+    mdocs = {"TS_00_000_0.0.mrc": _frame_mdoc("TS_00_000_0.0.mrc")}
+    assert wait.why("TS_00_000_0.0.mrc", mdocs, WAIT_S) is None  # aborted: corrected alone
+    later = {**mdocs, "TS_01_000_0.0.mrc": _frame_mdoc("TS_01_000_0.0.mrc")}
+    assert wait.why("TS_01_000_0.0.mrc", later, 1.0) is not None

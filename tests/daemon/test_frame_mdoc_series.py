@@ -142,10 +142,15 @@ def test_a_first_tilt_with_its_frame_mdoc_alone_is_corrected_once_as_a_tilt(tmp_
     most the metadata wait), then each tilt is corrected once, with its pre-exposure."""
     import threading
 
+    import os
+
     watch, out = tmp_path / "w", tmp_path / "out"
     watch.mkdir()
     tilts = _frame_mdoc_tilts(tmp_path)
     _copy_in(watch, tilts[0])
+    first = watch / tilts[0].movie.path.name
+    old = first.stat().st_mtime - 300.0  # copied keeping a time of 5 minutes ago (cp -p)
+    os.utime(first, (old, old))
     later = threading.Timer(2.0, lambda: [_copy_in(watch, t) for t in tilts[1:]])
     later.start()
     try:

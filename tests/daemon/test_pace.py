@@ -34,7 +34,7 @@ def test_a_session_starting_onto_more_than_it_corrects_falls_behind_within_minut
         meter.arrived(START + k * 60 / 48, START + k * 60 / 48,
                       on_disk_at_start=False)
     for k in range(18 * 3):
-        meter.corrected(START + 5 + k * 60 / 18)
+        meter.corrected(START + 1 + k * 60 / 18)  # 1-177.7 s: within the span, before now
     pace = meter.pace(START + 180.0, waiting=48 * 3 - 18 * 3 + 10)
     assert pace.arrived_per_min == pytest.approx(48.0, rel=0.02)
     assert pace.corrected_per_min == pytest.approx(18.0, rel=0.02)
@@ -401,3 +401,18 @@ def test_a_wall_clock_stepped_back_leaves_no_busy_time_after_now_to_subtract():
         paces.append(meter.pace(stepped_back + j, waiting=200, running=2))
     assert all(p.keeping_up is False for p in paces), [p.behind_min for p in paces]
     assert all(p.behind_min > 5.0 for p in paces)
+
+
+def test_corrections_after_a_clock_stepped_back_are_not_counted_before_they_happened():
+    """After the step back, corrections stamped after 'now' still counted: 200 waiting at one
+    corrected every 12 s said 4.35 minutes of work, keeping up."""
+    meter = _meter()
+    _heartbeats(meter, START, START + 650.0)
+    t = START + 650.0
+    while t < START + 1200.0:
+        if (t - START) % 12 < 2:
+            meter.corrected(t)
+        meter.pace(t, waiting=200, running=1)
+        t += 2.0
+    back = meter.pace(START + 700.0, waiting=200, running=1)
+    assert back.keeping_up is False and back.behind_min > 30.0
