@@ -1093,13 +1093,17 @@ class TiltSeriesResolver:
         return quiet
 
     def _came_at(self, movie: str, by_name: Mapping[str, str]) -> float | None:
-        """When a movie came (the service's clock, s): its state row's first sight, which a
-        restart keeps, else this run's."""
+        """When a movie came (the service's clock, s): the earlier of this run's first sight
+        and its state row's (made when it was admitted, which a restart keeps; a first tilt
+        is admitted only once its wait ends, and its series looked written after the series
+        written in turns with it: a PACEtomo target completed after its second round)."""
         path = by_name.get(movie)
         if path is None:
             return None
         row = self._rows.get(path)
-        return row.first_seen if row is not None else self._first_seen.get(path)
+        times = [t for t in (self._first_seen.get(path), row.first_seen if row else None)
+                 if t is not None]
+        return min(times) if times else None
 
     def _advance_one(self, name: str, summary: SeriesSummary, assigned: Mapping[str, set[str]],
                      by_name: Mapping[str, str], changed_names: set[str],

@@ -61,3 +61,24 @@ def test_after_a_series_aborted_at_its_first_tilt_the_next_series_first_tilt_sti
     assert wait.why("TS_00_000_0.0.mrc", mdocs, WAIT_S) is None  # aborted: corrected alone
     later = {**mdocs, "TS_01_000_0.0.mrc": _frame_mdoc("TS_01_000_0.0.mrc")}
     assert wait.why("TS_01_000_0.0.mrc", later, 1.0) is not None
+
+
+def test_a_movie_came_when_first_seen_not_when_admitted_after_its_wait():
+    """A series that nothing lists is written while movies come to it or to the series written
+    in turns with it. A movie's arrival was its state row's stamp, made when it was admitted:
+    a first tilt admitted when its wait ended made PACEtomo's first target look written
+    before the second, which completed it after its second round (assembled twice)."""
+    from types import SimpleNamespace
+
+    from daemon.series.resolution import SeriesConfig
+    from daemon.series.resolver import TiltSeriesResolver
+
+    resolver = TiltSeriesResolver(SeriesConfig(), mode="auto")
+    resolver._first_seen = {"/w/TS_01_000_0.0.mrc": 100.0}  # seen, then waited
+    resolver._rows = {"/w/TS_01_000_0.0.mrc": SimpleNamespace(first_seen=105.5),  # admitted
+                      "/w/TS_01_001_3.0.mrc": SimpleNamespace(first_seen=105.5)}
+    by_name = {"TS_01_000_0.0.mrc": "/w/TS_01_000_0.0.mrc",
+               "TS_01_001_3.0.mrc": "/w/TS_01_001_3.0.mrc"}
+    assert resolver._came_at("TS_01_000_0.0.mrc", by_name) == 100.0
+    assert resolver._came_at("TS_01_001_3.0.mrc", by_name) == 105.5  # after a restart: the row
+    assert resolver._came_at("TS_09_000_0.0.mrc", by_name) is None
