@@ -68,7 +68,7 @@ class FirstTiltWait:
         return (f"waiting up to {self._wait_s:g} s after first seen for the next movie named "
                 f"like it ({group[1]}): the first tilt of a series saved with frame mdocs "
                 "alone is corrected once, as a tilt, when the next tilt's frame mdoc shows "
-                "the series")
+                "the series within the wait")
 
     def _group(self, name: str) -> tuple[str, str] | None:
         folder, base = split_qualified(name)

@@ -16,7 +16,10 @@ from correction.dose import doses_received_alike
 from daemon.series.resolution import SeriesConfig, TiltAssignment
 
 __all__ = ["SeriesObservation", "SeriesState", "assignment_change", "update_series_state",
-           "last_arrival_of_turns"]
+           "last_arrival_of_turns", "SINGLE_BEFORE_TILT"]
+
+#: how the reason to redo a movie corrected alone, then known as a tilt, begins
+SINGLE_BEFORE_TILT = "corrected as a single movie before it was known as a tilt of"
 
 
 def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *,
@@ -33,7 +36,7 @@ def assignment_change(recorded: Mapping[str, Any] | None, new: TiltAssignment, *
     Angle changes only affect the stack.
     """
     if recorded is None:
-        return (f"corrected as a single movie before it was known as a tilt of {new.series} "
+        return (f"{SINGLE_BEFORE_TILT} {new.series} "
                 f"(by its {new.match_source.replace('_', ' ')})")
     def moved(a: Any, b: float) -> bool:
         return a is None or not math.isfinite(float(a)) or abs(float(a) - b) > tolerance_e_A2

@@ -76,8 +76,9 @@ from daemon.series.rows_view import RowsView, recorded_tilt_field, row_series
 from daemon.series.settled import SettledSeries
 from daemon.series.stored_state import ACCUMULATED_DOSE, LISTED_MOVIES
 from daemon.series.tilt_record import TiltRecord
-from daemon.series.lifecycle import (SeriesObservation, SeriesState, assignment_change,
-                                     last_arrival_of_turns, update_series_state)
+from daemon.series.lifecycle import (SINGLE_BEFORE_TILT, SeriesObservation, SeriesState,
+                                     assignment_change, last_arrival_of_turns,
+                                     update_series_state)
 from daemon.series.resolution import (ASSEMBLY_FAILED_REASON, DROPPED_SERIES_REASON,
                                       ONE_ANGLE_DEG, REMOVED_SERIES_REASON,
                                       TILT_NO_DOSE_REASON, MdocObservation,
@@ -722,10 +723,14 @@ class TiltSeriesResolver:
                                "series", series=series)
         for path, (series, reason) in changed.items():
             row = self._rows.get(path)
-            note = ("quarantined for want of a dose: corrected now with the one its metadata "
-                    "gives" if row is not None and row.status == "quarantined" else
-                    "its metadata changed after correction: redone with the new dose and "
-                    "pre-exposure")
+            if row is not None and row.status == "quarantined":
+                note = ("quarantined for want of a dose: corrected now with the one its "
+                        "metadata gives")
+            elif reason.startswith(SINGLE_BEFORE_TILT):  # dose and pre-exposure may be alike
+                note = "corrected alone before its series was known: redone as its tilt"
+            else:
+                note = ("its metadata changed after correction: redone with the new dose and "
+                        "pre-exposure")
             self._once_log("warning", "movie_redo_metadata_changed", path, reason, movie=path,
                            series=series, note=note)
         self._advance_series(res, movies, list(changed), now)

@@ -70,6 +70,8 @@ def test_tilts_with_frame_mdocs_alone_get_the_dose_before_them(tmp_path, capsys)
     redone = [e for e in said if e["event"] == "movie_redo_metadata_changed"]
     assert [e["movie"] for e in redone] == [str(watch / tilts[0].movie.path.name)]
     assert "a single movie before it was known as a tilt of TS_01" in redone[0]["reason"]
+    # said as what happened (not "its metadata changed after correction": nothing moved)
+    assert redone[0]["note"] == "corrected alone before its series was known: redone as its tilt"
     _each_a_tilt_with_its_pre_exposure(out, tilts)
     assert (out / "TS_01" / "TS_01.tlt").read_text().split() == [
         f"{t.tilt_deg:.2f}" for t in sorted(tilts, key=lambda t: t.tilt_deg)]
