@@ -25,6 +25,7 @@ not be framed by other sites.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import ipaddress
 import json
@@ -222,10 +223,8 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            try:
+            with contextlib.suppress(OSError):  # gone already: nothing to tell it
                 request.sendall(_BUSY_REPLY)
-            except OSError:  # gone already: nothing to tell it
-                pass
             self.shutdown_request(request)
             return
         try:

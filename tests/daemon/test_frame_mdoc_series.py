@@ -20,14 +20,13 @@ FAST = ["--settle-time", "0.2", "--scan-interval", "0.1", "--mdoc-quiet", "0.5",
         "--metadata-wait", "1", "--exit-when-idle", "2", "--no-publish"]
 
 
-def _frame_mdoc_tilts(tmp_path, n_tilts=3, name="TS_01"):
+def _frame_mdoc_tilts(tmp_path, n_tilts=3):
     """Tilts rendered in ``staging`` with the truth; each is copied in with its frame mdoc."""
-    staging = tmp_path / f"staging_{name}"
+    staging = tmp_path / "staging"
     staging.mkdir()
     tilts = simulate_tilt_series(staging, rng=np.random.default_rng(8), n_tilts=n_tilts,
                                  shape_yx=(64, 64), n_frames=4, pixel_size_A=1.1,
-                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None,
-                                 name=name)
+                                 frame_interval_s=0, tilt_interval_s=0, sleep=lambda s: None)
     return sorted(tilts, key=lambda t: t.acquisition_index)
 
 
