@@ -20,7 +20,9 @@ Normalisation
     The dose-weighted sum of frames ``F_i`` is
     ``sqrt(n) * sum_i w_i F_i / sqrt(sum_i w_i^2)`` per frequency (``n`` frames summed): its
     noise power equals that of the plain sum at every frequency, and it equals the plain sum at
-    ``k = 0`` (where all weights are 1).
+    ``k = 0`` (where all weights are 1). Frames of unequal dose ``d_i`` (an EER movie's last
+    fraction of a remainder of raw frames) count by their dose, as their noise power does:
+    ``sqrt(sum_i d_i) * sum_i w_i F_i / sqrt(sum_i d_i w_i^2)``.
 
 Underflow
     A factor common to all frames cancels in that normalisation, so the sums are computed from
@@ -61,6 +63,7 @@ __all__ = [
     "dose_weights",
     "half_inverse_critical_exposure",
     "weight_normalisation",
+    "relative_frame_doses",
 ]
 
 CRITICAL_EXPOSURE_A = 0.245
@@ -280,17 +283,42 @@ def dose_weights(k_per_A: np.ndarray | float, dose_end_e_A2: np.ndarray | float,
 
 
 def weight_normalisation(k_per_A: np.ndarray | float, dose_end_e_A2: np.ndarray,
-                         voltage_kV: float = 300.0, *, reference_dose_e_A2: float = 0.0
-                         ) -> np.ndarray:
-    """Factor ``sqrt(n) / sqrt(sum_i w_i(k)^2)`` that normalises a dose-weighted sum.
+                         voltage_kV: float = 300.0, *, reference_dose_e_A2: float = 0.0,
+                         frame_dose_e_A2: np.ndarray | None = None) -> np.ndarray:
+    """Factor ``sqrt(sum_i d_i) / sqrt(sum_i d_i w_i(k)^2)`` that normalises a dose-weighted
+    sum (``sqrt(n / sum_i w_i^2)`` for frames of equal dose).
 
-    ``dose_end_e_A2`` lists the frames actually summed (n of them). With it, the dose-weighted
-    sum has the noise power of the plain sum and equals it at ``k = 0``. The weights are
-    :func:`dose_weights` with the same ``reference_dose_e_A2``; the product ``w_i * factor``
-    does not depend on it (up to rounding), but only a reference near the frames' doses keeps
-    both finite at high pre-exposure.
+    ``dose_end_e_A2`` lists the frames actually summed (n of them), ``frame_dose_e_A2`` their
+    own doses ``d_i`` (default: equal; see :func:`relative_frame_doses`). With it, the
+    dose-weighted sum has the noise power of the plain sum and equals it at ``k = 0``. The
+    weights are :func:`dose_weights` with the same ``reference_dose_e_A2``; the product
+    ``w_i * factor`` does not depend on it (up to rounding), but only a reference near the
+    frames' doses keeps both finite at high pre-exposure.
     """
     w = dose_weights(k_per_A, dose_end_e_A2, voltage_kV,
                      reference_dose_e_A2=reference_dose_e_A2)
-    d = np.asarray(dose_end_e_A2)
-    return np.sqrt(d.size / np.sum(w * w, axis=0))
+    n = np.asarray(dose_end_e_A2).size
+    r = relative_frame_doses(frame_dose_e_A2, n)
+    r = r.reshape(r.shape + (1,) * (w.ndim - 1))
+    return np.sqrt(float(r.sum()) / np.sum(r * w * w, axis=0))
+
+
+def relative_frame_doses(frame_dose_e_A2: np.ndarray | None, n_frames: int) -> np.ndarray:
+    """Each summed frame's own dose over their mean, shape (n_frames,), float64: ones when
+    the doses are not given, equal, or not all positive (nothing to tell them apart by).
+
+    A frame's noise power is in proportion to its dose, so a normalisation that keeps the
+    dose-weighted sum's noise power that of the plain sum counts each frame by its dose: an
+    EER movie's last fraction of a remainder of raw frames holds fewer (or more) electrons
+    than the others.
+    """
+    ones = np.ones(n_frames)
+    if frame_dose_e_A2 is None:
+        return ones
+    d = np.asarray(frame_dose_e_A2, dtype=np.float64).reshape(-1)
+    if d.size != n_frames:
+        raise ValueError(f"{d.size} frame doses for {n_frames} frames")
+    if not np.all(np.isfinite(d)) or not np.all(d > 0) or np.allclose(d, d[0], rtol=1e-6,
+                                                                       atol=0):
+        return ones  # equal to float rounding: exactly the frame count's normalisation
+    return d / d.mean()

@@ -78,7 +78,7 @@ import numpy as np
 import scipy.fft
 
 from .allocator import zeros_written
-from .dose import dose_weights, weight_normalisation
+from .dose import dose_weights, relative_frame_doses, weight_normalisation
 from .fourier import fast_length, irfft2, radial_frequency_sq, rfft2
 from .summation import frame_mean
 from .threads import thread_count
@@ -531,6 +531,7 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
                shape_yx: tuple[int, int] | None = None, taylor: bool | None = None,
                workers: int = -1, first_frame: int = 0,
                movie_dose_end_e_A2: np.ndarray | None = None,
+               movie_frame_dose_e_A2: np.ndarray | None = None,
                add_to: LocalSums | None = None,
                block_bytes: int | None = None) -> LocalSums:
     """Motion-corrected plain, dose-weighted, even and odd sums with global + local shifts.
@@ -584,6 +585,9 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         dose weights' normalisation of each sum is taken over the movie's frames of that sum.
         ``dose_end_e_A2`` must be its part from ``first_frame``. A model of the movie's
         frames is read from ``first_frame`` on.
+    movie_frame_dose_e_A2 : ndarray, optional
+        Each of those frames' own dose (e/Å²): frames of unequal dose count by it in the
+        normalisation (:mod:`correction.dose`); default equal.
     add_to : LocalSums, optional
         Sums of the movie's other parts: this part's are added into them (and returned).
     block_bytes : int, optional
@@ -648,9 +652,11 @@ def local_sums(frames: Sequence[np.ndarray] | np.ndarray | FrameRows,
         if not selected.any():
             return None
         norm = weight_normalisation(k_per_A, movie_dose[selected], voltage_kV,
-                                    reference_dose_e_A2=movie_dose[0])
+                                    reference_dose_e_A2=movie_dose[0],
+                                    frame_dose_e_A2=own_dose[selected])
         return np.repeat(norm.astype(np.float32), 2, axis=-1)
 
+    own_dose = relative_frame_doses(movie_frame_dose_e_A2, movie_dose.size)
     movie_even = np.arange(movie_dose.size) % 2 == 0
     norms = {"dw": norm2(np.ones(movie_dose.size, bool)), "even": norm2(movie_even),
              "odd": norm2(~movie_even)}

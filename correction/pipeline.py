@@ -693,7 +693,8 @@ def correct_frames(frames: np.ndarray, *, pixel_size_A: float, params: Correctio
     while True:
         grids = plan_grids((ny, nx), rp.bin_factor, margin, ap.align_size_px)
         result = _transform_align_sum(used, grids, params, gain_reference, bad, fill,
-                                      dose_end, pixel_size_A, workers, timings, pattern)
+                                      dose_end, pixel_size_A, workers, timings, pattern,
+                                      frame_dose=doses_all[first:stop])
         if result is not None:
             break
         margin = 2 * margin  # a shift exceeded the padding: redo with more
@@ -913,12 +914,15 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
                          gain_reference: GainReference | None, bad: np.ndarray | None,
                          fill: float | None, dose_end: np.ndarray, pixel_size_A: float,
                          workers: int, timings: dict[str, float],
-                         pattern: HalfSumWindows | None = None
+                         pattern: HalfSumWindows | None = None, *,
+                         frame_dose: np.ndarray | None = None
                          ) -> tuple[np.ndarray, GlobalAlignment, SumImages, LocalMotion,
                                     FRCResolution | None] | None:
     """Steps 4-6 of the module docstring: (shifts in output pixels, global alignment, the four
     sums, local motion, even/odd resolution); None when a shift exceeds the padding. Each
-    gain-corrected frame is also added to ``pattern`` (once) as it is transformed."""
+    gain-corrected frame is also added to ``pattern`` (once) as it is transformed.
+    ``frame_dose`` (e/Å², each used frame's own) normalises the weighted sums of frames of
+    unequal dose (:mod:`correction.dose`)."""
     n = used.shape[0]
     t = time.perf_counter()
     ny, nx = grids.frame_yx
@@ -1182,7 +1186,8 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
         tile_fill = _tile_fill(fill, frame_means, n, binned, grids.bin_yx)
         common = dict(pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                       voltage_kV=params.dose.voltage_kV, shape_yx=grids.out_yx,
-                      workers=workers, movie_dose_end_e_A2=dose_end)
+                      workers=workers, movie_dose_end_e_A2=dose_end,
+                      movie_frame_dose_e_A2=frame_dose)
         if not binned:
             kept.clear()  # unused: the tiles transform every frame again
             tiles = local_sums(GainedRows(used, arith, plan, fill, grids.padded_in), shifts_out,
@@ -1221,6 +1226,7 @@ def _transform_align_sum(used: np.ndarray, grids: Grids, params: CorrectionParam
                            (take_kept(i) if i < n_keep else spectrum(i) for i in range(n)),
                            shifts_out,
                            padded_shape_yx=grids.padded_out, dose_end_e_A2=dose_end,
+                           frame_dose_e_A2=frame_dose,
                            pixel_size_A=pixel_size_A * float(np.mean(grids.bin_yx)),
                            voltage_kV=params.dose.voltage_kV, workers=workers)
     kept.clear()

@@ -13,9 +13,10 @@ Sums
     ``even`` dose-weighted sum of frames 0, 2, 4, ... (counted among the frames summed, i.e.
     after ``throw_frames``); ``odd`` of frames 1, 3, 5, ...; ``dw`` dose-weighted sum of all.
     Each dose-weighted sum is normalised per frequency by ``sqrt(n / sum w^2)`` over its own
-    frames (:mod:`correction.dose`), so ``even`` and ``odd`` are independent half-data maps,
-    each normalised like ``dw`` (each holds about half its intensity: ``even + odd`` is
-    ``dw`` up to the weights' normalisation). Only three spectra are accumulated (plain,
+    frames (frames of unequal dose counted by their dose: :mod:`correction.dose`), so
+    ``even`` and ``odd`` are independent half-data maps, each normalised like ``dw`` (each
+    holds about half its intensity: ``even + odd`` is ``dw`` up to the weights'
+    normalisation). Only three spectra are accumulated (plain,
     unnormalised even and odd); ``dw`` is their combination, so four inverse FFTs finish the
     job.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from .dose import half_inverse_critical_exposure
+from .dose import half_inverse_critical_exposure, relative_frame_doses
 from .fourier import frequency_indices, shift_ramps
 from .threads import run_chunks
 
@@ -115,7 +116,8 @@ def pad_frame(frame: np.ndarray, padded_shape_yx: tuple[int, int], *,
 def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
                     padded_shape_yx: tuple[int, int], dose_end_e_A2: np.ndarray,
                     pixel_size_A: float, voltage_kV: float = 300.0,
-                    workers: int = 1, group_bytes: int | None = None) -> SumSpectra:
+                    workers: int = 1, group_bytes: int | None = None,
+                    frame_dose_e_A2: np.ndarray | None = None) -> SumSpectra:
     """Shift, dose-weight and sum frames given as half spectra.
 
     Parameters
@@ -141,6 +143,9 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     group_bytes : int, optional
         Spectra held at once when ``spectra`` is an iterator (default ``_GROUP_BYTES``; at
         least one spectrum).
+    frame_dose_e_A2 : ndarray, shape (n,), optional
+        Each summed frame's own dose (e/Å²): frames of unequal dose count by it in the
+        normalisation (:mod:`correction.dose`); default equal.
 
     Returns
     -------
@@ -148,7 +153,8 @@ def accumulate_sums(spectra: Iterable[np.ndarray], shifts_yx_px: np.ndarray, *,
     """
     shifts = np.asarray(shifts_yx_px, dtype=np.float64)
     dose_end = np.asarray(dose_end_e_A2, dtype=np.float64)
-    grid = _SumGrid(padded_shape_yx, pixel_size_A, voltage_kV)
+    grid = _SumGrid(padded_shape_yx, pixel_size_A, voltage_kV,
+                    relative_frame_doses(frame_dose_e_A2, len(shifts)))
     if isinstance(spectra, (list, tuple)):
         specs = list(spectra)
         if len(specs) != len(shifts) or len(specs) > len(dose_end):
@@ -185,11 +191,13 @@ def _interleave(half: np.ndarray, out: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class _SumGrid:
     """The padded grid's geometry: its shape, half-spectrum shape, squared frequencies (1/Å²)
-    and the blocks of rows (none straddles the first row of negative ``ky``)."""
+    and the blocks of rows (none straddles the first row of negative ``ky``); and the frames'
+    relative doses (:func:`correction.dose.relative_frame_doses`) for the normalisation."""
 
     padded_yx: tuple[int, int]
     pixel_size_A: float
     voltage_kV: float
+    relative_dose: np.ndarray
 
     @property
     def half(self) -> tuple[int, int]:
@@ -317,7 +325,11 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray, dose_end: np
     elif final:
         outputs = specs[:4] if n >= 4 else [np.empty(shape_half, np.complex64)
                                             for _ in range(4)]
-    n_even, n_odd = (total + 1) // 2, total // 2
+    rel = grid.relative_dose
+    unequal = bool(np.any(rel[:total] != 1.0))
+    # sum of the frames' relative doses: the frame counts for frames of equal dose
+    n_all, n_even, n_odd = (float(rel[:total].sum()), float(rel[:total:2].sum()),
+                            float(rel[1:total:2].sum()))
 
     def blocks(lo: int, hi: int) -> None:
         """Blocks ``lo:hi`` (each thread its own scratch; blocks write disjoint rows)."""
@@ -372,6 +384,8 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray, dose_end: np
                 wb *= qb
             fb.view(np.float32)[...] *= wb
             np.multiply(wb, wb, out=sq)
+            if unequal and rel[frame] != 1.0:  # noise power in proportion to the dose
+                sq *= np.float32(rel[frame])
             if frame % 2 == 0:
                 eb += fb
                 e2 += sq
@@ -389,7 +403,7 @@ def _accumulate_blocks(specs: list[np.ndarray], shifts: np.ndarray, dose_end: np
         plain_out[r0:r1] = pb
         # dw = (even + odd) * sqrt(n / (w2_even + w2_odd)); halves on their own frames
         np.add(e2, o2, out=sq)
-        np.divide(np.float32(total), sq, out=sq)
+        np.divide(np.float32(n_all), sq, out=sq)
         np.sqrt(sq, out=sq)
         dw_rows = dw_out[r0:r1]
         np.add(eb, ob, out=dw_rows)

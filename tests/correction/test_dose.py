@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from noise_power import noise_power_ratios  # tests/helpers (on sys.path via tests/conftest.py)
 
 from correction.dose import (accumulated_dose_e_A2, critical_exposure_e_A2, dose_weights,
                              frame_doses_e_A2, half_inverse_critical_exposure, voltage_factor,
@@ -245,3 +246,75 @@ def test_relative_weights_times_their_normalisation_equal_the_absolute_ones():
              * weight_normalisation(k, late, kv, reference_dose_e_A2=late[0]))
         np.testing.assert_allclose(w, relative, rtol=1e-9)
         assert dose_weights(k, late[0], kv, reference_dose_e_A2=late[0]).max() == 1.0
+
+
+# An EER movie's last fraction of a remainder of raw frames: 9 whole fractions of 1 e/Å² and
+# one of half a group (or one with a small remainder joined: 1.45 groups)
+_RAGGED = [(1.0,) * 9 + (0.5,), (1.0,) * 9 + (1.45,)]
+
+
+def _noise_frames(doses: tuple[float, ...], shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Shot noise of a flat specimen: white, its variance in proportion to each frame's dose."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.normal(100.0 * d, np.sqrt(100.0 * d), shape) for d in doses]
+                    ).astype(np.float32)
+
+
+def _assert_noise_power_of_the_plain_sums(images: dict[str, np.ndarray], doses, pixel_A: float
+                                          ) -> None:
+    """Each weighted sum has, at every frequency, the noise power of the plain sum of its own
+    frames: all of them (``dw``), the even or the odd ones (counted by their dose)."""
+    for key, ratio in noise_power_ratios(images, doses, pixel_A).items():
+        assert ratio == pytest.approx(1.0, abs=0.02), (key, ratio)
+
+@pytest.mark.parametrize("doses", _RAGGED)
+@pytest.mark.parametrize("as_list", [True, False])
+def test_frames_of_unequal_dose_count_by_their_dose_in_the_weighted_sums(doses, as_list):
+    """The normalisation sqrt(sum d / sum d w^2): with the frame count instead, the odd half of
+    a movie whose last fraction holds half a group had 5-8 % too much noise power."""
+    n, shape, pixel = len(doses), (384, 384), 1.0
+    frames = _noise_frames(doses, shape, seed=11)
+    spectra = [rfft2(f) for f in frames]
+    sums = accumulate_sums(spectra if as_list else iter(spectra), np.zeros((n, 2)),
+                           padded_shape_yx=shape, dose_end_e_A2=accumulated_dose_e_A2(doses),
+                           frame_dose_e_A2=np.array(doses), pixel_size_A=pixel,
+                           group_bytes=3 * spectra[0].nbytes)
+    images = sums_to_images(sums, padded_shape_yx=shape, shape_yx=shape)
+    _assert_noise_power_of_the_plain_sums(
+        {k: getattr(images, k) for k in ("sum", "dw", "even", "odd")}, doses, pixel)
+
+
+@pytest.mark.parametrize("doses", _RAGGED)
+def test_frames_of_unequal_dose_count_by_their_dose_in_the_local_sums(doses):
+    from correction.local_apply import local_sums
+
+    n, shape, pixel = len(doses), (384, 384), 1.0
+    frames = _noise_frames(doses, shape, seed=12)
+    dose_end = accumulated_dose_e_A2(doses)
+    kw = dict(pixel_size_A=pixel, tile_px=128, workers=1, movie_dose_end_e_A2=dose_end,
+              movie_frame_dose_e_A2=np.array(doses))
+    whole = local_sums(frames, np.zeros((n, 2)), None, dose_end_e_A2=dose_end, **kw)
+    _assert_noise_power_of_the_plain_sums(
+        {"sum": whole.plain, "dw": whole.dose_weighted, "even": whole.even, "odd": whole.odd},
+        doses, pixel)
+    # in two parts (as the binned path makes them): the same sums
+    first = local_sums(frames[:4], np.zeros((4, 2)), None, dose_end_e_A2=dose_end[:4], **kw)
+    parts = local_sums(frames[4:], np.zeros((n - 4, 2)), None, dose_end_e_A2=dose_end[4:],
+                       first_frame=4, add_to=first, **kw)
+    for name in ("plain", "dose_weighted", "even", "odd"):
+        np.testing.assert_allclose(getattr(parts, name), getattr(whole, name), rtol=0,
+                                   atol=1e-4 * float(np.abs(getattr(whole, name)).max()))
+
+
+def test_equal_frame_doses_give_exactly_the_frame_count_normalisation():
+    k = np.linspace(0.0, 0.5, 6)
+    d = accumulated_dose_e_A2([0.1] * 7, 40.0)
+    np.testing.assert_array_equal(
+        weight_normalisation(k, d, 300, frame_dose_e_A2=np.full(7, 0.1)),
+        weight_normalisation(k, d, 300))
+    # doses that tell the frames apart: by dose; none positive: equal
+    ragged = weight_normalisation(k, d, 300, frame_dose_e_A2=[0.1] * 6 + [0.05])
+    assert ragged[0] == pytest.approx(1.0) and not np.allclose(ragged,
+                                                                weight_normalisation(k, d, 300))
+    np.testing.assert_array_equal(weight_normalisation(k, d, 300, frame_dose_e_A2=np.zeros(7)),
+                                  weight_normalisation(k, d, 300))

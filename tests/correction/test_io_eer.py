@@ -703,3 +703,51 @@ def test_a_whole_eer_with_a_damaged_page_directory_is_not_said_to_be_cut(tmp_pat
                                                   rf"IFD, at byte {fifth} of the file's "
                                                   rf"{len(whole)}, is not a whole IFD"):
         read_movie(path)
+
+
+
+@pytest.mark.parametrize("from_tiles", [False, True])
+def test_an_eer_movies_last_fraction_of_half_a_group_counts_by_its_dose_in_the_weighted_sums(
+        tmp_path, monkeypatch, from_tiles):
+    """95 raw frames grouped by 10: nine fractions of 10 and one of the 5 left (half the dose,
+    half the shot noise). Each dose-weighted sum keeps, at high frequency, the noise power of
+    the plain sum of its own frames; counting the last fraction as a whole one gave the
+    dose-weighted sum 3.5 % and the odd half (which holds it) 5-8 % too much. The sums are
+    made from the frames' spectra, or from tiles (a patch grid, no spectra kept: as for a
+    movie too large to keep them)."""
+    import mrcfile
+    from noise_power import noise_power_ratios
+    from scipy.ndimage import gaussian_filter
+
+    import correction.pipeline as pipeline
+    from correction.params import AlignParams, CorrectionParams, DoseParams
+
+    rng = np.random.default_rng(21)
+    shape, rate = (512, 512), 0.1
+    # a specimen of low frequencies only (it pins the alignment at zero shift and leaves shot
+    # noise alone above 0.2 1/Å)
+    specimen = 1.0 + 0.5 * gaussian_filter(rng.normal(size=shape), 6.0) / 0.05
+    p = np.clip(rate * specimen, 0, 1).astype(np.float32)
+    raw = [rng.random(shape, dtype=np.float32) < p for _ in range(95)]
+    path = eer_writer.write_eer(tmp_path / "ragged.eer", raw, shape_yx=shape, metadata=[
+        ("numberOfFrames", None, "95"), ("sensorPixelSize.width", "m", "1.0e-10")])
+    tile_calls = []
+    if from_tiles:
+        monkeypatch.setattr(pipeline, "frames_kept_for", lambda *args, **kwargs: 0)
+        real_local_sums = pipeline.local_sums
+        monkeypatch.setattr(pipeline, "local_sums", lambda *args, **kwargs: (
+            tile_calls.append(1), real_local_sums(*args, **kwargs))[1])
+    patches = 3 if from_tiles else 1
+    params = CorrectionParams(dose=DoseParams(dose_per_frame_e_A2=1.0),
+                              read=ReadParams(eer_group_frames=10),
+                              align=AlignParams(patches_x=patches, patches_y=patches,
+                                                max_shift_px=4))
+    result = pipeline.correct_movie(path, tmp_path / "out", params)
+    assert result.record["eer"]["raw_frames_per_fraction"] == [10] * 9 + [5]
+    assert len(tile_calls) == int(from_tiles)
+    images = {}
+    for name in ("sum", "dw", "even", "odd"):
+        with mrcfile.open(result.outputs[name], permissive=True) as mrc:
+            images[name] = np.asarray(mrc.data, dtype=np.float64)
+    for key, ratio in noise_power_ratios(images, [1.0] * 9 + [0.5], 1.0).items():
+        assert ratio == pytest.approx(1.0, abs=0.025), (key, ratio)
