@@ -120,11 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     single_threaded_blas()
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # named with the subcommand's usage, not the top level's
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
+    try:  # a Ctrl-C while the subcommands are imported (most of a second) is one too
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named with the subcommand's usage, not the top level's
+            getattr(args, "_parser", parser).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
         return int(args._module.run(args))
     except KeyboardInterrupt:
         print("motionwatch: interrupted", file=sys.stderr)

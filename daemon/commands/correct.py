@@ -521,13 +521,17 @@ def run(args: argparse.Namespace) -> int:
         print("motionwatch: terminated (SIGTERM)", file=sys.stderr)
         status = exitcodes.TERMINATED
     finally:  # also at Ctrl-C: the movies corrected so far are listed for RELION
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        read_ahead.close()
         try:
-            relion.finish()
+            with termination.finishing(previous_handler):  # a signal waits for the STAR
+                read_ahead.close()
+                relion.finish()
         finally:
             claims.release()  # also when the STAR could not be written
+    if termination.interrupted:  # Ctrl-C while the STAR was written: said as at any time
+        raise KeyboardInterrupt
+    if status is None and termination.pending:
+        print("motionwatch: terminated (SIGTERM)", file=sys.stderr)
+        status = exitcodes.TERMINATED
     if status is not None:
         return status
     return exitcodes.SOME_FAILED if failed or relion.failed else exitcodes.OK
@@ -543,6 +547,17 @@ class _Termination:
     def __init__(self) -> None:
         self._deferring = False
         self._pending = False
+        self._interrupted = False
+
+    @property
+    def pending(self) -> bool:
+        """A SIGTERM came while deferred."""
+        return self._pending
+
+    @property
+    def interrupted(self) -> bool:
+        """A Ctrl-C (SIGINT) came inside :meth:`finishing`."""
+        return self._interrupted
 
     def install(self) -> Any:
         """Take SIGTERM; the handler replaced (None: none set, ``correct`` run outside the
@@ -556,6 +571,28 @@ class _Termination:
             self._pending = True
             return
         raise _Terminated()
+
+    def _interrupt_handler(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
+    @contextlib.contextmanager
+    def finishing(self, previous_term: Any) -> Iterator[None]:
+        """The run's last writes (the STAR of the movies corrected so far): SIGTERM and Ctrl-C
+        inside wait for their end and are then told by :attr:`pending` and
+        :attr:`interrupted` (a signal there killed the run before it wrote the STAR). At the
+        end SIGTERM's handler before :meth:`install` (``previous_term``; None: none was
+        installed) is put back."""
+        main = threading.current_thread() is threading.main_thread()
+        self._deferring = True
+        previous_int = signal.signal(signal.SIGINT, self._interrupt_handler) if main else None
+        try:
+            yield
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous_int)
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+            self._deferring = False
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:

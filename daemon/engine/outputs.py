@@ -4,6 +4,7 @@ the summary of a finished movie kept in its row."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,8 @@ def remove_partial_outputs(out_dir: Path, stem: str, *,
                            dead_writers_only: bool = False) -> list[Path]:
     """Remove the temporaries of one movie's output set (``.<output>.tmp-<pid>``: the images,
     the pictures, the record, its motion STAR), left when its writer was killed while writing
-    it; ``dead_writers_only``: only those whose process no longer runs on this host (another
-    ``correct`` run writing the same folder keeps its own)."""
+    it; ``dead_writers_only``: only those whose writer no longer runs (another ``correct``
+    run writing the same folder keeps its own: :func:`_writer_runs`)."""
     import glob
 
     from correction.stems import OUTPUT_TAILS
@@ -110,10 +111,25 @@ def remove_partial_outputs(out_dir: Path, stem: str, *,
     return _remove(found)
 
 
-def _writer_runs(temporary: Path) -> bool:
-    """Whether the process whose pid ends a temporary's name runs (:func:`process_exists`)."""
+#: seconds after which a writer's temporary left unchanged is taken as left by a dead writer,
+#: whatever runs under its pid: a set is written and renamed into place in seconds
+STALE_TEMPORARY_S = 3600.0
+
+
+def _writer_runs(temporary: Path, *, now_s: float | None = None) -> bool:
+    """Whether the writer of a temporary may still run: the process whose pid ends its name
+    runs (:func:`process_exists`) and the temporary changed within
+    :data:`STALE_TEMPORARY_S`. A pid alone cannot tell: a writer killed in a container (its
+    own PID namespace, where it may be pid 1) or a pid since reused names a process that
+    runs here."""
     pid = temporary.name.rsplit(".tmp-", 1)[-1].split(".")[0]  # .<name>.tmp-<pid>[.<k>]
-    return pid.isdigit() and process_exists(int(pid))
+    if not (pid.isdigit() and process_exists(int(pid))):
+        return False
+    try:
+        changed_s = temporary.stat().st_mtime
+    except OSError:
+        return False  # gone meanwhile
+    return (time.time() if now_s is None else now_s) - changed_s < STALE_TEMPORARY_S
 
 
 def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:

@@ -542,6 +542,76 @@ def test_a_sigterm_while_the_gain_is_exported_for_relion_waits_for_the_motion_st
     assert _star_movies(out) == ["m0_DW.mrc"]
 
 
+_SIGNAL_WHILE_FINISHING = """
+import os, signal, sys
+from daemon.commands import correct, cli
+real = correct._RelionFiles.finish
+def finish(self):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # the time limit, as the STAR is written
+    return real(self)
+correct._RelionFiles.finish = finish
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signal_name, status, said", [
+    ("SIGTERM", exitcodes.TERMINATED, "terminated (SIGTERM)"),
+    ("SIGINT", exitcodes.INTERRUPTED, "interrupted")])
+def test_a_signal_while_the_runs_star_is_written_waits_for_it(tmp_path, signal_name, status,
+                                                              said):
+    """SIGTERM or Ctrl-C just after the last movie, while corrected_micrographs.star is
+    written: the run died of the signal (or stopped half-way) with no STAR and its stem notes
+    left. Now the STAR is written, the notes released, and the run exits as at any time."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(13)
+    movies = [str(_movie(tmp_path / f"m{i}.mrc", rng)) for i in range(2)]
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_FINISHING, signal_name,
+                          "correct", *movies, "--out", str(out), "--dose-per-frame", "1",
+                          "--patches", "1", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == status, run.stderr
+    assert said in run.stderr and "Traceback" not in run.stderr
+    assert _star_movies(out) == ["m0_DW.mrc", "m1_DW.mrc"]
+    assert not (out / ".motionwatch-correct-claims").exists()
+
+
+def test_a_ctrl_c_while_the_subcommands_are_imported_is_an_interruption(monkeypatch, capsys):
+    """The first half second of a run imports the subcommands: a Ctrl-C then printed a
+    traceback and the run died of SIGINT instead of saying "interrupted" (130)."""
+    from daemon.commands import cli
+
+    def importing():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", importing)
+    assert main(["correct", "m.mrc", "--out", "out"]) == exitcodes.INTERRUPTED == 130
+    assert capsys.readouterr().err == "motionwatch: interrupted\n"
+
+
+def test_a_writers_temporaries_left_an_hour_ago_are_removed_whatever_runs_under_its_pid(
+        tmp_path):
+    """A run killed in a container wrote as pid 1 there (or its pid was since reused): a pid
+    that runs here told nothing, and its temporaries (270 MB a set at 4K) stayed for good.
+    A temporary unchanged for an hour is a dead writer's; a fresh one of a running pid may be
+    another run's, writing now, and stays."""
+    rng = np.random.default_rng(14)
+    movie = _movie(tmp_path / "m0.mrc", rng)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".m0_DW.mrc.tmp-1", out / f".m0.motion.json.tmp-{os.getppid()}"]
+    fresh = [out / ".m0_ODD.mrc.tmp-1", out / f".m0_EVN.mrc.tmp-{os.getppid()}"]
+    hours_ago = time.time() - 2 * 3600
+    for path in stale + fresh:
+        path.write_bytes(b"\0" * 1024)
+    for path in stale:
+        os.utime(path, (hours_ago, hours_ago))
+    assert main(["correct", str(movie), "--out", str(out), "--dose-per-frame", "1",
+                 "--patches", "1", "1"]) == exitcodes.OK
+    assert sorted(p.name for p in out.glob(".*tmp-*")) == sorted(p.name for p in fresh)
+
+
 def test_correct_does_not_replace_a_tilt_the_daemon_corrected_in_its_series(tmp_path, capsys):
     """Its pre-exposure would drop to 0 and its series' stacks stay made of the old sums."""
     movie = _movie(tmp_path / "TS_01_001_3.0.mrc", np.random.default_rng(11))
