@@ -246,6 +246,10 @@ def collect_status(db_path: Path, *, last: int = 5, now: float | None = None) ->
         examples = (state.get("waiting_examples") or {}) if running else {}
         waiting = {path: reason for path, reason in examples.items()
                    if not _recorded_since(ledger, path, beat)}
+    if not running and counts.get("running"):  # rows of a daemon stopped while correcting
+        # them (killed): none is running; each is corrected again at the next start
+        counts = {**counts, "pending": counts["pending"] + counts["running"], "running": 0,
+                  "interrupted": counts["running"]}
     silent_s = _silent_s(state, now) if running else None
     problems = list(state.get("problems", [])) if running else []
     if silent_s is not None:
@@ -333,7 +337,10 @@ def _print_text(status: dict[str, Any]) -> None:
                                                                 "failed", "quarantined"))
           + (f", {c['put_back']} put back (trouble outside them; they wait for it to pass)"
              if c.get("put_back") else "")
-          + (f", {c['requeued']} requeued" if c.get("requeued") else ""))
+          + (f", {c['requeued']} requeued" if c.get("requeued") else "")
+          + (f" ({c['interrupted']} of the pending interrupted: the daemon stopped while "
+             "correcting them; corrected again at its next start)"
+             if c.get("interrupted") else ""))
     b = status["backlog"]
     if not d["running"]:  # what is being written is the daemon's live view
         _say(f"backlog: {b['pending']} to correct")

@@ -333,6 +333,28 @@ def test_a_daemon_killed_outright_on_this_host_is_not_running_though_it_beat_a_m
         assert status["backlog"]["in_flight"] == (["/d/a.mrc"] if running else [])
 
 
+def test_a_movie_a_killed_daemon_was_correcting_counts_as_pending_not_running(tmp_path,
+                                                                                capsys):
+    """SIGKILLed while correcting a movie: its row still says running. Nothing runs once the
+    daemon is gone; the movie is corrected again at the next start, so it is pending (and
+    said to be interrupted), in the counts and the backlog alike."""
+    with Ledger(tmp_path / "motionwatch.sqlite") as db:
+        for name, mtime in (("a", 1), ("b", 2), ("c", 3)):
+            db.add(MovieKey(f"/d/{name}.mrc", 10, mtime, "f"))
+        db.claim(MovieKey("/d/a.mrc", 10, 1, "f"))
+        db.set_service_state({"pid": 1, "heartbeat_wall": 0.0})  # long gone
+    assert main(["status", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "daemon: not running" in text
+    assert "0 done, 3 pending, 0 running, 0 failed, 0 quarantined (1 of the pending " \
+           "interrupted" in text
+    assert "backlog: 3 to correct\n" in text
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["running"] == 0 and status["counts"]["interrupted"] == 1
+    assert status["counts"]["pending"] == status["backlog"]["pending"] == 3
+
+
 def test_a_daemon_is_running_within_three_of_its_own_heartbeat_periods(tmp_path, capsys):
     with Ledger(tmp_path / "motionwatch.sqlite") as db:
         db.set_service_state({"pid": 1, "heartbeat_wall": time.time() - 400,
