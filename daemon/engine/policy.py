@@ -17,6 +17,8 @@ Options of ``motionwatch watch`` (each with its TOML key, like every other optio
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,8 @@ from daemon.events import gain_in_force, movie_fingerprint
 from daemon.state.codec import metadata_from_json
 
 __all__ = ["EnginePolicy", "add_engine_arguments", "movie_time_limit_s", "PARAMETER_CHANGE",
-           "finished_under_other_parameters", "report_parameter_change"]
+           "finished_under_other_parameters", "report_parameter_change",
+           "parameter_snapshot", "parameter_differences"]
 
 PARAMETER_CHANGE = ("redo", "keep")
 _FLOOR_S = 600.0
@@ -142,19 +145,56 @@ def _fingerprint_now(row: Any, params: Any, memo: dict[str, str],
     return fingerprint
 
 
+#: settings named in ``parameters_changed`` at most
+_CHANGES_SHOWN = 8
+
+
+def parameter_snapshot(params: Any) -> dict[str, Any]:
+    """The correction parameters as plain JSON values (paths and other objects as text), kept
+    in the state database at each start, so the next start can name what changed."""
+    return json.loads(json.dumps(dataclasses.asdict(params), default=str))
+
+
+def parameter_differences(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
+                          ) -> list[str]:
+    """``"group.name: old -> new"`` for each setting that differs between two
+    :func:`parameter_snapshot` (none when there is no previous one: a database of a release
+    that kept none)."""
+    if not isinstance(previous, Mapping):
+        return []
+
+    def flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, now = flat(previous), flat(current)
+    return [f"{key}: {before.get(key)} -> {now.get(key)}"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+
+
 def report_parameter_change(log: Any, rows: Sequence[Any], params: Any,
-                            policy: EnginePolicy, *, frame_mdoc_gain: bool = True) -> int:
+                            policy: EnginePolicy, *, frame_mdoc_gain: bool = True,
+                            previous_snapshot: Mapping[str, Any] | None = None) -> int:
     """Say loudly (``parameters_changed``, a warning) how many finished movies the current
-    parameters would correct again, and what the policy does about it; returns that number."""
+    parameters would correct again, what changed since the last start (its
+    :func:`parameter_snapshot`, when it kept one), and what the policy does about it; returns
+    that number."""
     stale = finished_under_other_parameters(rows, params, frame_mdoc_gain=frame_mdoc_gain)
     if not stale:
         return 0
     keep = policy.on_parameter_change == "keep"
+    changed = parameter_differences(previous_snapshot, parameter_snapshot(params))
+    extra = {"changed_since_last_start": changed[:_CHANGES_SHOWN]} if changed else {}
     log.warning(
         "parameters_changed", finished_movies=len(stale), policy=policy.on_parameter_change,
         fingerprint=params.fingerprint(),
         previous_fingerprints=sorted({r.key.fingerprint for r in stale})[:5],
-        examples=[r.key.path for r in stale[:5]],
+        examples=[r.key.path for r in stale[:5]], **extra,
         note=("these movies were corrected under other settings and are kept as they are "
               "(on_parameter_change = keep)" if keep else
               "these movies were corrected under other settings and will be corrected again, "

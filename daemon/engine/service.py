@@ -41,7 +41,7 @@ from daemon.engine.locks import LOCK_NAME, FolderLocks
 from daemon.engine.outputs import clean_temporary_outputs
 from daemon.engine.ownership import other_watch_folder, respelled_from, served_folders
 from daemon.engine.pace import MAX_BEHIND_MIN, Pace, PaceMeter
-from daemon.engine.policy import EnginePolicy, report_parameter_change
+from daemon.engine.policy import EnginePolicy, parameter_snapshot, report_parameter_change
 from daemon.engine.reference_change import rewritten_references
 from daemon.engine.signals import StopSignals
 from daemon.events import (Health, Heartbeat, MetadataResolver, MovieEvent, MovieKey,
@@ -117,6 +117,7 @@ class Service:
         self._idle_since: float | None = None
         self._recovered = 0
         self._running_at_crash: list[MovieKey] = []
+        self._previous_parameters: Any = None  # the last start's (policy.parameter_snapshot)
         # movies recorded before the listeners heard on_ready (adopted at start-up, quarantined
         # in the first scan): told after it, so a feed names their outputs relative to its
         # output folder and shows each once (on_ready restores the state database's movies)
@@ -302,8 +303,11 @@ class Service:
                                "spelling: the state names its movies as given now")
             # this process, starting (``status`` says so, not "silent", until its first beat);
             # what the last run's heartbeats said of themselves holds for nothing now
+            # the last start's parameters, to name what changed (parameters_changed)
+            self._previous_parameters = recorded.get("parameters")
             self.ledger.set_service_state({
                 **served_folders(recorded, **folders), **_this_process(),
+                "parameters": parameter_snapshot(cfg.params),
                 "serving": self._serving,
                 "started_wall": self._wall(), "healthy": None, "problems": [], "pace": None,
                 "cluster": None, "waiting": 0, "waiting_examples": {}, "admission_backlog": 0,
@@ -381,7 +385,8 @@ class Service:
                 return exitcodes.CONFIG
             rows = self.ledger.rows()
             report_parameter_change(self._log, rows, cfg.params, self._policy,
-                                    frame_mdoc_gain=cfg.frame_mdoc_gain)
+                                    frame_mdoc_gain=cfg.frame_mdoc_gain,
+                                    previous_snapshot=self._previous_parameters)
             rewritten = rewritten_references(rows, cfg.params.gain)
             if rewritten:  # the same setting, another file: no movie is corrected again
                 self._log.warning(

@@ -679,12 +679,16 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
     assert run(changed, log=log) == 0
     [said] = log.named("parameters_changed")
     assert (said["finished_movies"], said["policy"]) == (1, "keep")
+    # named: the fingerprints alone never said what changed (a new gain, a dose)
+    before = setup.params.dose.dose_per_frame_e_A2
+    assert said["changed_since_last_start"] == [f"dose.dose_per_frame_e_A2: {before} -> 2.0"]
     assert [r.status for r in rows(setup).values()] == ["done"]  # one row: not redone
     log = RecordingLog()
     assert run(dataclasses.replace(changed, options={"on_parameter_change": "redo"}),
                log=log) == 0
     [said] = log.named("parameters_changed")
     assert (said["finished_movies"], said["policy"]) == (1, "redo")
+    assert "changed_since_last_start" not in said  # the policy is no correction parameter
     with Ledger(setup.state_dir / "motionwatch.sqlite", read_only=True) as ledger:
         assert sorted(r.status for r in ledger.rows()) == ["done", "done"]
     # said as what it is: the file did not change ("new size, mtime or parameters" before)
@@ -696,7 +700,24 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
     assert run(setup, log=log) == 0
     [said] = log.named("parameters_changed")
     assert (said["finished_movies"], said["policy"]) == (1, "redo")
+    assert said["changed_since_last_start"] == [f"dose.dose_per_frame_e_A2: 2.0 -> {before}"]
     assert len(log.named("movie_done")) == 1
+
+
+def test_what_changed_since_the_last_start_is_named_setting_by_setting(tmp_path):
+    """The facility's new gain reference for the later movies: the warning names it."""
+    from correction.params import GainParams
+
+    from daemon.engine.policy import parameter_differences, parameter_snapshot
+
+    old = CorrectionParams(dose=DoseParams(), gain=GainParams(gain_path=tmp_path / "g1.mrc"))
+    new = CorrectionParams(dose=DoseParams(),
+                           gain=GainParams(gain_path=tmp_path / "g2.mrc", flip="updown"))
+    changed = parameter_differences(parameter_snapshot(old), parameter_snapshot(new))
+    assert changed == ["gain.flip: none -> updown",
+                       f"gain.gain_path: {tmp_path / 'g1.mrc'} -> {tmp_path / 'g2.mrc'}"]
+    assert parameter_differences(None, parameter_snapshot(new)) == []
+    assert parameter_differences(parameter_snapshot(new), parameter_snapshot(new)) == []
 
 
 def test_retry_requeues_quarantined_movies_by_name_or_all_and_the_next_start_takes_them_up(
