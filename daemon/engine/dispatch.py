@@ -43,6 +43,7 @@ from daemon.engine.policy import EnginePolicy
 from daemon.events import (SOURCE_KEY, VANISHED, MovieEvent, MovieGain, MovieKey,
                            gain_in_force, movie_fingerprint, movie_params, output_dir_for)
 from daemon.intake.frame_gain import relocated
+from daemon.series.pixel_spacing import mdoc_pixel_size_warning
 from daemon.settings.optics import OPTICS_KEY, optics_record_from
 from daemon.state.codec import metadata_from_json
 from daemon.work.workers import Outcome, Task
@@ -163,6 +164,7 @@ class Dispatcher:
         self._dose_warned = False  # a dose far from the frames' counts said
         self._replaced_warned = False
         self._pixel_warned = False  # a pixel size given unlike the movie files' said
+        self._mdoc_pixels_warned: set[tuple[float, float]] = set()  # (used, mdoc) pairs said
         self.unrecorded: list[Outcome] = []
         self._next_task = 0
         # monotonic: a wall clock stepped back (NTP mending a PC's clock) must not hold all
@@ -390,6 +392,7 @@ class Dispatcher:
                 self._check_gain_note(outcome.record, log)
                 self._check_dose_count(outcome.record, log)
                 self._check_pixel_size(outcome.record, log)
+                self._check_mdoc_pixel_size(outcome.record, log)
                 alignment = outcome.record.get("alignment") or {}
                 if alignment.get("supported") is False:  # each such movie is news
                     log.warning("movie_not_aligned", reason=alignment.get("note"))
@@ -492,6 +495,19 @@ class Dispatcher:
         self._pixel_warned = True
         log.warning("pixel_size_differs_from_file", reason=warning, movie=record.get("movie"),
                     note="said once per run; each movie's record has movie_pixel_size")
+
+    def _check_mdoc_pixel_size(self, record: dict[str, Any], log: Any) -> None:
+        """Warn once per run and pair of values when a tilt's pixel size is no binning of its
+        mdoc's (:func:`daemon.series.pixel_spacing.mdoc_pixel_size_warning`): a magnification
+        changed under a ``--pixel-size`` given for the last."""
+        found = mdoc_pixel_size_warning(record)
+        if found is None or found[0] in self._mdoc_pixels_warned:
+            return
+        self._mdoc_pixels_warned.add(found[0])
+        log.warning("pixel_size_differs_from_mdoc", reason=found[1], movie=record.get("movie"),
+                    series=(record.get("tilt") or {}).get("series"),
+                    note="said once per run for these two values; each tilt's record has "
+                         "movie_pixel_size and tilt.pixel_spacing_A")
 
     def _check_alignment_advice(self, record: dict[str, Any], log: Any) -> None:
         """Warn once per run and kind when a movie's alignment the data may not support (too

@@ -324,7 +324,7 @@ class TiltAssignment:
     ``voltage_kV`` is the metadata's (its series section's ``Voltage`` or the mdoc's global one,
     else its frame mdoc's; None when neither gives one) and ``voltage_source`` which
     (``"mdoc"``, ``"frame mdoc"``); ``exposure_time_s`` its section's ``ExposureTime`` (s;
-    None when no section gives one).
+    None when no section gives one); ``pixel_spacing_A`` its ``PixelSpacing`` (Å, likewise).
     """
 
     movie: str
@@ -347,6 +347,7 @@ class TiltAssignment:
     voltage_kV: float | None = None
     exposure_time_s: float | None = None
     voltage_source: str | None = None
+    pixel_spacing_A: float | None = None
 
     def dose_params(self, *, voltage_kV: float, n_frames: int | None = None,
                     raw_frames: bool = False) -> DoseParams:
@@ -372,7 +373,7 @@ class TiltAssignment:
             prior_record_dose_e_A2=self.prior_record_dose_e_A2,
             prior_record_dose_difference_e_A2=self.prior_record_dose_difference_e_A2,
             acquired_at=self.acquired_at, exposure_time_s=self.exposure_time_s,
-            warnings=self.warnings).to_json()
+            warnings=self.warnings, pixel_spacing_A=self.pixel_spacing_A).to_json()
 
 
 @dataclass(frozen=True, slots=True)
@@ -864,7 +865,9 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
                         voltage_source=next(("frame mdoc" if s.kind == "FrameSet" else "mdoc"
                                              for s in t.sections if s.voltage_kV), None),
                         exposure_time_s=next((s.exposure_time_s for s in t.sections
-                                              if s.exposure_time_s is not None), None))
+                                              if s.exposure_time_s is not None), None),
+                        pixel_spacing_A=next((s.pixel_spacing_A for s in t.sections
+                                              if s.pixel_spacing_A), None))
             if dose is None:
                 if blocked is None:
                     label = t.movie or f"section {t.z_value}"

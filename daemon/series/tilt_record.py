@@ -32,7 +32,8 @@ class TiltRecord:
     ``acquisition_index`` counts from 0 in acquisition order; ``frame_doses_e_A2`` is per
     SerialEM sub-frame (None = uniform); ``prior_record_dose_difference_e_A2`` =
     ``pre_exposure_e_A2 - PriorRecordDose``; ``acquired_at`` an ISO time; ``exposure_time_s``
-    the section's ``ExposureTime`` (s).
+    the section's ``ExposureTime`` (s); ``pixel_spacing_A`` its ``PixelSpacing`` (Å, of the
+    image SerialEM saved: :mod:`daemon.series.pixel_spacing`).
     """
 
     series: str
@@ -52,6 +53,7 @@ class TiltRecord:
     acquired_at: str | None = None
     exposure_time_s: float | None = None
     warnings: tuple[str, ...] = ()
+    pixel_spacing_A: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the motion record's ``tilt`` object)."""
