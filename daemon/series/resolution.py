@@ -760,9 +760,14 @@ def resolve(movies: Sequence[MovieObservation], series_mdocs: Sequence[MdocObser
             discarded[mv.name] = owner
             with contextlib.suppress(TypeError, ValueError, IndexError):
                 discarded_deg[mv.name] = float(m.group("angle"))
+            # true at once of a movie not corrected yet; one corrected as its tilt is redone
+            # only once the mdoc has stayed so (a half-written mdoc read meanwhile lists it
+            # again, and nothing was done)
             warnings.append((owner, f"{mv.name}: not listed by the series mdoc of {owner} (a "
-                                    "discarded or retaken tilt?): corrected on its own, outside "
-                                    "the series"))
+                                    "discarded or retaken tilt?): a single movie, outside the "
+                                    "series (corrected on its own; if already corrected as its "
+                                    "tilt, again once the mdoc has stayed so for the metadata "
+                                    "wait)"))
             continue
         try:
             angle = float(m.group("angle"))

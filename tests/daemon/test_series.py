@@ -343,6 +343,10 @@ def test_a_discarded_tilts_movie_the_mdoc_no_longer_lists_stays_out_of_the_serie
                                                 key=lambda a: a.acquisition_index)] == [0, 1, 2, 3]
     assert any(series == "TS_7" and names[1] in w and "not listed by the series mdoc" in w
                for series, w in res.warnings)
+    # said when it is first seen so: of a tilt corrected already, the redo waits for the mdoc
+    # to stay so (one read half-written lists it again, and nothing is done)
+    [said] = [w for _, w in res.warnings if names[1] in w]
+    assert "if already corrected as its tilt, again once the mdoc has stayed so" in said
 
 
 @pytest.mark.parametrize("dose_per_tilt", [None, 3.0])
