@@ -485,13 +485,19 @@ def _not_utf8(value: Any) -> bool:
 #: quoted, up to its closing quote (``nextTokenInSTAR``). A value so named (a folder ``_a/``)
 #: is quoted.
 _STAR_SPECIAL_FIRST = ("_", ";", "#", '"', "'")
+#: STAR's reserved words (any case): a row starting with ``data_`` is a new block to RELION's
+#: reader and ``starfile``'s (``data_0001.mrc``: the table ended before it, and motionwatch's
+#: own version line went in before it); the others end or open loops and frames
+_STAR_RESERVED_FIRST = ("data_", "loop_", "save_", "global_", "stop_")
 
 
 def _needs_quotes(value: Any) -> bool:
-    """A value quoted in STAR files: one starting with :data:`_STAR_SPECIAL_FIRST`, or holding
-    a ``#`` anywhere (``grid1/#1_002_DW.mrc``: RELION reads it as it is, but ``starfile``,
-    through pandas, cut the line there, and the whole file failed to read)."""
-    return isinstance(value, str) and (value.startswith(_STAR_SPECIAL_FIRST) or "#" in value)
+    """A value quoted in STAR files: one starting with :data:`_STAR_SPECIAL_FIRST` or a
+    reserved word (:data:`_STAR_RESERVED_FIRST`), or holding a ``#`` anywhere
+    (``grid1/#1_002_DW.mrc``: RELION reads it as it is, but ``starfile``, through pandas, cut
+    the line there, and the whole file failed to read)."""
+    return isinstance(value, str) and (value.startswith(_STAR_SPECIAL_FIRST) or "#" in value
+                                       or value.lower().startswith(_STAR_RESERVED_FIRST))
 
 
 def _spaced_with_quote(value: Any) -> bool:

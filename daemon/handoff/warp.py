@@ -45,6 +45,7 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
+from correction.stems import MAX_STEM_BYTES
 from correction.write import replace_with_hard_link
 from daemon.handoff.relion import MovieMotion, output_stem
 
@@ -83,9 +84,12 @@ def _link(target: Path, link: Path) -> None:
 
 def warp_name(motion: MovieMotion) -> str:
     """The movie's name for Warp: its file name without the extension (``x`` for ``x.tif``);
-    its output stem where that name would not fit a file name with ``.mrc``."""
+    its output stem where that name is longer than an output stem may be
+    (:data:`correction.stems.MAX_STEM_BYTES`): the layout's files and their writers'
+    temporaries (``.<name>.mrc.tmp-<pid>``, ``<name>.motion.json`` looked for) must fit a
+    file name (255 bytes; a name of 242-251 bytes got no layout, ``File name too long``)."""
     root = Path(str(motion.movie)).stem
-    if not root or len(os.fsencode(root)) + len(".mrc") > 255:
+    if not root or len(os.fsencode(root)) > MAX_STEM_BYTES:
         return output_stem(motion.motion_path)
     return root
 

@@ -1413,6 +1413,27 @@ def test_a_name_starting_as_a_star_label_or_comment_is_quoted(tmp_path):
     assert sorted(mics["rlnMicrographName"]) == [";x/spa_1_DW.mrc", "_a/spa_0_DW.mrc"]
 
 
+def test_names_starting_with_a_stars_reserved_word_are_quoted_and_read_back(tmp_path):
+    """A movie ``data_0001.mrc``: its bare row started a new block (to ``starfile`` and to
+    RELION's reader; the writer even put its version line before it), and the folder's whole
+    micrographs table read back empty. Names starting with any of STAR's reserved words, in
+    any case, are quoted."""
+    import pandas as pd
+
+    from daemon.handoff.relion import write_star
+
+    names = ["data_0001_DW.mrc", "DATA_2_DW.mrc", "loop_3_DW.mrc", "save_4_DW.mrc",
+             "global_5_DW.mrc", "stop_6_DW.mrc", "mydata_7_DW.mrc"]
+    write_star(tmp_path / "r.star", {"micrographs": pd.DataFrame(
+        {"rlnMicrographName": names, "rlnOpticsGroup": [1] * len(names)})})
+    text = (tmp_path / "r.star").read_text()
+    assert text.count("# version") == 1 and text.count("\ndata_") == 1
+    back = starfile.read(tmp_path / "r.star", always_dict=True)["micrographs"]
+    assert list(back["rlnMicrographName"]) == names
+    rows = [line.split("\t")[0] for line in text.splitlines() if "_DW.mrc" in line]
+    assert rows[:-1] == [f'"{name}"' for name in names[:-1]] and rows[-1] == names[-1]
+
+
 def test_names_starting_with_a_quote_or_holding_a_hash_read_back_as_written(tmp_path):
     """A value starting with a quote is read by RELION as quoted, up to its closing quote: a
     movie ``'x.mrc`` left bare made its folder's whole STAR unreadable. Every value holding a

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import starfile
 
 from daemon.events import MovieEvent, MovieKey, ServiceInfo
@@ -63,6 +64,22 @@ def test_a_warp_name_too_long_in_bytes_though_short_in_characters_falls_back_to_
     assert warp_name(motion) == "short_stem"
     made = warp_layout(motion)
     assert out / "average" / "short_stem.mrc" in made
+
+
+@pytest.mark.parametrize("length", [229, 230, 242, 251])
+def test_a_warp_name_whose_temporaries_would_not_fit_a_file_name_falls_back_to_the_stem(
+        tmp_path, length):
+    """Names of 242-251 bytes fitted ``<name>.mrc`` but not the writers' temporaries
+    (``.<name>.mrc.tmp-<pid>``) or the ``<name>.motion.json`` looked for: no layout (``File
+    name too long``). A name longer than an output stem may be takes the stem, as the
+    outputs do."""
+    out = tmp_path / "out"
+    out.mkdir()
+    motion = _motion(out, tmp_path / "w" / ("S" * length + ".tif"), "short_stem")
+    made = warp_layout(motion)
+    name = "S" * length if length <= 229 else "short_stem"
+    assert warp_name(motion) == name
+    assert out / "average" / f"{name}.mrc" in made and (out / f"{name}.xml").exists()
 
 
 class _Clock:
