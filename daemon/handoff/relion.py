@@ -26,8 +26,10 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   position (:mod:`correction.conventions`), and the first summed frame's is not 0 as in
   RELION's own output (its sum is made at that frame, ``-FmRef 0``: taking that frame as zero
   here put every particle's starting track off by the first frame's displacement, several
-  pixels on a drifting movie); frames skipped by ``--throw``/``--trunc`` get RELION's "not
-  observed" value -9999. The local model is not exported (version 0, ``MOTION_MODEL_NULL``):
+  pixels on a drifting movie); frames skipped by ``--trunc`` get RELION's "not observed"
+  value -9999 (RELION holds the last observed shift for them), those skipped by ``--throw``
+  the first summed frame's shift (:func:`held_before_first_summed`: RELION takes a frame
+  before the first observed one as 0, its own origin). The local model is not exported (version 0, ``MOTION_MODEL_NULL``):
   motionwatch's local model is not RELION's 18-coefficient polynomial, and Bayesian polishing
   re-estimates local motion from the global track anyway.
   With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch replaced that
@@ -82,7 +84,8 @@ from daemon.settings.optics import (DEFAULT_AMPLITUDE_CONTRAST, DEFAULT_SPHERICA
                                     optics_record, recorded_optics)
 
 __all__ = ["RELION_VERSION_LINE", "NOT_OBSERVED", "RelionOptics", "MovieMotion", "movie_motion",
-           "accumulated_motion_px", "output_stem", "motion_star_path", "motion_star_blocks",
+           "accumulated_motion_px", "held_before_first_summed", "output_stem",
+           "motion_star_path", "motion_star_blocks",
            "star_table", "write_star", "UnwritableStarValue", "write_motion_star", "relative_to",
            "single_particle_blocks", "write_single_particle_star", "motion_records_in",
            "SINGLE_PARTICLE_STAR", "optics_group_names", "optics_key", "optics_keys_in_order",
@@ -442,7 +445,8 @@ def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> 
         general["rlnMicrographGainName"] = gain_name
     if motion.defect_file:
         general["rlnMicrographDefectFile"] = motion.defect_file
-    shifts = np.where(np.isfinite(motion.shifts_px), motion.shifts_px, NOT_OBSERVED)[:n_frames]
+    shifts = held_before_first_summed(motion.shifts_px, motion.first_frame)
+    shifts = np.where(np.isfinite(shifts), shifts, NOT_OBSERVED)[:n_frames]
     table = pd.DataFrame({
         "rlnMicrographFrameNumber": np.arange(1, n_frames + 1),
         "rlnMicrographShiftX": shifts[:, 0], "rlnMicrographShiftY": shifts[:, 1]})
@@ -452,6 +456,20 @@ def motion_star_blocks(motion: MovieMotion, *, gain_name: str | None = None) -> 
             "rlnCoordinateX": motion.hot_pixels_xy[:, 0].astype(np.float64),
             "rlnCoordinateY": motion.hot_pixels_xy[:, 1].astype(np.float64)})
     return blocks
+
+
+def held_before_first_summed(shifts_px: np.ndarray, first_frame: int) -> np.ndarray:
+    """``shifts_px`` (frames x 2, NaN where not summed) with the frames before the first summed
+    one (1-based ``first_frame``: ``--throw``) given its shift. RELION's ``getShiftAt`` takes
+    a frame before the first observed one as 0 (its own origin is that frame); with the sums'
+    origin here a thrown frame at 0 was several pixels off its neighbour in polishing's
+    starting tracks. Frames after the last summed one (``--trunc``) stay not observed: RELION
+    holds the last observed shift for them itself."""
+    held = np.array(shifts_px, dtype=np.float64, copy=True)
+    first = int(first_frame) - 1
+    if 0 < first < len(held) and np.all(np.isfinite(held[first])):
+        held[:first] = held[first]
+    return held
 
 
 def star_table(rows: Sequence[Mapping[str, Any]]) -> Any:

@@ -158,7 +158,10 @@ def test_motion_star_shifts_bring_each_frame_onto_the_written_micrograph_in_unbi
     assert general["rlnMicrographMovieName"] == str(path)
     assert general["rlnMotionModelVersion"] == 0
     assert list(shifts["rlnMicrographFrameNumber"]) == list(range(1, n + 1))
-    assert shifts["rlnMicrographShiftX"][0] == -9999 and shifts["rlnMicrographShiftY"][0] == -9999
+    # the thrown frame held at the first summed one's shift: RELION's getShiftAt takes a frame
+    # before the first observed one as 0 (its own origin), 4+ px off here (it was -9999)
+    assert shifts["rlnMicrographShiftX"][0] == shifts["rlnMicrographShiftX"][1]
+    assert shifts["rlnMicrographShiftY"][0] == shifts["rlnMicrographShiftY"][1]
     # where the written micrograph sits, in unbinned pixels: against the truth binned as it is
     with mrcfile.open(result.outputs["sum"]) as mrc:
         micrograph = mrc.data.astype(np.float64)
@@ -1625,3 +1628,19 @@ def test_a_relion_gain_an_earlier_release_wrote_is_found_for_its_movies_after_a_
     os.utime(gain_path, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))
     assert write_relion_gain(out, params, applied_sha256=old) == first
     assert float(mrcfile.read(write_relion_gain(out, params))[0, 0]) == 3.0
+
+
+def test_frames_left_out_before_and_after_the_summed_ones_read_as_relion_continues_them():
+    """RELION's ``getShiftAt``: a frame not observed takes the last observed shift before it,
+    and 0 before the first (its own origin is that frame). Thrown frames are written with the
+    first summed frame's shift, truncated ones as not observed (-9999)."""
+    from daemon.handoff.relion import held_before_first_summed
+
+    shifts = np.full((6, 2), np.nan)
+    shifts[2:5] = [[4.5, -1.8], [4.0, -1.5], [3.5, -1.2]]
+    held = held_before_first_summed(shifts, first_frame=3)
+    np.testing.assert_array_equal(held[:2], [[4.5, -1.8], [4.5, -1.8]])
+    np.testing.assert_array_equal(held[2:5], shifts[2:5])
+    assert np.isnan(held[5]).all() and np.isnan(shifts[:2]).all()  # the input is left alone
+    np.testing.assert_array_equal(held_before_first_summed(shifts[2:], first_frame=1),
+                                  shifts[2:])
