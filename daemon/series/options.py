@@ -23,7 +23,8 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tilt-series", choices=("auto", "on", "off"), default="auto",
                    help="tilt-series dose bookkeeping: on once a series mdoc is seen (or "
                         "frame mdocs of several stage angles, one with a PriorRecordDose) or "
-                        "--dose-per-tilt is given (auto), always (on), never (off)")
+                        "--dose-per-tilt is given (auto), always (on), never (off: each movie "
+                        "a single one, with its own frame mdoc's dose and its own voltage)")
     g.add_argument("--filename-pattern", default=DEFAULT_FILENAME_PATTERN, metavar="REGEX",
                    help="movie-name pattern with named groups series and angle (and index) for "
                         "movies without metadata")

@@ -615,7 +615,7 @@ class TiltSeriesResolver:
 
     # --- MetadataResolver -----------------------------------------------------------------
     def observe(self, scan: ScanResult) -> Iterable[Path] | None:
-        if self._ctx is None or self.mode == "off":
+        if self._ctx is None:
             return None
         now = self._now()
         if self._run_start_s is None:
@@ -653,6 +653,8 @@ class TiltSeriesResolver:
                 self._once_log("warning", "movie_redo_metadata_changed", path, why, movie=path,
                                note="its metadata changed after correction: redone with what "
                                     "its frame mdoc gives")
+        if self.mode == "off":  # no series ever: each movie a single one, with its own metadata
+            return [Path(p) for p, _ in late] or None
         if not self._active and any(m.parsed.kind == "tilt_series" for m in self._mdocs.values()):
             self._active = True
             self._log.info("tilt_series_on", note="a tilt-series mdoc was seen: movies now wait "
@@ -751,8 +753,10 @@ class TiltSeriesResolver:
 
     def resolve(self, movie: Observation, params: Any, *, n_frames: int | None = None
                 ) -> MovieMetadata:
-        if self._ctx is None or self.mode == "off":
+        if self._ctx is None:
             return MovieMetadata()
+        if self.mode == "off":  # a single movie: its frame mdoc, EPU file and header's voltage
+            return self._standalone(movie, params, n_frames, {})
         if not self._active and (why := self._first_tilt_wait(movie)):
             return MovieMetadata(wait_reason=why)
         if not self._active or self._res is None:

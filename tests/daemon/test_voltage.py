@@ -531,3 +531,22 @@ def test_a_voltage_the_metadata_gives_in_volts_is_said_to_be_left_out_not_missin
                             "(60-400): left out")
     assert resolve_voltage(None, [(200000.0, "mdoc"), (200.0, "movie header")]).kV == 200.0
     assert resolve_voltage(None, [(200.0, "mdoc")]).ignored is None
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_a_movie_of_a_daemon_without_tilt_series_takes_its_own_headers_voltage(tmp_path, mode):
+    """``--tilt-series off`` turns the series' dose bookkeeping off, not a movie's own
+    metadata: a 200 kV FEI movie was weighted at 300 kV there, with no voltage_source and no
+    word (``correct`` and ``--tilt-series auto`` took its header's 200 kV)."""
+    from daemon.series.options import resolver_from_config
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    movie = _fei_movie(watch / "fei.mrc", voltage_kV=200)
+    config = _watch_config(watch, tmp_path / "out", "--dose-per-frame", "1",
+                           "--tilt-series", mode)
+    log = RecordingLog()
+    run_until_idle(Service(config, logger=log, resolver=resolver_from_config(config)),
+                   guard_s=30)
+    record = _record(tmp_path / "out", movie)
+    assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "movie header"
