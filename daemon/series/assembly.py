@@ -27,7 +27,8 @@ def recorded_tilt(row: Any) -> TiltRecord | None:
     record."""
     tilt = TiltRecord.from_json((row.peek_metadata().get("extra_record") or {}).get("tilt"))
     if tilt is None:
-        tilt = TiltRecord.from_json(read_motion_record((row.outputs or {}).get("motion")) or {})
+        tilt = TiltRecord.from_json(read_motion_record((row.peek_outputs() or {}).get("motion"))
+                                    or {})
     return tilt
 
 
@@ -38,14 +39,17 @@ def assembly_tilts(rows: Iterable[Any], *, log: Any, series: str) -> list[dict[s
         if row is None or row.status != "done":
             continue  # quarantined tilts are left out of the stacks
         tilt = recorded_tilt(row)
-        outputs = {k: v for k, v in row.outputs.items() if k in ("sum", "dw", "even", "odd")}
+        # peeked, not kept: the rows are the run's newest-rows cache (a tilt's decoded
+        # columns were held for the run, kilobytes a tilt)
+        row_outputs = row.peek_outputs()
+        outputs = {k: v for k, v in row_outputs.items() if k in ("sum", "dw", "even", "odd")}
         if tilt is None or tilt.tilt_deg is None or "sum" not in outputs:
             log.warning("series_tilt_left_out", series=series, movie=row.key.path,
                         reason="no tilt angle or no sum image recorded")
             continue
-        drift = (row.summary.get("drift") or {}).get("total_A")
+        drift = (row.peek_summary().get("drift") or {}).get("total_A")
         if drift is None:
-            record = read_motion_record(row.outputs.get("motion")) or {}
+            record = read_motion_record(row_outputs.get("motion")) or {}
             drift = (record.get("drift") or {}).get("total_A")
         tilts.append({
             "movie": Path(row.key.path).name, "tilt_deg": tilt.tilt_deg,
@@ -67,7 +71,8 @@ def series_voltage_kV(rows: Iterable[Any], fallback_kV: float) -> tuple[float, s
     for row in rows:
         if row is None or row.status != "done":
             continue
-        value = (read_motion_record((row.outputs or {}).get("motion")) or {}).get("voltage_kV")
+        value = (read_motion_record((row.peek_outputs() or {}).get("motion")) or {}).get(
+            "voltage_kV")
         if isinstance(value, (int, float)) and value > 0:
             found.append(float(value))
     if not found:

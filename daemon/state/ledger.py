@@ -160,6 +160,15 @@ class MovieRow:
         """``metadata``, decoded without keeping it (a look at every row of a long history)."""
         return self._column(3, keep=False)
 
+    def peek_outputs(self) -> dict[str, str]:
+        """``outputs``, decoded without keeping it (a series assembled once: its rows, held
+        for the run by the newest-rows cache, need not hold the dict)."""
+        return self._column(0, keep=False)
+
+    def peek_summary(self) -> dict[str, Any]:
+        """``summary``, decoded without keeping it."""
+        return self._column(2, keep=False)
+
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
