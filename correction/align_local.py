@@ -666,10 +666,13 @@ class LocalMotionModel:
         """JSON-ready description of the model and its coefficients."""
         return {
             "name": self.name,
-            "formula": ("d(x, y, t) = sum c[a][b][k] * u^a * v^b * (T_k - mean_frames T_k), "
-                        "u = x/nx - 0.5, v = y/ny - 0.5, T_1 = frame/(n_frames - 1), "
-                        "T_k = s^(k-1) for k = 2..temporal_degree with s = ln(1 + frame) / "
-                        "ln(n_frames), a + b <= spatial_degree; output pixels"),
+            "formula": ("d_x(x, y, frame) = sum over j, k of coefficients_x_px[j][k] * u^a * "
+                        "v^b * (T_k(frame) - mean over the frames of T_k), (a, b) = "
+                        "spatial_terms_uv[j]; d_y likewise with coefficients_y_px; u = x/nx - "
+                        "0.5, v = y/ny - 0.5 (x, y: column and row from 0, nx, ny: the frame "
+                        "size, output pixels); T_0 = frame/(n_frames - 1), T_k = s^k for k = "
+                        "1..temporal_degree - 1, s = ln(1 + frame)/ln(n_frames), frame from 0 "
+                        "among the summed frames; output pixels"),
             "spatial_degree": self.spatial_degree,
             "temporal_degree": self.temporal_degree,
             "spatial_terms_uv": [list(t) for t in _spatial_terms(self.spatial_degree)],

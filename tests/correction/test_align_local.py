@@ -339,6 +339,31 @@ def test_motion_record_local_object_has_measured_and_fitted_patch_shifts(deforme
     assert min(choice["cv_rms_px"]) <= chosen_cv <= choice["cv_threshold_px"]
 
 
+def test_the_recorded_model_evaluated_as_its_formula_says_gives_the_models_field(
+        deformed_movie):
+    """A reader of S.motion.json evaluates the local model from its record alone: the
+    coefficients indexed [spatial term j][time term k], (a, b) = spatial_terms_uv[j] (the
+    formula said c[a][b][k], the two exponents, which the arrays are not)."""
+    movie, shifts, lm = deformed_movie
+    model = json.loads(json.dumps(local_motion_record(lm, shifts)))["model"]
+    assert "coefficients_x_px[j][k]" in model["formula"]
+    assert "(a, b) = spatial_terms_uv[j]" in model["formula"]
+    n, (ny, nx) = lm.model.n_frames, lm.model.shape_yx
+    frame = np.arange(n, dtype=np.float64)
+    s = np.log1p(frame) / np.log(n)
+    time = np.stack([frame / (n - 1)] + [s ** k for k in range(1, model["temporal_degree"])],
+                    axis=-1)
+    time -= time.mean(axis=0)
+    y, x = np.array([0.0, 100.0, ny - 1.0]), np.array([nx - 1.0, 37.0, 0.0])
+    u, v = x / nx - 0.5, y / ny - 0.5
+    terms = np.stack([u ** a * v ** b for a, b in model["spatial_terms_uv"]], axis=-1)
+    d_x = np.einsum("pj,jk,fk->fp", terms, np.array(model["coefficients_x_px"]), time)
+    d_y = np.einsum("pj,jk,fk->fp", terms, np.array(model["coefficients_y_px"]), time)
+    field = lm.model.displacement_yx_px(y, x)  # (n, points, [dy, dx])
+    np.testing.assert_allclose(d_x, field[..., 1], atol=1e-4)
+    np.testing.assert_allclose(d_y, field[..., 0], atol=1e-4)
+
+
 def test_without_local_motion_the_global_result_is_kept():
     rng = np.random.default_rng(11)
     shape = (1024, 1024)
