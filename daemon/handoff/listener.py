@@ -485,7 +485,7 @@ class RelionListener(ServiceListener):
             if renamed or not _star_current(motion) or (
                     self.warp and owner and not warp_layout_in_place(motion)):
                 self._write_movie_files(motion, warp=owner)
-            elif not motion_star_stamped(motion_star_path(motion.motion_path)):
+            elif not motion_star_stamped(motion_star_path(motion.motion_path), motion):
                 self._unstamped.append(key)  # written again from the heartbeats on
             if self.warp and not owner:  # an earlier release's layout of it, by its stem
                 self._guard(str(motion.motion_path), "warp_layout", warp_remove_stem_layout,
@@ -784,7 +784,7 @@ class RelionListener(ServiceListener):
         self._unstamped_foreign = self._unstamped_foreign[at_most:]
         for motion in foreign:  # written by ``correct``: the gain it named stays
             star = motion_star_path(motion.motion_path)
-            if star.exists() and not motion_star_stamped(star):
+            if star.exists() and not motion_star_stamped(star, motion):
                 self._guard(str(motion.motion_path), "motion_star", write_motion_star, motion,
                             gain_name=motion_star_gain_name(star))
         at_most -= len(foreign)
@@ -792,7 +792,7 @@ class RelionListener(ServiceListener):
         for key in batch:
             loaded = self._load(key)  # None: gone since
             if loaded is not None and not motion_star_stamped(
-                    motion_star_path(loaded[1].motion_path)):
+                    motion_star_path(loaded[1].motion_path), loaded[1]):
                 self._guard(str(loaded[1].motion_path), "motion_star", write_motion_star,
                             loaded[1], gain_name=self._gain_name_for(loaded[1]))
 
@@ -884,7 +884,7 @@ class RelionListener(ServiceListener):
                 if motion is not None and not ({"sum", "dw"} & set(motion.outputs)):
                     motion = None
                 star = None if motion is None else motion_star_path(motion.motion_path)
-                if star is not None and star.exists() and not motion_star_stamped(star):
+                if star is not None and star.exists() and not motion_star_stamped(star, motion):
                     self._unstamped_foreign.append(motion)  # an earlier release's correct
                 cached = self._foreign[key] = (mtime, motion)
             if cached[1] is not None:

@@ -97,7 +97,12 @@ RELION_VERSION_LINE = "# version 50001"
 #: the first line of every motion STAR written here: which convention its shifts follow
 #: (2: each frame brought onto the written micrograph; the releases before it wrote none, and
 #: put the first frame at zero). RELION and starfile skip comment lines.
-MOTION_STAR_STAMP = "# motionwatch motion STAR 2: shifts bring each frame onto the micrograph"
+MOTION_STAR_STAMP = ("# motionwatch motion STAR 3: shifts bring each frame onto the micrograph; "
+                     "thrown frames hold the first summed one's")
+#: the stamp before thrown frames held the first summed frame's shift (they were -9999): the
+#: same file for a movie with none thrown
+_STAMP_BEFORE_THROWN_HELD = ("# motionwatch motion STAR 2: shifts bring each frame onto the "
+                             "micrograph")
 #: RELION's value for a frame without a shift (``Micrograph::NOT_OBSERVED``)
 NOT_OBSERVED = -9999.0
 SINGLE_PARTICLE_STAR = "corrected_micrographs.star"
@@ -659,15 +664,20 @@ def motion_star_gain_name(path: str | Path) -> str | None:
     return None
 
 
-def motion_star_stamped(path: str | Path) -> bool:
-    """Whether the motion STAR at ``path`` starts with this release's stamp (one written
-    before the shifts' convention changed has none: written again from its record)."""
+def motion_star_stamped(path: str | Path, motion: MovieMotion | None = None) -> bool:
+    """Whether the motion STAR at ``path`` follows this release's convention: it starts with
+    its stamp, or, for a ``motion`` with no frame thrown, with the stamp before thrown frames
+    held the first summed one's shift (the same file then). One written before the shifts'
+    convention changed has none: written again from its record."""
     try:
         with open(path, "rb") as star:
-            head = star.read(len(MOTION_STAR_STAMP) + 1)
+            head = star.read(len(MOTION_STAR_STAMP) + 1).split(b"\n", 1)[0].rstrip(b"\r")
     except OSError:
         return False
-    return head.rstrip(b"\r\n") == MOTION_STAR_STAMP.encode()
+    if head == MOTION_STAR_STAMP.encode():
+        return True
+    return (motion is not None and motion.first_frame <= 1
+            and head == _STAMP_BEFORE_THROWN_HELD.encode())
 
 
 def relative_to(path: str | Path, root: str | Path) -> str:

@@ -367,6 +367,42 @@ def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convent
                       .read_bytes()) == _unstamped(made_now)  # what this release writes from it
 
 
+@pytest.mark.parametrize("thrown", [1, 0])
+def test_a_restart_writes_again_the_motion_stars_whose_thrown_frames_were_not_observed(
+        tmp_path, thrown):
+    """Yesterday's release wrote thrown frames as -9999, which RELION reads as 0, several
+    pixels off the first summed frame: its STARs of movies with thrown frames are written
+    again from their records; those of movies with none are the same file and stay."""
+    from daemon.handoff.relion import MOTION_STAR_STAMP
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    listener, watch, out = _ready(tmp_path, _Clock())
+    motion = _record(out, watch, "a")
+    record = json.loads(motion.read_text())
+    shifts = [[-2.0, 0.0], [2.0, 0.0]]
+    motion.write_text(json.dumps({**record, "global_shifts_px": shifts,
+                                  "frames_in_movie": 2 + thrown, "throw_frames": thrown}))
+    _done(listener, watch, motion)
+    star = out / "a.star"
+    made_now = star.read_text()
+    lines = made_now.splitlines()
+    assert lines[0] == MOTION_STAR_STAMP
+    before = "# motionwatch motion STAR 2: shifts bring each frame onto the micrograph"
+    old = "\n".join([before] + lines[1:]) + "\n"
+    if thrown:
+        assert "1\t2.000000\t-0.000000\n2\t2.000000\t-0.000000" in made_now  # held
+        old = old.replace("1\t2.000000\t-0.000000\n", "1\t-9999.000000\t-9999.000000\n")
+    star.write_text(old)
+    later = motion.stat().st_mtime_ns + 5_000_000_000
+    os.utime(star, ns=(later, later))  # written after its record, as the old release did
+    with Ledger(tmp_path / "state" / DB_NAME) as ledger:
+        ledger.adopt(MovieKey(str(watch / "a.tif"), 1, 1, "f"), outputs={"motion": str(motion)},
+                     summary={}, timings={}, metadata={})
+    restarted, _, _ = _ready(tmp_path, _Clock())  # upgraded and restarted
+    restarted.on_heartbeat(None)
+    assert _unstamped(star.read_bytes()) == _unstamped((made_now if thrown else old).encode())
+
+
 def test_a_series_star_that_moves_once_its_mdoc_is_known_leaves_no_copy_behind(tmp_path):
     clock = _Clock()
     listener, watch, out = _ready(tmp_path, clock)
