@@ -1,10 +1,12 @@
 """A tilt's pixel size against its mdoc's: a ``--pixel-size`` left from another magnification.
 
-SerialEM writes ``PixelSpacing`` (Å) of the image it saved into each tilt's section. The frames
-of a K2/K3 may be saved at twice its resolution (super-resolution frames of a counted image) or
-binned by 2 against it, so a movie's pixel size is the mdoc's, half or twice it; any other
-ratio (1 %) is another magnification: a pixel size given for the session's first target,
-still given at the next one, whose TIFF frames carry none of their own.
+SerialEM writes ``PixelSpacing`` (Å) of the image it saved into each tilt's section, at its
+``Binning``: the frames may be saved unbinned under an image binned by 2, 4 or 8 (a Falcon's
+EER frames under a binned stack), at twice its resolution (super-resolution frames of a
+counted image) or binned against it, so a movie's pixel size is the mdoc's times a power of
+two (1/8 to 8); any other ratio (1 %) is another magnification (their steps are no power of
+two): a pixel size given for the session's first target, still given at the next one, whose
+TIFF frames carry none of their own.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ __all__ = ["PIXEL_SPACING_TOLERANCE", "BINNING_RATIOS", "mdoc_pixel_size_warning
 
 #: a movie's pixel size within this fraction of the mdoc's (or of a binning of it) agrees
 PIXEL_SPACING_TOLERANCE = 0.01
-#: movie pixel / mdoc PixelSpacing of frames saved as SerialEM saves them
-BINNING_RATIOS = (0.5, 1.0, 2.0)
+#: movie pixel / mdoc PixelSpacing of frames saved as SerialEM saves them (binnings)
+BINNING_RATIOS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def mdoc_pixel_size_warning(record: Mapping[str, Any]

@@ -60,6 +60,9 @@ def test_a_pixel_size_given_is_named_as_given_and_ratios_of_binning_agree():
              "movie_pixel_size": {"used_A": 1.5, "source": "given"}}
     (pair, line) = mdoc_pixel_size_warning(given)
     assert pair == (1.5, 0.9) and line.startswith("the pixel size given (--pixel-size")
-    for used in (0.45, 0.9, 1.8, 0.905):
+    for used in (0.3, 0.6, 2.7):  # x 1/3, 2/3, 3: no power of two
+        assert mdoc_pixel_size_warning({**given, "movie_pixel_size": {"used_A": used}})
+    # the frames unbinned under a stack binned by 2, 4 or 8, super-resolution, binned
+    for used in (0.1125, 0.225, 0.45, 0.9, 1.8, 3.6, 7.2, 0.905):
         assert mdoc_pixel_size_warning({**given, "movie_pixel_size": {"used_A": used}}) is None
     assert mdoc_pixel_size_warning({"movie_pixel_size": {"used_A": 1.5}}) is None  # no tilt
