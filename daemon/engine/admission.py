@@ -35,7 +35,7 @@ import errno
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ from correction.report import read_motion_record
 from correction.stems import folder_file_stem
 from daemon.engine.faults import RETRY_NOTE, LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
-from daemon.engine.policy import EnginePolicy, finished_under_other_parameters
+from daemon.engine.policy import (EnginePolicy, finished_under_other_parameters,
+                                  parameter_differences)
 from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieGain, MovieKey,
                            MovieMetadata, Observation, ScanResult, frame_mdoc_gains_apply,
                            movie_fingerprint, output_dir_for)
@@ -57,7 +58,7 @@ from daemon.intake.settle import Settler
 from daemon.intake.validate import GONE_REASON, TAKEN_AS_IT_IS, UNREADABLE, Verdict, validate
 from daemon.series.assembly import recorded_tilt
 from daemon.series.moved import moved_tilt
-from daemon.state.codec import StoredMetadata, metadata_from_json, metadata_to_json
+from daemon.state.codec import StoredMetadata, dose_to_json, metadata_from_json, metadata_to_json
 
 __all__ = ["Admission", "AdmissionSettings"]
 
@@ -105,6 +106,19 @@ def _series_renamed(old: Path, new: Path, watch_dir: Path
         return metadata
 
     return update
+
+
+def _own_metadata_moved(done: Any, stored: Mapping[str, Any], params: Any) -> list[str]:
+    """What of a movie's own metadata (its dose as corrected, the configured one where it had
+    none of its own; its gain) differs between its done row and ``stored``, the metadata it
+    is admitted under now (:func:`daemon.engine.policy.parameter_differences`)."""
+    old = done.peek_metadata()
+
+    def effective(metadata: Mapping[str, Any]) -> dict[str, Any]:
+        dose = metadata.get("dose") or dose_to_json(params.dose)
+        return {"dose": dose or {}, "gain": metadata.get("gain") or {}}
+
+    return parameter_differences(effective(old), effective(stored))[:8]
 
 
 def _written_under(record: dict[str, Any], extra_record: dict[str, Any]) -> bool:
@@ -613,14 +627,27 @@ class Admission:
         except sqlite3.Error as exc:
             self.report_once(str(obs.path), "ledger_read_failed", str(exc), level="error")
             return _DB_DOWN
-        if self._policy.on_parameter_change == "keep" and any(
-                r.status == "done" and (r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
-                for r in earlier):
-            log.debug("movie_kept", note="done under other parameters; kept "
-                                         "(on_parameter_change = keep)")
+        done_before = [r for r in earlier if r.status == "done"
+                       and (r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)]
+        # what of its own metadata moved (a voltage its header gives, a dose its frame mdoc
+        # gives, its gain): said loudly, as parameters_changed says the settings' changes
+        moved = _own_metadata_moved(done_before[-1], stored, self.settings.params) \
+            if done_before and meta.redo_reason is None else []  # (a reason: said already)
+        if self._policy.on_parameter_change == "keep" and done_before:
+            if moved:
+                log.warning("movie_kept", changed=moved, note=(
+                    "its own metadata changed since it was corrected; kept as it is "
+                    "(on_parameter_change = keep)"))
+            else:
+                log.debug("movie_kept", note="done under other parameters; kept "
+                                             "(on_parameter_change = keep)")
             self._handled.add(ident)
             return None
-        if earlier:
+        if moved:
+            log.warning("movie_changed", changed=moved, size=obs.size,
+                        previous=[r.status for r in earlier],
+                        note="its own metadata changed since it was corrected: corrected anew")
+        elif earlier:
             same_file = all((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
                             for r in earlier)
             log.info("movie_changed", note=(

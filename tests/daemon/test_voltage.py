@@ -550,3 +550,36 @@ def test_a_movie_of_a_daemon_without_tilt_series_takes_its_own_headers_voltage(t
                    guard_s=30)
     record = _record(tmp_path / "out", movie)
     assert record["voltage_kV"] == 200.0 and record["voltage_source"] == "movie header"
+
+
+def test_a_movie_corrected_again_because_its_own_metadata_moved_is_said_with_what_moved(
+        tmp_path):
+    """A release that read no voltage under --tilt-series off weighted a 200 kV FEI movie at
+    300 kV; the next start corrects it again at its header's 200 kV (right), but said it at
+    info level only, and with --on-parameter-change keep kept it without a word."""
+    from daemon.series.options import resolver_from_config
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    movie = _fei_movie(watch / "fei.mrc", voltage_kV=200)
+    out = tmp_path / "out"
+    config = _watch_config(watch, out, "--dose-per-frame", "1", "--tilt-series", "off")
+
+    class Deaf(TiltSeriesResolver):
+        """The release before: no metadata of its own under off."""
+
+        def resolve(self, movie, params, *, n_frames=None):
+            from daemon.events import MovieMetadata
+            return MovieMetadata()
+
+    run_until_idle(Service(config, logger=RecordingLog(),
+                           resolver=Deaf(SeriesConfig(), mode="off")), guard_s=30)
+    assert _record(out, movie)["voltage_kV"] == 300.0
+    for policy, event in (("keep", "movie_kept"), ("redo", "movie_changed")):
+        log = RecordingLog()
+        run_until_idle(Service(dataclasses.replace(config, options={
+            **config.options, "on_parameter_change": policy}), logger=log,
+            resolver=resolver_from_config(config)), guard_s=30)
+        [said] = [f for level, e, f in log.events if e == event and level == "warning"]
+        assert "dose.voltage_kV: 300.0 -> 200.0" in said["changed"]
+        assert _record(out, movie)["voltage_kV"] == (300.0 if policy == "keep" else 200.0)
