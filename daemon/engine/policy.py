@@ -179,17 +179,25 @@ def parameter_differences(previous: Mapping[str, Any] | None, current: Mapping[s
 
 def report_parameter_change(log: Any, rows: Sequence[Any], params: Any,
                             policy: EnginePolicy, *, frame_mdoc_gain: bool = True,
-                            previous_snapshot: Mapping[str, Any] | None = None) -> int:
+                            previous_snapshot: Mapping[str, Any] | None = None,
+                            previous_start_wall: float | None = None) -> int:
     """Say loudly (``parameters_changed``, a warning) how many finished movies the current
     parameters would correct again, what changed since the last start (its
-    :func:`parameter_snapshot`, when it kept one), and what the policy does about it; returns
-    that number."""
+    :func:`parameter_snapshot`, when it kept one; and how many of those movies were corrected
+    before it, under settings older still, when it began at ``previous_start_wall``), and
+    what the policy does about it; returns that number."""
     stale = finished_under_other_parameters(rows, params, frame_mdoc_gain=frame_mdoc_gain)
     if not stale:
         return 0
     keep = policy.on_parameter_change == "keep"
     changed = parameter_differences(previous_snapshot, parameter_snapshot(params))
-    extra = {"changed_since_last_start": changed[:_CHANGES_SHOWN]} if changed else {}
+    extra: dict[str, Any] = {}
+    if changed:
+        extra["changed_since_last_start"] = changed[:_CHANGES_SHOWN]
+        if previous_start_wall is not None:
+            older = sum(1 for r in stale if (r.finished or 0.0) < previous_start_wall)
+            if older:  # kept by keep at the last start: their settings are older than its
+                extra["corrected_before_last_start"] = older
     log.warning(
         "parameters_changed", finished_movies=len(stale), policy=policy.on_parameter_change,
         fingerprint=params.fingerprint(),

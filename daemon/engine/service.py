@@ -118,6 +118,7 @@ class Service:
         self._recovered = 0
         self._running_at_crash: list[MovieKey] = []
         self._previous_parameters: Any = None  # the last start's (policy.parameter_snapshot)
+        self._previous_start_wall: float | None = None  # when the last start began (wall, s)
         # movies recorded before the listeners heard on_ready (adopted at start-up, quarantined
         # in the first scan): told after it, so a feed names their outputs relative to its
         # output folder and shows each once (on_ready restores the state database's movies)
@@ -305,6 +306,7 @@ class Service:
             # what the last run's heartbeats said of themselves holds for nothing now
             # the last start's parameters, to name what changed (parameters_changed)
             self._previous_parameters = recorded.get("parameters")
+            self._previous_start_wall = recorded.get("started_wall")
             self.ledger.set_service_state({
                 **served_folders(recorded, **folders), **_this_process(),
                 "parameters": parameter_snapshot(cfg.params),
@@ -386,7 +388,8 @@ class Service:
             rows = self.ledger.rows()
             report_parameter_change(self._log, rows, cfg.params, self._policy,
                                     frame_mdoc_gain=cfg.frame_mdoc_gain,
-                                    previous_snapshot=self._previous_parameters)
+                                    previous_snapshot=self._previous_parameters,
+                                    previous_start_wall=self._previous_start_wall)
             rewritten = rewritten_references(rows, cfg.params.gain)
             if rewritten:  # the same setting, another file: no movie is corrected again
                 self._log.warning(

@@ -701,7 +701,23 @@ def test_changed_settings_are_announced_and_keep_leaves_finished_movies_alone(se
     [said] = log.named("parameters_changed")
     assert (said["finished_movies"], said["policy"]) == (1, "redo")
     assert said["changed_since_last_start"] == [f"dose.dose_per_frame_e_A2: 2.0 -> {before}"]
+    assert "corrected_before_last_start" not in said  # corrected by the last start, under B
     assert len(log.named("movie_done")) == 1
+
+
+def test_a_change_named_since_the_last_start_says_how_many_were_corrected_before_it(setup):
+    """Settings A, then B with keep (the movie stays A's), then C: the change named is B ->
+    C, but the movie was corrected under A: said so."""
+    movie(setup.watch_dir, "ok.mrc")
+    assert run(setup) == 0
+    keep = {"on_parameter_change": "keep"}
+    for dose in (2.0, 3.0):
+        log = RecordingLog()
+        assert run(dataclasses.replace(setup, params=CorrectionParams(
+            dose=DoseParams(dose_per_frame_e_A2=dose)), options=keep), log=log) == 0
+    [said] = log.named("parameters_changed")
+    assert said["changed_since_last_start"] == ["dose.dose_per_frame_e_A2: 2.0 -> 3.0"]
+    assert said["corrected_before_last_start"] == 1
 
 
 def test_what_changed_since_the_last_start_is_named_setting_by_setting(tmp_path):
