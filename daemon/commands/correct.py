@@ -573,7 +573,11 @@ class _Termination:
         raise _Terminated()
 
     def _interrupt_handler(self, signum: int, frame: Any) -> None:
+        if self._interrupted:  # a second Ctrl-C: the user will not wait
+            raise KeyboardInterrupt
         self._interrupted = True
+        print("motionwatch: interrupted: the STAR of the movies corrected so far is written "
+              "first (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def finishing(self, previous_term: Any) -> Iterator[None]:
@@ -583,6 +587,8 @@ class _Termination:
         end SIGTERM's handler before :meth:`install` (``previous_term``; None: none was
         installed) is put back."""
         main = threading.current_thread() is threading.main_thread()
+        # a run started with SIGINT ignored (a background job of a script) keeps it so
+        main = main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
         self._deferring = True
         previous_int = signal.signal(signal.SIGINT, self._interrupt_handler) if main else None
         try:

@@ -573,6 +573,8 @@ def test_a_signal_while_the_runs_star_is_written_waits_for_it(tmp_path, signal_n
                           "--patches", "1", "1"], capture_output=True, text=True, timeout=300)
     assert run.returncode == status, run.stderr
     assert said in run.stderr and "Traceback" not in run.stderr
+    if signal_name == "SIGINT":  # told at once that the STAR is written first
+        assert "the STAR of the movies corrected so far is written first" in run.stderr
     assert _star_movies(out) == ["m0_DW.mrc", "m1_DW.mrc"]
     assert not (out / ".motionwatch-correct-claims").exists()
 
