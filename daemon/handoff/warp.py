@@ -174,11 +174,16 @@ def _links(motion: MovieMotion, root: str) -> list[tuple[str | None, Path]]:
 
 
 def warp_remove_stem_layout(motion: MovieMotion) -> None:
-    """Remove the movie's layout by its output stem, where that is not its Warp name (an
-    earlier release's; only links to its own sums, and their ``.xml``)."""
-    stem = output_stem(motion.motion_path)
-    if stem != warp_name(motion):
-        _remove_own(_links(motion, stem), motion.motion_path.parent / f"{stem}.xml")
+    """Remove the movie's layouts by the names that are not its Warp name: its output stem
+    (an earlier release's), or its whole file name where that is now too long to be one (a
+    release before names over 229 bytes took the stem); only links to its own sums, and
+    their ``.xml`` (an ``.xml`` name too long for a file: nothing is there)."""
+    name = warp_name(motion)
+    root = Path(str(motion.movie)).stem
+    for other in dict.fromkeys((output_stem(motion.motion_path), root)):
+        if other and other != name:
+            with contextlib.suppress(OSError):
+                _remove_own(_links(motion, other), motion.motion_path.parent / f"{other}.xml")
 
 
 def warp_layout_displaced(motion: MovieMotion) -> Path | None:

@@ -82,6 +82,22 @@ def test_a_warp_name_whose_temporaries_would_not_fit_a_file_name_falls_back_to_t
     assert out / "average" / f"{name}.mrc" in made and (out / f"{name}.xml").exists()
 
 
+def test_a_layout_an_earlier_release_made_by_a_name_now_too_long_is_removed(tmp_path):
+    """A release before took names of 230-241 bytes whole: its ``<name>.xml`` and
+    ``average/<name>.mrc`` stayed beside the new layout by the stem, and Warp saw the movie
+    twice."""
+    out = tmp_path / "out"
+    out.mkdir()
+    root = "S" * 235
+    motion = _motion(out, tmp_path / "w" / f"{root}.tif", "short_stem")
+    (out / "average").mkdir()
+    os.link(out / "short_stem_DW.mrc", out / "average" / f"{root}.mrc")  # the old layout
+    (out / f"{root}.xml").write_text("<Movie/>")
+    warp_layout(motion)
+    assert not (out / "average" / f"{root}.mrc").exists() and not (out / f"{root}.xml").exists()
+    assert (out / "average" / "short_stem.mrc").exists() and (out / "short_stem.xml").exists()
+
+
 class _Clock:
     def __init__(self):
         self.t = 0.0
