@@ -12,4 +12,4 @@ RELION, AreTomo3, IMOD, Warp) -> ``dashboard`` (web page) -> ``engine`` (the ser
 parts, runs the loop) -> ``simulation`` (simulated acquisitions) -> ``commands`` (the CLI).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -636,7 +636,8 @@ class Admission:
         if self._policy.on_parameter_change == "keep" and done_before:
             if moved:
                 log.warning("movie_kept", changed=moved, note=(
-                    "its own metadata changed since it was corrected; kept as it is "
+                    "its own metadata, as read now, is not what it was corrected with (the "
+                    "files changed, or this release reads them further); kept as it is "
                     "(on_parameter_change = keep)"))
             else:
                 log.debug("movie_kept", note="done under other parameters; kept "
@@ -646,7 +647,9 @@ class Admission:
         if moved:
             log.warning("movie_changed", changed=moved, size=obs.size,
                         previous=[r.status for r in earlier],
-                        note="its own metadata changed since it was corrected: corrected anew")
+                        note="its own metadata, as read now, is not what it was corrected "
+                             "with (the files changed, or this release reads them further): "
+                             "corrected anew")
         elif earlier:
             same_file = all((r.key.size, r.key.mtime_ns) == (key.size, key.mtime_ns)
                             for r in earlier)

@@ -154,3 +154,15 @@ def test_every_daemon_package_says_what_lives_there_and_what_it_may_import():
     for init in (ROOT / "daemon").rglob("__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert len(doc) > 80 and "import" in doc.lower(), f"{init} needs a docstring naming its imports"
+
+
+def test_the_release_the_records_name_is_the_one_the_daemon_says():
+    """``S.motion.json``'s ``software.version`` (the installed distribution's, from
+    pyproject.toml) and the daemon's ``__version__`` (its journal, feed and ``--version``)
+    name one release: a release whose outputs differ is told apart by both."""
+    from importlib import metadata
+
+    from correction.report import software_record
+    from daemon import __version__
+
+    assert software_record()["version"] == metadata.version("motionwatch") == __version__
