@@ -29,9 +29,10 @@ The mapping to RELION (labels and meanings read in 3dem/relion ``src/micrograph_
   pixels on a drifting movie); frames skipped by ``--trunc`` get RELION's "not observed"
   value -9999 (RELION holds the last observed shift for them), those skipped by ``--throw``
   the first summed frame's shift (:func:`held_before_first_summed`: RELION takes a frame
-  before the first observed one as 0, its own origin). The local model is not exported (version 0, ``MOTION_MODEL_NULL``):
-  motionwatch's local model is not RELION's 18-coefficient polynomial, and Bayesian polishing
-  re-estimates local motion from the global track anyway.
+  before the first observed one as 0, its own origin). The local model is not exported
+  (version 0, ``MOTION_MODEL_NULL``): motionwatch's local model is not RELION's
+  18-coefficient polynomial, and Bayesian polishing re-estimates local motion from the
+  global track anyway.
   With ``data_hot_pixels`` (``rlnCoordinateX/Y``) the pixels motionwatch replaced that
   polishing, which reads the raw movie again, would not mask otherwise (the record's
   ``replaced_pixels``: not the zeros of the gain exported for it), and without a gain

@@ -344,6 +344,22 @@ def test_a_restart_rewrites_the_motion_star_of_a_movie_moved_before_it_was_heard
     assert "renamed.tif" in text and "/w/a.tif" not in text
 
 
+def _restarted_after_an_upgrade(tmp_path, watch, motion, star, old: str):
+    """``star`` holding ``old`` (an earlier release's text), written after its record as that
+    release did, the movie's row in the ledger; the listener of the upgraded service,
+    started again."""
+    from daemon.state.ledger import DB_NAME, Ledger
+
+    star.write_text(old)
+    later = motion.stat().st_mtime_ns + 5_000_000_000
+    os.utime(star, ns=(later, later))
+    with Ledger(tmp_path / "state" / DB_NAME) as ledger:
+        ledger.adopt(MovieKey(str(watch / "a.tif"), 1, 1, "f"), outputs={"motion": str(motion)},
+                     summary={}, timings={}, metadata={})
+    restarted, _, _ = _ready(tmp_path, _Clock())
+    return restarted
+
+
 def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convention_before(
         tmp_path):
     """A release before fe60fee wrote each ``S.star`` with the first frame at zero, and no
@@ -352,7 +368,6 @@ def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convent
     writes again every motion STAR that lacks this release's stamp, from its record: from its
     heartbeats on, so many at a time (READY waited for 20,000 of them, about 2 minutes)."""
     from daemon.handoff.relion import MOTION_STAR_STAMP, movie_motion, write_motion_star
-    from daemon.state.ledger import DB_NAME, Ledger
 
     listener, watch, out = _ready(tmp_path, _Clock())
     motion = _record(out, watch, "a")
@@ -365,13 +380,7 @@ def test_a_restart_after_an_upgrade_writes_again_the_motion_stars_of_the_convent
     assert "1\t2.000000\t-0.000000\n2\t-2.000000\t-0.000000" in made_now.decode()
     old = made_now.decode().split("\n", 2)[2].replace(  # the release before: frame 1 at 0
         "1\t2.000000\t-0.000000\n2\t-2.000000", "1\t0.000000\t-0.000000\n2\t-4.000000")
-    star.write_text(old)
-    later = motion.stat().st_mtime_ns + 5_000_000_000
-    os.utime(star, ns=(later, later))  # written after its record, as the old release did
-    with Ledger(tmp_path / "state" / DB_NAME) as ledger:
-        ledger.adopt(MovieKey(str(watch / "a.tif"), 1, 1, "f"), outputs={"motion": str(motion)},
-                     summary={}, timings={}, metadata={})
-    restarted, _, _ = _ready(tmp_path, _Clock())  # upgraded and restarted
+    restarted = _restarted_after_an_upgrade(tmp_path, watch, motion, star, old)
     assert star.read_text() == old  # not before READY
     restarted.on_heartbeat(None)
     assert _unstamped(star.read_bytes()) == _unstamped(made_now)
@@ -390,7 +399,6 @@ def test_a_restart_writes_again_the_motion_stars_whose_thrown_frames_were_not_ob
     pixels off the first summed frame: its STARs of movies with thrown frames are written
     again from their records; those of movies with none are the same file and stay."""
     from daemon.handoff.relion import MOTION_STAR_STAMP
-    from daemon.state.ledger import DB_NAME, Ledger
 
     listener, watch, out = _ready(tmp_path, _Clock())
     motion = _record(out, watch, "a")
@@ -408,13 +416,7 @@ def test_a_restart_writes_again_the_motion_stars_whose_thrown_frames_were_not_ob
     if thrown:
         assert "1\t2.000000\t-0.000000\n2\t2.000000\t-0.000000" in made_now  # held
         old = old.replace("1\t2.000000\t-0.000000\n", "1\t-9999.000000\t-9999.000000\n")
-    star.write_text(old)
-    later = motion.stat().st_mtime_ns + 5_000_000_000
-    os.utime(star, ns=(later, later))  # written after its record, as the old release did
-    with Ledger(tmp_path / "state" / DB_NAME) as ledger:
-        ledger.adopt(MovieKey(str(watch / "a.tif"), 1, 1, "f"), outputs={"motion": str(motion)},
-                     summary={}, timings={}, metadata={})
-    restarted, _, _ = _ready(tmp_path, _Clock())  # upgraded and restarted
+    restarted = _restarted_after_an_upgrade(tmp_path, watch, motion, star, old)
     restarted.on_heartbeat(None)
     assert _unstamped(star.read_bytes()) == _unstamped((made_now if thrown else old).encode())
 
