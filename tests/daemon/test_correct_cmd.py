@@ -545,6 +545,9 @@ def test_a_sigterm_while_the_gain_is_exported_for_relion_waits_for_the_motion_st
 _SIGNAL_WHILE_FINISHING = """
 import os, signal, sys
 from daemon.commands import correct, cli
+# Ctrl-C taken as at a terminal (a background job of a shell, as a test runner may be, starts
+# with SIGINT ignored, and a run started so keeps it ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real = correct._RelionFiles.finish
 def finish(self):
     os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # the time limit, as the STAR is written
