@@ -586,15 +586,17 @@ class _Termination:
         :attr:`interrupted` (a signal there killed the run before it wrote the STAR). At the
         end SIGTERM's handler before :meth:`install` (``previous_term``; None: none was
         installed) is put back."""
-        main = threading.current_thread() is threading.main_thread()
-        # a run started with SIGINT ignored (a background job of a script) keeps it so
-        main = main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        # only the main thread takes handlers; a run started with SIGINT ignored (a background
+        # job of a script) keeps it so
+        take_int = (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
         self._deferring = True
-        previous_int = signal.signal(signal.SIGINT, self._interrupt_handler) if main else None
+        previous_int = signal.signal(signal.SIGINT, self._interrupt_handler) if take_int \
+            else None
         try:
             yield
         finally:
-            if main:
+            if take_int:
                 signal.signal(signal.SIGINT, previous_int)
             if previous_term is not None:
                 signal.signal(signal.SIGTERM, previous_term)

@@ -46,7 +46,7 @@ from correction.report import read_motion_record
 from correction.stems import folder_file_stem
 from daemon.engine.faults import RETRY_NOTE, LedgerWrites
 from daemon.engine.outputs import OutputStems, find_adoptable_outputs, movie_stem, summarise
-from daemon.engine.policy import (EnginePolicy, finished_under_other_parameters,
+from daemon.engine.policy import (CHANGES_SHOWN, EnginePolicy, finished_under_other_parameters,
                                   parameter_differences)
 from daemon.events import (VANISHED, MetadataResolver, MovieEvent, MovieGain, MovieKey,
                            MovieMetadata, Observation, ScanResult, frame_mdoc_gains_apply,
@@ -118,7 +118,7 @@ def _own_metadata_moved(done: Any, stored: Mapping[str, Any], params: Any) -> li
         dose = metadata.get("dose") or dose_to_json(params.dose)
         return {"dose": dose or {}, "gain": metadata.get("gain") or {}}
 
-    return parameter_differences(effective(old), effective(stored))[:8]
+    return parameter_differences(effective(old), effective(stored))[:CHANGES_SHOWN]
 
 
 def _written_under(record: dict[str, Any], extra_record: dict[str, Any]) -> bool:

@@ -116,7 +116,7 @@ def remove_partial_outputs(out_dir: Path, stem: str, *,
 STALE_TEMPORARY_S = 3600.0
 
 
-def _writer_runs(temporary: Path, *, now_s: float | None = None) -> bool:
+def _writer_runs(temporary: Path) -> bool:
     """Whether the writer of a temporary may still run: the process whose pid ends its name
     runs (:func:`process_exists`) and the temporary changed within
     :data:`STALE_TEMPORARY_S`. A pid alone cannot tell: a writer killed in a container (its
@@ -129,7 +129,7 @@ def _writer_runs(temporary: Path, *, now_s: float | None = None) -> bool:
         changed_s = temporary.stat().st_mtime
     except OSError:
         return False  # gone meanwhile
-    return (time.time() if now_s is None else now_s) - changed_s < STALE_TEMPORARY_S
+    return time.time() - changed_s < STALE_TEMPORARY_S
 
 
 def summarise(record: Mapping[str, Any], timings_s: Mapping[str, float]) -> dict[str, Any]:

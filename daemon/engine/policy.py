@@ -28,7 +28,7 @@ from daemon.state.codec import metadata_from_json
 
 __all__ = ["EnginePolicy", "add_engine_arguments", "movie_time_limit_s", "PARAMETER_CHANGE",
            "finished_under_other_parameters", "report_parameter_change",
-           "parameter_snapshot", "parameter_differences"]
+           "parameter_snapshot", "parameter_differences", "CHANGES_SHOWN"]
 
 PARAMETER_CHANGE = ("redo", "keep")
 _FLOOR_S = 600.0
@@ -145,8 +145,8 @@ def _fingerprint_now(row: Any, params: Any, memo: dict[str, str],
     return fingerprint
 
 
-#: settings named in ``parameters_changed`` at most
-_CHANGES_SHOWN = 8
+#: settings named in ``parameters_changed`` (and a movie's own in ``movie_changed``) at most
+CHANGES_SHOWN = 8
 
 
 def parameter_snapshot(params: Any) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def report_parameter_change(log: Any, rows: Sequence[Any], params: Any,
     changed = parameter_differences(previous_snapshot, parameter_snapshot(params))
     extra: dict[str, Any] = {}
     if changed:
-        extra["changed_since_last_start"] = changed[:_CHANGES_SHOWN]
+        extra["changed_since_last_start"] = changed[:CHANGES_SHOWN]
         if previous_start_wall is not None:
             older = sum(1 for r in stale if (r.finished or 0.0) < previous_start_wall)
             if older:  # kept by keep at the last start: their settings are older than its
